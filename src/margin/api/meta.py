@@ -1,0 +1,79 @@
+"""GET /v1/models, /v1/models/{id}, /healthz (liveness, with details) and /readyz (all backends loaded)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from margin import __version__
+from margin.api.responses import JSON, error_response
+from margin.errors import MarginError, ModelNotFound
+from margin.pipeline.stages.auth import authenticate
+
+
+def _model_entries(services: Any) -> list[dict[str, Any]]:
+    created = int(services.started_at)
+    entries = []
+    for name, target in services.targets.items():
+        entry = {"id": name, "object": "model", "created": created, "owned_by": target.model.owned_by}
+        if name != target.public:
+            entry["parent"] = target.public
+        entries.append(entry)
+    return entries
+
+
+async def _authenticate(request: Request) -> None:
+    """Listing models needs the same key as inference (so a closed gateway does not leak its catalogue)."""
+    await authenticate(request.app.state.services.keys, request.headers)
+
+
+async def list_models(request: Request) -> Response:
+    try:
+        await _authenticate(request)
+    except MarginError as exc:
+        return error_response(exc)
+    body = {"object": "list", "data": _model_entries(request.app.state.services)}
+    return Response(orjson.dumps(body), media_type=JSON)
+
+
+async def get_model(request: Request) -> Response:
+    try:
+        await _authenticate(request)
+        wanted = request.path_params["model"]
+        for entry in _model_entries(request.app.state.services):
+            if entry["id"] == wanted:
+                return Response(orjson.dumps(entry), media_type=JSON)
+        raise ModelNotFound(f"The model `{wanted}` does not exist or you do not have access to it.", param="model")
+    except MarginError as exc:
+        return error_response(exc)
+
+
+def _health(services: Any) -> dict[str, Any]:
+    backends = {name: backend.health() for name, backend in services.backends.items()}
+    ready = all(b.get("status") == "ok" for b in backends.values())
+    return {
+        "status": "ok" if ready else "starting",
+        "version": __version__,
+        "uptime_s": round(time.time() - services.started_at, 3),
+        "config_hash": services.config_hash,
+        "open_mode": services.keys.open_mode,
+        "backends": backends,
+        "ledger": {
+            "pending": services.writer.pending,
+            "written": services.writer.written,
+            "failed_flushes": services.writer.failures,
+        },
+    }
+
+
+async def healthz(request: Request) -> Response:
+    return Response(orjson.dumps(_health(request.app.state.services)), media_type=JSON)
+
+
+async def readyz(request: Request) -> Response:
+    health = _health(request.app.state.services)
+    return Response(orjson.dumps(health), media_type=JSON, status_code=200 if health["status"] == "ok" else 503)

@@ -1,0 +1,65 @@
+"""build_app(settings) -> ASGI app. Services are built once in the lifespan; no globals."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from margin.api import inference, meta
+from margin.api.responses import error_response
+from margin.backends.registry import BackendRegistry
+from margin.config import Settings
+from margin.errors import InternalError, MarginError, MethodNotAllowed, NotFound
+from margin.services import Services
+
+log = logging.getLogger("margin")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return error_response(MethodNotAllowed(f"method {request.method} is not allowed on {request.url.path}"))
+    if exc.status_code == 404:
+        return error_response(NotFound(f"no route {request.method} {request.url.path}", code="unknown_url"))
+    error = MarginError(str(exc.detail))
+    error.status = exc.status_code
+    return error_response(error)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path)
+    return error_response(InternalError("internal error in the gateway"))
+
+
+def build_app(settings: Settings, registry: BackendRegistry | None = None) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        services = Services(settings, registry)
+        app.state.services = services
+        try:
+            await services.start()
+            yield
+        finally:
+            await services.close()
+
+    routes = [
+        Route("/v1/chat/completions", inference.chat_completions, methods=["POST"]),
+        Route("/v1/completions", inference.completions, methods=["POST"]),
+        Route("/v1/embeddings", inference.embeddings, methods=["POST"]),
+        Route("/v1/models", meta.list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", meta.get_model, methods=["GET"]),
+        Route("/healthz", meta.healthz, methods=["GET"]),
+        Route("/readyz", meta.readyz, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _unexpected},
+    )

@@ -1,0 +1,111 @@
+"""The backend protocol and the values that cross it. Translation lives in each backend; I/O stays there."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from margin.protocol import ApiRequest, Endpoint
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    source: str = "backend"  # backend | tokenizer | estimated
+
+    def to_openai(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "prompt_tokens": self.input_tokens,
+            "completion_tokens": self.output_tokens,
+            "total_tokens": self.input_tokens + self.output_tokens,
+        }
+        if self.cached_tokens:
+            body["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return body
+
+    @classmethod
+    def from_openai(cls, data: Any) -> Usage | None:
+        if not isinstance(data, dict):
+            return None
+        details = data.get("prompt_tokens_details") or {}
+        return cls(
+            input_tokens=int(data.get("prompt_tokens") or 0),
+            output_tokens=int(data.get("completion_tokens") or 0),
+            cached_tokens=int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
+        )
+
+
+@dataclass(slots=True)
+class CallStats:
+    """What a backend reports about one call besides the payload."""
+
+    usage: Usage | None = None
+    busy_s: float | None = None  # exclusive compute time, when the backend knows it (embedded engines)
+    queue_s: float = 0.0
+    finish_reason: str | None = None
+
+
+@dataclass(slots=True)
+class Call:
+    endpoint: Endpoint
+    request: ApiRequest
+    raw: dict[str, Any]  # the client's JSON, passed on by proxying backends
+    public_model: str
+    upstream_model: str
+    request_id: str
+    stats: CallStats = field(default_factory=CallStats)
+
+    @property
+    def response_id(self) -> str:
+        prefix = {Endpoint.CHAT: "chatcmpl", Endpoint.COMPLETIONS: "cmpl"}.get(self.endpoint, "emb")
+        return f"{prefix}-{self.request_id}"
+
+
+@dataclass(slots=True)
+class Completion:
+    """A whole (non-streamed) answer: the OpenAI payload and, when known, its raw bytes."""
+
+    payload: dict[str, Any]
+    raw: bytes | None = None
+    text: str = ""
+
+
+@dataclass(slots=True)
+class Chunk:
+    """One streamed event. `raw` is forwarded untouched when set; `text` is the new content."""
+
+    payload: dict[str, Any]
+    raw: bytes | None = None
+    text: str = ""
+    usage: Usage | None = None
+
+    @property
+    def is_usage_only(self) -> bool:
+        return self.usage is not None and not self.payload.get("choices")
+
+
+class Backend(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def complete(self, call: Call) -> Completion:
+        """Chat or text completion, whole."""
+        ...
+
+    def stream(self, call: Call) -> AsyncIterator[Chunk]:
+        """Chat or text completion as chunks; closing the iterator stops the generation."""
+        ...
+
+    async def embed(self, call: Call) -> Completion: ...
+
+    def count_tokens(self, text: str) -> int | None:
+        """Tokens of `text` with the model's tokenizer, or None when the backend has none."""
+        ...
+
+    def health(self) -> dict[str, Any]: ...

@@ -1,0 +1,116 @@
+"""A scripted backend for tests and benchmarks: configured TTFT, pace, token count, usage and errors.
+
+Its "tokenizer" is whitespace: every word is one token, so token counts in tests are exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from margin.backends import payloads
+from margin.backends.base import Call, Chunk, Completion, Usage
+from margin.config import FakeBackendConfig
+from margin.errors import BackendClientError, BackendError, BackendTimeout, MarginError
+from margin.protocol import EmbeddingRequest
+
+
+class FakeBackend:
+    def __init__(self, name: str, config: FakeBackendConfig, services: Any = None) -> None:
+        self.name = name
+        self.config = config
+        self.calls = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def count_tokens(self, text: str) -> int | None:
+        return len(text.split())
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "kind": "fake", "calls": self.calls}
+
+    def _fail(self) -> MarginError:
+        status = self.config.fail_status or 502
+        if status == 504:
+            return BackendTimeout(f"backend {self.name} timed out (scripted)")
+        if 400 <= status < 500:
+            return BackendClientError(f"backend {self.name} rejected the request (scripted)", status=status)
+        return BackendError(f"backend {self.name} failed with {status} (scripted)")
+
+    def _plan(self, call: Call) -> tuple[int, Usage]:
+        limit = getattr(call.request, "output_limit", None)
+        n = self.config.output_tokens if limit is None else min(limit, self.config.output_tokens)
+        prompt_tokens = len(payloads.prompt_text(call).split())
+        return n, Usage(input_tokens=prompt_tokens, output_tokens=n)
+
+    async def _pace(self, index: int) -> None:
+        if index == 0 and self.config.ttft_ms:
+            await asyncio.sleep(self.config.ttft_ms / 1000)
+        elif index > 0 and self.config.tokens_per_s:
+            await asyncio.sleep(1 / self.config.tokens_per_s)
+
+    async def complete(self, call: Call) -> Completion:
+        self.calls += 1
+        started = time.perf_counter()
+        if self.config.fail_status:
+            raise self._fail()
+        n, usage = self._plan(call)
+        await self._pace(0)
+        if self.config.tokens_per_s and n > 1:
+            await asyncio.sleep((n - 1) / self.config.tokens_per_s)
+        text = (self.config.word + " ") * n
+        call.stats.busy_s = time.perf_counter() - started
+        call.stats.finish_reason = "length" if n < self.config.output_tokens else "stop"
+        if self.config.report_usage:
+            call.stats.usage = usage
+        payload = payloads.completion(call, text, call.stats.finish_reason, usage)
+        if not self.config.report_usage:
+            payload.pop("usage")
+        return Completion(payload=payload, text=text)
+
+    async def stream(self, call: Call) -> AsyncIterator[Chunk]:
+        self.calls += 1
+        started = time.perf_counter()
+        if self.config.fail_status:
+            raise self._fail()
+        n, usage = self._plan(call)
+        cut = self.config.fail_after_tokens
+        for i in range(n):
+            await self._pace(i)
+            if cut is not None and i >= cut:
+                raise BackendError(f"backend {self.name} cut the stream after {cut} tokens (scripted)")
+            word = self.config.word + " "
+            yield Chunk(payload=payloads.chunk(call, word, first=i == 0), text=word)
+        finish = "length" if n < self.config.output_tokens else "stop"
+        call.stats.finish_reason = finish
+        call.stats.busy_s = time.perf_counter() - started
+        yield Chunk(payload=payloads.chunk(call, "", finish))
+        if self.config.report_usage:
+            call.stats.usage = usage
+            yield Chunk(payload=payloads.usage_chunk(call, usage), usage=usage)
+
+    async def embed(self, call: Call) -> Completion:
+        self.calls += 1
+        if self.config.fail_status:
+            raise self._fail()
+        assert isinstance(call.request, EmbeddingRequest)
+        texts = call.request.texts()
+        vectors = [_pseudo_vector(t, self.config.embedding_dim) for t in texts]
+        tokens = sum(len(t.split()) for t in texts)
+        call.stats.usage = Usage(input_tokens=tokens)
+        return Completion(payload=payloads.embeddings(call, vectors, tokens, call.request.encoding_format))
+
+
+def _pseudo_vector(text: str, dim: int) -> list[float]:
+    digest = hashlib.sha256(text.encode()).digest()
+    raw = [digest[i % len(digest)] - 127.5 for i in range(dim)]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return [x / norm for x in raw]

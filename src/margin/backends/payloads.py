@@ -1,0 +1,98 @@
+"""OpenAI response shapes built by the backends that generate text themselves (llamacpp, fake)."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from margin.backends.base import Call, Usage
+from margin.protocol import Endpoint
+
+
+def _choice(call: Call, text: str, finish_reason: str | None, *, delta: bool) -> dict[str, Any]:
+    if call.endpoint is Endpoint.COMPLETIONS:
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    if delta:
+        return {
+            "index": 0,
+            "delta": {"content": text} if text else {},
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }
+    message = {"role": "assistant", "content": text, "refusal": None}
+    return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+
+
+def _object(call: Call, *, chunk: bool) -> str:
+    if call.endpoint is Endpoint.COMPLETIONS:
+        return "text_completion"
+    return "chat.completion.chunk" if chunk else "chat.completion"
+
+
+def completion(call: Call, text: str, finish_reason: str, usage: Usage) -> dict[str, Any]:
+    return {
+        "id": call.response_id,
+        "object": _object(call, chunk=False),
+        "created": int(time.time()),
+        "model": call.public_model,
+        "choices": [_choice(call, text, finish_reason, delta=False)],
+        "usage": usage.to_openai(),
+    }
+
+
+def chunk(call: Call, text: str, finish_reason: str | None = None, *, first: bool = False) -> dict[str, Any]:
+    choice = _choice(call, text, finish_reason, delta=True)
+    if first and call.endpoint is Endpoint.CHAT:
+        choice["delta"] = {"role": "assistant", **choice["delta"]}
+    return {
+        "id": call.response_id,
+        "object": _object(call, chunk=True),
+        "created": int(time.time()),
+        "model": call.public_model,
+        "choices": [choice],
+    }
+
+
+def usage_chunk(call: Call, usage: Usage) -> dict[str, Any]:
+    return {
+        "id": call.response_id,
+        "object": _object(call, chunk=True),
+        "created": int(time.time()),
+        "model": call.public_model,
+        "choices": [],
+        "usage": usage.to_openai(),
+    }
+
+
+def embeddings(
+    call: Call, vectors: Sequence[Sequence[float]], input_tokens: int, encoding_format: str
+) -> dict[str, Any]:
+    data = []
+    for index, vector in enumerate(vectors):
+        if encoding_format == "base64":
+            packed = struct.pack(f"<{len(vector)}f", *vector)
+            value: Any = base64.b64encode(packed).decode("ascii")
+        else:
+            value = [float(x) for x in vector]
+        data.append({"object": "embedding", "index": index, "embedding": value})
+    return {
+        "object": "list",
+        "data": data,
+        "model": call.public_model,
+        "usage": {"prompt_tokens": input_tokens, "total_tokens": input_tokens},
+    }
+
+
+def prompt_text(call: Call) -> str:
+    """All text the caller sent (messages or prompt), for token estimates and the fake backend."""
+    request = call.request
+    messages = getattr(request, "messages", None)
+    if messages is not None:
+        return "\n".join(m.text() for m in messages)
+    prompt = getattr(request, "prompt", "")
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(p for p in prompt if isinstance(p, str))

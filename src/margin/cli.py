@@ -1,0 +1,256 @@
+"""The `margin` command. Heavy imports stay inside the commands so `margin --help` is instant."""
+
+from __future__ import annotations
+
+import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from margin.config import Settings, load_settings
+from margin.errors import MarginError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="margin: inference gateway + unit economics")
+keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys.")
+db_app = typer.Typer(no_args_is_help=True, help="Ledger database migrations.")
+config_app = typer.Typer(no_args_is_help=True, help="Show or check configuration.")
+app.add_typer(keys_app, name="keys")
+app.add_typer(db_app, name="db")
+app.add_typer(config_app, name="config")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (default: embedded).")]
+DbOpt = Annotated[Path | None, typer.Option("--db", help="SQLite ledger file (overrides storage.ledger).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _console() -> Console:
+    return Console(stderr=False, highlight=False)
+
+
+def _fail(error: MarginError | str, code: int = 2) -> typer.Exit:
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {getattr(error, 'message', error)}")
+    return typer.Exit(code)
+
+
+def settings_from(config: Path | None, db: Path | None = None, **server: Any) -> Settings:
+    try:
+        settings = load_settings(config)
+    except MarginError as exc:
+        raise _fail(exc) from exc
+    if db is not None:
+        storage = settings.storage.model_copy(update={"ledger": f"sqlite:///{db}"})
+        settings = settings.model_copy(update={"storage": storage})
+    overrides = {k: v for k, v in server.items() if v is not None}
+    if overrides:
+        settings = settings.model_copy(update={"server": settings.server.model_copy(update=overrides)})
+    return settings
+
+
+def _sync_engine(settings: Settings) -> Any:
+    from margin.ledger import db
+
+    db.upgrade(settings.storage.ledger)
+    return db.make_sync_engine(settings.storage.ledger)
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+) -> None:
+    """Start the gateway (OpenAI-compatible API on http://HOST:PORT/v1)."""
+    from margin.serve import run
+
+    settings = settings_from(config, db, host=host, port=port)
+    try:
+        run(settings, _console())
+    except MarginError as exc:
+        raise _fail(exc) from exc
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="A name for the key's owner or use.")],
+    team: Annotated[str | None, typer.Option("--team", help="Team the key's spend belongs to.")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="key=value tag on every request.")] = None,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Create an API key. It is printed once; only its hash is stored."""
+    from margin import keys
+
+    settings = settings_from(config, db)
+    try:
+        record, key = keys.create_key(_sync_engine(settings), name, team, keys.parse_tags(tag or []))
+    except MarginError as exc:
+        raise _fail(exc) from exc
+    if json:
+        print(orjson.dumps({"id": record.id, "key": key, "name": name, "team": team, "tags": record.tags}).decode())
+        return
+    console = _console()
+    console.print(f"created key [bold]{record.id}[/] for {name} (team {team or '-'})")
+    console.print("store it now, it is not shown again:")
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list(config: ConfigOpt = None, db: DbOpt = None, json: JsonOpt = False) -> None:
+    """List keys (ids, owners, teams, tags, state); never the keys themselves."""
+    from margin import keys
+
+    records = keys.list_keys(_sync_engine(settings_from(config, db)))
+    if json:
+        rows = [
+            {
+                "id": r.id,
+                "name": r.name,
+                "team": r.team,
+                "tags": r.tags,
+                "created_at": r.created_at.isoformat() if r.created_at else None,
+                "revoked": r.revoked_at is not None,
+            }
+            for r in records
+        ]
+        print(orjson.dumps(rows).decode())
+        return
+    table = Table("id", "name", "team", "tags", "created", "state")
+    for r in records:
+        tags = ",".join(f"{k}={v}" for k, v in r.tags.items())
+        state = "revoked" if r.revoked_at else "active"
+        table.add_row(r.id, r.name, r.team or "-", tags or "-", str(r.created_at)[:19], state)
+    _console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id.")], config: ConfigOpt = None, db: DbOpt = None
+) -> None:
+    """Revoke a key (the running gateway stops accepting it within server.key_cache_ttl_s)."""
+    from margin import keys
+
+    try:
+        record = keys.revoke_key(_sync_engine(settings_from(config, db)), key_id)
+    except MarginError as exc:
+        raise _fail(exc) from exc
+    _console().print(f"revoked key {record.id} ({record.name})")
+
+
+@app.command()
+def report(
+    since: Annotated[str | None, typer.Option(help="Start: 24h, 7d, 30m or an ISO date.")] = None,
+    until: Annotated[str | None, typer.Option(help="End (exclusive): same forms as --since.")] = None,
+    by: Annotated[str | None, typer.Option(help="Group by model|team|feature|customer|backend|key|…")] = None,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Requests, tokens, $ cost, $/1K tokens, energy, gCO2e and latency from the ledger."""
+    from margin.report.queries import Window, parse_when, summarize
+    from margin.report.render import render_summary
+
+    settings = settings_from(config, db)
+    try:
+        summary = summarize(_sync_engine(settings), Window(parse_when(since), parse_when(until)), by)
+    except MarginError as exc:
+        raise _fail(exc) from exc
+    if json:
+        print(orjson.dumps(summary).decode())
+    else:
+        render_summary(_console(), summary)
+
+
+@app.command()
+def cost(
+    hourly_usd: Annotated[Decimal, typer.Option(help="All-in $/hour of the hardware.")],
+    tokens_per_s: Annotated[Decimal, typer.Option(help="Observed throughput (tokens/s).")],
+    energy_overhead: Annotated[Decimal, typer.Option(help="Energy & cooling as a share of hourly.")] = Decimal(0),
+    network_overhead: Annotated[Decimal, typer.Option(help="Networking as a share of hourly.")] = Decimal(0),
+    watts: Annotated[float | None, typer.Option(help="Power draw while serving (W).")] = None,
+    pue: Annotated[float, typer.Option(help="Facility PUE (1.1 hyperscale, 1.56 average).")] = 1.0,
+    usd_per_kwh: Annotated[Decimal, typer.Option(help="Energy price, added on top when > 0.")] = Decimal(0),
+    region: Annotated[str | None, typer.Option(help="Grid zone: ISO alpha-3 (FRA) or gcp:<region>.")] = None,
+    json: JsonOpt = False,
+) -> None:
+    """Self-hosted cost per token (DESIGN §4), with energy and carbon when power is given."""
+    from margin.economics.costcalc import cost_command
+
+    try:
+        cost_command(
+            _console(),
+            hourly_usd,
+            tokens_per_s,
+            energy_overhead,
+            network_overhead,
+            watts,
+            pue,
+            usd_per_kwh,
+            region,
+            json,
+        )
+    except MarginError as exc:
+        raise _fail(exc) from exc
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOpt = None, db: DbOpt = None, revision: str = "head") -> None:
+    """Apply migrations (the gateway also does this at start)."""
+    from margin.ledger import db as dbm
+
+    settings = settings_from(config, db)
+    dbm.upgrade(settings.storage.ledger, revision)
+    _console().print(f"ledger at revision {dbm.current_revision(settings.storage.ledger)}")
+
+
+@db_app.command("current")
+def db_current(config: ConfigOpt = None, db: DbOpt = None) -> None:
+    """Show the ledger's migration revision."""
+    from margin.ledger import db as dbm
+
+    settings = settings_from(config, db)
+    print(dbm.current_revision(settings.storage.ledger) or "empty")
+
+
+@config_app.command("show")
+def config_show(
+    default: Annotated[bool, typer.Option(help="Print the embedded default file.")] = False, config: ConfigOpt = None
+) -> None:
+    """Print the effective configuration (or the embedded default YAML)."""
+    import yaml
+
+    from margin.config import config_hash, default_config_text
+
+    if default:
+        print(default_config_text(), end="")
+        return
+    settings = settings_from(config)
+    print(f"# config_hash: {config_hash(settings)}")
+    print(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), end="")
+
+
+@config_app.command("check")
+def config_check(config: Annotated[Path, typer.Argument(help="YAML file to validate.")]) -> None:
+    """Validate a config file (unknown keys, types, references)."""
+    from margin.config import config_hash
+
+    settings = settings_from(config)
+    _console().print(
+        f"ok: {len(settings.backends)} backends, {len(settings.models)} models, config_hash {config_hash(settings)}"
+    )
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,213 @@
+"""Typed configuration: declared once, validated at start-up, unknown keys rejected.
+
+The file is YAML (`margin serve --config margin.yaml`); with no file, the embedded default
+(`default_config.yaml` in this package) runs the local model. Every ledger row stores `config_hash()`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import orjson
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from margin.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Requests with larger bodies get 413.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    key_cache_ttl_s: float = Field(5.0, ge=0, description="Revoked keys stop working within this time.")
+
+
+class StorageConfig(Strict):
+    ledger: str = Field("sqlite:///margin.db", description="SQLAlchemy URL (sqlite:///path or postgresql://…).")
+    flush_interval_ms: int = Field(50, gt=0, description="Ledger rows are written in batches at this pace.")
+    flush_max_rows: int = Field(500, gt=0)
+
+
+class RegionConfig(Strict):
+    """Where a backend runs: decides carbon intensity, PUE, energy price and jurisdiction."""
+
+    jurisdiction: str | None = Field(None, description="e.g. EU, US: used for data residency.")
+    grid_zone: str | None = Field(
+        None, description="Key in the bundled grid table: ISO 3166 alpha-3 country (FRA) or gcp:<region>."
+    )
+    grid_g_per_kwh: float | None = Field(None, ge=0, description="Overrides the bundled grid intensity.")
+    pue: float = Field(1.0, ge=1.0, description="Facility energy / IT energy.")
+    usd_per_kwh: Decimal = Field(Decimal("0"), ge=0, description="Price of facility energy.")
+
+
+class HardwareConfig(Strict):
+    """Self-hosted cost inputs (DESIGN §4). Every default is an assumption and is labelled as one."""
+
+    usd_per_hour: Decimal = Field(ge=0, description="All-in hourly cost of the hardware (amortized, hosting).")
+    watts_busy: float | None = Field(None, ge=0, description="Power while serving; energy is modelled from it.")
+    watts_idle: float | None = Field(None, ge=0)
+    energy_overhead: Decimal = Field(Decimal("0"), ge=0, description="Energy & cooling as a share of hourly.")
+    network_overhead: Decimal = Field(Decimal("0"), ge=0, description="Networking as a share of hourly.")
+    note: str | None = Field(None, description="Where these numbers come from (shown in reports).")
+
+
+class PriceConfig(Strict):
+    """List price in USD per million tokens, overriding genai-prices."""
+
+    input: Decimal = Field(ge=0)
+    output: Decimal = Field(ge=0)
+    cached_input: Decimal | None = Field(None, ge=0)
+    version: str = "config"
+
+
+class _BackendBase(Strict):
+    region: str = "default"
+    hardware: HardwareConfig | None = Field(
+        None, description="Set for self-hosted backends: cost comes from TCO, not list prices."
+    )
+
+
+class LlamaCppBackendConfig(_BackendBase):
+    kind: Literal["llamacpp"] = "llamacpp"
+    model_file: str = Field("builtin:smollm2-135m-q4_1", description="GGUF path, or builtin:<name>.")
+    n_ctx: int = Field(4096, ge=256)
+    threads: int | None = Field(None, ge=1, description="Defaults to the number of CPU cores.")
+    n_batch: int = Field(512, ge=1)
+    max_queue: int = Field(32, ge=0, description="Requests waiting beyond the running one; more get 503.")
+
+
+class OpenAIBackendConfig(_BackendBase):
+    kind: Literal["openai"] = "openai"
+    base_url: str = Field(description="Base URL ending in /v1.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the upstream key.")
+    provider: str | None = Field(None, description="genai-prices provider id; guessed from base_url if unset.")
+    timeout_s: float = Field(600.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    max_connections: int = Field(512, ge=1)
+    request_usage: bool = Field(True, description="Ask the upstream for stream usage (stream_options).")
+
+
+class FakeBackendConfig(_BackendBase):
+    """A scripted backend for tests and benchmarks: latency, tokens and errors are configured."""
+
+    kind: Literal["fake"] = "fake"
+    ttft_ms: float = Field(0.0, ge=0)
+    tokens_per_s: float | None = Field(None, gt=0, description="Decode pace; None streams instantly.")
+    output_tokens: int = Field(8, ge=0)
+    word: str = Field("tok", description="Each output token is this word plus a space.")
+    report_usage: bool = True
+    fail_status: int | None = Field(None, description="Fail every request with this status (e.g. 502).")
+    fail_after_tokens: int | None = Field(None, ge=0, description="Cut the stream after N tokens.")
+    embedding_dim: int = Field(8, ge=1)
+
+
+class SentenceTransformersBackendConfig(_BackendBase):
+    kind: Literal["sentence_transformers"] = "sentence_transformers"
+    model: str = Field("builtin:all-minilm-l6-v2", description="Model folder, or builtin:<name>.")
+    threads: int | None = Field(None, ge=1)
+    max_batch: int = Field(256, ge=1)
+
+
+BackendConfig = Annotated[
+    LlamaCppBackendConfig | OpenAIBackendConfig | FakeBackendConfig | SentenceTransformersBackendConfig,
+    Field(discriminator="kind"),
+]
+
+
+class ModelConfig(Strict):
+    backend: str
+    kind: Literal["chat", "embedding"] = "chat"
+    upstream_model: str | None = Field(None, description="Name at the backend; defaults to the public id.")
+    aliases: list[str] = Field(default_factory=list)
+    price: PriceConfig | None = Field(None, description="List price override (API backends).")
+    price_ref: str | None = Field(None, description="Model name to look up in genai-prices.")
+    context_length: int | None = Field(None, ge=1)
+    owned_by: str = "margin"
+
+
+class TagsConfig(Strict):
+    header_keys: list[str] = Field(
+        default_factory=lambda: ["feature", "customer", "task_id", "cohort", "env"],
+        description="Tag keys a caller may set with the x-margin-tags header.",
+    )
+
+
+class Settings(Strict):
+    server: ServerConfig = ServerConfig()
+    storage: StorageConfig = StorageConfig()
+    regions: dict[str, RegionConfig] = Field(default_factory=dict)
+    backends: dict[str, BackendConfig] = Field(default_factory=dict)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    tags: TagsConfig = TagsConfig()
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Settings:
+        seen: dict[str, str] = {}
+        for name, model in self.models.items():
+            if model.backend not in self.backends:
+                raise ValueError(f"model {name!r} names unknown backend {model.backend!r}")
+            for public in (name, *model.aliases):
+                if public in seen:
+                    raise ValueError(f"model name {public!r} is used by both {seen[public]!r} and {name!r}")
+                seen[public] = name
+        for name, backend in self.backends.items():
+            if backend.region != "default" and backend.region not in self.regions:
+                raise ValueError(f"backend {name!r} names region {backend.region!r} not in `regions`")
+        return self
+
+    def region(self, name: str) -> RegionConfig:
+        return self.regions.get(name, RegionConfig())
+
+
+def default_config_text() -> str:
+    return resources.files("margin").joinpath("default_config.yaml").read_text(encoding="utf-8")
+
+
+def parse_settings(data: Any, source: str = "<config>") -> Settings:
+    try:
+        return Settings.model_validate(data if data is not None else {})
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"invalid configuration in {source}:\n" + "\n".join(lines)) from exc
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Load a YAML file, or the embedded default when `path` is None. `${VAR}` expands from the env."""
+    if path is None:
+        text, source = default_config_text(), "default_config.yaml"
+    else:
+        try:
+            text, source = Path(path).read_text(encoding="utf-8"), str(path)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(os.path.expandvars(text))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} is not valid YAML: {exc}") from exc
+    return parse_settings(data, source)
+
+
+def config_hash(settings: Settings) -> str:
+    """A short, stable hash of the effective settings (stored on every ledger, bench and eval row)."""
+    canonical = orjson.dumps(settings.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()[:16]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

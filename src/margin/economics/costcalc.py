@@ -1,0 +1,87 @@
+"""`margin cost`: the self-hosted cost calculator, printed or as JSON (decimal strings for money)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from rich.console import Console
+
+from margin.config import RegionConfig
+from margin.economics.carbon import GridTable
+from margin.economics.money import usd_str
+from margin.economics.tco import TcoInputs, calculate
+
+
+def cost_command(
+    console: Console,
+    hourly_usd: Decimal,
+    tokens_per_s: Decimal,
+    energy_overhead: Decimal,
+    network_overhead: Decimal,
+    watts: float | None,
+    pue: float,
+    usd_per_kwh: Decimal,
+    region: str | None,
+    as_json: bool,
+) -> None:
+    grid = GridTable.bundled().intensity(RegionConfig(grid_zone=region)) if watts is not None else None
+    if region and grid is not None and grid.source == "world-average":
+        from margin.errors import InvalidRequest
+
+        raise InvalidRequest(f"unknown region {region!r}: use an ISO alpha-3 code (FRA) or gcp:<region>")
+    inputs = TcoInputs(
+        hourly_usd,
+        tokens_per_s,
+        energy_overhead,
+        network_overhead,
+        watts,
+        pue,
+        usd_per_kwh,
+        grid.g_per_kwh if grid else None,
+    )
+    result = calculate(inputs)
+    data: dict[str, Any] = {
+        "inputs": {
+            "hourly_usd": str(hourly_usd),
+            "tokens_per_s": str(tokens_per_s),
+            "energy_overhead": str(energy_overhead),
+            "network_overhead": str(network_overhead),
+            "watts": watts,
+            "pue": pue,
+            "usd_per_kwh": str(usd_per_kwh),
+            "region": region,
+        },
+        "usd_per_token_before_overheads": usd_str(result.usd_per_token_base, 12),
+        "usd_per_token": usd_str(result.usd_per_token, 12),
+        "usd_per_1k_tokens": usd_str(result.usd_per_1k_tokens, 9),
+        "usd_per_1m_tokens": usd_str(result.usd_per_token * 1_000_000, 6),
+        "energy_j_per_token": result.energy_j_per_token,
+        "energy_usd_per_1k_tokens": usd_str(result.energy_usd_per_1k_tokens, 9),
+        "co2e_g_per_1k_tokens": result.co2e_g_per_1k_tokens,
+        "grid_g_per_kwh": grid.g_per_kwh if grid else None,
+        "grid_source": grid.source if grid else None,
+    }
+    if as_json:
+        print(orjson.dumps(data).decode())
+        return
+    console.print(
+        f"${result.usd_per_token_base:.6f}/token before overheads (${hourly_usd}/h ÷ ({tokens_per_s} tok/s × 3600))"
+    )
+    factor = 1 + energy_overhead + network_overhead
+    console.print(
+        f"${result.usd_per_token:.7f}/token with overheads (× {factor}"
+        + (" + metered energy" if result.energy_usd_per_1k_tokens else "")
+        + ")"
+    )
+    console.print(f"≈${result.usd_per_1k_tokens:.3f} per 1K tokens, ${result.usd_per_token * 1_000_000:.2f} per 1M")
+    if result.energy_j_per_token is not None:
+        console.print(
+            f"energy: {result.energy_j_per_token:.4f} J/token (facility, PUE {pue}) = "
+            f"{result.energy_j_per_token * 1000 / 3.6e6:.3e} kWh per 1K tokens"
+        )
+    if result.co2e_g_per_1k_tokens is not None and grid is not None:
+        console.print(
+            f"carbon: {result.co2e_g_per_1k_tokens:.4f} gCO2e per 1K tokens at {grid.g_per_kwh:g} g/kWh ({grid.source})"
+        )

@@ -1,0 +1,130 @@
+"""Per-request economics: $ cost (list price or self-hosted TCO), energy (J) and carbon (gCO2e)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from margin.backends.base import Usage
+from margin.config import ModelConfig, RegionConfig, Settings
+from margin.economics import energy as energy_mod
+from margin.economics.carbon import GridTable, co2e_grams
+from margin.economics.prices import PriceBook
+from margin.economics.tco import busy_cost
+
+
+@dataclass(slots=True)
+class Charge:
+    cost_usd: Decimal | None
+    cost_status: str  # priced | unknown_price | free
+    cost_method: str | None  # list | tco
+    price_version: str | None
+    energy_j: float | None  # facility energy (IT × PUE)
+    energy_method: str | None  # measured | modelled
+    pue: float | None
+    co2e_g: float | None
+    grid_g_per_kwh: float | None
+    grid_source: str | None
+
+
+class SharedClock:
+    """Splits a backend's busy time among its concurrent requests (processor sharing):
+    a request's share is ∫ 1/n(t) dt over its lifetime, so idle time is never billed to anyone."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self._acc = 0.0
+        self._last = time.perf_counter()
+
+    def _advance(self) -> None:
+        now = time.perf_counter()
+        if self.active:
+            self._acc += (now - self._last) / self.active
+        self._last = now
+
+    def enter(self) -> float:
+        self._advance()
+        self.active += 1
+        return self._acc
+
+    def leave(self, mark: float) -> float:
+        self._advance()
+        self.active -= 1
+        return self._acc - mark
+
+
+class Meter:
+    def __init__(self, settings: Settings, grid: GridTable, prices: PriceBook) -> None:
+        self.settings = settings
+        self.grid = grid
+        self.prices = prices
+        self.rapl = energy_mod.RaplMeter()
+        self.clocks = {name: SharedClock() for name in settings.backends}
+        self._grid_cache: dict[str, Any] = {}
+
+    def _region(self, backend_name: str) -> tuple[RegionConfig, Any]:
+        region_name = self.settings.backends[backend_name].region
+        region = self.settings.region(region_name)
+        if region_name not in self._grid_cache:
+            self._grid_cache[region_name] = self.grid.intensity(region)
+        return region, self._grid_cache[region_name]
+
+    def charge(
+        self,
+        public: str,
+        model: ModelConfig,
+        usage: Usage,
+        busy_s: float,
+        measured_j: float | None = None,
+    ) -> Charge:
+        backend = self.settings.backends[model.backend]
+        region, grid = self._region(model.backend)
+        hardware = backend.hardware
+        energy = None
+        if measured_j is not None:
+            energy = energy_mod.EnergyReading(measured_j, "measured")
+        elif hardware is not None:
+            energy = energy_mod.modelled(hardware.watts_busy, busy_s)
+        facility_j = energy.it_j * region.pue if energy else None
+        cost, status, method, version = self._cost(public, model, usage, busy_s, facility_j, region)
+        return Charge(
+            cost_usd=cost,
+            cost_status=status,
+            cost_method=method,
+            price_version=version,
+            energy_j=facility_j,
+            energy_method=energy.method if energy else None,
+            pue=region.pue if energy else None,
+            co2e_g=co2e_grams(facility_j, grid.g_per_kwh) if facility_j is not None else None,
+            grid_g_per_kwh=grid.g_per_kwh,
+            grid_source=grid.source,
+        )
+
+    def _cost(
+        self,
+        public: str,
+        model: ModelConfig,
+        usage: Usage,
+        busy_s: float,
+        facility_j: float | None,
+        region: RegionConfig,
+    ) -> tuple[Decimal | None, str, str, str | None]:
+        backend = self.settings.backends[model.backend]
+        hardware = backend.hardware
+        if hardware is not None:
+            cost = busy_cost(
+                hardware.usd_per_hour,
+                busy_s,
+                energy_overhead=hardware.energy_overhead,
+                network_overhead=hardware.network_overhead,
+                facility_energy_j=facility_j,
+                usd_per_kwh=region.usd_per_kwh,
+            )
+            return cost, "priced", "tco", f"tco:{model.backend}"
+        price = self.prices.list_price(public, model, backend)
+        if price is None:
+            return None, "unknown_price", "list", None
+        cost = price.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens)
+        return cost, "priced", "list", price.version

@@ -1,0 +1,32 @@
+"""Decimal money helpers. Storage uses integer nano-USD (1e-9 $): a 20-token local request costs ~2 µ$,
+so micro-USD would round real requests to 0, while nano-USD keeps SQL sums exact up to $9.2e9."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, Decimal
+
+NANO = Decimal("1e9")
+MILLION = Decimal(1_000_000)
+THOUSAND = Decimal(1000)
+SECONDS_PER_HOUR = Decimal(3600)
+JOULES_PER_KWH = 3_600_000.0
+
+
+def to_nanousd(usd: Decimal) -> int:
+    return int((usd * NANO).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def from_nanousd(nano: int) -> Decimal:
+    return Decimal(nano) / NANO
+
+
+def usd_str(usd: Decimal | None, places: int = 9) -> str | None:
+    """A decimal string for JSON and headers (never a float)."""
+    if usd is None:
+        return None
+    return format(usd.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN), "f")
+
+
+def dec(value: float) -> Decimal:
+    """Bring a measured quantity (seconds, kWh) into Decimal arithmetic via its shortest repr."""
+    return Decimal(repr(value))

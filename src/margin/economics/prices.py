@@ -1,0 +1,83 @@
+"""API list prices: config overrides first, else the `genai-prices` package (offline data, Decimal).
+
+A model whose price is unknown is priced NULL and flagged `unknown_price`, never 0. The resolved
+genai-prices entry is cached per model, so the request path does plain Decimal arithmetic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from margin.config import ModelConfig, OpenAIBackendConfig, PriceConfig
+from margin.economics.money import MILLION
+
+
+@dataclass(frozen=True, slots=True)
+class ListPrice:
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cached_per_mtok: Decimal | None
+    version: str
+    _exact: Any = None  # genai-prices ModelPrice, when its prices are tiered
+
+    def cost(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> Decimal:
+        if self._exact is not None:
+            from genai_prices import Usage
+
+            usage = Usage(
+                input_tokens=input_tokens, output_tokens=output_tokens, cache_read_tokens=cached_tokens or None
+            )
+            return Decimal(self._exact.calc_price(usage)["total_price"])
+        cached_rate = self.input_per_mtok if self.cached_per_mtok is None else self.cached_per_mtok
+        fresh = input_tokens - cached_tokens
+        total = fresh * self.input_per_mtok + cached_tokens * cached_rate + output_tokens * self.output_per_mtok
+        return total / MILLION
+
+
+def _from_config(price: PriceConfig) -> ListPrice:
+    return ListPrice(price.input, price.output, price.cached_input, f"config:{price.version}")
+
+
+def _from_genai_prices(ref: str, backend: OpenAIBackendConfig | None) -> ListPrice | None:
+    import genai_prices
+    from genai_prices import Usage
+
+    kwargs: dict[str, Any] = {}
+    if backend is not None and backend.provider:
+        kwargs["provider_id"] = backend.provider
+    elif backend is not None:
+        kwargs["provider_api_url"] = backend.base_url
+    try:
+        found = genai_prices.calc_price(Usage(input_tokens=0, output_tokens=0), ref, **kwargs)
+    except LookupError:
+        if not kwargs:
+            return None
+        try:  # the base URL may be a proxy: fall back to matching the model name alone
+            found = genai_prices.calc_price(Usage(input_tokens=0, output_tokens=0), ref)
+        except LookupError:
+            return None
+    mp = found.model_price
+    version = f"genai-prices@{genai_prices.__version__}:{found.provider.id}/{found.model.id}"
+    rates = (mp.input_mtok, mp.output_mtok, mp.cache_read_mtok)
+    if not all(isinstance(rate, Decimal | None) for rate in rates):  # tiered prices: let genai-prices compute
+        return ListPrice(Decimal(0), Decimal(0), None, version, _exact=mp)
+    inp, out, cached = (rate if isinstance(rate, Decimal) else None for rate in rates)
+    return ListPrice(inp or Decimal(0), out or Decimal(0), cached, version)
+
+
+class PriceBook:
+    """Resolves and caches list prices by public model name."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, ListPrice | None] = {}
+
+    def list_price(self, public: str, model: ModelConfig, backend: Any) -> ListPrice | None:
+        if public not in self._cache:
+            if model.price is not None:
+                self._cache[public] = _from_config(model.price)
+            else:
+                ref = model.price_ref or model.upstream_model or public
+                openai = backend if isinstance(backend, OpenAIBackendConfig) else None
+                self._cache[public] = _from_genai_prices(ref, openai)
+        return self._cache[public]

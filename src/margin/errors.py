@@ -1,0 +1,120 @@
+"""One error hierarchy, mapped to OpenAI-shaped JSON and an HTTP status in exactly one place."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class MarginError(Exception):
+    """Base of every error margin raises on purpose. Subclasses fix the HTTP status and OpenAI type."""
+
+    status: int = 500
+    type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code if code is not None else self.default_code
+        self.param = param
+        self.headers = headers or {}
+
+    def to_body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class InternalError(MarginError):
+    """A bug in margin: logged with its traceback, answered 500 without details."""
+
+    default_code = "internal_error"
+
+
+class ConfigError(MarginError):
+    """Invalid configuration: raised at start-up, never for a request."""
+
+    default_code = "invalid_config"
+
+
+class InvalidRequest(MarginError):
+    status = 400
+    type = "invalid_request_error"
+    default_code = "invalid_request"
+
+
+class AuthenticationFailed(MarginError):
+    status = 401
+    type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDenied(MarginError):
+    status = 403
+    type = "permission_error"
+    default_code = "permission_denied"
+
+
+class NotFound(MarginError):
+    status = 404
+    type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    default_code = "model_not_found"
+
+
+class MethodNotAllowed(MarginError):
+    status = 405
+    type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+
+class PayloadTooLarge(MarginError):
+    status = 413
+    type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class RateLimited(MarginError):
+    status = 429
+    type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class Overloaded(MarginError):
+    """A bounded queue is full: the caller may retry later."""
+
+    status = 503
+    type = "server_error"
+    default_code = "server_overloaded"
+
+
+class BackendError(MarginError):
+    """The backend failed or answered with an error we cannot pass through as a client error."""
+
+    status = 502
+    type = "upstream_error"
+    default_code = "upstream_error"
+
+
+class BackendTimeout(BackendError):
+    status = 504
+    default_code = "upstream_timeout"
+
+
+class BackendClientError(MarginError):
+    """The upstream rejected the request as invalid (4xx): passed through with its status."""
+
+    type = "invalid_request_error"
+    default_code = "upstream_rejected"
+
+    def __init__(self, message: str, *, status: int, code: str | None = None, param: str | None = None):
+        super().__init__(message, code=code, param=param)
+        self.status = status

@@ -1,0 +1,1 @@
+"""The ledger: one append-only row per request, idempotent by (request_id, kind); totals are derived."""

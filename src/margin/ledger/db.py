@@ -1,0 +1,110 @@
+"""Engines and migrations. The user writes one URL (sqlite:///margin.db or postgresql://…); margin picks
+the async driver for the server and the sync one for migrations and reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from margin.errors import ConfigError
+
+_ASYNC = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+_SYNC = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
+
+
+def _dialect(url: str) -> tuple[str, sa.URL]:
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError(f"storage.ledger is not a database URL: {url!r}") from exc
+    base = parsed.drivername.split("+")[0]
+    if base not in _ASYNC:
+        raise ConfigError(f"storage.ledger: unsupported database {base!r} (sqlite or postgresql)")
+    return base, parsed
+
+
+def async_url(url: str) -> sa.URL:
+    base, parsed = _dialect(url)
+    return parsed.set(drivername=_ASYNC[base])
+
+
+def sync_url(url: str) -> sa.URL:
+    base, parsed = _dialect(url)
+    return parsed.set(drivername=_SYNC[base])
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def _prepare_sqlite_file(url: sa.URL) -> None:
+    if url.database and url.database != ":memory:":
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def make_sync_engine(url: str) -> sa.Engine:
+    target = sync_url(url)
+    engine = sa.create_engine(target)
+    if target.drivername == "sqlite":
+        _prepare_sqlite_file(target)
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def make_async_engine(url: str) -> AsyncEngine:
+    target = async_url(url)
+    engine = create_async_engine(target)
+    if target.drivername.startswith("sqlite"):
+        _prepare_sqlite_file(target)
+        sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _alembic_config(connection: sa.Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    engine = make_sync_engine(url)
+    try:
+        with engine.begin() as connection:
+            command.upgrade(_alembic_config(connection), revision)
+    finally:
+        engine.dispose()
+
+
+def downgrade(url: str, revision: str) -> None:
+    engine = make_sync_engine(url)
+    try:
+        with engine.begin() as connection:
+            command.downgrade(_alembic_config(connection), revision)
+    finally:
+        engine.dispose()
+
+
+def current_revision(url: str) -> str | None:
+    engine = make_sync_engine(url)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def head_revision() -> str | None:
+    with make_sync_engine("sqlite://").connect() as connection:
+        return ScriptDirectory.from_config(_alembic_config(connection)).get_current_head()

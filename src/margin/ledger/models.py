@@ -1,0 +1,65 @@
+"""Tables. Money is integer nano-USD (see economics.money); energy and carbon are floats (not money)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+ledger = sa.Table(
+    "ledger",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False, server_default="request"),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("key_id", sa.String(32)),
+    sa.Column("team", sa.String(128)),
+    sa.Column("user", sa.String(256)),
+    sa.Column("tags", sa.JSON, nullable=False),
+    sa.Column("endpoint", sa.String(32), nullable=False),
+    sa.Column("model", sa.String(128)),
+    sa.Column("requested_model", sa.String(128)),
+    sa.Column("backend", sa.String(64)),
+    sa.Column("region", sa.String(64)),
+    sa.Column("status", sa.String(24), nullable=False),
+    sa.Column("http_status", sa.Integer, nullable=False),
+    sa.Column("error_code", sa.String(64)),
+    sa.Column("stream", sa.Boolean, nullable=False),
+    sa.Column("input_tokens", sa.Integer, nullable=False),
+    sa.Column("output_tokens", sa.Integer, nullable=False),
+    sa.Column("cached_tokens", sa.Integer, nullable=False),
+    sa.Column("usage_source", sa.String(16)),
+    sa.Column("ttft_ms", sa.Float),
+    sa.Column("e2e_ms", sa.Float, nullable=False),
+    sa.Column("overhead_ms", sa.Float),
+    sa.Column("backend_ms", sa.Float),
+    sa.Column("queue_ms", sa.Float),
+    sa.Column("cost_nanousd", sa.BigInteger),
+    sa.Column("cost_status", sa.String(16), nullable=False),
+    sa.Column("cost_method", sa.String(16)),
+    sa.Column("price_version", sa.String(64)),
+    sa.Column("energy_j", sa.Float),
+    sa.Column("energy_method", sa.String(16)),
+    sa.Column("pue", sa.Float),
+    sa.Column("co2e_g", sa.Float),
+    sa.Column("grid_g_per_kwh", sa.Float),
+    sa.Column("grid_source", sa.String(64)),
+    sa.Column("config_hash", sa.String(16), nullable=False),
+    sa.UniqueConstraint("request_id", "kind", name="uq_ledger_request_kind"),
+    sa.Index("ix_ledger_created_at", "created_at"),
+    sa.Index("ix_ledger_team_created", "team", "created_at"),
+    sa.Index("ix_ledger_model_created", "model", "created_at"),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("team", sa.String(128)),
+    sa.Column("tags", sa.JSON, nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+)

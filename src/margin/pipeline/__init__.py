@@ -1,0 +1,1 @@
+"""The request pipeline (DESIGN §3): an ordered list of small stages composed once at start-up."""

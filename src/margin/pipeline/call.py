@@ -1,0 +1,190 @@
+"""The end of the request side: call the backend. Streams are wrapped in `MeteredStream`, which frames
+SSE, notes TTFT and delivered text, and keeps or adds the usage chunk as the client asked."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from margin.backends.base import Call, Chunk, Usage
+from margin.errors import BackendError, MarginError
+from margin.pipeline.context import RequestContext
+from margin.protocol import Endpoint
+
+DONE = b"data: [DONE]\n\n"
+
+
+def sse(data: bytes) -> bytes:
+    return b"data: " + data + b"\n\n"
+
+
+def _translate(backend: str, exc: Exception) -> MarginError:
+    if isinstance(exc, MarginError):
+        return exc
+    return BackendError(f"backend {backend} failed: {exc.__class__.__name__}: {exc}")
+
+
+class MeteredStream:
+    """Async iterator of SSE events over a backend's chunks (the closing `[DONE]` is the responder's).
+    `prime()` fetches the first chunk before any byte is sent, so an upstream that fails at once gets a
+    proper HTTP error status."""
+
+    def __init__(self, ctx: RequestContext, chunks: AsyncIterator[Chunk], on_end: Any) -> None:
+        self.ctx = ctx
+        self._chunks = chunks
+        self._on_end = on_end
+        self._first: Chunk | None = None
+        self._usage_sent = False
+        self._done = False
+        self._closed = False
+
+    async def _next(self) -> Chunk | None:
+        started = time.perf_counter()
+        try:
+            return await anext(self._chunks)
+        except StopAsyncIteration:
+            return None
+        finally:
+            self.ctx.backend_wait_s += time.perf_counter() - started
+
+    async def prime(self) -> None:
+        try:
+            self._first = await self._next()
+        except Exception as exc:
+            await self.aclose()
+            raise _translate(self._backend, exc) from exc
+
+    @property
+    def _backend(self) -> str:
+        return self.ctx.target.backend_name if self.ctx.target else "?"
+
+    def __aiter__(self) -> MeteredStream:
+        return self
+
+    def _frame(self, chunk: Chunk) -> bytes | None:
+        ctx = self.ctx
+        if chunk.text:
+            if ctx.ttft_s is None:
+                ctx.ttft_s = time.perf_counter() - ctx.started
+            ctx.delivered_text.append(chunk.text)
+        if chunk.usage is not None and ctx.call is not None:
+            ctx.call.stats.usage = chunk.usage
+        wants_usage = getattr(ctx.request, "include_usage", False)
+        if chunk.usage is not None and not wants_usage:
+            if chunk.is_usage_only:
+                return None
+            payload = {k: v for k, v in chunk.payload.items() if k != "usage"}
+            return sse(orjson.dumps(payload))
+        if chunk.usage is not None:
+            self._usage_sent = True
+        return sse(chunk.raw if chunk.raw is not None else orjson.dumps(chunk.payload))
+
+    def _closing_usage(self) -> bytes | None:
+        """The usage chunk a client asked for (`stream_options.include_usage`) when the backend sent none."""
+        ctx = self.ctx
+        if self._usage_sent or not getattr(ctx.request, "include_usage", False) or ctx.call is None:
+            return None
+        from margin.pipeline.stages.meter import resolve_usage
+
+        usage: Usage = resolve_usage(ctx)
+        ctx.call.stats.usage = usage
+        payload = {
+            "id": ctx.call.response_id,
+            "object": _chunk_object(ctx.endpoint),
+            "created": int(time.time()),
+            "model": ctx.call.public_model,
+            "choices": [],
+            "usage": usage.to_openai(),
+        }
+        return sse(orjson.dumps(payload))
+
+    async def __anext__(self) -> bytes:
+        while not self._done:
+            chunk, self._first = self._first, None
+            if chunk is None:
+                try:
+                    chunk = await self._next()
+                except Exception as exc:
+                    return self._fail(exc)
+            if chunk is None:
+                self._done = True
+                closing = self._closing_usage()
+                if closing is not None:
+                    return closing
+                break
+            framed = self._frame(chunk)
+            if framed is not None:
+                return framed
+        raise StopAsyncIteration
+
+    def _fail(self, exc: Exception) -> bytes:
+        """A mid-stream failure: the client gets an OpenAI error event, the ledger the delivered tokens."""
+        error = _translate(self._backend, exc)
+        self.ctx.fail(error, status="upstream_error")
+        self._done = True
+        return sse(orjson.dumps(error.to_body()))
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        closer = getattr(self._chunks, "aclose", None)
+        try:
+            if closer is not None:
+                await closer()
+        finally:
+            self._on_end()
+
+
+def _chunk_object(endpoint: Endpoint) -> str:
+    return "text_completion" if endpoint is Endpoint.COMPLETIONS else "chat.completion.chunk"
+
+
+class BackendCall:
+    """The pipeline's terminal: hands the request to the routed backend."""
+
+    def __init__(self, meter: Any) -> None:
+        self.meter = meter  # economics.meter.Meter: shares busy time among concurrent requests
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        target = ctx.target
+        if target is None:
+            raise BackendError("no backend was chosen for this request")
+        ctx.call = Call(
+            ctx.endpoint,
+            ctx.request,
+            ctx.raw,
+            target.public,
+            target.model.upstream_model or target.public,
+            ctx.request_id,
+        )
+        clock = self.meter.clocks[target.backend_name]
+        mark = clock.enter()
+
+        def leave() -> None:
+            ctx.busy_share_s = clock.leave(mark)
+
+        if ctx.is_stream and ctx.endpoint is not Endpoint.EMBEDDINGS:
+            try:
+                chunks = target.backend.stream(ctx.call)
+            except Exception as exc:
+                leave()
+                raise _translate(target.backend_name, exc) from exc
+            stream = MeteredStream(ctx, chunks, leave)
+            await stream.prime()
+            ctx.stream = stream
+            return
+        started = time.perf_counter()
+        try:
+            if ctx.endpoint is Endpoint.EMBEDDINGS:
+                ctx.completion = await target.backend.embed(ctx.call)
+            else:
+                ctx.completion = await target.backend.complete(ctx.call)
+        except Exception as exc:
+            raise _translate(target.backend_name, exc) from exc
+        finally:
+            ctx.backend_wait_s += time.perf_counter() - started
+            leave()

@@ -1,0 +1,88 @@
+"""The one object that flows through the pipeline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from margin.backends.base import Backend, Call, Completion, Usage
+from margin.config import ModelConfig
+from margin.economics.meter import Charge
+from margin.errors import MarginError
+from margin.protocol import ApiRequest, Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: str | None
+    name: str
+    team: str | None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+ANONYMOUS = Principal(key_id=None, name="anonymous", team=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a request goes: the public model, its config and the backend that serves it."""
+
+    public: str
+    model: ModelConfig
+    backend_name: str
+    backend: Backend
+    region: str
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    endpoint: Endpoint
+    headers: Mapping[str, str]
+    raw: dict[str, Any]
+    request: ApiRequest
+    started: float = field(default_factory=time.perf_counter)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    principal: Principal | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    target: Target | None = None
+    call: Call | None = None
+    completion: Completion | None = None
+    stream: AsyncIterator[bytes] | None = None
+    usage: Usage | None = None
+    delivered_text: list[str] = field(default_factory=list)
+    ttft_s: float | None = None
+    backend_wait_s: float = 0.0
+    client_wait_s: float = 0.0
+    busy_share_s: float | None = None
+    measured_j: float | None = None
+    e2e_s: float | None = None
+    status: str = "ok"
+    http_status: int = 200
+    error: MarginError | None = None
+    charge: Charge | None = None
+    finished: bool = False
+
+    @property
+    def is_stream(self) -> bool:
+        return bool(getattr(self.request, "stream", False))
+
+    @property
+    def requested_model(self) -> str:
+        return self.request.model
+
+    def fail(self, error: MarginError, status: str = "error") -> None:
+        self.error = error
+        self.status = status
+        self.http_status = error.status
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+    def overhead_ms(self) -> float:
+        """Time spent in margin itself: everything but waiting on the backend and on the client."""
+        total = self.e2e_s if self.e2e_s is not None else time.perf_counter() - self.started
+        return max(0.0, (total - self.backend_wait_s - self.client_wait_s) * 1000)

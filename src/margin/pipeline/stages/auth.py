@@ -1,0 +1,72 @@
+"""auth: API key → principal (key id, team, tags), plus tags from the x-margin-tags header and `user`.
+
+With no active keys at all the gateway runs open (it then listens on loopback only: `margin serve`
+refuses any other address), and requests are attributed to `anonymous`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from margin.errors import AuthenticationFailed, InvalidRequest
+from margin.keys import KeyCache
+from margin.pipeline.base import BaseStage, StageSpec
+from margin.pipeline.context import ANONYMOUS, Principal, RequestContext
+
+TAG_VALUE = re.compile(r"^[\w.:@/+-]{1,128}$")
+
+
+def parse_tag_header(value: str, allowed: set[str]) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        name, sep, tag_value = item.partition("=")
+        name, tag_value = name.strip(), tag_value.strip()
+        if not sep or not TAG_VALUE.match(tag_value):
+            raise InvalidRequest(
+                f"x-margin-tags: {item.strip()!r} must look like key=value "
+                "(value: letters, digits, . : @ / + - _, up to 128)",
+                param="x-margin-tags",
+            )
+        if name not in allowed:
+            raise InvalidRequest(
+                f"x-margin-tags: tag key {name!r} is not allowed (allowed: {sorted(allowed)})", param="x-margin-tags"
+            )
+        tags[name] = tag_value
+    return tags
+
+
+async def authenticate(keys: KeyCache, headers: Mapping[str, str]) -> Principal:
+    if await keys.active_keys() == 0:
+        return ANONYMOUS
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationFailed("missing API key: send `Authorization: Bearer <key>`", code="missing_api_key")
+    record = await keys.lookup(token.strip())
+    if record is None:
+        raise AuthenticationFailed("invalid or revoked API key")
+    return Principal(key_id=record.id, name=record.name, team=record.team, tags=record.tags)
+
+
+class AuthStage(BaseStage):
+    name = "auth"
+
+    def __init__(self, keys: KeyCache, header_tag_keys: list[str]) -> None:
+        self.keys = keys
+        self.allowed = set(header_tag_keys)
+
+    async def on_request(self, ctx: RequestContext) -> None:
+        ctx.principal = await authenticate(self.keys, ctx.headers)
+        header = ctx.headers.get("x-margin-tags")
+        tags = parse_tag_header(header, self.allowed) if header else {}
+        tags.update(ctx.principal.tags)  # a key's own tags cannot be overridden by the caller
+        ctx.tags = tags
+
+
+def build(services: Any) -> AuthStage:
+    return AuthStage(services.keys, services.settings.tags.header_keys)
+
+
+STAGE = StageSpec("auth", 100, build)

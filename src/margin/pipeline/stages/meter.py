@@ -1,0 +1,56 @@
+"""meter: tokens (from the backend, else counted with the model's tokenizer, else estimated), latency,
+and the request's cost, energy and carbon from `margin.economics`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from margin.backends.base import Usage
+from margin.backends.payloads import prompt_text
+from margin.economics.meter import Meter
+from margin.pipeline.base import BaseStage, StageSpec
+from margin.pipeline.context import RequestContext
+
+
+def estimate_tokens(text: str) -> int:
+    """~4 characters a token (English BPE); only used when neither backend nor tokenizer can say."""
+    return max(1, round(len(text) / 4)) if text else 0
+
+
+def resolve_usage(ctx: RequestContext) -> Usage:
+    call, target = ctx.call, ctx.target
+    if call is None or target is None:
+        return Usage(source="none")
+    if call.stats.usage is not None:
+        return call.stats.usage
+    output = "".join(ctx.delivered_text) if ctx.stream is not None else (ctx.completion.text if ctx.completion else "")
+    prompt = prompt_text(call)
+    counted_in, counted_out = target.backend.count_tokens(prompt), target.backend.count_tokens(output)
+    if counted_in is not None and counted_out is not None:
+        return Usage(counted_in, counted_out, source="tokenizer")
+    return Usage(estimate_tokens(prompt), estimate_tokens(output), source="estimated")
+
+
+class MeterStage(BaseStage):
+    name = "meter"
+
+    def __init__(self, meter: Meter) -> None:
+        self.meter = meter
+
+    async def on_response(self, ctx: RequestContext) -> None:
+        if ctx.e2e_s is None:
+            ctx.e2e_s = time.perf_counter() - ctx.started
+        ctx.usage = resolve_usage(ctx)
+        if ctx.target is None or ctx.call is None:
+            return
+        stats_busy = ctx.call.stats.busy_s
+        busy = stats_busy if stats_busy is not None else (ctx.busy_share_s or 0.0)
+        ctx.charge = self.meter.charge(ctx.target.public, ctx.target.model, ctx.usage, busy, ctx.measured_j)
+
+
+def build(services: Any) -> MeterStage:
+    return MeterStage(services.meter)
+
+
+STAGE = StageSpec("meter", 800, build)

@@ -1,0 +1,86 @@
+"""settle: the request's ledger row, handed to the batched, idempotent writer. Every authenticated
+request gets exactly one row (kind `request`), whatever its outcome."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from margin.economics.money import to_nanousd
+from margin.ledger.store import LedgerWriter
+from margin.pipeline.base import BaseStage, StageSpec
+from margin.pipeline.context import RequestContext
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _nanousd(ctx: RequestContext) -> int | None:
+    """0 when no backend was called; NULL (never 0) when a backend was called at an unknown price."""
+    if ctx.charge is None:
+        return 0
+    return None if ctx.charge.cost_usd is None else to_nanousd(ctx.charge.cost_usd)
+
+
+def ledger_row(ctx: RequestContext, config_hash: str) -> dict[str, Any]:
+    principal, target, charge = ctx.principal, ctx.target, ctx.charge
+    usage = ctx.usage
+    stats = ctx.call.stats if ctx.call else None
+    return {
+        "request_id": ctx.request_id,
+        "kind": "request",
+        "created_at": ctx.started_at,
+        "key_id": principal.key_id if principal else None,
+        "team": principal.team if principal else None,
+        "user": getattr(ctx.request, "user", None),
+        "tags": ctx.tags,
+        "endpoint": str(ctx.endpoint),
+        "model": target.public if target else None,
+        "requested_model": ctx.requested_model,
+        "backend": target.backend_name if target else None,
+        "region": target.region if target else None,
+        "status": ctx.status,
+        "http_status": ctx.http_status,
+        "error_code": ctx.error.code if ctx.error else None,
+        "stream": ctx.is_stream,
+        "input_tokens": usage.input_tokens if usage else 0,
+        "output_tokens": usage.output_tokens if usage else 0,
+        "cached_tokens": usage.cached_tokens if usage else 0,
+        "usage_source": usage.source if usage else None,
+        "ttft_ms": _ms(ctx.ttft_s),
+        "e2e_ms": _ms(ctx.e2e_s) or 0.0,
+        "overhead_ms": round(ctx.overhead_ms(), 3),
+        "backend_ms": _ms(ctx.backend_wait_s),
+        "queue_ms": _ms(stats.queue_s) if stats else None,
+        "cost_nanousd": _nanousd(ctx),
+        "cost_status": charge.cost_status if charge else "no_charge",
+        "cost_method": charge.cost_method if charge else None,
+        "price_version": charge.price_version if charge else None,
+        "energy_j": charge.energy_j if charge else None,
+        "energy_method": charge.energy_method if charge else None,
+        "pue": charge.pue if charge else None,
+        "co2e_g": charge.co2e_g if charge else None,
+        "grid_g_per_kwh": charge.grid_g_per_kwh if charge else None,
+        "grid_source": charge.grid_source if charge else None,
+        "config_hash": config_hash,
+    }
+
+
+class SettleStage(BaseStage):
+    name = "settle"
+
+    def __init__(self, writer: LedgerWriter, config_hash: str) -> None:
+        self.writer = writer
+        self.config_hash = config_hash
+
+    async def on_response(self, ctx: RequestContext) -> None:
+        if ctx.principal is None:  # rejected before authentication: nobody to attribute it to
+            return
+        self.writer.submit(ledger_row(ctx, self.config_hash))
+
+
+def build(services: Any) -> SettleStage:
+    return SettleStage(services.writer, services.config_hash)
+
+
+STAGE = StageSpec("settle", 900, build)

@@ -1,0 +1,59 @@
+"""Terminal rendering of a report summary."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def human_usd(value: str | None) -> str:
+    """Three significant digits for small amounts ($0.0000157), cents for large ones ($1234.57)."""
+    if value is None:
+        return "-"
+    amount = Decimal(value)
+    if amount == 0:
+        return "$0"
+    if abs(amount) >= 1:
+        return f"${amount:,.2f}"
+    return f"${amount.quantize(Decimal(1).scaleb(amount.adjusted() - 2)):f}"
+
+
+def _sig(value: float) -> str:
+    return f"{value:.3g}" if value else "0"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _row(label: str, figures: dict[str, Any]) -> list[str]:
+    cost = human_usd(figures["cost_usd"])
+    if figures["unpriced_requests"]:
+        cost += f" +{figures['unpriced_requests']} unpriced"
+    requests = str(figures["requests"]) + (f" ({figures['errors']} err)" if figures["errors"] else "")
+    return [
+        label,
+        requests,
+        f"{figures['input_tokens']}/{figures['output_tokens']}",
+        cost,
+        human_usd(figures["usd_per_1k_tokens"]),
+        _sig(figures["energy_j"]),
+        _sig(figures["co2e_g"]),
+        f"{_ms(figures['latency_p50_ms'])}/{_ms(figures['latency_p95_ms'])}",
+    ]
+
+
+def render_summary(console: Console, summary: dict[str, Any]) -> None:
+    window = f"{summary['since'] or 'start'} → {summary['until'] or 'now'}"
+    table = Table(title=f"margin report ({window})", title_justify="left")
+    table.add_column(summary["by"] or "", no_wrap=True, min_width=5)
+    for column in ("requests", "tokens in/out", "cost", "$/1K tokens", "energy J", "gCO2e", "ms p50/p95"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for group in summary["groups"]:
+        table.add_row(*_row(str(group["key"]), group))
+    table.add_row(*_row("total", summary["totals"]), style="bold")
+    wide = Console(width=max(console.width, 120), highlight=False, file=console.file)
+    wide.print(table)

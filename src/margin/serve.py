@@ -1,0 +1,75 @@
+"""`margin serve`: checks that make the gateway safe to start, then uvicorn (uvloop + httptools)."""
+
+from __future__ import annotations
+
+import logging
+
+import sqlalchemy as sa
+from rich.console import Console
+
+from margin.config import Settings, config_hash, is_loopback
+from margin.errors import ConfigError
+from margin.ledger import db
+from margin.ledger.models import api_keys
+
+
+def active_key_count(settings: Settings) -> int:
+    db.upgrade(settings.storage.ledger)
+    engine = db.make_sync_engine(settings.storage.ledger)
+    try:
+        with engine.connect() as connection:
+            query = sa.select(sa.func.count()).select_from(api_keys).where(api_keys.c.revoked_at.is_(None))
+            return int(connection.execute(query).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def check_exposure(settings: Settings, keys: int) -> None:
+    """Without keys the gateway is open, so it may listen on loopback only."""
+    if keys == 0 and not is_loopback(settings.server.host):
+        raise ConfigError(
+            f"refusing to listen on {settings.server.host} with no API keys: anyone could spend through "
+            "this gateway. Create one first (`margin keys create --name NAME --team TEAM`) or bind 127.0.0.1."
+        )
+
+
+def banner(console: Console, settings: Settings, keys: int) -> None:
+    server = settings.server
+    console.print(f"[bold]margin[/] gateway on http://{server.host}:{server.port}/v1  (config {config_hash(settings)})")
+    for name, model in settings.models.items():
+        aliases = f" (aliases: {', '.join(model.aliases)})" if model.aliases else ""
+        console.print(
+            f"  model [cyan]{name}[/]{aliases} → backend {model.backend} \\[{settings.backends[model.backend].kind}]"
+        )
+    console.print(f"  ledger: {settings.storage.ledger}")
+    if keys == 0:
+        console.print(
+            "  [yellow]running OPEN: no API keys exist, so any local caller is accepted "
+            "(loopback only). Create keys with `margin keys create`.[/]"
+        )
+    else:
+        console.print(f"  {keys} active API key(s): requests need `Authorization: Bearer <key>`")
+
+
+def run(settings: Settings, console: Console) -> None:
+    import uvicorn
+
+    from margin.app import build_app
+
+    keys = active_key_count(settings)
+    check_exposure(settings, keys)
+    logging.basicConfig(level=settings.server.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    banner(console, settings, keys)
+    config = uvicorn.Config(
+        build_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=settings.server.log_level,
+        timeout_graceful_shutdown=30,
+    )
+    uvicorn.Server(config).run()

@@ -1,0 +1,92 @@
+"""Everything the gateway needs, built once from the settings (in the app's lifespan) and reached through
+`app.state.services`. No module-level state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from margin.backends.base import Backend
+from margin.backends.registry import BackendRegistry
+from margin.config import Settings, config_hash
+from margin.economics.carbon import GridTable
+from margin.economics.meter import Meter
+from margin.economics.prices import PriceBook
+from margin.errors import ConfigError
+from margin.keys import KeyCache
+from margin.ledger import db
+from margin.ledger.store import LedgerWriter
+from margin.pipeline.base import Pipeline
+from margin.pipeline.call import BackendCall
+from margin.pipeline.context import Target
+from margin.pipeline.stages import discover
+
+log = logging.getLogger("margin")
+
+
+def _check_regions(settings: Settings, grid: GridTable) -> None:
+    for name, region in settings.regions.items():
+        if region.grid_zone and region.grid_g_per_kwh is None and grid.get(region.grid_zone) is None:
+            raise ConfigError(
+                f"region {name!r}: grid_zone {region.grid_zone!r} is not in the bundled table "
+                "(use an ISO alpha-3 code such as FRA, or gcp:<region>, or set grid_g_per_kwh)"
+            )
+
+
+class Services:
+    def __init__(self, settings: Settings, registry: BackendRegistry | None = None) -> None:
+        self.settings = settings
+        self.config_hash = config_hash(settings)
+        self.engine = db.make_async_engine(settings.storage.ledger)
+        self.writer = LedgerWriter(
+            self.engine, interval_s=settings.storage.flush_interval_ms / 1000, max_rows=settings.storage.flush_max_rows
+        )
+        self.keys = KeyCache(self.engine, ttl_s=settings.server.key_cache_ttl_s)
+        self.grid = GridTable.bundled()
+        _check_regions(settings, self.grid)
+        self.prices = PriceBook()
+        self.meter = Meter(settings, self.grid, self.prices)
+        registry = registry or BackendRegistry()
+        self.backends: dict[str, Backend] = {
+            name: registry.create(name, config, self) for name, config in settings.backends.items()
+        }
+        self.targets = self._targets()
+        stages = [stage for spec in discover() if (stage := spec.build(self)) is not None]
+        self.pipeline = Pipeline(stages, BackendCall(self.meter))
+        self._background: set[asyncio.Task[Any]] = set()
+        self.started_at = time.time()
+
+    def _targets(self) -> dict[str, Target]:
+        targets: dict[str, Target] = {}
+        for public, model in self.settings.models.items():
+            region = self.settings.backends[model.backend].region
+            target = Target(public, model, model.backend, self.backends[model.backend], region)
+            for name in (public, *model.aliases):
+                targets[name] = target
+        return targets
+
+    async def start(self) -> None:
+        await asyncio.to_thread(db.upgrade, self.settings.storage.ledger)
+        await self.keys.active_keys()
+        self.writer.start()
+        await asyncio.gather(*(backend.start() for backend in self.backends.values()))
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        """Run work that must finish even if its caller is cancelled (e.g. settling a closed stream)."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        for name, backend in self.backends.items():
+            try:
+                await backend.close()
+            except Exception:
+                log.exception("closing backend %s failed", name)
+        await self.writer.close()
+        await self.engine.dispose()

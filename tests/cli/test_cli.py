@@ -1,0 +1,108 @@
+"""The `margin` command: cost calculator, keys, report, config, and serve's exposure check."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from margin.cli import app
+from tests.helpers import fake_settings, gateway
+
+runner = CliRunner()
+
+
+def test_cost_seed_001_example_text_and_json() -> None:
+    args = ["cost", "--hourly-usd", "10", "--tokens-per-s", "33", "--energy-overhead", "0.20",
+            "--network-overhead", "0.10"]
+    text = runner.invoke(app, args)
+    assert text.exit_code == 0, text.output
+    assert "$0.000084/token before overheads" in text.output
+    assert "≈$0.109 per 1K tokens" in text.output
+    data = json.loads(runner.invoke(app, [*args, "--json"]).output)
+    assert isinstance(data["usd_per_1k_tokens"], str)
+    assert Decimal(data["usd_per_1k_tokens"]).quantize(Decimal("0.001")) == Decimal("0.109")
+    assert data["usd_per_token_before_overheads"].startswith("0.0000841750")
+
+
+def test_cost_with_power_and_region() -> None:
+    result = runner.invoke(app, ["cost", "--hourly-usd", "2.5", "--tokens-per-s", "1000", "--watts", "700",
+                                 "--pue", "1.1", "--region", "FRA", "--json"])
+    data = json.loads(result.output)
+    assert data["energy_j_per_token"] == pytest.approx(0.77)
+    assert data["grid_source"].startswith("table:FRA") and data["co2e_g_per_1k_tokens"] > 0
+    bad = runner.invoke(app, ["cost", "--hourly-usd", "1", "--tokens-per-s", "1", "--watts", "1",
+                              "--region", "ATLANTIS"])
+    assert bad.exit_code == 2 and "unknown region" in bad.output
+
+
+def test_keys_lifecycle(tmp_path: Path) -> None:
+    db = str(tmp_path / "k.db")
+    created = runner.invoke(app, ["keys", "create", "--name", "svc", "--team", "search", "--tag", "feature=qa",
+                                  "--db", db, "--json"])
+    assert created.exit_code == 0, created.output
+    key = json.loads(created.output)
+    assert key["key"].startswith(f"mgn_{key['id']}_") and key["tags"] == {"feature": "qa"}
+    listed = json.loads(runner.invoke(app, ["keys", "list", "--db", db, "--json"]).output)
+    assert listed == [{"id": key["id"], "name": "svc", "team": "search", "tags": {"feature": "qa"},
+                       "created_at": listed[0]["created_at"], "revoked": False}]
+    assert key["key"] not in runner.invoke(app, ["keys", "list", "--db", db]).output
+    assert runner.invoke(app, ["keys", "revoke", key["id"], "--db", db]).exit_code == 0
+    again = runner.invoke(app, ["keys", "revoke", key["id"], "--db", db])
+    assert again.exit_code == 2 and "no active key" in again.output
+    bad_tag = runner.invoke(app, ["keys", "create", "--name", "x", "--tag", "oops", "--db", db])
+    assert bad_tag.exit_code == 2
+
+
+async def test_report_json_matches_the_ledger(db_path: Path) -> None:
+    async with gateway(fake_settings(db_path)) as gw:
+        for tags in ("feature=search", "feature=search", "feature=chat"):
+            response = await gw.http.post("/v1/chat/completions", headers={"x-margin-tags": tags},
+                                          json={"model": "fake-chat", "messages": [{"role": "user", "content": "a b"}]})
+            assert response.status_code == 200
+        await gw.http.post("/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user",
+                                                                                        "content": "x"}]})
+        rows = await gw.rows()
+    result = runner.invoke(app, ["report", "--db", str(db_path), "--by", "feature", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    totals = report["totals"]
+    assert totals["requests"] == 4 and totals["errors"] == 1
+    assert (totals["input_tokens"], totals["output_tokens"]) == (6, 15)
+    assert Decimal(totals["cost_usd"]) == sum(Decimal(r.cost_nanousd) for r in rows) / Decimal(10**9)
+    assert totals["energy_j"] > 0 and totals["co2e_g"] > 0 and totals["latency_p50_ms"] > 0
+    by_feature = {g["key"]: g for g in report["groups"]}
+    assert by_feature["search"]["requests"] == 2 and by_feature["chat"]["requests"] == 1
+    assert by_feature[None]["errors"] == 1
+    table = runner.invoke(app, ["report", "--db", str(db_path), "--since", "1h"])
+    assert table.exit_code == 0 and "total" in table.output
+    future = json.loads(runner.invoke(app, ["report", "--db", str(db_path), "--since", "2999-01-01",
+                                            "--json"]).output)
+    assert future["totals"]["requests"] == 0 and future["totals"]["usd_per_1k_tokens"] is None
+    assert runner.invoke(app, ["report", "--db", str(db_path), "--by", "colour"]).exit_code == 2
+
+
+def test_serve_refuses_public_address_without_keys(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["serve", "--db", str(tmp_path / "s.db"), "--host", "0.0.0.0", "--port", "1"])
+    assert result.exit_code == 2
+    assert "refusing to listen on 0.0.0.0 with no API keys" in result.output
+
+
+def test_config_show_and_check(tmp_path: Path) -> None:
+    shown = runner.invoke(app, ["config", "show", "--default"])
+    assert "builtin:smollm2-135m-q4_1" in shown.output
+    path = tmp_path / "c.yaml"
+    path.write_text("server: {port: 1234}\n")
+    assert runner.invoke(app, ["config", "check", str(path)]).exit_code == 0
+    path.write_text("server: {prot: 1234}\n")
+    checked = runner.invoke(app, ["config", "check", str(path)])
+    assert checked.exit_code == 2 and "server.prot" in checked.output
+
+
+def test_db_commands(tmp_path: Path) -> None:
+    db = str(tmp_path / "d.db")
+    assert runner.invoke(app, ["db", "current", "--db", db]).output.strip() == "empty"
+    assert "revision 0001" in runner.invoke(app, ["db", "upgrade", "--db", db]).output

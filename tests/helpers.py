@@ -1,0 +1,96 @@
+"""Shared test helpers: settings with fake backends, an in-process gateway, a live uvicorn server."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+import uvicorn
+from starlette.applications import Starlette
+
+from margin.app import build_app
+from margin.config import Settings, parse_settings
+from margin.ledger.models import ledger
+from margin.services import Services
+
+
+def fake_settings(db: Path, **overrides: Any) -> Settings:
+    """A config with a fake chat backend (`fake`, self-hosted priced by TCO) and a fake list-priced one."""
+    data: dict[str, Any] = {
+        "storage": {"ledger": f"sqlite:///{db}", "flush_interval_ms": 10},
+        "regions": {"eu": {"jurisdiction": "EU", "grid_zone": "FRA", "pue": 1.2, "usd_per_kwh": "0.20"}},
+        "backends": {
+            "fake": {"kind": "fake", "output_tokens": 5, "region": "eu",
+                     "hardware": {"usd_per_hour": "3.60", "watts_busy": 100}},
+            "api": {"kind": "fake", "output_tokens": 4},
+        },
+        "models": {
+            "fake-chat": {"backend": "fake", "aliases": ["fc"]},
+            "fake-embed": {"backend": "fake", "kind": "embedding"},
+            "priced": {"backend": "api", "price": {"input": "1.00", "output": "2.00", "version": "t1"}},
+            "gpt-4o-mini": {"backend": "api"},
+            "mystery": {"backend": "api"},
+        },
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return parse_settings(data)
+
+
+@dataclass
+class Gateway:
+    app: Starlette
+    services: Services
+    http: httpx.AsyncClient
+
+    async def rows(self) -> list[Any]:
+        await self.services.writer.flush()
+        async with self.services.engine.connect() as connection:
+            result = await connection.execute(sa.select(ledger).order_by(ledger.c.id))
+            return list(result)
+
+
+@asynccontextmanager
+async def gateway(settings: Settings) -> AsyncIterator[Gateway]:
+    app = build_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://margin.test") as http:
+            yield Gateway(app, app.state.services, http)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@asynccontextmanager
+async def live_server(app: Any) -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn on a free loopback port inside this event loop."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                            http="httptools", loop="asyncio")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    for _ in range(500):
+        if server.started:
+            break
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task

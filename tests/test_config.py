@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from margin.config import config_hash, is_loopback, load_settings, parse_settings
+from margin.errors import ConfigError
+
+
+def test_default_config_runs_the_local_model() -> None:
+    settings = load_settings()
+    assert settings.backends["local"].kind == "llamacpp"
+    assert settings.models["smollm2-135m-instruct"].aliases == ["local"]
+    assert settings.server.host == "127.0.0.1" and settings.server.port == 8000
+    assert settings.backends["local"].hardware is not None  # self-hosted: priced by TCO
+    assert len(config_hash(settings)) == 16
+
+
+@pytest.mark.parametrize(("data", "fragment"), [
+    ({"servr": {}}, "servr"),
+    ({"server": {"prot": 1}}, "server.prot"),
+    ({"backends": {"b": {"kind": "nope"}}}, "backends.b"),
+    ({"backends": {"b": {"kind": "fake", "speed": 1}}}, "speed"),
+    ({"models": {"m": {"backend": "missing"}}}, "unknown backend"),
+    ({"backends": {"b": {"kind": "fake"}}, "models": {"m": {"backend": "b", "aliases": ["m"]}}}, "used by both"),
+    ({"backends": {"b": {"kind": "fake", "region": "mars"}}}, "region 'mars'"),
+    ({"server": {"port": "eighty"}}, "server.port"),
+])
+def test_bad_config_is_rejected_with_a_clear_message(data: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(data)
+    assert fragment in caught.value.message
+
+
+def test_yaml_file_env_expansion_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UPSTREAM", "http://127.0.0.1:9/v1")
+    path = tmp_path / "m.yaml"
+    path.write_text("backends:\n  up: {kind: openai, base_url: ${UPSTREAM}}\nmodels:\n  m: {backend: up}\n")
+    assert load_settings(path).backends["up"].base_url == "http://127.0.0.1:9/v1"  # type: ignore[union-attr]
+    path.write_text("backends: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(path)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "absent.yaml")
+
+
+def test_hash_changes_with_settings() -> None:
+    a = parse_settings({})
+    b = parse_settings({"server": {"port": 9000}})
+    assert config_hash(a) != config_hash(b) and config_hash(a) == config_hash(parse_settings({}))
+
+
+def test_loopback_detection() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.5") and not is_loopback("example.org")

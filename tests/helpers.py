@@ -27,8 +27,12 @@ def fake_settings(db: Path, **overrides: Any) -> Settings:
         "storage": {"ledger": f"sqlite:///{db}", "flush_interval_ms": 10},
         "regions": {"eu": {"jurisdiction": "EU", "grid_zone": "FRA", "pue": 1.2, "usd_per_kwh": "0.20"}},
         "backends": {
-            "fake": {"kind": "fake", "output_tokens": 5, "region": "eu",
-                     "hardware": {"usd_per_hour": "3.60", "watts_busy": 100}},
+            "fake": {
+                "kind": "fake",
+                "output_tokens": 5,
+                "region": "eu",
+                "hardware": {"usd_per_hour": "3.60", "watts_busy": 100},
+            },
             "api": {"kind": "fake", "output_tokens": 4},
         },
         "models": {
@@ -79,8 +83,9 @@ def free_port() -> int:
 async def live_server(app: Any) -> AsyncIterator[str]:
     """Serve an ASGI app with uvicorn on a free loopback port inside this event loop."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                            http="httptools", loop="asyncio")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", http="httptools", loop="asyncio"
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     for _ in range(500):

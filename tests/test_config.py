@@ -17,16 +17,19 @@ def test_default_config_runs_the_local_model() -> None:
     assert len(config_hash(settings)) == 16
 
 
-@pytest.mark.parametrize(("data", "fragment"), [
-    ({"servr": {}}, "servr"),
-    ({"server": {"prot": 1}}, "server.prot"),
-    ({"backends": {"b": {"kind": "nope"}}}, "backends.b"),
-    ({"backends": {"b": {"kind": "fake", "speed": 1}}}, "speed"),
-    ({"models": {"m": {"backend": "missing"}}}, "unknown backend"),
-    ({"backends": {"b": {"kind": "fake"}}, "models": {"m": {"backend": "b", "aliases": ["m"]}}}, "used by both"),
-    ({"backends": {"b": {"kind": "fake", "region": "mars"}}}, "region 'mars'"),
-    ({"server": {"port": "eighty"}}, "server.port"),
-])
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ({"servr": {}}, "servr"),
+        ({"server": {"prot": 1}}, "server.prot"),
+        ({"backends": {"b": {"kind": "nope"}}}, "backends.b"),
+        ({"backends": {"b": {"kind": "fake", "speed": 1}}}, "speed"),
+        ({"models": {"m": {"backend": "missing"}}}, "unknown backend"),
+        ({"backends": {"b": {"kind": "fake"}}, "models": {"m": {"backend": "b", "aliases": ["m"]}}}, "used by both"),
+        ({"backends": {"b": {"kind": "fake", "region": "mars"}}}, "region 'mars'"),
+        ({"server": {"port": "eighty"}}, "server.port"),
+    ],
+)
 def test_bad_config_is_rejected_with_a_clear_message(data: dict[str, object], fragment: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_settings(data)

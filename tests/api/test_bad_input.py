@@ -20,10 +20,22 @@ CASES: list[tuple[str, str, Any, int, str | None, str | None]] = [
     ("missing model", CHAT, {"messages": GOOD["messages"]}, 400, "invalid_request", "model"),
     ("missing messages", CHAT, {"model": "fake-chat"}, 400, "invalid_request", "messages"),
     ("empty messages", CHAT, {"model": "fake-chat", "messages": []}, 400, "invalid_request", "messages"),
-    ("bad role", CHAT, {"model": "fake-chat", "messages": [{"role": "robot", "content": "x"}]}, 400,
-     "invalid_request", "messages.0.role"),
-    ("content wrong type", CHAT, {"model": "fake-chat", "messages": [{"role": "user", "content": 5}]}, 400,
-     "invalid_request", "messages.0.content.str"),
+    (
+        "bad role",
+        CHAT,
+        {"model": "fake-chat", "messages": [{"role": "robot", "content": "x"}]},
+        400,
+        "invalid_request",
+        "messages.0.role",
+    ),
+    (
+        "content wrong type",
+        CHAT,
+        {"model": "fake-chat", "messages": [{"role": "user", "content": 5}]},
+        400,
+        "invalid_request",
+        "messages.0.content.str",
+    ),
     ("temperature too high", CHAT, {**GOOD, "temperature": 3}, 400, "invalid_request", "temperature"),
     ("temperature a string", CHAT, {**GOOD, "temperature": "hot"}, 400, "invalid_request", "temperature"),
     ("max_tokens zero", CHAT, {**GOOD, "max_tokens": 0}, 400, "invalid_request", "max_tokens"),
@@ -31,20 +43,32 @@ CASES: list[tuple[str, str, Any, int, str | None, str | None]] = [
     ("stream not bool", CHAT, {**GOOD, "stream": "yes please"}, 400, "invalid_request", "stream"),
     ("unknown model", CHAT, {**GOOD, "model": "nope"}, 404, "model_not_found", "model"),
     ("embedding model on chat", CHAT, {**GOOD, "model": "fake-embed"}, 400, "wrong_model_kind", "model"),
-    ("chat model on embeddings", "/v1/embeddings", {"model": "fake-chat", "input": "x"}, 400,
-     "wrong_model_kind", "model"),
-    ("empty embedding input", "/v1/embeddings", {"model": "fake-embed", "input": []}, 400, "invalid_request",
-     "input"),
-    ("token ids to embeddings", "/v1/embeddings", {"model": "fake-embed", "input": [1, 2, 3]}, 400,
-     "invalid_request", "input"),
+    (
+        "chat model on embeddings",
+        "/v1/embeddings",
+        {"model": "fake-chat", "input": "x"},
+        400,
+        "wrong_model_kind",
+        "model",
+    ),
+    ("empty embedding input", "/v1/embeddings", {"model": "fake-embed", "input": []}, 400, "invalid_request", "input"),
+    (
+        "token ids to embeddings",
+        "/v1/embeddings",
+        {"model": "fake-embed", "input": [1, 2, 3]},
+        400,
+        "invalid_request",
+        "input",
+    ),
     ("completions without prompt", "/v1/completions", {"model": "fake-chat"}, 400, "invalid_request", "prompt"),
     ("unknown route", "/v1/nothing", GOOD, 404, "unknown_url", None),
 ]
 
 
 @pytest.mark.parametrize(("name", "path", "body", "status", "code", "param"), CASES, ids=[c[0] for c in CASES])
-async def test_bad_input(gw: Gateway, name: str, path: str, body: Any, status: int, code: str | None,
-                         param: str | None) -> None:
+async def test_bad_input(
+    gw: Gateway, name: str, path: str, body: Any, status: int, code: str | None, param: str | None
+) -> None:
     kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
     response = await gw.http.post(path, **kwargs)  # type: ignore[arg-type]
     assert response.status_code == status, response.text
@@ -65,6 +89,7 @@ async def test_body_over_limit_is_413(db_path: Path) -> None:
         response = await gw.http.post(CHAT, json=big)
         assert response.status_code == 413
         assert response.json()["error"]["code"] == "request_too_large"
+
         async def body():  # no content-length: the limit is enforced while reading
             for _ in range(3):
                 yield b"x" * 600

@@ -12,14 +12,16 @@ from tests.helpers import Gateway
 
 
 def sdk(gw: Gateway, **kwargs: object) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(api_key="unused", base_url="http://margin.test/v1", http_client=gw.http,
-                              max_retries=0, **kwargs)  # type: ignore[arg-type]
+    return openai.AsyncOpenAI(
+        api_key="unused", base_url="http://margin.test/v1", http_client=gw.http, max_retries=0, **kwargs
+    )  # type: ignore[arg-type]
 
 
 async def test_chat_completion_returns_answer_and_usage(gw: Gateway) -> None:
     client = sdk(gw)
     raw = await client.chat.completions.with_raw_response.create(
-        model="fake-chat", messages=[{"role": "user", "content": "one two three"}])
+        model="fake-chat", messages=[{"role": "user", "content": "one two three"}]
+    )
     reply = raw.parse()
     assert reply.choices[0].message.content == "tok " * 5
     assert reply.usage is not None
@@ -46,8 +48,11 @@ async def test_alias_resolves_to_public_model(gw: Gateway) -> None:
 
 async def test_stream_with_usage_chunk(gw: Gateway) -> None:
     stream = await sdk(gw).chat.completions.create(
-        model="fake-chat", messages=[{"role": "user", "content": "a b"}], stream=True,
-        stream_options={"include_usage": True})
+        model="fake-chat",
+        messages=[{"role": "user", "content": "a b"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     text, usage = "", None
     async for chunk in stream:
         if chunk.choices:
@@ -62,7 +67,8 @@ async def test_stream_with_usage_chunk(gw: Gateway) -> None:
 
 async def test_stream_without_usage_option_hides_usage_chunk(gw: Gateway) -> None:
     stream = await sdk(gw).chat.completions.create(
-        model="fake-chat", messages=[{"role": "user", "content": "a b"}], stream=True)
+        model="fake-chat", messages=[{"role": "user", "content": "a b"}], stream=True
+    )
     chunks = [chunk async for chunk in stream]
     assert all(chunk.usage is None for chunk in chunks)
     assert (await gw.rows())[0].output_tokens == 5
@@ -123,9 +129,12 @@ async def test_async_concurrency_each_request_gets_one_row(gw: Gateway) -> None:
     import asyncio
 
     client = sdk(gw)
-    replies = await asyncio.gather(*(
-        client.chat.completions.create(model="fake-chat", messages=[{"role": "user", "content": f"q {i}"}])
-        for i in range(20)))
+    replies = await asyncio.gather(
+        *(
+            client.chat.completions.create(model="fake-chat", messages=[{"role": "user", "content": f"q {i}"}])
+            for i in range(20)
+        )
+    )
     rows = await gw.rows()
     assert len(rows) == 20
     assert {r.request_id for r in rows} == {reply.id.removeprefix("chatcmpl-") for reply in replies}

@@ -57,8 +57,11 @@ async def test_live_stream_through_openai_sdk(db_path: Path) -> None:
     async with live_server(app) as url:
         client = openai.AsyncOpenAI(api_key="x", base_url=f"{url}/v1", max_retries=0)
         stream = await client.chat.completions.create(
-            model="slow", messages=[{"role": "user", "content": "hi"}], stream=True,
-            stream_options={"include_usage": True})
+            model="slow",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         pieces = [c async for c in stream]
         await client.close()
         assert pieces[-1].usage is not None and pieces[-1].usage.completion_tokens == 6
@@ -67,20 +70,24 @@ async def test_live_stream_through_openai_sdk(db_path: Path) -> None:
         assert row.status == "ok" and row.output_tokens == 6 and row.ttft_ms >= 20
 
 
-@pytest.mark.parametrize(("status", "exc", "code"), [
-    (502, openai.InternalServerError, "upstream_error"),
-    (504, openai.InternalServerError, "upstream_timeout"),
-    (400, openai.BadRequestError, "upstream_rejected"),
-])
+@pytest.mark.parametrize(
+    ("status", "exc", "code"),
+    [
+        (502, openai.InternalServerError, "upstream_error"),
+        (504, openai.InternalServerError, "upstream_timeout"),
+        (400, openai.BadRequestError, "upstream_rejected"),
+    ],
+)
 @pytest.mark.parametrize("stream", [False, True])
-async def test_backend_errors_map_to_statuses(db_path: Path, status: int, exc: type[Exception], code: str,
-                                              stream: bool) -> None:
+async def test_backend_errors_map_to_statuses(
+    db_path: Path, status: int, exc: type[Exception], code: str, stream: bool
+) -> None:
     async with gateway(slow_settings(db_path, fail_status=status)) as gw:  # type: ignore[arg-type]
-        client = openai.AsyncOpenAI(api_key="x", base_url="http://margin.test/v1", http_client=gw.http,
-                                    max_retries=0)
+        client = openai.AsyncOpenAI(api_key="x", base_url="http://margin.test/v1", http_client=gw.http, max_retries=0)
         with pytest.raises(exc) as caught:
-            await client.chat.completions.create(model="slow", messages=[{"role": "user", "content": "x"}],
-                                                 stream=stream)
+            await client.chat.completions.create(
+                model="slow", messages=[{"role": "user", "content": "x"}], stream=stream
+            )
         assert caught.value.status_code == status  # type: ignore[attr-defined]
         assert caught.value.code == code  # type: ignore[attr-defined]
         row = (await gw.rows())[0]
@@ -90,10 +97,10 @@ async def test_backend_errors_map_to_statuses(db_path: Path, status: int, exc: t
 async def test_mid_stream_failure_sends_error_event_and_records_delivered_tokens(db_path: Path) -> None:
     settings = slow_settings(db_path, fail_after_tokens=3, tokens_per_s=1000, report_usage=False)
     async with gateway(settings) as gw:  # type: ignore[arg-type]
-        client = openai.AsyncOpenAI(api_key="x", base_url="http://margin.test/v1", http_client=gw.http,
-                                    max_retries=0)
+        client = openai.AsyncOpenAI(api_key="x", base_url="http://margin.test/v1", http_client=gw.http, max_retries=0)
         stream = await client.chat.completions.create(
-            model="slow", messages=[{"role": "user", "content": "x y"}], stream=True)
+            model="slow", messages=[{"role": "user", "content": "x y"}], stream=True
+        )
         text = ""
         with pytest.raises(openai.APIError, match="cut the stream"):
             async for chunk in stream:
@@ -108,8 +115,11 @@ async def test_missing_backend_usage_is_counted_for_include_usage(db_path: Path)
     async with gateway(settings) as gw:  # type: ignore[arg-type]
         client = openai.AsyncOpenAI(api_key="x", base_url="http://margin.test/v1", http_client=gw.http)
         stream = await client.chat.completions.create(
-            model="slow", messages=[{"role": "user", "content": "one two three"}], stream=True,
-            stream_options={"include_usage": True})
+            model="slow",
+            messages=[{"role": "user", "content": "one two three"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         usage = [c.usage async for c in stream if c.usage is not None]
         assert len(usage) == 1
         assert (usage[0].prompt_tokens, usage[0].completion_tokens) == (3, 4)

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
@@ -19,30 +18,48 @@ from tests.helpers import free_port, gateway, live_server
 
 @pytest.fixture
 async def upstream(tmp_path: Path) -> AsyncIterator[str]:
-    settings = parse_settings({
-        "storage": {"ledger": f"sqlite:///{tmp_path / 'upstream.db'}"},
-        "backends": {"gen": {"kind": "fake", "output_tokens": 4}, "slow": {"kind": "fake", "ttft_ms": 400},
-                     "broken": {"kind": "fake", "fail_status": 503}},
-        "models": {"upstream-model": {"backend": "gen"}, "upstream-embed": {"backend": "gen", "kind": "embedding"},
-                   "slow-model": {"backend": "slow"}, "broken-model": {"backend": "broken"}},
-    })
+    settings = parse_settings(
+        {
+            "storage": {"ledger": f"sqlite:///{tmp_path / 'upstream.db'}"},
+            "backends": {
+                "gen": {"kind": "fake", "output_tokens": 4},
+                "slow": {"kind": "fake", "ttft_ms": 400},
+                "broken": {"kind": "fake", "fail_status": 503},
+            },
+            "models": {
+                "upstream-model": {"backend": "gen"},
+                "upstream-embed": {"backend": "gen", "kind": "embedding"},
+                "slow-model": {"backend": "slow"},
+                "broken-model": {"backend": "broken"},
+            },
+        }
+    )
     async with live_server(build_app(settings)) as url:
         yield f"{url}/v1"
 
 
 def gateway_settings(tmp_path: Path, base_url: str, **backend: Any) -> Any:
-    return parse_settings({
-        "storage": {"ledger": f"sqlite:///{tmp_path / 'gw.db'}", "flush_interval_ms": 10},
-        "backends": {"up": {"kind": "openai", "base_url": base_url, "timeout_s": 5, **backend}},
-        "models": {
-            "public": {"backend": "up", "upstream_model": "upstream-model",
-                       "price": {"input": "10", "output": "20"}},
-            "embed": {"backend": "up", "upstream_model": "upstream-embed", "kind": "embedding",
-                      "price": {"input": "1", "output": "0"}},
-            "slow": {"backend": "up", "upstream_model": "slow-model"},
-            "broken": {"backend": "up", "upstream_model": "broken-model"},
-        },
-    })
+    return parse_settings(
+        {
+            "storage": {"ledger": f"sqlite:///{tmp_path / 'gw.db'}", "flush_interval_ms": 10},
+            "backends": {"up": {"kind": "openai", "base_url": base_url, "timeout_s": 5, **backend}},
+            "models": {
+                "public": {
+                    "backend": "up",
+                    "upstream_model": "upstream-model",
+                    "price": {"input": "10", "output": "20"},
+                },
+                "embed": {
+                    "backend": "up",
+                    "upstream_model": "upstream-embed",
+                    "kind": "embedding",
+                    "price": {"input": "1", "output": "0"},
+                },
+                "slow": {"backend": "up", "upstream_model": "slow-model"},
+                "broken": {"backend": "up", "upstream_model": "broken-model"},
+            },
+        }
+    )
 
 
 def client_for(gw: Any) -> openai.AsyncOpenAI:
@@ -52,7 +69,8 @@ def client_for(gw: Any) -> openai.AsyncOpenAI:
 async def test_proxy_whole_answer_and_usage(tmp_path: Path, upstream: str) -> None:
     async with gateway(gateway_settings(tmp_path, upstream)) as gw:
         reply = await client_for(gw).chat.completions.create(
-            model="public", messages=[{"role": "user", "content": "a b c"}])
+            model="public", messages=[{"role": "user", "content": "a b c"}]
+        )
         assert reply.choices[0].message.content == "tok " * 4
         assert reply.model == "upstream-model"  # the upstream's answer is passed on byte for byte
         row = (await gw.rows())[0]
@@ -63,12 +81,22 @@ async def test_proxy_whole_answer_and_usage(tmp_path: Path, upstream: str) -> No
 async def test_proxy_stream_asks_usage_but_only_forwards_it_when_asked(tmp_path: Path, upstream: str) -> None:
     async with gateway(gateway_settings(tmp_path, upstream)) as gw:
         client = client_for(gw)
-        plain = [c async for c in await client.chat.completions.create(
-            model="public", messages=[{"role": "user", "content": "a"}], stream=True)]
+        plain = [
+            c
+            async for c in await client.chat.completions.create(
+                model="public", messages=[{"role": "user", "content": "a"}], stream=True
+            )
+        ]
         assert all(c.usage is None for c in plain)
-        with_usage = [c async for c in await client.chat.completions.create(
-            model="public", messages=[{"role": "user", "content": "a"}], stream=True,
-            stream_options={"include_usage": True})]
+        with_usage = [
+            c
+            async for c in await client.chat.completions.create(
+                model="public",
+                messages=[{"role": "user", "content": "a"}],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        ]
         assert with_usage[-1].usage is not None and with_usage[-1].usage.completion_tokens == 4
         rows = await gw.rows()
         assert [(r.output_tokens, r.usage_source) for r in rows] == [(4, "backend"), (4, "backend")]
@@ -96,19 +124,21 @@ async def test_upstream_down_is_502(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}/v1"
     async with gateway(gateway_settings(tmp_path, dead)) as gw:
         for stream in (False, True):
-            response = await gw.http.post("/v1/chat/completions", json={
-                "model": "public", "messages": [{"role": "user", "content": "x"}], "stream": stream})
+            response = await gw.http.post(
+                "/v1/chat/completions",
+                json={"model": "public", "messages": [{"role": "user", "content": "x"}], "stream": stream},
+            )
             assert response.status_code == 502
             assert "unreachable" in response.json()["error"]["message"]
 
 
 def test_upstream_error_translation() -> None:
-    headers = httpx.Headers({"retry-after": "7"})
+    headers = {"retry-after": "7"}
     limited = upstream_error("up", 429, b'{"error": {"message": "slow down", "code": "rate"}}', headers)
     assert isinstance(limited, RateLimited) and limited.headers == {"retry-after": "7"}
-    rejected = upstream_error("up", 422, b'{"error": {"message": "bad field"}}', httpx.Headers())
+    rejected = upstream_error("up", 422, b'{"error": {"message": "bad field"}}', {})
     assert isinstance(rejected, BackendClientError) and rejected.status == 422
-    failed = upstream_error("up", 500, b"<html>oops</html>", httpx.Headers())
+    failed = upstream_error("up", 500, b"<html>oops</html>", {})
     assert type(failed) is BackendError and failed.status == 502 and "oops" in failed.message
 
 

@@ -17,14 +17,17 @@ def feed_all(stops: list[str], pieces: list[str]) -> tuple[str, bool]:
     return out + matcher.flush(), False
 
 
-@pytest.mark.parametrize(("stops", "pieces", "expected"), [
-    ([], ["a", "b"], ("ab", False)),
-    (["END"], ["hello E", "N", "D tail"], ("hello ", True)),
-    (["END"], ["hello E", "N", "x"], ("hello ENx", False)),
-    (["<|im_end|>"], ["Hi", "<|im", "_end|>", "more"], ("Hi", True)),
-    (["ab", "b"], ["xa", "b"], ("x", True)),  # earliest stop wins
-    (["\n\n"], ["line\n", "\nnext"], ("line", True)),
-])
+@pytest.mark.parametrize(
+    ("stops", "pieces", "expected"),
+    [
+        ([], ["a", "b"], ("ab", False)),
+        (["END"], ["hello E", "N", "D tail"], ("hello ", True)),
+        (["END"], ["hello E", "N", "x"], ("hello ENx", False)),
+        (["<|im_end|>"], ["Hi", "<|im", "_end|>", "more"], ("Hi", True)),
+        (["ab", "b"], ["xa", "b"], ("x", True)),  # earliest stop wins
+        (["\n\n"], ["line\n", "\nnext"], ("line", True)),
+    ],
+)
 def test_stop_matcher(stops: list[str], pieces: list[str], expected: tuple[str, bool]) -> None:
     assert feed_all(stops, pieces) == expected
 
@@ -37,8 +40,9 @@ def test_stop_matcher_holds_back_only_possible_prefixes() -> None:
 
 
 def chat(**fields: object) -> ChatCompletionRequest:
-    return ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}],
-                                                 **fields})
+    return ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "x"}], **fields}
+    )
 
 
 def test_sampling_defaults_follow_openai_and_llamacpp() -> None:
@@ -48,22 +52,42 @@ def test_sampling_defaults_follow_openai_and_llamacpp() -> None:
 
 
 def test_sampling_maps_fields() -> None:
-    plan = sampling_plan(chat(temperature=0, top_p=0.5, seed=7, stop="##", max_completion_tokens=9, top_k=3,
-                              logit_bias={"15": -100}, response_format={"type": "json_object"}), "b")
+    plan = sampling_plan(
+        chat(
+            temperature=0,
+            top_p=0.5,
+            seed=7,
+            stop="##",
+            max_completion_tokens=9,
+            top_k=3,
+            logit_bias={"15": -100},
+            response_format={"type": "json_object"},
+        ),
+        "b",
+    )
     assert (plan.temperature, plan.top_p, plan.seed, plan.stops, plan.max_new_tokens, plan.top_k) == (
-        0, 0.5, 7, ["##"], 9, 3)
+        0,
+        0.5,
+        7,
+        ["##"],
+        9,
+        3,
+    )
     assert plan.logit_bias == {15: -100.0} and plan.json_object
 
 
-@pytest.mark.parametrize(("fields", "param"), [
-    ({"n": 2}, "n"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ({"logprobs": True}, "logprobs"),
-    ({"top_k": "many"}, "top_k"),
-    ({"logit_bias": {"word": 1}}, "logit_bias"),
-    ({"response_format": {"type": "xml"}}, "response_format"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
-])
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"logprobs": True}, "logprobs"),
+        ({"top_k": "many"}, "top_k"),
+        ({"logit_bias": {"word": 1}}, "logit_bias"),
+        ({"response_format": {"type": "xml"}}, "response_format"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
+    ],
+)
 def test_unsupported_fields_are_400(fields: dict[str, object], param: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
         sampling_plan(chat(**fields), "b")

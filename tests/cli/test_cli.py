@@ -16,8 +16,17 @@ runner = CliRunner()
 
 
 def test_cost_seed_001_example_text_and_json() -> None:
-    args = ["cost", "--hourly-usd", "10", "--tokens-per-s", "33", "--energy-overhead", "0.20",
-            "--network-overhead", "0.10"]
+    args = [
+        "cost",
+        "--hourly-usd",
+        "10",
+        "--tokens-per-s",
+        "33",
+        "--energy-overhead",
+        "0.20",
+        "--network-overhead",
+        "0.10",
+    ]
     text = runner.invoke(app, args)
     assert text.exit_code == 0, text.output
     assert "$0.000084/token before overheads" in text.output
@@ -29,26 +38,51 @@ def test_cost_seed_001_example_text_and_json() -> None:
 
 
 def test_cost_with_power_and_region() -> None:
-    result = runner.invoke(app, ["cost", "--hourly-usd", "2.5", "--tokens-per-s", "1000", "--watts", "700",
-                                 "--pue", "1.1", "--region", "FRA", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "cost",
+            "--hourly-usd",
+            "2.5",
+            "--tokens-per-s",
+            "1000",
+            "--watts",
+            "700",
+            "--pue",
+            "1.1",
+            "--region",
+            "FRA",
+            "--json",
+        ],
+    )
     data = json.loads(result.output)
     assert data["energy_j_per_token"] == pytest.approx(0.77)
     assert data["grid_source"].startswith("table:FRA") and data["co2e_g_per_1k_tokens"] > 0
-    bad = runner.invoke(app, ["cost", "--hourly-usd", "1", "--tokens-per-s", "1", "--watts", "1",
-                              "--region", "ATLANTIS"])
+    bad = runner.invoke(
+        app, ["cost", "--hourly-usd", "1", "--tokens-per-s", "1", "--watts", "1", "--region", "ATLANTIS"]
+    )
     assert bad.exit_code == 2 and "unknown region" in bad.output
 
 
 def test_keys_lifecycle(tmp_path: Path) -> None:
     db = str(tmp_path / "k.db")
-    created = runner.invoke(app, ["keys", "create", "--name", "svc", "--team", "search", "--tag", "feature=qa",
-                                  "--db", db, "--json"])
+    created = runner.invoke(
+        app, ["keys", "create", "--name", "svc", "--team", "search", "--tag", "feature=qa", "--db", db, "--json"]
+    )
     assert created.exit_code == 0, created.output
     key = json.loads(created.output)
     assert key["key"].startswith(f"mgn_{key['id']}_") and key["tags"] == {"feature": "qa"}
     listed = json.loads(runner.invoke(app, ["keys", "list", "--db", db, "--json"]).output)
-    assert listed == [{"id": key["id"], "name": "svc", "team": "search", "tags": {"feature": "qa"},
-                       "created_at": listed[0]["created_at"], "revoked": False}]
+    assert listed == [
+        {
+            "id": key["id"],
+            "name": "svc",
+            "team": "search",
+            "tags": {"feature": "qa"},
+            "created_at": listed[0]["created_at"],
+            "revoked": False,
+        }
+    ]
     assert key["key"] not in runner.invoke(app, ["keys", "list", "--db", db]).output
     assert runner.invoke(app, ["keys", "revoke", key["id"], "--db", db]).exit_code == 0
     again = runner.invoke(app, ["keys", "revoke", key["id"], "--db", db])
@@ -60,11 +94,15 @@ def test_keys_lifecycle(tmp_path: Path) -> None:
 async def test_report_json_matches_the_ledger(db_path: Path) -> None:
     async with gateway(fake_settings(db_path)) as gw:
         for tags in ("feature=search", "feature=search", "feature=chat"):
-            response = await gw.http.post("/v1/chat/completions", headers={"x-margin-tags": tags},
-                                          json={"model": "fake-chat", "messages": [{"role": "user", "content": "a b"}]})
+            response = await gw.http.post(
+                "/v1/chat/completions",
+                headers={"x-margin-tags": tags},
+                json={"model": "fake-chat", "messages": [{"role": "user", "content": "a b"}]},
+            )
             assert response.status_code == 200
-        await gw.http.post("/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user",
-                                                                                        "content": "x"}]})
+        await gw.http.post(
+            "/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]}
+        )
         rows = await gw.rows()
     result = runner.invoke(app, ["report", "--db", str(db_path), "--by", "feature", "--json"])
     assert result.exit_code == 0, result.output
@@ -79,8 +117,7 @@ async def test_report_json_matches_the_ledger(db_path: Path) -> None:
     assert by_feature[None]["errors"] == 1
     table = runner.invoke(app, ["report", "--db", str(db_path), "--since", "1h"])
     assert table.exit_code == 0 and "total" in table.output
-    future = json.loads(runner.invoke(app, ["report", "--db", str(db_path), "--since", "2999-01-01",
-                                            "--json"]).output)
+    future = json.loads(runner.invoke(app, ["report", "--db", str(db_path), "--since", "2999-01-01", "--json"]).output)
     assert future["totals"]["requests"] == 0 and future["totals"]["usd_per_1k_tokens"] is None
     assert runner.invoke(app, ["report", "--db", str(db_path), "--by", "colour"]).exit_code == 2
 

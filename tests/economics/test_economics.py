@@ -27,16 +27,18 @@ def test_seed_001_worked_example() -> None:
 
 def test_energy_and_carbon_per_token() -> None:
     # 700 W at 100 tok/s: 7 J/token; PUE 1.1 → 7.7 J; 1K tokens = 7700 J = 2.1389e-3 kWh; × 56 g/kWh
-    result = calculate(TcoInputs(Decimal("2.5"), Decimal(100), watts=700, pue=1.1, usd_per_kwh=Decimal("0.10"),
-                                 grid_g_per_kwh=56))
+    result = calculate(
+        TcoInputs(Decimal("2.5"), Decimal(100), watts=700, pue=1.1, usd_per_kwh=Decimal("0.10"), grid_g_per_kwh=56)
+    )
     assert result.energy_j_per_token == pytest.approx(7.7)
     assert result.co2e_g_per_1k_tokens == pytest.approx(7700 / 3.6e6 * 56)
-    assert result.energy_usd_per_1k_tokens == pytest.approx(Decimal(7700) / Decimal(3.6e6) * Decimal("0.10"))
+    assert result.energy_usd_per_1k_tokens == pytest.approx(Decimal(7700) / Decimal("3.6e6") * Decimal("0.10"))
 
 
 def test_busy_cost_is_decimal_and_adds_metered_energy() -> None:
-    cost = busy_cost(Decimal("3.60"), 2.0, network_overhead=Decimal("0.5"), facility_energy_j=3.6e6,
-                     usd_per_kwh=Decimal("0.20"))
+    cost = busy_cost(
+        Decimal("3.60"), 2.0, network_overhead=Decimal("0.5"), facility_energy_j=3.6e6, usd_per_kwh=Decimal("0.20")
+    )
     assert isinstance(cost, Decimal)
     assert cost == Decimal("0.002") * Decimal("1.5") + Decimal("0.20")
 
@@ -60,8 +62,12 @@ def test_grid_table_lookups() -> None:
 
 
 def test_genai_prices_lookup_and_unknown() -> None:
-    settings = parse_settings({"backends": {"oa": {"kind": "openai", "base_url": "https://api.openai.com/v1"}},
-                               "models": {"gpt-4o-mini": {"backend": "oa"}, "zzz-unknown": {"backend": "oa"}}})
+    settings = parse_settings(
+        {
+            "backends": {"oa": {"kind": "openai", "base_url": "https://api.openai.com/v1"}},
+            "models": {"gpt-4o-mini": {"backend": "oa"}, "zzz-unknown": {"backend": "oa"}},
+        }
+    )
     book = PriceBook()
     price = book.list_price("gpt-4o-mini", settings.models["gpt-4o-mini"], settings.backends["oa"])
     assert price is not None and price.version.startswith("genai-prices@")
@@ -71,12 +77,16 @@ def test_genai_prices_lookup_and_unknown() -> None:
 
 
 def test_meter_tco_and_list_paths() -> None:
-    settings = parse_settings({
-        "regions": {"r": {"grid_g_per_kwh": 100, "pue": 1.5, "usd_per_kwh": "0.30"}},
-        "backends": {"gpu": {"kind": "fake", "region": "r", "hardware": {"usd_per_hour": "36", "watts_busy": 1000}},
-                     "api": {"kind": "fake"}},
-        "models": {"self": {"backend": "gpu"}, "listed": {"backend": "api", "price": {"input": 1, "output": 3}}},
-    })
+    settings = parse_settings(
+        {
+            "regions": {"r": {"grid_g_per_kwh": 100, "pue": 1.5, "usd_per_kwh": "0.30"}},
+            "backends": {
+                "gpu": {"kind": "fake", "region": "r", "hardware": {"usd_per_hour": "36", "watts_busy": 1000}},
+                "api": {"kind": "fake"},
+            },
+            "models": {"self": {"backend": "gpu"}, "listed": {"backend": "api", "price": {"input": 1, "output": 3}}},
+        }
+    )
     meter = Meter(settings, GridTable.bundled(), PriceBook())
     charge = meter.charge("self", settings.models["self"], Usage(10, 10), busy_s=0.5)
     # 0.5 s × $36/h = $0.005; energy 1000 W × 0.5 s × PUE 1.5 = 750 J → × $0.30/kWh = $0.0000625

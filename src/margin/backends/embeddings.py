@@ -62,7 +62,8 @@ class SentenceTransformersBackend:
 
         torch.set_num_threads(self.config.threads or os.cpu_count() or 1)
         model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
-        self._dim = int(model.get_sentence_embedding_dimension() or 0)
+        dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        self._dim = int(dimension() or 0)
         self._model = model
         return model
 

@@ -1,0 +1,47 @@
+# margin: `make serve` (install + run the gateway) and `make test` (install + the whole suite).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+LOCAL_STAMP := $(VENV)/.installed-local
+TEST_STAMP := $(VENV)/.installed-test
+ARGS ?=
+
+.PHONY: serve test lint typecheck unit integration bench clean
+
+serve: $(LOCAL_STAMP)
+	$(BIN)/margin serve $(ARGS)
+
+test: $(TEST_STAMP) lint typecheck
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
+
+typecheck: $(TEST_STAMP)
+	$(BIN)/mypy src
+
+unit: $(TEST_STAMP)
+	$(BIN)/python -m pytest -m "not integration" $(ARGS)
+
+integration: $(TEST_STAMP)
+	$(BIN)/python -m pytest -m integration $(ARGS)
+
+bench: $(TEST_STAMP)
+	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/local_backend.py
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+
+$(LOCAL_STAMP): pyproject.toml scripts/install.py | $(BIN)/python
+	$(BIN)/python scripts/install.py
+	touch $@
+
+$(TEST_STAMP): pyproject.toml scripts/install.py | $(BIN)/python
+	$(BIN)/python scripts/install.py --test
+	touch $@ $(LOCAL_STAMP)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -34,8 +34,9 @@ def make_app(upstream: str) -> Any:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        async with state["session"].post(upstream + scope["path"], data=body,
-                                         headers={"content-type": "application/json"}) as response:
+        async with state["session"].post(
+            upstream + scope["path"], data=body, headers={"content-type": "application/json"}
+        ) as response:
             content = await response.read()
             headers = [(b"content-type", response.headers.get("content-type", "application/json").encode())]
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -49,8 +50,16 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
     args = parser.parse_args()
-    uvicorn.run(make_app(args.upstream.rstrip("/")), host="127.0.0.1", port=args.port, loop="uvloop",
-                http="httptools", log_level="warning", access_log=False, proxy_headers=False)
+    uvicorn.run(
+        make_app(args.upstream.rstrip("/")),
+        host="127.0.0.1",
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+    )
 
 
 if __name__ == "__main__":

@@ -14,21 +14,38 @@ import uvicorn
 
 
 def _completion(tokens: int) -> bytes:
-    return orjson.dumps({
-        "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": "fake-upstream",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "tok " * tokens},
-                     "finish_reason": "stop", "logprobs": None}],
-        "usage": {"prompt_tokens": 12, "completion_tokens": tokens, "total_tokens": 12 + tokens},
-    })
+    return orjson.dumps(
+        {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "fake-upstream",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "tok " * tokens},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": {"prompt_tokens": 12, "completion_tokens": tokens, "total_tokens": 12 + tokens},
+        }
+    )
 
 
 def _stream(tokens: int) -> bytes:
     head = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": "fake-upstream"}
-    events = [{**head, "choices": [{"index": 0, "delta": {"content": "tok "}, "finish_reason": None}]}
-              for _ in range(tokens)]
+    events = [
+        {**head, "choices": [{"index": 0, "delta": {"content": "tok "}, "finish_reason": None}]} for _ in range(tokens)
+    ]
     events.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-    events.append({**head, "choices": [],
-                   "usage": {"prompt_tokens": 12, "completion_tokens": tokens, "total_tokens": 12 + tokens}})
+    events.append(
+        {
+            **head,
+            "choices": [],
+            "usage": {"prompt_tokens": 12, "completion_tokens": tokens, "total_tokens": 12 + tokens},
+        }
+    )
     return b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
 
 
@@ -64,8 +81,15 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--tokens", type=int, default=16)
     args = parser.parse_args()
-    uvicorn.run(make_app(args.tokens), host="127.0.0.1", port=args.port, loop="uvloop", http="httptools",
-                log_level="warning", access_log=False)
+    uvicorn.run(
+        make_app(args.tokens),
+        host="127.0.0.1",
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+    )
 
 
 if __name__ == "__main__":

@@ -50,8 +50,15 @@ def session(base_url: str, connections: int = 512) -> aiohttp.ClientSession:
 
 
 async def open_loop(
-    client: aiohttp.ClientSession, path: str, body: bytes, rate: float, duration_s: float, *,
-    poisson: bool = False, seed: int = 0, timeout_s: float = 10.0,
+    client: aiohttp.ClientSession,
+    path: str,
+    body: bytes,
+    rate: float,
+    duration_s: float,
+    *,
+    poisson: bool = False,
+    seed: int = 0,
+    timeout_s: float = 10.0,
 ) -> Result:
     rng = random.Random(seed)
     latencies: list[float] = []
@@ -63,8 +70,9 @@ async def open_loop(
         if time.perf_counter() - scheduled > 0.005:
             late += 1
         try:
-            async with client.post(path, data=body, headers=headers,
-                                   timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+            async with client.post(
+                path, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as response:
                 await response.read()
                 if response.status == 200:
                     latencies.append((time.perf_counter() - scheduled) * 1000)

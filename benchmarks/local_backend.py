@@ -46,23 +46,38 @@ def free_port() -> int:
 
 
 def timing(sent: float, stamps: list[float], tokens: int) -> dict[str, float]:
-    return {"ttft_ms": (stamps[0] - sent) * 1000, "decode_tok_s": (tokens - 1) / (stamps[-1] - stamps[0]),
-            "e2e_ms": (stamps[-1] - sent) * 1000, "chunks": len(stamps)}
+    return {
+        "ttft_ms": (stamps[0] - sent) * 1000,
+        "decode_tok_s": (tokens - 1) / (stamps[-1] - stamps[0]),
+        "e2e_ms": (stamps[-1] - sent) * 1000,
+        "chunks": len(stamps),
+    }
 
 
 def run_raw(llm: Any, prompt: str, tokens: int) -> dict[str, float]:
     sent, stamps = time.perf_counter(), []
-    for chunk in llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=tokens,
-                                            temperature=0.0, stream=True, logit_bias=NO_EOS):
+    for chunk in llm.create_chat_completion(
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=tokens,
+        temperature=0.0,
+        stream=True,
+        logit_bias=NO_EOS,
+    ):
         if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
             stamps.append(time.perf_counter())
     return timing(sent, stamps, tokens)
 
 
 def run_margin(http: httpx.Client, prompt: str, tokens: int) -> dict[str, float]:
-    body = {"model": "local", "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
-            "temperature": 0, "stream": True, "stream_options": {"include_usage": True},
-            "logit_bias": {str(k): v for k, v in NO_EOS.items()}}
+    body = {
+        "model": "local",
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "logit_bias": {str(k): v for k, v in NO_EOS.items()},
+    }
     sent, stamps, usage = time.perf_counter(), [], None
     with http.stream("POST", "/v1/chat/completions", json=body) as response:
         for line in response.iter_lines():
@@ -84,8 +99,10 @@ def start_margin(workdir: Path, port: int, threads: int) -> subprocess.Popen[byt
         f"backends:\n  local: {{kind: llamacpp, n_ctx: 4096, threads: {threads}}}\n"
         "models:\n  smollm2-135m-instruct: {backend: local, aliases: [local]}\n"
     )
-    process = subprocess.Popen([sys.executable, "-m", "margin", "serve", "--config", str(config), "--port",
-                                str(port)], stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "margin", "serve", "--config", str(config), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+    )
     for _ in range(300):
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
@@ -123,20 +140,27 @@ def main() -> None:
                 run_margin(http, PROMPTS[0], 8)
                 for round_ in range(args.rounds):
                     for i, prompt in enumerate(PROMPTS):
-                        pair = [("raw", lambda p=prompt: run_raw(llm, p, args.tokens)),
-                                ("margin", lambda p=prompt: run_margin(http, p, args.tokens))]
+                        pair = [
+                            ("raw", lambda p=prompt: run_raw(llm, p, args.tokens)),
+                            ("margin", lambda p=prompt: run_margin(http, p, args.tokens)),
+                        ]
                         for name, run in pair if (round_ + i) % 2 == 0 else pair[::-1]:
                             (raw if name == "raw" else through).append(run())
-                    print(f"round {round_ + 1}: raw {median(raw, 'decode_tok_s'):.1f} tok/s, "
-                          f"margin {median(through, 'decode_tok_s'):.1f} tok/s", flush=True)
+                    print(
+                        f"round {round_ + 1}: raw {median(raw, 'decode_tok_s'):.1f} tok/s, "
+                        f"margin {median(through, 'decode_tok_s'):.1f} tok/s",
+                        flush=True,
+                    )
         finally:
             server.terminate()
             server.wait(timeout=60)
     result = {
         "benchmark": "local_backend",
         "what": "SmolLM2-135M-Instruct Q4_1, greedy, end tokens suppressed, streamed; margin serve vs raw "
-                "llama_cpp.Llama.create_chat_completion in one run, alternating order",
-        "tokens_per_request": args.tokens, "requests_per_path": len(raw), "threads": threads,
+        "llama_cpp.Llama.create_chat_completion in one run, alternating order",
+        "tokens_per_request": args.tokens,
+        "requests_per_path": len(raw),
+        "threads": threads,
         "margin_decode_tok_s": round(median(through, "decode_tok_s"), 2),
         "raw_decode_tok_s": round(median(raw, "decode_tok_s"), 2),
         "ratio": round(median(through, "decode_tok_s") / median(raw, "decode_tok_s"), 4),
@@ -151,8 +175,7 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("margin_decode_tok_s", "raw_decode_tok_s", "ratio",
-                                             "ttft_overhead_ms")}))
+    print(json.dumps({k: result[k] for k in ("margin_decode_tok_s", "raw_decode_tok_s", "ratio", "ttft_overhead_ms")}))
 
 
 if __name__ == "__main__":

@@ -25,11 +25,12 @@ import orjson
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import Result, open_loop, session  # noqa: E402
+from loadgen import Result, open_loop, session
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BODY = orjson.dumps({"model": "bench", "messages": [{"role": "user", "content": "Say hello to the benchmark."}],
-                     "max_tokens": 16})
+BODY = orjson.dumps(
+    {"model": "bench", "messages": [{"role": "user", "content": "Say hello to the benchmark."}], "max_tokens": 16}
+)
 
 
 def free_port() -> int:
@@ -55,16 +56,25 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60
 
 def start_upstream(port: int, tokens: int = 16) -> subprocess.Popen[bytes]:
     here = Path(__file__).resolve().parent
-    process = subprocess.Popen([sys.executable, str(here / "fake_upstream.py"), "--port", str(port),
-                                "--tokens", str(tokens)])
+    process = subprocess.Popen(
+        [sys.executable, str(here / "fake_upstream.py"), "--port", str(port), "--tokens", str(tokens)]
+    )
     wait_ready(f"http://127.0.0.1:{port}/", process)
     return process
 
 
 def start_bare_proxy(port: int, upstream_port: int) -> subprocess.Popen[bytes]:
     here = Path(__file__).resolve().parent
-    process = subprocess.Popen([sys.executable, str(here / "bare_proxy.py"), "--port", str(port), "--upstream",
-                                f"http://127.0.0.1:{upstream_port}"])
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(here / "bare_proxy.py"),
+            "--port",
+            str(port),
+            "--upstream",
+            f"http://127.0.0.1:{upstream_port}",
+        ]
+    )
     wait_ready(f"http://127.0.0.1:{port}/", process)
     return process
 
@@ -82,16 +92,23 @@ def margin_config(workdir: Path, upstream_port: int) -> Path:
 
 
 def start_margin(config: Path, port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen([sys.executable, "-m", "margin", "serve", "--config", str(config), "--port",
-                                str(port)], stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "margin", "serve", "--config", str(config), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+    )
     wait_ready(f"http://127.0.0.1:{port}/healthz", process)
     return process
 
 
 def merge(results: list[Result]) -> Result:
     latencies = [x for r in results for x in r.latencies_ms]
-    return Result(results[0].offered_rps, sum(r.duration_s for r in results), latencies,
-                  sum(r.errors for r in results), sum(r.late_starts for r in results))
+    return Result(
+        results[0].offered_rps,
+        sum(r.duration_s for r in results),
+        latencies,
+        sum(r.errors for r in results),
+        sum(r.late_starts for r in results),
+    )
 
 
 async def measure(urls: dict[str, str], rate: float, seconds: float, rounds: int) -> dict[str, Result]:
@@ -131,12 +148,20 @@ def main() -> None:
         margin = start_margin(margin_config(Path(tmp), upstream_port), margin_port)
         bare = start_bare_proxy(bare_port, upstream_port)
         try:
-            urls = {"direct": f"http://127.0.0.1:{upstream_port}", "margin": f"http://127.0.0.1:{margin_port}",
-                    "bare_proxy": f"http://127.0.0.1:{bare_port}"}
+            urls = {
+                "direct": f"http://127.0.0.1:{upstream_port}",
+                "margin": f"http://127.0.0.1:{margin_port}",
+                "bare_proxy": f"http://127.0.0.1:{bare_port}",
+            }
             merged = uvloop.run(measure(urls, args.rate, args.seconds, args.rounds))
-            ledger_rows = json.loads(subprocess.run(
-                [sys.executable, "-m", "margin", "report", "--config", str(Path(tmp) / "margin.yaml"), "--json"],
-                capture_output=True, text=True, check=True).stdout)["totals"]["requests"]
+            ledger_rows = json.loads(
+                subprocess.run(
+                    [sys.executable, "-m", "margin", "report", "--config", str(Path(tmp) / "margin.yaml"), "--json"],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+            )["totals"]["requests"]
         finally:
             for process in (bare, margin, upstream):
                 process.terminate()
@@ -145,8 +170,12 @@ def main() -> None:
     result: dict[str, Any] = {
         "benchmark": "overhead",
         "what": "fake upstream (instant, 16 tokens) direct vs through margin (ledger on, one worker)",
-        "rate_rps": args.rate, "seconds_per_round": args.seconds, "rounds": args.rounds,
-        "direct": direct, "margin": through, "bare_proxy": bare_proxy,
+        "rate_rps": args.rate,
+        "seconds_per_round": args.seconds,
+        "rounds": args.rounds,
+        "direct": direct,
+        "margin": through,
+        "bare_proxy": bare_proxy,
         "added_p50_ms": round(through["p50_ms"] - direct["p50_ms"], 4),
         "added_p99_ms": round(through["p99_ms"] - direct["p99_ms"], 4),
         "bare_proxy_added_p50_ms": round(bare_proxy["p50_ms"] - direct["p50_ms"], 4),

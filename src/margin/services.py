@@ -42,7 +42,9 @@ class Services:
         self.config_hash = config_hash(settings)
         self.engine = db.make_async_engine(settings.storage.ledger)
         self.writer = LedgerWriter(
-            settings.storage.ledger, interval_s=settings.storage.flush_interval_ms / 1000, max_rows=settings.storage.flush_max_rows
+            settings.storage.ledger,
+            interval_s=settings.storage.flush_interval_ms / 1000,
+            max_rows=settings.storage.flush_max_rows,
         )
         self.keys = KeyCache(self.engine, ttl_s=settings.server.key_cache_ttl_s)
         self.grid = GridTable.bundled()

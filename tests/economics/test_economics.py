@@ -125,3 +125,35 @@ def test_rapl_reader_sums_packages_and_handles_wraparound(tmp_path: Path) -> Non
     assert meter.delta_j([1000, 500], [3000, 400]) == pytest.approx((2000 + 9900) / 1e6)
     assert not RaplMeter(tmp_path / "absent").available
     assert modelled(None, 1.0) is None and modelled(20, 0.5).it_j == 10  # type: ignore[union-attr]
+
+
+def test_rapl_measures_only_backends_on_this_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    zone = tmp_path / "intel-rapl:0"
+    zone.mkdir()
+    (zone / "energy_uj").write_text("1000000")
+    (zone / "max_energy_range_uj").write_text("10000000000")
+    settings = parse_settings(
+        {
+            "backends": {
+                "local": {"kind": "llamacpp", "hardware": {"usd_per_hour": 1, "watts_busy": 10}},
+                "remote": {
+                    "kind": "openai",
+                    "base_url": "http://127.0.0.1:9/v1",
+                    "hardware": {"usd_per_hour": 1, "watts_busy": 10},
+                },
+            },
+            "models": {"m": {"backend": "local"}, "r": {"backend": "remote"}},
+        }
+    )
+    meter = Meter(settings, GridTable.bundled(), PriceBook(), rapl=RaplMeter(tmp_path))
+    assert meter.probe("remote") is None
+    now = [100.0]
+    monkeypatch.setattr("margin.economics.energy.time.perf_counter", lambda: now[0])
+    probe = meter.probe("local")
+    assert probe is not None
+    (zone / "energy_uj").write_text("5000000")  # 4 J over the call
+    now[0] = 102.0  # 2 s of wall time, of which 1 s busy for this request → half the energy
+    measured = meter.measured_j(probe, busy_s=1.0)
+    assert measured == pytest.approx(2.0)
+    charge = meter.charge("m", settings.models["m"], Usage(1, 1), busy_s=1.0, measured_j=measured)
+    assert charge.energy_method == "measured" and charge.energy_j == pytest.approx(2.0)

@@ -4,6 +4,7 @@ energy figure (NULL), never a made-up one."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,12 @@ from pathlib import Path
 class EnergyReading:
     it_j: float
     method: str  # measured | modelled
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    started: float
+    counters: list[int]
 
 
 class RaplMeter:
@@ -36,6 +43,16 @@ class RaplMeter:
 
     def read_uj(self) -> list[int]:
         return [int(path.read_text()) for path, _ in self._zones]
+
+    def probe(self) -> Probe | None:
+        return Probe(time.perf_counter(), self.read_uj()) if self._zones else None
+
+    def measure(self, probe: Probe, busy_s: float) -> float:
+        """Package energy over the call, scaled by the share of the call the backend was busy for it
+        (the counters see the whole machine, including work done for other requests meanwhile)."""
+        wall = time.perf_counter() - probe.started
+        share = min(1.0, busy_s / wall) if wall > 0 else 1.0
+        return self.delta_j(probe.counters, self.read_uj()) * share
 
     def delta_j(self, before: list[int], after: list[int]) -> float:
         total = 0

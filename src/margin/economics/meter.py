@@ -14,6 +14,8 @@ from margin.economics.carbon import GridTable, co2e_grams
 from margin.economics.prices import PriceBook
 from margin.economics.tco import busy_cost
 
+ON_HOST_KINDS = frozenset({"llamacpp", "sentence_transformers"})
+
 
 @dataclass(slots=True)
 class Charge:
@@ -56,13 +58,23 @@ class SharedClock:
 
 
 class Meter:
-    def __init__(self, settings: Settings, grid: GridTable, prices: PriceBook) -> None:
+    def __init__(
+        self, settings: Settings, grid: GridTable, prices: PriceBook, rapl: energy_mod.RaplMeter | None = None
+    ) -> None:
         self.settings = settings
         self.grid = grid
         self.prices = prices
-        self.rapl = energy_mod.RaplMeter()
+        self.rapl = rapl or energy_mod.RaplMeter()
+        # RAPL measures this machine: it only says something about backends that run in this process
+        self._on_host = {name for name, b in settings.backends.items() if b.kind in ON_HOST_KINDS}
         self.clocks = {name: SharedClock() for name in settings.backends}
         self._grid_cache: dict[str, Any] = {}
+
+    def probe(self, backend_name: str) -> energy_mod.Probe | None:
+        return self.rapl.probe() if backend_name in self._on_host else None
+
+    def measured_j(self, probe: energy_mod.Probe | None, busy_s: float | None) -> float | None:
+        return None if probe is None or busy_s is None else self.rapl.measure(probe, busy_s)
 
     def _region(self, backend_name: str) -> tuple[RegionConfig, Any]:
         region_name = self.settings.backends[backend_name].region

@@ -162,10 +162,13 @@ class BackendCall:
             ctx.request_id,
         )
         clock = self.meter.clocks[target.backend_name]
-        mark = clock.enter()
+        mark, probe = clock.enter(), self.meter.probe(target.backend_name)
 
         def leave() -> None:
             ctx.busy_share_s = clock.leave(mark)
+            if probe is not None and ctx.call is not None:
+                busy = ctx.call.stats.busy_s if ctx.call.stats.busy_s is not None else ctx.busy_share_s
+                ctx.measured_j = self.meter.measured_j(probe, busy)
 
         if ctx.is_stream and ctx.endpoint is not Endpoint.EMBEDDINGS:
             try:

@@ -59,7 +59,8 @@ def run(settings: Settings, console: Console) -> None:
     keys = active_key_count(settings)
     check_exposure(settings, keys)
     logging.basicConfig(level=settings.server.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for noisy in ("alembic", "sentence_transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     banner(console, settings, keys)
     config = uvicorn.Config(
         build_app(settings),

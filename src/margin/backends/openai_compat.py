@@ -48,24 +48,24 @@ def upstream_error(backend: str, status: int, body: bytes, headers: Mapping[str,
     return BackendError(f"upstream {backend} answered {status}: {message}")
 
 
-def delta_text(payload: dict[str, Any]) -> str:
-    parts = []
+def _choices_text(payload: dict[str, Any], part: str) -> str:
+    """Concatenated text of every choice: `part` is "delta" (stream chunks) or "message" (whole answers);
+    text completions carry `text` instead."""
+    texts = []
     for choice in payload.get("choices") or ():
-        delta = choice.get("delta")
-        text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+        holder = choice.get(part)
+        text = holder.get("content") if isinstance(holder, dict) else choice.get("text")
         if isinstance(text, str):
-            parts.append(text)
-    return "".join(parts)
+            texts.append(text)
+    return "".join(texts)
+
+
+def delta_text(payload: dict[str, Any]) -> str:
+    return _choices_text(payload, "delta")
 
 
 def message_text(payload: dict[str, Any]) -> str:
-    parts = []
-    for choice in payload.get("choices") or ():
-        message = choice.get("message")
-        text = message.get("content") if isinstance(message, dict) else choice.get("text")
-        if isinstance(text, str):
-            parts.append(text)
-    return "".join(parts)
+    return _choices_text(payload, "message")
 
 
 class OpenAIBackend:

@@ -3,6 +3,7 @@ the async driver for the server and the sync one for migrations and reports."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,22 +79,21 @@ def _alembic_config(connection: sa.Connection) -> Config:
     return config
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def _migrate(url: str, step: Callable[[Config, str], None], revision: str) -> None:
     engine = make_sync_engine(url)
     try:
         with engine.begin() as connection:
-            command.upgrade(_alembic_config(connection), revision)
+            step(_alembic_config(connection), revision)
     finally:
         engine.dispose()
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    _migrate(url, command.upgrade, revision)
 
 
 def downgrade(url: str, revision: str) -> None:
-    engine = make_sync_engine(url)
-    try:
-        with engine.begin() as connection:
-            command.downgrade(_alembic_config(connection), revision)
-    finally:
-        engine.dispose()
+    _migrate(url, command.downgrade, revision)
 
 
 def current_revision(url: str) -> str | None:

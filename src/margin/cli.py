@@ -14,6 +14,8 @@ from rich.table import Table
 
 from margin.config import Settings, load_settings
 from margin.errors import MarginError
+from margin.evals import cli as evals_cli
+from margin.kv import cli as kv_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="margin: inference gateway + unit economics")
 keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys.")
@@ -22,6 +24,8 @@ config_app = typer.Typer(no_args_is_help=True, help="Show or check configuration
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
+app.add_typer(evals_cli.app, name="eval")
+app.add_typer(kv_cli.app, name="kv")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (default: embedded).")]
 DbOpt = Annotated[Path | None, typer.Option("--db", help="SQLite ledger file (overrides storage.ledger).")]

@@ -1,0 +1,1 @@
+"""`margin eval`: quality × cost evaluations (routing, semantic cache, guards)."""

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from margin.errors import ConfigError
+from margin.governance.specs import AdmissionConfig, BudgetSpec, FlagSpec, LimitSpec, PoliciesConfig
 
 
 class Strict(BaseModel):
@@ -37,6 +38,9 @@ class StorageConfig(Strict):
     ledger: str = Field("sqlite:///margin.db", description="SQLAlchemy URL (sqlite:///path or postgresql://…).")
     flush_interval_ms: int = Field(50, gt=0, description="Ledger rows are written in batches at this pace.")
     flush_max_rows: int = Field(500, gt=0)
+    redis: str | None = Field(
+        None, description="redis://host:port/db: budgets and rate limits shared by several gateway replicas."
+    )
 
 
 class RegionConfig(Strict):
@@ -59,6 +63,9 @@ class HardwareConfig(Strict):
     watts_idle: float | None = Field(None, ge=0)
     energy_overhead: Decimal = Field(Decimal("0"), ge=0, description="Energy & cooling as a share of hourly.")
     network_overhead: Decimal = Field(Decimal("0"), ge=0, description="Networking as a share of hourly.")
+    tokens_per_s: float | None = Field(
+        None, gt=0, description="Throughput used to price a budget reservation (worst case) before the call."
+    )
     note: str | None = Field(None, description="Where these numbers come from (shown in reports).")
 
 
@@ -134,6 +141,9 @@ class ModelConfig(Strict):
     price_ref: str | None = Field(None, description="Model name to look up in genai-prices.")
     context_length: int | None = Field(None, ge=1)
     owned_by: str = "margin"
+    fallbacks: list[str] = Field(
+        default_factory=list, description="Models tried in order when this one's backend fails or is down."
+    )
 
 
 class TagsConfig(Strict):
@@ -150,6 +160,11 @@ class Settings(Strict):
     backends: dict[str, BackendConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     tags: TagsConfig = TagsConfig()
+    policies: PoliciesConfig = PoliciesConfig()
+    budgets: list[BudgetSpec] = Field(default_factory=list)
+    limits: list[LimitSpec] = Field(default_factory=list)
+    flags: list[FlagSpec] = Field(default_factory=list)
+    admission: AdmissionConfig = AdmissionConfig()
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
@@ -161,6 +176,10 @@ class Settings(Strict):
                 if public in seen:
                     raise ValueError(f"model name {public!r} is used by both {seen[public]!r} and {name!r}")
                 seen[public] = name
+        for name, model in self.models.items():
+            unknown = [f for f in model.fallbacks if f not in seen]
+            if unknown:
+                raise ValueError(f"model {name!r} falls back to unknown models {unknown}")
         for name, backend in self.backends.items():
             if backend.region != "default" and backend.region not in self.regions:
                 raise ValueError(f"backend {name!r} names region {backend.region!r} not in `regions`")

@@ -1,0 +1,1 @@
+"""Governance: budgets (reserve → settle), rate limits, feature flags, policies (residency, guards)."""

@@ -1,0 +1,117 @@
+"""Typed definitions of budgets, rate limits, flags and policies: used by the config file, the admin API
+and the CLI alike (unknown keys rejected everywhere)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ScopeKind = Literal["global", "org", "team", "key", "tag", "model"]
+Level = Literal["off", "log", "redact", "block"]
+LEVELS: tuple[Level, ...] = ("off", "log", "redact", "block")
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Scope(Spec):
+    """What a budget, limit or flag applies to. `tag` values look like `customer=acme`."""
+
+    kind: ScopeKind
+    value: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Scope:
+        if (self.kind == "global") != (self.value is None):
+            raise ValueError("scope `global` takes no value; every other scope needs one")
+        if self.kind == "tag" and (not self.value or "=" not in self.value):
+            raise ValueError("a tag scope looks like key=value, e.g. customer=acme")
+        return self
+
+    def label(self) -> str:
+        return "global" if self.kind == "global" else f"{self.kind}={self.value}"
+
+
+class BudgetSpec(Spec):
+    name: str = Field(min_length=1, max_length=128)
+    scope: Scope
+    usd: Decimal | None = Field(None, gt=0, description="Spend cap in USD.")
+    tokens: int | None = Field(None, gt=0, description="Cap on input + output tokens.")
+    period: Literal["hour", "day", "month", "lifetime"] = "month"
+    mode: Literal["hard", "soft"] = "hard"
+    alert_pct: int = Field(80, ge=1, le=100, description="Soft budgets warn from this share on.")
+
+    @model_validator(mode="after")
+    def _one_metric(self) -> BudgetSpec:
+        if (self.usd is None) == (self.tokens is None):
+            raise ValueError("a budget caps exactly one of `usd` or `tokens`")
+        return self
+
+
+class LimitSpec(Spec):
+    scope: Scope
+    rpm: int | None = Field(None, gt=0, description="Requests per minute.")
+    tpm: int | None = Field(None, gt=0, description="Tokens (input + output) per minute.")
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> LimitSpec:
+        if self.scope.kind not in ("key", "team", "org", "global"):
+            raise ValueError("rate limits apply to a key, team, org or globally")
+        if self.rpm is None and self.tpm is None:
+            raise ValueError("set rpm, tpm or both")
+        return self
+
+
+class FlagSpec(Spec):
+    """A kill switch or override, effective without restart."""
+
+    name: str = Field(min_length=1, max_length=128)
+    target: Scope = Field(description="model, backend (kind `model` with value `backend:NAME`), tag or key.")
+    action: Literal["disable", "force_model", "cap_max_tokens", "require_cache"]
+    model: str | None = Field(None, description="For force_model: the model to use instead.")
+    max_tokens: int | None = Field(None, gt=0, description="For cap_max_tokens.")
+    reason: str = Field("", max_length=500)
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _arguments(self) -> FlagSpec:
+        if self.action == "force_model" and not self.model:
+            raise ValueError("force_model needs `model`")
+        if self.action == "cap_max_tokens" and not self.max_tokens:
+            raise ValueError("cap_max_tokens needs `max_tokens`")
+        return self
+
+
+class Policy(Spec):
+    """Per key/team/tag rules. Unset fields inherit; levels and jurisdictions combine strictly."""
+
+    jurisdictions: list[str] | None = Field(None, description="Allowed backend jurisdictions (e.g. [EU]).")
+    pii: Level | None = Field(None, description="PII in input messages: off | log | redact | block.")
+    pii_output: Literal["off", "log", "redact"] | None = Field(None, description="PII in answers.")
+    restore_pii: bool | None = Field(None, description="Put redacted originals back in the answer.")
+    injection: Literal["off", "log", "block"] | None = None
+    log_prompts: bool | None = Field(None, description="Store the (redacted) prompt in the ledger.")
+
+
+class PoliciesConfig(Spec):
+    default: Policy = Policy()
+    teams: dict[str, Policy] = Field(default_factory=dict)
+    tags: dict[str, Policy] = Field(default_factory=dict, description="Keyed by `key=value`.")
+    orgs: dict[str, Policy] = Field(default_factory=dict)
+
+
+class AdmissionConfig(Spec):
+    reservation_ttl_s: float = Field(900, gt=0, description="A reservation not settled by then is released.")
+    default_max_output_tokens: int = Field(4096, gt=0, description="Worst case when neither max_tokens nor "
+                                           "the model's context length is known.")
+    reserve_tokens_per_s: float = Field(10.0, gt=0, description="Throughput assumed to price reservations on "
+                                        "self-hosted backends without hardware.tokens_per_s.")
+    refresh_s: float = Field(2.0, gt=0, description="How often budgets, limits and flags are re-read.")
+    unknown_price: Literal["allow", "reject"] = Field(
+        "reject", description="What a hard USD budget does with a model whose price is unknown."
+    )
+    breaker_failures: int = Field(5, ge=1, description="Consecutive failures that open a backend's circuit.")
+    breaker_cooldown_s: float = Field(30.0, gt=0)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -12,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from margin.api import inference, meta
+from margin.api import admin, inference, meta
 from margin.api.responses import error_response
 from margin.backends.registry import BackendRegistry
 from margin.config import Settings
@@ -38,13 +42,23 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(InternalError("internal error in the gateway"))
 
 
-def build_app(settings: Settings, registry: BackendRegistry | None = None) -> Starlette:
+def _watch_sighup(services: Services) -> None:
+    """SIGHUP re-reads the config file's budgets, limits, flags and policies (no restart, nothing dropped)."""
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: services.spawn(services.reload()))
+
+
+def build_app(
+    settings: Settings, registry: BackendRegistry | None = None, config_path: Path | None = None
+) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        services = Services(settings, registry)
+        services = Services(settings, registry, config_path)
         app.state.services = services
         try:
             await services.start()
+            if config_path is not None:
+                _watch_sighup(services)
             yield
         finally:
             await services.close()
@@ -57,6 +71,7 @@ def build_app(settings: Settings, registry: BackendRegistry | None = None) -> St
         Route("/v1/models/{model:path}", meta.get_model, methods=["GET"]),
         Route("/healthz", meta.healthz, methods=["GET"]),
         Route("/readyz", meta.readyz, methods=["GET"]),
+        *admin.routes(),
     ]
     return Starlette(
         routes=routes,

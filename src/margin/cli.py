@@ -15,6 +15,7 @@ from rich.table import Table
 from margin.config import Settings, load_settings
 from margin.errors import MarginError
 from margin.evals import cli as evals_cli
+from margin.governance import cli as gov_cli
 from margin.kv import cli as kv_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="margin: inference gateway + unit economics")
@@ -26,6 +27,9 @@ app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.add_typer(evals_cli.app, name="eval")
 app.add_typer(kv_cli.app, name="kv")
+app.add_typer(gov_cli.budgets_app, name="budgets")
+app.add_typer(gov_cli.limits_app, name="limits")
+app.add_typer(gov_cli.flags_app, name="flags")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (default: embedded).")]
 DbOpt = Annotated[Path | None, typer.Option("--db", help="SQLite ledger file (overrides storage.ledger).")]
@@ -74,7 +78,7 @@ def serve(
 
     settings = settings_from(config, db, host=host, port=port)
     try:
-        run(settings, _console())
+        run(settings, _console(), config)
     except MarginError as exc:
         raise _fail(exc) from exc
 
@@ -84,20 +88,27 @@ def keys_create(
     name: Annotated[str, typer.Option("--name", help="A name for the key's owner or use.")],
     team: Annotated[str | None, typer.Option("--team", help="Team the key's spend belongs to.")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="key=value tag on every request.")] = None,
+    org: Annotated[str | None, typer.Option("--org", help="Organisation the team belongs to.")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="May call the /admin API.")] = False,
+    policy: Annotated[
+        str | None, typer.Option("--policy", help='JSON policy, e.g. \'{"jurisdictions": ["EU"], "pii": "redact"}\'.')
+    ] = None,
     config: ConfigOpt = None,
     db: DbOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Create an API key. It is printed once; only its hash is stored."""
     from margin import keys
+    from margin.governance.rules import parse_policy
 
     settings = settings_from(config, db)
     try:
-        record, key = keys.create_key(_sync_engine(settings), name, team, keys.parse_tags(tag or []))
+        spec = keys.NewKey(name, team, keys.parse_tags(tag or []), org, admin, parse_policy(policy))
+        record, key = keys.create_key(_sync_engine(settings), spec)
     except MarginError as exc:
         raise _fail(exc) from exc
     if json:
-        print(orjson.dumps({"id": record.id, "key": key, "name": name, "team": team, "tags": record.tags}).decode())
+        print(orjson.dumps({**record.public(), "key": key}).decode())
         return
     console = _console()
     console.print(f"created key [bold]{record.id}[/] for {name} (team {team or '-'})")
@@ -112,24 +123,13 @@ def keys_list(config: ConfigOpt = None, db: DbOpt = None, json: JsonOpt = False)
 
     records = keys.list_keys(_sync_engine(settings_from(config, db)))
     if json:
-        rows = [
-            {
-                "id": r.id,
-                "name": r.name,
-                "team": r.team,
-                "tags": r.tags,
-                "created_at": r.created_at.isoformat() if r.created_at else None,
-                "revoked": r.revoked_at is not None,
-            }
-            for r in records
-        ]
-        print(orjson.dumps(rows).decode())
+        print(orjson.dumps([{**r.public(), "revoked": r.revoked_at is not None} for r in records]).decode())
         return
-    table = Table("id", "name", "team", "tags", "created", "state")
+    table = Table("id", "name", "team", "org", "tags", "created", "state")
     for r in records:
         tags = ",".join(f"{k}={v}" for k, v in r.tags.items())
-        state = "revoked" if r.revoked_at else "active"
-        table.add_row(r.id, r.name, r.team or "-", tags or "-", str(r.created_at)[:19], state)
+        state = ("revoked" if r.revoked_at else "active") + (" admin" if r.is_admin else "")
+        table.add_row(r.id, r.name, r.team or "-", r.org or "-", tags or "-", str(r.created_at)[:19], state)
     _console().print(table)
 
 

@@ -118,3 +118,29 @@ class BackendClientError(MarginError):
     def __init__(self, message: str, *, status: int, code: str | None = None, param: str | None = None):
         super().__init__(message, code=code, param=param)
         self.status = status
+
+
+class FeatureDisabled(PermissionDenied):
+    """A feature flag or kill switch turned this route off."""
+
+    default_code = "feature_disabled"
+
+
+class BudgetExceeded(RateLimited):
+    """Admitting the request's worst-case cost would overspend a hard budget."""
+
+    default_code = "budget_exceeded"
+
+
+class ResidencyUnavailable(MarginError):
+    """No healthy backend inside the caller's allowed jurisdictions."""
+
+    status = 503
+    type = "server_error"
+    default_code = "residency_unavailable"
+
+
+class Conflict(MarginError):
+    status = 409
+    type = "invalid_request_error"
+    default_code = "conflict"

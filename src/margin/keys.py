@@ -28,10 +28,37 @@ class KeyRecord:
     tags: dict[str, str] = field(default_factory=dict)
     created_at: datetime | None = None
     revoked_at: datetime | None = None
+    org: str | None = None
+    is_admin: bool = False
+    policy: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> KeyRecord:
-        return cls(row.id, row.name, row.team, dict(row.tags or {}), row.created_at, row.revoked_at)
+        return cls(
+            row.id,
+            row.name,
+            row.team,
+            dict(row.tags or {}),
+            row.created_at,
+            row.revoked_at,
+            row.org,
+            bool(row.is_admin),
+            dict(row.policy) if row.policy else None,
+        )
+
+    def public(self) -> dict[str, Any]:
+        """What the admin API and `margin keys list --json` show (never the hash)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "team": self.team,
+            "org": self.org,
+            "tags": self.tags,
+            "admin": self.is_admin,
+            "policy": self.policy,
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+        }
 
 
 def new_key() -> tuple[str, str]:
@@ -49,14 +76,34 @@ def parse_tags(pairs: list[str]) -> dict[str, str]:
     return tags
 
 
-def create_key(engine: sa.Engine, name: str, team: str | None, tags: dict[str, str]) -> tuple[KeyRecord, str]:
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    name: str
+    team: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    org: str | None = None
+    is_admin: bool = False
+    policy: dict[str, Any] | None = None
+
+
+def create_key(engine: sa.Engine, spec: NewKey) -> tuple[KeyRecord, str]:
     key_id, key = new_key()
     now = datetime.now(UTC)
+    values = {
+        "id": key_id,
+        "name": spec.name,
+        "team": spec.team,
+        "tags": spec.tags,
+        "org": spec.org,
+        "is_admin": spec.is_admin,
+        "policy": spec.policy,
+        "key_hash": hash_key(key),
+        "created_at": now,
+    }
     with engine.begin() as connection:
-        connection.execute(
-            api_keys.insert().values(id=key_id, name=name, team=team, tags=tags, key_hash=hash_key(key), created_at=now)
-        )
-    return KeyRecord(key_id, name, team, tags, now, None), key
+        connection.execute(api_keys.insert().values(**values))
+    record = KeyRecord(key_id, spec.name, spec.team, spec.tags, now, None, spec.org, spec.is_admin, spec.policy)
+    return record, key
 
 
 def list_keys(engine: sa.Engine) -> list[KeyRecord]:
@@ -109,6 +156,11 @@ class KeyCache:
                 count = int((await connection.execute(query)).scalar_one())
             self._active = (count, time.monotonic() + self._ttl)
         return count
+
+    def forget(self) -> None:
+        """Drop cached lookups (after a revocation through this process)."""
+        self._entries.clear()
+        self._active = (self._active[0], 0.0)
 
     async def lookup(self, key: str) -> KeyRecord | None:
         import time

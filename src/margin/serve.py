@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import sqlalchemy as sa
 from rich.console import Console
@@ -51,7 +52,7 @@ def banner(console: Console, settings: Settings, keys: int) -> None:
         console.print(f"  {keys} active API key(s): requests need `Authorization: Bearer <key>`")
 
 
-def run(settings: Settings, console: Console) -> None:
+def run(settings: Settings, console: Console, config_path: Path | None = None) -> None:
     import uvicorn
 
     from margin.app import build_app
@@ -63,7 +64,7 @@ def run(settings: Settings, console: Console) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     banner(console, settings, keys)
     config = uvicorn.Config(
-        build_app(settings),
+        build_app(settings, config_path=config_path),
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",

@@ -7,15 +7,19 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
+
+import sqlalchemy as sa
 
 from margin.backends.base import Backend
 from margin.backends.registry import BackendRegistry
-from margin.config import Settings, config_hash
+from margin.config import Settings, config_hash, load_settings
 from margin.economics.carbon import GridTable
 from margin.economics.meter import Meter
 from margin.economics.prices import PriceBook
 from margin.errors import ConfigError
+from margin.governance.service import Governance
 from margin.keys import KeyCache
 from margin.ledger import db
 from margin.ledger.store import LedgerWriter
@@ -23,6 +27,7 @@ from margin.pipeline.base import Pipeline
 from margin.pipeline.call import BackendCall
 from margin.pipeline.context import Target
 from margin.pipeline.stages import discover
+from margin.routing.breaker import Breakers
 
 log = logging.getLogger("margin")
 
@@ -37,8 +42,12 @@ def _check_regions(settings: Settings, grid: GridTable) -> None:
 
 
 class Services:
-    def __init__(self, settings: Settings, registry: BackendRegistry | None = None) -> None:
+    def __init__(
+        self, settings: Settings, registry: BackendRegistry | None = None, config_path: Path | None = None
+    ) -> None:
         self.settings = settings
+        self.config_path = config_path
+        self._sync_engine: sa.Engine | None = None
         self.config_hash = config_hash(settings)
         self.engine = db.make_async_engine(settings.storage.ledger)
         self.writer = LedgerWriter(
@@ -56,8 +65,11 @@ class Services:
             name: registry.create(name, config, self) for name, config in settings.backends.items()
         }
         self.targets = self._targets()
+        self.governance = Governance(settings, self.engine)
+        admission = settings.admission
+        self.breakers = Breakers(admission.breaker_failures, admission.breaker_cooldown_s)
         stages = [stage for spec in discover() if (stage := spec.build(self)) is not None]
-        self.pipeline = Pipeline(stages, BackendCall(self.meter))
+        self.pipeline = Pipeline(stages, BackendCall(self.meter, self.breakers))
         self._background: set[asyncio.Task[Any]] = set()
         self.started_at = time.time()
 
@@ -65,7 +77,8 @@ class Services:
         targets: dict[str, Target] = {}
         for public, model in self.settings.models.items():
             region = self.settings.backends[model.backend].region
-            target = Target(public, model, model.backend, self.backends[model.backend], region)
+            jurisdiction = self.settings.region(region).jurisdiction
+            target = Target(public, model, model.backend, self.backends[model.backend], region, jurisdiction)
             for name in (public, *model.aliases):
                 targets[name] = target
         return targets
@@ -74,7 +87,29 @@ class Services:
         await asyncio.to_thread(db.upgrade, self.settings.storage.ledger)
         await self.keys.active_keys()
         self.writer.start()
+        await self.governance.start()
         await asyncio.gather(*(backend.start() for backend in self.backends.values()))
+
+    def sync_engine(self) -> sa.Engine:
+        """A synchronous engine for admin work run in threads (key and rule changes, usage reports)."""
+        if self._sync_engine is None:
+            self._sync_engine = db.make_sync_engine(self.settings.storage.ledger)
+        return self._sync_engine
+
+    async def reload(self) -> bool:
+        """Re-read governance rules (and the config file's, if the gateway was started from one)."""
+        changed = False
+        if self.config_path is not None:
+            try:
+                fresh = await asyncio.to_thread(load_settings, self.config_path)
+            except ConfigError:
+                log.exception("config reload from %s failed; keeping the running rules", self.config_path)
+                raise
+            self.governance.reload(fresh)
+            changed = True
+        await self.governance.refresh()
+        log.info("governance rules reloaded (config file: %s)", changed)
+        return changed
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Run work that must finish even if its caller is cancelled (e.g. settling a closed stream)."""
@@ -91,4 +126,7 @@ class Services:
             except Exception:
                 log.exception("closing backend %s failed", name)
         await self.writer.close()
+        await self.governance.close()
         await self.engine.dispose()
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()

@@ -78,8 +78,12 @@ def test_keys_lifecycle(tmp_path: Path) -> None:
             "id": key["id"],
             "name": "svc",
             "team": "search",
+            "org": None,
             "tags": {"feature": "qa"},
+            "admin": False,
+            "policy": None,
             "created_at": listed[0]["created_at"],
+            "revoked_at": None,
             "revoked": False,
         }
     ]
@@ -142,4 +146,4 @@ def test_config_show_and_check(tmp_path: Path) -> None:
 def test_db_commands(tmp_path: Path) -> None:
     db = str(tmp_path / "d.db")
     assert runner.invoke(app, ["db", "current", "--db", db]).output.strip() == "empty"
-    assert "revision 0001" in runner.invoke(app, ["db", "upgrade", "--db", db]).output
+    assert "revision 0002" in runner.invoke(app, ["db", "upgrade", "--db", db]).output

@@ -20,7 +20,7 @@ def make_key(db_path: Path, team: str = "search", **tags: str) -> tuple[str, str
     url = f"sqlite:///{db_path}"
     db.upgrade(url)
     engine = db.make_sync_engine(url)
-    record, key = keys.create_key(engine, "tester", team, tags)
+    record, key = keys.create_key(engine, keys.NewKey("tester", team, tags))
     engine.dispose()
     return record.id, key
 

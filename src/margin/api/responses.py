@@ -26,7 +26,7 @@ def error_response(error: MarginError, request_id: str | None = None) -> Respons
 
 
 def margin_headers(ctx: RequestContext) -> dict[str, str]:
-    headers = {"x-margin-request-id": ctx.request_id, "x-margin-overhead-ms": f"{ctx.overhead_ms():.3f}"}
+    headers = {"x-margin-request-id": ctx.request_id, "x-margin-overhead-ms": f"{ctx.overhead_ms():.3f}", **ctx.notices}
     if ctx.charge is not None:
         headers["x-margin-cost-usd"] = usd_str(ctx.charge.cost_usd) or "unknown"
     elif not ctx.is_stream:

@@ -88,11 +88,17 @@ def embeddings(
 
 def prompt_text(call: Call) -> str:
     """All text the caller sent (messages or prompt), for token estimates and the fake backend."""
-    request = call.request
+    return request_text(call.request)
+
+
+def request_text(request: Any) -> str:
+    """The text of a chat, completion or embedding request (token-id inputs are left out)."""
     messages = getattr(request, "messages", None)
     if messages is not None:
         return "\n".join(m.text() for m in messages)
-    prompt = getattr(request, "prompt", "")
+    prompt = getattr(request, "prompt", None)
+    if prompt is None:
+        prompt = getattr(request, "input", None) or ""
     if isinstance(prompt, str):
         return prompt
     return "\n".join(p for p in prompt if isinstance(p, str))

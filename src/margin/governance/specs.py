@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-ScopeKind = Literal["global", "org", "team", "key", "tag", "model"]
+ScopeKind = Literal["global", "org", "team", "key", "tag", "model", "backend"]
 Level = Literal["off", "log", "redact", "block"]
 LEVELS: tuple[Level, ...] = ("off", "log", "redact", "block")
 
@@ -36,7 +36,7 @@ class Scope(Spec):
 
 
 class BudgetSpec(Spec):
-    name: str = Field(min_length=1, max_length=128)
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[\w.:@/+=-]+$")
     scope: Scope
     usd: Decimal | None = Field(None, gt=0, description="Spend cap in USD.")
     tokens: int | None = Field(None, gt=0, description="Cap on input + output tokens.")
@@ -46,6 +46,8 @@ class BudgetSpec(Spec):
 
     @model_validator(mode="after")
     def _one_metric(self) -> BudgetSpec:
+        if self.scope.kind == "backend":
+            raise ValueError("budgets apply to global, org, team, key, tag or model scopes")
         if (self.usd is None) == (self.tokens is None):
             raise ValueError("a budget caps exactly one of `usd` or `tokens`")
         return self
@@ -68,8 +70,8 @@ class LimitSpec(Spec):
 class FlagSpec(Spec):
     """A kill switch or override, effective without restart."""
 
-    name: str = Field(min_length=1, max_length=128)
-    target: Scope = Field(description="model, backend (kind `model` with value `backend:NAME`), tag or key.")
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[\w.:@/+=-]+$")
+    target: Scope = Field(description="What the flag applies to: global, model, backend, tag, team, org or key.")
     action: Literal["disable", "force_model", "cap_max_tokens", "require_cache"]
     model: str | None = Field(None, description="For force_model: the model to use instead.")
     max_tokens: int | None = Field(None, gt=0, description="For cap_max_tokens.")
@@ -105,10 +107,14 @@ class PoliciesConfig(Spec):
 
 class AdmissionConfig(Spec):
     reservation_ttl_s: float = Field(900, gt=0, description="A reservation not settled by then is released.")
-    default_max_output_tokens: int = Field(4096, gt=0, description="Worst case when neither max_tokens nor "
-                                           "the model's context length is known.")
-    reserve_tokens_per_s: float = Field(10.0, gt=0, description="Throughput assumed to price reservations on "
-                                        "self-hosted backends without hardware.tokens_per_s.")
+    default_max_output_tokens: int = Field(
+        4096, gt=0, description="Worst case when neither max_tokens nor the model's context length is known."
+    )
+    reserve_tokens_per_s: float = Field(
+        10.0,
+        gt=0,
+        description="Throughput assumed to price reservations on self-hosted backends without hardware.tokens_per_s.",
+    )
     refresh_s: float = Field(2.0, gt=0, description="How often budgets, limits and flags are re-read.")
     unknown_price: Literal["allow", "reject"] = Field(
         "reject", description="What a hard USD budget does with a model whose price is unknown."

@@ -3,6 +3,7 @@ the async driver for the server and the sync one for migrations and reports."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,14 @@ def _migrate(url: str, step: Callable[[Config, str], None], revision: str) -> No
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    _migrate(url, command.upgrade, revision)
+    """Migrate to `revision`. Two replicas starting together on an empty database race: the loser's DDL
+    fails, and it then only has to see that the winner reached head."""
+    try:
+        _migrate(url, command.upgrade, revision)
+    except (sa.exc.OperationalError, sa.exc.IntegrityError, sa.exc.ProgrammingError):
+        time.sleep(1.0)
+        if revision != "head" or current_revision(url) != head_revision():
+            raise
 
 
 def downgrade(url: str, revision: str) -> None:

@@ -22,6 +22,10 @@ ledger = sa.Table(
     sa.Column("requested_model", sa.String(128)),
     sa.Column("backend", sa.String(64)),
     sa.Column("region", sa.String(64)),
+    sa.Column("jurisdiction", sa.String(32)),
+    sa.Column("org", sa.String(128)),
+    sa.Column("guard", sa.JSON),
+    sa.Column("prompt_text", sa.Text),
     sa.Column("status", sa.String(24), nullable=False),
     sa.Column("http_status", sa.Integer, nullable=False),
     sa.Column("error_code", sa.String(64)),
@@ -58,8 +62,20 @@ api_keys = sa.Table(
     sa.Column("id", sa.String(32), primary_key=True),
     sa.Column("name", sa.String(128), nullable=False),
     sa.Column("team", sa.String(128)),
+    sa.Column("org", sa.String(128)),
+    sa.Column("is_admin", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("policy", sa.JSON),
     sa.Column("tags", sa.JSON, nullable=False),
     sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("revoked_at", sa.DateTime(timezone=True)),
+)
+
+gov_rules = sa.Table(
+    "gov_rules",
+    metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),  # budget | limit | flag
+    sa.Column("name", sa.String(160), primary_key=True),
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )

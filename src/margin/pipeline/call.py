@@ -3,6 +3,7 @@ SSE, notes TTFT and delivered text, and keeps or adds the usage chunk as the cli
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,9 +11,13 @@ from typing import Any
 import orjson
 
 from margin.backends.base import Call, Chunk, Usage
-from margin.errors import BackendError, MarginError
-from margin.pipeline.context import RequestContext
+from margin.errors import BackendError, MarginError, Overloaded
+from margin.pipeline.context import RequestContext, Target
+from margin.pipeline.stages.route import unavailable
 from margin.protocol import Endpoint
+from margin.routing.breaker import Breakers
+
+log = logging.getLogger("margin.call")
 
 DONE = b"data: [DONE]\n\n"
 
@@ -143,16 +148,42 @@ def _chunk_object(endpoint: Endpoint) -> str:
     return "text_completion" if endpoint is Endpoint.COMPLETIONS else "chat.completion.chunk"
 
 
-class BackendCall:
-    """The pipeline's terminal: hands the request to the routed backend."""
+def _retryable(error: MarginError) -> bool:
+    """Worth trying the next candidate: the backend failed, timed out or is overloaded (not a bad request)."""
+    return isinstance(error, BackendError | Overloaded)
 
-    def __init__(self, meter: Any) -> None:
+
+class BackendCall:
+    """The pipeline's terminal: hands the request to the routed backend, falling back along
+    `ctx.candidates` (already limited to the caller's jurisdictions) when a backend fails before answering."""
+
+    def __init__(self, meter: Any, breakers: Breakers | None = None) -> None:
         self.meter = meter  # economics.meter.Meter: shares busy time among concurrent requests
+        self.breakers = breakers or Breakers()
 
     async def __call__(self, ctx: RequestContext) -> None:
-        target = ctx.target
-        if target is None:
+        if ctx.target is None:
             raise BackendError("no backend was chosen for this request")
+        candidates = ctx.candidates or [ctx.target]
+        for index, target in enumerate(candidates):
+            ctx.target = target
+            try:
+                await self._attempt(ctx, target)
+            except MarginError as exc:
+                if not _retryable(exc):
+                    raise
+                self.breakers.failure(target.backend_name)
+                if index + 1 < len(candidates):
+                    log.warning("request %s: %s failed (%s); falling back", ctx.request_id, target.backend_name, exc)
+                    ctx.fallbacks.append(target.backend_name)
+                    continue
+                if ctx.residency_filtered:
+                    raise unavailable(ctx, f"last error: {exc.message}") from exc
+                raise
+            self.breakers.success(target.backend_name)
+            return
+
+    async def _attempt(self, ctx: RequestContext, target: Target) -> None:
         ctx.call = Call(
             ctx.endpoint,
             ctx.request,

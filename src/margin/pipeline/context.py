@@ -21,6 +21,9 @@ class Principal:
     name: str
     team: str | None
     tags: Mapping[str, str] = field(default_factory=dict)
+    org: str | None = None
+    is_admin: bool = False
+    policy: Mapping[str, Any] | None = None
 
 
 ANONYMOUS = Principal(key_id=None, name="anonymous", team=None)
@@ -35,6 +38,7 @@ class Target:
     backend_name: str
     backend: Backend
     region: str
+    jurisdiction: str | None = None
 
 
 @dataclass(slots=True)
@@ -49,6 +53,15 @@ class RequestContext:
     principal: Principal | None = None
     tags: dict[str, str] = field(default_factory=dict)
     target: Target | None = None
+    candidates: list[Target] = field(default_factory=list)  # target first, then its compliant fallbacks
+    residency_filtered: bool = False  # some fallbacks were dropped for residency
+    fallbacks: list[str] = field(default_factory=list)  # backends that failed before one answered
+    policy: Any = None  # governance.specs.Policy, resolved for this caller
+    admission: Any = None  # governance.admission.Admission: what was reserved, settled by `settle`
+    require_cache: str | None = None  # the flag that allows only cached answers
+    guard: dict[str, Any] | None = None  # what the guard found (counts by type, never values)
+    prompt_log: str | None = None  # redacted prompt text, only when the policy logs prompts
+    notices: dict[str, str] = field(default_factory=dict)  # extra response headers (budget warnings…)
     call: Call | None = None
     completion: Completion | None = None
     stream: AsyncIterator[bytes] | None = None

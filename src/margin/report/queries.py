@@ -57,9 +57,12 @@ def percentile(values: list[float], q: float) -> float | None:
 class Window:
     since: datetime | None = None
     until: datetime | None = None
+    key_id: str | None = None  # only this key's rows (a caller reading its own usage)
 
     def where(self) -> list[sa.ColumnElement[bool]]:
         clauses = [ledger.c.kind == "request"]
+        if self.key_id is not None:
+            clauses.append(ledger.c.key_id == self.key_id)
         if self.since is not None:
             clauses.append(ledger.c.created_at >= self.since)
         if self.until is not None:

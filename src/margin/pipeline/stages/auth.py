@@ -47,7 +47,15 @@ async def authenticate(keys: KeyCache, headers: Mapping[str, str]) -> Principal:
     record = await keys.lookup(token.strip())
     if record is None:
         raise AuthenticationFailed("invalid or revoked API key")
-    return Principal(key_id=record.id, name=record.name, team=record.team, tags=record.tags)
+    return Principal(
+        key_id=record.id,
+        name=record.name,
+        team=record.team,
+        tags=record.tags,
+        org=record.org,
+        is_admin=record.is_admin,
+        policy=record.policy,
+    )
 
 
 class AuthStage(BaseStage):

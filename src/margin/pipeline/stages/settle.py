@@ -1,11 +1,13 @@
-"""settle: the request's ledger row, handed to the batched, idempotent writer. Every authenticated
-request gets exactly one row (kind `request`), whatever its outcome."""
+"""settle: the request's ledger row, handed to the batched, idempotent writer, and its budget
+reservation settled to the same cost. Every authenticated request gets exactly one row (kind `request`),
+whatever its outcome."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from margin.economics.money import to_nanousd
+from margin.governance.service import Governance
 from margin.ledger.store import LedgerWriter
 from margin.pipeline.base import BaseStage, StageSpec
 from margin.pipeline.context import RequestContext
@@ -32,6 +34,7 @@ def ledger_row(ctx: RequestContext, config_hash: str) -> dict[str, Any]:
         "created_at": ctx.started_at,
         "key_id": principal.key_id if principal else None,
         "team": principal.team if principal else None,
+        "org": principal.org if principal else None,
         "user": getattr(ctx.request, "user", None),
         "tags": ctx.tags,
         "endpoint": str(ctx.endpoint),
@@ -39,6 +42,9 @@ def ledger_row(ctx: RequestContext, config_hash: str) -> dict[str, Any]:
         "requested_model": ctx.requested_model,
         "backend": target.backend_name if target else None,
         "region": target.region if target else None,
+        "jurisdiction": target.jurisdiction if target else None,
+        "guard": ctx.guard,
+        "prompt_text": ctx.prompt_log,
         "status": ctx.status,
         "http_status": ctx.http_status,
         "error_code": ctx.error.code if ctx.error else None,
@@ -69,18 +75,22 @@ def ledger_row(ctx: RequestContext, config_hash: str) -> dict[str, Any]:
 class SettleStage(BaseStage):
     name = "settle"
 
-    def __init__(self, writer: LedgerWriter, config_hash: str) -> None:
+    def __init__(self, writer: LedgerWriter, config_hash: str, governance: Governance | None = None) -> None:
         self.writer = writer
         self.config_hash = config_hash
+        self.governance = governance
 
     async def on_response(self, ctx: RequestContext) -> None:
         if ctx.principal is None:  # rejected before authentication: nobody to attribute it to
             return
-        self.writer.submit(ledger_row(ctx, self.config_hash))
+        row = ledger_row(ctx, self.config_hash)
+        self.writer.submit(row)
+        if self.governance is not None and ctx.admission is not None:
+            await self.governance.settle(ctx.admission, row["cost_nanousd"], row["input_tokens"], row["output_tokens"])
 
 
 def build(services: Any) -> SettleStage:
-    return SettleStage(services.writer, services.config_hash)
+    return SettleStage(services.writer, services.config_hash, services.governance)
 
 
 STAGE = StageSpec("settle", 900, build)

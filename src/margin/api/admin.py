@@ -1,0 +1,187 @@
+"""The admin API (`/admin/...`, admin keys only) and `GET /v1/margin/usage` (any key, its own usage only).
+
+Changes are written to the database and take effect at once on this replica and within
+`admission.refresh_s` on the others; nothing restarts and requests in flight keep their admission."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from margin import keys
+from margin.api.responses import JSON, error_response
+from margin.economics.money import from_nanousd, usd_str
+from margin.errors import InvalidRequest, MarginError, NotFound, PermissionDenied
+from margin.governance.admission import counter_name, window
+from margin.governance.rules import Subject, delete_rule, policy_dict, save_rule
+from margin.pipeline.context import Principal
+from margin.pipeline.stages.auth import authenticate
+from margin.report.queries import Window, parse_when, summarize
+
+KINDS = {"budgets": "budget", "limits": "limit", "flags": "flag"}
+Handler = Callable[[Request, Any], Awaitable[Any]]
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type=JSON)
+
+
+async def _body(request: Request) -> Any:
+    try:
+        return orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+
+
+def endpoint(handler: Handler, admin: bool = True) -> Callable[[Request], Awaitable[Response]]:
+    async def run(request: Request) -> Response:
+        services = request.app.state.services
+        try:
+            principal = await authenticate(services.keys, request.headers)
+            if admin and not (principal.is_admin or services.keys.open_mode):
+                raise PermissionDenied("this endpoint needs an admin key (margin keys create --admin)")
+            result = await handler(request, principal)
+        except MarginError as exc:
+            return error_response(exc)
+        return result if isinstance(result, Response) else _json(result)
+
+    return run
+
+
+async def budget_status(services: Any, principal_filter: Subject | None = None) -> list[dict[str, Any]]:
+    """Each budget with its current window, spent and reserved (only those matching a subject, if given)."""
+    rules, now = services.governance.rules, datetime.now(UTC)
+    budgets = rules.budgets if principal_filter is None else tuple(rules.budgets_for(principal_filter))
+    names = [counter_name(b, window(b.period, now)[0]) for b in budgets]
+    counters = await services.governance.store.counters(names) if names else {}
+    out = []
+    for budget, name in zip(budgets, names, strict=True):
+        spent, reserved = counters.get(name, (0, 0))
+        start, end = window(budget.period, now)
+        money = budget.usd is not None
+        out.append(
+            {
+                **budget.model_dump(mode="json"),
+                "source": "admin" if ("budget", budget.name) in rules.stored else "config",
+                "window_start": start.isoformat() if start else None,
+                "resets_at": end.isoformat() if end else None,
+                "spent": usd_str(from_nanousd(spent)) if money else spent,
+                "reserved": usd_str(from_nanousd(reserved)) if money else reserved,
+                "unit": "usd" if money else "tokens",
+            }
+        )
+    return out
+
+
+def _kind(request: Request) -> str:
+    return KINDS[request.url.path.split("/")[2]]
+
+
+async def list_rules(request: Request, _: Principal) -> Any:
+    services, kind = request.app.state.services, _kind(request)
+    if kind == "budget":
+        return {"data": await budget_status(services)}
+    return {"data": services.governance.rules.listing(kind)}
+
+
+async def put_rule(request: Request, _: Principal) -> Any:
+    services, kind = request.app.state.services, _kind(request)
+    spec = await asyncio.to_thread(save_rule, services.sync_engine(), kind, await _body(request))
+    await services.governance.refresh()
+    return spec.model_dump(mode="json")
+
+
+async def delete_rule_route(request: Request, _: Principal) -> Any:
+    services, kind = request.app.state.services, _kind(request)
+    name = request.path_params["name"]
+    await asyncio.to_thread(delete_rule, services.sync_engine(), services.settings, kind, name)
+    await services.governance.refresh()
+    return {"deleted": name, "kind": kind}
+
+
+async def list_keys(request: Request, _: Principal) -> Any:
+    records = await asyncio.to_thread(keys.list_keys, request.app.state.services.sync_engine())
+    return {"data": [r.public() for r in records]}
+
+
+async def create_key(request: Request, _: Principal) -> Any:
+    body = await _body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not body["name"]:
+        raise InvalidRequest("send a JSON object with at least `name`", param="name")
+    unknown = set(body) - {"name", "team", "org", "tags", "admin", "policy"}
+    if unknown:
+        raise InvalidRequest(f"unknown fields {sorted(unknown)}", param=sorted(unknown)[0])
+    tags = body.get("tags") or {}
+    if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+        raise InvalidRequest("`tags` must be an object of strings", param="tags")
+    spec = keys.NewKey(
+        body["name"], body.get("team"), tags, body.get("org"), bool(body.get("admin")), policy_dict(body.get("policy"))
+    )
+    record, key = await asyncio.to_thread(keys.create_key, request.app.state.services.sync_engine(), spec)
+    return _json({**record.public(), "key": key}, status=201)
+
+
+async def revoke_key(request: Request, _: Principal) -> Any:
+    services = request.app.state.services
+    record = await asyncio.to_thread(keys.revoke_key, services.sync_engine(), request.path_params["key_id"])
+    services.keys.forget()
+    return record.public()
+
+
+async def usage(request: Request, _: Principal) -> Any:
+    params = request.query_params
+    window_ = Window(parse_when(params.get("since")), parse_when(params.get("until")))
+    return await asyncio.to_thread(summarize, request.app.state.services.sync_engine(), window_, params.get("by"))
+
+
+async def reload(request: Request, _: Principal) -> Any:
+    services = request.app.state.services
+    changed = await services.reload()
+    return {"reloaded": True, "config_file": changed, "rules": _counts(services)}
+
+
+def _counts(services: Any) -> dict[str, int]:
+    rules = services.governance.rules
+    return {"budgets": len(rules.budgets), "limits": len(rules.limits), "flags": len(rules.flags)}
+
+
+async def own_usage(request: Request, principal: Principal) -> Any:
+    """A caller's own key: its spend in the window and the budgets that apply to it. Never anyone else's rows."""
+    if principal.key_id is None:
+        raise NotFound("usage is per API key; this gateway runs open (no keys), see `margin report`")
+    services, params = request.app.state.services, request.query_params
+    since = parse_when(params.get("since")) or window("month", datetime.now(UTC))[0]
+    window_ = Window(since, parse_when(params.get("until")), key_id=principal.key_id)
+    summary = await asyncio.to_thread(summarize, services.sync_engine(), window_, params.get("by"))
+    subject = Subject(principal.key_id, principal.team, principal.org, dict(principal.tags))
+    return {
+        "key": {"id": principal.key_id, "name": principal.name, "team": principal.team},
+        **summary,
+        "budgets": await budget_status(services, subject),
+    }
+
+
+def routes() -> list[Route]:
+    rule_routes = []
+    for plural in KINDS:
+        rule_routes += [
+            Route(f"/admin/{plural}", endpoint(list_rules), methods=["GET"]),
+            Route(f"/admin/{plural}", endpoint(put_rule), methods=["PUT", "POST"]),
+            Route(f"/admin/{plural}/{{name:path}}", endpoint(delete_rule_route), methods=["DELETE"]),
+        ]
+    return [
+        Route("/admin/keys", endpoint(list_keys), methods=["GET"]),
+        Route("/admin/keys", endpoint(create_key), methods=["POST"]),
+        Route("/admin/keys/{key_id}", endpoint(revoke_key), methods=["DELETE"]),
+        *rule_routes,
+        Route("/admin/usage", endpoint(usage), methods=["GET"]),
+        Route("/admin/reload", endpoint(reload), methods=["POST"]),
+        Route("/v1/margin/usage", endpoint(own_usage, admin=False), methods=["GET"]),
+    ]

@@ -1,0 +1,132 @@
+"""Budgets and rate limits for one request: price the worst case, reserve it against every budget that
+applies (all or nothing), and settle to the actual cost when the request ends, whatever its outcome.
+
+Amounts are integers: nano-USD for `usd` budgets, tokens for `tokens` budgets. The worst case is the
+counted prompt plus `max_tokens` (or the model's context left, or `admission.default_max_output_tokens`),
+priced for the dearest of the request's candidate models (its fallbacks included)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from margin.backends.base import Usage
+from margin.economics.meter import Meter
+from margin.economics.money import to_nanousd
+from margin.governance.rules import Subject
+from margin.governance.specs import AdmissionConfig, BudgetSpec, LimitSpec
+from margin.governance.store import Gcra, Hold
+from margin.pipeline.context import Target
+
+MINUTE = 60.0
+DAY = 86_400
+
+
+def window(period: str, now: datetime) -> tuple[datetime | None, datetime | None]:
+    """Calendar-aligned UTC window [start, end) holding `now`; (None, None) for lifetime budgets."""
+    now = now.astimezone(UTC)
+    if period == "hour":
+        start = now.replace(minute=0, second=0, microsecond=0)
+        return start, start + timedelta(hours=1)
+    if period == "day":
+        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return start, start + timedelta(days=1)
+    if period == "month":
+        start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        following = (start + timedelta(days=32)).replace(day=1)
+        return start, following
+    return None, None
+
+
+def counter_name(budget: BudgetSpec, start: datetime | None) -> str:
+    return f"{budget.name}@{start:%Y%m%dT%H}" if start is not None else f"{budget.name}@lifetime"
+
+
+def budget_limit(budget: BudgetSpec) -> int:
+    return to_nanousd(budget.usd) if budget.usd is not None else int(budget.tokens or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetHold:
+    budget: BudgetSpec
+    hold: Hold
+    resets_at: datetime | None
+
+
+@dataclass(slots=True)
+class Admission:
+    """What a request holds; `settle` turns it into spend exactly once."""
+
+    request_id: str
+    holds: list[BudgetHold] = field(default_factory=list)
+    tpm_keys: list[tuple[str, float]] = field(default_factory=list)  # (gcra key, seconds per token)
+    reserved_tokens: int = 0
+    settled: bool = False
+
+
+def hold_for(budget: BudgetSpec, now: datetime, usd_nano: int, tokens: int) -> BudgetHold:
+    start, end = window(budget.period, now)
+    expire = None if end is None else int((end - now).total_seconds()) + DAY
+    amount = usd_nano if budget.usd is not None else tokens
+    hold = Hold(counter_name(budget, start), budget_limit(budget), amount, budget.mode == "hard", expire)
+    return BudgetHold(budget, hold, end)
+
+
+def output_allowance(requested: int | None, context_length: int | None, prompt_tokens: int, default: int) -> int:
+    if requested is not None:
+        return requested
+    if context_length is not None:
+        return max(context_length - prompt_tokens, 0)
+    return default
+
+
+def conservative_tokens(text: str) -> int:
+    """An upper-bound token count when no tokenizer is known: one token per 3 characters, rounded up."""
+    return math.ceil(len(text) / 3)
+
+
+def worst_case_usd(
+    meter: Meter, candidates: Sequence[Target], prompt_tokens: int, output_tokens: int, config: AdmissionConfig
+) -> Decimal | None:
+    """The dearest candidate's cost for this many tokens; None when any candidate's price is unknown."""
+    worst = Decimal(0)
+    usage = Usage(prompt_tokens, output_tokens, source="estimated")
+    for target in candidates:
+        hardware = meter.settings.backends[target.backend_name].hardware
+        tokens_per_s = (hardware.tokens_per_s if hardware else None) or config.reserve_tokens_per_s
+        busy_s = (prompt_tokens + output_tokens) / tokens_per_s
+        cost = meter.charge(target.public, target.model, usage, busy_s).cost_usd
+        if cost is None:
+            return None
+        worst = max(worst, cost)
+    return worst
+
+
+def rate_checks(limits: Sequence[LimitSpec], prompt_tokens: int) -> tuple[list[Gcra], list[bool], list[str]]:
+    """GCRA checks for RPM (strict: one request) and TPM (lenient: admitted unless already in debt)."""
+    checks: list[Gcra] = []
+    lenient: list[bool] = []
+    tpm_keys: list[str] = []
+    for limit in limits:
+        label = limit.scope.label()
+        if limit.rpm:
+            checks.append(Gcra(f"rpm:{label}", MINUTE / limit.rpm, MINUTE))
+            lenient.append(False)
+        if limit.tpm:
+            checks.append(Gcra(f"tpm:{label}", MINUTE * prompt_tokens / limit.tpm, MINUTE))
+            lenient.append(True)
+            tpm_keys.append(label)
+    return checks, lenient, tpm_keys
+
+
+def subject_for(key_id: str | None, team: str | None, org: str | None, tags: dict[str, str], target: Target) -> Subject:
+    return Subject(key_id=key_id, team=team, org=org, tags=dict(tags), model=target.public, backend=target.backend_name)
+
+
+def reset_text(resets_at: datetime | None) -> str:
+    return (
+        "it does not reset (lifetime budget)" if resets_at is None else f"it resets at {resets_at:%Y-%m-%dT%H:%M:%SZ}"
+    )

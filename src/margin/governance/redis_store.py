@@ -1,0 +1,212 @@
+"""Budget counters and rate limits in Redis, shared by every gateway replica.
+
+Each operation is one Lua script, so check-and-reserve is atomic across replicas. Layout (prefix `mgn:`):
+  c:{counter}        hash {spent, reserved}, expiring after its window
+  r:{request_id}     hash {counter: amount} of an open reservation
+  deadlines          zset request_id → deadline (unix s), for the reaper
+  s:{request_id}     marker of a settled request (expires after a day)
+  g:{key}            GCRA theoretical arrival time (float seconds)
+Time comes from Redis' own clock (`TIME`), so replicas with skewed clocks agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from margin.errors import ConfigError, Overloaded
+from margin.governance.store import Gcra, Hold
+
+P = "mgn:"
+
+_NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
+
+RESERVE = (
+    _NOW
+    + """
+local rid = ARGV[1]
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+local n = #KEYS - 3
+for i = 1, n do
+  local base = 3 + (i - 1) * 4
+  local limit, amount, hard = tonumber(ARGV[base]), tonumber(ARGV[base + 1]), ARGV[base + 2]
+  if hard == '1' then
+    local c = redis.call('HMGET', KEYS[i + 3], 'spent', 'reserved')
+    if (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0) + amount > limit then return i end
+  end
+end
+for i = 1, n do
+  local base = 3 + (i - 1) * 4
+  local amount, expire = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 3])
+  redis.call('HINCRBY', KEYS[i + 3], 'reserved', amount)
+  if expire > 0 and redis.call('TTL', KEYS[i + 3]) < 0 then redis.call('EXPIRE', KEYS[i + 3], expire) end
+  redis.call('HINCRBY', KEYS[1], KEYS[i + 3], amount)
+end
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 86400)
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), rid)
+return 0
+"""
+)
+
+# release a reservation hash into its counters (used by settle and reap)
+_RELEASE = """
+local function release(rkey)
+  local held = redis.call('HGETALL', rkey)
+  for j = 1, #held, 2 do redis.call('HINCRBY', held[j], 'reserved', -tonumber(held[j + 1])) end
+  redis.call('DEL', rkey)
+end
+"""
+
+SETTLE = (
+    _RELEASE
+    + """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', 86400) == false then return 0 end
+release(KEYS[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+for i = 4, #KEYS do redis.call('HINCRBY', KEYS[i], 'spent', tonumber(ARGV[i - 2])) end
+return 1
+"""
+)
+
+REAP = (
+    _NOW
+    + _RELEASE
+    + """
+local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)
+for _, rid in ipairs(stale) do
+  release(ARGV[1] .. 'r:' .. rid)
+  redis.call('ZREM', KEYS[1], rid)
+end
+return #stale
+"""
+)
+
+SEED = """
+if redis.call('HSETNX', KEYS[1], 'spent', ARGV[1]) == 0 then return 0 end
+redis.call('HSETNX', KEYS[1], 'reserved', 0)
+if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
+return 1
+"""
+
+RATE = (
+    _NOW
+    + """
+local wait = 0
+for i = 1, #KEYS do
+  local inc, tau, lenient = tonumber(ARGV[i * 3 - 2]), tonumber(ARGV[i * 3 - 1]), ARGV[i * 3]
+  local tat = math.max(tonumber(redis.call('GET', KEYS[i]) or now), now)
+  local over
+  if lenient == '1' then over = (tat - now) - tau else over = (tat + inc - now) - tau end
+  if over > wait then wait = over end
+end
+if wait > 0 then return tostring(wait) end
+for i = 1, #KEYS do
+  local inc, tau = tonumber(ARGV[i * 3 - 2]), tonumber(ARGV[i * 3 - 1])
+  local tat = math.max(tonumber(redis.call('GET', KEYS[i]) or now), now) + inc
+  redis.call('SET', KEYS[i], tostring(tat), 'EX', math.ceil(tat - now + tau) + 1)
+end
+return '0'
+"""
+)
+
+CHARGE = (
+    _NOW
+    + """
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now) + tonumber(ARGV[1])
+redis.call('SET', KEYS[1], tostring(tat), 'EX', math.ceil(tat - now) + 120)
+return 1
+"""
+)
+
+
+class RedisStore:
+    """Same contract as `LocalStore`, over a shared Redis."""
+
+    def __init__(self, url: str, max_connections: int = 64) -> None:
+        from redis import asyncio as aioredis
+
+        try:
+            # a blocking pool: a burst of requests waits for a connection instead of failing
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=max_connections, timeout=10, decode_responses=True
+            )
+        except ValueError as exc:
+            raise ConfigError(f"storage.redis is not a redis:// URL: {exc}") from exc
+        self._pool: Any = pool
+        self._redis: Any = aioredis.Redis(connection_pool=pool)
+        self._scripts = {
+            name: self._redis.register_script(source)
+            for name, source in {
+                "reserve": RESERVE,
+                "settle": SETTLE,
+                "reap": REAP,
+                "seed": SEED,
+                "rate": RATE,
+                "charge": CHARGE,
+            }.items()
+        }
+
+    async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        from redis.exceptions import RedisError
+
+        try:
+            return await self._scripts[name](keys=keys, args=args)
+        except RedisError as exc:
+            raise Overloaded(
+                f"the budget and rate-limit store (Redis) failed: {exc}; the request was not admitted",
+                code="governance_unavailable",
+            ) from exc
+
+    async def ping(self) -> None:
+        from redis.exceptions import RedisError
+
+        try:
+            await self._redis.ping()
+        except RedisError as exc:
+            raise ConfigError(f"storage.redis: cannot reach Redis: {exc}") from exc
+
+    async def reserve(self, request_id: str, holds: Sequence[Hold], ttl_s: float) -> int | None:
+        keys = [f"{P}r:{request_id}", f"{P}s:{request_id}", f"{P}deadlines"]
+        args: list[Any] = [request_id, ttl_s]
+        for hold in holds:
+            keys.append(f"{P}c:{hold.counter}")
+            args += [hold.limit, hold.amount, "1" if hold.hard else "0", hold.expire_s or 0]
+        result = int(await self._run("reserve", keys, args))
+        return result - 1 if result > 0 else None
+
+    async def settle(self, request_id: str, actual: Mapping[str, int]) -> bool:
+        keys = [f"{P}r:{request_id}", f"{P}s:{request_id}", f"{P}deadlines"]
+        keys += [f"{P}c:{name}" for name in actual]
+        return bool(await self._run("settle", keys, [request_id, *actual.values()]))
+
+    async def seed(self, counter: str, spent: int, expire_s: int | None) -> bool:
+        return bool(await self._run("seed", [f"{P}c:{counter}"], [spent, expire_s or 0]))
+
+    async def counters(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+        pipe = self._redis.pipeline(transaction=False)
+        for name in names:
+            pipe.hmget(f"{P}c:{name}", "spent", "reserved")
+        values = await pipe.execute()
+        return {name: (int(v[0] or 0), int(v[1] or 0)) for name, v in zip(names, values, strict=True)}
+
+    async def reap(self) -> int:
+        return int(await self._run("reap", [f"{P}deadlines"], [P]))
+
+    async def pending(self) -> int:
+        return int(await self._redis.zcard(f"{P}deadlines"))
+
+    async def rate(self, checks: Sequence[Gcra], debt_only: Sequence[bool]) -> float:
+        if not checks:
+            return 0.0
+        args: list[Any] = []
+        for check, lenient in zip(checks, debt_only, strict=True):
+            args += [repr(check.increment_s), repr(check.tau_s), "1" if lenient else "0"]
+        result = await self._run("rate", [f"{P}g:{c.key}" for c in checks], args)
+        return float(result)
+
+    async def charge(self, key: str, increment_s: float) -> None:
+        await self._run("charge", [f"{P}g:{key}"], [repr(increment_s)])
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+        await self._pool.disconnect()

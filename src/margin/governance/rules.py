@@ -1,0 +1,212 @@
+"""The rules in force: budgets, rate limits, flags and policies, from the config file merged with those set
+through the admin API or CLI (stored in the `gov_rules` table; a stored rule replaces a config rule of the
+same name). A `Rules` object is an immutable snapshot: reloading swaps the whole object, so a request in
+flight keeps the rules it was admitted under."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+import sqlalchemy as sa
+from pydantic import BaseModel, ValidationError
+
+from margin.config import Settings
+from margin.errors import Conflict, InvalidRequest, NotFound
+from margin.governance.specs import LEVELS, BudgetSpec, FlagSpec, LimitSpec, PoliciesConfig, Policy, Scope
+from margin.ledger.models import gov_rules
+
+RuleKind = Literal["budget", "limit", "flag"]
+SPEC_TYPES: dict[str, type[BaseModel]] = {"budget": BudgetSpec, "limit": LimitSpec, "flag": FlagSpec}
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """What a request (or a ledger row) is, for matching scopes."""
+
+    key_id: str | None = None
+    team: str | None = None
+    org: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    model: str | None = None
+    backend: str | None = None
+
+
+def matches(scope: Scope, subject: Subject) -> bool:
+    kind, value = scope.kind, scope.value
+    if kind == "global":
+        return True
+    if kind == "tag":
+        name, _, tag_value = (value or "").partition("=")
+        return subject.tags.get(name) == tag_value
+    actual = {
+        "key": subject.key_id,
+        "team": subject.team,
+        "org": subject.org,
+        "model": subject.model,
+        "backend": subject.backend,
+    }[kind]
+    return actual is not None and actual == value
+
+
+def rule_name(kind: str, spec: BaseModel) -> str:
+    if isinstance(spec, LimitSpec):
+        return spec.scope.label()
+    assert isinstance(spec, BudgetSpec | FlagSpec)
+    return spec.name
+
+
+def parse_spec(kind: str, data: Any) -> BaseModel:
+    if kind not in SPEC_TYPES:
+        raise NotFound(f"no rule kind {kind!r} (budget, limit or flag)")
+    try:
+        return SPEC_TYPES[kind].model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or kind
+        raise InvalidRequest(f"invalid {kind}: {where}: {first['msg']}", param=where) from exc
+
+
+def parse_policy(text: str | None) -> dict[str, Any] | None:
+    """A key's policy given as JSON (CLI) → validated dict (stored on the key)."""
+    if not text:
+        return None
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"policy is not valid JSON: {exc}") from exc
+    return policy_dict(data)
+
+
+def policy_dict(data: Any) -> dict[str, Any] | None:
+    if data is None:
+        return None
+    try:
+        return Policy.model_validate(data).model_dump(exclude_none=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidRequest(f"invalid policy: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from exc
+
+
+def merge_policies(layers: Iterable[Policy]) -> Policy:
+    """Layers from least to most specific. Jurisdictions intersect and levels take the strictest, so no
+    layer can loosen another; other fields take the most specific value set."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for name, value in layer.model_dump(exclude_none=True).items():
+            if name not in merged:
+                merged[name] = value
+            elif name == "jurisdictions":
+                merged[name] = [j for j in merged[name] if j in value]
+            elif name in ("pii", "pii_output", "injection"):
+                merged[name] = max(merged[name], value, key=LEVELS.index)
+            elif name == "log_prompts":
+                merged[name] = merged[name] and value  # any layer may turn prompt logging off
+            else:
+                merged[name] = value
+    return Policy.model_validate(merged)
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    budgets: tuple[BudgetSpec, ...] = ()
+    limits: tuple[LimitSpec, ...] = ()
+    flags: tuple[FlagSpec, ...] = ()
+    policies: PoliciesConfig = field(default_factory=PoliciesConfig)
+    stored: frozenset[tuple[str, str]] = frozenset()  # (kind, name) of rules from the database
+
+    def budgets_for(self, subject: Subject) -> list[BudgetSpec]:
+        return [b for b in self.budgets if matches(b.scope, subject)]
+
+    def limits_for(self, subject: Subject) -> list[LimitSpec]:
+        return [limit for limit in self.limits if matches(limit.scope, subject)]
+
+    def flags_for(self, subject: Subject) -> list[FlagSpec]:
+        return [f for f in self.flags if f.enabled and matches(f.target, subject)]
+
+    def policy_for(self, subject: Subject, key_policy: Mapping[str, Any] | None) -> Policy:
+        config = self.policies
+        layers = [config.default]
+        if subject.org and subject.org in config.orgs:
+            layers.append(config.orgs[subject.org])
+        if subject.team and subject.team in config.teams:
+            layers.append(config.teams[subject.team])
+        layers += [policy for tag, policy in sorted(config.tags.items()) if _tag_in(tag, subject.tags)]
+        if key_policy:
+            layers.append(Policy.model_validate(dict(key_policy)))
+        return merge_policies(layers)
+
+    def listing(self, kind: RuleKind) -> list[dict[str, Any]]:
+        specs: tuple[BaseModel, ...] = {"budget": self.budgets, "limit": self.limits, "flag": self.flags}[kind]
+        return [
+            {
+                **spec.model_dump(mode="json"),
+                "source": "admin" if (kind, rule_name(kind, spec)) in self.stored else "config",
+            }
+            for spec in specs
+        ]
+
+
+def _tag_in(tag: str, tags: Mapping[str, str]) -> bool:
+    name, _, value = tag.partition("=")
+    return tags.get(name) == value
+
+
+def _merge(config: Iterable[BaseModel], stored: dict[str, BaseModel], kind: str) -> tuple[Any, ...]:
+    merged = {rule_name(kind, spec): spec for spec in config}
+    merged.update(stored)
+    return tuple(merged.values())
+
+
+def build_rules(settings: Settings, rows: Iterable[Any]) -> Rules:
+    stored: dict[str, dict[str, BaseModel]] = {"budget": {}, "limit": {}, "flag": {}}
+    for row in rows:
+        if row.kind in stored:
+            stored[row.kind][row.name] = SPEC_TYPES[row.kind].model_validate(row.spec)
+    return Rules(
+        budgets=_merge(settings.budgets, stored["budget"], "budget"),
+        limits=_merge(settings.limits, stored["limit"], "limit"),
+        flags=_merge(settings.flags, stored["flag"], "flag"),
+        policies=settings.policies,
+        stored=frozenset((kind, name) for kind, specs in stored.items() for name in specs),
+    )
+
+
+async def load_rules(settings: Settings, engine: Any) -> Rules:
+    """Read stored rules with the async engine and merge them with the config file's."""
+    async with engine.connect() as connection:
+        rows = (await connection.execute(sa.select(gov_rules))).all()
+    return build_rules(settings, rows)
+
+
+def save_rule(engine: sa.Engine, kind: str, data: Any) -> BaseModel:
+    """Create or replace a rule (sync engine: CLI and the admin API's worker thread)."""
+    spec = parse_spec(kind, data)
+    name = rule_name(kind, spec)
+    values = {"spec": spec.model_dump(mode="json"), "updated_at": datetime.now(UTC)}
+    with engine.begin() as connection:
+        updated = connection.execute(
+            gov_rules.update().where(gov_rules.c.kind == kind, gov_rules.c.name == name).values(**values)
+        )
+        if updated.rowcount == 0:
+            connection.execute(gov_rules.insert().values(kind=kind, name=name, **values))
+    return spec
+
+
+def delete_rule(engine: sa.Engine, settings: Settings, kind: str, name: str) -> None:
+    with engine.begin() as connection:
+        deleted = connection.execute(gov_rules.delete().where(gov_rules.c.kind == kind, gov_rules.c.name == name))
+    if deleted.rowcount:
+        return
+    configured: dict[str, list[Any]] = {
+        "budget": list(settings.budgets),
+        "limit": list(settings.limits),
+        "flag": list(settings.flags),
+    }
+    in_config = {rule_name(kind, spec) for spec in configured.get(kind, [])}
+    if name in in_config:
+        raise Conflict(f"{kind} {name!r} is defined in the config file; change it there (or override it)")
+    raise NotFound(f"no stored {kind} named {name!r}")

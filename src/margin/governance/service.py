@@ -1,0 +1,135 @@
+"""The governance service: the rules in force, the counter store, and the background work (re-reading
+rules so every replica sees admin changes within `admission.refresh_s`, releasing stale reservations)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from margin.config import Settings
+from margin.errors import MarginError
+from margin.governance.admission import Admission, BudgetHold, window
+from margin.governance.rules import Rules, Subject, build_rules, load_rules, matches
+from margin.governance.specs import BudgetSpec
+from margin.governance.store import LocalStore, Store
+from margin.ledger.models import ledger
+
+log = logging.getLogger("margin.governance")
+
+
+def make_store(settings: Settings) -> Store:
+    if settings.storage.redis:
+        from margin.governance.redis_store import RedisStore
+
+        return RedisStore(settings.storage.redis)
+    return LocalStore()
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+async def ledger_spent(engine: Any, budget: BudgetSpec, now: datetime) -> int:
+    """What the ledger says a budget's current window has spent (nano-USD or tokens)."""
+    start, end = window(budget.period, now)
+    columns = [ledger.c[name] for name in ("key_id", "team", "org", "tags", "model", "backend")]
+    measure = ledger.c.cost_nanousd if budget.usd is not None else ledger.c.input_tokens + ledger.c.output_tokens
+    query = sa.select(*columns, measure.label("amount")).where(ledger.c.kind == "request")
+    if start is not None and end is not None:
+        if engine.dialect.name == "sqlite":  # stored as naive UTC text
+            start, end = _naive_utc(start), _naive_utc(end)
+        query = query.where(ledger.c.created_at >= start, ledger.c.created_at < end)
+    total = 0
+    async with engine.connect() as connection:
+        async for row in await connection.stream(query):
+            subject = Subject(row.key_id, row.team, row.org, row.tags or {}, row.model, row.backend)
+            if row.amount and matches(budget.scope, subject):
+                total += int(row.amount)
+    return total
+
+
+class Governance:
+    def __init__(self, settings: Settings, engine: Any, store: Store | None = None) -> None:
+        self.settings = settings
+        self.engine = engine  # AsyncEngine of the ledger database
+        self.store = store or make_store(settings)
+        self.rules: Rules = build_rules(settings, [])
+        self._seeded: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        ping = getattr(self.store, "ping", None)
+        if ping is not None:
+            await ping()
+        await self.refresh()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def refresh(self) -> None:
+        self.rules = await load_rules(self.settings, self.engine)
+
+    def reload(self, settings: Settings) -> None:
+        """New config file (SIGHUP): its budgets, limits, flags and policies; the rest needs a restart."""
+        self.settings = self.settings.model_copy(
+            update={name: getattr(settings, name) for name in ("budgets", "limits", "flags", "policies")}
+        )
+
+    async def _loop(self) -> None:
+        interval = self.settings.admission.refresh_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh()
+                released = await self.store.reap()
+                if released:
+                    log.warning("released %d stale budget reservations (requests that never settled)", released)
+            except Exception:
+                log.exception("refreshing governance rules failed; keeping the previous ones")
+
+    async def seed(self, holds: list[BudgetHold], now: datetime) -> None:
+        """Reconcile a counter from the ledger the first time this process uses it."""
+        for item in holds:
+            name = item.hold.counter
+            if name in self._seeded:
+                continue
+            spent = await ledger_spent(self.engine, item.budget, now)
+            if await self.store.seed(name, spent, item.hold.expire_s):
+                log.info("budget %s: reconciled spent=%d from the ledger", name, spent)
+            self._seeded.add(name)
+
+    async def settle(self, admission: Admission, cost_nanousd: int | None, tokens_in: int, tokens_out: int) -> None:
+        if admission.settled:
+            return
+        admission.settled = True
+        actual: dict[str, int] = {}
+        for item in admission.holds:
+            amount = (cost_nanousd or 0) if item.budget.usd is not None else tokens_in + tokens_out
+            actual[item.hold.counter] = actual.get(item.hold.counter, 0) + amount
+        if admission.holds:
+            await self._settle_with_retry(admission.request_id, actual)
+        for key, seconds_per_token in admission.tpm_keys:
+            if tokens_out:
+                await self.store.charge(key, seconds_per_token * tokens_out)
+
+    async def _settle_with_retry(self, request_id: str, actual: dict[str, int], tries: int = 3) -> None:
+        """The request already happened: try hard to record it (settling twice is a no-op). If the store
+        stays down, the reaper releases the reservation and the ledger still has the row."""
+        for attempt in range(tries):
+            try:
+                await self.store.settle(request_id, actual)
+                return
+            except MarginError:
+                if attempt + 1 == tries:
+                    raise
+                await asyncio.sleep(0.05 * 2**attempt)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.store.close()

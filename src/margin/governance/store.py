@@ -1,0 +1,177 @@
+"""Counters behind budgets and rate limits: reserve → settle, and GCRA.
+
+A budget counter (one per budget and calendar window) holds `spent` and `reserved`, integers (nano-USD or
+tokens). `reserve` checks every hard hold of a request and, only if all fit, adds them all to `reserved`:
+all or nothing, atomically. `settle` moves a request's reservation to its actual spend exactly once (a
+second settle of the same request id is a no-op). Reservations carry a deadline; `reap` releases those
+whose request never settled (a crashed replica, say), and the counter's spent is reconciled from the
+ledger when it is first used.
+
+`LocalStore` keeps counters in this process (the event loop makes each call atomic); `RedisStore` in
+`redis_store.py` does the same with Lua scripts so several replicas share them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    counter: str
+    limit: int
+    amount: int
+    hard: bool
+    expire_s: int | None = None  # the counter's lifetime (its window plus a day); None: forever
+
+
+@dataclass(frozen=True, slots=True)
+class Gcra:
+    """One rate-limit check. `increment_s` = cost × period / rate; `tau_s` = the burst tolerance."""
+
+    key: str
+    increment_s: float
+    tau_s: float
+
+
+class Store(Protocol):
+    async def reserve(self, request_id: str, holds: Sequence[Hold], ttl_s: float) -> int | None:
+        """Index of the first hard hold that does not fit (nothing reserved), or None (all reserved)."""
+        ...
+
+    async def settle(self, request_id: str, actual: Mapping[str, int]) -> bool:
+        """Release the reservation and add `actual` spend; False when already settled."""
+        ...
+
+    async def seed(self, counter: str, spent: int, expire_s: int | None) -> bool:
+        """Set a counter's spent from the ledger unless it already exists; True when set."""
+        ...
+
+    async def counters(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """(spent, reserved) per counter; missing counters read (0, 0)."""
+        ...
+
+    async def reap(self) -> int:
+        """Release reservations past their deadline; how many."""
+        ...
+
+    async def pending(self) -> int:
+        """Reservations not yet settled or released."""
+        ...
+
+    async def rate(self, checks: Sequence[Gcra], debt_only: Sequence[bool]) -> float:
+        """Apply GCRA checks all or nothing: 0.0 when admitted (all charged), else seconds to wait.
+        A `debt_only` check only refuses when the key is already over its tolerance (tokens per minute:
+        a prompt is admitted while the bucket is not in debt, and the answer's tokens are charged after)."""
+        ...
+
+    async def charge(self, key: str, increment_s: float) -> None:
+        """Add to a GCRA key unconditionally (the output tokens of a finished request)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Counter:
+    spent: int = 0
+    reserved: int = 0
+
+
+@dataclass(slots=True)
+class _Reservation:
+    holds: tuple[Hold, ...]
+    deadline: float
+
+
+@dataclass(slots=True)
+class LocalStore:
+    """Counters in this process. Each method runs without awaiting, so it is atomic on the event loop."""
+
+    settled_memory: int = 100_000
+    _counters: dict[str, _Counter] = field(default_factory=dict)
+    _reservations: dict[str, _Reservation] = field(default_factory=dict)
+    _settled: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    _tat: dict[str, float] = field(default_factory=dict)
+
+    def _counter(self, name: str) -> _Counter:
+        counter = self._counters.get(name)
+        if counter is None:
+            counter = self._counters[name] = _Counter()
+        return counter
+
+    async def reserve(self, request_id: str, holds: Sequence[Hold], ttl_s: float) -> int | None:
+        if request_id in self._reservations or request_id in self._settled:
+            return None
+        for index, hold in enumerate(holds):
+            counter = self._counter(hold.counter)
+            if hold.hard and counter.spent + counter.reserved + hold.amount > hold.limit:
+                return index
+        for hold in holds:
+            self._counter(hold.counter).reserved += hold.amount
+        self._reservations[request_id] = _Reservation(tuple(holds), time.time() + ttl_s)
+        return None
+
+    def _release(self, request_id: str) -> None:
+        reservation = self._reservations.pop(request_id, None)
+        if reservation is not None:
+            for hold in reservation.holds:
+                self._counter(hold.counter).reserved -= hold.amount
+
+    async def settle(self, request_id: str, actual: Mapping[str, int]) -> bool:
+        if request_id in self._settled:
+            return False
+        self._release(request_id)
+        for name, amount in actual.items():
+            self._counter(name).spent += amount
+        self._settled[request_id] = None
+        while len(self._settled) > self.settled_memory:
+            self._settled.popitem(last=False)
+        return True
+
+    async def seed(self, counter: str, spent: int, expire_s: int | None) -> bool:
+        if counter in self._counters:
+            return False
+        self._counters[counter] = _Counter(spent=spent)
+        return True
+
+    async def counters(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+        out = {}
+        for name in names:
+            counter = self._counters.get(name, _Counter())
+            out[name] = (counter.spent, counter.reserved)
+        return out
+
+    async def reap(self) -> int:
+        now = time.time()
+        stale = [rid for rid, reservation in self._reservations.items() if reservation.deadline <= now]
+        for request_id in stale:
+            self._release(request_id)
+        return len(stale)
+
+    async def pending(self) -> int:
+        return len(self._reservations)
+
+    async def rate(self, checks: Sequence[Gcra], debt_only: Sequence[bool]) -> float:
+        now = time.time()
+        wait = 0.0
+        for check, lenient in zip(checks, debt_only, strict=True):
+            tat = max(self._tat.get(check.key, now), now)
+            over = (tat - now) - check.tau_s if lenient else (tat + check.increment_s - now) - check.tau_s
+            wait = max(wait, over)
+        if wait > 0:
+            return wait
+        for check in checks:
+            self._tat[check.key] = max(self._tat.get(check.key, now), now) + check.increment_s
+        return 0.0
+
+    async def charge(self, key: str, increment_s: float) -> None:
+        now = time.time()
+        self._tat[key] = max(self._tat.get(key, now), now) + increment_s
+
+    async def close(self) -> None:
+        return None

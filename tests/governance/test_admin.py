@@ -1,0 +1,82 @@
+"""The admin API and `GET /v1/margin/usage`: who may call what, and that nobody sees another team's usage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.governance.conftest import bearer, make_key
+from tests.helpers import fake_settings, gateway
+
+CHAT = "/v1/chat/completions"
+BODY = {"model": "priced", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+async def test_admin_endpoints_need_an_admin_key(db_path: Path) -> None:
+    _, user = make_key(db_path, name="u", team="search")
+    async with gateway(fake_settings(db_path)) as gw:
+        assert (await gw.http.get("/admin/keys")).status_code == 401
+        denied = await gw.http.get("/admin/keys", headers=bearer(user))
+        assert denied.status_code == 403 and denied.json()["error"]["code"] == "permission_denied"
+        assert (await gw.http.put("/admin/budgets", json={}, headers=bearer(user))).status_code == 403
+
+
+async def test_keys_budgets_and_limits_through_the_api(db_path: Path) -> None:
+    _, admin = make_key(db_path, name="root", team="ops", is_admin=True)
+    async with gateway(fake_settings(db_path)) as gw:
+        created = await gw.http.post(
+            "/admin/keys",
+            json={"name": "bot", "team": "search", "tags": {"feature": "qa"}, "policy": {"pii": "redact"}},
+            headers=bearer(admin),
+        )
+        assert created.status_code == 201
+        new = created.json()
+        assert new["key"].startswith("mgn_") and new["team"] == "search" and new["policy"] == {"pii": "redact"}
+        budget = {"name": "bot-cap", "scope": {"kind": "key", "value": new["id"]}, "usd": "0.00002", "period": "day"}
+        assert (await gw.http.put("/admin/budgets", json=budget, headers=bearer(admin))).status_code == 200
+        bad = await gw.http.put("/admin/budgets", json={**budget, "usd": "-1"}, headers=bearer(admin))
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "usd"
+        unknown = await gw.http.put(
+            "/admin/limits", json={"scope": {"kind": "global"}, "rpx": 1}, headers=bearer(admin)
+        )
+        assert unknown.status_code == 400
+        assert (await gw.http.post(CHAT, json=BODY, headers=bearer(new["key"]))).status_code == 200
+        assert (await gw.http.post(CHAT, json=BODY, headers=bearer(new["key"]))).status_code == 429
+        listing = (await gw.http.get("/admin/budgets", headers=bearer(admin))).json()["data"]
+        assert (
+            listing[0]["name"] == "bot-cap" and listing[0]["spent"] == "0.000009000" and listing[0]["source"] == "admin"
+        )
+        revoked = await gw.http.delete(f"/admin/keys/{new['id']}", headers=bearer(admin))
+        assert revoked.status_code == 200 and revoked.json()["revoked_at"]
+        assert (await gw.http.post(CHAT, json=BODY, headers=bearer(new["key"]))).status_code == 401
+        missing = await gw.http.delete("/admin/budgets/nope", headers=bearer(admin))
+        assert missing.status_code == 404
+
+
+async def test_config_rules_cannot_be_deleted_through_the_api(db_path: Path) -> None:
+    _, admin = make_key(db_path, name="root", is_admin=True)
+    budget = {"name": "cfg", "scope": {"kind": "global"}, "usd": "10"}
+    async with gateway(fake_settings(db_path, budgets=[budget])) as gw:
+        response = await gw.http.delete("/admin/budgets/cfg", headers=bearer(admin))
+        assert response.status_code == 409 and "config file" in response.json()["error"]["message"]
+
+
+async def test_usage_is_private_to_the_caller(db_path: Path) -> None:
+    _, alice = make_key(db_path, name="alice", team="search")
+    _, bob = make_key(db_path, name="bob", team="ads")
+    _, admin = make_key(db_path, name="root", is_admin=True)
+    budgets = [
+        {"name": "search", "scope": {"kind": "team", "value": "search"}, "usd": "1"},
+        {"name": "ads", "scope": {"kind": "team", "value": "ads"}, "usd": "1"},
+    ]
+    async with gateway(fake_settings(db_path, budgets=budgets)) as gw:
+        await gw.http.post(CHAT, json=BODY, headers=bearer(alice))
+        for _ in range(3):
+            await gw.http.post(CHAT, json=BODY, headers=bearer(bob))
+        await gw.services.writer.flush()
+        mine = (await gw.http.get("/v1/margin/usage", headers=bearer(alice))).json()
+        assert mine["key"]["name"] == "alice" and mine["totals"]["requests"] == 1
+        assert [b["name"] for b in mine["budgets"]] == ["search"]  # not the ads budget
+        grouped = (await gw.http.get("/v1/margin/usage?by=team", headers=bearer(alice))).json()
+        assert [g["key"] for g in grouped["groups"]] == ["search"]
+        everyone = (await gw.http.get("/admin/usage?by=team", headers=bearer(admin))).json()
+        assert {g["key"]: g["requests"] for g in everyone["groups"]} == {"search": 1, "ads": 3}

@@ -1,0 +1,97 @@
+"""Rules: scope matching, policy merging (strictest wins), calendar windows, spec validation."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from margin.errors import InvalidRequest
+from margin.governance.admission import counter_name, output_allowance, window
+from margin.governance.rules import Subject, matches, merge_policies, parse_policy, parse_spec
+from margin.governance.specs import BudgetSpec, Policy, Scope
+
+
+@pytest.mark.parametrize(
+    ("scope", "expected"),
+    [
+        (Scope(kind="global"), True),
+        (Scope(kind="team", value="search"), True),
+        (Scope(kind="team", value="ads"), False),
+        (Scope(kind="tag", value="customer=acme"), True),
+        (Scope(kind="tag", value="customer=globex"), False),
+        (Scope(kind="model", value="gpt-4o"), True),
+        (Scope(kind="backend", value="openai"), True),
+        (Scope(kind="key", value="k2"), False),
+        (Scope(kind="org", value="acme-corp"), False),  # the subject has no org
+    ],
+)
+def test_matches(scope: Scope, expected: bool) -> None:
+    subject = Subject("k1", "search", None, {"customer": "acme"}, "gpt-4o", "openai")
+    assert matches(scope, subject) is expected
+
+
+def test_policies_merge_strictly() -> None:
+    merged = merge_policies(
+        [
+            Policy(jurisdictions=["EU", "US"], pii="log", log_prompts=True),
+            Policy(jurisdictions=["EU", "CH"], pii="off", injection="block"),  # cannot lower pii to off
+            Policy(pii="redact", log_prompts=False, restore_pii=True),
+        ]
+    )
+    assert merged.jurisdictions == ["EU"] and merged.pii == "redact" and merged.injection == "block"
+    assert merged.log_prompts is False and merged.restore_pii is True
+
+
+@pytest.mark.parametrize(
+    ("period", "start", "end"),
+    [
+        ("hour", "2026-02-28T13:00:00", "2026-02-28T14:00:00"),
+        ("day", "2026-02-28T00:00:00", "2026-03-01T00:00:00"),
+        ("month", "2026-02-01T00:00:00", "2026-03-01T00:00:00"),
+    ],
+)
+def test_windows_are_calendar_aligned_utc(period: str, start: str, end: str) -> None:
+    now = datetime(2026, 2, 28, 13, 47, 12, tzinfo=UTC)
+    got = window(period, now)
+    assert got == (datetime.fromisoformat(start).replace(tzinfo=UTC), datetime.fromisoformat(end).replace(tzinfo=UTC))
+
+
+def test_december_rolls_into_next_year_and_lifetime_has_no_window() -> None:
+    assert window("month", datetime(2026, 12, 31, 23, 59, tzinfo=UTC))[1] == datetime(2027, 1, 1, tzinfo=UTC)
+    budget = BudgetSpec(name="b", scope=Scope(kind="global"), usd=1, period="lifetime")  # type: ignore[arg-type]
+    assert window("lifetime", datetime.now(UTC)) == (None, None)
+    assert counter_name(budget, None) == "b@lifetime"
+
+
+def test_output_allowance() -> None:
+    assert output_allowance(100, 2048, 50, 4096) == 100
+    assert output_allowance(None, 2048, 50, 4096) == 1998
+    assert output_allowance(None, None, 50, 4096) == 4096
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"name": "b", "scope": {"kind": "global"}},  # neither usd nor tokens
+        {"name": "b", "scope": {"kind": "global"}, "usd": 1, "tokens": 5},
+        {"name": "b", "scope": {"kind": "team"}, "usd": 1},  # team needs a value
+        {"name": "b", "scope": {"kind": "tag", "value": "acme"}, "usd": 1},  # tag needs k=v
+        {"name": "b", "scope": {"kind": "global"}, "usd": 1, "period": "week"},
+        {"name": "b", "scope": {"kind": "global"}, "usd": 1, "colour": "red"},  # unknown key
+    ],
+)
+def test_bad_budgets_are_rejected(data: dict[str, object]) -> None:
+    with pytest.raises(InvalidRequest):
+        parse_spec("budget", data)
+
+
+def test_flag_and_policy_validation() -> None:
+    with pytest.raises(InvalidRequest, match="force_model needs"):
+        parse_spec("flag", {"name": "f", "target": {"kind": "global"}, "action": "force_model"})
+    with pytest.raises(InvalidRequest, match="invalid policy"):
+        parse_policy('{"pii": "shout"}')
+    assert parse_policy('{"jurisdictions": ["EU"]}') == {"jurisdictions": ["EU"]}
+    with pytest.raises(ValidationError):
+        Scope(kind="global", value="x")

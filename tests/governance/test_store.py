@@ -1,0 +1,97 @@
+"""The counter contract, run against both stores: in-process and real Redis (Lua)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis import asyncio as aioredis
+
+from margin.governance.redis_store import RedisStore
+from margin.governance.store import Gcra, Hold, LocalStore, Store
+
+
+@pytest.fixture(params=["local", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    if request.param == "local":
+        yield LocalStore()
+        return
+    url = request.getfixturevalue("redis_url")
+    client = aioredis.from_url(url)
+    await client.flushdb()
+    await client.aclose()
+    redis_store = RedisStore(url)
+    yield redis_store
+    await redis_store.close()
+
+
+def hold(counter: str = "b@1", limit: int = 100, amount: int = 30, hard: bool = True) -> Hold:
+    return Hold(counter, limit, amount, hard, 3600)
+
+
+async def test_reserve_is_all_or_nothing(store: Store) -> None:
+    assert await store.reserve("r1", [hold("a", 100, 60), hold("b", 100, 60)], 60) is None
+    # b fits (60 + 30 <= 100) but a does not: nothing of r2 is reserved anywhere
+    assert await store.reserve("r2", [hold("b", 100, 30), hold("a", 100, 50)], 60) == 1
+    assert await store.counters(["a", "b"]) == {"a": (0, 60), "b": (0, 60)}
+
+
+async def test_settle_moves_reservation_to_spend_once(store: Store) -> None:
+    await store.reserve("r1", [hold("a", 100, 60)], 60)
+    assert await store.settle("r1", {"a": 25}) is True
+    assert await store.settle("r1", {"a": 25}) is False  # replay is a no-op
+    assert await store.counters(["a"]) == {"a": (25, 0)}
+    assert await store.pending() == 0
+    # a settled request id cannot reserve again
+    assert await store.reserve("r1", [hold("a", 100, 60)], 60) is None
+    assert await store.counters(["a"]) == {"a": (25, 0)}
+
+
+async def test_soft_holds_never_refuse(store: Store) -> None:
+    assert await store.reserve("r1", [hold("a", 10, 50, hard=False)], 60) is None
+    assert await store.counters(["a"]) == {"a": (0, 50)}
+
+
+async def test_stale_reservations_are_reaped(store: Store) -> None:
+    await store.reserve("old", [hold("a", 100, 70)], 0.05)
+    await store.reserve("new", [hold("a", 100, 20)], 60)
+    await asyncio.sleep(1.1)  # Redis TIME has second + microsecond resolution
+    assert await store.reap() == 1
+    assert await store.counters(["a"]) == {"a": (0, 20)}
+    assert await store.pending() == 1
+    # the late request still settles its actual spend exactly once
+    assert await store.settle("old", {"a": 65}) is True
+    assert await store.counters(["a"]) == {"a": (65, 20)}
+
+
+async def test_seed_only_sets_missing_counters(store: Store) -> None:
+    assert await store.seed("a", 40, 3600) is True
+    assert await store.seed("a", 99, 3600) is False
+    assert await store.reserve("r1", [hold("a", 100, 61)], 60) == 0  # 40 spent + 61 > 100
+    assert await store.counters(["a"]) == {"a": (40, 0)}
+
+
+async def test_gcra_allows_a_burst_then_paces(store: Store) -> None:
+    rpm = Gcra("rpm:key=k", increment_s=60 / 3, tau_s=60)
+    results = [await store.rate([rpm], [False]) for _ in range(4)]
+    assert results[:3] == [0.0, 0.0, 0.0]
+    assert 15 < results[3] <= 20.5  # the 4th must wait about one emission interval
+
+
+async def test_gcra_debt_only_admits_until_in_debt(store: Store) -> None:
+    tpm = Gcra("tpm:key=k", increment_s=60 * 50 / 100, tau_s=60)  # 50 tokens against 100/min
+    assert await store.rate([tpm], [True]) == 0.0
+    assert await store.rate([tpm], [True]) == 0.0  # at the limit, not yet over it
+    await store.charge("tpm:key=k", 60 * 80 / 100)  # the answers' tokens arrive afterwards
+    assert await store.rate([tpm], [True]) > 0
+
+
+async def test_gcra_checks_are_all_or_nothing(store: Store) -> None:
+    tight = Gcra("rpm:a", 60.0, 60.0)  # 1 per minute
+    loose = Gcra("rpm:b", 1.0, 60.0)
+    assert await store.rate([tight, loose], [False, False]) == 0.0
+    assert await store.rate([tight, loose], [False, False]) > 0
+    for _ in range(59):  # b was charged once only: 59 more fit in its minute
+        assert await store.rate([loose], [False]) == 0.0
+    assert await store.rate([loose], [False]) > 0

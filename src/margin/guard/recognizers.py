@@ -1,0 +1,138 @@
+"""Pattern recognizers for EMAIL, CREDIT_CARD, IBAN, US_SSN and IP_ADDRESS.
+
+Each recognizer is a candidate regex plus a validator: the regex is deliberately loose about separators,
+and the validator (Luhn, mod-97, SSN area rules, `ipaddress`) decides. Context words are used only to
+veto (an "order"/"invoice" number) or to admit ambiguous bare digit runs (a 9-digit SSN).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterator
+
+from margin.guard.checksums import IBAN_LENGTHS, card_prefix_known, iban_valid, luhn_valid, ssn_valid
+from margin.guard.spans import CREDIT_CARD, EMAIL, IBAN, IP_ADDRESS, US_SSN, Span
+
+_EMAIL_RE = re.compile(
+    r"(?<![\w.%+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,62}[A-Za-z0-9_%+-])?"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])"
+)
+_CARD_RE = re.compile(r"(?<![\w.,-])\d(?:[ -]?\d){12,18}(?![\w-]|[ .,]\d)")
+_CARD_GROUPINGS: tuple[tuple[int, ...], ...] = ((4, 4, 4, 4), (4, 6, 5), (4, 6, 4), (4, 4, 4, 4, 3), (4, 4, 4, 1), (4, 4, 5))
+_IBAN_START_RE = re.compile(r"(?<![A-Za-z0-9])([A-Z]{2})(\d{2})(?=[ ]?[A-Z0-9])")
+_SSN_RE = re.compile(r"(?<![\w.-])(\d{3})([- ]?)(\d{2})\2(\d{4})(?![\w-]|[.,]\d)")
+_SSN_CONTEXT_RE = re.compile(r"(?i)\b(?:ssn|social security|soc\.? sec|taxpayer id|tin)\b")
+_IPV4_RE = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
+_IPV6_RE = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])")
+_VERSION_CONTEXT_RE = re.compile(r"(?i)(?:\bv|\bversion|\bver\.?|\bbuild|\brelease|\bfirmware|\bsection|§)\s*$")
+ID_CONTEXT_RE = re.compile(
+    r"(?i)(?:\border|\binvoice|\bref(?:erence)?|\btracking|\bticket|\bsku|\bisbn|\bpart|\bserial|\bcase|#)"
+    r"(?:\s*(?:number|num|no|nr|id)\b)?[\s:#.-]*$"
+)
+
+
+def context_before(text: str, start: int, width: int = 30) -> str:
+    """The `width` characters before `start`: the window that context rules look at."""
+    return text[max(0, start - width) : start]
+
+
+def find_emails(text: str) -> Iterator[Span]:
+    if "@" not in text:
+        return
+    for m in _EMAIL_RE.finditer(text):
+        local, _, domain = m.group().partition("@")
+        if ".." in local or ".." in domain:
+            continue
+        yield Span(EMAIL, m.start(), m.end(), m.group(), 0.95)
+
+
+def _grouping_plausible(raw: str) -> bool:
+    """Cards are written compact or in the issuer's groups with one kind of separator."""
+    separators = {ch for ch in raw if not ch.isdigit()}
+    if not separators:
+        return True
+    if len(separators) > 1:
+        return False
+    groups = tuple(len(g) for g in raw.split(separators.pop()))
+    return groups in _CARD_GROUPINGS
+
+
+def find_cards(text: str) -> Iterator[Span]:
+    for m in _CARD_RE.finditer(text):
+        raw = m.group()
+        digits = raw.replace(" ", "").replace("-", "")
+        if not 13 <= len(digits) <= 19 or not _grouping_plausible(raw):
+            continue
+        if not (luhn_valid(digits) and card_prefix_known(digits)):
+            continue
+        if ID_CONTEXT_RE.search(context_before(text, m.start(), 16)):
+            continue
+        yield Span(CREDIT_CARD, m.start(), m.end(), raw, 0.9)
+
+
+def _iban_end(text: str, pos: int, length: int) -> int | None:
+    """Walk `length` alphanumerics from `pos`, allowing single spaces only between groups of four."""
+    taken = 0
+    i = pos
+    while taken < length and i < len(text):
+        ch = text[i]
+        if ch == " " and taken % 4 == 0 and taken and i + 1 < len(text) and text[i + 1] != " ":
+            i += 1
+            continue
+        if not (ch.isascii() and ch.isalnum()):
+            return None
+        taken += 1
+        i += 1
+    if taken < length or (i < len(text) and text[i].isalnum()):
+        return None
+    return i
+
+
+def find_ibans(text: str) -> Iterator[Span]:
+    for m in _IBAN_START_RE.finditer(text):
+        length = IBAN_LENGTHS.get(m.group(1))
+        if length is None:
+            continue
+        end = _iban_end(text, m.start(), length)
+        if end is None:
+            continue
+        raw = text[m.start() : end]
+        if iban_valid(raw.replace(" ", "").upper()):
+            yield Span(IBAN, m.start(), end, raw, 0.95)
+
+
+def find_ssns(text: str) -> Iterator[Span]:
+    """AAA-GG-SSSS or AAA GG SSSS anywhere; a bare 9-digit run only after an SSN context word."""
+    for m in _SSN_RE.finditer(text):
+        if not ssn_valid(m.group(1), m.group(3), m.group(4)):
+            continue
+        before = context_before(text, m.start(), 40)
+        if not m.group(2) and not _SSN_CONTEXT_RE.search(before):
+            continue
+        if ID_CONTEXT_RE.search(context_before(text, m.start(), 16)):
+            continue
+        yield Span(US_SSN, m.start(), m.end(), m.group(), 0.85)
+
+
+def find_ips(text: str) -> Iterator[Span]:
+    """IPv4 dotted quads and IPv6 forms that `ipaddress` accepts; dotted quads after 'version'/'v' are skipped."""
+    if "." in text:
+        for m in _IPV4_RE.finditer(text):
+            if _VERSION_CONTEXT_RE.search(context_before(text, m.start(), 12)):
+                continue
+            try:
+                ipaddress.IPv4Address(m.group())
+            except ValueError:
+                continue
+            yield Span(IP_ADDRESS, m.start(), m.end(), m.group(), 0.85)
+    if "::" in text or text.count(":") >= 7:
+        for m in _IPV6_RE.finditer(text):
+            raw = m.group()
+            if sum(ch.isalnum() for ch in raw) < 2:
+                continue
+            try:
+                ipaddress.IPv6Address(raw)
+            except ValueError:
+                continue
+            yield Span(IP_ADDRESS, m.start(), m.end(), raw, 0.85)

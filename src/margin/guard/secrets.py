@@ -1,0 +1,74 @@
+"""SECRET recognizer: vendor key shapes, `key=value` credentials, bearer tokens, and generic random tokens.
+
+Generic tokens are reported only when they look random: at least 20 characters, upper and lower case and
+digits, a Shannon entropy of at least 3.5 bits per character, and a class switch on at least 30% of
+adjacent characters (identifiers like `getUserAccountBalanceV2` switch rarely).
+
+Policy on hex: strings made only of hex digits (git SHAs, SHA-256 digests, UUIDs, hash ids) are never
+reported as generic secrets. They are far more often hashes than keys in chat and log text; a hex key is
+still found when it follows a credential word (`api_key=…`, `token: …`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from margin.guard.checksums import class_switch_rate, shannon_entropy
+from margin.guard.spans import SECRET, Span
+
+_VENDOR_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
+    re.compile(p)
+    for p in (
+        r"(?<![\w-])sk-(?:proj-|svcacct-|admin-|ant-[a-z0-9]+-)?[A-Za-z0-9_-]{20,}",  # OpenAI, Anthropic
+        r"(?<![\w-])(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{16,}",  # Stripe
+        r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}(?![A-Za-z0-9])",  # AWS access key id
+        r"(?<![\w-])gh[pousr]_[A-Za-z0-9]{36,}",  # GitHub tokens
+        r"(?<![\w-])github_pat_[A-Za-z0-9_]{22,}",  # GitHub fine-grained PAT
+        r"(?<![\w-])glpat-[A-Za-z0-9_-]{20,}",  # GitLab PAT
+        r"(?<![\w-])xox[baprs]-[A-Za-z0-9-]{10,}",  # Slack
+        r"(?<![\w-])AIza[0-9A-Za-z_-]{35}(?![\w-])",  # Google API key
+        r"(?<![\w-])hf_[A-Za-z0-9]{30,}",  # Hugging Face
+        r"(?<![\w-])npm_[A-Za-z0-9]{36}(?![\w-])",  # npm
+        r"(?<![\w.-])eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",  # JWT
+        r"-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----(?:[\s\S]{0,8000}?-----END \1-----)?",  # PEM
+    )
+)
+_KEY_VALUE_RE = re.compile(
+    r"(?i)\b(?:password|passwd|pwd|pass|secret|client[_-]?secret|api[_-]?key|apikey|access[_-]?key|"
+    r"secret[_-]?key|auth[_-]?token|access[_-]?token|token|private[_-]?key)\b[\"']?\s*[:=]\s*[\"']?"
+    r"([^\s\"'`,;<>]{8,200})"
+)
+_BEARER_RE = re.compile(r"\b[Bb]earer\s+([A-Za-z0-9._~+/-]{20,}=*)")
+_TOKEN_RE = re.compile(r"(?<![\w+/=.-])[A-Za-z0-9_+/=-]{20,}(?![\w+/=-])")
+_HEX_RE = re.compile(r"^[0-9A-Fa-f-]+$")
+_VENDOR_PREFILTER_RE = re.compile(r"sk-|_live_|_test_|AKIA|ASIA|ABIA|ACCA|gh[pousr]_|github_pat_|glpat-|xox|AIza|hf_|npm_|eyJ|-----BEGIN")
+
+
+def looks_random(token: str) -> bool:
+    """The generic-token test: long, mixed classes, high entropy, frequent class switches, not hex."""
+    if len(token) < 20 or _HEX_RE.match(token):
+        return False
+    if not (any(c.isupper() for c in token) and any(c.islower() for c in token) and any(c.isdigit() for c in token)):
+        return False
+    return shannon_entropy(token) >= 3.5 and class_switch_rate(token) >= 0.3
+
+
+def _credential_values(text: str) -> Iterator[Span]:
+    for rx in (_KEY_VALUE_RE, _BEARER_RE):
+        for m in rx.finditer(text):
+            value = m.group(1)
+            if sum(ch.isalnum() for ch in value) < 6 or value.isalpha():
+                continue
+            yield Span(SECRET, m.start(1), m.end(1), value, 0.9)
+
+
+def find_secrets(text: str) -> Iterator[Span]:
+    if _VENDOR_PREFILTER_RE.search(text):
+        for rx in _VENDOR_PATTERNS:
+            for m in rx.finditer(text):
+                yield Span(SECRET, m.start(), m.end(), m.group(), 0.99)
+    yield from _credential_values(text)
+    for m in _TOKEN_RE.finditer(text):
+        if looks_random(m.group()):
+            yield Span(SECRET, m.start(), m.end(), m.group(), 0.6)

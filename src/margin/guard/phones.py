@@ -14,21 +14,26 @@ from collections.abc import Iterator
 
 import phonenumbers
 
-from margin.guard.recognizers import ID_CONTEXT_RE, context_before
+from margin.guard.recognizers import ID_CONTEXT_RE, context_before, continues_iban_like
 from margin.guard.spans import PHONE, Span
 
 DEFAULT_PHONE_REGIONS: tuple[str, ...] = ("US", "GB", "DE", "FR", "NL", "ES", "IT")
 """Regions whose national formats are recognized; international formats work for every country."""
 
 _PHONE_RE = re.compile(
-    r"(?<![\w+.,/-])\+?(?:\(\+?\d{1,4}\)|\d)(?:[ .\-/]{0,2}(?:\(\d{1,5}\)|\d)){6,16}(?![\w-]|[.,/]\d)"
+    r"(?<![\w+.,/-])(?<!\d[ ])\+?(?:\(\+?\d{1,5}\)|\d)(?:[ .\-/]{0,2}(?:\(\d{1,5}\)|\d)){4,16}(?![\w-]|[ .,/]\d)"
 )
 _PHONE_CONTEXT_RE = re.compile(
     r"(?i)\b(?:phone|tel|telephone|call|calls|mobile|mob|cell|fax|ring|text|sms|whatsapp|signal|contact|reach|"
     r"dial|hotline|landline|number|nummer|numéro|portable|telefon|bel)\b"
 )
-_DATE_RE = re.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$")
-_DOTTED_QUAD_RE = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
+# Shapes that are never phone numbers even when some region's plan accepts the digits: dates and
+# date-times, year/sequence ids, SSN-shaped AAA-GG-SSSS, decimals, and dotted groups that are not a
+# dotted phone style (3+ dots, or 2 dots ending in a 4-digit group like 206.269.0743).
+_NOT_PHONE_RE = re.compile(
+    r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$|^(?:19|20)\d\d[/-]\d+$"
+    r"|^\d{3}-\d{2}-\d{4}$|^\+?\d+[.,]\d+$|^\+?\d+\.\d+\.\d{1,3}$"
+)
 
 
 def _is_valid(candidate: str, regions: tuple[str, ...]) -> bool:
@@ -45,15 +50,32 @@ def _is_valid(candidate: str, regions: tuple[str, ...]) -> bool:
     return False
 
 
+def _implausible_grouping(raw: str) -> bool:
+    """Groupings that belong to other numbers: IBAN/card/tracking blocks of four, card 4-6-5, dotted
+    IP/OID/version shapes, a decimal point after a space-grouped amount, or too many digits for a
+    national number (12 at most without a country code)."""
+    body = raw.lstrip("+")
+    groups = [g for g in re.split(r"[ .\-/()]+", body) if g]
+    sizes = [len(g) for g in groups]
+    national = not raw.startswith(("+", "00"))
+    if national and len(sizes) >= 3 and all(size == 4 for size in sizes[:-1]) and sizes[-1] <= 4:
+        return True
+    if sizes in ([4, 6, 5], [4, 6, 4]):
+        return True
+    if "." in raw and (" " in raw or any(size == 1 for size in sizes) or (len(sizes) == 4 and max(sizes) <= 3)):
+        return True
+    return national and sum(sizes) > 12
+
+
 def find_phones(text: str, regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS) -> Iterator[Span]:
     for m in _PHONE_RE.finditer(text):
         raw = m.group()
         digits = sum(ch.isdigit() for ch in raw)
-        if not 7 <= digits <= 15 or _DATE_RE.match(raw) or _DOTTED_QUAD_RE.match(raw):
+        if not 7 <= digits <= 15 or _NOT_PHONE_RE.match(raw) or _implausible_grouping(raw):
             continue
-        if ID_CONTEXT_RE.search(context_before(text, m.start(), 24)):
+        if ID_CONTEXT_RE.search(context_before(text, m.start(), 24)) or continues_iban_like(text, m.start()):
             continue
-        if raw.isdigit() and not raw.startswith("00") and not _PHONE_CONTEXT_RE.search(context_before(text, m.start(), 30)):
+        if raw.isdigit() and not raw.startswith("00") and not _PHONE_CONTEXT_RE.search(context_before(text, m.start(), 60)):
             continue
         if _is_valid(raw, regions):
             yield Span(PHONE, m.start(), m.end(), raw, 0.7)

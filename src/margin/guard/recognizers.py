@@ -15,10 +15,11 @@ from margin.guard.checksums import IBAN_LENGTHS, card_prefix_known, iban_valid, 
 from margin.guard.spans import CREDIT_CARD, EMAIL, IBAN, IP_ADDRESS, US_SSN, Span
 
 _EMAIL_RE = re.compile(
-    r"(?<![\w.%+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,62}[A-Za-z0-9_%+-])?"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])"
+    r"(?<![\w.%+-])[^\W_](?:[\w.%+-]{0,62}[\w%+-])?"
+    r"@(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_]{2,24}(?![\w-])"
 )
-_CARD_RE = re.compile(r"(?<![\w.,-])\d(?:[ -]?\d){12,18}(?![\w-]|[ .,]\d)")
+_CARD_RE = re.compile(r"(?<![\w.,+-])(?<!\d[ ])\d(?:[ -]?\d){12,18}(?![\w-]|[ .,]\d)")
+_IBAN_LIKE_BEFORE_RE = re.compile(r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4})+ ?$")
 _CARD_GROUPINGS: tuple[tuple[int, ...], ...] = ((4, 4, 4, 4), (4, 6, 5), (4, 6, 4), (4, 4, 4, 4, 3), (4, 4, 4, 1), (4, 4, 5))
 _IBAN_START_RE = re.compile(r"(?<![A-Za-z0-9])([A-Z]{2})(\d{2})(?=[ ]?[A-Z0-9])")
 _SSN_RE = re.compile(r"(?<![\w.-])(\d{3})([- ]?)(\d{2})\2(\d{4})(?![\w-]|[.,]\d)")
@@ -27,7 +28,7 @@ _IPV4_RE = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
 _IPV6_RE = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])")
 _VERSION_CONTEXT_RE = re.compile(r"(?i)(?:\bv|\bversion|\bver\.?|\bbuild|\brelease|\bfirmware|\bsection|§)\s*$")
 ID_CONTEXT_RE = re.compile(
-    r"(?i)(?:\border|\binvoice|\bref(?:erence)?|\btracking|\bticket|\bsku|\bisbn|\bpart|\bserial|\bcase|#)"
+    r"(?i)(?:\border|\bpo|\binvoice|\bref(?:erence)?|\btracking|\bticket|\bsku|\bisbn|\bpart|\bserial|\bcase|#)"
     r"(?:\s*(?:number|num|no|nr|id)\b)?[\s:#.-]*$"
 )
 
@@ -35,6 +36,11 @@ ID_CONTEXT_RE = re.compile(
 def context_before(text: str, start: int, width: int = 30) -> str:
     """The `width` characters before `start`: the window that context rules look at."""
     return text[max(0, start - width) : start]
+
+
+def continues_iban_like(text: str, start: int) -> bool:
+    """True when digits at `start` continue an IBAN-shaped string (e.g. the tail of a mistyped IBAN)."""
+    return _IBAN_LIKE_BEFORE_RE.search(context_before(text, start, 40)) is not None
 
 
 def find_emails(text: str) -> Iterator[Span]:
@@ -66,7 +72,7 @@ def find_cards(text: str) -> Iterator[Span]:
             continue
         if not (luhn_valid(digits) and card_prefix_known(digits)):
             continue
-        if ID_CONTEXT_RE.search(context_before(text, m.start(), 16)):
+        if ID_CONTEXT_RE.search(context_before(text, m.start(), 16)) or continues_iban_like(text, m.start()):
             continue
         yield Span(CREDIT_CARD, m.start(), m.end(), raw, 0.9)
 
@@ -102,13 +108,20 @@ def find_ibans(text: str) -> Iterator[Span]:
             yield Span(IBAN, m.start(), end, raw, 0.95)
 
 
+def _ssn_context(before: str) -> bool:
+    """An SSN word precedes, with no other number between it and the candidate."""
+    last = None
+    for last in _SSN_CONTEXT_RE.finditer(before):
+        pass
+    return last is not None and not any(ch.isdigit() for ch in before[last.end() :])
+
+
 def find_ssns(text: str) -> Iterator[Span]:
     """AAA-GG-SSSS or AAA GG SSSS anywhere; a bare 9-digit run only after an SSN context word."""
     for m in _SSN_RE.finditer(text):
         if not ssn_valid(m.group(1), m.group(3), m.group(4)):
             continue
-        before = context_before(text, m.start(), 40)
-        if not m.group(2) and not _SSN_CONTEXT_RE.search(before):
+        if not m.group(2) and not _ssn_context(context_before(text, m.start(), 40)):
             continue
         if ID_CONTEXT_RE.search(context_before(text, m.start(), 16)):
             continue

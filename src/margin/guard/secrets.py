@@ -1,8 +1,9 @@
 """SECRET recognizer: vendor key shapes, `key=value` credentials, bearer tokens, and generic random tokens.
 
 Generic tokens are reported only when they look random: at least 20 characters, upper and lower case and
-digits, a Shannon entropy of at least 3.5 bits per character, and a class switch on at least 30% of
-adjacent characters (identifiers like `getUserAccountBalanceV2` switch rarely).
+digits, a Shannon entropy of at least 3.5 bits per character, and short word-like pieces (mean piece length
+at most 3; identifiers like `getUserAccountBalanceV2` are made of whole words). Paths (leading `/`) and
+digests written with their algorithm (`sha256:…`, `SHA256:` SSH fingerprints) are not secrets.
 
 Policy on hex: strings made only of hex digits (git SHAs, SHA-256 digests, UUIDs, hash ids) are never
 reported as generic secrets. They are far more often hashes than keys in chat and log text; a hex key is
@@ -14,7 +15,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from margin.guard.checksums import class_switch_rate, shannon_entropy
+from margin.guard.checksums import mean_segment_length, shannon_entropy
+from margin.guard.recognizers import context_before
 from margin.guard.spans import SECRET, Span
 
 _VENDOR_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
@@ -35,23 +37,38 @@ _VENDOR_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
     )
 )
 _KEY_VALUE_RE = re.compile(
-    r"(?i)\b(?:password|passwd|pwd|pass|secret|client[_-]?secret|api[_-]?key|apikey|access[_-]?key|"
+    r"(?i)(?<![a-z])(?:password|passwd|pwd|pass|secret|client[_-]?secret|api[_-]?key|apikey|access[_-]?key|"
     r"secret[_-]?key|auth[_-]?token|access[_-]?token|token|private[_-]?key)\b[\"']?\s*[:=]\s*[\"']?"
     r"([^\s\"'`,;<>]{8,200})"
 )
 _BEARER_RE = re.compile(r"\b[Bb]earer\s+([A-Za-z0-9._~+/-]{20,}=*)")
-_TOKEN_RE = re.compile(r"(?<![\w+/=.-])[A-Za-z0-9_+/=-]{20,}(?![\w+/=-])")
+_TOKEN_RE = re.compile(r"(?<![\w+/.-])[A-Za-z0-9_+/-]{20,}={0,2}(?![\w+/=-])")
+_DIGEST_PREFIX_RE = re.compile(r"(?i)(?:sha-?\d{0,3}|md5)[:=]$")
 _HEX_RE = re.compile(r"^[0-9A-Fa-f-]+$")
+_SEPARATOR_RE = re.compile(r"[/_.+-]+")
+_WORD_PIECE_RE = re.compile(r"^(?:[A-Z]?[a-z]+|[A-Z]+|\d+|[A-Za-z]\d{1,2}|[A-Z][a-z]+\d{1,2})$")
 _VENDOR_PREFILTER_RE = re.compile(r"sk-|_live_|_test_|AKIA|ASIA|ABIA|ACCA|gh[pousr]_|github_pat_|glpat-|xox|AIza|hf_|npm_|eyJ|-----BEGIN")
 
 
+def _wordy_path(token: str) -> bool:
+    """`reports/2024/Q2_Revenue_v3`, `api-server_build-7`: separated pieces that are words or numbers."""
+    pieces = [p for p in _SEPARATOR_RE.split(token) if p]
+    if len(pieces) < 3:
+        return False
+    return sum(bool(_WORD_PIECE_RE.match(p)) for p in pieces) >= 0.75 * len(pieces)
+
+
 def looks_random(token: str) -> bool:
-    """The generic-token test: long, mixed classes, high entropy, frequent class switches, not hex."""
-    if len(token) < 20 or _HEX_RE.match(token):
+    """The generic-token test: long, upper and lower case, high entropy, short word pieces, not hex or a path.
+
+    Tokens without digits need stronger evidence (mean piece length at most 2.5 instead of 3).
+    """
+    if len(token) < 20 or token.startswith("/") or _HEX_RE.match(token) or _wordy_path(token):
         return False
-    if not (any(c.isupper() for c in token) and any(c.islower() for c in token) and any(c.isdigit() for c in token)):
+    if not (any(c.isupper() for c in token) and any(c.islower() for c in token)):
         return False
-    return shannon_entropy(token) >= 3.5 and class_switch_rate(token) >= 0.3
+    limit = 3.0 if any(c.isdigit() for c in token) else 2.5
+    return shannon_entropy(token) >= 3.5 and mean_segment_length(token) <= limit
 
 
 def _credential_values(text: str) -> Iterator[Span]:
@@ -70,5 +87,5 @@ def find_secrets(text: str) -> Iterator[Span]:
                 yield Span(SECRET, m.start(), m.end(), m.group(), 0.99)
     yield from _credential_values(text)
     for m in _TOKEN_RE.finditer(text):
-        if looks_random(m.group()):
+        if looks_random(m.group()) and not _DIGEST_PREFIX_RE.search(context_before(text, m.start(), 8)):
             yield Span(SECRET, m.start(), m.end(), m.group(), 0.6)

@@ -1,0 +1,158 @@
+"""`margin eval guard`: recall/precision of the PII scanner and TPR/FPR of the injection heuristics.
+
+Matching rule: a predicted span is correct when a gold span of the same entity overlaps it by at least one
+character; a gold span is found when such a prediction exists. Recall = found gold / gold, precision =
+correct predictions / predictions, both per entity. Overlap (not exact offsets) is used because the
+boundary conventions differ harmlessly: `tel. +44 …` vs `+44 …`, a PEM header vs the whole block.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from margin.guard.evalset import Sample
+from margin.guard.evalset_injection import InjectionSample
+from margin.guard.injection import InjectionDetector
+from margin.guard.pii import PiiScanner
+from margin.guard.spans import STRUCTURED_ENTITIES, Span
+
+RECALL_TARGET = 0.98
+PRECISION_TARGET = 0.95
+
+
+@dataclass
+class EntityScore:
+    entity: str
+    support: int = 0
+    predicted: int = 0
+    found: int = 0
+    correct: int = 0
+
+    @property
+    def recall(self) -> float:
+        return self.found / self.support if self.support else 1.0
+
+    @property
+    def precision(self) -> float:
+        return self.correct / self.predicted if self.predicted else 1.0
+
+    @property
+    def meets_target(self) -> bool:
+        return self.recall >= RECALL_TARGET and self.precision >= PRECISION_TARGET
+
+
+@dataclass
+class PiiErrors:
+    """Examples of misses and false alarms, for debugging the recognizers (bounded)."""
+
+    missed: list[tuple[str, str]] = field(default_factory=list)
+    false_alarms: list[tuple[str, str]] = field(default_factory=list)
+
+
+def score_pii(samples: Sequence[Sample], predictions: Sequence[list[Span]]) -> tuple[dict[str, EntityScore], PiiErrors]:
+    """Per-entity counts under the overlap matching rule."""
+    scores = {e: EntityScore(e) for e in STRUCTURED_ENTITIES}
+    errors = PiiErrors()
+    for sample, predicted in zip(samples, predictions, strict=True):
+        for gold in sample.spans:
+            score = scores[gold.entity]
+            score.support += 1
+            if any(p.entity == gold.entity and p.start < gold.end and gold.start < p.end for p in predicted):
+                score.found += 1
+            else:
+                errors.missed.append((gold.entity, sample.text[gold.start : gold.end]))
+        for p in predicted:
+            if p.entity not in scores:
+                continue
+            score = scores[p.entity]
+            score.predicted += 1
+            if any(g.entity == p.entity and g.start < p.end and p.start < g.end for g in sample.spans):
+                score.correct += 1
+            else:
+                errors.false_alarms.append((p.entity, p.text))
+    return scores, errors
+
+
+@dataclass(frozen=True)
+class InjectionScore:
+    positives: int
+    negatives: int
+    true_positives: int
+    false_positives: int
+
+    @property
+    def tpr(self) -> float:
+        return self.true_positives / self.positives if self.positives else 0.0
+
+    @property
+    def fpr(self) -> float:
+        return self.false_positives / self.negatives if self.negatives else 0.0
+
+
+def score_injection(samples: Sequence[InjectionSample], detector: InjectionDetector) -> InjectionScore:
+    flagged = [detector.assess(s.text).flagged for s in samples]
+    pos = [f for f, s in zip(flagged, samples, strict=True) if s.label]
+    neg = [f for f, s in zip(flagged, samples, strict=True) if not s.label]
+    return InjectionScore(len(pos), len(neg), sum(pos), sum(neg))
+
+
+@dataclass(frozen=True)
+class Throughput:
+    texts_per_s: float
+    us_per_kb: float
+
+
+def measure_throughput(texts: Sequence[str], scan: PiiScanner) -> Throughput:
+    """Scan every text once (after one warm-up scan) and report rate and cost per 1,000 characters."""
+    if texts:
+        scan.scan(texts[0])
+    start = time.perf_counter()
+    for text in texts:
+        scan.scan(text)
+    elapsed = max(time.perf_counter() - start, 1e-9)
+    chars = max(sum(len(t) for t in texts), 1)
+    return Throughput(len(texts) / elapsed, elapsed * 1e6 / (chars / 1000))
+
+
+@dataclass
+class GuardReport:
+    entities: dict[str, EntityScore]
+    injection: InjectionScore
+    throughput: Throughput
+    n: int
+    seed: int
+
+    @property
+    def passed(self) -> bool:
+        return all(s.meets_target for s in self.entities.values())
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "n": self.n,
+            "seed": self.seed,
+            "matching": "overlap, same entity",
+            "targets": {"recall": RECALL_TARGET, "precision": PRECISION_TARGET},
+            "passed": self.passed,
+            "entities": {
+                e: {**asdict(s), "recall": round(s.recall, 4), "precision": round(s.precision, 4)}
+                for e, s in self.entities.items()
+            },
+            "injection": {**asdict(self.injection), "tpr": round(self.injection.tpr, 4), "fpr": round(self.injection.fpr, 4)},
+            "throughput": {k: round(v, 2) for k, v in asdict(self.throughput).items()},
+        }
+
+
+def run_guard_eval(n: int = 1000, seed: int = 7) -> tuple[GuardReport, PiiErrors]:
+    """Generate both sets, score them, and time the scanner on the PII texts."""
+    from margin.guard.evalset import generate_pii
+    from margin.guard.evalset_injection import generate_injection
+
+    samples = generate_pii(n, seed)
+    scanner = PiiScanner(ner=False)
+    predictions = [scanner.scan(s.text) for s in samples]
+    entities, errors = score_pii(samples, predictions)
+    injection = score_injection(generate_injection(seed), InjectionDetector())
+    throughput = measure_throughput([s.text for s in samples], scanner)
+    return GuardReport(entities, injection, throughput, n, seed), errors

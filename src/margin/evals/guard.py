@@ -81,6 +81,8 @@ class InjectionScore:
     negatives: int
     true_positives: int
     false_positives: int
+    by_family: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """family → (flagged, total); for benign families `flagged` counts false alarms."""
 
     @property
     def tpr(self) -> float:
@@ -92,10 +94,18 @@ class InjectionScore:
 
 
 def score_injection(samples: Sequence[InjectionSample], detector: InjectionDetector) -> InjectionScore:
-    flagged = [detector.assess(s.text).flagged for s in samples]
-    pos = [f for f, s in zip(flagged, samples, strict=True) if s.label]
-    neg = [f for f, s in zip(flagged, samples, strict=True) if not s.label]
-    return InjectionScore(len(pos), len(neg), sum(pos), sum(neg))
+    counts: dict[str, list[int]] = {}
+    tp = fp = positives = 0
+    for sample in samples:
+        flagged = detector.assess(sample.text).flagged
+        family = counts.setdefault(sample.family, [0, 0])
+        family[0] += flagged
+        family[1] += 1
+        positives += sample.label
+        tp += flagged and sample.label
+        fp += flagged and not sample.label
+    by_family = {name: (c[0], c[1]) for name, c in sorted(counts.items())}
+    return InjectionScore(positives, len(samples) - positives, tp, fp, by_family)
 
 
 @dataclass(frozen=True)
@@ -116,11 +126,40 @@ def measure_throughput(texts: Sequence[str], scan: PiiScanner) -> Throughput:
     return Throughput(len(texts) / elapsed, elapsed * 1e6 / (chars / 1000))
 
 
+_PROSE = (
+    "Hi team, following up on yesterday's call about the onboarding flow. The new checklist looks good, but "
+    "customers still get stuck on the second screen where we ask them to confirm their workspace settings. "
+    "Could we move the optional fields behind an 'advanced' toggle and shorten the copy? Also, the release "
+    "notes for version 4.2 mention the export fix, yet support saw three tickets about CSV encoding this "
+    "week, so please double-check that the fix actually shipped. "
+)
+
+
+def typical_messages() -> dict[str, str]:
+    """A short chat turn and ~1 KB messages without and with PII, for the latency figures in reports."""
+    clean = (_PROSE * 3)[:1000]
+    with_pii = clean[:400] + " Reach me at jane.doe@example.com or +44 20 7946 0958. " + clean[400:945]
+    return {"short_clean": "Can you summarize this article in three bullet points?", "1kb_clean": clean, "1kb_pii": with_pii}
+
+
+def message_latency_us(scanner: PiiScanner, repeats: int = 200) -> dict[str, float]:
+    """Mean microseconds per `scan` of each typical message (after one warm-up scan)."""
+    out: dict[str, float] = {}
+    for name, text in typical_messages().items():
+        scanner.scan(text)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            scanner.scan(text)
+        out[name] = round((time.perf_counter() - start) * 1e6 / repeats, 1)
+    return out
+
+
 @dataclass
 class GuardReport:
     entities: dict[str, EntityScore]
     injection: InjectionScore
     throughput: Throughput
+    latency_us: dict[str, float]
     n: int
     seed: int
 
@@ -129,6 +168,7 @@ class GuardReport:
         return all(s.meets_target for s in self.entities.values())
 
     def to_json(self) -> dict[str, object]:
+        injection = self.injection
         return {
             "n": self.n,
             "seed": self.seed,
@@ -139,13 +179,20 @@ class GuardReport:
                 e: {**asdict(s), "recall": round(s.recall, 4), "precision": round(s.precision, 4)}
                 for e, s in self.entities.items()
             },
-            "injection": {**asdict(self.injection), "tpr": round(self.injection.tpr, 4), "fpr": round(self.injection.fpr, 4)},
+            "injection": {
+                "positives": injection.positives,
+                "negatives": injection.negatives,
+                "tpr": round(injection.tpr, 4),
+                "fpr": round(injection.fpr, 4),
+                "by_family": {k: {"flagged": f, "total": t} for k, (f, t) in injection.by_family.items()},
+            },
             "throughput": {k: round(v, 2) for k, v in asdict(self.throughput).items()},
+            "latency_us": self.latency_us,
         }
 
 
-def run_guard_eval(n: int = 1000, seed: int = 7) -> tuple[GuardReport, PiiErrors]:
-    """Generate both sets, score them, and time the scanner on the PII texts."""
+def run_guard_eval(n: int = 1000, seed: int = 7, *, latency_repeats: int = 200) -> tuple[GuardReport, PiiErrors]:
+    """Generate both sets, score them, and time the scanner on the PII texts and typical messages."""
     from margin.guard.evalset import generate_pii
     from margin.guard.evalset_injection import generate_injection
 
@@ -155,4 +202,5 @@ def run_guard_eval(n: int = 1000, seed: int = 7) -> tuple[GuardReport, PiiErrors
     entities, errors = score_pii(samples, predictions)
     injection = score_injection(generate_injection(seed), InjectionDetector())
     throughput = measure_throughput([s.text for s in samples], scanner)
-    return GuardReport(entities, injection, throughput, n, seed), errors
+    latency = message_latency_us(scanner, latency_repeats)
+    return GuardReport(entities, injection, throughput, latency, n, seed), errors

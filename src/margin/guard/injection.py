@@ -31,19 +31,21 @@ _RULES: tuple[tuple[str, float, re.Pattern[str]], ...] = tuple(
         (
             "instruction_override",
             0.9,
-            rf"\b(?:ignore|disregard|forget|skip|override|bypass|abandon|neglect|discard|drop)\b{_FILL}\s+"
+            rf"\b(?:ignore|disregard|forget|skip|override|bypass|abandon|neglect|discard|drop|set\s+aside|"
+            rf"stop\s+(?:following|obeying)|pay\s+no\s+attention\s+to|do\s+not\s+follow)\b{_FILL}\s+"
             rf"(?:previous|prior|above|earlier|preceding|former|original|initial|system|all|any|your|these|those)"
             rf"\b(?:\s+[\w'-]+){{0,3}}?\s+{_OBJECTS}\b",
         ),
         (
             "forget_everything",
             0.8,
-            r"\b(?:forget|ignore|disregard)\s+(?:everything|all\s+(?:of\s+)?that|what)\s+(?:you(?:'ve|\s+have|\s+were)?"
-            r"\s+(?:been\s+)?(?:told|taught|instructed|given)|above|before|previously|so\s+far)",
+            r"\b(?:forget|ignore|disregard|set\s+aside|never\s+mind)\s+(?:everything|all\s+(?:of\s+)?that|what)\s+"
+            r"(?:you(?:'ve|\s+have|\s+were)?\s+(?:been\s+)?(?:told|taught|instructed|given)|above|before|previously|"
+            r"so\s+far|the\s+(?:developer|system|admin|operator)\s+(?:said|told|wrote|instructed))",
         ),
         (
             "new_instructions",
-            0.7,
+            0.45,
             r"(?:^|[.!:]\s+)\W*(?:new|updated|revised|real|actual|true|override|admin|important)\s+"
             r"(?:system\s+)?(?:instructions?|prompt|rules|directives?|orders)\s*:",
         ),
@@ -51,14 +53,14 @@ _RULES: tuple[tuple[str, float, re.Pattern[str]], ...] = tuple(
         (
             "persona_jailbreak",
             0.9,
-            r"\byou\s+are\s+(?:now\s+)?(?:dan|a\s+dan|jailbroken|unfiltered|unrestricted|uncensored|freed?|"
-            r"in\s+(?:developer|god|jailbreak|dan)\s+mode)\b|\b(?:do\s+anything\s+now|(?:developer|dan|jailbreak|god)\s+"
+            r"\byou\s+are\s+(?:now\s+)?(?:dan\b|(?:an?\s+)?(?:[\w-]+\s+)?(?:jailbroken|unfiltered|unrestricted|"
+            r"uncensored|unchained)\b|in\s+(?:developer|god|jailbreak|dan)\s+mode\b)|\b(?:do\s+anything\s+now|(?:developer|dan|jailbreak|god)\s+"
             r"mode\s+(?:is\s+)?(?:enabled|on|activated|unlocked))\b",
         ),
         (
             "no_restrictions",
             0.8,
-            r"\b(?:pretend|act|behave|imagine|roleplay)\b(?:\s+[\w'-]+){0,4}?\s+(?:you\s+(?:have|had|are)\s+)?"
+            r"\b(?:pretend|act|behave|imagine|roleplay)\b(?:\s+[\w'-]+){0,6}?\s+(?:you\s+(?:have|had|are)\s+)?"
             r"(?:no|without(?:\s+any)?|free\s+(?:of|from))\s+(?:restrictions|rules|filters|limits|limitations|"
             r"guidelines|content\s+polic(?:y|ies)|safety|censorship|ethical)",
         ),
@@ -68,14 +70,15 @@ _RULES: tuple[tuple[str, float, re.Pattern[str]], ...] = tuple(
             r"\b(?:repeat|reveal|print|output|leak|dump|disclose|recite|spell\s+out|echo|regurgitate)\b"
             r"(?:\s+[\w'-]+){0,4}?\s+(?:your|the|its|all)\s+(?:\w+\s+)?(?:system\s+(?:prompt|message)|"
             r"(?:initial|original|hidden|secret|first|developer)\s+(?:instructions|prompt|message)|pre-?prompt|"
-            r"instructions\s+(?:above|you\s+were\s+given)|(?:text|words|lines|everything)\s+above)",
+            r"instructions\s+(?:above|you\s+were\s+given)|(?:text|words|lines)\s+above)|"
+            r"\b(?:repeat|reveal|print|output|dump|recite|echo)\s+everything\s+(?:above|before\s+this)",
         ),
         (
             "prompt_exfiltration",
             0.75,
             r"\b(?:show|tell|give|share|display|write|list|copy|paste|translate|summari[sz]e)\b(?:\s+[\w'-]+){0,3}?\s+"
             r"your\s+(?:\w+\s+)?(?:system\s+(?:prompt|message)|(?:initial|original|hidden|secret)\s+instructions|"
-            r"instructions|pre-?prompt)|\bwhat\s+(?:is|are|was|were)\s+your\s+(?:system\s+prompt|"
+            r"instructions(?!\s+(?:for|on|to|about|how))|pre-?prompt)|\bwhat\s+(?:is|are|was|were)\s+your\s+(?:system\s+prompt|"
             r"(?:initial|original|hidden)\s+instructions)\b",
         ),
         (

@@ -21,7 +21,7 @@ DEFAULT_PHONE_REGIONS: tuple[str, ...] = ("US", "GB", "DE", "FR", "NL", "ES", "I
 """Regions whose national formats are recognized; international formats work for every country."""
 
 _PHONE_RE = re.compile(
-    r"(?<![\w+.,/-])(?<!\d[ ])\+?(?:\(\+?\d{1,5}\)|\d)(?:[ .\-/]{0,2}(?:\(\d{1,5}\)|\d)){4,16}(?![\w-]|[ .,/]\d)"
+    r"(?=[\d+(])(?<![\w+.,/-])(?<!\d[ ])\+?(?:\(\+?\d{1,5}\)|\d)(?:[ .\-/]{0,2}(?:\(\d{1,5}\)|\d)){4,16}(?![\w-]|[ .,/]\d)"
 )
 _PHONE_CONTEXT_RE = re.compile(
     r"(?i)\b(?:phone|tel|telephone|call|calls|mobile|mob|cell|fax|ring|text|sms|whatsapp|signal|contact|reach|"

@@ -1,14 +1,15 @@
 """`PiiScanner`: runs the recognizers a caller asked for and returns non-overlapping spans.
 
-A single cheap prefilter regex runs first: a text with no '@', no run of 7+ digit-ish characters, no
-20+ character token, no '::' or 'hex:hex:' and no credential word cannot contain any structured entity,
-so it returns after one regex search (a few microseconds for a short chat message).
+Cheap signals are computed first (`_Signals`): a text with no '@', no run of 7+ digit-ish characters, no
+'::', no 20+ character chunk and no credential word cannot contain any structured entity and returns at
+once; otherwise only the finders whose signal fired run. Measured with `margin eval guard`.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from margin.errors import ConfigError
 from margin.guard.ner import DEFAULT_NER_MODEL, NerFinder, load_ner
@@ -30,10 +31,43 @@ from margin.guard.spans import (
     resolve_overlaps,
 )
 
-_PREFILTER_RE = re.compile(
-    r"@|\d[\d .()/-]{5,}\d|::|[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:|[A-Za-z0-9_+/=-]{20,}|-----BEGIN"
-    r"|(?i:pass|pwd|secret|token|key|bearer)"
-)
+_DIGIT_RUN_RE = re.compile(r"\d[\d .()/-]{5,}\d")
+_CREDENTIAL_WORDS: tuple[str, ...] = ("pass", "pwd", "secret", "token", "key", "bearer", "-----begin")
+
+
+@dataclass(frozen=True, slots=True)
+class _Signals:
+    """Cheap facts about a text (C-speed `in`, `split`, one short regex) that decide which finders can match."""
+
+    at: bool
+    digits: bool
+    colons: bool
+    long_token: bool
+    credential_word: bool
+
+    @classmethod
+    def of(cls, text: str) -> _Signals:
+        lowered = text.lower()
+        return cls(
+            at="@" in text,
+            digits=_DIGIT_RUN_RE.search(text) is not None,
+            colons="::" in text,
+            long_token=max(map(len, text.split()), default=0) >= 20,
+            credential_word=any(word in lowered for word in _CREDENTIAL_WORDS),
+        )
+
+    def any(self) -> bool:
+        return self.at or self.digits or self.colons or self.long_token or self.credential_word
+
+    def allows(self, entity: str) -> bool:
+        if entity == EMAIL:
+            return self.at
+        if entity == IP_ADDRESS:
+            return self.digits or self.colons or self.long_token
+        if entity == SECRET:
+            return self.long_token or self.credential_word
+        return self.digits
+
 
 _Finder = Callable[[str], Iterator[Span]]
 _STRUCTURED_FINDERS: tuple[tuple[str, _Finder], ...] = (
@@ -81,17 +115,18 @@ class PiiScanner:
 
     def scan(self, text: str) -> list[Span]:
         """All detected entities in `text`, non-overlapping, sorted by offset."""
-        spans = self._structured(text) if _PREFILTER_RE.search(text) else []
+        signals = _Signals.of(text)
+        spans = self._structured(text, signals) if signals.any() else []
         if self._ner is not None and text.strip():
             spans.extend(s for s in self._ner(text) if s.entity in self.entities)
         return resolve_overlaps(spans)
 
-    def _structured(self, text: str) -> list[Span]:
+    def _structured(self, text: str, signals: _Signals) -> list[Span]:
         spans: list[Span] = []
         for entity, finder in _STRUCTURED_FINDERS:
-            if entity in self.entities:
+            if entity in self.entities and signals.allows(entity):
                 spans.extend(finder(text))
-        if PHONE in self.entities:
+        if PHONE in self.entities and signals.digits:
             spans.extend(find_phones(text, self.phone_regions))
         return spans
 

@@ -18,13 +18,15 @@ _EMAIL_RE = re.compile(
     r"(?<![\w.%+-])[^\W_](?:[\w.%+-]{0,62}[\w%+-])?"
     r"@(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_]{2,24}(?![\w-])"
 )
-_CARD_RE = re.compile(r"(?<![\w.,+-])(?<!\d[ ])\d(?:[ -]?\d){12,18}(?![\w-]|[ .,]\d)")
+# Patterns start with a plain `\d` and check the character before it afterwards: a leading lookbehind
+# would stop the regex engine from skipping quickly to the next digit (3-4x slower on prose).
+_CARD_RE = re.compile(r"\d(?<![\w.,+-]\d)(?<!\d[ ]\d)(?:[ -]?\d){12,18}(?![\w-]|[ .,]\d)")
 _IBAN_LIKE_BEFORE_RE = re.compile(r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4})+ ?$")
 _CARD_GROUPINGS: tuple[tuple[int, ...], ...] = ((4, 4, 4, 4), (4, 6, 5), (4, 6, 4), (4, 4, 4, 4, 3), (4, 4, 4, 1), (4, 4, 5))
-_IBAN_START_RE = re.compile(r"(?<![A-Za-z0-9])([A-Z]{2})(\d{2})(?=[ ]?[A-Z0-9])")
-_SSN_RE = re.compile(r"(?<![\w.-])(\d{3})([- ]?)(\d{2})\2(\d{4})(?![\w-]|[.,]\d)")
+_IBAN_START_RE = re.compile(r"([A-Z](?<![A-Za-z0-9].)[A-Z])(\d{2})(?=[ ]?[A-Z0-9])")
+_SSN_RE = re.compile(r"(\d(?<![\w.-]\d)\d\d)([- ]?)(\d{2})\2(\d{4})(?![\w-]|[.,]\d)")
 _SSN_CONTEXT_RE = re.compile(r"(?i)\b(?:ssn|social security|soc\.? sec|taxpayer id|tin)\b")
-_IPV4_RE = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
+_IPV4_RE = re.compile(r"\d(?<![\w.]\d)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}(?![\w]|\.\d)")
 _IPV6_RE = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])")
 _VERSION_CONTEXT_RE = re.compile(r"(?i)(?:\bv|\bversion|\bver\.?|\bbuild|\brelease|\bfirmware|\bsection|§)\s*$")
 ID_CONTEXT_RE = re.compile(
@@ -44,13 +46,17 @@ def continues_iban_like(text: str, start: int) -> bool:
 
 
 def find_emails(text: str) -> Iterator[Span]:
-    if "@" not in text:
-        return
-    for m in _EMAIL_RE.finditer(text):
-        local, _, domain = m.group().partition("@")
-        if ".." in local or ".." in domain:
-            continue
-        yield Span(EMAIL, m.start(), m.end(), m.group(), 0.95)
+    """Run the e-mail regex only in a window around each '@' (a local part is at most 64 characters)."""
+    at = text.find("@")
+    done = 0
+    while at >= 0:
+        m = _EMAIL_RE.search(text, max(done, at - 64), at + 256)
+        if m is not None and m.start() <= at < m.end():
+            local, _, domain = m.group().partition("@")
+            if ".." not in local and ".." not in domain:
+                yield Span(EMAIL, m.start(), m.end(), m.group(), 0.95)
+            done = m.end()
+        at = text.find("@", max(at + 1, done))
 
 
 def _grouping_plausible(raw: str) -> bool:

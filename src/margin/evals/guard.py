@@ -139,7 +139,11 @@ def typical_messages() -> dict[str, str]:
     """A short chat turn and ~1 KB messages without and with PII, for the latency figures in reports."""
     clean = (_PROSE * 3)[:1000]
     with_pii = clean[:400] + " Reach me at jane.doe@example.com or +44 20 7946 0958. " + clean[400:945]
-    return {"short_clean": "Can you summarize this article in three bullet points?", "1kb_clean": clean, "1kb_pii": with_pii}
+    return {
+        "short_clean": "Can you summarize this article in three bullet points?",
+        "1kb_clean": clean,
+        "1kb_pii": with_pii,
+    }
 
 
 def message_latency_us(scanner: PiiScanner, repeats: int = 200) -> dict[str, float]:

@@ -75,7 +75,7 @@ def iban_valid(compact: str) -> bool:
 
 def ssn_valid(area: str, group: str, serial: str) -> bool:
     """US SSN rules: area not 000, 666 or 9xx; group not 00; serial not 0000."""
-    return area != "000" and area != "666" and not area.startswith("9") and group != "00" and serial != "0000"
+    return area not in {"000", "666"} and not area.startswith("9") and group != "00" and serial != "0000"
 
 
 def shannon_entropy(text: str) -> float:

@@ -107,7 +107,11 @@ def bad_iban(fake: Faker, rng: Random) -> str:
 
 
 def bad_ssn(fake: Faker, rng: Random) -> str:
-    area, group, serial = f"{rng.randrange(1, 900):03d}", f"{rng.randrange(1, 100):02d}", f"{rng.randrange(1, 10000):04d}"
+    area, group, serial = (
+        f"{rng.randrange(1, 900):03d}",
+        f"{rng.randrange(1, 100):02d}",
+        f"{rng.randrange(1, 10000):04d}",
+    )
     broken = rng.randrange(5)
     if broken == 0:
         area = "000"

@@ -149,7 +149,7 @@ def _zero_width(text: str, rng: Random) -> str:
 
 
 def _homoglyphs(text: str) -> str:
-    return text.translate(str.maketrans({"a": "а", "e": "е", "o": "о", "p": "р", "c": "с"}))
+    return text.translate(str.maketrans("aeopc", "аеорс"))
 
 
 def _fullwidth(text: str) -> str:
@@ -180,7 +180,9 @@ def _benign_generated(rng: Random, count: int) -> list[InjectionSample]:
     )
     verbs = ("ignore", "skip", "hide", "drop")
     return [
-        InjectionSample(rng.choice(frames).format(verb=rng.choice(verbs), word=rng.choice(_BENIGN_CODE_WORDS)), False, "benign")
+        InjectionSample(
+            rng.choice(frames).format(verb=rng.choice(verbs), word=rng.choice(_BENIGN_CODE_WORDS)), False, "benign"
+        )
         for _ in range(count)
     ]
 

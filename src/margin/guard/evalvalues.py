@@ -19,7 +19,18 @@ from faker import Faker
 _B62 = string.ascii_letters + string.digits
 _URLSAFE = _B62 + "_-"
 _UPPER_DIGITS = string.ascii_uppercase + string.digits
-_CARD_TYPES = ("visa16", "visa16", "visa13", "visa19", "mastercard", "mastercard", "amex", "discover", "jcb16", "diners")
+_CARD_TYPES = (
+    "visa16",
+    "visa16",
+    "visa13",
+    "visa19",
+    "mastercard",
+    "mastercard",
+    "amex",
+    "discover",
+    "jcb16",
+    "diners",
+)
 _GROUPS = {13: (4, 4, 5), 14: (4, 6, 4), 15: (4, 6, 5), 16: (4, 4, 4, 4), 19: (4, 4, 4, 4, 3)}
 _PHONE_FORMATS = ("intl", "intl", "national", "national", "e164", "00")
 
@@ -142,7 +153,9 @@ def secret(fake: Faker, rng: Random) -> str:
         lambda: "AKIA" + rand_text(rng, _UPPER_DIGITS, 16),
         lambda: "ghp_" + rand_text(rng, _B62, 36),
         lambda: "github_pat_" + rand_text(rng, _B62, 22) + "_" + rand_text(rng, _B62, 59),
-        lambda: f"xoxb-{rand_text(rng, string.digits, 12)}-{rand_text(rng, string.digits, 13)}-{rand_text(rng, _B62, 24)}",
+        lambda: (
+            f"xoxb-{rand_text(rng, string.digits, 12)}-{rand_text(rng, string.digits, 13)}-{rand_text(rng, _B62, 24)}"
+        ),
         lambda: "AIza" + rand_text(rng, _URLSAFE, 35),
         lambda: rng.choice(("sk_live_", "rk_live_", "sk_test_")) + rand_text(rng, _B62, 24),
         lambda: "hf_" + rand_text(rng, _B62, 34),

@@ -21,7 +21,8 @@ DEFAULT_PHONE_REGIONS: tuple[str, ...] = ("US", "GB", "DE", "FR", "NL", "ES", "I
 """Regions whose national formats are recognized; international formats work for every country."""
 
 _PHONE_RE = re.compile(
-    r"(?=[\d+(])(?<![\w+.,/-])(?<!\d[ ])\+?(?:\(\+?\d{1,5}\)|\d)(?:[ .\-/]{0,2}(?:\(\d{1,5}\)|\d)){4,16}(?![\w-]|[ .,/]\d)"
+    r"(?=[\d+(])(?<![\w+.,/-])(?<!\d[ ])"  # starts a number, not glued to a word or to an earlier number
+    r"\+?(?:\(\+?\d{1,5}\)|\d)(?:[ .\-/]{0,2}(?:\(\d{1,5}\)|\d)){4,16}(?![\w-]|[ .,/]\d)"
 )
 _PHONE_CONTEXT_RE = re.compile(
     r"(?i)\b(?:phone|tel|telephone|call|calls|mobile|mob|cell|fax|ring|text|sms|whatsapp|signal|contact|reach|"
@@ -75,7 +76,11 @@ def find_phones(text: str, regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS) -> 
             continue
         if ID_CONTEXT_RE.search(context_before(text, m.start(), 24)) or continues_iban_like(text, m.start()):
             continue
-        if raw.isdigit() and not raw.startswith("00") and not _PHONE_CONTEXT_RE.search(context_before(text, m.start(), 60)):
+        if (
+            raw.isdigit()
+            and not raw.startswith("00")
+            and not _PHONE_CONTEXT_RE.search(context_before(text, m.start(), 60))
+        ):
             continue
         if _is_valid(raw, regions):
             yield Span(PHONE, m.start(), m.end(), raw, 0.7)

@@ -95,7 +95,9 @@ def test_bare_ssn_needs_the_context_word_right_before_it() -> None:
 
 
 def test_ip_positives() -> None:
-    text = "from 192.168.1.20, [2001:db8::1] and fe80::1ff:fe23:4567:890a; full 2001:0db8:85a3:0000:0000:8a2e:0370:7334."
+    text = (
+        "from 192.168.1.20, [2001:db8::1] and fe80::1ff:fe23:4567:890a; full 2001:0db8:85a3:0000:0000:8a2e:0370:7334."
+    )
     assert texts(find_ips(text)) == [
         "192.168.1.20",
         "2001:db8::1",

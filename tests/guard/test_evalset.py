@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import pytest
+
+from margin.evals.guard import PRECISION_TARGET, RECALL_TARGET, score_pii
+from margin.guard import PiiScanner
+from margin.guard.checksums import iban_valid, luhn_valid
+from margin.guard.evalset import LOCALES, Sample, generate_pii
+from margin.guard.evalset_injection import generate_injection
+from margin.guard.spans import STRUCTURED_ENTITIES
+
+
+@pytest.fixture(scope="module")
+def samples() -> list[Sample]:
+    return generate_pii(1000, 7)
+
+
+def test_generation_is_deterministic() -> None:
+    assert generate_pii(50, 3) == generate_pii(50, 3)
+    assert generate_pii(50, 3) != generate_pii(50, 4)
+
+
+def test_gold_spans_cover_every_entity_and_locale(samples: list[Sample]) -> None:
+    assert len(samples) == 1000
+    support = dict.fromkeys(STRUCTURED_ENTITIES, 0)
+    for sample in samples:
+        for span in sample.spans:
+            support[span.entity] += 1
+            assert 0 <= span.start < span.end <= len(sample.text)
+            assert sample.text[span.start : span.end].strip() == sample.text[span.start : span.end]
+    assert min(support.values()) >= 50
+    assert {s.locale for s in samples} == {locale for locale, _ in LOCALES}
+
+
+def test_gold_values_are_valid_and_negatives_are_not(samples: list[Sample]) -> None:
+    for sample in samples:
+        for span in sample.spans:
+            value = sample.text[span.start : span.end]
+            if span.entity == "CREDIT_CARD":
+                assert luhn_valid(value.replace(" ", "").replace("-", ""))
+            if span.entity == "IBAN":
+                assert iban_valid(value.replace(" ", ""))
+
+
+def test_targets_met_on_generated_set(samples: list[Sample]) -> None:
+    scanner = PiiScanner(ner=False)
+    scores, errors = score_pii(samples, [scanner.scan(s.text) for s in samples])
+    for entity, score in scores.items():
+        assert score.recall >= RECALL_TARGET, (entity, score, errors.missed[:5])
+        assert score.precision >= PRECISION_TARGET, (entity, score, errors.false_alarms[:5])
+
+
+def test_injection_set_has_both_labels_and_families() -> None:
+    samples = generate_injection(7)
+    assert generate_injection(7) == samples
+    families = {s.family for s in samples}
+    assert {"override", "persona", "exfiltration", "role_confusion", "indirect", "encoded_base64", "benign"} <= families
+    assert sum(s.label for s in samples) >= 150
+    assert sum(not s.label for s in samples) >= 100

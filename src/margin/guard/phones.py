@@ -59,6 +59,8 @@ def _implausible_grouping(raw: str) -> bool:
     groups = [g for g in re.split(r"[ .\-/()]+", body) if g]
     sizes = [len(g) for g in groups]
     national = not raw.startswith(("+", "00"))
+    if national and sizes.count(1) >= 2:  # "4 8 15 16 23 42"
+        return True
     if national and len(sizes) >= 3 and all(size == 4 for size in sizes[:-1]) and sizes[-1] <= 4:
         return True
     if sizes in ([4, 6, 5], [4, 6, 4]):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from margin.errors import ConfigError
-from margin.guard.ner import DEFAULT_NER_MODEL, NerFinder, load_ner
+from margin.guard.ner import NerFinder, load_ner
 from margin.guard.phones import DEFAULT_PHONE_REGIONS, find_phones
 from margin.guard.recognizers import find_cards, find_emails, find_ibans, find_ips, find_ssns
 from margin.guard.secrets import find_secrets
@@ -32,7 +32,7 @@ from margin.guard.spans import (
 )
 
 _DIGIT_RUN_RE = re.compile(r"\d[\d .()/-]{5,}\d")
-_CREDENTIAL_WORDS: tuple[str, ...] = ("pass", "pwd", "secret", "token", "key", "bearer", "-----begin")
+_CREDENTIAL_WORDS: tuple[str, ...] = ("pass", "pwd", "secret", "token", "key", "bearer", "-----begin", "://")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +94,7 @@ class PiiScanner:
         ner: bool | None = None,
         *,
         phone_regions: Iterable[str] = DEFAULT_PHONE_REGIONS,
-        ner_model: str = DEFAULT_NER_MODEL,
+        ner_model: str | None = None,
     ) -> None:
         chosen = tuple(entities) if entities is not None else ALL_ENTITIES
         unknown = sorted(set(chosen) - set(ALL_ENTITIES))

@@ -30,7 +30,7 @@ _CARD_GROUPINGS: tuple[tuple[int, ...], ...] = (
     (4, 4, 4, 1),
     (4, 4, 5),
 )
-_IBAN_START_RE = re.compile(r"([A-Z](?<![A-Za-z0-9].)[A-Z])(\d{2})(?=[ ]?[A-Z0-9])")
+_IBAN_START_RE = re.compile(r"([A-Za-z](?<![A-Za-z0-9].)[A-Za-z])(\d{2})(?=[ ]?[A-Za-z0-9])")
 _SSN_RE = re.compile(r"(\d(?<![\w.-]\d)\d\d)([- ]?)(\d{2})\2(\d{4})(?![\w-]|[.,]\d)")
 _SSN_CONTEXT_RE = re.compile(r"(?i)\b(?:ssn|social security|soc\.? sec|taxpayer id|tin)\b")
 _IPV4_RE = re.compile(r"\d(?<![\w.]\d)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}(?![\w]|\.\d)")
@@ -110,7 +110,7 @@ def _iban_end(text: str, pos: int, length: int) -> int | None:
 
 def find_ibans(text: str) -> Iterator[Span]:
     for m in _IBAN_START_RE.finditer(text):
-        length = IBAN_LENGTHS.get(m.group(1))
+        length = IBAN_LENGTHS.get(m.group(1).upper())
         if length is None:
             continue
         end = _iban_end(text, m.start(), length)

@@ -1,5 +1,8 @@
 """SECRET recognizer: vendor key shapes, `key=value` credentials, bearer tokens, and generic random tokens.
 
+Credentials are also taken from `key=value` / `key: value` / `password is value` and from URL user info
+(`postgres://user:PASSWORD@host`): then the span is the value only.
+
 Generic tokens are reported only when they look random: at least 20 characters, upper and lower case and
 digits, a Shannon entropy of at least 3.5 bits per character, and short word-like pieces (mean piece length
 at most 3; identifiers like `getUserAccountBalanceV2` are made of whole words). Paths (leading `/`) and
@@ -38,9 +41,10 @@ _VENDOR_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
 )
 _KEY_VALUE_RE = re.compile(
     r"(?i)(?<![a-z])(?:password|passwd|pwd|pass|secret|client[_-]?secret|api[_-]?key|apikey|access[_-]?key|"
-    r"secret[_-]?key|auth[_-]?token|access[_-]?token|token|private[_-]?key)\b[\"']?\s*[:=]\s*[\"']?"
+    r"secret[_-]?key|auth[_-]?token|access[_-]?token|token|private[_-]?key)\b[\"']?\s*(?:[:=]|\bis\b)\s*[\"']?"
     r"([^\s\"'`,;<>]{8,200})"
 )
+_URL_PASSWORD_RE = re.compile(r"\b[a-z][a-z0-9+.-]{1,20}://[^\s:/@]{1,64}:([^\s/@]{3,128})@")
 _BEARER_RE = re.compile(r"\b[Bb]earer\s+([A-Za-z0-9._~+/-]{20,}=*)")
 _TOKEN_RE = re.compile(r"(?<![\w+/.-])[A-Za-z0-9_+/-]{20,}={0,2}(?![\w+/=-])")
 _CREDENTIAL_WORDS = ("pass", "pwd", "secret", "key", "token", "bearer")
@@ -89,6 +93,9 @@ def find_secrets(text: str) -> Iterator[Span]:
         for rx in _VENDOR_PATTERNS:
             for m in rx.finditer(text):
                 yield Span(SECRET, m.start(), m.end(), m.group(), 0.99)
+    if "://" in text:
+        for m in _URL_PASSWORD_RE.finditer(text):
+            yield Span(SECRET, m.start(1), m.end(1), m.group(1), 0.97)  # outranks the e-mail reading of `pw@host`
     lowered = text.lower()
     if any(word in lowered for word in _CREDENTIAL_WORDS):
         yield from _credential_values(text)

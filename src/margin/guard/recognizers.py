@@ -34,7 +34,9 @@ _IBAN_START_RE = re.compile(r"([A-Za-z](?<![A-Za-z0-9].)[A-Za-z])(\d{2})(?=[ ]?[
 _SSN_RE = re.compile(r"(\d(?<![\w.-]\d)\d\d)([- ]?)(\d{2})\2(\d{4})(?![\w-]|[.,]\d)")
 _SSN_CONTEXT_RE = re.compile(r"(?i)\b(?:ssn|social security|soc\.? sec|taxpayer id|tin)\b")
 _IPV4_RE = re.compile(r"\d(?<![\w.]\d)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}(?![\w]|\.\d)")
-_IPV6_RE = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])")
+_IPV6_RE = re.compile(
+    r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{1,4})?(?![\w:]|\.\d)"
+)
 _VERSION_CONTEXT_RE = re.compile(r"(?i)(?:\bv|\bversion|\bver\.?|\bbuild|\brelease|\bfirmware|\bsection|§)\s*$")
 ID_CONTEXT_RE = re.compile(
     r"(?i)(?:\border|\bpo|\binvoice|\bref(?:erence)?|\btracking|\bticket|\bsku|\bisbn|\bpart|\bserial|\bcase|#)"

@@ -57,3 +57,24 @@ def test_injection_set_has_both_labels_and_families() -> None:
     assert {"override", "persona", "exfiltration", "role_confusion", "indirect", "encoded_base64", "benign"} <= families
     assert sum(s.label for s in samples) >= 150
     assert sum(not s.label for s in samples) >= 100
+
+
+def test_hard_negatives_are_really_invalid() -> None:
+    import ipaddress
+    from random import Random
+
+    from faker import Faker
+
+    from margin.guard.checksums import ssn_valid
+    from margin.guard.evalnegatives import bad_card, bad_iban, bad_ip, bad_ssn
+
+    fake, rng = Faker("de_DE"), Random(5)
+    fake.seed_instance(5)
+    for _ in range(200):
+        assert not luhn_valid(bad_card(fake, rng).replace(" ", "").replace("-", ""))
+        assert not iban_valid(bad_iban(fake, rng).replace(" ", ""))
+        assert not ssn_valid(*bad_ssn(fake, rng).split("-"))
+        ip = bad_ip(fake, rng)
+        for parse in (ipaddress.IPv4Address, ipaddress.IPv6Address):
+            with pytest.raises(ValueError):
+                parse(ip)

@@ -13,7 +13,6 @@ from random import Random
 
 from faker import Faker
 
-from margin.guard.checksums import luhn_valid
 from margin.guard.evalvalues import group_digits, rand_text
 
 NegativeFactory = Callable[[Faker, Random], str]
@@ -93,7 +92,6 @@ def bad_card(fake: Faker, rng: Random) -> str:
     digits = fake.credit_card_number(rng.choice(("visa16", "mastercard", "amex", "discover")))
     wrong = (int(digits[-1]) + rng.randrange(1, 10)) % 10
     digits = digits[:-1] + str(wrong)
-    assert not luhn_valid(digits)
     return rng.choice((digits, group_digits(digits, " "), group_digits(digits, "-")))
 
 

@@ -12,6 +12,7 @@ import base64
 import json
 import string
 from random import Random
+from types import MappingProxyType
 
 import phonenumbers
 from faker import Faker
@@ -31,7 +32,9 @@ _CARD_TYPES = (
     "jcb16",
     "diners",
 )
-_GROUPS = {13: (4, 4, 5), 14: (4, 6, 4), 15: (4, 6, 5), 16: (4, 4, 4, 4), 19: (4, 4, 4, 4, 3)}
+_GROUPS: MappingProxyType[int, tuple[int, ...]] = MappingProxyType(
+    {13: (4, 4, 5), 14: (4, 6, 4), 15: (4, 6, 5), 16: (4, 4, 4, 4), 19: (4, 4, 4, 4, 3)}
+)
 _PHONE_FORMATS = ("intl", "intl", "national", "national", "e164", "00")
 
 
@@ -67,7 +70,8 @@ def email(fake: Faker, rng: Random) -> str:
 def _random_valid_number(rng: Random, region: str) -> phonenumbers.PhoneNumber:
     kind = rng.choice((phonenumbers.PhoneNumberType.FIXED_LINE, phonenumbers.PhoneNumberType.MOBILE))
     example = phonenumbers.example_number_for_type(region, kind)
-    assert example is not None
+    if example is None:
+        raise ValueError(f"libphonenumber has no example number for region {region!r}")
     nsn = str(example.national_number)
     for _ in range(200):
         digits = nsn[:2] + rand_text(rng, string.digits, len(nsn) - 2)

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
+from types import MappingProxyType
 
 _INVISIBLE = frozenset(
     "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d"
     "\u202e\u2060\u2061\u2062\u2063\u2064\u2066\u2067\u2068\u2069\u3164\ufeff\uffa0"
 )
-_HOMOGLYPHS = str.maketrans(
-    "аеорсухіјѕԁһԛԝАВЕКМНОРСТХІЈЅοαερτυνκιΑΒΕΗΙΚΜΝΟΡΤΥΧΖ",
-    "aeopcyxijsdhqwABEKMHOPCTXIJSoaeptuvkiABEHIKMNOPTYXZ",
+_HOMOGLYPHS: MappingProxyType[int, int] = MappingProxyType(
+    str.maketrans(
+        "аеорсухіјѕԁһԛԝАВЕКМНОРСТХІЈЅοαερτυνκιΑΒΕΗΙΚΜΝΟΡΤΥΧΖ",
+        "aeopcyxijsdhqwABEKMHOPCTXIJSoaeptuvkiABEHIKMNOPTYXZ",
+    )
 )
 
 

@@ -134,3 +134,16 @@ def test_ner_off_by_request(monkeypatch: pytest.MonkeyPatch) -> None:
     scanner = PiiScanner(ner=False, ner_model="margin_test_fake_model")
     assert not scanner.ner_enabled
     assert scanner.ner_status == "NER off"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a@" * 25000, "x@" + "a." * 25000, "1 " * 25000, "1." * 25000, "a:" * 25000, "QUJD" * 12500 + "!", "(1) " * 12500],
+)
+def test_pathological_inputs_stay_fast(scanner: PiiScanner, text: str) -> None:
+    from margin.guard import InjectionDetector
+
+    start = time.perf_counter()
+    scanner.scan(text)
+    InjectionDetector().check(text)
+    assert time.perf_counter() - start < 2.0  # ~0.1 s here; quadratic behaviour would take minutes

@@ -17,14 +17,36 @@ import binascii
 import codecs
 import re
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from margin.guard.normalize import normalize
+from margin.guard.secrets import long_chunks
 
 _FILL = r"(?:\s+[\w'-]+){0,4}?"
 _OBJECTS = (
     r"(?:instructions?|prompts?|rules|directions?|directives?|guidelines?|guardrails?|constraints?|"
     r"polic(?:y|ies)|programming|restrictions?|commands?|context|system\s+(?:prompt|message))"
 )
+_TRIGGERS: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "instruction_override": (
+            "ignore", "disregard", "forget", "skip", "override", "bypass", "abandon", "neglect", "discard", "drop",
+            "aside", "stop", "attention", "not follow",
+        ),
+        "forget_everything": ("forget", "ignore", "disregard", "aside", "never mind"),
+        "new_instructions": ("instruction", "prompt", "rules", "directive", "orders"),
+        "from_now_on": ("from now on",),
+        "persona_jailbreak": ("you are", "anything now", "mode"),
+        "no_restrictions": ("pretend", "act", "behave", "imagine", "roleplay"),
+        "prompt_exfiltration": ("prompt", "instruction", "above", "message", "before this"),
+        "chat_template_token": ("<|", "[inst]", "[/inst]", "<<sys>>", "<</sys>>"),
+        "fake_role_turn": ("system", "developer", "admin"),
+        "role_label": ("system", "assistant", "developer"),
+        "decode_and_follow": ("decode", "base64", "rot13", "rot-13", "hex"),
+    }
+)  # fmt: skip
+"""Literal words one of which must occur (in the normalized text) before a rule's regex is run at all."""
+
 _RULES: tuple[tuple[str, float, re.Pattern[str]], ...] = tuple(
     (name, score, re.compile(pattern, re.MULTILINE))
     for name, score, pattern in (
@@ -103,7 +125,8 @@ _RULES: tuple[tuple[str, float, re.Pattern[str]], ...] = tuple(
     )
 )
 _BASE64_RE = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
-_HEX_RE = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}[ :]?){12,}(?![0-9A-Fa-f])")
+_HEX_RE = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}:?){12,}(?![0-9A-Fa-f])")
+_BLOB_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (("base64", _BASE64_RE), ("hex", _HEX_RE))
 _PAYLOAD_MIN_SCORE = 0.7
 _LETTERS_RE = re.compile(r"[a-z]{4,}")
 
@@ -137,18 +160,27 @@ def combined_score(findings: list[Finding] | tuple[Finding, ...]) -> float:
 
 
 def _rule_hits(normalized: str) -> list[tuple[str, float, int, int]]:
-    return [(name, score, m.start(), m.end()) for name, score, rx in _RULES for m in rx.finditer(normalized)]
+    hits: list[tuple[str, float, int, int]] = []
+    for name, score, rx in _RULES:
+        if any(word in normalized for word in _TRIGGERS[name]):
+            hits.extend((name, score, m.start(), m.end()) for m in rx.finditer(normalized))
+    return hits
+
+
+def _blob_candidates(text: str) -> list[tuple[str, re.Pattern[str], int, int]]:
+    """Whitespace-free chunks long enough to hold an encoded instruction (16+ characters)."""
+    return [(kind, rx, start, end) for start, end in long_chunks(text, 16) for kind, rx in _BLOB_PATTERNS]
 
 
 def _decoded_blobs(text: str) -> list[tuple[str, int, int, str]]:
     """(kind, start, end, decoded text) for base64 and hex blobs that decode to printable UTF-8."""
     blobs: list[tuple[str, int, int, str]] = []
-    for kind, rx in (("base64", _BASE64_RE), ("hex", _HEX_RE)):
-        for m in rx.finditer(text):
+    for kind, rx, start, end in _blob_candidates(text):
+        for m in rx.finditer(text, start, end):
             raw = m.group()
             try:
                 if kind == "hex":
-                    data = bytes.fromhex(raw.replace(" ", "").replace(":", ""))
+                    data = bytes.fromhex(raw.replace(":", ""))
                 else:
                     data = base64.b64decode(raw.replace("-", "+").replace("_", "/") + "=" * (-len(raw) % 4))
                 decoded = data.decode("utf-8")

@@ -24,13 +24,15 @@ def test_eval_guard_json() -> None:
     assert data["injection"]["tpr"] > 0.8
     assert data["injection"]["fpr"] < 0.1
     assert data["throughput"]["texts_per_s"] > 0
-    assert set(data["latency_us"]) == {"short_clean", "1kb_clean", "1kb_pii"}
+    assert set(data["latency_us"]) == {
+        f"{kind}:{name}" for kind in ("pii", "injection") for name in ("short_clean", "1kb_clean", "1kb_pii")
+    }
 
 
 def test_eval_guard_table() -> None:
     result = runner.invoke(app, ["eval", "guard", "--n", "60"])
     assert result.exit_code == 0, result.output
-    assert "CREDIT_CARD" in result.output and "TPR" in result.output and "µs per scan" in result.output
+    assert "CREDIT_CARD" in result.output and "TPR" in result.output and "µs per call" in result.output
 
 
 def test_gate_exits_1_when_an_entity_misses_target(monkeypatch: pytest.MonkeyPatch) -> None:

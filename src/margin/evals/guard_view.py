@@ -32,5 +32,5 @@ def guard_tables(report: GuardReport) -> list[Table]:
     speed.add_row("eval texts per second", f"{report.throughput.texts_per_s:,.0f}")
     speed.add_row("µs per 1 KB (eval texts, PII-dense)", f"{report.throughput.us_per_kb:,.0f}")
     for name, micros in report.latency_us.items():
-        speed.add_row(f"µs per scan: {name}", f"{micros:,.1f}")
+        speed.add_row(f"µs per call, {name}", f"{micros:,.1f}")
     return [pii, injection, speed]

@@ -147,3 +147,7 @@ def test_pathological_inputs_stay_fast(scanner: PiiScanner, text: str) -> None:
     scanner.scan(text)
     InjectionDetector().check(text)
     assert time.perf_counter() - start < 2.0  # ~0.1 s here; quadratic behaviour would take minutes
+
+
+def test_short_full_form_ipv6_passes_the_signals(scanner: PiiScanner) -> None:
+    assert [(s.entity, s.text) for s in scanner.scan("host 1:2:3:4:5:6:7:8 up")] == [("IP_ADDRESS", "1:2:3:4:5:6:7:8")]

@@ -35,6 +35,7 @@ _NOT_PHONE_RE = re.compile(
     r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$|^(?:19|20)\d\d[/-]\d+$"
     r"|^\d{3}-\d{2}-\d{4}$|^\+?\d+[.,]\d+$|^\+?\d+\.\d+\.\d{1,3}$"
 )
+_GROUP_SPLIT_RE = re.compile(r"[ .\-/()]+")
 
 
 def _is_valid(candidate: str, regions: tuple[str, ...]) -> bool:
@@ -56,7 +57,7 @@ def _implausible_grouping(raw: str) -> bool:
     IP/OID/version shapes, a decimal point after a space-grouped amount, or too many digits for a
     national number (12 at most without a country code)."""
     body = raw.lstrip("+")
-    groups = [g for g in re.split(r"[ .\-/()]+", body) if g]
+    groups = [g for g in _GROUP_SPLIT_RE.split(body) if g]
     sizes = [len(g) for g in groups]
     national = not raw.startswith(("+", "00"))
     if national and sizes.count(1) >= 2:  # "4 8 15 16 23 42"

@@ -51,7 +51,7 @@ class _Signals:
         return cls(
             at="@" in text,
             digits=_DIGIT_RUN_RE.search(text) is not None,
-            colons="::" in text,
+            colons="::" in text or text.count(":") >= 7,
             long_token=max(map(len, text.split()), default=0) >= 20,
             credential_word=any(word in lowered for word in _CREDENTIAL_WORDS),
         )

@@ -16,7 +16,7 @@ from margin.guard.spans import CREDIT_CARD, EMAIL, IBAN, IP_ADDRESS, US_SSN, Spa
 
 _EMAIL_LOCAL_RE = re.compile(r"[^\W_](?:[\w.%+-]{0,62}[\w%+-])?")
 _EMAIL_DOMAIN_RE = re.compile(r"(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_]{2,24}(?![\w-])")
-_EMAIL_LOCAL_EXTRA = frozenset("._%+-")
+_EMAIL_LOCAL_EXTRA = frozenset("._%+-_")
 # Patterns start with a plain `\d` and check the character before it afterwards: a leading lookbehind
 # would stop the regex engine from skipping quickly to the next digit (3-4x slower on prose).
 _CARD_RE = re.compile(r"\d(?<![\w.,+-]\d)(?<!\d[ ]\d)(?:[ -]?\d){12,18}(?![\w-]|[ .,]\d)")
@@ -56,7 +56,7 @@ def continues_iban_like(text: str, start: int) -> bool:
 def _local_part_start(text: str, at: int) -> int | None:
     """Walk back from '@' over local-part characters (at most 64); None when the run is longer."""
     start = at
-    while start > 0 and (text[start - 1].isalnum() or text[start - 1] in _EMAIL_LOCAL_EXTRA or text[start - 1] == "_"):
+    while start > 0 and (text[start - 1].isalnum() or text[start - 1] in _EMAIL_LOCAL_EXTRA):
         start -= 1
         if at - start > 64:
             return None

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from margin.guard.normalize import normalize
-from margin.guard.secrets import long_chunks
+from margin.guard.text import long_chunks
 
 _FILL = r"(?:\s+[\w'-]+){0,4}?"
 _OBJECTS = (

@@ -14,8 +14,9 @@ from collections.abc import Iterator
 
 import phonenumbers
 
-from margin.guard.recognizers import ID_CONTEXT_RE, context_before, continues_iban_like
+from margin.guard.recognizers import ID_CONTEXT_RE, continues_iban_like
 from margin.guard.spans import PHONE, Span
+from margin.guard.text import context_before
 
 DEFAULT_PHONE_REGIONS: tuple[str, ...] = ("US", "GB", "DE", "FR", "NL", "ES", "IT")
 """Regions whose national formats are recognized; international formats work for every country."""

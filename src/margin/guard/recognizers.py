@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 from margin.guard.checksums import IBAN_LENGTHS, card_prefix_known, iban_valid, luhn_valid, ssn_valid
 from margin.guard.spans import CREDIT_CARD, EMAIL, IBAN, IP_ADDRESS, US_SSN, Span
+from margin.guard.text import context_before
 
 _EMAIL_LOCAL_RE = re.compile(r"[^\W_](?:[\w.%+-]{0,62}[\w%+-])?")
 _EMAIL_DOMAIN_RE = re.compile(r"(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_]{2,24}(?![\w-])")
@@ -41,11 +42,6 @@ ID_CONTEXT_RE = re.compile(
     r"(?i)(?:\border|\bpo|\binvoice|\bref(?:erence)?|\btracking|\bticket|\bsku|\bisbn|\bpart|\bserial|\bcase|#)"
     r"(?:\s*(?:number|num|no|nr|id)\b)?[\s:#.-]*$"
 )
-
-
-def context_before(text: str, start: int, width: int = 30) -> str:
-    """The `width` characters before `start`: the window that context rules look at."""
-    return text[max(0, start - width) : start]
 
 
 def continues_iban_like(text: str, start: int) -> bool:

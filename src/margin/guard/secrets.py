@@ -1,17 +1,18 @@
-"""SECRET recognizer: vendor key shapes, `key=value` credentials, bearer tokens, and generic random tokens.
+"""SECRET recognizer: vendor key shapes, credential values, and generic random-looking tokens.
 
-Credentials are also taken from `key=value` / `key: value` / `password is value` and from URL user info
-(`postgres://user:PASSWORD@host`): then the span is the value only.
+Vendor shapes (OpenAI/Anthropic `sk-…`, Stripe, AWS `AKIA…`, GitHub, GitLab, Slack, Google `AIza…`, Hugging
+Face, npm, JWTs, PEM private keys) are reported whole. After a credential word (`password=…`, `api_key: …`,
+`secret is …`, `Bearer …`) and in URL user info (`postgres://user:PASSWORD@host`) only the value is the span.
 
-Generic tokens are reported only when they look random: at least 20 characters, upper and lower case and
-digits, a Shannon entropy of at least 3.5 bits per character, and short word-like pieces (mean piece length
-at most 3; identifiers like `getUserAccountBalanceV2` are made of whole words). Paths (leading `/`) and
-digests written with their algorithm (`sha256:…`, `SHA256:` SSH fingerprints) are not secrets.
+Generic tokens are reported only when they look random: at least 20 characters, upper and lower case, a
+Shannon entropy of at least 3.5 bits per character, and short word-like pieces (mean piece length at most 3,
+or 2.5 without digits; identifiers like `getUserAccountBalanceV2` are made of whole words). Paths (leading
+`/`, or pieces that are words and numbers) and digests written with their algorithm (`sha256:…`, `SHA256:`
+SSH fingerprints) are not secrets.
 
 Policy on hex: strings made only of hex digits (git SHAs, SHA-256 digests, UUIDs, hash ids) are never
 reported as generic secrets. They are far more often hashes than keys in chat and log text; a hex key is
-still found when it follows a credential word (`api_key=…`, `token: …`).
-"""
+still found when it follows a credential word (`api_key=…`, `token: …`)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ import re
 from collections.abc import Iterator
 
 from margin.guard.checksums import mean_segment_length, shannon_entropy
-from margin.guard.recognizers import context_before
 from margin.guard.spans import SECRET, Span
+from margin.guard.text import context_before, long_chunks
 
 _VENDOR_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
     re.compile(p)
@@ -103,16 +104,3 @@ def find_secrets(text: str) -> Iterator[Span]:
         for m in _TOKEN_RE.finditer(text, start, end):
             if looks_random(m.group()) and not _DIGEST_PREFIX_RE.search(context_before(text, m.start(), 8)):
                 yield Span(SECRET, m.start(), m.end(), m.group(), 0.6)
-
-
-def long_chunks(text: str, min_len: int) -> Iterator[tuple[int, int]]:
-    """(start, end) of whitespace-separated chunks of at least `min_len` characters, found at C speed."""
-    chunks = text.split()
-    if max(map(len, chunks), default=0) < min_len:
-        return
-    pos = 0
-    for chunk in chunks:
-        pos = text.find(chunk, pos)
-        if len(chunk) >= min_len:
-            yield pos, pos + len(chunk)
-        pos += len(chunk)

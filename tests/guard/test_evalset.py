@@ -78,3 +78,29 @@ def test_hard_negatives_are_really_invalid() -> None:
         for parse in (ipaddress.IPv4Address, ipaddress.IPv6Address):
             with pytest.raises(ValueError):
                 parse(ip)
+
+
+NAIVE_SHAPES = {
+    "EMAIL": r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\b",
+    "PHONE": r"(?:\+|\b)\d[\d ().-]{6,16}\d\b",
+    "CREDIT_CARD": r"\b\d(?:[ -]?\d){12,18}\b",
+    "IBAN": r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b",
+    "US_SSN": r"\b\d{3}[- ]\d{2}[- ]\d{4}\b",
+    "IP_ADDRESS": r"\b(?:\d{1,3}\.){3}\d{1,3}\b|\b(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{1,4}\b",
+    "SECRET": r"\b[A-Za-z0-9_+/-]{20,}\b",
+}
+
+
+def test_hard_negatives_defeat_shape_only_regexes(samples: list[Sample]) -> None:
+    """Without validation and context rules, each entity's precision collapses: the negatives are hard."""
+    import re
+
+    from margin.guard.spans import Span
+
+    predictions = [
+        [Span(e, m.start(), m.end(), m.group(), 0.5) for e, rx in NAIVE_SHAPES.items() for m in re.finditer(rx, s.text)]
+        for s in samples
+    ]
+    scores, _ = score_pii(samples, predictions)
+    for entity, score in scores.items():
+        assert score.precision < 0.85, (entity, score.precision)

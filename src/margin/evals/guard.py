@@ -11,12 +11,15 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-from margin.guard.evalset import Sample
-from margin.guard.evalset_injection import InjectionSample
 from margin.guard.injection import InjectionDetector
 from margin.guard.pii import PiiScanner
 from margin.guard.spans import STRUCTURED_ENTITIES, Span
+
+if TYPE_CHECKING:  # the generators need Faker; scoring does not
+    from margin.guard.evalset import Sample
+    from margin.guard.evalset_injection import InjectionSample
 
 RECALL_TARGET = 0.98
 PRECISION_TARGET = 0.95

@@ -20,6 +20,18 @@ def test_generation_is_deterministic() -> None:
     assert generate_pii(50, 3) != generate_pii(50, 4)
 
 
+def test_generation_does_not_depend_on_clock_or_timezone() -> None:
+    """Another process, a later second and another time zone must produce the very same texts."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from margin.guard.evalset import generate_pii; print(repr(generate_pii(300, 9)))"
+    env = {**os.environ, "TZ": "America/New_York"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == repr(generate_pii(300, 9))
+
+
 def test_gold_spans_cover_every_entity_and_locale(samples: list[Sample]) -> None:
     assert len(samples) == 1000
     support = dict.fromkeys(STRUCTURED_ENTITIES, 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Callable
+from datetime import UTC, date, datetime
 from random import Random
 
 from faker import Faker
@@ -16,6 +17,10 @@ from faker import Faker
 from margin.guard.evalvalues import group_digits, rand_text
 
 NegativeFactory = Callable[[Faker, Random], str]
+
+# Fixed ranges: Faker's defaults are relative to "now", which would make the set change from run to run.
+_FIRST_DAY, _LAST_DAY = date(2015, 1, 1), date(2025, 12, 31)
+_FIRST_MOMENT, _LAST_MOMENT = datetime(2020, 1, 1, tzinfo=UTC), datetime(2025, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
 def order_number(fake: Faker, rng: Random) -> str:
@@ -36,17 +41,17 @@ def invoice_id(fake: Faker, rng: Random) -> str:
     return rng.choice((f"INV-{year}-{rand_text(rng, string.digits, 6)}", f"{year}-{rand_text(rng, string.digits, 5)}"))
 
 
-def date(fake: Faker, rng: Random) -> str:
+def date_text(fake: Faker, rng: Random) -> str:
     pattern = rng.choice(("%Y-%m-%d", "%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y", "%B %d, %Y", "%d %b %Y", "%Y/%m/%d"))
-    return str(fake.date(pattern=pattern))
+    return fake.date_between_dates(_FIRST_DAY, _LAST_DAY).strftime(pattern)
 
 
 def timestamp(fake: Faker, rng: Random) -> str:
-    moment = fake.date_time_between(start_date="-5y", end_date="now")
+    moment = fake.date_time_between_dates(_FIRST_MOMENT, _LAST_MOMENT, tzinfo=UTC)
     epoch = int(moment.timestamp())
     return rng.choice(
         (
-            moment.isoformat() + "Z",
+            moment.replace(tzinfo=None).isoformat() + "Z",
             moment.strftime("%Y-%m-%d %H:%M:%S,") + rand_text(rng, string.digits, 3),
             str(epoch),
             str(epoch * 1000 + rng.randrange(1000)),
@@ -205,7 +210,7 @@ def measurement(fake: Faker, rng: Random) -> str:
 NEGATIVES: tuple[tuple[str, NegativeFactory], ...] = (
     ("ORDER", order_number),
     ("INVOICE", invoice_id),
-    ("DATE", date),
+    ("DATE", date_text),
     ("TIMESTAMP", timestamp),
     ("VERSION", version),
     ("TRACKING", tracking_number),

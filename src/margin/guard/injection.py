@@ -1,0 +1,219 @@
+"""Prompt-injection heuristics (OWASP LLM01) for user and tool text.
+
+These are regular-expression heuristics, not a classifier: they catch the common, literal attack phrasings
+(instruction override, persona jailbreaks, system-prompt exfiltration, fake role turns and chat-template
+tokens) and the same phrasings hidden in base64, hex, rot13, zero-width characters or look-alike letters.
+Paraphrases outside the vocabulary, other languages, and multi-turn attacks are missed; benign text that
+quotes an attack verbatim (a security tutorial) is flagged. Use the score as one signal, not as proof.
+
+Each rule has a fixed score; a text's score combines its findings as a noisy-or, 1 - prod(1 - s), and the
+text is flagged when that reaches the threshold (0.5 by default).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import re
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from margin.guard.normalize import normalize
+from margin.guard.text import long_chunks
+
+_FILL = r"(?:\s+[\w'-]+){0,4}?"
+_OBJECTS = (
+    r"(?:instructions?|prompts?|rules|directions?|directives?|guidelines?|guardrails?|constraints?|"
+    r"polic(?:y|ies)|programming|restrictions?|commands?|context|system\s+(?:prompt|message))"
+)
+_TRIGGERS: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "instruction_override": (
+            "ignore", "disregard", "forget", "skip", "override", "bypass", "abandon", "neglect", "discard", "drop",
+            "aside", "stop", "attention", "not follow",
+        ),
+        "forget_everything": ("forget", "ignore", "disregard", "aside", "never mind"),
+        "new_instructions": ("instruction", "prompt", "rules", "directive", "orders"),
+        "from_now_on": ("from now on",),
+        "persona_jailbreak": ("you are", "anything now", "mode"),
+        "no_restrictions": ("pretend", "act", "behave", "imagine", "roleplay"),
+        "prompt_exfiltration": ("prompt", "instruction", "above", "message", "before this"),
+        "chat_template_token": ("<|", "[inst]", "[/inst]", "<<sys>>", "<</sys>>"),
+        "fake_role_turn": ("system", "developer", "admin"),
+        "role_label": ("system", "assistant", "developer"),
+        "decode_and_follow": ("decode", "base64", "rot13", "rot-13", "hex"),
+    }
+)  # fmt: skip
+"""Literal words one of which must occur (in the normalized text) before a rule's regex is run at all."""
+
+_RULES: tuple[tuple[str, float, re.Pattern[str]], ...] = tuple(
+    (name, score, re.compile(pattern, re.MULTILINE))
+    for name, score, pattern in (
+        (
+            "instruction_override",
+            0.9,
+            rf"\b(?:ignore|disregard|forget|skip|override|bypass|abandon|neglect|discard|drop|set\s+aside|"
+            rf"stop\s+(?:following|obeying)|pay\s+no\s+attention\s+to|do\s+not\s+follow)\b{_FILL}\s+"
+            rf"(?:previous|prior|above|earlier|preceding|former|original|initial|system|all|any|your|these|those)"
+            rf"\b(?:\s+[\w'-]+){{0,3}}?\s+{_OBJECTS}\b",
+        ),
+        (
+            "forget_everything",
+            0.8,
+            r"\b(?:forget|ignore|disregard|set\s+aside|never\s+mind)\s+(?:everything|all\s+(?:of\s+)?that|what)\s+"
+            r"(?:you(?:'ve|\s+have|\s+were)?\s+(?:been\s+)?(?:told|taught|instructed|given)|above|before|previously|"
+            r"so\s+far|the\s+(?:developer|system|admin|operator)\s+(?:said|told|wrote|instructed))",
+        ),
+        (
+            "new_instructions",
+            0.45,
+            r"(?:^|[.!:]\s+)\W*(?:new|updated|revised|real|actual|true|override|admin|important)\s+"
+            r"(?:system\s+)?(?:instructions?|prompt|rules|directives?|orders)\s*:",
+        ),
+        ("from_now_on", 0.35, r"\bfrom\s+now\s+on,?\s+(?:you|your)\s+(?:will|must|are|shall|should|only|respond)"),
+        (
+            "persona_jailbreak",
+            0.9,
+            r"\byou\s+are\s+(?:now\s+)?(?:dan\b|(?:an?\s+)?(?:[\w-]+\s+)?(?:jailbroken|unfiltered|unrestricted|"
+            r"uncensored|unchained)\b|in\s+(?:developer|god|jailbreak|dan)\s+mode\b)|\b(?:do\s+anything\s+now|(?:developer|dan|jailbreak|god)\s+"
+            r"mode\s+(?:is\s+)?(?:enabled|on|activated|unlocked))\b",
+        ),
+        (
+            "no_restrictions",
+            0.8,
+            r"\b(?:pretend|act|behave|imagine|roleplay)\b(?:\s+[\w'-]+){0,6}?\s+(?:you\s+(?:have|had|are)\s+)?"
+            r"(?:no|without(?:\s+any)?|free\s+(?:of|from))\s+(?:restrictions|rules|filters|limits|limitations|"
+            r"guidelines|content\s+polic(?:y|ies)|safety|censorship|ethical)",
+        ),
+        (
+            "prompt_exfiltration",
+            0.85,
+            r"\b(?:repeat|reveal|print|output|leak|dump|disclose|recite|spell\s+out|echo|regurgitate)\b"
+            r"(?:\s+[\w'-]+){0,4}?\s+(?:your|the|its|all)\s+(?:\w+\s+)?(?:system\s+(?:prompt|message)|"
+            r"(?:initial|original|hidden|secret|first|developer)\s+(?:instructions|prompt|message)|pre-?prompt|"
+            r"instructions\s+(?:above|you\s+were\s+given)|(?:text|words|lines)\s+above)|"
+            r"\b(?:repeat|reveal|print|output|dump|recite|echo)\s+everything\s+(?:above|before\s+this)",
+        ),
+        (
+            "prompt_exfiltration",
+            0.75,
+            r"\b(?:show|tell|give|share|display|write|list|copy|paste|translate|summari[sz]e)\b(?:\s+[\w'-]+){0,3}?\s+"
+            r"your\s+(?:\w+\s+)?(?:system\s+(?:prompt|message)|(?:initial|original|hidden|secret)\s+instructions|"
+            r"instructions(?!\s+(?:for|on|to|about|how))|pre-?prompt)|\bwhat\s+(?:is|are|was|were)\s+your\s+(?:system\s+prompt|"
+            r"(?:initial|original|hidden)\s+instructions)\b",
+        ),
+        (
+            "chat_template_token",
+            0.9,
+            r"<\|(?:im_start|im_end|system|user|assistant|endoftext|begin_of_text|start_header_id|end_header_id|"
+            r"eot_id)\|>|\[/?inst\]|<</?sys>>",
+        ),
+        (
+            "fake_role_turn",
+            0.75,
+            r"^\W{0,4}(?:system|developer|admin)\s*:\s*(?:you\s|from\s+now|new\s|ignore|always|never|the\s+user|"
+            r"override|important|disregard)",
+        ),
+        ("role_label", 0.35, r"^\W{0,4}(?:system|assistant|developer)\s*:"),
+        (
+            "decode_and_follow",
+            0.55,
+            r"\b(?:decode|base64|rot-?13|hex)\b(?:\s+[\w'-]+){0,6}?\s+(?:and\s+|then\s+)?(?:follow|execute|obey|"
+            r"comply|carry\s+out|act\s+on|do\s+what)",
+        ),
+    )
+)
+_BASE64_RE = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
+_HEX_RE = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}:?){12,}(?![0-9A-Fa-f])")
+_BLOB_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (("base64", _BASE64_RE), ("hex", _HEX_RE))
+_PAYLOAD_MIN_SCORE = 0.7
+_LETTERS_RE = re.compile(r"[a-z]{4,}")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One rule hit: offsets point into the original text (encoded payloads: the whole blob)."""
+
+    rule: str
+    score: float
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class InjectionVerdict:
+    findings: tuple[Finding, ...]
+    score: float
+    flagged: bool
+
+
+def combined_score(findings: list[Finding] | tuple[Finding, ...]) -> float:
+    """Noisy-or of the findings' scores, one finding per rule (repeats of a rule do not add up)."""
+    best: dict[str, float] = {}
+    for f in findings:
+        best[f.rule] = max(best.get(f.rule, 0.0), f.score)
+    miss = 1.0
+    for score in best.values():
+        miss *= 1.0 - score
+    return round(1.0 - miss, 4)
+
+
+def _rule_hits(normalized: str) -> list[tuple[str, float, int, int]]:
+    hits: list[tuple[str, float, int, int]] = []
+    for name, score, rx in _RULES:
+        if any(word in normalized for word in _TRIGGERS[name]):
+            hits.extend((name, score, m.start(), m.end()) for m in rx.finditer(normalized))
+    return hits
+
+
+def _blob_candidates(text: str) -> list[tuple[str, re.Pattern[str], int, int]]:
+    """Whitespace-free chunks long enough to hold an encoded instruction (16+ characters)."""
+    return [(kind, rx, start, end) for start, end in long_chunks(text, 16) for kind, rx in _BLOB_PATTERNS]
+
+
+def _decoded_blobs(text: str) -> list[tuple[str, int, int, str]]:
+    """(kind, start, end, decoded text) for base64 and hex blobs that decode to printable UTF-8."""
+    blobs: list[tuple[str, int, int, str]] = []
+    for kind, rx, start, end in _blob_candidates(text):
+        for m in rx.finditer(text, start, end):
+            raw = m.group()
+            try:
+                if kind == "hex":
+                    data = bytes.fromhex(raw.replace(":", ""))
+                else:
+                    data = base64.b64decode(raw.replace("-", "+").replace("_", "/") + "=" * (-len(raw) % 4))
+                decoded = data.decode("utf-8")
+            except (ValueError, binascii.Error):
+                continue
+            if decoded and sum(ch.isprintable() or ch.isspace() for ch in decoded) / len(decoded) > 0.95:
+                blobs.append((kind, m.start(), m.end(), decoded))
+    return blobs
+
+
+class InjectionDetector:
+    """Scores text for prompt-injection patterns. Stateless and cheap: share one instance."""
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = threshold
+
+    def check(self, text: str) -> list[Finding]:
+        """All rule hits in `text`, including ones inside decoded base64/hex blobs and rot13 text."""
+        norm = normalize(text)
+        findings = [Finding(name, score, *norm.original_span(s, e)) for name, score, s, e in _rule_hits(norm.text)]
+        for kind, start, end, decoded in _decoded_blobs(text):
+            inner = [score for _, score, _, _ in _rule_hits(normalize(decoded).text)]
+            if inner and max(inner) >= _PAYLOAD_MIN_SCORE:
+                findings.append(Finding(f"encoded_{kind}", max(inner), start, end))
+        if _LETTERS_RE.search(norm.text):
+            rotated = codecs.encode(norm.text, "rot13")
+            for _, score, s, e in _rule_hits(rotated):
+                if score >= _PAYLOAD_MIN_SCORE:
+                    findings.append(Finding("encoded_rot13", score, *norm.original_span(s, e)))
+        return sorted(findings, key=lambda f: (f.start, f.rule))
+
+    def assess(self, text: str) -> InjectionVerdict:
+        """Findings, their combined score, and whether the score reaches the threshold."""
+        findings = tuple(self.check(text))
+        score = combined_score(findings)
+        return InjectionVerdict(findings, score, score >= self.threshold)

@@ -1,0 +1,106 @@
+"""SECRET recognizer: vendor key shapes, credential values, and generic random-looking tokens.
+
+Vendor shapes (OpenAI/Anthropic `sk-…`, Stripe, AWS `AKIA…`, GitHub, GitLab, Slack, Google `AIza…`, Hugging
+Face, npm, JWTs, PEM private keys) are reported whole. After a credential word (`password=…`, `api_key: …`,
+`secret is …`, `Bearer …`) and in URL user info (`postgres://user:PASSWORD@host`) only the value is the span.
+
+Generic tokens are reported only when they look random: at least 20 characters, upper and lower case, a
+Shannon entropy of at least 3.5 bits per character, and short word-like pieces (mean piece length at most 3,
+or 2.5 without digits; identifiers like `getUserAccountBalanceV2` are made of whole words). Paths (leading
+`/`, or pieces that are words and numbers) and digests written with their algorithm (`sha256:…`, `SHA256:`
+SSH fingerprints) are not secrets.
+
+Policy on hex: strings made only of hex digits (git SHAs, SHA-256 digests, UUIDs, hash ids) are never
+reported as generic secrets. They are far more often hashes than keys in chat and log text; a hex key is
+still found when it follows a credential word (`api_key=…`, `token: …`)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from margin.guard.checksums import mean_segment_length, shannon_entropy
+from margin.guard.spans import SECRET, Span
+from margin.guard.text import context_before, long_chunks
+
+_VENDOR_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
+    re.compile(p)
+    for p in (
+        r"(?<![\w-])sk-(?:proj-|svcacct-|admin-|ant-[a-z0-9]+-)?[A-Za-z0-9_-]{20,}",  # OpenAI, Anthropic
+        r"(?<![\w-])(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{16,}",  # Stripe
+        r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}(?![A-Za-z0-9])",  # AWS access key id
+        r"(?<![\w-])gh[pousr]_[A-Za-z0-9]{36,}",  # GitHub tokens
+        r"(?<![\w-])github_pat_[A-Za-z0-9_]{22,}",  # GitHub fine-grained PAT
+        r"(?<![\w-])glpat-[A-Za-z0-9_-]{20,}",  # GitLab PAT
+        r"(?<![\w-])xox[baprs]-[A-Za-z0-9-]{10,}",  # Slack
+        r"(?<![\w-])AIza[0-9A-Za-z_-]{35}(?![\w-])",  # Google API key
+        r"(?<![\w-])hf_[A-Za-z0-9]{30,}",  # Hugging Face
+        r"(?<![\w-])npm_[A-Za-z0-9]{36}(?![\w-])",  # npm
+        r"(?<![\w.-])eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",  # JWT
+        r"-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----(?:[\s\S]{0,8000}?-----END \1-----)?",  # PEM
+    )
+)
+_KEY_VALUE_RE = re.compile(
+    r"(?i)(?<![a-z])(?:password|passwd|pwd|pass|secret|client[_-]?secret|api[_-]?key|apikey|access[_-]?key|"
+    r"secret[_-]?key|auth[_-]?token|access[_-]?token|token|private[_-]?key)\b[\"']?\s*(?:[:=]|\bis\b)\s*[\"']?"
+    r"([^\s\"'`,;<>]{8,200})"
+)
+_URL_PASSWORD_RE = re.compile(r"\b[a-z][a-z0-9+.-]{1,20}://[^\s:/@]{1,64}:([^\s/@]{3,128})@")
+_BEARER_RE = re.compile(r"\b[Bb]earer\s+([A-Za-z0-9._~+/-]{20,}=*)")
+_TOKEN_RE = re.compile(r"(?<![\w+/.-])[A-Za-z0-9_+/-]{20,}={0,2}(?![\w+/=-])")
+_CREDENTIAL_WORDS = ("pass", "pwd", "secret", "key", "token", "bearer")
+_DIGEST_PREFIX_RE = re.compile(r"(?i)(?:sha-?\d{0,3}|md5)[:=]$")
+_HEX_RE = re.compile(r"^[0-9A-Fa-f-]+$")
+_SEPARATOR_RE = re.compile(r"[/_.+-]+")
+_WORD_PIECE_RE = re.compile(r"^(?:[A-Z]?[a-z]+|[A-Z]+|\d+|[A-Za-z]\d{1,2}|[A-Z][a-z]+\d{1,2})$")
+_VENDOR_MARKERS: tuple[str, ...] = (
+    "sk-", "_live_", "_test_", "AKIA", "ASIA", "ABIA", "ACCA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_",
+    "glpat-", "xox", "AIza", "hf_", "npm_", "eyJ", "-----BEGIN",
+)  # fmt: skip
+
+
+def _wordy_path(token: str) -> bool:
+    """`reports/2024/Q2_Revenue_v3`, `api-server_build-7`: separated pieces that are words or numbers."""
+    pieces = [p for p in _SEPARATOR_RE.split(token) if p]
+    if len(pieces) < 3:
+        return False
+    return sum(bool(_WORD_PIECE_RE.match(p)) for p in pieces) >= 0.75 * len(pieces)
+
+
+def looks_random(token: str) -> bool:
+    """The generic-token test: long, upper and lower case, high entropy, short word pieces, not hex or a path.
+
+    Tokens without digits need stronger evidence (mean piece length at most 2.5 instead of 3).
+    """
+    if len(token) < 20 or token.startswith("/") or _HEX_RE.match(token) or _wordy_path(token):
+        return False
+    if not (any(c.isupper() for c in token) and any(c.islower() for c in token)):
+        return False
+    limit = 3.0 if any(c.isdigit() for c in token) else 2.5
+    return shannon_entropy(token) >= 3.5 and mean_segment_length(token) <= limit
+
+
+def _credential_values(text: str) -> Iterator[Span]:
+    for rx in (_KEY_VALUE_RE, _BEARER_RE):
+        for m in rx.finditer(text):
+            value = m.group(1)
+            if sum(ch.isalnum() for ch in value) < 6 or value.isalpha():
+                continue
+            yield Span(SECRET, m.start(1), m.end(1), value, 0.9)
+
+
+def find_secrets(text: str) -> Iterator[Span]:
+    if any(marker in text for marker in _VENDOR_MARKERS):
+        for rx in _VENDOR_PATTERNS:
+            for m in rx.finditer(text):
+                yield Span(SECRET, m.start(), m.end(), m.group(), 0.99)
+    if "://" in text:
+        for m in _URL_PASSWORD_RE.finditer(text):
+            yield Span(SECRET, m.start(1), m.end(1), m.group(1), 0.97)  # outranks the e-mail reading of `pw@host`
+    lowered = text.lower()
+    if any(word in lowered for word in _CREDENTIAL_WORDS):
+        yield from _credential_values(text)
+    for start, end in long_chunks(text, 20):
+        for m in _TOKEN_RE.finditer(text, start, end):
+            if looks_random(m.group()) and not _DIGEST_PREFIX_RE.search(context_before(text, m.start(), 8)):
+                yield Span(SECRET, m.start(), m.end(), m.group(), 0.6)

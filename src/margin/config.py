@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from margin.errors import ConfigError
-from margin.governance.specs import AdmissionConfig, BudgetSpec, FlagSpec, LimitSpec, PoliciesConfig
+from margin.governance.specs import AdmissionConfig, BudgetSpec, FlagSpec, GuardConfig, LimitSpec, PoliciesConfig
 
 
 class Strict(BaseModel):
@@ -113,6 +113,7 @@ class FakeBackendConfig(_BackendBase):
     tokens_per_s: float | None = Field(None, gt=0, description="Decode pace; None streams instantly.")
     output_tokens: int = Field(8, ge=0)
     word: str = Field("tok", description="Each output token is this word plus a space.")
+    echo: bool = Field(False, description="Answer with the prompt's words instead (up to output_tokens).")
     report_usage: bool = True
     fail_status: int | None = Field(None, description="Fail every request with this status (e.g. 502).")
     fail_after_tokens: int | None = Field(None, ge=0, description="Cut the stream after N tokens.")
@@ -165,6 +166,7 @@ class Settings(Strict):
     limits: list[LimitSpec] = Field(default_factory=list)
     flags: list[FlagSpec] = Field(default_factory=list)
     admission: AdmissionConfig = AdmissionConfig()
+    guard: GuardConfig = GuardConfig()
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:

@@ -48,8 +48,16 @@ class FakeBackend:
     def _plan(self, call: Call) -> tuple[int, Usage]:
         limit = getattr(call.request, "output_limit", None)
         n = self.config.output_tokens if limit is None else min(limit, self.config.output_tokens)
-        prompt_tokens = len(payloads.prompt_text(call).split())
-        return n, Usage(input_tokens=prompt_tokens, output_tokens=n)
+        prompt_words = payloads.prompt_text(call).split()
+        if self.config.echo:
+            n = min(n, len(prompt_words))
+        return n, Usage(input_tokens=len(prompt_words), output_tokens=n)
+
+    def _words(self, call: Call, n: int) -> list[str]:
+        """The output: `word` n times, or the prompt's first n words when echoing."""
+        if self.config.echo:
+            return [w + " " for w in payloads.prompt_text(call).split()[:n]]
+        return [self.config.word + " "] * n
 
     async def _pace(self, index: int) -> None:
         if index == 0 and self.config.ttft_ms:
@@ -66,7 +74,7 @@ class FakeBackend:
         await self._pace(0)
         if self.config.tokens_per_s and n > 1:
             await asyncio.sleep((n - 1) / self.config.tokens_per_s)
-        text = (self.config.word + " ") * n
+        text = "".join(self._words(call, n))
         call.stats.busy_s = time.perf_counter() - started
         call.stats.finish_reason = "length" if n < self.config.output_tokens else "stop"
         if self.config.report_usage:
@@ -83,11 +91,10 @@ class FakeBackend:
             raise self._fail()
         n, usage = self._plan(call)
         cut = self.config.fail_after_tokens
-        for i in range(n):
+        for i, word in enumerate(self._words(call, n)):
             await self._pace(i)
             if cut is not None and i >= cut:
                 raise BackendError(f"backend {self.name} cut the stream after {cut} tokens (scripted)")
-            word = self.config.word + " "
             yield Chunk(payload=payloads.chunk(call, word, first=i == 0), text=word)
         finish = "length" if n < self.config.output_tokens else "stop"
         call.stats.finish_reason = finish

@@ -105,6 +105,13 @@ class PoliciesConfig(Spec):
     orgs: dict[str, Policy] = Field(default_factory=dict)
 
 
+class GuardConfig(Spec):
+    ner: bool = Field(
+        False,
+        description="Also find PERSON/LOCATION with spaCy when a model is installed (~8 ms a message on CPU).",
+    )
+
+
 class AdmissionConfig(Spec):
     reservation_ttl_s: float = Field(900, gt=0, description="A reservation not settled by then is released.")
     default_max_output_tokens: int = Field(

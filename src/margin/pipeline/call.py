@@ -77,6 +77,8 @@ class MeteredStream:
             ctx.delivered_text.append(chunk.text)
         if chunk.usage is not None and ctx.call is not None:
             ctx.call.stats.usage = chunk.usage
+        if ctx.stream_rewrite is not None and ctx.stream_rewrite(chunk.payload):
+            chunk.raw = None
         wants_usage = getattr(ctx.request, "include_usage", False)
         if chunk.usage is not None and not wants_usage:
             if chunk.is_usage_only:

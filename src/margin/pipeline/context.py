@@ -61,6 +61,8 @@ class RequestContext:
     require_cache: str | None = None  # the flag that allows only cached answers
     guard: dict[str, Any] | None = None  # what the guard found (counts by type, never values)
     prompt_log: str | None = None  # redacted prompt text, only when the policy logs prompts
+    guard_state: Any = None  # guard.Redaction of this request (placeholders ↔ originals), never logged
+    stream_rewrite: Any = None  # callable(chunk payload) -> bool: rewrites streamed text (PII restore)
     notices: dict[str, str] = field(default_factory=dict)  # extra response headers (budget warnings…)
     call: Call | None = None
     completion: Completion | None = None

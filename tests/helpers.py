@@ -58,6 +58,7 @@ class Gateway:
     http: httpx.AsyncClient
 
     async def rows(self) -> list[Any]:
+        await self.services.drain()
         await self.services.writer.flush()
         async with self.services.engine.connect() as connection:
             result = await connection.execute(sa.select(ledger).order_by(ledger.c.id))

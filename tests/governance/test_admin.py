@@ -41,6 +41,7 @@ async def test_keys_budgets_and_limits_through_the_api(db_path: Path) -> None:
         assert unknown.status_code == 400
         assert (await gw.http.post(CHAT, json=BODY, headers=bearer(new["key"]))).status_code == 200
         assert (await gw.http.post(CHAT, json=BODY, headers=bearer(new["key"]))).status_code == 429
+        await gw.services.drain()
         listing = (await gw.http.get("/admin/budgets", headers=bearer(admin))).json()["data"]
         assert (
             listing[0]["name"] == "bot-cap" and listing[0]["spent"] == "0.000009000" and listing[0]["source"] == "admin"

@@ -41,6 +41,7 @@ async def test_budget_rejects_with_name_and_reset(db_path: Path) -> None:
         rows = await gw.rows()
         assert [r.status for r in rows] == ["ok", "ok", "error"]
         assert rows[-1].error_code == "budget_exceeded" and rows[-1].cost_nanousd == 0
+        await gw.services.drain()
         counters = await gw.services.governance.store.counters(_counter_names(gw))
         assert list(counters.values()) == [(to_nanousd(Decimal("0.02")), 0)]
 
@@ -62,6 +63,7 @@ async def test_reservation_uses_worst_case_then_settles_actual(db_path: Path) ->
         assert refused.status_code == 429 and "may cost up to $0.075" in refused.json()["error"]["message"]
         ok = await gw.http.post(CHAT, json=body(max_tokens=10))  # reserves $0.025, settles $0.01 (4 tokens)
         assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 4
+        await gw.services.drain()
         counters = await gw.services.governance.store.counters(_counter_names(gw))
         assert list(counters.values()) == [(to_nanousd(Decimal("0.01")), 0)]
 

@@ -121,7 +121,7 @@ def test_two_replicas_never_overspend(tmp_path: Path, redis_url: str) -> None:
     db.upgrade(url)  # migrate once, before two processes start
     with replicas(path) as urls:
         statuses = asyncio.run(fire(urls, 1000))
-        spent, reserved, pending = asyncio.run(redis_state(redis_url))
+    spent, reserved, pending = asyncio.run(redis_state(redis_url))  # after a clean shutdown of both
     assert sum(statuses.values()) == 1000 and set(statuses) <= {200, 429}  # every request answered
     assert statuses[200] == 100  # reservations equal actual costs here, so exactly $1.00 worth is admitted
     assert reserved == 0 and pending == 0  # every reservation settled

@@ -31,9 +31,9 @@ def hold(counter: str = "b@1", limit: int = 100, amount: int = 30, hard: bool = 
 
 
 async def test_reserve_is_all_or_nothing(store: Store) -> None:
-    assert await store.reserve("r1", [hold("a", 100, 60), hold("b", 100, 60)], 60) is None
+    assert (await store.reserve("r1", [hold("a", 100, 60), hold("b", 100, 60)], 60)).failed is None
     # b fits (60 + 30 <= 100) but a does not: nothing of r2 is reserved anywhere
-    assert await store.reserve("r2", [hold("b", 100, 30), hold("a", 100, 50)], 60) == 1
+    assert (await store.reserve("r2", [hold("b", 100, 30), hold("a", 100, 50)], 60)).failed == 1
     assert await store.counters(["a", "b"]) == {"a": (0, 60), "b": (0, 60)}
 
 
@@ -44,13 +44,16 @@ async def test_settle_moves_reservation_to_spend_once(store: Store) -> None:
     assert await store.counters(["a"]) == {"a": (25, 0)}
     assert await store.pending() == 0
     # a settled request id cannot reserve again
-    assert await store.reserve("r1", [hold("a", 100, 60)], 60) is None
+    assert (await store.reserve("r1", [hold("a", 100, 60)], 60)).failed is None
     assert await store.counters(["a"]) == {"a": (25, 0)}
 
 
-async def test_soft_holds_never_refuse(store: Store) -> None:
-    assert await store.reserve("r1", [hold("a", 10, 50, hard=False)], 60) is None
-    assert await store.counters(["a"]) == {"a": (0, 50)}
+async def test_soft_holds_never_refuse_and_counters_come_back(store: Store) -> None:
+    await store.seed("a", 7, 3600)
+    reserved = await store.reserve("r1", [hold("a", 10, 50, hard=False), hold("b", 100, 5)], 60)
+    assert reserved.failed is None and reserved.counters == ((7, 50), (0, 5))
+    refused = await store.reserve("r2", [hold("b", 100, 96)], 60)
+    assert refused.failed == 0 and refused.counters == ((0, 5),)
 
 
 async def test_stale_reservations_are_reaped(store: Store) -> None:
@@ -68,7 +71,7 @@ async def test_stale_reservations_are_reaped(store: Store) -> None:
 async def test_seed_only_sets_missing_counters(store: Store) -> None:
     assert await store.seed("a", 40, 3600) is True
     assert await store.seed("a", 99, 3600) is False
-    assert await store.reserve("r1", [hold("a", 100, 61)], 60) == 0  # 40 spent + 61 > 100
+    assert (await store.reserve("r1", [hold("a", 100, 61)], 60)).failed == 0  # 40 spent + 61 > 100
     assert await store.counters(["a"]) == {"a": (40, 0)}
 
 
@@ -83,7 +86,8 @@ async def test_gcra_debt_only_admits_until_in_debt(store: Store) -> None:
     tpm = Gcra("tpm:key=k", increment_s=60 * 50 / 100, tau_s=60)  # 50 tokens against 100/min
     assert await store.rate([tpm], [True]) == 0.0
     assert await store.rate([tpm], [True]) == 0.0  # at the limit, not yet over it
-    await store.charge("tpm:key=k", 60 * 80 / 100)  # the answers' tokens arrive afterwards
+    # the answers' tokens are charged when the request settles
+    assert await store.settle("r-tpm", {}, [("tpm:key=k", 60 * 80 / 100)]) is True
     assert await store.rate([tpm], [True]) > 0
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from margin.errors import ConfigError, Overloaded
-from margin.governance.store import Gcra, Hold
+from margin.governance.store import Gcra, Hold, Reserved
 
 P = "mgn:"
 
@@ -24,15 +24,23 @@ _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]
 RESERVE = (
     _NOW
     + """
-local rid = ARGV[1]
-if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
-local n = #KEYS - 3
+local rid, n = ARGV[1], #KEYS - 3
+local function snapshot(status)
+  local out = {status}
+  for i = 1, n do
+    local c = redis.call('HMGET', KEYS[i + 3], 'spent', 'reserved')
+    out[#out + 1] = tonumber(c[1]) or 0
+    out[#out + 1] = tonumber(c[2]) or 0
+  end
+  return out
+end
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return snapshot(0) end
 for i = 1, n do
   local base = 3 + (i - 1) * 4
   local limit, amount, hard = tonumber(ARGV[base]), tonumber(ARGV[base + 1]), ARGV[base + 2]
   if hard == '1' then
     local c = redis.call('HMGET', KEYS[i + 3], 'spent', 'reserved')
-    if (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0) + amount > limit then return i end
+    if (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0) + amount > limit then return snapshot(i) end
   end
 end
 for i = 1, n do
@@ -44,7 +52,7 @@ for i = 1, n do
 end
 redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 86400)
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), rid)
-return 0
+return snapshot(0)
 """
 )
 
@@ -58,12 +66,18 @@ end
 """
 
 SETTLE = (
-    _RELEASE
+    _NOW
+    + _RELEASE
     + """
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', 86400) == false then return 0 end
 release(KEYS[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
-for i = 4, #KEYS do redis.call('HINCRBY', KEYS[i], 'spent', tonumber(ARGV[i - 2])) end
+local n = tonumber(ARGV[2])
+for i = 1, n do redis.call('HINCRBY', KEYS[3 + i], 'spent', tonumber(ARGV[2 + i])) end
+for i = 4 + n, #KEYS do
+  local tat = math.max(tonumber(redis.call('GET', KEYS[i]) or now), now) + tonumber(ARGV[i - 1])
+  redis.call('SET', KEYS[i], tostring(tat), 'EX', math.ceil(tat - now) + 120)
+end
 return 1
 """
 )
@@ -109,15 +123,6 @@ return '0'
 """
 )
 
-CHARGE = (
-    _NOW
-    + """
-local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now) + tonumber(ARGV[1])
-redis.call('SET', KEYS[1], tostring(tat), 'EX', math.ceil(tat - now) + 120)
-return 1
-"""
-)
-
 
 class RedisStore:
     """Same contract as `LocalStore`, over a shared Redis."""
@@ -142,7 +147,6 @@ class RedisStore:
                 "reap": REAP,
                 "seed": SEED,
                 "rate": RATE,
-                "charge": CHARGE,
             }.items()
         }
 
@@ -165,19 +169,24 @@ class RedisStore:
         except RedisError as exc:
             raise ConfigError(f"storage.redis: cannot reach Redis: {exc}") from exc
 
-    async def reserve(self, request_id: str, holds: Sequence[Hold], ttl_s: float) -> int | None:
+    async def reserve(self, request_id: str, holds: Sequence[Hold], ttl_s: float) -> Reserved:
         keys = [f"{P}r:{request_id}", f"{P}s:{request_id}", f"{P}deadlines"]
         args: list[Any] = [request_id, ttl_s]
         for hold in holds:
             keys.append(f"{P}c:{hold.counter}")
             args += [hold.limit, hold.amount, "1" if hold.hard else "0", hold.expire_s or 0]
-        result = int(await self._run("reserve", keys, args))
-        return result - 1 if result > 0 else None
+        result = await self._run("reserve", keys, args)
+        status, flat = int(result[0]), [int(v) for v in result[1:]]
+        counters = tuple((flat[i], flat[i + 1]) for i in range(0, len(flat), 2))
+        return Reserved(status - 1 if status > 0 else None, counters)
 
-    async def settle(self, request_id: str, actual: Mapping[str, int]) -> bool:
+    async def settle(
+        self, request_id: str, actual: Mapping[str, int], charges: Sequence[tuple[str, float]] = ()
+    ) -> bool:
         keys = [f"{P}r:{request_id}", f"{P}s:{request_id}", f"{P}deadlines"]
-        keys += [f"{P}c:{name}" for name in actual]
-        return bool(await self._run("settle", keys, [request_id, *actual.values()]))
+        keys += [f"{P}c:{name}" for name in actual] + [f"{P}g:{key}" for key, _ in charges]
+        args = [request_id, len(actual), *actual.values(), *(repr(seconds) for _, seconds in charges)]
+        return bool(await self._run("settle", keys, args))
 
     async def seed(self, counter: str, spent: int, expire_s: int | None) -> bool:
         return bool(await self._run("seed", [f"{P}c:{counter}"], [spent, expire_s or 0]))
@@ -203,9 +212,6 @@ class RedisStore:
             args += [repr(check.increment_s), repr(check.tau_s), "1" if lenient else "0"]
         result = await self._run("rate", [f"{P}g:{c.key}" for c in checks], args)
         return float(result)
-
-    async def charge(self, key: str, increment_s: float) -> None:
-        await self._run("charge", [f"{P}g:{key}"], [repr(increment_s)])
 
     async def close(self) -> None:
         await self._redis.aclose()

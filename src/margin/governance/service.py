@@ -109,18 +109,18 @@ class Governance:
         for item in admission.holds:
             amount = (cost_nanousd or 0) if item.budget.usd is not None else tokens_in + tokens_out
             actual[item.hold.counter] = actual.get(item.hold.counter, 0) + amount
-        if admission.holds:
-            await self._settle_with_retry(admission.request_id, actual)
-        for key, seconds_per_token in admission.tpm_keys:
-            if tokens_out:
-                await self.store.charge(key, seconds_per_token * tokens_out)
+        charges = [(key, seconds * tokens_out) for key, seconds in admission.tpm_keys if tokens_out]
+        if admission.holds or charges:
+            await self._settle_with_retry(admission.request_id, actual, charges)
 
-    async def _settle_with_retry(self, request_id: str, actual: dict[str, int], tries: int = 3) -> None:
+    async def _settle_with_retry(
+        self, request_id: str, actual: dict[str, int], charges: list[tuple[str, float]], tries: int = 3
+    ) -> None:
         """The request already happened: try hard to record it (settling twice is a no-op). If the store
         stays down, the reaper releases the reservation and the ledger still has the row."""
         for attempt in range(tries):
             try:
-                await self.store.settle(request_id, actual)
+                await self.store.settle(request_id, actual, charges)
                 return
             except MarginError:
                 if attempt + 1 == tries:

@@ -30,6 +30,15 @@ class Hold:
 
 
 @dataclass(frozen=True, slots=True)
+class Reserved:
+    """The outcome of `reserve`: the first hard hold that did not fit (nothing was reserved), or None;
+    and each hold's counter (spent, reserved) as the reservation left it (for soft-budget warnings)."""
+
+    failed: int | None
+    counters: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Gcra:
     """One rate-limit check. `increment_s` = cost × period / rate; `tau_s` = the burst tolerance."""
 
@@ -39,12 +48,15 @@ class Gcra:
 
 
 class Store(Protocol):
-    async def reserve(self, request_id: str, holds: Sequence[Hold], ttl_s: float) -> int | None:
-        """Index of the first hard hold that does not fit (nothing reserved), or None (all reserved)."""
+    async def reserve(self, request_id: str, holds: Sequence[Hold], ttl_s: float) -> Reserved:
+        """All holds or none: see `Reserved`."""
         ...
 
-    async def settle(self, request_id: str, actual: Mapping[str, int]) -> bool:
-        """Release the reservation and add `actual` spend; False when already settled."""
+    async def settle(
+        self, request_id: str, actual: Mapping[str, int], charges: Sequence[tuple[str, float]] = ()
+    ) -> bool:
+        """Release the reservation, add `actual` spend and the GCRA `charges` (key, seconds: the answer's
+        tokens for TPM limits); False (and nothing done) when already settled."""
         ...
 
     async def seed(self, counter: str, spent: int, expire_s: int | None) -> bool:
@@ -67,10 +79,6 @@ class Store(Protocol):
         """Apply GCRA checks all or nothing: 0.0 when admitted (all charged), else seconds to wait.
         A `debt_only` check only refuses when the key is already over its tolerance (tokens per minute:
         a prompt is admitted while the bucket is not in debt, and the answer's tokens are charged after)."""
-        ...
-
-    async def charge(self, key: str, increment_s: float) -> None:
-        """Add to a GCRA key unconditionally (the output tokens of a finished request)."""
         ...
 
     async def close(self) -> None: ...
@@ -104,17 +112,27 @@ class LocalStore:
             counter = self._counters[name] = _Counter()
         return counter
 
-    async def reserve(self, request_id: str, holds: Sequence[Hold], ttl_s: float) -> int | None:
-        if request_id in self._reservations or request_id in self._settled:
-            return None
-        for index, hold in enumerate(holds):
-            counter = self._counter(hold.counter)
-            if hold.hard and counter.spent + counter.reserved + hold.amount > hold.limit:
-                return index
-        for hold in holds:
-            self._counter(hold.counter).reserved += hold.amount
-        self._reservations[request_id] = _Reservation(tuple(holds), time.time() + ttl_s)
-        return None
+    async def reserve(self, request_id: str, holds: Sequence[Hold], ttl_s: float) -> Reserved:
+        failed = None
+        if request_id not in self._reservations and request_id not in self._settled:
+            failed = next(
+                (
+                    index
+                    for index, hold in enumerate(holds)
+                    if hold.hard and self._total(hold.counter) + hold.amount > hold.limit
+                ),
+                None,
+            )
+            if failed is None:
+                for hold in holds:
+                    self._counter(hold.counter).reserved += hold.amount
+                self._reservations[request_id] = _Reservation(tuple(holds), time.time() + ttl_s)
+        counters = tuple((self._counter(h.counter).spent, self._counter(h.counter).reserved) for h in holds)
+        return Reserved(failed, counters)
+
+    def _total(self, name: str) -> int:
+        counter = self._counter(name)
+        return counter.spent + counter.reserved
 
     def _release(self, request_id: str) -> None:
         reservation = self._reservations.pop(request_id, None)
@@ -122,12 +140,17 @@ class LocalStore:
             for hold in reservation.holds:
                 self._counter(hold.counter).reserved -= hold.amount
 
-    async def settle(self, request_id: str, actual: Mapping[str, int]) -> bool:
+    async def settle(
+        self, request_id: str, actual: Mapping[str, int], charges: Sequence[tuple[str, float]] = ()
+    ) -> bool:
         if request_id in self._settled:
             return False
         self._release(request_id)
         for name, amount in actual.items():
             self._counter(name).spent += amount
+        now = time.time()
+        for key, increment_s in charges:
+            self._tat[key] = max(self._tat.get(key, now), now) + increment_s
         self._settled[request_id] = None
         while len(self._settled) > self.settled_memory:
             self._settled.popitem(last=False)
@@ -168,10 +191,6 @@ class LocalStore:
         for check in checks:
             self._tat[check.key] = max(self._tat.get(check.key, now), now) + check.increment_s
         return 0.0
-
-    async def charge(self, key: str, increment_s: float) -> None:
-        now = time.time()
-        self._tat[key] = max(self._tat.get(key, now), now) + increment_s
 
     async def close(self) -> None:
         return None

@@ -146,15 +146,16 @@ class AdmitStage(BaseStage):
         holds = [adm.hold_for(b, now, worst_nano, prompt_tokens + output) for b in budgets]
         await self.gov.seed(holds, now)
         admission = self._admission(ctx)
-        failed = await self.gov.store.reserve(ctx.request_id, [h.hold for h in holds], config.reservation_ttl_s)
-        if failed is not None:
-            raise await self._exceeded(holds[failed])
+        reserved = await self.gov.store.reserve(ctx.request_id, [h.hold for h in holds], config.reservation_ttl_s)
+        if reserved.failed is not None:
+            raise self._exceeded(holds[reserved.failed], reserved.counters[reserved.failed])
         admission.holds = holds
-        await self._warn(ctx, holds)
+        self._warn(ctx, holds, reserved.counters)
 
-    async def _exceeded(self, item: adm.BudgetHold) -> BudgetExceeded:
+    @staticmethod
+    def _exceeded(item: adm.BudgetHold, counter: tuple[int, int]) -> BudgetExceeded:
         budget, hold = item.budget, item.hold
-        spent, reserved = (await self.gov.store.counters([hold.counter]))[hold.counter]
+        spent, reserved = counter
 
         def fmt(amount: int) -> str:
             return f"${usd_str(from_nanousd(amount))}" if budget.usd is not None else f"{amount} tokens"
@@ -171,15 +172,11 @@ class AdmitStage(BaseStage):
             headers=headers,
         )
 
-    async def _warn(self, ctx: RequestContext, holds: list[adm.BudgetHold]) -> None:
-        watched = [h for h in holds if h.hold.limit]
-        if not watched:
-            return
-        counters = await self.gov.store.counters([h.hold.counter for h in watched])
-        for item in watched:
-            spent, reserved = counters[item.hold.counter]
-            share = 100 * (spent + reserved) / item.hold.limit
-            if share >= item.budget.alert_pct:
+    @staticmethod
+    def _warn(ctx: RequestContext, holds: list[adm.BudgetHold], counters: tuple[tuple[int, int], ...]) -> None:
+        for item, (spent, reserved) in zip(holds, counters, strict=True):
+            if item.hold.limit and 100 * (spent + reserved) >= item.budget.alert_pct * item.hold.limit:
+                share = 100 * (spent + reserved) / item.hold.limit
                 ctx.notices["x-margin-budget-warning"] = f"{item.budget.name}={share:.0f}%"
 
 

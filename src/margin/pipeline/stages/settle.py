@@ -4,6 +4,7 @@ whatever its outcome."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from margin.economics.money import to_nanousd
@@ -75,10 +76,17 @@ def ledger_row(ctx: RequestContext, config_hash: str) -> dict[str, Any]:
 class SettleStage(BaseStage):
     name = "settle"
 
-    def __init__(self, writer: LedgerWriter, config_hash: str, governance: Governance | None = None) -> None:
+    def __init__(
+        self,
+        writer: LedgerWriter,
+        config_hash: str,
+        governance: Governance | None = None,
+        spawn: Callable[[Coroutine[Any, Any, Any]], None] | None = None,
+    ) -> None:
         self.writer = writer
         self.config_hash = config_hash
         self.governance = governance
+        self.spawn = spawn
 
     async def on_response(self, ctx: RequestContext) -> None:
         if ctx.principal is None:  # rejected before authentication: nobody to attribute it to
@@ -86,11 +94,18 @@ class SettleStage(BaseStage):
         row = ledger_row(ctx, self.config_hash)
         self.writer.submit(row)
         if self.governance is not None and ctx.admission is not None:
-            await self.governance.settle(ctx.admission, row["cost_nanousd"], row["input_tokens"], row["output_tokens"])
+            # the answer does not wait for the budget store: the reservation holds until this lands
+            settling = self.governance.settle(
+                ctx.admission, row["cost_nanousd"], row["input_tokens"], row["output_tokens"]
+            )
+            if self.spawn is not None:
+                self.spawn(settling)
+            else:
+                await settling
 
 
 def build(services: Any) -> SettleStage:
-    return SettleStage(services.writer, services.config_hash, services.governance)
+    return SettleStage(services.writer, services.config_hash, services.governance, services.spawn)
 
 
 STAGE = StageSpec("settle", 900, build)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -26,39 +27,43 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     await redis_store.close()
 
 
+def next_id() -> str:
+    return uuid.uuid4().hex
+
+
 def hold(counter: str = "b@1", limit: int = 100, amount: int = 30, hard: bool = True) -> Hold:
     return Hold(counter, limit, amount, hard, 3600)
 
 
 async def test_reserve_is_all_or_nothing(store: Store) -> None:
-    assert (await store.reserve("r1", [hold("a", 100, 60), hold("b", 100, 60)], 60)).failed is None
+    assert (await store.admit("r1", [hold("a", 100, 60), hold("b", 100, 60)], 60)).failed is None
     # b fits (60 + 30 <= 100) but a does not: nothing of r2 is reserved anywhere
-    assert (await store.reserve("r2", [hold("b", 100, 30), hold("a", 100, 50)], 60)).failed == 1
+    assert (await store.admit("r2", [hold("b", 100, 30), hold("a", 100, 50)], 60)).failed == 1
     assert await store.counters(["a", "b"]) == {"a": (0, 60), "b": (0, 60)}
 
 
 async def test_settle_moves_reservation_to_spend_once(store: Store) -> None:
-    await store.reserve("r1", [hold("a", 100, 60)], 60)
+    await store.admit("r1", [hold("a", 100, 60)], 60)
     assert await store.settle("r1", {"a": 25}) is True
     assert await store.settle("r1", {"a": 25}) is False  # replay is a no-op
     assert await store.counters(["a"]) == {"a": (25, 0)}
     assert await store.pending() == 0
     # a settled request id cannot reserve again
-    assert (await store.reserve("r1", [hold("a", 100, 60)], 60)).failed is None
+    assert (await store.admit("r1", [hold("a", 100, 60)], 60)).failed is None
     assert await store.counters(["a"]) == {"a": (25, 0)}
 
 
 async def test_soft_holds_never_refuse_and_counters_come_back(store: Store) -> None:
     await store.seed("a", 7, 3600)
-    reserved = await store.reserve("r1", [hold("a", 10, 50, hard=False), hold("b", 100, 5)], 60)
+    reserved = await store.admit("r1", [hold("a", 10, 50, hard=False), hold("b", 100, 5)], 60)
     assert reserved.failed is None and reserved.counters == ((7, 50), (0, 5))
-    refused = await store.reserve("r2", [hold("b", 100, 96)], 60)
+    refused = await store.admit("r2", [hold("b", 100, 96)], 60)
     assert refused.failed == 0 and refused.counters == ((0, 5),)
 
 
 async def test_stale_reservations_are_reaped(store: Store) -> None:
-    await store.reserve("old", [hold("a", 100, 70)], 0.05)
-    await store.reserve("new", [hold("a", 100, 20)], 60)
+    await store.admit("old", [hold("a", 100, 70)], 0.05)
+    await store.admit("new", [hold("a", 100, 20)], 60)
     await asyncio.sleep(1.1)  # Redis TIME has second + microsecond resolution
     assert await store.reap() == 1
     assert await store.counters(["a"]) == {"a": (0, 20)}
@@ -71,31 +76,43 @@ async def test_stale_reservations_are_reaped(store: Store) -> None:
 async def test_seed_only_sets_missing_counters(store: Store) -> None:
     assert await store.seed("a", 40, 3600) is True
     assert await store.seed("a", 99, 3600) is False
-    assert (await store.reserve("r1", [hold("a", 100, 61)], 60)).failed == 0  # 40 spent + 61 > 100
+    assert (await store.admit("r1", [hold("a", 100, 61)], 60)).failed == 0  # 40 spent + 61 > 100
     assert await store.counters(["a"]) == {"a": (40, 0)}
 
 
 async def test_gcra_allows_a_burst_then_paces(store: Store) -> None:
     rpm = Gcra("rpm:key=k", increment_s=60 / 3, tau_s=60)
-    results = [await store.rate([rpm], [False]) for _ in range(4)]
+    results = [(await store.admit(next_id(), [], 60, [rpm], [False])).wait for _ in range(4)]
     assert results[:3] == [0.0, 0.0, 0.0]
     assert 15 < results[3] <= 20.5  # the 4th must wait about one emission interval
 
 
 async def test_gcra_debt_only_admits_until_in_debt(store: Store) -> None:
     tpm = Gcra("tpm:key=k", increment_s=60 * 50 / 100, tau_s=60)  # 50 tokens against 100/min
-    assert await store.rate([tpm], [True]) == 0.0
-    assert await store.rate([tpm], [True]) == 0.0  # at the limit, not yet over it
+    assert (await store.admit(next_id(), [], 60, [tpm], [True])).wait == 0.0
+    assert (await store.admit(next_id(), [], 60, [tpm], [True])).wait == 0.0  # at the limit, not yet over it
     # the answers' tokens are charged when the request settles
     assert await store.settle("r-tpm", {}, [("tpm:key=k", 60 * 80 / 100)]) is True
-    assert await store.rate([tpm], [True]) > 0
+    assert (await store.admit(next_id(), [], 60, [tpm], [True])).wait > 0
+
+
+async def test_budget_refusal_charges_no_rate_and_rate_refusal_reserves_nothing(store: Store) -> None:
+    rpm = Gcra("rpm:x", 30.0, 60.0)  # 2 per minute
+    refused = await store.admit("r1", [hold("a", 10, 50)], 60, [rpm], [False])
+    assert refused.failed == 0 and refused.wait == 0
+    assert (await store.admit("r2", [hold("a", 100, 10)], 60, [rpm], [False])).ok
+    assert (await store.admit("r3", [hold("a", 100, 10)], 60, [rpm], [False])).ok  # r1 used no rate
+    limited = await store.admit("r4", [hold("a", 100, 10)], 60, [rpm], [False])
+    assert limited.wait > 0 and limited.failed is None
+    assert await store.counters(["a"]) == {"a": (0, 20)}  # r4 reserved nothing
+    assert await store.pending() == 2
 
 
 async def test_gcra_checks_are_all_or_nothing(store: Store) -> None:
     tight = Gcra("rpm:a", 60.0, 60.0)  # 1 per minute
     loose = Gcra("rpm:b", 1.0, 60.0)
-    assert await store.rate([tight, loose], [False, False]) == 0.0
-    assert await store.rate([tight, loose], [False, False]) > 0
+    assert (await store.admit(next_id(), [], 60, [tight, loose], [False, False])).wait == 0.0
+    assert (await store.admit(next_id(), [], 60, [tight, loose], [False, False])).wait > 0
     for _ in range(59):  # b was charged once only: 59 more fit in its minute
-        assert await store.rate([loose], [False]) == 0.0
-    assert await store.rate([loose], [False]) > 0
+        assert (await store.admit(next_id(), [], 60, [loose], [False])).wait == 0.0
+    assert (await store.admit(next_id(), [], 60, [loose], [False])).wait > 0

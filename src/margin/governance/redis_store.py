@@ -15,44 +15,64 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from margin.errors import ConfigError, Overloaded
-from margin.governance.store import Gcra, Hold, Reserved
+from margin.governance.store import Admitted, Gcra, Hold
 
 P = "mgn:"
 
 _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
 
-RESERVE = (
+ADMIT = (
     _NOW
     + """
-local rid, n = ARGV[1], #KEYS - 3
-local function snapshot(status)
-  local out = {status}
+-- KEYS: reservation, settled marker, deadlines, n budget counters, m GCRA keys
+-- ARGV: request id, ttl, n, then (limit, amount, hard, expire) per counter, then (increment, tau, lenient) per key
+local rid, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local g0, a0 = 3 + n, 3 + 4 * n
+local function snapshot(status, wait)
+  local out = {status, tostring(wait)}
   for i = 1, n do
-    local c = redis.call('HMGET', KEYS[i + 3], 'spent', 'reserved')
+    local c = redis.call('HMGET', KEYS[3 + i], 'spent', 'reserved')
     out[#out + 1] = tonumber(c[1]) or 0
     out[#out + 1] = tonumber(c[2]) or 0
   end
   return out
 end
-if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return snapshot(0) end
-for i = 1, n do
-  local base = 3 + (i - 1) * 4
-  local limit, amount, hard = tonumber(ARGV[base]), tonumber(ARGV[base + 1]), ARGV[base + 2]
-  if hard == '1' then
-    local c = redis.call('HMGET', KEYS[i + 3], 'spent', 'reserved')
-    if (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0) + amount > limit then return snapshot(i) end
+local wait = 0
+for i = 1, #KEYS - g0 do
+  local inc, tau, lenient = tonumber(ARGV[a0 + i * 3 - 2]), tonumber(ARGV[a0 + i * 3 - 1]), ARGV[a0 + i * 3]
+  local tat = math.max(tonumber(redis.call('GET', KEYS[g0 + i]) or now), now)
+  local over
+  if lenient == '1' then over = (tat - now) - tau else over = (tat + inc - now) - tau end
+  if over > wait then wait = over end
+end
+if wait > 0 then return snapshot(-1, wait) end
+local fresh = n > 0 and redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0
+if fresh then
+  for i = 1, n do
+    local b = 4 + (i - 1) * 4
+    if ARGV[b + 2] == '1' then
+      local c = redis.call('HMGET', KEYS[3 + i], 'spent', 'reserved')
+      if (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0) + tonumber(ARGV[b + 1]) > tonumber(ARGV[b]) then
+        return snapshot(i, 0)
+      end
+    end
   end
+  for i = 1, n do
+    local b = 4 + (i - 1) * 4
+    local amount, expire = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 3])
+    redis.call('HINCRBY', KEYS[3 + i], 'reserved', amount)
+    if expire > 0 and redis.call('TTL', KEYS[3 + i]) < 0 then redis.call('EXPIRE', KEYS[3 + i], expire) end
+    redis.call('HINCRBY', KEYS[1], KEYS[3 + i], amount)
+  end
+  redis.call('EXPIRE', KEYS[1], math.ceil(ttl) + 86400)
+  redis.call('ZADD', KEYS[3], now + ttl, rid)
 end
-for i = 1, n do
-  local base = 3 + (i - 1) * 4
-  local amount, expire = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 3])
-  redis.call('HINCRBY', KEYS[i + 3], 'reserved', amount)
-  if expire > 0 and redis.call('TTL', KEYS[i + 3]) < 0 then redis.call('EXPIRE', KEYS[i + 3], expire) end
-  redis.call('HINCRBY', KEYS[1], KEYS[i + 3], amount)
+for i = 1, #KEYS - g0 do
+  local inc, tau = tonumber(ARGV[a0 + i * 3 - 2]), tonumber(ARGV[a0 + i * 3 - 1])
+  local tat = math.max(tonumber(redis.call('GET', KEYS[g0 + i]) or now), now) + inc
+  redis.call('SET', KEYS[g0 + i], tostring(tat), 'EX', math.ceil(tat - now + tau) + 1)
 end
-redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 86400)
-redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), rid)
-return snapshot(0)
+return snapshot(0, 0)
 """
 )
 
@@ -102,27 +122,6 @@ if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) e
 return 1
 """
 
-RATE = (
-    _NOW
-    + """
-local wait = 0
-for i = 1, #KEYS do
-  local inc, tau, lenient = tonumber(ARGV[i * 3 - 2]), tonumber(ARGV[i * 3 - 1]), ARGV[i * 3]
-  local tat = math.max(tonumber(redis.call('GET', KEYS[i]) or now), now)
-  local over
-  if lenient == '1' then over = (tat - now) - tau else over = (tat + inc - now) - tau end
-  if over > wait then wait = over end
-end
-if wait > 0 then return tostring(wait) end
-for i = 1, #KEYS do
-  local inc, tau = tonumber(ARGV[i * 3 - 2]), tonumber(ARGV[i * 3 - 1])
-  local tat = math.max(tonumber(redis.call('GET', KEYS[i]) or now), now) + inc
-  redis.call('SET', KEYS[i], tostring(tat), 'EX', math.ceil(tat - now + tau) + 1)
-end
-return '0'
-"""
-)
-
 
 class RedisStore:
     """Same contract as `LocalStore`, over a shared Redis."""
@@ -142,11 +141,10 @@ class RedisStore:
         self._scripts = {
             name: self._redis.register_script(source)
             for name, source in {
-                "reserve": RESERVE,
+                "admit": ADMIT,
                 "settle": SETTLE,
                 "reap": REAP,
                 "seed": SEED,
-                "rate": RATE,
             }.items()
         }
 
@@ -169,16 +167,25 @@ class RedisStore:
         except RedisError as exc:
             raise ConfigError(f"storage.redis: cannot reach Redis: {exc}") from exc
 
-    async def reserve(self, request_id: str, holds: Sequence[Hold], ttl_s: float) -> Reserved:
+    async def admit(
+        self,
+        request_id: str,
+        holds: Sequence[Hold],
+        ttl_s: float,
+        checks: Sequence[Gcra] = (),
+        lenient: Sequence[bool] = (),
+    ) -> Admitted:
         keys = [f"{P}r:{request_id}", f"{P}s:{request_id}", f"{P}deadlines"]
-        args: list[Any] = [request_id, ttl_s]
+        keys += [f"{P}c:{hold.counter}" for hold in holds] + [f"{P}g:{check.key}" for check in checks]
+        args: list[Any] = [request_id, ttl_s, len(holds)]
         for hold in holds:
-            keys.append(f"{P}c:{hold.counter}")
             args += [hold.limit, hold.amount, "1" if hold.hard else "0", hold.expire_s or 0]
-        result = await self._run("reserve", keys, args)
-        status, flat = int(result[0]), [int(v) for v in result[1:]]
+        for check, easy in zip(checks, lenient, strict=True):
+            args += [repr(check.increment_s), repr(check.tau_s), "1" if easy else "0"]
+        result = await self._run("admit", keys, args)
+        status, wait, flat = int(result[0]), float(result[1]), [int(v) for v in result[2:]]
         counters = tuple((flat[i], flat[i + 1]) for i in range(0, len(flat), 2))
-        return Reserved(status - 1 if status > 0 else None, counters)
+        return Admitted(wait, status - 1 if status > 0 else None, counters)
 
     async def settle(
         self, request_id: str, actual: Mapping[str, int], charges: Sequence[tuple[str, float]] = ()
@@ -203,15 +210,6 @@ class RedisStore:
 
     async def pending(self) -> int:
         return int(await self._redis.zcard(f"{P}deadlines"))
-
-    async def rate(self, checks: Sequence[Gcra], debt_only: Sequence[bool]) -> float:
-        if not checks:
-            return 0.0
-        args: list[Any] = []
-        for check, lenient in zip(checks, debt_only, strict=True):
-            args += [repr(check.increment_s), repr(check.tau_s), "1" if lenient else "0"]
-        result = await self._run("rate", [f"{P}g:{c.key}" for c in checks], args)
-        return float(result)
 
     async def close(self) -> None:
         await self._redis.aclose()

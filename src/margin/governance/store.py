@@ -30,12 +30,19 @@ class Hold:
 
 
 @dataclass(frozen=True, slots=True)
-class Reserved:
-    """The outcome of `reserve`: the first hard hold that did not fit (nothing was reserved), or None;
-    and each hold's counter (spent, reserved) as the reservation left it (for soft-budget warnings)."""
+class Admitted:
+    """The outcome of `admit`. `wait` > 0: a rate limit refused (seconds to wait). Else `failed` is the first
+    hard budget hold that did not fit, or None when all were reserved. `counters`: each hold's counter
+    (spent, reserved) as admission left it (for messages and soft-budget warnings). Nothing is charged
+    or reserved unless the request is admitted."""
 
-    failed: int | None
+    wait: float = 0.0
+    failed: int | None = None
     counters: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.wait <= 0 and self.failed is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +55,17 @@ class Gcra:
 
 
 class Store(Protocol):
-    async def reserve(self, request_id: str, holds: Sequence[Hold], ttl_s: float) -> Reserved:
-        """All holds or none: see `Reserved`."""
+    async def admit(
+        self,
+        request_id: str,
+        holds: Sequence[Hold],
+        ttl_s: float,
+        checks: Sequence[Gcra] = (),
+        lenient: Sequence[bool] = (),
+    ) -> Admitted:
+        """Rate limits, then budgets, atomically: see `Admitted`. A `lenient` check only refuses when its key
+        is already over its tolerance (TPM: a prompt is admitted while the bucket is not in debt; the
+        answer's tokens are charged by `settle`)."""
         ...
 
     async def settle(
@@ -73,12 +89,6 @@ class Store(Protocol):
 
     async def pending(self) -> int:
         """Reservations not yet settled or released."""
-        ...
-
-    async def rate(self, checks: Sequence[Gcra], debt_only: Sequence[bool]) -> float:
-        """Apply GCRA checks all or nothing: 0.0 when admitted (all charged), else seconds to wait.
-        A `debt_only` check only refuses when the key is already over its tolerance (tokens per minute:
-        a prompt is admitted while the bucket is not in debt, and the answer's tokens are charged after)."""
         ...
 
     async def close(self) -> None: ...
@@ -112,23 +122,28 @@ class LocalStore:
             counter = self._counters[name] = _Counter()
         return counter
 
-    async def reserve(self, request_id: str, holds: Sequence[Hold], ttl_s: float) -> Reserved:
+    async def admit(
+        self,
+        request_id: str,
+        holds: Sequence[Hold],
+        ttl_s: float,
+        checks: Sequence[Gcra] = (),
+        lenient: Sequence[bool] = (),
+    ) -> Admitted:
+        wait = self._rate_wait(checks, lenient)
         failed = None
-        if request_id not in self._reservations and request_id not in self._settled:
+        if wait <= 0 and holds and request_id not in self._reservations and request_id not in self._settled:
             failed = next(
-                (
-                    index
-                    for index, hold in enumerate(holds)
-                    if hold.hard and self._total(hold.counter) + hold.amount > hold.limit
-                ),
-                None,
+                (i for i, h in enumerate(holds) if h.hard and self._total(h.counter) + h.amount > h.limit), None
             )
             if failed is None:
                 for hold in holds:
                     self._counter(hold.counter).reserved += hold.amount
                 self._reservations[request_id] = _Reservation(tuple(holds), time.time() + ttl_s)
+        if wait <= 0 and failed is None:
+            self._charge(checks)
         counters = tuple((self._counter(h.counter).spent, self._counter(h.counter).reserved) for h in holds)
-        return Reserved(failed, counters)
+        return Admitted(max(wait, 0.0), failed, counters)
 
     def _total(self, name: str) -> int:
         counter = self._counter(name)
@@ -148,9 +163,7 @@ class LocalStore:
         self._release(request_id)
         for name, amount in actual.items():
             self._counter(name).spent += amount
-        now = time.time()
-        for key, increment_s in charges:
-            self._tat[key] = max(self._tat.get(key, now), now) + increment_s
+        self._charge([Gcra(key, increment_s, 0.0) for key, increment_s in charges])
         self._settled[request_id] = None
         while len(self._settled) > self.settled_memory:
             self._settled.popitem(last=False)
@@ -179,18 +192,19 @@ class LocalStore:
     async def pending(self) -> int:
         return len(self._reservations)
 
-    async def rate(self, checks: Sequence[Gcra], debt_only: Sequence[bool]) -> float:
+    def _rate_wait(self, checks: Sequence[Gcra], lenient: Sequence[bool]) -> float:
         now = time.time()
         wait = 0.0
-        for check, lenient in zip(checks, debt_only, strict=True):
+        for check, easy in zip(checks, lenient, strict=True):
             tat = max(self._tat.get(check.key, now), now)
-            over = (tat - now) - check.tau_s if lenient else (tat + check.increment_s - now) - check.tau_s
+            over = (tat - now) - check.tau_s if easy else (tat + check.increment_s - now) - check.tau_s
             wait = max(wait, over)
-        if wait > 0:
-            return wait
+        return wait
+
+    def _charge(self, checks: Sequence[Gcra]) -> None:
+        now = time.time()
         for check in checks:
             self._tat[check.key] = max(self._tat.get(check.key, now), now) + check.increment_s
-        return 0.0
 
     async def close(self) -> None:
         return None

@@ -14,7 +14,7 @@ from margin.errors import BudgetExceeded, FeatureDisabled, PermissionDenied, Rat
 from margin.governance import admission as adm
 from margin.governance.rules import Rules, Subject
 from margin.governance.service import Governance
-from margin.governance.specs import FlagSpec
+from margin.governance.specs import BudgetSpec, FlagSpec, LimitSpec
 from margin.pipeline.base import BaseStage, StageSpec
 from margin.pipeline.context import RequestContext, Target
 from margin.pipeline.stages.route import resolve
@@ -51,9 +51,9 @@ class AdmitStage(BaseStage):
         subject = _subject(ctx, target)
         ctx.policy = rules.policy_for(subject, ctx.principal.policy if ctx.principal else None)
         self._candidates(ctx, target)
-        prompt_tokens = self._prompt_tokens(ctx, target)
-        await self._rate(ctx, rules, subject, prompt_tokens)
-        await self._reserve(ctx, rules, subject, prompt_tokens)
+        limits, budgets = rules.limits_for(subject), rules.budgets_for(subject)
+        if limits or budgets:
+            await self._admit(ctx, limits, budgets, self._prompt_tokens(ctx, target))
 
     def _apply_flags(self, ctx: RequestContext, rules: Rules, target: Target) -> Target:
         flags = rules.flags_for(_subject(ctx, target))
@@ -97,33 +97,28 @@ class AdmitStage(BaseStage):
         messages = getattr(ctx.request, "messages", None)
         return tokens + (CHAT_MESSAGE_OVERHEAD * len(messages) if messages else 0)
 
-    async def _rate(self, ctx: RequestContext, rules: Rules, subject: Subject, prompt_tokens: int) -> None:
-        limits = rules.limits_for(subject)
-        if not limits:
-            return
+    async def _admit(
+        self, ctx: RequestContext, limits: list[LimitSpec], budgets: list[BudgetSpec], prompt_tokens: int
+    ) -> None:
+        """Rate limits and budget reservation in one atomic step (one Redis round trip)."""
         checks, lenient, tpm_labels = adm.rate_checks(limits, prompt_tokens)
-        wait = await self.gov.store.rate(checks, lenient)
-        if wait > 0:
+        holds = await self._holds(ctx, budgets, prompt_tokens) if budgets else []
+        ttl = self.gov.settings.admission.reservation_ttl_s
+        result = await self.gov.store.admit(ctx.request_id, [h.hold for h in holds], ttl, checks, lenient)
+        if result.wait > 0:
             labels = ", ".join(f"{limit.scope.label()} (rpm {limit.rpm}, tpm {limit.tpm})" for limit in limits)
             raise RateLimited(
-                f"rate limit reached for {labels}; retry in {wait:.1f}s",
-                headers={"retry-after": str(max(1, round(wait + 0.5)))},
+                f"rate limit reached for {labels}; retry in {result.wait:.1f}s",
+                headers={"retry-after": str(max(1, round(result.wait + 0.5)))},
             )
-        admission = self._admission(ctx)
+        if result.failed is not None:
+            raise self._exceeded(holds[result.failed], result.counters[result.failed])
         by_label = {limit.scope.label(): limit for limit in limits}
-        admission.tpm_keys = [(f"tpm:{label}", 60.0 / (by_label[label].tpm or 1)) for label in tpm_labels]
+        tpm_keys = [(f"tpm:{label}", 60.0 / (by_label[label].tpm or 1)) for label in tpm_labels]
+        ctx.admission = adm.Admission(ctx.request_id, holds, tpm_keys)
+        self._warn(ctx, holds, result.counters)
 
-    @staticmethod
-    def _admission(ctx: RequestContext) -> adm.Admission:
-        if ctx.admission is None:
-            ctx.admission = adm.Admission(ctx.request_id)
-        admission: adm.Admission = ctx.admission
-        return admission
-
-    async def _reserve(self, ctx: RequestContext, rules: Rules, subject: Subject, prompt_tokens: int) -> None:
-        budgets = rules.budgets_for(subject)
-        if not budgets:
-            return
+    async def _holds(self, ctx: RequestContext, budgets: list[BudgetSpec], prompt_tokens: int) -> list[adm.BudgetHold]:
         config = self.gov.settings.admission
         target = ctx.candidates[0]
         output = 0
@@ -145,12 +140,7 @@ class AdmitStage(BaseStage):
         worst_nano = to_nanousd(worst) if worst is not None else 0
         holds = [adm.hold_for(b, now, worst_nano, prompt_tokens + output) for b in budgets]
         await self.gov.seed(holds, now)
-        admission = self._admission(ctx)
-        reserved = await self.gov.store.reserve(ctx.request_id, [h.hold for h in holds], config.reservation_ttl_s)
-        if reserved.failed is not None:
-            raise self._exceeded(holds[reserved.failed], reserved.counters[reserved.failed])
-        admission.holds = holds
-        self._warn(ctx, holds, reserved.counters)
+        return holds
 
     @staticmethod
     def _exceeded(item: adm.BudgetHold, counter: tuple[int, int]) -> BudgetExceeded:

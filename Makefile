@@ -30,6 +30,7 @@ integration: $(TEST_STAMP)
 bench: $(TEST_STAMP)
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/local_backend.py
+	$(BIN)/python benchmarks/admission.py
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -18,7 +18,7 @@ from starlette.routing import Route
 from margin import keys
 from margin.api.responses import JSON, error_response
 from margin.economics.money import from_nanousd, usd_str
-from margin.errors import InvalidRequest, MarginError, NotFound, PermissionDenied
+from margin.errors import ConfigError, InvalidRequest, MarginError, NotFound, PermissionDenied
 from margin.governance.admission import counter_name, window
 from margin.governance.rules import Subject, delete_rule, policy_dict, save_rule
 from margin.pipeline.context import Principal
@@ -143,7 +143,10 @@ async def usage(request: Request, _: Principal) -> Any:
 
 async def reload(request: Request, _: Principal) -> Any:
     services = request.app.state.services
-    changed = await services.reload()
+    try:
+        changed = await services.reload()
+    except ConfigError as exc:
+        raise InvalidRequest(f"the config file was not reloaded: {exc.message}", code="invalid_config") from exc
     return {"reloaded": True, "config_file": changed, "rules": _counts(services)}
 
 

@@ -147,6 +147,25 @@ class ModelConfig(Strict):
     )
 
 
+class SemanticCacheConfig(Strict):
+    enabled: bool = Field(False, description="Also answer from similar earlier questions (error-bounded).")
+    delta: float = Field(0.01, gt=0, lt=1, description="Largest false-hit rate the operator accepts.")
+    max_entries: int = Field(100_000, ge=1)
+
+
+class CacheConfig(Strict):
+    """Response cache. Deterministic requests (temperature 0 or a seed) are cached unless the caller sends
+    `x-margin-cache: off`; other requests only with `x-margin-cache: on`."""
+
+    enabled: bool = True
+    ttl_s: float = Field(3600, gt=0)
+    max_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Memory bound of the in-process store.")
+    scope: Literal["team", "key", "global"] = Field(
+        "team", description="Who shares entries: a team (default), one key, or everyone."
+    )
+    semantic: SemanticCacheConfig = SemanticCacheConfig()
+
+
 class TagsConfig(Strict):
     header_keys: list[str] = Field(
         default_factory=lambda: ["feature", "customer", "task_id", "cohort", "env"],
@@ -167,6 +186,7 @@ class Settings(Strict):
     flags: list[FlagSpec] = Field(default_factory=list)
     admission: AdmissionConfig = AdmissionConfig()
     guard: GuardConfig = GuardConfig()
+    cache: CacheConfig = CacheConfig()
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:

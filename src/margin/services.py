@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from margin.backends.base import Backend
 from margin.backends.registry import BackendRegistry
+from margin.cache.exact import CacheStore, MemoryCache, RedisCache
 from margin.config import Settings, config_hash, load_settings
 from margin.economics.carbon import GridTable
 from margin.economics.meter import Meter
@@ -41,6 +42,12 @@ def _check_regions(settings: Settings, grid: GridTable) -> None:
             )
 
 
+def make_cache(settings: Settings) -> CacheStore:
+    if settings.storage.redis:
+        return RedisCache(settings.storage.redis)
+    return MemoryCache(settings.cache.max_bytes)
+
+
 class Services:
     def __init__(
         self, settings: Settings, registry: BackendRegistry | None = None, config_path: Path | None = None
@@ -66,6 +73,7 @@ class Services:
         }
         self.targets = self._targets()
         self.governance = Governance(settings, self.engine)
+        self.cache = make_cache(settings)
         admission = settings.admission
         self.breakers = Breakers(admission.breaker_failures, admission.breaker_cooldown_s)
         stages = [stage for spec in discover() if (stage := spec.build(self)) is not None]
@@ -136,6 +144,7 @@ class Services:
                 log.exception("closing backend %s failed", name)
         await self.writer.close()
         await self.governance.close()
+        await self.cache.close()
         await self.engine.dispose()
         if self._sync_engine is not None:
             self._sync_engine.dispose()

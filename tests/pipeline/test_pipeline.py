@@ -17,7 +17,7 @@ from tests.helpers import fake_settings, gateway
 
 def test_stages_are_discovered_in_design_order() -> None:
     names = [spec.name for spec in discover()]
-    assert names == ["auth", "admit", "guard", "route", "meter", "settle"]
+    assert names == ["auth", "admit", "guard", "cache", "route", "meter", "cache_fill", "settle"]
     orders = [spec.order for spec in discover()]
     assert orders == sorted(orders)
 

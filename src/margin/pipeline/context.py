@@ -62,6 +62,8 @@ class RequestContext:
     guard: dict[str, Any] | None = None  # what the guard found (counts by type, never values)
     prompt_log: str | None = None  # redacted prompt text, only when the policy logs prompts
     guard_state: Any = None  # guard.Redaction of this request (placeholders ↔ originals), never logged
+    cache_key: str | None = None  # set when the request may be cached
+    cache_hit: dict[str, Any] | None = None  # {"type": exact|semantic, "saved_nanousd", "age_s"} on a hit
     stream_rewrite: Any = None  # callable(chunk payload) -> bool: rewrites streamed text (PII restore)
     notices: dict[str, str] = field(default_factory=dict)  # extra response headers (budget warnings…)
     call: Call | None = None

@@ -60,7 +60,7 @@ class Window:
     key_id: str | None = None  # only this key's rows (a caller reading its own usage)
 
     def where(self) -> list[sa.ColumnElement[bool]]:
-        clauses = [ledger.c.kind == "request"]
+        clauses: list[sa.ColumnElement[bool]] = [ledger.c.kind.in_(("request", "cache_hit"))]
         if self.key_id is not None:
             clauses.append(ledger.c.key_id == self.key_id)
         if self.since is not None:

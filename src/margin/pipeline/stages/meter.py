@@ -42,7 +42,7 @@ class MeterStage(BaseStage):
         if ctx.e2e_s is None:
             ctx.e2e_s = time.perf_counter() - ctx.started
         ctx.usage = resolve_usage(ctx)
-        if ctx.target is None or ctx.call is None:
+        if ctx.target is None or ctx.call is None or ctx.cache_hit is not None:  # a cache hit costs nothing
             return
         stats_busy = ctx.call.stats.busy_s
         busy = stats_busy if stats_busy is not None else (ctx.busy_share_s or 0.0)

@@ -31,7 +31,7 @@ def ledger_row(ctx: RequestContext, config_hash: str) -> dict[str, Any]:
     stats = ctx.call.stats if ctx.call else None
     return {
         "request_id": ctx.request_id,
-        "kind": "request",
+        "kind": "cache_hit" if ctx.cache_hit else "request",
         "created_at": ctx.started_at,
         "key_id": principal.key_id if principal else None,
         "team": principal.team if principal else None,
@@ -70,6 +70,8 @@ def ledger_row(ctx: RequestContext, config_hash: str) -> dict[str, Any]:
         "grid_g_per_kwh": charge.grid_g_per_kwh if charge else None,
         "grid_source": charge.grid_source if charge else None,
         "config_hash": config_hash,
+        "cache": ctx.cache_hit["type"] if ctx.cache_hit else None,
+        "saved_nanousd": ctx.cache_hit["saved_nanousd"] if ctx.cache_hit else None,
     }
 
 

@@ -1,0 +1,1 @@
+"""Response caches: exact (hash of the normalized request) and semantic (error-bounded)."""

@@ -1,0 +1,131 @@
+"""Exact response cache: key = sha256 of the normalized request, scoped per tenant.
+
+Only fields that change the answer are in the key (model, messages, tools, sampling parameters, response
+format…); transport fields (`stream`, `stream_options`, `user`, `metadata`) are not, so a streamed request
+hits an answer first produced without streaming and vice versa. Entries hold the answer's text, finish
+reason, usage and what it cost, so a hit can be replayed in either form and its saving recorded.
+
+Stores: `MemoryCache` (TTL + byte-bounded LRU, this process) and `RedisCache` (shared by replicas)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from margin.backends.base import Usage
+
+TRANSPORT_FIELDS = frozenset({"stream", "stream_options", "user", "metadata", "store", "service_tier"})
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    text: str
+    finish_reason: str
+    input_tokens: int
+    output_tokens: int
+    cost_nanousd: int | None  # what producing it cost (the saving of every hit); None: unknown price
+    model: str
+    created_at: float
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(self.input_tokens, self.output_tokens, source="cache")
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Entry:
+        return cls(**orjson.loads(data))
+
+
+def request_key(scope: str, endpoint: str, model: str, raw: dict[str, Any]) -> str:
+    """The cache key of a request: tenant scope, endpoint, resolved model and the answer-changing fields."""
+    fields = {k: v for k, v in raw.items() if k not in TRANSPORT_FIELDS and k != "model"}
+    canonical = orjson.dumps([scope, endpoint, model, fields], option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def deterministic(raw: dict[str, Any]) -> bool:
+    """Cached by default only when the caller asked for a reproducible answer."""
+    temperature = raw.get("temperature")
+    return raw.get("seed") is not None or (isinstance(temperature, int | float) and temperature == 0)
+
+
+class CacheStore(Protocol):
+    async def get(self, key: str) -> Entry | None: ...
+
+    async def put(self, key: str, entry: Entry, ttl_s: float) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryCache:
+    """TTL + LRU bounded by the bytes of the stored entries."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def bytes_used(self) -> int:
+        return self._bytes
+
+    async def get(self, key: str) -> Entry | None:
+        item = self._entries.get(key)
+        if item is None:
+            return None
+        data, expires = item
+        if time.monotonic() >= expires:
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return Entry.from_bytes(data)
+
+    async def put(self, key: str, entry: Entry, ttl_s: float) -> None:
+        data = entry.to_bytes()
+        if len(data) > self.max_bytes:
+            return
+        self._drop(key)
+        self._entries[key] = (data, time.monotonic() + ttl_s)
+        self._bytes += len(data)
+        while self._bytes > self.max_bytes:
+            oldest = next(iter(self._entries))
+            self._drop(oldest)
+
+    def _drop(self, key: str) -> None:
+        item = self._entries.pop(key, None)
+        if item is not None:
+            self._bytes -= len(item[0])
+
+    async def close(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+
+class RedisCache:
+    """Entries in Redis with their TTL; Redis' own maxmemory policy bounds the size."""
+
+    def __init__(self, url: str) -> None:
+        from redis import asyncio as aioredis
+
+        self._redis: Any = aioredis.from_url(url)
+
+    async def get(self, key: str) -> Entry | None:
+        data = await self._redis.get(f"mgn:x:{key}")
+        return None if data is None else Entry.from_bytes(data)
+
+    async def put(self, key: str, entry: Entry, ttl_s: float) -> None:
+        await self._redis.set(f"mgn:x:{key}", entry.to_bytes(), ex=max(1, int(ttl_s)))
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,93 @@
+"""cache: answer from the exact cache (and, when enabled, the error-bounded semantic cache) before routing.
+
+A hit replays the stored answer (as JSON or as SSE chunks), costs nothing, releases the budget reservation
+and is recorded as a ledger row of kind `cache_hit` with `saved_nanousd` = what producing it cost. Misses are
+stored by `cache_fill` once the answer is metered."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from margin.backends import payloads
+from margin.backends.base import Call, Chunk, Completion
+from margin.cache.exact import CacheStore, Entry, deterministic, request_key
+from margin.config import CacheConfig
+from margin.errors import InvalidRequest
+from margin.pipeline.base import BaseStage, StageSpec
+from margin.pipeline.call import MeteredStream
+from margin.pipeline.context import RequestContext, Target
+from margin.protocol import Endpoint
+
+HEADER = "x-margin-cache"
+
+
+def cache_scope(ctx: RequestContext, scope: str) -> str:
+    principal = ctx.principal
+    if scope == "global" or principal is None:
+        return "global"
+    if scope == "team" and principal.team:
+        return f"team:{principal.team}"
+    return f"key:{principal.key_id or 'anonymous'}"
+
+
+def wanted(ctx: RequestContext) -> bool:
+    mode = ctx.headers.get(HEADER)
+    if mode is not None and mode not in ("on", "off"):
+        raise InvalidRequest(f"{HEADER} must be `on` or `off`, not {mode!r}", param=HEADER)
+    if mode == "off" or ctx.endpoint is Endpoint.EMBEDDINGS:
+        return False
+    return mode == "on" or deterministic(ctx.raw)
+
+
+async def replay(call: Call, entry: Entry) -> AsyncIterator[Chunk]:
+    yield Chunk(payload=payloads.chunk(call, entry.text, first=True), text=entry.text)
+    yield Chunk(payload=payloads.chunk(call, "", entry.finish_reason))
+    yield Chunk(payload=payloads.usage_chunk(call, entry.usage), usage=entry.usage)
+
+
+class CacheStage(BaseStage):
+    name = "cache"
+
+    def __init__(self, config: CacheConfig, store: CacheStore) -> None:
+        self.config = config
+        self.store = store
+
+    async def on_request(self, ctx: RequestContext) -> None:
+        if not wanted(ctx) or not ctx.candidates:
+            return
+        target = ctx.candidates[0]
+        key = request_key(cache_scope(ctx, self.config.scope), str(ctx.endpoint), target.public, ctx.raw)
+        ctx.cache_key = key
+        entry = await self.store.get(key)
+        if entry is None:
+            ctx.notices[HEADER] = "miss"
+            return
+        await self._serve(ctx, target, entry, "exact")
+
+    async def _serve(self, ctx: RequestContext, target: Target, entry: Entry, kind: str) -> None:
+        call = Call(ctx.endpoint, ctx.request, ctx.raw, target.public, target.public, ctx.request_id)
+        call.stats.usage, call.stats.finish_reason = entry.usage, entry.finish_reason
+        ctx.call, ctx.target = call, target
+        ctx.cache_hit = {
+            "type": kind,
+            "saved_nanousd": entry.cost_nanousd,
+            "age_s": round(time.time() - entry.created_at),
+        }
+        ctx.notices[HEADER] = f"hit-{kind}"
+        if ctx.is_stream:
+            stream = MeteredStream(ctx, replay(call, entry), lambda: None)
+            await stream.prime()
+            ctx.stream = stream
+        else:
+            payload = payloads.completion(call, entry.text, entry.finish_reason, entry.usage)
+            ctx.completion = Completion(payload=payload, text=entry.text)
+
+
+def build(services: Any) -> CacheStage | None:
+    config: CacheConfig = services.settings.cache
+    return CacheStage(config, services.cache) if config.enabled else None
+
+
+STAGE = StageSpec("cache", 400, build)

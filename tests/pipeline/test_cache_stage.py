@@ -93,3 +93,23 @@ async def test_redacted_requests_never_leak_through_the_cache(db_path: Path) -> 
         assert "alice@example.org" in first.json()["choices"][0]["message"]["content"]
         answer = second.json()["choices"][0]["message"]["content"]
         assert "bob@example.org" in answer and "alice" not in answer
+
+
+async def test_report_shows_cache_savings(db_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from margin.cli import app
+
+    async with gateway(settings(db_path, tags={"header_keys": ["feature"]})) as gw:
+        for _ in range(3):
+            await gw.http.post(CHAT, json=chat(), headers={"x-margin-tags": "feature=faq"})
+        rows = await gw.rows()
+    result = CliRunner().invoke(app, ["report", "--db", str(db_path), "--by", "feature", "--json"])
+    faq = json.loads(result.output)["groups"][0]
+    assert faq["key"] == "faq" and faq["requests"] == 3 and faq["cache_hits"] == 2
+    assert Decimal(faq["cache_saved_usd"]) == 2 * Decimal(rows[0].cost_nanousd) / 10**9
+    assert Decimal(faq["cost_usd"]) == Decimal(rows[0].cost_nanousd) / 10**9
+    table = CliRunner().invoke(app, ["report", "--db", str(db_path), "--by", "feature"])
+    assert "cache $0.0120 (2 hits)" in table.output

@@ -83,6 +83,11 @@ def _sums(key: sa.ColumnElement[Any] | None) -> list[Any]:
         sa.func.coalesce(sa.func.sum(sa.case((priced, tokens), else_=0)), 0).label("priced_tokens"),
         sa.func.coalesce(sa.func.sum(ledger.c.energy_j), 0.0).label("energy_j"),
         sa.func.coalesce(sa.func.sum(ledger.c.co2e_g), 0.0).label("co2e_g"),
+        sa.func.sum(sa.case((ledger.c.kind == "cache_hit", 1), else_=0)).label("cache_hits"),
+        sa.func.coalesce(sa.func.sum(ledger.c.saved_nanousd), 0).label("cache_saved_nanousd"),
+        sa.func.coalesce(sa.func.sum(ledger.c.counterfactual_nanousd - ledger.c.cost_nanousd), 0).label(
+            "routing_saved_nanousd"
+        ),
     ]
     return [key.label("key"), *columns] if key is not None else columns
 
@@ -103,6 +108,9 @@ def _figures(row: Any, latencies: list[float], ttfts: list[float]) -> dict[str, 
         "latency_p50_ms": percentile(latencies, 50),
         "latency_p95_ms": percentile(latencies, 95),
         "ttft_p50_ms": percentile(ttfts, 50),
+        "cache_hits": int(row.cache_hits or 0),
+        "cache_saved_usd": usd_str(from_nanousd(int(row.cache_saved_nanousd))),
+        "routing_saved_usd": usd_str(from_nanousd(int(row.routing_saved_nanousd))),
     }
 
 

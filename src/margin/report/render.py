@@ -43,14 +43,24 @@ def _row(label: str, figures: dict[str, Any]) -> list[str]:
         _sig(figures["energy_j"]),
         _sig(figures["co2e_g"]),
         f"{_ms(figures['latency_p50_ms'])}/{_ms(figures['latency_p95_ms'])}",
+        _savings(figures),
     ]
+
+
+def _savings(figures: dict[str, Any]) -> str:
+    parts = []
+    if figures["cache_hits"]:
+        parts.append(f"cache {human_usd(figures['cache_saved_usd'])} ({figures['cache_hits']} hits)")
+    if Decimal(figures["routing_saved_usd"]):
+        parts.append(f"routing {human_usd(figures['routing_saved_usd'])}")
+    return ", ".join(parts) or "-"
 
 
 def render_summary(console: Console, summary: dict[str, Any]) -> None:
     window = f"{summary['since'] or 'start'} → {summary['until'] or 'now'}"
     table = Table(title=f"margin report ({window})", title_justify="left")
     table.add_column(summary["by"] or "", no_wrap=True, min_width=5)
-    for column in ("requests", "tokens in/out", "cost", "$/1K tokens", "energy J", "gCO2e", "ms p50/p95"):
+    for column in ("requests", "tokens in/out", "cost", "$/1K tokens", "energy J", "gCO2e", "ms p50/p95", "saved"):
         table.add_column(column, justify="right", no_wrap=True)
     for group in summary["groups"]:
         table.add_row(*_row(str(group["key"]), group))

@@ -147,6 +147,24 @@ class ModelConfig(Strict):
     )
 
 
+class RouteConfig(Strict):
+    """A routed model name: `cheapest-adequate` sends each prompt to the cheap model when the learned router
+    predicts it will answer adequately, else to the strong one. Set exactly one target."""
+
+    policy: Literal["cheapest-adequate"] = "cheapest-adequate"
+    ladder: list[str] = Field(min_length=2, max_length=2, description="[cheap model, strong model].")
+    strong_share: float | None = Field(None, ge=0, le=1, description="Target share of calls to the strong model.")
+    quality_floor: float | None = Field(None, ge=0, le=1, description="Target PGR (share of the quality gap kept).")
+    threshold: float | None = Field(None, ge=0, le=1, description="Explicit cut on P(cheap model is adequate).")
+    router: str = Field("builtin", description="Router artifact: builtin or a path.")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> RouteConfig:
+        if sum(v is not None for v in (self.strong_share, self.quality_floor, self.threshold)) != 1:
+            raise ValueError("set exactly one of strong_share, quality_floor or threshold")
+        return self
+
+
 class SemanticCacheConfig(Strict):
     enabled: bool = Field(False, description="Also answer from similar earlier questions (error-bounded).")
     delta: float = Field(0.01, gt=0, lt=1, description="Largest false-hit rate the operator accepts.")
@@ -187,6 +205,7 @@ class Settings(Strict):
     admission: AdmissionConfig = AdmissionConfig()
     guard: GuardConfig = GuardConfig()
     cache: CacheConfig = CacheConfig()
+    routes: dict[str, RouteConfig] = Field(default_factory=dict, description="Routed model names.")
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
@@ -202,6 +221,12 @@ class Settings(Strict):
             unknown = [f for f in model.fallbacks if f not in seen]
             if unknown:
                 raise ValueError(f"model {name!r} falls back to unknown models {unknown}")
+        for name, route in self.routes.items():
+            if name in seen:
+                raise ValueError(f"route {name!r} has the name of a model")
+            unknown = [m for m in route.ladder if m not in seen]
+            if unknown:
+                raise ValueError(f"route {name!r} names unknown models {unknown}")
         for name, backend in self.backends.items():
             if backend.region != "default" and backend.region not in self.regions:
                 raise ValueError(f"backend {name!r} names region {backend.region!r} not in `regions`")

@@ -29,6 +29,7 @@ from margin.pipeline.call import BackendCall
 from margin.pipeline.context import Target
 from margin.pipeline.stages import discover
 from margin.routing.breaker import Breakers
+from margin.routing.policy import RoutePolicy
 
 log = logging.getLogger("margin")
 
@@ -74,6 +75,7 @@ class Services:
         self.targets = self._targets()
         self.governance = Governance(settings, self.engine)
         self.cache = make_cache(settings)
+        self.route_policy = RoutePolicy(settings.routes)
         admission = settings.admission
         self.breakers = Breakers(admission.breaker_failures, admission.breaker_cooldown_s)
         stages = [stage for spec in discover() if (stage := spec.build(self)) is not None]

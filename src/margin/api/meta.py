@@ -23,6 +23,8 @@ def _model_entries(services: Any) -> list[dict[str, Any]]:
         if name != target.public:
             entry["parent"] = target.public
         entries.append(entry)
+    for name, route in services.settings.routes.items():
+        entries.append({"id": name, "object": "model", "created": created, "owned_by": f"margin-router:{route.policy}"})
     return entries
 
 

@@ -62,6 +62,9 @@ class RequestContext:
     guard: dict[str, Any] | None = None  # what the guard found (counts by type, never values)
     prompt_log: str | None = None  # redacted prompt text, only when the policy logs prompts
     guard_state: Any = None  # guard.Redaction of this request (placeholders ↔ originals), never logged
+    route: str | None = None  # a routed name (`routes:`): the router picks among the candidates
+    router_score: float | None = None  # P(the cheap model is adequate) as the router saw it
+    counterfactual_nanousd: int | None = None  # what the strongest model of the route would have cost
     cache_key: str | None = None  # set when the request may be cached
     cache_hit: dict[str, Any] | None = None  # {"type": exact|semantic, "saved_nanousd", "age_s"} on a hit
     stream_rewrite: Any = None  # callable(chunk payload) -> bool: rewrites streamed text (PII restore)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from margin.backends.payloads import request_text
+from margin.config import RouteConfig
 from margin.economics.meter import Meter
 from margin.economics.money import from_nanousd, to_nanousd, usd_str
 from margin.errors import BudgetExceeded, FeatureDisabled, PermissionDenied, RateLimited, ResidencyUnavailable
@@ -40,17 +41,24 @@ def _cap_output(ctx: RequestContext, cap: int) -> None:
 class AdmitStage(BaseStage):
     name = "admit"
 
-    def __init__(self, governance: Governance, targets: dict[str, Target], meter: Meter) -> None:
+    def __init__(
+        self, governance: Governance, targets: dict[str, Target], meter: Meter, routes: dict[str, RouteConfig]
+    ) -> None:
         self.gov = governance
         self.targets = targets
         self.meter = meter
+        self.routes = routes
 
     async def on_request(self, ctx: RequestContext) -> None:
         rules = self.gov.rules
-        target = self._apply_flags(ctx, rules, resolve(self.targets, ctx.requested_model, ctx.endpoint))
+        ladder = self._ladder(ctx)
+        primary = ladder[-1] if ladder else resolve(self.targets, ctx.requested_model, ctx.endpoint)
+        target = self._apply_flags(ctx, rules, primary)
+        if ladder and target is not primary:  # a flag forced another model: no routing
+            ctx.route, ladder = None, []
         subject = _subject(ctx, target)
         ctx.policy = rules.policy_for(subject, ctx.principal.policy if ctx.principal else None)
-        self._candidates(ctx, target)
+        self._candidates(ctx, ladder or self._chain(target))
         limits, budgets = rules.limits_for(subject), rules.budgets_for(subject)
         if limits or budgets:
             await self._admit(ctx, limits, budgets, self._prompt_tokens(ctx, target))
@@ -76,8 +84,18 @@ class AdmitStage(BaseStage):
         if flag.action == "require_cache":
             ctx.require_cache = flag.name
 
-    def _candidates(self, ctx: RequestContext, target: Target) -> None:
-        chain = [target] + [self.targets[name] for name in target.model.fallbacks if name != target.public]
+    def _ladder(self, ctx: RequestContext) -> list[Target]:
+        """A routed name (`routes:` in the config): its models, cheap → strong; the router picks later."""
+        route = self.routes.get(ctx.requested_model)
+        if route is None:
+            return []
+        ctx.route = ctx.requested_model
+        return [resolve(self.targets, name, ctx.endpoint) for name in route.ladder]
+
+    def _chain(self, target: Target) -> list[Target]:
+        return [target] + [self.targets[name] for name in target.model.fallbacks if name != target.public]
+
+    def _candidates(self, ctx: RequestContext, chain: list[Target]) -> None:
         allowed = ctx.policy.jurisdictions if ctx.policy is not None else None
         if allowed is None:
             ctx.candidates = chain
@@ -171,7 +189,7 @@ class AdmitStage(BaseStage):
 
 
 def build(services: Any) -> AdmitStage:
-    return AdmitStage(services.governance, services.targets, services.meter)
+    return AdmitStage(services.governance, services.targets, services.meter, services.settings.routes)
 
 
 STAGE = StageSpec("admit", 200, build)

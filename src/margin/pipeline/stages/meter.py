@@ -4,13 +4,18 @@ and the request's cost, energy and carbon from `margin.economics`."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from margin.backends.base import Usage
 from margin.backends.payloads import prompt_text
 from margin.economics.meter import Meter
+from margin.economics.money import to_nanousd
+from margin.governance.admission import worst_case_usd
+from margin.governance.specs import AdmissionConfig
 from margin.pipeline.base import BaseStage, StageSpec
-from margin.pipeline.context import RequestContext
+from margin.pipeline.context import RequestContext, Target
+from margin.routing.policy import strongest
 
 
 def estimate_tokens(text: str) -> int:
@@ -35,8 +40,15 @@ def resolve_usage(ctx: RequestContext) -> Usage:
 class MeterStage(BaseStage):
     name = "meter"
 
-    def __init__(self, meter: Meter) -> None:
+    def __init__(
+        self,
+        meter: Meter,
+        strong: Callable[[RequestContext], Target | None] | None = None,
+        admission: AdmissionConfig | None = None,
+    ) -> None:
         self.meter = meter
+        self.strong = strong
+        self.admission = admission
 
     async def on_response(self, ctx: RequestContext) -> None:
         if ctx.e2e_s is None:
@@ -47,10 +59,26 @@ class MeterStage(BaseStage):
         stats_busy = ctx.call.stats.busy_s
         busy = stats_busy if stats_busy is not None else (ctx.busy_share_s or 0.0)
         ctx.charge = self.meter.charge(ctx.target.public, ctx.target.model, ctx.usage, busy, ctx.measured_j)
+        if ctx.route is not None and self.strong is not None:
+            self._counterfactual(ctx)
+
+    def _counterfactual(self, ctx: RequestContext) -> None:
+        """What the route's strongest model would have cost for the same tokens (routing's saving)."""
+        strong = self.strong(ctx) if self.strong else None
+        if strong is None or ctx.usage is None or self.admission is None:
+            return
+        usage = ctx.usage
+        cost = worst_case_usd(self.meter, [strong], usage.input_tokens, usage.output_tokens, self.admission)
+        ctx.counterfactual_nanousd = None if cost is None else to_nanousd(cost)
 
 
 def build(services: Any) -> MeterStage:
-    return MeterStage(services.meter)
+    settings = services.settings
+
+    def strong(ctx: RequestContext) -> Target | None:
+        return strongest(ctx, settings.routes, services.targets)
+
+    return MeterStage(services.meter, strong, settings.admission)
 
 
 STAGE = StageSpec("meter", 800, build)

@@ -11,6 +11,7 @@ from margin.pipeline.base import BaseStage, StageSpec
 from margin.pipeline.context import RequestContext, Target
 from margin.protocol import Endpoint
 from margin.routing.breaker import Breakers
+from margin.routing.policy import RoutePolicy
 
 
 def resolve(targets: dict[str, Target], model: str, endpoint: Endpoint) -> Target:
@@ -41,9 +42,10 @@ def unavailable(ctx: RequestContext, detail: str) -> Overloaded | ResidencyUnava
 class RouteStage(BaseStage):
     name = "route"
 
-    def __init__(self, targets: dict[str, Target], breakers: Breakers) -> None:
+    def __init__(self, targets: dict[str, Target], breakers: Breakers, policy: RoutePolicy | None = None) -> None:
         self.targets = targets
         self.breakers = breakers
+        self.policy = policy
 
     async def on_request(self, ctx: RequestContext) -> None:
         if ctx.require_cache:
@@ -53,6 +55,8 @@ class RouteStage(BaseStage):
             )
         if not ctx.candidates:
             ctx.candidates = [resolve(self.targets, ctx.requested_model, ctx.endpoint)]
+        if ctx.route and self.policy is not None:
+            await self.policy.choose(ctx)
         healthy = [t for t in ctx.candidates if self.breakers.available(t.backend_name)]
         if not healthy:
             raise unavailable(ctx, "circuit open on " + ", ".join(t.backend_name for t in ctx.candidates))
@@ -61,7 +65,7 @@ class RouteStage(BaseStage):
 
 
 def build(services: Any) -> RouteStage:
-    return RouteStage(services.targets, services.breakers)
+    return RouteStage(services.targets, services.breakers, services.route_policy)
 
 
 STAGE = StageSpec("route", 500, build)

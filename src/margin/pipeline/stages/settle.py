@@ -72,6 +72,8 @@ def ledger_row(ctx: RequestContext, config_hash: str) -> dict[str, Any]:
         "config_hash": config_hash,
         "cache": ctx.cache_hit["type"] if ctx.cache_hit else None,
         "saved_nanousd": ctx.cache_hit["saved_nanousd"] if ctx.cache_hit else None,
+        "router_score": ctx.router_score,
+        "counterfactual_nanousd": ctx.counterfactual_nanousd,
     }
 
 

@@ -1,0 +1,75 @@
+"""`cheapest-adequate`: score the prompt with the learned router (P(the cheap model answers adequately)) and
+send it to the cheap model when the score clears the route's threshold, else to the strong one.
+
+Scoring embeds the prompt (MiniLM) on a worker thread, so the event loop keeps serving. Routers are loaded
+lazily, once per artifact, on first use."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from margin.config import RouteConfig
+from margin.pipeline.context import RequestContext, Target
+
+
+class Scorer(Protocol):
+    def p_weak_ok(self, prompt: str) -> float: ...
+
+    def threshold_for(self, target: str, value: float) -> float: ...
+
+
+def load_learned(spec: str) -> Scorer:
+    from margin.routing.learned import LearnedRouter
+
+    router: Scorer = LearnedRouter.load(None if spec == "builtin" else spec)
+    return router
+
+
+def routed_text(raw: dict[str, Any]) -> str:
+    """What the router reads: the last user turn (or the prompt)."""
+    for message in reversed(raw.get("messages") or []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    prompt = raw.get("prompt")
+    return prompt if isinstance(prompt, str) else ""
+
+
+class RoutePolicy:
+    def __init__(self, routes: dict[str, RouteConfig], loader: Callable[[str], Scorer] = load_learned) -> None:
+        self.routes = routes
+        self.loader = loader
+        self._scorers: dict[str, Scorer] = {}
+
+    def scorer(self, spec: str) -> Scorer:
+        if spec not in self._scorers:
+            self._scorers[spec] = self.loader(spec)
+        return self._scorers[spec]
+
+    def threshold(self, route: RouteConfig) -> float:
+        if route.threshold is not None:
+            return route.threshold
+        scorer = self.scorer(route.router)
+        if route.strong_share is not None:
+            return scorer.threshold_for("strong_share", route.strong_share)
+        return scorer.threshold_for("quality_floor", route.quality_floor or 0.0)
+
+    async def choose(self, ctx: RequestContext) -> None:
+        """Put the chosen model first among the candidates and note the score."""
+        route = self.routes[ctx.route or ""]
+        scorer = self.scorer(route.router)
+        score = await asyncio.to_thread(scorer.p_weak_ok, routed_text(ctx.raw))
+        ctx.router_score = score
+        cheap, strong = route.ladder
+        first = cheap if score >= self.threshold(route) else strong
+        ctx.candidates.sort(key=lambda t: t.public != first)
+
+
+def strongest(ctx: RequestContext, routes: dict[str, RouteConfig], targets: dict[str, Target]) -> Target | None:
+    route = routes.get(ctx.route or "")
+    return targets.get(route.ladder[-1]) if route else None

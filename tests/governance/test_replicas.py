@@ -140,3 +140,22 @@ async def _flush(url: str) -> None:
     client = aioredis.from_url(url)
     await client.flushdb()
     await client.aclose()
+
+
+def test_sighup_reloads_flags_from_the_config_file(tmp_path: Path, redis_url: str) -> None:
+    path = config(tmp_path, redis_url)
+    asyncio.run(_flush(redis_url))
+    body = {"model": "priced", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    with replicas(path, n=1) as urls:
+        assert httpx.post(f"{urls[0]}/v1/chat/completions", json=body).status_code == 200
+        data = yaml.safe_load(path.read_text())
+        data["flags"] = [{"name": "off", "target": {"kind": "model", "value": "priced"}, "action": "disable"}]
+        path.write_text(yaml.safe_dump(data))
+        pid = int(httpx.get(f"{urls[0]}/healthz").json()["pid"])
+        os.kill(pid, signal.SIGHUP)
+        for _ in range(100):
+            response = httpx.post(f"{urls[0]}/v1/chat/completions", json=body)
+            if response.status_code == 403:
+                break
+            time.sleep(0.05)
+        assert response.status_code == 403 and response.json()["error"]["code"] == "feature_disabled"

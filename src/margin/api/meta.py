@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -60,6 +61,7 @@ def _health(services: Any) -> dict[str, Any]:
     return {
         "status": "ok" if ready else "starting",
         "version": __version__,
+        "pid": os.getpid(),  # the process to send SIGHUP to (reload rules)
         "uptime_s": round(time.time() - services.started_at, 3),
         "config_hash": services.config_hash,
         "open_mode": services.keys.open_mode,

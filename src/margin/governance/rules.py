@@ -117,6 +117,7 @@ class Rules:
     flags: tuple[FlagSpec, ...] = ()
     policies: PoliciesConfig = field(default_factory=PoliciesConfig)
     stored: frozenset[tuple[str, str]] = frozenset()  # (kind, name) of rules from the database
+    _policies: dict[Any, Policy] = field(default_factory=dict, compare=False, repr=False)  # merged, per caller
 
     def budgets_for(self, subject: Subject) -> list[BudgetSpec]:
         return [b for b in self.budgets if matches(b.scope, subject)]
@@ -128,6 +129,16 @@ class Rules:
         return [f for f in self.flags if f.enabled and matches(f.target, subject)]
 
     def policy_for(self, subject: Subject, key_policy: Mapping[str, Any] | None) -> Policy:
+        """The caller's merged policy, memoized per (org, team, tags, key policy) for this snapshot."""
+        memo = (subject.org, subject.team, tuple(sorted(subject.tags.items())), orjson.dumps(key_policy or {}))
+        cached = self._policies.get(memo)
+        if cached is None:
+            if len(self._policies) > 10_000:
+                self._policies.clear()
+            cached = self._policies[memo] = self._merge_policy(subject, key_policy)
+        return cached
+
+    def _merge_policy(self, subject: Subject, key_policy: Mapping[str, Any] | None) -> Policy:
         config = self.policies
         layers = [config.default]
         if subject.org and subject.org in config.orgs:

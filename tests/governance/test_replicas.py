@@ -1,6 +1,6 @@
-"""Two gateway processes sharing a real Redis and one ledger: 1,000 concurrent requests against a $1.00
-budget. Nothing is overspent, nothing hangs, every reservation is settled, and the ledger agrees with the
-budget's counter to the nano-dollar."""
+"""Two gateway processes sharing a real Redis and one ledger (a SQLite file, or a real PostgreSQL): 1,000
+concurrent requests against a $1.00 budget. Nothing is overspent, nothing hangs, every reservation is
+settled, and the ledger agrees with the budget's counter to the nano-dollar."""
 
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ pytestmark = pytest.mark.integration
 REQUEST_COST = Decimal("0.01")  # 4 output tokens × $2,500 per million, no input price: known exactly
 
 
-def config(tmp_path: Path, redis_url: str) -> Path:
+def config(tmp_path: Path, redis_url: str, ledger_url: str | None = None) -> Path:
     data = {
-        "storage": {"ledger": f"sqlite:///{tmp_path / 'ledger.db'}", "redis": redis_url},
+        "storage": {"ledger": ledger_url or f"sqlite:///{tmp_path / 'ledger.db'}", "redis": redis_url},
         "backends": {"api": {"kind": "fake", "output_tokens": 4, "ttft_ms": 5, "tokens_per_s": 1000}},
         "models": {"priced": {"backend": "api", "price": {"input": "0", "output": "2500", "version": "t"}}},
         "budgets": [{"name": "one-dollar", "scope": {"kind": "global"}, "usd": "1.00", "period": "lifetime"}],
@@ -114,10 +114,16 @@ async def redis_state(url: str) -> tuple[int, int, int]:
     return int(spent or 0), int(reserved or 0), int(pending)
 
 
-def test_two_replicas_never_overspend(tmp_path: Path, redis_url: str) -> None:
-    path = config(tmp_path, redis_url)
-    asyncio.run(_flush(redis_url))
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_two_replicas_never_overspend(
+    tmp_path: Path, redis_url: str, database: str, request: pytest.FixtureRequest
+) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    if database == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        db.downgrade(url, "base")  # an empty ledger for this run
+    path = config(tmp_path, redis_url, url)
+    asyncio.run(_flush(redis_url))
     db.upgrade(url)  # migrate once, before two processes start
     with replicas(path) as urls:
         statuses = asyncio.run(fire(urls, 1000))

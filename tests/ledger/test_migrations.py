@@ -29,3 +29,17 @@ def test_upgrade_from_empty_matches_models_and_downgrades(tmp_path: Path) -> Non
     with engine.connect() as connection:
         assert set(sa.inspect(connection).get_table_names()) == {"alembic_version"}
     engine.dispose()
+
+
+def test_migrations_on_postgres(postgres_url: str) -> None:
+    db.downgrade(postgres_url, "base")
+    db.upgrade(postgres_url)
+    assert db.current_revision(postgres_url) == db.head_revision()
+    engine = db.make_sync_engine(postgres_url)
+    try:
+        with engine.connect() as connection:
+            assert compare_metadata(MigrationContext.configure(connection), metadata) == []
+    finally:
+        engine.dispose()
+    db.downgrade(postgres_url, "base")
+    db.upgrade(postgres_url)

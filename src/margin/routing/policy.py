@@ -7,6 +7,7 @@ lazily, once per artifact, on first use."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -21,9 +22,9 @@ class Scorer(Protocol):
 
 
 def load_learned(spec: str) -> Scorer:
-    from margin.routing.learned import LearnedRouter
-
-    router: Scorer = LearnedRouter.load(None if spec == "builtin" else spec)
+    """The learned router (`margin.routing.learned`), imported on first use: it brings numpy and MiniLM."""
+    learned = importlib.import_module("margin.routing.learned")
+    router: Scorer = learned.LearnedRouter.load(None if spec == "builtin" else spec)
     return router
 
 

@@ -222,6 +222,22 @@ def test_client_disconnect_stops_generation(server: Server) -> None:
     server.usage.append((row["input_tokens"], row["output_tokens"]))
 
 
+def test_exact_cache_hit_on_the_real_model(server: Server) -> None:
+    """A deterministic request asked twice: the second answer comes from the cache, identical, at no cost."""
+    client = server.client()
+    ask = {"model": "local", "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 12}
+    first = client.chat.completions.with_raw_response.create(**ask, temperature=0)
+    second = client.chat.completions.with_raw_response.create(**ask, temperature=0)
+    one, two = first.parse(), second.parse()
+    server.note(one.usage)
+    server.note(two.usage)
+    assert first.headers["x-margin-cache"] == "miss" and second.headers["x-margin-cache"] == "hit-exact"
+    assert two.choices[0].message.content == one.choices[0].message.content
+    assert second.headers["x-margin-cost-usd"] == "0.000000000"
+    row = wait_for_row(server.db, second.headers["x-margin-request-id"])
+    assert row["kind"] == "cache_hit" and row["cost_nanousd"] == 0 and row["saved_nanousd"] > 0
+
+
 def test_ledger_and_report_match_the_api(server: Server) -> None:
     server.process.send_signal(signal.SIGTERM)  # a clean shutdown flushes every acknowledged row
     assert server.process.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it caught

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from margin.backends.base import Backend
 from margin.backends.registry import BackendRegistry
-from margin.cache.exact import CacheStore, MemoryCache, RedisCache
+from margin.cache.exact import CacheStore, MemoryCache, RedisCache, SqliteCache
 from margin.config import Settings, config_hash, load_settings
 from margin.economics.carbon import GridTable
 from margin.economics.meter import Meter
@@ -46,7 +46,11 @@ def _check_regions(settings: Settings, grid: GridTable) -> None:
 def make_cache(settings: Settings) -> CacheStore:
     if settings.storage.redis:
         return RedisCache(settings.storage.redis)
-    return MemoryCache(settings.cache.max_bytes)
+    memory = MemoryCache(settings.cache.max_bytes)
+    ledger = sa.make_url(settings.storage.ledger)
+    if ledger.drivername.startswith("sqlite") and ledger.database not in (None, "", ":memory:"):
+        return SqliteCache(ledger.database, memory)
+    return memory
 
 
 class Services:

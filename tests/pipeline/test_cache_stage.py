@@ -3,6 +3,7 @@ per team, and never carrying one caller's redacted data into another's answer.""
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -113,3 +114,16 @@ async def test_report_shows_cache_savings(db_path: Path) -> None:
     assert Decimal(faq["cost_usd"]) == Decimal(rows[0].cost_nanousd) / 10**9
     table = CliRunner().invoke(app, ["report", "--db", str(db_path), "--by", "feature"])
     assert "cache $0.0120 (2 hits)" in table.output
+
+
+async def test_entries_outlive_a_restart_on_a_single_node(db_path: Path) -> None:
+    async with gateway(settings(db_path)) as gw:
+        assert (await gw.http.post(CHAT, json=chat())).headers["x-margin-cache"] == "miss"
+    async with gateway(settings(db_path)) as gw:  # a new process: the memory tier is empty, SQLite is not
+        again = await gw.http.post(CHAT, json=chat())
+        assert again.headers["x-margin-cache"] == "hit-exact"
+        assert gw.services.backends["echo"].calls == 0  # type: ignore[attr-defined]
+    async with gateway(settings(db_path, cache={"ttl_s": 0.001})) as gw:
+        await gw.http.post(CHAT, json=chat(content="short-lived"))
+        await asyncio.sleep(0.01)
+        assert (await gw.http.post(CHAT, json=chat(content="short-lived"))).headers["x-margin-cache"] == "miss"

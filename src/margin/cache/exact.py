@@ -5,13 +5,17 @@ format…); transport fields (`stream`, `stream_options`, `user`, `metadata`) ar
 hits an answer first produced without streaming and vice versa. Entries hold the answer's text, finish
 reason, usage and what it cost, so a hit can be replayed in either form and its saving recorded.
 
-Stores: `MemoryCache` (TTL + byte-bounded LRU, this process) and `RedisCache` (shared by replicas)."""
+Stores: `MemoryCache` (TTL + byte-bounded LRU, this process), `SqliteCache` (that LRU in front of a table in
+the SQLite ledger file: survives restarts) and `RedisCache` (shared by replicas)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import sqlite3
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -110,6 +114,46 @@ class MemoryCache:
     async def close(self) -> None:
         self._entries.clear()
         self._bytes = 0
+
+
+class SqliteCache:
+    """The memory LRU in front of a table in the SQLite ledger file, so entries outlive a restart on a single
+    node. Reads that miss memory and all writes run on one worker thread (stdlib sqlite3, WAL)."""
+
+    def __init__(self, path: str, memory: MemoryCache) -> None:
+        self.memory = memory
+        self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        self._connection.execute("PRAGMA busy_timeout=5000")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="margin-cache")
+
+    async def _run(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: self._connection.execute(sql, args).fetchall())
+
+    async def get(self, key: str) -> Entry | None:
+        entry = await self.memory.get(key)
+        if entry is not None:
+            return entry
+        rows = await self._run(
+            "SELECT value, expires_at FROM cache_entries WHERE key = ? AND expires_at > ?", (key, time.time())
+        )
+        if not rows:
+            return None
+        entry = Entry.from_bytes(rows[0][0])
+        await self.memory.put(key, entry, rows[0][1] - time.time())
+        return entry
+
+    async def put(self, key: str, entry: Entry, ttl_s: float) -> None:
+        await self.memory.put(key, entry, ttl_s)
+        sql = "INSERT OR REPLACE INTO cache_entries (key, value, expires_at) VALUES (?, ?, ?)"
+        await self._run(sql, (key, entry.to_bytes(), time.time() + ttl_s))
+        await self._run("DELETE FROM cache_entries WHERE expires_at <= ?", (time.time(),))
+
+    async def close(self) -> None:
+        await self.memory.close()
+        self._pool.shutdown(wait=True)
+        self._connection.close()
 
 
 class RedisCache:

@@ -75,6 +75,15 @@ api_keys = sa.Table(
     sa.Column("revoked_at", sa.DateTime(timezone=True)),
 )
 
+cache_entries = sa.Table(  # the exact cache's single-node store (Redis takes over when replicas run)
+    "cache_entries",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Index("ix_cache_entries_expires", "expires_at"),
+)
+
 gov_rules = sa.Table(
     "gov_rules",
     metadata,

@@ -21,9 +21,18 @@ def upgrade() -> None:
         batch.add_column(sa.Column("saved_nanousd", sa.BigInteger))
         batch.add_column(sa.Column("router_score", sa.Float))
         batch.add_column(sa.Column("counterfactual_nanousd", sa.BigInteger))
+    op.create_table(
+        "cache_entries",
+        sa.Column("key", sa.String(64), primary_key=True),
+        sa.Column("value", sa.LargeBinary, nullable=False),
+        sa.Column("expires_at", sa.Float, nullable=False),
+    )
+    op.create_index("ix_cache_entries_expires", "cache_entries", ["expires_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_cache_entries_expires", "cache_entries")
+    op.drop_table("cache_entries")
     with op.batch_alter_table("ledger") as batch:
         for name in ("counterfactual_nanousd", "router_score", "saved_nanousd", "cache"):
             batch.drop_column(name)

@@ -40,9 +40,14 @@ def routing(
     data: Annotated[
         Path | None, typer.Option("--data", help="RouteLLM label folder (default ../shared/data/routing).")
     ] = None,
-    learners: Annotated[str, typer.Option("--learners", help="Comma-separated learners to compare.")] = (
-        "lr-structure,lr-ngrams,lr-minilm,lr-minilm-ngrams,knn-minilm,mlp-minilm"
-    ),
+    learners: Annotated[
+        str,
+        typer.Option(
+            "--learners",
+            help="Comma-separated learners to compare: lr-structure, lr-ngrams, lr-minilm, lr-minilm-ngrams, "
+            "knn-minilm, mlp-minilm (the MiniLM ones embed every prompt first; cached in --cache).",
+        ),
+    ] = "lr-structure,lr-ngrams",
     router: Annotated[str, typer.Option("--router", help="The learner reported as margin's router and shipped.")] = (
         "lr-ngrams"
     ),

@@ -101,7 +101,7 @@ class LearnedRouter:
         for name in _ARRAYS:
             value = getattr(self.model, name)
             if value is not None:
-                arrays[name] = np.asarray(value, dtype=np.float32)
+                arrays[name] = np.asarray(value, dtype=np.float64)
         for name in ("share", "threshold", "pgr"):
             arrays[f"calib_{name}"] = getattr(self.calibration, name)
         with target.open("wb") as handle:

@@ -116,6 +116,11 @@ class EmbeddingCache:
         np.savez(partial, keys=keys, vectors=vectors)
         partial.replace(self.path)
 
+    def cached(self, prompts: Sequence[str]) -> list[bool]:
+        """Which prompts already have an embedding in the cache (nothing is encoded)."""
+        table = self._read()
+        return [_key(p) in table for p in prompts]
+
     def embed(
         self, prompts: Sequence[str], chunk: int = 512, progress: Callable[[int, int], None] | None = None
     ) -> FloatArray:

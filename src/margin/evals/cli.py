@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -38,7 +37,7 @@ def guard(
 @app.command()
 def routing(
     data: Annotated[
-        Path | None, typer.Option("--data", help="RouteLLM label folder (default ../shared/data/routing).")
+        str | None, typer.Option("--data", help="RouteLLM label folder (default ../shared/data/routing).")
     ] = None,
     learners: Annotated[
         str,
@@ -54,31 +53,29 @@ def routing(
     datasets: Annotated[str, typer.Option("--datasets", help="Comma-separated: mmlu,gsm8k.")] = "mmlu,gsm8k",
     k: Annotated[int, typer.Option("--k", min=2, help="Folds (MMLU: leave-subjects-out).")] = 5,
     seed: Annotated[int, typer.Option("--seed", help="Fold assignment seed.")] = 0,
-    out: Annotated[Path | None, typer.Option("--out", help="Write the results JSON here.")] = None,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Write the PGR-vs-strong-share PNG here.")] = None,
-    train_out: Annotated[
-        Path | None, typer.Option("--train-out", help="Train the router on all data, save it.")
-    ] = None,
+    out: Annotated[str | None, typer.Option("--out", help="Write the results JSON here.")] = None,
+    plot: Annotated[str | None, typer.Option("--plot", help="Write the PGR-vs-strong-share PNG here.")] = None,
+    train_out: Annotated[str | None, typer.Option("--train-out", help="Train the router on all data, save it.")] = None,
     latency_out: Annotated[
-        Path | None, typer.Option("--latency-out", help="Time score() of the trained router.")
+        str | None, typer.Option("--latency-out", help="Time score() of the trained router.")
     ] = None,
-    cache: Annotated[Path | None, typer.Option("--cache", help="Embedding cache file (.npz).")] = None,
+    cache: Annotated[str | None, typer.Option("--cache", help="Embedding cache file (.npz).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Router quality (PGR curve, CPT(50%), CPT(80%), APGR) vs random, prompt-length and oracle, out of fold."""
+    from pathlib import Path
+
     import orjson
     from rich.console import Console
 
-    from margin.evals.routing import run_routing_eval, train_artifact
-    from margin.evals.routing_view import plot as plot_report
-    from margin.evals.routing_view import result_tables, score_latency
+    from margin.evals.routing import run_routing_eval
+    from margin.evals.routing_view import result_tables, write_outputs
     from margin.routing.features import default_cache_dir
-    from margin.routing.learned import LearnedRouter
     from margin.routing.routellm import default_data_dir
 
     console = Console(highlight=False, stderr=json_out)
-    data_dir = data or default_data_dir()
-    cache_path = cache or default_cache_dir() / "minilm-embeddings.npz"
+    data_dir = Path(data) if data else default_data_dir()
+    cache_path = Path(cache) if cache else default_cache_dir() / "minilm-embeddings.npz"
     report, loaded = run_routing_eval(
         data_dir,
         learner_names=[name for name in learners.split(",") if name],
@@ -90,19 +87,17 @@ def routing(
         progress=lambda done, total: console.print(f"embedded {done}/{total} new prompts"),
     )
     result = report.to_json()
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    if plot is not None:
-        plot_report(report, plot)
-    if train_out is not None:
-        saved = train_artifact(report, loaded, train_out, cache_path=cache_path, meta={"data": str(data_dir)})
-        console.print(f"router saved to {saved} ({saved.stat().st_size} bytes)")
-        if latency_out is not None:
-            prompts = [e.prompt for examples in loaded.values() for e in examples[::25]]
-            latency = score_latency(LearnedRouter.load(saved), prompts)
-            latency_out.parent.mkdir(parents=True, exist_ok=True)
-            latency_out.write_bytes(orjson.dumps(latency, option=orjson.OPT_INDENT_2))
+    write_outputs(
+        report,
+        loaded,
+        console,
+        out=out,
+        plot=plot,
+        train_out=train_out,
+        latency_out=latency_out,
+        cache=cache_path,
+        meta={"data": str(data_dir)},
+    )
     if json_out:
         typer.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     else:

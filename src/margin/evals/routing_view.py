@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from margin.evals.routing import RoutingReport
+from margin.evals.routing import RoutingReport, train_artifact
 from margin.routing.learned import LearnedRouter
 from margin.routing.metrics import summary
+from margin.routing.routellm import Example
 
 STYLE = {"random": ":", "prompt-length": "--", "oracle": "-.", "margin": "-"}
 
@@ -30,7 +31,7 @@ def result_tables(report: RoutingReport) -> list[Any]:
     return tables
 
 
-def plot(report: RoutingReport, path: Path) -> Path:
+def plot_report(report: RoutingReport, path: Path) -> Path:
     """PGR vs strong-call share, one panel per dataset (needs matplotlib)."""
     import matplotlib
 
@@ -83,3 +84,34 @@ def score_latency(router: LearnedRouter, prompts: Sequence[str], repeats: int = 
         "needs_embedding": router.needs_embedding,
         "learner": router.meta.get("learner"),
     }
+
+
+def write_outputs(
+    report: RoutingReport,
+    loaded: dict[str, list[Example]],
+    console: Any,
+    *,
+    out: str | None,
+    plot: str | None,
+    train_out: str | None,
+    latency_out: str | None,
+    cache: Path,
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """The files `margin eval routing` was asked for: results JSON, PNG, trained router and its latency."""
+    import orjson
+
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_bytes(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2))
+    if plot:
+        plot_report(report, Path(plot))
+    if not train_out:
+        return
+    saved = train_artifact(report, loaded, Path(train_out), cache_path=cache, meta=meta)
+    console.print(f"router saved to {saved} ({saved.stat().st_size} bytes)")
+    if latency_out:
+        prompts = [e.prompt for examples in loaded.values() for e in examples[::25]]
+        latency = score_latency(LearnedRouter.load(saved), prompts)
+        Path(latency_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(latency_out).write_bytes(orjson.dumps(latency, option=orjson.OPT_INDENT_2))

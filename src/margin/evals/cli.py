@@ -32,3 +32,74 @@ def guard(
             console.print(table)
     if gate and not report.passed:
         raise typer.Exit(1)
+
+
+@app.command()
+def routing(
+    data: Annotated[
+        str | None, typer.Option("--data", help="RouteLLM label folder (default ../shared/data/routing).")
+    ] = None,
+    learners: Annotated[
+        str,
+        typer.Option(
+            "--learners",
+            help="Comma-separated learners to compare: lr-structure, lr-ngrams, lr-minilm, lr-minilm-ngrams, "
+            "knn-minilm, mlp-minilm (the MiniLM ones embed every prompt first; cached in --cache).",
+        ),
+    ] = "lr-structure,lr-ngrams",
+    router: Annotated[str, typer.Option("--router", help="The learner reported as margin's router and shipped.")] = (
+        "lr-ngrams"
+    ),
+    datasets: Annotated[str, typer.Option("--datasets", help="Comma-separated: mmlu,gsm8k.")] = "mmlu,gsm8k",
+    k: Annotated[int, typer.Option("--k", min=2, help="Folds (MMLU: leave-subjects-out).")] = 5,
+    seed: Annotated[int, typer.Option("--seed", help="Fold assignment seed.")] = 0,
+    out: Annotated[str | None, typer.Option("--out", help="Write the results JSON here.")] = None,
+    plot: Annotated[str | None, typer.Option("--plot", help="Write the PGR-vs-strong-share PNG here.")] = None,
+    train_out: Annotated[str | None, typer.Option("--train-out", help="Train the router on all data, save it.")] = None,
+    latency_out: Annotated[
+        str | None, typer.Option("--latency-out", help="Time score() of the trained router.")
+    ] = None,
+    cache: Annotated[str | None, typer.Option("--cache", help="Embedding cache file (.npz).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Router quality (PGR curve, CPT(50%), CPT(80%), APGR) vs random, prompt-length and oracle, out of fold."""
+    from pathlib import Path
+
+    import orjson
+    from rich.console import Console
+
+    from margin.evals.routing import run_routing_eval
+    from margin.evals.routing_view import result_tables, write_outputs
+    from margin.routing.features import default_cache_dir
+    from margin.routing.routellm import default_data_dir
+
+    console = Console(highlight=False, stderr=json_out)
+    data_dir = Path(data) if data else default_data_dir()
+    cache_path = Path(cache) if cache else default_cache_dir() / "minilm-embeddings.npz"
+    report, loaded = run_routing_eval(
+        data_dir,
+        learner_names=[name for name in learners.split(",") if name],
+        router=router,
+        datasets=[name for name in datasets.split(",") if name],
+        k=k,
+        seed=seed,
+        cache_path=cache_path,
+        progress=lambda done, total: console.print(f"embedded {done}/{total} new prompts"),
+    )
+    result = report.to_json()
+    write_outputs(
+        report,
+        loaded,
+        console,
+        out=out,
+        plot=plot,
+        train_out=train_out,
+        latency_out=latency_out,
+        cache=cache_path,
+        meta={"data": str(data_dir)},
+    )
+    if json_out:
+        typer.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    else:
+        for table in result_tables(report):
+            console.print(table)

@@ -103,3 +103,20 @@ def test_route_config_is_validated() -> None:
         parse_settings({**base, "routes": {"auto": {"ladder": ["m1", "nope"], "threshold": 0.5}}})
     with pytest.raises(ConfigError, match="name of a model"):
         parse_settings({**base, "routes": {"m1": {"ladder": ["m1", "m2"], "threshold": 0.5}}})
+
+
+async def test_the_shipped_learned_router_drives_the_route(db_path: Path) -> None:
+    """No scripted scorer: the artifact in margin/routing/data scores real prompts."""
+    async with gateway(settings(db_path)) as gw:
+        prompts = [
+            "What is 2 + 2?",
+            "Janet has 3 apples and buys 5 boxes of 12 apples each; she gives away a third of them and then "
+            "sells the rest at $0.35 each. How much money does she make? Show each step of the calculation.",
+        ]
+        for prompt in prompts:
+            assert (await gw.http.post(CHAT, json=ask(prompt))).status_code == 200
+        rows = await gw.rows()
+        scores = [r.router_score for r in rows]
+        assert all(0.0 <= s <= 1.0 for s in scores) and scores[0] != scores[1]
+        threshold = gw.services.route_policy.threshold(gw.services.settings.routes["auto"])
+        assert [r.model for r in rows] == ["cheap" if s >= threshold else "strong" for s in scores]

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from margin.backends.base import Backend
 from margin.backends.registry import BackendRegistry
 from margin.cache.exact import CacheStore, MemoryCache, RedisCache, SqliteCache
+from margin.cache.layer import SemanticLayer
 from margin.config import Settings, config_hash, load_settings
 from margin.economics.carbon import GridTable
 from margin.economics.meter import Meter
@@ -79,6 +80,7 @@ class Services:
         self.targets = self._targets()
         self.governance = Governance(settings, self.engine)
         self.cache = make_cache(settings)
+        self.semantic = SemanticLayer(settings.cache) if settings.cache.semantic.enabled else None
         self.route_policy = RoutePolicy(settings.routes)
         admission = settings.admission
         self.breakers = Breakers(admission.breaker_failures, admission.breaker_cooldown_s)
@@ -151,6 +153,8 @@ class Services:
         await self.writer.close()
         await self.governance.close()
         await self.cache.close()
+        if self.semantic is not None:
+            self.semantic.close()
         await self.engine.dispose()
         if self._sync_engine is not None:
             self._sync_engine.dispose()

@@ -66,6 +66,7 @@ class RequestContext:
     router_score: float | None = None  # P(the cheap model is adequate) as the router saw it
     counterfactual_nanousd: int | None = None  # what the strongest model of the route would have cost
     cache_key: str | None = None  # set when the request may be cached
+    semantic: Any = None  # (where, embedding) of a semantic lookup, reused to add the answer
     cache_hit: dict[str, Any] | None = None  # {"type": exact|semantic, "saved_nanousd", "age_s"} on a hit
     stream_rewrite: Any = None  # callable(chunk payload) -> bool: rewrites streamed text (PII restore)
     notices: dict[str, str] = field(default_factory=dict)  # extra response headers (budget warnings…)

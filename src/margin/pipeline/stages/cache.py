@@ -13,6 +13,7 @@ from typing import Any
 from margin.backends import payloads
 from margin.backends.base import Call, Chunk, Completion
 from margin.cache.exact import CacheStore, Entry, deterministic, request_key
+from margin.cache.layer import SemanticLayer
 from margin.config import CacheConfig
 from margin.errors import InvalidRequest
 from margin.pipeline.base import BaseStage, StageSpec
@@ -50,21 +51,42 @@ async def replay(call: Call, entry: Entry) -> AsyncIterator[Chunk]:
 class CacheStage(BaseStage):
     name = "cache"
 
-    def __init__(self, config: CacheConfig, store: CacheStore) -> None:
+    def __init__(self, config: CacheConfig, store: CacheStore, semantic: SemanticLayer | None = None) -> None:
         self.config = config
         self.store = store
+        self.semantic = semantic
 
     async def on_request(self, ctx: RequestContext) -> None:
         if not wanted(ctx) or not ctx.candidates:
             return
         target = ctx.candidates[0]
-        key = request_key(cache_scope(ctx, self.config.scope), str(ctx.endpoint), target.public, ctx.raw)
+        scope = cache_scope(ctx, self.config.scope)
+        key = request_key(scope, str(ctx.endpoint), target.public, ctx.raw)
         ctx.cache_key = key
         entry = await self.store.get(key)
-        if entry is None:
-            ctx.notices[HEADER] = "miss"
+        if entry is not None:
+            await self._serve(ctx, target, entry, "exact")
             return
-        await self._serve(ctx, target, entry, "exact")
+        if self.semantic is not None and ctx.endpoint is Endpoint.CHAT:
+            entry = await self._semantic(ctx, scope, target)
+            if entry is not None:
+                await self._serve(ctx, target, entry, "semantic")
+                return
+        ctx.notices[HEADER] = "miss"
+
+    async def _semantic(self, ctx: RequestContext, scope: str, target: Target) -> Entry | None:
+        assert self.semantic is not None
+        where = self.semantic.where(scope, str(ctx.endpoint), target.public, ctx.raw)
+        if where is None:
+            return None
+        hit, vector = await self.semantic.lookup(where)
+        ctx.semantic = (where, vector)  # cache_fill adds this request's answer under the same embedding
+        if hit is None:
+            return None
+        entry = await self.store.get(hit.key)
+        if entry is not None:
+            ctx.notices["x-margin-cache-similarity"] = f"{hit.similarity:.4f}"
+        return entry
 
     async def _serve(self, ctx: RequestContext, target: Target, entry: Entry, kind: str) -> None:
         call = Call(ctx.endpoint, ctx.request, ctx.raw, target.public, target.public, ctx.request_id)
@@ -87,7 +109,7 @@ class CacheStage(BaseStage):
 
 def build(services: Any) -> CacheStage | None:
     config: CacheConfig = services.settings.cache
-    return CacheStage(config, services.cache) if config.enabled else None
+    return CacheStage(config, services.cache, services.semantic) if config.enabled else None
 
 
 STAGE = StageSpec("cache", 400, build)

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from margin.cache.exact import CacheStore, Entry
+from margin.cache.layer import SemanticLayer
 from margin.config import CacheConfig
 from margin.economics.money import to_nanousd
 from margin.pipeline.base import BaseStage, StageSpec
@@ -36,21 +37,26 @@ def answer_entry(ctx: RequestContext) -> Entry | None:
 class CacheFillStage(BaseStage):
     name = "cache_fill"
 
-    def __init__(self, config: CacheConfig, store: CacheStore) -> None:
+    def __init__(self, config: CacheConfig, store: CacheStore, semantic: SemanticLayer | None = None) -> None:
         self.config = config
         self.store = store
+        self.semantic = semantic
 
     async def on_response(self, ctx: RequestContext) -> None:
         if ctx.cache_key is None or ctx.cache_hit is not None or ctx.status != "ok" or ctx.http_status != 200:
             return
         entry = answer_entry(ctx)
-        if entry is not None and entry.text:
-            await self.store.put(ctx.cache_key, entry, self.config.ttl_s)
+        if entry is None or not entry.text:
+            return
+        await self.store.put(ctx.cache_key, entry, self.config.ttl_s)
+        if self.semantic is not None and ctx.semantic is not None:
+            where, vector = ctx.semantic
+            await self.semantic.add(where, vector, ctx.cache_key)
 
 
 def build(services: Any) -> CacheFillStage | None:
     config: CacheConfig = services.settings.cache
-    return CacheFillStage(config, services.cache) if config.enabled else None
+    return CacheFillStage(config, services.cache, services.semantic) if config.enabled else None
 
 
 STAGE = StageSpec("cache_fill", 850, build)

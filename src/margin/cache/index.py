@@ -1,6 +1,6 @@
 """Vector stores for one cache bucket (scope + context hash). Small buckets search exactly with numpy (an
-HNSW index costs ~16 MB even when empty); a bucket that grows past `ANN_MIN` entries moves to a usearch
-HNSW index. Vectors are L2-normalised float32, so similarity is the inner product (cosine)."""
+HNSW index reserves ~16 MB even when empty); a bucket that grows past `ANN_MIN` entries moves to a
+usearch HNSW index. Vectors are L2-normalised float32, so similarity is the inner product (cosine)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 Vector = npt.NDArray[np.float32]
-ANN_MIN = 4096
+ANN_MIN = 2048
 
 
 class Bucket(Protocol):
@@ -61,7 +61,9 @@ class ExactBucket:
         count = len(self._ids)
         if count == 0:
             return []
-        scores = self._matrix[:count] @ vector
+        # einsum, not `@`: BLAS would spread this small mat-vec over threads, and on a busy machine each
+        # call then waits a scheduler slice (measured: 24 ms median vs 0.2 ms for 2,048 rows).
+        scores = np.einsum("ij,j->i", self._matrix[:count], vector)
         k = min(k, count)
         top = np.argpartition(-scores, k - 1)[:k] if k < count else np.arange(count)
         top = top[np.argsort(-scores[top])]

@@ -3,7 +3,7 @@
 Protocol. The pairs are split at random (seeded) into a calibration part and a test part. In each part the
 cache is populated with every distinct side-`a` text (one scope, one context), then each pair's side `b` is
 a query answered by the nearest populated entry among ALL the part's `a` texts, found by the cache's own
-index (usearch HNSW once a bucket holds more than 4,096 entries), not only its own pair's `a`. A query is a
+index (usearch HNSW once a bucket holds more than 2,048 entries), not only its own pair's `a`. A query is a
 hit when that similarity is ≥ the threshold. A hit is correct when the served text is the query text
 itself or the two texts form a pair labelled duplicate anywhere in the file (either order); every other
 hit is a false hit, including a served `a` that is in fact a paraphrase but was never labelled, so the
@@ -67,9 +67,10 @@ def pairs_from_records(records: Sequence[dict[str, Any]]) -> PairSet:
     return PairSet(list(index), np.asarray(a, np.int64), np.asarray(b, np.int64), np.asarray(dup), frozenset(positives))
 
 
-def load_pairs(path: str | Path) -> PairSet:
+def load_pairs(path: str | Path, limit: int | None = None) -> PairSet:
+    """The pairs of a JSONL file; `limit` keeps the first `limit` (the file order is already random)."""
     try:
-        lines = Path(path).read_bytes().splitlines()
+        lines = Path(path).read_bytes().splitlines()[:limit]
         return pairs_from_records([orjson.loads(line) for line in lines if line.strip()])
     except (OSError, orjson.JSONDecodeError) as exc:
         raise InvalidRequest(f"cannot read pairs from {path}: {exc}") from exc
@@ -248,11 +249,12 @@ def run_cache_eval(
     fixed: Sequence[float] = FIXED_THRESHOLDS,
     confidence: float = 0.95,
     vectors_dir: Path | None = None,
+    limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """The whole evaluation as JSON (see module doc); `calibration` holds thresholds for `SHIPPED_DELTAS`
     from the first seed's calibration part, the content of the shipped calibration file."""
-    pairs = load_pairs(path)
+    pairs = load_pairs(path, limit)
     started = time.perf_counter()
     vectors = embed_pairs(pairs, vectors_dir, progress)
     embed_s = time.perf_counter() - started
@@ -285,5 +287,13 @@ def build_report(
         "all_splits_meet_delta": all_met,
         "all_splits_beat_best_fixed": all_beat,
         "splits": [s.to_json() for s in splits],
-        "calibration": {"seed": splits[0].seed, "confidence": confidence, "thresholds": shipped},
+        "calibration": {
+            "about": "semantic-cache cosine thresholds per target false-hit rate δ (margin.cache.load_calibration)",
+            "built_with": "margin eval cache --pairs <qqp_pairs.jsonl> [--limit N] --write-calibration <this file>",
+            "pairs_file_pairs": len(pairs),
+            "seed": splits[0].seed,
+            "calibration_queries": splits[0].calibration_queries,
+            "confidence": confidence,
+            "thresholds": shipped,
+        },
     }

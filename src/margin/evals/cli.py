@@ -40,6 +40,7 @@ def cache(
     delta: Annotated[
         list[float] | None, typer.Option("--delta", help="Target false-hit rate(s); default 0.005 0.01 0.02 0.05.")
     ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=0, help="Use only the first N pairs (0 = all).")] = 0,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Number of random splits (seeds 0..n-1).")] = 1,
     calib_fraction: Annotated[float, typer.Option("--calib-fraction", help="Share of pairs to calibrate on.")] = 0.5,
     confidence: Annotated[float, typer.Option("--confidence", help="Confidence of the δ bound.")] = 0.95,
@@ -72,6 +73,7 @@ def cache(
         deltas=delta or DELTAS,
         confidence=confidence,
         vectors_dir=Path(vectors_dir) if vectors_dir else None,
+        limit=limit or None,
         progress=lambda done, total: console.print(f"embedded {done}/{total}"),
     )
     option = orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY

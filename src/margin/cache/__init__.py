@@ -5,4 +5,11 @@ from margin.cache.calibration import calibrate_threshold, load_calibration, thre
 from margin.cache.encoder import default_encoder
 from margin.cache.semantic import SemanticCache, SemanticHit
 
-__all__ = ["SemanticCache", "SemanticHit", "calibrate_threshold", "default_encoder", "load_calibration", "threshold_for"]
+__all__ = [
+    "SemanticCache",
+    "SemanticHit",
+    "calibrate_threshold",
+    "default_encoder",
+    "load_calibration",
+    "threshold_for",
+]

@@ -43,7 +43,7 @@ def cache(
     limit: Annotated[int, typer.Option("--limit", min=0, help="Use only the first N pairs (0 = all).")] = 0,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Number of random splits (seeds 0..n-1).")] = 1,
     calib_fraction: Annotated[float, typer.Option("--calib-fraction", help="Share of pairs to calibrate on.")] = 0.5,
-    confidence: Annotated[float, typer.Option("--confidence", help="Confidence of the δ bound.")] = 0.95,
+    confidence: Annotated[float, typer.Option("--confidence", help="Confidence of the δ bound.")] = 0.99,
     vectors_dir: Annotated[
         str, typer.Option("--vectors-dir", help="Where embeddings are cached between runs ('' = never).")
     ] = "/tmp/margin-cache-eval",

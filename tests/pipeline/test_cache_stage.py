@@ -127,3 +127,47 @@ async def test_entries_outlive_a_restart_on_a_single_node(db_path: Path) -> None
         await gw.http.post(CHAT, json=chat(content="short-lived"))
         await asyncio.sleep(0.01)
         assert (await gw.http.post(CHAT, json=chat(content="short-lived"))).headers["x-margin-cache"] == "miss"
+
+
+class WordsEncoder:
+    """A stand-in for MiniLM: bag of lower-cased words hashed into 384 dims, L2-normalized."""
+
+    def __call__(self, texts: list[str]) -> Any:
+        import re
+        import zlib
+
+        import numpy as np
+
+        out = np.zeros((len(texts), 384), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in re.findall(r"[a-z0-9]+", text.lower()):
+                out[row, zlib.crc32(word.encode()) % 384] += 1.0
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(norms == 0, 1, norms)
+
+
+async def test_semantic_hits_are_scoped_and_recorded(db_path: Path) -> None:
+    config = settings(db_path, cache={"semantic": {"enabled": True, "delta": 0.01}})
+    async with gateway(config) as gw:
+        assert gw.services.semantic is not None
+        gw.services.semantic.cache.encoder = WordsEncoder()
+        first = await gw.http.post(CHAT, json=chat("What is the capital of France?"))
+        again = await gw.http.post(CHAT, json=chat("what is the capital of france"))  # same words: cosine 1
+        other = await gw.http.post(CHAT, json=chat("what is the capital of spain"))
+        system = {"role": "system", "content": "answer in German"}
+        with_system = chat("what is the capital of france")
+        with_system["messages"] = [system, *with_system["messages"]]
+        different_context = await gw.http.post(CHAT, json=with_system)
+        assert first.headers["x-margin-cache"] == "miss"
+        assert again.headers["x-margin-cache"] == "hit-semantic"
+        assert float(again.headers["x-margin-cache-similarity"]) >= gw.services.semantic.threshold
+        assert again.json()["choices"][0]["message"]["content"] == first.json()["choices"][0]["message"]["content"]
+        assert other.headers["x-margin-cache"] == "miss" and different_context.headers["x-margin-cache"] == "miss"
+        rows = await gw.rows()
+        assert [(r.kind, r.cache) for r in rows] == [
+            ("request", None),
+            ("cache_hit", "semantic"),
+            ("request", None),
+            ("request", None),
+        ]
+        assert rows[1].saved_nanousd == rows[0].cost_nanousd

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import sqlite3
 import time
 from collections import OrderedDict
@@ -23,6 +24,7 @@ import orjson
 
 from margin.backends.base import Usage
 
+log = logging.getLogger("margin.cache")
 TRANSPORT_FIELDS = frozenset({"stream", "stream_options", "user", "metadata", "store", "service_tier"})
 
 
@@ -126,6 +128,7 @@ class SqliteCache:
         self._connection.execute("PRAGMA journal_mode=WAL")
         self._connection.execute("PRAGMA busy_timeout=5000")
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="margin-cache")
+        self._puts = 0
 
     async def _run(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         loop = asyncio.get_running_loop()
@@ -145,10 +148,22 @@ class SqliteCache:
         return entry
 
     async def put(self, key: str, entry: Entry, ttl_s: float) -> None:
+        """Memory at once; the table write is queued on the worker thread (expired rows purged every 100 puts)."""
         await self.memory.put(key, entry, ttl_s)
-        sql = "INSERT OR REPLACE INTO cache_entries (key, value, expires_at) VALUES (?, ?, ?)"
-        await self._run(sql, (key, entry.to_bytes(), time.time() + ttl_s))
-        await self._run("DELETE FROM cache_entries WHERE expires_at <= ?", (time.time(),))
+        self._puts += 1
+        purge = self._puts % 100 == 0
+        row = (key, entry.to_bytes(), time.time() + ttl_s)
+        self._pool.submit(self._write, row, purge)
+
+    def _write(self, row: tuple[str, bytes, float], purge: bool) -> None:
+        try:
+            self._connection.execute(
+                "INSERT OR REPLACE INTO cache_entries (key, value, expires_at) VALUES (?, ?, ?)", row
+            )
+            if purge:
+                self._connection.execute("DELETE FROM cache_entries WHERE expires_at <= ?", (time.time(),))
+        except sqlite3.Error:
+            log.exception("writing a cache entry to SQLite failed (it stays in memory)")
 
     async def close(self) -> None:
         await self.memory.close()

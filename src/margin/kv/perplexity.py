@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from margin.kv.methods import KVMethod
@@ -61,20 +62,29 @@ def summarize(per_window: list[dict[str, dict[str, float]]], predicted: int) -> 
 
 
 def run_perplexity(
-    loaded: Any, methods: list[KVMethod], windows: list[list[int]], *, seed: int, log: Any = None
+    loaded: Any,
+    methods: list[KVMethod],
+    windows: list[list[int]],
+    *,
+    seed: int,
+    save: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
+    """Score the windows in order; `save` receives the summary so far after each window (a run can be cut
+    short and still report exactly how many tokens it scored)."""
     import torch
 
     per_window = []
+    result: dict[str, Any] = {}
     for idx, window in enumerate(windows):
-        ids = torch.tensor([window])
-        per_window.append(window_scores(loaded, ids, methods, seed=seed))
-        if log is not None:
-            log(f"ppl window {idx + 1}/{len(windows)} done")
-    predicted = sum(len(w) - 1 for w in windows)
-    return {
-        "windows": len(windows),
-        "context": len(windows[0]),
-        "tokens_scored": predicted,
-        "methods": summarize(per_window, predicted),
-    }
+        per_window.append(window_scores(loaded, torch.tensor([window]), methods, seed=seed))
+        predicted = sum(len(w) - 1 for w in windows[: idx + 1])
+        result = {
+            "windows": idx + 1,
+            "windows_planned": len(windows),
+            "context": len(windows[0]),
+            "tokens_scored": predicted,
+            "methods": summarize(per_window, predicted),
+        }
+        if save is not None:
+            save(result)
+    return result

@@ -83,7 +83,9 @@ def equal_bytes(rows: list[dict[str, Any]]) -> list[str]:
             continue
         parts = [f"`{base['method']}` ({base['bytes_per_token']:.0f} B/token): Δppl {base['delta_ppl_pct']:+.2f}%"]
         for family in ("tq-mse-", "tq-prod-"):
-            fits = [r for r in scored if r["method"].startswith(family) and r["bytes_per_token"] <= base["bytes_per_token"]]
+            fits = [
+                r for r in scored if r["method"].startswith(family) and r["bytes_per_token"] <= base["bytes_per_token"]
+            ]
             if fits:
                 best = min(fits, key=lambda r: r["delta_ppl_pct"])
                 parts.append(f"best `{best['method']}` ({best['bytes_per_token']:.0f} B) {best['delta_ppl_pct']:+.2f}%")
@@ -95,17 +97,22 @@ def equal_bytes(rows: list[dict[str, Any]]) -> list[str]:
 
 def _synthetic_md(synthetic: dict[str, Any]) -> list[str]:
     out = [
-        "| d | law | b | D_mse | Lloyd-Max theory | paper | vs paper | D_prod·d | paper | vs paper | prod bias ± s.e. |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| d | law | b | D_mse | Lloyd-Max | paper | vs paper | D_prod·d | π/2·D_mse(b−1) | paper | vs paper | bias |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in synthetic["rows"]:
         out.append(
             f"| {r['dim']} | {r['law']} | {r['bits']} | {r['d_mse']:.4f} | {r['d_mse_theory']:.4f} | "
-            f"{r['d_mse_paper']} | {r['d_mse_vs_paper_pct']:+.1f}% | {r['d_prod_times_d']:.3f} | "
+            f"{r['d_mse_paper']} | {r['d_mse_vs_paper_pct']:+.1f}% | {r['d_prod_times_d']:.4f} | "
+            f"{r['d_prod_theory_times_d']:.4f} | "
             f"{r['d_prod_paper_times_d']} | {r['d_prod_vs_paper_pct']:+.1f}% | "
             f"{r['prod_bias']:+.5f} ± {r['prod_bias_stderr']:.5f} |"
         )
-    out += ["", "| b | computed N(0,1) centroids | published | max diff | Beta d=64 outer vs Gaussian |", "|---|---|---|---|---|"]
+    out += [
+        "",
+        "| b | computed N(0,1) centroids | published | max diff | Beta d=64 outer vs Gaussian |",
+        "|---|---|---|---|---|",
+    ]
     for c in synthetic["codebooks"]:
         out.append(
             f"| {c['bits']} | {c['computed']} | {c['published']} | {c['max_abs_diff']:.1e} | "
@@ -120,9 +127,7 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "# margin kv eval — KV-cache formats on SmolLM2-135M-Instruct",
         "",
         f"Hardware: {hw.get('processor')} ({hw.get('cpu_count')} CPUs, {hw.get('torch_threads')} torch threads), "
-        f"accelerator: {hw.get('accelerator')}. Versions: "
-        + ", ".join(f"{k} {v}" for k, v in versions.items())
-        + ".",
+        f"accelerator: {hw.get('accelerator')}. Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         "",
         markdown_table(result.get("table", [])),
         "",

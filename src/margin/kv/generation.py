@@ -37,7 +37,10 @@ def greedy(loaded: Any, ids: Any, cache: Any, new_tokens: int) -> tuple[list[int
 
 def passkey_prompt(tokenizer: Any, length: int, depth: float, key: int) -> list[int]:
     """About `length` tokens: filler with the pass key sentence at relative `depth`, then the question."""
-    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+
+    def encode(text: str) -> list[int]:
+        return [int(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
+
     needle = encode(f"The pass key is {key}. Remember it. {key} is the pass key. ")
     intro, question, filler = encode(INTRO), encode(QUESTION), encode(FILLER)
     room = max(length - len(intro) - len(needle) - len(question), len(filler))

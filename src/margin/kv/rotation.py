@@ -24,8 +24,8 @@ def random_orthogonal(dim: int, seed: int) -> torch.Tensor:
 
     gaussian = torch.randn(dim, dim, generator=_generator(seed), dtype=torch.float64)
     q, r = torch.linalg.qr(gaussian)
-    q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
-    return q.to(torch.float32)
+    fixed: torch.Tensor = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+    return fixed.to(torch.float32)
 
 
 def hadamard(dim: int) -> torch.Tensor:
@@ -37,7 +37,8 @@ def hadamard(dim: int) -> torch.Tensor:
     h = torch.ones(1, 1, dtype=torch.float64)
     while h.shape[0] < dim:
         h = torch.cat([torch.cat([h, h], dim=1), torch.cat([h, -h], dim=1)], dim=0)
-    return (h / dim**0.5).to(torch.float32)
+    scaled: torch.Tensor = h / dim**0.5
+    return scaled.to(torch.float32)
 
 
 def randomized_hadamard(dim: int, seed: int) -> torch.Tensor:

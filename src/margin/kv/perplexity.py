@@ -30,7 +30,8 @@ def window_scores(loaded: Any, ids: Any, methods: list[KVMethod], *, seed: int) 
     targets = ids[0, 1:]
     ref = _log_probs(loaded, ids, None)
     ref_top = ref.argmax(dim=-1)
-    scores = {"reference": {"nll": float(-ref.gather(-1, targets[:, None]).sum()), "kl": 0.0, "top1": 1.0}}
+    reference = {"nll": float(-ref.gather(-1, targets[:, None]).sum()), "kl": 0.0, "top1": float(targets.numel())}
+    scores = {"reference": reference}
     for method in methods:
         started = time.perf_counter()
         cache = CompressedCache.for_model(method, loaded.model, quantize_prompt=True, seed=seed)

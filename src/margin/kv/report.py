@@ -104,7 +104,7 @@ def _synthetic_md(synthetic: dict[str, Any]) -> list[str]:
         out.append(
             f"| {r['dim']} | {r['law']} | {r['bits']} | {r['d_mse']:.4f} | {r['d_mse_theory']:.4f} | "
             f"{r['d_mse_paper']} | {r['d_mse_vs_paper_pct']:+.1f}% | {r['d_prod_times_d']:.4f} | "
-            f"{r['d_prod_theory_times_d']:.4f} | "
+            f"{r.get('d_prod_theory_times_d', float('nan')):.4f} | "
             f"{r['d_prod_paper_times_d']} | {r['d_prod_vs_paper_pct']:+.1f}% | "
             f"{r['prod_bias']:+.5f} ± {r['prod_bias_stderr']:.5f} |"
         )
@@ -135,7 +135,9 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
     for part in ("attention", "ppl", "passkey", "speed"):
         if part in result:
             info = {k: v for k, v in result[part].items() if k != "methods"}
-            lines.append(f"- `{part}`: {info}")
+            reference = result[part].get("methods", {}).get("reference")
+            extra = f"; uncompressed reference: {reference}" if reference else ""
+            lines.append(f"- `{part}`: {info}{extra}")
     if "ppl" in result:
         lines += ["", "## Equal bytes", "", *equal_bytes(result.get("table", []))]
     if "passkey" in result:

@@ -72,3 +72,24 @@ def test_merge_keeps_parts_of_both_runs(tmp_path: Path) -> None:
     assert set(merged["bytes_per_token"]) == {"kivi-4", "tq-mse-4"}
     assert set(merged["config"]) == {"ppl", "attention"}
     assert (tmp_path / "m.md").read_text().count("| tq-mse-4 |") == 1
+
+
+def test_combine_perplexity_pools_by_tokens() -> None:
+    import math
+
+    from margin.kv.evaluate import combine_perplexity
+
+    def run(tokens: int, ref_ppl: float, m_ppl: float) -> dict[str, Any]:
+        rows = {
+            "reference": {"ppl": ref_ppl, "kl": 0.0, "top1_agreement": 1.0},
+            "m": {"ppl": m_ppl, "kl": 0.2, "top1_agreement": 0.9},
+        }
+        return {"windows": 1, "context": 8, "tokens_scored": tokens, "methods": rows}
+
+    pooled = combine_perplexity(run(100, 10.0, 11.0), run(300, 20.0, 22.0))
+    assert pooled["tokens_scored"] == 400
+    assert len(pooled["runs"]) == 2
+    ref = math.exp((100 * math.log(10) + 300 * math.log(20)) / 400)
+    assert math.isclose(pooled["methods"]["reference"]["ppl"], ref)
+    assert math.isclose(pooled["methods"]["m"]["delta_ppl_pct"], 10.0)
+    assert math.isclose(pooled["methods"]["m"]["kl"], 0.2)

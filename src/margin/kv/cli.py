@@ -25,6 +25,7 @@ def eval_command(
     methods: Annotated[str | None, typer.Option(help="Comma list of KV methods (see `margin kv methods`).")] = None,
     ppl_methods: Annotated[str | None, typer.Option(help="Comma list of methods for perplexity.")] = None,
     ppl_windows: Annotated[int | None, typer.Option(help="Perplexity windows.")] = None,
+    ppl_skip: Annotated[int | None, typer.Option(help="Corpus windows skipped before the perplexity ones.")] = None,
     ppl_context: Annotated[int | None, typer.Option(help="Tokens per perplexity window.")] = None,
     passkey_methods: Annotated[str | None, typer.Option(help="Comma list of methods for passkey.")] = None,
     passkey_lengths: Annotated[str | None, typer.Option(help="Comma list of passkey prompt lengths.")] = None,
@@ -41,6 +42,7 @@ def eval_command(
     cfg.ppl_methods = _split(ppl_methods) or cfg.ppl_methods
     cfg.passkey_methods = _split(passkey_methods) or cfg.passkey_methods
     cfg.ppl_windows = ppl_windows or cfg.ppl_windows
+    cfg.ppl_skip = cfg.ppl_skip if ppl_skip is None else ppl_skip
     cfg.ppl_context = ppl_context or cfg.ppl_context
     cfg.passkey_lengths = [int(n) for n in _split(passkey_lengths) or []] or cfg.passkey_lengths
     try:

@@ -39,6 +39,7 @@ class EvalConfig:
     attention_tokens: int = 1024
     ppl_context: int = 1024
     ppl_windows: int = 16
+    ppl_skip: int = 1  # windows of the corpus skipped first (window 0 feeds the attention part)
     ppl_methods: list[str] = field(default_factory=lambda: [m for m in DEFAULT_METHODS if m not in ("bf16", "kivi-8")])
     passkey_methods: list[str] = field(default_factory=lambda: list(PASSKEY_METHODS))
     passkey_lengths: list[int] = field(default_factory=lambda: [512, 1024, 2048])
@@ -141,7 +142,7 @@ def _run_part(part: str, cfg: EvalConfig, model: _Model, save: Callable[[dict[st
     if part == "ppl":
         from margin.kv.perplexity import run_perplexity
 
-        windows = token_windows(loaded.tokenizer, cfg.ppl_context, cfg.ppl_windows, skip=1)
+        windows = token_windows(loaded.tokenizer, cfg.ppl_context, cfg.ppl_windows, skip=cfg.ppl_skip)
         return run_perplexity(loaded, [get_method(n) for n in cfg.ppl_methods], windows, seed=cfg.seed, save=save)
     from margin.kv.generation import run_passkey, run_speed
 
@@ -199,9 +200,41 @@ def merge_results(paths: list[Path], out: Path) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for path in paths:
         other = json.loads(path.read_text())
+        if "ppl" in result and "ppl" in other:
+            other["ppl"] = combine_perplexity(result["ppl"], other["ppl"])
         configs = {**result.get("config", {}), **other.get("config", {})}
         sizes = {**result.get("bytes_per_token", {}), **other.get("bytes_per_token", {})}
         result.update({k: v for k, v in other.items() if k != "table"})
         result["config"], result["bytes_per_token"] = configs, sizes
     write_result(result, out)
     return result
+
+
+def combine_perplexity(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Pool two perplexity runs over disjoint windows (same context length), weighting by tokens scored."""
+    import math
+
+    na, nb = a["tokens_scored"], b["tokens_scored"]
+    total = na + nb
+
+    def pooled(name: str, key: str, transform: Callable[[float], float] = float) -> float:
+        value: float = na * transform(a["methods"][name][key]) + nb * transform(b["methods"][name][key])
+        return value / total
+
+    ref_nll = pooled("reference", "ppl", math.log)
+    methods = {}
+    for name in a["methods"].keys() & b["methods"].keys():
+        nll = pooled(name, "ppl", math.log)
+        methods[name] = {
+            "ppl": math.exp(nll),
+            "delta_ppl_pct": 100.0 * (math.exp(nll - ref_nll) - 1.0),
+            "kl": pooled(name, "kl"),
+            "top1_agreement": pooled(name, "top1_agreement"),
+        }
+    runs = [*a.get("runs", [a]), *b.get("runs", [b])]
+    pooled_info = {"windows": a["windows"] + b["windows"], "context": a["context"], "tokens_scored": total}
+    return {
+        **pooled_info,
+        "runs": [{k: v for k, v in r.items() if k not in ("methods", "runs")} for r in runs],
+        "methods": methods,
+    }

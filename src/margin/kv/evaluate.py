@@ -214,12 +214,13 @@ def combine_perplexity(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Pool two perplexity runs over disjoint windows (same context length), weighting by tokens scored."""
     import math
 
-    na, nb = a["tokens_scored"], b["tokens_scored"]
+    na, nb = int(a["tokens_scored"]), int(b["tokens_scored"])
     total = na + nb
 
     def pooled(name: str, key: str, transform: Callable[[float], float] = float) -> float:
-        value: float = na * transform(a["methods"][name][key]) + nb * transform(b["methods"][name][key])
-        return value / total
+        first = transform(float(a["methods"][name][key]))
+        second = transform(float(b["methods"][name][key]))
+        return (na * first + nb * second) / float(total)
 
     ref_nll = pooled("reference", "ppl", math.log)
     methods = {}

@@ -64,13 +64,17 @@ def test_equal_bytes_picks_the_best_turboquant_that_fits() -> None:
 
 def test_merge_keeps_parts_of_both_runs(tmp_path: Path) -> None:
     a, b = _result({"kivi-4": (7200, 1.0)}), _result({"tq-mse-4": (6120, 4.0)})
-    a["config"], b["config"] = {"ppl": {"seed": 0}}, {"attention": {"seed": 0}}
+    a["config"], b["config"] = {"ppl": {"seed": 0}, "attention": {"seed": 1}}, {"attention": {"seed": 0}}
+    a["attention"] = {"tokens": 8, "methods": {"kivi-4": {"softmax_kl": 0.1}}}
+    b["attention"] = {"tokens": 8, "methods": {"tq-mse-4": {"softmax_kl": 0.2}}}
     del a["ppl"]
     write_result(a, tmp_path / "a.json")
     write_result(b, tmp_path / "b.json")
     merged = merge_results([tmp_path / "a.json", tmp_path / "b.json"], tmp_path / "m.json")
     assert set(merged["bytes_per_token"]) == {"kivi-4", "tq-mse-4"}
     assert set(merged["config"]) == {"ppl", "attention"}
+    assert merged["config"]["attention"] == [{"seed": 1}, {"seed": 0}]
+    assert set(merged["attention"]["methods"]) == {"kivi-4", "tq-mse-4"}
     assert (tmp_path / "m.md").read_text().count("| tq-mse-4 |") == 1
 
 

@@ -202,7 +202,14 @@ def merge_results(paths: list[Path], out: Path) -> dict[str, Any]:
         other = json.loads(path.read_text())
         if "ppl" in result and "ppl" in other:
             other["ppl"] = combine_perplexity(result["ppl"], other["ppl"])
-        configs = {**result.get("config", {}), **other.get("config", {})}
+        for part in ("attention", "passkey", "speed"):
+            if part in result and part in other:  # union of methods (same settings assumed), later runs win
+                other[part] = {**other[part], "methods": {**result[part]["methods"], **other[part]["methods"]}}
+        configs = dict(result.get("config", {}))
+        for part, config in other.get("config", {}).items():
+            earlier = configs.get(part)
+            runs = [] if earlier is None else earlier if isinstance(earlier, list) else [earlier]
+            configs[part] = config if not runs or runs == [config] else [*runs, config]
         sizes = {**result.get("bytes_per_token", {}), **other.get("bytes_per_token", {})}
         result.update({k: v for k, v in other.items() if k != "table"})
         result["config"], result["bytes_per_token"] = configs, sizes

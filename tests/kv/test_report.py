@@ -90,7 +90,12 @@ def test_combine_perplexity_pools_by_tokens() -> None:
         }
         return {"windows": 1, "context": 8, "tokens_scored": tokens, "methods": rows}
 
-    pooled = combine_perplexity(run(100, 10.0, 11.0), run(300, 20.0, 22.0))
+    first = run(100, 10.0, 11.0)
+    first["methods"]["only-first"] = {"ppl": 12.0, "delta_ppl_pct": 20.0, "kl": 0.5, "top1_agreement": 0.5}
+    pooled = combine_perplexity(first, run(300, 20.0, 22.0))
+    assert pooled["methods"]["only-first"]["tokens_scored"] == 100
+    assert pooled["methods"]["only-first"]["delta_ppl_pct"] == 20.0
+    assert pooled["methods"]["m"]["tokens_scored"] == 400
     assert pooled["tokens_scored"] == 400
     assert len(pooled["runs"]) == 2
     ref = math.exp((100 * math.log(10) + 300 * math.log(20)) / 400)

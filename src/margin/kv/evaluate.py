@@ -230,14 +230,19 @@ def combine_perplexity(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         return (na * first + nb * second) / float(total)
 
     ref_nll = pooled("reference", "ppl", math.log)
-    methods = {}
-    for name in a["methods"].keys() & b["methods"].keys():
+    methods: dict[str, Any] = {}
+    for name in a["methods"].keys() | b["methods"].keys():
+        if name not in a["methods"] or name not in b["methods"]:  # scored in one run only: its own numbers
+            alone = a if name in a["methods"] else b
+            methods[name] = {**alone["methods"][name], "tokens_scored": alone["tokens_scored"]}
+            continue
         nll = pooled(name, "ppl", math.log)
         methods[name] = {
             "ppl": math.exp(nll),
             "delta_ppl_pct": 100.0 * (math.exp(nll - ref_nll) - 1.0),
             "kl": pooled(name, "kl"),
             "top1_agreement": pooled(name, "top1_agreement"),
+            "tokens_scored": total,
         }
     runs = [*a.get("runs", [a]), *b.get("runs", [b])]
     pooled_info = {"windows": a["windows"] + b["windows"], "context": a["context"], "tokens_scored": total}

@@ -17,6 +17,7 @@ COLUMNS = (
     ("output_rel_err", "attn-out rel. err", "{:.4f}"),
     ("delta_ppl_pct", "Δppl %", "{:+.2f}"),
     ("token_kl", "token KL", "{:.4f}"),
+    ("ppl_tokens", "ppl tokens", "{:.0f}"),
     ("top1_agreement", "top-1 agree", "{:.3f}"),
     ("passkey", "passkey", "{:.2f}"),
     ("decode_tok_s", "decode tok/s (CPU)", "{:.1f}"),
@@ -40,6 +41,13 @@ def _lookup(result: dict[str, Any], part: str, name: str, key: str) -> float | N
     return None if value is None else float(value)
 
 
+def _ppl_tokens(result: dict[str, Any], name: str) -> float | None:
+    if _lookup(result, "ppl", name, "ppl") is None:
+        return None
+    own = _lookup(result, "ppl", name, "tokens_scored")
+    return own if own is not None else float(result["ppl"]["tokens_scored"])
+
+
 def build_table(result: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for name, sizes in result.get("bytes_per_token", {}).items():
@@ -55,6 +63,7 @@ def build_table(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "delta_ppl_pct": _lookup(result, "ppl", name, "delta_ppl_pct"),
                 "token_kl": _lookup(result, "ppl", name, "kl"),
                 "top1_agreement": _lookup(result, "ppl", name, "top1_agreement"),
+                "ppl_tokens": _ppl_tokens(result, name),
                 "passkey": _lookup(result, "passkey", name, "all"),
                 "decode_tok_s": _lookup(result, "speed", name, "decode_tok_s"),
             }

@@ -37,8 +37,8 @@ class EvalConfig:
     model: str = "builtin:smollm2-135m-q4_1"
     synthetic_vectors: int = 20000
     attention_tokens: int = 1024
-    ppl_context: int = 1024
-    ppl_windows: int = 16
+    ppl_context: int = 2048
+    ppl_windows: int = 25  # 25 × 2047 scored tokens ≥ 50k (the bar)
     ppl_skip: int = 1  # windows of the corpus skipped first (window 0 feeds the attention part)
     ppl_methods: list[str] = field(default_factory=lambda: [m for m in DEFAULT_METHODS if m not in ("bf16", "kivi-8")])
     passkey_methods: list[str] = field(default_factory=lambda: list(PASSKEY_METHODS))

@@ -97,3 +97,17 @@ def test_quantize_prompt_false_gives_exact_prompt_attention(model: Any) -> None:
     assert torch.allclose(same, exact, atol=1e-5)
     assert not torch.allclose(lossy, exact, atol=1e-3)
     assert kept.get_seq_length() == 24
+
+
+def test_speed_measurement_alternates_rounds_and_reports_real_bytes(model: Any) -> None:
+    from margin.kv.generation import run_speed
+    from margin.kv.model import LoadedModel
+
+    loaded = LoadedModel(model, None, "tiny")
+    methods = [get_method("fp16"), get_method("tq-mse-4")]
+    out = run_speed(loaded, methods, list(range(1, 33)), new_tokens=3, seed=0, rounds=2)
+    rows = out["methods"]
+    assert set(rows) == {"reference", "fp16", "tq-mse-4"}
+    assert all(len(r["rounds"]) == 2 and r["decode_tok_s"] > 0 for r in rows.values())
+    assert rows["fp16"]["cache_bytes_per_token"] == 2 * 2 * 2 * 16 * 2  # layers × K,V × heads × dim × 2 bytes
+    assert rows["tq-mse-4"]["cache_bytes_per_token"] == 2 * 2 * 2 * (16 * 4 // 8 + 2)

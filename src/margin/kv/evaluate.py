@@ -47,6 +47,7 @@ class EvalConfig:
     passkey_trials: int = 1
     speed_prompt: int = 256
     speed_new_tokens: int = 32
+    speed_rounds: int = 3
 
     @classmethod
     def quick(cls) -> EvalConfig:
@@ -62,6 +63,7 @@ class EvalConfig:
             passkey_depths=[0.5],
             speed_prompt=128,
             speed_new_tokens=8,
+            speed_rounds=1,
         )
 
 
@@ -158,7 +160,7 @@ def _run_part(part: str, cfg: EvalConfig, model: _Model, save: Callable[[dict[st
             save=save,
         )
     prompt = token_windows(loaded.tokenizer, cfg.speed_prompt, 1)[0]
-    return run_speed(loaded, methods, prompt, new_tokens=cfg.speed_new_tokens, seed=cfg.seed)
+    return run_speed(loaded, methods, prompt, new_tokens=cfg.speed_new_tokens, seed=cfg.seed, rounds=cfg.speed_rounds)
 
 
 def run_eval(cfg: EvalConfig, out: Path, log: Callable[[str], None]) -> dict[str, Any]:

@@ -6,11 +6,10 @@ from typing import Any
 
 import pytest
 import torch
+import transformers
 
 from margin.kv.cache import CompressedCache
 from margin.kv.methods import get_method
-
-transformers = pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")

@@ -166,14 +166,14 @@ def _run_part(part: str, cfg: EvalConfig, model: _Model, save: Callable[[dict[st
 def run_eval(cfg: EvalConfig, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
     """Run the chosen parts; results of parts not run are kept from an existing `out` (so parts can be run
     separately), then the table is rebuilt and the JSON and markdown rewritten."""
+    unknown = [p for p in cfg.parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown part {unknown[0]!r}; known: {', '.join(PARTS)}")
     result: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     result.update(environment(cfg.threads))
     configs = result.setdefault("config", {})
     result["bytes_per_token"] = bytes_table(sorted(set(cfg.methods) | set(result.get("bytes_per_token", {}))))
     model = _Model(cfg)
-    unknown = [p for p in cfg.parts if p not in PARTS]
-    if unknown:
-        raise ValueError(f"unknown part {unknown[0]!r}; known: {', '.join(PARTS)}")
     for part in cfg.parts:
         started = time.perf_counter()
         configs[part] = asdict(cfg)

@@ -57,11 +57,12 @@ def eval_command(
 def merge(
     inputs: Annotated[list[Path], typer.Argument(help="Result JSONs of separate runs; later ones win per part.")],
     out: Annotated[Path, typer.Option(help="Merged result JSON (markdown goes beside it).")] = DEFAULT_OUT,
+    notes: Annotated[Path | None, typer.Option(help="Markdown file of conclusions, kept in the result.")] = None,
 ) -> None:
     """Merge the parts of separate `margin kv eval` runs into one result and rebuild the table."""
     from margin.kv.evaluate import merge_results
 
-    merge_results(inputs, out)
+    merge_results(inputs, out, notes=None if notes is None else notes.read_text())
     typer.echo(f"wrote {out} and {out.with_suffix('.md')}")
 
 

@@ -197,7 +197,7 @@ def write_result(result: dict[str, Any], out: Path) -> None:
     write_markdown(result, out.with_suffix(".md"))
 
 
-def merge_results(paths: list[Path], out: Path) -> dict[str, Any]:
+def merge_results(paths: list[Path], out: Path, *, notes: str | None = None) -> dict[str, Any]:
     """Combine result files of separate runs (later files win per part) and rewrite table and markdown."""
     result: dict[str, Any] = {}
     for path in paths:
@@ -215,6 +215,8 @@ def merge_results(paths: list[Path], out: Path) -> dict[str, Any]:
         sizes = {**result.get("bytes_per_token", {}), **other.get("bytes_per_token", {})}
         result.update({k: v for k, v in other.items() if k != "table"})
         result["config"], result["bytes_per_token"] = configs, sizes
+    if notes is not None:
+        result["notes"] = notes
     write_result(result, out)
     return result
 

@@ -141,6 +141,8 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         markdown_table(result.get("table", [])),
         "",
     ]
+    if result.get("notes"):
+        lines[2:2] = [str(result["notes"]).strip(), ""]
     for part in ("attention", "ppl", "passkey", "speed"):
         if part in result:
             info = {k: v for k, v in result[part].items() if k != "methods"}

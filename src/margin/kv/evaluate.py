@@ -172,7 +172,10 @@ def run_eval(cfg: EvalConfig, out: Path, log: Callable[[str], None]) -> dict[str
     result: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     result.update(environment(cfg.threads))
     configs = result.setdefault("config", {})
-    result["bytes_per_token"] = bytes_table(sorted(set(cfg.methods) | set(result.get("bytes_per_token", {}))))
+    names = set(cfg.methods) | set(result.get("bytes_per_token", {}))
+    names |= set(cfg.ppl_methods) if "ppl" in cfg.parts else set()
+    names |= set(cfg.passkey_methods) if "passkey" in cfg.parts else set()
+    result["bytes_per_token"] = bytes_table(sorted(names))
     model = _Model(cfg)
     for part in cfg.parts:
         started = time.perf_counter()

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from margin.kv.cli import app
+from margin.kv.evaluate import EvalConfig, run_eval
+
+
+def test_codebook_command() -> None:
+    result = CliRunner().invoke(app, ["codebook", "--bits", "2", "--dim", "64", "--law", "gaussian"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert [round(c, 4) for c in payload["centroids_times_sqrt_d"]] == [-1.5104, -0.4528, 0.4528, 1.5104]
+
+
+def test_bytes_command_exports_measured_sizes() -> None:
+    result = CliRunner().invoke(app, ["bytes", "--methods", "fp16,tq-mse-4,kivi-4"])
+    assert result.exit_code == 0, result.output
+    sizes = json.loads(result.output)["bytes_per_token"]
+    assert sizes == {"fp16": 23040.0, "tq-mse-4": 6120.0, "kivi-4": 7200.0}
+    bad = CliRunner().invoke(app, ["bytes", "--methods", "int5"])
+    assert bad.exit_code != 0
+
+
+def test_methods_command_lists_names() -> None:
+    result = CliRunner().invoke(app, ["methods"])
+    assert result.exit_code == 0
+    assert "tq-prod-3" in result.output
+
+
+def test_eval_synthetic_part_writes_json_and_markdown(tmp_path: Path) -> None:
+    out = tmp_path / "kv.json"
+    cfg = EvalConfig(parts=["synthetic"], methods=["fp16", "tq-mse-3"], synthetic_vectors=1000)
+    run_eval(cfg, out, lambda _msg: None)
+    result = json.loads(out.read_text())
+    assert {"versions", "hardware", "config", "synthetic", "bytes_per_token", "table"} <= result.keys()
+    rows = {(r["dim"], r["bits"], r["law"]): r for r in result["synthetic"]["rows"]}
+    assert abs(rows[64, 2, "beta"]["d_mse"] - 0.1145) < 0.01
+    table = {r["method"]: r for r in result["table"]}
+    assert table["tq-mse-3"]["synthetic_d_mse"] == rows[64, 3, "beta"]["d_mse"]
+    assert table["fp16"]["compression"] == 1.0
+    assert "| tq-mse-3 |" in out.with_suffix(".md").read_text()
+
+
+def test_eval_rejects_unknown_part(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["eval", "--parts", "nope", "--out", str(tmp_path / "x.json")])
+    assert result.exit_code == 2

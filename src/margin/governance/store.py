@@ -1,11 +1,11 @@
 """Counters behind budgets and rate limits: reserve → settle, and GCRA.
 
 A budget counter (one per budget and calendar window) holds `spent` and `reserved`, integers (nano-USD or
-tokens). `reserve` checks every hard hold of a request and, only if all fit, adds them all to `reserved`:
-all or nothing, atomically. `settle` moves a request's reservation to its actual spend exactly once (a
-second settle of the same request id is a no-op). Reservations carry a deadline; `reap` releases those
-whose request never settled (a crashed replica, say), and the counter's spent is reconciled from the
-ledger when it is first used.
+tokens). `admit` applies a request's rate-limit checks and, only if they pass and every hard budget hold
+fits, charges them and adds all holds to `reserved`: all or nothing, atomically. `settle` moves a request's
+reservation to its actual spend exactly once (a second settle of the same request id is a no-op).
+Reservations carry a deadline; `reap` releases those whose request never settled (a crashed replica, say),
+and the counter's spent is reconciled from the ledger when it is first used.
 
 `LocalStore` keeps counters in this process (the event loop makes each call atomic); `RedisStore` in
 `redis_store.py` does the same with Lua scripts so several replicas share them.

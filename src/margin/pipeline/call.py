@@ -177,7 +177,6 @@ class BackendCall:
                 self.breakers.failure(target.backend_name)
                 if index + 1 < len(candidates):
                     log.warning("request %s: %s failed (%s); falling back", ctx.request_id, target.backend_name, exc)
-                    ctx.fallbacks.append(target.backend_name)
                     continue
                 if ctx.residency_filtered:
                     raise unavailable(ctx, f"last error: {exc.message}") from exc

@@ -55,7 +55,6 @@ class RequestContext:
     target: Target | None = None
     candidates: list[Target] = field(default_factory=list)  # target first, then its compliant fallbacks
     residency_filtered: bool = False  # some fallbacks were dropped for residency
-    fallbacks: list[str] = field(default_factory=list)  # backends that failed before one answered
     policy: Any = None  # governance.specs.Policy, resolved for this caller
     admission: Any = None  # governance.admission.Admission: what was reserved, settled by `settle`
     require_cache: str | None = None  # the flag that allows only cached answers

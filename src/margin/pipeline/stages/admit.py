@@ -26,7 +26,14 @@ CHAT_MESSAGE_OVERHEAD = 8  # template tokens per message, on top of the counted 
 
 def _subject(ctx: RequestContext, target: Target) -> Subject:
     p = ctx.principal
-    return adm.subject_for(p.key_id if p else None, p.team if p else None, p.org if p else None, ctx.tags, target)
+    return Subject(
+        p.key_id if p else None,
+        p.team if p else None,
+        p.org if p else None,
+        ctx.tags,
+        target.public,
+        target.backend_name,
+    )
 
 
 def _cap_output(ctx: RequestContext, cap: int) -> None:

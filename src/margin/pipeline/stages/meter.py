@@ -41,10 +41,7 @@ class MeterStage(BaseStage):
     name = "meter"
 
     def __init__(
-        self,
-        meter: Meter,
-        strong: Callable[[RequestContext], Target | None] | None = None,
-        admission: AdmissionConfig | None = None,
+        self, meter: Meter, strong: Callable[[RequestContext], Target | None], admission: AdmissionConfig
     ) -> None:
         self.meter = meter
         self.strong = strong
@@ -59,17 +56,15 @@ class MeterStage(BaseStage):
         stats_busy = ctx.call.stats.busy_s
         busy = stats_busy if stats_busy is not None else (ctx.busy_share_s or 0.0)
         ctx.charge = self.meter.charge(ctx.target.public, ctx.target.model, ctx.usage, busy, ctx.measured_j)
-        if ctx.route is not None and self.strong is not None:
-            self._counterfactual(ctx)
+        if ctx.route is not None:
+            self._counterfactual(ctx, ctx.usage)
 
-    def _counterfactual(self, ctx: RequestContext) -> None:
+    def _counterfactual(self, ctx: RequestContext, usage: Usage) -> None:
         """What the route's strongest model would have cost for the same tokens (routing's saving)."""
-        strong = self.strong(ctx) if self.strong else None
-        if strong is None or ctx.usage is None or self.admission is None:
-            return
-        usage = ctx.usage
-        cost = worst_case_usd(self.meter, [strong], usage.input_tokens, usage.output_tokens, self.admission)
-        ctx.counterfactual_nanousd = None if cost is None else to_nanousd(cost)
+        strong = self.strong(ctx)
+        if strong is not None:
+            cost = worst_case_usd(self.meter, [strong], usage.input_tokens, usage.output_tokens, self.admission)
+            ctx.counterfactual_nanousd = None if cost is None else to_nanousd(cost)
 
 
 def build(services: Any) -> MeterStage:

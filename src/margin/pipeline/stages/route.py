@@ -42,8 +42,7 @@ def unavailable(ctx: RequestContext, detail: str) -> Overloaded | ResidencyUnava
 class RouteStage(BaseStage):
     name = "route"
 
-    def __init__(self, targets: dict[str, Target], breakers: Breakers, policy: RoutePolicy | None = None) -> None:
-        self.targets = targets
+    def __init__(self, breakers: Breakers, policy: RoutePolicy | None = None) -> None:
         self.breakers = breakers
         self.policy = policy
 
@@ -53,8 +52,6 @@ class RouteStage(BaseStage):
                 f"flag `{ctx.require_cache}` allows only cached answers and this request is not in the cache",
                 code="feature_disabled",
             )
-        if not ctx.candidates:
-            ctx.candidates = [resolve(self.targets, ctx.requested_model, ctx.endpoint)]
         if ctx.route and self.policy is not None:
             await self.policy.choose(ctx)
         healthy = [t for t in ctx.candidates if self.breakers.available(t.backend_name)]
@@ -65,7 +62,7 @@ class RouteStage(BaseStage):
 
 
 def build(services: Any) -> RouteStage:
-    return RouteStage(services.targets, services.breakers, services.route_policy)
+    return RouteStage(services.breakers, services.route_policy)
 
 
 STAGE = StageSpec("route", 500, build)

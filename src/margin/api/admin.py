@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from margin import keys
+from margin.api.inference import parse_json
 from margin.api.responses import JSON, error_response
 from margin.economics.money import from_nanousd, usd_str
 from margin.errors import ConfigError, InvalidRequest, MarginError, NotFound, PermissionDenied
@@ -34,10 +35,7 @@ def _json(data: Any, status: int = 200) -> Response:
 
 
 async def _body(request: Request) -> Any:
-    try:
-        return orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+    return parse_json(await request.body())
 
 
 def endpoint(handler: Handler, admin: bool = True) -> Callable[[Request], Awaitable[Response]]:

@@ -171,3 +171,19 @@ async def test_semantic_hits_are_scoped_and_recorded(db_path: Path) -> None:
             ("request", None),
         ]
         assert rows[1].saved_nanousd == rows[0].cost_nanousd
+
+
+async def test_hits_count_no_tokens_against_token_budgets(db_path: Path) -> None:
+    budget = {"name": "tok", "scope": {"kind": "global"}, "tokens": 1000}
+    async with gateway(settings(db_path, budgets=[budget])) as gw:
+        for _ in range(3):
+            await gw.http.post(CHAT, json=chat())
+        rows = await gw.rows()
+        from datetime import UTC, datetime
+
+        from margin.governance.admission import counter_name, window
+
+        name = counter_name(gw.services.governance.rules.budgets[0], window("month", datetime.now(UTC))[0])
+        spent, reserved = (await gw.services.governance.store.counters([name]))[name]
+        assert [r.kind for r in rows] == ["request", "cache_hit", "cache_hit"]
+        assert (spent, reserved) == (rows[0].input_tokens + rows[0].output_tokens, 0)

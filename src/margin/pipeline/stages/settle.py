@@ -99,9 +99,9 @@ class SettleStage(BaseStage):
         self.writer.submit(row)
         if self.governance is not None and ctx.admission is not None:
             # the answer does not wait for the budget store: the reservation holds until this lands
-            settling = self.governance.settle(
-                ctx.admission, row["cost_nanousd"], row["input_tokens"], row["output_tokens"]
-            )
+            # a cache hit used no model tokens: like the ledger reconciliation (kind `request` only), count none
+            tokens = (0, 0) if ctx.cache_hit else (row["input_tokens"], row["output_tokens"])
+            settling = self.governance.settle(ctx.admission, row["cost_nanousd"], *tokens)
             if self.spawn is not None:
                 self.spawn(settling)
             else:

@@ -20,6 +20,7 @@ from margin.api import admin, inference, meta
 from margin.api.responses import error_response
 from margin.backends.registry import BackendRegistry
 from margin.config import Settings
+from margin.dashboard import views as dashboard
 from margin.errors import InternalError, MarginError, MethodNotAllowed, NotFound
 from margin.services import Services
 
@@ -72,6 +73,7 @@ def build_app(
         Route("/healthz", meta.healthz, methods=["GET"]),
         Route("/readyz", meta.readyz, methods=["GET"]),
         *admin.routes(),
+        *dashboard.routes(),
     ]
     return Starlette(
         routes=routes,

@@ -1,0 +1,1 @@
+"""The web dashboard served by the gateway at `/dashboard` (see views.py; auth rules in auth.py)."""

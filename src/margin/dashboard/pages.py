@@ -1,0 +1,153 @@
+"""The data behind each dashboard page, as JSON-ready dicts (the HTML pages render exactly these)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from margin.dashboard import queries
+from margin.dashboard.auth import Viewer
+from margin.dashboard.queries import Scope
+from margin.economics.money import from_nanousd, to_nanousd, usd_str
+from margin.errors import InvalidRequest
+from margin.governance.rules import Subject
+
+
+def scope_for(who: Viewer, since: str) -> Scope:
+    if since not in queries.SINCE_CHOICES:
+        raise InvalidRequest(f"since must be one of {', '.join(queries.SINCE_CHOICES)}", param="since")
+    return Scope.parse(since, team=who.team, key_id=who.key_id)
+
+
+def overview(engine: sa.Engine, scope: Scope) -> dict[str, Any]:
+    hourly = scope.since is not None and (datetime.now(UTC) - scope.since).total_seconds() <= 2 * 86400
+    with engine.connect() as connection:
+        return {
+            "totals": queries.totals(connection, scope),
+            "trend": {"unit": "hour" if hourly else "day", "points": queries.trend(connection, scope, hourly)},
+            # Gross margin (revenue − inference cost) / revenue comes from the business-metrics work (econ
+            # branch, margin.report); until it is wired in the dashboard shows it as not available.
+            "gross_margin": None,
+        }
+
+
+def breakdown(engine: sa.Engine, scope: Scope, by: str) -> dict[str, Any]:
+    if by not in queries.BREAKDOWNS:
+        raise InvalidRequest(f"by must be one of {', '.join(queries.BREAKDOWNS)}", param="by")
+    with engine.connect() as connection:
+        return {
+            "by": by,
+            "groups": queries.breakdown(connection, scope, by),
+            "totals": queries.totals(connection, scope),
+        }
+
+
+def latency(engine: sa.Engine, scope: Scope) -> dict[str, Any]:
+    with engine.connect() as connection:
+        return {**queries.latency(connection, scope), "totals": queries.totals(connection, scope)}
+
+
+def savings(engine: sa.Engine, scope: Scope) -> dict[str, Any]:
+    with engine.connect() as connection:
+        total = queries.totals(connection, scope)
+        models = queries.breakdown(connection, scope, "model")
+    saved = Decimal(total["cache_saved_usd"]) + Decimal(total["routing_saved_usd"])
+    would_have = Decimal(total["cost_usd"]) + saved
+    return {
+        "totals": total,
+        "saved_usd": usd_str(saved),
+        "saved_pct": round(float(saved / would_have * 100), 2) if would_have else None,
+        "models": [
+            {
+                key: g[key]
+                for key in (
+                    "key",
+                    "requests",
+                    "cost_usd",
+                    "cache_hits",
+                    "cache_saved_usd",
+                    "routing_saved_usd",
+                    "routed_requests",
+                )
+            }
+            for g in models
+        ],
+    }
+
+
+def _scope_label(scope: dict[str, Any]) -> str:
+    return "global" if scope.get("kind") == "global" else f"{scope.get('kind')}={scope.get('value')}"
+
+
+def _budget_row(budget: dict[str, Any], now: datetime) -> dict[str, Any]:
+    start = datetime.fromisoformat(budget["window_start"]) if budget["window_start"] else None
+    end = datetime.fromisoformat(budget["resets_at"]) if budget["resets_at"] else None
+    money = budget["unit"] == "usd"
+    convert = (lambda v: to_nanousd(Decimal(v))) if money else int
+    spent, reserved = convert(budget["spent"]), convert(budget["reserved"])
+    limit = convert(budget["usd"]) if money else int(budget["tokens"])
+    rate = queries.burn(spent + reserved, start, end, limit, now)
+    per_day = rate["per_day"]
+    if per_day is not None:
+        per_day = usd_str(from_nanousd(int(per_day))) if money else int(per_day)
+    return {
+        "name": budget["name"],
+        "scope": _scope_label(budget["scope"]),
+        "period": budget["period"],
+        "mode": budget["mode"],
+        "unit": budget["unit"],
+        "limit": budget["usd"] if money else limit,
+        "spent": budget["spent"],
+        "reserved": budget["reserved"],
+        "used_pct": round((spent + reserved) / limit * 100, 2) if limit else None,
+        "burn_per_day": per_day,
+        "exhausts_at": rate["exhausts_at"],
+        "resets_at": budget["resets_at"],
+    }
+
+
+async def budgets(services: Any, who: Viewer) -> dict[str, Any]:
+    from margin.api.admin import budget_status
+
+    subject = None
+    if not who.full:
+        p = who.principal
+        subject = Subject(p.key_id, p.team, p.org, dict(p.tags))
+    now = datetime.now(UTC)
+    return {"budgets": [_budget_row(b, now) for b in await budget_status(services, subject)]}
+
+
+def _health(services: Any) -> dict[str, dict[str, Any]]:
+    breakers = services.breakers.snapshot()
+    out = {}
+    for name, backend in services.backends.items():
+        config = services.settings.backends[name]
+        hardware = getattr(config, "hardware", None)
+        breaker = breakers.get(name, {"failures": 0, "open": False})
+        out[name] = {
+            "status": backend.health().get("status", "unknown"),
+            "breaker_open": bool(breaker["open"]),
+            "consecutive_failures": int(str(breaker["failures"])),
+            "usd_per_hour": str(hardware.usd_per_hour) if hardware and hardware.usd_per_hour is not None else None,
+        }
+    return out
+
+
+async def backends(services: Any, scope: Scope) -> dict[str, Any]:
+    def read() -> tuple[list[dict[str, Any]], float]:
+        with services.sync_engine().connect() as connection:
+            return queries.backend_usage(connection, scope), queries.window_seconds(scope, connection)
+
+    usage, seconds = await asyncio.to_thread(read)
+    health = _health(services)
+    rows = {u["backend"]: u for u in usage}
+    out = []
+    for name in sorted(set(health) | {str(k) for k in rows if k is not None}):
+        used = rows.get(name, {"requests": 0, "errors": 0, "cost_usd": "0.000000000", "tokens": 0, "backend_s": 0.0})
+        busy = round(used["backend_s"] / seconds * 100, 6) if seconds else None
+        out.append({"backend": name, **used, "busy_pct": busy, **health.get(name, {"status": "not configured"})})
+    return {"window_s": round(seconds, 1), "backends": out}

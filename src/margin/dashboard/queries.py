@@ -1,0 +1,256 @@
+"""Dashboard aggregates. Every query is scoped by a `Scope` (window + team/key filter) so a team key can
+never read another team's rows. Sums follow `margin.report.queries` exactly (integer nano-USD in SQL, the
+same row selection through its `Window`), so the numbers equal `margin report --json`. Latency percentiles
+come from a histogram computed in SQL (values rounded to 0.1 ms), so no query ships every row to Python."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from margin.economics.money import THOUSAND, from_nanousd, usd_str
+from margin.ledger.models import ledger
+from margin.report.queries import Window, group_column, parse_when
+
+BREAKDOWNS = ("team", "feature", "customer", "model", "backend")
+SINCE_CHOICES = ("24h", "7d", "30d")
+PERCENTILES = (50, 95, 99)
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What one dashboard request may see: a time window and, for non-admin keys, one team (or one key)."""
+
+    since: datetime | None
+    until: datetime | None = None
+    team: str | None = None
+    key_id: str | None = None
+
+    @classmethod
+    def parse(cls, since: str, team: str | None = None, key_id: str | None = None) -> Scope:
+        now = datetime.now(UTC)
+        return cls(parse_when(since, now), None, team, key_id)
+
+    def window(self) -> Window:
+        return Window(self.since, self.until, self.key_id)
+
+    def where(self) -> list[sa.ColumnElement[bool]]:
+        clauses = self.window().where()
+        if self.team is not None:
+            clauses.append(ledger.c.team == self.team)
+        return clauses
+
+
+def _sum(column: Any) -> Any:
+    return sa.func.coalesce(sa.func.sum(column), 0)
+
+
+def _count_if(condition: Any) -> Any:
+    return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
+
+
+def sums() -> list[Any]:
+    priced = ledger.c.cost_nanousd.is_not(None)
+    tokens = ledger.c.input_tokens + ledger.c.output_tokens
+    return [
+        sa.func.count().label("requests"),
+        _count_if(ledger.c.http_status >= 400).label("errors"),
+        _sum(ledger.c.input_tokens).label("input_tokens"),
+        _sum(ledger.c.output_tokens).label("output_tokens"),
+        _sum(ledger.c.cost_nanousd).label("cost_nanousd"),
+        _count_if(~priced).label("unpriced"),
+        _sum(sa.case((priced, tokens), else_=0)).label("priced_tokens"),
+        sa.func.coalesce(sa.func.sum(ledger.c.energy_j), 0.0).label("energy_j"),
+        sa.func.coalesce(sa.func.sum(ledger.c.co2e_g), 0.0).label("co2e_g"),
+        _count_if(ledger.c.kind == "cache_hit").label("cache_hits"),
+        _sum(ledger.c.saved_nanousd).label("cache_saved_nanousd"),
+        _sum(ledger.c.counterfactual_nanousd - ledger.c.cost_nanousd).label("routing_saved_nanousd"),
+        _count_if(ledger.c.counterfactual_nanousd.is_not(None)).label("routed"),
+    ]
+
+
+def figures(row: Any) -> dict[str, Any]:
+    """The same figures (and rounding) as `margin report --json`, minus latency, plus `routed_requests`."""
+    cost = from_nanousd(int(row.cost_nanousd))
+    per_1k = cost / Decimal(row.priced_tokens) * THOUSAND if row.priced_tokens else None
+    return {
+        "requests": int(row.requests),
+        "errors": int(row.errors),
+        "input_tokens": int(row.input_tokens),
+        "output_tokens": int(row.output_tokens),
+        "cost_usd": usd_str(cost),
+        "unpriced_requests": int(row.unpriced),
+        "usd_per_1k_tokens": usd_str(per_1k),
+        "energy_j": round(float(row.energy_j), 6),
+        "co2e_g": round(float(row.co2e_g), 9),
+        "cache_hits": int(row.cache_hits),
+        "cache_saved_usd": usd_str(from_nanousd(int(row.cache_saved_nanousd))),
+        "routing_saved_usd": usd_str(from_nanousd(int(row.routing_saved_nanousd))),
+        "routed_requests": int(row.routed),
+    }
+
+
+def totals(connection: sa.Connection, scope: Scope) -> dict[str, Any]:
+    return figures(connection.execute(sa.select(*sums()).where(*scope.where())).one())
+
+
+def breakdown(connection: sa.Connection, scope: Scope, by: str) -> list[dict[str, Any]]:
+    key = group_column(by)
+    query = sa.select(key.label("key"), *sums()).where(*scope.where()).group_by(key)
+    groups = [{"key": row.key, **figures(row)} for row in connection.execute(query)]
+    groups.sort(key=lambda g: (-Decimal(g["cost_usd"]), -g["requests"], str(g["key"])))
+    return groups
+
+
+def bucket_expression(dialect: str, hourly: bool) -> Any:
+    """The UTC hour (`YYYY-MM-DD HH`) or day (`YYYY-MM-DD`) of a row, as text, on SQLite or Postgres."""
+    if dialect == "sqlite":  # SQLAlchemy stores naive UTC text: `2026-11-26 08:15:00.123456`
+        return sa.func.substr(ledger.c.created_at, 1, 13 if hourly else 10)
+    utc = sa.func.timezone("UTC", ledger.c.created_at)
+    return sa.func.to_char(utc, "YYYY-MM-DD HH24" if hourly else "YYYY-MM-DD")
+
+
+def trend(connection: sa.Connection, scope: Scope, hourly: bool) -> list[dict[str, Any]]:
+    bucket = bucket_expression(connection.dialect.name, hourly).label("bucket")
+    query = (
+        sa.select(
+            bucket,
+            sa.func.count().label("requests"),
+            _sum(ledger.c.cost_nanousd).label("cost_nanousd"),
+            _sum(ledger.c.input_tokens + ledger.c.output_tokens).label("tokens"),
+            _count_if(ledger.c.http_status >= 400).label("errors"),
+        )
+        .where(*scope.where())
+        .group_by(bucket)
+        .order_by(bucket)
+    )
+    return [
+        {
+            "bucket": row.bucket,
+            "requests": int(row.requests),
+            "cost_usd": usd_str(from_nanousd(int(row.cost_nanousd))),
+            "tokens": int(row.tokens),
+            "errors": int(row.errors),
+        }
+        for row in connection.execute(query)
+    ]
+
+
+def _histogram_percentiles(counts: list[tuple[float, int]]) -> dict[str, float | None]:
+    """Nearest-rank percentiles (as in report.queries.percentile) from sorted (value, count) pairs."""
+    total = sum(n for _, n in counts)
+    out: dict[str, float | None] = {}
+    for q in PERCENTILES:
+        if not total:
+            out[f"p{q}"] = None
+            continue
+        rank, seen = max(1, min(total, round(q / 100 * total + 0.5))), 0
+        for value, n in counts:
+            seen += n
+            if seen >= rank:
+                out[f"p{q}"] = value
+                break
+    return out
+
+
+def _latency_histogram(
+    connection: sa.Connection, scope: Scope, column: Any
+) -> dict[str | None, list[tuple[float, int]]]:
+    value = sa.func.round(sa.cast(column, sa.Numeric), 1).label("value")
+    query = (
+        sa.select(ledger.c.model.label("model"), value, sa.func.count().label("n"))
+        .where(*scope.where(), column.is_not(None))
+        .group_by(ledger.c.model, value)
+        .order_by(ledger.c.model, value)
+    )
+    found: dict[str | None, list[tuple[float, int]]] = {}
+    for row in connection.execute(query):
+        found.setdefault(row.model, []).append((float(row.value), int(row.n)))
+    return found
+
+
+def latency(connection: sa.Connection, scope: Scope) -> dict[str, Any]:
+    e2e = _latency_histogram(connection, scope, ledger.c.e2e_ms)
+    ttft = _latency_histogram(connection, scope, ledger.c.ttft_ms)
+    models = []
+    for model in sorted(set(e2e) | set(ttft), key=str):
+        models.append(
+            {
+                "model": model,
+                "requests": sum(n for _, n in e2e.get(model, [])),
+                "e2e_ms": _histogram_percentiles(e2e.get(model, [])),
+                "ttft_ms": _histogram_percentiles(ttft.get(model, [])),
+            }
+        )
+    return {"models": models, "errors": errors(connection, scope)}
+
+
+def errors(connection: sa.Connection, scope: Scope) -> list[dict[str, Any]]:
+    query = (
+        sa.select(ledger.c.http_status, ledger.c.error_code, sa.func.count().label("n"))
+        .where(*scope.where(), ledger.c.http_status >= 400)
+        .group_by(ledger.c.http_status, ledger.c.error_code)
+        .order_by(sa.func.count().desc())
+    )
+    return [
+        {"http_status": int(row.http_status), "error_code": row.error_code, "requests": int(row.n)}
+        for row in connection.execute(query)
+    ]
+
+
+def backend_usage(connection: sa.Connection, scope: Scope) -> list[dict[str, Any]]:
+    """Per backend: requests, errors, spend and Σ backend time (the time margin waited on it)."""
+    query = (
+        sa.select(
+            ledger.c.backend.label("backend"),
+            sa.func.count().label("requests"),
+            _count_if(ledger.c.http_status >= 400).label("errors"),
+            _sum(ledger.c.cost_nanousd).label("cost_nanousd"),
+            sa.func.coalesce(sa.func.sum(ledger.c.backend_ms), 0.0).label("backend_ms"),
+            _sum(ledger.c.input_tokens + ledger.c.output_tokens).label("tokens"),
+        )
+        .where(*scope.where(), ledger.c.kind == "request")
+        .group_by(ledger.c.backend)
+    )
+    return [
+        {
+            "backend": row.backend,
+            "requests": int(row.requests),
+            "errors": int(row.errors),
+            "cost_usd": usd_str(from_nanousd(int(row.cost_nanousd))),
+            "tokens": int(row.tokens),
+            "backend_s": round(float(row.backend_ms) / 1000, 3),
+        }
+        for row in connection.execute(query)
+    ]
+
+
+def window_seconds(scope: Scope, connection: sa.Connection) -> float:
+    """Length of the window; for an open start, from the first row in scope to now."""
+    end = scope.until or datetime.now(UTC)
+    start = scope.since
+    if start is None:
+        first = connection.execute(sa.select(sa.func.min(ledger.c.created_at)).where(*scope.where())).scalar()
+        if first is None:
+            return 0.0
+        start = first if first.tzinfo else first.replace(tzinfo=UTC)
+    return max(0.0, (end - start).total_seconds())
+
+
+def burn(spent: int, start: datetime | None, end: datetime | None, limit: int, now: datetime) -> dict[str, Any]:
+    """Burn rate per day over the elapsed part of a budget window and when, at that rate, it runs out."""
+    if start is None:
+        return {"per_day": None, "exhausts_at": None}
+    elapsed_days = Decimal(str(max((now - start).total_seconds(), 60.0))) / Decimal(86400)
+    per_day = Decimal(spent) / elapsed_days
+    exhausts = None
+    if per_day > 0:
+        left_days = Decimal(max(limit - spent, 0)) / per_day
+        moment = now + timedelta(days=float(left_days))  # a date, not money
+        if end is None or moment < end:
+            exhausts = moment.isoformat(timespec="minutes")
+    return {"per_day": per_day, "exhausts_at": exhausts}

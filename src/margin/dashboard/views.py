@@ -1,0 +1,202 @@
+"""`/dashboard`: server-rendered pages (Jinja2, inline SVG, one vendored stylesheet; no CDN, no JavaScript)
+and the same data as JSON (`?format=json` or `/dashboard/api/<page>`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+import orjson
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from margin.api.responses import JSON, error_response
+from margin.dashboard import auth, charts, pages
+from margin.dashboard.auth import Viewer
+from margin.dashboard.queries import BREAKDOWNS, SINCE_CHOICES, Scope
+from margin.errors import AuthenticationFailed, MarginError
+from margin.report.render import human_usd
+
+Builder = Callable[[Request, Viewer, Scope], Awaitable[dict[str, Any]]]
+PAGES = ("overview", "breakdown", "latency", "savings", "budgets", "backends")
+DEFAULT_SINCE = "7d"
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+    "frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+    "cache-control": "no-store",
+}
+
+
+def _engine(request: Request) -> Any:
+    return request.app.state.services.sync_engine()
+
+
+async def _overview(request: Request, who: Viewer, scope: Scope) -> dict[str, Any]:
+    return await asyncio.to_thread(pages.overview, _engine(request), scope)
+
+
+async def _breakdown(request: Request, who: Viewer, scope: Scope) -> dict[str, Any]:
+    by = request.query_params.get("by", "model" if not who.full else "team")
+    if by == "team":
+        auth.require_full(who, "the table by team")
+    return await asyncio.to_thread(pages.breakdown, _engine(request), scope, by)
+
+
+async def _latency(request: Request, who: Viewer, scope: Scope) -> dict[str, Any]:
+    return await asyncio.to_thread(pages.latency, _engine(request), scope)
+
+
+async def _savings(request: Request, who: Viewer, scope: Scope) -> dict[str, Any]:
+    return await asyncio.to_thread(pages.savings, _engine(request), scope)
+
+
+async def _budgets(request: Request, who: Viewer, scope: Scope) -> dict[str, Any]:
+    return await pages.budgets(request.app.state.services, who)
+
+
+async def _backends(request: Request, who: Viewer, scope: Scope) -> dict[str, Any]:
+    return await pages.backends(request.app.state.services, scope)
+
+
+BUILDERS: dict[str, Builder] = {
+    "overview": _overview,
+    "breakdown": _breakdown,
+    "latency": _latency,
+    "savings": _savings,
+    "budgets": _budgets,
+    "backends": _backends,
+}
+
+
+def _fmt_int(value: Any) -> str:
+    return "-" if value is None else f"{int(value):,}"
+
+
+def _fmt_num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    number = float(value)
+    if number == 0:
+        return "0"
+    return f"{number:,.0f}" if abs(number) >= 1000 else f"{number:.{digits}g}"
+
+
+def _trend_points(points: list[dict[str, Any]], field: str) -> list[tuple[str, float, str]]:
+    if field == "cost_usd":
+        return [(p["bucket"], float(p["cost_usd"]), human_usd(p["cost_usd"])) for p in points]
+    return [(p["bucket"], float(p[field]), _fmt_int(p[field])) for p in points]
+
+
+class Dashboard:
+    """Templates and stylesheet loaded once per app (no module-level state)."""
+
+    def __init__(self) -> None:
+        self.env = jinja2.Environment(
+            loader=jinja2.PackageLoader("margin.dashboard", "templates"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        self.env.filters.update(usd=human_usd, int=_fmt_int, num=_fmt_num)
+        self.env.globals.update(
+            bar_chart=charts.bar_chart,
+            meter=charts.meter,
+            trend_points=_trend_points,
+            since_choices=SINCE_CHOICES,
+            breakdowns=BREAKDOWNS,
+        )
+        self.css = (resources.files("margin.dashboard") / "static" / "dashboard.css").read_bytes()
+
+    def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        html = self.env.get_template(template).render(**context)
+        return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+
+    def page(self, name: str, api: bool = False) -> Callable[[Request], Awaitable[Response]]:
+        async def run(request: Request) -> Response:
+            as_json = api or request.query_params.get("format") == "json"
+            since = request.query_params.get("since", DEFAULT_SINCE)
+            who: Viewer | None = None
+            try:
+                who = await auth.viewer(request)
+                scope = pages.scope_for(who, since)
+                data = await BUILDERS[name](request, who, scope)
+            except AuthenticationFailed as exc:
+                if as_json:
+                    return error_response(exc)
+                target = quote(request.url.path + (f"?{request.url.query}" if request.url.query else ""), safe="")
+                return RedirectResponse(f"/dashboard/login?next={target}", status_code=303)
+            except MarginError as exc:
+                if as_json:
+                    return error_response(exc)
+                return self.render("error.html", exc.status, page=name, who=who, since=since, error=exc.message)
+            body = {
+                "page": name,
+                "since": since,
+                "window_start": scope.since.isoformat() if scope.since else None,
+                "viewer": who.label,
+                "team": who.team,
+                **data,
+            }
+            if as_json:
+                return Response(orjson.dumps(body), media_type=JSON, headers={"cache-control": "no-store"})
+            return self.render(f"{name}.html", page=name, who=who, data=body, since=since, query=request.query_params)
+
+        return run
+
+    async def login_form(self, request: Request) -> Response:
+        nxt = auth.safe_next(request.query_params.get("next"))
+        return self.render("login.html", page="login", who=None, since=DEFAULT_SINCE, error=None, next=nxt)
+
+    async def login(self, request: Request) -> Response:
+        nxt = auth.safe_next(request.query_params.get("next"))
+        if not auth.same_origin(request):
+            return self.render(
+                "login.html",
+                403,
+                page="login",
+                who=None,
+                since=DEFAULT_SINCE,
+                next=nxt,
+                error="Login must be posted from this gateway's own page.",
+            )
+        key = await auth.form_key(request)
+        try:
+            await auth.principal_for(request.app.state.services.keys, key or None)
+        except AuthenticationFailed as exc:
+            return self.render(
+                "login.html", 401, page="login", who=None, since=DEFAULT_SINCE, next=nxt, error=exc.message
+            )
+        response = RedirectResponse(nxt, status_code=303)
+        auth.set_login_cookie(response, key, secure=request.url.scheme == "https")
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        response = RedirectResponse("/dashboard/login", status_code=303)
+        auth.clear_login_cookie(response)
+        return response
+
+    async def stylesheet(self, request: Request) -> Response:
+        return Response(self.css, media_type="text/css", headers={"cache-control": "max-age=3600"})
+
+    def routes(self) -> list[Route]:
+        paths = {"overview": "/dashboard"} | {name: f"/dashboard/{name}" for name in PAGES if name != "overview"}
+        out = [
+            Route("/dashboard/login", self.login_form, methods=["GET"]),
+            Route("/dashboard/login", self.login, methods=["POST"]),
+            Route("/dashboard/logout", self.logout, methods=["POST"]),
+            Route("/dashboard/static/dashboard.css", self.stylesheet, methods=["GET"]),
+        ]
+        for name, path in paths.items():
+            out.append(Route(path, self.page(name), methods=["GET"]))
+            out.append(Route(f"/dashboard/api/{name}", self.page(name, api=True), methods=["GET"]))
+        return out
+
+
+def routes() -> list[Route]:
+    return Dashboard().routes()

@@ -1,0 +1,162 @@
+"""`/dashboard` auth rules: admin sees all, a team key sees its team only, no/bad key → 401 or login."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from margin import keys
+from margin.ledger import db
+from tests.dashboard.seed import seed
+from tests.helpers import Gateway, fake_settings, gateway
+
+PAGES = ("", "/breakdown", "/latency", "/savings", "/budgets", "/backends")
+
+
+@pytest.fixture
+async def seeded(db_path: Path) -> AsyncIterator[tuple[Gateway, dict[str, str]]]:
+    made = seed(db_path)
+    budgets = [
+        {"name": "search-month", "scope": {"kind": "team", "value": "search"}, "usd": "10", "period": "month"},
+        {"name": "ads-day", "scope": {"kind": "team", "value": "ads"}, "tokens": 100000, "period": "day"},
+    ]
+    async with gateway(fake_settings(db_path, budgets=budgets)) as gw:
+        yield gw, made
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+async def get_json(gw: Gateway, path: str, key: str | None) -> Any:
+    response = await gw.http.get(f"/dashboard/api{path}", headers=bearer(key) if key else {})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_no_key_redirects_html_to_login_and_json_gets_401(seeded: tuple[Gateway, dict[str, str]]) -> None:
+    gw, _ = seeded
+    for page in PAGES:
+        html = await gw.http.get(f"/dashboard{page}?since=24h")
+        assert html.status_code == 303
+        assert html.headers["location"].startswith("/dashboard/login?next=%2Fdashboard")
+        api = await gw.http.get(f"/dashboard/api/{page.strip('/') or 'overview'}")
+        assert api.status_code == 401
+        assert api.json()["error"]["code"] == "missing_api_key"
+    bad = await gw.http.get("/dashboard?format=json", headers=bearer("mgn_nope_nope"))
+    assert bad.status_code == 401
+    assert (await gw.http.get("/dashboard/login")).status_code == 200
+
+
+async def test_admin_sees_every_page_and_every_team(seeded: tuple[Gateway, dict[str, str]]) -> None:
+    gw, made = seeded
+    for page in PAGES:
+        response = await gw.http.get(f"/dashboard{page}", headers=bearer(made["admin"]))
+        assert response.status_code == 200, page
+        assert "text/html" in response.headers["content-type"]
+        assert "default-src 'none'" in response.headers["content-security-policy"]
+    teams = await get_json(gw, "/breakdown?by=team", made["admin"])
+    assert {g["key"] for g in teams["groups"]} == {"search", "ads"}
+    budgets = await get_json(gw, "/budgets", made["admin"])
+    assert {b["name"] for b in budgets["budgets"]} == {"search-month", "ads-day"}
+
+
+async def test_team_key_sees_only_its_team(seeded: tuple[Gateway, dict[str, str]]) -> None:
+    gw, made = seeded
+    search = await get_json(gw, "/overview", made["search"])
+    admin_teams = await get_json(gw, "/breakdown?by=team", made["admin"])
+    search_group = next(g for g in admin_teams["groups"] if g["key"] == "search")
+    assert search["totals"]["cost_usd"] == search_group["cost_usd"] == "0.011000000"
+    assert search["totals"]["requests"] == 5
+    assert search["viewer"] == "team search"
+    models = await get_json(gw, "/breakdown?by=model", made["search"])
+    assert {g["key"] for g in models["groups"]} == {"fake-chat"}
+    latency = await get_json(gw, "/latency", made["ads"])
+    assert {m["model"] for m in latency["models"]} == {"priced", "mystery"}
+    backends = await get_json(gw, "/backends", made["ads"])
+    assert {b["backend"]: b["requests"] for b in backends["backends"]} == {"api": 3, "fake": 0}
+    budgets = await get_json(gw, "/budgets", made["search"])
+    assert [b["name"] for b in budgets["budgets"]] == ["search-month"]
+    for path in ("/dashboard/api/breakdown?by=team", "/dashboard/breakdown?by=team"):
+        refused = await gw.http.get(path, headers=bearer(made["search"]))
+        assert refused.status_code == 403
+        assert "admin key" in refused.text
+    page = await gw.http.get("/dashboard/breakdown", headers=bearer(made["search"]))
+    assert 'id="by-team"' not in page.text
+    assert "ads" not in page.text
+
+
+async def test_key_without_team_sees_only_its_own_rows(seeded: tuple[Gateway, dict[str, str]]) -> None:
+    gw, made = seeded
+    loner = await get_json(gw, "/overview", made["loner"])
+    assert loner["totals"]["requests"] == 0
+    assert loner["totals"]["cost_usd"] == "0.000000000"
+
+
+async def test_login_form_sets_a_strict_httponly_cookie(seeded: tuple[Gateway, dict[str, str]]) -> None:
+    gw, made = seeded
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    wrong = await gw.http.post("/dashboard/login", content="key=mgn_bad_bad", headers=form)
+    assert wrong.status_code == 401
+    assert "invalid or revoked" in wrong.text
+    assert "set-cookie" not in wrong.headers
+    foreign = await gw.http.post(
+        "/dashboard/login", content=f"key={made['admin']}", headers={**form, "origin": "http://evil.example"}
+    )
+    assert foreign.status_code == 403
+    ok = await gw.http.post(
+        "/dashboard/login?next=/dashboard/latency",
+        content=f"key={made['ads']}",
+        headers={**form, "origin": "http://margin.test"},
+    )
+    assert ok.status_code == 303
+    assert ok.headers["location"] == "/dashboard/latency"
+    cookie = ok.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/dashboard" in cookie
+    page = await gw.http.get("/dashboard/api/overview")  # the client kept the cookie
+    assert page.json()["viewer"] == "team ads"
+    out = await gw.http.post("/dashboard/logout")
+    assert out.status_code == 303
+    assert (await gw.http.get("/dashboard/api/overview")).status_code == 401
+
+
+async def test_login_redirects_only_inside_the_dashboard(seeded: tuple[Gateway, dict[str, str]]) -> None:
+    gw, made = seeded
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    for target in ("//evil.example/x", "https://evil.example", "/admin/keys", "/dashboard//evil.example"):
+        response = await gw.http.post(f"/dashboard/login?next={target}", content=f"key={made['admin']}", headers=form)
+        assert response.headers["location"] == "/dashboard", target
+
+
+async def test_revoked_key_loses_access(seeded: tuple[Gateway, dict[str, str]], db_path: Path) -> None:
+    gw, made = seeded
+    assert (await gw.http.get("/dashboard/api/overview", headers=bearer(made["search"]))).status_code == 200
+    engine = db.make_sync_engine(f"sqlite:///{db_path}")
+    try:
+        keys.revoke_key(engine, made["search"].split("_")[1])
+    finally:
+        engine.dispose()
+    gw.services.keys.forget()
+    assert (await gw.http.get("/dashboard/api/overview", headers=bearer(made["search"]))).status_code == 401
+
+
+async def test_open_mode_shows_everything_like_admin(db_path: Path) -> None:
+    async with gateway(fake_settings(db_path)) as gw:  # no keys: open, loopback only (same rule as /admin)
+        for page in PAGES:
+            assert (await gw.http.get(f"/dashboard{page}")).status_code == 200
+        overview = await get_json(gw, "/overview", None)
+        assert overview["viewer"].startswith("open mode")
+        assert (await gw.http.get("/admin/usage")).status_code == 200
+
+
+async def test_bad_parameters_are_400(seeded: tuple[Gateway, dict[str, str]]) -> None:
+    gw, made = seeded
+    for path in ("/dashboard/api/overview?since=1y", "/dashboard/api/breakdown?by=colour"):
+        response = await gw.http.get(path, headers=bearer(made["admin"]))
+        assert response.status_code == 400, path
+    html = await gw.http.get("/dashboard/breakdown?by=colour", headers=bearer(made["admin"]))
+    assert html.status_code == 400
+    assert "by must be one of" in html.text

@@ -1,0 +1,132 @@
+"""Dashboard figures equal `margin report --json` (the CLI, on the same ledger) wherever they overlap."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from margin.cli import app
+from margin.dashboard.queries import burn
+from tests.dashboard.seed import seed
+from tests.helpers import fake_settings, gateway
+
+SHARED = (
+    "requests",
+    "errors",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "unpriced_requests",
+    "usd_per_1k_tokens",
+    "energy_j",
+    "co2e_g",
+    "cache_hits",
+    "cache_saved_usd",
+    "routing_saved_usd",
+)
+
+
+def report(db_path: Path, *args: str) -> Any:
+    result = CliRunner().invoke(app, ["report", "--db", str(db_path), "--since", "7d", "--json", *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def shared(figures: dict[str, Any]) -> dict[str, Any]:
+    return {key: figures[key] for key in SHARED}
+
+
+async def test_totals_and_every_breakdown_match_the_report(db_path: Path) -> None:
+    made = seed(db_path)
+    headers = {"authorization": f"Bearer {made['admin']}"}
+    async with gateway(fake_settings(db_path)) as gw:
+        overview = (await gw.http.get("/dashboard/api/overview?since=7d", headers=headers)).json()
+        pages = {
+            by: (await gw.http.get(f"/dashboard/api/breakdown?by={by}", headers=headers)).json()
+            for by in ("team", "feature", "customer", "model", "backend")
+        }
+        latency = (await gw.http.get("/dashboard/api/latency", headers=headers)).json()
+    totals = report(db_path)["totals"]
+    assert shared(overview["totals"]) == shared(totals)
+    assert overview["totals"]["cost_usd"] == "0.013520000"  # the seed's hand sum (row 9 is outside 7d)
+    assert overview["totals"]["unpriced_requests"] == 1 and overview["totals"]["cache_hits"] == 1
+    trend = overview["trend"]["points"]
+    assert sum(p["requests"] for p in trend) == totals["requests"]
+    assert sum(Decimal(p["cost_usd"]) for p in trend) == Decimal(totals["cost_usd"])
+    for by, page in pages.items():
+        expected = {g["key"]: shared(g) for g in report(db_path, "--by", by)["groups"]}
+        assert {g["key"]: shared(g) for g in page["groups"]} == expected, by
+        assert [g["key"] for g in page["groups"]] == list(expected), by  # same order (cost, then requests)
+    by_model = {g["key"]: g for g in report(db_path, "--by", "model")["groups"]}
+    for model in latency["models"]:
+        figures = by_model[model["model"]]
+        assert model["e2e_ms"]["p50"] == pytest.approx(figures["latency_p50_ms"], abs=0.05)
+        assert model["e2e_ms"]["p95"] == pytest.approx(figures["latency_p95_ms"], abs=0.05)
+        ttft = figures["ttft_p50_ms"]
+        assert model["ttft_ms"]["p50"] == (None if ttft is None else pytest.approx(ttft, abs=0.05))
+    assert {(e["http_status"], e["error_code"]): e["requests"] for e in latency["errors"]} == {
+        (502, "backend_error"): 1,
+        (504, "timeout"): 1,
+    }
+
+
+async def test_savings_and_backends(db_path: Path) -> None:
+    made = seed(db_path)
+    headers = {"authorization": f"Bearer {made['admin']}"}
+    async with gateway(fake_settings(db_path)) as gw:
+        savings = (await gw.http.get("/dashboard/api/savings", headers=headers)).json()
+        backends = (await gw.http.get("/dashboard/api/backends", headers=headers)).json()
+    assert savings["totals"]["cache_saved_usd"] == "0.001000000"
+    assert savings["totals"]["routing_saved_usd"] == "0.001500000"
+    assert savings["saved_usd"] == "0.002500000"
+    # saved / (spent + saved) = 0.0025 / 0.01602
+    assert savings["saved_pct"] == pytest.approx(15.61, abs=0.01)
+    rows = {b["backend"]: b for b in backends["backends"]}
+    assert rows["fake"]["requests"] == 4 and rows["fake"]["errors"] == 1  # the cache hit is no backend call
+    assert rows["api"]["requests"] == 3 and rows["api"]["cost_usd"] == "0.002520000"
+    assert rows["fake"]["backend_s"] == pytest.approx(0.72)  # 4 × 180 ms
+    assert rows["fake"]["busy_pct"] == pytest.approx(0.72 / (7 * 86400) * 100, rel=1e-3)
+    assert rows["fake"]["status"] == "ok" and rows["fake"]["breaker_open"] is False
+    assert rows["fake"]["usd_per_hour"] == "3.60"
+
+
+def test_burn_rate_and_exhaustion() -> None:
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    now = start + timedelta(days=10)
+    end = datetime(2026, 12, 1, tzinfo=UTC)
+    rate = burn(5_000, start, end, 20_000, now)
+    assert rate["per_day"] == Decimal(500)
+    assert rate["exhausts_at"] is None  # 15,000 left at 500/day = 30 days: after the reset on Dec 1
+    fast = burn(10_000, start, end, 20_000, now)  # 1000/day, 10 days left → runs out on the 21st
+    assert fast["exhausts_at"] == "2026-11-21T00:00+00:00"
+    slow = burn(1_000, start, end, 20_000, now)  # 100/day: would last 190 more days, past the reset
+    assert slow["exhausts_at"] is None
+    assert burn(0, start, end, 20_000, now) == {"per_day": Decimal(0), "exhausts_at": None}
+    assert burn(10, None, None, 20, now) == {"per_day": None, "exhausts_at": None}
+
+
+async def test_budgets_show_the_live_counters(db_path: Path) -> None:
+    made = seed(db_path)
+    budgets = [{"name": "search-month", "scope": {"kind": "team", "value": "search"}, "usd": "10", "period": "month"}]
+    async with gateway(fake_settings(db_path, budgets=budgets)) as gw:
+        chat = {"model": "fake-chat", "messages": [{"role": "user", "content": "hello there"}]}
+        answer = await gw.http.post(
+            "/v1/chat/completions", json=chat, headers={"authorization": f"Bearer {made['search']}"}
+        )
+        assert answer.status_code == 200
+        await gw.rows()
+        headers = {"authorization": f"Bearer {made['admin']}"}
+        page = (await gw.http.get("/dashboard/api/budgets", headers=headers)).json()["budgets"][0]
+        live = (await gw.http.get("/admin/budgets", headers=headers)).json()["data"][0]
+    assert page["spent"] == live["spent"] and page["reserved"] == live["reserved"]
+    spent = Decimal(page["spent"])
+    assert spent >= Decimal("0.011")  # the month's seeded search spend, reconciled, plus this request
+    assert page["used_pct"] == pytest.approx(float(spent / 10 * 100), abs=0.01)
+    elapsed_days = (datetime.now(UTC) - datetime.fromisoformat(live["window_start"])).total_seconds() / 86400
+    assert float(page["burn_per_day"]) == pytest.approx(float(spent) / elapsed_days, rel=0.01)

@@ -50,9 +50,13 @@ def bar_chart(title: str, points: Sequence[tuple[str, float, str]]) -> Markup:
 
 
 def meter(pct: float | None) -> Markup:
-    """A horizontal gauge for a percentage (budgets used, busy share)."""
+    """A small horizontal gauge for a percentage (budget used, busy share). SVG geometry, not inline CSS, so
+    the dashboard's Content-Security-Policy can forbid inline styles."""
     if pct is None:
         return Markup("")
     width = max(0.0, min(100.0, pct))
     level = "hot" if pct >= 90 else "warm" if pct >= 75 else "ok"
-    return Markup(f'<span class="meter"><span class="fill {level}" style="width:{width:.1f}%"></span></span>')
+    return Markup(
+        '<svg class="meter" viewBox="0 0 100 8" preserveAspectRatio="none" aria-hidden="true">'
+        f'<rect width="100" height="8" class="track"/><rect width="{width:.1f}" height="8" class="fill {level}"/></svg>'
+    )

@@ -83,17 +83,19 @@ def _scope_label(scope: dict[str, Any]) -> str:
     return "global" if scope.get("kind") == "global" else f"{scope.get('kind')}={scope.get('value')}"
 
 
-def _budget_row(budget: dict[str, Any], now: datetime) -> dict[str, Any]:
+def _budget_row(budget: dict[str, Any], ledger_spent: int, now: datetime) -> dict[str, Any]:
     start = datetime.fromisoformat(budget["window_start"]) if budget["window_start"] else None
     end = datetime.fromisoformat(budget["resets_at"]) if budget["resets_at"] else None
     money = budget["unit"] == "usd"
-    convert = (lambda v: to_nanousd(Decimal(v))) if money else int
-    spent, reserved = convert(budget["spent"]), convert(budget["reserved"])
-    limit = convert(budget["usd"]) if money else int(budget["tokens"])
-    rate = queries.burn(spent + reserved, start, end, limit, now)
-    per_day = rate["per_day"]
-    if per_day is not None:
-        per_day = usd_str(from_nanousd(int(per_day))) if money else int(per_day)
+    reserved = to_nanousd(Decimal(budget["reserved"])) if money else int(budget["reserved"])
+    limit = to_nanousd(Decimal(budget["usd"])) if money else int(budget["tokens"])
+    rate = queries.burn(ledger_spent + reserved, start, end, limit, now)
+
+    def show(amount: Any) -> Any:
+        if amount is None:
+            return None
+        return usd_str(from_nanousd(int(amount))) if money else int(amount)
+
     return {
         "name": budget["name"],
         "scope": _scope_label(budget["scope"]),
@@ -101,10 +103,11 @@ def _budget_row(budget: dict[str, Any], now: datetime) -> dict[str, Any]:
         "mode": budget["mode"],
         "unit": budget["unit"],
         "limit": budget["usd"] if money else limit,
-        "spent": budget["spent"],
-        "reserved": budget["reserved"],
-        "used_pct": round((spent + reserved) / limit * 100, 2) if limit else None,
-        "burn_per_day": per_day,
+        "spent": show(ledger_spent),  # the ledger's sum for the window: the source of truth
+        "reserved": budget["reserved"],  # live: requests in flight
+        "counter_spent": budget["spent"],  # the live admission counter (reconciled when first used)
+        "used_pct": round((ledger_spent + reserved) / limit * 100, 2) if limit else None,
+        "burn_per_day": show(rate["per_day"]),
         "exhausts_at": rate["exhausts_at"],
         "resets_at": budget["resets_at"],
     }
@@ -118,7 +121,24 @@ async def budgets(services: Any, who: Viewer) -> dict[str, Any]:
         p = who.principal
         subject = Subject(p.key_id, p.team, p.org, dict(p.tags))
     now = datetime.now(UTC)
-    return {"budgets": [_budget_row(b, now) for b in await budget_status(services, subject)]}
+    live = await budget_status(services, subject)
+
+    def ledger_sums() -> list[int]:
+        with services.sync_engine().connect() as connection:
+            return [
+                queries.budget_spent(
+                    connection,
+                    b["scope"]["kind"],
+                    b["scope"].get("value"),
+                    b["unit"] == "usd",
+                    datetime.fromisoformat(b["window_start"]) if b["window_start"] else None,
+                    datetime.fromisoformat(b["resets_at"]) if b["resets_at"] else None,
+                )
+                for b in live
+            ]
+
+    spent = await asyncio.to_thread(ledger_sums)
+    return {"budgets": [_budget_row(b, s, now) for b, s in zip(live, spent, strict=True)]}
 
 
 def _health(services: Any) -> dict[str, dict[str, Any]]:

@@ -254,3 +254,20 @@ def burn(spent: int, start: datetime | None, end: datetime | None, limit: int, n
         if end is None or moment < end:
             exhausts = moment.isoformat(timespec="minutes")
     return {"per_day": per_day, "exhausts_at": exhausts}
+
+
+def budget_spent(
+    connection: sa.Connection, kind: str, value: str | None, usd: bool, start: datetime | None, end: datetime | None
+) -> int:
+    """What the ledger says a budget's window spent (nano-USD or tokens), in SQL, with the same row selection
+    and scope matching as governance.service.ledger_spent (which reconciles the live counters)."""
+    measure = ledger.c.cost_nanousd if usd else ledger.c.input_tokens + ledger.c.output_tokens
+    clauses: list[sa.ColumnElement[bool]] = [ledger.c.kind == "request"]
+    if start is not None and end is not None:
+        clauses += [ledger.c.created_at >= start.astimezone(UTC), ledger.c.created_at < end.astimezone(UTC)]
+    if kind == "tag":
+        name, _, tag_value = (value or "").partition("=")
+        clauses.append(ledger.c.tags[name].as_string() == tag_value)
+    elif kind != "global":
+        clauses.append(ledger.c[{"key": "key_id"}.get(kind, kind)] == value)
+    return int(connection.execute(sa.select(_sum(measure)).where(*clauses)).scalar_one())

@@ -88,6 +88,13 @@ def _fmt_num(value: Any, digits: int = 3) -> str:
     return f"{number:,.0f}" if abs(number) >= 1000 else f"{number:.{digits}g}"
 
 
+def _fmt_when(value: str | None) -> str:
+    """ISO timestamp → `2026-12-01 00:00 UTC` (the JSON keeps the full ISO form)."""
+    if not value:
+        return "-"
+    return f"{value[:10]} {value[11:16]} UTC"
+
+
 def _trend_points(points: list[dict[str, Any]], field: str) -> list[tuple[str, float, str]]:
     if field == "cost_usd":
         return [(p["bucket"], float(p["cost_usd"]), human_usd(p["cost_usd"])) for p in points]
@@ -103,7 +110,7 @@ class Dashboard:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
-        self.env.filters.update(usd=human_usd, int=_fmt_int, num=_fmt_num)
+        self.env.filters.update(usd=human_usd, int=_fmt_int, num=_fmt_num, when=_fmt_when)
         self.env.globals.update(
             bar_chart=charts.bar_chart,
             meter=charts.meter,

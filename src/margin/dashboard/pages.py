@@ -26,9 +26,10 @@ def scope_for(who: Viewer, since: str) -> Scope:
 def overview(engine: sa.Engine, scope: Scope) -> dict[str, Any]:
     hourly = scope.since is not None and (datetime.now(UTC) - scope.since).total_seconds() <= 2 * 86400
     with engine.connect() as connection:
+        points, totals = queries.trend(connection, scope, hourly)
         return {
-            "totals": queries.totals(connection, scope),
-            "trend": {"unit": "hour" if hourly else "day", "points": queries.trend(connection, scope, hourly)},
+            "totals": totals,
+            "trend": {"unit": "hour" if hourly else "day", "points": points},
             # Gross margin (revenue − inference cost) / revenue comes from the business-metrics work (econ
             # branch, margin.report); until it is wired in the dashboard shows it as not available.
             "gross_margin": None,
@@ -39,22 +40,18 @@ def breakdown(engine: sa.Engine, scope: Scope, by: str) -> dict[str, Any]:
     if by not in queries.BREAKDOWNS:
         raise InvalidRequest(f"by must be one of {', '.join(queries.BREAKDOWNS)}", param="by")
     with engine.connect() as connection:
-        return {
-            "by": by,
-            "groups": queries.breakdown(connection, scope, by),
-            "totals": queries.totals(connection, scope),
-        }
+        groups, totals = queries.breakdown(connection, scope, by)
+    return {"by": by, "groups": groups, "totals": totals}
 
 
 def latency(engine: sa.Engine, scope: Scope) -> dict[str, Any]:
     with engine.connect() as connection:
-        return {**queries.latency(connection, scope), "totals": queries.totals(connection, scope)}
+        return queries.latency(connection, scope)
 
 
 def savings(engine: sa.Engine, scope: Scope) -> dict[str, Any]:
     with engine.connect() as connection:
-        total = queries.totals(connection, scope)
-        models = queries.breakdown(connection, scope, "model")
+        models, total = queries.breakdown(connection, scope, "model")
     saved = Decimal(total["cache_saved_usd"]) + Decimal(total["routing_saved_usd"])
     would_have = Decimal(total["cost_usd"]) + saved
     return {

@@ -1,14 +1,14 @@
 """How fast the dashboard's pages render on a large ledger.
 
-    python benchmarks/dashboard_load.py [--rows 1000000] [--repeat 3] [--indexes both|none|extra]
+    python benchmarks/dashboard_load.py [--rows 1000000] [--repeat 2] [--variants ledger,rollup]
 
 Seeds a SQLite ledger (created by the real migrations) with synthetic rows spread over 30 days — 20 teams,
 8 models on 4 backends, 30 features, 500 customers, ~2% errors, ~5% cache hits, ~10% routed, ~1% unpriced —
 with one bulk insert, then renders each page in-process through the gateway's ASGI app (auth, queries,
 templates: everything but the socket) for each window (24h, 7d, 30d), as an admin and as a team key. Each
-timing is the best of --repeat runs (the machine is shared). With `--indexes extra`, the indexes proposed in
-EXTRA_INDEXES (not in the migrations) are created first; `both` measures without, then with them.
-Writes benchmarks/results/dashboard_load.json.
+timing is the best of --repeat runs (the machine is shared). Variants: `ledger` (the tables and indexes of
+the migrations only) and `rollup` (plus the proposed hourly rollup, margin/dashboard/rollup.py, created and
+backfilled here; its trigger cost per insert is measured too). Writes benchmarks/results/dashboard_load.json.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import random
 import sqlite3
@@ -31,6 +32,7 @@ import httpx
 from margin import keys
 from margin.app import build_app
 from margin.config import parse_settings
+from margin.dashboard import rollup
 from margin.ledger import db
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -46,13 +48,6 @@ PAGES = (
     "/dashboard/backends",
 )
 WINDOWS = ("24h", "7d", "30d")
-# Proposed for a migration: every dashboard query filters on kind + created_at (+ team for team keys).
-EXTRA_INDEXES = {
-    "ix_ledger_kind_created": "CREATE INDEX IF NOT EXISTS ix_ledger_kind_created ON ledger (kind, created_at)",
-    "ix_ledger_team_kind_created": (
-        "CREATE INDEX IF NOT EXISTS ix_ledger_team_kind_created ON ledger (team, kind, created_at)"
-    ),
-}
 MODELS = [  # (model, backend, $ per 1M in, $ per 1M out) — None: unpriced
     ("gpt-4o-mini", "openai", 150, 600),
     ("gpt-4o", "openai", 2500, 10000),
@@ -134,12 +129,29 @@ def seed(db_path: Path, n: int) -> tuple[float, dict[str, str]]:
     return seconds, made
 
 
-def add_indexes(db_path: Path) -> None:
+def insert_cost(db_path: Path, prefix: str, n: int = 10_000) -> float:
+    """µs per ledger row for a batch insert of n rows (to price the rollup's trigger)."""
+    rows = [(f"{prefix}{i}", *row[1:]) for i, row in enumerate(synthetic_rows(n, datetime.now(UTC), seed=8))]
     connection = sqlite3.connect(db_path)
-    for statement in EXTRA_INDEXES.values():
-        connection.execute(statement)
-    connection.execute("ANALYZE")
+    marks = ", ".join("?" * len(COLUMNS.split(",")))
+    started = time.perf_counter()
+    with connection:
+        connection.executemany(f"INSERT INTO ledger ({COLUMNS}) VALUES ({marks})", rows)
     connection.close()
+    return round((time.perf_counter() - started) / n * 1e6, 1)
+
+
+def add_rollup(db_path: Path) -> dict[str, float]:
+    before = insert_cost(db_path, "before-")
+    engine = db.make_sync_engine(f"sqlite:///{db_path}")
+    started = time.perf_counter()
+    with engine.begin() as connection:
+        rollup.install(connection)
+        rolled = connection.exec_driver_sql(f"SELECT count(*) FROM {rollup.TABLE}").scalar_one()
+    backfill_s = round(time.perf_counter() - started, 1)
+    engine.dispose()
+    after = insert_cost(db_path, "after-")
+    return {"backfill_s": backfill_s, "rollup_rows": rolled, "insert_us_per_row": before, "with_trigger": after}
 
 
 async def time_pages(db_path: Path, made: dict[str, str], repeat: int) -> list[dict[str, Any]]:
@@ -169,19 +181,22 @@ async def time_pages(db_path: Path, made: dict[str, str], repeat: int) -> list[d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--indexes", choices=("both", "none", "extra"), default="both")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--variants", default="ledger,rollup")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         db_path = Path(tmp) / "ledger.db"
         seed_s, made = seed(db_path, args.rows)
         print(f"seeded {args.rows:,} rows in {seed_s:.1f} s ({db_path.stat().st_size / 1e6:.0f} MB)", flush=True)
         runs: dict[str, Any] = {}
-        if args.indexes in ("both", "none"):
-            runs["migrations_only"] = asyncio.run(time_pages(db_path, made, args.repeat))
-        if args.indexes in ("both", "extra"):
-            add_indexes(db_path)
-            runs["with_extra_indexes"] = asyncio.run(time_pages(db_path, made, args.repeat))
+        rollup_stats: dict[str, float] = {}
+        variants = args.variants.split(",")
+        if "ledger" in variants:
+            runs["ledger"] = asyncio.run(time_pages(db_path, made, args.repeat))
+        if "rollup" in variants:
+            rollup_stats = add_rollup(db_path)
+            print(f"rollup: {rollup_stats}", flush=True)
+            runs["rollup"] = asyncio.run(time_pages(db_path, made, args.repeat))
     result = {
         "benchmark": "dashboard_load",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -189,7 +204,8 @@ def main() -> None:
         "seed_s": round(seed_s, 1),
         "repeat": args.repeat,
         "timing": "best of repeat, in-process ASGI request incl. auth, SQL, templates",
-        "extra_indexes": EXTRA_INDEXES,
+        "rollup": rollup_stats,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "machine": {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version, "cpu": platform.machine()},
         "runs": runs,
     }

@@ -125,8 +125,11 @@ def test_burn_rate_and_exhaustion() -> None:
     assert burn(10, None, None, 20, now) == {"per_day": None, "exhausts_at": None}
 
 
-async def test_budgets_show_the_live_counters(db_path: Path) -> None:
+@pytest.mark.parametrize("with_rollup", [False, True], ids=["ledger", "rollup"])
+async def test_budgets_show_the_live_counters(db_path: Path, with_rollup: bool) -> None:
     made = seed(db_path)
+    if with_rollup:
+        install_rollup(db_path)
     budgets = [{"name": "search-month", "scope": {"kind": "team", "value": "search"}, "usd": "10", "period": "month"}]
     async with gateway(fake_settings(db_path, budgets=budgets)) as gw:
         chat = {"model": "fake-chat", "messages": [{"role": "user", "content": "hello there"}]}

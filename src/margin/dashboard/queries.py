@@ -339,11 +339,17 @@ def budget_spent(
     connection: sa.Connection, kind: str, value: str | None, usd: bool, start: datetime | None, end: datetime | None
 ) -> int:
     """What the ledger says a budget's window spent (nano-USD or tokens), in SQL, with the same row selection
-    and scope matching as governance.service.ledger_spent (which reconciles the live counters)."""
+    and scope matching as governance.service.ledger_spent (which reconciles the live counters). Budget windows
+    start on whole hours, so global/team/model budgets are read exactly from the hourly rollup when it exists."""
+    if rollup.answers_budget(connection, kind):
+        return rollup.budget_spent(connection, kind, value, usd, start, end)
     measure = ledger.c.cost_nanousd if usd else ledger.c.input_tokens + ledger.c.output_tokens
     clauses: list[sa.ColumnElement[bool]] = [ledger.c.kind == "request"]
     if start is not None and end is not None:
-        clauses += [ledger.c.created_at >= start.astimezone(UTC), ledger.c.created_at < end.astimezone(UTC)]
+        created: Any = ledger.c.created_at
+        if connection.dialect.name == "sqlite" and kind in ("global", "tag"):  # most of the table: scan it
+            created = sa.literal_column("+ledger.created_at", type_=ledger.c.created_at.type)
+        clauses += [created >= start.astimezone(UTC), created < end.astimezone(UTC)]
     if kind == "tag":
         name, _, tag_value = (value or "").partition("=")
         clauses.append(ledger.c.tags[name].as_string() == tag_value)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -84,7 +84,7 @@ def available(connection: sa.Connection, scope: Scope, by: str) -> bool:
     """Whether this question can be answered from the rollup."""
     if scope.key_id is not None or by not in (*KEYS, "hour", "day"):
         return False
-    return connection.dialect.name == "sqlite" and sa.inspect(connection).has_table(TABLE)
+    return connection.dialect.name == "sqlite" and _exists(connection)
 
 
 def _table() -> sa.TableClause:
@@ -138,3 +138,25 @@ def grouped(
             for name in MEASURES:
                 into[name] += raw.get(name, 0) or 0
     return list(found.items())
+
+
+def answers_budget(connection: sa.Connection, kind: str) -> bool:
+    return kind in ("global", "team", "model") and connection.dialect.name == "sqlite" and _exists(connection)
+
+
+def budget_spent(
+    connection: sa.Connection, kind: str, value: str | None, usd: bool, start: datetime | None, end: datetime | None
+) -> int:
+    """A budget window's spend (requests only, as the admission counters reconcile) from whole hours."""
+    table = _table()
+    measure = table.c.cost_nanousd if usd else table.c.input_tokens + table.c.output_tokens
+    clauses: list[Any] = [table.c.kind == "request"]
+    if start is not None and end is not None:
+        clauses += [table.c.hour >= _hour(start.astimezone(UTC)), table.c.hour < _hour(end.astimezone(UTC))]
+    if kind != "global":
+        clauses.append(table.c[kind] == value)
+    return int(connection.execute(sa.select(sa.func.coalesce(sa.func.sum(measure), 0)).where(*clauses)).scalar_one())
+
+
+def _exists(connection: sa.Connection) -> bool:
+    return sa.inspect(connection).has_table(TABLE)

@@ -90,8 +90,11 @@ async def test_totals_and_every_breakdown_match_the_report(db_path: Path, with_r
     }
 
 
-async def test_savings_and_backends(db_path: Path) -> None:
+@pytest.mark.parametrize("with_rollup", [False, True], ids=["ledger", "rollup"])
+async def test_savings_and_backends(db_path: Path, with_rollup: bool) -> None:
     made = seed(db_path)
+    if with_rollup:
+        install_rollup(db_path)
     headers = {"authorization": f"Bearer {made['admin']}"}
     async with gateway(fake_settings(db_path)) as gw:
         savings = (await gw.http.get("/dashboard/api/savings", headers=headers)).json()

@@ -278,9 +278,8 @@ def errors(connection: sa.Connection, scope: Scope) -> list[dict[str, Any]]:
     ]
 
 
-def backend_usage(connection: sa.Connection, scope: Scope) -> list[dict[str, Any]]:
-    """Per backend: requests, errors, spend and Σ backend time (the time margin waited on it)."""
-    backend = scan_key(ledger.c.backend, scope, connection.dialect.name).label("backend")
+def _ledger_backends(connection: sa.Connection, scope: Scope) -> list[tuple[Any, dict[str, Any]]]:
+    backend = scan_key(ledger.c.backend, scope, connection.dialect.name).label("key")
     query = (
         sa.select(
             backend,
@@ -288,21 +287,33 @@ def backend_usage(connection: sa.Connection, scope: Scope) -> list[dict[str, Any
             _count_if(ledger.c.http_status >= 400).label("errors"),
             _sum(ledger.c.cost_nanousd).label("cost_nanousd"),
             sa.func.coalesce(sa.func.sum(ledger.c.backend_ms), 0.0).label("backend_ms"),
-            _sum(ledger.c.input_tokens + ledger.c.output_tokens).label("tokens"),
+            _sum(ledger.c.input_tokens).label("input_tokens"),
+            _sum(ledger.c.output_tokens).label("output_tokens"),
         )
         .where(*scope.where(connection.dialect.name), ledger.c.kind == "request")
         .group_by(backend)
     )
+    return [(row.key, dict(row._mapping)) for row in connection.execute(query)]
+
+
+def backend_usage(connection: sa.Connection, scope: Scope) -> list[dict[str, Any]]:
+    """Per backend (cache hits excluded): requests, errors, spend and Σ time margin waited on it."""
+    if rollup.available(connection, scope, "backend"):
+        parts = rollup.grouped(
+            connection, scope, "backend", lambda part: _ledger_backends(connection, part), request_only=True
+        )
+    else:
+        parts = _ledger_backends(connection, scope)
     return [
         {
-            "backend": row.backend,
-            "requests": int(row.requests),
-            "errors": int(row.errors),
-            "cost_usd": usd_str(from_nanousd(int(row.cost_nanousd))),
-            "tokens": int(row.tokens),
-            "backend_s": round(float(row.backend_ms) / 1000, 3),
+            "backend": key,
+            "requests": int(raw["requests"]),
+            "errors": int(raw["errors"]),
+            "cost_usd": usd_str(from_nanousd(int(raw["cost_nanousd"]))),
+            "tokens": int(raw["input_tokens"]) + int(raw["output_tokens"]),
+            "backend_s": round(float(raw["backend_ms"]) / 1000, 3),
         }
-        for row in connection.execute(query)
+        for key, raw in parts
     ]
 
 

@@ -84,6 +84,7 @@ async def test_totals_and_every_breakdown_match_the_report(db_path: Path, with_r
         assert model["e2e_ms"]["p95"] == pytest.approx(figures["latency_p95_ms"], abs=0.05)
         ttft = figures["ttft_p50_ms"]
         assert model["ttft_ms"]["p50"] == (None if ttft is None else pytest.approx(ttft, abs=0.05))
+    assert latency["totals"] == {"requests": 8, "errors": 2, "error_rate_pct": 25.0}
     assert {(e["http_status"], e["error_code"]): e["requests"] for e in latency["errors"]} == {
         (502, "backend_error"): 1,
         (504, "timeout"): 1,

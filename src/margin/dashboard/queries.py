@@ -258,7 +258,9 @@ def latency(connection: sa.Connection, scope: Scope) -> dict[str, Any]:
         )
     failures = errors(connection, scope)
     requests = sum(n for counts in e2e.values() for _, n in counts)
-    totals = {"requests": requests, "errors": sum(int(e["requests"]) for e in failures)}
+    failed = sum(int(e["requests"]) for e in failures)
+    rate = round(failed / requests * 100, 3) if requests else None
+    totals = {"requests": requests, "errors": failed, "error_rate_pct": rate}
     return {"models": models, "errors": failures, "totals": totals}
 
 

@@ -88,6 +88,15 @@ def _fmt_num(value: Any, digits: int = 3) -> str:
     return f"{number:,.0f}" if abs(number) >= 1000 else f"{number:.{digits}g}"
 
 
+def _fmt_pct(value: Any) -> str:
+    if value is None:
+        return "-"
+    number = float(value)
+    if 0 < number < 0.01:
+        return "<0.01 %"
+    return f"{number:,.2f} %"
+
+
 def _fmt_when(value: str | None) -> str:
     """ISO timestamp → `2026-12-01 00:00 UTC` (the JSON keeps the full ISO form)."""
     if not value:
@@ -110,7 +119,7 @@ class Dashboard:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
-        self.env.filters.update(usd=human_usd, int=_fmt_int, num=_fmt_num, when=_fmt_when)
+        self.env.filters.update(usd=human_usd, int=_fmt_int, num=_fmt_num, when=_fmt_when, pct=_fmt_pct)
         self.env.globals.update(
             bar_chart=charts.bar_chart,
             meter=charts.meter,

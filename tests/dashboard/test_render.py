@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from margin.dashboard.charts import bar_chart, meter
@@ -40,7 +41,7 @@ def test_bar_chart_and_meter() -> None:
     assert "Spend &lt;per&gt; day" in svg and "<per>" not in svg
     assert ">$3.00</text>" in svg  # the axis shows the largest bar's exact label
     heights = [float(h) for h in re.findall(r'<rect [^>]*height="([\d.]+)"', svg)]
-    assert heights[1] == 3 * heights[0]
+    assert heights[1] == pytest.approx(3 * heights[0], abs=0.2)  # drawn to 0.1 px
     hourly = bar_chart("x", [("2026-11-26 08", 0.0, "0")])
     assert ">08h</text>" in hourly and 'height="0.0"' in hourly  # all zero: no division by zero
     assert "No data" in bar_chart("x", [])

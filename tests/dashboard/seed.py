@@ -125,9 +125,10 @@ ROWS = [
 ]
 
 
-def seed(db_path: Path) -> dict[str, str]:
-    """Create the ledger with ROWS and three keys; returns {'admin', 'search', 'ads', 'loner'} → key."""
-    url = f"sqlite:///{db_path}"
+def seed(db_path: Path | str) -> dict[str, str]:
+    """Create the ledger (a SQLite file, or a database URL) with ROWS and keys; returns
+    {'admin', 'search', 'ads', 'loner'} → key."""
+    url = db_path if isinstance(db_path, str) else f"sqlite:///{db_path}"
     db.upgrade(url)
     engine = db.make_sync_engine(url)
     try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,10 +21,16 @@ from tests.dashboard.seed import ROWS
 KPIS = ("cost_usd", "requests", "errors", "input_tokens", "output_tokens", "usd_per_1k_tokens", "cache_hits")
 
 
-def report(db_path: Path, *args: str) -> Any:
-    result = CliRunner().invoke(app, ["report", "--db", str(db_path), "--since", "7d", "--json", *args])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.output)
+@pytest.fixture(scope="module")
+def reports(live_dashboard: LiveDashboard) -> dict[str | None, Any]:
+    """`margin report --since 7d --json [--by X]` on the live gateway's ledger, run once per grouping."""
+    out: dict[str | None, Any] = {}
+    for by in (None, "team", "feature", "customer", "model"):
+        args = ["report", "--db", str(live_dashboard.db_path), "--since", "7d", "--json"]
+        result = CliRunner().invoke(app, [*args, "--by", by] if by else args)
+        assert result.exit_code == 0, result.output
+        out[by] = json.loads(result.output)
+    return out
 
 
 @pytest.fixture
@@ -64,9 +69,11 @@ def screenshot(page: Any, live: LiveDashboard, name: str) -> None:
     assert path.stat().st_size > 5_000, path  # a real rendering, not an empty image
 
 
-def test_admin_overview_matches_the_report(context: Any, live_dashboard: LiveDashboard) -> None:
+def test_admin_overview_matches_the_report(
+    context: Any, live_dashboard: LiveDashboard, reports: dict[str | None, Any]
+) -> None:
     page = login(context, live_dashboard, "admin")
-    totals = report(live_dashboard.db_path)["totals"]
+    totals = reports[None]["totals"]
     kpis = page.locator("#kpis")
     for field in KPIS:
         exact, text = shown(kpis, field)
@@ -83,14 +90,13 @@ def test_admin_overview_matches_the_report(context: Any, live_dashboard: LiveDas
     screenshot(page, live_dashboard, "overview")
 
 
-def test_admin_sees_every_page(context: Any, live_dashboard: LiveDashboard) -> None:
+def test_admin_sees_every_page(context: Any, live_dashboard: LiveDashboard, reports: dict[str | None, Any]) -> None:
     page = login(context, live_dashboard, "admin")
-    db = live_dashboard.db_path
     for by in ("team", "feature", "customer", "model"):
         page.click("#nav-breakdown")
         page.click(f"#by-{by}")
         page.wait_for_load_state()
-        for group in report(db, "--by", by)["groups"]:
+        for group in reports[by]["groups"]:
             key = "(none)" if group["key"] is None else group["key"]
             row = page.locator(f'#breakdown tr[data-key="{key}"]')
             assert shown(row, "cost_usd") == (group["cost_usd"], human_usd(group["cost_usd"])), (by, key)
@@ -99,7 +105,7 @@ def test_admin_sees_every_page(context: Any, live_dashboard: LiveDashboard) -> N
         screenshot(page, live_dashboard, f"breakdown-{by}")
 
     page.click("#nav-latency")
-    by_model = {g["key"]: g for g in report(db, "--by", "model")["groups"]}
+    by_model = {g["key"]: g for g in reports["model"]["groups"]}
     row = page.locator('#latency tr[data-key="fake-chat"]')
     assert float(shown(row, "e2e_ms_p50")[0]) == by_model["fake-chat"]["latency_p50_ms"]
     assert float(shown(row, "e2e_ms_p95")[0]) == by_model["fake-chat"]["latency_p95_ms"]
@@ -107,7 +113,7 @@ def test_admin_sees_every_page(context: Any, live_dashboard: LiveDashboard) -> N
     screenshot(page, live_dashboard, "latency")
 
     page.click("#nav-savings")
-    totals = report(db)["totals"]
+    totals = reports[None]["totals"]
     assert shown(page.locator("#kpis"), "cache_saved_usd")[0] == totals["cache_saved_usd"]
     assert shown(page.locator("#kpis"), "routing_saved_usd")[0] == totals["routing_saved_usd"]
     screenshot(page, live_dashboard, "savings")
@@ -132,9 +138,11 @@ def test_admin_sees_every_page(context: Any, live_dashboard: LiveDashboard) -> N
     screenshot(page, live_dashboard, "backends")
 
 
-def test_team_key_sees_its_team_only(context: Any, live_dashboard: LiveDashboard) -> None:
+def test_team_key_sees_its_team_only(
+    context: Any, live_dashboard: LiveDashboard, reports: dict[str | None, Any]
+) -> None:
     page = login(context, live_dashboard, "search", "/dashboard/breakdown")
-    search = next(g for g in report(live_dashboard.db_path, "--by", "team")["groups"] if g["key"] == "search")
+    search = next(g for g in reports["team"]["groups"] if g["key"] == "search")
     assert page.locator("#by-team").count() == 0  # no cross-team table offered
     assert [r.get_attribute("data-key") for r in page.locator("#breakdown tbody tr").all()] == ["fake-chat", "total"]
     total = page.locator('#breakdown tr[data-key="total"]')

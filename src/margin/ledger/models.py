@@ -54,10 +54,26 @@ ledger = sa.Table(
     sa.Column("saved_nanousd", sa.BigInteger),
     sa.Column("router_score", sa.Float),
     sa.Column("counterfactual_nanousd", sa.BigInteger),
+    sa.Column("busy_ms", sa.Float),  # the backend busy time billed to this request (self-hosted TCO)
     sa.UniqueConstraint("request_id", "kind", name="uq_ledger_request_kind"),
     sa.Index("ix_ledger_created_at", "created_at"),
     sa.Index("ix_ledger_team_created", "team", "created_at"),
     sa.Index("ix_ledger_model_created", "model", "created_at"),
+    sa.Index("ix_ledger_backend_created", "backend", "created_at"),
+    sa.Index("ix_ledger_key_created", "key_id", "created_at"),
+)
+
+feedback = sa.Table(  # outcomes of requests (POST /v1/margin/feedback); the latest post for a request wins
+    "feedback",
+    metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("key_id", sa.String(32)),  # who posted it
+    sa.Column("success", sa.Boolean),
+    sa.Column("score", sa.Float),
+    sa.Column("value_nanousd", sa.BigInteger),  # business value of the outcome, when the caller knows it
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revisions", sa.Integer, nullable=False, server_default="1"),
 )
 
 api_keys = sa.Table(

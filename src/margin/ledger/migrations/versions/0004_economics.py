@@ -1,0 +1,41 @@
+"""economics: request outcomes (feedback), busy time on the ledger, report indexes
+
+Revision ID: 0004
+Revises: 0003
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("ledger") as batch:
+        batch.add_column(sa.Column("busy_ms", sa.Float))
+    op.create_index("ix_ledger_backend_created", "ledger", ["backend", "created_at"])
+    op.create_index("ix_ledger_key_created", "ledger", ["key_id", "created_at"])
+    op.create_table(
+        "feedback",
+        sa.Column("request_id", sa.String(64), primary_key=True),
+        sa.Column("key_id", sa.String(32)),
+        sa.Column("success", sa.Boolean),
+        sa.Column("score", sa.Float),
+        sa.Column("value_nanousd", sa.BigInteger),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("revisions", sa.Integer, nullable=False, server_default="1"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("feedback")
+    op.drop_index("ix_ledger_key_created", "ledger")
+    op.drop_index("ix_ledger_backend_created", "ledger")
+    with op.batch_alter_table("ledger") as batch:
+        batch.drop_column("busy_ms")

@@ -13,7 +13,7 @@ from margin.config import Settings
 from margin.ledger import db
 from margin.report.business import RevenueLine, load_revenue_csv, margins, tasks
 from margin.report.metrics import carbon, savings, timeseries
-from margin.report.queries import Window, summarize
+from margin.report.queries import Window, percentile, summarize
 from margin.report.utilization import utilization
 from tests.helpers import fake_settings
 from tests.report.ledgers import MILLI, ROWS, at, load, row
@@ -140,3 +140,28 @@ def test_summary_unchanged_by_new_rows(engine: sa.Engine) -> None:
     totals = summarize(engine, NOVEMBER)["totals"]
     assert totals["requests"] == 7 and totals["errors"] == 1 and totals["unpriced_requests"] == 1
     assert Decimal(totals["cost_usd"]) == Decimal("0.007")
+
+
+def test_latency_percentiles_picked_in_sql_equal_python(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    db.upgrade(url)
+    engine = db.make_sync_engine(url)
+    e2e = [float((n * 37) % 101) for n in range(1, 42)]  # 41 distinct values, shuffled
+    rows = [
+        row(f"p{n}", e2e_ms=v, ttft_ms=None if n % 3 else v / 2, tags={"feature": "a"} if n % 2 else {})
+        for n, v in enumerate(e2e)
+    ]
+    load(engine, rows=rows, outcomes=False)
+    found = summarize(engine, Window(), "feature")
+    engine.dispose()
+    ttfts = sorted(v / 2 for n, v in enumerate(e2e) if n % 3 == 0)
+    assert found["totals"]["latency_p50_ms"] == percentile(sorted(e2e), 50)
+    assert found["totals"]["latency_p95_ms"] == percentile(sorted(e2e), 95)
+    assert found["totals"]["ttft_p50_ms"] == percentile(ttfts, 50)
+    groups = {g["key"]: g for g in found["groups"]}
+    untagged = sorted(v for n, v in enumerate(e2e) if n % 2 == 0)  # the NULL feature group
+    assert groups[None]["latency_p95_ms"] == percentile(untagged, 95)
+    assert groups["a"]["latency_p50_ms"] == percentile(sorted(v for n, v in enumerate(e2e) if n % 2), 50)
+    assert groups["a"]["ttft_p50_ms"] == percentile(
+        sorted(v / 2 for n, v in enumerate(e2e) if n % 2 and n % 3 == 0), 50
+    )

@@ -41,7 +41,7 @@ def _all(engine: sa.Engine, tmp_path: Path) -> dict[str, Any]:
     settings = fake_settings(tmp_path / "x.db", revenue={"features": {"search": {"price_per_call": "0.002"}}})
     hour = Window(at(2, 0), at(2, 1))
     return {
-        "summary": {k: v for k, v in summarize(engine, NOVEMBER, "feature")["totals"].items() if "_p" not in k},
+        "summary": summarize(engine, NOVEMBER, "feature"),
         "tasks": [t.to_json() for t in tasks(engine, NOVEMBER, "feature")],
         "margins": margins(engine, NOVEMBER, settings.revenue, by="feature").to_json(),
         "savings": savings(engine, NOVEMBER).to_json(),

@@ -1,5 +1,5 @@
-"""Ledger aggregates. Sums run in SQL (money as integer nano-USD, exact); latency percentiles are computed
-from the rows of the window (fine up to a few million rows; rollups arrive with the reporting work)."""
+"""Ledger aggregates. Sums run in SQL (money as integer nano-USD, exact); latency percentiles (nearest rank)
+are picked in SQL too, by a window function, so only a few values per group leave the database."""
 
 from __future__ import annotations
 
@@ -75,6 +75,7 @@ def _sums(key: sa.ColumnElement[Any] | None) -> list[Any]:
     tokens = ledger.c.input_tokens + ledger.c.output_tokens
     columns: list[Any] = [
         sa.func.count().label("requests"),
+        sa.func.count(ledger.c.ttft_ms).label("ttft_n"),
         sa.func.sum(sa.case((ledger.c.http_status >= 400, 1), else_=0)).label("errors"),
         sa.func.coalesce(sa.func.sum(ledger.c.input_tokens), 0).label("input_tokens"),
         sa.func.coalesce(sa.func.sum(ledger.c.output_tokens), 0).label("output_tokens"),
@@ -92,7 +93,7 @@ def _sums(key: sa.ColumnElement[Any] | None) -> list[Any]:
     return [key.label("key"), *columns] if key is not None else columns
 
 
-def _figures(row: Any, latencies: list[float], ttfts: list[float]) -> dict[str, Any]:
+def _figures(row: Any, e2e: dict[int, float], ttft: dict[int, float]) -> dict[str, Any]:
     cost = from_nanousd(int(row.cost_nanousd))
     per_1k = cost / Decimal(row.priced_tokens) * THOUSAND if row.priced_tokens else None
     return {
@@ -105,47 +106,78 @@ def _figures(row: Any, latencies: list[float], ttfts: list[float]) -> dict[str, 
         "usd_per_1k_tokens": usd_str(per_1k),
         "energy_j": round(float(row.energy_j), 6),
         "co2e_g": round(float(row.co2e_g), 9),
-        "latency_p50_ms": percentile(latencies, 50),
-        "latency_p95_ms": percentile(latencies, 95),
-        "ttft_p50_ms": percentile(ttfts, 50),
+        **_latency_figures(e2e, int(row.requests), ttft, int(row.ttft_n or 0)),
         "cache_hits": int(row.cache_hits or 0),
         "cache_saved_usd": usd_str(from_nanousd(int(row.cache_saved_nanousd))),
         "routing_saved_usd": usd_str(from_nanousd(int(row.routing_saved_nanousd))),
     }
 
 
-def _latencies(connection: sa.Connection, window: Window, key: Any) -> dict[Any, tuple[list[float], list[float]]]:
-    columns = [key.label("key")] if key is not None else [sa.literal(None).label("key")]
-    query = sa.select(*columns, ledger.c.e2e_ms, ledger.c.ttft_ms).where(*window.where())
-    found: dict[Any, tuple[list[float], list[float]]] = {}
+def nearest_rank(n: int, q: float) -> int:
+    """The 1-based rank `percentile` picks among n sorted values."""
+    return max(1, min(n, round(q / 100 * n + 0.5)))
+
+
+_NULL_KEY = "\x01(null)"  # stands for a NULL group key inside the rank query (tuple IN does not match NULL)
+Ranks = dict[Any, dict[int, float]]
+
+
+def _ranked(
+    connection: sa.Connection, window: Window, key: Any, column: sa.Column[Any], counts: dict[Any, int]
+) -> Ranks:
+    """Values of `column` at the percentile ranks of each group, picked in SQL (a window function sorts the
+    rows in the database; only a few values per group come back, not every row)."""
+    wanted = {(k, nearest_rank(n, q)) for k, n in counts.items() if n for q in PERCENTILES}
+    if not wanted:
+        return {}
+    group = sa.func.coalesce(key, _NULL_KEY) if key is not None else sa.literal(_NULL_KEY)
+    rank = sa.func.row_number().over(partition_by=group, order_by=column)
+    inner = (
+        sa.select(group.label("key"), column.label("value"), rank.label("rank"))
+        .where(*window.where(), column.is_not(None))
+        .subquery()
+    )
+    pairs = [(_NULL_KEY if k is None else k, r) for k, r in wanted]
+    query = sa.select(inner.c.key, inner.c.rank, inner.c.value).where(sa.tuple_(inner.c.key, inner.c.rank).in_(pairs))
+    found: Ranks = {}
     for row in connection.execute(query):
-        e2e, ttft = found.setdefault(row.key, ([], []))
-        e2e.append(float(row.e2e_ms))
-        if row.ttft_ms is not None:
-            ttft.append(float(row.ttft_ms))
-    for e2e, ttft in found.values():
-        e2e.sort()
-        ttft.sort()
+        found.setdefault(None if row.key == _NULL_KEY else row.key, {})[int(row.rank)] = float(row.value)
     return found
+
+
+PERCENTILES = (50, 95)
+
+
+def _latency_figures(e2e: dict[int, float], e2e_n: int, ttft: dict[int, float], ttft_n: int) -> dict[str, Any]:
+    def pick(values: dict[int, float], n: int, q: float) -> float | None:
+        return values.get(nearest_rank(n, q)) if n else None
+
+    return {
+        "latency_p50_ms": pick(e2e, e2e_n, 50),
+        "latency_p95_ms": pick(e2e, e2e_n, 95),
+        "ttft_p50_ms": pick(ttft, ttft_n, 50),
+    }
 
 
 def summarize(engine: sa.Engine, window: Window, by: str | None = None) -> dict[str, Any]:
     key = group_column(by) if by else None
     with engine.connect() as connection:
         total = connection.execute(sa.select(*_sums(None)).where(*window.where())).one()
-        overall = _latencies(connection, window, None).get(None, ([], []))
+        e2e = _ranked(connection, window, None, ledger.c.e2e_ms, {None: int(total.requests)})
+        ttft = _ranked(connection, window, None, ledger.c.ttft_ms, {None: int(total.ttft_n or 0)})
         groups: list[dict[str, Any]] = []
         if key is not None:
-            per_key = _latencies(connection, window, key)
             query = sa.select(*_sums(key)).where(*window.where()).group_by(key)
-            for row in connection.execute(query):
-                lat, ttft = per_key.get(row.key, ([], []))
-                groups.append({"key": row.key, **_figures(row, lat, ttft)})
+            rows = connection.execute(query).all()
+            e2e_by = _ranked(connection, window, key, ledger.c.e2e_ms, {r.key: int(r.requests) for r in rows})
+            ttft_by = _ranked(connection, window, key, ledger.c.ttft_ms, {r.key: int(r.ttft_n or 0) for r in rows})
+            for row in rows:
+                groups.append({"key": row.key, **_figures(row, e2e_by.get(row.key, {}), ttft_by.get(row.key, {}))})
     groups.sort(key=lambda g: (-Decimal(g["cost_usd"]), -g["requests"], str(g["key"])))
     return {
         "since": window.since.isoformat() if window.since else None,
         "until": window.until.isoformat() if window.until else None,
         "by": by,
-        "totals": _figures(total, *overall),
+        "totals": _figures(total, e2e.get(None, {}), ttft.get(None, {})),
         "groups": groups,
     }

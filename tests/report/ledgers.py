@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from margin.ledger.models import feedback, ledger
+from margin.ledger.models import feedback, ledger, ledger_hourly
 
 MILLI = 1_000_000  # $0.001 in nano-USD
 
@@ -82,6 +82,7 @@ def load(engine: sa.Engine, rows: list[dict[str, Any]] | None = None, outcomes: 
     with engine.begin() as connection:
         connection.execute(sa.delete(feedback))
         connection.execute(sa.delete(ledger))
+        connection.execute(sa.delete(ledger_hourly))  # the ledger is append-only; tests start afresh
         connection.execute(ledger.insert(), [complete(r) for r in rows or ROWS])
         if outcomes:
             stamp = {"created_at": at(4), "updated_at": at(4), "key_id": "k1", "revisions": 1}

@@ -21,8 +21,6 @@ from margin.report.utilization import utilization
 from tests.helpers import fake_settings
 from tests.report.ledgers import at, load
 
-NOVEMBER = Window(at(1), at(16))
-
 
 @pytest.fixture
 def pg(postgres_url: str) -> Iterator[sa.Engine]:
@@ -37,17 +35,18 @@ def pg(postgres_url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-def _all(engine: sa.Engine, tmp_path: Path) -> dict[str, Any]:
+def _all(engine: sa.Engine, tmp_path: Path, rollup: bool = True) -> dict[str, Any]:
     settings = fake_settings(tmp_path / "x.db", revenue={"features": {"search": {"price_per_call": "0.002"}}})
-    hour = Window(at(2, 0), at(2, 1))
+    hour = Window(at(2, 0), at(2, 1), rollup=rollup)
+    november = Window(at(1), at(16), rollup=rollup)
     return {
-        "summary": summarize(engine, NOVEMBER, "feature"),
-        "tasks": [t.to_json() for t in tasks(engine, NOVEMBER, "feature")],
-        "margins": margins(engine, NOVEMBER, settings.revenue, by="feature").to_json(),
-        "savings": savings(engine, NOVEMBER).to_json(),
-        "days": [p.to_json() for p in timeseries(engine, NOVEMBER, "day")],
-        "hours": [p.to_json() for p in timeseries(engine, NOVEMBER, "hour")],
-        "carbon": [c.to_json() for c in carbon(engine, NOVEMBER)],
+        "summary": summarize(engine, november, "feature"),
+        "tasks": [t.to_json() for t in tasks(engine, november, "feature")],
+        "margins": margins(engine, november, settings.revenue, by="feature").to_json(),
+        "savings": savings(engine, november).to_json(),
+        "days": [p.to_json() for p in timeseries(engine, november, "day")],
+        "hours": [p.to_json() for p in timeseries(engine, november, "hour")],
+        "carbon": [c.to_json() for c in carbon(engine, november)],
         "utilization": [u.to_json() for u in utilization(engine, hour, settings)],
         "focus": focus_rows(engine, settings, "2026-11").rows,
     }
@@ -59,9 +58,10 @@ def test_aggregates_equal_on_postgres_and_sqlite(pg: sa.Engine, tmp_path: Path) 
     lite = db.make_sync_engine(url)
     load(lite)
     on_pg, on_lite = _all(pg, tmp_path), _all(lite, tmp_path)
+    rows_pg, rows_lite = _all(pg, tmp_path, rollup=False), _all(lite, tmp_path, rollup=False)
     lite.dispose()
     for name in on_lite:
-        assert on_pg[name] == on_lite[name], name
+        assert on_pg[name] == on_lite[name] == rows_pg[name] == rows_lite[name], name  # rollup = rows
     assert Decimal(on_pg["tasks"][0]["cost_per_successful_task_usd"]) == Decimal("0.006")
     assert [d["start"] for d in on_pg["days"]] == ["2026-11-02T00:00:00", "2026-11-03T00:00:00"]
     assert on_pg["savings"]["routing_saved_usd"] == "0.004000000"

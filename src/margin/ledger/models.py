@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from margin.ledger import rollup
+
 metadata = sa.MetaData()
 
 ledger = sa.Table(
@@ -61,6 +63,18 @@ ledger = sa.Table(
     sa.Index("ix_ledger_model_created", "model", "created_at"),
     sa.Index("ix_ledger_backend_created", "backend", "created_at"),
     sa.Index("ix_ledger_key_created", "key_id", "created_at"),
+)
+
+ledger_hourly = sa.Table(  # kept by a trigger on ledger inserts (margin.ledger.rollup); NULL dimensions are ''
+    "ledger_hourly",
+    metadata,
+    sa.Column("hour", sa.String(19), primary_key=True),  # UTC, 2026-11-02T13:00:00
+    *(sa.Column(name, sa.String(256), primary_key=True) for name in rollup.DIMENSIONS),
+    *(
+        sa.Column(name, sa.Float if name in rollup.FLOATS else sa.BigInteger, nullable=False)
+        for name in rollup.MEASURES
+    ),
+    sa.Column("first_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 feedback = sa.Table(  # outcomes of requests (POST /v1/margin/feedback); the latest post for a request wins

@@ -26,6 +26,7 @@ from margin.errors import InvalidRequest
 from margin.ledger.models import feedback, ledger
 from margin.report.metrics import as_utc, per_1k, usd
 from margin.report.queries import Window, group_column
+from margin.report.source import Source, source
 
 SECONDS_PER_MONTH = Decimal(30 * 86400)
 
@@ -66,7 +67,8 @@ def window_seconds(connection: sa.Connection, window: Window, now: datetime) -> 
     """The window's length; an open start begins at the first ledger row in it, an open end is now."""
     start = window.since
     if start is None:
-        first = connection.execute(sa.select(sa.func.min(ledger.c.created_at)).where(*window.where())).scalar()
+        src = source(window)
+        first = connection.execute(sa.select(src.first_at()).where(*src.where())).scalar()
         start = as_utc(first) if first is not None else now
     end = window.until or now
     return Decimal(max(0.0, (end - start).total_seconds()))
@@ -125,19 +127,19 @@ class MarginReport:
         }
 
 
-def _margin_query(key: sa.ColumnElement[Any], customer: sa.ColumnElement[Any], window: Window) -> sa.Select[Any]:
-    priced = ledger.c.cost_nanousd.is_not(None)
+def _margin_query(src: Source, by: str) -> sa.Select[Any]:
+    key, m = src.dim(by).label("key"), src.m
     return (
         sa.select(
-            key.label("key"),
-            sa.func.count(),
-            sa.func.sum(sa.case((ledger.c.http_status < 400, 1), else_=0)),
-            sa.func.count(sa.distinct(customer)),
-            sa.func.sum(ledger.c.cost_nanousd),
-            sa.func.sum(sa.case((priced, 0), else_=1)),
-            sa.func.sum(sa.case((priced, ledger.c.input_tokens + ledger.c.output_tokens), else_=0)),
+            key,
+            m("requests"),
+            m("ok_requests"),
+            sa.func.count(sa.distinct(src.dim("customer"))),
+            m("cost_nanousd"),
+            m("unpriced"),
+            m("priced_tokens"),
         )
-        .where(*window.where())
+        .where(*src.where())
         .group_by(key)
     )
 
@@ -154,10 +156,11 @@ def margins(
     if by not in ("feature", "customer"):
         raise InvalidRequest("margins are per feature or per customer", param="by")
     rules = revenue.features if by == "feature" else revenue.customers
-    key, customer = group_column(by), group_column("customer")
+    src = source(window, (by, "customer"))
     with engine.connect() as connection:
-        rows = connection.execute(_margin_query(key, customer, window)).all()
-        active = connection.execute(sa.select(sa.func.count(sa.distinct(customer))).where(*window.where())).scalar()
+        rows = connection.execute(_margin_query(src, by)).all()
+        distinct = sa.func.count(sa.distinct(src.dim("customer")))
+        active = connection.execute(sa.select(distinct).where(*src.where())).scalar()
         seconds = window_seconds(connection, window, now or datetime.now().astimezone())
     imported: dict[str | None, Decimal] = {}
     for line in lines:

@@ -31,8 +31,8 @@ from margin.config import Settings
 from margin.economics.money import from_nanousd, usd_str
 from margin.errors import InvalidRequest
 from margin.ledger.models import ledger
-from margin.report.metrics import time_bucket
 from margin.report.queries import Window, group_column
+from margin.report.source import time_bucket
 
 MANDATORY = (
     "BilledCost", "BillingAccountId", "BillingAccountName", "BillingCurrency", "BillingPeriodEnd",

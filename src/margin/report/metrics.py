@@ -12,12 +12,10 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from margin.economics.money import JOULES_PER_KWH, THOUSAND, from_nanousd, usd_str
-from margin.errors import InvalidRequest
-from margin.ledger.models import ledger
-from margin.report.queries import Window, group_column
+from margin.report.queries import Window
+from margin.report.source import source
 
 Bucket = Literal["hour", "day"]
-_SQLITE_FORMATS = {"hour": "%Y-%m-%dT%H:00:00", "day": "%Y-%m-%dT00:00:00"}
 
 
 def usd(nano: Any) -> Decimal:
@@ -31,16 +29,6 @@ def per_1k(cost: Decimal, tokens: int) -> Decimal | None:
 def as_utc(value: datetime) -> datetime:
     """SQLite hands back naive datetimes; the ledger writes UTC."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def time_bucket(connection: sa.Connection, bucket: Bucket) -> sa.ColumnElement[str]:
-    """The start of each row's hour/day as ISO text (UTC), on SQLite and PostgreSQL."""
-    if bucket not in _SQLITE_FORMATS:
-        raise InvalidRequest(f"bucket must be hour or day, not {bucket!r}", param="bucket")
-    if connection.dialect.name == "sqlite":
-        return sa.func.strftime(_SQLITE_FORMATS[bucket], ledger.c.created_at)
-    utc = sa.func.timezone("UTC", ledger.c.created_at)
-    return sa.func.to_char(sa.func.date_trunc(bucket, utc), 'YYYY-MM-DD"T"HH24:MI:SS')
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,23 +61,14 @@ class TimePoint:
 
 def timeseries(engine: sa.Engine, window: Window, bucket: Bucket = "day") -> list[TimePoint]:
     """Spend, tokens, $/1K tokens, energy and carbon per hour or day, oldest first."""
-    priced = ledger.c.cost_nanousd.is_not(None)
+    src = source(window)
+    m = src.m
     with engine.connect() as connection:
-        start = time_bucket(connection, bucket).label("start")
+        start = src.bucket(connection, bucket).label("start")
+        measures = ("requests", "input_tokens", "output_tokens", "cost_nanousd", "unpriced", "priced_tokens")
         query = (
-            sa.select(
-                start,
-                sa.func.count(),
-                sa.func.sum(ledger.c.input_tokens),
-                sa.func.sum(ledger.c.output_tokens),
-                sa.func.sum(ledger.c.cost_nanousd),
-                sa.func.sum(sa.case((priced, 0), else_=1)),
-                sa.func.sum(sa.case((priced, ledger.c.input_tokens + ledger.c.output_tokens), else_=0)),
-                sa.func.sum(ledger.c.energy_j),
-                sa.func.sum(ledger.c.co2e_g),
-                sa.func.sum(ledger.c.saved_nanousd),
-            )
-            .where(*window.where())
+            sa.select(start, *(m(name) for name in measures), m("energy_j"), m("co2e_g"), m("saved_nanousd"))
+            .where(*src.where())
             .group_by(start)
             .order_by(start)
         )
@@ -146,17 +125,9 @@ class Savings:
 
 
 def savings(engine: sa.Engine, window: Window) -> Savings:
-    routed = ledger.c.router_score.is_not(None) | ledger.c.counterfactual_nanousd.is_not(None)
-    known = ledger.c.counterfactual_nanousd.is_not(None) & ledger.c.cost_nanousd.is_not(None)
-    hit = ledger.c.kind == "cache_hit"
-    query = sa.select(
-        sa.func.sum(ledger.c.cost_nanousd),
-        sa.func.sum(sa.case((hit, 1), else_=0)),
-        sa.func.sum(sa.case((hit, ledger.c.saved_nanousd), else_=0)),
-        sa.func.sum(sa.case((routed, 1), else_=0)),
-        sa.func.sum(sa.case((routed & known, ledger.c.counterfactual_nanousd - ledger.c.cost_nanousd), else_=0)),
-        sa.func.sum(sa.case((routed & ~known, 1), else_=0)),
-    ).where(*window.where())
+    src = source(window)
+    names = ("cost_nanousd", "cache_hits", "saved_nanousd", "routed", "routing_saved_nanousd", "routing_unpriced")
+    query = sa.select(*(src.m(name) for name in names)).where(*src.where())
     with engine.connect() as connection:
         row = connection.execute(query).one()
     return Savings(usd(row[0]), int(row[1] or 0), usd(row[2]), int(row[3] or 0), usd(row[4]), int(row[5] or 0))
@@ -199,21 +170,15 @@ class CarbonRow:
 
 def carbon(engine: sa.Engine, window: Window, by: str = "region") -> list[CarbonRow]:
     """Energy and carbon per region (or any `GROUPS` key), largest emitter first."""
-    key = group_column(by).label("key")
-    method = ledger.c.energy_method
+    from margin.report.queries import group_column
+
+    group_column(by)  # rejects an unknown grouping
+    src = source(window, (by,))
+    key = src.dim(by).label("key")
+    tokens = src.m("input_tokens") + src.m("output_tokens")
+    names = ("energy_j", "co2e_g", "energy_measured", "energy_modelled", "energy_unknown")
     query = (
-        sa.select(
-            key,
-            sa.func.count(),
-            sa.func.sum(ledger.c.input_tokens + ledger.c.output_tokens),
-            sa.func.sum(ledger.c.energy_j),
-            sa.func.sum(ledger.c.co2e_g),
-            sa.func.sum(sa.case((method == "measured", 1), else_=0)),
-            sa.func.sum(sa.case((method == "modelled", 1), else_=0)),
-            sa.func.sum(sa.case((ledger.c.energy_j.is_(None), 1), else_=0)),
-        )
-        .where(*window.where())
-        .group_by(key)
+        sa.select(key, src.m("requests"), tokens, *(src.m(name) for name in names)).where(*src.where()).group_by(key)
     )
     with engine.connect() as connection:
         rows = connection.execute(query).all()

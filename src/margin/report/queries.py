@@ -58,6 +58,7 @@ class Window:
     since: datetime | None = None
     until: datetime | None = None
     key_id: str | None = None  # only this key's rows (a caller reading its own usage)
+    rollup: bool = True  # sums may come from the hourly rollup when the window is whole hours
 
     def where(self) -> list[sa.ColumnElement[bool]]:
         clauses: list[sa.ColumnElement[bool]] = [ledger.c.kind.in_(("request", "cache_hit"))]
@@ -70,25 +71,23 @@ class Window:
         return clauses
 
 
-def _sums(key: sa.ColumnElement[Any] | None) -> list[Any]:
-    priced = ledger.c.cost_nanousd.is_not(None)
-    tokens = ledger.c.input_tokens + ledger.c.output_tokens
+def _sums(src: Any, key: sa.ColumnElement[Any] | None) -> list[Any]:
+    """Totals of a report.source.Source (the hourly rollup or the ledger rows)."""
+    m = src.m
     columns: list[Any] = [
-        sa.func.count().label("requests"),
-        sa.func.count(ledger.c.ttft_ms).label("ttft_n"),
-        sa.func.sum(sa.case((ledger.c.http_status >= 400, 1), else_=0)).label("errors"),
-        sa.func.coalesce(sa.func.sum(ledger.c.input_tokens), 0).label("input_tokens"),
-        sa.func.coalesce(sa.func.sum(ledger.c.output_tokens), 0).label("output_tokens"),
-        sa.func.coalesce(sa.func.sum(ledger.c.cost_nanousd), 0).label("cost_nanousd"),
-        sa.func.sum(sa.case((priced, 0), else_=1)).label("unpriced"),
-        sa.func.coalesce(sa.func.sum(sa.case((priced, tokens), else_=0)), 0).label("priced_tokens"),
-        sa.func.coalesce(sa.func.sum(ledger.c.energy_j), 0.0).label("energy_j"),
-        sa.func.coalesce(sa.func.sum(ledger.c.co2e_g), 0.0).label("co2e_g"),
-        sa.func.sum(sa.case((ledger.c.kind == "cache_hit", 1), else_=0)).label("cache_hits"),
-        sa.func.coalesce(sa.func.sum(ledger.c.saved_nanousd), 0).label("cache_saved_nanousd"),
-        sa.func.coalesce(sa.func.sum(ledger.c.counterfactual_nanousd - ledger.c.cost_nanousd), 0).label(
-            "routing_saved_nanousd"
-        ),
+        sa.func.coalesce(m("requests"), 0).label("requests"),
+        m("ttft_n").label("ttft_n"),
+        m("errors").label("errors"),
+        sa.func.coalesce(m("input_tokens"), 0).label("input_tokens"),
+        sa.func.coalesce(m("output_tokens"), 0).label("output_tokens"),
+        sa.func.coalesce(m("cost_nanousd"), 0).label("cost_nanousd"),
+        m("unpriced").label("unpriced"),
+        sa.func.coalesce(m("priced_tokens"), 0).label("priced_tokens"),
+        sa.func.coalesce(m("energy_j"), 0.0).label("energy_j"),
+        sa.func.coalesce(m("co2e_g"), 0.0).label("co2e_g"),
+        m("cache_hits").label("cache_hits"),
+        sa.func.coalesce(m("saved_nanousd"), 0).label("cache_saved_nanousd"),
+        sa.func.coalesce(m("routing_saved_nanousd"), 0).label("routing_saved_nanousd"),
     ]
     return [key.label("key"), *columns] if key is not None else columns
 
@@ -160,17 +159,23 @@ def _latency_figures(e2e: dict[int, float], e2e_n: int, ttft: dict[int, float], 
 
 
 def summarize(engine: sa.Engine, window: Window, by: str | None = None) -> dict[str, Any]:
-    key = group_column(by) if by else None
+    from margin.report.source import source
+
+    if by:
+        group_column(by)  # rejects an unknown grouping
+    totals_src, src = source(window), source(window, (by,))
+    key = src.dim(by) if by else None
     with engine.connect() as connection:
-        total = connection.execute(sa.select(*_sums(None)).where(*window.where())).one()
+        total = connection.execute(sa.select(*_sums(totals_src, None)).where(*totals_src.where())).one()
         e2e = _ranked(connection, window, None, ledger.c.e2e_ms, {None: int(total.requests)})
         ttft = _ranked(connection, window, None, ledger.c.ttft_ms, {None: int(total.ttft_n or 0)})
         groups: list[dict[str, Any]] = []
-        if key is not None:
-            query = sa.select(*_sums(key)).where(*window.where()).group_by(key)
+        if by is not None and key is not None:
+            query = sa.select(*_sums(src, key)).where(*src.where()).group_by(key)
             rows = connection.execute(query).all()
-            e2e_by = _ranked(connection, window, key, ledger.c.e2e_ms, {r.key: int(r.requests) for r in rows})
-            ttft_by = _ranked(connection, window, key, ledger.c.ttft_ms, {r.key: int(r.ttft_n or 0) for r in rows})
+            raw = group_column(by)  # percentiles always come from the ledger rows
+            e2e_by = _ranked(connection, window, raw, ledger.c.e2e_ms, {r.key: int(r.requests) for r in rows})
+            ttft_by = _ranked(connection, window, raw, ledger.c.ttft_ms, {r.key: int(r.ttft_n or 0) for r in rows})
             for row in rows:
                 groups.append({"key": row.key, **_figures(row, e2e_by.get(row.key, {}), ttft_by.get(row.key, {}))})
     groups.sort(key=lambda g: (-Decimal(g["cost_usd"]), -g["requests"], str(g["key"])))

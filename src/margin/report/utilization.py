@@ -21,9 +21,9 @@ import sqlalchemy as sa
 from margin.config import Settings
 from margin.economics.money import SECONDS_PER_HOUR, dec, usd_str
 from margin.economics.tco import overhead_factor
-from margin.ledger.models import ledger
 from margin.report.metrics import as_utc, usd
 from margin.report.queries import Window
+from margin.report.source import source
 
 ASSUMPTION = (
     "provisioned = the whole window (open start: the backend's first row; open end: now); "
@@ -69,20 +69,13 @@ class BackendUtilization:
 
 
 def _per_backend(connection: sa.Connection, window: Window, names: list[str]) -> dict[str, Any]:
-    request = ledger.c.kind == "request"  # a cache hit keeps no backend busy
-    busy = sa.case((request, sa.func.coalesce(ledger.c.busy_ms, ledger.c.backend_ms, 0.0)), else_=0.0)
-    approx = request & ledger.c.busy_ms.is_(None) & (ledger.c.backend_ms > 0)
+    src = source(window, ("backend",))
+    backend = src.dim("backend").label("backend")
+    m = src.m
     query = (
-        sa.select(
-            ledger.c.backend,
-            sa.func.count(),
-            sa.func.sum(busy),
-            sa.func.sum(sa.case((approx, 1), else_=0)),
-            sa.func.sum(ledger.c.cost_nanousd),
-            sa.func.min(ledger.c.created_at),
-        )
-        .where(*window.where(), ledger.c.backend.in_(names))
-        .group_by(ledger.c.backend)
+        sa.select(backend, m("requests"), m("busy_ms"), m("approx_busy"), m("cost_nanousd"), src.first_at())
+        .where(*src.where(), src.dim("backend").in_(names))
+        .group_by(src.dim("backend"))
     )
     return {row[0]: row for row in connection.execute(query)}
 

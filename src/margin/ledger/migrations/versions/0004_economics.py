@@ -1,4 +1,4 @@
-"""economics: request outcomes (feedback), busy time on the ledger, report indexes
+"""economics: request outcomes (feedback), busy time on the ledger, the hourly rollup and its trigger
 
 Revision ID: 0004
 Revises: 0003
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+
+from margin.ledger import rollup
 
 revision = "0004"
 down_revision = "0003"
@@ -31,9 +33,26 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("revisions", sa.Integer, nullable=False, server_default="1"),
     )
+    op.create_table(
+        "ledger_hourly",
+        sa.Column("hour", sa.String(19), primary_key=True),
+        *(sa.Column(name, sa.String(256), primary_key=True) for name in rollup.DIMENSIONS),
+        *(
+            sa.Column(name, sa.Float if name in rollup.FLOATS else sa.BigInteger, nullable=False)
+            for name in rollup.MEASURES
+        ),
+        sa.Column("first_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    dialect = op.get_bind().dialect.name
+    op.execute(rollup.backfill_sql(dialect))
+    for statement in rollup.create_sql(dialect):
+        op.execute(statement)
 
 
 def downgrade() -> None:
+    for statement in rollup.drop_sql(op.get_bind().dialect.name):
+        op.execute(statement)
+    op.drop_table("ledger_hourly")
     op.drop_table("feedback")
     op.drop_index("ix_ledger_key_created", "ledger")
     op.drop_index("ix_ledger_backend_created", "ledger")

@@ -1,5 +1,5 @@
-"""The hourly rollup (`ledger_hourly`): sums of the ledger per UTC hour × kind × key × team × model × backend
-× region × feature × customer, kept by a database trigger on every ledger insert (SQLite and PostgreSQL).
+"""The hourly rollup (`ledger_hourly`): sums of the ledger per UTC hour × kind × team × model × backend ×
+region, kept by a database trigger on every ledger insert (SQLite and PostgreSQL).
 
 A trigger, not the writer: it fires only for rows really inserted, so a replayed settlement (ON CONFLICT DO
 NOTHING) is not counted twice, whichever process or replica writes. Reports read it for hour-aligned
@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-DIMENSIONS = ("kind", "key_id", "team", "model", "backend", "region", "feature", "customer")
-TAGGED = ("feature", "customer")
+# Few, low-cardinality dimensions: with keys, features and customers as well, a busy hour has nearly as many
+# combinations as requests and the rollup saves nothing (measured on 1M synthetic rows: 999,851 rollup rows).
+# Groupings outside these dimensions read the ledger rows (indexed by time).
+DIMENSIONS = ("kind", "team", "model", "backend", "region")
+TAGGED: tuple[str, ...] = ()
 
 # measure -> SQL on one ledger row (`{r}` is NEW or the table name); summed into the rollup
 MEASURES = {

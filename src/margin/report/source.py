@@ -20,7 +20,7 @@ from margin.ledger.models import ledger, ledger_hourly
 from margin.report.queries import Window, group_column
 
 _SQLITE_FORMATS = {"hour": "%Y-%m-%dT%H:00:00", "day": "%Y-%m-%dT00:00:00"}
-_ROLLUP_DIMS = {"key": "key_id", "key_id": "key_id", **{d: d for d in rollup.DIMENSIONS}}
+_ROLLUP_DIMS = {d: d for d in rollup.DIMENSIONS}
 _RAW_SUMS = {name: sa.text(sql.format(r="ledger")) for name, sql in rollup.MEASURES.items()}
 
 
@@ -55,8 +55,6 @@ class Source:
         if not self.rollup:
             return self.window.where()
         clauses: list[sa.ColumnElement[bool]] = []
-        if self.window.key_id is not None:
-            clauses.append(ledger_hourly.c.key_id == self.window.key_id)
         if self.window.since is not None:
             clauses.append(ledger_hourly.c.hour >= _hour_text(self.window.since))
         if self.window.until is not None:
@@ -88,7 +86,8 @@ class Source:
 
 
 def source(window: Window, dims: tuple[str | None, ...] = ()) -> Source:
-    """The rollup when the window is whole hours, rollups are on, and every grouping is a rollup dimension."""
-    usable = all(d is None or d in _ROLLUP_DIMS for d in dims)
+    """The rollup when the window is whole hours, rollups are on, no single key is asked for, and every
+    grouping is a rollup dimension."""
+    usable = window.key_id is None and all(d is None or d in _ROLLUP_DIMS for d in dims)
     whole_hours = _aligned(window.since) and _aligned(window.until)
     return Source(window, window.rollup and usable and whole_hours)

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from margin.config import Settings
 from margin.ledger import db
+from margin.report import queries
 from margin.report.business import RevenueLine, load_revenue_csv, margins, tasks
 from margin.report.metrics import carbon, savings, timeseries
 from margin.report.queries import Window, percentile, summarize
@@ -152,7 +153,11 @@ def test_summary_unchanged_by_new_rows(engine: sa.Engine, rollup: bool) -> None:
     assert Decimal(totals["cost_usd"]) == Decimal("0.007")
 
 
-def test_latency_percentiles_picked_in_sql_equal_python(tmp_path: Path) -> None:
+@pytest.mark.parametrize("walk_index_above", [50_000, 0], ids=["sorted", "index-walk"])
+def test_latency_percentiles_picked_in_sql_equal_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, walk_index_above: int
+) -> None:
+    monkeypatch.setattr(queries, "WALK_INDEX_ABOVE", walk_index_above)
     url = f"sqlite:///{tmp_path / 'p.db'}"
     db.upgrade(url)
     engine = db.make_sync_engine(url)

@@ -63,6 +63,9 @@ ledger = sa.Table(
     sa.Index("ix_ledger_model_created", "model", "created_at"),
     sa.Index("ix_ledger_backend_created", "backend", "created_at"),
     sa.Index("ix_ledger_key_created", "key_id", "created_at"),
+    # latency percentiles of a window: walk the values in order, filter on time and kind inside the index
+    sa.Index("ix_ledger_e2e_created", "e2e_ms", "created_at", "kind"),
+    sa.Index("ix_ledger_ttft_created", "ttft_ms", "created_at", "kind"),
 )
 
 ledger_hourly = sa.Table(  # kept by a trigger on ledger inserts (margin.ledger.rollup); NULL dimensions are ''

@@ -145,6 +145,28 @@ def _ranked(
 
 
 PERCENTILES = (50, 95)
+WALK_INDEX_ABOVE = 50_000  # rows in the window; below, sorting them is cheaper than walking the whole index
+
+
+def _by_offset(connection: sa.Connection, window: Window, column: sa.Column[Any], n: int) -> dict[int, float]:
+    """Whole-window percentiles: the k-th value in value order. On SQLite, for big windows, the query names
+    ix_ledger_e2e_created / ix_ledger_ttft_created (value, time, kind): one covering index walk, no sort
+    (measured on 1M rows: 0.2-0.4 s instead of 9 s; SQLite's planner picks the time index and sorts)."""
+    found: dict[int, float] = {}
+    for rank in sorted({nearest_rank(n, q) for q in PERCENTILES}):
+        query = sa.select(column).where(*window.where(), column.is_not(None)).order_by(column).offset(rank - 1).limit(1)
+        if n > WALK_INDEX_ABOVE and connection.dialect.name == "sqlite":
+            # SQLAlchemy has no INDEXED BY; the values bound here are datetimes and constants (no user text)
+            sql = str(query.compile(connection, compile_kwargs={"literal_binds": True}))
+            index = f"ix_ledger_{column.name.split('_')[0]}_created"
+            value = connection.exec_driver_sql(
+                sql.replace("FROM ledger", f"FROM ledger INDEXED BY {index}", 1)
+            ).scalar()
+        else:
+            value = connection.execute(query).scalar()
+        if value is not None:
+            found[rank] = float(value)
+    return found
 
 
 def _latency_figures(e2e: dict[int, float], e2e_n: int, ttft: dict[int, float], ttft_n: int) -> dict[str, Any]:
@@ -167,8 +189,12 @@ def summarize(engine: sa.Engine, window: Window, by: str | None = None) -> dict[
     key = src.dim(by) if by else None
     with engine.connect() as connection:
         total = connection.execute(sa.select(*_sums(totals_src, None)).where(*totals_src.where())).one()
-        e2e = _ranked(connection, window, None, ledger.c.e2e_ms, {None: int(total.requests)})
-        ttft = _ranked(connection, window, None, ledger.c.ttft_ms, {None: int(total.ttft_n or 0)})
+        if window.key_id is None:  # a single key's rows are few: ranked through its own index below
+            e2e = {None: _by_offset(connection, window, ledger.c.e2e_ms, int(total.requests))}
+            ttft = {None: _by_offset(connection, window, ledger.c.ttft_ms, int(total.ttft_n or 0))}
+        else:
+            e2e = _ranked(connection, window, None, ledger.c.e2e_ms, {None: int(total.requests)})
+            ttft = _ranked(connection, window, None, ledger.c.ttft_ms, {None: int(total.ttft_n or 0)})
         groups: list[dict[str, Any]] = []
         if by is not None and key is not None:
             query = sa.select(*_sums(src, key)).where(*src.where()).group_by(key)

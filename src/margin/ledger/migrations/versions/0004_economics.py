@@ -22,6 +22,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column("busy_ms", sa.Float))
     op.create_index("ix_ledger_backend_created", "ledger", ["backend", "created_at"])
     op.create_index("ix_ledger_key_created", "ledger", ["key_id", "created_at"])
+    op.create_index("ix_ledger_e2e_created", "ledger", ["e2e_ms", "created_at", "kind"])
+    op.create_index("ix_ledger_ttft_created", "ledger", ["ttft_ms", "created_at", "kind"])
     op.create_table(
         "feedback",
         sa.Column("request_id", sa.String(64), primary_key=True),
@@ -54,6 +56,8 @@ def downgrade() -> None:
         op.execute(statement)
     op.drop_table("ledger_hourly")
     op.drop_table("feedback")
+    op.drop_index("ix_ledger_ttft_created", "ledger")
+    op.drop_index("ix_ledger_e2e_created", "ledger")
     op.drop_index("ix_ledger_key_created", "ledger")
     op.drop_index("ix_ledger_backend_created", "ledger")
     with op.batch_alter_table("ledger") as batch:

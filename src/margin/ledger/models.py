@@ -61,7 +61,6 @@ ledger = sa.Table(
     sa.Index("ix_ledger_created_at", "created_at"),
     sa.Index("ix_ledger_team_created", "team", "created_at"),
     sa.Index("ix_ledger_model_created", "model", "created_at"),
-    sa.Index("ix_ledger_backend_created", "backend", "created_at"),
     sa.Index("ix_ledger_key_created", "key_id", "created_at"),
     # latency percentiles of a window: walk the values in order, filter on time and kind inside the index
     sa.Index("ix_ledger_e2e_created", "e2e_ms", "created_at", "kind"),

@@ -20,7 +20,6 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("ledger") as batch:
         batch.add_column(sa.Column("busy_ms", sa.Float))
-    op.create_index("ix_ledger_backend_created", "ledger", ["backend", "created_at"])
     op.create_index("ix_ledger_key_created", "ledger", ["key_id", "created_at"])
     op.create_index("ix_ledger_e2e_created", "ledger", ["e2e_ms", "created_at", "kind"])
     op.create_index("ix_ledger_ttft_created", "ledger", ["ttft_ms", "created_at", "kind"])
@@ -59,6 +58,5 @@ def downgrade() -> None:
     op.drop_index("ix_ledger_ttft_created", "ledger")
     op.drop_index("ix_ledger_e2e_created", "ledger")
     op.drop_index("ix_ledger_key_created", "ledger")
-    op.drop_index("ix_ledger_backend_created", "ledger")
     with op.batch_alter_table("ledger") as batch:
         batch.drop_column("busy_ms")

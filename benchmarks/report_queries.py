@@ -134,6 +134,7 @@ def queries(engine: sa.Engine, config: Settings) -> dict[str, Callable[[], Any]]
         "tasks_month": lambda: tasks(engine, month),
         "utilization_month": lambda: utilization(engine, month, config),
         "overview_month": lambda: views.overview(engine, month, config),
+        "overview_month_without_tasks": lambda: views.overview(engine, month, config, with_tasks=False),
         "overview_day": lambda: views.overview(engine, day, config),
         "focus_rows_month": lambda: focus_rows(engine, config, "2026-11"),
     }

@@ -84,6 +84,8 @@ def render_view(console: Console, view: Any) -> None:
     wide = Console(width=max(console.width, 160), highlight=False, file=console.file)
     if view.name == "overview":
         for part in ("totals", "savings", "tasks"):
+            if data[part] is None:
+                continue
             table = Table("figure", "value", title=f"{part} ({window})", title_justify="left")
             for name, value in data[part].items():
                 table.add_row(name, _cell(value))

@@ -57,7 +57,7 @@ class Overview:
     summary: dict[str, Any]  # summarize(…, by=None)
     series: list[TimePoint]
     savings: Savings
-    tasks: TaskStats
+    tasks: TaskStats | None  # None when left out (with_tasks=False)
     utilization: list[BackendUtilization]
 
     def to_json(self) -> dict[str, Any]:
@@ -65,17 +65,21 @@ class Overview:
             **self.summary,
             "series": [p.to_json() for p in self.series],
             "savings": self.savings.to_json(),
-            "tasks": self.tasks.to_json(),
+            "tasks": self.tasks.to_json() if self.tasks is not None else None,
             "utilization": [u.to_json() for u in self.utilization],
         }
 
 
-def overview(engine: sa.Engine, window: Window, settings: Settings, bucket: Bucket = "day") -> Overview:
+def overview(
+    engine: sa.Engine, window: Window, settings: Settings, bucket: Bucket = "day", with_tasks: bool = True
+) -> Overview:
+    """Totals, series, savings, tasks and utilization. Tasks read ledger rows (a join with feedback): on a
+    month of 1M rows they are most of the time, so a page may ask for them apart (with_tasks=False + tasks())."""
     return Overview(
         summarize(engine, window),
         timeseries(engine, window, bucket),
         savings(engine, window),
-        tasks(engine, window)[0],
+        tasks(engine, window)[0] if with_tasks else None,
         utilization(engine, window, settings),
     )
 

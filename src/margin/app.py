@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from margin.api import admin, inference, meta
+from margin.api import admin, feedback, inference, meta
 from margin.api.responses import error_response
 from margin.backends.registry import BackendRegistry
 from margin.config import Settings
@@ -74,6 +74,7 @@ def build_app(
         Route("/readyz", meta.readyz, methods=["GET"]),
         *admin.routes(),
         *dashboard.routes(),
+        *feedback.routes(),
     ]
     return Starlette(
         routes=routes,

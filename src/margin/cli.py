@@ -22,9 +22,13 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="margin: infe
 keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys.")
 db_app = typer.Typer(no_args_is_help=True, help="Ledger database migrations.")
 config_app = typer.Typer(no_args_is_help=True, help="Show or check configuration.")
+export_app = typer.Typer(no_args_is_help=True, help="Export the ledger (FOCUS 1.2).")
+feedback_app = typer.Typer(no_args_is_help=True, help="Request outcomes (success, score, value).")
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
+app.add_typer(export_app, name="export")
+app.add_typer(feedback_app, name="feedback")
 app.add_typer(evals_cli.app, name="eval")
 app.add_typer(kv_cli.app, name="kv")
 app.add_typer(gov_cli.budgets_app, name="budgets")
@@ -152,23 +156,70 @@ def report(
     since: Annotated[str | None, typer.Option(help="Start: 24h, 7d, 30m or an ISO date.")] = None,
     until: Annotated[str | None, typer.Option(help="End (exclusive): same forms as --since.")] = None,
     by: Annotated[str | None, typer.Option(help="Group by model|team|feature|customer|backend|key|…")] = None,
+    view: Annotated[
+        str | None,
+        typer.Option(help="summary (default)|overview|margin|tasks|savings|utilization|carbon|timeseries."),
+    ] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="Pick the view by metric: margin, attach, cost_per_task, savings, idle, carbon…")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table|json|csv.")] = "table",
+    bucket: Annotated[str, typer.Option(help="hour|day, for time series.")] = "day",
+    revenue: Annotated[Path | None, typer.Option(help="CSV of revenue (feature,customer,usd) for the window.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Also draw spend, $/1K and savings to a PNG.")] = None,
     config: ConfigOpt = None,
     db: DbOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Requests, tokens, $ cost, $/1K tokens, energy, gCO2e and latency from the ledger."""
-    from margin.report.queries import Window, parse_when, summarize
-    from margin.report.render import render_summary
+    """Requests, tokens, $ cost, $/1K tokens, energy, gCO2e and latency from the ledger; with --view/--metric:
+    gross margin and attach rate, cost per successful task, savings, utilization and idle cost, carbon."""
+    from margin.report.cli import run_report
+    from margin.report.queries import Window, parse_when
 
     settings = settings_from(config, db)
     try:
-        summary = summarize(_sync_engine(settings), Window(parse_when(since), parse_when(until)), by)
+        window = Window(parse_when(since), parse_when(until))
+        engine, fmt = _sync_engine(settings), "json" if json else fmt
+        run_report(_console(), engine, settings, window, view, metric, by, fmt, bucket, revenue, plot)
     except MarginError as exc:
         raise _fail(exc) from exc
-    if json:
-        print(orjson.dumps(summary).decode())
-    else:
-        render_summary(_console(), summary)
+
+
+@export_app.command("focus")
+def export_focus(
+    period: Annotated[str, typer.Option(help="Billing month, e.g. 2026-11.")],
+    out: Annotated[Path, typer.Option(help="Output file: .csv or .parquet.")],
+    account: Annotated[str, typer.Option(help="BillingAccountId/Name to write.")] = "margin",
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """FOCUS 1.2 cost and usage rows (one per day × key × model × backend × feature × customer)."""
+    from margin.report.focus import export
+
+    settings = settings_from(config, db)
+    try:
+        result = export(_sync_engine(settings), settings, period, out, account)
+    except MarginError as exc:
+        raise _fail(exc) from exc
+    note = f"; {result.unpriced_requests} requests at an unknown price left out" if result.unpriced_requests else ""
+    _console().print(f"wrote {len(result.rows)} FOCUS rows to {out}{note}")
+
+
+@feedback_app.command("import")
+def feedback_import(
+    file: Annotated[Path, typer.Argument(help=".jsonl or .csv with request_id,success,score,value.")],
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Record request outcomes in bulk (all or nothing; the latest outcome of a request wins)."""
+    from margin.report.cli import import_feedback
+
+    settings = settings_from(config, db)
+    try:
+        count = import_feedback(_sync_engine(settings), file)
+    except MarginError as exc:
+        raise _fail(exc) from exc
+    _console().print(f"recorded {count} outcomes")
 
 
 @app.command()

@@ -191,6 +191,21 @@ class TagsConfig(Strict):
     )
 
 
+class RevenueRule(Strict):
+    """What a feature or customer earns (for gross margin). Per-seat prices are prorated over the report
+    window with a month of 30 days."""
+
+    price_per_call: Decimal | None = Field(None, ge=0, description="Revenue per successful request (USD).")
+    price_per_seat_month: Decimal | None = Field(None, ge=0, description="USD per seat per month.")
+    seats: int = Field(0, ge=0, description="Seats sold (with price_per_seat_month).")
+    currency: Literal["USD"] = "USD"
+
+
+class RevenueConfig(Strict):
+    features: dict[str, RevenueRule] = Field(default_factory=dict, description="Keyed by the `feature` tag.")
+    customers: dict[str, RevenueRule] = Field(default_factory=dict, description="Keyed by the `customer` tag.")
+
+
 class Settings(Strict):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -206,6 +221,7 @@ class Settings(Strict):
     guard: GuardConfig = GuardConfig()
     cache: CacheConfig = CacheConfig()
     routes: dict[str, RouteConfig] = Field(default_factory=dict, description="Routed model names.")
+    revenue: RevenueConfig = RevenueConfig()
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:

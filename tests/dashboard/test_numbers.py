@@ -15,6 +15,7 @@ from margin.cli import app
 from margin.dashboard import rollup
 from margin.dashboard.queries import Scope, burn
 from margin.ledger import db
+from margin.ledger import rollup as rollup_ddl
 from tests.dashboard.seed import seed
 from tests.helpers import fake_settings, gateway
 
@@ -44,11 +45,14 @@ def shared(figures: dict[str, Any]) -> dict[str, Any]:
     return {key: figures[key] for key in SHARED}
 
 
-def install_rollup(db_path: Path) -> None:
+def drop_rollup(db_path: Path) -> None:
+    """A ledger without the hourly rollup (as before migration 0004): the dashboard reads rows only."""
     engine = db.make_sync_engine(f"sqlite:///{db_path}")
     try:
         with engine.begin() as connection:
-            rollup.install(connection)
+            for statement in rollup_ddl.drop_sql("sqlite"):
+                connection.exec_driver_sql(statement)
+            connection.exec_driver_sql("DROP TABLE ledger_hourly")
     finally:
         engine.dispose()
 
@@ -56,8 +60,8 @@ def install_rollup(db_path: Path) -> None:
 @pytest.mark.parametrize("with_rollup", [False, True], ids=["ledger", "rollup"])
 async def test_totals_and_every_breakdown_match_the_report(db_path: Path, with_rollup: bool) -> None:
     made = seed(db_path)
-    if with_rollup:
-        install_rollup(db_path)
+    if not with_rollup:
+        drop_rollup(db_path)
     headers = {"authorization": f"Bearer {made['admin']}"}
     async with gateway(fake_settings(db_path)) as gw:
         overview = (await gw.http.get("/dashboard/api/overview?since=7d", headers=headers)).json()
@@ -94,8 +98,8 @@ async def test_totals_and_every_breakdown_match_the_report(db_path: Path, with_r
 @pytest.mark.parametrize("with_rollup", [False, True], ids=["ledger", "rollup"])
 async def test_savings_and_backends(db_path: Path, with_rollup: bool) -> None:
     made = seed(db_path)
-    if with_rollup:
-        install_rollup(db_path)
+    if not with_rollup:
+        drop_rollup(db_path)
     headers = {"authorization": f"Bearer {made['admin']}"}
     async with gateway(fake_settings(db_path)) as gw:
         savings = (await gw.http.get("/dashboard/api/savings", headers=headers)).json()
@@ -108,7 +112,7 @@ async def test_savings_and_backends(db_path: Path, with_rollup: bool) -> None:
     rows = {b["backend"]: b for b in backends["backends"]}
     assert rows["fake"]["requests"] == 4 and rows["fake"]["errors"] == 1  # the cache hit is no backend call
     assert rows["api"]["requests"] == 3 and rows["api"]["cost_usd"] == "0.002520000"
-    assert rows["fake"]["backend_s"] == pytest.approx(0.72)  # 4 × 180 ms
+    assert rows["fake"]["busy_s"] == pytest.approx(0.72)  # 4 × 180 ms
     assert rows["fake"]["busy_pct"] == pytest.approx(0.72 / (7 * 86400) * 100, rel=1e-3)
     assert rows["fake"]["status"] == "ok" and rows["fake"]["breaker_open"] is False
     assert rows["fake"]["usd_per_hour"] == "3.60"
@@ -132,8 +136,8 @@ def test_burn_rate_and_exhaustion() -> None:
 @pytest.mark.parametrize("with_rollup", [False, True], ids=["ledger", "rollup"])
 async def test_budgets_show_the_live_counters(db_path: Path, with_rollup: bool) -> None:
     made = seed(db_path)
-    if with_rollup:
-        install_rollup(db_path)
+    if not with_rollup:
+        drop_rollup(db_path)
     budgets = [{"name": "search-month", "scope": {"kind": "team", "value": "search"}, "usd": "10", "period": "month"}]
     async with gateway(fake_settings(db_path, budgets=budgets)) as gw:
         chat = {"model": "fake-chat", "messages": [{"role": "user", "content": "hello there"}]}
@@ -156,7 +160,6 @@ async def test_budgets_show_the_live_counters(db_path: Path, with_rollup: bool) 
 
 async def test_rollup_follows_new_rows_and_ignores_replays(db_path: Path) -> None:
     made = seed(db_path)
-    install_rollup(db_path)
     headers = {"authorization": f"Bearer {made['admin']}"}
     async with gateway(fake_settings(db_path)) as gw:
         for content in ("one", "two", "one"):  # the fake backend is deterministic: the 3rd may be a cache hit

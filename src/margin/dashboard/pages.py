@@ -164,7 +164,7 @@ async def backends(services: Any, scope: Scope) -> dict[str, Any]:
     rows = {u["backend"]: u for u in usage}
     out = []
     for name in sorted(set(health) | {str(k) for k in rows if k is not None}):
-        used = rows.get(name, {"requests": 0, "errors": 0, "cost_usd": "0.000000000", "tokens": 0, "backend_s": 0.0})
-        busy = round(used["backend_s"] / seconds * 100, 6) if seconds else None
+        used = rows.get(name, {"requests": 0, "errors": 0, "cost_usd": "0.000000000", "tokens": 0, "busy_s": 0.0})
+        busy = round(used["busy_s"] / seconds * 100, 6) if seconds else None
         out.append({"backend": name, **used, "busy_pct": busy, **health.get(name, {"status": "not configured"})})
     return {"window_s": round(seconds, 1), "backends": out}

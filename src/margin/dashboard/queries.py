@@ -95,7 +95,7 @@ def sums() -> list[Any]:
         _count_if(ledger.c.kind == "cache_hit").label("cache_hits"),
         _sum(ledger.c.saved_nanousd).label("cache_saved_nanousd"),
         _sum(ledger.c.counterfactual_nanousd - ledger.c.cost_nanousd).label("routing_saved_nanousd"),
-        _count_if(ledger.c.counterfactual_nanousd.is_not(None)).label("routed"),
+        _count_if(ledger.c.router_score.is_not(None) | ledger.c.counterfactual_nanousd.is_not(None)).label("routed"),
     ]
 
 
@@ -288,7 +288,9 @@ def _ledger_backends(connection: sa.Connection, scope: Scope) -> list[tuple[Any,
             sa.func.count().label("requests"),
             _count_if(ledger.c.http_status >= 400).label("errors"),
             _sum(ledger.c.cost_nanousd).label("cost_nanousd"),
-            sa.func.coalesce(sa.func.sum(ledger.c.backend_ms), 0.0).label("backend_ms"),
+            sa.func.coalesce(sa.func.sum(sa.func.coalesce(ledger.c.busy_ms, ledger.c.backend_ms)), 0.0).label(
+                "busy_ms"
+            ),
             _sum(ledger.c.input_tokens).label("input_tokens"),
             _sum(ledger.c.output_tokens).label("output_tokens"),
         )
@@ -299,7 +301,8 @@ def _ledger_backends(connection: sa.Connection, scope: Scope) -> list[tuple[Any,
 
 
 def backend_usage(connection: sa.Connection, scope: Scope) -> list[dict[str, Any]]:
-    """Per backend (cache hits excluded): requests, errors, spend and Σ time margin waited on it."""
+    """Per backend (cache hits excluded): requests, errors, spend and Σ busy time (the backend's own busy time
+    where the ledger has it, else the time margin waited on it: the rollup's `busy_ms`)."""
     if rollup.available(connection, scope, "backend"):
         parts = rollup.grouped(
             connection, scope, "backend", lambda part: _ledger_backends(connection, part), request_only=True
@@ -313,7 +316,7 @@ def backend_usage(connection: sa.Connection, scope: Scope) -> list[dict[str, Any
             "errors": int(raw["errors"]),
             "cost_usd": usd_str(from_nanousd(int(raw["cost_nanousd"]))),
             "tokens": int(raw["input_tokens"]) + int(raw["output_tokens"]),
-            "backend_s": round(float(raw["backend_ms"]) / 1000, 3),
+            "busy_s": round(float(raw["busy_ms"]) / 1000, 3),
         }
         for key, raw in parts
     ]

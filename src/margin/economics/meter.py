@@ -29,6 +29,7 @@ class Charge:
     co2e_g: float | None
     grid_g_per_kwh: float | None
     grid_source: str | None
+    busy_s: float | None = None  # backend busy time billed to the request (self-hosted backends)
 
 
 class SharedClock:
@@ -112,6 +113,7 @@ class Meter:
             co2e_g=co2e_grams(facility_j, grid.g_per_kwh) if facility_j is not None else None,
             grid_g_per_kwh=grid.g_per_kwh,
             grid_source=grid.source,
+            busy_s=busy_s if hardware is not None else None,
         )
 
     def _cost(

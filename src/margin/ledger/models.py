@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from margin.ledger import rollup
+
 metadata = sa.MetaData()
 
 ledger = sa.Table(
@@ -54,10 +56,40 @@ ledger = sa.Table(
     sa.Column("saved_nanousd", sa.BigInteger),
     sa.Column("router_score", sa.Float),
     sa.Column("counterfactual_nanousd", sa.BigInteger),
+    sa.Column("busy_ms", sa.Float),  # the backend busy time billed to this request (self-hosted TCO)
     sa.UniqueConstraint("request_id", "kind", name="uq_ledger_request_kind"),
     sa.Index("ix_ledger_created_at", "created_at"),
     sa.Index("ix_ledger_team_created", "team", "created_at"),
     sa.Index("ix_ledger_model_created", "model", "created_at"),
+    sa.Index("ix_ledger_key_created", "key_id", "created_at"),
+    # latency percentiles of a window: walk the values in order, filter on time and kind inside the index
+    sa.Index("ix_ledger_e2e_created", "e2e_ms", "created_at", "kind"),
+    sa.Index("ix_ledger_ttft_created", "ttft_ms", "created_at", "kind"),
+)
+
+ledger_hourly = sa.Table(  # kept by a trigger on ledger inserts (margin.ledger.rollup); NULL dimensions are ''
+    "ledger_hourly",
+    metadata,
+    sa.Column("hour", sa.String(19), primary_key=True),  # UTC, 2026-11-02T13:00:00
+    *(sa.Column(name, sa.String(256), primary_key=True) for name in rollup.DIMENSIONS),
+    *(
+        sa.Column(name, sa.Float if name in rollup.FLOATS else sa.BigInteger, nullable=False)
+        for name in rollup.MEASURES
+    ),
+    sa.Column("first_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+feedback = sa.Table(  # outcomes of requests (POST /v1/margin/feedback); the latest post for a request wins
+    "feedback",
+    metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("key_id", sa.String(32)),  # who posted it
+    sa.Column("success", sa.Boolean),
+    sa.Column("score", sa.Float),
+    sa.Column("value_nanousd", sa.BigInteger),  # business value of the outcome, when the caller knows it
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revisions", sa.Integer, nullable=False, server_default="1"),
 )
 
 api_keys = sa.Table(

@@ -67,3 +67,57 @@ def render_summary(console: Console, summary: dict[str, Any]) -> None:
     table.add_row(*_row("total", summary["totals"]), style="bold")
     wide = Console(width=max(console.width, 120), highlight=False, file=console.file)
     wide.print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def render_view(console: Console, view: Any) -> None:
+    """Any report view (margin.report.views.View) as a table; the overview as its parts."""
+    data = view.to_json()
+    window = f"{data.get('since') or 'start'} → {data.get('until') or 'now'}"
+    wide = Console(width=max(console.width, 160), highlight=False, file=console.file)
+    if view.name == "overview":
+        for part in ("totals", "savings", "tasks"):
+            if data[part] is None:
+                continue
+            table = Table("figure", "value", title=f"{part} ({window})", title_justify="left")
+            for name, value in data[part].items():
+                table.add_row(name, _cell(value))
+            wide.print(table)
+        for part in ("utilization", "series"):
+            if data[part]:
+                columns = [c for c in data[part][0] if c != "assumption"]
+                table = Table(*columns, title=part, title_justify="left")
+                for item in data[part]:
+                    table.add_row(*(_cell(item[c]) for c in columns))
+                wide.print(table)
+        return
+    table = Table(*view.columns, title=f"margin report --view {view.name} ({window})", title_justify="left")
+    for row in view.rows:
+        table.add_row(*(_cell(value) for value in row))
+    wide.print(table)
+    if data.get("assumption"):
+        wide.print(f"[dim]assumption: {data['assumption']}[/]")
+
+
+def view_csv(view: Any) -> str:
+    """The view's table as CSV (header + rows; the overview as its time series)."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    if view.name == "overview":
+        series = view.to_json()["series"]
+        writer.writerow(list(series[0]) if series else ["start"])
+        writer.writerows([list(point.values()) for point in series])
+    else:
+        writer.writerow(view.columns)
+        writer.writerows([["" if v is None else v for v in row] for row in view.rows])
+    return out.getvalue()

@@ -74,6 +74,7 @@ def ledger_row(ctx: RequestContext, config_hash: str) -> dict[str, Any]:
         "saved_nanousd": ctx.cache_hit["saved_nanousd"] if ctx.cache_hit else None,
         "router_score": ctx.router_score,
         "counterfactual_nanousd": ctx.counterfactual_nanousd,
+        "busy_ms": _ms(charge.busy_s) if charge else None,
     }
 
 

@@ -1,0 +1,201 @@
+"""Request outcomes: `POST /v1/margin/feedback` and `margin feedback import`.
+
+One row per request id. Posting again for the same request replaces the outcome (the latest post wins) and
+bumps `revisions` only when something changed, so replaying the same post is a no-op. A batch is checked
+whole (fields, request ids, ownership) before anything is written: it lands entirely or not at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+from margin.economics.money import from_nanousd, to_nanousd, usd_str
+from margin.errors import InvalidRequest, NotFound, PermissionDenied
+from margin.ledger.models import feedback, ledger
+
+FIELDS = ("request_id", "success", "score", "value")
+MAX_BATCH = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    request_id: str
+    success: bool | None
+    score: float | None
+    value_nanousd: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        value = None if self.value_nanousd is None else usd_str(from_nanousd(self.value_nanousd))
+        return {"request_id": self.request_id, "success": self.success, "score": self.score, "value": value}
+
+
+def _bool(value: Any, where: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise InvalidRequest(f"{where}`success` must be true or false", param="success")
+
+
+def _score(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidRequest(f"{where}`score` must be a finite number", param="score")
+    return float(value)
+
+
+def _value(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InvalidRequest(f"{where}`value` must be a number of USD", param="value")
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation as exc:
+        raise InvalidRequest(f"{where}`value` must be a number of USD", param="value") from exc
+    if not amount.is_finite():
+        raise InvalidRequest(f"{where}`value` must be finite", param="value")
+    return to_nanousd(amount)
+
+
+def parse_outcome(item: Any, where: str = "") -> Outcome:
+    """One feedback object; errors name the field (and `where`, e.g. `item 3: `)."""
+    if not isinstance(item, dict):
+        raise InvalidRequest(f"{where}send a JSON object with request_id and success and/or score")
+    unknown = sorted(set(item) - set(FIELDS))
+    if unknown:
+        raise InvalidRequest(f"{where}unknown fields {unknown}", param=unknown[0])
+    request_id = item.get("request_id")
+    if not isinstance(request_id, str) or not request_id or len(request_id) > 64:
+        raise InvalidRequest(f"{where}`request_id` must be a non-empty string", param="request_id")
+    outcome = Outcome(
+        request_id,
+        _bool(item.get("success"), where),
+        _score(item.get("score"), where),
+        _value(item.get("value"), where),
+    )
+    if outcome.success is None and outcome.score is None:
+        raise InvalidRequest(f"{where}send `success` and/or `score`", param="success")
+    return outcome
+
+
+def parse_batch(body: Any, limit: int | None = MAX_BATCH) -> list[Outcome]:
+    """A single object or a list of them; one request id at most once per batch."""
+    items = body if isinstance(body, list) else [body]
+    if not items or (limit is not None and len(items) > limit):
+        raise InvalidRequest(f"send 1 to {limit} feedback objects")
+    single = not isinstance(body, list)
+    outcomes = [parse_outcome(item, "" if single else f"item {n}: ") for n, item in enumerate(items)]
+    seen: set[str] = set()
+    for outcome in outcomes:
+        if outcome.request_id in seen:
+            raise InvalidRequest(f"request_id {outcome.request_id!r} appears twice", param="request_id")
+        seen.add(outcome.request_id)
+    return outcomes
+
+
+def owners(connection: sa.Connection, request_ids: Sequence[str]) -> dict[str, str | None]:
+    """request id → key id of its ledger row, for the ids that exist."""
+    found: dict[str, str | None] = {}
+    for start in range(0, len(request_ids), 500):
+        chunk = list(request_ids[start : start + 500])
+        query = sa.select(ledger.c.request_id, ledger.c.key_id).where(ledger.c.request_id.in_(chunk))
+        found.update({row[0]: row[1] for row in connection.execute(query)})
+    return found
+
+
+def check(connection: sa.Connection, outcomes: Sequence[Outcome], key_id: str | None, admin: bool) -> list[str]:
+    """Raise for another key's request; return the ids with no ledger row (yet)."""
+    found = owners(connection, [o.request_id for o in outcomes])
+    if not admin:
+        foreign = [o.request_id for o in outcomes if o.request_id in found and found[o.request_id] != key_id]
+        if foreign:
+            raise PermissionDenied(f"request {foreign[0]!r} was made with another key", param="request_id")
+    return [o.request_id for o in outcomes if o.request_id not in found]
+
+
+def _upsert(connection: sa.Connection) -> Any:
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite_dialect
+    insert = dialect.insert(feedback)
+    new = insert.excluded
+    changed = (
+        feedback.c.success.is_distinct_from(new.success)
+        | feedback.c.score.is_distinct_from(new.score)
+        | feedback.c.value_nanousd.is_distinct_from(new.value_nanousd)
+    )
+    return insert.on_conflict_do_update(
+        index_elements=["request_id"],
+        set_={
+            "success": new.success,
+            "score": new.score,
+            "value_nanousd": new.value_nanousd,
+            "key_id": new.key_id,
+            "updated_at": sa.case((changed, new.updated_at), else_=feedback.c.updated_at),
+            "revisions": feedback.c.revisions + sa.case((changed, 1), else_=0),
+        },
+    )
+
+
+def record(
+    engine: sa.Engine, outcomes: Sequence[Outcome], key_id: str | None, admin: bool, now: datetime | None = None
+) -> None:
+    """Check then write a batch in one transaction (all or nothing)."""
+    now = now or datetime.now(UTC)
+    with engine.begin() as connection:
+        missing = check(connection, outcomes, key_id, admin)
+        if missing:
+            extra = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise NotFound(f"no request {missing[0]!r} in the ledger{extra}", param="request_id")
+        rows = [
+            {
+                "request_id": o.request_id,
+                "key_id": key_id,
+                "success": o.success,
+                "score": o.score,
+                "value_nanousd": o.value_nanousd,
+                "created_at": now,
+                "updated_at": now,
+                "revisions": 1,
+            }
+            for o in outcomes
+        ]
+        connection.execute(_upsert(connection), rows)
+
+
+def _csv_item(row: dict[str, str]) -> dict[str, Any]:
+    item: dict[str, Any] = {k: v for k, v in row.items() if v not in (None, "")}
+    if "success" in item:
+        text = str(item["success"]).strip().lower()
+        if text not in ("true", "false", "1", "0"):
+            raise InvalidRequest(f"success {item['success']!r} must be true/false/1/0", param="success")
+        item["success"] = text in ("true", "1")
+    if "score" in item:
+        try:
+            item["score"] = float(item["score"])
+        except ValueError as exc:
+            raise InvalidRequest(f"score {item['score']!r} is not a number", param="score") from exc
+    return item
+
+
+def read_file(name: str, text: str) -> list[Outcome]:
+    """JSON lines (`.jsonl`) or CSV with a header (request_id,success,score,value)."""
+    items: Iterable[Any]
+    if name.endswith(".csv"):
+        items = [_csv_item(row) for row in csv.DictReader(io.StringIO(text))]
+    else:
+        try:
+            items = [orjson.loads(line) for line in text.splitlines() if line.strip()]
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"{name}: not JSON lines: {exc}") from exc
+    return parse_batch(list(items), limit=None)

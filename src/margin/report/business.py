@@ -1,0 +1,291 @@
+"""Business metrics (DESIGN §4 unit metrics): gross margin and attach rate per feature or customer, and cost
+per successful task.
+
+Revenue comes from config (`revenue:` price per call and/or per seat per month, prorated over the window with
+30-day months) plus optional CSV lines (`feature,customer,usd`: revenue earned in the reported window).
+A *task* is the set of requests sharing a `task_id` tag (a request without one is a task of its own); it is
+*successful* when any of its requests has feedback with `success: true`. Cost per successful task = cost of
+all requests of the graded tasks (those with any feedback) / successful tasks.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from margin.config import RevenueConfig, RevenueRule
+from margin.economics.money import usd_str
+from margin.errors import InvalidRequest
+from margin.ledger.models import feedback, ledger
+from margin.report.metrics import as_utc, per_1k, usd
+from margin.report.queries import Window, group_column
+from margin.report.source import Source, source
+
+SECONDS_PER_MONTH = Decimal(30 * 86400)
+
+
+@dataclass(frozen=True, slots=True)
+class RevenueLine:
+    """Revenue earned in the reported window (from an imported CSV)."""
+
+    feature: str | None
+    customer: str | None
+    usd: Decimal
+
+
+def load_revenue_csv(path: Path) -> list[RevenueLine]:
+    """Read `feature,customer,usd` lines (header required; either of feature/customer may be empty)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"usd"} - set(reader.fieldnames or [])
+            if missing or not {"feature", "customer"} & set(reader.fieldnames or []):
+                raise InvalidRequest(f"{path}: needs a header with usd and feature and/or customer columns")
+            return [_revenue_line(path, number, row) for number, row in enumerate(reader, start=2)]
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read revenue file {path}: {exc.strerror}") from exc
+
+
+def _revenue_line(path: Path, number: int, row: dict[str, str]) -> RevenueLine:
+    try:
+        amount = Decimal(row["usd"])
+    except (InvalidOperation, TypeError) as exc:
+        raise InvalidRequest(f"{path}:{number}: usd {row.get('usd')!r} is not a number") from exc
+    if not amount.is_finite():
+        raise InvalidRequest(f"{path}:{number}: usd must be finite")
+    return RevenueLine(row.get("feature") or None, row.get("customer") or None, amount)
+
+
+def window_seconds(connection: sa.Connection, window: Window, now: datetime) -> Decimal:
+    """The window's length; an open start begins at the first ledger row in it, an open end is now."""
+    start = window.since
+    if start is None:
+        src = source(window)
+        first = connection.execute(sa.select(src.first_at()).where(*src.where())).scalar()
+        start = as_utc(first) if first is not None else now
+    end = window.until or now
+    return Decimal(max(0.0, (end - start).total_seconds()))
+
+
+def rule_revenue(rule: RevenueRule, ok_calls: int, seconds: Decimal) -> Decimal:
+    total = Decimal(0)
+    if rule.price_per_call is not None:
+        total += rule.price_per_call * ok_calls
+    if rule.price_per_seat_month is not None:
+        total += rule.price_per_seat_month * rule.seats * seconds / SECONDS_PER_MONTH
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class MarginRow:
+    key: str | None  # the feature (or customer) tag; None = untagged requests
+    requests: int
+    ok_requests: int  # HTTP < 400: what price_per_call is paid for
+    customers: int  # distinct `customer` tags among its requests
+    attach_rate: float | None  # customers / active customers in the window
+    cost_usd: Decimal
+    unpriced_requests: int
+    usd_per_1k_tokens: Decimal | None
+    revenue_usd: Decimal | None  # None when nothing in config or CSV prices it
+    gross_margin: Decimal | None  # (revenue − cost) / revenue; None without revenue
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "requests": self.requests,
+            "ok_requests": self.ok_requests,
+            "customers": self.customers,
+            "attach_rate": None if self.attach_rate is None else round(self.attach_rate, 6),
+            "cost_usd": usd_str(self.cost_usd),
+            "unpriced_requests": self.unpriced_requests,
+            "usd_per_1k_tokens": usd_str(self.usd_per_1k_tokens),
+            "revenue_usd": usd_str(self.revenue_usd),
+            "gross_margin": usd_str(self.gross_margin, 6),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MarginReport:
+    by: str  # feature | customer
+    active_customers: int
+    window_seconds: Decimal
+    rows: list[MarginRow]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "by": self.by,
+            "active_customers": self.active_customers,
+            "window_seconds": str(self.window_seconds.quantize(Decimal("0.001"))),
+            "groups": [row.to_json() for row in self.rows],
+        }
+
+
+def _margin_query(src: Source, by: str) -> sa.Select[Any]:
+    key, m = src.dim(by).label("key"), src.m
+    return (
+        sa.select(
+            key,
+            m("requests"),
+            m("ok_requests"),
+            sa.func.count(sa.distinct(src.dim("customer"))),
+            m("cost_nanousd"),
+            m("unpriced"),
+            m("priced_tokens"),
+        )
+        .where(*src.where())
+        .group_by(key)
+    )
+
+
+def margins(
+    engine: sa.Engine,
+    window: Window,
+    revenue: RevenueConfig,
+    lines: Sequence[RevenueLine] = (),
+    by: str = "feature",
+    now: datetime | None = None,
+) -> MarginReport:
+    """Per feature (or customer): cost, revenue, gross margin, attach rate; biggest cost first."""
+    if by not in ("feature", "customer"):
+        raise InvalidRequest("margins are per feature or per customer", param="by")
+    rules = revenue.features if by == "feature" else revenue.customers
+    src = source(window, (by, "customer"))
+    with engine.connect() as connection:
+        rows = connection.execute(_margin_query(src, by)).all()
+        distinct = sa.func.count(sa.distinct(src.dim("customer")))
+        active = connection.execute(sa.select(distinct).where(*src.where())).scalar()
+        seconds = window_seconds(connection, window, now or datetime.now().astimezone())
+    imported: dict[str | None, Decimal] = {}
+    for line in lines:
+        name = line.feature if by == "feature" else line.customer
+        imported[name] = imported.get(name, Decimal(0)) + line.usd
+    out = []
+    for row in rows:
+        name, ok_calls, cost = row[0], int(row[2] or 0), usd(row[4])
+        rule = rules.get(name) if name is not None else None
+        earned = rule_revenue(rule, ok_calls, seconds) if rule is not None else None
+        if name in imported:
+            earned = (earned or Decimal(0)) + imported[name]
+        margin = (earned - cost) / earned if earned else None
+        attach = int(row[3]) / int(active) if active and by == "feature" else None
+        out.append(
+            MarginRow(
+                name,
+                int(row[1]),
+                ok_calls,
+                int(row[3]),
+                attach,
+                cost,
+                int(row[5] or 0),
+                per_1k(cost, int(row[6] or 0)),
+                earned,
+                margin,
+            )
+        )
+    out.sort(key=lambda r: (-r.cost_usd, -r.requests, str(r.key)))
+    return MarginReport(by, int(active or 0), seconds, out)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStats:
+    key: str | None  # group (feature, team…) or None for all
+    tasks: int
+    graded_tasks: int  # tasks with any feedback
+    successful_tasks: int
+    cost_usd: Decimal  # all requests of all tasks
+    graded_cost_usd: Decimal  # requests of graded tasks
+    unpriced_requests: int
+    mean_score: float | None
+    value_usd: Decimal | None  # Σ value posted with feedback
+
+    @property
+    def success_rate(self) -> float | None:
+        return self.successful_tasks / self.graded_tasks if self.graded_tasks else None
+
+    @property
+    def cost_per_successful_task_usd(self) -> Decimal | None:
+        return self.graded_cost_usd / self.successful_tasks if self.successful_tasks else None
+
+    def to_json(self) -> dict[str, Any]:
+        rate = self.success_rate
+        return {
+            "key": self.key,
+            "tasks": self.tasks,
+            "graded_tasks": self.graded_tasks,
+            "successful_tasks": self.successful_tasks,
+            "success_rate": None if rate is None else round(rate, 6),
+            "cost_usd": usd_str(self.cost_usd),
+            "graded_cost_usd": usd_str(self.graded_cost_usd),
+            "cost_per_successful_task_usd": usd_str(self.cost_per_successful_task_usd),
+            "unpriced_requests": self.unpriced_requests,
+            "mean_score": None if self.mean_score is None else round(self.mean_score, 6),
+            "value_usd": usd_str(self.value_usd),
+        }
+
+
+def _per_task(window: Window, key: sa.ColumnElement[Any] | None) -> sa.Subquery:
+    task = sa.func.coalesce(ledger.c.tags["task_id"].as_string(), ledger.c.request_id)
+    group = key if key is not None else sa.literal("")
+    joined = ledger.outerjoin(feedback, feedback.c.request_id == ledger.c.request_id)
+    return (
+        sa.select(
+            group.label("key"),
+            sa.func.sum(ledger.c.cost_nanousd).label("cost"),
+            sa.func.sum(sa.case((ledger.c.cost_nanousd.is_(None), 1), else_=0)).label("unpriced"),
+            sa.func.max(sa.case((feedback.c.request_id.is_not(None), 1), else_=0)).label("graded"),
+            sa.func.max(sa.case((feedback.c.success.is_(True), 1), else_=0)).label("ok"),
+            sa.func.sum(feedback.c.score).label("score_sum"),
+            sa.func.count(feedback.c.score).label("score_n"),
+            sa.func.sum(feedback.c.value_nanousd).label("value"),
+        )
+        .select_from(joined)
+        .where(*window.where())
+        .group_by(group, task)
+        .subquery()
+    )
+
+
+def tasks(engine: sa.Engine, window: Window, by: str | None = None) -> list[TaskStats]:
+    """Tasks, success rate and cost per successful task, overall or per group (e.g. feature)."""
+    t = _per_task(window, group_column(by) if by else None)
+    graded = t.c.graded == 1
+    query = sa.select(
+        t.c.key,
+        sa.func.count(),
+        sa.func.sum(t.c.graded),
+        sa.func.sum(t.c.ok),
+        sa.func.sum(t.c.cost),
+        sa.func.sum(sa.case((graded, t.c.cost), else_=0)),
+        sa.func.sum(t.c.unpriced),
+        sa.func.sum(t.c.score_sum),
+        sa.func.sum(t.c.score_n),
+        sa.func.sum(t.c.value),
+    ).group_by(t.c.key)
+    with engine.connect() as connection:
+        rows = connection.execute(query).all()
+    out = []
+    for r in rows:
+        score_n = int(r[8] or 0)
+        out.append(
+            TaskStats(
+                r[0] if by else None,
+                int(r[1]),
+                int(r[2] or 0),
+                int(r[3] or 0),
+                usd(r[4]),
+                usd(r[5]),
+                int(r[6] or 0),
+                float(r[7]) / score_n if score_n else None,
+                None if r[9] is None else usd(r[9]),
+            )
+        )
+    if by is None and not out:
+        out.append(TaskStats(None, 0, 0, 0, Decimal(0), Decimal(0), 0, None, None))
+    return sorted(out, key=lambda s: (-s.cost_usd, str(s.key)))

@@ -1,0 +1,93 @@
+"""`margin report` views, formats and plot on the hand-built ledger (tests/report/ledgers.py)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from margin.cli import app
+from margin.ledger import db
+from tests.helpers import fake_settings
+from tests.report.ledgers import load
+
+runner = CliRunner()
+WINDOW = ["--since", "2026-11-01", "--until", "2026-11-16"]
+
+
+def _config(tmp_path: Path) -> list[str]:
+    db_file = tmp_path / "c.db"
+    url = f"sqlite:///{db_file}"
+    db.upgrade(url)
+    engine = db.make_sync_engine(url)
+    load(engine)
+    engine.dispose()
+    revenue = {"features": {"search": {"price_per_call": "0.002"}, "chat": {"price_per_seat_month": "30", "seats": 2}}}
+    settings = fake_settings(db_file, revenue=revenue)
+    path = tmp_path / "margin.yaml"
+    path.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    return ["--config", str(path)]
+
+
+def _json(args: list[str]) -> dict[str, object]:
+    result = runner.invoke(app, ["report", *args])
+    assert result.exit_code == 0, result.output
+    data: dict[str, object] = json.loads(result.output)
+    return data
+
+
+def test_views_as_json(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    revenue = tmp_path / "rev.csv"
+    revenue.write_text("feature,customer,usd\nsearch,,1.00\n")
+    margin = _json([*config, *WINDOW, "--metric", "margin", "--format", "json", "--revenue", str(revenue)])
+    assert margin["view"] == "margin" and margin["active_customers"] == 3
+    groups = {g["key"]: g for g in margin["groups"]}  # type: ignore[attr-defined]
+    assert Decimal(groups["search"]["revenue_usd"]) == Decimal("1.006")
+    assert Decimal(groups["chat"]["revenue_usd"]) == Decimal(30)
+    assert groups["search"]["gross_margin"] == "0.994036"  # (1.006 − 0.006) / 1.006
+    tasks = _json([*config, *WINDOW, "--view", "tasks", "--json"])
+    assert tasks["groups"][0]["cost_per_successful_task_usd"] == "0.003500000"  # type: ignore[index]
+    savings = _json([*config, *WINDOW, "--view", "savings", "--json"])
+    assert savings["counterfactual_cost_usd"] == "0.011500000" and savings["quantization_saved_usd"] is None
+    overview = _json([*config, *WINDOW, "--view", "overview", "--json"])
+    assert overview["totals"]["requests"] == 7 and len(overview["series"]) == 2  # type: ignore[index,arg-type]
+    assert overview["tasks"]["successful_tasks"] == 2  # type: ignore[index]
+    assert overview["utilization"][0]["backend"] == "fake"  # type: ignore[index]
+    carbon = _json([*config, *WINDOW, "--view", "carbon", "--json"])
+    assert carbon["groups"][0]["key"] == "eu" and carbon["groups"][0]["energy_kwh"] == 1.0  # type: ignore[index]
+    util = _json(
+        [*config, "--since", "2026-11-02T00:00", "--until", "2026-11-02T01:00", "--view", "utilization", "--json"]
+    )
+    assert util["groups"][0]["busy_s"] == 2.0 and "provisioned" in str(util["assumption"])  # type: ignore[index]
+    default = _json([*config, *WINDOW, "--json"])
+    assert "view" not in default and default["totals"]["requests"] == 7  # type: ignore[index]
+
+
+def test_table_csv_plot_and_errors(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    for view in ("overview", "margin", "tasks", "savings", "utilization", "carbon", "timeseries"):
+        result = runner.invoke(app, ["report", *config, *WINDOW, "--view", view])
+        assert result.exit_code == 0 and result.output.strip(), (view, result.output)
+    result = runner.invoke(app, ["report", *config, *WINDOW, "--view", "timeseries", "--format", "csv"])
+    rows = list(csv.DictReader(io.StringIO(result.output)))
+    assert [r["start"] for r in rows] == ["2026-11-02T00:00:00", "2026-11-03T00:00:00"]
+    assert rows[0]["cost_usd"] == "0.006000000"
+    by_feature = runner.invoke(app, ["report", *config, *WINDOW, "--by", "feature", "--format", "csv"])
+    lines = list(csv.reader(io.StringIO(by_feature.output)))
+    assert lines[0][:3] == ["key", "requests", "errors"] and lines[-1][0] == "total"
+    png = tmp_path / "out.png"
+    result = runner.invoke(app, ["report", *config, *WINDOW, "--plot", str(png)])
+    assert result.exit_code == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for bad in (
+        ["--view", "pie"],
+        ["--metric", "vibes"],
+        ["--format", "xml"],
+        ["--view", "tasks", "--metric", "margin"],
+    ):
+        assert runner.invoke(app, ["report", *config, *bad]).exit_code == 2, bad

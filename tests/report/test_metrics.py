@@ -1,0 +1,182 @@
+"""Every report metric on the hand-built ledger of tests/report/ledgers.py, against hand-computed answers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from margin.config import Settings
+from margin.ledger import db
+from margin.report import queries
+from margin.report.business import RevenueLine, load_revenue_csv, margins, tasks
+from margin.report.metrics import carbon, savings, timeseries
+from margin.report.queries import Window, percentile, summarize
+from margin.report.utilization import utilization
+from tests.helpers import fake_settings
+from tests.report.ledgers import MILLI, ROWS, at, load, row
+
+
+@pytest.fixture(params=[True, False], ids=["rollup", "rows"])
+def rollup(request: pytest.FixtureRequest) -> bool:
+    """Every metric is checked from the hourly rollup and from the ledger rows."""
+    return bool(request.param)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[sa.Engine]:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    db.upgrade(url)
+    engine = db.make_sync_engine(url)
+    load(engine)
+    yield engine
+    engine.dispose()
+
+
+def settings(tmp_path: Path) -> Settings:
+    revenue = {
+        "features": {
+            "search": {"price_per_call": "0.002"},
+            "chat": {"price_per_seat_month": "30", "seats": 2},
+        }
+    }
+    return fake_settings(tmp_path / "unused.db", revenue=revenue)
+
+
+def test_tasks_cost_per_successful_task(engine: sa.Engine) -> None:
+    november = Window(at(1), at(16))
+    [total] = tasks(engine, november)
+    # t1 (r1,r2) succeeds via r2; t2 (r3,r7) graded, failed; t3 (r4) ungraded; r5 and r6 are tasks of one,
+    # r6 succeeded. Cost: 1+3+2+NULL+0+1+0 milli-$; graded tasks t1,t2,r6 cost 4+2+1.
+    assert (total.tasks, total.graded_tasks, total.successful_tasks) == (5, 3, 2)
+    assert total.cost_usd == Decimal("0.007") and total.graded_cost_usd == Decimal("0.007")
+    assert total.cost_per_successful_task_usd == Decimal("0.0035")
+    assert total.unpriced_requests == 1
+    assert total.mean_score == pytest.approx(0.55)
+    assert total.value_usd == Decimal("0.05")
+    assert total.success_rate == pytest.approx(2 / 3)
+    by_feature = {t.key: t for t in tasks(engine, november, by="feature")}
+    assert by_feature["search"].tasks == 2 and by_feature["search"].successful_tasks == 1
+    assert by_feature["search"].cost_per_successful_task_usd == Decimal("0.006")
+    assert by_feature["chat"].cost_per_successful_task_usd == Decimal("0.001")  # r6 only succeeded; r4 ungraded
+    empty = tasks(engine, Window(at(20), at(21)))
+    assert empty[0].tasks == 0 and empty[0].cost_per_successful_task_usd is None
+
+
+def test_gross_margin_and_attach_rate(engine: sa.Engine, tmp_path: Path, rollup: bool) -> None:
+    november = Window(at(1), at(16), rollup=rollup)  # 15 days
+    lines = [RevenueLine("search", None, Decimal("1.00"))]
+    report = margins(engine, november, settings(tmp_path).revenue, lines)
+    rows = {r.key: r for r in report.rows}
+    assert report.active_customers == 3  # acme, globex, initech
+    search, chat = rows["search"], rows["chat"]
+    assert (search.requests, search.ok_requests, search.customers) == (4, 3, 2)
+    assert search.cost_usd == Decimal("0.006")
+    assert search.revenue_usd == Decimal("1.006")  # 3 ok calls × 0.002 + 1.00 imported
+    assert search.gross_margin == (Decimal("1.006") - Decimal("0.006")) / Decimal("1.006")
+    assert search.attach_rate == pytest.approx(2 / 3)
+    assert chat.revenue_usd == Decimal(30)  # 2 seats × $30/month × 15/30 months
+    assert chat.cost_usd == Decimal("0.001") and chat.unpriced_requests == 1
+    assert chat.gross_margin == Decimal("29.999") / Decimal(30)
+    assert [r.key for r in report.rows] == ["search", "chat"]  # biggest cost first
+    by_customer = {r.key: r for r in margins(engine, november, settings(tmp_path).revenue, by="customer").rows}
+    assert by_customer["acme"].revenue_usd is None and by_customer["acme"].gross_margin is None
+    assert by_customer["acme"].cost_usd == Decimal("0.005")
+
+
+def test_revenue_csv(tmp_path: Path) -> None:
+    path = tmp_path / "rev.csv"
+    path.write_text("feature,customer,usd\nsearch,,1.50\n,acme,2\n")
+    assert load_revenue_csv(path) == [
+        RevenueLine("search", None, Decimal("1.50")),
+        RevenueLine(None, "acme", Decimal(2)),
+    ]
+    path.write_text("feature,usd\nsearch,lots\n")
+    with pytest.raises(Exception, match="not a number"):
+        load_revenue_csv(path)
+
+
+def test_savings_counts_cache_and_routing_not_quantization(engine: sa.Engine, rollup: bool) -> None:
+    november = Window(at(1), at(16), rollup=rollup)  # 15 days
+    found = savings(engine, november)
+    assert found.actual_cost_usd == Decimal("0.007")
+    assert (found.cache_hits, found.cache_saved_usd) == (1, Decimal("0.0005"))
+    assert (found.routed_requests, found.routing_saved_usd) == (1, Decimal("0.004"))
+    assert found.counterfactual_cost_usd == Decimal("0.0115")
+    assert found.quantization_saved_usd is None and "not measured" in found.to_json()["quantization_note"]
+
+
+def test_timeseries_per_day_and_hour(engine: sa.Engine, rollup: bool) -> None:
+    november = Window(at(1), at(16), rollup=rollup)  # 15 days
+    days = timeseries(engine, november, "day")
+    assert [p.start for p in days] == ["2026-11-02T00:00:00", "2026-11-03T00:00:00"]
+    first, second = days
+    assert (first.requests, first.cost_usd) == (3, Decimal("0.006"))
+    assert first.usd_per_1k_tokens == Decimal("0.006") / 550 * 1000
+    assert (second.requests, second.unpriced_requests, second.cost_usd) == (4, 1, Decimal("0.001"))
+    assert second.usd_per_1k_tokens == Decimal("0.001") / 80 * 1000  # r4's unpriced tokens left out
+    assert second.cache_saved_usd == Decimal("0.0005")
+    hours = timeseries(engine, november, "hour")
+    assert len(hours) == 7 and hours[0].start == "2026-11-02T00:00:00"
+
+
+def test_carbon_by_region(engine: sa.Engine, rollup: bool) -> None:
+    november = Window(at(1), at(16), rollup=rollup)  # 15 days
+    rows = {c.key: c for c in carbon(engine, november)}
+    eu = rows["eu"]
+    assert (eu.requests, eu.tokens, eu.kwh, eu.co2e_g, eu.modelled_requests) == (1, 100, 1.0, 56.0, 1)
+    assert eu.co2e_g_per_1k_tokens == pytest.approx(560.0)
+    assert rows[None].unknown_requests == 6 and rows[None].co2e_g == 0
+
+
+def test_utilization_and_idle_cost(engine: sa.Engine, tmp_path: Path, rollup: bool) -> None:
+    extra = row("r8", backend="fake", busy_ms=None, backend_ms=1000.0, cost_nanousd=MILLI, created_at=at(2, 0, 40))
+    load(engine, rows=[*ROWS, extra])
+    hour = Window(at(2, 0), at(2, 1), rollup=rollup)
+    [fake] = utilization(engine, hour, settings(tmp_path))
+    assert fake.backend == "fake" and fake.requests == 2
+    assert (fake.provisioned_s, fake.busy_s, fake.approx_busy_rows) == (3600.0, 3.0, 1)
+    assert fake.utilization == pytest.approx(3 / 3600)
+    assert fake.request_cost_usd == Decimal("0.003")
+    assert fake.idle_cost_usd == Decimal("3.60") * Decimal(3597) / Decimal(3600)
+    open_start = utilization(engine, Window(None, at(2, 1), rollup=rollup), settings(tmp_path))[0]
+    assert open_start.provisioned_s == 1800.0  # from the backend's first row (00:30) to the window's end
+
+
+def test_summary_unchanged_by_new_rows(engine: sa.Engine, rollup: bool) -> None:
+    november = Window(at(1), at(16), rollup=rollup)  # 15 days
+    totals = summarize(engine, november)["totals"]
+    assert totals["requests"] == 7 and totals["errors"] == 1 and totals["unpriced_requests"] == 1
+    assert Decimal(totals["cost_usd"]) == Decimal("0.007")
+
+
+@pytest.mark.parametrize("walk_index_above", [50_000, 0], ids=["sorted", "index-walk"])
+def test_latency_percentiles_picked_in_sql_equal_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, walk_index_above: int
+) -> None:
+    monkeypatch.setattr(queries, "WALK_INDEX_ABOVE", walk_index_above)
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    db.upgrade(url)
+    engine = db.make_sync_engine(url)
+    e2e = [float((n * 37) % 101) for n in range(1, 42)]  # 41 distinct values, shuffled
+    rows = [
+        row(f"p{n}", e2e_ms=v, ttft_ms=None if n % 3 else v / 2, tags={"feature": "a"} if n % 2 else {})
+        for n, v in enumerate(e2e)
+    ]
+    load(engine, rows=rows, outcomes=False)
+    found = summarize(engine, Window(), "feature")
+    engine.dispose()
+    ttfts = sorted(v / 2 for n, v in enumerate(e2e) if n % 3 == 0)
+    assert found["totals"]["latency_p50_ms"] == percentile(sorted(e2e), 50)
+    assert found["totals"]["latency_p95_ms"] == percentile(sorted(e2e), 95)
+    assert found["totals"]["ttft_p50_ms"] == percentile(ttfts, 50)
+    groups = {g["key"]: g for g in found["groups"]}
+    untagged = sorted(v for n, v in enumerate(e2e) if n % 2 == 0)  # the NULL feature group
+    assert groups[None]["latency_p95_ms"] == percentile(untagged, 95)
+    assert groups["a"]["latency_p50_ms"] == percentile(sorted(v for n, v in enumerate(e2e) if n % 2), 50)
+    assert groups["a"]["ttft_p50_ms"] == percentile(
+        sorted(v / 2 for n, v in enumerate(e2e) if n % 2 and n % 3 == 0), 50
+    )

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from margin.app import build_app
-from tests.dashboard.seed import seed
+from tests.dashboard.seed import REVENUE, seed
 from tests.helpers import fake_settings, live_server
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -72,7 +72,7 @@ class _ServerThread(threading.Thread):
 def live_dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDashboard]:
     db_path = tmp_path_factory.mktemp("dashboard") / "ledger.db"
     made = seed(db_path)
-    server = _ServerThread(build_app(fake_settings(db_path, budgets=BUDGETS)))
+    server = _ServerThread(build_app(fake_settings(db_path, budgets=BUDGETS, revenue=REVENUE)))
     server.start()
     server.ready.wait(30)
     if server.error is not None or not server.url:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from margin import keys
 from margin.ledger import db
-from margin.ledger.models import ledger
+from margin.ledger.models import feedback, ledger
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -125,6 +125,10 @@ ROWS = [
 ]
 
 
+REVENUE = {"features": {"qa": {"price_per_call": "0.01"}, "copy": {"price_per_call": "0.002"}}}
+FEEDBACK = {"req-1": True, "req-2": False, "req-3": True}  # graded: $0.0065, 2 successful → $0.00325 a task
+
+
 def seed(db_path: Path | str) -> dict[str, str]:
     """Create the ledger (a SQLite file, or a database URL) with ROWS and keys; returns
     {'admin', 'search', 'ads', 'loner'} → key."""
@@ -135,6 +139,13 @@ def seed(db_path: Path | str) -> dict[str, str]:
         with engine.begin() as connection:
             columns = {name for r in ROWS for name in r}
             connection.execute(sa.insert(ledger), [{name: r.get(name) for name in columns} for r in ROWS])
+            connection.execute(
+                sa.insert(feedback),
+                [
+                    {"request_id": rid, "success": ok, "created_at": NOW, "updated_at": NOW}
+                    for rid, ok in FEEDBACK.items()
+                ],
+            )
         made = {}
         for name, spec in {
             "admin": keys.NewKey("ops", None, {}, None, True, None),

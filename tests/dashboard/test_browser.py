@@ -17,6 +17,7 @@ from margin.governance.admission import window
 from margin.report.render import human_usd
 from tests.dashboard.conftest import LiveDashboard
 from tests.dashboard.seed import ROWS
+from tests.dashboard.test_numbers import report_view
 
 KPIS = ("cost_usd", "requests", "errors", "input_tokens", "output_tokens", "usd_per_1k_tokens", "cache_hits")
 
@@ -87,6 +88,7 @@ def test_admin_overview_matches_the_report(
     assert float(shown(kpis, "co2e_g")[0]) == totals["co2e_g"]
     assert page.locator("svg.chart rect.bar").count() == 4  # 2 days × (spend, requests)
     assert page.locator("#viewer").inner_text().startswith("admin")
+    assert shown(page.locator("#gross-margin"), "gross_margin") == ("0.740000", "74.00 %")
     screenshot(page, live_dashboard, "overview")
 
 
@@ -131,6 +133,16 @@ def test_admin_sees_every_page(context: Any, live_dashboard: LiveDashboard, repo
     assert shown(search_budget, "spent")[0] == usd_str(from_nanousd(expected))
     screenshot(page, live_dashboard, "budgets")
 
+    page.click("#nav-margin")
+    margin = report_view(live_dashboard.db_path, "margin")
+    for group in margin["groups"]:
+        row = page.locator(f'#margins tr[data-key="{group["key"]}"]')
+        assert shown(row, "gross_margin")[0] == group["gross_margin"], group["key"]
+        assert shown(row, "revenue_usd")[0] == group["revenue_usd"], group["key"]
+    assert shown(page.locator("#kpis"), "gross_margin") == ("0.740000", "74.00 %")
+    assert shown(page.locator("#kpis"), "cost_per_successful_task_usd")[1] == "$0.00325"
+    screenshot(page, live_dashboard, "margin")
+
     page.click("#nav-backends")
     fake = page.locator('#backends tr[data-key="fake"]')
     assert shown(fake, "status") == ("ok", "ok")
@@ -144,6 +156,7 @@ def test_team_key_sees_its_team_only(
     page = login(context, live_dashboard, "search", "/dashboard/breakdown")
     search = next(g for g in reports["team"]["groups"] if g["key"] == "search")
     assert page.locator("#by-team").count() == 0  # no cross-team table offered
+    assert page.locator("#nav-margin").count() == 0
     assert [r.get_attribute("data-key") for r in page.locator("#breakdown tbody tr").all()] == ["fake-chat", "total"]
     total = page.locator('#breakdown tr[data-key="total"]')
     assert shown(total, "cost_usd")[0] == search["cost_usd"]

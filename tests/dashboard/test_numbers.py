@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from margin.cli import app
@@ -16,7 +17,7 @@ from margin.dashboard import rollup
 from margin.dashboard.queries import Scope, burn
 from margin.ledger import db
 from margin.ledger import rollup as rollup_ddl
-from tests.dashboard.seed import seed
+from tests.dashboard.seed import REVENUE, seed
 from tests.helpers import fake_settings, gateway
 
 SHARED = (
@@ -183,3 +184,41 @@ async def test_rollup_follows_new_rows_and_ignores_replays(db_path: Path) -> Non
     assert overview["totals"]["requests"] == 8 + 3
     expected = {g["key"]: shared(g) for g in report(db_path, "--by", "model")["groups"]}
     assert {g["key"]: shared(g) for g in models["groups"]} == expected
+
+
+def report_view(db_path: Path, view: str, *args: str) -> Any:
+    """`margin report --view VIEW --json` with the seed's revenue config."""
+    config = db_path.parent / "revenue.yaml"
+    config.write_text(yaml.safe_dump({"revenue": REVENUE}))
+    argv = ["report", "--config", str(config), "--db", str(db_path), "--since", "7d", "--view", view, "--json"]
+    result = CliRunner().invoke(app, [*argv, *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+async def test_margin_and_tasks_match_the_report_views(db_path: Path) -> None:
+    made = seed(db_path)
+    admin = {"authorization": f"Bearer {made['admin']}"}
+    async with gateway(fake_settings(db_path, revenue=REVENUE)) as gw:
+        page = (await gw.http.get("/dashboard/api/margin", headers=admin)).json()
+        by_customer = (await gw.http.get("/dashboard/api/margin?by=customer", headers=admin)).json()
+        overview = (await gw.http.get("/dashboard/api/overview", headers=admin)).json()
+        team = {"authorization": f"Bearer {made['search']}"}
+        refused = await gw.http.get("/dashboard/api/margin", headers=team)
+        team_overview = (await gw.http.get("/dashboard/api/overview", headers=team)).json()
+    margin = report_view(db_path, "margin")
+    assert page["margins"]["groups"] == margin["groups"]
+    assert page["margins"]["active_customers"] == margin["active_customers"]
+    assert by_customer["margins"]["groups"] == report_view(db_path, "margin", "--by", "customer")["groups"]
+    assert page["tasks"] == report_view(db_path, "tasks")["groups"][0]
+    assert page["tasks"]["cost_per_successful_task_usd"] == "0.003250000"  # ($0.001 + $0.003 + $0.0025) / 2
+    # qa earns 5 ok calls × $0.01, copy 1 × $0.002; they cost $0.011 and $0.00252: (0.052 − 0.01352) / 0.052
+    assert page["overall"] == {
+        "revenue_usd": "0.052000000",
+        "cost_usd": "0.013520000",
+        "gross_margin": "0.740000",
+        "groups_with_revenue": 2,
+    }
+    assert overview["gross_margin"] == page["overall"]
+    assert refused.status_code == 403
+    assert team_overview["gross_margin"] is None  # spans teams: admin only

@@ -15,6 +15,9 @@ from margin.dashboard.queries import Scope
 from margin.economics.money import from_nanousd, to_nanousd, usd_str
 from margin.errors import InvalidRequest
 from margin.governance.rules import Subject
+from margin.report.business import MarginReport, margins, tasks
+from margin.report.queries import Window
+from margin.report.utilization import utilization
 
 
 def scope_for(who: Viewer, since: str) -> Scope:
@@ -23,16 +26,15 @@ def scope_for(who: Viewer, since: str) -> Scope:
     return Scope.parse(since, team=who.team, key_id=who.key_id)
 
 
-def overview(engine: sa.Engine, scope: Scope) -> dict[str, Any]:
+def overview(engine: sa.Engine, scope: Scope, settings: Any = None) -> dict[str, Any]:
+    """KPIs and trend; with `settings` (admin viewers), the gross margin when revenue is configured."""
     hourly = scope.since is not None and (datetime.now(UTC) - scope.since).total_seconds() <= 2 * 86400
     with engine.connect() as connection:
         points, totals = queries.trend(connection, scope, hourly)
         return {
             "totals": totals,
             "trend": {"unit": "hour" if hourly else "day", "points": points},
-            # Gross margin (revenue − inference cost) / revenue comes from the business-metrics work (econ
-            # branch, margin.report); until it is wired in the dashboard shows it as not available.
-            "gross_margin": None,
+            "gross_margin": overview_margin(engine, scope, settings) if settings is not None else None,
         }
 
 
@@ -154,17 +156,78 @@ def _health(services: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-async def backends(services: Any, scope: Scope) -> dict[str, Any]:
-    def read() -> tuple[list[dict[str, Any]], float]:
-        with services.sync_engine().connect() as connection:
-            return queries.backend_usage(connection, scope), queries.window_seconds(scope, connection)
+async def backends(services: Any, scope: Scope, full: bool) -> dict[str, Any]:
+    def read() -> tuple[list[dict[str, Any]], float, dict[str, dict[str, Any]]]:
+        engine = services.sync_engine()
+        with engine.connect() as connection:
+            usage, seconds = queries.backend_usage(connection, scope), queries.window_seconds(scope, connection)
+        spread = utilization_by_backend(engine, scope, services.settings) if full else {}
+        return usage, seconds, spread
 
-    usage, seconds = await asyncio.to_thread(read)
+    usage, seconds, spread = await asyncio.to_thread(read)
     health = _health(services)
     rows = {u["backend"]: u for u in usage}
     out = []
     for name in sorted(set(health) | {str(k) for k in rows if k is not None}):
         used = rows.get(name, {"requests": 0, "errors": 0, "cost_usd": "0.000000000", "tokens": 0, "busy_s": 0.0})
         busy = round(used["busy_s"] / seconds * 100, 6) if seconds else None
-        out.append({"backend": name, **used, "busy_pct": busy, **health.get(name, {"status": "not configured"})})
+        util = spread.get(name, {})
+        out.append(
+            {
+                "backend": name,
+                **used,
+                "busy_pct": busy,
+                **health.get(name, {"status": "not configured"}),
+                "utilization": util.get("utilization"),  # self-hosted only, admin only (spans teams)
+                "idle_cost_usd": util.get("idle_cost_usd"),
+            }
+        )
     return {"window_s": round(seconds, 1), "backends": out}
+
+
+def _econ_window(scope: Scope) -> Window:
+    """The report's Window for the business metrics (margin.report), which span teams: admin viewers only."""
+    return Window(scope.since, scope.until)
+
+
+def gross_margin(report: MarginReport) -> dict[str, Any]:
+    """(revenue − cost) / revenue over the groups that have revenue (the others have no margin to speak of)."""
+    earning = [row for row in report.rows if row.revenue_usd is not None]
+    revenue = sum((row.revenue_usd or Decimal(0) for row in earning), Decimal(0))
+    cost = sum((row.cost_usd for row in earning), Decimal(0))
+    return {
+        "revenue_usd": usd_str(revenue) if earning else None,
+        "cost_usd": usd_str(cost) if earning else None,
+        "gross_margin": usd_str((revenue - cost) / revenue, 6) if revenue else None,
+        "groups_with_revenue": len(earning),
+    }
+
+
+def has_revenue(settings: Any) -> bool:
+    return bool(settings.revenue.features or settings.revenue.customers)
+
+
+def overview_margin(engine: sa.Engine, scope: Scope, settings: Any) -> dict[str, Any] | None:
+    """The overview's gross-margin card: None when no revenue is configured (no query then)."""
+    if not has_revenue(settings):
+        return None
+    return gross_margin(margins(engine, _econ_window(scope), settings.revenue, (), "feature"))
+
+
+def margin_page(engine: sa.Engine, scope: Scope, settings: Any, by: str) -> dict[str, Any]:
+    """Gross margin and attach rate per feature (or customer), and cost per successful task, from
+    margin.report.business: the numbers of `margin report --view margin|tasks --json`."""
+    window = _econ_window(scope)
+    report = margins(engine, window, settings.revenue, (), by)
+    found = tasks(engine, window, None)
+    return {
+        "by": by,
+        "overall": gross_margin(report),
+        "margins": report.to_json(),
+        "tasks": found[0].to_json() if found else None,
+    }
+
+
+def utilization_by_backend(engine: sa.Engine, scope: Scope, settings: Any) -> dict[str, dict[str, Any]]:
+    """Self-hosted backends' utilization and idle cost (margin.report.utilization), keyed by backend."""
+    return {u.backend: u.to_json() for u in utilization(engine, _econ_window(scope), settings)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
@@ -19,11 +20,11 @@ from margin.api.responses import JSON, error_response
 from margin.dashboard import auth, charts, pages
 from margin.dashboard.auth import Viewer
 from margin.dashboard.queries import BREAKDOWNS, SINCE_CHOICES, Scope
-from margin.errors import AuthenticationFailed, MarginError
+from margin.errors import AuthenticationFailed, InvalidRequest, MarginError
 from margin.report.render import human_usd
 
 Builder = Callable[[Request, Viewer, Scope], Awaitable[dict[str, Any]]]
-PAGES = ("overview", "breakdown", "latency", "savings", "budgets", "backends")
+PAGES = ("overview", "breakdown", "latency", "savings", "budgets", "backends", "margin")
 DEFAULT_SINCE = "7d"
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
@@ -39,7 +40,8 @@ def _engine(request: Request) -> Any:
 
 
 async def _overview(request: Request, who: Viewer, scope: Scope) -> dict[str, Any]:
-    return await asyncio.to_thread(pages.overview, _engine(request), scope)
+    settings = request.app.state.services.settings if who.full else None  # gross margin spans teams
+    return await asyncio.to_thread(pages.overview, _engine(request), scope, settings)
 
 
 async def _breakdown(request: Request, who: Viewer, scope: Scope) -> dict[str, Any]:
@@ -62,7 +64,16 @@ async def _budgets(request: Request, who: Viewer, scope: Scope) -> dict[str, Any
 
 
 async def _backends(request: Request, who: Viewer, scope: Scope) -> dict[str, Any]:
-    return await pages.backends(request.app.state.services, scope)
+    return await pages.backends(request.app.state.services, scope, who.full)
+
+
+async def _margin(request: Request, who: Viewer, scope: Scope) -> dict[str, Any]:
+    auth.require_full(who, "gross margin, attach rate and cost per task")
+    by = request.query_params.get("by", "feature")
+    if by not in ("feature", "customer"):
+        raise InvalidRequest("by must be feature or customer", param="by")
+    settings = request.app.state.services.settings
+    return await asyncio.to_thread(pages.margin_page, _engine(request), scope, settings, by)
 
 
 BUILDERS: dict[str, Builder] = {
@@ -72,6 +83,7 @@ BUILDERS: dict[str, Builder] = {
     "savings": _savings,
     "budgets": _budgets,
     "backends": _backends,
+    "margin": _margin,
 }
 
 
@@ -97,6 +109,11 @@ def _fmt_pct(value: Any) -> str:
     return f"{number:,.2f} %"
 
 
+def _fmt_ratio(value: Any) -> str:
+    """A ratio as a decimal string (`0.912345`) → `91.23 %`."""
+    return "-" if value is None else f"{Decimal(value) * 100:,.2f} %"
+
+
 def _fmt_when(value: str | None) -> str:
     """ISO timestamp → `2026-12-01 00:00 UTC` (the JSON keeps the full ISO form)."""
     if not value:
@@ -119,7 +136,9 @@ class Dashboard:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
-        self.env.filters.update(usd=human_usd, int=_fmt_int, num=_fmt_num, when=_fmt_when, pct=_fmt_pct)
+        self.env.filters.update(
+            usd=human_usd, int=_fmt_int, num=_fmt_num, when=_fmt_when, pct=_fmt_pct, ratio=_fmt_ratio
+        )
         self.env.globals.update(
             bar_chart=charts.bar_chart,
             meter=charts.meter,

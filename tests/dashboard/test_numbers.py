@@ -66,6 +66,7 @@ async def test_totals_and_every_breakdown_match_the_report(db_path: Path, with_r
     headers = {"authorization": f"Bearer {made['admin']}"}
     async with gateway(fake_settings(db_path)) as gw:
         overview = (await gw.http.get("/dashboard/api/overview?since=7d", headers=headers)).json()
+        hourly = (await gw.http.get("/dashboard/api/overview?since=24h", headers=headers)).json()
         pages = {
             by: (await gw.http.get(f"/dashboard/api/breakdown?by={by}", headers=headers)).json()
             for by in ("team", "feature", "customer", "model", "backend")
@@ -75,6 +76,11 @@ async def test_totals_and_every_breakdown_match_the_report(db_path: Path, with_r
     assert shared(overview["totals"]) == shared(totals)
     assert overview["totals"]["cost_usd"] == "0.013520000"  # the seed's hand sum (row 9 is outside 7d)
     assert overview["totals"]["unpriced_requests"] == 1 and overview["totals"]["cache_hits"] == 1
+    day = CliRunner().invoke(app, ["report", "--db", str(db_path), "--since", "24h", "--json"])
+    assert shared(hourly["totals"]) == shared(json.loads(day.output)["totals"])
+    assert hourly["trend"]["unit"] == "hour"
+    assert [len(p["bucket"]) for p in hourly["trend"]["points"]] == [13]  # `YYYY-MM-DD HH`: the 7 recent rows
+    assert hourly["trend"]["points"][0]["requests"] == 7
     trend = overview["trend"]["points"]
     assert sum(p["requests"] for p in trend) == totals["requests"]
     assert sum(Decimal(p["cost_usd"]) for p in trend) == Decimal(totals["cost_usd"])

@@ -43,3 +43,24 @@ def test_migrations_on_postgres(postgres_url: str) -> None:
         engine.dispose()
     db.downgrade(postgres_url, "base")
     db.upgrade(postgres_url)
+
+
+def test_0004_backfills_the_rollup_from_existing_rows(tmp_path: Path) -> None:
+    from margin.report.queries import Window, summarize
+    from tests.report.ledgers import ROWS, complete
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    db.upgrade(url, "0003")
+    engine = db.make_sync_engine(url)
+    old = sa.Table("ledger", sa.MetaData(), autoload_with=engine)
+    with engine.begin() as connection:
+        rows = [{k: v for k, v in complete(r).items() if k != "busy_ms"} for r in ROWS]
+        connection.execute(old.insert(), rows)
+    engine.dispose()
+    db.upgrade(url)
+    engine = db.make_sync_engine(url)
+    from_rollup, from_rows = summarize(engine, Window()), summarize(engine, Window(rollup=False))
+    by_team = summarize(engine, Window(), "team")
+    engine.dispose()
+    assert from_rollup == from_rows and from_rollup["totals"]["requests"] == len(ROWS)
+    assert from_rollup["totals"]["cost_usd"] == "0.007000000" and by_team["groups"][0]["requests"] == len(ROWS)

@@ -86,7 +86,7 @@ def test_admin_overview_matches_the_report(
     assert shown(kpis, "cost_usd")[1] == "$0.0135"  # the seed's hand sum: $0.01352
     assert float(shown(kpis, "energy_j")[0]) == totals["energy_j"]
     assert float(shown(kpis, "co2e_g")[0]) == totals["co2e_g"]
-    assert page.locator("svg.chart rect.bar").count() == 4  # 2 days × (spend, requests)
+    assert page.locator("svg.chart rect.bar").count() == 16  # 8 days of the window × (spend, requests)
     assert page.locator("#viewer").inner_text().startswith("admin")
     assert shown(page.locator("#gross-margin"), "gross_margin") == ("0.740000", "74.00 %")
     screenshot(page, live_dashboard, "overview")

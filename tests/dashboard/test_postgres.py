@@ -37,8 +37,9 @@ async def test_pages_match_the_report_on_postgres(postgres_url: str, tmp_path: P
     finally:
         engine.dispose()
     assert shared(overview["totals"]) == shared(report["totals"])
-    assert [p["requests"] for p in overview["trend"]["points"]] == [1, 7]  # two days
-    assert len(hourly["trend"]["points"]) == 1 and hourly["trend"]["points"][0]["bucket"][10:11] == " "
+    assert [p["requests"] for p in overview["trend"]["points"] if p["requests"]] == [1, 7]  # two active days
+    busy = [p for p in hourly["trend"]["points"] if p["requests"]]
+    assert len(busy) == 1 and busy[0]["bucket"][10:11] == " "
     assert {g["key"]: shared(g) for g in customers["groups"]} == {g["key"]: shared(g) for g in report["groups"]}
     for model in latency["models"]:
         assert model["e2e_ms"]["p50"] == by_model[model["model"]]["latency_p50_ms"]

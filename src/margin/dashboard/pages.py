@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -33,9 +33,27 @@ def overview(engine: sa.Engine, scope: Scope, settings: Any = None) -> dict[str,
         points, totals = queries.trend(connection, scope, hourly)
         return {
             "totals": totals,
-            "trend": {"unit": "hour" if hourly else "day", "points": points},
+            "trend": {"unit": "hour" if hourly else "day", "points": with_gaps(points, scope, hourly)},
             "gross_margin": overview_margin(engine, scope, settings) if settings is not None else None,
         }
+
+
+def with_gaps(points: list[dict[str, Any]], scope: Scope, hourly: bool) -> list[dict[str, Any]]:
+    """Every hour (or day) of the window, quiet ones as zeros, so the trend's time axis is true."""
+    if scope.since is None:
+        return points
+    fmt, step = ("%Y-%m-%d %H", timedelta(hours=1)) if hourly else ("%Y-%m-%d", timedelta(days=1))
+    start = scope.since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    moment = start if hourly else start.replace(hour=0)
+    last = (scope.until or datetime.now(UTC)).astimezone(UTC).strftime(fmt)
+    labels: list[str] = []
+    while (label := moment.strftime(fmt)) <= last:
+        labels.append(label)
+        moment += step
+    found = {p["bucket"]: p for p in points}
+    zero = {"requests": 0, "cost_usd": "0.000000000", "tokens": 0, "errors": 0}
+    out = [found.pop(label, {"bucket": label, **zero}) for label in labels]
+    return sorted([*out, *found.values()], key=lambda p: str(p["bucket"]))  # + rows stamped after now, if any
 
 
 def breakdown(engine: sa.Engine, scope: Scope, by: str) -> dict[str, Any]:

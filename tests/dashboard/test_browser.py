@@ -84,6 +84,7 @@ def test_admin_overview_matches_the_report(
         else:
             assert text == f"{totals[field]:,}", field
     assert shown(kpis, "cost_usd")[1] == "$0.0135"  # the seed's hand sum: $0.01352
+    assert shown(kpis, "saved_usd") == ("0.002500000", "$0.00250")  # cache $0.001 + routing $0.0015
     assert float(shown(kpis, "energy_j")[0]) == totals["energy_j"]
     assert float(shown(kpis, "co2e_g")[0]) == totals["co2e_g"]
     assert page.locator("svg.chart rect.bar").count() == 16  # 8 days of the window × (spend, requests)

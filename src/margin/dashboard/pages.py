@@ -31,8 +31,10 @@ def overview(engine: sa.Engine, scope: Scope, settings: Any = None) -> dict[str,
     hourly = scope.since is not None and (datetime.now(UTC) - scope.since).total_seconds() <= 2 * 86400
     with engine.connect() as connection:
         points, totals = queries.trend(connection, scope, hourly)
+        saved = Decimal(totals["cache_saved_usd"]) + Decimal(totals["routing_saved_usd"])
         return {
             "totals": totals,
+            "saved_usd": usd_str(saved),  # cache + routing
             "trend": {"unit": "hour" if hourly else "day", "points": with_gaps(points, scope, hourly)},
             "gross_margin": overview_margin(engine, scope, settings) if settings is not None else None,
         }

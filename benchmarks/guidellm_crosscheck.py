@@ -49,7 +49,7 @@ def tokenizer_dir(gguf: Path) -> Path:
     return TOKENIZER
 
 
-def start_server(gguf: Path, port: int, threads: int, log: Path) -> subprocess.Popen[bytes]:
+def start_server(gguf: Path, port: int, threads: int, log: Path, interrupt: bool) -> subprocess.Popen[bytes]:
     args = [str(PEER / "python"), "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smollm2"]
     args += [
         "--n_threads",
@@ -63,6 +63,8 @@ def start_server(gguf: Path, port: int, threads: int, log: Path) -> subprocess.P
         "--port",
         str(port),
     ]
+    # llama_cpp.server's default cuts a running stream when a new request arrives: queue instead
+    args += ["--interrupt_requests", str(interrupt)]
     with log.open("wb") as out:
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
@@ -170,6 +172,7 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1 resists a shared CPU best)")
     parser.add_argument("--port", type=int, default=9231)
+    parser.add_argument("--interrupt", action="store_true", help="keep llama_cpp.server's interrupt_requests")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "guidellm_crosscheck.json")
     args = parser.parse_args()
@@ -178,7 +181,7 @@ def main() -> None:
     gguf = resolve_model_file("builtin:smollm2-135m-q4_1")
     tokenizer_dir(gguf)
     scratch = HERE / ".cache"
-    server = start_server(gguf, args.port, args.threads, scratch / "llama_server.log")
+    server = start_server(gguf, args.port, args.threads, scratch / "llama_server.log", args.interrupt)
     url, points = f"http://127.0.0.1:{args.port}", []
     try:
         for round_no in range(args.rounds):
@@ -199,7 +202,12 @@ def main() -> None:
         server.wait(timeout=30)
     result = {
         "load": {k: getattr(args, k) for k in ("requests", "concurrency", "rounds", "input_len", "output_len", "seed")},
-        "server": {"kind": "llama_cpp.server 0.3.36", "model": gguf.name, "threads": args.threads},
+        "server": {
+            "kind": "llama_cpp.server 0.3.36",
+            "model": gguf.name,
+            "threads": args.threads,
+            "interrupt_requests": args.interrupt,
+        },
         "peer": "guidellm 0.8.1",
         "diff_pct_is": "(guidellm - margin) / margin",
         "points": points,

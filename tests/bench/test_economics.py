@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -79,3 +83,42 @@ def test_spec_from_config_and_unknown_region(tmp_path: Path) -> None:
     bad = EconSpec(usd_per_hour=Decimal(1), region=RegionConfig(grid_zone="XXX"))
     with pytest.raises(InvalidRequest):
         compute(bad, METRICS, EnergyReading(None, "none", ""), [])
+
+
+class FakeNvml:
+    """Stands in for the `pynvml` module on a machine without a GPU: 2 GPUs, energy counters in mJ."""
+
+    def __init__(self) -> None:
+        self.energy_mj = [1_000_000, 5_000_000]
+
+    def nvmlInit(self) -> None:
+        return None
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        return index
+
+    def nvmlDeviceGetName(self, handle: int) -> str:
+        return "NVIDIA H100 80GB HBM3"
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: int) -> int:
+        self.energy_mj[handle] += 250_000  # each read: 250 J more on this GPU
+        return self.energy_mj[handle]
+
+    def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:
+        return SimpleNamespace(gpu=40 + 20 * handle)
+
+
+async def test_nvml_energy_is_summed_over_gpus_for_a_local_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml())
+    meter = RunMeter("auto", local=True)
+    assert meter.method == "measured:nvml"
+    meter.start()
+    await asyncio.sleep(0.01)
+    joules, util = await meter.stop()
+    assert joules == pytest.approx(500.0)  # one more read per GPU: 2 × 250 J
+    assert util["gpu_pct_mean"] == pytest.approx(50.0)
+    assert RunMeter("auto", local=False).method is None  # a remote endpoint: this host's GPUs say nothing
+    assert RunMeter("model", local=True).method is None

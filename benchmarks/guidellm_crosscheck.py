@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -33,6 +34,7 @@ import httpx
 from margin.backends.llamacpp import resolve_model_file
 from margin.bench import loadgen
 from margin.bench.prompts import PromptSpec
+from margin.bench.records import RequestRecord
 from margin.bench.runner import BenchConfig, run_bench
 
 HERE = Path(__file__).resolve().parent
@@ -122,6 +124,7 @@ def run_guidellm(url: str, concurrency: int, args: argparse.Namespace, out: Path
     ok = bench["requests"]["successful"]
     tokens = sum(int(r["output_tokens"] or 0) for r in ok)
     return {
+        "same_timestamps_margin_formulas": _refit(ok),
         "ttft_ms_p50": statistics.median(r["time_to_first_token_ms"] for r in ok),
         "itl_ms_p50": statistics.median(r["inter_token_latency_ms"] for r in ok),  # per request: = vLLM's TPOT
         "e2el_ms_p50": statistics.median(r["request_latency"] * 1000 for r in ok),
@@ -136,6 +139,25 @@ def run_guidellm(url: str, concurrency: int, args: argparse.Namespace, out: Path
         "output_tokens": tokens,
         "duration_s": bench["duration"],
     }
+
+
+def _refit(ok: list[dict[str, Any]]) -> dict[str, float]:
+    """guidellm's per-request numbers vs margin's formulas (RequestRecord) applied to guidellm's own
+    timestamps: separates definitions from measurement. Largest absolute difference, in ms."""
+    worst = {"ttft": 0.0, "e2el": 0.0, "tpot_vs_guidellm_itl": 0.0}
+    for r in ok:
+        t, n = r["info"]["timings"], int(r["output_tokens"] or 0)
+        record = RequestRecord(0, t["request_start"], chunk_s=[t["first_token_iteration"]], end_s=t["request_end"])
+        record.output_tokens = n
+        pairs = [
+            ("ttft", record.ttft_s, r["time_to_first_token_ms"]),
+            ("e2el", record.e2el_s, r["request_latency"] * 1000),
+            ("tpot_vs_guidellm_itl", record.tpot_s, r["inter_token_latency_ms"]),
+        ]
+        for name, ours, theirs in pairs:
+            if ours is not None and theirs is not None:
+                worst[name] = max(worst[name], abs(ours * 1000 - theirs))
+    return {f"max_abs_diff_ms_{k}": round(v, 3) for k, v in worst.items()}
 
 
 def _span(ok: list[dict[str, Any]]) -> float:
@@ -163,6 +185,68 @@ def compare(margin: dict[str, Any], peer: dict[str, Any]) -> dict[str, float | N
     }
 
 
+METRICS = ("ttft_ms_p50", "itl_ms_p50", "e2el_ms_p50", "output_tok_s", "request_s")
+
+
+def summarize(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per concurrency: each tool's median over rounds, the difference, and each tool's own round-to-round
+    spread ((max − min) / median), the noise floor any difference must beat on this machine."""
+    out: dict[str, Any] = {}
+    for concurrency in sorted({p["concurrency"] for p in points}):
+        mine = [p for p in points if p["concurrency"] == concurrency]
+        block: dict[str, Any] = {}
+        for metric in (*METRICS, "tpot_ms_p50"):
+            row: dict[str, Any] = {}
+            for tool in ("margin", "guidellm"):
+                values = [p[tool][metric] for p in mine if p[tool].get(metric) is not None]
+                if values:
+                    mid = statistics.median(values)
+                    row[tool] = round(mid, 3)
+                    row[f"{tool}_spread_pct"] = round(100 * (max(values) - min(values)) / mid, 1) if mid else None
+            if "margin" in row and "guidellm" in row:
+                row["diff_pct"] = diff_pct(row["guidellm"], row["margin"])
+            block[metric] = row
+        block["itl_ms_p50"]["note"] = "guidellm's ITL is per request (E2E−TTFT)/(n−1), i.e. vLLM's TPOT"
+        tpot, itl = block.pop("tpot_ms_p50"), block["itl_ms_p50"]
+        if "margin" in tpot and "guidellm" in itl:
+            block["margin_tpot_vs_guidellm_itl_p50"] = {
+                "margin": tpot["margin"],
+                "margin_spread_pct": tpot["margin_spread_pct"],
+                "guidellm": itl["guidellm"],
+                "guidellm_spread_pct": itl["guidellm_spread_pct"],
+                "diff_pct": diff_pct(itl["guidellm"], tpot["margin"]),
+            }
+        out[f"concurrency={concurrency}"] = block
+    return out
+
+
+EVAL = re.compile(r"^llama_perf_context_print:\s+eval time = .*\(\s*([\d.]+) ms per token")
+
+
+def attach_server_times(result: dict[str, Any], log: Path) -> None:
+    """The server's own decode time per token (llama.cpp's perf line after each request), per tool and point:
+    says whether a difference between the tools is in the measurement or in what the server did."""
+    per_request = [float(m.group(1)) for line in log.read_text().splitlines() if (m := EVAL.match(line))]
+    index = 0
+    for point in result["points"]:
+        for tool in point["order"]:
+            count = result["load"]["requests"] + (1 if tool == "margin" else 0)  # margin sends 1 warm-up
+            mine = per_request[index : index + count][count - result["load"]["requests"] :]
+            index += count
+            point[tool]["server_eval_ms_per_token_p50"] = round(statistics.median(mine), 3) if mine else None
+    for concurrency, block in result["summary"].items():
+        row: dict[str, Any] = {}
+        for tool in ("margin", "guidellm"):
+            values = [
+                p[tool]["server_eval_ms_per_token_p50"]
+                for p in result["points"]
+                if f"concurrency={p['concurrency']}" == concurrency and p[tool]["server_eval_ms_per_token_p50"]
+            ]
+            row[tool] = round(statistics.median(values), 3) if values else None
+        row["diff_pct"] = diff_pct(row["guidellm"], row["margin"])
+        block["server_eval_ms_per_token_p50"] = row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=10)
@@ -173,14 +257,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1 resists a shared CPU best)")
     parser.add_argument("--port", type=int, default=9231)
     parser.add_argument("--interrupt", action="store_true", help="keep llama_cpp.server's interrupt_requests")
+    parser.add_argument("--from-log", action="store_true", help="only add the server's times to --out")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "guidellm_crosscheck.json")
     args = parser.parse_args()
+    scratch = HERE / ".cache"
+    if args.from_log:
+        result = json.loads(args.out.read_text())
+        attach_server_times(result, scratch / "llama_server.log")
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        return
     if not (PEER / "guidellm").exists():
         sys.exit(f"no guidellm in {PEER}: see this script's docstring")
     gguf = resolve_model_file("builtin:smollm2-135m-q4_1")
     tokenizer_dir(gguf)
-    scratch = HERE / ".cache"
     server = start_server(gguf, args.port, args.threads, scratch / "llama_server.log", args.interrupt)
     url, points = f"http://127.0.0.1:{args.port}", []
     try:
@@ -201,6 +291,7 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=30)
     result = {
+        "summary": summarize(points),
         "load": {k: getattr(args, k) for k in ("requests", "concurrency", "rounds", "input_len", "output_len", "seed")},
         "server": {
             "kind": "llama_cpp.server 0.3.36",
@@ -212,6 +303,7 @@ def main() -> None:
         "diff_pct_is": "(guidellm - margin) / margin",
         "points": points,
     }
+    attach_server_times(result, scratch / "llama_server.log")
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
 

@@ -201,42 +201,47 @@ def bench(
     plots: Annotated[Path | None, Opt(help="Write PNG plots into this directory.")] = None,
 ) -> None:
     """Serving benchmark of an OpenAI-compatible endpoint: latency, throughput, goodput, $/1K tokens, J/token, gCO2e."""
-    from margin.bench import loadgen, metrics
-    from margin.bench.prompts import PromptSpec
-    from margin.bench.runner import BenchConfig
-
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 180)
     try:
-        if energy_meter not in ("auto", "nvml", "rapl", "model", "none"):
-            raise InvalidRequest("--energy-meter must be auto, nvml, rapl, model or none")
-        meter = cast("MeterChoice", energy_meter)
-        body = orjson.loads(extra_body) if extra_body else {}
-        target = loadgen.Target(base_url, model, endpoint, api_key, ignore_eos, body, timeout)
-        config_obj = BenchConfig(
-            target=target,
-            shapes=build_shapes(concurrency, rate, burstiness, duration, num_requests, seed),
-            prompts=PromptSpec(dataset, 0, seed, input_len, output_len, range_ratio, max_tokens),
-            warmup=warmup,
-            slos_ms=metrics.parse_slos(slo or []),
-            econ=build_econ(
-                usd_per_hour,
-                (energy_overhead, network_overhead),
-                (power_w, idle_w),
-                region,
-                pue,
-                usd_per_kwh,
-                price_model,
-                config,
-                tco_backend,
-            ),
-            meter=meter,
-            quantization=quantization,
-        )
-        execute(config_obj, out, plots, console)
+        execute(make_config(dict(locals())), out, plots, console)
     except orjson.JSONDecodeError as exc:
         raise _fail(f"--extra-body is not JSON: {exc}") from exc
     except MarginError as exc:
         raise _fail(exc.message) from exc
+
+
+def make_config(o: dict[str, Any]) -> BenchConfig:
+    """`margin bench`'s options (by parameter name) → a BenchConfig."""
+    from margin.bench import loadgen, metrics
+    from margin.bench.prompts import PromptSpec
+    from margin.bench.runner import BenchConfig
+
+    if o["energy_meter"] not in ("auto", "nvml", "rapl", "model", "none"):
+        raise InvalidRequest("--energy-meter must be auto, nvml, rapl, model or none")
+    body = orjson.loads(o["extra_body"]) if o["extra_body"] else {}
+    target = loadgen.Target(o["base_url"], o["model"], o["endpoint"], o["api_key"], o["ignore_eos"], body, o["timeout"])
+    econ = build_econ(
+        o["usd_per_hour"],
+        (o["energy_overhead"], o["network_overhead"]),
+        (o["power_w"], o["idle_w"]),
+        o["region"],
+        o["pue"],
+        o["usd_per_kwh"],
+        o["price_model"],
+        o["config"],
+        o["tco_backend"],
+    )
+    seed = o["seed"]
+    return BenchConfig(
+        target=target,
+        shapes=build_shapes(o["concurrency"], o["rate"], o["burstiness"], o["duration"], o["num_requests"], seed),
+        prompts=PromptSpec(o["dataset"], 0, seed, o["input_len"], o["output_len"], o["range_ratio"], o["max_tokens"]),
+        warmup=o["warmup"],
+        slos_ms=metrics.parse_slos(o["slo"] or []),
+        econ=econ,
+        meter=cast("MeterChoice", o["energy_meter"]),
+        quantization=o["quantization"],
+    )
 
 
 def _fail(message: str) -> typer.Exit:

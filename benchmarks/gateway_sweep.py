@@ -58,8 +58,21 @@ def run_one(port: int, cycle: list[tuple[str, bytes]], rate: float, seconds: flo
     return uvloop.run(open_loop("127.0.0.1", port, cycle, rate, seconds))
 
 
+def wait_quiet(pids: list[int], idle_share: float = 0.05, limit_s: float = 60.0) -> float:
+    """Wait until the servers are idle (under `idle_share` of a core each over half a second), so that a
+    backlog left by a collapsed run does not spill into the next one; returns the seconds waited."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit_s:
+        before = [cpu_seconds(pid) for pid in pids]
+        time.sleep(0.5)
+        if all(cpu_seconds(pid) - used < idle_share * 0.5 for pid, used in zip(pids, before, strict=True)):
+            break
+    return round(time.perf_counter() - started, 1)
+
+
 def measure(servers: Servers, name: str, rate: float, seconds: float, cycle: list[tuple[str, bytes]]) -> dict[str, Any]:
     pids = {"gateway": servers.pid(name), "upstream": servers.pid("direct")}
+    quiet_after_s = wait_quiet([pid for pid in pids.values() if pid is not None])
     before = {role: cpu_seconds(pid) for role, pid in pids.items() if pid is not None}
     load_before = os.getloadavg()[0]
     outcome = run_one(servers.port(name), cycle, rate, seconds)
@@ -81,6 +94,7 @@ def measure(servers: Servers, name: str, rate: float, seconds: float, cycle: lis
         **{f"{role}_cpu_pct": round(100 * s / outcome.wall_s, 1) for role, s in used.items()},
         **{f"{role}_cpu_us_per_request": round(1e6 * s / completed, 1) for role, s in used.items() if completed},
         loadavg_1m_before=round(load_before, 2),
+        quiet_after_s=quiet_after_s,
     )
 
 

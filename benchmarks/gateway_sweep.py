@@ -167,7 +167,11 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, e
     direct = results.get("direct", [])
     paths: dict[str, Any] = {}
     for name, entries in results.items():
-        paths[name] = {"rates": entries, "max_sustained_rps": summary.max_sustained_rps(entries)}
+        paths[name] = {
+            "rates": entries,
+            "max_sustained_rps": summary.max_sustained_rps(entries),
+            "max_served_rps": summary.max_served_rps(entries),
+        }
         if name != "direct" and direct:
             paths[name]["added_vs_direct"] = summary.added_latency(entries, direct)
     margin, litellm = paths.get("margin", {}), paths.get("litellm", {})
@@ -185,6 +189,7 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, e
         },
         "paths": paths,
         "margin_over_litellm_max_sustained": summary.ratio(margin_max, litellm_max),
+        "margin_over_litellm_max_served": summary.ratio(margin.get("max_served_rps"), litellm.get("max_served_rps")),
         "targets": {
             "margin_added_p99_ms_at_500": {"target": 1.0, "measured": at_500["added_p99_ms"] if at_500 else None},
             "margin_max_sustained_over_litellm": {
@@ -206,6 +211,21 @@ def machine() -> dict[str, Any]:
     }
 
 
+def resummarise(args: argparse.Namespace) -> None:
+    """Recompute the summary (max sustained/served RPS, added latency, targets) and the figure of an
+    earlier result from its per-rate entries, e.g. after a summary definition was added."""
+    earlier = json.loads(args.from_json.read_text())
+    results = {name: path["rates"] for name, path in earlier["paths"].items()}
+    args.label, args.seconds = earlier.get("label", ""), earlier["seconds_per_rate"]
+    args.stream_share = earlier["stream_share"]
+    keep = ("margin_ledger_rows_written", "machine", "versions", "when")
+    result = report(results, args, {key: earlier[key] for key in keep if key in earlier})
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    from sweep_plot import plot
+
+    plot(result, args.png or args.out.with_suffix(".png"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", default="100,250,500,1000,2000")
@@ -217,21 +237,31 @@ def main() -> None:
         default=[50.0, 25.0, 10.0, 5.0],
         help="lower rates tried, highest first, for a gateway that sustains none of --rates",
     )
+    parser.add_argument(
+        "--margin-before-src",
+        type=Path,
+        default=None,
+        help="src/ of an older margin checkout, run as path `margin_before` (add it to --paths)",
+    )
     parser.add_argument("--stream-share", type=float, default=0.5)
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--pause", type=float, default=1.0, help="seconds of rest before each run")
     parser.add_argument("--label", default="", help="free text stored in the JSON (e.g. before/after)")
     parser.add_argument("--out", type=Path, default=RESULTS / "gateway_sweep.json")
     parser.add_argument("--png", type=Path, default=None, help="default: --out with .png")
+    parser.add_argument("--from-json", type=Path, default=None, help="re-summarise an earlier result, no run")
     args = parser.parse_args()
+    if args.from_json is not None:
+        resummarise(args)
+        return
     rates = [float(r) for r in args.rates.split(",")]
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     if "litellm" in paths and not (LITELLM_VENV / "bin" / "litellm").exists():
         raise SystemExit(f"no LiteLLM at {LITELLM_VENV}: see benchmarks/README.md, or leave it out with --paths")
     with tempfile.TemporaryDirectory() as tmp, Servers(Path(tmp), free_port) as servers:
-        servers.start(paths, start_upstream)
+        servers.start(paths, start_upstream, args.margin_before_src)
         results = sweep(servers, paths, rates, args.seconds, args)
-        rows = ledger_rows(Path(tmp) / "ledger.db") if "margin" in paths else None
+        rows = ledger_rows(Path(tmp) / "margin" / "ledger.db") if "margin" in paths else None
         versions = servers.versions()
     extra = {
         "margin_ledger_rows_written": rows,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-COLORS = {"direct": "#555555", "margin": "#1f77b4", "litellm": "#d62728"}
+COLORS = {"direct": "#555555", "margin": "#1f77b4", "margin_before": "#9ecae1", "litellm": "#d62728"}
 
 
 def plot(result: dict[str, Any], out: Path) -> None:

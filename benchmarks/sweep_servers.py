@@ -100,19 +100,33 @@ class Servers:
             except subprocess.TimeoutExpired:
                 process.kill()
 
-    def start(self, paths: list[str], start_upstream: Callable[[int], subprocess.Popen[bytes]]) -> None:
+    def start(
+        self,
+        paths: list[str],
+        start_upstream: Callable[[int], subprocess.Popen[bytes]],
+        margin_before_src: Path | None = None,
+    ) -> None:
         self.ports["direct"] = self.free_port()
         self.processes["direct"] = start_upstream(self.ports["direct"])
         if "margin" in paths:
-            self._start_margin()
+            self._start_margin("margin")
+        if "margin_before" in paths:
+            if margin_before_src is None:
+                raise SystemExit("the margin_before path needs --margin-before-src")
+            self._start_margin("margin_before", margin_before_src)
         if "litellm" in paths:
             self._start_litellm()
 
-    def _start_margin(self) -> None:
-        port = self.ports["margin"] = self.free_port()
-        config = margin_config(self.workdir, self.ports["direct"], port)
-        self.processes["margin"] = process = subprocess.Popen(
-            [sys.executable, "-m", "margin", "serve", "--config", str(config)], stdout=subprocess.DEVNULL
+    def _start_margin(self, name: str, src: Path | None = None) -> None:
+        """`margin serve` from this environment, or from another source tree (`src`: an older checkout's
+        src/ directory, for before/after comparisons in one run)."""
+        port = self.ports[name] = self.free_port()
+        workdir = self.workdir / name
+        workdir.mkdir(exist_ok=True)
+        config = margin_config(workdir, self.ports["direct"], port)
+        env = {**os.environ, "PYTHONPATH": str(src)} if src is not None else None
+        self.processes[name] = process = subprocess.Popen(
+            [sys.executable, "-m", "margin", "serve", "--config", str(config)], stdout=subprocess.DEVNULL, env=env
         )
         wait_ready(f"http://127.0.0.1:{port}/healthz", process)
 

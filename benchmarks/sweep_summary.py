@@ -69,6 +69,19 @@ def max_sustained_rps(entries: Iterable[Mapping[str, Any]], **criteria: float) -
     return max(passed) if passed else None
 
 
+def max_served_rps(entries: Iterable[Mapping[str, Any]], min_share: float = 0.99) -> float | None:
+    """The highest offered rate answered without loss, whatever the latency: ≥ 99 % success and ≥ 99 % of
+    the offered rate achieved. On a machine shared with other jobs the p99 bound of `max_sustained_rps`
+    mostly measures the scheduler; this is the throughput ceiling beside it."""
+    passed = [
+        entry["offered_rps"]
+        for entry in entries
+        if entry.get("success_pct", 0.0) >= 100 * min_share
+        and entry.get("achieved_rps", 0.0) >= min_share * entry["offered_rps"]
+    ]
+    return max(passed) if passed else None
+
+
 def is_collapsed(entry: Mapping[str, Any], threshold_pct: float = COLLAPSED_SUCCESS_PCT) -> bool:
     return bool(entry.get("success_pct", 0.0) < threshold_pct)
 

@@ -91,3 +91,15 @@ def test_collapse_and_ratio() -> None:
     assert summary.ratio(1000, None) is None
     assert summary.ratio(None, 40) is None
     assert summary.ratio(1000, 0) is None
+
+
+def test_max_served_ignores_latency_but_not_loss() -> None:
+    rates = [
+        {**entry(100, 100.0, 900.0, 5000.0), "achieved_rps": 100.0},  # slow but all answered
+        {**entry(250, 99.5, 2.0, 9.0), "achieved_rps": 240.0},  # answered, but below 99 % of the offered rate
+        {**entry(500, 95.0, 2.0, 9.0), "achieved_rps": 500.0},  # lost requests
+        {"offered_rps": 1000, "skipped": "collapsed at 500 RPS"},
+    ]
+    assert summary.max_served_rps(rates) == 100
+    assert summary.max_sustained_rps(rates) == 250  # the definition has no achieved-rate bound
+    assert summary.max_served_rps(rates[1:]) is None

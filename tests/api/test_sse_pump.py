@@ -52,3 +52,8 @@ async def test_events_not_ready_go_out_one_by_one() -> None:
 async def test_held_events_are_written_when_the_stream_ends() -> None:
     assert await _bodies([(b"a", False), (b"b", True), (b"c", True)]) == [b"a", b"bc"]
     assert await _bodies([]) == []
+
+
+async def test_an_empty_release_frame_flushes_without_sending_an_empty_body() -> None:
+    assert await _bodies([(b"a", True), (b"", False), (b"c", False)]) == [b"a", b"c"]
+    assert await _bodies([(b"", False)]) == []

@@ -94,10 +94,12 @@ class SSEResponse:
             await self._write(send, held)
 
     async def _write(self, send: Send, held: list[bytes]) -> None:
-        started = time.perf_counter()
-        await send({"type": "http.response.body", "body": b"".join(held), "more_body": True})
-        self.ctx.client_wait_s += time.perf_counter() - started
+        body = b"".join(held)
         held.clear()
+        if body:
+            started = time.perf_counter()
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            self.ctx.client_wait_s += time.perf_counter() - started
 
     async def _watch(self, receive: Receive, pump: asyncio.Task[None]) -> None:
         while True:

@@ -128,6 +128,9 @@ class MeteredStream:
             if framed is not None:
                 self.ready = chunk.more
                 return framed
+            if self.ready and not chunk.more:  # a dropped event ended the burst: release what the responder holds
+                self.ready = False
+                return b""
         self.ready = False
         raise StopAsyncIteration
 

@@ -111,12 +111,19 @@ def sweep(servers: Servers, paths: list[str], rates: list[float], seconds: float
         order = paths[index % len(paths) :] + paths[: index % len(paths)]
         for name in order:
             done = results[name]
+            if done and "server_exited" in done[-1]:
+                done.append({"offered_rps": rate, "skipped": f"server exited at {done[-1]['offered_rps']} RPS"})
+                print(f"{rate:>6} RPS {name:8} skipped (server exited)", flush=True)
+                continue
             if done and summary.is_collapsed(done[-1]):
                 done.append({"offered_rps": rate, "skipped": f"collapsed at {done[-1]['offered_rps']} RPS"})
                 print(f"{rate:>6} RPS {name:8} skipped (collapsed)", flush=True)
                 continue
             time.sleep(args.pause)
             entry = measure(servers, name, rate, seconds, cycles[name])
+            exited = servers.exit_code(name)
+            if exited is not None:  # a crashed gateway: say so, and try it no further
+                entry["server_exited"] = exited
             done.append(entry)
             print(
                 f"{rate:>6} RPS {name:8} achieved {entry['achieved_rps']:>7} ok {entry['success_pct']:>7}% "
@@ -141,6 +148,8 @@ def probe(
     one holds, so its ceiling is a number; the direct path runs at the same rates for the added latency."""
     lower = sorted((r for r in args.probe_rates if r < min(rates)), reverse=True)
     for name in [n for n in results if n != "direct"]:
+        if servers.exit_code(name) is not None:
+            continue
         for rate in lower:
             if summary.max_sustained_rps(results[name]) is not None:
                 break

@@ -152,6 +152,11 @@ class Servers:
     def port(self, name: str) -> int:
         return self.ports[name]
 
+    def exit_code(self, name: str) -> int | None:
+        """None while the path's process runs (or for a path without one); else its exit code (< 0: signal)."""
+        process = self.processes.get(name)
+        return None if process is None else process.poll()
+
     def pid(self, name: str) -> int | None:
         process = self.processes.get(name)
         return process.pid if process else None

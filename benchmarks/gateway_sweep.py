@@ -236,7 +236,7 @@ def resummarise(args: argparse.Namespace) -> None:
     results = {name: path["rates"] for name, path in earlier["paths"].items()}
     args.label, args.seconds = earlier.get("label", ""), earlier["seconds_per_rate"]
     args.stream_share = earlier["stream_share"]
-    keep = ("margin_ledger_rows_written", "machine", "versions", "when")
+    keep = ("margin_ledger_rows_written", "machine", "versions", "when", "notes")
     result = report(results, args, {key: earlier[key] for key in keep if key in earlier})
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     from sweep_plot import plot

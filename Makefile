@@ -6,7 +6,7 @@ LOCAL_STAMP := $(VENV)/.installed-local
 TEST_STAMP := $(VENV)/.installed-test
 ARGS ?=
 
-.PHONY: serve test lint typecheck unit integration bench clean
+.PHONY: serve test lint typecheck unit integration bench bench-sweep clean
 
 serve: $(LOCAL_STAMP)
 	$(BIN)/margin serve $(ARGS)
@@ -31,6 +31,15 @@ bench: $(TEST_STAMP)
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/local_backend.py
 	$(BIN)/python benchmarks/admission.py
+
+# The gateway sweep's peer: LiteLLM's proxy in its own virtualenv (benchmark only; pinned, 1.107.0 was compromised)
+LITELLM_VENV := benchmarks/.venv-litellm
+$(LITELLM_VENV)/bin/litellm:
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install -q --disable-pip-version-check 'litellm[proxy]==1.106.2'
+
+bench-sweep: $(TEST_STAMP) $(LITELLM_VENV)/bin/litellm
+	$(BIN)/python benchmarks/gateway_sweep.py $(ARGS)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

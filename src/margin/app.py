@@ -6,15 +6,17 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from margin.api import admin, feedback, inference, meta
 from margin.api.responses import error_response
@@ -49,6 +51,35 @@ def _watch_sighup(services: Services) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: services.spawn(services.reload()))
 
 
+Handler = Callable[[Request], Awaitable[Response | ASGIApp]]
+
+
+class Gateway(Starlette):
+    """Starlette, except that the inference POSTs go straight to their handlers, past the router and the two
+    error middlewares (a few tens of µs a request, on the hottest path). Errors end the same way: a handler's
+    unexpected exception becomes the same 500 answer and is re-raised for the server to log."""
+
+    def __init__(self, *, fast: dict[str, Handler], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fast = fast
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = None
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            handler = self.fast.get(scope["path"])
+        if handler is None:
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        request = Request(scope, receive, send)
+        try:
+            response = await handler(request)
+        except Exception as exc:
+            await (await _unexpected(request, exc))(scope, receive, send)
+            raise
+        await response(scope, receive, send)
+
+
 def build_app(
     settings: Settings, registry: BackendRegistry | None = None, config_path: Path | None = None
 ) -> Starlette:
@@ -64,10 +95,13 @@ def build_app(
         finally:
             await services.close()
 
+    fast: dict[str, Handler] = {
+        "/v1/chat/completions": inference.chat_completions,
+        "/v1/completions": inference.completions,
+        "/v1/embeddings": inference.embeddings,
+    }
     routes = [
-        Route("/v1/chat/completions", inference.chat_completions, methods=["POST"]),
-        Route("/v1/completions", inference.completions, methods=["POST"]),
-        Route("/v1/embeddings", inference.embeddings, methods=["POST"]),
+        *(Route(path, handler, methods=["POST"]) for path, handler in fast.items()),
         Route("/v1/models", meta.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", meta.get_model, methods=["GET"]),
         Route("/healthz", meta.healthz, methods=["GET"]),
@@ -76,7 +110,8 @@ def build_app(
         *dashboard.routes(),
         *feedback.routes(),
     ]
-    return Starlette(
+    return Gateway(
+        fast=fast,
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},

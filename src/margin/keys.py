@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -132,7 +135,10 @@ class _Cached:
 
 
 class KeyCache:
-    """Key lookups for the request path: hashed, cached for `ttl_s` (revocation takes effect within it)."""
+    """Key lookups for the request path: hashed, cached for `ttl_s` (revocation takes effect within it).
+    When an entry expires, one query refreshes it and the requests arriving meanwhile wait for that query
+    instead of each sending its own (under load, each expiry was a stampede of queries that made new
+    database connections and stalled requests for seconds)."""
 
     def __init__(self, engine: Any, ttl_s: float = 5.0, max_entries: int = 10_000) -> None:
         self._engine = engine  # AsyncEngine
@@ -140,21 +146,38 @@ class KeyCache:
         self._max = max_entries
         self._entries: dict[str, _Cached] = {}
         self._active: tuple[int, float] = (0, 0.0)
+        self._inflight: dict[str, asyncio.Future[Any]] = {}
 
     @property
     def open_mode(self) -> bool:
         """True when, at the last look, no active key existed (the gateway then runs open)."""
         return self._active[0] == 0
 
-    async def active_keys(self) -> int:
-        import time
+    async def _once(self, name: str, query: Callable[[], Awaitable[Any]]) -> Any:
+        """Run `query` once for all concurrent callers asking for the same `name`."""
+        future = self._inflight.get(name)
+        if future is None:
+            future = self._inflight[name] = asyncio.ensure_future(query())
+            future.add_done_callback(lambda done: self._forget_inflight(name, done))
+        return await asyncio.shield(future)
 
+    def _forget_inflight(self, name: str, future: asyncio.Future[Any]) -> None:
+        if self._inflight.get(name) is future:
+            del self._inflight[name]
+        if not future.cancelled():
+            future.exception()  # retrieved here too, so a failure nobody awaited any more is not logged as lost
+
+    async def active_keys(self) -> int:
         count, expires = self._active
-        if time.monotonic() >= expires:
-            async with self._engine.connect() as connection:
-                query = sa.select(sa.func.count()).select_from(api_keys).where(api_keys.c.revoked_at.is_(None))
-                count = int((await connection.execute(query)).scalar_one())
-            self._active = (count, time.monotonic() + self._ttl)
+        if time.monotonic() < expires:
+            return count
+        return int(await self._once("", self._count_active))
+
+    async def _count_active(self) -> int:
+        async with self._engine.connect() as connection:
+            query = sa.select(sa.func.count()).select_from(api_keys).where(api_keys.c.revoked_at.is_(None))
+            count = int((await connection.execute(query)).scalar_one())
+        self._active = (count, time.monotonic() + self._ttl)
         return count
 
     def forget(self) -> None:
@@ -163,13 +186,15 @@ class KeyCache:
         self._active = (self._active[0], 0.0)
 
     async def lookup(self, key: str) -> KeyRecord | None:
-        import time
-
         digest = hash_key(key)
         cached = self._entries.get(digest)
-        now = time.monotonic()
-        if cached is not None and now < cached.expires:
+        if cached is not None and time.monotonic() < cached.expires:
             return cached.record
+        record: KeyRecord | None = await self._once(f"key:{digest}", lambda: self._load(digest))
+        return record
+
+    async def _load(self, digest: str) -> KeyRecord | None:
+        now = time.monotonic()
         async with self._engine.connect() as connection:
             row = (
                 await connection.execute(

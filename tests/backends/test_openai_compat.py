@@ -146,3 +146,54 @@ def test_delta_text_reads_chat_and_completion_chunks() -> None:
     assert delta_text({"choices": [{"delta": {"content": "hi"}}]}) == "hi"
     assert delta_text({"choices": [{"text": "yo"}]}) == "yo"
     assert delta_text({"choices": [], "usage": {}}) == ""
+
+
+class _Content:
+    def __init__(self, reads: list[bytes]) -> None:
+        self.reads = reads
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        for data in self.reads:
+            yield data
+
+
+class _Response:
+    def __init__(self, reads: list[bytes]) -> None:
+        self.content = _Content(reads)
+
+
+async def _events(reads: list[bytes]) -> list[tuple[bytes | None, bool]]:
+    from margin.backends.openai_compat import OpenAIBackend
+    from margin.config import OpenAIBackendConfig
+
+    backend = OpenAIBackend("up", OpenAIBackendConfig(base_url="http://127.0.0.1:1/v1"))
+    return [(chunk.raw, chunk.more) async for chunk in backend._events(_Response(reads))]  # type: ignore[arg-type]
+
+
+async def test_stream_events_of_one_read_are_marked_more_except_the_last() -> None:
+    one, two, three = (b'{"choices":[{"delta":{"content":"%d"}}]}' % i for i in (1, 2, 3))
+    reads = [
+        b"data: " + one + b"\n\n: keep-alive comment\r\ndata: " + two + b"\r\n\r\ndata: " + three[:10],
+        three[10:] + b"\n\n",
+        b"data: [DONE]\n\ndata: " + one + b"\n\n",  # nothing after [DONE] is read
+    ]
+    assert await _events(reads) == [(one, True), (two, False), (three, False)]
+
+
+async def test_stream_event_without_final_newline_and_without_done() -> None:
+    one = b'{"choices":[{"delta":{"content":"x"}}]}'
+    assert await _events([b"data: " + one + b"\n\ndata: " + one]) == [(one, False), (one, False)]
+    assert await _events([b"data: " + one + b"\n\n", b"data: " + one + b"\n\n"]) == [(one, False), (one, False)]
+
+
+async def test_invalid_stream_event_is_a_backend_error_after_the_good_ones() -> None:
+    one = b'{"choices":[{"delta":{"content":"x"}}]}'
+    seen: list[bytes | None] = []
+    with pytest.raises(BackendError, match="invalid stream event"):
+        from margin.backends.openai_compat import OpenAIBackend
+        from margin.config import OpenAIBackendConfig
+
+        backend = OpenAIBackend("up", OpenAIBackendConfig(base_url="http://127.0.0.1:1/v1"))
+        async for chunk in backend._events(_Response([b"data: " + one + b"\n\ndata: {oops\n\n"])):  # type: ignore[arg-type]
+            seen.append(chunk.raw)
+    assert seen == [one]

@@ -83,11 +83,23 @@ class SSEResponse:
             await send({"type": "http.response.body", "body": closing_comment(self.ctx) + DONE, "more_body": False})
 
     async def _pump(self, send: Send) -> None:
-        ctx = self.ctx
+        """Events go out as soon as they are framed; events the backend already holds (`ready`) are joined
+        to the one before them, so a burst costs one write, not one per event."""
+        held: list[bytes] = []
         async for data in self.stream:
+            held.append(data)
+            if not self.stream.ready:
+                await self._write(send, held)
+        if held:
+            await self._write(send, held)
+
+    async def _write(self, send: Send, held: list[bytes]) -> None:
+        body = b"".join(held)
+        held.clear()
+        if body:
             started = time.perf_counter()
-            await send({"type": "http.response.body", "body": data, "more_body": True})
-            ctx.client_wait_s += time.perf_counter() - started
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            self.ctx.client_wait_s += time.perf_counter() - started
 
     async def _watch(self, receive: Receive, pump: asyncio.Task[None]) -> None:
         while True:

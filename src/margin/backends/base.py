@@ -75,12 +75,15 @@ class Completion:
 
 @dataclass(slots=True)
 class Chunk:
-    """One streamed event. `raw` is forwarded untouched when set; `text` is the new content."""
+    """One streamed event. `raw` is forwarded untouched when set; `text` is the new content. `more` says the
+    backend already holds the next event (it arrived in the same read), so the responder may write both at
+    once without waiting for anything."""
 
     payload: dict[str, Any]
     raw: bytes | None = None
     text: str = ""
     usage: Usage | None = None
+    more: bool = False
 
     @property
     def is_usage_only(self) -> bool:

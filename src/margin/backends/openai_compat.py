@@ -172,19 +172,34 @@ class OpenAIBackend:
                 response.close()  # stop the upstream's generation: drop the connection
 
     async def _events(self, response: aiohttp.ClientResponse) -> AsyncIterator[Chunk]:
-        async for raw_line in response.content:
-            line = raw_line.strip()
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                return
-            try:
-                payload = orjson.loads(data)
-            except orjson.JSONDecodeError as exc:
-                raise BackendError(f"upstream {self.name} sent an invalid stream event") from exc
-            if "error" in payload and "choices" not in payload:
-                message, _code = _upstream_message(data)
-                raise BackendError(f"upstream {self.name} failed mid-stream: {message}")
-            usage = Usage.from_openai(payload.get("usage")) if payload.get("usage") else None
-            yield Chunk(payload=payload, raw=data, text=delta_text(payload), usage=usage)
+        """SSE events as they arrive: every read takes all the bytes already received, so the events of one
+        read are parsed together and marked `more` (all but the last), which lets the responder write them
+        to the client at once. Nothing waits for more data than the first event needs."""
+        pending = b""
+        async for data in response.content.iter_any():
+            *lines, pending = (pending + data).split(b"\n")
+            events = [event for line in lines if (event := _event_data(line)) is not None]
+            for index, event in enumerate(events):
+                if event == b"[DONE]":
+                    return
+                yield self._chunk(event, more=index + 1 < len(events))
+        event = _event_data(pending)
+        if event is not None and event != b"[DONE]":
+            yield self._chunk(event, more=False)
+
+    def _chunk(self, data: bytes, *, more: bool) -> Chunk:
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise BackendError(f"upstream {self.name} sent an invalid stream event") from exc
+        if "error" in payload and "choices" not in payload:
+            message, _code = _upstream_message(data)
+            raise BackendError(f"upstream {self.name} failed mid-stream: {message}")
+        usage = Usage.from_openai(payload.get("usage")) if payload.get("usage") else None
+        return Chunk(payload=payload, raw=data, text=delta_text(payload), usage=usage, more=more)
+
+
+def _event_data(line: bytes) -> bytes | None:
+    """The data of an SSE `data:` line; None for anything else (comments, other fields, blank lines)."""
+    line = line.strip()
+    return line[5:].strip() if line.startswith(b"data:") else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -60,6 +61,7 @@ class Governance:
         self.store = store or make_store(settings)
         self.rules: Rules = build_rules(settings, [])
         self._seeded: set[str] = set()
+        self._seeding: dict[str, asyncio.Future[None]] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -91,15 +93,29 @@ class Governance:
                 log.exception("refreshing governance rules failed; keeping the previous ones")
 
     async def seed(self, holds: list[BudgetHold], now: datetime) -> None:
-        """Reconcile a counter from the ledger the first time this process uses it."""
+        """Reconcile a counter from the ledger the first time this process uses it. Requests arriving while
+        that runs wait for the same reconciliation (one ledger scan, not one per request)."""
         for item in holds:
             name = item.hold.counter
             if name in self._seeded:
                 continue
-            spent = await ledger_spent(self.engine, item.budget, now)
-            if await self.store.seed(name, spent, item.hold.expire_s):
-                log.info("budget %s: reconciled spent=%d from the ledger", name, spent)
-            self._seeded.add(name)
+            seeding = self._seeding.get(name)
+            if seeding is None:
+                seeding = self._seeding[name] = asyncio.ensure_future(self._seed(item, now))
+                seeding.add_done_callback(functools.partial(self._seeded_or_failed, name))
+            await asyncio.shield(seeding)
+
+    def _seeded_or_failed(self, name: str, seeding: asyncio.Future[None]) -> None:
+        self._seeding.pop(name, None)  # after a failure, the next request tries again
+        if not seeding.cancelled():
+            seeding.exception()  # the waiters got it; never reported as lost
+
+    async def _seed(self, item: BudgetHold, now: datetime) -> None:
+        name = item.hold.counter
+        spent = await ledger_spent(self.engine, item.budget, now)
+        if await self.store.seed(name, spent, item.hold.expire_s):
+            log.info("budget %s: reconciled spent=%d from the ledger", name, spent)
+        self._seeded.add(name)
 
     async def settle(self, admission: Admission, cost_nanousd: int | None, tokens_in: int, tokens_out: int) -> None:
         actual: dict[str, int] = {}

@@ -45,6 +45,7 @@ class MeteredStream:
         self._usage_sent = False
         self._done = False
         self._closed = False
+        self.ready = False  # the next event is already in memory: a responder may hold this one to join it
 
     async def _next(self) -> Chunk | None:
         started = time.perf_counter()
@@ -120,18 +121,24 @@ class MeteredStream:
                 self._done = True
                 closing = self._closing_usage()
                 if closing is not None:
+                    self.ready = False
                     return closing
                 break
             framed = self._frame(chunk)
             if framed is not None:
+                self.ready = chunk.more
                 return framed
+            if self.ready and not chunk.more:  # a dropped event ended the burst: release what the responder holds
+                self.ready = False
+                return b""
+        self.ready = False
         raise StopAsyncIteration
 
     def _fail(self, exc: Exception) -> bytes:
         """A mid-stream failure: the client gets an OpenAI error event, the ledger the delivered tokens."""
         error = _translate(self._backend, exc)
         self.ctx.fail(error, status="upstream_error")
-        self._done = True
+        self._done, self.ready = True, False
         return sse(orjson.dumps(error.to_body()))
 
     async def aclose(self) -> None:

@@ -1,0 +1,170 @@
+"""The processes of the gateway sweep: the fake upstream, `margin serve` and LiteLLM's proxy, each in its own
+process with one worker, and the CPU time each uses (from /proc, children included)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from overhead import wait_ready
+
+HERE = Path(__file__).resolve().parent
+LITELLM_VENV = HERE / ".venv-litellm"
+LITELLM_VERSION = "1.106.2"  # pinned: benchmark-only peer (1.107.0 was a compromised release; never use it)
+LITELLM_KEY = "sk-bench-master-key"
+CLOCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / CLOCK
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += times.get(current, 0.0)
+        todo.extend(children.get(current, []))
+    return total
+
+
+def margin_config(workdir: Path, upstream_port: int, port: int) -> Path:
+    """Ledger (SQLite), a global budget and a global rate limit, both far above what the sweep spends, so
+    they are checked and charged on every request without rejecting any."""
+    config = workdir / "margin.yaml"
+    config.write_text(
+        f"server: {{log_level: warning, port: {port}}}\n"
+        f"storage: {{ledger: 'sqlite:///{workdir / 'ledger.db'}'}}\n"
+        "backends:\n"
+        f"  up: {{kind: openai, base_url: 'http://127.0.0.1:{upstream_port}/v1'}}\n"
+        "models:\n"
+        "  bench: {backend: up, upstream_model: fake-upstream, price: {input: '0.15', output: '0.60'}}\n"
+        "budgets:\n"
+        "  - {name: bench-budget, scope: {kind: global}, usd: 1000000, period: month}\n"
+        "limits:\n"
+        "  - {scope: {kind: global}, rpm: 100000000, tpm: 10000000000}\n"
+    )
+    return config
+
+
+def litellm_config(workdir: Path, upstream_port: int) -> Path:
+    config = workdir / "litellm.yaml"
+    config.write_text(
+        "model_list:\n"
+        "  - model_name: bench\n"
+        "    litellm_params:\n"
+        "      model: openai/fake-upstream\n"
+        f"      api_base: http://127.0.0.1:{upstream_port}/v1\n"
+        "      api_key: sk-fake\n"
+        "litellm_settings:\n"
+        "  set_verbose: false\n"
+        "  json_logs: false\n"
+        "general_settings:\n"
+        f"  master_key: {LITELLM_KEY}\n"
+    )
+    return config
+
+
+class Servers:
+    """Starts the paths' processes and stops them on exit. `direct` is the upstream itself."""
+
+    def __init__(self, workdir: Path, free_port: Callable[[], int]) -> None:
+        self.workdir = workdir
+        self.free_port = free_port
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.ports: dict[str, int] = {}
+
+    def __enter__(self) -> Servers:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        for process in reversed(list(self.processes.values())):
+            process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def start(
+        self,
+        paths: list[str],
+        start_upstream: Callable[[int], subprocess.Popen[bytes]],
+        margin_before_src: Path | None = None,
+    ) -> None:
+        self.ports["direct"] = self.free_port()
+        self.processes["direct"] = start_upstream(self.ports["direct"])
+        if "margin" in paths:
+            self._start_margin("margin")
+        if "margin_before" in paths:
+            if margin_before_src is None:
+                raise SystemExit("the margin_before path needs --margin-before-src")
+            self._start_margin("margin_before", margin_before_src)
+        if "litellm" in paths:
+            self._start_litellm()
+
+    def _start_margin(self, name: str, src: Path | None = None) -> None:
+        """`margin serve` from this environment, or from another source tree (`src`: an older checkout's
+        src/ directory, for before/after comparisons in one run)."""
+        port = self.ports[name] = self.free_port()
+        workdir = self.workdir / name
+        workdir.mkdir(exist_ok=True)
+        config = margin_config(workdir, self.ports["direct"], port)
+        env = {**os.environ, "PYTHONPATH": str(src)} if src is not None else None
+        self.processes[name] = process = subprocess.Popen(
+            [sys.executable, "-m", "margin", "serve", "--config", str(config)], stdout=subprocess.DEVNULL, env=env
+        )
+        wait_ready(f"http://127.0.0.1:{port}/healthz", process)
+
+    def _start_litellm(self) -> None:
+        port = self.ports["litellm"] = self.free_port()
+        config = litellm_config(self.workdir, self.ports["direct"])
+        env = {
+            **os.environ,
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            "LITELLM_LOG": "ERROR",
+            "LITELLM_MODE": "PRODUCTION",
+            "DISABLE_SCHEMA_UPDATE": "True",
+        }
+        env.pop("DATABASE_URL", None)
+        command = [str(LITELLM_VENV / "bin" / "litellm"), "--config", str(config), "--host", "127.0.0.1"]
+        command += ["--port", str(port), "--num_workers", "1"]
+        log = (self.workdir / "litellm.log").open("wb")
+        self.processes["litellm"] = process = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
+        )
+        wait_ready(f"http://127.0.0.1:{port}/health/liveliness", process, timeout_s=180)
+
+    def port(self, name: str) -> int:
+        return self.ports[name]
+
+    def exit_code(self, name: str) -> int | None:
+        """None while the path's process runs (or for a path without one); else its exit code (< 0: signal)."""
+        process = self.processes.get(name)
+        return None if process is None else process.poll()
+
+    def pid(self, name: str) -> int | None:
+        process = self.processes.get(name)
+        return process.pid if process else None
+
+    def versions(self) -> dict[str, Any]:
+        from importlib.metadata import version
+
+        found: dict[str, Any] = {"margin": version("margin")}
+        if "litellm" in self.processes:
+            found["litellm"] = LITELLM_VERSION
+        return found

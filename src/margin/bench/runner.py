@@ -4,7 +4,6 @@ economics, the client's own load and the raw request records. The result's schem
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import os
 import platform
 import sys
@@ -22,6 +21,7 @@ import orjson
 from margin.bench import economics, energy, loadgen, metrics
 from margin.bench.prompts import Prompt, PromptSpec, load_prompts
 from margin.bench.records import RequestRecord
+from margin.config import is_loopback
 
 SCHEMA = "margin.bench/1"
 
@@ -64,13 +64,7 @@ class BenchConfig:
 
 
 def is_local(base_url: str) -> bool:
-    host = urlparse(base_url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(urlparse(base_url).hostname or "")
 
 
 Progress = Callable[[str, int | None], Callable[[RequestRecord], None]]

@@ -5,18 +5,14 @@ config's `local` backend) and the plots must be PNG files."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import margin_serve
 
 pytestmark = pytest.mark.integration
 NO_EOS = '{"logit_bias": {"2": -100, "0": -100}}'  # SmolLM2's end tokens: every answer runs to max_tokens
@@ -25,31 +21,8 @@ NO_EOS = '{"logit_bias": {"2": -100, "0": -100}}'  # SmolLM2's end tokens: every
 @pytest.fixture(scope="module")
 def serve_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("bench-serve")
-    port, log = free_port(), root / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "margin", "serve", "--port", str(port), "--db", str(root / "ledger.db")],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "NO_COLOR": "1"},
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"margin serve exited: {log.read_text()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail(f"margin serve did not become ready: {log.read_text()}")
-    yield f"{url}/v1"
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=60)
+    with margin_serve(root / "ledger.db", root / "serve.log") as (url, _):
+        yield f"{url}/v1"
 
 
 def test_bench_against_margin_serve_with_the_local_model(serve_url: str, tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import openai
 import pytest
 import sqlalchemy as sa
 
-from tests.helpers import free_port
+from tests.helpers import margin_serve
 
 pytestmark = pytest.mark.integration
 NO_EOS = {"2": -100, "0": -100}  # SmolLM2's end tokens: generation then runs to max_tokens
@@ -53,32 +52,9 @@ def margin_command() -> list[str]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("serve")
-    port, db, log = free_port(), root / "ledger.db", root / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*margin_command(), "serve", "--port", str(port), "--db", str(db)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "NO_COLOR": "1"},
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"margin serve exited: {log.read_text()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail(f"margin serve did not become ready: {log.read_text()}")
-    yield Server(url, db, process, log)
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
+    db, log = root / "ledger.db", root / "serve.log"
+    with margin_serve(db, log) as (url, process):
+        yield Server(url, db, process, log)
 
 
 def test_banner_says_open_on_loopback(server: Server) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +13,7 @@ import sqlalchemy as sa
 
 from margin.errors import InvalidRequest, NotFound
 from margin.ledger.models import api_keys
+from margin.singleflight import SingleFlight
 
 PREFIX = "mgn"
 
@@ -146,32 +145,18 @@ class KeyCache:
         self._max = max_entries
         self._entries: dict[str, _Cached] = {}
         self._active: tuple[int, float] = (0, 0.0)
-        self._inflight: dict[str, asyncio.Future[Any]] = {}
+        self._flights = SingleFlight()
 
     @property
     def open_mode(self) -> bool:
         """True when, at the last look, no active key existed (the gateway then runs open)."""
         return self._active[0] == 0
 
-    async def _once(self, name: str, query: Callable[[], Awaitable[Any]]) -> Any:
-        """Run `query` once for all concurrent callers asking for the same `name`."""
-        future = self._inflight.get(name)
-        if future is None:
-            future = self._inflight[name] = asyncio.ensure_future(query())
-            future.add_done_callback(lambda done: self._forget_inflight(name, done))
-        return await asyncio.shield(future)
-
-    def _forget_inflight(self, name: str, future: asyncio.Future[Any]) -> None:
-        if self._inflight.get(name) is future:
-            del self._inflight[name]
-        if not future.cancelled():
-            future.exception()  # retrieved here too, so a failure nobody awaited any more is not logged as lost
-
     async def active_keys(self) -> int:
         count, expires = self._active
         if time.monotonic() < expires:
             return count
-        return int(await self._once("", self._count_active))
+        return int(await self._flights.run("active", self._count_active))
 
     async def _count_active(self) -> int:
         async with self._engine.connect() as connection:
@@ -190,7 +175,7 @@ class KeyCache:
         cached = self._entries.get(digest)
         if cached is not None and time.monotonic() < cached.expires:
             return cached.record
-        record: KeyRecord | None = await self._once(f"key:{digest}", lambda: self._load(digest))
+        record: KeyRecord | None = await self._flights.run(f"key:{digest}", lambda: self._load(digest))
         return record
 
     async def _load(self, digest: str) -> KeyRecord | None:

@@ -19,6 +19,7 @@ from margin.governance.rules import Rules, Subject, build_rules, load_rules, mat
 from margin.governance.specs import BudgetSpec
 from margin.governance.store import LocalStore, Store
 from margin.ledger.models import ledger
+from margin.singleflight import SingleFlight
 
 log = logging.getLogger("margin.governance")
 
@@ -61,7 +62,7 @@ class Governance:
         self.store = store or make_store(settings)
         self.rules: Rules = build_rules(settings, [])
         self._seeded: set[str] = set()
-        self._seeding: dict[str, asyncio.Future[None]] = {}
+        self._flights = SingleFlight()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -99,16 +100,7 @@ class Governance:
             name = item.hold.counter
             if name in self._seeded:
                 continue
-            seeding = self._seeding.get(name)
-            if seeding is None:
-                seeding = self._seeding[name] = asyncio.ensure_future(self._seed(item, now))
-                seeding.add_done_callback(functools.partial(self._seeded_or_failed, name))
-            await asyncio.shield(seeding)
-
-    def _seeded_or_failed(self, name: str, seeding: asyncio.Future[None]) -> None:
-        self._seeding.pop(name, None)  # after a failure, the next request tries again
-        if not seeding.cancelled():
-            seeding.exception()  # the waiters got it; never reported as lost
+            await self._flights.run(name, functools.partial(self._seed, item, now))
 
     async def _seed(self, item: BudgetHold, now: datetime) -> None:
         name = item.hold.counter

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from margin.dashboard import rollup
 from margin.economics.money import THOUSAND, from_nanousd, usd_str
+from margin.ledger import rollup as ledger_rollup
 from margin.ledger.models import ledger
 from margin.report.queries import Window, group_column, parse_when
 
@@ -80,23 +81,16 @@ def _count_if(condition: Any) -> Any:
 
 
 def sums() -> list[Any]:
-    priced = ledger.c.cost_nanousd.is_not(None)
-    tokens = ledger.c.input_tokens + ledger.c.output_tokens
+    """SUM_LABELS over ledger rows, each by the rollup's own per-row definition (margin.ledger.rollup.MEASURES),
+    so the rows and the rollup paths add up the same things by construction."""
     return [
-        sa.func.count().label("requests"),
-        _count_if(ledger.c.http_status >= 400).label("errors"),
-        _sum(ledger.c.input_tokens).label("input_tokens"),
-        _sum(ledger.c.output_tokens).label("output_tokens"),
-        _sum(ledger.c.cost_nanousd).label("cost_nanousd"),
-        _count_if(~priced).label("unpriced"),
-        _sum(sa.case((priced, tokens), else_=0)).label("priced_tokens"),
-        sa.func.coalesce(sa.func.sum(ledger.c.energy_j), 0.0).label("energy_j"),
-        sa.func.coalesce(sa.func.sum(ledger.c.co2e_g), 0.0).label("co2e_g"),
-        _count_if(ledger.c.kind == "cache_hit").label("cache_hits"),
-        _sum(ledger.c.saved_nanousd).label("cache_saved_nanousd"),
-        _sum(ledger.c.counterfactual_nanousd - ledger.c.cost_nanousd).label("routing_saved_nanousd"),
-        _count_if(ledger.c.router_score.is_not(None) | ledger.c.counterfactual_nanousd.is_not(None)).label("routed"),
+        sa.func.coalesce(sa.func.sum(sa.literal_column(_row_measure(rollup.MEASURES[label]))), 0).label(label)
+        for label in SUM_LABELS
     ]
+
+
+def _row_measure(measure: str) -> str:
+    return f"({ledger_rollup.MEASURES[measure].format(r='ledger')})"
 
 
 SUM_LABELS = (

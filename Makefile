@@ -6,13 +6,17 @@ LOCAL_STAMP := $(VENV)/.installed-local
 TEST_STAMP := $(VENV)/.installed-test
 ARGS ?=
 
-.PHONY: serve test lint typecheck unit integration bench bench-sweep clean
+.PHONY: serve test system-deps lint typecheck unit integration bench bench-sweep clean
 
 serve: $(LOCAL_STAMP)
 	$(BIN)/margin serve $(ARGS)
 
-test: $(TEST_STAMP) lint typecheck
+test: $(TEST_STAMP) system-deps lint typecheck
 	$(BIN)/python -m pytest $(ARGS)
+
+# Debian's chromium for the browser tests (Redis and PostgreSQL come from wheels in the test extra)
+system-deps:
+	@scripts/system_deps.sh
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts

@@ -1,7 +1,7 @@
 """A live gateway on a seeded ledger (in a thread, its own event loop) and one headless Chromium for all
 browser tests (module-scoped: playwright's sync API keeps its own event loop current, which must be gone
-before the async tests of other modules run). Chromium is Debian's `chromium` package (`.ci/run` installs
-it); playwright drives it and never downloads a browser. Screenshots go to $MARGIN_TEST_ARTIFACTS/dashboard
+before the async tests of other modules run). Chromium is Debian's `chromium` package (`make test`
+installs it); playwright drives it and never downloads a browser. Screenshots go to $MARGIN_TEST_ARTIFACTS/dashboard
 (default: test-artifacts/dashboard)."""
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def live_dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDas
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium; .ci/run does)")
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (or: sudo apt-get install -y chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

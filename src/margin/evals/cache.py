@@ -29,6 +29,7 @@ import orjson
 
 from margin.cache.calibration import calibrate_threshold, empirical_threshold
 from margin.cache.semantic import SemanticCache
+from margin.datafiles import read_bytes, repo_data
 from margin.errors import InvalidRequest
 
 DELTAS = (0.005, 0.01, 0.02, 0.05)
@@ -67,10 +68,15 @@ def pairs_from_records(records: Sequence[dict[str, Any]]) -> PairSet:
     return PairSet(list(index), np.asarray(a, np.int64), np.asarray(b, np.int64), np.asarray(dup), frozenset(positives))
 
 
+def default_pairs() -> Path:
+    """The QQP pairs bundled in the repository (`data/cache/qqp_pairs.jsonl.gz`, see `data/README.md`)."""
+    return repo_data("cache", "qqp_pairs.jsonl.gz")
+
+
 def load_pairs(path: str | Path, limit: int | None = None) -> PairSet:
-    """The pairs of a JSONL file; `limit` keeps the first `limit` (the file order is already random)."""
+    """The pairs of a JSONL file (plain or .gz); `limit` keeps the first `limit` (the file order is random)."""
     try:
-        lines = Path(path).read_bytes().splitlines()[:limit]
+        lines = read_bytes(Path(path)).splitlines()[:limit]
         return pairs_from_records([orjson.loads(line) for line in lines if line.strip()])
     except (OSError, orjson.JSONDecodeError) as exc:
         raise InvalidRequest(f"cannot read pairs from {path}: {exc}") from exc
@@ -289,7 +295,7 @@ def build_report(
         "splits": [s.to_json() for s in splits],
         "calibration": {
             "about": "semantic-cache cosine thresholds per target false-hit rate δ (margin.cache.load_calibration)",
-            "built_with": "margin eval cache --pairs <qqp_pairs.jsonl> [--limit N] --write-calibration <this file>",
+            "built_with": "margin eval cache [--pairs <pairs.jsonl>] [--limit N] --write-calibration <this file>",
             "pairs_file_pairs": len(pairs),
             "seed": splits[0].seed,
             "calibration_queries": splits[0].calibration_queries,

@@ -37,7 +37,7 @@ def guard(
 @app.command()
 def routing(
     data: Annotated[
-        str | None, typer.Option("--data", help="RouteLLM label folder (default ../shared/data/routing).")
+        str | None, typer.Option("--data", help="RouteLLM label folder (default: the bundled data/routing).")
     ] = None,
     learners: Annotated[
         str,
@@ -107,7 +107,10 @@ def routing(
 
 @app.command()
 def cache(
-    pairs: Annotated[str, typer.Option("--pairs", help="JSONL of {a, b, duplicate} question pairs.")],
+    pairs: Annotated[
+        str | None,
+        typer.Option("--pairs", help="JSONL (or .jsonl.gz) of {a, b, duplicate} pairs (default: the bundled QQP)."),
+    ] = None,
     delta: Annotated[
         list[float] | None, typer.Option("--delta", help="Target false-hit rate(s); default 0.005 0.01 0.02 0.05.")
     ] = None,
@@ -133,12 +136,12 @@ def cache(
     import orjson
     from rich.console import Console
 
-    from margin.evals.cache import DELTAS, run_cache_eval
+    from margin.evals.cache import DELTAS, default_pairs, run_cache_eval
     from margin.evals.cache_view import cache_tables
 
     console = Console(highlight=False, stderr=True)
     report = run_cache_eval(
-        pairs,
+        pairs or default_pairs(),
         seeds=range(seeds),
         calib_fraction=calib_fraction,
         deltas=delta or DELTAS,

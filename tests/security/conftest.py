@@ -1,0 +1,97 @@
+"""Attack tests run against a real `margin serve` subprocess over real HTTP (fake backends, a temporary
+SQLite ledger unless a test passes PostgreSQL). `served(...)` starts one with a config of the test's choosing
+and, optionally, keys created with the CLI first (as an operator would)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from tests.helpers import margin_serve
+
+FAKE_CONFIG: dict[str, Any] = {
+    "storage": {"flush_interval_ms": 10},
+    "regions": {"eu": {"jurisdiction": "EU", "grid_zone": "FRA", "pue": 1.2, "usd_per_kwh": "0.20"}},
+    "backends": {
+        "fake": {
+            "kind": "fake",
+            "output_tokens": 5,
+            "region": "eu",
+            "hardware": {"usd_per_hour": "3.60", "watts_busy": 100},
+        },
+    },
+    "models": {
+        "fake-chat": {"backend": "fake", "aliases": ["fc"]},
+        "fake-embed": {"backend": "fake", "kind": "embedding"},
+    },
+}
+
+
+@dataclass
+class Served:
+    """A running gateway: its URL, process, ledger and the keys created before it started (name → key)."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    db: Path
+    config: Path
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=kwargs.pop("timeout", 30), **kwargs)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run `margin <args> --config <this config> --db <this ledger>` (an operator's command)."""
+        command = [sys.executable, "-m", "margin", *args, "--config", str(self.config), "--db", str(self.db)]
+        return subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
+
+    def rows(self, table: str = "ledger") -> list[Any]:
+        engine = sa.create_engine(f"sqlite:///{self.db}")
+        try:
+            with engine.connect() as connection:
+                return list(connection.execute(sa.text(f"SELECT * FROM {table}")))
+        finally:
+            engine.dispose()
+
+
+def create_key(config: Path, db: Path, name: str, *flags: str) -> str:
+    command = [sys.executable, "-m", "margin", "keys", "create", "--name", name, *flags, "--json"]
+    result = subprocess.run(
+        [*command, "--config", str(config), "--db", str(db)], capture_output=True, text=True, check=True, timeout=120
+    )
+    return str(json.loads(result.stdout)["key"])
+
+
+ServeFactory = Callable[..., AbstractContextManager[Served]]
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> ServeFactory:
+    """`with served(overrides, keys={"admin": ["--admin"], "t": ["--team", "a"]}) as gw:` — a running gateway
+    whose config is FAKE_CONFIG updated with `overrides` (top-level keys replaced), with those keys created."""
+
+    @contextmanager
+    def start(
+        overrides: dict[str, Any] | None = None,
+        keys: dict[str, list[str]] | None = None,
+        extra: list[str] | None = None,
+    ) -> Iterator[Served]:
+        config_path, db = tmp_path / "margin.yaml", tmp_path / "ledger.db"
+        config_path.write_text(yaml.safe_dump({**FAKE_CONFIG, **(overrides or {})}))
+        created = {name: create_key(config_path, db, name, *flags) for name, flags in (keys or {}).items()}
+        with margin_serve(db, tmp_path / "serve.log", config=config_path, extra=extra, ready_s=60) as (url, process):
+            yield Served(url, process, db, config_path, created)
+
+    return start

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from margin.keys import KeyCache
+from margin.keys import KeyCache, new_key
 
 
 class _Result:
@@ -68,9 +68,37 @@ async def test_concurrent_requests_share_one_refresh() -> None:
 async def test_concurrent_lookups_of_one_key_share_one_query() -> None:
     engine = _SlowEngine()
     cache = KeyCache(engine, ttl_s=60)
-    found = await asyncio.gather(*(cache.lookup("mgn_x_secret") for _ in range(20)), cache.lookup("mgn_y_secret"))
+    (_, x), (_, y) = new_key(), new_key()
+    found = await asyncio.gather(*(cache.lookup(x) for _ in range(20)), cache.lookup(y))
     assert found == [None] * 21
     assert engine.queries == 2  # one per distinct key
+    assert await cache.lookup(x) is None and engine.queries == 2  # a key not found is cached too
+
+
+async def test_malformed_keys_never_reach_the_database() -> None:
+    engine = _SlowEngine()
+    cache = KeyCache(engine, ttl_s=60)
+    _, good = new_key()
+    for bad in ("mgn_x_y", "sk-" + "a" * 48, good + "x", good[:-1], good.replace("mgn_", "MGN_"), "", "x" * 5000):
+        assert await cache.lookup(bad) is None
+    assert engine.queries == 0 and cache.queries == 0
+
+
+async def test_lookups_of_unseen_keys_are_bounded_in_flight() -> None:
+    engine = _SlowEngine()
+    cache = KeyCache(engine, ttl_s=60, max_lookups=3)
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, 3 - cache._lookups._value)
+            await asyncio.sleep(0.001)
+
+    watcher = asyncio.ensure_future(watch())
+    await asyncio.gather(*(cache.lookup(new_key()[1]) for _ in range(30)))
+    watcher.cancel()
+    assert engine.queries == 30 and peak == 3
 
 
 async def test_a_failed_refresh_fails_its_waiters_and_the_next_request_retries() -> None:

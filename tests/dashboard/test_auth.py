@@ -110,7 +110,7 @@ async def test_login_form_sets_a_strict_httponly_cookie(seeded: tuple[Gateway, d
     ok = await gw.http.post(
         "/dashboard/login?next=/dashboard/latency",
         content=f"key={made['ads']}",
-        headers={**form, "origin": "http://margin.test"},
+        headers={**form, "origin": "http://localhost"},
     )
     assert ok.status_code == 303
     assert ok.headers["location"] == "/dashboard/latency"

@@ -69,7 +69,8 @@ class Services:
             interval_s=settings.storage.flush_interval_ms / 1000,
             max_rows=settings.storage.flush_max_rows,
         )
-        self.keys = KeyCache(self.engine, ttl_s=settings.server.key_cache_ttl_s)
+        server = settings.server
+        self.keys = KeyCache(self.engine, ttl_s=server.key_cache_ttl_s, max_entries=server.key_cache_entries)
         self.sessions = Sessions.from_config(settings.server)
         self.grid = GridTable.bundled()
         _check_regions(settings, self.grid)

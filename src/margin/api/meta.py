@@ -68,6 +68,7 @@ def _details(services: Any, status: str, backends: dict[str, Any]) -> dict[str, 
         "uptime_s": round(time.time() - services.started_at, 3),
         "config_hash": services.config_hash,
         "open_mode": services.keys.open_mode,
+        "key_lookups": services.keys.queries,  # key queries sent to the database since start
         "backends": backends,
         "ledger": {
             "pending": services.writer.pending,

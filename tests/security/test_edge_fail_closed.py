@@ -39,6 +39,25 @@ def test_revoking_the_only_key_never_opens_the_gateway(served: ServeFactory) -> 
     assert gw.rows() == []  # nobody was served
 
 
+def test_a_key_created_while_open_closes_the_gateway_for_good(served: ServeFactory) -> None:
+    """Start open (loopback), `margin keys create`, then revoke that key and try anonymous calls again."""
+    with served(FAST_KEYS) as gw:
+        with gw.client() as anonymous:
+            assert anonymous.post(CHAT, json=BODY).status_code == 200
+        created = gw.cli("keys", "create", "--name", "first", "--json")
+        assert created.returncode == 0, created.stderr
+        _wait_past_ttl()
+        with gw.client() as anonymous:
+            assert anonymous.post(CHAT, json=BODY).status_code == 401
+        key_id = created.stdout.split('"id":"')[1].split('"')[0]
+        assert gw.cli("keys", "revoke", key_id).returncode == 0
+        _wait_past_ttl()
+        with gw.client() as anonymous:
+            assert anonymous.post(CHAT, json=BODY).status_code == 401
+            assert anonymous.post("/admin/keys", json={"name": "evil", "admin": True}).status_code == 401
+    assert len(gw.rows()) == 1
+
+
 def test_the_last_admin_key_cannot_be_revoked_only_rotated(served: ServeFactory) -> None:
     """`margin keys revoke <last admin>` and `DELETE /admin/keys/<own id>` with the last admin key."""
     with served(FAST_KEYS, keys={"admin": ["--admin"], "user": ["--team", "a"]}) as gw:

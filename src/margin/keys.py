@@ -176,6 +176,14 @@ def revoke_key(engine: sa.Engine, key_id: str) -> KeyRecord:
     return KeyRecord.from_row(row)
 
 
+def open_exposure(host: str) -> ConfigError:
+    """Without keys the gateway is open, so it may listen on loopback only."""
+    return ConfigError(
+        f"refusing to listen on {host} with no API keys: anyone could spend through this gateway. "
+        "Create one first (`margin keys create --name NAME --team TEAM`) or bind 127.0.0.1."
+    )
+
+
 @dataclass(slots=True)
 class _Cached:
     record: KeyRecord | None
@@ -229,10 +237,7 @@ class KeyCache:
         """Decide open mode (no active key now); refuse it on a non-loopback address. Returns open mode."""
         self._open = await self.active_keys() == 0
         if self._open and not is_loopback(host):
-            raise ConfigError(
-                f"refusing to listen on {host} with no API keys: anyone could spend through this gateway. "
-                "Create one first (`margin keys create --name NAME --team TEAM`) or bind 127.0.0.1."
-            )
+            raise open_exposure(host)
         return self._open
 
     @property

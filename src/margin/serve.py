@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from rich.console import Console
 
 from margin.config import Settings, config_hash, is_loopback
-from margin.errors import ConfigError
+from margin.keys import open_exposure
 from margin.ledger import db
 from margin.ledger.models import api_keys
 from margin.logs import configure as configure_logging
@@ -30,10 +30,7 @@ def check_exposure(settings: Settings, keys: int) -> None:
     """Without keys the gateway is open, so it may listen on loopback only (checked here before anything
     loads, and again when the app starts and decides open mode for good: `KeyCache.start`)."""
     if keys == 0 and not is_loopback(settings.server.host):
-        raise ConfigError(
-            f"refusing to listen on {settings.server.host} with no API keys: anyone could spend through "
-            "this gateway. Create one first (`margin keys create --name NAME --team TEAM`) or bind 127.0.0.1."
-        )
+        raise open_exposure(settings.server.host)
 
 
 def banner(console: Console, settings: Settings, keys: int) -> None:

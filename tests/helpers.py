@@ -76,7 +76,7 @@ async def gateway(settings: Settings) -> AsyncIterator[Gateway]:
     app = build_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://margin.test") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
             yield Gateway(app, app.state.services, http)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from margin.keys import KeyCache
+from margin.keys import KeyCache, new_key
 
 
 class _Result:
@@ -68,9 +68,37 @@ async def test_concurrent_requests_share_one_refresh() -> None:
 async def test_concurrent_lookups_of_one_key_share_one_query() -> None:
     engine = _SlowEngine()
     cache = KeyCache(engine, ttl_s=60)
-    found = await asyncio.gather(*(cache.lookup("mgn_x_secret") for _ in range(20)), cache.lookup("mgn_y_secret"))
+    (_, x), (_, y) = new_key(), new_key()
+    found = await asyncio.gather(*(cache.lookup(x) for _ in range(20)), cache.lookup(y))
     assert found == [None] * 21
     assert engine.queries == 2  # one per distinct key
+    assert await cache.lookup(x) is None and engine.queries == 2  # a key not found is cached too
+
+
+async def test_malformed_keys_never_reach_the_database() -> None:
+    engine = _SlowEngine()
+    cache = KeyCache(engine, ttl_s=60)
+    _, good = new_key()
+    for bad in ("mgn_x_y", "sk-" + "a" * 48, good + "x", good[:-1], good.replace("mgn_", "MGN_"), "", "x" * 5000):
+        assert await cache.lookup(bad) is None
+    assert engine.queries == 0 and cache.queries == 0
+
+
+async def test_lookups_of_unseen_keys_are_bounded_in_flight() -> None:
+    engine = _SlowEngine()
+    cache = KeyCache(engine, ttl_s=60, max_lookups=3)
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, 3 - cache._lookups._value)
+            await asyncio.sleep(0.001)
+
+    watcher = asyncio.ensure_future(watch())
+    await asyncio.gather(*(cache.lookup(new_key()[1]) for _ in range(30)))
+    watcher.cancel()
+    assert engine.queries == 30 and peak == 3
 
 
 async def test_a_failed_refresh_fails_its_waiters_and_the_next_request_retries() -> None:
@@ -95,3 +123,107 @@ async def test_a_cancelled_waiter_does_not_cancel_the_refresh() -> None:
         await first
     assert await cache.active_keys() == 4
     assert engine.queries == 1
+
+
+# --- against a real database: open mode, the last admin key, the bounded caches ---------------------------
+
+
+def _engines(url: str) -> tuple[Any, Any]:
+    from margin.ledger import db
+
+    db.upgrade(url)
+    return db.make_sync_engine(url), db.make_async_engine(url)
+
+
+def _revoke_every_key(sync: Any) -> None:
+    from margin.ledger.models import api_keys
+
+    with sync.begin() as connection:
+        connection.execute(api_keys.delete())
+
+
+async def _open_mode_is_decided_at_start(url: str) -> None:
+    from margin.errors import ConfigError
+    from margin.keys import NewKey, create_key, revoke_key
+
+    sync, engine = _engines(url)
+    _revoke_every_key(sync)
+    try:
+        cache = KeyCache(engine, ttl_s=0)
+        assert await cache.start("127.0.0.1") is True and await cache.open_now()
+        with pytest.raises(ConfigError, match="no API keys"):
+            await KeyCache(engine, ttl_s=0).start("0.0.0.0")
+        record, _ = create_key(sync, NewKey("first"))
+        assert await cache.open_now() is False  # the first key closes an open gateway ...
+        revoke_key(sync, record.id)
+        assert await cache.open_now() is False and cache.open_mode is False  # ... for good
+        closed = KeyCache(engine, ttl_s=0)
+        create_key(sync, NewKey("second"))
+        assert await closed.start("0.0.0.0") is False
+        _revoke_every_key(sync)
+        assert await closed.open_now() is False  # started with keys: never open, whatever is revoked
+    finally:
+        sync.dispose()
+        await engine.dispose()
+
+
+async def test_open_mode_is_decided_at_start_sqlite(tmp_path: Any) -> None:
+    await _open_mode_is_decided_at_start(f"sqlite:///{tmp_path / 'keys.db'}")
+
+
+async def test_open_mode_is_decided_at_start_postgres(postgres_url: str) -> None:
+    await _open_mode_is_decided_at_start(postgres_url)
+
+
+def _last_admin_key(url: str) -> None:
+    from margin.errors import Conflict
+    from margin.keys import NewKey, create_key, revoke_key
+    from margin.ledger import db
+
+    db.upgrade(url)
+    sync = db.make_sync_engine(url)
+    _revoke_every_key(sync)
+    try:
+        first, _ = create_key(sync, NewKey("root", is_admin=True))
+        user, _ = create_key(sync, NewKey("user", team="a"))
+        with pytest.raises(Conflict, match="last active admin key") as refused:
+            revoke_key(sync, first.id)
+        assert refused.value.code == "last_admin_key" and "margin keys create" in refused.value.message
+        second, _ = create_key(sync, NewKey("root-2", is_admin=True))
+        assert revoke_key(sync, first.id).revoked_at is not None  # rotated
+        with pytest.raises(Conflict):
+            revoke_key(sync, second.id)
+        assert revoke_key(sync, user.id).revoked_at is not None  # non-admin keys go freely
+    finally:
+        sync.dispose()
+
+
+def test_the_last_admin_key_cannot_be_revoked_sqlite(tmp_path: Any) -> None:
+    _last_admin_key(f"sqlite:///{tmp_path / 'keys.db'}")
+
+
+def test_the_last_admin_key_cannot_be_revoked_postgres(postgres_url: str) -> None:
+    _last_admin_key(postgres_url)
+
+
+async def test_random_keys_fill_only_the_bounded_negative_cache(tmp_path: Any) -> None:
+    from margin.keys import NewKey, create_key
+
+    sync, engine = _engines(f"sqlite:///{tmp_path / 'keys.db'}")
+    try:
+        record, key = create_key(sync, NewKey("real"))
+        cache = KeyCache(engine, ttl_s=60, max_entries=16)
+        found = await cache.lookup(key)
+        assert found is not None and found.id == record.id
+        queries = cache.queries
+        for _ in range(200):
+            assert await cache.lookup(new_key()[1]) is None
+        assert cache.queries == queries + 200
+        assert len(cache._unknown.entries) == 16 and len(cache._found.entries) == 1
+        again = await cache.lookup(key)
+        assert again is not None and cache.queries == queries + 200  # still cached: not flushed by the flood
+        by_id = await cache.lookup_id(record.id)
+        assert by_id is not None and by_id.name == "real" and await cache.lookup_id("00000000") is None
+    finally:
+        sync.dispose()
+        await engine.dispose()

@@ -18,12 +18,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from margin.api import admin, feedback, inference, meta
+from margin.api import admin, edge, feedback, inference, meta, openapi
 from margin.api.responses import error_response
 from margin.backends.registry import BackendRegistry
 from margin.config import Settings
 from margin.dashboard import views as dashboard
 from margin.errors import InternalError, MarginError, MethodNotAllowed, NotFound
+from margin.logs import printable
 from margin.services import Services
 
 log = logging.getLogger("margin")
@@ -41,7 +42,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s", request.url.path)
+    log.exception("unhandled error on %s", printable(request.url.path))
     return error_response(InternalError("internal error in the gateway"))
 
 
@@ -57,7 +58,9 @@ Handler = Callable[[Request], Awaitable[Response | ASGIApp]]
 class Gateway(Starlette):
     """Starlette, except that the inference POSTs go straight to their handlers, past the router and the two
     error middlewares (a few tens of µs a request, on the hottest path). Errors end the same way: a handler's
-    unexpected exception becomes the same 500 answer and is re-raised for the server to log."""
+    unexpected exception becomes the same 500 answer and is re-raised for the server to log.
+    Every HTTP request first passes the edge checks (`margin.api.edge`: open mode's loopback Host and
+    same-origin rule, JSON bodies only), from its headers alone."""
 
     def __init__(self, *, fast: dict[str, Handler], **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -65,8 +68,14 @@ class Gateway(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         handler = None
-        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
-            handler = self.fast.get(scope["path"])
+        if scope["type"] == "http":
+            services = getattr(self.state, "services", None)  # none before the lifespan: fail closed
+            refused = edge.refusal(scope, services is None or services.keys.open_mode)
+            if refused is not None:
+                await error_response(refused)(scope, receive, send)
+                return
+            if scope["method"] == "POST" and not scope.get("root_path"):
+                handler = self.fast.get(scope["path"])
         if handler is None:
             await super().__call__(scope, receive, send)
             return
@@ -106,6 +115,7 @@ def build_app(
         Route("/v1/models/{model:path}", meta.get_model, methods=["GET"]),
         Route("/healthz", meta.healthz, methods=["GET"]),
         Route("/readyz", meta.readyz, methods=["GET"]),
+        Route("/openapi.json", openapi.endpoint(), methods=["GET"]),
         *admin.routes(),
         *dashboard.routes(),
         *feedback.routes(),

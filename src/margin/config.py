@@ -32,6 +32,19 @@ class ServerConfig(Strict):
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Requests with larger bodies get 413.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     key_cache_ttl_s: float = Field(5.0, ge=0, description="Revoked keys stop working within this time.")
+    key_cache_entries: int = Field(
+        10_000, ge=1, description="Keys found, and apart from them tokens not found, kept in memory (each bounded)."
+    )
+    session_secret_env: str | None = Field(
+        None,
+        description="Environment variable holding the secret that signs dashboard session cookies (the same on "
+        "every replica). Unset: a random secret per process, so logins end when it restarts.",
+    )
+    secure_cookies: bool | None = Field(
+        None,
+        description="Mark the dashboard cookie Secure. Unset: only when the request came over https; set true "
+        "when a proxy terminates TLS in front of margin.",
+    )
 
 
 class StorageConfig(Strict):

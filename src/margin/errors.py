@@ -82,6 +82,14 @@ class PayloadTooLarge(MarginError):
     default_code = "request_too_large"
 
 
+class UnsupportedMediaType(MarginError):
+    """A body that is not declared `Content-Type: application/json` (browsers send text/plain cross-site)."""
+
+    status = 415
+    type = "invalid_request_error"
+    default_code = "unsupported_media_type"
+
+
 class RateLimited(MarginError):
     status = 429
     type = "rate_limit_error"

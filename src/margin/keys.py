@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from margin.errors import InvalidRequest, NotFound
+from margin.config import is_loopback
+from margin.errors import ConfigError, Conflict, InvalidRequest, NotFound
+from margin.governance.specs import Policy
 from margin.ledger.models import api_keys
 from margin.singleflight import SingleFlight
 
 PREFIX = "mgn"
+KEY_SHAPE = re.compile(r"mgn_[0-9a-f]{8}_[A-Za-z0-9_-]{32}")  # what new_key() makes
+
+
+def well_formed(key: str) -> bool:
+    """Shaped like a key `new_key()` makes: anything else is refused without hashing or a database query."""
+    return len(key) == 45 and KEY_SHAPE.fullmatch(key) is not None
 
 
 def hash_key(key: str) -> str:
@@ -78,6 +89,31 @@ def parse_tags(pairs: list[str]) -> dict[str, str]:
     return tags
 
 
+Label = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+class KeyRequest(BaseModel):
+    """`POST /admin/keys`: the key to create (the same model documents the route in /openapi.json)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Label
+    team: Label | None = None
+    org: Label | None = None
+    tags: dict[Label, Label] = Field(default_factory=dict, max_length=32)
+    admin: bool = False
+    policy: Policy | None = None
+
+    @classmethod
+    def parse(cls, data: Any) -> KeyRequest:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            param = ".".join(str(p) for p in first["loc"]) or None
+            raise InvalidRequest(f"{param or 'body'}: {first['msg']}", param=param) from exc
+
+
 @dataclass(frozen=True, slots=True)
 class NewKey:
     name: str
@@ -115,7 +151,20 @@ def list_keys(engine: sa.Engine) -> list[KeyRecord]:
 
 
 def revoke_key(engine: sa.Engine, key_id: str) -> KeyRecord:
+    """Revoke an active key. The last active admin key cannot be revoked (nobody could administer the
+    gateway, and a gateway started with keys never opens again): create its successor first."""
     with engine.begin() as connection:
+        admins = connection.execute(
+            sa.select(api_keys.c.id)
+            .where(api_keys.c.is_admin.is_(True), api_keys.c.revoked_at.is_(None))
+            .with_for_update()  # two concurrent revocations cannot each leave the other as the last admin
+        ).scalars()
+        if list(admins) == [key_id]:
+            raise Conflict(
+                f"key {key_id!r} is the last active admin key; rotate it instead: create its successor "
+                "(`margin keys create --name NAME --admin`), then revoke this one",
+                code="last_admin_key",
+            )
         result = connection.execute(
             api_keys.update()
             .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
@@ -127,30 +176,80 @@ def revoke_key(engine: sa.Engine, key_id: str) -> KeyRecord:
     return KeyRecord.from_row(row)
 
 
+def open_exposure(host: str) -> ConfigError:
+    """Without keys the gateway is open, so it may listen on loopback only."""
+    return ConfigError(
+        f"refusing to listen on {host} with no API keys: anyone could spend through this gateway. "
+        "Create one first (`margin keys create --name NAME --team TEAM`) or bind 127.0.0.1."
+    )
+
+
 @dataclass(slots=True)
 class _Cached:
     record: KeyRecord | None
     expires: float
 
 
+class _Bounded:
+    """A dict of at most `size` entries that drops its oldest entry to make room (entries share one TTL, so
+    the oldest is also the first to expire): filling it costs O(1) per entry and never empties it."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.entries: dict[str, _Cached] = {}
+
+    def get(self, name: str, now: float) -> _Cached | None:
+        entry = self.entries.get(name)
+        return entry if entry is not None and now < entry.expires else None
+
+    def put(self, name: str, entry: _Cached) -> None:
+        self.entries.pop(name, None)
+        if len(self.entries) >= self.size:
+            del self.entries[next(iter(self.entries))]
+        self.entries[name] = entry
+
+
 class KeyCache:
     """Key lookups for the request path: hashed, cached for `ttl_s` (revocation takes effect within it).
-    When an entry expires, one query refreshes it and the requests arriving meanwhile wait for that query
-    instead of each sending its own (under load, each expiry was a stampede of queries that made new
-    database connections and stalled requests for seconds)."""
 
-    def __init__(self, engine: Any, ttl_s: float = 5.0, max_entries: int = 10_000) -> None:
+    - Open mode is decided once, at start: no active key then → open (loopback only); the first key seen
+      closes it for good, and no revocation ever opens it again.
+    - A token that is not shaped like a key is refused without hashing or a query.
+    - Keys found and tokens not found are cached apart, each bounded: a flood of random keys fills only the
+      negative cache (oldest out first), so it can neither evict the real keys nor grow memory, and at most
+      `max_lookups` queries for never-seen tokens run at once, whatever the flood.
+    - When an entry expires, one query refreshes it and the requests arriving meanwhile wait for that query
+      (under load, each expiry was a stampede of queries that stalled requests for seconds)."""
+
+    def __init__(self, engine: Any, ttl_s: float = 5.0, max_entries: int = 10_000, max_lookups: int = 4) -> None:
         self._engine = engine  # AsyncEngine
         self._ttl = ttl_s
-        self._max = max_entries
-        self._entries: dict[str, _Cached] = {}
+        self._found = _Bounded(max_entries)
+        self._unknown = _Bounded(max_entries)
+        self._by_id = _Bounded(max_entries)
+        self._lookups = asyncio.Semaphore(max_lookups)
         self._active: tuple[int, float] = (0, 0.0)
+        self._open = False
         self._flights = SingleFlight()
+        self.queries = 0  # key lookups sent to the database (for tests and benchmarks)
+
+    async def start(self, host: str) -> bool:
+        """Decide open mode (no active key now); refuse it on a non-loopback address. Returns open mode."""
+        self._open = await self.active_keys() == 0
+        if self._open and not is_loopback(host):
+            raise open_exposure(host)
+        return self._open
 
     @property
     def open_mode(self) -> bool:
-        """True when, at the last look, no active key existed (the gateway then runs open)."""
-        return self._active[0] == 0
+        """True while the gateway runs open: started with no key and none created since."""
+        return self._open
+
+    async def open_now(self) -> bool:
+        """Open mode, re-checked (within `ttl_s`) while open: the first key created closes the gateway."""
+        if self._open and await self.active_keys() > 0:
+            self._open = False
+        return self._open
 
     async def active_keys(self) -> int:
         count, expires = self._active
@@ -167,27 +266,48 @@ class KeyCache:
 
     def forget(self) -> None:
         """Drop cached lookups (after a revocation through this process)."""
-        self._entries.clear()
+        for cache in (self._found, self._unknown, self._by_id):
+            cache.entries.clear()
         self._active = (self._active[0], 0.0)
 
     async def lookup(self, key: str) -> KeyRecord | None:
+        if not well_formed(key):
+            return None
         digest = hash_key(key)
-        cached = self._entries.get(digest)
-        if cached is not None and time.monotonic() < cached.expires:
-            return cached.record
-        record: KeyRecord | None = await self._flights.run(f"key:{digest}", lambda: self._load(digest))
+        now = time.monotonic()
+        if (hit := self._found.get(digest, now) or self._unknown.get(digest, now)) is not None:
+            return hit.record
+        known = digest in self._found.entries  # an expired entry of a real key: refreshed without queueing
+        record: KeyRecord | None = await self._flights.run(f"key:{digest}", lambda: self._load(digest, known))
         return record
 
-    async def _load(self, digest: str) -> KeyRecord | None:
+    async def lookup_id(self, key_id: str) -> KeyRecord | None:
+        """The active key with this id (dashboard sessions carry the id, signed, never the key)."""
         now = time.monotonic()
-        async with self._engine.connect() as connection:
-            row = (
-                await connection.execute(
-                    sa.select(api_keys).where(api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None))
-                )
-            ).first()
-        record = KeyRecord.from_row(row) if row is not None else None
-        if len(self._entries) >= self._max:
-            self._entries.clear()
-        self._entries[digest] = _Cached(record, now + self._ttl)
+        if (hit := self._by_id.get(key_id, now)) is not None:
+            return hit.record
+        record: KeyRecord | None = await self._flights.run(f"id:{key_id}", lambda: self._load_id(key_id))
         return record
+
+    async def _load(self, digest: str, known: bool) -> KeyRecord | None:
+        if known:
+            record = await self._select(api_keys.c.key_hash == digest)
+        else:
+            async with self._lookups:
+                record = await self._select(api_keys.c.key_hash == digest)
+        entry = _Cached(record, time.monotonic() + self._ttl)
+        (self._found if record is not None else self._unknown).put(digest, entry)
+        if record is None:
+            self._found.entries.pop(digest, None)
+        return record
+
+    async def _load_id(self, key_id: str) -> KeyRecord | None:
+        record = await self._select(api_keys.c.id == key_id)
+        self._by_id.put(key_id, _Cached(record, time.monotonic() + self._ttl))
+        return record
+
+    async def _select(self, where: Any) -> KeyRecord | None:
+        self.queries += 1
+        async with self._engine.connect() as connection:
+            row = (await connection.execute(sa.select(api_keys).where(where, api_keys.c.revoked_at.is_(None)))).first()
+        return KeyRecord.from_row(row) if row is not None else None

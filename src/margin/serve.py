@@ -9,9 +9,10 @@ import sqlalchemy as sa
 from rich.console import Console
 
 from margin.config import Settings, config_hash, is_loopback
-from margin.errors import ConfigError
+from margin.keys import open_exposure
 from margin.ledger import db
 from margin.ledger.models import api_keys
+from margin.logs import configure as configure_logging
 
 
 def active_key_count(settings: Settings) -> int:
@@ -26,12 +27,10 @@ def active_key_count(settings: Settings) -> int:
 
 
 def check_exposure(settings: Settings, keys: int) -> None:
-    """Without keys the gateway is open, so it may listen on loopback only."""
+    """Without keys the gateway is open, so it may listen on loopback only (checked here before anything
+    loads, and again when the app starts and decides open mode for good: `KeyCache.start`)."""
     if keys == 0 and not is_loopback(settings.server.host):
-        raise ConfigError(
-            f"refusing to listen on {settings.server.host} with no API keys: anyone could spend through "
-            "this gateway. Create one first (`margin keys create --name NAME --team TEAM`) or bind 127.0.0.1."
-        )
+        raise open_exposure(settings.server.host)
 
 
 def banner(console: Console, settings: Settings, keys: int) -> None:
@@ -46,7 +45,7 @@ def banner(console: Console, settings: Settings, keys: int) -> None:
     if keys == 0:
         console.print(
             "  [yellow]running OPEN: no API keys exist, so any local caller is accepted "
-            "(loopback only). Create keys with `margin keys create`.[/]"
+            "(loopback Host and same-origin browsers only). Create keys with `margin keys create`.[/]"
         )
     else:
         console.print(f"  {keys} active API key(s): requests need `Authorization: Bearer <key>`")
@@ -59,7 +58,7 @@ def run(settings: Settings, console: Console, config_path: Path | None = None) -
 
     keys = active_key_count(settings)
     check_exposure(settings, keys)
-    logging.basicConfig(level=settings.server.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.server.log_level)
     for noisy in ("alembic", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     banner(console, settings, keys)

@@ -17,6 +17,7 @@ from margin.backends.registry import BackendRegistry
 from margin.cache.exact import CacheStore, MemoryCache, RedisCache, SqliteCache
 from margin.cache.layer import SemanticLayer
 from margin.config import Settings, config_hash, load_settings
+from margin.dashboard.auth import Sessions
 from margin.economics.carbon import GridTable
 from margin.economics.meter import Meter
 from margin.economics.prices import PriceBook
@@ -68,7 +69,9 @@ class Services:
             interval_s=settings.storage.flush_interval_ms / 1000,
             max_rows=settings.storage.flush_max_rows,
         )
-        self.keys = KeyCache(self.engine, ttl_s=settings.server.key_cache_ttl_s)
+        server = settings.server
+        self.keys = KeyCache(self.engine, ttl_s=server.key_cache_ttl_s, max_entries=server.key_cache_entries)
+        self.sessions = Sessions.from_config(settings.server)
         self.grid = GridTable.bundled()
         _check_regions(settings, self.grid)
         self.prices = PriceBook()
@@ -101,7 +104,7 @@ class Services:
 
     async def start(self) -> None:
         await asyncio.to_thread(db.upgrade, self.settings.storage.ledger)
-        await self.keys.active_keys()
+        await self.keys.start(self.settings.server.host)
         self.writer.start()
         await self.governance.start()
         await asyncio.gather(*(backend.start() for backend in self.backends.values()))

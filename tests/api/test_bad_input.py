@@ -69,7 +69,8 @@ CASES: list[tuple[str, str, Any, int, str | None, str | None]] = [
 async def test_bad_input(
     gw: Gateway, name: str, path: str, body: Any, status: int, code: str | None, param: str | None
 ) -> None:
-    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+    raw = {"content": body, "headers": {"content-type": "application/json"}}
+    kwargs = raw if isinstance(body, bytes) else {"json": body}
     response = await gw.http.post(path, **kwargs)  # type: ignore[arg-type]
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -94,7 +95,7 @@ async def test_body_over_limit_is_413(db_path: Path) -> None:
             for _ in range(3):
                 yield b"x" * 600
 
-        chunked = await gw.http.post(CHAT, content=body())
+        chunked = await gw.http.post(CHAT, content=body(), headers={"content-type": "application/json"})
         assert chunked.status_code == 413
         assert await gw.rows() == []
 

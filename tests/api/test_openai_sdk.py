@@ -13,7 +13,7 @@ from tests.helpers import Gateway
 
 def sdk(gw: Gateway, **kwargs: object) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(
-        api_key="unused", base_url="http://margin.test/v1", http_client=gw.http, max_retries=0, **kwargs
+        api_key="unused", base_url="http://localhost/v1", http_client=gw.http, max_retries=0, **kwargs
     )  # type: ignore[arg-type]
 
 

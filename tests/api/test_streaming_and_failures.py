@@ -83,7 +83,7 @@ async def test_backend_errors_map_to_statuses(
     db_path: Path, status: int, exc: type[Exception], code: str, stream: bool
 ) -> None:
     async with gateway(slow_settings(db_path, fail_status=status)) as gw:  # type: ignore[arg-type]
-        client = openai.AsyncOpenAI(api_key="x", base_url="http://margin.test/v1", http_client=gw.http, max_retries=0)
+        client = openai.AsyncOpenAI(api_key="x", base_url="http://localhost/v1", http_client=gw.http, max_retries=0)
         with pytest.raises(exc) as caught:
             await client.chat.completions.create(
                 model="slow", messages=[{"role": "user", "content": "x"}], stream=stream
@@ -97,7 +97,7 @@ async def test_backend_errors_map_to_statuses(
 async def test_mid_stream_failure_sends_error_event_and_records_delivered_tokens(db_path: Path) -> None:
     settings = slow_settings(db_path, fail_after_tokens=3, tokens_per_s=1000, report_usage=False)
     async with gateway(settings) as gw:  # type: ignore[arg-type]
-        client = openai.AsyncOpenAI(api_key="x", base_url="http://margin.test/v1", http_client=gw.http, max_retries=0)
+        client = openai.AsyncOpenAI(api_key="x", base_url="http://localhost/v1", http_client=gw.http, max_retries=0)
         stream = await client.chat.completions.create(
             model="slow", messages=[{"role": "user", "content": "x y"}], stream=True
         )
@@ -113,7 +113,7 @@ async def test_mid_stream_failure_sends_error_event_and_records_delivered_tokens
 async def test_missing_backend_usage_is_counted_for_include_usage(db_path: Path) -> None:
     settings = slow_settings(db_path, output_tokens=4, tokens_per_s=1000, report_usage=False)
     async with gateway(settings) as gw:  # type: ignore[arg-type]
-        client = openai.AsyncOpenAI(api_key="x", base_url="http://margin.test/v1", http_client=gw.http)
+        client = openai.AsyncOpenAI(api_key="x", base_url="http://localhost/v1", http_client=gw.http)
         stream = await client.chat.completions.create(
             model="slow",
             messages=[{"role": "user", "content": "one two three"}],

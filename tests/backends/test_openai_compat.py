@@ -63,7 +63,7 @@ def gateway_settings(tmp_path: Path, base_url: str, **backend: Any) -> Any:
 
 
 def client_for(gw: Any) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(api_key="x", base_url="http://margin.test/v1", http_client=gw.http, max_retries=0)
+    return openai.AsyncOpenAI(api_key="x", base_url="http://localhost/v1", http_client=gw.http, max_retries=0)
 
 
 async def test_proxy_whole_answer_and_usage(tmp_path: Path, upstream: str) -> None:
@@ -117,7 +117,8 @@ async def test_upstream_errors_and_timeouts(tmp_path: Path, upstream: str) -> No
         assert timeout.value.status_code == 504
         with pytest.raises(openai.InternalServerError) as broken:
             await client.chat.completions.create(model="broken", messages=[{"role": "user", "content": "x"}])
-        assert broken.value.status_code == 502 and "503" in broken.value.message
+        assert broken.value.status_code == 502 and "HTTP 502" in broken.value.message
+        assert "scripted" not in broken.value.message  # the upstream's own text stays in the log
 
 
 async def test_upstream_down_is_502(tmp_path: Path) -> None:
@@ -139,7 +140,13 @@ def test_upstream_error_translation() -> None:
     rejected = upstream_error("up", 422, b'{"error": {"message": "bad field"}}', {})
     assert isinstance(rejected, BackendClientError) and rejected.status == 422
     failed = upstream_error("up", 500, b"<html>oops</html>", {})
-    assert type(failed) is BackendError and failed.status == 502 and "oops" in failed.message
+    assert type(failed) is BackendError and failed.status == 502 and "oops" not in failed.message
+    leaky = b'{"error": {"message": "Incorrect API key provided: sk-abc***xyz", "code": "invalid_api_key"}}'
+    credentials = upstream_error("up", 401, leaky, {})  # margin's upstream key: the operator's fault
+    assert type(credentials) is BackendError and credentials.status == 502 and "sk-" not in credentials.message
+    odd = upstream_error("up", 400, b'{"error": {"message": "no", "code": "x\\r\\nSet-Cookie: a=b"}}', {})
+    assert odd.code == "upstream_rejected" and "Set-Cookie" not in odd.message
+    assert upstream_error("up", 429, b"", {"retry-after": "7\\r\\nX: y"}).headers == {}
 
 
 def test_delta_text_reads_chat_and_completion_chunks() -> None:

@@ -110,7 +110,7 @@ async def test_login_form_sets_a_strict_httponly_cookie(seeded: tuple[Gateway, d
     ok = await gw.http.post(
         "/dashboard/login?next=/dashboard/latency",
         content=f"key={made['ads']}",
-        headers={**form, "origin": "http://margin.test"},
+        headers={**form, "origin": "http://localhost"},
     )
     assert ok.status_code == 303
     assert ok.headers["location"] == "/dashboard/latency"
@@ -160,3 +160,32 @@ async def test_bad_parameters_are_400(seeded: tuple[Gateway, dict[str, str]]) ->
     html = await gw.http.get("/dashboard/breakdown?by=colour", headers=bearer(made["admin"]))
     assert html.status_code == 400
     assert "by must be one of" in html.text
+
+
+def test_sessions_are_signed_expiring_and_never_the_key() -> None:
+    from margin.dashboard.auth import Sessions
+
+    sessions = Sessions(b"s" * 32, max_age_s=60)
+    token = sessions.issue("0123abcd", now=1_000)
+    assert sessions.key_id(token, now=1_030) == "0123abcd"
+    assert sessions.key_id(token, now=1_060) is None  # expired
+    assert Sessions(b"t" * 32).key_id(token, now=1_030) is None  # another secret
+    forged = token.replace("0123abcd", "ffffffff")
+    assert sessions.key_id(forged, now=1_030) is None
+    for junk in ("", "v1", "mgn_0123abcd_" + "x" * 32, token + "x", token.replace("v1.", "v2.")):
+        assert sessions.key_id(junk, now=1_030) is None
+
+
+def test_session_secret_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from margin.config import ServerConfig
+    from margin.dashboard.auth import Sessions
+    from margin.errors import ConfigError
+
+    monkeypatch.setenv("MARGIN_TEST_SESSION_SECRET", "a-shared-secret-of-replicas")
+    server = ServerConfig(session_secret_env="MARGIN_TEST_SESSION_SECRET")
+    one, two = Sessions.from_config(server), Sessions.from_config(server)
+    assert two.key_id(one.issue("0123abcd")) == "0123abcd"  # replicas with one secret share sessions
+    assert Sessions.from_config(ServerConfig()).key_id(one.issue("0123abcd")) is None
+    monkeypatch.setenv("MARGIN_TEST_SESSION_SECRET", "short")
+    with pytest.raises(ConfigError):
+        Sessions.from_config(server)

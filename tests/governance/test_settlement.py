@@ -102,15 +102,15 @@ async def test_config_reload_changes_rules_without_restart(tmp_path: Path) -> No
     app = build_app(load_settings(path), config_path=path)
     body = {"model": "m", "messages": [{"role": "user", "content": "go"}]}
     async with app.router.lifespan_context(app):
-        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost")
         async with http:
             assert (await http.post(CHAT, json=body)).status_code == 200
             flag = {"name": "off", "target": {"kind": "model", "value": "m"}, "action": "disable", "reason": "r"}
             path.write_text(yaml.safe_dump({**data, "flags": [flag]}))
-            reload = await http.post("/admin/reload")  # what SIGHUP does; open mode: no admin key needed
+            reload = await http.post("/admin/reload", json={})  # what SIGHUP does; open mode: no admin key needed
             assert reload.status_code == 200 and reload.json()["rules"]["flags"] == 1
             assert (await http.post(CHAT, json=body)).status_code == 403
             path.write_text("models: [not, a, mapping]\n")  # a broken file keeps the running rules
-            broken = await http.post("/admin/reload")
+            broken = await http.post("/admin/reload", json={})
             assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_config"
             assert (await http.post(CHAT, json=body)).status_code == 403

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from margin import keys
-from margin.api.inference import parse_json
+from margin.api.edge import read_json
 from margin.api.responses import JSON, error_response
 from margin.economics.money import from_nanousd, usd_str
 from margin.errors import ConfigError, InvalidRequest, MarginError, NotFound, PermissionDenied
@@ -32,10 +32,6 @@ Handler = Callable[[Request, Any], Awaitable[Any]]
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type=JSON)
-
-
-async def _body(request: Request) -> Any:
-    return parse_json(await request.body())
 
 
 def endpoint(handler: Handler, admin: bool = True) -> Callable[[Request], Awaitable[Response]]:
@@ -91,7 +87,7 @@ async def list_rules(request: Request, _: Principal) -> Any:
 
 async def put_rule(request: Request, _: Principal) -> Any:
     services, kind = request.app.state.services, _kind(request)
-    spec = await asyncio.to_thread(save_rule, services.sync_engine(), kind, await _body(request))
+    spec = await asyncio.to_thread(save_rule, services.sync_engine(), kind, await read_json(request))
     await services.governance.refresh()
     return spec.model_dump(mode="json")
 
@@ -110,18 +106,8 @@ async def list_keys(request: Request, _: Principal) -> Any:
 
 
 async def create_key(request: Request, _: Principal) -> Any:
-    body = await _body(request)
-    if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not body["name"]:
-        raise InvalidRequest("send a JSON object with at least `name`", param="name")
-    unknown = set(body) - {"name", "team", "org", "tags", "admin", "policy"}
-    if unknown:
-        raise InvalidRequest(f"unknown fields {sorted(unknown)}", param=sorted(unknown)[0])
-    tags = body.get("tags") or {}
-    if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
-        raise InvalidRequest("`tags` must be an object of strings", param="tags")
-    spec = keys.NewKey(
-        body["name"], body.get("team"), tags, body.get("org"), bool(body.get("admin")), policy_dict(body.get("policy"))
-    )
+    body = keys.KeyRequest.parse(await read_json(request))
+    spec = keys.NewKey(body.name, body.team, body.tags, body.org, body.admin, policy_dict(body.policy))
     record, key = await asyncio.to_thread(keys.create_key, request.app.state.services.sync_engine(), spec)
     return _json({**record.public(), "key": key}, status=201)
 

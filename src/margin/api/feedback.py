@@ -11,14 +11,14 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from margin.api.admin import endpoint
-from margin.api.inference import parse_json
+from margin.api.edge import read_json
 from margin.ledger import feedback
 from margin.pipeline.context import Principal
 
 
 async def post_feedback(request: Request, principal: Principal) -> Any:
     services = request.app.state.services
-    outcomes = feedback.parse_batch(parse_json(await request.body()))
+    outcomes = feedback.parse_batch(await read_json(request))
     admin = principal.is_admin or services.keys.open_mode
     engine = services.sync_engine()
 

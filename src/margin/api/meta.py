@@ -55,16 +55,20 @@ async def get_model(request: Request) -> Response:
         return error_response(exc)
 
 
-def _health(services: Any) -> dict[str, Any]:
+def _status(services: Any) -> tuple[str, dict[str, Any]]:
     backends = {name: backend.health() for name, backend in services.backends.items()}
-    ready = all(b.get("status") == "ok" for b in backends.values())
+    return ("ok" if all(b.get("status") == "ok" for b in backends.values()) else "starting"), backends
+
+
+def _details(services: Any, status: str, backends: dict[str, Any]) -> dict[str, Any]:
     return {
-        "status": "ok" if ready else "starting",
+        "status": status,
         "version": __version__,
         "pid": os.getpid(),  # the process to send SIGHUP to (reload rules)
         "uptime_s": round(time.time() - services.started_at, 3),
         "config_hash": services.config_hash,
         "open_mode": services.keys.open_mode,
+        "key_lookups": services.keys.queries,  # key queries sent to the database since start
         "backends": backends,
         "ledger": {
             "pending": services.writer.pending,
@@ -74,10 +78,25 @@ def _health(services: Any) -> dict[str, Any]:
     }
 
 
+async def _operator(request: Request) -> bool:
+    """An admin key, or open mode (loopback only, where every caller is the operator, as for /admin)."""
+    try:
+        principal = await authenticate(request.app.state.services.keys, request.headers)
+    except MarginError:
+        return False
+    return principal.is_admin or principal.key_id is None
+
+
 async def healthz(request: Request) -> Response:
-    return Response(orjson.dumps(_health(request.app.state.services)), media_type=JSON)
+    """Liveness. Its details (pid, config hash, backends, ledger queue, open mode) only for an operator:
+    anyone else learns `{"status": ...}` and nothing they could use."""
+    services = request.app.state.services
+    status, backends = _status(services)
+    body = _details(services, status, backends) if await _operator(request) else {"status": status}
+    return Response(orjson.dumps(body), media_type=JSON)
 
 
 async def readyz(request: Request) -> Response:
-    health = _health(request.app.state.services)
-    return Response(orjson.dumps(health), media_type=JSON, status_code=200 if health["status"] == "ok" else 503)
+    """200 once every backend has loaded, else 503: a bare status, for load balancers."""
+    status, _ = _status(request.app.state.services)
+    return Response(orjson.dumps({"status": status}), media_type=JSON, status_code=200 if status == "ok" else 503)

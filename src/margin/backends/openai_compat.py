@@ -8,7 +8,9 @@ each request), aiohttp 326 µs and 114 µs. That difference alone is over the ga
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -18,34 +20,51 @@ import orjson
 from margin.backends.base import Call, Chunk, Completion, Usage
 from margin.config import OpenAIBackendConfig
 from margin.errors import BackendClientError, BackendError, BackendTimeout, MarginError, RateLimited
+from margin.logs import printable
 from margin.protocol import Endpoint
+
+log = logging.getLogger("margin.backends")
 
 PATHS = {Endpoint.CHAT: "/chat/completions", Endpoint.COMPLETIONS: "/completions", Endpoint.EMBEDDINGS: "/embeddings"}
 
 
+SAFE_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+ERROR_BODY_BYTES = 64 * 1024
+CREDENTIALS = (401, 403, 407)  # the upstream refused margin's own key: an operator's fault, not the caller's
+
+
 def _upstream_message(body: bytes) -> tuple[str, str | None]:
+    """The upstream's error message (for the log only) and its code (for the client, when it looks like one)."""
     try:
         error = orjson.loads(body).get("error")
     except (orjson.JSONDecodeError, AttributeError):
         return body[:300].decode(errors="replace"), None
     if isinstance(error, dict):
-        return str(error.get("message") or error), error.get("code")
-    return str(error), None
+        code = error.get("code")
+        return str(error.get("message") or error)[:300], code if isinstance(code, str) else None
+    return str(error)[:300], None
 
 
 def upstream_error(backend: str, status: int, body: bytes, headers: Mapping[str, str]) -> MarginError:
-    """Translate an upstream error status at the boundary: 4xx pass through, 5xx become 502."""
+    """Translate an upstream error status at the boundary. The upstream's own text goes to the log (escaped),
+    never to the client: it can hold the upstream's key prefix, hosts or internals. The client gets the status
+    and the upstream's error code when it is a plain identifier. 4xx pass through (429 keeps a numeric
+    Retry-After); the upstream refusing margin's credentials and 5xx become 502."""
     message, code = _upstream_message(body)
+    log.warning("upstream %s answered %d: %s", backend, status, printable(message))
+    code = code if code is not None and SAFE_CODE.fullmatch(code) else None
     if status == 429:
-        retry = headers.get("retry-after")
+        retry = headers.get("retry-after", "")
         return RateLimited(
-            f"upstream {backend}: {message}",
+            "the upstream is rate limiting requests; retry later",
             code=code or "upstream_rate_limited",
-            headers={"retry-after": retry} if retry else None,
+            headers={"retry-after": retry} if retry.isdigit() and len(retry) <= 6 else None,
         )
-    if 400 <= status < 500:
-        return BackendClientError(f"upstream {backend}: {message}", status=status, code=code)
-    return BackendError(f"upstream {backend} answered {status}: {message}")
+    if 400 <= status < 500 and status not in CREDENTIALS:
+        detail = f", code {code}" if code else ""
+        message = f"the upstream rejected the request (HTTP {status}{detail})"
+        return BackendClientError(message, status=status, code=code)
+    return BackendError(f"the upstream failed (HTTP {status})")
 
 
 def _choices_text(payload: dict[str, Any], part: str) -> str:
@@ -120,8 +139,8 @@ class OpenAIBackend:
             )
             if response.status >= 400:
                 self._errors += 1
-                body = await response.read()
-                response.release()
+                body = await response.content.read(ERROR_BODY_BYTES)  # an error body is read bounded
+                response.close()
                 raise upstream_error(self.name, response.status, body, response.headers)
             return response
         except TimeoutError as exc:
@@ -194,7 +213,8 @@ class OpenAIBackend:
             raise BackendError(f"upstream {self.name} sent an invalid stream event") from exc
         if "error" in payload and "choices" not in payload:
             message, _code = _upstream_message(data)
-            raise BackendError(f"upstream {self.name} failed mid-stream: {message}")
+            log.warning("upstream %s failed mid-stream: %s", self.name, printable(message))
+            raise BackendError("the upstream failed mid-stream")
         usage = Usage.from_openai(payload.get("usage")) if payload.get("usage") else None
         return Chunk(payload=payload, raw=data, text=delta_text(payload), usage=usage, more=more)
 

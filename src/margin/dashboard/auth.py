@@ -3,21 +3,33 @@
 - An admin key sees everything. A non-admin key sees its own team's rows only (a key without a team: its own
   rows only) and no cross-team table. No key or a bad one: 401 (HTML pages redirect to the login form).
 - Open mode (no active keys: the gateway then listens on loopback only) follows `/admin`: everything is shown.
-- The key comes from `Authorization: Bearer <key>` or from the login form, which stores it in an HttpOnly,
-  SameSite=Strict cookie scoped to `/dashboard`. Every request looks the key up again (revocation applies
-  within `server.key_cache_ttl_s`)."""
+- The key comes from `Authorization: Bearer <key>`, or the login form checks it once and sets an HttpOnly,
+  SameSite=Strict cookie scoped to `/dashboard` that holds a signed session (key id, expiry, HMAC), never the
+  key. Every request looks the key up again by id (revocation applies within `server.key_cache_ttl_s`).
+- The login and logout forms are the only POSTs that are not JSON: they must come from this gateway's own
+  pages (Origin), and the login form is read with a 4 KB limit."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import time
 from dataclasses import dataclass
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from margin.errors import AuthenticationFailed, PermissionDenied
+from margin.api import edge
+from margin.config import ServerConfig
+from margin.errors import AuthenticationFailed, ConfigError, PermissionDenied
 from margin.keys import KeyCache
 from margin.pipeline.context import ANONYMOUS, Principal
+from margin.pipeline.stages.auth import bearer_token, principal_of
 
 COOKIE = "margin_dashboard"
 COOKIE_PATH = "/dashboard"
@@ -41,30 +53,69 @@ class Viewer:
         return f"team {self.team}" if self.team else f"key {self.principal.name}"
 
 
-def _token(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.cookies.get(COOKIE) or None
+SESSION_SHAPE = re.compile(r"v1\.([0-9a-f]{1,32})\.([0-9]{1,12})\.([A-Za-z0-9_-]{43})")
+
+
+class Sessions:
+    """Dashboard sessions as signed tokens `v1.<key id>.<expiry>.<HMAC-SHA256>`: the cookie names a key and
+    when the login ends, and only this gateway (or a replica with the same secret) can make one."""
+
+    def __init__(self, secret: bytes, max_age_s: int = COOKIE_MAX_AGE_S) -> None:
+        self._secret = secret
+        self.max_age_s = max_age_s
+
+    @classmethod
+    def from_config(cls, server: ServerConfig) -> Sessions:
+        if server.session_secret_env is None:
+            return cls(secrets.token_bytes(32))
+        secret = os.environ.get(server.session_secret_env, "")
+        if len(secret) < 16:
+            raise ConfigError(f"server.session_secret_env: ${server.session_secret_env} must hold 16+ characters")
+        return cls(secret.encode())
+
+    def _sign(self, payload: str) -> str:
+        digest = hmac.new(self._secret, payload.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    def issue(self, key_id: str, now: float | None = None) -> str:
+        payload = f"v1.{key_id}.{int((now or time.time()) + self.max_age_s)}"
+        return f"{payload}.{self._sign(payload)}"
+
+    def key_id(self, token: str, now: float | None = None) -> str | None:
+        """The key id of a genuine, unexpired session; None for anything else."""
+        match = SESSION_SHAPE.fullmatch(token)
+        if match is None or int(match.group(2)) <= (now or time.time()):
+            return None
+        payload = token[: match.start(3) - 1]
+        return match.group(1) if hmac.compare_digest(self._sign(payload), match.group(3)) else None
 
 
 async def principal_for(keys: KeyCache, token: str | None) -> Principal:
-    if await keys.active_keys() == 0:
+    """The principal of an API key (the login form's, or a bearer header's)."""
+    if await keys.open_now():
         return ANONYMOUS
     if token is None:
         raise AuthenticationFailed(
             "the dashboard needs an API key: log in at /dashboard/login or send `Authorization: Bearer <key>`",
             code="missing_api_key",
         )
-    record = await keys.lookup(token)
-    if record is None:
-        raise AuthenticationFailed("invalid or revoked API key")
-    return Principal(record.id, record.name, record.team, record.tags, record.org, record.is_admin, record.policy)
+    return principal_of(await keys.lookup(token))
+
+
+async def _principal(request: Request) -> Principal:
+    services = request.app.state.services
+    keys: KeyCache = services.keys
+    session = request.cookies.get(COOKIE)
+    if bearer_token(request.headers) is not None or not session or await keys.open_now():
+        return await principal_for(keys, bearer_token(request.headers))
+    key_id = services.sessions.key_id(session)
+    if key_id is None:
+        raise AuthenticationFailed("the dashboard session has expired or is not valid: log in again")
+    return principal_of(await keys.lookup_id(key_id))
 
 
 async def viewer(request: Request) -> Viewer:
-    keys: KeyCache = request.app.state.services.keys
-    principal = await principal_for(keys, _token(request))
+    principal = await _principal(request)
     if principal.is_admin or principal.key_id is None:
         return Viewer(principal, full=True)
     if principal.team is not None:
@@ -78,25 +129,20 @@ def require_full(who: Viewer, what: str) -> None:
 
 
 def same_origin(request: Request) -> bool:
-    """A login POST must come from a page of this gateway (the Origin header, when a browser sends one)."""
-    origin = request.headers.get("origin")
-    if origin is None or origin == "null":
-        return origin is None
-    return urlsplit(origin).netloc == request.headers.get("host", "")
+    """A form POST must come from a page of this gateway (the Origin header, when a browser sends one)."""
+    return edge.same_origin(request.headers.get("origin"), request.headers.get("host"))
 
 
 async def form_key(request: Request) -> str:
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
-        return ""
-    values = parse_qs(body.decode("utf-8", "replace"))
+    """The login form's key, read with a 4 KB limit (413 beyond it)."""
+    values = parse_qs((await edge.read_body(request, MAX_FORM_BYTES)).decode("utf-8", "replace"))
     return (values.get("key") or [""])[0].strip()
 
 
-def set_login_cookie(response: Response, key: str, secure: bool) -> None:
+def set_login_cookie(response: Response, session: str, secure: bool) -> None:
     response.set_cookie(
         COOKIE,
-        key,
+        session,
         max_age=COOKIE_MAX_AGE_S,
         path=COOKIE_PATH,
         httponly=True,

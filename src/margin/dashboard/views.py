@@ -188,30 +188,28 @@ class Dashboard:
         nxt = auth.safe_next(request.query_params.get("next"))
         return self.render("login.html", page="login", who=None, since=DEFAULT_SINCE, error=None, next=nxt)
 
+    def _login_page(self, status: int, nxt: str, error: str) -> HTMLResponse:
+        return self.render("login.html", status, page="login", who=None, since=DEFAULT_SINCE, next=nxt, error=error)
+
     async def login(self, request: Request) -> Response:
         nxt = auth.safe_next(request.query_params.get("next"))
         if not auth.same_origin(request):
-            return self.render(
-                "login.html",
-                403,
-                page="login",
-                who=None,
-                since=DEFAULT_SINCE,
-                next=nxt,
-                error="Login must be posted from this gateway's own page.",
-            )
-        key = await auth.form_key(request)
+            return self._login_page(403, nxt, "Login must be posted from this gateway's own page.")
+        services = request.app.state.services
         try:
-            await auth.principal_for(request.app.state.services.keys, key or None)
-        except AuthenticationFailed as exc:
-            return self.render(
-                "login.html", 401, page="login", who=None, since=DEFAULT_SINCE, next=nxt, error=exc.message
-            )
+            principal = await auth.principal_for(services.keys, await auth.form_key(request) or None)
+        except MarginError as exc:
+            return self._login_page(exc.status, nxt, exc.message)
         response = RedirectResponse(nxt, status_code=303)
-        auth.set_login_cookie(response, key, secure=request.url.scheme == "https")
+        if principal.key_id is not None:  # open mode needs no session
+            secure = services.settings.server.secure_cookies
+            secure = request.url.scheme == "https" if secure is None else secure
+            auth.set_login_cookie(response, services.sessions.issue(principal.key_id), secure=secure)
         return response
 
     async def logout(self, request: Request) -> Response:
+        if not auth.same_origin(request):
+            return self._login_page(403, "/dashboard", "Logout must be posted from this gateway's own page.")
         response = RedirectResponse("/dashboard/login", status_code=303)
         auth.clear_login_cookie(response)
         return response

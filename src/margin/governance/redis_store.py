@@ -11,11 +11,15 @@ Time comes from Redis' own clock (`TIME`), so replicas with skewed clocks agree.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from margin.errors import ConfigError, Overloaded
 from margin.governance.store import Admitted, Gcra, Hold
+from margin.logs import printable
+
+log = logging.getLogger("margin.governance")
 
 P = "mgn:"
 
@@ -123,6 +127,16 @@ return 1
 """
 
 
+def unavailable(operation: str, exc: Exception) -> Overloaded:
+    """A Redis failure as the client sees it: a fixed text (Redis' own names hosts, ports and internals; it
+    goes to the log, escaped)."""
+    log.warning("redis %s failed: %s", operation, printable(str(exc)))
+    return Overloaded(
+        "the budget and rate-limit store is unavailable; the request was not admitted, retry later",
+        code="governance_unavailable",
+    )
+
+
 class RedisStore:
     """Same contract as `LocalStore`, over a shared Redis."""
 
@@ -154,10 +168,7 @@ class RedisStore:
         try:
             return await self._scripts[name](keys=keys, args=args)
         except RedisError as exc:
-            raise Overloaded(
-                f"the budget and rate-limit store (Redis) failed: {exc}; the request was not admitted",
-                code="governance_unavailable",
-            ) from exc
+            raise unavailable(name, exc) from exc
 
     async def ping(self) -> None:
         from redis.exceptions import RedisError
@@ -199,10 +210,15 @@ class RedisStore:
         return bool(await self._run("seed", [f"{P}c:{counter}"], [spent, expire_s or 0]))
 
     async def counters(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+        from redis.exceptions import RedisError
+
         pipe = self._redis.pipeline(transaction=False)
         for name in names:
             pipe.hmget(f"{P}c:{name}", "spent", "reserved")
-        values = await pipe.execute()
+        try:
+            values = await pipe.execute()
+        except RedisError as exc:
+            raise unavailable("counters", exc) from exc
         return {name: (int(v[0] or 0), int(v[1] or 0)) for name, v in zip(names, values, strict=True)}
 
     async def reap(self) -> int:

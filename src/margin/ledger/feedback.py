@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 import sqlalchemy as sa
+from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, StrictBool, StrictStr, ValidationError
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
@@ -41,20 +41,6 @@ class Outcome:
         return {"request_id": self.request_id, "success": self.success, "score": self.score, "value": value}
 
 
-def _bool(value: Any, where: str) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    raise InvalidRequest(f"{where}`success` must be true or false", param="success")
-
-
-def _score(value: Any, where: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidRequest(f"{where}`score` must be a finite number", param="score")
-    return float(value)
-
-
 def _value(value: Any, where: str) -> int | None:
     if value is None:
         return None
@@ -69,6 +55,18 @@ def _value(value: Any, where: str) -> int | None:
     return to_nanousd(amount)
 
 
+class FeedbackItem(BaseModel):
+    """One outcome as the API takes it (`POST /v1/margin/feedback`; documented from this model in
+    /openapi.json). `value` is USD as a decimal string or a number."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_id: str = Field(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")
+    success: StrictBool | None = None
+    score: Annotated[float, Strict(), AllowInfNan(False)] | None = None
+    value: StrictStr | Annotated[float, Strict()] | None = None
+
+
 def parse_outcome(item: Any, where: str = "") -> Outcome:
     """One feedback object; errors name the field (and `where`, e.g. `item 3: `)."""
     if not isinstance(item, dict):
@@ -76,15 +74,13 @@ def parse_outcome(item: Any, where: str = "") -> Outcome:
     unknown = sorted(set(item) - set(FIELDS))
     if unknown:
         raise InvalidRequest(f"{where}unknown fields {unknown}", param=unknown[0])
-    request_id = item.get("request_id")
-    if not isinstance(request_id, str) or not request_id or len(request_id) > 64:
-        raise InvalidRequest(f"{where}`request_id` must be a non-empty string", param="request_id")
-    outcome = Outcome(
-        request_id,
-        _bool(item.get("success"), where),
-        _score(item.get("score"), where),
-        _value(item.get("value"), where),
-    )
+    try:
+        checked = FeedbackItem.model_validate(item)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = str(first["loc"][0]) if first["loc"] else None
+        raise InvalidRequest(f"{where}`{param}`: {first['msg']}", param=param) from exc
+    outcome = Outcome(checked.request_id, checked.success, checked.score, _value(checked.value, where))
     if outcome.success is None and outcome.score is None:
         raise InvalidRequest(f"{where}send `success` and/or `score`", param="success")
     return outcome

@@ -1,7 +1,8 @@
 """auth: API key → principal (key id, team, tags), plus tags from the x-margin-tags header and `user`.
 
-With no active keys at all the gateway runs open (it then listens on loopback only: `margin serve`
-refuses any other address), and requests are attributed to `anonymous`."""
+The key is checked from the headers before the body is read (the API handler calls `authenticate` first
+and hands the principal in); a gateway started with no keys runs open (loopback only, decided at start:
+see `margin.keys.KeyCache`), and requests are attributed to `anonymous`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from margin.errors import AuthenticationFailed, InvalidRequest
-from margin.keys import KeyCache
+from margin.keys import KeyCache, KeyRecord
 from margin.pipeline.base import BaseStage, StageSpec
 from margin.pipeline.context import ANONYMOUS, Principal, RequestContext
 
@@ -38,13 +39,21 @@ def parse_tag_header(value: str, allowed: set[str]) -> dict[str, str]:
     return tags
 
 
-async def authenticate(keys: KeyCache, headers: Mapping[str, str]) -> Principal:
-    if await keys.active_keys() == 0:
-        return ANONYMOUS
+def bearer_token(headers: Mapping[str, str]) -> str | None:
     scheme, _, token = headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
+async def authenticate(keys: KeyCache, headers: Mapping[str, str]) -> Principal:
+    if await keys.open_now():
+        return ANONYMOUS
+    token = bearer_token(headers)
+    if token is None:
         raise AuthenticationFailed("missing API key: send `Authorization: Bearer <key>`", code="missing_api_key")
-    record = await keys.lookup(token.strip())
+    return principal_of(await keys.lookup(token))
+
+
+def principal_of(record: KeyRecord | None) -> Principal:
     if record is None:
         raise AuthenticationFailed("invalid or revoked API key")
     return Principal(
@@ -66,7 +75,8 @@ class AuthStage(BaseStage):
         self.allowed = set(header_tag_keys)
 
     async def on_request(self, ctx: RequestContext) -> None:
-        ctx.principal = await authenticate(self.keys, ctx.headers)
+        if ctx.principal is None:  # the API handler authenticates before reading the body
+            ctx.principal = await authenticate(self.keys, ctx.headers)
         header = ctx.headers.get("x-margin-tags")
         tags = parse_tag_header(header, self.allowed) if header else {}
         tags.update(ctx.principal.tags)  # a key's own tags cannot be overridden by the caller

@@ -1,0 +1,109 @@
+"""The gateway's edge: what is decided from the request line and headers alone, before any body is read.
+
+- Open mode (the gateway started with no API keys) answers only requests addressed to a loopback host and,
+  when a browser sends an Origin, only same-origin ones: no web page can drive a local gateway and DNS
+  rebinding cannot read it.
+- Every request that carries a body (POST, PUT, PATCH) declares `Content-Type: application/json`: browsers
+  send `text/plain` and form posts cross-site without asking, never JSON. The dashboard's two HTML form posts
+  are the exception; they check their Origin instead (`margin.dashboard.auth.same_origin`).
+- One body reader with a limit for every route: a declared Content-Length over the limit is refused before
+  reading, a chunked body is counted as it arrives and refused as soon as it passes the limit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from starlette.requests import Request
+from starlette.types import Scope
+
+from margin.config import is_loopback
+from margin.errors import InvalidRequest, MarginError, PayloadTooLarge, PermissionDenied, UnsupportedMediaType
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+FORM_PATHS = frozenset({"/dashboard/login", "/dashboard/logout"})  # HTML forms; same-origin checked there
+
+
+def host_name(host: str) -> str:
+    """The name part of a Host header: `127.0.0.1:8000` → `127.0.0.1`, `[::1]:8000` → `::1`."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else ""
+    return host.partition(":")[0]
+
+
+def loopback_host(host: str | None) -> bool:
+    return host is not None and is_loopback(host_name(host))
+
+
+def same_origin(origin: str | None, host: str | None) -> bool:
+    """No Origin (not a browser, or a same-origin GET) is fine; `null` and any other site are not."""
+    if origin is None:
+        return True
+    if host is None or origin == "null":
+        return False
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and parts.netloc.lower() == host.strip().lower()
+
+
+def is_json(content_type: str | None) -> bool:
+    return content_type is not None and content_type.partition(";")[0].strip().lower() == "application/json"
+
+
+def refusal(scope: Scope, open_mode: bool) -> MarginError | None:
+    """Why this request is refused before it reaches a route, or None. Headers only; one pass over them."""
+    needs_json = scope["method"] in BODY_METHODS and scope["path"] not in FORM_PATHS
+    if not (open_mode or needs_json):
+        return None
+    host = origin = content_type = None
+    for name, value in scope["headers"]:
+        if name == b"host":
+            host = value.decode("latin-1")
+        elif name == b"origin":
+            origin = value.decode("latin-1")
+        elif name == b"content-type":
+            content_type = value.decode("latin-1")
+    if open_mode and not loopback_host(host):
+        return PermissionDenied(
+            "this gateway runs open (no API keys) and answers only requests addressed to a loopback host "
+            "(localhost, 127.0.0.1, ::1); create a key to serve other names",
+            code="loopback_only",
+        )
+    if open_mode and not same_origin(origin, host):
+        return PermissionDenied(
+            "this gateway runs open (no API keys) and answers browsers only from its own origin",
+            code="cross_origin",
+        )
+    if needs_json and not is_json(content_type):
+        return UnsupportedMediaType(f"{scope['method']} needs `Content-Type: application/json`")
+    return None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, never more than `limit` bytes held (413 beyond it, before reading the rest)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit} bytes")
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+        parts.append(part)
+    return b"".join(parts)
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise InvalidRequest("the request body is empty; send a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+
+
+async def read_json(request: Request) -> Any:
+    """The body of an API request as JSON, bounded by `server.max_body_bytes`."""
+    return parse_json(await read_body(request, request.app.state.services.settings.server.max_body_bytes))

@@ -1,0 +1,193 @@
+"""`GET /openapi.json`: an OpenAPI 3.1 document of every public route, generated from the pydantic models the
+routes validate with (`margin.protocol`, `margin.keys.KeyRequest`, `margin.ledger.feedback.FeedbackItem`,
+the governance specs), so the contract cannot drift from the code. Built once per app; served as bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict
+from pydantic.json_schema import models_json_schema
+from starlette.requests import Request
+from starlette.responses import Response
+
+from margin import __version__
+from margin.api.responses import JSON
+from margin.governance.specs import BudgetSpec, FlagSpec, LimitSpec
+from margin.keys import KeyRequest
+from margin.ledger.feedback import FeedbackItem
+from margin.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+
+REF = "#/components/schemas/{model}"
+DASHBOARD_PAGES = ("overview", "breakdown", "latency", "savings", "budgets", "backends", "margin")
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 5xx answer (OpenAI's error shape; `margin.errors.MarginError.to_body`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: ErrorDetail
+
+
+MODELS: tuple[type[BaseModel], ...] = (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    KeyRequest,
+    FeedbackItem,
+    BudgetSpec,
+    LimitSpec,
+    FlagSpec,
+    ErrorBody,
+)
+
+
+def ref(model: type[BaseModel] | str) -> dict[str, str]:
+    return {"$ref": REF.format(model=model if isinstance(model, str) else model.__name__)}
+
+
+def _query(*names: str) -> list[dict[str, Any]]:
+    return [{"name": name, "in": "query", "required": False, "schema": {"type": "string"}} for name in names]
+
+
+def _path(name: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema or {"type": "string", "minLength": 1}}
+
+
+@dataclass(frozen=True)
+class Op:
+    method: str
+    path: str
+    summary: str
+    body: dict[str, Any] | None = None  # a JSON schema (usually a $ref)
+    status: int = 200
+    auth: str = "key"  # key | admin | none | optional
+    params: list[dict[str, Any]] = field(default_factory=list)
+    stream: bool = False
+    body_required: bool = True
+
+
+def _operations() -> list[Op]:
+    list_of = {"oneOf": [ref(FeedbackItem), {"type": "array", "items": ref(FeedbackItem), "minItems": 1}]}
+    window = _query("since", "until", "by")
+    ops = [
+        Op(
+            "post",
+            "/v1/chat/completions",
+            "Chat completion (streams with `stream: true`)",
+            ref(ChatCompletionRequest),
+            stream=True,
+        ),
+        Op("post", "/v1/completions", "Text completion", ref(CompletionRequest), stream=True),
+        Op("post", "/v1/embeddings", "Embeddings", ref(EmbeddingRequest)),
+        Op("get", "/v1/models", "The models this gateway serves"),
+        Op("get", "/v1/models/{model}", "One model", params=[_path("model")]),
+        Op("post", "/v1/margin/feedback", "Outcomes of earlier requests (all or nothing)", list_of),
+        Op("get", "/v1/margin/usage", "The calling key's own usage and budgets", params=window),
+        Op("get", "/healthz", "Liveness (details for an admin key only)", auth="optional"),
+        Op("get", "/readyz", "Readiness: 200 once every backend has loaded, else 503", auth="none"),
+        Op("get", "/openapi.json", "This document", auth="none"),
+        Op("get", "/admin/keys", "List keys (never the keys themselves)", auth="admin"),
+        Op("post", "/admin/keys", "Create a key (shown once)", ref(KeyRequest), status=201, auth="admin"),
+        Op(
+            "delete",
+            "/admin/keys/{key_id}",
+            "Revoke a key (never the last admin key)",
+            auth="admin",
+            params=[_path("key_id")],
+        ),
+        Op("get", "/admin/usage", "Usage of every key", auth="admin", params=window),
+        Op(
+            "post",
+            "/admin/reload",
+            "Re-read rules (and the config file)",
+            {"type": "object"},
+            auth="admin",
+            body_required=False,
+        ),
+        Op(
+            "get",
+            "/dashboard/api/{page}",
+            "A dashboard page's data",
+            params=[_path("page", {"type": "string", "enum": list(DASHBOARD_PAGES)}), *_query("since", "by")],
+        ),
+    ]
+    for plural, spec in (("budgets", BudgetSpec), ("limits", LimitSpec), ("flags", FlagSpec)):
+        ops += [
+            Op("get", f"/admin/{plural}", f"List {plural}", auth="admin"),
+            Op("put", f"/admin/{plural}", f"Create or replace one of the {plural}", ref(spec), auth="admin"),
+            Op("post", f"/admin/{plural}", f"Create or replace one of the {plural}", ref(spec), auth="admin"),
+            Op(
+                "delete",
+                f"/admin/{plural}/{{name}}",
+                f"Delete a stored one of the {plural}",
+                auth="admin",
+                params=[_path("name")],
+            ),
+        ]
+    return ops
+
+
+def _operation(op: Op) -> dict[str, Any]:
+    error = {"description": "OpenAI-shaped error", "content": {JSON: {"schema": ref(ErrorBody)}}}
+    success: dict[str, Any] = {JSON: {"schema": {}}}
+    if op.stream:
+        success["text/event-stream"] = {"schema": {"type": "string"}}
+    out: dict[str, Any] = {
+        "summary": op.summary,
+        "operationId": f"{op.method}_{op.path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}",
+        "responses": {str(op.status): {"description": "OK", "content": success}, "4XX": error, "5XX": error},
+    }
+    if op.params:
+        out["parameters"] = op.params
+    if op.body is not None:
+        out["requestBody"] = {"required": op.body_required, "content": {JSON: {"schema": op.body}}}
+    if op.auth == "none":
+        out["security"] = []
+    elif op.auth == "optional":
+        out["security"] = [{}, {"bearer": []}]
+    return out
+
+
+def document() -> dict[str, Any]:
+    _, definitions = models_json_schema([(model, "validation") for model in MODELS], ref_template=REF)
+    paths: dict[str, dict[str, Any]] = {}
+    for op in _operations():
+        paths.setdefault(op.path, {})[op.method] = _operation(op)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "margin",
+            "version": __version__,
+            "description": "OpenAI-compatible inference gateway with unit economics. Bodies are JSON "
+            "(`Content-Type: application/json`); with keys, send `Authorization: Bearer <key>`.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": definitions.get("$defs", {}),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }
+
+
+def endpoint() -> Callable[[Request], Awaitable[Response]]:
+    body = orjson.dumps(document())
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(body, media_type=JSON, headers={"cache-control": "no-cache"})
+
+    return openapi_json

@@ -1,0 +1,43 @@
+"""Log lines nobody can forge: text a client or an upstream controls (paths, error messages) is escaped
+before it reaches a log, so a CR/LF, an ANSI escape or a NUL in it cannot start a fake line or repaint a
+terminal."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str, limit: int | None = 300) -> str:
+    """`text` with control characters escaped (`\\x0a`), cut to `limit` characters (None: whole)."""
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "…"
+    return CONTROL.sub(_escape, text)
+
+
+class EscapingFormatter(logging.Formatter):
+    """Escapes every control character of a record's message, and all but the line breaks of a traceback
+    (whose lines Python itself writes)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging.Formatter's name)
+        record.message = printable(record.message, limit=None)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 (logging.Formatter's name)
+        return CONTROL_BUT_NEWLINE.sub(_escape, super().formatException(ei))
+
+
+def configure(level: str) -> None:
+    """The gateway's logging: one stderr handler with the escaping formatter."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(EscapingFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])

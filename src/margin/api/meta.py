@@ -70,6 +70,8 @@ def _health(services: Any) -> dict[str, Any]:
             "pending": services.writer.pending,
             "written": services.writer.written,
             "failed_flushes": services.writer.failures,
+            "dead_letters": services.writer.dead_letters,
+            "refused_backlogged": services.writer.refused,
         },
     }
 

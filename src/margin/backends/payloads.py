@@ -102,3 +102,24 @@ def request_text(request: Any) -> str:
     if isinstance(prompt, str):
         return prompt
     return "\n".join(p for p in prompt if isinstance(p, str))
+
+
+def token_id_count(request: Any) -> int:
+    """How many token ids a completion prompt or embedding input carries (they are tokens already)."""
+    value = getattr(request, "prompt", None)
+    if value is None:
+        value = getattr(request, "input", None)
+    if not isinstance(value, list):
+        return 0
+    return sum(len(item) if isinstance(item, list) else int(isinstance(item, int)) for item in value)
+
+
+def non_text_parts(request: Any) -> int:
+    """Image, audio or file parts of a chat request (priced by the upstream, not counted as text)."""
+    return sum(
+        1
+        for message in getattr(request, "messages", None) or ()
+        if isinstance(message.content, list)
+        for part in message.content
+        if part.type != "text"
+    )

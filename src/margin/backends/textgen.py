@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from margin.backends.grammar import check_schema
 from margin.errors import InvalidRequest
 from margin.protocol import ChatCompletionRequest, CompletionRequest
 
@@ -95,6 +96,7 @@ def _response_format(request: ChatCompletionRequest | CompletionRequest, plan: S
         schema = (fmt.get("json_schema") or {}).get("schema")
         if not isinstance(schema, dict):
             raise InvalidRequest("response_format.json_schema.schema must be an object", param="response_format")
+        check_schema(schema)
         plan.json_schema = schema
     else:
         raise InvalidRequest(f"unknown response_format type {fmt.get('type')!r}", param="response_format")

@@ -126,6 +126,7 @@ class LedgerWriter:
         self._max_rows = max_rows
         self._max_pending = max_pending
         self._pending: list[dict[str, Any]] = []
+        self._writing = 0  # rows of the batch the database has now
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -137,12 +138,13 @@ class LedgerWriter:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        """Rows acknowledged and not yet in the database (waiting, or in the batch being written)."""
+        return len(self._pending) + self._writing
 
     @property
     def backlogged(self) -> bool:
         """The queue is full (the database is down or too slow): new requests wait outside (503)."""
-        return len(self._pending) >= self._max_pending
+        return self.pending >= self._max_pending
 
     def submit(self, row: dict[str, Any]) -> None:
         self._pending.append(row)
@@ -204,16 +206,19 @@ class LedgerWriter:
             if not self._pending:
                 return 0
             batch, self._pending = self._pending, []
+            self._writing = len(batch)
             try:
                 refused = await asyncio.get_running_loop().run_in_executor(self._thread, self._write, batch)
             except Exception as exc:
                 self.failures += 1
                 left, refused = (exc.rows, exc.refused) if isinstance(exc, Requeue) else (batch, 0)
                 self._pending = left + self._pending
+                self._writing = 0
                 self.dead_letters += refused
                 self.written += len(batch) - len(left) - refused
                 log.error("ledger write failed (%s); %d rows kept for retry", exc.__cause__ or exc, len(left))
                 return len(batch) - len(left)
+            self._writing = 0
             self.dead_letters += refused
             self.written += len(batch) - refused
             return len(batch)

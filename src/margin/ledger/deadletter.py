@@ -23,7 +23,8 @@ import sqlalchemy as sa
 from margin.ledger.models import ledger
 
 MAX_ERROR_CHARS = 2000
-_INT_RANGE = {sa.Integer: (-(2**31), 2**31 - 1), sa.BigInteger: (-(2**63), 2**63 - 1)}
+# 32-bit token columns are summed in pairs by the rollup trigger (input + output): each must stay below 2^30
+_INT_RANGE = {sa.Integer: (-(2**30), 2**30 - 1), sa.BigInteger: (-(2**62), 2**62 - 1)}
 
 
 def is_transient(exc: BaseException) -> bool:

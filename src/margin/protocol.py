@@ -7,7 +7,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from margin.errors import InvalidRequest
 
@@ -22,16 +22,11 @@ INT32 = 2**31 - 1  # token counts and ids are 32-bit in every engine (and in the
 MAX_LOGIT_BIAS = 1024  # entries; OpenAI documents -100..100 per token
 
 
-def _printable(value: str) -> str:
-    """No NUL or other C0 control characters: PostgreSQL text refuses NUL, and names never need them."""
-    if any(ord(c) < 32 for c in value):
-        raise ValueError("must not contain control characters")
-    return value
-
-
-# what the ledger stores of these fields fits its columns (String(128) / String(256))
-ModelName = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_printable)]
-UserId = Annotated[str, Field(max_length=256), AfterValidator(_printable)]
+# What the ledger stores of these fits its columns (String(128) / String(256)), without NUL or other control
+# characters (PostgreSQL text refuses NUL; names never need them). Checked by pydantic's Rust regex.
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+ModelName = Annotated[str, Field(min_length=1, max_length=128, pattern=PRINTABLE)]
+UserId = Annotated[str, Field(max_length=256, pattern=PRINTABLE)]
 TokenId = Annotated[int, Field(ge=0, le=INT32)]
 TokenLimit = Annotated[int, Field(ge=1, le=INT32)]
 
@@ -109,6 +104,15 @@ class _Sampling(_Open):
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
+    @property
+    def choices(self) -> int:
+        """Answers generated per prompt (what multiplies the output)."""
+        return self.n
+
+    @property
+    def prompts(self) -> int:
+        return 1
+
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
@@ -125,11 +129,6 @@ class ChatCompletionRequest(_Sampling):
         """The larger of the two output limits a client may send: an upstream may honour either."""
         limits = [v for v in (self.max_completion_tokens, self.max_tokens) if v is not None]
         return max(limits) if limits else None
-
-    @property
-    def choices(self) -> int:
-        """Answers generated per prompt (what multiplies the output)."""
-        return self.n
 
 
 class CompletionRequest(_Sampling):

@@ -33,7 +33,7 @@ from margin.governance.specs import BudgetSpec, FlagSpec, LimitSpec
 from margin.pipeline.base import BaseStage, StageSpec
 from margin.pipeline.context import RequestContext, Target
 from margin.pipeline.stages.route import resolve
-from margin.protocol import Endpoint
+from margin.protocol import ChatCompletionRequest, EmbeddingRequest, Endpoint
 
 CHAT_MESSAGE_OVERHEAD = 8  # template tokens per message, on top of the counted text (upper bound)
 NON_TEXT_PART_TOKENS = 2048  # an image or audio part, priced as a large high-detail image (upper bound)
@@ -56,7 +56,7 @@ def on_target(subject: Subject, target: Target) -> Subject:
 def cap_output(ctx: RequestContext, cap: int) -> None:
     """Lower every output-limit field the client sent to `cap` (an upstream may honour either one); with none
     sent, set `max_tokens`."""
-    fields = [name for name in OUTPUT_FIELDS if name in type(ctx.request).model_fields]
+    fields = OUTPUT_FIELDS if isinstance(ctx.request, ChatCompletionRequest) else OUTPUT_FIELDS[:1]
     sent = {name: getattr(ctx.request, name) for name in fields if getattr(ctx.request, name) is not None}
     update = {name: cap for name, value in sent.items() if value > cap}
     if not sent:
@@ -125,6 +125,8 @@ class AdmitStage(BaseStage):
 
     def _forced(self, ctx: RequestContext, rules: Rules, base: Subject, target: Target) -> Target:
         """A `force_model` flag on the model asked for sends the request to another model."""
+        if not rules.flags:
+            return target
         forced = next((f for f in rules.flags_for(on_target(base, target)) if f.action == "force_model"), None)
         if forced is None or not forced.model:
             return target
@@ -136,6 +138,8 @@ class AdmitStage(BaseStage):
     ) -> list[Target]:
         """Flags of every candidate. The primary's apply to the request (disable → 403); another candidate
         that is disabled (or cache-only) is dropped; every candidate's `cap_max_tokens` caps the request."""
+        if not rules.flags:
+            return chain
         kept = []
         for candidate in chain:
             flags = rules.flags_for(on_target(base, candidate))
@@ -203,6 +207,10 @@ class AdmitStage(BaseStage):
     @staticmethod
     def _budgets(rules: Rules, base: Subject, candidates: list[Target]) -> list[BudgetSpec]:
         """The budgets of every candidate (a model budget on a fallback is reserved too)."""
+        if not rules.budgets:
+            return []
+        if len(candidates) == 1:
+            return rules.budgets_for(on_target(base, candidates[0]))
         found: dict[str, BudgetSpec] = {}
         for candidate in candidates:
             for budget in rules.budgets_for(on_target(base, candidate)):
@@ -216,13 +224,11 @@ class AdmitStage(BaseStage):
         text = request_text(request)
         counted = target.backend.count_tokens(text)
         tokens = counted if counted is not None else adm.conservative_tokens(text)
-        tokens += token_id_count(request)
-        messages = getattr(request, "messages", None)
-        if messages:
-            tokens += CHAT_MESSAGE_OVERHEAD * len(messages) + NON_TEXT_PART_TOKENS * non_text_parts(request)
-        tools = getattr(request, "tools", None)
-        if tools:
-            tokens += adm.conservative_tokens(orjson.dumps(tools).decode())
+        if not isinstance(request, ChatCompletionRequest):
+            return tokens + token_id_count(request)
+        tokens += CHAT_MESSAGE_OVERHEAD * len(request.messages) + NON_TEXT_PART_TOKENS * non_text_parts(request)
+        if request.tools:
+            tokens += adm.conservative_tokens(orjson.dumps(request.tools).decode())
         return tokens
 
     async def _admit(
@@ -262,7 +268,8 @@ class AdmitStage(BaseStage):
         each = adm.output_allowance(requested, target.model.context_length, prompt_tokens, default)
         if requested is None:
             cap_output(ctx, max(each, 1))
-        return each * getattr(request, "choices", 1) * getattr(request, "prompts", 1)
+        assert not isinstance(request, EmbeddingRequest)
+        return each * request.choices * request.prompts
 
     async def _holds(
         self, ctx: RequestContext, base: Subject, budgets: list[BudgetSpec], prompt_tokens: int

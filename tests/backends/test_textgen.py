@@ -83,6 +83,8 @@ def test_sampling_maps_fields() -> None:
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"logprobs": True}, "logprobs"),
         ({"top_k": "many"}, "top_k"),
+        ({"top_k": 1e300}, "top_k"),
+        ({"min_p": -1}, "min_p"),
         ({"response_format": {"type": "xml"}}, "response_format"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
     ],

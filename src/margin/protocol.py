@@ -127,8 +127,10 @@ class ChatCompletionRequest(_Sampling):
     @property
     def output_limit(self) -> int | None:
         """The larger of the two output limits a client may send: an upstream may honour either."""
-        limits = [v for v in (self.max_completion_tokens, self.max_tokens) if v is not None]
-        return max(limits) if limits else None
+        completion, tokens = self.max_completion_tokens, self.max_tokens
+        if completion is None or tokens is None:
+            return tokens if completion is None else completion
+        return max(completion, tokens)
 
 
 class CompletionRequest(_Sampling):

@@ -12,6 +12,7 @@ import httpx
 
 from tests.security.conftest import Served, ServeFactory
 from tests.security.upstream import recording_upstream
+from tests.security.waiting import wait_for
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -186,6 +187,7 @@ def test_two_orgs_teams_of_one_name_share_no_budget_limit_or_dashboard_rows(serv
         with gw.client(gw.keys["globex"]) as globex:
             statuses = [globex.post(CHAT, json=chat(max_tokens=5)).status_code for _ in range(3)]
             assert statuses == [200, 200, 200]  # acme's spend and requests are not globex's
+            wait_for(lambda: len(gw.rows()) == 7, "both orgs' rows in the ledger")
             view = globex.get("/dashboard/api/overview", params={"since": "24h"})
             assert view.status_code == 200 and view.json()["totals"]["requests"] == 3
         budget = settled(gw, "support")

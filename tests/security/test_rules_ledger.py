@@ -6,15 +6,15 @@ keep up answers 503 instead of growing its queue without bound."""
 from __future__ import annotations
 
 import sqlite3
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
 from tests.security.conftest import Served, ServeFactory
+from tests.security.waiting import wait_for
 
 CHAT = "/v1/chat/completions"
 GOOD = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]}
@@ -35,14 +35,6 @@ def fresh_postgres(postgres_url: str) -> Iterator[str]:
 @pytest.fixture(params=["sqlite", "postgres"])
 def ledger(request: pytest.FixtureRequest) -> str | None:
     return None if request.param == "sqlite" else str(request.getfixturevalue("fresh_postgres"))
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def refuse_poison(gw: Served) -> None:

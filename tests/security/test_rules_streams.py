@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tests.security.conftest import FAKE_CONFIG, Served, ServeFactory
-from tests.security.test_rules_ledger import wait_for
+from tests.security.waiting import wait_for
 
 CHAT = "/v1/chat/completions"
 FAKE = FAKE_CONFIG["backends"]["fake"]

@@ -110,12 +110,15 @@ async def live_server(app: Any) -> AsyncIterator[str]:
 
 @contextmanager
 def margin_serve(
-    db: Path, log: Path, config: Path | None = None, extra: list[str] | None = None, ready_s: float = 180
+    db: Path | None, log: Path, config: Path | None = None, extra: list[str] | None = None, ready_s: float = 180
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`margin serve` as a user starts it (default config: the real local model; or `config`, a YAML file) in a
-    subprocess on a free port; yields (base URL, process) once /readyz answers, and stops it with SIGTERM."""
+    subprocess on a free port; yields (base URL, process) once /readyz answers, and stops it with SIGTERM.
+    `db`: a SQLite ledger file (--db); None leaves the config's `storage.ledger`."""
     port = free_port()
-    command = [sys.executable, "-m", "margin", "serve", "--port", str(port), "--db", str(db)]
+    command = [sys.executable, "-m", "margin", "serve", "--port", str(port)]
+    if db is not None:
+        command += ["--db", str(db)]
     if config is not None:
         command += ["--config", str(config)]
     with log.open("wb") as out:

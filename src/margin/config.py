@@ -45,12 +45,18 @@ class ServerConfig(Strict):
         description="Mark the dashboard cookie Secure. Unset: only when the request came over https; set true "
         "when a proxy terminates TLS in front of margin.",
     )
+    stream_write_timeout_s: float = Field(
+        30.0, gt=0, description="A stream whose client reads nothing for this long is ended as client_closed."
+    )
 
 
 class StorageConfig(Strict):
     ledger: str = Field("sqlite:///margin.db", description="SQLAlchemy URL (sqlite:///path or postgresql://…).")
     flush_interval_ms: int = Field(50, gt=0, description="Ledger rows are written in batches at this pace.")
     flush_max_rows: int = Field(500, gt=0)
+    max_pending_rows: int = Field(
+        100_000, gt=0, description="Rows waiting for the database; beyond this, new requests get 503 until it drains."
+    )
     redis: str | None = Field(
         None, description="redis://host:port/db: budgets and rate limits shared by several gateway replicas."
     )

@@ -112,6 +112,13 @@ class BackendError(MarginError):
     default_code = "upstream_error"
 
 
+class BackendFailedUnexpectedly(BackendError):
+    """A backend raised an exception it does not translate itself (an in-process engine's IndexError, say).
+    Often provoked by one request's input, so it never counts against the backend's circuit breaker."""
+
+    default_code = "backend_exception"
+
+
 class BackendTimeout(BackendError):
     status = 504
     default_code = "upstream_timeout"

@@ -1,9 +1,11 @@
-"""OpenAI request schemas: unknown vendor fields are accepted and passed on, bad types are rejected."""
+"""OpenAI request schemas: unknown vendor fields are accepted (only `FORWARDED_EXTRAS` travel upstream), bad
+types are rejected. Every value that reaches the ledger or a backend is bounded here, at parse time: a
+400 naming the field, instead of a ledger batch the database refuses or a backend that fails."""
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -14,6 +16,19 @@ class Endpoint(StrEnum):
     CHAT = "chat.completions"
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
+
+
+INT32 = 2**31 - 1  # token counts and ids are 32-bit in every engine (and in the ledger's integer columns)
+MAX_LOGIT_BIAS = 1024  # entries; OpenAI documents -100..100 per token
+
+
+# What the ledger stores of these fits its columns (String(128) / String(256)), without NUL or other control
+# characters (PostgreSQL text refuses NUL; names never need them). Checked by pydantic's Rust regex.
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+ModelName = Annotated[str, Field(min_length=1, max_length=128, pattern=PRINTABLE)]
+UserId = Annotated[str, Field(max_length=256, pattern=PRINTABLE)]
+TokenId = Annotated[int, Field(ge=0, le=INT32)]
+TokenLimit = Annotated[int, Field(ge=1, le=INT32)]
 
 
 class _Open(BaseModel):
@@ -45,7 +60,7 @@ class ChatMessage(_Open):
 
 
 class _Sampling(_Open):
-    model: str = Field(min_length=1)
+    model: ModelName
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0, le=2)
@@ -54,9 +69,24 @@ class _Sampling(_Open):
     stop: str | list[str] | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    seed: int | None = None
-    user: str | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    user: UserId | None = None
     logit_bias: dict[str, float] | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_biases(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        """Keys are token ids (decimal), values -100..100: checked here; the vocabulary by the backend."""
+        if value is None:
+            return None
+        if len(value) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} entries")
+        for key, bias in value.items():
+            if not (key.isascii() and key.isdigit() and len(key) <= 10 and int(key) <= INT32):
+                raise ValueError(f"keys must be token ids (0..{INT32}), got {key[:20]!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"biases must be between -100 and 100 (token {key}: {bias})")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -74,11 +104,20 @@ class _Sampling(_Open):
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
+    @property
+    def choices(self) -> int:
+        """Answers generated per prompt (what multiplies the output)."""
+        return self.n
+
+    @property
+    def prompts(self) -> int:
+        return 1
+
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: TokenLimit | None = None
+    max_completion_tokens: TokenLimit | None = None
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
@@ -87,28 +126,45 @@ class ChatCompletionRequest(_Sampling):
 
     @property
     def output_limit(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
+        """The larger of the two output limits a client may send: an upstream may honour either."""
+        completion, tokens = self.max_completion_tokens, self.max_tokens
+        if completion is None or tokens is None:
+            return tokens if completion is None else completion
+        return max(completion, tokens)
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=0)
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
+    max_tokens: int | None = Field(16, ge=0, le=INT32)
     echo: bool = False
     suffix: str | None = None
     logprobs: int | None = Field(None, ge=0, le=5)
-    best_of: int | None = Field(None, ge=1)
+    best_of: int | None = Field(None, ge=1, le=128)
 
     @property
     def output_limit(self) -> int | None:
         return self.max_tokens
 
+    @property
+    def choices(self) -> int:
+        """Answers generated per prompt: `best_of` candidates are all generated (and billed), `n` returned."""
+        return max(self.n, self.best_of or 1)
+
+    @property
+    def prompts(self) -> int:
+        """How many prompts: a list of strings or of token-id lists is one completion job each."""
+        prompt = self.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+            return len(prompt)
+        return 1
+
 
 class EmbeddingRequest(_Open):
-    model: str = Field(min_length=1)
-    input: str | list[str] | list[int] | list[list[int]]
+    model: ModelName
+    input: str | list[str] | list[TokenId] | list[list[TokenId]]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
-    user: str | None = None
+    dimensions: int | None = Field(None, ge=1, le=65_536)
+    user: UserId | None = None
 
     @field_validator("input")
     @classmethod
@@ -133,6 +189,34 @@ SCHEMAS: dict[Endpoint, type[ApiRequest]] = {
     Endpoint.CHAT: ChatCompletionRequest,
     Endpoint.COMPLETIONS: CompletionRequest,
     Endpoint.EMBEDDINGS: EmbeddingRequest,
+}
+
+
+# Vendor fields an upstream may receive besides the declared ones: sampling knobs that buy no work beyond
+# the priced output limit. Anything else (`service_tier`, `best_of` on chat, beam search, audio output,
+# chat templates, web search…) is not forwarded, so no unpriced field can buy work upstream.
+FORWARDED_EXTRAS = frozenset(
+    {
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "repeat_penalty",
+        "ignore_eos",
+        "min_tokens",
+        "skip_special_tokens",
+        "include_stop_str_in_output",
+        "parallel_tool_calls",
+        "reasoning_effort",
+        "functions",
+        "function_call",
+        "metadata",
+        "store",
+    }
+)
+FORWARDED: dict[Endpoint, frozenset[str]] = {
+    Endpoint.CHAT: frozenset(ChatCompletionRequest.model_fields) | FORWARDED_EXTRAS,
+    Endpoint.COMPLETIONS: frozenset(CompletionRequest.model_fields) | FORWARDED_EXTRAS,
+    Endpoint.EMBEDDINGS: frozenset(EmbeddingRequest.model_fields),
 }
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from margin.api.responses import StallWatch
 from margin.backends.base import Backend
 from margin.backends.registry import BackendRegistry
 from margin.cache.exact import CacheStore, MemoryCache, RedisCache, SqliteCache
@@ -68,6 +69,7 @@ class Services:
             settings.storage.ledger,
             interval_s=settings.storage.flush_interval_ms / 1000,
             max_rows=settings.storage.flush_max_rows,
+            max_pending=settings.storage.max_pending_rows,
         )
         server = settings.server
         self.keys = KeyCache(self.engine, ttl_s=server.key_cache_ttl_s, max_entries=server.key_cache_entries)
@@ -90,6 +92,7 @@ class Services:
         stages = [stage for spec in discover() if (stage := spec.build(self)) is not None]
         self.pipeline = Pipeline(stages, BackendCall(self.meter, self.breakers))
         self._background: set[asyncio.Task[Any]] = set()
+        self.stalls = StallWatch(settings.server.stream_write_timeout_s)
         self.started_at = time.time()
 
     def _targets(self) -> dict[str, Target]:
@@ -147,6 +150,7 @@ class Services:
             await asyncio.gather(*self._background, return_exceptions=True)
 
     async def close(self) -> None:
+        await self.stalls.close()
         await self.drain()
         for name, backend in self.backends.items():
             try:

@@ -37,7 +37,8 @@ async def test_disable_flag_answers_403_with_reason(db_path: Path) -> None:
 
 
 async def test_flags_by_tag_backend_and_key(db_path: Path) -> None:
-    key_id, key = make_key(db_path, name="k", team="t")
+    key_id, key = make_key(db_path, name="k", team="t", tags={"customer": "*"})  # may name its customer
+    _, unbound = make_key(db_path, name="u", team="t")
     flags = [
         flag("no-acme", "tag", "customer=acme", "disable"),
         flag("api-off", "backend", "api", "disable"),
@@ -46,9 +47,13 @@ async def test_flags_by_tag_backend_and_key(db_path: Path) -> None:
     async with gateway(fake_settings(db_path, flags=flags)) as gw:
         tagged = await gw.http.post(CHAT, json=chat(), headers={**bearer(key), "x-margin-tags": "customer=acme"})
         assert tagged.status_code == 403 and "no-acme" in tagged.json()["error"]["message"]
-        backend = await gw.http.post(CHAT, json=chat("priced"), headers=bearer(key))
+        # a header tag the key is not bound to only labels the row: tag rules do not see it
+        label = await gw.http.post(CHAT, json=chat(), headers={**bearer(unbound), "x-margin-tags": "customer=acme"})
+        assert label.status_code == 200
+        globex = {**bearer(key), "x-margin-tags": "customer=globex"}
+        backend = await gw.http.post(CHAT, json=chat("priced"), headers=globex)
         assert backend.status_code == 403 and "api-off" in backend.json()["error"]["message"]
-        capped = await gw.http.post(CHAT, json=chat(max_tokens=50), headers=bearer(key))
+        capped = await gw.http.post(CHAT, json=chat(max_tokens=50), headers=globex)
         assert capped.status_code == 200 and capped.json()["usage"]["completion_tokens"] == 2
 
 

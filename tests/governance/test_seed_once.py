@@ -19,7 +19,7 @@ from margin.governance.store import LocalStore
 async def test_concurrent_first_uses_scan_the_ledger_once(monkeypatch: pytest.MonkeyPatch) -> None:
     scans: list[str] = []
 
-    async def slow_ledger_spent(engine: Any, budget: BudgetSpec, now: datetime) -> int:
+    async def slow_ledger_spent(engine: Any, budget: BudgetSpec, now: datetime, org: str | None = None) -> int:
         scans.append(budget.name)
         await asyncio.sleep(0.02)
         if len(scans) == 1 and budget.name == "flaky":

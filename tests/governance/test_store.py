@@ -61,15 +61,19 @@ async def test_soft_holds_never_refuse_and_counters_come_back(store: Store) -> N
     assert refused.failed == 0 and refused.counters == ((0, 5),)
 
 
-async def test_stale_reservations_are_reaped(store: Store) -> None:
+async def test_stale_reservations_are_charged_not_released(store: Store) -> None:
     await store.admit("old", [hold("a", 100, 70)], 0.05)
     await store.admit("new", [hold("a", 100, 20)], 60)
     await asyncio.sleep(1.1)  # Redis TIME has second + microsecond resolution
     assert await store.reap() == 1
-    assert await store.counters(["a"]) == {"a": (0, 20)}
+    # charged at the reserved amount: a request that never settles cannot spend past a hard budget
+    assert await store.counters(["a"]) == {"a": (70, 20)}
     assert await store.pending() == 1
-    # the late request still settles its actual spend exactly once
+    assert (await store.admit("more", [hold("a", 100, 11)], 60)).failed == 0  # 70 + 20 + 11 > 100
+    # the late request settles its actual spend exactly once, replacing the charge
     assert await store.settle("old", {"a": 65}) is True
+    assert await store.counters(["a"]) == {"a": (65, 20)}
+    assert await store.settle("old", {"a": 65}) is False
     assert await store.counters(["a"]) == {"a": (65, 20)}
 
 

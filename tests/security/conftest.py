@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+from margin.ledger import db as ledger_db
 from tests.helpers import margin_serve
 
 FAKE_CONFIG: dict[str, Any] = {
@@ -47,6 +48,7 @@ class Served:
     db: Path
     config: Path
     keys: dict[str, str] = field(default_factory=dict)
+    ledger: str | None = None  # a PostgreSQL URL when the test passed one (else the SQLite file `db`)
 
     def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
         headers = {"authorization": f"Bearer {key}"} if key else {}
@@ -54,11 +56,11 @@ class Served:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run `margin <args> --config <this config> --db <this ledger>` (an operator's command)."""
-        command = [sys.executable, "-m", "margin", *args, "--config", str(self.config), "--db", str(self.db)]
+        command = [sys.executable, "-m", "margin", *args, "--config", str(self.config), *_db_flag(self.db, self.ledger)]
         return subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
 
     def rows(self, table: str = "ledger") -> list[Any]:
-        engine = sa.create_engine(f"sqlite:///{self.db}")
+        engine = ledger_db.make_sync_engine(self.ledger or f"sqlite:///{self.db}")
         try:
             with engine.connect() as connection:
                 return list(connection.execute(sa.text(f"SELECT * FROM {table}")))
@@ -66,10 +68,18 @@ class Served:
             engine.dispose()
 
 
-def create_key(config: Path, db: Path, name: str, *flags: str) -> str:
+def _db_flag(path: Path, ledger: str | None) -> list[str]:
+    return [] if ledger else ["--db", str(path)]
+
+
+def create_key(config: Path, db: Path, name: str, *flags: str, ledger: str | None = None) -> str:
     command = [sys.executable, "-m", "margin", "keys", "create", "--name", name, *flags, "--json"]
     result = subprocess.run(
-        [*command, "--config", str(config), "--db", str(db)], capture_output=True, text=True, check=True, timeout=120
+        [*command, "--config", str(config), *_db_flag(db, ledger)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     return str(json.loads(result.stdout)["key"])
 
@@ -80,18 +90,28 @@ ServeFactory = Callable[..., AbstractContextManager[Served]]
 @pytest.fixture
 def served(tmp_path: Path) -> ServeFactory:
     """`with served(overrides, keys={"admin": ["--admin"], "t": ["--team", "a"]}) as gw:` — a running gateway
-    whose config is FAKE_CONFIG updated with `overrides` (top-level keys replaced), with those keys created."""
+    whose config is FAKE_CONFIG updated with `overrides` (top-level keys replaced), with those keys created.
+    `ledger`: a PostgreSQL URL to use instead of the temporary SQLite file."""
 
     @contextmanager
     def start(
         overrides: dict[str, Any] | None = None,
         keys: dict[str, list[str]] | None = None,
         extra: list[str] | None = None,
+        ledger: str | None = None,
     ) -> Iterator[Served]:
-        config_path, db = tmp_path / "margin.yaml", tmp_path / "ledger.db"
-        config_path.write_text(yaml.safe_dump({**FAKE_CONFIG, **(overrides or {})}))
-        created = {name: create_key(config_path, db, name, *flags) for name, flags in (keys or {}).items()}
-        with margin_serve(db, tmp_path / "serve.log", config=config_path, extra=extra, ready_s=60) as (url, process):
-            yield Served(url, process, db, config_path, created)
+        config_path, db_file = tmp_path / "margin.yaml", tmp_path / "ledger.db"
+        config = {**FAKE_CONFIG, **(overrides or {})}
+        if ledger:
+            config["storage"] = {**config.get("storage", {}), "ledger": ledger}
+        config_path.write_text(yaml.safe_dump(config))
+        created = {
+            name: create_key(config_path, db_file, name, *flags, ledger=ledger) for name, flags in (keys or {}).items()
+        }
+        serving = margin_serve(
+            None if ledger else db_file, tmp_path / "serve.log", config=config_path, extra=extra, ready_s=60
+        )
+        with serving as (url, process):
+            yield Served(url, process, db_file, config_path, created, ledger)
 
     return start

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -21,7 +22,8 @@ from margin.api.responses import JSON, error_response
 from margin.economics.money import from_nanousd, usd_str
 from margin.errors import ConfigError, InvalidRequest, MarginError, NotFound, PermissionDenied
 from margin.governance.admission import counter_name, window
-from margin.governance.rules import Subject, delete_rule, policy_dict, save_rule
+from margin.governance.rules import Subject, delete_rule, partition, policy_dict, save_rule
+from margin.ledger.models import api_keys
 from margin.pipeline.context import Principal
 from margin.pipeline.stages.auth import authenticate
 from margin.report.queries import Window, parse_when, summarize
@@ -49,28 +51,58 @@ def endpoint(handler: Handler, admin: bool = True) -> Callable[[Request], Awaita
     return run
 
 
+def _known_orgs(engine: Any) -> list[str]:
+    with engine.connect() as connection:
+        found = connection.execute(sa.select(api_keys.c.org).where(api_keys.c.org.is_not(None)).distinct())
+        return sorted(row.org for row in found)
+
+
+def _money(amount: int, money: bool) -> Any:
+    return usd_str(from_nanousd(amount)) if money else amount
+
+
 async def budget_status(services: Any, principal_filter: Subject | None = None) -> list[dict[str, Any]]:
-    """Each budget with its current window, spent and reserved (only those matching a subject, if given)."""
+    """Each budget with its current window, spent and reserved (only those matching a subject, if given).
+    A per-org budget (team or tag scope without `org`) keeps one counter per org: for a subject, its org's
+    (named in `org`); for the admin listing, their sum and each org's in `by_org`."""
     rules, now = services.governance.rules, datetime.now(UTC)
     budgets = rules.budgets if principal_filter is None else tuple(rules.budgets_for(principal_filter))
-    names = [counter_name(b, window(b.period, now)[0]) for b in budgets]
+    orgs: list[str | None] = [None]
+    if principal_filter is None and any(b.scope.per_org for b in budgets):
+        orgs += await asyncio.to_thread(_known_orgs, services.sync_engine())
+    parts: list[list[str | None]] = []
+    for budget in budgets:
+        if principal_filter is not None:
+            parts.append([partition(budget.scope, principal_filter)])
+        else:
+            parts.append(orgs if budget.scope.per_org else [None])
+    names = [
+        counter_name(b, window(b.period, now)[0], org) for b, part in zip(budgets, parts, strict=True) for org in part
+    ]
     counters = await services.governance.store.counters(names) if names else {}
     out = []
-    for budget, name in zip(budgets, names, strict=True):
-        spent, reserved = counters.get(name, (0, 0))
+    for budget, part in zip(budgets, parts, strict=True):
         start, end = window(budget.period, now)
         money = budget.usd is not None
-        out.append(
-            {
-                **budget.model_dump(mode="json"),
-                "source": "admin" if ("budget", budget.name) in rules.stored else "config",
-                "window_start": start.isoformat() if start else None,
-                "resets_at": end.isoformat() if end else None,
-                "spent": usd_str(from_nanousd(spent)) if money else spent,
-                "reserved": usd_str(from_nanousd(reserved)) if money else reserved,
-                "unit": "usd" if money else "tokens",
-            }
-        )
+        each = {org: counters.get(counter_name(budget, start, org), (0, 0)) for org in part}
+        entry = {
+            **budget.model_dump(mode="json"),
+            "source": "admin" if ("budget", budget.name) in rules.stored else "config",
+            "window_start": start.isoformat() if start else None,
+            "resets_at": end.isoformat() if end else None,
+            "spent": _money(sum(spent for spent, _ in each.values()), money),
+            "reserved": _money(sum(reserved for _, reserved in each.values()), money),
+            "unit": "usd" if money else "tokens",
+        }
+        if budget.scope.per_org and principal_filter is not None:
+            entry["org"] = part[0]
+        elif budget.scope.per_org:
+            entry["by_org"] = [
+                {"org": org, "spent": _money(spent, money), "reserved": _money(reserved, money)}
+                for org, (spent, reserved) in each.items()
+                if spent or reserved
+            ]
+        out.append(entry)
     return out
 
 

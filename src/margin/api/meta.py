@@ -74,6 +74,8 @@ def _details(services: Any, status: str, backends: dict[str, Any]) -> dict[str, 
             "pending": services.writer.pending,
             "written": services.writer.written,
             "failed_flushes": services.writer.failures,
+            "dead_letters": services.writer.dead_letters,
+            "refused_backlogged": services.writer.refused,
         },
     }
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from typing import Any
 
@@ -16,6 +18,7 @@ from margin.pipeline.call import DONE, MeteredStream
 from margin.pipeline.context import RequestContext
 
 JSON = "application/json"
+log = logging.getLogger("margin.api")
 
 
 def error_response(error: MarginError, request_id: str | None = None) -> Response:
@@ -41,16 +44,55 @@ def closing_comment(ctx: RequestContext) -> bytes:
     return f": x-margin-cost-usd={cost} x-margin-overhead-ms={ctx.overhead_ms():.3f}\n\n".encode()
 
 
+class StallWatch:
+    """Ends streams whose client stopped reading. A write to such a client blocks once the socket buffers
+    fill; one task for the whole process looks, a few times per timeout, at the write each open stream is
+    blocked in (nothing is armed per write), and cancels a stream blocked longer than
+    `server.stream_write_timeout_s`: it then ends like a disconnect (`client_closed`, backend stopped, row
+    written, budget settled) and the connection is closed."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._open: set[SSEResponse] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, response: SSEResponse) -> None:
+        self._open.add(response)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="stream-stall-watch")
+
+    def discard(self, response: SSEResponse) -> None:
+        self._open.discard(response)
+
+    async def _run(self) -> None:
+        interval = min(1.0, self.timeout_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.perf_counter()
+            for response in list(self._open):
+                response.check_stall(now, self.timeout_s)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 class SSEResponse:
     """Streams a MeteredStream to the client. A client that disconnects cancels the pump at once (even
-    while the backend is silent); the backend is then stopped and the request settled as `client_closed`.
-    Settling always runs, in a task the disconnect cannot cancel."""
+    while the backend is silent), and so does one that stops reading (`StallWatch`); the backend is then
+    stopped and the request settled as `client_closed`. Settling always runs, in a task the disconnect
+    cannot cancel."""
 
     def __init__(self, ctx: RequestContext, stream: MeteredStream, services: Any) -> None:
         self.ctx = ctx
         self.stream = stream
         self.services = services
         self.disconnected = False
+        self.stalled = False
+        self._pump_task: asyncio.Task[None] | None = None
+        self._writing_since: float | None = None  # perf_counter of the write in progress
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {
@@ -66,8 +108,11 @@ class SSEResponse:
                 "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
             }
         )
-        pump = asyncio.create_task(self._pump(send))
+        pump = self._pump_task = asyncio.create_task(self._pump(send))
         watcher = asyncio.create_task(self._watch(receive, pump))
+        stalls: StallWatch | None = getattr(self.services, "stalls", None)
+        if stalls is not None:
+            stalls.add(self)
         try:
             await pump
         except (asyncio.CancelledError, OSError):
@@ -75,6 +120,8 @@ class SSEResponse:
                 raise
             self.disconnected = True
         finally:
+            if stalls is not None:
+                stalls.discard(self)
             watcher.cancel()
             done = asyncio.get_running_loop().create_future()
             self.services.spawn(self._settle(done))
@@ -97,9 +144,19 @@ class SSEResponse:
         body = b"".join(held)
         held.clear()
         if body:
-            started = time.perf_counter()
+            started = self._writing_since = time.perf_counter()
             await send({"type": "http.response.body", "body": body, "more_body": True})
+            self._writing_since = None
             self.ctx.client_wait_s += time.perf_counter() - started
+
+    def check_stall(self, now: float, timeout_s: float) -> None:
+        """Called by StallWatch: cancel the pump if its current write has been blocked over `timeout_s`."""
+        since, pump = self._writing_since, self._pump_task
+        if since is None or now - since <= timeout_s or pump is None or pump.done():
+            return
+        log.warning("request %s: the client read nothing for %.0fs; ending its stream", self.ctx.request_id, timeout_s)
+        self.stalled = self.disconnected = True
+        pump.cancel()
 
     async def _watch(self, receive: Receive, pump: asyncio.Task[None]) -> None:
         while True:
@@ -115,6 +172,8 @@ class SSEResponse:
         try:
             ctx.e2e_s = time.perf_counter() - ctx.started
             if self.disconnected and ctx.status == "ok":
+                if self.stalled:
+                    ctx.error = MarginError("the client stopped reading the stream", code="stream_write_timeout")
                 ctx.status, ctx.http_status = "client_closed", 499
             await self.stream.aclose()
             await self.services.pipeline.finish(ctx)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -32,10 +33,17 @@ class Usage:
             return None
         details = data.get("prompt_tokens_details") or {}
         return cls(
-            input_tokens=int(data.get("prompt_tokens") or 0),
-            output_tokens=int(data.get("completion_tokens") or 0),
-            cached_tokens=int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
+            input_tokens=_count(data.get("prompt_tokens")),
+            output_tokens=_count(data.get("completion_tokens")),
+            cached_tokens=_count(details.get("cached_tokens")) if isinstance(details, dict) else 0,
         )
+
+
+def _count(value: Any) -> int:
+    """A token count an upstream reported, as a ledger column holds it (0..2^31-1; junk counts 0)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    return min(max(int(value), 0), 2**31 - 1) if math.isfinite(value) else 0
 
 
 @dataclass(slots=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from margin.backends import payloads
+from margin.backends import grammar, payloads
 from margin.backends.base import Call, Chunk, Completion, Usage
 from margin.backends.textgen import SamplingPlan, StopMatcher, sampling_plan
 from margin.config import LlamaCppBackendConfig
@@ -162,6 +162,14 @@ class LlamaCppBackend:
         request = call.request
         assert isinstance(request, ChatCompletionRequest | CompletionRequest)
         plan = sampling_plan(request, self.name)
+        vocabulary = self._llm.n_vocab()
+        outside = sorted(t for t in plan.logit_bias if not 0 <= t < vocabulary)
+        if outside:
+            raise InvalidRequest(
+                f"logit_bias: token ids {outside[:5]} are outside the vocabulary of {call.public_model} "
+                f"(0..{vocabulary - 1})",
+                param="logit_bias",
+            )
         tokens, template_stops, echo = self._prompt(request)
         plan.stops = [*plan.stops, *template_stops]
         room = self.config.n_ctx - len(tokens)
@@ -176,17 +184,6 @@ class LlamaCppBackend:
         return Job(tokens, plan, echo if show_echo else "", emit, cancel, time.perf_counter())
 
     # -- the worker thread ---------------------------------------------------------------------------
-
-    def _grammar(self, plan: SamplingPlan) -> Any:
-        if not (plan.json_object or plan.json_schema):
-            return None
-        import json
-
-        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
-
-        if plan.json_schema is not None:
-            return LlamaGrammar.from_json_schema(json.dumps(plan.json_schema), verbose=False)
-        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
 
     def _logits_processor(self, plan: SamplingPlan) -> Any:
         if not plan.logit_bias:
@@ -229,6 +226,7 @@ class LlamaCppBackend:
         import llama_cpp
 
         llm, plan = self._llm, job.plan
+        constraint = grammar.build(llm, plan.json_schema, plan.json_object)  # before any text: a 400 if refused
         llm.set_seed(plan.seed & 0xFFFFFFFF)
         cached = self._cached_prefix(job.tokens) if llm.n_tokens else 0
         matcher, decoder = StopMatcher(plan.stops), codecs.getincrementaldecoder("utf-8")("replace")
@@ -244,7 +242,7 @@ class LlamaCppBackend:
             repeat_penalty=plan.repeat_penalty,
             frequency_penalty=plan.frequency_penalty,
             presence_penalty=plan.presence_penalty,
-            grammar=self._grammar(plan),
+            grammar=constraint,
             logits_processor=self._logits_processor(plan),
         )
         try:

@@ -1,6 +1,7 @@
 """Any OpenAI-compatible upstream (vLLM, SGLang, llama.cpp server, Ollama, hosted APIs) over one shared
-HTTP client session per backend. The client's JSON is passed on (only `model` is replaced, and stream usage
-is asked for); answers are forwarded byte for byte, and parsed only to read usage and content.
+HTTP client session per backend. The client's JSON is passed on, limited to the fields margin knows and
+prices (`protocol.FORWARDED`; `model` is replaced, and stream usage is asked for); answers are forwarded byte
+for byte, and parsed only to read usage and content.
 
 The client is aiohttp, not httpx: measured against the same local upstream, an httpx.AsyncClient cost
 952 µs per sequential request and 1,448 µs at 50 in flight (its connection pool scans every connection on
@@ -21,7 +22,7 @@ from margin.backends.base import Call, Chunk, Completion, Usage
 from margin.config import OpenAIBackendConfig
 from margin.errors import BackendClientError, BackendError, BackendTimeout, MarginError, RateLimited
 from margin.logs import printable
-from margin.protocol import Endpoint
+from margin.protocol import FORWARDED, Endpoint
 
 log = logging.getLogger("margin.backends")
 
@@ -41,7 +42,7 @@ def _upstream_message(body: bytes) -> tuple[str, str | None]:
         return body[:300].decode(errors="replace"), None
     if isinstance(error, dict):
         code = error.get("code")
-        return str(error.get("message") or error)[:300], code if isinstance(code, str) else None
+        return str(error.get("message") or error)[:300], None if code is None else str(code)[:64]
     return str(error)[:300], None
 
 
@@ -116,7 +117,8 @@ class OpenAIBackend:
         return {"status": "ok", "kind": "openai", "served": self._served, "errors": self._errors}
 
     def _body(self, call: Call, *, stream: bool) -> bytes:
-        body = dict(call.raw)
+        known = FORWARDED[call.endpoint]
+        body = {name: value for name, value in call.raw.items() if name in known}
         body["model"] = call.upstream_model
         if stream and self.config.request_usage:
             options = dict(body.get("stream_options") or {})

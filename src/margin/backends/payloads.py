@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from margin.backends.base import Call, Usage
-from margin.protocol import Endpoint
+from margin.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Endpoint
 
 
 def _choice(call: Call, text: str, finish_reason: str | None, *, delta: bool) -> dict[str, Any]:
@@ -102,3 +102,29 @@ def request_text(request: Any) -> str:
     if isinstance(prompt, str):
         return prompt
     return "\n".join(p for p in prompt if isinstance(p, str))
+
+
+def token_id_count(request: Any) -> int:
+    """How many token ids a completion prompt or embedding input carries (they are tokens already)."""
+    if isinstance(request, CompletionRequest):
+        value: Any = request.prompt
+    elif isinstance(request, EmbeddingRequest):
+        value = request.input
+    else:
+        return 0
+    if not isinstance(value, list):
+        return 0
+    return sum(len(item) if isinstance(item, list) else int(isinstance(item, int)) for item in value)
+
+
+def non_text_parts(request: Any) -> int:
+    """Image, audio or file parts of a chat request (priced by the upstream, not counted as text)."""
+    if not isinstance(request, ChatCompletionRequest):
+        return 0
+    return sum(
+        1
+        for message in request.messages
+        if isinstance(message.content, list)
+        for part in message.content
+        if part.type != "text"
+    )

@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from margin.backends.grammar import check_schema
 from margin.errors import InvalidRequest
 from margin.protocol import ChatCompletionRequest, CompletionRequest
 
@@ -63,10 +64,13 @@ class SamplingPlan:
     json_object: bool = False
 
 
-def _extra_number(request: Any, name: str, default: float) -> float:
+def _extra_number(request: Any, name: str, default: float, low: float, high: float) -> float:
+    """A vendor sampling field, checked here: the engine takes C ints and floats."""
     value = (request.model_extra or {}).get(name, default)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidRequest(f"{name} must be a number", param=name)
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name} must be between {low:g} and {high:g}", param=name)
     return float(value)
 
 
@@ -95,6 +99,7 @@ def _response_format(request: ChatCompletionRequest | CompletionRequest, plan: S
         schema = (fmt.get("json_schema") or {}).get("schema")
         if not isinstance(schema, dict):
             raise InvalidRequest("response_format.json_schema.schema must be an object", param="response_format")
+        check_schema(schema)
         plan.json_schema = schema
     else:
         raise InvalidRequest(f"unknown response_format type {fmt.get('type')!r}", param="response_format")
@@ -105,9 +110,9 @@ def sampling_plan(request: ChatCompletionRequest | CompletionRequest, backend: s
     plan = SamplingPlan(
         temperature=1.0 if request.temperature is None else request.temperature,
         top_p=1.0 if request.top_p is None else request.top_p,
-        top_k=int(_extra_number(request, "top_k", 40)),
-        min_p=_extra_number(request, "min_p", 0.05),
-        repeat_penalty=_extra_number(request, "repeat_penalty", 1.0),
+        top_k=int(_extra_number(request, "top_k", 40, 0, 2**31 - 1)),
+        min_p=_extra_number(request, "min_p", 0.05, 0, 1),
+        repeat_penalty=_extra_number(request, "repeat_penalty", 1.0, 0, 100),
         presence_penalty=request.presence_penalty or 0.0,
         frequency_penalty=request.frequency_penalty or 0.0,
         seed=request.seed if request.seed is not None else random.SystemRandom().randrange(2**31),

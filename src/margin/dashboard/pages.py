@@ -23,7 +23,7 @@ from margin.report.utilization import utilization
 def scope_for(who: Viewer, since: str) -> Scope:
     if since not in queries.SINCE_CHOICES:
         raise InvalidRequest(f"since must be one of {', '.join(queries.SINCE_CHOICES)}", param="since")
-    return Scope.parse(since, team=who.team, key_id=who.key_id)
+    return Scope.parse(since, team=who.team, key_id=who.key_id, org=who.principal.org)
 
 
 def overview(engine: sa.Engine, scope: Scope, settings: Any = None) -> dict[str, Any]:
@@ -152,6 +152,7 @@ async def budgets(services: Any, who: Viewer) -> dict[str, Any]:
                     b["unit"] == "usd",
                     datetime.fromisoformat(b["window_start"]) if b["window_start"] else None,
                     datetime.fromisoformat(b["resets_at"]) if b["resets_at"] else None,
+                    (b["org"],) if "org" in b else None,
                 )
                 for b in live
             ]

@@ -26,17 +26,20 @@ WIDE_WINDOW = timedelta(days=3)
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """What one dashboard request may see: a time window and, for non-admin keys, one team (or one key)."""
+    """What one dashboard request may see: a time window and, for non-admin keys, one team (or one key). A
+    team is one org's team (`org`, None for keys in no org): two orgs' teams `support` see only their own rows.
+    The hourly rollup has no org, so team views read the ledger rows (through the team index)."""
 
     since: datetime | None
     until: datetime | None = None
     team: str | None = None
     key_id: str | None = None
+    org: str | None = None  # with `team`: that team's org
 
     @classmethod
-    def parse(cls, since: str, team: str | None = None, key_id: str | None = None) -> Scope:
+    def parse(cls, since: str, team: str | None = None, key_id: str | None = None, org: str | None = None) -> Scope:
         now = datetime.now(UTC)
-        return cls(parse_when(since, now), None, team, key_id)
+        return cls(parse_when(since, now), None, team, key_id, org)
 
     def window(self) -> Window:
         return Window(self.since, self.until, self.key_id)
@@ -54,6 +57,7 @@ class Scope:
                 clauses.append(unindexed >= self.since)
         if self.team is not None:
             clauses.append(ledger.c.team == self.team)
+            clauses.append(ledger.c.org.is_(None) if self.org is None else ledger.c.org == self.org)
         return clauses
 
     @property
@@ -346,12 +350,18 @@ def burn(spent: int, start: datetime | None, end: datetime | None, limit: int, n
 
 
 def budget_spent(
-    connection: sa.Connection, kind: str, value: str | None, usd: bool, start: datetime | None, end: datetime | None
+    connection: sa.Connection,
+    kind: str,
+    value: str | None,
+    usd: bool,
+    start: datetime | None,
+    end: datetime | None,
+    org: tuple[str | None] | None = None,
 ) -> int:
     """What the ledger says a budget's window spent (nano-USD or tokens), in SQL, with the same row selection
     and scope matching as governance.service.ledger_spent (which reconciles the live counters). Budget windows
     start on whole hours, so global/team/model budgets are read exactly from the hourly rollup when it exists."""
-    if rollup.answers_budget(connection, kind):
+    if org is None and rollup.answers_budget(connection, kind):  # `org`: (one org's counter,) — not in the rollup
         return rollup.budget_spent(connection, kind, value, usd, start, end)
     measure = ledger.c.cost_nanousd if usd else ledger.c.input_tokens + ledger.c.output_tokens
     clauses: list[sa.ColumnElement[bool]] = [ledger.c.kind == "request"]
@@ -365,4 +375,6 @@ def budget_spent(
         clauses.append(ledger.c.tags[name].as_string() == tag_value)
     elif kind != "global":
         clauses.append(ledger.c[{"key": "key_id"}.get(kind, kind)] == value)
+    if org is not None:
+        clauses.append(ledger.c.org.is_(None) if org[0] is None else ledger.c.org == org[0])
     return int(connection.execute(sa.select(_sum(measure)).where(*clauses)).scalar_one())

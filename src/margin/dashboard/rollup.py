@@ -49,6 +49,8 @@ def available(connection: sa.Connection, scope: Scope, by: str) -> bool:
     """Whether this question can be answered from the rollup."""
     if scope.key_id is not None or scope.until is not None or by not in (*KEYS, "hour", "day"):
         return False
+    if scope.team is not None:  # a team view is one org's team: the rollup has no org
+        return False
     return _exists(connection)
 
 

@@ -16,6 +16,7 @@ from decimal import Decimal
 from margin.backends.base import Usage
 from margin.economics.meter import Meter
 from margin.economics.money import to_nanousd
+from margin.governance.rules import Subject, partition
 from margin.governance.specs import AdmissionConfig, BudgetSpec, LimitSpec
 from margin.governance.store import Gcra, Hold
 from margin.pipeline.context import Target
@@ -40,8 +41,10 @@ def window(period: str, now: datetime) -> tuple[datetime | None, datetime | None
     return None, None
 
 
-def counter_name(budget: BudgetSpec, start: datetime | None) -> str:
-    return f"{budget.name}@{start:%Y%m%dT%H}" if start is not None else f"{budget.name}@lifetime"
+def counter_name(budget: BudgetSpec, start: datetime | None, org: str | None = None) -> str:
+    """One counter per budget and window, and per org for per-org scopes (budget names never hold `#`)."""
+    name = budget.name if org is None else f"{budget.name}#{org}"
+    return f"{name}@{start:%Y%m%dT%H}" if start is not None else f"{name}@lifetime"
 
 
 def budget_limit(budget: BudgetSpec) -> int:
@@ -53,23 +56,27 @@ class BudgetHold:
     budget: BudgetSpec
     hold: Hold
     resets_at: datetime | None
+    org: str | None = None  # the org whose counter this is (per-org scopes), None for a shared counter
 
 
 @dataclass(slots=True)
 class Admission:
-    """What a request holds; `settle` turns it into spend (the store makes a second settle a no-op)."""
+    """What a request holds; `settle` turns it into spend (the store makes a second settle a no-op).
+    `subject` is the caller as the rules saw it (no model): a hold is charged only if its budget matches the
+    model that finally served (a fallback's model budget is reserved for the worst case, not charged)."""
 
     request_id: str
     holds: list[BudgetHold] = field(default_factory=list)
     tpm_keys: list[tuple[str, float]] = field(default_factory=list)  # (gcra key, seconds per token)
+    subject: Subject | None = None
 
 
-def hold_for(budget: BudgetSpec, now: datetime, usd_nano: int, tokens: int) -> BudgetHold:
+def hold_for(budget: BudgetSpec, now: datetime, usd_nano: int, tokens: int, org: str | None = None) -> BudgetHold:
     start, end = window(budget.period, now)
     expire = None if end is None else int((end - now).total_seconds()) + DAY
     amount = usd_nano if budget.usd is not None else tokens
-    hold = Hold(counter_name(budget, start), budget_limit(budget), amount, budget.mode == "hard", expire)
-    return BudgetHold(budget, hold, end)
+    hold = Hold(counter_name(budget, start, org), budget_limit(budget), amount, budget.mode == "hard", expire)
+    return BudgetHold(budget, hold, end, org)
 
 
 def output_allowance(requested: int | None, context_length: int | None, prompt_tokens: int, default: int) -> int:
@@ -102,13 +109,21 @@ def worst_case_usd(
     return worst
 
 
-def rate_checks(limits: Sequence[LimitSpec], prompt_tokens: int) -> tuple[list[Gcra], list[bool], list[str]]:
+def limit_key(limit: LimitSpec, subject: Subject) -> str:
+    """A limit's bucket: per org for per-org scopes (two orgs' teams `support` do not share a bucket)."""
+    org = partition(limit.scope, subject)
+    return limit.scope.label() if org is None else f"{limit.scope.label()}#{org}"
+
+
+def rate_checks(
+    limits: Sequence[LimitSpec], prompt_tokens: int, subject: Subject
+) -> tuple[list[Gcra], list[bool], list[str]]:
     """GCRA checks for RPM (strict: one request) and TPM (lenient: admitted unless already in debt)."""
     checks: list[Gcra] = []
     lenient: list[bool] = []
     tpm_keys: list[str] = []
     for limit in limits:
-        label = limit.scope.label()
+        label = limit_key(limit, subject)
         if limit.rpm:
             checks.append(Gcra(f"rpm:{label}", MINUTE / limit.rpm, MINUTE))
             lenient.append(False)

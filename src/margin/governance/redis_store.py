@@ -5,6 +5,7 @@ Each operation is one Lua script, so check-and-reserve is atomic across replicas
   r:{request_id}     hash {counter: amount} of an open reservation
   deadlines          zset request_id → deadline (unix s), for the reaper
   s:{request_id}     marker of a settled request (expires after a day)
+  k:{request_id}     hash {counter: amount} charged by the reaper (a reservation past its deadline)
   g:{key}            GCRA theoretical arrival time (float seconds)
 Time comes from Redis' own clock (`TIME`), so replicas with skewed clocks agree.
 """
@@ -93,26 +94,39 @@ SETTLE = (
     _NOW
     + _RELEASE
     + """
+-- KEYS: reservation, settled marker, deadlines, reaper's charge, n counters, m GCRA keys
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', 86400) == false then return 0 end
 release(KEYS[1])
+local charged = redis.call('HGETALL', KEYS[4])
+for j = 1, #charged, 2 do redis.call('HINCRBY', charged[j], 'spent', -tonumber(charged[j + 1])) end
+redis.call('DEL', KEYS[4])
 redis.call('ZREM', KEYS[3], ARGV[1])
 local n = tonumber(ARGV[2])
-for i = 1, n do redis.call('HINCRBY', KEYS[3 + i], 'spent', tonumber(ARGV[2 + i])) end
-for i = 4 + n, #KEYS do
-  local tat = math.max(tonumber(redis.call('GET', KEYS[i]) or now), now) + tonumber(ARGV[i - 1])
+for i = 1, n do redis.call('HINCRBY', KEYS[4 + i], 'spent', tonumber(ARGV[2 + i])) end
+for i = 5 + n, #KEYS do
+  local tat = math.max(tonumber(redis.call('GET', KEYS[i]) or now), now) + tonumber(ARGV[i - 2])
   redis.call('SET', KEYS[i], tostring(tat), 'EX', math.ceil(tat - now) + 120)
 end
 return 1
 """
 )
 
+# a reservation past its deadline is charged at its reserved amount (kept as k:{rid} for a late settle)
 REAP = (
     _NOW
-    + _RELEASE
     + """
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)
 for _, rid in ipairs(stale) do
-  release(ARGV[1] .. 'r:' .. rid)
+  local rkey, kkey = ARGV[1] .. 'r:' .. rid, ARGV[1] .. 'k:' .. rid
+  local held = redis.call('HGETALL', rkey)
+  for j = 1, #held, 2 do
+    redis.call('HINCRBY', held[j], 'reserved', -tonumber(held[j + 1]))
+    redis.call('HINCRBY', held[j], 'spent', tonumber(held[j + 1]))
+  end
+  if #held > 0 then
+    redis.call('RENAME', rkey, kkey)
+    redis.call('EXPIRE', kkey, 172800)
+  end
   redis.call('ZREM', KEYS[1], rid)
 end
 return #stale
@@ -201,7 +215,7 @@ class RedisStore:
     async def settle(
         self, request_id: str, actual: Mapping[str, int], charges: Sequence[tuple[str, float]] = ()
     ) -> bool:
-        keys = [f"{P}r:{request_id}", f"{P}s:{request_id}", f"{P}deadlines"]
+        keys = [f"{P}r:{request_id}", f"{P}s:{request_id}", f"{P}deadlines", f"{P}k:{request_id}"]
         keys += [f"{P}c:{name}" for name in actual] + [f"{P}g:{key}" for key, _ in charges]
         args = [request_id, len(actual), *actual.values(), *(repr(seconds) for _, seconds in charges)]
         return bool(await self._run("settle", keys, args))

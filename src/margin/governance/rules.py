@@ -34,11 +34,17 @@ class Subject:
     model: str | None = None
     backend: str | None = None
 
+    def serving(self, model: str, backend: str) -> Subject:
+        """The same caller on one candidate model and backend (for model- and backend-scoped rules)."""
+        return Subject(self.key_id, self.team, self.org, self.tags, model, backend)
+
 
 def matches(scope: Scope, subject: Subject) -> bool:
     kind, value = scope.kind, scope.value
     if kind == "global":
         return True
+    if scope.org is not None and subject.org != scope.org:
+        return False
     if kind == "tag":
         name, _, tag_value = (value or "").partition("=")
         return subject.tags.get(name) == tag_value
@@ -50,6 +56,23 @@ def matches(scope: Scope, subject: Subject) -> bool:
         "backend": subject.backend,
     }[kind]
     return actual is not None and actual == value
+
+
+def partition(scope: Scope, subject: Subject) -> str | None:
+    """The org whose own counter a per-org scope (team or tag without `org`) uses. None: the one counter of
+    a shared scope, or, for a per-org scope, that of callers in no org."""
+    return subject.org if scope.per_org else None
+
+
+def governed_tags(tags: Mapping[str, str], bound: Mapping[str, str], keyed: bool) -> Mapping[str, str]:
+    """The tags rules (budgets, limits, flags, policies) may match. With keys, only the tags bound to the
+    caller's key: a fixed value (`customer=acme`) or a name the key fills from the x-margin-tags header
+    (`customer=*`). Other header tags only label the ledger row for reports, so a caller can neither leave a
+    tag budget by omitting a header nor spend someone else's by adding one. Open mode (no keys, loopback
+    only): the header's tags."""
+    if not keyed or not tags:
+        return tags
+    return {name: value for name, value in tags.items() if name in bound}
 
 
 def rule_name(kind: str, spec: BaseModel) -> str:

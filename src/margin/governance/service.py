@@ -1,5 +1,5 @@
 """The governance service: the rules in force, the counter store, and the background work (re-reading
-rules so every replica sees admin changes within `admission.refresh_s`, releasing stale reservations)."""
+rules so every replica sees admin changes within `admission.refresh_s`, charging stale reservations)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import sqlalchemy as sa
 from margin.config import Settings
 from margin.errors import MarginError
 from margin.governance.admission import Admission, BudgetHold, window
-from margin.governance.rules import Rules, Subject, build_rules, load_rules, matches
+from margin.governance.rules import Rules, Subject, build_rules, governed_tags, load_rules, matches
 from margin.governance.specs import BudgetSpec
 from margin.governance.store import LocalStore, Store
-from margin.ledger.models import ledger
+from margin.governance.streams import StreamSlots
+from margin.ledger.models import api_keys, ledger
 from margin.singleflight import SingleFlight
 
 log = logging.getLogger("margin.governance")
@@ -36,20 +37,34 @@ def _naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None)
 
 
-async def ledger_spent(engine: Any, budget: BudgetSpec, now: datetime) -> int:
-    """What the ledger says a budget's current window has spent (nano-USD or tokens)."""
+async def _bound_tags(connection: Any) -> dict[str, dict[str, str]]:
+    """Each key's bound tags (keys are never edited, only revoked: this is what they were when they ran)."""
+    result = await connection.execute(sa.select(api_keys.c.id, api_keys.c.tags))
+    return {row.id: dict(row.tags or {}) for row in result}
+
+
+async def ledger_spent(engine: Any, budget: BudgetSpec, now: datetime, org: str | None = None) -> int:
+    """What the ledger says a budget's current window has spent (nano-USD or tokens): the rows its scope
+    matches exactly as admission matched them (tags bound to the row's key only; one org's rows for a
+    per-org scope)."""
     start, end = window(budget.period, now)
     columns = [ledger.c[name] for name in ("key_id", "team", "org", "tags", "model", "backend")]
     measure = ledger.c.cost_nanousd if budget.usd is not None else ledger.c.input_tokens + ledger.c.output_tokens
     query = sa.select(*columns, measure.label("amount")).where(ledger.c.kind == "request")
+    if budget.scope.per_org:
+        query = query.where(ledger.c.org.is_(None) if org is None else ledger.c.org == org)
     if start is not None and end is not None:
         if engine.dialect.name == "sqlite":  # stored as naive UTC text
             start, end = _naive_utc(start), _naive_utc(end)
         query = query.where(ledger.c.created_at >= start, ledger.c.created_at < end)
     total = 0
     async with engine.connect() as connection:
+        bound = await _bound_tags(connection) if budget.scope.kind == "tag" else {}
         async for row in await connection.stream(query):
-            subject = Subject(row.key_id, row.team, row.org, row.tags or {}, row.model, row.backend)
+            tags = row.tags or {}
+            if bound:
+                tags = governed_tags(tags, bound.get(row.key_id, {}), row.key_id is not None)
+            subject = Subject(row.key_id, row.team, row.org, tags, row.model, row.backend)
             if row.amount and matches(budget.scope, subject):
                 total += int(row.amount)
     return total
@@ -60,6 +75,7 @@ class Governance:
         self.settings = settings
         self.engine = engine  # AsyncEngine of the ledger database
         self.store = store or make_store(settings)
+        self.streams = StreamSlots(settings.admission.max_streams_per_key)
         self.rules: Rules = build_rules(settings, [])
         self._seeded: set[str] = set()
         self._flights = SingleFlight()
@@ -87,9 +103,9 @@ class Governance:
             await asyncio.sleep(interval)
             try:
                 await self.refresh()
-                released = await self.store.reap()
-                if released:
-                    log.warning("released %d stale budget reservations (requests that never settled)", released)
+                charged = await self.store.reap()
+                if charged:
+                    log.warning("charged %d budget reservations past their deadline at the reserved amount", charged)
             except Exception:
                 log.exception("refreshing governance rules failed; keeping the previous ones")
 
@@ -104,16 +120,27 @@ class Governance:
 
     async def _seed(self, item: BudgetHold, now: datetime) -> None:
         name = item.hold.counter
-        spent = await ledger_spent(self.engine, item.budget, now)
+        spent = await ledger_spent(self.engine, item.budget, now, item.org)
         if await self.store.seed(name, spent, item.hold.expire_s):
             log.info("budget %s: reconciled spent=%d from the ledger", name, spent)
         self._seeded.add(name)
 
-    async def settle(self, admission: Admission, cost_nanousd: int | None, tokens_in: int, tokens_out: int) -> None:
+    async def settle(
+        self,
+        admission: Admission,
+        cost_nanousd: int | None,
+        tokens_in: int,
+        tokens_out: int,
+        served: Subject | None = None,
+    ) -> None:
+        """Replace the reservation by the actual cost. `served` is the caller with the model and backend that
+        answered: a budget that does not match it (another candidate's model budget) is released, as the
+        ledger reconciliation would not count this row for it either."""
         actual: dict[str, int] = {}
         for item in admission.holds:
+            applies = served is None or matches(item.budget.scope, served)
             amount = (cost_nanousd or 0) if item.budget.usd is not None else tokens_in + tokens_out
-            actual[item.hold.counter] = actual.get(item.hold.counter, 0) + amount
+            actual[item.hold.counter] = actual.get(item.hold.counter, 0) + (amount if applies else 0)
         charges = [(key, seconds * tokens_out) for key, seconds in admission.tpm_keys if tokens_out]
         if admission.holds or charges:
             await self._settle_with_retry(admission.request_id, actual, charges)
@@ -122,7 +149,7 @@ class Governance:
         self, request_id: str, actual: dict[str, int], charges: list[tuple[str, float]], tries: int = 3
     ) -> None:
         """The request already happened: try hard to record it (settling twice is a no-op). If the store
-        stays down, the reaper releases the reservation and the ledger still has the row."""
+        stays down, the reaper charges the reservation and the ledger still has the row."""
         for attempt in range(tries):
             try:
                 await self.store.settle(request_id, actual, charges)

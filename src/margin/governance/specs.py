@@ -17,11 +17,19 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+ORG_QUALIFIED: tuple[ScopeKind, ...] = ("team", "tag")  # names that two orgs may both use
+
+
 class Scope(Spec):
-    """What a budget, limit or flag applies to. `tag` values look like `customer=acme`."""
+    """What a budget, limit or flag applies to. `tag` values look like `customer=acme`.
+
+    Team and tag names are only unique within an org: `org` restricts such a scope to one org; without it,
+    the rule applies in every org, and each org keeps its own budget counter and rate-limit bucket (two
+    orgs' teams named `support` never share spend)."""
 
     kind: ScopeKind
     value: str | None = None
+    org: str | None = Field(None, min_length=1, max_length=128, description="Only this org's team or tag.")
 
     @model_validator(mode="after")
     def _check(self) -> Scope:
@@ -29,10 +37,19 @@ class Scope(Spec):
             raise ValueError("scope `global` takes no value; every other scope needs one")
         if self.kind == "tag" and (not self.value or "=" not in self.value):
             raise ValueError("a tag scope looks like key=value, e.g. customer=acme")
+        if self.org is not None and self.kind not in ORG_QUALIFIED:
+            raise ValueError("only team and tag scopes take an `org`")
         return self
 
     def label(self) -> str:
-        return "global" if self.kind == "global" else f"{self.kind}={self.value}"
+        if self.kind == "global":
+            return "global"
+        return f"{self.kind}={self.value}" + (f",org={self.org}" if self.org is not None else "")
+
+    @property
+    def per_org(self) -> bool:
+        """Counted separately for each org (a team or tag scope that names no org)."""
+        return self.kind in ORG_QUALIFIED and self.org is None
 
 
 class BudgetSpec(Spec):
@@ -113,7 +130,9 @@ class GuardConfig(Spec):
 
 
 class AdmissionConfig(Spec):
-    reservation_ttl_s: float = Field(900, gt=0, description="A reservation not settled by then is released.")
+    reservation_ttl_s: float = Field(
+        900, gt=0, description="A reservation not settled by then is charged at its reserved amount."
+    )
     default_max_output_tokens: int = Field(
         4096, gt=0, description="Worst case when neither max_tokens nor the model's context length is known."
     )
@@ -126,5 +145,10 @@ class AdmissionConfig(Spec):
     unknown_price: Literal["allow", "reject"] = Field(
         "reject", description="What a hard USD budget does with a model whose price is unknown."
     )
-    breaker_failures: int = Field(5, ge=1, description="Consecutive failures that open a backend's circuit.")
+    breaker_failures: int = Field(
+        5, ge=1, description="Consecutive backend faults (5xx, timeouts, unreachable) that open a backend's circuit."
+    )
     breaker_cooldown_s: float = Field(30.0, gt=0)
+    max_streams_per_key: int | None = Field(
+        64, ge=1, description="Streams one API key may hold open at once (per gateway process); more get 429."
+    )

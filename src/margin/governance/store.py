@@ -4,8 +4,10 @@ A budget counter (one per budget and calendar window) holds `spent` and `reserve
 tokens). `admit` applies a request's rate-limit checks and, only if they pass and every hard budget hold
 fits, charges them and adds all holds to `reserved`: all or nothing, atomically. `settle` moves a request's
 reservation to its actual spend exactly once (a second settle of the same request id is a no-op).
-Reservations carry a deadline; `reap` releases those whose request never settled (a crashed replica, say),
-and the counter's spent is reconciled from the ledger when it is first used.
+Reservations carry a deadline; `reap` charges those whose request has not settled by then (a crashed
+replica, a stream that outlived it) at their reserved amount: never released for free, so nothing can spend
+past a hard budget by not settling. A late settle replaces that charge by the actual cost. The counter's
+spent is reconciled from the ledger when it is first used.
 
 `LocalStore` keeps counters in this process (the event loop makes each call atomic); `RedisStore` in
 `redis_store.py` does the same with Lua scripts so several replicas share them.
@@ -84,7 +86,7 @@ class Store(Protocol):
         ...
 
     async def reap(self) -> int:
-        """Release reservations past their deadline; how many."""
+        """Charge reservations past their deadline at their reserved amount; how many."""
         ...
 
     async def pending(self) -> int:
@@ -114,6 +116,7 @@ class LocalStore:
     _counters: dict[str, _Counter] = field(default_factory=dict)
     _reservations: dict[str, _Reservation] = field(default_factory=dict)
     _settled: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    _charged: OrderedDict[str, tuple[Hold, ...]] = field(default_factory=OrderedDict)  # reaped, not yet settled
     _tat: dict[str, float] = field(default_factory=dict)
 
     def _counter(self, name: str) -> _Counter:
@@ -132,7 +135,8 @@ class LocalStore:
     ) -> Admitted:
         wait = self._rate_wait(checks, lenient)
         failed = None
-        if wait <= 0 and holds and request_id not in self._reservations and request_id not in self._settled:
+        known = request_id in self._reservations or request_id in self._settled or request_id in self._charged
+        if wait <= 0 and holds and not known:
             failed = next(
                 (i for i, h in enumerate(holds) if h.hard and self._total(h.counter) + h.amount > h.limit), None
             )
@@ -161,6 +165,8 @@ class LocalStore:
         if request_id in self._settled:
             return False
         self._release(request_id)
+        for hold in self._charged.pop(request_id, ()):  # reaped earlier: its charge gives way to the actual cost
+            self._counter(hold.counter).spent -= hold.amount
         for name, amount in actual.items():
             self._counter(name).spent += amount
         self._charge([Gcra(key, increment_s, 0.0) for key, increment_s in charges])
@@ -186,7 +192,14 @@ class LocalStore:
         now = time.time()
         stale = [rid for rid, reservation in self._reservations.items() if reservation.deadline <= now]
         for request_id in stale:
-            self._release(request_id)
+            reservation = self._reservations.pop(request_id)
+            for hold in reservation.holds:
+                counter = self._counter(hold.counter)
+                counter.reserved -= hold.amount
+                counter.spent += hold.amount
+            self._charged[request_id] = reservation.holds
+            while len(self._charged) > self.settled_memory:
+                self._charged.popitem(last=False)
         return len(stale)
 
     async def pending(self) -> int:

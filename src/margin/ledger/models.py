@@ -124,3 +124,16 @@ gov_rules = sa.Table(
     sa.Column("spec", sa.JSON, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+ledger_dead_letter = sa.Table(  # ledger rows the database refused (margin.ledger.deadletter), with its error
+    "ledger_dead_letter",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("failed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("row", sa.Text, nullable=False),  # the refused row as JSON (NUL escaped)
+    sa.Column("salvaged", sa.Boolean, nullable=False),  # a coerced copy of the row reached the ledger
+    sa.Index("ix_ledger_dead_letter_request", "request_id"),
+)

@@ -3,7 +3,11 @@
 The request path only appends a row to a list. A background task hands batches (every `flush_interval_ms`,
 or sooner when `flush_max_rows` wait) to a sink on one writer thread, so the event loop never waits on the
 database. Inserts are ON CONFLICT (request_id, kind) DO NOTHING: replaying a settlement is a no-op. A
-failed write keeps its rows and retries; `close()` writes everything acknowledged before shutdown.
+write that fails because the database is unreachable keeps its rows and retries; a batch the database
+refuses for its content is written row by row, and a row it still refuses goes to the dead-letter table
+(margin.ledger.deadletter), so no row can block the ones behind it. The queue is bounded: past
+`max_pending` rows, `backlogged` is true and admission refuses new requests (503) until it drains.
+`close()` writes everything acknowledged before shutdown.
 
 SQLite is written with the stdlib driver directly (measured: 27 µs of CPU a row in batches of 10, against
 93 µs through SQLAlchemy's async engine); other databases go through SQLAlchemy Core. The schema itself is
@@ -25,8 +29,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from margin.ledger import db
-from margin.ledger.models import ledger
+from margin.ledger import db, deadletter
+from margin.ledger.models import ledger, ledger_dead_letter
 
 log = logging.getLogger("margin.ledger")
 COLUMNS = [column.name for column in ledger.columns if column.name != "id"]
@@ -35,7 +39,18 @@ COLUMNS = [column.name for column in ledger.columns if column.name != "id"]
 class Sink(Protocol):
     def write(self, rows: list[dict[str, Any]]) -> None: ...
 
+    def dead_letter(self, row: dict[str, Any]) -> None: ...
+
     def close(self) -> None: ...
+
+
+class Requeue(Exception):
+    """The database went away in the middle of a row-by-row write: these rows are still to be written."""
+
+    def __init__(self, rows: list[dict[str, Any]], refused: int) -> None:
+        super().__init__(f"{len(rows)} rows left")
+        self.rows = rows
+        self.refused = refused  # rows set aside before the database went away
 
 
 class SqliteSink:
@@ -49,6 +64,11 @@ class SqliteSink:
         names = ", ".join(f'"{name}"' for name in COLUMNS)
         marks = ", ".join("?" for _ in COLUMNS)
         self._sql = f"INSERT INTO ledger ({names}) VALUES ({marks}) ON CONFLICT (request_id, kind) DO NOTHING"
+        letter = [c.name for c in ledger_dead_letter.columns if c.name != "id"]
+        self._letter_columns = letter
+        self._letter_sql = (
+            f"INSERT INTO ledger_dead_letter ({', '.join(letter)}) VALUES ({', '.join('?' for _ in letter)})"
+        )
 
     @staticmethod
     def _value(value: Any) -> Any:
@@ -68,6 +88,9 @@ class SqliteSink:
             raise
         self._connection.execute("COMMIT")
 
+    def dead_letter(self, row: dict[str, Any]) -> None:
+        self._connection.execute(self._letter_sql, [self._value(row[name]) for name in self._letter_columns])
+
     def close(self) -> None:
         self._connection.close()
 
@@ -82,6 +105,10 @@ class SqlAlchemySink:
         with self._engine.begin() as connection:
             connection.execute(self._insert, rows)
 
+    def dead_letter(self, row: dict[str, Any]) -> None:
+        with self._engine.begin() as connection:
+            connection.execute(ledger_dead_letter.insert(), [row])
+
     def close(self) -> None:
         self._engine.dispose()
 
@@ -91,23 +118,33 @@ def make_sink(url: str) -> Sink:
 
 
 class LedgerWriter:
-    def __init__(self, url: str, *, interval_s: float = 0.05, max_rows: int = 500) -> None:
+    def __init__(self, url: str, *, interval_s: float = 0.05, max_rows: int = 500, max_pending: int = 100_000) -> None:
         self._url = url
         self._sink: Sink | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
         self._interval_s = interval_s
         self._max_rows = max_rows
+        self._max_pending = max_pending
         self._pending: list[dict[str, Any]] = []
+        self._writing = 0  # rows of the batch the database has now
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.written = 0
         self.failures = 0
+        self.dead_letters = 0  # rows the database refused, set aside in ledger_dead_letter
+        self.refused = 0  # requests refused while backlogged (they did nothing and get no row)
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        """Rows acknowledged and not yet in the database (waiting, or in the batch being written)."""
+        return len(self._pending) + self._writing
+
+    @property
+    def backlogged(self) -> bool:
+        """The queue is full (the database is down or too slow): new requests wait outside (503)."""
+        return self.pending >= self._max_pending
 
     def submit(self, row: dict[str, Any]) -> None:
         self._pending.append(row)
@@ -124,10 +161,44 @@ class LedgerWriter:
             self._wake.clear()
             await self.flush()
 
-    def _write(self, batch: list[dict[str, Any]]) -> None:
+    def _write(self, batch: list[dict[str, Any]]) -> int:
+        """On the writer thread: the batch at once, else row by row; returns how many rows were set aside."""
         if self._sink is None:
             self._sink = make_sink(self._url)
-        self._sink.write(batch)
+        try:
+            self._sink.write(batch)
+            return 0
+        except Exception as exc:
+            if deadletter.is_transient(exc):
+                raise
+            log.warning("ledger batch of %d rows refused (%s); writing them one by one", len(batch), exc)
+        return self._write_each(self._sink, batch)
+
+    @staticmethod
+    def _write_each(sink: Sink, batch: list[dict[str, Any]]) -> int:
+        refused = 0
+        for index, row in enumerate(batch):
+            try:
+                try:
+                    sink.write([row])
+                    continue
+                except Exception as exc:
+                    if deadletter.is_transient(exc):
+                        raise
+                    error = exc
+                salvaged = True
+                try:
+                    sink.write([deadletter.coerce(row)])
+                except Exception as exc:
+                    if deadletter.is_transient(exc):
+                        raise
+                    salvaged = False
+                sink.dead_letter(deadletter.dead_letter(row, error, salvaged))
+            except Exception as exc:
+                raise Requeue(batch[index:], refused) from exc
+            refused += 1
+            log.error("ledger row %s refused (%s); set aside in ledger_dead_letter", row.get("request_id"), error)
+        return refused
 
     async def flush(self) -> int:
         """Write what is pending now; returns the number of rows handed to the database."""
@@ -135,14 +206,21 @@ class LedgerWriter:
             if not self._pending:
                 return 0
             batch, self._pending = self._pending, []
+            self._writing = len(batch)
             try:
-                await asyncio.get_running_loop().run_in_executor(self._thread, self._write, batch)
-            except Exception:
+                refused = await asyncio.get_running_loop().run_in_executor(self._thread, self._write, batch)
+            except Exception as exc:
                 self.failures += 1
-                self._pending = batch + self._pending
-                log.exception("ledger write of %d rows failed; will retry", len(batch))
-                return 0
-            self.written += len(batch)
+                left, refused = (exc.rows, exc.refused) if isinstance(exc, Requeue) else (batch, 0)
+                self._pending = left + self._pending
+                self._writing = 0
+                self.dead_letters += refused
+                self.written += len(batch) - len(left) - refused
+                log.error("ledger write failed (%s); %d rows kept for retry", exc.__cause__ or exc, len(left))
+                return len(batch) - len(left)
+            self._writing = 0
+            self.dead_letters += refused
+            self.written += len(batch) - refused
             return len(batch)
 
     async def close(self) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from margin.backends.base import Call, Chunk, Usage
-from margin.errors import BackendError, MarginError, Overloaded
+from margin.errors import BackendError, BackendFailedUnexpectedly, MarginError, Overloaded
 from margin.pipeline.context import RequestContext, Target
 from margin.pipeline.stages.route import unavailable
 from margin.protocol import Endpoint
@@ -29,7 +29,8 @@ def sse(data: bytes) -> bytes:
 def _translate(backend: str, exc: Exception) -> MarginError:
     if isinstance(exc, MarginError):
         return exc
-    return BackendError(f"backend {backend} failed: {exc.__class__.__name__}: {exc}")
+    log.warning("backend %s raised %s", backend, exc.__class__.__name__, exc_info=exc)
+    return BackendFailedUnexpectedly(f"backend {backend} failed: {exc.__class__.__name__}: {exc}")
 
 
 class MeteredStream:
@@ -162,6 +163,13 @@ def _retryable(error: MarginError) -> bool:
     return isinstance(error, BackendError | Overloaded)
 
 
+def backend_fault(error: MarginError) -> bool:
+    """What the circuit breaker counts: the backend itself failed (5xx, timeout, unreachable). Never a client
+    error (4xx, a bad schema or token id), a full queue, or an exception the request's input provoked: no
+    caller can open a backend's circuit for every tenant."""
+    return isinstance(error, BackendError) and not isinstance(error, BackendFailedUnexpectedly)
+
+
 class BackendCall:
     """The pipeline's terminal: hands the request to the routed backend, falling back along
     `ctx.candidates` (already limited to the caller's jurisdictions) when a backend fails before answering."""
@@ -181,7 +189,8 @@ class BackendCall:
             except MarginError as exc:
                 if not _retryable(exc):
                     raise
-                self.breakers.failure(target.backend_name)
+                if backend_fault(exc):
+                    self.breakers.failure(target.backend_name)
                 if index + 1 < len(candidates):
                     log.warning("request %s: %s failed (%s); falling back", ctx.request_id, target.backend_name, exc)
                     continue

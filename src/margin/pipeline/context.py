@@ -58,6 +58,7 @@ class RequestContext:
     policy: Any = None  # governance.specs.Policy, resolved for this caller
     admission: Any = None  # governance.admission.Admission: what was reserved, settled by `settle`
     require_cache: str | None = None  # the flag that allows only cached answers
+    stream_slot: str | None = None  # the key whose stream slot this request holds (released when it ends)
     guard: dict[str, Any] | None = None  # what the guard found (counts by type, never values)
     prompt_log: str | None = None  # redacted prompt text, only when the policy logs prompts
     guard_state: Any = None  # guard.Redaction of this request (placeholders ↔ originals), never logged

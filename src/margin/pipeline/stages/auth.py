@@ -77,9 +77,12 @@ class AuthStage(BaseStage):
     async def on_request(self, ctx: RequestContext) -> None:
         if ctx.principal is None:  # the API handler authenticates before reading the body
             ctx.principal = await authenticate(self.keys, ctx.headers)
+        bound = ctx.principal.tags
         header = ctx.headers.get("x-margin-tags")
-        tags = parse_tag_header(header, self.allowed) if header else {}
-        tags.update(ctx.principal.tags)  # a key's own tags cannot be overridden by the caller
+        allowed = self.allowed | {name for name, value in bound.items() if value == "*"} if bound else self.allowed
+        tags = parse_tag_header(header, allowed) if header else {}
+        # a key's own tags cannot be overridden by the caller; `name=*` lets the key fill `name` from the header
+        tags.update({name: value for name, value in bound.items() if value != "*"} if bound else {})
         ctx.tags = tags
 
 

@@ -12,6 +12,7 @@ from margin.governance.service import Governance
 from margin.ledger.store import LedgerWriter
 from margin.pipeline.base import BaseStage, StageSpec
 from margin.pipeline.context import RequestContext
+from margin.pipeline.stages.admit import LEDGER_BACKLOG
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -23,6 +24,11 @@ def _nanousd(ctx: RequestContext) -> int | None:
     if ctx.charge is None:
         return 0
     return None if ctx.charge.cost_usd is None else to_nanousd(ctx.charge.cost_usd)
+
+
+def _storable(text: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL: a logged prompt keeps everything else."""
+    return text.replace("\x00", "\ufffd") if text and "\x00" in text else text
 
 
 def ledger_row(ctx: RequestContext, config_hash: str) -> dict[str, Any]:
@@ -45,7 +51,7 @@ def ledger_row(ctx: RequestContext, config_hash: str) -> dict[str, Any]:
         "region": target.region if target else None,
         "jurisdiction": target.jurisdiction if target else None,
         "guard": ctx.guard,
-        "prompt_text": ctx.prompt_log,
+        "prompt_text": _storable(ctx.prompt_log),
         "status": ctx.status,
         "http_status": ctx.http_status,
         "error_code": ctx.error.code if ctx.error else None,
@@ -96,13 +102,19 @@ class SettleStage(BaseStage):
     async def on_response(self, ctx: RequestContext) -> None:
         if ctx.principal is None:  # rejected before authentication: nobody to attribute it to
             return
+        if ctx.error is not None and ctx.error.code == LEDGER_BACKLOG:  # refused before any work: no row, so a
+            self.writer.refused += 1  # ledger that is down cannot grow the queue without bound
+            return
         row = ledger_row(ctx, self.config_hash)
         self.writer.submit(row)
-        if self.governance is not None and ctx.admission is not None:
+        admission = ctx.admission
+        if self.governance is not None and admission is not None:
             # the answer does not wait for the budget store: the reservation holds until this lands
             # a cache hit used no model tokens: like the ledger reconciliation (kind `request` only), count none
             tokens = (0, 0) if ctx.cache_hit else (row["input_tokens"], row["output_tokens"])
-            settling = self.governance.settle(ctx.admission, row["cost_nanousd"], *tokens)
+            target, caller = ctx.target, admission.subject
+            served = caller.serving(target.public, target.backend_name) if target and caller else None
+            settling = self.governance.settle(admission, row["cost_nanousd"], tokens[0], tokens[1], served)
             if self.spawn is not None:
                 self.spawn(settling)
             else:

@@ -1,0 +1,97 @@
+"""Rules callers cannot dodge, unit by unit: tags rules see (bound to the key), per-org counters and
+buckets, the ledger reconciliation matching admission, stream slots, and settling to what served."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from margin.governance import admission as adm
+from margin.governance.rules import Subject, governed_tags, matches, partition
+from margin.governance.service import Governance, ledger_spent
+from margin.governance.specs import BudgetSpec, LimitSpec, Scope
+from margin.governance.store import LocalStore
+from margin.governance.streams import StreamSlots
+from margin.ledger import db
+from margin.ledger.store import LedgerWriter
+from tests.governance.conftest import make_key
+from tests.helpers import fake_settings
+from tests.ledger.test_writer import row
+
+
+def test_rules_see_only_tags_bound_to_the_key() -> None:
+    header = {"customer": "acme", "feature": "search"}
+    assert governed_tags(header, {}, keyed=True) == {}
+    assert governed_tags(header, {"customer": "acme"}, keyed=True) == {"customer": "acme"}
+    assert governed_tags(header, {"customer": "*"}, keyed=True) == {"customer": "acme"}
+    assert governed_tags(header, {}, keyed=False) == header  # open mode: one local user
+
+
+def test_team_and_tag_scopes_are_counted_per_org() -> None:
+    team = Scope(kind="team", value="support")
+    acme, globex, lone = (Subject(team="support", org=org) for org in ("acme", "globex", None))
+    assert team.per_org and matches(team, acme) and matches(team, globex)
+    assert (partition(team, acme), partition(team, globex), partition(team, lone)) == ("acme", "globex", None)
+    budget = BudgetSpec(name="support", scope=team, tokens=10, period="lifetime")
+    names = {adm.counter_name(budget, None, partition(team, s)) for s in (acme, globex, lone)}
+    assert names == {"support#acme@lifetime", "support#globex@lifetime", "support@lifetime"}
+    limit = LimitSpec(scope=team, rpm=1)
+    assert adm.limit_key(limit, acme) != adm.limit_key(limit, globex)
+    only_acme = Scope(kind="team", value="support", org="acme")
+    assert not only_acme.per_org and matches(only_acme, acme) and not matches(only_acme, globex)
+    assert only_acme.label() == "team=support,org=acme"
+    assert not Scope(kind="model", value="m").per_org  # an operator's cap on a model is shared
+    with pytest.raises(ValidationError):
+        Scope(kind="model", value="m", org="acme")
+
+
+async def test_reconciliation_counts_what_admission_counted(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    bound_id, _ = make_key(path, name="bound", team="support", org="acme", tags={"customer": "acme"})
+    other_id, _ = make_key(path, name="other", team="support", org="globex")
+    url = f"sqlite:///{path}"
+    writer = LedgerWriter(url)
+    writer.submit(row("1", key_id=bound_id, team="support", org="acme", tags={"customer": "acme"}))
+    writer.submit(row("2", key_id=other_id, team="support", org="globex", tags={"customer": "acme"}))  # a label
+    await writer.close()
+    engine = db.make_async_engine(url)
+    now = datetime.now(UTC)
+    tag = BudgetSpec(name="c", scope=Scope(kind="tag", value="customer=acme"), tokens=100, period="day")
+    team = BudgetSpec(name="t", scope=Scope(kind="team", value="support"), tokens=100, period="day")
+    try:
+        assert await ledger_spent(engine, tag, now, "acme") == 3  # only the key bound to customer=acme
+        assert await ledger_spent(engine, team, now, "acme") == 3  # one org's team
+        assert await ledger_spent(engine, team, now, "globex") == 3
+        assert await ledger_spent(engine, team, now, None) == 0  # no org: none of theirs
+    finally:
+        await engine.dispose()
+
+
+def test_stream_slots_cap_each_key() -> None:
+    slots = StreamSlots(cap=2)
+    assert slots.acquire("k") and slots.acquire("k") and not slots.acquire("k")
+    assert slots.acquire("other")
+    slots.release("k")
+    assert slots.held("k") == 1 and slots.acquire("k")
+    unlimited = StreamSlots(cap=None)
+    assert all(unlimited.acquire("k") for _ in range(1000))
+
+
+async def test_settling_charges_only_budgets_of_the_model_that_served(tmp_path: Path) -> None:
+    budgets = [
+        {"name": "fb", "scope": {"kind": "model", "value": "fallback"}, "tokens": 100, "period": "lifetime"},
+        {"name": "all", "scope": {"kind": "global"}, "tokens": 100, "period": "lifetime"},
+    ]
+    settings = fake_settings(tmp_path / "x.db", budgets=budgets)
+    store = LocalStore()
+    governance = Governance(settings, engine=None, store=store)
+    now = datetime.now(UTC)
+    holds = [adm.hold_for(budget, now, 0, 50) for budget in governance.rules.budgets]
+    assert (await store.admit("r", [h.hold for h in holds], 60)).ok
+    caller = Subject("k", "t")
+    admission = adm.Admission("r", holds, [], caller)
+    await governance.settle(admission, None, 3, 4, caller.serving("primary", "fake"))
+    assert await store.counters(["fb@lifetime", "all@lifetime"]) == {"fb@lifetime": (0, 0), "all@lifetime": (7, 0)}

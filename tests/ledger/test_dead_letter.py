@@ -1,0 +1,110 @@
+"""A row the database refuses never blocks the rows behind it: the batch is written row by row, the bad row
+is set aside in `ledger_dead_letter` with its error, and a coerced copy keeps the request counted. On SQLite
+and on PostgreSQL (whose columns really have lengths, and whose text refuses NUL)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from margin.ledger import db, deadletter
+from margin.ledger.models import ledger, ledger_dead_letter
+from margin.ledger.store import LedgerWriter
+from tests.ledger.test_writer import row
+
+
+@pytest.fixture
+def pg_ledger(postgres_url: str) -> Iterator[str]:
+    base, name = postgres_url.rsplit("/", 1)[0], f"dead_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    url = f"{base}/{name}"
+    db.upgrade(url)
+    yield url
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as connection:
+        connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def read(url: str) -> tuple[list[Any], list[Any]]:
+    engine = db.make_sync_engine(url)
+    try:
+        with engine.connect() as connection:
+            rows = list(connection.execute(sa.select(ledger).order_by(ledger.c.id)))
+            letters = list(connection.execute(sa.select(ledger_dead_letter).order_by(ledger_dead_letter.c.id)))
+            return rows, letters
+    finally:
+        engine.dispose()
+
+
+async def test_sqlite_overflowing_row_is_set_aside_and_salvaged(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    db.upgrade(url)
+    writer = LedgerWriter(url)
+    writer.submit(row("before"))
+    writer.submit(row("huge", output_tokens=2**70))  # SQLite integers stop at 64 bits
+    writer.submit(row("after"))
+    assert await writer.flush() == 3
+    assert writer.dead_letters == 1 and writer.written == 2 and writer.pending == 0
+    await writer.close()
+    rows, letters = read(url)
+    assert [r.request_id for r in rows] == ["before", "huge", "after"]  # the salvaged copy keeps it counted
+    assert rows[1].output_tokens == 2**30 - 1
+    (letter,) = letters
+    assert letter.request_id == "huge" and letter.salvaged and "OverflowError" in letter.error
+    assert str(2**70) in letter.row and orjson.loads(letter.row)["request_id"] == "huge"
+
+
+async def test_postgres_poison_rows_never_block_the_queue(pg_ledger: str) -> None:
+    writer = LedgerWriter(pg_ledger)
+    poison = [
+        row("long-user", user="u" * 300),  # the issue's reproduction: String(256)
+        row("long-model", requested_model="m" * 129),
+        row("nul", prompt_text="a\x00b"),
+        row("big-int", input_tokens=2**40),  # Integer is 32-bit on PostgreSQL
+    ]
+    writer.submit(row("first"))
+    for bad in poison:
+        writer.submit(bad)
+    writer.submit(row("last"))
+    assert await writer.flush() == 6
+    assert writer.dead_letters == 4 and writer.pending == 0
+    writer.submit(row("next-batch"))
+    assert await writer.flush() == 1
+    await writer.close()
+    rows, letters = read(pg_ledger)
+    by_id = {r.request_id: r for r in rows}
+    assert set(by_id) == {"first", "long-user", "long-model", "nul", "big-int", "last", "next-batch"}
+    assert len(by_id["long-user"].user) == 256 and by_id["nul"].prompt_text == "a\ufffdb"
+    assert by_id["big-int"].input_tokens == 2**30 - 1
+    assert {letter.request_id for letter in letters} == {"long-user", "long-model", "nul", "big-int"}
+    assert all(letter.salvaged and letter.error for letter in letters)
+    assert "u" * 300 in next(letter.row for letter in letters if letter.request_id == "long-user")
+
+
+async def test_an_unreachable_database_keeps_rows_for_later(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'gone.db'}"  # not migrated: no table, as if the database were away
+    writer = LedgerWriter(url, max_pending=2)
+    writer.submit(row("a"))
+    writer.submit(row("b"))
+    assert await writer.flush() == 0
+    assert writer.pending == 2 and writer.backlogged and writer.dead_letters == 0
+    db.upgrade(url)
+    assert await writer.flush() == 2
+    assert not writer.backlogged
+    await writer.close()
+    assert [r.request_id for r in read(url)[0]] == ["a", "b"]
+
+
+def test_coerce_fits_every_column() -> None:
+    coerced = deadletter.coerce(row("x", team="t" * 500, prompt_text="\x00", tags={"k": "a\x00"}, e2e_ms=float("inf")))
+    assert len(coerced["team"]) == 128 and coerced["prompt_text"] == "\ufffd"
+    assert coerced["tags"] == {"k": "a\ufffd"} and coerced["e2e_ms"] == 0.0
+    assert deadletter.is_transient(sa.exc.OperationalError("x", {}, Exception()))
+    assert not deadletter.is_transient(sa.exc.DataError("x", {}, Exception()))

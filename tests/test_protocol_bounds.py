@@ -1,0 +1,64 @@
+"""Values from the client are bounded at parse time (400 naming the field), and what multiplies work is
+visible to admission: answers per prompt, prompts, token ids."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from margin.backends.payloads import non_text_parts, token_id_count
+from margin.errors import InvalidRequest
+from margin.protocol import FORWARDED, Endpoint, parse_request
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "param"),
+    [
+        (Endpoint.CHAT, {"model": "m" * 129, "messages": MESSAGES}, "model"),
+        (Endpoint.CHAT, {"model": "a\x00", "messages": MESSAGES}, "model"),
+        (Endpoint.CHAT, {"model": "m", "messages": MESSAGES, "user": "u" * 257}, "user"),
+        (Endpoint.CHAT, {"model": "m", "messages": MESSAGES, "user": "a\nb"}, "user"),
+        (Endpoint.CHAT, {"model": "m", "messages": MESSAGES, "logit_bias": {"-1": 1}}, "logit_bias"),
+        (Endpoint.CHAT, {"model": "m", "messages": MESSAGES, "logit_bias": {"word": 1}}, "logit_bias"),
+        (Endpoint.CHAT, {"model": "m", "messages": MESSAGES, "logit_bias": {"5": 101}}, "logit_bias"),
+        (
+            Endpoint.CHAT,
+            {"model": "m", "messages": MESSAGES, "logit_bias": {str(i): 1 for i in range(1025)}},
+            "logit_bias",
+        ),
+        (Endpoint.CHAT, {"model": "m", "messages": MESSAGES, "max_tokens": 2**31}, "max_tokens"),
+        (Endpoint.CHAT, {"model": "m", "messages": MESSAGES, "seed": 2**64}, "seed"),
+        (Endpoint.COMPLETIONS, {"model": "m", "prompt": [2**31]}, "prompt"),
+        (Endpoint.COMPLETIONS, {"model": "m", "prompt": "x", "best_of": 129}, "best_of"),
+        (Endpoint.EMBEDDINGS, {"model": "m", "input": [[-1]]}, "input"),
+    ],
+)
+def test_out_of_bounds_values_name_their_field(endpoint: Endpoint, body: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(endpoint, body)
+    assert (caught.value.param or "").split(".")[0] == param
+
+
+def test_multipliers_and_token_ids_are_counted() -> None:
+    chat = parse_request(
+        Endpoint.CHAT, {"model": "m", "messages": MESSAGES, "n": 3, "max_tokens": 5, "max_completion_tokens": 9}
+    )
+    assert chat.choices == 3 and chat.output_limit == 9  # the larger limit: an upstream may honour either
+    many = parse_request(Endpoint.COMPLETIONS, {"model": "m", "prompt": [[1, 2], [3]], "n": 2, "best_of": 4})
+    assert many.prompts == 2 and many.choices == 4 and token_id_count(many) == 3
+    ids = parse_request(Endpoint.COMPLETIONS, {"model": "m", "prompt": [1, 2, 3]})
+    assert ids.prompts == 1 and token_id_count(ids) == 3
+    assert token_id_count(parse_request(Endpoint.EMBEDDINGS, {"model": "m", "input": [[1] * 7, [2] * 3]})) == 10
+    image = {"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "image_url", "image_url": {}}]}
+    assert non_text_parts(parse_request(Endpoint.CHAT, {"model": "m", "messages": [image]})) == 1
+
+
+def test_only_known_fields_are_forwarded() -> None:
+    assert {"messages", "max_tokens", "max_completion_tokens", "n", "top_k"} <= FORWARDED[Endpoint.CHAT]
+    for unpriced in ("service_tier", "best_of", "use_beam_search", "chat_template", "audio", "prediction"):
+        assert unpriced not in FORWARDED[Endpoint.CHAT]
+    assert "best_of" in FORWARDED[Endpoint.COMPLETIONS]  # priced there
+    assert FORWARDED[Endpoint.EMBEDDINGS] == {"model", "input", "encoding_format", "dimensions", "user"}

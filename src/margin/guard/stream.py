@@ -28,6 +28,12 @@ def _last_whitespace(text: str, before: int) -> int:
     return max(text.rfind(ch, 0, before) for ch in _WHITESPACE)
 
 
+def _footer_after(text: str, header: int) -> bool:
+    """A whole `-----END …-----` line follows the PEM header at `header`."""
+    footer = text.find("-----END", header)
+    return footer >= 0 and text.find("-----", footer + 8) >= 0
+
+
 class StreamRedactor:
     """Redacts one stream channel; `feed` returns what may be shown now, `flush` the rest at the end."""
 
@@ -72,7 +78,7 @@ class StreamRedactor:
         space = _last_whitespace(buffer, limit)
         cut = space + 1 if space >= 0 else 0
         header = buffer.rfind("-----BEGIN", 0, cut)
-        if header >= 0 and buffer.find("-----END", header) < 0:
+        if header >= 0 and not _footer_after(buffer, header):
             cut = header
         if cut == 0 and len(buffer) >= MAX_PENDING_CHARS:
             cut = limit

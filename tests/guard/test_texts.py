@@ -10,6 +10,7 @@ from margin.guard import PiiScanner, Redaction, redact
 from margin.guard.texts import FIELD, answer_text, request_texts, rewrite_answer, rewrite_request
 
 EMAIL = "jane.doe@example.org"
+ESCAPED = '{"to": "jane.doe\\u0040example.org"}'  # the e-mail with its @ as a JSON escape
 
 
 def tool_request() -> dict[str, Any]:
@@ -25,7 +26,7 @@ def tool_request() -> dict[str, Any]:
             {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
                 "name": "lookup", "arguments": orjson.dumps({"email": EMAIL, "name": "Jane"}).decode()}}]},
             {"role": "tool", "tool_call_id": "call_1", "content": f"found {EMAIL}"},
-            {"role": "assistant", "function_call": {"name": "old", "arguments": '{"to": "jane.doe\\u0040example.org"}'}},
+            {"role": "assistant", "function_call": {"name": "old", "arguments": ESCAPED}},
         ],
         "tools": [{"type": "function", "function": {
             "name": "lookup", "description": f"Looks up users such as {EMAIL}",

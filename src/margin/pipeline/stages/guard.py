@@ -88,7 +88,8 @@ class GuardStage(BaseStage):
                 self._record(ctx, await self._run(len(text), lambda: self.inspector.delivered_pii(text)))
             return
         completion = ctx.completion
-        if completion is None or ctx.policy is None:
+        restores = policy.restore_pii and policy.pii == "redact" and ctx.guard_state is not None
+        if completion is None or (policy.pii_output == "off" and not restores):
             return
         size = len(answer_text(completion.payload))
         changed, record = await self._run(size, lambda: self._answer(ctx, completion.payload, policy))

@@ -71,3 +71,27 @@ def test_span_and_char_caps() -> None:
     chars.take_chars(10)
     with pytest.raises(ScanLimitExceeded, match="max_scan_chars"):
         chars.take_chars(1)
+
+
+def test_scan_cost_counts_digit_runs_only_for_small_texts() -> None:
+    from margin.guard.inspection import NUMBER_CHECK_COST, scan_cost
+
+    assert scan_cost([("user", "hello there")], 2048) == 11
+    two_numbers = "call +44 20 7946 0958 or 030 1234567"
+    assert scan_cost([("user", two_numbers)], 2048) == len(two_numbers) + 2 * NUMBER_CHECK_COST
+    big = "1234567 " * 1000
+    assert scan_cost([("user", big)], 2048) == len(big)  # already off the loop by size: not counted
+
+
+async def test_costly_scans_leave_the_event_loop() -> None:
+    import threading
+
+    from margin.guard import InjectionDetector
+    from margin.pipeline.stages.guard import GuardStage
+
+    stage = GuardStage(PiiScanner(ner=False), InjectionDetector(), ScanLimits(inline_chars=100))
+    try:
+        assert await stage._run(100, lambda: threading.current_thread().name) == threading.current_thread().name
+        assert (await stage._run(101, lambda: threading.current_thread().name)).startswith("margin-guard")
+    finally:
+        stage.close()

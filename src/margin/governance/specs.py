@@ -121,7 +121,10 @@ class GuardConfig(Spec):
         2_000, gt=0, description="Phone candidates validated per request (~0.1-0.5 ms each; same refusal)."
     )
     inline_scan_chars: int = Field(
-        2_048, ge=0, description="Requests with more text than this are scanned on a worker thread."
+        2_048,
+        ge=0,
+        description="Scans costing more than this many characters (each run of digits counts 1,000: it may need "
+        "a phone-number validation) run on the guard's worker thread, off the event loop.",
     )
     user_hash_key_env: str | None = Field(
         None,

@@ -15,7 +15,7 @@ from typing import Any
 from margin.errors import InvalidRequest, MarginError
 from margin.guard.injection import InjectionDetector
 from margin.guard.limits import ScanBudget, ScanLimitExceeded, ScanLimits
-from margin.guard.pii import PiiScanner
+from margin.guard.pii import DIGIT_RUN_RE, PiiScanner
 from margin.guard.redaction import Redaction, redact
 from margin.guard.stream import WITHHELD, StreamGuard
 from margin.guard.texts import UNTRUSTED_ROLES, answer_text, request_texts, rewrite_answer, rewrite_request
@@ -64,8 +64,21 @@ class RequestFindings:
     error: MarginError | None = None
 
 
+NUMBER_CHECK_COST = 1000
+"""A number-plan check (0.1-0.5 ms) costs about as much as scanning 1,000 characters of prose."""
+
+
 def text_size(texts: list[tuple[str, str]]) -> int:
     return sum(len(text) for _, text in texts)
+
+
+def scan_cost(texts: list[tuple[str, str]], inline_chars: int) -> int:
+    """The scan's cost in characters of prose: its length, plus `NUMBER_CHECK_COST` per run of digits (each may
+    need a phone validation). Digit runs are only counted when the length alone would allow an inline scan."""
+    size = text_size(texts)
+    if size > inline_chars:
+        return size
+    return size + NUMBER_CHECK_COST * sum(len(DIGIT_RUN_RE.findall(text)) for _, text in texts)
 
 
 class Inspector:

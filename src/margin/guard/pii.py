@@ -32,7 +32,8 @@ from margin.guard.spans import (
     resolve_overlaps,
 )
 
-_DIGIT_RUN_RE = re.compile(r"\d[\d .()/-]{5,}\d")
+DIGIT_RUN_RE = re.compile(r"\d[\d .()/-]{5,}\d")
+"""A run that could be a phone, card, IBAN tail or SSN: the cheap signal for the dear number checks."""
 _CREDENTIAL_WORDS: tuple[str, ...] = ("pass", "pwd", "secret", "token", "key", "bearer", "-----begin", "://")
 
 
@@ -51,7 +52,7 @@ class _Signals:
         lowered = text.lower()
         return cls(
             at="@" in text,
-            digits=_DIGIT_RUN_RE.search(text) is not None,
+            digits=DIGIT_RUN_RE.search(text) is not None,
             colons="::" in text or text.count(":") >= 7,
             long_token=max(map(len, text.split()), default=0) >= 20,
             credential_word=any(word in lowered for word in _CREDENTIAL_WORDS),

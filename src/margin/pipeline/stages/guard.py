@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from margin.guard import InjectionDetector, PiiScanner, restore
-from margin.guard.inspection import GuardPolicy, Inspector, RequestFindings, text_size
+from margin.guard.inspection import GuardPolicy, Inspector, RequestFindings, scan_cost
 from margin.guard.limits import ScanLimits
 from margin.guard.stream import StreamGuard
 from margin.guard.texts import answer_text, request_texts, rewrite_answer
@@ -35,10 +35,10 @@ class GuardStage(BaseStage):
         self.limits = self.inspector.limits
         self._pool: ThreadPoolExecutor | None = None
 
-    async def _run(self, size: int, work: Callable[[], T]) -> T:
-        """`work()` inline when it reads little text, else on the guard's worker thread (one: large scans
-        queue behind each other instead of taking every core)."""
-        if size <= self.limits.inline_chars:
+    async def _run(self, cost: int, work: Callable[[], T]) -> T:
+        """`work()` inline when it costs little (`scan_cost`: well under a millisecond), else on the guard's
+        worker thread (one: large scans queue behind each other instead of taking every core)."""
+        if cost <= self.limits.inline_chars:
             return work()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="margin-guard")
@@ -54,7 +54,8 @@ class GuardStage(BaseStage):
         state = None
         if policy.reads_request:
             texts = request_texts(ctx.raw)
-            found, request = await self._run(text_size(texts), lambda: self._inspect(ctx, texts, policy))
+            cost = scan_cost(texts, self.limits.inline_chars)
+            found, request = await self._run(cost, lambda: self._inspect(ctx, texts, policy))
             if found.record:
                 ctx.guard = {**(ctx.guard or {}), **found.record}
             if found.error is not None:
@@ -85,14 +86,15 @@ class GuardStage(BaseStage):
                 self._record(ctx, ctx.stream_rewrite.record())
             if policy.pii_output == "log" and ctx.delivered_text:
                 text = "".join(ctx.delivered_text)
-                self._record(ctx, await self._run(len(text), lambda: self.inspector.delivered_pii(text)))
+                cost = scan_cost([("", text)], self.limits.inline_chars)
+                self._record(ctx, await self._run(cost, lambda: self.inspector.delivered_pii(text)))
             return
         completion = ctx.completion
         restores = policy.restore_pii and policy.pii == "redact" and ctx.guard_state is not None
         if completion is None or (policy.pii_output == "off" and not restores):
             return
-        size = len(answer_text(completion.payload))
-        changed, record = await self._run(size, lambda: self._answer(ctx, completion.payload, policy))
+        cost = scan_cost([("", answer_text(completion.payload))], self.limits.inline_chars)
+        changed, record = await self._run(cost, lambda: self._answer(ctx, completion.payload, policy))
         self._record(ctx, record)
         if changed:
             completion.raw = None  # re-serialize the rewritten payload

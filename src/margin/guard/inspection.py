@@ -98,7 +98,7 @@ class Inspector:
             if policy.injection != "off":
                 self._injection(texts, policy.injection == "block", found)
             if found.error is None and (policy.pii != "off" or policy.log_prompts):
-                self._pii(raw, policy, Redaction(self.scanner, budget), found)
+                self._pii(raw, texts, policy, Redaction(self.scanner, budget), found)
         except ScanLimitExceeded as exc:
             found.record["scan_limit"] = exc.message
             found.raw, found.prompt_log = None, None
@@ -120,8 +120,21 @@ class Inspector:
                 code="prompt_injection_detected",
             )
 
-    def _pii(self, raw: dict[str, Any], policy: GuardPolicy, state: Redaction, found: RequestFindings) -> None:
-        redacted = rewrite_request(raw, lambda text: redact(text, state))
+    def _pii(
+        self,
+        raw: dict[str, Any],
+        texts: list[tuple[str, str]],
+        policy: GuardPolicy,
+        state: Redaction,
+        found: RequestFindings,
+    ) -> None:
+        """Scan `texts` (the request's strings in walk order); only when something was found walk the request
+        again to put the redacted strings in place, in the same order."""
+        results = [redact(text, state) for _, text in texts]
+        redacted = raw
+        if any(new is not old for new, (_, old) in zip(results, texts, strict=True)):
+            replacements = iter(results)
+            redacted = rewrite_request(raw, lambda _text: next(replacements))
         found.state = state
         counts = state.counts()
         if counts:

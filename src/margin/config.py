@@ -188,6 +188,9 @@ class SemanticCacheConfig(Strict):
     enabled: bool = Field(False, description="Also answer from similar earlier questions (error-bounded).")
     delta: float = Field(0.01, gt=0, lt=1, description="Largest false-hit rate the operator accepts.")
     max_entries: int = Field(100_000, ge=1)
+    max_entries_per_tenant: int = Field(
+        10_000, ge=1, description="Entries one cache scope (team, key) may hold; it evicts its own oldest first."
+    )
 
 
 class CacheConfig(Strict):

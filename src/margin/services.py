@@ -160,6 +160,10 @@ class Services:
         await self.writer.close()
         await self.governance.close()
         await self.cache.close()
+        for stage in self.pipeline.stages:
+            closer = getattr(stage, "close", None)  # stages holding a worker thread (guard)
+            if callable(closer):
+                closer()
         if self.semantic is not None:
             self.semantic.close()
         await self.engine.dispose()

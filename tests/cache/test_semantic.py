@@ -148,3 +148,28 @@ def test_exact_bucket_swap_remove_keeps_ids_consistent() -> None:
         assert bucket.search(vectors[i], 1)[0][0] == i
     ranked = [entry_id for entry_id, _ in bucket.search(vectors[0], 5)]
     assert ranked[0] == 0 and sorted(ranked) == [0, 2, 3]
+
+
+def test_no_hit_across_different_identifiers() -> None:
+    from margin.cache.identifiers import Identifiers
+
+    encoder = FakeEncoder(near={"status of order 12346": ("status of order 12345", 0.99)})
+    cache = SemanticCache(encoder, threshold=0.9, dim=32)  # type: ignore[arg-type]
+    cache.add("s", "c", "status of order 12345", "k1")
+    query = "status of order 12346"
+    assert cache.nearest("s", "c", cache.encode(query)) is not None  # close in embedding space …
+    assert cache.lookup("s", "c", query) is None  # … but another order's answer is never served
+    assert cache.lookup_vector("s", "c", cache.encode(query), Identifiers.of(query)) is None
+
+
+def test_tenant_quota_evicts_only_its_own_entries() -> None:
+    cache, _ = make(max_entries=10, max_entries_per_tenant=3)
+    cache.add_vector("victim|m", "c", cache.encode("victim question"), "v1", tenant="victim")
+    for i in range(50):
+        cache.add_vector("flood|m", "c", cache.encode(f"flood {i}"), f"f{i}", tenant="flood")
+    assert cache.tenant_size("flood") == 3 and cache.tenant_size("victim") == 1
+    hit = cache.lookup("victim|m", "c", "victim question")
+    assert hit is not None and hit.key == "v1"
+    assert cache.lookup("flood|m", "c", "flood 49") is not None and cache.lookup("flood|m", "c", "flood 0") is None
+    with pytest.raises(ConfigError):
+        make(max_entries_per_tenant=0)

@@ -8,6 +8,7 @@ import pytest
 
 from margin import keys
 from margin.errors import InvalidRequest
+from margin.guard.pseudonym import UserPseudonyms
 from margin.ledger import db
 from margin.pipeline.stages.auth import parse_tag_header
 from tests.helpers import fake_settings, gateway
@@ -48,7 +49,7 @@ async def test_keys_required_once_one_exists(db_path: Path) -> None:
         rows = await gw.rows()
         assert len(rows) == 1  # rejected-before-auth requests have nobody to bill: no row
         row = rows[0]
-        assert (row.key_id, row.team, row.user) == (key_id, "search", "u-42")
+        assert (row.key_id, row.team, row.user) == (key_id, "search", UserPseudonyms()("u-42"))  # never raw
         assert row.tags == {"customer": "acme", "feature": "search-box"}  # the key's tag wins
 
 

@@ -160,7 +160,7 @@ async def test_semantic_hits_are_scoped_and_recorded(db_path: Path) -> None:
         different_context = await gw.http.post(CHAT, json=with_system)
         assert first.headers["x-margin-cache"] == "miss"
         assert again.headers["x-margin-cache"] == "hit-semantic"
-        assert float(again.headers["x-margin-cache-similarity"]) >= gw.services.semantic.threshold
+        assert "x-margin-cache-similarity" not in again.headers  # only admin keys see how close a probe came
         assert again.json()["choices"][0]["message"]["content"] == first.json()["choices"][0]["message"]["content"]
         assert other.headers["x-margin-cache"] == "miss" and different_context.headers["x-margin-cache"] == "miss"
         rows = await gw.rows()

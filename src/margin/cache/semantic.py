@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from margin.cache.identifiers import Identifiers
 from margin.cache.index import ANN_MIN, AnnBucket, Bucket, ExactBucket
 from margin.errors import ConfigError, InvalidRequest
 
@@ -46,6 +47,8 @@ class _Entry:
     key: str
     text_digest: str
     expires_at: float
+    tenant: str | None = None
+    identifiers: Identifiers | None = None
 
 
 def _digest(text: str) -> str:
@@ -63,6 +66,7 @@ class SemanticCache:
         dim: int = 384,
         clock: Callable[[], float] = time.monotonic,
         ann_min: int = ANN_MIN,
+        max_entries_per_tenant: int | None = None,
     ) -> None:
         if not -1.0 <= threshold <= 1.0:
             raise ConfigError(f"semantic cache threshold {threshold} is not a cosine in [-1, 1]")
@@ -70,9 +74,12 @@ class SemanticCache:
             raise ConfigError("semantic cache max_entries must be at least 1")
         if ttl_s is not None and ttl_s <= 0:
             raise ConfigError("semantic cache ttl_s must be positive (or None for no expiry)")
+        if max_entries_per_tenant is not None and max_entries_per_tenant < 1:
+            raise ConfigError("semantic cache max_entries_per_tenant must be at least 1")
         self.encoder = encoder
         self.threshold = threshold
         self.max_entries = max_entries
+        self.max_entries_per_tenant = max_entries_per_tenant
         self.ttl_s = ttl_s
         self.dim = dim
         self._clock = clock
@@ -81,6 +88,7 @@ class SemanticCache:
         self._entries: OrderedDict[int, _Entry] = OrderedDict()
         self._buckets: dict[tuple[str, str], Bucket] = {}
         self._by_text: dict[tuple[str, str, str], int] = {}
+        self._by_tenant: dict[str, OrderedDict[int, None]] = {}
         self._recent: OrderedDict[str, Vector] = OrderedDict()
         self._next_id = 1
 
@@ -110,15 +118,21 @@ class SemanticCache:
 
     # -- lookup ---------------------------------------------------------------------------------------------
     def lookup(self, scope: str, context_hash: str, text: str) -> SemanticHit | None:
-        """The entry to serve for `text`, or None. Same scope and context hash only; similarity ≥ threshold."""
-        return self.lookup_vector(scope, context_hash, self.encode(text))
+        """The entry to serve for `text`, or None. Same scope and context hash only; similarity ≥ threshold;
+        the same names, ids and numbers as the stored question (`Identifiers`)."""
+        return self.lookup_vector(scope, context_hash, self.encode(text), Identifiers.of(text))
 
-    def lookup_vector(self, scope: str, context_hash: str, vector: Vector) -> SemanticHit | None:
-        hit = self.nearest(scope, context_hash, vector)
+    def lookup_vector(
+        self, scope: str, context_hash: str, vector: Vector, identifiers: Identifiers | None = None
+    ) -> SemanticHit | None:
+        hit = self.nearest(scope, context_hash, vector, identifiers)
         return hit if hit is not None and hit.similarity >= self.threshold else None
 
-    def nearest(self, scope: str, context_hash: str, vector: Vector) -> SemanticHit | None:
-        """The nearest live entry of the bucket whatever its similarity (evaluation uses this)."""
+    def nearest(
+        self, scope: str, context_hash: str, vector: Vector, identifiers: Identifiers | None = None
+    ) -> SemanticHit | None:
+        """The nearest live entry of the bucket whatever its similarity (evaluation uses this), skipping
+        entries whose question holds other identifiers than `identifiers` (when given)."""
         with self._lock:
             self._expire(self._clock())
             bucket = self._buckets.get((scope, context_hash))
@@ -126,17 +140,34 @@ class SemanticCache:
                 return None
             for entry_id, similarity in bucket.search(vector, SEARCH_K):
                 entry = self._entries.get(entry_id)
-                if entry is not None:
-                    return SemanticHit(entry.key, similarity)
+                if entry is None:
+                    continue
+                if identifiers is not None and entry.identifiers and not identifiers.compatible(entry.identifiers):
+                    continue
+                return SemanticHit(entry.key, similarity)
             return None
 
     # -- insertion ------------------------------------------------------------------------------------------
     def add(self, scope: str, context_hash: str, text: str, key: str) -> None:
         """Remember that `text` (in this scope and context) was answered by the exact-cache entry `key`.
         Adding the same text again replaces the earlier entry (new key, fresh TTL)."""
-        self.add_vector(scope, context_hash, self.encode(text), key, text_digest=_digest(text))
+        self.add_vector(
+            scope, context_hash, self.encode(text), key, text_digest=_digest(text), identifiers=Identifiers.of(text)
+        )
 
-    def add_vector(self, scope: str, context_hash: str, vector: Vector, key: str, *, text_digest: str = "") -> None:
+    def add_vector(
+        self,
+        scope: str,
+        context_hash: str,
+        vector: Vector,
+        key: str,
+        *,
+        text_digest: str = "",
+        tenant: str | None = None,
+        identifiers: Identifiers | None = None,
+    ) -> None:
+        """Add an entry. A `tenant` over `max_entries_per_tenant` makes room by evicting its own oldest entry,
+        never another tenant's; the store as a whole evicts the oldest entry past `max_entries`."""
         bucket_key = (scope, context_hash)
         now = self._clock()
         expires_at = now + self.ttl_s if self.ttl_s is not None else float("inf")
@@ -146,27 +177,41 @@ class SemanticCache:
                 old = self._by_text.get((scope, context_hash, text_digest))
                 if old is not None:
                     self._remove(old)
-            while len(self._entries) >= self.max_entries:
-                self._remove(next(iter(self._entries)))
+            self._make_room(tenant)
             entry_id = self._next_id
             self._next_id += 1
             bucket = self._bucket_for(bucket_key)
             bucket.add(entry_id, _normalise(vector))
-            self._entries[entry_id] = _Entry(bucket_key, key, text_digest, expires_at)
+            self._entries[entry_id] = _Entry(bucket_key, key, text_digest, expires_at, tenant, identifiers)
             if text_digest:
                 self._by_text[(scope, context_hash, text_digest)] = entry_id
+            if tenant is not None:
+                self._by_tenant.setdefault(tenant, OrderedDict())[entry_id] = None
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
             self._buckets.clear()
             self._by_text.clear()
+            self._by_tenant.clear()
+
+    def tenant_size(self, tenant: str) -> int:
+        with self._lock:
+            self._expire(self._clock())
+            return len(self._by_tenant.get(tenant, ()))
 
     def bucket_count(self) -> int:
         with self._lock:
             return len(self._buckets)
 
     # -- internals (lock held) ------------------------------------------------------------------------------
+    def _make_room(self, tenant: str | None) -> None:
+        own = self._by_tenant.get(tenant) if tenant is not None else None
+        while own and self.max_entries_per_tenant is not None and len(own) >= self.max_entries_per_tenant:
+            self._remove(next(iter(own)))
+        while len(self._entries) >= self.max_entries:
+            self._remove(next(iter(self._entries)))
+
     def _bucket_for(self, bucket_key: tuple[str, str]) -> Bucket:
         bucket = self._buckets.get(bucket_key)
         if bucket is None:
@@ -191,6 +236,12 @@ class SemanticCache:
             text_key = (*entry.bucket, entry.text_digest)
             if self._by_text.get(text_key) == entry_id:
                 del self._by_text[text_key]
+        if entry.tenant is not None:
+            own = self._by_tenant.get(entry.tenant)
+            if own is not None:
+                own.pop(entry_id, None)
+                if not own:
+                    del self._by_tenant[entry.tenant]
 
     def _expire(self, now: float) -> None:
         """Entries are kept in insertion order and all share one TTL, so expired ones are at the front."""

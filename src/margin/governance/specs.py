@@ -127,6 +127,27 @@ class GuardConfig(Spec):
         False,
         description="Also find PERSON/LOCATION with spaCy when a model is installed (~8 ms a message on CPU).",
     )
+    max_scan_chars: int = Field(
+        1_048_576,
+        gt=0,
+        description="Characters of text one request (and, apart, its answer) may give the guard to read; a "
+        "policy that redacts or blocks refuses larger requests with 413 guard_scan_limit.",
+    )
+    max_spans: int = Field(10_000, gt=0, description="Sensitive values one request may hold (same refusal).")
+    max_phone_checks: int = Field(
+        2_000, gt=0, description="Phone candidates validated per request (~0.1-0.5 ms each; same refusal)."
+    )
+    inline_scan_chars: int = Field(
+        2_048,
+        ge=0,
+        description="Scans costing more than this many characters (each run of digits counts 1,000: it may need "
+        "a phone-number validation) run on the guard's worker thread, off the event loop.",
+    )
+    user_hash_key_env: str | None = Field(
+        None,
+        description="Environment variable holding a secret: the ledger then stores HMAC-SHA256(secret, user) "
+        "instead of a plain SHA-256 of the OpenAI `user` field (which a dictionary of e-mails can reverse).",
+    )
 
 
 class AdmissionConfig(Spec):

@@ -68,7 +68,7 @@ _RULES: tuple[tuple[str, float, re.Pattern[str]], ...] = tuple(
         (
             "new_instructions",
             0.45,
-            r"(?:^|[.!:]\s+)\W*(?:new|updated|revised|real|actual|true|override|admin|important)\s+"
+            r"(?:^|[.!:]\s)\W{0,8}(?:new|updated|revised|real|actual|true|override|admin|important)\s+"
             r"(?:system\s+)?(?:instructions?|prompt|rules|directives?|orders)\s*:",
         ),
         ("from_now_on", 0.35, r"\bfrom\s+now\s+on,?\s+(?:you|your)\s+(?:will|must|are|shall|should|only|respond)"),

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import phonenumbers
 
+from margin.guard.limits import ScanBudget
 from margin.guard.recognizers import ID_CONTEXT_RE, continues_iban_like
 from margin.guard.spans import PHONE, Span
 from margin.guard.text import context_before
@@ -72,7 +73,12 @@ def _implausible_grouping(raw: str) -> bool:
     return national and sum(sizes) > 12
 
 
-def find_phones(text: str, regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS) -> Iterator[Span]:
+def find_phones(
+    text: str, regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS, budget: ScanBudget | None = None
+) -> Iterator[Span]:
+    """Validated phone numbers. Each distinct candidate is validated once per call (the dear part, counted
+    against `budget`); repeats reuse the answer."""
+    checked: dict[str, bool] = {}
     for m in _PHONE_RE.finditer(text):
         raw = m.group()
         digits = sum(ch.isdigit() for ch in raw)
@@ -86,5 +92,10 @@ def find_phones(text: str, regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS) -> 
             and not _PHONE_CONTEXT_RE.search(context_before(text, m.start(), 60))
         ):
             continue
-        if _is_valid(raw, regions):
+        valid = checked.get(raw)
+        if valid is None:
+            if budget is not None:
+                budget.take_phone_check()
+            valid = checked[raw] = _is_valid(raw, regions)
+        if valid:
             yield Span(PHONE, m.start(), m.end(), raw, 0.7)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from margin.errors import ConfigError
+from margin.guard.limits import ScanBudget
 from margin.guard.ner import NerFinder, load_ner
 from margin.guard.phones import DEFAULT_PHONE_REGIONS, find_phones
 from margin.guard.recognizers import find_cards, find_emails, find_ibans, find_ips, find_ssns
@@ -31,7 +32,8 @@ from margin.guard.spans import (
     resolve_overlaps,
 )
 
-_DIGIT_RUN_RE = re.compile(r"\d[\d .()/-]{5,}\d")
+DIGIT_RUN_RE = re.compile(r"\d[\d .()/-]{5,}\d")
+"""A run that could be a phone, card, IBAN tail or SSN: the cheap signal for the dear number checks."""
 _CREDENTIAL_WORDS: tuple[str, ...] = ("pass", "pwd", "secret", "token", "key", "bearer", "-----begin", "://")
 
 
@@ -50,7 +52,7 @@ class _Signals:
         lowered = text.lower()
         return cls(
             at="@" in text,
-            digits=_DIGIT_RUN_RE.search(text) is not None,
+            digits=DIGIT_RUN_RE.search(text) is not None,
             colons="::" in text or text.count(":") >= 7,
             long_token=max(map(len, text.split()), default=0) >= 20,
             credential_word=any(word in lowered for word in _CREDENTIAL_WORDS),
@@ -113,21 +115,25 @@ class PiiScanner:
     def ner_enabled(self) -> bool:
         return self._ner is not None
 
-    def scan(self, text: str) -> list[Span]:
-        """All detected entities in `text`, non-overlapping, sorted by offset."""
+    def scan(self, text: str, budget: ScanBudget | None = None) -> list[Span]:
+        """All detected entities in `text`, non-overlapping, sorted by offset. With a `budget`, the phone
+        checks and the entities found count against the request's caps (`ScanLimitExceeded` past them)."""
         signals = _Signals.of(text)
-        spans = self._structured(text, signals) if signals.any() else []
+        spans = self._structured(text, signals, budget) if signals.any() else []
         if self._ner is not None and text.strip():
             spans.extend(s for s in self._ner(text) if s.entity in self.entities)
-        return resolve_overlaps(spans)
+        resolved = resolve_overlaps(spans)
+        if budget is not None and resolved:
+            budget.take_spans(len(resolved))
+        return resolved
 
-    def _structured(self, text: str, signals: _Signals) -> list[Span]:
+    def _structured(self, text: str, signals: _Signals, budget: ScanBudget | None) -> list[Span]:
         spans: list[Span] = []
         for entity, finder in _STRUCTURED_FINDERS:
             if entity in self.entities and signals.allows(entity):
                 spans.extend(finder(text))
         if PHONE in self.entities and signals.digits:
-            spans.extend(find_phones(text, self.phone_regions))
+            spans.extend(find_phones(text, self.phone_regions, budget))
         return spans
 
 

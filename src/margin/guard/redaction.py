@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+from margin.guard.limits import ScanBudget
 from margin.guard.pii import PiiScanner
 from margin.guard.spans import CREDIT_CARD, EMAIL, IBAN, PHONE, US_SSN, Span
 
@@ -33,8 +34,9 @@ def _normalize(entity: str, value: str) -> str:
 class Redaction:
     """The placeholder map of one request. Not thread-safe; one per request."""
 
-    def __init__(self, scanner: PiiScanner) -> None:
+    def __init__(self, scanner: PiiScanner, budget: ScanBudget | None = None) -> None:
         self.scanner = scanner
+        self.budget = budget  # the request's caps on entities and phone checks (None: uncapped)
         self._by_value: dict[tuple[str, str], str] = {}
         self._originals: dict[str, str] = {}
         self._next: Counter[str] = Counter()
@@ -72,8 +74,8 @@ class Redaction:
 
 
 def redact(text: str, state: Redaction) -> str:
-    """Replace every detected entity in `text` by its placeholder in `state`."""
-    spans = state.scanner.scan(text)
+    """Replace every detected entity in `text` by its placeholder in `state`; `text` itself when none."""
+    spans = state.scanner.scan(text, state.budget)
     if not spans:
         return text
     state.note(spans)

@@ -37,9 +37,11 @@ _VENDOR_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
         r"(?<![\w-])hf_[A-Za-z0-9]{30,}",  # Hugging Face
         r"(?<![\w-])npm_[A-Za-z0-9]{36}(?![\w-])",  # npm
         r"(?<![\w.-])eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",  # JWT
-        r"-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----(?:[\s\S]{0,8000}?-----END \1-----)?",  # PEM
     )
 )
+_PEM_BEGIN_RE = re.compile(r"-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----")
+PEM_MAX_BODY = 8000
+"""A PEM body longer than this is not looked for: the header alone is reported."""
 _KEY_VALUE_RE = re.compile(
     r"(?i)(?<![a-z])(?:password|passwd|pwd|pass|secret|client[_-]?secret|api[_-]?key|apikey|access[_-]?key|"
     r"secret[_-]?key|auth[_-]?token|access[_-]?token|token|private[_-]?key)\b[\"']?\s*(?:[:=]|\bis\b)\s*[\"']?"
@@ -89,11 +91,28 @@ def _credential_values(text: str) -> Iterator[Span]:
             yield Span(SECRET, m.start(1), m.end(1), value, 0.9)
 
 
+def _pem_keys(text: str) -> Iterator[Span]:
+    """PEM private keys, header to matching footer (or the header alone). The footer is looked for with
+    `str.find` only up to the next header (or `PEM_MAX_BODY`), so the whole text is read once however many
+    headers it holds (one lazy regex per header re-read up to 8 KB after each)."""
+    headers = list(_PEM_BEGIN_RE.finditer(text))
+    for index, header in enumerate(headers):
+        limit = header.end() + PEM_MAX_BODY
+        if index + 1 < len(headers):
+            limit = min(limit, headers[index + 1].start())
+        footer = f"-----END {header.group(1)}-----"
+        found = text.find(footer, header.end(), limit + len(footer))
+        end = header.end() if found < 0 else found + len(footer)
+        yield Span(SECRET, header.start(), end, text[header.start() : end], 0.99)
+
+
 def find_secrets(text: str) -> Iterator[Span]:
     if any(marker in text for marker in _VENDOR_MARKERS):
         for rx in _VENDOR_PATTERNS:
             for m in rx.finditer(text):
                 yield Span(SECRET, m.start(), m.end(), m.group(), 0.99)
+        if "-----BEGIN" in text:
+            yield from _pem_keys(text)
     if "://" in text:
         for m in _URL_PASSWORD_RE.finditer(text):
             yield Span(SECRET, m.start(1), m.end(1), m.group(1), 0.97)  # outranks the e-mail reading of `pw@host`

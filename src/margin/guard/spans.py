@@ -44,13 +44,23 @@ def resolve_overlaps(spans: Iterable[Span]) -> list[Span]:
 
     Scores encode priority: a checksum-validated IBAN (0.95) beats a phone reading of the same digits (0.7),
     a vendor-prefixed key (0.99) beats everything. Result is sorted by start offset.
+
+    One sort, then one sweep over the ranked spans against a byte map of the characters already taken: a
+    candidate is checked (`bytearray.find`, C speed) and marked over its own length only, so the work is
+    O(n log n + total span length), never a comparison of every pair.
     """
-    ranked = sorted(spans, key=lambda s: (-s.score, -(s.end - s.start), s.start))
+    ranked = sorted(spans, key=lambda s: (-s.score, s.start - s.end, s.start))
+    if not ranked:
+        return []
+    taken = bytearray(max(span.end for span in ranked))
     kept: list[Span] = []
     for span in ranked:
-        if not any(span.overlaps(k) for k in kept):
-            kept.append(span)
-    return sorted(kept, key=lambda s: s.start)
+        if span.end <= span.start or taken.find(1, span.start, span.end) >= 0:
+            continue
+        taken[span.start : span.end] = b"\x01" * (span.end - span.start)
+        kept.append(span)
+    kept.sort(key=lambda s: s.start)
+    return kept
 
 
 def count_entities(spans: Iterable[Span]) -> dict[str, int]:

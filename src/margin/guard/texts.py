@@ -1,91 +1,228 @@
 """Where the text is in an OpenAI request or answer, so guards can read and rewrite it in place.
 
 Requests are handled as the caller's JSON (`ctx.raw`), which is what upstreams receive, and re-parsed after a
-rewrite; answers as the OpenAI payload (`choices[].message.content`, `choices[].text`, stream deltas)."""
+rewrite. Every string that leaves for an upstream is visited, not only the conversation: message `name`,
+tool-call and function-call arguments (decoded first, so `\\u0040` escapes hide nothing, and re-encoded only
+when something changed), tool and function definitions, `response_format` schemas, `metadata`, `user`, `stop`,
+`suffix` and any vendor field. Left alone, because they are structure rather than content or because a
+placeholder would break them: field names (dict keys), `model`, `role`, `type`, ids, function and schema
+`name`s, JSON-schema `format`/`pattern`/`$ref`/`required`, and non-text content parts (images, audio, files).
+
+Answers are handled as the OpenAI payload: `choices[].message.content`, tool-call arguments, `choices[].text`
+and stream deltas."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
+
+Visit = Callable[[str, str], str]  # (where, text) -> text; where is a message role, or FIELD
 Rewrite = Callable[[str], str]
+FIELD = "field"  # a string outside the conversation's content (name, arguments, metadata, definitions…)
 UNTRUSTED_ROLES = frozenset({"user", "tool", "function"})  # where injected instructions come from
+_STRUCTURAL = frozenset(
+    {
+        "model", "role", "type", "id", "tool_call_id", "name", "tool_choice", "format", "pattern", "$ref",
+        "$schema", "$id", "$anchor", "required", "url", "detail", "data", "file_data", "file_id", "voice",
+        "encoding_format", "modalities", "reasoning_effort", "service_tier",
+    }
+)  # fmt: skip
+"""Keys whose string values are structure, not content: never rewritten by the generic walk."""
+_CONVERSATION = ("messages", "prompt", "input")
 
 
-def request_texts(raw: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """(role, text) for every text the request sends: chat messages (all roles), prompts, embedding inputs."""
-    for message in raw.get("messages") or []:
-        if not isinstance(message, dict):
-            continue
-        role = str(message.get("role", ""))
-        content = message.get("content")
-        if isinstance(content, str):
-            yield role, content
-        elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    yield role, part["text"]
-    for field in ("prompt", "input"):
-        value = raw.get(field)
-        if isinstance(value, str):
-            yield "user", value
-        elif isinstance(value, list):
-            yield from (("user", item) for item in value if isinstance(item, str))
-
-
-def _rewrite_value(value: Any, rewrite: Rewrite) -> Any:
+def _all_strings(value: Any, visit: Visit) -> Any:
+    """Every string value inside `value` (dict keys excepted); the same object back when nothing changed."""
     if isinstance(value, str):
-        return rewrite(value)
+        return visit(FIELD, value)
+    if isinstance(value, dict):
+        new = {k: _all_strings(v, visit) for k, v in value.items()}
+        return value if all(new[k] is v for k, v in value.items()) else new
     if isinstance(value, list):
-        return [rewrite(item) if isinstance(item, str) else item for item in value]
+        items = [_all_strings(v, visit) for v in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
     return value
 
 
-def _rewrite_message(message: Any, rewrite: Rewrite) -> Any:
+def _generic(value: Any, visit: Visit) -> Any:
+    """Like `_all_strings`, but the values of structural keys (`_STRUCTURAL`) are kept as they are."""
+    if isinstance(value, str):
+        return visit(FIELD, value)
+    if isinstance(value, dict):
+        new = {k: v if k in _STRUCTURAL else _generic(v, visit) for k, v in value.items()}
+        return value if all(new[k] is v for k, v in value.items()) else new
+    if isinstance(value, list):
+        items = [_generic(v, visit) for v in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+    return value
+
+
+def _arguments(value: Any, visit: Visit) -> Any:
+    """Tool-call arguments: a JSON string is decoded, its strings visited, and re-encoded if any changed."""
+    if not isinstance(value, str):
+        return _all_strings(value, visit)
+    try:
+        decoded = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return visit(FIELD, value)
+    if isinstance(decoded, str):
+        new_text = visit(FIELD, decoded)
+        return value if new_text is decoded else orjson.dumps(new_text).decode()
+    new = _all_strings(decoded, visit)
+    return value if new is decoded else orjson.dumps(new).decode()
+
+
+def _calls(value: Any, visit: Visit) -> Any:
+    """`tool_calls` (a list) or `function_call` (one): only the arguments are content."""
+    if isinstance(value, list):
+        items = [_calls(v, visit) for v in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+    if not isinstance(value, dict):
+        return value
+    function = value.get("function") if "function" in value else value
+    if not isinstance(function, dict) or "arguments" not in function:
+        return value
+    arguments = _arguments(function["arguments"], visit)
+    if arguments is function["arguments"]:
+        return value
+    new_function = {**function, "arguments": arguments}
+    return {**value, "function": new_function} if "function" in value else new_function
+
+
+def _content(role: str, content: Any, visit: Visit) -> Any:
+    if isinstance(content, str):
+        return visit(role, content)
+    if not isinstance(content, list):
+        return content
+    parts = [_part(role, part, visit) for part in content]
+    return content if all(a is b for a, b in zip(parts, content, strict=True)) else parts
+
+
+def _part(role: str, part: Any, visit: Visit) -> Any:
+    """A content part: its `text` (and a `refusal`) are content; images, audio and files are not read."""
+    if not isinstance(part, dict):
+        return part
+    new = dict(part)
+    if isinstance(part.get("text"), str):
+        new["text"] = visit(role, part["text"])
+    if isinstance(part.get("refusal"), str):
+        new["refusal"] = visit(FIELD, part["refusal"])
+    return part if all(new[k] is part[k] for k in part) else new
+
+
+def _message(message: Any, visit: Visit) -> Any:
     if not isinstance(message, dict):
         return message
-    content = message.get("content")
-    if isinstance(content, str):
-        return {**message, "content": rewrite(content)}
-    if isinstance(content, list):
-        parts = [
-            {**part, "text": rewrite(part["text"])}
-            if isinstance(part, dict) and isinstance(part.get("text"), str)
-            else part
-            for part in content
-        ]
-        return {**message, "content": parts}
-    return message
+    role = str(message.get("role", ""))
+    new: dict[str, Any] = {}
+    for key, value in message.items():
+        if key in ("role", "tool_call_id"):
+            new[key] = value
+        elif key == "content":
+            new[key] = _content(role, value, visit)
+        elif key in ("tool_calls", "function_call"):
+            new[key] = _calls(value, visit)
+        elif key == "name":
+            new[key] = visit(FIELD, value) if isinstance(value, str) else value
+        else:
+            new[key] = _generic(value, visit)
+    return message if all(new[k] is v for k, v in message.items()) else new
+
+
+def _prompt(value: Any, visit: Visit) -> Any:
+    if isinstance(value, str):
+        return visit("user", value)
+    if isinstance(value, list):
+        items = [visit("user", v) if isinstance(v, str) else v for v in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+    return value
+
+
+def walk_request(raw: dict[str, Any], visit: Visit) -> dict[str, Any]:
+    """The request with every string that leaves for an upstream passed through `visit(where, text)`;
+    `raw` itself when nothing changed (structure and other fields are kept)."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "messages" and isinstance(value, list):
+            messages = [_message(m, visit) for m in value]
+            out[key] = value if all(a is b for a, b in zip(messages, value, strict=True)) else messages
+        elif key in ("prompt", "input"):
+            out[key] = _prompt(value, visit)
+        elif key == "metadata":
+            out[key] = _all_strings(value, visit)
+        elif key in _STRUCTURAL:
+            out[key] = value
+        else:
+            out[key] = _generic(value, visit)
+    return raw if all(out[k] is v for k, v in raw.items()) else out
+
+
+def request_texts(raw: dict[str, Any], *, everything: bool = True) -> list[tuple[str, str]]:
+    """(where, text) for the strings the guard reads: all of them, or (`everything=False`) only the
+    conversation's content (messages, prompt, input) as the prompt log keeps it."""
+    found: list[tuple[str, str]] = []
+
+    def collect(where: str, text: str) -> str:
+        if everything or where != FIELD:
+            found.append((where, text))
+        return text
+
+    walk_request(raw if everything else {k: raw[k] for k in _CONVERSATION if k in raw}, collect)
+    return found
 
 
 def rewrite_request(raw: dict[str, Any], rewrite: Rewrite) -> dict[str, Any]:
-    """A copy of the request with every text passed through `rewrite` (structure and other fields kept)."""
-    out = dict(raw)
-    if isinstance(raw.get("messages"), list):
-        out["messages"] = [_rewrite_message(message, rewrite) for message in raw["messages"]]
-    for field in ("prompt", "input"):
-        if field in raw:
-            out[field] = _rewrite_value(raw[field], rewrite)
-    return out
+    """A copy of the request with every string that leaves for an upstream passed through `rewrite`."""
+    return walk_request(raw, lambda _where, text: rewrite(text))
+
+
+def _answer_holders(payload: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
+    for choice in payload.get("choices") or []:
+        if not isinstance(choice, dict):
+            continue
+        for holder, key in ((choice.get("message"), "content"), (choice.get("delta"), "content"), (choice, "text")):
+            if isinstance(holder, dict) and isinstance(holder.get(key), str):
+                yield holder, key
+
+
+def _answer_calls(payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for choice in payload.get("choices") or []:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict):
+            for key in ("tool_calls", "function_call"):
+                if message.get(key):
+                    yield message
 
 
 def rewrite_answer(payload: dict[str, Any], rewrite: Rewrite) -> bool:
-    """Rewrite an answer's (or a stream chunk's) text in place; True when anything changed."""
+    """Rewrite a whole answer's (or a stream chunk's) text in place, tool-call arguments of whole answers
+    included; True when anything changed."""
     changed = False
-    for choice in payload.get("choices") or []:
-        for holder, key in ((choice.get("message"), "content"), (choice.get("delta"), "content"), (choice, "text")):
-            if isinstance(holder, dict) and isinstance(holder.get(key), str):
-                new = rewrite(holder[key])
-                if new != holder[key]:
-                    holder[key] = new
-                    changed = True
+    for holder, key in _answer_holders(payload):
+        new = rewrite(holder[key])
+        if new != holder[key]:
+            holder[key] = new
+            changed = True
+    for message in _answer_calls(payload):
+        for key in ("tool_calls", "function_call"):
+            new_calls = _calls(message.get(key), lambda _where, text: rewrite(text))
+            if new_calls is not message.get(key):
+                message[key] = new_calls
+                changed = True
     return changed
 
 
 def answer_text(payload: dict[str, Any]) -> str:
-    parts: list[str] = []
-    for choice in payload.get("choices") or []:
-        for holder, key in ((choice.get("message"), "content"), (choice.get("delta"), "content"), (choice, "text")):
-            if isinstance(holder, dict) and isinstance(holder.get(key), str):
-                parts.append(holder[key])
-    return "".join(parts)
+    """An answer's text for counting what it holds: content, text and tool-call arguments."""
+    parts = [holder[key] for holder, key in _answer_holders(payload)]
+
+    def collect(_where: str, text: str) -> str:
+        parts.append(text)
+        return text
+
+    for message in _answer_calls(payload):
+        for key in ("tool_calls", "function_call"):
+            _calls(message.get(key), collect)
+    return "\n".join(parts)

@@ -10,6 +10,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
+
 from margin.backends import payloads
 from margin.backends.base import Call, Chunk, Completion
 from margin.cache.exact import CacheStore, Entry, deterministic, request_key
@@ -25,12 +27,14 @@ HEADER = "x-margin-cache"
 
 
 def cache_scope(ctx: RequestContext, scope: str) -> str:
+    """Who shares entries with this caller. Teams and keys are qualified by their org, so two orgs' teams
+    named `support` share nothing; the parts are JSON-encoded, so no choice of names makes two scopes equal."""
     principal = ctx.principal
     if scope == "global" or principal is None:
         return "global"
     if scope == "team" and principal.team:
-        return f"team:{principal.team}"
-    return f"key:{principal.key_id or 'anonymous'}"
+        return orjson.dumps(["team", principal.org, principal.team]).decode()
+    return orjson.dumps(["key", principal.org, principal.key_id]).decode()
 
 
 def wanted(ctx: RequestContext) -> bool:
@@ -84,7 +88,8 @@ class CacheStage(BaseStage):
         if hit is None:
             return None
         entry = await self.store.get(hit.key)
-        if entry is not None:
+        if entry is not None and ctx.principal is not None and ctx.principal.is_admin:
+            # the similarity tells a prober how close it came to another caller's question: admins only
             ctx.notices["x-margin-cache-similarity"] = f"{hit.similarity:.4f}"
         return entry
 

@@ -1,123 +1,124 @@
 """guard: PII and secrets in the request (off | log | redact | block), prompt-injection heuristics on user and
 tool content (off | log | block), optional restoring of redacted values in the answer, PII in answers
-(off | log | redact), and the redacted prompt for the ledger when the policy logs prompts.
+(off | log | redact, streams included), and the redacted prompt for the ledger when the policy logs prompts.
 
 The policy is the caller's, resolved by `admit` (default → org → team → tags → key, strictest wins). What
-was found is recorded as counts by type (`ledger.guard`), never the values."""
+was found is recorded as counts by type (`ledger.guard`), never the values. Every string that leaves for an
+upstream is read (`guard.texts`). The work is capped per request (`guard.max_scan_chars`, `max_spans`,
+`max_phone_checks`) and requests with more than `guard.inline_scan_chars` characters of text are scanned on
+one worker thread, so a large prompt never holds the event loop (other requests, `/healthz`)."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
-from margin.errors import InvalidRequest
-from margin.guard import InjectionDetector, PiiScanner, Redaction, StreamRestorer, redact, restore
-from margin.guard.texts import UNTRUSTED_ROLES, answer_text, request_texts, rewrite_answer, rewrite_request
+from margin.guard import InjectionDetector, PiiScanner, restore
+from margin.guard.inspection import GuardPolicy, Inspector, RequestFindings, scan_cost
+from margin.guard.limits import ScanLimits
+from margin.guard.stream import StreamGuard
+from margin.guard.texts import answer_text, request_texts, rewrite_answer
 from margin.pipeline.base import BaseStage, StageSpec
 from margin.pipeline.context import RequestContext
-from margin.protocol import parse_request
+from margin.protocol import ApiRequest, parse_request
 
-PROMPT_LOG_MAX_CHARS = 20_000
-
-
-class StreamRewriter:
-    """Restores placeholders across streamed chunks; the held-back tail goes out with the finishing chunk."""
-
-    def __init__(self, state: Redaction) -> None:
-        self.restorer = StreamRestorer(state)
-
-    def __call__(self, payload: dict[str, Any]) -> bool:
-        choices = payload.get("choices") or []
-        finishing = any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
-        changed = rewrite_answer(payload, self.restorer.feed)
-        if finishing:
-            rest = self.restorer.flush()
-            if rest:
-                holder = choices[0].get("delta") if isinstance(choices[0].get("delta"), dict) else choices[0]
-                key = "content" if holder is not choices[0] else "text"
-                holder[key] = (holder.get(key) or "") + rest
-                changed = True
-        return changed
+T = TypeVar("T")
 
 
 class GuardStage(BaseStage):
     name = "guard"
 
-    def __init__(self, scanner: PiiScanner, detector: InjectionDetector) -> None:
-        self.scanner = scanner
-        self.detector = detector
+    def __init__(self, scanner: PiiScanner, detector: InjectionDetector, limits: ScanLimits | None = None) -> None:
+        self.inspector = Inspector(scanner, detector, limits or ScanLimits())
+        self.limits = self.inspector.limits
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def _run(self, cost: int, work: Callable[[], T]) -> T:
+        """`work()` inline when it costs little (`scan_cost`: well under a millisecond), else on the guard's
+        worker thread (one: large scans queue behind each other instead of taking every core)."""
+        if cost <= self.limits.inline_chars:
+            return work()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="margin-guard")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, work)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     async def on_request(self, ctx: RequestContext) -> None:
-        policy = ctx.policy
-        if policy is None:
-            return
-        pii, injection = policy.pii or "off", policy.injection or "off"
-        if injection != "off":
-            self._injection(ctx, injection == "block")
-        state: Redaction | None = None
-        if pii != "off" or policy.log_prompts:
-            state = Redaction(self.scanner)
-            redacted_raw = rewrite_request(ctx.raw, lambda text: redact(text, state))
-            counts = state.counts()
-            if counts:
-                self._record(ctx, pii=counts, pii_action=pii)
-            if pii == "block" and counts:
-                found = ", ".join(f"{n} {entity}" for entity, n in counts.items())
-                raise InvalidRequest(
-                    f"the request contains sensitive data ({found}) and this key's policy blocks it",
-                    code="pii_detected",
-                )
-            if pii == "redact" and counts:
-                ctx.raw = redacted_raw
-                ctx.request = parse_request(ctx.endpoint, redacted_raw)
-                if policy.restore_pii:
-                    ctx.stream_rewrite = StreamRewriter(state)
-            if policy.log_prompts:
-                text = "\n".join(text for _, text in request_texts(redacted_raw))
-                ctx.prompt_log = text[:PROMPT_LOG_MAX_CHARS]
+        policy = GuardPolicy.of(ctx.policy)
+        state = None
+        if policy.reads_request:
+            texts = request_texts(ctx.raw)
+            cost = scan_cost(texts, self.limits.inline_chars)
+            found, request = await self._run(cost, lambda: self._inspect(ctx, texts, policy))
+            if found.record:
+                ctx.guard = {**(ctx.guard or {}), **found.record}
+            if found.error is not None:
+                raise found.error
+            if found.raw is not None and request is not None:
+                ctx.raw, ctx.request = found.raw, request
+            ctx.prompt_log = found.prompt_log
+            state = found.state
         ctx.guard_state = state
+        restores = policy.restore_pii and policy.pii == "redact" and state is not None and bool(state.placeholders)
+        if ctx.is_stream:
+            ctx.stream_rewrite = self.inspector.stream_guard(policy, state if restores else None)
 
-    def _injection(self, ctx: RequestContext, block: bool) -> None:
-        texts = [text for role, text in request_texts(ctx.raw) if role in UNTRUSTED_ROLES]
-        verdicts = [self.detector.assess(text) for text in texts]
-        flagged = [v for v in verdicts if v.flagged]
-        if not flagged:
-            return
-        rules = sorted({f.rule for v in flagged for f in v.findings})
-        score = max(v.score for v in flagged)
-        self._record(ctx, injection={"score": round(score, 3), "rules": rules, "action": "block" if block else "log"})
-        if block:
-            raise InvalidRequest(
-                f"the request looks like a prompt injection ({', '.join(rules)}); this key's policy blocks it",
-                code="prompt_injection_detected",
-            )
-
-    @staticmethod
-    def _record(ctx: RequestContext, **found: Any) -> None:
-        ctx.guard = {**(ctx.guard or {}), **found}
+    def _inspect(
+        self, ctx: RequestContext, texts: list[tuple[str, str]], policy: GuardPolicy
+    ) -> tuple[RequestFindings, ApiRequest | None]:
+        """The request-side work (scan, redact, re-validate the rewritten request), in one piece so it can
+        leave the event loop; the context is changed by the caller, on the loop."""
+        found = self.inspector.request(ctx.raw, texts, policy)
+        if found.raw is None or found.error is not None:
+            return found, None
+        return found, parse_request(ctx.endpoint, found.raw)
 
     async def on_response(self, ctx: RequestContext) -> None:
-        policy, completion = ctx.policy, ctx.completion
-        if policy is None or completion is None or ctx.stream is not None:
+        policy = GuardPolicy.of(ctx.policy)
+        if ctx.stream is not None:
+            if isinstance(ctx.stream_rewrite, StreamGuard):
+                self._record(ctx, ctx.stream_rewrite.record())
+            if policy.pii_output == "log" and ctx.delivered_text:
+                text = "".join(ctx.delivered_text)
+                cost = scan_cost([("", text)], self.limits.inline_chars)
+                self._record(ctx, await self._run(cost, lambda: self.inspector.delivered_pii(text)))
             return
-        state = ctx.guard_state
-        changed = False
-        if policy.restore_pii and state is not None and (policy.pii or "off") == "redact":
-            changed = rewrite_answer(completion.payload, lambda text: restore(text, state))
-        output = policy.pii_output or "off"
-        if output != "off":
-            answer_state = Redaction(self.scanner)
-            if output == "redact":
-                changed = rewrite_answer(completion.payload, lambda text: redact(text, answer_state)) or changed
-            else:
-                redact(answer_text(completion.payload), answer_state)
-            if answer_state.counts():
-                self._record(ctx, pii_output=answer_state.counts(), pii_output_action=output)
+        completion = ctx.completion
+        restores = policy.restore_pii and policy.pii == "redact" and ctx.guard_state is not None
+        if completion is None or (policy.pii_output == "off" and not restores):
+            return
+        cost = scan_cost([("", answer_text(completion.payload))], self.limits.inline_chars)
+        changed, record = await self._run(cost, lambda: self._answer(ctx, completion.payload, policy))
+        self._record(ctx, record)
         if changed:
             completion.raw = None  # re-serialize the rewritten payload
 
+    def _answer(self, ctx: RequestContext, payload: dict[str, Any], policy: GuardPolicy) -> tuple[bool, dict[str, Any]]:
+        changed = False
+        state = ctx.guard_state
+        if policy.restore_pii and policy.pii == "redact" and state is not None:
+            changed = rewrite_answer(payload, lambda text: restore(text, state))
+        if policy.pii_output == "off":
+            return changed, {}
+        pii_changed, record = self.inspector.answer_pii(payload, policy)
+        return changed or pii_changed, record
+
+    @staticmethod
+    def _record(ctx: RequestContext, record: dict[str, Any]) -> None:
+        if record:
+            ctx.guard = {**(ctx.guard or {}), **record}
+
 
 def build(services: Any) -> GuardStage:
-    return GuardStage(PiiScanner(ner=services.settings.guard.ner), InjectionDetector())
+    config = services.settings.guard
+    limits = ScanLimits(config.max_scan_chars, config.max_spans, config.max_phone_checks, config.inline_scan_chars)
+    return GuardStage(PiiScanner(ner=config.ner), InjectionDetector(), limits)
 
 
 STAGE = StageSpec("guard", 300, build)

@@ -9,6 +9,8 @@ from typing import Any
 
 from margin.economics.money import to_nanousd
 from margin.governance.service import Governance
+from margin.guard.pseudonym import UserPseudonyms
+from margin.guard.redaction import restore
 from margin.ledger.store import LedgerWriter
 from margin.pipeline.base import BaseStage, StageSpec
 from margin.pipeline.context import RequestContext
@@ -31,7 +33,15 @@ def _storable(text: str | None) -> str | None:
     return text.replace("\x00", "\ufffd") if text and "\x00" in text else text
 
 
-def ledger_row(ctx: RequestContext, config_hash: str) -> dict[str, Any]:
+def caller_user(ctx: RequestContext) -> str | None:
+    """The OpenAI `user` the caller sent (its original value, also when the guard redacted it upstream)."""
+    user = getattr(ctx.request, "user", None)
+    if isinstance(user, str) and ctx.guard_state is not None:
+        return restore(user, ctx.guard_state)
+    return user if isinstance(user, str) else None
+
+
+def ledger_row(ctx: RequestContext, config_hash: str, pseudonym: UserPseudonyms | None = None) -> dict[str, Any]:
     principal, target, charge = ctx.principal, ctx.target, ctx.charge
     usage = ctx.usage
     stats = ctx.call.stats if ctx.call else None
@@ -42,7 +52,7 @@ def ledger_row(ctx: RequestContext, config_hash: str) -> dict[str, Any]:
         "key_id": principal.key_id if principal else None,
         "team": principal.team if principal else None,
         "org": principal.org if principal else None,
-        "user": getattr(ctx.request, "user", None),
+        "user": (pseudonym or UserPseudonyms())(caller_user(ctx)),  # never the raw value
         "tags": ctx.tags,
         "endpoint": str(ctx.endpoint),
         "model": target.public if target else None,
@@ -93,8 +103,10 @@ class SettleStage(BaseStage):
         config_hash: str,
         governance: Governance | None = None,
         spawn: Callable[[Coroutine[Any, Any, Any]], None] | None = None,
+        pseudonym: UserPseudonyms | None = None,
     ) -> None:
         self.writer = writer
+        self.pseudonym = pseudonym or UserPseudonyms()
         self.config_hash = config_hash
         self.governance = governance
         self.spawn = spawn
@@ -105,7 +117,7 @@ class SettleStage(BaseStage):
         if ctx.error is not None and ctx.error.code == LEDGER_BACKLOG:  # refused before any work: no row, so a
             self.writer.refused += 1  # ledger that is down cannot grow the queue without bound
             return
-        row = ledger_row(ctx, self.config_hash)
+        row = ledger_row(ctx, self.config_hash, self.pseudonym)
         self.writer.submit(row)
         admission = ctx.admission
         if self.governance is not None and admission is not None:
@@ -122,7 +134,8 @@ class SettleStage(BaseStage):
 
 
 def build(services: Any) -> SettleStage:
-    return SettleStage(services.writer, services.config_hash, services.governance, services.spawn)
+    pseudonym = UserPseudonyms.from_env(services.settings.guard.user_hash_key_env)
+    return SettleStage(services.writer, services.config_hash, services.governance, services.spawn, pseudonym)
 
 
 STAGE = StageSpec("settle", 900, build)

@@ -1,0 +1,212 @@
+"""Guards for streamed answers: PII redaction over chunks that may split a value anywhere, and the channels
+of an OpenAI stream (each choice's content or text, and each tool call's arguments) kept apart.
+
+`StreamRedactor` releases text only up to a whitespace at least `HOLD_CHARS` characters before the end of what
+it has seen, so a value still arriving (an e-mail, a grouped card or IBAN number, `password is …`) is whole
+when it is scanned; the last `CONTEXT_CHARS` released characters are scanned again with the rest as context
+(a credential word before its value) but never re-emitted. An unterminated PEM header holds everything after
+it until its footer arrives or `MAX_PENDING_CHARS` is reached. A stream that delivers no whitespace for
+`MAX_PENDING_CHARS` characters is cut there. Cost: each release rescans at most `HOLD_CHARS + CONTEXT_CHARS`
+characters besides the released ones, so the work is linear in the answer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from margin.guard.limits import ScanLimitExceeded
+from margin.guard.redaction import Redaction, StreamRestorer
+
+HOLD_CHARS = 64
+CONTEXT_CHARS = 64
+MAX_PENDING_CHARS = 9000
+WITHHELD = "[margin: the rest of this answer is withheld: it is over the guard's scan limit]"
+_WHITESPACE = (" ", "\n", "\t", "\r")
+
+
+def _last_whitespace(text: str, before: int) -> int:
+    return max(text.rfind(ch, 0, before) for ch in _WHITESPACE)
+
+
+def _footer_after(text: str, header: int) -> bool:
+    """A whole `-----END …-----` line follows the PEM header at `header`."""
+    footer = text.find("-----END", header)
+    return footer >= 0 and text.find("-----", footer + 8) >= 0
+
+
+class StreamRedactor:
+    """Redacts one stream channel; `feed` returns what may be shown now, `flush` the rest at the end."""
+
+    def __init__(self, state: Redaction) -> None:
+        self.state = state
+        self.withheld = False  # the answer went over the scan limit: nothing more is released
+        self._pending = ""
+        self._context = ""
+
+    def feed(self, chunk: str) -> str:
+        if self.withheld:
+            return ""
+        try:
+            if self.state.budget is not None:
+                self.state.budget.take_chars(len(chunk))
+            buffer = self._pending + chunk
+            cut = self._cut(buffer)
+            return self._release(buffer, cut) if cut > 0 else self._hold(buffer)
+        except ScanLimitExceeded:
+            self.withheld, self._pending = True, ""
+            return WITHHELD
+
+    def flush(self) -> str:
+        if self.withheld or not self._pending:
+            return ""
+        try:
+            return self._release(self._pending, len(self._pending))
+        except ScanLimitExceeded:
+            self.withheld, self._pending = True, ""
+            return WITHHELD
+
+    def _hold(self, buffer: str) -> str:
+        self._pending = buffer
+        return ""
+
+    def _cut(self, buffer: str) -> int:
+        """How much of `buffer` can be released: up to a whitespace `HOLD_CHARS` before its end, and never past
+        an unterminated PEM header; everything but the hold once `MAX_PENDING_CHARS` is reached."""
+        limit = len(buffer) - HOLD_CHARS
+        if limit <= 0:
+            return 0
+        space = _last_whitespace(buffer, limit)
+        cut = space + 1 if space >= 0 else 0
+        header = buffer.rfind("-----BEGIN", 0, cut)
+        if header >= 0 and not _footer_after(buffer, header):
+            cut = header
+        if cut == 0 and len(buffer) >= MAX_PENDING_CHARS:
+            cut = limit
+        return cut
+
+    def _release(self, buffer: str, cut: int) -> str:
+        """Scan context + buffer, redact the spans that end in the released part (a span crossing the cut moves
+        the cut back to its start), keep the rest pending."""
+        offset = len(self._context)
+        scanned = self._context + buffer
+        spans = self.state.scanner.scan(scanned, self.state.budget)
+        for span in spans:
+            if offset <= span.start < offset + cut < span.end:
+                cut = span.start - offset
+        parts: list[str] = []
+        pos = offset
+        found = []
+        for span in spans:
+            if span.end <= offset or span.start >= offset + cut:
+                continue
+            found.append(span)
+            parts.append(scanned[pos : max(pos, span.start)])
+            parts.append(self.state.placeholder(span.entity, span.text))
+            pos = span.end
+        parts.append(scanned[pos : offset + cut])
+        self.state.note(found)
+        released = buffer[:cut]
+        self._context = (self._context + released)[-CONTEXT_CHARS:]
+        self._pending = buffer[cut:]
+        return "".join(parts)
+
+
+Transform = Callable[[str], str]
+
+
+class _Channel:
+    """One stream of text (a choice's content, or one tool call's arguments): restore, then redact."""
+
+    def __init__(self, restore: Redaction | None, redact: Redaction | None) -> None:
+        self.restorer = StreamRestorer(restore) if restore is not None else None
+        self.redactor = StreamRedactor(redact) if redact is not None else None
+
+    def feed(self, text: str) -> str:
+        if self.restorer is not None:
+            text = self.restorer.feed(text)
+        return self.redactor.feed(text) if self.redactor is not None else text
+
+    def flush(self) -> str:
+        text = self.restorer.flush() if self.restorer is not None else ""
+        if self.redactor is not None:
+            text = (self.redactor.feed(text) if text else "") + self.redactor.flush()
+        return text
+
+    @property
+    def withheld(self) -> bool:
+        return self.redactor is not None and self.redactor.withheld
+
+
+class StreamGuard:
+    """Rewrites streamed chunk payloads in place: placeholders restored (`restore` state) and/or new PII
+    redacted (`redact` state), per choice and per tool call, the held-back tails released with the choice's
+    finishing chunk. Called with each chunk's payload; True when it changed."""
+
+    def __init__(self, restore: Redaction | None = None, redact: Redaction | None = None) -> None:
+        self._restore = restore
+        self._redact = redact
+        self._channels: dict[tuple[int, str, int], _Channel] = {}
+
+    @property
+    def withheld(self) -> bool:
+        return any(channel.withheld for channel in self._channels.values())
+
+    def record(self) -> dict[str, Any]:
+        """What the answer-side redaction found, for the ledger (counts by type, never values)."""
+        if self._redact is None:
+            return {}
+        record: dict[str, Any] = {}
+        if self._redact.counts():
+            record.update(pii_output=self._redact.counts(), pii_output_action="redact")
+        if self.withheld:
+            record.update(pii_output_action="redact", pii_output_scan_limit="the answer is over guard.max_scan_chars")
+        return record
+
+    def _channel(self, key: tuple[int, str, int]) -> _Channel:
+        channel = self._channels.get(key)
+        if channel is None:
+            channel = self._channels[key] = _Channel(self._restore, self._redact)
+        return channel
+
+    def __call__(self, payload: dict[str, Any]) -> bool:
+        changed = False
+        for position, choice in enumerate(payload.get("choices") or []):
+            if isinstance(choice, dict):
+                index = choice.get("index")
+                changed = self._choice(choice, index if isinstance(index, int) else position) or changed
+        return changed
+
+    def _choice(self, choice: dict[str, Any], index: int) -> bool:
+        delta = choice.get("delta")
+        holder, key = (delta, "content") if isinstance(delta, dict) else (choice, "text")
+        changed = False
+        if isinstance(holder.get(key), str):
+            new = self._channel((index, key, 0)).feed(holder[key])
+            changed, holder[key] = new != holder[key], new
+        calls = holder.get("tool_calls") if isinstance(delta, dict) else None
+        for position, call in enumerate(calls if isinstance(calls, list) else []):
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                tool = call.get("index")
+                channel = self._channel((index, "tool", tool if isinstance(tool, int) else position))
+                new = channel.feed(function["arguments"])
+                changed, function["arguments"] = changed or new != function["arguments"], new
+        if choice.get("finish_reason"):
+            changed = self._finish(holder, key, index) or changed
+        return changed
+
+    def _finish(self, holder: dict[str, Any], key: str, index: int) -> bool:
+        changed = False
+        for (choice, kind, tool), channel in sorted(self._channels.items()):
+            if choice != index:
+                continue
+            rest = channel.flush()
+            if not rest:
+                continue
+            changed = True
+            if kind != "tool":
+                holder[key] = (holder.get(key) or "") + rest
+            else:
+                calls = holder.setdefault("tool_calls", [])
+                calls.append({"index": tool, "function": {"arguments": rest}})
+        return changed

@@ -1,0 +1,94 @@
+"""Every string that leaves for an upstream is visited; structure a placeholder would break is not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from margin.guard import PiiScanner, Redaction, redact
+from margin.guard.texts import FIELD, answer_text, request_texts, rewrite_answer, rewrite_request
+
+EMAIL = "jane.doe@example.org"
+ESCAPED = '{"to": "jane.doe\\u0040example.org"}'  # the e-mail with its @ as a JSON escape
+
+
+def tool_request() -> dict[str, Any]:
+    return {
+        "model": "m",
+        "user": EMAIL,
+        "metadata": {"customer": EMAIL, "nested": {"deep": [EMAIL]}},
+        "stop": [EMAIL],
+        "messages": [
+            {"role": "system", "content": f"Support for {EMAIL}"},
+            {"role": "user", "name": EMAIL, "content": [{"type": "text", "text": f"hi {EMAIL}"},
+                                                         {"type": "image_url", "image_url": {"url": "https://x/a@b.c"}}]},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+                "name": "lookup", "arguments": orjson.dumps({"email": EMAIL, "name": "Jane"}).decode()}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": f"found {EMAIL}"},
+            {"role": "assistant", "function_call": {"name": "old", "arguments": ESCAPED}},
+        ],
+        "tools": [{"type": "function", "function": {
+            "name": "lookup", "description": f"Looks up users such as {EMAIL}",
+            "parameters": {"type": "object", "properties": {"email": {"type": "string", "format": "email",
+                           "pattern": "^.+@.+$", "enum": [EMAIL], "default": EMAIL}}, "required": ["email"]}}}],
+        "tool_choice": {"type": "function", "function": {"name": "lookup"}},
+        "response_format": {"type": "json_schema", "json_schema": {"name": "out", "schema": {
+            "type": "object", "description": f"reply to {EMAIL}"}}},
+        "vendor_extension": {"note": EMAIL},
+    }  # fmt: skip
+
+
+def test_redaction_reaches_every_string_that_leaves() -> None:
+    state = Redaction(PiiScanner(ner=False))
+    out = rewrite_request(tool_request(), lambda text: redact(text, state))
+    assert EMAIL not in orjson.dumps(out).decode()
+    assert "jane.doe\\u0040example.org" not in orjson.dumps(out).decode()  # escapes hide nothing
+    assert out["user"] == out["messages"][1]["name"] == out["metadata"]["customer"] == "<EMAIL_1>"
+    assert out["metadata"]["nested"] == {"deep": ["<EMAIL_1>"]} and out["stop"] == ["<EMAIL_1>"]
+    arguments = orjson.loads(out["messages"][2]["tool_calls"][0]["function"]["arguments"])
+    assert arguments == {"email": "<EMAIL_1>", "name": "Jane"}
+    assert orjson.loads(out["messages"][4]["function_call"]["arguments"]) == {"to": "<EMAIL_1>"}
+    schema = out["tools"][0]["function"]["parameters"]["properties"]["email"]
+    assert schema["enum"] == ["<EMAIL_1>"] and schema["default"] == "<EMAIL_1>"
+    assert out["response_format"]["json_schema"]["schema"]["description"] == "reply to <EMAIL_1>"
+    assert out["vendor_extension"] == {"note": "<EMAIL_1>"}
+
+
+def test_structure_is_left_alone() -> None:
+    state = Redaction(PiiScanner(ner=False))
+    original = tool_request()
+    out = rewrite_request(original, lambda text: redact(text, state))
+    call = out["messages"][2]["tool_calls"][0]
+    assert (call["id"], call["type"], call["function"]["name"]) == ("call_1", "function", "lookup")
+    assert out["messages"][3]["tool_call_id"] == "call_1"
+    assert out["tools"][0]["function"]["name"] == "lookup" and out["tool_choice"] == original["tool_choice"]
+    email_schema = out["tools"][0]["function"]["parameters"]["properties"]["email"]
+    assert (email_schema["format"], email_schema["pattern"]) == ("email", "^.+@.+$")
+    assert out["tools"][0]["function"]["parameters"]["required"] == ["email"]
+    assert out["messages"][1]["content"][1] == original["messages"][1]["content"][1]  # images are not read
+    assert original == tool_request()  # the caller's JSON is not changed in place
+
+
+def test_unchanged_request_is_returned_as_is() -> None:
+    raw = {"model": "m", "messages": [{"role": "user", "content": "hello"}], "tools": [{"type": "function"}]}
+    assert rewrite_request(raw, lambda text: text) is raw
+
+
+def test_request_texts_roles_and_conversation_only() -> None:
+    texts = request_texts(tool_request())
+    assert ("user", f"hi {EMAIL}") in texts and ("tool", f"found {EMAIL}") in texts
+    assert (FIELD, EMAIL) in texts  # user, name, metadata…
+    conversation = request_texts(tool_request(), everything=False)
+    assert all(where != FIELD for where, _ in conversation)
+    assert [t for _, t in conversation] == [f"Support for {EMAIL}", f"hi {EMAIL}", f"found {EMAIL}"]
+    assert request_texts({"model": "m", "prompt": ["a", "b"], "input": [1, 2]}) == [("user", "a"), ("user", "b")]
+
+
+def test_answers_with_tool_calls() -> None:
+    payload = {"choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type":
+               "function", "function": {"name": "send", "arguments": '{"to": "<EMAIL_1>"}'}}]}}]}  # fmt: skip
+    assert answer_text(payload) == "<EMAIL_1>"
+    assert rewrite_answer(payload, lambda text: text.replace("<EMAIL_1>", EMAIL))
+    assert orjson.loads(payload["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]) == {"to": EMAIL}
+    assert not rewrite_answer(payload, lambda text: text)

@@ -117,6 +117,10 @@ def test_cost_comes_from_the_gateway_and_matches_the_ledger(finished: tuple[Path
     assert variant(results, "echo")["energy_j_per_item"] > 0 and variant(results, "echo")["co2e_g_per_item"] > 0
     assert variant(results, "words")["energy_j_per_item"] is None  # a list-priced API: no energy figure
     assert all(r["call"]["request_id"] in ledger for r in records)
+    with engine.connect() as connection:
+        outcomes = {r.request_id: r.success for r in connection.execute(sa.text("select * from feedback"))}
+    assert outcomes == {r["call"]["request_id"]: r["grade"]["passed"] for r in records}
+    assert json.loads((run / "run.json").read_text())["feedback"] == {"posted": 12, "error": None}
     assert Decimal(variant(results, "words")["cost"]["per_item_usd"]) > Decimal(
         variant(results, "echo")["cost"]["per_item_usd"]
     )

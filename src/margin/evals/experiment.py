@@ -15,6 +15,7 @@ target:
   # ledger: sqlite:///margin.db   # the gateway's ledger, for energy and carbon per request
   # direct: true                  # not margin: cost is unknown unless a variant has `price`
   # cache: false                  # margin's response cache stays out of the way (x-margin-cache: off)
+  # post_feedback: true           # grades go to /v1/margin/feedback (margin report --metric cost_per_task)
 defaults: {max_tokens: 16, temperature: 0}
 variants:
   - {name: f16, model: smollm2-f16, quantization: F16}
@@ -72,6 +73,7 @@ class Target(BaseModel):
     ledger: str | None = None
     direct: bool = False
     cache: bool = Field(False, description="let margin's response cache answer (off: every answer is generated)")
+    post_feedback: bool = Field(True, description="post each grade to margin's /v1/margin/feedback")
     timeout_s: float = Field(600.0, gt=0)
 
     @model_validator(mode="after")

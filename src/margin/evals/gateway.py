@@ -78,6 +78,26 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
     raise ConfigError(f"margin serve did not become ready in {READY_TIMEOUT_S:.0f}s; see {log}")
 
 
+def post_outcomes(base_url: str, headers: dict[str, str], records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Each graded answer's outcome to the gateway's feedback endpoint (success and score), so `margin report
+    --metric cost_per_task` sees the eval too. Batches of 500; a refusal is reported, not raised."""
+    outcomes = [
+        {"request_id": r["call"]["request_id"], "success": bool(r["grade"]["passed"]), "score": r["grade"]["score"]}
+        for r in records
+        if r["call"].get("request_id") and r["call"].get("status") == 200
+    ]
+    posted, url = 0, f"{base_url.rstrip('/')}/margin/feedback"
+    for start in range(0, len(outcomes), BATCH):
+        try:
+            response = httpx.post(url, json=outcomes[start : start + BATCH], headers=headers, timeout=60)
+        except httpx.HTTPError as exc:
+            return {"posted": posted, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        if response.status_code != 200:
+            return {"posted": posted, "error": f"{response.status_code}: {response.text[:300]}"}
+        posted += len(outcomes[start : start + BATCH])
+    return {"posted": posted, "error": None}
+
+
 def ledger_rows(url: str, request_ids: Sequence[str], wait_s: float = LEDGER_WAIT_S) -> dict[str, dict[str, Any]]:
     """The ledger rows (kind=request) of these requests, waiting up to `wait_s` for the gateway's batched
     writer to flush the last ones. Missing ids are simply absent from the answer."""

@@ -205,7 +205,7 @@ def target_endpoint(experiment: Experiment, run_dir: Path) -> Iterator[tuple[End
 
 def run_experiment(experiment: Experiment, run_dir: Path, progress: Progress) -> dict[str, Any]:
     """Ask, grade and record everything not yet recorded in `run_dir`; returns the summary."""
-    from margin.evals.gateway import ledger_rows
+    from margin.evals.gateway import ledger_rows, post_outcomes
     from margin.evals.summary import summarize
 
     items = load_suite(experiment.resolve_suite(), seed=experiment.seed, limit=experiment.limit)
@@ -221,7 +221,11 @@ def run_experiment(experiment: Experiment, run_dir: Path, progress: Progress) ->
         records = read_records(records_path)
         ids = [r["call"]["request_id"] for r in records if r["call"].get("request_id")]
         ids += [r["judge"]["request_id"] for r in records if r.get("judge") and r["judge"].get("request_id")]
-        rows = ledger_rows(ledger_url, ids) if ledger_url and ids and not experiment.target.direct else {}
+        margin = not experiment.target.direct
+        rows = ledger_rows(ledger_url, ids) if ledger_url and ids and margin else {}
+        if margin and experiment.target.post_feedback:
+            latest = list({(r["variant"], r["item"]): r for r in records}.values())
+            meta["feedback"] = post_outcomes(endpoint.base_url, endpoint.headers({}), latest)
     (run_dir / "ledger.jsonl").write_bytes(b"".join(orjson.dumps(row, default=str) + b"\n" for row in rows.values()))
     meta["finished_unix"] = time.time()
     meta["host"]["loadavg_end"] = os.getloadavg()

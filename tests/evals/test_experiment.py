@@ -115,3 +115,19 @@ def test_judge_rating_parsing_and_small_judge_flag() -> None:
     assert parse_rating("Rating: [8.5]") == 8.5
     assert parse_rating("Rating: [[11]]") is None and parse_rating("great answer") is None
     assert untrustworthy("smollm2-135m-instruct") and untrustworthy("local") and not untrustworthy("gpt-4o")
+
+
+def test_schedule_interleaves_variants_with_a_rotating_order_and_skips_what_is_done(tmp_path: Path) -> None:
+    from margin.evals.runner import schedule
+
+    spec = load_experiment(write(tmp_path, variants=[{"name": n, "model": "m"} for n in ("a", "b", "c")]))
+    items = load_suite("builtin:smol-basics", limit=3)
+    order = [(v.name, i.id[-2:]) for v, i in schedule(spec.all_variants(), items, set(), "interleaved")]
+    assert order == [("a", "00"), ("b", "00"), ("c", "00"), ("b", "01"), ("c", "01"), ("a", "01")] + [
+        ("c", "02"),
+        ("a", "02"),
+        ("b", "02"),
+    ]
+    done = {("a", items[0].id), ("c", items[2].id)}
+    rest = schedule(spec.all_variants(), items, done, "sequential")
+    assert [(v.name, i.id[-2:]) for v, i in rest][:3] == [("a", "01"), ("a", "02"), ("b", "00")] and len(rest) == 7

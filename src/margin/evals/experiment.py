@@ -7,6 +7,7 @@ limit: 100                        # first N items (optional)
 seed: 0                           # recorded; also the `seed` sent with every request unless a variant sets one
 concurrency: 1                    # requests in flight per variant (variants run one after another)
 warmup: 1                         # unrecorded requests per variant first (page-in, caches)
+order: interleaved                # item by item across variants (fair under drifting load) | sequential
 baseline: q8_0                    # the variant the others are compared with (default: the first)
 target:
   serve_config: margin-quant.yaml # start `margin serve` with this config (its ledger lives in the run folder)
@@ -34,7 +35,7 @@ import hashlib
 import itertools
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import yaml
@@ -104,6 +105,7 @@ class Experiment(BaseModel):
     seed: int = 0
     concurrency: int = Field(1, ge=1, le=256)
     warmup: int = Field(1, ge=0, le=100, description="unrecorded requests per variant before its items")
+    order: Literal["interleaved", "sequential"] = Field("interleaved", description="see runner.schedule")
     baseline: str | None = None
     target: Target
     defaults: dict[str, Any] = Field(default_factory=dict)
@@ -144,7 +146,7 @@ class Experiment(BaseModel):
 
     def digest(self) -> str:
         """What makes two runs comparable (resume refuses a run folder made by a different experiment)."""
-        body = self.model_dump(mode="json", exclude={"concurrency", "warmup", "base_dir"})
+        body = self.model_dump(mode="json", exclude={"concurrency", "warmup", "order", "base_dir"})
         return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 

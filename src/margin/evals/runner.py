@@ -4,8 +4,8 @@ The run folder holds `run.json` (what ran: experiment, digest, seed, versions), 
 per graded answer, appended and flushed as soon as it exists) and, at the end, `ledger.jsonl` (the ledger
 rows of the requests, joined by request id) and `results.json` (the summary). Running again into the same
 folder resumes: answers already recorded are kept and only the missing ones are asked; a folder made by a
-different experiment (another digest) is refused. Variants run one after another, each with up to
-`concurrency` requests in flight, so one variant's speed is not another's load.
+different experiment (another digest) is refused. Items are asked interleaved across variants (see
+`schedule`), `concurrency` at a time; with concurrency 1 no two requests overlap.
 """
 
 from __future__ import annotations
@@ -148,22 +148,19 @@ async def _one(http: httpx.AsyncClient, ctx: RunContext, variant: Variant, item:
     }
 
 
-async def _run_variant(
-    http: httpx.AsyncClient, ctx: RunContext, variant: Variant, todo: list[Item], total: int
-) -> None:
-    semaphore, done = asyncio.Semaphore(ctx.experiment.concurrency), total - len(todo)
-    ctx.progress(variant.name, done, total)
-
-    async def work(item: Item) -> None:
-        nonlocal done
-        async with semaphore:
-            record = await _one(http, ctx, variant, item)
-        with ctx.records.open("ab") as out:
-            out.write(orjson.dumps(record) + b"\n")
-        done += 1
-        ctx.progress(variant.name, done, total)
-
-    await asyncio.gather(*(work(item) for item in todo))
+def schedule(
+    variants: list[Variant], items: list[Item], done: set[tuple[str, str]], order: str
+) -> list[tuple[Variant, Item]]:
+    """What to ask, in order. `interleaved` (default): item by item, every variant in turn, the variants'
+    order rotated per item, so a machine that gets busier or quieter during the run touches every variant
+    alike (latency, and cost where it is priced by busy time). `sequential`: variant by variant."""
+    if order == "sequential":
+        pairs = [(v, item) for v in variants for item in items]
+    else:
+        pairs = [
+            (variants[(i + k) % len(variants)], item) for i, item in enumerate(items) for k in range(len(variants))
+        ]
+    return [(v, item) for v, item in pairs if (v.name, item.id) not in done]
 
 
 async def _warm_up(http: httpx.AsyncClient, ctx: RunContext, variant: Variant, items: list[Item]) -> None:
@@ -174,13 +171,26 @@ async def _warm_up(http: httpx.AsyncClient, ctx: RunContext, variant: Variant, i
 
 
 async def ask_all(ctx: RunContext, items: list[Item], done: set[tuple[str, str]]) -> None:
+    variants = ctx.experiment.all_variants()
+    todo = schedule(variants, items, done, ctx.experiment.order)
+    counts = {v.name: sum(1 for item in items if (v.name, item.id) in done) for v in variants}
+    semaphore = asyncio.Semaphore(ctx.experiment.concurrency)
     limits = httpx.Limits(max_connections=ctx.experiment.concurrency * 2 + 2)
     async with httpx.AsyncClient(limits=limits) as http:
-        for variant in ctx.experiment.all_variants():
-            todo = [item for item in items if (variant.name, item.id) not in done]
-            if todo:
+        for variant in variants:
+            ctx.progress(variant.name, counts[variant.name], len(items))
+            if any(v.name == variant.name for v, _ in todo):
                 await _warm_up(http, ctx, variant, items)
-            await _run_variant(http, ctx, variant, todo, len(items))
+
+        async def work(variant: Variant, item: Item) -> None:
+            async with semaphore:
+                record = await _one(http, ctx, variant, item)
+            with ctx.records.open("ab") as out:
+                out.write(orjson.dumps(record) + b"\n")
+            counts[variant.name] += 1
+            ctx.progress(variant.name, counts[variant.name], len(items))
+
+        await asyncio.gather(*(work(v, item) for v, item in todo))  # the semaphore wakes waiters in order
 
 
 @contextmanager

@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/eval_quant"))
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--ppl-tokens", type=int, default=4096)
+    parser.add_argument("--redo-perplexity", action="store_true", help="even when perplexity.json exists")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     config = args.models / "margin-quant.yaml"
@@ -48,6 +49,7 @@ def main() -> None:
         "seed": 0,
         "concurrency": 1,
         "warmup": 2,
+        "order": "interleaved",
         "baseline": "q4_1",
         "target": {"serve_config": str(config)},
         "defaults": {"max_tokens": 16, "temperature": 0},
@@ -60,7 +62,8 @@ def main() -> None:
     files.insert(0, "Q4_1=builtin:smollm2-135m-q4_1")
     ppl = ["eval", "perplexity", "--reference", "F16", "--tokens", str(args.ppl_tokens)]
     ppl += [arg for f in files for arg in ("--model", f)]
-    margin(*ppl, "--out", str(args.out / "perplexity.json"))
+    if args.redo_perplexity or not (args.out / "perplexity.json").is_file():
+        margin(*ppl, "--out", str(args.out / "perplexity.json"))
     margin("eval", "report", str(args.out))
     print(f"load average now: {os.getloadavg()}")
 

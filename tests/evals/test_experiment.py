@@ -123,11 +123,9 @@ def test_schedule_interleaves_variants_with_a_rotating_order_and_skips_what_is_d
     spec = load_experiment(write(tmp_path, variants=[{"name": n, "model": "m"} for n in ("a", "b", "c")]))
     items = load_suite("builtin:smol-basics", limit=3)
     order = [(v.name, i.id[-2:]) for v, i in schedule(spec.all_variants(), items, set(), "interleaved")]
-    assert order == [("a", "00"), ("b", "00"), ("c", "00"), ("b", "01"), ("c", "01"), ("a", "01")] + [
-        ("c", "02"),
-        ("a", "02"),
-        ("b", "02"),
-    ]
+    first, second, third = order[:3], order[3:6], order[6:]
+    assert first == [("a", "00"), ("b", "00"), ("c", "00")]
+    assert second == [("b", "01"), ("c", "01"), ("a", "01")] and third == [("c", "02"), ("a", "02"), ("b", "02")]
     done = {("a", items[0].id), ("c", items[2].id)}
     rest = schedule(spec.all_variants(), items, done, "sequential")
     assert [(v.name, i.id[-2:]) for v, i in rest][:3] == [("a", "01"), ("a", "02"), ("b", "00")] and len(rest) == 7

@@ -40,6 +40,8 @@ def test_quantize_writes_f16_and_q8_0_with_a_manifest(quantized: Path) -> None:
     sizes = {v["name"]: v["bytes"] for v in manifest["variants"]}
     assert sizes["F16"] > sizes["Q8_0"] > sizes["Q4_1"]
     assert all(v["load_s"] > 0 for v in manifest["variants"])
+    made = {v["name"]: v["make_s"] for v in manifest["variants"]}
+    assert made["Q4_1"] is None and made["F16"] > 0 and made["Q8_0"] > 0  # the source is kept, not made
     source, f16 = (
         gguf.GGUFReader(resolve_model_file("builtin:smollm2-135m-q4_1")),
         gguf.GGUFReader(quantized / "smollm2-135m-f16.gguf"),

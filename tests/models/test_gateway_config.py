@@ -9,7 +9,7 @@ from margin.models.quantize import VariantFile, canonical
 
 def test_one_llamacpp_backend_and_model_per_variant_with_the_default_local_economics() -> None:
     variants = [
-        VariantFile("Q4_1", "builtin:smollm2-135m-q4_1", 1, "x", 0.0, None),
+        VariantFile("Q4_1", "builtin:smollm2-135m-q4_1", 1, "x", None, None),
         VariantFile("Q8_0", "/models/smollm2-135m-q8_0.gguf", 1, "y", 0.0, None),
     ]
     settings = parse_settings(gateway_config(variants, threads=2))

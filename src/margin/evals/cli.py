@@ -218,9 +218,10 @@ def _print_table(results: dict[str, Any]) -> None:
 
     from margin.evals.report import COLUMNS, notes, rows
 
-    table = Table(*COLUMNS, title=f"eval: {results['experiment']}")
+    keep = [0, 1, 2, 3, 5, 7, 10, 12]  # the terminal gets the main columns; report.md has them all
+    table = Table(*(COLUMNS[i] for i in keep), title=f"eval: {results['experiment']}")
     for row in rows(results):
-        table.add_row(*row)
+        table.add_row(*(row[i] for i in keep))
     console = Console(highlight=False)
     console.print(table)
     for note in notes(results):

@@ -10,7 +10,8 @@ warmup: 1                         # unrecorded requests per variant first (page-
 order: interleaved                # item by item across variants (fair under drifting load) | sequential
 baseline: q8_0                    # the variant the others are compared with (default: the first)
 target:
-  serve_config: margin-quant.yaml # start `margin serve` with this config (its ledger lives in the run folder)
+  serve_config: margin-quant.yaml # start `margin serve` with this config ("default": the embedded one);
+                                  # its ledger lives in the run folder
   # base_url: http://127.0.0.1:8000/v1   # …or use a running gateway / any OpenAI-compatible server
   # api_key_env: MARGIN_KEY
   # ledger: sqlite:///margin.db   # the gateway's ledger, for energy and carbon per request

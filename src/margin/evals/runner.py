@@ -205,8 +205,14 @@ def target_endpoint(experiment: Experiment, run_dir: Path) -> Iterator[tuple[End
     if target.api_key_env and not api_key:
         raise ConfigError(f"environment variable {target.api_key_env} (target.api_key_env) is not set")
     if target.serve_config is not None:
-        db = run_dir / "ledger.db"
-        with serve(experiment.resolve(target.serve_config), db, run_dir / "serve.log") as url:
+        db, config = run_dir / "ledger.db", run_dir / "gateway.yaml"
+        if target.serve_config == "default":
+            from margin.config import default_config_text
+
+            config.write_text(default_config_text(), encoding="utf-8")
+        else:
+            config = experiment.resolve(target.serve_config)
+        with serve(config, db, run_dir / "serve.log") as url:
             yield Endpoint(url, api_key, target.timeout_s, headers), f"sqlite:///{db}"
         return
     assert target.base_url is not None

@@ -94,6 +94,7 @@ def quantize(
     table = Table("variant", "MB", "made in s", "loads in s", "file")
     for v in variants:
         load = "-" if v.load_s is None else f"{v.load_s:.2f}"
-        table.add_row(v.name, f"{v.bytes / 1e6:.1f}", f"{v.make_s:.1f}", load, v.path)
+        made = "kept" if v.make_s is None else f"{v.make_s:.1f}"
+        table.add_row(v.name, f"{v.bytes / 1e6:.1f}", made, load, v.path)
     console.print(table)
     console.print("quality is bounded by the source (every variant comes from an F16 of it)")

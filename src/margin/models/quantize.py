@@ -112,7 +112,7 @@ class VariantFile:
     path: str
     bytes: int
     sha256: str
-    make_s: float
+    make_s: float | None  # None: the file was already there (kept, not made again)
     load_s: float | None
 
 
@@ -150,7 +150,7 @@ def make_variants(
     f16 = out_dir / f"{prefix}-f16.gguf"
     plan = [("F16", f16), *((canonical(k), out_dir / f"{prefix}-{canonical(k).lower()}.gguf") for k in kinds)]
     for name, path in plan:
-        started = time.perf_counter()
+        started, make_s = time.perf_counter(), None
         if not path.is_file():
             partial = path.with_suffix(".partial")
             if name == "F16":
@@ -159,7 +159,7 @@ def make_variants(
                 with stderr_to(out_dir / "quantize.log"):
                     quantize(f16, partial, name, threads)
             partial.rename(path)
-        make_s = time.perf_counter() - started
+            make_s = time.perf_counter() - started
         load_s = load_seconds(path, threads) if measure else None
         made.append(VariantFile(name, str(path), path.stat().st_size, _sha256(path), make_s, load_s))
     return made
@@ -175,7 +175,7 @@ def source_variant(source: Path, threads: int, measure: bool = True) -> VariantF
         with suppress(ValueError):
             name = gguf.LlamaFileType(int(field.contents())).name.removeprefix("MOSTLY_")
     load_s = load_seconds(source, threads) if measure else None
-    return VariantFile(name, str(source), source.stat().st_size, _sha256(source), 0.0, load_s)
+    return VariantFile(name, str(source), source.stat().st_size, _sha256(source), None, load_s)
 
 
 def manifest(source: Path, variants: list[VariantFile]) -> dict[str, Any]:

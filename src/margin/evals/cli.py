@@ -288,9 +288,6 @@ def gate_cmd(
     printed with its measured values and intervals. In CI: run the experiment, then this, as plain steps."""
     from pathlib import Path
 
-    import orjson
-    from rich.console import Console
-
     from margin.errors import MarginError
     from margin.evals.gate import evaluate, parse_share, parse_slos
     from margin.evals.summary import load_run
@@ -313,17 +310,24 @@ def gate_cmd(
         raise _fail(exc.message) from exc
     if not rules:
         raise _fail("no rule given: use --max-cost-increase, --max-quality-drop and/or --slo")
+    if not _print_rules(rules, json_out):
+        raise typer.Exit(1)
+
+
+def _print_rules(rules: list[Any], json_out: bool) -> bool:
+    import orjson
+    from rich.console import Console
+
     passed = all(rule.passed for rule in rules)
     if json_out:
         typer.echo(orjson.dumps({"passed": passed, "rules": [r.to_json() for r in rules]}).decode())
-    else:
-        console = Console(highlight=False)
-        for rule in rules:
-            mark = "[green]PASS[/]" if rule.passed else "[bold red]FAIL[/]"
-            console.print(f"{mark} {rule.variant}: {rule.rule} — {rule.measured}")
-        console.print("gate passed" if passed else "[bold red]gate failed[/]")
-    if not passed:
-        raise typer.Exit(1)
+        return passed
+    console = Console(highlight=False)
+    for rule in rules:
+        mark = "[green]PASS[/]" if rule.passed else "[bold red]FAIL[/]"
+        console.print(f"{mark} {rule.variant}: {rule.rule} — {rule.measured}")
+    console.print("gate passed" if passed else "[bold red]gate failed[/]")
+    return passed
 
 
 @app.command()

@@ -223,3 +223,9 @@ def test_direct_target_is_priced_from_the_variant_price(tmp_path: Path) -> None:
     assert words["cost"]["source"] == "price"
     assert Decimal(words["cost"]["total_usd"]) == Decimal(input_tokens) * 1000 / 10**6
     assert words["energy_j_per_item"] is None and not (tmp_path / "run" / "ledger.jsonl").read_text()
+
+
+def test_judge_graded_items_need_a_judge_before_anything_runs(tmp_path: Path) -> None:
+    path = experiment(tmp_path, judge=None)
+    done = CliRunner().invoke(app, ["eval", "run", str(path), "--out", str(tmp_path / "run")])
+    assert done.exit_code == 2 and "judge" in done.output and not (tmp_path / "run").exists()

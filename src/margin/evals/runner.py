@@ -225,6 +225,8 @@ def run_experiment(experiment: Experiment, run_dir: Path, progress: Progress) ->
     from margin.evals.summary import summarize
 
     items = load_suite(experiment.resolve_suite(), seed=experiment.seed, limit=experiment.limit)
+    if experiment.judge is None and any(item.grader.kind == "judge" for item in items):
+        raise ConfigError(f"{experiment.suite} has judge-graded items: give the experiment a `judge`")
     meta = prepare_run_dir(run_dir, experiment, items)
     records_path = run_dir / "records.jsonl"
     done = {(r["variant"], r["item"]) for r in read_records(records_path) if r["call"]["status"] == 200}

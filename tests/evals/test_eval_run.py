@@ -133,6 +133,7 @@ def test_judge_grades_are_recorded_with_the_judge_model_and_cost(finished: tuple
     for record in judged:
         assert record["grade"] == {"score": 0.8, "passed": True, "detail": "judge judge-model (single-v1): 8/10"}
         assert record["judge"]["model"] == "judge-model" and Decimal(record["judge"]["cost_usd"]) > 0
+        assert record["judge"]["text"] == "Rating: [[8]] "
     assert results["judge"] == {"model": "judge-model", "untrustworthy": False}
     assert variant(results, "echo")["cost"]["judge_total_usd"] is not None
 

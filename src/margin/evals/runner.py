@@ -125,6 +125,11 @@ async def grade(
     return graders.grade_text(answer, item.expected, spec), None
 
 
+def _judge_record(reply: ChatResult, judge: Judge | None) -> dict[str, Any]:
+    """The judge's call, with its own words (kept short) so a grade can be audited."""
+    return {**reply.to_json(), "model": judge.model if judge else None, "text": reply.text[:2000]}
+
+
 async def _one(http: httpx.AsyncClient, ctx: RunContext, variant: Variant, item: Item) -> dict[str, Any]:
     messages = apply_template(variant, item.messages)
     name = ctx.experiment.name
@@ -143,7 +148,7 @@ async def _one(http: httpx.AsyncClient, ctx: RunContext, variant: Variant, item:
         "answer": reply.text,
         "grade": result.to_json(),
         "call": reply.to_json(),
-        "judge": None if judged is None else {**judged.to_json(), "model": ctx.judge.model if ctx.judge else None},
+        "judge": None if judged is None else _judge_record(judged, ctx.judge),
         "at_unix": time.time(),
     }
 

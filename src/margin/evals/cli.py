@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -162,3 +162,215 @@ def cache(
             Console(highlight=False).print(table)
     if gate and not report["all_splits_meet_delta"]:
         raise typer.Exit(1)
+
+
+RunDir = Annotated[str, typer.Argument(help="The run folder (records.jsonl, results.json, …).")]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+@app.command()
+def run(
+    experiment: Annotated[str, typer.Argument(help="Experiment YAML (suite, target, variants).")],
+    out: Annotated[str, typer.Option("--out", help="Run folder; an existing one of the same experiment resumes.")],
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report when done.")] = True,
+) -> None:
+    """Ask every item of the suite with every variant through the target, grade the answers and record them
+    (resumable); then summarize with intervals, paired comparisons, cost, energy and carbon per item."""
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+    from margin.errors import MarginError
+    from margin.evals.experiment import load_experiment
+    from margin.evals.report import write_report
+    from margin.evals.runner import run_experiment
+
+    console = Console(highlight=False, stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def update(variant: str, done: int, total: int) -> None:
+            if variant not in tasks:
+                tasks[variant] = progress.add_task(variant, total=total)
+            progress.update(tasks[variant], completed=done)
+
+        try:
+            results = run_experiment(load_experiment(Path(experiment)), Path(out), update)
+        except MarginError as exc:
+            raise _fail(exc.message) from exc
+    if report:
+        for path in write_report(results, Path(out)):
+            console.print(f"wrote {path}")
+    _print_table(results)
+
+
+def _print_table(results: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from margin.evals.report import COLUMNS, notes, rows
+
+    keep = [0, 1, 2, 3, 5, 7, 10, 12]  # the terminal gets the main columns; report.md has them all
+    table = Table(*(COLUMNS[i] for i in keep), title=f"eval: {results['experiment']}")
+    for row in rows(results):
+        table.add_row(*(row[i] for i in keep))
+    console = Console(highlight=False)
+    console.print(table)
+    for note in notes(results):
+        console.print(f"- {note}")
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: RunDir,
+    baseline: Annotated[str | None, typer.Option("--baseline", help="Compare against this variant instead.")] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", help="Folder for report.md/html + pareto.png (default: RUN).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the results JSON.")] = False,
+) -> None:
+    """Markdown + HTML table and a Pareto PNG (quality vs $ per successful task) for a run (finished or not)."""
+    from pathlib import Path
+
+    import orjson
+
+    from margin.errors import MarginError
+    from margin.evals.report import write_report
+    from margin.evals.summary import load_run
+
+    try:
+        results = load_run(Path(run_dir), baseline)
+    except MarginError as exc:
+        raise _fail(exc.message) from exc
+    target = Path(out) if out else Path(run_dir)
+    (target / "results.json").parent.mkdir(parents=True, exist_ok=True)
+    (target / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    written = write_report(results, target)
+    if json_out:
+        typer.echo(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
+        return
+    _print_table(results)
+    for path in written:
+        typer.echo(f"wrote {path}")
+
+
+@app.command("gate")
+def gate_cmd(
+    run_dir: RunDir,
+    baseline: Annotated[str, typer.Option("--baseline", help="The variant in production today.")],
+    candidate: Annotated[
+        list[str] | None, typer.Option("--candidate", help="Variant(s) to gate (default: all but the baseline).")
+    ] = None,
+    max_cost_increase: Annotated[
+        str | None, typer.Option("--max-cost-increase", help="e.g. 5% (of $ per successful task).")
+    ] = None,
+    max_quality_drop: Annotated[
+        float | None, typer.Option("--max-quality-drop", help="Percentage points of score, paired 95% CI.")
+    ] = None,
+    slo: Annotated[
+        list[str] | None, typer.Option("--slo", help="ttft_p95_ms=800, e2e_p95_ms=…, error_rate=0.01")
+    ] = None,
+    cost_per: Annotated[str, typer.Option("--cost-per", help="success|item: the cost the cost rule compares.")] = (
+        "success"
+    ),
+    slo_baseline: Annotated[bool, typer.Option("--slo-baseline", help="Hold the baseline to the SLOs too.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the rules as JSON.")] = False,
+) -> None:
+    """Exit 0 when every rule holds for every candidate, 1 when one fails (2 on a usage error). Each rule is
+    printed with its measured values and intervals. In CI: run the experiment, then this, as plain steps."""
+    from pathlib import Path
+
+    from margin.errors import MarginError
+    from margin.evals.gate import evaluate, parse_share, parse_slos
+    from margin.evals.summary import load_run
+
+    if cost_per not in ("success", "item"):
+        raise _fail("--cost-per is success or item")
+    try:
+        results = load_run(Path(run_dir), baseline)
+        rules = evaluate(
+            results,
+            baseline,
+            max_cost_increase=parse_share(max_cost_increase) if max_cost_increase else None,
+            max_quality_drop=max_quality_drop,
+            slos=parse_slos(slo or []),
+            cost_per=cost_per,
+            candidates=candidate,
+            slo_baseline=slo_baseline,
+        )
+    except MarginError as exc:
+        raise _fail(exc.message) from exc
+    if not rules:
+        raise _fail("no rule given: use --max-cost-increase, --max-quality-drop and/or --slo")
+    if not _print_rules(rules, json_out):
+        raise typer.Exit(1)
+
+
+def _print_rules(rules: list[Any], json_out: bool) -> bool:
+    import orjson
+    from rich.console import Console
+
+    passed = all(rule.passed for rule in rules)
+    if json_out:
+        typer.echo(orjson.dumps({"passed": passed, "rules": [r.to_json() for r in rules]}).decode())
+        return passed
+    console = Console(highlight=False)
+    for rule in rules:
+        mark = "[green]PASS[/]" if rule.passed else "[bold red]FAIL[/]"
+        console.print(f"{mark} {rule.variant}: {rule.rule} — {rule.measured}")
+    console.print("gate passed" if passed else "[bold red]gate failed[/]")
+    return passed
+
+
+@app.command()
+def perplexity(
+    model: Annotated[list[str], typer.Option("--model", help="NAME=GGUF path or NAME=builtin:<name>; repeat.")],
+    reference: Annotated[str, typer.Option("--reference", help="The NAME the others are compared with (KL).")],
+    tokens: Annotated[int, typer.Option("--tokens", min=2, help="Tokens of text to score (whole windows).")] = 2048,
+    ctx: Annotated[int, typer.Option("--ctx", min=2, help="Window length in tokens.")] = 256,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="llama.cpp threads.")] = 2,
+    text: Annotated[str | None, typer.Option("--text", help="A text file (default: ShareGPT from its wheel).")] = None,
+    out: Annotated[str | None, typer.Option("--out", help="Write the JSON here.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+) -> None:
+    """Perplexity of each GGUF variant and KL(reference ‖ variant) of next-token distributions, on the same
+    offline text (llama.cpp directly: the gateway's API has no logprobs for the local backend)."""
+    from pathlib import Path
+
+    import orjson
+    from rich.console import Console
+    from rich.table import Table
+
+    from margin.errors import MarginError
+    from margin.evals.perplexity import parse_models, run_perplexity
+
+    try:
+        result = run_perplexity(
+            parse_models(model),
+            reference,
+            tokens=tokens,
+            ctx=ctx,
+            threads=threads,
+            text_file=Path(text) if text else None,
+            seed=seed,
+        )
+    except MarginError as exc:
+        raise _fail(exc.message) from exc
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    table = Table("model", "perplexity [95% CI]", f"KL vs {reference} (nats)", "top-1 agreement")
+    for name, m in result["models"].items():
+        low, high = m["perplexity_ci"]
+        table.add_row(
+            name, f"{m['perplexity']:.3f} [{low:.3f}, {high:.3f}]", f"{m['kl']:.5f}", f"{m['top1_agreement']:.3f}"
+        )
+    Console(highlight=False).print(table)

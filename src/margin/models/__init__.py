@@ -1,0 +1,1 @@
+"""`margin models`: local model files (quantization variants of a GGUF)."""

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from margin.api import admin, edge, feedback, inference, meta, openapi
-from margin.api.responses import error_response
+from margin.api.errors import error_response
 from margin.backends.registry import BackendRegistry
 from margin.config import Settings
 from margin.dashboard import views as dashboard
@@ -36,9 +36,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         return error_response(MethodNotAllowed(f"method {request.method} is not allowed on {request.url.path}"))
     if exc.status_code == 404:
         return error_response(NotFound(f"no route {request.method} {request.url.path}", code="unknown_url"))
-    error = MarginError(str(exc.detail))
-    error.status = exc.status_code
-    return error_response(error)
+    return error_response(MarginError(str(exc.detail)), status=exc.status_code)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:

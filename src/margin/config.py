@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from margin.errors import ConfigError
-from margin.governance.specs import AdmissionConfig, BudgetSpec, FlagSpec, GuardConfig, LimitSpec, PoliciesConfig
+from margin.specs import AdmissionConfig, BudgetSpec, FlagSpec, GuardConfig, LimitSpec, PoliciesConfig
 
 
 class Strict(BaseModel):

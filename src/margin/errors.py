@@ -1,15 +1,14 @@
-"""One error hierarchy, mapped to OpenAI-shaped JSON and an HTTP status in exactly one place."""
+"""One error hierarchy, free of HTTP: what went wrong and a machine-readable code. The HTTP status and the
+OpenAI error type of each class are mapped once, in `margin.api.errors`."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 
 class MarginError(Exception):
-    """Base of every error margin raises on purpose. Subclasses fix the HTTP status and OpenAI type."""
+    """Base of every error margin raises on purpose. Subclasses name the kind of failure."""
 
-    status: int = 500
-    type: ClassVar[str] = "server_error"
     default_code: ClassVar[str | None] = None
 
     def __init__(
@@ -26,9 +25,6 @@ class MarginError(Exception):
         self.param = param
         self.headers = headers or {}
 
-    def to_body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
 
 class InternalError(MarginError):
     """A bug in margin: logged with its traceback, answered 500 without details."""
@@ -43,26 +39,18 @@ class ConfigError(MarginError):
 
 
 class InvalidRequest(MarginError):
-    status = 400
-    type = "invalid_request_error"
     default_code = "invalid_request"
 
 
 class AuthenticationFailed(MarginError):
-    status = 401
-    type = "authentication_error"
     default_code = "invalid_api_key"
 
 
 class PermissionDenied(MarginError):
-    status = 403
-    type = "permission_error"
     default_code = "permission_denied"
 
 
 class NotFound(MarginError):
-    status = 404
-    type = "invalid_request_error"
     default_code = "not_found"
 
 
@@ -71,44 +59,32 @@ class ModelNotFound(NotFound):
 
 
 class MethodNotAllowed(MarginError):
-    status = 405
-    type = "invalid_request_error"
     default_code = "method_not_allowed"
 
 
 class PayloadTooLarge(MarginError):
-    status = 413
-    type = "invalid_request_error"
     default_code = "request_too_large"
 
 
 class UnsupportedMediaType(MarginError):
     """A body that is not declared `Content-Type: application/json` (browsers send text/plain cross-site)."""
 
-    status = 415
-    type = "invalid_request_error"
     default_code = "unsupported_media_type"
 
 
 class RateLimited(MarginError):
-    status = 429
-    type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
 
 
 class Overloaded(MarginError):
     """A bounded queue is full: the caller may retry later."""
 
-    status = 503
-    type = "server_error"
     default_code = "server_overloaded"
 
 
 class BackendError(MarginError):
     """The backend failed or answered with an error we cannot pass through as a client error."""
 
-    status = 502
-    type = "upstream_error"
     default_code = "upstream_error"
 
 
@@ -120,19 +96,17 @@ class BackendFailedUnexpectedly(BackendError):
 
 
 class BackendTimeout(BackendError):
-    status = 504
     default_code = "upstream_timeout"
 
 
 class BackendClientError(MarginError):
     """The upstream rejected the request as invalid (4xx): passed through with its status."""
 
-    type = "invalid_request_error"
     default_code = "upstream_rejected"
 
-    def __init__(self, message: str, *, status: int, code: str | None = None, param: str | None = None):
+    def __init__(self, message: str, *, upstream_status: int, code: str | None = None, param: str | None = None):
         super().__init__(message, code=code, param=param)
-        self.status = status
+        self.upstream_status = upstream_status  # the upstream's 4xx, passed on to the caller
 
 
 class FeatureDisabled(PermissionDenied):
@@ -150,12 +124,8 @@ class BudgetExceeded(RateLimited):
 class ResidencyUnavailable(MarginError):
     """No healthy backend inside the caller's allowed jurisdictions."""
 
-    status = 503
-    type = "server_error"
     default_code = "residency_unavailable"
 
 
 class Conflict(MarginError):
-    status = 409
-    type = "invalid_request_error"
     default_code = "conflict"

@@ -7,6 +7,7 @@ import hashlib
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -15,10 +16,11 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from margin.config import is_loopback
-from margin.errors import ConfigError, Conflict, InvalidRequest, NotFound
-from margin.governance.specs import Policy
+from margin.errors import AuthenticationFailed, ConfigError, Conflict, InvalidRequest, NotFound
 from margin.ledger.models import api_keys
 from margin.singleflight import SingleFlight
+from margin.specs import Policy
+from margin.types import ANONYMOUS, Principal
 
 PREFIX = "mgn"
 KEY_SHAPE = re.compile(r"mgn_[0-9a-f]{8}_[A-Za-z0-9_-]{32}")  # what new_key() makes
@@ -311,3 +313,32 @@ class KeyCache:
         async with self._engine.connect() as connection:
             row = (await connection.execute(sa.select(api_keys).where(where, api_keys.c.revoked_at.is_(None)))).first()
         return KeyRecord.from_row(row) if row is not None else None
+
+
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
+async def authenticate(keys: KeyCache, headers: Mapping[str, str]) -> Principal:
+    """The caller, from the headers alone (before any body is read): anonymous in open mode, else its key."""
+    if await keys.open_now():
+        return ANONYMOUS
+    token = bearer_token(headers)
+    if token is None:
+        raise AuthenticationFailed("missing API key: send `Authorization: Bearer <key>`", code="missing_api_key")
+    return principal_of(await keys.lookup(token))
+
+
+def principal_of(record: KeyRecord | None) -> Principal:
+    if record is None:
+        raise AuthenticationFailed("invalid or revoked API key")
+    return Principal(
+        key_id=record.id,
+        name=record.name,
+        team=record.team,
+        tags=record.tags,
+        org=record.org,
+        is_admin=record.is_admin,
+        policy=record.policy,
+    )

@@ -12,8 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from margin.api.responses import StallWatch
-from margin.backends.base import Backend
+from margin.api.client import StallWatch
 from margin.backends.registry import BackendRegistry
 from margin.cache.exact import CacheStore, MemoryCache, RedisCache, SqliteCache
 from margin.cache.layer import SemanticLayer
@@ -24,15 +23,24 @@ from margin.economics.meter import Meter
 from margin.economics.prices import PriceBook
 from margin.errors import ConfigError
 from margin.governance.service import Governance
+from margin.guard import InjectionDetector, PiiScanner
+from margin.guard.limits import ScanLimits
+from margin.guard.pseudonym import UserPseudonyms
 from margin.keys import KeyCache
 from margin.ledger import db
 from margin.ledger.store import LedgerWriter
-from margin.pipeline.base import Pipeline
-from margin.pipeline.call import BackendCall
-from margin.pipeline.context import Target
-from margin.pipeline.stages import discover
+from margin.pipeline.flow import Flow
+from margin.pipeline.steps.admit import Admit
+from margin.pipeline.steps.auth import Auth
+from margin.pipeline.steps.cache import Cache
+from margin.pipeline.steps.call import BackendCall
+from margin.pipeline.steps.guard import Guard
+from margin.pipeline.steps.route import Route
+from margin.pipeline.steps.settle import Settle
+from margin.pipeline.values import Step
 from margin.routing.breaker import Breakers
 from margin.routing.policy import RoutePolicy
+from margin.types import Backend, Target
 
 log = logging.getLogger("margin")
 
@@ -89,11 +97,29 @@ class Services:
         self.route_policy = RoutePolicy(settings.routes)
         admission = settings.admission
         self.breakers = Breakers(admission.breaker_failures, admission.breaker_cooldown_s)
-        stages = [stage for spec in discover() if (stage := spec.build(self)) is not None]
-        self.pipeline = Pipeline(stages, BackendCall(self.meter, self.breakers))
         self._background: set[asyncio.Task[Any]] = set()
+        self.flow = self._flow()
         self.stalls = StallWatch(settings.server.stream_write_timeout_s)
         self.started_at = time.time()
+
+    def _flow(self) -> Flow:
+        """The request path (`margin.pipeline.flow`), composed once: a step the config does not use is not in
+        the list."""
+        settings = self.settings
+        guard = settings.guard
+        pseudonym = UserPseudonyms.from_env(guard.user_hash_key_env)
+        self.settle = Settle(self.writer, self.config_hash, self.governance, self.spawn, pseudonym)
+        limits = ScanLimits(guard.max_scan_chars, guard.max_spans, guard.max_phone_checks, guard.inline_scan_chars)
+        steps: list[Step] = [
+            self.settle,
+            Auth(settings.tags.header_keys, self.governance),
+            Route(self.targets, settings.routes, self.governance, self.meter, self.route_policy),
+            Admit(self.governance, self.writer),
+            Guard(PiiScanner(ner=guard.ner), InjectionDetector(), limits),
+        ]
+        if settings.cache.enabled:
+            steps.append(Cache(settings.cache, self.cache, self.semantic))
+        return Flow(steps, BackendCall(self.meter, self.breakers, settings.admission))
 
     def _targets(self) -> dict[str, Target]:
         targets: dict[str, Target] = {}
@@ -160,8 +186,8 @@ class Services:
         await self.writer.close()
         await self.governance.close()
         await self.cache.close()
-        for stage in self.pipeline.stages:
-            closer = getattr(stage, "close", None)  # stages holding a worker thread (guard)
+        for step in self.flow.steps:
+            closer = getattr(step, "close", None)  # steps holding a worker thread (guard)
             if callable(closer):
                 closer()
         if self.semantic is not None:

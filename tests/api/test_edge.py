@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from margin.api.edge import host_name, is_json, loopback_host, refusal, same_origin
+from margin.api.errors import status_of
 
 
 def scope(method: str = "POST", path: str = "/v1/chat/completions", **headers: str) -> dict[str, Any]:
@@ -61,7 +62,7 @@ def test_closed_gateway_needs_json_bodies_only() -> None:
     assert refusal(scope("GET", "/v1/models", host="evil.example"), open_mode=False) is None
     for method in ("POST", "PUT", "PATCH"):
         refused = refusal(scope(method, "/admin/budgets", content_type="text/plain"), open_mode=False)
-        assert refused is not None and refused.status == 415
+        assert refused is not None and status_of(refused) == 415
     assert refusal(scope("POST", "/admin/reload"), open_mode=False) is not None  # no content type at all
     form = scope("POST", "/dashboard/login", content_type="application/x-www-form-urlencoded")
     assert refusal(form, open_mode=False) is None  # the HTML form checks its Origin itself
@@ -72,7 +73,7 @@ def test_open_gateway_answers_loopback_and_same_origin_only() -> None:
     assert refusal(ok, open_mode=True) is None
     assert refusal(scope("GET", "/healthz", host="localhost:8000", origin="http://localhost:8000"), True) is None
     rebound = refusal(scope("GET", "/v1/models", host="attacker.example:8000"), open_mode=True)
-    assert rebound is not None and rebound.status == 403 and rebound.code == "loopback_only"
+    assert rebound is not None and status_of(rebound) == 403 and rebound.code == "loopback_only"
     assert refusal(scope("GET", "/v1/models"), open_mode=True) is not None  # no Host header: refused
     foreign = refusal(scope(host="127.0.0.1:8000", origin="https://attacker.example"), open_mode=True)
     assert foreign is not None and foreign.code == "cross_origin"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import schemathesis
 
+from margin.api.errors import error_body
 from margin.api.openapi import ErrorBody, document
 from margin.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from margin.protocol import ChatCompletionRequest
@@ -22,7 +23,7 @@ def test_document_schemas_are_the_models_schemas() -> None:
 
 def test_the_documented_error_shape_is_what_errors_send() -> None:
     for error in (InvalidRequest("x", param="p"), PayloadTooLarge("y"), UnsupportedMediaType("z")):
-        ErrorBody.model_validate(error.to_body())
+        ErrorBody.model_validate(error_body(error))
 
 
 async def test_served_without_a_key(gw: Gateway) -> None:

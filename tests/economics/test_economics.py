@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from margin.backends.base import Usage
+from margin.types import Usage
 from margin.config import RegionConfig, parse_settings
 from margin.economics.carbon import WORLD_AVERAGE_G_PER_KWH, GridTable, co2e_grams
 from margin.economics.energy import RaplMeter, modelled

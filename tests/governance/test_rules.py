@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from margin.errors import InvalidRequest
 from margin.governance.admission import counter_name, output_allowance, window
 from margin.governance.rules import Subject, matches, merge_policies, parse_policy, parse_spec
-from margin.governance.specs import BudgetSpec, Policy, Scope
+from margin.specs import BudgetSpec, Policy, Scope
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from margin.governance import admission as adm
 from margin.governance.rules import Subject, governed_tags, matches, partition
 from margin.governance.service import Governance, ledger_spent
-from margin.governance.specs import BudgetSpec, LimitSpec, Scope
+from margin.specs import BudgetSpec, LimitSpec, Scope
 from margin.governance.store import LocalStore
 from margin.governance.streams import StreamSlots
 from margin.ledger import db

@@ -12,7 +12,7 @@ from margin.config import parse_settings
 from margin.governance import service
 from margin.governance.admission import hold_for
 from margin.governance.service import Governance
-from margin.governance.specs import BudgetSpec
+from margin.specs import BudgetSpec
 from margin.governance.store import LocalStore
 
 

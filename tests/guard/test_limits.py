@@ -87,9 +87,9 @@ async def test_costly_scans_leave_the_event_loop() -> None:
     import threading
 
     from margin.guard import InjectionDetector
-    from margin.pipeline.stages.guard import GuardStage
+    from margin.pipeline.steps.guard import Guard
 
-    stage = GuardStage(PiiScanner(ner=False), InjectionDetector(), ScanLimits(inline_chars=100))
+    stage = Guard(PiiScanner(ner=False), InjectionDetector(), ScanLimits(inline_chars=100))
     try:
         assert await stage._run(100, lambda: threading.current_thread().name) == threading.current_thread().name
         assert (await stage._run(101, lambda: threading.current_thread().name)).startswith("margin-guard")

@@ -10,7 +10,7 @@ from margin import keys
 from margin.errors import InvalidRequest
 from margin.guard.pseudonym import UserPseudonyms
 from margin.ledger import db
-from margin.pipeline.stages.auth import parse_tag_header
+from margin.pipeline.steps.auth import parse_tag_header
 from tests.helpers import fake_settings, gateway
 
 CHAT = "/v1/chat/completions"

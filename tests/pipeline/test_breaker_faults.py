@@ -10,7 +10,7 @@ import pytest
 
 from margin.backends.fake import FakeBackend
 from margin.errors import BackendError, InvalidRequest, MarginError, Overloaded
-from margin.pipeline.call import backend_fault
+from margin.pipeline.steps.call import backend_fault
 from tests.helpers import fake_settings, gateway
 
 CHAT = "/v1/chat/completions"

@@ -18,15 +18,15 @@ from starlette.routing import Route
 
 from margin import keys
 from margin.api.edge import read_json
-from margin.api.responses import JSON, error_response
+from margin.api.errors import JSON, error_response
 from margin.economics.money import from_nanousd, usd_str
 from margin.errors import ConfigError, InvalidRequest, MarginError, NotFound, PermissionDenied
 from margin.governance.admission import counter_name, window
 from margin.governance.rules import Subject, delete_rule, partition, policy_dict, save_rule
+from margin.keys import authenticate
 from margin.ledger.models import api_keys
-from margin.pipeline.context import Principal
-from margin.pipeline.stages.auth import authenticate
 from margin.report.queries import Window, parse_when, summarize
+from margin.types import Principal
 
 KINDS = {"budgets": "budget", "limits": "limit", "flags": "flag"}
 Handler = Callable[[Request, Any], Awaitable[Any]]

@@ -13,7 +13,7 @@ from starlette.routing import Route
 from margin.api.admin import endpoint
 from margin.api.edge import read_json
 from margin.ledger import feedback
-from margin.pipeline.context import Principal
+from margin.types import Principal
 
 
 async def post_feedback(request: Request, principal: Principal) -> Any:

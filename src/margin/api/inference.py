@@ -1,51 +1,70 @@
-"""POST /v1/chat/completions, /v1/completions, /v1/embeddings."""
+"""POST /v1/chat/completions, /v1/completions, /v1/embeddings: the caller from the headers, the body read
+with a limit and validated, then the request path (`margin.pipeline.flow`), which writes the answer."""
 
 from __future__ import annotations
 
 import time
 import uuid
 
-import orjson
-from starlette.requests import Request
+from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from margin.api.client import AsgiClient, StallWatch
 from margin.api.edge import parse_json, read_body
-from margin.api.responses import JSON, SSEResponse, error_response, margin_headers
+from margin.api.errors import error_response
 from margin.errors import MarginError
-from margin.pipeline.call import MeteredStream
-from margin.pipeline.context import RequestContext
-from margin.pipeline.stages.auth import authenticate
+from margin.keys import authenticate
+from margin.pipeline.flow import Flow
+from margin.pipeline.values import Record, Request
 from margin.protocol import Endpoint, parse_request
 
 
-async def handle(request: Request, endpoint: Endpoint) -> Response | ASGIApp:
+class Run:
+    """The ASGI app of one request that passed the edge: the flow, writing through this connection's `send`."""
+
+    __slots__ = ("args", "flow", "stalls")
+
+    def __init__(self, flow: Flow, stalls: StallWatch, args: tuple[object, ...]) -> None:
+        self.flow, self.stalls, self.args = flow, stalls, args
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = AsgiClient(send, self.stalls)
+        request_id, endpoint, headers, data, body, principal, record, started = self.args
+        try:
+            await self.flow(
+                Request(request_id, endpoint, headers, data, body, principal, client, record, started)  # type: ignore[arg-type]
+            )
+        finally:
+            client.close()
+
+
+async def handle(request: HttpRequest, endpoint: Endpoint) -> Response | ASGIApp:
     started = time.perf_counter()
     services = request.app.state.services
     request_id = uuid.uuid4().hex
     try:
         principal = await authenticate(services.keys, request.headers)  # from headers, before any body
         data = parse_json(await read_body(request, services.settings.server.max_body_bytes))
-        api_request = parse_request(endpoint, data)
-        ctx = RequestContext(request_id, endpoint, request.headers, data, api_request, started=started)
-        ctx.principal = principal
-        await services.pipeline.run(ctx)
+        body = parse_request(endpoint, data)
     except MarginError as exc:
         return error_response(exc, request_id)
-    if isinstance(ctx.stream, MeteredStream):
-        return SSEResponse(ctx, ctx.stream, services)
-    assert ctx.completion is not None
-    content = ctx.completion.raw if ctx.completion.raw is not None else orjson.dumps(ctx.completion.payload)
-    return Response(content, media_type=JSON, headers=margin_headers(ctx))
+    stream = endpoint is not Endpoint.EMBEDDINGS and bool(getattr(body, "stream", False))
+    user = getattr(body, "user", None)
+    user = user if isinstance(user, str) else None
+    record = Record(request_id, endpoint, body.model, stream, started=started, principal=principal, user=user)
+    return Run(
+        services.flow, services.stalls, (request_id, endpoint, request.headers, data, body, principal, record, started)
+    )
 
 
-async def chat_completions(request: Request) -> Response | ASGIApp:
+async def chat_completions(request: HttpRequest) -> Response | ASGIApp:
     return await handle(request, Endpoint.CHAT)
 
 
-async def completions(request: Request) -> Response | ASGIApp:
+async def completions(request: HttpRequest) -> Response | ASGIApp:
     return await handle(request, Endpoint.COMPLETIONS)
 
 
-async def embeddings(request: Request) -> Response | ASGIApp:
+async def embeddings(request: HttpRequest) -> Response | ASGIApp:
     return await handle(request, Endpoint.EMBEDDINGS)

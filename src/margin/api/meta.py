@@ -11,9 +11,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from margin import __version__
-from margin.api.responses import JSON, error_response
+from margin.api.errors import JSON, error_response
 from margin.errors import MarginError, ModelNotFound
-from margin.pipeline.stages.auth import authenticate
+from margin.keys import authenticate
 
 
 def _model_entries(services: Any) -> list[dict[str, Any]]:
@@ -75,7 +75,7 @@ def _details(services: Any, status: str, backends: dict[str, Any]) -> dict[str, 
             "written": services.writer.written,
             "failed_flushes": services.writer.failures,
             "dead_letters": services.writer.dead_letters,
-            "refused_backlogged": services.writer.refused,
+            "refused_backlogged": services.settle.refused,
         },
     }
 

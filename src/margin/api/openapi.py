@@ -15,11 +15,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from margin import __version__
-from margin.api.responses import JSON
-from margin.governance.specs import BudgetSpec, FlagSpec, LimitSpec
+from margin.api.errors import JSON
 from margin.keys import KeyRequest
 from margin.ledger.feedback import FeedbackItem
 from margin.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from margin.specs import BudgetSpec, FlagSpec, LimitSpec
 
 REF = "#/components/schemas/{model}"
 DASHBOARD_PAGES = ("overview", "breakdown", "latency", "savings", "budgets", "backends", "margin")
@@ -35,7 +35,7 @@ class ErrorDetail(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """Every 4xx and 5xx answer (OpenAI's error shape; `margin.errors.MarginError.to_body`)."""
+    """Every 4xx and 5xx answer (OpenAI's error shape; `margin.errors.margin.api.errors.error_body`)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from margin.backends import payloads
-from margin.backends.base import Call, Chunk, Completion, Usage
 from margin.config import SentenceTransformersBackendConfig
 from margin.errors import ConfigError, InvalidRequest, Overloaded
 from margin.protocol import EmbeddingRequest
+from margin.types import Call, Chunk, Completion, Usage
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -99,9 +99,9 @@ class SentenceTransformersBackend:
             )
         loop = asyncio.get_running_loop()
         vectors, tokens, busy = await loop.run_in_executor(self._executor, self._encode, texts)
-        call.stats.usage = Usage(input_tokens=tokens)
         call.stats.busy_s = busy
-        return Completion(payload=payloads.embeddings(call, vectors, tokens, request.encoding_format))
+        payload = payloads.embeddings(call, vectors, tokens, request.encoding_format)
+        return Completion(payload=payload, usage=Usage(input_tokens=tokens))
 
     def _encode(self, texts: list[str]) -> tuple[list[list[float]], int, float]:
         import time

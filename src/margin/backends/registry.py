@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from margin.backends.base import Backend
 from margin.errors import ConfigError
+from margin.types import Backend
 
 BUILTIN_KINDS: dict[str, str] = {
     "llamacpp": "margin.backends.llamacpp:LlamaCppBackend",

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from margin.backends.base import Usage
+from margin.types import Usage
 
 log = logging.getLogger("margin.cache")
 TRANSPORT_FIELDS = frozenset({"stream", "stream_options", "user", "metadata", "store", "service_tier"})

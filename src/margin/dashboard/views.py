@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from margin.api.responses import JSON, error_response
+from margin.api.errors import JSON, error_response, status_of
 from margin.dashboard import auth, charts, pages
 from margin.dashboard.auth import Viewer
 from margin.dashboard.queries import BREAKDOWNS, SINCE_CHOICES, Scope
@@ -169,7 +169,7 @@ class Dashboard:
             except MarginError as exc:
                 if as_json:
                     return error_response(exc)
-                return self.render("error.html", exc.status, page=name, who=who, since=since, error=exc.message)
+                return self.render("error.html", status_of(exc), page=name, who=who, since=since, error=exc.message)
             body = {
                 "page": name,
                 "since": since,
@@ -199,7 +199,7 @@ class Dashboard:
         try:
             principal = await auth.principal_for(services.keys, await auth.form_key(request) or None)
         except MarginError as exc:
-            return self._login_page(exc.status, nxt, exc.message)
+            return self._login_page(status_of(exc), nxt, exc.message)
         response = RedirectResponse(nxt, status_code=303)
         if principal.key_id is not None:  # open mode needs no session
             secure = services.settings.server.secure_cookies

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from margin.backends.base import Usage
 from margin.config import ModelConfig, RegionConfig, Settings
 from margin.economics import energy as energy_mod
 from margin.economics.carbon import GridTable, co2e_grams
 from margin.economics.prices import PriceBook
 from margin.economics.tco import busy_cost
+from margin.types import Usage
 
 ON_HOST_KINDS = frozenset({"llamacpp", "sentence_transformers"})
 

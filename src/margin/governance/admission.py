@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from margin.backends.base import Usage
 from margin.economics.meter import Meter
 from margin.economics.money import to_nanousd
 from margin.governance.rules import Subject, partition
-from margin.governance.specs import AdmissionConfig, BudgetSpec, LimitSpec
 from margin.governance.store import Gcra, Hold
-from margin.pipeline.context import Target
+from margin.specs import AdmissionConfig, BudgetSpec, LimitSpec
+from margin.types import Target, Usage
 
 MINUTE = 60.0
 DAY = 86_400
@@ -59,7 +58,7 @@ class BudgetHold:
     org: str | None = None  # the org whose counter this is (per-org scopes), None for a shared counter
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Admission:
     """What a request holds; `settle` turns it into spend (the store makes a second settle a no-op).
     `subject` is the caller as the rules saw it (no model): a hold is charged only if its budget matches the

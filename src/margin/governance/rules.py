@@ -16,8 +16,8 @@ from pydantic import BaseModel, ValidationError
 
 from margin.config import Settings
 from margin.errors import Conflict, InvalidRequest, NotFound
-from margin.governance.specs import LEVELS, BudgetSpec, FlagSpec, LimitSpec, PoliciesConfig, Policy, Scope
 from margin.ledger.models import gov_rules
+from margin.specs import LEVELS, BudgetSpec, FlagSpec, LimitSpec, PoliciesConfig, Policy, Scope
 
 RuleKind = Literal["budget", "limit", "flag"]
 SPEC_TYPES: dict[str, type[BaseModel]] = {"budget": BudgetSpec, "limit": LimitSpec, "flag": FlagSpec}

@@ -16,11 +16,11 @@ from margin.config import Settings
 from margin.errors import MarginError
 from margin.governance.admission import Admission, BudgetHold, window
 from margin.governance.rules import Rules, Subject, build_rules, governed_tags, load_rules, matches
-from margin.governance.specs import BudgetSpec
 from margin.governance.store import LocalStore, Store
 from margin.governance.streams import StreamSlots
 from margin.ledger.models import api_keys, ledger
 from margin.singleflight import SingleFlight
+from margin.specs import BudgetSpec
 
 log = logging.getLogger("margin.governance")
 

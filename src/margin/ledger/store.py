@@ -146,10 +146,22 @@ class LedgerWriter:
         """The queue is full (the database is down or too slow): new requests wait outside (503)."""
         return self.pending >= self._max_pending
 
-    def submit(self, row: dict[str, Any]) -> None:
+    def append(self, row: dict[str, Any]) -> None:
+        """Hand a row over (synchronous; the request path never waits on the database)."""
         self._pending.append(row)
         if len(self._pending) >= self._max_rows:
             self._wake.set()
+
+    submit = append
+
+    @property
+    def full(self) -> bool:
+        """Back-pressure: new requests are refused (503) while this holds."""
+        return self.backlogged
+
+    @property
+    def depth(self) -> int:
+        return self.pending
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ledger-writer")

@@ -1,1 +1,1 @@
-"""The request pipeline (DESIGN §3): an ordered list of small stages composed once at start-up."""
+"""The request path (DESIGN §3): `flow.py` lists the steps, `steps/` holds one module per step."""

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from margin.config import RouteConfig
-from margin.pipeline.context import RequestContext, Target
+from margin.types import Target
 
 
 class Scorer(Protocol):
@@ -60,17 +60,11 @@ class RoutePolicy:
             return scorer.threshold_for("strong_share", route.strong_share)
         return scorer.threshold_for("quality_floor", route.quality_floor or 0.0)
 
-    async def choose(self, ctx: RequestContext) -> None:
-        """Put the chosen model first among the candidates and note the score."""
-        route = self.routes[ctx.route or ""]
+    async def order(self, name: str, raw: dict[str, Any], candidates: list[Target]) -> tuple[list[Target], float]:
+        """The candidates of routed name `name` with the router's choice first, and the prompt's score."""
+        route = self.routes[name]
         scorer = self.scorer(route.router)
-        score = await asyncio.to_thread(scorer.p_weak_ok, routed_text(ctx.raw))
-        ctx.router_score = score
+        score = await asyncio.to_thread(scorer.p_weak_ok, routed_text(raw))
         cheap, strong = route.ladder
         first = cheap if score >= self.threshold(route) else strong
-        ctx.candidates.sort(key=lambda t: t.public != first)
-
-
-def strongest(ctx: RequestContext, routes: dict[str, RouteConfig], targets: dict[str, Target]) -> Target | None:
-    route = routes.get(ctx.route or "")
-    return targets.get(route.ladder[-1]) if route else None
+        return sorted(candidates, key=lambda t: t.public != first), score

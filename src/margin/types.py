@@ -1,12 +1,15 @@
-"""The backend protocol and the values that cross it. Translation lives in each backend; I/O stays there."""
+"""The values shared by every layer, at the bottom of the package: what crosses the backend protocol
+(`Usage`, `Call`, `Completion`, `Chunk`, the `Backend` protocol itself) and who and where a request is
+(`Principal`, `Target`). Imports nothing of margin but the request schemas and the config."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from margin.config import ModelConfig
 from margin.protocol import ApiRequest, Endpoint
 
 
@@ -48,9 +51,11 @@ def _count(value: Any) -> int:
 
 @dataclass(slots=True)
 class CallStats:
-    """What a backend reports about one call besides the payload."""
+    """What a backend reports about one call besides the payload. Usage is returned (in the `Completion`, or
+    a stream's usage chunk); `closed_usage` is only for a stream closed early, whose backend learns what it
+    used after its consumer left (llama.cpp's cancelled generation)."""
 
-    usage: Usage | None = None
+    closed_usage: Usage | None = None
     busy_s: float | None = None  # exclusive compute time, when the backend knows it (embedded engines)
     queue_s: float = 0.0
     finish_reason: str | None = None
@@ -79,6 +84,7 @@ class Completion:
     payload: dict[str, Any]
     raw: bytes | None = None
     text: str = ""
+    usage: Usage | None = None  # what the backend reported; None when it reported nothing
 
 
 @dataclass(slots=True)
@@ -120,3 +126,31 @@ class Backend(Protocol):
         ...
 
     def health(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the API key's id, owner, team, org, bound tags, admin flag and policy."""
+
+    key_id: str | None
+    name: str
+    team: str | None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    org: str | None = None
+    is_admin: bool = False
+    policy: Mapping[str, Any] | None = None
+
+
+ANONYMOUS = Principal(key_id=None, name="anonymous", team=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a request goes: the public model, its config and the backend that serves it."""
+
+    public: str
+    model: ModelConfig
+    backend_name: str
+    backend: Backend
+    region: str
+    jurisdiction: str | None = None

@@ -1,0 +1,144 @@
+"""The request path's way out (`margin.pipeline.values.Client`) over ASGI: raw `http.response.*` messages,
+errors mapped to their status and OpenAI JSON (`margin.api.errors`).
+
+A client that left is noticed by the write after it left: a server that follows ASGI 2.4 raises from
+`send` (an OSError), and uvicorn, whose `send` returns silently on a closed connection, says so on the
+cycle object `send` belongs to (`disconnected`, read after each write; no receive task per stream). A client
+that stops reading blocks the write once the socket buffers fill: `StallWatch`, one task for the whole
+process, cancels a write blocked longer than `server.stream_write_timeout_s`, and the write ends as
+`ClientGone(stalled=True)` (the stream ends like a disconnect; the server then closes the connection)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+
+import orjson
+from starlette.types import Send
+
+from margin.api.errors import JSON, error_body, status_of
+from margin.errors import MarginError
+from margin.pipeline.values import ClientGone
+
+log = logging.getLogger("margin.api")
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+def _encoded(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(name.encode(), value.encode("latin-1")) for name, value in headers.items()]
+
+
+class AsgiClient:
+    __slots__ = ("_cycle", "_send", "_stalls", "stalled", "started", "task", "writing_since")
+
+    def __init__(self, send: Send, stalls: StallWatch | None = None) -> None:
+        self._send = send
+        self._cycle = getattr(send, "__self__", None)  # uvicorn's cycle: `disconnected` once the client left
+        self._stalls = stalls
+        self.started = False
+        self.stalled = False
+        self.writing_since: float | None = None
+        self.task: asyncio.Task[object] | None = None
+
+    def status_of(self, error: MarginError) -> int:
+        return status_of(error)
+
+    def error_event(self, error: MarginError) -> bytes:
+        return orjson.dumps(error_body(error))
+
+    async def answer(self, body: bytes, headers: Mapping[str, str]) -> None:
+        raw = [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode()), *_encoded(headers)]
+        await self._send({"type": "http.response.start", "status": 200, "headers": raw})
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def refuse(self, error: MarginError, headers: Mapping[str, str]) -> None:
+        body = orjson.dumps(error_body(error))
+        if self.started:  # a failure after the stream's headers left: an error event, then the end
+            with contextlib.suppress(ClientGone):
+                await self.write(b"data: " + body + b"\n\n")
+                await self.end_stream(b"data: [DONE]\n\n")
+            return
+        merged = {**error.headers, **headers}
+        raw = [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode()), *_encoded(merged)]
+        await self._send({"type": "http.response.start", "status": status_of(error), "headers": raw})
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def start_stream(self, headers: Mapping[str, str]) -> None:
+        self.started = True
+        await self._send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + _encoded(headers)})
+        if self._stalls is not None:
+            self.task = asyncio.current_task()
+            self._stalls.add(self)
+
+    async def write(self, data: bytes) -> None:
+        self.writing_since = time.perf_counter()
+        try:
+            await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        except asyncio.CancelledError:
+            if not self.stalled:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            raise ClientGone(stalled=True) from None
+        except OSError as exc:
+            raise ClientGone() from exc
+        finally:
+            self.writing_since = None
+        if self._cycle is not None and getattr(self._cycle, "disconnected", False):
+            raise ClientGone()
+
+    async def end_stream(self, data: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": data, "more_body": False})
+
+    def close(self) -> None:
+        if self._stalls is not None:
+            self._stalls.discard(self)
+
+    def check_stall(self, now: float, timeout_s: float) -> None:
+        """Called by StallWatch: cancel the request if its current write has been blocked over `timeout_s`."""
+        since, task = self.writing_since, self.task
+        if since is None or now - since <= timeout_s or task is None or task.done() or self.stalled:
+            return
+        log.warning("a stream's client read nothing for %.0fs; ending its stream", timeout_s)
+        self.stalled = True
+        task.cancel()
+
+
+class StallWatch:
+    """Ends streams whose client stopped reading. One task for the whole process looks, a few times per
+    timeout, at the write each open stream is blocked in (nothing is armed per write)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._open: set[AsgiClient] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, client: AsgiClient) -> None:
+        self._open.add(client)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="stream-stall-watch")
+
+    def discard(self, client: AsgiClient) -> None:
+        self._open.discard(client)
+
+    async def _run(self) -> None:
+        interval = min(1.0, self.timeout_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.perf_counter()
+            for client in list(self._open):
+                client.check_stall(now, self.timeout_s)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

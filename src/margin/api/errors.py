@@ -1,0 +1,61 @@
+"""The one place where margin's errors become HTTP: each error class's status and OpenAI error type, the
+OpenAI-shaped JSON body, and the error response."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from margin import errors as e
+
+JSON = "application/json"
+
+# class → (HTTP status, OpenAI error type); a subclass not listed takes its nearest listed base's entry
+MAPPING: dict[type[e.MarginError], tuple[int, str]] = {
+    e.MarginError: (500, "server_error"),
+    e.InvalidRequest: (400, "invalid_request_error"),
+    e.AuthenticationFailed: (401, "authentication_error"),
+    e.PermissionDenied: (403, "permission_error"),
+    e.NotFound: (404, "invalid_request_error"),
+    e.MethodNotAllowed: (405, "invalid_request_error"),
+    e.Conflict: (409, "invalid_request_error"),
+    e.PayloadTooLarge: (413, "invalid_request_error"),
+    e.UnsupportedMediaType: (415, "invalid_request_error"),
+    e.RateLimited: (429, "rate_limit_error"),
+    e.Overloaded: (503, "server_error"),
+    e.ResidencyUnavailable: (503, "server_error"),
+    e.BackendError: (502, "upstream_error"),
+    e.BackendTimeout: (504, "upstream_error"),
+    e.BackendClientError: (400, "invalid_request_error"),
+}
+
+
+def _entry(error: e.MarginError) -> tuple[int, str]:
+    for cls in type(error).__mro__:
+        found = MAPPING.get(cls)
+        if found is not None:
+            return found
+    return MAPPING[e.MarginError]
+
+
+def status_of(error: e.MarginError) -> int:
+    """The HTTP status of an error (an upstream's own 4xx is passed on as it was)."""
+    if isinstance(error, e.BackendClientError):
+        return error.upstream_status
+    return _entry(error)[0]
+
+
+def error_body(error: e.MarginError) -> dict[str, Any]:
+    kind = _entry(error)[1]
+    return {"error": {"message": error.message, "type": kind, "param": error.param, "code": error.code}}
+
+
+def error_response(error: e.MarginError, request_id: str | None = None, status: int | None = None) -> Response:
+    """The OpenAI error JSON; `status` overrides the class's (an HTTP error starlette raised itself)."""
+    headers = dict(error.headers)
+    if request_id:
+        headers["x-margin-request-id"] = request_id
+    body = orjson.dumps(error_body(error))
+    return Response(body, status_code=status or status_of(error), media_type=JSON, headers=headers)

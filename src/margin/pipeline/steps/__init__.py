@@ -1,0 +1,1 @@
+"""The steps of the request path, one module each; `margin.pipeline.flow` lists them in order."""

@@ -1,0 +1,118 @@
+"""admit: back-pressure (the ledger's outbox is full → 503), the per-key cap on concurrent streams (held
+until the stream ends, however it ends), rate limits (RPM/TPM, GCRA) and the budget reservation of the
+worst case the route step priced, in one atomic step of the counter store. The reservation is settled by
+the outermost step whatever happens to the request afterwards."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from margin.economics.money import from_nanousd, to_nanousd, usd_str
+from margin.errors import BudgetExceeded, Overloaded, PermissionDenied, RateLimited
+from margin.governance import admission as adm
+from margin.governance.rules import partition
+from margin.governance.service import Governance
+from margin.pipeline.steps.settle import LEDGER_BACKLOG, RowSink
+from margin.pipeline.values import Next, Reply, Request, RouteDecision
+from margin.specs import LimitSpec
+
+
+class Admit:
+    def __init__(self, governance: Governance, outbox: RowSink | None = None) -> None:
+        self.gov = governance
+        self.outbox = outbox
+
+    async def __call__(self, request: Request, next: Next) -> Reply:
+        if self.outbox is not None and self.outbox.full:
+            raise Overloaded(
+                "the ledger is behind (its outbox is full); retry shortly",
+                code=LEDGER_BACKLOG,
+                headers={"retry-after": "1"},
+            )
+        key = request.principal.key_id
+        if key is None or not request.is_stream:
+            await self._admit(request)
+            return await next(request)
+        streams = self.gov.streams
+        if not streams.acquire(key):
+            raise RateLimited(
+                f"this key already has {streams.cap} streams open (admission.max_streams_per_key); "
+                "finish or close one, then retry",
+                code="too_many_streams",
+                headers={"retry-after": "1"},
+            )
+        try:
+            await self._admit(request)
+            return await next(request)
+        finally:
+            streams.release(key)
+
+    async def _admit(self, request: Request) -> None:
+        decision = request.routed()
+        limits = self.gov.rules.limits_for(request.subject) if self.gov.rules.limits else []
+        if limits or decision.budgets:
+            await self._reserve(request, decision, limits)
+
+    async def _reserve(self, request: Request, decision: RouteDecision, limits: list[LimitSpec]) -> None:
+        """Rate limits and budget reservation in one atomic step (one Redis round trip)."""
+        base = request.subject
+        checks, lenient, tpm_labels = adm.rate_checks(limits, decision.prompt_tokens, base)
+        holds = await self._holds(request, decision) if decision.budgets else []
+        ttl = self.gov.settings.admission.reservation_ttl_s
+        result = await self.gov.store.admit(request.id, [h.hold for h in holds], ttl, checks, lenient)
+        if result.wait > 0:
+            labels = ", ".join(f"{limit.scope.label()} (rpm {limit.rpm}, tpm {limit.tpm})" for limit in limits)
+            raise RateLimited(
+                f"rate limit reached for {labels}; retry in {result.wait:.1f}s",
+                headers={"retry-after": str(max(1, round(result.wait + 0.5)))},
+            )
+        if result.failed is not None:
+            raise self._exceeded(holds[result.failed], result.counters[result.failed])
+        by_label = {adm.limit_key(limit, base): limit for limit in limits}
+        tpm_keys = [(f"tpm:{label}", 60.0 / (by_label[label].tpm or 1)) for label in tpm_labels]
+        request.record.admission = adm.Admission(request.id, holds, tpm_keys, base)
+        for item, (spent, reserved) in zip(holds, result.counters, strict=True):
+            if item.hold.limit and 100 * (spent + reserved) >= item.budget.alert_pct * item.hold.limit:
+                share = 100 * (spent + reserved) / item.hold.limit
+                request.record.notices["x-margin-budget-warning"] = f"{item.budget.name}={share:.0f}%"
+
+    async def _holds(self, request: Request, decision: RouteDecision) -> list[adm.BudgetHold]:
+        config = self.gov.settings.admission
+        worst = decision.worst_usd
+        if (
+            worst is None
+            and config.unknown_price == "reject"
+            and any(b.usd and b.mode == "hard" for b in decision.budgets)
+        ):
+            raise PermissionDenied(
+                f"`{decision.first.public}` has no known price, so hard USD budgets cannot admit it "
+                "(set a price in the config, or admission.unknown_price: allow)",
+                code="price_unknown",
+            )
+        now = datetime.now(UTC)
+        worst_nano = to_nanousd(worst) if worst is not None else 0
+        tokens = decision.prompt_tokens + decision.output_tokens
+        subject = request.subject
+        holds = [adm.hold_for(b, now, worst_nano, tokens, partition(b.scope, subject)) for b in decision.budgets]
+        await self.gov.seed(holds, now)
+        return holds
+
+    @staticmethod
+    def _exceeded(item: adm.BudgetHold, counter: tuple[int, int]) -> BudgetExceeded:
+        budget, hold = item.budget, item.hold
+        spent, reserved = counter
+
+        def fmt(amount: int) -> str:
+            return f"${usd_str(from_nanousd(amount))}" if budget.usd is not None else f"{amount} tokens"
+
+        limit = f"${budget.usd}" if budget.usd is not None else f"{budget.tokens} tokens"
+        headers = {}
+        if item.resets_at is not None:
+            seconds = int((item.resets_at - datetime.now(UTC)).total_seconds()) + 1
+            headers["retry-after"] = str(max(1, seconds))
+        return BudgetExceeded(
+            f"budget `{budget.name}` ({budget.scope.label()}, {limit} per {budget.period}) would be exceeded: "
+            f"spent {fmt(spent)}, reserved by requests in flight {fmt(reserved)}, this request may cost up to "
+            f"{fmt(hold.amount)}; {adm.reset_text(item.resets_at)}",
+            headers=headers,
+        )

@@ -1,0 +1,65 @@
+"""auth: the caller is known from the headers before the body is read (`margin.keys.authenticate`, called
+by the API handler); this step adds its tags (the x-margin-tags header, limited to `tags.header_keys` and
+the key's `name=*` tags, plus the key's own tags, which a caller cannot override), the caller as the rules
+see it (only tags bound to the key), and its merged policy."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from margin.errors import InvalidRequest
+from margin.governance.rules import Subject, governed_tags
+from margin.governance.service import Governance
+from margin.pipeline.values import Next, Reply, Request
+
+TAG_VALUE = re.compile(r"^[\w.:@/+-]{1,128}$")
+
+
+def parse_tag_header(value: str, allowed: set[str]) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        name, sep, tag_value = item.partition("=")
+        name, tag_value = name.strip(), tag_value.strip()
+        if not sep or not TAG_VALUE.match(tag_value):
+            raise InvalidRequest(
+                f"x-margin-tags: {item.strip()!r} must look like key=value "
+                "(value: letters, digits, . : @ / + - _, up to 128)",
+                param="x-margin-tags",
+            )
+        if name not in allowed:
+            raise InvalidRequest(
+                f"x-margin-tags: tag key {name!r} is not allowed (allowed: {sorted(allowed)})", param="x-margin-tags"
+            )
+        tags[name] = tag_value
+    return tags
+
+
+class Auth:
+    def __init__(self, header_tag_keys: list[str], governance: Governance) -> None:
+        self.allowed = set(header_tag_keys)
+        self.governance = governance
+
+    async def __call__(self, request: Request, next: Next) -> Reply:
+        principal = request.principal
+        bound = principal.tags
+        header = request.headers.get("x-margin-tags")
+        allowed = self.allowed | {name for name, value in bound.items() if value == "*"} if bound else self.allowed
+        tags = parse_tag_header(header, allowed) if header else {}
+        if bound:
+            # a key's own tags cannot be overridden; `name=*` makes the key fill `name` from the header
+            missing = [name for name, value in bound.items() if value == "*" and name not in tags]
+            if missing:
+                raise InvalidRequest(
+                    f"this key must name its {', '.join(missing)} in x-margin-tags (e.g. {missing[0]}=…)",
+                    param="x-margin-tags",
+                    code="missing_tag",
+                )
+            tags.update({name: value for name, value in bound.items() if value != "*"})
+        request.record.tags = tags
+        keyed = principal.key_id is not None
+        subject = Subject(principal.key_id, principal.team, principal.org, governed_tags(tags, bound, keyed))
+        policy = self.governance.rules.policy_for(subject, principal.policy)
+        return await next(dataclasses.replace(request, tags=tags, subject=subject, policy=policy))

@@ -1,0 +1,122 @@
+"""cache: answer from the exact cache (and, when enabled, the error-bounded semantic cache) before the call;
+store what the call produced once it is metered (so every later hit knows what it saved).
+
+A hit replays the stored answer (as JSON or as SSE chunks), costs nothing, and is recorded as a ledger row
+of kind `cache_hit` with `saved_nanousd` = what producing it cost. The stored text is the backend's own
+(before any PII restore for the caller: the guard step is outside this one), so an entry never carries one
+caller's data into another's answer. In the path only when `cache.enabled`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import orjson
+
+from margin.backends import payloads
+from margin.cache.exact import CacheStore, Entry, deterministic, request_key
+from margin.cache.layer import SemanticLayer
+from margin.config import CacheConfig
+from margin.economics.money import to_nanousd
+from margin.errors import InvalidRequest
+from margin.pipeline.stream import Delivery
+from margin.pipeline.values import CacheHit, Next, Record, Reply, Request
+from margin.protocol import Endpoint
+from margin.types import Call, Chunk, Completion, Target
+
+HEADER = "x-margin-cache"
+
+
+def cache_scope(request: Request, scope: str) -> str:
+    """Who shares entries with this caller. Teams and keys are qualified by their org, so two orgs' teams
+    named `support` share nothing; the parts are JSON-encoded, so no choice of names makes two scopes equal."""
+    principal = request.principal
+    if scope == "global":
+        return "global"
+    if scope == "team" and principal.team:
+        return orjson.dumps(["team", principal.org, principal.team]).decode()
+    return orjson.dumps(["key", principal.org, principal.key_id]).decode()
+
+
+def wanted(request: Request) -> bool:
+    mode = request.headers.get(HEADER)
+    if mode is not None and mode not in ("on", "off"):
+        raise InvalidRequest(f"{HEADER} must be `on` or `off`, not {mode!r}", param=HEADER)
+    if mode == "off" or request.endpoint is Endpoint.EMBEDDINGS:
+        return False
+    return mode == "on" or deterministic(request.raw)
+
+
+async def replay(call: Call, entry: Entry) -> AsyncIterator[Chunk]:
+    yield Chunk(payload=payloads.chunk(call, entry.text, first=True), text=entry.text)
+    yield Chunk(payload=payloads.chunk(call, "", entry.finish_reason))
+    yield Chunk(payload=payloads.usage_chunk(call, entry.usage), usage=entry.usage)
+
+
+def answer_entry(record: Record, reply: Reply) -> Entry | None:
+    usage, target = record.usage, record.target
+    if usage is None or target is None:
+        return None
+    cost = record.charge.cost_usd if record.charge is not None else None
+    return Entry(
+        text=reply.text(),
+        finish_reason=record.finish_reason or "stop",
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cost_nanousd=None if cost is None else to_nanousd(cost),
+        model=target.public,
+        created_at=time.time(),
+    )
+
+
+class Cache:
+    def __init__(self, config: CacheConfig, store: CacheStore, semantic: SemanticLayer | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.semantic = semantic
+
+    async def __call__(self, request: Request, next: Next) -> Reply:
+        if not wanted(request):
+            return await next(request)
+        target = request.routed().first
+        scope = cache_scope(request, self.config.scope)
+        key = request_key(scope, str(request.endpoint), target.public, request.raw)
+        entry = await self.store.get(key)
+        if entry is not None:
+            return await self._serve(request, target, entry, "exact")
+        semantic = None
+        if self.semantic is not None and request.endpoint is Endpoint.CHAT:
+            where = self.semantic.where(scope, str(request.endpoint), target.public, request.raw)
+            if where is not None:
+                hit, vector = await self.semantic.lookup(where)
+                semantic = (where, vector)  # the answer is added under the same embedding
+                entry = await self.store.get(hit.key) if hit is not None else None
+                if hit is not None and entry is not None:
+                    if request.principal.is_admin:  # how close a prober came to another caller's question
+                        request.record.notices["x-margin-cache-similarity"] = f"{hit.similarity:.4f}"
+                    return await self._serve(request, target, entry, "semantic")
+        request.record.notices[HEADER] = "miss"
+        reply = await next(request)
+        record = request.record
+        if record.status != "ok" or record.http_status != 200:
+            return reply
+        fresh = answer_entry(record, reply)
+        if fresh is not None and fresh.text:
+            await self.store.put(key, fresh, self.config.ttl_s)
+            if self.semantic is not None and semantic is not None:
+                await self.semantic.add(semantic[0], semantic[1], key)
+        return reply
+
+    async def _serve(self, request: Request, target: Target, entry: Entry, kind: str) -> Reply:
+        record = request.record
+        call = Call(request.endpoint, request.body, request.raw, target.public, target.public, request.id)
+        record.target, record.usage, record.finish_reason = target, entry.usage, entry.finish_reason
+        record.cache_hit = CacheHit(kind, entry.cost_nanousd, round(time.time() - entry.created_at))
+        record.notices[HEADER] = f"hit-{kind}"
+        if not request.is_stream:
+            payload = payloads.completion(call, entry.text, entry.finish_reason, entry.usage)
+            return Reply(completion=Completion(payload=payload, text=entry.text, usage=entry.usage))
+        delivery = Delivery(request)
+        chunks = replay(call, entry)
+        await delivery.run(chunks, await anext(chunks), lambda exc: InvalidRequest(str(exc)))
+        return Reply(parts=delivery.parts, streamed=True)

@@ -1,0 +1,191 @@
+"""call, the terminal step: the backend. It walks the route decision's candidates in order, skipping
+backends whose circuit is open and falling back when one fails before answering (a stream is primed: its
+first event is fetched before any byte is sent, so an upstream that fails at once is still a fallback or a
+proper HTTP error). A stream is delivered from here (`margin.pipeline.stream`), so this step returns when
+the stream is over. Whatever happened, the attempt is metered here, once: usage (the backend's, else counted
+with the model's tokenizer, else estimated) → cost, energy and carbon (`margin.economics`), which the
+cache, the headers and the ledger row all reuse."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from margin.backends.payloads import prompt_text, usage_chunk
+from margin.economics.meter import Meter
+from margin.economics.money import to_nanousd
+from margin.errors import (
+    BackendError,
+    BackendFailedUnexpectedly,
+    FeatureDisabled,
+    MarginError,
+    Overloaded,
+    ResidencyUnavailable,
+)
+from margin.governance.admission import worst_case_usd
+from margin.pipeline.stream import Delivery, close, first_chunk
+from margin.pipeline.values import Reply, Request, RouteDecision
+from margin.protocol import Endpoint
+from margin.routing.breaker import Breakers
+from margin.specs import AdmissionConfig
+from margin.types import Call, Completion, Target, Usage
+
+log = logging.getLogger("margin.call")
+
+
+def translate(backend: str, exc: Exception) -> MarginError:
+    if isinstance(exc, MarginError):
+        return exc
+    log.warning("backend %s raised %s", backend, exc.__class__.__name__, exc_info=exc)
+    return BackendFailedUnexpectedly(f"backend {backend} failed: {exc.__class__.__name__}: {exc}")
+
+
+def retryable(error: MarginError) -> bool:
+    """Worth trying the next candidate: the backend failed, timed out or is overloaded (not a bad request)."""
+    return isinstance(error, BackendError | Overloaded)
+
+
+def backend_fault(error: MarginError) -> bool:
+    """What the circuit breaker counts: the backend itself failed (5xx, timeout, unreachable). Never a client
+    error (4xx, a bad schema or token id), a full queue, or an exception the request's input provoked: no
+    caller can open a backend's circuit for every tenant."""
+    return isinstance(error, BackendError) and not isinstance(error, BackendFailedUnexpectedly)
+
+
+def unavailable(decision: RouteDecision, detail: str) -> Overloaded | ResidencyUnavailable:
+    if decision.jurisdictions is not None:
+        return ResidencyUnavailable(
+            f"no healthy backend in the allowed jurisdictions {list(decision.jurisdictions)} can serve "
+            f"`{decision.requested}` ({detail}); the request was not sent elsewhere"
+        )
+    return Overloaded(f"no healthy backend can serve `{decision.requested}` ({detail})", code="backend_unavailable")
+
+
+def estimate_tokens(text: str) -> int:
+    """~4 characters a token (English BPE); only used when neither backend nor tokenizer can say."""
+    return max(1, round(len(text) / 4)) if text else 0
+
+
+def counted_usage(target: Target, call: Call, output: str) -> Usage:
+    prompt = prompt_text(call)
+    counted_in, counted_out = target.backend.count_tokens(prompt), target.backend.count_tokens(output)
+    if counted_in is not None and counted_out is not None:
+        return Usage(counted_in, counted_out, source="tokenizer")
+    return Usage(estimate_tokens(prompt), estimate_tokens(output), source="estimated")
+
+
+class BackendCall:
+    def __init__(self, meter: Meter, breakers: Breakers, admission: AdmissionConfig) -> None:
+        self.meter = meter  # shares busy time among concurrent requests, prices the answer
+        self.breakers = breakers
+        self.admission = admission
+
+    async def __call__(self, request: Request) -> Reply:
+        decision = request.routed()
+        if decision.cache_only:
+            raise FeatureDisabled(
+                f"flag `{decision.cache_only}` allows only cached answers and this request is not in the cache",
+                code="feature_disabled",
+            )
+        candidates = [t for t in decision.candidates if self.breakers.available(t.backend_name)]
+        if not candidates:
+            raise unavailable(decision, "circuit open on " + ", ".join(t.backend_name for t in decision.candidates))
+        for index, target in enumerate(candidates):
+            try:
+                reply = await self._attempt(request, target)
+            except MarginError as exc:
+                if not retryable(exc):
+                    raise
+                if backend_fault(exc):
+                    self.breakers.failure(target.backend_name)
+                if index + 1 < len(candidates):
+                    log.warning("request %s: %s failed (%s); falling back", request.id, target.backend_name, exc)
+                    continue
+                if decision.residency_filtered:
+                    raise unavailable(decision, f"last error: {exc.message}") from exc
+                raise
+            self.breakers.success(target.backend_name)
+            return reply
+        raise AssertionError("unreachable: the last candidate returns or raises")
+
+    async def _attempt(self, request: Request, target: Target) -> Reply:
+        record = request.record
+        record.target = target
+        upstream = target.model.upstream_model or target.public
+        call = Call(request.endpoint, request.body, request.raw, target.public, upstream, request.id)
+        clock = self.meter.clocks[target.backend_name]
+        mark, probe = clock.enter(), self.meter.probe(target.backend_name)
+        usage: Usage | None = None
+        output: Completion | Delivery | None = None
+        try:
+            if request.is_stream and request.endpoint is not Endpoint.EMBEDDINGS:
+                delivery = Delivery(request)
+                output = delivery
+                await self._stream(request, target, call, delivery)
+                usage = delivery.usage or call.stats.closed_usage
+                if delivery.failed is not None:
+                    record.fail(delivery.failed, request.client.status_of(delivery.failed), "upstream_error")
+                return Reply(parts=delivery.parts, streamed=True)
+            started = time.perf_counter()
+            try:
+                completion = await self._whole(target, call)
+            finally:
+                record.backend_wait_s += time.perf_counter() - started
+            usage, output = completion.usage, completion
+            return Reply(completion=completion)
+        finally:
+            busy_share = clock.leave(mark)
+            busy = call.stats.busy_s if call.stats.busy_s is not None else busy_share
+            measured = self.meter.measured_j(probe, busy)
+            self._meter(request, target, call, usage, output, busy, measured)
+
+    @staticmethod
+    async def _whole(target: Target, call: Call) -> Completion:
+        try:
+            if call.endpoint is Endpoint.EMBEDDINGS:
+                return await target.backend.embed(call)
+            return await target.backend.complete(call)
+        except Exception as exc:
+            raise translate(target.backend_name, exc) from exc
+
+    async def _stream(self, request: Request, target: Target, call: Call, delivery: Delivery) -> None:
+        name = target.backend_name
+        try:
+            chunks = target.backend.stream(call)
+        except Exception as exc:
+            raise translate(name, exc) from exc
+        try:
+            first = await first_chunk(chunks, request.record)
+        except Exception as exc:
+            await close(chunks)
+            raise translate(name, exc) from exc
+        await delivery.run(chunks, first, lambda exc: translate(name, exc))
+        if request.wants_usage and not delivery.usage_sent:
+            usage = delivery.usage or counted_usage(target, call, "".join(delivery.parts))
+            delivery.usage = usage
+            await delivery.write_usage(usage_chunk(call, usage))
+
+    def _meter(
+        self,
+        request: Request,
+        target: Target,
+        call: Call,
+        usage: Usage | None,
+        output: Completion | Delivery | None,
+        busy_s: float,
+        measured_j: float | None,
+    ) -> None:
+        """The attempt's usage → its cost, energy and carbon: computed once, for the row, the headers and
+        the cache."""
+        record = request.record
+        if usage is None:
+            text = output.text if isinstance(output, Completion) else "".join(output.parts) if output else ""
+            usage = counted_usage(target, call, text)
+        record.usage, record.finish_reason = usage, call.stats.finish_reason
+        record.queue_s = call.stats.queue_s
+        record.charge = self.meter.charge(target.public, target.model, usage, busy_s, measured_j)
+        decision = request.decision
+        if decision is not None and decision.strongest is not None:
+            strong = decision.strongest  # what the route's strongest model would have cost (routing's saving)
+            cost = worst_case_usd(self.meter, [strong], usage.input_tokens, usage.output_tokens, self.admission)
+            record.counterfactual_nanousd = None if cost is None else to_nanousd(cost)

@@ -1,0 +1,210 @@
+"""route: where the request may go, decided once (`RouteDecision`).
+
+The requested name (a public id, an alias, or a routed name from `routes:`) → its candidates: the model
+(or, for a routed name, the router's choice first) and its fallbacks. Flags apply to every candidate (the
+primary's `disable` refuses the request, `force_model` sends it elsewhere, another candidate that is
+disabled is dropped, every candidate's `cap_max_tokens` caps the request, `require_cache` allows only a
+cached answer); the caller's jurisdictions filter the candidates. When budgets or limits apply, the
+reservation's basis is counted here too: an upper bound of the prompt's tokens, the most output the
+request may produce (a limit is set when it sent none, so what is reserved is also what is enforced), and
+that priced at the dearest candidate. The call step walks the candidates in this order; nothing re-decides."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import orjson
+
+from margin.backends.payloads import non_text_parts, request_text, token_id_count
+from margin.config import RouteConfig
+from margin.economics.meter import Meter
+from margin.errors import FeatureDisabled, InvalidRequest, ModelNotFound, ResidencyUnavailable
+from margin.governance import admission as adm
+from margin.governance.rules import Rules, Subject
+from margin.governance.service import Governance
+from margin.pipeline.values import Next, Reply, Request, RouteDecision
+from margin.protocol import ChatCompletionRequest, Endpoint
+from margin.routing.policy import RoutePolicy
+from margin.specs import AdmissionConfig, BudgetSpec, FlagSpec
+from margin.types import Target
+
+CHAT_MESSAGE_OVERHEAD = 8  # template tokens per message, on top of the counted text (upper bound)
+NON_TEXT_PART_TOKENS = 2048  # an image or audio part, priced as a large high-detail image (upper bound)
+OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens")
+
+
+def resolve(targets: Mapping[str, Target], model: str, endpoint: Endpoint) -> Target:
+    target = targets.get(model)
+    if target is None:
+        raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model")
+    wants_embedding = endpoint is Endpoint.EMBEDDINGS
+    if wants_embedding != (target.model.kind == "embedding"):
+        kind = "an embedding" if target.model.kind == "embedding" else "a text generation"
+        raise InvalidRequest(
+            f"model `{target.public}` is {kind} model; it cannot serve /v1/{endpoint}",
+            param="model",
+            code="wrong_model_kind",
+        )
+    return target
+
+
+def capped(request: Request, cap: int) -> Request:
+    """Every output-limit field the client sent lowered to `cap` (an upstream may honour either one); with
+    none sent, `max_tokens` set."""
+    body = request.body
+    fields = OUTPUT_FIELDS if isinstance(body, ChatCompletionRequest) else OUTPUT_FIELDS[:1]
+    sent = {name: getattr(body, name) for name in fields if getattr(body, name) is not None}
+    update = {name: cap for name, value in sent.items() if value > cap}
+    if not sent:
+        update["max_tokens"] = cap
+    if not update:
+        return request
+    return dataclasses.replace(request, body=body.model_copy(update=update), raw={**request.raw, **update})
+
+
+class Route:
+    def __init__(
+        self,
+        targets: Mapping[str, Target],
+        routes: Mapping[str, RouteConfig],
+        governance: Governance,
+        meter: Meter,
+        policy: RoutePolicy | None = None,
+    ) -> None:
+        self.targets = targets
+        self.routes = routes
+        self.gov = governance
+        self.meter = meter
+        self.policy = policy
+
+    async def __call__(self, request: Request, next: Next) -> Reply:
+        rules, subject = self.gov.rules, request.subject
+        requested = request.body.model
+        route = self.routes.get(requested)
+        ladder = [resolve(self.targets, name, request.endpoint) for name in route.ladder] if route else []
+        primary = ladder[-1] if ladder else resolve(self.targets, requested, request.endpoint)
+        if rules.flags:
+            forced = self._forced(request, rules, subject, primary)
+            if forced is not primary:  # a flag sent the request to another model: no routing
+                primary, ladder, route = forced, [], None
+        chain = ladder or [primary, *(self.targets[name] for name in primary.model.fallbacks if name != primary.public)]
+        cache_only = None
+        if rules.flags:
+            request, chain, cache_only = self._flagged(request, rules, subject, primary, chain)
+        decision = self._residency(request, requested, chain)
+        decision = dataclasses.replace(decision, cache_only=cache_only)
+        if route is not None and self.policy is not None:
+            ordered, score = await self.policy.order(requested, request.raw, list(decision.candidates))
+            strongest = self.targets.get(route.ladder[-1])
+            decision = dataclasses.replace(
+                decision, candidates=tuple(ordered), route=requested, router_score=score, strongest=strongest
+            )
+            request.record.route, request.record.router_score = requested, score
+        if rules.budgets or rules.limits:
+            request, decision = self._basis(request, rules, decision)
+        return await next(dataclasses.replace(request, decision=decision))
+
+    def _forced(self, request: Request, rules: Rules, subject: Subject, target: Target) -> Target:
+        """A `force_model` flag on the model asked for sends the request to another model."""
+        flags = rules.flags_for(subject.serving(target.public, target.backend_name))
+        forced = next((f for f in flags if f.action == "force_model"), None)
+        if forced is None or not forced.model:
+            return target
+        request.record.notices["x-margin-flag"] = forced.name
+        return resolve(self.targets, forced.model, request.endpoint)
+
+    def _flagged(
+        self, request: Request, rules: Rules, subject: Subject, primary: Target, chain: list[Target]
+    ) -> tuple[Request, list[Target], str | None]:
+        """Flags of every candidate: the primary's apply to the request (disable → 403); another candidate that
+        is disabled (or cache-only) is dropped; every candidate's `cap_max_tokens` caps the request."""
+        kept, cache_only = [], None
+        for candidate in chain:
+            flags = rules.flags_for(subject.serving(candidate.public, candidate.backend_name))
+            if candidate is primary:
+                for flag in flags:
+                    request, cache_only = self._apply(request, flag, cache_only)
+            elif any(f.action in ("disable", "require_cache") for f in flags):
+                continue
+            else:
+                for flag in flags:
+                    if flag.action == "cap_max_tokens" and flag.max_tokens:
+                        request = capped(request, flag.max_tokens)
+            kept.append(candidate)
+        return request, kept, cache_only
+
+    @staticmethod
+    def _apply(request: Request, flag: FlagSpec, cache_only: str | None) -> tuple[Request, str | None]:
+        if flag.action == "disable":
+            reason = f": {flag.reason}" if flag.reason else ""
+            raise FeatureDisabled(f"disabled by flag `{flag.name}` ({flag.target.label()}){reason}")
+        if flag.action == "cap_max_tokens" and flag.max_tokens:
+            request = capped(request, flag.max_tokens)
+        if flag.action == "require_cache":
+            cache_only = flag.name
+        return request, cache_only
+
+    @staticmethod
+    def _residency(request: Request, requested: str, chain: list[Target]) -> RouteDecision:
+        allowed = request.policy.jurisdictions if request.policy is not None else None
+        if allowed is None:
+            return RouteDecision(tuple(chain), requested)
+        kept = tuple(t for t in chain if t.jurisdiction in allowed)
+        if not kept:
+            where = ", ".join(f"{t.public}@{t.region} ({t.jurisdiction or 'no jurisdiction'})" for t in chain)
+            raise ResidencyUnavailable(
+                f"`{requested}` is only served outside the allowed jurisdictions {allowed}: {where}"
+            )
+        return RouteDecision(kept, requested, jurisdictions=tuple(allowed), residency_filtered=len(kept) < len(chain))
+
+    def _basis(self, request: Request, rules: Rules, decision: RouteDecision) -> tuple[Request, RouteDecision]:
+        """What the budget reservation prices: the prompt's tokens (an upper bound), the most output, and
+        the dearest candidate's cost for them (only when a budget may apply)."""
+        prompt = self._prompt_tokens(request, decision.first)
+        budgets = self._budgets(rules, request.subject, decision.candidates) if rules.budgets else ()
+        if not budgets:
+            return request, dataclasses.replace(decision, prompt_tokens=prompt)
+        config: AdmissionConfig = self.gov.settings.admission
+        request, output = self._output_tokens(request, decision.first, prompt, config)
+        worst = adm.worst_case_usd(self.meter, decision.candidates, prompt, output, config)
+        basis = dataclasses.replace(
+            decision, prompt_tokens=prompt, output_tokens=output, worst_usd=worst, budgets=budgets
+        )
+        return request, basis
+
+    @staticmethod
+    def _budgets(rules: Rules, subject: Subject, candidates: tuple[Target, ...]) -> tuple[BudgetSpec, ...]:
+        """The budgets of every candidate (a model budget on a fallback is reserved too)."""
+        found: dict[str, BudgetSpec] = {}
+        for candidate in candidates:
+            for budget in rules.budgets_for(subject.serving(candidate.public, candidate.backend_name)):
+                found.setdefault(budget.name, budget)
+        return tuple(found.values())
+
+    @staticmethod
+    def _prompt_tokens(request: Request, target: Target) -> int:
+        """An upper bound of the input tokens: counted text, token ids as they are, template overhead per
+        message, non-text parts and tool definitions."""
+        body = request.body
+        text = request_text(body)
+        counted = target.backend.count_tokens(text)
+        tokens = counted if counted is not None else adm.conservative_tokens(text)
+        if not isinstance(body, ChatCompletionRequest):
+            return tokens + token_id_count(body)
+        tokens += CHAT_MESSAGE_OVERHEAD * len(body.messages) + NON_TEXT_PART_TOKENS * non_text_parts(body)
+        if body.tools:
+            tokens += adm.conservative_tokens(orjson.dumps(body.tools).decode())
+        return tokens
+
+    @staticmethod
+    def _output_tokens(request: Request, target: Target, prompt: int, config: AdmissionConfig) -> tuple[Request, int]:
+        """The most output: its limit (set when it sent none) × answers per prompt (`n`, `best_of`) × prompts."""
+        if request.endpoint is Endpoint.EMBEDDINGS:
+            return request, 0
+        requested = getattr(request.body, "output_limit", None)
+        each = adm.output_allowance(requested, target.model.context_length, prompt, config.default_max_output_tokens)
+        if requested is None:
+            request = capped(request, max(each, 1))
+        body = request.body
+        return request, each * getattr(body, "choices", 1) * getattr(body, "prompts", 1)

@@ -1,0 +1,171 @@
+"""settle, the outermost step: every request's ledger row goes to the outbox, and its budget reservation is
+settled to the same cost, whatever happened inside (an answer, a rejection, a delivered or cut stream, a
+client that left, a bug). Every authenticated request gets exactly one row (kind `request` or
+`cache_hit`). The row is appended before the answer's last byte leaves (the flow writes that after this
+step returned)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+
+from margin.economics.money import to_nanousd
+from margin.errors import InternalError, MarginError
+from margin.governance.service import Governance
+from margin.guard.pseudonym import UserPseudonyms
+from margin.pipeline.values import ClientGone, Next, Record, Reply, Request
+
+log = logging.getLogger("margin.pipeline")
+
+LEDGER_BACKLOG = "ledger_backlog"  # the error code of requests refused because the ledger is behind
+
+
+class RowSink(Protocol):
+    """The ledger's outbox, as the request path sees it: `append` is synchronous and never waits on a
+    database; `full` is the back-pressure flag the admit step reads."""
+
+    def append(self, row: dict[str, Any]) -> None: ...
+
+    @property
+    def full(self) -> bool: ...
+
+
+class Observer(Protocol):
+    """Telemetry: called once per request with its finished row (lossy; never on the ledger's path)."""
+
+    def observe(self, row: dict[str, Any], record: Record) -> None: ...
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _nanousd(record: Record) -> int | None:
+    """0 when no backend was called; NULL (never 0) when a backend was called at an unknown price."""
+    if record.charge is None:
+        return 0
+    return None if record.charge.cost_usd is None else to_nanousd(record.charge.cost_usd)
+
+
+def _storable(text: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL: a logged prompt keeps everything else."""
+    return text.replace("\x00", "\ufffd") if text and "\x00" in text else text
+
+
+def ledger_row(record: Record, config_hash: str, pseudonym: UserPseudonyms) -> dict[str, Any]:
+    principal, target, charge, usage, hit = (
+        record.principal,
+        record.target,
+        record.charge,
+        record.usage,
+        record.cache_hit,
+    )
+    return {
+        "request_id": record.request_id,
+        "kind": "cache_hit" if hit else "request",
+        "created_at": record.started_at,
+        "key_id": principal.key_id if principal else None,
+        "team": principal.team if principal else None,
+        "org": principal.org if principal else None,
+        "user": pseudonym(record.user),  # never the raw value
+        "tags": dict(record.tags),
+        "endpoint": str(record.endpoint),
+        "model": target.public if target else None,
+        "requested_model": record.requested_model,
+        "backend": target.backend_name if target else None,
+        "region": target.region if target else None,
+        "jurisdiction": target.jurisdiction if target else None,
+        "guard": record.guard,
+        "prompt_text": _storable(record.prompt_log),
+        "status": record.status,
+        "http_status": record.http_status,
+        "error_code": record.error.code if record.error else None,
+        "stream": record.stream,
+        "input_tokens": usage.input_tokens if usage else 0,
+        "output_tokens": usage.output_tokens if usage else 0,
+        "cached_tokens": usage.cached_tokens if usage else 0,
+        "usage_source": usage.source if usage else None,
+        "ttft_ms": _ms(record.ttft_s),
+        "e2e_ms": _ms(record.e2e_s) or 0.0,
+        "overhead_ms": round(record.overhead_ms(), 3),
+        "backend_ms": _ms(record.backend_wait_s),
+        "queue_ms": _ms(record.queue_s),
+        "cost_nanousd": _nanousd(record),
+        "cost_status": charge.cost_status if charge else "no_charge",
+        "cost_method": charge.cost_method if charge else None,
+        "price_version": charge.price_version if charge else None,
+        "energy_j": charge.energy_j if charge else None,
+        "energy_method": charge.energy_method if charge else None,
+        "pue": charge.pue if charge else None,
+        "co2e_g": charge.co2e_g if charge else None,
+        "grid_g_per_kwh": charge.grid_g_per_kwh if charge else None,
+        "grid_source": charge.grid_source if charge else None,
+        "config_hash": config_hash,
+        "cache": hit.kind if hit else None,
+        "saved_nanousd": hit.saved_nanousd if hit else None,
+        "router_score": record.router_score,
+        "counterfactual_nanousd": record.counterfactual_nanousd,
+        "busy_ms": _ms(charge.busy_s) if charge else None,
+    }
+
+
+class Settle:
+    def __init__(
+        self,
+        outbox: RowSink,
+        config_hash: str,
+        governance: Governance | None,
+        spawn: Callable[[Coroutine[Any, Any, Any]], None],
+        pseudonym: UserPseudonyms | None = None,
+        observer: Observer | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.config_hash = config_hash
+        self.governance = governance
+        self.spawn = spawn
+        self.pseudonym = pseudonym or UserPseudonyms()
+        self.observer = observer
+        self.refused = 0  # requests refused while the outbox was full (they did nothing and get no row)
+
+    async def __call__(self, request: Request, next: Next) -> Reply:
+        record = request.record
+        try:
+            return await next(request)
+        except ClientGone as gone:
+            record.status, record.http_status = "client_closed", 499
+            if gone.stalled:
+                record.error = MarginError(str(gone), code="stream_write_timeout")
+            return Reply(streamed=True)
+        except MarginError as error:
+            record.fail(error, request.client.status_of(error))
+            raise
+        except Exception as exc:
+            log.exception("request %s failed inside margin", request.id)
+            internal = InternalError(f"internal error in the gateway (request {request.id})")
+            record.fail(internal, request.client.status_of(internal))
+            raise internal from exc
+        finally:
+            record.e2e_s = time.perf_counter() - record.started
+            self._write(request, record)
+
+    def _write(self, request: Request, record: Record) -> None:
+        if record.error is not None and record.error.code == LEDGER_BACKLOG:  # refused before any work: no row,
+            self.refused += 1  # so a ledger that is down cannot grow the outbox without bound
+            return
+        row = ledger_row(record, self.config_hash, self.pseudonym)
+        self.outbox.append(row)
+        admission = record.admission
+        if self.governance is not None and admission is not None:
+            # the answer does not wait for the budget store: the reservation holds until this lands.
+            # A cache hit used no model tokens: like the ledger reconciliation (kind `request` only), count none
+            tokens = (0, 0) if record.cache_hit else (row["input_tokens"], row["output_tokens"])
+            target, caller = record.target, admission.subject
+            served = caller.serving(target.public, target.backend_name) if target and caller else None
+            self.spawn(self.governance.settle(admission, row["cost_nanousd"], tokens[0], tokens[1], served))
+        if self.observer is not None:
+            try:
+                self.observer.observe(row, record)
+            except Exception:  # telemetry is lossy: it never fails a request
+                log.exception("telemetry observer failed for request %s", request.id)

@@ -1,0 +1,138 @@
+"""A stream's way to the client, driven from inside the request path (the call step, or the cache step
+replaying an answer): the headers, then each backend event framed as SSE as soon as it arrives. Events the
+backend already holds (`Chunk.more`: they arrived in the same read) are joined to the one before them, so a
+burst costs one write. No task is started per stream: a client that left is found by the write that fails
+(`ClientGone`), and a client that stops reading by the process-wide stall watch (`margin.api.client`).
+The closing comment and `[DONE]` are the flow's, written after the ledger row.
+
+What metering needs is noted on the way (TTFT, the delivered text, the usage the backend reported); the
+usage chunk is forwarded only when the client asked for it (`stream_options.include_usage`), and added at
+the end when it asked and the backend sent none."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import orjson
+
+from margin.economics.money import usd_str
+from margin.errors import MarginError
+from margin.pipeline.values import Record, Request
+from margin.types import Chunk, Usage
+
+DONE = b"data: [DONE]\n\n"
+
+
+def sse(data: bytes) -> bytes:
+    return b"data: " + data + b"\n\n"
+
+
+def response_headers(record: Record) -> dict[str, str]:
+    headers = {
+        "x-margin-request-id": record.request_id,
+        "x-margin-overhead-ms": f"{record.overhead_ms():.3f}",
+        **record.notices,
+    }
+    if record.charge is not None:
+        headers["x-margin-cost-usd"] = usd_str(record.charge.cost_usd) or "unknown"
+    elif not record.stream:
+        headers["x-margin-cost-usd"] = "0.000000000"
+    return headers
+
+
+def closing_comment(record: Record) -> bytes:
+    """An SSE comment (ignored by SSE clients) with what is only known once the stream is over."""
+    charge = record.charge
+    cost = usd_str(charge.cost_usd) if charge and charge.cost_usd is not None else "unknown"
+    return f": x-margin-cost-usd={cost} x-margin-overhead-ms={record.overhead_ms():.3f}\n\n".encode()
+
+
+async def first_chunk(chunks: AsyncIterator[Chunk], record: Record) -> Chunk | None:
+    """The backend's next event (None at its end), its wait counted as the backend's."""
+    started = time.perf_counter()
+    try:
+        return await anext(chunks)
+    except StopAsyncIteration:
+        return None
+    finally:
+        record.backend_wait_s += time.perf_counter() - started
+
+
+async def close(chunks: AsyncIterator[Chunk]) -> None:
+    closer = getattr(chunks, "aclose", None)
+    if closer is not None:
+        await closer()
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One stream's delivery; what it noted stays readable when it ended early (client gone, upstream cut)."""
+
+    request: Request
+    parts: list[str] = field(default_factory=list)
+    usage: Usage | None = None  # the last usage the backend reported
+    usage_sent: bool = False
+    failed: MarginError | None = None  # the backend broke off mid-stream (the client got an error event)
+
+    async def run(
+        self, chunks: AsyncIterator[Chunk], first: Chunk | None, translate: Callable[[Exception], MarginError]
+    ) -> None:
+        """Deliver `first` and the rest of `chunks`. A backend failure mid-stream becomes an OpenAI error event
+        (`failed`); `ClientGone` propagates. The backend's iterator is closed in every case."""
+        request = self.request
+        record, client = request.record, request.client
+        wants_usage, rewrite = request.wants_usage, request.rewrite
+        held: list[bytes] = []
+        await client.start_stream(response_headers(record))
+        chunk = first
+        try:
+            while chunk is not None:
+                if chunk.text:
+                    if record.ttft_s is None:
+                        record.ttft_s = time.perf_counter() - record.started
+                    self.parts.append(chunk.text)
+                if chunk.usage is not None:
+                    self.usage = chunk.usage
+                    self.usage_sent = self.usage_sent or wants_usage
+                if rewrite is not None and rewrite(chunk.payload):
+                    chunk.raw = None
+                framed = _frame(chunk, wants_usage)
+                if framed is not None:
+                    held.append(framed)
+                if held and not chunk.more:
+                    await self._write(held)
+                try:
+                    chunk = await first_chunk(chunks, record)
+                except Exception as exc:
+                    self.failed = translate(exc)
+                    held.append(sse(client.error_event(self.failed)))
+                    chunk = None
+            if held:
+                await self._write(held)
+        finally:
+            await close(chunks)
+
+    async def _write(self, held: list[bytes]) -> None:
+        record = self.request.record
+        data = held[0] if len(held) == 1 else b"".join(held)
+        held.clear()
+        started = time.perf_counter()
+        try:
+            await self.request.client.write(data)
+        finally:
+            record.client_wait_s += time.perf_counter() - started
+
+    async def write_usage(self, payload: dict[str, object]) -> None:
+        """The usage chunk the client asked for, when the backend sent none (after metering)."""
+        await self._write([sse(orjson.dumps(payload))])
+
+
+def _frame(chunk: Chunk, wants_usage: bool) -> bytes | None:
+    if chunk.usage is not None and not wants_usage:
+        if chunk.is_usage_only:
+            return None
+        payload = {k: v for k, v in chunk.payload.items() if k != "usage"}
+        return sse(orjson.dumps(payload))
+    return sse(chunk.raw if chunk.raw is not None else orjson.dumps(chunk.payload))

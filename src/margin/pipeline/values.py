@@ -1,0 +1,189 @@
+"""The values the request path passes between its steps (`margin.pipeline.flow`).
+
+`Request` is what the client asked and what the steps decided about it, frozen: a step that decides
+something passes a copy onward (`dataclasses.replace`). `RouteDecision` is where the request may go,
+decided once. `Record` is the one mutable value: what the ledger row needs, filled in as the request goes
+and written by the outermost step. `Reply` is what the inner steps answer. `Client` is the answer's way
+out (the API layer implements it), driven by the flow itself so that the row is in the outbox before the
+answer's last byte."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+from margin.economics.meter import Charge
+from margin.errors import MarginError
+from margin.governance.admission import Admission
+from margin.governance.rules import Subject
+from margin.protocol import ApiRequest, Endpoint
+from margin.specs import BudgetSpec, Policy
+from margin.types import Completion, Principal, Target, Usage
+
+
+
+class ClientGone(Exception):
+    """The client left mid-stream (a write failed) or stopped reading (a write blocked past
+    `server.stream_write_timeout_s`): the stream ends as `client_closed`."""
+
+    def __init__(self, stalled: bool = False) -> None:
+        super().__init__("the client stopped reading the stream" if stalled else "the client left")
+        self.stalled = stalled
+
+
+class Client(Protocol):
+    """The answer's way out. Writes raise `ClientGone` once the client is gone."""
+
+    def status_of(self, error: MarginError) -> int:
+        """The HTTP status an error is answered with (also what the ledger row records)."""
+        ...
+
+    def error_event(self, error: MarginError) -> bytes:
+        """An error as the data of one SSE event (OpenAI's error JSON)."""
+        ...
+
+    async def answer(self, body: bytes, headers: Mapping[str, str]) -> None: ...
+
+    async def refuse(self, error: MarginError, headers: Mapping[str, str]) -> None: ...
+
+    async def start_stream(self, headers: Mapping[str, str]) -> None: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def end_stream(self, data: bytes) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    """Where the request may go, decided once by the route step: the candidates in the order they are
+    tried (the chosen model first, then its fallbacks; flags and residency applied), and the basis of the
+    budget reservation (the prompt and output tokens it prices at the dearest candidate). The call step
+    walks the candidates; nothing else re-decides."""
+
+    candidates: tuple[Target, ...]
+    requested: str
+    route: str | None = None  # a routed name (`routes:`): a router put its choice first
+    router_score: float | None = None  # P(the cheap model is adequate), as the router saw it
+    strongest: Target | None = None  # the routed name's strongest model: what routing saved is priced on it
+    jurisdictions: tuple[str, ...] | None = None  # the caller's allowed jurisdictions, when its policy sets them
+    residency_filtered: bool = False  # some fallbacks were dropped for residency
+    cache_only: str | None = None  # the flag that allows only cached answers
+    prompt_tokens: int = 0  # reservation basis (counted when budgets or limits apply)
+    output_tokens: int = 0
+    worst_usd: Decimal | None = None  # the dearest candidate's cost for those tokens (when budgets apply)
+    budgets: tuple[BudgetSpec, ...] = ()  # the budgets of every candidate, reserved by admit
+
+    @property
+    def first(self) -> Target:
+        return self.candidates[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    id: str
+    endpoint: Endpoint
+    headers: Mapping[str, str]
+    raw: dict[str, Any]  # the client's JSON (redacted by the guard when its policy redacts)
+    body: ApiRequest
+    principal: Principal
+    client: Client
+    record: Record
+    started: float
+    tags: Mapping[str, str] = field(default_factory=dict)
+    subject: Subject = field(default_factory=Subject)  # the caller as the rules see it
+    policy: Policy | None = None
+    decision: RouteDecision | None = None
+    rewrite: Callable[[dict[str, Any]], bool] | None = None  # rewrites a streamed chunk's payload (guard)
+
+    @property
+    def is_stream(self) -> bool:
+        return self.record.stream
+
+    @property
+    def wants_usage(self) -> bool:
+        return bool(getattr(self.body, "include_usage", False))
+
+    def routed(self) -> RouteDecision:
+        assert self.decision is not None, "the route step runs before this one"
+        return self.decision
+
+
+@dataclass(frozen=True, slots=True)
+class CacheHit:
+    kind: str  # exact | semantic
+    saved_nanousd: int | None
+    age_s: int
+
+
+@dataclass(slots=True)
+class Record:
+    """What the request's ledger row needs. Steps fill in what they learn; the outermost step writes it."""
+
+    request_id: str
+    endpoint: Endpoint
+    requested_model: str
+    stream: bool
+    started: float = field(default_factory=time.perf_counter)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    principal: Principal | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    user: str | None = None  # the OpenAI `user` the caller sent (pseudonymized in the row)
+    target: Target | None = None
+    route: str | None = None
+    router_score: float | None = None
+    counterfactual_nanousd: int | None = None
+    guard: dict[str, Any] | None = None  # what the guard found (counts by type, never values)
+    prompt_log: str | None = None
+    cache_hit: CacheHit | None = None
+    admission: Admission | None = None  # what admit reserved; settled by the outermost step
+    usage: Usage | None = None
+    charge: Charge | None = None
+    finish_reason: str | None = None
+    ttft_s: float | None = None
+    backend_wait_s: float = 0.0
+    client_wait_s: float = 0.0
+    queue_s: float | None = None
+    e2e_s: float | None = None
+    status: str = "ok"
+    http_status: int = 200
+    error: MarginError | None = None
+    notices: dict[str, str] = field(default_factory=dict)  # extra response headers (budget warnings, cache…)
+
+    def fail(self, error: MarginError, http_status: int, status: str = "error") -> None:
+        self.error, self.http_status, self.status = error, http_status, status
+
+    def found(self, record: Mapping[str, Any]) -> None:
+        if record:
+            self.guard = {**(self.guard or {}), **record}
+
+    def overhead_ms(self) -> float:
+        """Time spent in margin itself: everything but waiting on the backend and on the client."""
+        total = self.e2e_s if self.e2e_s is not None else time.perf_counter() - self.started
+        return max(0.0, (total - self.backend_wait_s - self.client_wait_s) * 1000)
+
+
+@dataclass(slots=True)
+class Reply:
+    """What the inner steps answer: a whole answer (`completion`), or the text of a stream the call step
+    has already delivered (`parts`; its closing bytes are the flow's, after the row is written)."""
+
+    completion: Completion | None = None
+    parts: list[str] = field(default_factory=list)
+    streamed: bool = False
+
+    def text(self) -> str:
+        return self.completion.text if self.completion is not None else "".join(self.parts)
+
+
+Next = Callable[[Request], Awaitable[Reply]]
+
+
+class Step(Protocol):
+    """One step of the request path: the request side before `await next(request)`, the response side
+    after it, in one frame."""
+
+    async def __call__(self, request: Request, next: Next) -> Reply: ...

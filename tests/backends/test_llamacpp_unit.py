@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from margin.api.errors import status_of
 from margin.backends.llamacpp import LlamaCppBackend, resolve_model_file
 from margin.config import LlamaCppBackendConfig
 from margin.errors import ConfigError, Overloaded
@@ -27,7 +28,7 @@ def test_bounded_queue_answers_503_with_retry_after() -> None:
     backend._in_flight = 3  # one running + two waiting: the queue is full
     with pytest.raises(Overloaded) as full:
         backend._admit()
-    assert full.value.status == 503 and full.value.headers == {"retry-after": "1"}
+    assert status_of(full.value) == 503 and full.value.headers == {"retry-after": "1"}
     assert "max_queue=2" in full.value.message
     backend._in_flight = 2
     backend._admit()  # room for one more

@@ -9,6 +9,7 @@ from typing import Any
 import openai
 import pytest
 
+from margin.api.errors import status_of
 from margin.app import build_app
 from margin.backends.openai_compat import delta_text, upstream_error
 from margin.config import parse_settings
@@ -138,12 +139,12 @@ def test_upstream_error_translation() -> None:
     limited = upstream_error("up", 429, b'{"error": {"message": "slow down", "code": "rate"}}', headers)
     assert isinstance(limited, RateLimited) and limited.headers == {"retry-after": "7"}
     rejected = upstream_error("up", 422, b'{"error": {"message": "bad field"}}', {})
-    assert isinstance(rejected, BackendClientError) and rejected.status == 422
+    assert isinstance(rejected, BackendClientError) and rejected.upstream_status == 422
     failed = upstream_error("up", 500, b"<html>oops</html>", {})
-    assert type(failed) is BackendError and failed.status == 502 and "oops" not in failed.message
+    assert type(failed) is BackendError and status_of(failed) == 502 and "oops" not in failed.message
     leaky = b'{"error": {"message": "Incorrect API key provided: sk-abc***xyz", "code": "invalid_api_key"}}'
     credentials = upstream_error("up", 401, leaky, {})  # margin's upstream key: the operator's fault
-    assert type(credentials) is BackendError and credentials.status == 502 and "sk-" not in credentials.message
+    assert type(credentials) is BackendError and status_of(credentials) == 502 and "sk-" not in credentials.message
     odd = upstream_error("up", 400, b'{"error": {"message": "no", "code": "x\\r\\nSet-Cookie: a=b"}}', {})
     assert odd.code == "upstream_rejected" and "Set-Cookie" not in odd.message
     assert upstream_error("up", 429, b"", {"retry-after": "7\\r\\nX: y"}).headers == {}

@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from margin.errors import ConfigError
+from margin.evals.catalog import load_suite
 from margin.evals.experiment import apply_template, load_experiment
 from margin.evals.generated import smol_basics
 from margin.evals.judge import mtbench_templates, parse_rating, untrustworthy
-from margin.evals.suites import load_suite
 
 BASE = {"name": "x", "suite": "builtin:smol-basics", "target": {"base_url": "http://127.0.0.1:1/v1"}}
 

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from margin.api.errors import status_of
 from margin.guard import PiiScanner, Redaction, redact
 from margin.guard.limits import ScanBudget, ScanLimitExceeded, ScanLimits
 from margin.guard.phones import find_phones
@@ -58,7 +59,7 @@ def test_phone_checks_are_counted_and_repeats_are_free() -> None:
     distinct = " ".join(f"call +44 20 7946 {1000 + i}," for i in range(10))
     with pytest.raises(ScanLimitExceeded) as caught:
         list(find_phones(distinct, budget=budget))
-    assert caught.value.status == 413 and caught.value.code == "guard_scan_limit"
+    assert status_of(caught.value) == 413 and caught.value.code == "guard_scan_limit"
 
 
 def test_span_and_char_caps() -> None:

@@ -83,7 +83,7 @@ def _random(spec: PromptSpec, rng: random.Random) -> list[Prompt]:
 def _sharegpt(spec: PromptSpec, rng: random.Random) -> list[Prompt]:
     """First human turn of conversations whose first answer exists; output length from that answer unless
     given. Like vLLM, prompts under 4 or over 1024 estimated tokens are skipped."""
-    from margin.kv.corpus import iter_conversations
+    from margin.corpus import iter_conversations
 
     pool: list[Prompt] = []
     for index, conversation in enumerate(iter_conversations()):

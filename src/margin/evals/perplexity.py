@@ -46,7 +46,7 @@ def parse_models(items: list[str]) -> list[ModelRef]:
 
 
 def sharegpt_text(min_chars: int) -> Iterator[str]:
-    from margin.kv.corpus import conversation_text, iter_conversations
+    from margin.corpus import conversation_text, iter_conversations
 
     total = 0
     for conversation in iter_conversations():

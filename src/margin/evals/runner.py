@@ -26,10 +26,12 @@ import orjson
 
 from margin.errors import ConfigError
 from margin.evals import graders
+from margin.evals.catalog import load_suite
 from margin.evals.client import ChatResult, Endpoint, chat
 from margin.evals.experiment import Experiment, Variant, apply_template, margin_headers
 from margin.evals.judge import Judge, mtbench_templates
-from margin.evals.suites import Item, load_suite
+from margin.evals.records import read_records
+from margin.evals.suites import Item
 
 TAG_UNSAFE = re.compile(r"[^\w.:@/+-]")
 Progress = Callable[[str, int, int], None]  # (variant, done, total)
@@ -59,18 +61,6 @@ def _versions() -> dict[str, str | None]:
         except md.PackageNotFoundError:
             versions[name] = None
     return versions
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_bytes().splitlines():
-        try:
-            records.append(orjson.loads(line))
-        except orjson.JSONDecodeError:
-            continue  # a line cut by an interruption: that answer is asked again
-    return records
 
 
 def drop_cut_line(path: Path) -> None:

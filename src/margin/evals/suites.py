@@ -120,21 +120,3 @@ def mtbench_items() -> list[Item]:
             )
         )
     return items
-
-
-def load_suite(spec: str, *, seed: int = 0, limit: int | None = None) -> list[Item]:
-    """`builtin:NAME` or a path to a .jsonl(.gz); `limit` keeps the first N items."""
-    from margin.evals.generated import smol_basics
-
-    builtins = {"smol-basics": lambda: smol_basics(seed), "humaneval": humaneval_items, "mtbench": mtbench_items}
-    if spec.startswith("builtin:"):
-        name = spec.removeprefix("builtin:")
-        if name not in builtins:
-            raise ConfigError(f"unknown builtin suite {name!r}; known: {', '.join(sorted(builtins))}")
-        items = builtins[name]()
-    else:
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"suite file {spec} does not exist")
-        items = load_jsonl(path)
-    return items[:limit] if limit else items

@@ -189,7 +189,7 @@ def summarize(
 def load_run(run_dir: Path, baseline: str | None = None) -> dict[str, Any]:
     """Summarize a run folder again from its records (and ledger rows), optionally against another
     baseline; works on an interrupted run too (with the answers it has)."""
-    from margin.evals.runner import read_records
+    from margin.evals.records import read_records
 
     meta_path = run_dir / "run.json"
     if not meta_path.is_file():

@@ -132,7 +132,7 @@ def _run_part(part: str, cfg: EvalConfig, model: _Model, save: Callable[[dict[st
         return run_synthetic(count=cfg.synthetic_vectors, seed=cfg.seed)
     import torch
 
-    from margin.kv.corpus import token_windows
+    from margin.corpus import token_windows
 
     loaded = model.get()
     methods = [get_method(n) for n in cfg.methods]

@@ -25,7 +25,6 @@ from margin.specs import BudgetSpec, Policy
 from margin.types import Completion, Principal, Target, Usage
 
 
-
 class ClientGone(Exception):
     """The client left mid-stream (a write failed) or stopped reading (a write blocked past
     `server.stream_write_timeout_s`): the stream ends as `client_closed`."""

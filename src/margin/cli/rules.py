@@ -13,12 +13,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from margin.cli.options import ConfigOpt, DbOpt, JsonOpt, fail, settings_from, sync_engine
 from margin.errors import MarginError
 
 ScopeOpt = Annotated[str, typer.Option("--scope", help="global, team=T, org=O, key=ID, model=M or tag=K=V.")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (default: embedded).")]
-DbOpt = Annotated[Path | None, typer.Option("--db", help="SQLite ledger file (overrides storage.ledger).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 budgets_app = typer.Typer(no_args_is_help=True, help="Spend caps in $ or tokens per key, team, org, tag or model.")
 limits_app = typer.Typer(no_args_is_help=True, help="Requests and tokens per minute per key, team or org.")
@@ -35,13 +33,11 @@ def parse_scope(text: str) -> dict[str, Any]:
 
 
 def _run(action: Callable[[Any, Any], Any], config: Path | None, db: Path | None) -> Any:
-    from margin.cli import _fail, _sync_engine, settings_from
-
     settings = settings_from(config, db)
     try:
-        return action(_sync_engine(settings), settings)
+        return action(sync_engine(settings), settings)
     except MarginError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
 
 
 def _save(kind: str, data: dict[str, Any], config: Path | None, db: Path | None) -> None:

@@ -1,0 +1,78 @@
+"""`margin keys create|list|revoke`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import orjson
+import typer
+from rich.table import Table
+
+from margin.cli.options import ConfigOpt, DbOpt, JsonOpt, console, fail, settings_from, sync_engine
+from margin.errors import MarginError
+
+keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys.")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="A name for the key's owner or use.")],
+    team: Annotated[str | None, typer.Option("--team", help="Team the key's spend belongs to.")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="key=value tag on every request.")] = None,
+    org: Annotated[str | None, typer.Option("--org", help="Organisation the team belongs to.")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="May call the /admin API.")] = False,
+    policy: Annotated[
+        str | None, typer.Option("--policy", help='JSON policy, e.g. \'{"jurisdictions": ["EU"], "pii": "redact"}\'.')
+    ] = None,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Create an API key. It is printed once; only its hash is stored."""
+    from margin import keys
+    from margin.governance.rules import parse_policy
+
+    settings = settings_from(config, db)
+    try:
+        spec = keys.NewKey(name, team, keys.parse_tags(tag or []), org, admin, parse_policy(policy))
+        record, key = keys.create_key(sync_engine(settings), spec)
+    except MarginError as exc:
+        raise fail(exc) from exc
+    if json:
+        print(orjson.dumps({**record.public(), "key": key}).decode())
+        return
+    out = console()
+    out.print(f"created key [bold]{record.id}[/] for {name} (team {team or '-'})")
+    out.print("store it now, it is not shown again:")
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list(config: ConfigOpt = None, db: DbOpt = None, json: JsonOpt = False) -> None:
+    """List keys (ids, owners, teams, tags, state); never the keys themselves."""
+    from margin import keys
+
+    records = keys.list_keys(sync_engine(settings_from(config, db)))
+    if json:
+        print(orjson.dumps([{**r.public(), "revoked": r.revoked_at is not None} for r in records]).decode())
+        return
+    table = Table("id", "name", "team", "org", "tags", "created", "state")
+    for r in records:
+        tags = ",".join(f"{k}={v}" for k, v in r.tags.items())
+        state = ("revoked" if r.revoked_at else "active") + (" admin" if r.is_admin else "")
+        table.add_row(r.id, r.name, r.team or "-", r.org or "-", tags or "-", str(r.created_at)[:19], state)
+    console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id.")], config: ConfigOpt = None, db: DbOpt = None
+) -> None:
+    """Revoke a key (the running gateway stops accepting it within server.key_cache_ttl_s)."""
+    from margin import keys
+
+    try:
+        record = keys.revoke_key(sync_engine(settings_from(config, db)), key_id)
+    except MarginError as exc:
+        raise fail(exc) from exc
+    console().print(f"revoked key {record.id} ({record.name})")

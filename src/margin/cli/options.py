@@ -1,0 +1,47 @@
+"""What every `margin` command shares: the --config/--db/--json options, settings with overrides, the
+ledger engine, printing and failing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from margin.config import Settings, load_settings
+from margin.errors import MarginError
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (default: embedded).")]
+DbOpt = Annotated[Path | None, typer.Option("--db", help="SQLite ledger file (overrides storage.ledger).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def console() -> Console:
+    return Console(stderr=False, highlight=False)
+
+
+def fail(error: MarginError | str, code: int = 2) -> typer.Exit:
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {getattr(error, 'message', error)}")
+    return typer.Exit(code)
+
+
+def settings_from(config: Path | None, db: Path | None = None, **server: Any) -> Settings:
+    try:
+        settings = load_settings(config)
+    except MarginError as exc:
+        raise fail(exc) from exc
+    if db is not None:
+        storage = settings.storage.model_copy(update={"ledger": f"sqlite:///{db}"})
+        settings = settings.model_copy(update={"storage": storage})
+    overrides = {k: v for k, v in server.items() if v is not None}
+    if overrides:
+        settings = settings.model_copy(update={"server": settings.server.model_copy(update=overrides)})
+    return settings
+
+
+def sync_engine(settings: Settings) -> Any:
+    from margin.ledger import db
+
+    db.upgrade(settings.storage.ledger)
+    return db.make_sync_engine(settings.storage.ledger)

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from margin.pipeline.context import RequestContext
 
 from margin.app import build_app
 from margin.config import Settings, parse_settings
-from margin.pipeline.context import RequestContext
 from margin.protocol import Endpoint, parse_request
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -172,9 +172,10 @@ def bench_exact_hit(n: int) -> dict[str, Any]:
     import time
     import uuid
 
+    from margin.pipeline.context import RequestContext
+
     from margin.app import build_app
     from margin.config import parse_settings
-    from margin.pipeline.context import RequestContext
     from margin.protocol import Endpoint, parse_request
 
     body = {"model": "m", "messages": [{"role": "user", "content": "What is the capital of France?"}], "temperature": 0}

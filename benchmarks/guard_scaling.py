@@ -26,11 +26,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from margin.pipeline.stages.guard import GuardStage
+
 from margin.guard import InjectionDetector, PiiScanner
 from margin.guard.inspection import GuardPolicy
 from margin.guard.limits import ScanLimits
 from margin.guard.texts import request_texts
-from margin.pipeline.stages.guard import GuardStage
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

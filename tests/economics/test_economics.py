@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from margin.types import Usage
 from margin.config import RegionConfig, parse_settings
 from margin.economics.carbon import WORLD_AVERAGE_G_PER_KWH, GridTable, co2e_grams
 from margin.economics.energy import RaplMeter, modelled
@@ -15,6 +14,7 @@ from margin.economics.meter import Meter, SharedClock
 from margin.economics.money import from_nanousd, to_nanousd, usd_str
 from margin.economics.prices import PriceBook
 from margin.economics.tco import TcoInputs, busy_cost, calculate
+from margin.types import Usage
 
 
 def test_seed_001_worked_example() -> None:

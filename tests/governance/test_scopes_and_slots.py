@@ -12,11 +12,11 @@ from pydantic import ValidationError
 from margin.governance import admission as adm
 from margin.governance.rules import Subject, governed_tags, matches, partition
 from margin.governance.service import Governance, ledger_spent
-from margin.specs import BudgetSpec, LimitSpec, Scope
 from margin.governance.store import LocalStore
 from margin.governance.streams import StreamSlots
 from margin.ledger import db
 from margin.ledger.store import LedgerWriter
+from margin.specs import BudgetSpec, LimitSpec, Scope
 from tests.governance.conftest import make_key
 from tests.helpers import fake_settings
 from tests.ledger.test_writer import row

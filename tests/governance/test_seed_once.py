@@ -12,8 +12,8 @@ from margin.config import parse_settings
 from margin.governance import service
 from margin.governance.admission import hold_for
 from margin.governance.service import Governance
-from margin.specs import BudgetSpec
 from margin.governance.store import LocalStore
+from margin.specs import BudgetSpec
 
 
 async def test_concurrent_first_uses_scan_the_ledger_once(monkeypatch: pytest.MonkeyPatch) -> None:

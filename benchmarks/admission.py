@@ -20,18 +20,18 @@ import json
 import platform
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
-from margin.pipeline.context import RequestContext
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import inprocess
 from margin.app import build_app
 from margin.config import Settings, parse_settings
-from margin.protocol import Endpoint, parse_request
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROMPT = (
@@ -69,9 +69,7 @@ def settings(workdir: Path, variant: str, redis_url: str | None) -> Settings:
 
 async def one(services: Any) -> float:
     started = time.perf_counter()
-    request = parse_request(Endpoint.CHAT, BODY)
-    ctx = RequestContext(uuid.uuid4().hex, Endpoint.CHAT, {}, dict(BODY), request, started=started)
-    await services.pipeline.run(ctx)
+    await inprocess.call(services, dict(BODY))
     return (time.perf_counter() - started) * 1000
 
 

@@ -1,55 +1,82 @@
-"""The floor for a Python gateway: a bare ASGI pass-through on the same server stack as margin (uvicorn,
-uvloop, httptools) and the same upstream client (aiohttp), doing nothing else. Used as a peer in
-benchmarks/overhead.py so margin's added latency can be split into "an extra hop" and "margin's work".
+"""The floor for a Python gateway: a bare ASGI pass-through on the same server stack as margin (uvicorn with
+uvloop and httptools, or granian) and the same upstream client (aiohttp), doing nothing else. Whole answers
+are read and sent in one piece; streams (`"stream": true` in the body) are passed on as the upstream's
+reads arrive, each read in one send. Used as the `bare` path of benchmarks/gateway_sweep.py, so margin's
+added latency splits into "an extra hop" and "margin's work".
 
-    python benchmarks/bare_proxy.py --port 9002 --upstream http://127.0.0.1:9001
+    python benchmarks/bare_proxy.py --port 9002 --upstream http://127.0.0.1:9001 [--server uvicorn|granian]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 import aiohttp
-import uvicorn
+
+UPSTREAM_ENV = "BARE_PROXY_UPSTREAM"
 
 
 def make_app(upstream: str) -> Any:
     state: dict[str, aiohttp.ClientSession] = {}
 
+    async def lifespan(receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                state["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512))
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await state["session"].close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    state["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512))
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await state["session"].close()
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
+            return
         body = b""
         while True:
             message = await receive()
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
+        stream = b'"stream":true' in body.replace(b" ", b"")
         async with state["session"].post(
             upstream + scope["path"], data=body, headers={"content-type": "application/json"}
         ) as response:
-            content = await response.read()
             headers = [(b"content-type", response.headers.get("content-type", "application/json").encode())]
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
-            await send({"type": "http.response.body", "body": content})
+            if not stream:
+                await send({"type": "http.response.body", "body": await response.read()})
+                return
+            async for data in response.content.iter_any():
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
 
     return app
+
+
+def app_from_env() -> Any:
+    """For servers that take an import string (granian): the upstream from the environment."""
+    return make_app(os.environ[UPSTREAM_ENV].rstrip("/"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
+    parser.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn")
     args = parser.parse_args()
+    if args.server == "granian":
+        from serve_granian import serve
+
+        os.environ[UPSTREAM_ENV] = args.upstream
+        serve("bare_proxy:app_from_env", args.port)
+        return
+    import uvicorn
+
     uvicorn.run(
         make_app(args.upstream.rstrip("/")),
         host="127.0.0.1",

@@ -170,13 +170,10 @@ def bench_exact_hit(n: int) -> dict[str, Any]:
     import asyncio
     import tempfile
     import time
-    import uuid
 
-    from margin.pipeline.context import RequestContext
-
+    import inprocess
     from margin.app import build_app
     from margin.config import parse_settings
-    from margin.protocol import Endpoint, parse_request
 
     body = {"model": "m", "messages": [{"role": "user", "content": "What is the capital of France?"}], "temperature": 0}
 
@@ -195,10 +192,7 @@ def bench_exact_hit(n: int) -> dict[str, Any]:
 
                 async def once(data: dict[str, Any]) -> float:
                     started = time.perf_counter()
-                    ctx = RequestContext(
-                        uuid.uuid4().hex, Endpoint.CHAT, {}, data, parse_request(Endpoint.CHAT, data), started=started
-                    )
-                    await services.pipeline.run(ctx)
+                    await inprocess.call(services, data)
                     return (time.perf_counter() - started) * 1000
 
                 await once(body)  # the miss that fills the cache

@@ -1,14 +1,19 @@
-"""Gateway sweep: one fake OpenAI upstream (its own process, instant reply, fixed tokens) reached three ways
-in one run: directly; through `margin serve` (ledger, a budget and a rate limit on; one worker); through
-LiteLLM's proxy (`litellm[proxy]==1.106.2` in its own virtualenv, one worker, no database). Open-loop rates
-(default 100, 250, 500, 1000, 2000 RPS), each path in turn at each rate, the order rotating per rate.
+"""Gateway sweep: one fake OpenAI upstream (its own process, instant reply, 16 tokens) reached four ways in
+one run: directly; through a bare pass-through proxy on the same server stack as margin (benchmarks/
+bare_proxy.py: the floor for a Python gateway); through `margin serve` (an API key, a global budget, a global
+rate limit and the SQLite ledger on; one worker); through LiteLLM's proxy (`litellm[proxy]==1.106.2` in its
+own virtualenv, one worker, no database). Two separate sweeps: whole JSON answers (`json`) and streams
+(`sse`, 16 content events + finish + usage). Open-loop rates (default 100, 250, 500, 1000, 2000 RPS), each
+path in turn at each rate, the order rotating per rate.
 
-    python benchmarks/gateway_sweep.py [--rates 100,250,500,1000,2000] [--seconds 20] [--paths direct,margin,litellm]
+    python benchmarks/gateway_sweep.py [--modes json,sse] [--rates 100,250,500,1000,2000] [--seconds 10]
+        [--paths direct,bare,margin,litellm] [--server uvicorn|granian]
 
-Requests alternate between a whole answer and a stream (`--stream-share`). The client is
-benchmarks/fastload.py (raw keep-alive connections + httptools), in this process. Writes
-benchmarks/results/gateway_sweep.json (`paths.<path>.rates[]`, `max_sustained_rps`, added latency vs
-direct) and gateway_sweep.png. LiteLLM's virtualenv: benchmarks/.venv-litellm (see benchmarks/README.md).
+The client is benchmarks/fastload.py (raw keep-alive connections + httptools), in this process. Writes
+benchmarks/results/gateway_sweep.json: `modes.<json|sse>.paths.<path>` (`rates[]` with latency, success,
+and each process's CPU per request; `max_sustained_rps`; added latency vs direct) and
+`modes.<mode>.targets` (issue 14: margin vs the bare proxy at 500 RPS), plus gateway_sweep.png (JSON) and
+gateway_sweep_sse.png. LiteLLM's virtualenv: benchmarks/.venv-litellm (see benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sweep_summary as summary
 from fastload import Outcome, build_request, open_loop
 from overhead import free_port, start_upstream
-from sweep_servers import LITELLM_KEY, LITELLM_VENV, Servers, cpu_seconds
+from sweep_servers import LITELLM_VENV, Servers, cpu_seconds
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -40,18 +45,13 @@ PROMPT = [{"role": "user", "content": "Say hello to the benchmark."}]
 PATH = "/v1/chat/completions"
 
 
-def requests_for(port: int, stream_share: float, auth: str | None) -> list[tuple[str, bytes]]:
-    """A cycle of 20 pre-built requests: `stream_share` of them streamed, the others whole answers."""
+def requests_for(port: int, mode: str, auth: str | None) -> list[tuple[str, bytes]]:
+    """The request of a sweep, pre-built: a whole answer (`json`) or a stream (`sse`)."""
     headers = {"Authorization": f"Bearer {auth}"} if auth else None
-    whole = orjson.dumps({"model": "bench", "messages": PROMPT, "max_tokens": 16})
-    streamed = orjson.dumps({"model": "bench", "messages": PROMPT, "max_tokens": 16, "stream": True})
-    streams = round(20 * stream_share)
-    cycle: list[tuple[str, bytes]] = []
-    for i in range(20):
-        is_stream = i * streams // 20 != (i + 1) * streams // 20
-        body = streamed if is_stream else whole
-        cycle.append(("stream" if is_stream else "json", build_request("127.0.0.1", port, PATH, body, headers)))
-    return cycle
+    data: dict[str, Any] = {"model": "bench", "messages": PROMPT, "max_tokens": 16}
+    if mode == "sse":
+        data["stream"] = True
+    return [(mode, build_request("127.0.0.1", port, PATH, orjson.dumps(data), headers))]
 
 
 def run_one(port: int, cycle: list[tuple[str, bytes]], rate: float, seconds: float) -> Outcome:
@@ -98,11 +98,11 @@ def measure(servers: Servers, name: str, rate: float, seconds: float, cycle: lis
     )
 
 
-def sweep(servers: Servers, paths: list[str], rates: list[float], seconds: float, args: argparse.Namespace) -> Any:
-    cycles = {
-        name: requests_for(servers.port(name), args.stream_share, LITELLM_KEY if name == "litellm" else None)
-        for name in paths
-    }
+def sweep(
+    servers: Servers, paths: list[str], rates: list[float], seconds: float, args: argparse.Namespace, mode: str
+) -> Any:
+    print(f"== {mode} sweep", flush=True)
+    cycles = {name: requests_for(servers.port(name), mode, servers.auth(name)) for name in paths}
     for name in paths:  # warm-up: connections, caches, first-call imports; not recorded
         entry = measure(servers, name, min(rates), args.warmup, cycles[name])
         print(f"warm-up {name}: {entry['success_pct']}% p50 {entry['p50_ms']} ms", flush=True)
@@ -172,7 +172,7 @@ def ledger_rows(db_path: Path) -> int | None:
         return int(connection.execute("SELECT count(*) FROM ledger").fetchone()[0])
 
 
-def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, extra: dict[str, Any]) -> Any:
+def mode_report(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     direct = results.get("direct", [])
     paths: dict[str, Any] = {}
     for name, entries in results.items():
@@ -184,29 +184,27 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, e
         if name != "direct" and direct:
             paths[name]["added_vs_direct"] = summary.added_latency(entries, direct)
     margin, litellm = paths.get("margin", {}), paths.get("litellm", {})
-    at_500 = next((a for a in margin.get("added_vs_direct", []) if a["offered_rps"] == 500), None)
     margin_max, litellm_max = margin.get("max_sustained_rps"), litellm.get("max_sustained_rps")
+    targets = summary.versus_bare(results.get("margin", []), results.get("bare", []), direct, 500.0)
+    targets["margin_max_sustained_over_litellm"] = {
+        "measured": summary.ratio(margin_max, litellm_max),
+        "at_least": at_least(margin_max, litellm),
+    }
+    return {"paths": paths, "targets": targets}
+
+
+def report(modes: dict[str, dict[str, list[dict[str, Any]]]], args: argparse.Namespace, extra: dict[str, Any]) -> Any:
     return {
         "benchmark": "gateway_sweep",
-        "what": "fake upstream (instant, 16 tokens; half the requests streamed) direct, via margin, via LiteLLM",
+        "what": "fake upstream (instant, 16 tokens) direct, via a bare proxy, via margin, via LiteLLM; JSON and SSE",
         "label": args.label,
+        "server": args.server,
         "seconds_per_rate": args.seconds,
-        "stream_share": args.stream_share,
         "sustained_means": {
             "success_pct_at_least": summary.SUSTAINED_SUCCESS_PCT,
             "p99_ms_below": summary.SUSTAINED_P99_MS,
         },
-        "paths": paths,
-        "margin_over_litellm_max_sustained": summary.ratio(margin_max, litellm_max),
-        "margin_over_litellm_max_served": summary.ratio(margin.get("max_served_rps"), litellm.get("max_served_rps")),
-        "targets": {
-            "margin_added_p99_ms_at_500": {"target": 1.0, "measured": at_500["added_p99_ms"] if at_500 else None},
-            "margin_max_sustained_over_litellm": {
-                "target": 10.0,
-                "measured": summary.ratio(margin_max, litellm_max),
-                "at_least": at_least(margin_max, litellm),
-            },
-        },
+        "modes": {mode: mode_report(results) for mode, results in modes.items()},
         **extra,
     }
 
@@ -233,22 +231,31 @@ def resummarise(args: argparse.Namespace) -> None:
     """Recompute the summary (max sustained/served RPS, added latency, targets) and the figure of an
     earlier result from its per-rate entries, e.g. after a summary definition was added."""
     earlier = json.loads(args.from_json.read_text())
-    results = {name: path["rates"] for name, path in earlier["paths"].items()}
+    modes = {mode: {name: path["rates"] for name, path in m["paths"].items()} for mode, m in earlier["modes"].items()}
     args.label, args.seconds = earlier.get("label", ""), earlier["seconds_per_rate"]
-    args.stream_share = earlier["stream_share"]
+    args.server = earlier.get("server", "uvicorn")
     keep = ("margin_ledger_rows_written", "machine", "versions", "when", "notes")
-    result = report(results, args, {key: earlier[key] for key in keep if key in earlier})
+    result = report(modes, args, {key: earlier[key] for key in keep if key in earlier})
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    plots(result, args)
+
+
+def plots(result: dict[str, Any], args: argparse.Namespace) -> None:
     from sweep_plot import plot
 
-    plot(result, args.png or args.out.with_suffix(".png"))
+    base = args.png or args.out.with_suffix(".png")
+    for mode, data in result["modes"].items():
+        out = base if mode == "json" else base.with_name(f"{base.stem}_{mode}{base.suffix}")
+        plot({**result, "paths": data["paths"], "mode": mode}, out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", default="100,250,500,1000,2000")
-    parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--paths", default="direct,margin,litellm")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--paths", default="direct,bare,margin,litellm")
+    parser.add_argument("--modes", default="json,sse", help="separate sweeps: whole answers (json), streams (sse)")
+    parser.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn", help="for margin and bare")
     parser.add_argument(
         "--probe-rates",
         type=lambda text: [float(r) for r in text.split(",")],
@@ -261,7 +268,6 @@ def main() -> None:
         default=None,
         help="src/ of an older margin checkout, run as path `margin_before` (add it to --paths)",
     )
-    parser.add_argument("--stream-share", type=float, default=0.5)
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--pause", type=float, default=1.0, help="seconds of rest before each run")
     parser.add_argument("--label", default="", help="free text stored in the JSON (e.g. before/after)")
@@ -276,25 +282,26 @@ def main() -> None:
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     if "litellm" in paths and not (LITELLM_VENV / "bin" / "litellm").exists():
         raise SystemExit(f"no LiteLLM at {LITELLM_VENV}: see benchmarks/README.md, or leave it out with --paths")
-    with tempfile.TemporaryDirectory() as tmp, Servers(Path(tmp), free_port) as servers:
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    with tempfile.TemporaryDirectory() as tmp, Servers(Path(tmp), free_port, args.server) as servers:
         servers.start(paths, start_upstream, args.margin_before_src)
-        results = sweep(servers, paths, rates, args.seconds, args)
+        results = {mode: sweep(servers, paths, rates, args.seconds, args, mode) for mode in modes}
         rows = ledger_rows(Path(tmp) / "margin" / "ledger.db") if "margin" in paths else None
         versions = servers.versions()
+    server_version = version("granian") if args.server == "granian" else version("uvicorn")
     extra = {
         "margin_ledger_rows_written": rows,
         "machine": machine(),
-        "versions": {**versions, "uvicorn": version("uvicorn"), "uvloop": version("uvloop")},
+        "versions": {**versions, args.server: server_version, "uvloop": version("uvloop")},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     result = report(results, args, extra)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    from sweep_plot import plot
-
-    plot(result, args.png or args.out.with_suffix(".png"))
-    print(json.dumps({"max_sustained_rps": {k: v["max_sustained_rps"] for k, v in result["paths"].items()}}))
-    print(json.dumps({"targets": result["targets"]}))
+    plots(result, args)
+    for mode, data in result["modes"].items():
+        print(mode, json.dumps({k: v["max_sustained_rps"] for k, v in data["paths"].items()}))
+        print(mode, json.dumps(data["targets"]))
 
 
 if __name__ == "__main__":

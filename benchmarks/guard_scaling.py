@@ -26,12 +26,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from margin.pipeline.stages.guard import GuardStage
-
 from margin.guard import InjectionDetector, PiiScanner
 from margin.guard.inspection import GuardPolicy
 from margin.guard.limits import ScanLimits
 from margin.guard.texts import request_texts
+from margin.pipeline.steps.guard import Guard
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -118,7 +117,7 @@ def event_loop(size: int) -> dict[str, Any]:
     raw = {"model": "m", "messages": [{"role": "user", "content": text}]}
     policy = GuardPolicy(pii="redact", injection="log")
     limits = ScanLimits(max_chars=10**8, max_spans=10**7, max_phone_checks=10**7)
-    stage = GuardStage(PiiScanner(ner=False), InjectionDetector(), limits)
+    stage = Guard(PiiScanner(ner=False), InjectionDetector(), limits)
     texts = request_texts(raw)
 
     async def threaded() -> Any:

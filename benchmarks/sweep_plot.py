@@ -5,7 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-COLORS = {"direct": "#555555", "margin": "#1f77b4", "margin_before": "#9ecae1", "litellm": "#d62728"}
+COLORS = {
+    "direct": "#555555",
+    "bare": "#2ca02c",
+    "margin": "#1f77b4",
+    "margin_before": "#9ecae1",
+    "litellm": "#d62728",
+}
 
 
 def plot(result: dict[str, Any], out: Path) -> None:
@@ -36,7 +42,9 @@ def plot(result: dict[str, Any], out: Path) -> None:
     success.set_ylim(0, 105)
     success.legend(fontsize=8)
     sustained = ", ".join(f"{k} {v['max_sustained_rps']}" for k, v in result["paths"].items())
-    fig.suptitle(f"gateway sweep ({result['machine']['cpu_count']} cores shared): max sustained RPS {sustained}")
+    mode = result.get("mode", "json")
+    cores = result["machine"]["cpu_count"]
+    fig.suptitle(f"gateway sweep, {mode} ({cores} cores shared): max sustained RPS {sustained}")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -1,8 +1,10 @@
-"""The processes of the gateway sweep: the fake upstream, `margin serve` and LiteLLM's proxy, each in its own
-process with one worker, and the CPU time each uses (from /proc, children included)."""
+"""The processes of the gateway sweep: the fake upstream, the bare proxy, `margin serve` and LiteLLM's proxy,
+each in its own process with one worker, and the CPU time each uses (from /proc, children included). The
+bare proxy and margin run on the same server (`--server uvicorn|granian`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -44,7 +46,8 @@ def cpu_seconds(pid: int) -> float:
 
 def margin_config(workdir: Path, upstream_port: int, port: int) -> Path:
     """Ledger (SQLite), a global budget and a global rate limit, both far above what the sweep spends, so
-    they are checked and charged on every request without rejecting any."""
+    they are checked and charged on every request without rejecting any; an API key is created before the
+    start (`create_key`), so every request is authenticated too."""
     config = workdir / "margin.yaml"
     config.write_text(
         f"server: {{log_level: warning, port: {port}}}\n"
@@ -79,14 +82,23 @@ def litellm_config(workdir: Path, upstream_port: int) -> Path:
     return config
 
 
+def create_key(config: Path, env: dict[str, str] | None) -> str:
+    """An API key in margin's ledger (the gateway then runs closed: every request is authenticated)."""
+    command = [sys.executable, "-m", "margin", "keys", "create", "--name", "bench", "--config", str(config), "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    return str(json.loads(done.stdout)["key"])
+
+
 class Servers:
     """Starts the paths' processes and stops them on exit. `direct` is the upstream itself."""
 
-    def __init__(self, workdir: Path, free_port: Callable[[], int]) -> None:
+    def __init__(self, workdir: Path, free_port: Callable[[], int], server: str = "uvicorn") -> None:
         self.workdir = workdir
         self.free_port = free_port
+        self.server = server
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.ports: dict[str, int] = {}
+        self.keys: dict[str, str] = {}
 
     def __enter__(self) -> Servers:
         return self
@@ -108,6 +120,8 @@ class Servers:
     ) -> None:
         self.ports["direct"] = self.free_port()
         self.processes["direct"] = start_upstream(self.ports["direct"])
+        if "bare" in paths:
+            self._start_bare()
         if "margin" in paths:
             self._start_margin("margin")
         if "margin_before" in paths:
@@ -125,10 +139,19 @@ class Servers:
         workdir.mkdir(exist_ok=True)
         config = margin_config(workdir, self.ports["direct"], port)
         env = {**os.environ, "PYTHONPATH": str(src)} if src is not None else None
-        self.processes[name] = process = subprocess.Popen(
-            [sys.executable, "-m", "margin", "serve", "--config", str(config)], stdout=subprocess.DEVNULL, env=env
-        )
+        self.keys[name] = create_key(config, env)
+        command = [sys.executable, "-m", "margin", "serve", "--config", str(config)]
+        if self.server == "granian":
+            command = [sys.executable, str(HERE / "serve_granian.py"), "--config", str(config), "--port", str(port)]
+        self.processes[name] = process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
         wait_ready(f"http://127.0.0.1:{port}/healthz", process)
+
+    def _start_bare(self) -> None:
+        port = self.ports["bare"] = self.free_port()
+        upstream = f"http://127.0.0.1:{self.ports['direct']}"
+        command = [sys.executable, str(HERE / "bare_proxy.py"), "--port", str(port), "--upstream", upstream]
+        self.processes["bare"] = process = subprocess.Popen([*command, "--server", self.server])
+        wait_ready(f"http://127.0.0.1:{port}/", process)
 
     def _start_litellm(self) -> None:
         port = self.ports["litellm"] = self.free_port()
@@ -148,6 +171,9 @@ class Servers:
             command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
         )
         wait_ready(f"http://127.0.0.1:{port}/health/liveliness", process, timeout_s=180)
+
+    def auth(self, name: str) -> str | None:
+        return LITELLM_KEY if name == "litellm" else self.keys.get(name)
 
     def port(self, name: str) -> int:
         return self.ports[name]

@@ -108,3 +108,52 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or not denominator:
         return None
     return round(numerator / denominator, 2)
+
+
+def _at(entries: Iterable[Mapping[str, Any]], rate: float) -> Mapping[str, Any]:
+    return next((entry for entry in entries if entry["offered_rps"] == rate and "p50_ms" in entry), {})
+
+
+def versus_bare(
+    margin: Sequence[Mapping[str, Any]],
+    bare: Sequence[Mapping[str, Any]],
+    direct: Sequence[Mapping[str, Any]],
+    rate: float = 500.0,
+) -> dict[str, Any]:
+    """Issue 14's targets, margin against the bare proxy in one run: at `rate`, margin's latency added over
+    direct within 0.2 ms (p50) and 1 ms (p99) of the bare proxy's; margin's max sustained RPS at least the
+    bare proxy's; margin's gateway CPU per request at most 1.3× the bare proxy's."""
+    m, b, d = _at(margin, rate), _at(bare, rate), _at(direct, rate)
+
+    def added(entry: Mapping[str, Any], q: str) -> float | None:
+        mine, base = entry.get(f"{q}_ms"), d.get(f"{q}_ms")
+        return None if mine is None or base is None else mine - base
+
+    def over_bare(q: str) -> float | None:
+        mine, theirs = added(m, q), added(b, q)
+        return None if mine is None or theirs is None else round(mine - theirs, 3)
+
+    cpu_m, cpu_b = m.get("gateway_cpu_us_per_request"), b.get("gateway_cpu_us_per_request")
+    sustained_m, sustained_b = max_sustained_rps(margin), max_sustained_rps(bare)
+    targets: dict[str, Any] = {
+        "added_p50_ms_over_bare": {"target": 0.2, "measured": over_bare("p50"), "rate": rate},
+        "added_p99_ms_over_bare": {"target": 1.0, "measured": over_bare("p99"), "rate": rate},
+        "max_sustained_rps_margin_over_bare": {
+            "target": 1.0,
+            "measured": ratio(sustained_m, sustained_b),
+            "margin": sustained_m,
+            "bare": sustained_b,
+        },
+        "gateway_cpu_per_request_margin_over_bare": {
+            "target": 1.3,
+            "measured": ratio(cpu_m, cpu_b),
+            "margin_us": cpu_m,
+            "bare_us": cpu_b,
+            "rate": rate,
+        },
+    }
+    for name, item in targets.items():
+        measured = item["measured"]
+        at_most = not name.startswith("max_sustained")
+        item["met"] = None if measured is None else (measured <= item["target"] if at_most else measured >= 1.0)
+    return targets

@@ -48,6 +48,13 @@ class ServerConfig(Strict):
     stream_write_timeout_s: float = Field(
         30.0, gt=0, description="A stream whose client reads nothing for this long is ended as client_closed."
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=512,
+        description="Gateway processes on the one port. Above 1, budgets, rate limits and the exact cache are "
+        "shared through storage.redis, or an embedded redis-server when none is configured.",
+    )
 
 
 class StorageConfig(Strict):

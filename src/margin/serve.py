@@ -1,14 +1,20 @@
-"""`margin serve`: checks that make the gateway safe to start, then uvicorn (uvloop + httptools)."""
+"""`margin serve`: checks that make the gateway safe to start, then uvicorn (uvloop + httptools), in one
+process or, with `server.workers` > 1, in uvicorn's multi-process mode: one port, N worker processes, each
+building the app from the settings the supervisor hands over (`worker_app`), with budgets, limits and the
+exact cache shared through Redis (`margin.workers`)."""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
+from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from rich.console import Console
 
-from margin.config import Settings, config_hash, is_loopback
+from margin.config import Settings, config_hash, is_loopback, parse_settings
 from margin.keys import open_exposure
 from margin.ledger import db
 from margin.ledger.models import api_keys
@@ -51,10 +57,40 @@ def banner(console: Console, settings: Settings, keys: int) -> None:
         console.print(f"  {keys} active API key(s): requests need `Authorization: Bearer <key>`")
 
 
+WORKER_SETTINGS = "MARGIN_WORKER_SETTINGS"  # the supervisor's settings (JSON), for its worker processes
+WORKER_CONFIG = "MARGIN_WORKER_CONFIG"  # the config file (re-read on SIGHUP), when there is one
+
+
+def worker_app() -> Any:
+    """The app of one worker process (`--workers N`, uvicorn's factory)."""
+    from margin.app import build_app
+
+    settings = parse_settings(orjson.loads(os.environ[WORKER_SETTINGS]), "the supervisor's settings")
+    configure_logging(settings.server.log_level)
+    config = os.environ.get(WORKER_CONFIG)
+    return build_app(settings, config_path=Path(config) if config else None)
+
+
+def _server_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "host": settings.server.host,
+        "port": settings.server.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "access_log": False,
+        "log_level": settings.server.log_level,
+        "timeout_graceful_shutdown": 30,
+        "proxy_headers": False,  # margin reads no client address; skipping the middleware saves a hop per request
+        "server_header": False,
+    }
+
+
 def run(settings: Settings, console: Console, config_path: Path | None = None) -> None:
     import uvicorn
 
     from margin.app import build_app
+    from margin.workers import shared_state
 
     keys = active_key_count(settings)
     check_exposure(settings, keys)
@@ -62,17 +98,13 @@ def run(settings: Settings, console: Console, config_path: Path | None = None) -
     for noisy in ("alembic", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     banner(console, settings, keys)
-    config = uvicorn.Config(
-        build_app(settings, config_path=config_path),
-        host=settings.server.host,
-        port=settings.server.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_level=settings.server.log_level,
-        timeout_graceful_shutdown=30,
-        proxy_headers=False,  # margin reads no client address; skipping the middleware saves a hop per request
-        server_header=False,
-    )
-    uvicorn.Server(config).run()
+    workers = settings.server.workers
+    if workers == 1:
+        uvicorn.Server(uvicorn.Config(build_app(settings, config_path=config_path), **_server_options(settings))).run()
+        return
+    with shared_state(settings) as shared:
+        console.print(f"  {workers} worker processes; budgets, limits and cache shared through {shared.storage.redis}")
+        os.environ[WORKER_SETTINGS] = orjson.dumps(shared.model_dump(mode="json")).decode()
+        if config_path is not None:
+            os.environ[WORKER_CONFIG] = str(config_path.resolve())
+        uvicorn.run("margin.serve:worker_app", factory=True, workers=workers, **_server_options(shared))

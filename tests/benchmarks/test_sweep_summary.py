@@ -103,3 +103,23 @@ def test_max_served_ignores_latency_but_not_loss() -> None:
     assert summary.max_served_rps(rates) == 100
     assert summary.max_sustained_rps(rates) == 250  # the definition has no achieved-rate bound
     assert summary.max_served_rps(rates[1:]) is None
+
+
+def test_margin_against_the_bare_proxy() -> None:
+    def at(rate: float, p50: float, p99: float, cpu: float | None = None) -> dict[str, object]:
+        found: dict[str, object] = {**entry(rate, 100.0, p50, p99)}
+        if cpu is not None:
+            found["gateway_cpu_us_per_request"] = cpu
+        return found
+
+    direct = [at(500, 1.0, 2.0), at(1000, 1.0, 3.0)]
+    bare = [at(500, 1.5, 3.0, cpu=200.0), at(1000, 2.0, 60.0, cpu=190.0)]
+    margin = [at(500, 1.6, 4.5, cpu=300.0), at(1000, 2.5, 40.0, cpu=280.0)]
+    targets = summary.versus_bare(margin, bare, direct, 500.0)
+    assert targets["added_p50_ms_over_bare"]["measured"] == 0.1 and targets["added_p50_ms_over_bare"]["met"]
+    assert targets["added_p99_ms_over_bare"]["measured"] == 1.5 and not targets["added_p99_ms_over_bare"]["met"]
+    sustained = targets["max_sustained_rps_margin_over_bare"]
+    assert (sustained["margin"], sustained["bare"], sustained["measured"], sustained["met"]) == (1000, 500, 2.0, True)
+    cpu = targets["gateway_cpu_per_request_margin_over_bare"]
+    assert cpu["measured"] == 1.5 and cpu["met"] is False
+    assert summary.versus_bare([], bare, direct)["added_p50_ms_over_bare"]["met"] is None

@@ -1,6 +1,7 @@
 """Two gateway processes sharing a real Redis and one ledger (a SQLite file, or a real PostgreSQL): 1,000
 concurrent requests against a $1.00 budget. Nothing is overspent, nothing hangs, every reservation is
-settled, and the ledger agrees with the budget's counter to the nano-dollar."""
+settled, and the ledger agrees with the budget's counter to the nano-dollar. The same against one gateway
+with two worker processes (`margin serve --workers 2`) and no Redis configured (the embedded one)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.integration
 REQUEST_COST = Decimal("0.01")  # 4 output tokens × $2,500 per million, no input price: known exactly
 
 
-def config(tmp_path: Path, redis_url: str, ledger_url: str | None = None) -> Path:
+def config(tmp_path: Path, redis_url: str | None, ledger_url: str | None = None) -> Path:
     data = {
         "storage": {"ledger": ledger_url or f"sqlite:///{tmp_path / 'ledger.db'}", "redis": redis_url},
         "backends": {"api": {"kind": "fake", "output_tokens": 4, "ttft_ms": 5, "tokens_per_s": 1000}},
@@ -60,13 +61,13 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def replicas(path: Path, n: int = 2) -> Iterator[list[str]]:
+def replicas(path: Path, n: int = 2, extra: tuple[str, ...] = ()) -> Iterator[list[str]]:
     """`margin serve` processes on free loopback ports; stopped with SIGTERM (a clean shutdown) on exit."""
     ports = [free_port() for _ in range(n)]
     logs = [(path.parent / f"gateway-{port}.log").open("wb") for port in ports]
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "margin", "serve", "--config", str(path), "--port", str(port)],
+            [sys.executable, "-m", "margin", "serve", "--config", str(path), "--port", str(port), *extra],
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -95,7 +96,7 @@ async def fire(urls: list[str], n: int) -> Counter[int]:
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as client:
 
         async def one(i: int) -> int:
-            async with client.post(f"{urls[i % 2]}/v1/chat/completions", json=body) as response:
+            async with client.post(f"{urls[i % len(urls)]}/v1/chat/completions", json=body) as response:
                 payload = await response.json()
                 if response.status == 429:
                     assert payload["error"]["code"] == "budget_exceeded"
@@ -140,6 +141,37 @@ def test_two_replicas_never_overspend(
     ledger_total = sum(r.cost_nanousd or 0 for r in rows)
     assert ledger_total == spent  # the ledger and the budget counter agree exactly
     assert ledger_total <= to_nanousd(Decimal("1.00") + REQUEST_COST)
+
+
+def test_one_gateway_with_two_workers_never_overspends(tmp_path: Path) -> None:
+    """No storage.redis: the supervisor's embedded redis-server holds the budget for both workers."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    path = config(tmp_path, None, url)
+    db.upgrade(url)
+    with replicas(path, n=1, extra=("--workers", "2")) as urls:
+        pids = worker_pids(urls[0])
+        statuses = asyncio.run(fire(urls, 1000))
+    assert len(pids) == 2  # two processes answered on the one port
+    assert sum(statuses.values()) == 1000 and set(statuses) <= {200, 429}
+    assert statuses[200] == 100  # exactly $1.00 worth admitted across both workers
+    engine = db.make_sync_engine(url)
+    with engine.connect() as connection:
+        rows = connection.execute(sa.select(ledger.c.request_id, ledger.c.status, ledger.c.cost_nanousd)).all()
+    engine.dispose()
+    assert len(rows) == 1000 and len({r.request_id for r in rows}) == 1000
+    assert Counter(r.status for r in rows)["ok"] == 100
+    assert sum(r.cost_nanousd or 0 for r in rows) == to_nanousd(Decimal("1.00"))
+
+
+def worker_pids(url: str, tries: int = 400) -> set[int]:
+    """The pids that answer /healthz on fresh connections (the kernel spreads them over the workers)."""
+    seen: set[int] = set()
+    for _ in range(tries):
+        with httpx.Client() as fresh:
+            seen.add(int(fresh.get(f"{url}/healthz").json()["pid"]))
+        if len(seen) == 2:
+            break
+    return seen
 
 
 async def _flush(url: str) -> None:

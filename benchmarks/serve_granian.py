@@ -42,7 +42,7 @@ def main() -> None:
     from margin.serve import WORKER_SETTINGS
 
     settings = load_settings(args.config)
-    os.environ[WORKER_SETTINGS] = orjson.dumps(settings.model_dump(mode="json")).decode()
+    os.environ[WORKER_SETTINGS] = orjson.dumps({"settings": settings.model_dump(mode="json")}).decode()
     serve("margin.serve:worker_app", args.port)
 
 

@@ -88,11 +88,14 @@ class Gateway(Starlette):
 
 
 def build_app(
-    settings: Settings, registry: BackendRegistry | None = None, config_path: Path | None = None
+    settings: Settings,
+    registry: BackendRegistry | None = None,
+    config_path: Path | None = None,
+    config_hash: str | None = None,
 ) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        services = Services(settings, registry, config_path)
+        services = Services(settings, registry, config_path, config_hash)
         app.state.services = services
         try:
             await services.start()

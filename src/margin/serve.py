@@ -65,10 +65,11 @@ def worker_app() -> Any:
     """The app of one worker process (`--workers N`, uvicorn's factory)."""
     from margin.app import build_app
 
-    settings = parse_settings(orjson.loads(os.environ[WORKER_SETTINGS]), "the supervisor's settings")
+    handed = orjson.loads(os.environ[WORKER_SETTINGS])
+    settings = parse_settings(handed["settings"], "the supervisor's settings")
     configure_logging(settings.server.log_level)
     config = os.environ.get(WORKER_CONFIG)
-    return build_app(settings, config_path=Path(config) if config else None)
+    return build_app(settings, config_path=Path(config) if config else None, config_hash=handed.get("config_hash"))
 
 
 def _server_options(settings: Settings) -> dict[str, Any]:
@@ -104,7 +105,8 @@ def run(settings: Settings, console: Console, config_path: Path | None = None) -
         return
     with shared_state(settings) as shared:
         console.print(f"  {workers} worker processes; budgets, limits and cache shared through {shared.storage.redis}")
-        os.environ[WORKER_SETTINGS] = orjson.dumps(shared.model_dump(mode="json")).decode()
+        handed = {"settings": shared.model_dump(mode="json"), "config_hash": config_hash(settings)}
+        os.environ[WORKER_SETTINGS] = orjson.dumps(handed).decode()
         if config_path is not None:
             os.environ[WORKER_CONFIG] = str(config_path.resolve())
         uvicorn.run("margin.serve:worker_app", factory=True, workers=workers, **_server_options(shared))

@@ -66,12 +66,17 @@ def make_cache(settings: Settings) -> CacheStore:
 
 class Services:
     def __init__(
-        self, settings: Settings, registry: BackendRegistry | None = None, config_path: Path | None = None
+        self,
+        settings: Settings,
+        registry: BackendRegistry | None = None,
+        config_path: Path | None = None,
+        config_hash_: str | None = None,
     ) -> None:
         self.settings = settings
         self.config_path = config_path
         self._sync_engine: sa.Engine | None = None
-        self.config_hash = config_hash(settings)
+        # a worker of `--workers N` keeps its supervisor's hash (the embedded Redis it was given is no config)
+        self.config_hash = config_hash_ or config_hash(settings)
         self.engine = db.make_async_engine(settings.storage.ledger)
         self.writer = LedgerWriter(
             settings.storage.ledger,

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from margin.config import ModelConfig
 from margin.protocol import ApiRequest, Endpoint
 
@@ -87,17 +89,54 @@ class Completion:
     usage: Usage | None = None  # what the backend reported; None when it reported nothing
 
 
-@dataclass(slots=True)
+def choices_text(payload: dict[str, Any], part: str = "delta") -> str:
+    """Concatenated text of every choice: `part` is "delta" (stream chunks) or "message" (whole answers);
+    text completions carry `text` instead."""
+    texts = []
+    for choice in payload.get("choices") or ():
+        holder = choice.get(part) if isinstance(choice, dict) else None
+        text = holder.get("content") if isinstance(holder, dict) else choice.get("text")
+        if isinstance(text, str):
+            texts.append(text)
+    return "".join(texts)
+
+
 class Chunk:
     """One streamed event. `raw` is forwarded untouched when set; `text` is the new content. `more` says the
     backend already holds the next event (it arrived in the same read), so the responder may write both at
-    once without waiting for anything."""
+    once without waiting for anything. A proxying backend may hand over the raw bytes alone: the payload
+    and the text are then parsed on first use (most events are only forwarded)."""
 
-    payload: dict[str, Any]
-    raw: bytes | None = None
-    text: str = ""
-    usage: Usage | None = None
-    more: bool = False
+    __slots__ = ("_payload", "_text", "more", "raw", "usage")
+
+    def __init__(
+        self,
+        payload: dict[str, Any] | None = None,
+        raw: bytes | None = None,
+        text: str | None = None,
+        usage: Usage | None = None,
+        more: bool = False,
+    ) -> None:
+        if payload is None and raw is None:
+            raise ValueError("a chunk needs its payload or its raw bytes")
+        self._payload = payload
+        self._text = text if text is not None or payload is None else ""
+        self.raw = raw
+        self.usage = usage
+        self.more = more
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        if self._payload is None:
+            assert self.raw is not None
+            self._payload = orjson.loads(self.raw)
+        return self._payload
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = choices_text(self.payload)
+        return self._text
 
     @property
     def is_usage_only(self) -> bool:

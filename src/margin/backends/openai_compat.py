@@ -22,7 +22,7 @@ from margin.config import OpenAIBackendConfig
 from margin.errors import BackendClientError, BackendError, BackendTimeout, MarginError, RateLimited
 from margin.logs import printable
 from margin.protocol import FORWARDED, Endpoint
-from margin.types import Call, Chunk, Completion, Usage
+from margin.types import Call, Chunk, Completion, Usage, choices_text
 
 log = logging.getLogger("margin.backends")
 
@@ -68,24 +68,12 @@ def upstream_error(backend: str, status: int, body: bytes, headers: Mapping[str,
     return BackendError(f"the upstream failed (HTTP {status})")
 
 
-def _choices_text(payload: dict[str, Any], part: str) -> str:
-    """Concatenated text of every choice: `part` is "delta" (stream chunks) or "message" (whole answers);
-    text completions carry `text` instead."""
-    texts = []
-    for choice in payload.get("choices") or ():
-        holder = choice.get(part)
-        text = holder.get("content") if isinstance(holder, dict) else choice.get("text")
-        if isinstance(text, str):
-            texts.append(text)
-    return "".join(texts)
-
-
 def delta_text(payload: dict[str, Any]) -> str:
-    return _choices_text(payload, "delta")
+    return choices_text(payload, "delta")
 
 
 def message_text(payload: dict[str, Any]) -> str:
-    return _choices_text(payload, "message")
+    return choices_text(payload, "message")
 
 
 class OpenAIBackend:
@@ -209,10 +197,20 @@ class OpenAIBackend:
             yield self._chunk(event, more=False)
 
     def _chunk(self, data: bytes, *, more: bool) -> Chunk:
+        """Most events are only forwarded: parsed here only when their bytes name usage or an error (the
+        rest is parsed on first use: the text of the first token, or when a guard or the cache reads it). An
+        event that is not even shaped like a JSON object (cut, garbled) fails here, before it is forwarded;
+        one that is shaped like one but does not parse fails where it is first parsed."""
+        if b'"usage"' not in data and b'"error"' not in data:
+            if not (data.startswith(b"{") and data.endswith(b"}")):
+                raise BackendError(f"upstream {self.name} sent an invalid stream event")
+            return Chunk(raw=data, more=more)
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise BackendError(f"upstream {self.name} sent an invalid stream event") from exc
+        if not isinstance(payload, dict):
+            raise BackendError(f"upstream {self.name} sent an invalid stream event")
         if "error" in payload and "choices" not in payload:
             message, _code = _upstream_message(data)
             log.warning("upstream %s failed mid-stream: %s", self.name, printable(message))

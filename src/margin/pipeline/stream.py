@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import orjson
 
 from margin.economics.money import usd_str
-from margin.errors import MarginError
-from margin.pipeline.values import Record, Request
+from margin.errors import BackendError, MarginError
+from margin.pipeline.values import ClientGone, Record, Request
 from margin.types import Chunk, Usage
 
 DONE = b"data: [DONE]\n\n"
@@ -68,51 +68,70 @@ async def close(chunks: AsyncIterator[Chunk]) -> None:
 
 @dataclass(slots=True)
 class Delivery:
-    """One stream's delivery; what it noted stays readable when it ended early (client gone, upstream cut)."""
+    """One stream's delivery; what it noted stays readable when it ended early (client gone, upstream cut).
+    Events are parsed only as far as needed: until the first text (TTFT), and the delivered text only when
+    something asks for it (`parts`: the cache, an output guard, counting tokens the backend did not report)."""
 
     request: Request
-    parts: list[str] = field(default_factory=list)
     usage: Usage | None = None  # the last usage the backend reported
     usage_sent: bool = False
     failed: MarginError | None = None  # the backend broke off mid-stream (the client got an error event)
+    _first: list[str] = field(default_factory=list)  # text up to the first token
+    _rest: list[Chunk] = field(default_factory=list)  # events after it, parsed when `parts` is read
+
+    @property
+    def parts(self) -> list[str]:
+        return self._first + [text for chunk in self._rest if (text := _text(chunk))]
 
     async def run(
         self, chunks: AsyncIterator[Chunk], first: Chunk | None, translate: Callable[[Exception], MarginError]
     ) -> None:
         """Deliver `first` and the rest of `chunks`. A backend failure mid-stream becomes an OpenAI error event
         (`failed`); `ClientGone` propagates. The backend's iterator is closed in every case."""
-        request = self.request
-        record, client = request.record, request.client
-        wants_usage, rewrite = request.wants_usage, request.rewrite
+        client = self.request.client
         held: list[bytes] = []
-        await client.start_stream(response_headers(record))
+        await client.start_stream(response_headers(self.request.record))
         chunk = first
         try:
             while chunk is not None:
-                if chunk.text:
-                    if record.ttft_s is None:
-                        record.ttft_s = time.perf_counter() - record.started
-                    self.parts.append(chunk.text)
-                if chunk.usage is not None:
-                    self.usage = chunk.usage
-                    self.usage_sent = self.usage_sent or wants_usage
-                if rewrite is not None and rewrite(chunk.payload):
-                    chunk.raw = None
-                framed = _frame(chunk, wants_usage)
-                if framed is not None:
-                    held.append(framed)
+                try:
+                    self._take(chunk, held)
+                except ValueError as exc:  # an event that does not parse: the upstream's failure
+                    raise BackendError("the upstream sent an invalid stream event") from exc
                 if held and not chunk.more:
                     await self._write(held)
-                try:
-                    chunk = await first_chunk(chunks, record)
-                except Exception as exc:
-                    self.failed = translate(exc)
-                    held.append(sse(client.error_event(self.failed)))
-                    chunk = None
-            if held:
-                await self._write(held)
+                chunk = await first_chunk(chunks, self.request.record)
+        except Exception as exc:
+            if isinstance(exc, ClientGone):
+                raise
+            self.failed = translate(exc)
+            held.append(sse(client.error_event(self.failed)))
         finally:
-            await close(chunks)
+            if held:
+                try:
+                    await self._write(held)
+                finally:
+                    await close(chunks)
+            else:
+                await close(chunks)
+
+    def _take(self, chunk: Chunk, held: list[bytes]) -> None:
+        """Note what metering needs of one event and frame it (into `held`)."""
+        request = self.request
+        record = request.record
+        if record.ttft_s is not None:
+            self._rest.append(chunk)
+        elif text := chunk.text:
+            record.ttft_s = time.perf_counter() - record.started
+            self._first.append(text)
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+            self.usage_sent = self.usage_sent or request.wants_usage
+        if request.rewrite is not None and request.rewrite(chunk.payload):
+            chunk.raw = None
+        framed = _frame(chunk, request.wants_usage)
+        if framed is not None:
+            held.append(framed)
 
     async def _write(self, held: list[bytes]) -> None:
         record = self.request.record
@@ -127,6 +146,14 @@ class Delivery:
     async def write_usage(self, payload: dict[str, object]) -> None:
         """The usage chunk the client asked for, when the backend sent none (after metering)."""
         await self._write([sse(orjson.dumps(payload))])
+
+
+def _text(chunk: Chunk) -> str:
+    """A delivered chunk's text (one that does not parse has none: it was forwarded as the upstream sent it)."""
+    try:
+        return chunk.text
+    except ValueError:
+        return ""
 
 
 def _frame(chunk: Chunk, wants_usage: bool) -> bytes | None:

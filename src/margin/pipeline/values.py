@@ -167,15 +167,18 @@ class Record:
 
 @dataclass(slots=True)
 class Reply:
-    """What the inner steps answer: a whole answer (`completion`), or the text of a stream the call step
-    has already delivered (`parts`; its closing bytes are the flow's, after the row is written)."""
+    """What the inner steps answer: a whole answer (`completion`), or a stream the call step has already
+    delivered (`delivered`: its text, read only when a step needs it; the stream's closing bytes are the
+    flow's, after the row is written)."""
 
     completion: Completion | None = None
-    parts: list[str] = field(default_factory=list)
     streamed: bool = False
+    delivered: Callable[[], list[str]] | None = None
 
     def text(self) -> str:
-        return self.completion.text if self.completion is not None else "".join(self.parts)
+        if self.completion is not None:
+            return self.completion.text
+        return "".join(self.delivered()) if self.delivered is not None else ""
 
 
 Next = Callable[[Request], Awaitable[Reply]]

@@ -119,4 +119,4 @@ class Cache:
         delivery = Delivery(request)
         chunks = replay(call, entry)
         await delivery.run(chunks, await anext(chunks), lambda exc: InvalidRequest(str(exc)))
-        return Reply(parts=delivery.parts, streamed=True)
+        return Reply(streamed=True, delivered=lambda: delivery.parts)

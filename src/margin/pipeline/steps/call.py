@@ -125,7 +125,7 @@ class BackendCall:
                 usage = delivery.usage or call.stats.closed_usage
                 if delivery.failed is not None:
                     record.fail(delivery.failed, request.client.status_of(delivery.failed), "upstream_error")
-                return Reply(parts=delivery.parts, streamed=True)
+                return Reply(streamed=True, delivered=lambda: delivery.parts)
             started = time.perf_counter()
             try:
                 completion = await self._whole(target, call)

@@ -1,5 +1,5 @@
-"""What the guard does to one request and its answer, as plain functions of JSON and a policy, so the pipeline
-stage can run them inline for small texts and on a worker thread for large ones.
+"""What the guard does to one request and its answer, as plain functions of JSON and a policy, so the guard
+step can run them inline for small texts and on a worker thread for large ones.
 
 `Inspector.request` checks the request against the caps first (`ScanLimits`), then the injection heuristics on
 user and tool text, then PII in every string that leaves for an upstream. It returns what it found (counts by

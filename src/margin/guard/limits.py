@@ -3,7 +3,7 @@
 Every recognizer runs in time linear in its input, but the constant differs a thousandfold (a regex pass is
 nanoseconds per character, a `phonenumbers` validation ~0.1-0.5 ms per candidate), so the work per request is
 capped on all three counts. `ScanBudget` is the per-request meter; crossing a cap raises `ScanLimitExceeded`
-(413 `guard_scan_limit`), which the guard stage turns into a refusal when the policy needs every string
+(413 `guard_scan_limit`), which the guard step turns into a refusal when the policy needs every string
 inspected (redact, block) and into a recorded `scan_limit` when it only logs."""
 
 from __future__ import annotations

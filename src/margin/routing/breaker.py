@@ -1,6 +1,6 @@
 """Per-backend circuit breakers: after `failures` consecutive backend faults a backend is skipped for
 `cooldown_s`; then requests go through again (half-open): one success closes it, one fault re-opens it.
-Only faults of the backend itself count (`pipeline.call.backend_fault`): client errors, full queues and
+Only faults of the backend itself count (`pipeline.steps.call.backend_fault`): client errors, full queues and
 exceptions a request's input provoked never do, so no caller can take a backend down for everyone."""
 
 from __future__ import annotations

@@ -81,6 +81,9 @@ class RegionConfig(Strict):
     usd_per_kwh: Decimal = Field(Decimal("0"), ge=0, description="Price of facility energy.")
 
 
+DEFAULT_REGION = RegionConfig()  # frozen: a backend with no region set
+
+
 class HardwareConfig(Strict):
     """Self-hosted cost inputs (DESIGN §4). Every default is an assumption and is labelled as one."""
 
@@ -278,7 +281,7 @@ class Settings(Strict):
         return self
 
     def region(self, name: str) -> RegionConfig:
-        return self.regions.get(name, RegionConfig())
+        return self.regions.get(name, DEFAULT_REGION)
 
 
 def default_config_text() -> str:

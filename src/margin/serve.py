@@ -91,7 +91,7 @@ def run(settings: Settings, console: Console, config_path: Path | None = None) -
     import uvicorn
 
     from margin.app import build_app
-    from margin.workers import shared_state
+    from margin.workers import metrics_dir, shared_state
 
     keys = active_key_count(settings)
     check_exposure(settings, keys)
@@ -103,7 +103,7 @@ def run(settings: Settings, console: Console, config_path: Path | None = None) -
     if workers == 1:
         uvicorn.Server(uvicorn.Config(build_app(settings, config_path=config_path), **_server_options(settings))).run()
         return
-    with shared_state(settings) as shared:
+    with shared_state(settings) as shared, metrics_dir():
         console.print(f"  {workers} worker processes; budgets, limits and cache shared through {shared.storage.redis}")
         handed = {"settings": shared.model_dump(mode="json"), "config_hash": config_hash(settings)}
         os.environ[WORKER_SETTINGS] = orjson.dumps(handed).decode()

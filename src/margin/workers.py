@@ -77,3 +77,21 @@ def shared_state(settings: Settings) -> Iterator[Settings]:
     with embedded_redis() as url:
         storage = settings.storage.model_copy(update={"redis": url})
         yield settings.model_copy(update={"storage": storage})
+
+
+PROMETHEUS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextlib.contextmanager
+def metrics_dir() -> Iterator[None]:
+    """A fresh directory for prometheus-client's multiprocess mode (the workers' metrics, summed at scrape
+    time), unless the operator set one; removed when the supervisor stops."""
+    if os.environ.get(PROMETHEUS_DIR):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="margin-metrics-") as folder:
+        os.environ[PROMETHEUS_DIR] = folder
+        try:
+            yield
+        finally:
+            os.environ.pop(PROMETHEUS_DIR, None)

@@ -69,7 +69,7 @@ class Meter:
         # RAPL measures this machine: it only says something about backends that run in this process
         self._on_host = {name for name, b in settings.backends.items() if b.kind in ON_HOST_KINDS}
         self.clocks = {name: SharedClock() for name in settings.backends}
-        self._grid_cache: dict[str, Any] = {}
+        self._regions: dict[str, tuple[RegionConfig, Any]] = {}  # backend → (region, grid intensity), once
 
     def probe(self, backend_name: str) -> energy_mod.Probe | None:
         return self.rapl.probe() if backend_name in self._on_host else None
@@ -78,11 +78,11 @@ class Meter:
         return None if probe is None or busy_s is None else self.rapl.measure(probe, busy_s)
 
     def _region(self, backend_name: str) -> tuple[RegionConfig, Any]:
-        region_name = self.settings.backends[backend_name].region
-        region = self.settings.region(region_name)
-        if region_name not in self._grid_cache:
-            self._grid_cache[region_name] = self.grid.intensity(region)
-        return region, self._grid_cache[region_name]
+        found = self._regions.get(backend_name)
+        if found is None:
+            region = self.settings.region(self.settings.backends[backend_name].region)
+            found = self._regions[backend_name] = (region, self.grid.intensity(region))
+        return found
 
     def charge(
         self,

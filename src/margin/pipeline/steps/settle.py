@@ -32,10 +32,11 @@ class RowSink(Protocol):
     def full(self) -> bool: ...
 
 
-class Observer(Protocol):
-    """Telemetry: called once per request with its finished row (lossy; never on the ledger's path)."""
+class Telemetry(Protocol):
+    """Metrics and traces: called once per request with its finished row, after the row is in the outbox
+    (lossy; never on the ledger's path)."""
 
-    def observe(self, row: dict[str, Any], record: Record) -> None: ...
+    def observe(self, row: dict[str, Any]) -> None: ...
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -119,14 +120,14 @@ class Settle:
         governance: Governance | None,
         spawn: Callable[[Coroutine[Any, Any, Any]], None],
         pseudonym: UserPseudonyms | None = None,
-        observer: Observer | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.outbox = outbox
         self.config_hash = config_hash
         self.governance = governance
         self.spawn = spawn
         self.pseudonym = pseudonym or UserPseudonyms()
-        self.observer = observer
+        self.telemetry = telemetry
         self.refused = 0  # requests refused while the outbox was full (they did nothing and get no row)
 
     async def __call__(self, request: Request, next: Next) -> Reply:
@@ -164,8 +165,8 @@ class Settle:
             target, caller = record.target, admission.subject
             served = caller.serving(target.public, target.backend_name) if target and caller else None
             self.spawn(self.governance.settle(admission, row["cost_nanousd"], tokens[0], tokens[1], served))
-        if self.observer is not None:
+        if self.telemetry is not None:
             try:
-                self.observer.observe(row, record)
+                self.telemetry.observe(row)
             except Exception:  # telemetry is lossy: it never fails a request
-                log.exception("telemetry observer failed for request %s", request.id)
+                log.exception("telemetry failed for request %s", request.id)

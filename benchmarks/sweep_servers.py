@@ -60,6 +60,7 @@ def margin_config(workdir: Path, upstream_port: int, port: int) -> Path:
         "  - {name: bench-budget, scope: {kind: global}, usd: 1000000, period: month}\n"
         "limits:\n"
         "  - {scope: {kind: global}, rpm: 100000000, tpm: 10000000000}\n"
+        "admission: {max_streams_per_key: 1000000}\n"  # one key carries the whole load
     )
     return config
 

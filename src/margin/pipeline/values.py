@@ -1,7 +1,8 @@
 """The values the request path passes between its steps (`margin.pipeline.flow`).
 
-`Request` is what the client asked and what the steps decided about it, frozen: a step that decides
-something passes a copy onward (`dataclasses.replace`). `RouteDecision` is where the request may go,
+`Request` is what the client asked and what the steps decided about it, immutable: a step that decides
+something passes a copy onward (`request._replace(...)`: a named tuple, whose copy costs ~1 µs where a frozen
+dataclass's `replace` cost ~6). `RouteDecision` is where the request may go,
 decided once. `Record` is the one mutable value: what the ledger row needs, filled in as the request goes
 and written by the outermost step. `Reply` is what the inner steps answer. `Client` is the answer's way
 out (the API layer implements it), driven by the flow itself so that the row is in the outbox before the
@@ -14,7 +15,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from types import MappingProxyType
+from typing import Any, NamedTuple, Protocol
 
 from margin.economics.meter import Charge
 from margin.errors import MarginError
@@ -23,6 +25,9 @@ from margin.governance.rules import Subject
 from margin.protocol import ApiRequest, Endpoint
 from margin.specs import BudgetSpec, Policy
 from margin.types import Completion, Principal, Target, Usage
+
+EMPTY: Mapping[str, str] = MappingProxyType({})
+NOBODY = Subject()
 
 
 class ClientGone(Exception):
@@ -81,8 +86,7 @@ class RouteDecision:
         return self.candidates[0]
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     id: str
     endpoint: Endpoint
     headers: Mapping[str, str]
@@ -92,8 +96,8 @@ class Request:
     client: Client
     record: Record
     started: float
-    tags: Mapping[str, str] = field(default_factory=dict)
-    subject: Subject = field(default_factory=Subject)  # the caller as the rules see it
+    tags: Mapping[str, str] = EMPTY
+    subject: Subject = NOBODY  # the caller as the rules see it (set by auth)
     policy: Policy | None = None
     decision: RouteDecision | None = None
     rewrite: Callable[[dict[str, Any]], bool] | None = None  # rewrites a streamed chunk's payload (guard)

@@ -5,7 +5,6 @@ see it (only tags bound to the key), and its merged policy."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 from margin.errors import InvalidRequest
@@ -62,4 +61,4 @@ class Auth:
         keyed = principal.key_id is not None
         subject = Subject(principal.key_id, principal.team, principal.org, governed_tags(tags, bound, keyed))
         policy = self.governance.rules.policy_for(subject, principal.policy)
-        return await next(dataclasses.replace(request, tags=tags, subject=subject, policy=policy))
+        return await next(request._replace(tags=tags, subject=subject, policy=policy))

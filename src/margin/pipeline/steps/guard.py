@@ -12,7 +12,6 @@ always in the path: policies come from keys and rules that change while the gate
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -60,7 +59,7 @@ class Guard:
             if found.error is not None:
                 raise found.error
             if found.raw is not None and body is not None:
-                request = dataclasses.replace(request, raw=found.raw, body=body)
+                request = request._replace(raw=found.raw, body=body)
             record.prompt_log = found.prompt_log
             state = found.state
         restores = policy.restore_pii and policy.pii == "redact" and state is not None and bool(state.placeholders)
@@ -69,7 +68,7 @@ class Guard:
             await self._answer(reply, policy, state if restores else None, record.found)
             return reply
         rewrite = self.inspector.stream_guard(policy, state if restores else None)
-        reply = await next(dataclasses.replace(request, rewrite=rewrite))
+        reply = await next(request._replace(rewrite=rewrite))
         if isinstance(rewrite, StreamGuard):
             record.found(rewrite.record())
         if policy.pii_output == "log" and (text := reply.text()):

@@ -11,7 +11,6 @@ that priced at the dearest candidate. The call step walks the candidates in this
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 
 import orjson
@@ -60,7 +59,7 @@ def capped(request: Request, cap: int) -> Request:
         update["max_tokens"] = cap
     if not update:
         return request
-    return dataclasses.replace(request, body=body.model_copy(update=update), raw={**request.raw, **update})
+    return request._replace(body=body.model_copy(update=update), raw={**request.raw, **update})
 
 
 class Route:
@@ -92,18 +91,38 @@ class Route:
         cache_only = None
         if rules.flags:
             request, chain, cache_only = self._flagged(request, rules, subject, primary, chain)
-        decision = self._residency(request, requested, chain)
-        decision = dataclasses.replace(decision, cache_only=cache_only)
+        candidates, filtered = self._residency(request, requested, chain)
+        score, strongest = None, None
         if route is not None and self.policy is not None:
-            ordered, score = await self.policy.order(requested, request.raw, list(decision.candidates))
-            strongest = self.targets.get(route.ladder[-1])
-            decision = dataclasses.replace(
-                decision, candidates=tuple(ordered), route=requested, router_score=score, strongest=strongest
-            )
+            ordered, score = await self.policy.order(requested, request.raw, list(candidates))
+            candidates, strongest = tuple(ordered), self.targets.get(route.ladder[-1])
             request.record.route, request.record.router_score = requested, score
+        prompt, output, worst = 0, 0, None
+        budgets: tuple[BudgetSpec, ...] = ()
         if rules.budgets or rules.limits:
-            request, decision = self._basis(request, rules, decision)
-        return await next(dataclasses.replace(request, decision=decision))
+            prompt = self._prompt_tokens(request, candidates[0])
+            budgets = self._budgets(rules, subject, candidates) if rules.budgets else ()
+            if budgets:
+                config: AdmissionConfig = self.gov.settings.admission
+                request, output = self._output_tokens(request, candidates[0], prompt, config)
+                worst = adm.worst_case_usd(self.meter, candidates, prompt, output, config)
+        decision = RouteDecision(
+            candidates,
+            requested,
+            route=requested if strongest is not None else None,
+            router_score=score,
+            strongest=strongest,
+            jurisdictions=tuple(request.policy.jurisdictions)
+            if request.policy is not None and request.policy.jurisdictions is not None
+            else None,
+            residency_filtered=filtered,
+            cache_only=cache_only,
+            prompt_tokens=prompt,
+            output_tokens=output,
+            worst_usd=worst,
+            budgets=budgets,
+        )
+        return await next(request._replace(decision=decision))
 
     def _forced(self, request: Request, rules: Rules, subject: Subject, target: Target) -> Target:
         """A `force_model` flag on the model asked for sends the request to another model."""
@@ -146,32 +165,18 @@ class Route:
         return request, cache_only
 
     @staticmethod
-    def _residency(request: Request, requested: str, chain: list[Target]) -> RouteDecision:
+    def _residency(request: Request, requested: str, chain: list[Target]) -> tuple[tuple[Target, ...], bool]:
+        """The candidates inside the caller's jurisdictions, and whether some were dropped."""
         allowed = request.policy.jurisdictions if request.policy is not None else None
         if allowed is None:
-            return RouteDecision(tuple(chain), requested)
+            return tuple(chain), False
         kept = tuple(t for t in chain if t.jurisdiction in allowed)
         if not kept:
             where = ", ".join(f"{t.public}@{t.region} ({t.jurisdiction or 'no jurisdiction'})" for t in chain)
             raise ResidencyUnavailable(
                 f"`{requested}` is only served outside the allowed jurisdictions {allowed}: {where}"
             )
-        return RouteDecision(kept, requested, jurisdictions=tuple(allowed), residency_filtered=len(kept) < len(chain))
-
-    def _basis(self, request: Request, rules: Rules, decision: RouteDecision) -> tuple[Request, RouteDecision]:
-        """What the budget reservation prices: the prompt's tokens (an upper bound), the most output, and
-        the dearest candidate's cost for them (only when a budget may apply)."""
-        prompt = self._prompt_tokens(request, decision.first)
-        budgets = self._budgets(rules, request.subject, decision.candidates) if rules.budgets else ()
-        if not budgets:
-            return request, dataclasses.replace(decision, prompt_tokens=prompt)
-        config: AdmissionConfig = self.gov.settings.admission
-        request, output = self._output_tokens(request, decision.first, prompt, config)
-        worst = adm.worst_case_usd(self.meter, decision.candidates, prompt, output, config)
-        basis = dataclasses.replace(
-            decision, prompt_tokens=prompt, output_tokens=output, worst_usd=worst, budgets=budgets
-        )
-        return request, basis
+        return kept, len(kept) < len(chain)
 
     @staticmethod
     def _budgets(rules: Rules, subject: Subject, candidates: tuple[Target, ...]) -> tuple[BudgetSpec, ...]:

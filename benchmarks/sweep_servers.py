@@ -121,8 +121,12 @@ class Servers:
     ) -> None:
         self.ports["direct"] = self.free_port()
         self.processes["direct"] = start_upstream(self.ports["direct"])
-        if "bare" in paths:
-            self._start_bare()
+        for name in paths:  # `bare`, `margin`, and either on the other server: `bare@granian`, `margin@uvicorn`…
+            base, _, server = name.partition("@")
+            if base == "bare":
+                self._start_bare(name, server or self.server)
+            elif base == "margin" and server:
+                self._start_margin(name, server=server)
         if "margin" in paths:
             self._start_margin("margin")
         if "margin_before" in paths:
@@ -132,7 +136,7 @@ class Servers:
         if "litellm" in paths:
             self._start_litellm()
 
-    def _start_margin(self, name: str, src: Path | None = None) -> None:
+    def _start_margin(self, name: str, src: Path | None = None, server: str | None = None) -> None:
         """`margin serve` from this environment, or from another source tree (`src`: an older checkout's
         src/ directory, for before/after comparisons in one run)."""
         port = self.ports[name] = self.free_port()
@@ -142,16 +146,16 @@ class Servers:
         env = {**os.environ, "PYTHONPATH": str(src)} if src is not None else None
         self.keys[name] = create_key(config, env)
         command = [sys.executable, "-m", "margin", "serve", "--config", str(config)]
-        if self.server == "granian":
+        if (server or self.server) == "granian":
             command = [sys.executable, str(HERE / "serve_granian.py"), "--config", str(config), "--port", str(port)]
         self.processes[name] = process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
         wait_ready(f"http://127.0.0.1:{port}/healthz", process)
 
-    def _start_bare(self) -> None:
-        port = self.ports["bare"] = self.free_port()
+    def _start_bare(self, name: str, server: str) -> None:
+        port = self.ports[name] = self.free_port()
         upstream = f"http://127.0.0.1:{self.ports['direct']}"
         command = [sys.executable, str(HERE / "bare_proxy.py"), "--port", str(port), "--upstream", upstream]
-        self.processes["bare"] = process = subprocess.Popen([*command, "--server", self.server])
+        self.processes[name] = process = subprocess.Popen([*command, "--server", server])
         wait_ready(f"http://127.0.0.1:{port}/", process)
 
     def _start_litellm(self) -> None:

@@ -231,7 +231,8 @@ def resummarise(args: argparse.Namespace) -> None:
     """Recompute the summary (max sustained/served RPS, added latency, targets) and the figure of an
     earlier result from its per-rate entries, e.g. after a summary definition was added."""
     earlier = json.loads(args.from_json.read_text())
-    modes = {mode: {name: path["rates"] for name, path in m["paths"].items()} for mode, m in earlier["modes"].items()}
+    by_mode = earlier["modes"] if "modes" in earlier else {"mixed": earlier}  # issue 6's format: one mixed sweep
+    modes = {mode: {name: path["rates"] for name, path in m["paths"].items()} for mode, m in by_mode.items()}
     args.label, args.seconds = earlier.get("label", ""), earlier["seconds_per_rate"]
     args.server = earlier.get("server", "uvicorn")
     keep = ("margin_ledger_rows_written", "machine", "versions", "when", "notes")

@@ -111,6 +111,18 @@ def soak(servers: Servers, args: argparse.Namespace) -> list[dict[str, Any]]:
     return samples
 
 
+def settled_rows(path: Path, limit_s: float = 60.0) -> int | None:
+    """The ledger's row count once it stops growing (the writer drains its queue after the load stops)."""
+    rows, deadline = ledger_rows(path), time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        time.sleep(2.0)
+        now = ledger_rows(path)
+        if now == rows:
+            break
+        rows = now
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1_000_000)
@@ -123,8 +135,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, Servers(Path(tmp), free_port, args.server) as servers:
         servers.start(["margin"], start_upstream)
         samples = soak(servers, args)
-        time.sleep(1.0)  # the ledger writer's last batch
-        rows = ledger_rows(Path(tmp) / "margin" / "ledger.db")
+        rows = settled_rows(Path(tmp) / "margin" / "ledger.db")
     growth = growth_after_warmup(samples, args.warmup)
     result = {
         "benchmark": "soak",

@@ -23,21 +23,12 @@ from margin.economics.meter import Meter
 from margin.economics.prices import PriceBook
 from margin.errors import ConfigError
 from margin.governance.service import Governance
-from margin.guard import InjectionDetector, PiiScanner
-from margin.guard.limits import ScanLimits
 from margin.guard.pseudonym import UserPseudonyms
 from margin.keys import KeyCache
 from margin.ledger import db
 from margin.ledger.store import LedgerWriter
-from margin.pipeline.flow import Flow
-from margin.pipeline.steps.admit import Admit
-from margin.pipeline.steps.auth import Auth
-from margin.pipeline.steps.cache import Cache
-from margin.pipeline.steps.call import BackendCall
-from margin.pipeline.steps.guard import Guard
-from margin.pipeline.steps.route import Route
+from margin.pipeline.flow import Flow, Parts, compose
 from margin.pipeline.steps.settle import Settle
-from margin.pipeline.values import Step
 from margin.routing.breaker import Breakers
 from margin.routing.policy import RoutePolicy
 from margin.types import Backend, Target
@@ -108,23 +99,15 @@ class Services:
         self.started_at = time.time()
 
     def _flow(self) -> Flow:
-        """The request path (`margin.pipeline.flow`), composed once: a step the config does not use is not in
-        the list."""
-        settings = self.settings
-        guard = settings.guard
-        pseudonym = UserPseudonyms.from_env(guard.user_hash_key_env)
-        self.settle = Settle(self.writer, self.config_hash, self.governance, self.spawn, pseudonym)
-        limits = ScanLimits(guard.max_scan_chars, guard.max_spans, guard.max_phone_checks, guard.inline_scan_chars)
-        steps: list[Step] = [
-            self.settle,
-            Auth(settings.tags.header_keys, self.governance),
-            Route(self.targets, settings.routes, self.governance, self.meter, self.route_policy),
-            Admit(self.governance, self.writer),
-            Guard(PiiScanner(ner=guard.ner), InjectionDetector(), limits),
-        ]
-        if settings.cache.enabled:
-            steps.append(Cache(settings.cache, self.cache, self.semantic))
-        return Flow(steps, BackendCall(self.meter, self.breakers, settings.admission))
+        self.settle = Settle(
+            self.writer,
+            self.config_hash,
+            self.governance,
+            self.spawn,
+            UserPseudonyms.from_env(self.settings.guard.user_hash_key_env),
+        )
+        parts = Parts(self.targets, self.governance, self.meter, self.breakers, self.route_policy, self.writer)
+        return compose(self.settings, self.settle, parts, self.cache, self.semantic)
 
     def _targets(self) -> dict[str, Target]:
         targets: dict[str, Target] = {}

@@ -6,15 +6,17 @@
     auth     tags (header + the key's own), the caller as the rules see it, its policy
     route    where the request may go, decided once: candidates in order (flags, residency, the learned
              router), and the worst case the budgets reserve
-    admit    back-pressure, the per-key stream cap, rate limits and the budget reservation   (with rules)
-    guard    PII and secrets in and out, prompt injection                                     (with a policy)
+    admit    back-pressure, the per-key stream cap, rate limits and the budget reservation
+    guard    PII and secrets in and out, prompt injection (as the caller's policy says)
     cache    exact / semantic answers; stores what the call produced                          (when enabled)
     call     the terminal: walks the decision's candidates (breakers, fallbacks), delivers a stream,
              and meters the answer: usage → cost, energy, carbon, computed once
 
-The list is composed once from the config by `compose` (`margin.services` calls it); a step the config
-does not use is not in it. Each step is a small class with one method, `async def __call__(self, request,
-next) -> Reply`: its request side before `await next(request)`, its response side after, in one frame.
+The list is composed once from the config by `compose` below (`margin.services` calls it with the services
+it built); a step the config does not use is not in it (the cache without `cache.enabled`; admit and guard
+always run, since keys, rules and policies change while the gateway runs). Each step is a small class with
+one method, `async def __call__(self, request, next) -> Reply`: its request side before
+`await next(request)`, its response side after, in one frame.
 The flow itself writes the answer's last bytes after the steps returned, so the row is in the outbox before
 the client has the whole answer.
 """
@@ -22,14 +24,60 @@ the client has the whole answer.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import orjson
 
+from margin.cache.exact import CacheStore
+from margin.cache.layer import SemanticLayer
+from margin.config import Settings
+from margin.economics.meter import Meter
 from margin.errors import MarginError
+from margin.governance.service import Governance
+from margin.guard import InjectionDetector, PiiScanner
+from margin.guard.limits import ScanLimits
+from margin.pipeline.steps.admit import Admit
+from margin.pipeline.steps.auth import Auth
+from margin.pipeline.steps.cache import Cache
+from margin.pipeline.steps.call import BackendCall
+from margin.pipeline.steps.guard import Guard
+from margin.pipeline.steps.route import Route
+from margin.pipeline.steps.settle import RowSink, Settle
 from margin.pipeline.stream import DONE, closing_comment, response_headers
 from margin.pipeline.values import Next, Request, Step
+from margin.routing.breaker import Breakers
+from margin.routing.policy import RoutePolicy
+from margin.types import Target
+
+
+class Parts(NamedTuple):
+    """What the steps are built from (the services, built once)."""
+
+    targets: Mapping[str, Target]
+    governance: Governance
+    meter: Meter
+    breakers: Breakers
+    route_policy: RoutePolicy
+    outbox: RowSink
+
+
+def compose(
+    settings: Settings, settle: Settle, parts: Parts, cache: CacheStore, semantic: SemanticLayer | None
+) -> Flow:
+    """The request path for this config, outermost step first."""
+    guard = settings.guard
+    limits = ScanLimits(guard.max_scan_chars, guard.max_spans, guard.max_phone_checks, guard.inline_scan_chars)
+    steps: list[Step] = [
+        settle,
+        Auth(settings.tags.header_keys, parts.governance),
+        Route(parts.targets, settings.routes, parts.governance, parts.meter, parts.route_policy),
+        Admit(parts.governance, parts.outbox),
+        Guard(PiiScanner(ner=guard.ner), InjectionDetector(), limits),
+    ]
+    if settings.cache.enabled:
+        steps.append(Cache(settings.cache, cache, semantic))
+    return Flow(steps, BackendCall(parts.meter, parts.breakers, settings.admission))
 
 
 def chain(steps: Sequence[Step], terminal: Next) -> Next:

@@ -231,7 +231,7 @@ def resummarise(args: argparse.Namespace) -> None:
     """Recompute the summary (max sustained/served RPS, added latency, targets) and the figure of an
     earlier result from its per-rate entries, e.g. after a summary definition was added."""
     earlier = json.loads(args.from_json.read_text())
-    by_mode = earlier["modes"] if "modes" in earlier else {"mixed": earlier}  # issue 6's format: one mixed sweep
+    by_mode = earlier.get("modes", {"mixed": earlier})  # issue 6 wrote one mixed sweep, no `modes`
     modes = {mode: {name: path["rates"] for name, path in m["paths"].items()} for mode, m in by_mode.items()}
     args.label, args.seconds = earlier.get("label", ""), earlier["seconds_per_rate"]
     args.server = earlier.get("server", "uvicorn")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import orjson
 
@@ -96,10 +96,6 @@ class Flow:
     @property
     def names(self) -> list[str]:
         return [type(step).__name__ for step in self.steps]
-
-    def step(self, kind: type[Any]) -> Any:
-        """The step of this class in the list, or None."""
-        return next((step for step in self.steps if isinstance(step, kind)), None)
 
     async def __call__(self, request: Request) -> None:
         """One request's whole life: the steps (the row is written when they return), then the answer's

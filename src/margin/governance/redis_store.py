@@ -154,6 +154,8 @@ def unavailable(operation: str, exc: Exception) -> Overloaded:
 class RedisStore:
     """Same contract as `LocalStore`, over a shared Redis."""
 
+    inline = False  # every call is a round trip
+
     def __init__(self, url: str, max_connections: int = 64) -> None:
         from redis import asyncio as aioredis
 

@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +57,11 @@ class Gcra:
 
 
 class Store(Protocol):
+    @property
+    def inline(self) -> bool:
+        """Its methods never suspend (in-process counters): a caller may await them where it stands."""
+        ...
+
     async def admit(
         self,
         request_id: str,
@@ -112,6 +117,7 @@ class _Reservation:
 class LocalStore:
     """Counters in this process. Each method runs without awaiting, so it is atomic on the event loop."""
 
+    inline: ClassVar[bool] = True
     settled_memory: int = 100_000
     _counters: dict[str, _Counter] = field(default_factory=dict)
     _reservations: dict[str, _Reservation] = field(default_factory=dict)

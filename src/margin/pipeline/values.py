@@ -61,8 +61,7 @@ class Client(Protocol):
     async def end_stream(self, data: bytes) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class RouteDecision:
+class RouteDecision(NamedTuple):
     """Where the request may go, decided once by the route step: the candidates in the order they are
     tried (the chosen model first, then its fallbacks; flags and residency applied), and the basis of the
     budget reservation (the prompt and output tokens it prices at the dearest candidate). The call step

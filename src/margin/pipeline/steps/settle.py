@@ -149,9 +149,9 @@ class Settle:
             raise internal from exc
         finally:
             record.e2e_s = time.perf_counter() - record.started
-            self._write(request, record)
+            await self._write(request, record)
 
-    def _write(self, request: Request, record: Record) -> None:
+    async def _write(self, request: Request, record: Record) -> None:
         if record.error is not None and record.error.code == LEDGER_BACKLOG:  # refused before any work: no row,
             self.refused += 1  # so a ledger that is down cannot grow the outbox without bound
             return
@@ -159,12 +159,15 @@ class Settle:
         self.outbox.append(row)
         admission = record.admission
         if self.governance is not None and admission is not None:
-            # the answer does not wait for the budget store: the reservation holds until this lands.
-            # A cache hit used no model tokens: like the ledger reconciliation (kind `request` only), count none
+            # a cache hit used no model tokens: like the ledger reconciliation (kind `request` only), count none
             tokens = (0, 0) if record.cache_hit else (row["input_tokens"], row["output_tokens"])
             target, caller = record.target, admission.subject
             served = caller.serving(target.public, target.backend_name) if target and caller else None
-            self.spawn(self.governance.settle(admission, row["cost_nanousd"], tokens[0], tokens[1], served))
+            settling = self.governance.settle(admission, row["cost_nanousd"], tokens[0], tokens[1], served)
+            if self.governance.store.inline:  # in-process counters: done where it stands, no task to start
+                await settling
+            else:  # the answer does not wait for a Redis round trip: the reservation holds until this lands
+                self.spawn(settling)
         if self.telemetry is not None:
             try:
                 self.telemetry.observe(row)

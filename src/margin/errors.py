@@ -96,6 +96,13 @@ class RateLimited(MarginError):
     default_code = "rate_limit_exceeded"
 
 
+class UpstreamRateLimited(RateLimited):
+    """The upstream answered 429. Not a fault of the backend (its circuit stays closed), but the request may
+    go to a fallback; the caller gets 429 (with the upstream's numeric Retry-After) when none is left."""
+
+    default_code = "upstream_rate_limited"
+
+
 class Overloaded(MarginError):
     """A bounded queue is full: the caller may retry later."""
 

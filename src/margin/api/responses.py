@@ -171,7 +171,7 @@ class SSEResponse:
         ctx = self.ctx
         try:
             ctx.e2e_s = time.perf_counter() - ctx.started
-            if self.disconnected and ctx.status == "ok":
+            if self.disconnected and ctx.error is None:  # an answer (maybe a fallback's) the client left
                 if self.stalled:
                     ctx.error = MarginError("the client stopped reading the stream", code="stream_write_timeout")
                 ctx.status, ctx.http_status = "client_closed", 499

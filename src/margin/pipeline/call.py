@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from margin.backends.base import Call, Chunk, Usage
-from margin.errors import BackendError, BackendFailedUnexpectedly, MarginError, Overloaded
+from margin.errors import BackendError, BackendFailedUnexpectedly, MarginError, Overloaded, UpstreamRateLimited
 from margin.pipeline.context import RequestContext, Target
 from margin.pipeline.stages.route import unavailable
 from margin.protocol import Endpoint
@@ -46,6 +46,7 @@ class MeteredStream:
         self._usage_sent = False
         self._done = False
         self._closed = False
+        self.failed: MarginError | None = None  # the backend's failure once the stream had started
         self.ready = False  # the next event is already in memory: a responder may hold this one to join it
 
     async def _next(self) -> Chunk | None:
@@ -137,8 +138,8 @@ class MeteredStream:
 
     def _fail(self, exc: Exception) -> bytes:
         """A mid-stream failure: the client gets an OpenAI error event, the ledger the delivered tokens."""
-        error = _translate(self._backend, exc)
-        self.ctx.fail(error, status="upstream_error")
+        error = self.failed = _translate(self._backend, exc)
+        self.ctx.fail(error)
         self._done, self.ready = True, False
         return sse(orjson.dumps(error.to_body()))
 
@@ -159,8 +160,9 @@ def _chunk_object(endpoint: Endpoint) -> str:
 
 
 def _retryable(error: MarginError) -> bool:
-    """Worth trying the next candidate: the backend failed, timed out or is overloaded (not a bad request)."""
-    return isinstance(error, BackendError | Overloaded)
+    """Worth trying the next candidate: the backend failed, timed out, is overloaded or rate limits us (not a
+    bad request)."""
+    return isinstance(error, BackendError | Overloaded | UpstreamRateLimited)
 
 
 def backend_fault(error: MarginError) -> bool:
@@ -172,7 +174,8 @@ def backend_fault(error: MarginError) -> bool:
 
 class BackendCall:
     """The pipeline's terminal: hands the request to the routed backend, falling back along
-    `ctx.candidates` (already limited to the caller's jurisdictions) when a backend fails before answering."""
+    `ctx.candidates` (already limited to the caller's jurisdictions) when a backend fails before answering.
+    A backend whose circuit is open is passed over; a half-open one takes this request as its probe."""
 
     def __init__(self, meter: Any, breakers: Breakers | None = None) -> None:
         self.meter = meter  # economics.meter.Meter: shares busy time among concurrent requests
@@ -182,23 +185,37 @@ class BackendCall:
         if ctx.target is None:
             raise BackendError("no backend was chosen for this request")
         candidates = ctx.candidates or [ctx.target]
+        last: MarginError | None = None
         for index, target in enumerate(candidates):
+            name = target.backend_name
+            if not self.breakers.acquire(name):  # opened (or probed by another request) since routing
+                last = Overloaded(f"circuit open on {name}", code="backend_unavailable")
+                continue
             ctx.target = target
+            started = time.perf_counter()
             try:
                 await self._attempt(ctx, target)
             except MarginError as exc:
                 if not _retryable(exc):
                     raise
-                if backend_fault(exc):
-                    self.breakers.failure(target.backend_name)
+                self._failed(name, exc)
+                last = exc
                 if index + 1 < len(candidates):
-                    log.warning("request %s: %s failed (%s); falling back", ctx.request_id, target.backend_name, exc)
-                    continue
-                if ctx.residency_filtered:
-                    raise unavailable(ctx, f"last error: {exc.message}") from exc
-                raise
-            self.breakers.success(target.backend_name)
+                    log.warning("request %s: %s failed (%s); falling back", ctx.request_id, name, exc)
+                continue
+            self.breakers.success(name, time.perf_counter() - started)
+            _note_recovery(ctx, last)
             return
+        assert last is not None
+        if ctx.residency_filtered or last.code == "backend_unavailable":
+            raise unavailable(ctx, f"last error: {last.message}") from last
+        raise last
+
+    def _failed(self, backend: str, error: MarginError) -> None:
+        if backend_fault(error):
+            self.breakers.failure(backend, error.code, error.message)
+        else:
+            self.breakers.note(backend, error.code, error.message)
 
     async def _attempt(self, ctx: RequestContext, target: Target) -> None:
         ctx.call = Call(
@@ -217,7 +234,10 @@ class BackendCall:
             if probe is not None and ctx.call is not None:
                 busy = ctx.call.stats.busy_s if ctx.call.stats.busy_s is not None else ctx.busy_share_s
                 ctx.measured_j = self.meter.measured_j(probe, busy)
+            if stream is not None and stream.failed is not None:  # broke mid-stream: the breaker hears of it
+                self._failed(target.backend_name, stream.failed)
 
+        stream: MeteredStream | None = None
         if ctx.is_stream and ctx.endpoint is not Endpoint.EMBEDDINGS:
             try:
                 chunks = target.backend.stream(ctx.call)
@@ -239,3 +259,11 @@ class BackendCall:
         finally:
             ctx.backend_wait_s += time.perf_counter() - started
             leave()
+
+
+def _note_recovery(ctx: RequestContext, fault: MarginError | None) -> None:
+    """An answer that needed a fallback or a retry says so in its row (status, and the fault's code)."""
+    if fault is not None:
+        ctx.status, ctx.fault_code = "fallback", fault.code
+    elif ctx.call is not None and ctx.call.stats.attempts > 1:
+        ctx.status, ctx.fault_code = "retried", ctx.call.stats.retried

@@ -11,8 +11,21 @@ from typing import Any
 from margin.backends.base import Backend, Call, Completion, Usage
 from margin.config import ModelConfig
 from margin.economics.meter import Charge
-from margin.errors import MarginError
+from margin.errors import BackendClientError, BackendError, BackendTimeout, MarginError, UpstreamRateLimited
 from margin.protocol import ApiRequest, Endpoint
+
+
+def outcome_status(error: MarginError) -> str:
+    """The ledger status of a failed request: what the upstream did, or `error` for margin's own refusals."""
+    if isinstance(error, BackendTimeout):
+        return "upstream_timeout"
+    if isinstance(error, BackendError):
+        return "upstream_error"
+    if isinstance(error, UpstreamRateLimited):
+        return "upstream_rate_limited"
+    if isinstance(error, BackendClientError):
+        return "upstream_rejected"
+    return "error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +94,10 @@ class RequestContext:
     busy_share_s: float | None = None
     measured_j: float | None = None
     e2e_s: float | None = None
-    status: str = "ok"
+    status: str = "ok"  # ok | retried | fallback | client_closed | upstream_* (see `outcome_status`) | error
     http_status: int = 200
     error: MarginError | None = None
+    fault_code: str | None = None  # an answer after a retry or a fallback: the code of the fault it got past
     charge: Charge | None = None
     finished: bool = False
 
@@ -95,9 +109,9 @@ class RequestContext:
     def requested_model(self) -> str:
         return self.request.model
 
-    def fail(self, error: MarginError, status: str = "error") -> None:
+    def fail(self, error: MarginError, status: str | None = None) -> None:
         self.error = error
-        self.status = status
+        self.status = status or outcome_status(error)
         self.http_status = error.status
 
     def elapsed_ms(self) -> float:

@@ -43,7 +43,9 @@ class CacheFillStage(BaseStage):
         self.semantic = semantic
 
     async def on_response(self, ctx: RequestContext) -> None:
-        if ctx.cache_key is None or ctx.cache_hit is not None or ctx.status != "ok" or ctx.http_status != 200:
+        if ctx.cache_key is None or ctx.cache_hit is not None or ctx.http_status != 200:
+            return
+        if ctx.status not in ("ok", "retried"):  # a fallback's answer is another model's: not for this key
             return
         entry = answer_entry(ctx)
         if entry is None or not entry.text:

@@ -64,7 +64,7 @@ def ledger_row(ctx: RequestContext, config_hash: str, pseudonym: UserPseudonyms 
         "prompt_text": _storable(ctx.prompt_log),
         "status": ctx.status,
         "http_status": ctx.http_status,
-        "error_code": ctx.error.code if ctx.error else None,
+        "error_code": ctx.error.code if ctx.error else ctx.fault_code,
         "stream": ctx.is_stream,
         "input_tokens": usage.input_tokens if usage else 0,
         "output_tokens": usage.output_tokens if usage else 0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -33,6 +34,9 @@ from margin.pipeline.context import Target
 from margin.pipeline.stages import discover
 from margin.routing.breaker import Breakers
 from margin.routing.policy import RoutePolicy
+from margin.telemetry import Telemetry
+from margin.telemetry.metrics import MULTIPROC_ENV, Metrics
+from margin.telemetry.traces import Traces, provider_names
 
 log = logging.getLogger("margin")
 
@@ -54,6 +58,18 @@ def make_cache(settings: Settings) -> CacheStore:
     if ledger.drivername.startswith("sqlite") and ledger.database not in (None, "", ":memory:"):
         return SqliteCache(ledger.database, memory)
     return memory
+
+
+def make_telemetry(settings: Settings) -> Telemetry:
+    """Metrics unless turned off (multiprocess files when a supervisor named their directory), traces only
+    when an OTLP endpoint is configured."""
+    config = settings.telemetry
+    metrics = Metrics(os.environ.get(MULTIPROC_ENV)) if config.metrics else None
+    traces = None
+    if config.otlp_endpoint:
+        on_drop = None if metrics is None else (lambda count: metrics.drop("traces", count))
+        traces = Traces(config, provider_names(settings.backends), on_drop)
+    return Telemetry(metrics, traces)
 
 
 class Services:
@@ -89,6 +105,7 @@ class Services:
         self.route_policy = RoutePolicy(settings.routes)
         admission = settings.admission
         self.breakers = Breakers(admission.breaker_failures, admission.breaker_cooldown_s)
+        self.telemetry = make_telemetry(settings)
         stages = [stage for spec in discover() if (stage := spec.build(self)) is not None]
         self.pipeline = Pipeline(stages, BackendCall(self.meter, self.breakers))
         self._background: set[asyncio.Task[Any]] = set()
@@ -109,8 +126,18 @@ class Services:
         await asyncio.to_thread(db.upgrade, self.settings.storage.ledger)
         await self.keys.start(self.settings.server.host)
         self.writer.start()
+        self.telemetry.start(self.telemetry_state)
         await self.governance.start()
         await asyncio.gather(*(backend.start() for backend in self.backends.values()))
+
+    def telemetry_state(self) -> dict[str, Any]:
+        """What the metrics read besides requests: circuits, faults and retries per backend, the ledger queue."""
+        backends = {}
+        for name, backend in self.backends.items():
+            breaker = self.breakers.describe(name)
+            retries = backend.health().get("retries", 0)
+            backends[name] = {"state": breaker["state"], "faults": breaker["faults"], "retries": retries}
+        return {"backends": backends, "pending_rows": self.writer.pending, "refused_backlogged": self.writer.refused}
 
     def sync_engine(self) -> sa.Engine:
         """A synchronous engine for admin work run in threads (key and rule changes, usage reports)."""
@@ -158,6 +185,7 @@ class Services:
             except Exception:
                 log.exception("closing backend %s failed", name)
         await self.writer.close()
+        await self.telemetry.close()
         await self.governance.close()
         await self.cache.close()
         for stage in self.pipeline.stages:

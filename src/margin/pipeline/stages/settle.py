@@ -15,6 +15,7 @@ from margin.ledger.store import LedgerWriter
 from margin.pipeline.base import BaseStage, StageSpec
 from margin.pipeline.context import RequestContext
 from margin.pipeline.stages.admit import LEDGER_BACKLOG
+from margin.telemetry import Telemetry
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -104,8 +105,10 @@ class SettleStage(BaseStage):
         governance: Governance | None = None,
         spawn: Callable[[Coroutine[Any, Any, Any]], None] | None = None,
         pseudonym: UserPseudonyms | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.writer = writer
+        self.telemetry = telemetry
         self.pseudonym = pseudonym or UserPseudonyms()
         self.config_hash = config_hash
         self.governance = governance
@@ -119,6 +122,8 @@ class SettleStage(BaseStage):
             return
         row = ledger_row(ctx, self.config_hash, self.pseudonym)
         self.writer.submit(row)
+        if self.telemetry is not None:  # lossy metrics and traces, after the row is safe
+            self.telemetry.observe(row)
         admission = ctx.admission
         if self.governance is not None and admission is not None:
             # the answer does not wait for the budget store: the reservation holds until this lands
@@ -135,7 +140,9 @@ class SettleStage(BaseStage):
 
 def build(services: Any) -> SettleStage:
     pseudonym = UserPseudonyms.from_env(services.settings.guard.user_hash_key_env)
-    return SettleStage(services.writer, services.config_hash, services.governance, services.spawn, pseudonym)
+    return SettleStage(
+        services.writer, services.config_hash, services.governance, services.spawn, pseudonym, services.telemetry
+    )
 
 
 STAGE = StageSpec("settle", 900, build)

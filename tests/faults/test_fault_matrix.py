@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,7 +199,11 @@ def test_fault(gw: Gateway, case: Case, stream: bool, fallback: bool, expect: Ex
         assert (row.status, row.http_status, row.error_code, row.backend) == ("fallback", 200, expect.code, "good")
     else:
         assert reply.status == expect.http
-        assert (row.status, row.http_status, row.error_code) == (expect.row, expect.row_http or expect.http, expect.code)
+        assert (row.status, row.http_status, row.error_code) == (
+            expect.row,
+            expect.row_http or expect.http,
+            expect.code,
+        )
         assert row.backend == name
     if expect.http == 200 and not expect.mid_stream:  # a retry got past the fault on the same backend
         assert reply.error is None and row.output_tokens == 3
@@ -214,3 +219,38 @@ def test_fault(gw: Gateway, case: Case, stream: bool, fallback: bool, expect: Ex
         assert reply.headers.get("retry-after") == "30"  # the upstream's Retry-After reaches the caller
     if expect.tries is not None and case.mode is not None:
         assert gw.upstream.count(case.mode, name) == expect.tries
+
+
+def _circuit(gw: Gateway, backend: str) -> dict[str, Any]:
+    body = httpx.get(f"{gw.url}/admin/backends", timeout=10).json()
+    return next(entry["circuit"] for entry in body["data"] if entry["name"] == backend)
+
+
+def test_breaker_opens_lets_one_probe_through_and_closes(gw: Gateway) -> None:
+    """`flip` fails twice (500): its circuit opens and requests go straight to the fallback. After the cooldown
+    (1 s) it is healthy but slow; of four requests at once exactly one reaches it (the probe), the others are
+    answered by the fallback; the probe's success closes the circuit."""
+    upstream = gw.upstream
+    upstream.set_mode("flip", "status,code=500")
+    for _ in range(2):
+        reply = send(gw.url, "flip", False)
+        assert reply.status == 200 and gw.row(reply.request_id or "").status == "fallback"
+    circuit = _circuit(gw, "flip")
+    assert (circuit["state"], circuit["consecutive_faults"]) == ("open", 2)
+    assert circuit["recent_errors"][0]["code"] == "upstream_error" and circuit["recent_errors"][0]["fault"]
+    skipped = send(gw.url, "flip", False)
+    row = gw.row(skipped.request_id or "")
+    assert (row.status, row.error_code, row.backend) == ("fallback", "backend_unavailable", "good")
+    assert upstream.count("dyn", "flip") == 2  # the open circuit kept the request away from it
+
+    upstream.set_mode("flip", "slow,delay=0.5")
+    wait_for(lambda: _circuit(gw, "flip")["state"] == "half_open", "the circuit to half-open", timeout_s=10)
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda _: send(gw.url, "flip", False), range(4)))
+    rows = [gw.row(reply.request_id or "") for reply in replies]
+    assert all(reply.status == 200 for reply in replies)
+    assert sorted(row.backend for row in rows) == ["flip", "good", "good", "good"]
+    assert upstream.count("dyn", "flip") == 3  # exactly one probe
+    assert _circuit(gw, "flip")["state"] == "closed"
+    after = gw.row(send(gw.url, "flip", False).request_id or "")
+    assert (after.status, after.backend) == ("ok", "flip")

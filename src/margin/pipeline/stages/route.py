@@ -57,6 +57,8 @@ class RouteStage(BaseStage):
         healthy = [t for t in ctx.candidates if self.breakers.available(t.backend_name)]
         if not healthy:
             raise unavailable(ctx, "circuit open on " + ", ".join(t.backend_name for t in ctx.candidates))
+        if healthy[0] is not ctx.candidates[0]:  # the first choice's circuit is open: the row will say so
+            ctx.status, ctx.fault_code = "fallback", "backend_unavailable"
         ctx.candidates = healthy
         ctx.target = healthy[0]
 

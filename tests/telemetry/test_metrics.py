@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from margin.telemetry.metrics import MAX_LABEL_VALUES, Metrics, render_multiprocess
@@ -57,6 +58,7 @@ def value(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str
 
 
 def test_each_row_counts_once_in_every_family() -> None:
+    """Published in batches: what the exposition shows equals one prometheus-client `observe`/`inc` per row."""
     metrics = Metrics()
     metrics.observe(row())
     metrics.observe(row(request_id="r2", stream=False, ttft_ms=None, e2e_ms=3000.0))
@@ -64,6 +66,8 @@ def test_each_row_counts_once_in_every_family() -> None:
                         model=None, backend=None, input_tokens=0, output_tokens=0, cost_nanousd=0, energy_j=None,
                         co2e_g=None, ttft_ms=None))  # fmt: skip
     metrics.observe(row(request_id="r4", cache="exact", cost_nanousd=0))
+    assert value(samples(metrics.render()), "margin_overhead_seconds_count") == 0  # not published yet
+    metrics.publish()
     found = samples(metrics.render())
     assert value(found, "margin_requests_total", model="m", backend="b", status="ok", code="200") == 3
     assert value(found, "margin_requests_total", model="none", backend="none", status="error", code="429") == 1
@@ -83,6 +87,7 @@ def test_labels_are_bounded() -> None:
     metrics = Metrics()
     for i in range(MAX_LABEL_VALUES + 50):
         metrics.observe(row(request_id=str(i), status="error", http_status=400, error_code=f"code-{i}"))
+    metrics.publish()
     found = samples(metrics.render())
     reasons = {dict(labels)["reason"] for name, labels in found if name == "margin_rejections_total"}
     assert len(reasons) == MAX_LABEL_VALUES + 1 and "other" in reasons
@@ -150,3 +155,29 @@ def test_several_processes_are_merged_and_an_exited_ones_gauges_dropped(tmp_path
         for process in (first, second):
             if process.returncode is None:
                 _stop(process)
+
+
+def test_batched_histograms_match_prometheus_own_observe() -> None:
+    """Bucket edges included (a value equal to a bound falls in that bucket), and values past the last one."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from margin.telemetry.metrics import LATENCY_BUCKETS
+
+    seconds = [0.0, 0.005, 0.0050001, 0.1, 1, 2.5, 299.9, 300, 300.1, 10_000, *(i / 97 for i in range(500))]
+    ours = Metrics()
+    for i, s in enumerate(seconds):
+        ours.observe(row(request_id=str(i), e2e_ms=s * 1000))
+    ours.publish()
+    registry = CollectorRegistry()
+    theirs = Histogram("margin_request_duration_seconds", "x", ["model"], buckets=LATENCY_BUCKETS, registry=registry)
+    for s in seconds:
+        theirs.labels("m").observe(s * 1000 / 1000)
+
+    def histogram(text: bytes) -> dict[Any, float]:
+        return {
+            k: v
+            for k, v in samples(text).items()
+            if k[0].startswith("margin_request_duration") and "_created" not in k[0]
+        }
+
+    assert histogram(ours.render()) == histogram(generate_latest(registry))

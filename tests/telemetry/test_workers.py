@@ -1,5 +1,6 @@
 """`/metrics` with several worker processes on one port (uvicorn's multi-process mode, as `margin serve
---workers N` runs them): whichever worker answers the scrape, it counts every worker's requests."""
+--workers N` runs them): whichever worker answers the scrape, it counts every worker's requests (each
+worker publishes its own within a second)."""
 
 from __future__ import annotations
 
@@ -64,10 +65,15 @@ def test_metrics_count_every_workers_requests(tmp_path: Path) -> None:
                 assert client.post("/v1/chat/completions", json=body).status_code == 200
         pids = {m.group(1) for name in os.listdir(metrics_dir) if (m := re.search(r"_(\d+)\.db$", name))}
         assert len(pids) == 2  # both workers write their own files
-        for _ in range(4):  # whichever worker answers the scrape
+
+        def scrape() -> float:
             with httpx.Client(base_url=url, timeout=10) as client:
                 scraped = client.get("/metrics")
-            assert scraped.status_code == 200 and _requests_total(scraped.text) == REQUESTS
+            assert scraped.status_code == 200
+            return _requests_total(scraped.text)
+
+        wait_for(lambda: scrape() == REQUESTS, "each worker to publish (every second)", timeout_s=10)
+        assert [scrape() for _ in range(4)] == [REQUESTS] * 4  # whichever worker answers the scrape
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -62,5 +62,6 @@ class Telemetry:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self.refresh()  # the last requests' counts (with workers, into the shared files)
         if self.traces is not None:
             await asyncio.to_thread(self.traces.close)

@@ -2,10 +2,14 @@
 
 Per request, `observe(row)` reads the finished ledger row (one call, from the settle side): requests by
 model/backend/status/HTTP code, latency, TTFT and overhead histograms, tokens, cost (integer nano-USD, exact),
-energy, carbon, cache hits and rejections by reason. Every second (and at each scrape) `refresh` reads the
-state that is not per request: each backend's circuit, faults and retries, the ledger's queue (outbox) depth
-and ingest lag. Labels only ever hold names from the config or margin's own vocabulary (never a caller's
-string), and each label keeps at most `MAX_LABEL_VALUES` values (then `other`), so no caller can grow them.
+energy, carbon, cache hits and rejections by reason. It only adds to plain per-series accumulators (no lock:
+it runs on the event loop); every second, and before each scrape, `refresh` publishes them with one `inc`
+per series (prometheus-client's own `inc`/`observe` take a lock each, ~1.5 µs apiece, ten a request: see
+`benchmarks/telemetry_cost.py`), then reads what is not per request: each backend's circuit, faults and
+retries, the ledger's queue (outbox) depth and ingest lag. `render` (the scrape, in a thread) reads only
+what was published. Labels only ever hold names from the config or margin's own vocabulary (never a
+caller's string), and each label keeps at most `MAX_LABEL_VALUES` values (then `other`), so no caller can
+grow them.
 
 Several workers (`margin serve --workers N`): the supervisor calls `prepare_multiprocess(dir)` before the
 workers start; each worker then writes its values to files there (prometheus-client's multiprocess mode) and
@@ -19,6 +23,8 @@ import contextlib
 import os
 import re
 import shutil
+from bisect import bisect_left
+from collections import Counter as Tally
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,30 +91,51 @@ class _Labels:
 
 
 @dataclass(slots=True)
+class _Histogram:
+    """Observations since the last publish: a count per bucket (the last one +Inf) and their sum."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def add(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # the first bucket whose bound is >= value
+        self.total += value
+
+    def publish(self, child: Any) -> None:
+        """Into a prometheus-client Histogram child: its per-bucket values (non-cumulative, as its `observe`
+        keeps them) and its sum. Private attributes of the pinned prometheus-client; tests read them back."""
+        if not any(self.counts):
+            return
+        for index, count in enumerate(self.counts):
+            if count:
+                child._buckets[index].inc(count)
+                self.counts[index] = 0
+        child._sum.inc(self.total)
+        self.total = 0.0
+
+
+@dataclass(slots=True)
 class _Series:
-    """The children of one (model, backend, status, code): looked up once, then reused by every request."""
+    """One (model, backend, status, code): what its requests added since the last publish."""
 
-    requests: Any
-    e2e: Any
-    ttft: Any
-    tokens_in: Any
-    tokens_out: Any
-    tokens_cached: Any
-    cost: Any
-    energy: Any
-    co2e: Any
+    labels: tuple[str, str, str, str]
+    requests: int = 0
+    tokens: list[int] = field(default_factory=lambda: [0, 0, 0])  # input, output, cached
+    cost: int = 0
+    energy: float = 0.0
+    co2e: float = 0.0
+    e2e: _Histogram = field(default_factory=lambda: _Histogram(LATENCY_BUCKETS))
+    ttft: _Histogram = field(default_factory=lambda: _Histogram(LATENCY_BUCKETS))
 
 
-class Metrics:
-    def __init__(self, multiprocess_dir: str | None = None) -> None:
-        self.multiprocess_dir = multiprocess_dir
-        if multiprocess_dir:
-            _use_multiprocess_values()
-        self.registry = CollectorRegistry(auto_describe=True)
-        self._label = {name: _Labels() for name in ("model", "backend", "status", "reason", "type")}
-        self._series: dict[tuple[Any, ...], _Series] = {}
-        self._seen: dict[tuple[str, str], float] = {}  # last totals read by `refresh` (faults, retries)
-        r = self.registry
+class _Families:
+    """The metric families, in one registry (per gateway: no module-level state)."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
         per_model = ["model"]
         self.requests = Counter(
             "margin_requests", "Requests by served model, backend, ledger status and HTTP status.",
@@ -138,14 +165,12 @@ class Metrics:
             registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
         self.backend_faults = Counter("margin_backend_faults", "Backend faults.", ["backend"], registry=r)
-        self.backend_retries = Counter(
-            "margin_backend_retries", "Retries inside backend calls.", ["backend"], registry=r
-        )
-        self.outbox_rows = Gauge(
+        self.backend_retries = Counter("margin_backend_retries", "Retries in backend calls.", ["backend"], registry=r)
+        self.pending_rows = Gauge(
             "margin_ledger_pending_rows", "Ledger rows acknowledged and not yet in the database.",
             registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
-        self.outbox_bytes = Gauge(
+        self.pending_bytes = Gauge(
             "margin_ledger_pending_bytes", "Bytes of the ledger outbox not yet ingested.",
             registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
@@ -154,67 +179,90 @@ class Metrics:
             registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
 
-    def _prepare(self, model: str, backend: str, status: str, code: int) -> _Series:
-        if len(self._series) > 4 * MAX_LABEL_VALUES:
-            self._series.clear()
+
+class Metrics:
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
+        if multiprocess_dir:
+            _use_multiprocess_values()
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.families = _Families(self.registry)
+        self._label = {name: _Labels() for name in ("model", "backend", "status", "reason", "type")}
+        self._series: dict[tuple[Any, ...], _Series] = {}
+        self._overhead = _Histogram(OVERHEAD_BUCKETS)
+        self._tally: Tally[tuple[str, Any]] = Tally()  # cache hits by type, rejections by reason
+        self._seen: dict[tuple[str, str], float] = {}  # last totals read by `refresh` (faults, retries)
+
+    def _new_series(self, key: tuple[Any, str, str, int]) -> _Series:
+        model, backend, status, code = key
         label = self._label
-        m = label["model"](model)
-        series = _Series(
-            requests=self.requests.labels(m, label["backend"](backend), label["status"](status), str(code)),
-            e2e=self.e2e.labels(m),
-            ttft=self.ttft.labels(m),
-            tokens_in=self.tokens.labels(m, "input"),
-            tokens_out=self.tokens.labels(m, "output"),
-            tokens_cached=self.tokens.labels(m, "cached"),
-            cost=self.cost.labels(m),
-            energy=self.energy.labels(m),
-            co2e=self.co2e.labels(m),
-        )
-        self._series[(model, backend, status, code)] = series
+        series = _Series((label["model"](model), label["backend"](backend), label["status"](status), str(code)))
+        self._series[key] = series
         return series
 
     def observe(self, row: Mapping[str, Any]) -> None:
-        """One finished request, from its ledger row."""
-        model, backend, status, code = row["model"], row["backend"], row["status"], row["http_status"]
-        series = self._series.get((model, backend, status, code)) or self._prepare(model, backend, status, code)
-        series.requests.inc()
-        series.e2e.observe(row["e2e_ms"] / 1000)
+        """One finished request, from its ledger row (published at the next `refresh`)."""
+        key = (row["model"], row["backend"], row["status"], row["http_status"])
+        series = self._series.get(key) or self._new_series(key)
+        series.requests += 1
+        series.e2e.add(row["e2e_ms"] / 1000)
         if row["ttft_ms"] is not None:
-            series.ttft.observe(row["ttft_ms"] / 1000)
+            series.ttft.add(row["ttft_ms"] / 1000)
         if row["overhead_ms"] is not None:
-            self.overhead.observe(row["overhead_ms"] / 1000)
-        for child, tokens in (
-            (series.tokens_in, row["input_tokens"]),
-            (series.tokens_out, row["output_tokens"]),
-            (series.tokens_cached, row["cached_tokens"]),
-        ):
-            if tokens:
-                child.inc(tokens)
-        if row["cost_nanousd"]:
-            series.cost.inc(row["cost_nanousd"])
-        if row["energy_j"]:
-            series.energy.inc(row["energy_j"])
-        if row["co2e_g"]:
-            series.co2e.inc(row["co2e_g"])
+            self._overhead.add(row["overhead_ms"] / 1000)
+        tokens = series.tokens
+        tokens[0] += row["input_tokens"]
+        tokens[1] += row["output_tokens"]
+        tokens[2] += row["cached_tokens"]
+        series.cost += row["cost_nanousd"] or 0
+        series.energy += row["energy_j"] or 0.0
+        series.co2e += row["co2e_g"] or 0.0
         if row["cache"]:
-            self.cache_hits.labels(self._label["type"](row["cache"])).inc()
-        if status == "error" and code >= 400:
-            self.rejections.labels(self._label["reason"](row["error_code"])).inc()
+            self._tally[("type", row["cache"])] += 1
+        if key[2] == "error" and key[3] >= 400:
+            self._tally[("reason", row["error_code"])] += 1
+
+    def publish(self) -> None:
+        """Move what requests added since the last call into the prometheus-client metrics."""
+        f = self.families
+        for series in self._series.values():
+            if not series.requests:
+                continue
+            model = series.labels[0]
+            f.requests.labels(*series.labels).inc(series.requests)
+            for kind, count in zip(("input", "output", "cached"), series.tokens, strict=True):
+                if count:
+                    f.tokens.labels(model, kind).inc(count)
+            for family, amount in ((f.cost, series.cost), (f.energy, series.energy), (f.co2e, series.co2e)):
+                if amount:
+                    family.labels(model).inc(amount)
+            series.e2e.publish(f.e2e.labels(model))
+            series.ttft.publish(f.ttft.labels(model))
+            series.requests, series.tokens, series.cost, series.energy, series.co2e = 0, [0, 0, 0], 0, 0.0, 0.0
+        self._overhead.publish(f.overhead)
+        for (label, value), count in self._tally.items():
+            family = f.cache_hits if label == "type" else f.rejections
+            family.labels(self._label[label](value)).inc(count)
+        self._tally.clear()
+        if len(self._series) > 4 * MAX_LABEL_VALUES:  # the raw keys behind the bounded labels, bounded too
+            self._series.clear()
 
     def refresh(self, state: Mapping[str, Any]) -> None:
-        """Gauges and totals that are not per request: `state` is `Services.telemetry_state()`."""
+        """Publish the requests' additions, then what is not per request (`Services.telemetry_state()`)."""
+        self.publish()
+        f = self.families
         for name, backend in state.get("backends", {}).items():
             label = self._label["backend"](name)
-            self.backend_state.labels(label).set(STATES.get(backend.get("state", "closed"), 0))
-            self._add(self.backend_faults.labels(label), (name, "faults"), backend.get("faults", 0))
-            self._add(self.backend_retries.labels(label), (name, "retries"), backend.get("retries", 0))
-        for gauge, key in ((self.outbox_rows, "pending_rows"), (self.outbox_bytes, "pending_bytes")):
+            f.backend_state.labels(label).set(STATES.get(backend.get("state", "closed"), 0))
+            self._add(f.backend_faults.labels(label), (name, "faults"), backend.get("faults", 0))
+            self._add(f.backend_retries.labels(label), (name, "retries"), backend.get("retries", 0))
+        for gauge, key in ((f.pending_rows, "pending_rows"), (f.pending_bytes, "pending_bytes")):
             if state.get(key) is not None:
                 gauge.set(state[key])
         if state.get("ingest_lag_s") is not None:
-            self.ingest_lag.set(state["ingest_lag_s"])
+            f.ingest_lag.set(state["ingest_lag_s"])
         if state.get("refused_backlogged") is not None:  # refused before any work: these requests have no row
-            backlog = self.rejections.labels(self._label["reason"]("ledger_backlog"))
+            backlog = f.rejections.labels(self._label["reason"]("ledger_backlog"))
             self._add(backlog, ("", "refused_backlogged"), state["refused_backlogged"])
 
     def _add(self, counter: Any, key: tuple[str, str], total: float) -> None:
@@ -226,7 +274,7 @@ class Metrics:
         self._seen[key] = total
 
     def drop(self, sink: str, count: int = 1) -> None:
-        self.dropped.labels(sink).inc(count)
+        self.families.dropped.labels(sink).inc(count)
 
     def render(self) -> bytes:
         """The text exposition: this process's metrics, or every worker's in multiprocess mode."""

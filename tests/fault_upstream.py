@@ -11,6 +11,8 @@ any name (requests are counted per `<mode>/<tag>`, see `GET /stats`) and `mode` 
     status,code=503             that HTTP status with an OpenAI error body
     status,code=429,after=1     429 with `Retry-After: 1`
     slow,delay=5                nothing at all for `delay` seconds, then a normal answer
+    slowbody,delay=5            headers at once, then nothing for `delay` seconds, then the body or events
+    many,events=400,size=2000   a healthy stream of 400 content events of 2,000 characters each
     stall,events=2              headers and 2 events (JSON: half the body), then silence until the client leaves
     reset,events=2              headers and 2 events (JSON: half the body), then a TCP reset
     badjson                     200 with a body that is not JSON (streams: a first event that is not JSON)
@@ -108,6 +110,13 @@ def events(body: dict[str, Any]) -> list[bytes]:
     return [b"data: " + json.dumps(e).encode() + b"\n\n" for e in out] + [b"data: [DONE]\n\n"]
 
 
+def many_events(body: dict[str, Any], count: int, size: int) -> list[bytes]:
+    base = {"id": "f-1", "object": "chat.completion.chunk", "created": 0, "model": body.get("model")}
+    piece = {**base, "choices": [{"index": 0, "delta": {"content": "x" * size}, "finish_reason": None}]}
+    finish = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    return [b"data: " + json.dumps(e).encode() + b"\n\n" for e in [*[piece] * count, finish]] + [b"data: [DONE]\n\n"]
+
+
 async def _until_closed(reader: asyncio.StreamReader, limit_s: float = 120) -> None:
     with contextlib.suppress(TimeoutError, ConnectionError):
         async with asyncio.timeout(limit_s):
@@ -138,6 +147,10 @@ async def respond(mode: Mode, request: Request, reader: asyncio.StreamReader, wr
         await asyncio.sleep(mode.number("delay", 5))
     if not stream:
         data = b'{"id": "f-1", "choices": [' if name == "badjson" else answer(request.body)
+        if name == "slowbody":
+            writer.write(_head(200, "application/json", length=len(data)))
+            await writer.drain()
+            await asyncio.sleep(mode.number("delay", 5))
         if name in ("stall", "reset"):
             writer.write(_head(200, "application/json", length=len(data)) + data[: len(data) // 2])
             await (_until_closed(reader) if name == "stall" else _reset(writer))
@@ -147,10 +160,15 @@ async def respond(mode: Mode, request: Request, reader: asyncio.StreamReader, wr
     sent = events(request.body)
     keep = int(mode.number("events", 2))
     writer.write(_head(200, "text/event-stream"))
+    if name == "slowbody":
+        await writer.drain()
+        await asyncio.sleep(mode.number("delay", 5))
     if name == "badjson":
         sent = [b"data: {not json\n\n"]
     elif name == "badsse":
         sent = [*sent[:keep], b"data: {not json\n\n"]
+    elif name == "many":
+        sent = many_events(request.body, int(mode.number("events", 400)), int(mode.number("size", 2000)))
     elif name in ("stall", "reset"):
         writer.write(b"".join(_chunk(e) for e in sent[:keep]))
         await (_until_closed(reader) if name == "stall" else _reset(writer))

@@ -131,6 +131,11 @@ class BackendTimeout(BackendError):
     default_code = "upstream_timeout"
 
 
+class StreamTimeLimit(BackendTimeout):
+    """A stream that was flowing ran past its backend's total time limit. It is ended like a timeout, but is
+    no fault of the backend (a long answer, or a client reading slowly): its circuit does not count it."""
+
+
 class BackendClientError(MarginError):
     """The upstream rejected the request as invalid (4xx): passed through with its status."""
 

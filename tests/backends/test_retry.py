@@ -46,19 +46,21 @@ def test_retry_after_parsing(header: str | None, seconds: float | None) -> None:
 
 
 async def _expiry(first_token_s: float, idle_s: float, total_s: float, reads: list[float]) -> str | None:
-    """Feed reads at the given offsets (s) and return the limit that expired, if any."""
+    """Reads that take the given times (s) each, back to back; then silence. The limit that expired, if any."""
     loop = asyncio.get_running_loop()
     expired = asyncio.Event()
     deadline = StreamDeadline(
         loop.time(), first_token_s=first_token_s, idle_s=idle_s, total_s=total_s, expire=lambda _: expired.set()
     )
     try:
-        for gap in reads:
+        for wait in reads:
+            deadline.waiting()
             try:
-                await asyncio.wait_for(expired.wait(), gap)
+                await asyncio.wait_for(expired.wait(), wait)
                 return deadline.reason
             except TimeoutError:
-                deadline.tick()
+                deadline.received(event=True)
+        deadline.waiting()
         try:
             await asyncio.wait_for(expired.wait(), 2)
         except TimeoutError:
@@ -74,13 +76,37 @@ async def test_stream_deadline_names_the_limit_that_passed() -> None:
     assert await _expiry(1, 1.0, 0.3, [0.05] * 20) == "total"  # never idle, but past the total limit
 
 
-async def test_reads_keep_a_stream_alive_and_cancel_stops_the_timer() -> None:
+async def test_only_waiting_on_the_upstream_counts_as_idle() -> None:
+    """A consumer busy elsewhere (a slow client) for longer than the idle limit is not an idle upstream."""
     loop = asyncio.get_running_loop()
     fired: list[str] = []
-    deadline = StreamDeadline(loop.time(), first_token_s=0.5, idle_s=0.5, total_s=5, expire=fired.append)
-    for _ in range(8):
-        await asyncio.sleep(0.03)
-        deadline.tick()
+    deadline = StreamDeadline(loop.time(), first_token_s=0.5, idle_s=0.1, total_s=5, expire=fired.append)
+    deadline.received(event=True)
+    await asyncio.sleep(0.35)  # not reading: three idle periods pass
+    assert fired == []
+    deadline.waiting()
+    await asyncio.sleep(0.35)  # reading, and the upstream is silent
+    assert fired == ["idle"]
     deadline.cancel()
-    await asyncio.sleep(0.7)  # past the idle limit: only a cancelled timer stays quiet
+
+
+async def test_bytes_without_an_event_do_not_count_as_the_first_token() -> None:
+    loop = asyncio.get_running_loop()
+    fired: list[str] = []
+    deadline = StreamDeadline(loop.time(), first_token_s=0.2, idle_s=5, total_s=5, expire=fired.append)
+    for _ in range(5):  # keep-alive comments every 0.05 s, no data event
+        await asyncio.sleep(0.05)
+        deadline.received(event=False)
+        deadline.waiting()
+    await asyncio.sleep(0.2)
+    assert fired == ["first_token"]
+    deadline.cancel()
+
+
+async def test_a_cancelled_deadline_stays_quiet() -> None:
+    loop = asyncio.get_running_loop()
+    fired: list[str] = []
+    deadline = StreamDeadline(loop.time(), first_token_s=0.1, idle_s=0.1, total_s=0.1, expire=fired.append)
+    deadline.cancel()
+    await asyncio.sleep(0.3)  # past every limit
     assert fired == []

@@ -10,11 +10,15 @@ happened (status, error code, the backend that answered) and the upstream saw th
 from __future__ import annotations
 
 import json
+import re
+import socket
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -67,6 +71,7 @@ CASES = [
     Case("429-once", "status,code=429,after=0.05,times=1", *_both(Expect(200, "upstream_rate_limited", "retried", 2))),
     Case("refused", None, *_both(Expect(502, "upstream_unreachable", "upstream_error", tries=None))),
     Case("slow-first-byte", "slow,delay=10", *_both(Expect(504, "upstream_timeout", "upstream_timeout"))),
+    Case("slow-first-event", "slowbody,delay=10", *_both(Expect(504, "upstream_timeout", "upstream_timeout"))),
     Case(
         "stall-mid-stream",
         "stall,events=2",
@@ -105,7 +110,11 @@ def _config(upstream: FaultUpstream, dead_port: int) -> dict[str, Any]:
                 models[name] = {"backend": name, "price": PRICE, "fallbacks": ["good"] if fallback else []}
     backends["flip"] = {"kind": "openai", "base_url": upstream.base("dyn", "flip"), "retries": RETRIES, **LIMITS}
     models["flip"] = {"backend": "flip", "price": PRICE, "fallbacks": ["good"]}
+    big = upstream.base("many,events=3000,size=4000", "big")
+    backends["big"] = {"kind": "openai", "base_url": big, **LIMITS, "timeout_s": 60}
+    models["big"] = {"backend": "big", "price": PRICE}
     return {
+        "server": {"stream_write_timeout_s": 2},
         "storage": {"flush_interval_ms": 10},
         "admission": {"breaker_failures": 2, "breaker_cooldown_s": 1},
         "backends": backends,
@@ -254,3 +263,43 @@ def test_breaker_opens_lets_one_probe_through_and_closes(gw: Gateway) -> None:
     assert _circuit(gw, "flip")["state"] == "closed"
     after = gw.row(send(gw.url, "flip", False).request_id or "")
     assert (after.status, after.backend) == ("ok", "flip")
+
+
+def _sip(sock: socket.socket, limit: int, window_s: float = 0.05) -> int:
+    """Read what arrives within `window_s`, up to `limit` bytes."""
+    sock.settimeout(window_s)
+    got = 0
+    try:
+        while got < limit and (data := sock.recv(65536)):
+            got += len(data)
+    except TimeoutError:
+        pass
+    return got
+
+
+def test_a_slow_reader_is_not_the_upstreams_fault(gw: Gateway) -> None:
+    """A client reads a long stream in sips, 0.8 s apart, then stops. While its writes are blocked the
+    gateway does not read the upstream, and that wait is not the upstream's silence: its idle limit (0.5 s)
+    never runs out. The stream ends on the client's write timeout (2 s) as `client_closed`, and the backend's
+    circuit counts no fault (else any caller could open a healthy backend's circuit by reading slowly)."""
+    address = urlsplit(gw.url)
+    body = json.dumps({"model": "big", "messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((address.hostname, address.port))
+        head = f"POST {CHAT} HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: application/json\r\n"
+        sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += sock.recv(1024)
+        request_id = re.search(rb"x-margin-request-id: (\w+)", received)
+        assert received.startswith(b"HTTP/1.1 200") and request_id is not None
+        sipped = 0
+        for _ in range(5):
+            time.sleep(0.8)
+            sipped += _sip(sock, 1 << 20)
+        assert sipped > 0
+        row = gw.row(request_id.group(1).decode())  # then read nothing until the row is written
+    assert (row.status, row.http_status, row.error_code) == ("client_closed", 499, "stream_write_timeout")
+    circuit = _circuit(gw, "big")
+    assert (circuit["state"], circuit["faults"]) == ("closed", 0)

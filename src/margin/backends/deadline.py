@@ -1,11 +1,16 @@
 """The time limits of one streamed backend call, enforced by a single timer per stream.
 
-A stream has three limits: the first event must arrive within `first_token_s` of the request, no gap between
-two reads may exceed `idle_s`, and the whole stream must end within `total_s`. Arming a timer per read would
-cost a timer handle per chunk; instead each read only notes the loop time (`tick`), and one timer, due at the
-earliest limit, wakes up, re-arms itself if reads came since, and otherwise calls `expire(reason)` once. The
-caller's `expire` makes the pending read fail (e.g. `StreamReader.set_exception`), so the stream ends where it
-reads, in its own task: nothing is cancelled from outside.
+A stream has three limits: the first event must arrive within `first_token_s` of the request, a read of the
+upstream may not wait longer than `idle_s`, and the whole stream must end within `total_s`. Only time spent
+waiting on the upstream counts as idle: while the stream's consumer is busy elsewhere (writing to a slow
+client, which has its own write timeout), nothing is read and nothing is idle, so a client that reads slowly
+can never make a healthy upstream look stalled (and open its circuit for everyone).
+
+Arming a timer per read would cost a timer handle per chunk; instead each read only notes the loop time
+(`waiting` before it, `received` after), and one timer, due at the earliest limit, wakes up, re-arms itself
+when nothing is overdue, and otherwise calls `expire(reason)` once. The caller's `expire` makes the pending
+read fail (e.g. `StreamReader.set_exception`), so the stream ends where it reads, in its own task: nothing is
+cancelled from outside. The timer never fires later than a limit; it may fire early and re-arm.
 """
 
 from __future__ import annotations
@@ -30,21 +35,34 @@ class StreamDeadline:
         self._end_by = started + total_s
         self._idle_s = idle_s
         self._expire = expire
-        self._last: float | None = None  # loop time of the latest read
+        self._first_event = False
+        self._waiting_since: float | None = started  # a read of the upstream is pending since then
         self.reason: str | None = None  # first_token | idle | total, once expired
-        self._handle = self._loop.call_at(self._due()[0], self._check)
+        self._handle = self._loop.call_at(self._due(started)[0], self._check)
 
-    def tick(self) -> None:
-        """A read arrived (called per read: one clock read, no timer work)."""
-        self._last = self._loop.time()
+    def waiting(self) -> None:
+        """A read of the upstream starts (one clock read, no timer work)."""
+        self._waiting_since = self._loop.time()
 
-    def _due(self) -> tuple[float, str]:
-        limit, reason = (self._first_by, "first_token") if self._last is None else (self._last + self._idle_s, "idle")
+    def received(self, *, event: bool) -> None:
+        """The read returned bytes; `event`: they completed at least one event (the first token counts then)."""
+        self._waiting_since = None
+        if event:
+            self._first_event = True
+
+    def _due(self, now: float) -> tuple[float, str]:
+        if not self._first_event:
+            limit, reason = self._first_by, "first_token"
+        elif self._waiting_since is None:  # not reading: look again one idle period from now
+            limit, reason = now + self._idle_s, ""
+        else:
+            limit, reason = self._waiting_since + self._idle_s, "idle"
         return (self._end_by, "total") if self._end_by <= limit else (limit, reason)
 
     def _check(self) -> None:
-        due, reason = self._due()
-        if self._loop.time() >= due:
+        now = self._loop.time()
+        due, reason = self._due(now)
+        if reason and now >= due:
             self.reason = reason
             self._expire(reason)
             return

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -23,7 +23,14 @@ from margin.backends.base import Call, Chunk, Completion, Usage
 from margin.backends.deadline import StreamDeadline
 from margin.backends.retry import RETRY_STATUSES, Backoff, retry_after_s
 from margin.config import OpenAIBackendConfig
-from margin.errors import BackendClientError, BackendError, BackendTimeout, MarginError, UpstreamRateLimited
+from margin.errors import (
+    BackendClientError,
+    BackendError,
+    BackendTimeout,
+    MarginError,
+    StreamTimeLimit,
+    UpstreamRateLimited,
+)
 from margin.logs import printable
 from margin.protocol import FORWARDED, Endpoint
 
@@ -257,14 +264,18 @@ class OpenAIBackend:
             total_s=config.timeout_s,
             expire=expire,
         )
-        finished = False
+        finished = flowing = False
         try:
-            async for chunk in self._events(response, deadline.tick):
+            async for chunk in self._events(response, deadline):
+                flowing = True
                 yield chunk
             finished = True
             self._served += 1
         except StreamExpired as exc:
-            raise BackendTimeout(f"upstream {self.name} {LIMITS[str(exc)]}") from exc
+            message = f"upstream {self.name} {LIMITS[str(exc)]}"
+            if str(exc) == "total" and flowing:  # a long answer (or a slow reader), not a sick backend
+                raise StreamTimeLimit(message) from exc
+            raise BackendTimeout(message) from exc
         except TimeoutError as exc:
             raise BackendTimeout(f"upstream {self.name} timed out mid-stream") from exc
         except aiohttp.ClientError as exc:
@@ -277,18 +288,23 @@ class OpenAIBackend:
                 response.close()  # stop the upstream's generation: drop the connection
 
     async def _events(
-        self, response: aiohttp.ClientResponse, tick: Callable[[], None] | None = None
+        self, response: aiohttp.ClientResponse, deadline: StreamDeadline | None = None
     ) -> AsyncIterator[Chunk]:
         """SSE events as they arrive: every read takes all the bytes already received, so the events of one
         read are parsed together and marked `more` (all but the last), which lets the responder write them
-        to the client at once. Nothing waits for more data than the first event needs. `tick` is called per
-        read (the stream's time limits)."""
-        pending = b""
-        async for data in response.content.iter_any():
-            if tick is not None:
-                tick()
+        to the client at once. Nothing waits for more data than the first event needs. `deadline` hears when
+        a read starts and ends (only those waits count towards the stream's idle limit)."""
+        pending, content = b"", response.content
+        while True:
+            if deadline is not None:
+                deadline.waiting()
+            data = await content.readany()
+            if not data:
+                break
             *lines, pending = (pending + data).split(b"\n")
             events = [event for line in lines if (event := _event_data(line)) is not None]
+            if deadline is not None:
+                deadline.received(event=bool(events))
             for index, event in enumerate(events):
                 if event == b"[DONE]":
                     return

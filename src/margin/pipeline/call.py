@@ -11,7 +11,14 @@ from typing import Any
 import orjson
 
 from margin.backends.base import Call, Chunk, Usage
-from margin.errors import BackendError, BackendFailedUnexpectedly, MarginError, Overloaded, UpstreamRateLimited
+from margin.errors import (
+    BackendError,
+    BackendFailedUnexpectedly,
+    MarginError,
+    Overloaded,
+    StreamTimeLimit,
+    UpstreamRateLimited,
+)
 from margin.pipeline.context import RequestContext, Target
 from margin.pipeline.stages.route import unavailable
 from margin.protocol import Endpoint
@@ -169,7 +176,7 @@ def backend_fault(error: MarginError) -> bool:
     """What the circuit breaker counts: the backend itself failed (5xx, timeout, unreachable). Never a client
     error (4xx, a bad schema or token id), a full queue, or an exception the request's input provoked: no
     caller can open a backend's circuit for every tenant."""
-    return isinstance(error, BackendError) and not isinstance(error, BackendFailedUnexpectedly)
+    return isinstance(error, BackendError) and not isinstance(error, BackendFailedUnexpectedly | StreamTimeLimit)
 
 
 class BackendCall:

@@ -92,3 +92,19 @@ def test_describe_keeps_recent_errors_newest_first_and_latencies() -> None:
     assert described["latencies_s"] == [0.1, 0.3]
     assert (described["ok"], described["faults"], described["state"]) == (2, 1, "closed")
     assert breakers(clock).describe("never-seen")["state"] == "closed"
+
+
+def test_a_probe_without_a_verdict_frees_the_slot_at_once() -> None:
+    """A client error or an upstream 429 says nothing about the backend's health: the next request probes, so
+    a caller cannot keep a recovering backend out by sending bad requests when it half-opens."""
+    clock = Clock()
+    b = breakers(clock)
+    b.failure("up")
+    b.failure("up")
+    clock.now += 10
+    assert b.acquire("up") and not b.acquire("up")
+    b.release("up")
+    assert b.state_of("up") is State.HALF_OPEN and b.acquire("up")
+    b.success("up")
+    b.release("up")  # nothing to release on a closed circuit
+    assert b.state_of("up") is State.CLOSED

@@ -204,12 +204,16 @@ class BackendCall:
                 await self._attempt(ctx, target)
             except MarginError as exc:
                 if not _retryable(exc):
+                    self.breakers.release(name)
                     raise
                 self._failed(name, exc)
                 last = exc
                 if index + 1 < len(candidates):
                     log.warning("request %s: %s failed (%s); falling back", ctx.request_id, name, exc)
                 continue
+            except BaseException:  # cancelled (the client left) or a bug: no verdict on the backend
+                self.breakers.release(name)
+                raise
             self.breakers.success(name, time.perf_counter() - started)
             _note_recovery(ctx, last)
             return
@@ -223,6 +227,7 @@ class BackendCall:
             self.breakers.failure(backend, error.code, error.message)
         else:
             self.breakers.note(backend, error.code, error.message)
+            self.breakers.release(backend)
 
     async def _attempt(self, ctx: RequestContext, target: Target) -> None:
         ctx.call = Call(

@@ -3,7 +3,8 @@
 closed → open: after `failures` consecutive backend faults. open: the backend is skipped (its requests go to
 their fallbacks, or get 503 `backend_unavailable`). After `cooldown_s` it is half-open: exactly one request
 (the probe) is let through; its success closes the circuit, its fault re-opens it for another `cooldown_s`.
-A probe that never reports (its caller went away) frees the slot after `cooldown_s`.
+A probe that ends without a verdict (a client error, an upstream 429, its caller went away) frees the slot
+for the next request (`release`); one that never reports at all frees it after `cooldown_s`.
 
 Only faults of the backend itself count (`pipeline.call.backend_fault`): client errors, full queues, upstream
 429s and exceptions a request's input provoked never do, so no caller can take a backend down for everyone.
@@ -101,6 +102,13 @@ class Breakers:
             if state.state is not State.OPEN:
                 state.opened += 1
             state.state, state.opened_at, state.probe_since = State.OPEN, self.clock(), None
+
+    def release(self, backend: str) -> None:
+        """The call ended without saying whether the backend is healthy (a client error, an upstream 429, the
+        caller went away): a half-open circuit's probe slot is freed at once for the next request."""
+        state = self._states.get(backend)
+        if state is not None and state.state is State.HALF_OPEN:
+            state.probe_since = None
 
     def note(self, backend: str, code: str | None, message: str, *, fault: bool = False) -> None:
         """Keep an error in the backend's recent list (faults and errors that are not, such as upstream 429)."""

@@ -54,14 +54,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def config(upstream: str, workdir: Path) -> dict[str, Any]:
+def config(upstream: str, workdir: Path, repeat: int) -> dict[str, Any]:
     backends: dict[str, Any] = {}
     models: dict[str, Any] = {}
     dead = free_port()
-    for index, (name, mode, _stream, _limit) in enumerate(CASES):
-        base = f"{upstream}/{mode}/{name}-{index}/v1" if mode else f"http://127.0.0.1:{dead}/v1"
-        backends[name] = {"kind": "openai", "base_url": base, "retries": RETRIES, **LIMITS}
-        models[name] = {"backend": name, "price": {"input": "1", "output": "1"}}
+    for name, mode, _stream, _limit in CASES:
+        for run in range(repeat):  # a backend (and upstream path) per run: a fault `times=1` meets each run
+            backend = f"{name}-{run}"
+            base = f"{upstream}/{mode}/{backend}/v1" if mode else f"http://127.0.0.1:{dead}/v1"
+            backends[backend] = {"kind": "openai", "base_url": base, "retries": RETRIES, **LIMITS}
+            models[backend] = {"backend": backend, "price": {"input": "1", "output": "1"}}
     return {
         "storage": {"ledger": f"sqlite:///{workdir / 'ledger.db'}", "flush_interval_ms": 10},
         "admission": {"breaker_failures": 1000},  # every repeat meets the fault itself, no open circuit
@@ -98,7 +100,7 @@ def main() -> None:
     upstream_url = f"http://127.0.0.1:{int(upstream.stdout.readline().split()[1])}"
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        (workdir / "margin.yaml").write_text(yaml.safe_dump(config(upstream_url, workdir)))
+        (workdir / "margin.yaml").write_text(yaml.safe_dump(config(upstream_url, workdir, args.repeat)))
         port = free_port()
         command = [sys.executable, "-m", "margin", "serve", "--config", str(workdir / "margin.yaml")]
         gateway = start([*command, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -113,7 +115,7 @@ def main() -> None:
             cases = []
             with httpx.Client(base_url=url, timeout=30) as client:
                 for name, _mode, stream, limit in CASES:
-                    runs = [timed(client, name, stream) for _ in range(args.repeat)]
+                    runs = [timed(client, f"{name}-{run}", stream) for run in range(args.repeat)]
                     times = [round(r[0] * 1000, 1) for r in runs]
                     cases.append(
                         {"case": name, "stream": stream, "ended_by": limit, "status": runs[-1][1],

@@ -110,3 +110,14 @@ async def test_a_cancelled_deadline_stays_quiet() -> None:
     deadline.cancel()
     await asyncio.sleep(0.3)  # past every limit
     assert fired == []
+
+
+async def test_a_stall_right_after_the_first_event_ends_at_the_idle_limit_not_the_first_token_one() -> None:
+    loop = asyncio.get_running_loop()
+    expired = asyncio.Event()
+    deadline = StreamDeadline(loop.time(), first_token_s=30, idle_s=0.05, total_s=60, expire=lambda _: expired.set())
+    deadline.received(event=True)
+    deadline.waiting()
+    await asyncio.wait_for(expired.wait(), 5)  # not 30 s: the timer moved to the idle limit
+    assert deadline.reason == "idle"
+    deadline.cancel()

@@ -47,8 +47,10 @@ class StreamDeadline:
     def received(self, *, event: bool) -> None:
         """The read returned bytes; `event`: they completed at least one event (the first token counts then)."""
         self._waiting_since = None
-        if event:
+        if event and not self._first_event:  # once a stream: from now on the idle limit may come first
             self._first_event = True
+            self._handle.cancel()
+            self._handle = self._loop.call_at(self._due(self._loop.time())[0], self._check)
 
     def _due(self, now: float) -> tuple[float, str]:
         if not self._first_event:

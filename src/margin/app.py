@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from margin.api import admin, edge, feedback, inference, meta, openapi
+from margin.api import admin, edge, feedback, inference, meta, observability, openapi
 from margin.api.errors import error_response
 from margin.backends.registry import BackendRegistry
 from margin.config import Settings
@@ -118,6 +118,7 @@ def build_app(
         Route("/readyz", meta.readyz, methods=["GET"]),
         Route("/openapi.json", openapi.endpoint(), methods=["GET"]),
         *admin.routes(),
+        *observability.routes(),
         *dashboard.routes(),
         *feedback.routes(),
     ]

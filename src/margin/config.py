@@ -123,13 +123,33 @@ class LlamaCppBackendConfig(_BackendBase):
     max_queue: int = Field(32, ge=0, description="Requests waiting beyond the running one; more get 503.")
 
 
+class RetryConfig(Strict):
+    """Retries inside one backend call, before any byte of the answer exists: connection refused, HTTP
+    502/503/504, and 429 whose Retry-After is within `retry_after_max_s`. Waits grow exponentially with full
+    jitter (a random wait between 0 and `backoff_s` × 2^attempt, capped at `backoff_max_s`); no retry starts
+    when it could not finish within the backend's `timeout_s`. Timeouts and broken streams are never retried
+    on the same backend (the upstream may be generating): they go to the model's fallbacks."""
+
+    attempts: int = Field(2, ge=0, le=10, description="Retries after the first try (0: none).")
+    backoff_s: float = Field(0.05, ge=0, description="Base of the exponential backoff.")
+    backoff_max_s: float = Field(2.0, ge=0, description="Longest wait between two tries (before jitter).")
+    retry_after_max_s: float = Field(
+        2.0, ge=0, description="A 429 is retried only when its Retry-After (seconds) is at most this."
+    )
+
+
 class OpenAIBackendConfig(_BackendBase):
     kind: Literal["openai"] = "openai"
     base_url: str = Field(description="Base URL ending in /v1.")
     api_key_env: str | None = Field(None, description="Environment variable holding the upstream key.")
     provider: str | None = Field(None, description="genai-prices provider id; guessed from base_url if unset.")
-    timeout_s: float = Field(600.0, gt=0)
-    connect_timeout_s: float = Field(5.0, gt=0)
+    timeout_s: float = Field(600.0, gt=0, description="Total: the whole call, retries and stream included.")
+    connect_timeout_s: float = Field(5.0, gt=0, description="Opening the TCP (and TLS) connection.")
+    first_token_timeout_s: float = Field(
+        60.0, gt=0, description="Streams: from sending the request to the upstream's first event (headers included)."
+    )
+    idle_timeout_s: float = Field(30.0, gt=0, description="Streams: longest silence between two events.")
+    retries: RetryConfig = RetryConfig()
     max_connections: int = Field(512, ge=1)
     request_usage: bool = Field(True, description="Ask the upstream for stream usage (stream_options).")
 
@@ -238,6 +258,23 @@ class RevenueConfig(Strict):
     customers: dict[str, RevenueRule] = Field(default_factory=dict, description="Keyed by the `customer` tag.")
 
 
+class TelemetryConfig(Strict):
+    """Lossy observability, apart from the ledger: Prometheus metrics at `GET /metrics` and, when an endpoint
+    is set, OpenTelemetry traces (GenAI semantic conventions) over OTLP/HTTP. Needs the `otel` extra."""
+
+    metrics: bool = Field(True, description="Serve `GET /metrics` (admin key when keys exist).")
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces. Unset: no traces."
+    )
+    otlp_headers_env: str | None = Field(
+        None, description="Environment variable with headers for the collector (`key=value,key2=value2`)."
+    )
+    service_name: str = Field("margin", description="`service.name` of the spans.")
+    trace_queue: int = Field(
+        4096, ge=1, description="Finished requests waiting to become spans; beyond it they are dropped (counted)."
+    )
+
+
 class Settings(Strict):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -254,6 +291,7 @@ class Settings(Strict):
     cache: CacheConfig = CacheConfig()
     routes: dict[str, RouteConfig] = Field(default_factory=dict, description="Routed model names.")
     revenue: RevenueConfig = RevenueConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:

@@ -76,6 +76,13 @@ class RateLimited(MarginError):
     default_code = "rate_limit_exceeded"
 
 
+class UpstreamRateLimited(RateLimited):
+    """The upstream answered 429. Not a fault of the backend (its circuit stays closed), but the request may
+    go to a fallback; the caller gets 429 (with the upstream's numeric Retry-After) when none is left."""
+
+    default_code = "upstream_rate_limited"
+
+
 class Overloaded(MarginError):
     """A bounded queue is full: the caller may retry later."""
 
@@ -97,6 +104,11 @@ class BackendFailedUnexpectedly(BackendError):
 
 class BackendTimeout(BackendError):
     default_code = "upstream_timeout"
+
+
+class StreamTimeLimit(BackendTimeout):
+    """A stream that was flowing ran past its backend's total time limit. It is ended like a timeout, but is
+    no fault of the backend (a long answer, or a client reading slowly): its circuit does not count it."""
 
 
 class BackendClientError(MarginError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -31,6 +32,9 @@ from margin.pipeline.flow import Flow, Parts, compose
 from margin.pipeline.steps.settle import Settle
 from margin.routing.breaker import Breakers
 from margin.routing.policy import RoutePolicy
+from margin.telemetry import Telemetry
+from margin.telemetry.metrics import MULTIPROC_ENV, Metrics
+from margin.telemetry.traces import Traces, provider_names
 from margin.types import Backend, Target
 
 log = logging.getLogger("margin")
@@ -53,6 +57,18 @@ def make_cache(settings: Settings) -> CacheStore:
     if ledger.drivername.startswith("sqlite") and ledger.database not in (None, "", ":memory:"):
         return SqliteCache(ledger.database, memory)
     return memory
+
+
+def make_telemetry(settings: Settings) -> Telemetry:
+    """Metrics unless turned off (multiprocess files when a supervisor named their directory), traces only
+    when an OTLP endpoint is configured."""
+    config = settings.telemetry
+    metrics = Metrics(os.environ.get(MULTIPROC_ENV)) if config.metrics else None
+    traces = None
+    if config.otlp_endpoint:
+        on_drop = None if metrics is None else (lambda count: metrics.drop("traces", count))
+        traces = Traces(config, provider_names(settings.backends), on_drop)
+    return Telemetry(metrics, traces)
 
 
 class Services:
@@ -93,6 +109,7 @@ class Services:
         self.route_policy = RoutePolicy(settings.routes)
         admission = settings.admission
         self.breakers = Breakers(admission.breaker_failures, admission.breaker_cooldown_s)
+        self.telemetry = make_telemetry(settings)
         self._background: set[asyncio.Task[Any]] = set()
         self.flow = self._flow()
         self.stalls = StallWatch(settings.server.stream_write_timeout_s)
@@ -105,6 +122,7 @@ class Services:
             self.governance,
             self.spawn,
             UserPseudonyms.from_env(self.settings.guard.user_hash_key_env),
+            self.telemetry,
         )
         parts = Parts(self.targets, self.governance, self.meter, self.breakers, self.route_policy, self.writer)
         return compose(self.settings, self.settle, parts, self.cache, self.semantic)
@@ -123,8 +141,18 @@ class Services:
         await asyncio.to_thread(db.upgrade, self.settings.storage.ledger)
         await self.keys.start(self.settings.server.host)
         self.writer.start()
+        self.telemetry.start(self.telemetry_state)
         await self.governance.start()
         await asyncio.gather(*(backend.start() for backend in self.backends.values()))
+
+    def telemetry_state(self) -> dict[str, Any]:
+        """What the metrics read besides requests: circuits, faults and retries per backend, the ledger queue."""
+        backends = {}
+        for name, backend in self.backends.items():
+            breaker = self.breakers.describe(name)
+            retries = backend.health().get("retries", 0)
+            backends[name] = {"state": breaker["state"], "faults": breaker["faults"], "retries": retries}
+        return {"backends": backends, "pending_rows": self.writer.pending, "refused_backlogged": self.writer.refused}
 
     def sync_engine(self) -> sa.Engine:
         """A synchronous engine for admin work run in threads (key and rule changes, usage reports)."""
@@ -172,6 +200,7 @@ class Services:
             except Exception:
                 log.exception("closing backend %s failed", name)
         await self.writer.close()
+        await self.telemetry.close()
         await self.governance.close()
         await self.cache.close()
         for step in self.flow.steps:

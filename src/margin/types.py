@@ -61,6 +61,8 @@ class CallStats:
     busy_s: float | None = None  # exclusive compute time, when the backend knows it (embedded engines)
     queue_s: float = 0.0
     finish_reason: str | None = None
+    attempts: int = 1  # tries of this call on this backend (retries after a refused connection, 5xx, 429)
+    retried: str | None = None  # the error code of the last failure that was retried
 
 
 @dataclass(slots=True)

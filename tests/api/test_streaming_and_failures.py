@@ -91,7 +91,7 @@ async def test_backend_errors_map_to_statuses(
         assert caught.value.status_code == status  # type: ignore[attr-defined]
         assert caught.value.code == code  # type: ignore[attr-defined]
         row = (await gw.rows())[0]
-        assert (row.status, row.http_status, row.error_code) == ("error", status, code)
+        assert (row.status, row.http_status, row.error_code) == (code, status, code)  # the row names the fault
 
 
 async def test_mid_stream_failure_sends_error_event_and_records_delivered_tokens(db_path: Path) -> None:

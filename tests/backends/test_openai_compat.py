@@ -158,11 +158,10 @@ def test_delta_text_reads_chat_and_completion_chunks() -> None:
 
 class _Content:
     def __init__(self, reads: list[bytes]) -> None:
-        self.reads = reads
+        self.reads = list(reads)
 
-    async def iter_any(self) -> AsyncIterator[bytes]:
-        for data in self.reads:
-            yield data
+    async def readany(self) -> bytes:
+        return self.reads.pop(0) if self.reads else b""
 
 
 class _Response:

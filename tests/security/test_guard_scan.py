@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.security.conftest import Served, ServeFactory
+from tests.security.waiting import wait_for
 
 CHAT = "/v1/chat/completions"
 PROBE_LIMIT_S = 2.0  # generous: a normal request takes milliseconds here
@@ -97,6 +98,7 @@ def test_text_over_the_cap_is_refused_when_enforcing_and_recorded_when_logging(s
             refused = client.post(CHAT, json=chat(huge))
         with gw.client(gw.keys["logger"]) as client:
             logged = client.post(CHAT, json=chat(huge))
+        wait_for(lambda: len(gw.rows()) == 2, "both rows (the writer flushes in the background)")
         rows = gw.rows()
     assert refused.status_code == 413 and refused.json()["error"]["code"] == "guard_scan_limit"
     assert logged.status_code == 200

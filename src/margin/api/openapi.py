@@ -78,6 +78,7 @@ class Op:
     params: list[dict[str, Any]] = field(default_factory=list)
     stream: bool = False
     body_required: bool = True
+    text: bool = False  # answers text/plain (Prometheus exposition), not JSON
 
 
 def _operations() -> list[Op]:
@@ -110,6 +111,8 @@ def _operations() -> list[Op]:
             params=[_path("key_id")],
         ),
         Op("get", "/admin/usage", "Usage of every key", auth="admin", params=window),
+        Op("get", "/admin/backends", "Each backend's circuit, recent errors, latency and limits", auth="admin"),
+        Op("get", "/metrics", "Prometheus metrics (text exposition format)", auth="admin", text=True),
         Op(
             "post",
             "/admin/reload",
@@ -143,7 +146,7 @@ def _operations() -> list[Op]:
 
 def _operation(op: Op) -> dict[str, Any]:
     error = {"description": "OpenAI-shaped error", "content": {JSON: {"schema": ref(ErrorBody)}}}
-    success: dict[str, Any] = {JSON: {"schema": {}}}
+    success: dict[str, Any] = {"text/plain": {"schema": {"type": "string"}}} if op.text else {JSON: {"schema": {}}}
     if op.stream:
         success["text/event-stream"] = {"schema": {"type": "string"}}
     out: dict[str, Any] = {

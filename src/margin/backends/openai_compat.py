@@ -9,6 +9,7 @@ each request), aiohttp 326 µs and 114 µs. That difference alone is over the ga
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -18,8 +19,17 @@ from typing import Any
 import aiohttp
 import orjson
 
+from margin.backends.deadline import StreamDeadline
+from margin.backends.retry import RETRY_STATUSES, Backoff, retry_after_s
 from margin.config import OpenAIBackendConfig
-from margin.errors import BackendClientError, BackendError, BackendTimeout, MarginError, RateLimited
+from margin.errors import (
+    BackendClientError,
+    BackendError,
+    BackendTimeout,
+    MarginError,
+    StreamTimeLimit,
+    UpstreamRateLimited,
+)
 from margin.logs import printable
 from margin.protocol import FORWARDED, Endpoint
 from margin.types import Call, Chunk, Completion, Usage, choices_text
@@ -56,7 +66,7 @@ def upstream_error(backend: str, status: int, body: bytes, headers: Mapping[str,
     code = code if code is not None and SAFE_CODE.fullmatch(code) else None
     if status == 429:
         retry = headers.get("retry-after", "")
-        return RateLimited(
+        return UpstreamRateLimited(
             "the upstream is rate limiting requests; retry later",
             code=code or "upstream_rate_limited",
             headers={"retry-after": retry} if retry.isdigit() and len(retry) <= 6 else None,
@@ -76,14 +86,38 @@ def message_text(payload: dict[str, Any]) -> str:
     return choices_text(payload, "message")
 
 
+class _Retry(Exception):
+    """A try failed in a way that is safe to repeat (nothing was answered yet)."""
+
+    def __init__(self, error: MarginError, retry_after: float | None = None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.retry_after = retry_after
+
+
+class StreamExpired(TimeoutError):
+    """Raised into a stream's pending read when one of its time limits passed (`StreamDeadline`)."""
+
+
+LIMITS = {"first_token": "sent no first event", "idle": "went silent mid-stream", "total": "ran past its total limit"}
+
+
 class OpenAIBackend:
+    """Timeouts (`OpenAIBackendConfig`): connect per try; JSON calls end at `timeout_s` (retries and waits
+    included); streams must send their first event within `first_token_timeout_s`, then never stay silent for
+    `idle_timeout_s`, and end within `timeout_s`. Retries (`backends.retry`) happen in `_send`, before any
+    byte of the answer exists."""
+
     def __init__(self, name: str, config: OpenAIBackendConfig, services: Any = None) -> None:
         self.name = name
         self.config = config
         self._session: aiohttp.ClientSession | None = None
         self._base = config.base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_s)
+        self._backoff = Backoff(config.retries)
         self._errors = 0
         self._served = 0
+        self._retries = 0
 
     async def start(self) -> None:
         headers = {"content-type": "application/json"}
@@ -102,7 +136,13 @@ class OpenAIBackend:
         return None
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "kind": "openai", "served": self._served, "errors": self._errors}
+        return {
+            "status": "ok",
+            "kind": "openai",
+            "served": self._served,
+            "errors": self._errors,
+            "retries": self._retries,
+        }
 
     def _body(self, call: Call, *, stream: bool) -> bytes:
         known = FORWARDED[call.endpoint]
@@ -114,34 +154,67 @@ class OpenAIBackend:
             body["stream_options"] = options
         return orjson.dumps(body)
 
-    async def _open(self, call: Call, *, stream: bool) -> aiohttp.ClientResponse:
-        """POST to the upstream; translate transport failures and error statuses at this boundary."""
+    async def _try(self, url: str, data: bytes) -> aiohttp.ClientResponse:
+        """One POST; an error status or a refused connection comes back translated (as `_Retry` if repeatable)."""
+        assert self._session is not None
+        try:
+            response = await self._session.post(url, data=data, timeout=self._timeout)
+        except aiohttp.ClientSSLError as exc:
+            raise BackendError(f"upstream {self.name} unreachable: {exc.__class__.__name__}") from exc
+        except aiohttp.ClientConnectorError as exc:  # the request never left: safe to repeat
+            error = BackendError(
+                f"upstream {self.name} unreachable: {exc.__class__.__name__}", code="upstream_unreachable"
+            )
+            raise _Retry(error) from exc
+        if response.status < 400:
+            return response
+        self._errors += 1
+        body = await response.content.read(ERROR_BODY_BYTES)  # an error body is read bounded
+        response.close()
+        failed = upstream_error(self.name, response.status, body, response.headers)
+        if response.status in RETRY_STATUSES:
+            raise _Retry(failed)
+        if response.status == 429 and (after := retry_after_s(response.headers.get("retry-after"))) is not None:
+            raise _Retry(failed, after)
+        raise failed
+
+    async def _send(self, call: Call, *, stream: bool, deadline: float) -> aiohttp.ClientResponse:
+        """POST to the upstream until it answers, retrying what is safe to repeat while `deadline` (loop time)
+        allows; translate transport failures and error statuses at this boundary."""
         if self._session is None:
             raise BackendError(f"backend {self.name!r} is not started")
-        timeout = aiohttp.ClientTimeout(
-            total=None if stream else self.config.timeout_s,
-            sock_connect=self.config.connect_timeout_s,
-            sock_read=self.config.timeout_s,
-        )
+        url, data, loop = self._base + PATHS[call.endpoint], self._body(call, stream=stream), asyncio.get_running_loop()
         try:
-            response = await self._session.post(
-                self._base + PATHS[call.endpoint], data=self._body(call, stream=stream), timeout=timeout
-            )
-            if response.status >= 400:
-                self._errors += 1
-                body = await response.content.read(ERROR_BODY_BYTES)  # an error body is read bounded
-                response.close()
-                raise upstream_error(self.name, response.status, body, response.headers)
-            return response
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    try:
+                        return await self._try(url, data)
+                    except _Retry as retry:
+                        wait = self._backoff.delay(
+                            call.stats.attempts, remaining_s=deadline - loop.time(), retry_after=retry.retry_after
+                        )
+                        if wait is None:
+                            raise retry.error from retry.__cause__
+                        log.info("upstream %s: %s; retrying in %.3fs", self.name, retry.error.code, wait)
+                        call.stats.attempts += 1
+                        call.stats.retried = retry.error.code
+                        self._retries += 1
+                        await asyncio.sleep(wait)
+        except aiohttp.ConnectionTimeoutError as exc:
+            limit_s = self.config.connect_timeout_s
+            raise BackendTimeout(f"upstream {self.name}: no connection within {limit_s:g}s") from exc
         except TimeoutError as exc:
-            raise BackendTimeout(f"upstream {self.name} timed out") from exc
+            limit = "first event" if stream else "answer"
+            raise BackendTimeout(f"upstream {self.name} timed out waiting for its {limit}") from exc
         except aiohttp.ClientError as exc:
             raise BackendError(f"upstream {self.name} unreachable: {exc.__class__.__name__}") from exc
 
     async def _post(self, call: Call) -> Completion:
-        response = await self._open(call, stream=False)
+        deadline = asyncio.get_running_loop().time() + self.config.timeout_s
+        response = await self._send(call, stream=False, deadline=deadline)
         try:
-            content = await response.read()
+            async with asyncio.timeout_at(deadline):
+                content = await response.read()
         except TimeoutError as exc:
             raise BackendTimeout(f"upstream {self.name} timed out") from exc
         except aiohttp.ClientError as exc:
@@ -151,7 +224,9 @@ class OpenAIBackend:
         try:
             payload = orjson.loads(content)
         except orjson.JSONDecodeError as exc:
-            raise BackendError(f"upstream {self.name} sent invalid JSON") from exc
+            raise BackendError(f"upstream {self.name} sent invalid JSON", code="upstream_bad_response") from exc
+        if not isinstance(payload, dict):
+            raise BackendError(f"upstream {self.name} sent JSON that is not an object", code="upstream_bad_response")
         self._served += 1
         usage = Usage.from_openai(payload.get("usage"))
         return Completion(payload=payload, raw=content, text=message_text(payload), usage=usage)
@@ -163,31 +238,61 @@ class OpenAIBackend:
         return await self._post(call)
 
     async def stream(self, call: Call) -> AsyncIterator[Chunk]:
-        response = await self._open(call, stream=True)
-        finished = False
+        config, started = self.config, asyncio.get_running_loop().time()
+        first_by = started + min(config.first_token_timeout_s, config.timeout_s)
+        response = await self._send(call, stream=True, deadline=first_by)
+
+        def expire(reason: str) -> None:
+            response.content.set_exception(StreamExpired(reason))
+
+        deadline = StreamDeadline(
+            started,
+            first_token_s=config.first_token_timeout_s,
+            idle_s=config.idle_timeout_s,
+            total_s=config.timeout_s,
+            expire=expire,
+        )
+        finished = flowing = False
         try:
-            async for chunk in self._events(response):
+            async for chunk in self._events(response, deadline):
+                flowing = True
                 yield chunk
             finished = True
             self._served += 1
+        except StreamExpired as exc:
+            message = f"upstream {self.name} {LIMITS[str(exc)]}"
+            if str(exc) == "total" and flowing:  # a long answer (or a slow reader), not a sick backend
+                raise StreamTimeLimit(message) from exc
+            raise BackendTimeout(message) from exc
         except TimeoutError as exc:
             raise BackendTimeout(f"upstream {self.name} timed out mid-stream") from exc
         except aiohttp.ClientError as exc:
             raise BackendError(f"upstream {self.name} broke the stream: {exc.__class__.__name__}") from exc
         finally:
+            deadline.cancel()
             if finished:
                 response.release()
             else:
                 response.close()  # stop the upstream's generation: drop the connection
 
-    async def _events(self, response: aiohttp.ClientResponse) -> AsyncIterator[Chunk]:
+    async def _events(
+        self, response: aiohttp.ClientResponse, deadline: StreamDeadline | None = None
+    ) -> AsyncIterator[Chunk]:
         """SSE events as they arrive: every read takes all the bytes already received, so the events of one
         read are parsed together and marked `more` (all but the last), which lets the responder write them
-        to the client at once. Nothing waits for more data than the first event needs."""
-        pending = b""
-        async for data in response.content.iter_any():
+        to the client at once. Nothing waits for more data than the first event needs. `deadline` hears when
+        a read starts and ends (only those waits count towards the stream's idle limit)."""
+        pending, content = b"", response.content
+        while True:
+            if deadline is not None:
+                deadline.waiting()
+            data = await content.readany()
+            if not data:
+                break
             *lines, pending = (pending + data).split(b"\n")
             events = [event for line in lines if (event := _event_data(line)) is not None]
+            if deadline is not None:
+                deadline.received(event=bool(events))
             for index, event in enumerate(events):
                 if event == b"[DONE]":
                     return
@@ -203,14 +308,16 @@ class OpenAIBackend:
         one that is shaped like one but does not parse fails where it is first parsed."""
         if b'"usage"' not in data and b'"error"' not in data:
             if not (data.startswith(b"{") and data.endswith(b"}")):
-                raise BackendError(f"upstream {self.name} sent an invalid stream event")
+                raise BackendError(f"upstream {self.name} sent an invalid stream event", code="upstream_bad_response")
             return Chunk(raw=data, more=more)
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            raise BackendError(f"upstream {self.name} sent an invalid stream event") from exc
+            raise BackendError(
+                f"upstream {self.name} sent an invalid stream event", code="upstream_bad_response"
+            ) from exc
         if not isinstance(payload, dict):
-            raise BackendError(f"upstream {self.name} sent an invalid stream event")
+            raise BackendError(f"upstream {self.name} sent an invalid stream event", code="upstream_bad_response")
         if "error" in payload and "choices" not in payload:
             message, _code = _upstream_message(data)
             log.warning("upstream %s failed mid-stream: %s", self.name, printable(message))

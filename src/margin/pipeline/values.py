@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
 from margin.economics.meter import Charge
-from margin.errors import MarginError
+from margin.errors import BackendClientError, BackendError, BackendTimeout, MarginError, UpstreamRateLimited
 from margin.governance.admission import Admission
 from margin.governance.rules import Subject
 from margin.protocol import ApiRequest, Endpoint
@@ -121,6 +121,19 @@ class CacheHit:
     age_s: int
 
 
+def outcome_status(error: MarginError) -> str:
+    """The ledger status of a failed request: what the upstream did, or `error` for margin's own refusals."""
+    if isinstance(error, BackendTimeout):
+        return "upstream_timeout"
+    if isinstance(error, BackendError):
+        return "upstream_error"
+    if isinstance(error, UpstreamRateLimited):
+        return "upstream_rate_limited"
+    if isinstance(error, BackendClientError):
+        return "upstream_rejected"
+    return "error"
+
+
 @dataclass(slots=True)
 class Record:
     """What the request's ledger row needs. Steps fill in what they learn; the outermost step writes it."""
@@ -150,13 +163,14 @@ class Record:
     client_wait_s: float = 0.0
     queue_s: float | None = None
     e2e_s: float | None = None
-    status: str = "ok"
+    status: str = "ok"  # ok | retried | fallback | client_closed | upstream_* (see `outcome_status`) | error
     http_status: int = 200
     error: MarginError | None = None
+    fault_code: str | None = None  # an answer after a retry or a fallback: the code of the fault it got past
     notices: dict[str, str] = field(default_factory=dict)  # extra response headers (budget warnings, cache…)
 
-    def fail(self, error: MarginError, http_status: int, status: str = "error") -> None:
-        self.error, self.http_status, self.status = error, http_status, status
+    def fail(self, error: MarginError, http_status: int, status: str | None = None) -> None:
+        self.error, self.http_status, self.status = error, http_status, status or outcome_status(error)
 
     def found(self, record: Mapping[str, Any]) -> None:
         if record:

@@ -98,8 +98,8 @@ class Cache:
         request.record.notices[HEADER] = "miss"
         reply = await next(request)
         record = request.record
-        if record.status != "ok" or record.http_status != 200:
-            return reply
+        if record.status not in ("ok", "retried") or record.http_status != 200:
+            return reply  # a fallback's answer is another model's: not for this key
         fresh = answer_entry(record, reply)
         if fresh is not None and fresh.text:
             await self.store.put(key, fresh, self.config.ttl_s)

@@ -21,6 +21,8 @@ from margin.errors import (
     MarginError,
     Overloaded,
     ResidencyUnavailable,
+    StreamTimeLimit,
+    UpstreamRateLimited,
 )
 from margin.governance.admission import worst_case_usd
 from margin.pipeline.stream import Delivery, close, first_chunk
@@ -28,7 +30,7 @@ from margin.pipeline.values import Reply, Request, RouteDecision
 from margin.protocol import Endpoint
 from margin.routing.breaker import Breakers
 from margin.specs import AdmissionConfig
-from margin.types import Call, Completion, Target, Usage
+from margin.types import Call, Chunk, Completion, Target, Usage
 
 log = logging.getLogger("margin.call")
 
@@ -41,15 +43,16 @@ def translate(backend: str, exc: Exception) -> MarginError:
 
 
 def retryable(error: MarginError) -> bool:
-    """Worth trying the next candidate: the backend failed, timed out or is overloaded (not a bad request)."""
-    return isinstance(error, BackendError | Overloaded)
+    """Worth trying the next candidate: the backend failed, timed out, is overloaded or rate limits us (not a
+    bad request)."""
+    return isinstance(error, BackendError | Overloaded | UpstreamRateLimited)
 
 
 def backend_fault(error: MarginError) -> bool:
     """What the circuit breaker counts: the backend itself failed (5xx, timeout, unreachable). Never a client
     error (4xx, a bad schema or token id), a full queue, or an exception the request's input provoked: no
     caller can open a backend's circuit for every tenant."""
-    return isinstance(error, BackendError) and not isinstance(error, BackendFailedUnexpectedly)
+    return isinstance(error, BackendError) and not isinstance(error, BackendFailedUnexpectedly | StreamTimeLimit)
 
 
 def unavailable(decision: RouteDecision, detail: str) -> Overloaded | ResidencyUnavailable:
@@ -90,23 +93,44 @@ class BackendCall:
         candidates = [t for t in decision.candidates if self.breakers.available(t.backend_name)]
         if not candidates:
             raise unavailable(decision, "circuit open on " + ", ".join(t.backend_name for t in decision.candidates))
+        last: MarginError | None = None
+        if candidates[0] is not decision.candidates[0]:  # the first choice's circuit is open: the row says so
+            last = Overloaded(f"circuit open on {decision.candidates[0].backend_name}", code="backend_unavailable")
         for index, target in enumerate(candidates):
+            name = target.backend_name
+            if not self.breakers.acquire(name):  # opened (or probed by another request) since the check above
+                last = Overloaded(f"circuit open on {name}", code="backend_unavailable")
+                continue
+            started = time.perf_counter()
             try:
                 reply = await self._attempt(request, target)
             except MarginError as exc:
                 if not retryable(exc):
+                    self.breakers.release(name)
                     raise
-                if backend_fault(exc):
-                    self.breakers.failure(target.backend_name)
+                self._failed(name, exc)
+                last = exc
                 if index + 1 < len(candidates):
-                    log.warning("request %s: %s failed (%s); falling back", request.id, target.backend_name, exc)
-                    continue
-                if decision.residency_filtered:
-                    raise unavailable(decision, f"last error: {exc.message}") from exc
+                    log.warning("request %s: %s failed (%s); falling back", request.id, name, exc)
+                continue
+            except BaseException:  # cancelled (the client left) or a bug: no verdict on the backend
+                self.breakers.release(name)
                 raise
-            self.breakers.success(target.backend_name)
+            self.breakers.success(name, time.perf_counter() - started)
+            _note_recovery(request, last)
             return reply
-        raise AssertionError("unreachable: the last candidate returns or raises")
+        assert last is not None
+        if decision.residency_filtered or last.code == "backend_unavailable":
+            raise unavailable(decision, f"last error: {last.message}") from last
+        raise last
+
+    def _failed(self, backend: str, error: MarginError) -> None:
+        """Tell the breaker: a fault of the backend counts; anything else only shows in /admin/backends."""
+        if backend_fault(error):
+            self.breakers.failure(backend, error.code, error.message)
+        else:
+            self.breakers.note(backend, error.code, error.message)
+            self.breakers.release(backend)
 
     async def _attempt(self, request: Request, target: Target) -> Reply:
         record = request.record
@@ -123,8 +147,9 @@ class BackendCall:
                 output = delivery
                 await self._stream(request, target, call, delivery)
                 usage = delivery.usage or call.stats.closed_usage
-                if delivery.failed is not None:
-                    record.fail(delivery.failed, request.client.status_of(delivery.failed), "upstream_error")
+                if delivery.failed is not None:  # broke mid-stream: the row and the breaker hear of it
+                    record.fail(delivery.failed, request.client.status_of(delivery.failed))
+                    self._failed(target.backend_name, delivery.failed)
                 return Reply(streamed=True, delivered=lambda: delivery.parts)
             started = time.perf_counter()
             try:
@@ -134,6 +159,8 @@ class BackendCall:
             usage, output = completion.usage, completion
             return Reply(completion=completion)
         finally:
+            if call.stats.attempts > 1 and record.error is None:  # retried on this backend before it answered
+                record.status, record.fault_code = "retried", call.stats.retried
             busy_share = clock.leave(mark)
             busy = call.stats.busy_s if call.stats.busy_s is not None else busy_share
             measured = self.meter.measured_j(probe, busy)
@@ -156,6 +183,8 @@ class BackendCall:
             raise translate(name, exc) from exc
         try:
             first = await first_chunk(chunks, request.record)
+            if first is not None:
+                _parse_first(name, first)  # a garbled first event is still a fallback, not a broken stream
         except Exception as exc:
             await close(chunks)
             raise translate(name, exc) from exc
@@ -189,3 +218,22 @@ class BackendCall:
             strong = decision.strongest  # what the route's strongest model would have cost (routing's saving)
             cost = worst_case_usd(self.meter, [strong], usage.input_tokens, usage.output_tokens, self.admission)
             record.counterfactual_nanousd = None if cost is None else to_nanousd(cost)
+
+
+def _note_recovery(request: Request, fault: MarginError | None) -> None:
+    """An answer that needed a fallback or a retry says so in its row (status, and the fault's code)."""
+    record = request.record
+    if record.error is not None:  # a stream that broke after its start: its failure is what the row says
+        return
+    if fault is not None:
+        record.status, record.fault_code = "fallback", fault.code
+
+
+def _parse_first(backend: str, chunk: Chunk) -> None:
+    """Parse the stream's first event before anything is sent (its text is the first token's anyway)."""
+    try:
+        if not isinstance(chunk.payload, dict):
+            raise ValueError("not an object")
+        _ = chunk.text
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise BackendError(f"upstream {backend} sent an invalid stream event", code="upstream_bad_response") from exc

@@ -82,7 +82,7 @@ def ledger_row(record: Record, config_hash: str, pseudonym: UserPseudonyms) -> d
         "prompt_text": _storable(record.prompt_log),
         "status": record.status,
         "http_status": record.http_status,
-        "error_code": record.error.code if record.error else None,
+        "error_code": record.error.code if record.error else record.fault_code,
         "stream": record.stream,
         "input_tokens": usage.input_tokens if usage else 0,
         "output_tokens": usage.output_tokens if usage else 0,

@@ -1,0 +1,77 @@
+"""`GET /metrics` (Prometheus text) and `GET /admin/backends` (each backend's circuit, recent errors and
+latency). Both need an admin key when keys exist (open mode: the loopback operator)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from margin.api.admin import endpoint
+from margin.errors import NotFound
+from margin.report.queries import percentile
+from margin.telemetry.metrics import CONTENT_TYPE
+from margin.types import Principal
+
+LIMITS = ("connect_timeout_s", "first_token_timeout_s", "idle_timeout_s", "timeout_s")
+
+
+async def metrics(request: Request, _: Principal) -> Response:
+    telemetry = request.app.state.services.telemetry
+    if telemetry.metrics is None:
+        raise NotFound("metrics are turned off (telemetry.metrics: false)")
+    telemetry.refresh()  # circuits and queue depth as of now, not as of the last refresh
+    body = await asyncio.to_thread(telemetry.metrics.render)
+    return Response(body, media_type=CONTENT_TYPE)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def describe_backend(services: Any, name: str) -> dict[str, Any]:
+    config = services.settings.backends[name]
+    breaker = services.breakers.describe(name)
+    latencies = breaker.pop("latencies_s")
+    entry: dict[str, Any] = {
+        "name": name,
+        "kind": config.kind,
+        "region": config.region,
+        "models": sorted(
+            t.public for t in {id(t): t for t in services.targets.values()}.values() if t.backend_name == name
+        ),
+        "circuit": breaker,
+        "latency_ms": {  # successful calls: whole answers, or a stream's first event
+            "recent": len(latencies),
+            "p50": _ms(percentile(latencies, 50)),
+            "p95": _ms(percentile(latencies, 95)),
+            "max": _ms(latencies[-1] if latencies else None),
+        },
+        "health": services.backends[name].health(),
+    }
+    if config.kind == "openai":
+        entry["limits"] = {key: getattr(config, key) for key in LIMITS}
+        entry["retries"] = config.retries.model_dump()
+    return entry
+
+
+async def backends(request: Request, _: Principal) -> Any:
+    """This process's view (with several workers, each has its own; `pid` says whose this is)."""
+    services = request.app.state.services
+    admission = services.settings.admission
+    return {
+        "pid": os.getpid(),
+        "breaker": {"failures": admission.breaker_failures, "cooldown_s": admission.breaker_cooldown_s},
+        "data": [describe_backend(services, name) for name in services.backends],
+    }
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/metrics", endpoint(metrics), methods=["GET"]),
+        Route("/admin/backends", endpoint(backends), methods=["GET"]),
+    ]

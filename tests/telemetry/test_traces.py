@@ -1,0 +1,119 @@
+"""OpenTelemetry traces: a gateway configured with an OTLP endpoint exports one span per request, with the
+GenAI semantic conventions, to a real OTLP/HTTP receiver; without an endpoint OpenTelemetry is never loaded;
+a full queue drops spans and counts them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from margin.config import TelemetryConfig
+from margin.telemetry.traces import Traces
+from tests.helpers import fake_settings, gateway
+from tests.telemetry.test_metrics import row
+
+
+@contextmanager
+def otlp_receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A minimal OTLP/HTTP trace receiver: decodes each export (protobuf) into spans as dicts."""
+    spans: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+        def do_POST(self) -> None:
+            export = ExportTraceServiceRequest()
+            export.ParseFromString(self.rfile.read(int(self.headers["content-length"])))
+            for resource in export.resource_spans:
+                service = {a.key: a.value.string_value for a in resource.resource.attributes}["service.name"]
+                for scope in resource.scope_spans:
+                    for span in scope.spans:
+                        attributes = {a.key: _value(a.value) for a in span.attributes}
+                        spans.append(
+                            {"name": span.name, "kind": span.kind, "service": service, "attributes": attributes,
+                             "start": span.start_time_unix_nano, "end": span.end_time_unix_nano,
+                             "error": span.status.code == 2}
+                        )  # fmt: skip
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1/traces", spans
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _value(value: Any) -> Any:
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else None
+
+
+async def test_requests_become_genai_spans(db_path: Path) -> None:
+    with otlp_receiver() as (endpoint, spans):
+        settings = fake_settings(db_path, telemetry={"otlp_endpoint": endpoint, "service_name": "gw-test"})
+        async with gateway(settings) as gw:
+            body = {"model": "fc", "messages": [{"role": "user", "content": "one two three"}]}
+            assert (await gw.http.post("/v1/chat/completions", json=body)).status_code == 200
+            assert (await gw.http.post("/v1/chat/completions", json={**body, "stream": True})).status_code == 200
+            missing = await gw.http.post("/v1/chat/completions", json={**body, "model": "nope"})
+            assert missing.status_code == 404
+        # closing the gateway flushed the queue and the SDK's batch
+    assert len(spans) == 3  # every request with a ledger row, refused ones included
+    refused = next(span for span in spans if span["error"])
+    assert refused["name"] == "chat nope" and refused["attributes"]["error.type"] == "model_not_found"
+    by_stream = {span["attributes"]["gen_ai.request.stream"]: span for span in spans if not span["error"]}
+    whole = by_stream[False]
+    assert whole["name"] == "chat fake-chat" and whole["kind"] == 3  # SPAN_KIND_CLIENT
+    assert whole["service"] == "gw-test"
+    attributes = whole["attributes"]
+    assert attributes["gen_ai.operation.name"] == "chat"
+    assert attributes["gen_ai.provider.name"] == "margin.fake"
+    assert (attributes["gen_ai.request.model"], attributes["gen_ai.response.model"]) == ("fc", "fake-chat")
+    assert (attributes["gen_ai.usage.input_tokens"], attributes["gen_ai.usage.output_tokens"]) == (3, 5)
+    assert attributes["margin.cost_nanousd"] > 0 and attributes["margin.status"] == "ok"
+    assert whole["end"] >= whole["start"] and not whole["error"]
+    assert "gen_ai.response.time_to_first_chunk" in by_stream[True]["attributes"]
+
+
+def test_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
+    dropped: list[int] = []
+    config = TelemetryConfig(otlp_endpoint="http://127.0.0.1:9/v1/traces", trace_queue=3)
+    traces = Traces(config, {}, dropped.append)  # not started: nothing drains the queue
+    for i in range(5):
+        traces.record(row(request_id=str(i)))
+    assert sum(dropped) == 2
+    traces.close()
+
+
+def test_errors_are_marked_and_a_bad_row_is_counted_not_raised() -> None:
+    with otlp_receiver() as (endpoint, spans):
+        dropped: list[int] = []
+        traces = Traces(TelemetryConfig(otlp_endpoint=endpoint), {"b": "openai"}, dropped.append)
+        traces.start()
+        traces.record(row(status="upstream_timeout", http_status=504, error_code="upstream_timeout"))
+        traces.record({"request_id": "broken"})  # not a ledger row
+        traces.close()
+    assert sum(dropped) == 1
+    (span,) = spans
+    assert span["error"] and span["attributes"]["error.type"] == "upstream_timeout"
+    assert span["attributes"]["gen_ai.provider.name"] == "openai"
+
+
+def test_the_gateway_never_loads_opentelemetry_without_an_endpoint() -> None:
+    probe = "import sys, margin.app; print(any(m.startswith('opentelemetry') for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"

@@ -97,7 +97,9 @@ class Delivery:
                 try:
                     self._take(chunk, held)
                 except ValueError as exc:  # an event that does not parse: the upstream's failure
-                    raise BackendError("the upstream sent an invalid stream event", code="upstream_bad_response") from exc
+                    raise BackendError(
+                        "the upstream sent an invalid stream event", code="upstream_bad_response"
+                    ) from exc
                 if held and not chunk.more:
                     await self._write(held)
                 chunk = await first_chunk(chunks, self.request.record)

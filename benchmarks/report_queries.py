@@ -3,7 +3,7 @@ ledger of N rows (default 1M) spread over November 2026.
 
     python benchmarks/report_queries.py [--rows 1000000] [--repeat 3] [--db /tmp/report_1m.db]
 
-Rows are written through the gateway's own SQLite sink (ledger.store.SqliteSink) after `db.upgrade`, so
+Rows are written through the gateway's own ingest path (ledger.batch.BatchSink) after `db.upgrade`, so
 the indexes are the migrations'. Mix: 5 models on 3 backends (one self-hosted with hardware), 10 teams,
 8 features, 200 customers, half the requests in tasks of ~3, 10% cache hits, 20% routed, 1% unknown price,
 2% errors; feedback on 20% of the tasks. Each query runs `--repeat` times; the best and the median are kept.
@@ -27,8 +27,9 @@ import sqlalchemy as sa
 
 from margin.config import Settings, parse_settings
 from margin.ledger import db
+from margin.ledger.batch import BatchSink, Cursor
 from margin.ledger.models import feedback
-from margin.ledger.store import SqliteSink
+from margin.ledger.outbox import encode
 from margin.report import views
 from margin.report.business import margins, tasks
 from margin.report.focus import focus_rows
@@ -100,10 +101,11 @@ def _row(n: int, rows: int, rng: random.Random) -> dict[str, Any]:
 def synthesize(url: str, rows: int, seed: int = 7) -> None:
     db.upgrade(url)
     rng = random.Random(seed)
-    sink = SqliteSink(url)
+    sink, cursor = BatchSink(url), Cursor("synthetic")
     try:
         for start in range(0, rows, 10_000):
-            sink.write([_row(n, rows, rng) for n in range(start, min(rows, start + 10_000))])
+            batch = [_row(n, rows, rng) for n in range(start, min(rows, start + 10_000))]
+            sink.move(cursor, b"".join(encode(row) for row in batch), len(batch))
     finally:
         sink.close()
     engine = db.make_sync_engine(url)

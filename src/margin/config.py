@@ -52,10 +52,34 @@ class ServerConfig(Strict):
 
 class StorageConfig(Strict):
     ledger: str = Field("sqlite:///margin.db", description="SQLAlchemy URL (sqlite:///path or postgresql://…).")
-    flush_interval_ms: int = Field(50, gt=0, description="Ledger rows are written in batches at this pace.")
-    flush_max_rows: int = Field(500, gt=0)
+    flush_interval_ms: int = Field(
+        50, gt=0, description="The outbox ingester looks for new rows at this pace (and moves them in batches)."
+    )
+    ingest_batch_bytes: int = Field(
+        4 * 1024 * 1024, ge=64 * 1024, description="Outbox bytes read into one database transaction (~1 KB a row)."
+    )
     max_pending_rows: int = Field(
-        100_000, gt=0, description="Rows waiting for the database; beyond this, new requests get 503 until it drains."
+        100_000, gt=0, description="Rows in the outbox, not yet in the database; beyond this, new requests get 503."
+    )
+    outbox_dir: str | None = Field(
+        None,
+        description="Directory of the ledger outbox (append-only files; one per process). Unset: `<file>.outbox` "
+        "next to a SQLite ledger, else `$XDG_STATE_HOME/margin/outbox-<hash of the ledger URL>`.",
+    )
+    outbox_fsync: Literal["never", "interval", "always"] = Field(
+        "never",
+        description="never: rows survive a killed process (the page cache keeps them), not a power cut; "
+        "interval: fdatasync every outbox_fsync_interval_ms (bounds loss on power cut); always: every row "
+        "(a disk flush on the request path).",
+    )
+    outbox_fsync_interval_ms: int = Field(1000, gt=0)
+    outbox_segment_bytes: int = Field(
+        64 * 1024 * 1024, ge=4096, description="An outbox file is closed and a new one started past this size."
+    )
+    outbox_max_bytes: int = Field(
+        1024 * 1024 * 1024,
+        gt=0,
+        description="Outbox bytes not yet in the database, per process; beyond this, new requests get 503.",
     )
     redis: str | None = Field(
         None, description="redis://host:port/db: budgets and rate limits shared by several gateway replicas."

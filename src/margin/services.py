@@ -26,7 +26,7 @@ from margin.errors import ConfigError
 from margin.governance.service import Governance
 from margin.keys import KeyCache
 from margin.ledger import db
-from margin.ledger.store import LedgerWriter
+from margin.ledger.outbox import Outbox
 from margin.pipeline.base import Pipeline
 from margin.pipeline.call import BackendCall
 from margin.pipeline.context import Target
@@ -65,12 +65,7 @@ class Services:
         self._sync_engine: sa.Engine | None = None
         self.config_hash = config_hash(settings)
         self.engine = db.make_async_engine(settings.storage.ledger)
-        self.writer = LedgerWriter(
-            settings.storage.ledger,
-            interval_s=settings.storage.flush_interval_ms / 1000,
-            max_rows=settings.storage.flush_max_rows,
-            max_pending=settings.storage.max_pending_rows,
-        )
+        self.outbox = Outbox.from_settings(settings.storage)  # the ledger's rows, before each response completes
         server = settings.server
         self.keys = KeyCache(self.engine, ttl_s=server.key_cache_ttl_s, max_entries=server.key_cache_entries)
         self.sessions = Sessions.from_config(settings.server)
@@ -108,7 +103,7 @@ class Services:
     async def start(self) -> None:
         await asyncio.to_thread(db.upgrade, self.settings.storage.ledger)
         await self.keys.start(self.settings.server.host)
-        self.writer.start()
+        self.outbox.start()
         await self.governance.start()
         await asyncio.gather(*(backend.start() for backend in self.backends.values()))
 
@@ -157,7 +152,7 @@ class Services:
                 await backend.close()
             except Exception:
                 log.exception("closing backend %s failed", name)
-        await self.writer.close()
+        await self.outbox.close()
         await self.governance.close()
         await self.cache.close()
         for stage in self.pipeline.stages:

@@ -176,8 +176,8 @@ async def test_rollup_follows_new_rows_and_ignores_replays(db_path: Path) -> Non
             assert (await gw.http.post("/v1/chat/completions", json=chat, headers=headers)).status_code == 200
         rows = await gw.rows()
         replay = {k: v for k, v in rows[-1]._mapping.items() if k != "id"}
-        gw.services.writer.submit(replay)  # a replayed settlement: ON CONFLICT DO NOTHING, no trigger
-        await gw.services.writer.flush()
+        gw.services.outbox.append(replay)  # a replayed settlement: ON CONFLICT DO NOTHING, no trigger
+        await gw.services.outbox.flush()
         overview = (await gw.http.get("/dashboard/api/overview", headers=headers)).json()
         models = (await gw.http.get("/dashboard/api/breakdown?by=model", headers=headers)).json()
     engine = db.make_sync_engine(f"sqlite:///{db_path}")

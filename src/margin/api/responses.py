@@ -14,7 +14,8 @@ from starlette.types import Receive, Scope, Send
 
 from margin.economics.money import usd_str
 from margin.errors import MarginError
-from margin.pipeline.call import DONE, MeteredStream
+from margin.ledger.outbox import OutboxError
+from margin.pipeline.call import DONE, MeteredStream, sse
 from margin.pipeline.context import RequestContext
 
 JSON = "application/json"
@@ -91,6 +92,7 @@ class SSEResponse:
         self.services = services
         self.disconnected = False
         self.stalled = False
+        self.unrecorded: MarginError | None = None  # the row could not be recorded: no [DONE]
         self._pump_task: asyncio.Task[None] | None = None
         self._writing_since: float | None = None  # perf_counter of the write in progress
 
@@ -126,8 +128,12 @@ class SSEResponse:
             done = asyncio.get_running_loop().create_future()
             self.services.spawn(self._settle(done))
             await asyncio.shield(done)
-        if not self.disconnected:
-            await send({"type": "http.response.body", "body": closing_comment(self.ctx) + DONE, "more_body": False})
+        if self.disconnected:
+            return
+        if self.unrecorded is not None:  # not acknowledged: the client gets an error event, never [DONE]
+            await send({"type": "http.response.body", "body": sse(orjson.dumps(self.unrecorded.to_body()))})
+            return
+        await send({"type": "http.response.body", "body": closing_comment(self.ctx) + DONE, "more_body": False})
 
     async def _pump(self, send: Send) -> None:
         """Events go out as soon as they are framed; events the backend already holds (`ready`) are joined
@@ -177,6 +183,8 @@ class SSEResponse:
                 ctx.status, ctx.http_status = "client_closed", 499
             await self.stream.aclose()
             await self.services.pipeline.finish(ctx)
+        except OutboxError as exc:
+            self.unrecorded = exc
         finally:
             if not done.done():
                 done.set_result(None)

@@ -137,3 +137,12 @@ ledger_dead_letter = sa.Table(  # ledger rows the database refused (margin.ledge
     sa.Column("salvaged", sa.Boolean, nullable=False),  # a coerced copy of the row reached the ledger
     sa.Index("ix_ledger_dead_letter_request", "request_id"),
 )
+
+outbox_offsets = sa.Table(  # how far the ingester got in each outbox file, committed with each batch it moved
+    "outbox_offsets",
+    metadata,
+    sa.Column("segment", sa.String(255), primary_key=True),  # the file's name (margin.ledger.segments)
+    sa.Column("byte_offset", sa.BigInteger, nullable=False),  # bytes of whole rows already in the ledger
+    sa.Column("rows", sa.BigInteger, nullable=False),  # rows read from the file so far
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from margin.errors import InternalError, MarginError
+from margin.ledger.outbox import OutboxError
 from margin.pipeline.context import RequestContext
 
 log = logging.getLogger("margin.pipeline")
@@ -81,11 +82,18 @@ class Pipeline:
             await self.finish(ctx)
 
     async def finish(self, ctx: RequestContext) -> None:
+        """Every stage's `on_response`. Raises OutboxError (after the other stages ran) when the request's row
+        could not be recorded: the answer must then not be acknowledged."""
         if ctx.finished:
             return
         ctx.finished = True
+        unrecorded: OutboxError | None = None
         for stage in self.stages:
             try:
                 await stage.on_response(ctx)
+            except OutboxError as exc:
+                unrecorded = exc
             except Exception:
                 log.exception("stage %s failed while finishing request %s", stage.name, ctx.request_id)
+        if unrecorded is not None:
+            raise unrecorded

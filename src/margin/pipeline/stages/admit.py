@@ -89,18 +89,18 @@ class AdmitStage(BaseStage):
         targets: dict[str, Target],
         meter: Meter,
         routes: dict[str, RouteConfig],
-        writer: Any = None,
+        outbox: Any = None,
     ) -> None:
         self.gov = governance
         self.targets = targets
         self.meter = meter
         self.routes = routes
-        self.writer = writer  # ledger.store.LedgerWriter: refuse new work while its queue is full
+        self.outbox = outbox  # ledger.outbox.Outbox: refuse new work while it is full (the ledger is behind)
 
     async def on_request(self, ctx: RequestContext) -> None:
-        if self.writer is not None and self.writer.backlogged:
+        if self.outbox is not None and self.outbox.full:
             raise Overloaded(
-                "the ledger is behind (its write queue is full); retry shortly",
+                "the ledger is behind (its outbox is full); retry shortly",
                 code=LEDGER_BACKLOG,
                 headers={"retry-after": "1"},
             )
@@ -320,7 +320,7 @@ class AdmitStage(BaseStage):
 
 
 def build(services: Any) -> AdmitStage:
-    return AdmitStage(services.governance, services.targets, services.meter, services.settings.routes, services.writer)
+    return AdmitStage(services.governance, services.targets, services.meter, services.settings.routes, services.outbox)
 
 
 STAGE = StageSpec("admit", 200, build)

@@ -1,5 +1,5 @@
-"""settle: the request's ledger row, handed to the batched, idempotent writer, and its budget
-reservation settled to the same cost. Every authenticated request gets exactly one row (kind `request`),
+"""settle: the request's ledger row, appended to the ledger outbox (before the response completes), and its
+budget reservation settled to the same cost. Every authenticated request gets exactly one row (kind `request`),
 whatever its outcome."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from margin.economics.money import to_nanousd
 from margin.governance.service import Governance
 from margin.guard.pseudonym import UserPseudonyms
 from margin.guard.redaction import restore
-from margin.ledger.store import LedgerWriter
+from margin.ledger.outbox import Outbox
 from margin.pipeline.base import BaseStage, StageSpec
 from margin.pipeline.context import RequestContext
 from margin.pipeline.stages.admit import LEDGER_BACKLOG
@@ -99,13 +99,13 @@ class SettleStage(BaseStage):
 
     def __init__(
         self,
-        writer: LedgerWriter,
+        outbox: Outbox,
         config_hash: str,
         governance: Governance | None = None,
         spawn: Callable[[Coroutine[Any, Any, Any]], None] | None = None,
         pseudonym: UserPseudonyms | None = None,
     ) -> None:
-        self.writer = writer
+        self.outbox = outbox
         self.pseudonym = pseudonym or UserPseudonyms()
         self.config_hash = config_hash
         self.governance = governance
@@ -115,10 +115,10 @@ class SettleStage(BaseStage):
         if ctx.principal is None:  # rejected before authentication: nobody to attribute it to
             return
         if ctx.error is not None and ctx.error.code == LEDGER_BACKLOG:  # refused before any work: no row, so a
-            self.writer.refused += 1  # ledger that is down cannot grow the queue without bound
+            self.outbox.refused += 1  # ledger that is down cannot grow the outbox without bound
             return
         row = ledger_row(ctx, self.config_hash, self.pseudonym)
-        self.writer.submit(row)
+        self.outbox.append(row)
         admission = ctx.admission
         if self.governance is not None and admission is not None:
             # the answer does not wait for the budget store: the reservation holds until this lands
@@ -135,7 +135,7 @@ class SettleStage(BaseStage):
 
 def build(services: Any) -> SettleStage:
     pseudonym = UserPseudonyms.from_env(services.settings.guard.user_hash_key_env)
-    return SettleStage(services.writer, services.config_hash, services.governance, services.spawn, pseudonym)
+    return SettleStage(services.outbox, services.config_hash, services.governance, services.spawn, pseudonym)
 
 
 STAGE = StageSpec("settle", 900, build)

@@ -172,3 +172,20 @@ def test_the_directory_defaults_beside_a_sqlite_ledger(tmp_path: Path, monkeypat
     assert first.parent == tmp_path / "state" / "margin" and first.name.startswith("outbox-")
     assert Outbox("postgresql://u:other@h/a").directory == first  # the password is no part of the name
     assert Outbox("postgresql://u@h/b").directory != first
+
+
+@pytest.mark.parametrize("policy", ["interval", "always"])
+async def test_fsync_policies_leave_nothing_unsynced(tmp_path: Path, policy: str) -> None:
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    db.upgrade(url)
+    outbox = Outbox(url, tmp_path / "box", fsync=policy, fsync_interval_s=0.01)  # type: ignore[arg-type]
+    outbox.start()
+    outbox.append(row("a"))
+    assert outbox._writer._dirty is (policy == "interval")  # `always` synced inside append
+    for _ in range(100):  # `interval`: the ingester's thread syncs within the interval
+        await outbox.flush()
+        if not outbox._writer._dirty:
+            break
+    assert not outbox._writer._dirty
+    await outbox.close()
+    assert [r.request_id for r in read_ledger(url)] == ["a"]

@@ -78,7 +78,7 @@ class Ingester:
         own: OwnFiles,
         *,
         interval_s: float = 0.05,
-        batch_bytes: int = 4 * 1024 * 1024,
+        batch_bytes: int = 8 * 1024 * 1024,
         fsync_interval_s: float | None = None,
         rescan_s: float = 2.0,
     ) -> None:
@@ -117,6 +117,10 @@ class Ingester:
         self._wake.set()
         if self._thread is not None:
             self._thread.join()
+        with self._guard:  # asked for after the last pass began: there is no pass to wait for
+            waiting, self._waiting = self._waiting, []
+        for future in waiting:
+            future.set_result(0)
         for segment in self._segments.values():
             if segment.fd is not None:
                 os.close(segment.fd)
@@ -125,33 +129,33 @@ class Ingester:
         self._sink.close()
 
     def _run(self) -> None:
-        delay, synced = self._interval_s, time.monotonic()
-        next_scan = 0.0
+        delay, synced, next_scan = self._interval_s, time.monotonic(), 0.0
         while True:
             self._wake.wait(timeout=delay)
             self._wake.clear()
             with self._guard:
                 waiting, self._waiting = self._waiting, []
-            stopping = self._stopping
-            if self._fsync_interval_s is not None and time.monotonic() - synced >= self._fsync_interval_s:
-                synced = time.monotonic()
-                self._own.sync()
-            moved = 0
+            stopping, moved = self._stopping, 0
             try:
+                if self._fsync_interval_s is not None and time.monotonic() - synced >= self._fsync_interval_s:
+                    synced = time.monotonic()
+                    self._own.sync()
                 if time.monotonic() >= next_scan:
                     self._adopt()
                     next_scan = time.monotonic() + self._rescan_s
                 moved = self._pass()
                 delay = self._interval_s
                 self.stats.last_ok = time.time()
-            except Exception as exc:  # the database is away: the rows stay in the files
+                self.stats.last_error = None
+            except Exception as exc:  # the database is away (or the disk): the rows stay in the files
                 self.stats.failures += 1
                 if self.stats.last_error != str(exc):
                     log.error("ledger ingest failed (%s); the rows stay in the outbox and will be retried", exc)
                 self.stats.last_error = str(exc)
                 delay = min(1.0, max(delay * 2, self._interval_s))
-            for future in waiting:
-                future.set_result(moved)
+            finally:
+                for future in waiting:
+                    future.set_result(moved)
             if stopping:
                 return
 

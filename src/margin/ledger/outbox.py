@@ -157,10 +157,16 @@ class SegmentWriter:
             return (self._name, self._size) if self._fd is not None else None
 
     def sync(self) -> None:
+        """fdatasync the current file (policy `interval`, from the ingester's thread). On a duplicate of the
+        descriptor, outside the lock: appends never wait for the disk."""
         with self._guard:
-            if self._fd is not None and self._dirty:
-                os.fdatasync(self._fd)
-                self._dirty = False
+            if self._fd is None or not self._dirty:
+                return
+            fd, self._dirty = os.dup(self._fd), False
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """No more rows: the current file is closed (and handed to the ingester as sealed)."""
@@ -182,7 +188,7 @@ class Outbox:
         *,
         engine: sa.Engine | None = None,
         interval_s: float = 0.05,
-        batch_bytes: int = 4 * 1024 * 1024,
+        batch_bytes: int = 8 * 1024 * 1024,
         segment_bytes: int = 64 * 1024 * 1024,
         max_rows: int = 100_000,
         max_bytes: int = 1024 * 1024 * 1024,

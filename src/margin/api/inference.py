@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 
 import orjson
 from starlette.requests import Request
@@ -13,6 +12,7 @@ from starlette.types import ASGIApp
 from margin.api.edge import parse_json, read_body
 from margin.api.responses import JSON, SSEResponse, error_response, margin_headers
 from margin.errors import MarginError
+from margin.ledger.ids import request_id as new_request_id
 from margin.pipeline.call import MeteredStream
 from margin.pipeline.context import RequestContext
 from margin.pipeline.stages.auth import authenticate
@@ -22,7 +22,7 @@ from margin.protocol import Endpoint, parse_request
 async def handle(request: Request, endpoint: Endpoint) -> Response | ASGIApp:
     started = time.perf_counter()
     services = request.app.state.services
-    request_id = uuid.uuid4().hex
+    request_id = new_request_id()  # time-ordered (UUIDv7): the ledger's unique index grows at its edge
     try:
         principal = await authenticate(services.keys, request.headers)  # from headers, before any body
         data = parse_json(await read_body(request, services.settings.server.max_body_bytes))

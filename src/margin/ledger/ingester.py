@@ -78,7 +78,7 @@ class Ingester:
         own: OwnFiles,
         *,
         interval_s: float = 0.05,
-        batch_bytes: int = 8 * 1024 * 1024,
+        batch_bytes: int = 16 * 1024 * 1024,
         fsync_interval_s: float | None = None,
         rescan_s: float = 2.0,
     ) -> None:

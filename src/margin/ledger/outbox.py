@@ -188,7 +188,7 @@ class Outbox:
         *,
         engine: sa.Engine | None = None,
         interval_s: float = 0.05,
-        batch_bytes: int = 8 * 1024 * 1024,
+        batch_bytes: int = 16 * 1024 * 1024,
         segment_bytes: int = 64 * 1024 * 1024,
         max_rows: int = 100_000,
         max_bytes: int = 1024 * 1024 * 1024,

@@ -7,18 +7,16 @@ import asyncio
 import contextlib
 import functools
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
-
-import sqlalchemy as sa
 
 from margin.config import Settings
 from margin.errors import MarginError
 from margin.governance.admission import Admission, BudgetHold, window
-from margin.governance.rules import Rules, Subject, build_rules, load_rules, matches
+from margin.governance.rules import Rules, build_rules, load_rules
 from margin.governance.specs import BudgetSpec
 from margin.governance.store import LocalStore, Store
-from margin.ledger.models import ledger
+from margin.ledger.read import budget_spent
 from margin.singleflight import SingleFlight
 
 log = logging.getLogger("margin.governance")
@@ -32,27 +30,16 @@ def make_store(settings: Settings) -> Store:
     return LocalStore()
 
 
-def _naive_utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(tzinfo=None)
-
-
 async def ledger_spent(engine: Any, budget: BudgetSpec, now: datetime) -> int:
-    """What the ledger says a budget's current window has spent (nano-USD or tokens)."""
+    """What the ledger says a budget's current window has spent (nano-USD or tokens): margin.ledger.read's
+    budget_spent (rollups for whole buckets), the figure the dashboard and the admin API show too."""
     start, end = window(budget.period, now)
-    columns = [ledger.c[name] for name in ("key_id", "team", "org", "tags", "model", "backend")]
-    measure = ledger.c.cost_nanousd if budget.usd is not None else ledger.c.input_tokens + ledger.c.output_tokens
-    query = sa.select(*columns, measure.label("amount")).where(ledger.c.kind == "request")
-    if start is not None and end is not None:
-        if engine.dialect.name == "sqlite":  # stored as naive UTC text
-            start, end = _naive_utc(start), _naive_utc(end)
-        query = query.where(ledger.c.created_at >= start, ledger.c.created_at < end)
-    total = 0
+    scope = budget.scope
     async with engine.connect() as connection:
-        async for row in await connection.stream(query):
-            subject = Subject(row.key_id, row.team, row.org, row.tags or {}, row.model, row.backend)
-            if row.amount and matches(budget.scope, subject):
-                total += int(row.amount)
-    return total
+        spent: int = await connection.run_sync(
+            budget_spent, scope.kind, scope.value, budget.usd is not None, start, end
+        )
+    return spent
 
 
 class Governance:

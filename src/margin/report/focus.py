@@ -30,9 +30,8 @@ import sqlalchemy as sa
 from margin.config import Settings
 from margin.economics.money import from_nanousd, usd_str
 from margin.errors import InvalidRequest
-from margin.ledger.models import ledger
-from margin.report.queries import Window, group_column
-from margin.report.source import time_bucket
+from margin.ledger.read import Window
+from margin.ledger.read.charges import charges, unpriced
 
 MANDATORY = (
     "BilledCost", "BillingAccountId", "BillingAccountName", "BillingCurrency", "BillingPeriodEnd",
@@ -87,31 +86,9 @@ def _publisher(settings: Settings, model: str | None) -> str:
     return config.owned_by if config is not None else "unknown"
 
 
-def _query(connection: sa.Connection, window: Window) -> sa.Select[Any]:
-    day = time_bucket(connection, "day").label("day")
-    keys = [group_column(name).label(name) for name in _GROUPS]
-    priced = ledger.c.cost_nanousd.is_not(None)
-    return (
-        sa.select(
-            day,
-            *keys,
-            sa.func.count().label("requests"),
-            sa.func.sum(ledger.c.input_tokens).label("input_tokens"),
-            sa.func.sum(ledger.c.output_tokens).label("output_tokens"),
-            sa.func.sum(ledger.c.cost_nanousd).label("cost"),
-            sa.func.sum(sa.case((priced, 0), else_=1)).label("unpriced"),
-            sa.func.sum(ledger.c.energy_j).label("energy_j"),
-            sa.func.sum(ledger.c.co2e_g).label("co2e_g"),
-        )
-        .where(*window.where(), priced)
-        .group_by(day, *keys)
-        .order_by(day, *keys)
-    )
-
-
 def _row(settings: Settings, r: Any, period: tuple[datetime, datetime], account: str) -> dict[str, Any]:
     day = datetime.fromisoformat(str(r.day)).replace(tzinfo=UTC)
-    cost = from_nanousd(int(r.cost or 0))
+    cost = from_nanousd(int(r.cost_nanousd or 0))
     tokens = int(r.input_tokens or 0) + int(r.output_tokens or 0)
     provider = _provider(settings, r.backend)
     tags = {k: v for k, v in (("team", r.team), ("feature", r.feature), ("customer", r.customer)) if v is not None}
@@ -128,8 +105,8 @@ def _row(settings: Settings, r: Any, period: tuple[datetime, datetime], account:
         ServiceSubcategory="Generative AI",
         SubAccountId=r.team, SubAccountName=r.team, Tags=tags, x_Requests=int(r.requests),
         x_InputTokens=int(r.input_tokens or 0), x_OutputTokens=int(r.output_tokens or 0),
-        x_EnergyJ=None if r.energy_j is None else float(r.energy_j),
-        x_CO2eG=None if r.co2e_g is None else float(r.co2e_g), x_ModelName=r.model, x_KeyId=r.key,
+        x_EnergyJ=None if r.energy_mj is None else int(r.energy_mj) / 1000,
+        x_CO2eG=None if r.co2e_mg is None else int(r.co2e_mg) / 1000, x_ModelName=r.model, x_KeyId=r.key,
     )  # fmt: skip
     return row
 
@@ -137,12 +114,11 @@ def _row(settings: Settings, r: Any, period: tuple[datetime, datetime], account:
 def focus_rows(engine: sa.Engine, settings: Settings, period: str, account: str = "margin") -> FocusExport:
     start, end = parse_period(period)
     window = Window(start, end)
-    unknown = ledger.c.cost_nanousd.is_(None)
     with engine.connect() as connection:
-        found = connection.execute(_query(connection, window)).all()
-        unpriced = connection.execute(sa.select(sa.func.count()).where(*window.where(), unknown)).scalar()
+        found = charges(connection, window, _GROUPS)
+        left_out = unpriced(connection, window)
     rows = [_row(settings, r, (start, end), account) for r in found]
-    return FocusExport(rows, int(unpriced or 0), start, end)
+    return FocusExport(rows, left_out, start, end)
 
 
 def _text(column: str, value: Any) -> str:

@@ -1,0 +1,59 @@
+"""read model: integer energy and carbon on the ledger; rollups by tag keys, latency histograms, attach and
+tasks, kept per ingested batch (margin.ledger.rollup) instead of 0004's per-row trigger
+
+Revision ID: 0005_read_model
+Revises: 0004
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+from margin.ledger import measures, models, rollup
+from margin.ledger.migrations import hourly_trigger_0004 as old
+
+revision = "0005_read_model"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+NEW = (models.ledger_daily, models.ledger_latency, models.ledger_attach, models.ledger_tasks, models.ledger_rollup_keys)
+
+
+def upgrade() -> None:
+    bind = op.get_bind()
+    dialect = bind.dialect.name
+    for statement in old.drop_sql(dialect):
+        op.execute(statement)
+    op.drop_table("ledger_hourly")
+    with op.batch_alter_table("ledger") as batch:
+        batch.add_column(sa.Column("energy_mj", sa.BigInteger))
+        batch.add_column(sa.Column("co2e_mg", sa.BigInteger))
+    op.execute(
+        f"UPDATE ledger SET energy_mj = {measures.rounded(dialect, 'energy_j * 1000')}, "
+        f"co2e_mg = {measures.rounded(dialect, 'co2e_g * 1000')}"
+    )
+    for table in (models.ledger_hourly, *NEW):
+        table.create(bind)
+    rollup.rebuild(bind, rollup.DEFAULT_TAG_KEYS)
+
+
+def downgrade() -> None:
+    bind = op.get_bind()
+    for table in reversed((models.ledger_hourly, *NEW)):
+        table.drop(bind)
+    with op.batch_alter_table("ledger") as batch:
+        batch.drop_column("co2e_mg")
+        batch.drop_column("energy_mj")
+    op.create_table(
+        "ledger_hourly",
+        sa.Column("hour", sa.String(19), primary_key=True),
+        *(sa.Column(name, sa.String(256), primary_key=True) for name in old.DIMENSIONS),
+        *(sa.Column(name, sa.Float if name in old.FLOATS else sa.BigInteger, nullable=False) for name in old.MEASURES),
+        sa.Column("first_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    dialect = bind.dialect.name
+    op.execute(old.backfill_sql(dialect))
+    for statement in old.create_sql(dialect):
+        op.execute(statement)

@@ -5,7 +5,7 @@ In the caller's transaction, on SQLite and PostgreSQL:
    `ledger` plus `_seq`, the batch order);
 2. duplicates inside the batch, and (request_id, kind) pairs already in `ledger`, are deleted from staging:
    replaying a row is a no-op and is never counted twice;
-3. the integer energy and carbon (`energy_mj`, `co2e_mg`) are filled from the meter's floats;
+3. the integer energy and carbon (`energy_uj`, `co2e_ng`) are filled from the meter's floats;
 4. staging is appended to `ledger`, and `rollup.apply(connection, "ledger_staging")` adds it to every rollup.
 
 This is the seam for the data-plane ingester (an outbox file read in large batches): it calls
@@ -56,11 +56,11 @@ def _dedupe(connection: sa.Connection) -> None:
 
 def _integers(connection: sa.Connection) -> None:
     dialect = connection.dialect.name
-    mj = measures.rounded(dialect, "energy_j * 1000")
-    mg = measures.rounded(dialect, "co2e_g * 1000")
+    uj = measures.rounded(dialect, "energy_j * 1000000")
+    ug = measures.rounded(dialect, "co2e_g * 1000000000")
     connection.exec_driver_sql(
-        f"UPDATE {STAGING} SET energy_mj = COALESCE(energy_mj, {mj}), co2e_mg = COALESCE(co2e_mg, {mg}) "
-        "WHERE (energy_mj IS NULL AND energy_j IS NOT NULL) OR (co2e_mg IS NULL AND co2e_g IS NOT NULL)"
+        f"UPDATE {STAGING} SET energy_uj = COALESCE(energy_uj, {uj}), co2e_ng = COALESCE(co2e_ng, {ug}) "
+        "WHERE (energy_uj IS NULL AND energy_j IS NOT NULL) OR (co2e_ng IS NULL AND co2e_g IS NOT NULL)"
     )
 
 

@@ -2,9 +2,11 @@
 which latency bin. The rollup maintenance (margin.ledger.rollup) and the read model's rows path
 (margin.ledger.read) render the same text, so both add up the same integers by construction.
 
-Every measure is an integer: money in nano-USD, energy in millijoules (`energy_mj`), carbon in milligrams
-(`co2e_mg`), busy time in microseconds. Integer sums do not depend on the order rows are added in, so the
-rollup and the rows give the same figure to the unit (float sums differed in the last digits).
+Every measure is an integer: money in nano-USD, energy in microjoules (`energy_uj`), carbon in nanograms
+(`co2e_ng`), busy time in microseconds (a local 20-token request emits ~2 mg of CO2e, a fake one in the tests
+well under a milligram, so coarser units would round real emissions away). Integer sums do not depend on the
+order rows are added in, so the rollup and the rows give the same figure to the unit (float sums differed in
+the last digits).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import math
 import re
 
+MICRO = 1_000_000  # µJ per J
+NANO = 1_000_000_000  # ng per g (SQLite's integer SUM holds 9,200 t)
 KINDS = ("request", "cache_hit")  # rows that are traffic (other kinds, e.g. refunds, are not summed)
 KINDS_SQL = "('request', 'cache_hit')"
 
@@ -26,11 +30,11 @@ MEASURES: dict[str, str] = {
     "cost_nanousd": "COALESCE({r}.cost_nanousd, 0)",
     "unpriced": "CASE WHEN {r}.cost_nanousd IS NULL THEN 1 ELSE 0 END",
     "priced_tokens": "CASE WHEN {r}.cost_nanousd IS NULL THEN 0 ELSE {r}.input_tokens + {r}.output_tokens END",
-    "energy_mj": "COALESCE({r}.energy_mj, 0)",
-    "co2e_mg": "COALESCE({r}.co2e_mg, 0)",
+    "energy_uj": "COALESCE({r}.energy_uj, 0)",
+    "co2e_ng": "COALESCE({r}.co2e_ng, 0)",
     "energy_measured": "CASE WHEN {r}.energy_method = 'measured' THEN 1 ELSE 0 END",
     "energy_modelled": "CASE WHEN {r}.energy_method = 'modelled' THEN 1 ELSE 0 END",
-    "energy_unknown": "CASE WHEN {r}.energy_mj IS NULL THEN 1 ELSE 0 END",
+    "energy_unknown": "CASE WHEN {r}.energy_uj IS NULL THEN 1 ELSE 0 END",
     "saved_nanousd": "COALESCE({r}.saved_nanousd, 0)",
     "routed": "CASE WHEN {r}.router_score IS NOT NULL OR {r}.counterfactual_nanousd IS NOT NULL THEN 1 ELSE 0 END",
     "routing_saved_nanousd": (

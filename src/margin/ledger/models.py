@@ -1,5 +1,5 @@
 """Tables. Money is integer nano-USD (see economics.money). Energy and carbon are written as the meter's floats
-(`energy_j`, `co2e_g`) and, at ingest, as integers (`energy_mj`, `co2e_mg`) which every sum reads."""
+(`energy_j`, `co2e_g`) and, at ingest, as integers (`energy_uj`, `co2e_ng`) which every sum reads."""
 
 from __future__ import annotations
 
@@ -58,8 +58,8 @@ ledger = sa.Table(
     sa.Column("router_score", sa.Float),
     sa.Column("counterfactual_nanousd", sa.BigInteger),
     sa.Column("busy_ms", sa.Float),  # the backend busy time billed to this request (self-hosted TCO)
-    sa.Column("energy_mj", sa.BigInteger),  # round(energy_j × 1000), filled at ingest
-    sa.Column("co2e_mg", sa.BigInteger),  # round(co2e_g × 1000), filled at ingest
+    sa.Column("energy_uj", sa.BigInteger),  # round(energy_j × 10⁶): microjoules, filled at ingest
+    sa.Column("co2e_ng", sa.BigInteger),  # round(co2e_g × 10⁹): nanograms, filled at ingest
     sa.UniqueConstraint("request_id", "kind", name="uq_ledger_request_kind"),
     sa.Index("ix_ledger_created_at", "created_at"),
     sa.Index("ix_ledger_team_created", "team", "created_at"),

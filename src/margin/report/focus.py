@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from margin.config import Settings
 from margin.economics.money import from_nanousd, usd_str
 from margin.errors import InvalidRequest
+from margin.ledger.measures import MICRO, NANO
 from margin.ledger.read import Window
 from margin.ledger.read.charges import charges, unpriced
 
@@ -105,8 +106,8 @@ def _row(settings: Settings, r: Any, period: tuple[datetime, datetime], account:
         ServiceSubcategory="Generative AI",
         SubAccountId=r.team, SubAccountName=r.team, Tags=tags, x_Requests=int(r.requests),
         x_InputTokens=int(r.input_tokens or 0), x_OutputTokens=int(r.output_tokens or 0),
-        x_EnergyJ=None if r.energy_mj is None else int(r.energy_mj) / 1000,
-        x_CO2eG=None if r.co2e_mg is None else int(r.co2e_mg) / 1000, x_ModelName=r.model, x_KeyId=r.key,
+        x_EnergyJ=None if r.energy_uj is None else int(r.energy_uj) / MICRO,
+        x_CO2eG=None if r.co2e_ng is None else int(r.co2e_ng) / NANO, x_ModelName=r.model, x_KeyId=r.key,
     )  # fmt: skip
     return row
 

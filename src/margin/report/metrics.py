@@ -1,7 +1,7 @@
 """Operational views the dashboard and `margin report --view …` share: spend over time, savings, energy and
 carbon, rendered from margin.ledger.read. Every function takes an engine and a `Window` and returns frozen
 dataclasses whose `to_json()` is exactly what `margin report --json` prints (money as decimal strings,
-energy and carbon from integer millijoules and milligrams)."""
+energy and carbon from integer microjoules and nanograms)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from margin.economics.money import JOULES_PER_KWH, THOUSAND, from_nanousd, usd_str
 from margin.ledger import read
+from margin.ledger.measures import MICRO, NANO
 from margin.ledger.read import Window, as_utc
 from margin.report.queries import check_group
 
@@ -65,8 +66,8 @@ def point(start: str, sums: read.Sums) -> TimePoint:
         cost,
         sums["unpriced"],
         per_1k(cost, sums["priced_tokens"]),
-        sums["energy_mj"] / 1000,
-        sums["co2e_mg"] / 1000,
+        sums["energy_uj"] / MICRO,
+        sums["co2e_ng"] / NANO,
         usd(sums["saved_nanousd"]),
     )
 
@@ -167,8 +168,8 @@ def carbon(engine: sa.Engine, window: Window, by: str = "region") -> list[Carbon
             key,
             s["requests"],
             s["input_tokens"] + s["output_tokens"],
-            s["energy_mj"] / 1000,
-            s["co2e_mg"] / 1000,
+            s["energy_uj"] / MICRO,
+            s["co2e_ng"] / NANO,
             s["energy_measured"],
             s["energy_modelled"],
             s["energy_unknown"],

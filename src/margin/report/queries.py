@@ -1,6 +1,6 @@
 """The summary view (`margin report`, `/admin/usage`, `/v1/margin/usage`): figures per group and in total,
 rendered from margin.ledger.read. Money is exact (integer nano-USD sums, decimal strings); energy and carbon
-are integer millijoules and milligrams, shown as J and g.
+are integer microjoules and nanograms, shown as J and g.
 
 Latency percentiles are nearest rank. The totals' are exact; each group's comes from the latency histogram,
 within 4.43 % of the exact value (margin.ledger.read.latency) — the JSON says so under `percentiles`.
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from margin.economics.money import THOUSAND, from_nanousd, usd_str
 from margin.errors import InvalidRequest
 from margin.ledger import read
-from margin.ledger.measures import RELATIVE_ERROR
+from margin.ledger.measures import MICRO, NANO, RELATIVE_ERROR
 from margin.ledger.read import Window, parse_when, percentile
 from margin.ledger.read.latency import from_histogram
 
@@ -43,8 +43,8 @@ def figures(sums: read.Sums) -> dict[str, Any]:
         "cost_usd": usd_str(cost),
         "unpriced_requests": sums["unpriced"],
         "usd_per_1k_tokens": usd_str(cost / Decimal(priced) * THOUSAND if priced else None),
-        "energy_j": sums["energy_mj"] / 1000,
-        "co2e_g": sums["co2e_mg"] / 1000,
+        "energy_j": sums["energy_uj"] / MICRO,
+        "co2e_g": sums["co2e_ng"] / NANO,
         "cache_hits": sums["cache_hits"],
         "cache_saved_usd": usd_str(from_nanousd(sums["saved_nanousd"])),
         "routing_saved_usd": usd_str(from_nanousd(sums["routing_saved_nanousd"])),

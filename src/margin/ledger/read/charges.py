@@ -16,8 +16,8 @@ from margin.ledger.read.window import Window
 
 
 def charges(connection: sa.Connection, window: Window, dims: Sequence[str]) -> Sequence[Any]:
-    """Rows of (day 'YYYY-MM-DD', *dims, requests, input_tokens, output_tokens, cost_nanousd, energy_mj,
-    co2e_mg) for priced requests; energy and carbon are NULL where no row of the group has them."""
+    """Rows of (day 'YYYY-MM-DD', *dims, requests, input_tokens, output_tokens, cost_nanousd, energy_uj,
+    co2e_ng) for priced requests; energy and carbon are NULL where no row of the group has them."""
     day: sa.ColumnElement[Any] = sa.literal_column(m.day(connection.dialect.name, "ledger")).label("day")
     keys = [row_group(connection, name).label(name) for name in dims]
     query = (
@@ -28,8 +28,8 @@ def charges(connection: sa.Connection, window: Window, dims: Sequence[str]) -> S
             sa.func.sum(ledger.c.input_tokens).label("input_tokens"),
             sa.func.sum(ledger.c.output_tokens).label("output_tokens"),
             sa.func.sum(ledger.c.cost_nanousd).label("cost_nanousd"),
-            sa.func.sum(ledger.c.energy_mj).label("energy_mj"),
-            sa.func.sum(ledger.c.co2e_mg).label("co2e_mg"),
+            sa.func.sum(ledger.c.energy_uj).label("energy_uj"),
+            sa.func.sum(ledger.c.co2e_ng).label("co2e_ng"),
         )
         .where(*window.where(), ledger.c.cost_nanousd.is_not(None))
         .group_by(day, *keys)

@@ -28,11 +28,11 @@ def upgrade() -> None:
         op.execute(statement)
     op.drop_table("ledger_hourly")
     with op.batch_alter_table("ledger") as batch:
-        batch.add_column(sa.Column("energy_mj", sa.BigInteger))
-        batch.add_column(sa.Column("co2e_mg", sa.BigInteger))
+        batch.add_column(sa.Column("energy_uj", sa.BigInteger))
+        batch.add_column(sa.Column("co2e_ng", sa.BigInteger))
     op.execute(
-        f"UPDATE ledger SET energy_mj = {measures.rounded(dialect, 'energy_j * 1000')}, "
-        f"co2e_mg = {measures.rounded(dialect, 'co2e_g * 1000')}"
+        f"UPDATE ledger SET energy_uj = {measures.rounded(dialect, 'energy_j * 1000000')}, "
+        f"co2e_ng = {measures.rounded(dialect, 'co2e_g * 1000000000')}"
     )
     for table in (models.ledger_hourly, *NEW):
         table.create(bind)
@@ -44,8 +44,8 @@ def downgrade() -> None:
     for table in reversed((models.ledger_hourly, *NEW)):
         table.drop(bind)
     with op.batch_alter_table("ledger") as batch:
-        batch.drop_column("co2e_mg")
-        batch.drop_column("energy_mj")
+        batch.drop_column("co2e_ng")
+        batch.drop_column("energy_uj")
     op.create_table(
         "ledger_hourly",
         sa.Column("hour", sa.String(19), primary_key=True),

@@ -47,8 +47,8 @@ def settings(tmp_path: Path) -> Settings:
     return fake_settings(tmp_path / "unused.db", revenue=revenue)
 
 
-def test_tasks_cost_per_successful_task(engine: sa.Engine) -> None:
-    november = Window(at(1), at(16))
+def test_tasks_cost_per_successful_task(engine: sa.Engine, rollup: bool) -> None:
+    november = Window(at(1), at(16), rollup=rollup)
     [total] = tasks(engine, november)
     # t1 (r1,r2) succeeds via r2; t2 (r3,r7) graded, failed; t3 (r4) ungraded; r5 and r6 are tasks of one,
     # r6 succeeded. Cost: 1+3+2+NULL+0+1+0 milli-$; graded tasks t1,t2,r6 cost 4+2+1.
@@ -63,7 +63,7 @@ def test_tasks_cost_per_successful_task(engine: sa.Engine) -> None:
     assert by_feature["search"].tasks == 2 and by_feature["search"].successful_tasks == 1
     assert by_feature["search"].cost_per_successful_task_usd == Decimal("0.006")
     assert by_feature["chat"].cost_per_successful_task_usd == Decimal("0.001")  # r6 only succeeded; r4 ungraded
-    empty = tasks(engine, Window(at(20), at(21)))
+    empty = tasks(engine, Window(at(20), at(21), rollup=rollup))
     assert empty[0].tasks == 0 and empty[0].cost_per_successful_task_usd is None
 
 

@@ -53,11 +53,11 @@ MEASURES: dict[str, str] = {
 # dimensions of the hourly rollup (ledger_hourly); NULL is stored as ''
 HOURLY_DIMS = ("kind", "team", "org", "model", "backend", "region")
 # plain-column groupings of the daily rollup (ledger_daily), besides the rolled-up tag keys
-DAILY_COLUMNS = {"key": "key_id", "endpoint": "endpoint", "status": "status"}
+DAILY_COLUMNS = {"key": "key_id", "endpoint": "endpoint", "status": "status", "user": "user"}
 DAILY_DIMS = (*DAILY_COLUMNS, "error")  # error = "<http status> <error code>"
 # latency histograms (ledger_latency): '' (all rows) and model per team; the others across teams only
 TEAM_HISTOGRAMS = ("", "model")
-HISTOGRAM_DIMS = ("", "model", "backend", "region", "key", "endpoint", "status")
+HISTOGRAM_DIMS = ("", "model", "backend", "region", "key", "endpoint", "status", "user")
 METRICS = {"e2e": "e2e_ms", "ttft": "ttft_ms"}
 COLUMNS = {"key": "key_id", "team": "team", "org": "org", "model": "model", "backend": "backend",
            "region": "region", "endpoint": "endpoint", "status": "status", "user": "user", "kind": "kind"}  # fmt: skip
@@ -124,11 +124,11 @@ def hour(dialect: str, r: str) -> str:
     return f"""to_char(date_trunc('hour', {r}.created_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD"T"HH24:00:00')"""
 
 
-def day(dialect: str, r: str) -> str:
+def day(dialect: str, r: str, column: str = "created_at") -> str:
     """The row's UTC day: 2026-11-02."""
     if dialect == "sqlite":
-        return f"strftime('%Y-%m-%d', {r}.created_at)"
-    return f"to_char({r}.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+        return f"strftime('%Y-%m-%d', {r}.{column})"
+    return f"to_char({r}.{column} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
 
 
 def latency_bin(column: str) -> str:

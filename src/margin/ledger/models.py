@@ -96,14 +96,14 @@ ledger_daily = sa.Table(  # per dimension (key, endpoint, status, error, each ro
     *_sums(),
 )
 
-ledger_latency = sa.Table(  # latency histograms per dimension × UTC day (× team for '' and model; else '*')
+ledger_latency = sa.Table(  # latency histograms per dimension × metric × UTC day (× team for '' and model; else '*')
     "ledger_latency",
     metadata,
     sa.Column("dim", sa.String(64), primary_key=True),
+    sa.Column("metric", sa.String(8), primary_key=True),  # e2e | ttft: a read scans one metric's rows only
     sa.Column("day", sa.String(10), primary_key=True),
     sa.Column("team", sa.String(256), primary_key=True),
     sa.Column("value", sa.String(256), primary_key=True),
-    sa.Column("metric", sa.String(8), primary_key=True),  # e2e | ttft
     sa.Column("bin", sa.Integer, primary_key=True),  # margin.ledger.measures.latency_bin
     sa.Column("n", sa.BigInteger, nullable=False),
 )
@@ -130,6 +130,18 @@ ledger_tasks = sa.Table(  # one row per task (task_id tag, else the request); it
     sa.Index("ix_ledger_tasks_anchor", "anchor_at"),
 )
 
+ledger_task_daily = sa.Table(  # tasks per anchor day × team × dimension (the anchor's value), kept with ledger_tasks
+    "ledger_task_daily",
+    metadata,
+    sa.Column("dim", sa.String(64), primary_key=True),  # '' | feature | customer | model | backend | region | key
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("team", sa.String(256), primary_key=True),
+    sa.Column("value", sa.String(256), primary_key=True),
+    sa.Column("tasks", sa.BigInteger, nullable=False),
+    sa.Column("cost_nanousd", sa.BigInteger, nullable=False),
+    sa.Column("unpriced", sa.BigInteger, nullable=False),
+)
+
 ledger_rollup_keys = sa.Table(  # the tag keys ledger_daily and ledger_latency hold (set by a rebuild)
     "ledger_rollup_keys",
     metadata,
@@ -147,6 +159,7 @@ feedback = sa.Table(  # outcomes of requests (POST /v1/margin/feedback); the lat
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("revisions", sa.Integer, nullable=False, server_default="1"),
+    sa.Index("ix_feedback_created", "created_at"),  # tasks read the feedback posted since a window began
 )
 
 api_keys = sa.Table(

@@ -2,9 +2,11 @@
 the window, team and groups of its *anchor*, its earliest request, and counts all its requests. It is graded
 when any of its requests has feedback, successful when any has `success: true`.
 
-Read from ledger_tasks (one row per task, kept per batch) joined with the feedback of the window's requests;
-or, for groupings ledger_tasks does not keep and for `Window(rollup=False)`, from the same table computed
-from ledger rows (the anchor = the earliest row, ties by insertion order, as ledger_tasks keeps it).
+Counts and cost come from ledger_task_daily for the window's whole days and from ledger_tasks (one row per
+task, by anchor time) for its partial edges; grading from the feedback posted since the window began, joined
+to its requests' tasks. For groupings these tables do not keep, and for `Window(rollup=False)`, the same
+task table is computed from ledger rows (anchor = the earliest row, ties by insertion order, as ledger_tasks
+keeps it).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from margin.ledger import measures as m
-from margin.ledger.models import feedback, ledger, ledger_tasks
-from margin.ledger.read.sums import row_group
+from margin.ledger.models import feedback, ledger, ledger_task_daily, ledger_tasks
+from margin.ledger.read.plan import grain_for, plan
+from margin.ledger.read.sums import _time, row_group
 from margin.ledger.read.window import Window
 
 ANCHOR_GROUPS = {"team": "team", "key": "key_id", "model": "model", "backend": "backend", "region": "region",
@@ -60,11 +63,44 @@ def _from_rows(connection: sa.Connection, window: Window, by: str | None) -> sa.
     return sa.select(inner).where(inner.c.pick == 1).subquery()
 
 
+def _rolled_up(window: Window, by: str | None) -> bool:
+    return window.rollup and window.key_id is None and (by is None or by in ANCHOR_GROUPS)
+
+
 def _source(connection: sa.Connection, window: Window, by: str | None) -> sa.Subquery:
-    if window.rollup and window.key_id is None and (by is None or by in ANCHOR_GROUPS):
+    if _rolled_up(window, by):
         grp = ledger_tasks.c[ANCHOR_GROUPS[by]] if by else sa.null()
         return sa.select(*ledger_tasks.c, grp.label("grp")).subquery()
     return _from_rows(connection, window, by)
+
+
+def _counts(connection: sa.Connection, window: Window, by: str | None) -> dict[Any, list[int]]:
+    """(tasks, cost, unpriced) per group: whole days from ledger_task_daily, edges from the task table."""
+    out: dict[Any, list[int]] = {}
+    parts = plan(window, "day" if _rolled_up(window, by) and grain_for(window, [], ()) else None)
+    for part in parts:
+        if part.source == "rows":
+            t = _source(connection, window, by)
+            query = sa.select(t.c.grp, sa.func.count(), sa.func.sum(t.c.cost_nanousd), sa.func.sum(t.c.unpriced))
+            rows = connection.execute(
+                query.where(*_anchored(t, window.between(part.since, part.until))).group_by(t.c.grp)
+            )
+        else:
+            d = ledger_task_daily
+            dim = "" if by in (None, "team") else by
+            grp = sa.func.nullif(d.c.team if by == "team" else d.c.value, "") if by else sa.null()
+            clauses = [d.c.dim == dim, *_time(d, "day", part, "day")]
+            if window.team is not None:
+                clauses.append(d.c.team == window.team)
+            query = sa.select(
+                grp.label("grp"), sa.func.sum(d.c.tasks), sa.func.sum(d.c.cost_nanousd), sa.func.sum(d.c.unpriced)
+            )
+            rows = connection.execute(query.where(*clauses).group_by(grp) if by else query.where(*clauses))
+        for row in rows:
+            into = out.setdefault(row[0], [0, 0, 0])
+            for i in range(3):
+                into[i] += int(row[i + 1] or 0)
+    return {key: sums for key, sums in out.items() if sums[0]}
 
 
 def _anchored(t: sa.Subquery, window: Window) -> list[sa.ColumnElement[bool]]:
@@ -82,8 +118,8 @@ def _graded(connection: sa.Connection, window: Window) -> sa.Subquery:
     """Feedback per task, over the requests a task anchored in the window can have (created since then)."""
     task: sa.ColumnElement[Any] = sa.literal_column(m.task(connection.dialect.name, "ledger"))
     clauses: list[sa.ColumnElement[bool]] = [ledger.c.kind.in_(m.KINDS)]
-    if window.since is not None:
-        clauses.append(ledger.c.created_at >= window.since)
+    if window.since is not None:  # a task anchored in the window: its requests, and their feedback, came later
+        clauses += [ledger.c.created_at >= window.since, feedback.c.created_at >= window.since]
     if window.key_id is not None:
         clauses.append(ledger.c.key_id == window.key_id)
     return (
@@ -103,11 +139,9 @@ def _graded(connection: sa.Connection, window: Window) -> sa.Subquery:
 
 def task_sums(connection: sa.Connection, window: Window, by: str | None = None) -> dict[Any, TaskSums]:
     """Task figures per value of `by` (the anchor's; None: one group)."""
+    found = _counts(connection, window, by)
     t = _source(connection, window, by)
     where = _anchored(t, window)
-    totals = sa.select(t.c.grp, sa.func.count(), sa.func.sum(t.c.cost_nanousd), sa.func.sum(t.c.unpriced))
-    found = {row[0]: [int(row[1]), int(row[2] or 0), int(row[3] or 0)] for row in
-             connection.execute(totals.where(*where).group_by(t.c.grp))}  # fmt: skip
     g = _graded(connection, window)
     graded = (
         sa.select(

@@ -18,7 +18,14 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-NEW = (models.ledger_daily, models.ledger_latency, models.ledger_attach, models.ledger_tasks, models.ledger_rollup_keys)
+NEW = (
+    models.ledger_daily,
+    models.ledger_latency,
+    models.ledger_attach,
+    models.ledger_tasks,
+    models.ledger_task_daily,
+    models.ledger_rollup_keys,
+)
 
 
 def upgrade() -> None:
@@ -36,11 +43,13 @@ def upgrade() -> None:
     )
     for table in (models.ledger_hourly, *NEW):
         table.create(bind)
+    op.create_index("ix_feedback_created", "feedback", ["created_at"])
     rollup.rebuild(bind, rollup.DEFAULT_TAG_KEYS)
 
 
 def downgrade() -> None:
     bind = op.get_bind()
+    op.drop_index("ix_feedback_created", "feedback")
     for table in reversed((models.ledger_hourly, *NEW)):
         table.drop(bind)
     with op.batch_alter_table("ledger") as batch:

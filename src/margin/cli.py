@@ -205,7 +205,7 @@ def export_focus(
     except MarginError as exc:
         raise _fail(exc) from exc
     note = f"; {result.unpriced_requests} requests at an unknown price left out" if result.unpriced_requests else ""
-    _console().print(f"wrote {len(result.rows)} FOCUS rows to {out}{note}")
+    _console().print(f"wrote {result.count} FOCUS rows to {out}{note}")
 
 
 @feedback_app.command("import")

@@ -18,6 +18,7 @@ are never null and margin never turns an unknown price into 0): they are left ou
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -28,7 +29,7 @@ import orjson
 import sqlalchemy as sa
 
 from margin.config import Settings
-from margin.economics.money import from_nanousd, usd_str
+from margin.economics.money import from_nanousd
 from margin.errors import InvalidRequest
 from margin.ledger.measures import MICRO, NANO
 from margin.ledger.read import Window
@@ -53,10 +54,22 @@ _GROUPS = ("key", "team", "model", "backend", "region", "feature", "customer")
 
 @dataclass(frozen=True, slots=True)
 class FocusExport:
-    rows: list[dict[str, Any]]
+    charges: Sequence[Any]  # margin.ledger.read.charges rows
     unpriced_requests: int  # left out: FOCUS costs cannot be null
     period_start: datetime
     period_end: datetime
+    settings: Settings
+    account: str
+
+    @property
+    def count(self) -> int:
+        return len(self.charges)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """Every row as a dict of typed values (Decimal costs, UTC datetimes); the writers stream instead."""
+        period = (self.period_start, self.period_end)
+        return [_row(self.settings, r, period, self.account) for r in self.charges]
 
 
 def parse_period(period: str) -> tuple[datetime, datetime]:
@@ -118,30 +131,47 @@ def focus_rows(engine: sa.Engine, settings: Settings, period: str, account: str 
     with engine.connect() as connection:
         found = charges(connection, window, _GROUPS)
         left_out = unpriced(connection, window)
-    rows = [_row(settings, r, (start, end), account) for r in found]
-    return FocusExport(rows, left_out, start, end)
+    return FocusExport(found, left_out, start, end, settings, account)
 
 
-def _text(column: str, value: Any) -> str:
-    if value is None:
-        return ""
-    if column in DATE_COLUMNS:
-        return _iso(value)
-    if column in COST_COLUMNS:
-        return usd_str(value) or ""
-    if isinstance(value, dict):
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
-    if column in ("PricingQuantity", "ConsumedQuantity"):
-        return f"{value:.1f}"  # a decimal, as FOCUS types it (CSV readers take "100" for an integer)
-    return str(value)
+def _usd(nano: int) -> str:
+    """Integer nano-USD as the 9-place decimal string usd_str() prints (costs are never negative)."""
+    return f"{nano // 1_000_000_000}.{nano % 1_000_000_000:09d}"
+
+
+def _csv_lines(export: FocusExport) -> Iterator[tuple[Any, ...]]:
+    """Rows in COLUMNS order, already as CSV text (one pass: a month of a million charges in seconds)."""
+    settings, account = export.settings, export.account
+    period = (_iso(export.period_end), _iso(export.period_start))
+    providers: dict[Any, str] = {}
+    publishers: dict[Any, str] = {}
+    days: dict[str, tuple[str, str]] = {}
+    for r in export.charges:
+        day = days.get(r.day)
+        if day is None:
+            start = datetime.fromisoformat(str(r.day)).replace(tzinfo=UTC)
+            day = days[r.day] = (_iso(start + timedelta(days=1)), _iso(start))
+        provider = providers.get(r.backend) or providers.setdefault(r.backend, _provider(settings, r.backend))
+        publisher = publishers.get(r.model) or publishers.setdefault(r.model, _publisher(settings, r.model))
+        cost = _usd(int(r.cost_nanousd or 0))
+        tokens = f"{int(r.input_tokens or 0) + int(r.output_tokens or 0)}.0"
+        tags = {k: v for k, v in (("team", r.team), ("feature", r.feature), ("customer", r.customer)) if v is not None}
+        yield (
+            cost, account, account, "USD", *period, "Usage", "",
+            f"{int(r.requests)} requests to {r.model or 'no model'} via {r.backend or 'no backend'}", *day,
+            cost, cost, provider, cost, tokens, "Tokens", provider, publisher, "AI and Machine Learning",
+            "LLM Inference", "Usage-Based", tokens, "Tokens", "", r.region, r.region, "Generative AI", r.team, r.team,
+            orjson.dumps(tags, option=orjson.OPT_SORT_KEYS).decode(), int(r.requests), int(r.input_tokens or 0),
+            int(r.output_tokens or 0), "" if r.energy_uj is None else int(r.energy_uj) / MICRO,
+            "" if r.co2e_ng is None else int(r.co2e_ng) / NANO, r.model, r.key,
+        )  # fmt: skip
 
 
 def write_csv(export: FocusExport, path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(COLUMNS)
-        for row in export.rows:
-            writer.writerow([_text(column, row[column]) for column in COLUMNS])
+        writer.writerows(_csv_lines(export))
 
 
 def write_parquet(export: FocusExport, path: Path) -> None:
@@ -154,8 +184,9 @@ def write_parquet(export: FocusExport, path: Path) -> None:
     types |= {"x_Requests": pa.int64(), "x_InputTokens": pa.int64(), "x_OutputTokens": pa.int64()}
     types |= {"x_EnergyJ": pa.float64(), "x_CO2eG": pa.float64()}
     arrays = {}
+    rows = export.rows
     for column in COLUMNS:
-        values = [row[column] for row in export.rows]
+        values = [row[column] for row in rows]
         if column == "Tags":
             values = [orjson.dumps(v, option=orjson.OPT_SORT_KEYS).decode() for v in values]
         if column in COST_COLUMNS:

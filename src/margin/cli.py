@@ -193,15 +193,17 @@ def export_focus(
     period: Annotated[str, typer.Option(help="Billing month, e.g. 2026-11.")],
     out: Annotated[Path, typer.Option(help="Output file: .csv or .parquet.")],
     account: Annotated[str, typer.Option(help="BillingAccountId/Name to write.")] = "margin",
+    tags: Annotated[str, typer.Option(help="Also split charges by these tags: feature,customer (slower).")] = "",
     config: ConfigOpt = None,
     db: DbOpt = None,
 ) -> None:
-    """FOCUS 1.2 cost and usage rows (one per day × key × model × backend × feature × customer)."""
+    """FOCUS 1.2 cost and usage rows (one per day × key × team × model × backend × region [× tags])."""
     from margin.report.focus import export
 
     settings = settings_from(config, db)
     try:
-        result = export(_sync_engine(settings), settings, period, out, account)
+        split = tuple(t for t in tags.split(",") if t)
+        result = export(_sync_engine(settings), settings, period, out, account, split)
     except MarginError as exc:
         raise _fail(exc) from exc
     note = f"; {result.unpriced_requests} requests at an unknown price left out" if result.unpriced_requests else ""

@@ -142,6 +142,15 @@ ledger_task_daily = sa.Table(  # tasks per anchor day × team × dimension (the 
     sa.Column("unpriced", sa.BigInteger, nullable=False),
 )
 
+ledger_charges = sa.Table(  # priced requests per UTC day × key × team × model × backend × region (FOCUS charges)
+    "ledger_charges",
+    metadata,
+    sa.Column("day", sa.String(10), primary_key=True),
+    *(sa.Column(name, sa.String(256), primary_key=True) for name in ("key", "team", "model", "backend", "region")),
+    *(sa.Column(name, sa.BigInteger, nullable=False) for name in
+      ("requests", "input_tokens", "output_tokens", "cost_nanousd", "energy_uj", "co2e_ng", "energy_n", "co2e_n")),
+)  # fmt: skip
+
 ledger_rollup_keys = sa.Table(  # the tag keys ledger_daily and ledger_latency hold (set by a rebuild)
     "ledger_rollup_keys",
     metadata,

@@ -9,6 +9,7 @@ UPDATE SET x = x + excluded.x` statements, in the caller's transaction. No per-r
 - ledger_attach  customers seen per feature per UTC day (distinct counts for the attach rate)
 - ledger_tasks   one row per task: anchor (its earliest request: time, team, key, model, feature, customer…),
                  requests, cost, unpriced requests
+- ledger_charges priced requests per UTC day × key × team × model × backend × region (the FOCUS export)
 - ledger_task_daily  tasks, cost and unpriced requests per anchor day × team × anchor dimension: a batch first
                  takes out the current contribution of every task it touches, updates ledger_tasks, then puts
                  the new one back (a task's anchor moves when an earlier request of it arrives later)
@@ -33,6 +34,7 @@ import sqlalchemy as sa
 from margin.ledger import measures as m
 from margin.ledger.models import (
     ledger_attach,
+    ledger_charges,
     ledger_daily,
     ledger_hourly,
     ledger_latency,
@@ -42,7 +44,8 @@ from margin.ledger.models import (
 )
 
 DEFAULT_TAG_KEYS = ("feature", "customer")
-ROLLUPS = (ledger_hourly, ledger_daily, ledger_latency, ledger_attach, ledger_tasks, ledger_task_daily)
+ROLLUPS = (ledger_hourly, ledger_daily, ledger_latency, ledger_attach, ledger_tasks, ledger_task_daily, ledger_charges)
+CHARGE_DIMS = {"key": "key_id", "team": "team", "model": "model", "backend": "backend", "region": "region"}
 TASK_DIMS = {"": "''", "feature": "t.feature", "customer": "t.customer", "model": "t.model", "backend": "t.backend",
              "region": "t.region", "key": "t.key_id"}  # fmt: skip
 
@@ -117,6 +120,20 @@ def _attach(dialect: str, source: str) -> str:
     )
 
 
+def _charges(dialect: str, source: str) -> str:
+    dims = [f"COALESCE(s.{column}, '')" for column in CHARGE_DIMS.values()]
+    sums = ["COUNT(*)", "SUM(s.input_tokens)", "SUM(s.output_tokens)", "SUM(s.cost_nanousd)"]
+    sums += ["SUM(COALESCE(s.energy_uj, 0))", "SUM(COALESCE(s.co2e_ng, 0))", "COUNT(s.energy_uj)", "COUNT(s.co2e_ng)"]
+    names = ["requests", "input_tokens", "output_tokens", "cost_nanousd", "energy_uj", "co2e_ng", "energy_n", "co2e_n"]
+    keys = ["day", *CHARGE_DIMS]
+    return (
+        f"INSERT INTO ledger_charges ({', '.join([*keys, *names])}) "
+        f"SELECT {', '.join([m.day(dialect, 's'), *dims, *sums])} FROM {source} s "
+        f"WHERE s.kind IN {m.KINDS_SQL} AND s.cost_nanousd IS NOT NULL GROUP BY 1, 2, 3, 4, 5, 6 "
+        f"{_add('ledger_charges', keys, names)}"
+    )
+
+
 TASK_ANCHOR = ("team", "key_id", "model", "backend", "region", "feature", "customer")
 
 
@@ -175,6 +192,7 @@ def statements(dialect: str, source: str, order: str, tag_keys: Sequence[str]) -
         _daily(dialect, source, tag_keys),
         _latency(dialect, source, tag_keys),
         _attach(dialect, source),
+        _charges(dialect, source),
         *tasks,
     ]
 

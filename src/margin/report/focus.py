@@ -1,14 +1,17 @@
 """`margin export focus`: the ledger as FOCUS 1.2 cost and usage rows (CSV or Parquet).
 
-One row per charge = UTC day × API key × team × model × backend × region × `feature` × `customer` tag (a
-request's other tags, such as task_id, would make a row per request). Columns: the 21 mandatory FOCUS 1.2
-columns of DESIGN §4, a few conditional ones we can fill honestly (ChargeFrequency, ConsumedQuantity/Unit,
-RegionId/Name, ServiceSubcategory, SubAccountId/Name), Tags (JSON object) and x_ columns for requests,
-tokens, energy (J) and carbon (gCO2e).
+One row per charge = UTC day × API key × team × model × backend × region (the ledger_charges rollup), or with
+`--tags feature,customer` also × those tags (read from rows: with tags that vary per request, about one
+charge per request; task_id is never used, it would always make a row per request). Columns: the 21
+mandatory FOCUS 1.2 columns of DESIGN §4, a few conditional ones we can fill honestly (ChargeFrequency,
+ConsumedQuantity/Unit, RegionId/Name, ServiceSubcategory, SubAccountId/Name), Tags (JSON object) and x_
+columns for requests, tokens, energy (J) and carbon (gCO2e).
 
-InvoiceId is null: margin issues no invoices (focus-validator 2.2.1 then reports the "MUST NOT be null when
-invoiced" half of InvoiceId's either-or nullability rule as failed while the rule itself, InvoiceId-C-003-C,
-passes; see scripts/focus_validate.sh).
+InvoiceId is null: margin issues no invoices, and FOCUS 1.2 says InvoiceId MUST be null when the charge is
+not associated with an invoice or a pre-generated provisional one (InvoiceId-C-004-C). focus-validator 2.2.1
+checks both halves of that either-or without their conditions, so it reports the other half
+(InvoiceId-C-005-C, "MUST NOT be null when invoiced") as failed while the rule, InvoiceId-C-003-C, passes
+(tests/report/test_focus_validator.py).
 
 Costs: BilledCost = EffectiveCost = ListCost = ContractedCost = the ledger's cost (no discounts or
 commitments exist between margin and itself). Requests at an unknown price cannot be written (FOCUS costs
@@ -33,7 +36,7 @@ from margin.economics.money import from_nanousd
 from margin.errors import InvalidRequest
 from margin.ledger.measures import MICRO, NANO
 from margin.ledger.read import Window
-from margin.ledger.read.charges import charges, unpriced
+from margin.ledger.read.charges import CHARGE_GRAIN, charges, unpriced
 
 MANDATORY = (
     "BilledCost", "BillingAccountId", "BillingAccountName", "BillingCurrency", "BillingPeriodEnd",
@@ -49,7 +52,7 @@ EXTENSIONS = ("x_Requests", "x_InputTokens", "x_OutputTokens", "x_EnergyJ", "x_C
 COLUMNS = MANDATORY + CONDITIONAL + EXTENSIONS
 COST_COLUMNS = ("BilledCost", "ContractedCost", "EffectiveCost", "ListCost")
 DATE_COLUMNS = ("BillingPeriodStart", "BillingPeriodEnd", "ChargePeriodStart", "ChargePeriodEnd")
-_GROUPS = ("key", "team", "model", "backend", "region", "feature", "customer")
+TAG_KEYS = ("feature", "customer")  # `--tags` a charge may also be split by (then read from rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,7 @@ class FocusExport:
     period_end: datetime
     settings: Settings
     account: str
+    tags: tuple[str, ...] = ()
 
     @property
     def count(self) -> int:
@@ -69,7 +73,7 @@ class FocusExport:
     def rows(self) -> list[dict[str, Any]]:
         """Every row as a dict of typed values (Decimal costs, UTC datetimes); the writers stream instead."""
         period = (self.period_start, self.period_end)
-        return [_row(self.settings, r, period, self.account) for r in self.charges]
+        return [_row(self.settings, r, period, self.account, self.tags) for r in self.charges]
 
 
 def parse_period(period: str) -> tuple[datetime, datetime]:
@@ -100,12 +104,19 @@ def _publisher(settings: Settings, model: str | None) -> str:
     return config.owned_by if config is not None else "unknown"
 
 
-def _row(settings: Settings, r: Any, period: tuple[datetime, datetime], account: str) -> dict[str, Any]:
+def _tags(r: Any, tag_keys: tuple[str, ...]) -> dict[str, Any]:
+    found = {"team": r.team, **{k: getattr(r, k) for k in tag_keys}}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def _row(
+    settings: Settings, r: Any, period: tuple[datetime, datetime], account: str, tag_keys: tuple[str, ...] = ()
+) -> dict[str, Any]:
     day = datetime.fromisoformat(str(r.day)).replace(tzinfo=UTC)
     cost = from_nanousd(int(r.cost_nanousd or 0))
     tokens = int(r.input_tokens or 0) + int(r.output_tokens or 0)
     provider = _provider(settings, r.backend)
-    tags = {k: v for k, v in (("team", r.team), ("feature", r.feature), ("customer", r.customer)) if v is not None}
+    tags = _tags(r, tag_keys)
     row: dict[str, Any] = dict.fromkeys(COST_COLUMNS, cost)
     row.update(
         BillingAccountId=account, BillingAccountName=account, BillingCurrency="USD",
@@ -125,13 +136,26 @@ def _row(settings: Settings, r: Any, period: tuple[datetime, datetime], account:
     return row
 
 
-def focus_rows(engine: sa.Engine, settings: Settings, period: str, account: str = "margin") -> FocusExport:
+def focus_rows(
+    engine: sa.Engine,
+    settings: Settings,
+    period: str,
+    account: str = "margin",
+    tags: Sequence[str] = (),
+    rollup: bool = True,
+) -> FocusExport:
+    """The month's charges: day × key × team × model × backend × region (from ledger_charges), split further
+    by the tag keys in `tags` (feature, customer: then read from the ledger rows, about one charge per request
+    when tags vary per request)."""
+    unknown = set(tags) - set(TAG_KEYS)
+    if unknown:
+        raise InvalidRequest(f"--tags: {', '.join(sorted(unknown))} unknown; choose among {', '.join(TAG_KEYS)}")
     start, end = parse_period(period)
-    window = Window(start, end)
+    window = Window(start, end, rollup=rollup)
     with engine.connect() as connection:
-        found = charges(connection, window, _GROUPS)
+        found = charges(connection, window, (*CHARGE_GRAIN, *tags))
         left_out = unpriced(connection, window)
-    return FocusExport(found, left_out, start, end, settings, account)
+    return FocusExport(found, left_out, start, end, settings, account, tuple(tags))
 
 
 def _usd(nano: int) -> str:
@@ -155,7 +179,7 @@ def _csv_lines(export: FocusExport) -> Iterator[tuple[Any, ...]]:
         publisher = publishers.get(r.model) or publishers.setdefault(r.model, _publisher(settings, r.model))
         cost = _usd(int(r.cost_nanousd or 0))
         tokens = f"{int(r.input_tokens or 0) + int(r.output_tokens or 0)}.0"
-        tags = {k: v for k, v in (("team", r.team), ("feature", r.feature), ("customer", r.customer)) if v is not None}
+        tags = _tags(r, export.tags)
         yield (
             cost, account, account, "USD", *period, "Usage", "",
             f"{int(r.requests)} requests to {r.model or 'no model'} via {r.backend or 'no backend'}", *day,
@@ -195,11 +219,13 @@ def write_parquet(export: FocusExport, path: Path) -> None:
     pq.write_table(pa.table(arrays), path)
 
 
-def export(engine: sa.Engine, settings: Settings, period: str, out: Path, account: str = "margin") -> FocusExport:
+def export(
+    engine: sa.Engine, settings: Settings, period: str, out: Path, account: str = "margin", tags: Sequence[str] = ()
+) -> FocusExport:
     """Write `out` (.csv or .parquet); returns what was written."""
     if out.suffix not in (".csv", ".parquet"):
         raise InvalidRequest(f"--out must end in .csv or .parquet, not {out.name!r}")
-    result = focus_rows(engine, settings, period, account)
+    result = focus_rows(engine, settings, period, account, tags)
     try:
         (write_csv if out.suffix == ".csv" else write_parquet)(result, out)
     except OSError as exc:

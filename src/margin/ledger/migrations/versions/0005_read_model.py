@@ -24,6 +24,7 @@ NEW = (
     models.ledger_attach,
     models.ledger_tasks,
     models.ledger_task_daily,
+    models.ledger_charges,
     models.ledger_rollup_keys,
 )
 

@@ -9,9 +9,11 @@ In the caller's transaction, on SQLite and PostgreSQL:
 4. staging is appended to `ledger`, and `rollup.apply(connection, "ledger_staging")` adds it to every rollup.
 
 This is the seam for the data-plane ingester (an outbox file read in large batches): it calls
-`ingest_batch` with the rows it read, or fills `ledger_staging` itself and calls `ingest_staged`. On
-PostgreSQL an advisory lock serializes ingests of several replicas (the dedup check and the rollup upserts
-then never race); SQLite serializes writers by itself.
+`ingest_batch` with the rows it read, or calls `prepare`, fills `ledger_staging` itself and calls
+`ingest_staged`. Ingests never race: on PostgreSQL an advisory lock serializes those of several replicas (the
+dedup check and the rollup upserts then see every committed batch); on SQLite the transaction takes the
+database's write lock before it reads anything (a deferred transaction that read first could not write after
+another connection's commit: SQLite answers "database is locked" at once, without waiting).
 """
 
 from __future__ import annotations
@@ -38,7 +40,16 @@ staging = sa.Table(
 )
 
 
-def _prepare(connection: sa.Connection) -> None:
+def _lock(connection: sa.Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({LOCK_ID})")
+    else:  # a write statement, even one that changes nothing, takes SQLite's write lock (waiting busy_timeout)
+        connection.exec_driver_sql("UPDATE ledger_rollup_keys SET tag_key = tag_key WHERE 0")
+
+
+def prepare(connection: sa.Connection) -> None:
+    """Lock ingestion and make an empty `ledger_staging` for this connection."""
+    _lock(connection)
     connection.execute(CreateTable(staging, if_not_exists=True))
     connection.execute(sa.delete(staging))
 
@@ -65,10 +76,9 @@ def _integers(connection: sa.Connection) -> None:
 
 
 def ingest_staged(connection: sa.Connection) -> int:
-    """Append what `ledger_staging` holds (made by `_prepare`, filled by the caller) to the ledger and the
+    """Append what `ledger_staging` holds (made by `prepare`, filled by the caller) to the ledger and the
     rollups; returns the rows appended."""
-    if connection.dialect.name == "postgresql":
-        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({LOCK_ID})")
+    _lock(connection)
     _dedupe(connection)
     _integers(connection)
     names = ", ".join(f'"{name}"' for name in COLUMNS)
@@ -86,7 +96,7 @@ def ingest_batch(connection: sa.Connection, rows: Sequence[Mapping[str, Any]]) -
     rollups, in the caller's transaction. Returns how many were new."""
     if not rows:
         return 0
-    _prepare(connection)
+    prepare(connection)
     connection.execute(
         staging.insert(), [{**{c: row.get(c) for c in COLUMNS}, "_seq": i} for i, row in enumerate(rows)]
     )

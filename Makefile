@@ -32,7 +32,7 @@ typecheck: $(TEST_STAMP)
 unit: $(TEST_STAMP)
 	$(BIN)/python -m pytest -m "not integration" $(ARGS)
 
-integration: $(TEST_STAMP)
+integration: $(TEST_STAMP) focus-env
 	$(BIN)/python -m pytest -m integration $(ARGS)
 
 bench: $(TEST_STAMP)

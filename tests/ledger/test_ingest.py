@@ -115,3 +115,18 @@ def test_team_views_equal_on_both_paths(engine: sa.Engine, tmp_path: Path) -> No
     assert hosted.busy_s == 0.5 and hosted.idle_cost_usd is None  # idle time is shared: not the team's
     [report] = [margins(engine, read.Window(at(1), at(16), team="ads"), settings.revenue)]
     assert report.to_json()["team"] == "ads" and report.rows[0].revenue_usd is not None
+
+
+def test_days_then_hours_then_rows_equal_rows(engine: sa.Engine) -> None:
+    load(engine)
+    since, until = at(1, 22, 15), at(3, 3, 30)
+    parts = read.plan_days_then_hours(read.Window(since, until))
+    assert [p.source for p in parts] == ["rows", "hour", "day", "hour", "rows"]
+    assert (parts[2].since, parts[2].until) == (at(2), at(3))
+    with engine.connect() as connection:
+        for by in (None, "team", "model", "backend", "region", "org", "kind", "day", "hour", "feature"):
+            for match in (None, ("team", "search-team"), ("model", "priced")):
+                fast = read.grouped(connection, read.Window(since, until), by, match=match)
+                slow = read.grouped(connection, read.Window(since, until, rollup=False), by, match=match)
+                assert fast == slow, (by, match)
+        assert read.totals(connection, read.Window(since, until))["requests"] == 6  # r1-r6; r7 is at 04:00

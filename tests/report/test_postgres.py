@@ -53,6 +53,9 @@ def _all(engine: sa.Engine, tmp_path: Path, rollup: bool = True) -> dict[str, An
         "focus": focus_rows(engine, settings, "2026-11").rows,
         "team_tasks": [t.to_json() for t in tasks(engine, Window(at(1), at(16), team="search-team", rollup=rollup))],
         "by_customer_hours": summarize(engine, Window(at(2, 0, 45), at(3, 3, 30), rollup=rollup), "customer"),
+        "days_hours_rows": [  # whole days, the partial days' hours, the partial hours' rows
+            summarize(engine, Window(at(1, 22, 15), at(3, 3, 30), rollup=rollup), by) for by in ("team", "model")
+        ],
         "budgets": _budgets(engine),
     }
 

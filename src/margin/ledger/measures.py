@@ -55,6 +55,9 @@ HOURLY_DIMS = ("kind", "team", "org", "model", "backend", "region")
 # plain-column groupings of the daily rollup (ledger_daily), besides the rolled-up tag keys
 DAILY_COLUMNS = {"key": "key_id", "endpoint": "endpoint", "status": "status", "user": "user"}
 DAILY_DIMS = (*DAILY_COLUMNS, "error")  # error = "<http status> <error code>"
+# hourly dimensions also kept per day in ledger_daily ('' = every row), so a month reads ~30 rows per group,
+# not ~720: whole days from there, the window's partial days from ledger_hourly, partial hours from rows
+DAILY_CORE = ("", "model", "backend", "region", "org")
 # latency histograms (ledger_latency): '' (all rows) and model per team; the others across teams only
 TEAM_HISTOGRAMS = ("", "model")
 HISTOGRAM_DIMS = ("", "model", "backend", "region", "key", "endpoint", "status", "user")

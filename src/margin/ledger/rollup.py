@@ -77,10 +77,14 @@ def _hourly(dialect: str, source: str) -> str:
 def _daily(dialect: str, source: str, tag_keys: Sequence[str]) -> str:
     rows = [f"s.{name}" for name in ("kind", "team")]
     per_row = ", ".join(f"{m.measure(name, dialect, 's')} AS {name}" for name in m.MEASURES)
+
+    def value(dim: str) -> str:
+        return "''" if dim == "" else f"COALESCE({m.group(dialect, 's', dim)}, '')"
+
     branches = [
         f"SELECT '{dim}' AS dim, {m.day(dialect, 's')} AS day, {rows[0]} AS kind, COALESCE({rows[1]}, '') AS team, "
-        f"COALESCE({m.group(dialect, 's', dim)}, '') AS value, {per_row} FROM {source} s WHERE s.kind IN {m.KINDS_SQL}"
-        for dim in (*m.DAILY_DIMS, *tag_keys)
+        f"{value(dim)} AS value, {per_row} FROM {source} s WHERE s.kind IN {m.KINDS_SQL}"
+        for dim in (*m.DAILY_CORE, *m.DAILY_DIMS, *tag_keys)
     ]
     keys = ["dim", "day", "kind", "team", "value"]
     sums = ", ".join(f"SUM(u.{name})" for name in m.MEASURES)

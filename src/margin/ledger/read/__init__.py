@@ -18,7 +18,7 @@ in the gateway, the CLI command otherwise); reads never open the database themse
 from margin.ledger.read.attach import attach
 from margin.ledger.read.budget import budget_spent
 from margin.ledger.read.latency import exact, from_histogram, histograms, nearest_rank, percentile
-from margin.ledger.read.plan import Part, grain_for, plan
+from margin.ledger.read.plan import Part, grain_for, plan, plan_days_then_hours
 from margin.ledger.read.sums import BUCKETS, Sums, first_at, grouped, tag_keys, total, totals, zero
 from margin.ledger.read.tasks import TaskSums, task_sums
 from margin.ledger.read.window import Window, as_utc, parse_when
@@ -42,6 +42,7 @@ __all__ = [
     "parse_when",
     "percentile",
     "plan",
+    "plan_days_then_hours",
     "tag_keys",
     "task_sums",
     "total",

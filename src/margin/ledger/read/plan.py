@@ -56,6 +56,21 @@ def plan(window: Window, grain: Grain | None) -> list[Part]:
     return parts
 
 
+def plan_days_then_hours(window: Window) -> list[Part]:
+    """Whole days from the daily rollup; the partial days' whole hours from the hourly one; rows for the rest."""
+    low = ceil(window.since, "day") if window.since is not None else None
+    high = floor(window.until, "day") if window.until is not None else None
+    if low is not None and high is not None and low >= high:
+        return plan(window, "hour")
+    parts = []
+    if window.since is not None and low is not None and low > window.since:
+        parts += plan(Window(window.since, low), "hour")
+    parts.append(Part("day", low, high))
+    if window.until is not None and high is not None and high < window.until:
+        parts += plan(Window(high, window.until), "hour")
+    return parts
+
+
 def grain_for(window: Window, dims: Sequence[str | None], tag_keys: Sequence[str]) -> Grain | None:
     """The rollup grain that can answer groupings/filters on all of `dims` (None: rows only)."""
     if not window.rollup or window.key_id is not None:

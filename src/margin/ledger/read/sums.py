@@ -11,8 +11,9 @@ import sqlalchemy as sa
 
 from margin.errors import InvalidRequest
 from margin.ledger import measures as m
+from margin.ledger.measures import HOURLY_DIMS
 from margin.ledger.models import ledger, ledger_daily, ledger_hourly, ledger_rollup_keys
-from margin.ledger.read.plan import Part, grain_for, plan
+from margin.ledger.read.plan import Part, grain_for, plan, plan_days_then_hours
 from margin.ledger.read.window import Window, as_utc
 
 Sums = dict[str, int]
@@ -107,17 +108,33 @@ def _from_hourly(
     return connection.execute(query.group_by(key) if by else query)
 
 
+def _core_dim(by: str | None, match: Match | None) -> str | None:
+    """The ledger_daily dimension that answers an hourly grouping/filter (None: none does)."""
+    wanted = {d for d in (by, match[0] if match else None) if d is not None and d not in ("team", "day")}
+    if len(wanted) > 1 or (by is not None and by == "hour") or not wanted <= set(m.DAILY_CORE):
+        return None
+    return next(iter(wanted), "")
+
+
 def _from_daily(
     connection: sa.Connection, window: Window, part: Part, by: str | None, kinds: tuple[str, ...], match: Match | None
 ) -> Any:
     t = ledger_daily
-    dim = by or (match[0] if match else "")
-    key = sa.func.nullif(t.c.value, "") if by else sa.null()
+    core = _core_dim(by, match) if (by is None or by in (*HOURLY_DIMS, "day")) and (
+        match is None or match[0] in HOURLY_DIMS) else None  # fmt: skip
+    dim = core if core is not None else by or (match[0] if match else "")
+    key: sa.ColumnElement[Any]
+    if by == "team":
+        key = sa.func.nullif(t.c.team, "")
+    elif by == "day":
+        key = t.c.day + "T00:00:00"
+    else:
+        key = sa.func.nullif(t.c.value, "") if by else sa.null()
     clauses = [t.c.dim == dim, t.c.kind.in_(kinds), *_time(t, "day", part, "day")]
     if window.team is not None:
         clauses.append(t.c.team == window.team)
     if match is not None:
-        clauses.append(t.c.value == match[1])
+        clauses.append((t.c.team if match[0] == "team" else t.c.value) == match[1])
     sums = [sa.func.sum(t.c[n]).label(n) for n in m.MEASURES]
     query = sa.select(key.label("key"), *sums).where(*clauses)
     return connection.execute(query.group_by(key) if by else query)
@@ -133,8 +150,11 @@ def grouped(
     """Sums per value of `by` (a hourly dimension, hour, day, key, endpoint, status, error, user or a tag key;
     None: one group, the window's totals). Groups with no rows are absent."""
     grain = grain_for(window, [by, match[0] if match else None], tag_keys(connection))
+    parts = plan(window, grain)
+    if grain == "hour" and _core_dim(by, match) is not None and (match is None or match[0] in HOURLY_DIMS):
+        parts = plan_days_then_hours(window)
     found: dict[Any, Sums] = {}
-    for part in plan(window, grain):
+    for part in parts:
         sub = window.between(part.since, part.until)
         if part.source == "rows":
             rows = _from_rows(connection, sub, by, kinds, match)

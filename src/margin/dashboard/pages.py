@@ -229,7 +229,7 @@ def overview_margin(engine: sa.Engine, scope: Window, settings: Any) -> dict[str
     """The overview's gross-margin card: None when no revenue is configured (no query then)."""
     if not has_revenue(settings):
         return None
-    return gross_margin(margins(engine, scope, settings.revenue, (), "feature"))
+    return gross_margin(margins(engine, scope, settings.revenue, (), "feature", with_attach=False))
 
 
 def margin_page(engine: sa.Engine, scope: Window, settings: Any, by: str) -> dict[str, Any]:

@@ -140,14 +140,16 @@ def margins(
     lines: Sequence[RevenueLine] = (),
     by: str = "feature",
     now: datetime | None = None,
+    with_attach: bool = True,
 ) -> MarginReport:
-    """Per feature (or customer): cost, revenue, gross margin, attach rate; biggest cost first."""
+    """Per feature (or customer): cost, revenue, gross margin, attach rate (distinct customers: the costly
+    part; `with_attach=False` leaves customers and attach rates at 0/None); biggest cost first."""
     if by not in ("feature", "customer"):
         raise InvalidRequest("margins are per feature or per customer", param="by")
     rules = revenue.features if by == "feature" else revenue.customers
     with engine.connect() as connection:
         found = read.grouped(connection, window, by)
-        customers, active = read.attach(connection, window)
+        customers, active = read.attach(connection, window) if with_attach else ({}, 0)
         seconds = window_seconds(connection, window, now or datetime.now().astimezone())
     imported: dict[str | None, Decimal] = {}
     for line in lines:

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from margin.governance.rules import Subject, matches
+from margin.governance.rules import Subject, governed_tags, matches
 from margin.governance.specs import Scope
 from margin.ledger import db, ingest, read, rollup
+from margin.ledger.models import api_keys
 from margin.report.business import margins, tasks
 from margin.report.queries import summarize
 from margin.report.utilization import utilization
@@ -70,30 +71,46 @@ SCOPES = [("global", None), ("team", "search-team"), ("model", "priced"), ("back
           ("org", "nobody"), ("tag", "feature=search"), ("tag", "customer=acme"), ("tag", "task_id=t1")]  # fmt: skip
 
 
+BOUND = {"k1": {"feature": "*"}}  # k1 may fill `feature` from its header; its other tags only label rows
+
+
+def _governed(r: dict[str, Any]) -> Subject:
+    """The subject admission saw: tags bound to the row's key only (governance.rules.governed_tags)."""
+    tags = governed_tags(r["tags"] or {}, BOUND.get(r["key_id"], {}), r["key_id"] is not None)
+    return Subject(r["key_id"], r["team"], None, tags, r["model"], r["backend"])
+
+
 @pytest.mark.parametrize(("kind", "value"), SCOPES)
 def test_budget_spent_is_governance_matching_on_every_path(engine: sa.Engine, kind: str, value: str | None) -> None:
     load(engine)
+    keys = [{"id": k, "name": k, "key_hash": k, "tags": t, "created_at": at(1)} for k, t in BOUND.items()]
+    with engine.begin() as connection:
+        connection.execute(api_keys.insert(), keys)
     scope = Scope(kind=kind, value=value)
     requests = [r for r in ROWS if r["kind"] == "request"]
-    expected_usd = sum(
-        r["cost_nanousd"] or 0
-        for r in requests
-        if matches(scope, Subject(r["key_id"], r["team"], None, r["tags"], r["model"], r["backend"]))
-    )
-    name, _, tag_value = (value or "").partition("=")
-    match = None if kind == "global" else (name, tag_value) if kind == "tag" else (kind, str(value))
+    expected_usd = sum(r["cost_nanousd"] or 0 for r in requests if matches(scope, _governed(r)))
+    match = None if kind in ("global", "tag") else (kind, str(value))
     with engine.connect() as connection:
         for window in (read.Window(at(1), at(16)), read.Window(at(2, 0, 45), at(3, 3, 30)), read.Window()):
             fast = read.budget_spent(connection, kind, value, True, window.since, window.until)
             rows_only = read.Window(window.since, window.until, rollup=False)
-            assert fast == read.totals(connection, rows_only, ("request",), match)["cost_nanousd"], window
+            if kind != "tag":  # tag budgets read rows whatever the window (the bound-tag rule)
+                assert fast == read.totals(connection, rows_only, ("request",), match)["cost_nanousd"], window
         assert read.budget_spent(connection, kind, value, True, at(1), at(16)) == expected_usd
         tokens = read.budget_spent(connection, kind, value, False, None, None)
-    assert tokens == sum(
-        r["input_tokens"] + r["output_tokens"]
-        for r in requests
-        if matches(scope, Subject(r["key_id"], r["team"], None, r["tags"], r["model"], r["backend"]))
-    )
+    assert tokens == sum(r["input_tokens"] + r["output_tokens"] for r in requests if matches(scope, _governed(r)))
+
+
+def test_budget_spent_of_one_org(engine: sa.Engine) -> None:
+    """A per-org counter adds up that org's rows only; (None,) is the rows of keys in no org."""
+    with engine.begin() as connection:
+        ingest.ingest_batch(connection, [complete(row("a", org="acme", team="support", cost_nanousd=MILLI))])
+        ingest.ingest_batch(connection, [complete(row("b", org="globex", team="support", cost_nanousd=2 * MILLI))])
+        ingest.ingest_batch(connection, [complete(row("c", team="support", cost_nanousd=4 * MILLI))])
+    with engine.connect() as connection:
+        spent = {org: read.budget_spent(connection, "team", "support", True, None, None, org) for org in
+                 (("acme",), ("globex",), (None,), None)}  # fmt: skip
+    assert spent == {("acme",): MILLI, ("globex",): 2 * MILLI, (None,): 4 * MILLI, None: 7 * MILLI}
 
 
 def test_team_views_equal_on_both_paths(engine: sa.Engine, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from margin.errors import ConfigError
 from margin.governance.specs import AdmissionConfig, BudgetSpec, FlagSpec, GuardConfig, LimitSpec, PoliciesConfig
@@ -234,6 +234,11 @@ class TagsConfig(Strict):
     header_keys: list[str] = Field(
         default_factory=lambda: ["feature", "customer", "task_id", "cohort", "env"],
         description="Tag keys a caller may set with the x-margin-tags header.",
+    )
+    rollup_keys: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]] = Field(
+        default_factory=lambda: ["feature", "customer"],
+        description="Tag keys kept in the daily rollups (reports and dashboard group by them without reading "
+        "rows). Each adds about days × teams × values rows; a change applies after `margin db rebuild-rollups`.",
     )
 
 

@@ -25,7 +25,7 @@ from margin.economics.prices import PriceBook
 from margin.errors import ConfigError
 from margin.governance.service import Governance
 from margin.keys import KeyCache
-from margin.ledger import db
+from margin.ledger import db, rollup
 from margin.ledger.outbox import Outbox
 from margin.pipeline.base import Pipeline
 from margin.pipeline.call import BackendCall
@@ -62,10 +62,14 @@ class Services:
     ) -> None:
         self.settings = settings
         self.config_path = config_path
-        self._sync_engine: sa.Engine | None = None
         self.config_hash = config_hash(settings)
+        # the ledger database's two engines, owned here: async for the request path, sync for admin work
+        # thread and every read (margin.ledger.read), in worker threads
         self.engine = db.make_async_engine(settings.storage.ledger)
-        self.outbox = Outbox.from_settings(settings.storage)  # the ledger's rows, before each response completes
+        self._sync_engine = db.make_sync_engine(settings.storage.ledger)
+        # the ledger's rows, before each response completes; its ingester thread has a connection of its own
+        # (a large page cache, a temporary staging table), not one of the shared engine's
+        self.outbox = Outbox.from_settings(settings.storage)
         server = settings.server
         self.keys = KeyCache(self.engine, ttl_s=server.key_cache_ttl_s, max_entries=server.key_cache_entries)
         self.sessions = Sessions.from_config(settings.server)
@@ -102,15 +106,25 @@ class Services:
 
     async def start(self) -> None:
         await asyncio.to_thread(db.upgrade, self.settings.storage.ledger)
+        await asyncio.to_thread(self._check_rollup_keys)
         await self.keys.start(self.settings.server.host)
         self.outbox.start()
         await self.governance.start()
         await asyncio.gather(*(backend.start() for backend in self.backends.values()))
 
+    def _check_rollup_keys(self) -> None:
+        with self._sync_engine.connect() as connection:
+            rolled = rollup.rolled_up_keys(connection)
+        if set(rolled) != set(self.settings.tags.rollup_keys):
+            log.warning(
+                "tags.rollup_keys is %s but the rollups hold %s: run `margin db rebuild-rollups` (until then "
+                "groupings by the other keys read ledger rows)",
+                sorted(self.settings.tags.rollup_keys),
+                sorted(rolled),
+            )
+
     def sync_engine(self) -> sa.Engine:
-        """A synchronous engine for admin work run in threads (key and rule changes, usage reports)."""
-        if self._sync_engine is None:
-            self._sync_engine = db.make_sync_engine(self.settings.storage.ledger)
+        """The synchronous engine: ledger writes, reads and admin work, run in threads."""
         return self._sync_engine
 
     async def reload(self) -> bool:
@@ -162,5 +176,4 @@ class Services:
         if self.semantic is not None:
             self.semantic.close()
         await self.engine.dispose()
-        if self._sync_engine is not None:
-            self._sync_engine.dispose()
+        self._sync_engine.dispose()

@@ -1,10 +1,10 @@
 """Moving outbox lines into the ledger: one transaction per batch, with the batch's outbox offset.
 
 A batch is the raw bytes of whole lines (one JSON object each) joined into one JSON array; the database parses
-it (SQLite's JSON1 `json_each`, PostgreSQL's `json_to_recordset`), so no Python runs per row. The batch is
-staged, rows already in the ledger are dropped (margin.ledger.staging), the rest appended, and the file's
-offset is committed in `outbox_offsets` in the same transaction: after a crash the ingester resumes exactly
-after the last committed batch, and replaying one is a no-op anyway.
+it (SQLite's JSON1 `json_each`, PostgreSQL's `json_to_recordset`) into the staging table, so no Python runs
+per row. Then margin.ledger.ingest drops the rows already in the ledger, appends the rest and updates the
+rollups, and the file's offset is committed in `outbox_offsets` in the same transaction: after a crash the
+ingester resumes exactly after the last committed batch, and replaying one is a no-op anyway.
 
 A batch the database refuses for its content (not because it is unreachable) is moved again line by line, each
 line in its own transaction with its offset; a line still refused goes to `ledger_dead_letter` with the error,
@@ -24,7 +24,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from margin.ledger import db, deadletter, staging
+from margin.ledger import db, deadletter, ingest
 from margin.ledger.models import ledger, ledger_dead_letter, outbox_offsets
 
 log = logging.getLogger("margin.ledger")
@@ -65,14 +65,14 @@ def _fill_sqlite() -> str:
     """Materialized first: json_each renders an element's text anew each time it is read, and every
     json_extract of the same text then hits SQLite's parse cache (measured: 3-4x faster than reading
     json_each's `value` in each json_extract)."""
-    names = ", ".join(f'"{name}"' for name in staging.COLUMNS)
+    names = ", ".join(f'"{name}"' for name in ingest.COLUMNS)
     values = [
         # created_at is written as 2026-11-23 12:30:05.123456+00:00; stored as SQLAlchemy stores it on SQLite
         "substr(json_extract(v, '$.created_at'), 1, 26)" if name == "created_at" else f"json_extract(v, '$.{name}')"
-        for name in staging.COLUMNS
+        for name in ingest.COLUMNS
     ]
     return (
-        f"INSERT INTO {staging.STAGING} ({names}, _seq) WITH r(k, v) AS MATERIALIZED "
+        f"INSERT INTO {ingest.STAGING} ({names}, _seq) WITH r(k, v) AS MATERIALIZED "
         f"(SELECT key, value FROM json_each(?)) SELECT {', '.join(values)}, k FROM r"
     )
 
@@ -80,16 +80,16 @@ def _fill_sqlite() -> str:
 def _check_sqlite() -> str:
     """SQLite stores an integer beyond 64 bits as a float where an integer belongs: refuse it instead."""
     cases = " ".join(f"WHEN typeof(\"{c}\") NOT IN ('integer', 'null') THEN '{c}'" for c in _INTEGERS)
-    return f"SELECT CASE {cases} END AS bad FROM {staging.STAGING} WHERE bad IS NOT NULL LIMIT 1"
+    return f"SELECT CASE {cases} END AS bad FROM {ingest.STAGING} WHERE bad IS NOT NULL LIMIT 1"
 
 
 def _fill_postgresql() -> str:
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     columns = {c.name: c for c in ledger.columns if c.name != "id"}
-    names = ", ".join(f'"{name}"' for name in staging.COLUMNS)
-    typed = ", ".join(f'"{name}" {columns[name].type.compile(dialect=dialect)}' for name in staging.COLUMNS)
+    names = ", ".join(f'"{name}"' for name in ingest.COLUMNS)
+    typed = ", ".join(f'"{name}" {columns[name].type.compile(dialect=dialect)}' for name in ingest.COLUMNS)
     return (
-        f"INSERT INTO {staging.STAGING} ({names}, _seq) SELECT {names}, _ord FROM "
+        f"INSERT INTO {ingest.STAGING} ({names}, _seq) SELECT {names}, _ord FROM "
         f"ROWS FROM (json_to_recordset(%s::json) AS ({typed})) WITH ORDINALITY AS r({names}, _ord)"
     )
 
@@ -119,14 +119,14 @@ class BatchSink:
             connection.execute(sa.delete(outbox_offsets).where(outbox_offsets.c.segment == segment))
 
     def _stage(self, connection: sa.Connection, lines: bytes) -> int:
-        staging.prepare(connection)
+        ingest.prepare(connection)
         payload = b"[" + lines.rstrip(b"\n").replace(b"\n", b",") + b"]"
         connection.exec_driver_sql(self._fill, (payload.decode("utf-8", "replace"),))
         if self._check is not None:
             bad = connection.exec_driver_sql(self._check).scalar()
             if bad is not None:
                 raise RowsRefused(f"{bad}: integer out of range for the column")
-        return staging.ingest_staged(connection)
+        return ingest.ingest_staged(connection)
 
     @staticmethod
     def _advance(connection: sa.Connection, cursor: Cursor, end: int, rows: int) -> None:

@@ -6,17 +6,21 @@ LOCAL_STAMP := $(VENV)/.installed-local
 TEST_STAMP := $(VENV)/.installed-test
 ARGS ?=
 
-.PHONY: serve test system-deps lint typecheck unit integration bench bench-sweep clean
+.PHONY: serve test system-deps focus-env lint typecheck unit integration bench bench-sweep clean
 
 serve: $(LOCAL_STAMP)
 	$(BIN)/margin serve $(ARGS)
 
-test: $(TEST_STAMP) system-deps lint typecheck
+test: $(TEST_STAMP) system-deps focus-env lint typecheck
 	$(BIN)/python -m pytest $(ARGS)
 
 # Debian's chromium for the browser tests (Redis and PostgreSQL come from wheels in the test extra)
 system-deps:
 	@scripts/system_deps.sh
+
+# focus-validator 2.2.1 needs Python >= 3.12: a private CPython 3.13 from Debian packages (scripts/focus_env.sh)
+focus-env: $(TEST_STAMP)
+	@scripts/focus_env.sh
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
@@ -29,7 +33,7 @@ typecheck: $(TEST_STAMP)
 unit: $(TEST_STAMP)
 	$(BIN)/python -m pytest -m "not integration" $(ARGS)
 
-integration: $(TEST_STAMP)
+integration: $(TEST_STAMP) focus-env
 	$(BIN)/python -m pytest -m integration $(ARGS)
 
 bench: $(TEST_STAMP)
@@ -59,4 +63,4 @@ $(TEST_STAMP): pyproject.toml scripts/install.py | $(BIN)/python
 	touch $@ $(LOCAL_STAMP)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-focus .mypy_cache .ruff_cache .pytest_cache

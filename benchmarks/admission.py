@@ -92,7 +92,7 @@ async def run(variants: dict[str, Settings], requests: int, rounds: int) -> dict
             for name, app in apps.items():
                 services = app.state.services
                 samples[name] += [await one(services) for _ in range(requests)]
-                await services.writer.flush()
+                await services.outbox.flush()
                 print(f"round {round_ + 1} {name}: p50 {percentile(samples[name], 50):.3f} ms", flush=True)
     finally:
         for context in contexts.values():

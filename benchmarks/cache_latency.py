@@ -198,7 +198,7 @@ def bench_exact_hit(n: int) -> dict[str, Any]:
                 await once(body)  # the miss that fills the cache
                 hits = sorted([await once(body) for _ in range(n)])
                 misses = sorted([await once({**body, "seed": i}) for i in range(n)])
-                await services.writer.flush()
+                await services.outbox.flush()
         return {
             "requests": n,
             "hit_p50_ms": round(hits[n // 2], 4),

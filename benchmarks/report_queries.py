@@ -1,22 +1,21 @@
-"""Time of each report query (margin.report: the dashboard's and `margin report`'s) on a synthetic SQLite
-ledger of N rows (default 1M) spread over November 2026.
+"""Time every `margin report` view and grouping (and the FOCUS export of the month) on a synthetic 1M-row
+ledger over November 2026, on SQLite and on PostgreSQL.
 
-    python benchmarks/report_queries.py [--rows 1000000] [--repeat 3] [--db /tmp/report_1m.db]
+    nice python benchmarks/report_queries.py [--rows 1000000] [--repeat 3] [--databases sqlite,postgresql]
 
-Rows are written through the gateway's own SQLite sink (ledger.store.SqliteSink) after `db.upgrade`, so
-the indexes are the migrations'. Mix: 5 models on 3 backends (one self-hosted with hardware), 10 teams,
-8 features, 200 customers, half the requests in tasks of ~3, 10% cache hits, 20% routed, 1% unknown price,
-2% errors; feedback on 20% of the tasks. Each query runs `--repeat` times; the best and the median are kept.
-Writes benchmarks/results/report_queries.json.
+The ledger comes from benchmarks/synthetic_ledger.py (report mix; bulk load, then `rollup.rebuild`); the
+gateway's write path is timed apart (`ingest_us_per_row`: 20k rows through ingest_batch in batches of 500).
+Each query runs --repeat times; best and median are kept. The load average is recorded before and after
+(the machine is shared). Writes benchmarks/results/report_queries.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import random
+import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -25,15 +24,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
+import synthetic_ledger as synth
 from margin.config import Settings, parse_settings
-from margin.ledger import db
-from margin.ledger.models import feedback
-from margin.ledger.store import SqliteSink
+from margin.ledger import db, read
 from margin.report import views
 from margin.report.business import margins, tasks
-from margin.report.focus import focus_rows
+from margin.report.focus import export
 from margin.report.metrics import carbon, savings, timeseries
-from margin.report.queries import Window, summarize
+from margin.report.queries import GROUPS, summarize
 from margin.report.utilization import utilization
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -51,130 +49,116 @@ def settings(url: str) -> Settings:
                 "vllm": {"kind": "fake", "hardware": hardware},
                 "api": {"kind": "fake"},
             },
-            "models": {name: {"backend": backend} for name, backend in MODELS},
-            "revenue": {"features": {f"feature-{i}": {"price_per_call": "0.001"} for i in range(8)}},
+            "models": {
+                name: {"backend": backend}
+                for name, backend in [
+                    ("small", "local"),
+                    ("medium", "vllm"),
+                    ("gpt-4o-mini", "api"),
+                    ("gpt-4o", "api"),
+                    ("embed", "local"),
+                ]
+            },
+            "revenue": {
+                "features": {f"feature-{i}": {"price_per_call": "0.001"} for i in range(8)},
+                "customers": {f"customer-{i}": {"price_per_seat_month": "20", "seats": 3} for i in range(50)},
+            },
         }
     )
 
 
-def _row(n: int, rows: int, rng: random.Random) -> dict[str, Any]:
-    model, backend = MODELS[rng.randrange(len(MODELS))]
-    hit, routed, unpriced = rng.random() < 0.10, rng.random() < 0.20, rng.random() < 0.01
-    tags = {"feature": f"feature-{rng.randrange(8)}", "customer": f"customer-{rng.randrange(200)}"}
-    if n % 2 == 0:
-        tags["task_id"] = f"task-{n // 6}"
-    cost = None if unpriced else (0 if hit else rng.randrange(1_000, 5_000_000))
-    return {
-        "request_id": f"req-{n}",
-        "kind": "cache_hit" if hit else "request",
-        "created_at": START + timedelta(seconds=n * 2_592_000 / rows),
-        "key_id": f"key-{rng.randrange(50)}",
-        "team": f"team-{rng.randrange(10)}",
-        "tags": tags,
-        "endpoint": "chat",
-        "model": model,
-        "requested_model": model,
-        "backend": backend,
-        "region": "eu-west" if backend != "api" else "us-east",
-        "status": "ok",
-        "http_status": 502 if rng.random() < 0.02 else 200,
-        "stream": False,
-        "input_tokens": rng.randrange(10, 2000),
-        "output_tokens": rng.randrange(1, 500),
-        "cached_tokens": 0,
-        "e2e_ms": rng.uniform(20, 3000),
-        "ttft_ms": rng.uniform(5, 300),
-        "cost_nanousd": cost,
-        "cost_status": "unknown_price" if unpriced else "priced",
-        "config_hash": "bench",
-        "energy_j": rng.uniform(1, 500) if backend != "api" else None,
-        "energy_method": "modelled" if backend != "api" else None,
-        "co2e_g": rng.uniform(0.01, 5) if backend != "api" else None,
-        "busy_ms": rng.uniform(10, 2000) if backend != "api" and not hit else None,
-        "saved_nanousd": rng.randrange(1_000, 5_000_000) if hit else None,
-        "router_score": rng.random() if routed else None,
-        "counterfactual_nanousd": (cost or 0) * 3 if routed and cost is not None else None,
+def synthesize(url: str, rows: int) -> dict[str, Any]:
+    return synth.build(url, synth.report_rows(rows, START), synth.feedback_rows(rows, 30))
+
+
+def queries(engine: sa.Engine, config: Settings, out: Path) -> dict[str, Callable[[], Any]]:
+    month = read.Window(START, START + timedelta(days=30))
+    day = read.Window(START + timedelta(days=10), START + timedelta(days=11))
+    team = read.Window(START, START + timedelta(days=30), team="team-3")
+    odd = read.Window(START + timedelta(days=3, minutes=17), START + timedelta(days=27, hours=5, minutes=41))
+    own = read.Window(START, START + timedelta(days=30), key_id="key-7")
+    found: dict[str, Callable[[], Any]] = {
+        "summary_month": lambda: summarize(engine, month),
+        "summary_day": lambda: summarize(engine, day),
+        "summary_unaligned_24d": lambda: summarize(engine, odd, "feature"),
+        "summary_team_month": lambda: summarize(engine, team, "model"),
+        "summary_own_key_month": lambda: summarize(engine, own, "model"),
     }
-
-
-def synthesize(url: str, rows: int, seed: int = 7) -> None:
-    db.upgrade(url)
-    rng = random.Random(seed)
-    sink = SqliteSink(url)
-    try:
-        for start in range(0, rows, 10_000):
-            sink.write([_row(n, rows, rng) for n in range(start, min(rows, start + 10_000))])
-    finally:
-        sink.close()
-    engine = db.make_sync_engine(url)
-    now = datetime.now(UTC)
-    graded = [
-        {"request_id": f"req-{n}", "key_id": None, "success": rng.random() < 0.7, "score": None,
-         "value_nanousd": None, "created_at": now, "updated_at": now, "revisions": 1}
-        for n in range(0, rows, 30)
-    ]  # fmt: skip
-    with engine.begin() as connection:
-        connection.execute(feedback.insert(), graded)
-        connection.exec_driver_sql("ANALYZE")
-    engine.dispose()
-
-
-def queries(engine: sa.Engine, config: Settings) -> dict[str, Callable[[], Any]]:
-    month = Window(START, START + timedelta(days=30))
-    day = Window(START + timedelta(days=10), START + timedelta(days=11))
-    return {
-        "summarize_month": lambda: summarize(engine, month),
-        "summarize_month_by_feature": lambda: summarize(engine, month, "feature"),
-        "summarize_day": lambda: summarize(engine, day),
+    for by in GROUPS:
+        found[f"summary_month_by_{by}"] = lambda by=by: summarize(engine, month, by)
+    found |= {
         "timeseries_month_day": lambda: timeseries(engine, month, "day"),
         "timeseries_day_hour": lambda: timeseries(engine, day, "hour"),
         "savings_month": lambda: savings(engine, month),
         "carbon_month_region": lambda: carbon(engine, month),
-        "margins_month_feature": lambda: margins(engine, month, config.revenue),
+        "carbon_month_customer": lambda: carbon(engine, month, "customer"),
+        "margin_month_feature": lambda: margins(engine, month, config.revenue),
+        "margin_month_customer": lambda: margins(engine, month, config.revenue, by="customer"),
+        "margin_team_month_feature": lambda: margins(engine, team, config.revenue),
         "tasks_month": lambda: tasks(engine, month),
+        "tasks_month_by_feature": lambda: tasks(engine, month, "feature"),
+        "tasks_month_by_customer": lambda: tasks(engine, month, "customer"),
+        "tasks_team_month": lambda: tasks(engine, team),
         "utilization_month": lambda: utilization(engine, month, config),
+        "utilization_team_month": lambda: utilization(engine, team, config),
         "overview_month": lambda: views.overview(engine, month, config),
-        "overview_month_without_tasks": lambda: views.overview(engine, month, config, with_tasks=False),
         "overview_day": lambda: views.overview(engine, day, config),
-        "focus_rows_month": lambda: focus_rows(engine, config, "2026-11"),
+        "budget_spent_month_all_scopes": lambda: _budgets(engine),
+        "focus_export_month_csv": lambda: export(engine, config, "2026-11", out / "focus.csv"),
     }
+    return found
+
+
+def _budgets(engine: sa.Engine) -> list[int]:
+    scopes = [("global", None), ("team", "team-3"), ("model", "gpt-4o"), ("key", "key-7"), ("org", "none"),
+              ("tag", "customer=customer-9"), ("tag", "feature=feature-2")]  # fmt: skip
+    with engine.connect() as connection:
+        return [read.budget_spent(connection, k, v, True, START, START + timedelta(days=30)) for k, v in scopes]
+
+
+def run(url: str, rows: int, repeat: int) -> dict[str, Any]:
+    built = synthesize(url, rows)
+    print(f"built {url.split(':', maxsplit=1)[0]}: {built}", flush=True)
+    extra = [dict(r, request_id=f"x-{r['request_id']}") for r in synth.report_rows(20_000, START, seed=9)]
+    built["ingest_us_per_row_batch_500"] = synth.ingest_cost(url, extra, 500)
+    engine, config = db.make_sync_engine(url), settings(url)
+    timings: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, query in queries(engine, config, Path(tmp)).items():
+            times = []
+            for _ in range(repeat):
+                started = time.perf_counter()
+                query()
+                times.append(time.perf_counter() - started)
+            timings[name] = {"best_s": round(min(times), 4), "median_s": round(statistics.median(times), 4)}
+            print(f"{name:36s} best {min(times):8.3f} s   median {statistics.median(times):8.3f} s", flush=True)
+    engine.dispose()
+    return {**built, "queries": timings}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--db", type=Path, default=Path("/tmp/margin_report_bench.db"))
-    parser.add_argument("--reuse", action="store_true", help="Keep an existing --db of the same size.")
+    parser.add_argument("--databases", default="sqlite,postgresql")
     args = parser.parse_args()
-    url = f"sqlite:///{args.db}"
-    started = time.perf_counter()
-    if not args.reuse or not args.db.exists():
-        args.db.unlink(missing_ok=True)
-        synthesize(url, args.rows)
-    built_s = time.perf_counter() - started
-    engine, config = db.make_sync_engine(url), settings(url)
-    timings: dict[str, Any] = {}
-    for name, run in queries(engine, config).items():
-        times = []
-        for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - t0)
-        timings[name] = {"best_s": round(min(times), 4), "median_s": round(statistics.median(times), 4)}
-        print(f"{name:32s} best {min(times):8.3f} s   median {statistics.median(times):8.3f} s", flush=True)
-    engine.dispose()
-    result = {
+    result: dict[str, Any] = {
         "benchmark": "report_queries",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "rows": args.rows,
-        "database": "sqlite (WAL, migrations' indexes)",
         "repeat": args.repeat,
-        "build_s": round(built_s, 1),
-        "python": platform.python_version(),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpus_note": "shared 2-core machine; other jobs ran at the same time",
-        "queries": timings,
+        "timing": "best and median of --repeat, in-process, a fresh connection per call",
+        "machine": synth.machine(),
+        "databases": {},
     }
+    for name in args.databases.split(","):
+        if name == "sqlite":
+            with tempfile.TemporaryDirectory() as tmp:
+                result["databases"]["sqlite"] = run(f"sqlite:///{tmp}/ledger.db", args.rows, args.repeat)
+        else:
+            with synth.postgres() as url:
+                result["databases"]["postgresql"] = run(url, args.rows, args.repeat)
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "report_queries.json").write_text(json.dumps(result, indent=2) + "\n")
 

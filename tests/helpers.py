@@ -65,7 +65,7 @@ class Gateway:
 
     async def rows(self) -> list[Any]:
         await self.services.drain()
-        await self.services.writer.flush()
+        await self.services.outbox.flush()
         async with self.services.engine.connect() as connection:
             result = await connection.execute(sa.select(ledger).order_by(ledger.c.id))
             return list(result)

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from margin.errors import ConfigError
 from margin.specs import AdmissionConfig, BudgetSpec, FlagSpec, GuardConfig, LimitSpec, PoliciesConfig
@@ -59,10 +59,34 @@ class ServerConfig(Strict):
 
 class StorageConfig(Strict):
     ledger: str = Field("sqlite:///margin.db", description="SQLAlchemy URL (sqlite:///path or postgresql://…).")
-    flush_interval_ms: int = Field(50, gt=0, description="Ledger rows are written in batches at this pace.")
-    flush_max_rows: int = Field(500, gt=0)
+    flush_interval_ms: int = Field(
+        50, gt=0, description="The outbox ingester looks for new rows at this pace (and moves them in batches)."
+    )
+    ingest_batch_bytes: int = Field(
+        16 * 1024 * 1024, ge=64 * 1024, description="Outbox bytes read into one database transaction (~1 KB a row)."
+    )
     max_pending_rows: int = Field(
-        100_000, gt=0, description="Rows waiting for the database; beyond this, new requests get 503 until it drains."
+        100_000, gt=0, description="Rows in the outbox, not yet in the database; beyond this, new requests get 503."
+    )
+    outbox_dir: str | None = Field(
+        None,
+        description="Directory of the ledger outbox (append-only files; one per process). Unset: `<file>.outbox` "
+        "next to a SQLite ledger, else `$XDG_STATE_HOME/margin/outbox-<hash of the ledger URL>`.",
+    )
+    outbox_fsync: Literal["never", "interval", "always"] = Field(
+        "never",
+        description="never: rows survive a killed process (the page cache keeps them), not a power cut; "
+        "interval: fdatasync every outbox_fsync_interval_ms (bounds loss on power cut); always: every row "
+        "(a disk flush on the request path).",
+    )
+    outbox_fsync_interval_ms: int = Field(1000, gt=0)
+    outbox_segment_bytes: int = Field(
+        64 * 1024 * 1024, ge=4096, description="An outbox file is closed and a new one started past this size."
+    )
+    outbox_max_bytes: int = Field(
+        1024 * 1024 * 1024,
+        gt=0,
+        description="Outbox bytes not yet in the database, per process; beyond this, new requests get 503.",
     )
     redis: str | None = Field(
         None, description="redis://host:port/db: budgets and rate limits shared by several gateway replicas."
@@ -240,6 +264,11 @@ class TagsConfig(Strict):
     header_keys: list[str] = Field(
         default_factory=lambda: ["feature", "customer", "task_id", "cohort", "env"],
         description="Tag keys a caller may set with the x-margin-tags header.",
+    )
+    rollup_keys: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]] = Field(
+        default_factory=lambda: ["feature", "customer"],
+        description="Tag keys kept in the daily rollups (reports and dashboard group by them without reading "
+        "rows). Each adds about days × teams × values rows; a change applies after `margin db rebuild-rollups`.",
     )
 
 

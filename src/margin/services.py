@@ -26,8 +26,8 @@ from margin.errors import ConfigError
 from margin.governance.service import Governance
 from margin.guard.pseudonym import UserPseudonyms
 from margin.keys import KeyCache
-from margin.ledger import db
-from margin.ledger.store import LedgerWriter
+from margin.ledger import db, rollup
+from margin.ledger.outbox import Outbox
 from margin.pipeline.flow import Flow, Parts, compose
 from margin.pipeline.steps.settle import Settle
 from margin.routing.breaker import Breakers
@@ -81,16 +81,15 @@ class Services:
     ) -> None:
         self.settings = settings
         self.config_path = config_path
-        self._sync_engine: sa.Engine | None = None
         # a worker of `--workers N` keeps its supervisor's hash (the embedded Redis it was given is no config)
         self.config_hash = config_hash_ or config_hash(settings)
+        # the ledger database's two engines, owned here: async for the request path, sync for admin work
+        # and every read (margin.ledger.read), in worker threads
         self.engine = db.make_async_engine(settings.storage.ledger)
-        self.writer = LedgerWriter(
-            settings.storage.ledger,
-            interval_s=settings.storage.flush_interval_ms / 1000,
-            max_rows=settings.storage.flush_max_rows,
-            max_pending=settings.storage.max_pending_rows,
-        )
+        self._sync_engine = db.make_sync_engine(settings.storage.ledger)
+        # the ledger's rows, before each response completes; its ingester thread has a connection of its own
+        # (a large page cache, a temporary staging table), not one of the shared engine's
+        self.outbox = Outbox.from_settings(settings.storage)
         server = settings.server
         self.keys = KeyCache(self.engine, ttl_s=server.key_cache_ttl_s, max_entries=server.key_cache_entries)
         self.sessions = Sessions.from_config(settings.server)
@@ -117,14 +116,14 @@ class Services:
 
     def _flow(self) -> Flow:
         self.settle = Settle(
-            self.writer,
+            self.outbox,
             self.config_hash,
             self.governance,
             self.spawn,
             UserPseudonyms.from_env(self.settings.guard.user_hash_key_env),
             self.telemetry,
         )
-        parts = Parts(self.targets, self.governance, self.meter, self.breakers, self.route_policy, self.writer)
+        parts = Parts(self.targets, self.governance, self.meter, self.breakers, self.route_policy, self.outbox)
         return compose(self.settings, self.settle, parts, self.cache, self.semantic)
 
     def _targets(self) -> dict[str, Target]:
@@ -139,25 +138,37 @@ class Services:
 
     async def start(self) -> None:
         await asyncio.to_thread(db.upgrade, self.settings.storage.ledger)
+        await asyncio.to_thread(self._check_rollup_keys)
         await self.keys.start(self.settings.server.host)
-        self.writer.start()
+        self.outbox.start()
         self.telemetry.start(self.telemetry_state)
         await self.governance.start()
         await asyncio.gather(*(backend.start() for backend in self.backends.values()))
 
+    def _check_rollup_keys(self) -> None:
+        with self._sync_engine.connect() as connection:
+            rolled = rollup.rolled_up_keys(connection)
+        if set(rolled) != set(self.settings.tags.rollup_keys):
+            log.warning(
+                "tags.rollup_keys is %s but the rollups hold %s: run `margin db rebuild-rollups` (until then "
+                "groupings by the other keys read ledger rows)",
+                sorted(self.settings.tags.rollup_keys),
+                sorted(rolled),
+            )
+
     def telemetry_state(self) -> dict[str, Any]:
-        """What the metrics read besides requests: circuits, faults and retries per backend, the ledger queue."""
+        """What the metrics read besides requests: circuits, faults and retries per backend, the ledger outbox."""
         backends = {}
         for name, backend in self.backends.items():
             breaker = self.breakers.describe(name)
             retries = backend.health().get("retries", 0)
             backends[name] = {"state": breaker["state"], "faults": breaker["faults"], "retries": retries}
-        return {"backends": backends, "pending_rows": self.writer.pending, "refused_backlogged": self.writer.refused}
+        depth = self.outbox.depth
+        pending = {"pending_rows": depth.rows, "pending_bytes": depth.bytes}
+        return {"backends": backends, **pending, "refused_backlogged": self.settle.refused}
 
     def sync_engine(self) -> sa.Engine:
-        """A synchronous engine for admin work run in threads (key and rule changes, usage reports)."""
-        if self._sync_engine is None:
-            self._sync_engine = db.make_sync_engine(self.settings.storage.ledger)
+        """The synchronous engine: ledger writes, reads and admin work, run in threads."""
         return self._sync_engine
 
     async def reload(self) -> bool:
@@ -199,7 +210,7 @@ class Services:
                 await backend.close()
             except Exception:
                 log.exception("closing backend %s failed", name)
-        await self.writer.close()
+        await self.outbox.close()
         await self.telemetry.close()
         await self.governance.close()
         await self.cache.close()
@@ -210,5 +221,4 @@ class Services:
         if self.semantic is not None:
             self.semantic.close()
         await self.engine.dispose()
-        if self._sync_engine is not None:
-            self._sync_engine.dispose()
+        self._sync_engine.dispose()

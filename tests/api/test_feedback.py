@@ -55,7 +55,7 @@ async def test_feedback_ownership_idempotency_and_errors(db_path: Path) -> None:
             )
             assert response.status_code == 200
             ids.append(response.headers["x-margin-request-id"])
-        # posted at once: the row may still wait in the writer's queue, and must be found anyway
+        # posted at once: the row may still wait in the outbox, and must be found anyway
         first = await gw.http.post(FEEDBACK, json={"request_id": ids[0], "success": False}, headers=alice)
         assert first.status_code == 200, first.text
         assert first.json()["data"] == [{"request_id": ids[0], "success": False, "score": None, "value": None}]

@@ -37,7 +37,7 @@ async def test_client_disconnect_mid_stream_is_settled_as_client_closed(db_path:
                     break  # leave mid-stream: closing the response drops the connection
         services = app.state.services
         for _ in range(200):
-            await services.writer.flush()
+            await services.outbox.flush()
             rows = await _rows(services)
             if rows:
                 break
@@ -65,7 +65,7 @@ async def test_live_stream_through_openai_sdk(db_path: Path) -> None:
         pieces = [c async for c in stream]
         await client.close()
         assert pieces[-1].usage is not None and pieces[-1].usage.completion_tokens == 6
-        await app.state.services.writer.flush()
+        await app.state.services.outbox.flush()
         row = (await _rows(app.state.services))[0]
         assert row.status == "ok" and row.output_tokens == 6 and row.ttft_ms >= 20
 

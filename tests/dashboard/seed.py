@@ -10,8 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from margin import keys
-from margin.ledger import db
-from margin.ledger.models import feedback, ledger
+from margin.ledger import db, ingest
+from margin.ledger.models import feedback
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -137,8 +137,7 @@ def seed(db_path: Path | str) -> dict[str, str]:
     engine = db.make_sync_engine(url)
     try:
         with engine.begin() as connection:
-            columns = {name for r in ROWS for name in r}
-            connection.execute(sa.insert(ledger), [{name: r.get(name) for name in columns} for r in ROWS])
+            ingest.ingest_batch(connection, ROWS)
             connection.execute(
                 sa.insert(feedback),
                 [

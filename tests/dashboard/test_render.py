@@ -6,11 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from margin.dashboard.charts import bar_chart, meter
-from margin.ledger import db
-from margin.ledger.models import ledger
+from margin.ledger import db, ingest
 from tests.dashboard.seed import row, seed
 from tests.helpers import fake_settings, gateway
 
@@ -21,7 +19,7 @@ async def test_ledger_values_are_escaped(db_path: Path) -> None:
     made = seed(db_path)
     engine = db.make_sync_engine(f"sqlite:///{db_path}")
     with engine.begin() as connection:
-        connection.execute(sa.insert(ledger), [row(100, team=NASTY, tags={"feature": NASTY})])
+        ingest.ingest_batch(connection, [row(100, team=NASTY, tags={"feature": NASTY})])
     engine.dispose()
     headers = {"authorization": f"Bearer {made['admin']}"}
     async with gateway(fake_settings(db_path)) as gw:
@@ -42,8 +40,9 @@ def test_bar_chart_and_meter() -> None:
     assert ">$3.00</text>" in svg  # the axis shows the largest bar's exact label
     heights = [float(h) for h in re.findall(r'<rect [^>]*height="([\d.]+)"', svg)]
     assert heights[1] == pytest.approx(3 * heights[0], abs=0.2)  # drawn to 0.1 px
-    hourly = bar_chart("x", [("2026-11-26 08", 0.0, "0")])
+    hourly = bar_chart("x", [("2026-11-26T08:00:00", 0.0, "0")])
     assert ">08h</text>" in hourly and 'height="0.0"' in hourly  # all zero: no division by zero
+    assert ">11-26</text>" in bar_chart("x", [("2026-11-26T00:00:00", 1.0, "1")])  # a day (or midnight)
     assert "No data" in bar_chart("x", [])
     assert 'width="100.0"' in meter(250.0) and "hot" in meter(95.0) and "ok" in meter(10.0)
     assert meter(None) == ""

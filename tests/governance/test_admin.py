@@ -73,7 +73,7 @@ async def test_usage_is_private_to_the_caller(db_path: Path) -> None:
         await gw.http.post(CHAT, json=BODY, headers=bearer(alice))
         for _ in range(3):
             await gw.http.post(CHAT, json=BODY, headers=bearer(bob))
-        await gw.services.writer.flush()
+        await gw.services.outbox.flush()
         mine = (await gw.http.get("/v1/margin/usage", headers=bearer(alice))).json()
         assert mine["key"]["name"] == "alice" and mine["totals"]["requests"] == 1
         assert [b["name"] for b in mine["budgets"]] == ["search"]  # not the ads budget

@@ -15,11 +15,10 @@ from margin.governance.service import Governance, ledger_spent
 from margin.governance.store import LocalStore
 from margin.governance.streams import StreamSlots
 from margin.ledger import db
-from margin.ledger.store import LedgerWriter
 from margin.specs import BudgetSpec, LimitSpec, Scope
 from tests.governance.conftest import make_key
 from tests.helpers import fake_settings
-from tests.ledger.test_writer import row
+from tests.ledger.rows import row, write_rows
 
 
 def test_rules_see_only_tags_bound_to_the_key() -> None:
@@ -53,10 +52,11 @@ async def test_reconciliation_counts_what_admission_counted(tmp_path: Path) -> N
     bound_id, _ = make_key(path, name="bound", team="support", org="acme", tags={"customer": "acme"})
     other_id, _ = make_key(path, name="other", team="support", org="globex")
     url = f"sqlite:///{path}"
-    writer = LedgerWriter(url)
-    writer.submit(row("1", key_id=bound_id, team="support", org="acme", tags={"customer": "acme"}))
-    writer.submit(row("2", key_id=other_id, team="support", org="globex", tags={"customer": "acme"}))  # a label
-    await writer.close()
+    rows = [
+        row("1", key_id=bound_id, team="support", org="acme", tags={"customer": "acme"}),
+        row("2", key_id=other_id, team="support", org="globex", tags={"customer": "acme"}),  # a label
+    ]
+    await write_rows(url, rows)
     engine = db.make_async_engine(url)
     now = datetime.now(UTC)
     tag = BudgetSpec(name="c", scope=Scope(kind="tag", value="customer=acme"), tokens=100, period="day")

@@ -58,7 +58,7 @@ async def _rows(services: Any) -> list[Any]:
 
     for _ in range(100):
         await services.drain()
-        await services.writer.flush()
+        await services.outbox.flush()
         async with services.engine.connect() as connection:
             rows = list(await connection.execute(sa.select(ledger)))
         if rows:

@@ -1,5 +1,5 @@
-"""A row the database refuses never blocks the rows behind it: the batch is written row by row, the bad row
-is set aside in `ledger_dead_letter` with its error, and a coerced copy keeps the request counted. On SQLite
+"""A row the database refuses never blocks the rows behind it: the outbox batch is moved line by line, the bad
+row is set aside in `ledger_dead_letter` with its error, and a coerced copy keeps the request counted. On SQLite
 and on PostgreSQL (whose columns really have lengths, and whose text refuses NUL)."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import sqlalchemy as sa
 
 from margin.ledger import db, deadletter
 from margin.ledger.models import ledger, ledger_dead_letter
-from margin.ledger.store import LedgerWriter
-from tests.ledger.test_writer import row
+from margin.ledger.outbox import Outbox
+from tests.ledger.rows import row
 
 
 @pytest.fixture
@@ -46,38 +46,41 @@ def read(url: str) -> tuple[list[Any], list[Any]]:
 async def test_sqlite_overflowing_row_is_set_aside_and_salvaged(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'd.db'}"
     db.upgrade(url)
-    writer = LedgerWriter(url)
-    writer.submit(row("before"))
-    writer.submit(row("huge", output_tokens=2**70))  # SQLite integers stop at 64 bits
-    writer.submit(row("after"))
-    assert await writer.flush() == 3
-    assert writer.dead_letters == 1 and writer.written == 2 and writer.pending == 0
-    await writer.close()
+    outbox = Outbox(url, tmp_path / "box")
+    outbox.start()
+    outbox.append(row("before"))
+    outbox.append(row("huge", output_tokens=2**70))  # SQLite integers stop at 64 bits
+    outbox.append(row("after"))
+    assert await outbox.flush() == 3
+    stats = outbox.stats()
+    assert stats["dead_letters"] == 1 and stats["written"] == 3 and outbox.depth.rows == 0
+    await outbox.close()
     rows, letters = read(url)
     assert [r.request_id for r in rows] == ["before", "huge", "after"]  # the salvaged copy keeps it counted
     assert rows[1].output_tokens == 2**30 - 1
     (letter,) = letters
-    assert letter.request_id == "huge" and letter.salvaged and "OverflowError" in letter.error
+    assert letter.request_id == "huge" and letter.salvaged and "output_tokens: integer out of range" in letter.error
     assert str(2**70) in letter.row and orjson.loads(letter.row)["request_id"] == "huge"
 
 
-async def test_postgres_poison_rows_never_block_the_queue(pg_ledger: str) -> None:
-    writer = LedgerWriter(pg_ledger)
+async def test_postgres_poison_rows_never_block_the_queue(pg_ledger: str, tmp_path: Path) -> None:
+    outbox = Outbox(pg_ledger, tmp_path / "box")
+    outbox.start()
     poison = [
         row("long-user", user="u" * 300),  # the issue's reproduction: String(256)
         row("long-model", requested_model="m" * 129),
         row("nul", prompt_text="a\x00b"),
         row("big-int", input_tokens=2**40),  # Integer is 32-bit on PostgreSQL
     ]
-    writer.submit(row("first"))
+    outbox.append(row("first"))
     for bad in poison:
-        writer.submit(bad)
-    writer.submit(row("last"))
-    assert await writer.flush() == 6
-    assert writer.dead_letters == 4 and writer.pending == 0
-    writer.submit(row("next-batch"))
-    assert await writer.flush() == 1
-    await writer.close()
+        outbox.append(bad)
+    outbox.append(row("last"))
+    assert await outbox.flush() == 6
+    assert outbox.stats()["dead_letters"] == 4 and outbox.depth.rows == 0
+    outbox.append(row("next-batch"))
+    assert await outbox.flush() == 1
+    await outbox.close()
     rows, letters = read(pg_ledger)
     by_id = {r.request_id: r for r in rows}
     assert set(by_id) == {"first", "long-user", "long-model", "nul", "big-int", "last", "next-batch"}
@@ -88,18 +91,24 @@ async def test_postgres_poison_rows_never_block_the_queue(pg_ledger: str) -> Non
     assert "u" * 300 in next(letter.row for letter in letters if letter.request_id == "long-user")
 
 
-async def test_an_unreachable_database_keeps_rows_for_later(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'gone.db'}"  # not migrated: no table, as if the database were away
-    writer = LedgerWriter(url, max_pending=2)
-    writer.submit(row("a"))
-    writer.submit(row("b"))
-    assert await writer.flush() == 0
-    assert writer.pending == 2 and writer.backlogged and writer.dead_letters == 0
-    db.upgrade(url)
-    assert await writer.flush() == 2
-    assert not writer.backlogged
-    await writer.close()
-    assert [r.request_id for r in read(url)[0]] == ["a", "b"]
+async def test_postgres_replays_and_offsets(pg_ledger: str, tmp_path: Path) -> None:
+    """The same path on PostgreSQL: typed rows, a replay dropped, the offset committed with the batch."""
+    outbox = Outbox(pg_ledger, tmp_path / "box")
+    outbox.start()
+    outbox.append(row("a", tags={"feature": "search"}, stream=True, energy_j=1.5, guard={"pii": 1}))
+    outbox.append(row("a"))
+    outbox.append(row("b", kind="refund"))
+    await outbox.flush()
+    engine = db.make_sync_engine(pg_ledger)
+    with engine.connect() as connection:
+        (offset,) = connection.execute(sa.text("SELECT rows, byte_offset FROM outbox_offsets")).all()
+    engine.dispose()
+    assert offset.rows == 3 and offset.byte_offset == outbox.stats()["appended_bytes"]
+    await outbox.close()
+    rows, _ = read(pg_ledger)
+    assert [(r.request_id, r.kind) for r in rows] == [("a", "request"), ("b", "refund")]
+    assert rows[0].tags == {"feature": "search"} and rows[0].stream is True and rows[0].guard == {"pii": 1}
+    assert rows[0].created_at.tzinfo is not None
 
 
 def test_coerce_fits_every_column() -> None:

@@ -64,3 +64,40 @@ def test_0004_backfills_the_rollup_from_existing_rows(tmp_path: Path) -> None:
     engine.dispose()
     assert from_rollup == from_rows and from_rollup["totals"]["requests"] == len(ROWS)
     assert from_rollup["totals"]["cost_usd"] == "0.007000000" and by_team["groups"][0]["requests"] == len(ROWS)
+
+
+def test_0005_backfills_integers_and_rollups_and_downgrades(tmp_path: Path) -> None:
+    from margin.ledger import rollup
+    from margin.report.business import tasks
+    from margin.report.queries import Window, summarize
+    from tests.report.ledgers import ROWS, complete
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    db.upgrade(url, "0004")  # rows written under 0004's insert trigger
+    engine = db.make_sync_engine(url)
+    old = sa.Table("ledger", sa.MetaData(), autoload_with=engine)
+    with engine.begin() as connection:
+        connection.execute(old.insert(), [complete(r) for r in ROWS])
+    engine.dispose()
+    db.upgrade(url)
+    engine = db.make_sync_engine(url)
+    with engine.connect() as connection:
+        assert rollup.rolled_up_keys(connection) == ("customer", "feature")
+        energy = connection.exec_driver_sql("SELECT energy_uj, co2e_ng FROM ledger WHERE request_id = 'r3'").one()
+        triggers = connection.exec_driver_sql("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'").scalar()
+    assert tuple(energy) == (3_600_000_000_000, 56_000_000_000) and triggers == 0
+    from_rollup, from_rows = (
+        summarize(engine, Window(), "customer"),
+        summarize(engine, Window(rollup=False), "customer"),
+    )
+    assert from_rollup == from_rows and from_rollup["totals"]["requests"] == len(ROWS)
+    assert [t.to_json() for t in tasks(engine, Window(), "feature")] == [
+        t.to_json() for t in tasks(engine, Window(rollup=False), "feature")
+    ]
+    engine.dispose()
+    db.downgrade(url, "0004")  # the trigger and its rollup come back, backfilled
+    engine = db.make_sync_engine(url)
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT sum(requests) FROM ledger_hourly").scalar() == len(ROWS)
+    engine.dispose()
+    db.upgrade(url)

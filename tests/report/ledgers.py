@@ -7,7 +7,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from margin.ledger.models import feedback, ledger, ledger_hourly
+from margin.ledger import ingest, rollup
+from margin.ledger.models import feedback, ledger
 
 MILLI = 1_000_000  # $0.001 in nano-USD
 
@@ -81,9 +82,9 @@ def complete(values: dict[str, Any]) -> dict[str, Any]:
 def load(engine: sa.Engine, rows: list[dict[str, Any]] | None = None, outcomes: bool = True) -> None:
     with engine.begin() as connection:
         connection.execute(sa.delete(feedback))
-        connection.execute(sa.delete(ledger))
-        connection.execute(sa.delete(ledger_hourly))  # the ledger is append-only; tests start afresh
-        connection.execute(ledger.insert(), [complete(r) for r in rows or ROWS])
+        connection.execute(sa.delete(ledger))  # the ledger is append-only; tests start afresh
+        rollup.rebuild(connection)
+        ingest.ingest_batch(connection, [complete(r) for r in rows or ROWS])
         if outcomes:
             stamp = {"created_at": at(4), "updated_at": at(4), "key_id": "k1", "revisions": 1}
             connection.execute(feedback.insert(), [{**f, **stamp} for f in FEEDBACK])

@@ -32,10 +32,11 @@ async def test_busy_ms_on_self_hosted_rows_only(db_path: Path) -> None:
     engine = db.make_sync_engine(settings.storage.ledger)
     with engine.connect() as connection:
         rolled = connection.execute(sa.select(sa.func.sum(ledger_hourly.c.requests))).scalar()
-        busy = connection.execute(sa.select(sa.func.sum(ledger_hourly.c.busy_ms))).scalar()
+        busy = connection.execute(sa.select(sa.func.sum(ledger_hourly.c.busy_us))).scalar()
     by_rows = summarize(engine, Window(rollup=False))["totals"]
     by_rollup = summarize(engine, Window())["totals"]
     engine.dispose()
     # rows without busy_ms (written before it existed, or API backends) count their backend wait instead
-    assert rolled == 2 and busy == hosted.busy_ms + api.backend_ms
+    # (integer microseconds, each row rounded half up)
+    assert rolled == 2 and busy == int(hosted.busy_ms * 1000 + 0.5) + int(api.backend_ms * 1000 + 0.5)
     assert by_rows == by_rollup

@@ -71,7 +71,20 @@ def test_csv_follows_the_focus_schema(engine: sa.Engine, tmp_path: Path) -> None
     eu = [r for r in rows if r["RegionId"] == "eu"]
     assert len(eu) == 1 and float(eu[0]["x_EnergyJ"]) == 3_600_000.0 and float(eu[0]["x_CO2eG"]) == 56.0
     assert eu[0]["ProviderName"] == "self-hosted (fake)"
-    assert json.loads(eu[0]["Tags"]) == {"customer": "globex", "feature": "search", "team": "search-team"}
+    assert json.loads(eu[0]["Tags"]) == {"team": "search-team"}  # the default grain: key × team × model × …
+
+
+def test_tags_split_charges_and_rollup_equals_rows(engine: sa.Engine, tmp_path: Path) -> None:
+    settings = fake_settings(tmp_path / "x.db")
+    by_tags = focus_rows(engine, settings, "2026-11", tags=("feature", "customer"))
+    eu = [r for r in by_tags.rows if r["RegionId"] == "eu"]
+    assert eu[0]["Tags"] == {"customer": "globex", "feature": "search", "team": "search-team"}
+    assert len(by_tags.rows) == 5 and sum(r["BilledCost"] for r in by_tags.rows) == Decimal("0.007")
+    default = focus_rows(engine, settings, "2026-11")
+    assert default.rows == focus_rows(engine, settings, "2026-11", rollup=False).rows  # ledger_charges = rows
+    assert (default.count, sum(r["x_Requests"] for r in default.rows)) == (3, 6)  # per day, model, backend
+    with pytest.raises(InvalidRequest):
+        focus_rows(engine, settings, "2026-11", tags=("task_id",))
 
 
 def test_parquet_types(engine: sa.Engine, tmp_path: Path) -> None:
@@ -98,6 +111,6 @@ def test_period_and_cli(engine: sa.Engine, tmp_path: Path) -> None:
     out = tmp_path / "cli.csv"
     result = CliRunner().invoke(app, ["export", "focus", "--period", "2026-11", "--out", str(out), "--db", db_file])
     said = " ".join(result.output.split())
-    assert result.exit_code == 0 and "wrote 5 FOCUS rows" in said and "1 requests at an unknown price" in said
+    assert result.exit_code == 0 and "wrote 3 FOCUS rows" in said and "1 requests at an unknown price" in said
     bad = CliRunner().invoke(app, ["export", "focus", "--period", "2026-11", "--out", "x.xlsx", "--db", db_file])
     assert bad.exit_code == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -11,7 +12,7 @@ import sqlalchemy as sa
 
 from margin.config import Settings
 from margin.ledger import db
-from margin.report import queries
+from margin.ledger.measures import BIN_SCALE, RELATIVE_ERROR, bin_bounds, representative
 from margin.report.business import RevenueLine, load_revenue_csv, margins, tasks
 from margin.report.metrics import carbon, savings, timeseries
 from margin.report.queries import Window, percentile, summarize
@@ -46,8 +47,8 @@ def settings(tmp_path: Path) -> Settings:
     return fake_settings(tmp_path / "unused.db", revenue=revenue)
 
 
-def test_tasks_cost_per_successful_task(engine: sa.Engine) -> None:
-    november = Window(at(1), at(16))
+def test_tasks_cost_per_successful_task(engine: sa.Engine, rollup: bool) -> None:
+    november = Window(at(1), at(16), rollup=rollup)
     [total] = tasks(engine, november)
     # t1 (r1,r2) succeeds via r2; t2 (r3,r7) graded, failed; t3 (r4) ungraded; r5 and r6 are tasks of one,
     # r6 succeeded. Cost: 1+3+2+NULL+0+1+0 milli-$; graded tasks t1,t2,r6 cost 4+2+1.
@@ -62,7 +63,7 @@ def test_tasks_cost_per_successful_task(engine: sa.Engine) -> None:
     assert by_feature["search"].tasks == 2 and by_feature["search"].successful_tasks == 1
     assert by_feature["search"].cost_per_successful_task_usd == Decimal("0.006")
     assert by_feature["chat"].cost_per_successful_task_usd == Decimal("0.001")  # r6 only succeeded; r4 ungraded
-    empty = tasks(engine, Window(at(20), at(21)))
+    empty = tasks(engine, Window(at(20), at(21), rollup=rollup))
     assert empty[0].tasks == 0 and empty[0].cost_per_successful_task_usd is None
 
 
@@ -153,21 +154,20 @@ def test_summary_unchanged_by_new_rows(engine: sa.Engine, rollup: bool) -> None:
     assert Decimal(totals["cost_usd"]) == Decimal("0.007")
 
 
-@pytest.mark.parametrize("walk_index_above", [50_000, 0], ids=["sorted", "index-walk"])
-def test_latency_percentiles_picked_in_sql_equal_python(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, walk_index_above: int
-) -> None:
-    monkeypatch.setattr(queries, "WALK_INDEX_ABOVE", walk_index_above)
+def test_latency_percentiles_exact_totals_and_bounded_groups(tmp_path: Path, rollup: bool) -> None:
+    """Totals: exact nearest rank (the histogram finds the bin, an index walk the value). Groups: the
+    histogram's bin middle, within measures.RELATIVE_ERROR of the exact value. Rollup = rows."""
     url = f"sqlite:///{tmp_path / 'p.db'}"
     db.upgrade(url)
     engine = db.make_sync_engine(url)
-    e2e = [float((n * 37) % 101) for n in range(1, 42)]  # 41 distinct values, shuffled
+    e2e = [float((n * 37) % 101) for n in range(1, 42)]  # 41 distinct values, shuffled, one of them 0 ms
     rows = [
-        row(f"p{n}", e2e_ms=v, ttft_ms=None if n % 3 else v / 2, tags={"feature": "a"} if n % 2 else {})
+        row(f"p{n}", e2e_ms=v, ttft_ms=None if n % 3 else v / 2, tags={"feature": "a"} if n % 2 else {},
+            created_at=at(2 + n % 3, n % 24, n))
         for n, v in enumerate(e2e)
-    ]
+    ]  # fmt: skip
     load(engine, rows=rows, outcomes=False)
-    found = summarize(engine, Window(), "feature")
+    found = summarize(engine, Window(at(1), at(6, 7, 30), rollup=rollup), "feature")
     engine.dispose()
     ttfts = sorted(v / 2 for n, v in enumerate(e2e) if n % 3 == 0)
     assert found["totals"]["latency_p50_ms"] == percentile(sorted(e2e), 50)
@@ -175,8 +175,18 @@ def test_latency_percentiles_picked_in_sql_equal_python(
     assert found["totals"]["ttft_p50_ms"] == percentile(ttfts, 50)
     groups = {g["key"]: g for g in found["groups"]}
     untagged = sorted(v for n, v in enumerate(e2e) if n % 2 == 0)  # the NULL feature group
-    assert groups[None]["latency_p95_ms"] == percentile(untagged, 95)
-    assert groups["a"]["latency_p50_ms"] == percentile(sorted(v for n, v in enumerate(e2e) if n % 2), 50)
-    assert groups["a"]["ttft_p50_ms"] == percentile(
-        sorted(v / 2 for n, v in enumerate(e2e) if n % 2 and n % 3 == 0), 50
-    )
+    tagged = sorted(v for n, v in enumerate(e2e) if n % 2)
+    close = {"rel": RELATIVE_ERROR, "abs": 1e-9}
+    assert groups[None]["latency_p95_ms"] == pytest.approx(percentile(untagged, 95), **close)
+    assert groups["a"]["latency_p50_ms"] == pytest.approx(percentile(tagged, 50), **close)
+    tagged_ttft = sorted(v / 2 for n, v in enumerate(e2e) if n % 2 and n % 3 == 0)
+    assert groups["a"]["ttft_p50_ms"] == pytest.approx(percentile(tagged_ttft, 50), **close)
+    assert "exact" in found["percentiles"]
+
+
+def test_histogram_bins_bound_the_error() -> None:
+    for value in (0.013, 0.5, 1.0, 2.0, 7.77, 99.9, 100.0, 1234.5, 60_000.0):
+        bin_ = math.floor(math.log(value) * BIN_SCALE)
+        low, high = bin_bounds(bin_)
+        assert low <= value * (1 + 1e-12) and value < high * (1 + 1e-12)
+        assert abs(representative(bin_) / value - 1) <= RELATIVE_ERROR + 1e-12

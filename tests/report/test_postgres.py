@@ -11,7 +11,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from margin.ledger import db
+from margin.ledger import db, ingest, read
 from margin.ledger.feedback import Outcome, record
 from margin.report.business import margins, tasks
 from margin.report.focus import focus_rows
@@ -19,7 +19,7 @@ from margin.report.metrics import carbon, savings, timeseries
 from margin.report.queries import Window, summarize
 from margin.report.utilization import utilization
 from tests.helpers import fake_settings
-from tests.report.ledgers import at, load
+from tests.report.ledgers import ROWS, at, complete, load
 
 
 @pytest.fixture
@@ -31,6 +31,8 @@ def pg(postgres_url: str) -> Iterator[sa.Engine]:
     db.upgrade(url)
     engine = db.make_sync_engine(url)
     load(engine)
+    with engine.begin() as connection:  # a replay of every row: ingest drops them all, rollups unchanged
+        assert ingest.ingest_batch(connection, [complete(r) for r in ROWS]) == 0
     yield engine
     engine.dispose()
 
@@ -49,7 +51,19 @@ def _all(engine: sa.Engine, tmp_path: Path, rollup: bool = True) -> dict[str, An
         "carbon": [c.to_json() for c in carbon(engine, november)],
         "utilization": [u.to_json() for u in utilization(engine, hour, settings)],
         "focus": focus_rows(engine, settings, "2026-11").rows,
+        "team_tasks": [t.to_json() for t in tasks(engine, Window(at(1), at(16), team="search-team", rollup=rollup))],
+        "by_customer_hours": summarize(engine, Window(at(2, 0, 45), at(3, 3, 30), rollup=rollup), "customer"),
+        "days_hours_rows": [  # whole days, the partial days' hours, the partial hours' rows
+            summarize(engine, Window(at(1, 22, 15), at(3, 3, 30), rollup=rollup), by) for by in ("team", "model")
+        ],
+        "budgets": _budgets(engine),
     }
+
+
+def _budgets(engine: sa.Engine) -> list[int]:
+    scopes = [("global", None), ("team", "search-team"), ("tag", "customer=acme"), ("key", "k1"), ("model", "priced")]
+    with engine.connect() as connection:
+        return [read.budget_spent(connection, k, v, True, at(2), at(4)) for k, v in scopes]
 
 
 def test_aggregates_equal_on_postgres_and_sqlite(pg: sa.Engine, tmp_path: Path) -> None:

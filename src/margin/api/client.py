@@ -21,6 +21,7 @@ from starlette.types import Send
 
 from margin.api.errors import JSON, error_body, status_of
 from margin.errors import MarginError
+from margin.ledger.outbox import OutboxError
 from margin.pipeline.values import ClientGone
 
 log = logging.getLogger("margin.api")
@@ -60,10 +61,12 @@ class AsgiClient:
 
     async def refuse(self, error: MarginError, headers: Mapping[str, str]) -> None:
         body = orjson.dumps(error_body(error))
-        if self.started:  # a failure after the stream's headers left: an error event, then the end
+        if self.started:  # a failure after the stream's headers left: an error event, then the end; no
+            # `[DONE]` when the row could not be recorded (the answer is not acknowledged)
+            done = b"" if isinstance(error, OutboxError) else b"data: [DONE]\n\n"
             with contextlib.suppress(ClientGone):
                 await self.write(b"data: " + body + b"\n\n")
-                await self.end_stream(b"data: [DONE]\n\n")
+                await self.end_stream(done)
             return
         merged = {**error.headers, **headers}
         raw = [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode()), *_encoded(merged)]

@@ -27,7 +27,7 @@ async def post_feedback(request: Request, principal: Principal) -> Any:
             return feedback.check(connection, outcomes, principal.key_id, admin)
 
     if await asyncio.to_thread(missing):
-        await services.writer.flush()  # the request's row may still wait in this replica's writer queue
+        await services.outbox.flush()  # the request's row may still wait in this process's outbox
     await asyncio.to_thread(feedback.record, engine, outcomes, principal.key_id, admin)
     return {"object": "list", "data": [o.to_json() for o in outcomes]}
 

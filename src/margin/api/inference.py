@@ -4,7 +4,6 @@ with a limit and validated, then the request path (`margin.pipeline.flow`), whic
 from __future__ import annotations
 
 import time
-import uuid
 
 from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
@@ -15,6 +14,7 @@ from margin.api.edge import parse_json, read_body
 from margin.api.errors import error_response
 from margin.errors import MarginError
 from margin.keys import authenticate
+from margin.ledger.ids import request_id as new_request_id
 from margin.pipeline.flow import Flow
 from margin.pipeline.values import Record, Request
 from margin.protocol import Endpoint, parse_request
@@ -42,7 +42,7 @@ class Run:
 async def handle(request: HttpRequest, endpoint: Endpoint) -> Response | ASGIApp:
     started = time.perf_counter()
     services = request.app.state.services
-    request_id = uuid.uuid4().hex
+    request_id = new_request_id()  # time-ordered (UUIDv7): the ledger's unique index grows at its edge
     try:
         principal = await authenticate(services.keys, request.headers)  # from headers, before any body
         data = parse_json(await read_body(request, services.settings.server.max_body_bytes))

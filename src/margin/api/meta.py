@@ -70,13 +70,7 @@ def _details(services: Any, status: str, backends: dict[str, Any]) -> dict[str, 
         "open_mode": services.keys.open_mode,
         "key_lookups": services.keys.queries,  # key queries sent to the database since start
         "backends": backends,
-        "ledger": {
-            "pending": services.writer.pending,
-            "written": services.writer.written,
-            "failed_flushes": services.writer.failures,
-            "dead_letters": services.writer.dead_letters,
-            "refused_backlogged": services.settle.refused,
-        },
+        "ledger": {**services.outbox.stats(), "refused_backlogged": services.settle.refused},
     }
 
 
@@ -90,7 +84,7 @@ async def _operator(request: Request) -> bool:
 
 
 async def healthz(request: Request) -> Response:
-    """Liveness. Its details (pid, config hash, backends, ledger queue, open mode) only for an operator:
+    """Liveness. Its details (pid, config hash, backends, ledger outbox depth, open mode) only for an operator:
     anyone else learns `{"status": ...}` and nothing they could use."""
     services = request.app.state.services
     status, backends = _status(services)

@@ -1,4 +1,5 @@
-"""Commands over the ledger: `margin report`, `export focus`, `feedback import`, `cost`, `db upgrade|current`."""
+"""Commands over the ledger: `margin report`, `export focus`, `feedback import`, `cost`,
+`db upgrade|current|rebuild-rollups`."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def report(
     bucket: Annotated[str, typer.Option(help="hour|day, for time series.")] = "day",
     revenue: Annotated[Path | None, typer.Option(help="CSV of revenue (feature,customer,usd) for the window.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Also draw spend, $/1K and savings to a PNG.")] = None,
+    team: Annotated[str | None, typer.Option(help="Only this team's rows (its own P&L).")] = None,
     config: ConfigOpt = None,
     db: DbOpt = None,
     json: JsonOpt = False,
@@ -42,7 +44,7 @@ def report(
 
     settings = settings_from(config, db)
     try:
-        window = Window(parse_when(since), parse_when(until))
+        window = Window(parse_when(since), parse_when(until), team=team)
         engine, fmt = sync_engine(settings), "json" if json else fmt
         run_report(console(), engine, settings, window, view, metric, by, fmt, bucket, revenue, plot)
     except MarginError as exc:
@@ -54,19 +56,21 @@ def export_focus(
     period: Annotated[str, typer.Option(help="Billing month, e.g. 2026-11.")],
     out: Annotated[Path, typer.Option(help="Output file: .csv or .parquet.")],
     account: Annotated[str, typer.Option(help="BillingAccountId/Name to write.")] = "margin",
+    tags: Annotated[str, typer.Option(help="Also split charges by these tags: feature,customer (slower).")] = "",
     config: ConfigOpt = None,
     db: DbOpt = None,
 ) -> None:
-    """FOCUS 1.2 cost and usage rows (one per day × key × model × backend × feature × customer)."""
+    """FOCUS 1.2 cost and usage rows (one per day × key × team × model × backend × region [× tags])."""
     from margin.report.focus import export
 
     settings = settings_from(config, db)
     try:
-        result = export(sync_engine(settings), settings, period, out, account)
+        split = tuple(t for t in tags.split(",") if t)
+        result = export(sync_engine(settings), settings, period, out, account, split)
     except MarginError as exc:
         raise fail(exc) from exc
     note = f"; {result.unpriced_requests} requests at an unknown price left out" if result.unpriced_requests else ""
-    console().print(f"wrote {len(result.rows)} FOCUS rows to {out}{note}")
+    console().print(f"wrote {result.count} FOCUS rows to {out}{note}")
 
 
 @feedback_app.command("import")
@@ -125,6 +129,23 @@ def db_upgrade(config: ConfigOpt = None, db: DbOpt = None, revision: str = "head
     settings = settings_from(config, db)
     dbm.upgrade(settings.storage.ledger, revision)
     console().print(f"ledger at revision {dbm.current_revision(settings.storage.ledger)}")
+
+
+@db_app.command("rebuild-rollups")
+def db_rebuild_rollups(config: ConfigOpt = None, db: DbOpt = None) -> None:
+    """Recompute every rollup from the ledger rows (after editing rows by hand, or to roll up the tag keys
+    now in `tags.rollup_keys`)."""
+    from margin.ledger import rollup
+
+    settings = settings_from(config, db)
+    engine = sync_engine(settings)
+    try:
+        with engine.begin() as connection:
+            sizes = rollup.rebuild(connection, settings.tags.rollup_keys)
+    finally:
+        engine.dispose()
+    counts = ", ".join(f"{name} {rows:,}" for name, rows in sizes.items())
+    console().print(f"rollups rebuilt (tag keys: {', '.join(settings.tags.rollup_keys) or 'none'}): {counts}")
 
 
 @db_app.command("current")

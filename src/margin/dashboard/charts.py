@@ -11,8 +11,8 @@ WIDTH, HEIGHT, PAD_LEFT, PAD_BOTTOM, PAD_TOP = 720, 180, 64, 28, 10
 
 
 def _label(bucket: str) -> str:
-    """`2026-11-26 08` → `08h`, `2026-11-26` → `11-26`."""
-    return f"{bucket[11:13]}h" if len(bucket) > 10 else bucket[5:10]
+    """An ISO bucket start: `2026-11-26T08:00:00` → `08h`; a day (or midnight) `2026-11-26T00:00:00` → `11-26`."""
+    return f"{bucket[11:13]}h" if len(bucket) > 13 and bucket[11:13] != "00" else bucket[5:10]
 
 
 def bar_chart(title: str, points: Sequence[tuple[str, float, str]]) -> Markup:

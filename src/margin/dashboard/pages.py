@@ -1,4 +1,5 @@
-"""The data behind each dashboard page, as JSON-ready dicts (the HTML pages render exactly these)."""
+"""The data behind each dashboard page, as JSON-ready dicts (the HTML pages render exactly these). Every
+figure comes from margin.ledger.read through margin.report / dashboard.queries, in the viewer's window."""
 
 from __future__ import annotations
 
@@ -11,40 +12,43 @@ import sqlalchemy as sa
 
 from margin.dashboard import queries
 from margin.dashboard.auth import Viewer
-from margin.dashboard.queries import Scope
 from margin.economics.money import from_nanousd, to_nanousd, usd_str
 from margin.errors import InvalidRequest
 from margin.governance.rules import Subject
+from margin.ledger import read
+from margin.ledger.read import Window
 from margin.report.business import MarginReport, margins, tasks
-from margin.report.queries import Window
 from margin.report.utilization import utilization
 
+ISO_HOUR = "%Y-%m-%dT%H:00:00"
 
-def scope_for(who: Viewer, since: str) -> Scope:
+
+def scope_for(who: Viewer, since: str) -> Window:
     if since not in queries.SINCE_CHOICES:
         raise InvalidRequest(f"since must be one of {', '.join(queries.SINCE_CHOICES)}", param="since")
-    return Scope.parse(since, team=who.team, key_id=who.key_id, org=who.principal.org)
+    org = (who.principal.org,) if who.team is not None else None  # a team is one org's team
+    return queries.window_for(since, team=who.team, key_id=who.key_id, org=org)
 
 
-def overview(engine: sa.Engine, scope: Scope, settings: Any = None) -> dict[str, Any]:
-    """KPIs and trend; with `settings` (admin viewers), the gross margin when revenue is configured."""
+def overview(engine: sa.Engine, scope: Window, settings: Any = None) -> dict[str, Any]:
+    """KPIs and trend, and the gross margin of the viewer's window when revenue is configured."""
     hourly = scope.since is not None and (datetime.now(UTC) - scope.since).total_seconds() <= 2 * 86400
     with engine.connect() as connection:
         points, totals = queries.trend(connection, scope, hourly)
-        saved = Decimal(totals["cache_saved_usd"]) + Decimal(totals["routing_saved_usd"])
-        return {
-            "totals": totals,
-            "saved_usd": usd_str(saved),  # cache + routing
-            "trend": {"unit": "hour" if hourly else "day", "points": with_gaps(points, scope, hourly)},
-            "gross_margin": overview_margin(engine, scope, settings) if settings is not None else None,
-        }
+    saved = Decimal(totals["cache_saved_usd"]) + Decimal(totals["routing_saved_usd"])
+    return {
+        "totals": totals,
+        "saved_usd": usd_str(saved),  # cache + routing
+        "trend": {"unit": "hour" if hourly else "day", "points": with_gaps(points, scope, hourly)},
+        "gross_margin": overview_margin(engine, scope, settings) if settings is not None else None,
+    }
 
 
-def with_gaps(points: list[dict[str, Any]], scope: Scope, hourly: bool) -> list[dict[str, Any]]:
+def with_gaps(points: list[dict[str, Any]], scope: Window, hourly: bool) -> list[dict[str, Any]]:
     """Every hour (or day) of the window, quiet ones as zeros, so the trend's time axis is true."""
     if scope.since is None:
         return points
-    fmt, step = ("%Y-%m-%d %H", timedelta(hours=1)) if hourly else ("%Y-%m-%d", timedelta(days=1))
+    fmt, step = (ISO_HOUR, timedelta(hours=1)) if hourly else ("%Y-%m-%dT00:00:00", timedelta(days=1))
     start = scope.since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     moment = start if hourly else start.replace(hour=0)
     last = (scope.until or datetime.now(UTC)).astimezone(UTC).strftime(fmt)
@@ -58,7 +62,7 @@ def with_gaps(points: list[dict[str, Any]], scope: Scope, hourly: bool) -> list[
     return sorted([*out, *found.values()], key=lambda p: str(p["bucket"]))  # + rows stamped after now, if any
 
 
-def breakdown(engine: sa.Engine, scope: Scope, by: str) -> dict[str, Any]:
+def breakdown(engine: sa.Engine, scope: Window, by: str) -> dict[str, Any]:
     if by not in queries.BREAKDOWNS:
         raise InvalidRequest(f"by must be one of {', '.join(queries.BREAKDOWNS)}", param="by")
     with engine.connect() as connection:
@@ -66,12 +70,12 @@ def breakdown(engine: sa.Engine, scope: Scope, by: str) -> dict[str, Any]:
     return {"by": by, "groups": groups, "totals": totals}
 
 
-def latency(engine: sa.Engine, scope: Scope) -> dict[str, Any]:
+def latency(engine: sa.Engine, scope: Window) -> dict[str, Any]:
     with engine.connect() as connection:
         return queries.latency(connection, scope)
 
 
-def savings(engine: sa.Engine, scope: Scope) -> dict[str, Any]:
+def savings(engine: sa.Engine, scope: Window) -> dict[str, Any]:
     with engine.connect() as connection:
         models, total = queries.breakdown(connection, scope, "model")
     saved = Decimal(total["cache_saved_usd"]) + Decimal(total["routing_saved_usd"])
@@ -100,6 +104,14 @@ def savings(engine: sa.Engine, scope: Scope) -> dict[str, Any]:
 
 def _scope_label(scope: dict[str, Any]) -> str:
     return "global" if scope.get("kind") == "global" else f"{scope.get('kind')}={scope.get('value')}"
+
+
+def _spend_org(budget: dict[str, Any]) -> tuple[str | None] | None:
+    """Whose rows a listed budget adds up (as governance.service.spend_org): the org its scope names, else the
+    one org of a per-org counter shown to a team key, else every org (an admin's total)."""
+    if budget["scope"].get("org") is not None:
+        return (budget["scope"]["org"],)
+    return (budget["org"],) if "org" in budget else None
 
 
 def _budget_row(budget: dict[str, Any], ledger_spent: int, now: datetime) -> dict[str, Any]:
@@ -145,14 +157,14 @@ async def budgets(services: Any, who: Viewer) -> dict[str, Any]:
     def ledger_sums() -> list[int]:
         with services.sync_engine().connect() as connection:
             return [
-                queries.budget_spent(
+                read.budget_spent(
                     connection,
                     b["scope"]["kind"],
                     b["scope"].get("value"),
                     b["unit"] == "usd",
                     datetime.fromisoformat(b["window_start"]) if b["window_start"] else None,
                     datetime.fromisoformat(b["resets_at"]) if b["resets_at"] else None,
-                    (b["org"],) if "org" in b else None,
+                    _spend_org(b),
                 )
                 for b in live
             ]
@@ -177,15 +189,15 @@ def _health(services: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-async def backends(services: Any, scope: Scope, full: bool) -> dict[str, Any]:
-    def read() -> tuple[list[dict[str, Any]], float, dict[str, dict[str, Any]]]:
+async def backends(services: Any, scope: Window, full: bool) -> dict[str, Any]:
+    def load() -> tuple[list[dict[str, Any]], float, dict[str, dict[str, Any]]]:
         engine = services.sync_engine()
         with engine.connect() as connection:
-            usage, seconds = queries.backend_usage(connection, scope), queries.window_seconds(scope, connection)
-        spread = utilization_by_backend(engine, scope, services.settings) if full else {}
+            usage, seconds = queries.backend_usage(connection, scope), queries.window_seconds(connection, scope)
+        spread = utilization_by_backend(engine, scope, services.settings)
         return usage, seconds, spread
 
-    usage, seconds, spread = await asyncio.to_thread(read)
+    usage, seconds, spread = await asyncio.to_thread(load)
     health = _health(services)
     rows = {u["backend"]: u for u in usage}
     out = []
@@ -199,16 +211,11 @@ async def backends(services: Any, scope: Scope, full: bool) -> dict[str, Any]:
                 **used,
                 "busy_pct": busy,
                 **health.get(name, {"status": "not configured"}),
-                "utilization": util.get("utilization"),  # self-hosted only, admin only (spans teams)
-                "idle_cost_usd": util.get("idle_cost_usd"),
+                "utilization": util.get("utilization"),  # self-hosted only; a team's: its share of busy time
+                "idle_cost_usd": util.get("idle_cost_usd"),  # shared by every team: admin views only
             }
         )
     return {"window_s": round(seconds, 1), "backends": out}
-
-
-def _econ_window(scope: Scope) -> Window:
-    """The report's Window for the business metrics (margin.report), which span teams: admin viewers only."""
-    return Window(scope.since, scope.until)
 
 
 def gross_margin(report: MarginReport) -> dict[str, Any]:
@@ -228,17 +235,18 @@ def has_revenue(settings: Any) -> bool:
     return bool(settings.revenue.features or settings.revenue.customers)
 
 
-def overview_margin(engine: sa.Engine, scope: Scope, settings: Any) -> dict[str, Any] | None:
+def overview_margin(engine: sa.Engine, scope: Window, settings: Any) -> dict[str, Any] | None:
     """The overview's gross-margin card: None when no revenue is configured (no query then)."""
     if not has_revenue(settings):
         return None
-    return gross_margin(margins(engine, _econ_window(scope), settings.revenue, (), "feature"))
+    return gross_margin(margins(engine, scope, settings.revenue, (), "feature", with_attach=False))
 
 
-def margin_page(engine: sa.Engine, scope: Scope, settings: Any, by: str) -> dict[str, Any]:
+def margin_page(engine: sa.Engine, scope: Window, settings: Any, by: str) -> dict[str, Any]:
     """Gross margin and attach rate per feature (or customer), and cost per successful task, from
-    margin.report.business: the numbers of `margin report --view margin|tasks --json`."""
-    window = _econ_window(scope)
+    margin.report.business: the numbers of `margin report --view margin|tasks --json` (with `--team` for a
+    team key's own P&L)."""
+    window = scope
     report = margins(engine, window, settings.revenue, (), by)
     found = tasks(engine, window, None)
     return {
@@ -249,6 +257,7 @@ def margin_page(engine: sa.Engine, scope: Scope, settings: Any, by: str) -> dict
     }
 
 
-def utilization_by_backend(engine: sa.Engine, scope: Scope, settings: Any) -> dict[str, dict[str, Any]]:
-    """Self-hosted backends' utilization and idle cost (margin.report.utilization), keyed by backend."""
-    return {u.backend: u.to_json() for u in utilization(engine, _econ_window(scope), settings)}
+def utilization_by_backend(engine: sa.Engine, scope: Window, settings: Any) -> dict[str, dict[str, Any]]:
+    """Self-hosted backends' utilization and idle cost (margin.report.utilization), keyed by backend; a team's
+    share of busy time in a team's window."""
+    return {u.backend: u.to_json() for u in utilization(engine, scope, settings)}

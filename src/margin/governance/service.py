@@ -7,18 +7,16 @@ import asyncio
 import contextlib
 import functools
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
-
-import sqlalchemy as sa
 
 from margin.config import Settings
 from margin.errors import MarginError
 from margin.governance.admission import Admission, BudgetHold, window
-from margin.governance.rules import Rules, Subject, build_rules, governed_tags, load_rules, matches
+from margin.governance.rules import Rules, Subject, build_rules, load_rules, matches
 from margin.governance.store import LocalStore, Store
 from margin.governance.streams import StreamSlots
-from margin.ledger.models import api_keys, ledger
+from margin.ledger.read import budget_spent
 from margin.singleflight import SingleFlight
 from margin.specs import BudgetSpec
 
@@ -33,41 +31,25 @@ def make_store(settings: Settings) -> Store:
     return LocalStore()
 
 
-def _naive_utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(tzinfo=None)
-
-
-async def _bound_tags(connection: Any) -> dict[str, dict[str, str]]:
-    """Each key's bound tags (keys are never edited, only revoked: this is what they were when they ran)."""
-    result = await connection.execute(sa.select(api_keys.c.id, api_keys.c.tags))
-    return {row.id: dict(row.tags or {}) for row in result}
+def spend_org(budget: BudgetSpec, org: str | None) -> tuple[str | None] | None:
+    """Whose rows a budget counter adds up: the org its scope names, else, for a per-org scope (a team or
+    tag scope naming no org), the org of the counter (`org`, None for callers in no org), else every org."""
+    if budget.scope.org is not None:
+        return (budget.scope.org,)
+    return (org,) if budget.scope.per_org else None
 
 
 async def ledger_spent(engine: Any, budget: BudgetSpec, now: datetime, org: str | None = None) -> int:
-    """What the ledger says a budget's current window has spent (nano-USD or tokens): the rows its scope
-    matches exactly as admission matched them (tags bound to the row's key only; one org's rows for a
-    per-org scope)."""
+    """What the ledger says a budget's current window has spent (nano-USD or tokens): margin.ledger.read's
+    budget_spent, the figure the dashboard and the admin API show too (rows matched as admission matched
+    them: one org's rows for a per-org counter, tags bound to the row's key only)."""
     start, end = window(budget.period, now)
-    columns = [ledger.c[name] for name in ("key_id", "team", "org", "tags", "model", "backend")]
-    measure = ledger.c.cost_nanousd if budget.usd is not None else ledger.c.input_tokens + ledger.c.output_tokens
-    query = sa.select(*columns, measure.label("amount")).where(ledger.c.kind == "request")
-    if budget.scope.per_org:
-        query = query.where(ledger.c.org.is_(None) if org is None else ledger.c.org == org)
-    if start is not None and end is not None:
-        if engine.dialect.name == "sqlite":  # stored as naive UTC text
-            start, end = _naive_utc(start), _naive_utc(end)
-        query = query.where(ledger.c.created_at >= start, ledger.c.created_at < end)
-    total = 0
+    scope = budget.scope
     async with engine.connect() as connection:
-        bound = await _bound_tags(connection) if budget.scope.kind == "tag" else {}
-        async for row in await connection.stream(query):
-            tags = row.tags or {}
-            if bound:
-                tags = governed_tags(tags, bound.get(row.key_id, {}), row.key_id is not None)
-            subject = Subject(row.key_id, row.team, row.org, tags, row.model, row.backend)
-            if row.amount and matches(budget.scope, subject):
-                total += int(row.amount)
-    return total
+        spent: int = await connection.run_sync(
+            budget_spent, scope.kind, scope.value, budget.usd is not None, start, end, spend_org(budget, org)
+        )
+    return spent
 
 
 class Governance:

@@ -3,6 +3,8 @@ the async driver for the server and the sync one for migrations and reports."""
 
 from __future__ import annotations
 
+import math
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +49,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
+    try:  # the latency histogram's bins need ln() and floor(): built into SQLite >= 3.35 where compiled in
+        cursor.execute("SELECT ln(1), floor(1.5)")
+    except sqlite3.OperationalError:
+        dbapi_connection.create_function("ln", 1, math.log, deterministic=True)
+        dbapi_connection.create_function("floor", 1, math.floor, deterministic=True)
     cursor.close()
 
 

@@ -1,10 +1,11 @@
-"""Tables. Money is integer nano-USD (see economics.money); energy and carbon are floats (not money)."""
+"""Tables. Money is integer nano-USD (see economics.money). Energy and carbon are written as the meter's floats
+(`energy_j`, `co2e_g`) and, at ingest, as integers (`energy_uj`, `co2e_ng`) which every sum reads."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
-from margin.ledger import rollup
+from margin.ledger.measures import HOURLY_DIMS, MEASURES
 
 metadata = sa.MetaData()
 
@@ -57,6 +58,8 @@ ledger = sa.Table(
     sa.Column("router_score", sa.Float),
     sa.Column("counterfactual_nanousd", sa.BigInteger),
     sa.Column("busy_ms", sa.Float),  # the backend busy time billed to this request (self-hosted TCO)
+    sa.Column("energy_uj", sa.BigInteger),  # round(energy_j × 10⁶): microjoules, filled at ingest
+    sa.Column("co2e_ng", sa.BigInteger),  # round(co2e_g × 10⁹): nanograms, filled at ingest
     sa.UniqueConstraint("request_id", "kind", name="uq_ledger_request_kind"),
     sa.Index("ix_ledger_created_at", "created_at"),
     sa.Index("ix_ledger_team_created", "team", "created_at"),
@@ -67,16 +70,91 @@ ledger = sa.Table(
     sa.Index("ix_ledger_ttft_created", "ttft_ms", "created_at", "kind"),
 )
 
-ledger_hourly = sa.Table(  # kept by a trigger on ledger inserts (margin.ledger.rollup); NULL dimensions are ''
+
+def _sums() -> list[sa.Column[int]]:
+    return [sa.Column(name, sa.BigInteger, nullable=False) for name in MEASURES]
+
+
+# The rollups (margin.ledger.rollup keeps them, per ingested batch). NULL dimensions are stored as ''.
+ledger_hourly = sa.Table(  # per UTC hour × kind × team × org × model × backend × region
     "ledger_hourly",
     metadata,
-    sa.Column("hour", sa.String(19), primary_key=True),  # UTC, 2026-11-02T13:00:00
-    *(sa.Column(name, sa.String(256), primary_key=True) for name in rollup.DIMENSIONS),
-    *(
-        sa.Column(name, sa.Float if name in rollup.FLOATS else sa.BigInteger, nullable=False)
-        for name in rollup.MEASURES
-    ),
+    sa.Column("hour", sa.String(19), primary_key=True),  # 2026-11-02T13:00:00
+    *(sa.Column(name, sa.String(256), primary_key=True) for name in HOURLY_DIMS),
+    *_sums(),
     sa.Column("first_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+ledger_daily = sa.Table(  # per dimension (key, endpoint, status, error, each rolled-up tag key) × UTC day × kind × team
+    "ledger_daily",
+    metadata,
+    sa.Column("dim", sa.String(64), primary_key=True),
+    sa.Column("day", sa.String(10), primary_key=True),  # 2026-11-02
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("team", sa.String(256), primary_key=True),
+    sa.Column("value", sa.String(256), primary_key=True),
+    *_sums(),
+)
+
+ledger_latency = sa.Table(  # latency histograms per dimension × metric × UTC day (× team for '' and model; else '*')
+    "ledger_latency",
+    metadata,
+    sa.Column("dim", sa.String(64), primary_key=True),
+    sa.Column("metric", sa.String(8), primary_key=True),  # e2e | ttft: a read scans one metric's rows only
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("team", sa.String(256), primary_key=True),
+    sa.Column("value", sa.String(256), primary_key=True),
+    sa.Column("bin", sa.Integer, primary_key=True),  # margin.ledger.measures.latency_bin
+    sa.Column("n", sa.BigInteger, nullable=False),
+)
+
+ledger_attach = sa.Table(  # which customers used which feature, per UTC day (attach rate: distinct counts)
+    "ledger_attach",
+    metadata,
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("feature", sa.String(256), primary_key=True),
+    sa.Column("customer", sa.String(256), primary_key=True),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+)
+
+ledger_tasks = sa.Table(  # one row per task (task_id tag, else the request); its anchor is its earliest request
+    "ledger_tasks",
+    metadata,
+    sa.Column("task", sa.String(300), primary_key=True),  # t:<task_id> | r:<request_id>
+    sa.Column("anchor_at", sa.DateTime(timezone=True), nullable=False),
+    *(sa.Column(name, sa.String(256)) for name in ("team", "key_id", "model", "backend", "region")),
+    *(sa.Column(name, sa.String(256)) for name in ("feature", "customer")),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("cost_nanousd", sa.BigInteger, nullable=False),
+    sa.Column("unpriced", sa.BigInteger, nullable=False),
+    sa.Index("ix_ledger_tasks_anchor", "anchor_at"),
+)
+
+ledger_task_daily = sa.Table(  # tasks per anchor day × team × dimension (the anchor's value), kept with ledger_tasks
+    "ledger_task_daily",
+    metadata,
+    sa.Column("dim", sa.String(64), primary_key=True),  # '' | feature | customer | model | backend | region | key
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("team", sa.String(256), primary_key=True),
+    sa.Column("value", sa.String(256), primary_key=True),
+    sa.Column("tasks", sa.BigInteger, nullable=False),
+    sa.Column("cost_nanousd", sa.BigInteger, nullable=False),
+    sa.Column("unpriced", sa.BigInteger, nullable=False),
+)
+
+ledger_charges = sa.Table(  # priced requests per UTC day × key × team × model × backend × region (FOCUS charges)
+    "ledger_charges",
+    metadata,
+    sa.Column("day", sa.String(10), primary_key=True),
+    *(sa.Column(name, sa.String(256), primary_key=True) for name in ("key", "team", "model", "backend", "region")),
+    *(sa.Column(name, sa.BigInteger, nullable=False) for name in
+      ("requests", "input_tokens", "output_tokens", "cost_nanousd", "energy_uj", "co2e_ng", "energy_n", "co2e_n")),
+)  # fmt: skip
+
+ledger_rollup_keys = sa.Table(  # the tag keys ledger_daily and ledger_latency hold (set by a rebuild)
+    "ledger_rollup_keys",
+    metadata,
+    sa.Column("tag_key", sa.String(64), primary_key=True),
 )
 
 feedback = sa.Table(  # outcomes of requests (POST /v1/margin/feedback); the latest post for a request wins
@@ -90,6 +168,7 @@ feedback = sa.Table(  # outcomes of requests (POST /v1/margin/feedback); the lat
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("revisions", sa.Integer, nullable=False, server_default="1"),
+    sa.Index("ix_feedback_created", "created_at"),  # tasks read the feedback posted since a window began
 )
 
 api_keys = sa.Table(
@@ -136,4 +215,13 @@ ledger_dead_letter = sa.Table(  # ledger rows the database refused (margin.ledge
     sa.Column("row", sa.Text, nullable=False),  # the refused row as JSON (NUL escaped)
     sa.Column("salvaged", sa.Boolean, nullable=False),  # a coerced copy of the row reached the ledger
     sa.Index("ix_ledger_dead_letter_request", "request_id"),
+)
+
+outbox_offsets = sa.Table(  # how far the ingester got in each outbox file, committed with each batch it moved
+    "outbox_offsets",
+    metadata,
+    sa.Column("segment", sa.String(255), primary_key=True),  # the file's name (margin.ledger.segments)
+    sa.Column("byte_offset", sa.BigInteger, nullable=False),  # bytes of whole rows already in the ledger
+    sa.Column("rows", sa.BigInteger, nullable=False),  # rows read from the file so far
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )

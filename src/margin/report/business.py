@@ -3,9 +3,14 @@ per successful task.
 
 Revenue comes from config (`revenue:` price per call and/or per seat per month, prorated over the window with
 30-day months) plus optional CSV lines (`feature,customer,usd`: revenue earned in the reported window).
-A *task* is the set of requests sharing a `task_id` tag (a request without one is a task of its own); it is
+A *task* is the set of requests sharing a `task_id` tag (a request without one is a task of its own); it
+belongs to the window (and team, feature…) of its earliest request and counts all its requests. It is
 *successful* when any of its requests has feedback with `success: true`. Cost per successful task = cost of
 all requests of the graded tasks (those with any feedback) / successful tasks.
+
+Team views (Window.team, a team key's own P&L): cost, calls and tasks are the team's; per-call revenue counts
+the team's successful calls; per-seat revenue is not attributable to a team and is left out (`seat_revenue`
+says so).
 """
 
 from __future__ import annotations
@@ -23,10 +28,10 @@ import sqlalchemy as sa
 from margin.config import RevenueConfig, RevenueRule
 from margin.economics.money import usd_str
 from margin.errors import InvalidRequest
-from margin.ledger.models import feedback, ledger
-from margin.report.metrics import as_utc, per_1k, usd
-from margin.report.queries import Window, group_column
-from margin.report.source import Source, source
+from margin.ledger import read
+from margin.ledger.read import Window
+from margin.report.metrics import per_1k, usd
+from margin.report.queries import check_group
 
 SECONDS_PER_MONTH = Decimal(30 * 86400)
 
@@ -65,20 +70,17 @@ def _revenue_line(path: Path, number: int, row: dict[str, str]) -> RevenueLine:
 
 def window_seconds(connection: sa.Connection, window: Window, now: datetime) -> Decimal:
     """The window's length; an open start begins at the first ledger row in it, an open end is now."""
-    start = window.since
-    if start is None:
-        src = source(window)
-        first = connection.execute(sa.select(src.first_at()).where(*src.where())).scalar()
-        start = as_utc(first) if first is not None else now
-    end = window.until or now
-    return Decimal(max(0.0, (end - start).total_seconds()))
+    first = read.first_at(connection, window).get(None) if window.since is None else None
+    if window.since is None and first is None:
+        return Decimal(0)
+    return Decimal(window.seconds(first, now))
 
 
-def rule_revenue(rule: RevenueRule, ok_calls: int, seconds: Decimal) -> Decimal:
+def rule_revenue(rule: RevenueRule, ok_calls: int, seconds: Decimal, seats: bool = True) -> Decimal:
     total = Decimal(0)
     if rule.price_per_call is not None:
         total += rule.price_per_call * ok_calls
-    if rule.price_per_seat_month is not None:
+    if seats and rule.price_per_seat_month is not None:
         total += rule.price_per_seat_month * rule.seats * seconds / SECONDS_PER_MONTH
     return total
 
@@ -118,30 +120,17 @@ class MarginReport:
     window_seconds: Decimal
     rows: list[MarginRow]
 
+    team: str | None = None  # a team's view: per-seat revenue left out
+
     def to_json(self) -> dict[str, Any]:
         return {
             "by": self.by,
+            "team": self.team,
+            "seat_revenue": "not attributable to a team: left out" if self.team else "prorated over the window",
             "active_customers": self.active_customers,
             "window_seconds": str(self.window_seconds.quantize(Decimal("0.001"))),
             "groups": [row.to_json() for row in self.rows],
         }
-
-
-def _margin_query(src: Source, by: str) -> sa.Select[Any]:
-    key, m = src.dim(by).label("key"), src.m
-    return (
-        sa.select(
-            key,
-            m("requests"),
-            m("ok_requests"),
-            sa.func.count(sa.distinct(src.dim("customer"))),
-            m("cost_nanousd"),
-            m("unpriced"),
-            m("priced_tokens"),
-        )
-        .where(*src.where())
-        .group_by(key)
-    )
 
 
 def margins(
@@ -151,46 +140,49 @@ def margins(
     lines: Sequence[RevenueLine] = (),
     by: str = "feature",
     now: datetime | None = None,
+    with_attach: bool = True,
 ) -> MarginReport:
-    """Per feature (or customer): cost, revenue, gross margin, attach rate; biggest cost first."""
+    """Per feature (or customer): cost, revenue, gross margin, attach rate (distinct customers: the costly
+    part; `with_attach=False` leaves customers and attach rates at 0/None); biggest cost first."""
     if by not in ("feature", "customer"):
         raise InvalidRequest("margins are per feature or per customer", param="by")
     rules = revenue.features if by == "feature" else revenue.customers
-    src = source(window, (by, "customer"))
     with engine.connect() as connection:
-        rows = connection.execute(_margin_query(src, by)).all()
-        distinct = sa.func.count(sa.distinct(src.dim("customer")))
-        active = connection.execute(sa.select(distinct).where(*src.where())).scalar()
+        found = read.grouped(connection, window, by)
+        customers, active = read.attach(connection, window) if with_attach else ({}, 0)
         seconds = window_seconds(connection, window, now or datetime.now().astimezone())
     imported: dict[str | None, Decimal] = {}
     for line in lines:
         name = line.feature if by == "feature" else line.customer
         imported[name] = imported.get(name, Decimal(0)) + line.usd
-    out = []
-    for row in rows:
-        name, ok_calls, cost = row[0], int(row[2] or 0), usd(row[4])
-        rule = rules.get(name) if name is not None else None
-        earned = rule_revenue(rule, ok_calls, seconds) if rule is not None else None
-        if name in imported:
-            earned = (earned or Decimal(0)) + imported[name]
-        margin = (earned - cost) / earned if earned else None
-        attach = int(row[3]) / int(active) if active and by == "feature" else None
-        out.append(
-            MarginRow(
-                name,
-                int(row[1]),
-                ok_calls,
-                int(row[3]),
-                attach,
-                cost,
-                int(row[5] or 0),
-                per_1k(cost, int(row[6] or 0)),
-                earned,
-                margin,
-            )
-        )
+    out = [
+        _margin_row(by, key, sums, rules, imported, seconds, customers, active, window) for key, sums in found.items()
+    ]
     out.sort(key=lambda r: (-r.cost_usd, -r.requests, str(r.key)))
-    return MarginReport(by, int(active or 0), seconds, out)
+    return MarginReport(by, active, seconds, out, window.team)
+
+
+def _margin_row(
+    by: str,
+    name: Any,
+    sums: read.Sums,
+    rules: dict[str, RevenueRule],
+    imported: dict[str | None, Decimal],
+    seconds: Decimal,
+    customers: dict[Any, int],
+    active: int,
+    window: Window,
+) -> MarginRow:
+    ok_calls, cost = sums["ok_requests"], usd(sums["cost_nanousd"])
+    rule = rules.get(name) if name is not None else None
+    earned = rule_revenue(rule, ok_calls, seconds, seats=window.team is None) if rule is not None else None
+    if name in imported:
+        earned = (earned or Decimal(0)) + imported[name]
+    margin = (earned - cost) / earned if earned else None
+    distinct = customers.get(name, 0) if by == "feature" else int(name is not None)
+    attach = distinct / active if active and by == "feature" else None
+    priced = per_1k(cost, sums["priced_tokens"])
+    return MarginRow(name, sums["requests"], ok_calls, distinct, attach, cost, sums["unpriced"], priced, earned, margin)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,62 +222,25 @@ class TaskStats:
         }
 
 
-def _per_task(window: Window, key: sa.ColumnElement[Any] | None) -> sa.Subquery:
-    task = sa.func.coalesce(ledger.c.tags["task_id"].as_string(), ledger.c.request_id)
-    group = key if key is not None else sa.literal("")
-    joined = ledger.outerjoin(feedback, feedback.c.request_id == ledger.c.request_id)
-    return (
-        sa.select(
-            group.label("key"),
-            sa.func.sum(ledger.c.cost_nanousd).label("cost"),
-            sa.func.sum(sa.case((ledger.c.cost_nanousd.is_(None), 1), else_=0)).label("unpriced"),
-            sa.func.max(sa.case((feedback.c.request_id.is_not(None), 1), else_=0)).label("graded"),
-            sa.func.max(sa.case((feedback.c.success.is_(True), 1), else_=0)).label("ok"),
-            sa.func.sum(feedback.c.score).label("score_sum"),
-            sa.func.count(feedback.c.score).label("score_n"),
-            sa.func.sum(feedback.c.value_nanousd).label("value"),
-        )
-        .select_from(joined)
-        .where(*window.where())
-        .group_by(group, task)
-        .subquery()
-    )
-
-
 def tasks(engine: sa.Engine, window: Window, by: str | None = None) -> list[TaskStats]:
     """Tasks, success rate and cost per successful task, overall or per group (e.g. feature)."""
-    t = _per_task(window, group_column(by) if by else None)
-    graded = t.c.graded == 1
-    query = sa.select(
-        t.c.key,
-        sa.func.count(),
-        sa.func.sum(t.c.graded),
-        sa.func.sum(t.c.ok),
-        sa.func.sum(t.c.cost),
-        sa.func.sum(sa.case((graded, t.c.cost), else_=0)),
-        sa.func.sum(t.c.unpriced),
-        sa.func.sum(t.c.score_sum),
-        sa.func.sum(t.c.score_n),
-        sa.func.sum(t.c.value),
-    ).group_by(t.c.key)
+    check_group(by)
     with engine.connect() as connection:
-        rows = connection.execute(query).all()
-    out = []
-    for r in rows:
-        score_n = int(r[8] or 0)
-        out.append(
-            TaskStats(
-                r[0] if by else None,
-                int(r[1]),
-                int(r[2] or 0),
-                int(r[3] or 0),
-                usd(r[4]),
-                usd(r[5]),
-                int(r[6] or 0),
-                float(r[7]) / score_n if score_n else None,
-                None if r[9] is None else usd(r[9]),
-            )
+        found = read.task_sums(connection, window, by)
+    out = [
+        TaskStats(
+            key if by else None,
+            t.tasks,
+            t.graded,
+            t.successful,
+            usd(t.cost_nanousd),
+            usd(t.graded_cost_nanousd),
+            t.unpriced,
+            t.score_sum / t.score_n if t.score_n else None,
+            None if t.value_nanousd is None else usd(t.value_nanousd),
         )
+        for key, t in found.items()
+    ]
     if by is None and not out:
         out.append(TaskStats(None, 0, 0, 0, Decimal(0), Decimal(0), 0, None, None))
     return sorted(out, key=lambda s: (-s.cost_usd, str(s.key)))

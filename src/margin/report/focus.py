@@ -1,14 +1,17 @@
 """`margin export focus`: the ledger as FOCUS 1.2 cost and usage rows (CSV or Parquet).
 
-One row per charge = UTC day × API key × team × model × backend × region × `feature` × `customer` tag (a
-request's other tags, such as task_id, would make a row per request). Columns: the 21 mandatory FOCUS 1.2
-columns of DESIGN §4, a few conditional ones we can fill honestly (ChargeFrequency, ConsumedQuantity/Unit,
-RegionId/Name, ServiceSubcategory, SubAccountId/Name), Tags (JSON object) and x_ columns for requests,
-tokens, energy (J) and carbon (gCO2e).
+One row per charge = UTC day × API key × team × model × backend × region (the ledger_charges rollup), or with
+`--tags feature,customer` also × those tags (read from rows: with tags that vary per request, about one
+charge per request; task_id is never used, it would always make a row per request). Columns: the 21
+mandatory FOCUS 1.2 columns of DESIGN §4, a few conditional ones we can fill honestly (ChargeFrequency,
+ConsumedQuantity/Unit, RegionId/Name, ServiceSubcategory, SubAccountId/Name), Tags (JSON object) and x_
+columns for requests, tokens, energy (J) and carbon (gCO2e).
 
-InvoiceId is null: margin issues no invoices (focus-validator 2.2.1 then reports the "MUST NOT be null when
-invoiced" half of InvoiceId's either-or nullability rule as failed while the rule itself, InvoiceId-C-003-C,
-passes; see scripts/focus_validate.sh).
+InvoiceId is null: margin issues no invoices, and FOCUS 1.2 says InvoiceId MUST be null when the charge is
+not associated with an invoice or a pre-generated provisional one (InvoiceId-C-004-C). focus-validator 2.2.1
+checks both halves of that either-or without their conditions, so it reports the other half
+(InvoiceId-C-005-C, "MUST NOT be null when invoiced") as failed while the rule, InvoiceId-C-003-C, passes
+(tests/report/test_focus_validator.py).
 
 Costs: BilledCost = EffectiveCost = ListCost = ContractedCost = the ledger's cost (no discounts or
 commitments exist between margin and itself). Requests at an unknown price cannot be written (FOCUS costs
@@ -18,6 +21,7 @@ are never null and margin never turns an unknown price into 0): they are left ou
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -28,11 +32,11 @@ import orjson
 import sqlalchemy as sa
 
 from margin.config import Settings
-from margin.economics.money import from_nanousd, usd_str
+from margin.economics.money import from_nanousd
 from margin.errors import InvalidRequest
-from margin.ledger.models import ledger
-from margin.report.queries import Window, group_column
-from margin.report.source import time_bucket
+from margin.ledger.measures import MICRO, NANO
+from margin.ledger.read import Window
+from margin.ledger.read.charges import CHARGE_GRAIN, charges, unpriced
 
 MANDATORY = (
     "BilledCost", "BillingAccountId", "BillingAccountName", "BillingCurrency", "BillingPeriodEnd",
@@ -48,15 +52,28 @@ EXTENSIONS = ("x_Requests", "x_InputTokens", "x_OutputTokens", "x_EnergyJ", "x_C
 COLUMNS = MANDATORY + CONDITIONAL + EXTENSIONS
 COST_COLUMNS = ("BilledCost", "ContractedCost", "EffectiveCost", "ListCost")
 DATE_COLUMNS = ("BillingPeriodStart", "BillingPeriodEnd", "ChargePeriodStart", "ChargePeriodEnd")
-_GROUPS = ("key", "team", "model", "backend", "region", "feature", "customer")
+TAG_KEYS = ("feature", "customer")  # `--tags` a charge may also be split by (then read from rows)
 
 
 @dataclass(frozen=True, slots=True)
 class FocusExport:
-    rows: list[dict[str, Any]]
+    charges: Sequence[Any]  # margin.ledger.read.charges rows
     unpriced_requests: int  # left out: FOCUS costs cannot be null
     period_start: datetime
     period_end: datetime
+    settings: Settings
+    account: str
+    tags: tuple[str, ...] = ()
+
+    @property
+    def count(self) -> int:
+        return len(self.charges)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """Every row as a dict of typed values (Decimal costs, UTC datetimes); the writers stream instead."""
+        period = (self.period_start, self.period_end)
+        return [_row(self.settings, r, period, self.account, self.tags) for r in self.charges]
 
 
 def parse_period(period: str) -> tuple[datetime, datetime]:
@@ -87,34 +104,19 @@ def _publisher(settings: Settings, model: str | None) -> str:
     return config.owned_by if config is not None else "unknown"
 
 
-def _query(connection: sa.Connection, window: Window) -> sa.Select[Any]:
-    day = time_bucket(connection, "day").label("day")
-    keys = [group_column(name).label(name) for name in _GROUPS]
-    priced = ledger.c.cost_nanousd.is_not(None)
-    return (
-        sa.select(
-            day,
-            *keys,
-            sa.func.count().label("requests"),
-            sa.func.sum(ledger.c.input_tokens).label("input_tokens"),
-            sa.func.sum(ledger.c.output_tokens).label("output_tokens"),
-            sa.func.sum(ledger.c.cost_nanousd).label("cost"),
-            sa.func.sum(sa.case((priced, 0), else_=1)).label("unpriced"),
-            sa.func.sum(ledger.c.energy_j).label("energy_j"),
-            sa.func.sum(ledger.c.co2e_g).label("co2e_g"),
-        )
-        .where(*window.where(), priced)
-        .group_by(day, *keys)
-        .order_by(day, *keys)
-    )
+def _tags(r: Any, tag_keys: tuple[str, ...]) -> dict[str, Any]:
+    found = {"team": r.team, **{k: getattr(r, k) for k in tag_keys}}
+    return {k: v for k, v in found.items() if v is not None}
 
 
-def _row(settings: Settings, r: Any, period: tuple[datetime, datetime], account: str) -> dict[str, Any]:
+def _row(
+    settings: Settings, r: Any, period: tuple[datetime, datetime], account: str, tag_keys: tuple[str, ...] = ()
+) -> dict[str, Any]:
     day = datetime.fromisoformat(str(r.day)).replace(tzinfo=UTC)
-    cost = from_nanousd(int(r.cost or 0))
+    cost = from_nanousd(int(r.cost_nanousd or 0))
     tokens = int(r.input_tokens or 0) + int(r.output_tokens or 0)
     provider = _provider(settings, r.backend)
-    tags = {k: v for k, v in (("team", r.team), ("feature", r.feature), ("customer", r.customer)) if v is not None}
+    tags = _tags(r, tag_keys)
     row: dict[str, Any] = dict.fromkeys(COST_COLUMNS, cost)
     row.update(
         BillingAccountId=account, BillingAccountName=account, BillingCurrency="USD",
@@ -128,43 +130,72 @@ def _row(settings: Settings, r: Any, period: tuple[datetime, datetime], account:
         ServiceSubcategory="Generative AI",
         SubAccountId=r.team, SubAccountName=r.team, Tags=tags, x_Requests=int(r.requests),
         x_InputTokens=int(r.input_tokens or 0), x_OutputTokens=int(r.output_tokens or 0),
-        x_EnergyJ=None if r.energy_j is None else float(r.energy_j),
-        x_CO2eG=None if r.co2e_g is None else float(r.co2e_g), x_ModelName=r.model, x_KeyId=r.key,
+        x_EnergyJ=None if r.energy_uj is None else int(r.energy_uj) / MICRO,
+        x_CO2eG=None if r.co2e_ng is None else int(r.co2e_ng) / NANO, x_ModelName=r.model, x_KeyId=r.key,
     )  # fmt: skip
     return row
 
 
-def focus_rows(engine: sa.Engine, settings: Settings, period: str, account: str = "margin") -> FocusExport:
+def focus_rows(
+    engine: sa.Engine,
+    settings: Settings,
+    period: str,
+    account: str = "margin",
+    tags: Sequence[str] = (),
+    rollup: bool = True,
+) -> FocusExport:
+    """The month's charges: day × key × team × model × backend × region (from ledger_charges), split further
+    by the tag keys in `tags` (feature, customer: then read from the ledger rows, about one charge per request
+    when tags vary per request)."""
+    unknown = set(tags) - set(TAG_KEYS)
+    if unknown:
+        raise InvalidRequest(f"--tags: {', '.join(sorted(unknown))} unknown; choose among {', '.join(TAG_KEYS)}")
     start, end = parse_period(period)
-    window = Window(start, end)
-    unknown = ledger.c.cost_nanousd.is_(None)
+    window = Window(start, end, rollup=rollup)
     with engine.connect() as connection:
-        found = connection.execute(_query(connection, window)).all()
-        unpriced = connection.execute(sa.select(sa.func.count()).where(*window.where(), unknown)).scalar()
-    rows = [_row(settings, r, (start, end), account) for r in found]
-    return FocusExport(rows, int(unpriced or 0), start, end)
+        found = charges(connection, window, (*CHARGE_GRAIN, *tags))
+        left_out = unpriced(connection, window)
+    return FocusExport(found, left_out, start, end, settings, account, tuple(tags))
 
 
-def _text(column: str, value: Any) -> str:
-    if value is None:
-        return ""
-    if column in DATE_COLUMNS:
-        return _iso(value)
-    if column in COST_COLUMNS:
-        return usd_str(value) or ""
-    if isinstance(value, dict):
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
-    if column in ("PricingQuantity", "ConsumedQuantity"):
-        return f"{value:.1f}"  # a decimal, as FOCUS types it (CSV readers take "100" for an integer)
-    return str(value)
+def _usd(nano: int) -> str:
+    """Integer nano-USD as the 9-place decimal string usd_str() prints (costs are never negative)."""
+    return f"{nano // 1_000_000_000}.{nano % 1_000_000_000:09d}"
+
+
+def _csv_lines(export: FocusExport) -> Iterator[tuple[Any, ...]]:
+    """Rows in COLUMNS order, already as CSV text (one pass: a month of a million charges in seconds)."""
+    settings, account = export.settings, export.account
+    period = (_iso(export.period_end), _iso(export.period_start))
+    providers: dict[Any, str] = {}
+    publishers: dict[Any, str] = {}
+    days: dict[str, tuple[str, str]] = {}
+    for r in export.charges:
+        day = days.get(r.day)
+        if day is None:
+            start = datetime.fromisoformat(str(r.day)).replace(tzinfo=UTC)
+            day = days[r.day] = (_iso(start + timedelta(days=1)), _iso(start))
+        provider = providers.get(r.backend) or providers.setdefault(r.backend, _provider(settings, r.backend))
+        publisher = publishers.get(r.model) or publishers.setdefault(r.model, _publisher(settings, r.model))
+        cost = _usd(int(r.cost_nanousd or 0))
+        tokens = f"{int(r.input_tokens or 0) + int(r.output_tokens or 0)}.0"
+        tags = _tags(r, export.tags)
+        yield (
+            cost, account, account, "USD", *period, "Usage", "",
+            f"{int(r.requests)} requests to {r.model or 'no model'} via {r.backend or 'no backend'}", *day,
+            cost, cost, provider, cost, tokens, "Tokens", provider, publisher, "AI and Machine Learning",
+            "LLM Inference", "Usage-Based", tokens, "Tokens", "", r.region, r.region, "Generative AI", r.team, r.team,
+            orjson.dumps(tags, option=orjson.OPT_SORT_KEYS).decode(), int(r.requests), int(r.input_tokens or 0),
+            int(r.output_tokens or 0), "" if r.energy_uj is None else int(r.energy_uj) / MICRO,
+            "" if r.co2e_ng is None else int(r.co2e_ng) / NANO, r.model, r.key,
+        )  # fmt: skip
 
 
 def write_csv(export: FocusExport, path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(COLUMNS)
-        for row in export.rows:
-            writer.writerow([_text(column, row[column]) for column in COLUMNS])
+        writer.writerows(_csv_lines(export))
 
 
 def write_parquet(export: FocusExport, path: Path) -> None:
@@ -177,8 +208,9 @@ def write_parquet(export: FocusExport, path: Path) -> None:
     types |= {"x_Requests": pa.int64(), "x_InputTokens": pa.int64(), "x_OutputTokens": pa.int64()}
     types |= {"x_EnergyJ": pa.float64(), "x_CO2eG": pa.float64()}
     arrays = {}
+    rows = export.rows
     for column in COLUMNS:
-        values = [row[column] for row in export.rows]
+        values = [row[column] for row in rows]
         if column == "Tags":
             values = [orjson.dumps(v, option=orjson.OPT_SORT_KEYS).decode() for v in values]
         if column in COST_COLUMNS:
@@ -187,11 +219,13 @@ def write_parquet(export: FocusExport, path: Path) -> None:
     pq.write_table(pa.table(arrays), path)
 
 
-def export(engine: sa.Engine, settings: Settings, period: str, out: Path, account: str = "margin") -> FocusExport:
+def export(
+    engine: sa.Engine, settings: Settings, period: str, out: Path, account: str = "margin", tags: Sequence[str] = ()
+) -> FocusExport:
     """Write `out` (.csv or .parquet); returns what was written."""
     if out.suffix not in (".csv", ".parquet"):
         raise InvalidRequest(f"--out must end in .csv or .parquet, not {out.name!r}")
-    result = focus_rows(engine, settings, period, account)
+    result = focus_rows(engine, settings, period, account, tags)
     try:
         (write_csv if out.suffix == ".csv" else write_parquet)(result, out)
     except OSError as exc:

@@ -1,19 +1,21 @@
-"""Operational aggregates the dashboard and `margin report --view …` share: spend over time, savings,
-energy and carbon. Every function takes an engine and a `Window` and returns frozen dataclasses whose
-`to_json()` is exactly what `margin report --json` prints (money as decimal strings, never floats)."""
+"""Operational views the dashboard and `margin report --view …` share: spend over time, savings, energy and
+carbon, rendered from margin.ledger.read. Every function takes an engine and a `Window` and returns frozen
+dataclasses whose `to_json()` is exactly what `margin report --json` prints (money as decimal strings,
+energy and carbon from integer microjoules and nanograms)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
 import sqlalchemy as sa
 
 from margin.economics.money import JOULES_PER_KWH, THOUSAND, from_nanousd, usd_str
-from margin.report.queries import Window
-from margin.report.source import source
+from margin.ledger import read
+from margin.ledger.measures import MICRO, NANO
+from margin.ledger.read import Window, as_utc
+from margin.report.queries import check_group
 
 Bucket = Literal["hour", "day"]
 
@@ -24,11 +26,6 @@ def usd(nano: Any) -> Decimal:
 
 def per_1k(cost: Decimal, tokens: int) -> Decimal | None:
     return cost / Decimal(tokens) * THOUSAND if tokens else None
-
-
-def as_utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; the ledger writes UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,38 +56,27 @@ class TimePoint:
         }
 
 
+def point(start: str, sums: read.Sums) -> TimePoint:
+    cost = usd(sums["cost_nanousd"])
+    return TimePoint(
+        start,
+        sums["requests"],
+        sums["input_tokens"],
+        sums["output_tokens"],
+        cost,
+        sums["unpriced"],
+        per_1k(cost, sums["priced_tokens"]),
+        sums["energy_uj"] / MICRO,
+        sums["co2e_ng"] / NANO,
+        usd(sums["saved_nanousd"]),
+    )
+
+
 def timeseries(engine: sa.Engine, window: Window, bucket: Bucket = "day") -> list[TimePoint]:
-    """Spend, tokens, $/1K tokens, energy and carbon per hour or day, oldest first."""
-    src = source(window)
-    m = src.m
+    """Spend, tokens, $/1K tokens, energy and carbon per hour or day (ISO start, UTC), oldest first."""
     with engine.connect() as connection:
-        start = src.bucket(connection, bucket).label("start")
-        measures = ("requests", "input_tokens", "output_tokens", "cost_nanousd", "unpriced", "priced_tokens")
-        query = (
-            sa.select(start, *(m(name) for name in measures), m("energy_j"), m("co2e_g"), m("saved_nanousd"))
-            .where(*src.where())
-            .group_by(start)
-            .order_by(start)
-        )
-        rows = connection.execute(query).all()
-    points = []
-    for row in rows:
-        cost = usd(row[4])
-        points.append(
-            TimePoint(
-                str(row[0]),
-                int(row[1]),
-                int(row[2] or 0),
-                int(row[3] or 0),
-                cost,
-                int(row[5] or 0),
-                per_1k(cost, int(row[6] or 0)),
-                float(row[7] or 0),
-                float(row[8] or 0),
-                usd(row[9]),
-            )
-        )
-    return points
+        found = read.grouped(connection, window, bucket)
+    return [point(str(start), sums) for start, sums in sorted(found.items(), key=lambda kv: str(kv[0]))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +111,16 @@ class Savings:
 
 
 def savings(engine: sa.Engine, window: Window) -> Savings:
-    src = source(window)
-    names = ("cost_nanousd", "cache_hits", "saved_nanousd", "routed", "routing_saved_nanousd", "routing_unpriced")
-    query = sa.select(*(src.m(name) for name in names)).where(*src.where())
     with engine.connect() as connection:
-        row = connection.execute(query).one()
-    return Savings(usd(row[0]), int(row[1] or 0), usd(row[2]), int(row[3] or 0), usd(row[4]), int(row[5] or 0))
+        t = read.totals(connection, window)
+    return Savings(
+        usd(t["cost_nanousd"]),
+        t["cache_hits"],
+        usd(t["saved_nanousd"]),
+        t["routed"],
+        usd(t["routing_saved_nanousd"]),
+        t["routing_unpriced"],
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,21 +159,24 @@ class CarbonRow:
 
 
 def carbon(engine: sa.Engine, window: Window, by: str = "region") -> list[CarbonRow]:
-    """Energy and carbon per region (or any `GROUPS` key), largest emitter first."""
-    from margin.report.queries import group_column
-
-    group_column(by)  # rejects an unknown grouping
-    src = source(window, (by,))
-    key = src.dim(by).label("key")
-    tokens = src.m("input_tokens") + src.m("output_tokens")
-    names = ("energy_j", "co2e_g", "energy_measured", "energy_modelled", "energy_unknown")
-    query = (
-        sa.select(key, src.m("requests"), tokens, *(src.m(name) for name in names)).where(*src.where()).group_by(key)
-    )
+    """Energy and carbon per region (or any report grouping), largest emitter first."""
+    check_group(by)
     with engine.connect() as connection:
-        rows = connection.execute(query).all()
+        found = read.grouped(connection, window, by)
     out = [
-        CarbonRow(r[0], int(r[1]), int(r[2] or 0), float(r[3] or 0), float(r[4] or 0), int(r[5]), int(r[6]), int(r[7]))
-        for r in rows
+        CarbonRow(
+            key,
+            s["requests"],
+            s["input_tokens"] + s["output_tokens"],
+            s["energy_uj"] / MICRO,
+            s["co2e_ng"] / NANO,
+            s["energy_measured"],
+            s["energy_modelled"],
+            s["energy_unknown"],
+        )
+        for key, s in found.items()
     ]
     return sorted(out, key=lambda c: (-c.co2e_g, str(c.key)))
+
+
+__all__ = ["Bucket", "CarbonRow", "Savings", "TimePoint", "as_utc", "carbon", "per_1k", "savings", "timeseries", "usd"]

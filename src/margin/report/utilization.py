@@ -7,6 +7,8 @@ Assumptions, printed with the numbers:
   busy figure, so concurrent requests are not double counted). Rows written before that column existed fall
   back to `backend_ms` (wall time waiting on the backend), which over-counts under concurrency;
 - idle cost = hourly TCO × (1 + energy and network overheads) × idle hours. Idle power is not priced.
+- a team's view (Window.team): busy time, requests and cost are the team's, utilization is the team's share
+  of the provisioned time; idle time is shared by every team and is not attributed (idle cost: null).
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ import sqlalchemy as sa
 from margin.config import Settings
 from margin.economics.money import SECONDS_PER_HOUR, dec, usd_str
 from margin.economics.tco import overhead_factor
-from margin.report.metrics import as_utc, usd
-from margin.report.queries import Window
-from margin.report.source import source
+from margin.ledger import read
+from margin.ledger.read import Window
+from margin.report.metrics import usd
 
 ASSUMPTION = (
     "provisioned = the whole window (open start: the backend's first row; open end: now); "
@@ -40,7 +42,7 @@ class BackendUtilization:
     busy_s: float
     approx_busy_rows: int  # rows whose busy time is backend_ms (wall time), not busy_ms
     request_cost_usd: Decimal  # Σ cost of the backend's requests
-    idle_cost_usd: Decimal
+    idle_cost_usd: Decimal | None  # None in a team's view: idle time is shared
 
     @property
     def utilization(self) -> float | None:
@@ -63,21 +65,9 @@ class BackendUtilization:
             "approx_busy_rows": self.approx_busy_rows,
             "request_cost_usd": usd_str(self.request_cost_usd),
             "idle_cost_usd": usd_str(self.idle_cost_usd),
-            "total_cost_usd": usd_str(self.request_cost_usd + self.idle_cost_usd),
+            "total_cost_usd": usd_str(self.request_cost_usd + (self.idle_cost_usd or Decimal(0))),
             "assumption": ASSUMPTION,
         }
-
-
-def _per_backend(connection: sa.Connection, window: Window, names: list[str]) -> dict[str, Any]:
-    src = source(window, ("backend",))
-    backend = src.dim("backend").label("backend")
-    m = src.m
-    query = (
-        sa.select(backend, m("requests"), m("busy_ms"), m("approx_busy"), m("cost_nanousd"), src.first_at())
-        .where(*src.where(), src.dim("backend").in_(names))
-        .group_by(src.dim("backend"))
-    )
-    return {row[0]: row for row in connection.execute(query)}
 
 
 def utilization(
@@ -89,25 +79,27 @@ def utilization(
         return []
     end = window.until or now or datetime.now().astimezone()
     with engine.connect() as connection:
-        found = _per_backend(connection, window, list(hosted))
+        found = read.grouped(connection, window, "backend")
+        first = read.first_at(connection, window, "backend") if window.since is None else {}
     out = []
     for name, hardware in hosted.items():
-        row = found.get(name)
-        start = window.since or (as_utc(row[5]) if row is not None else None)
+        sums = found.get(name) or read.zero()
+        start = window.since or first.get(name)
         provisioned = max(0.0, (end - start).total_seconds()) if start is not None else 0.0
-        busy_s = float(row[2] or 0) / 1000 if row is not None else 0.0
+        busy_s = sums["busy_us"] / 1_000_000
         hourly = hardware.usd_per_hour * overhead_factor(hardware.energy_overhead, hardware.network_overhead)
         idle_s = max(0.0, provisioned - busy_s)
+        idle = hourly * dec(idle_s) / SECONDS_PER_HOUR if window.team is None else None
         out.append(
             BackendUtilization(
                 name,
                 hourly,
-                int(row[1]) if row is not None else 0,
+                sums["requests"],
                 provisioned,
                 busy_s,
-                int(row[3] or 0) if row is not None else 0,
-                usd(row[4]) if row is not None else Decimal(0),
-                hourly * dec(idle_s) / SECONDS_PER_HOUR,
+                sums["approx_busy"],
+                usd(sums["cost_nanousd"]),
+                idle,
             )
         )
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from margin.ledger import rollup
+from margin.ledger.migrations import hourly_trigger_0004 as rollup
 
 revision = "0004"
 down_revision = "0003"

@@ -1,0 +1,213 @@
+"""Moving outbox lines into the ledger: one transaction per batch, with the batch's outbox offset.
+
+A batch is the raw bytes of whole lines (one JSON object each) joined into one JSON array; the database parses
+it (SQLite's JSON1 `json_each`, PostgreSQL's `json_to_recordset`) into the staging table, so no Python runs
+per row. Then margin.ledger.ingest drops the rows already in the ledger, appends the rest and updates the
+rollups, and the file's offset is committed in `outbox_offsets` in the same transaction: after a crash the
+ingester resumes exactly after the last committed batch, and replaying one is a no-op anyway.
+
+A batch the database refuses for its content (not because it is unreachable) is moved again line by line, each
+line in its own transaction with its offset; a line still refused goes to `ledger_dead_letter` with the error,
+and a coerced copy of the row to the ledger when one fits (margin.ledger.deadletter). So one bad row never
+blocks the rows behind it, and a dead letter is written once even if the ingester dies half-way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from margin.ledger import db, deadletter, ingest
+from margin.ledger.models import ledger, ledger_dead_letter, outbox_offsets
+
+log = logging.getLogger("margin.ledger")
+_UPDATE_OFFSET = sa.text(
+    "UPDATE outbox_offsets SET byte_offset = :offset, rows = :rows, updated_at = :now WHERE segment = :segment"
+).bindparams(sa.bindparam("now", type_=sa.DateTime(timezone=True)))
+_INSERT_OFFSET = sa.text(
+    "INSERT INTO outbox_offsets (segment, byte_offset, rows, updated_at) VALUES (:segment, :offset, :rows, :now)"
+).bindparams(sa.bindparam("now", type_=sa.DateTime(timezone=True)))
+_INTEGERS = [c.name for c in ledger.columns if c.name != "id" and isinstance(c.type, sa.Integer)]
+
+
+class RowsRefused(Exception):
+    """The database (or the check before it) refused something in the batch: move it line by line."""
+
+
+@dataclass
+class Cursor:
+    """How far the ingester got in one outbox file (committed), and what it moved from it."""
+
+    segment: str
+    offset: int = 0
+    rows: int = 0
+    inserted: int = 0
+    dead_letters: int = 0
+
+
+def transient(exc: BaseException) -> bool:
+    """The database is unreachable or busy: keep the lines and retry. A batch the database could not parse
+    (damaged bytes in the file) is about the rows, not the database."""
+    if not deadletter.is_transient(exc):
+        return False
+    text = str(exc)
+    return "malformed JSON" not in text and "JSON cannot hold" not in text
+
+
+def _fill_sqlite() -> str:
+    """Materialized first: json_each renders an element's text anew each time it is read, and every
+    json_extract of the same text then hits SQLite's parse cache (measured: 3-4x faster than reading
+    json_each's `value` in each json_extract)."""
+    names = ", ".join(f'"{name}"' for name in ingest.COLUMNS)
+    values = [
+        # created_at is written as 2026-11-23 12:30:05.123456+00:00; stored as SQLAlchemy stores it on SQLite
+        "substr(json_extract(v, '$.created_at'), 1, 26)" if name == "created_at" else f"json_extract(v, '$.{name}')"
+        for name in ingest.COLUMNS
+    ]
+    return (
+        f"INSERT INTO {ingest.STAGING} ({names}, _seq) WITH r(k, v) AS MATERIALIZED "
+        f"(SELECT key, value FROM json_each(?)) SELECT {', '.join(values)}, k FROM r"
+    )
+
+
+def _check_sqlite() -> str:
+    """SQLite stores an integer beyond 64 bits as a float where an integer belongs: refuse it instead."""
+    cases = " ".join(f"WHEN typeof(\"{c}\") NOT IN ('integer', 'null') THEN '{c}'" for c in _INTEGERS)
+    return f"SELECT CASE {cases} END AS bad FROM {ingest.STAGING} WHERE bad IS NOT NULL LIMIT 1"
+
+
+def _fill_postgresql() -> str:
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    columns = {c.name: c for c in ledger.columns if c.name != "id"}
+    names = ", ".join(f'"{name}"' for name in ingest.COLUMNS)
+    typed = ", ".join(f'"{name}" {columns[name].type.compile(dialect=dialect)}' for name in ingest.COLUMNS)
+    return (
+        f"INSERT INTO {ingest.STAGING} ({names}, _seq) SELECT {names}, _ord FROM "
+        f"ROWS FROM (json_to_recordset(%s::json) AS ({typed})) WITH ORDINALITY AS r({names}, _ord)"
+    )
+
+
+class BatchSink:
+    """Writes batches of outbox lines on one connection at a time (the ingester's thread)."""
+
+    def __init__(self, url: str, engine: sa.Engine | None = None) -> None:
+        self._owned = engine is None
+        self._engine = engine if engine is not None else db.make_sync_engine(url)
+        self._sqlite = self._engine.dialect.name == "sqlite"
+        self._fill = _fill_sqlite() if self._sqlite else _fill_postgresql()
+        self._check = _check_sqlite() if self._sqlite else None
+        if self._sqlite:
+            sa.event.listen(self._engine, "connect", _memory_temp_store)
+
+    def committed(self, segment: str) -> tuple[int, int]:
+        """(offset, rows) committed for an outbox file; (0, 0) for one never read."""
+        query = sa.select(outbox_offsets.c.byte_offset, outbox_offsets.c.rows)
+        with self._engine.connect() as connection:
+            found = connection.execute(query.where(outbox_offsets.c.segment == segment)).first()
+        return (int(found[0]), int(found[1])) if found else (0, 0)
+
+    def forget(self, segment: str) -> None:
+        """The file is gone (wholly ingested and deleted): its offset row is no longer needed."""
+        with self._engine.begin() as connection:
+            connection.execute(sa.delete(outbox_offsets).where(outbox_offsets.c.segment == segment))
+
+    def _stage(self, connection: sa.Connection, lines: bytes) -> int:
+        ingest.prepare(connection)
+        payload = b"[" + lines.rstrip(b"\n").replace(b"\n", b",") + b"]"
+        connection.exec_driver_sql(self._fill, (payload.decode("utf-8", "replace"),))
+        if self._check is not None:
+            bad = connection.exec_driver_sql(self._check).scalar()
+            if bad is not None:
+                raise RowsRefused(f"{bad}: integer out of range for the column")
+        return ingest.ingest_staged(connection)
+
+    @staticmethod
+    def _advance(connection: sa.Connection, cursor: Cursor, end: int, rows: int) -> None:
+        values = {"segment": cursor.segment, "offset": end, "rows": cursor.rows + rows, "now": datetime.now(UTC)}
+        if not connection.execute(_UPDATE_OFFSET, values).rowcount:
+            connection.execute(_INSERT_OFFSET, values)
+
+    def move(self, cursor: Cursor, lines: bytes, rows: int) -> None:
+        """Append whole lines read at `cursor.offset` and commit the offset after them, in one transaction.
+        Raises RowsRefused (or the database's error) and changes nothing when the batch is refused."""
+        try:
+            with self._engine.begin() as connection:
+                inserted = self._stage(connection, lines)
+                self._advance(connection, cursor, cursor.offset + len(lines), rows)
+        except sa.exc.DBAPIError as exc:
+            if transient(exc):
+                raise
+            raise RowsRefused(f"{type(exc.orig).__name__}: {exc.orig}") from exc
+        cursor.offset += len(lines)
+        cursor.rows += rows
+        cursor.inserted += inserted
+
+    def move_each(self, cursor: Cursor, lines: bytes) -> None:
+        """Line by line, each with its offset; a refused line goes to the dead-letter table. Stops (raising
+        the database's error) when the database goes away: what was done stays done."""
+        for line in lines.splitlines(keepends=True):
+            try:
+                self.move(cursor, line, 1)
+                continue
+            except RowsRefused as refused:
+                error: BaseException = refused
+            with self._engine.begin() as connection:
+                self._advance(connection, cursor, cursor.offset + len(line), 1)  # first: opens the transaction
+                salvaged = self._salvage(connection, line)
+                connection.execute(ledger_dead_letter.insert(), [_letter(line, error, salvaged)])
+            cursor.offset += len(line)
+            cursor.rows += 1
+            cursor.inserted += int(salvaged)
+            cursor.dead_letters += 1
+            log.error("ledger row refused (%s); set aside in ledger_dead_letter", error)
+
+    def _salvage(self, connection: sa.Connection, line: bytes) -> bool:
+        """Try a coerced copy of the row (in a savepoint: its failure must not undo the dead letter)."""
+        row = _parse(line)
+        if row is None:
+            return False
+        try:
+            with connection.begin_nested():
+                self._stage(connection, orjson.dumps(deadletter.coerce(row), default=str) + b"\n")
+        except (RowsRefused, sa.exc.DBAPIError) as exc:
+            if isinstance(exc, sa.exc.DBAPIError) and transient(exc):
+                raise
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._owned:
+            self._engine.dispose()
+
+
+def _memory_temp_store(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.execute("PRAGMA temp_store=MEMORY")
+    # the ledger's indexes of a large ledger do not fit SQLite's default 2 MB page cache: each insert then
+    # reads index pages again; this one long-lived connection keeps up to 64 MB of them
+    dbapi_connection.execute("PRAGMA cache_size=-65536")
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    """The row of a refused line, or None. The stdlib's parser: orjson reads an integer beyond 64 bits as a
+    float, which coercion would not clamp."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
+
+
+def _letter(line: bytes, error: BaseException, salvaged: bool) -> dict[str, Any]:
+    row = _parse(line)
+    if row is None:  # damaged bytes: keep them as text (escaped), with no row to salvage
+        return deadletter.dead_letter(
+            {"request_id": "?", "kind": "?", "line": line.decode("utf-8", "replace")}, error, False
+        )
+    return deadletter.dead_letter(row, error, salvaged)

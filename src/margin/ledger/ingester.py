@@ -1,0 +1,300 @@
+"""The outbox ingester: a thread that moves whole lines from outbox files into the ledger, off the request path.
+
+Each pass reads, for every file it is responsible for, the bytes after its committed offset up to the last
+complete line (a line still being written, or torn by a crash, is not read), in reads of `batch_bytes`, and
+hands them to margin.ledger.batch, which commits the rows and the new offset in one transaction. Per row it
+does nothing in Python: the bytes are joined into one JSON array and parsed by the database, and the thread
+spends its time in the database driver (which releases the GIL) and in C-level bytes operations.
+
+It is responsible for this process's own files and for those of dead processes (margin.ledger.segments): it
+looks for them at start and every `rescan_s`, takes their lock, resumes them from their committed offset and
+deletes them once read to the end (a torn last line, never acknowledged, is dropped with a warning). Own
+files are deleted as soon as they are closed and wholly ingested.
+
+When the database is unreachable, a pass fails, nothing is lost (the rows stay in the files) and the next pass
+retries. `fsync` (policy `interval`) runs here too, so the request path never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from margin.ledger.batch import BatchSink, Cursor, RowsRefused
+from margin.ledger.segments import LOCK_SUFFIX, OwnerLock, abandoned, list_segments
+
+log = logging.getLogger("margin.ledger")
+MAX_LINE_BYTES = 1 << 30  # a line longer than this is damage, not a row
+
+
+class OwnFiles(Protocol):
+    """The writer's side, as the ingester sees it (margin.ledger.outbox.SegmentWriter)."""
+
+    owner: str
+
+    def take_sealed(self) -> list[tuple[str, int]]: ...
+
+    def current(self) -> tuple[str, int] | None: ...
+
+    def sync(self) -> None: ...
+
+
+@dataclass
+class _Segment:
+    cursor: Cursor
+    owner: str
+    own: bool
+    size: int = 0  # bytes known to be in the file
+    sealed: bool = False  # no byte will be added
+    backlog_rows: int = 0  # not yet moved (files of dead processes only: counted when adopted)
+    fd: int | None = None
+
+
+@dataclass
+class IngestStats:
+    own_rows: int = 0  # rows of this process's files moved (inserted, dropped as replays, or set aside)
+    own_bytes: int = 0
+    adopted_rows: int = 0  # rows of dead processes' files not yet moved
+    adopted_bytes: int = 0
+    inserted: int = 0  # rows appended to the ledger
+    dead_letters: int = 0
+    failures: int = 0  # passes that failed (database unreachable)
+    torn_bytes: int = 0  # incomplete last lines of dead processes' files, dropped
+    last_error: str | None = None
+    last_ok: float = field(default_factory=time.time)
+
+
+class Ingester:
+    def __init__(
+        self,
+        sink: BatchSink,
+        directory: Path,
+        own: OwnFiles,
+        *,
+        interval_s: float = 0.05,
+        batch_bytes: int = 16 * 1024 * 1024,
+        fsync_interval_s: float | None = None,
+        rescan_s: float = 2.0,
+    ) -> None:
+        self._sink = sink
+        self._dir = directory
+        self._own = own
+        self._interval_s = interval_s
+        self._batch_bytes = batch_bytes
+        self._fsync_interval_s = fsync_interval_s
+        self._rescan_s = rescan_s
+        self._segments: dict[str, _Segment] = {}
+        self._recovering: dict[str, OwnerLock] = {}  # dead owners whose lock this process holds
+        self._forget: list[str] = []  # offsets of deleted files still to remove
+        self._waiting: list[concurrent.futures.Future[int]] = []
+        self._guard = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.stats = IngestStats()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="ledger-ingester", daemon=True)
+        self._thread.start()
+
+    def request_pass(self) -> concurrent.futures.Future[int]:
+        """A pass that starts after this call; its result is the rows it moved (0 when it failed)."""
+        future: concurrent.futures.Future[int] = concurrent.futures.Future()
+        with self._guard:
+            self._waiting.append(future)
+        self._wake.set()
+        return future
+
+    def stop(self) -> None:
+        """One last pass, then the thread ends (blocking: call it from a thread)."""
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._guard:  # asked for after the last pass began: there is no pass to wait for
+            waiting, self._waiting = self._waiting, []
+        for future in waiting:
+            future.set_result(0)
+        for segment in self._segments.values():
+            if segment.fd is not None:
+                os.close(segment.fd)
+        for lock in self._recovering.values():
+            lock.release(remove=False)
+        self._sink.close()
+
+    def _run(self) -> None:
+        delay, synced, next_scan = self._interval_s, time.monotonic(), 0.0
+        while True:
+            self._wake.wait(timeout=delay)
+            self._wake.clear()
+            with self._guard:
+                waiting, self._waiting = self._waiting, []
+            stopping, moved = self._stopping, 0
+            try:
+                if self._fsync_interval_s is not None and time.monotonic() - synced >= self._fsync_interval_s:
+                    synced = time.monotonic()
+                    self._own.sync()
+                if time.monotonic() >= next_scan:
+                    self._adopt()
+                    next_scan = time.monotonic() + self._rescan_s
+                moved = self._pass()
+                delay = self._interval_s
+                self.stats.last_ok = time.time()
+                self.stats.last_error = None
+            except Exception as exc:  # the database is away (or the disk): the rows stay in the files
+                self.stats.failures += 1
+                if self.stats.last_error != str(exc):
+                    log.error("ledger ingest failed (%s); the rows stay in the outbox and will be retried", exc)
+                self.stats.last_error = str(exc)
+                delay = min(1.0, max(delay * 2, self._interval_s))
+            finally:
+                for future in waiting:
+                    future.set_result(moved)
+            if stopping:
+                return
+
+    def _pass(self) -> int:
+        for name in list(self._forget):
+            self._sink.forget(name)
+            self._forget.remove(name)
+        self._follow_own()
+        moved = 0
+        for segment in list(self._segments.values()):
+            moved += self._drain(segment)
+            if segment.sealed and not self._whole_line_left(segment):
+                self._retire(segment)
+        for owner in [o for o in self._recovering if not any(s.owner == o for s in self._segments.values())]:
+            self._recovering.pop(owner).release(remove=True)
+        return moved
+
+    def _follow_own(self) -> None:
+        for name, size in self._own.take_sealed():
+            segment = self._segments.setdefault(name, _Segment(Cursor(name), self._own.owner, own=True))
+            segment.size, segment.sealed = size, True
+        current = self._own.current()
+        if current is not None:
+            name, size = current
+            self._segments.setdefault(name, _Segment(Cursor(name), self._own.owner, own=True)).size = size
+
+    def _adopt(self) -> None:
+        """Take over the files of processes that died (their lock is free), from their committed offsets."""
+        busy: set[str] = set()
+        owners = set()
+        for found in list_segments(self._dir):
+            owners.add(found.owner)
+            if found.owner == self._own.owner or found.name in self._segments or found.owner in busy:
+                continue
+            if found.owner not in self._recovering:
+                lock = abandoned(self._dir, found.owner)
+                if lock is None:
+                    busy.add(found.owner)
+                    continue
+                self._recovering[found.owner] = lock
+                log.warning("ledger outbox: ingesting the files left by process %s", found.owner)
+            offset, rows = self._sink.committed(found.name)
+            segment = _Segment(Cursor(found.name, offset, rows), found.owner, own=False, sealed=True)
+            segment.size = os.path.getsize(self._dir / found.name)
+            segment.backlog_rows = self._count_lines(segment)
+            self.stats.adopted_rows += segment.backlog_rows
+            self.stats.adopted_bytes += segment.size - offset
+            self._segments[found.name] = segment
+        self._clear_stale_locks(owners)
+
+    def _clear_stale_locks(self, owners: set[str]) -> None:
+        """Lock files of dead processes that left no file (e.g. killed before their first row)."""
+        for entry in os.scandir(self._dir):
+            owner = entry.name.removesuffix(LOCK_SUFFIX)
+            if not entry.name.endswith(LOCK_SUFFIX) or owner in owners or owner in self._recovering:
+                continue
+            if owner != self._own.owner and (lock := abandoned(self._dir, owner)) is not None:
+                lock.release(remove=True)
+
+    def _fd(self, segment: _Segment) -> int:
+        if segment.fd is None:
+            segment.fd = os.open(self._dir / segment.cursor.segment, os.O_RDONLY)
+        return segment.fd
+
+    def _count_lines(self, segment: _Segment) -> int:
+        count, offset = 0, segment.cursor.offset
+        while offset < segment.size:
+            chunk = os.pread(self._fd(segment), min(self._batch_bytes, segment.size - offset), offset)
+            if not chunk:
+                break
+            count += chunk.count(b"\n")
+            offset += len(chunk)
+        return count
+
+    def _read(self, segment: _Segment) -> bytes:
+        """Whole lines after the committed offset: up to `batch_bytes`, or one longer line; b"" if none."""
+        offset, left = segment.cursor.offset, segment.size - segment.cursor.offset
+        want = min(self._batch_bytes, left)
+        while True:
+            data = os.pread(self._fd(segment), want, offset)
+            end = data.rfind(b"\n") + 1
+            if end or want >= left or want >= MAX_LINE_BYTES:
+                return data[:end]
+            want = min(want * 2, left)
+
+    def _whole_line_left(self, segment: _Segment) -> bool:
+        left = segment.size - segment.cursor.offset
+        if left <= 0:
+            return False
+        tail = os.pread(self._fd(segment), min(left, MAX_LINE_BYTES), segment.cursor.offset)
+        if b"\n" in tail:
+            return True
+        log.warning(
+            "ledger outbox: dropping %d bytes of an incomplete last row in %s (its writer died writing it; that "
+            "request was never answered)",
+            len(tail),
+            segment.cursor.segment,
+        )
+        self.stats.torn_bytes += len(tail)
+        return False
+
+    def _drain(self, segment: _Segment) -> int:
+        cursor, moved = segment.cursor, 0
+        while cursor.offset < segment.size:
+            lines = self._read(segment)
+            if not lines:
+                break
+            rows, offset, inserted, letters = cursor.rows, cursor.offset, cursor.inserted, cursor.dead_letters
+            try:
+                try:
+                    self._sink.move(cursor, lines, lines.count(b"\n"))
+                except RowsRefused as exc:
+                    log.warning("ledger batch of %d bytes refused (%s); moving it row by row", len(lines), exc)
+                    self._sink.move_each(cursor, lines)
+            finally:
+                done_rows, done_bytes = cursor.rows - rows, cursor.offset - offset
+                moved += done_rows
+                self.stats.inserted += cursor.inserted - inserted
+                self.stats.dead_letters += cursor.dead_letters - letters
+                if segment.own:
+                    self.stats.own_rows += done_rows
+                    self.stats.own_bytes += done_bytes
+                else:
+                    segment.backlog_rows -= done_rows
+                    self.stats.adopted_rows -= done_rows
+                    self.stats.adopted_bytes -= done_bytes
+        return moved
+
+    def _retire(self, segment: _Segment) -> None:
+        """A sealed file read to its end: delete it, then its offset row (a crash in between re-reads it: the
+        rows are dropped as replays)."""
+        name = segment.cursor.segment
+        if segment.fd is not None:
+            os.close(segment.fd)
+            segment.fd = None
+        (self._dir / name).unlink(missing_ok=True)
+        del self._segments[name]
+        if not segment.own:
+            self.stats.adopted_bytes -= segment.size - segment.cursor.offset  # the torn tail
+        self._forget.append(name)
+        self._sink.forget(name)
+        self._forget.remove(name)

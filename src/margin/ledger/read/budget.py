@@ -1,0 +1,70 @@
+"""`budget_spent`: what the ledger says a budget's window has spent. The one definition used by governance
+(reconciling the live counters), the admin API, `/v1/margin/usage` and the dashboard.
+
+A budget counts `request` rows (cache hits cost nothing to the budget) whose scope matches, as admission
+matched them (governance.rules.matches): global, team, org, model, backend (the hourly rollup), key (the daily
+rollup). Budget windows are whole hours, days or months (or the whole ledger), so whole buckets come from the
+rollups. Two cases read ledger rows instead:
+- `org`: one org's rows (a per-org counter, or a scope naming an org); the rollups other than the hourly one
+  have no org column (margin.ledger.read.window);
+- tag scopes: a tag counts only when the row's key is bound to it (a fixed `customer=acme`, or `customer=*`
+  filled from the header) or the row has no key (open mode), so a header tag a caller added never spends
+  someone else's budget. The rollups cannot tell bound tags from labels, so tag budgets read rows (indexed by
+  time), one pass per reconciliation.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from margin.ledger.models import api_keys, ledger
+from margin.ledger.read.sums import totals
+from margin.ledger.read.window import Window
+
+SCOPE_DIMS = {"team": "team", "org": "org", "model": "model", "backend": "backend", "key": "key"}
+
+
+def budget_spent(
+    connection: sa.Connection,
+    kind: str,
+    value: str | None,
+    usd: bool,
+    start: datetime | None,
+    end: datetime | None,
+    org: tuple[str | None] | None = None,
+) -> int:
+    """Nano-USD (usd) or tokens spent in [start, end) by requests in the scope (kind, value), only `org`'s rows
+    when given ((that org,), or (None,) for keys in no org)."""
+    window = Window(start, end, org=org)
+    if kind == "tag":
+        return _tag_spent(connection, value or "", usd, window)
+    if kind == "global":
+        match = None
+    elif kind in SCOPE_DIMS and value is not None:
+        match = (SCOPE_DIMS[kind], value)
+    else:
+        return 0
+    sums = totals(connection, window, kinds=("request",), match=match)
+    return sums["cost_nanousd"] if usd else sums["input_tokens"] + sums["output_tokens"]
+
+
+def _bound_tags(connection: sa.Connection) -> dict[str, dict[str, Any]]:
+    """Each key's bound tags (keys are never edited, only revoked: this is what they were when they ran)."""
+    return {row.id: dict(row.tags or {}) for row in connection.execute(sa.select(api_keys.c.id, api_keys.c.tags))}
+
+
+def _tag_spent(connection: sa.Connection, tag: str, usd: bool, window: Window) -> int:
+    name, _, wanted = tag.partition("=")
+    measure = ledger.c.cost_nanousd if usd else ledger.c.input_tokens + ledger.c.output_tokens
+    query = sa.select(ledger.c.key_id, ledger.c.tags, measure.label("amount")).where(*window.where(kinds=("request",)))
+    bound = _bound_tags(connection)
+    total = 0
+    for row in connection.execute(query):
+        tags = row.tags or {}
+        governed = row.key_id is None or name in bound.get(row.key_id, {})
+        if row.amount and governed and tags.get(name) == wanted:
+            total += int(row.amount)
+    return total

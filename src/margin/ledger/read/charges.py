@@ -1,0 +1,75 @@
+"""Charges: priced requests per UTC day × several groupings at once (the FOCUS export's grain). The default
+grain, day × key × team × model × backend × region, is kept per batch in ledger_charges: whole days come from
+it, partial edges from rows. Adding tag keys (feature, customer) makes a grain with about as many
+combinations as requests when tags vary per request: no rollup helps there, it is one pass over the rows."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from margin.ledger import measures as m
+from margin.ledger.models import ledger, ledger_charges
+from margin.ledger.read.plan import Part, grain_for, plan
+from margin.ledger.read.sums import _time, row_group, totals
+from margin.ledger.read.window import Window
+
+CHARGE_GRAIN = ("key", "team", "model", "backend", "region")
+SUMS = ("requests", "input_tokens", "output_tokens", "cost_nanousd", "energy_uj", "co2e_ng")
+
+
+def charges(connection: sa.Connection, window: Window, dims: Sequence[str] = CHARGE_GRAIN) -> list[Any]:
+    """Rows of (day 'YYYY-MM-DD', *dims, requests, input_tokens, output_tokens, cost_nanousd, energy_uj,
+    co2e_ng) for priced requests, sorted; energy and carbon are NULL where no row of the group has them."""
+    rolled = tuple(dims) == CHARGE_GRAIN and window.team is None and grain_for(window, [], ()) is not None
+    found: dict[tuple[Any, ...], list[Any]] = {}
+    for part in plan(window, "day" if rolled else None):
+        rows = _rolled(connection, part) if part.source == "day" else _rows(connection, window, part, dims)
+        for row in rows:
+            key, sums = tuple(row[: len(dims) + 1]), list(row[len(dims) + 1 :])
+            into = found.get(key)
+            found[key] = sums if into is None else [_plus(a, b) for a, b in zip(into, sums, strict=True)]
+    record = namedtuple("Charge", ["day", *dims, *SUMS])  # type: ignore[misc]
+    return [record(*key, *sums) for key, sums in sorted(found.items(), key=lambda kv: tuple(map(str, kv[0])))]
+
+
+def _plus(a: Any, b: Any) -> Any:
+    return b if a is None else a if b is None else a + b
+
+
+def _rolled(connection: sa.Connection, part: Part) -> list[Any]:
+    c = ledger_charges.c
+    energy = sa.case((sa.func.sum(c.energy_n) > 0, sa.func.sum(c.energy_uj)), else_=None)
+    co2e = sa.case((sa.func.sum(c.co2e_n) > 0, sa.func.sum(c.co2e_ng)), else_=None)
+    keys = [c.day, *(sa.func.nullif(c[name], "") for name in CHARGE_GRAIN)]
+    sums = [sa.func.sum(c[name]) for name in SUMS[:4]]
+    query = sa.select(*keys, *sums, energy, co2e).where(*_time(ledger_charges, "day", part, "day")).group_by(*keys)
+    return list(connection.execute(query))
+
+
+def _rows(connection: sa.Connection, window: Window, part: Part, dims: Sequence[str]) -> list[Any]:
+    day: sa.ColumnElement[Any] = sa.literal_column(m.day(connection.dialect.name, "ledger")).label("day")
+    keys = [row_group(connection, name).label(name) for name in dims]
+    query = (
+        sa.select(
+            day,
+            *keys,
+            sa.func.count(),
+            sa.func.sum(ledger.c.input_tokens),
+            sa.func.sum(ledger.c.output_tokens),
+            sa.func.sum(ledger.c.cost_nanousd),
+            sa.func.sum(ledger.c.energy_uj),
+            sa.func.sum(ledger.c.co2e_ng),
+        )
+        .where(*window.between(part.since, part.until).where(), ledger.c.cost_nanousd.is_not(None))
+        .group_by(day, *keys)
+    )
+    return list(connection.execute(query))
+
+
+def unpriced(connection: sa.Connection, window: Window) -> int:
+    """Requests of the window at an unknown price."""
+    return totals(connection, window)["unpriced"]

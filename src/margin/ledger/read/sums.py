@@ -1,0 +1,196 @@
+"""Additive sums (margin.ledger.measures.MEASURES, all integers) per group, from the rollups where the
+planner can and from ledger rows for the rest; the parts are added up in Python (a few rows each)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from margin.errors import InvalidRequest
+from margin.ledger import measures as m
+from margin.ledger.measures import HOURLY_DIMS
+from margin.ledger.models import ledger, ledger_daily, ledger_hourly, ledger_rollup_keys
+from margin.ledger.read.plan import Part, grain_for, plan, plan_days_then_hours
+from margin.ledger.read.window import Window, as_utc
+
+Sums = dict[str, int]
+Match = tuple[str, str]  # (dimension, value): only rows where it holds (budget scopes)
+BUCKETS = ("hour", "day")
+
+
+def tag_keys(connection: sa.Connection) -> tuple[str, ...]:
+    """Tag keys the daily rollups hold."""
+    return tuple(row[0] for row in connection.execute(sa.select(ledger_rollup_keys.c.tag_key)))
+
+
+def zero() -> Sums:
+    return dict.fromkeys(m.MEASURES, 0)
+
+
+def add(into: Sums, more: dict[str, Any]) -> Sums:
+    for name in m.MEASURES:
+        into[name] += int(more.get(name) or 0)
+    return into
+
+
+def total(parts: Iterable[Sums]) -> Sums:
+    out = zero()
+    for part in parts:
+        add(out, part)
+    return out
+
+
+def _text(connection: sa.Connection, by: str) -> str:
+    """SQL of a grouping on ledger rows: a column, a time bucket (ISO start), `error` or a tag key."""
+    dialect = connection.dialect.name
+    if by == "hour":
+        return m.hour(dialect, "ledger")
+    if by == "day":
+        return f"({m.day(dialect, 'ledger')} || 'T00:00:00')"
+    try:
+        return m.group(dialect, "ledger", by)
+    except ValueError as exc:
+        raise InvalidRequest(f"cannot group by {by!r}", param="by") from exc
+
+
+def row_group(connection: sa.Connection, by: str) -> sa.ColumnElement[Any]:
+    return sa.literal_column(_text(connection, by))
+
+
+def _time(table: Any, column: str, part: Part, grain: str) -> list[sa.ColumnElement[bool]]:
+    fmt = "%Y-%m-%dT%H:00:00" if grain == "hour" else "%Y-%m-%d"
+    clauses = []
+    if part.since is not None:
+        clauses.append(table.c[column] >= part.since.astimezone(UTC).strftime(fmt))
+    if part.until is not None:
+        clauses.append(table.c[column] < part.until.astimezone(UTC).strftime(fmt))
+    return clauses
+
+
+def _from_rows(
+    connection: sa.Connection, window: Window, by: str | None, kinds: tuple[str, ...], match: Match | None
+) -> Any:
+    dialect = connection.dialect.name
+    key = row_group(connection, by) if by else sa.null()
+    sums: list[Any] = [sa.literal_column(f"SUM({m.measure(n, dialect, 'ledger')})").label(n) for n in m.MEASURES]
+    clauses = window.where(kinds=kinds)
+    if match is not None:
+        clauses.append(row_group(connection, match[0]) == match[1])
+    query = sa.select(key.label("key"), *sums).select_from(ledger).where(*clauses)
+    return connection.execute(query.group_by(key) if by else query)
+
+
+def _hourly_key(by: str | None) -> sa.ColumnElement[Any]:
+    hour = ledger_hourly.c.hour
+    if by is None:
+        return sa.null()
+    if by == "hour":
+        return hour
+    if by == "day":
+        return sa.func.substr(hour, 1, 10, type_=sa.String) + "T00:00:00"
+    return sa.func.nullif(ledger_hourly.c[by], "")
+
+
+def _from_hourly(
+    connection: sa.Connection, window: Window, part: Part, by: str | None, kinds: tuple[str, ...], match: Match | None
+) -> Any:
+    key = _hourly_key(by)
+    clauses = [ledger_hourly.c.kind.in_(kinds), *_time(ledger_hourly, "hour", part, "hour")]
+    if window.team is not None:
+        clauses.append(ledger_hourly.c.team == window.team)
+    if match is not None:
+        clauses.append(ledger_hourly.c[match[0]] == match[1])
+    sums = [sa.func.sum(ledger_hourly.c[n]).label(n) for n in m.MEASURES]
+    query = sa.select(key.label("key"), *sums).where(*clauses)
+    return connection.execute(query.group_by(key) if by else query)
+
+
+def _core_dim(by: str | None, match: Match | None) -> str | None:
+    """The ledger_daily dimension that answers an hourly grouping/filter (None: none does)."""
+    wanted = {d for d in (by, match[0] if match else None) if d is not None and d not in ("team", "day")}
+    if len(wanted) > 1 or (by is not None and by == "hour") or not wanted <= set(m.DAILY_CORE):
+        return None
+    return next(iter(wanted), "")
+
+
+def _from_daily(
+    connection: sa.Connection, window: Window, part: Part, by: str | None, kinds: tuple[str, ...], match: Match | None
+) -> Any:
+    t = ledger_daily
+    core = _core_dim(by, match) if (by is None or by in (*HOURLY_DIMS, "day")) and (
+        match is None or match[0] in HOURLY_DIMS) else None  # fmt: skip
+    dim = core if core is not None else by or (match[0] if match else "")
+    key: sa.ColumnElement[Any]
+    if by == "team":
+        key = sa.func.nullif(t.c.team, "")
+    elif by == "day":
+        key = t.c.day + "T00:00:00"
+    else:
+        key = sa.func.nullif(t.c.value, "") if by else sa.null()
+    clauses = [t.c.dim == dim, t.c.kind.in_(kinds), *_time(t, "day", part, "day")]
+    if window.team is not None:
+        clauses.append(t.c.team == window.team)
+    if match is not None:
+        clauses.append((t.c.team if match[0] == "team" else t.c.value) == match[1])
+    sums = [sa.func.sum(t.c[n]).label(n) for n in m.MEASURES]
+    query = sa.select(key.label("key"), *sums).where(*clauses)
+    return connection.execute(query.group_by(key) if by else query)
+
+
+def grouped(
+    connection: sa.Connection,
+    window: Window,
+    by: str | None = None,
+    kinds: tuple[str, ...] = m.KINDS,
+    match: Match | None = None,
+) -> dict[Any, Sums]:
+    """Sums per value of `by` (a hourly dimension, hour, day, key, endpoint, status, error, user or a tag key;
+    None: one group, the window's totals). Groups with no rows are absent."""
+    grain = grain_for(window, [by, match[0] if match else None], tag_keys(connection))
+    parts = plan(window, grain)
+    if grain == "hour" and _core_dim(by, match) is not None and (match is None or match[0] in HOURLY_DIMS):
+        parts = plan_days_then_hours(window)
+    found: dict[Any, Sums] = {}
+    for part in parts:
+        sub = window.between(part.since, part.until)
+        if part.source == "rows":
+            rows = _from_rows(connection, sub, by, kinds, match)
+        elif part.source == "hour":
+            rows = _from_hourly(connection, window, part, by, kinds, match)
+        else:
+            rows = _from_daily(connection, window, part, by, kinds, match)
+        for row in rows:
+            if row.requests:
+                add(found.setdefault(row.key, zero()), row._mapping)
+    return found
+
+
+def totals(
+    connection: sa.Connection, window: Window, kinds: tuple[str, ...] = m.KINDS, match: Match | None = None
+) -> Sums:
+    return grouped(connection, window, None, kinds, match).get(None) or zero()
+
+
+def first_at(connection: sa.Connection, window: Window, by: str | None = None) -> dict[Any, datetime]:
+    """The first row's time per group (an open window's start), hourly dimensions or none."""
+    grain = grain_for(window, [by], ())
+    found: dict[Any, datetime] = {}
+    for part in plan(window, grain if grain == "hour" else None):
+        if part.source == "rows":
+            sub = window.between(part.since, part.until)
+            key = row_group(connection, by) if by else sa.null()
+            query = sa.select(key.label("key"), sa.func.min(ledger.c.created_at).label("first")).where(*sub.where())
+        else:
+            key = _hourly_key(by)
+            clauses = [ledger_hourly.c.kind.in_(m.KINDS), *_time(ledger_hourly, "hour", part, "hour")]
+            if window.team is not None:
+                clauses.append(ledger_hourly.c.team == window.team)
+            query = sa.select(key.label("key"), sa.func.min(ledger_hourly.c.first_at).label("first")).where(*clauses)
+        for row in connection.execute(query.group_by(key) if by else query):
+            if row.first is not None:
+                moment = as_utc(row.first)
+                found[row.key] = min(found.get(row.key, moment), moment)
+    return found

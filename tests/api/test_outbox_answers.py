@@ -1,0 +1,56 @@
+"""What callers and operators see of the ledger outbox: every answer's row is in the outbox before the answer
+completes; a row that cannot be written is not acknowledged (503 for JSON, an error event instead of `[DONE]`
+for a stream); /healthz shows the outbox depth to an operator."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import orjson
+
+from tests.helpers import fake_settings, gateway
+
+CHAT = "/v1/chat/completions"
+BODY = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def test_the_row_is_in_the_outbox_when_the_answer_arrives(db_path: Path) -> None:
+    async with gateway(fake_settings(db_path, storage={"flush_interval_ms": 60_000})) as gw:
+        outbox = gw.services.outbox
+        reply = await gw.http.post(CHAT, json=BODY)
+        assert reply.status_code == 200 and outbox.depth.rows == 1  # written, not yet ingested
+        async with gw.http.stream("POST", CHAT, json={**BODY, "stream": True}) as stream:
+            body = b"".join([chunk async for chunk in stream.aiter_bytes()])
+        assert body.endswith(b"data: [DONE]\n\n") and outbox.depth.rows == 2
+        lines = b"".join((outbox.directory / name).read_bytes() for name in os.listdir(outbox.directory))
+        ids = [orjson.loads(line)["request_id"] for line in lines.splitlines() if line]
+        assert ids == [reply.headers["x-margin-request-id"], stream.headers["x-margin-request-id"]]
+        health = (await gw.http.get("/healthz")).json()  # open mode: the caller is the operator
+        assert health["ledger"]["outbox_rows"] == 2 and health["ledger"]["outbox_bytes"] == len(lines)
+        assert await outbox.flush() == 2
+        assert (await gw.http.get("/healthz")).json()["ledger"]["outbox_rows"] == 0
+        assert len(await gw.rows()) == 2
+
+
+async def test_an_answer_whose_row_cannot_be_written_is_not_acknowledged(db_path: Path) -> None:
+    async with gateway(fake_settings(db_path)) as gw:
+        writer = gw.services.outbox._writer
+        good = writer._fd
+        assert good is not None
+        writer._fd = os.open(db_path.parent, os.O_RDONLY)  # a descriptor every write fails on (EBADF/EISDIR)
+        try:
+            reply = await gw.http.post(CHAT, json=BODY)
+            assert reply.status_code == 503, reply.text
+            assert reply.json()["error"]["code"] == "ledger_unavailable"
+            async with gw.http.stream("POST", CHAT, json={**BODY, "stream": True}) as stream:
+                assert stream.status_code == 200  # the headers left before the end
+                body = b"".join([chunk async for chunk in stream.aiter_bytes()])
+            assert b"[DONE]" not in body
+            assert body.rstrip().endswith(b'"code":"ledger_unavailable"}}')
+        finally:
+            os.close(writer._fd)
+            writer._fd = good
+        assert gw.services.outbox.write_errors == 2
+        assert (await gw.http.post(CHAT, json=BODY)).status_code == 200  # the disk is back
+        assert [row.status for row in await gw.rows()] == ["ok"]

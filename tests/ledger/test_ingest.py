@@ -1,0 +1,149 @@
+"""ingest_batch and the per-batch rollups: replays count once, incremental rollups equal a rebuild, a task's
+anchor follows its earliest request, and every read gives the same answer from the rollups and from rows
+(budget scopes, team views)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from margin.governance.specs import Scope
+
+from margin.governance.rules import Subject, governed_tags, matches
+from margin.ledger import db, ingest, read, rollup
+from margin.ledger.models import api_keys
+from margin.report.business import margins, tasks
+from margin.report.queries import summarize
+from margin.report.utilization import utilization
+from tests.helpers import fake_settings
+from tests.report.ledgers import MILLI, ROWS, at, complete, load, row, tags
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[sa.Engine]:
+    url = f"sqlite:///{tmp_path / 'i.db'}"
+    db.upgrade(url)
+    engine = db.make_sync_engine(url)
+    yield engine
+    engine.dispose()
+
+
+def snapshot(engine: sa.Engine) -> dict[str, list[Any]]:
+    with engine.connect() as connection:
+        return {t.name: sorted(map(tuple, connection.execute(sa.select(t))), key=str) for t in rollup.ROLLUPS}
+
+
+def test_replays_count_once_and_incremental_equals_rebuild(engine: sa.Engine) -> None:
+    rows = [complete(r) for r in ROWS]
+    with engine.begin() as connection:
+        assert ingest.ingest_batch(connection, [rows[0], rows[1], rows[0]]) == 2  # a duplicate inside the batch
+        assert ingest.ingest_batch(connection, rows) == len(rows) - 2  # two already in the ledger
+        assert ingest.ingest_batch(connection, rows) == 0  # a replay of everything: a no-op
+    incremental = snapshot(engine)
+    with engine.begin() as connection:
+        sizes = rollup.rebuild(connection)
+    assert snapshot(engine) == incremental
+    assert (sizes["ledger_tasks"], sizes["ledger_hourly"]) == (5, 7)  # t1, t2, t3, r5, r6; 7 distinct hours
+    with engine.connect() as connection:
+        assert read.totals(connection, read.Window())["requests"] == len(ROWS)
+
+
+def test_task_anchor_moves_to_its_earliest_request(engine: sa.Engine) -> None:
+    late = row("b", created_at=at(5, 9), team="late-team", tags=tags("chat", "globex", "T"), cost_nanousd=2 * MILLI)
+    early = row("a", created_at=at(5, 8), team="early-team", tags=tags("search", "acme", "T"), cost_nanousd=MILLI)
+    with engine.begin() as connection:
+        ingest.ingest_batch(connection, [complete(late)])
+        ingest.ingest_batch(connection, [complete(early)])  # arrives later, happened earlier
+        task = connection.exec_driver_sql("SELECT team, feature, customer, requests, cost_nanousd FROM ledger_tasks")
+        assert tuple(task.one()) == ("early-team", "search", "acme", 2, 3 * MILLI)
+    for by in (None, "team", "feature", "customer"):
+        with engine.connect() as connection:
+            fast = read.task_sums(connection, read.Window(), by)
+            slow = read.task_sums(connection, read.Window(rollup=False), by)
+        assert fast == slow, by
+    assert {t.key for t in tasks(engine, read.Window(), "team")} == {"early-team"}
+
+
+SCOPES = [("global", None), ("team", "search-team"), ("model", "priced"), ("backend", "fake"), ("key", "k1"),
+          ("org", "nobody"), ("tag", "feature=search"), ("tag", "customer=acme"), ("tag", "task_id=t1")]  # fmt: skip
+
+
+BOUND = {"k1": {"feature": "*"}}  # k1 may fill `feature` from its header; its other tags only label rows
+
+
+def _governed(r: dict[str, Any]) -> Subject:
+    """The subject admission saw: tags bound to the row's key only (governance.rules.governed_tags)."""
+    tags = governed_tags(r["tags"] or {}, BOUND.get(r["key_id"], {}), r["key_id"] is not None)
+    return Subject(r["key_id"], r["team"], None, tags, r["model"], r["backend"])
+
+
+@pytest.mark.parametrize(("kind", "value"), SCOPES)
+def test_budget_spent_is_governance_matching_on_every_path(engine: sa.Engine, kind: str, value: str | None) -> None:
+    load(engine)
+    keys = [{"id": k, "name": k, "key_hash": k, "tags": t, "created_at": at(1)} for k, t in BOUND.items()]
+    with engine.begin() as connection:
+        connection.execute(api_keys.insert(), keys)
+    scope = Scope(kind=kind, value=value)
+    requests = [r for r in ROWS if r["kind"] == "request"]
+    expected_usd = sum(r["cost_nanousd"] or 0 for r in requests if matches(scope, _governed(r)))
+    match = None if kind in ("global", "tag") else (kind, str(value))
+    with engine.connect() as connection:
+        for window in (read.Window(at(1), at(16)), read.Window(at(2, 0, 45), at(3, 3, 30)), read.Window()):
+            fast = read.budget_spent(connection, kind, value, True, window.since, window.until)
+            rows_only = read.Window(window.since, window.until, rollup=False)
+            if kind != "tag":  # tag budgets read rows whatever the window (the bound-tag rule)
+                assert fast == read.totals(connection, rows_only, ("request",), match)["cost_nanousd"], window
+        assert read.budget_spent(connection, kind, value, True, at(1), at(16)) == expected_usd
+        tokens = read.budget_spent(connection, kind, value, False, None, None)
+    assert tokens == sum(r["input_tokens"] + r["output_tokens"] for r in requests if matches(scope, _governed(r)))
+
+
+def test_budget_spent_of_one_org(engine: sa.Engine) -> None:
+    """A per-org counter adds up that org's rows only; (None,) is the rows of keys in no org."""
+    with engine.begin() as connection:
+        ingest.ingest_batch(connection, [complete(row("a", org="acme", team="support", cost_nanousd=MILLI))])
+        ingest.ingest_batch(connection, [complete(row("b", org="globex", team="support", cost_nanousd=2 * MILLI))])
+        ingest.ingest_batch(connection, [complete(row("c", team="support", cost_nanousd=4 * MILLI))])
+    with engine.connect() as connection:
+        spent = {org: read.budget_spent(connection, "team", "support", True, None, None, org) for org in
+                 (("acme",), ("globex",), (None,), None)}  # fmt: skip
+    assert spent == {("acme",): MILLI, ("globex",): 2 * MILLI, (None,): 4 * MILLI, None: 7 * MILLI}
+
+
+def test_team_views_equal_on_both_paths(engine: sa.Engine, tmp_path: Path) -> None:
+    other = row("o1", team="ads", tags=tags("search", "initech", "t9"), cost_nanousd=7 * MILLI, created_at=at(2, 3),
+                backend="fake", busy_ms=500.0)  # fmt: skip
+    load(engine, rows=[*ROWS, other])
+    settings = fake_settings(tmp_path / "x.db", revenue={"features": {"search": {"price_per_call": "0.002"}}})
+    for team in ("search-team", "ads"):
+        fast, slow = read.Window(at(1), at(16), team=team), read.Window(at(1), at(16), team=team, rollup=False)
+        assert summarize(engine, fast, "feature") == summarize(engine, slow, "feature")
+        assert [t.to_json() for t in tasks(engine, fast, "feature")] == [
+            t.to_json() for t in tasks(engine, slow, "feature")
+        ]
+        assert margins(engine, fast, settings.revenue).to_json() == margins(engine, slow, settings.revenue).to_json()
+        assert utilization(engine, fast, settings) == utilization(engine, slow, settings)
+    ads = summarize(engine, read.Window(at(1), at(16), team="ads"))["totals"]
+    assert (ads["requests"], ads["cost_usd"]) == (1, "0.007000000")  # its own rows only
+    [hosted] = utilization(engine, read.Window(at(2), at(3), team="ads"), settings)
+    assert hosted.busy_s == 0.5 and hosted.idle_cost_usd is None  # idle time is shared: not the team's
+    [report] = [margins(engine, read.Window(at(1), at(16), team="ads"), settings.revenue)]
+    assert report.to_json()["team"] == "ads" and report.rows[0].revenue_usd is not None
+
+
+def test_days_then_hours_then_rows_equal_rows(engine: sa.Engine) -> None:
+    load(engine)
+    since, until = at(1, 22, 15), at(3, 3, 30)
+    parts = read.plan_days_then_hours(read.Window(since, until))
+    assert [p.source for p in parts] == ["rows", "hour", "day", "hour", "rows"]
+    assert (parts[2].since, parts[2].until) == (at(2), at(3))
+    with engine.connect() as connection:
+        for by in (None, "team", "model", "backend", "region", "org", "kind", "day", "hour", "feature"):
+            for match in (None, ("team", "search-team"), ("model", "priced")):
+                fast = read.grouped(connection, read.Window(since, until), by, match=match)
+                slow = read.grouped(connection, read.Window(since, until, rollup=False), by, match=match)
+                assert fast == slow, (by, match)
+        assert read.totals(connection, read.Window(since, until))["requests"] == 6  # r1-r6; r7 is at 04:00

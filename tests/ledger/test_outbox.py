@@ -1,0 +1,191 @@
+"""The ledger outbox in one process: rows appended to a file reach the ledger in batches, once each, with their
+types; the file is deleted once ingested; an unreachable database keeps them (and, past the bound, makes the
+outbox `full`); a write that fails raises instead of acknowledging."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+
+from margin.ledger import db
+from margin.ledger.models import ledger_hourly, outbox_offsets
+from margin.ledger.outbox import Depth, Outbox, OutboxError, encode
+from tests.ledger.rows import read_ledger, row
+
+
+def files(directory: Path) -> list[str]:
+    return sorted(os.listdir(directory))
+
+
+async def test_rows_reach_the_ledger_once_and_the_files_go(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    db.upgrade(url)
+    outbox = Outbox(url, tmp_path / "box")
+    outbox.start()
+    for request_id in ("a", "b", "a"):  # a replayed settlement
+        outbox.append(row(request_id))
+    assert outbox.depth.rows == 3 and outbox.depth.bytes > 0
+    assert await outbox.flush() == 3
+    assert outbox.depth == Depth(0, 0)
+    outbox.append(row("b"))
+    outbox.append(row("b", kind="refund"))
+    await outbox.flush()
+    assert sorted((r.request_id, r.kind) for r in read_ledger(url)) == [
+        ("a", "request"),
+        ("b", "refund"),
+        ("b", "request"),
+    ]
+    assert [r.requests for r in read_ledger(url, ledger_hourly)] == [2]  # the rollup counted each once
+    await outbox.close()
+    assert files(tmp_path / "box") == []  # file and lock removed: nothing left to recover
+    assert read_ledger(url, outbox_offsets) == []
+
+
+async def test_rows_read_back_through_sqlalchemy_types(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    db.upgrade(url)
+    outbox = Outbox(url, tmp_path / "box")
+    outbox.start()
+    when = datetime(2026, 11, 23, 12, 30, 5, 123456, tzinfo=UTC)
+    outbox.append(row("typed", created_at=when, tags={"feature": "s\n\u00e9"}, stream=True, energy_j=1.5))
+    outbox.append(row("whole-second", created_at=datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC), guard={"pii": 2}))
+    await outbox.close()
+    typed, whole = read_ledger(url)
+    assert typed.created_at == when.replace(tzinfo=None)
+    assert typed.tags == {"feature": "s\n\u00e9"} and typed.stream is True and typed.energy_j == 1.5
+    assert typed.guard is None and typed.user is None
+    assert whole.created_at == datetime(2026, 11, 23, 12, 0, 0) and whole.guard == {"pii": 2}
+    engine = db.make_sync_engine(url)
+    with engine.connect() as connection:  # stored as SQLAlchemy stores it, so text comparisons keep working
+        stored = connection.exec_driver_sql("SELECT created_at FROM ledger ORDER BY id").scalars().all()
+    engine.dispose()
+    assert stored == ["2026-11-23 12:30:05.123456", "2026-11-23 12:00:00.000000"]
+
+
+def test_one_line_per_row() -> None:
+    line = encode(row("x", prompt_text="two\nlines", created_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)))
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert orjson.loads(line)["created_at"] == "2026-01-02 03:04:05.000000+00:00"
+    huge = encode(row("h", output_tokens=2**70))  # orjson stops at 64 bits: still one line, for the dead letter
+    assert huge.count(b"\n") == 1 and str(2**70).encode() in huge
+
+
+async def test_an_unreachable_database_keeps_rows_and_fills_the_outbox(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'gone.db'}"  # not migrated: no table, as if the database were away
+    outbox = Outbox(url, tmp_path / "box", max_rows=2, interval_s=0.01)
+    outbox.start()
+    outbox.append(row("a"))
+    assert not outbox.full
+    outbox.append(row("b"))
+    assert await outbox.flush() == 0
+    assert outbox.depth.rows == 2 and outbox.full
+    assert outbox.stats()["failed_flushes"] >= 1 and outbox.stats()["last_error"]
+    db.upgrade(url)  # the database comes back
+    assert await outbox.flush() == 2
+    assert not outbox.full
+    await outbox.close()
+    assert [r.request_id for r in read_ledger(url)] == ["a", "b"]
+
+
+async def test_the_byte_bound_fills_the_outbox_too(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'gone.db'}"
+    outbox = Outbox(url, tmp_path / "box", max_bytes=3000)
+    outbox.start()
+    while not outbox.full:
+        outbox.append(row(f"r{outbox.depth.rows}"))
+    assert outbox.depth.bytes >= 3000 and outbox.depth.rows < 10
+    await outbox.close()  # the database never came: the rows stay for the next start
+    assert any(name.endswith(".jsonl") for name in files(tmp_path / "box"))
+
+
+async def test_files_rotate_and_each_is_deleted_once_ingested(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    db.upgrade(url)
+    outbox = Outbox(url, tmp_path / "box", segment_bytes=4096, batch_bytes=64 * 1024)
+    outbox.start()
+    written = []
+    while len([name for name in files(tmp_path / "box") if name.endswith(".jsonl")]) < 5:  # ~700 bytes a row
+        written.append(f"r{len(written)}")
+        outbox.append(row(written[-1]))
+    written.append("last")
+    outbox.append(row("last"))  # the fifth file holds a row
+    assert await outbox.flush() == len(written)
+    current = outbox._writer.current()
+    assert current is not None and current[0] == f"{outbox.owner}.000004.jsonl"
+    # the closed files were deleted (and their offsets); the one still written to stays
+    assert [name for name in files(tmp_path / "box") if name.endswith(".jsonl")] == [current[0]]
+    assert [r.segment for r in read_ledger(url, outbox_offsets)] == [current[0]]
+    await outbox.close()
+    assert sorted(r.request_id for r in read_ledger(url)) == sorted(written)
+    assert files(tmp_path / "box") == []
+
+
+async def test_the_offset_is_committed_with_each_batch(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    db.upgrade(url)
+    outbox = Outbox(url, tmp_path / "box")
+    outbox.start()
+    lines = [encode(row(f"r{n}")) for n in range(3)]
+    for n in range(3):
+        outbox.append(row(f"r{n}"))
+    await outbox.flush()
+    (offset,) = read_ledger(url, outbox_offsets)
+    assert offset.segment == f"{outbox.owner}.000000.jsonl" and offset.rows == 3
+    assert offset.byte_offset == sum(len(line) for line in lines) == outbox.stats()["appended_bytes"]
+    await outbox.close()
+
+
+async def test_a_failed_write_is_not_acknowledged(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    db.upgrade(url)
+    outbox = Outbox(url, tmp_path / "box")
+    outbox.start()
+    outbox.append(row("ok"))
+    fd = outbox._writer._fd
+    assert fd is not None
+    os.close(fd)  # the descriptor goes bad under the writer (as a full or failing disk would answer)
+    with pytest.raises(OutboxError) as refused:
+        outbox.append(row("lost"))
+    assert refused.value.code == "ledger_unavailable" and outbox.write_errors == 1
+    outbox._writer._fd = os.open(os.devnull, os.O_WRONLY)  # so that closing works
+    await outbox.close()
+    with pytest.raises(OutboxError):
+        outbox.append(row("after-close"))
+    assert [r.request_id for r in read_ledger(url)] == ["ok"]
+
+
+async def test_flush_and_close_before_start_do_nothing(tmp_path: Path) -> None:
+    outbox = Outbox(f"sqlite:///{tmp_path / 'o.db'}", tmp_path / "box")
+    assert await outbox.flush() == 0
+    await outbox.close()
+    assert not (tmp_path / "box").exists()
+
+
+def test_the_directory_defaults_beside_a_sqlite_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Outbox(f"sqlite:///{tmp_path / 'l.db'}").directory == tmp_path / "l.db.outbox"
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    first = Outbox("postgresql://u:secret@h/a").directory
+    assert first.parent == tmp_path / "state" / "margin" and first.name.startswith("outbox-")
+    assert Outbox("postgresql://u:other@h/a").directory == first  # the password is no part of the name
+    assert Outbox("postgresql://u@h/b").directory != first
+
+
+@pytest.mark.parametrize("policy", ["interval", "always"])
+async def test_fsync_policies_leave_nothing_unsynced(tmp_path: Path, policy: str) -> None:
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    db.upgrade(url)
+    outbox = Outbox(url, tmp_path / "box", fsync=policy, fsync_interval_s=0.01)  # type: ignore[arg-type]
+    outbox.start()
+    outbox.append(row("a"))
+    assert outbox._writer._dirty is (policy == "interval")  # `always` synced inside append
+    for _ in range(100):  # `interval`: the ingester's thread syncs within the interval
+        await outbox.flush()
+        if not outbox._writer._dirty:
+            break
+    assert not outbox._writer._dirty
+    await outbox.close()
+    assert [r.request_id for r in read_ledger(url)] == ["a"]

@@ -21,6 +21,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from margin.api import admin, edge, feedback, inference, meta, openapi
 from margin.api.responses import error_response
 from margin.backends.registry import BackendRegistry
+from margin.batches import api as batches_api
+from margin.batches.runner import BatchRunner
 from margin.config import Settings
 from margin.dashboard import views as dashboard
 from margin.errors import InternalError, MarginError, MethodNotAllowed, NotFound
@@ -96,12 +98,18 @@ def build_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = Services(settings, registry, config_path)
         app.state.services = services
+        runner: BatchRunner | None = None
         try:
             await services.start()
             if config_path is not None:
                 _watch_sighup(services)
+            if settings.batches.enabled:  # batch lines are in-process calls of this app: see margin.batches
+                runner = app.state.batch_runner = BatchRunner(app, services)
+                runner.start()
             yield
         finally:
+            if runner is not None:
+                await runner.close()
             await services.close()
 
     fast: dict[str, Handler] = {
@@ -119,6 +127,7 @@ def build_app(
         *admin.routes(),
         *dashboard.routes(),
         *feedback.routes(),
+        *batches_api.routes(),
     ]
     return Gateway(
         fast=fast,

@@ -80,7 +80,6 @@ class RoutePolicy:
         first = cheap if score >= self.threshold(route) else strong
         ctx.candidates.sort(key=lambda t: t.public != first)
 
-
     def prefer(self, ctx: RequestContext, objective: Objective) -> None:
         """Order equivalent candidates (already narrowed by flags and residency) by gCO2e or $ per token now;
         the first of the default order is the counterfactual the ledger compares with."""

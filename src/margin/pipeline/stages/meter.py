@@ -10,8 +10,8 @@ from typing import Any
 from margin.backends.base import Usage
 from margin.backends.payloads import prompt_text
 from margin.economics.meter import Meter, discounted
-from margin.economics.rates import tokens_per_s
 from margin.economics.money import to_nanousd
+from margin.economics.rates import tokens_per_s
 from margin.governance.admission import worst_case_usd
 from margin.governance.specs import AdmissionConfig
 from margin.pipeline.base import BaseStage, StageSpec
@@ -70,7 +70,6 @@ class MeterStage(BaseStage):
         if strong is not None:
             cost = worst_case_usd(self.meter, [strong], usage.input_tokens, usage.output_tokens, self.admission)
             ctx.counterfactual_nanousd = None if cost is None else to_nanousd(cost)
-
 
     def _default(self, ctx: RequestContext, usage: Usage, busy: float) -> None:
         """What the route's default deployment would have cost and emitted for the same tokens, now (its busy

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from margin.economics.money import JOULES_PER_KWH, THOUSAND, from_nanousd, usd_str
+from margin.report.levers import NONE, Levers, levers
 from margin.report.queries import Window
 from margin.report.source import source
 
@@ -105,10 +106,12 @@ class Savings:
     routing_unpriced: int  # routed rows whose cost or counterfactual is unknown (left out of the sum)
     quantization_saved_usd: Decimal | None = None  # no ledger field measures it yet
     quantization_note: str = "not measured: the ledger has no counterfactual for quantization"
+    levers: Levers = NONE  # batch discount and lowest-carbon / lowest-cost routes (margin.report.levers)
 
     @property
     def counterfactual_cost_usd(self) -> Decimal:
-        return self.actual_cost_usd + self.cache_saved_usd + self.routing_saved_usd
+        more = self.levers.batch_discount_usd + self.levers.preferred_saved_usd
+        return self.actual_cost_usd + self.cache_saved_usd + self.routing_saved_usd + more
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -121,6 +124,7 @@ class Savings:
             "routing_unpriced": self.routing_unpriced,
             "quantization_saved_usd": usd_str(self.quantization_saved_usd),
             "quantization_note": self.quantization_note,
+            **self.levers.to_json(),
         }
 
 
@@ -130,7 +134,10 @@ def savings(engine: sa.Engine, window: Window) -> Savings:
     query = sa.select(*(src.m(name) for name in names)).where(*src.where())
     with engine.connect() as connection:
         row = connection.execute(query).one()
-    return Savings(usd(row[0]), int(row[1] or 0), usd(row[2]), int(row[3] or 0), usd(row[4]), int(row[5] or 0))
+        found = levers(connection, window.where())
+    return Savings(
+        usd(row[0]), int(row[1] or 0), usd(row[2]), int(row[3] or 0), usd(row[4]), int(row[5] or 0), levers=found
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,23 +9,56 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from margin.batches.schedule import Schedule, Slot, run_now, schedule
-from margin.config import Settings
+from margin.config import ModelConfig, Settings
 from margin.economics.meter import Meter
 from margin.economics.money import usd_str
 from margin.economics.rates import unit_rates
-from margin.pipeline.context import Target
 
 HOUR = timedelta(hours=1)
 
 
+class Deployment(Protocol):
+    """What planning needs of a model's deployment (`margin.pipeline.context.Target` is one)."""
+
+    @property
+    def public(self) -> str: ...
+    @property
+    def model(self) -> ModelConfig: ...
+    @property
+    def backend_name(self) -> str: ...
+    @property
+    def region(self) -> str: ...
+    @property
+    def jurisdiction(self) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """A deployment read from the config alone (the CLI plans without starting backends)."""
+
+    public: str
+    model: ModelConfig
+    backend_name: str
+    region: str
+    jurisdiction: str | None
+
+    @classmethod
+    def all(cls, settings: Settings) -> dict[str, Placed]:
+        out = {}
+        for name, model in settings.models.items():
+            region = settings.backends[model.backend].region
+            out[name] = cls(name, model, model.backend, region, settings.region(region).jurisdiction)
+        return out
+
+
 def options_for(
-    settings: Settings, targets: Mapping[str, Target], model: str, jurisdictions: Sequence[str] | None
-) -> list[Target]:
+    settings: Settings, targets: Mapping[str, Deployment], model: str, jurisdictions: Sequence[str] | None
+) -> list[Deployment]:
     route = settings.routes.get(model)
     names = route.ladder if route is not None and route.preference is not None else [model]
     found = [targets[name] for name in names if name in targets]
@@ -67,7 +100,7 @@ class Planner:
     meter: Meter
 
     def slots(
-        self, options: Sequence[Target], now: datetime, deadline: datetime, used: Mapping[tuple[str, str], int]
+        self, options: Sequence[Deployment], now: datetime, deadline: datetime, used: Mapping[tuple[str, str], int]
     ) -> list[Slot]:
         config = self.settings.batches
         fallback = self.settings.admission.reserve_tokens_per_s
@@ -88,7 +121,7 @@ class Planner:
 
     def plan(
         self,
-        options: Sequence[Target],
+        options: Sequence[Deployment],
         work: int,
         now: datetime,
         deadline: datetime,
@@ -114,7 +147,7 @@ class Planner:
         }
 
 
-def _window(window: Any, target: Target) -> dict[str, Any]:
+def _window(window: Any, target: Deployment) -> dict[str, Any]:
     return {
         "model": window.option,
         "backend": target.backend_name,

@@ -25,6 +25,7 @@ from margin.batches import api as batches_api
 from margin.batches.runner import BatchRunner
 from margin.config import Settings
 from margin.dashboard import views as dashboard
+from margin.economics.curves import keep_fresh
 from margin.errors import InternalError, MarginError, MethodNotAllowed, NotFound
 from margin.logs import printable
 from margin.services import Services
@@ -99,8 +100,10 @@ def build_app(
         services = Services(settings, registry, config_path)
         app.state.services = services
         runner: BatchRunner | None = None
+        curves: asyncio.Task[None] | None = None
         try:
             await services.start()
+            curves = asyncio.create_task(keep_fresh(services.meter.curves), name="grid-curves")
             if config_path is not None:
                 _watch_sighup(services)
             if settings.batches.enabled:  # batch lines are in-process calls of this app: see margin.batches
@@ -108,6 +111,8 @@ def build_app(
                 runner.start()
             yield
         finally:
+            if curves is not None:
+                curves.cancel()
             if runner is not None:
                 await runner.close()
             await services.close()

@@ -169,3 +169,52 @@ def test_curve_files_are_checked(tmp_path: Path) -> None:
     night = bundled.at("DE-LU", datetime(2026, 7, 15, 20, 0, tzinfo=UTC))
     assert noon is not None and night is not None and noon.g_per_kwh < night.g_per_kwh
     assert noon.source == "curve:DE-LU/2023-07T11" and noon.usd_per_kwh is not None
+
+
+async def test_a_curve_file_is_re_read(tmp_path: Path) -> None:
+    import asyncio
+
+    from margin.config import GridConfig, RegionConfig
+    from margin.economics.curves import keep_fresh
+
+    path = tmp_path / "c.csv"
+    path.write_text(CURVES)
+    source = CurveSource(GridConfig(curves=str(path), refresh_s=0.01), {"r": RegionConfig(curve="GREEN")})
+    first = source.at("GREEN", T0 + 13 * H)
+    assert first is not None and first.g_per_kwh == 40
+    path.write_text(CURVES.replace("GREEN,2026,7,13,40", "GREEN,2026,7,13,41"))
+    task = asyncio.create_task(keep_fresh(source))
+    for _ in range(200):
+        found = source.at("GREEN", T0 + 13 * H)
+        if found is not None and found.g_per_kwh == 41:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    assert found is not None and found.g_per_kwh == 41
+    path.write_text("garbage")  # a broken source keeps the curves in force
+    await source.refresh()
+    kept = source.at("GREEN", T0 + 13 * H)
+    assert kept is not None and kept.g_per_kwh == 41
+
+
+async def test_curves_from_an_http_source_with_a_size_limit() -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from margin.config import GridConfig, RegionConfig
+    from tests.helpers import live_server
+
+    async def curves(_: object) -> PlainTextResponse:
+        return PlainTextResponse(CURVES)
+
+    regions = {"r": RegionConfig(curve="CHEAP")}
+    async with live_server(Starlette(routes=[Route("/curves.csv", curves)])) as url:
+        source = CurveSource(GridConfig(curves=f"{url}/curves.csv"), regions)
+        assert source.at("CHEAP", T0) is None  # nothing until fetched (the gateway awaits it at start)
+        await source.refresh()
+        found = source.at("CHEAP", T0)
+        assert found is not None and found.g_per_kwh == 500 and found.usd_per_kwh == Decimal("0.01")
+        small = CurveSource(GridConfig(curves=f"{url}/curves.csv", max_bytes=100), regions)
+        await small.refresh()  # over grid.max_bytes: refused (logged), nothing in force
+        assert small.at("CHEAP", T0) is None

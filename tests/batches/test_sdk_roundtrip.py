@@ -94,3 +94,43 @@ async def test_cancel_stops_dispatching_and_keeps_every_line(db_path: Path) -> N
         assert sorted(e["custom_id"] for e in done + rest) == sorted(f"c{i}" for i in range(40))
         rows = [r for r in await g.rows() if r.batch_id == batch.id]
         assert len(rows) == counts.completed  # nothing ran after the cancellation landed
+
+
+async def test_live_callers_cannot_claim_a_batch_discount(bgw: Gateway) -> None:
+    """Only the worker's in-process call carries a batch line: a header naming batch_id is refused, and no
+    HTTP request can put the private scope key in its scope."""
+    spoofed = await bgw.http.post(
+        "/v1/chat/completions",
+        json={"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"x-margin-tags": "batch_id=batch_x", "margin.inprocess": "1"},
+    )
+    assert spoofed.status_code == 400 and spoofed.json()["error"]["param"] == "x-margin-tags"
+    plain = await bgw.http.post(
+        "/v1/chat/completions",
+        json={"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"margin.inprocess": "1"},
+    )
+    assert plain.status_code == 200
+    rows = await bgw.rows()
+    assert [(r.batch_id, r.discount_nanousd) for r in rows] == [(None, None), (None, None)]
+
+
+async def test_a_batch_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    from margin.ledger import db as ledger_db
+
+    ledger_db.downgrade(postgres_url, "base")
+    settings = batch_settings(tmp_path / "unused.db")
+    settings = settings.model_copy(update={"storage": settings.storage.model_copy(update={"ledger": postgres_url})})
+    async with gateway(settings) as g:
+        client = sdk(g)
+        upload = await client.files.create(file=("in.jsonl", jsonl(line("p1"), line("p2"), b"{")), purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        done = await wait_final(client, batch.id)
+        assert done.status == "completed" and done.request_counts is not None
+        assert (done.request_counts.completed, done.request_counts.failed) == (2, 1)
+        assert done.output_file_id is not None
+        output = entries((await client.files.content(done.output_file_id)).content)
+        assert sorted(e["custom_id"] for e in output) == ["p1", "p2"]
+        assert len([r for r in await g.rows() if r.batch_id == batch.id]) == 2

@@ -160,3 +160,13 @@ class CurveSource:
             return CurveSet.parse(b"".join(chunks).decode("utf-8"), url)
         except UnicodeDecodeError as exc:
             raise ConfigError(f"grid curves at {url} are not UTF-8 text") from exc
+
+
+async def keep_fresh(source: CurveSource) -> None:
+    """Re-read a file or URL source every `grid.refresh_s` (run as a task for the gateway's lifetime)."""
+    interval = source.config.refresh_s
+    if interval is None or source.config.curves == "builtin" or not source.used:
+        return
+    while True:
+        await asyncio.sleep(interval)
+        await source.refresh()

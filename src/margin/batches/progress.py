@@ -118,21 +118,26 @@ async def open_lines(engine: AsyncEngine, batch_id: str) -> int:
     return int(count or 0)
 
 
-async def start_line(engine: AsyncEngine, batch_id: str, line: int, attempt: int) -> str | None:
-    """pending → running as attempt `attempt`; its request id, or None if another run took the line."""
-    request_id = line_request_id(batch_id, line, attempt)
+async def start_lines(engine: AsyncEngine, batch_id: str, lines: Sequence[tuple[int, int]]) -> dict[int, str]:
+    """pending → running for each (line, attempt), in one transaction; the request id of each line started
+    (a line another run took meanwhile is left out)."""
+    started: dict[int, str] = {}
     async with engine.begin() as connection:
-        started = await connection.execute(
-            batch_lines.update()
-            .where(
-                batch_lines.c.batch_id == batch_id,
-                batch_lines.c.line == line,
-                batch_lines.c.status == "pending",
-                batch_lines.c.attempts == attempt - 1,
+        for line, attempt in lines:
+            request_id = line_request_id(batch_id, line, attempt)
+            moved = await connection.execute(
+                batch_lines.update()
+                .where(
+                    batch_lines.c.batch_id == batch_id,
+                    batch_lines.c.line == line,
+                    batch_lines.c.status == "pending",
+                    batch_lines.c.attempts == attempt - 1,
+                )
+                .values(status="running", attempts=attempt, request_id=request_id)
             )
-            .values(status="running", attempts=attempt, request_id=request_id)
-        )
-    return request_id if started.rowcount == 1 else None
+            if moved.rowcount == 1:
+                started[line] = request_id
+    return started
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,35 +149,40 @@ class Outcome:
     not_before: datetime | None = None
 
 
-async def finish_line(
-    engine: AsyncEngine, batch_id: str, line: int, attempt: int, outcome: Outcome, now: datetime
-) -> bool:
-    """Record attempt `attempt`'s outcome once (the line must still be running that attempt)."""
+async def finish_lines(
+    engine: AsyncEngine, batch_id: str, outcomes: Sequence[tuple[int, int, Outcome]], now: datetime
+) -> int:
+    """Record each (line, attempt, outcome) once (the line must still be running that attempt), with the
+    job's counters, in one transaction; how many were recorded."""
+    counts = {"done": 0, "failed": 0}
     async with engine.begin() as connection:
-        done = await connection.execute(
-            batch_lines.update()
-            .where(
-                batch_lines.c.batch_id == batch_id,
-                batch_lines.c.line == line,
-                batch_lines.c.status == "running",
-                batch_lines.c.attempts == attempt,
+        for line, attempt, outcome in outcomes:
+            done = await connection.execute(
+                batch_lines.update()
+                .where(
+                    batch_lines.c.batch_id == batch_id,
+                    batch_lines.c.line == line,
+                    batch_lines.c.status == "running",
+                    batch_lines.c.attempts == attempt,
+                )
+                .values(
+                    status=outcome.status,
+                    status_code=outcome.status_code,
+                    response=None if outcome.response is None else outcome.response.decode("utf-8", "replace"),
+                    error=outcome.error,
+                    not_before=outcome.not_before,
+                    finished_at=None if outcome.status == "pending" else now,
+                )
             )
-            .values(
-                status=outcome.status,
-                status_code=outcome.status_code,
-                response=None if outcome.response is None else outcome.response.decode("utf-8", "replace"),
-                error=outcome.error,
-                not_before=outcome.not_before,
-                finished_at=None if outcome.status == "pending" else now,
+            if done.rowcount == 1 and outcome.status in counts:
+                counts[outcome.status] += 1
+        if counts["done"] or counts["failed"]:
+            await connection.execute(
+                batches.update()
+                .where(batches.c.id == batch_id)
+                .values(completed=batches.c.completed + counts["done"], failed=batches.c.failed + counts["failed"])
             )
-        )
-        if done.rowcount != 1:
-            return False
-        counter = {"done": "completed", "failed": "failed"}.get(outcome.status)
-        if counter is not None:
-            column = batches.c[counter]
-            await connection.execute(batches.update().where(batches.c.id == batch_id).values({column: column + 1}))
-    return True
+    return counts["done"] + counts["failed"]
 
 
 async def close_pending(engine: AsyncEngine, batch_id: str, status: str, now: datetime) -> int:

@@ -51,6 +51,7 @@ class BatchRunner:
         self.wake = asyncio.Event()
         self.planner = Planner(services.settings, services.meter)
         self._jobs: dict[str, asyncio.Task[None]] = {}
+        self._running: dict[str, _Job] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -61,6 +62,8 @@ class BatchRunner:
         """Stop dispatching; lines in flight get `grace_s` to finish (a line cut off re-runs after restart)."""
         self._stopping = True
         self.wake.set()
+        for running in self._running.values():
+            running.wake.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -83,7 +86,10 @@ class BatchRunner:
                 await asyncio.wait_for(self.wake.wait(), timeout=self.config.poll_s)
 
     async def tick(self) -> None:
-        """Renew or take leases; start a task for every job held and not yet running here."""
+        """Renew or take leases; start a task for every job held and not yet running here; wake the others
+        (a cancellation or a new job is seen at once)."""
+        for running in self._running.values():
+            running.wake.set()
         held = await progress.claim(self.services.engine, self.worker, self.clock(), self.config.lease_s)
         for batch_id in held:
             job = self._jobs.get(batch_id)
@@ -99,9 +105,12 @@ class BatchRunner:
                 await self._validate(batch)
             elif batch.status == "in_progress":
                 await progress.reset_running(self.services.engine, batch_id)
-            await _Job(self, batch_id).run()
+            job = self._running[batch_id] = _Job(self, batch_id)
+            await job.run()
         except Exception:
             log.exception("batch %s: the worker failed; it resumes on the next pass", batch_id)
+        finally:
+            self._running.pop(batch_id, None)
 
     async def principal(self, batch: Any) -> Principal | None:
         """The key that created the job, as it is now (None once revoked), with the job's id as a bound tag."""
@@ -152,19 +161,23 @@ class BatchRunner:
 
 
 class _Job:
-    """One job's run in this worker: dispatch lines while its plan allows, up to `batches.concurrency`."""
+    """One job's run in this worker: dispatch lines while its plan allows, up to `batches.concurrency`; record
+    the lines that landed together (one ledger flush and one transaction for all of them)."""
 
     def __init__(self, runner: BatchRunner, batch_id: str) -> None:
         self.runner = runner
         self.engine = runner.services.engine
         self.batch_id = batch_id
-        self.flying: dict[int, asyncio.Task[None]] = {}
+        self.flying: dict[int, asyncio.Task[tuple[int, int, progress.Outcome]]] = {}
+        self.landed: list[tuple[int, int, progress.Outcome]] = []
         self.sent: dict[str, int] = {}  # tokens dispatched per window model (splits an hour between windows)
+        self.wake = asyncio.Event()  # a line landed, or the runner saw news (cancel, shutdown)
 
     async def run(self) -> None:
         runner = self.runner
         try:
             while True:
+                await self._record()
                 batch = await store.get_batch(self.engine, self.batch_id, None)
                 if batch.status not in ("in_progress", "cancelling") or runner._stopping:
                     return
@@ -173,8 +186,20 @@ class _Job:
                 wait = await self._dispatch(batch)
                 await self._wait(wait)
         finally:
-            if self.flying:
-                await asyncio.gather(*self.flying.values(), return_exceptions=True)
+            await self._land_all()
+
+    async def _land_all(self) -> None:
+        if self.flying:
+            await asyncio.gather(*self.flying.values(), return_exceptions=True)
+        await self._record()
+
+    async def _record(self) -> None:
+        """Lines that landed: their ledger rows reach the database first, then their outcomes, in one go."""
+        if not self.landed:
+            return
+        landed, self.landed = self.landed, []
+        await _durable(self.runner.services)
+        await progress.finish_lines(self.engine, self.batch_id, landed, self.runner.clock())
 
     async def _ending(self, batch: Any) -> bool:
         """Cancelled, expired or done: close what is pending, let lines in flight land, write the files."""
@@ -186,12 +211,11 @@ class _Job:
             final = "expired"
         if final is not None:
             await progress.close_pending(self.engine, batch.id, final, now)
-        elif await progress.open_lines(self.engine, batch.id):
+        elif self.flying or await progress.open_lines(self.engine, batch.id):
             return False
         else:
             final = "failed" if batch.total == len(batch.errors or []) else "completed"  # no line was valid
-        if self.flying:
-            await asyncio.gather(*self.flying.values(), return_exceptions=True)
+        await self._land_all()
         if await progress.open_lines(self.engine, batch.id):
             return False  # a line in flight went back to pending (retry): not over yet
         await progress.finalize(self.engine, batch.id, final, self.runner.clock())
@@ -204,19 +228,27 @@ class _Job:
         if not plan.models or free <= 0:
             return plan.wake
         rows = await progress.pending_lines(self.engine, batch.id, now, free, set(self.flying))
-        principal = await runner.principal(batch) if rows else None
+        if not rows:
+            return None
+        principal = await runner.principal(batch)
+        started = await progress.start_lines(self.engine, batch.id, [(r.line, r.attempts + 1) for r in rows])
         for row in rows:
+            if row.line not in started:
+                continue
             model = min(plan.models, key=lambda m: self.sent.get(m[0], 0) / m[1])[0]
             self.sent[model] = self.sent.get(model, 0) + line_tokens(row.body, runner.config.assumed_output_tokens)
-            task = asyncio.create_task(self._line(batch, row, model, principal))
+            call = self._line(batch, row, model, principal, started[row.line], row.attempts + 1)
+            task = asyncio.create_task(call)
             self.flying[row.line] = task
             task.add_done_callback(self._landed_callback(row.line))
         return None
 
-    def _landed_callback(self, line: int) -> Callable[[asyncio.Task[None]], None]:
-        def landed(_task: asyncio.Task[None]) -> None:
+    def _landed_callback(self, line: int) -> Callable[[asyncio.Task[tuple[int, int, progress.Outcome]]], None]:
+        def landed(task: asyncio.Task[tuple[int, int, progress.Outcome]]) -> None:
             self.flying.pop(line, None)
-            self.runner.wake.set()
+            if not task.cancelled() and task.exception() is None:
+                self.landed.append(task.result())
+            self.wake.set()
 
         return landed
 
@@ -227,19 +259,16 @@ class _Job:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.runner.wake.wait(), timeout=timeout)
 
-    async def _line(self, batch: Any, row: Any, model: str, principal: Principal | None) -> None:
-        runner = self.runner
-        attempt = row.attempts + 1
-        request_id = await progress.start_line(self.engine, batch.id, row.line, attempt)
-        if request_id is None:
-            return
+    async def _line(
+        self, batch: Any, row: Any, model: str, principal: Principal | None, request_id: str, attempt: int
+    ) -> tuple[int, int, progress.Outcome]:
         try:
             outcome = await self._call(batch, row, model, principal, request_id, attempt)
         except Exception as exc:  # the call itself broke: count it as a gateway fault, retried
             log.exception("batch %s line %s: the in-process call failed", batch.id, row.line)
             error = {"code": "internal_error", "message": f"the gateway failed on this line: {type(exc).__name__}"}
             outcome = self._retry_or_fail(500, None, error, attempt, None)
-        await progress.finish_line(self.engine, batch.id, row.line, attempt, outcome, runner.clock())
+        return row.line, attempt, outcome
 
     async def _call(
         self, batch: Any, row: Any, model: str, principal: Principal | None, request_id: str, attempt: int
@@ -263,7 +292,6 @@ class _Job:
         reply = await inprocess.call(
             runner.app, batch.endpoint, body, caller, {"x-margin-tags": tags} if tags else None
         )
-        await _durable(runner.services)
         if reply.status < 400:
             return progress.Outcome("done", reply.status, reply.body)
         return self._retry_or_fail(reply.status, reply.body, None, attempt, reply.headers.get("retry-after"))

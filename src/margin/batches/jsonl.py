@@ -9,6 +9,7 @@ lines run, and every non-blank input line ends in exactly one of the two output 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -105,7 +106,8 @@ async def read_upload(request: Request, limits: BatchConfig) -> Upload:
         filename = (upload.filename or "batch.jsonl")[:256]
     finally:
         await form.close()
-    return Upload(filename, purpose, content, check_content(content, limits))
+    lines = await asyncio.to_thread(check_content, content, limits)  # scans up to max_file_bytes
+    return Upload(filename, purpose, content, lines)
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,7 +138,8 @@ class BatchRunner:
             content = await store.file_content(engine, batch.input_file_id, None)
         except Exception:
             content = b""
-        lines, errors = validate(content, batch.endpoint, self.known)
+        # up to batches.max_lines schema checks: off the event loop, which keeps serving live traffic
+        lines, errors = await asyncio.to_thread(validate, content, batch.endpoint, self.known)
         plan = None
         principal = await self.principal(batch)
         if lines and principal is not None:

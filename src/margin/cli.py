@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from margin.batches import cli as batches_cli
 from margin.bench import cli as bench_cli
 from margin.config import Settings, load_settings
 from margin.errors import MarginError
@@ -37,6 +38,7 @@ app.add_typer(models_cli.app, name="models")
 app.add_typer(gov_cli.budgets_app, name="budgets")
 app.add_typer(gov_cli.limits_app, name="limits")
 app.add_typer(gov_cli.flags_app, name="flags")
+app.add_typer(batches_cli.app, name="batches")
 app.command("bench")(bench_cli.bench)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (default: embedded).")]

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
+from margin.api import inprocess
 from margin.api.edge import parse_json, read_body
 from margin.api.responses import JSON, SSEResponse, error_response, margin_headers
 from margin.errors import MarginError
@@ -22,13 +23,16 @@ from margin.protocol import Endpoint, parse_request
 async def handle(request: Request, endpoint: Endpoint) -> Response | ASGIApp:
     started = time.perf_counter()
     services = request.app.state.services
-    request_id = uuid.uuid4().hex
+    caller = inprocess.of(request.scope)  # the batch worker's in-process call: already authenticated
+    request_id = caller.request_id if caller else uuid.uuid4().hex
     try:
-        principal = await authenticate(services.keys, request.headers)  # from headers, before any body
+        # from headers, before any body
+        principal = caller.principal if caller else await authenticate(services.keys, request.headers)
         data = parse_json(await read_body(request, services.settings.server.max_body_bytes))
         api_request = parse_request(endpoint, data)
         ctx = RequestContext(request_id, endpoint, request.headers, data, api_request, started=started)
         ctx.principal = principal
+        ctx.batch = caller.batch if caller else None
         await services.pipeline.run(ctx)
     except MarginError as exc:
         return error_response(exc, request_id)

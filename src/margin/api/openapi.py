@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from margin import __version__
 from margin.api.responses import JSON
+from margin.batches.api import BatchCreateRequest
 from margin.governance.specs import BudgetSpec, FlagSpec, LimitSpec
 from margin.keys import KeyRequest
 from margin.ledger.feedback import FeedbackItem
@@ -52,7 +53,16 @@ MODELS: tuple[type[BaseModel], ...] = (
     LimitSpec,
     FlagSpec,
     ErrorBody,
+    BatchCreateRequest,
 )
+UPLOAD = {
+    "type": "object",
+    "required": ["file", "purpose"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "JSONL, one request a line"},
+        "purpose": {"type": "string", "enum": ["batch"]},
+    },
+}
 
 
 def ref(model: type[BaseModel] | str) -> dict[str, str]:
@@ -78,6 +88,8 @@ class Op:
     params: list[dict[str, Any]] = field(default_factory=list)
     stream: bool = False
     body_required: bool = True
+    media: str = JSON  # the request body's media type
+    answer: str = JSON  # the success answer's media type
 
 
 def _operations() -> list[Op]:
@@ -125,6 +137,31 @@ def _operations() -> list[Op]:
             params=[_path("page", {"type": "string", "enum": list(DASHBOARD_PAGES)}), *_query("since", "by")],
         ),
     ]
+    page = _query("limit", "after")
+    ops += [
+        Op("post", "/v1/files", "Upload a batch input file (JSONL)", UPLOAD, media="multipart/form-data"),
+        Op("get", "/v1/files", "The calling key's files", params=page),
+        Op("get", "/v1/files/{file_id}", "One file", params=[_path("file_id")]),
+        Op("delete", "/v1/files/{file_id}", "Delete a file", params=[_path("file_id")]),
+        Op(
+            "get",
+            "/v1/files/{file_id}/content",
+            "A file's bytes",
+            params=[_path("file_id")],
+            answer="application/octet-stream",
+        ),
+        Op("post", "/v1/batches", "Create a batch job from an uploaded file", ref(BatchCreateRequest)),
+        Op("get", "/v1/batches", "The calling key's batch jobs, newest first", params=page),
+        Op("get", "/v1/batches/{batch_id}", "One batch job", params=[_path("batch_id")]),
+        Op(
+            "post",
+            "/v1/batches/{batch_id}/cancel",
+            "Cancel a batch job",
+            {"type": "object"},
+            params=[_path("batch_id")],
+            body_required=False,
+        ),
+    ]
     for plural, spec in (("budgets", BudgetSpec), ("limits", LimitSpec), ("flags", FlagSpec)):
         ops += [
             Op("get", f"/admin/{plural}", f"List {plural}", auth="admin"),
@@ -143,7 +180,7 @@ def _operations() -> list[Op]:
 
 def _operation(op: Op) -> dict[str, Any]:
     error = {"description": "OpenAI-shaped error", "content": {JSON: {"schema": ref(ErrorBody)}}}
-    success: dict[str, Any] = {JSON: {"schema": {}}}
+    success: dict[str, Any] = {op.answer: {"schema": {} if op.answer == JSON else {"type": "string"}}}
     if op.stream:
         success["text/event-stream"] = {"schema": {"type": "string"}}
     out: dict[str, Any] = {
@@ -154,7 +191,7 @@ def _operation(op: Op) -> dict[str, Any]:
     if op.params:
         out["parameters"] = op.params
     if op.body is not None:
-        out["requestBody"] = {"required": op.body_required, "content": {JSON: {"schema": op.body}}}
+        out["requestBody"] = {"required": op.body_required, "content": {op.media: {"schema": op.body}}}
     if op.auth == "none":
         out["security"] = []
     elif op.auth == "optional":

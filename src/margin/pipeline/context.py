@@ -6,7 +6,8 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from decimal import Decimal
+from typing import Any, Literal
 
 from margin.backends.base import Backend, Call, Completion, Usage
 from margin.config import ModelConfig
@@ -41,6 +42,26 @@ class Target:
     jurisdiction: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class BatchLine:
+    """A line of a batch job run by the batch worker (margin.batches): its ledger row carries `batch_id`, and
+    `discount` of its metered cost is taken off. Only the in-process call sets it (`margin.api.inprocess`)."""
+
+    batch_id: str
+    discount: Decimal
+
+
+@dataclass(slots=True)
+class Preference:
+    """A `lowest-carbon`/`lowest-cost` route's choice: the default deployment (the route's first allowed
+    one) and, once metered, what it would have cost and emitted for the same tokens (the counterfactual)."""
+
+    objective: Literal["carbon", "cost"]
+    default: Target
+    default_cost_nanousd: int | None = None
+    default_co2e_g: float | None = None
+
+
 @dataclass(slots=True)
 class RequestContext:
     request_id: str
@@ -65,6 +86,8 @@ class RequestContext:
     route: str | None = None  # a routed name (`routes:`): the router picks among the candidates
     router_score: float | None = None  # P(the cheap model is adequate) as the router saw it
     counterfactual_nanousd: int | None = None  # what the strongest model of the route would have cost
+    preference: Preference | None = None  # set by a lowest-carbon / lowest-cost route
+    batch: BatchLine | None = None  # set for a batch line (in-process call of the batch worker)
     cache_key: str | None = None  # set when the request may be cached
     semantic: Any = None  # (where, embedding) of a semantic lookup, reused to add the answer
     cache_hit: dict[str, Any] | None = None  # {"type": exact|semantic, "saved_nanousd", "age_s"} on a hit

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from margin.config import RouteConfig
-from margin.pipeline.context import RequestContext, Target
+from margin.pipeline.context import Preference, RequestContext, Target
+from margin.routing.prefer import Objective, Option, preferred_order
 
 
 class Scorer(Protocol):
@@ -42,9 +43,15 @@ def routed_text(raw: dict[str, Any]) -> str:
 
 
 class RoutePolicy:
-    def __init__(self, routes: dict[str, RouteConfig], loader: Callable[[str], Scorer] = load_learned) -> None:
+    def __init__(
+        self,
+        routes: dict[str, RouteConfig],
+        loader: Callable[[str], Scorer] = load_learned,
+        rates: Callable[[Target], Option] | None = None,
+    ) -> None:
         self.routes = routes
         self.loader = loader
+        self.rates = rates  # gCO2e and $ per token of a candidate now (lowest-carbon / lowest-cost routes)
         self._scorers: dict[str, Scorer] = {}
 
     def scorer(self, spec: str) -> Scorer:
@@ -61,14 +68,27 @@ class RoutePolicy:
         return scorer.threshold_for("quality_floor", route.quality_floor or 0.0)
 
     async def choose(self, ctx: RequestContext) -> None:
-        """Put the chosen model first among the candidates and note the score."""
+        """Put the chosen model first among the candidates and note the score (or the preference)."""
         route = self.routes[ctx.route or ""]
+        if route.preference is not None:
+            self.prefer(ctx, route.preference)
+            return
         scorer = self.scorer(route.router)
         score = await asyncio.to_thread(scorer.p_weak_ok, routed_text(ctx.raw))
         ctx.router_score = score
         cheap, strong = route.ladder
         first = cheap if score >= self.threshold(route) else strong
         ctx.candidates.sort(key=lambda t: t.public != first)
+
+    def prefer(self, ctx: RequestContext, objective: Objective) -> None:
+        """Order equivalent candidates (already narrowed by flags and residency) by gCO2e or $ per token now;
+        the first of the default order is the counterfactual the ledger compares with."""
+        if self.rates is None or not ctx.candidates:
+            return
+        default = ctx.candidates[0]
+        order = preferred_order([self.rates(t) for t in ctx.candidates], objective)
+        ctx.candidates = [ctx.candidates[i] for i in order]
+        ctx.preference = Preference(objective, default)
 
 
 def strongest(ctx: RequestContext, routes: dict[str, RouteConfig], targets: dict[str, Target]) -> Target | None:

@@ -9,8 +9,9 @@ from typing import Any
 
 from margin.backends.base import Usage
 from margin.backends.payloads import prompt_text
-from margin.economics.meter import Meter
+from margin.economics.meter import Meter, discounted
 from margin.economics.money import to_nanousd
+from margin.economics.rates import tokens_per_s
 from margin.governance.admission import worst_case_usd
 from margin.governance.specs import AdmissionConfig
 from margin.pipeline.base import BaseStage, StageSpec
@@ -56,8 +57,12 @@ class MeterStage(BaseStage):
         stats_busy = ctx.call.stats.busy_s
         busy = stats_busy if stats_busy is not None else (ctx.busy_share_s or 0.0)
         ctx.charge = self.meter.charge(ctx.target.public, ctx.target.model, ctx.usage, busy, ctx.measured_j)
-        if ctx.route is not None:
+        if ctx.preference is not None:
+            self._default(ctx, ctx.usage, busy)
+        elif ctx.route is not None:
             self._counterfactual(ctx, ctx.usage)
+        if ctx.batch is not None:
+            ctx.charge = discounted(ctx.charge, ctx.batch.discount)
 
     def _counterfactual(self, ctx: RequestContext, usage: Usage) -> None:
         """What the route's strongest model would have cost for the same tokens (routing's saving)."""
@@ -65,6 +70,23 @@ class MeterStage(BaseStage):
         if strong is not None:
             cost = worst_case_usd(self.meter, [strong], usage.input_tokens, usage.output_tokens, self.admission)
             ctx.counterfactual_nanousd = None if cost is None else to_nanousd(cost)
+
+    def _default(self, ctx: RequestContext, usage: Usage, busy: float) -> None:
+        """What the route's default deployment would have cost and emitted for the same tokens, now (its busy
+        time scaled by the two backends' configured throughputs)."""
+        assert ctx.preference is not None and ctx.target is not None and ctx.charge is not None
+        default = ctx.preference.default
+        charge = ctx.charge
+        if default.backend_name != ctx.target.backend_name:
+            fallback = self.admission.reserve_tokens_per_s
+            scale = tokens_per_s(self.meter, ctx.target.backend_name, fallback) / tokens_per_s(
+                self.meter, default.backend_name, fallback
+            )
+            charge = self.meter.charge(default.public, default.model, usage, busy * scale)
+        if ctx.batch is not None:
+            charge = discounted(charge, ctx.batch.discount)
+        ctx.preference.default_cost_nanousd = None if charge.cost_usd is None else to_nanousd(charge.cost_usd)
+        ctx.preference.default_co2e_g = charge.co2e_g
 
 
 def build(services: Any) -> MeterStage:

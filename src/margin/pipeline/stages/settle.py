@@ -41,6 +41,20 @@ def caller_user(ctx: RequestContext) -> str | None:
     return user if isinstance(user, str) else None
 
 
+def _levers(ctx: RequestContext) -> dict[str, Any]:
+    """Batch lines (id, discount) and lowest-carbon/lowest-cost routes (default and its counterfactual)."""
+    discount = ctx.charge.discount_usd if ctx.charge else None
+    preference = ctx.preference
+    return {
+        "batch_id": ctx.batch.batch_id if ctx.batch else None,
+        "discount_nanousd": None if discount is None else to_nanousd(discount),
+        "route_pref": preference.objective if preference else None,
+        "route_default": preference.default.public if preference else None,
+        "default_cost_nanousd": preference.default_cost_nanousd if preference else None,
+        "default_co2e_g": preference.default_co2e_g if preference else None,
+    }
+
+
 def ledger_row(ctx: RequestContext, config_hash: str, pseudonym: UserPseudonyms | None = None) -> dict[str, Any]:
     principal, target, charge = ctx.principal, ctx.target, ctx.charge
     usage = ctx.usage
@@ -91,6 +105,7 @@ def ledger_row(ctx: RequestContext, config_hash: str, pseudonym: UserPseudonyms 
         "router_score": ctx.router_score,
         "counterfactual_nanousd": ctx.counterfactual_nanousd,
         "busy_ms": _ms(charge.busy_s) if charge else None,
+        **_levers(ctx),
     }
 
 

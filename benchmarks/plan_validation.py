@@ -1,0 +1,366 @@
+"""Validate `margin plan` against measurements: this CPU (SmolLM2-135M on raw llama.cpp) and published GPU numbers.
+
+    nice python benchmarks/plan_validation.py [--reps 5] [--reuse benchmarks/results/plan_validation.json]
+
+1. Probes this machine: memory bandwidth (numpy reductions over 512 MiB, 1 and 2 threads) and fp32 GEMM.
+2. Makes the quantizations: an F16 GGUF written from the bundled Q4_1 one with the `gguf` package (dequantized
+   weights: speed depends on tensor types and sizes, not values), then Q4_0, Q5_0, Q8_0 with llama_model_quantize.
+3. Measures TTFT and decode tok/s with llama_cpp.Llama for prompt lengths, output lengths, thread counts 1/2 and
+   the quantizations: random token prompts (no prefix reuse), end tokens suppressed, `--reps` repeats per point;
+   the median is the measurement (best and spread recorded), with the load average before each point.
+4. Calibrates the CPU efficiency (`margin plan`'s compute and memory factors) on ONE point — Q4_1, 2 threads,
+   128 prompt tokens, 128 output tokens (its TTFT and decode tok/s) — and predicts every other point.
+5. Predicts the published points (`src/margin/plan/data/published.yaml`: TensorRT-LLM, ML.ENERGY, llama.cpp
+   Metal) with the bundled (GPU-calibrated) efficiencies.
+
+Writes benchmarks/results/plan_validation.json: points[] (predicted, measured, error_pct, source),
+median_abs_error_pct per group (cpu, gpu_published, soc_published), the misses, raw runs and the probe.
+`--reuse` skips steps 1-3 and re-predicts from a previous result's raw measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from margin.backends.llamacpp import resolve_model_file
+from margin.plan.catalog import Catalog, Provenance
+from margin.plan.validate import Observation, evaluate, fit, load_observations, median_abs_error
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CACHE = Path(__file__).resolve().parent / ".cache" / "plan"
+HARDWARE = "cpu-this-machine"
+MODEL = "smollm2-135m"
+NO_EOS = {0: -100.0, 2: -100.0}
+CALIBRATION = ("gguf-q4_1", 2, 128, 128)
+# (weights, threads, prompt tokens, output tokens)
+CONFIGS = [
+    CALIBRATION,
+    *(("gguf-q4_1", 2, n, 128) for n in (32, 512, 1024, 1536)),
+    *(("gguf-q4_1", 2, 128, n) for n in (32, 256, 512)),
+    ("gguf-q4_1", 1, 128, 128),
+    ("gguf-q4_1", 1, 512, 128),
+    *((w, 2, 128, 128) for w in ("gguf-q4_0", "gguf-q5_0", "gguf-q8_0", "gguf-f16")),
+    ("gguf-q8_0", 2, 512, 128),
+    ("gguf-f16", 2, 512, 128),
+    ("gguf-f16", 1, 128, 128),
+]
+FTYPES = {"gguf-q4_0": 2, "gguf-q8_0": 7, "gguf-q5_0": 8}
+
+
+def probe_bandwidth(threads: int, size: int = 512 * 2**20, reps: int = 5) -> float:
+    data = np.ones(size // 4, dtype=np.float32)
+    parts, best = np.array_split(data, threads), 0.0
+    for _ in range(reps):
+        workers = [threading.Thread(target=np.sum, args=(p,)) for p in parts]
+        start = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        best = max(best, data.nbytes / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def probe_gemm(threads: int, n: int = 1024, reps: int = 5) -> float:
+    rng = np.random.default_rng(0)
+    a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
+    best = 0.0
+    for _ in range(reps):
+        workers = [threading.Thread(target=np.dot, args=(a, b)) for _ in range(threads)]
+        start = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        best = max(best, threads * 2 * n**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def probe() -> dict[str, Any]:
+    return {
+        "load_avg_before": os.getloadavg(),
+        "bandwidth_gbs": {t: round(probe_bandwidth(t), 2) for t in (1, 2)},
+        "fp32_gemm_gflops": {t: round(probe_gemm(t), 1) for t in (1, 2)},
+        "note": "numpy (OPENBLAS_NUM_THREADS=1 recommended) on a shared VM: best of 5",
+    }
+
+
+def write_f16(source: Path, target: Path) -> None:
+    """An F16 GGUF of the same model: every quantized tensor dequantized, 1-D tensors kept F32."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(source))
+    writer = gguf.GGUFWriter(str(target), arch="llama")
+    for field in reader.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue
+        kind = field.types[0]
+        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        value = 1 if field.name == gguf.Keys.General.FILE_TYPE else field.contents()
+        writer.add_key_value(field.name, value, kind, sub_type=sub)
+    for tensor in reader.tensors:
+        if tensor.tensor_type == gguf.GGMLQuantizationType.F32:
+            writer.add_tensor(tensor.name, np.array(tensor.data, dtype=np.float32))
+        else:
+            values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float16)
+            writer.add_tensor(tensor.name, values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def quantize(source: Path, target: Path, ftype: int) -> None:
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.nthread = ftype, 2
+    code = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params)
+    if code != 0 or not target.exists():
+        raise SystemExit(f"llama_model_quantize failed ({code}) for {target.name}")
+
+
+def prepare_models() -> dict[str, Path]:
+    """The bundled Q4_1 GGUF and the others made from it, cached under benchmarks/.cache/plan."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    files = {"gguf-q4_1": resolve_model_file("builtin:smollm2-135m-q4_1")}
+    f16 = CACHE / "smollm2-135m-f16.gguf"
+    if not f16.exists():
+        write_f16(files["gguf-q4_1"], f16)
+    files["gguf-f16"] = f16
+    for name, ftype in FTYPES.items():
+        path = CACHE / f"smollm2-135m-{name.removeprefix('gguf-')}.gguf"
+        if not path.exists():
+            quantize(f16, path, ftype)
+        files[name] = path
+    return files
+
+
+def tensor_bytes(path: Path) -> dict[str, Any]:
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    kinds: dict[str, int] = {}
+    for t in reader.tensors:
+        kinds[t.tensor_type.name] = kinds.get(t.tensor_type.name, 0) + int(t.n_bytes)
+    embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    return {"total": sum(kinds.values()), "by_type": kinds, "token_embd": embd.tensor_type.name}
+
+
+def run_once(llm: Any, prompt: list[int], tokens: int) -> dict[str, float]:
+    llm.reset()
+    sent, stamps = time.perf_counter(), []
+    for chunk in llm.create_completion(prompt, max_tokens=tokens, temperature=0.0, stream=True, logit_bias=NO_EOS):
+        if chunk["choices"][0]["finish_reason"] is None:  # one chunk per token, then an empty closing chunk
+            stamps.append(time.perf_counter())
+    if len(stamps) != tokens:
+        raise SystemExit(f"expected {tokens} tokens, got {len(stamps)}")
+    decode = (tokens - 1) / (stamps[-1] - stamps[0]) if tokens > 1 else float("nan")
+    return {"ttft_ms": (stamps[0] - sent) * 1000, "decode_tok_s": decode}
+
+
+def busy_fraction(seconds: float = 2.0) -> float:
+    """Share of all CPUs busy (any process) over `seconds`, from /proc/stat."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]
+        return sum(fields), idle
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return 1 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def wait_quiet(max_busy: float, timeout_s: float) -> float:
+    """Wait (up to `timeout_s`) until other processes use less than `max_busy` of the CPUs; returns the last reading."""
+    deadline, busy = time.monotonic() + timeout_s, busy_fraction()
+    while busy > max_busy and time.monotonic() < deadline:
+        busy = busy_fraction(5.0)
+    return busy
+
+
+def measure(files: dict[str, Path], reps: int, max_busy: float, timeout_s: float) -> list[dict[str, Any]]:
+    """`reps` rounds over every configuration (repeats spread in time), each run after the machine is quiet."""
+    from llama_cpp import Llama
+
+    rng = np.random.default_rng(0)
+    rows = [{"weights": w, "threads": t, "input_tokens": i, "output_tokens": o, "runs": []} for w, t, i, o in CONFIGS]
+    for round_ in range(reps):
+        for key in dict.fromkeys((row["weights"], row["threads"]) for row in rows):
+            llm = Llama(str(files[key[0]]), n_ctx=2048, n_threads=key[1], n_threads_batch=key[1], verbose=False)
+            run_once(llm, rng.integers(100, 40000, 16).tolist(), 4)  # warm-up
+            for row in (r for r in rows if (r["weights"], r["threads"]) == key):
+                busy = wait_quiet(max_busy, timeout_s)
+                run = run_once(llm, rng.integers(100, 40000, row["input_tokens"]).tolist(), row["output_tokens"])
+                row["runs"].append(run | {"busy_before": round(busy, 3), "load_avg": os.getloadavg()[0]})
+            del llm
+        print(f"round {round_ + 1}/{reps} done, load {os.getloadavg()[0]:.1f}", flush=True)
+    for row in rows:
+        row["load_avg"] = statistics.median(r["load_avg"] for r in row["runs"])
+        print(
+            f"{row['weights']:10s} t{row['threads']} in {row['input_tokens']:5d} out {row['output_tokens']:4d}: "
+            f"TTFT {statistics.median(r['ttft_ms'] for r in row['runs']):8.1f} ms, "
+            f"decode {statistics.median(r['decode_tok_s'] for r in row['runs']):6.1f} tok/s "
+            f"(load {row['load_avg']:.1f})",
+            flush=True,
+        )
+    return rows
+
+
+CPU_SOURCE = "benchmarks/plan_validation.py: raw llama_cpp.Llama on this machine, median of the repeats"
+
+
+def observations(rows: list[dict[str, Any]], stat: str) -> list[Observation]:
+    """Two points per measured configuration (TTFT, decode tok/s); `stat` = median or best of the repeats."""
+    points = []
+    when = time.strftime("%Y-%m-%d", time.gmtime())
+    for row in rows:
+        config = (row["weights"], row["threads"], row["input_tokens"], row["output_tokens"])
+        ttfts = [r["ttft_ms"] for r in row["runs"]]
+        rates = [r["decode_tok_s"] for r in row["runs"]]
+        values = {
+            "ttft_ms": min(ttfts) if stat == "best" else statistics.median(ttfts),
+            "decode_tok_s": max(rates) if stat == "best" else statistics.median(rates),
+        }
+        tag = f"{row['weights']}-t{row['threads']}-in{row['input_tokens']}-out{row['output_tokens']}"
+        for metric, value in values.items():
+            points.append(
+                Observation(
+                    id=f"cpu-{tag}-{metric}",
+                    group="cpu",
+                    model=MODEL,
+                    hardware=HARDWARE,
+                    weights=row["weights"],
+                    kv="fp16",
+                    engine="llamacpp",
+                    threads=row["threads"],
+                    input_tokens=row["input_tokens"],
+                    output_tokens=row["output_tokens"],
+                    batch=1,
+                    metric=metric,
+                    value=value,  # type: ignore[arg-type]
+                    role="calibrate" if config == CALIBRATION else "validate",
+                    source=Provenance(
+                        source=f"{CPU_SOURCE} ({stat}), load average {row['load_avg']:.2f}",
+                        as_of=when,
+                        confidence="measured",
+                    ),
+                )
+            )
+    return points
+
+
+def predict_all(rows: list[dict[str, Any]], catalog: Catalog) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    published = load_observations()
+    for stat in ("median", "best"):
+        cpu = observations(rows, stat)
+        base = catalog.efficiency_for(HARDWARE)
+        source = Provenance(
+            source=f"fitted on {CALIBRATION} ({stat})", as_of=time.strftime("%Y-%m-%d"), confidence="measured"
+        )
+        eff = fit([p for p in cpu if p.role == "calibrate"], catalog, base, source)
+        results = evaluate(cpu, catalog, {HARDWARE: eff})
+        out[stat] = {
+            "efficiency": {"compute": eff.compute, "memory": eff.memory},
+            "results": results,
+            "median": median_abs_error(results, "cpu"),
+        }
+    out["published"] = evaluate(published, catalog)
+    return out
+
+
+def summarize(rows: list[dict[str, Any]], machine: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+    catalog = Catalog.bundled()
+    pred = predict_all(rows, catalog)
+    results = pred["median"]["results"] + pred["published"]
+    medians = {g: median_abs_error(results, g) for g in ("cpu", "gpu_published", "soc_published")}
+    misses = [
+        r.to_json() | {"why": r.obs.note}
+        for r in pred["published"]
+        if r.obs.role == "validate" and abs(r.error_pct) > 15
+    ]
+    spread = [
+        statistics.pstdev([r["decode_tok_s"] for r in row["runs"]])
+        / statistics.mean([r["decode_tok_s"] for r in row["runs"]])
+        * 100
+        for row in rows
+    ]
+    return {
+        "benchmark": "plan_validation",
+        "what": "margin plan predictions vs measurements: this CPU (calibrated on one point) and published GPU numbers",
+        "calibration_point": dict(
+            zip(("weights", "threads", "input_tokens", "output_tokens"), CALIBRATION, strict=True)
+        ),
+        "cpu_efficiency_fitted": pred["median"]["efficiency"],
+        "median_abs_error_pct": {k: None if v is None else round(v, 2) for k, v in medians.items()},
+        "targets_pct": {"cpu": 10, "gpu_published": 15},
+        "noise": {
+            "cpu_median_abs_error_pct_using_best_of_repeats": round(pred["best"]["median"] or 0, 2),
+            "cpu_efficiency_fitted_on_best": pred["best"]["efficiency"],
+            "decode_tok_s_cv_pct_median": round(statistics.median(spread), 2),
+            "decode_tok_s_cv_pct_max": round(max(spread), 2),
+        },
+        "points": [r.to_json() for r in results],
+        "misses": misses,
+        "machine": machine,
+        "gguf_files": files,
+        "cpu_measurements": rows,
+        "catalog_versions": catalog.versions,
+        "versions": {
+            "llama_cpp_python": __import__("llama_cpp").__version__,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+        },
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--max-busy", type=float, default=0.35, help="wait until the CPUs are less busy than this")
+    parser.add_argument("--wait", type=float, default=60, help="longest wait for a quiet machine per run (s)")
+    parser.add_argument("--reuse", type=Path, help="re-predict from the raw measurements of a previous result")
+    parser.add_argument("--out", type=Path, default=RESULTS / "plan_validation.json")
+    args = parser.parse_args()
+    if args.reuse:
+        previous = json.loads(args.reuse.read_text())
+        rows, machine, files = previous["cpu_measurements"], previous["machine"], previous["gguf_files"]
+    else:
+        machine = probe()
+        paths = prepare_models()
+        files = {name: tensor_bytes(path) for name, path in paths.items()}
+        rows = measure(paths, args.reps, args.max_busy, args.wait)
+        machine["load_avg_after"] = os.getloadavg()
+        raw = {"cpu_measurements": rows, "machine": machine, "gguf_files": files}
+        (CACHE / "raw.json").write_text(json.dumps(raw, indent=1))  # re-predict with --reuse if a later step fails
+    result = summarize(rows, machine, files)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        json.dumps(
+            {
+                "median_abs_error_pct": result["median_abs_error_pct"],
+                "noise": result["noise"],
+                "cpu_efficiency_fitted": result["cpu_efficiency_fitted"],
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -80,3 +80,15 @@ def test_cpu_threads_scale_compute_and_cap_bandwidth(catalog: Catalog, ideal: Ef
     assert four.flops("fp32")[0] == pytest.approx(3.3e12 * 4 / 16)
     assert four.bandwidth == pytest.approx(4 * 12e9)
     assert Device(hw, ideal, threads=16).bandwidth == pytest.approx(120e9)
+
+
+def test_tensor_parallel_over_pcie_can_be_interconnect_bound(catalog: Catalog) -> None:
+    """70B INT4 on 4 L40S (PCIe Gen4, 32 GB/s a direction): at batch 64 the 160 all-reduces of 1 MiB take longer
+    than reading each device's quarter of the weights."""
+    from margin.plan.perf import Setup
+
+    setup = Setup(catalog, "llama-3.1-70b", "l40s", "int4", "fp8", devices=4)
+    step = setup.decode(64, 1000)
+    assert step.bound == "interconnect"
+    assert step.interconnect_s > step.memory_s > step.compute_s
+    assert Setup(catalog, "llama-3.1-70b", "h100-sxm", "int4", "fp8", devices=4).decode(64, 1000).bound == "memory"

@@ -122,9 +122,22 @@ class ServePoint:
     mfu: float  # decode step: achieved FLOP/s over peak (matmul dtype)
     mbu: float  # decode step: achieved bytes/s over peak bandwidth
 
+    @property
+    def prefill_share(self) -> float:
+        """Share of a cycle spent prefilling (the rest decodes)."""
+        prefill = self.batch * self.prefill.seconds
+        return prefill / (prefill + max(self.output_tokens - 1, 0) * self.decode.seconds)
+
+    @property
+    def bound(self) -> str:
+        """What bounds throughput: the bound of the phase that takes most of the cycle."""
+        return self.prefill.bound if self.prefill_share >= 0.5 else self.decode.bound
+
     def to_json(self) -> dict[str, Any]:
         return {
             "batch": self.batch,
+            "bound": self.bound,
+            "prefill_share": round(self.prefill_share, 4),
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "ttft_ms": round(self.ttft_s * 1000, 3),

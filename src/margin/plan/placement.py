@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 from margin.economics.carbon import GridTable
@@ -201,7 +200,3 @@ def _region_rejection(catalog: Catalog, workload: Workload, region_key: str) -> 
     if allowed is not None and catalog.get_region(region_key).jurisdiction not in allowed:
         return "jurisdiction"
     return None
-
-
-def monthly(option: Option) -> Decimal:
-    return option.econ.usd_per_month

@@ -8,7 +8,6 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from margin.plan.memory import GB
 from margin.plan.placement import Option, Placement
 from margin.plan.validate import PointResult
 
@@ -41,6 +40,7 @@ def breakdown(console: Console, data: dict[str, Any]) -> None:
     perf.add_row("TPOT", f"{point['tpot_ms']:,.3f} ms")
     perf.add_row("output tokens/s", f"{point['output_tokens_per_s']:,.1f}")
     perf.add_row("requests/s", f"{point['requests_per_s']:,.3f}")
+    perf.add_row("throughput bound", f"{point['bound']} (prefill {point['prefill_share']:.0%} of the time)")
     perf.add_row("decode MFU / MBU", f"{point['decode_mfu']:.1%} / {point['decode_mbu']:.1%}")
     console.print(perf)
     console.print(f"prefill ({point['input_tokens']} tokens): {why_bound(point['prefill'])}")
@@ -88,7 +88,7 @@ def _option_row(rank: int, option: Option) -> list[str]:
         econ.region,
         str(econ.replicas),
         f"{option.capacity.point.batch}",
-        f"${econ.usd_per_1k_tokens:.5f}",
+        f"${float(econ.usd_per_1k_tokens):.3g}",
         f"{econ.co2e_g_per_1k_tokens:.3g}",
         f"${econ.usd_per_month:,.0f}",
         option.capacity.limit,
@@ -144,7 +144,7 @@ def pareto_png(result: Placement, path: Path) -> None:
         label="Pareto set",
     )
     for o in front:
-        label = f"{o.setup.devices}× {o.setup.hardware_key} {o.setup.weights} @ {o.econ.region}"
+        label = f"{o.setup.devices}× {o.setup.hardware_key} {o.setup.weights}/{o.setup.kv} @ {o.econ.region}"
         ax.annotate(label, (float(o.econ.usd_per_1k_tokens), o.econ.co2e_g_per_1k_tokens), fontsize=7)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -170,7 +170,3 @@ def validation_table(console: Console, results: list[PointResult]) -> None:
             r.bound,
         )
     console.print(table)
-
-
-def gb(value: float) -> str:
-    return f"{value / GB:,.2f} GB"

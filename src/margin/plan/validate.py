@@ -137,7 +137,9 @@ def evaluate(
         eff = calibrated(catalog, calibrations or {}, obs.hardware)
         setup = obs.setup(catalog, eff)
         point = point_for(obs, setup)
-        bound = point.decode.bound if obs.metric in ("tpot_ms", "decode_tok_s", "output_tok_s") else point.prefill.bound
+        bound = {"ttft_ms": point.prefill.bound, "prefill_tok_s": point.prefill.bound}.get(obs.metric, point.bound)
+        if obs.metric in ("tpot_ms", "decode_tok_s"):
+            bound = point.decode.bound
         results.append(PointResult(obs, predict(obs, catalog, eff), bound))
     return results
 

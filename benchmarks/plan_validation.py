@@ -6,8 +6,10 @@
 2. Makes the quantizations: an F16 GGUF written from the bundled Q4_1 one with the `gguf` package (dequantized
    weights: speed depends on tensor types and sizes, not values), then Q4_0, Q5_0, Q8_0 with llama_model_quantize.
 3. Measures TTFT and decode tok/s with llama_cpp.Llama for prompt lengths, output lengths, thread counts 1/2 and
-   the quantizations: random token prompts (no prefix reuse), end tokens suppressed, `--reps` repeats per point;
-   the median is the measurement (best and spread recorded), with the load average before each point.
+   the quantizations: random token prompts (no prefix reuse), exactly the asked output length, `--reps` rounds
+   over all points (repeats spread in time), each run after waiting (up to `--wait` s) for a quiet machine.
+   Wall-clock and CPU-time values are both kept; `--primary` picks the measure the errors use (median of the
+   repeats; CPU time by default, because this 2-core machine is shared and a run mostly waits for a core).
 4. Calibrates the CPU efficiency (`margin plan`'s compute and memory factors) on ONE point — Q4_1, 2 threads,
    128 prompt tokens, 128 output tokens (its TTFT and decode tok/s) — and predicts every other point.
 5. Predicts the published points (`src/margin/plan/data/published.yaml`: TensorRT-LLM, ML.ENERGY, llama.cpp
@@ -32,19 +34,14 @@ from typing import Any
 
 import numpy as np
 
-# libgomp spins 300,000 iterations at every barrier before sleeping: on a shared 2-core machine a descheduled peer
-# thread turns that into a 10-100x slowdown of the 2-thread runs. Set before llama.cpp loads; recorded in the result.
-os.environ.setdefault("GOMP_SPINCOUNT", "0")
-
 from margin.backends.llamacpp import resolve_model_file
 from margin.plan.catalog import Catalog, Provenance
-from margin.plan.validate import Observation, evaluate, fit, load_observations, median_abs_error
+from margin.plan.validate import Observation, evaluate, fit, fit_params, load_observations, median_abs_error
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = Path(__file__).resolve().parent / ".cache" / "plan"
 HARDWARE = "cpu-this-machine"
 MODEL = "smollm2-135m"
-NO_EOS = {0: -100.0, 2: -100.0}
 CALIBRATION = ("gguf-q4_1", 2, 128, 128)
 # (weights, threads, prompt tokens, output tokens)
 CONFIGS = [
@@ -61,17 +58,19 @@ CONFIGS = [
 FTYPES = {"gguf-q4_0": 2, "gguf-q8_0": 7, "gguf-q5_0": 8}
 
 
-def probe_bandwidth(threads: int, size: int = 512 * 2**20, reps: int = 5) -> float:
-    data = np.ones(size // 4, dtype=np.float32)
-    parts, best = np.array_split(data, threads), 0.0
+def probe_bandwidth(threads: int, size: int = 512 * 2**20, reps: int = 7) -> float:
+    """Read bandwidth (GB/s) of `threads` threads running BLAS sdot over two 256 MiB float32 arrays (best of
+    `reps`): numpy's own reductions are compute-bound below this machine's bandwidth."""
+    a, b = np.ones(size // 8, dtype=np.float32), np.ones(size // 8, dtype=np.float32)
+    pairs, best = list(zip(np.array_split(a, threads), np.array_split(b, threads), strict=True)), 0.0
     for _ in range(reps):
-        workers = [threading.Thread(target=np.sum, args=(p,)) for p in parts]
+        workers = [threading.Thread(target=np.dot, args=pair) for pair in pairs]
         start = time.perf_counter()
         for w in workers:
             w.start()
         for w in workers:
             w.join()
-        best = max(best, data.nbytes / (time.perf_counter() - start) / 1e9)
+        best = max(best, (a.nbytes + b.nbytes) / (time.perf_counter() - start) / 1e9)
     return best
 
 
@@ -95,7 +94,7 @@ def probe() -> dict[str, Any]:
         "load_avg_before": os.getloadavg(),
         "bandwidth_gbs": {t: round(probe_bandwidth(t), 2) for t in (1, 2)},
         "fp32_gemm_gflops": {t: round(probe_gemm(t), 1) for t in (1, 2)},
-        "note": "numpy (OPENBLAS_NUM_THREADS=1 recommended) on a shared VM: best of 5",
+        "note": "numpy + OpenBLAS (OPENBLAS_NUM_THREADS=1): sdot reads and sgemm, on a shared VM; best of the repeats",
     }
 
 
@@ -162,20 +161,20 @@ def tensor_bytes(path: Path) -> dict[str, Any]:
 
 
 def run_once(llm: Any, prompt: list[int], tokens: int, threads: int) -> dict[str, float]:
-    """One request: wall-clock TTFT and decode tok/s, and the same from CPU time (immune to waiting for a core on
-    a shared machine: the calling thread's time with one thread, the process's time / threads with more)."""
+    """One request through `Llama.generate` (token ids, greedy; counting tokens, so end tokens do not stop it):
+    wall-clock TTFT and decode tok/s, and the same from CPU time (immune to waiting for a core on a shared machine:
+    the calling thread's time with one thread, the process's time / threads with more)."""
     llm.reset()
 
     def cpu() -> float:
         return time.thread_time() if threads == 1 else time.process_time() / threads
 
     sent, sent_cpu, stamps, cpus = time.perf_counter(), cpu(), [], []
-    for chunk in llm.create_completion(prompt, max_tokens=tokens, temperature=0.0, stream=True, logit_bias=NO_EOS):
-        if chunk["choices"][0]["finish_reason"] is None:  # one chunk per token, then an empty closing chunk
-            stamps.append(time.perf_counter())
-            cpus.append(cpu())
-    if len(stamps) != tokens:
-        raise SystemExit(f"expected {tokens} tokens, got {len(stamps)}")
+    for _ in llm.generate(prompt, temp=0.0, reset=False):
+        stamps.append(time.perf_counter())
+        cpus.append(cpu())
+        if len(stamps) == tokens:
+            break
     nan = float("nan")
     return {
         "ttft_ms": (stamps[0] - sent) * 1000,
@@ -240,6 +239,7 @@ CPU_SOURCE = "benchmarks/plan_validation.py: raw llama_cpp.Llama on this machine
 
 
 VARIANTS = ("wall-median", "wall-best", "cpu-median")
+EFFICIENCY_FIELDS = {"compute", "compute_untiled", "compute_decode", "memory"}
 
 
 def calibration_point() -> dict[str, Any]:
@@ -297,7 +297,8 @@ def predict_cpu(rows: list[dict[str, Any]], catalog: Catalog, variant: str) -> d
         as_of=time.strftime("%Y-%m-%d"),
         confidence="measured",
     )
-    eff = fit([p for p in points if p.role == "calibrate"], catalog, catalog.efficiency_for(HARDWARE), source)
+    calibrating = [p for p in points if p.role == "calibrate"]
+    eff = fit(calibrating, catalog, catalog.efficiency_for(HARDWARE), source, fit_params(catalog, calibrating))
     results = evaluate(points, catalog, {HARDWARE: eff})
     return {"efficiency": eff, "results": results, "median": median_abs_error(results, "cpu")}
 
@@ -325,13 +326,13 @@ def summarize(
             zip(("weights", "threads", "input_tokens", "output_tokens"), CALIBRATION, strict=True)
         ),
         "cpu_measure": primary,
-        "cpu_efficiency_fitted": {"compute": eff.compute, "memory": eff.memory, "source": eff.source.source},
+        "cpu_efficiency_fitted": eff.model_dump(mode="json", include={*EFFICIENCY_FIELDS, "source"}),
         "median_abs_error_pct": {k: None if v is None else round(v, 2) for k, v in medians.items()},
         "targets_pct": {"cpu": 10, "gpu_published": 15},
         "noise": {
             "cpu_median_abs_error_pct_by_measure": {v: round(cpu[v]["median"] or 0, 2) for v in VARIANTS},
             "cpu_efficiency_by_measure": {
-                v: [cpu[v]["efficiency"].compute, cpu[v]["efficiency"].memory] for v in VARIANTS
+                v: cpu[v]["efficiency"].model_dump(include=EFFICIENCY_FIELDS) for v in VARIANTS
             },
             "decode_tok_s_cv_pct_median": round(statistics.median(spread), 2),
             "decode_tok_s_cv_pct_max": round(max(spread), 2),
@@ -362,6 +363,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "plan_validation.json")
     parser.add_argument("--primary", choices=VARIANTS, default="cpu-median", help="CPU measure the errors use")
     args = parser.parse_args()
+    # libgomp spins 300,000 iterations at every barrier before sleeping: on a shared 2-core machine a descheduled
+    # peer thread turns that into a 10-100x slowdown of 2-thread runs. Set before llama.cpp loads; recorded.
+    os.environ.setdefault("GOMP_SPINCOUNT", "0")
     if args.reuse:
         previous = json.loads(args.reuse.read_text())
         rows, machine, files = previous["cpu_measurements"], previous["machine"], previous["gguf_files"]

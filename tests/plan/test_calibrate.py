@@ -11,7 +11,6 @@ from margin.errors import ConfigError
 from margin.plan.calibrate import calibrate, load_calibration, observations_from_bench, write_calibration
 from margin.plan.catalog import Catalog
 from margin.plan.perf import Setup, serve
-from margin.plan.validate import replace_eff
 
 
 def _bench_file(tmp_path: Path, ttft_ms: float, tpot_ms: float) -> Path:
@@ -35,7 +34,9 @@ def _bench_file(tmp_path: Path, ttft_ms: float, tpot_ms: float) -> Path:
 
 
 def test_calibrating_on_a_bench_result_reproduces_it(catalog: Catalog, tmp_path: Path) -> None:
-    truth = replace_eff(catalog.efficiency_for("cpu-this-machine"), 0.3, 0.9)
+    truth = catalog.efficiency_for("cpu-this-machine").model_copy(
+        update={"compute_untiled": 0.3, "compute_decode": 0.12}
+    )
     made = serve(
         Setup(catalog, "smollm2-135m", "cpu-this-machine", "gguf-q4_1", "fp16", 1, "llamacpp", 2, truth), 96, 32, 1
     )
@@ -46,11 +47,11 @@ def test_calibrating_on_a_bench_result_reproduces_it(catalog: Catalog, tmp_path:
         ("tpot_ms", 96, 32, 1),
     ]
     eff = calibrate(catalog, "cpu-this-machine", points)
-    assert (eff.compute, eff.memory) == (pytest.approx(0.3, rel=0.01), pytest.approx(0.9, rel=0.01))
+    assert (eff.compute_untiled, eff.compute_decode) == (pytest.approx(0.3, rel=0.01), pytest.approx(0.12, rel=0.01))
     out = tmp_path / "cal.yaml"
     write_calibration(out, "cpu-this-machine", eff, points)
     loaded = load_calibration(out)
-    assert loaded["cpu-this-machine"].compute == eff.compute
+    assert loaded["cpu-this-machine"].compute_decode == eff.compute_decode
     assert "bench.json" in loaded["cpu-this-machine"].source.source
 
 

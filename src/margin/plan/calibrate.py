@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError
 
 from margin.errors import ConfigError
 from margin.plan.catalog import Catalog, EfficiencyClass, Provenance, Strict
-from margin.plan.validate import Observation, fit
+from margin.plan.validate import Observation, fit, fit_params
 
 SCHEMA = "margin.plan.calibration/1"
 
@@ -87,7 +87,7 @@ def calibrate(catalog: Catalog, hardware: str, points: list[Observation]) -> Eff
     source = Provenance(
         source=f"margin plan calibrate on {names} ({origins})", as_of=time.strftime("%Y-%m-%d"), confidence="measured"
     )
-    return fit(points, catalog, catalog.efficiency_for(hardware), source)
+    return fit(points, catalog, catalog.efficiency_for(hardware), source, fit_params(catalog, points))
 
 
 def write_calibration(path: Path, hardware: str, eff: EfficiencyClass, points: list[Observation]) -> None:

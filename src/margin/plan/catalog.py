@@ -136,6 +136,7 @@ class WeightFormat(Strict):
     bits: float = Field(gt=0)
     compute: DType
     norm_bits: float = Field(16, gt=0, description="1-D tensors (norms) stay unquantized")
+    cpu_tiled_gemm: bool = Field(False, description="llama.cpp has a tiled CPU prompt-processing kernel for it")
     embedding: str | None = None
     note: str | None = None
 
@@ -151,6 +152,12 @@ class EfficiencyClass(Strict):
     (a CPU whose caches hold part of the weights beats its DRAM bandwidth)."""
 
     compute: float = Field(gt=0, le=4)
+    compute_decode: float | None = Field(
+        None, gt=0, le=4, description="Decode steps (matrix-vector work) when their kernels differ; None = compute"
+    )
+    compute_untiled: float | None = Field(
+        None, gt=0, le=4, description="CPU prefill of formats without a tiled matmul kernel; None = compute"
+    )
     memory: float = Field(gt=0, le=4)
     interconnect: float = Field(ge=0, le=1)
     collective_latency_s: float = Field(ge=0)

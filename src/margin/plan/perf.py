@@ -19,7 +19,7 @@ from typing import Any
 
 from margin.plan.catalog import Catalog, DType, EfficiencyClass, Engine, Hardware, KvFormat, Model
 from margin.plan.memory import MemoryPlan, WeightBytes, plan_memory, resolve_weights, weight_bytes
-from margin.plan.roofline import Device, StepTime, attention_dtype, decode_work, prefill_work
+from margin.plan.roofline import Device, Kernel, StepTime, attention_dtype, decode_work, prefill_work
 
 
 @dataclass(frozen=True)
@@ -81,15 +81,20 @@ class Setup:
         body, _ = resolve_weights(self.catalog, self.model, self.weights)
         return body.compute, attention_dtype(self.kv_format)
 
+    @property
+    def prefill_kernel(self) -> Kernel:
+        """llama.cpp on a CPU has tiled prompt kernels for some formats only; other hardware: always tiled."""
+        body, _ = resolve_weights(self.catalog, self.model, self.weights)
+        return "untiled" if self.hw.kind == "cpu" and not body.cpu_tiled_gemm else "gemm"
+
     def prefill(self, tokens: int) -> StepTime:
         """Prefill of one sequence in chunks of the engine's step budget."""
         matmul, attention = self._dtypes()
-        chunk, done, total = self.engine.max_tokens_per_step, 0, None
+        chunk, done, total, kernel = self.engine.max_tokens_per_step, 0, None, self.prefill_kernel
         while done < max(tokens, 1):
             n = min(chunk, max(tokens, 1) - done)
-            step = self.device.time(
-                prefill_work(self.model, self.weight_bytes, self.kv_format, n, done), matmul, attention
-            )
+            work = prefill_work(self.model, self.weight_bytes, self.kv_format, n, done, kernel)
+            step = self.device.time(work, matmul, attention)
             total = step if total is None else total + step
             done += n
         assert total is not None

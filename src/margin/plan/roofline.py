@@ -1,10 +1,13 @@
 """Roofline per step: FLOPs and bytes moved for a prefill chunk or a decode step, and the time they take on
 `devices` tensor-parallel devices.
 
-    time = max(matmul FLOPs / (peak[weights' math] × compute) + attention FLOPs / (peak[attention math] × compute),
+    time = max(matmul FLOPs / (peak[weights' math] × c) + attention FLOPs / (peak[attention math] × c),
                bytes / (bandwidth × memory))
            + collectives (2 all-reduces per layer, ring: 2 (t-1)/t × payload / (link × interconnect) + latency)
            + the engine's fixed step overhead
+    (c = the class's `compute` efficiency; where a class sets them, `compute_decode` for decode steps (a CPU's
+    matrix-vector kernels reach a smaller fraction of peak than its matrix-matrix ones) and `compute_untiled` for CPU
+    prefill of formats llama.cpp has no tiled kernel for)
 
 Bytes are what one step moves through memory: the weights it touches (MoE: the experts its tokens route to, in
 expectation), the KV cache it reads and writes, and its activations. The bound is the largest term."""
@@ -12,6 +15,7 @@ expectation), the KV cache it reads and writes, and its activations. The bound i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from margin.plan.catalog import DType, EfficiencyClass, Hardware, KvFormat, Model
 from margin.plan.memory import ACT_BYTES, WeightBytes, kv_bytes_per_token, params
@@ -25,6 +29,7 @@ FALLBACK: dict[DType, tuple[DType, ...]] = {
     "fp16": ("fp16", "bf16", "fp32"),
     "fp32": ("fp32",),
 }
+Kernel = Literal["gemm", "gemv", "untiled"]
 ACT_ELEMS_PER_LAYER = (6, 3)  # activation elements read+written per token per layer: (× hidden, × FFN width)
 
 
@@ -51,6 +56,7 @@ class Work:
     activation_bytes: float
     collectives: int  # all-reduces (tensor parallel)
     collective_payload: float  # bytes per all-reduce
+    kernel: Kernel = "gemm"  # which efficiency applies: gemm (prefill), gemv (decode), untiled (CPU prefill)
 
     @property
     def flops(self) -> float:
@@ -99,10 +105,13 @@ def decode_work(model: Model, wb: WeightBytes, kv: KvFormat, batch: int, context
         activation_bytes=_activations(model, batch),
         collectives=2 * model.layers,
         collective_payload=batch * model.hidden * ACT_BYTES,
+        kernel="gemv",
     )
 
 
-def prefill_work(model: Model, wb: WeightBytes, kv: KvFormat, tokens: int, prior: int = 0) -> Work:
+def prefill_work(
+    model: Model, wb: WeightBytes, kv: KvFormat, tokens: int, prior: int = 0, kernel: Kernel = "gemm"
+) -> Work:
     """A prefill chunk of `tokens` new tokens of one sequence after `prior` cached ones; logits for the last only."""
     p = params(model)
     kv_tok = kv_bytes_per_token(model, kv)
@@ -114,6 +123,7 @@ def prefill_work(model: Model, wb: WeightBytes, kv: KvFormat, tokens: int, prior
         activation_bytes=_activations(model, tokens),
         collectives=2 * model.layers,
         collective_payload=tokens * model.hidden * ACT_BYTES,
+        kernel=kernel,
     )
 
 
@@ -178,7 +188,12 @@ class Device:
     def time(self, work: Work, matmul: DType, attention: DType) -> StepTime:
         mm_peak, mm_used = self.flops(matmul)
         at_peak, at_used = self.flops(attention)
-        compute = (work.matmul_flops / mm_peak + work.attention_flops / at_peak) / self.eff.compute
+        efficiency = {
+            "gemm": self.eff.compute,
+            "gemv": self.eff.compute_decode or self.eff.compute,
+            "untiled": self.eff.compute_untiled or self.eff.compute,
+        }[work.kernel]
+        compute = (work.matmul_flops / mm_peak + work.attention_flops / at_peak) / efficiency
         memory = work.bytes / (self.bandwidth * self.eff.memory)
         comm = 0.0
         if self.devices > 1:

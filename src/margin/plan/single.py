@@ -48,6 +48,8 @@ def one_config(
         "performance": point.to_json(),
         "memory": memory.to_json(),
         "economics": None if econ is None else econ.to_json(),
-        "efficiency": {"compute": eff.compute, "memory": eff.memory, "source": eff.source.source},
+        "efficiency": eff.model_dump(
+            mode="json", include={"compute", "compute_untiled", "compute_decode", "memory", "source"}
+        ),
         "catalog_versions": setup.catalog.versions,
     }

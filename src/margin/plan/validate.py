@@ -156,23 +156,44 @@ def median_abs_error(results: list[PointResult], group: str) -> float | None:
     return statistics.median(errors) if errors else None
 
 
-def fit(points: list[Observation], catalog: Catalog, base: EfficiencyClass, source: Provenance) -> EfficiencyClass:
-    """Compute and memory efficiencies minimizing Σ log(predicted/measured)² over `points`."""
+FIT_DEFAULT = ("compute", "memory")
+
+
+def fit(
+    points: list[Observation],
+    catalog: Catalog,
+    base: EfficiencyClass,
+    source: Provenance,
+    params: tuple[str, str] = FIT_DEFAULT,
+) -> EfficiencyClass:
+    """The two efficiency factors `params` (default compute and memory) minimizing Σ log(predicted/measured)²
+    over `points`: a coarse grid, then refined around its best cell."""
     if not points:
         raise ConfigError("no calibration points")
 
-    def loss(compute: float, memory: float) -> float:
-        eff = replace_eff(base, compute, memory)
+    def loss(a: float, b: float) -> float:
+        eff = base.model_copy(update={params[0]: a, params[1]: b})
         return sum(math.log(predict(p, catalog, eff) / p.value) ** 2 for p in points)
 
     grid = [0.02 * 1.2**i for i in range(27)]  # 0.02 … 2.3
-    best = min(((loss(c, m), c, m) for c in grid for m in grid), key=lambda t: t[0])
+    best = min(((loss(a, b), a, b) for a in grid for b in grid), key=lambda t: t[0])
     step = 1.2
-    for _ in range(12):  # refine around the best cell
+    for _ in range(12):
         step = math.sqrt(step)
-        candidates = [(best[1] * a, best[2] * b) for a in (1 / step, 1, step) for b in (1 / step, 1, step)]
-        best = min([best, *((loss(c, m), c, m) for c, m in candidates if 0 < c <= 4 and 0 < m <= 4)])
-    return replace_eff(base, round(best[1], 4), round(best[2], 4), source)
+        candidates = [(best[1] * x, best[2] * y) for x in (1 / step, 1, step) for y in (1 / step, 1, step)]
+        best = min([best, *((loss(a, b), a, b) for a, b in candidates if 0 < a <= 4 and 0 < b <= 4)])
+    return base.model_copy(update={params[0]: round(best[1], 4), params[1]: round(best[2], 4), "source": source})
+
+
+def fit_params(catalog: Catalog, points: list[Observation]) -> tuple[str, str]:
+    """What one measured point (a TTFT and a decode rate) can pin down: on CPUs the efficiencies of the prefill
+    kernel it ran (tiled or not) and of the decode kernels (matrix-vector work below the memory roof); elsewhere
+    compute and memory."""
+    first = points[0]
+    if catalog.get_hardware(first.hardware).kind != "cpu":
+        return FIT_DEFAULT
+    prefill = "compute" if first.setup(catalog).prefill_kernel == "gemm" else "compute_untiled"
+    return prefill, "compute_decode"
 
 
 def replace_eff(
@@ -189,6 +210,7 @@ __all__ = [
     "PointResult",
     "evaluate",
     "fit",
+    "fit_params",
     "load_observations",
     "median_abs_error",
     "predict",

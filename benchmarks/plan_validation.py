@@ -362,6 +362,7 @@ def main() -> None:
     parser.add_argument("--reuse", type=Path, help="re-predict from the raw measurements of a previous result")
     parser.add_argument("--out", type=Path, default=RESULTS / "plan_validation.json")
     parser.add_argument("--primary", choices=VARIANTS, default="cpu-median", help="CPU measure the errors use")
+    parser.add_argument("--note", help="a note kept in the result (what this run is)")
     args = parser.parse_args()
     # libgomp spins 300,000 iterations at every barrier before sleeping: on a shared 2-core machine a descheduled
     # peer thread turns that into a 10-100x slowdown of 2-thread runs. Set before llama.cpp loads; recorded.
@@ -377,7 +378,7 @@ def main() -> None:
         machine["load_avg_after"] = os.getloadavg()
         raw = {"cpu_measurements": rows, "machine": machine, "gguf_files": files}
         (CACHE / "raw.json").write_text(json.dumps(raw, indent=1))  # re-predict with --reuse if a later step fails
-    result = summarize(rows, machine, files, args.primary)
+    result = summarize(rows, machine, files, args.primary) | {"note": args.note}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(

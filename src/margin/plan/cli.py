@@ -168,7 +168,8 @@ def calibrate_command(
     threads: Annotated[int | None, typer.Option(help="CPU threads the backend used.")] = None,
     json: JsonOpt = False,
 ) -> None:
-    """Fit this hardware's compute and memory efficiency to a measured point (TTFT and TPOT p50 at concurrency 1)."""
+    """Fit this hardware's efficiencies to a measured point (TTFT and TPOT p50 at concurrency 1): compute and memory,
+    or on a CPU its prompt and decode kernels'."""
     from margin.plan.calibrate import calibrate, observations_from_bench, write_calibration
     from margin.plan.catalog import Catalog
 
@@ -179,11 +180,11 @@ def calibrate_command(
         write_calibration(out, hardware, eff, points)
     except (MarginError, ValueError) as exc:
         raise _fail(exc) from exc
-    summary = {"hardware": hardware, "compute": eff.compute, "memory": eff.memory, "out": str(out)}
+    fitted = eff.model_dump(include={"compute", "compute_untiled", "compute_decode", "memory"}, exclude_none=True)
     if json:
-        _print_json(summary)
+        _print_json({"hardware": hardware, **fitted, "out": str(out)})
         return
-    _console().print(f"{hardware}: compute efficiency {eff.compute:.3f}, memory efficiency {eff.memory:.3f} → {out}")
+    _console().print(f"{hardware}: " + ", ".join(f"{k} {v:.3f}" for k, v in fitted.items()) + f" → {out}")
 
 
 @app.command()

@@ -151,8 +151,7 @@ def _regions(catalog: Catalog, workload: Workload, hardware: str) -> list[str]:
 def place(catalog: Catalog, workload: Workload, calibrations: dict[str, EfficiencyClass] | None = None) -> Placement:
     catalog.get_model(workload.model)
     grid, result = GridTable.bundled(), Placement(workload, [], 0)
-    slo, limits = workload.slo.slo(), workload.constraints
-    mean_in, mean_out = workload.mean_input(), workload.mean_output()
+    mean_in, mean_out, slo = workload.mean_input(), workload.mean_output(), workload.slo.slo()
     for setup in candidate_setups(catalog, workload, calibrations or {}):
         regions = _regions(catalog, workload, setup.hardware_key)
         if not regions:
@@ -165,38 +164,29 @@ def place(catalog: Catalog, workload: Workload, calibrations: dict[str, Efficien
         wait = capacity.point.decode.seconds if capacity.point.batch > 1 else 0.0
         tail_ttft = setup.prefill(workload.tail_input()).seconds + wait
         for region in regions:
-            reason = _region_rejection(catalog, workload, region)
-            econ = (
-                None
-                if reason
-                else economics(
-                    setup,
-                    region,
-                    capacity.point,
-                    workload.rate_rps,
-                    workload.energy_overhead,
-                    workload.network_overhead,
-                    grid,
-                )
-            )
-            if econ is None:
-                result.rejected[reason or "unpriced"] += 1
-                continue
-            if (
-                limits.max_gco2e_per_1k_tokens is not None
-                and econ.co2e_g_per_1k_tokens > limits.max_gco2e_per_1k_tokens
-            ):
-                result.rejected["carbon"] += 1
-                continue
-            if limits.max_usd_per_month is not None and econ.usd_per_month > limits.max_usd_per_month:
-                result.rejected["budget"] += 1
-                continue
-            result.options.append(Option(setup, capacity, econ, _slacks(workload, capacity, econ, tail_ttft)))
+            verdict = _option(workload, setup, capacity, region, tail_ttft, grid)
+            if isinstance(verdict, str):
+                result.rejected[verdict] += 1
+            else:
+                result.options.append(verdict)
     return result
 
 
-def _region_rejection(catalog: Catalog, workload: Workload, region_key: str) -> str | None:
-    allowed = workload.constraints.jurisdictions
-    if allowed is not None and catalog.get_region(region_key).jurisdiction not in allowed:
+def _option(
+    workload: Workload, setup: Setup, capacity: Capacity, region: str, tail_ttft: float, grid: GridTable
+) -> Option | str:
+    """The option of serving the workload with `setup` in `region`, or why it is rejected."""
+    limits = workload.constraints
+    if limits.jurisdictions is not None and setup.catalog.get_region(region).jurisdiction not in limits.jurisdictions:
         return "jurisdiction"
-    return None
+    assert capacity.point is not None
+    econ = economics(
+        setup, region, capacity.point, workload.rate_rps, workload.energy_overhead, workload.network_overhead, grid
+    )
+    if econ is None:
+        return "unpriced"
+    if limits.max_gco2e_per_1k_tokens is not None and econ.co2e_g_per_1k_tokens > limits.max_gco2e_per_1k_tokens:
+        return "carbon"
+    if limits.max_usd_per_month is not None and econ.usd_per_month > limits.max_usd_per_month:
+        return "budget"
+    return Option(setup, capacity, econ, _slacks(workload, capacity, econ, tail_ttft))

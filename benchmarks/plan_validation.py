@@ -36,6 +36,7 @@ import numpy as np
 
 from margin.backends.llamacpp import resolve_model_file
 from margin.plan.catalog import Catalog, Provenance
+from margin.plan.memory import weight_bytes
 from margin.plan.validate import Observation, evaluate, fit, fit_params, load_observations, median_abs_error
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -340,6 +341,11 @@ def summarize(
         "points": [r.to_json() for r in results],
         "points_other_cpu_measures": {v: [r.to_json() for r in cpu[v]["results"]] for v in VARIANTS if v != primary},
         "misses": misses,
+        "weight_bytes_predicted_vs_file": {
+            name: {"predicted": weight_bytes(catalog, catalog.get_model(MODEL), name).total, "file": info["total"]}
+            for name, info in files.items()
+            if "total" in info
+        },
         "machine": machine,
         "gguf_files": files,
         "cpu_measurements": rows,

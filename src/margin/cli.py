@@ -20,6 +20,7 @@ from margin.evals import cli as evals_cli
 from margin.governance import cli as gov_cli
 from margin.kv import cli as kv_cli
 from margin.models import cli as models_cli
+from margin.plan import cli as plan_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="margin: inference gateway + unit economics")
 keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys.")
@@ -35,6 +36,7 @@ app.add_typer(feedback_app, name="feedback")
 app.add_typer(evals_cli.app, name="eval")
 app.add_typer(kv_cli.app, name="kv")
 app.add_typer(models_cli.app, name="models")
+app.add_typer(plan_cli.app, name="plan")
 app.add_typer(gov_cli.budgets_app, name="budgets")
 app.add_typer(gov_cli.limits_app, name="limits")
 app.add_typer(gov_cli.flags_app, name="flags")

@@ -21,8 +21,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from margin.api import admin, edge, feedback, inference, meta, observability, openapi
 from margin.api.errors import error_response
 from margin.backends.registry import BackendRegistry
+from margin.batches import api as batches_api
+from margin.batches.runner import BatchRunner
 from margin.config import Settings
 from margin.dashboard import views as dashboard
+from margin.economics.curves import keep_fresh
 from margin.errors import InternalError, MarginError, MethodNotAllowed, NotFound
 from margin.logs import printable
 from margin.services import Services
@@ -97,12 +100,22 @@ def build_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = Services(settings, registry, config_path, config_hash)
         app.state.services = services
+        runner: BatchRunner | None = None
+        curves: asyncio.Task[None] | None = None
         try:
             await services.start()
+            curves = asyncio.create_task(keep_fresh(services.meter.curves), name="grid-curves")
             if config_path is not None:
                 _watch_sighup(services)
+            if settings.batches.enabled:  # batch lines are in-process calls of this app: see margin.batches
+                runner = app.state.batch_runner = BatchRunner(app, services)
+                runner.start()
             yield
         finally:
+            if curves is not None:
+                curves.cancel()
+            if runner is not None:
+                await runner.close()
             await services.close()
 
     fast: dict[str, Handler] = {
@@ -121,6 +134,7 @@ def build_app(
         *observability.routes(),
         *dashboard.routes(),
         *feedback.routes(),
+        *batches_api.routes(),
     ]
     return Gateway(
         fast=fast,

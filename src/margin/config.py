@@ -103,6 +103,14 @@ class RegionConfig(Strict):
     grid_g_per_kwh: float | None = Field(None, ge=0, description="Overrides the bundled grid intensity.")
     pue: float = Field(1.0, ge=1.0, description="Facility energy / IT energy.")
     usd_per_kwh: Decimal = Field(Decimal("0"), ge=0, description="Price of facility energy.")
+    curve: str | None = Field(
+        None,
+        description="Zone of the hourly curves (`grid.curves`, e.g. DE-LU): the meter, the batch scheduler and "
+        "carbon-aware routes use that zone's intensity for the hour instead of the static value.",
+    )
+    price_curve: bool = Field(
+        False, description="With `curve`: also take $/kWh from the curve's hourly (wholesale) price, not usd_per_kwh."
+    )
 
 
 DEFAULT_REGION = RegionConfig()  # frozen: a backend with no region set
@@ -220,12 +228,22 @@ class ModelConfig(Strict):
     )
 
 
-class RouteConfig(Strict):
-    """A routed model name: `cheapest-adequate` sends each prompt to the cheap model when the learned router
-    predicts it will answer adequately, else to the strong one. Set exactly one target."""
+PREFERENCE_POLICIES = ("lowest-carbon", "lowest-cost")
 
-    policy: Literal["cheapest-adequate"] = "cheapest-adequate"
-    ladder: list[str] = Field(min_length=2, max_length=2, description="[cheap model, strong model].")
+
+class RouteConfig(Strict):
+    """A routed model name. `cheapest-adequate` sends each prompt to the cheap model when the learned router
+    predicts it will answer adequately, else to the strong one (set exactly one target). `lowest-carbon` and
+    `lowest-cost` list equivalent deployments of one model (several backends or regions) and send each request
+    to the one with the lowest gCO2e per token, or $ per token, at that hour; the first is the default, what
+    the ledger's counterfactual compares with."""
+
+    policy: Literal["cheapest-adequate", "lowest-carbon", "lowest-cost"] = "cheapest-adequate"
+    ladder: list[str] = Field(
+        min_length=2,
+        description="cheapest-adequate: [cheap model, strong model]; lowest-carbon/lowest-cost: the equivalent "
+        "models, the default first.",
+    )
     strong_share: float | None = Field(None, ge=0, le=1, description="Target share of calls to the strong model.")
     quality_floor: float | None = Field(None, ge=0, le=1, description="Target PGR (share of the quality gap kept).")
     threshold: float | None = Field(None, ge=0, le=1, description="Explicit cut on P(cheap model is adequate).")
@@ -233,9 +251,25 @@ class RouteConfig(Strict):
 
     @model_validator(mode="after")
     def _one_target(self) -> RouteConfig:
-        if sum(v is not None for v in (self.strong_share, self.quality_floor, self.threshold)) != 1:
+        targets = sum(v is not None for v in (self.strong_share, self.quality_floor, self.threshold))
+        if self.policy in PREFERENCE_POLICIES:
+            if targets:
+                raise ValueError(f"{self.policy} takes no strong_share, quality_floor or threshold")
+            if len(set(self.ladder)) != len(self.ladder):
+                raise ValueError("a model is listed twice in the ladder")
+            return self
+        if len(self.ladder) != 2:
+            raise ValueError("cheapest-adequate takes exactly two models: [cheap, strong]")
+        if targets != 1:
             raise ValueError("set exactly one of strong_share, quality_floor or threshold")
         return self
+
+    @property
+    def preference(self) -> Literal["carbon", "cost"] | None:
+        """What a preference route minimises (None for cheapest-adequate)."""
+        if self.policy == "lowest-carbon":
+            return "carbon"
+        return "cost" if self.policy == "lowest-cost" else None
 
 
 class SemanticCacheConfig(Strict):
@@ -304,6 +338,52 @@ class TelemetryConfig(Strict):
     )
 
 
+class GridConfig(Strict):
+    """Hourly grid curves (gCO2e/kWh and $/kWh per zone): a typical day per zone and month. Regions opt in with
+    `curve: ZONE`."""
+
+    curves: str = Field(
+        "builtin",
+        description="builtin (bundled, dated: economics/data/grid_curves.csv), a CSV file of the same columns, "
+        "or an http(s) URL serving one (fetched at start and every refresh_s).",
+    )
+    refresh_s: float | None = Field(None, gt=0, description="Re-read a file or URL source this often.")
+    fetch_timeout_s: float = Field(10.0, gt=0)
+    max_bytes: int = Field(16 * 1024 * 1024, gt=0, description="A curve source larger than this is refused.")
+
+
+class BatchConfig(Strict):
+    """The OpenAI Batch API (`/v1/files`, `/v1/batches`): limits, pricing and scheduling."""
+
+    enabled: bool = True
+    discount: Decimal = Field(
+        Decimal("0.5"), ge=0, le=1, description="Share taken off the metered cost of every batch line (0.5 = 50 %)."
+    )
+    objective: Literal["asap", "carbon", "cost"] = Field(
+        "carbon",
+        description="What a job's schedule minimises before its deadline: gCO2e, $, or nothing (run at once).",
+    )
+    max_file_bytes: int = Field(50 * 1024 * 1024, gt=0, description="Largest upload (413 beyond).")
+    max_lines: int = Field(50_000, gt=0, description="Most lines in one file.")
+    max_line_bytes: int = Field(1024 * 1024, gt=0, description="Longest line of a file.")
+    max_stored_bytes_per_key: int = Field(
+        1024 * 1024 * 1024, gt=0, description="What one key's files (inputs and outputs) may hold in all."
+    )
+    max_window_h: int = Field(168, ge=1, description="Longest completion_window accepted (`24h` is OpenAI's).")
+    concurrency: int = Field(4, ge=1, description="Lines of one job in flight at once.")
+    max_attempts: int = Field(3, ge=1, description="Tries of a line that failed with 429/5xx before it fails.")
+    poll_s: float = Field(1.0, gt=0, description="How often the worker looks for work and cancellations.")
+    lease_s: float = Field(
+        30.0, gt=0, description="A worker holds a job this long between renewals; a dead worker's job resumes after."
+    )
+    assumed_output_tokens: int = Field(
+        256, ge=1, description="Output tokens assumed for a line without max_tokens when sizing the schedule."
+    )
+    capacity_share: float = Field(
+        1.0, gt=0, le=1, description="Share of a backend's hardware.tokens_per_s that batch schedules may plan."
+    )
+
+
 class Settings(Strict):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -321,6 +401,8 @@ class Settings(Strict):
     routes: dict[str, RouteConfig] = Field(default_factory=dict, description="Routed model names.")
     revenue: RevenueConfig = RevenueConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    grid: GridConfig = GridConfig()
+    batches: BatchConfig = BatchConfig()
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
@@ -342,6 +424,9 @@ class Settings(Strict):
             unknown = [m for m in route.ladder if m not in seen]
             if unknown:
                 raise ValueError(f"route {name!r} names unknown models {unknown}")
+            kinds = {self.models[seen[m]].kind for m in route.ladder}
+            if route.preference is not None and len(kinds) > 1:
+                raise ValueError(f"route {name!r} mixes chat and embedding models")
         for name, backend in self.backends.items():
             if backend.region != "default" and backend.region not in self.regions:
                 raise ValueError(f"backend {name!r} names region {backend.region!r} not in `regions`")

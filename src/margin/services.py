@@ -22,6 +22,7 @@ from margin.dashboard.auth import Sessions
 from margin.economics.carbon import GridTable
 from margin.economics.meter import Meter
 from margin.economics.prices import PriceBook
+from margin.economics.rates import unit_rates
 from margin.errors import ConfigError
 from margin.governance.service import Governance
 from margin.guard.pseudonym import UserPseudonyms
@@ -36,6 +37,7 @@ from margin.telemetry import Telemetry
 from margin.telemetry.metrics import MULTIPROC_ENV, Metrics
 from margin.telemetry.traces import Traces, provider_names
 from margin.types import Backend, Target
+from margin.routing.prefer import Option
 
 log = logging.getLogger("margin")
 
@@ -105,7 +107,7 @@ class Services:
         self.governance = Governance(settings, self.engine)
         self.cache = make_cache(settings)
         self.semantic = SemanticLayer(settings.cache) if settings.cache.semantic.enabled else None
-        self.route_policy = RoutePolicy(settings.routes)
+        self.route_policy = RoutePolicy(settings.routes, rates=self._rates)
         admission = settings.admission
         self.breakers = Breakers(admission.breaker_failures, admission.breaker_cooldown_s)
         self.telemetry = make_telemetry(settings)
@@ -136,8 +138,14 @@ class Services:
                 targets[name] = target
         return targets
 
+    def _rates(self, target: Target) -> Option:
+        """gCO2e and $ per token of a deployment now (lowest-carbon / lowest-cost routes)."""
+        rates = unit_rates(self.meter, target.public, target.model, None, self.settings.admission.reserve_tokens_per_s)
+        return Option(rates.g_per_token, rates.usd_per_token)
+
     async def start(self) -> None:
         await asyncio.to_thread(db.upgrade, self.settings.storage.ledger)
+        await self.meter.curves.refresh()  # a curve URL is fetched before the first request
         await asyncio.to_thread(self._check_rollup_keys)
         await self.keys.start(self.settings.server.host)
         self.outbox.start()

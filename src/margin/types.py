@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Protocol
 
 import orjson
@@ -183,6 +184,15 @@ class Principal:
 
 
 ANONYMOUS = Principal(key_id=None, name="anonymous", team=None)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLine:
+    """A line of a batch job run by the batch worker (margin.batches): its ledger row carries `batch_id`, and
+    `discount` of its metered cost is taken off. Only the in-process call sets it (`margin.api.inprocess`)."""
+
+    batch_id: str
+    discount: Decimal
 
 
 @dataclass(frozen=True, slots=True)

@@ -262,3 +262,40 @@ async def test_margin_and_tasks_match_the_report_views(db_path: Path) -> None:
         "0.040000000",
     )  # 4 ok calls
     assert team_overview["gross_margin"] == gross_margin_of(own["groups"])
+
+
+async def test_savings_page_shows_the_batch_discount_and_carbon_aware_routes(db_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from margin.ledger.models import ledger
+    from tests.dashboard.seed import row
+
+    made = seed(db_path)
+    engine = db.make_sync_engine(f"sqlite:///{db_path}")
+    extra = [
+        row(900, batch_id="batch_a", cost_nanousd=500_000, discount_nanousd=500_000),
+        row(
+            901,
+            route_pref="carbon",
+            route_default="fake-chat-us",
+            cost_nanousd=2_000_000,
+            default_cost_nanousd=1_500_000,
+            co2e_g=0.5,
+            default_co2e_g=2.0,
+        ),
+    ]
+    with engine.begin() as connection:
+        columns = {name for r in extra for name in r}
+        connection.execute(sa.insert(ledger), [{name: r.get(name) for name in columns} for r in extra])
+    engine.dispose()
+    headers = {"authorization": f"Bearer {made['admin']}"}
+    async with gateway(fake_settings(db_path)) as gw:
+        data = (await gw.http.get("/dashboard/api/savings", headers=headers)).json()
+        page = (await gw.http.get("/dashboard/savings", headers=headers)).text
+    levers = data["levers"]
+    assert (levers["batch_requests"], levers["batch_discount_usd"]) == (1, "0.000500000")
+    assert (levers["preferred_requests"], levers["preferred_moved"]) == (1, 1)
+    assert levers["preferred_saved_co2e_g"] == 1.5 and levers["preferred_saved_usd"] == "-0.000500000"
+    assert data["saved_usd"] == "0.002500000"  # cache 0.001 + routing 0.0015 + discount 0.0005 − 0.0005
+    assert 'data-k="batch_discount_usd" data-v="0.000500000"' in page
+    assert 'data-k="preferred_saved_co2e_g" data-v="1.5"' in page

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from margin.governance.specs import Scope
+from margin.specs import Scope
 
 from margin.governance.rules import Subject, governed_tags, matches
 from margin.ledger import db, ingest, read, rollup

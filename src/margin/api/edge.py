@@ -5,7 +5,9 @@
   rebinding cannot read it.
 - Every request that carries a body (POST, PUT, PATCH) declares `Content-Type: application/json`: browsers
   send `text/plain` and form posts cross-site without asking, never JSON. The dashboard's two HTML form posts
-  are the exception; they check their Origin instead (`margin.dashboard.auth.same_origin`).
+  are the exception; they check their Origin instead (`margin.dashboard.auth.same_origin`). `POST /v1/files`
+  also takes `multipart/form-data` (the OpenAI SDK uploads that way); it authenticates from the headers with
+  a Bearer key (never a cookie, so a cross-site form cannot use a browser's session) before reading the body.
 - One body reader with a limit for every route: a declared Content-Length over the limit is refused before
   reading, a chunked body is counted as it arrives and refused as soon as it passes the limit.
 """
@@ -24,6 +26,7 @@ from margin.errors import InvalidRequest, MarginError, PayloadTooLarge, Permissi
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 FORM_PATHS = frozenset({"/dashboard/login", "/dashboard/logout"})  # HTML forms; same-origin checked there
+MULTIPART_PATHS = frozenset({"/v1/files"})  # file uploads (multipart/form-data), as the OpenAI SDK sends them
 
 
 def host_name(host: str) -> str:
@@ -52,6 +55,10 @@ def is_json(content_type: str | None) -> bool:
     return content_type is not None and content_type.partition(";")[0].strip().lower() == "application/json"
 
 
+def is_multipart(content_type: str | None) -> bool:
+    return content_type is not None and content_type.partition(";")[0].strip().lower() == "multipart/form-data"
+
+
 def refusal(scope: Scope, open_mode: bool) -> MarginError | None:
     """Why this request is refused before it reaches a route, or None. Headers only; one pass over them."""
     needs_json = scope["method"] in BODY_METHODS and scope["path"] not in FORM_PATHS
@@ -77,6 +84,8 @@ def refusal(scope: Scope, open_mode: bool) -> MarginError | None:
             code="cross_origin",
         )
     if needs_json and not is_json(content_type):
+        if scope["path"] in MULTIPART_PATHS and scope["method"] == "POST" and is_multipart(content_type):
+            return None
         return UnsupportedMediaType(f"{scope['method']} needs `Content-Type: application/json`")
     return None
 

@@ -9,6 +9,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from margin.api import inprocess
 from margin.api.client import AsgiClient, StallWatch
 from margin.api.edge import parse_json, read_body
 from margin.api.errors import error_response
@@ -42,9 +43,12 @@ class Run:
 async def handle(request: HttpRequest, endpoint: Endpoint) -> Response | ASGIApp:
     started = time.perf_counter()
     services = request.app.state.services
-    request_id = new_request_id()  # time-ordered (UUIDv7): the ledger's unique index grows at its edge
+    caller = inprocess.of(request.scope)  # the batch worker's in-process call: already authenticated
+    # time-ordered (UUIDv7): the ledger's unique index grows at its edge; a batch line's id is deterministic
+    request_id = caller.request_id if caller else new_request_id()
     try:
-        principal = await authenticate(services.keys, request.headers)  # from headers, before any body
+        # from headers, before any body
+        principal = caller.principal if caller else await authenticate(services.keys, request.headers)
         data = parse_json(await read_body(request, services.settings.server.max_body_bytes))
         body = parse_request(endpoint, data)
     except MarginError as exc:
@@ -52,7 +56,10 @@ async def handle(request: HttpRequest, endpoint: Endpoint) -> Response | ASGIApp
     stream = endpoint is not Endpoint.EMBEDDINGS and bool(getattr(body, "stream", False))
     user = getattr(body, "user", None)
     user = user if isinstance(user, str) else None
-    record = Record(request_id, endpoint, body.model, stream, started=started, principal=principal, user=user)
+    batch = caller.batch if caller else None
+    record = Record(
+        request_id, endpoint, body.model, stream, started=started, principal=principal, user=user, batch=batch
+    )
     return Run(
         services.flow, services.stalls, (request_id, endpoint, request.headers, data, body, principal, record, started)
     )

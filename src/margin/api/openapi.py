@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from margin import __version__
 from margin.api.errors import JSON
+from margin.batches.api import BatchCreateRequest
 from margin.keys import KeyRequest
 from margin.ledger.feedback import FeedbackItem
 from margin.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -35,7 +36,7 @@ class ErrorDetail(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """Every 4xx and 5xx answer (OpenAI's error shape; `margin.errors.margin.api.errors.error_body`)."""
+    """Every 4xx and 5xx answer (OpenAI's error shape; `margin.api.errors.error_body`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -52,7 +53,16 @@ MODELS: tuple[type[BaseModel], ...] = (
     LimitSpec,
     FlagSpec,
     ErrorBody,
+    BatchCreateRequest,
 )
+UPLOAD = {
+    "type": "object",
+    "required": ["file", "purpose"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "JSONL, one request a line"},
+        "purpose": {"type": "string", "enum": ["batch"]},
+    },
+}
 
 
 def ref(model: type[BaseModel] | str) -> dict[str, str]:
@@ -78,7 +88,8 @@ class Op:
     params: list[dict[str, Any]] = field(default_factory=list)
     stream: bool = False
     body_required: bool = True
-    text: bool = False  # answers text/plain (Prometheus exposition), not JSON
+    media: str = JSON  # the request body's media type
+    answer: str = JSON  # the success answer's media type
 
 
 def _operations() -> list[Op]:
@@ -112,7 +123,7 @@ def _operations() -> list[Op]:
         ),
         Op("get", "/admin/usage", "Usage of every key", auth="admin", params=window),
         Op("get", "/admin/backends", "Each backend's circuit, recent errors, latency and limits", auth="admin"),
-        Op("get", "/metrics", "Prometheus metrics (text exposition format)", auth="admin", text=True),
+        Op("get", "/metrics", "Prometheus metrics (text exposition format)", auth="admin", answer="text/plain"),
         Op(
             "post",
             "/admin/reload",
@@ -126,6 +137,31 @@ def _operations() -> list[Op]:
             "/dashboard/api/{page}",
             "A dashboard page's data",
             params=[_path("page", {"type": "string", "enum": list(DASHBOARD_PAGES)}), *_query("since", "by")],
+        ),
+    ]
+    page = _query("limit", "after")
+    ops += [
+        Op("post", "/v1/files", "Upload a batch input file (JSONL)", UPLOAD, media="multipart/form-data"),
+        Op("get", "/v1/files", "The calling key's files", params=page),
+        Op("get", "/v1/files/{file_id}", "One file", params=[_path("file_id")]),
+        Op("delete", "/v1/files/{file_id}", "Delete a file", params=[_path("file_id")]),
+        Op(
+            "get",
+            "/v1/files/{file_id}/content",
+            "A file's bytes",
+            params=[_path("file_id")],
+            answer="application/octet-stream",
+        ),
+        Op("post", "/v1/batches", "Create a batch job from an uploaded file", ref(BatchCreateRequest)),
+        Op("get", "/v1/batches", "The calling key's batch jobs, newest first", params=page),
+        Op("get", "/v1/batches/{batch_id}", "One batch job", params=[_path("batch_id")]),
+        Op(
+            "post",
+            "/v1/batches/{batch_id}/cancel",
+            "Cancel a batch job",
+            {"type": "object"},
+            params=[_path("batch_id")],
+            body_required=False,
         ),
     ]
     for plural, spec in (("budgets", BudgetSpec), ("limits", LimitSpec), ("flags", FlagSpec)):
@@ -146,7 +182,7 @@ def _operations() -> list[Op]:
 
 def _operation(op: Op) -> dict[str, Any]:
     error = {"description": "OpenAI-shaped error", "content": {JSON: {"schema": ref(ErrorBody)}}}
-    success: dict[str, Any] = {"text/plain": {"schema": {"type": "string"}}} if op.text else {JSON: {"schema": {}}}
+    success: dict[str, Any] = {op.answer: {"schema": {} if op.answer == JSON else {"type": "string"}}}
     if op.stream:
         success["text/event-stream"] = {"schema": {"type": "string"}}
     out: dict[str, Any] = {
@@ -157,7 +193,7 @@ def _operation(op: Op) -> dict[str, Any]:
     if op.params:
         out["parameters"] = op.params
     if op.body is not None:
-        out["requestBody"] = {"required": op.body_required, "content": {JSON: {"schema": op.body}}}
+        out["requestBody"] = {"required": op.body_required, "content": {op.media: {"schema": op.body}}}
     if op.auth == "none":
         out["security"] = []
     elif op.auth == "optional":

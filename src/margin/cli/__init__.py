@@ -1,6 +1,6 @@
 """The `margin` command. Each group lives in its own module here (shared options: `margin.cli.options`);
 heavy imports stay inside the commands so `margin --help` is quick. The offline kits' commands (`bench`,
-`eval`, `kv`, `models`) are loaded only when named (or when the help lists them): `margin serve` never
+`eval`, `kv`, `models`, `plan`; and `batches`) are loaded only when named (or when the help lists them): `margin serve` never
 imports the kits."""
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ KITS: dict[str, tuple[str, str]] = {
     "eval": ("margin.evals.cli", "app"),
     "kv": ("margin.kv.cli", "app"),
     "models": ("margin.models.cli", "app"),
+    "plan": ("margin.plan.cli", "app"),
+    "batches": ("margin.batches.cli", "app"),  # not a kit (the gateway serves the Batch API): loaded lazily alike
 }
 
 

@@ -17,6 +17,7 @@ from margin.errors import InvalidRequest
 from margin.governance.rules import Subject
 from margin.ledger import read
 from margin.ledger.read import Window
+from margin.ledger.read.levers import levers
 from margin.report.business import MarginReport, margins, tasks
 from margin.report.utilization import utilization
 
@@ -78,10 +79,13 @@ def latency(engine: sa.Engine, scope: Window) -> dict[str, Any]:
 def savings(engine: sa.Engine, scope: Window) -> dict[str, Any]:
     with engine.connect() as connection:
         models, total = queries.breakdown(connection, scope, "model")
+        more = levers(connection, scope.where()).to_json()
     saved = Decimal(total["cache_saved_usd"]) + Decimal(total["routing_saved_usd"])
+    saved += Decimal(more["batch_discount_usd"]) + Decimal(more["preferred_saved_usd"])
     would_have = Decimal(total["cost_usd"]) + saved
     return {
         "totals": total,
+        "levers": more,
         "saved_usd": usd_str(saved),
         "saved_pct": round(float(saved / would_have * 100), 2) if would_have else None,
         "models": [

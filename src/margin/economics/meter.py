@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
-from margin.config import ModelConfig, RegionConfig, Settings
+from margin.config import ModelConfig, Settings
 from margin.economics import energy as energy_mod
-from margin.economics.carbon import GridTable, co2e_grams
+from margin.economics.carbon import GridIntensity, GridTable, co2e_grams
+from margin.economics.curves import CurveSource
 from margin.economics.prices import PriceBook
 from margin.economics.tco import busy_cost
 from margin.types import Usage
@@ -30,6 +32,15 @@ class Charge:
     grid_g_per_kwh: float | None
     grid_source: str | None
     busy_s: float | None = None  # backend busy time billed to the request (self-hosted backends)
+    discount_usd: Decimal | None = None  # taken off the metered cost (batch lines); cost_usd is after it
+
+
+def discounted(charge: Charge, share: Decimal) -> Charge:
+    """The charge with `share` of its cost taken off (the batch discount); an unknown cost stays unknown."""
+    if charge.cost_usd is None or not share:
+        return charge
+    off = charge.cost_usd * share
+    return dataclasses.replace(charge, cost_usd=charge.cost_usd - off, discount_usd=off)
 
 
 class SharedClock:
@@ -60,16 +71,24 @@ class SharedClock:
 
 class Meter:
     def __init__(
-        self, settings: Settings, grid: GridTable, prices: PriceBook, rapl: energy_mod.RaplMeter | None = None
+        self,
+        settings: Settings,
+        grid: GridTable,
+        prices: PriceBook,
+        rapl: energy_mod.RaplMeter | None = None,
+        curves: CurveSource | None = None,
     ) -> None:
         self.settings = settings
+        self.curves = curves or CurveSource(settings.grid, settings.regions)
         self.grid = grid
         self.prices = prices
         self.rapl = rapl or energy_mod.RaplMeter()
         # RAPL measures this machine: it only says something about backends that run in this process
         self._on_host = {name for name, b in settings.backends.items() if b.kind in ON_HOST_KINDS}
         self.clocks = {name: SharedClock() for name in settings.backends}
-        self._regions: dict[str, tuple[RegionConfig, Any]] = {}  # backend → (region, grid intensity), once
+        self._grid_cache: dict[str, GridIntensity] = {}
+        if self.curves.used:
+            self.curves.current()  # a file or the bundled set: bad zones fail at start, not on a request
 
     def probe(self, backend_name: str) -> energy_mod.Probe | None:
         return self.rapl.probe() if backend_name in self._on_host else None
@@ -77,12 +96,18 @@ class Meter:
     def measured_j(self, probe: energy_mod.Probe | None, busy_s: float | None) -> float | None:
         return None if probe is None or busy_s is None else self.rapl.measure(probe, busy_s)
 
-    def _region(self, backend_name: str) -> tuple[RegionConfig, Any]:
-        found = self._regions.get(backend_name)
-        if found is None:
-            region = self.settings.region(self.settings.backends[backend_name].region)
-            found = self._regions[backend_name] = (region, self.grid.intensity(region))
-        return found
+    def grid_at(self, region_name: str, at: datetime | None = None) -> tuple[GridIntensity, Decimal]:
+        """The region's grid intensity and $/kWh for the hour of `at` (now): its curve's hour when it has one
+        (`regions.*.curve`), else the static value."""
+        region = self.settings.region(region_name)
+        if region.curve:
+            value = self.curves.at(region.curve, at or datetime.now(UTC))
+            if value is not None:
+                price = value.usd_per_kwh if region.price_curve and value.usd_per_kwh is not None else None
+                return GridIntensity(value.g_per_kwh, value.source), region.usd_per_kwh if price is None else price
+        if region_name not in self._grid_cache:
+            self._grid_cache[region_name] = self.grid.intensity(region)
+        return self._grid_cache[region_name], region.usd_per_kwh
 
     def charge(
         self,
@@ -91,9 +116,12 @@ class Meter:
         usage: Usage,
         busy_s: float,
         measured_j: float | None = None,
+        at: datetime | None = None,
     ) -> Charge:
+        """Cost, energy and carbon of `usage` on `model`'s backend, with the grid of the hour of `at` (now)."""
         backend = self.settings.backends[model.backend]
-        region, grid = self._region(model.backend)
+        region = self.settings.region(backend.region)
+        grid, usd_per_kwh = self.grid_at(backend.region, at)
         hardware = backend.hardware
         energy = None
         if measured_j is not None:
@@ -101,7 +129,7 @@ class Meter:
         elif hardware is not None:
             energy = energy_mod.modelled(hardware.watts_busy, busy_s)
         facility_j = energy.it_j * region.pue if energy else None
-        cost, status, method, version = self._cost(public, model, usage, busy_s, facility_j, region)
+        cost, status, method, version = self._cost(public, model, usage, busy_s, facility_j, usd_per_kwh)
         return Charge(
             cost_usd=cost,
             cost_status=status,
@@ -123,7 +151,7 @@ class Meter:
         usage: Usage,
         busy_s: float,
         facility_j: float | None,
-        region: RegionConfig,
+        usd_per_kwh: Decimal,
     ) -> tuple[Decimal | None, str, str, str | None]:
         backend = self.settings.backends[model.backend]
         hardware = backend.hardware
@@ -134,7 +162,7 @@ class Meter:
                 energy_overhead=hardware.energy_overhead,
                 network_overhead=hardware.network_overhead,
                 facility_energy_j=facility_j,
-                usd_per_kwh=region.usd_per_kwh,
+                usd_per_kwh=usd_per_kwh,
             )
             return cost, "priced", "tco", f"tco:{model.backend}"
         price = self.prices.list_price(public, model, backend)

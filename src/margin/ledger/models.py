@@ -60,6 +60,12 @@ ledger = sa.Table(
     sa.Column("busy_ms", sa.Float),  # the backend busy time billed to this request (self-hosted TCO)
     sa.Column("energy_uj", sa.BigInteger),  # round(energy_j × 10⁶): microjoules, filled at ingest
     sa.Column("co2e_ng", sa.BigInteger),  # round(co2e_g × 10⁹): nanograms, filled at ingest
+    sa.Column("batch_id", sa.String(40)),  # a batch line's job (also in tags); NULL for live traffic
+    sa.Column("discount_nanousd", sa.BigInteger),  # batch discount taken off the metered cost (cost is after it)
+    sa.Column("route_pref", sa.String(8)),  # carbon | cost: a lowest-carbon / lowest-cost route chose the backend
+    sa.Column("route_default", sa.String(128)),  # the route's default model (the counterfactual)
+    sa.Column("default_cost_nanousd", sa.BigInteger),  # what the default would have cost for the same tokens
+    sa.Column("default_co2e_g", sa.Float),  # what the default would have emitted
     sa.UniqueConstraint("request_id", "kind", name="uq_ledger_request_kind"),
     sa.Index("ix_ledger_created_at", "created_at"),
     sa.Index("ix_ledger_team_created", "team", "created_at"),
@@ -68,6 +74,7 @@ ledger = sa.Table(
     # latency percentiles of a window: walk the values in order, filter on time and kind inside the index
     sa.Index("ix_ledger_e2e_created", "e2e_ms", "created_at", "kind"),
     sa.Index("ix_ledger_ttft_created", "ttft_ms", "created_at", "kind"),
+    sa.Index("ix_ledger_batch", "batch_id"),
 )
 
 
@@ -224,4 +231,75 @@ outbox_offsets = sa.Table(  # how far the ingester got in each outbox file, comm
     sa.Column("byte_offset", sa.BigInteger, nullable=False),  # bytes of whole rows already in the ledger
     sa.Column("rows", sa.BigInteger, nullable=False),  # rows read from the file so far
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+
+)
+
+# The Batch API (margin.batches). Files keep their bytes in the database: one durable store, written in the
+# same transaction as the job state it belongs to (a job's output file and its `completed` status land
+# together or not at all), shared by replicas without a shared file system, backed up with the ledger.
+batch_files = sa.Table(
+    "batch_files",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),  # file-<24 hex>
+    sa.Column("key_id", sa.String(32)),  # the owner (NULL: open mode)
+    sa.Column("org", sa.String(128)),
+    sa.Column("purpose", sa.String(16), nullable=False),  # batch | batch_output
+    sa.Column("filename", sa.String(256), nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("lines", sa.Integer, nullable=False),
+    sa.Column("content", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_batch_files_key_created", "key_id", "created_at"),
+)
+
+batches = sa.Table(
+    "batches",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),  # batch_<24 hex>
+    sa.Column("key_id", sa.String(32)),  # the key that created it: every line runs as that key
+    sa.Column("org", sa.String(128)),
+    sa.Column("team", sa.String(128)),
+    sa.Column("input_file_id", sa.String(40), nullable=False),
+    sa.Column("endpoint", sa.String(32), nullable=False),
+    sa.Column("completion_window", sa.String(8), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # OpenAI's statuses
+    sa.Column("model", sa.String(128)),  # the one model of the job's lines (known after validation)
+    sa.Column("tags", sa.JSON, nullable=False),  # x-margin-tags of the create request, sent with every line
+    sa.Column("meta", sa.JSON),  # the caller's `metadata`
+    sa.Column("errors", sa.JSON),  # lines refused by validation: [{line, custom_id, code, message, param}]
+    sa.Column("plan", sa.JSON),  # the schedule: windows, objective, estimated saving
+    sa.Column("total", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("completed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("failed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("output_file_id", sa.String(40)),
+    sa.Column("error_file_id", sa.String(40)),
+    *(
+        sa.Column(f"{moment}_at", sa.DateTime(timezone=True))
+        for moment in ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
+    ),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("lease_owner", sa.String(40)),  # the worker running it (one at a time, across replicas)
+    sa.Column("lease_until", sa.DateTime(timezone=True)),
+    sa.Index("ix_batches_key_created", "key_id", "created_at"),
+    sa.Index("ix_batches_status", "status"),
+)
+
+batch_lines = sa.Table(
+    "batch_lines",
+    metadata,
+    sa.Column("batch_id", sa.String(40), primary_key=True),
+    sa.Column("line", sa.Integer, primary_key=True),  # line number in the input file (from 1)
+    sa.Column("custom_id", sa.String(256), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),  # the request body, JSON
+    sa.Column("status", sa.String(16), nullable=False),  # pending | running | done | failed | expired | cancelled
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("not_before", sa.DateTime(timezone=True)),  # retry after a 429/5xx
+    sa.Column("request_id", sa.String(64)),  # the ledger row of the last attempt
+    sa.Column("status_code", sa.Integer),
+    sa.Column("response", sa.Text),  # the answer's body, JSON
+    sa.Column("error", sa.JSON),  # {code, message} of a line that ended without an answer
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.UniqueConstraint("batch_id", "custom_id", name="uq_batch_lines_custom_id"),
+    sa.Index("ix_batch_lines_status", "batch_id", "status"),
 )

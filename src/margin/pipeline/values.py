@@ -24,7 +24,8 @@ from margin.governance.admission import Admission
 from margin.governance.rules import Subject
 from margin.protocol import ApiRequest, Endpoint
 from margin.specs import BudgetSpec, Policy
-from margin.types import Completion, Principal, Target, Usage
+from margin.routing.prefer import Preference
+from margin.types import BatchLine, Completion, Principal, Target, Usage
 
 EMPTY: Mapping[str, str] = MappingProxyType({})
 NOBODY = Subject()
@@ -151,6 +152,10 @@ class Record:
     route: str | None = None
     router_score: float | None = None
     counterfactual_nanousd: int | None = None
+    preference: Preference | None = None  # a lowest-carbon / lowest-cost route's choice
+    default_cost_nanousd: int | None = None  # what its default deployment would have cost for the same tokens
+    default_co2e_g: float | None = None  # … and emitted
+    batch: BatchLine | None = None  # a batch line (the batch worker's in-process call): its id and discount
     guard: dict[str, Any] | None = None  # what the guard found (counts by type, never values)
     prompt_log: str | None = None
     cache_hit: CacheHit | None = None

@@ -15,6 +15,7 @@ from margin.economics.money import JOULES_PER_KWH, THOUSAND, from_nanousd, usd_s
 from margin.ledger import read
 from margin.ledger.measures import MICRO, NANO
 from margin.ledger.read import Window, as_utc
+from margin.ledger.read.levers import NONE, Levers, levers
 from margin.report.queries import check_group
 
 Bucket = Literal["hour", "day"]
@@ -91,10 +92,12 @@ class Savings:
     routing_unpriced: int  # routed rows whose cost or counterfactual is unknown (left out of the sum)
     quantization_saved_usd: Decimal | None = None  # no ledger field measures it yet
     quantization_note: str = "not measured: the ledger has no counterfactual for quantization"
+    levers: Levers = NONE  # batch discount and lowest-carbon / lowest-cost routes (margin.ledger.read.levers)
 
     @property
     def counterfactual_cost_usd(self) -> Decimal:
-        return self.actual_cost_usd + self.cache_saved_usd + self.routing_saved_usd
+        more = self.levers.batch_discount_usd + self.levers.preferred_saved_usd
+        return self.actual_cost_usd + self.cache_saved_usd + self.routing_saved_usd + more
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,12 +110,14 @@ class Savings:
             "routing_unpriced": self.routing_unpriced,
             "quantization_saved_usd": usd_str(self.quantization_saved_usd),
             "quantization_note": self.quantization_note,
+            **self.levers.to_json(),
         }
 
 
 def savings(engine: sa.Engine, window: Window) -> Savings:
     with engine.connect() as connection:
         t = read.totals(connection, window)
+        found = levers(connection, window.where())
     return Savings(
         usd(t["cost_nanousd"]),
         t["cache_hits"],
@@ -120,6 +125,7 @@ def savings(engine: sa.Engine, window: Window) -> Savings:
         t["routed"],
         usd(t["routing_saved_nanousd"]),
         t["routing_unpriced"],
+        levers=found,
     )
 
 

@@ -164,6 +164,8 @@ def waterfall(found: Savings) -> list[tuple[str, Decimal]]:
         ("without levers", found.counterfactual_cost_usd),
         ("cache", -found.cache_saved_usd),
         ("routing", -found.routing_saved_usd),
+        ("batch discount", -found.levers.batch_discount_usd),
+        ("carbon/cost routes", -found.levers.preferred_saved_usd),
         ("actual", found.actual_cost_usd),
     ]
 

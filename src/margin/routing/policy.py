@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from margin.config import RouteConfig
+from margin.routing.prefer import Objective, Option, Preference, preferred_order
 from margin.types import Target
 
 
@@ -42,9 +43,15 @@ def routed_text(raw: dict[str, Any]) -> str:
 
 
 class RoutePolicy:
-    def __init__(self, routes: dict[str, RouteConfig], loader: Callable[[str], Scorer] = load_learned) -> None:
+    def __init__(
+        self,
+        routes: dict[str, RouteConfig],
+        loader: Callable[[str], Scorer] = load_learned,
+        rates: Callable[[Target], Option] | None = None,
+    ) -> None:
         self.routes = routes
         self.loader = loader
+        self.rates = rates  # gCO2e and $ per token of a candidate now (lowest-carbon / lowest-cost routes)
         self._scorers: dict[str, Scorer] = {}
 
     def scorer(self, spec: str) -> Scorer:
@@ -68,3 +75,11 @@ class RoutePolicy:
         cheap, strong = route.ladder
         first = cheap if score >= self.threshold(route) else strong
         return sorted(candidates, key=lambda t: t.public != first), score
+
+    def prefer(self, objective: Objective, candidates: list[Target]) -> tuple[list[Target], Preference | None]:
+        """Equivalent candidates (already narrowed by flags and residency) ordered by gCO2e or $ per token now;
+        the first of the default order is the counterfactual the ledger compares with."""
+        if self.rates is None or not candidates:
+            return candidates, None
+        order = preferred_order([self.rates(t) for t in candidates], objective)
+        return [candidates[i] for i in order], Preference(objective, candidates[0])

@@ -12,8 +12,9 @@ import logging
 import time
 
 from margin.backends.payloads import prompt_text, usage_chunk
-from margin.economics.meter import Meter
+from margin.economics.meter import Meter, discounted
 from margin.economics.money import to_nanousd
+from margin.economics.rates import tokens_per_s
 from margin.errors import (
     BackendError,
     BackendFailedUnexpectedly,
@@ -26,7 +27,7 @@ from margin.errors import (
 )
 from margin.governance.admission import worst_case_usd
 from margin.pipeline.stream import Delivery, close, first_chunk
-from margin.pipeline.values import Reply, Request, RouteDecision
+from margin.pipeline.values import Record, Reply, Request, RouteDecision
 from margin.protocol import Endpoint
 from margin.routing.breaker import Breakers
 from margin.specs import AdmissionConfig
@@ -212,12 +213,31 @@ class BackendCall:
             usage = counted_usage(target, call, text)
         record.usage, record.finish_reason = usage, call.stats.finish_reason
         record.queue_s = call.stats.queue_s
-        record.charge = self.meter.charge(target.public, target.model, usage, busy_s, measured_j)
+        charge = self.meter.charge(target.public, target.model, usage, busy_s, measured_j)
+        record.charge = charge if record.batch is None else discounted(charge, record.batch.discount)
+        if record.preference is not None:
+            self._default(record, target, usage, busy_s)
         decision = request.decision
         if decision is not None and decision.strongest is not None:
             strong = decision.strongest  # what the route's strongest model would have cost (routing's saving)
             cost = worst_case_usd(self.meter, [strong], usage.input_tokens, usage.output_tokens, self.admission)
             record.counterfactual_nanousd = None if cost is None else to_nanousd(cost)
+
+    def _default(self, record: Record, target: Target, usage: Usage, busy_s: float) -> None:
+        """What a preference route's default deployment would have cost and emitted for the same tokens, now
+        (its busy time scaled by the two backends' configured throughputs)."""
+        assert record.preference is not None and record.charge is not None
+        default, charge = record.preference.default, record.charge
+        if default.backend_name != target.backend_name:
+            fallback = self.admission.reserve_tokens_per_s
+            scale = tokens_per_s(self.meter, target.backend_name, fallback) / tokens_per_s(
+                self.meter, default.backend_name, fallback
+            )
+            charge = self.meter.charge(default.public, default.model, usage, busy_s * scale)
+            if record.batch is not None:
+                charge = discounted(charge, record.batch.discount)
+        record.default_cost_nanousd = None if charge.cost_usd is None else to_nanousd(charge.cost_usd)
+        record.default_co2e_g = charge.co2e_g
 
 
 def _note_recovery(request: Request, fault: MarginError | None) -> None:

@@ -92,11 +92,16 @@ class Route:
         if rules.flags:
             request, chain, cache_only = self._flagged(request, rules, subject, primary, chain)
         candidates, filtered = self._residency(request, requested, chain)
-        score, strongest = None, None
+        score, strongest, preference = None, None, None
         if route is not None and self.policy is not None:
-            ordered, score = await self.policy.order(requested, request.raw, list(candidates))
-            candidates, strongest = tuple(ordered), self.targets.get(route.ladder[-1])
+            if route.preference is not None:  # lowest-carbon / lowest-cost among equivalent deployments
+                ordered, preference = self.policy.prefer(route.preference, list(candidates))
+            else:  # cheapest-adequate: the router's choice first
+                ordered, score = await self.policy.order(requested, request.raw, list(candidates))
+                strongest = self.targets.get(route.ladder[-1])
+            candidates = tuple(ordered)
             request.record.route, request.record.router_score = requested, score
+            request.record.preference = preference
         prompt, output, worst = 0, 0, None
         budgets: tuple[BudgetSpec, ...] = ()
         if rules.budgets or rules.limits:
@@ -109,7 +114,7 @@ class Route:
         decision = RouteDecision(
             candidates,
             requested,
-            route=requested if strongest is not None else None,
+            route=requested if route is not None and self.policy is not None else None,
             router_score=score,
             strongest=strongest,
             jurisdictions=tuple(request.policy.jurisdictions)

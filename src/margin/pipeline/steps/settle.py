@@ -109,6 +109,21 @@ def ledger_row(record: Record, config_hash: str, pseudonym: UserPseudonyms) -> d
         "router_score": record.router_score,
         "counterfactual_nanousd": record.counterfactual_nanousd,
         "busy_ms": _ms(charge.busy_s) if charge else None,
+        **_levers(record),
+    }
+
+
+def _levers(record: Record) -> dict[str, Any]:
+    """Batch lines (id, discount) and lowest-carbon/lowest-cost routes (default and its counterfactual)."""
+    discount = record.charge.discount_usd if record.charge else None
+    preference = record.preference
+    return {
+        "batch_id": record.batch.batch_id if record.batch else None,
+        "discount_nanousd": None if discount is None else to_nanousd(discount),
+        "route_pref": preference.objective if preference else None,
+        "route_default": preference.default.public if preference else None,
+        "default_cost_nanousd": record.default_cost_nanousd,
+        "default_co2e_g": record.default_co2e_g,
     }
 
 

@@ -1,0 +1,184 @@
+"""`/v1/files` and `/v1/batches`: OpenAI's Batch API (the `openai` SDK works unchanged). Every route
+authenticates from the headers first; a key sees only its own files and jobs (another's id answers 404)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from margin.api.admin import endpoint
+from margin.api.edge import read_json
+from margin.batches import jsonl, store
+from margin.batches.objects import batch_object, file_object
+from margin.errors import InvalidRequest, NotFound
+from margin.types import Principal
+from margin.pipeline.steps.auth import parse_tag_header
+
+
+class BatchCreateRequest(BaseModel):
+    """POST /v1/batches (OpenAI's fields; others are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input_file_id: str = Field(min_length=1, max_length=64)
+    endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+    completion_window: str = Field(
+        pattern=r"^[0-9]{1,3}h$", description="Hours before the job expires (`24h`; up to batches.max_window_h)."
+    )
+    metadata: dict[str, str] | None = Field(None, max_length=16)
+
+
+def _owner(principal: Principal) -> store.Owner:
+    return store.Owner(principal.key_id, principal.org, principal.team)
+
+
+def _services(request: Request) -> Any:
+    services = request.app.state.services
+    if not services.settings.batches.enabled:
+        raise NotFound("the Batch API is disabled on this gateway (batches.enabled)", code="unknown_url")
+    return services
+
+
+def _limit(request: Request) -> tuple[int, str | None]:
+    raw = request.query_params.get("limit", "20")
+    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+        raise InvalidRequest("limit must be an integer from 1 to 100", param="limit")
+    return int(raw), request.query_params.get("after") or None
+
+
+def _page(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": more,
+    }
+
+
+async def upload_file(request: Request, principal: Principal) -> Any:
+    services = _services(request)
+    config = services.settings.batches
+    upload = await jsonl.read_upload(request, config)
+    row = await store.add_file(
+        services.engine,
+        _owner(principal),
+        upload.filename,
+        upload.content,
+        upload.lines,
+        config.max_stored_bytes_per_key,
+        datetime.now(UTC),
+    )
+    return file_object(row)
+
+
+async def list_files(request: Request, principal: Principal) -> Any:
+    limit, after = _limit(request)
+    rows, more = await store.list_files(_services(request).engine, _owner(principal), limit, after)
+    return _page([file_object(row) for row in rows], more)
+
+
+async def get_file(request: Request, principal: Principal) -> Any:
+    row = await store.get_file(_services(request).engine, request.path_params["file_id"], _owner(principal))
+    return file_object(row)
+
+
+async def file_content(request: Request, principal: Principal) -> Any:
+    file_id = request.path_params["file_id"]
+    content = await store.file_content(_services(request).engine, file_id, _owner(principal))
+    return Response(content, media_type="application/octet-stream")
+
+
+async def delete_file(request: Request, principal: Principal) -> Any:
+    file_id = request.path_params["file_id"]
+    await store.delete_file(_services(request).engine, file_id, _owner(principal))
+    return {"id": file_id, "object": "file", "deleted": True}
+
+
+def _tags(request: Request, services: Any, principal: Principal) -> dict[str, str]:
+    """x-margin-tags of the create request, checked now and sent with every line."""
+    bound = principal.tags or {}
+    allowed = set(services.settings.tags.header_keys) | {k for k, v in bound.items() if v == "*"}
+    header = request.headers.get("x-margin-tags")
+    tags = parse_tag_header(header, allowed) if header else {}
+    missing = [name for name, value in bound.items() if value == "*" and name not in tags]
+    if missing:
+        raise InvalidRequest(
+            f"this key must name its {', '.join(missing)} in x-margin-tags", param="x-margin-tags", code="missing_tag"
+        )
+    return tags
+
+
+async def create_batch(request: Request, principal: Principal) -> Any:
+    services = _services(request)
+    tags = _tags(request, services, principal)
+    try:
+        spec = BatchCreateRequest.model_validate(await read_json(request))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or None
+        raise InvalidRequest(f"{field}: {first['msg']}", param=field) from exc
+    hours = int(spec.completion_window[:-1])
+    limit = services.settings.batches.max_window_h
+    if not 1 <= hours <= limit:
+        raise InvalidRequest(f"completion_window must be 1h to {limit}h", param="completion_window")
+    for key, value in (spec.metadata or {}).items():
+        if len(key) > 64 or len(value) > 512:
+            raise InvalidRequest("metadata keys are at most 64 characters, values 512", param="metadata")
+    row = await store.add_batch(
+        services.engine,
+        _owner(principal),
+        spec.input_file_id,
+        spec.endpoint,
+        (spec.completion_window, hours),
+        spec.metadata,
+        tags,
+        datetime.now(UTC),
+    )
+    runner = getattr(request.app.state, "batch_runner", None)
+    if runner is not None:
+        runner.wake.set()
+    return batch_object(row)
+
+
+async def list_batches(request: Request, principal: Principal) -> Any:
+    limit, after = _limit(request)
+    rows, more = await store.list_batches(_services(request).engine, _owner(principal), limit, after)
+    return _page([batch_object(row) for row in rows], more)
+
+
+async def get_batch(request: Request, principal: Principal) -> Any:
+    services = _services(request)
+    row = await store.get_batch(services.engine, request.path_params["batch_id"], _owner(principal))
+    return batch_object(row, await store.line_counts(services.engine, row.id))
+
+
+async def cancel_batch(request: Request, principal: Principal) -> Any:
+    services = _services(request)
+    row = await store.cancel(services.engine, request.path_params["batch_id"], _owner(principal), datetime.now(UTC))
+    runner = getattr(request.app.state, "batch_runner", None)
+    if runner is not None:
+        runner.wake.set()
+    return batch_object(row)
+
+
+def routes() -> list[Route]:
+    def open_to_keys(handler: Any) -> Any:
+        return endpoint(handler, admin=False)
+
+    return [
+        Route("/v1/files", open_to_keys(upload_file), methods=["POST"]),
+        Route("/v1/files", open_to_keys(list_files), methods=["GET"]),
+        Route("/v1/files/{file_id}", open_to_keys(get_file), methods=["GET"]),
+        Route("/v1/files/{file_id}", open_to_keys(delete_file), methods=["DELETE"]),
+        Route("/v1/files/{file_id}/content", open_to_keys(file_content), methods=["GET"]),
+        Route("/v1/batches", open_to_keys(create_batch), methods=["POST"]),
+        Route("/v1/batches", open_to_keys(list_batches), methods=["GET"]),
+        Route("/v1/batches/{batch_id}", open_to_keys(get_batch), methods=["GET"]),
+        Route("/v1/batches/{batch_id}/cancel", open_to_keys(cancel_batch), methods=["POST"]),
+    ]

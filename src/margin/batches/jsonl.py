@@ -1,0 +1,192 @@
+"""Batch input files: the upload (multipart/form-data, read with a limit) and the validation of each line.
+
+An upload is refused whole only for what makes it no batch file at all: larger than `batches.max_file_bytes`
+(413, counted as the bytes arrive), more than `max_lines` lines or a line longer than `max_line_bytes` (400;
+both checked before any line is parsed), not UTF-8, or empty. Everything else is judged per line when a job
+is created from the file: a bad line becomes an entry of the job's `errors` and of its error file, the good
+lines run, and every non-blank input line ends in exactly one of the two output files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from margin.config import BatchConfig
+from margin.errors import InvalidRequest, MarginError, PayloadTooLarge
+from margin.protocol import Endpoint, parse_request
+
+ENDPOINTS = {
+    "/v1/chat/completions": Endpoint.CHAT,
+    "/v1/completions": Endpoint.COMPLETIONS,
+    "/v1/embeddings": Endpoint.EMBEDDINGS,
+}
+FORM_ENVELOPE = 64 * 1024  # room for the form's own fields and boundaries around the file
+MAX_CUSTOM_ID = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    filename: str
+    purpose: str
+    content: bytes
+    lines: int
+
+
+async def _bounded(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"upload of {declared} bytes is over the limit of {limit} bytes (batches.max_file_bytes)")
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"upload is over the limit of {limit} bytes (batches.max_file_bytes)")
+        yield chunk
+
+
+def count_lines(content: bytes) -> int:
+    return content.count(b"\n") + (0 if content.endswith(b"\n") else 1) if content else 0
+
+
+def check_content(content: bytes, limits: BatchConfig) -> int:
+    """The number of lines, after the limits that make a file no batch file at all."""
+    if not content.strip():
+        raise InvalidRequest("the file is empty", param="file", code="empty_file")
+    lines = count_lines(content)  # one pass in C, before anything is split
+    if lines > limits.max_lines:
+        raise InvalidRequest(
+            f"the file has {lines} lines; at most {limits.max_lines} (batches.max_lines)",
+            param="file",
+            code="too_many_lines",
+        )
+    longest = max(len(line) for line in content.split(b"\n"))
+    if longest > limits.max_line_bytes:
+        raise InvalidRequest(
+            f"a line of {longest} bytes is over the limit of {limits.max_line_bytes} (batches.max_line_bytes)",
+            param="file",
+            code="line_too_long",
+        )
+    try:
+        content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"the file is not UTF-8 text (byte {exc.start})", param="file") from exc
+    return lines
+
+
+async def read_upload(request: Request, limits: BatchConfig) -> Upload:
+    """The `file` and `purpose` fields of a multipart upload (after the caller was authenticated)."""
+    parser = MultiPartParser(
+        Headers(scope=request.scope),
+        _bounded(request, limits.max_file_bytes + FORM_ENVELOPE),
+        max_files=1,
+        max_fields=8,
+        max_part_size=64 * 1024,
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise InvalidRequest(f"the upload is not a valid multipart form: {exc.message}") from exc
+    try:
+        purpose, upload = form.get("purpose"), form.get("file")
+        if purpose != "batch":
+            raise InvalidRequest("purpose must be `batch` (the only purpose this gateway stores)", param="purpose")
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequest("send the JSONL file in a `file` field", param="file")
+        content = await upload.read(limits.max_file_bytes + 1)
+        if len(content) > limits.max_file_bytes:
+            raise PayloadTooLarge(f"the file is over the limit of {limits.max_file_bytes} bytes")
+        filename = (upload.filename or "batch.jsonl")[:256]
+    finally:
+        await form.close()
+    lines = await asyncio.to_thread(check_content, content, limits)  # scans up to max_file_bytes
+    return Upload(filename, purpose, content, lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    line: int
+    custom_id: str
+    model: str
+    body: bytes  # the request body, re-serialized JSON
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    line: int
+    custom_id: str | None
+    code: str
+    message: str
+    param: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "line": self.line,
+            "custom_id": self.custom_id,
+            "code": self.code,
+            "message": self.message,
+            "param": self.param,
+        }
+
+
+def _line(number: int, raw: bytes, endpoint: str, seen: set[str]) -> Line | LineError:
+    try:
+        item = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return LineError(number, None, "invalid_json", f"line {number} is not valid JSON: {exc}")
+    if not isinstance(item, dict):
+        return LineError(number, None, "invalid_json", f"line {number} is not a JSON object")
+    custom_id = item.get("custom_id")
+    if not isinstance(custom_id, str) or not 0 < len(custom_id) <= MAX_CUSTOM_ID:
+        message = f"custom_id must be a string of 1 to {MAX_CUSTOM_ID} characters"
+        return LineError(number, None, "invalid_custom_id", message, "custom_id")
+    if custom_id in seen:
+        return LineError(
+            number, custom_id, "duplicate_custom_id", f"custom_id {custom_id!r} is used twice", "custom_id"
+        )
+    seen.add(custom_id)
+    if item.get("method") != "POST":
+        return LineError(number, custom_id, "invalid_method", "method must be POST", "method")
+    if item.get("url") != endpoint:
+        return LineError(number, custom_id, "invalid_url", f"url must be the job's endpoint {endpoint}", "url")
+    body = item.get("body")
+    if not isinstance(body, dict):
+        return LineError(number, custom_id, "invalid_body", "body must be a JSON object", "body")
+    if body.get("stream"):
+        return LineError(number, custom_id, "unsupported_parameter", "streams are not run in batches", "body.stream")
+    try:
+        request = parse_request(ENDPOINTS[endpoint], body)
+    except MarginError as exc:
+        return LineError(number, custom_id, exc.code or "invalid_request", exc.message, exc.param)
+    return Line(number, custom_id, request.model, orjson.dumps(body))
+
+
+def validate(content: bytes, endpoint: str, known: Callable[[str], bool]) -> tuple[list[Line], list[LineError]]:
+    """Every non-blank line as a runnable line or an error; all lines of a job must name one model (the
+    first valid line's), as OpenAI requires."""
+    lines: list[Line] = []
+    errors: list[LineError] = []
+    seen: set[str] = set()
+    model: str | None = None
+    for number, raw in enumerate(content.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        result = _line(number, raw, endpoint, seen)
+        if isinstance(result, Line) and not known(result.model):
+            result = LineError(number, result.custom_id, "model_not_found", f"unknown model {result.model!r}", "model")
+        elif isinstance(result, Line) and model is not None and result.model != model:
+            message = f"every line of a job names one model; this one names {result.model!r}, not {model!r}"
+            result = LineError(number, result.custom_id, "model_mismatch", message, "model")
+        if isinstance(result, Line):
+            model = model or result.model
+            lines.append(result)
+        else:
+            errors.append(result)
+    return lines, errors

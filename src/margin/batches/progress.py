@@ -1,0 +1,268 @@
+"""The worker's side of the job tables: leases, validation results, each line's attempts, and the final
+output and error files. Each step is one transaction guarded by the state it expects, so nothing a
+restart replays is done twice and nothing a crash interrupts is half done."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from margin.batches.jsonl import Line, LineError
+from margin.batches.store import ACTIVE, LINE_OPEN, line_request_id, new_id
+from margin.ledger.models import batch_files, batch_lines, batches
+
+EXPIRED = {
+    "code": "batch_expired",
+    "message": "This request could not be executed before the completion window expired.",
+}
+CANCELLED = {"code": "batch_cancelled", "message": "This request was not executed: the batch was cancelled."}
+
+
+async def claim(engine: AsyncEngine, worker: str, now: datetime, lease_s: float) -> list[str]:
+    """Take (or renew) the lease of every active job no live worker holds; the ids this worker now holds."""
+    until = now + timedelta(seconds=lease_s)
+    free = sa.or_(batches.c.lease_owner.is_(None), batches.c.lease_until < now, batches.c.lease_owner == worker)
+    async with engine.begin() as connection:
+        ids = (await connection.execute(sa.select(batches.c.id).where(batches.c.status.in_(ACTIVE), free))).scalars()
+        held = []
+        for batch_id in list(ids):
+            taken = await connection.execute(
+                batches.update()
+                .where(batches.c.id == batch_id, batches.c.status.in_(ACTIVE), free)
+                .values(lease_owner=worker, lease_until=until)
+            )
+            if taken.rowcount == 1:
+                held.append(batch_id)
+        return held
+
+
+async def save_validation(
+    engine: AsyncEngine,
+    batch_id: str,
+    lines: Sequence[Line],
+    errors: Sequence[LineError],
+    plan: dict[str, Any] | None,
+    now: datetime,
+) -> bool:
+    """validating → in_progress with the lines stored; False if the job left `validating` meanwhile."""
+    async with engine.begin() as connection:
+        moved = await connection.execute(
+            batches.update()
+            .where(batches.c.id == batch_id, batches.c.status == "validating")
+            .values(
+                status="in_progress",
+                in_progress_at=now,
+                model=lines[0].model if lines else None,
+                errors=[e.to_json() for e in errors],
+                plan=plan,
+                total=len(lines) + len(errors),
+                failed=len(errors),
+            )
+        )
+        if moved.rowcount != 1:
+            return False
+        if lines:
+            await connection.execute(
+                batch_lines.insert(),
+                [
+                    {
+                        "batch_id": batch_id,
+                        "line": line.line,
+                        "custom_id": line.custom_id,
+                        "body": line.body.decode(),
+                        "status": "pending",
+                        "attempts": 0,
+                    }
+                    for line in lines
+                ],
+            )
+    return True
+
+
+async def reset_running(engine: AsyncEngine, batch_id: str) -> int:
+    """Lines a dead worker left running go back to pending, to re-run the same attempt (same request id: the
+    ledger keeps one row whichever run wrote it)."""
+    async with engine.begin() as connection:
+        reset = await connection.execute(
+            batch_lines.update()
+            .where(batch_lines.c.batch_id == batch_id, batch_lines.c.status == "running")
+            .values(status="pending", attempts=batch_lines.c.attempts - 1)
+        )
+        return int(reset.rowcount)
+
+
+async def pending_lines(engine: AsyncEngine, batch_id: str, now: datetime, limit: int, skip: set[int]) -> list[Any]:
+    ready = sa.or_(batch_lines.c.not_before.is_(None), batch_lines.c.not_before <= now)
+    query = (
+        sa.select(batch_lines.c.line, batch_lines.c.body, batch_lines.c.attempts)
+        .where(batch_lines.c.batch_id == batch_id, batch_lines.c.status == "pending", ready)
+        .order_by(batch_lines.c.line)
+        .limit(limit + len(skip))
+    )
+    async with engine.connect() as connection:
+        rows = (await connection.execute(query)).all()
+    return [row for row in rows if row.line not in skip][:limit]
+
+
+async def open_lines(engine: AsyncEngine, batch_id: str) -> int:
+    async with engine.connect() as connection:
+        count = await connection.scalar(
+            sa.select(sa.func.count()).where(batch_lines.c.batch_id == batch_id, batch_lines.c.status.in_(LINE_OPEN))
+        )
+    return int(count or 0)
+
+
+async def start_lines(engine: AsyncEngine, batch_id: str, lines: Sequence[tuple[int, int]]) -> dict[int, str]:
+    """pending → running for each (line, attempt), in one transaction; the request id of each line started
+    (a line another run took meanwhile is left out)."""
+    started: dict[int, str] = {}
+    async with engine.begin() as connection:
+        for line, attempt in lines:
+            request_id = line_request_id(batch_id, line, attempt)
+            moved = await connection.execute(
+                batch_lines.update()
+                .where(
+                    batch_lines.c.batch_id == batch_id,
+                    batch_lines.c.line == line,
+                    batch_lines.c.status == "pending",
+                    batch_lines.c.attempts == attempt - 1,
+                )
+                .values(status="running", attempts=attempt, request_id=request_id)
+            )
+            if moved.rowcount == 1:
+                started[line] = request_id
+    return started
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: str  # done | failed | pending (retry later)
+    status_code: int | None
+    response: bytes | None
+    error: dict[str, Any] | None = None
+    not_before: datetime | None = None
+
+
+async def finish_lines(
+    engine: AsyncEngine, batch_id: str, outcomes: Sequence[tuple[int, int, Outcome]], now: datetime
+) -> int:
+    """Record each (line, attempt, outcome) once (the line must still be running that attempt), with the
+    job's counters, in one transaction; how many were recorded."""
+    counts = {"done": 0, "failed": 0}
+    async with engine.begin() as connection:
+        for line, attempt, outcome in outcomes:
+            done = await connection.execute(
+                batch_lines.update()
+                .where(
+                    batch_lines.c.batch_id == batch_id,
+                    batch_lines.c.line == line,
+                    batch_lines.c.status == "running",
+                    batch_lines.c.attempts == attempt,
+                )
+                .values(
+                    status=outcome.status,
+                    status_code=outcome.status_code,
+                    response=None if outcome.response is None else outcome.response.decode("utf-8", "replace"),
+                    error=outcome.error,
+                    not_before=outcome.not_before,
+                    finished_at=None if outcome.status == "pending" else now,
+                )
+            )
+            if done.rowcount == 1 and outcome.status in counts:
+                counts[outcome.status] += 1
+        if counts["done"] or counts["failed"]:
+            await connection.execute(
+                batches.update()
+                .where(batches.c.id == batch_id)
+                .values(completed=batches.c.completed + counts["done"], failed=batches.c.failed + counts["failed"])
+            )
+    return counts["done"] + counts["failed"]
+
+
+async def close_pending(engine: AsyncEngine, batch_id: str, status: str, now: datetime) -> int:
+    """Pending lines of an expired (or cancelled) job end as `status`, counted as failed."""
+    error = EXPIRED if status == "expired" else CANCELLED
+    async with engine.begin() as connection:
+        closed = await connection.execute(
+            batch_lines.update()
+            .where(batch_lines.c.batch_id == batch_id, batch_lines.c.status == "pending")
+            .values(status=status, error=error, finished_at=now)
+        )
+        if closed.rowcount:
+            await connection.execute(
+                batches.update().where(batches.c.id == batch_id).values(failed=batches.c.failed + closed.rowcount)
+            )
+        return int(closed.rowcount)
+
+
+def _entry(batch_id: str, line: int, custom_id: str | None, response: Any, error: Any) -> bytes:
+    item = {"id": f"batch_req_{line_request_id(batch_id, line, 0)[:24]}", "custom_id": custom_id}
+    return orjson.dumps({**item, "response": response, "error": error})
+
+
+async def _outputs(connection: AsyncConnection, batch: Any) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
+    ok: list[tuple[int, bytes]] = []
+    bad: list[tuple[int, bytes]] = []
+    for error in batch.errors or []:
+        bad.append((error["line"], _entry(batch.id, error["line"], error["custom_id"], None, error)))
+    query = sa.select(batch_lines).where(batch_lines.c.batch_id == batch.id).order_by(batch_lines.c.line)
+    for row in await connection.execute(query):
+        response = None
+        if row.status_code is not None:
+            body = orjson.Fragment(row.response) if row.response else None
+            response = {"status_code": row.status_code, "request_id": row.request_id, "body": body}
+        entry = _entry(batch.id, row.line, row.custom_id, response, row.error)
+        (ok if row.status == "done" else bad).append((row.line, entry))
+    return ok, sorted(bad)
+
+
+async def _store_file(
+    connection: AsyncConnection, batch: Any, name: str, lines: list[tuple[int, bytes]], now: datetime
+) -> str | None:
+    if not lines:
+        return None
+    content = b"".join(entry + b"\n" for _, entry in lines)
+    file_id = new_id("file-")
+    await connection.execute(
+        batch_files.insert().values(
+            id=file_id,
+            key_id=batch.key_id,
+            org=batch.org,
+            purpose="batch_output",
+            filename=f"{batch.id}_{name}.jsonl",
+            bytes=len(content),
+            lines=len(lines),
+            content=content,
+            created_at=now,
+        )
+    )
+    return file_id
+
+
+async def finalize(engine: AsyncEngine, batch_id: str, status: str, now: datetime) -> bool:
+    """Write the output and error files and the final status in one transaction (once: the job must still be
+    active). Every input line is in exactly one of the two files."""
+    async with engine.begin() as connection:
+        batch = (await connection.execute(sa.select(batches).where(batches.c.id == batch_id))).one()
+        if batch.status not in ACTIVE:
+            return False
+        ok, bad = await _outputs(connection, batch)
+        values: dict[str, Any] = {
+            "status": status,
+            "finalizing_at": now,
+            f"{status}_at": now,
+            "output_file_id": await _store_file(connection, batch, "output", ok, now),
+            "error_file_id": await _store_file(connection, batch, "error", bad, now),
+            "lease_owner": None,
+            "lease_until": None,
+        }
+        moved = await connection.execute(
+            batches.update().where(batches.c.id == batch_id, batches.c.status == batch.status).values(**values)
+        )
+        return moved.rowcount == 1

@@ -1,0 +1,313 @@
+"""The batch worker: runs in the gateway's lifespan, takes the lease of active jobs (one worker per job across
+processes and replicas), validates new ones, plans them, and runs their lines through the gateway itself,
+as in-process calls of `POST /v1/...` made as the key that created the job (`margin.api.inprocess`), so
+budgets, guards, cache, routing, metering and the ledger apply to every line unchanged.
+
+Durability: a line is marked `running` (attempt n, request id fixed by (job, line, n)) before its call, its
+ledger row is flushed before the line is marked done, and a restart re-runs lines left running with the
+same request id; the ledger keeps one row per request id, the output file one entry per line."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from starlette.types import ASGIApp
+
+from margin.api import inprocess
+from margin.batches import progress, store
+from margin.batches.jsonl import validate
+from margin.batches.planning import Planner, line_tokens, options_for, turn, used_capacity
+from margin.governance.rules import Subject
+from margin.ledger.models import batches
+from margin.types import ANONYMOUS, BatchLine, Principal
+from margin.keys import principal_of
+
+log = logging.getLogger("margin.batches")
+RETRYABLE = frozenset({429, 500, 502, 503, 504})
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class BatchRunner:
+    def __init__(self, app: ASGIApp, services: Any, clock: Callable[[], datetime] = utcnow) -> None:
+        self.app = app
+        self.services = services
+        self.config = services.settings.batches
+        self.clock = clock
+        self.worker = f"{socket.gethostname()[:16]}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.wake = asyncio.Event()
+        self.planner = Planner(services.settings, services.meter)
+        self._jobs: dict[str, asyncio.Task[None]] = {}
+        self._running: dict[str, _Job] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="batch-worker")
+
+    async def close(self, grace_s: float = 10.0) -> None:
+        """Stop dispatching; lines in flight get `grace_s` to finish (a line cut off re-runs after restart)."""
+        self._stopping = True
+        self.wake.set()
+        for running in self._running.values():
+            running.wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        jobs = [job for job in self._jobs.values() if not job.done()]
+        if jobs:
+            _, late = await asyncio.wait(jobs, timeout=grace_s)
+            for job in late:
+                job.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("batch worker: a pass over the jobs failed; retrying")
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=self.config.poll_s)
+
+    async def tick(self) -> None:
+        """Renew or take leases; start a task for every job held and not yet running here; wake the others
+        (a cancellation or a new job is seen at once)."""
+        for running in self._running.values():
+            running.wake.set()
+        held = await progress.claim(self.services.engine, self.worker, self.clock(), self.config.lease_s)
+        for batch_id in held:
+            job = self._jobs.get(batch_id)
+            if job is None or job.done():
+                self._jobs[batch_id] = asyncio.create_task(self.run_job(batch_id), name=f"batch {batch_id}")
+        for batch_id in [b for b, job in self._jobs.items() if job.done()]:
+            del self._jobs[batch_id]
+
+    async def run_job(self, batch_id: str) -> None:
+        try:
+            batch = await store.get_batch(self.services.engine, batch_id, None)
+            if batch.status == "validating":
+                await self._validate(batch)
+            elif batch.status == "in_progress":
+                await progress.reset_running(self.services.engine, batch_id)
+            job = self._running[batch_id] = _Job(self, batch_id)
+            await job.run()
+        except Exception:
+            log.exception("batch %s: the worker failed; it resumes on the next pass", batch_id)
+        finally:
+            self._running.pop(batch_id, None)
+
+    async def principal(self, batch: Any) -> Principal | None:
+        """The key that created the job, as it is now (None once revoked), with the job's id as a bound tag."""
+        tags = {"batch_id": batch.id}
+        if batch.key_id is None:
+            return dataclasses.replace(ANONYMOUS, tags=tags)
+        record = await self.services.keys.lookup_id(batch.key_id)
+        if record is None or record.revoked_at is not None:
+            return None
+        principal = principal_of(record)
+        return dataclasses.replace(principal, tags={**principal.tags, **tags})
+
+    def jurisdictions(self, principal: Principal) -> list[str] | None:
+        bound = {k: v for k, v in principal.tags.items() if v != "*"}
+        subject = Subject(principal.key_id, principal.team, principal.org, bound)
+        policy = self.services.governance.rules.policy_for(subject, principal.policy)
+        return None if policy.jurisdictions is None else list(policy.jurisdictions)
+
+    def known(self, model: str) -> bool:
+        return model in self.services.targets or model in self.services.settings.routes
+
+    async def _validate(self, batch: Any) -> None:
+        engine, now = self.services.engine, self.clock()
+        try:
+            content = await store.file_content(engine, batch.input_file_id, None)
+        except Exception:
+            content = b""
+        # up to batches.max_lines schema checks: off the event loop, which keeps serving live traffic
+        lines, errors = await asyncio.to_thread(validate, content, batch.endpoint, self.known)
+        plan = None
+        principal = await self.principal(batch)
+        if lines and principal is not None:
+            plan = await self.plan(batch, lines[0].model, [line.body for line in lines], principal, now)
+        await progress.save_validation(engine, batch.id, lines, errors, plan, now)
+
+    async def plan(
+        self, batch: Any, model: str, bodies: list[bytes], principal: Principal, now: datetime
+    ) -> dict[str, Any] | None:
+        options = options_for(self.services.settings, self.services.targets, model, self.jurisdictions(principal))
+        if not options:
+            return None  # a routed model of another kind, or nothing allowed: lines run (and fail) as sent
+        work = sum(line_tokens(body, self.config.assumed_output_tokens) for body in bodies)
+        async with self.services.engine.connect() as connection:
+            others = await connection.execute(
+                sa.select(batches.c.plan).where(batches.c.status.in_(store.ACTIVE), batches.c.id != batch.id)
+            )
+            used = used_capacity(row.plan for row in others)
+        return self.planner.plan(options, work, now, store.utc(batch.expires_at) or now, used)
+
+
+class _Job:
+    """One job's run in this worker: dispatch lines while its plan allows, up to `batches.concurrency`; record
+    the lines that landed together (one ledger flush and one transaction for all of them)."""
+
+    def __init__(self, runner: BatchRunner, batch_id: str) -> None:
+        self.runner = runner
+        self.engine = runner.services.engine
+        self.batch_id = batch_id
+        self.flying: dict[int, asyncio.Task[tuple[int, int, progress.Outcome]]] = {}
+        self.landed: list[tuple[int, int, progress.Outcome]] = []
+        self.sent: dict[str, int] = {}  # tokens dispatched per window model (splits an hour between windows)
+        self.wake = asyncio.Event()  # a line landed, or the runner saw news (cancel, shutdown)
+
+    async def run(self) -> None:
+        runner = self.runner
+        try:
+            while True:
+                await self._record()
+                batch = await store.get_batch(self.engine, self.batch_id, None)
+                if batch.status not in ("in_progress", "cancelling") or runner._stopping:
+                    return
+                if await self._ending(batch):
+                    return
+                wait = await self._dispatch(batch)
+                await self._wait(wait)
+        finally:
+            await self._land_all()
+
+    async def _land_all(self) -> None:
+        if self.flying:
+            await asyncio.gather(*self.flying.values(), return_exceptions=True)
+        await self._record()
+
+    async def _record(self) -> None:
+        """Lines that landed: their ledger rows reach the database first, then their outcomes, in one go."""
+        if not self.landed:
+            return
+        landed, self.landed = self.landed, []
+        await _durable(self.runner.services)
+        await progress.finish_lines(self.engine, self.batch_id, landed, self.runner.clock())
+
+    async def _ending(self, batch: Any) -> bool:
+        """Cancelled, expired or done: close what is pending, let lines in flight land, write the files."""
+        now = self.runner.clock()
+        final = None
+        if batch.status == "cancelling":
+            final = "cancelled"
+        elif now >= (store.utc(batch.expires_at) or now):
+            final = "expired"
+        if final is not None:
+            await progress.close_pending(self.engine, batch.id, final, now)
+        elif self.flying or await progress.open_lines(self.engine, batch.id):
+            return False
+        else:
+            final = "failed" if batch.total == len(batch.errors or []) else "completed"  # no line was valid
+        await self._land_all()
+        if await progress.open_lines(self.engine, batch.id):
+            return False  # a line in flight went back to pending (retry): not over yet
+        await progress.finalize(self.engine, batch.id, final, self.runner.clock())
+        return True
+
+    async def _dispatch(self, batch: Any) -> datetime | None:
+        runner, now = self.runner, self.runner.clock()
+        plan = turn(batch.plan, batch.model or "", now)
+        free = runner.config.concurrency - len(self.flying)
+        if not plan.models or free <= 0:
+            return plan.wake
+        rows = await progress.pending_lines(self.engine, batch.id, now, free, set(self.flying))
+        if not rows:
+            return None
+        principal = await runner.principal(batch)
+        started = await progress.start_lines(self.engine, batch.id, [(r.line, r.attempts + 1) for r in rows])
+        for row in rows:
+            if row.line not in started:
+                continue
+            model = min(plan.models, key=lambda m: self.sent.get(m[0], 0) / m[1])[0]
+            self.sent[model] = self.sent.get(model, 0) + line_tokens(row.body, runner.config.assumed_output_tokens)
+            call = self._line(batch, row, model, principal, started[row.line], row.attempts + 1)
+            task = asyncio.create_task(call)
+            self.flying[row.line] = task
+            task.add_done_callback(self._landed_callback(row.line))
+        return None
+
+    def _landed_callback(self, line: int) -> Callable[[asyncio.Task[tuple[int, int, progress.Outcome]]], None]:
+        def landed(task: asyncio.Task[tuple[int, int, progress.Outcome]]) -> None:
+            self.flying.pop(line, None)
+            if not task.cancelled() and task.exception() is None:
+                self.landed.append(task.result())
+            self.wake.set()
+
+        return landed
+
+    async def _wait(self, until: datetime | None) -> None:
+        timeout = self.runner.config.poll_s
+        if until is not None:
+            timeout = min(timeout, max(0.0, (until - self.runner.clock()).total_seconds()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.runner.wake.wait(), timeout=timeout)
+
+    async def _line(
+        self, batch: Any, row: Any, model: str, principal: Principal | None, request_id: str, attempt: int
+    ) -> tuple[int, int, progress.Outcome]:
+        try:
+            outcome = await self._call(batch, row, model, principal, request_id, attempt)
+        except Exception as exc:  # the call itself broke: count it as a gateway fault, retried
+            log.exception("batch %s line %s: the in-process call failed", batch.id, row.line)
+            error = {"code": "internal_error", "message": f"the gateway failed on this line: {type(exc).__name__}"}
+            outcome = self._retry_or_fail(500, None, error, attempt, None)
+        return row.line, attempt, outcome
+
+    async def _call(
+        self, batch: Any, row: Any, model: str, principal: Principal | None, request_id: str, attempt: int
+    ) -> progress.Outcome:
+        runner = self.runner
+        if principal is None:
+            error = {
+                "error": {
+                    "message": "the key that created this batch was revoked",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_api_key",
+                }
+            }
+            return progress.Outcome("failed", 401, orjson.dumps(error))
+        body = row.body.encode()
+        if model and model != batch.model:
+            body = orjson.dumps({**orjson.loads(body), "model": model})
+        tags = ",".join(f"{k}={v}" for k, v in (batch.tags or {}).items())
+        caller = inprocess.InProcess(principal, request_id, BatchLine(batch.id, runner.config.discount))
+        reply = await inprocess.call(
+            runner.app, batch.endpoint, body, caller, {"x-margin-tags": tags} if tags else None
+        )
+        if reply.status < 400:
+            return progress.Outcome("done", reply.status, reply.body)
+        return self._retry_or_fail(reply.status, reply.body, None, attempt, reply.headers.get("retry-after"))
+
+    def _retry_or_fail(
+        self, status: int, body: bytes | None, error: dict[str, Any] | None, attempt: int, retry_after: str | None
+    ) -> progress.Outcome:
+        if status in RETRYABLE and attempt < self.runner.config.max_attempts:
+            delay = float(retry_after) if retry_after and retry_after.isdigit() else float(2**attempt)
+            not_before = self.runner.clock() + timedelta(seconds=min(delay, 300.0))
+            return progress.Outcome("pending", status, body, error, not_before)
+        return progress.Outcome("failed", status, body, error)
+
+
+async def _durable(services: Any) -> None:
+    """The lines' ledger rows are in the outbox before their answers complete (so a crash loses none); this
+    waits for them to reach the database too, so that a job marked done has its rows readable at once."""
+    await services.outbox.flush()

@@ -1,0 +1,226 @@
+"""The Batch API's durable state (tables `batch_files`, `batches`, `batch_lines` in the ledger database).
+
+Every state change is one transaction guarded by the state it expects (`WHERE status = …`, and for a line
+`AND attempts = n`), so a worker that lost its lease, a restart or a repeated call changes nothing twice.
+A file or job is visible only to the key that created it (another key's id answers 404)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from margin.errors import Conflict, NotFound, PayloadTooLarge
+from margin.ledger.models import batch_files, batch_lines, batches
+
+ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
+FINAL = ("completed", "failed", "expired", "cancelled")
+LINE_OPEN = ("pending", "running")
+FILE_COLUMNS = [c for c in batch_files.c if c.name != "content"]
+
+
+def new_id(prefix: str) -> str:
+    return prefix + secrets.token_hex(12)
+
+
+def line_request_id(batch_id: str, line: int, attempt: int) -> str:
+    """The ledger request id of one attempt of one line: the same on a re-run after a crash (the ledger then
+    keeps one row), another for a retry after a failure (each attempt's cost is real)."""
+    return hashlib.sha256(f"{batch_id}\n{line}\n{attempt}".encode()).hexdigest()[:32]
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; margin writes UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    key_id: str | None
+    org: str | None = None
+    team: str | None = None
+
+
+def _owned(table: sa.Table, owner: Owner) -> sa.ColumnElement[bool]:
+    return table.c.key_id.is_(None) if owner.key_id is None else table.c.key_id == owner.key_id
+
+
+async def _page(
+    connection: AsyncConnection,
+    table: sa.Table,
+    columns: Sequence[Any],
+    where: list[Any],
+    limit: int,
+    after: str | None,
+) -> tuple[list[Any], bool]:
+    """Newest first, `limit` rows after the id `after` (OpenAI's cursor pagination)."""
+    if after is not None:
+        anchor = (await connection.execute(sa.select(table.c.created_at).where(table.c.id == after, *where))).first()
+        if anchor is None:
+            raise NotFound(f"no object {after!r} to page after", param="after")
+        moment = anchor[0]
+        where = [
+            *where,
+            sa.or_(table.c.created_at < moment, sa.and_(table.c.created_at == moment, table.c.id < after)),
+        ]
+    query = sa.select(*columns).where(*where).order_by(table.c.created_at.desc(), table.c.id.desc()).limit(limit + 1)
+    rows = list((await connection.execute(query)).all())
+    return rows[:limit], len(rows) > limit
+
+
+# -- files
+
+
+async def add_file(
+    engine: AsyncEngine, owner: Owner, filename: str, content: bytes, lines: int, quota: int, now: datetime
+) -> Any:
+    async with engine.begin() as connection:
+        used = await connection.scalar(
+            sa.select(sa.func.coalesce(sa.func.sum(batch_files.c.bytes), 0)).where(_owned(batch_files, owner))
+        )
+        if int(used or 0) + len(content) > quota:
+            raise PayloadTooLarge(
+                f"this key's files would hold more than {quota} bytes (batches.max_stored_bytes_per_key); "
+                "delete some first",
+                code="storage_quota_exceeded",
+            )
+        file_id = new_id("file-")
+        values = {
+            "id": file_id,
+            "key_id": owner.key_id,
+            "org": owner.org,
+            "purpose": "batch",
+            "filename": filename,
+            "bytes": len(content),
+            "lines": lines,
+            "content": content,
+            "created_at": now,
+        }
+        await connection.execute(batch_files.insert().values(**values))
+        return (await connection.execute(sa.select(*FILE_COLUMNS).where(batch_files.c.id == file_id))).one()
+
+
+async def get_file(engine: AsyncEngine, file_id: str, owner: Owner) -> Any:
+    async with engine.connect() as connection:
+        query = sa.select(*FILE_COLUMNS).where(batch_files.c.id == file_id, _owned(batch_files, owner))
+        row = (await connection.execute(query)).first()
+    if row is None:
+        raise NotFound(f"No such File object: {file_id}", param="file_id")
+    return row
+
+
+async def file_content(engine: AsyncEngine, file_id: str, owner: Owner | None) -> bytes:
+    """A file's bytes (`owner` None: the worker reading a job's input, whoever owns it)."""
+    where = [batch_files.c.id == file_id]
+    if owner is not None:
+        where.append(_owned(batch_files, owner))
+    async with engine.connect() as connection:
+        content = await connection.scalar(sa.select(batch_files.c.content).where(*where))
+    if content is None:
+        raise NotFound(f"No such File object: {file_id}", param="file_id")
+    return bytes(content)
+
+
+async def list_files(engine: AsyncEngine, owner: Owner, limit: int, after: str | None) -> tuple[list[Any], bool]:
+    async with engine.connect() as connection:
+        return await _page(connection, batch_files, FILE_COLUMNS, [_owned(batch_files, owner)], limit, after)
+
+
+async def delete_file(engine: AsyncEngine, file_id: str, owner: Owner) -> None:
+    async with engine.begin() as connection:
+        gone = await connection.execute(
+            batch_files.delete().where(batch_files.c.id == file_id, _owned(batch_files, owner))
+        )
+    if gone.rowcount != 1:
+        raise NotFound(f"No such File object: {file_id}", param="file_id")
+
+
+# -- jobs
+
+
+async def add_batch(
+    engine: AsyncEngine,
+    owner: Owner,
+    input_file_id: str,
+    endpoint: str,
+    window: tuple[str, int],
+    meta: dict[str, str] | None,
+    tags: dict[str, str],
+    now: datetime,
+) -> Any:
+    batch_id = new_id("batch_")
+    async with engine.begin() as connection:
+        source = await connection.scalar(
+            sa.select(batch_files.c.purpose).where(batch_files.c.id == input_file_id, _owned(batch_files, owner))
+        )
+        if source != "batch":
+            raise NotFound(f"No such File object: {input_file_id}", param="input_file_id")
+        await connection.execute(
+            batches.insert().values(
+                id=batch_id,
+                key_id=owner.key_id,
+                org=owner.org,
+                team=owner.team,
+                input_file_id=input_file_id,
+                endpoint=endpoint,
+                completion_window=window[0],
+                status="validating",
+                tags=tags,
+                meta=meta,
+                created_at=now,
+                expires_at=now + timedelta(hours=window[1]),
+            )
+        )
+        return (await connection.execute(sa.select(batches).where(batches.c.id == batch_id))).one()
+
+
+async def get_batch(engine: AsyncEngine, batch_id: str, owner: Owner | None) -> Any:
+    where = [batches.c.id == batch_id]
+    if owner is not None:
+        where.append(_owned(batches, owner))
+    async with engine.connect() as connection:
+        row = (await connection.execute(sa.select(batches).where(*where))).first()
+    if row is None:
+        raise NotFound(f"No such Batch object: {batch_id}", param="batch_id")
+    return row
+
+
+async def list_batches(engine: AsyncEngine, owner: Owner, limit: int, after: str | None) -> tuple[list[Any], bool]:
+    async with engine.connect() as connection:
+        return await _page(connection, batches, list(batches.c), [_owned(batches, owner)], limit, after)
+
+
+def cancel_statement(batch_id: str, now: datetime, owner: Owner | None = None) -> sa.Update:
+    where = [batches.c.id == batch_id, batches.c.status.in_(("validating", "in_progress"))]
+    if owner is not None:
+        where.append(_owned(batches, owner))
+    return batches.update().where(*where).values(status="cancelling", cancelling_at=now)
+
+
+async def cancel(engine: AsyncEngine, batch_id: str, owner: Owner, now: datetime) -> Any:
+    """validating / in_progress → cancelling (the worker stops dispatching within `batches.poll_s`); a job
+    already cancelling or cancelled is returned as it is; a finished one cannot be cancelled (409)."""
+    async with engine.begin() as connection:
+        await connection.execute(cancel_statement(batch_id, now, owner))
+    row = await get_batch(engine, batch_id, owner)
+    if row.status in ("completed", "failed", "expired", "finalizing"):
+        raise Conflict(f"cannot cancel a batch whose status is {row.status}", code="batch_not_cancellable")
+    return row
+
+
+async def line_counts(engine: AsyncEngine, batch_id: str) -> dict[str, int]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            sa.select(batch_lines.c.status, sa.func.count())
+            .where(batch_lines.c.batch_id == batch_id)
+            .group_by(batch_lines.c.status)
+        )
+        return {str(status): int(count) for status, count in rows}

@@ -1,0 +1,110 @@
+"""Calibration from measurements: a `margin bench` result (schema margin.bench/1) or any observations become the
+efficiency factors of one device, saved as a small YAML file that `margin plan --calibration FILE` applies.
+
+From a bench result the run at concurrency 1 (else the first run) gives one point: mean prompt and output
+tokens per completed request, TTFT p50 and TPOT p50 (vLLM definitions, bench/SCHEMA.md)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from margin.errors import ConfigError
+from margin.plan.catalog import Catalog, EfficiencyClass, Provenance, Strict
+from margin.plan.validate import Observation, fit, fit_params
+
+SCHEMA = "margin.plan.calibration/1"
+
+
+class CalibrationFile(Strict):
+    schema_: str = Field(alias="schema")
+    hardware: str
+    efficiency: EfficiencyClass
+    points: list[Observation]
+
+
+def _bench_run(data: dict[str, Any]) -> dict[str, Any]:
+    runs = data.get("runs") or []
+    if data.get("schema") != "margin.bench/1" or not runs:
+        raise ConfigError("not a margin bench result (schema margin.bench/1 with runs)")
+    return next((r for r in runs if r.get("load", {}).get("concurrency") == 1), runs[0])
+
+
+def observations_from_bench(
+    path: Path,
+    model: str,
+    hardware: str,
+    weights: str,
+    *,
+    kv: str = "fp16",
+    engine: str = "llamacpp",
+    threads: int | None = None,
+) -> list[Observation]:
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read bench result {path}: {exc}") from exc
+    run = _bench_run(data)
+    metrics = run["metrics"]
+    done = int(metrics["completed"])
+    if done < 1 or metrics.get("ttft_ms") is None or metrics.get("tpot_ms") is None:
+        raise ConfigError(f"{path}: the run has no completed requests with TTFT and TPOT")
+    concurrency = run.get("load", {}).get("concurrency")
+    source = Provenance(
+        source=f"margin bench {path.name}, run {run['load'].get('label')}, p50 of {done} requests",
+        as_of=str(data.get("created_at", ""))[:10] or time.strftime("%Y-%m-%d"),
+        confidence="measured",
+    )
+    common: dict[str, Any] = {
+        "group": "bench",
+        "model": model,
+        "hardware": hardware,
+        "weights": weights,
+        "kv": kv,
+        "engine": engine,
+        "threads": threads,
+        "input_tokens": max(1, round(metrics["input_tokens"] / done)),
+        "output_tokens": max(1, round(metrics["output_tokens"] / done)),
+        "batch": concurrency if isinstance(concurrency, int) else 1,
+        "role": "calibrate",
+        "source": source,
+    }
+    return [
+        Observation(id=f"bench-{path.stem}-ttft", metric="ttft_ms", value=metrics["ttft_ms"]["p50"], **common),
+        Observation(id=f"bench-{path.stem}-tpot", metric="tpot_ms", value=metrics["tpot_ms"]["p50"], **common),
+    ]
+
+
+def calibrate(catalog: Catalog, hardware: str, points: list[Observation]) -> EfficiencyClass:
+    catalog.get_hardware(hardware)
+    names = ", ".join(p.id for p in points)
+    origins = "; ".join(dict.fromkeys(p.source.source for p in points))
+    source = Provenance(
+        source=f"margin plan calibrate on {names} ({origins})", as_of=time.strftime("%Y-%m-%d"), confidence="measured"
+    )
+    return fit(points, catalog, catalog.efficiency_for(hardware), source, fit_params(catalog, points))
+
+
+def write_calibration(path: Path, hardware: str, eff: EfficiencyClass, points: list[Observation]) -> None:
+    doc = {
+        "schema": SCHEMA,
+        "hardware": hardware,
+        "efficiency": eff.model_dump(mode="json", exclude_none=True),
+        "points": [p.model_dump(mode="json", exclude_none=True) for p in points],
+    }
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def load_calibration(path: Path) -> dict[str, EfficiencyClass]:
+    try:
+        doc = CalibrationFile.model_validate(yaml.safe_load(path.read_text("utf-8")))
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        raise ConfigError(f"invalid calibration file {path}: {exc}") from exc
+    if doc.schema_ != SCHEMA:
+        raise ConfigError(f"{path}: expected schema {SCHEMA}, got {doc.schema_}")
+    return {doc.hardware: doc.efficiency}

@@ -1,0 +1,55 @@
+"""`margin plan` for one configuration: the numbers behind its breakdown, as one JSON-ready dict."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from margin.plan.econ import economics
+from margin.plan.perf import Setup, Slo, at_slo, serve
+
+
+def one_config(
+    setup: Setup,
+    input_tokens: int,
+    output_tokens: int,
+    batch: int | None,
+    slo_ms: tuple[float | None, float | None],
+    region: str | None,
+    rate: float | None,
+    overheads: tuple[Decimal, Decimal] = (Decimal(0), Decimal(0)),
+) -> dict[str, Any]:
+    """Performance at `batch` (default: the largest the SLOs and memory allow), memory, and economics in `region`.
+    A configuration that cannot serve even one sequence is still broken down at batch 1, with the reason."""
+    if input_tokens < 1 or output_tokens < 1 or (batch is not None and batch < 1):
+        raise ValueError("--input, --output and --batch must be positive")
+    context = input_tokens + output_tokens
+    slo = Slo(*(None if ms is None else ms / 1000 for ms in slo_ms))
+    if batch is None:
+        capacity = at_slo(setup, input_tokens, output_tokens, slo, input_tokens, context)
+        feasible, limit = capacity.point is not None, capacity.limit
+        point = capacity.point or serve(setup, input_tokens, output_tokens, 1)
+        memory = capacity.memory if capacity.point else setup.memory(1, context)
+    else:
+        point, memory = serve(setup, input_tokens, output_tokens, batch), setup.memory(batch, context)
+        feasible, limit = memory.peak <= memory.capacity and context <= setup.model.context, "given"
+    econ = None
+    if region is not None:
+        econ = economics(setup, region, point, rate, *overheads)
+        if econ is None:
+            raise ValueError(f"region {region!r} does not offer (or cannot price) {setup.hardware_key}")
+    eff = setup.eff
+    return {
+        "label": setup.label(),
+        "config": setup.describe(),
+        "feasible": feasible,
+        "batch_limit": limit,
+        "slo_ms": {"ttft": slo_ms[0], "tpot": slo_ms[1]},
+        "performance": point.to_json(),
+        "memory": memory.to_json(),
+        "economics": None if econ is None else econ.to_json(),
+        "efficiency": eff.model_dump(
+            mode="json", include={"compute", "compute_untiled", "compute_decode", "memory", "source"}
+        ),
+        "catalog_versions": setup.catalog.versions,
+    }

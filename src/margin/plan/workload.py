@@ -1,0 +1,171 @@
+"""A workload to place: request rate, prompt and output length distributions, SLOs, constraints, search space.
+
+```yaml
+model: llama-3.1-8b
+rate_rps: 20
+input_tokens: {dist: lognormal, mean: 1000, sigma: 0.6}    # or a number, {dist: uniform, min, max},
+output_tokens: {dist: normal, mean: 300, std: 80}           # {dist: normal, mean, std}, {values: [...], weights: [...]}
+slo: {ttft_ms: 2000, tpot_ms: 60}
+constraints: {jurisdictions: [EU], max_gco2e_per_1k_tokens: 2.0, max_usd_per_month: 40000}
+search: {weights: [bf16, fp8, int4], kv: [fp16, fp8], devices: [1, 2, 4, 8], engine: vllm}
+```
+Throughput is planned at the mean lengths; the TTFT SLO is checked at the p95 prompt; the p99 prompt + p99
+output must fit in one sequence's context."""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+from pathlib import Path
+from statistics import NormalDist
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from margin.errors import ConfigError
+from margin.plan.catalog import Strict
+from margin.plan.perf import Slo
+
+
+class Lengths(Strict):
+    """A token-length distribution; `mean` and `quantile` in closed form (empirical: weighted)."""
+
+    dist: Literal["fixed", "uniform", "normal", "lognormal", "empirical"] = "fixed"
+    mean: float | None = Field(None, gt=0)
+    min: int | None = Field(None, gt=0)
+    max: int | None = Field(None, gt=0)
+    std: float | None = Field(None, ge=0)
+    sigma: float | None = Field(None, ge=0)
+    values: list[int] | None = None
+    weights: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Lengths:
+        needs = {
+            "fixed": ("mean",),
+            "uniform": ("min", "max"),
+            "normal": ("mean", "std"),
+            "lognormal": ("mean", "sigma"),
+            "empirical": ("values",),
+        }[self.dist]
+        missing = [k for k in needs if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"{self.dist} lengths need {', '.join(missing)}")
+        if self.values is not None and (not self.values or min(self.values) <= 0):
+            raise ValueError("values must be positive token counts")
+        if self.weights is not None and (self.values is None or len(self.weights) != len(self.values)):
+            raise ValueError("weights must match values")
+        return self
+
+    def average(self) -> float:
+        if self.dist == "uniform":
+            assert self.min is not None and self.max is not None
+            return (self.min + self.max) / 2
+        if self.dist == "empirical":
+            values, weights = self._empirical()
+            return sum(v * w for v, w in zip(values, weights, strict=True))
+        assert self.mean is not None
+        return self.mean
+
+    def quantile(self, q: float) -> float:
+        z = NormalDist().inv_cdf(q)
+        if self.dist == "fixed":
+            return self.average()
+        if self.dist == "uniform":
+            assert self.min is not None and self.max is not None
+            return self.min + q * (self.max - self.min)
+        if self.dist == "normal":
+            assert self.mean is not None and self.std is not None
+            return max(1.0, self.mean + z * self.std)
+        if self.dist == "lognormal":
+            assert self.mean is not None and self.sigma is not None
+            mu = math.log(self.mean) - self.sigma**2 / 2
+            return math.exp(mu + z * self.sigma)
+        values, weights = self._empirical()
+        seen = 0.0
+        for value, weight in sorted(zip(values, weights, strict=True)):
+            seen += weight
+            if seen >= q - 1e-12:
+                return float(value)
+        return float(max(values))
+
+    def _empirical(self) -> tuple[list[int], list[float]]:
+        assert self.values is not None
+        weights = self.weights or [1.0] * len(self.values)
+        total = sum(weights)
+        return self.values, [w / total for w in weights]
+
+
+def lengths(value: int | Lengths) -> Lengths:
+    return Lengths(mean=value) if isinstance(value, int) else value
+
+
+class SloSpec(Strict):
+    ttft_ms: float | None = Field(None, gt=0)
+    tpot_ms: float | None = Field(None, gt=0)
+    e2e_ms: float | None = Field(None, gt=0)
+
+    def slo(self) -> Slo:
+        def s(ms: float | None) -> float | None:
+            return None if ms is None else ms / 1000
+
+        return Slo(s(self.ttft_ms), s(self.tpot_ms), s(self.e2e_ms))
+
+
+class Constraints(Strict):
+    jurisdictions: list[str] | None = Field(None, description="Allowed jurisdictions (EU, US, …); None = any")
+    regions: list[str] | None = None
+    hardware: list[str] | None = None
+    max_gco2e_per_1k_tokens: float | None = Field(None, gt=0)
+    max_usd_per_month: Decimal | None = Field(None, gt=0)
+    include_owned: bool = True
+
+
+class Search(Strict):
+    weights: list[str] = ["bf16", "fp8", "int4"]
+    kv: list[str] = ["fp16", "fp8"]
+    devices: list[int] = [1, 2, 4, 8]
+    engine: str = "vllm"
+    cpu_engine: str = "llamacpp"
+
+
+class Workload(Strict):
+    model: str
+    rate_rps: float = Field(gt=0)
+    input_tokens: int | Lengths
+    output_tokens: int | Lengths
+    slo: SloSpec = SloSpec()
+    constraints: Constraints = Constraints()
+    search: Search = Search()
+    energy_overhead: Decimal = Field(Decimal(0), ge=0, description="DESIGN §4 overheads on the hourly price")
+    network_overhead: Decimal = Field(Decimal(0), ge=0)
+
+    @property
+    def inputs(self) -> Lengths:
+        return lengths(self.input_tokens)
+
+    @property
+    def outputs(self) -> Lengths:
+        return lengths(self.output_tokens)
+
+    def mean_input(self) -> int:
+        return max(1, round(self.inputs.average()))
+
+    def mean_output(self) -> int:
+        return max(1, round(self.outputs.average()))
+
+    def tail_input(self) -> int:
+        return max(1, math.ceil(self.inputs.quantile(0.95)))
+
+    def tail_context(self) -> int:
+        return math.ceil(self.inputs.quantile(0.99)) + math.ceil(self.outputs.quantile(0.99))
+
+
+def load_workload(path: Path) -> Workload:
+    try:
+        return Workload.model_validate(yaml.safe_load(path.read_text("utf-8")))
+    except OSError as exc:
+        raise ConfigError(f"cannot read workload {path}: {exc}") from exc
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise ConfigError(f"invalid workload {path}: {exc}") from exc

@@ -1,0 +1,49 @@
+"""Batch test helpers: JSONL files, the SDK on an in-process gateway, and waiting for a job to end."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+
+from margin.config import Settings
+from tests.helpers import Gateway, fake_settings
+
+FINAL = {"completed", "failed", "expired", "cancelled"}
+
+
+def batch_settings(db: Path, **batches: Any) -> Settings:
+    return fake_settings(db, batches={"poll_s": 0.02, "objective": "asap", **batches})
+
+
+def line(custom_id: str, content: str = "hello there", model: str = "fake-chat", **body: Any) -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": [{"role": "user", "content": content}], **body},
+    }
+
+
+def jsonl(*items: Any) -> bytes:
+    return b"".join((item if isinstance(item, bytes) else orjson.dumps(item)) + b"\n" for item in items)
+
+
+def sdk(gw: Gateway, key: str = "unused") -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(api_key=key, base_url="http://localhost/v1", http_client=gw.http, max_retries=0)
+
+
+async def wait_final(client: openai.AsyncOpenAI, batch_id: str, seconds: float = 30.0) -> Any:
+    for _ in range(int(seconds / 0.02)):
+        batch = await client.batches.retrieve(batch_id)
+        if batch.status in FINAL:
+            return batch
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"batch {batch_id} still {batch.status}")
+
+
+def entries(content: bytes) -> list[dict[str, Any]]:
+    return [orjson.loads(raw) for raw in content.splitlines() if raw.strip()]

@@ -1,0 +1,123 @@
+"""Per-line outcomes: malformed JSONL (bad JSON, wrong method or url, duplicate custom_id, unknown model,
+another model, a stream) gives one error entry per bad line and runs the good ones; no line is lost. Expiry,
+retries of gateway faults, and a job whose lines all fail validation."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from margin.batches.jsonl import validate
+from tests.batches.helpers import batch_settings, entries, jsonl, line, sdk, wait_final
+from tests.helpers import gateway
+
+MALFORMED = jsonl(
+    line("ok-1"),
+    b'{"custom_id": "broken", "method": "POST", "url": ',  # line 2: bad JSON
+    {**line("get"), "method": "GET"},  # 3: wrong method
+    {**line("url"), "url": "/v1/embeddings"},  # 4: not the job's endpoint
+    line("ok-1", "again"),  # 5: duplicate custom_id
+    line("nobody", model="no-such-model"),  # 6: unknown model
+    line("other", model="priced"),  # 7: another model than the job's
+    line("streamed", stream=True),  # 8: streams do not run in batches
+    line("typed", max_tokens="many"),  # 9: a field of the wrong type
+    b"   ",  # 10: blank: not a request
+    line("ok-2"),  # 11
+)
+
+
+def test_validation_sorts_every_line() -> None:
+    lines, errors = validate(MALFORMED, "/v1/chat/completions", lambda m: m in {"fake-chat", "priced"})
+    assert [(x.line, x.custom_id) for x in lines] == [(1, "ok-1"), (11, "ok-2")]
+    assert [(e.line, e.code) for e in errors] == [
+        (2, "invalid_json"),
+        (3, "invalid_method"),
+        (4, "invalid_url"),
+        (5, "duplicate_custom_id"),
+        (6, "model_not_found"),
+        (7, "model_mismatch"),
+        (8, "unsupported_parameter"),
+        (9, "invalid_request"),
+    ]
+    assert errors[8 - 2].custom_id == "streamed" and errors[0].custom_id is None
+
+
+async def test_malformed_lines_become_errors_and_good_lines_run(db_path: Path) -> None:
+    async with gateway(batch_settings(db_path)) as gw:
+        client = sdk(gw)
+        upload = await client.files.create(file=("bad.jsonl", MALFORMED), purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        done = await wait_final(client, batch.id)
+        assert done.status == "completed" and done.request_counts is not None
+        assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (10, 2, 8)
+        assert done.errors is not None and done.errors.data is not None
+        assert sorted(e.line or 0 for e in done.errors.data) == [2, 3, 4, 5, 6, 7, 8, 9]
+        assert done.output_file_id and done.error_file_id
+        good = entries((await client.files.content(done.output_file_id)).content)
+        bad = entries((await client.files.content(done.error_file_id)).content)
+        assert [e["custom_id"] for e in good] == ["ok-1", "ok-2"]
+        assert [e["error"]["line"] for e in bad] == [2, 3, 4, 5, 6, 7, 8, 9]
+        assert all(e["response"] is None for e in bad)
+        assert len({e["id"] for e in good + bad}) == 10  # every input line once, none lost
+        assert len([r for r in await gw.rows() if r.batch_id == batch.id]) == 2  # only valid lines ran
+
+
+async def test_a_job_with_no_valid_line_fails_with_its_errors(db_path: Path) -> None:
+    async with gateway(batch_settings(db_path)) as gw:
+        client = sdk(gw)
+        upload = await client.files.create(file=("bad.jsonl", jsonl(line("x", model="nope"), b"{")), purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="1h"
+        )
+        done = await wait_final(client, batch.id)
+        assert done.status == "failed" and done.failed_at is not None and done.output_file_id is None
+        assert done.error_file_id is not None
+        assert len(entries((await client.files.content(done.error_file_id)).content)) == 2
+
+
+async def test_lines_left_at_the_deadline_expire(db_path: Path) -> None:
+    async with gateway(batch_settings(db_path, objective="carbon")) as gw:
+        runner = gw.app.state.batch_runner
+        runner.clock = lambda: datetime.now(UTC) + timedelta(hours=2)  # past a 1h window: nothing may run
+        client = sdk(gw)
+        upload = await client.files.create(file=("in.jsonl", jsonl(line("a"), line("b"))), purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="1h"
+        )
+        done = await wait_final(client, batch.id)
+        assert done.status == "expired" and done.expired_at is not None and done.request_counts is not None
+        assert (done.request_counts.completed, done.request_counts.failed) == (0, 2)
+        assert done.error_file_id is not None
+        bad = entries((await client.files.content(done.error_file_id)).content)
+        assert {e["error"]["code"] for e in bad} == {"batch_expired"}
+        assert [r for r in await gw.rows() if r.batch_id == batch.id] == []
+
+
+async def test_gateway_faults_are_retried_then_reported(db_path: Path) -> None:
+    settings = batch_settings(db_path, max_attempts=2)
+    backends = {**settings.backends, "fake": settings.backends["fake"].model_copy(update={"fail_status": 502})}
+    async with gateway(settings.model_copy(update={"backends": backends})) as gw:
+        runner = gw.app.state.batch_runner
+        shift = timedelta(0)
+
+        def clock() -> datetime:
+            return datetime.now(UTC) + shift
+
+        runner.clock = clock
+        client = sdk(gw)
+        upload = await client.files.create(file=("in.jsonl", jsonl(line("a"))), purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        shift = timedelta(seconds=10)  # past the retry's back-off without waiting for it
+        done = await wait_final(client, batch.id)
+        assert done.status == "completed" and done.request_counts is not None
+        assert (done.request_counts.completed, done.request_counts.failed) == (0, 1)
+        assert done.error_file_id is not None
+        (bad,) = entries((await client.files.content(done.error_file_id)).content)
+        assert bad["response"]["status_code"] == 502 and bad["response"]["body"]["error"]["code"]
+        rows = [r for r in await gw.rows() if r.batch_id == batch.id]
+        assert len(rows) == 2 and len({r.request_id for r in rows}) == 2  # two attempts, two real rows
+        assert bad["response"]["request_id"] in {r.request_id for r in rows}

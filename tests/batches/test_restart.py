@@ -1,0 +1,73 @@
+"""A job survives its gateway being killed mid-run (SIGKILL, no shutdown): started again, the gateway
+resumes it without redoing finished lines or writing any line (or ledger row) twice."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+import yaml
+
+from tests.batches.helpers import entries, jsonl, line
+from tests.helpers import margin_serve
+from tests.security.conftest import FAKE_CONFIG
+from tests.security.waiting import wait_for
+
+LINES = 30
+
+
+def _config(tmp_path: Path) -> Path:
+    config: dict[str, Any] = {
+        **FAKE_CONFIG,
+        "storage": {"flush_interval_ms": 10},
+        "backends": {**FAKE_CONFIG["backends"], "fake": {**FAKE_CONFIG["backends"]["fake"], "ttft_ms": 60}},
+        "batches": {"objective": "asap", "concurrency": 2, "poll_s": 0.05, "lease_s": 1.0},
+    }
+    path = tmp_path / "margin.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_kill_mid_job_then_restart_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    config, db = _config(tmp_path), tmp_path / "ledger.db"
+    with margin_serve(db, tmp_path / "first.log", config=config, ready_s=60) as (url, process):
+        client = openai.OpenAI(api_key="unused", base_url=f"{url}/v1", max_retries=0)
+        upload = client.files.create(file=("in.jsonl", jsonl(*(line(f"k{i}") for i in range(LINES)))), purpose="batch")
+        batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+
+        def some_done() -> bool:
+            counts = client.batches.retrieve(batch.id).request_counts
+            return counts is not None and counts.completed >= 6
+
+        wait_for(some_done, "six lines done", 30)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+    client_counts = None
+    with margin_serve(db, tmp_path / "second.log", config=config, ready_s=60) as (url, _):
+        client = openai.OpenAI(api_key="unused", base_url=f"{url}/v1", max_retries=0)
+        before = client.batches.retrieve(batch.id)
+        assert before.status == "in_progress" and before.request_counts is not None
+        assert 6 <= before.request_counts.completed < LINES  # killed mid-job
+        deadline = time.monotonic() + 60
+        while (current := client.batches.retrieve(batch.id)).status != "completed":
+            assert time.monotonic() < deadline, current.status
+            time.sleep(0.05)
+        client_counts = current.request_counts
+        assert current.output_file_id is not None and current.error_file_id is None
+        output = entries(client.files.content(current.output_file_id).content)
+    assert client_counts is not None and (client_counts.completed, client_counts.failed) == (LINES, 0)
+    assert sorted(e["custom_id"] for e in output) == sorted(f"k{i}" for i in range(LINES))  # each exactly once
+    import sqlalchemy as sa
+
+    from margin.ledger import db as ledger_db
+
+    engine = ledger_db.make_sync_engine(f"sqlite:///{db}")
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text("SELECT request_id FROM ledger WHERE batch_id = :b"), {"b": batch.id}).all()
+    engine.dispose()
+    ids = [row[0] for row in rows]
+    assert len(ids) == len(set(ids)) == LINES  # one ledger row per line: none lost, none twice
+    assert set(ids) == {e["response"]["request_id"] for e in output}

@@ -1,0 +1,145 @@
+"""`margin plan` commands end to end (typer runner, bundled catalogs)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from margin.cli import app
+
+runner = CliRunner()
+
+
+def test_one_config_breakdown_text_and_json() -> None:
+    args = [
+        "plan",
+        "--model",
+        "llama-3.1-8b",
+        "--hardware",
+        "l4",
+        "--weights",
+        "int4",
+        "--kv",
+        "fp8",
+        "--input",
+        "1000",
+        "--output",
+        "200",
+        "--tpot-ms",
+        "80",
+        "--region",
+        "aws-us-east-1",
+        "--rate",
+        "2",
+    ]
+    text = runner.invoke(app, args)
+    assert text.exit_code == 0, text.output
+    assert "decode step" in text.output and "memory-bound" in text.output and "kv cache" in text.output
+    data = json.loads(runner.invoke(app, [*args, "--json"]).output)
+    assert data["feasible"] and data["batch_limit"] in ("tpot_slo", "memory", "engine")
+    assert data["performance"]["tpot_ms"] <= 80
+    assert data["performance"]["decode_step"]["bound"] == "memory"
+    econ = data["economics"]
+    assert Decimal(econ["usd_per_1k_tokens"]) > 0 and econ["grid_source"] == "table:USA/2023"
+    assert econ["replicas"] >= 1 and 0 < econ["busy_fraction"] <= 1
+
+
+def test_a_model_that_does_not_fit_is_still_broken_down() -> None:
+    out = runner.invoke(app, ["plan", "--model", "llama-3.1-70b", "--hardware", "l4", "--json"])
+    data = json.loads(out.output)
+    assert not data["feasible"] and data["batch_limit"] == "memory"
+    assert data["memory"]["weights_gb_per_device"] > data["memory"]["capacity_gb_per_device"]
+
+
+def test_bad_input_is_an_error_not_a_traceback() -> None:
+    out = runner.invoke(app, ["plan", "--model", "nope", "--hardware", "l4"])
+    assert out.exit_code == 2 and "unknown model" in out.output
+    out = runner.invoke(app, ["plan", "--model", "llama-3.1-8b", "--hardware", "h100-sxm", "--region", "gcp-us-east1"])
+    assert out.exit_code == 2 and "does not offer" in out.output
+    assert runner.invoke(app, ["plan", "--model", "llama-3.1-8b"]).exit_code == 2
+
+
+def test_place_prints_the_pareto_set_and_writes_a_png(tmp_path: Path) -> None:
+    workload = tmp_path / "w.yaml"
+    workload.write_text(
+        "model: qwen2.5-7b\nrate_rps: 5\ninput_tokens: 800\noutput_tokens: 200\nslo: {ttft_ms: 2000, tpot_ms: 80}\n"
+        "constraints: {jurisdictions: [EU]}\nsearch: {devices: [1, 2]}\n"
+    )
+    png = tmp_path / "p.png"
+    out = runner.invoke(app, ["plan", "place", "--workload", str(workload), "--png", str(png), "--top", "3"])
+    assert out.exit_code == 0, out.output
+    assert "Pareto" in out.output and png.exists()
+    data = json.loads(runner.invoke(app, ["plan", "place", "-w", str(workload), "--json"]).output)
+    assert data["pareto"] and all(p["economics"]["region"].split("-")[0] for p in data["pareto"])
+
+
+def test_catalog_listings() -> None:
+    for what in ("hardware", "regions", "models", "formats", "efficiency"):
+        assert runner.invoke(app, ["plan", "catalog", what]).exit_code == 0, what
+    models = json.loads(runner.invoke(app, ["plan", "catalog", "models", "--json"]).output)
+    smol = next(r for r in models["rows"] if r["key"] == "smollm2-135m")
+    assert smol["kv_bytes_per_token_fp16"] == 23040
+    assert runner.invoke(app, ["plan", "catalog", "gpus"]).exit_code == 2
+
+
+def test_validate_and_calibrate_commands(tmp_path: Path) -> None:
+    data = json.loads(runner.invoke(app, ["plan", "validate", "--json"]).output)
+    assert data["median_abs_error_pct"]["gpu_published"] <= 15
+    bench = tmp_path / "b.json"
+    run = {
+        "load": {"label": "concurrency=1", "concurrency": 1},
+        "metrics": {
+            "completed": 2,
+            "input_tokens": 200,
+            "output_tokens": 64,
+            "ttft_ms": {"p50": 120.0},
+            "tpot_ms": {"p50": 12.0},
+        },
+    }
+    bench.write_text(json.dumps({"schema": "margin.bench/1", "runs": [run]}))
+    cal = tmp_path / "cal.yaml"
+    args = [
+        "plan",
+        "calibrate",
+        "--bench",
+        str(bench),
+        *[
+            "--model",
+            "smollm2-135m",
+            "--hardware",
+            "cpu-this-machine",
+            "--weights",
+            "gguf-q4_1",
+            "--threads",
+            "2",
+            "--out",
+        ],
+        str(cal),
+        "--json",
+    ]
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    plan = [
+        "plan",
+        "--model",
+        "smollm2-135m",
+        "--hardware",
+        "cpu-this-machine",
+        "--weights",
+        "gguf-q4_1",
+        "--engine",
+        "llamacpp",
+        "--threads",
+        "2",
+        "--input",
+        "100",
+        "--output",
+        "32",
+        "--json",
+    ]
+    calibrated = json.loads(runner.invoke(app, [*plan, "--calibration", str(cal)]).output)
+    assert abs(calibrated["performance"]["tpot_ms"] - 12.0) < 0.5
+    assert abs(calibrated["performance"]["ttft_ms"] - 120.0) < 5

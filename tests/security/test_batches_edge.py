@@ -1,0 +1,106 @@
+"""Issue 18's attack tests against a real `margin serve`: the Batch API's upload is bounded (size, line
+count, line length) and authenticated before its body is read; files and jobs are private to their key
+(another key's or another org's id answers 404, lists show only one's own)."""
+
+from __future__ import annotations
+
+import orjson
+
+from tests.security.conftest import ServeFactory
+from tests.security.test_edge_bodies import FLOOD, chunked_flood
+
+LIMITS = {"batches": {"max_file_bytes": 8192, "max_lines": 100, "max_line_bytes": 1024, "objective": "asap"}}
+KEYS = {"a": ["--team", "t", "--org", "acme"], "b": ["--team", "t", "--org", "acme"], "c": ["--org", "other"]}
+
+
+def _line(custom_id: str) -> bytes:
+    body = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]}
+    return orjson.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
+
+
+def _upload(client: object, content: bytes, purpose: str = "batch") -> object:
+    return client.post("/v1/files", files={"file": ("in.jsonl", content)}, data={"purpose": purpose})  # type: ignore[attr-defined]
+
+
+def test_upload_limits_and_media_types(served: ServeFactory) -> None:
+    with served(LIMITS, keys={"a": []}) as gw, gw.client(gw.keys["a"]) as client:
+        too_big = _upload(client, b"x" * 20_000)
+        assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
+        bomb = _upload(client, b"{}\n" * 2000)  # 6 KB of tiny lines: under the size limit, over the line count
+        assert bomb.status_code == 400 and bomb.json()["error"]["code"] == "too_many_lines"
+        long_line = _upload(client, b'{"custom_id": "' + b"a" * 2000 + b'"}\n')
+        assert long_line.status_code == 400 and long_line.json()["error"]["code"] == "line_too_long"
+        latin = _upload(client, b'{"custom_id": "\xe9"}\n')
+        assert latin.status_code == 400 and "UTF-8" in latin.json()["error"]["message"]
+        assert _upload(client, b"\n\n").json()["error"]["code"] == "empty_file"
+        assert _upload(client, _line("a"), purpose="fine-tune").json()["error"]["param"] == "purpose"
+        text = client.post("/v1/files", content=_line("a"), headers={"content-type": "text/plain"})
+        assert text.status_code == 415
+        form_to_batches = client.post("/v1/batches", files={"file": ("x", b"{}")}, data={"purpose": "batch"})
+        assert form_to_batches.status_code == 415  # multipart is accepted on /v1/files only
+        many = client.post(
+            "/v1/files",
+            files=[("file", ("a.jsonl", _line("a"))), ("file", ("b.jsonl", _line("b")))],
+            data={"purpose": "batch"},
+        )
+        assert many.status_code == 400
+        assert client.get("/v1/files").json()["data"] == []  # nothing refused was stored
+        assert client.get("/healthz").status_code == 200
+
+
+def test_upload_is_refused_before_its_body_without_a_key_and_at_its_limit_with_one(served: ServeFactory) -> None:
+    """A chunked multipart flood at /v1/files: 401 from the headers alone without a key, 413 once past
+    `batches.max_file_bytes` (plus the form's envelope) with one; the gateway reads no further either way."""
+    form = {"content-type": "multipart/form-data; boundary=x"}
+    with served(LIMITS, keys={"a": []}) as gw:
+        anonymous = chunked_flood(gw.url, "/v1/files", form)
+        assert anonymous.status == 401 and anonymous.sent < FLOOD // 4
+        keyed = chunked_flood(gw.url, "/v1/files", {**form, "authorization": f"Bearer {gw.keys['a']}"})
+        assert keyed.status in (400, 413) and keyed.sent < FLOOD // 4
+
+
+def test_files_and_jobs_are_private_to_their_key_and_org(served: ServeFactory) -> None:
+    with served(LIMITS, keys=KEYS) as gw:
+        with gw.client(gw.keys["a"]) as a:
+            upload = _upload(a, _line("one") + b"\n").json()
+            batch = a.post(
+                "/v1/batches",
+                json={"input_file_id": upload["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+            ).json()
+            assert batch["status"] == "validating"
+        for name in ("b", "c"):  # the same team and org, then another org
+            with gw.client(gw.keys[name]) as other:
+                for path in (
+                    f"/v1/files/{upload['id']}",
+                    f"/v1/files/{upload['id']}/content",
+                    f"/v1/batches/{batch['id']}",
+                ):
+                    assert other.get(path).status_code == 404, (name, path)
+                assert other.delete(f"/v1/files/{upload['id']}").status_code == 404
+                assert other.post(f"/v1/batches/{batch['id']}/cancel", json={}).status_code == 404
+                stolen = other.post(
+                    "/v1/batches",
+                    json={"input_file_id": upload["id"], "endpoint": "/v1/chat/completions", "completion_window": "1h"},
+                )
+                assert stolen.status_code == 404 and stolen.json()["error"]["param"] == "input_file_id"
+                assert other.get("/v1/files").json()["data"] == []
+                assert other.get("/v1/batches").json()["data"] == []
+        with gw.client(gw.keys["a"]) as a:
+            assert a.get(f"/v1/batches/{batch['id']}").status_code == 200
+            assert [f["id"] for f in a.get("/v1/files").json()["data"]][-1] == upload["id"]
+
+
+def test_bad_job_requests_are_400_not_500(served: ServeFactory) -> None:
+    with served(LIMITS, keys={"a": []}) as gw, gw.client(gw.keys["a"]) as client:
+        upload = _upload(client, _line("one")).json()
+        for body, param in (
+            ({"input_file_id": upload["id"], "endpoint": "/v1/responses", "completion_window": "24h"}, "endpoint"),
+            ({"input_file_id": upload["id"], "endpoint": "/v1/embeddings", "completion_window": "1000h"}, None),
+            ({"input_file_id": upload["id"], "endpoint": "/v1/embeddings", "completion_window": "soon"}, None),
+            ({"endpoint": "/v1/embeddings", "completion_window": "24h"}, "input_file_id"),
+        ):
+            answer = client.post("/v1/batches", json=body)
+            assert answer.status_code == 400, answer.text
+            assert param is None or answer.json()["error"]["param"] == param
+        assert client.get("/v1/batches?limit=0").status_code == 400
+        assert client.get("/v1/batches?after=batch_nope").status_code == 404

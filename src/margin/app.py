@@ -19,9 +19,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from margin.api import admin, edge, feedback, inference, meta, observability, openapi
+from margin.api import batches as batches_api
 from margin.api.errors import error_response
 from margin.backends.registry import BackendRegistry
-from margin.batches import api as batches_api
 from margin.batches.runner import BatchRunner
 from margin.config import Settings
 from margin.dashboard import views as dashboard

@@ -33,11 +33,11 @@ from margin.pipeline.flow import Flow, Parts, compose
 from margin.pipeline.steps.settle import Settle
 from margin.routing.breaker import Breakers
 from margin.routing.policy import RoutePolicy
+from margin.routing.prefer import Option
 from margin.telemetry import Telemetry
 from margin.telemetry.metrics import MULTIPROC_ENV, Metrics
 from margin.telemetry.traces import Traces, provider_names
 from margin.types import Backend, Target
-from margin.routing.prefer import Option
 
 log = logging.getLogger("margin")
 

@@ -189,7 +189,7 @@ ANONYMOUS = Principal(key_id=None, name="anonymous", team=None)
 @dataclass(frozen=True, slots=True)
 class BatchLine:
     """A line of a batch job run by the batch worker (margin.batches): its ledger row carries `batch_id`, and
-    `discount` of its metered cost is taken off. Only the in-process call sets it (`margin.api.inprocess`)."""
+    `discount` of its metered cost is taken off. Only the in-process call sets it (`margin.batches.inprocess`)."""
 
     batch_id: str
     discount: Decimal

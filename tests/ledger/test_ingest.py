@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from margin.specs import Scope
 
 from margin.governance.rules import Subject, governed_tags, matches
 from margin.ledger import db, ingest, read, rollup
@@ -18,6 +17,7 @@ from margin.ledger.models import api_keys
 from margin.report.business import margins, tasks
 from margin.report.queries import summarize
 from margin.report.utilization import utilization
+from margin.specs import Scope
 from tests.helpers import fake_settings
 from tests.report.ledgers import MILLI, ROWS, at, complete, load, row, tags
 

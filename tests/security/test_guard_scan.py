@@ -15,7 +15,6 @@ import httpx
 import pytest
 
 from tests.security.conftest import Served, ServeFactory
-from tests.security.waiting import wait_for
 
 CHAT = "/v1/chat/completions"
 PROBE_LIMIT_S = 2.0  # generous: a normal request takes milliseconds here

@@ -9,10 +9,10 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from margin.api import inprocess
 from margin.api.client import AsgiClient, StallWatch
 from margin.api.edge import parse_json, read_body
 from margin.api.errors import error_response
+from margin.batches import inprocess
 from margin.errors import MarginError
 from margin.keys import authenticate
 from margin.ledger.ids import request_id as new_request_id

@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from margin import __version__
+from margin.api.batches import BatchCreateRequest
 from margin.api.errors import JSON
-from margin.batches.api import BatchCreateRequest
 from margin.keys import KeyRequest
 from margin.ledger.feedback import FeedbackItem
 from margin.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest

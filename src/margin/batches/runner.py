@@ -1,6 +1,6 @@
 """The batch worker: runs in the gateway's lifespan, takes the lease of active jobs (one worker per job across
 processes and replicas), validates new ones, plans them, and runs their lines through the gateway itself,
-as in-process calls of `POST /v1/...` made as the key that created the job (`margin.api.inprocess`), so
+as in-process calls of `POST /v1/...` made as the key that created the job (`margin.batches.inprocess`), so
 budgets, guards, cache, routing, metering and the ledger apply to every line unchanged.
 
 Durability: a line is marked `running` (attempt n, request id fixed by (job, line, n)) before its call, its
@@ -24,14 +24,13 @@ import orjson
 import sqlalchemy as sa
 from starlette.types import ASGIApp
 
-from margin.api import inprocess
-from margin.batches import progress, store
+from margin.batches import inprocess, progress, store
 from margin.batches.jsonl import validate
 from margin.batches.planning import Planner, line_tokens, options_for, turn, used_capacity
 from margin.governance.rules import Subject
+from margin.keys import principal_of
 from margin.ledger.models import batches
 from margin.types import ANONYMOUS, BatchLine, Principal
-from margin.keys import principal_of
 
 log = logging.getLogger("margin.batches")
 RETRYABLE = frozenset({429, 500, 502, 503, 504})

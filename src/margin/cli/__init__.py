@@ -1,7 +1,7 @@
 """The `margin` command. Each group lives in its own module here (shared options: `margin.cli.options`);
 heavy imports stay inside the commands so `margin --help` is quick. The offline kits' commands (`bench`,
-`eval`, `kv`, `models`, `plan`; and `batches`) are loaded only when named (or when the help lists them): `margin serve` never
-imports the kits."""
+`eval`, `kv`, `models`, `plan`; and `batches`) are loaded only when named (or when the help lists them):
+`margin serve` never imports the kits."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ KITS: dict[str, tuple[str, str]] = {
     "kv": ("margin.kv.cli", "app"),
     "models": ("margin.models.cli", "app"),
     "plan": ("margin.plan.cli", "app"),
-    "batches": ("margin.batches.cli", "app"),  # not a kit (the gateway serves the Batch API): loaded lazily alike
+    "batches": ("margin.cli.batches", "app"),  # not a kit (the gateway serves the Batch API): loaded lazily alike
 }
 
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from margin.types import Usage
 from margin.config import ModelConfig
 from margin.economics.meter import Meter
+from margin.types import Usage
 
 REFERENCE = Usage(500, 500, source="estimated")  # half prompt, half answer
 

@@ -231,7 +231,6 @@ outbox_offsets = sa.Table(  # how far the ingester got in each outbox file, comm
     sa.Column("byte_offset", sa.BigInteger, nullable=False),  # bytes of whole rows already in the ledger
     sa.Column("rows", sa.BigInteger, nullable=False),  # rows read from the file so far
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-
 )
 
 # The Batch API (margin.batches). Files keep their bytes in the database: one durable store, written in the

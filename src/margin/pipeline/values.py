@@ -23,8 +23,8 @@ from margin.errors import BackendClientError, BackendError, BackendTimeout, Marg
 from margin.governance.admission import Admission
 from margin.governance.rules import Subject
 from margin.protocol import ApiRequest, Endpoint
-from margin.specs import BudgetSpec, Policy
 from margin.routing.prefer import Preference
+from margin.specs import BudgetSpec, Policy
 from margin.types import BatchLine, Completion, Principal, Target, Usage
 
 EMPTY: Mapping[str, str] = MappingProxyType({})

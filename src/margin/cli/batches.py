@@ -13,23 +13,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from margin.cli.options import ConfigOpt, DbOpt, JsonOpt, fail, settings_from, sync_engine
 from margin.errors import MarginError, NotFound
 
 app = typer.Typer(no_args_is_help=True, help="Batch jobs (the OpenAI Batch API): progress, schedules, cancel.")
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (default: embedded).")]
-DbOpt = Annotated[Path | None, typer.Option("--db", help="SQLite ledger file (overrides storage.ledger).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def _run(action: Callable[[Any, Any], Any], config: Path | None, db: Path | None) -> Any:
-    from margin.cli import _fail, _sync_engine, settings_from
-
     settings = settings_from(config, db)
-    engine = _sync_engine(settings)
+    engine = sync_engine(settings)
     try:
         return action(engine, settings)
     except MarginError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     finally:
         engine.dispose()
 

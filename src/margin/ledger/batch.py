@@ -188,6 +188,10 @@ class BatchSink:
 
 
 def _memory_temp_store(dbapi_connection: Any, _record: Any) -> None:
+    # the staging table and the rollups' per-batch temporary tables (margin.ledger.rollup_sql) stay in memory.
+    # synchronous=NORMAL in WAL mode (margin.ledger.db) may lose the last commits on a power cut, never on a
+    # process crash: the outbox file is the durable copy, and the offset commits with the rows, so a lost
+    # batch is simply read again
     dbapi_connection.execute("PRAGMA temp_store=MEMORY")
     # the ledger's indexes of a large ledger do not fit SQLite's default 2 MB page cache: each insert then
     # reads index pages again; this one long-lived connection keeps up to 64 MB of them

@@ -1,0 +1,263 @@
+"""The SQL of the per-batch rollups (margin.ledger.rollup runs it, in this order).
+
+1. `derive`: one pass over the batch's traffic rows into a temporary table (`ledger_rollup_rows`) that holds
+   everything a rollup reads, computed once per row: the day, the hour, the latency bins, the task, every
+   grouping value (tag values extracted from the JSON once) and every summed measure (measures.MEASURES).
+   Before, each of the ~50 branches of the rollup statements evaluated these expressions for every row.
+2. Two small pre-aggregates of it (`ledger_rollup_core`: per hour × kind × team × org × model × backend ×
+   region; `ledger_rollup_keyed`: per day × kind × team × key × endpoint × status × user × error), from
+   which ledger_hourly and all the plain-column dimensions of ledger_daily are upserted; only the tag keys
+   are grouped from the rows themselves. Latency histograms likewise, from per-bin pre-aggregates.
+3. Tasks: the batch's tasks (`ledger_rollup_tasks`, one row each: anchor and sums), the current
+   ledger_task_daily contribution of those already known (`ledger_rollup_task_delta`, with −1), the
+   ledger_tasks upsert, their new contribution (+1), and one upsert of the difference.
+
+Every sum is an integer sum, so adding pre-aggregated sums gives the rollup the same integers to the unit as
+adding the rows one by one (the read model's rows path) — the tests compare the two, and a rebuild.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from margin.ledger import measures as m
+
+ROWS = "ledger_rollup_rows"
+CORE = "ledger_rollup_core"
+KEYED = "ledger_rollup_keyed"
+LATENCY = "ledger_rollup_latency"
+LATENCY_KEYED = "ledger_rollup_latency_keyed"
+TASKS = "ledger_rollup_tasks"
+DELTA = "ledger_rollup_task_delta"
+DELTA_CORE = "ledger_rollup_task_delta_core"
+TEMPORARY = (ROWS, CORE, KEYED, LATENCY, LATENCY_KEYED, TASKS, DELTA, DELTA_CORE)
+
+GROUPS = (*m.COLUMNS, "error")  # groupings kept as columns g_<name> of ROWS (the tag keys as tag<i>)
+CHARGE_DIMS = ("key", "team", "model", "backend", "region")
+TASK_ANCHOR = ("team", "key_id", "model", "backend", "region", "feature", "customer")
+TASK_DIMS = {"": "''", "feature": "feature", "customer": "customer", "model": "model", "backend": "backend",
+             "region": "region", "key": "key_id"}  # fmt: skip
+CORE_DIMS = ("kind", "team", "org", "model", "backend", "region")  # = measures.HOURLY_DIMS
+KEYED_DIMS = ("kind", "team", "key", "endpoint", "status", "user", "error")
+LATENCY_CORE_DIMS = ("team", "model", "backend", "region")  # '' and model per team; backend, region across teams
+LATENCY_KEYED_DIMS = ("key", "endpoint", "status", "user")
+
+
+def _g(name: str) -> str:
+    return f"g_{name}"
+
+
+def _blank(column: str) -> str:
+    return f"COALESCE({column}, '')"
+
+
+def _add(table: str, keys: Sequence[str], columns: Sequence[str]) -> str:
+    updates = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in columns)
+    return f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+
+
+def _tag_columns(tag_keys: Sequence[str]) -> dict[str, str]:
+    return {key: f"tag{i}" for i, key in enumerate(tag_keys)}
+
+
+def derive(dialect: str, source: str, order: str, tag_keys: Sequence[str]) -> str:
+    """The batch's traffic rows with everything the rollups read, each computed once."""
+    s = "s"
+    columns = [
+        f"s.{order} AS ord",
+        "s.created_at AS created_at",
+        f"{m.day(dialect, s)} AS day",
+        f"{m.hour(dialect, s)} AS hour",
+        *(f"{m.group(dialect, s, g)} AS {_g(g)}" for g in GROUPS),
+        *(f"{m.tag(dialect, s, key)} AS {column}" for key, column in _tag_columns(tag_keys).items()),
+        f"{m.tag(dialect, s, 'feature')} AS feature",
+        f"{m.tag(dialect, s, 'customer')} AS customer",
+        f"{m.task(dialect, s)} AS task",
+        *(f"{m.latency_bin(f's.{column}')} AS {metric}_bin" for metric, column in m.METRICS.items()),
+        *(f"{m.measure(name, dialect, s)} AS {name}" for name in m.MEASURES),
+        "CASE WHEN s.co2e_ng IS NULL THEN 0 ELSE 1 END AS co2e_known",
+    ]
+    return f"CREATE TEMPORARY TABLE {ROWS} AS SELECT {', '.join(columns)} FROM {source} s WHERE s.kind IN {m.KINDS_SQL}"
+
+
+def _sums(prefix: str = "") -> list[str]:
+    return [f"SUM({prefix}{name}) AS {name}" for name in m.MEASURES]
+
+
+def pre_aggregates() -> list[str]:
+    """The per-hour and per-key pre-aggregates of ROWS (measure sums), read by ledger_hourly and ledger_daily."""
+    core = [_g(d) for d in CORE_DIMS]
+    keyed = [_g(d) for d in KEYED_DIMS]
+    return [
+        f"CREATE TEMPORARY TABLE {CORE} AS SELECT day, hour, {', '.join(core)}, {', '.join(_sums())}, "
+        f"MIN(created_at) AS first_at FROM {ROWS} GROUP BY day, hour, {', '.join(core)}",
+        f"CREATE TEMPORARY TABLE {KEYED} AS SELECT day, {', '.join(keyed)}, {', '.join(_sums())} FROM {ROWS} "
+        f"GROUP BY day, {', '.join(keyed)}",
+    ]
+
+
+def hourly() -> str:
+    keys = ["hour", *m.HOURLY_DIMS]
+    dims = ["hour", *(_blank(_g(d)) for d in m.HOURLY_DIMS)]
+    first = (
+        "first_at = CASE WHEN excluded.first_at < ledger_hourly.first_at "
+        "THEN excluded.first_at ELSE ledger_hourly.first_at END"
+    )
+    return (
+        f"INSERT INTO ledger_hourly ({', '.join([*keys, *m.MEASURES, 'first_at'])}) "
+        f"SELECT {', '.join([*dims, *(f'SUM({n})' for n in m.MEASURES), 'MIN(first_at)'])} FROM {CORE} "
+        f"WHERE true GROUP BY {', '.join(str(i + 1) for i in range(len(dims)))} "
+        f"{_add('ledger_hourly', keys, list(m.MEASURES))}, {first}"
+    )
+
+
+def _daily_from(source: str, dim: str, value: str) -> str:
+    keys = ["dim", "day", "kind", "team", "value"]
+    sums = ", ".join(f"SUM({name})" for name in m.MEASURES)
+    return (
+        f"INSERT INTO ledger_daily ({', '.join([*keys, *m.MEASURES])}) "
+        f"SELECT '{dim}', day, {_blank(_g('kind'))}, {_blank(_g('team'))}, {value}, {sums} FROM {source} "
+        f"WHERE true GROUP BY 2, 3, 4, 5 {_add('ledger_daily', keys, list(m.MEASURES))}"
+    )
+
+
+def daily(tag_keys: Sequence[str]) -> list[str]:
+    """ledger_daily: the hourly dimensions from CORE, the plain columns from KEYED, the tag keys from ROWS."""
+    out = [_daily_from(CORE, dim, _blank(_g(dim)) if dim else "''") for dim in m.DAILY_CORE]
+    out += [_daily_from(KEYED, dim, _blank(_g(dim))) for dim in m.DAILY_DIMS]
+    out += [_daily_from(ROWS, key, _blank(column)) for key, column in _tag_columns(tag_keys).items()]
+    return out
+
+
+def _latency_insert(dim: str, value: str, source: str, *, metric: str = "metric", bin_: str = "bin") -> str:
+    """Histogram counts of one dimension: from a pre-aggregate (SUM(n)) or, for one metric, from ROWS."""
+    keys = ["dim", "metric", "day", "team", "value", "bin"]
+    team = _blank(_g("team")) if dim in m.TEAM_HISTOGRAMS else "'*'"
+    count, where = ("SUM(n)", "true") if source != ROWS else ("COUNT(*)", f"{bin_} IS NOT NULL")
+    return (
+        f"INSERT INTO ledger_latency ({', '.join([*keys, 'n'])}) SELECT '{dim}', {metric}, day, {team}, {value}, "
+        f"{bin_}, {count} FROM {source} WHERE {where} GROUP BY 2, 3, 4, 5, 6 {_add('ledger_latency', keys, ['n'])}"
+    )
+
+
+def _per_bin(table: str, dims: Sequence[str]) -> str:
+    columns = ", ".join(_g(d) for d in dims)
+    metrics = [
+        f"SELECT '{metric}' AS metric, day, {columns}, {metric}_bin AS bin, COUNT(*) AS n FROM {ROWS} "
+        f"WHERE {metric}_bin IS NOT NULL GROUP BY day, {columns}, {metric}_bin"
+        for metric in m.METRICS
+    ]
+    return f"CREATE TEMPORARY TABLE {table} AS {' UNION ALL '.join(metrics)}"
+
+
+def latency(tag_keys: Sequence[str]) -> list[str]:
+    """Histogram counts per metric × bin: pre-aggregated per day × team × model (LATENCY) and per day × key ×
+    endpoint × status × user (LATENCY_KEYED), then summed per dimension; the tag keys from ROWS."""
+    out = [_per_bin(LATENCY, LATENCY_CORE_DIMS), _per_bin(LATENCY_KEYED, LATENCY_KEYED_DIMS)]
+    for dim in m.HISTOGRAM_DIMS:
+        source = LATENCY if dim in ("", *LATENCY_CORE_DIMS) else LATENCY_KEYED
+        out.append(_latency_insert(dim, _blank(_g(dim)) if dim else "''", source))
+    for key, column in _tag_columns(tag_keys).items():
+        out += [_latency_insert(key, _blank(column), ROWS, metric=f"'{x}'", bin_=f"{x}_bin") for x in m.METRICS]
+    return out
+
+
+def attach() -> str:
+    return (
+        "INSERT INTO ledger_attach (day, feature, customer, requests) "
+        f"SELECT day, {_blank('feature')}, {_blank('customer')}, COUNT(*) FROM {ROWS} GROUP BY 1, 2, 3 "
+        f"{_add('ledger_attach', ['day', 'feature', 'customer'], ['requests'])}"
+    )
+
+
+def charges() -> str:
+    dims = [_blank(_g(d)) for d in CHARGE_DIMS]
+    sums = ["COUNT(*)", "SUM(input_tokens)", "SUM(output_tokens)", "SUM(cost_nanousd)", "SUM(energy_uj)"]
+    sums += ["SUM(co2e_ng)", "SUM(1 - energy_unknown)", "SUM(co2e_known)"]
+    names = ["requests", "input_tokens", "output_tokens", "cost_nanousd", "energy_uj", "co2e_ng", "energy_n", "co2e_n"]
+    keys = ["day", *CHARGE_DIMS]
+    return (
+        f"INSERT INTO ledger_charges ({', '.join([*keys, *names])}) SELECT {', '.join(['day', *dims, *sums])} "
+        f"FROM {ROWS} WHERE unpriced = 0 GROUP BY 1, 2, 3, 4, 5, 6 {_add('ledger_charges', keys, names)}"
+    )
+
+
+def batch_tasks() -> str:
+    """One row per task of the batch: its earliest request (ties: the batch's order) and its sums."""
+    anchor = ", ".join(f"{_g(c)} AS {c}" for c in ("team", "model", "backend", "region"))
+    inner = (  # one window (one sort): ROW_NUMBER ignores the frame, the sums take the whole partition
+        f"SELECT task, created_at AS anchor_at, g_key AS key_id, {anchor}, feature, customer, "
+        "ROW_NUMBER() OVER w AS pick, COUNT(*) OVER w AS requests, SUM(cost_nanousd) OVER w AS cost_nanousd, "
+        f"SUM(unpriced) OVER w AS unpriced FROM {ROWS} WINDOW w AS (PARTITION BY task ORDER BY created_at, ord "
+        "ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)"
+    )
+    names = ", ".join(["task", "anchor_at", *TASK_ANCHOR])
+    return (
+        f"CREATE TEMPORARY TABLE {TASKS} AS SELECT {names}, requests, cost_nanousd, unpriced "
+        f"FROM ({inner}) t WHERE t.pick = 1"
+    )
+
+
+def task_contributions(dialect: str, sign: int) -> str:
+    """The ledger_task_daily contribution (×sign) of the batch's tasks as ledger_tasks holds them now."""
+    day = m.day(dialect, "t", "anchor_at")
+    columns = ", ".join(f"t.{c}" for c in TASK_ANCHOR)
+    select = (
+        f"SELECT {sign} AS sign, {day} AS day, {columns}, {sign} * t.cost_nanousd AS cost_nanousd, "
+        f"{sign} * t.unpriced AS unpriced FROM {TASKS} b JOIN ledger_tasks t ON t.task = b.task"
+    )
+    if sign < 0:
+        return f"CREATE TEMPORARY TABLE {DELTA} AS {select}"
+    return f"INSERT INTO {DELTA} {select}"
+
+
+def tasks() -> str:
+    """Add the batch's tasks to ledger_tasks; an earlier request moves a task's anchor."""
+    names = ["task", "anchor_at", *TASK_ANCHOR, "requests", "cost_nanousd", "unpriced"]
+    earlier = "excluded.anchor_at < ledger_tasks.anchor_at"
+    moved = ", ".join(
+        f"{c} = CASE WHEN {earlier} THEN excluded.{c} ELSE ledger_tasks.{c} END" for c in ("anchor_at", *TASK_ANCHOR)
+    )
+    return (
+        f"INSERT INTO ledger_tasks ({', '.join(names)}) SELECT {', '.join(names)} FROM {TASKS} WHERE true "
+        f"{_add('ledger_tasks', ['task'], ['requests', 'cost_nanousd', 'unpriced'])}, {moved}"
+    )
+
+
+def task_daily() -> list[str]:
+    """ledger_task_daily += the new contribution of the batch's tasks − their old one (DELTA): the anchor's
+    plain columns through a pre-aggregate per day × team × model × backend × region × key (DELTA_CORE)."""
+    plain = ", ".join(c for c in TASK_ANCHOR if c not in ("feature", "customer"))
+    out = [
+        f"CREATE TEMPORARY TABLE {DELTA_CORE} AS SELECT day, {plain}, SUM(sign) AS sign, SUM(cost_nanousd) AS "
+        f"cost_nanousd, SUM(unpriced) AS unpriced FROM {DELTA} GROUP BY day, {plain}"
+    ]
+    keys, sums = ["dim", "day", "team", "value"], ["tasks", "cost_nanousd", "unpriced"]
+    for dim, column in TASK_DIMS.items():
+        source = DELTA if column in ("feature", "customer") else DELTA_CORE
+        out.append(
+            f"INSERT INTO ledger_task_daily ({', '.join([*keys, *sums])}) SELECT '{dim}', day, {_blank('team')}, "
+            f"{_blank(column)}, SUM(sign), SUM(cost_nanousd), SUM(unpriced) FROM {source} WHERE true "
+            f"GROUP BY 2, 3, 4 {_add('ledger_task_daily', keys, sums)}"
+        )
+    return out
+
+
+def statements(dialect: str, source: str, order: str, tag_keys: Sequence[str]) -> list[str]:
+    """Every statement of one batch's rollup, in order (the temporary tables are dropped by the caller)."""
+    for key in tag_keys:
+        m.check_tag_key(key)
+    return [
+        derive(dialect, source, order, tag_keys),
+        *pre_aggregates(),
+        hourly(),
+        *daily(tag_keys),
+        *latency(tag_keys),
+        attach(),
+        charges(),
+        batch_tasks(),
+        task_contributions(dialect, -1),
+        tasks(),
+        task_contributions(dialect, 1),
+        *task_daily(),
+    ]

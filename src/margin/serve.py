@@ -5,6 +5,7 @@ exact cache shared through Redis (`margin.workers`)."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from pathlib import Path
@@ -61,10 +62,21 @@ WORKER_SETTINGS = "MARGIN_WORKER_SETTINGS"  # the supervisor's settings (JSON), 
 WORKER_CONFIG = "MARGIN_WORKER_CONFIG"  # the config file (re-read on SIGHUP), when there is one
 
 
+def tune_gc() -> None:
+    """The gateway process allocates many short-lived objects per request and makes few reference cycles:
+    the youngest generation is collected every 50,000 net allocations instead of 700, and what was imported
+    at start is kept out of every collection (`gc.freeze`), as long-running Python servers commonly do. A
+    profile at 500 RPS had ~16 % of the gateway's CPU in the cyclic collector before (benchmarks/README.md)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def worker_app() -> Any:
     """The app of one worker process (`--workers N`, uvicorn's factory)."""
     from margin.app import build_app
 
+    tune_gc()
     handed = orjson.loads(os.environ[WORKER_SETTINGS])
     settings = parse_settings(handed["settings"], "the supervisor's settings")
     configure_logging(settings.server.log_level)
@@ -101,6 +113,7 @@ def run(settings: Settings, console: Console, config_path: Path | None = None) -
     banner(console, settings, keys)
     workers = settings.server.workers
     if workers == 1:
+        tune_gc()
         uvicorn.Server(uvicorn.Config(build_app(settings, config_path=config_path), **_server_options(settings))).run()
         return
     with shared_state(settings) as shared, metrics_dir():

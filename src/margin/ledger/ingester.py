@@ -70,6 +70,9 @@ class IngestStats:
     last_ok: float = field(default_factory=time.time)
 
 
+POLL_S = 0.05  # how often the ingester looks at the outbox files at most
+
+
 class Ingester:
     def __init__(
         self,
@@ -81,14 +84,21 @@ class Ingester:
         batch_bytes: int = 16 * 1024 * 1024,
         fsync_interval_s: float | None = None,
         rescan_s: float = 2.0,
+        min_batch_bytes: int = 256 * 1024,
     ) -> None:
         self._sink = sink
         self._dir = directory
         self._own = own
-        self._interval_s = interval_s
+        self._interval_s = min(interval_s, POLL_S)
         self._batch_bytes = batch_bytes
         self._fsync_interval_s = fsync_interval_s
         self._rescan_s = rescan_s
+        # a batch has a fixed cost (one transaction, the rollup statements): the ingester looks every POLL_S
+        # (or `interval_s` if shorter) and moves rows once `min_batch_bytes` wait or the oldest has waited
+        # `interval_s` (a flush, a stop move them at once)
+        self._max_delay_s = interval_s
+        self._min_batch_bytes = min_batch_bytes
+        self._last_pass = 0.0
         self._segments: dict[str, _Segment] = {}
         self._recovering: dict[str, OwnerLock] = {}  # dead owners whose lock this process holds
         self._forget: list[str] = []  # offsets of deleted files still to remove
@@ -143,7 +153,8 @@ class Ingester:
                 if time.monotonic() >= next_scan:
                     self._adopt()
                     next_scan = time.monotonic() + self._rescan_s
-                moved = self._pass()
+                if waiting or stopping or self._due():
+                    moved = self._pass()
                 delay = self._interval_s
                 self.stats.last_ok = time.time()
                 self.stats.last_error = None
@@ -159,7 +170,17 @@ class Ingester:
             if stopping:
                 return
 
+    def _due(self) -> bool:
+        """Enough waits for a batch, or the oldest waiting row has waited `max_delay_s`."""
+        self._follow_own()
+        waiting = sum(segment.size - segment.cursor.offset for segment in self._segments.values())
+        if waiting <= 0:
+            self._last_pass = time.monotonic()  # nothing waits: the delay counts from the next row on
+            return False
+        return waiting >= self._min_batch_bytes or time.monotonic() - self._last_pass >= self._max_delay_s
+
     def _pass(self) -> int:
+        self._last_pass = time.monotonic()
         for name in list(self._forget):
             self._sink.forget(name)
             self._forget.remove(name)

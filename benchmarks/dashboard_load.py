@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import statistics
-import tempfile
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -117,25 +114,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--databases", default="sqlite,postgresql")
     args = parser.parse_args()
-    result: dict[str, Any] = {
-        "benchmark": "dashboard_load",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "rows": args.rows,
-        "repeat": args.repeat,
-        "timing": "best (and median) of --repeat, in-process ASGI request incl. auth, reads, templates",
-        "machine": synth.machine(),
-        "databases": {},
-    }
-    for name in args.databases.split(","):
-        if name == "sqlite":
-            with tempfile.TemporaryDirectory() as tmp:
-                result["databases"]["sqlite"] = run(f"sqlite:///{tmp}/ledger.db", args.rows, args.repeat)
-        else:
-            with synth.postgres() as url:
-                result["databases"]["postgresql"] = run(url, args.rows, args.repeat)
-    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "dashboard_load.json").write_text(json.dumps(result, indent=2) + "\n")
+    synth.run_on_databases(
+        "dashboard_load",
+        "best (and median) of --repeat, in-process ASGI request incl. auth, reads, templates",
+        args,
+        run,
+        RESULTS / "dashboard_load.json",
+    )
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ Each query runs --repeat times; best and median are kept. The load average is re
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import tempfile
 import time
@@ -142,25 +140,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--databases", default="sqlite,postgresql")
     args = parser.parse_args()
-    result: dict[str, Any] = {
-        "benchmark": "report_queries",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "rows": args.rows,
-        "repeat": args.repeat,
-        "timing": "best and median of --repeat, in-process, a fresh connection per call",
-        "machine": synth.machine(),
-        "databases": {},
-    }
-    for name in args.databases.split(","):
-        if name == "sqlite":
-            with tempfile.TemporaryDirectory() as tmp:
-                result["databases"]["sqlite"] = run(f"sqlite:///{tmp}/ledger.db", args.rows, args.repeat)
-        else:
-            with synth.postgres() as url:
-                result["databases"]["postgresql"] = run(url, args.rows, args.repeat)
-    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "report_queries.json").write_text(json.dumps(result, indent=2) + "\n")
+    synth.run_on_databases(
+        "report_queries",
+        "best and median of --repeat, in-process, a fresh connection per call",
+        args,
+        run,
+        RESULTS / "report_queries.json",
+    )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ import random
 import socket
 import sqlite3
 import sys
+import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -219,3 +220,29 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def run_on_databases(
+    benchmark: str, timing: str, args: Any, run: Callable[[str, int, int], dict[str, Any]], out: Path
+) -> None:
+    """Run `run(url, rows, repeat)` on each of `args.databases` (a temporary SQLite file, an embedded
+    PostgreSQL) and write the result with the machine's facts to `out`."""
+    result: dict[str, Any] = {
+        "benchmark": benchmark,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "rows": args.rows,
+        "repeat": args.repeat,
+        "timing": timing,
+        "machine": machine(),
+        "databases": {},
+    }
+    for name in args.databases.split(","):
+        if name == "sqlite":
+            with tempfile.TemporaryDirectory() as tmp:
+                result["databases"]["sqlite"] = run(f"sqlite:///{tmp}/ledger.db", args.rows, args.repeat)
+        else:
+            with postgres() as url:
+                result["databases"]["postgresql"] = run(url, args.rows, args.repeat)
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")

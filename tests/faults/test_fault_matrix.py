@@ -109,6 +109,8 @@ def _config(upstream: FaultUpstream, dead_port: int) -> dict[str, Any]:
                 base = upstream.base(case.mode, name) if case.mode else f"http://127.0.0.1:{dead_port}/v1"
                 backends[name] = {"kind": "openai", "base_url": base, "retries": RETRIES, **LIMITS}
                 models[name] = {"backend": name, "price": PRICE, "fallbacks": ["good"] if fallback else []}
+    backends["cut"] = {"kind": "openai", "base_url": upstream.base("reset,events=2", "cut"), **LIMITS}
+    models["cut"] = {"backend": "cut", "price": PRICE}
     backends["flip"] = {"kind": "openai", "base_url": upstream.base("dyn", "flip"), "retries": RETRIES, **LIMITS}
     models["flip"] = {"backend": "flip", "price": PRICE, "fallbacks": ["good"]}
     big = upstream.base("many,events=3000,size=4000", "big")
@@ -264,6 +266,17 @@ def test_breaker_opens_lets_one_probe_through_and_closes(gw: Gateway) -> None:
     assert _circuit(gw, "flip")["state"] == "closed"
     after = gw.row(send(gw.url, "flip", False).request_id or "")
     assert (after.status, after.backend) == ("ok", "flip")
+
+
+def test_streams_cut_mid_way_open_the_circuit(gw: Gateway) -> None:
+    """A stream the upstream breaks after its first events is a backend fault: the client already had a 200,
+    but the breaker counts it (and the delivered part is not mistaken for a success that closes it)."""
+    for _ in range(2):
+        reply = send(gw.url, "cut", True)
+        assert reply.status == 200 and reply.error is not None and reply.done
+        assert gw.row(reply.request_id or "").status == "upstream_error"
+    circuit = _circuit(gw, "cut")
+    assert (circuit["state"], circuit["consecutive_faults"]) == ("open", 2)
 
 
 def _sip(sock: socket.socket, limit: int, window_s: float = 0.05) -> int:

@@ -117,7 +117,8 @@ class BackendCall:
             except BaseException:  # cancelled (the client left) or a bug: no verdict on the backend
                 self.breakers.release(name)
                 raise
-            self.breakers.success(name, time.perf_counter() - started)
+            if request.record.error is None:  # a stream that broke after its start was told to the breaker
+                self.breakers.success(name, time.perf_counter() - started)
             _note_recovery(request, last)
             return reply
         assert last is not None

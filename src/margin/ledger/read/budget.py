@@ -10,13 +10,12 @@ rollups. Two cases read ledger rows instead:
 - tag scopes: a tag counts only when the row's key is bound to it (a fixed `customer=acme`, or `customer=*`
   filled from the header) or the row has no key (open mode), so a header tag a caller added never spends
   someone else's budget. The rollups cannot tell bound tags from labels, so tag budgets read rows (indexed by
-  time), one pass per reconciliation.
+  time), one SQL pass per reconciliation.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
 
@@ -51,20 +50,15 @@ def budget_spent(
     return sums["cost_nanousd"] if usd else sums["input_tokens"] + sums["output_tokens"]
 
 
-def _bound_tags(connection: sa.Connection) -> dict[str, dict[str, Any]]:
-    """Each key's bound tags (keys are never edited, only revoked: this is what they were when they ran)."""
-    return {row.id: dict(row.tags or {}) for row in connection.execute(sa.select(api_keys.c.id, api_keys.c.tags))}
-
-
 def _tag_spent(connection: sa.Connection, tag: str, usd: bool, window: Window) -> int:
+    """One SQL pass over the window's request rows (time-indexed): the row's tag value, and its key bound to
+    that tag (or no key: open mode). Keys are never edited, only revoked: their tags are what they were when
+    they ran."""
     name, _, wanted = tag.partition("=")
     measure = ledger.c.cost_nanousd if usd else ledger.c.input_tokens + ledger.c.output_tokens
-    query = sa.select(ledger.c.key_id, ledger.c.tags, measure.label("amount")).where(*window.where(kinds=("request",)))
-    bound = _bound_tags(connection)
-    total = 0
-    for row in connection.execute(query):
-        tags = row.tags or {}
-        governed = row.key_id is None or name in bound.get(row.key_id, {})
-        if row.amount and governed and tags.get(name) == wanted:
-            total += int(row.amount)
-    return total
+    bound = sa.select(api_keys.c.id).where(api_keys.c.tags[name].as_string().is_not(None))
+    governed = sa.or_(ledger.c.key_id.is_(None), ledger.c.key_id.in_(bound.scalar_subquery()))
+    query = sa.select(sa.func.coalesce(sa.func.sum(measure), 0)).where(
+        *window.where(kinds=("request",)), governed, ledger.c.tags[name].as_string() == wanted
+    )
+    return int(connection.execute(query).scalar_one())

@@ -102,9 +102,17 @@ def test_budget_spent_is_governance_matching_on_every_path(engine: sa.Engine, ki
     assert tokens == sum(r["input_tokens"] + r["output_tokens"] for r in requests if matches(scope, _governed(r)))
 
 
+def _key(key_id: str, team: str, org: str | None) -> dict[str, Any]:
+    return {"id": key_id, "name": key_id, "key_hash": key_id, "team": team, "org": org, "tags": {}, "created_at": at(1)}
+
+
 def test_budget_spent_of_one_org(engine: sa.Engine) -> None:
     """A per-org counter adds up that org's rows only; (None,) is the rows of keys in no org."""
     with engine.begin() as connection:
+        connection.execute(
+            api_keys.insert(),
+            [_key("ka", "support", "acme"), _key("kb", "support", "globex"), _key("kc", "support", None)],
+        )
         ingest.ingest_batch(connection, [complete(row("a", org="acme", team="support", cost_nanousd=MILLI))])
         ingest.ingest_batch(connection, [complete(row("b", org="globex", team="support", cost_nanousd=2 * MILLI))])
         ingest.ingest_batch(connection, [complete(row("c", team="support", cost_nanousd=4 * MILLI))])
@@ -112,6 +120,25 @@ def test_budget_spent_of_one_org(engine: sa.Engine) -> None:
         spent = {org: read.budget_spent(connection, "team", "support", True, None, None, org) for org in
                  (("acme",), ("globex",), (None,), None)}  # fmt: skip
     assert spent == {("acme",): MILLI, ("globex",): 2 * MILLI, (None,): 4 * MILLI, None: 7 * MILLI}
+
+
+def test_a_team_is_narrowed_to_its_org_only_when_another_org_has_that_team(engine: sa.Engine) -> None:
+    """The rollups have no org column (but the hourly one): a team view keeps its org narrowing (rows) only when
+    a key of another org has a team of that name; else the team filter alone is exact and the rollups answer."""
+    with engine.begin() as connection:
+        connection.execute(api_keys.insert(), [_key("k1", "support", "acme"), _key("k2", "sales", None)])
+        ingest.ingest_batch(connection, [complete(row("a", org="acme", team="support", cost_nanousd=MILLI))])
+    with engine.connect() as connection:
+        assert read.team_org(connection, "support", ("acme",)) is None
+        assert read.team_org(connection, "sales", (None,)) is None
+        assert read.budget_spent(connection, "team", "support", True, None, None, ("acme",)) == MILLI
+    with engine.begin() as connection:
+        connection.execute(api_keys.insert(), [_key("k3", "support", None), _key("k4", "sales", "globex")])
+    with engine.connect() as connection:
+        assert read.team_org(connection, "support", ("acme",)) == ("acme",)
+        assert read.team_org(connection, "support", (None,)) == (None,)
+        assert read.team_org(connection, "sales", (None,)) == (None,)
+        assert read.team_org(connection, "sales", ("globex",)) == ("globex",)
 
 
 def test_team_views_equal_on_both_paths(engine: sa.Engine, tmp_path: Path) -> None:

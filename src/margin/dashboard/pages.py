@@ -24,10 +24,15 @@ from margin.report.utilization import utilization
 ISO_HOUR = "%Y-%m-%dT%H:00:00"
 
 
-def scope_for(who: Viewer, since: str) -> Window:
+def scope_for(engine: sa.Engine, who: Viewer, since: str) -> Window:
+    """The viewer's window (blocking: run it in a thread). A team is one org's team; the org narrowing is
+    kept only when another org has a team of that name (else the rollups answer the team's pages)."""
     if since not in queries.SINCE_CHOICES:
         raise InvalidRequest(f"since must be one of {', '.join(queries.SINCE_CHOICES)}", param="since")
-    org = (who.principal.org,) if who.team is not None else None  # a team is one org's team
+    org = None
+    if who.team is not None:
+        with engine.connect() as connection:
+            org = read.team_org(connection, who.team, (who.principal.org,))
     return queries.window_for(since, team=who.team, key_id=who.key_id, org=org)
 
 

@@ -159,7 +159,7 @@ class Dashboard:
             who: Viewer | None = None
             try:
                 who = await auth.viewer(request)
-                scope = pages.scope_for(who, since)
+                scope = await asyncio.to_thread(pages.scope_for, _engine(request), who, since)
                 data = await BUILDERS[name](request, who, scope)
             except AuthenticationFailed as exc:
                 if as_json:

@@ -21,7 +21,7 @@ from margin.ledger.read.latency import exact, from_histogram, histograms, neares
 from margin.ledger.read.plan import Part, grain_for, plan, plan_days_then_hours
 from margin.ledger.read.sums import BUCKETS, Sums, first_at, grouped, tag_keys, total, totals, zero
 from margin.ledger.read.tasks import TaskSums, task_sums
-from margin.ledger.read.window import Window, as_utc, parse_when
+from margin.ledger.read.window import Window, as_utc, parse_when, team_org
 
 __all__ = [
     "BUCKETS",
@@ -45,6 +45,7 @@ __all__ = [
     "plan_days_then_hours",
     "tag_keys",
     "task_sums",
+    "team_org",
     "total",
     "totals",
     "zero",

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from margin.ledger.models import api_keys, ledger
 from margin.ledger.read.sums import totals
-from margin.ledger.read.window import Window
+from margin.ledger.read.window import Window, team_org
 
 SCOPE_DIMS = {"team": "team", "org": "org", "model": "model", "backend": "backend", "key": "key"}
 
@@ -37,6 +37,8 @@ def budget_spent(
 ) -> int:
     """Nano-USD (usd) or tokens spent in [start, end) by requests in the scope (kind, value), only `org`'s rows
     when given ((that org,), or (None,) for keys in no org)."""
+    if org is not None and kind == "team" and value is not None:
+        org = team_org(connection, value, org)  # no other org has this team: the rollups answer exactly
     window = Window(start, end, org=org)
     if kind == "tag":
         return _tag_spent(connection, value or "", usd, window)

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from margin.errors import InvalidRequest
 from margin.ledger.measures import KINDS
-from margin.ledger.models import ledger
+from margin.ledger.models import api_keys, ledger
 
 _RELATIVE = re.compile(r"^(\d+)([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -87,3 +87,16 @@ class Window:
         if start is None:
             return 0.0
         return max(0.0, ((self.until or now) - start).total_seconds())
+
+
+def team_org(connection: sa.Connection, team: str, org: tuple[str | None]) -> tuple[str | None] | None:
+    """The org narrowing a read of `team` needs: `org` when a key of another org has a team of that name (two
+    orgs' teams of one name are different teams), else None, so the team's reads can use the rollups (which,
+    but for the hourly one, have no org column). Keys are never deleted, only revoked: every team a row can
+    carry is there."""
+    wanted = org[0]
+    other = (
+        api_keys.c.org.is_not(None) if wanted is None else sa.or_(api_keys.c.org.is_(None), api_keys.c.org != wanted)
+    )
+    query = sa.select(api_keys.c.id).where(api_keys.c.team == team, other).limit(1)
+    return org if connection.execute(query).first() is not None else None

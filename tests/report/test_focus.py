@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -19,10 +18,8 @@ from typer.testing import CliRunner
 
 from margin.cli import app
 from margin.errors import InvalidRequest
-from margin.ledger import db
 from margin.report.focus import COLUMNS, MANDATORY, export, focus_rows, parse_period
 from tests.helpers import fake_settings
-from tests.report.ledgers import load
 
 SPEC_MANDATORY = {  # FOCUS 1.2 mandatory columns (DESIGN §4)
     "BilledCost", "BillingAccountId", "BillingAccountName", "BillingCurrency", "BillingPeriodEnd",
@@ -34,16 +31,6 @@ NOT_NULL = SPEC_MANDATORY - {"ChargeClass", "ChargeDescription", "PricingQuantit
 ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 CHARGE_CATEGORIES = {"Usage", "Purchase", "Tax", "Credit", "Adjustment"}
 SERVICE_CATEGORIES = {"AI and Machine Learning"}  # the one FOCUS category that fits inference
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[sa.Engine]:
-    url = f"sqlite:///{tmp_path / 'f.db'}"
-    db.upgrade(url)
-    engine = db.make_sync_engine(url)
-    load(engine)
-    yield engine
-    engine.dispose()
 
 
 def test_csv_follows_the_focus_schema(engine: sa.Engine, tmp_path: Path) -> None:

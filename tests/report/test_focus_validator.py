@@ -12,30 +12,17 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from margin.ledger import db
 from margin.report.focus import export
 from tests.helpers import fake_settings
-from tests.report.ledgers import load
 
 pytestmark = pytest.mark.integration
 VENV = Path(__file__).resolve().parents[2] / ".venv-focus" / "venv"
 KNOWN_FALSE_POSITIVE = "InvoiceId-C-005-C"
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[sa.Engine]:
-    url = f"sqlite:///{tmp_path / 'f.db'}"
-    db.upgrade(url)
-    engine = db.make_sync_engine(url)
-    load(engine)
-    yield engine
-    engine.dispose()
 
 
 def validate(path: Path) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -25,16 +24,6 @@ from tests.report.ledgers import MILLI, ROWS, at, load, row
 def rollup(request: pytest.FixtureRequest) -> bool:
     """Every metric is checked from the hourly rollup and from the ledger rows."""
     return bool(request.param)
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[sa.Engine]:
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    db.upgrade(url)
-    engine = db.make_sync_engine(url)
-    load(engine)
-    yield engine
-    engine.dispose()
 
 
 def settings(tmp_path: Path) -> Settings:

@@ -153,6 +153,7 @@ class Ingester:
                 if time.monotonic() >= next_scan:
                     self._adopt()
                     next_scan = time.monotonic() + self._rescan_s
+                self._follow_own()
                 if waiting or stopping or self._due():
                     moved = self._pass()
                 delay = self._interval_s
@@ -172,7 +173,6 @@ class Ingester:
 
     def _due(self) -> bool:
         """Enough waits for a batch, or the oldest waiting row has waited `max_delay_s`."""
-        self._follow_own()
         waiting = sum(segment.size - segment.cursor.offset for segment in self._segments.values())
         if waiting <= 0:
             self._last_pass = time.monotonic()  # nothing waits: the delay counts from the next row on
@@ -184,7 +184,6 @@ class Ingester:
         for name in list(self._forget):
             self._sink.forget(name)
             self._forget.remove(name)
-        self._follow_own()
         moved = 0
         for segment in list(self._segments.values()):
             moved += self._drain(segment)

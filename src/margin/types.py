@@ -1,6 +1,7 @@
 """The values shared by every layer, at the bottom of the package: what crosses the backend protocol
-(`Usage`, `Call`, `Completion`, `Chunk`, the `Backend` protocol itself) and who and where a request is
-(`Principal`, `Target`). Imports nothing of margin but the request schemas and the config."""
+(`Usage`, `Call`, `Completion`, `Chunk`, the `Backend` protocol itself), who and where a request is
+(`Principal`, `Target`) and the trace it belongs to (`TraceContext`). Imports nothing of margin but the
+request schemas and the config."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -193,6 +194,26 @@ class BatchLine:
 
     batch_id: str
     discount: Decimal
+
+
+TRACEPARENT_MAX = 128  # version 00 is 55 characters: a longer header is ignored (the request starts a trace)
+TRACESTATE_MAX = 512  # what W3C asks to be kept: a longer tracestate is dropped (the traceparent still joins)
+
+
+class TraceContext(NamedTuple):
+    """A caller's W3C trace context (the `traceparent` and `tracestate` headers) as received: only their
+    length is checked on the request path; the traces thread parses them (an invalid one starts a new trace)."""
+
+    traceparent: str
+    tracestate: str | None = None
+
+    @classmethod
+    def of(cls, headers: Mapping[str, str]) -> TraceContext | None:
+        parent = headers.get("traceparent")
+        if not parent or len(parent) > TRACEPARENT_MAX:
+            return None
+        state = headers.get("tracestate")
+        return cls(parent, state if state and len(state) <= TRACESTATE_MAX else None)
 
 
 @dataclass(frozen=True, slots=True)

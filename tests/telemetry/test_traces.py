@@ -1,6 +1,7 @@
 """OpenTelemetry traces: a gateway configured with an OTLP endpoint exports one span per request, with the
-GenAI semantic conventions, to a real OTLP/HTTP receiver; without an endpoint OpenTelemetry is never loaded;
-a full queue drops spans and counts them."""
+GenAI semantic conventions, to a real OTLP/HTTP receiver; a caller's W3C trace context (`traceparent`,
+`tracestate`) is joined, a malformed or over-long one ignored; without an endpoint OpenTelemetry is never
+loaded; a full queue drops spans and counts them."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from margin.config import TelemetryConfig
 from margin.telemetry.traces import Traces
+from margin.types import TRACEPARENT_MAX, TRACESTATE_MAX, TraceContext
 from tests.helpers import fake_settings, gateway
 from tests.telemetry.test_metrics import row
 
@@ -41,7 +43,9 @@ def otlp_receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
                         spans.append(
                             {"name": span.name, "kind": span.kind, "service": service, "attributes": attributes,
                              "start": span.start_time_unix_nano, "end": span.end_time_unix_nano,
-                             "error": span.status.code == 2}
+                             "error": span.status.code == 2, "trace_id": span.trace_id.hex(),
+                             "span_id": span.span_id.hex(), "parent": span.parent_span_id.hex(),
+                             "trace_state": span.trace_state}
                         )  # fmt: skip
             self.send_response(200)
             self.send_header("content-type", "application/x-protobuf")
@@ -88,6 +92,64 @@ async def test_requests_become_genai_spans(db_path: Path) -> None:
     assert attributes["margin.cost_nanousd"] > 0 and attributes["margin.status"] == "ok"
     assert whole["end"] >= whole["start"] and not whole["error"]
     assert "gen_ai.response.time_to_first_chunk" in by_stream[True]["attributes"]
+
+
+def _traceparent(n: int, flags: str = "01", version: str = "00", extra: str = "") -> str:
+    """A W3C traceparent whose trace id and parent span id are both `n` in hex."""
+    return f"{version}-{n:032x}-{n:016x}-{flags}{extra}"
+
+
+CALLS: dict[str, dict[str, str | bytes]] = {
+    "joined": {"traceparent": _traceparent(1), "tracestate": "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"},
+    # a later version may add fields: the propagator accepts them, so only margin's bound refuses `overlong`
+    "future": {"traceparent": _traceparent(2, version="01", extra="-what-comes-next")},
+    "overlong": {"traceparent": _traceparent(3, version="01", extra="-" + "x" * (TRACEPARENT_MAX - 55))},
+    "long_state": {"traceparent": _traceparent(4), "tracestate": "a=" + "b" * TRACESTATE_MAX},
+    "no_flags": {"traceparent": _traceparent(5)[:-3]},
+    "zero_trace": {"traceparent": f"00-{0:032x}-{6:016x}-01"},
+    "upper_hex": {"traceparent": _traceparent(0xABC).upper()},
+    "version_ff": {"traceparent": _traceparent(8, version="ff")},
+    "garbage": {"traceparent": "hello", "tracestate": "x=y"},
+    "latin1": {"traceparent": _traceparent(9).encode()[:-2] + b"\xff\xfe"},
+    "empty": {"traceparent": ""},
+    "none": {},
+    "unsampled": {"traceparent": _traceparent(10, flags="00")},
+}
+SENT = {f"{n:032x}" for n in (1, 2, 3, 4, 5, 6, 0xABC, 8, 9, 10)}
+
+
+async def test_a_callers_trace_context_is_joined_and_hostile_ones_ignored(db_path: Path) -> None:
+    ids: dict[str, str] = {}
+    with otlp_receiver() as (endpoint, spans):
+        async with gateway(fake_settings(db_path, telemetry={"otlp_endpoint": endpoint})) as gw:
+            body = {"model": "fc", "messages": [{"role": "user", "content": "one two three"}]}
+            for name, headers in CALLS.items():
+                answer = await gw.http.post("/v1/chat/completions", json=body, headers=headers)
+                assert answer.status_code == 200, name  # a hostile header never fails a request
+                ids[name] = answer.headers["x-margin-request-id"]
+    by_call = {name: [s for s in spans if s["attributes"]["margin.request_id"] == rid] for name, rid in ids.items()}
+    assert by_call.pop("unsampled") == []  # the caller did not sample its trace: margin's span is not kept
+    assert all(len(found) == 1 for found in by_call.values()), by_call
+    span = {name: found[0] for name, found in by_call.items()}
+    for name, n in (("joined", 1), ("future", 2), ("long_state", 4)):
+        assert (span[name]["trace_id"], span[name]["parent"]) == (f"{n:032x}", f"{n:016x}"), name
+    assert span["joined"]["trace_state"] == "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+    assert span["long_state"]["trace_state"] == ""  # an over-long tracestate is dropped, the parent kept
+    fresh = [name for name in span if name not in ("joined", "future", "long_state")]
+    for name in fresh:  # each a new trace of its own: a root span, a trace id nobody sent
+        assert span[name]["parent"] == "" and span[name]["trace_id"] not in SENT, name
+        assert int(span[name]["trace_id"], 16) != 0 and span[name]["trace_state"] == "", name
+    assert len({span[name]["trace_id"] for name in fresh}) == len(fresh)
+
+
+def test_trace_context_is_only_length_checked_on_the_request_path() -> None:
+    longest = "0" * TRACEPARENT_MAX
+    assert TraceContext.of({"traceparent": longest}) == TraceContext(longest, None)  # parsed later, not here
+    assert TraceContext.of({"traceparent": longest + "0", "tracestate": "a=b"}) is None
+    assert TraceContext.of({"tracestate": "a=b"}) is None and TraceContext.of({"traceparent": ""}) is None
+    state = "a=" + "b" * (TRACESTATE_MAX - 2)
+    assert TraceContext.of({"traceparent": "tp", "tracestate": state}) == TraceContext("tp", state)
+    assert TraceContext.of({"traceparent": "tp", "tracestate": state + "b"}) == TraceContext("tp", None)
 
 
 def test_a_full_queue_drops_and_counts(tmp_path: Path) -> None:

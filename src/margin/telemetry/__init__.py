@@ -1,6 +1,7 @@
 """Lossy observability, kept apart from the ledger: Prometheus metrics and OpenTelemetry traces.
 
-`Telemetry.observe(row)` is called once per request, from the settle side, with the finished ledger row.
+`Telemetry.observe(row, trace)` is called once per request, from the settle side, with the finished ledger row
+and the caller's trace context (`margin.types.TraceContext`: its raw `traceparent`/`tracestate`, or None).
 Nothing here may fail or slow a request: errors are logged and counted as dropped telemetry.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 
 from margin.telemetry.metrics import Metrics
 from margin.telemetry.traces import Traces
+from margin.types import TraceContext
 
 log = logging.getLogger("margin.telemetry")
 REFRESH_S = 1.0
@@ -26,8 +28,8 @@ class Telemetry:
         self._task: asyncio.Task[None] | None = None
         self._state: Callable[[], Mapping[str, Any]] | None = None
 
-    def observe(self, row: Mapping[str, Any]) -> None:
-        """One finished request (its ledger row)."""
+    def observe(self, row: Mapping[str, Any], trace: TraceContext | None = None) -> None:
+        """One finished request (its ledger row), and the trace context its caller sent (traces join it)."""
         if self.metrics is not None:
             try:
                 self.metrics.observe(row)
@@ -35,7 +37,7 @@ class Telemetry:
                 log.exception("metrics could not observe request %s", row.get("request_id"))
                 self.metrics.drop("metrics")
         if self.traces is not None:
-            self.traces.record(row)
+            self.traces.record(row, trace)
 
     def start(self, state: Callable[[], Mapping[str, Any]]) -> None:
         """Refresh the gauges from `state()` every second (and at each scrape)."""

@@ -1,15 +1,24 @@
 """OpenTelemetry traces of requests, with the GenAI semantic conventions, exported over OTLP/HTTP.
 
 Only when `telemetry.otlp_endpoint` is set, and only with the `otel` extra installed (imported lazily, so a
-gateway without it never loads OpenTelemetry). The request path does one thing: `record(row)` appends the
-finished ledger row to a bounded queue (a full queue drops the row's span and counts it). A thread turns rows
-into spans after the fact (the span keeps the request's own start and end times) and hands them to the SDK's
-BatchSpanProcessor, which exports in batches from its own thread. Nothing here can slow or fail the ledger.
+gateway without it never loads OpenTelemetry). The request path does one thing: `record(row, trace)` appends
+the finished ledger row and the caller's trace context to a bounded queue (a full queue drops the row's span
+and counts it). A thread turns rows into spans after the fact (the span keeps the request's own start and end
+times) and hands them to the SDK's BatchSpanProcessor, which exports in batches from its own thread. Nothing
+here can slow or fail the ledger.
 
 One span per request, kind CLIENT (margin calls the model), named `{operation} {model}` as the conventions
 ask, with `gen_ai.*` attributes (operation, provider, request/response model, token usage, time to first
 chunk), `error.type` for failures, and margin's own numbers under `margin.*` (cost, energy, carbon, status).
-Incoming trace context (`traceparent`) is not joined: each request starts its own trace.
+
+Incoming W3C trace context is joined: a request whose `traceparent` header is valid gets a span in the
+caller's trace, child of the caller's span (its `tracestate` carried along), and the caller's sampled flag
+is honoured (the SDK's default parent-based sampler: a caller that did not sample gets no span). The request
+path only looks the headers up and bounds their length (`margin.types.TraceContext`: a `traceparent` over
+128 characters is ignored, a `tracestate` over 512 dropped); this thread parses them with OpenTelemetry's
+W3C propagator, and anything it cannot parse starts a new trace, as a request without the header does.
+The context is not forwarded to upstreams: margin's span exists only after the request ended, so an
+upstream could only be told the caller's span as its parent, not margin's.
 """
 
 from __future__ import annotations
@@ -21,10 +30,14 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from margin.config import TelemetryConfig
 from margin.errors import ConfigError
+from margin.types import TraceContext
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
 
 log = logging.getLogger("margin.telemetry")
 
@@ -92,6 +105,7 @@ class Traces:
             from opentelemetry.sdk.resources import Resource
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
+            from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
         except ImportError as exc:
             raise ConfigError(
                 "telemetry.otlp_endpoint is set but OpenTelemetry is not installed: install margin with the "
@@ -100,7 +114,8 @@ class Traces:
         self._providers = providers
         self._on_drop = on_drop or (lambda count: None)
         self._max = config.trace_queue
-        self._queue: deque[Mapping[str, Any]] = deque()
+        self._queue: deque[tuple[Mapping[str, Any], TraceContext | None]] = deque()
+        self._propagator = TraceContextTextMapPropagator()
         self._wake = threading.Event()
         self._stopping = False
         exporter = OTLPSpanExporter(endpoint=config.otlp_endpoint, headers=_headers(config.otlp_headers_env))
@@ -111,17 +126,17 @@ class Traces:
         self._provider.add_span_processor(batch)
         self._tracer = self._provider.get_tracer("margin")
         self._thread = threading.Thread(target=self._run, name="margin-traces", daemon=True)
-        self.exported = 0  # spans handed to the SDK
+        self.exported = 0  # spans handed to the SDK (a caller's unsampled trace makes none)
 
     def start(self) -> None:
         self._thread.start()
 
-    def record(self, row: Mapping[str, Any]) -> None:
-        """On the request path: O(1), never blocks, never raises."""
+    def record(self, row: Mapping[str, Any], trace: TraceContext | None = None) -> None:
+        """On the request path: O(1), never blocks, never raises; `trace` is parsed later, by the thread."""
         if len(self._queue) >= self._max:
             self._on_drop(1)
             return
-        self._queue.append(row)
+        self._queue.append((row, trace))
 
     def _run(self) -> None:
         while not self._stopping:
@@ -133,12 +148,13 @@ class Traces:
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
         while self._queue:
-            row = self._queue.popleft()
+            row, trace = self._queue.popleft()
             try:
                 name = f"{OPERATIONS.get(row['endpoint'], row['endpoint'])} {row['model'] or row['requested_model']}"
                 start = _ns(row["created_at"])
                 span = self._tracer.start_span(
                     name,
+                    context=self._parent(trace),
                     kind=SpanKind.CLIENT,
                     attributes=attributes(row, self._providers.get(row["backend"] or "")),
                     start_time=start,
@@ -146,10 +162,23 @@ class Traces:
                 if row["http_status"] >= 400:
                     span.set_status(Status(StatusCode.ERROR, row["error_code"]))
                 span.end(end_time=start + int(row["e2e_ms"] * 1_000_000))
-                self.exported += 1
+                if span.get_span_context().trace_flags.sampled:
+                    self.exported += 1
             except Exception:
                 log.exception("could not turn request %s into a span", row.get("request_id"))
                 self._on_drop(1)
+
+    def _parent(self, trace: TraceContext | None) -> Context:
+        """The caller's span as the parent (a remote span context), or an empty context (a new trace) when
+        there is no `traceparent` or the W3C propagator finds it invalid."""
+        from opentelemetry.context import Context
+
+        if trace is None:
+            return Context()
+        carrier = {"traceparent": trace.traceparent}
+        if trace.tracestate is not None:
+            carrier["tracestate"] = trace.tracestate
+        return self._propagator.extract(carrier, context=Context())
 
     def close(self) -> None:
         """Export what is queued and stop (blocking: run it off the event loop)."""

@@ -16,6 +16,7 @@ from margin.errors import InternalError, MarginError
 from margin.governance.service import Governance
 from margin.guard.pseudonym import UserPseudonyms
 from margin.pipeline.values import ClientGone, Next, Record, Reply, Request
+from margin.types import TraceContext
 
 log = logging.getLogger("margin.pipeline")
 
@@ -33,10 +34,11 @@ class RowSink(Protocol):
 
 
 class Telemetry(Protocol):
-    """Metrics and traces: called once per request with its finished row, after the row is in the outbox
-    (lossy; never on the ledger's path)."""
+    """Metrics and traces: called once per request with its finished row and the caller's trace context
+    (its `traceparent`/`tracestate` headers, length-checked only), after the row is in the outbox (lossy;
+    never on the ledger's path)."""
 
-    def observe(self, row: dict[str, Any]) -> None: ...
+    def observe(self, row: dict[str, Any], trace: TraceContext | None = None) -> None: ...
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -185,6 +187,6 @@ class Settle:
                 self.spawn(settling)
         if self.telemetry is not None:
             try:
-                self.telemetry.observe(row)
+                self.telemetry.observe(row, TraceContext.of(request.headers))
             except Exception:  # telemetry is lossy: it never fails a request
                 log.exception("telemetry failed for request %s", request.id)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from margin.cli import app
 from margin.dashboard.queries import burn, window_for
-from margin.ledger import db
+from margin.ledger import db, rollup
 from margin.ledger.measures import RELATIVE_ERROR
 from margin.ledger.read import Window, grain_for, percentile
 from margin.report.queries import summarize
@@ -281,12 +281,14 @@ async def test_savings_page_shows_the_batch_discount_and_carbon_aware_routes(db_
             cost_nanousd=2_000_000,
             default_cost_nanousd=1_500_000,
             co2e_g=0.5,
+            co2e_ng=500_000_000,
             default_co2e_g=2.0,
         ),
     ]
-    with engine.begin() as connection:
+    with engine.begin() as connection:  # rows written by hand: rebuild the rollups (margin db rebuild-rollups)
         columns = {name for r in extra for name in r}
         connection.execute(sa.insert(ledger), [{name: r.get(name) for name in columns} for r in extra])
+        rollup.rebuild(connection)
     engine.dispose()
     headers = {"authorization": f"Bearer {made['admin']}"}
     async with gateway(fake_settings(db_path)) as gw:

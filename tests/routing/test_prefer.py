@@ -75,7 +75,9 @@ async def test_green_route_serves_from_the_clean_region_and_records_the_counterf
     levers = found.levers
     assert (levers.preferred_requests, levers.preferred_moved, levers.preferred_unknown) == (2, 2, 0)
     expected_g = (green.default_co2e_g - green.co2e_g) + (thrifty.default_co2e_g - thrifty.co2e_g)
-    assert abs(levers.preferred_saved_co2e_g - expected_g) < 1e-12
+    assert abs(levers.preferred_saved_co2e_g - expected_g) < 2e-9  # summed in ng: the default rounded to 1 ng
+    expected_ng = sum(int(r.default_co2e_g * 1e9 + 0.5) - r.co2e_ng for r in (green, thrifty))
+    assert levers.preferred_saved_co2e_g == expected_ng / 1e9
     saved_nano = (green.default_cost_nanousd - green.cost_nanousd) + (
         thrifty.default_cost_nanousd - thrifty.cost_nanousd
     )

@@ -84,7 +84,7 @@ def latency(engine: sa.Engine, scope: Window) -> dict[str, Any]:
 def savings(engine: sa.Engine, scope: Window) -> dict[str, Any]:
     with engine.connect() as connection:
         models, total = queries.breakdown(connection, scope, "model")
-        more = levers(connection, scope.where()).to_json()
+        more = levers(connection, scope).to_json()
     saved = Decimal(total["cache_saved_usd"]) + Decimal(total["routing_saved_usd"])
     saved += Decimal(more["batch_discount_usd"]) + Decimal(more["preferred_saved_usd"])
     would_have = Decimal(total["cost_usd"]) + saved

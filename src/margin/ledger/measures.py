@@ -50,6 +50,25 @@ MEASURES: dict[str, str] = {
     "ttft_n": "CASE WHEN {r}.ttft_ms IS NULL THEN 0 ELSE 1 END",
 }
 
+# the cost levers the ledger rows carry (margin.ledger.read.levers), summed per hour in ledger_hourly only (they
+# are read as a window's totals, never grouped by a tag): batch lines (`batch_id`) and lowest-carbon /
+# lowest-cost routes (`route_pref`, against their default's counterfactual). `{default_ng}` is the default's
+# carbon rounded to nanograms, so the saved carbon is an integer sum like every other.
+_PREF_CARBON = "{r}.route_pref IS NOT NULL AND {r}.default_co2e_g IS NOT NULL AND {r}.co2e_ng IS NOT NULL"
+_PREF_COST = "{r}.route_pref IS NOT NULL AND {r}.default_cost_nanousd IS NOT NULL AND {r}.cost_nanousd IS NOT NULL"
+LEVERS: dict[str, str] = {
+    "batch_requests": "CASE WHEN {r}.batch_id IS NOT NULL THEN 1 ELSE 0 END",
+    "batch_cost_nanousd": "CASE WHEN {r}.batch_id IS NOT NULL THEN COALESCE({r}.cost_nanousd, 0) ELSE 0 END",
+    "batch_discount_nanousd": "CASE WHEN {r}.batch_id IS NOT NULL THEN COALESCE({r}.discount_nanousd, 0) ELSE 0 END",
+    "pref_requests": "CASE WHEN {r}.route_pref IS NOT NULL THEN 1 ELSE 0 END",
+    "pref_moved": "CASE WHEN {r}.route_pref IS NOT NULL AND {r}.model <> {r}.route_default THEN 1 ELSE 0 END",
+    "pref_saved_co2e_ng": f"CASE WHEN {_PREF_CARBON} THEN {{default_ng}} - {{r}}.co2e_ng ELSE 0 END",
+    "pref_saved_nanousd": f"CASE WHEN {_PREF_COST} THEN {{r}}.default_cost_nanousd - {{r}}.cost_nanousd ELSE 0 END",
+    "pref_unknown": (
+        f"CASE WHEN {{r}}.route_pref IS NOT NULL AND NOT ({_PREF_CARBON} AND {_PREF_COST}) THEN 1 ELSE 0 END"
+    ),
+}
+
 # dimensions of the hourly rollup (ledger_hourly); NULL is stored as ''
 HOURLY_DIMS = ("kind", "team", "org", "model", "backend", "region")
 # plain-column groupings of the daily rollup (ledger_daily), besides the rolled-up tag keys
@@ -96,6 +115,10 @@ def rounded(dialect: str, expr: str) -> str:
 def measure(name: str, dialect: str, r: str) -> str:
     busy = rounded(dialect, f"COALESCE({r}.busy_ms, {r}.backend_ms, 0.0) * 1000")
     return MEASURES[name].format(r=r, busy=busy)
+
+
+def lever(name: str, dialect: str, r: str) -> str:
+    return LEVERS[name].format(r=r, default_ng=rounded(dialect, f"{r}.default_co2e_g * {NANO}"))
 
 
 def check_tag_key(key: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from margin.ledger.measures import HOURLY_DIMS, MEASURES
+from margin.ledger.measures import HOURLY_DIMS, LEVERS, MEASURES
 
 metadata = sa.MetaData()
 
@@ -89,6 +89,7 @@ ledger_hourly = sa.Table(  # per UTC hour × kind × team × org × model × bac
     sa.Column("hour", sa.String(19), primary_key=True),  # 2026-11-02T13:00:00
     *(sa.Column(name, sa.String(256), primary_key=True) for name in HOURLY_DIMS),
     *_sums(),
+    *(sa.Column(name, sa.BigInteger, nullable=False) for name in LEVERS),  # the cost levers' sums (0009)
     sa.Column("first_at", sa.DateTime(timezone=True), nullable=False),
 )
 
@@ -115,13 +116,13 @@ ledger_latency = sa.Table(  # latency histograms per dimension × metric × UTC 
     sa.Column("n", sa.BigInteger, nullable=False),
 )
 
-ledger_attach = sa.Table(  # which customers used which feature, per UTC day (attach rate: distinct counts)
+ledger_attach = sa.Table(  # which customers used which feature on which UTC days (attach rate: distinct counts)
     "ledger_attach",
     metadata,
-    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("month", sa.String(7), primary_key=True),  # 2026-11
     sa.Column("feature", sa.String(256), primary_key=True),
     sa.Column("customer", sa.String(256), primary_key=True),
-    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("days", sa.BigInteger, nullable=False),  # bit d-1 set: the pair was seen on day d of the month (0009)
 )
 
 ledger_tasks = sa.Table(  # one row per task (task_id tag, else the request); its anchor is its earliest request

@@ -10,7 +10,8 @@ expressions (243 → ~75 µs of CPU per row, benchmarks/README.md); the temporar
 - ledger_daily   per dimension × UTC day × kind × team, for the key, endpoint, status, error and each rolled-up
                  tag key (ledger_rollup_keys, from `tags.rollup_keys`): the same sums
 - ledger_latency latency histograms (e2e, TTFT) per dimension × UTC day; per team for all rows and per model
-- ledger_attach  customers seen per feature per UTC day (distinct counts for the attach rate)
+- ledger_attach  per month × feature × customer, the UTC days it was seen, as bits (distinct counts for the
+                 attach rate: a 30-day window reads ≤ 2 months of pairs, not 30 days of them)
 - ledger_tasks   one row per task: anchor (its earliest request: time, team, key, model, feature, customer…),
                  requests, cost, unpriced requests
 - ledger_charges priced requests per UTC day × key × team × model × backend × region (the FOCUS export)
@@ -24,8 +25,9 @@ one row per request and a rollup saves nothing (measured on 1M synthetic rows: 9
 rollups plus their partial edges from the ledger rows (margin.ledger.read.plan).
 
 `rebuild(connection, tag_keys)` recomputes everything from the ledger (after rows were edited by hand, or to
-roll up other tag keys): `margin db rebuild-rollups`. Changing MEASURES or the dimensions needs a migration
-that recreates the tables (0005 creates them from these definitions) and rebuilds.
+roll up other tag keys): `margin db rebuild-rollups`. Changing MEASURES, LEVERS or the dimensions needs a
+migration that recreates the changed tables and rebuilds (0009 does); the earlier migrations that create
+the tables from these definitions leave them empty, as `rebuild` runs today's SQL.
 """
 
 from __future__ import annotations

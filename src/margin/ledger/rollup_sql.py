@@ -75,6 +75,7 @@ def derive(dialect: str, source: str, order: str, tag_keys: Sequence[str]) -> st
         f"{m.task(dialect, s)} AS task",
         *(f"{m.latency_bin(f's.{column}')} AS {metric}_bin" for metric, column in m.METRICS.items()),
         *(f"{m.measure(name, dialect, s)} AS {name}" for name in m.MEASURES),
+        *(f"{m.lever(name, dialect, s)} AS {name}" for name in m.LEVERS),
         "CASE WHEN s.co2e_ng IS NULL THEN 0 ELSE 1 END AS co2e_known",
     ]
     return f"CREATE TEMPORARY TABLE {ROWS} AS SELECT {', '.join(columns)} FROM {source} s WHERE s.kind IN {m.KINDS_SQL}"
@@ -90,6 +91,7 @@ def pre_aggregates() -> list[str]:
     keyed = [_g(d) for d in KEYED_DIMS]
     return [
         f"CREATE TEMPORARY TABLE {CORE} AS SELECT day, hour, {', '.join(core)}, {', '.join(_sums())}, "
+        f"{', '.join(f'SUM({name}) AS {name}' for name in m.LEVERS)}, "
         f"MIN(created_at) AS first_at FROM {ROWS} GROUP BY day, hour, {', '.join(core)}",
         f"CREATE TEMPORARY TABLE {KEYED} AS SELECT day, {', '.join(keyed)}, {', '.join(_sums())} FROM {ROWS} "
         f"GROUP BY day, {', '.join(keyed)}",
@@ -97,17 +99,18 @@ def pre_aggregates() -> list[str]:
 
 
 def hourly() -> str:
-    keys = ["hour", *m.HOURLY_DIMS]
+    """ledger_hourly: every measure and the cost levers' sums, from CORE."""
+    keys, sums = ["hour", *m.HOURLY_DIMS], [*m.MEASURES, *m.LEVERS]
     dims = ["hour", *(_blank(_g(d)) for d in m.HOURLY_DIMS)]
     first = (
         "first_at = CASE WHEN excluded.first_at < ledger_hourly.first_at "
         "THEN excluded.first_at ELSE ledger_hourly.first_at END"
     )
     return (
-        f"INSERT INTO ledger_hourly ({', '.join([*keys, *m.MEASURES, 'first_at'])}) "
-        f"SELECT {', '.join([*dims, *(f'SUM({n})' for n in m.MEASURES), 'MIN(first_at)'])} FROM {CORE} "
+        f"INSERT INTO ledger_hourly ({', '.join([*keys, *sums, 'first_at'])}) "
+        f"SELECT {', '.join([*dims, *(f'SUM({n})' for n in sums), 'MIN(first_at)'])} FROM {CORE} "
         f"WHERE true GROUP BY {', '.join(str(i + 1) for i in range(len(dims)))} "
-        f"{_add('ledger_hourly', keys, list(m.MEASURES))}, {first}"
+        f"{_add('ledger_hourly', keys, sums)}, {first}"
     )
 
 
@@ -163,10 +166,14 @@ def latency(tag_keys: Sequence[str]) -> list[str]:
 
 
 def attach() -> str:
+    """ledger_attach: per month × feature × customer, the days it was seen as bits (each day's bit is a distinct
+    power of two, so SUM(DISTINCT) is their OR; an upsert ORs in the batch's days)."""
+    bit = "1 << (CAST(substr(day, 9, 2) AS INTEGER) - 1)"
     return (
-        "INSERT INTO ledger_attach (day, feature, customer, requests) "
-        f"SELECT day, {_blank('feature')}, {_blank('customer')}, COUNT(*) FROM {ROWS} GROUP BY 1, 2, 3 "
-        f"{_add('ledger_attach', ['day', 'feature', 'customer'], ['requests'])}"
+        "INSERT INTO ledger_attach (month, feature, customer, days) "
+        f"SELECT substr(day, 1, 7), {_blank('feature')}, {_blank('customer')}, SUM(DISTINCT {bit}) FROM {ROWS} "
+        "GROUP BY 1, 2, 3 ON CONFLICT (month, feature, customer) "
+        "DO UPDATE SET days = ledger_attach.days | excluded.days"
     )
 
 

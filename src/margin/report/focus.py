@@ -10,8 +10,9 @@ columns for requests, tokens, energy (J) and carbon (gCO2e).
 InvoiceId is null: margin issues no invoices, and FOCUS 1.2 says InvoiceId MUST be null when the charge is
 not associated with an invoice or a pre-generated provisional one (InvoiceId-C-004-C). focus-validator 2.2.1
 checks both halves of that either-or without their conditions, so it reports the other half
-(InvoiceId-C-005-C, "MUST NOT be null when invoiced") as failed while the rule, InvoiceId-C-003-C, passes
-(tests/report/test_focus_validator.py).
+(InvoiceId-C-005-C, "MUST NOT be null when invoiced") as failed while the rule, InvoiceId-C-003-C, passes;
+a provisional invoice id fails the other half and leaving the column out fails 7 rules, so no export passes
+every rule of 2.2.1, the latest release (tests/report/test_focus_validator.py).
 
 Costs: BilledCost = EffectiveCost = ListCost = ContractedCost = the ledger's cost (no discounts or
 commitments exist between margin and itself). Requests at an unknown price cannot be written (FOCUS costs

@@ -117,7 +117,7 @@ class Savings:
 def savings(engine: sa.Engine, window: Window) -> Savings:
     with engine.connect() as connection:
         t = read.totals(connection, window)
-        found = levers(connection, window.where())
+        found = levers(connection, window)
     return Savings(
         usd(t["cost_nanousd"]),
         t["cache_hits"],

@@ -1,6 +1,10 @@
-"""Savings of the levers the hourly rollup does not carry: the batch discount (rows with a `batch_id`) and
-lowest-carbon / lowest-cost routes (rows with `route_pref`, against their default's counterfactual). Read
-from the ledger rows of the window (both are rare next to all traffic and need no rollup to be exact)."""
+"""Savings of the levers the other sums do not carry: the batch discount (rows with a `batch_id`) and
+lowest-carbon / lowest-cost routes (rows with `route_pref`, against their default's counterfactual).
+
+Window totals (never grouped): whole hours from ledger_hourly's lever sums (margin.ledger.measures.LEVERS,
+kept per ingested batch), the partial edges, one key's or one org's view and `Window(rollup=False)` from
+ledger rows with the same SQL, so both paths give the same integers. Saved carbon is summed in nanograms (the
+default's emissions rounded to ng, minus the row's `co2e_ng`)."""
 
 from __future__ import annotations
 
@@ -12,7 +16,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from margin.economics.money import from_nanousd, usd_str
-from margin.ledger.models import ledger
+from margin.ledger import measures as m
+from margin.ledger.models import ledger, ledger_hourly
+from margin.ledger.read.plan import Part, grain_for, plan
+from margin.ledger.read.sums import _time
+from margin.ledger.read.window import Window
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,33 +50,41 @@ class Levers:
 NONE = Levers(0, Decimal(0), Decimal(0), 0, 0, 0.0, Decimal(0), 0)
 
 
-def _when(condition: sa.ColumnElement[bool], value: Any) -> sa.ColumnElement[Any]:
-    return sa.func.coalesce(sa.func.sum(sa.case((condition, value), else_=0)), 0)
+def _from_rows(connection: sa.Connection, window: Window) -> Sequence[Any]:
+    dialect = connection.dialect.name
+    sums: list[sa.ColumnElement[Any]] = [
+        sa.literal_column(f"SUM({m.lever(name, dialect, 'ledger')})") for name in m.LEVERS
+    ]
+    lever_rows = sa.or_(ledger.c.batch_id.is_not(None), ledger.c.route_pref.is_not(None))
+    return tuple(connection.execute(sa.select(*sums).select_from(ledger).where(*window.where(), lever_rows)).one())
 
 
-def levers(connection: sa.Connection, where: Sequence[sa.ColumnElement[bool]]) -> Levers:
-    c = ledger.c
-    batch, pref = c.batch_id.is_not(None), c.route_pref.is_not(None)
-    carbon_known = sa.and_(pref, c.default_co2e_g.is_not(None), c.co2e_g.is_not(None))
-    cost_known = sa.and_(pref, c.default_cost_nanousd.is_not(None), c.cost_nanousd.is_not(None))
-    query = sa.select(
-        _when(batch, 1),
-        _when(batch, sa.func.coalesce(c.cost_nanousd, 0)),
-        _when(batch, sa.func.coalesce(c.discount_nanousd, 0)),
-        _when(pref, 1),
-        _when(sa.and_(pref, c.model != c.route_default), 1),
-        _when(carbon_known, c.default_co2e_g - c.co2e_g),
-        _when(cost_known, c.default_cost_nanousd - c.cost_nanousd),
-        _when(sa.and_(pref, sa.not_(sa.and_(carbon_known, cost_known))), 1),
-    ).where(*where, sa.or_(batch, pref))
-    row = connection.execute(query).one()
+def _from_hourly(connection: sa.Connection, window: Window, part: Part) -> Sequence[Any]:
+    t = ledger_hourly
+    clauses = [t.c.kind.in_(m.KINDS), *_time(t, "hour", part, "hour")]
+    if window.team is not None:
+        clauses.append(t.c.team == window.team)
+    sums: list[sa.ColumnElement[Any]] = [sa.func.sum(t.c[name]) for name in m.LEVERS]
+    return tuple(connection.execute(sa.select(*sums).where(*clauses)).one())
+
+
+def levers(connection: sa.Connection, window: Window) -> Levers:
+    """The window's lever sums: whole hours from the rollup, the rest from rows."""
+    found = [0] * len(m.LEVERS)
+    for part in plan(window, grain_for(window, [], ())):
+        if part.source == "rows":
+            row = _from_rows(connection, window.between(part.since, part.until))
+        else:
+            row = _from_hourly(connection, window, part)
+        found = [total + int(value or 0) for total, value in zip(found, row, strict=True)]
+    sums = dict(zip(m.LEVERS, found, strict=True))
     return Levers(
-        int(row[0]),
-        from_nanousd(int(row[1])),
-        from_nanousd(int(row[2])),
-        int(row[3]),
-        int(row[4]),
-        float(row[5]),
-        from_nanousd(int(row[6])),
-        int(row[7]),
+        sums["batch_requests"],
+        from_nanousd(sums["batch_cost_nanousd"]),
+        from_nanousd(sums["batch_discount_nanousd"]),
+        sums["pref_requests"],
+        sums["pref_moved"],
+        sums["pref_saved_co2e_ng"] / m.NANO,
+        from_nanousd(sums["pref_saved_nanousd"]),
+        sums["pref_unknown"],
     )

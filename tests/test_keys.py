@@ -227,3 +227,20 @@ async def test_random_keys_fill_only_the_bounded_negative_cache(tmp_path: Any) -
     finally:
         sync.dispose()
         await engine.dispose()
+
+
+def test_the_every_team_marker_is_not_a_team(tmp_path: Any) -> None:
+    """'*' is the rollups' rows across every team: a key of team '*' would be read as all of them."""
+    from margin.errors import InvalidRequest
+    from margin.keys import NewKey, create_key
+    from margin.ledger import db
+
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    db.upgrade(url)
+    sync = db.make_sync_engine(url)
+    try:
+        with pytest.raises(InvalidRequest, match="reserved"):
+            create_key(sync, NewKey("star", team="*"))
+        assert create_key(sync, NewKey("stars", team="**"))[0].team == "**"
+    finally:
+        sync.dispose()

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from margin.config import is_loopback
 from margin.errors import AuthenticationFailed, ConfigError, Conflict, InvalidRequest, NotFound
+from margin.ledger.measures import EVERY_TEAM
 from margin.ledger.models import api_keys
 from margin.singleflight import SingleFlight
 from margin.specs import Policy
@@ -127,6 +128,8 @@ class NewKey:
 
 
 def create_key(engine: sa.Engine, spec: NewKey) -> tuple[KeyRecord, str]:
+    if spec.team == EVERY_TEAM:
+        raise InvalidRequest(f"team {EVERY_TEAM!r} is reserved: the rollups' rows of every team", param="team")
     key_id, key = new_key()
     now = datetime.now(UTC)
     values = {

@@ -191,13 +191,20 @@ async def test_rollup_follows_new_rows_and_ignores_replays(db_path: Path) -> Non
     engine = db.make_sync_engine(f"sqlite:///{db_path}")
     with engine.connect() as connection:
         rolled = connection.exec_driver_sql("SELECT sum(requests) FROM ledger_hourly").scalar_one()
-        tagged = connection.exec_driver_sql("SELECT sum(requests) FROM ledger_daily WHERE dim = 'customer'").scalar()
+        tagged, per_team = (
+            connection.exec_driver_sql(
+                f"SELECT sum(requests) FROM ledger_daily WHERE dim = 'customer' AND {t}"
+            ).scalar()
+            for t in ("team = '*'", "team <> '*'")  # a tag key's rows across every team, and per team
+        )
     assert grain_for(window_for("7d"), ["team"], ["customer"]) == "hour"
     assert grain_for(window_for("7d"), ["customer"], ["customer"]) == "day"  # a rolled-up tag key
     assert grain_for(window_for("7d"), ["customer"], []) is None  # not rolled up: rows
     assert grain_for(window_for("7d", key_id="k1"), ["team"], []) is None  # one key's rows: rows
     engine.dispose()
-    assert rolled == tagged == len(rows)  # every row once (the old one outside 7d included), the replay not at all
+    assert (
+        rolled == tagged == per_team == len(rows)
+    )  # every row once (the old one outside 7d included), the replay not at all
     assert shared(overview["totals"]) == shared(report(db_path)["totals"])
     assert overview["totals"]["requests"] == 8 + 3
     expected = {g["key"]: shared(g) for g in report(db_path, "--by", "model")["groups"]}

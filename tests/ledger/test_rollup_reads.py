@@ -1,4 +1,4 @@
-"""The cost levers and the attach rate from the rollups: the same answer as from rows, on SQLite and
+"""The cost levers, the attach rate and the tag keys' sums from the rollups: the same answer as from rows, on SQLite and
 PostgreSQL, for windows with partial edges, across a month boundary, open at either end, and team views;
 batch by batch equals a rebuild."""
 
@@ -69,6 +69,8 @@ def check_both_paths(engine: sa.Engine) -> None:
             slow = read.Window(window.since, window.until, window.team, rollup=False, org=window.org)
             assert levers(connection, window) == levers(connection, slow), window
             assert attach(connection, window) == attach(connection, slow), window
+            for by in ("feature", "customer"):  # ledger_daily: a tag key per team and across teams
+                assert read.grouped(connection, window, by) == read.grouped(connection, slow, by), (window, by)
         everything = levers(connection, read.Window())
     assert everything.batch_requests > 100 and everything.preferred_requests > 100
     assert everything.preferred_moved > 0 and everything.preferred_unknown > 0

@@ -74,6 +74,9 @@ HOURLY_DIMS = ("kind", "team", "org", "model", "backend", "region")
 # plain-column groupings of the daily rollup (ledger_daily), besides the rolled-up tag keys
 DAILY_COLUMNS = {"key": "key_id", "endpoint": "endpoint", "status": "status", "user": "user"}
 DAILY_DIMS = (*DAILY_COLUMNS, "error")  # error = "<http status> <error code>"
+# the team of rollup rows that add up every team (ledger_daily's tag keys, ledger_latency's dimensions but ''
+# and model); no key can have it as its team (margin.keys.create_key refuses it)
+EVERY_TEAM = "*"
 # hourly dimensions also kept per day in ledger_daily ('' = every row), so a month reads ~30 rows per group,
 # not ~720: whole days from there, the window's partial days from ledger_hourly, partial hours from rows
 DAILY_CORE = ("", "model", "backend", "region", "org")

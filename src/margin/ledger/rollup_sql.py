@@ -114,28 +114,31 @@ def hourly() -> str:
     )
 
 
-def _daily_from(source: str, dim: str, value: str) -> str:
+def _daily_from(source: str, dim: str, value: str, team: str = _blank(_g("team"))) -> str:
     keys = ["dim", "day", "kind", "team", "value"]
     sums = ", ".join(f"SUM({name})" for name in m.MEASURES)
     return (
         f"INSERT INTO ledger_daily ({', '.join([*keys, *m.MEASURES])}) "
-        f"SELECT '{dim}', day, {_blank(_g('kind'))}, {_blank(_g('team'))}, {value}, {sums} FROM {source} "
+        f"SELECT '{dim}', day, {_blank(_g('kind'))}, {team}, {value}, {sums} FROM {source} "
         f"WHERE true GROUP BY 2, 3, 4, 5 {_add('ledger_daily', keys, list(m.MEASURES))}"
     )
 
 
 def daily(tag_keys: Sequence[str]) -> list[str]:
-    """ledger_daily: the hourly dimensions from CORE, the plain columns from KEYED, the tag keys from ROWS."""
+    """ledger_daily: the hourly dimensions from CORE, the plain columns from KEYED, the tag keys from ROWS, per
+    team and across teams (team '*', measures.EVERY_TEAM: a tag such as `customer` crossed with the teams has
+    ~10x more rows per day than across them, and an admin's view reads those)."""
     out = [_daily_from(CORE, dim, _blank(_g(dim)) if dim else "''") for dim in m.DAILY_CORE]
     out += [_daily_from(KEYED, dim, _blank(_g(dim))) for dim in m.DAILY_DIMS]
-    out += [_daily_from(ROWS, key, _blank(column)) for key, column in _tag_columns(tag_keys).items()]
+    for key, column in _tag_columns(tag_keys).items():
+        out += [_daily_from(ROWS, key, _blank(column)), _daily_from(ROWS, key, _blank(column), f"'{m.EVERY_TEAM}'")]
     return out
 
 
 def _latency_insert(dim: str, value: str, source: str, *, metric: str = "metric", bin_: str = "bin") -> str:
     """Histogram counts of one dimension: from a pre-aggregate (SUM(n)) or, for one metric, from ROWS."""
     keys = ["dim", "metric", "day", "team", "value", "bin"]
-    team = _blank(_g("team")) if dim in m.TEAM_HISTOGRAMS else "'*'"
+    team = _blank(_g("team")) if dim in m.TEAM_HISTOGRAMS else f"'{m.EVERY_TEAM}'"
     count, where = ("SUM(n)", "true") if source != ROWS else ("COUNT(*)", f"{bin_} IS NOT NULL")
     return (
         f"INSERT INTO ledger_latency ({', '.join([*keys, 'n'])}) SELECT '{dim}', {metric}, day, {team}, {value}, "

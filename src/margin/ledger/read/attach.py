@@ -62,11 +62,6 @@ def _rolled_pairs(connection: sa.Connection, part: Part) -> set[tuple[Any, Any]]
     return {(row[0], row[1]) for row in connection.execute(query.distinct())}
 
 
-def _as_rolled(value: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
-    """A tag value as ledger_attach holds it: text ('' stored for none), so 42 and "42" are one customer."""
-    return sa.func.nullif(sa.cast(value, sa.Text), "")
-
-
 def _pairs(connection: sa.Connection, window: Window) -> set[tuple[Any, Any]]:
     team_view = window.team is not None
     grain: Grain | None = "day" if not team_view and grain_for(window, [], ()) is not None else None
@@ -74,7 +69,7 @@ def _pairs(connection: sa.Connection, window: Window) -> set[tuple[Any, Any]]:
     for part in plan(window, grain):
         if part.source == "rows":
             sub = window.between(part.since, part.until)
-            feature, customer = (_as_rolled(row_group(connection, key)) for key in ("feature", "customer"))
+            feature, customer = row_group(connection, "feature"), row_group(connection, "customer")
             query = sa.select(feature, customer).where(*sub.where()).group_by(feature, customer)
             found.update((row[0], row[1]) for row in connection.execute(query))
         else:

@@ -74,7 +74,7 @@ def _from_rollup(connection: sa.Connection, window: Window, part: Part, by: str 
         key = sa.func.nullif(t.c.value, "") if by else sa.null()
     clauses = [t.c.dim == dim, t.c.metric == metric, *_time(t, "day", part, "day")]
     if dim not in m.TEAM_HISTOGRAMS:
-        clauses.append(t.c.team == "*")
+        clauses.append(t.c.team == m.EVERY_TEAM)
     elif window.team is not None:
         clauses.append(t.c.team == window.team)
     query = sa.select(key.label("key"), t.c.bin, sa.func.sum(t.c.n).label("n")).where(*clauses)

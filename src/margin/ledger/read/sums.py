@@ -44,16 +44,18 @@ def total(parts: Iterable[Sums]) -> Sums:
 
 
 def _text(connection: sa.Connection, by: str) -> str:
-    """SQL of a grouping on ledger rows: a column, a time bucket (ISO start), `error` or a tag key."""
+    """SQL of a grouping on ledger rows: a column, a time bucket (ISO start), `error` or a tag key. A tag's value
+    is read as the rollups hold it: text, '' as none (so 7 and "7" are one value, "" and no tag one)."""
     dialect = connection.dialect.name
     if by == "hour":
         return m.hour(dialect, "ledger")
     if by == "day":
         return f"({m.day(dialect, 'ledger')} || 'T00:00:00')"
     try:
-        return m.group(dialect, "ledger", by)
+        text = m.group(dialect, "ledger", by)
     except ValueError as exc:
         raise InvalidRequest(f"cannot group by {by!r}", param="by") from exc
+    return text if by in m.COLUMNS or by == "error" else f"NULLIF(CAST({text} AS TEXT), '')"
 
 
 def row_group(connection: sa.Connection, by: str) -> sa.ColumnElement[Any]:
@@ -133,6 +135,8 @@ def _from_daily(
     clauses = [t.c.dim == dim, t.c.kind.in_(kinds), *_time(t, "day", part, "day")]
     if window.team is not None:
         clauses.append(t.c.team == window.team)
+    elif dim not in (*m.DAILY_CORE, *m.DAILY_DIMS):  # a tag key: kept per team and across them (EVERY_TEAM)
+        clauses.append(t.c.team != m.EVERY_TEAM if by == "team" else t.c.team == m.EVERY_TEAM)
     if match is not None:
         clauses.append((t.c.team if match[0] == "team" else t.c.value) == match[1])
     sums = [sa.func.sum(t.c[n]).label(n) for n in m.MEASURES]

@@ -1,8 +1,10 @@
-"""read model: the cost levers' sums in ledger_hourly; ledger_attach per month with the days as bits
+"""read model: the cost levers' sums in ledger_hourly; ledger_attach per month with the days as bits; the tag
+keys of ledger_daily also across every team (team '*')
 
-The savings page read every ledger row of its window for the batch and lowest-carbon/-cost levers, and the
-attach rate read one row per day × feature × customer; both now come from the rollups. The two tables are
-recreated and every rollup is rebuilt from the ledger (about 90 s per million rows on SQLite).
+The savings page read every ledger row of its window for the batch and lowest-carbon/-cost levers, the
+attach rate one row per day × feature × customer, and an admin's view by customer one row per day × team ×
+customer; all three now read few rollup rows. The two changed tables are recreated and every rollup is
+rebuilt from the ledger (about 75-90 s per million rows on SQLite).
 
 Revision ID: 0009
 Revises: 0008

@@ -117,9 +117,10 @@ ledger_latency = sa.Table(  # latency histograms per dimension × metric × UTC 
 )
 
 ledger_attach = sa.Table(  # which customers used which feature on which UTC days (attach rate: distinct counts)
-    "ledger_attach",
+    "ledger_attach",  # per team, and across every team (team '*', measures.EVERY_TEAM)
     metadata,
     sa.Column("month", sa.String(7), primary_key=True),  # 2026-11
+    sa.Column("team", sa.String(256), primary_key=True),
     sa.Column("feature", sa.String(256), primary_key=True),
     sa.Column("customer", sa.String(256), primary_key=True),
     sa.Column("days", sa.BigInteger, nullable=False),  # bit d-1 set: the pair was seen on day d of the month (0009)

@@ -11,8 +11,9 @@ expressions (243 → ~75 µs of CPU per row, benchmarks/README.md); the temporar
                  tag key (ledger_rollup_keys, from `tags.rollup_keys`): the same sums; the tag keys also
                  across every team (team '*': 30 days × 500 customers, not × 20 teams as well)
 - ledger_latency latency histograms (e2e, TTFT) per dimension × UTC day; per team for all rows and per model
-- ledger_attach  per month × feature × customer, the UTC days it was seen, as bits (distinct counts for the
-                 attach rate: a 30-day window reads ≤ 2 months of pairs, not 30 days of them)
+- ledger_attach  per month × team (and every team, '*') × feature × customer, the UTC days it was seen, as
+                 bits (distinct counts for the attach rate: a 30-day window reads ≤ 2 months of pairs, not
+                 30 days of them)
 - ledger_tasks   one row per task: anchor (its earliest request: time, team, key, model, feature, customer…),
                  requests, cost, unpriced requests
 - ledger_charges priced requests per UTC day × key × team × model × backend × region (the FOCUS export)

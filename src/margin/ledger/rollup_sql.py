@@ -168,16 +168,17 @@ def latency(tag_keys: Sequence[str]) -> list[str]:
     return out
 
 
-def attach() -> str:
-    """ledger_attach: per month × feature × customer, the days it was seen as bits (each day's bit is a distinct
-    power of two, so SUM(DISTINCT) is their OR; an upsert ORs in the batch's days)."""
+def attach() -> list[str]:
+    """ledger_attach: per month × team (and across teams) × feature × customer, the days it was seen as bits
+    (each day's bit is a distinct power of two, so SUM(DISTINCT) is their OR; an upsert ORs in the batch's)."""
     bit = "1 << (CAST(substr(day, 9, 2) AS INTEGER) - 1)"
-    return (
-        "INSERT INTO ledger_attach (month, feature, customer, days) "
-        f"SELECT substr(day, 1, 7), {_blank('feature')}, {_blank('customer')}, SUM(DISTINCT {bit}) FROM {ROWS} "
-        "GROUP BY 1, 2, 3 ON CONFLICT (month, feature, customer) "
+    return [
+        "INSERT INTO ledger_attach (month, team, feature, customer, days) "
+        f"SELECT substr(day, 1, 7), {team}, {_blank('feature')}, {_blank('customer')}, SUM(DISTINCT {bit}) "
+        f"FROM {ROWS} GROUP BY 1, 2, 3, 4 ON CONFLICT (month, team, feature, customer) "
         "DO UPDATE SET days = ledger_attach.days | excluded.days"
-    )
+        for team in (_blank(_g("team")), f"'{m.EVERY_TEAM}'")
+    ]
 
 
 def charges() -> str:
@@ -263,7 +264,7 @@ def statements(dialect: str, source: str, order: str, tag_keys: Sequence[str]) -
         hourly(),
         *daily(tag_keys),
         *latency(tag_keys),
-        attach(),
+        *attach(),
         charges(),
         batch_tasks(),
         task_contributions(dialect, -1),

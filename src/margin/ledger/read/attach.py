@@ -1,8 +1,9 @@
 """Distinct customers per feature (the attach rate's numerator) and active customers in a window. Distinct
 counts do not add up across buckets, so the (feature, customer) pairs of every part are united in Python:
-whole days from ledger_attach, edges and team views from rows. ledger_attach keeps, per month × feature ×
-customer, the days the pair was seen as bits: a window's whole days are the months it touches, each with the
-mask of its days in the window (at most features × customers pairs per month)."""
+whole days from ledger_attach, edges (and an org's view) from rows. ledger_attach keeps, per month × team
+(or every team) × feature × customer, the days the pair was seen as bits: a window's whole days are the
+months it touches, each with the mask of its days in the window (at most features × customers pairs per
+month and team)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from margin.ledger import measures as m
 from margin.ledger.models import ledger_attach
 from margin.ledger.read.plan import Grain, Part, grain_for, plan
 from margin.ledger.read.sums import row_group
@@ -49,7 +51,7 @@ def month_masks(first: date, last: date) -> dict[str, int]:
     return masks
 
 
-def _rolled_pairs(connection: sa.Connection, part: Part) -> set[tuple[Any, Any]]:
+def _rolled_pairs(connection: sa.Connection, part: Part, team: str | None) -> set[tuple[Any, Any]]:
     bounds = _bounds(connection, part)
     if bounds is None:
         return set()
@@ -58,13 +60,13 @@ def _rolled_pairs(connection: sa.Connection, part: Part) -> set[tuple[Any, Any]]
     whole = [month for month, mask in masks.items() if mask == ALL_DAYS]
     wanted: list[sa.ColumnElement[bool]] = [t.c.month.in_(whole)] if whole else []
     wanted += [sa.and_(t.c.month == mo, t.c.days.op("&")(mask) != 0) for mo, mask in masks.items() if mask != ALL_DAYS]
-    query = sa.select(sa.func.nullif(t.c.feature, ""), sa.func.nullif(t.c.customer, "")).where(sa.or_(*wanted))
+    query = sa.select(sa.func.nullif(t.c.feature, ""), sa.func.nullif(t.c.customer, ""))
+    query = query.where(t.c.team == (m.EVERY_TEAM if team is None else team), sa.or_(*wanted))
     return {(row[0], row[1]) for row in connection.execute(query.distinct())}
 
 
 def _pairs(connection: sa.Connection, window: Window) -> set[tuple[Any, Any]]:
-    team_view = window.team is not None
-    grain: Grain | None = "day" if not team_view and grain_for(window, [], ()) is not None else None
+    grain: Grain | None = "day" if grain_for(window, [], ()) is not None else None
     found: set[tuple[Any, Any]] = set()
     for part in plan(window, grain):
         if part.source == "rows":
@@ -73,7 +75,7 @@ def _pairs(connection: sa.Connection, window: Window) -> set[tuple[Any, Any]]:
             query = sa.select(feature, customer).where(*sub.where()).group_by(feature, customer)
             found.update((row[0], row[1]) for row in connection.execute(query))
         else:
-            found |= _rolled_pairs(connection, part)
+            found |= _rolled_pairs(connection, part, window.team)
     return found
 
 

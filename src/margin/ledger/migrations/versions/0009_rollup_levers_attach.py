@@ -1,5 +1,5 @@
-"""read model: the cost levers' sums in ledger_hourly; ledger_attach per month with the days as bits; the tag
-keys of ledger_daily also across every team (team '*')
+"""read model: the cost levers' sums in ledger_hourly; ledger_attach per month × team with the days as bits;
+the tag keys of ledger_daily and ledger_attach also across every team (team '*')
 
 The savings page read every ledger row of its window for the batch and lowest-carbon/-cost levers, the
 attach rate one row per day × feature × customer, and an admin's view by customer one row per day × team ×

@@ -26,6 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from margin.ledger import db, ingest, rollup
+from margin.ledger.feedback import link_tasks
 from margin.ledger.models import feedback
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,6 +159,7 @@ def build(url: str, rows: Iterable[dict[str, Any]], graded: list[dict[str, Any]]
     engine = db.make_sync_engine(url)
     with engine.begin() as connection:
         connection.execute(feedback.insert(), graded)
+        link_tasks(connection)  # bulk-loaded feedback: each linked to its request's task, as `record` does
     load_s = time.perf_counter() - started
     started = time.perf_counter()
     with engine.begin() as connection:

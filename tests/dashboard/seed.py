@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from margin import keys
 from margin.ledger import db, ingest
+from margin.ledger.feedback import link_tasks
 from margin.ledger.models import feedback
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -145,6 +146,7 @@ def seed(db_path: Path | str) -> dict[str, str]:
                     for rid, ok in FEEDBACK.items()
                 ],
             )
+            link_tasks(connection)  # written by hand: link each to its request's task, as `record` does
         made = {}
         for name, spec in {
             "admin": keys.NewKey("ops", None, {}, None, True, None),

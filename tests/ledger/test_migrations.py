@@ -101,3 +101,35 @@ def test_0005_backfills_integers_and_rollups_and_downgrades(tmp_path: Path) -> N
         assert connection.exec_driver_sql("SELECT sum(requests) FROM ledger_hourly").scalar() == len(ROWS)
     engine.dispose()
     db.upgrade(url)
+
+
+def test_0009_and_0010_rebuild_the_rollups_and_link_feedback_to_tasks(tmp_path: Path) -> None:
+    """A ledger with feedback under 0008: after the upgrade every rollup holds its rows again (0009 recreated
+    two of them) and each feedback row names its request's task (0010), so the tasks read equals the rows'."""
+    from margin.report.business import tasks
+    from margin.report.queries import Window, summarize
+    from tests.report.ledgers import FEEDBACK, ROWS, at, complete
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    db.upgrade(url, "0008")
+    engine = db.make_sync_engine(url)
+    old = sa.MetaData()
+    old_ledger = sa.Table("ledger", old, autoload_with=engine)
+    old_feedback = sa.Table("feedback", old, autoload_with=engine)
+    stamp = {"created_at": at(4), "updated_at": at(4), "key_id": "k1", "revisions": 1}
+    with engine.begin() as connection:
+        names = {c.name for c in old_ledger.columns}
+        connection.execute(old_ledger.insert(), [{k: v for k, v in complete(r).items() if k in names} for r in ROWS])
+        connection.execute(old_feedback.insert(), [{**f, **stamp} for f in FEEDBACK])
+    engine.dispose()
+    db.upgrade(url)
+    engine = db.make_sync_engine(url)
+    with engine.connect() as connection:
+        linked = dict(connection.exec_driver_sql("SELECT request_id, task FROM feedback").all())
+        attach = connection.exec_driver_sql("SELECT count(*) FROM ledger_attach").scalar()
+    assert linked and all(task is not None and task[:2] in ("t:", "r:") for task in linked.values())
+    assert attach and summarize(engine, Window(), "customer") == summarize(engine, Window(rollup=False), "customer")
+    graded = [t.to_json() for t in tasks(engine, Window(), "feature")]
+    assert graded == [t.to_json() for t in tasks(engine, Window(rollup=False), "feature")]
+    assert sum(t["graded_tasks"] for t in graded) > 0
+    engine.dispose()

@@ -8,6 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from margin.ledger import ingest, rollup
+from margin.ledger.feedback import link_tasks
 from margin.ledger.models import feedback, ledger
 
 MILLI = 1_000_000  # $0.001 in nano-USD
@@ -88,3 +89,4 @@ def load(engine: sa.Engine, rows: list[dict[str, Any]] | None = None, outcomes: 
         if outcomes:
             stamp = {"created_at": at(4), "updated_at": at(4), "key_id": "k1", "revisions": 1}
             connection.execute(feedback.insert(), [{**f, **stamp} for f in FEEDBACK])
+            link_tasks(connection)  # written by hand: link each to its request's task, as `record` does

@@ -22,9 +22,10 @@ async def post_feedback(request: Request, principal: Principal) -> Any:
     admin = principal.is_admin or services.keys.open_mode
     engine = services.sync_engine()
 
-    def missing() -> list[str]:
+    def missing() -> bool:
         with engine.connect() as connection:
-            return feedback.check(connection, outcomes, principal.key_id, admin)
+            found = feedback.check(connection, outcomes, principal.key_id, admin)
+        return any(o.request_id not in found for o in outcomes)
 
     if await asyncio.to_thread(missing):
         await services.outbox.flush()  # the request's row may still wait in this process's outbox

@@ -23,6 +23,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from margin.economics.money import from_nanousd, to_nanousd, usd_str
 from margin.errors import InvalidRequest, NotFound, PermissionDenied
+from margin.ledger import measures
 from margin.ledger.models import feedback, ledger
 
 FIELDS = ("request_id", "success", "score", "value")
@@ -101,24 +102,39 @@ def parse_batch(body: Any, limit: int | None = MAX_BATCH) -> list[Outcome]:
     return outcomes
 
 
-def owners(connection: sa.Connection, request_ids: Sequence[str]) -> dict[str, str | None]:
-    """request id → key id of its ledger row, for the ids that exist."""
-    found: dict[str, str | None] = {}
+def _task(connection: sa.Connection) -> sa.ColumnElement[Any]:
+    """A ledger row's task (traffic rows only: other kinds belong to no task)."""
+    task: sa.ColumnElement[str] = sa.literal_column(measures.task(connection.dialect.name, "ledger"))
+    return sa.case((ledger.c.kind.in_(measures.KINDS), task), else_=None)
+
+
+def owners(connection: sa.Connection, request_ids: Sequence[str]) -> dict[str, tuple[str | None, str | None]]:
+    """request id → (key id, task) of its ledger row, for the ids that exist."""
+    found: dict[str, tuple[str | None, str | None]] = {}
+    task = _task(connection)
     for start in range(0, len(request_ids), 500):
         chunk = list(request_ids[start : start + 500])
-        query = sa.select(ledger.c.request_id, ledger.c.key_id).where(ledger.c.request_id.in_(chunk))
-        found.update({row[0]: row[1] for row in connection.execute(query)})
+        query = sa.select(ledger.c.request_id, ledger.c.key_id, task).where(ledger.c.request_id.in_(chunk))
+        found.update({row[0]: (row[1], row[2]) for row in connection.execute(query)})
     return found
 
 
-def check(connection: sa.Connection, outcomes: Sequence[Outcome], key_id: str | None, admin: bool) -> list[str]:
-    """Raise for another key's request; return the ids with no ledger row (yet)."""
+def check(
+    connection: sa.Connection, outcomes: Sequence[Outcome], key_id: str | None, admin: bool
+) -> dict[str, tuple[str | None, str | None]]:
+    """Raise for another key's request; return (key id, task) of each request id found in the ledger."""
     found = owners(connection, [o.request_id for o in outcomes])
     if not admin:
-        foreign = [o.request_id for o in outcomes if o.request_id in found and found[o.request_id] != key_id]
+        foreign = [o.request_id for o in outcomes if o.request_id in found and found[o.request_id][0] != key_id]
         if foreign:
             raise PermissionDenied(f"request {foreign[0]!r} was made with another key", param="request_id")
-    return [o.request_id for o in outcomes if o.request_id not in found]
+    return found
+
+
+def link_tasks(connection: sa.Connection) -> int:
+    """Set the task of feedback rows written without one (bulk loads, rows written by hand); returns how many."""
+    task = sa.select(_task(connection)).where(ledger.c.request_id == feedback.c.request_id).scalar_subquery()
+    return connection.execute(sa.update(feedback).where(feedback.c.task.is_(None)).values(task=task)).rowcount
 
 
 def _upsert(connection: sa.Connection) -> Any:
@@ -137,6 +153,7 @@ def _upsert(connection: sa.Connection) -> Any:
             "score": new.score,
             "value_nanousd": new.value_nanousd,
             "key_id": new.key_id,
+            "task": new.task,
             "updated_at": sa.case((changed, new.updated_at), else_=feedback.c.updated_at),
             "revisions": feedback.c.revisions + sa.case((changed, 1), else_=0),
         },
@@ -149,7 +166,8 @@ def record(
     """Check then write a batch in one transaction (all or nothing)."""
     now = now or datetime.now(UTC)
     with engine.begin() as connection:
-        missing = check(connection, outcomes, key_id, admin)
+        found = check(connection, outcomes, key_id, admin)
+        missing = [o.request_id for o in outcomes if o.request_id not in found]
         if missing:
             extra = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise NotFound(f"no request {missing[0]!r} in the ledger{extra}", param="request_id")
@@ -163,6 +181,7 @@ def record(
                 "created_at": now,
                 "updated_at": now,
                 "revisions": 1,
+                "task": found[o.request_id][1],
             }
             for o in outcomes
         ]

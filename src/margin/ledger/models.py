@@ -177,6 +177,9 @@ feedback = sa.Table(  # outcomes of requests (POST /v1/margin/feedback); the lat
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("revisions", sa.Integer, nullable=False, server_default="1"),
+    # the task of its request (measures.task: t:<task_id> | r:<request_id>; NULL for a row that is not traffic),
+    # set when it is posted, so grading a window's tasks reads no ledger rows (0010)
+    sa.Column("task", sa.String(300)),
     sa.Index("ix_feedback_created", "created_at"),  # tasks read the feedback posted since a window began
 )
 

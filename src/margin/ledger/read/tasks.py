@@ -3,10 +3,10 @@ the window, team and groups of its *anchor*, its earliest request, and counts al
 when any of its requests has feedback, successful when any has `success: true`.
 
 Counts and cost come from ledger_task_daily for the window's whole days and from ledger_tasks (one row per
-task, by anchor time) for its partial edges; grading from the feedback posted since the window began, joined
-to its requests' tasks. For groupings these tables do not keep, and for `Window(rollup=False)`, the same
-task table is computed from ledger rows (anchor = the earliest row, ties by insertion order, as ledger_tasks
-keeps it).
+task, by anchor time) for its partial edges; grading from the feedback posted since the window began, by the
+task each was linked to when posted (margin.ledger.feedback). For groupings these tables do not keep, and
+for `Window(rollup=False)`, the same task table is computed from ledger rows (anchor = the earliest row, ties
+by insertion order, as ledger_tasks keeps it).
 """
 
 from __future__ import annotations
@@ -118,26 +118,23 @@ def _anchored(t: sa.Subquery, window: Window) -> list[sa.ColumnElement[bool]]:
 
 
 def _graded(connection: sa.Connection, window: Window) -> sa.Subquery:
-    """Feedback per task, over the requests a task anchored in the window can have (created since then)."""
-    task: sa.ColumnElement[Any] = sa.literal_column(m.task(connection.dialect.name, "ledger"))
-    clauses: list[sa.ColumnElement[bool]] = [ledger.c.kind.in_(m.KINDS)]
-    if window.since is not None:  # a task anchored in the window: its requests, and their feedback, came later
-        clauses += [ledger.c.created_at >= window.since, feedback.c.created_at >= window.since]
+    """Feedback per task: the feedback posted since the window began (a task anchored in the window has its
+    requests, and their feedback, from then on), by the task it was linked to when posted. One key's view
+    joins the requests to keep that key's only."""
+    grades = [
+        sa.func.max(sa.case((feedback.c.success.is_(True), 1), else_=0)).label("ok"),
+        sa.func.sum(feedback.c.score).label("score_sum"),
+        sa.func.count(feedback.c.score).label("score_n"),
+        sa.func.sum(feedback.c.value_nanousd).label("value"),
+    ]
+    clauses: list[sa.ColumnElement[bool]] = [feedback.c.task.is_not(None)]
+    if window.since is not None:
+        clauses.append(feedback.c.created_at >= window.since)
+    query = sa.select(feedback.c.task.label("task"), *grades)
     if window.key_id is not None:
+        query = query.join(ledger, ledger.c.request_id == feedback.c.request_id)
         clauses.append(ledger.c.key_id == window.key_id)
-    return (
-        sa.select(
-            task.label("task"),
-            sa.func.max(sa.case((feedback.c.success.is_(True), 1), else_=0)).label("ok"),
-            sa.func.sum(feedback.c.score).label("score_sum"),
-            sa.func.count(feedback.c.score).label("score_n"),
-            sa.func.sum(feedback.c.value_nanousd).label("value"),
-        )
-        .select_from(feedback.join(ledger, ledger.c.request_id == feedback.c.request_id))
-        .where(*clauses)
-        .group_by(task)
-        .subquery()
-    )
+    return query.where(*clauses).group_by(feedback.c.task).subquery()
 
 
 def task_sums(connection: sa.Connection, window: Window, by: str | None = None) -> dict[Any, TaskSums]:

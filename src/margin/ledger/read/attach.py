@@ -51,41 +51,51 @@ def month_masks(first: date, last: date) -> dict[str, int]:
     return masks
 
 
-def _rolled_pairs(connection: sa.Connection, part: Part, team: str | None) -> set[tuple[Any, Any]]:
+def _rolled_pairs(connection: sa.Connection, part: Part, team: str | None) -> list[sa.Select[Any]]:
+    """The pairs seen on the part's whole days: one primary-key range (month, team) per month it touches."""
     bounds = _bounds(connection, part)
     if bounds is None:
-        return set()
+        return []
     t = ledger_attach
-    masks = month_masks(*bounds)
-    whole = [month for month, mask in masks.items() if mask == ALL_DAYS]
-    wanted: list[sa.ColumnElement[bool]] = [t.c.month.in_(whole)] if whole else []
-    wanted += [sa.and_(t.c.month == mo, t.c.days.op("&")(mask) != 0) for mo, mask in masks.items() if mask != ALL_DAYS]
-    query = sa.select(sa.func.nullif(t.c.feature, ""), sa.func.nullif(t.c.customer, ""))
-    query = query.where(t.c.team == (m.EVERY_TEAM if team is None else team), sa.or_(*wanted))
-    return {(row[0], row[1]) for row in connection.execute(query.distinct())}
+    pairs = sa.select(
+        sa.func.nullif(t.c.feature, "").label("feature"), sa.func.nullif(t.c.customer, "").label("customer")
+    )
+    out = []
+    for month, mask in month_masks(*bounds).items():
+        query = pairs.where(t.c.month == month, t.c.team == (m.EVERY_TEAM if team is None else team))
+        out.append(query if mask == ALL_DAYS else query.where(t.c.days.op("&")(mask) != 0))
+    return out
 
 
-def _pairs(connection: sa.Connection, window: Window) -> set[tuple[Any, Any]]:
+def _pairs(connection: sa.Connection, window: Window) -> list[sa.Select[Any]]:
+    """Selects of the (feature, customer) pairs of each part of the window (their UNION: the window's)."""
     grain: Grain | None = "day" if grain_for(window, [], ()) is not None else None
-    found: set[tuple[Any, Any]] = set()
+    out: list[sa.Select[Any]] = []
     for part in plan(window, grain):
         if part.source == "rows":
             sub = window.between(part.since, part.until)
             feature, customer = row_group(connection, "feature"), row_group(connection, "customer")
-            query = sa.select(feature, customer).where(*sub.where()).group_by(feature, customer)
-            found.update((row[0], row[1]) for row in connection.execute(query))
+            out.append(sa.select(feature.label("feature"), customer.label("customer")).where(*sub.where()))
         else:
-            found |= _rolled_pairs(connection, part, window.team)
-    return found
+            out += _rolled_pairs(connection, part, window.team)
+    return out
 
 
 def attach(connection: sa.Connection, window: Window) -> tuple[dict[Any, int], int]:
-    """(distinct customers per feature, distinct customers in the window); NULL customers are not counted."""
-    pairs = _pairs(connection, window)
-    per_feature: dict[Any, set[Any]] = {}
-    for feature, customer in pairs:
-        into = per_feature.setdefault(feature, set())
-        if customer is not None:
-            into.add(customer)
-    active = {customer for _, customer in pairs if customer is not None}
-    return {feature: len(customers) for feature, customers in per_feature.items()}, len(active)
+    """(distinct customers per feature, distinct customers in the window); NULL customers are not counted.
+    One statement over the UNION of the parts' pairs (a common table, evaluated once): a few rows come back,
+    not every pair."""
+    selects = _pairs(connection, window)
+    if not selects:
+        return {}, 0
+    pairs = (sa.union(*selects) if len(selects) > 1 else selects[0].distinct()).cte("pairs")
+    per_feature = sa.select(sa.literal(0), pairs.c.feature, sa.func.count(pairs.c.customer)).group_by(pairs.c.feature)
+    active = sa.select(sa.literal(1), sa.null(), sa.func.count(sa.distinct(pairs.c.customer)))
+    found: dict[Any, int] = {}
+    customers = 0
+    for which, feature, count in connection.execute(sa.union_all(per_feature, active)):
+        if which:
+            customers = int(count)
+        else:
+            found[feature] = int(count)
+    return found, customers

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.helpers import Gateway, fake_settings, free_port, gateway
@@ -38,3 +40,14 @@ def postgres_url() -> Iterator[str]:
             yield url
     except RuntimeError as exc:
         pytest.fail(str(exc))
+
+
+@pytest.fixture
+def fresh_postgres(postgres_url: str) -> Iterator[str]:
+    """An empty database of its own on the session's PostgreSQL server (dropped after the test)."""
+    base, name = postgres_url.rsplit("/", 1)[0], f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    yield f"{base}/{name}"
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as connection:
+        connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

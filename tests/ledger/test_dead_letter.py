@@ -4,13 +4,10 @@ and on PostgreSQL (whose columns really have lengths, and whose text refuses NUL
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
-import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -21,15 +18,9 @@ from tests.ledger.rows import row
 
 
 @pytest.fixture
-def pg_ledger(postgres_url: str) -> Iterator[str]:
-    base, name = postgres_url.rsplit("/", 1)[0], f"dead_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as connection:
-        connection.execute(f"CREATE DATABASE {name}")
-    url = f"{base}/{name}"
-    db.upgrade(url)
-    yield url
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as connection:
-        connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+def pg_ledger(fresh_postgres: str) -> str:
+    db.upgrade(fresh_postgres)
+    return fresh_postgres
 
 
 def read(url: str) -> tuple[list[Any], list[Any]]:

@@ -10,7 +10,6 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -106,13 +105,9 @@ def test_levers_and_attach_equal_on_both_paths_and_after_a_rebuild(tmp_path: Pat
 
 
 @pytest.fixture
-def pg(postgres_url: str) -> Iterator[sa.Engine]:
-    url = postgres_url.rsplit("/", 1)[0] + "/levers"
-    with psycopg.connect(postgres_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as connection:
-        connection.execute("DROP DATABASE IF EXISTS levers")
-        connection.execute("CREATE DATABASE levers")
-    db.upgrade(url)
-    engine = db.make_sync_engine(url)
+def pg(fresh_postgres: str) -> Iterator[sa.Engine]:
+    db.upgrade(fresh_postgres)
+    engine = db.make_sync_engine(fresh_postgres)
     yield engine
     engine.dispose()
 

@@ -7,7 +7,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -23,13 +22,9 @@ from tests.report.ledgers import ROWS, at, complete, load
 
 
 @pytest.fixture
-def pg(postgres_url: str) -> Iterator[sa.Engine]:
-    url = postgres_url.rsplit("/", 1)[0] + "/report"
-    with psycopg.connect(postgres_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as connection:
-        connection.execute("DROP DATABASE IF EXISTS report")
-        connection.execute("CREATE DATABASE report")
-    db.upgrade(url)
-    engine = db.make_sync_engine(url)
+def pg(fresh_postgres: str) -> Iterator[sa.Engine]:
+    db.upgrade(fresh_postgres)
+    engine = db.make_sync_engine(fresh_postgres)
     load(engine)
     with engine.begin() as connection:  # a replay of every row: ingest drops them all, rollups unchanged
         assert ingest.ingest_batch(connection, [complete(r) for r in ROWS]) == 0

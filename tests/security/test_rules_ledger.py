@@ -6,8 +6,6 @@ keep up answers 503 instead of growing its queue without bound."""
 from __future__ import annotations
 
 import sqlite3
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -19,17 +17,6 @@ from tests.security.waiting import wait_for
 CHAT = "/v1/chat/completions"
 GOOD = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]}
 POISON = "poison-pill"  # a requested model the test's database trigger refuses (as a database refuses a bad row)
-
-
-@pytest.fixture
-def fresh_postgres(postgres_url: str) -> Iterator[str]:
-    """An empty database of its own on the session's PostgreSQL server."""
-    base, name = postgres_url.rsplit("/", 1)[0], f"rules_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as connection:
-        connection.execute(f"CREATE DATABASE {name}")
-    yield f"{base}/{name}"
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as connection:
-        connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

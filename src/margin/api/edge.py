@@ -90,6 +90,13 @@ def refusal(scope: Scope, open_mode: bool) -> MarginError | None:
     return None
 
 
+def header_map(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The request's headers as a plain dict, read once (names arrive lowercased, as ASGI requires): a repeated
+    header keeps its first value, like starlette's `Headers.get`. A lookup is then one dict probe, not a scan
+    of the list with an exception for each header that is absent."""
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(raw)}
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, never more than `limit` bytes held (413 beyond it, before reading the rest)."""
     declared = request.headers.get("content-length")

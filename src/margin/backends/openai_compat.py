@@ -254,9 +254,10 @@ class OpenAIBackend:
         )
         finished = flowing = False
         try:
-            async for chunk in self._events(response, deadline):
-                flowing = True
-                yield chunk
+            async for batch in self._reads(response, deadline):
+                for chunk in batch:
+                    flowing = True
+                    yield chunk
             finished = True
             self._served += 1
         except StreamExpired as exc:
@@ -278,10 +279,20 @@ class OpenAIBackend:
     async def _events(
         self, response: aiohttp.ClientResponse, deadline: StreamDeadline | None = None
     ) -> AsyncIterator[Chunk]:
+        """The events of `_reads`, one at a time."""
+        async for batch in self._reads(response, deadline):
+            for chunk in batch:
+                yield chunk
+
+    async def _reads(
+        self, response: aiohttp.ClientResponse, deadline: StreamDeadline | None = None
+    ) -> AsyncIterator[list[Chunk]]:
         """SSE events as they arrive: every read takes all the bytes already received, so the events of one
-        read are parsed together and marked `more` (all but the last), which lets the responder write them
-        to the client at once. Nothing waits for more data than the first event needs. `deadline` hears when
-        a read starts and ends (only those waits count towards the stream's idle limit)."""
+        read are parsed together, marked `more` (all but the last), which lets the responder write them to
+        the client at once, and handed over together (one generator step per read, not per event). Nothing
+        waits for more data than the first event needs. `deadline` hears when a read starts and ends (only
+        those waits count towards the stream's idle limit). An event that does not parse fails after the
+        good ones before it."""
         pending, content = b"", response.content
         while True:
             if deadline is not None:
@@ -293,13 +304,23 @@ class OpenAIBackend:
             events = [event for line in lines if (event := _event_data(line)) is not None]
             if deadline is not None:
                 deadline.received(event=bool(events))
-            for index, event in enumerate(events):
-                if event == b"[DONE]":
-                    return
-                yield self._chunk(event, more=index + 1 < len(events))
+            batch: list[Chunk] = []
+            try:
+                for index, event in enumerate(events):
+                    if event == b"[DONE]":
+                        if batch:
+                            yield batch
+                        return
+                    batch.append(self._chunk(event, more=index + 1 < len(events)))
+            except BackendError:
+                if batch:  # the good events before the bad one are delivered first
+                    yield batch
+                raise
+            if batch:
+                yield batch
         event = _event_data(pending)
         if event is not None and event != b"[DONE]":
-            yield self._chunk(event, more=False)
+            yield [self._chunk(event, more=False)]
 
     def _chunk(self, data: bytes, *, more: bool) -> Chunk:
         """Most events are only forwarded: parsed here only when their bytes name usage or an error (the

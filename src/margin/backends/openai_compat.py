@@ -179,48 +179,59 @@ class OpenAIBackend:
         raise failed
 
     async def _send(self, call: Call, *, stream: bool, deadline: float) -> aiohttp.ClientResponse:
+        """`_send_until` within `deadline` (loop time)."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._send_until(call, stream=stream, deadline=deadline)
+        except TimeoutError as exc:
+            raise self._waited(stream) from exc
+
+    def _waited(self, stream: bool) -> BackendTimeout:
+        limit = "first event" if stream else "answer"
+        return BackendTimeout(f"upstream {self.name} timed out waiting for its {limit}")
+
+    async def _send_until(self, call: Call, *, stream: bool, deadline: float) -> aiohttp.ClientResponse:
         """POST to the upstream until it answers, retrying what is safe to repeat while `deadline` (loop time)
-        allows; translate transport failures and error statuses at this boundary."""
+        allows; translate transport failures and error statuses at this boundary. The time limit itself is
+        the caller's (one `asyncio.timeout_at` a request: entering and leaving one costs ~5 µs)."""
         if self._session is None:
             raise BackendError(f"backend {self.name!r} is not started")
         url, data, loop = self._base + PATHS[call.endpoint], self._body(call, stream=stream), asyncio.get_running_loop()
         try:
-            async with asyncio.timeout_at(deadline):
-                while True:
-                    try:
-                        return await self._try(url, data)
-                    except _Retry as retry:
-                        wait = self._backoff.delay(
-                            call.stats.attempts, remaining_s=deadline - loop.time(), retry_after=retry.retry_after
-                        )
-                        if wait is None:
-                            raise retry.error from retry.__cause__
-                        log.info("upstream %s: %s; retrying in %.3fs", self.name, retry.error.code, wait)
-                        call.stats.attempts += 1
-                        call.stats.retried = retry.error.code
-                        self._retries += 1
-                        await asyncio.sleep(wait)
+            while True:
+                try:
+                    return await self._try(url, data)
+                except _Retry as retry:
+                    wait = self._backoff.delay(
+                        call.stats.attempts, remaining_s=deadline - loop.time(), retry_after=retry.retry_after
+                    )
+                    if wait is None:
+                        raise retry.error from retry.__cause__
+                    log.info("upstream %s: %s; retrying in %.3fs", self.name, retry.error.code, wait)
+                    call.stats.attempts += 1
+                    call.stats.retried = retry.error.code
+                    self._retries += 1
+                    await asyncio.sleep(wait)
         except aiohttp.ConnectionTimeoutError as exc:
             limit_s = self.config.connect_timeout_s
             raise BackendTimeout(f"upstream {self.name}: no connection within {limit_s:g}s") from exc
         except TimeoutError as exc:
-            limit = "first event" if stream else "answer"
-            raise BackendTimeout(f"upstream {self.name} timed out waiting for its {limit}") from exc
+            raise self._waited(stream) from exc
         except aiohttp.ClientError as exc:
             raise BackendError(f"upstream {self.name} unreachable: {exc.__class__.__name__}") from exc
 
     async def _post(self, call: Call) -> Completion:
+        """The answer and its reading within one time limit, `timeout_s`."""
         deadline = asyncio.get_running_loop().time() + self.config.timeout_s
-        response = await self._send(call, stream=False, deadline=deadline)
+        response: aiohttp.ClientResponse | None = None
         try:
             async with asyncio.timeout_at(deadline):
-                content = await response.read()
+                response = await self._send_until(call, stream=False, deadline=deadline)
+                content = await self._read(response)
         except TimeoutError as exc:
+            if response is None:
+                raise self._waited(False) from exc
             raise BackendTimeout(f"upstream {self.name} timed out") from exc
-        except aiohttp.ClientError as exc:
-            raise BackendError(f"upstream {self.name} broke off: {exc.__class__.__name__}") from exc
-        finally:
-            response.release()
         try:
             payload = orjson.loads(content)
         except orjson.JSONDecodeError as exc:
@@ -230,6 +241,16 @@ class OpenAIBackend:
         self._served += 1
         usage = Usage.from_openai(payload.get("usage"))
         return Completion(payload=payload, raw=content, text=message_text(payload), usage=usage)
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        try:
+            return await response.read()
+        except TimeoutError as exc:
+            raise BackendTimeout(f"upstream {self.name} timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise BackendError(f"upstream {self.name} broke off: {exc.__class__.__name__}") from exc
+        finally:
+            response.release()
 
     async def complete(self, call: Call) -> Completion:
         return await self._post(call)

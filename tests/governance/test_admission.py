@@ -3,6 +3,7 @@ that reservations are settled whatever happens to the request."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 import pytest
 
 from margin.economics.money import to_nanousd
+from margin.governance import admission as adm
+from margin.specs import BudgetSpec, Scope
 from tests.governance.conftest import bearer, make_key
 from tests.helpers import fake_settings, gateway
 
@@ -142,3 +145,20 @@ async def test_unknown_price_under_hard_usd_budget(db_path: Path, unknown_price:
         else:
             assert response.status_code == 200
             assert (await gw.rows())[-1].cost_nanousd is None
+
+
+def test_windows_hold_is_hold_for() -> None:
+    """The request path's per-hour cache of windows makes the same holds as `hold_for`, across hour, day,
+    month and year boundaries, for shared and per-org counters, USD and token budgets."""
+    budgets = [
+        BudgetSpec(name=f"b-{period}", scope=Scope(kind="team", value="t"), usd=5, period=period)
+        for period in ("hour", "day", "month", "lifetime")
+    ] + [BudgetSpec(name="tok", scope=Scope(kind="global"), tokens=100, period="day", mode="soft")]
+    windows = adm.Windows()
+    start = datetime(2026, 12, 31, 22, 59, 59, 999_000, tzinfo=UTC)
+    moments = [start + timedelta(seconds=s) for s in (0, 0.0005, 0.001, 1, 3599, 3600, 3601, 7200)]
+    moments.append(datetime(2027, 1, 1, 3, 30, tzinfo=timezone(timedelta(hours=5))))  # not UTC
+    for now in moments:
+        for budget in budgets:
+            for org in (None, "acme"):
+                assert windows.hold(budget, now, 123, 45, org) == adm.hold_for(budget, now, 123, 45, org)

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import Scope
 
 from margin.config import is_loopback
@@ -90,18 +90,30 @@ def refusal(scope: Scope, open_mode: bool) -> MarginError | None:
     return None
 
 
+def header_map(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The request's headers as a plain dict, read once (names arrive lowercased, as ASGI requires): a repeated
+    header keeps its first value, like starlette's `Headers.get`. A lookup is then one dict probe, not a scan
+    of the list with an exception for each header that is absent."""
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(raw)}
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, never more than `limit` bytes held (413 beyond it, before reading the rest)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit} bytes")
-    parts, size = [], 0
-    async for part in request.stream():
+    parts, size, receive = [], 0, request.receive
+    while True:  # the ASGI messages themselves (starlette's `stream()` is a generator around this loop)
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        part = message.get("body", b"")
         size += len(part)
         if size > limit:
             raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
         parts.append(part)
-    return b"".join(parts)
+        if not message.get("more_body", False):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def parse_json(body: bytes) -> Any:

@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from margin.api.client import AsgiClient, StallWatch
-from margin.api.edge import parse_json, read_body
+from margin.api.edge import header_map, parse_json, read_body
 from margin.api.errors import error_response
 from margin.batches import inprocess
 from margin.errors import MarginError
@@ -46,9 +46,10 @@ async def handle(request: HttpRequest, endpoint: Endpoint) -> Response | ASGIApp
     caller = inprocess.of(request.scope)  # the batch worker's in-process call: already authenticated
     # time-ordered (UUIDv7): the ledger's unique index grows at its edge; a batch line's id is deterministic
     request_id = caller.request_id if caller else new_request_id()
+    headers = header_map(request.scope["headers"])
     try:
         # from headers, before any body
-        principal = caller.principal if caller else await authenticate(services.keys, request.headers)
+        principal = caller.principal if caller else await authenticate(services.keys, headers)
         data = parse_json(await read_body(request, services.settings.server.max_body_bytes))
         body = parse_request(endpoint, data)
     except MarginError as exc:
@@ -60,9 +61,7 @@ async def handle(request: HttpRequest, endpoint: Endpoint) -> Response | ASGIApp
     record = Record(
         request_id, endpoint, body.model, stream, started=started, principal=principal, user=user, batch=batch
     )
-    return Run(
-        services.flow, services.stalls, (request_id, endpoint, request.headers, data, body, principal, record, started)
-    )
+    return Run(services.flow, services.stalls, (request_id, endpoint, headers, data, body, principal, record, started))
 
 
 async def chat_completions(request: HttpRequest) -> Response | ASGIApp:

@@ -179,48 +179,59 @@ class OpenAIBackend:
         raise failed
 
     async def _send(self, call: Call, *, stream: bool, deadline: float) -> aiohttp.ClientResponse:
+        """`_send_until` within `deadline` (loop time)."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._send_until(call, stream=stream, deadline=deadline)
+        except TimeoutError as exc:
+            raise self._waited(stream) from exc
+
+    def _waited(self, stream: bool) -> BackendTimeout:
+        limit = "first event" if stream else "answer"
+        return BackendTimeout(f"upstream {self.name} timed out waiting for its {limit}")
+
+    async def _send_until(self, call: Call, *, stream: bool, deadline: float) -> aiohttp.ClientResponse:
         """POST to the upstream until it answers, retrying what is safe to repeat while `deadline` (loop time)
-        allows; translate transport failures and error statuses at this boundary."""
+        allows; translate transport failures and error statuses at this boundary. The time limit itself is
+        the caller's (one `asyncio.timeout_at` a request: entering and leaving one costs ~5 µs)."""
         if self._session is None:
             raise BackendError(f"backend {self.name!r} is not started")
         url, data, loop = self._base + PATHS[call.endpoint], self._body(call, stream=stream), asyncio.get_running_loop()
         try:
-            async with asyncio.timeout_at(deadline):
-                while True:
-                    try:
-                        return await self._try(url, data)
-                    except _Retry as retry:
-                        wait = self._backoff.delay(
-                            call.stats.attempts, remaining_s=deadline - loop.time(), retry_after=retry.retry_after
-                        )
-                        if wait is None:
-                            raise retry.error from retry.__cause__
-                        log.info("upstream %s: %s; retrying in %.3fs", self.name, retry.error.code, wait)
-                        call.stats.attempts += 1
-                        call.stats.retried = retry.error.code
-                        self._retries += 1
-                        await asyncio.sleep(wait)
+            while True:
+                try:
+                    return await self._try(url, data)
+                except _Retry as retry:
+                    wait = self._backoff.delay(
+                        call.stats.attempts, remaining_s=deadline - loop.time(), retry_after=retry.retry_after
+                    )
+                    if wait is None:
+                        raise retry.error from retry.__cause__
+                    log.info("upstream %s: %s; retrying in %.3fs", self.name, retry.error.code, wait)
+                    call.stats.attempts += 1
+                    call.stats.retried = retry.error.code
+                    self._retries += 1
+                    await asyncio.sleep(wait)
         except aiohttp.ConnectionTimeoutError as exc:
             limit_s = self.config.connect_timeout_s
             raise BackendTimeout(f"upstream {self.name}: no connection within {limit_s:g}s") from exc
         except TimeoutError as exc:
-            limit = "first event" if stream else "answer"
-            raise BackendTimeout(f"upstream {self.name} timed out waiting for its {limit}") from exc
+            raise self._waited(stream) from exc
         except aiohttp.ClientError as exc:
             raise BackendError(f"upstream {self.name} unreachable: {exc.__class__.__name__}") from exc
 
     async def _post(self, call: Call) -> Completion:
+        """The answer and its reading within one time limit, `timeout_s`."""
         deadline = asyncio.get_running_loop().time() + self.config.timeout_s
-        response = await self._send(call, stream=False, deadline=deadline)
+        response: aiohttp.ClientResponse | None = None
         try:
             async with asyncio.timeout_at(deadline):
-                content = await response.read()
+                response = await self._send_until(call, stream=False, deadline=deadline)
+                content = await self._read(response)
         except TimeoutError as exc:
+            if response is None:
+                raise self._waited(False) from exc
             raise BackendTimeout(f"upstream {self.name} timed out") from exc
-        except aiohttp.ClientError as exc:
-            raise BackendError(f"upstream {self.name} broke off: {exc.__class__.__name__}") from exc
-        finally:
-            response.release()
         try:
             payload = orjson.loads(content)
         except orjson.JSONDecodeError as exc:
@@ -230,6 +241,16 @@ class OpenAIBackend:
         self._served += 1
         usage = Usage.from_openai(payload.get("usage"))
         return Completion(payload=payload, raw=content, text=message_text(payload), usage=usage)
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        try:
+            return await response.read()
+        except TimeoutError as exc:
+            raise BackendTimeout(f"upstream {self.name} timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise BackendError(f"upstream {self.name} broke off: {exc.__class__.__name__}") from exc
+        finally:
+            response.release()
 
     async def complete(self, call: Call) -> Completion:
         return await self._post(call)
@@ -254,9 +275,10 @@ class OpenAIBackend:
         )
         finished = flowing = False
         try:
-            async for chunk in self._events(response, deadline):
-                flowing = True
-                yield chunk
+            async for batch in self._reads(response, deadline):
+                for chunk in batch:
+                    flowing = True
+                    yield chunk
             finished = True
             self._served += 1
         except StreamExpired as exc:
@@ -278,10 +300,20 @@ class OpenAIBackend:
     async def _events(
         self, response: aiohttp.ClientResponse, deadline: StreamDeadline | None = None
     ) -> AsyncIterator[Chunk]:
+        """The events of `_reads`, one at a time."""
+        async for batch in self._reads(response, deadline):
+            for chunk in batch:
+                yield chunk
+
+    async def _reads(
+        self, response: aiohttp.ClientResponse, deadline: StreamDeadline | None = None
+    ) -> AsyncIterator[list[Chunk]]:
         """SSE events as they arrive: every read takes all the bytes already received, so the events of one
-        read are parsed together and marked `more` (all but the last), which lets the responder write them
-        to the client at once. Nothing waits for more data than the first event needs. `deadline` hears when
-        a read starts and ends (only those waits count towards the stream's idle limit)."""
+        read are parsed together, marked `more` (all but the last), which lets the responder write them to
+        the client at once, and handed over together (one generator step per read, not per event). Nothing
+        waits for more data than the first event needs. `deadline` hears when a read starts and ends (only
+        those waits count towards the stream's idle limit). An event that does not parse fails after the
+        good ones before it."""
         pending, content = b"", response.content
         while True:
             if deadline is not None:
@@ -293,13 +325,23 @@ class OpenAIBackend:
             events = [event for line in lines if (event := _event_data(line)) is not None]
             if deadline is not None:
                 deadline.received(event=bool(events))
-            for index, event in enumerate(events):
-                if event == b"[DONE]":
-                    return
-                yield self._chunk(event, more=index + 1 < len(events))
+            batch: list[Chunk] = []
+            try:
+                for index, event in enumerate(events):
+                    if event == b"[DONE]":
+                        if batch:
+                            yield batch
+                        return
+                    batch.append(self._chunk(event, more=index + 1 < len(events)))
+            except BackendError:
+                if batch:  # the good events before the bad one are delivered first
+                    yield batch
+                raise
+            if batch:
+                yield batch
         event = _event_data(pending)
         if event is not None and event != b"[DONE]":
-            yield self._chunk(event, more=False)
+            yield [self._chunk(event, more=False)]
 
     def _chunk(self, data: bytes, *, more: bool) -> Chunk:
         """Most events are only forwarded: parsed here only when their bytes name usage or an error (the

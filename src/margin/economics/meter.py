@@ -144,6 +144,15 @@ class Meter:
             busy_s=busy_s if hardware is not None else None,
         )
 
+    def cost_usd(self, public: str, model: ModelConfig, usage: Usage, busy_s: float) -> Decimal | None:
+        """`charge(public, model, usage, busy_s).cost_usd` alone (admission's worst case, priced per request):
+        a list-priced model needs no energy, grid or carbon to price."""
+        backend = self.settings.backends[model.backend]
+        if backend.hardware is not None:
+            return self.charge(public, model, usage, busy_s).cost_usd
+        price = self.prices.list_price(public, model, backend)
+        return None if price is None else price.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens)
+
     def _cost(
         self,
         public: str,

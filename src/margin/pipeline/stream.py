@@ -100,9 +100,12 @@ class Delivery:
                     raise BackendError(
                         "the upstream sent an invalid stream event", code="upstream_bad_response"
                     ) from exc
-                if held and not chunk.more:
-                    await self._write(held)
-                chunk = await first_chunk(chunks, self.request.record)
+                if not chunk.more:
+                    if held:
+                        await self._write(held)
+                    chunk = await first_chunk(chunks, self.request.record)
+                else:  # the backend already holds the next event (same read): no wait to count
+                    chunk = await anext(chunks, None)
         except Exception as exc:
             if isinstance(exc, ClientGone):
                 raise

@@ -21,6 +21,7 @@ class Admit:
     def __init__(self, governance: Governance, outbox: RowSink | None = None) -> None:
         self.gov = governance
         self.outbox = outbox
+        self.windows = adm.Windows()
 
     async def __call__(self, request: Request, next: Next) -> Reply:
         if self.outbox is not None and self.outbox.full:
@@ -93,7 +94,8 @@ class Admit:
         worst_nano = to_nanousd(worst) if worst is not None else 0
         tokens = decision.prompt_tokens + decision.output_tokens
         subject = request.subject
-        holds = [adm.hold_for(b, now, worst_nano, tokens, partition(b.scope, subject)) for b in decision.budgets]
+        hold = self.windows.hold
+        holds = [hold(b, now, worst_nano, tokens, partition(b.scope, subject)) for b in decision.budgets]
         await self.gov.seed(holds, now)
         return holds
 

@@ -1,0 +1,137 @@
+"""margin's own CPU per request, without the network: the ASGI app (`margin.app.build_app`, the gateway sweep's
+config: an API key, a global budget and rate limit, metrics, the SQLite ledger) called directly in this
+process, with the upstream's HTTP replaced by the fake upstream's canned answers (`OpenAIBackend._try`
+patched: everything from the edge to the outbox write runs, aiohttp and the sockets do not). The event loop
+thread's CPU per request, in rounds; the minimum is the least disturbed by other work on the machine.
+
+    python benchmarks/request_cpu.py [--mode json|sse] [--requests 2000] [--rounds 7] [--profile out.prof]
+
+Compare two source trees by alternating runs (`PYTHONPATH=<tree>/src`): these machines are too noisy for
+differences under ~10 % in the gateway sweep's process CPU, while this measures only margin's own work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fake_upstream import _completion, _stream
+from margin.app import build_app
+from margin.backends import openai_compat
+from margin.config import load_settings
+from margin.serve import tune_gc
+from sweep_servers import create_key, margin_config
+
+ANSWERS = {False: _completion(16), True: _stream(16)}
+
+
+class _Content:
+    def __init__(self, data: bytes) -> None:
+        self.reads = [data]
+
+    async def readany(self) -> bytes:
+        return self.reads.pop() if self.reads else b""
+
+    def set_exception(self, exc: BaseException) -> None:
+        return None
+
+
+class _Response:
+    status = 200
+
+    def __init__(self, data: bytes) -> None:
+        self.content, self._data = _Content(data), data
+
+    async def read(self) -> bytes:
+        return self._data
+
+    def release(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+async def _try(self: Any, url: str, data: bytes) -> _Response:
+    return _Response(ANSWERS[b'"stream":true' in data])
+
+
+def _scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "",
+        "headers": list(headers), "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5000), "state": {},
+    }  # fmt: skip
+
+
+async def measure(args: argparse.Namespace) -> list[float]:
+    config = margin_config(Path(tempfile.mkdtemp()), 9, 8000)  # the upstream port is never dialled
+    key = create_key(config, None)
+    app = build_app(load_settings(config), config_path=config)
+    data: dict[str, Any] = {"model": "bench", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
+    if args.mode == "sse":
+        data["stream"] = True
+    body = orjson.dumps(data)
+    headers = [
+        (b"host", b"127.0.0.1:8000"),
+        (b"content-type", b"application/json"),
+        (b"authorization", f"Bearer {key}".encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    results: list[float] = []
+    async with app.router.lifespan_context(app):
+        tune_gc()
+        for _ in range(500):  # warm-up: caches, the key lookup, the budget counter's seed
+            await app(_scope(headers), receive, send)
+        if sent[0]["status"] != 200:
+            raise SystemExit(f"the gateway answered {sent[:2]}")
+        profile = cProfile.Profile() if args.profile else None
+        for _ in range(args.rounds):
+            if profile is not None:
+                profile.enable()
+            started = time.thread_time()
+            for _ in range(args.requests):
+                sent.clear()
+                await app(_scope(headers), receive, send)
+            results.append((time.thread_time() - started) / args.requests * 1e6)
+            if profile is not None:
+                profile.disable()
+            await asyncio.sleep(0.2)  # the ingester moves the round's rows
+        if profile is not None:
+            profile.dump_stats(args.profile)
+    return sorted(results)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mode", choices=("json", "sse"), default="json")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--profile", type=Path, default=None, help="write a cProfile of the measured rounds")
+    args = parser.parse_args()
+    openai_compat.OpenAIBackend._try = _try  # type: ignore[method-assign,assignment]
+    results = uvloop.run(measure(args))
+    rounded = [round(r, 1) for r in results]
+    print(f"{args.mode}: event-loop CPU per request min {rounded[0]} median {rounded[len(rounded) // 2]} µs {rounded}")
+
+
+if __name__ == "__main__":
+    main()

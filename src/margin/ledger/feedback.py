@@ -115,7 +115,9 @@ def owners(connection: sa.Connection, request_ids: Sequence[str]) -> dict[str, t
     for start in range(0, len(request_ids), 500):
         chunk = list(request_ids[start : start + 500])
         query = sa.select(ledger.c.request_id, ledger.c.key_id, task).where(ledger.c.request_id.in_(chunk))
-        found.update({row[0]: (row[1], row[2]) for row in connection.execute(query)})
+        for request_id, key_id, row_task in connection.execute(query):  # a request id may have rows of other kinds
+            if row_task is not None or request_id not in found:
+                found[request_id] = (key_id, row_task)
     return found
 
 
@@ -133,7 +135,8 @@ def check(
 
 def link_tasks(connection: sa.Connection) -> int:
     """Set the task of feedback rows written without one (bulk loads, rows written by hand); returns how many."""
-    task = sa.select(_task(connection)).where(ledger.c.request_id == feedback.c.request_id).scalar_subquery()
+    traffic = sa.and_(ledger.c.request_id == feedback.c.request_id, ledger.c.kind.in_(measures.KINDS))
+    task = sa.select(_task(connection)).where(traffic).limit(1).scalar_subquery()
     return connection.execute(sa.update(feedback).where(feedback.c.task.is_(None)).values(task=task)).rowcount
 
 

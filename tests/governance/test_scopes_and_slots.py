@@ -3,6 +3,8 @@ buckets, the ledger reconciliation matching admission, stream slots, and settlin
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from margin.governance import admission as adm
 from margin.governance.rules import Subject, governed_tags, matches, partition
 from margin.governance.service import Governance, ledger_spent
 from margin.governance.store import LocalStore
-from margin.governance.streams import StreamSlots
+from margin.governance.streams import LocalSlots, SharedSlots
 from margin.ledger import db
 from margin.specs import BudgetSpec, LimitSpec, Scope
 from tests.governance.conftest import make_key
@@ -70,14 +72,42 @@ async def test_reconciliation_counts_what_admission_counted(tmp_path: Path) -> N
         await engine.dispose()
 
 
-def test_stream_slots_cap_each_key() -> None:
-    slots = StreamSlots(cap=2)
-    assert slots.acquire("k") and slots.acquire("k") and not slots.acquire("k")
-    assert slots.acquire("other")
-    slots.release("k")
-    assert slots.held("k") == 1 and slots.acquire("k")
-    unlimited = StreamSlots(cap=None)
-    assert all(unlimited.acquire("k") for _ in range(1000))
+async def test_stream_slots_cap_each_key() -> None:
+    slots = LocalSlots(cap=2)
+    assert await slots.acquire("k", "r1") and await slots.acquire("k", "r2") and not await slots.acquire("k", "r3")
+    assert await slots.acquire("other", "r4")
+    slots.release("k", "r1")
+    assert slots.held("k") == 1 and await slots.acquire("k", "r5")
+    unlimited = LocalSlots(cap=None)
+    assert all([await unlimited.acquire("k", f"r{i}") for i in range(1000)])
+
+
+async def test_shared_stream_slots_count_every_process_and_expire(redis_url: str) -> None:
+    """Two processes' slots over one Redis (two SharedSlots): one count per key; a lease nobody renews
+    (its process was killed) expires; a renewed one does not."""
+    from margin.governance.redis_store import RedisStore
+
+    store = RedisStore(redis_url)
+    key = f"k-{uuid.uuid4().hex[:8]}"
+    first, second = SharedSlots(2, store), SharedSlots(2, store)
+    try:
+        assert await first.acquire(key, "a") and await second.acquire(key, "b")
+        assert not await first.acquire(key, "c") and not await second.acquire(key, "c")
+        second.release(key, "b")
+        await second.close()  # the release has reached Redis
+        assert await first.acquire(key, "c") and not await second.acquire(key, "d")
+        assert await store.take_slot(key, "a", 2, 30.0)  # a lease already held is no second slot
+        assert not await store.take_slot(f"{key}-x", "z", 0, 30.0)
+        assert await store.take_slot(f"{key}-dead", "z", 1, 0.3)  # a killed process's lease ...
+        assert not await store.take_slot(f"{key}-dead", "y", 1, 0.3)
+        await asyncio.sleep(0.5)
+        assert await store.take_slot(f"{key}-dead", "y", 1, 0.3)  # ... expires
+        await store.renew_slots([(f"{key}-dead", "y")], 30.0)
+        await asyncio.sleep(0.5)
+        assert not await store.take_slot(f"{key}-dead", "w", 1, 30.0)  # a renewed one holds
+    finally:
+        await first.close()
+        await store.close()
 
 
 async def test_settling_charges_only_budgets_of_the_model_that_served(tmp_path: Path) -> None:

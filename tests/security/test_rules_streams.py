@@ -89,6 +89,37 @@ def test_one_key_cannot_hold_more_than_its_streams(served: ServeFactory) -> None
     assert "too_many_streams" in codes and codes.count("stream_write_timeout") == 0  # refusals are rows too
 
 
+def test_the_stream_cap_holds_across_workers(served: ServeFactory) -> None:
+    """`--workers 2`, no Redis configured: the supervisor's embedded Redis holds the slots, so a key with one
+    slot cannot open a second stream on the other worker (fresh connections land on both; per-process slots
+    let about half of them through)."""
+    config = {
+        "admission": {"max_streams_per_key": 1},
+        "backends": {"fake": {**FAKE, "tokens_per_s": 5, "output_tokens": 100}},  # a 20-second stream
+    }
+    body = chat(stream=True, max_tokens=100)
+    keys = {"k": ["--team", "t"], "admin": ["--admin"]}
+    with served(config, keys=keys, extra=["--workers", "2"]) as gw:
+        with gw.client(gw.keys["k"]) as client, client.stream("POST", CHAT, json=body) as first:
+            assert first.status_code == 200
+            chunks = first.iter_raw()  # kept: a dropped iterator closes its stream
+            assert next(chunks)
+            pids, codes = set(), []
+            for _ in range(16):  # a new connection each time: the kernel spreads them over the workers
+                auth = {"authorization": f"Bearer {gw.keys['admin']}"}
+                with gw.client(gw.keys["k"]) as fresh:  # one keep-alive connection: one worker answers both
+                    pids.add(fresh.get("/healthz", headers=auth).json()["pid"])
+                    codes.append(fresh.post(CHAT, json=body).status_code)
+            assert len(pids) == 2 and codes == [429] * 16
+        # the stream ended (client gone): its slot comes back, on whichever worker asks
+        wait_for(lambda: client_code(gw, body) == 200, "the slot back", timeout_s=15)
+
+
+def client_code(gw: Served, body: dict[str, Any]) -> int:
+    with gw.client(gw.keys["k"]) as client, client.stream("POST", CHAT, json=body) as reply:
+        return int(reply.status_code)
+
+
 def test_a_reservation_past_its_deadline_is_charged_not_released(served: ServeFactory) -> None:
     config = {
         "admission": {"reservation_ttl_s": 1, "refresh_s": 0.2},

@@ -7,6 +7,7 @@ Each operation is one Lua script, so check-and-reserve is atomic across replicas
   s:{request_id}     marker of a settled request (expires after a day)
   k:{request_id}     hash {counter: amount} charged by the reaper (a reservation past its deadline)
   g:{key}            GCRA theoretical arrival time (float seconds)
+  st:{api key}       zset stream lease (request id) → expiry (unix s): the key's open streams
 Time comes from Redis' own clock (`TIME`), so replicas with skewed clocks agree.
 """
 
@@ -140,6 +141,30 @@ if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) e
 return 1
 """
 
+TAKE_SLOT = (
+    _NOW
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) == false and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3])) + 1)
+return 1
+"""
+)
+
+RENEW_SLOTS = (
+    _NOW
+    + """
+for i = 1, #KEYS do
+  redis.call('ZADD', KEYS[i], 'XX', now + tonumber(ARGV[1]), ARGV[i + 1])
+  redis.call('EXPIRE', KEYS[i], math.ceil(tonumber(ARGV[1])) + 1)
+end
+return #KEYS
+"""
+)
+
 
 def unavailable(operation: str, exc: Exception) -> Overloaded:
     """A Redis failure as the client sees it: a fixed text (Redis' own names hosts, ports and internals; it
@@ -175,6 +200,8 @@ class RedisStore:
                 "settle": SETTLE,
                 "reap": REAP,
                 "seed": SEED,
+                "take_slot": TAKE_SLOT,
+                "renew_slots": RENEW_SLOTS,
             }.items()
         }
 
@@ -239,6 +266,22 @@ class RedisStore:
 
     async def reap(self) -> int:
         return int(await self._run("reap", [f"{P}deadlines"], [P]))
+
+    async def take_slot(self, key: str, lease: str, cap: int, lease_s: float) -> bool:
+        """A stream slot of API key `key` (margin.governance.streams.SharedSlots)."""
+        return bool(await self._run("take_slot", [f"{P}st:{key}"], [lease, cap, repr(lease_s)]))
+
+    async def free_slot(self, key: str, lease: str) -> None:
+        from redis.exceptions import RedisError
+
+        try:
+            await self._redis.zrem(f"{P}st:{key}", lease)
+        except RedisError as exc:
+            raise unavailable("free_slot", exc) from exc
+
+    async def renew_slots(self, leases: Sequence[tuple[str, str]], lease_s: float) -> None:
+        keys = [f"{P}st:{key}" for key, _ in leases]
+        await self._run("renew_slots", keys, [repr(lease_s), *(lease for _, lease in leases)])
 
     async def pending(self) -> int:
         return int(await self._redis.zcard(f"{P}deadlines"))

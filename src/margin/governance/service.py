@@ -15,7 +15,7 @@ from margin.errors import MarginError
 from margin.governance.admission import Admission, BudgetHold, window
 from margin.governance.rules import Rules, Subject, build_rules, load_rules, matches
 from margin.governance.store import LocalStore, Store
-from margin.governance.streams import StreamSlots
+from margin.governance.streams import LocalSlots, SharedSlots, SlotStore, StreamSlots
 from margin.ledger.read import budget_spent
 from margin.singleflight import SingleFlight
 from margin.specs import BudgetSpec
@@ -29,6 +29,13 @@ def make_store(settings: Settings) -> Store:
 
         return RedisStore(settings.storage.redis)
     return LocalStore()
+
+
+def stream_slots(cap: int | None, store: Store) -> StreamSlots:
+    """Stream slots where the budget counters are: in this process, or shared through the store's Redis."""
+    if isinstance(store, SlotStore):
+        return SharedSlots(cap, store)
+    return LocalSlots(cap)
 
 
 def spend_org(budget: BudgetSpec, org: str | None) -> tuple[str | None] | None:
@@ -57,7 +64,7 @@ class Governance:
         self.settings = settings
         self.engine = engine  # AsyncEngine of the ledger database
         self.store = store or make_store(settings)
-        self.streams = StreamSlots(settings.admission.max_streams_per_key)
+        self.streams = stream_slots(settings.admission.max_streams_per_key, self.store)
         self.rules: Rules = build_rules(settings, [])
         self._seeded: set[str] = set()
         self._flights = SingleFlight()
@@ -69,6 +76,7 @@ class Governance:
             await ping()
         await self.refresh()
         self._task = asyncio.get_running_loop().create_task(self._loop())
+        self.streams.start()
 
     async def refresh(self) -> None:
         self.rules = await load_rules(self.settings, self.engine)
@@ -146,4 +154,5 @@ class Governance:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self.streams.close()
         await self.store.close()

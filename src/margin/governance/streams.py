@@ -1,26 +1,60 @@
 """The per-key cap on concurrent streams (`admission.max_streams_per_key`): a stream holds a slot from
-admission until it ends, however it ends (finished, client gone, write timeout, upstream cut)."""
+admission until it ends, however it ends (finished, client gone, write timeout, upstream cut).
+
+One process with in-process counters: `LocalSlots`. With Redis (`storage.redis`, or `--workers N`, whose
+supervisor runs an embedded one): `SharedSlots`, a lease per stream in one sorted set per key, so every
+worker and replica counts the same streams. A lease expires `LEASE_S` after it was taken or last renewed; its
+holder renews its open leases every `RENEW_S`, so a process killed mid-stream frees its slots within
+`LEASE_S` instead of holding them for good."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from margin.errors import MarginError
+
+log = logging.getLogger("margin.governance")
+
+LEASE_S = 30.0
+RENEW_S = 10.0
+
+
+class StreamSlots(Protocol):
+    cap: int | None
+
+    async def acquire(self, key: str, lease: str) -> bool:
+        """Take a slot of `key` for the stream `lease` (its request id); False when all are taken."""
+        ...
+
+    def release(self, key: str, lease: str) -> None:
+        """Give the slot back (never raises, never waits: it may run while the request is cancelled)."""
+        ...
+
+    def start(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass(slots=True)
-class StreamSlots:
-    """Open streams per API key in this process (each gateway process counts its own)."""
+class LocalSlots:
+    """Open streams per API key in this process."""
 
     cap: int | None
     _open: dict[str, int] = field(default_factory=dict)
 
-    def acquire(self, key: str) -> bool:
+    async def acquire(self, key: str, lease: str) -> bool:
         held = self._open.get(key, 0)
         if self.cap is not None and held >= self.cap:
             return False
         self._open[key] = held + 1
         return True
 
-    def release(self, key: str) -> None:
+    def release(self, key: str, lease: str) -> None:
         held = self._open.get(key, 0) - 1
         if held > 0:
             self._open[key] = held
@@ -29,3 +63,75 @@ class StreamSlots:
 
     def held(self, key: str) -> int:
         return self._open.get(key, 0)
+
+    def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+@runtime_checkable
+class SlotStore(Protocol):
+    """The Redis side (margin.governance.redis_store.RedisStore)."""
+
+    async def take_slot(self, key: str, lease: str, cap: int, lease_s: float) -> bool: ...
+
+    async def free_slot(self, key: str, lease: str) -> None: ...
+
+    async def renew_slots(self, leases: Sequence[tuple[str, str]], lease_s: float) -> None: ...
+
+
+class SharedSlots:
+    """Open streams per API key across every process that shares the Redis."""
+
+    def __init__(self, cap: int | None, store: SlotStore) -> None:
+        self.cap = cap
+        self._store = store
+        self._held: dict[str, str] = {}  # lease → key, this process's open streams (renewed)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._renewing: asyncio.Task[None] | None = None
+
+    async def acquire(self, key: str, lease: str) -> bool:
+        if self.cap is None:
+            return True
+        if not await self._store.take_slot(key, lease, self.cap, LEASE_S):
+            return False
+        self._held[lease] = key
+        return True
+
+    def release(self, key: str, lease: str) -> None:
+        if self._held.pop(lease, None) is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._free(key, lease))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _free(self, key: str, lease: str) -> None:
+        try:
+            await self._store.free_slot(key, lease)
+        except MarginError:  # Redis is down: the lease expires on its own within LEASE_S
+            log.warning("could not free stream slot %s of key %s; it expires in %.0f s", lease, key, LEASE_S)
+
+    def start(self) -> None:
+        if self.cap is not None:
+            self._renewing = asyncio.get_running_loop().create_task(self._renew())
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(RENEW_S)
+            held = [(key, lease) for lease, key in self._held.items()]
+            if not held:
+                continue
+            try:
+                await self._store.renew_slots(held, LEASE_S)
+            except MarginError:
+                log.warning("could not renew %d stream slots; retrying in %.0f s", len(held), RENEW_S)
+
+    async def close(self) -> None:
+        if self._renewing is not None:
+            self._renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewing
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -35,7 +35,7 @@ class Admit:
             await self._admit(request)
             return await next(request)
         streams = self.gov.streams
-        if not streams.acquire(key):
+        if not await streams.acquire(key, request.id):
             raise RateLimited(
                 f"this key already has {streams.cap} streams open (admission.max_streams_per_key); "
                 "finish or close one, then retry",
@@ -46,7 +46,7 @@ class Admit:
             await self._admit(request)
             return await next(request)
         finally:
-            streams.release(key)
+            streams.release(key, request.id)
 
     async def _admit(self, request: Request) -> None:
         decision = request.routed()

@@ -174,7 +174,8 @@ async def _events(reads: list[bytes]) -> list[tuple[bytes | None, bool]]:
     from margin.config import OpenAIBackendConfig
 
     backend = OpenAIBackend("up", OpenAIBackendConfig(base_url="http://127.0.0.1:1/v1"))
-    return [(chunk.raw, chunk.more) async for chunk in backend._events(_Response(reads))]  # type: ignore[arg-type]
+    reads_of = backend._reads(_Response(reads))  # type: ignore[arg-type]
+    return [(chunk.raw, chunk.more) async for batch in reads_of for chunk in batch]
 
 
 async def test_stream_events_of_one_read_are_marked_more_except_the_last() -> None:
@@ -201,6 +202,6 @@ async def test_invalid_stream_event_is_a_backend_error_after_the_good_ones() -> 
         from margin.config import OpenAIBackendConfig
 
         backend = OpenAIBackend("up", OpenAIBackendConfig(base_url="http://127.0.0.1:1/v1"))
-        async for chunk in backend._events(_Response([b"data: " + one + b"\n\ndata: {oops\n\n"])):  # type: ignore[arg-type]
-            seen.append(chunk.raw)
+        async for batch in backend._reads(_Response([b"data: " + one + b"\n\ndata: {oops\n\n"])):  # type: ignore[arg-type]
+            seen.extend(chunk.raw for chunk in batch)
     assert seen == [one]

@@ -297,14 +297,6 @@ class OpenAIBackend:
             else:
                 response.close()  # stop the upstream's generation: drop the connection
 
-    async def _events(
-        self, response: aiohttp.ClientResponse, deadline: StreamDeadline | None = None
-    ) -> AsyncIterator[Chunk]:
-        """The events of `_reads`, one at a time."""
-        async for batch in self._reads(response, deadline):
-            for chunk in batch:
-                yield chunk
-
     async def _reads(
         self, response: aiohttp.ClientResponse, deadline: StreamDeadline | None = None
     ) -> AsyncIterator[list[Chunk]]:

@@ -40,10 +40,19 @@ def window(period: str, now: datetime) -> tuple[datetime | None, datetime | None
     return None, None
 
 
+def window_stamp(start: datetime | None) -> str:
+    """The part of a counter's name that names its window."""
+    return f"{start:%Y%m%dT%H}" if start is not None else "lifetime"
+
+
 def counter_name(budget: BudgetSpec, start: datetime | None, org: str | None = None) -> str:
     """One counter per budget and window, and per org for per-org scopes (budget names never hold `#`)."""
+    return _counter(budget, window_stamp(start), org)
+
+
+def _counter(budget: BudgetSpec, stamp: str, org: str | None) -> str:
     name = budget.name if org is None else f"{budget.name}#{org}"
-    return f"{name}@{start:%Y%m%dT%H}" if start is not None else f"{name}@lifetime"
+    return f"{name}@{stamp}"
 
 
 def budget_limit(budget: BudgetSpec) -> int:
@@ -72,9 +81,15 @@ class Admission:
 
 def hold_for(budget: BudgetSpec, now: datetime, usd_nano: int, tokens: int, org: str | None = None) -> BudgetHold:
     start, end = window(budget.period, now)
+    return _hold(budget, now, end, window_stamp(start), usd_nano, tokens, org)
+
+
+def _hold(
+    budget: BudgetSpec, now: datetime, end: datetime | None, stamp: str, usd_nano: int, tokens: int, org: str | None
+) -> BudgetHold:
     expire = None if end is None else int((end - now).total_seconds()) + DAY
     amount = usd_nano if budget.usd is not None else tokens
-    hold = Hold(counter_name(budget, start, org), budget_limit(budget), amount, budget.mode == "hard", expire)
+    hold = Hold(_counter(budget, stamp, org), budget_limit(budget), amount, budget.mode == "hard", expire)
     return BudgetHold(budget, hold, end, org)
 
 
@@ -85,27 +100,18 @@ class Windows:
 
     def __init__(self) -> None:
         self._hour = -1
-        self._windows: dict[str, tuple[datetime | None, datetime | None, str]] = {}
-
-    def window(self, period: str, now: datetime) -> tuple[datetime | None, datetime | None, str]:
-        """`window(period, now)` and the counter stamp of its start."""
-        hour = int(now.timestamp() // 3600)
-        if hour != self._hour:
-            self._hour, self._windows = hour, {}
-        found = self._windows.get(period)
-        if found is None:
-            start, end = window(period, now)
-            found = self._windows[period] = (start, end, f"{start:%Y%m%dT%H}" if start is not None else "lifetime")
-        return found
+        self._windows: dict[str, tuple[datetime | None, str]] = {}
 
     def hold(self, budget: BudgetSpec, now: datetime, usd_nano: int, tokens: int, org: str | None = None) -> BudgetHold:
         """The same hold as `hold_for(budget, now, usd_nano, tokens, org)`."""
-        _start, end, stamp = self.window(budget.period, now)
-        expire = None if end is None else int((end - now).total_seconds()) + DAY
-        amount = usd_nano if budget.usd is not None else tokens
-        name = budget.name if org is None else f"{budget.name}#{org}"
-        hold = Hold(f"{name}@{stamp}", budget_limit(budget), amount, budget.mode == "hard", expire)
-        return BudgetHold(budget, hold, end, org)
+        hour = int(now.timestamp() // 3600)
+        if hour != self._hour:
+            self._hour, self._windows = hour, {}
+        found = self._windows.get(budget.period)
+        if found is None:
+            start, end = window(budget.period, now)
+            found = self._windows[budget.period] = (end, window_stamp(start))
+        return _hold(budget, now, found[0], found[1], usd_nano, tokens, org)
 
 
 def output_allowance(requested: int | None, context_length: int | None, prompt_tokens: int, default: int) -> int:

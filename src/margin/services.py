@@ -89,8 +89,8 @@ class Services:
         # and every read (margin.ledger.read), in worker threads
         self.engine = db.make_async_engine(settings.storage.ledger)
         self._sync_engine = db.make_sync_engine(settings.storage.ledger)
-        # the ledger's rows, before each response completes; its ingester thread has a connection of its own
-        # (a large page cache, a temporary staging table), not one of the shared engine's
+        # the ledger's rows, before each response completes; its ingester's SQL runs in a child process (or a
+        # thread) with a connection of its own (a large page cache, a temporary staging table)
         self.outbox = Outbox.from_settings(settings.storage)
         server = settings.server
         self.keys = KeyCache(self.engine, ttl_s=server.key_cache_ttl_s, max_entries=server.key_cache_entries)

@@ -18,7 +18,7 @@ import pytest
 
 from margin.ledger import db
 from margin.ledger.models import ledger_dead_letter, ledger_hourly, outbox_offsets
-from margin.ledger.outbox import Outbox, encode
+from margin.ledger.outbox import IngestIn, Outbox, encode
 from margin.ledger.segments import list_segments, segment_name
 from tests.ledger.rows import read_ledger, row
 
@@ -160,11 +160,14 @@ async def test_a_torn_last_line_is_dropped(tmp_path: Path, url: str) -> None:
     assert os.listdir(box) == [] and read_ledger(url, ledger_dead_letter) == []
 
 
-async def test_damaged_bytes_go_to_the_dead_letters_and_the_rest_is_ingested(tmp_path: Path, url: str) -> None:
+@pytest.mark.parametrize("ingest_in", ["thread", "process"])
+async def test_damaged_bytes_go_to_the_dead_letters_and_the_rest_is_ingested(
+    tmp_path: Path, url: str, ingest_in: IngestIn
+) -> None:
     box = tmp_path / "box"
     damaged = b"\x00\x00\x00\x00garbage\xff\n"  # e.g. zeroes a power cut left in the page cache
     dead_file(box, "gone-1-a", encode(row("before")) + damaged + encode(row("after")))
-    outbox = Outbox(url, box)
+    outbox = Outbox(url, box, ingest_in=ingest_in)
     outbox.start()
     await outbox.flush()
     await outbox.close()

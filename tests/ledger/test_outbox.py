@@ -13,7 +13,7 @@ import pytest
 
 from margin.ledger import db
 from margin.ledger.models import ledger_hourly, outbox_offsets
-from margin.ledger.outbox import Depth, Outbox, OutboxError, encode
+from margin.ledger.outbox import Depth, IngestIn, Outbox, OutboxError, encode
 from tests.ledger.rows import read_ledger, row
 
 
@@ -21,10 +21,11 @@ def files(directory: Path) -> list[str]:
     return sorted(os.listdir(directory))
 
 
-async def test_rows_reach_the_ledger_once_and_the_files_go(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ingest_in", ["thread", "process"])
+async def test_rows_reach_the_ledger_once_and_the_files_go(tmp_path: Path, ingest_in: IngestIn) -> None:
     url = f"sqlite:///{tmp_path / 'o.db'}"
     db.upgrade(url)
-    outbox = Outbox(url, tmp_path / "box")
+    outbox = Outbox(url, tmp_path / "box", ingest_in=ingest_in)
     outbox.start()
     for request_id in ("a", "b", "a"):  # a replayed settlement
         outbox.append(row(request_id))
@@ -74,9 +75,10 @@ def test_one_line_per_row() -> None:
     assert huge.count(b"\n") == 1 and str(2**70).encode() in huge
 
 
-async def test_an_unreachable_database_keeps_rows_and_fills_the_outbox(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ingest_in", ["thread", "process"])
+async def test_an_unreachable_database_keeps_rows_and_fills_the_outbox(tmp_path: Path, ingest_in: IngestIn) -> None:
     url = f"sqlite:///{tmp_path / 'gone.db'}"  # not migrated: no table, as if the database were away
-    outbox = Outbox(url, tmp_path / "box", max_rows=2, interval_s=0.01)
+    outbox = Outbox(url, tmp_path / "box", max_rows=2, interval_s=0.01, ingest_in=ingest_in)
     outbox.start()
     outbox.append(row("a"))
     assert not outbox.full

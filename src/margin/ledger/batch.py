@@ -106,6 +106,9 @@ class BatchSink:
         if self._sqlite:
             sa.event.listen(self._engine, "connect", _memory_temp_store)
 
+    def start(self) -> None:
+        """Nothing to start: the engine connects on first use."""
+
     def committed(self, segment: str) -> tuple[int, int]:
         """(offset, rows) committed for an outbox file; (0, 0) for one never read."""
         query = sa.select(outbox_offsets.c.byte_offset, outbox_offsets.c.rows)

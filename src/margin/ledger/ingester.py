@@ -26,11 +26,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from margin.ledger.batch import BatchSink, Cursor, RowsRefused
+from margin.ledger.batch import Cursor, RowsRefused
 from margin.ledger.segments import LOCK_SUFFIX, OwnerLock, abandoned, list_segments
 
 log = logging.getLogger("margin.ledger")
 MAX_LINE_BYTES = 1 << 30  # a line longer than this is damage, not a row
+
+
+class Sink(Protocol):
+    """Where batches go: margin.ledger.batch.BatchSink in this thread, or margin.ledger.sink_process.RemoteSink
+    (the same calls, made in a child process)."""
+
+    def start(self) -> None: ...
+
+    def committed(self, segment: str) -> tuple[int, int]: ...
+
+    def forget(self, segment: str) -> None: ...
+
+    def move(self, cursor: Cursor, lines: bytes, rows: int) -> None: ...
+
+    def move_each(self, cursor: Cursor, lines: bytes) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class OwnFiles(Protocol):
@@ -76,7 +93,7 @@ POLL_S = 0.05  # how often the ingester looks at the outbox files at most
 class Ingester:
     def __init__(
         self,
-        sink: BatchSink,
+        sink: Sink,
         directory: Path,
         own: OwnFiles,
         *,
@@ -139,6 +156,10 @@ class Ingester:
         self._sink.close()
 
     def _run(self) -> None:
+        try:
+            self._sink.start()  # a child process starts while the gateway does its own start-up
+        except Exception as exc:  # retried by the first batch
+            log.error("ledger ingest could not start (%s); retrying with the first batch", exc)
         delay, synced, next_scan = self._interval_s, time.monotonic(), 0.0
         while True:
             self._wake.wait(timeout=delay)

@@ -7,7 +7,9 @@ survives `kill -9` of the process. A power cut is `storage.outbox_fsync`'s busin
 `interval` (fdatasync every `outbox_fsync_interval_ms`, from the ingester's thread) or `always` (every row, on
 the request path: a disk flush per request).
 
-An ingester thread (margin.ledger.ingester) moves the rows into the database in large batches and commits its
+An ingester thread (margin.ledger.ingester) moves the rows into the database in large batches, its SQL run in
+a child process when `ingest_in="process"` (margin.ledger.sink_process; the gateway's default,
+`storage.ingest_in`) or in the thread itself (this class's default: tools and tests), and commits its
 offset in each file with them, so a restart resumes where it stopped and a replay is a no-op. Each process
 writes its own files, named after it (margin.ledger.segments), and the files of a process that died are
 ingested by the next one to start (or by a sibling worker within `rescan_s`).
@@ -43,11 +45,13 @@ import sqlalchemy as sa
 from margin.config import StorageConfig
 from margin.errors import Overloaded
 from margin.ledger.batch import BatchSink
-from margin.ledger.ingester import Ingester
+from margin.ledger.ingester import Ingester, Sink
 from margin.ledger.segments import OwnerLock, default_directory, new_owner, segment_name, sync_directory
+from margin.ledger.sink_process import RemoteSink
 
 log = logging.getLogger("margin.ledger")
 Fsync = Literal["never", "interval", "always"]
+IngestIn = Literal["process", "thread"]
 _OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_PASSTHROUGH_DATETIME
 
 
@@ -180,6 +184,16 @@ class SegmentWriter:
         self._lock.release(remove=remove)
 
 
+def _sink(url: str, engine: sa.Engine | None, ingest_in: IngestIn) -> Sink:
+    """The database side of ingestion: a child process (margin.ledger.sink_process), unless told otherwise or
+    the ledger lives in this process's memory (or a caller hands its own engine: tests)."""
+    database = sa.make_url(url).database
+    in_memory = url.startswith("sqlite") and database in (None, "", ":memory:")
+    if ingest_in == "thread" or in_memory or engine is not None:
+        return BatchSink(url, engine)
+    return RemoteSink(url)
+
+
 class Outbox:
     def __init__(
         self,
@@ -195,11 +209,13 @@ class Outbox:
         fsync: Fsync = "never",
         fsync_interval_s: float = 1.0,
         rescan_s: float = 2.0,
+        ingest_in: IngestIn = "thread",
     ) -> None:
         self.directory = directory or default_directory(url)
         self._writer = SegmentWriter(self.directory, segment_bytes=segment_bytes, fsync=fsync)
+        self._sink = _sink(url, engine, ingest_in)
         self._ingester = Ingester(
-            BatchSink(url, engine),
+            self._sink,
             self.directory,
             self._writer,
             interval_s=interval_s,
@@ -225,6 +241,7 @@ class Outbox:
             max_bytes=storage.outbox_max_bytes,
             fsync=storage.outbox_fsync,
             fsync_interval_s=storage.outbox_fsync_interval_ms / 1000,
+            ingest_in=storage.ingest_in,
         )
 
     @property
@@ -302,4 +319,6 @@ class Outbox:
             "torn_bytes": stats.torn_bytes,
             "last_ingest_at": stats.last_ok,
             "last_error": stats.last_error,
+            "ingest_pid": self._sink.pid if isinstance(self._sink, RemoteSink) else os.getpid(),
+            "ingest_starts": self._sink.starts if isinstance(self._sink, RemoteSink) else 1,
         }

@@ -1,0 +1,131 @@
+"""The ledger's SQL in a child process (storage.ingest_in: process, the gateway's default): it runs in another
+process; a child that dies is replaced and no row is lost or doubled; a child whose gateway was killed exits,
+and the next start ingests what was left, once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from margin.ledger import db
+from margin.ledger.outbox import Outbox
+from tests.ledger.rows import read_ledger, row
+
+GATEWAY = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from pathlib import Path
+    from margin.ledger.outbox import Outbox
+    from tests.ledger.rows import row
+
+    async def main():
+        outbox = Outbox(sys.argv[1], Path(sys.argv[2]), ingest_in="process")
+        outbox.start()
+        outbox.append(row("before-flush"))
+        await outbox.flush()
+        outbox.append(row("after-flush"))  # acknowledged, not yet in the database when the process dies
+        print(outbox.stats()["ingest_pid"], flush=True)
+        time.sleep(600)
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    db.upgrade(url)
+    return url
+
+
+def gone(pid: int) -> bool:
+    """Exited (a zombie waiting for its new parent to reap it counts as exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+async def test_the_sql_runs_in_a_child_process(tmp_path: Path, url: str) -> None:
+    outbox = Outbox(url, tmp_path / "box", ingest_in="process")
+    outbox.start()
+    outbox.append(row("a"))
+    assert await outbox.flush() == 1
+    stats = outbox.stats()
+    child = stats["ingest_pid"]
+    assert child is not None and child != os.getpid() and not gone(child)
+    assert stats["ingest_starts"] == 1 and stats["written"] == 1
+    await outbox.close()
+    assert gone(child)  # close ends it
+    assert [r.request_id for r in read_ledger(url)] == ["a"]
+
+
+async def test_a_killed_child_is_replaced_and_no_row_is_lost_or_doubled(tmp_path: Path, url: str) -> None:
+    outbox = Outbox(url, tmp_path / "box", ingest_in="process", interval_s=0.01)
+    outbox.start()
+    for n in range(50):
+        outbox.append(row(f"first-{n}"))
+    assert await outbox.flush() == 50
+    first_child = outbox.stats()["ingest_pid"]
+    os.kill(first_child, signal.SIGKILL)
+    for n in range(50):
+        outbox.append(row(f"second-{n}"))
+    for _ in range(50):  # the pass that meets the dead child fails; the next one starts another
+        await outbox.flush()
+        if outbox.depth.rows == 0:
+            break
+        await asyncio.sleep(0.05)
+    stats = outbox.stats()
+    assert outbox.depth.rows == 0 and stats["ingest_starts"] == 2 and stats["ingest_pid"] != first_child
+    assert stats["failed_flushes"] >= 1
+    await outbox.close()
+    ids = [r.request_id for r in read_ledger(url)]
+    assert len(ids) == 100 and set(ids) == {f"{p}-{n}" for p in ("first", "second") for n in range(50)}
+
+
+def kill_a_gateway_and_watch_its_child(url: str, box: Path) -> None:
+    gateway = subprocess.Popen(
+        [sys.executable, "-c", GATEWAY, url, str(box)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
+    try:
+        assert gateway.stdout is not None
+        child = int(gateway.stdout.readline())
+        assert not gone(child)
+        os.kill(gateway.pid, signal.SIGKILL)
+        gateway.wait()
+        deadline = time.monotonic() + 10
+        while not gone(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gone(child), "the ingest process outlived its gateway"
+    finally:
+        gateway.kill()
+        gateway.wait()
+        if gateway.stdout is not None:
+            gateway.stdout.close()
+
+
+async def test_the_child_exits_with_its_killed_gateway_and_the_next_start_ingests_the_rest(
+    tmp_path: Path, url: str
+) -> None:
+    box = tmp_path / "box"
+    kill_a_gateway_and_watch_its_child(url, box)
+    assert [r.request_id for r in read_ledger(url)] == ["before-flush"]
+    outbox = Outbox(url, box, ingest_in="process")
+    outbox.start()
+    await outbox.flush()
+    await outbox.close()
+    assert sorted(r.request_id for r in read_ledger(url)) == ["after-flush", "before-flush"]
+    assert os.listdir(box) == []

@@ -145,3 +145,43 @@ def margin_serve(
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
+
+
+def child_pids(pid: int, *, at_least: int = 0, timeout_s: float = 10.0) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc), e.g. a gateway's ledger-ingest child; waits up to
+    `timeout_s` for `at_least` of them (a child may be started just after the gateway answers)."""
+    deadline = time.monotonic() + timeout_s
+    while len(found := _children(pid)) < at_least and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def gone(pid: int) -> bool:
+    """Exited (a zombie waiting for its new parent to reap it counts as exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+def wait_gone(pids: list[int], timeout_s: float = 10.0) -> list[int]:
+    """Those of `pids` still running after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while any(not gone(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [p for p in pids if not gone(p)]

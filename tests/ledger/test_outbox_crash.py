@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from tests.helpers import margin_serve
+from tests.helpers import child_pids, margin_serve, wait_gone
 
 RATE = 400  # offered requests/s (Poisson), half of them streamed
 KILL_AFTER = 400  # acknowledged requests before the kill
@@ -84,9 +84,11 @@ def test_kill_9_under_load_loses_no_acknowledged_row(tmp_path: Path) -> None:
     db, config = tmp_path / "ledger.db", tmp_path / "margin.yaml"
     config.write_text(yaml.safe_dump(CONFIG))
     with margin_serve(db, tmp_path / "serve.log", config=config, ready_s=60) as (url, process):
+        children = child_pids(process.pid, at_least=1)  # its ledger-ingest process (storage.ingest_in: process)
         load, offered, answered = asyncio.run(drive(url, process.pid))
         process.wait(timeout=10)
     assert process.returncode == -signal.SIGKILL
+    assert len(children) == 1 and wait_gone(children) == [], "the ingest process outlived its gateway"
     assert load.other == [], load.other
     assert len(load.acknowledged) >= KILL_AFTER
     assert load.cut > 0  # the kill landed while requests were in flight
@@ -95,8 +97,9 @@ def test_kill_9_under_load_loses_no_acknowledged_row(tmp_path: Path) -> None:
     before = set(ledger_ids(db))
     assert set(load.acknowledged) - before, "every row was already ingested: the test proved nothing"
 
-    with margin_serve(db, tmp_path / "restart.log", config=config, ready_s=60):
-        pass  # starting ingests the dead process's file; stopping (SIGTERM) drains this one's
+    with margin_serve(db, tmp_path / "restart.log", config=config, ready_s=60) as (_, restarted):
+        children = child_pids(restarted.pid, at_least=1)  # starting ingests the dead process's file; stopping (SIGTERM)
+    assert wait_gone(children) == []  # drains this one's, and its ingest process ends with it
     ids = ledger_ids(db)
     missing = set(load.acknowledged) - set(ids)
     assert not missing, f"{len(missing)} acknowledged requests have no row"

@@ -10,13 +10,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from margin.ledger import db
 from margin.ledger.outbox import Outbox
+from tests.helpers import gone, wait_gone
 from tests.ledger.rows import read_ledger, row
 
 GATEWAY = textwrap.dedent(
@@ -45,15 +45,6 @@ def url(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 's.db'}"
     db.upgrade(url)
     return url
-
-
-def gone(pid: int) -> bool:
-    """Exited (a zombie waiting for its new parent to reap it counts as exited)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return True
-    return "\nState:\tZ" in status
 
 
 async def test_the_sql_runs_in_a_child_process(tmp_path: Path, url: str) -> None:
@@ -106,10 +97,7 @@ def kill_a_gateway_and_watch_its_child(url: str, box: Path) -> None:
         assert not gone(child)
         os.kill(gateway.pid, signal.SIGKILL)
         gateway.wait()
-        deadline = time.monotonic() + 10
-        while not gone(child) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert gone(child), "the ingest process outlived its gateway"
+        assert wait_gone([child]) == [], "the ingest process outlived its gateway"
     finally:
         gateway.kill()
         gateway.wait()

@@ -96,6 +96,7 @@ class RemoteSink:
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 env=env,
+                start_new_session=True,  # a terminal's Ctrl-C is the gateway's to handle: it stops the child
             )
         except OSError as exc:
             ours.close()

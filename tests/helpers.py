@@ -158,15 +158,11 @@ def child_pids(pid: int, *, at_least: int = 0, timeout_s: float = 10.0) -> list[
 
 def _children(pid: int) -> list[int]:
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):  # per thread: whichever started the child
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
+            found += [int(child) for child in children.read_text().split()]
         except OSError:
             continue
-        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
-            found.append(int(entry))
     return found
 
 

@@ -63,13 +63,6 @@ def kill_9(process: subprocess.Popen[str]) -> None:
     process.wait()
 
 
-@pytest.fixture
-def url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    db.upgrade(url)
-    return url
-
-
 async def test_a_killed_process_rows_are_ingested_by_the_next_start(tmp_path: Path, url: str) -> None:
     box = tmp_path / "box"
     with writer_process(box, 25, segment_bytes=4096) as dead:

@@ -12,9 +12,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
-from margin.ledger import db
 from margin.ledger.outbox import Outbox
 from tests.helpers import gone, wait_gone
 from tests.ledger.rows import read_ledger, row
@@ -38,13 +35,6 @@ GATEWAY = textwrap.dedent(
     asyncio.run(main())
     """
 )
-
-
-@pytest.fixture
-def url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 's.db'}"
-    db.upgrade(url)
-    return url
 
 
 async def test_the_sql_runs_in_a_child_process(tmp_path: Path, url: str) -> None:

@@ -107,3 +107,16 @@ async def test_the_child_exits_with_its_killed_gateway_and_the_next_start_ingest
     await outbox.close()
     assert sorted(r.request_id for r in read_ledger(url)) == ["after-flush", "before-flush"]
     assert os.listdir(box) == []
+
+
+async def test_a_ledger_the_child_cannot_open_keeps_the_rows_and_says_why(tmp_path: Path) -> None:
+    outbox = Outbox("nosuchdb://u@h/db", tmp_path / "box", ingest_in="process", interval_s=0.01)
+    outbox.start()
+    outbox.append(row("kept"))
+    assert await outbox.flush() == 0
+    stats = outbox.stats()
+    assert stats["outbox_rows"] == 1 and stats["failed_flushes"] >= 1
+    assert "could not open the ledger" in stats["last_error"] and "nosuchdb" in stats["last_error"]
+    assert stats["ingest_pid"] is None  # no child left running for a ledger it cannot open
+    await outbox.close()
+    assert len(os.listdir(tmp_path / "box")) == 2  # the row stays in its file (and the lock file) for a later start

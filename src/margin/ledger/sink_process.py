@@ -105,7 +105,10 @@ class RemoteSink:
             theirs.close()
         self.starts += 1
         self._conn = Connection(ours.detach())
-        self._exchange("open", self._url, timeout=START_TIMEOUT_S)  # the URL never shows in `ps`
+        kind, value, _ = self._exchange("open", self._url, timeout=START_TIMEOUT_S)  # the URL never shows in `ps`
+        if kind != "ok":
+            self._drop()
+            raise SinkFailed(f"the ledger ingest process could not open the ledger ({value})")
         return self._conn
 
     def _exchange(self, op: str, *args: Any, timeout: float | None = None) -> tuple[str, Any, Any]:
@@ -203,7 +206,11 @@ def serve(conn: Connection) -> None:
             except (EOFError, OSError):
                 return  # the gateway is gone: whatever it had not asked for stays in its files
             if op == "open":
-                sink = BatchSink(args[0])
+                try:
+                    sink = BatchSink(args[0])
+                except Exception as exc:  # e.g. a URL its driver refuses: said to the gateway, which logs it
+                    conn.send(("failed", f"{type(exc).__name__}: {exc}", None))
+                    return
                 conn.send(("ok", None, None))
             elif op == "close":
                 conn.send(("ok", None, None))

@@ -314,7 +314,7 @@ class OpenAIBackend:
             if not data:
                 break
             *lines, pending = (pending + data).split(b"\n")
-            events = [event for line in lines if (event := _event_data(line)) is not None]
+            events = [event for line in lines if line and (event := _event_data(line)) is not None]
             if deadline is not None:
                 deadline.received(event=bool(events))
             batch: list[Chunk] = []

@@ -118,5 +118,8 @@ async def test_a_ledger_the_child_cannot_open_keeps_the_rows_and_says_why(tmp_pa
     assert stats["outbox_rows"] == 1 and stats["failed_flushes"] >= 1
     assert "could not open the ledger" in stats["last_error"] and "nosuchdb" in stats["last_error"]
     assert stats["ingest_pid"] is None  # no child left running for a ledger it cannot open
+    assert await outbox.flush() == 0
+    stats = outbox.stats()
+    assert stats["ingest_starts"] == 1 and "next ingest process starts in" in stats["last_error"]  # no loop
     await outbox.close()
     assert len(os.listdir(tmp_path / "box")) == 2  # the row stays in its file (and the lock file) for a later start

@@ -3,7 +3,7 @@
 The ingester thread (margin.ledger.ingester) keeps everything it owns: the outbox files, their locks, the
 cursors, adoption of dead processes' files, fsync, back-pressure counts. Only its `BatchSink` calls (the SQL
 of a batch: staging, dedup, the append, ~25 rollup statements through SQLAlchemy) run here, in a child process
-started on first use: `python -m margin.ledger.sink_process <fd>`, talking over a private socket pair.
+started with the ingester: `python -m margin.ledger.sink_process <fd>`, talking over a private socket pair.
 
 Why: measured in one gateway under 500 RPS (benchmarks/gateway_sweep.py, JSON), the thread's Python between
 SQL statements held the GIL long enough to add ~3 ms to margin's p99 (4.6 / 3.8 ms with the thread, 1.07 /
@@ -11,8 +11,9 @@ SQL statements held the GIL long enough to add ~3 ms to margin's p99 (4.6 / 3.8 
 not. The batch's bytes are sent to the child as they were read (~256 KB a batch at 500 RPS: one copy).
 
 Failure modes, all ending where a crash of the old thread ended:
-- the child dies (or cannot start): the call raises `SinkUnavailable`, the ingester counts a failed pass and
-  retries later, a new child is started on the next call; the rows stay in the files;
+- the child dies (or cannot start, or cannot open the ledger): the call raises, the ingester counts a failed
+  pass and retries later, and a new child is started by a later call, after 1 s, then 2, 4, … up to 30 s while
+  children keep failing (no restart loop); the rows stay in the files;
 - the gateway dies (`kill -9`): the child reads end-of-file on its socket and exits, after the transaction it
   is in commits or rolls back; the next process to start adopts the files from their committed offsets;
 - a call the child was answering when it died: its transaction either committed with its offset or did not,
@@ -30,6 +31,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from margin.ledger.batch import BatchSink, Cursor, RowsRefused
 log = logging.getLogger("margin.ledger")
 START_TIMEOUT_S = 60.0  # a first call waits this long for the child's answer to `open`
 STOP_TIMEOUT_S = 10.0
+RESTART_BACKOFF_S = (1.0, 30.0)  # after a child failed: the first wait before another, and the longest
 _CURSOR = ("segment", "offset", "rows", "inserted", "dead_letters")
 
 
@@ -60,8 +63,9 @@ def _update(cursor: Cursor, fields: tuple[Any, ...]) -> None:
 
 
 class RemoteSink:
-    """BatchSink's interface, carried out by a child process (started on the first call, again after it died).
-    Calls come from the one ingester thread; a lock keeps them one at a time anyway."""
+    """BatchSink's interface, carried out by a child process: started with the ingester (or by the first call),
+    again after it died, with a growing wait (1 s, doubling, at most 30 s) while children keep failing. Calls
+    come from the one ingester thread; a lock keeps them one at a time anyway."""
 
     def __init__(self, url: str) -> None:
         self._url = url
@@ -69,6 +73,9 @@ class RemoteSink:
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self.starts = 0  # children started (more than 1: some died)
+        self._failures = 0  # children in a row that died or could not open the ledger
+        self._not_before = 0.0  # no new child before this (monotonic): a failing one is not restarted in a loop
+        self._why = ""  # what the last failed child said or did
 
     @property
     def pid(self) -> int | None:
@@ -84,6 +91,8 @@ class RemoteSink:
     def _connect(self) -> Connection:
         if self._conn is not None:
             return self._conn
+        if (wait := self._not_before - time.monotonic()) > 0:
+            raise SinkUnavailable(f"{self._why}; the next ingest process starts in {wait:.0f} s")
         ours, theirs = socket.socketpair()
         package_root = str(Path(__file__).resolve().parents[2])  # margin's own copy, whatever sys.path says
         env = {
@@ -107,8 +116,8 @@ class RemoteSink:
         self._conn = Connection(ours.detach())
         kind, value, _ = self._exchange("open", self._url, timeout=START_TIMEOUT_S)  # the URL never shows in `ps`
         if kind != "ok":
-            self._drop()
-            raise SinkFailed(f"the ledger ingest process could not open the ledger ({value})")
+            self._drop(why=f"the ledger ingest process could not open the ledger ({value})")
+            raise SinkFailed(self._why)
         return self._conn
 
     def _exchange(self, op: str, *args: Any, timeout: float | None = None) -> tuple[str, Any, Any]:
@@ -120,14 +129,15 @@ class RemoteSink:
                 raise TimeoutError(f"no answer in {timeout:.0f} s")
             answer: tuple[str, Any, Any] = conn.recv()
         except (EOFError, OSError, TimeoutError) as exc:
-            self._drop()
-            raise SinkUnavailable(f"the ledger ingest process is gone ({type(exc).__name__}: {exc})") from exc
+            self._drop(why=f"the ledger ingest process is gone ({type(exc).__name__}: {exc})")
+            raise SinkUnavailable(self._why) from exc
         return answer
 
     def _call(self, op: str, *args: Any, cursor: Cursor | None = None) -> Any:
         with self._lock:
             self._connect()
             kind, value, fields = self._exchange(op, *args)
+            self._failures = 0
         if cursor is not None and fields is not None:
             _update(cursor, fields)  # what the child did stays done, even when it then failed
         if kind == "refused":
@@ -149,7 +159,13 @@ class RemoteSink:
     def move_each(self, cursor: Cursor, lines: bytes) -> None:
         self._call("move_each", _fields(cursor), lines, cursor=cursor)
 
-    def _drop(self) -> None:
+    def _drop(self, *, why: str | None = None) -> None:
+        """Close the socket and end the child; `why` it failed, if it did (the next child then waits)."""
+        if why is not None:
+            self._why = why
+            first, longest = RESTART_BACKOFF_S
+            self._not_before = time.monotonic() + min(longest, first * 2**self._failures)
+            self._failures += 1
         if self._conn is not None:
             self._conn.close()
             self._conn = None

@@ -55,10 +55,8 @@ def make_cache(settings: Settings) -> CacheStore:
     if settings.storage.redis:
         return RedisCache(settings.storage.redis)
     memory = MemoryCache(settings.cache.max_bytes)
-    ledger = sa.make_url(settings.storage.ledger)
-    if ledger.drivername.startswith("sqlite") and ledger.database not in (None, "", ":memory:"):
-        return SqliteCache(ledger.database, memory)
-    return memory
+    database = db.sqlite_file(settings.storage.ledger)
+    return SqliteCache(database, memory) if database is not None else memory
 
 
 def make_telemetry(settings: Settings) -> Telemetry:

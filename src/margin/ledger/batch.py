@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -97,6 +98,8 @@ def _fill_postgresql() -> str:
 class BatchSink:
     """Writes batches of outbox lines on one connection at a time (the ingester's thread)."""
 
+    starts = 1  # processes the SQL has run in (RemoteSink counts its children): this one
+
     def __init__(self, url: str, engine: sa.Engine | None = None) -> None:
         self._owned = engine is None
         self._engine = engine if engine is not None else db.make_sync_engine(url)
@@ -105,6 +108,11 @@ class BatchSink:
         self._check = _check_sqlite() if self._sqlite else None
         if self._sqlite:
             sa.event.listen(self._engine, "connect", _memory_temp_store)
+
+    @property
+    def pid(self) -> int | None:
+        """The process the SQL runs in: this one."""
+        return os.getpid()
 
     def start(self) -> None:
         """Nothing to start: the engine connects on first use."""

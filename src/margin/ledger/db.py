@@ -57,9 +57,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def sqlite_file(url: str | sa.URL) -> str | None:
+    """The database file of a SQLite URL; None for another database, or a SQLite one in memory."""
+    url = sa.make_url(url)
+    if url.drivername.startswith("sqlite") and url.database not in (None, "", ":memory:"):
+        return url.database
+    return None
+
+
 def _prepare_sqlite_file(url: sa.URL) -> None:
-    if url.database and url.database != ":memory:":
-        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if (database := sqlite_file(url)) is not None:
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
 def make_sync_engine(url: str) -> sa.Engine:

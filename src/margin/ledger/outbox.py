@@ -44,8 +44,9 @@ import sqlalchemy as sa
 
 from margin.config import StorageConfig
 from margin.errors import Overloaded
+from margin.ledger import db
 from margin.ledger.batch import BatchSink
-from margin.ledger.ingester import Ingester, Sink
+from margin.ledger.ingester import Ingester
 from margin.ledger.segments import OwnerLock, default_directory, new_owner, segment_name, sync_directory
 from margin.ledger.sink_process import RemoteSink
 
@@ -184,11 +185,10 @@ class SegmentWriter:
         self._lock.release(remove=remove)
 
 
-def _sink(url: str, engine: sa.Engine | None, ingest_in: IngestIn) -> Sink:
+def _sink(url: str, engine: sa.Engine | None, ingest_in: IngestIn) -> BatchSink | RemoteSink:
     """The database side of ingestion: a child process (margin.ledger.sink_process), unless told otherwise or
     the ledger lives in this process's memory (or a caller hands its own engine: tests)."""
-    database = sa.make_url(url).database
-    in_memory = url.startswith("sqlite") and database in (None, "", ":memory:")
+    in_memory = url.startswith("sqlite") and db.sqlite_file(url) is None
     if ingest_in == "thread" or in_memory or engine is not None:
         return BatchSink(url, engine)
     return RemoteSink(url)
@@ -319,6 +319,6 @@ class Outbox:
             "torn_bytes": stats.torn_bytes,
             "last_ingest_at": stats.last_ok,
             "last_error": stats.last_error,
-            "ingest_pid": self._sink.pid if isinstance(self._sink, RemoteSink) else os.getpid(),
-            "ingest_starts": self._sink.starts if isinstance(self._sink, RemoteSink) else 1,
+            "ingest_pid": self._sink.pid,
+            "ingest_starts": self._sink.starts,
         }

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from margin.ledger.db import sqlite_file
+
 SEGMENT = re.compile(r"^(?P<owner>[A-Za-z0-9_.-]+-\d+-[0-9a-z]+)\.(?P<seq>\d{6,})\.jsonl$")
 LOCK_SUFFIX = ".lock"
 
@@ -68,8 +70,8 @@ def list_segments(directory: Path) -> list[SegmentFile]:
 def default_directory(ledger_url: str) -> Path:
     """`<file>.outbox` beside a SQLite ledger; otherwise a directory of the user's state, one per ledger URL."""
     url = sa.make_url(ledger_url)
-    if url.drivername.startswith("sqlite") and url.database not in (None, "", ":memory:"):
-        return Path(f"{Path(url.database).expanduser()}.outbox")
+    if (database := sqlite_file(url)) is not None:
+        return Path(f"{Path(database).expanduser()}.outbox")
     import hashlib
 
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")

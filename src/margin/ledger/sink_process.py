@@ -88,9 +88,9 @@ class RemoteSink:
         with self._lock:
             self._connect()
 
-    def _connect(self) -> Connection:
+    def _connect(self) -> None:
         if self._conn is not None:
-            return self._conn
+            return
         if (wait := self._not_before - time.monotonic()) > 0:
             raise SinkUnavailable(f"{self._why}; the next ingest process starts in {wait:.0f} s")
         ours, theirs = socket.socketpair()
@@ -118,7 +118,6 @@ class RemoteSink:
         if kind != "ok":
             self._drop(why=f"the ledger ingest process could not open the ledger ({value})")
             raise SinkFailed(self._why)
-        return self._conn
 
     def _exchange(self, op: str, *args: Any, timeout: float | None = None) -> tuple[str, Any, Any]:
         conn = self._conn

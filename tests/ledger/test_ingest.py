@@ -194,5 +194,46 @@ def test_rollups_of_uneven_batches_equal_a_rebuild_on_varied_rows(engine: sa.Eng
     assert incremental == rebuilt
     with engine.connect() as connection:
         assert rollup.sizes(connection)["ledger_tasks"] > 100
-        tables = connection.exec_driver_sql("SELECT name FROM sqlite_temp_master WHERE name LIKE 'ledger_rollup%'")
-        assert tables.all() == []  # the batch's temporary tables are dropped
+        found = connection.exec_driver_sql("SELECT name FROM sqlite_temp_master WHERE name LIKE 'ledger_rollup%'")
+        tables = [name for (name,) in found]  # kept for the connection's next batch, and empty
+        assert len(tables) == 8 and "ledger_rollup_rows3" in tables
+        assert all(connection.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar() == 0 for t in tables)
+
+
+def test_kept_temporary_tables_follow_a_change_of_keys_and_a_failed_batch(engine: sa.Engine) -> None:
+    """One connection ingests throughout (its rollups' temporary tables are kept between batches) while
+    another changes the rolled-up tag keys (`margin db rebuild-rollups`), and one batch fails half-way
+    through its rollup: every rollup still equals a rebuild, and the failed batch left nothing behind."""
+    parts = list(batches(varied_rows(600)))
+    failing = {"armed": False}
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _fail_once(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if failing["armed"] and statement.startswith("INSERT INTO ledger_daily"):
+            failing["armed"] = False
+            raise RuntimeError("the database went away mid-rollup")
+
+    other = db.make_sync_engine(str(engine.url))
+    with engine.connect() as connection:
+        with connection.begin():
+            rollup.rebuild(connection, ("feature",))
+        for i, part in enumerate(parts):
+            if i == 2:  # from another connection, between two batches of this one
+                with other.begin() as elsewhere:
+                    rollup.rebuild(elsewhere, ("feature", "customer", "task_id"))
+            if i == 3:
+                failing["armed"] = True
+                with pytest.raises(RuntimeError), connection.begin():
+                    ingest.ingest_batch(connection, part)
+            with connection.begin():
+                assert ingest.ingest_batch(connection, part) == len({(r["request_id"], r["kind"]) for r in part})
+        kept = [name for (name,) in connection.exec_driver_sql("SELECT name FROM sqlite_temp_master")]
+        assert {"ledger_rollup_rows1", "ledger_rollup_rows3"} <= set(kept)
+        assert all(connection.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar() == 0 for t in kept)
+    other.dispose()
+    incremental = snapshot(engine)
+    with engine.begin() as connection:
+        rollup.rebuild(connection)
+    rebuilt = snapshot(engine)
+    incremental["ledger_task_daily"] = [r for r in incremental["ledger_task_daily"] if r[4:] != (0, 0, 0)]
+    assert incremental == rebuilt

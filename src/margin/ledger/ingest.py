@@ -50,7 +50,10 @@ def _lock(connection: sa.Connection) -> None:
 def prepare(connection: sa.Connection) -> None:
     """Lock ingestion and make an empty `ledger_staging` for this connection."""
     _lock(connection)
-    connection.execute(CreateTable(staging, if_not_exists=True))
+    ddl = connection.info.get("staging")  # compiled once per connection
+    if ddl is None:
+        ddl = connection.info["staging"] = str(CreateTable(staging, if_not_exists=True).compile(connection))
+    connection.exec_driver_sql(ddl)
     connection.execute(sa.delete(staging))
 
 

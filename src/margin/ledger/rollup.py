@@ -4,7 +4,8 @@ UPDATE SET x = x + excluded.x` statements, in the caller's transaction. No per-r
 statements (margin.ledger.rollup_sql) first compute each row's values once into a temporary table, then
 group small pre-aggregates of it where a grouping allows (per hour, per key, per latency bin), so a batch's
 rows are sorted ~16 times instead of fanned out into ~50 UNION ALL branches that each re-evaluated the
-expressions (243 → ~75 µs of CPU per row, benchmarks/README.md); the temporary tables are dropped after.
+expressions (243 → ~75 µs of CPU per row, benchmarks/README.md); the temporary tables are kept per connection
+and emptied after each batch (rollup_sql.Temporary).
 
 - ledger_hourly  per UTC hour × kind × team × org × model × backend × region: every sum (measures.MEASURES)
 - ledger_daily   per dimension × UTC day × kind × team, for the key, endpoint, status, error and each rolled-up
@@ -56,7 +57,7 @@ DEFAULT_TAG_KEYS = ("feature", "customer")
 ROLLUPS = (ledger_hourly, ledger_daily, ledger_latency, ledger_attach, ledger_tasks, ledger_task_daily, ledger_charges)
 
 
-def statements(dialect: str, source: str, order: str, tag_keys: Sequence[str]) -> list[str]:
+def statements(dialect: str, source: str, order: str, tag_keys: Sequence[str]) -> sql.Batch:
     """One batch's rollup statements (margin.ledger.rollup_sql), in order."""
     return sql.statements(dialect, source, order, tag_keys)
 
@@ -69,17 +70,15 @@ def rolled_up_keys(connection: sa.Connection) -> tuple[str, ...]:
 
 def apply(connection: sa.Connection, source: str, order: str = "_seq") -> None:
     """Add the rows of `source` (a table of ledger rows just inserted, none of them counted before) to every
-    rollup. `order` breaks ties between a task's requests of the same instant (the batch's order)."""
-    dialect = connection.dialect.name
-    _drop_temporary(connection)
-    for statement in statements(dialect, source, order, rolled_up_keys(connection)):
+    rollup. `order` breaks ties between a task's requests of the same instant (the batch's order). The
+    statements are made once per connection (kept in its `info`) and the temporary tables they fill stay
+    (emptied): the same statement text on an unchanged schema is prepared once by SQLite, not per batch."""
+    shape = ("rollup", source, order, rolled_up_keys(connection))
+    batch = connection.info.get(shape)
+    if batch is None:
+        batch = connection.info[shape] = statements(connection.dialect.name, source, order, shape[3])
+    for statement in (*batch.setup, *batch.run, *batch.clear):
         connection.exec_driver_sql(statement)
-    _drop_temporary(connection)
-
-
-def _drop_temporary(connection: sa.Connection) -> None:
-    for table in sql.TEMPORARY:
-        connection.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
 
 
 def rebuild(connection: sa.Connection, tag_keys: Sequence[str] | None = None) -> dict[str, int]:

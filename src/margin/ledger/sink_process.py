@@ -8,7 +8,7 @@ started with the ingester: `python -m margin.ledger.sink_process <fd>`, talking 
 Why: measured in one gateway under 500 RPS (benchmarks/gateway_sweep.py, JSON), the thread's Python between
 SQL statements held the GIL long enough to add ~3 ms to margin's p99 (4.6 / 3.8 ms with the thread, 1.07 /
 0.91 ms with ingestion switched off); SQLite itself releases the GIL, SQLAlchemy's per-statement Python does
-not. The batch's bytes are sent to the child as they were read (~256 KB a batch at 500 RPS: one copy).
+not. The batch's bytes are sent to the child as they were read (~0.5 MB a batch at 500 RPS: one copy).
 
 Failure modes, all ending where a crash of the old thread ended:
 - the child dies (or cannot start, or cannot open the ledger): the call raises, the ingester counts a failed

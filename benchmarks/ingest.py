@@ -2,6 +2,7 @@
 appending a row costs the request path.
 
     python benchmarks/ingest.py [--rows 200000] [--prefill 1000000] [--batch-bytes N] [--postgres URL|embedded]
+                                [--out results/ingest.json]
 
 Ingest: `--rows` synthetic ledger rows (the read benchmarks' mix, synthetic_ledger.report_rows, with request ids
 made as the gateway makes them) are written to outbox files by a
@@ -13,7 +14,7 @@ default page cache), then a replay of the same files (every row a duplicate). CP
 ingester thread does the work; the main thread waits).
 
 Append: µs per `Outbox.append(row)` (orjson + one `os.write`) per fsync policy, p50/p99 over 20,000 rows.
-Writes benchmarks/results/ingest.json.
+Writes benchmarks/results/ingest.json (or --out).
 """
 
 from __future__ import annotations
@@ -249,6 +250,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0, help="req/s of the traffic the rows come from")
     parser.add_argument("--rollup-keys", default=",".join(TagsConfig().rollup_keys), help="tags.rollup_keys")
     parser.add_argument("--postgres", help="also into PostgreSQL: a URL (an empty database) or `embedded`")
+    parser.add_argument("--out", type=Path, default=RESULTS / "ingest.json")
     args = parser.parse_args()
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
@@ -290,8 +292,8 @@ def main() -> None:
         results["postgresql"] = postgres(args, keys)
     results["append"] = asyncio.run(append_costs(args.workdir))
     results["machine"]["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ingest.json").write_text(json.dumps(results, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
     shutil.rmtree(args.workdir, ignore_errors=True)
 
 

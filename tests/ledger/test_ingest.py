@@ -37,6 +37,21 @@ def snapshot(engine: sa.Engine) -> dict[str, list[Any]]:
         return {t.name: sorted(map(tuple, connection.execute(sa.select(t))), key=str) for t in rollup.ROLLUPS}
 
 
+def assert_equals_a_rebuild(engine: sa.Engine) -> None:
+    """The rollups kept batch by batch hold a rebuild's integers. The one difference a rebuild has: a task
+    whose anchor moved leaves its old ledger_task_daily group at zero."""
+    incremental = snapshot(engine)
+    with engine.begin() as connection:
+        rollup.rebuild(connection)
+    rebuilt = snapshot(engine)
+    incremental["ledger_task_daily"] = [r for r in incremental["ledger_task_daily"] if r[4:] != (0, 0, 0)]
+    assert incremental == rebuilt
+
+
+def empty(connection: sa.Connection, tables: list[str]) -> bool:
+    return all(connection.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar() == 0 for t in tables)
+
+
 def test_replays_count_once_and_incremental_equals_rebuild(engine: sa.Engine) -> None:
     rows = [complete(r) for r in ROWS]
     with engine.begin() as connection:
@@ -179,25 +194,19 @@ def test_days_then_hours_then_rows_equal_rows(engine: sa.Engine) -> None:
 
 def test_rollups_of_uneven_batches_equal_a_rebuild_on_varied_rows(engine: sa.Engine) -> None:
     """NULL/'' dimensions, numeric tags, tasks spread over batches arriving out of order, identical instants,
-    refunds, unpriced rows, three rolled-up tag keys: batch by batch gives the rebuild's integers. The one
-    difference a rebuild has: a task whose anchor moved leaves its old ledger_task_daily group at zero."""
+    refunds, unpriced rows, three rolled-up tag keys: batch by batch gives the rebuild's integers."""
     with engine.begin() as connection:
         rollup.rebuild(connection, ("feature", "customer", "task_id"))
     for part in batches(varied_rows(1500)):
         with engine.begin() as connection:
             ingest.ingest_batch(connection, part)
-    incremental = snapshot(engine)
-    with engine.begin() as connection:
-        rollup.rebuild(connection)
-    rebuilt = snapshot(engine)
-    incremental["ledger_task_daily"] = [r for r in incremental["ledger_task_daily"] if r[4:] != (0, 0, 0)]
-    assert incremental == rebuilt
+    assert_equals_a_rebuild(engine)
     with engine.connect() as connection:
         assert rollup.sizes(connection)["ledger_tasks"] > 100
         found = connection.exec_driver_sql("SELECT name FROM sqlite_temp_master WHERE name LIKE 'ledger_rollup%'")
         tables = [name for (name,) in found]  # kept for the connection's next batch, and empty
         assert len(tables) == 8 and "ledger_rollup_rows3" in tables
-        assert all(connection.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar() == 0 for t in tables)
+        assert empty(connection, tables)
 
 
 def test_kept_temporary_tables_follow_a_change_of_keys_and_a_failed_batch(engine: sa.Engine) -> None:
@@ -229,11 +238,6 @@ def test_kept_temporary_tables_follow_a_change_of_keys_and_a_failed_batch(engine
                 assert ingest.ingest_batch(connection, part) == len({(r["request_id"], r["kind"]) for r in part})
         kept = [name for (name,) in connection.exec_driver_sql("SELECT name FROM sqlite_temp_master")]
         assert {"ledger_rollup_rows1", "ledger_rollup_rows3"} <= set(kept)
-        assert all(connection.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar() == 0 for t in kept)
+        assert empty(connection, kept)
     other.dispose()
-    incremental = snapshot(engine)
-    with engine.begin() as connection:
-        rollup.rebuild(connection)
-    rebuilt = snapshot(engine)
-    incremental["ledger_task_daily"] = [r for r in incremental["ledger_task_daily"] if r[4:] != (0, 0, 0)]
-    assert incremental == rebuilt
+    assert_equals_a_rebuild(engine)

@@ -37,6 +37,7 @@ staging = sa.Table(
     *(sa.Column(c.name, c.type) for c in ledger.columns if c.name != "id"),
     sa.Column("_seq", sa.Integer, nullable=False),
     prefixes=["TEMPORARY"],
+    postgresql_on_commit="DELETE ROWS",  # emptied in place at commit: a DELETE's dead rows are never vacuumed
 )
 
 

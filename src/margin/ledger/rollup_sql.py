@@ -312,8 +312,11 @@ def statements(dialect: str, source: str, order: str, tag_keys: Sequence[str]) -
         *task_daily(),
     ]
     temporary = [step for step in steps if isinstance(step, Temporary)]
+    # PostgreSQL keeps a deleted row's space until a VACUUM, which never runs on temporary tables: emptied at
+    # commit (truncated in place) too, they do not grow batch after batch on a long-lived connection
+    create = "CREATE TEMPORARY TABLE IF NOT EXISTS {}" + (" ON COMMIT DELETE ROWS" if dialect == "postgresql" else "")
     return Batch(
-        setup=tuple(f"CREATE TEMPORARY TABLE IF NOT EXISTS {t.name} AS {t.select} LIMIT 0" for t in temporary),
+        setup=tuple(f"{create.format(t.name)} AS {t.select} LIMIT 0" for t in temporary),
         run=tuple(f"INSERT INTO {s.name} {s.select}" if isinstance(s, Temporary) else s for s in steps),
         clear=tuple(f"DELETE FROM {t.name}" for t in temporary),
     )

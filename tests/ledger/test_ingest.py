@@ -19,7 +19,7 @@ from margin.report.queries import summarize
 from margin.report.utilization import utilization
 from margin.specs import Scope
 from tests.helpers import fake_settings
-from tests.ledger.varied import batches, varied_rows
+from tests.ledger.varied import assert_equals_a_rebuild, batches, snapshot, varied_rows
 from tests.report.ledgers import MILLI, ROWS, at, complete, load, row, tags
 
 
@@ -30,22 +30,6 @@ def engine(tmp_path: Path) -> Iterator[sa.Engine]:
     engine = db.make_sync_engine(url)
     yield engine
     engine.dispose()
-
-
-def snapshot(engine: sa.Engine) -> dict[str, list[Any]]:
-    with engine.connect() as connection:
-        return {t.name: sorted(map(tuple, connection.execute(sa.select(t))), key=str) for t in rollup.ROLLUPS}
-
-
-def assert_equals_a_rebuild(engine: sa.Engine) -> None:
-    """The rollups kept batch by batch hold a rebuild's integers. The one difference a rebuild has: a task
-    whose anchor moved leaves its old ledger_task_daily group at zero."""
-    incremental = snapshot(engine)
-    with engine.begin() as connection:
-        rollup.rebuild(connection)
-    rebuilt = snapshot(engine)
-    incremental["ledger_task_daily"] = [r for r in incremental["ledger_task_daily"] if r[4:] != (0, 0, 0)]
-    assert incremental == rebuilt
 
 
 def empty(connection: sa.Connection, tables: list[str]) -> bool:

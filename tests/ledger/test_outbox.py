@@ -4,6 +4,7 @@ outbox `full`); a write that fails raises instead of acknowledging."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +45,31 @@ async def test_rows_reach_the_ledger_once_and_the_files_go(tmp_path: Path, inges
     await outbox.close()
     assert files(tmp_path / "box") == []  # file and lock removed: nothing left to recover
     assert read_ledger(url, outbox_offsets) == []
+
+
+async def test_a_batch_waits_for_2_mb_or_the_interval(tmp_path: Path) -> None:
+    """The ingester moves rows once 2 MB of them wait, or once the oldest has waited `interval_s` (a minute
+    here, so only the size can start a batch): fewer, larger batches, since each has a fixed cost and its
+    rows share the rollups' groups."""
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    db.upgrade(url)
+    outbox = Outbox(url, tmp_path / "box", interval_s=60.0)
+    outbox.start()
+    await outbox.flush()  # a pass: the minute counts from here
+    appended = 0
+    for limit in (1_500_000, 2 * 1024 * 1024):
+        while outbox.depth.bytes < limit:
+            outbox.append(row(f"r{appended}"))
+            appended += 1
+        if limit < 2 * 1024 * 1024:
+            await asyncio.sleep(0.5)  # the ingester looks every 50 ms
+            assert outbox.depth.rows == appended and read_ledger(url) == []
+    for _ in range(400):
+        if outbox.depth.rows == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert outbox.depth.rows == 0 and len(read_ledger(url)) == appended > 1000
+    await outbox.close()
 
 
 async def test_rows_read_back_through_sqlalchemy_types(tmp_path: Path) -> None:

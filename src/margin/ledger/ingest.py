@@ -10,10 +10,11 @@ In the caller's transaction, on SQLite and PostgreSQL:
 
 This is the seam for the data-plane ingester (an outbox file read in large batches): it calls
 `ingest_batch` with the rows it read, or calls `prepare`, fills `ledger_staging` itself and calls
-`ingest_staged`. Ingests never race: on PostgreSQL an advisory lock serializes those of several replicas (the
-dedup check and the rollup upserts then see every committed batch); on SQLite the transaction takes the
-database's write lock before it reads anything (a deferred transaction that read first could not write after
-another connection's commit: SQLite answers "database is locked" at once, without waiting).
+`ingest_staged`, all in one transaction (on PostgreSQL the staging table is emptied at commit). Ingests never
+race: on PostgreSQL an advisory lock (`rollup.lock`, which a rebuild takes too) serializes those of several
+replicas (the dedup check and the rollup upserts then see every committed batch); on SQLite the transaction
+takes the database's write lock before it reads anything (a deferred transaction that read first could not
+write after another connection's commit: SQLite answers "database is locked" at once, without waiting).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from margin.ledger.models import ledger
 
 STAGING = "ledger_staging"
 COLUMNS = [column.name for column in ledger.columns if column.name != "id"]
-LOCK_ID = 7_311_541  # pg_advisory_xact_lock key of ledger ingestion
 
 staging = sa.Table(
     STAGING,
@@ -41,16 +41,9 @@ staging = sa.Table(
 )
 
 
-def _lock(connection: sa.Connection) -> None:
-    if connection.dialect.name == "postgresql":
-        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({LOCK_ID})")
-    else:  # a write statement, even one that changes nothing, takes SQLite's write lock (waiting busy_timeout)
-        connection.exec_driver_sql("UPDATE ledger_rollup_keys SET tag_key = tag_key WHERE 0")
-
-
 def prepare(connection: sa.Connection) -> None:
     """Lock ingestion and make an empty `ledger_staging` for this connection."""
-    _lock(connection)
+    rollup.lock(connection)
     ddl = connection.info.get("staging")  # compiled once per connection
     if ddl is None:
         ddl = connection.info["staging"] = str(CreateTable(staging, if_not_exists=True).compile(connection))
@@ -81,7 +74,7 @@ def _integers(connection: sa.Connection) -> None:
 def ingest_staged(connection: sa.Connection) -> int:
     """Append what `ledger_staging` holds (made by `prepare`, filled by the caller) to the ledger and the
     rollups; returns the rows appended."""
-    _lock(connection)
+    rollup.lock(connection)
     _dedupe(connection)
     _integers(connection)
     names = ", ".join(f'"{name}"' for name in COLUMNS)

@@ -54,12 +54,24 @@ from margin.ledger.models import (
 )
 
 DEFAULT_TAG_KEYS = ("feature", "customer")
+WRITERS_LOCK = 7_311_541  # pg_advisory_xact_lock key taken by every writer of the ledger's rows and rollups
 ROLLUPS = (ledger_hourly, ledger_daily, ledger_latency, ledger_attach, ledger_tasks, ledger_task_daily, ledger_charges)
 
 
 def statements(dialect: str, source: str, order: str, tag_keys: Sequence[str]) -> sql.Batch:
     """One batch's rollup statements (margin.ledger.rollup_sql), in order."""
     return sql.statements(dialect, source, order, tag_keys)
+
+
+def lock(connection: sa.Connection) -> None:
+    """Wait for the other writers of the ledger and its rollups (ingests of every replica, a rebuild), until
+    the caller's transaction ends. On PostgreSQL an advisory lock: a rebuild's DELETE does not see a group
+    row an ingest adds meanwhile, so without it that row would be counted twice. On SQLite a write
+    statement, even one that changes nothing, takes the database's write lock (waiting `busy_timeout`)."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITERS_LOCK})")
+    else:
+        connection.exec_driver_sql("UPDATE ledger_rollup_keys SET tag_key = tag_key WHERE 0")
 
 
 def rolled_up_keys(connection: sa.Connection) -> tuple[str, ...]:
@@ -77,12 +89,15 @@ def apply(connection: sa.Connection, source: str, order: str = "_seq") -> None:
     batch = connection.info.get(shape)
     if batch is None:
         batch = connection.info[shape] = statements(connection.dialect.name, source, order, shape[3])
-    for statement in (*batch.setup, *batch.run, *batch.clear):
+    # emptied before too: a caller that went on after a failed batch in its transaction (SQLite does not
+    # abort it) must not count that batch's rows again
+    for statement in (*batch.setup, *batch.clear, *batch.run, *batch.clear):
         connection.exec_driver_sql(statement)
 
 
 def rebuild(connection: sa.Connection, tag_keys: Sequence[str] | None = None) -> dict[str, int]:
     """Recompute every rollup from the ledger (and set which tag keys are rolled up); returns row counts."""
+    lock(connection)
     keys = tuple(dict.fromkeys(tag_keys)) if tag_keys is not None else rolled_up_keys(connection)
     for table in (*ROLLUPS, ledger_rollup_keys):
         connection.execute(sa.delete(table))

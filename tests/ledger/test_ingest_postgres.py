@@ -1,0 +1,63 @@
+"""Ingest on PostgreSQL: the temporary tables a long-lived connection keeps do not grow, and a rebuild of the
+rollups takes turns with an ingest in progress."""
+
+from __future__ import annotations
+
+import threading
+
+import sqlalchemy as sa
+
+from margin.ledger import db, ingest, rollup
+from tests.ledger.varied import assert_equals_a_rebuild, batches, varied_rows
+
+TEMPORARY = (
+    "SELECT c.relname, pg_relation_size(c.oid) FROM pg_class c "
+    "WHERE c.relnamespace = pg_my_temp_schema() AND c.relkind = 'r'"
+)
+
+
+def test_temporary_tables_hold_no_pages_between_batches(fresh_postgres: str) -> None:
+    """The staging and rollup tables are kept per connection. A deleted row keeps its space until a VACUUM,
+    and autovacuum never visits temporary tables, so they are emptied at commit (ON COMMIT DELETE ROWS
+    truncates them in place)."""
+    db.upgrade(fresh_postgres)
+    engine = db.make_sync_engine(fresh_postgres)
+    parts = list(batches(varied_rows(900)))
+    inserted = 0
+    with engine.connect() as connection:  # one connection throughout, as the ingester's
+        for part in parts:
+            with connection.begin():
+                inserted += ingest.ingest_batch(connection, part)
+        sizes = {str(name): int(size) for name, size in connection.exec_driver_sql(TEMPORARY)}
+        ledger_rows = connection.execute(sa.text("SELECT count(*) FROM ledger")).scalar_one()
+    engine.dispose()
+    assert len(parts) > 3 and inserted == ledger_rows > 0
+    assert ingest.STAGING in sizes and "ledger_rollup_rows2" in sizes and len(sizes) == 9
+    assert sizes == dict.fromkeys(sizes, 0)
+
+
+def test_a_rebuild_takes_turns_with_an_ingest_in_progress(fresh_postgres: str) -> None:
+    """`margin db rebuild-rollups` while a gateway ingests: the rebuild's DELETE does not see the group rows
+    an uncommitted ingest adds, and its upserts would then add the whole ledger on top of them (counted
+    twice). It waits for the ingests' lock instead, and the rollups still equal a rebuild afterwards."""
+    db.upgrade(fresh_postgres)
+    engine = db.make_sync_engine(fresh_postgres)
+    first, second = batches(varied_rows(300))[:2]
+    with engine.begin() as connection:
+        ingest.ingest_batch(connection, first)
+    rebuilt = threading.Event()
+
+    def rebuild() -> None:
+        with engine.begin() as connection:
+            rollup.rebuild(connection)
+        rebuilt.set()
+
+    worker = threading.Thread(target=rebuild)
+    with engine.connect() as ingesting, ingesting.begin():
+        ingest.ingest_batch(ingesting, second)  # new groups, not committed yet
+        worker.start()
+        assert not rebuilt.wait(1.0)  # the rebuild waits for this transaction
+    worker.join(60)
+    assert rebuilt.is_set()
+    assert_equals_a_rebuild(engine)
+    engine.dispose()

@@ -14,7 +14,7 @@
 
 The temporary tables are made once per connection and emptied after each batch (`Temporary`, `Batch`), so
 SQLite prepares each statement once per connection instead of once per batch: a batch's fixed cost went from
-6.7 to 2.4 ms of CPU (one-row batches, benchmarks/README.md).
+6.7 to 2.6 ms of CPU (one-row batches, benchmarks/README.md).
 
 Every sum is an integer sum, so adding pre-aggregated sums gives the rollup the same integers to the unit as
 adding the rows one by one (the read model's rows path) — the tests compare the two, and a rebuild.

@@ -72,13 +72,13 @@ def _prepare_sqlite_file(url: sa.URL) -> None:
 
 def make_sync_engine(url: str) -> sa.Engine:
     target = sync_url(url)
-    # SQLite: one ingest batch runs ~75 distinct statements (+4 per rolled-up tag key beyond two), each
-    # prepared once per connection only while it stays in the driver's cache (128 statements by default)
-    options = {"connect_args": {"cached_statements": 512}} if target.drivername == "sqlite" else {}
-    engine = sa.create_engine(target, **options)
-    if target.drivername == "sqlite":
-        _prepare_sqlite_file(target)
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    if target.drivername != "sqlite":
+        return sa.create_engine(target)
+    # one ingest batch runs ~75 distinct statements (+4 per rolled-up tag key beyond two), each prepared once
+    # per connection only while it stays in the driver's cache (128 statements by default)
+    engine = sa.create_engine(target, connect_args={"cached_statements": 512})
+    _prepare_sqlite_file(target)
+    sa.event.listen(engine, "connect", _sqlite_pragmas)
     return engine
 
 

@@ -51,7 +51,7 @@ class Temporary(NamedTuple):
     """A per-batch temporary table: made once per connection (from `select` with no rows: the same columns and
     types), then filled by `select` and emptied for each batch. Making and dropping it for each batch would
     change the connection's schema, and SQLite would then prepare every statement of the batch again (6.7 ms
-    of CPU a batch, against 2.9 ms, benchmarks/README.md)."""
+    of CPU a one-row batch, against ~2.6 ms, benchmarks/README.md)."""
 
     name: str
     select: str
@@ -160,12 +160,11 @@ def daily(rows: str, tag_keys: Sequence[str]) -> list[str]:
     return out
 
 
-def _latency_insert(dim: str, value: str, source: str, *, metric: str = "", bin_: str = "bin") -> str:
-    """Histogram counts of one dimension: from a pre-aggregate (SUM(n)) or, for one `metric`, from the rows."""
+def _latency_insert(dim: str, value: str, source: str, *, metric: str = "metric", bin_: str = "bin") -> str:
+    """Histogram counts of one dimension: from a pre-aggregate (SUM(n)) or, for one metric, from the rows."""
     keys = ["dim", "metric", "day", "team", "value", "bin"]
     team = _blank(_g("team")) if dim in m.TEAM_HISTOGRAMS else f"'{m.EVERY_TEAM}'"
-    count, where = ("SUM(n)", "true") if not metric else ("COUNT(*)", f"{bin_} IS NOT NULL")
-    metric = metric or "metric"
+    count, where = ("SUM(n)", "true") if source in (LATENCY, LATENCY_KEYED) else ("COUNT(*)", f"{bin_} IS NOT NULL")
     return (
         f"INSERT INTO ledger_latency ({', '.join([*keys, 'n'])}) SELECT '{dim}', {metric}, day, {team}, {value}, "
         f"{bin_}, {count} FROM {source} WHERE {where} GROUP BY 2, 3, 4, 5, 6 {_add('ledger_latency', keys, ['n'])}"

@@ -75,7 +75,6 @@ class Delivery:
     request: Request
     usage: Usage | None = None  # the last usage the backend reported
     usage_sent: bool = False
-    wants_usage: bool = False  # the client asked for the usage chunk (read once, not per event)
     failed: MarginError | None = None  # the backend broke off mid-stream (the client got an error event)
     _first: list[str] = field(default_factory=list)  # text up to the first token
     _rest: list[Chunk] = field(default_factory=list)  # events after it, parsed when `parts` is read
@@ -90,7 +89,6 @@ class Delivery:
         """Deliver `first` and the rest of `chunks`. A backend failure mid-stream becomes an OpenAI error event
         (`failed`); `ClientGone` propagates. The backend's iterator is closed in every case."""
         client = self.request.client
-        self.wants_usage = self.request.wants_usage
         held: list[bytes] = []
         await client.start_stream(response_headers(self.request.record))
         chunk = first
@@ -133,10 +131,10 @@ class Delivery:
             self._first.append(text)
         if chunk.usage is not None:
             self.usage = chunk.usage
-            self.usage_sent = self.usage_sent or self.wants_usage
+            self.usage_sent = self.usage_sent or request.wants_usage
         if request.rewrite is not None and request.rewrite(chunk.payload):
             chunk.raw = None
-        framed = _frame(chunk, self.wants_usage)
+        framed = _frame(chunk, request.wants_usage)
         if framed is not None:
             held.append(framed)
 

@@ -111,7 +111,7 @@ async def test_proxy_embeddings(tmp_path: Path, upstream: str) -> None:
 
 
 async def test_upstream_errors_and_timeouts(tmp_path: Path, upstream: str) -> None:
-    async with gateway(gateway_settings(tmp_path, upstream, timeout_s=0.1)) as gw:
+    async with gateway(gateway_settings(tmp_path, upstream, timeout_s=0.25)) as gw:  # "slow" answers in 0.4 s
         client = client_for(gw)
         with pytest.raises(openai.InternalServerError) as timeout:
             await client.chat.completions.create(model="slow", messages=[{"role": "user", "content": "x"}])

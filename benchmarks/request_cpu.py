@@ -51,6 +51,7 @@ class _Response:
 
     def __init__(self, data: bytes) -> None:
         self.content, self._data = _Content(data), data
+        self.content_length, self.headers = len(data), {"content-type": "application/json"}  # as the upstream sends
 
     async def read(self) -> bytes:
         return self._data

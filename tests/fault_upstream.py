@@ -18,6 +18,12 @@ any name (requests are counted per `<mode>/<tag>`, see `GET /stats`) and `mode` 
     badjson                     200 with a body that is not JSON (streams: a first event that is not JSON)
     badsse,events=2             2 good events, then `data: {not json`
     badbrace                    like badjson, but the body (or first event) is braced: `{"id": oops}`
+    huge,bytes=N                an answer of N bytes: JSON, one valid object sent chunked; SSE, 2 events,
+                                then events with empty content up to N bytes
+    huge,bytes=N,declare=1      JSON: the same object with its Content-Length
+    huge,bytes=N,gzip=1         JSON: the object gzipped (`Content-Encoding: gzip`), declared at its
+                                compressed size (a few hundred KB for a 256 MiB object: a decompression bomb)
+    huge,bytes=N,line=1         SSE: 2 events, then one line of N bytes that never ends
     any of them with times=N    the fault for the first N requests of that path only, then normal answers
 
 `/dyn/<tag>/v1` answers in the mode last set with `POST /mode/<tag>` (body: the mode string). A refused
@@ -29,10 +35,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import socket
 import struct
+import zlib
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +127,54 @@ def many_events(body: dict[str, Any], count: int, size: int) -> list[bytes]:
     return [b"data: " + json.dumps(e).encode() + b"\n\n" for e in [*[piece] * count, finish]] + [b"data: [DONE]\n\n"]
 
 
+PIECE = 64 * 1024
+
+
+def _huge_json(size: int) -> Iterator[bytes]:
+    """A valid JSON object of `size` bytes, in pieces (made as they are taken)."""
+    head, tail = b'{"id": "f-1", "pad": "', b'"}'
+    pad = size - len(head) - len(tail)
+    yield head
+    for at in range(0, pad, PIECE):
+        yield b"0" * min(PIECE, pad - at)
+    yield tail
+
+
+@functools.cache
+def _gzipped(size: int) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip format
+    return b"".join(packer.compress(piece) for piece in _huge_json(size)) + packer.flush()
+
+
+async def _huge(mode: Mode, body: dict[str, Any], stream: bool, writer: asyncio.StreamWriter) -> None:
+    """`huge`: written piece by piece, each drained (this server never holds the answer, and stops when the
+    gateway drops the connection)."""
+    size, flag = int(mode.number("bytes", 4 << 20)), mode.params.get
+    pieces: Iterable[bytes]
+    if not stream and flag("gzip") == "1":
+        data = _gzipped(size)
+        writer.write(_head(200, "application/json", length=len(data), extra={"content-encoding": "gzip"}) + data)
+        return
+    if not stream and flag("declare") == "1":
+        writer.write(_head(200, "application/json", length=size))
+        pieces, end = _huge_json(size), b""
+    elif not stream:
+        writer.write(_head(200, "application/json"))
+        pieces, end = map(_chunk, _huge_json(size)), b"0\r\n\r\n"
+    else:
+        writer.write(_head(200, "text/event-stream") + b"".join(_chunk(e) for e in events(body)[:2]))
+        if flag("line") == "1":  # never ends
+            pieces, end = [_chunk(b'data: {"pad": "'), *[_chunk(b"0" * PIECE)] * (size // PIECE)], b""
+        else:
+            empty = b"data: " + json.dumps({"id": "f-1", "choices": [{"index": 0, "delta": {"content": ""}}]}).encode()
+            piece = _chunk(b"".join(empty + b"\n\n" for _ in range(PIECE // (len(empty) + 2))))
+            pieces, end = [piece] * (size // PIECE), b"0\r\n\r\n"
+    for piece in pieces:
+        writer.write(piece)
+        await writer.drain()
+    writer.write(end)
+
+
 async def _until_closed(reader: asyncio.StreamReader, limit_s: float = 120) -> None:
     with contextlib.suppress(TimeoutError, ConnectionError):
         async with asyncio.timeout(limit_s):
@@ -146,6 +203,9 @@ async def respond(mode: Mode, request: Request, reader: asyncio.StreamReader, wr
         return
     if name == "slow":
         await asyncio.sleep(mode.number("delay", 5))
+    if name == "huge":
+        await _huge(mode, request.body, stream, writer)
+        return
     if not stream:
         data = b'{"id": "f-1", "choices": [' if name == "badjson" else answer(request.body)
         data = b'{"id": oops}' if name == "badbrace" else data

@@ -192,6 +192,13 @@ class OpenAIBackendConfig(_BackendBase):
     retries: RetryConfig = RetryConfig()
     max_connections: int = Field(512, ge=1)
     request_usage: bool = Field(True, description="Ask the upstream for stream usage (stream_options).")
+    max_response_bytes: int = Field(
+        64 * 1024 * 1024,
+        gt=0,
+        description="The most an answer may hold: a JSON body (declared, or as read after decompression) or a "
+        "stream's bytes in all. Past it the call fails as `upstream_response_too_large` (502; a stream that "
+        "began gets an error event). Float embeddings of large batches may need more.",
+    )
 
 
 class FakeBackendConfig(_BackendBase):

@@ -106,6 +106,14 @@ class BackendTimeout(BackendError):
     default_code = "upstream_timeout"
 
 
+class ResponseTooLarge(BackendError):
+    """The upstream's answer ran past its backend's `max_response_bytes` (a JSON body, as declared or as read
+    after decompression, or a stream's bytes in all). The request can provoke that (many choices, a long
+    answer, a big embedding batch), so like `StreamTimeLimit` it never counts against the circuit breaker."""
+
+    default_code = "upstream_response_too_large"
+
+
 class StreamTimeLimit(BackendTimeout):
     """A stream that was flowing ran past its backend's total time limit. It is ended like a timeout, but is
     no fault of the backend (a long answer, or a client reading slowly): its circuit does not count it."""

@@ -13,7 +13,7 @@ from margin.api.errors import status_of
 from margin.app import build_app
 from margin.backends.openai_compat import delta_text, upstream_error
 from margin.config import parse_settings
-from margin.errors import BackendClientError, BackendError, RateLimited
+from margin.errors import BackendClientError, BackendError, RateLimited, ResponseTooLarge
 from tests.helpers import free_port, gateway, live_server
 
 
@@ -167,6 +167,10 @@ class _Content:
 class _Response:
     def __init__(self, reads: list[bytes]) -> None:
         self.content = _Content(reads)
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
 
 
 async def _events(reads: list[bytes]) -> list[tuple[bytes | None, bool]]:
@@ -205,3 +209,26 @@ async def test_invalid_stream_event_is_a_backend_error_after_the_good_ones() -> 
         async for batch in backend._reads(_Response([b"data: " + one + b"\n\ndata: {oops\n\n"])):  # type: ignore[arg-type]
             seen.extend(chunk.raw for chunk in batch)
     assert seen == [one]
+
+
+async def test_an_event_in_many_reads_is_joined_once_and_a_stream_is_cut_at_its_size_limit() -> None:
+    """Bytes without a line end are kept in parts (an event byte by byte arrives whole); the stream's bytes in
+    all are bounded by `max_response_bytes`: past it, after the events before, `ResponseTooLarge`, and the
+    connection is dropped."""
+    from margin.backends.openai_compat import Lines, OpenAIBackend
+    from margin.config import OpenAIBackendConfig
+
+    one = b'{"choices":[{"delta":{"content":"x"}}]}'
+    framed = b"data: " + one + b"\n\n"
+    assert await _events([bytes([byte]) for byte in framed]) == [(one, False)]
+    lines = Lines(10)
+    assert (lines.feed(b"abc"), lines.feed(b"d\ne"), lines.rest()) == ([], [b"abcd"], b"e")
+    assert lines.feed(b"fghijk") is None  # 11 bytes in all
+
+    backend = OpenAIBackend("up", OpenAIBackendConfig(base_url="http://127.0.0.1:1/v1", max_response_bytes=100))
+    response = _Response([framed, b"data: {" + b"0" * 40, b"0" * 40])
+    seen: list[bytes | None] = []
+    with pytest.raises(ResponseTooLarge, match="over its limit of 100 bytes"):
+        async for batch in backend._reads(response):  # type: ignore[arg-type]
+            seen.extend(chunk.raw for chunk in batch)
+    assert seen == [one] and response.closed

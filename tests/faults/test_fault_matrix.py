@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -57,10 +58,16 @@ class Case:
     mode: str | None  # the fault upstream's mode; None: a port nobody listens on (connection refused)
     json: Expect | None
     sse: Expect | None
+    max_response_bytes: int | None = None  # the backend's answer limit, when the case needs a small one
 
 
 def _both(expect: Expect) -> tuple[Expect, Expect]:
     return expect, expect
+
+
+TOO_LARGE = Expect(502, "upstream_response_too_large", "upstream_error")
+TOO_LARGE_MID_STREAM = Expect(200, "upstream_response_too_large", "upstream_error", mid_stream=True, row_http=502)
+BOMB = 256 << 20  # the gzip bomb's size once decompressed (~260 KB on the wire)
 
 
 CASES = [
@@ -92,6 +99,11 @@ CASES = [
         None,
         Expect(200, "upstream_bad_response", "upstream_error", mid_stream=True, row_http=502),
     ),
+    # answers over the backend's size limit (1 MiB here): never held whole, ended where the limit is passed
+    Case("too-large", f"huge,bytes={8 << 20}", TOO_LARGE, TOO_LARGE_MID_STREAM, 1 << 20),
+    Case("too-large-declared", f"huge,bytes={8 << 20},declare=1", TOO_LARGE, None, 1 << 20),
+    Case("gzip-bomb", f"huge,bytes={BOMB},gzip=1", TOO_LARGE, None, 1 << 20),
+    Case("endless-line", f"huge,bytes={8 << 20},line=1", None, TOO_LARGE_MID_STREAM, 1 << 20),
 ]
 
 
@@ -108,6 +120,8 @@ def _config(upstream: FaultUpstream, dead_port: int) -> dict[str, Any]:
                 name = _backend(case, stream, fallback)
                 base = upstream.base(case.mode, name) if case.mode else f"http://127.0.0.1:{dead_port}/v1"
                 backends[name] = {"kind": "openai", "base_url": base, "retries": RETRIES, **LIMITS}
+                if case.max_response_bytes is not None:
+                    backends[name]["max_response_bytes"] = case.max_response_bytes
                 models[name] = {"backend": name, "price": PRICE, "fallbacks": ["good"] if fallback else []}
     backends["cut"] = {"kind": "openai", "base_url": upstream.base("reset,events=2", "cut"), **LIMITS}
     models["cut"] = {"backend": "cut", "price": PRICE}
@@ -130,6 +144,7 @@ class Gateway:
     url: str
     db: Path
     upstream: FaultUpstream
+    pid: int
 
     def row(self, request_id: str) -> Any:
         found: list[Any] = []
@@ -153,8 +168,8 @@ def gw(fault_upstream: FaultUpstream, tmp_path_factory: pytest.TempPathFactory) 
     tmp = tmp_path_factory.mktemp("faults")
     config = tmp / "margin.yaml"
     config.write_text(yaml.safe_dump(_config(fault_upstream, free_port())))
-    with margin_serve(tmp / "ledger.db", tmp / "serve.log", config=config, ready_s=60) as (url, _process):
-        yield Gateway(url, tmp / "ledger.db", fault_upstream)
+    with margin_serve(tmp / "ledger.db", tmp / "serve.log", config=config, ready_s=60) as (url, process):
+        yield Gateway(url, tmp / "ledger.db", fault_upstream, process.pid)
 
 
 @dataclass
@@ -277,6 +292,39 @@ def test_streams_cut_mid_way_open_the_circuit(gw: Gateway) -> None:
         assert gw.row(reply.request_id or "").status == "upstream_error"
     circuit = _circuit(gw, "cut")
     assert (circuit["state"], circuit["consecutive_faults"]) == ("open", 2)
+
+
+def _rss_bytes(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
+
+
+def test_a_bomb_is_never_held_and_is_not_the_backends_fault(gw: Gateway) -> None:
+    """Three gzip bombs, each 256 MiB once decompressed, against the backend's 1 MiB answer limit: each ends
+    as a clean 502 while the gateway's memory, sampled every 2 ms, never grows by more than 64 MiB (held
+    whole, one bomb is 256 MiB). An answer over the limit can be the request's doing (a long answer, many
+    choices), so the circuit counts no fault (it opens after 2 here)."""
+    name = _backend(next(case for case in CASES if case.name == "gzip-bomb"), False, False)
+    baseline, peak, done = _rss_bytes(gw.pid), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes(gw.pid))
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        replies = [send(gw.url, name, False) for _ in range(3)]
+    finally:
+        done.set()
+        sampler.join()
+    assert [(reply.status, (reply.error or {}).get("code")) for reply in replies] == [
+        (502, "upstream_response_too_large")
+    ] * 3
+    assert peak[0] - baseline < 64 << 20, f"the gateway grew by {(peak[0] - baseline) >> 20} MiB"
+    circuit = _circuit(gw, name)
+    assert (circuit["state"], circuit["faults"]) == ("closed", 0)
 
 
 def _sip(sock: socket.socket, limit: int, window_s: float = 0.05) -> int:

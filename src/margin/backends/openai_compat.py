@@ -27,6 +27,7 @@ from margin.errors import (
     BackendError,
     BackendTimeout,
     MarginError,
+    ResponseTooLarge,
     StreamTimeLimit,
     UpstreamRateLimited,
 )
@@ -242,9 +243,31 @@ class OpenAIBackend:
         usage = Usage.from_openai(payload.get("usage"))
         return Completion(payload=payload, raw=content, text=message_text(payload), usage=usage)
 
+    def _too_large(self, response: aiohttp.ClientResponse, declared: int | None = None) -> ResponseTooLarge:
+        """Drops the connection (the rest of the answer is never read) and says why."""
+        response.close()
+        limit = self.config.max_response_bytes
+        what = f"declared an answer of {declared} bytes" if declared is not None else "sent an answer"
+        return ResponseTooLarge(f"upstream {self.name} {what} over its limit of {limit} bytes (max_response_bytes)")
+
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        """The whole body, never more than `max_response_bytes` held. A plain body whose declared length fits
+        is read at once; a larger declared one is refused unread; anything else (chunked, compressed: the
+        limit counts decompressed bytes) is counted as it arrives."""
+        limit, declared = self.config.max_response_bytes, response.content_length
         try:
-            return await response.read()
+            if declared is not None and declared > limit:
+                raise self._too_large(response, declared)
+            if declared is not None and "content-encoding" not in response.headers:
+                return await response.read()  # aiohttp stops at the declared length
+            parts: list[bytes] = []
+            size = 0
+            while data := await response.content.readany():
+                size += len(data)
+                if size > limit:
+                    raise self._too_large(response)
+                parts.append(data)
+            return b"".join(parts)
         except TimeoutError as exc:
             raise BackendTimeout(f"upstream {self.name} timed out") from exc
         except aiohttp.ClientError as exc:
@@ -306,15 +329,17 @@ class OpenAIBackend:
         waits for more data than the first event needs. `deadline` hears when a read starts and ends (only
         those waits count towards the stream's idle limit). An event that does not parse fails after the
         good ones before it."""
-        pending, content = b"", response.content
+        content, lines = response.content, Lines(self.config.max_response_bytes)
         while True:
             if deadline is not None:
                 deadline.waiting()
             data = await content.readany()
             if not data:
                 break
-            *lines, pending = (pending + data).split(b"\n")
-            events = [event for line in lines if line and (event := _event_data(line)) is not None]
+            complete = lines.feed(data)
+            if complete is None:
+                raise self._too_large(response)
+            events = [event for line in complete if line and (event := _event_data(line)) is not None]
             if deadline is not None:
                 deadline.received(event=bool(events))
             batch: list[Chunk] = []
@@ -331,7 +356,7 @@ class OpenAIBackend:
                 raise
             if batch:
                 yield batch
-        event = _event_data(pending)
+        event = _event_data(lines.rest())
         if event is not None and event != b"[DONE]":
             yield [self._chunk(event, more=False)]
 
@@ -358,6 +383,38 @@ class OpenAIBackend:
             raise BackendError("the upstream failed mid-stream")
         usage = Usage.from_openai(payload.get("usage")) if payload.get("usage") else None
         return Chunk(payload=payload, raw=data, text=delta_text(payload), usage=usage, more=more)
+
+
+class Lines:
+    """A stream's bytes as whole lines, within the answer's size limit. A line still arriving is kept in parts
+    and joined once, when its end comes (never a copy of everything so far per read)."""
+
+    __slots__ = ("limit", "partial", "size")
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.size = limit, 0
+        self.partial: list[bytes] = []
+
+    def feed(self, data: bytes) -> list[bytes] | None:
+        """The lines `data` completes (often none); None once the stream has passed the limit."""
+        self.size += len(data)
+        if self.size > self.limit:
+            return None
+        if b"\n" not in data:
+            self.partial.append(data)
+            return []
+        if self.partial:
+            self.partial.append(data)
+            data = b"".join(self.partial)
+            self.partial.clear()
+        *lines, pending = data.split(b"\n")
+        if pending:
+            self.partial.append(pending)
+        return lines
+
+    def rest(self) -> bytes:
+        """What followed the last line end (a last event without one)."""
+        return b"".join(self.partial)
 
 
 def _event_data(line: bytes) -> bytes | None:

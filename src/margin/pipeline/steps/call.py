@@ -22,6 +22,7 @@ from margin.errors import (
     MarginError,
     Overloaded,
     ResidencyUnavailable,
+    ResponseTooLarge,
     StreamTimeLimit,
     UpstreamRateLimited,
 )
@@ -52,8 +53,10 @@ def retryable(error: MarginError) -> bool:
 def backend_fault(error: MarginError) -> bool:
     """What the circuit breaker counts: the backend itself failed (5xx, timeout, unreachable). Never a client
     error (4xx, a bad schema or token id), a full queue, or an exception the request's input provoked: no
-    caller can open a backend's circuit for every tenant."""
-    return isinstance(error, BackendError) and not isinstance(error, BackendFailedUnexpectedly | StreamTimeLimit)
+    caller can open a backend's circuit for every tenant (nor by asking for an answer over its size limit)."""
+    return isinstance(error, BackendError) and not isinstance(
+        error, BackendFailedUnexpectedly | StreamTimeLimit | ResponseTooLarge
+    )
 
 
 def unavailable(decision: RouteDecision, detail: str) -> Overloaded | ResidencyUnavailable:

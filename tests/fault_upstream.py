@@ -18,6 +18,8 @@ any name (requests are counted per `<mode>/<tag>`, see `GET /stats`) and `mode` 
     badjson                     200 with a body that is not JSON (streams: a first event that is not JSON)
     badsse,events=2             2 good events, then `data: {not json`
     badbrace                    like badjson, but the body (or first event) is braced: `{"id": oops}`
+    odd                         answers of odd shape: `choices` that are not objects (JSON: with usage;
+                                SSE: 2 good events, then odd ones, a finish, and no usage)
     huge,bytes=N                an answer of N bytes: JSON, one valid object sent chunked; SSE, 2 events,
                                 then events with empty content up to N bytes
     huge,bytes=N,declare=1      JSON: the same object with its Content-Length
@@ -175,6 +177,20 @@ async def _huge(mode: Mode, body: dict[str, Any], stream: bool, writer: asyncio.
     writer.write(end)
 
 
+ODD_CHOICES: list[Any] = [["x", 5, {"message": 3}], 5, "abc", {"a": 1}, [{"delta": 3}], [None]]
+
+
+def _odd(body: dict[str, Any], stream: bool, writer: asyncio.StreamWriter) -> None:
+    if not stream:
+        usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+        data = json.dumps({"id": "f-1", "object": "chat.completion", "choices": ODD_CHOICES[0], "usage": usage})
+        writer.write(_head(200, "application/json", length=len(data)) + data.encode())
+        return
+    good = events({**body, "stream_options": {}})  # a, b, c, finish, [DONE]: no usage
+    odd = [b"data: " + json.dumps({"id": "f-1", "choices": choices}).encode() + b"\n\n" for choices in ODD_CHOICES]
+    writer.write(_head(200, "text/event-stream") + b"".join(map(_chunk, [*good[:2], *odd, *good[3:]])) + b"0\r\n\r\n")
+
+
 async def _until_closed(reader: asyncio.StreamReader, limit_s: float = 120) -> None:
     with contextlib.suppress(TimeoutError, ConnectionError):
         async with asyncio.timeout(limit_s):
@@ -205,6 +221,9 @@ async def respond(mode: Mode, request: Request, reader: asyncio.StreamReader, wr
         await asyncio.sleep(mode.number("delay", 5))
     if name == "huge":
         await _huge(mode, request.body, stream, writer)
+        return
+    if name == "odd":
+        _odd(request.body, stream, writer)
         return
     if not stream:
         data = b'{"id": "f-1", "choices": [' if name == "badjson" else answer(request.body)

@@ -93,12 +93,16 @@ class Completion:
     usage: Usage | None = None  # what the backend reported; None when it reported nothing
 
 
-def choices_text(payload: dict[str, Any], part: str = "delta") -> str:
+def choices_text(payload: Any, part: str = "delta") -> str:
     """Concatenated text of every choice: `part` is "delta" (stream chunks) or "message" (whole answers);
-    text completions carry `text` instead."""
+    text completions carry `text` instead. An upstream's answer of any other shape has no text (never an
+    exception: the answer is still forwarded, and metered)."""
+    choices = payload.get("choices") if isinstance(payload, dict) else None
     texts = []
-    for choice in payload.get("choices") or ():
-        holder = choice.get(part) if isinstance(choice, dict) else None
+    for choice in choices if isinstance(choices, list) else ():
+        if not isinstance(choice, dict):
+            continue
+        holder = choice.get(part)
         text = holder.get("content") if isinstance(holder, dict) else choice.get("text")
         if isinstance(text, str):
             texts.append(text)

@@ -11,7 +11,7 @@ import pytest
 
 from margin.api.errors import status_of
 from margin.app import build_app
-from margin.backends.openai_compat import delta_text, upstream_error
+from margin.backends.openai_compat import delta_text, message_text, upstream_error
 from margin.config import parse_settings
 from margin.errors import BackendClientError, BackendError, RateLimited, ResponseTooLarge
 from tests.helpers import free_port, gateway, live_server
@@ -154,6 +154,9 @@ def test_delta_text_reads_chat_and_completion_chunks() -> None:
     assert delta_text({"choices": [{"delta": {"content": "hi"}}]}) == "hi"
     assert delta_text({"choices": [{"text": "yo"}]}) == "yo"
     assert delta_text({"choices": [], "usage": {}}) == ""
+    odd: list[object] = [5, "abc", ["x", 5, None], {"a": 1}, [{"delta": 3}], [{"delta": {"content": 7}}]]
+    assert [delta_text({"choices": choices}) for choices in odd] == [""] * len(odd)  # no text, never an exception
+    assert delta_text([1, 2]) == "" and message_text({"choices": ["x", {"message": {"content": "ok"}}]}) == "ok"  # type: ignore[arg-type]
 
 
 class _Content:

@@ -127,6 +127,8 @@ def _config(upstream: FaultUpstream, dead_port: int) -> dict[str, Any]:
     models["cut"] = {"backend": "cut", "price": PRICE}
     backends["flip"] = {"kind": "openai", "base_url": upstream.base("dyn", "flip"), "retries": RETRIES, **LIMITS}
     models["flip"] = {"backend": "flip", "price": PRICE, "fallbacks": ["good"]}
+    backends["odd"] = {"kind": "openai", "base_url": upstream.base("odd", "odd"), **LIMITS}
+    models["odd"] = {"backend": "odd", "price": PRICE}
     big = upstream.base("many,events=3000,size=4000", "big")
     backends["big"] = {"kind": "openai", "base_url": big, **LIMITS, "timeout_s": 60}
     models["big"] = {"backend": "big", "price": PRICE}
@@ -199,8 +201,10 @@ def send(url: str, model: str, stream: bool) -> Reply:
             event = json.loads(line[6:])
             if "error" in event:
                 error = event["error"]
-            for choice in event.get("choices") or ():
-                texts.append(choice.get("delta", {}).get("content") or "")
+            choices = event.get("choices")
+            for choice in choices if isinstance(choices, list) else ():  # the odd shapes pass through too
+                delta = choice.get("delta") if isinstance(choice, dict) else None
+                texts.append((delta.get("content") if isinstance(delta, dict) else None) or "")
         return Reply(200, request_id, error, [t for t in texts if t], done, response.headers)
 
 
@@ -292,6 +296,21 @@ def test_streams_cut_mid_way_open_the_circuit(gw: Gateway) -> None:
         assert gw.row(reply.request_id or "").status == "upstream_error"
     circuit = _circuit(gw, "cut")
     assert (circuit["state"], circuit["consecutive_faults"]) == ("open", 2)
+
+
+def test_answers_of_odd_shape_are_forwarded_and_metered(gw: Gateway) -> None:
+    """`choices` that are not a list of objects (a number, a string, strings or nulls in the list): the
+    answer is the upstream's and is forwarded as it came, and margin reads no text from the odd parts. The
+    stream reports no usage, so its output is counted from the text it delivered ("a", "b"); the JSON answer's
+    usage is the upstream's. Both rows are `ok` and priced."""
+    reply = send(gw.url, "odd", False)
+    assert reply.status == 200 and reply.error is None
+    row = gw.row(reply.request_id or "")
+    assert (row.status, row.output_tokens, row.usage_source) == ("ok", 3, "backend") and row.cost_nanousd > 0
+    streamed = send(gw.url, "odd", True)
+    assert (streamed.status, streamed.error, streamed.texts, streamed.done) == (200, None, ["a", "b"], True)
+    row = gw.row(streamed.request_id or "")
+    assert (row.status, row.output_tokens, row.usage_source) == ("ok", 1, "estimated") and row.cost_nanousd > 0
 
 
 def _rss_bytes(pid: int) -> int:

@@ -93,13 +93,19 @@ class Completion:
     usage: Usage | None = None  # what the backend reported; None when it reported nothing
 
 
+def choices_of(payload: Any) -> list[Any]:
+    """An answer's (or a stream event's) `choices`. An upstream's answer is forwarded as it came whatever its
+    shape, so code that reads or rewrites it takes the choices from here: any other shape has none."""
+    choices = payload.get("choices") if isinstance(payload, dict) else None
+    return choices if isinstance(choices, list) else []
+
+
 def choices_text(payload: Any, part: str = "delta") -> str:
     """Concatenated text of every choice: `part` is "delta" (stream chunks) or "message" (whole answers);
-    text completions carry `text` instead. An upstream's answer of any other shape has no text (never an
-    exception: the answer is still forwarded, and metered)."""
-    choices = payload.get("choices") if isinstance(payload, dict) else None
+    text completions carry `text` instead. An answer of another shape has no text (never an exception: the
+    answer is still forwarded, and metered)."""
     texts = []
-    for choice in choices if isinstance(choices, list) else ():
+    for choice in choices_of(payload):
         if not isinstance(choice, dict):
             continue
         holder = choice.get(part)

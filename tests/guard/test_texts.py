@@ -92,3 +92,20 @@ def test_answers_with_tool_calls() -> None:
     assert rewrite_answer(payload, lambda text: text.replace("<EMAIL_1>", EMAIL))
     assert orjson.loads(payload["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]) == {"to": EMAIL}
     assert not rewrite_answer(payload, lambda text: text)
+
+
+def test_answers_of_odd_shape_have_nothing_to_read_or_rewrite() -> None:
+    """An upstream's answer is forwarded whatever its shape: `choices` that are not a list of objects hold no
+    text for the guards, and rewriting them changes nothing (never an exception)."""
+    from margin.guard.inspection import _withhold
+    from margin.guard.stream import StreamGuard
+
+    scanner = PiiScanner()
+    guard = StreamGuard(redact=Redaction(scanner))
+    for choices in (5, "abc", 1.5, True, {"a": 1}, ["x", None, 7]):
+        payload = {"id": "x", "choices": choices}
+        assert answer_text(payload) == ""
+        assert rewrite_answer(payload, lambda text: "changed") is False
+        assert guard(payload) is False
+        _withhold(payload)
+        assert payload == {"id": "x", "choices": choices}

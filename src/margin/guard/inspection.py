@@ -19,6 +19,7 @@ from margin.guard.pii import DIGIT_RUN_RE, PiiScanner
 from margin.guard.redaction import Redaction, redact
 from margin.guard.stream import WITHHELD, StreamGuard
 from margin.guard.texts import UNTRUSTED_ROLES, answer_text, request_texts, rewrite_answer, rewrite_request
+from margin.types import choices_of
 
 PROMPT_LOG_MAX_CHARS = 20_000
 
@@ -193,7 +194,7 @@ class Inspector:
 
 
 def _withhold(payload: dict[str, Any]) -> None:
-    for choice in payload.get("choices") or []:
+    for choice in choices_of(payload):
         message = choice.get("message") if isinstance(choice, dict) else None
         if isinstance(message, dict):
             message["content"] = WITHHELD

@@ -16,6 +16,7 @@ from typing import Any
 
 from margin.guard.limits import ScanLimitExceeded
 from margin.guard.redaction import Redaction, StreamRestorer
+from margin.types import choices_of
 
 HOLD_CHARS = 64
 CONTEXT_CHARS = 64
@@ -170,7 +171,7 @@ class StreamGuard:
 
     def __call__(self, payload: dict[str, Any]) -> bool:
         changed = False
-        for position, choice in enumerate(payload.get("choices") or []):
+        for position, choice in enumerate(choices_of(payload)):
             if isinstance(choice, dict):
                 index = choice.get("index")
                 changed = self._choice(choice, index if isinstance(index, int) else position) or changed

@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from margin.types import choices_of
+
 Visit = Callable[[str, str], str]  # (where, text) -> text; where is a message role, or FIELD
 Rewrite = Callable[[str], str]
 FIELD = "field"  # a string outside the conversation's content (name, arguments, metadata, definitions…)
@@ -179,7 +181,7 @@ def rewrite_request(raw: dict[str, Any], rewrite: Rewrite) -> dict[str, Any]:
 
 
 def _answer_holders(payload: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
-    for choice in payload.get("choices") or []:
+    for choice in choices_of(payload):
         if not isinstance(choice, dict):
             continue
         for holder, key in ((choice.get("message"), "content"), (choice.get("delta"), "content"), (choice, "text")):
@@ -188,7 +190,7 @@ def _answer_holders(payload: dict[str, Any]) -> Iterator[tuple[dict[str, Any], s
 
 
 def _answer_calls(payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for choice in payload.get("choices") or []:
+    for choice in choices_of(payload):
         message = choice.get("message") if isinstance(choice, dict) else None
         if isinstance(message, dict):
             for key in ("tool_calls", "function_call"):

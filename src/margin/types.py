@@ -116,12 +116,16 @@ def choices_text(payload: Any, part: str = "delta") -> str:
 
 
 class Chunk:
-    """One streamed event. `raw` is forwarded untouched when set; `text` is the new content. `more` says the
-    backend already holds the next event (it arrived in the same read), so the responder may write both at
-    once without waiting for anything. A proxying backend may hand over the raw bytes alone: the payload
-    and the text are then parsed on first use (most events are only forwarded)."""
+    """One streamed event, or a run of them. `raw` is forwarded untouched when set; `text` is the new content.
+    `more` says the backend already holds the next chunk (it arrived in the same read), so the responder may
+    write both at once without waiting for anything. A proxying backend may hand over the raw bytes alone:
+    the payload and the text are then parsed on first use (most events are only forwarded).
 
-    __slots__ = ("_payload", "_text", "more", "raw", "usage")
+    `events`: a run of events that arrived together and name neither usage nor an error, handed over as one
+    chunk (their raw JSON, in order): forwarded as they came, parsed only if their text is asked for. A run
+    has no single payload."""
+
+    __slots__ = ("_payload", "_text", "events", "more", "raw", "usage")
 
     def __init__(
         self,
@@ -130,31 +134,44 @@ class Chunk:
         text: str | None = None,
         usage: Usage | None = None,
         more: bool = False,
+        events: list[bytes] | None = None,
     ) -> None:
-        if payload is None and raw is None:
-            raise ValueError("a chunk needs its payload or its raw bytes")
+        if payload is None and raw is None and events is None:
+            raise ValueError("a chunk needs its payload, its raw bytes or its events")
         self._payload = payload
         self._text = text if text is not None or payload is None else ""
         self.raw = raw
         self.usage = usage
         self.more = more
+        self.events = events
 
     @property
     def payload(self) -> dict[str, Any]:
         if self._payload is None:
-            assert self.raw is not None
+            if self.raw is None:
+                raise TypeError("a run of events has no single payload")
             self._payload = orjson.loads(self.raw)
         return self._payload
 
     @property
     def text(self) -> str:
         if self._text is None:
-            self._text = choices_text(self.payload)
+            self._text = (
+                "".join(map(_event_text, self.events)) if self.events is not None else choices_text(self.payload)
+            )
         return self._text
 
     @property
     def is_usage_only(self) -> bool:
         return self.usage is not None and not self.payload.get("choices")
+
+
+def _event_text(raw: bytes) -> str:
+    """One event's text (an event that does not parse has none: it was forwarded as the upstream sent it)."""
+    try:
+        return choices_text(orjson.loads(raw))
+    except orjson.JSONDecodeError:
+        return ""
 
 
 class Backend(Protocol):

@@ -235,3 +235,28 @@ async def test_an_event_in_many_reads_is_joined_once_and_a_stream_is_cut_at_its_
         async for batch in backend._reads(response):  # type: ignore[arg-type]
             seen.extend(chunk.raw for chunk in batch)
     assert seen == [one] and response.closed
+
+
+async def test_a_reads_plain_events_are_handed_over_as_one_run() -> None:
+    """After the stream's first event (parsed before anything is sent), the plain events of one read are one
+    chunk (`events`, forwarded as they came); an event that names usage is parsed into its own. Every chunk of
+    a read but its last is marked `more`; a run's text is its events' text, and it has no single payload."""
+    from margin.backends.openai_compat import OpenAIBackend
+    from margin.config import OpenAIBackendConfig
+
+    def event(text: str) -> bytes:
+        return b'{"choices":[{"delta":{"content":"%s"}}]}' % text.encode()
+
+    usage = b'{"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":5}}'
+    read = b"".join(b"data: " + e + b"\n\n" for e in (event("a"), event("b"), event("c"), b"{oops}", usage))
+    backend = OpenAIBackend("up", OpenAIBackendConfig(base_url="http://127.0.0.1:1/v1"))
+    reads = [read, b"data: " + event("d") + b"\n\ndata: " + event("e") + b"\n\ndata: [DONE]\n\n"]
+    batches = [batch async for batch in backend._reads(_Response(reads))]  # type: ignore[arg-type]
+    first, run, counted = batches[0]
+    assert (first.raw, first.events, first.more) == (event("a"), None, True)
+    assert (run.raw, run.events, run.more, run.text) == (None, [event("b"), event("c"), b"{oops}"], True, "bc")
+    assert counted.usage is not None and counted.usage.output_tokens == 5 and not counted.more
+    with pytest.raises(TypeError, match="no single payload"):
+        _ = run.payload
+    [later] = batches[1]
+    assert (later.events, later.more, later.text) == ([event("d"), event("e")], False, "de")

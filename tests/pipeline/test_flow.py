@@ -215,6 +215,32 @@ async def test_a_backend_failure_mid_stream_is_an_error_event() -> None:
     assert delivery.failed is not None and delivery.failed.code == "upstream_error"
 
 
+async def test_a_run_of_events_is_one_piece_once_the_first_token_is_known() -> None:
+    """A run (`Chunk.events`) that holds the first token is taken event by event (TTFT, the first text); later
+    runs are framed in one piece and parsed only when their text is asked for (an event in one that does not
+    parse is forwarded as it came and has no text). A guard that rewrites events gets them one by one (and
+    needs each to parse). What the client receives is the same bytes either way."""
+
+    def event(text: str) -> bytes:
+        return b'{"choices":[{"delta":{"content":"%s"}}]}' % text.encode()
+
+    async def runs(odd: list[bytes]) -> AsyncIterator[Chunk]:
+        yield Chunk(events=[event(""), event("a"), event("b")], more=True)
+        yield Chunk(events=[event("c"), *odd, event("d")])
+
+    for rewrite, odd in ((None, [b"{oops}"]), (lambda payload: False, [])):
+        client = Client([])
+        request = make_request(client, stream=True)._replace(rewrite=rewrite)
+        delivery = Delivery(request)
+        await delivery.run(runs(odd), Chunk(raw=event("")), lambda exc: translate("b", exc))
+        sent = [event(text) for text in ("", "", "a", "b", "c")] + odd + [event("d")]
+        assert b"".join(data for kind, data, _ in client.log if kind == "write") == b"".join(
+            b"data: " + data + b"\n\n" for data in sent
+        )
+        assert request.record.ttft_s is not None and "".join(delivery.parts) == "abcd"
+        assert delivery.failed is None
+
+
 def test_a_route_decision_is_frozen() -> None:
     decision = RouteDecision(candidates=(), requested="m")
     with pytest.raises(AttributeError):

@@ -324,12 +324,12 @@ class OpenAIBackend:
         self, response: aiohttp.ClientResponse, deadline: StreamDeadline | None = None
     ) -> AsyncIterator[list[Chunk]]:
         """SSE events as they arrive: every read takes all the bytes already received, so the events of one
-        read are parsed together, marked `more` (all but the last), which lets the responder write them to
-        the client at once, and handed over together (one generator step per read, not per event). Nothing
-        waits for more data than the first event needs. `deadline` hears when a read starts and ends (only
-        those waits count towards the stream's idle limit). An event that does not parse fails after the
-        good ones before it."""
-        content, lines = response.content, Lines(self.config.max_response_bytes)
+        read are handed over together (one generator step per read, not per event), marked `more` (all but
+        the last chunk), which lets the responder write them to the client at once (`_batch`). Nothing waits
+        for more data than the first event needs. `deadline` hears when a read starts and ends (only those
+        waits count towards the stream's idle limit). An event that does not parse fails after the good ones
+        before it."""
+        content, lines, first = response.content, Lines(self.config.max_response_bytes), True
         while True:
             if deadline is not None:
                 deadline.waiting()
@@ -344,45 +344,72 @@ class OpenAIBackend:
                 deadline.received(event=bool(events))
             batch: list[Chunk] = []
             try:
-                for index, event in enumerate(events):
-                    if event == b"[DONE]":
-                        if batch:
-                            yield batch
-                        return
-                    batch.append(self._chunk(event, more=index + 1 < len(events)))
+                done = self._batch(events, batch, first=first)
             except BackendError:
                 if batch:  # the good events before the bad one are delivered first
                     yield batch
                 raise
+            first = first and not batch
             if batch:
                 yield batch
+            if done:
+                return
         event = _event_data(lines.rest())
         if event is not None and event != b"[DONE]":
-            yield [self._chunk(event, more=False)]
+            yield [self._chunk(event)]
 
-    def _chunk(self, data: bytes, *, more: bool) -> Chunk:
-        """Most events are only forwarded: parsed here only when their bytes name usage or an error (the
-        rest is parsed on first use: the text of the first token, or when a guard or the cache reads it). An
-        event that is not even shaped like a JSON object (cut, garbled) fails here, before it is forwarded;
-        one that is shaped like one but does not parse fails where it is first parsed."""
+    def _batch(self, events: list[bytes], batch: list[Chunk], *, first: bool) -> bool:
+        """One read's events into `batch`, in order; True at `[DONE]`. A run of events whose bytes name neither
+        usage nor an error is one chunk (`Chunk.events`: forwarded as they came, no Python per event beyond
+        this check); an event that names either is parsed into its own, and so is the stream's first (it is
+        parsed before anything is sent). Each chunk but the last is marked `more`. An event not shaped like a
+        JSON object raises, once the good ones before it are in `batch`."""
+        run: list[bytes] = []
+        try:
+            for event in events:
+                if event == b"[DONE]":
+                    return True
+                if first or b'"usage"' in event or b'"error"' in event:
+                    if run:
+                        batch.append(Chunk(events=run) if len(run) > 1 else Chunk(raw=run[0]))
+                        run = []
+                    batch.append(self._chunk(event))
+                    first = False
+                elif event.startswith(b"{") and event.endswith(b"}"):
+                    run.append(event)
+                else:
+                    raise self._invalid_event()
+            return False
+        finally:
+            if run:
+                batch.append(Chunk(events=run) if len(run) > 1 else Chunk(raw=run[0]))
+            for chunk in batch[:-1]:
+                chunk.more = True
+
+    def _invalid_event(self) -> BackendError:
+        return BackendError(f"upstream {self.name} sent an invalid stream event", code="upstream_bad_response")
+
+    def _chunk(self, data: bytes) -> Chunk:
+        """One event, parsed here only when its bytes name usage or an error (the rest is parsed on first use:
+        the text of the first token, or when a guard or the cache reads it). An event that is not even shaped
+        like a JSON object (cut, garbled) fails here, before it is forwarded; one that is shaped like one but
+        does not parse fails where it is first parsed."""
         if b'"usage"' not in data and b'"error"' not in data:
             if not (data.startswith(b"{") and data.endswith(b"}")):
-                raise BackendError(f"upstream {self.name} sent an invalid stream event", code="upstream_bad_response")
-            return Chunk(raw=data, more=more)
+                raise self._invalid_event()
+            return Chunk(raw=data)
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            raise BackendError(
-                f"upstream {self.name} sent an invalid stream event", code="upstream_bad_response"
-            ) from exc
+            raise self._invalid_event() from exc
         if not isinstance(payload, dict):
-            raise BackendError(f"upstream {self.name} sent an invalid stream event", code="upstream_bad_response")
+            raise self._invalid_event()
         if "error" in payload and "choices" not in payload:
             message, _code = _upstream_message(data)
             log.warning("upstream %s failed mid-stream: %s", self.name, printable(message))
             raise BackendError("the upstream failed mid-stream")
         usage = Usage.from_openai(payload.get("usage")) if payload.get("usage") else None
-        return Chunk(payload=payload, raw=data, text=delta_text(payload), usage=usage, more=more)
+        return Chunk(payload=payload, raw=data, text=delta_text(payload), usage=usage)
 
 
 class Lines:

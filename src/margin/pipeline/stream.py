@@ -121,9 +121,17 @@ class Delivery:
                 await close(chunks)
 
     def _take(self, chunk: Chunk, held: list[bytes]) -> None:
-        """Note what metering needs of one event and frame it (into `held`)."""
+        """Note what metering needs of one event (or a run of them) and frame it (into `held`)."""
         request = self.request
         record = request.record
+        if chunk.events is not None:
+            if record.ttft_s is not None and request.rewrite is None:  # forwarded as they came, in one piece
+                self._rest.append(chunk)
+                held.append(b"data: " + b"\n\ndata: ".join(chunk.events) + b"\n\n")
+            else:  # the first token may be among them, or the guard rewrites events: one by one
+                for raw in chunk.events:
+                    self._take(Chunk(raw=raw), held)
+            return
         if record.ttft_s is not None:
             self._rest.append(chunk)
         elif text := chunk.text:

@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+MAX_USD = Decimal("9e9")  # the most USD any amount may be: integer nano-USD in a signed 64-bit column (~$9.2e9)
+
 ScopeKind = Literal["global", "org", "team", "key", "tag", "model", "backend"]
 Level = Literal["off", "log", "redact", "block"]
 LEVELS: tuple[Level, ...] = ("off", "log", "redact", "block")
@@ -55,7 +57,7 @@ class Scope(Spec):
 class BudgetSpec(Spec):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[\w.:@/+=-]+$")
     scope: Scope
-    usd: Decimal | None = Field(None, gt=0, description="Spend cap in USD.")
+    usd: Decimal | None = Field(None, gt=0, le=MAX_USD, description="Spend cap in USD.")
     tokens: int | None = Field(None, gt=0, description="Cap on input + output tokens.")
     period: Literal["hour", "day", "month", "lifetime"] = "month"
     mode: Literal["hard", "soft"] = "hard"

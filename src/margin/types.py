@@ -46,11 +46,15 @@ class Usage:
         )
 
 
+MAX_TOKENS = 2**30 - 1  # the ledger's 32-bit token columns are summed in pairs (input + output) in SQL
+
+
 def _count(value: Any) -> int:
-    """A token count an upstream reported, as a ledger column holds it (0..2^31-1; junk counts 0)."""
+    """A token count an upstream reported, as a ledger column holds it (0..2^30-1, so that a pair's sum fits
+    PostgreSQL's `integer`; junk counts 0)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return 0
-    return min(max(int(value), 0), 2**31 - 1) if math.isfinite(value) else 0
+    return min(max(int(value), 0), MAX_TOKENS) if math.isfinite(value) else 0
 
 
 @dataclass(slots=True)

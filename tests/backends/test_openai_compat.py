@@ -148,6 +148,8 @@ def test_upstream_error_translation() -> None:
     odd = upstream_error("up", 400, b'{"error": {"message": "no", "code": "x\\r\\nSet-Cookie: a=b"}}', {})
     assert odd.code == "upstream_rejected" and "Set-Cookie" not in odd.message
     assert upstream_error("up", 429, b"", {"retry-after": "7\\r\\nX: y"}).headers == {}
+    for digits in ("\u0663", "\uff17"):  # Arabic-Indic 3, fullwidth 7: `isdigit`, but no header value
+        assert upstream_error("up", 429, b"", {"retry-after": digits}).headers == {}
 
 
 def test_delta_text_reads_chat_and_completion_chunks() -> None:

@@ -39,7 +39,8 @@ def test_retry_after_is_honoured_only_up_to_its_bound_and_the_deadline() -> None
 @pytest.mark.parametrize(
     ("header", "seconds"),
     [("2", 2.0), ("0.5", 0.5), ("0", 0.0), (None, None), ("", None), ("soon", None), ("-1", None),
-     ("Wed, 21 Oct 2015 07:28:00 GMT", None), ("inf", None), ("123456789", None)],
+     ("Wed, 21 Oct 2015 07:28:00 GMT", None), ("inf", None), ("123456789", None), ("\u0663", None),
+     ("\uff17", None), ("nan", None)],
 )  # fmt: skip
 def test_retry_after_parsing(header: str | None, seconds: float | None) -> None:
     assert retry_after_s(header) == seconds

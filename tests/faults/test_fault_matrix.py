@@ -29,7 +29,7 @@ import yaml
 from margin.ledger import db as ledger_db
 from tests.faults.conftest import FaultUpstream
 from tests.helpers import free_port, margin_serve
-from tests.security.waiting import wait_for
+from tests.security.waiting import wait_for, watched
 
 CHAT = "/v1/chat/completions"
 LIMITS = {"connect_timeout_s": 1, "first_token_timeout_s": 1, "idle_timeout_s": 0.5, "timeout_s": 2}
@@ -68,6 +68,7 @@ def _both(expect: Expect) -> tuple[Expect, Expect]:
 TOO_LARGE = Expect(502, "upstream_response_too_large", "upstream_error")
 TOO_LARGE_MID_STREAM = Expect(200, "upstream_response_too_large", "upstream_error", mid_stream=True, row_http=502)
 BOMB = 256 << 20  # the gzip bomb's size once decompressed (~260 KB on the wire)
+FLOOD = 128 << 20  # a stream of ~1.9 million small events, no usage
 
 
 CASES = [
@@ -127,6 +128,12 @@ def _config(upstream: FaultUpstream, dead_port: int) -> dict[str, Any]:
     models["cut"] = {"backend": "cut", "price": PRICE}
     backends["flip"] = {"kind": "openai", "base_url": upstream.base("dyn", "flip"), "retries": RETRIES, **LIMITS}
     models["flip"] = {"backend": "flip", "price": PRICE, "fallbacks": ["good"]}
+    flood = upstream.base(f"huge,bytes={FLOOD}", "flood")
+    limits = {**LIMITS, "timeout_s": 120, "idle_timeout_s": 10, "max_response_bytes": 2 * FLOOD}
+    backends["flood"] = {"kind": "openai", "base_url": flood, **limits}
+    models["flood"] = {"backend": "flood", "price": PRICE}
+    backends["odd429"] = {"kind": "openai", "base_url": upstream.base("dyn", "odd429"), **LIMITS}
+    models["odd429"] = {"backend": "odd429", "price": PRICE}
     backends["odd"] = {"kind": "openai", "base_url": upstream.base("odd", "odd"), **LIMITS}
     models["odd"] = {"backend": "odd", "price": PRICE}
     big = upstream.base("many,events=3000,size=4000", "big")
@@ -311,6 +318,35 @@ def test_answers_of_odd_shape_are_forwarded_and_metered(gw: Gateway) -> None:
     assert (streamed.status, streamed.error, streamed.texts, streamed.done) == (200, None, ["a", "b"], True)
     row = gw.row(streamed.request_id or "")
     assert (row.status, row.output_tokens, row.usage_source) == ("ok", 1, "estimated") and row.cost_nanousd > 0
+
+
+def test_a_retry_after_in_other_digits_is_not_passed_on(gw: Gateway) -> None:
+    """`Retry-After: ٣` (Arabic-Indic three): `str.isdigit` says yes and `float` reads 3.0, but it is no HTTP
+    delay and cannot be sent in a header. The client gets a clean 429 without Retry-After (it was a bare 500
+    with a traceback in the log), and the gateway did not wait on it."""
+    gw.upstream.set_mode("odd429", "status,code=429,after=\u0663")
+    reply = send(gw.url, "odd429", False)
+    assert (reply.status, (reply.error or {}).get("code")) == (429, "upstream_rate_limited")
+    assert "retry-after" not in reply.headers
+    assert gw.upstream.count("dyn", "odd429") == 1
+
+
+def test_a_long_stream_without_usage_is_counted_off_the_event_loop(gw: Gateway) -> None:
+    """128 MiB of small events and no usage: the output is counted from the delivered text, which means
+    parsing every event. On the event loop that held `/readyz` for ~1.5 s; now it runs in a worker thread
+    (~0.05 s of wait at most)."""
+    body = {"model": "flood", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with (
+        watched(gw.url) as waits,
+        httpx.Client(base_url=gw.url, timeout=120) as client,
+        client.stream("POST", CHAT, json=body) as response,
+    ):
+        received = sum(len(data) for data in response.iter_raw())
+        request_id = response.headers["x-margin-request-id"]
+    assert response.status_code == 200 and received > FLOOD * 0.9
+    row = gw.row(request_id)
+    assert (row.status, row.usage_source, row.output_tokens) == ("ok", "estimated", 1)  # "a", "b": 1 token
+    assert len(waits) > 5 and max(waits) < 0.75, max(waits)
 
 
 def _rss_bytes(pid: int) -> int:

@@ -61,3 +61,22 @@ def test_a_rebuild_takes_turns_with_an_ingest_in_progress(fresh_postgres: str) -
     assert rebuilt.is_set()
     assert_equals_a_rebuild(engine)
     engine.dispose()
+
+
+def test_the_largest_token_counts_an_upstream_can_report_ingest_in_one_batch(fresh_postgres: str) -> None:
+    """An upstream that reports 2^31-1 tokens: the count is clamped where it is read (`Usage.from_openai`) so
+    that SQL's `input_tokens + output_tokens` fits PostgreSQL's `integer`. Before, the whole batch failed with
+    "integer out of range" and was re-moved row by row (26 ms a row), for every tenant."""
+    from margin.types import MAX_TOKENS, Usage
+
+    usage = Usage.from_openai({"prompt_tokens": 2**31 - 1, "completion_tokens": 10**12})
+    assert usage is not None and usage.input_tokens == usage.output_tokens == MAX_TOKENS
+    db.upgrade(fresh_postgres)
+    engine = db.make_sync_engine(fresh_postgres)
+    rows = varied_rows(50)
+    rows[7].update(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, cost_nanousd=1)
+    with engine.begin() as connection:
+        assert ingest.ingest_batch(connection, rows) == 50
+        total = connection.execute(sa.text("SELECT max(input_tokens + output_tokens) FROM ledger")).scalar_one()
+    engine.dispose()
+    assert total == 2 * MAX_TOKENS

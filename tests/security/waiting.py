@@ -1,10 +1,14 @@
-"""Polling for what a running gateway does in the background (ledger rows, settlements)."""
+"""Polling for what a running gateway does in the background (ledger rows, settlements), and for whether it
+still answers while an attack runs."""
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
+import httpx
 import pytest
 
 
@@ -14,3 +18,27 @@ def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 20) -> Non
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+@contextmanager
+def watched(url: str) -> Iterator[list[float]]:
+    """While the block runs, `/readyz` is asked again and again; yields the list of its answer times (an
+    answer other than 200 counts as an endless wait)."""
+    waits: list[float] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            while not done.is_set():
+                started = time.perf_counter()
+                ok = client.get("/readyz").status_code == 200
+                waits.append(time.perf_counter() - started if ok else float("inf"))
+                time.sleep(0.01)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        yield waits
+    finally:
+        done.set()
+        poller.join()

@@ -70,7 +70,7 @@ def upstream_error(backend: str, status: int, body: bytes, headers: Mapping[str,
         return UpstreamRateLimited(
             "the upstream is rate limiting requests; retry later",
             code=code or "upstream_rate_limited",
-            headers={"retry-after": retry} if retry.isdigit() and len(retry) <= 6 else None,
+            headers={"retry-after": retry} if retry.isascii() and retry.isdigit() and len(retry) <= 6 else None,
         )
     if 400 <= status < 500 and status not in CREDENTIALS:
         detail = f", code {code}" if code else ""

@@ -17,8 +17,9 @@ RETRY_STATUSES = frozenset({502, 503, 504})
 
 
 def retry_after_s(value: str | None) -> float | None:
-    """`Retry-After` in seconds when it is a plain non-negative number (HTTP dates are not honoured)."""
-    if not value or len(value) > 8:
+    """`Retry-After` in seconds when it is a plain non-negative number (HTTP dates are not honoured; nor are
+    digits of other scripts, which `float` would read)."""
+    if not value or len(value) > 8 or not value.isascii():
         return None
     try:
         seconds = float(value)

@@ -300,7 +300,8 @@ class _Job:
         self, status: int, body: bytes | None, error: dict[str, Any] | None, attempt: int, retry_after: str | None
     ) -> progress.Outcome:
         if status in RETRYABLE and attempt < self.runner.config.max_attempts:
-            delay = float(retry_after) if retry_after and retry_after.isdigit() else float(2**attempt)
+            plain = retry_after is not None and retry_after.isascii() and retry_after.isdigit()
+            delay = float(retry_after) if plain and retry_after else float(2**attempt)
             not_before = self.runner.clock() + timedelta(seconds=min(delay, 300.0))
             return progress.Outcome("pending", status, body, error, not_before)
         return progress.Outcome("failed", status, body, error)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_EVEN, Decimal
 
+from margin.specs import MAX_USD
+
 NANO = Decimal("1e9")
 MILLION = Decimal(1_000_000)
 THOUSAND = Decimal(1000)
@@ -13,6 +15,10 @@ JOULES_PER_KWH = 3_600_000.0
 
 
 def to_nanousd(usd: Decimal) -> int:
+    """`usd` in integer nano-USD. Out of range (over `MAX_USD` either way, or not finite) is a ValueError,
+    raised before any arithmetic: turning `1e400000` into an int would take seconds of CPU."""
+    if not usd.is_finite() or abs(usd) > MAX_USD:
+        raise ValueError(f"{usd} USD is out of range (at most {MAX_USD} either way)")
     return int((usd * NANO).to_integral_value(rounding=ROUND_HALF_EVEN))
 
 

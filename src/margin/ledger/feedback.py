@@ -25,6 +25,7 @@ from margin.economics.money import from_nanousd, to_nanousd, usd_str
 from margin.errors import InvalidRequest, NotFound, PermissionDenied
 from margin.ledger import measures
 from margin.ledger.models import feedback, ledger
+from margin.specs import MAX_USD
 
 FIELDS = ("request_id", "success", "score", "value")
 MAX_BATCH = 10_000
@@ -53,7 +54,10 @@ def _value(value: Any, where: str) -> int | None:
         raise InvalidRequest(f"{where}`value` must be a number of USD", param="value") from exc
     if not amount.is_finite():
         raise InvalidRequest(f"{where}`value` must be finite", param="value")
-    return to_nanousd(amount)
+    try:
+        return to_nanousd(amount)
+    except ValueError as exc:
+        raise InvalidRequest(f"{where}`value` must be within ±{MAX_USD} USD", param="value") from exc
 
 
 class FeedbackItem(BaseModel):

@@ -11,6 +11,7 @@ the end when it asked and the backend sent none."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from margin.pipeline.values import ClientGone, Record, Request
 from margin.types import Chunk, Usage
 
 DONE = b"data: [DONE]\n\n"
+PARSE_INLINE_BYTES = 256 * 1024  # a stream that delivered more is parsed for its text in a worker thread
 
 
 def sse(data: bytes) -> bytes:
@@ -76,12 +78,25 @@ class Delivery:
     usage: Usage | None = None  # the last usage the backend reported
     usage_sent: bool = False
     failed: MarginError | None = None  # the backend broke off mid-stream (the client got an error event)
+    written: int = 0  # bytes written to the client
     _first: list[str] = field(default_factory=list)  # text up to the first token
-    _rest: list[Chunk] = field(default_factory=list)  # events after it, parsed when `parts` is read
+    _rest: list[Chunk] = field(default_factory=list)  # events after it, parsed when the text is read
+    _all_text: str | None = None
 
     @property
     def parts(self) -> list[str]:
         return self._first + [text for chunk in self._rest if (text := _text(chunk))]
+
+    async def text(self) -> str:
+        """Everything delivered, as text: parsed once, in a worker thread when the stream was long (a 64 MiB
+        stream of small events takes seconds)."""
+        if self._all_text is None:
+            joined = self._joined
+            self._all_text = joined() if self.written <= PARSE_INLINE_BYTES else await asyncio.to_thread(joined)
+        return self._all_text
+
+    def _joined(self) -> str:
+        return "".join(self.parts)
 
     async def run(
         self, chunks: AsyncIterator[Chunk], first: Chunk | None, translate: Callable[[Exception], MarginError]
@@ -150,6 +165,7 @@ class Delivery:
         record = self.request.record
         data = held[0] if len(held) == 1 else b"".join(held)
         held.clear()
+        self.written += len(data)
         started = time.perf_counter()
         try:
             await self.request.client.write(data)

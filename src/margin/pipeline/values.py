@@ -190,17 +190,17 @@ class Record:
 @dataclass(slots=True)
 class Reply:
     """What the inner steps answer: a whole answer (`completion`), or a stream the call step has already
-    delivered (`delivered`: its text, read only when a step needs it; the stream's closing bytes are the
-    flow's, after the row is written)."""
+    delivered (`delivered`: its text, read only when a step needs it, off the event loop when it is long;
+    the stream's closing bytes are the flow's, after the row is written)."""
 
     completion: Completion | None = None
     streamed: bool = False
-    delivered: Callable[[], list[str]] | None = None
+    delivered: Callable[[], Awaitable[str]] | None = None
 
-    def text(self) -> str:
+    async def text(self) -> str:
         if self.completion is not None:
             return self.completion.text
-        return "".join(self.delivered()) if self.delivered is not None else ""
+        return await self.delivered() if self.delivered is not None else ""
 
 
 Next = Callable[[Request], Awaitable[Reply]]

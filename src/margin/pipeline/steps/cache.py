@@ -53,13 +53,13 @@ async def replay(call: Call, entry: Entry) -> AsyncIterator[Chunk]:
     yield Chunk(payload=payloads.usage_chunk(call, entry.usage), usage=entry.usage)
 
 
-def answer_entry(record: Record, reply: Reply) -> Entry | None:
+async def answer_entry(record: Record, reply: Reply) -> Entry | None:
     usage, target = record.usage, record.target
     if usage is None or target is None:
         return None
     cost = record.charge.cost_usd if record.charge is not None else None
     return Entry(
-        text=reply.text(),
+        text=await reply.text(),
         finish_reason=record.finish_reason or "stop",
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
@@ -100,7 +100,7 @@ class Cache:
         record = request.record
         if record.status not in ("ok", "retried") or record.http_status != 200:
             return reply  # a fallback's answer is another model's: not for this key
-        fresh = answer_entry(record, reply)
+        fresh = await answer_entry(record, reply)
         if fresh is not None and fresh.text:
             await self.store.put(key, fresh, self.config.ttl_s)
             if self.semantic is not None and semantic is not None:
@@ -119,4 +119,4 @@ class Cache:
         delivery = Delivery(request)
         chunks = replay(call, entry)
         await delivery.run(chunks, await anext(chunks), lambda exc: InvalidRequest(str(exc)))
-        return Reply(streamed=True, delivered=lambda: delivery.parts)
+        return Reply(streamed=True, delivered=delivery.text)

@@ -155,7 +155,7 @@ class BackendCall:
                 if delivery.failed is not None:  # broke mid-stream: the row and the breaker hear of it
                     record.fail(delivery.failed, request.client.status_of(delivery.failed))
                     self._failed(target.backend_name, delivery.failed)
-                return Reply(streamed=True, delivered=lambda: delivery.parts)
+                return Reply(streamed=True, delivered=delivery.text)
             started = time.perf_counter()
             try:
                 completion = await self._whole(target, call)
@@ -169,7 +169,8 @@ class BackendCall:
             busy_share = clock.leave(mark)
             busy = call.stats.busy_s if call.stats.busy_s is not None else busy_share
             measured = self.meter.measured_j(probe, busy)
-            self._meter(request, target, call, usage, output, busy, measured)
+            text = "" if usage is not None else await _output_text(output)
+            self._meter(request, target, call, usage, text, busy, measured)
 
     @staticmethod
     async def _whole(target: Target, call: Call) -> Completion:
@@ -195,7 +196,7 @@ class BackendCall:
             raise translate(name, exc) from exc
         await delivery.run(chunks, first, lambda exc: translate(name, exc))
         if request.wants_usage and not delivery.usage_sent:
-            usage = delivery.usage or counted_usage(target, call, "".join(delivery.parts))
+            usage = delivery.usage or counted_usage(target, call, await delivery.text())
             delivery.usage = usage
             await delivery.write_usage(usage_chunk(call, usage))
 
@@ -205,15 +206,14 @@ class BackendCall:
         target: Target,
         call: Call,
         usage: Usage | None,
-        output: Completion | Delivery | None,
+        text: str,
         busy_s: float,
         measured_j: float | None,
     ) -> None:
         """The attempt's usage → its cost, energy and carbon: computed once, for the row, the headers and
-        the cache."""
+        the cache. `text`: the answer's, counted when the backend reported no usage."""
         record = request.record
         if usage is None:
-            text = output.text if isinstance(output, Completion) else "".join(output.parts) if output else ""
             usage = counted_usage(target, call, text)
         record.usage, record.finish_reason = usage, call.stats.finish_reason
         record.queue_s = call.stats.queue_s
@@ -242,6 +242,12 @@ class BackendCall:
                 charge = discounted(charge, record.batch.discount)
         record.default_cost_nanousd = None if charge.cost_usd is None else to_nanousd(charge.cost_usd)
         record.default_co2e_g = charge.co2e_g
+
+
+async def _output_text(output: Completion | Delivery | None) -> str:
+    if isinstance(output, Completion):
+        return output.text
+    return await output.text() if output is not None else ""
 
 
 def _note_recovery(request: Request, fault: MarginError | None) -> None:

@@ -71,7 +71,7 @@ class Guard:
         reply = await next(request._replace(rewrite=rewrite))
         if isinstance(rewrite, StreamGuard):
             record.found(rewrite.record())
-        if policy.pii_output == "log" and (text := reply.text()):
+        if policy.pii_output == "log" and (text := await reply.text()):
             cost = scan_cost([("", text)], self.limits.inline_chars)
             record.found(await self._run(cost, lambda: self.inspector.delivered_pii(text)))
         return reply

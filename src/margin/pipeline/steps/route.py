@@ -11,6 +11,7 @@ that priced at the dearest candidate. The call step walks the candidates in this
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 import orjson
@@ -31,6 +32,7 @@ from margin.types import Target
 CHAT_MESSAGE_OVERHEAD = 8  # template tokens per message, on top of the counted text (upper bound)
 NON_TEXT_PART_TOKENS = 2048  # an image or audio part, priced as a large high-detail image (upper bound)
 OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens")
+TOKENIZE_INLINE_CHARS = 16_384  # a longer prompt is tokenized in a worker thread (1 MiB: ~0.5 s with SmolLM2's)
 
 
 def resolve(targets: Mapping[str, Target], model: str, endpoint: Endpoint) -> Target:
@@ -105,7 +107,7 @@ class Route:
         prompt, output, worst = 0, 0, None
         budgets: tuple[BudgetSpec, ...] = ()
         if rules.budgets or rules.limits:
-            prompt = self._prompt_tokens(request, candidates[0])
+            prompt = await self._prompt_tokens(request, candidates[0])
             budgets = self._budgets(rules, subject, candidates) if rules.budgets else ()
             if budgets:
                 config: AdmissionConfig = self.gov.settings.admission
@@ -193,12 +195,13 @@ class Route:
         return tuple(found.values())
 
     @staticmethod
-    def _prompt_tokens(request: Request, target: Target) -> int:
+    async def _prompt_tokens(request: Request, target: Target) -> int:
         """An upper bound of the input tokens: counted text, token ids as they are, template overhead per
-        message, non-text parts and tool definitions."""
+        message, non-text parts and tool definitions. A long text is counted off the event loop."""
         body = request.body
         text = request_text(body)
-        counted = target.backend.count_tokens(text)
+        count = target.backend.count_tokens
+        counted = count(text) if len(text) <= TOKENIZE_INLINE_CHARS else await asyncio.to_thread(count, text)
         tokens = counted if counted is not None else adm.conservative_tokens(text)
         if not isinstance(body, ChatCompletionRequest):
             return tokens + token_id_count(body)

@@ -1,0 +1,69 @@
+"""No request may stall others: inputs whose cost grows faster than their size are refused before the work,
+or the work runs where the event loop does not wait for it. Each attack runs against a real `margin serve`
+while another client polls `/readyz`; the bound on its wait (seconds) is far below what the attack cost
+before the fix and far above a healthy answer (milliseconds), so the machine's load does not decide it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from tests.security.conftest import ServeFactory
+from tests.security.waiting import watched
+
+FEEDBACK = "/v1/margin/feedback"
+CHAT = "/v1/chat/completions"
+
+
+def test_a_feedback_value_with_a_huge_exponent_is_refused_before_any_arithmetic(served: ServeFactory) -> None:
+    """`value: "1e400000"` is a finite Decimal; turning it into integer nano-USD took 7 s of the event loop
+    (26 s for 1e999990) and ended in a 500. Amounts past what the ledger holds (±9e9 USD) are refused at
+    once, each item of a batch before the next is read; the largest that fits is taken."""
+    with served(keys={"user": []}) as gw, gw.client(gw.keys["user"], timeout=5) as client:
+        chat = client.post(CHAT, json={"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]})
+        request_id = chat.headers["x-margin-request-id"]
+        with watched(gw.url) as waits:
+            for value in ("1e400000", "-1e999990", "9000000000.000000001", 1e300):
+                refused = client.post(FEEDBACK, json={"request_id": request_id, "success": True, "value": value})
+                assert refused.status_code == 400 and refused.json()["error"]["param"] == "value", value
+            batch = [{"request_id": request_id, "value": "1e400000"}] * 3
+            assert client.post(FEEDBACK, json={"outcomes": batch}).status_code == 400
+        assert max(waits, default=0.0) < 1.0
+        taken = client.post(FEEDBACK, json={"request_id": request_id, "success": True, "value": "9000000000"})
+        assert taken.status_code == 200, taken.text
+
+
+def _local_model(overrides: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "backends": {"local": {"kind": "llamacpp", "n_ctx": 1024}},  # the builtin SmolLM2
+        "models": {"smollm2": {"backend": "local"}},
+        **overrides,
+    }
+
+
+@pytest.mark.integration
+def test_a_long_prompt_is_tokenized_off_the_event_loop(served: ServeFactory) -> None:
+    """With a budget, admission counts a prompt's tokens with the model's tokenizer first. llama.cpp takes
+    ~0.5 s a MiB of text, all of it on the event loop before: three 3.5 MiB prompts at once held `/readyz` for
+    seconds. Now a long text is counted in a worker thread (llama.cpp releases the GIL), and the prompts are
+    refused as longer than the context."""
+    budgets = {"budgets": [{"name": "all", "scope": {"kind": "global"}, "usd": "100", "period": "day"}]}
+    overrides = _local_model(budgets)
+    prompt = "lorem ipsum dolor sit amet " * (3_500_000 // 27)
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": prompt}], "max_tokens": 1}
+    with served(overrides) as gw, gw.client(timeout=60) as client:
+        results: list[int] = []
+        attackers = [
+            threading.Thread(target=lambda: results.append(client.post(CHAT, json=body).status_code)) for _ in range(3)
+        ]
+        with watched(gw.url) as waits:
+            time.sleep(0.2)
+            for attacker in attackers:
+                attacker.start()
+            for attacker in attackers:
+                attacker.join()
+        assert len(results) == 3 and all(400 <= status < 500 for status in results), results
+        assert len(waits) > 5 and max(waits) < 1.0, max(waits)

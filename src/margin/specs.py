@@ -145,6 +145,12 @@ class GuardConfig(Spec):
         description="Scans costing more than this many characters (each run of digits counts 1,000: it may need "
         "a phone-number validation) run on the guard's worker thread, off the event loop.",
     )
+    max_queued_scans: int = Field(
+        16,
+        gt=0,
+        description="Requests whose scans may wait for the worker thread at once; more are refused with 503 "
+        "guard_busy (Retry-After: 1) before their backend call, so large prompts cannot delay every caller's.",
+    )
     user_hash_key_env: str | None = Field(
         None,
         description="Environment variable holding a secret: the ledger then stores HMAC-SHA256(secret, user) "

@@ -96,3 +96,31 @@ async def test_costly_scans_leave_the_event_loop() -> None:
         assert (await stage._run(101, lambda: threading.current_thread().name)).startswith("margin-guard")
     finally:
         stage.close()
+
+
+async def test_the_scan_queue_is_bounded_for_requests_never_for_answers() -> None:
+    """With `max_queued` scans waiting for (or on) the worker thread, a request's scan is refused with 503
+    `guard_busy` before its backend call; an answer's scan still queues (its backend already worked)."""
+    import asyncio
+    import threading
+
+    from margin.errors import Overloaded
+    from margin.guard import InjectionDetector
+    from margin.pipeline.steps.guard import Guard
+
+    stage = Guard(PiiScanner(ner=False), InjectionDetector(), ScanLimits(inline_chars=10, max_queued=2))
+    release = threading.Event()
+    try:
+        held = [asyncio.ensure_future(stage._run(11, lambda: release.wait(10), refusable=True)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(Overloaded) as refused:
+            await stage._run(11, lambda: True, refusable=True)
+        assert refused.value.code == "guard_busy" and refused.value.headers == {"retry-after": "1"}
+        assert await stage._run(10, lambda: "inline", refusable=True) == "inline"  # small scans never queue
+        answer = asyncio.ensure_future(stage._run(11, lambda: "answer"))
+        release.set()
+        assert await asyncio.gather(*held, answer) == [True, True, "answer"]
+        assert await stage._run(11, lambda: "free again", refusable=True) == "free again"
+    finally:
+        release.set()
+        stage.close()

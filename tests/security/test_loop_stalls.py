@@ -67,3 +67,30 @@ def test_a_long_prompt_is_tokenized_off_the_event_loop(served: ServeFactory) -> 
                 attacker.join()
         assert len(results) == 3 and all(400 <= status < 500 for status in results), results
         assert len(waits) > 5 and max(waits) < 1.0, max(waits)
+
+
+def test_large_prompts_wait_for_the_guard_in_a_bounded_queue(served: ServeFactory) -> None:
+    """Large prompts are scanned for PII on one worker thread, in turn. Twelve of ~0.8 MiB at once, with room
+    for two in the queue: the rest are refused at once with 503 `guard_busy` and `Retry-After: 1` (before,
+    every one queued, and a small request's scan waited behind all of them); `/readyz` stays quick."""
+    overrides = {"policies": {"default": {"pii": "redact"}}, "guard": {"max_queued_scans": 2}}
+    prompt = "lorem ipsum dolor sit amet " * 30_000 + "mail jo@example.com"
+    body = {"model": "fake-chat", "messages": [{"role": "user", "content": prompt}]}
+    with served(overrides) as gw, gw.client(timeout=120) as client:
+        replies: list[tuple[int, str | None, str | None]] = []
+
+        def attack() -> None:
+            reply = client.post(CHAT, json=body)
+            code = reply.json().get("error", {}).get("code") if reply.status_code != 200 else None
+            replies.append((reply.status_code, code, reply.headers.get("retry-after")))
+
+        attackers = [threading.Thread(target=attack) for _ in range(12)]
+        with watched(gw.url) as waits:
+            for attacker in attackers:
+                attacker.start()
+            for attacker in attackers:
+                attacker.join()
+    served_ok = [reply for reply in replies if reply[0] == 200]
+    refused = [reply for reply in replies if reply[0] != 200]
+    assert len(served_ok) >= 2 and refused and set(refused) == {(503, "guard_busy", "1")}, replies
+    assert max(waits) < 1.0, max(waits)

@@ -28,6 +28,8 @@ class ScanLimits:
     inline_chars: int = 2_048
     """Texts up to this size are scanned on the event loop (well under a millisecond); larger ones on the
     guard's worker thread."""
+    max_queued: int = 16
+    """Requests whose scans may wait for (or run on) the worker thread at once; more are refused."""
 
 
 class ScanBudget:

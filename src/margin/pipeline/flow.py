@@ -67,7 +67,9 @@ def compose(
 ) -> Flow:
     """The request path for this config, outermost step first."""
     guard = settings.guard
-    limits = ScanLimits(guard.max_scan_chars, guard.max_spans, guard.max_phone_checks, guard.inline_scan_chars)
+    limits = ScanLimits(
+        guard.max_scan_chars, guard.max_spans, guard.max_phone_checks, guard.inline_scan_chars, guard.max_queued_scans
+    )
     steps: list[Step] = [
         settle,
         Auth(settings.tags.header_keys, parts.governance),

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from margin.errors import Overloaded
 from margin.guard import InjectionDetector, PiiScanner, Redaction, restore
 from margin.guard.inspection import GuardPolicy, Inspector, RequestFindings, scan_cost
 from margin.guard.limits import ScanLimits
@@ -32,15 +33,29 @@ class Guard:
         self.inspector = Inspector(scanner, detector, limits or ScanLimits())
         self.limits = self.inspector.limits
         self._pool: ThreadPoolExecutor | None = None
+        self._queued = 0  # requests' scans waiting for or running on the worker thread
 
-    async def _run(self, cost: int, work: Callable[[], T]) -> T:
+    async def _run(self, cost: int, work: Callable[[], T], *, refusable: bool = False) -> T:
         """`work()` inline when it costs little (`scan_cost`: well under a millisecond), else on the guard's
-        worker thread (one: large scans queue behind each other instead of taking every core)."""
+        worker thread (one: large scans queue behind each other instead of taking every core). `refusable`
+        (a request's own scan, before its backend call): refused with 503 when `max_queued` scans wait
+        already, so the queue, and the wait of every large prompt behind it, stays bounded. An answer's scan
+        is never refused (its backend already worked)."""
         if cost <= self.limits.inline_chars:
             return work()
+        if refusable and self._queued >= self.limits.max_queued:
+            raise Overloaded(
+                f"the guard is scanning {self._queued} large requests; retry shortly",
+                code="guard_busy",
+                headers={"retry-after": "1"},
+            )
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="margin-guard")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, work)
+        self._queued += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, work)
+        finally:
+            self._queued -= 1
 
     def close(self) -> None:
         if self._pool is not None:
@@ -54,7 +69,7 @@ class Guard:
         if policy.reads_request:
             texts = request_texts(request.raw)
             cost = scan_cost(texts, self.limits.inline_chars)
-            found, body = await self._run(cost, lambda: self._inspect(request, texts, policy))
+            found, body = await self._run(cost, lambda: self._inspect(request, texts, policy), refusable=True)
             record.found(found.record)
             if found.error is not None:
                 raise found.error

@@ -22,13 +22,15 @@ MALFORMED = jsonl(
     line("streamed", stream=True),  # 8: streams do not run in batches
     line("typed", max_tokens="many"),  # 9: a field of the wrong type
     b"   ",  # 10: blank: not a request
-    line("ok-2"),  # 11
+    line("nul\x00cut"),  # 11: a control character (PostgreSQL's text would cut it at the NUL)
+    line("tab\there"),  # 12
+    line("ok-2"),  # 13
 )
 
 
 def test_validation_sorts_every_line() -> None:
     lines, errors = validate(MALFORMED, "/v1/chat/completions", lambda m: m in {"fake-chat", "priced"})
-    assert [(x.line, x.custom_id) for x in lines] == [(1, "ok-1"), (11, "ok-2")]
+    assert [(x.line, x.custom_id) for x in lines] == [(1, "ok-1"), (13, "ok-2")]
     assert [(e.line, e.code) for e in errors] == [
         (2, "invalid_json"),
         (3, "invalid_method"),
@@ -38,6 +40,8 @@ def test_validation_sorts_every_line() -> None:
         (7, "model_mismatch"),
         (8, "unsupported_parameter"),
         (9, "invalid_request"),
+        (11, "invalid_custom_id"),
+        (12, "invalid_custom_id"),
     ]
     assert errors[8 - 2].custom_id == "streamed" and errors[0].custom_id is None
 
@@ -51,16 +55,16 @@ async def test_malformed_lines_become_errors_and_good_lines_run(db_path: Path) -
         )
         done = await wait_final(client, batch.id)
         assert done.status == "completed" and done.request_counts is not None
-        assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (10, 2, 8)
+        assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (12, 2, 10)
         assert done.errors is not None and done.errors.data is not None
-        assert sorted(e.line or 0 for e in done.errors.data) == [2, 3, 4, 5, 6, 7, 8, 9]
+        assert sorted(e.line or 0 for e in done.errors.data) == [2, 3, 4, 5, 6, 7, 8, 9, 11, 12]
         assert done.output_file_id and done.error_file_id
         good = entries((await client.files.content(done.output_file_id)).content)
         bad = entries((await client.files.content(done.error_file_id)).content)
         assert [e["custom_id"] for e in good] == ["ok-1", "ok-2"]
-        assert [e["error"]["line"] for e in bad] == [2, 3, 4, 5, 6, 7, 8, 9]
+        assert [e["error"]["line"] for e in bad] == [2, 3, 4, 5, 6, 7, 8, 9, 11, 12]
         assert all(e["response"] is None for e in bad)
-        assert len({e["id"] for e in good + bad}) == 10  # every input line once, none lost
+        assert len({e["id"] for e in good + bad}) == 12  # every input line once, none lost
         assert len([r for r in await gw.rows() if r.batch_id == batch.id]) == 2  # only valid lines ran
 
 

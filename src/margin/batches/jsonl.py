@@ -10,6 +10,7 @@ lines run, and every non-blank input line ends in exactly one of the two output 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from starlette.requests import Request
 
 from margin.config import BatchConfig
 from margin.errors import InvalidRequest, MarginError, PayloadTooLarge
-from margin.protocol import Endpoint, parse_request
+from margin.protocol import PRINTABLE, Endpoint, parse_request
 
 ENDPOINTS = {
     "/v1/chat/completions": Endpoint.CHAT,
@@ -30,6 +31,7 @@ ENDPOINTS = {
 }
 FORM_ENVELOPE = 64 * 1024  # room for the form's own fields and boundaries around the file
 MAX_CUSTOM_ID = 256
+CUSTOM_ID = re.compile(PRINTABLE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +146,10 @@ def _line(number: int, raw: bytes, endpoint: str, seen: set[str]) -> Line | Line
     if not isinstance(item, dict):
         return LineError(number, None, "invalid_json", f"line {number} is not a JSON object")
     custom_id = item.get("custom_id")
-    if not isinstance(custom_id, str) or not 0 < len(custom_id) <= MAX_CUSTOM_ID:
-        message = f"custom_id must be a string of 1 to {MAX_CUSTOM_ID} characters"
+    if not isinstance(custom_id, str) or not 0 < len(custom_id) <= MAX_CUSTOM_ID or not CUSTOM_ID.match(custom_id):
+        # no control characters: PostgreSQL's text cannot hold NUL (asyncpg cut "a\x00b" to "a", and the
+        # output's entry no longer matched its input line)
+        message = f"custom_id must be a string of 1 to {MAX_CUSTOM_ID} characters, none of them a control character"
         return LineError(number, None, "invalid_custom_id", message, "custom_id")
     if custom_id in seen:
         return LineError(

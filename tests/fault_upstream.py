@@ -177,7 +177,7 @@ async def _huge(mode: Mode, body: dict[str, Any], stream: bool, writer: asyncio.
     writer.write(end)
 
 
-ODD_CHOICES: list[Any] = [["x", 5, {"message": 3}], 5, "abc", {"a": 1}, [{"delta": 3}], [None]]
+ODD_CHOICES: tuple[Any, ...] = (["x", 5, {"message": 3}], 5, "abc", {"a": 1}, [{"delta": 3}], [None])
 
 
 def _odd(body: dict[str, Any], stream: bool, writer: asyncio.StreamWriter) -> None:

@@ -57,7 +57,7 @@ class Scope(Spec):
 class BudgetSpec(Spec):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[\w.:@/+=-]+$")
     scope: Scope
-    usd: Decimal | None = Field(None, gt=0, le=MAX_USD, description="Spend cap in USD.")
+    usd: Decimal | None = Field(None, gt=0, description="Spend cap in USD (above MAX_USD: no cap beyond it).")
     tokens: int | None = Field(None, gt=0, description="Cap on input + output tokens.")
     period: Literal["hour", "day", "month", "lifetime"] = "month"
     mode: Literal["hard", "soft"] = "hard"

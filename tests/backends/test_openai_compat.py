@@ -228,7 +228,7 @@ async def test_an_event_in_many_reads_is_joined_once_and_a_stream_is_cut_at_its_
     assert await _events([bytes([byte]) for byte in framed]) == [(one, False)]
     lines = Lines(10)
     assert (lines.feed(b"abc"), lines.feed(b"d\ne"), lines.rest()) == ([], [b"abcd"], b"e")
-    assert lines.feed(b"fghijk") is None  # 11 bytes in all
+    assert lines.feed(b"fghi") == [] and lines.feed(b"j") is None  # 10 bytes in all are fine, 11 are not
 
     backend = OpenAIBackend("up", OpenAIBackendConfig(base_url="http://127.0.0.1:1/v1", max_response_bytes=100))
     response = _Response([framed, b"data: {" + b"0" * 40, b"0" * 40])
@@ -262,3 +262,21 @@ async def test_a_reads_plain_events_are_handed_over_as_one_run() -> None:
         _ = run.payload
     [later] = batches[1]
     assert (later.events, later.more, later.text) == ([event("d"), event("e")], False, "de")
+
+
+async def test_openais_null_usage_in_every_chunk_does_not_split_runs() -> None:
+    """OpenAI and Azure send `"usage":null` in every chunk once usage is asked for (margin always asks): those
+    events are plain, and only the last one, whose usage is an object, is parsed on its own."""
+    from margin.backends.openai_compat import OpenAIBackend
+    from margin.config import OpenAIBackendConfig
+
+    def event(text: str) -> bytes:
+        return b'{"choices":[{"delta":{"content":"%s"}}],"usage":null}' % text.encode()
+
+    last = b'{"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3}}'
+    spaced = b'{"choices":[{"delta":{"content":"c"}}], "usage": null}'
+    read = b"".join(b"data: " + e + b"\n\n" for e in (event("a"), event("b"), spaced, last)) + b"data: [DONE]\n\n"
+    backend = OpenAIBackend("up", OpenAIBackendConfig(base_url="http://127.0.0.1:1/v1"))
+    [[first, run, counted]] = [batch async for batch in backend._reads(_Response([read]))]  # type: ignore[arg-type]
+    assert first.raw == event("a") and run.events == [event("b"), spaced] and run.text == "bc"
+    assert counted.usage is not None and counted.usage.output_tokens == 3

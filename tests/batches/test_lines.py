@@ -23,7 +23,7 @@ MALFORMED = jsonl(
     line("typed", max_tokens="many"),  # 9: a field of the wrong type
     b"   ",  # 10: blank: not a request
     line("nul\x00cut"),  # 11: a control character (PostgreSQL's text would cut it at the NUL)
-    line("tab\there"),  # 12
+    line("newline\n"),  # 12: at the end too (Python's `$` would let it through)
     line("ok-2"),  # 13
 )
 

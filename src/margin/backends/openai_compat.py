@@ -361,15 +361,16 @@ class OpenAIBackend:
     def _batch(self, events: list[bytes], batch: list[Chunk], *, first: bool) -> bool:
         """One read's events into `batch`, in order; True at `[DONE]`. A run of events whose bytes name neither
         usage nor an error is one chunk (`Chunk.events`: forwarded as they came, no Python per event beyond
-        this check); an event that names either is parsed into its own, and so is the stream's first (it is
-        parsed before anything is sent). Each chunk but the last is marked `more`. An event not shaped like a
-        JSON object raises, once the good ones before it are in `batch`."""
+        this check); an event that names either is parsed into its own chunk, and the stream's first is a
+        chunk of its own too (the call step parses it before anything is sent). Each chunk but the last is
+        marked `more`. An event not shaped like a JSON object raises, once the good ones before it are in
+        `batch`."""
         run: list[bytes] = []
         try:
             for event in events:
                 if event == b"[DONE]":
                     return True
-                if first or b'"usage"' in event or b'"error"' in event:
+                if first or _names_usage_or_error(event):
                     if run:
                         batch.append(Chunk(events=run) if len(run) > 1 else Chunk(raw=run[0]))
                         run = []
@@ -394,7 +395,7 @@ class OpenAIBackend:
         the text of the first token, or when a guard or the cache reads it). An event that is not even shaped
         like a JSON object (cut, garbled) fails here, before it is forwarded; one that is shaped like one but
         does not parse fails where it is first parsed."""
-        if b'"usage"' not in data and b'"error"' not in data:
+        if not _names_usage_or_error(data):
             if not (data.startswith(b"{") and data.endswith(b"}")):
                 raise self._invalid_event()
             return Chunk(raw=data)
@@ -442,6 +443,14 @@ class Lines:
     def rest(self) -> bytes:
         """What followed the last line end (a last event without one)."""
         return b"".join(self.partial)
+
+
+def _names_usage_or_error(event: bytes) -> bool:
+    """Whether an event's bytes name an error, or usage that is not null (OpenAI puts `"usage":null` in every
+    chunk once usage is asked for; only the last one holds it)."""
+    if b'"error"' in event:
+        return True
+    return b'"usage"' in event and b'"usage":null' not in event and b'"usage": null' not in event
 
 
 def _event_data(line: bytes) -> bytes | None:

@@ -22,7 +22,7 @@ from starlette.requests import Request
 
 from margin.config import BatchConfig
 from margin.errors import InvalidRequest, MarginError, PayloadTooLarge
-from margin.protocol import PRINTABLE, Endpoint, parse_request
+from margin.protocol import Endpoint, parse_request
 
 ENDPOINTS = {
     "/v1/chat/completions": Endpoint.CHAT,
@@ -31,7 +31,7 @@ ENDPOINTS = {
 }
 FORM_ENVELOPE = 64 * 1024  # room for the form's own fields and boundaries around the file
 MAX_CUSTOM_ID = 256
-CUSTOM_ID = re.compile(PRINTABLE)
+CUSTOM_ID = re.compile(r"[^\x00-\x1f\x7f-\x9f]+")  # no C0 or C1 control character, nor DEL (fullmatch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +146,7 @@ def _line(number: int, raw: bytes, endpoint: str, seen: set[str]) -> Line | Line
     if not isinstance(item, dict):
         return LineError(number, None, "invalid_json", f"line {number} is not a JSON object")
     custom_id = item.get("custom_id")
-    if not isinstance(custom_id, str) or not 0 < len(custom_id) <= MAX_CUSTOM_ID or not CUSTOM_ID.match(custom_id):
+    if not isinstance(custom_id, str) or not 0 < len(custom_id) <= MAX_CUSTOM_ID or not CUSTOM_ID.fullmatch(custom_id):
         # no control characters: PostgreSQL's text cannot hold NUL (asyncpg cut "a\x00b" to "a", and the
         # output's entry no longer matched its input line)
         message = f"custom_id must be a string of 1 to {MAX_CUSTOM_ID} characters, none of them a control character"

@@ -88,15 +88,18 @@ class Delivery:
         return self._first + [text for chunk in self._rest if (text := _text(chunk))]
 
     async def text(self) -> str:
-        """Everything delivered, as text: parsed once, in a worker thread when the stream was long (a 64 MiB
+        """Everything delivered, as text: parsed once, in a worker thread when the stream was long (a 128 MiB
         stream of small events takes seconds)."""
         if self._all_text is None:
-            joined = self._joined
+            joined = self.text_now
             self._all_text = joined() if self.written <= PARSE_INLINE_BYTES else await asyncio.to_thread(joined)
         return self._all_text
 
-    def _joined(self) -> str:
-        return "".join(self.parts)
+    def text_now(self) -> str:
+        """The same text, parsed where it is called."""
+        if self._all_text is None:
+            self._all_text = "".join(self.parts)
+        return self._all_text
 
     async def run(
         self, chunks: AsyncIterator[Chunk], first: Chunk | None, translate: Callable[[Exception], MarginError]

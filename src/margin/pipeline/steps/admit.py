@@ -14,7 +14,7 @@ from margin.governance.rules import partition
 from margin.governance.service import Governance
 from margin.pipeline.steps.settle import LEDGER_BACKLOG, RowSink
 from margin.pipeline.values import Next, Reply, Request, RouteDecision
-from margin.specs import LimitSpec
+from margin.specs import MAX_USD, LimitSpec
 
 
 class Admit:
@@ -91,7 +91,8 @@ class Admit:
                 code="price_unknown",
             )
         now = datetime.now(UTC)
-        worst_nano = to_nanousd(worst) if worst is not None else 0
+        # an absurd worst case (best_of × prompts × max_tokens) is held at MAX_USD, the most any cap counts
+        worst_nano = to_nanousd(min(worst, MAX_USD)) if worst is not None else 0
         tokens = decision.prompt_tokens + decision.output_tokens
         subject = request.subject
         hold = self.windows.hold

@@ -8,6 +8,7 @@ cache, the headers and the ledger row all reuse."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -169,8 +170,15 @@ class BackendCall:
             busy_share = clock.leave(mark)
             busy = call.stats.busy_s if call.stats.busy_s is not None else busy_share
             measured = self.meter.measured_j(probe, busy)
-            text = "" if usage is not None else await _output_text(output)
+            text, cancelled = "", None
+            if usage is None:
+                try:
+                    text = await _output_text(output)
+                except asyncio.CancelledError as exc:  # cancelled again meanwhile: the row is still metered
+                    text, cancelled = _output_text_now(output), exc
             self._meter(request, target, call, usage, text, busy, measured)
+            if cancelled is not None:
+                raise cancelled
 
     @staticmethod
     async def _whole(target: Target, call: Call) -> Completion:
@@ -248,6 +256,12 @@ async def _output_text(output: Completion | Delivery | None) -> str:
     if isinstance(output, Completion):
         return output.text
     return await output.text() if output is not None else ""
+
+
+def _output_text_now(output: Completion | Delivery | None) -> str:
+    if isinstance(output, Completion):
+        return output.text
+    return output.text_now() if output is not None else ""
 
 
 def _note_recovery(request: Request, fault: MarginError | None) -> None:

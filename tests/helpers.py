@@ -166,6 +166,14 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def rss_kb(pid: int) -> int:
+    """A process's resident memory now (kB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
 def gone(pid: int) -> bool:
     """Exited (a zombie waiting for its new parent to reap it counts as exited)."""
     try:

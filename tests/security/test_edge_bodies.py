@@ -6,10 +6,10 @@ from __future__ import annotations
 import socket
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 
+from tests.helpers import rss_kb
 from tests.security.conftest import ServeFactory
 
 CHUNK = b"0" * 65536
@@ -59,13 +59,6 @@ def chunked_flood(url: str, path: str, headers: dict[str, str], total: int = FLO
             answer += data
     status = int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1") else 0
     return Flood(status, sent)
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def test_every_route_reads_bodies_with_a_limit(served: ServeFactory) -> None:

@@ -24,6 +24,7 @@ import orjson
 import sqlalchemy as sa
 from starlette.types import ASGIApp
 
+from margin.backends.retry import retry_after_s
 from margin.batches import inprocess, progress, store
 from margin.batches.jsonl import validate
 from margin.batches.planning import Planner, line_tokens, options_for, turn, used_capacity
@@ -300,8 +301,8 @@ class _Job:
         self, status: int, body: bytes | None, error: dict[str, Any] | None, attempt: int, retry_after: str | None
     ) -> progress.Outcome:
         if status in RETRYABLE and attempt < self.runner.config.max_attempts:
-            plain = retry_after is not None and retry_after.isascii() and retry_after.isdigit()
-            delay = float(retry_after) if plain and retry_after else float(2**attempt)
+            delay = retry_after_s(retry_after)
+            delay = float(2**attempt) if delay is None else delay
             not_before = self.runner.clock() + timedelta(seconds=min(delay, 300.0))
             return progress.Outcome("pending", status, body, error, not_before)
         return progress.Outcome("failed", status, body, error)

@@ -22,6 +22,12 @@ def to_nanousd(usd: Decimal) -> int:
     return int((usd * NANO).to_integral_value(rounding=ROUND_HALF_EVEN))
 
 
+def capped_nanousd(usd: Decimal) -> int:
+    """`usd` in integer nano-USD, held at ±`MAX_USD`: for amounts that may be any size (a worst case, a cap
+    written as 1e12 for "unlimited"), where the most the ledger holds is the most that counts."""
+    return to_nanousd(max(min(usd, MAX_USD), -MAX_USD))
+
+
 def from_nanousd(nano: int) -> Decimal:
     return Decimal(nano) / NANO
 

@@ -14,10 +14,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from margin.economics.meter import Meter
-from margin.economics.money import to_nanousd
+from margin.economics.money import capped_nanousd
 from margin.governance.rules import Subject, partition
 from margin.governance.store import Gcra, Hold
-from margin.specs import MAX_USD, AdmissionConfig, BudgetSpec, LimitSpec
+from margin.specs import AdmissionConfig, BudgetSpec, LimitSpec
 from margin.types import Target, Usage
 
 MINUTE = 60.0
@@ -56,9 +56,7 @@ def _counter(budget: BudgetSpec, stamp: str, org: str | None) -> str:
 
 
 def budget_limit(budget: BudgetSpec) -> int:
-    # a cap past what integer nano-USD holds (1e12 written for "unlimited", or 1e400000) is MAX_USD: never
-    # an int of 400,000 digits (to_nanousd refuses it)
-    return to_nanousd(min(budget.usd, MAX_USD)) if budget.usd is not None else int(budget.tokens or 0)
+    return capped_nanousd(budget.usd) if budget.usd is not None else int(budget.tokens or 0)
 
 
 @dataclass(frozen=True, slots=True)

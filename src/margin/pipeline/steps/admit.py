@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from margin.economics.money import from_nanousd, to_nanousd, usd_str
+from margin.economics.money import capped_nanousd, from_nanousd, usd_str
 from margin.errors import BudgetExceeded, Overloaded, PermissionDenied, RateLimited
 from margin.governance import admission as adm
 from margin.governance.rules import partition
 from margin.governance.service import Governance
 from margin.pipeline.steps.settle import LEDGER_BACKLOG, RowSink
 from margin.pipeline.values import Next, Reply, Request, RouteDecision
-from margin.specs import MAX_USD, LimitSpec
+from margin.specs import LimitSpec
 
 
 class Admit:
@@ -91,8 +91,7 @@ class Admit:
                 code="price_unknown",
             )
         now = datetime.now(UTC)
-        # an absurd worst case (best_of × prompts × max_tokens) is held at MAX_USD, the most any cap counts
-        worst_nano = to_nanousd(min(worst, MAX_USD)) if worst is not None else 0
+        worst_nano = capped_nanousd(worst) if worst is not None else 0  # best_of × prompts × max_tokens: any size
         tokens = decision.prompt_tokens + decision.output_tokens
         subject = request.subject
         hold = self.windows.hold

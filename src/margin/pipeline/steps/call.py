@@ -175,7 +175,7 @@ class BackendCall:
                 try:
                     text = await _output_text(output)
                 except asyncio.CancelledError as exc:  # cancelled again meanwhile: the row is still metered
-                    text, cancelled = _output_text_now(output), exc
+                    text, cancelled = output.text_now() if isinstance(output, Delivery) else "", exc
             self._meter(request, target, call, usage, text, busy, measured)
             if cancelled is not None:
                 raise cancelled
@@ -256,12 +256,6 @@ async def _output_text(output: Completion | Delivery | None) -> str:
     if isinstance(output, Completion):
         return output.text
     return await output.text() if output is not None else ""
-
-
-def _output_text_now(output: Completion | Delivery | None) -> str:
-    if isinstance(output, Completion):
-        return output.text
-    return output.text_now() if output is not None else ""
 
 
 def _note_recovery(request: Request, fault: MarginError | None) -> None:

@@ -47,7 +47,9 @@ from margin.ledger.outbox import Outbox, SegmentWriter, encode
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GATEWAY_ONLY = ("energy_uj", "co2e_ng")  # filled by the ingest from energy_j/co2e_g; the gateway never sends them
-COLUMNS = [c.name for c in ledger.columns if c.name != "id" and c.name not in GATEWAY_ONLY]
+# plain str names: SQLAlchemy's quoted_name is a str subclass that orjson refuses, which sent every
+# synthetic row through the stdlib fallback of outbox.encode (14 µs a row instead of ~2.5)
+COLUMNS = [str(c.name) for c in ledger.columns if c.name != "id" and c.name not in GATEWAY_ONLY]
 
 
 def gateway_rows(n: int, start: datetime, seed: int, rate: float | None = None) -> Iterator[dict[str, Any]]:

@@ -32,7 +32,7 @@ def row(request_id: str, **fields: Any) -> dict[str, Any]:
         "cost_nanousd": 10,
         "config_hash": "h",
     }
-    return {**{c.name: None for c in ledger.columns if c.name != "id"}, **base, **fields}
+    return {**{str(c.name): None for c in ledger.columns if c.name != "id"}, **base, **fields}
 
 
 async def write_rows(url: str, rows: Iterable[dict[str, Any]], directory: Path | None = None) -> None:

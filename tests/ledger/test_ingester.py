@@ -65,7 +65,7 @@ def kill_9(process: subprocess.Popen[str]) -> None:
 
 async def test_a_killed_process_rows_are_ingested_by_the_next_start(tmp_path: Path, url: str) -> None:
     box = tmp_path / "box"
-    with writer_process(box, 25, segment_bytes=4096) as dead:
+    with writer_process(box, 25, segment_bytes=2048) as dead:
         kill_9(dead)
     assert len(list_segments(box)) >= 3
     outbox = Outbox(url, box)

@@ -79,12 +79,16 @@ def _default(value: Any) -> Any:
 
 
 def encode(row: dict[str, Any]) -> bytes:
-    """One outbox line. An integer beyond 64 bits (orjson refuses it) is written as JSON anyway: the database
-    refuses it and the row goes to the dead-letter table, which is where such a row belongs."""
+    """One outbox line. A column that is null is left out (the ingest reads a missing key as NULL, and lines
+    written with explicit nulls still read the same): a typical row has ~20 of its ~50 columns null, so the
+    line is ~40 % shorter and the database parses it ~35 % faster (benchmarks/ingest.py), for ~1.4 µs here.
+    An integer beyond 64 bits (orjson refuses it) is written as JSON anyway: the database refuses it and the
+    row goes to the dead-letter table, which is where such a row belongs."""
+    present = {name: value for name, value in row.items() if value is not None}
     try:
-        return orjson.dumps(row, default=_default, option=_OPTIONS)
+        return orjson.dumps(present, default=_default, option=_OPTIONS)
     except TypeError:
-        text = json.dumps(row, default=_default, separators=(",", ":"), ensure_ascii=False)
+        text = json.dumps(present, default=_default, separators=(",", ":"), ensure_ascii=False)
         return text.encode("utf-8", "surrogatepass") + b"\n"
 
 

@@ -9,7 +9,17 @@ import pytest
 
 from margin.backends.payloads import non_text_parts, token_id_count
 from margin.errors import InvalidRequest
-from margin.protocol import FORWARDED, Endpoint, parse_request
+from margin.protocol import (
+    FORWARDED,
+    MAX_CONTENT_PARTS,
+    MAX_INPUTS,
+    MAX_LOGIT_BIAS,
+    MAX_MESSAGES,
+    MAX_STOP,
+    MAX_TOOLS,
+    Endpoint,
+    parse_request,
+)
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -62,3 +72,96 @@ def test_only_known_fields_are_forwarded() -> None:
         assert unpriced not in FORWARDED[Endpoint.CHAT]
     assert "best_of" in FORWARDED[Endpoint.COMPLETIONS]  # priced there
     assert FORWARDED[Endpoint.EMBEDDINGS] == {"model", "input", "encoding_format", "dimensions", "user"}
+
+
+def _chat(**fields: Any) -> dict[str, Any]:
+    return {"model": "m", "messages": MESSAGES, **fields}
+
+
+def _parts(per_message: int, messages: int) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": [{"type": "text", "text": "x"}] * per_message}] * messages
+
+
+LISTS = [  # endpoint, a body whose list is at its limit, the same one element over it, the field
+    (
+        Endpoint.CHAT,
+        {"model": "m", "messages": MESSAGES * MAX_MESSAGES},
+        {"model": "m", "messages": MESSAGES * (MAX_MESSAGES + 1)},
+        "messages",
+    ),
+    (Endpoint.CHAT, _chat(tools=[{}] * MAX_TOOLS), _chat(tools=[{}] * (MAX_TOOLS + 1)), "tools"),
+    (Endpoint.CHAT, _chat(stop=["a"] * MAX_STOP), _chat(stop=["a"] * (MAX_STOP + 1)), "stop"),
+    (
+        Endpoint.CHAT,
+        _chat(logit_bias={str(i): 1 for i in range(MAX_LOGIT_BIAS)}),
+        _chat(logit_bias={str(i): 1 for i in range(MAX_LOGIT_BIAS + 1)}),
+        "logit_bias",
+    ),
+    (
+        Endpoint.CHAT,
+        {"model": "m", "messages": _parts(MAX_CONTENT_PARTS, 1)},
+        {"model": "m", "messages": _parts(MAX_CONTENT_PARTS + 1, 1)},
+        "messages",
+    ),
+    (
+        Endpoint.COMPLETIONS,
+        {"model": "m", "prompt": ["p"] * MAX_INPUTS},
+        {"model": "m", "prompt": ["p"] * (MAX_INPUTS + 1)},
+        "prompt",
+    ),
+    (
+        Endpoint.COMPLETIONS,
+        {"model": "m", "prompt": [[1]] * MAX_INPUTS},
+        {"model": "m", "prompt": [[1]] * (MAX_INPUTS + 1)},
+        "prompt",
+    ),
+    (
+        Endpoint.EMBEDDINGS,
+        {"model": "m", "input": ["i"] * MAX_INPUTS},
+        {"model": "m", "input": ["i"] * (MAX_INPUTS + 1)},
+        "input",
+    ),
+]
+
+
+@pytest.mark.parametrize(("endpoint", "at_limit", "over", "param"), LISTS)
+def test_every_list_has_a_length_limit(
+    endpoint: Endpoint, at_limit: dict[str, Any], over: dict[str, Any], param: str
+) -> None:
+    parse_request(endpoint, at_limit)
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(endpoint, over)
+    assert (caught.value.param or "").split(".")[0] == param, caught.value.message
+
+
+def test_content_parts_are_counted_over_all_messages() -> None:
+    """10,000 messages of 10,000 parts each would pass each list's own limit: the parts are counted together."""
+    half = MAX_CONTENT_PARTS // 2
+    parse_request(Endpoint.CHAT, {"model": "m", "messages": _parts(half, 2)})
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(Endpoint.CHAT, {"model": "m", "messages": _parts(half + 1, 2)})
+    assert caught.value.param == "messages" and "content parts" in caught.value.message
+
+
+def test_a_list_over_its_limit_is_refused_with_openais_code() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(Endpoint.CHAT, {"model": "m", "messages": MESSAGES * 1_000_000})
+    assert caught.value.code == "array_above_max_length" and caught.value.param == "messages"
+    assert "more)" not in caught.value.message  # validation stopped at the limit, with one error
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body"),
+    [
+        (Endpoint.EMBEDDINGS, {"model": "m", "input": [[-1] * 100_000]}),
+        (Endpoint.COMPLETIONS, {"model": "m", "prompt": [{}] * 100_000}),
+        (Endpoint.CHAT, {"model": "m", "messages": [{"role": "user", "content": [{}] * 9_000}]}),
+        (Endpoint.CHAT, _chat(stop=[1, 2])),
+    ],
+)
+def test_a_list_stops_at_its_first_wrong_element(endpoint: Endpoint, body: dict[str, Any]) -> None:
+    """One error per member of a union at most (4 for a prompt), not one per wrong element."""
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(endpoint, body)
+    message = caught.value.message
+    assert "more)" not in message or int(message.rsplit("(and ", 1)[1].split()[0]) <= 3, message

@@ -1,13 +1,20 @@
 """OpenAI request schemas: unknown vendor fields are accepted (only `FORWARDED_EXTRAS` travel upstream), bad
 types are rejected. Every value that reaches the ledger or a backend is bounded here, at parse time: a
-400 naming the field, instead of a ledger batch the database refuses or a backend that fails."""
+400 naming the field, instead of a ledger batch the database refuses or a backend that fails.
+
+Validation itself is bounded too, since it runs on the event loop: every list a request may hold has a length
+limit (checked first, or, for `Field(max_length)`, as soon as one element more than it allows was read), and
+stops at its first wrong element (`fail_fast`). Without them a 4 MiB body of a million small wrong elements (`"prompt": [{}, {}, …]`) made
+pydantic collect an error for each, for each member of a union: 2-20 s of the loop for one request
+(tests/security/test_loop_stalls.py)."""
 
 from __future__ import annotations
 
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from margin.errors import InvalidRequest
 
@@ -20,6 +27,11 @@ class Endpoint(StrEnum):
 
 INT32 = 2**31 - 1  # token counts and ids are 32-bit in every engine (and in the ledger's integer columns)
 MAX_LOGIT_BIAS = 1024  # entries; OpenAI documents -100..100 per token
+MAX_MESSAGES = 10_000  # a chat's messages
+MAX_CONTENT_PARTS = 10_000  # content parts over all of a chat's messages
+MAX_TOOLS = 128  # OpenAI's limit
+MAX_INPUTS = 2_048  # prompts of one completion request, inputs of one embedding request (OpenAI's limit)
+MAX_STOP = 4
 
 
 # What the ledger stores of these fits its columns (String(128) / String(256)), without NUL or other control
@@ -29,6 +41,39 @@ ModelName = Annotated[str, Field(min_length=1, max_length=128, pattern=PRINTABLE
 UserId = Annotated[str, Field(max_length=256, pattern=PRINTABLE)]
 TokenId = Annotated[int, Field(ge=0, le=INT32)]
 TokenLimit = Annotated[int, Field(ge=1, le=INT32)]
+TokenIds = Annotated[list[TokenId], Field(fail_fast=True)]  # as long as the body allows: ~2 M ids, ~0.1 s
+
+
+def _too_long(value: Any, limit: int, what: str) -> PydanticCustomError:
+    return PydanticCustomError(
+        "too_long", "at most {limit} {what}, not {length}", {"limit": limit, "what": what, "length": len(value)}
+    )
+
+
+def _at_most(limit: int, what: str) -> BeforeValidator:
+    """A list's (or an object's) length, checked before the field's type: a field whose type is a union
+    (`str | list[str]`) would otherwise report each member's error, not this one."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, list | dict) and len(value) > limit:
+            raise _too_long(value, limit, what)
+        return value
+
+    return BeforeValidator(check)
+
+
+def _inputs_limit(value: Any) -> Any:
+    """Prompts (texts or token-id lists) of a request, at most MAX_INPUTS; one prompt of token ids is longer."""
+    if isinstance(value, list) and len(value) > MAX_INPUTS and isinstance(value[0], str | list):
+        raise _too_long(value, MAX_INPUTS, "prompts or inputs")
+    return value
+
+
+# a prompt or an embedding input: text, texts, token ids or lists of token ids
+Inputs = Annotated[
+    str | Annotated[list[str], Field(fail_fast=True)] | TokenIds | Annotated[list[TokenIds], Field(fail_fast=True)],
+    BeforeValidator(_inputs_limit),
+]
 
 
 class _Open(BaseModel):
@@ -46,7 +91,7 @@ class ContentPart(_Open):
 
 class ChatMessage(_Open):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[ContentPart] | None = None
+    content: str | Annotated[list[ContentPart], Field(fail_fast=True)] | None = None  # parts: ChatCompletionRequest
     name: str | None = None
 
     def text(self) -> str:
@@ -66,12 +111,14 @@ class _Sampling(_Open):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     n: int = Field(1, ge=1, le=128)
-    stop: str | list[str] | None = None
+    stop: Annotated[str | Annotated[list[str], Field(fail_fast=True)] | None, _at_most(MAX_STOP, "stop sequences")] = (
+        None
+    )
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     user: UserId | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: Annotated[dict[str, float], Field(max_length=MAX_LOGIT_BIAS)] | None = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -79,20 +126,11 @@ class _Sampling(_Open):
         """Keys are token ids (decimal), values -100..100: checked here; the vocabulary by the backend."""
         if value is None:
             return None
-        if len(value) > MAX_LOGIT_BIAS:
-            raise ValueError(f"at most {MAX_LOGIT_BIAS} entries")
         for key, bias in value.items():
             if not (key.isascii() and key.isdigit() and len(key) <= 10 and int(key) <= INT32):
                 raise ValueError(f"keys must be token ids (0..{INT32}), got {key[:20]!r}")
             if not -100 <= bias <= 100:
                 raise ValueError(f"biases must be between -100 and 100 (token {key}: {bias})")
-        return value
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_limit(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences")
         return value
 
     def stop_list(self) -> list[str]:
@@ -115,14 +153,25 @@ class _Sampling(_Open):
 
 
 class ChatCompletionRequest(_Sampling):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES, fail_fast=True)
     max_tokens: TokenLimit | None = None
     max_completion_tokens: TokenLimit | None = None
     response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: Annotated[list[dict[str, Any]], Field(max_length=MAX_TOOLS, fail_fast=True)] | None = None
     tool_choice: str | dict[str, Any] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _parts_limit(cls, value: Any) -> Any:
+        """Content parts over all messages, counted before any is validated (one message's limit alone would
+        let 10,000 messages hold 10,000 parts each, as many as the body's bytes allow)."""
+        if isinstance(value, list) and len(value) <= MAX_MESSAGES:  # longer: refused by the length limit
+            parts = sum(len(m["content"]) for m in value if isinstance(m, dict) and isinstance(m.get("content"), list))
+            if parts > MAX_CONTENT_PARTS:
+                raise ValueError(f"at most {MAX_CONTENT_PARTS} content parts over all messages, not {parts}")
+        return value
 
     @property
     def output_limit(self) -> int | None:
@@ -134,7 +183,7 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
+    prompt: Inputs
     max_tokens: int | None = Field(16, ge=0, le=INT32)
     echo: bool = False
     suffix: str | None = None
@@ -161,7 +210,7 @@ class CompletionRequest(_Sampling):
 
 class EmbeddingRequest(_Open):
     model: ModelName
-    input: str | list[str] | list[TokenId] | list[list[TokenId]]
+    input: Inputs
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1, le=65_536)
     user: UserId | None = None
@@ -230,4 +279,5 @@ def parse_request(endpoint: Endpoint, data: Any) -> ApiRequest:
         param = ".".join(str(p) for p in first["loc"]) or None
         message = first["msg"] if first["type"] != "missing" else "field required"
         extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise InvalidRequest(f"{param}: {message}{extra}", param=param) from exc
+        code = "array_above_max_length" if first["type"] == "too_long" else None  # OpenAI's code for it
+        raise InvalidRequest(f"{param}: {message}{extra}", param=param, code=code) from exc

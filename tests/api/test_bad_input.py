@@ -39,7 +39,7 @@ CASES: list[tuple[str, str, Any, int, str | None, str | None]] = [
     ("temperature too high", CHAT, {**GOOD, "temperature": 3}, 400, "invalid_request", "temperature"),
     ("temperature a string", CHAT, {**GOOD, "temperature": "hot"}, 400, "invalid_request", "temperature"),
     ("max_tokens zero", CHAT, {**GOOD, "max_tokens": 0}, 400, "invalid_request", "max_tokens"),
-    ("too many stops", CHAT, {**GOOD, "stop": ["a", "b", "c", "d", "e"]}, 400, "invalid_request", "stop"),
+    ("too many stops", CHAT, {**GOOD, "stop": ["a", "b", "c", "d", "e"]}, 400, "array_above_max_length", "stop"),
     ("stream not bool", CHAT, {**GOOD, "stream": "yes please"}, 400, "invalid_request", "stream"),
     ("unknown model", CHAT, {**GOOD, "model": "nope"}, 404, "model_not_found", "model"),
     ("embedding model on chat", CHAT, {**GOOD, "model": "fake-embed"}, 400, "wrong_model_kind", "model"),

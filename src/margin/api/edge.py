@@ -21,6 +21,7 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Scope
 
+from margin import jsonload
 from margin.config import is_loopback
 from margin.errors import InvalidRequest, MarginError, PayloadTooLarge, PermissionDenied, UnsupportedMediaType
 
@@ -120,7 +121,7 @@ def parse_json(body: bytes) -> Any:
     if not body:
         raise InvalidRequest("the request body is empty; send a JSON object")
     try:
-        return orjson.loads(body)
+        return jsonload.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
 

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from margin import jsonload
 from margin.backends.deadline import StreamDeadline
 from margin.backends.retry import RETRY_STATUSES, Backoff, retry_after_s
 from margin.config import OpenAIBackendConfig
@@ -234,7 +235,7 @@ class OpenAIBackend:
                 raise self._waited(False) from exc
             raise BackendTimeout(f"upstream {self.name} timed out") from exc
         try:
-            payload = orjson.loads(content)
+            payload = jsonload.loads(content)
         except orjson.JSONDecodeError as exc:
             raise BackendError(f"upstream {self.name} sent invalid JSON", code="upstream_bad_response") from exc
         if not isinstance(payload, dict):

@@ -20,6 +20,7 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
+from margin import jsonload
 from margin.config import BatchConfig
 from margin.errors import InvalidRequest, MarginError, PayloadTooLarge
 from margin.protocol import Endpoint, parse_request
@@ -140,7 +141,7 @@ class LineError:
 
 def _line(number: int, raw: bytes, endpoint: str, seen: set[str]) -> Line | LineError:
     try:
-        item = orjson.loads(raw)
+        item = jsonload.loads(raw)
     except orjson.JSONDecodeError as exc:
         return LineError(number, None, "invalid_json", f"line {number} is not valid JSON: {exc}")
     if not isinstance(item, dict):

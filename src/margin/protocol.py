@@ -4,9 +4,9 @@ types are rejected. Every value that reaches the ledger or a backend is bounded 
 
 Validation itself is bounded too, since it runs on the event loop: every list a request may hold has a length
 limit (checked first, or, for `Field(max_length)`, as soon as one element more than it allows was read), and
-stops at its first wrong element (`fail_fast`). Without them a 4 MiB body of a million small wrong elements (`"prompt": [{}, {}, …]`) made
-pydantic collect an error for each, for each member of a union: 2-20 s of the loop for one request
-(tests/security/test_loop_stalls.py)."""
+stops at its first wrong element (`fail_fast`). Without them a 4 MiB body of a million small wrong elements
+(`"prompt": [{}, {}, …]`) made pydantic collect an error for each, for each member of a union: seconds of
+the loop for one request (tests/security/test_loop_stalls.py)."""
 
 from __future__ import annotations
 

@@ -109,7 +109,9 @@ class FlagSpec(Spec):
 class Policy(Spec):
     """Per key/team/tag rules. Unset fields inherit; levels and jurisdictions combine strictly."""
 
-    jurisdictions: list[str] | None = Field(None, description="Allowed backend jurisdictions (e.g. [EU]).")
+    jurisdictions: list[str] | None = Field(  # bounded: a key's policy arrives over the admin API too
+        None, max_length=64, fail_fast=True, description="Allowed backend jurisdictions (e.g. [EU]), at most 64."
+    )
     pii: Level | None = Field(None, description="PII in input messages: off | log | redact | block.")
     pii_output: Literal["off", "log", "redact"] | None = Field(None, description="PII in answers.")
     restore_pii: bool | None = Field(None, description="Put redacted originals back in the answer.")

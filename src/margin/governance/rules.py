@@ -111,7 +111,8 @@ def policy_dict(data: Any) -> dict[str, Any] | None:
         return Policy.model_validate(data).model_dump(exclude_none=True)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise InvalidRequest(f"invalid policy: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from exc
+        where = ".".join(str(p) for p in ("policy", *first["loc"]))
+        raise InvalidRequest(f"invalid {where}: {first['msg']}", param=where) from exc
 
 
 def merge_policies(layers: Iterable[Policy]) -> Policy:

@@ -55,6 +55,13 @@ class ServerConfig(Strict):
         description="Gateway processes on the one port. Above 1, budgets, rate limits and the exact cache are "
         "shared through storage.redis, or an embedded redis-server when none is configured.",
     )
+    read_threads: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Threads (per process) for the database work of the dashboard, the admin API and feedback. "
+        "Their own: slow reads never hold the threads the request path uses.",
+    )
 
 
 class StorageConfig(Strict):

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 
@@ -40,6 +42,8 @@ from margin.telemetry.traces import Traces, provider_names
 from margin.types import Backend, Target
 
 log = logging.getLogger("margin")
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def _check_regions(settings: Settings, grid: GridTable) -> None:
@@ -87,6 +91,10 @@ class Services:
         # and every read (margin.ledger.read), in worker threads
         self.engine = db.make_async_engine(settings.storage.ledger)
         self._sync_engine = db.make_sync_engine(settings.storage.ledger)
+        # the threads of that admin work and those reads (`read`): their own, so a slow read (a large ledger, a
+        # locked table) never holds one of asyncio's default threads, which the request path needs (the
+        # router's scorer, the tokenizer of long prompts, the text of long streams)
+        self._reads = ThreadPoolExecutor(settings.server.read_threads, thread_name_prefix="margin-read")
         # the ledger's rows, before each response completes; its ingester's SQL runs in a child process (or a
         # thread) with a connection of its own (a large page cache, a temporary staging table)
         self.outbox = Outbox.from_settings(settings.storage)
@@ -208,6 +216,12 @@ class Services:
         while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
+    async def read(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`function(*args, **kwargs)` on the read threads: the dashboard's, the admin API's and feedback's
+        database work."""
+        call = functools.partial(function, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._reads, call)
+
     async def close(self) -> None:
         await self.stalls.close()
         await self.drain()
@@ -226,5 +240,6 @@ class Services:
                 closer()
         if self.semantic is not None:
             self.semantic.close()
+        self._reads.shutdown(wait=False, cancel_futures=True)
         await self.engine.dispose()
         self._sync_engine.dispose()

@@ -9,6 +9,7 @@ import threading
 import time
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests.security.conftest import ServeFactory
@@ -144,3 +145,48 @@ def test_a_body_of_millions_of_elements_is_refused_before_they_are_validated(ser
         assert refused.status_code == 400, refused.text
         assert refused.json()["error"]["param"], refused.text
         assert max(waits) < 1.0, max(waits)
+
+
+LOCKED = "ledger, ledger_hourly, ledger_daily, ledger_latency, ledger_attach, ledger_tasks, ledger_task_daily"
+ROUTED = {  # threshold 0: the router scores every prompt (in a worker thread) and picks the cheap model
+    "backends": {"cheap": {"kind": "fake", "output_tokens": 3}, "strong": {"kind": "fake", "output_tokens": 3}},
+    "models": {"cheap": {"backend": "cheap"}, "strong": {"backend": "strong"}},
+    "routes": {"auto": {"ladder": ["cheap", "strong"], "threshold": 0.0}},
+}
+
+
+def test_slow_reads_do_not_take_the_request_paths_threads(served: ServeFactory, fresh_postgres: str) -> None:
+    """The dashboard's, the admin API's and feedback's database work ran on asyncio's default executor (6
+    threads on 2 cores), which the request path shares: the router's scorer of every routed request, the
+    tokenizer of long prompts, the text of long streams. With the ledger's tables locked (a rebuild, a
+    `VACUUM FULL`, a migration), a dozen dashboard requests held every one of those threads, and a routed
+    chat waited as long as the lock lasted. Those reads now have threads of their own."""
+    keys = {"admin": ["--admin"], "user": []}
+    with served(ROUTED, keys=keys, ledger=fresh_postgres) as gw, psycopg.connect(_libpq(fresh_postgres)) as lock:
+        with gw.client(gw.keys["user"], timeout=60) as client:  # the router loaded before the test starts
+            assert client.post(CHAT, json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]}).is_success
+        lock.execute(f"LOCK TABLE {LOCKED} IN ACCESS EXCLUSIVE MODE")  # held until the rollback below
+        statuses: list[int] = []
+
+        def dashboard() -> None:
+            with gw.client(gw.keys["admin"], timeout=120) as client:
+                statuses.append(client.get("/dashboard/api/overview").status_code)
+
+        readers = [threading.Thread(target=dashboard) for _ in range(12)]
+        for reader in readers:
+            reader.start()
+        time.sleep(1.5)  # every reader waits for the lock
+        with gw.client(gw.keys["user"], timeout=60) as client:
+            started = time.perf_counter()
+            chat = client.post(CHAT, json={"model": "auto", "messages": [{"role": "user", "content": "hello"}]})
+            took = time.perf_counter() - started
+        assert statuses == []  # the readers were still waiting while the chat ran
+        lock.rollback()
+        for reader in readers:
+            reader.join()
+    assert chat.status_code == 200 and chat.json()["model"] == "cheap" and took < 5.0, (chat.status_code, took)
+    assert statuses == [200] * 12
+
+
+def _libpq(url: str) -> str:
+    return url.replace("postgresql+psycopg", "postgresql")

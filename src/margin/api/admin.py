@@ -5,7 +5,6 @@ Changes are written to the database and take effect at once on this replica and 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -69,7 +68,7 @@ async def budget_status(services: Any, principal_filter: Subject | None = None) 
     budgets = rules.budgets if principal_filter is None else tuple(rules.budgets_for(principal_filter))
     orgs: list[str | None] = [None]
     if principal_filter is None and any(b.scope.per_org for b in budgets):
-        orgs += await asyncio.to_thread(_known_orgs, services.sync_engine())
+        orgs += await services.read(_known_orgs, services.sync_engine())
     parts: list[list[str | None]] = []
     for budget in budgets:
         if principal_filter is not None:
@@ -119,7 +118,7 @@ async def list_rules(request: Request, _: Principal) -> Any:
 
 async def put_rule(request: Request, _: Principal) -> Any:
     services, kind = request.app.state.services, _kind(request)
-    spec = await asyncio.to_thread(save_rule, services.sync_engine(), kind, await read_json(request))
+    spec = await services.read(save_rule, services.sync_engine(), kind, await read_json(request))
     await services.governance.refresh()
     return spec.model_dump(mode="json")
 
@@ -127,34 +126,36 @@ async def put_rule(request: Request, _: Principal) -> Any:
 async def delete_rule_route(request: Request, _: Principal) -> Any:
     services, kind = request.app.state.services, _kind(request)
     name = request.path_params["name"]
-    await asyncio.to_thread(delete_rule, services.sync_engine(), services.settings, kind, name)
+    await services.read(delete_rule, services.sync_engine(), services.settings, kind, name)
     await services.governance.refresh()
     return {"deleted": name, "kind": kind}
 
 
 async def list_keys(request: Request, _: Principal) -> Any:
-    records = await asyncio.to_thread(keys.list_keys, request.app.state.services.sync_engine())
+    services = request.app.state.services
+    records = await services.read(keys.list_keys, services.sync_engine())
     return {"data": [r.public() for r in records]}
 
 
 async def create_key(request: Request, _: Principal) -> Any:
     body = keys.KeyRequest.parse(await read_json(request))
     spec = keys.NewKey(body.name, body.team, body.tags, body.org, body.admin, policy_dict(body.policy))
-    record, key = await asyncio.to_thread(keys.create_key, request.app.state.services.sync_engine(), spec)
+    services = request.app.state.services
+    record, key = await services.read(keys.create_key, services.sync_engine(), spec)
     return _json({**record.public(), "key": key}, status=201)
 
 
 async def revoke_key(request: Request, _: Principal) -> Any:
     services = request.app.state.services
-    record = await asyncio.to_thread(keys.revoke_key, services.sync_engine(), request.path_params["key_id"])
+    record = await services.read(keys.revoke_key, services.sync_engine(), request.path_params["key_id"])
     services.keys.forget()
     return record.public()
 
 
 async def usage(request: Request, _: Principal) -> Any:
-    params = request.query_params
+    services, params = request.app.state.services, request.query_params
     window_ = Window(parse_when(params.get("since")), parse_when(params.get("until")))
-    return await asyncio.to_thread(summarize, request.app.state.services.sync_engine(), window_, params.get("by"))
+    return await services.read(summarize, services.sync_engine(), window_, params.get("by"))
 
 
 async def reload(request: Request, _: Principal) -> Any:
@@ -178,7 +179,7 @@ async def own_usage(request: Request, principal: Principal) -> Any:
     services, params = request.app.state.services, request.query_params
     since = parse_when(params.get("since")) or window("month", datetime.now(UTC))[0]
     window_ = Window(since, parse_when(params.get("until")), key_id=principal.key_id)
-    summary = await asyncio.to_thread(summarize, services.sync_engine(), window_, params.get("by"))
+    summary = await services.read(summarize, services.sync_engine(), window_, params.get("by"))
     subject = Subject(principal.key_id, principal.team, principal.org, dict(principal.tags))
     return {
         "key": {"id": principal.key_id, "name": principal.name, "team": principal.team},

@@ -65,12 +65,13 @@ async def upload_file(request: Request, principal: Principal) -> Any:
     services = _services(request)
     config = services.settings.batches
     upload = await jsonl.read_upload(request, config)
+    lines = await services.read(jsonl.check_content, upload.content, config)  # scans up to max_file_bytes
     row = await store.add_file(
         services.engine,
         _owner(principal),
         upload.filename,
         upload.content,
-        upload.lines,
+        lines,
         config.max_stored_bytes_per_key,
         datetime.now(UTC),
     )

@@ -4,7 +4,6 @@ key (or the gateway runs open). Body: one object or a list (all or nothing). See
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from starlette.requests import Request
@@ -27,9 +26,9 @@ async def post_feedback(request: Request, principal: Principal) -> Any:
             found = feedback.check(connection, outcomes, principal.key_id, admin)
         return any(o.request_id not in found for o in outcomes)
 
-    if await asyncio.to_thread(missing):
+    if await services.read(missing):
         await services.outbox.flush()  # the request's row may still wait in this process's outbox
-    await asyncio.to_thread(feedback.record, engine, outcomes, principal.key_id, admin)
+    await services.read(feedback.record, engine, outcomes, principal.key_id, admin)
     return {"object": "list", "data": [o.to_json() for o in outcomes]}
 
 

@@ -9,7 +9,6 @@ lines run, and every non-blank input line ends in exactly one of the two output 
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
@@ -39,8 +38,7 @@ CUSTOM_ID = re.compile(r"[^\x00-\x1f\x7f-\x9f]+")  # no C0 or C1 control charact
 class Upload:
     filename: str
     purpose: str
-    content: bytes
-    lines: int
+    content: bytes  # not yet checked: `check_content` scans it (on a worker thread: up to max_file_bytes)
 
 
 async def _bounded(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
@@ -109,8 +107,7 @@ async def read_upload(request: Request, limits: BatchConfig) -> Upload:
         filename = (upload.filename or "batch.jsonl")[:256]
     finally:
         await form.close()
-    lines = await asyncio.to_thread(check_content, content, limits)  # scans up to max_file_bytes
-    return Upload(filename, purpose, content, lines)
+    return Upload(filename, purpose, content)
 
 
 @dataclass(frozen=True, slots=True)

@@ -139,7 +139,7 @@ class BatchRunner:
         except Exception:
             content = b""
         # up to batches.max_lines schema checks: off the event loop, which keeps serving live traffic
-        lines, errors = await asyncio.to_thread(validate, content, batch.endpoint, self.known)
+        lines, errors = await self.services.read(validate, content, batch.endpoint, self.known)
         plan = None
         principal = await self.principal(batch)
         if lines and principal is not None:

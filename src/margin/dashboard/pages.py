@@ -3,7 +3,6 @@ figure comes from margin.ledger.read through margin.report / dashboard.queries, 
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -178,7 +177,7 @@ async def budgets(services: Any, who: Viewer) -> dict[str, Any]:
                 for b in live
             ]
 
-    spent = await asyncio.to_thread(ledger_sums)
+    spent = await services.read(ledger_sums)
     return {"budgets": [_budget_row(b, s, now) for b, s in zip(live, spent, strict=True)]}
 
 
@@ -206,7 +205,7 @@ async def backends(services: Any, scope: Window, full: bool) -> dict[str, Any]:
         spread = utilization_by_backend(engine, scope, services.settings)
         return usage, seconds, spread
 
-    usage, seconds, spread = await asyncio.to_thread(load)
+    usage, seconds, spread = await services.read(load)
     health = _health(services)
     rows = {u["backend"]: u for u in usage}
     out = []

@@ -3,11 +3,10 @@ and the same data as JSON (`?format=json` or `/dashboard/api/<page>`)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import jinja2
@@ -25,6 +24,7 @@ from margin.ledger.read import Window
 from margin.report.render import human_usd
 
 Builder = Callable[[Request, Viewer, Window], Awaitable[dict[str, Any]]]
+T = TypeVar("T")
 PAGES = ("overview", "breakdown", "latency", "savings", "budgets", "backends", "margin")
 DEFAULT_SINCE = "7d"
 SECURITY_HEADERS = {
@@ -40,24 +40,30 @@ def _engine(request: Request) -> Any:
     return request.app.state.services.sync_engine()
 
 
+async def _read(request: Request, function: Callable[..., T], *args: Any) -> T:
+    """A page's database work, on the read threads (margin.services.Services.read)."""
+    result: T = await request.app.state.services.read(function, *args)
+    return result
+
+
 async def _overview(request: Request, who: Viewer, scope: Window) -> dict[str, Any]:
     settings = request.app.state.services.settings  # the gross margin of the viewer's own window
-    return await asyncio.to_thread(pages.overview, _engine(request), scope, settings)
+    return await _read(request, pages.overview, _engine(request), scope, settings)
 
 
 async def _breakdown(request: Request, who: Viewer, scope: Window) -> dict[str, Any]:
     by = request.query_params.get("by", "model" if not who.full else "team")
     if by == "team":
         auth.require_full(who, "the table by team")
-    return await asyncio.to_thread(pages.breakdown, _engine(request), scope, by)
+    return await _read(request, pages.breakdown, _engine(request), scope, by)
 
 
 async def _latency(request: Request, who: Viewer, scope: Window) -> dict[str, Any]:
-    return await asyncio.to_thread(pages.latency, _engine(request), scope)
+    return await _read(request, pages.latency, _engine(request), scope)
 
 
 async def _savings(request: Request, who: Viewer, scope: Window) -> dict[str, Any]:
-    return await asyncio.to_thread(pages.savings, _engine(request), scope)
+    return await _read(request, pages.savings, _engine(request), scope)
 
 
 async def _budgets(request: Request, who: Viewer, scope: Window) -> dict[str, Any]:
@@ -73,7 +79,7 @@ async def _margin(request: Request, who: Viewer, scope: Window) -> dict[str, Any
     if by not in ("feature", "customer"):
         raise InvalidRequest("by must be feature or customer", param="by")
     settings = request.app.state.services.settings
-    return await asyncio.to_thread(pages.margin_page, _engine(request), scope, settings, by)
+    return await _read(request, pages.margin_page, _engine(request), scope, settings, by)
 
 
 BUILDERS: dict[str, Builder] = {
@@ -159,7 +165,7 @@ class Dashboard:
             who: Viewer | None = None
             try:
                 who = await auth.viewer(request)
-                scope = await asyncio.to_thread(pages.scope_for, _engine(request), who, since)
+                scope = await _read(request, pages.scope_for, _engine(request), who, since)
                 data = await BUILDERS[name](request, who, scope)
             except AuthenticationFailed as exc:
                 if as_json:

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -172,6 +173,26 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+@contextmanager
+def peak_rss(pid: int, every_s: float = 0.002) -> Iterator[list[int]]:
+    """While the block runs, a process's resident memory is sampled; yields [baseline kB, peak kB], the peak
+    final once the block ends."""
+    sizes, done = [rss_kb(pid)] * 2, threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            sizes[1] = max(sizes[1], rss_kb(pid))
+            time.sleep(every_s)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        yield sizes
+    finally:
+        done.set()
+        sampler.join()
 
 
 def gone(pid: int) -> bool:

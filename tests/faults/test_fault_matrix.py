@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,7 @@ import yaml
 
 from margin.ledger import db as ledger_db
 from tests.faults.conftest import FaultUpstream
-from tests.helpers import free_port, margin_serve, rss_kb
+from tests.helpers import free_port, margin_serve, peak_rss
 from tests.security.waiting import wait_for, watched
 
 CHAT = "/v1/chat/completions"
@@ -355,24 +354,13 @@ def test_a_bomb_is_never_held_and_is_not_the_backends_fault(gw: Gateway) -> None
     whole, one bomb is 256 MiB). An answer over the limit can be the request's doing (a long answer, many
     choices), so the circuit counts no fault (it opens after 2 here)."""
     name = _backend(next(case for case in CASES if case.name == "gzip-bomb"), False, False)
-    baseline, peak, done = rss_kb(gw.pid), [0], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_kb(gw.pid))
-            time.sleep(0.002)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
+    with peak_rss(gw.pid) as sizes:
         replies = [send(gw.url, name, False) for _ in range(3)]
-    finally:
-        done.set()
-        sampler.join()
+    baseline, peak = sizes
     assert [(reply.status, (reply.error or {}).get("code")) for reply in replies] == [
         (502, "upstream_response_too_large")
     ] * 3
-    assert peak[0] - baseline < 64 << 10, f"the gateway grew by {(peak[0] - baseline) >> 10} MiB"
+    assert peak - baseline < 64 << 10, f"the gateway grew by {(peak - baseline) >> 10} MiB"
     circuit = _circuit(gw, name)
     assert (circuit["state"], circuit["faults"]) == ("closed", 0)
 

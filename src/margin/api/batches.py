@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from margin.api.admin import endpoint
@@ -90,9 +90,11 @@ async def get_file(request: Request, principal: Principal) -> Any:
 
 
 async def file_content(request: Request, principal: Principal) -> Any:
-    file_id = request.path_params["file_id"]
-    content = await store.file_content(_services(request).engine, file_id, _owner(principal))
-    return Response(content, media_type="application/octet-stream")
+    """The file's bytes, streamed part by part (an output file may be as large as all its answers)."""
+    file_id, engine = request.path_params["file_id"], _services(request).engine
+    row = await store.get_file(engine, file_id, _owner(principal))  # 404 unless it is the caller's
+    headers = {"content-length": str(row.bytes)}
+    return StreamingResponse(store.file_chunks(engine, file_id), media_type="application/octet-stream", headers=headers)
 
 
 async def delete_file(request: Request, principal: Principal) -> Any:

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from margin.batches import outputs
 from margin.batches.jsonl import Line, LineError
-from margin.batches.store import ACTIVE, LINE_OPEN, line_request_id, new_id
-from margin.ledger.models import batch_files, batch_lines, batches
+from margin.batches.store import ACTIVE, LINE_OPEN, line_request_id
+from margin.ledger.models import batch_lines, batches
 
 EXPIRED = {
     "code": "batch_expired",
@@ -201,68 +201,34 @@ async def close_pending(engine: AsyncEngine, batch_id: str, status: str, now: da
         return int(closed.rowcount)
 
 
-def _entry(batch_id: str, line: int, custom_id: str | None, response: Any, error: Any) -> bytes:
-    item = {"id": f"batch_req_{line_request_id(batch_id, line, 0)[:24]}", "custom_id": custom_id}
-    return orjson.dumps({**item, "response": response, "error": error})
-
-
-async def _outputs(connection: AsyncConnection, batch: Any) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
-    ok: list[tuple[int, bytes]] = []
-    bad: list[tuple[int, bytes]] = []
-    for error in batch.errors or []:
-        bad.append((error["line"], _entry(batch.id, error["line"], error["custom_id"], None, error)))
-    query = sa.select(batch_lines).where(batch_lines.c.batch_id == batch.id).order_by(batch_lines.c.line)
-    for row in await connection.execute(query):
-        response = None
-        if row.status_code is not None:
-            body = orjson.Fragment(row.response) if row.response else None
-            response = {"status_code": row.status_code, "request_id": row.request_id, "body": body}
-        entry = _entry(batch.id, row.line, row.custom_id, response, row.error)
-        (ok if row.status == "done" else bad).append((row.line, entry))
-    return ok, sorted(bad)
-
-
-async def _store_file(
-    connection: AsyncConnection, batch: Any, name: str, lines: list[tuple[int, bytes]], now: datetime
-) -> str | None:
-    if not lines:
-        return None
-    content = b"".join(entry + b"\n" for _, entry in lines)
-    file_id = new_id("file-")
-    await connection.execute(
-        batch_files.insert().values(
-            id=file_id,
-            key_id=batch.key_id,
-            org=batch.org,
-            purpose="batch_output",
-            filename=f"{batch.id}_{name}.jsonl",
-            bytes=len(content),
-            lines=len(lines),
-            content=content,
-            created_at=now,
-        )
-    )
-    return file_id
-
-
 async def finalize(engine: AsyncEngine, batch_id: str, status: str, now: datetime) -> bool:
-    """Write the output and error files and the final status in one transaction (once: the job must still be
-    active). Every input line is in exactly one of the two files."""
-    async with engine.begin() as connection:
-        batch = (await connection.execute(sa.select(batches).where(batches.c.id == batch_id))).one()
-        if batch.status not in ACTIVE:
-            return False
-        ok, bad = await _outputs(connection, batch)
-        values: dict[str, Any] = {
-            "status": status,
-            "finalizing_at": now,
-            f"{status}_at": now,
-            "output_file_id": await _store_file(connection, batch, "output", ok, now),
-            "error_file_id": await _store_file(connection, batch, "error", bad, now),
-            "lease_owner": None,
-            "lease_until": None,
-        }
-        moved = await connection.execute(
-            batches.update().where(batches.c.id == batch_id, batches.c.status == batch.status).values(**values)
-        )
-        return moved.rowcount == 1
+    """Write the output and error files (margin.batches.outputs) and the final status in one transaction
+    (once: the job must still be active, else nothing is written). Every input line is in exactly one of
+    the two files."""
+    try:
+        async with engine.begin() as connection:
+            batch = (await connection.execute(sa.select(batches).where(batches.c.id == batch_id))).one()
+            if batch.status not in ACTIVE:
+                return False
+            output, error = await outputs.write(connection, batch, now)
+            values: dict[str, Any] = {
+                "status": status,
+                "finalizing_at": now,
+                f"{status}_at": now,
+                "output_file_id": output,
+                "error_file_id": error,
+                "lease_owner": None,
+                "lease_until": None,
+            }
+            moved = await connection.execute(
+                batches.update().where(batches.c.id == batch_id, batches.c.status == batch.status).values(**values)
+            )
+            if moved.rowcount != 1:  # another worker or a cancel changed it meanwhile: no orphan files
+                raise _Moved()
+    except _Moved:
+        return False
+    return True
+
+
+class _Moved(Exception):
+    """The job's status changed while its files were written: the transaction is rolled back."""

@@ -135,7 +135,7 @@ class BatchRunner:
     async def _validate(self, batch: Any) -> None:
         engine, now = self.services.engine, self.clock()
         try:
-            content = await store.file_content(engine, batch.input_file_id, None)
+            content = await store.input_content(engine, batch.input_file_id)
         except Exception:
             content = b""
         # up to batches.max_lines schema checks: off the event loop, which keeps serving live traffic

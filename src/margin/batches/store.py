@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from margin.errors import Conflict, NotFound, PayloadTooLarge
-from margin.ledger.models import batch_files, batch_lines, batches
+from margin.ledger.models import batch_file_parts, batch_files, batch_lines, batches
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 FINAL = ("completed", "failed", "expired", "cancelled")
@@ -117,13 +117,11 @@ async def get_file(engine: AsyncEngine, file_id: str, owner: Owner) -> Any:
     return row
 
 
-async def file_content(engine: AsyncEngine, file_id: str, owner: Owner | None) -> bytes:
-    """A file's bytes (`owner` None: the worker reading a job's input, whoever owns it)."""
-    where = [batch_files.c.id == file_id]
-    if owner is not None:
-        where.append(_owned(batch_files, owner))
+async def input_content(engine: AsyncEngine, file_id: str) -> bytes:
+    """An uploaded file's bytes, for the worker that runs a job on it (whoever owns it; bounded by
+    batches.max_file_bytes, so held whole)."""
     async with engine.connect() as connection:
-        content = await connection.scalar(sa.select(batch_files.c.content).where(*where))
+        content = await connection.scalar(sa.select(batch_files.c.content).where(batch_files.c.id == file_id))
     if content is None:
         raise NotFound(f"No such File object: {file_id}", param="file_id")
     return bytes(content)
@@ -134,11 +132,32 @@ async def list_files(engine: AsyncEngine, owner: Owner, limit: int, after: str |
         return await _page(connection, batch_files, FILE_COLUMNS, [_owned(batch_files, owner)], limit, after)
 
 
+async def file_chunks(engine: AsyncEngine, file_id: str) -> AsyncIterator[bytes]:
+    """A file's bytes as it was written: an output file part by part (one query each, so a large one is never
+    held whole), an upload as its one blob. The caller checked that the file is the caller's."""
+    seq = 0
+    while True:
+        part = sa.and_(batch_file_parts.c.file_id == file_id, batch_file_parts.c.seq == seq)
+        async with engine.connect() as connection:
+            data = await connection.scalar(sa.select(batch_file_parts.c.data).where(part))
+        if data is None:
+            break
+        yield bytes(data)
+        seq += 1
+    if seq == 0:
+        async with engine.connect() as connection:
+            content = await connection.scalar(sa.select(batch_files.c.content).where(batch_files.c.id == file_id))
+        if content:
+            yield bytes(content)
+
+
 async def delete_file(engine: AsyncEngine, file_id: str, owner: Owner) -> None:
     async with engine.begin() as connection:
         gone = await connection.execute(
             batch_files.delete().where(batch_files.c.id == file_id, _owned(batch_files, owner))
         )
+        if gone.rowcount == 1:
+            await connection.execute(batch_file_parts.delete().where(batch_file_parts.c.file_id == file_id))
     if gone.rowcount != 1:
         raise NotFound(f"No such File object: {file_id}", param="file_id")
 

@@ -256,6 +256,18 @@ batch_files = sa.Table(
     sa.Index("ix_batch_files_key_created", "key_id", "created_at"),
 )
 
+# A job's output and error files, in parts of up to 1 MiB (their `content` is then empty): written as the
+# job's lines are read, a page at a time, and served the same way, so neither holds a whole file in memory
+# (they are as large as the answers: a 447 KB input made 631 MiB of output). Uploads keep their bytes in
+# `content` (bounded by batches.max_file_bytes).
+batch_file_parts = sa.Table(
+    "batch_file_parts",
+    metadata,
+    sa.Column("file_id", sa.String(40), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+
 batches = sa.Table(
     "batches",
     metadata,

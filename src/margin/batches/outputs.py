@@ -1,0 +1,120 @@
+"""A job's output and error files, written when it ends, in the transaction that ends it.
+
+Every input line is in exactly one of them, in line order: the output file holds the lines that got an
+answer, the error file the lines refused at validation (`batches.errors`) and those that ended without one.
+They are as large as the answers (a 447 KB input made 631 MiB of output), so neither is ever held whole:
+the job's lines are read a page at a time and the files written in parts of up to `PART_BYTES`
+(`batch_file_parts`), which the download streams back (margin.batches.store.file_chunks)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from margin.batches.store import line_request_id, new_id
+from margin.ledger.models import batch_file_parts, batch_files, batch_lines
+
+PART_BYTES = 1024 * 1024
+PAGE_LINES = 64  # lines read at a time (each holds its answer's body)
+
+
+def entry(batch_id: str, line: int, custom_id: str | None, response: Any, error: Any) -> bytes:
+    """One line of an output or error file, as OpenAI writes it."""
+    item = {"id": f"batch_req_{line_request_id(batch_id, line, 0)[:24]}", "custom_id": custom_id}
+    return orjson.dumps({**item, "response": response, "error": error})
+
+
+class FileWriter:
+    """One file, written in parts of up to PART_BYTES as its lines come (in the caller's transaction)."""
+
+    def __init__(self, connection: AsyncConnection, batch: Any, name: str) -> None:
+        self.connection, self.batch, self.name = connection, batch, name
+        self.id = new_id("file-")
+        self.bytes = self.lines = self._seq = self._held = 0
+        self._buffer: list[bytes] = []
+
+    async def add(self, line: bytes) -> None:
+        self._buffer.append(line + b"\n")
+        self._held += len(line) + 1
+        self.lines += 1
+        if self._held >= PART_BYTES:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if not self._buffer:
+            return
+        data = b"".join(self._buffer)
+        self._buffer, self._held = [], 0
+        await self.connection.execute(batch_file_parts.insert().values(file_id=self.id, seq=self._seq, data=data))
+        self._seq += 1
+        self.bytes += len(data)
+
+    async def close(self, now: datetime) -> str | None:
+        """The file's id (None if it holds no line: no file)."""
+        await self._flush()
+        if not self.lines:
+            return None
+        await self.connection.execute(
+            batch_files.insert().values(
+                id=self.id,
+                key_id=self.batch.key_id,
+                org=self.batch.org,
+                purpose="batch_output",
+                filename=f"{self.batch.id}_{self.name}.jsonl",
+                bytes=self.bytes,
+                lines=self.lines,
+                content=b"",  # in batch_file_parts
+                created_at=now,
+            )
+        )
+        return self.id
+
+
+async def _rows(connection: AsyncConnection, batch_id: str) -> AsyncIterator[Any]:
+    """The job's lines in line order, PAGE_LINES at a time."""
+    last = 0
+    while True:
+        query = (
+            sa.select(batch_lines)
+            .where(batch_lines.c.batch_id == batch_id, batch_lines.c.line > last)
+            .order_by(batch_lines.c.line)
+            .limit(PAGE_LINES)
+        )
+        page = list(await connection.execute(query))
+        for row in page:
+            yield row
+        if len(page) < PAGE_LINES:
+            return
+        last = page[-1].line
+
+
+async def write(connection: AsyncConnection, batch: Any, now: datetime) -> tuple[str | None, str | None]:
+    """The job's (output file id, error file id); None where that file would hold no line."""
+    ok, bad = FileWriter(connection, batch, "output"), FileWriter(connection, batch, "error")
+    refused = sorted(batch.errors or [], key=lambda error: error["line"])  # at validation: not in batch_lines
+    waiting = 0
+    async for row in _rows(connection, batch.id):
+        response = None
+        if row.status_code is not None:
+            body = orjson.Fragment(row.response) if row.response else None
+            response = {"status_code": row.status_code, "request_id": row.request_id, "body": body}
+        line = entry(batch.id, row.line, row.custom_id, response, row.error)
+        if row.status == "done":
+            await ok.add(line)
+            continue
+        while waiting < len(refused) and refused[waiting]["line"] < row.line:
+            await bad.add(_refused(batch.id, refused[waiting]))
+            waiting += 1
+        await bad.add(line)
+    for error in refused[waiting:]:
+        await bad.add(_refused(batch.id, error))
+    return await ok.close(now), await bad.close(now)
+
+
+def _refused(batch_id: str, error: dict[str, Any]) -> bytes:
+    return entry(batch_id, error["line"], error["custom_id"], None, error)

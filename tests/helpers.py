@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,23 +176,32 @@ def rss_kb(pid: int) -> int:
 
 
 @contextmanager
+def repeating(step: Callable[[threading.Event], None]) -> Iterator[None]:
+    """While the block runs, `step(done)` runs on a thread of its own: it loops until `done` is set, which
+    happens when the block ends (and the thread is joined before the block's exit returns)."""
+    done = threading.Event()
+    runner = threading.Thread(target=step, args=(done,))
+    runner.start()
+    try:
+        yield
+    finally:
+        done.set()
+        runner.join()
+
+
+@contextmanager
 def peak_rss(pid: int, every_s: float = 0.002) -> Iterator[list[int]]:
     """While the block runs, a process's resident memory is sampled; yields [baseline kB, peak kB], the peak
     final once the block ends."""
-    sizes, done = [rss_kb(pid)] * 2, threading.Event()
+    sizes = [rss_kb(pid)] * 2
 
-    def sample() -> None:
+    def sample(done: threading.Event) -> None:
         while not done.is_set():
             sizes[1] = max(sizes[1], rss_kb(pid))
             time.sleep(every_s)
 
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
+    with repeating(sample):
         yield sizes
-    finally:
-        done.set()
-        sampler.join()
 
 
 def gone(pid: int) -> bool:

@@ -195,7 +195,7 @@ def test_two_orgs_teams_of_one_name_share_no_budget_limit_or_dashboard_rows(serv
 
 
 def test_amounts_past_what_the_ledger_holds_are_caps_never_errors(served: ServeFactory) -> None:
-    """A worst case past ±9e9 USD (`best_of` × prompts × `max_tokens` at $2/M: ~$1e10) is held at that bound,
+    """A worst case past ±9e9 USD (`best_of` × prompts × `max_tokens` at $20/M: ~$1.1e10) is held at that bound,
     so a $1 budget refuses it as over budget (it was a 500: the nano-USD conversion refused it). A cap written
     as 1e12 ("unlimited") or 1e400000 counts as 9e9 USD: requests pass, and no integer of 400,000 digits is
     ever made."""
@@ -204,10 +204,10 @@ def test_amounts_past_what_the_ledger_holds_are_caps_never_errors(served: ServeF
         {"name": "huge", "scope": {"kind": "team", "value": "u"}, "usd": "1e12", "period": "day"},
         {"name": "absurd", "scope": {"kind": "team", "value": "u"}, "usd": "1e400000", "period": "day"},
     ]
-    models = {"fake-chat": {"backend": "fake", "price": {"input": "2", "output": "2"}}}
+    models = {"fake-chat": {"backend": "fake", "price": {"input": "20", "output": "20"}}}
     overrides = {"budgets": budgets, "models": models}
     with served(overrides, keys={"t": ["--team", "t"], "u": ["--team", "u"]}) as gw:
-        absurd = {"model": "fake-chat", "prompt": [""] * 20_000, "max_tokens": 2**31 - 1, "best_of": 128}
+        absurd = {"model": "fake-chat", "prompt": [""] * 2_048, "max_tokens": 2**31 - 1, "best_of": 128}
         with gw.client(gw.keys["t"], timeout=10) as client:
             assert refused(client.post(COMPLETIONS, json=absurd), "budget_exceeded")
             assert client.post(CHAT, json=chat(max_tokens=5)).status_code == 200

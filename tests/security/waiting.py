@@ -11,6 +11,8 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
+from tests.helpers import repeating
+
 
 def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
     deadline = time.monotonic() + timeout_s
@@ -25,9 +27,8 @@ def watched(url: str) -> Iterator[list[float]]:
     """While the block runs, `/readyz` is asked again and again; yields the list of its answer times (an
     answer other than 200 counts as an endless wait)."""
     waits: list[float] = []
-    done = threading.Event()
 
-    def poll() -> None:
+    def poll(done: threading.Event) -> None:
         with httpx.Client(base_url=url, timeout=60) as client:
             while not done.is_set():
                 started = time.perf_counter()
@@ -35,10 +36,5 @@ def watched(url: str) -> Iterator[list[float]]:
                 waits.append(time.perf_counter() - started if ok else float("inf"))
                 time.sleep(0.01)
 
-    poller = threading.Thread(target=poll)
-    poller.start()
-    try:
+    with repeating(poll):
         yield waits
-    finally:
-        done.set()
-        poller.join()

@@ -91,7 +91,7 @@ class ContentPart(_Open):
 
 class ChatMessage(_Open):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | Annotated[list[ContentPart], Field(fail_fast=True)] | None = None  # parts: ChatCompletionRequest
+    content: str | Annotated[list[ContentPart], Field(fail_fast=True)] | None = None  # parts: _content_parts
     name: str | None = None
 
     def text(self) -> str:
@@ -161,17 +161,6 @@ class ChatCompletionRequest(_Sampling):
     tool_choice: str | dict[str, Any] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
-
-    @field_validator("messages", mode="before")
-    @classmethod
-    def _parts_limit(cls, value: Any) -> Any:
-        """Content parts over all messages, counted before any is validated (one message's limit alone would
-        let 10,000 messages hold 10,000 parts each, as many as the body's bytes allow)."""
-        if isinstance(value, list) and len(value) <= MAX_MESSAGES:  # longer: refused by the length limit
-            parts = sum(len(m["content"]) for m in value if isinstance(m, dict) and isinstance(m.get("content"), list))
-            if parts > MAX_CONTENT_PARTS:
-                raise ValueError(f"at most {MAX_CONTENT_PARTS} content parts over all messages, not {parts}")
-        return value
 
     @property
     def output_limit(self) -> int | None:
@@ -269,9 +258,29 @@ FORWARDED: dict[Endpoint, frozenset[str]] = {
 }
 
 
+def _content_parts(messages: Any) -> None:
+    """Content parts over all of a chat's messages, counted before any is validated (one message's limit
+    alone would let 10,000 messages hold 10,000 parts each, as many as the body's bytes allow). Plain Python
+    before pydantic: a validator inside the model cost ~0.9 µs a request, this ~0.2."""
+    if type(messages) is not list or len(messages) > MAX_MESSAGES:  # not a list, or too long: pydantic says so
+        return
+    parts = 0
+    for message in messages:
+        if type(message) is dict and type(content := message.get("content")) is list:
+            parts += len(content)
+    if parts > MAX_CONTENT_PARTS:
+        raise InvalidRequest(
+            f"messages: at most {MAX_CONTENT_PARTS} content parts over all messages, not {parts}",
+            param="messages",
+            code="array_above_max_length",
+        )
+
+
 def parse_request(endpoint: Endpoint, data: Any) -> ApiRequest:
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    if endpoint is Endpoint.CHAT:
+        _content_parts(data.get("messages"))
     try:
         return SCHEMAS[endpoint].model_validate(data)
     except ValidationError as exc:

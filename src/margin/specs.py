@@ -6,9 +6,10 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_USD = Decimal("9e9")  # the most USD any amount may be: integer nano-USD in a signed 64-bit column (~$9.2e9)
+MAX_TOKEN_CAP = 2**53  # the largest token budget: exact in JSON numbers (doubles) and in 64-bit counters
 
 ScopeKind = Literal["global", "org", "team", "key", "tag", "model", "backend"]
 Level = Literal["off", "log", "redact", "block"]
@@ -58,10 +59,17 @@ class BudgetSpec(Spec):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[\w.:@/+=-]+$")
     scope: Scope
     usd: Decimal | None = Field(None, gt=0, description="Spend cap in USD (above MAX_USD: no cap beyond it).")
-    tokens: int | None = Field(None, gt=0, description="Cap on input + output tokens.")
+    tokens: int | None = Field(None, gt=0, description="Cap on input + output tokens (above 2**53: counts as it).")
     period: Literal["hour", "day", "month", "lifetime"] = "month"
     mode: Literal["hard", "soft"] = "hard"
     alert_pct: int = Field(80, ge=1, le=100, description="Soft budgets warn from this share on.")
+
+    @field_validator("tokens")
+    @classmethod
+    def _token_cap(cls, value: int | None) -> int | None:
+        """Held at MAX_TOKEN_CAP, as a `usd` cap is at MAX_USD: 1e20 ("unlimited") stored by an older version
+        still loads, and nothing past what JSON numbers and 64-bit counters hold is ever written back."""
+        return None if value is None else min(value, MAX_TOKEN_CAP)
 
     @model_validator(mode="after")
     def _one_metric(self) -> BudgetSpec:
@@ -93,9 +101,14 @@ class FlagSpec(Spec):
     target: Scope = Field(description="What the flag applies to: global, model, backend, tag, team, org or key.")
     action: Literal["disable", "force_model", "cap_max_tokens", "require_cache"]
     model: str | None = Field(None, description="For force_model: the model to use instead.")
-    max_tokens: int | None = Field(None, gt=0, description="For cap_max_tokens.")
+    max_tokens: int | None = Field(None, gt=0, description="For cap_max_tokens (above 2**31 - 1: counts as it).")
     reason: str = Field("", max_length=500)
     enabled: bool = True
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _int32(cls, value: int | None) -> int | None:
+        return None if value is None else min(value, 2**31 - 1)  # what every engine's max_tokens holds
 
     @model_validator(mode="after")
     def _arguments(self) -> FlagSpec:

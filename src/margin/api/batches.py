@@ -46,7 +46,7 @@ def _services(request: Request) -> Any:
 
 def _limit(request: Request) -> tuple[int, str | None]:
     raw = request.query_params.get("limit", "20")
-    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3 and 1 <= int(raw) <= 100):  # not "²", not 5,000 digits
         raise InvalidRequest("limit must be an integer from 1 to 100", param="limit")
     return int(raw), request.query_params.get("after") or None
 

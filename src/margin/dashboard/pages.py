@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from margin.dashboard import queries
 from margin.dashboard.auth import Viewer
-from margin.economics.money import from_nanousd, to_nanousd, usd_str
+from margin.economics.money import capped_nanousd, from_nanousd, to_nanousd, usd_str
 from margin.errors import InvalidRequest
 from margin.governance.rules import Subject
 from margin.ledger import read
@@ -127,7 +127,7 @@ def _budget_row(budget: dict[str, Any], ledger_spent: int, now: datetime) -> dic
     end = datetime.fromisoformat(budget["resets_at"]) if budget["resets_at"] else None
     money = budget["unit"] == "usd"
     reserved = to_nanousd(Decimal(budget["reserved"])) if money else int(budget["reserved"])
-    limit = to_nanousd(Decimal(budget["usd"])) if money else int(budget["tokens"])
+    limit = capped_nanousd(Decimal(budget["usd"])) if money else int(budget["tokens"])  # "usd": 1e12 is no cap
     rate = queries.burn(ledger_spent + reserved, start, end, limit, now)
 
     def show(amount: Any) -> Any:

@@ -16,6 +16,8 @@ from margin.ledger.read import Window
 from margin.ledger.read.latency import from_histogram
 from margin.report.queries import figures as report_figures
 
+NO_END_HORIZON_S = 100 * 365.25 * 86400  # a budget with no end (lifetime) runs out "never" beyond a century
+
 BREAKDOWNS = ("team", "feature", "customer", "model", "backend")
 SINCE_CHOICES = ("24h", "7d", "30d")
 PERCENTILES = (50, 95, 99)
@@ -127,8 +129,10 @@ def burn(spent: int, start: datetime | None, end: datetime | None, limit: int, n
     per_day = Decimal(spent) / elapsed_days
     exhausts = None
     if per_day > 0:
-        left_days = Decimal(max(limit - spent, 0)) / per_day
-        moment = now + timedelta(days=float(left_days))  # a date, not money
-        if end is None or moment < end:
-            exhausts = moment.isoformat(timespec="minutes")
+        left_s = Decimal(max(limit - spent, 0)) / per_day * 86400
+        # only a moment before the window ends (or, with no end, within a century) is a date: a cap far above
+        # the spend would overflow datetime (a 500 for every viewer of the budgets page)
+        horizon = (end - now).total_seconds() if end is not None else NO_END_HORIZON_S
+        if left_s < Decimal(str(horizon)):
+            exhausts = (now + timedelta(seconds=float(left_s))).isoformat(timespec="minutes")
     return {"per_day": per_day, "exhausts_at": exhausts}

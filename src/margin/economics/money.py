@@ -16,8 +16,9 @@ JOULES_PER_KWH = 3_600_000.0
 
 def to_nanousd(usd: Decimal) -> int:
     """`usd` in integer nano-USD. Out of range (over `MAX_USD` either way, or not finite) is a ValueError,
-    raised before any arithmetic: turning `1e400000` into an int would take seconds of CPU."""
-    if not usd.is_finite() or abs(usd) > MAX_USD:
+    raised before any arithmetic: turning `1e400000` into an int would take seconds of CPU. (`copy_abs`, not
+    `abs`: `abs` rounds to the context, and `1e1000000` is past its largest exponent: decimal.Overflow.)"""
+    if not usd.is_finite() or usd.copy_abs() > MAX_USD:
         raise ValueError(f"{usd} USD is out of range (at most {MAX_USD} either way)")
     return int((usd * NANO).to_integral_value(rounding=ROUND_HALF_EVEN))
 

@@ -23,13 +23,17 @@ def parse_when(value: str | None, now: datetime | None = None) -> datetime | Non
         return None
     now = now or datetime.now(UTC)
     match = _RELATIVE.match(value.strip())
-    if match:
-        return now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
     try:
+        if match:
+            if len(match.group(1)) > 9:  # more minutes than datetime holds: refused before int() of 5,000 digits
+                raise OverflowError
+            return now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
         parsed = datetime.fromisoformat(value)
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
     except ValueError as exc:
-        raise InvalidRequest(f"{value!r} is neither a duration like 24h/7d nor an ISO date") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        raise InvalidRequest(f"{value[:40]!r} is neither a duration like 24h/7d nor an ISO date") from exc
+    except OverflowError as exc:  # 99999999999d ago, or 0001-01-01 at +14:00 (before year 1 in UTC)
+        raise InvalidRequest(f"{value[:40]!r} is outside the dates this gateway reads") from exc
 
 
 def as_utc(value: datetime) -> datetime:

@@ -13,7 +13,9 @@ import sqlalchemy as sa
 
 from margin.batches import outputs, progress, store
 from margin.ledger import db
-from margin.ledger.models import batch_file_parts, batch_files, batch_lines, batches
+from margin.ledger.models import batch_errors, batch_file_parts, batch_files, batch_lines, batches
+from tests.batches.helpers import batch_settings, entries, jsonl, line, sdk, wait_final
+from tests.helpers import gateway
 
 NOW = datetime(2026, 12, 5, tzinfo=UTC)
 REFUSED = (2, 5, 11)  # at validation: never in batch_lines
@@ -66,6 +68,9 @@ async def test_files_are_written_and_read_in_parts_in_line_order(
             )
         )  # fmt: skip
         await connection.execute(batch_lines.insert(), _lines("batch_1"))
+        await connection.execute(
+            batch_errors.insert(), [{"batch_id": "batch_1", "line": e["line"], "error": e} for e in errors]
+        )
     assert await progress.finalize(engine, "batch_1", "completed", NOW)
     assert not await progress.finalize(engine, "batch_1", "completed", NOW)  # once
     async with engine.connect() as connection:
@@ -100,3 +105,53 @@ async def test_an_upload_reads_back_as_its_one_blob(tmp_path: Path) -> None:
     assert await _chunks(engine, row.id) == [b'{"a":1}\n']
     assert await store.input_content(engine, row.id) == b'{"a":1}\n'
     await engine.dispose()
+
+
+async def test_many_refused_lines_are_rows_and_the_job_lists_the_first_100(db_path: Path) -> None:
+    """Every refused line is a row of batch_errors and an entry of the error file (in line order, among the
+    lines that failed later); the job object lists only the first SHOWN_ERRORS: 50,000 refusals in one value
+    were read whole with every look at the job (300 MB with long custom_ids)."""
+    refused = [{**line(f"dup{n % 2}"), "custom_id": "same"} for n in range(250)]  # line 1 is taken, 249 refused
+    content = jsonl(*refused, line("ok"))
+    async with gateway(batch_settings(db_path)) as gw:
+        client = sdk(gw)
+        upload = await client.files.create(file=("many.jsonl", content), purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        done = await wait_final(client, batch.id)
+        assert done.status == "completed" and done.request_counts is not None
+        assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (251, 2, 249)
+        assert (
+            done.errors is not None and done.errors.data is not None and len(done.errors.data) == progress.SHOWN_ERRORS
+        )
+        assert done.errors.data[0].message == "custom_id is already used on line 1"
+        assert done.error_file_id is not None and done.output_file_id is not None
+        bad = entries((await client.files.content(done.error_file_id)).content)
+        assert [e["error"]["line"] for e in bad] == list(range(2, 251))
+        good = entries((await client.files.content(done.output_file_id)).content)
+        assert [e["custom_id"] for e in good] == ["same", "ok"]
+
+
+def test_the_migration_moves_a_validated_jobs_errors_into_rows(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    db.upgrade(url, "0011")
+    engine = sa.create_engine(url)
+    errors = [{"line": n, "custom_id": None, "code": "invalid_json", "message": "no", "param": None} for n in (3, 1)]
+    with engine.begin() as connection:
+        connection.execute(
+            batches.insert().values(
+                id="batch_old", input_file_id="f", endpoint="/v1/chat/completions", completion_window="24h",
+                status="in_progress", tags={}, errors=errors, created_at=NOW, expires_at=NOW,
+            )
+        )  # fmt: skip
+    engine.dispose()
+    db.upgrade(url)
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        rows = connection.execute(sa.select(batch_errors).order_by(batch_errors.c.line)).all()
+    engine.dispose()
+    assert [(r.batch_id, r.line, r.error["code"]) for r in rows] == [
+        ("batch_old", 1, "invalid_json"),
+        ("batch_old", 3, "invalid_json"),
+    ]

@@ -11,6 +11,7 @@ import orjson
 from tests.helpers import peak_rss
 from tests.security.conftest import ServeFactory
 from tests.security.test_edge_bodies import FLOOD, chunked_flood
+from tests.security.waiting import watched
 
 LIMITS = {"batches": {"max_file_bytes": 8192, "max_lines": 100, "max_line_bytes": 1024, "objective": "asap"}}
 KEYS = {"a": ["--team", "t", "--org", "acme"], "b": ["--team", "t", "--org", "acme"], "c": ["--org", "other"]}
@@ -139,3 +140,35 @@ def test_a_jobs_output_is_never_held_whole(served: ServeFactory) -> None:
         grown_mib = (sizes[1] - sizes[0]) >> 10
     assert got == declared > 72 << 20 and count == 1000
     assert grown_mib < 48, f"the gateway grew by {grown_mib} MiB for a {got >> 20} MiB output"
+
+
+def test_a_job_of_many_refused_lines_is_cheap_to_look_at(served: ServeFactory) -> None:
+    """20,000 lines whose long custom_id (256 emoji) is used again and again: every line but the first is
+    refused at validation. All the refusals were one JSON value in the job's row, read and sent whole with
+    every `GET /v1/batches/{id}` and every listing: 43 MB per look here (the audit, 50,000 such lines: 1.3 s of
+    the event loop and +600 MiB per look). Now they are rows of their own, the job lists the first 100, and the
+    error file (streamed) has them all."""
+    dup = "\U0001f600" * 256
+    body = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]}
+    line = orjson.dumps({"custom_id": dup, "method": "POST", "url": "/v1/chat/completions", "body": body})
+    overrides = {"batches": {"objective": "asap", "poll_s": 0.05}}
+    with served(overrides, keys={"a": []}) as gw, gw.client(gw.keys["a"], timeout=120) as client:
+        upload = _upload(client, (line + b"\n") * 20_000).json()
+        job = {"input_file_id": upload["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+        batch = client.post("/v1/batches", json=job).json()
+        for _ in range(600):
+            batch = client.get(f"/v1/batches/{batch['id']}").json()
+            if batch["status"] in ("completed", "failed"):
+                break
+            time.sleep(0.1)
+        assert batch["request_counts"] == {"total": 20_000, "completed": 1, "failed": 19_999}, batch
+        with peak_rss(gw.process.pid) as sizes, watched(gw.url) as waits:
+            looks = [client.get(f"/v1/batches/{batch['id']}"), client.get("/v1/batches", params={"limit": 100})]
+        errors = 0
+        with client.stream("GET", f"/v1/files/{batch['error_file_id']}/content") as download:
+            for chunk in download.iter_bytes():
+                errors += chunk.count(b"\n")
+    assert [len(look.content) < 1 << 20 for look in looks] == [True, True], [len(look.content) for look in looks]
+    assert len(looks[0].json()["errors"]["data"]) == 100 and errors == 19_999
+    waited, grown_mib = max(waits, default=0.0), (sizes[1] - sizes[0]) >> 10
+    assert waited < 0.5 and grown_mib < 32, (waited, grown_mib)

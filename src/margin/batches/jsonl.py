@@ -136,7 +136,7 @@ class LineError:
         }
 
 
-def _line(number: int, raw: bytes, endpoint: str, seen: set[str]) -> Line | LineError:
+def _line(number: int, raw: bytes, endpoint: str, seen: dict[str, int]) -> Line | LineError:
     try:
         item = jsonload.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -149,11 +149,10 @@ def _line(number: int, raw: bytes, endpoint: str, seen: set[str]) -> Line | Line
         # output's entry no longer matched its input line)
         message = f"custom_id must be a string of 1 to {MAX_CUSTOM_ID} characters, none of them a control character"
         return LineError(number, None, "invalid_custom_id", message, "custom_id")
-    if custom_id in seen:
-        return LineError(
-            number, custom_id, "duplicate_custom_id", f"custom_id {custom_id!r} is used twice", "custom_id"
-        )
-    seen.add(custom_id)
+    if custom_id in seen:  # the message does not repeat the id: it is in the entry already (up to 256 characters)
+        message = f"custom_id is already used on line {seen[custom_id]}"
+        return LineError(number, custom_id, "duplicate_custom_id", message, "custom_id")
+    seen[custom_id] = number
     if item.get("method") != "POST":
         return LineError(number, custom_id, "invalid_method", "method must be POST", "method")
     if item.get("url") != endpoint:
@@ -175,7 +174,7 @@ def validate(content: bytes, endpoint: str, known: Callable[[str], bool]) -> tup
     first valid line's), as OpenAI requires."""
     lines: list[Line] = []
     errors: list[LineError] = []
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     model: str | None = None
     for number, raw in enumerate(content.split(b"\n"), start=1):
         if not raw.strip():

@@ -1,7 +1,7 @@
 """A job's output and error files, written when it ends, in the transaction that ends it.
 
 Every input line is in exactly one of them, in line order: the output file holds the lines that got an
-answer, the error file the lines refused at validation (`batches.errors`) and those that ended without one.
+answer, the error file the lines refused at validation (`batch_errors`) and those that ended without one.
 They are as large as the answers (a 447 KB input made 631 MiB of output), so neither is ever held whole:
 the job's lines are read a page at a time and the files written in parts of up to `PART_BYTES`
 (`batch_file_parts`), which the download streams back (margin.batches.store.file_chunks)."""
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from margin.batches.store import line_request_id, new_id
-from margin.ledger.models import batch_file_parts, batch_files, batch_lines
+from margin.ledger.models import batch_errors, batch_file_parts, batch_files, batch_lines
 
 PART_BYTES = 1024 * 1024
 PAGE_LINES = 64  # lines read at a time (each holds its answer's body)
@@ -75,14 +75,14 @@ class FileWriter:
         return self.id
 
 
-async def _rows(connection: AsyncConnection, batch_id: str) -> AsyncIterator[Any]:
-    """The job's lines in line order, PAGE_LINES at a time."""
+async def _paged(connection: AsyncConnection, table: sa.Table, batch_id: str) -> AsyncIterator[Any]:
+    """The job's rows of `table` (batch_lines, batch_errors) in line order, PAGE_LINES at a time."""
     last = 0
     while True:
         query = (
-            sa.select(batch_lines)
-            .where(batch_lines.c.batch_id == batch_id, batch_lines.c.line > last)
-            .order_by(batch_lines.c.line)
+            sa.select(table)
+            .where(table.c.batch_id == batch_id, table.c.line > last)
+            .order_by(table.c.line)
             .limit(PAGE_LINES)
         )
         page = list(await connection.execute(query))
@@ -96,9 +96,9 @@ async def _rows(connection: AsyncConnection, batch_id: str) -> AsyncIterator[Any
 async def write(connection: AsyncConnection, batch: Any, now: datetime) -> tuple[str | None, str | None]:
     """The job's (output file id, error file id); None where that file would hold no line."""
     ok, bad = FileWriter(connection, batch, "output"), FileWriter(connection, batch, "error")
-    refused = sorted(batch.errors or [], key=lambda error: error["line"])  # at validation: not in batch_lines
-    waiting = 0
-    async for row in _rows(connection, batch.id):
+    refused = _paged(connection, batch_errors, batch.id)  # at validation: not in batch_lines
+    waiting = await anext(refused, None)
+    async for row in _paged(connection, batch_lines, batch.id):
         response = None
         if row.status_code is not None:
             body = orjson.Fragment(row.response) if row.response else None
@@ -107,12 +107,13 @@ async def write(connection: AsyncConnection, batch: Any, now: datetime) -> tuple
         if row.status == "done":
             await ok.add(line)
             continue
-        while waiting < len(refused) and refused[waiting]["line"] < row.line:
-            await bad.add(_refused(batch.id, refused[waiting]))
-            waiting += 1
+        while waiting is not None and waiting.line < row.line:
+            await bad.add(_refused(batch.id, waiting.error))
+            waiting = await anext(refused, None)
         await bad.add(line)
-    for error in refused[waiting:]:
-        await bad.add(_refused(batch.id, error))
+    while waiting is not None:
+        await bad.add(_refused(batch.id, waiting.error))
+        waiting = await anext(refused, None)
     return await ok.close(now), await bad.close(now)
 
 

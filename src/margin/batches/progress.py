@@ -15,13 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from margin.batches import outputs
 from margin.batches.jsonl import Line, LineError
 from margin.batches.store import ACTIVE, LINE_OPEN, line_request_id
-from margin.ledger.models import batch_lines, batches
+from margin.ledger.models import batch_errors, batch_lines, batches
 
 EXPIRED = {
     "code": "batch_expired",
     "message": "This request could not be executed before the completion window expired.",
 }
 CANCELLED = {"code": "batch_cancelled", "message": "This request was not executed: the batch was cancelled."}
+SHOWN_ERRORS = 100  # validation errors the job object lists (`errors.data`); its error file has every one
 
 
 async def claim(engine: AsyncEngine, worker: str, now: datetime, lease_s: float) -> list[str]:
@@ -59,7 +60,7 @@ async def save_validation(
                 status="in_progress",
                 in_progress_at=now,
                 model=lines[0].model if lines else None,
-                errors=[e.to_json() for e in errors],
+                errors=[e.to_json() for e in errors[:SHOWN_ERRORS]],
                 plan=plan,
                 total=len(lines) + len(errors),
                 failed=len(errors),
@@ -67,6 +68,9 @@ async def save_validation(
         )
         if moved.rowcount != 1:
             return False
+        if errors:
+            rows = [{"batch_id": batch_id, "line": e.line, "error": e.to_json()} for e in errors]
+            await connection.execute(batch_errors.insert(), rows)
         if lines:
             await connection.execute(
                 batch_lines.insert(),

@@ -215,7 +215,7 @@ class _Job:
         elif self.flying or await progress.open_lines(self.engine, batch.id):
             return False
         else:
-            final = "failed" if batch.total == len(batch.errors or []) else "completed"  # no line was valid
+            final = "failed" if batch.model is None else "completed"  # no line was valid (the model is a line's)
         await self._land_all()
         if await progress.open_lines(self.engine, batch.id):
             return False  # a line in flight went back to pending (retry): not over yet

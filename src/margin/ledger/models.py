@@ -256,6 +256,17 @@ batch_files = sa.Table(
     sa.Index("ix_batch_files_key_created", "key_id", "created_at"),
 )
 
+# The lines of a job's input refused at validation, one row each ({line, custom_id, code, message, param}):
+# a 50 MB file can hold 50,000 of them, too many for one value read with every look at the job (`batches.errors`
+# keeps the first 100, for the job object); the error file reads them all, a page at a time.
+batch_errors = sa.Table(
+    "batch_errors",
+    metadata,
+    sa.Column("batch_id", sa.String(40), primary_key=True),
+    sa.Column("line", sa.Integer, primary_key=True),
+    sa.Column("error", sa.JSON, nullable=False),
+)
+
 # A job's output and error files, in parts of up to 1 MiB (their `content` is then empty): written as the
 # job's lines are read, a page at a time, and served the same way, so neither holds a whole file in memory
 # (they are as large as the answers: a 447 KB input made 631 MiB of output). Uploads keep their bytes in

@@ -31,7 +31,7 @@ class Scope(Spec):
     orgs' teams named `support` never share spend)."""
 
     kind: ScopeKind
-    value: str | None = None
+    value: str | None = Field(None, max_length=256)  # a team, key, model, backend name or `key=value` tag
     org: str | None = Field(None, min_length=1, max_length=128, description="Only this org's team or tag.")
 
     @model_validator(mode="after")
@@ -100,7 +100,7 @@ class FlagSpec(Spec):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[\w.:@/+=-]+$")
     target: Scope = Field(description="What the flag applies to: global, model, backend, tag, team, org or key.")
     action: Literal["disable", "force_model", "cap_max_tokens", "require_cache"]
-    model: str | None = Field(None, description="For force_model: the model to use instead.")
+    model: str | None = Field(None, max_length=128, description="For force_model: the model to use instead.")
     max_tokens: int | None = Field(None, gt=0, description="For cap_max_tokens (above 2**31 - 1: counts as it).")
     reason: str = Field("", max_length=500)
     enabled: bool = True

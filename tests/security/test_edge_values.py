@@ -75,3 +75,20 @@ def test_token_caps_past_what_json_and_counters_hold_are_held_at_the_bound(gw: S
         listed = admin.get("/admin/budgets")
         assert listed.status_code == 200 and {b["name"] for b in listed.json()["data"]} >= {"huge", "month"}
         assert admin.get("/dashboard/api/budgets").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("kind", "rule"),
+    [
+        ("limits", {"scope": {"kind": "team", "value": "t" * 150, "org": "o" * 20}, "rpm": 5}),  # its name: 176
+        ("limits", {"scope": {"kind": "team", "value": "t" * 4_000_000}, "rpm": 5}),
+        ("flags", {"name": "f", "target": {"kind": "global"}, "action": "force_model", "model": "m" * 4_000_000}),
+    ],
+)
+def test_rule_names_and_values_fit_their_columns(gw: Served, kind: str, rule: dict[str, object]) -> None:
+    """A stored rule is named by its scope in a String(160) column (PostgreSQL refused a longer one: a 500);
+    a 4 MB scope value or flag model was stored on SQLite, and the model echoed in every request's 404."""
+    with gw.client(gw.keys["admin"]) as admin:
+        refused = admin.put(f"/admin/{kind}", json=rule)
+    assert refused.status_code == 400, refused.text[:300]
+    assert refused.json()["error"]["param"] in {"scope", "scope.value", "model"}, refused.text[:300]

@@ -21,6 +21,7 @@ from margin.specs import LEVELS, BudgetSpec, FlagSpec, LimitSpec, PoliciesConfig
 
 RuleKind = Literal["budget", "limit", "flag"]
 SPEC_TYPES: dict[str, type[BaseModel]] = {"budget": BudgetSpec, "limit": LimitSpec, "flag": FlagSpec}
+MAX_RULE_NAME = 160  # gov_rules.name: String(160)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +222,9 @@ def save_rule(engine: sa.Engine, kind: str, data: Any) -> BaseModel:
     """Create or replace a rule (sync engine: CLI and the admin API's worker thread)."""
     spec = parse_spec(kind, data)
     name = rule_name(kind, spec)
+    if len(name) > MAX_RULE_NAME:  # a limit is named by its scope: PostgreSQL refused it (a 500)
+        message = f"invalid {kind}: its name (or scope) {name[:40]!r}… is over {MAX_RULE_NAME} characters"
+        raise InvalidRequest(message, param="scope")
     values = {"spec": spec.model_dump(mode="json"), "updated_at": datetime.now(UTC)}
     with engine.begin() as connection:
         updated = connection.execute(

@@ -9,7 +9,7 @@ import pytest
 
 from margin.dashboard.charts import bar_chart, meter
 from margin.ledger import db, ingest
-from tests.dashboard.seed import row, seed
+from tests.dashboard.seed import REVENUE, row, seed
 from tests.helpers import fake_settings, gateway
 
 NASTY = '<script>alert("x")</script>'
@@ -46,3 +46,34 @@ def test_bar_chart_and_meter() -> None:
     assert "No data" in bar_chart("x", [])
     assert 'width="100.0"' in meter(250.0) and "hot" in meter(95.0) and "ok" in meter(10.0)
     assert meter(None) == ""
+
+
+async def test_html_tables_show_the_costliest_groups_and_the_json_every_one(db_path: Path) -> None:
+    """Feature and customer tags are the caller's: a team key that sent 10,000 requests, each with its own
+    `x-margin-tags: feature=…`, made `/dashboard/breakdown?by=feature` render 10,000 rows (8.6 MiB) on the
+    event loop, 0.72-0.77 s each time it was asked. The HTML tables show the `HTML_ROWS` groups that cost the
+    most and say how many more there are, with a link to the JSON, which keeps every group."""
+    from margin.dashboard.views import HTML_ROWS
+
+    made = seed(db_path)
+    extra = HTML_ROWS + 57
+    engine = db.make_sync_engine(f"sqlite:///{db_path}")
+    with engine.begin() as connection:
+        costs = [row(1000 + i, tags={"feature": f"f{i:04d}"}, cost_nanousd=(i + 1) * 1000) for i in range(extra)]
+        ingest.ingest_batch(connection, costs)
+    engine.dispose()
+    headers = {"authorization": f"Bearer {made['search']}"}
+    async with gateway(fake_settings(db_path, revenue=REVENUE)) as gw:
+        for page, groups_of in (("breakdown", lambda d: d["groups"]), ("margin", lambda d: d["margins"]["groups"])):
+            api = await gw.http.get(f"/dashboard/api/{page}?by=feature", headers=headers)
+            html = await gw.http.get(f"/dashboard/{page}?by=feature", headers=headers)
+            groups = groups_of(api.json())
+            assert len(groups) == extra + 1  # and the seed's `qa`
+            shown = re.findall(r'<tr data-key="([^"]*)"', html.text)
+            assert shown[:HTML_ROWS] == [g["key"] for g in groups[:HTML_ROWS]], page  # the costliest first
+            assert len(shown) == HTML_ROWS + (page == "breakdown"), page  # + the breakdown's total row
+            more = re.search(r'<p class="muted" id="more-rows">(.*?)</p>', html.text, re.S)
+            assert more is not None and f"{len(groups) - HTML_ROWS} more" in more.group(1), page
+            assert f'href="/dashboard/api/{page}?by=feature&amp;since=7d"' in more.group(1)
+        few = await gw.http.get("/dashboard/breakdown?by=model", headers=headers)
+    assert 'id="more-rows"' not in few.text

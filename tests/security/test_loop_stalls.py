@@ -5,6 +5,7 @@ before the fix and far above a healthy answer (milliseconds), so the machine's l
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.helpers import peak_rss
 from tests.security.conftest import ServeFactory
 from tests.security.waiting import watched
 
@@ -95,6 +97,35 @@ def test_large_prompts_wait_for_the_guard_in_a_bounded_queue(served: ServeFactor
     refused = [reply for reply in replies if reply[0] != 200]
     assert len(served_ok) >= 2 and refused and set(refused) == {(503, "guard_busy", "1")}, replies
     assert max(waits) < 1.0, max(waits)
+
+
+def test_a_text_that_normalization_multiplies_is_refused_not_multiplied(served: ServeFactory) -> None:
+    """The injection rules read the text normalized per character (NFKC), which makes 18 characters of one
+    U+FDFA. One message of 1,000,000 of them (2.9 MiB, under `guard.max_scan_chars`) kept the guard's worker
+    busy 9.7 s and grew the gateway by 1.6 GiB, and `/readyz` waited 1.4 s. What normalizing adds to a text
+    now counts against `guard.max_scan_chars`, summed before any normalized text is built: as for any text
+    over the cap, a key whose policy blocks injections is answered 413 `guard_scan_limit` and one whose policy
+    only logs them is served, its ledger row recording `scan_limit`; both at once, the gateway barely grows."""
+    keys = {"logger": [], "blocker": ["--policy", json.dumps({"injection": "block"})]}
+    body = {"model": "fake-chat", "messages": [{"role": "user", "content": "\ufdfa" * 1_000_000}]}
+    replies: dict[str, tuple[int, str | None, float]] = {}
+    with served({"policies": {"default": {"injection": "log"}}}, keys=keys) as gw:
+        with watched(gw.url) as waits, peak_rss(gw.process.pid) as sizes:
+            time.sleep(0.1)
+            for name in ("logger", "blocker"):
+                with gw.client(gw.keys[name], timeout=120) as client:
+                    started = time.perf_counter()
+                    reply = client.post(CHAT, json=body)
+                    code = reply.json().get("error", {}).get("code") if reply.status_code != 200 else None
+                    replies[name] = (reply.status_code, code, time.perf_counter() - started)
+        grown_mib = (sizes[1] - sizes[0]) >> 10
+    assert replies["logger"][:2] == (200, None) and replies["blocker"][:2] == (413, "guard_scan_limit"), replies
+    assert max(took for _, _, took in replies.values()) < 3.0, replies
+    assert grown_mib < 200, f"the gateway grew by {grown_mib} MiB"
+    assert max(waits) < 1.0, max(waits)
+    logged = [row for row in gw.rows() if row.status == "ok"]
+    guard = json.loads(logged[0].guard) if isinstance(logged[0].guard, str) else logged[0].guard
+    assert len(logged) == 1 and "normalized" in guard["scan_limit"], guard
 
 
 def _closing(prefix: bytes) -> bytes:

@@ -27,6 +27,9 @@ Builder = Callable[[Request, Viewer, Window], Awaitable[dict[str, Any]]]
 T = TypeVar("T")
 PAGES = ("overview", "breakdown", "latency", "savings", "budgets", "backends", "margin")
 DEFAULT_SINCE = "7d"
+HTML_ROWS = 200
+"""Groups an HTML table shows (those that cost the most; the JSON has every one): feature and customer tags are
+the caller's, and rendering 10,000 rows held the event loop 0.7 s for a page no one reads."""
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
     "frame-ancestors 'none'",
@@ -151,6 +154,7 @@ class Dashboard:
             trend_points=_trend_points,
             since_choices=SINCE_CHOICES,
             breakdowns=BREAKDOWNS,
+            max_rows=HTML_ROWS,
         )
         self.css = (resources.files("margin.dashboard") / "static" / "dashboard.css").read_bytes()
 

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from margin.guard.limits import ScanBudget, ScanLimits
 from margin.guard.normalize import normalize
 from margin.guard.text import long_chunks
 
@@ -197,12 +198,15 @@ class InjectionDetector:
     def __init__(self, threshold: float = 0.5) -> None:
         self.threshold = threshold
 
-    def check(self, text: str) -> list[Finding]:
-        """All rule hits in `text`, including ones inside decoded base64/hex blobs and rot13 text."""
-        norm = normalize(text)
+    def check(self, text: str, budget: ScanBudget | None = None) -> list[Finding]:
+        """All rule hits in `text`, including ones inside decoded base64/hex blobs and rot13 text. What
+        normalizing the text adds to it is taken from `budget` (the request's; by default a fresh one):
+        `ScanLimitExceeded` past it."""
+        budget = budget or ScanBudget(ScanLimits())
+        norm = normalize(text, budget)
         findings = [Finding(name, score, *norm.original_span(s, e)) for name, score, s, e in _rule_hits(norm.text)]
         for kind, start, end, decoded in _decoded_blobs(text):
-            inner = [score for _, score, _, _ in _rule_hits(normalize(decoded).text)]
+            inner = [score for _, score, _, _ in _rule_hits(normalize(decoded, budget).text)]
             if inner and max(inner) >= _PAYLOAD_MIN_SCORE:
                 findings.append(Finding(f"encoded_{kind}", max(inner), start, end))
         if _LETTERS_RE.search(norm.text):
@@ -212,8 +216,8 @@ class InjectionDetector:
                     findings.append(Finding("encoded_rot13", score, *norm.original_span(s, e)))
         return sorted(findings, key=lambda f: (f.start, f.rule))
 
-    def assess(self, text: str) -> InjectionVerdict:
+    def assess(self, text: str, budget: ScanBudget | None = None) -> InjectionVerdict:
         """Findings, their combined score, and whether the score reaches the threshold."""
-        findings = tuple(self.check(text))
+        findings = tuple(self.check(text, budget))
         score = combined_score(findings)
         return InjectionVerdict(findings, score, score >= self.threshold)

@@ -97,7 +97,7 @@ class Inspector:
         try:
             budget.take_chars(text_size(texts))
             if policy.injection != "off":
-                self._injection(texts, policy.injection == "block", found)
+                self._injection(texts, policy.injection == "block", budget, found)
             if found.error is None and (policy.pii != "off" or policy.log_prompts):
                 self._pii(raw, texts, policy, Redaction(self.scanner, budget), found)
         except ScanLimitExceeded as exc:
@@ -107,8 +107,9 @@ class Inspector:
                 found.error = exc
         return found
 
-    def _injection(self, texts: list[tuple[str, str]], block: bool, found: RequestFindings) -> None:
-        verdicts = [self.detector.assess(text) for where, text in texts if where in UNTRUSTED_ROLES]
+    def _injection(self, texts: list[tuple[str, str]], block: bool, budget: ScanBudget, found: RequestFindings) -> None:
+        """What normalizing the texts adds to them counts against `budget` (`guard.max_scan_chars`)."""
+        verdicts = [self.detector.assess(text, budget) for where, text in texts if where in UNTRUSTED_ROLES]
         flagged = [v for v in verdicts if v.flagged]
         if not flagged:
             return

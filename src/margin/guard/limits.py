@@ -50,6 +50,15 @@ class ScanBudget:
                 " (guard.max_scan_chars)"
             )
 
+    def take_growth(self, n: int) -> None:
+        """Characters that normalizing a text for the injection rules adds to it (NFKC: up to 18 per one)."""
+        if n > 0 and self.chars + n > self.limits.max_chars:
+            raise ScanLimitExceeded(
+                f"the request's text grows past {self.limits.max_chars} characters when normalized for the"
+                " injection rules (compatibility forms such as U+FDFA expand up to 18-fold) (guard.max_scan_chars)"
+            )
+        self.chars += max(n, 0)
+
     def take_spans(self, n: int) -> None:
         self.spans += n
         if self.spans > self.limits.max_spans:

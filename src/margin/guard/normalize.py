@@ -2,15 +2,26 @@
 
 Obfuscation that a model reads straight through but a regex does not: zero-width and bidi control
 characters, soft hyphens, full-width and other compatibility forms (NFKC), and Cyrillic/Greek letters that
-look like Latin ones. Normalizing one character at a time keeps `offsets[i]`, the original index of
-normalized character `i`, so findings point at the user's real text.
+look like Latin ones. Each character is normalized on its own (`_fold`), so the normalized text is the
+concatenation of its characters' folds and `offsets[i]`, the original index of normalized character `i`, points
+findings at the user's real text.
+
+NFKC can multiply text (U+FDFA alone becomes 18 characters), so what the text grows by is charged to the
+request's `ScanBudget` (`guard.max_scan_chars`) before the normalized text is built: past it, the budget raises
+`ScanLimitExceeded` as it does for any text over the cap. The work is done once per distinct character and the
+rest at C speed (`str.translate`, iterators), with offsets kept as an array of ints, and only when some
+character changes length (otherwise they are the identity).
 """
 
 from __future__ import annotations
 
 import unicodedata
+from array import array
 from dataclasses import dataclass
+from itertools import chain, repeat
 from types import MappingProxyType
+
+from margin.guard.limits import ScanBudget
 
 _INVISIBLE = frozenset(
     "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d"
@@ -26,29 +37,43 @@ _HOMOGLYPHS: MappingProxyType[int, int] = MappingProxyType(
 
 @dataclass(frozen=True, slots=True)
 class Normalized:
-    """Lowercased, de-obfuscated text and, for each of its characters, the index in the original."""
+    """Lowercased, de-obfuscated text and, for each of its characters, the index in the original (None: the
+    identity, no character changed length)."""
 
     text: str
-    offsets: tuple[int, ...]
+    offsets: array[int] | None = None
 
     def original_span(self, start: int, end: int) -> tuple[int, int]:
         """Map a [start, end) range of the normalized text back onto the original text."""
-        if not self.offsets:
+        if not self.text:
             return 0, 0
-        return self.offsets[start], self.offsets[max(start, end - 1)] + 1
+        last = max(start, end - 1)
+        if self.offsets is None:
+            return start, last + 1
+        return self.offsets[start], self.offsets[last] + 1
 
 
-def normalize(text: str) -> Normalized:
-    """NFKC per character, invisible characters dropped, homoglyphs folded to Latin, lowercased."""
+def _fold(ch: str) -> str:
+    if ch in _INVISIBLE or unicodedata.category(ch) == "Cf":
+        return ""
+    return unicodedata.normalize("NFKC", ch).translate(_HOMOGLYPHS).lower()
+
+
+def normalize(text: str, budget: ScanBudget | None = None) -> Normalized:
+    """NFKC per character, invisible characters dropped, homoglyphs folded to Latin, lowercased. What the text
+    grows by is taken from `budget` first (`ScanLimitExceeded` past it); no budget: unbounded."""
     if text.isascii():
-        return Normalized(text.lower(), tuple(range(len(text))))
-    chars: list[str] = []
-    offsets: list[int] = []
-    for i, ch in enumerate(text):
-        if ch in _INVISIBLE or unicodedata.category(ch) == "Cf":
-            continue
-        folded = unicodedata.normalize("NFKC", ch).translate(_HOMOGLYPHS).lower()
-        for out in folded:
-            chars.append(out)
-            offsets.append(i)
-    return Normalized("".join(chars), tuple(offsets))
+        return Normalized(text.lower())
+    table: dict[int, str] = {}
+    for ch in set(text):
+        folded = _fold(ch)
+        if folded != ch:
+            table[ord(ch)] = folded
+    widths = {chr(code): len(folded) for code, folded in table.items() if len(folded) != 1}
+    if not widths:
+        return Normalized(text.translate(table))
+    if budget is not None:
+        budget.take_growth(sum(map(widths.get, text, repeat(1))) - len(text))
+    lengths = map(widths.get, text, repeat(1))
+    offsets = array("I", chain.from_iterable(map(repeat, range(len(text)), lengths)))
+    return Normalized(text.translate(table), offsets)

@@ -30,6 +30,12 @@ class ServerConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Requests with larger bodies get 413.")
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="Requests whose head (URL and header lines), or chunked body's trailers, are larger get 431 "
+        "and their connection is closed before the rest is read.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     key_cache_ttl_s: float = Field(5.0, ge=0, description="Revoked keys stop working within this time.")
     key_cache_entries: int = Field(

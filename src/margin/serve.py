@@ -15,6 +15,7 @@ import orjson
 import sqlalchemy as sa
 from rich.console import Console
 
+from margin.api.heads import BoundedHttpToolsProtocol
 from margin.config import Settings, config_hash, is_loopback, parse_settings
 from margin.keys import open_exposure
 from margin.ledger import db
@@ -89,7 +90,8 @@ def _server_options(settings: Settings) -> dict[str, Any]:
         "host": settings.server.host,
         "port": settings.server.port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": BoundedHttpToolsProtocol,  # httptools, with a bound on each request's head
+        "h11_max_incomplete_event_size": settings.server.max_header_bytes,  # the bound (margin.api.heads)
         "lifespan": "on",
         "access_log": False,
         "log_level": settings.server.log_level,

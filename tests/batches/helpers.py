@@ -47,3 +47,12 @@ async def wait_final(client: openai.AsyncOpenAI, batch_id: str, seconds: float =
 
 def entries(content: bytes) -> list[dict[str, Any]]:
     return [orjson.loads(raw) for raw in content.splitlines() if raw.strip()]
+
+
+async def run_job(client: openai.AsyncOpenAI, content: bytes, name: str = "in.jsonl") -> Any:
+    """Upload `content`, run it as a chat job and wait for it to end."""
+    upload = await client.files.create(file=(name, content), purpose="batch")
+    batch = await client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    return await wait_final(client, batch.id)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from margin.batches.jsonl import validate
-from tests.batches.helpers import batch_settings, entries, jsonl, line, sdk, wait_final
+from tests.batches.helpers import batch_settings, entries, jsonl, line, run_job, sdk, wait_final
 from tests.helpers import gateway
 
 MALFORMED = jsonl(
@@ -49,11 +49,7 @@ def test_validation_sorts_every_line() -> None:
 async def test_malformed_lines_become_errors_and_good_lines_run(db_path: Path) -> None:
     async with gateway(batch_settings(db_path)) as gw:
         client = sdk(gw)
-        upload = await client.files.create(file=("bad.jsonl", MALFORMED), purpose="batch")
-        batch = await client.batches.create(
-            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
-        done = await wait_final(client, batch.id)
+        done = await run_job(client, MALFORMED, "bad.jsonl")
         assert done.status == "completed" and done.request_counts is not None
         assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (12, 2, 10)
         assert done.errors is not None and done.errors.data is not None
@@ -65,7 +61,7 @@ async def test_malformed_lines_become_errors_and_good_lines_run(db_path: Path) -
         assert [e["error"]["line"] for e in bad] == [2, 3, 4, 5, 6, 7, 8, 9, 11, 12]
         assert all(e["response"] is None for e in bad)
         assert len({e["id"] for e in good + bad}) == 12  # every input line once, none lost
-        assert len([r for r in await gw.rows() if r.batch_id == batch.id]) == 2  # only valid lines ran
+        assert len([r for r in await gw.rows() if r.batch_id == done.id]) == 2  # only valid lines ran
 
 
 async def test_a_job_with_no_valid_line_fails_with_its_errors(db_path: Path) -> None:

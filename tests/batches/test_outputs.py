@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from margin.batches import outputs, progress, store
 from margin.ledger import db
 from margin.ledger.models import batch_errors, batch_file_parts, batch_files, batch_lines, batches
-from tests.batches.helpers import batch_settings, entries, jsonl, line, sdk, wait_final
+from tests.batches.helpers import batch_settings, entries, jsonl, line, run_job, sdk
 from tests.helpers import gateway
 
 NOW = datetime(2026, 12, 5, tzinfo=UTC)
@@ -115,11 +115,7 @@ async def test_many_refused_lines_are_rows_and_the_job_lists_the_first_100(db_pa
     content = jsonl(*refused, line("ok"))
     async with gateway(batch_settings(db_path)) as gw:
         client = sdk(gw)
-        upload = await client.files.create(file=("many.jsonl", content), purpose="batch")
-        batch = await client.batches.create(
-            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
-        done = await wait_final(client, batch.id)
+        done = await run_job(client, content, "many.jsonl")
         assert done.status == "completed" and done.request_counts is not None
         assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (251, 2, 249)
         assert (

@@ -5,6 +5,7 @@ count, line length) and authenticated before its body is read; files and jobs ar
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 
@@ -20,6 +21,18 @@ KEYS = {"a": ["--team", "t", "--org", "acme"], "b": ["--team", "t", "--org", "ac
 def _line(custom_id: str) -> bytes:
     body = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]}
     return orjson.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
+
+
+def _finished(client: Any, file_id: str, polls: int) -> Any:
+    """A job on an uploaded file, created and polled every 0.1 s until it ends (or `polls` times)."""
+    job = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    batch = client.post("/v1/batches", json=job).json()
+    for _ in range(polls):
+        batch = client.get(f"/v1/batches/{batch['id']}").json()
+        if batch["status"] in ("completed", "failed"):
+            break
+        time.sleep(0.1)
+    return batch
 
 
 def _upload(client: object, content: bytes, purpose: str = "batch") -> object:
@@ -122,14 +135,8 @@ def test_a_jobs_output_is_never_held_whole(served: ServeFactory) -> None:
     lines = b"".join(_line(f"l{n}") + b"\n" for n in range(1000))
     with served(overrides, keys={"a": []}) as gw, gw.client(gw.keys["a"], timeout=120) as client:
         upload = _upload(client, lines).json()
-        job = {"input_file_id": upload["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}
         with peak_rss(gw.process.pid, every_s=0.01) as sizes:
-            batch = client.post("/v1/batches", json=job).json()
-            for _ in range(1200):
-                batch = client.get(f"/v1/batches/{batch['id']}").json()
-                if batch["status"] in ("completed", "failed"):
-                    break
-                time.sleep(0.1)
+            batch = _finished(client, upload["id"], 1200)
             assert batch["status"] == "completed" and batch["request_counts"]["completed"] == 1000, batch
             got, count = 0, 0
             with client.stream("GET", f"/v1/files/{batch['output_file_id']}/content") as download:
@@ -154,13 +161,7 @@ def test_a_job_of_many_refused_lines_is_cheap_to_look_at(served: ServeFactory) -
     overrides = {"batches": {"objective": "asap", "poll_s": 0.05}}
     with served(overrides, keys={"a": []}) as gw, gw.client(gw.keys["a"], timeout=120) as client:
         upload = _upload(client, (line + b"\n") * 20_000).json()
-        job = {"input_file_id": upload["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}
-        batch = client.post("/v1/batches", json=job).json()
-        for _ in range(600):
-            batch = client.get(f"/v1/batches/{batch['id']}").json()
-            if batch["status"] in ("completed", "failed"):
-                break
-            time.sleep(0.1)
+        batch = _finished(client, upload["id"], 600)
         assert batch["request_counts"] == {"total": 20_000, "completed": 1, "failed": 19_999}, batch
         with peak_rss(gw.process.pid) as sizes, watched(gw.url) as waits:
             looks = [client.get(f"/v1/batches/{batch['id']}"), client.get("/v1/batches", params={"limit": 100})]

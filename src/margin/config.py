@@ -18,6 +18,7 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
+from margin.backend_config import BackendConfig
 from margin.errors import ConfigError
 from margin.specs import AdmissionConfig, BudgetSpec, FlagSpec, GuardConfig, LimitSpec, PoliciesConfig
 
@@ -137,20 +138,6 @@ class RegionConfig(Strict):
 DEFAULT_REGION = RegionConfig()  # frozen: a backend with no region set
 
 
-class HardwareConfig(Strict):
-    """Self-hosted cost inputs (DESIGN §4). Every default is an assumption and is labelled as one."""
-
-    usd_per_hour: Decimal = Field(ge=0, description="All-in hourly cost of the hardware (amortized, hosting).")
-    watts_busy: float | None = Field(None, ge=0, description="Power while serving; energy is modelled from it.")
-    watts_idle: float | None = Field(None, ge=0)
-    energy_overhead: Decimal = Field(Decimal("0"), ge=0, description="Energy & cooling as a share of hourly.")
-    network_overhead: Decimal = Field(Decimal("0"), ge=0, description="Networking as a share of hourly.")
-    tokens_per_s: float | None = Field(
-        None, gt=0, description="Throughput used to price a budget reservation (worst case) before the call."
-    )
-    note: str | None = Field(None, description="Where these numbers come from (shown in reports).")
-
-
 class PriceConfig(Strict):
     """List price in USD per million tokens, overriding genai-prices."""
 
@@ -158,89 +145,6 @@ class PriceConfig(Strict):
     output: Decimal = Field(ge=0)
     cached_input: Decimal | None = Field(None, ge=0)
     version: str = "config"
-
-
-class _BackendBase(Strict):
-    region: str = "default"
-    hardware: HardwareConfig | None = Field(
-        None, description="Set for self-hosted backends: cost comes from TCO, not list prices."
-    )
-
-
-class LlamaCppBackendConfig(_BackendBase):
-    kind: Literal["llamacpp"] = "llamacpp"
-    model_file: str = Field("builtin:smollm2-135m-q4_1", description="GGUF path, or builtin:<name>.")
-    n_ctx: int = Field(4096, ge=256)
-    threads: int | None = Field(None, ge=1, description="Defaults to the number of CPU cores.")
-    n_batch: int = Field(512, ge=1)
-    max_queue: int = Field(32, ge=0, description="Requests waiting beyond the running one; more get 503.")
-
-
-class RetryConfig(Strict):
-    """Retries inside one backend call, before any byte of the answer exists: connection refused, HTTP
-    502/503/504, and 429 whose Retry-After is within `retry_after_max_s`. Waits grow exponentially with full
-    jitter (a random wait between 0 and `backoff_s` × 2^attempt, capped at `backoff_max_s`); no retry starts
-    when it could not finish within the backend's `timeout_s`. Timeouts and broken streams are never retried
-    on the same backend (the upstream may be generating): they go to the model's fallbacks."""
-
-    attempts: int = Field(2, ge=0, le=10, description="Retries after the first try (0: none).")
-    backoff_s: float = Field(0.05, ge=0, description="Base of the exponential backoff.")
-    backoff_max_s: float = Field(2.0, ge=0, description="Longest wait between two tries (before jitter).")
-    retry_after_max_s: float = Field(
-        2.0, ge=0, description="A 429 is retried only when its Retry-After (seconds) is at most this."
-    )
-
-
-class OpenAIBackendConfig(_BackendBase):
-    kind: Literal["openai"] = "openai"
-    base_url: str = Field(description="Base URL ending in /v1.")
-    api_key_env: str | None = Field(None, description="Environment variable holding the upstream key.")
-    provider: str | None = Field(None, description="genai-prices provider id; guessed from base_url if unset.")
-    timeout_s: float = Field(600.0, gt=0, description="Total: the whole call, retries and stream included.")
-    connect_timeout_s: float = Field(5.0, gt=0, description="Opening the TCP (and TLS) connection.")
-    first_token_timeout_s: float = Field(
-        60.0, gt=0, description="Streams: from sending the request to the upstream's first event (headers included)."
-    )
-    idle_timeout_s: float = Field(30.0, gt=0, description="Streams: longest silence between two events.")
-    retries: RetryConfig = RetryConfig()
-    max_connections: int = Field(512, ge=1)
-    request_usage: bool = Field(True, description="Ask the upstream for stream usage (stream_options).")
-    max_response_bytes: int = Field(
-        256 * 1024 * 1024,
-        gt=0,
-        description="The most an answer may hold: a JSON body (declared, or as read after decompression) or a "
-        "stream's bytes in all. Past it the call fails as `upstream_response_too_large` (502; a stream that "
-        "began gets an error event). 256 MiB: a full batch of 2,048 float embeddings of 3,072 dimensions is "
-        "~70-190 MiB of JSON.",
-    )
-
-
-class FakeBackendConfig(_BackendBase):
-    """A scripted backend for tests and benchmarks: latency, tokens and errors are configured."""
-
-    kind: Literal["fake"] = "fake"
-    ttft_ms: float = Field(0.0, ge=0)
-    tokens_per_s: float | None = Field(None, gt=0, description="Decode pace; None streams instantly.")
-    output_tokens: int = Field(8, ge=0)
-    word: str = Field("tok", description="Each output token is this word plus a space.")
-    echo: bool = Field(False, description="Answer with the prompt's words instead (up to output_tokens).")
-    report_usage: bool = True
-    fail_status: int | None = Field(None, description="Fail every request with this status (e.g. 502).")
-    fail_after_tokens: int | None = Field(None, ge=0, description="Cut the stream after N tokens.")
-    embedding_dim: int = Field(8, ge=1)
-
-
-class SentenceTransformersBackendConfig(_BackendBase):
-    kind: Literal["sentence_transformers"] = "sentence_transformers"
-    model: str = Field("builtin:all-minilm-l6-v2", description="Model folder, or builtin:<name>.")
-    threads: int | None = Field(None, ge=1)
-    max_batch: int = Field(256, ge=1)
-
-
-BackendConfig = Annotated[
-    LlamaCppBackendConfig | OpenAIBackendConfig | FakeBackendConfig | SentenceTransformersBackendConfig,
-    Field(discriminator="kind"),
-]
 
 
 class ModelConfig(Strict):

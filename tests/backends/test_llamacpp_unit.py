@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from margin.api.errors import status_of
+from margin.backend_config import LlamaCppBackendConfig
 from margin.backends.llamacpp import LlamaCppBackend, resolve_model_file
-from margin.config import LlamaCppBackendConfig
 from margin.errors import ConfigError, Overloaded
 
 

@@ -179,8 +179,8 @@ class _Response:
 
 
 async def _events(reads: list[bytes]) -> list[tuple[bytes | None, bool]]:
+    from margin.backend_config import OpenAIBackendConfig
     from margin.backends.openai_compat import OpenAIBackend
-    from margin.config import OpenAIBackendConfig
 
     backend = OpenAIBackend("up", OpenAIBackendConfig(base_url="http://127.0.0.1:1/v1"))
     reads_of = backend._reads(_Response(reads))  # type: ignore[arg-type]
@@ -207,8 +207,8 @@ async def test_invalid_stream_event_is_a_backend_error_after_the_good_ones() -> 
     one = b'{"choices":[{"delta":{"content":"x"}}]}'
     seen: list[bytes | None] = []
     with pytest.raises(BackendError, match="invalid stream event"):
+        from margin.backend_config import OpenAIBackendConfig
         from margin.backends.openai_compat import OpenAIBackend
-        from margin.config import OpenAIBackendConfig
 
         backend = OpenAIBackend("up", OpenAIBackendConfig(base_url="http://127.0.0.1:1/v1"))
         async for batch in backend._reads(_Response([b"data: " + one + b"\n\ndata: {oops\n\n"])):  # type: ignore[arg-type]
@@ -220,8 +220,8 @@ async def test_an_event_in_many_reads_is_joined_once_and_a_stream_is_cut_at_its_
     """Bytes without a line end are kept in parts (an event byte by byte arrives whole); the stream's bytes in
     all are bounded by `max_response_bytes`: past it, after the events before, `ResponseTooLarge`, and the
     connection is dropped."""
+    from margin.backend_config import OpenAIBackendConfig
     from margin.backends.openai_compat import Lines, OpenAIBackend
-    from margin.config import OpenAIBackendConfig
 
     one = b'{"choices":[{"delta":{"content":"x"}}]}'
     framed = b"data: " + one + b"\n\n"
@@ -243,8 +243,8 @@ async def test_a_reads_plain_events_are_handed_over_as_one_run() -> None:
     """After the stream's first event (parsed before anything is sent), the plain events of one read are one
     chunk (`events`, forwarded as they came); an event that names usage is parsed into its own. Every chunk of
     a read but its last is marked `more`; a run's text is its events' text, and it has no single payload."""
+    from margin.backend_config import OpenAIBackendConfig
     from margin.backends.openai_compat import OpenAIBackend
-    from margin.config import OpenAIBackendConfig
 
     def event(text: str) -> bytes:
         return b'{"choices":[{"delta":{"content":"%s"}}]}' % text.encode()
@@ -267,8 +267,8 @@ async def test_a_reads_plain_events_are_handed_over_as_one_run() -> None:
 async def test_openais_null_usage_in_every_chunk_does_not_split_runs() -> None:
     """OpenAI and Azure send `"usage":null` in every chunk once usage is asked for (margin always asks): those
     events are plain, and only the last one, whose usage is an object, is parsed on its own."""
+    from margin.backend_config import OpenAIBackendConfig
     from margin.backends.openai_compat import OpenAIBackend
-    from margin.config import OpenAIBackendConfig
 
     def event(text: str) -> bytes:
         return b'{"choices":[{"delta":{"content":"%s"}}],"usage":null}' % text.encode()

@@ -8,9 +8,9 @@ import random
 
 import pytest
 
+from margin.backend_config import RetryConfig
 from margin.backends.deadline import StreamDeadline
 from margin.backends.retry import Backoff, retry_after_s
-from margin.config import RetryConfig
 
 
 def test_backoff_grows_exponentially_within_full_jitter_and_stops_after_the_attempts() -> None:

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from margin.backend_config import SentenceTransformersBackendConfig
 from margin.backends import payloads
-from margin.config import SentenceTransformersBackendConfig
 from margin.errors import ConfigError, InvalidRequest, Overloaded
 from margin.protocol import EmbeddingRequest
 from margin.types import Call, Chunk, Completion, Usage

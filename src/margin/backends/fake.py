@@ -12,8 +12,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from margin.backend_config import FakeBackendConfig
 from margin.backends import payloads
-from margin.config import FakeBackendConfig
 from margin.errors import BackendClientError, BackendError, BackendTimeout, MarginError
 from margin.protocol import EmbeddingRequest
 from margin.types import Call, Chunk, Completion, Usage

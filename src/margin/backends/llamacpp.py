@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from margin.backend_config import LlamaCppBackendConfig
 from margin.backends import grammar, payloads
 from margin.backends.textgen import SamplingPlan, StopMatcher, sampling_plan
-from margin.config import LlamaCppBackendConfig
 from margin.errors import ConfigError, InvalidRequest, Overloaded
 from margin.protocol import ChatCompletionRequest, CompletionRequest
 from margin.types import Call, Chunk, Completion, Usage

@@ -20,9 +20,9 @@ import aiohttp
 import orjson
 
 from margin import jsonload
+from margin.backend_config import OpenAIBackendConfig
 from margin.backends.deadline import StreamDeadline
 from margin.backends.retry import RETRY_STATUSES, Backoff, retry_after_s
-from margin.config import OpenAIBackendConfig
 from margin.errors import (
     BackendClientError,
     BackendError,

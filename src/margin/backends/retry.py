@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from margin.config import RetryConfig
+from margin.backend_config import RetryConfig
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 

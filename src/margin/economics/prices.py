@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from margin.config import ModelConfig, OpenAIBackendConfig, PriceConfig
+from margin.backend_config import OpenAIBackendConfig
+from margin.config import ModelConfig, PriceConfig
 from margin.economics.money import MILLION
 
 

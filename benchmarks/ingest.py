@@ -41,6 +41,7 @@ import synthetic_ledger as synth
 from margin.config import StorageConfig, TagsConfig
 from margin.ledger import db, rollup
 from margin.ledger.batch import BatchSink, Cursor
+from margin.ledger.ingest import STAGING
 from margin.ledger.ids import request_id
 from margin.ledger.models import ledger
 from margin.ledger.outbox import Outbox, SegmentWriter, encode
@@ -86,17 +87,26 @@ def statement_kind(sql: str) -> str:
         return "stage: parse the JSON batch into ledger_staging"
     if text.startswith("INSERT INTO ledger ("):
         return "append to ledger (its indexes)"
-    if text.startswith("CREATE TEMPORARY TABLE ledger_rollup_rows "):
+    # the rollups' temporary tables are made once per connection and filled (INSERT INTO) in each batch
+    if text.startswith(("INSERT INTO ledger_rollup_rows", "CREATE TEMPORARY TABLE IF NOT EXISTS ledger_rollup_rows")):
         return "rollup: derive each row's values (ledger_rollup_rows)"
-    if text.startswith(("CREATE TEMPORARY TABLE ledger_rollup_task", "INSERT INTO ledger_rollup_task")):
+    if text.startswith(("INSERT INTO ledger_rollup_task", "CREATE TEMPORARY TABLE IF NOT EXISTS ledger_rollup_task")):
         return "rollup: the batch's tasks and their old/new contributions"
-    if text.startswith("CREATE TEMPORARY TABLE ledger_rollup_"):
+    if text.startswith(("INSERT INTO ledger_rollup_", "CREATE TEMPORARY TABLE IF NOT EXISTS ledger_rollup_")):
         return "rollup: pre-aggregates (per hour, per key, per latency bin)"
+    if text.startswith("DELETE FROM ledger_rollup_") or text == f"DELETE FROM {STAGING}":
+        return "empty the temporary tables"
     for table in ("ledger_hourly", "ledger_daily", "ledger_latency", "ledger_attach", "ledger_charges",
                   "ledger_task_daily", "ledger_tasks"):  # fmt: skip
         if f"INTO {table} " in text:
             return f"rollup: {table}"
-    return "dedup, checks, locks"
+    if text.startswith(f"DELETE FROM {STAGING}"):
+        return "dedup (within the batch, against the ledger)"
+    if text.startswith(f"UPDATE {STAGING}"):
+        return "energy and carbon in integer units"
+    if text.startswith("SELECT CASE"):
+        return "integer check"
+    return "locks, other"
 
 
 def cpu_by_statement(engine: sa.Engine) -> collections.Counter[str]:

@@ -41,8 +41,8 @@ import synthetic_ledger as synth
 from margin.config import StorageConfig, TagsConfig
 from margin.ledger import db, rollup
 from margin.ledger.batch import BatchSink, Cursor
-from margin.ledger.ingest import STAGING
 from margin.ledger.ids import request_id
+from margin.ledger.ingest import STAGING
 from margin.ledger.models import ledger
 from margin.ledger.outbox import Outbox, SegmentWriter, encode
 

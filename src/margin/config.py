@@ -37,6 +37,20 @@ class ServerConfig(Strict):
         description="Requests whose head (URL and header lines), or chunked body's trailers, are larger get 431 "
         "and their connection is closed before the rest is read.",
     )
+    head_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A request's head (URL and headers) must be whole this long after its connection opened or its "
+        "first byte came; else 408 (nothing sent: the connection is closed).",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="A request body may pause this long between two reads; then 408 and close."
+    )
+    max_connections: int = Field(
+        4096,
+        ge=1,
+        description="Open connections per process; one more gets 503 and is closed. Kept under the open-files limit.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     key_cache_ttl_s: float = Field(5.0, ge=0, description="Revoked keys stop working within this time.")
     key_cache_entries: int = Field(

@@ -5,9 +5,11 @@ exact cache shared through Redis (`margin.workers`)."""
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import orjson
 import sqlalchemy as sa
 from rich.console import Console
 
-from margin.api.heads import BoundedHttpToolsProtocol
+from margin.api.heads import BoundedHttpToolsProtocol, ConnectionLimits
 from margin.config import Settings, config_hash, is_loopback, parse_settings
 from margin.keys import open_exposure
 from margin.ledger import db
@@ -59,6 +61,7 @@ def banner(console: Console, settings: Settings, keys: int) -> None:
         console.print(f"  {keys} active API key(s): requests need `Authorization: Bearer <key>`")
 
 
+log = logging.getLogger("margin.serve")
 WORKER_SETTINGS = "MARGIN_WORKER_SETTINGS"  # the supervisor's settings (JSON), for its worker processes
 WORKER_CONFIG = "MARGIN_WORKER_CONFIG"  # the config file (re-read on SIGHUP), when there is one
 
@@ -85,13 +88,45 @@ def worker_app() -> Any:
     return build_app(settings, config_path=Path(config) if config else None, config_hash=handed.get("config_hash"))
 
 
+def protocol(settings: Settings) -> Any:
+    """uvicorn's httptools protocol with the server's limits (a partial: it pickles to `--workers` processes)."""
+    server = settings.server
+    limits = ConnectionLimits(
+        max_header_bytes=server.max_header_bytes,
+        head_timeout_s=server.head_timeout_s,
+        body_timeout_s=server.body_timeout_s,
+        max_connections=server.max_connections,
+    )
+    return functools.partial(BoundedHttpToolsProtocol, limits=limits)
+
+
+def open_files(max_connections: int) -> int:
+    """Raise this process's open-files limit (inherited by its workers and children) to what `max_connections`
+    needs: each client connection may hold an upstream one too, plus the ledger's and outbox's files. Returns the
+    limit now; a hard limit below the need is logged, not raised past."""
+    wanted = 2 * max_connections + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted or soft == resource.RLIM_INFINITY:
+        return soft
+    new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    if new < wanted:
+        log.warning(
+            "open-files limit %d (hard) is below the %d that server.max_connections=%d needs; lower it or raise "
+            "the limit (ulimit -n)",
+            hard,
+            wanted,
+            max_connections,
+        )
+    return new
+
+
 def _server_options(settings: Settings) -> dict[str, Any]:
     return {
         "host": settings.server.host,
         "port": settings.server.port,
         "loop": "uvloop",
-        "http": BoundedHttpToolsProtocol,  # httptools, with a bound on each request's head
-        "h11_max_incomplete_event_size": settings.server.max_header_bytes,  # the bound (margin.api.heads)
+        "http": protocol(settings),  # httptools, with bounds and deadlines on each request (margin.api.heads)
         "lifespan": "on",
         "access_log": False,
         "log_level": settings.server.log_level,
@@ -113,6 +148,7 @@ def run(settings: Settings, console: Console, config_path: Path | None = None) -
     for noisy in ("alembic", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     banner(console, settings, keys)
+    open_files(settings.server.max_connections)
     workers = settings.server.workers
     if workers == 1:
         tune_gc()

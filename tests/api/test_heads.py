@@ -10,7 +10,7 @@ from typing import Any
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from margin.api.heads import BoundedHttpToolsProtocol
+from margin.api.heads import BoundedHttpToolsProtocol, ConnectionLimits
 
 LIMIT = 8192
 
@@ -53,10 +53,9 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
 
 async def exchange(reads: list[bytes]) -> Transport:
     """Feed the reads to a fresh connection (letting the app run after each); what it wrote."""
-    config = Config(
-        app, http=BoundedHttpToolsProtocol, h11_max_incomplete_event_size=LIMIT, lifespan="off", access_log=False
-    )
-    protocol = BoundedHttpToolsProtocol(config, ServerState(), {}, asyncio.get_running_loop())
+    config = Config(app, http=BoundedHttpToolsProtocol, lifespan="off", access_log=False)
+    limits = ConnectionLimits(max_header_bytes=LIMIT)
+    protocol = BoundedHttpToolsProtocol(config, ServerState(), {}, asyncio.get_running_loop(), limits=limits)
     transport = Transport()
     protocol.connection_made(transport)
     for data in reads:
@@ -117,3 +116,62 @@ async def test_trailers_over_the_limit_are_refused() -> None:
     for data in (many, one):
         transport = await exchange(cut(data, 4096))
         assert transport.written.startswith(b"HTTP/1.1 431 ") and transport.closed
+
+
+async def slow_app(scope: Any, receive: Any, send: Any) -> None:
+    """Reads nothing for 0.3 s (its body waits in uvicorn, reading paused past 64 KiB), then all of it."""
+    await asyncio.sleep(0.3)
+    await app(scope, receive, send)
+
+
+async def connect(limits: ConnectionLimits, asgi: Any = app) -> tuple[BoundedHttpToolsProtocol, Transport]:
+    config = Config(asgi, http=BoundedHttpToolsProtocol, lifespan="off", access_log=False)
+    config.load()
+    protocol = BoundedHttpToolsProtocol(config, ServerState(), {}, asyncio.get_running_loop(), limits=limits)
+    transport = Transport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+async def test_a_request_in_one_read_leaves_no_deadline_armed() -> None:
+    """The deadlines cost a request that arrives whole nothing but a few checks: no timer is left armed."""
+    protocol, transport = await connect(ConnectionLimits())
+    assert protocol.deadline_for == "head"  # a fresh connection has until its first head
+    protocol.data_received(head(1))
+    assert protocol.deadline is None
+    await asyncio.sleep(0.05)
+    assert transport.written.startswith(b"HTTP/1.1 200 ")
+    protocol.data_received(head(1) * 3)  # kept alive, pipelined
+    assert protocol.deadline is None
+
+
+async def test_a_body_the_app_has_not_read_yet_is_not_the_clients_delay() -> None:
+    """A 200 KB body sent at once to an app that reads it 0.3 s later, with a 0.1 s body deadline: uvicorn
+    pauses reading past 64 KiB, and the deadline waits for it; the same with `expect: 100-continue`, where the
+    client sends the body only once the app asks for it."""
+    body = b"b" * 200_000
+    post = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body)
+    protocol, transport = await connect(ConnectionLimits(body_timeout_s=0.1), slow_app)
+    protocol.data_received(post + body[:100_000])
+    await asyncio.sleep(0.35)
+    protocol.data_received(body[100_000:])
+    await asyncio.sleep(0.05)
+    assert transport.written.startswith(b"HTTP/1.1 200 ") and not transport.closed, transport.written[:80]
+    protocol, transport = await connect(ConnectionLimits(body_timeout_s=0.1), slow_app)
+    protocol.data_received(post.replace(b"\r\n\r\n", b"\r\nexpect: 100-continue\r\n\r\n"))
+    await asyncio.sleep(0.35)
+    assert transport.written.startswith(b"HTTP/1.1 100 Continue"), transport.written[:80]
+    protocol.data_received(body)
+    await asyncio.sleep(0.05)
+    assert b"HTTP/1.1 200 " in transport.written and not transport.closed, transport.written[:120]
+
+
+async def test_a_stalled_body_and_a_late_head_are_answered_408() -> None:
+    protocol, transport = await connect(ConnectionLimits(head_timeout_s=0.1, body_timeout_s=0.1))
+    protocol.data_received(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc")
+    await asyncio.sleep(0.2)
+    assert transport.written.startswith(b"HTTP/1.1 408 ") and transport.closed
+    protocol, transport = await connect(ConnectionLimits(head_timeout_s=0.1))
+    protocol.data_received(b"GET / HTT")
+    await asyncio.sleep(0.2)
+    assert transport.written.startswith(b"HTTP/1.1 408 ") and transport.closed

@@ -13,13 +13,28 @@ What is counted, each never more than the section's true size, so a section with
 No callback is added per header line (uvicorn's `on_header` is left alone): ~0.6 µs a request in all, against
 ~16 µs for uvicorn's protocol around a trivial app.
 
-The limit reaches the protocol through uvicorn's own option for the same bound in its h11 protocol,
-`h11_max_incomplete_event_size` (`margin.serve`): a plain field of `uvicorn.Config`, which is what the worker
-processes of `--workers N` receive, so this class needs nothing but its import path."""
+Deadlines (uvicorn has none while it reads a request: a connection that sends half a head, or nothing, or stops
+half-way through a body, was held for ever, and with it a file descriptor; the `ulimit -n` of a Debian shell is
+1,024):
+- a head must be whole within `server.head_timeout_s` (10 s) of the connection opening or of the request's first
+  byte: a total, not an idle time, so a head sent a byte a second still ends. An idle connection that sent nothing
+  is closed; one part-way through a head gets 408 Request Timeout and is closed. Between requests uvicorn's own
+  keep-alive timeout (5 s) applies;
+- a body may be idle at most `server.body_timeout_s` (30 s) between two reads (nginx's `client_body_timeout`),
+  not counting the time the app leaves it unread (uvicorn pauses reading past 64 KiB) or the wait for a
+  `100 Continue`. Then the app reads a disconnect, and the client gets 408 unless an answer had started;
+- at most `server.max_connections` connections per process: one more gets 503 and is closed before anything of
+  it is read.
+A deadline is one `call_later` timer per connection, armed only while a request is part-way in: a request that
+arrives in one read (nearly all) arms none after its connection's first.
+
+The limits reach the protocol as a `functools.partial` of this class (`margin.serve`), which pickles to the
+worker processes of `--workers N` with uvicorn's `Config`."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import httptools
@@ -30,6 +45,19 @@ from uvicorn.server import ServerState
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 LINE_FRAMING = len(b": \r\n")  # the least a header line adds to its name and value
 TOO_LARGE = b"Request header fields too large."
+TIMED_OUT = b"Request timed out."
+TOO_MANY = b"Too many connections."
+HEAD, BODY = "head", "body"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """What one connection may hold (`server.*`; margin.serve)."""
+
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    head_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 4096
 
 
 class HeadTooLarge(Exception):
@@ -43,17 +71,33 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         server_state: ServerState,
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
+        limits: ConnectionLimits = ConnectionLimits(),
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self.max_header_bytes = config.h11_max_incomplete_event_size or DEFAULT_MAX_HEADER_BYTES
+        self.limits = limits
+        self.max_header_bytes = limits.max_header_bytes
+        self.deadline: asyncio.TimerHandle | None = None
+        self.deadline_for = ""  # HEAD or BODY while armed
         self.read_size = 0  # the read being parsed
         self.reported = False  # a request started, a head ended or body came during it
         self.silent_bytes = 0  # the reads since the last that reported something
         self.in_head = False  # from the start of a request until its head ends
         self.head_reads = 0  # the reads the current head came in
 
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            self.logger.warning("More than %d connections: 503.", self.limits.max_connections)
+            self.close_with(503, TOO_MANY)
+            return
+        self.arm(HEAD, self.limits.head_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.disarm()
+        super().connection_lost(exc)
+
     def data_received(self, data: bytes) -> None:
-        """uvicorn's, with the bound."""
+        """uvicorn's, with the bound and the deadlines."""
         self._unset_keepalive_if_required()
         size = self.read_size = len(data)
         self.reported = False
@@ -80,28 +124,72 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.silent_bytes += size
             if self.silent_bytes > self.max_header_bytes:
                 self.refuse()
+                return
+        self.watch()
+
+    def watch(self) -> None:
+        """After each read: a body part-way in re-arms its idle deadline; a head awaited (part-way in, or bytes
+        between requests) keeps the deadline armed at its first byte; a request wholly in needs none."""
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not self.in_head and not cycle.response_complete:
+            self.arm(BODY, self.limits.body_timeout_s)
+        elif self.in_head or cycle is None or cycle.response_complete:
+            if self.deadline_for != HEAD:
+                self.arm(HEAD, self.limits.head_timeout_s)
+        elif self.deadline is not None:
+            self.disarm()
+
+    def arm(self, kind: str, seconds: float) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+        self.deadline, self.deadline_for = self.loop.call_later(seconds, self.expire), kind
+
+    def disarm(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline, self.deadline_for = None, ""
+
+    def expire(self) -> None:
+        """A deadline passed. A body the app is not reading (uvicorn paused reading it) or that waits for the
+        app's `100 Continue` is not the client's delay: its deadline starts again."""
+        kind, self.deadline, self.deadline_for = self.deadline_for, None, ""
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if kind == BODY and cycle is not None and (self.flow.read_paused or cycle.waiting_for_100_continue):
+            self.arm(BODY, self.limits.body_timeout_s)
+            return
+        if kind == HEAD and not self.in_head and not self.silent_bytes:
+            self.transport.close()  # nothing of a request came: nothing to answer
+            return
+        self.logger.warning("A request's %s did not arrive in time: 408.", kind)
+        self.close_with(408, TIMED_OUT)
 
     def refuse(self) -> None:
-        """431 and close, like uvicorn's `send_400_response`: the rest of the section is never read. Only where
-        no answer is under way on the connection (a pipelined request's may be: then it is cut off instead); a
-        request whose app runs (its trailers were refused) sees a disconnect."""
         self.logger.warning("Header section over %d bytes: 431.", self.max_header_bytes)
+        self.close_with(431, TOO_LARGE)
+
+    def close_with(self, status: int, text: bytes) -> None:
+        """Answer `status` and close, like uvicorn's `send_400_response`: the rest of the request is never read.
+        Only where no answer is under way on the connection (a pipelined request's may be: then it is cut off
+        instead); a request whose app runs (its trailers were refused, its body stalled) sees a disconnect."""
+        self.disarm()
         cycle = self.cycle
         answer = cycle is None or cycle.response_complete or not (self.in_head or cycle.response_started)
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True
             cycle.message_event.set()
         if answer:
-            content = [STATUS_LINE[431]]
+            content = [STATUS_LINE[status]]
             for name, value in self.server_state.default_headers:
                 content.extend([name, b": ", value, b"\r\n"])
             content.extend(
                 [
                     b"content-type: text/plain; charset=utf-8\r\n",
-                    b"content-length: %d\r\n" % len(TOO_LARGE),
+                    b"content-length: %d\r\n" % len(text),
                     b"connection: close\r\n",
                     b"\r\n",
-                    TOO_LARGE,
+                    text,
                 ]
             )
             self.transport.write(b"".join(content))

@@ -5,6 +5,8 @@ into reads, on keep-alive and pipelined connections."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from typing import Any
 
 from uvicorn.config import Config
@@ -175,3 +177,18 @@ async def test_a_stalled_body_and_a_late_head_are_answered_408() -> None:
     protocol.data_received(b"GET / HTT")
     await asyncio.sleep(0.2)
     assert transport.written.startswith(b"HTTP/1.1 408 ") and transport.closed
+
+
+def test_serve_raises_its_open_files_limit_to_what_max_connections_needs() -> None:
+    """In a child process with a soft limit of 256: 100 connections need 456 files, so the soft limit is raised
+    (to the hard limit at most); a need already met leaves it alone."""
+    script = (
+        "import resource; from margin.serve import open_files;"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE);"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard));"
+        "print(open_files(100), resource.getrlimit(resource.RLIMIT_NOFILE)[0], open_files(10), hard)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60)
+    raised, now, untouched, hard = (int(x) for x in out.stdout.split())
+    wanted = min(456, hard) if hard >= 0 else 456
+    assert raised == now == wanted and untouched == now

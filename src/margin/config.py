@@ -67,7 +67,10 @@ class ServerConfig(Strict):
         "when a proxy terminates TLS in front of margin.",
     )
     stream_write_timeout_s: float = Field(
-        30.0, gt=0, description="A stream whose client reads nothing for this long is ended as client_closed."
+        30.0,
+        gt=0,
+        description="A stream whose client reads nothing for this long is ended as client_closed; any answer's "
+        "connection is dropped 2 s later, with its unsent bytes.",
     )
     workers: int = Field(
         1,

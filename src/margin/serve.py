@@ -62,6 +62,9 @@ def banner(console: Console, settings: Settings, keys: int) -> None:
 
 
 log = logging.getLogger("margin.serve")
+# a stalled answer's connection is dropped this long after the app's StallWatch (which polls at most every 1 s)
+# has ended a stalled stream as `stream_write_timeout` (margin.api.heads)
+STALL_GRACE_S = 2.0
 WORKER_SETTINGS = "MARGIN_WORKER_SETTINGS"  # the supervisor's settings (JSON), for its worker processes
 WORKER_CONFIG = "MARGIN_WORKER_CONFIG"  # the config file (re-read on SIGHUP), when there is one
 
@@ -96,6 +99,7 @@ def protocol(settings: Settings) -> Any:
         head_timeout_s=server.head_timeout_s,
         body_timeout_s=server.body_timeout_s,
         max_connections=server.max_connections,
+        write_timeout_s=server.stream_write_timeout_s + STALL_GRACE_S,
     )
     return functools.partial(BoundedHttpToolsProtocol, limits=limits)
 

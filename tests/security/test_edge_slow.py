@@ -6,6 +6,8 @@ connections took every descriptor of a default `ulimit -n`. Now a head has a tot
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import socket
 import time
@@ -14,7 +16,7 @@ from contextlib import ExitStack, contextmanager
 
 import httpx
 
-from tests.security.conftest import Served, ServeFactory
+from tests.security.conftest import FAKE_CONFIG, Served, ServeFactory
 
 CHAT = b'{"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]}'
 LIMITS = {"server": {"head_timeout_s": 1.0, "body_timeout_s": 1.0, "max_connections": 40}}
@@ -125,10 +127,7 @@ def test_a_stalled_body_gets_408_and_a_slow_one_that_keeps_coming_passes(served:
                 sock.sendall(CHAT[start : start + len(CHAT) // 4])
             got = one_response(sock)
             assert status(got) == 200, got[:200]
-        deadline = time.monotonic() + 10
-        while len(gw.rows()) < 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert len(gw.rows()) == 1  # the slow request's row; the stalled one never reached the ledger
+        assert wait_rows(gw, 1) and len(gw.rows()) == 1  # the slow request's; the stalled one never reached it
 
 
 def test_connections_past_the_cap_get_503_and_deadlines_give_them_back(served: ServeFactory) -> None:
@@ -159,3 +158,49 @@ def test_workers_have_the_deadlines(served: ServeFactory) -> None:
                 got, seconds = answer(sock)
                 assert status(got) == 408 and seconds < WAIT / 2, (got[:60], seconds)
         normal_request_succeeds(gw)
+
+
+def test_a_client_that_reads_none_of_its_answer_is_dropped_with_the_unsent_bytes(served: ServeFactory) -> None:
+    """Six clients ask for ~10 MB of embeddings each and read nothing: before, each connection and its answer
+    (handed to the transport whole) were held for ever (10 of them: +470 MiB, still there 45 s later). Now the
+    connection is reset `stream_write_timeout_s` + 2 s after the client stopped reading: each client gets what
+    the kernel had let through (~33 KB) and then the reset. The rows are written (the answers were made)."""
+    backends = {"fake": {**FAKE_CONFIG["backends"]["fake"], "embedding_dim": 256}}
+    config = {**LIMITS, "backends": backends, "server": {**LIMITS["server"], "stream_write_timeout_s": 1.0}}
+    body = json.dumps({"model": "fake-embed", "input": ["hello world"] * 2000}).encode()
+    with served(config) as gw, ExitStack() as stack:
+        host = gw.url.removeprefix("http://").encode()
+        request = (
+            b"POST /v1/embeddings HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%s" % (host, len(body), body)
+        )
+        socks = []
+        for _ in range(6):
+            sock = stack.enter_context(connection(gw.url))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(request)
+            socks.append(sock)
+        log = gw.db.parent / "serve.log"  # where the gateway logs each connection it drops
+        deadline = time.monotonic() + 120
+        while log.read_text().count("connection dropped") < 6:
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        for sock in socks:  # what the kernel had let through, then a reset (not the rest, slowly, then the end)
+            got, reset = b"", False
+            try:
+                while chunk := sock.recv(1 << 20):
+                    got += chunk
+            except ConnectionResetError:
+                reset = True
+            assert status(got) == 200 and reset and len(got.partition(b"\r\n\r\n")[2]) < length(got), len(got)
+        assert wait_rows(gw, 6)
+        normal_request_succeeds(gw)
+
+
+def wait_rows(gw: Served, n: int) -> bool:
+    deadline = time.monotonic() + 10
+    while len(gw.rows()) < n:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True

@@ -24,7 +24,12 @@ half-way through a body, was held for ever, and with it a file descriptor; the `
   not counting the time the app leaves it unread (uvicorn pauses reading past 64 KiB) or the wait for a
   `100 Continue`. Then the app reads a disconnect, and the client gets 408 unless an answer had started;
 - at most `server.max_connections` connections per process: one more gets 503 and is closed before anything of
-  it is read.
+  it is read;
+- a client that reads nothing of an answer for `write_timeout_s` has its connection reset, which frees the
+  unsent bytes: a JSON answer is handed to the transport whole, and a close would keep it until the client
+  reads (and the kernel's part of it, up to its send buffer, even after that). `margin.serve` sets it 2 s past
+  `server.stream_write_timeout_s`, by when the app's own watch (margin.api.client.StallWatch) has ended a
+  stalled stream and recorded why.
 A deadline is one `call_later` timer per connection, armed only while a request is part-way in: a request that
 arrives in one read (nearly all) arms none after its connection's first.
 
@@ -34,6 +39,9 @@ worker processes of `--workers N` with uvicorn's `Config`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +56,7 @@ TOO_LARGE = b"Request header fields too large."
 TIMED_OUT = b"Request timed out."
 TOO_MANY = b"Too many connections."
 HEAD, BODY = "head", "body"
+LINGER_NONE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +67,7 @@ class ConnectionLimits:
     head_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     max_connections: int = 4096
+    write_timeout_s: float = 32.0
 
 
 class HeadTooLarge(Exception):
@@ -78,6 +88,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.max_header_bytes = limits.max_header_bytes
         self.deadline: asyncio.TimerHandle | None = None
         self.deadline_for = ""  # HEAD or BODY while armed
+        self.write_deadline: asyncio.TimerHandle | None = None  # while the client reads nothing of an answer
         self.read_size = 0  # the read being parsed
         self.reported = False  # a request started, a head ended or body came during it
         self.silent_bytes = 0  # the reads since the last that reported something
@@ -94,7 +105,36 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.disarm()
+        if self.write_deadline is not None:
+            self.write_deadline.cancel()
+            self.write_deadline = None
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The client stopped reading and the answer's unsent bytes passed the transport's high-water mark."""
+        super().pause_writing()
+        if self.write_deadline is None:
+            self.write_deadline = self.loop.call_later(self.limits.write_timeout_s, self.drop)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.write_deadline is not None:
+            self.write_deadline.cancel()
+            self.write_deadline = None
+
+    def drop(self) -> None:
+        """The client read nothing for `write_timeout_s`: the connection is aborted and the unsent bytes freed
+        (a close would keep them until the client reads). The app's blocked write then returns, its cycle
+        marked disconnected."""
+        self.write_deadline = None
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:  # linger 0: the close resets the connection, and the kernel drops its unsent bytes too
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_NONE)
+        self.logger.warning(
+            "A client read nothing of its answer for %.0f s: connection dropped.", self.limits.write_timeout_s
+        )
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         """uvicorn's, with the bound and the deadlines."""

@@ -17,6 +17,7 @@ import binascii
 import codecs
 import re
 from dataclasses import dataclass
+from itertools import islice
 from types import MappingProxyType
 
 from margin.guard.limits import ScanBudget, ScanLimits
@@ -129,6 +130,8 @@ _BASE64_RE = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Z
 _HEX_RE = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}:?){12,}(?![0-9A-Fa-f])")
 _BLOB_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (("base64", _BASE64_RE), ("hex", _HEX_RE))
 _PAYLOAD_MIN_SCORE = 0.7
+MAX_HITS_PER_RULE = 8
+"""Hits of one rule pattern reported per text read (the text, its rot13 reading, each decoded blob)."""
 _LETTERS_RE = re.compile(r"[a-z]{4,}")
 
 
@@ -161,10 +164,14 @@ def combined_score(findings: list[Finding] | tuple[Finding, ...]) -> float:
 
 
 def _rule_hits(normalized: str) -> list[tuple[str, float, int, int]]:
+    """The first `MAX_HITS_PER_RULE` hits of each rule pattern: a pattern's score is fixed, so more hits of it
+    change neither the text's score nor its rules, only the work (a text of 140,000 `[INST]` built as many
+    findings)."""
     hits: list[tuple[str, float, int, int]] = []
     for name, score, rx in _RULES:
         if any(word in normalized for word in _TRIGGERS[name]):
-            hits.extend((name, score, m.start(), m.end()) for m in rx.finditer(normalized))
+            found = islice(rx.finditer(normalized), MAX_HITS_PER_RULE)
+            hits.extend((name, score, m.start(), m.end()) for m in found)
     return hits
 
 
@@ -199,9 +206,9 @@ class InjectionDetector:
         self.threshold = threshold
 
     def check(self, text: str, budget: ScanBudget | None = None) -> list[Finding]:
-        """All rule hits in `text`, including ones inside decoded base64/hex blobs and rot13 text. What
-        normalizing the text adds to it is taken from `budget` (the request's; by default a fresh one):
-        `ScanLimitExceeded` past it."""
+        """Rule hits in `text` (the first `MAX_HITS_PER_RULE` of each pattern), including ones inside decoded
+        base64/hex blobs and rot13 text. What normalizing the text adds to it is taken from `budget` (the
+        request's; by default a fresh one): `ScanLimitExceeded` past it."""
         budget = budget or ScanBudget(ScanLimits())
         norm = normalize(text, budget)
         findings = [Finding(name, score, *norm.original_span(s, e)) for name, score, s, e in _rule_hits(norm.text)]

@@ -17,6 +17,7 @@ still found when it follows a credential word (`api_key=…`, `token: …`)."""
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections.abc import Iterator
 
 from margin.guard.checksums import mean_segment_length, shannon_entropy
@@ -94,32 +95,67 @@ def _credential_values(text: str) -> Iterator[Span]:
 def _pem_keys(text: str) -> Iterator[Span]:
     """PEM private keys, header to matching footer (or the header alone). The footer is looked for with
     `str.find` only up to the next header (or `PEM_MAX_BODY`), so the whole text is read once however many
-    headers it holds (one lazy regex per header re-read up to 8 KB after each)."""
-    headers = list(_PEM_BEGIN_RE.finditer(text))
-    for index, header in enumerate(headers):
+    headers it holds (one lazy regex per header re-read up to 8 KB after each). Headers are found one ahead of
+    the key reported, so a caller that stops early has not made the regex find every header of the text."""
+    headers = _PEM_BEGIN_RE.finditer(text)
+    header = next(headers, None)
+    while header is not None:
+        following = next(headers, None)
         limit = header.end() + PEM_MAX_BODY
-        if index + 1 < len(headers):
-            limit = min(limit, headers[index + 1].start())
+        if following is not None:
+            limit = min(limit, following.start())
         footer = f"-----END {header.group(1)}-----"
         found = text.find(footer, header.end(), limit + len(footer))
         end = header.end() if found < 0 else found + len(footer)
         yield Span(SECRET, header.start(), end, text[header.start() : end], 0.99)
+        header = following
+
+
+def _unrivalled(strongest: list[tuple[int, int, bool]]) -> tuple[list[int], list[int]]:
+    """(starts, ends) of the PEM blocks among `strongest` (every 0.99 span of a text: vendor keys and PEM blocks,
+    as (start, end, is_pem)) that no other one overlaps. Nothing outranks such a block, so overlap resolution keeps
+    it and drops whatever lies inside it."""
+    ranked = sorted(strongest)
+    starts: list[int] = []
+    ends: list[int] = []
+    reach = -1  # the furthest end of the spans before this one
+    for index, (start, end, is_pem) in enumerate(ranked):
+        after = ranked[index + 1][0] if index + 1 < len(ranked) else end
+        if is_pem and reach <= start and after >= end:
+            starts.append(start)
+            ends.append(end)
+        reach = max(reach, end)
+    return starts, ends
+
+
+def _random_tokens(text: str, blocks: tuple[list[int], list[int]]) -> Iterator[Span]:
+    """Generic random-looking tokens, except those inside a PEM block that nothing outranks (its body's lines:
+    resolving overlaps would drop them, and a key of 50 lines would otherwise be 51 readings of one value)."""
+    starts, ends = blocks
+    for start, end in long_chunks(text, 20):
+        for m in _TOKEN_RE.finditer(text, start, end):
+            block = bisect_right(starts, m.start()) - 1
+            if block >= 0 and m.end() <= ends[block]:
+                continue
+            if looks_random(m.group()) and not _DIGEST_PREFIX_RE.search(context_before(text, m.start(), 8)):
+                yield Span(SECRET, m.start(), m.end(), m.group(), 0.6)
 
 
 def find_secrets(text: str) -> Iterator[Span]:
+    strongest: list[tuple[int, int, bool]] = []
     if any(marker in text for marker in _VENDOR_MARKERS):
         for rx in _VENDOR_PATTERNS:
             for m in rx.finditer(text):
+                strongest.append((m.start(), m.end(), False))
                 yield Span(SECRET, m.start(), m.end(), m.group(), 0.99)
         if "-----BEGIN" in text:
-            yield from _pem_keys(text)
+            for key in _pem_keys(text):
+                strongest.append((key.start, key.end, True))
+                yield key
     if "://" in text:
         for m in _URL_PASSWORD_RE.finditer(text):
             yield Span(SECRET, m.start(1), m.end(1), m.group(1), 0.97)  # outranks the e-mail reading of `pw@host`
     lowered = text.lower()
     if any(word in lowered for word in _CREDENTIAL_WORDS):
         yield from _credential_values(text)
-    for start, end in long_chunks(text, 20):
-        for m in _TOKEN_RE.finditer(text, start, end):
-            if looks_random(m.group()) and not _DIGEST_PREFIX_RE.search(context_before(text, m.start(), 8)):
-                yield Span(SECRET, m.start(), m.end(), m.group(), 0.6)
+    yield from _random_tokens(text, _unrivalled(strongest))

@@ -7,7 +7,9 @@ when it is scanned; the last `CONTEXT_CHARS` released characters are scanned aga
 (a credential word before its value) but never re-emitted. An unterminated PEM header holds everything after
 it until its footer arrives or `MAX_PENDING_CHARS` is reached. A stream that delivers no whitespace for
 `MAX_PENDING_CHARS` characters is cut there. Cost: each release rescans at most `HOLD_CHARS + CONTEXT_CHARS`
-characters besides the released ones, so the work is linear in the answer."""
+characters besides the released ones, so the work is linear in the answer. Only the values a window releases
+count against the answer's `guard.max_spans` (a value read again as context is not counted again); each window's
+scan is bounded by what is left of it (`ScanBudget.window`)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any
 
 from margin.guard.limits import ScanLimitExceeded
 from margin.guard.redaction import Redaction, StreamRestorer
+from margin.guard.spans import Span
 from margin.types import choices_of
 
 HOLD_CHARS = 64
@@ -85,12 +88,26 @@ class StreamRedactor:
             cut = limit
         return cut
 
+    def _scan(self, scanned: str) -> list[Span]:
+        """The spans in a window. Windows overlap (the context and the held tail are read again), so a window is
+        scanned on a budget of its own (`ScanBudget.window`): what is left of the request's caps bounds the work
+        of each scan (the context's values may be counted again), only what a window releases counts as the
+        request's values (`_release`), and its phone checks are real work and count."""
+        budget = self.state.budget
+        if budget is None:
+            return self.state.scanner.scan(scanned)
+        window = budget.window(reread=CONTEXT_CHARS)
+        try:
+            return self.state.scanner.scan(scanned, window)
+        finally:
+            budget.settle(window)
+
     def _release(self, buffer: str, cut: int) -> str:
         """Scan context + buffer, redact the spans that end in the released part (a span crossing the cut moves
         the cut back to its start), keep the rest pending."""
         offset = len(self._context)
         scanned = self._context + buffer
-        spans = self.state.scanner.scan(scanned, self.state.budget)
+        spans = self._scan(scanned)
         for span in spans:
             if offset <= span.start < offset + cut < span.end:
                 cut = span.start - offset
@@ -105,6 +122,8 @@ class StreamRedactor:
             parts.append(self.state.placeholder(span.entity, span.text))
             pos = span.end
         parts.append(scanned[pos : offset + cut])
+        if self.state.budget is not None:
+            self.state.budget.take_spans(len(found))
         self.state.note(found)
         released = buffer[:cut]
         self._context = (self._context + released)[-CONTEXT_CHARS:]

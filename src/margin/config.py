@@ -317,7 +317,19 @@ class BatchConfig(Strict):
     max_lines: int = Field(50_000, gt=0, description="Most lines in one file.")
     max_line_bytes: int = Field(1024 * 1024, gt=0, description="Longest line of a file.")
     max_stored_bytes_per_key: int = Field(
-        1024 * 1024 * 1024, gt=0, description="What one key's files (inputs and outputs) may hold in all."
+        1024 * 1024 * 1024,
+        gt=0,
+        description="What one key may make the gateway store: its files (uploads, output and error files), its jobs' "
+        "rows, and its unfinished jobs' lines, answers so far and refused lines. An upload or a new job (its row and "
+        "a copy of its input) beyond is refused (413 storage_quota_exceeded); a job whose lines and refused lines "
+        "would go beyond fails at validation with that code, storing none of them. A running job's answers are "
+        "always kept and counted: the key may go over by them, and its next upload or job is refused.",
+    )
+    max_active_jobs_per_key: int = Field(
+        32,
+        ge=1,
+        description="Jobs one key may have not yet finished (validating, in_progress, finalizing, cancelling); a new "
+        "one beyond is refused (429 too_many_active_batches).",
     )
     max_window_h: int = Field(168, ge=1, description="Longest completion_window accepted (`24h` is OpenAI's).")
     concurrency: int = Field(4, ge=1, description="Lines of one job in flight at once.")

@@ -24,10 +24,11 @@ def _line(custom_id: str) -> bytes:
 
 
 def _finished(client: Any, file_id: str, polls: int) -> Any:
-    """A job on an uploaded file, created and polled every 0.1 s until it ends (or `polls` times)."""
+    """A job on an uploaded file, created and polled every 0.1 s until it ends (or `polls` times); the error
+    if it was refused."""
     job = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
     batch = client.post("/v1/batches", json=job).json()
-    for _ in range(polls):
+    for _ in range(polls if "id" in batch else 0):
         batch = client.get(f"/v1/batches/{batch['id']}").json()
         if batch["status"] in ("completed", "failed"):
             break
@@ -173,3 +174,54 @@ def test_a_job_of_many_refused_lines_is_cheap_to_look_at(served: ServeFactory) -
     assert len(looks[0].json()["errors"]["data"]) == 100 and errors == 19_999
     waited, grown_mib = max(waits, default=0.0), (sizes[1] - sizes[0]) >> 10
     assert waited < 0.5 and grown_mib < 32, (waited, grown_mib)
+
+
+def _stored_json(value: Any) -> int:
+    return len(value if isinstance(value, str | bytes) else orjson.dumps(value))
+
+
+def test_one_file_of_refused_lines_cannot_back_jobs_without_bound(served: ServeFactory) -> None:
+    """`batches.max_stored_bytes_per_key` was checked only at an upload, against the key's files: a job's
+    refused lines (rows of `batch_errors`) were never counted, so one file of 100 bad lines (900 bytes) could
+    back job after job, each storing 16 KB of rows (60 jobs here: ~1 MB against a 48 KiB quota). Now a job
+    whose refused lines would go past the quota fails at validation (`storage_quota_exceeded`) storing none
+    of them, every job's row counts, a new job is refused (413) once the key has no room for it, and what the
+    key stores stays under its quota."""
+    limit = 48 * 1024
+    overrides = {"batches": {**LIMITS["batches"], "poll_s": 0.05, "max_stored_bytes_per_key": limit}}
+    with served(overrides, keys={"a": []}) as gw, gw.client(gw.keys["a"]) as client:
+        upload = _upload(client, b"not json\n" * 100).json()
+        jobs = []
+        for _ in range(60):
+            jobs.append(_finished(client, upload["id"], 100))
+            if "error" in jobs[-1]:
+                break
+        job = {"input_file_id": upload["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+        again = client.post("/v1/batches", json=job)
+        files = client.get("/v1/files", params={"limit": 100}).json()["data"]
+    assert jobs[-1].get("error", {}).get("code") == "storage_quota_exceeded", jobs[-1]
+    assert again.status_code == 413 and again.json()["error"]["code"] == "storage_quota_exceeded"
+    ran = [job for job in jobs[:-1] if job["error_file_id"]]
+    over = [job for job in jobs[:-1] if job["errors"]["data"][0]["code"] == "storage_quota_exceeded"]
+    assert ran and over and len(ran) + len(over) == len(jobs) - 1 and over[0]["request_counts"]["total"] == 0
+    stored = sum(f["bytes"] for f in files) + sum(_stored_json(row.error) for row in gw.rows("batch_errors"))
+    stored += sum(_stored_json(row.errors) + _stored_json(row.tags) for row in gw.rows("batches"))
+    assert stored <= limit, (stored, len(jobs))
+
+
+def test_a_key_may_have_only_so_many_jobs_not_yet_finished(served: ServeFactory) -> None:
+    """Nothing bounded the jobs a key could queue; now `batches.max_active_jobs_per_key` (429 beyond)."""
+    overrides = {
+        "backends": {"fake": {"kind": "fake", "output_tokens": 5, "region": "eu", "ttft_ms": 2000}},
+        "batches": {**LIMITS["batches"], "poll_s": 0.05, "max_active_jobs_per_key": 2},
+    }
+    job = {"endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    with served(overrides, keys={"a": [], "b": []}) as gw:
+        with gw.client(gw.keys["a"]) as client:
+            upload = _upload(client, _line("one") + b"\n").json()
+            answers = [client.post("/v1/batches", json={**job, "input_file_id": upload["id"]}) for _ in range(3)]
+        with gw.client(gw.keys["b"]) as other:
+            theirs = _upload(other, _line("one") + b"\n").json()
+            assert other.post("/v1/batches", json={**job, "input_file_id": theirs["id"]}).status_code == 200
+    assert [answer.status_code for answer in answers] == [200, 200, 429]
+    assert answers[2].json()["error"]["code"] == "too_many_active_batches"

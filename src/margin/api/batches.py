@@ -142,6 +142,7 @@ async def create_batch(request: Request, principal: Principal) -> Any:
         spec.metadata,
         tags,
         datetime.now(UTC),
+        services.settings.batches,
     )
     runner = getattr(request.app.state, "batch_runner", None)
     if runner is not None:

@@ -4,7 +4,8 @@ Every input line is in exactly one of them, in line order: the output file holds
 answer, the error file the lines refused at validation (`batch_errors`) and those that ended without one.
 They are as large as the answers (a 447 KB input made 631 MiB of output), so neither is ever held whole:
 the job's lines are read a page at a time and the files written in parts of up to `PART_BYTES`
-(`batch_file_parts`), which the download streams back (margin.batches.store.file_chunks)."""
+(`batch_file_parts`), which the download streams back (margin.batches.store.file_chunks). Then the job's own
+copies (refused lines' rows, lines' bodies and answers) are freed: the files hold them, and count for the key."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from margin.batches import quota
 from margin.batches.store import line_request_id, new_id
 from margin.ledger.models import batch_errors, batch_file_parts, batch_files, batch_lines
 
@@ -93,12 +95,15 @@ async def _paged(connection: AsyncConnection, table: sa.Table, batch_id: str) ->
         last = page[-1].line
 
 
-async def write(connection: AsyncConnection, batch: Any, now: datetime) -> tuple[str | None, str | None]:
-    """The job's (output file id, error file id); None where that file would hold no line."""
+async def write(connection: AsyncConnection, batch: Any, now: datetime) -> tuple[str | None, str | None, int]:
+    """The job's (output file id, error file id, bytes its lines keep once their bodies and answers are freed:
+    margin.batches.quota); a file id is None where that file would hold no line."""
     ok, bad = FileWriter(connection, batch, "output"), FileWriter(connection, batch, "error")
     refused = _paged(connection, batch_errors, batch.id)  # at validation: not in batch_lines
     waiting = await anext(refused, None)
+    kept = 0
     async for row in _paged(connection, batch_lines, batch.id):
+        kept += quota.LINE_BYTES + len(row.custom_id.encode()) + quota.size(row.error)
         response = None
         if row.status_code is not None:
             body = orjson.Fragment(row.response) if row.response else None
@@ -114,7 +119,16 @@ async def write(connection: AsyncConnection, batch: Any, now: datetime) -> tuple
     while waiting is not None:
         await bad.add(_refused(batch.id, waiting.error))
         waiting = await anext(refused, None)
-    return await ok.close(now), await bad.close(now)
+    return await ok.close(now), await bad.close(now), kept
+
+
+async def free(connection: AsyncConnection, batch_id: str) -> None:
+    """Once the files are written, the job's copies of what they hold: its refused lines' rows, its lines' bodies
+    and answers (each line keeps its custom_id, status and error)."""
+    await connection.execute(batch_errors.delete().where(batch_errors.c.batch_id == batch_id))
+    await connection.execute(
+        batch_lines.update().where(batch_lines.c.batch_id == batch_id).values(body="", response=None)
+    )
 
 
 def _refused(batch_id: str, error: dict[str, Any]) -> bytes:

@@ -10,9 +10,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from margin.batches import outputs
+from margin.batches import outputs, quota
 from margin.batches.jsonl import Line, LineError
 from margin.batches.store import ACTIVE, LINE_OPEN, line_request_id
 from margin.ledger.models import batch_errors, batch_lines, batches
@@ -50,9 +50,22 @@ async def save_validation(
     errors: Sequence[LineError],
     plan: dict[str, Any] | None,
     now: datetime,
+    limit: int,
 ) -> bool:
-    """validating → in_progress with the lines stored; False if the job left `validating` meanwhile."""
+    """validating → in_progress with the lines stored; False if the job left `validating` meanwhile, or if its
+    lines and refused lines would take its key past `limit` (batches.max_stored_bytes_per_key): it then ends
+    `failed` with a `storage_quota_exceeded` error and stores none of them."""
+    shown = [e.to_json() for e in errors[:SHOWN_ERRORS]]
+    refused: list[dict[str, Any]] = [{"batch_id": batch_id, "line": e.line, "error": e.to_json()} for e in errors]
+    working = quota.lines_bytes(((line.custom_id, len(line.body)) for line in lines), (r["error"] for r in refused))
     async with engine.begin() as connection:
+        batch = (await connection.execute(sa.select(batches).where(batches.c.id == batch_id))).one()
+        if batch.status != "validating":
+            return False
+        stored = quota.job_row_bytes(batch.meta, batch.tags, shown, plan) + working
+        if await quota.used(connection, batch.key_id) - batch.stored_bytes + stored > limit:
+            await _over_quota(connection, batch, now, limit)
+            return False
         moved = await connection.execute(
             batches.update()
             .where(batches.c.id == batch_id, batches.c.status == "validating")
@@ -60,33 +73,49 @@ async def save_validation(
                 status="in_progress",
                 in_progress_at=now,
                 model=lines[0].model if lines else None,
-                errors=[e.to_json() for e in errors[:SHOWN_ERRORS]],
+                errors=shown,
                 plan=plan,
                 total=len(lines) + len(errors),
                 failed=len(errors),
+                stored_bytes=stored,
             )
         )
         if moved.rowcount != 1:
             return False
-        if errors:
-            rows = [{"batch_id": batch_id, "line": e.line, "error": e.to_json()} for e in errors]
-            await connection.execute(batch_errors.insert(), rows)
+        if refused:
+            await connection.execute(batch_errors.insert(), refused)
         if lines:
-            await connection.execute(
-                batch_lines.insert(),
-                [
-                    {
-                        "batch_id": batch_id,
-                        "line": line.line,
-                        "custom_id": line.custom_id,
-                        "body": line.body.decode(),
-                        "status": "pending",
-                        "attempts": 0,
-                    }
-                    for line in lines
-                ],
-            )
+            await connection.execute(batch_lines.insert(), [_line_row(batch_id, line) for line in lines])
     return True
+
+
+def _line_row(batch_id: str, line: Line) -> dict[str, Any]:
+    return {
+        "batch_id": batch_id,
+        "line": line.line,
+        "custom_id": line.custom_id,
+        "body": line.body.decode(),
+        "status": "pending",
+        "attempts": 0,
+    }
+
+
+async def _over_quota(connection: AsyncConnection, batch: Any, now: datetime, limit: int) -> None:
+    """validating → failed, none of its lines stored: they would take its key past its quota."""
+    refusal = quota.refusal(limit)
+    error = {"line": None, "custom_id": None, "code": refusal.code, "message": refusal.message, "param": None}
+    await connection.execute(
+        batches.update()
+        .where(batches.c.id == batch.id, batches.c.status == "validating")
+        .values(
+            status="failed",
+            failed_at=now,
+            errors=[error],
+            stored_bytes=quota.job_row_bytes(batch.meta, batch.tags, [error]),
+            lease_owner=None,
+            lease_until=None,
+        )
+    )
 
 
 async def reset_running(engine: AsyncEngine, batch_id: str) -> int:
@@ -157,8 +186,10 @@ async def finish_lines(
     engine: AsyncEngine, batch_id: str, outcomes: Sequence[tuple[int, int, Outcome]], now: datetime
 ) -> int:
     """Record each (line, attempt, outcome) once (the line must still be running that attempt), with the
-    job's counters, in one transaction; how many were recorded."""
+    job's counters and the bytes of the answers it now stores (a retried line's earlier answer stays counted
+    until the job ends), in one transaction; how many were recorded."""
     counts = {"done": 0, "failed": 0}
+    answers = 0
     async with engine.begin() as connection:
         for line, attempt, outcome in outcomes:
             done = await connection.execute(
@@ -178,13 +209,18 @@ async def finish_lines(
                     finished_at=None if outcome.status == "pending" else now,
                 )
             )
-            if done.rowcount == 1 and outcome.status in counts:
-                counts[outcome.status] += 1
-        if counts["done"] or counts["failed"]:
+            if done.rowcount == 1:
+                answers += len(outcome.response or b"") + quota.size(outcome.error)
+                counts[outcome.status] = counts.get(outcome.status, 0) + 1
+        if answers or counts["done"] or counts["failed"]:
             await connection.execute(
                 batches.update()
                 .where(batches.c.id == batch_id)
-                .values(completed=batches.c.completed + counts["done"], failed=batches.c.failed + counts["failed"])
+                .values(
+                    completed=batches.c.completed + counts["done"],
+                    failed=batches.c.failed + counts["failed"],
+                    stored_bytes=batches.c.stored_bytes + answers,
+                )
             )
     return counts["done"] + counts["failed"]
 
@@ -206,15 +242,16 @@ async def close_pending(engine: AsyncEngine, batch_id: str, status: str, now: da
 
 
 async def finalize(engine: AsyncEngine, batch_id: str, status: str, now: datetime) -> bool:
-    """Write the output and error files (margin.batches.outputs) and the final status in one transaction
-    (once: the job must still be active, else nothing is written). Every input line is in exactly one of
-    the two files."""
+    """Write the output and error files (margin.batches.outputs), free the job's copies of what they hold, and
+    write the final status and what the job still stores, in one transaction (once: the job must still be
+    active, else nothing is written). Every input line is in exactly one of the two files."""
     try:
         async with engine.begin() as connection:
             batch = (await connection.execute(sa.select(batches).where(batches.c.id == batch_id))).one()
             if batch.status not in ACTIVE:
                 return False
-            output, error = await outputs.write(connection, batch, now)
+            output, error, kept = await outputs.write(connection, batch, now)
+            await outputs.free(connection, batch_id)
             values: dict[str, Any] = {
                 "status": status,
                 "finalizing_at": now,
@@ -223,6 +260,7 @@ async def finalize(engine: AsyncEngine, batch_id: str, status: str, now: datetim
                 "error_file_id": error,
                 "lease_owner": None,
                 "lease_until": None,
+                "stored_bytes": quota.job_row_bytes(batch.meta, batch.tags, batch.errors, batch.plan) + kept,
             }
             moved = await connection.execute(
                 batches.update().where(batches.c.id == batch_id, batches.c.status == batch.status).values(**values)

@@ -144,7 +144,7 @@ class BatchRunner:
         principal = await self.principal(batch)
         if lines and principal is not None:
             plan = await self.plan(batch, lines[0].model, [line.body for line in lines], principal, now)
-        await progress.save_validation(engine, batch.id, lines, errors, plan, now)
+        await progress.save_validation(engine, batch.id, lines, errors, plan, now, self.config.max_stored_bytes_per_key)
 
     async def plan(
         self, batch: Any, model: str, bodies: list[bytes], principal: Principal, now: datetime

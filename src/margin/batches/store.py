@@ -1,5 +1,8 @@
 """The Batch API's durable state (tables `batch_files`, `batches`, `batch_lines` in the ledger database).
 
+What a key stores is bounded by `batches.max_stored_bytes_per_key` (margin.batches.quota) and its jobs not yet
+finished by `batches.max_active_jobs_per_key`, both checked in the transaction that would store more.
+
 Every state change is one transaction guarded by the state it expects (`WHERE status = …`, and for a line
 `AND attempts = n`), so a worker that lost its lease, a restart or a repeated call changes nothing twice.
 A file or job is visible only to the key that created it (another key's id answers 404)."""
@@ -16,7 +19,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from margin.errors import Conflict, NotFound, PayloadTooLarge
+from margin.batches import quota
+from margin.config import BatchConfig
+from margin.errors import Conflict, NotFound, RateLimited
 from margin.ledger.models import batch_file_parts, batch_files, batch_lines, batches
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
@@ -50,7 +55,7 @@ class Owner:
 
 
 def _owned(table: sa.Table, owner: Owner) -> sa.ColumnElement[bool]:
-    return table.c.key_id.is_(None) if owner.key_id is None else table.c.key_id == owner.key_id
+    return quota.owned(table, owner.key_id)
 
 
 async def _page(
@@ -80,18 +85,10 @@ async def _page(
 
 
 async def add_file(
-    engine: AsyncEngine, owner: Owner, filename: str, content: bytes, lines: int, quota: int, now: datetime
+    engine: AsyncEngine, owner: Owner, filename: str, content: bytes, lines: int, limit: int, now: datetime
 ) -> Any:
     async with engine.begin() as connection:
-        used = await connection.scalar(
-            sa.select(sa.func.coalesce(sa.func.sum(batch_files.c.bytes), 0)).where(_owned(batch_files, owner))
-        )
-        if int(used or 0) + len(content) > quota:
-            raise PayloadTooLarge(
-                f"this key's files would hold more than {quota} bytes (batches.max_stored_bytes_per_key); "
-                "delete some first",
-                code="storage_quota_exceeded",
-            )
+        await quota.check(connection, owner.key_id, quota.ROW_BYTES + len(content), limit)
         file_id = new_id("file-")
         values = {
             "id": file_id,
@@ -174,14 +171,24 @@ async def add_batch(
     meta: dict[str, str] | None,
     tags: dict[str, str],
     now: datetime,
+    limits: BatchConfig,
 ) -> Any:
+    """A new job (validating), if the key has fewer than `max_active_jobs_per_key` unfinished and room in its
+    quota for the job's row and a copy of its input's lines (what validation will store, checked exactly then)."""
     batch_id = new_id("batch_")
+    stored = quota.job_row_bytes(meta, tags)
     async with engine.begin() as connection:
-        source = await connection.scalar(
-            sa.select(batch_files.c.purpose).where(batch_files.c.id == input_file_id, _owned(batch_files, owner))
-        )
-        if source != "batch":
+        source = (
+            await connection.execute(
+                sa.select(batch_files.c.purpose, batch_files.c.bytes).where(
+                    batch_files.c.id == input_file_id, _owned(batch_files, owner)
+                )
+            )
+        ).first()
+        if source is None or source.purpose != "batch":
             raise NotFound(f"No such File object: {input_file_id}", param="input_file_id")
+        await _admit(connection, owner, limits)
+        await quota.check(connection, owner.key_id, stored + int(source.bytes), limits.max_stored_bytes_per_key)
         await connection.execute(
             batches.insert().values(
                 id=batch_id,
@@ -196,9 +203,23 @@ async def add_batch(
                 meta=meta,
                 created_at=now,
                 expires_at=now + timedelta(hours=window[1]),
+                stored_bytes=stored,
             )
         )
         return (await connection.execute(sa.select(batches).where(batches.c.id == batch_id))).one()
+
+
+async def _admit(connection: AsyncConnection, owner: Owner, limits: BatchConfig) -> None:
+    limit = limits.max_active_jobs_per_key
+    active = await connection.scalar(
+        sa.select(sa.func.count()).where(_owned(batches, owner), batches.c.status.in_(ACTIVE))
+    )
+    if int(active or 0) >= limit:
+        raise RateLimited(
+            f"this key has {limit} jobs not yet finished, the most batches.max_active_jobs_per_key allows; "
+            "wait for one to end, or cancel one",
+            code="too_many_active_batches",
+        )
 
 
 async def get_batch(engine: AsyncEngine, batch_id: str, owner: Owner | None) -> Any:

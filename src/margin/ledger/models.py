@@ -308,8 +308,11 @@ batches = sa.Table(
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("lease_owner", sa.String(40)),  # the worker running it (one at a time, across replicas)
     sa.Column("lease_until", sa.DateTime(timezone=True)),
+    # what the job keeps besides its files, counted against batches.max_stored_bytes_per_key (margin.batches.quota)
+    sa.Column("stored_bytes", sa.BigInteger, nullable=False, server_default="0"),
     sa.Index("ix_batches_key_created", "key_id", "created_at"),
     sa.Index("ix_batches_status", "status"),
+    sa.Index("ix_batches_key_status", "key_id", "status"),  # a key's unfinished jobs
 )
 
 batch_lines = sa.Table(

@@ -78,7 +78,8 @@ async def per_request(protocol_class: type[HttpToolsProtocol], reads: list[bytes
     for i in range(n):
         for data in reads:
             protocol.data_received(data)
-        while transport.writes < 2 * (i + 1):  # head and body written: the response is complete
+        # head and body written: the response is complete (sleep(0) lets the app task run; no event to wait on)
+        while transport.writes < 2 * (i + 1):  # noqa: ASYNC110
             await asyncio.sleep(0)
     return (time.process_time() - began) / n * 1e6
 

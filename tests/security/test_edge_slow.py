@@ -6,7 +6,6 @@ connections took every descriptor of a default `ulimit -n`. Now a head has a tot
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket

@@ -82,3 +82,33 @@ def test_stream_restorer_with_no_redactions_passes_through(scanner: PiiScanner) 
     restorer = StreamRestorer(Redaction(scanner))
     assert restorer.feed("<EMAIL_") == "<EMAIL_"
     assert restorer.flush() == ""
+
+
+def test_may_begin_agrees_with_every_placeholder_and_does_not_read_them(
+    scanner: PiiScanner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`may_begin` (a stream's tail `<…` held back) answers as a scan of every placeholder would, without one:
+    every tail `_PARTIAL_RE` can match, over a map with numbers past 9 and 99 and entity names with underscores;
+    and with 5,000 placeholders a tail's answer does not build their tuple (a request may hold 10,000, and a
+    stream's every chunk may end in `<`)."""
+    state = Redaction(scanner)
+    for i in range(120):
+        state.placeholder("EMAIL", f"user{i}@example.com")
+    for i in range(12):
+        state.placeholder("US_SSN", f"123-45-{6700 + i}")
+    state.placeholder("PHONE", "+44 20 7946 0958")
+    letters = ["", "E", "EM", "EMAIL", "EMAIL_", "EMAILS_", "U", "US", "US_", "US_S", "US_SSN", "US_SSN_", "P",
+               "PHONE_", "_", "IBAN_", "CREDIT_CARD_", "X_"]  # fmt: skip
+    digits = ["", "0", "01", "1", "9", "12", "13", "99", "119", "120", "121", "999", "1000", "123456"]
+    for head in letters:
+        for tail in digits:
+            text = f"<{head}{tail}"
+            expected = any(p.startswith(text) for p in state.placeholders)
+            assert state.may_begin(text) is expected, text
+    many = Redaction(scanner)
+    for i in range(5000):
+        many.placeholder("EMAIL", f"u{i}@example.com")
+    restorer = StreamRestorer(many)
+    monkeypatch.setattr(Redaction, "placeholders", property(lambda _: pytest.fail("read every placeholder")))
+    assert restorer.feed("see <EMAIL_49") == "see "
+    assert restorer.feed("99> and <EMAIL_5001") == "u4998@example.com and <EMAIL_5001"

@@ -126,3 +126,14 @@ def test_redact_keeps_choices_and_tool_calls_apart(scanner: PiiScanner) -> None:
     assert re.fullmatch(r'\{"cc": "<EMAIL_\d>"\}', arguments)
     assert len({text[0][11:20], text[1][22:31], arguments[8:17]}) == 3  # three values, three placeholders
     assert guard.record() == {"pii_output": {"EMAIL": 3}, "pii_output_action": "redact"}
+
+
+def test_the_ledger_says_which_cap_an_answer_went_over(scanner: PiiScanner) -> None:
+    """A stream withheld past `max_spans` is recorded as that, not as over `max_scan_chars` (which it was not)."""
+    spans = StreamGuard(redact=Redaction(scanner, ScanBudget(ScanLimits(max_spans=3))))
+    chars = StreamGuard(redact=Redaction(scanner, ScanBudget(ScanLimits(max_chars=500))))
+    for guard, text in ((spans, " ".join(f"user{i}@example.com" for i in range(20))), (chars, "word " * 200)):
+        for event in (chunk(0, text), chunk(0, "", "stop")):
+            guard(event)
+    assert "guard.max_spans" in spans.record()["pii_output_scan_limit"]
+    assert "guard.max_scan_chars" in chars.record()["pii_output_scan_limit"]

@@ -61,6 +61,18 @@ class Redaction:
     def placeholders(self) -> tuple[str, ...]:
         return tuple(self._originals)
 
+    def may_begin(self, tail: str) -> bool:
+        """Whether `tail` (`<`, capitals and underscores, then up to 6 digits: `_PARTIAL_RE`) is the start of one
+        of this request's placeholders, in time of the entity types, not of the placeholders (a request may hold
+        10,000 of them, and a stream's every chunk may end in `<`). Placeholder numbers run 1..n per entity with
+        no leading zero, so digits d start one exactly when 1 ≤ d ≤ n."""
+        split = len(tail.rstrip("0123456789"))
+        letters, digits = tail[1:split], tail[split:]
+        if not digits:
+            return any(f"{entity}_".startswith(letters) for entity in self._next)
+        allocated = self._next.get(letters[:-1], 0) if letters.endswith("_") else 0
+        return not digits.startswith("0") and int(digits) <= allocated
+
     def note(self, spans: list[Span]) -> None:
         self._found.update(s.entity for s in spans)
 
@@ -126,7 +138,4 @@ class StreamRestorer:
         lt = buffer.rfind("<")
         if lt < 0 or not _PARTIAL_RE.match(buffer, lt):
             return len(buffer)
-        tail = buffer[lt:]
-        if any(p.startswith(tail) for p in self.state.placeholders):
-            return lt
-        return len(buffer)
+        return lt if self.state.may_begin(buffer[lt:]) else len(buffer)

@@ -44,6 +44,7 @@ class StreamRedactor:
     def __init__(self, state: Redaction) -> None:
         self.state = state
         self.withheld = False  # the answer went over the scan limit: nothing more is released
+        self.reason = ""  # which limit (the refusal's message), for the ledger
         self._pending = ""
         self._context = ""
 
@@ -56,8 +57,8 @@ class StreamRedactor:
             buffer = self._pending + chunk
             cut = self._cut(buffer)
             return self._release(buffer, cut) if cut > 0 else self._hold(buffer)
-        except ScanLimitExceeded:
-            self.withheld, self._pending = True, ""
+        except ScanLimitExceeded as exc:
+            self.withheld, self._pending, self.reason = True, "", exc.message
             return WITHHELD
 
     def flush(self) -> str:
@@ -65,8 +66,8 @@ class StreamRedactor:
             return ""
         try:
             return self._release(self._pending, len(self._pending))
-        except ScanLimitExceeded:
-            self.withheld, self._pending = True, ""
+        except ScanLimitExceeded as exc:
+            self.withheld, self._pending, self.reason = True, "", exc.message
             return WITHHELD
 
     def _hold(self, buffer: str) -> str:
@@ -178,8 +179,9 @@ class StreamGuard:
         record: dict[str, Any] = {}
         if self._redact.counts():
             record.update(pii_output=self._redact.counts(), pii_output_action="redact")
-        if self.withheld:
-            record.update(pii_output_action="redact", pii_output_scan_limit="the answer is over guard.max_scan_chars")
+        reasons = [c.redactor.reason for c in self._channels.values() if c.redactor is not None and c.withheld]
+        if reasons:
+            record.update(pii_output_action="redact", pii_output_scan_limit=reasons[0])
         return record
 
     def _channel(self, key: tuple[int, str, int]) -> _Channel:

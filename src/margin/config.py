@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import orjson
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from margin.backend_config import BackendConfig
 from margin.errors import ConfigError
 from margin.specs import AdmissionConfig, BudgetSpec, FlagSpec, GuardConfig, LimitSpec, PoliciesConfig
+from margin.userfiles import load_yaml, read_text
 
 
 class Strict(BaseModel):
@@ -415,15 +415,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
     if path is None:
         text, source = default_config_text(), "default_config.yaml"
     else:
-        try:
-            text, source = Path(path).read_text(encoding="utf-8"), str(path)
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-    try:
-        data = yaml.safe_load(os.path.expandvars(text))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source} is not valid YAML: {exc}") from exc
-    return parse_settings(data, source)
+        text, source = read_text(Path(path), "config"), str(path)
+    return parse_settings(load_yaml(os.path.expandvars(text), source), source)
 
 
 def config_hash(settings: Settings) -> str:

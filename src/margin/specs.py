@@ -82,8 +82,15 @@ class BudgetSpec(Spec):
 
 class LimitSpec(Spec):
     scope: Scope
-    rpm: int | None = Field(None, gt=0, description="Requests per minute.")
-    tpm: int | None = Field(None, gt=0, description="Tokens (input + output) per minute.")
+    rpm: int | None = Field(None, gt=0, description="Requests per minute (above 2**53: counts as it).")
+    tpm: int | None = Field(None, gt=0, description="Tokens (input + output) per minute (above 2**53: counts as it).")
+
+    @field_validator("rpm", "tpm")
+    @classmethod
+    def _cap(cls, value: int | None) -> int | None:
+        """Held at MAX_TOKEN_CAP like a budget's tokens: 10**26 is "no limit" either way, and before this a
+        larger one was stored, then crashed the JSON that prints or serves it (an int past 64 bits)."""
+        return None if value is None else min(value, MAX_TOKEN_CAP)
 
     @model_validator(mode="after")
     def _some_limit(self) -> LimitSpec:

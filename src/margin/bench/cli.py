@@ -67,18 +67,25 @@ def build_econ(
     config: Path | None,
     tco_backend: str | None,
 ) -> economics.EconSpec:
+    from pydantic import ValidationError
+
     from margin.bench import economics
     from margin.config import RegionConfig, load_settings
+    from margin.userfiles import validation_message
 
     if tco_backend is not None:
         return economics.spec_from_config(load_settings(config), tco_backend, price_model)
+    try:
+        where = RegionConfig(grid_zone=region, pue=pue, usd_per_kwh=usd_per_kwh)
+    except ValidationError as exc:
+        raise InvalidRequest(f"--pue/--usd-per-kwh: {validation_message(exc)}") from exc
     return economics.EconSpec(
         usd_per_hour=usd_per_hour,
         energy_overhead=overheads[0],
         network_overhead=overheads[1],
         power_w=power[0],
         idle_w=power[1],
-        region=RegionConfig(grid_zone=region, pue=pue, usd_per_kwh=usd_per_kwh),
+        region=where,
         region_label=region,
         price_model=price_model,
     )
@@ -171,12 +178,16 @@ def bench(
     burstiness: Annotated[float, Opt(help="Gamma shape of arrival gaps (1 = Poisson, <1 burstier).")] = 1.0,
     duration: Annotated[float | None, Opt(help="Seconds per load point (stop sending after).")] = None,
     num_requests: Annotated[int | None, Opt(help="Requests per load point (default 100).")] = None,
-    warmup: Annotated[int, Opt(help="Requests sent first and excluded.")] = 2,
+    warmup: Annotated[int, Opt(min=0, max=100_000, help="Requests sent first and excluded.")] = 2,
     dataset: Annotated[str, Opt(help="random | sharegpt | jsonl:PATH.")] = "random",
-    input_len: Annotated[int, Opt(help="random: prompt tokens.")] = 128,
-    output_len: Annotated[int | None, Opt(help="random/sharegpt: max_tokens per request.")] = 128,
-    range_ratio: Annotated[float, Opt(help="random: lengths uniform in len × [1−r, 1+r].")] = 0.0,
-    max_tokens: Annotated[int | None, Opt(help="max_tokens for every request (overrides the dataset).")] = None,
+    input_len: Annotated[int, Opt(min=1, max=10_000_000, help="random: prompt tokens.")] = 128,
+    output_len: Annotated[
+        int | None, Opt(min=1, max=10_000_000, help="random/sharegpt: max_tokens per request.")
+    ] = 128,
+    range_ratio: Annotated[float, Opt(min=0, max=1, help="random: lengths uniform in len × [1−r, 1+r].")] = 0.0,
+    max_tokens: Annotated[
+        int | None, Opt(min=1, max=10_000_000, help="max_tokens for every request (overrides the dataset).")
+    ] = None,
     ignore_eos: Annotated[bool, Opt(help="Send ignore_eos=true (vLLM, SGLang, llama.cpp server).")] = False,
     extra_body: Annotated[
         str | None, Opt(help='JSON merged into each request, e.g. \'{"logit_bias": {"2": -100}}\'.')
@@ -203,11 +214,24 @@ def bench(
     """Serving benchmark of an OpenAI-compatible endpoint: latency, throughput, goodput, $/1K tokens, J/token, gCO2e."""
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 180)
     try:
-        execute(make_config(dict(locals())), out, plots, console)
+        result = execute(make_config(dict(locals())), out, plots, console)
     except orjson.JSONDecodeError as exc:
         raise _fail(f"--extra-body is not JSON: {exc}") from exc
     except MarginError as exc:
         raise _fail(exc.message) from exc
+    failed = no_request_succeeded(result)
+    if failed is not None:
+        raise _fail(failed, code=1)
+
+
+def no_request_succeeded(result: dict[str, Any]) -> str | None:
+    """Why nothing was measured, when not one request of any load point succeeded (an unreachable URL, a wrong
+    model or key): the bench then exits 1, not 0 under a table of zeros."""
+    runs = result.get("runs") or []
+    if any(run["metrics"]["completed"] for run in runs):
+        return None
+    errors = [error for run in runs for error in run.get("errors", {})]
+    return "no request succeeded" + (f"; first error: {errors[0]}" if errors else "")
 
 
 def make_config(o: dict[str, Any]) -> BenchConfig:
@@ -219,6 +243,10 @@ def make_config(o: dict[str, Any]) -> BenchConfig:
     if o["energy_meter"] not in ("auto", "nvml", "rapl", "model", "none"):
         raise InvalidRequest("--energy-meter must be auto, nvml, rapl, model or none")
     body = orjson.loads(o["extra_body"]) if o["extra_body"] else {}
+    if not isinstance(body, dict):
+        raise InvalidRequest("--extra-body must be a JSON object")
+    if not (math.isfinite(o["timeout"]) and o["timeout"] > 0):
+        raise InvalidRequest("--timeout must be positive and finite")
     target = loadgen.Target(o["base_url"], o["model"], o["endpoint"], o["api_key"], o["ignore_eos"], body, o["timeout"])
     econ = build_econ(
         o["usd_per_hour"],
@@ -244,6 +272,6 @@ def make_config(o: dict[str, Any]) -> BenchConfig:
     )
 
 
-def _fail(message: str) -> typer.Exit:
+def _fail(message: str, code: int = 2) -> typer.Exit:
     Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}")
-    return typer.Exit(2)
+    return typer.Exit(code)

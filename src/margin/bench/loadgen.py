@@ -61,6 +61,10 @@ class Target:
         return orjson.dumps({**body, **self.extra_body})
 
 
+MAX_CONCURRENCY = 10_000  # requests in flight from one client process
+MAX_REQUESTS = 10_000_000  # per load point
+
+
 @dataclass(frozen=True, slots=True)
 class LoadShape:
     concurrency: int | None = None  # closed loop
@@ -69,6 +73,20 @@ class LoadShape:
     num_requests: int | None = None
     duration_s: float | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Refused before anything is sent (before: concurrency 0 or rate NaN measured nothing and exited 0;
+        concurrency 10^8 started 10^8 tasks and hung)."""
+        if self.concurrency is not None and not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            raise InvalidRequest(f"concurrency must be 1 to {MAX_CONCURRENCY:,}, not {self.concurrency}")
+        if self.rate is not None and not self.rate > 0:  # NaN is not; inf is (everything at once)
+            raise InvalidRequest("the request rate must be positive (use inf to send everything at once)")
+        if not (math.isfinite(self.burstiness) and self.burstiness > 0):
+            raise InvalidRequest("burstiness must be positive and finite")
+        if self.num_requests is not None and not 1 <= self.num_requests <= MAX_REQUESTS:
+            raise InvalidRequest(f"the number of requests must be 1 to {MAX_REQUESTS:,}")
+        if self.duration_s is not None and not (math.isfinite(self.duration_s) and self.duration_s > 0):
+            raise InvalidRequest("the duration must be positive and finite")
 
     def label(self) -> str:
         if self.concurrency is not None:

@@ -59,8 +59,8 @@ def calibrate_threshold(
     correct. Returns `math.inf` (never hit) when the set is too small to certify `delta`."""
     if len(similarities) != len(duplicate):
         raise InvalidRequest("similarities and duplicate must have the same length")
-    if delta <= 0.0:
-        raise InvalidRequest(f"delta must be positive, got {delta}")
+    if not 0.0 < delta <= 1.0:  # NaN is not
+        raise InvalidRequest(f"delta must be in (0, 1], got {delta}")
     if not 0.0 < confidence < 1.0:
         raise InvalidRequest(f"confidence must be in (0, 1), got {confidence}")
     if not similarities:

@@ -13,6 +13,8 @@ import typer
 from typer.core import TyperGroup
 
 from margin.cli import config, keys, ledger, rules, serve
+from margin.cli.options import fail
+from margin.errors import MarginError
 
 # name → (module, attribute): a typer app, or a command function
 KITS: dict[str, tuple[str, str]] = {
@@ -35,6 +37,14 @@ class WithKits(TyperGroup):
         if cmd_name in KITS and cmd_name not in self.commands:
             self.add_command(load_kit(cmd_name), cmd_name)
         return super().get_command(ctx, cmd_name)
+
+    def invoke(self, ctx: Any) -> Any:
+        """Every command's own errors (a bad file, option or number: MarginError) end as one `error:` line and
+        exit 2, wherever a command forgot to catch them; before, some printed a traceback."""
+        try:
+            return super().invoke(ctx)
+        except MarginError as exc:
+            raise fail(exc) from exc
 
 
 def load_kit(name: str) -> Any:

@@ -6,12 +6,38 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
 
 from margin.config import RegionConfig
 from margin.economics.carbon import GridTable
 from margin.economics.money import usd_str
-from margin.economics.tco import TcoInputs, calculate
+from margin.economics.tco import MAX_OVERHEAD, TcoInputs, calculate
+from margin.errors import InvalidRequest
+from margin.userfiles import validation_message
+
+
+class CostInputs(BaseModel):
+    """The calculator's numbers, checked before any arithmetic: finite, not negative, and within what a real
+    deployment could be (before: a negative price or power printed negative costs, 0 tok/s was a traceback,
+    1e309 $/h or 1e-300 tok/s a decimal.InvalidOperation traceback, NaN watts printed "$NaN")."""
+
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
+
+    hourly_usd: Decimal = Field(ge=0, le=1_000_000)
+    tokens_per_s: Decimal = Field(ge=Decimal("1e-6"), le=1_000_000_000)
+    energy_overhead: Decimal = Field(ge=0, le=MAX_OVERHEAD)
+    network_overhead: Decimal = Field(ge=0, le=MAX_OVERHEAD)
+    watts: float | None = Field(ge=0, le=10_000_000)
+    pue: float = Field(ge=1, le=10)
+    usd_per_kwh: Decimal = Field(ge=0, le=1_000)
+
+
+def check_cost_inputs(**numbers: object) -> None:
+    try:
+        CostInputs.model_validate(numbers)
+    except ValidationError as exc:
+        raise InvalidRequest(f"--{validation_message(exc, limit=1).replace('_', '-')}") from exc
 
 
 def cost_command(
@@ -26,6 +52,15 @@ def cost_command(
     region: str | None,
     as_json: bool,
 ) -> None:
+    check_cost_inputs(
+        hourly_usd=hourly_usd,
+        tokens_per_s=tokens_per_s,
+        energy_overhead=energy_overhead,
+        network_overhead=network_overhead,
+        watts=watts,
+        pue=pue,
+        usd_per_kwh=usd_per_kwh,
+    )
     grid = GridTable.bundled().intensity(RegionConfig(grid_zone=region)) if watts is not None else None
     if region and grid is not None and grid.source == "world-average":
         from margin.errors import InvalidRequest

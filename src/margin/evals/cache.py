@@ -55,8 +55,14 @@ class PairSet:
 
 def pairs_from_records(records: Sequence[dict[str, Any]]) -> PairSet:
     index: dict[str, int] = {}
-    a, b, dup = [], [], []
+    a: list[int] = []
+    b: list[int] = []
+    dup: list[bool] = []
     for record in records:
+        if not isinstance(record, dict):
+            raise InvalidRequest(f"pair record {len(a) + 1} is not an object")
+        if record.get("duplicate") not in (True, False, 0, 1):
+            raise InvalidRequest(f"pair record {len(a) + 1}: duplicate must be true/false/0/1")
         try:
             a.append(index.setdefault(str(record["a"]), len(index)))
             b.append(index.setdefault(str(record["b"]), len(index)))
@@ -246,6 +252,16 @@ def embed_pairs(pairs: PairSet, vectors_dir: Path | None, progress: Callable[[in
     return encode_cached(pairs.texts, default_encoder(), vectors_dir, progress=progress)
 
 
+def check_rates(calib_fraction: float, deltas: Sequence[float], confidence: float) -> None:
+    """Before anything is read or embedded: shares above 0 and below 1 (a delta may be 1); NaN is none."""
+    for name, value in (("calib_fraction", calib_fraction), ("confidence", confidence)):
+        if not 0.0 < value < 1.0:
+            raise InvalidRequest(f"{name} must be in (0, 1), got {value}")
+    bad = [d for d in deltas if not 0.0 < d <= 1.0]
+    if bad or not deltas:
+        raise InvalidRequest(f"every delta must be in (0, 1], got {bad or 'none'}")
+
+
 def run_cache_eval(
     path: str | Path,
     *,
@@ -260,7 +276,10 @@ def run_cache_eval(
 ) -> dict[str, Any]:
     """The whole evaluation as JSON (see module doc); `calibration` holds thresholds for `SHIPPED_DELTAS`
     from the first seed's calibration part, the content of the shipped calibration file."""
+    check_rates(calib_fraction, deltas, confidence)
     pairs = load_pairs(path, limit)
+    if len(pairs) < 2:
+        raise InvalidRequest(f"{path}: needs at least 2 pairs, has {len(pairs)}")
     started = time.perf_counter()
     vectors = embed_pairs(pairs, vectors_dir, progress)
     embed_s = time.perf_counter() - started

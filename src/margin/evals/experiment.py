@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from margin.errors import ConfigError
+from margin.userfiles import read_yaml, validation_message
 
 MAX_VARIANTS = 200
 
@@ -152,16 +152,13 @@ class Experiment(BaseModel):
 
 
 def load_experiment(path: Path) -> Experiment:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read experiment {path}: {exc}") from exc
+    data = read_yaml(path, "experiment")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: an experiment is a YAML mapping")
     try:
         experiment = Experiment.model_validate({**data, "base_dir": str(path.parent.resolve())})
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        raise ConfigError(f"{path}: {validation_message(exc)}") from exc
     experiment.all_variants()
     experiment.baseline_name()
     return experiment

@@ -214,7 +214,11 @@ def read_file(name: str, text: str) -> list[Outcome]:
     """JSON lines (`.jsonl`) or CSV with a header (request_id,success,score,value)."""
     items: Iterable[Any]
     if name.endswith(".csv"):
-        items = [_csv_item(row) for row in csv.DictReader(io.StringIO(text))]
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            items = [_csv_item(row) for row in reader]
+        except csv.Error as exc:
+            raise InvalidRequest(f"{name}:{reader.line_num}: not CSV: {exc}") from exc
     else:
         try:
             items = [orjson.loads(line) for line in text.splitlines() if line.strip()]

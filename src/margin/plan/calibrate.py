@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError
 from margin.errors import ConfigError
 from margin.plan.catalog import Catalog, EfficiencyClass, Provenance, Strict
 from margin.plan.validate import Observation, fit, fit_params
+from margin.userfiles import read_text, read_yaml, validation_message
 
 SCHEMA = "margin.plan.calibration/1"
 
@@ -46,8 +47,8 @@ def observations_from_bench(
     threads: int | None = None,
 ) -> list[Observation]:
     try:
-        data = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as exc:
+        data = json.loads(read_text(path, "bench result"))
+    except ValueError as exc:
         raise ConfigError(f"cannot read bench result {path}: {exc}") from exc
     run = _bench_run(data)
     metrics = run["metrics"]
@@ -101,10 +102,11 @@ def write_calibration(path: Path, hardware: str, eff: EfficiencyClass, points: l
 
 
 def load_calibration(path: Path) -> dict[str, EfficiencyClass]:
+    data = read_yaml(path, "calibration file")
     try:
-        doc = CalibrationFile.model_validate(yaml.safe_load(path.read_text("utf-8")))
-    except (OSError, yaml.YAMLError, ValidationError) as exc:
-        raise ConfigError(f"invalid calibration file {path}: {exc}") from exc
+        doc = CalibrationFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid calibration file {path}: {validation_message(exc)}") from exc
     if doc.schema_ != SCHEMA:
         raise ConfigError(f"{path}: expected schema {SCHEMA}, got {doc.schema_}")
     return {doc.hardware: doc.efficiency}

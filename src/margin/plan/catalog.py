@@ -10,11 +10,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from margin.config import RegionConfig
 from margin.errors import ConfigError
+from margin.userfiles import load_yaml, read_text, validation_message
 
 Confidence = Literal["published", "recalled", "estimate", "measured"]
 Kind = Literal["gpu", "tpu", "accelerator", "lpu", "soc", "cpu"]
@@ -22,7 +22,7 @@ DType = Literal["fp32", "bf16", "fp16", "fp8", "int8", "fp4"]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Provenance(Strict):
@@ -222,12 +222,12 @@ def _read(cls: type[F], path: Path | None, bundled: str) -> F:
             text = resources.files("margin.plan").joinpath(f"data/{bundled}").read_text("utf-8")
             where = f"bundled {bundled}"
         else:
-            text, where = path.read_text("utf-8"), str(path)
-        return cls.model_validate(yaml.safe_load(text))
+            text, where = read_text(path, "catalog"), str(path)
+        return cls.model_validate(load_yaml(text, f"catalog {where}"))
     except OSError as exc:
         raise ConfigError(f"cannot read catalog {path}: {exc}") from exc
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise ConfigError(f"invalid catalog {where}: {exc}") from exc
+    except ValidationError as exc:
+        raise ConfigError(f"invalid catalog {where}: {validation_message(exc)}") from exc
 
 
 @dataclass(frozen=True)

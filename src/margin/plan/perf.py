@@ -21,6 +21,14 @@ from margin.plan.catalog import Catalog, DType, EfficiencyClass, Engine, Hardwar
 from margin.plan.memory import MemoryPlan, WeightBytes, plan_memory, resolve_weights, weight_bytes
 from margin.plan.roofline import Device, Kernel, StepTime, attention_dtype, decode_work, prefill_work
 
+# What a plan may ask for: past these the numbers mean nothing and the searches take minutes, or never end
+# (a 10^23-token prompt). The CLI options, the workload file and `Setup` all check them.
+MAX_DEVICES = 1024  # devices per replica
+MAX_THREADS = 4096
+MAX_TOKENS = 10_000_000  # prompt or output tokens of one request (no catalog model reads 10M)
+MAX_BATCH = 1_000_000  # sequences in flight
+MAX_RATE_RPS = 1_000_000.0  # requests/s to serve
+
 
 @dataclass(frozen=True)
 class Setup:
@@ -33,6 +41,12 @@ class Setup:
     engine_key: str = "vllm"
     threads: int | None = None
     efficiency: EfficiencyClass | None = None  # calibrated values for this hardware; None = the class prior
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.devices <= MAX_DEVICES:
+            raise ValueError(f"devices must be 1 to {MAX_DEVICES}, not {self.devices}")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise ValueError(f"threads must be 1 to {MAX_THREADS}, not {self.threads}")
 
     @property
     def model(self) -> Model:

@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal
 from typing import Any
 
+from margin.economics.tco import MAX_OVERHEAD
 from margin.plan.econ import economics
-from margin.plan.perf import Setup, Slo, at_slo, serve
+from margin.plan.perf import MAX_BATCH, MAX_RATE_RPS, MAX_TOKENS, Setup, Slo, at_slo, serve
+
+
+def check_inputs(
+    tokens: tuple[int, int, int | None],
+    slo_ms: tuple[float | None, float | None],
+    rate: float | None,
+    overheads: tuple[Decimal, Decimal],
+) -> None:
+    """ValueError naming the option when a number is out of range, NaN or infinite."""
+    (input_tokens, output_tokens, batch) = tokens
+    if not (1 <= input_tokens <= MAX_TOKENS and 1 <= output_tokens <= MAX_TOKENS):
+        raise ValueError(f"--input and --output must be 1 to {MAX_TOKENS:,} tokens")
+    if batch is not None and not 1 <= batch <= MAX_BATCH:
+        raise ValueError(f"--batch must be 1 to {MAX_BATCH:,}")
+    if any(ms is not None and not (math.isfinite(ms) and ms > 0) for ms in slo_ms):
+        raise ValueError("--ttft-ms and --tpot-ms must be positive and finite")
+    if rate is not None and not (math.isfinite(rate) and 0 < rate <= MAX_RATE_RPS):
+        raise ValueError(f"--rate must be above 0 and at most {MAX_RATE_RPS:,.0f} requests/s")
+    if any(not (o.is_finite() and 0 <= o <= MAX_OVERHEAD) for o in overheads):
+        raise ValueError(f"--energy-overhead and --network-overhead must be 0 to {MAX_OVERHEAD}")
 
 
 def one_config(
@@ -21,8 +43,7 @@ def one_config(
 ) -> dict[str, Any]:
     """Performance at `batch` (default: the largest the SLOs and memory allow), memory, and economics in `region`.
     A configuration that cannot serve even one sequence is still broken down at batch 1, with the reason."""
-    if input_tokens < 1 or output_tokens < 1 or (batch is not None and batch < 1):
-        raise ValueError("--input, --output and --batch must be positive")
+    check_inputs((input_tokens, output_tokens, batch), slo_ms, rate, overheads)
     context = input_tokens + output_tokens
     slo = Slo(*(None if ms is None else ms / 1000 for ms in slo_ms))
     if batch is None:

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError
 
 from margin.errors import ConfigError
 from margin.plan.catalog import Catalog, EfficiencyClass, Provenance, Strict
 from margin.plan.econ import device_watts
 from margin.plan.perf import ServePoint, Setup, serve
+from margin.userfiles import load_yaml, read_text, validation_message
 
 Metric = Literal["ttft_ms", "tpot_ms", "decode_tok_s", "prefill_tok_s", "output_tok_s", "j_per_output_token"]
 
@@ -70,10 +70,10 @@ def load_observations(path: Path | None = None) -> list[Observation]:
         if path is None:
             text = resources.files("margin.plan").joinpath("data/published.yaml").read_text("utf-8")
         else:
-            text = path.read_text("utf-8")
-        return ObservationsFile.model_validate(yaml.safe_load(text)).points
-    except (OSError, yaml.YAMLError, ValidationError) as exc:
-        raise ConfigError(f"invalid observations file {path or 'published.yaml'}: {exc}") from exc
+            text = read_text(path, "observations file")
+        return ObservationsFile.model_validate(load_yaml(text, f"observations file {path}")).points
+    except ValidationError as exc:
+        raise ConfigError(f"invalid observations file {path or 'published.yaml'}: {validation_message(exc)}") from exc
 
 
 def point_for(obs: Observation, setup: Setup) -> ServePoint:

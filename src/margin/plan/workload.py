@@ -18,27 +18,32 @@ import math
 from decimal import Decimal
 from pathlib import Path
 from statistics import NormalDist
-from typing import Literal
+from typing import Annotated, Literal
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
 
+from margin.economics.tco import MAX_OVERHEAD
 from margin.errors import ConfigError
 from margin.plan.catalog import Strict
-from margin.plan.perf import Slo
+from margin.plan.perf import MAX_DEVICES, MAX_RATE_RPS, MAX_TOKENS, Slo
+from margin.userfiles import read_yaml, validation_message
+
+Tokens = Annotated[int, Field(gt=0, le=MAX_TOKENS)]
+MAX_SIGMA = 10.0  # a lognormal's sigma: e^10 ≈ 22,000 × the median is already no workload
+MAX_VALUES = 100_000  # an empirical distribution's values
 
 
 class Lengths(Strict):
     """A token-length distribution; `mean` and `quantile` in closed form (empirical: weighted)."""
 
     dist: Literal["fixed", "uniform", "normal", "lognormal", "empirical"] = "fixed"
-    mean: float | None = Field(None, gt=0)
-    min: int | None = Field(None, gt=0)
-    max: int | None = Field(None, gt=0)
-    std: float | None = Field(None, ge=0)
-    sigma: float | None = Field(None, ge=0)
-    values: list[int] | None = None
-    weights: list[float] | None = None
+    mean: float | None = Field(None, gt=0, le=MAX_TOKENS)
+    min: Tokens | None = None
+    max: Tokens | None = None
+    std: float | None = Field(None, ge=0, le=MAX_TOKENS)
+    sigma: float | None = Field(None, ge=0, le=MAX_SIGMA)
+    values: list[Tokens] | None = Field(None, max_length=MAX_VALUES)
+    weights: list[Annotated[float, Field(ge=0)]] | None = Field(None, max_length=MAX_VALUES)
 
     @model_validator(mode="after")
     def _complete(self) -> Lengths:
@@ -52,10 +57,14 @@ class Lengths(Strict):
         missing = [k for k in needs if getattr(self, k) is None]
         if missing:
             raise ValueError(f"{self.dist} lengths need {', '.join(missing)}")
-        if self.values is not None and (not self.values or min(self.values) <= 0):
-            raise ValueError("values must be positive token counts")
+        if self.values is not None and not self.values:
+            raise ValueError("values must list at least one token count")
         if self.weights is not None and (self.values is None or len(self.weights) != len(self.values)):
             raise ValueError("weights must match values")
+        if self.weights is not None and not sum(self.weights) > 0:
+            raise ValueError("weights must not all be 0")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("min must not exceed max")
         return self
 
     def average(self) -> float:
@@ -101,6 +110,16 @@ def lengths(value: int | Lengths) -> Lengths:
     return Lengths(mean=value) if isinstance(value, int) else value
 
 
+def _length_kind(value: object) -> str:
+    return "distribution" if isinstance(value, dict | Lengths) else "tokens"
+
+
+# A number or a distribution; an error names only the one that was given (not "not an integer" for a mapping)
+TokensOrLengths = Annotated[
+    Annotated[Tokens, Tag("tokens")] | Annotated[Lengths, Tag("distribution")], Discriminator(_length_kind)
+]
+
+
 class SloSpec(Strict):
     ttft_ms: float | None = Field(None, gt=0)
     tpot_ms: float | None = Field(None, gt=0)
@@ -123,23 +142,25 @@ class Constraints(Strict):
 
 
 class Search(Strict):
-    weights: list[str] = ["bf16", "fp8", "int4"]
-    kv: list[str] = ["fp16", "fp8"]
-    devices: list[int] = [1, 2, 4, 8]
+    weights: list[str] = Field(["bf16", "fp8", "int4"], min_length=1, max_length=64)
+    kv: list[str] = Field(["fp16", "fp8"], min_length=1, max_length=64)
+    devices: list[Annotated[int, Field(ge=1, le=MAX_DEVICES)]] = Field([1, 2, 4, 8], min_length=1, max_length=64)
     engine: str = "vllm"
     cpu_engine: str = "llamacpp"
 
 
 class Workload(Strict):
     model: str
-    rate_rps: float = Field(gt=0)
-    input_tokens: int | Lengths
-    output_tokens: int | Lengths
+    rate_rps: float = Field(gt=0, le=MAX_RATE_RPS)
+    input_tokens: TokensOrLengths
+    output_tokens: TokensOrLengths
     slo: SloSpec = SloSpec()
     constraints: Constraints = Constraints()
     search: Search = Search()
-    energy_overhead: Decimal = Field(Decimal(0), ge=0, description="DESIGN §4 overheads on the hourly price")
-    network_overhead: Decimal = Field(Decimal(0), ge=0)
+    energy_overhead: Decimal = Field(
+        Decimal(0), ge=0, le=MAX_OVERHEAD, description="DESIGN §4 overheads on the hourly price"
+    )
+    network_overhead: Decimal = Field(Decimal(0), ge=0, le=MAX_OVERHEAD)
 
     @property
     def inputs(self) -> Lengths:
@@ -163,9 +184,8 @@ class Workload(Strict):
 
 
 def load_workload(path: Path) -> Workload:
+    data = read_yaml(path, "workload")
     try:
-        return Workload.model_validate(yaml.safe_load(path.read_text("utf-8")))
-    except OSError as exc:
-        raise ConfigError(f"cannot read workload {path}: {exc}") from exc
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise ConfigError(f"invalid workload {path}: {exc}") from exc
+        return Workload.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid workload {path}: {validation_message(exc)}") from exc

@@ -16,6 +16,7 @@ says so).
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,8 +33,11 @@ from margin.ledger import read
 from margin.ledger.read import Window
 from margin.report.metrics import per_1k, usd
 from margin.report.queries import check_group
+from margin.specs import MAX_USD
+from margin.userfiles import read_text
 
 SECONDS_PER_MONTH = Decimal(30 * 86400)
+MAX_REVENUE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,15 +51,14 @@ class RevenueLine:
 
 def load_revenue_csv(path: Path) -> list[RevenueLine]:
     """Read `feature,customer,usd` lines (header required; either of feature/customer may be empty)."""
+    reader = csv.DictReader(io.StringIO(read_text(path, "revenue file", MAX_REVENUE_BYTES), newline=""))
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            missing = {"usd"} - set(reader.fieldnames or [])
-            if missing or not {"feature", "customer"} & set(reader.fieldnames or []):
-                raise InvalidRequest(f"{path}: needs a header with usd and feature and/or customer columns")
-            return [_revenue_line(path, number, row) for number, row in enumerate(reader, start=2)]
-    except OSError as exc:
-        raise InvalidRequest(f"cannot read revenue file {path}: {exc.strerror}") from exc
+        missing = {"usd"} - set(reader.fieldnames or [])
+        if missing or not {"feature", "customer"} & set(reader.fieldnames or []):
+            raise InvalidRequest(f"{path}: needs a header with usd and feature and/or customer columns")
+        return [_revenue_line(path, number, row) for number, row in enumerate(reader, start=2)]
+    except csv.Error as exc:
+        raise InvalidRequest(f"{path}:{reader.line_num}: not CSV: {exc}") from exc
 
 
 def _revenue_line(path: Path, number: int, row: dict[str, str]) -> RevenueLine:
@@ -63,8 +66,8 @@ def _revenue_line(path: Path, number: int, row: dict[str, str]) -> RevenueLine:
         amount = Decimal(row["usd"])
     except (InvalidOperation, TypeError) as exc:
         raise InvalidRequest(f"{path}:{number}: usd {row.get('usd')!r} is not a number") from exc
-    if not amount.is_finite():
-        raise InvalidRequest(f"{path}:{number}: usd must be finite")
+    if not amount.is_finite() or amount.copy_abs() > MAX_USD:
+        raise InvalidRequest(f"{path}:{number}: usd must be a finite amount within ±{MAX_USD}")
     return RevenueLine(row.get("feature") or None, row.get("customer") or None, amount)
 
 

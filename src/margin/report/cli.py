@@ -13,6 +13,9 @@ from rich.console import Console
 from margin.config import Settings
 from margin.errors import InvalidRequest
 from margin.report.queries import Window
+from margin.userfiles import read_text
+
+MAX_FEEDBACK_BYTES = 64 * 1024 * 1024
 
 
 def run_report(
@@ -60,10 +63,7 @@ def import_feedback(engine: sa.Engine, path: Path) -> int:
     """Load a .jsonl or .csv of outcomes; all or nothing (admin rights: any request id)."""
     from margin.ledger import feedback
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InvalidRequest(f"cannot read {path}: {exc.strerror}") from exc
+    text = read_text(path, "feedback file", MAX_FEEDBACK_BYTES)
     outcomes = feedback.read_file(path.name, text)
     feedback.record(engine, outcomes, None, admin=True)
     return len(outcomes)

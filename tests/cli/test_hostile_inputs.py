@@ -1,0 +1,197 @@
+"""Hostile and malformed inputs to the `margin` commands: each answered with one `error:` line and a non-zero
+exit, never a traceback, a hang or a silently wrong result. Every case here failed before (a traceback, a hang,
+or exit 0 with a wrong answer)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from margin.cli import app
+
+runner = CliRunner()
+
+WORKLOAD = "model: llama-3.1-8b\nrate_rps: 1\ninput_tokens: 100\noutput_tokens: 200\n"
+
+
+def refused(args: list[str], *, code: int = 2) -> str:
+    """The output of a command that must fail cleanly with `code`."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == code, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)  # not a traceback
+    assert "error" in result.output.lower() and "Traceback" not in result.output
+    return " ".join(result.output.split())
+
+
+def test_alias_bomb_config_is_refused_before_it_expands(tmp_path: Path) -> None:
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for prev, name in zip("abcdefg", "bcdefgh", strict=True):
+        lines.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]")
+    lines.append("tags: {header_keys: *h}")  # 9^8 strings once expanded
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines))
+    started = time.perf_counter()
+    assert "aliases counted" in refused(["config", "check", str(path)])
+    assert time.perf_counter() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"a: " + b"[" * 100_000 + b"]" * 100_000, "nested deeper than 64"),  # was RecursionError
+        (b"server:\n  port: \xff\xfe\n", "not UTF-8"),  # was UnicodeDecodeError
+    ],
+)
+def test_malformed_config_files(tmp_path: Path, content: bytes, expected: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    assert expected in refused(["config", "check", str(path)])
+
+
+def test_config_that_is_a_directory_or_missing(tmp_path: Path) -> None:
+    assert "Is a directory" in refused(["config", "check", str(tmp_path)])
+    assert "No such file" in refused(["config", "check", str(tmp_path / "nope.yaml")])
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("rate_rps: .inf", "rate_rps"),  # OverflowError
+        ("rate_rps: 1e12", "rate_rps"),  # 10^12 requests/s planned as if it meant something
+        ("input_tokens: 100000000000000000000000000000", "input_tokens"),  # TypeError: int past 64 bits
+        ("input_tokens: {dist: empirical, values: [1, 2], weights: [0, 0]}", "weights must not all be 0"),
+        ("input_tokens: {dist: empirical, values: [1, 2], weights: [-1, 2]}", "weights.0"),  # silently used
+        ("input_tokens: {dist: uniform, min: 500, max: 10}", "min must not exceed max"),  # silently used
+        ("search: {devices: [0]}", "search.devices.0"),  # ZeroDivisionError
+        ("search: {devices: [1000000000000]}", "search.devices.0"),  # 10^12 devices priced
+        ("energy_overhead: 1e309", "energy_overhead"),  # decimal.InvalidOperation
+        ("slo: {tpot_ms: .inf}", "slo.tpot_ms"),
+    ],
+)
+def test_plan_place_refuses_absurd_workloads(tmp_path: Path, extra: str, expected: str) -> None:
+    key = extra.split(":", 1)[0]
+    kept = [line for line in WORKLOAD.splitlines() if not line.startswith(key)]
+    path = tmp_path / "w.yaml"
+    path.write_text("\n".join([*kept, extra]) + "\n")
+    output = refused(["plan", "place", "--workload", str(path), "--json"])
+    assert "invalid workload" in output and expected in output
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--devices", "0"], "devices must be 1 to"),  # ZeroDivisionError
+        (["--devices", "1000000000000"], "devices must be 1 to"),
+        (["--input", "100000000000000000000000"], "--input and --output"),  # ran for minutes
+        (["--batch", "10000000000"], "--batch"),
+        (["--region", "local", "--rate", "nan"], "--rate"),  # exit 0 with NaN economics
+        (["--rate", "-1"], "--rate"),
+        (["--ttft-ms", "nan"], "--ttft-ms"),
+        (["--energy-overhead", "-1"], "--energy-overhead"),
+        (["--threads", "0"], "threads must be 1 to"),
+    ],
+)
+def test_plan_single_config_bounds(args: list[str], expected: str) -> None:
+    started = time.perf_counter()
+    output = refused(["plan", "--model", "llama-3.1-8b", "--hardware", "h100-sxm", *args, "--json"])
+    assert expected in output
+    assert time.perf_counter() - started < 10
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--tokens-per-s", "0"], "--tokens-per-s"),  # ValueError traceback
+        (["--hourly-usd", "-2"], "--hourly-usd"),  # printed a negative cost
+        (["--hourly-usd", "1e309", "--tokens-per-s", "1e-300"], "--hourly-usd"),  # InvalidOperation
+        (["--watts", "nan"], "--watts"),  # printed "$NaN per 1K tokens"
+        (["--watts", "300", "--pue", "0"], "--pue"),
+        (["--energy-overhead", "-5"], "--energy-overhead"),  # a negative price
+    ],
+)
+def test_cost_refuses_absurd_numbers(args: list[str], expected: str) -> None:
+    base = {"--hourly-usd": "2", "--tokens-per-s": "100"}
+    flags = dict(zip(args[::2], args[1::2], strict=True))
+    merged = [part for pair in {**base, **flags}.items() for part in pair]
+    assert expected in refused(["cost", *merged])
+
+
+def test_revenue_csv_not_utf8_overlong_field_or_huge_amount(tmp_path: Path) -> None:
+    db = str(tmp_path / "x.db")
+    cases = {
+        b"feature,customer,usd\nf,,\xff\n": "not UTF-8",  # UnicodeDecodeError
+        b"feature,customer,usd\nf," + b"x" * 200_000 + b",1\n": "not CSV",  # csv.Error
+        b"feature,customer,usd\nf,,1e999999\n": "usd must be a finite amount",
+    }
+    for number, (content, expected) in enumerate(cases.items()):
+        path = tmp_path / f"revenue{number}.csv"
+        path.write_bytes(content)
+        assert expected in refused(["report", "--db", db, "--view", "margin", "--revenue", str(path)])
+
+
+def test_feedback_csv_with_an_overlong_field(tmp_path: Path) -> None:
+    path = tmp_path / "outcomes.csv"
+    path.write_text("request_id,score\nr1," + "1" * 200_000 + "\n")
+    assert "not CSV" in refused(["feedback", "import", str(path), "--db", str(tmp_path / "x.db")])
+
+
+def test_rate_limit_past_64_bits_is_held_not_a_traceback(tmp_path: Path) -> None:
+    db = str(tmp_path / "x.db")
+    result = runner.invoke(app, ["limits", "set", "--scope", "global", "--rpm", "1" + "0" * 26, "--db", db])
+    assert result.exit_code == 0, result.output
+    assert '"rpm":9007199254740992' in result.output.replace("\n", "")  # was TypeError: Integer exceeds 64-bit
+    assert runner.invoke(app, ["limits", "list", "--db", db]).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--name", "k" * 10_000], "name: String should have at most 128"),  # was stored
+        (["--name", "a\tb"], "name: String should match"),  # control characters were stored
+        (["--name", "x", "--tag", "a=" + "v" * 1_000], "tags.a"),
+    ],
+)
+def test_keys_create_checks_what_the_admin_api_checks(tmp_path: Path, args: list[str], expected: str) -> None:
+    assert expected in refused(["keys", "create", *args, "--db", str(tmp_path / "x.db")])
+
+
+def test_eval_cache_bad_pairs_and_rates_fail_before_embedding(tmp_path: Path) -> None:
+    common = ["eval", "cache", "--vectors-dir", "", "--out", ""]
+    cases = {
+        "not json\n": "cannot read pairs",  # was an InvalidRequest traceback
+        "[1, 2]\n": "is not an object",  # was TypeError
+        '{"a": "x", "b": "y", "duplicate": "maybe"}\n': "duplicate must be",  # "maybe" counted as true
+        "": "at least 2 pairs",  # exit 0 with an empty report
+    }
+    for number, (content, expected) in enumerate(cases.items()):
+        path = tmp_path / f"pairs{number}.jsonl"
+        path.write_text(content)
+        assert expected in refused([*common, "--pairs", str(path)])
+    assert "every delta" in refused([*common, "--delta", "nan"])  # was ValueError after embedding
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--concurrency", "0"], "concurrency must be 1 to"),  # exit 0, nothing measured
+        (["--concurrency", "100000000"], "concurrency must be 1 to"),  # hung
+        (["--rate", "nan"], "request rate must be positive"),  # exit 0, nothing measured
+        (["--concurrency", "1", "--pue", "nan"], "--pue"),  # ValidationError traceback
+        (["--concurrency", "1", "--timeout", "nan"], "--timeout"),
+        (["--concurrency", "1", "--extra-body", "[1]"], "--extra-body must be a JSON object"),
+    ],
+)
+def test_bench_argument_validation(args: list[str], expected: str) -> None:
+    base = ["bench", "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--num-requests", "1", "--warmup", "0"]
+    assert expected in refused([*base, *args])
+
+
+def test_bench_against_an_unreachable_url_fails_quickly_with_exit_1() -> None:
+    started = time.perf_counter()
+    args = ["bench", "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--concurrency", "1"]
+    output = refused([*args, "--num-requests", "2", "--warmup", "0", "--timeout", "5"], code=1)
+    assert "no request succeeded" in output  # was exit 0 under a table of zeros
+    assert time.perf_counter() - started < 10

@@ -195,3 +195,12 @@ def test_bench_against_an_unreachable_url_fails_quickly_with_exit_1() -> None:
     output = refused([*args, "--num-requests", "2", "--warmup", "0", "--timeout", "5"], code=1)
     assert "no request succeeded" in output  # was exit 0 under a table of zeros
     assert time.perf_counter() - started < 10
+
+
+def test_a_db_that_is_no_ledger_or_an_unknown_revision_is_one_error_line(tmp_path: Path) -> None:
+    """Before: SQLAlchemy's and alembic's tracebacks."""
+    not_a_db = tmp_path / "notes.db"
+    not_a_db.write_bytes(b"this is not a database" * 100)
+    assert "file is not a database" in refused(["report", "--db", str(not_a_db)])
+    assert "unable to open database file" in refused(["report", "--db", str(tmp_path)])
+    assert "nope" in refused(["db", "upgrade", "--revision", "nope", "--db", str(tmp_path / "x.db")])

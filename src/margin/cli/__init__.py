@@ -16,6 +16,7 @@ from margin.cli import config, keys, ledger, rules, serve
 from margin.cli.options import fail
 from margin.errors import MarginError
 
+DATABASE_ERRORS = ("sqlalchemy.", "alembic.")  # modules whose errors end as one line too (not imported here)
 # name → (module, attribute): a typer app, or a command function
 KITS: dict[str, tuple[str, str]] = {
     "bench": ("margin.bench.cli", "bench"),
@@ -45,6 +46,10 @@ class WithKits(TyperGroup):
             return super().invoke(ctx)
         except MarginError as exc:
             raise fail(exc) from exc
+        except Exception as exc:  # the database's and the migrations': a --db that is no ledger, an unknown revision
+            if not type(exc).__module__.startswith(DATABASE_ERRORS):
+                raise
+            raise fail(f"ledger database: {getattr(exc, 'orig', None) or exc}") from exc
 
 
 def load_kit(name: str) -> Any:

@@ -4,12 +4,16 @@ to open its files whether they are stored plain or gzip'd. Provenance and licenc
 from __future__ import annotations
 
 import gzip
+import io
+import itertools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 from margin.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # src/margin/datafiles.py -> the checkout
+MAX_DATA_BYTES = 256 * 1024 * 1024  # a data file a command reads, decompressed (the largest bundled one: 9.5 MB)
 
 
 def repo_data(*parts: str) -> Path:
@@ -39,6 +43,34 @@ def open_text(path: Path) -> IO[str]:
     return path.open(encoding="utf-8", newline="")
 
 
-def read_bytes(path: Path) -> bytes:
+def _open_binary(path: Path) -> io.BufferedIOBase:
     path = find(path)
-    return gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return gzip.GzipFile(path, "rb") if path.suffix == ".gz" else path.open("rb")
+
+
+def read_bytes(path: Path, limit: int | None = None) -> bytes:
+    """The whole file, decompressed, of at most `limit` bytes (MAX_DATA_BYTES): a larger one (or a gzip bomb) is
+    refused after `limit` + 1 bytes, never read or decompressed whole."""
+    limit = MAX_DATA_BYTES if limit is None else limit
+    with _open_binary(path) as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ConfigError(f"{path} holds more than {limit:,} bytes (decompressed)")
+    return data
+
+
+def read_lines(path: Path, count: int | None = None, limit: int | None = None) -> Iterator[bytes]:
+    """The file's first `count` lines (all: None), decompressed, read as they are asked for: a caller that
+    stops early reads no further. More than `limit` bytes (MAX_DATA_BYTES) in all, one endless line included,
+    is refused."""
+    limit = MAX_DATA_BYTES if limit is None else limit
+    left = limit
+    with _open_binary(path) as handle:
+        for _ in itertools.repeat(None) if count is None else range(count):
+            line = handle.readline(left + 1)
+            if not line:
+                return
+            left -= len(line)
+            if left < 0:
+                raise ConfigError(f"{path} holds more than {limit:,} bytes (decompressed) before its line {count}")
+            yield line

@@ -4,15 +4,20 @@ or exit 0 with a wrong answer)."""
 
 from __future__ import annotations
 
+import gzip
 import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from margin import datafiles
 from margin.cli import app
+from margin.errors import ConfigError, InvalidRequest
+from margin.evals import cache as cache_eval
 
 runner = CliRunner()
+MIB = 1024 * 1024
 
 WORKLOAD = "model: llama-3.1-8b\nrate_rps: 1\ninput_tokens: 100\noutput_tokens: 200\n"
 
@@ -204,3 +209,31 @@ def test_a_db_that_is_no_ledger_or_an_unknown_revision_is_one_error_line(tmp_pat
     assert "file is not a database" in refused(["report", "--db", str(not_a_db)])
     assert "unable to open database file" in refused(["report", "--db", str(tmp_path)])
     assert "nope" in refused(["db", "upgrade", "--revision", "nope", "--db", str(tmp_path / "x.db")])
+
+
+def test_data_files_are_read_bounded_and_only_as_far_as_needed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gzip bomb (1 GiB of zeros in ~1 MB) and a file that is one endless line are refused after the cap
+    (here 1 MiB) is read, not decompressed or read whole; `--limit N` reads the first N lines only: a pairs
+    file whose line N+1 is broken loads. Before: the whole file was read (and decompressed) first."""
+    monkeypatch.setattr(datafiles, "MAX_DATA_BYTES", MIB)
+    bomb = tmp_path / "bomb.jsonl.gz"
+    with gzip.open(bomb, "wb", compresslevel=9) as handle:
+        for _ in range(1024):
+            handle.write(b"\0" * MIB)
+    assert bomb.stat().st_size < 2 * MIB
+    endless = tmp_path / "endless.jsonl"
+    endless.write_bytes(b'{"prompt": "' + b"a" * (2 * MIB))
+    for path in (bomb, endless):
+        with pytest.raises(ConfigError, match="holds more than"):
+            list(datafiles.read_lines(path))
+        with pytest.raises(ConfigError, match="holds more than"):
+            datafiles.read_bytes(path)
+    pairs = tmp_path / "pairs.jsonl"
+    good = '{"a": "how do I cook rice", "b": "how to cook rice", "duplicate": true}\n' * 3
+    pairs.write_text(good + "not json at all\n")
+    assert len(cache_eval.load_pairs(pairs, limit=3).duplicate) == 3
+    with pytest.raises(InvalidRequest, match="cannot read pairs"):
+        cache_eval.load_pairs(pairs)
+    assert "holds more than" in refused(["bench", "--model", "m", "--base-url", "http://127.0.0.1:9/v1",
+                                          "--dataset", f"jsonl:{endless}", "--num-requests", "1", "--concurrency", "1",
+                                          "--warmup", "0"])  # fmt: skip

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from margin.datafiles import read_lines
 from margin.errors import InvalidRequest
 
 # Short, frequent English words: one token each (with their leading space) in GPT-2/Llama/SmolLM-style BPEs.
@@ -104,8 +105,8 @@ def _sharegpt(spec: PromptSpec, rng: random.Random) -> list[Prompt]:
 def _jsonl(path: Path, spec: PromptSpec, rng: random.Random) -> list[Prompt]:
     """Lines like {"prompt": "...", "max_tokens": 64} (or "text"/"output_len"); drawn with replacement."""
     try:
-        lines = [line for line in path.read_bytes().splitlines() if line.strip()]
-    except OSError as exc:
+        lines = [line for line in read_lines(path) if line.strip()]
+    except (OSError, EOFError) as exc:
         raise InvalidRequest(f"cannot read {path}: {exc}") from exc
     pool = []
     for number, line in enumerate(lines, 1):

@@ -29,7 +29,7 @@ import orjson
 
 from margin.cache.calibration import calibrate_threshold, empirical_threshold
 from margin.cache.semantic import SemanticCache
-from margin.datafiles import read_bytes, repo_data
+from margin.datafiles import read_lines, repo_data
 from margin.errors import InvalidRequest
 
 DELTAS = (0.005, 0.01, 0.02, 0.05)
@@ -82,9 +82,9 @@ def default_pairs() -> Path:
 def load_pairs(path: str | Path, limit: int | None = None) -> PairSet:
     """The pairs of a JSONL file (plain or .gz); `limit` keeps the first `limit` (the file order is random)."""
     try:
-        lines = read_bytes(Path(path)).splitlines()[:limit]
+        lines = read_lines(Path(path), limit)  # the first `limit` only are read (and decompressed)
         return pairs_from_records([orjson.loads(line) for line in lines if line.strip()])
-    except (OSError, orjson.JSONDecodeError) as exc:
+    except (OSError, EOFError, orjson.JSONDecodeError) as exc:
         raise InvalidRequest(f"cannot read pairs from {path}: {exc}") from exc
 
 

@@ -6,6 +6,7 @@ lines not at all, so one small file of bad lines could back job after job, each 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -176,3 +177,28 @@ def test_the_migration_counts_what_jobs_store_and_frees_what_finished_ones_copie
     assert kept == {"batch_done": "", "batch_running": "b" * 1000} and refused == ["batch_running"]
     assert quota.ROW_BYTES < stored["batch_done"] < quota.ROW_BYTES + 1000  # its row and what its line keeps
     assert stored["batch_running"] > quota.ROW_BYTES + 1000 + 3000 + 500  # its line's body and answer, its error
+
+
+@pytest.mark.parametrize("ledger", ["sqlite", "postgresql"])
+async def test_uploads_at_the_same_moment_cannot_each_pass_the_quota(
+    ledger: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Twelve uploads of one key at once, with room for three: exactly three are stored and the others refused
+    (413). Without the key's lock (`quota.lock`) several saw the same sum: all twelve were stored on PostgreSQL,
+    four on SQLite."""
+    url = f"sqlite:///{tmp_path / 'c.db'}" if ledger == "sqlite" else str(request.getfixturevalue("fresh_postgres"))
+    db.upgrade(url)
+    engine = db.make_async_engine(url)
+    content = b'{"custom_id": "a"}\n' * 500  # 9.5 KB
+    limit = 3 * (quota.ROW_BYTES + len(content)) + 100
+    try:
+        outcomes = await asyncio.gather(
+            *(store.add_file(engine, OWNER, f"f{i}.jsonl", content, 500, limit, NOW) for i in range(12)),
+            return_exceptions=True,
+        )
+        assert sum(not isinstance(o, BaseException) for o in outcomes) == 3, outcomes
+        refused = [o for o in outcomes if isinstance(o, BaseException)]
+        assert all(isinstance(o, MarginError) and status_of(o) == 413 for o in refused), refused
+        assert await _used(engine) <= limit
+    finally:
+        await engine.dispose()

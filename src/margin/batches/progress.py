@@ -58,7 +58,10 @@ async def save_validation(
     shown = [e.to_json() for e in errors[:SHOWN_ERRORS]]
     refused: list[dict[str, Any]] = [{"batch_id": batch_id, "line": e.line, "error": e.to_json()} for e in errors]
     working = quota.lines_bytes(((line.custom_id, len(line.body)) for line in lines), (r["error"] for r in refused))
+    async with engine.connect() as connection:  # a job's key never changes: read before the locked transaction
+        key_id = await connection.scalar(sa.select(batches.c.key_id).where(batches.c.id == batch_id))
     async with engine.begin() as connection:
+        await quota.lock(connection, key_id)
         batch = (await connection.execute(sa.select(batches).where(batches.c.id == batch_id))).one()
         if batch.status != "validating":
             return False

@@ -9,8 +9,9 @@ its lines keep their custom_id, status and error. Every row also counts a fixed 
 
 The sum is one query per table over the key's rows (both indexed by key_id); the quota bounds how many there
 are (every file and job counts at least ROW_BYTES). It is checked just before storing, in the same transaction
-(not under a lock: two of one key's at the same moment may each pass): an upload, a new job (room for its row
-and a copy of its input's lines) and a job's validation (its exact lines and refused lines). A job's answers
+and under the key's lock (`lock`: else 100 uploads at once each saw the same sum and all passed): an upload, a
+new job (room for its row and a copy of its input's lines) and a job's validation (its exact lines and refused
+lines). A job's answers
 are always kept and counted as they land: a key may go over by what its running jobs answer (at most
 `batches.max_active_jobs_per_key` of them), and its next upload or job is refused.
 """
@@ -30,6 +31,7 @@ from margin.ledger.models import batch_files, batches
 ROW_BYTES = 1024  # a file's or job's row without its values: ids, owner, statuses, times, a 256-character filename
 LINE_BYTES = 128  # a line's or refused line's row without its values: ids, numbers, status, request id, times
 CODE = "storage_quota_exceeded"
+LOCK_SPACE = 7_311_542  # pg_advisory_xact_lock(space, key): the quota's (margin.ledger.rollup's writers: 7_311_541)
 
 
 def owned(table: sa.Table, key_id: str | None) -> sa.ColumnElement[bool]:
@@ -58,6 +60,18 @@ async def used(connection: AsyncConnection, key_id: str | None) -> int:
     in_files = await connection.scalar(sa.select(files).where(owned(batch_files, key_id)))
     jobs = sa.select(sa.func.coalesce(sa.func.sum(batches.c.stored_bytes), 0)).where(owned(batches, key_id))
     return int(in_files or 0) + int(await connection.scalar(jobs) or 0)
+
+
+async def lock(connection: AsyncConnection, key_id: str | None) -> None:
+    """Hold the key's quota until the transaction ends, so its checks and writes go one at a time. PostgreSQL: an
+    advisory lock on the key. SQLite: the database's write lock (a write statement that changes nothing), so
+    it must be the transaction's first statement: a transaction that read before it may not write after
+    another's commit."""
+    if connection.dialect.name == "postgresql":
+        held = {"space": LOCK_SPACE, "key": key_id or ""}
+        await connection.execute(sa.text("SELECT pg_advisory_xact_lock(:space, hashtext(:key))"), held)
+    else:
+        await connection.exec_driver_sql("UPDATE batches SET stored_bytes = stored_bytes WHERE 0")
 
 
 def refusal(quota: int) -> PayloadTooLarge:

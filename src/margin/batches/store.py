@@ -88,6 +88,7 @@ async def add_file(
     engine: AsyncEngine, owner: Owner, filename: str, content: bytes, lines: int, limit: int, now: datetime
 ) -> Any:
     async with engine.begin() as connection:
+        await quota.lock(connection, owner.key_id)
         await quota.check(connection, owner.key_id, quota.ROW_BYTES + len(content), limit)
         file_id = new_id("file-")
         values = {
@@ -178,6 +179,7 @@ async def add_batch(
     batch_id = new_id("batch_")
     stored = quota.job_row_bytes(meta, tags)
     async with engine.begin() as connection:
+        await quota.lock(connection, owner.key_id)  # first (margin.batches.quota.lock); the active count too
         source = (
             await connection.execute(
                 sa.select(batch_files.c.purpose, batch_files.c.bytes).where(

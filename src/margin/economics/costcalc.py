@@ -10,9 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
 
 from margin.config import RegionConfig
-from margin.economics.carbon import GridTable
+from margin.economics.carbon import GridIntensity, GridTable
 from margin.economics.money import usd_str
-from margin.economics.tco import MAX_OVERHEAD, TcoInputs, calculate
+from margin.economics.tco import MAX_OVERHEAD, TcoInputs, TcoResult, calculate
 from margin.errors import InvalidRequest
 from margin.userfiles import validation_message
 
@@ -33,9 +33,9 @@ class CostInputs(BaseModel):
     usd_per_kwh: Decimal = Field(ge=0, le=1_000)
 
 
-def check_cost_inputs(**numbers: object) -> None:
+def check_cost_inputs(**numbers: object) -> CostInputs:
     try:
-        CostInputs.model_validate(numbers)
+        return CostInputs.model_validate(numbers)
     except ValidationError as exc:
         raise InvalidRequest(f"--{validation_message(exc, limit=1).replace('_', '-')}") from exc
 
@@ -52,7 +52,7 @@ def cost_command(
     region: str | None,
     as_json: bool,
 ) -> None:
-    check_cost_inputs(
+    n = check_cost_inputs(
         hourly_usd=hourly_usd,
         tokens_per_s=tokens_per_s,
         energy_overhead=energy_overhead,
@@ -63,29 +63,28 @@ def cost_command(
     )
     grid = GridTable.bundled().intensity(RegionConfig(grid_zone=region)) if watts is not None else None
     if region and grid is not None and grid.source == "world-average":
-        from margin.errors import InvalidRequest
-
         raise InvalidRequest(f"unknown region {region!r}: use an ISO alpha-3 code (FRA) or gcp:<region>")
+    g_per_kwh = grid.g_per_kwh if grid else None
     inputs = TcoInputs(
-        hourly_usd,
-        tokens_per_s,
-        energy_overhead,
-        network_overhead,
-        watts,
-        pue,
-        usd_per_kwh,
-        grid.g_per_kwh if grid else None,
+        n.hourly_usd, n.tokens_per_s, n.energy_overhead, n.network_overhead, n.watts, n.pue, n.usd_per_kwh, g_per_kwh
     )
     result = calculate(inputs)
-    data: dict[str, Any] = {
+    if as_json:
+        print(orjson.dumps(_data(n, region, result, grid)).decode())
+    else:
+        _show(console, n, result, grid)
+
+
+def _data(n: CostInputs, region: str | None, result: TcoResult, grid: GridIntensity | None) -> dict[str, Any]:
+    return {
         "inputs": {
-            "hourly_usd": str(hourly_usd),
-            "tokens_per_s": str(tokens_per_s),
-            "energy_overhead": str(energy_overhead),
-            "network_overhead": str(network_overhead),
-            "watts": watts,
-            "pue": pue,
-            "usd_per_kwh": str(usd_per_kwh),
+            "hourly_usd": str(n.hourly_usd),
+            "tokens_per_s": str(n.tokens_per_s),
+            "energy_overhead": str(n.energy_overhead),
+            "network_overhead": str(n.network_overhead),
+            "watts": n.watts,
+            "pue": n.pue,
+            "usd_per_kwh": str(n.usd_per_kwh),
             "region": region,
         },
         "usd_per_token_before_overheads": usd_str(result.usd_per_token_base, 12),
@@ -98,13 +97,13 @@ def cost_command(
         "grid_g_per_kwh": grid.g_per_kwh if grid else None,
         "grid_source": grid.source if grid else None,
     }
-    if as_json:
-        print(orjson.dumps(data).decode())
-        return
+
+
+def _show(console: Console, n: CostInputs, result: TcoResult, grid: GridIntensity | None) -> None:
     console.print(
-        f"${result.usd_per_token_base:.6f}/token before overheads (${hourly_usd}/h ÷ ({tokens_per_s} tok/s × 3600))"
+        f"${result.usd_per_token_base:.6f}/token before overheads (${n.hourly_usd}/h ÷ ({n.tokens_per_s} tok/s × 3600))"
     )
-    factor = 1 + energy_overhead + network_overhead
+    factor = 1 + n.energy_overhead + n.network_overhead
     console.print(
         f"${result.usd_per_token:.7f}/token with overheads (× {factor}"
         + (" + metered energy" if result.energy_usd_per_1k_tokens else "")
@@ -113,7 +112,7 @@ def cost_command(
     console.print(f"≈${result.usd_per_1k_tokens:.3f} per 1K tokens, ${result.usd_per_token * 1_000_000:.2f} per 1M")
     if result.energy_j_per_token is not None:
         console.print(
-            f"energy: {result.energy_j_per_token:.4f} J/token (facility, PUE {pue}) = "
+            f"energy: {result.energy_j_per_token:.4f} J/token (facility, PUE {n.pue}) = "
             f"{result.energy_j_per_token * 1000 / 3.6e6:.3e} kWh per 1K tokens"
         )
     if result.co2e_g_per_1k_tokens is not None and grid is not None:

@@ -116,6 +116,11 @@ class KeyRequest(BaseModel):
             param = ".".join(str(p) for p in first["loc"]) or None
             raise InvalidRequest(f"{param or 'body'}: {first['msg']}", param=param) from exc
 
+    def spec(self) -> NewKey:
+        """The key to create (its policy already validated: stored without its unset fields)."""
+        policy = self.policy.model_dump(exclude_none=True) if self.policy is not None else None
+        return NewKey(self.name, self.team, self.tags, self.org, self.admin, policy)
+
 
 @dataclass(frozen=True, slots=True)
 class NewKey:

@@ -4,12 +4,23 @@ and the CLI alike (unknown keys rejected everywhere)."""
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 MAX_USD = Decimal("9e9")  # the most USD any amount may be: integer nano-USD in a signed 64-bit column (~$9.2e9)
 MAX_TOKEN_CAP = 2**53  # the largest token budget: exact in JSON numbers (doubles) and in 64-bit counters
+
+
+def _held_at(cap: int) -> AfterValidator:
+    """An integer above `cap` is held at it, as a `usd` cap is at MAX_USD: a larger one ("unlimited") stored by an
+    older version still loads, and nothing past what JSON numbers and 64-bit counters hold is written back
+    (before, 10**26 was stored, then crashed the JSON that prints or serves it)."""
+    return AfterValidator(lambda value: min(value, cap))
+
+
+Count = Annotated[int, _held_at(MAX_TOKEN_CAP)]  # tokens or requests a budget or limit counts
+MaxTokens = Annotated[int, _held_at(2**31 - 1)]  # what every engine's max_tokens holds
 
 ScopeKind = Literal["global", "org", "team", "key", "tag", "model", "backend"]
 Level = Literal["off", "log", "redact", "block"]
@@ -59,17 +70,10 @@ class BudgetSpec(Spec):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[\w.:@/+=-]+$")
     scope: Scope
     usd: Decimal | None = Field(None, gt=0, description="Spend cap in USD (above MAX_USD: no cap beyond it).")
-    tokens: int | None = Field(None, gt=0, description="Cap on input + output tokens (above 2**53: counts as it).")
+    tokens: Count | None = Field(None, gt=0, description="Cap on input + output tokens (above 2**53: counts as it).")
     period: Literal["hour", "day", "month", "lifetime"] = "month"
     mode: Literal["hard", "soft"] = "hard"
     alert_pct: int = Field(80, ge=1, le=100, description="Soft budgets warn from this share on.")
-
-    @field_validator("tokens")
-    @classmethod
-    def _token_cap(cls, value: int | None) -> int | None:
-        """Held at MAX_TOKEN_CAP, as a `usd` cap is at MAX_USD: 1e20 ("unlimited") stored by an older version
-        still loads, and nothing past what JSON numbers and 64-bit counters hold is ever written back."""
-        return None if value is None else min(value, MAX_TOKEN_CAP)
 
     @model_validator(mode="after")
     def _one_metric(self) -> BudgetSpec:
@@ -82,15 +86,8 @@ class BudgetSpec(Spec):
 
 class LimitSpec(Spec):
     scope: Scope
-    rpm: int | None = Field(None, gt=0, description="Requests per minute (above 2**53: counts as it).")
-    tpm: int | None = Field(None, gt=0, description="Tokens (input + output) per minute (above 2**53: counts as it).")
-
-    @field_validator("rpm", "tpm")
-    @classmethod
-    def _cap(cls, value: int | None) -> int | None:
-        """Held at MAX_TOKEN_CAP like a budget's tokens: 10**26 is "no limit" either way, and before this a
-        larger one was stored, then crashed the JSON that prints or serves it (an int past 64 bits)."""
-        return None if value is None else min(value, MAX_TOKEN_CAP)
+    rpm: Count | None = Field(None, gt=0, description="Requests per minute (above 2**53: counts as it).")
+    tpm: Count | None = Field(None, gt=0, description="Tokens (input + output) per minute (above 2**53: counts as it).")
 
     @model_validator(mode="after")
     def _some_limit(self) -> LimitSpec:
@@ -108,14 +105,9 @@ class FlagSpec(Spec):
     target: Scope = Field(description="What the flag applies to: global, model, backend, tag, team, org or key.")
     action: Literal["disable", "force_model", "cap_max_tokens", "require_cache"]
     model: str | None = Field(None, max_length=128, description="For force_model: the model to use instead.")
-    max_tokens: int | None = Field(None, gt=0, description="For cap_max_tokens (above 2**31 - 1: counts as it).")
+    max_tokens: MaxTokens | None = Field(None, gt=0, description="For cap_max_tokens (above 2**31 - 1: counts as it).")
     reason: str = Field("", max_length=500)
     enabled: bool = True
-
-    @field_validator("max_tokens")
-    @classmethod
-    def _int32(cls, value: int | None) -> int | None:
-        return None if value is None else min(value, 2**31 - 1)  # what every engine's max_tokens holds
 
     @model_validator(mode="after")
     def _arguments(self) -> FlagSpec:

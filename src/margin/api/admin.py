@@ -21,7 +21,7 @@ from margin.api.errors import JSON, error_response
 from margin.economics.money import from_nanousd, usd_str
 from margin.errors import ConfigError, InvalidRequest, MarginError, NotFound, PermissionDenied
 from margin.governance.admission import counter_name, window
-from margin.governance.rules import Subject, delete_rule, partition, policy_dict, save_rule
+from margin.governance.rules import Subject, delete_rule, partition, save_rule
 from margin.keys import authenticate
 from margin.ledger.models import api_keys
 from margin.report.queries import Window, parse_when, summarize
@@ -138,8 +138,7 @@ async def list_keys(request: Request, _: Principal) -> Any:
 
 
 async def create_key(request: Request, _: Principal) -> Any:
-    body = keys.KeyRequest.parse(await read_json(request))
-    spec = keys.NewKey(body.name, body.team, body.tags, body.org, body.admin, policy_dict(body.policy))
+    spec = keys.KeyRequest.parse(await read_json(request)).spec()
     services = request.app.state.services
     record, key = await services.read(keys.create_key, services.sync_engine(), spec)
     return _json({**record.public(), "key": key}, status=201)

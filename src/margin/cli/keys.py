@@ -30,14 +30,13 @@ def keys_create(
 ) -> None:
     """Create an API key. It is printed once; only its hash is stored."""
     from margin import keys
-    from margin.governance.rules import parse_policy, policy_dict
+    from margin.governance.rules import parse_policy
 
     settings = settings_from(config, db)
     try:
         # the checks of POST /admin/keys (before: any length, control characters, any number of tags)
         fields = {"name": name, "team": team, "org": org, "tags": keys.parse_tags(tag or []), "admin": admin}
-        body = keys.KeyRequest.parse({**fields, "policy": parse_policy(policy)})
-        spec = keys.NewKey(body.name, body.team, body.tags, body.org, body.admin, policy_dict(body.policy))
+        spec = keys.KeyRequest.parse({**fields, "policy": parse_policy(policy)}).spec()
         record, key = keys.create_key(sync_engine(settings), spec)
     except MarginError as exc:
         raise fail(exc) from exc

@@ -120,10 +120,17 @@ async def test_trailers_over_the_limit_are_refused() -> None:
         assert transport.written.startswith(b"HTTP/1.1 431 ") and transport.closed
 
 
-async def slow_app(scope: Any, receive: Any, send: Any) -> None:
-    """Reads nothing for 0.3 s (its body waits in uvicorn, reading paused past 64 KiB), then all of it."""
-    await asyncio.sleep(0.3)
-    await app(scope, receive, send)
+class SlowApp:
+    """Reads nothing for 2.8 s (its body waits in uvicorn, reading paused past 64 KiB), then all of it; `reading`
+    is set as it starts."""
+
+    def __init__(self) -> None:
+        self.reading = asyncio.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(2.8)
+        self.reading.set()
+        await app(scope, receive, send)
 
 
 async def connect(limits: ConnectionLimits, asgi: Any = app) -> tuple[BoundedHttpToolsProtocol, Transport]:
@@ -148,24 +155,37 @@ async def test_a_request_in_one_read_leaves_no_deadline_armed() -> None:
 
 
 async def test_a_body_the_app_has_not_read_yet_is_not_the_clients_delay() -> None:
-    """A 200 KB body sent at once to an app that reads it 0.3 s later, with a 0.1 s body deadline: uvicorn
-    pauses reading past 64 KiB, and the deadline waits for it; the same with `expect: 100-continue`, where the
-    client sends the body only once the app asks for it."""
+    """A 1 s body deadline and an app that reads its body 2.8 s late; the client sends the rest 0.5 s after the
+    app asks for it. Two ways: a 200 KB body sent half at once (uvicorn pauses reading past 64 KiB), and one with
+    `expect: 100-continue`, sent once the `100 Continue` came. Neither wait is the client's: both get 200. (The
+    deadline re-armed while the app waited falls at 3 s, 0.2 s after the app asks: it must start again then.
+    The margins are 0.5 s either way; a 50 ms one lost a race on a loaded CI box.)"""
     body = b"b" * 200_000
     post = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body)
-    protocol, transport = await connect(ConnectionLimits(body_timeout_s=0.1), slow_app)
-    protocol.data_received(post + body[:100_000])
-    await asyncio.sleep(0.35)
-    protocol.data_received(body[100_000:])
-    await asyncio.sleep(0.05)
-    assert transport.written.startswith(b"HTTP/1.1 200 ") and not transport.closed, transport.written[:80]
-    protocol, transport = await connect(ConnectionLimits(body_timeout_s=0.1), slow_app)
-    protocol.data_received(post.replace(b"\r\n\r\n", b"\r\nexpect: 100-continue\r\n\r\n"))
-    await asyncio.sleep(0.35)
-    assert transport.written.startswith(b"HTTP/1.1 100 Continue"), transport.written[:80]
-    protocol.data_received(body)
-    await asyncio.sleep(0.05)
-    assert b"HTTP/1.1 200 " in transport.written and not transport.closed, transport.written[:120]
+
+    async def paused() -> Transport:
+        slow = SlowApp()
+        protocol, transport = await connect(ConnectionLimits(body_timeout_s=1.0), slow)
+        protocol.data_received(post + body[:100_000])
+        await slow.reading.wait()
+        await asyncio.sleep(0.5)
+        protocol.data_received(body[100_000:])
+        return transport
+
+    async def continued() -> Transport:
+        slow = SlowApp()
+        protocol, transport = await connect(ConnectionLimits(body_timeout_s=1.0), slow)
+        protocol.data_received(post.replace(b"\r\n\r\n", b"\r\nexpect: 100-continue\r\n\r\n"))
+        await slow.reading.wait()
+        await asyncio.sleep(0)
+        assert transport.written.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), transport.written[:80]
+        await asyncio.sleep(0.5)
+        protocol.data_received(body)
+        return transport
+
+    for transport in await asyncio.gather(paused(), continued()):
+        await asyncio.sleep(0.1)
+        assert b"HTTP/1.1 200 " in transport.written and not transport.closed, transport.written[:120]
 
 
 async def test_a_stalled_body_and_a_late_head_are_answered_408() -> None:

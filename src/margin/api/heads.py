@@ -22,7 +22,8 @@ half-way through a body, was held for ever, and with it a file descriptor; the `
   keep-alive timeout (5 s) applies;
 - a body may be idle at most `server.body_timeout_s` (30 s) between two reads (nginx's `client_body_timeout`),
   not counting the time the app leaves it unread (uvicorn pauses reading past 64 KiB) or the wait for a
-  `100 Continue`. Then the app reads a disconnect, and the client gets 408 unless an answer had started;
+  `100 Continue`: the idle time runs from the later of the client's last read and the app's last ask. Then the
+  app reads a disconnect, and the client gets 408 unless an answer had started;
 - at most `server.max_connections` connections per process: one more gets 503 and is closed before anything of
   it is read;
 - a client that reads nothing of an answer for `write_timeout_s` has its connection reset, which frees the
@@ -42,11 +43,13 @@ import asyncio
 import contextlib
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httptools
 from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
@@ -68,6 +71,19 @@ class ConnectionLimits:
     body_timeout_s: float = 30.0
     max_connections: int = 4096
     write_timeout_s: float = 32.0
+
+
+class AskedFlow(FlowControl):
+    """uvicorn's flow control, which also tells the protocol each time the app asks for more of a body (uvicorn
+    resumes reading then, and sends a `100 Continue` just before)."""
+
+    def __init__(self, transport: asyncio.Transport, on_ask: Callable[[], None]) -> None:
+        super().__init__(transport)
+        self.on_ask = on_ask
+
+    def resume_reading(self) -> None:
+        super().resume_reading()
+        self.on_ask()
 
 
 class HeadTooLarge(Exception):
@@ -97,6 +113,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow = AskedFlow(transport, self.asked)
         if len(self.connections) > self.limits.max_connections:
             self.logger.warning("More than %d connections: 503.", self.limits.max_connections)
             self.close_with(503, TOO_MANY)
@@ -178,6 +195,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self.arm(HEAD, self.limits.head_timeout_s)
         elif self.deadline is not None:
             self.disarm()
+
+    def asked(self) -> None:
+        """The app asks for more of a body: the client's idle time starts now. Until then the wait was the app's
+        (it left the body unread, or had not yet sent `100 Continue`), so a deadline re-armed during it must not
+        fall just after, whatever its phase."""
+        if self.deadline_for == BODY:
+            self.arm(BODY, self.limits.body_timeout_s)
 
     def arm(self, kind: str, seconds: float) -> None:
         if self.deadline is not None:

@@ -74,16 +74,21 @@ class ConnectionLimits:
 
 
 class AskedFlow(FlowControl):
-    """uvicorn's flow control, which also tells the protocol each time the app asks for more of a body (uvicorn
-    resumes reading then, and sends a `100 Continue` just before)."""
+    """uvicorn's flow control, which also tells the protocol when the app asks for more of a body it `watches`
+    (uvicorn resumes reading then, and sends a `100 Continue` just before). Inlined, not `super()`: this runs
+    twice a request."""
 
     def __init__(self, transport: asyncio.Transport, on_ask: Callable[[], None]) -> None:
         super().__init__(transport)
         self.on_ask = on_ask
+        self.watching = False  # while a body's deadline is armed
 
     def resume_reading(self) -> None:
-        super().resume_reading()
-        self.on_ask()
+        if self.read_paused:
+            self.read_paused = False
+            self._transport.resume_reading()
+        if self.watching:
+            self.on_ask()
 
 
 class HeadTooLarge(Exception):
@@ -91,6 +96,8 @@ class HeadTooLarge(Exception):
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    flow: AskedFlow  # set in connection_made
+
     def __init__(
         self,
         config: Config,
@@ -200,23 +207,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """The app asks for more of a body: the client's idle time starts now. Until then the wait was the app's
         (it left the body unread, or had not yet sent `100 Continue`), so a deadline re-armed during it must not
         fall just after, whatever its phase."""
-        if self.deadline_for == BODY:
-            self.arm(BODY, self.limits.body_timeout_s)
+        self.arm(BODY, self.limits.body_timeout_s)
 
     def arm(self, kind: str, seconds: float) -> None:
         if self.deadline is not None:
             self.deadline.cancel()
         self.deadline, self.deadline_for = self.loop.call_later(seconds, self.expire), kind
+        self.flow.watching = kind == BODY
 
     def disarm(self) -> None:
         if self.deadline is not None:
             self.deadline.cancel()
             self.deadline, self.deadline_for = None, ""
+            self.flow.watching = False
 
     def expire(self) -> None:
         """A deadline passed. A body the app is not reading (uvicorn paused reading it) or that waits for the
         app's `100 Continue` is not the client's delay: its deadline starts again."""
         kind, self.deadline, self.deadline_for = self.deadline_for, None, ""
+        self.flow.watching = False
         if self.transport.is_closing():
             return
         cycle = self.cycle

@@ -93,9 +93,14 @@ class Op:
 
 
 def _operations() -> list[Op]:
+    return [*_gateway_operations(), *_batch_operations(), *_store_operations()]
+
+
+def _gateway_operations() -> list[Op]:
+    """Inference, the caller's own feedback and usage, health, keys, backends, metrics, the dashboard's data."""
     list_of = {"oneOf": [ref(FeedbackItem), {"type": "array", "items": ref(FeedbackItem), "minItems": 1}]}
     window = _query("since", "until", "by")
-    ops = [
+    return [
         Op(
             "post",
             "/v1/chat/completions",
@@ -139,8 +144,12 @@ def _operations() -> list[Op]:
             params=[_path("page", {"type": "string", "enum": list(DASHBOARD_PAGES)}), *_query("since", "by")],
         ),
     ]
+
+
+def _batch_operations() -> list[Op]:
+    """The Files and Batch APIs (OpenAI's shapes)."""
     page = _query("limit", "after")
-    ops += [
+    return [
         Op("post", "/v1/files", "Upload a batch input file (JSONL)", UPLOAD, media="multipart/form-data"),
         Op("get", "/v1/files", "The calling key's files", params=page),
         Op("get", "/v1/files/{file_id}", "One file", params=[_path("file_id")]),
@@ -164,6 +173,11 @@ def _operations() -> list[Op]:
             body_required=False,
         ),
     ]
+
+
+def _store_operations() -> list[Op]:
+    """The admin API's stored budgets, limits and flags: the same four operations each."""
+    ops: list[Op] = []
     for plural, spec in (("budgets", BudgetSpec), ("limits", LimitSpec), ("flags", FlagSpec)):
         ops += [
             Op("get", f"/admin/{plural}", f"List {plural}", auth="admin"),

@@ -10,6 +10,7 @@ from margin.logs import EscapingFormatter, printable
 def test_printable_escapes_control_characters_and_cuts() -> None:
     assert printable("/v1/x\r\nERROR forged\x1b[31m\x00") == "/v1/x\\x0d\\x0aERROR forged\\x1b[31m\\x00"
     assert printable("a\u2028b") == "a\\u2028b"
+    assert printable("pay \u202egnp.exe\u2066x\u200f") == "pay \\u202egnp.exe\\u2066x\\u200f"  # bidi: no reordering
     assert printable("é ok") == "é ok"
     assert printable("x" * 500, limit=10) == "x" * 10 + "…"
 

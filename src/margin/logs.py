@@ -1,6 +1,6 @@
 """Log lines nobody can forge: text a client or an upstream controls (paths, error messages) is escaped
 before it reaches a log, so a CR/LF, an ANSI escape or a NUL in it cannot start a fake line or repaint a
-terminal."""
+terminal; bidi controls (U+202E and kin), which reorder what follows them on screen, are escaped too."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import logging
 import re
 from typing import Any
 
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"  # marks, embeddings, overrides, isolates
+CONTROL = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029{BIDI}]")
+CONTROL_BUT_NEWLINE = re.compile(f"[\\x00-\\x09\\x0b-\\x1f\\x7f-\\x9f\\u2028\\u2029{BIDI}]")
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -24,6 +25,11 @@ def printable(text: str, limit: int | None = 300) -> str:
     return CONTROL.sub(_escape, text)
 
 
+def printable_lines(text: str) -> str:
+    """`text` with every control character but the line break escaped (a message of several lines)."""
+    return CONTROL_BUT_NEWLINE.sub(_escape, text)
+
+
 class EscapingFormatter(logging.Formatter):
     """Escapes every control character of a record's message, and all but the line breaks of a traceback
     (whose lines Python itself writes)."""
@@ -33,7 +39,7 @@ class EscapingFormatter(logging.Formatter):
         return super().formatMessage(record)
 
     def formatException(self, ei: Any) -> str:  # noqa: N802 (logging.Formatter's name)
-        return CONTROL_BUT_NEWLINE.sub(_escape, super().formatException(ei))
+        return printable_lines(super().formatException(ei))
 
 
 def configure(level: str) -> None:

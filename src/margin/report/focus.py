@@ -38,6 +38,7 @@ from margin.errors import InvalidRequest
 from margin.ledger.measures import MICRO, NANO
 from margin.ledger.read import Window
 from margin.ledger.read.charges import CHARGE_GRAIN, charges, unpriced
+from margin.report.render import spreadsheet_text
 
 MANDATORY = (
     "BilledCost", "BillingAccountId", "BillingAccountName", "BillingCurrency", "BillingPeriodEnd",
@@ -171,6 +172,7 @@ def _csv_lines(export: FocusExport) -> Iterator[tuple[Any, ...]]:
     providers: dict[Any, str] = {}
     publishers: dict[Any, str] = {}
     days: dict[str, tuple[str, str]] = {}
+    texts: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # team, region, model, key as cells (spreadsheet_text)
     for r in export.charges:
         day = days.get(r.day)
         if day is None:
@@ -181,14 +183,16 @@ def _csv_lines(export: FocusExport) -> Iterator[tuple[Any, ...]]:
         cost = _usd(int(r.cost_nanousd or 0))
         tokens = f"{int(r.input_tokens or 0) + int(r.output_tokens or 0)}.0"
         tags = _tags(r, export.tags)
+        names = (r.team, r.region, r.model, r.key)
+        team, region, model, key = texts.get(names) or texts.setdefault(names, tuple(map(spreadsheet_text, names)))
         yield (
             cost, account, account, "USD", *period, "Usage", "",
             f"{int(r.requests)} requests to {r.model or 'no model'} via {r.backend or 'no backend'}", *day,
             cost, cost, provider, cost, tokens, "Tokens", provider, publisher, "AI and Machine Learning",
-            "LLM Inference", "Usage-Based", tokens, "Tokens", "", r.region, r.region, "Generative AI", r.team, r.team,
+            "LLM Inference", "Usage-Based", tokens, "Tokens", "", region, region, "Generative AI", team, team,
             orjson.dumps(tags, option=orjson.OPT_SORT_KEYS).decode(), int(r.requests), int(r.input_tokens or 0),
             int(r.output_tokens or 0), "" if r.energy_uj is None else int(r.energy_uj) / MICRO,
-            "" if r.co2e_ng is None else int(r.co2e_ng) / NANO, r.model, r.key,
+            "" if r.co2e_ng is None else int(r.co2e_ng) / NANO, model, key,
         )  # fmt: skip
 
 

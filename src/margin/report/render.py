@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from margin.terminal import plain
+
+# What a spreadsheet reads as the start of a formula (OWASP's list, and the full-width forms some read too)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def human_usd(value: str | None) -> str:
@@ -29,13 +37,13 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
-def _row(label: str, figures: dict[str, Any]) -> list[str]:
+def _row(label: str, figures: dict[str, Any]) -> list[str | Text]:
     cost = human_usd(figures["cost_usd"])
     if figures["unpriced_requests"]:
         cost += f" +{figures['unpriced_requests']} unpriced"
     requests = str(figures["requests"]) + (f" ({figures['errors']} err)" if figures["errors"] else "")
     return [
-        label,
+        plain(label),
         requests,
         f"{figures['input_tokens']}/{figures['output_tokens']}",
         cost,
@@ -69,12 +77,12 @@ def render_summary(console: Console, summary: dict[str, Any]) -> None:
     wide.print(table)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any) -> str | Text:
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.6g}"
-    return str(value)
+    return plain(value)
 
 
 def render_view(console: Console, view: Any) -> None:
@@ -103,7 +111,16 @@ def render_view(console: Console, view: Any) -> None:
         table.add_row(*(_cell(value) for value in row))
     wide.print(table)
     if data.get("assumption"):
-        wide.print(f"[dim]assumption: {data['assumption']}[/]")
+        wide.print(Text.assemble("assumption: ", plain(data["assumption"]), style="dim"))
+
+
+def spreadsheet_text(value: Any) -> Any:
+    """A CSV cell no spreadsheet runs: a string it would read as a formula (`=HYPERLINK(…)`, `+…`, `-…`, `@…`,
+    one led by a tab or CR) gets a leading `'`, so it shows as the text it is; numbers, and strings that are
+    numbers (money as decimal strings, `-0.5`), are left as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_START) and not NUMBER.fullmatch(value):
+        return "'" + value
+    return value
 
 
 def view_csv(view: Any) -> str:
@@ -116,8 +133,8 @@ def view_csv(view: Any) -> str:
     if view.name == "overview":
         series = view.to_json()["series"]
         writer.writerow(list(series[0]) if series else ["start"])
-        writer.writerows([list(point.values()) for point in series])
+        writer.writerows([[spreadsheet_text(v) for v in point.values()] for point in series])
     else:
         writer.writerow(view.columns)
-        writer.writerows([["" if v is None else v for v in row] for row in view.rows])
+        writer.writerows([["" if v is None else spreadsheet_text(v) for v in row] for row in view.rows])
     return out.getvalue()

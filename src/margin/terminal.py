@@ -1,0 +1,23 @@
+"""Values shown on a terminal by the `margin` commands (ledger groups, key names, teams, tags, error messages):
+rich never reads them as markup (a team named `[link=https://…]acme[/link]` is printed as such, not made a
+link, and `[/x]` is no crash) and their control characters are escaped as the logs' are (`margin.logs`), so
+no ESC sequence, CR, backspace or bidi override in a value can repaint or reorder what the terminal shows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+
+from margin.logs import printable, printable_lines
+
+
+def plain(value: Any) -> Text:
+    """`value` as literal text with every control character escaped."""
+    return Text(printable(str(value), limit=None))
+
+
+def message(text: str) -> Text:
+    """A message of several lines (an error naming a file's problems): literal, control characters escaped but
+    its line breaks kept."""
+    return Text(printable_lines(text))

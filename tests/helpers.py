@@ -96,11 +96,15 @@ async def live_server(app: Any) -> AsyncIterator[str]:
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
-    for _ in range(500):
-        if server.started:
-            break
+    deadline = time.monotonic() + 60  # the app's startup (migrations, models) on a loaded box: seconds
+    while not server.started:
         if task.done():
             task.result()
+            raise RuntimeError("uvicorn returned before it started")
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            await task
+            raise RuntimeError("uvicorn did not start within 60 s")
         await asyncio.sleep(0.01)
     try:
         yield f"http://127.0.0.1:{port}"

@@ -133,11 +133,16 @@ def test_target_body_carries_forcing_and_extra_fields() -> None:
 
 
 async def test_closed_loop_by_duration_stops_sending_then_drains(db_path: Path) -> None:
+    """A request takes ~35 ms once the server is warm, so 1 s leaves room for ~50 and the test asks for 4 (each
+    worker sent again). The first requests to a fresh server take ~0.3 s (lazy set-up), so two warm it up first:
+    with a cold start inside a 0.5 s run, the second round had ~0.15 s to spare, and lost it on a loaded box."""
     async with live_server(paced(db_path)) as url, loadgen.session() as session:
         target = loadgen.Target(f"{url}/v1", "fake-chat")
-        outcome = await loadgen.run_load(session, target, PROMPTS, loadgen.LoadShape(concurrency=2, duration_s=0.5))
+        warm = [loadgen.send_one(session, target, PROMPTS[0], RequestRecord(i, 0.0), 0.0) for i in range(2)]
+        assert all(r.ok for r in await asyncio.gather(*warm))
+        outcome = await loadgen.run_load(session, target, PROMPTS, loadgen.LoadShape(concurrency=2, duration_s=1.0))
     records = outcome.records
     assert len(records) >= 4 and all(r.ok for r in records)
-    assert all(r.sent_s < 0.5 for r in records)  # nothing leaves after the duration
+    assert all(r.sent_s < 1.0 for r in records)  # nothing leaves after the duration
     assert outcome.duration_s >= max(r.end_s or 0 for r in records)  # in-flight requests were waited for
     assert max_overlap(records) <= 2

@@ -266,21 +266,23 @@ def _circuit(gw: Gateway, backend: str) -> dict[str, Any]:
 def test_breaker_opens_lets_one_probe_through_and_closes(gw: Gateway) -> None:
     """`flip` fails twice (500): its circuit opens and requests go straight to the fallback. After the cooldown
     (1 s) it is healthy but slow; of four requests at once exactly one reaches it (the probe), the others are
-    answered by the fallback; the probe's success closes the circuit."""
+    answered by the fallback; the probe's success closes the circuit. (Timing: the request that finds the
+    circuit open is sent right after it opened, its ledger rows read afterwards, so the 1 s cooldown is not
+    spent waiting for rows; the probe takes 0.9 s, the window for the three others to find it out, and the
+    backend's 2 s limit leaves it 1.1 s.)"""
     upstream = gw.upstream
     upstream.set_mode("flip", "status,code=500")
-    for _ in range(2):
-        reply = send(gw.url, "flip", False)
-        assert reply.status == 200 and gw.row(reply.request_id or "").status == "fallback"
+    failed = [send(gw.url, "flip", False) for _ in range(2)]
     circuit = _circuit(gw, "flip")
+    skipped = send(gw.url, "flip", False)
+    assert all(reply.status == 200 and gw.row(reply.request_id or "").status == "fallback" for reply in failed)
     assert (circuit["state"], circuit["consecutive_faults"]) == ("open", 2)
     assert circuit["recent_errors"][0]["code"] == "upstream_error" and circuit["recent_errors"][0]["fault"]
-    skipped = send(gw.url, "flip", False)
     row = gw.row(skipped.request_id or "")
     assert (row.status, row.error_code, row.backend) == ("fallback", "backend_unavailable", "good")
     assert upstream.count("dyn", "flip") == 2  # the open circuit kept the request away from it
 
-    upstream.set_mode("flip", "slow,delay=0.5")
+    upstream.set_mode("flip", "slow,delay=0.9")
     wait_for(lambda: _circuit(gw, "flip")["state"] == "half_open", "the circuit to half-open", timeout_s=10)
     with ThreadPoolExecutor(4) as pool:
         replies = list(pool.map(lambda _: send(gw.url, "flip", False), range(4)))

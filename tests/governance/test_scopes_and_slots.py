@@ -98,13 +98,14 @@ async def test_shared_stream_slots_count_every_process_and_expire(redis_url: str
         assert await first.acquire(key, "c") and not await second.acquire(key, "d")
         assert await store.take_slot(key, "a", 2, 30.0)  # a lease already held is no second slot
         assert not await store.take_slot(f"{key}-x", "z", 0, 30.0)
-        assert await store.take_slot(f"{key}-dead", "z", 1, 0.3)  # a killed process's lease ...
-        assert not await store.take_slot(f"{key}-dead", "y", 1, 0.3)
-        await asyncio.sleep(0.5)
-        assert await store.take_slot(f"{key}-dead", "y", 1, 0.3)  # ... expires
-        await store.renew_slots([(f"{key}-dead", "y")], 30.0)
-        await asyncio.sleep(0.5)
-        assert not await store.take_slot(f"{key}-dead", "w", 1, 30.0)  # a renewed one holds
+        # a lease of 1 s: the next call must come within it (a 0.3 s one lost to a stall on a loaded box)
+        assert await store.take_slot(f"{key}-dead", "z", 1, 1.0)  # a killed process's lease ...
+        assert not await store.take_slot(f"{key}-dead", "y", 1, 1.0)
+        assert await store.take_slot(f"{key}-live", "y", 1, 1.0)
+        await store.renew_slots([(f"{key}-live", "y")], 30.0)
+        await asyncio.sleep(1.3)  # past both 1 s leases (a stall only lengthens it)
+        assert await store.take_slot(f"{key}-dead", "y", 1, 1.0)  # ... expires
+        assert not await store.take_slot(f"{key}-live", "w", 1, 30.0)  # a renewed one holds
     finally:
         await first.close()
         await store.close()

@@ -58,7 +58,15 @@ def test_metrics_count_every_workers_requests(tmp_path: Path) -> None:
             except httpx.HTTPError:
                 return False
 
-        wait_for(ready, "two workers", timeout_s=60)
+        seen: set[int] = set()  # the second worker may still be starting when the first answers
+
+        def both_answered() -> bool:
+            if ready():
+                with httpx.Client(base_url=url, timeout=10) as fresh:
+                    seen.add(fresh.get("/healthz").json()["pid"])
+            return len(seen) == 2
+
+        wait_for(both_answered, "two workers", timeout_s=60)
         body = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]}
         for _ in range(REQUESTS):  # a new connection each: either worker may take it
             with httpx.Client(base_url=url, timeout=10) as client:

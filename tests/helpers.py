@@ -81,6 +81,18 @@ async def gateway(settings: Settings) -> AsyncIterator[Gateway]:
             yield Gateway(app, app.state.services, http)
 
 
+def polls(timeout_s: float = 30.0) -> Iterator[int]:
+    """The rounds of a poll bounded by the clock rather than by a count of tries: a loaded machine is slow,
+    not wrong (the caller sleeps between rounds and asserts after the loop)."""
+    deadline = time.monotonic() + timeout_s
+    count = 0
+    while True:
+        yield count
+        count += 1
+        if time.monotonic() > deadline:
+            return
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from margin.app import build_app
-from tests.helpers import fake_settings, gateway, live_server
+from tests.helpers import fake_settings, gateway, live_server, polls
 
 BODY = {"model": "slow", "messages": [{"role": "user", "content": "tell me a long story"}], "stream": True}
 
@@ -36,7 +36,7 @@ async def test_client_disconnect_mid_stream_is_settled_as_client_closed(db_path:
                 if seen == 5:
                     break  # leave mid-stream: closing the response drops the connection
         services = app.state.services
-        for _ in range(200):
+        for _ in polls():
             await services.outbox.flush()
             rows = await _rows(services)
             if rows:

@@ -14,7 +14,7 @@ from margin.economics.curves import CurveSet, CurveSource
 from margin.economics.meter import Meter
 from margin.economics.prices import PriceBook
 from margin.services import Services
-from tests.helpers import fake_settings
+from tests.helpers import fake_settings, polls
 
 T0 = datetime(2026, 7, 1, 0, 0, tzinfo=UTC)
 H = timedelta(hours=1)
@@ -184,7 +184,7 @@ async def test_a_curve_file_is_re_read(tmp_path: Path) -> None:
     assert first is not None and first.g_per_kwh == 40
     path.write_text(CURVES.replace("GREEN,2026,7,13,40", "GREEN,2026,7,13,41"))
     task = asyncio.create_task(keep_fresh(source))
-    for _ in range(200):
+    for _ in polls():
         found = source.at("GREEN", T0 + 13 * H)
         if found is not None and found.g_per_kwh == 41:
             break

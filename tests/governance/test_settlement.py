@@ -14,7 +14,7 @@ import yaml
 from margin.app import build_app
 from margin.config import load_settings
 from margin.economics.money import to_nanousd
-from tests.helpers import fake_settings, gateway, live_server
+from tests.helpers import fake_settings, gateway, live_server, polls
 
 CHAT = "/v1/chat/completions"
 PRICE = {"input": "0", "output": "1000", "version": "t"}  # $0.001 per output token
@@ -39,7 +39,7 @@ async def test_client_disconnect_settles_what_was_delivered(db_path: Path) -> No
                     break
         services = app.state.services
         store = services.governance.store
-        for _ in range(200):
+        for _ in polls():
             if await store.pending() == 0:
                 break
             await asyncio.sleep(0.02)
@@ -56,7 +56,7 @@ async def _rows(services: Any) -> list[Any]:
 
     from margin.ledger.models import ledger
 
-    for _ in range(100):
+    for _ in polls():
         await services.drain()
         await services.outbox.flush()
         async with services.engine.connect() as connection:

@@ -12,7 +12,7 @@ from margin.governance.admission import counter_name, window
 from margin.ledger import db
 from margin.report.metrics import savings
 from margin.report.queries import Window, summarize
-from tests.helpers import fake_settings, gateway
+from tests.helpers import fake_settings, gateway, polls
 
 CHAT = "/v1/chat/completions"
 PRICE = {"input": "0", "output": "1000", "version": "t"}  # $0.001 per output token
@@ -38,7 +38,7 @@ async def test_report_counts_settled_cost_not_reservations(db_path: Path) -> Non
         assert statuses == [200, 200, 200, 502]
         rows = await gw.rows()
         store = gw.services.governance.store
-        for _ in range(100):
+        for _ in polls():
             if await store.pending() == 0:
                 break
             await asyncio.sleep(0.02)

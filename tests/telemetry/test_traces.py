@@ -79,7 +79,9 @@ async def test_requests_become_genai_spans(db_path: Path) -> None:
         # closing the gateway flushed the queue and the SDK's batch
     assert len(spans) == 3  # every request with a ledger row, refused ones included
     refused = next(span for span in spans if span["error"])
-    assert refused["name"] == "chat nope" and refused["attributes"]["error.type"] == "model_not_found"
+    # named by the operation alone: a caller's model name never becomes a span name
+    assert refused["name"] == "chat" and refused["attributes"]["error.type"] == "model_not_found"
+    assert refused["attributes"]["gen_ai.request.model"] == "nope"
     by_stream = {span["attributes"]["gen_ai.request.stream"]: span for span in spans if not span["error"]}
     whole = by_stream[False]
     assert whole["name"] == "chat fake-chat" and whole["kind"] == 3  # SPAN_KIND_CLIENT

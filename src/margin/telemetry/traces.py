@@ -68,6 +68,14 @@ def _ns(when: datetime) -> int:
     return int(when.timestamp() * 1_000_000_000)
 
 
+def _span_name(row: Mapping[str, Any]) -> str:
+    """GenAI's `{operation} {model}` with the model the gateway routed to, one of the config's; a request not
+    routed (an unknown model, refused before routing) is named by its operation alone, so a caller's choice of
+    model name never becomes a span name (the tracing backend's cardinality); it stays in `gen_ai.request.model`."""
+    operation = OPERATIONS.get(row["endpoint"], row["endpoint"])
+    return f"{operation} {row['model']}" if row["model"] else operation
+
+
 def attributes(row: Mapping[str, Any], provider: str | None) -> dict[str, Any]:
     """A span's attributes from a ledger row (None values left out: OpenTelemetry refuses them)."""
     failed = row["http_status"] >= 400
@@ -150,7 +158,7 @@ class Traces:
         while self._queue:
             row, trace = self._queue.popleft()
             try:
-                name = f"{OPERATIONS.get(row['endpoint'], row['endpoint'])} {row['model'] or row['requested_model']}"
+                name = _span_name(row)
                 start = _ns(row["created_at"])
                 span = self._tracer.start_span(
                     name,

@@ -26,6 +26,12 @@ any name (requests are counted per `<mode>/<tag>`, see `GET /stats`) and `mode` 
     huge,bytes=N,gzip=1         JSON: the object gzipped (`Content-Encoding: gzip`), declared at its
                                 compressed size (a few hundred KB for a 256 MiB object: a decompression bomb)
     huge,bytes=N,line=1         SSE: 2 events, then one line of N bytes that never ends
+    redirect,code=307           that status with `Location:` this server's `/ok/redirected/v1/…` (counted there if
+                                followed)
+    errorbody                   200 with an OpenAI error object instead of an answer (streams too: a JSON body,
+                                no SSE event)
+    empty                       streams: headers, then `data: [DONE]` and no event (JSON: a normal answer)
+    cached                      usage whose cached_tokens (10^6) exceed its prompt_tokens (5), JSON and SSE
     any of them with times=N    the fault for the first N requests of that path only, then normal answers
 
 `/dyn/<tag>/v1` answers in the mode last set with `POST /mode/<tag>` (body: the mode string). A refused
@@ -105,20 +111,24 @@ def _chunk(data: bytes) -> bytes:
     return f"{len(data):x}\r\n".encode() + data + b"\r\n"
 
 
-def answer(body: dict[str, Any]) -> bytes:
-    usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+USAGE = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+CACHED_USAGE = {**USAGE, "prompt_tokens_details": {"cached_tokens": 1_000_000}}  # more cached than prompt tokens
+ERROR_BODY = {"error": {"message": "quota of sk-upstream-SECRET exceeded", "type": "x", "code": "insufficient_quota"}}
+
+
+def answer(body: dict[str, Any], usage: dict[str, Any] = USAGE) -> bytes:
     message = {"role": "assistant", "content": "a b c"}
     choice = {"index": 0, "message": message, "finish_reason": "stop"}
     payload = {"id": "f-1", "object": "chat.completion", "created": 0, "model": body.get("model"), "usage": usage}
     return json.dumps({**payload, "choices": [choice]}).encode()
 
 
-def events(body: dict[str, Any]) -> list[bytes]:
+def events(body: dict[str, Any], usage: dict[str, Any] = USAGE) -> list[bytes]:
     base = {"id": "f-1", "object": "chat.completion.chunk", "created": 0, "model": body.get("model")}
     out = [{**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]} for word in "abc"]
     out.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
     if (body.get("stream_options") or {}).get("include_usage"):
-        out.append({**base, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}})
+        out.append({**base, "choices": [], "usage": usage})
     return [b"data: " + json.dumps(e).encode() + b"\n\n" for e in out] + [b"data: [DONE]\n\n"]
 
 
@@ -191,6 +201,24 @@ def _odd(body: dict[str, Any], stream: bool, writer: asyncio.StreamWriter) -> No
     writer.write(_head(200, "text/event-stream") + b"".join(map(_chunk, [*good[:2], *odd, *good[3:]])) + b"0\r\n\r\n")
 
 
+def _hostile(mode: Mode, body: dict[str, Any], stream: bool, writer: asyncio.StreamWriter) -> bool:
+    """`redirect`, `errorbody`, `empty`, `cached`: answers shaped to fool the gateway; False for other modes."""
+    if mode.name == "redirect":
+        where = {"location": "/ok/redirected/v1/chat/completions"}
+        writer.write(_head(int(mode.number("code", 307)), "application/json", length=0, extra=where))
+    elif mode.name == "errorbody":
+        data = json.dumps(ERROR_BODY).encode()
+        writer.write(_head(200, "application/json", length=len(data)) + data)
+    elif mode.name == "empty" and stream:
+        writer.write(_head(200, "text/event-stream") + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+    elif mode.name == "cached":
+        data = b"".join(events(body, CACHED_USAGE)) if stream else answer(body, CACHED_USAGE)
+        writer.write(_head(200, "text/event-stream" if stream else "application/json", length=len(data)) + data)
+    else:
+        return False
+    return True
+
+
 async def _until_closed(reader: asyncio.StreamReader, limit_s: float = 120) -> None:
     with contextlib.suppress(TimeoutError, ConnectionError):
         async with asyncio.timeout(limit_s):
@@ -224,6 +252,8 @@ async def respond(mode: Mode, request: Request, reader: asyncio.StreamReader, wr
         return
     if name == "odd":
         _odd(request.body, stream, writer)
+        return
+    if _hostile(mode, request.body, stream, writer):
         return
     if not stream:
         data = b'{"id": "f-1", "choices": [' if name == "badjson" else answer(request.body)

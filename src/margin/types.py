@@ -39,11 +39,10 @@ class Usage:
         if not isinstance(data, dict):
             return None
         details = data.get("prompt_tokens_details") or {}
-        return cls(
-            input_tokens=_count(data.get("prompt_tokens")),
-            output_tokens=_count(data.get("completion_tokens")),
-            cached_tokens=_count(details.get("cached_tokens")) if isinstance(details, dict) else 0,
-        )
+        input_tokens = _count(data.get("prompt_tokens"))
+        cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+        # cached tokens are part of the prompt: more would price the excess at (cached − input) rates, below 0
+        return cls(input_tokens, _count(data.get("completion_tokens")), min(cached, input_tokens))
 
 
 MAX_TOKENS = 2**30 - 1  # the ledger's 32-bit token columns are summed in pairs (input + output) in SQL

@@ -99,6 +99,14 @@ CASES = [
         None,
         Expect(200, "upstream_bad_response", "upstream_error", mid_stream=True, row_http=502),
     ),
+    Case("redirect", "redirect,code=307", *_both(Expect(502, "upstream_error", "upstream_error"))),  # not followed
+    Case(
+        "error-under-200",
+        "errorbody",
+        Expect(502, "upstream_error", "upstream_error"),
+        Expect(502, "upstream_bad_response", "upstream_error"),  # a JSON body: a stream without events
+    ),
+    Case("no-events", "empty", None, Expect(502, "upstream_bad_response", "upstream_error")),
     # answers over the backend's size limit (1 MiB here): never held whole, ended where the limit is passed
     Case("too-large", f"huge,bytes={8 << 20}", TOO_LARGE, TOO_LARGE_MID_STREAM, 1 << 20),
     Case("too-large-declared", f"huge,bytes={8 << 20},declare=1", TOO_LARGE, None, 1 << 20),

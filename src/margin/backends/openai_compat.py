@@ -160,7 +160,8 @@ class OpenAIBackend:
         """One POST; an error status or a refused connection comes back translated (as `_Retry` if repeatable)."""
         assert self._session is not None
         try:
-            response = await self._session.post(url, data=data, timeout=self._timeout)
+            # never follow a redirect: it would send the caller's prompt wherever an upstream's `Location` says
+            response = await self._session.post(url, data=data, timeout=self._timeout, allow_redirects=False)
         except aiohttp.ClientSSLError as exc:
             raise BackendError(f"upstream {self.name} unreachable: {exc.__class__.__name__}") from exc
         except aiohttp.ClientConnectorError as exc:  # the request never left: safe to repeat
@@ -168,9 +169,9 @@ class OpenAIBackend:
                 f"upstream {self.name} unreachable: {exc.__class__.__name__}", code="upstream_unreachable"
             )
             raise _Retry(error) from exc
-        if response.status < 400:
+        if response.status < 300:
             return response
-        self._errors += 1
+        self._errors += 1  # 3xx too: a redirect is not followed, it is the upstream's failure
         body = await response.content.read(ERROR_BODY_BYTES)  # an error body is read bounded
         response.close()
         failed = upstream_error(self.name, response.status, body, response.headers)
@@ -240,6 +241,10 @@ class OpenAIBackend:
             raise BackendError(f"upstream {self.name} sent invalid JSON", code="upstream_bad_response") from exc
         if not isinstance(payload, dict):
             raise BackendError(f"upstream {self.name} sent JSON that is not an object", code="upstream_bad_response")
+        if _is_error(payload):  # an error under a 200: its text goes to the log, never to the caller
+            message, _code = _upstream_message(content)
+            log.warning("upstream %s answered 200 with an error: %s", self.name, printable(message))
+            raise BackendError("the upstream failed (an error under HTTP 200)")
         self._served += 1
         usage = Usage.from_openai(payload.get("usage"))
         return Completion(payload=payload, raw=content, text=message_text(payload), usage=usage)
@@ -330,7 +335,7 @@ class OpenAIBackend:
         for more data than the first event needs. `deadline` hears when a read starts and ends (only those
         waits count towards the stream's idle limit). An event that does not parse fails after the good ones
         before it."""
-        content, lines, first = response.content, Lines(self.config.max_response_bytes), True
+        content, lines, first, done = response.content, Lines(self.config.max_response_bytes), True, False
         while True:
             if deadline is not None:
                 deadline.waiting()
@@ -354,10 +359,12 @@ class OpenAIBackend:
             if batch:
                 yield batch
             if done:
-                return
-        event = _event_data(lines.rest())
+                break
+        event = _event_data(lines.rest()) if not done else None
         if event is not None and event != b"[DONE]":
             yield [self._chunk(event)]
+        elif first:  # not one event (an empty body, `[DONE]` alone, a JSON error body): no answer, not an empty one
+            raise BackendError(f"upstream {self.name} sent a stream without events", code="upstream_bad_response")
 
     def _batch(self, events: list[bytes], batch: list[Chunk], *, first: bool) -> bool:
         """One read's events into `batch`, in order; True at `[DONE]`. A run of events whose bytes name neither
@@ -406,7 +413,7 @@ class OpenAIBackend:
             raise self._invalid_event() from exc
         if not isinstance(payload, dict):
             raise self._invalid_event()
-        if "error" in payload and "choices" not in payload:
+        if _is_error(payload):
             message, _code = _upstream_message(data)
             log.warning("upstream %s failed mid-stream: %s", self.name, printable(message))
             raise BackendError("the upstream failed mid-stream")
@@ -444,6 +451,11 @@ class Lines:
     def rest(self) -> bytes:
         """What followed the last line end (a last event without one)."""
         return b"".join(self.partial)
+
+
+def _is_error(payload: dict[str, Any]) -> bool:
+    """An answer (or event) that is an OpenAI error object rather than an answer."""
+    return "error" in payload and "choices" not in payload and "data" not in payload
 
 
 def _names_usage_or_error(event: bytes) -> bool:

@@ -32,6 +32,7 @@ any name (requests are counted per `<mode>/<tag>`, see `GET /stats`) and `mode` 
                                 no SSE event)
     empty                       streams: headers, then `data: [DONE]` and no event (JSON: a normal answer)
     cached                      usage whose cached_tokens (10^6) exceed its prompt_tokens (5), JSON and SSE
+    inflated                    usage of 10^9 prompt and 10^9 completion tokens for a 3-word answer, JSON and SSE
     any of them with times=N    the fault for the first N requests of that path only, then normal answers
 
 `/dyn/<tag>/v1` answers in the mode last set with `POST /mode/<tag>` (body: the mode string). A refused
@@ -113,6 +114,7 @@ def _chunk(data: bytes) -> bytes:
 
 USAGE = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
 CACHED_USAGE = {**USAGE, "prompt_tokens_details": {"cached_tokens": 1_000_000}}  # more cached than prompt tokens
+INFLATED_USAGE = {"prompt_tokens": 10**9, "completion_tokens": 10**9, "total_tokens": 2 * 10**9}
 ERROR_BODY = {"error": {"message": "quota of sk-upstream-SECRET exceeded", "type": "x", "code": "insufficient_quota"}}
 
 
@@ -202,7 +204,8 @@ def _odd(body: dict[str, Any], stream: bool, writer: asyncio.StreamWriter) -> No
 
 
 def _hostile(mode: Mode, body: dict[str, Any], stream: bool, writer: asyncio.StreamWriter) -> bool:
-    """`redirect`, `errorbody`, `empty`, `cached`: answers shaped to fool the gateway; False for other modes."""
+    """`redirect`, `errorbody`, `empty`, `cached`, `inflated`: answers shaped to fool the gateway; False for
+    other modes."""
     if mode.name == "redirect":
         where = {"location": "/ok/redirected/v1/chat/completions"}
         writer.write(_head(int(mode.number("code", 307)), "application/json", length=0, extra=where))
@@ -211,8 +214,9 @@ def _hostile(mode: Mode, body: dict[str, Any], stream: bool, writer: asyncio.Str
         writer.write(_head(200, "application/json", length=len(data)) + data)
     elif mode.name == "empty" and stream:
         writer.write(_head(200, "text/event-stream") + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
-    elif mode.name == "cached":
-        data = b"".join(events(body, CACHED_USAGE)) if stream else answer(body, CACHED_USAGE)
+    elif mode.name in ("cached", "inflated"):
+        usage = CACHED_USAGE if mode.name == "cached" else INFLATED_USAGE
+        data = b"".join(events(body, usage)) if stream else answer(body, usage)
         writer.write(_head(200, "text/event-stream" if stream else "application/json", length=len(data)) + data)
     else:
         return False

@@ -22,7 +22,7 @@ __all__ = ["fault_upstream"]  # the module-scoped fixture, shared with the fault
 CHAT = "/v1/chat/completions"
 PRICE = {"input": "1", "output": "1", "cached_input": "0.1"}  # $/1M tokens: cached tokens are cheaper
 BUDGET = {"name": "all", "scope": {"kind": "global"}, "usd": "100", "period": "day"}
-MODES = ["redirect,code=307", "redirect,code=302", "errorbody", "empty", "cached"]
+MODES = ["redirect,code=307", "redirect,code=302", "errorbody", "empty", "cached", "inflated"]
 
 
 @pytest.fixture
@@ -38,9 +38,9 @@ def gw(served: ServeFactory, fault_upstream: FaultUpstream) -> Iterator[Served]:
         yield running
 
 
-def ask(gw: Served, model: str, stream: bool) -> tuple[int, str, dict[str, str], Any]:
+def ask(gw: Served, model: str, stream: bool, **extra: Any) -> tuple[int, str, dict[str, str], Any]:
     """One request; the client's status, body and headers, and the request's ledger row."""
-    body = {"model": model, "messages": [{"role": "user", "content": "my private prompt"}], "stream": stream}
+    body = {"model": model, "messages": [{"role": "user", "content": "my private prompt"}], "stream": stream, **extra}
     with gw.client(gw.keys["k"], timeout=15) as client:
         answer = client.post(CHAT, json=body)
     request_id = answer.headers["x-margin-request-id"]
@@ -90,3 +90,25 @@ def test_cached_tokens_past_the_prompt_never_price_below_zero(gw: Served, stream
     assert Decimal(cost) == Decimal("0.0000035")
     with gw.client(gw.keys["admin"]) as admin:  # the budget is charged, never refunded
         wait_for(lambda: Decimal(admin.get("/admin/budgets").json()["data"][0]["spent"]) > spent_before, "spend")
+
+
+def spent(gw: Served) -> Decimal:
+    with gw.client(gw.keys["admin"]) as admin:
+        return Decimal(admin.get("/admin/budgets").json()["data"][0]["spent"])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_inflated_usage_is_held_at_what_the_request_could_use(gw: Served, stream: bool) -> None:
+    """10^9 prompt and 10^9 completion tokens reported for a 3-word answer to a 3-word prompt with
+    `max_tokens: 16`: both were priced as reported, $2,000 settled against the $100 budget that had
+    reserved $0.00003 (spent $2,000 of $100). Now output is held at the 16 asked for and input at the request's
+    JSON bytes, the row says `clamped`, and the budget is charged exactly the row's cost."""
+    before = spent(gw)
+    status, text, headers, row = ask(gw, "inflated", stream, max_tokens=16)
+    assert status == 200, text[:300]
+    assert row.output_tokens == 16 and 0 < row.input_tokens < 200 and row.usage_source == "clamped"
+    assert row.cost_nanousd == (row.input_tokens + 16) * 1_000  # $1 per 1M tokens
+    cost = headers.get("x-margin-cost-usd") or text.split("x-margin-cost-usd=")[1].split()[0]
+    assert Decimal(cost) == Decimal(row.cost_nanousd) / 10**9  # what the caller is told is what is charged
+    wait_for(lambda: spent(gw) - before == Decimal(row.cost_nanousd) / 10**9, "the settlement")
+    assert spent(gw) < Decimal(1)

@@ -28,6 +28,7 @@ from margin.errors import (
     UpstreamRateLimited,
 )
 from margin.governance.admission import worst_case_usd
+from margin.pipeline.ceiling import held
 from margin.pipeline.stream import Delivery, close, first_chunk
 from margin.pipeline.values import Record, Reply, Request, RouteDecision
 from margin.protocol import Endpoint
@@ -223,6 +224,7 @@ class BackendCall:
         record = request.record
         if usage is None:
             usage = counted_usage(target, call, text)
+        usage = held(usage, request, target.backend_name)  # never more than the request could be billed for
         record.usage, record.finish_reason = usage, call.stats.finish_reason
         record.queue_s = call.stats.queue_s
         charge = self.meter.charge(target.public, target.model, usage, busy_s, measured_j)

@@ -1,0 +1,59 @@
+"""What a request can be billed for, where budgets reserved for it: usage an upstream reports (or margin counts
+in what it sent) beyond that is held at it, so no upstream, lying or broken, can spend past a hard budget.
+
+- Output: at most what the request asked for, as the reservation priced it (`max_tokens`, set to the reserved
+  amount when the caller sent none, × `n`/`best_of` × prompts). An OpenAI-compatible server cannot produce
+  more; one that reports more (10^9 completion tokens) or streams past it is not believed.
+- Input: the reservation's count (the tokenizer's, or one token per 3 characters) is an estimate, and an honest
+  count may pass it (text of 1 token a character). Above it, the bound is what the upstream was sent: every token
+  of text or token ids is at least one byte of the request's JSON (whose framing of a message outweighs its
+  template tokens), and a part given by reference (an image URL) may bill up to `NON_TEXT_PART_CEILING`.
+- Answers from the cache are margin's own and are never held.
+A held row says so (`usage_source: clamped`) and the upstream's figures go to the log."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+
+from margin.backends.payloads import non_text_parts
+from margin.pipeline.values import Request
+from margin.protocol import Endpoint
+from margin.types import Usage
+
+log = logging.getLogger("margin.call")
+
+NON_TEXT_PART_CEILING = 8192  # tokens an image or audio part may bill (providers' largest images: ~1-3k)
+UNHELD = ("cache", "clamped")
+
+
+def held(usage: Usage, request: Request, backend: str) -> Usage:
+    """`usage`, or the most the request could be billed for where budgets reserved for it."""
+    decision = request.decision
+    if decision is None or not decision.budgets or usage.source in UNHELD:
+        return usage
+    output = usage.output_tokens
+    if decision.output_tokens or request.endpoint is Endpoint.EMBEDDINGS:
+        output = min(output, decision.output_tokens)
+    input_tokens = usage.input_tokens
+    if input_tokens > decision.prompt_tokens:  # past the estimate: bounded by what the upstream was sent
+        input_tokens = min(input_tokens, max(decision.prompt_tokens, input_ceiling(request)))
+    if input_tokens == usage.input_tokens and output == usage.output_tokens:
+        return usage
+    log.warning(
+        "backend %s: usage of %d input and %d output tokens (%s) is more than request %s could use; held at %d and %d",
+        backend,
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.source,
+        request.id,
+        input_tokens,
+        output,
+    )
+    return Usage(input_tokens, output, min(usage.cached_tokens, input_tokens), source="clamped")
+
+
+def input_ceiling(request: Request) -> int:
+    """The most input tokens what the upstream was sent can hold (the JSON after the guard's redaction)."""
+    return len(orjson.dumps(request.raw)) + NON_TEXT_PART_CEILING * non_text_parts(request.body)

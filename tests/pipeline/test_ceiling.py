@@ -1,0 +1,50 @@
+"""`margin.pipeline.ceiling.held`: usage past what a request could be billed for, where budgets reserved for it,
+is held there (the attack through a running gateway: tests/security/test_upstream_answers.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from margin.pipeline.ceiling import NON_TEXT_PART_CEILING, held, input_ceiling
+from margin.pipeline.values import Record, Request, RouteDecision
+from margin.protocol import Endpoint, parse_request
+from margin.specs import BudgetSpec
+from margin.types import ANONYMOUS, Usage
+
+BUDGET = BudgetSpec.model_validate({"name": "b", "scope": {"kind": "global"}, "usd": "1", "period": "day"})
+IMAGE = {"type": "image_url", "image_url": {"url": "https://example.org/cat.png"}}
+
+
+def request(
+    raw: dict[str, Any], prompt: int, output: int, budgets: bool = True, endpoint: Endpoint = Endpoint.CHAT
+) -> Request:
+    body = parse_request(endpoint, raw)
+    record = Record("r1", endpoint, raw["model"], False, principal=ANONYMOUS)
+    decision = RouteDecision((), raw["model"], prompt_tokens=prompt, output_tokens=output, budgets=(BUDGET,) * budgets)
+    return Request("r1", endpoint, {}, raw, body, ANONYMOUS, None, record, 0.0, decision=decision)  # type: ignore[arg-type]
+
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "one two three"}], "max_tokens": 16}
+
+
+def test_output_is_held_at_what_was_asked_and_input_at_the_bytes_sent() -> None:
+    ask = request(CHAT, prompt=13, output=16)
+    assert held(Usage(10, 12), ask, "b") == Usage(10, 12)  # within the reservation: as reported
+    assert held(Usage(40, 12), ask, "b") == Usage(40, 12)  # past the estimate, within the bytes: an honest count
+    sent = len(orjson.dumps(CHAT))
+    assert input_ceiling(ask) == sent
+    assert held(Usage(10**9, 10**9, 10**9), ask, "b") == Usage(sent, 16, sent, source="clamped")
+    counted = held(Usage(10, 500, source="tokenizer"), ask, "b")  # margin's count of a stream past max_tokens
+    assert (counted.output_tokens, counted.source) == (16, "clamped")
+
+
+def test_cache_answers_requests_without_budgets_and_non_text_parts() -> None:
+    ask = request(CHAT, prompt=13, output=16)
+    assert held(Usage(10**6, 10**6, source="cache"), ask, "b").source == "cache"  # margin's own answer
+    assert held(Usage(10**6, 10**6), request(CHAT, 13, 16, budgets=False), "b") == Usage(10**6, 10**6)
+    image = {**CHAT, "messages": [{"role": "user", "content": [{"type": "text", "text": "what?"}, IMAGE]}]}
+    assert input_ceiling(request(image, 2061, 16)) == len(orjson.dumps(image)) + NON_TEXT_PART_CEILING
+    embed = request({"model": "e", "input": "one two"}, prompt=3, output=0, endpoint=Endpoint.EMBEDDINGS)
+    assert held(Usage(3, 50), embed, "b") == Usage(3, 0, source="clamped")  # embeddings produce no tokens

@@ -48,3 +48,16 @@ def test_cache_answers_requests_without_budgets_and_non_text_parts() -> None:
     assert input_ceiling(request(image, 2061, 16)) == len(orjson.dumps(image)) + NON_TEXT_PART_CEILING
     embed = request({"model": "e", "input": "one two"}, prompt=3, output=0, endpoint=Endpoint.EMBEDDINGS)
     assert held(Usage(3, 50), embed, "b") == Usage(3, 0, source="clamped")  # embeddings produce no tokens
+
+
+def test_output_is_held_at_the_limit_sent_even_where_the_reservation_counted_none() -> None:
+    """The reservation counts 0 output where the prompt's upper-bound estimate fills the context (the route
+    still sends `max_tokens: 1`) or a completion asks for `max_tokens: 0`; 0 used to mean "not held", so an
+    upstream reporting 10^9 completion tokens for either was priced as reported."""
+    full = request({**CHAT, "max_tokens": 1}, prompt=4096, output=0)  # as route.capped left it
+    assert held(Usage(5, 10**9), full, "b") == Usage(5, 1, source="clamped")
+    none = {"model": "m", "prompt": ["one", "two"], "max_tokens": 0, "n": 2}
+    assert held(Usage(3, 10**9), request(none, 3, 0, endpoint=Endpoint.COMPLETIONS), "b").output_tokens == 0
+    many = {"model": "m", "prompt": ["one", "two"], "max_tokens": 5, "n": 2, "best_of": 3}
+    assert held(Usage(3, 10**9), request(many, 3, 30, endpoint=Endpoint.COMPLETIONS), "b").output_tokens == 30
+    assert held(Usage(3, 30), request(many, 3, 30, endpoint=Endpoint.COMPLETIONS), "b") == Usage(3, 30)

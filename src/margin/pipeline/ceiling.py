@@ -33,9 +33,8 @@ def held(usage: Usage, request: Request, backend: str) -> Usage:
     decision = request.decision
     if decision is None or not decision.budgets or usage.source in UNHELD:
         return usage
-    output = usage.output_tokens
-    if decision.output_tokens or request.endpoint is Endpoint.EMBEDDINGS:
-        output = min(output, decision.output_tokens)
+    most = output_ceiling(request)
+    output = usage.output_tokens if most is None else min(usage.output_tokens, most)
     input_tokens = usage.input_tokens
     if input_tokens > decision.prompt_tokens:  # past the estimate: bounded by what the upstream was sent
         input_tokens = min(input_tokens, max(decision.prompt_tokens, input_ceiling(request)))
@@ -52,6 +51,20 @@ def held(usage: Usage, request: Request, backend: str) -> Usage:
         output,
     )
     return Usage(input_tokens, output, min(usage.cached_tokens, input_tokens), source="clamped")
+
+
+def output_ceiling(request: Request) -> int | None:
+    """The most output tokens the upstream was allowed: the limit it was sent (the caller's, lowered by
+    `cap_max_tokens`, or set by the route when it sent none) × answers per prompt × prompts; none for embeddings.
+    From what was sent, not the reservation's count: that is 0 where a prompt's upper-bound estimate fills the
+    context (the request still goes with `max_tokens: 1`), and 0 held nothing. None: no limit was sent."""
+    if request.endpoint is Endpoint.EMBEDDINGS:
+        return 0
+    body = request.body
+    limit = getattr(body, "output_limit", None)
+    if limit is None:
+        return None
+    return int(limit) * int(getattr(body, "choices", 1)) * int(getattr(body, "prompts", 1))
 
 
 def input_ceiling(request: Request) -> int:

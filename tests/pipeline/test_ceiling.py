@@ -7,11 +7,12 @@ from typing import Any
 
 import orjson
 
+from margin.config import ModelConfig
 from margin.pipeline.ceiling import NON_TEXT_PART_CEILING, held, input_ceiling
 from margin.pipeline.values import Record, Request, RouteDecision
 from margin.protocol import Endpoint, parse_request
 from margin.specs import BudgetSpec
-from margin.types import ANONYMOUS, Usage
+from margin.types import ANONYMOUS, Target, Usage
 
 BUDGET = BudgetSpec.model_validate({"name": "b", "scope": {"kind": "global"}, "usd": "1", "period": "day"})
 IMAGE = {"type": "image_url", "image_url": {"url": "https://example.org/cat.png"}}
@@ -26,28 +27,30 @@ def request(
     return Request("r1", endpoint, {}, raw, body, ANONYMOUS, None, record, 0.0, decision=decision)  # type: ignore[arg-type]
 
 
+TARGET = Target("m", ModelConfig(backend="b"), "b", None, "eu")  # type: ignore[arg-type]
+LONG = Target("m", ModelConfig(backend="b", context_length=128_000), "b", None, "eu")  # type: ignore[arg-type]
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "one two three"}], "max_tokens": 16}
 
 
 def test_output_is_held_at_what_was_asked_and_input_at_the_bytes_sent() -> None:
     ask = request(CHAT, prompt=13, output=16)
-    assert held(Usage(10, 12), ask, "b") == Usage(10, 12)  # within the reservation: as reported
-    assert held(Usage(40, 12), ask, "b") == Usage(40, 12)  # past the estimate, within the bytes: an honest count
+    assert held(Usage(10, 12), ask, TARGET) == Usage(10, 12)  # within the reservation: as reported
+    assert held(Usage(40, 12), ask, TARGET) == Usage(40, 12)  # past the estimate, within the bytes: an honest count
     sent = len(orjson.dumps(CHAT))
     assert input_ceiling(ask) == sent
-    assert held(Usage(10**9, 10**9, 10**9), ask, "b") == Usage(sent, 16, sent, source="clamped")
-    counted = held(Usage(10, 500, source="tokenizer"), ask, "b")  # margin's count of a stream past max_tokens
+    assert held(Usage(10**9, 10**9, 10**9), ask, TARGET) == Usage(sent, 16, sent, source="clamped")
+    counted = held(Usage(10, 500, source="tokenizer"), ask, TARGET)  # margin's count of a stream past max_tokens
     assert (counted.output_tokens, counted.source) == (16, "clamped")
 
 
 def test_cache_answers_requests_without_budgets_and_non_text_parts() -> None:
     ask = request(CHAT, prompt=13, output=16)
-    assert held(Usage(10**6, 10**6, source="cache"), ask, "b").source == "cache"  # margin's own answer
-    assert held(Usage(10**6, 10**6), request(CHAT, 13, 16, budgets=False), "b") == Usage(10**6, 10**6)
+    assert held(Usage(10**6, 10**6, source="cache"), ask, TARGET).source == "cache"  # margin's own answer
+    assert held(Usage(10**6, 10**6), request(CHAT, 13, 16, budgets=False), TARGET) == Usage(10**6, 10**6)
     image = {**CHAT, "messages": [{"role": "user", "content": [{"type": "text", "text": "what?"}, IMAGE]}]}
     assert input_ceiling(request(image, 2061, 16)) == len(orjson.dumps(image)) + NON_TEXT_PART_CEILING
     embed = request({"model": "e", "input": "one two"}, prompt=3, output=0, endpoint=Endpoint.EMBEDDINGS)
-    assert held(Usage(3, 50), embed, "b") == Usage(3, 0, source="clamped")  # embeddings produce no tokens
+    assert held(Usage(3, 50), embed, TARGET) == Usage(3, 0, source="clamped")  # embeddings produce no tokens
 
 
 def test_output_is_held_at_the_limit_sent_even_where_the_reservation_counted_none() -> None:
@@ -55,9 +58,19 @@ def test_output_is_held_at_the_limit_sent_even_where_the_reservation_counted_non
     still sends `max_tokens: 1`) or a completion asks for `max_tokens: 0`; 0 used to mean "not held", so an
     upstream reporting 10^9 completion tokens for either was priced as reported."""
     full = request({**CHAT, "max_tokens": 1}, prompt=4096, output=0)  # as route.capped left it
-    assert held(Usage(5, 10**9), full, "b") == Usage(5, 1, source="clamped")
+    assert held(Usage(5, 10**9), full, TARGET) == Usage(5, 1, source="clamped")
     none = {"model": "m", "prompt": ["one", "two"], "max_tokens": 0, "n": 2}
-    assert held(Usage(3, 10**9), request(none, 3, 0, endpoint=Endpoint.COMPLETIONS), "b").output_tokens == 0
+    assert held(Usage(3, 10**9), request(none, 3, 0, endpoint=Endpoint.COMPLETIONS), TARGET).output_tokens == 0
     many = {"model": "m", "prompt": ["one", "two"], "max_tokens": 5, "n": 2, "best_of": 3}
-    assert held(Usage(3, 10**9), request(many, 3, 30, endpoint=Endpoint.COMPLETIONS), "b").output_tokens == 30
-    assert held(Usage(3, 30), request(many, 3, 30, endpoint=Endpoint.COMPLETIONS), "b") == Usage(3, 30)
+    assert held(Usage(3, 10**9), request(many, 3, 30, endpoint=Endpoint.COMPLETIONS), TARGET).output_tokens == 30
+    assert held(Usage(3, 30), request(many, 3, 30, endpoint=Endpoint.COMPLETIONS), TARGET) == Usage(3, 30)
+
+
+def test_a_long_context_models_input_is_held_at_its_context_not_at_the_bytes() -> None:
+    """An image URL or a video may honestly bill more than the bytes sent + 8,192 a part; where the config gives
+    the served model's context length, no honest count passes it, so that is the bound."""
+    image = {**CHAT, "messages": [{"role": "user", "content": [{"type": "text", "text": "what?"}, IMAGE]}]}
+    bytes_bound = input_ceiling(request(image, 2061, 16))
+    assert held(Usage(20_000, 16), request(image, 2061, 16), TARGET).input_tokens == bytes_bound
+    assert held(Usage(20_000, 16), request(image, 2061, 16), LONG) == Usage(20_000, 16)  # within 128k: as reported
+    assert held(Usage(10**9, 16), request(image, 2061, 16), LONG) == Usage(128_000, 16, source="clamped")

@@ -172,6 +172,11 @@ class OpenAIBackend:
         if response.status < 300:
             return response
         self._errors += 1  # 3xx too: a redirect is not followed, it is the upstream's failure
+        if response.status < 400:  # say where it pointed: an `http://` base_url moved to https reads as this
+            where = printable(response.headers.get("location", ""), limit=200)
+            log.warning(
+                "upstream %s redirected to %r: not followed (set its base_url there if it is right)", self.name, where
+            )
         body = await response.content.read(ERROR_BODY_BYTES)  # an error body is read bounded
         response.close()
         failed = upstream_error(self.name, response.status, body, response.headers)
@@ -364,6 +369,8 @@ class OpenAIBackend:
         if event is not None and event != b"[DONE]":
             yield [self._chunk(event)]
         elif first:  # not one event (an empty body, `[DONE]` alone, a JSON error body): no answer, not an empty one
+            message, _code = _upstream_message(lines.rest())
+            log.warning("upstream %s sent a stream without events: %s", self.name, printable(message))
             raise BackendError(f"upstream {self.name} sent a stream without events", code="upstream_bad_response")
 
     def _batch(self, events: list[bytes], batch: list[Chunk], *, first: bool) -> bool:
@@ -455,7 +462,7 @@ class Lines:
 
 def _is_error(payload: dict[str, Any]) -> bool:
     """An answer (or event) that is an OpenAI error object rather than an answer."""
-    return "error" in payload and "choices" not in payload and "data" not in payload
+    return payload.get("error") is not None and "choices" not in payload and "data" not in payload
 
 
 def _names_usage_or_error(event: bytes) -> bool:

@@ -5,9 +5,13 @@ in what it sent) beyond that is held at it, so no upstream, lying or broken, can
   amount when the caller sent none, × `n`/`best_of` × prompts). An OpenAI-compatible server cannot produce
   more; one that reports more (10^9 completion tokens) or streams past it is not believed.
 - Input: the reservation's count (the tokenizer's, or one token per 3 characters) is an estimate, and an honest
-  count may pass it (text of 1 token a character). Above it, the bound is what the upstream was sent: every token
-  of text or token ids is at least one byte of the request's JSON (whose framing of a message outweighs its
-  template tokens), and a part given by reference (an image URL) may bill up to `NON_TEXT_PART_CEILING`.
+  count may pass it (text of 1 token a character). Above it, the bound is the larger of what the upstream was
+  sent (every token of text or token ids is at least one byte of the request's JSON, whose framing of a message
+  outweighs its template tokens; a part given by reference, an image URL, may bill up to
+  `NON_TEXT_PART_CEILING`) and the served model's `context_length` when the config gives one (no model reads
+  more: a video or a large image on a long-context model is billed as reported).
+- A known cost: providers whose `max_tokens` leaves out reasoning tokens can honestly report more output; such
+  a row is held at the limit and reads `clamped` (the upstream's figures are in the log).
 - Answers from the cache are margin's own and are never held.
 A held row says so (`usage_source: clamped`) and the upstream's figures go to the log."""
 
@@ -20,7 +24,7 @@ import orjson
 from margin.backends.payloads import non_text_parts
 from margin.pipeline.values import Request
 from margin.protocol import Endpoint
-from margin.types import Usage
+from margin.types import Target, Usage
 
 log = logging.getLogger("margin.call")
 
@@ -28,7 +32,7 @@ NON_TEXT_PART_CEILING = 8192  # tokens an image or audio part may bill (provider
 UNHELD = ("cache", "clamped")
 
 
-def held(usage: Usage, request: Request, backend: str) -> Usage:
+def held(usage: Usage, request: Request, target: Target) -> Usage:
     """`usage`, or the most the request could be billed for where budgets reserved for it."""
     decision = request.decision
     if decision is None or not decision.budgets or usage.source in UNHELD:
@@ -37,12 +41,13 @@ def held(usage: Usage, request: Request, backend: str) -> Usage:
     output = usage.output_tokens if most is None else min(usage.output_tokens, most)
     input_tokens = usage.input_tokens
     if input_tokens > decision.prompt_tokens:  # past the estimate: bounded by what the upstream was sent
-        input_tokens = min(input_tokens, max(decision.prompt_tokens, input_ceiling(request)))
+        most_in = max(decision.prompt_tokens, input_ceiling(request), target.model.context_length or 0)
+        input_tokens = min(input_tokens, most_in)
     if input_tokens == usage.input_tokens and output == usage.output_tokens:
         return usage
     log.warning(
         "backend %s: usage of %d input and %d output tokens (%s) is more than request %s could use; held at %d and %d",
-        backend,
+        target.backend_name,
         usage.input_tokens,
         usage.output_tokens,
         usage.source,

@@ -14,7 +14,7 @@ from margin.terminal import plain
 
 # What a spreadsheet reads as the start of a formula (OWASP's list, and the full-width forms some read too)
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
-NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
 
 
 def human_usd(value: str | None) -> str:

@@ -205,7 +205,8 @@ class BackendCall:
             raise translate(name, exc) from exc
         await delivery.run(chunks, first, lambda exc: translate(name, exc))
         if request.wants_usage and not delivery.usage_sent:
-            usage = delivery.usage or counted_usage(target, call, await delivery.text())
+            # what the client is told is what it is charged (margin.pipeline.ceiling)
+            usage = held(delivery.usage or counted_usage(target, call, await delivery.text()), request, target)
             delivery.usage = usage
             await delivery.write_usage(usage_chunk(call, usage))
 
@@ -224,7 +225,7 @@ class BackendCall:
         record = request.record
         if usage is None:
             usage = counted_usage(target, call, text)
-        usage = held(usage, request, target.backend_name)  # never more than the request could be billed for
+        usage = held(usage, request, target)  # never more than the request could be billed for
         record.usage, record.finish_reason = usage, call.stats.finish_reason
         record.queue_s = call.stats.queue_s
         charge = self.meter.charge(target.public, target.model, usage, busy_s, measured_j)

@@ -62,7 +62,8 @@ def build_llama() -> None:
         pip("install", "-v", LLAMA), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
     assert process.stdout is not None
-    tty, started, last_decile, tail = sys.stdout.isatty(), time.monotonic(), -1, []
+    tty, started, last_decile = sys.stdout.isatty(), time.monotonic(), -1
+    tail: list[str] = []
     for line in process.stdout:
         tail = [*tail[-40:], line]
         match = STEP.search(line)

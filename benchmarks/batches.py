@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     load_before = os.getloadavg()
-    result = {
+    result: dict[str, Any] = {
         "what": "Batch API bookkeeping per line (fake backend, in-process) and scheduling savings on bundled curves",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_before": load_before},
         "throughput": [asyncio.run(throughput(args.lines, args.rounds, c)) for c in (4, 16)],

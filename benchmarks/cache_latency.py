@@ -30,7 +30,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -42,7 +42,8 @@ F32 = npt.NDArray[np.float32]
 
 
 def unit(rows: npt.NDArray[np.float64]) -> F32:
-    return (rows / np.linalg.norm(rows, axis=-1, keepdims=True)).astype(np.float32)
+    # numpy types np.linalg.norm(..., keepdims=True) as Any
+    return cast(F32, (rows / np.linalg.norm(rows, axis=-1, keepdims=True)).astype(np.float32))
 
 
 def clustered(n: int, dim: int, rng: np.random.Generator) -> F32:
@@ -98,6 +99,12 @@ def bench_index(entries: int, n_queries: int, use_faiss: bool, real: str | None)
     near = unit(stored[rng.integers(0, entries, n_queries)] + 0.03 * rng.normal(size=(n_queries, dim)))
     far = unseen[:n_queries]
     lookup = lambda q: cache.lookup_vector("tenant|model|sys", "ctx", q)  # noqa: E731
+
+    def nearest_key(q: F32) -> int:
+        hit = cache.nearest("tenant|model|sys", "ctx", q)
+        assert hit is not None  # the bucket holds `entries` vectors
+        return int(hit.key)
+
     result: dict[str, Any] = {
         "vectors": description,
         "entries": len(cache),
@@ -105,12 +112,8 @@ def bench_index(entries: int, n_queries: int, use_faiss: bool, real: str | None)
         "build_cpu_s": round(build_cpu_s, 1),
         "usearch_lookup_near": timed(lookup, near),
         "usearch_lookup_unseen": timed(lookup, far),
-        "usearch_recall_at_1_near": recall_at_1(
-            lambda q: int(cache.nearest("tenant|model|sys", "ctx", q).key), stored, near[:300]
-        ),  # type: ignore[union-attr]
-        "usearch_recall_at_1_unseen": recall_at_1(
-            lambda q: int(cache.nearest("tenant|model|sys", "ctx", q).key), stored, far[:300]
-        ),  # type: ignore[union-attr]
+        "usearch_recall_at_1_near": recall_at_1(nearest_key, stored, near[:300]),
+        "usearch_recall_at_1_unseen": recall_at_1(nearest_key, stored, far[:300]),
         "numpy_exact_scan": timed(lambda q: int(np.argmax(np.einsum("ij,j->i", stored, q))), near[:300]),
     }
     if use_faiss:
@@ -129,7 +132,7 @@ def bench_faiss(stored: F32, near: F32) -> dict[str, Any]:
     started = time.perf_counter()
     index.add(stored)
     build_s = time.perf_counter() - started
-    search = lambda q: index.search(q.reshape(1, -1), 1)  # noqa: E731
+    search: Callable[[F32], Any] = lambda q: index.search(q.reshape(1, -1), 1)  # noqa: E731
     return {
         "build_s": round(build_s, 1),
         "search_near": timed(search, near),
@@ -223,12 +226,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.exact_only:
         out = Path(args.out)
-        report = json.loads(out.read_text()) if out.exists() else {}
+        report: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
         report["exact_hit"] = bench_exact_hit(args.queries)
         out.write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps(report["exact_hit"], indent=2))
         return
-    report: dict[str, Any] = {
+    report = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start",
         "index": bench_index(args.entries, args.queries, args.faiss, args.real or None),
     }

@@ -19,6 +19,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import gateway_sweep as sweep
 from overhead import free_port, start_upstream
@@ -75,7 +76,7 @@ def main() -> None:
         outcome = sweep.run_one(port, cycle, args.rate, args.seconds)
         after = threads(pid)
     requests = sum(len(v) for v in outcome.latencies_ms.values())
-    rows = []
+    rows: list[dict[str, Any]] = []
     for key, (role, seconds) in sorted(after.items()):
         process, tid = (int(part) for part in key.split("/"))
         used = seconds - before.get(key, (role, 0.0))[1]
@@ -86,7 +87,7 @@ def main() -> None:
         rows.append(
             {"process": process, "thread": tid, "name": name, "us_per_request": round(used * 1e6 / requests, 1)}
         )
-    result = {
+    result: dict[str, Any] = {
         "benchmark": "cpu_by_thread",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "rate": args.rate,

@@ -71,8 +71,15 @@ def scaling(size: int, repeat: int) -> dict[str, Any]:
     for name in small:
         row: dict[str, Any] = {}
         for label, run in (("pii_scan", scanner.scan), ("injection", detector.assess)):
-            t1 = best(repeat, lambda run=run, text=small[name]: run(text))
-            t4 = best(repeat, lambda run=run, text=large[name]: run(text))
+
+            def at_size(run: Callable[[str], object] = run, text: str = small[name]) -> object:
+                return run(text)
+
+            def at_4x(run: Callable[[str], object] = run, text: str = large[name]) -> object:
+                return run(text)
+
+            t1 = best(repeat, at_size)
+            t4 = best(repeat, at_4x)
             row[label] = {
                 f"s_at_{size}": round(t1, 4),
                 f"s_at_{4 * size}": round(t4, 4),

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ KEYS = {  # the probe's own key; the attacks' keys (a guard policy, a small budg
     "attacker": ["--team", "x"],
 }
 
-Attack = Callable[["Target"], Awaitable[None]]
+Attack = Callable[["Target"], Coroutine[Any, Any, None]]
 
 
 class Target:

@@ -140,10 +140,14 @@ def main() -> None:
                 run_margin(http, PROMPTS[0], 8)
                 for round_ in range(args.rounds):
                     for i, prompt in enumerate(PROMPTS):
-                        pair = [
-                            ("raw", lambda p=prompt: run_raw(llm, p, args.tokens)),
-                            ("margin", lambda p=prompt: run_margin(http, p, args.tokens)),
-                        ]
+
+                        def raw_run(p: str = prompt) -> dict[str, float]:
+                            return run_raw(llm, p, args.tokens)
+
+                        def margin_run(p: str = prompt) -> dict[str, float]:
+                            return run_margin(http, p, args.tokens)
+
+                        pair = [("raw", raw_run), ("margin", margin_run)]
                         for name, run in pair if (round_ + i) % 2 == 0 else pair[::-1]:
                             (raw if name == "raw" else through).append(run())
                     print(

@@ -212,7 +212,9 @@ def measure(files: dict[str, Path], reps: int, max_busy: float, timeout_s: float
     from llama_cpp import Llama
 
     rng = np.random.default_rng(0)
-    rows = [{"weights": w, "threads": t, "input_tokens": i, "output_tokens": o, "runs": []} for w, t, i, o in CONFIGS]
+    rows: list[dict[str, Any]] = [
+        {"weights": w, "threads": t, "input_tokens": i, "output_tokens": o, "runs": []} for w, t, i, o in CONFIGS
+    ]
     for round_ in range(reps):
         for key in dict.fromkeys((row["weights"], row["threads"]) for row in rows):
             llm = Llama(str(files[key[0]]), n_ctx=2048, n_threads=key[1], n_threads_batch=key[1], verbose=False)
@@ -252,7 +254,8 @@ def observations(rows: list[dict[str, Any]], variant: str) -> list[Observation]:
     wall-clock value), `wall-best` (the fastest repeat) or `cpu-median` (the median CPU-time value)."""
     clock, stat = variant.split("-")
     suffix = "_cpu" if clock == "cpu" else ""
-    points, when = [], time.strftime("%Y-%m-%d", time.gmtime())
+    points: list[Observation] = []
+    when = time.strftime("%Y-%m-%d", time.gmtime())
     for row in rows:
         config = (row["weights"], row["threads"], row["input_tokens"], row["output_tokens"])
         ttfts = [r[f"ttft{suffix}_ms"] for r in row["runs"]]

@@ -83,7 +83,11 @@ def queries(engine: sa.Engine, config: Settings, out: Path) -> dict[str, Callabl
         "summary_own_key_month": lambda: summarize(engine, own, "model"),
     }
     for by in GROUPS:
-        found[f"summary_month_by_{by}"] = lambda by=by: summarize(engine, month, by)
+
+        def summary_by(by: str = by) -> dict[str, Any]:
+            return summarize(engine, month, by)
+
+        found[f"summary_month_by_{by}"] = summary_by
     found |= {
         "timeseries_month_day": lambda: timeseries(engine, month, "day"),
         "timeseries_day_hour": lambda: timeseries(engine, day, "hour"),

@@ -78,14 +78,15 @@ def growth_after_warmup(samples: list[dict[str, Any]], warmup_share: float) -> f
     after = [s for s in samples if s["requests"] >= warmup_share * total]
     if len(after) < 2:
         return None
-    return round(100 * (after[-1]["rss_mb"] - after[0]["rss_mb"]) / after[0]["rss_mb"], 2)
+    growth: float = 100 * (after[-1]["rss_mb"] - after[0]["rss_mb"]) / after[0]["rss_mb"]
+    return round(growth, 2)
 
 
 def soak(servers: Servers, args: argparse.Namespace) -> list[dict[str, Any]]:
     pid = servers.pid("margin")
     assert pid is not None
     requests = cycle(servers.port("margin"), servers.keys["margin"])
-    samples = [{"requests": 0, "rss_mb": rss_mb(pid), "elapsed_s": 0.0}]
+    samples: list[dict[str, Any]] = [{"requests": 0, "rss_mb": rss_mb(pid), "elapsed_s": 0.0}]
     started = time.perf_counter()
     done = 0
     while done < args.requests:

@@ -100,7 +100,9 @@ def scripted_sse(events: list[dict[str, Any]], gap_s: float) -> Any:
 
 
 async def test_empty_chunks_do_not_count_and_tokens_fall_back_to_chunks() -> None:
-    delta = lambda text: {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}  # noqa: E731
+    def delta(text: str) -> dict[str, Any]:
+        return {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+
     events = [
         {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},  # role header: no text
         delta("Hel"),

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +29,8 @@ class FakeEncoder:
         noise = self.base(text + "#noise")
         noise -= float(noise @ anchor) * anchor
         noise /= np.linalg.norm(noise)
-        return (cos * anchor + np.sqrt(1 - cos**2) * noise).astype(np.float32)
+        # numpy types np.sqrt of a Python float as Any
+        return cast(npt.NDArray[np.float32], (cos * anchor + np.sqrt(1 - cos**2) * noise).astype(np.float32))
 
     def __call__(self, texts: list[str]) -> npt.NDArray[np.float32]:
         self.calls += 1

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import numpy.typing as npt
 
@@ -7,7 +9,8 @@ from margin.cache.index import AnnBucket, ExactBucket
 
 
 def unit(rows: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
-    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    # numpy types np.linalg.norm(..., keepdims=True) as Any
+    return cast(npt.NDArray[np.float32], (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32))
 
 
 def test_ann_recall_matches_exact_search_for_queries_with_a_close_neighbour() -> None:

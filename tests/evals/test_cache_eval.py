@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -25,7 +26,7 @@ RECORDS = [
 def vec(*xs: float) -> list[float]:
     v = np.zeros(8)
     v[: len(xs)] = xs
-    return (v / np.linalg.norm(v)).tolist()
+    return cast(list[float], (v / np.linalg.norm(v)).tolist())  # numpy types tolist() as Any
 
 
 def hand_vectors(texts: list[str]) -> npt.NDArray[np.float32]:

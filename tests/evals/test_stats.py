@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import pytest
@@ -36,7 +38,8 @@ def test_paired_bootstrap_sees_a_consistent_small_drop_that_unpaired_intervals_m
     rng = np.random.default_rng(0)
     base = rng.random(200)  # items differ a lot in difficulty…
     cand = base - 0.02  # …but the candidate is always 0.02 worse on the same item
-    diff, p_not_worse = paired_bootstrap(base, cand, seed=0)
+    # cast: paired_bootstrap works on any float sequence; an ndarray is not a typing.Sequence
+    diff, p_not_worse = paired_bootstrap(cast(Sequence[float], base), cast(Sequence[float], cand), seed=0)
     assert diff.value == pytest.approx(-0.02) and diff.high < 0 and p_not_worse == 0.0
     a, b = bootstrap_mean(list(base)), bootstrap_mean(list(cand))
     assert a.low < b.high  # the unpaired intervals overlap

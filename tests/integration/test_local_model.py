@@ -201,7 +201,11 @@ def test_client_disconnect_stops_generation(server: Server) -> None:
 def test_exact_cache_hit_on_the_real_model(server: Server) -> None:
     """A deterministic request asked twice: the second answer comes from the cache, identical, at no cost."""
     client = server.client()
-    ask = {"model": "local", "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 12}
+    ask: dict[str, Any] = {
+        "model": "local",
+        "messages": [{"role": "user", "content": "Name a colour."}],
+        "max_tokens": 12,
+    }
     first = client.chat.completions.with_raw_response.create(**ask, temperature=0)
     second = client.chat.completions.with_raw_response.create(**ask, temperature=0)
     one, two = first.parse(), second.parse()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
 import transformers
 
-from margin.kv.cache import CompressedCache
+from margin.kv.cache import CompressedCache, CompressedLayer
 from margin.kv.methods import get_method
 
 
@@ -25,7 +25,8 @@ def model() -> Any:
         head_dim=16,
         max_position_embeddings=256,
     )
-    return transformers.LlamaForCausalLM(config).eval()
+    model: Any = transformers.LlamaForCausalLM(config)  # Any: transformers' eval() is untyped
+    return model.eval()
 
 
 def _prompt(length: int) -> torch.Tensor:
@@ -34,7 +35,10 @@ def _prompt(length: int) -> torch.Tensor:
 
 def _generate(model: Any, cache: Any, prompt: torch.Tensor, new: int) -> torch.Tensor:
     with torch.no_grad():
-        return model.generate(prompt, past_key_values=cache, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+        return cast(
+            torch.Tensor,
+            model.generate(prompt, past_key_values=cache, max_new_tokens=new, min_new_tokens=new, do_sample=False),
+        )
 
 
 def test_fp16_cache_generates_like_the_uncompressed_cache(model: Any) -> None:
@@ -56,6 +60,7 @@ def test_generation_through_compressed_caches(model: Any, name: str) -> None:
     kv_len, offset = cache.get_mask_sizes(1, 0)
     assert (kv_len, offset) == (45, 0)
     layer = cache.layers[0]
+    assert isinstance(layer, CompressedLayer)
     keys = layer.stores[0].read()
     assert keys.shape == (1, 2, 44, 16)
     assert 0 < cache.nbytes < 2 * 2 * 2 * 16 * 2 * 44
@@ -64,11 +69,13 @@ def test_generation_through_compressed_caches(model: Any, name: str) -> None:
 def test_every_read_is_decoded_from_the_compressed_store(model: Any) -> None:
     cache = CompressedCache.for_model(get_method("tq-mse-2"), model)
     layer = cache.layers[0]
+    assert isinstance(layer, CompressedLayer)
     k = torch.randn(1, 2, 33, 16)
     v = torch.randn(1, 2, 33, 16)
     keys, _ = layer.update(k, v)
     assert keys.shape == k.shape
     assert not torch.allclose(keys, k, atol=1e-3)  # 2-bit keys are visibly lossy
+    assert layer.stores[0].encoded is not None
     assert torch.equal(keys, layer.codecs.key.decode(layer.stores[0].encoded))
     more_k, _ = layer.update(torch.randn(1, 2, 1, 16), torch.randn(1, 2, 1, 16))
     assert more_k.shape == (1, 2, 34, 16)
@@ -77,6 +84,7 @@ def test_every_read_is_decoded_from_the_compressed_store(model: Any) -> None:
 
 def test_kivi_keeps_an_incomplete_token_group_in_fp16(model: Any) -> None:
     layer = CompressedCache.for_model(get_method("kivi-4"), model).layers[0]
+    assert isinstance(layer, CompressedLayer)
     k = torch.randn(1, 2, 40, 16)
     layer.update(k, torch.randn(1, 2, 40, 16))
     store = layer.stores[0]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from margin.kv.codecs import OutlierSplit, TurboQuantMSE, TurboQuantProd, stream
 
 def _unit(count: int, dim: int, seed: int) -> torch.Tensor:
     x = torch.randn(count, dim, generator=torch.Generator().manual_seed(seed))
-    return x / x.norm(dim=-1, keepdim=True)
+    return cast(torch.Tensor, x / x.norm(dim=-1, keepdim=True))  # torch types Tensor.norm(...) as Any
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])

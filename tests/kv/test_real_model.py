@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from margin.kv.cache import CompressedCache
+from margin.kv.cache import CompressedCache, CompressedLayer
 from margin.kv.methods import get_method
 
 pytestmark = pytest.mark.integration
@@ -31,7 +31,9 @@ def test_generation_with_compressed_caches(loaded: Any) -> None:
         assert "Paris" in loaded.tokenizer.decode(tokens)
         assert cache.get_seq_length() == ids.shape[-1] + 5
         assert len(cache.layers) == 30
-        assert cache.layers[0].stores[0].read().shape == (1, 3, ids.shape[-1] + 5, 64)
+        layer = cache.layers[0]
+        assert isinstance(layer, CompressedLayer)
+        assert layer.stores[0].read().shape == (1, 3, ids.shape[-1] + 5, 64)
         if name == "fp16":
             assert tokens == reference
 

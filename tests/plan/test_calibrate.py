@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -47,7 +48,11 @@ def test_calibrating_on_a_bench_result_reproduces_it(catalog: Catalog, tmp_path:
         ("tpot_ms", 96, 32, 1),
     ]
     eff = calibrate(catalog, "cpu-this-machine", points)
-    assert (eff.compute_untiled, eff.compute_decode) == (pytest.approx(0.3, rel=0.01), pytest.approx(0.12, rel=0.01))
+    # cast(object, ...): mypy takes the tuples of float and Approx for non-overlapping
+    assert (eff.compute_untiled, eff.compute_decode) == (
+        cast(object, pytest.approx(0.3, rel=0.01)),
+        cast(object, pytest.approx(0.12, rel=0.01)),
+    )
     out = tmp_path / "cal.yaml"
     write_calibration(out, "cpu-this-machine", eff, points)
     loaded = load_calibration(out)

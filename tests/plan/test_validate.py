@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from margin.errors import ConfigError
-from margin.plan.catalog import Catalog, Provenance
+from margin.plan.catalog import Catalog, EfficiencyClass, Provenance
 from margin.plan.validate import (
     Observation,
     evaluate,
@@ -22,7 +23,9 @@ from margin.plan.validate import (
 SOURCE = Provenance(source="test", as_of="2026-12-04", confidence="measured")
 
 
-def _cpu_point(catalog: Catalog, metric: str, weights: str, prompt: int, eff: object, role: str) -> Observation:
+def _cpu_point(
+    catalog: Catalog, metric: str, weights: str, prompt: int, eff: EfficiencyClass, role: str
+) -> Observation:
     base = Observation(
         id=f"{metric}-{weights}-{prompt}",
         group="cpu",
@@ -82,7 +85,11 @@ def test_fit_defaults_to_compute_and_memory_on_accelerators(catalog: Catalog) ->
     ]
     assert fit_params(catalog, points) == ("compute", "memory")
     fitted = fit(points, catalog, catalog.efficiency_for("l40s"), SOURCE)
-    assert (fitted.compute, fitted.memory) == (pytest.approx(0.42, rel=0.01), pytest.approx(0.66, rel=0.01))
+    # cast(object, ...): mypy takes the tuples of float and Approx for non-overlapping
+    assert (fitted.compute, fitted.memory) == (
+        cast(object, pytest.approx(0.42, rel=0.01)),
+        cast(object, pytest.approx(0.66, rel=0.01)),
+    )
 
 
 def test_fit_needs_points(catalog: Catalog) -> None:

@@ -17,6 +17,8 @@ from margin.protocol import (
     MAX_MESSAGES,
     MAX_STOP,
     MAX_TOOLS,
+    ChatCompletionRequest,
+    CompletionRequest,
     Endpoint,
     parse_request,
 )
@@ -56,10 +58,13 @@ def test_multipliers_and_token_ids_are_counted() -> None:
     chat = parse_request(
         Endpoint.CHAT, {"model": "m", "messages": MESSAGES, "n": 3, "max_tokens": 5, "max_completion_tokens": 9}
     )
+    assert isinstance(chat, ChatCompletionRequest)  # narrows the union: the chat endpoint parses to its schema
     assert chat.choices == 3 and chat.output_limit == 9  # the larger limit: an upstream may honour either
     many = parse_request(Endpoint.COMPLETIONS, {"model": "m", "prompt": [[1, 2], [3]], "n": 2, "best_of": 4})
+    assert isinstance(many, CompletionRequest)
     assert many.prompts == 2 and many.choices == 4 and token_id_count(many) == 3
     ids = parse_request(Endpoint.COMPLETIONS, {"model": "m", "prompt": [1, 2, 3]})
+    assert isinstance(ids, CompletionRequest)
     assert ids.prompts == 1 and token_id_count(ids) == 3
     assert token_id_count(parse_request(Endpoint.EMBEDDINGS, {"model": "m", "input": [[1] * 7, [2] * 3]})) == 10
     image = {"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "image_url", "image_url": {}}]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ async def test_bad_input(
 ) -> None:
     raw = {"content": body, "headers": {"content-type": "application/json"}}
     kwargs = raw if isinstance(body, bytes) else {"json": body}
-    response = await gw.http.post(path, **kwargs)  # type: ignore[arg-type]
+    response = await gw.http.post(path, **kwargs)
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -91,7 +92,7 @@ async def test_body_over_limit_is_413(db_path: Path) -> None:
         assert response.status_code == 413
         assert response.json()["error"]["code"] == "request_too_large"
 
-        async def body():  # no content-length: the limit is enforced while reading
+        async def body() -> AsyncIterator[bytes]:  # no content-length: the limit is enforced while reading
             for _ in range(3):
                 yield b"x" * 600
 

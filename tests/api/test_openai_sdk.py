@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import TYPE_CHECKING, Any, cast
 
 import openai
 import pytest
@@ -10,11 +11,16 @@ import pytest
 from margin.economics.money import from_nanousd
 from tests.helpers import Gateway
 
+if TYPE_CHECKING:
+    import httpx2
 
-def sdk(gw: Gateway, **kwargs: object) -> openai.AsyncOpenAI:
+
+def sdk(gw: Gateway, **kwargs: Any) -> openai.AsyncOpenAI:
+    # the SDK takes an httpx.AsyncClient too (it checks for either at runtime); its annotation names only httpx2's
+    http = cast("httpx2.AsyncClient", gw.http)
     return openai.AsyncOpenAI(
-        api_key="unused", base_url="http://localhost/v1", http_client=gw.http, max_retries=0, **kwargs
-    )  # type: ignore[arg-type]
+        api_key="unused", base_url="http://localhost/v1", http_client=http, max_retries=0, **kwargs
+    )
 
 
 async def test_chat_completion_returns_answer_and_usage(gw: Gateway) -> None:

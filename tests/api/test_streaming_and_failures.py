@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 import openai
 import pytest
 
 from margin.app import build_app
-from tests.helpers import fake_settings, gateway, live_server, polls
+from margin.config import Settings
+from margin.services import Services
+from tests.helpers import Gateway, fake_settings, gateway, live_server, polls
+
+if TYPE_CHECKING:
+    import httpx2
 
 BODY = {"model": "slow", "messages": [{"role": "user", "content": "tell me a long story"}], "stream": True}
 
 
-def slow_settings(db_path: Path, **backend: object) -> object:
+def slow_settings(db_path: Path, **backend: object) -> Settings:
     return fake_settings(
         db_path,
         backends={"slow": {"kind": "fake", "output_tokens": 200, "tokens_per_s": 50, "ttft_ms": 20, **backend}},
@@ -24,7 +30,7 @@ def slow_settings(db_path: Path, **backend: object) -> object:
 
 
 async def test_client_disconnect_mid_stream_is_settled_as_client_closed(db_path: Path) -> None:
-    app = build_app(slow_settings(db_path))  # type: ignore[arg-type]
+    app = build_app(slow_settings(db_path))
     async with live_server(app) as url, httpx.AsyncClient(base_url=url) as http:
         async with http.stream("POST", "/v1/chat/completions", json=BODY) as response:
             assert response.status_code == 200
@@ -53,7 +59,7 @@ async def test_client_disconnect_mid_stream_is_settled_as_client_closed(db_path:
 
 
 async def test_live_stream_through_openai_sdk(db_path: Path) -> None:
-    app = build_app(slow_settings(db_path, output_tokens=6, tokens_per_s=500))  # type: ignore[arg-type]
+    app = build_app(slow_settings(db_path, output_tokens=6, tokens_per_s=500))
     async with live_server(app) as url:
         client = openai.AsyncOpenAI(api_key="x", base_url=f"{url}/v1", max_retries=0)
         stream = await client.chat.completions.create(
@@ -80,24 +86,24 @@ async def test_live_stream_through_openai_sdk(db_path: Path) -> None:
 )
 @pytest.mark.parametrize("stream", [False, True])
 async def test_backend_errors_map_to_statuses(
-    db_path: Path, status: int, exc: type[Exception], code: str, stream: bool
+    db_path: Path, status: int, exc: type[openai.APIStatusError], code: str, stream: bool
 ) -> None:
-    async with gateway(slow_settings(db_path, fail_status=status)) as gw:  # type: ignore[arg-type]
-        client = openai.AsyncOpenAI(api_key="x", base_url="http://localhost/v1", http_client=gw.http, max_retries=0)
+    async with gateway(slow_settings(db_path, fail_status=status)) as gw:
+        client = openai.AsyncOpenAI(api_key="x", base_url="http://localhost/v1", http_client=_http(gw), max_retries=0)
         with pytest.raises(exc) as caught:
             await client.chat.completions.create(
                 model="slow", messages=[{"role": "user", "content": "x"}], stream=stream
             )
-        assert caught.value.status_code == status  # type: ignore[attr-defined]
-        assert caught.value.code == code  # type: ignore[attr-defined]
+        assert caught.value.status_code == status
+        assert caught.value.code == code
         row = (await gw.rows())[0]
         assert (row.status, row.http_status, row.error_code) == (code, status, code)  # the row names the fault
 
 
 async def test_mid_stream_failure_sends_error_event_and_records_delivered_tokens(db_path: Path) -> None:
     settings = slow_settings(db_path, fail_after_tokens=3, tokens_per_s=1000, report_usage=False)
-    async with gateway(settings) as gw:  # type: ignore[arg-type]
-        client = openai.AsyncOpenAI(api_key="x", base_url="http://localhost/v1", http_client=gw.http, max_retries=0)
+    async with gateway(settings) as gw:
+        client = openai.AsyncOpenAI(api_key="x", base_url="http://localhost/v1", http_client=_http(gw), max_retries=0)
         stream = await client.chat.completions.create(
             model="slow", messages=[{"role": "user", "content": "x y"}], stream=True
         )
@@ -112,8 +118,8 @@ async def test_mid_stream_failure_sends_error_event_and_records_delivered_tokens
 
 async def test_missing_backend_usage_is_counted_for_include_usage(db_path: Path) -> None:
     settings = slow_settings(db_path, output_tokens=4, tokens_per_s=1000, report_usage=False)
-    async with gateway(settings) as gw:  # type: ignore[arg-type]
-        client = openai.AsyncOpenAI(api_key="x", base_url="http://localhost/v1", http_client=gw.http)
+    async with gateway(settings) as gw:
+        client = openai.AsyncOpenAI(api_key="x", base_url="http://localhost/v1", http_client=_http(gw))
         stream = await client.chat.completions.create(
             model="slow",
             messages=[{"role": "user", "content": "one two three"}],
@@ -127,10 +133,16 @@ async def test_missing_backend_usage_is_counted_for_include_usage(db_path: Path)
         assert (row.input_tokens, row.output_tokens, row.usage_source) == (3, 4, "tokenizer")
 
 
-async def _rows(services: object) -> list[object]:
+def _http(gw: Gateway) -> httpx2.AsyncClient:
+    """The gateway's client for the SDK, which takes an httpx.AsyncClient too (it checks for either at runtime);
+    its annotation names only httpx2's."""
+    return cast("httpx2.AsyncClient", gw.http)
+
+
+async def _rows(services: Services) -> list[Any]:
     import sqlalchemy as sa
 
     from margin.ledger.models import ledger
 
-    async with services.engine.connect() as connection:  # type: ignore[attr-defined]
+    async with services.engine.connect() as connection:
         return list(await connection.execute(sa.select(ledger)))

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import openai
 import orjson
 
 from margin.config import Settings
 from tests.helpers import Gateway, fake_settings
+
+if TYPE_CHECKING:
+    import httpx2
 
 FINAL = {"completed", "failed", "expired", "cancelled"}
 
@@ -33,7 +36,9 @@ def jsonl(*items: Any) -> bytes:
 
 
 def sdk(gw: Gateway, key: str = "unused") -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(api_key=key, base_url="http://localhost/v1", http_client=gw.http, max_retries=0)
+    # the SDK takes an httpx.AsyncClient too (it checks for either at runtime); its annotation names only httpx2's
+    http = cast("httpx2.AsyncClient", gw.http)
+    return openai.AsyncOpenAI(api_key=key, base_url="http://localhost/v1", http_client=http, max_retries=0)
 
 
 async def wait_final(client: openai.AsyncOpenAI, batch_id: str, seconds: float = 30.0) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import openai
 import pytest
@@ -29,7 +29,7 @@ from tests.helpers import fake_settings, gateway
 NOW = datetime(2026, 12, 5, tzinfo=UTC)
 OWNER = store.Owner("k")
 BAD = b"not json\n" * 100  # 900 bytes, 100 refused lines: ~160 bytes of JSON each once stored
-ENDPOINT = "/v1/chat/completions"
+ENDPOINT: Final = "/v1/chat/completions"
 
 
 async def _engine(tmp_path: Path) -> AsyncEngine:

@@ -3,6 +3,7 @@ hour and the default deployment, unknown values last, and the saving against run
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -94,13 +95,12 @@ def test_other_jobs_plans_take_capacity() -> None:
     assert used_capacity([plan, None]) == {("b", T0.isoformat()): 50, ("b", (T0 + H).isoformat()): 50}
 
 
+ZONES: tuple[tuple[str, Callable[[int], int], Callable[[int], str]], ...] = (
+    ("GREEN", lambda h: 400 if h < 12 else 40, lambda h: "0.30"),
+    ("CHEAP", lambda h: 500, lambda h: "0.01"),
+)
 CURVES = "zone,year,month,hour_utc,g_co2e_per_kwh,usd_per_kwh\n" + "".join(
-    f"{zone},2026,7,{h},{g(h)},{p(h)}\n"
-    for zone, g, p in (
-        ("GREEN", lambda h: 400 if h < 12 else 40, lambda h: "0.30"),
-        ("CHEAP", lambda h: 500, lambda h: "0.01"),
-    )
-    for h in range(24)
+    f"{zone},2026,7,{h},{g(h)},{p(h)}\n" for zone, g, p in ZONES for h in range(24)
 )
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,7 +66,11 @@ async def test_html_tables_show_the_costliest_groups_and_the_json_every_one(db_p
     engine.dispose()
     headers = {"authorization": f"Bearer {made['search']}"}
     async with gateway(fake_settings(db_path, revenue=REVENUE)) as gw:
-        for page, groups_of in (("breakdown", lambda d: d["groups"]), ("margin", lambda d: d["margins"]["groups"])):
+        pages: tuple[tuple[str, Callable[[Any], list[Any]]], ...] = (
+            ("breakdown", lambda d: d["groups"]),
+            ("margin", lambda d: d["margins"]["groups"]),
+        )
+        for page, groups_of in pages:
             api = await gw.http.get(f"/dashboard/api/{page}?by=feature", headers=headers)
             html = await gw.http.get(f"/dashboard/{page}?by=feature", headers=headers)
             groups = groups_of(api.json())

@@ -60,7 +60,7 @@ def test_windows_are_calendar_aligned_utc(period: str, start: str, end: str) -> 
 
 def test_december_rolls_into_next_year_and_lifetime_has_no_window() -> None:
     assert window("month", datetime(2026, 12, 31, 23, 59, tzinfo=UTC))[1] == datetime(2027, 1, 1, tzinfo=UTC)
-    budget = BudgetSpec(name="b", scope=Scope(kind="global"), usd=1, period="lifetime")  # type: ignore[arg-type]
+    budget = BudgetSpec(name="b", scope=Scope(kind="global"), usd=1, period="lifetime")
     assert window("lifetime", datetime.now(UTC)) == (None, None)
     assert counter_name(budget, None) == "b@lifetime"
 

@@ -86,8 +86,9 @@ def test_request_texts_roles_and_conversation_only() -> None:
 
 
 def test_answers_with_tool_calls() -> None:
-    payload = {"choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type":
-               "function", "function": {"name": "send", "arguments": '{"to": "<EMAIL_1>"}'}}]}}]}  # fmt: skip
+    payload: dict[str, Any] = {"choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "send", "arguments": '{"to": "<EMAIL_1>"}'}}
+    ]}}]}  # fmt: skip
     assert answer_text(payload) == "<EMAIL_1>"
     assert rewrite_answer(payload, lambda text: text.replace("<EMAIL_1>", EMAIL))
     assert orjson.loads(payload["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]) == {"to": EMAIL}

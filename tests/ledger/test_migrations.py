@@ -125,7 +125,7 @@ def test_0009_and_0010_rebuild_the_rollups_and_link_feedback_to_tasks(tmp_path: 
     db.upgrade(url)
     engine = db.make_sync_engine(url)
     with engine.connect() as connection:
-        linked = dict(connection.exec_driver_sql("SELECT request_id, task FROM feedback").all())
+        linked: dict[str, str | None] = dict(connection.exec_driver_sql("SELECT request_id, task FROM feedback").all())
         attach = connection.exec_driver_sql("SELECT count(*) FROM ledger_attach").scalar()
     assert linked and all(task is not None and task[:2] in ("t:", "r:") for task in linked.values())
     assert attach and summarize(engine, Window(), "customer") == summarize(engine, Window(rollup=False), "customer")

@@ -60,7 +60,8 @@ async def drive(url: str, pid: int) -> tuple[Load, float, float]:
     """Poisson arrivals at RATE until KILL_AFTER requests were acknowledged, then `kill -9` (arrivals go on
     until then, so requests are in flight); returns once every request has ended, with the rates offered and
     answered (req/s)."""
-    load, rng, tasks = Load(), random.Random(14), []
+    load, rng = Load(), random.Random(14)
+    tasks: list[asyncio.Task[None]] = []
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as http:
         started = due = time.monotonic()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -165,7 +166,7 @@ def test_latency_percentiles_exact_totals_and_bounded_groups(tmp_path: Path, rol
     groups = {g["key"]: g for g in found["groups"]}
     untagged = sorted(v for n, v in enumerate(e2e) if n % 2 == 0)  # the NULL feature group
     tagged = sorted(v for n, v in enumerate(e2e) if n % 2)
-    close = {"rel": RELATIVE_ERROR, "abs": 1e-9}
+    close: dict[str, Any] = {"rel": RELATIVE_ERROR, "abs": 1e-9}
     assert groups[None]["latency_p95_ms"] == pytest.approx(percentile(untagged, 95), **close)
     assert groups["a"]["latency_p50_ms"] == pytest.approx(percentile(tagged, 50), **close)
     tagged_ttft = sorted(v / 2 for n, v in enumerate(e2e) if n % 2 and n % 3 == 0)

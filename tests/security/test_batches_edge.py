@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import httpx
 import orjson
 
 from tests.helpers import peak_rss
@@ -36,8 +37,8 @@ def _finished(client: Any, file_id: str, polls: int) -> Any:
     return batch
 
 
-def _upload(client: object, content: bytes, purpose: str = "batch") -> object:
-    return client.post("/v1/files", files={"file": ("in.jsonl", content)}, data={"purpose": purpose})  # type: ignore[attr-defined]
+def _upload(client: httpx.Client, content: bytes, purpose: str = "batch") -> httpx.Response:
+    return client.post("/v1/files", files={"file": ("in.jsonl", content)}, data={"purpose": purpose})
 
 
 def test_upload_limits_and_media_types(served: ServeFactory) -> None:

@@ -50,7 +50,7 @@ def nested(depth: int) -> dict[str, Any]:
     return node
 
 
-SCHEMAS = {
+SCHEMAS: dict[str, dict[str, Any]] = {
     "maxLength-1010 (segfaulted llama.cpp)": {"type": "string", "maxLength": 1010},
     "pattern-repeat-1500 (segfaulted)": {"type": "string", "pattern": "^a{0,1500}$"},
     "minItems-1e9 (~18 GB of grammar)": {"type": "array", "items": {"type": "integer"}, "minItems": 10**9},

@@ -114,7 +114,8 @@ def test_the_stream_cap_holds_across_workers(served: ServeFactory) -> None:
             assert first.status_code == 200
             chunks = first.iter_raw()  # kept: a dropped iterator closes its stream
             assert next(chunks)
-            pids, codes = set(), []
+            pids: set[int] = set()
+            codes: list[int] = []
             deadline = time.monotonic() + 10  # well within the stream's 20 s
             while len(codes) < 16 or (len(pids) < 2 and time.monotonic() < deadline):
                 # a new connection each time: the kernel spreads them over the workers

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -126,7 +126,9 @@ async def test_a_callers_trace_context_is_joined_and_hostile_ones_ignored(db_pat
         async with gateway(fake_settings(db_path, telemetry={"otlp_endpoint": endpoint})) as gw:
             body = {"model": "fc", "messages": [{"role": "user", "content": "one two three"}]}
             for name, headers in CALLS.items():
-                answer = await gw.http.post("/v1/chat/completions", json=body, headers=headers)
+                # httpx sends a str name with a bytes value as those bytes (`latin1`); its stubs want one or the other
+                sent = cast("dict[str, str]", headers)
+                answer = await gw.http.post("/v1/chat/completions", json=body, headers=sent)
                 assert answer.status_code == 200, name  # a hostile header never fails a request
                 ids[name] = answer.headers["x-margin-request-id"]
     by_call = {name: [s for s in spans if s["attributes"]["margin.request_id"] == rid] for name, rid in ids.items()}

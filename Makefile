@@ -28,7 +28,7 @@ lint: $(TEST_STAMP)
 	$(BIN)/lint-imports
 
 typecheck: $(TEST_STAMP)
-	$(BIN)/mypy src
+	$(BIN)/mypy src tests benchmarks scripts
 
 unit: $(TEST_STAMP)
 	$(BIN)/python -m pytest -m "not integration" $(ARGS)

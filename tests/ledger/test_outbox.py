@@ -16,6 +16,7 @@ from margin.ledger import db
 from margin.ledger.batch import BatchSink, Cursor
 from margin.ledger.models import ledger_hourly, outbox_offsets
 from margin.ledger.outbox import Depth, IngestIn, Outbox, OutboxError, encode
+from tests.helpers import polls
 from tests.ledger.rows import read_ledger, row
 
 
@@ -34,6 +35,7 @@ async def test_rows_reach_the_ledger_once_and_the_files_go(tmp_path: Path, inges
     db.upgrade(url)
     outbox = Outbox(url, tmp_path / "box", ingest_in=ingest_in, interval_s=60.0)  # only flushes move rows
     outbox.start()
+    await outbox.flush()  # the minute counts from a pass: before the first one, a waiting row is already overdue
     for request_id in ("a", "b", "a"):  # a replayed settlement
         outbox.append(row(request_id))
     assert outbox.depth.rows == 3 and outbox.depth.bytes > 0
@@ -141,8 +143,9 @@ async def test_the_byte_bound_fills_the_outbox_too(tmp_path: Path) -> None:
 async def test_files_rotate_and_each_is_deleted_once_ingested(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'o.db'}"
     db.upgrade(url)
-    outbox = Outbox(url, tmp_path / "box", segment_bytes=4096, batch_bytes=64 * 1024)
+    outbox = Outbox(url, tmp_path / "box", segment_bytes=4096, batch_bytes=64 * 1024, interval_s=60.0)
     outbox.start()
+    await outbox.flush()  # only flushes move rows (the minute counts from this pass): the count below is exact
     written: list[str] = []
     while len([name for name in files(tmp_path / "box") if name.endswith(".jsonl")]) < 5:  # ~300 bytes a row
         written.append(f"r{len(written)}")
@@ -240,14 +243,17 @@ def test_the_directory_defaults_beside_a_sqlite_ledger(tmp_path: Path, monkeypat
 async def test_fsync_policies_leave_nothing_unsynced(tmp_path: Path, policy: str) -> None:
     url = f"sqlite:///{tmp_path / 'o.db'}"
     db.upgrade(url)
-    outbox = Outbox(url, tmp_path / "box", fsync=policy, fsync_interval_s=0.01)  # type: ignore[arg-type]
+    # `interval`: the ingester's first sync comes 1 s after its start, so the check right after the append cannot
+    # find it synced already (with 10 ms, a stall there let the thread sync first)
+    outbox = Outbox(url, tmp_path / "box", fsync=policy, fsync_interval_s=1.0)  # type: ignore[arg-type]
     outbox.start()
     outbox.append(row("a"))
     assert outbox._writer._dirty is (policy == "interval")  # `always` synced inside append
-    for _ in range(100):  # `interval`: the ingester's thread syncs within the interval
+    for _ in polls():  # `interval`: the ingester's thread syncs within the interval
         await outbox.flush()
         if not outbox._writer._dirty:
             break
+        await asyncio.sleep(0.05)
     assert not outbox._writer._dirty
     await outbox.close()
     assert [r.request_id for r in read_ledger(url)] == ["a"]

@@ -12,6 +12,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+from margin.ledger import sink_process
 from margin.ledger.outbox import Outbox
 from tests.helpers import gone, wait_gone
 from tests.ledger.rows import read_ledger, row
@@ -111,7 +114,12 @@ async def test_the_child_exits_with_its_killed_gateway_and_the_next_start_ingest
     assert os.listdir(box) == []
 
 
-async def test_a_ledger_the_child_cannot_open_keeps_the_rows_and_says_why(tmp_path: Path) -> None:
+async def test_a_ledger_the_child_cannot_open_keeps_the_rows_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # no second child within the test: with the 1 s first wait, a stall before the second flush let a pass
+    # (the flush's, or a background one: every 10 ms, slowing to 1 s) start another
+    monkeypatch.setattr(sink_process, "RESTART_BACKOFF_S", (60.0, 60.0))
     outbox = Outbox("nosuchdb://u@h/db", tmp_path / "box", ingest_in="process", interval_s=0.01)
     outbox.start()
     outbox.append(row("kept"))

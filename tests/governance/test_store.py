@@ -114,9 +114,9 @@ async def test_budget_refusal_charges_no_rate_and_rate_refusal_reserves_nothing(
 
 async def test_gcra_checks_are_all_or_nothing(store: Store) -> None:
     tight = Gcra("rpm:a", 60.0, 60.0)  # 1 per minute
-    loose = Gcra("rpm:b", 1.0, 60.0)
+    loose = Gcra("rpm:b", 60.0, 3600.0)  # 60 an hour: one comes back a minute (at 60 a minute, a 1 s stall freed one)
     assert (await store.admit(next_id(), [], 60, [tight, loose], [False, False])).wait == 0.0
     assert (await store.admit(next_id(), [], 60, [tight, loose], [False, False])).wait > 0
-    for _ in range(59):  # b was charged once only: 59 more fit in its minute
+    for _ in range(59):  # b was charged once only: 59 more fit in its hour
         assert (await store.admit(next_id(), [], 60, [loose], [False])).wait == 0.0
     assert (await store.admit(next_id(), [], 60, [loose], [False])).wait > 0

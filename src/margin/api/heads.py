@@ -43,7 +43,6 @@ import asyncio
 import contextlib
 import socket
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,21 +73,20 @@ class ConnectionLimits:
 
 
 class AskedFlow(FlowControl):
-    """uvicorn's flow control, which also tells the protocol when the app asks for more of a body it `watches`
-    (uvicorn resumes reading then, and sends a `100 Continue` just before). Inlined, not `super()`: this runs
-    twice a request."""
+    """uvicorn's flow control, which also tells the protocol when the app asks for more of a body whose
+    deadline is armed (uvicorn resumes reading then, and sends a `100 Continue` just before). Inlined, not
+    `super()`: this runs twice a request."""
 
-    def __init__(self, transport: asyncio.Transport, on_ask: Callable[[], None]) -> None:
+    def __init__(self, transport: asyncio.Transport, protocol: BoundedHttpToolsProtocol) -> None:
         super().__init__(transport)
-        self.on_ask = on_ask
-        self.watching = False  # while a body's deadline is armed
+        self.protocol = protocol
 
     def resume_reading(self) -> None:
         if self.read_paused:
             self.read_paused = False
             self._transport.resume_reading()
-        if self.watching:
-            self.on_ask()
+        if self.protocol.deadline_for == BODY:
+            self.protocol.asked()
 
 
 class HeadTooLarge(Exception):
@@ -120,7 +118,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.flow = AskedFlow(transport, self.asked)
+        self.flow = AskedFlow(transport, self)
         if len(self.connections) > self.limits.max_connections:
             self.logger.warning("More than %d connections: 503.", self.limits.max_connections)
             self.close_with(503, TOO_MANY)
@@ -213,19 +211,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.deadline is not None:
             self.deadline.cancel()
         self.deadline, self.deadline_for = self.loop.call_later(seconds, self.expire), kind
-        self.flow.watching = kind == BODY
 
     def disarm(self) -> None:
         if self.deadline is not None:
             self.deadline.cancel()
             self.deadline, self.deadline_for = None, ""
-            self.flow.watching = False
 
     def expire(self) -> None:
         """A deadline passed. A body the app is not reading (uvicorn paused reading it) or that waits for the
         app's `100 Continue` is not the client's delay: its deadline starts again."""
         kind, self.deadline, self.deadline_for = self.deadline_for, None, ""
-        self.flow.watching = False
         if self.transport.is_closing():
             return
         cycle = self.cycle

@@ -58,13 +58,18 @@ def _upstream_message(body: bytes) -> tuple[str, str | None]:
     return str(error)[:300], None
 
 
+def _log_upstream(backend: str, what: str, message: str) -> None:
+    """An upstream's own text, escaped, to the log only (it can hold key prefixes, hosts, internals)."""
+    log.warning("upstream %s %s: %s", backend, what, printable(message))
+
+
 def upstream_error(backend: str, status: int, body: bytes, headers: Mapping[str, str]) -> MarginError:
     """Translate an upstream error status at the boundary. The upstream's own text goes to the log (escaped),
     never to the client: it can hold the upstream's key prefix, hosts or internals. The client gets the status
     and the upstream's error code when it is a plain identifier. 4xx pass through (429 keeps a numeric
     Retry-After); the upstream refusing margin's credentials and 5xx become 502."""
     message, code = _upstream_message(body)
-    log.warning("upstream %s answered %d: %s", backend, status, printable(message))
+    _log_upstream(backend, f"answered {status}", message)
     code = code if code is not None and SAFE_CODE.fullmatch(code) else None
     if status == 429:
         retry = headers.get("retry-after", "")
@@ -247,8 +252,7 @@ class OpenAIBackend:
         if not isinstance(payload, dict):
             raise BackendError(f"upstream {self.name} sent JSON that is not an object", code="upstream_bad_response")
         if _is_error(payload):  # an error under a 200: its text goes to the log, never to the caller
-            message, _code = _upstream_message(content)
-            log.warning("upstream %s answered 200 with an error: %s", self.name, printable(message))
+            _log_upstream(self.name, "answered 200 with an error", _upstream_message(content)[0])
             raise BackendError("the upstream failed (an error under HTTP 200)")
         self._served += 1
         usage = Usage.from_openai(payload.get("usage"))
@@ -369,8 +373,7 @@ class OpenAIBackend:
         if event is not None and event != b"[DONE]":
             yield [self._chunk(event)]
         elif first:  # not one event (an empty body, `[DONE]` alone, a JSON error body): no answer, not an empty one
-            message, _code = _upstream_message(lines.rest())
-            log.warning("upstream %s sent a stream without events: %s", self.name, printable(message))
+            _log_upstream(self.name, "sent a stream without events", _upstream_message(lines.rest())[0])
             raise BackendError(f"upstream {self.name} sent a stream without events", code="upstream_bad_response")
 
     def _batch(self, events: list[bytes], batch: list[Chunk], *, first: bool) -> bool:
@@ -421,8 +424,7 @@ class OpenAIBackend:
         if not isinstance(payload, dict):
             raise self._invalid_event()
         if _is_error(payload):
-            message, _code = _upstream_message(data)
-            log.warning("upstream %s failed mid-stream: %s", self.name, printable(message))
+            _log_upstream(self.name, "failed mid-stream", _upstream_message(data)[0])
             raise BackendError("the upstream failed mid-stream")
         usage = Usage.from_openai(payload.get("usage")) if payload.get("usage") else None
         return Chunk(payload=payload, raw=data, text=delta_text(payload), usage=usage)

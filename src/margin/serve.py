@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 from rich.console import Console
+from rich.text import Text
 
 from margin.api.heads import BoundedHttpToolsProtocol, ConnectionLimits
 from margin.config import Settings, config_hash, is_loopback, parse_settings
@@ -23,6 +24,7 @@ from margin.keys import open_exposure
 from margin.ledger import db
 from margin.ledger.models import api_keys
 from margin.logs import configure as configure_logging
+from margin.terminal import plain
 
 
 def active_key_count(settings: Settings) -> int:
@@ -44,14 +46,18 @@ def check_exposure(settings: Settings, keys: int) -> None:
 
 
 def banner(console: Console, settings: Settings, keys: int) -> None:
+    """The start-up lines. The config's names (models, aliases, backends, the address, the ledger) are literal
+    text (`margin.terminal`): a model named `[link=https://…]x[/link]` is no hyperlink and `[/x]` no crash."""
     server = settings.server
-    console.print(f"[bold]margin[/] gateway on http://{server.host}:{server.port}/v1  (config {config_hash(settings)})")
+    address = plain(f"http://{server.host}:{server.port}/v1")
+    console.print(Text.assemble(("margin", "bold"), " gateway on ", address, f"  (config {config_hash(settings)})"))
     for name, model in settings.models.items():
-        aliases = f" (aliases: {', '.join(model.aliases)})" if model.aliases else ""
-        console.print(
-            f"  model [cyan]{name}[/]{aliases} → backend {model.backend} \\[{settings.backends[model.backend].kind}]"
-        )
-    console.print(f"  ledger: {settings.storage.ledger}")
+        line = Text.assemble("  model ", plain(name, "cyan"))
+        if model.aliases:
+            line.append_text(Text.assemble(" (aliases: ", plain(", ".join(model.aliases)), ")"))
+        kind = settings.backends[model.backend].kind
+        console.print(line.append_text(Text.assemble(" → backend ", plain(model.backend), " [", plain(kind), "]")))
+    console.print(Text.assemble("  ledger: ", plain(settings.storage.ledger)))
     if keys == 0:
         console.print(
             "  [yellow]running OPEN: no API keys exist, so any local caller is accepted "
@@ -159,7 +165,8 @@ def run(settings: Settings, console: Console, config_path: Path | None = None) -
         uvicorn.Server(uvicorn.Config(build_app(settings, config_path=config_path), **_server_options(settings))).run()
         return
     with shared_state(settings) as shared, metrics_dir():
-        console.print(f"  {workers} worker processes; budgets, limits and cache shared through {shared.storage.redis}")
+        redis = plain(shared.storage.redis)
+        console.print(Text.assemble(f"  {workers} worker processes; budgets, limits and cache shared through ", redis))
         handed = {"settings": shared.model_dump(mode="json"), "config_hash": config_hash(settings)}
         os.environ[WORKER_SETTINGS] = orjson.dumps(handed).decode()
         if config_path is not None:

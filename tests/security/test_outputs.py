@@ -2,7 +2,8 @@
 list` and the FOCUS export: against a running gateway, keys made over the admin API and requests tagged over
 HTTP, then the operator's commands. Each failed before: rich read a team as markup (`[link=…]` became a
 hyperlink to the attacker's site, `[/x]` a traceback), C1 and bidi controls reached the terminal, and CSV cells
-such as `=HYPERLINK(…)` or `+cmd` were formulas to the spreadsheet that opened them."""
+such as `=HYPERLINK(…)` or `+cmd` were formulas to the spreadsheet that opened them. The operator's own config
+names (models, aliases, backends) in `margin serve`'s start-up lines likewise: `[/x]` stopped the gateway."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tests.security.conftest import Served, ServeFactory
+import pytest
+
+from tests.security.conftest import FAKE_CONFIG, Served, ServeFactory
 
 LINK = "[link=https://evil.example/]ops[/link]"
 TEAM = "[/x]\x9b2J\u202eevil"  # an unmatched closing tag, an 8-bit CSI, a right-to-left override
@@ -103,3 +106,23 @@ def test_csv_and_focus_cells_are_never_formulas(served: ServeFactory, tmp_path: 
     focus_cells = _cells(out.read_text())
     assert focus_cells.count("'" + FORMULA) == 2  # SubAccountId, SubAccountName
     assert any('"customer":"@SUM"' in cell for cell in focus_cells)  # Tags: a JSON object, as it was
+
+
+def test_serve_banner_prints_config_names_as_text(
+    served: ServeFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`margin serve` on a colour terminal (rich emits styles and hyperlinks) with hostile names in its config:
+    it starts, and its banner shows each name as the text it is."""
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "300")
+    backend = "[/b]fake"
+    config = {
+        "backends": {backend: FAKE_CONFIG["backends"]["fake"]},
+        "models": {LINK: {"backend": backend}, "fake-chat": {"backend": backend, "aliases": [TEAM]}},
+    }
+    with served(config) as gw, gw.client() as client:
+        assert client.post("/v1/chat/completions", json={**CHAT, "model": TEAM}).is_success
+    banner = (tmp_path / "serve.log").read_text()
+    _shown_literally(banner)
+    assert f"model {LINK} → backend {backend} [fake]" in banner, banner
+    assert "\x1b[1m" in banner  # rich did style the output (so it would have made a link)

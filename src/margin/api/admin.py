@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import Response
@@ -17,7 +16,7 @@ from starlette.routing import Route
 
 from margin import keys
 from margin.api.edge import read_json
-from margin.api.errors import JSON, error_response
+from margin.api.errors import error_response, json_response
 from margin.economics.money import from_nanousd, usd_str
 from margin.errors import ConfigError, InvalidRequest, MarginError, NotFound, PermissionDenied
 from margin.governance.admission import counter_name, window
@@ -31,10 +30,6 @@ KINDS = {"budgets": "budget", "limits": "limit", "flags": "flag"}
 Handler = Callable[[Request, Any], Awaitable[Any]]
 
 
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type=JSON)
-
-
 def endpoint(handler: Handler, admin: bool = True) -> Callable[[Request], Awaitable[Response]]:
     async def run(request: Request) -> Response:
         services = request.app.state.services
@@ -45,7 +40,7 @@ def endpoint(handler: Handler, admin: bool = True) -> Callable[[Request], Awaita
             result = await handler(request, principal)
         except MarginError as exc:
             return error_response(exc)
-        return result if isinstance(result, Response) else _json(result)
+        return result if isinstance(result, Response) else json_response(result)
 
     return run
 
@@ -141,7 +136,7 @@ async def create_key(request: Request, _: Principal) -> Any:
     spec = keys.KeyRequest.parse(await read_json(request)).spec()
     services = request.app.state.services
     record, key = await services.read(keys.create_key, services.sync_engine(), spec)
-    return _json({**record.public(), "key": key}, status=201)
+    return json_response({**record.public(), "key": key}, status=201)
 
 
 async def revoke_key(request: Request, _: Principal) -> Any:

@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from margin.api.admin import endpoint
 from margin.api.edge import read_json
+from margin.api.errors import NOSNIFF
 from margin.batches import jsonl, store
 from margin.batches.objects import batch_object, file_object
 from margin.errors import InvalidRequest, NotFound
@@ -93,7 +94,7 @@ async def file_content(request: Request, principal: Principal) -> Any:
     """The file's bytes, streamed part by part (an output file may be as large as all its answers)."""
     file_id, engine = request.path_params["file_id"], _services(request).engine
     row = await store.get_file(engine, file_id, _owner(principal))  # 404 unless it is the caller's
-    headers = {"content-length": str(row.bytes)}
+    headers = {"content-length": str(row.bytes), NOSNIFF[0]: NOSNIFF[1]}
     return StreamingResponse(store.file_chunks(engine, file_id), media_type="application/octet-stream", headers=headers)
 
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import orjson
 from starlette.types import Send
 
-from margin.api.errors import JSON, error_body, status_of
+from margin.api.errors import JSON, NOSNIFF_RAW, error_body, status_of
 from margin.errors import MarginError
 from margin.ledger.outbox import OutboxError
 from margin.pipeline.values import ClientGone
@@ -69,7 +69,12 @@ class AsgiClient:
                 await self.end_stream(done)
             return
         merged = {**error.headers, **headers}
-        raw = [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode()), *_encoded(merged)]
+        raw = [
+            (b"content-type", JSON.encode()),
+            (b"content-length", str(len(body)).encode()),
+            NOSNIFF_RAW,
+            *_encoded(merged),
+        ]
         await self._send({"type": "http.response.start", "status": status_of(error), "headers": raw})
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
 

@@ -1,8 +1,10 @@
 """The one place where margin's errors become HTTP: each error class's status and OpenAI error type, the
-OpenAI-shaped JSON body, and the error response."""
+OpenAI-shaped JSON body, and the error response; and the headers every JSON answer of margin's own app carries
+(errors, admin, models, health, dashboard API)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -11,6 +13,10 @@ from starlette.responses import Response
 from margin import errors as e
 
 JSON = "application/json"
+NOSNIFF = ("x-content-type-options", "nosniff")
+"""On every answer margin's own app makes (errors, admin, models, health, dashboard): a browser that opens one
+takes it as the type it says and never sniffs a JSON body holding a caller's values as HTML or script."""
+NOSNIFF_RAW = (NOSNIFF[0].encode(), NOSNIFF[1].encode())  # the same, as an ASGI header (margin.api.client)
 
 # class → (HTTP status, OpenAI error type); a subclass not listed takes its nearest listed base's entry
 MAPPING: dict[type[e.MarginError], tuple[int, str]] = {
@@ -54,8 +60,15 @@ def error_body(error: e.MarginError) -> dict[str, Any]:
 
 def error_response(error: e.MarginError, request_id: str | None = None, status: int | None = None) -> Response:
     """The OpenAI error JSON; `status` overrides the class's (an HTTP error starlette raised itself)."""
-    headers = dict(error.headers)
+    headers = {NOSNIFF[0]: NOSNIFF[1], **error.headers}
     if request_id:
         headers["x-margin-request-id"] = request_id
     body = orjson.dumps(error_body(error))
     return Response(body, status_code=status or status_of(error), media_type=JSON, headers=headers)
+
+
+def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    """`data` as JSON, with nosniff (and `headers`)."""
+    return Response(
+        orjson.dumps(data), status_code=status, media_type=JSON, headers={NOSNIFF[0]: NOSNIFF[1], **(headers or {})}
+    )

@@ -6,12 +6,11 @@ import os
 import time
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from margin import __version__
-from margin.api.errors import JSON, error_response
+from margin.api.errors import error_response, json_response
 from margin.errors import MarginError, ModelNotFound
 from margin.keys import authenticate
 
@@ -39,8 +38,7 @@ async def list_models(request: Request) -> Response:
         await _authenticate(request)
     except MarginError as exc:
         return error_response(exc)
-    body = {"object": "list", "data": _model_entries(request.app.state.services)}
-    return Response(orjson.dumps(body), media_type=JSON)
+    return json_response({"object": "list", "data": _model_entries(request.app.state.services)})
 
 
 async def get_model(request: Request) -> Response:
@@ -49,7 +47,7 @@ async def get_model(request: Request) -> Response:
         wanted = request.path_params["model"]
         for entry in _model_entries(request.app.state.services):
             if entry["id"] == wanted:
-                return Response(orjson.dumps(entry), media_type=JSON)
+                return json_response(entry)
         raise ModelNotFound(f"The model `{wanted}` does not exist or you do not have access to it.", param="model")
     except MarginError as exc:
         return error_response(exc)
@@ -89,10 +87,10 @@ async def healthz(request: Request) -> Response:
     services = request.app.state.services
     status, backends = _status(services)
     body = _details(services, status, backends) if await _operator(request) else {"status": status}
-    return Response(orjson.dumps(body), media_type=JSON)
+    return json_response(body)
 
 
 async def readyz(request: Request) -> Response:
     """200 once every backend has loaded, else 503: a bare status, for load balancers."""
     status, _ = _status(request.app.state.services)
-    return Response(orjson.dumps({"status": status}), media_type=JSON, status_code=200 if status == "ok" else 503)
+    return json_response({"status": status}, status=200 if status == "ok" else 503)

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from margin.api.admin import endpoint
+from margin.api.errors import NOSNIFF
 from margin.errors import NotFound
 from margin.report.queries import percentile
 from margin.telemetry.metrics import CONTENT_TYPE
@@ -26,7 +27,7 @@ async def metrics(request: Request, _: Principal) -> Response:
         raise NotFound("metrics are turned off (telemetry.metrics: false)")
     telemetry.refresh()  # circuits and queue depth as of now, not as of the last refresh
     body = await asyncio.to_thread(telemetry.metrics.render)
-    return Response(body, media_type=CONTENT_TYPE)
+    return Response(body, media_type=CONTENT_TYPE, headers=dict([NOSNIFF]))
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from margin import __version__
 from margin.api.batches import BatchCreateRequest
-from margin.api.errors import JSON
+from margin.api.errors import JSON, NOSNIFF
 from margin.keys import KeyRequest
 from margin.ledger.feedback import FeedbackItem
 from margin.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -241,6 +241,6 @@ def endpoint() -> Callable[[Request], Awaitable[Response]]:
     body = orjson.dumps(document())
 
     async def openapi_json(request: Request) -> Response:
-        return Response(body, media_type=JSON, headers={"cache-control": "no-cache"})
+        return Response(body, media_type=JSON, headers={"cache-control": "no-cache", NOSNIFF[0]: NOSNIFF[1]})
 
     return openapi_json

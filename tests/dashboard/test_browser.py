@@ -12,9 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from margin.cli import app
-from margin.economics.money import from_nanousd, usd_str
+from margin.economics.money import from_nanousd, human_usd, usd_str
 from margin.governance.admission import window
-from margin.report.render import human_usd
 from tests.dashboard.conftest import LiveDashboard
 from tests.dashboard.seed import ROWS
 from tests.dashboard.test_numbers import report_view

@@ -230,3 +230,30 @@ def test_judge_graded_items_need_a_judge_before_anything_runs(tmp_path: Path) ->
     path = experiment(tmp_path, judge=None)
     done = CliRunner().invoke(app, ["eval", "run", str(path), "--out", str(tmp_path / "run")])
     assert done.exit_code == 2 and "judge" in done.output and not (tmp_path / "run").exists()
+
+
+def test_run_files_hold_no_ledger_password(tmp_path: Path, fresh_postgres: str) -> None:
+    """A target's ledger URL with a password (the test server trusts loopback and ignores it): the run reads
+    the ledger with it, and run.json and results.json, files to share, show `***` for it."""
+    from margin.evals.summary import load_run
+    from tests.helpers import margin_serve
+
+    ledger = fresh_postgres.replace("://margin@", "://margin:s3cret@", 1)
+    path = experiment(tmp_path)
+    gateway = tmp_path / "gateway-pg.yaml"
+    gateway.write_text(yaml.safe_dump({**GATEWAY, "storage": {"ledger": ledger, "flush_interval_ms": 10}}))
+    with margin_serve(None, tmp_path / "serve.log", config=gateway, ready_s=60) as (url, _):
+        spec = yaml.safe_load(path.read_text())
+        spec["target"] = {"base_url": f"{url}/v1", "ledger": ledger}
+        path.write_text(yaml.safe_dump(spec))
+        run_experiment(load_experiment(path), tmp_path / "run", no_progress)
+    files = {name: (tmp_path / "run" / name).read_text() for name in ("run.json", "results.json")}
+    for name, text in files.items():
+        assert "s3cret" not in text, name
+    meta = json.loads(files["run.json"])
+    shown = ledger.replace("s3cret", "***")
+    assert meta["ledger"]["url"] == shown and meta["ledger"]["rows"] == 14  # 12 answers, 2 judge calls
+    assert meta["experiment"]["target"]["ledger"] == shown
+    assert load_run(tmp_path / "run")["variants"]  # the run folder still reads back
+    resumed = run_experiment(load_experiment(path), tmp_path / "run", no_progress)  # the same experiment: resumed
+    assert resumed["variants"] and json.loads((tmp_path / "run" / "run.json").read_text())["resumed"] == 1

@@ -1,6 +1,6 @@
 """The gateway loads none of the offline kits: checked in a fresh interpreter (what `margin serve` imports),
-as is the FOCUS export, which loads no terminal renderer (rich); and the import contracts in pyproject.toml hold
-(the same check `make lint` runs)."""
+as are the FOCUS export and the dashboard, which load no terminal renderer (rich); and the import contracts in
+pyproject.toml hold (the same check `make lint` runs)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 KITS = ("margin.bench", "margin.evals", "margin.kv", "margin.models", "margin.plan")
 GENERATED_SETS = ("margin.guard.evalset", "margin.guard.evalvalues", "margin.guard.evalnegatives")
@@ -32,12 +34,14 @@ def test_the_gateway_imports_no_kit_and_none_of_their_dependencies() -> None:
     assert kits == [] and heavy == []
 
 
-def test_the_focus_export_loads_no_terminal_renderer() -> None:
-    probe = "import json, sys; import margin.report.focus; print(json.dumps(sorted(sys.modules)))"
+@pytest.mark.parametrize("module", ["margin.report.focus", "margin.dashboard.views"])
+def test_the_focus_export_and_the_dashboard_load_no_terminal_renderer(module: str) -> None:
+    probe = f"import json, sys; import {module}; print(json.dumps(sorted(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
     loaded = set(json.loads(done.stdout))
-    assert "margin.report.focus" in loaded
-    assert sorted(m for m in loaded if m.split(".")[0] == "rich" or m == "margin.report.render") == []
+    assert module in loaded
+    terminal = ("margin.report.render", "margin.terminal")
+    assert sorted(m for m in loaded if m.split(".")[0] == "rich" or m in terminal) == []
 
 
 def test_the_import_contracts_hold() -> None:

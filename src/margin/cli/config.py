@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -16,7 +16,8 @@ config_app = typer.Typer(no_args_is_help=True, help="Show or check configuration
 def config_show(
     default: Annotated[bool, typer.Option(help="Print the embedded default file.")] = False, config: ConfigOpt = None
 ) -> None:
-    """Print the effective configuration (or the embedded default YAML)."""
+    """Print the effective configuration (or the embedded default YAML). Passwords in its URLs (storage.ledger,
+    storage.redis, a backend's base_url…) show as `***`: the hash is the real settings'."""
     import yaml
 
     from margin.config import config_hash, default_config_text
@@ -26,7 +27,18 @@ def config_show(
         return
     settings = settings_from(config)
     print(f"# config_hash: {config_hash(settings)}")
-    print(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), end="")
+    print(yaml.safe_dump(without_passwords(settings.model_dump(mode="json")), sort_keys=False), end="")
+
+
+def without_passwords(value: Any) -> Any:
+    """A settings dump with every URL's password hidden (`margin.urls`), wherever the URL is."""
+    from margin.urls import hide_password
+
+    if isinstance(value, dict):
+        return {key: without_passwords(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_passwords(item) for item in value]
+    return hide_password(value) if isinstance(value, str) else value
 
 
 @config_app.command("check")

@@ -18,9 +18,9 @@ from margin.api.errors import NOSNIFF, error_response, json_response, status_of
 from margin.dashboard import auth, charts, pages
 from margin.dashboard.auth import Viewer
 from margin.dashboard.queries import BREAKDOWNS, SINCE_CHOICES
+from margin.economics.money import human_usd
 from margin.errors import AuthenticationFailed, InvalidRequest, MarginError
 from margin.ledger.read import Window
-from margin.report.render import human_usd
 
 Builder = Callable[[Request, Viewer, Window], Awaitable[dict[str, Any]]]
 T = TypeVar("T")

@@ -25,6 +25,7 @@ import httpx
 
 from margin.config import GridConfig, RegionConfig
 from margin.errors import ConfigError
+from margin.urls import hide_password
 
 log = logging.getLogger("margin.grid")
 COLUMNS = ("zone", "year", "month", "hour_utc", "g_co2e_per_kwh", "usd_per_kwh")
@@ -95,6 +96,7 @@ class CurveSource:
         self._regions = dict(regions or {})
         self._set: CurveSet | None = None
         self.remote = config.curves.startswith(("http://", "https://"))
+        self.shown = hide_password(config.curves)  # what messages name: a URL's password is no one's business
 
     @property
     def used(self) -> bool:
@@ -114,7 +116,7 @@ class CurveSource:
         missing = sorted({r.curve.upper() for r in self._regions.values() if r.curve} - curves.zones())
         if missing:
             raise ConfigError(
-                f"regions name curve zones {missing} that {self.config.curves} does not have "
+                f"regions name curve zones {missing} that {self.shown} does not have "
                 f"(it has {', '.join(sorted(curves.zones()))})"
             )
 
@@ -139,27 +141,34 @@ class CurveSource:
         except (ConfigError, httpx.HTTPError) as exc:
             if self._set is None and not self.remote:
                 raise
-            log.error("grid curves from %s not refreshed: %s", self.config.curves, exc)
+            log.error("grid curves from %s not refreshed: %s", self.shown, _reason(exc))
             return
         self._set = fresh
 
     async def _fetch(self) -> CurveSet:
-        limit, url = self.config.max_bytes, self.config.curves
+        limit, shown = self.config.max_bytes, self.shown
         async with (
             httpx.AsyncClient(timeout=self.config.fetch_timeout_s) as client,
-            client.stream("GET", url) as response,
+            client.stream("GET", self.config.curves) as response,
         ):
             response.raise_for_status()
             chunks, size = [], 0
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > limit:
-                    raise ConfigError(f"grid curves at {url} are larger than grid.max_bytes ({limit})")
+                    raise ConfigError(f"grid curves at {shown} are larger than grid.max_bytes ({limit})")
                 chunks.append(chunk)
         try:
-            return CurveSet.parse(b"".join(chunks).decode("utf-8"), url)
+            return CurveSet.parse(b"".join(chunks).decode("utf-8"), shown)
         except UnicodeDecodeError as exc:
-            raise ConfigError(f"grid curves at {url} are not UTF-8 text") from exc
+            raise ConfigError(f"grid curves at {shown} are not UTF-8 text") from exc
+
+
+def _reason(exc: Exception) -> str:
+    """Why a refresh failed, without the URL httpx puts in a status error (its password included)."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"HTTP {exc.response.status_code}"
+    return str(exc)
 
 
 async def keep_fresh(source: CurveSource) -> None:

@@ -40,6 +40,19 @@ def usd_str(usd: Decimal | None, places: int = 9) -> str | None:
     return format(usd.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN), "f")
 
 
+def human_usd(value: str | None) -> str:
+    """A decimal string of USD for people (the terminal report, the dashboard): three significant digits for
+    small amounts ($0.0000157), cents for large ones ($1234.57), `-` for none."""
+    if value is None:
+        return "-"
+    amount = Decimal(value)
+    if amount == 0:
+        return "$0"
+    if abs(amount) >= 1:
+        return f"${amount:,.2f}"
+    return f"${amount.quantize(Decimal(1).scaleb(amount.adjusted() - 2)):f}"
+
+
 def dec(value: float) -> Decimal:
     """Bring a measured quantity (seconds, kWh) into Decimal arithmetic via its shortest repr."""
     return Decimal(repr(value))

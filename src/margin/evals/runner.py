@@ -32,6 +32,7 @@ from margin.evals.experiment import Experiment, Variant, apply_template, margin_
 from margin.evals.judge import Judge, mtbench_templates
 from margin.evals.records import read_records
 from margin.evals.suites import Item
+from margin.urls import hide_password
 
 TAG_UNSAFE = re.compile(r"[^\w.:@/+-]")
 Progress = Callable[[str, int, int], None]  # (variant, done, total)
@@ -87,7 +88,7 @@ def prepare_run_dir(run_dir: Path, experiment: Experiment, items: list[Item]) ->
     else:
         meta = {
             "schema": "margin.eval/1",
-            "experiment": experiment.model_dump(mode="json", exclude={"base_dir"}),
+            "experiment": shown_experiment(experiment),
             "digest": experiment.digest(),
             "seed": experiment.seed,
             "baseline": experiment.baseline_name(),
@@ -100,6 +101,15 @@ def prepare_run_dir(run_dir: Path, experiment: Experiment, items: list[Item]) ->
         }
     meta_path.write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
     return meta
+
+
+def shown_experiment(experiment: Experiment) -> dict[str, Any]:
+    """The experiment as run.json records it: the ledger URL's password hidden (`margin.urls`), since a run
+    folder is a result to share; the digest, which resuming compares, is the real experiment's."""
+    shown = experiment.model_dump(mode="json", exclude={"base_dir"})
+    if shown["target"].get("ledger"):
+        shown["target"]["ledger"] = hide_password(shown["target"]["ledger"])
+    return shown
 
 
 async def grade(
@@ -242,7 +252,7 @@ def run_experiment(experiment: Experiment, run_dir: Path, progress: Progress) ->
     (run_dir / "ledger.jsonl").write_bytes(b"".join(orjson.dumps(row, default=str) + b"\n" for row in rows.values()))
     meta["finished_unix"] = time.time()
     meta["host"]["loadavg_end"] = os.getloadavg()
-    meta["ledger"] = {"url": ledger_url, "rows": len(rows)} if ledger_url else None
+    meta["ledger"] = {"url": hide_password(ledger_url), "rows": len(rows)} if ledger_url else None
     (run_dir / "run.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
     summary = summarize(meta, records, rows, experiment)
     (run_dir / "results.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")

@@ -18,6 +18,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from margin.errors import ConfigError
+from margin.urls import hide_password
 
 _ASYNC = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 _SYNC = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
@@ -26,8 +27,8 @@ _SYNC = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
 def _dialect(url: str) -> tuple[str, sa.URL]:
     try:
         parsed = sa.make_url(url)
-    except sa.exc.ArgumentError as exc:
-        raise ConfigError(f"storage.ledger is not a database URL: {url!r}") from exc
+    except (sa.exc.ArgumentError, ValueError) as exc:  # ValueError: a port that is no number
+        raise ConfigError(f"storage.ledger is not a database URL: {hide_password(url)!r}") from exc
     base = parsed.drivername.split("+")[0]
     if base not in _ASYNC:
         raise ConfigError(f"storage.ledger: unsupported database {base!r} (sqlite or postgresql)")

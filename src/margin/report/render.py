@@ -9,20 +9,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from margin.economics.money import human_usd
 from margin.report.cells import spreadsheet_text
 from margin.terminal import plain
-
-
-def human_usd(value: str | None) -> str:
-    """Three significant digits for small amounts ($0.0000157), cents for large ones ($1234.57)."""
-    if value is None:
-        return "-"
-    amount = Decimal(value)
-    if amount == 0:
-        return "$0"
-    if abs(amount) >= 1:
-        return f"${amount:,.2f}"
-    return f"${amount.quantize(Decimal(1).scaleb(amount.adjusted() - 2)):f}"
 
 
 def _sig(value: float) -> str:

@@ -1,0 +1,64 @@
+"""Configured URLs as margin shows them (the start-up banner, `margin config show`, error messages, log lines,
+eval run files), with the password as `***`. A database URL (`postgresql://margin:s3cret@db/margin`) is read
+by SQLAlchemy, the parser the ledger uses, so what it would send as the password is what is hidden (SQLAlchemy
+renders the rest); a Redis URL (`redis://:s3cret@host:6379/0`, `rediss://`, `unix://`) or an http(s) one by
+`urllib.parse`, as redis-py and httpx read it, with all but the password kept as written. A `password=` query
+parameter (libpq and redis-py take one) is hidden too. A URL without a password comes back unchanged,
+character for character (a SQLite path stays as written); one its parser cannot read, or reads with an `@`
+left over (an unencoded `@` in the password, or a `/` that cuts it short), loses all between `://` and its
+last `@`."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+
+MASK = "***"
+# schemes read with urllib.parse (as redis-py and httpx do); any other URL is read by SQLAlchemy
+URLLIB_SCHEMES = frozenset({"redis", "rediss", "unix", "valkey", "valkeys", "http", "https"})
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+_QUERY_PASSWORD = re.compile(r"([?&][^=&#]*password=)[^&#]*", re.IGNORECASE)
+_USERINFO = re.compile(r"^(.*?://).*@", re.DOTALL)  # from the first `://` to the last `@`
+
+
+def hide_password(url: str) -> str:
+    """`url` with its password (in the user part or a `password=` parameter) replaced by `***`."""
+    scheme, is_url, _ = url.partition("://")
+    if not is_url:  # a path or a name
+        return url
+    try:
+        if not _SCHEME.fullmatch(scheme):
+            raise ValueError(f"no URL scheme: {scheme!r}")
+        shown = _by_urllib(url) if scheme.lower() in URLLIB_SCHEMES else _by_sqlalchemy(url)
+    except ValueError:  # neither parser reads it as the client would: hide all that could be a password
+        shown = _USERINFO.sub(rf"\1{MASK}@", url)
+    return _query(shown)
+
+
+def _by_sqlalchemy(url: str) -> str:
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ValueError(str(exc)) from exc
+    if parsed.host is not None and "@" in parsed.host:  # `user:p@ss@host`: the rest of an unencoded password
+        raise ValueError("an `@` in the host")
+    if parsed.password is None:
+        return url
+    return parsed.render_as_string(hide_password=True)
+
+
+def _by_urllib(url: str) -> str:
+    parts = urlsplit(url)
+    _ = parts.port  # a ValueError when the "port" is a password's start, cut at an unencoded `/`, `?` or `#`
+    userinfo, at, host = parts.netloc.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    if not at or not colon:
+        return url
+    start = url.index("://") + 3  # the netloc follows, as written
+    return f"{url[:start]}{user}:{MASK}@{host}{url[start + len(parts.netloc) :]}"
+
+
+def _query(url: str) -> str:
+    return _QUERY_PASSWORD.sub(rf"\g<1>{MASK}", url)

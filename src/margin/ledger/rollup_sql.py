@@ -30,6 +30,7 @@ from margin.ledger import measures as m
 ROWS = "ledger_rollup_rows"  # + the number of tag keys: its columns (rows_table)
 CORE = "ledger_rollup_core"
 KEYED = "ledger_rollup_keyed"
+ATTACH = "ledger_rollup_attach"
 TAGGED = "ledger_rollup_tag"  # + the tag key's index: its pre-aggregate (tagged)
 LATENCY = "ledger_rollup_latency"
 LATENCY_KEYED = "ledger_rollup_latency_keyed"
@@ -212,16 +213,22 @@ def latency(rows: str, tag_keys: Sequence[str]) -> list[str | Temporary]:
     return out
 
 
-def attach(rows: str) -> list[str]:
+def attach(rows: str) -> list[str | Temporary]:
     """ledger_attach: per month × team (and across teams) × feature × customer, the days it was seen as bits
-    (each day's bit is a distinct power of two, so SUM(DISTINCT) is their OR; an upsert ORs in the batch's)."""
+    (each day's bit is a distinct power of two, so the sum of distinct days' bits is their OR; an upsert ORs in
+    the batch's). The batch's distinct days × team × feature × customer first (ATTACH): per team each day is
+    then there once, and across teams SUM(DISTINCT) reads that smaller table."""
     bit = "1 << (CAST(substr(day, 9, 2) AS INTEGER) - 1)"
+    distinct = f"SELECT DISTINCT day, {_blank(_g('team'))} AS team, {_blank('feature')} AS feature, "
+    distinct += f"{_blank('customer')} AS customer FROM {rows}"
     return [
-        "INSERT INTO ledger_attach (month, team, feature, customer, days) "
-        f"SELECT substr(day, 1, 7), {team}, {_blank('feature')}, {_blank('customer')}, SUM(DISTINCT {bit}) "
-        f"FROM {rows} GROUP BY 1, 2, 3, 4 ON CONFLICT (month, team, feature, customer) "
-        "DO UPDATE SET days = ledger_attach.days | excluded.days"
-        for team in (_blank(_g("team")), f"'{m.EVERY_TEAM}'")
+        Temporary(ATTACH, distinct),
+        *(
+            "INSERT INTO ledger_attach (month, team, feature, customer, days) "
+            f"SELECT substr(day, 1, 7), {team}, feature, customer, {days} FROM {ATTACH} GROUP BY 1, 2, 3, 4 "
+            "ON CONFLICT (month, team, feature, customer) DO UPDATE SET days = ledger_attach.days | excluded.days"
+            for team, days in (("team", f"SUM({bit})"), (f"'{m.EVERY_TEAM}'", f"SUM(DISTINCT {bit})"))
+        ),
     ]
 
 

@@ -92,6 +92,11 @@ def statement_kind(sql: str) -> str:
         return "rollup: derive each row's values (ledger_rollup_rows)"
     if text.startswith(("INSERT INTO ledger_rollup_task", "CREATE TEMPORARY TABLE IF NOT EXISTS ledger_rollup_task")):
         return "rollup: the batch's tasks and their old/new contributions"
+    # the tag keys' and ledger_attach's own pre-aggregates count with the rollup they feed
+    if text.startswith(("INSERT INTO ledger_rollup_tag", "CREATE TEMPORARY TABLE IF NOT EXISTS ledger_rollup_tag")):
+        return "rollup: ledger_daily"
+    if text.startswith(("INSERT INTO ledger_rollup_attach", "CREATE TEMPORARY TABLE IF NOT EXISTS ledger_rollup_att")):
+        return "rollup: ledger_attach"
     if text.startswith(("INSERT INTO ledger_rollup_", "CREATE TEMPORARY TABLE IF NOT EXISTS ledger_rollup_")):
         return "rollup: pre-aggregates (per hour, per key, per latency bin)"
     if text.startswith("DELETE FROM ledger_rollup_") or text == f"DELETE FROM {STAGING}":

@@ -67,6 +67,25 @@ def test_task_anchor_moves_to_its_earliest_request(engine: sa.Engine) -> None:
     assert {t.key for t in tasks(engine, read.Window(), "team")} == {"early-team"}
 
 
+def test_one_request_id_of_two_kinds_is_one_task(engine: sa.Engine) -> None:
+    """A request that is its own task ('r:' + its id) is rolled up without a sort; a request id that comes
+    both as a request and a cache hit, in one batch or in two, is still one task of two requests."""
+
+    def of(request_id: str, kind: str, hour: int) -> dict[str, Any]:
+        return complete(row(request_id, kind=kind, created_at=at(6, hour), tags={}, cost_nanousd=MILLI))
+
+    with engine.begin() as connection:
+        assert ingest.ingest_batch(connection, [of("x", "request", 9), of("x", "cache_hit", 8), of("y", "request", 9)])
+        assert ingest.ingest_batch(connection, [of("y", "cache_hit", 7), of("y", "cache_hit", 7)]) == 1
+        found = connection.exec_driver_sql("SELECT task, requests, cost_nanousd FROM ledger_tasks ORDER BY task")
+        assert [tuple(r) for r in found] == [("r:x", 2, 2 * MILLI), ("r:y", 2, 2 * MILLI)]
+    assert_equals_a_rebuild(engine)
+    with engine.connect() as connection:
+        assert read.task_sums(connection, read.Window(), None) == read.task_sums(
+            connection, read.Window(rollup=False), None
+        )
+
+
 SCOPES = [("global", None), ("team", "search-team"), ("model", "priced"), ("backend", "fake"), ("key", "k1"),
           ("org", "nobody"), ("tag", "feature=search"), ("tag", "customer=acme"), ("tag", "task_id=t1")]  # fmt: skip
 
@@ -189,7 +208,8 @@ def test_rollups_of_uneven_batches_equal_a_rebuild_on_varied_rows(engine: sa.Eng
         assert rollup.sizes(connection)["ledger_tasks"] > 100
         found = connection.exec_driver_sql("SELECT name FROM sqlite_temp_master WHERE name LIKE 'ledger_rollup%'")
         tables = [name for (name,) in found]  # kept for the connection's next batch, and empty
-        assert len(tables) == 8 and "ledger_rollup_rows3" in tables
+        assert len(tables) == 9 + 3 and "ledger_rollup_rows3" in tables  # + one pre-aggregate per tag key
+        assert {"ledger_rollup_tag0", "ledger_rollup_tag1", "ledger_rollup_tag2"} <= set(tables)
         assert empty(connection, tables)
 
 

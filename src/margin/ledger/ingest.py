@@ -3,10 +3,13 @@
 In the caller's transaction, on SQLite and PostgreSQL:
 1. the batch goes into a temporary staging table (`ledger_staging`, one per connection, same columns as
    `ledger` plus `_seq`, the batch order);
-2. duplicates inside the batch, and (request_id, kind) pairs already in `ledger`, are deleted from staging:
-   replaying a row is a no-op and is never counted twice;
-3. the integer energy and carbon (`energy_uj`, `co2e_ng`) are filled from the meter's floats;
-4. staging is appended to `ledger`, and `rollup.apply(connection, "ledger_staging")` adds it to every rollup.
+2. the integer energy and carbon (`energy_uj`, `co2e_ng`) are filled from the meter's floats (by the caller
+   that fills staging itself, or here);
+3. staging is appended to `ledger` with no row taken out when none is a duplicate (the usual case: one pass,
+   checked by the ledger's unique index); else that is undone and duplicates inside the batch, and
+   (request_id, kind) pairs already in `ledger`, are deleted from staging first: replaying a row is a no-op
+   and is never counted twice;
+4. `rollup.apply(connection, "ledger_staging")` adds the appended rows to every rollup.
 
 This is the seam for the data-plane ingester (an outbox file read in large batches): it calls
 `ingest_batch` with the rows it read, or calls `prepare`, fills `ledger_staging` itself and calls
@@ -30,6 +33,9 @@ from margin.ledger.models import ledger
 
 STAGING = "ledger_staging"
 COLUMNS = [column.name for column in ledger.columns if column.name != "id"]
+# the integer energy and carbon: from which float column, times what (measures: µJ, ng)
+INTEGERS = {"energy_uj": ("energy_j", measures.MICRO), "co2e_ng": ("co2e_g", measures.NANO)}
+_NAMES = ", ".join(f'"{name}"' for name in COLUMNS)
 
 staging = sa.Table(
     STAGING,
@@ -63,24 +69,38 @@ def _dedupe(connection: sa.Connection) -> None:
 
 def _integers(connection: sa.Connection) -> None:
     dialect = connection.dialect.name
-    uj = measures.rounded(dialect, "energy_j * 1000000")
-    ug = measures.rounded(dialect, "co2e_g * 1000000000")
+    uj = measures.rounded(dialect, f"energy_j * {INTEGERS['energy_uj'][1]}")
+    ug = measures.rounded(dialect, f"co2e_g * {INTEGERS['co2e_ng'][1]}")
     connection.exec_driver_sql(
         f"UPDATE {STAGING} SET energy_uj = COALESCE(energy_uj, {uj}), co2e_ng = COALESCE(co2e_ng, {ug}) "
         "WHERE (energy_uj IS NULL AND energy_j IS NOT NULL) OR (co2e_ng IS NULL AND co2e_g IS NOT NULL)"
     )
 
 
-def ingest_staged(connection: sa.Connection) -> int:
-    """Append what `ledger_staging` holds (made by `prepare`, filled by the caller) to the ledger and the
-    rollups; returns the rows appended."""
-    rollup.lock(connection)
+def _append(connection: sa.Connection, staged: int) -> int:
+    """Append staging to the ledger in the batch's order. First as it is, skipping any row the ledger already
+    has (one pass, and the ledger's unique index does the checking); if a row was skipped (a replay, or a
+    duplicate inside the batch) that is undone and the duplicates are taken out of staging first, as the
+    rollups must count only the rows appended."""
+    insert = f"INSERT INTO ledger ({_NAMES}) SELECT {_NAMES} FROM {STAGING} WHERE true ORDER BY _seq"
+    savepoint = connection.begin_nested()
+    inserted = connection.exec_driver_sql(f"{insert} ON CONFLICT (request_id, kind) DO NOTHING").rowcount
+    if inserted == staged:
+        savepoint.commit()
+        return staged
+    savepoint.rollback()
     _dedupe(connection)
-    _integers(connection)
-    names = ", ".join(f'"{name}"' for name in COLUMNS)
-    inserted = connection.exec_driver_sql(
-        f"INSERT INTO ledger ({names}) SELECT {names} FROM {STAGING} ORDER BY _seq"
-    ).rowcount
+    return int(connection.exec_driver_sql(insert).rowcount)
+
+
+def ingest_staged(connection: sa.Connection, *, integers: bool = True) -> int:
+    """Append what `ledger_staging` holds (made by `prepare`, filled by the caller) to the ledger and the
+    rollups; returns the rows appended. `integers=False`: the caller filled energy_uj and co2e_ng itself."""
+    rollup.lock(connection)
+    if integers:
+        _integers(connection)
+    staged = int(connection.exec_driver_sql(f"SELECT COUNT(*) FROM {STAGING}").scalar_one())
+    inserted = _append(connection, staged) if staged else 0
     if inserted:
         rollup.apply(connection, STAGING)
     connection.execute(sa.delete(staging))

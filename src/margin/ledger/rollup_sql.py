@@ -30,6 +30,8 @@ from margin.ledger import measures as m
 ROWS = "ledger_rollup_rows"  # + the number of tag keys: its columns (rows_table)
 CORE = "ledger_rollup_core"
 KEYED = "ledger_rollup_keyed"
+ATTACH = "ledger_rollup_attach"
+TAGGED = "ledger_rollup_tag"  # + the tag key's index: its pre-aggregate (tagged)
 LATENCY = "ledger_rollup_latency"
 LATENCY_KEYED = "ledger_rollup_latency_keyed"
 TASKS = "ledger_rollup_tasks"
@@ -149,14 +151,29 @@ def _daily_from(source: str, dim: str, value: str, team: str = _blank(_g("team")
     )
 
 
-def daily(rows: str, tag_keys: Sequence[str]) -> list[str]:
-    """ledger_daily: the hourly dimensions from CORE, the plain columns from KEYED, the tag keys from ROWS, per
-    team and across teams (team '*', measures.EVERY_TEAM: a tag such as `customer` crossed with the teams has
-    ~10x more rows per day than across them, and an admin's view reads those)."""
+def tagged(rows: str, tag_keys: Sequence[str]) -> list[Temporary]:
+    """Per tag key, its pre-aggregate per day × kind × team × value (`value`): the per-team and the across-teams
+    daily sums both read it, so the batch's rows are sorted once per tag key, not twice."""
+    return [
+        Temporary(
+            f"{TAGGED}{i}",
+            f"SELECT day, g_kind, g_team, {column} AS value, {', '.join(_sums())} FROM {rows} "
+            f"GROUP BY day, g_kind, g_team, {column}",
+        )
+        for i, column in enumerate(_tag_columns(tag_keys).values())
+    ]
+
+
+def daily(tag_keys: Sequence[str]) -> list[str]:
+    """ledger_daily: the hourly dimensions from CORE, the plain columns from KEYED, the tag keys from their
+    pre-aggregates (`tagged`), per team and across teams (team '*', measures.EVERY_TEAM: a tag such as
+    `customer` crossed with the teams has ~10x more rows per day than across them, and an admin's view reads
+    those)."""
     out = [_daily_from(CORE, dim, _blank(_g(dim)) if dim else "''") for dim in m.DAILY_CORE]
     out += [_daily_from(KEYED, dim, _blank(_g(dim))) for dim in m.DAILY_DIMS]
-    for key, column in _tag_columns(tag_keys).items():
-        out += [_daily_from(rows, key, _blank(column)), _daily_from(rows, key, _blank(column), f"'{m.EVERY_TEAM}'")]
+    for i, key in enumerate(_tag_columns(tag_keys)):
+        source, value = f"{TAGGED}{i}", _blank("value")
+        out += [_daily_from(source, key, value), _daily_from(source, key, value, f"'{m.EVERY_TEAM}'")]
     return out
 
 
@@ -196,16 +213,22 @@ def latency(rows: str, tag_keys: Sequence[str]) -> list[str | Temporary]:
     return out
 
 
-def attach(rows: str) -> list[str]:
+def attach(rows: str) -> list[str | Temporary]:
     """ledger_attach: per month × team (and across teams) × feature × customer, the days it was seen as bits
-    (each day's bit is a distinct power of two, so SUM(DISTINCT) is their OR; an upsert ORs in the batch's)."""
+    (each day's bit is a distinct power of two, so the sum of distinct days' bits is their OR; an upsert ORs in
+    the batch's). The batch's distinct days × team × feature × customer first (ATTACH): per team each day is
+    then there once, and across teams SUM(DISTINCT) reads that smaller table."""
     bit = "1 << (CAST(substr(day, 9, 2) AS INTEGER) - 1)"
+    distinct = f"SELECT DISTINCT day, {_blank(_g('team'))} AS team, {_blank('feature')} AS feature, "
+    distinct += f"{_blank('customer')} AS customer FROM {rows}"
     return [
-        "INSERT INTO ledger_attach (month, team, feature, customer, days) "
-        f"SELECT substr(day, 1, 7), {team}, {_blank('feature')}, {_blank('customer')}, SUM(DISTINCT {bit}) "
-        f"FROM {rows} GROUP BY 1, 2, 3, 4 ON CONFLICT (month, team, feature, customer) "
-        "DO UPDATE SET days = ledger_attach.days | excluded.days"
-        for team in (_blank(_g("team")), f"'{m.EVERY_TEAM}'")
+        Temporary(ATTACH, distinct),
+        *(
+            "INSERT INTO ledger_attach (month, team, feature, customer, days) "
+            f"SELECT substr(day, 1, 7), {team}, feature, customer, {days} FROM {ATTACH} GROUP BY 1, 2, 3, 4 "
+            "ON CONFLICT (month, team, feature, customer) DO UPDATE SET days = ledger_attach.days | excluded.days"
+            for team, days in (("team", f"SUM({bit})"), (f"'{m.EVERY_TEAM}'", f"SUM(DISTINCT {bit})"))
+        ),
     ]
 
 
@@ -222,16 +245,25 @@ def charges(rows: str) -> str:
 
 
 def batch_tasks(rows: str) -> Temporary:
-    """One row per task of the batch: its earliest request (ties: the batch's order) and its sums."""
-    anchor = ", ".join(f"{_g(c)} AS {c}" for c in ("team", "model", "backend", "region"))
+    """The batch's tasks with their earliest request (ties: the batch's order) and their sums: one row per
+    task of a `task_id` tag; one per request for a request that is its own task ('r:' + its id, measures.task),
+    without sorting them (a request id in the batch twice, once per kind, gives two rows, which the upsert
+    into ledger_tasks adds up and the contributions read once: task_contributions)."""
+    anchor = {c: f"{_g(c)} AS {c}" for c in ("team", "model", "backend", "region")} | {"key_id": "g_key AS key_id"}
+    picked = ", ".join(["task", "created_at AS anchor_at", *(anchor.get(c, c) for c in TASK_ANCHOR)])
     inner = (  # one window (one sort): ROW_NUMBER ignores the frame, the sums take the whole partition
-        f"SELECT task, created_at AS anchor_at, g_key AS key_id, {anchor}, feature, customer, "
-        "ROW_NUMBER() OVER w AS pick, COUNT(*) OVER w AS requests, SUM(cost_nanousd) OVER w AS cost_nanousd, "
-        f"SUM(unpriced) OVER w AS unpriced FROM {rows} WINDOW w AS (PARTITION BY task ORDER BY created_at, ord "
+        f"SELECT {picked}, ROW_NUMBER() OVER w AS pick, COUNT(*) OVER w AS requests, "
+        f"SUM(cost_nanousd) OVER w AS cost_nanousd, SUM(unpriced) OVER w AS unpriced FROM {rows} "
+        f"WHERE substr(task, 1, 1) = 't' WINDOW w AS (PARTITION BY task ORDER BY created_at, ord "
         "ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)"
     )
     names = ", ".join(["task", "anchor_at", *TASK_ANCHOR])
-    return Temporary(TASKS, f"SELECT {names}, requests, cost_nanousd, unpriced FROM ({inner}) t WHERE t.pick = 1")
+    own = (  # in the columns' order (a UNION matches them by position)
+        f"SELECT {picked}, 1 AS requests, cost_nanousd, unpriced FROM {rows} WHERE substr(task, 1, 1) = 'r'"
+    )
+    return Temporary(
+        TASKS, f"SELECT {names}, requests, cost_nanousd, unpriced FROM ({inner}) t WHERE t.pick = 1 UNION ALL {own}"
+    )
 
 
 def task_contributions(dialect: str, sign: int) -> str | Temporary:
@@ -240,7 +272,7 @@ def task_contributions(dialect: str, sign: int) -> str | Temporary:
     columns = ", ".join(f"t.{c}" for c in TASK_ANCHOR)
     select = (
         f"SELECT {sign} AS sign, {day} AS day, {columns}, {sign} * t.cost_nanousd AS cost_nanousd, "
-        f"{sign} * t.unpriced AS unpriced FROM {TASKS} b JOIN ledger_tasks t ON t.task = b.task"
+        f"{sign} * t.unpriced AS unpriced FROM ledger_tasks t WHERE t.task IN (SELECT task FROM {TASKS})"
     )
     if sign < 0:
         return Temporary(DELTA, select)
@@ -299,8 +331,9 @@ def statements(dialect: str, source: str, order: str, tag_keys: Sequence[str]) -
     steps = [
         derive(dialect, source, order, tag_keys),
         *pre_aggregates(rows),
+        *tagged(rows, tag_keys),
         hourly(),
-        *daily(rows, tag_keys),
+        *daily(tag_keys),
         *latency(rows, tag_keys),
         *attach(rows),
         charges(rows),

@@ -19,7 +19,8 @@ MASK = "***"
 # schemes read with urllib.parse (as redis-py and httpx do); any other URL is read by SQLAlchemy
 URLLIB_SCHEMES = frozenset({"redis", "rediss", "unix", "valkey", "valkeys", "http", "https"})
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
-_QUERY_PASSWORD = re.compile(r"([?&][^=&#]*password=)[^&#]*", re.IGNORECASE)
+# a query parameter that holds a secret: password, sslpassword, client_secret, token, access_token, api_key…
+_QUERY_PASSWORD = re.compile(r"([?&][^=&#]*(?:password|passwd|secret|token|api[_-]?key)=)[^&#]*", re.IGNORECASE)
 _USERINFO = re.compile(r"^(.*?://).*@", re.DOTALL)  # from the first `://` to the last `@`
 
 
@@ -31,10 +32,20 @@ def hide_password(url: str) -> str:
     try:
         if not _SCHEME.fullmatch(scheme):
             raise ValueError(f"no URL scheme: {scheme!r}")
+        if not scheme.lower().startswith("sqlite"):  # a file path may hold an `@`; no password can
+            _one_user_part(url[len(scheme) + 3 :])
         shown = _by_urllib(url) if scheme.lower() in URLLIB_SCHEMES else _by_sqlalchemy(url)
     except ValueError:  # neither parser reads it as the client would: hide all that could be a password
         shown = _USERINFO.sub(rf"\1{MASK}@", url)
     return _query(shown)
+
+
+def _one_user_part(rest: str) -> None:
+    """Refuse a URL where a password could run past what a parser takes for its user part: a second `@`, or a
+    `/`, `?` or `#` before the `@` (either parser may end the host there and show the rest as a path)."""
+    at = rest.rfind("@")
+    if at >= 0 and (rest.count("@") > 1 or any(mark in rest[:at] for mark in "/?#")):
+        raise ValueError("the user part is ambiguous")
 
 
 def _by_sqlalchemy(url: str) -> str:

@@ -4,9 +4,9 @@ by SQLAlchemy, the parser the ledger uses, so what it would send as the password
 renders the rest); a Redis URL (`redis://:s3cret@host:6379/0`, `rediss://`, `unix://`) or an http(s) one by
 `urllib.parse`, as redis-py and httpx read it, with all but the password kept as written. A `password=` query
 parameter (libpq and redis-py take one) is hidden too. A URL without a password comes back unchanged,
-character for character (a SQLite path stays as written); one its parser cannot read, or reads with an `@`
-left over (an unencoded `@` in the password, or a `/` that cuts it short), loses all between `://` and its
-last `@`."""
+character for character (a SQLite path stays as written); one its parser cannot read, or whose user part is
+ambiguous (a second `@`, or a `/`, `?` or `#` before the `@`: an unencoded one in the password, which a parser
+may read as the end of the host), loses all between `://` and its last `@`."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ HIDDEN = [
     ),
     ("postgresql://db/margin?user=margin&password=s3cret", "postgresql://db/margin?user=margin&password=***"),
     ("postgresql://db/margin?sslpassword=s3cret&x=1", "postgresql://db/margin?sslpassword=***&x=1"),
-    ("postgresql://margin:pa/s3cret@db/margin", "postgresql://margin:***@db/margin"),  # `/` unencoded: still read
+    ("postgresql://margin:pa/s3cret@db/margin", "postgresql://***@db/margin"),  # `/` unencoded: ambiguous
     # unencoded `@` (SQLAlchemy would take `ss@db` for the host), a list of hosts, a port that is no number:
     # nothing parses it as the driver will, so all before the last `@` goes
     ("postgresql://margin:p@s3cret@db/margin", "postgresql://***@db/margin"),
@@ -38,7 +38,16 @@ HIDDEN = [
     ),
     ("redis://:s3cret@[::1]:6379/0", "redis://:***@[::1]:6379/0"),
     ("redis://:p%40s3cret%3A%2F@cache/0", "redis://:***@cache/0"),
-    ("redis://:p@s3cret@cache/0", "redis://:***@cache/0"),  # the last `@` ends the user part
+    ("redis://:p@s3cret@cache/0", "redis://***@cache/0"),  # two `@`: all before the last goes
+    # a password cut at an unencoded `/`, `?` or `#` whose start reads as a port (review, 2026-12-05)
+    ("redis://:1234/s3cret@cache:6379/0", "redis://***@cache:6379/0"),
+    ("redis://user:5678?s3cret@c/0", "redis://***@c/0"),
+    ("redis://:12#s3cret@c/0", "redis://***@c/0"),
+    ("redis://:p@s3/cret@cache/0", "redis://***@cache/0"),
+    ("postgresql://margin:p@s3/cret@db/m", "postgresql://***@db/m"),
+    ("https://curves.example/grid.csv?token=s3cret", "https://curves.example/grid.csv?token=***"),
+    ("https://curves.example/g.csv?x=1&api_key=s3cret&y=2", "https://curves.example/g.csv?x=1&api_key=***&y=2"),
+    ("https://curves.example/g.csv?client_secret=s3cret", "https://curves.example/g.csv?client_secret=***"),
     ("redis://u:pa/s3cret@cache/0", "redis://***@cache/0"),  # `pa` is no port: unreadable
     ("unix://:s3cret@/run/redis.sock?db=2", "unix://:***@/run/redis.sock?db=2"),
     ("unix:///run/redis.sock?db=2&password=s3cret", "unix:///run/redis.sock?db=2&password=***"),

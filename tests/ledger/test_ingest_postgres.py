@@ -80,3 +80,22 @@ def test_the_largest_token_counts_an_upstream_can_report_ingest_in_one_batch(fre
         total = connection.execute(sa.text("SELECT max(input_tokens + output_tokens) FROM ledger")).scalar_one()
     engine.dispose()
     assert total == 2 * MAX_TOKENS
+
+
+def test_one_request_id_of_two_kinds_in_one_batch_on_postgres(fresh_postgres: str) -> None:
+    """A request id that comes as a request and a cache hit in one batch: two rows of task 'r:x' in the
+    batch's tasks. PostgreSQL refuses an upsert that touches one row twice ("ON CONFLICT DO UPDATE command
+    cannot affect row a second time"), where SQLite adds them up."""
+    from tests.report.ledgers import MILLI, at, complete, row
+
+    def of(request_id: str, kind: str, hour: int) -> dict:
+        return complete(row(request_id, kind=kind, created_at=at(6, hour), tags={}, cost_nanousd=MILLI))
+
+    db.upgrade(fresh_postgres)
+    engine = db.make_sync_engine(fresh_postgres)
+    with engine.begin() as connection:
+        assert ingest.ingest_batch(connection, [of("x", "request", 9), of("x", "cache_hit", 8)]) == 2
+        found = connection.exec_driver_sql("SELECT task, requests, cost_nanousd FROM ledger_tasks ORDER BY task")
+        assert [tuple(r) for r in found] == [("r:x", 2, 2 * MILLI)]
+    assert_equals_a_rebuild(engine)
+    engine.dispose()

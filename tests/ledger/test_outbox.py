@@ -257,3 +257,23 @@ async def test_fsync_policies_leave_nothing_unsynced(tmp_path: Path, policy: str
     assert not outbox._writer._dirty
     await outbox.close()
     assert [r.request_id for r in read_ledger(url)] == ["a"]
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_line_no_coerced_copy_can_save_is_a_dead_letter_not_salvaged(
+    tmp_path: Path, database: str, request: pytest.FixtureRequest
+) -> None:
+    """A line without a request_id: refused whole, and its coerced copy is refused too. `_salvage`'s savepoint
+    rolls back over ingest's own append savepoint, which the failed INSERT left open (SQLAlchemy warns:
+    "nested transaction already deassociated from connection", an error under pytest's filterwarnings)."""
+    url = f"sqlite:///{tmp_path / 'o.db'}" if database == "sqlite" else request.getfixturevalue("fresh_postgres")
+    db.upgrade(url)
+    when = datetime(2026, 11, 23, 12, 30, 5, 123456, tzinfo=UTC)
+    anonymous = orjson.loads(encode(row("c", created_at=when)))
+    del anonymous["request_id"]
+    sink = BatchSink(url)
+    cursor = Cursor("s")
+    sink.move_each(cursor, encode(row("a", created_at=when)) + orjson.dumps(anonymous) + b"\n")
+    sink.close()
+    assert (cursor.rows, cursor.inserted, cursor.dead_letters) == (2, 1, 1)
+    assert [r.request_id for r in read_ledger(url)] == ["a"]

@@ -69,12 +69,12 @@ def _dedupe(connection: sa.Connection) -> None:
 
 def _integers(connection: sa.Connection) -> None:
     dialect = connection.dialect.name
-    uj = measures.rounded(dialect, f"energy_j * {INTEGERS['energy_uj'][1]}")
-    ug = measures.rounded(dialect, f"co2e_g * {INTEGERS['co2e_ng'][1]}")
-    connection.exec_driver_sql(
-        f"UPDATE {STAGING} SET energy_uj = COALESCE(energy_uj, {uj}), co2e_ng = COALESCE(co2e_ng, {ug}) "
-        "WHERE (energy_uj IS NULL AND energy_j IS NOT NULL) OR (co2e_ng IS NULL AND co2e_g IS NOT NULL)"
+    sets = ", ".join(
+        f"{integer} = COALESCE({integer}, {measures.rounded(dialect, f'{real} * {scale}')})"
+        for integer, (real, scale) in INTEGERS.items()
     )
+    where = " OR ".join(f"({integer} IS NULL AND {real} IS NOT NULL)" for integer, (real, _) in INTEGERS.items())
+    connection.exec_driver_sql(f"UPDATE {STAGING} SET {sets} WHERE {where}")
 
 
 def _append(connection: sa.Connection, staged: int) -> int:
@@ -84,7 +84,11 @@ def _append(connection: sa.Connection, staged: int) -> int:
     rollups must count only the rows appended."""
     insert = f"INSERT INTO ledger ({_NAMES}) SELECT {_NAMES} FROM {STAGING} WHERE true ORDER BY _seq"
     savepoint = connection.begin_nested()
-    inserted = connection.exec_driver_sql(f"{insert} ON CONFLICT (request_id, kind) DO NOTHING").rowcount
+    try:  # a row the database refuses (not a duplicate) ends the savepoint too, before the caller's own
+        inserted = connection.exec_driver_sql(f"{insert} ON CONFLICT (request_id, kind) DO NOTHING").rowcount
+    except BaseException:
+        savepoint.rollback()
+        raise
     if inserted == staged:
         savepoint.commit()
         return staged

@@ -2,10 +2,10 @@
 table, see margin.ledger.ingest) to every rollup table with `INSERT … SELECT … GROUP BY … ON CONFLICT DO
 UPDATE SET x = x + excluded.x` statements, in the caller's transaction. No per-row Python, no trigger. The
 statements (margin.ledger.rollup_sql) first compute each row's values once into a temporary table, then
-group small pre-aggregates of it where a grouping allows (per hour, per key, per latency bin), so a batch's
-rows are sorted ~16 times instead of fanned out into ~50 UNION ALL branches that each re-evaluated the
-expressions (243 → ~75 µs of CPU per row, benchmarks/README.md); the temporary tables are kept per connection
-and emptied after each batch (rollup_sql.Temporary).
+group small pre-aggregates of it where a grouping allows (per hour, per key, per tag key, per latency bin),
+so a batch's rows are sorted ~14 times instead of fanned out into ~50 UNION ALL branches that each
+re-evaluated the expressions (243 → ~63 µs of CPU per row, benchmarks/README.md); the temporary tables are
+kept per connection and emptied after each batch (rollup_sql.Temporary).
 
 - ledger_hourly  per UTC hour × kind × team × org × model × backend × region: every sum (measures.MEASURES)
 - ledger_daily   per dimension × UTC day × kind × team, for the key, endpoint, status, error and each rolled-up

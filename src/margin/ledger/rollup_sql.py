@@ -6,11 +6,14 @@
    Before, each of the ~50 branches of the rollup statements evaluated these expressions for every row.
 2. Two small pre-aggregates of it (`ledger_rollup_core`: per hour × kind × team × org × model × backend ×
    region; `ledger_rollup_keyed`: per day × kind × team × key × endpoint × status × user × error), from
-   which ledger_hourly and all the plain-column dimensions of ledger_daily are upserted; only the tag keys
-   are grouped from the rows themselves. Latency histograms likewise, from per-bin pre-aggregates.
-3. Tasks: the batch's tasks (`ledger_rollup_tasks`, one row each: anchor and sums), the current
-   ledger_task_daily contribution of those already known (`ledger_rollup_task_delta`, with −1), the
-   ledger_tasks upsert, their new contribution (+1), and one upsert of the difference.
+   which ledger_hourly and all the plain-column dimensions of ledger_daily are upserted; each rolled-up tag
+   key has its own (`ledger_rollup_tag<i>`: per day × kind × team × value), read by its per-team and
+   across-teams daily sums, and ledger_attach reads the batch's distinct days × team × feature × customer
+   (`ledger_rollup_attach`). Latency histograms from per-bin pre-aggregates; the tag keys' from the rows.
+3. Tasks: the batch's tasks (`ledger_rollup_tasks`, one row each: anchor and sums; a request that is alone in
+   its task without a sort), the current ledger_task_daily contribution of those already known
+   (`ledger_rollup_task_delta`, with −1), the ledger_tasks upsert, their new contribution (+1), and one
+   upsert of the difference.
 
 The temporary tables are made once per connection and emptied after each batch (`Temporary`, `Batch`), so
 SQLite prepares each statement once per connection instead of once per batch: a batch's fixed cost went from
@@ -245,22 +248,24 @@ def charges(rows: str) -> str:
 
 
 def batch_tasks(rows: str) -> Temporary:
-    """The batch's tasks with their earliest request (ties: the batch's order) and their sums: one row per
-    task of a `task_id` tag; one per request for a request that is its own task ('r:' + its id, measures.task),
-    without sorting them (a request id in the batch twice, once per kind, gives two rows, which the upsert
-    into ledger_tasks adds up and the contributions read once: task_contributions)."""
+    """One row per task of the batch: its earliest request (ties: the batch's order) and its sums. A request
+    that is its own task ('r:' + its id, measures.task) and the batch's only row of that task is taken as it is
+    (half the traffic skips the window's sort); the only other row a task 'r:<id>' can have is the same id's
+    other kind (a cache hit), so requests whose id also comes as another kind go through the window."""
     anchor = {c: f"{_g(c)} AS {c}" for c in ("team", "model", "backend", "region")} | {"key_id": "g_key AS key_id"}
     picked = ", ".join(["task", "created_at AS anchor_at", *(anchor.get(c, c) for c in TASK_ANCHOR)])
+    alone = (
+        f"substr(task, 1, 1) = 'r' AND g_kind = 'request' "
+        f"AND task NOT IN (SELECT task FROM {rows} WHERE g_kind <> 'request')"
+    )
     inner = (  # one window (one sort): ROW_NUMBER ignores the frame, the sums take the whole partition
         f"SELECT {picked}, ROW_NUMBER() OVER w AS pick, COUNT(*) OVER w AS requests, "
         f"SUM(cost_nanousd) OVER w AS cost_nanousd, SUM(unpriced) OVER w AS unpriced FROM {rows} "
-        f"WHERE substr(task, 1, 1) = 't' WINDOW w AS (PARTITION BY task ORDER BY created_at, ord "
+        f"WHERE NOT ({alone}) WINDOW w AS (PARTITION BY task ORDER BY created_at, ord "
         "ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)"
     )
     names = ", ".join(["task", "anchor_at", *TASK_ANCHOR])
-    own = (  # in the columns' order (a UNION matches them by position)
-        f"SELECT {picked}, 1 AS requests, cost_nanousd, unpriced FROM {rows} WHERE substr(task, 1, 1) = 'r'"
-    )
+    own = f"SELECT {picked}, 1 AS requests, cost_nanousd, unpriced FROM {rows} WHERE {alone}"  # columns in order
     return Temporary(
         TASKS, f"SELECT {names}, requests, cost_nanousd, unpriced FROM ({inner}) t WHERE t.pick = 1 UNION ALL {own}"
     )
@@ -272,7 +277,7 @@ def task_contributions(dialect: str, sign: int) -> str | Temporary:
     columns = ", ".join(f"t.{c}" for c in TASK_ANCHOR)
     select = (
         f"SELECT {sign} AS sign, {day} AS day, {columns}, {sign} * t.cost_nanousd AS cost_nanousd, "
-        f"{sign} * t.unpriced AS unpriced FROM ledger_tasks t WHERE t.task IN (SELECT task FROM {TASKS})"
+        f"{sign} * t.unpriced AS unpriced FROM {TASKS} b JOIN ledger_tasks t ON t.task = b.task"
     )
     if sign < 0:
         return Temporary(DELTA, select)

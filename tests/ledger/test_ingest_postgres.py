@@ -4,6 +4,7 @@ rollups takes turns with an ingest in progress."""
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -83,12 +84,12 @@ def test_the_largest_token_counts_an_upstream_can_report_ingest_in_one_batch(fre
 
 
 def test_one_request_id_of_two_kinds_in_one_batch_on_postgres(fresh_postgres: str) -> None:
-    """A request id that comes as a request and a cache hit in one batch: two rows of task 'r:x' in the
-    batch's tasks. PostgreSQL refuses an upsert that touches one row twice ("ON CONFLICT DO UPDATE command
-    cannot affect row a second time"), where SQLite adds them up."""
+    """A request id that comes as a request and a cache hit in one batch is one task 'r:x' of two requests.
+    Were they two rows of the batch's tasks, PostgreSQL would refuse the upsert that touches one row twice
+    ("ON CONFLICT DO UPDATE command cannot affect row a second time"), where SQLite adds them up."""
     from tests.report.ledgers import MILLI, at, complete, row
 
-    def of(request_id: str, kind: str, hour: int) -> dict:
+    def of(request_id: str, kind: str, hour: int) -> dict[str, Any]:
         return complete(row(request_id, kind=kind, created_at=at(6, hour), tags={}, cost_nanousd=MILLI))
 
     db.upgrade(fresh_postgres)

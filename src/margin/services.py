@@ -26,6 +26,7 @@ from margin.economics.meter import Meter
 from margin.economics.prices import PriceBook
 from margin.economics.rates import unit_rates
 from margin.errors import ConfigError
+from margin.gates import KeyedGate
 from margin.governance.service import Governance
 from margin.guard.pseudonym import UserPseudonyms
 from margin.keys import KeyCache
@@ -95,6 +96,9 @@ class Services:
         # locked table) never holds one of asyncio's default threads, which the request path needs (the
         # router's scorer, the tokenizer of long prompts, the text of long streams)
         self._reads = ThreadPoolExecutor(settings.server.read_threads, thread_name_prefix="margin-read")
+        # a key that is no operator's (its own usage, its team's dashboard) runs one of those reads at a time, so
+        # one key's scans of its history never take every read thread from the operators and the other keys
+        self.key_reads = KeyedGate(running=1, waiting=4, what="usage or dashboard read")
         # the ledger's rows, before each response completes; its ingester's SQL runs in a child process (or a
         # thread) with a connection of its own (a large page cache, a temporary staging table)
         self.outbox = Outbox.from_settings(settings.storage)

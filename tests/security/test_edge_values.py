@@ -5,6 +5,7 @@ the bound the field documents: never a 500. Each was a 500 against a running gat
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -47,6 +48,8 @@ def test_the_budgets_page_holds_caps_far_above_the_spend(gw: Served) -> None:
         ("/v1/margin/usage", {"since": "9" * 5000 + "d"}),
         ("/v1/margin/usage", {"since": "0001-01-01T00:00:00+14:00"}),  # before year 1 once in UTC
         ("/admin/usage", {"until": "9999-12-31T23:59:59-14:00"}),  # after year 9999 once in UTC
+        ("/admin/usage", {"since": "9999-12-31T23:30:00"}),  # a whole hour from it is past year 9999
+        ("/admin/usage", {"since": "9999-12-31T00:30:00", "by": "customer"}),  # and a whole day
     ],
 )
 def test_query_values_out_of_range_are_400(gw: Served, path: str, params: dict[str, str]) -> None:
@@ -54,6 +57,22 @@ def test_query_values_out_of_range_are_400(gw: Served, path: str, params: dict[s
         answer = client.get(path, params=params)
     assert answer.status_code == 400, answer.text[:300]
     assert answer.json()["error"]["param"] in ({"limit", "since", "until"} | {None})
+
+
+def test_a_window_from_before_year_1000_counts_the_rollups_rows(gw: Served) -> None:
+    """The rollups hold their hours and days as text (`2026-11-02T13:00:00`) and a window's whole hours were
+    written with strftime, whose %Y gives year 999 as `999`: it sorts after `2026`, so `since=0999-01-01`
+    read nothing from the rollups and the usage of all time came back as zero requests."""
+    with gw.client(gw.keys["user"]) as client:
+        assert client.post(CHAT, json=HI).is_success
+    with gw.client(gw.keys["admin"]) as admin:
+        for _ in range(100):  # the row reaches the ledger (and its rollups) within a flush
+            if admin.get("/admin/usage").json()["totals"]["requests"] == 1:
+                break
+            time.sleep(0.1)
+        for since in ("1970-01-01T00:00:00", "0999-01-01T00:00:00", "0001-01-01T00:00:00"):
+            totals = admin.get("/admin/usage", params={"since": since, "by": "model"}).json()["totals"]
+            assert totals["requests"] == 1, since
 
 
 @pytest.mark.parametrize("value", ["1e1000000", "-1e1000000", "9" * 1_000_000])

@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
@@ -221,3 +222,47 @@ def test_slow_reads_do_not_take_the_request_paths_threads(served: ServeFactory, 
 
 def _libpq(url: str) -> str:
     return url.replace("postgresql+psycopg", "postgresql")
+
+
+@pytest.mark.parametrize(
+    ("path", "flags"),
+    [
+        ("/v1/margin/usage?since=0001-01-02", []),  # a key's own rows over all of history (no rollup answers)
+        ("/dashboard/api/overview?since=30d", ["--team", "growth"]),  # a team's pages
+    ],
+)
+def test_one_keys_reads_leave_read_threads_to_everyone_else(
+    served: ServeFactory, fresh_postgres: str, path: str, flags: list[str]
+) -> None:
+    """Any key may read its own usage (and its team's dashboard) over any window, and every read took one of
+    the read threads (4) until it ended, however many the key sent: eight requests of one key whose scans are
+    slow (a year of a busy key's rows; here the ledger's tables, locked) held every thread and queued the rest,
+    and the operators' admin API and dashboard, every other key's usage and everyone's feedback waited as long
+    (here: for ever). One key now runs one such read at a time, lets 4 more wait and is refused past that."""
+    keys = {"admin": ["--admin"], "user": flags}
+    with served(keys=keys, ledger=fresh_postgres) as gw, psycopg.connect(_libpq(fresh_postgres)) as lock:
+        lock.execute(f"LOCK TABLE {LOCKED} IN ACCESS EXCLUSIVE MODE")  # held until the rollback below
+        statuses: list[int] = []
+
+        def read() -> None:
+            with gw.client(gw.keys["user"], timeout=120) as client:
+                statuses.append(client.get(path).status_code)
+
+        readers = [threading.Thread(target=read) for _ in range(8)]
+        for reader in readers:
+            reader.start()
+        time.sleep(1.5)  # every reader has sent its request
+        with gw.client(gw.keys["admin"], timeout=10) as admin:  # reads api_keys only: no lock on it
+            started = time.perf_counter()
+            try:
+                listed: int | None = admin.get("/admin/keys").status_code
+            except httpx.TimeoutException:
+                listed = None
+            took = time.perf_counter() - started
+        refused = sorted(statuses)
+        lock.rollback()
+        for reader in readers:
+            reader.join()
+    assert listed == 200 and took < 3.0, (listed, took)
+    assert refused == [429] * 3  # past 1 running and 4 waiting, at once
+    assert sorted(statuses) == [200] * 5 + [429] * 3

@@ -168,8 +168,9 @@ class Dashboard:
             who: Viewer | None = None
             try:
                 who = await auth.viewer(request)
-                scope = await _read(request, pages.scope_for, _engine(request), who, since)
-                data = await BUILDERS[name](request, who, scope)
+                async with request.app.state.services.key_reads.slot(None if who.full else who.principal.key_id):
+                    scope = await _read(request, pages.scope_for, _engine(request), who, since)
+                    data = await BUILDERS[name](request, who, scope)
             except AuthenticationFailed as exc:
                 if as_json:
                     return error_response(exc)

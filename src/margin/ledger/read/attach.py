@@ -41,7 +41,7 @@ def month_masks(first: date, last: date) -> dict[str, int]:
     masks: dict[str, int] = {}
     day = first
     while day < last:
-        month = day.strftime("%Y-%m")
+        month = f"{day.year:04d}-{day.month:02d}"  # strftime writes year 999 as 999
         if day.day == 1 and (day + timedelta(days=31)).replace(day=1) <= last:
             masks[month] = ALL_DAYS  # the whole month
             day = (day + timedelta(days=31)).replace(day=1)

@@ -62,13 +62,19 @@ def row_group(connection: sa.Connection, by: str) -> sa.ColumnElement[Any]:
     return sa.literal_column(_text(connection, by))
 
 
+def bucket_text(moment: datetime, grain: str) -> str:
+    """A whole hour's or day's start as the rollups hold it (`2026-11-02T13:00:00`, `2026-11-02`). The year has
+    its 4 digits however small (strftime's %Y writes year 999 as `999`, which sorts after `2026`)."""
+    iso = moment.astimezone(UTC).isoformat()
+    return f"{iso[:13]}:00:00" if grain == "hour" else iso[:10]
+
+
 def _time(table: Any, column: str, part: Part, grain: str) -> list[sa.ColumnElement[bool]]:
-    fmt = "%Y-%m-%dT%H:00:00" if grain == "hour" else "%Y-%m-%d"
     clauses = []
     if part.since is not None:
-        clauses.append(table.c[column] >= part.since.astimezone(UTC).strftime(fmt))
+        clauses.append(table.c[column] >= bucket_text(part.since, grain))
     if part.until is not None:
-        clauses.append(table.c[column] < part.until.astimezone(UTC).strftime(fmt))
+        clauses.append(table.c[column] < bucket_text(part.until, grain))
     return clauses
 
 

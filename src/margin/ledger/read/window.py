@@ -15,6 +15,9 @@ from margin.ledger.models import api_keys, ledger
 
 _RELATIVE = re.compile(r"^(\d{1,9})([mhdw])$")  # more than 9 digits is more than datetime holds
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+LATEST = datetime(9999, 12, 31, tzinfo=UTC)
+"""The last moment a window may name: the planner rounds a bound up to its whole day (margin.ledger.read.plan),
+which past this is no datetime."""
 
 
 def parse_when(value: str | None, now: datetime | None = None) -> datetime | None:
@@ -27,11 +30,14 @@ def parse_when(value: str | None, now: datetime | None = None) -> datetime | Non
         if match:
             return now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
         parsed = datetime.fromisoformat(value)
-        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+        moment = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
     except ValueError as exc:
         raise InvalidRequest(f"{value[:40]!r} is neither a duration like 24h/7d nor an ISO date") from exc
     except OverflowError as exc:  # 999999999w ago, or 0001-01-01 at +14:00 (before year 1 in UTC)
         raise InvalidRequest(f"{value[:40]!r} is outside the dates this gateway reads") from exc
+    if moment > LATEST:
+        raise InvalidRequest(f"{value[:40]!r} is outside the dates this gateway reads (up to {LATEST.date()})")
+    return moment
 
 
 def as_utc(value: datetime) -> datetime:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from margin.errors import RateLimited
 
@@ -15,7 +15,7 @@ from margin.errors import RateLimited
 @dataclass(slots=True)
 class _Entry:
     semaphore: asyncio.Semaphore
-    holders: int = field(default=0)  # running + waiting
+    holders: int = 0  # running + waiting
 
 
 class KeyedGate:

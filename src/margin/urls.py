@@ -53,8 +53,6 @@ def _by_sqlalchemy(url: str) -> str:
         parsed = sa.make_url(url)
     except sa.exc.ArgumentError as exc:
         raise ValueError(str(exc)) from exc
-    if parsed.host is not None and "@" in parsed.host:  # `user:p@ss@host`: the rest of an unencoded password
-        raise ValueError("an `@` in the host")
     if parsed.password is None:
         return url
     return parsed.render_as_string(hide_password=True)
@@ -62,7 +60,7 @@ def _by_sqlalchemy(url: str) -> str:
 
 def _by_urllib(url: str) -> str:
     parts = urlsplit(url)
-    _ = parts.port  # a ValueError when the "port" is a password's start, cut at an unencoded `/`, `?` or `#`
+    _ = parts.port  # a ValueError when the port is no number
     userinfo, at, host = parts.netloc.rpartition("@")
     user, colon, _password = userinfo.partition(":")
     if not at or not colon:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,8 +26,10 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from margin.ledger import db, deadletter, ingest, measures
+from margin.ledger import db, deadletter, ingest, measures, rollup
+from margin.ledger.checkpoint import Checkpointer
 from margin.ledger.models import ledger, ledger_dead_letter, outbox_offsets
+from margin.ledger.stager import Stager, json_array
 
 log = logging.getLogger("margin.ledger")
 _UPDATE_OFFSET = sa.text(
@@ -108,6 +111,22 @@ class BatchSink:
         self._check = _check_sqlite() if self._sqlite else None
         if self._sqlite:
             sa.event.listen(self._engine, "connect", _memory_temp_store)
+        # a backlog on two cores: the next batch is staged while this one is appended (margin.ledger.stager),
+        # and the WAL is checkpointed meanwhile (margin.ledger.checkpoint); not for a ledger in memory (its
+        # engine is the caller's) nor PostgreSQL (whose server has processes of its own)
+        self._stager: Stager | None = None
+        self._checkpointer: Checkpointer | None = None
+        if self._sqlite and self._owned and (path := db.sqlite_file(url)) is not None:
+            try:
+                self._stager = Stager(self._fill, self._check or "")
+            except sqlite3.Error as exc:  # a SQLite built without its in-memory VFS: one core, as before
+                log.warning("ledger ingest stages each batch itself (%s)", exc)
+            else:
+                sa.event.listen(self._engine, "connect", self._stager.attach)
+            self._checkpointer = Checkpointer(path)
+            sa.event.listen(self._engine, "connect", self._checkpointer.manual)
+        self._keys: tuple[str, ...] | None = None  # the rolled-up tag keys the last batch found
+        self.pipelined = 0  # batches appended from the stager's database (the others: the serial way)
 
     @property
     def pid(self) -> int | None:
@@ -129,10 +148,29 @@ class BatchSink:
         with self._engine.begin() as connection:
             connection.execute(sa.delete(outbox_offsets).where(outbox_offsets.c.segment == segment))
 
-    def _stage(self, connection: sa.Connection, lines: bytes) -> int:
+    def _stage(self, connection: sa.Connection, lines: bytes, ahead: bytes = b"") -> int:
+        """Append `lines` (staged by the stager, which then starts on `ahead`, or here); returns rows appended."""
+        if self._stager is None:
+            return self._serial(connection, lines)
+        if self._keys is None:
+            self._keys = rollup.rolled_up_keys(connection)
+        keys = self._keys
+        staged = self._stager.take(lines, keys)
+        if ahead:
+            self._stager.ahead(ahead, keys)
+        if staged.refused is not None:
+            raise RowsRefused(f"{staged.refused}: integer out of range for the column")
+        if staged.failed is None and ingest.ingest_attached(connection, staged.schema, staged.rows, keys):
+            self.pipelined += 1
+            return staged.rows
+        # not staged (the serial way then says why), a duplicate, or other tag keys: as without a stager
+        self._keys = rollup.rolled_up_keys(connection)
+        return self._serial(connection, lines)
+
+    def _serial(self, connection: sa.Connection, lines: bytes) -> int:
+        """Stage `lines` in this connection's staging table and append them."""
         ingest.prepare(connection)
-        payload = b"[" + lines.rstrip(b"\n").replace(b"\n", b",") + b"]"
-        connection.exec_driver_sql(self._fill, (payload.decode("utf-8", "replace"),))
+        connection.exec_driver_sql(self._fill, (json_array(lines),))
         if self._check is not None:
             bad = connection.exec_driver_sql(self._check).scalar()
             if bad is not None:
@@ -145,12 +183,13 @@ class BatchSink:
         if not connection.execute(_UPDATE_OFFSET, values).rowcount:
             connection.execute(_INSERT_OFFSET, values)
 
-    def move(self, cursor: Cursor, lines: bytes, rows: int) -> None:
+    def move(self, cursor: Cursor, lines: bytes, rows: int, ahead: bytes = b"") -> None:
         """Append whole lines read at `cursor.offset` and commit the offset after them, in one transaction.
-        Raises RowsRefused (or the database's error) and changes nothing when the batch is refused."""
+        Raises RowsRefused (or the database's error) and changes nothing when the batch is refused. `ahead`:
+        the lines after them, if known (the next call's, staged meanwhile)."""
         try:
             with self._engine.begin() as connection:
-                inserted = self._stage(connection, lines)
+                inserted = self._stage(connection, lines, ahead)
                 self._advance(connection, cursor, cursor.offset + len(lines), rows)
         except sa.exc.DBAPIError as exc:
             if transient(exc):
@@ -159,6 +198,8 @@ class BatchSink:
         cursor.offset += len(lines)
         cursor.rows += rows
         cursor.inserted += inserted
+        if self._checkpointer is not None:
+            self._checkpointer.kick()
 
     def move_each(self, cursor: Cursor, lines: bytes) -> None:
         """Line by line, each with its offset; a refused line goes to the dead-letter table. Stops (raising
@@ -196,6 +237,10 @@ class BatchSink:
     def close(self) -> None:
         if self._owned:
             self._engine.dispose()
+        if self._stager is not None:
+            self._stager.close()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
 
 
 def _memory_temp_store(dbapi_connection: Any, _record: Any) -> None:

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.schema import CreateTable
 
 from margin.ledger import measures, rollup
@@ -77,24 +78,34 @@ def _integers(connection: sa.Connection) -> None:
     connection.exec_driver_sql(f"UPDATE {STAGING} SET {sets} WHERE {where}")
 
 
-def _append(connection: sa.Connection, staged: int) -> int:
-    """Append staging to the ledger in the batch's order. First as it is, skipping any row the ledger already
-    has (one pass, and the ledger's unique index does the checking); if a row was skipped (a replay, or a
-    duplicate inside the batch) that is undone and the duplicates are taken out of staging first, as the
-    rollups must count only the rows appended."""
-    insert = f"INSERT INTO ledger ({_NAMES}) SELECT {_NAMES} FROM {STAGING} WHERE true ORDER BY _seq"
+def _insert(source: str) -> str:
+    return f"INSERT INTO ledger ({_NAMES}) SELECT {_NAMES} FROM {source} WHERE true ORDER BY _seq"
+
+
+def _append_all(connection: sa.Connection, source: str, staged: int) -> bool:
+    """Append the `staged` rows of `source` (a staging table) to the ledger in the batch's order if none is a
+    duplicate (one pass: the ledger's unique index does the checking); else change nothing."""
     savepoint = connection.begin_nested()
     try:  # a row the database refuses (not a duplicate) ends the savepoint too, before the caller's own
-        inserted = connection.exec_driver_sql(f"{insert} ON CONFLICT (request_id, kind) DO NOTHING").rowcount
+        inserted = connection.exec_driver_sql(f"{_insert(source)} ON CONFLICT (request_id, kind) DO NOTHING").rowcount
     except BaseException:
         savepoint.rollback()
         raise
     if inserted == staged:
         savepoint.commit()
-        return staged
+        return True
     savepoint.rollback()
+    return False
+
+
+def _append(connection: sa.Connection, staged: int) -> int:
+    """Append staging to the ledger: at once (`_append_all`), or, if a row would be skipped (a replay, or a
+    duplicate inside the batch), with the duplicates taken out of staging first, as the rollups must count
+    only the rows appended."""
+    if _append_all(connection, STAGING, staged):
+        return staged
     _dedupe(connection)
-    return int(connection.exec_driver_sql(insert).rowcount)
+    return int(connection.exec_driver_sql(_insert(STAGING)).rowcount)
 
 
 def ingest_staged(connection: sa.Connection, *, integers: bool = True) -> int:
@@ -109,6 +120,25 @@ def ingest_staged(connection: sa.Connection, *, integers: bool = True) -> int:
         rollup.apply(connection, STAGING)
     connection.execute(sa.delete(staging))
     return int(inserted)
+
+
+def ingest_attached(connection: sa.Connection, schema: str, staged: int, tag_keys: tuple[str, ...]) -> bool:
+    """Append a batch that another connection staged in `schema` (an attached database holding `ledger_staging`
+    and the rollups' batch tables, made with `tag_keys`: margin.ledger.stager) and add it to the rollups.
+    False, having changed nothing, when it cannot go that way: a row is a duplicate, or the rolled-up tag
+    keys are no longer those (the caller then ingests the batch with `ingest_staged`)."""
+    rollup.lock(connection)
+    if rollup.rolled_up_keys(connection) != tag_keys or not _append_all(connection, f"{schema}.{STAGING}", staged):
+        return False
+    rollup.apply_attached(connection, schema, tag_keys)
+    return True
+
+
+def staging_ddl(*, temporary: bool = True) -> str:
+    """SQLite's CREATE TABLE of the staging table: this connection's temporary one, or (temporary=False) a
+    table of the database a stager fills."""
+    ddl = str(CreateTable(staging, if_not_exists=True).compile(dialect=sqlite.dialect()))
+    return ddl if temporary else ddl.replace("CREATE TEMPORARY TABLE", "CREATE TABLE", 1)
 
 
 def ingest_batch(connection: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> int:

@@ -43,7 +43,7 @@ class Sink(Protocol):
 
     def forget(self, segment: str) -> None: ...
 
-    def move(self, cursor: Cursor, lines: bytes, rows: int) -> None: ...
+    def move(self, cursor: Cursor, lines: bytes, rows: int, ahead: bytes = b"") -> None: ...
 
     def move_each(self, cursor: Cursor, lines: bytes) -> None: ...
 
@@ -273,9 +273,11 @@ class Ingester:
             offset += len(chunk)
         return count
 
-    def _read(self, segment: _Segment) -> bytes:
-        """Whole lines after the committed offset: up to `batch_bytes`, or one longer line; b"" if none."""
-        offset, left = segment.cursor.offset, segment.size - segment.cursor.offset
+    def _read(self, segment: _Segment, offset: int) -> bytes:
+        """Whole lines from `offset`: up to `batch_bytes`, or one longer line; b"" if none."""
+        left = segment.size - offset
+        if left <= 0:
+            return b""
         want = min(self._batch_bytes, left)
         while True:
             data = os.pread(self._fd(segment), want, offset)
@@ -301,15 +303,16 @@ class Ingester:
         return False
 
     def _drain(self, segment: _Segment) -> int:
+        """Move the whole lines after the committed offset, batch by batch; each batch goes with the next one's
+        lines (`ahead`), which the sink may stage meanwhile (margin.ledger.stager)."""
         cursor, moved = segment.cursor, 0
-        while cursor.offset < segment.size:
-            lines = self._read(segment)
-            if not lines:
-                break
+        lines = self._read(segment, cursor.offset)
+        while lines:
             rows, offset, inserted, letters = cursor.rows, cursor.offset, cursor.inserted, cursor.dead_letters
+            ahead = self._read(segment, offset + len(lines))
             try:
                 try:
-                    self._sink.move(cursor, lines, lines.count(b"\n"))
+                    self._sink.move(cursor, lines, lines.count(b"\n"), ahead)
                 except RowsRefused as exc:
                     log.warning("ledger batch of %d bytes refused (%s); moving it row by row", len(lines), exc)
                     self._sink.move_each(cursor, lines)
@@ -325,6 +328,7 @@ class Ingester:
                     segment.backlog_rows -= done_rows
                     self.stats.adopted_rows -= done_rows
                     self.stats.adopted_bytes -= done_bytes
+            lines = ahead if cursor.offset == offset + len(lines) else self._read(segment, cursor.offset)
         return moved
 
     def _retire(self, segment: _Segment) -> None:

@@ -89,6 +89,22 @@ def apply(connection: sa.Connection, source: str, order: str = "_seq") -> None:
     batch = connection.info.get(shape)
     if batch is None:
         batch = connection.info[shape] = statements(connection.dialect.name, source, order, shape[3])
+    _run(connection, batch)
+
+
+def apply_attached(connection: sa.Connection, schema: str, tag_keys: tuple[str, ...]) -> None:
+    """Add a batch whose own tables (rollup_sql.batch_tables, made with `tag_keys`) another connection filled in
+    the attached database `schema` (margin.ledger.stager): only the upserts run here."""
+    shape = ("rollup-attached", schema, tag_keys)
+    batch = connection.info.get(shape)
+    if batch is None:
+        dialect = connection.dialect.name
+        upserts = sql.upserts(dialect, tag_keys, f"{schema}.")
+        batch = connection.info[shape] = sql.batch(upserts, sql.temporary(dialect))
+    _run(connection, batch)
+
+
+def _run(connection: sa.Connection, batch: sql.Batch) -> None:
     # emptied before too: a caller that went on after a failed batch in its transaction (SQLite does not
     # abort it) must not count that batch's rows again
     for statement in (*batch.setup, *batch.clear, *batch.run, *batch.clear):

@@ -128,8 +128,8 @@ def pre_aggregates(rows: str) -> list[Temporary]:
     ]
 
 
-def hourly() -> str:
-    """ledger_hourly: every measure and the cost levers' sums, from CORE."""
+def hourly(at: str = "") -> str:
+    """ledger_hourly: every measure and the cost levers' sums, from CORE (in schema `at`)."""
     keys, sums = ["hour", *m.HOURLY_DIMS], [*m.MEASURES, *m.LEVERS]
     dims = ["hour", *(_blank(_g(d)) for d in m.HOURLY_DIMS)]
     first = (
@@ -138,7 +138,7 @@ def hourly() -> str:
     )
     return (
         f"INSERT INTO ledger_hourly ({', '.join([*keys, *sums, 'first_at'])}) "
-        f"SELECT {', '.join([*dims, *(f'SUM({n})' for n in sums), 'MIN(first_at)'])} FROM {CORE} "
+        f"SELECT {', '.join([*dims, *(f'SUM({n})' for n in sums), 'MIN(first_at)'])} FROM {at}{CORE} "
         f"WHERE true GROUP BY {', '.join(str(i + 1) for i in range(len(dims)))} "
         f"{_add('ledger_hourly', keys, sums)}, {first}"
     )
@@ -167,24 +167,25 @@ def tagged(rows: str, tag_keys: Sequence[str]) -> list[Temporary]:
     ]
 
 
-def daily(tag_keys: Sequence[str]) -> list[str]:
+def daily(tag_keys: Sequence[str], at: str = "") -> list[str]:
     """ledger_daily: the hourly dimensions from CORE, the plain columns from KEYED, the tag keys from their
     pre-aggregates (`tagged`), per team and across teams (team '*', measures.EVERY_TEAM: a tag such as
     `customer` crossed with the teams has ~10x more rows per day than across them, and an admin's view reads
     those)."""
-    out = [_daily_from(CORE, dim, _blank(_g(dim)) if dim else "''") for dim in m.DAILY_CORE]
-    out += [_daily_from(KEYED, dim, _blank(_g(dim))) for dim in m.DAILY_DIMS]
+    out = [_daily_from(f"{at}{CORE}", dim, _blank(_g(dim)) if dim else "''") for dim in m.DAILY_CORE]
+    out += [_daily_from(f"{at}{KEYED}", dim, _blank(_g(dim))) for dim in m.DAILY_DIMS]
     for i, key in enumerate(_tag_columns(tag_keys)):
-        source, value = f"{TAGGED}{i}", _blank("value")
+        source, value = f"{at}{TAGGED}{i}", _blank("value")
         out += [_daily_from(source, key, value), _daily_from(source, key, value, f"'{m.EVERY_TEAM}'")]
     return out
 
 
 def _latency_insert(dim: str, value: str, source: str, *, metric: str = "metric", bin_: str = "bin") -> str:
-    """Histogram counts of one dimension: from a pre-aggregate (SUM(n)) or, for one metric, from the rows."""
+    """Histogram counts of one dimension: from a pre-aggregate (SUM(n), `metric` its column) or, for one
+    metric (`metric` a literal), from the rows."""
     keys = ["dim", "metric", "day", "team", "value", "bin"]
     team = _blank(_g("team")) if dim in m.TEAM_HISTOGRAMS else f"'{m.EVERY_TEAM}'"
-    count, where = ("SUM(n)", "true") if source in (LATENCY, LATENCY_KEYED) else ("COUNT(*)", f"{bin_} IS NOT NULL")
+    count, where = ("SUM(n)", "true") if metric == "metric" else ("COUNT(*)", f"{bin_} IS NOT NULL")
     return (
         f"INSERT INTO ledger_latency ({', '.join([*keys, 'n'])}) SELECT '{dim}', {metric}, day, {team}, {value}, "
         f"{bin_}, {count} FROM {source} WHERE {where} GROUP BY 2, 3, 4, 5, 6 {_add('ledger_latency', keys, ['n'])}"
@@ -201,37 +202,41 @@ def _per_bin(rows: str, table: str, dims: Sequence[str]) -> Temporary:
     return Temporary(table, " UNION ALL ".join(metrics))
 
 
-def latency(rows: str, tag_keys: Sequence[str]) -> list[str | Temporary]:
-    """Histogram counts per metric × bin: pre-aggregated per day × team × model (LATENCY) and per day × key ×
-    endpoint × status × user (LATENCY_KEYED), then summed per dimension; the tag keys from ROWS."""
-    out: list[str | Temporary] = [
-        _per_bin(rows, LATENCY, LATENCY_CORE_DIMS),
-        _per_bin(rows, LATENCY_KEYED, LATENCY_KEYED_DIMS),
-    ]
+def latency_bins(rows: str) -> list[Temporary]:
+    """The histograms' pre-aggregates: counts per metric × bin per day × team × model (LATENCY) and per day ×
+    key × endpoint × status × user (LATENCY_KEYED)."""
+    return [_per_bin(rows, LATENCY, LATENCY_CORE_DIMS), _per_bin(rows, LATENCY_KEYED, LATENCY_KEYED_DIMS)]
+
+
+def latency(rows: str, tag_keys: Sequence[str], at: str = "") -> list[str]:
+    """ledger_latency: histogram counts per dimension from the pre-aggregates (`latency_bins`); the tag keys
+    from ROWS (`rows`)."""
+    out = []
     for dim in m.HISTOGRAM_DIMS:
         source = LATENCY if dim in ("", *LATENCY_CORE_DIMS) else LATENCY_KEYED
-        out.append(_latency_insert(dim, _blank(_g(dim)) if dim else "''", source))
+        out.append(_latency_insert(dim, _blank(_g(dim)) if dim else "''", f"{at}{source}"))
     for key, column in _tag_columns(tag_keys).items():
         out += [_latency_insert(key, _blank(column), rows, metric=f"'{x}'", bin_=f"{x}_bin") for x in m.METRICS]
     return out
 
 
-def attach(rows: str) -> list[str | Temporary]:
+def attach_days(rows: str) -> Temporary:
+    """The batch's distinct days × team × feature × customer (ATTACH), which `attach` reads."""
+    distinct = f"SELECT DISTINCT day, {_blank(_g('team'))} AS team, {_blank('feature')} AS feature, "
+    return Temporary(ATTACH, f"{distinct}{_blank('customer')} AS customer FROM {rows}")
+
+
+def attach() -> list[str]:
     """ledger_attach: per month × team (and across teams) × feature × customer, the days it was seen as bits
     (each day's bit is a distinct power of two, so the sum of distinct days' bits is their OR; an upsert ORs in
-    the batch's). The batch's distinct days × team × feature × customer first (ATTACH): per team each day is
-    then there once, and across teams SUM(DISTINCT) reads that smaller table."""
+    the batch's). From the batch's distinct days × team × feature × customer (`attach_days`): per team each
+    day is there once, and across teams SUM(DISTINCT) reads that smaller table."""
     bit = "1 << (CAST(substr(day, 9, 2) AS INTEGER) - 1)"
-    distinct = f"SELECT DISTINCT day, {_blank(_g('team'))} AS team, {_blank('feature')} AS feature, "
-    distinct += f"{_blank('customer')} AS customer FROM {rows}"
     return [
-        Temporary(ATTACH, distinct),
-        *(
-            "INSERT INTO ledger_attach (month, team, feature, customer, days) "
-            f"SELECT substr(day, 1, 7), {team}, feature, customer, {days} FROM {ATTACH} GROUP BY 1, 2, 3, 4 "
-            "ON CONFLICT (month, team, feature, customer) DO UPDATE SET days = ledger_attach.days | excluded.days"
-            for team, days in (("team", f"SUM({bit})"), (f"'{m.EVERY_TEAM}'", f"SUM(DISTINCT {bit})"))
-        ),
+        "INSERT INTO ledger_attach (month, team, feature, customer, days) "
+        f"SELECT substr(day, 1, 7), {team}, feature, customer, {days} FROM {ATTACH} GROUP BY 1, 2, 3, 4 "
+        "ON CONFLICT (month, team, feature, customer) DO UPDATE SET days = ledger_attach.days | excluded.days"
+        for team, days in (("team", f"SUM({bit})"), (f"'{m.EVERY_TEAM}'", f"SUM(DISTINCT {bit})"))
     ]
 
 
@@ -328,19 +333,30 @@ class Batch(NamedTuple):
     clear: tuple[str, ...]
 
 
-def statements(dialect: str, source: str, order: str, tag_keys: Sequence[str]) -> Batch:
-    """Every statement of one batch's rollup, in order."""
+def batch_tables(dialect: str, source: str, order: str, tag_keys: Sequence[str]) -> list[Temporary]:
+    """What the batch's rows alone give (no rollup read): ROWS and most pre-aggregates the upserts read (the
+    rest, `upserts` makes from ROWS: a stager's thread and the ledger's share the CPU more evenly)."""
     for key in tag_keys:
         m.check_tag_key(key)
     rows = rows_table(tag_keys)
-    steps = [
+    return [
         derive(dialect, source, order, tag_keys),
         *pre_aggregates(rows),
         *tagged(rows, tag_keys),
-        hourly(),
-        *daily(tag_keys),
-        *latency(rows, tag_keys),
-        *attach(rows),
+        *latency_bins(rows),
+    ]
+
+
+def upserts(dialect: str, tag_keys: Sequence[str], at: str = "") -> list[str | Temporary]:
+    """Every rollup's upsert, reading `batch_tables` from schema `at` ("" or "<schema>."), in order, with the
+    pre-aggregates they make themselves (temporary tables of this connection)."""
+    rows = f"{at}{rows_table(tag_keys)}"
+    return [
+        hourly(at),
+        *daily(tag_keys, at),
+        *latency(rows, tag_keys, at),
+        attach_days(rows),
+        *attach(),
         charges(rows),
         batch_tasks(rows),
         task_contributions(dialect, -1),
@@ -348,12 +364,26 @@ def statements(dialect: str, source: str, order: str, tag_keys: Sequence[str]) -
         task_contributions(dialect, 1),
         *task_daily(),
     ]
+
+
+def batch(steps: Sequence[str | Temporary], create: str) -> Batch:
+    """`steps` as a Batch; `create` makes a table from a name and a select ({} and {}: the table's made empty)."""
     temporary = [step for step in steps if isinstance(step, Temporary)]
-    # PostgreSQL keeps a deleted row's space until a VACUUM, which never runs on temporary tables: emptied at
-    # commit (truncated in place) too, they do not grow batch after batch on a long-lived connection
-    create = "CREATE TEMPORARY TABLE IF NOT EXISTS {}" + (" ON COMMIT DELETE ROWS" if dialect == "postgresql" else "")
     return Batch(
-        setup=tuple(f"{create.format(t.name)} AS {t.select} LIMIT 0" for t in temporary),
+        setup=tuple(create.format(t.name, f"{t.select} LIMIT 0") for t in temporary),
         run=tuple(f"INSERT INTO {s.name} {s.select}" if isinstance(s, Temporary) else s for s in steps),
         clear=tuple(f"DELETE FROM {t.name}" for t in temporary),
     )
+
+
+def temporary(dialect: str) -> str:
+    """`batch`'s `create` for a connection's own temporary tables. PostgreSQL keeps a deleted row's space until
+    a VACUUM, which never runs on temporary tables: emptied at commit (truncated in place) too, they do not
+    grow batch after batch on a long-lived connection."""
+    suffix = " ON COMMIT DELETE ROWS" if dialect == "postgresql" else ""
+    return "CREATE TEMPORARY TABLE IF NOT EXISTS {}" + suffix + " AS {}"
+
+
+def statements(dialect: str, source: str, order: str, tag_keys: Sequence[str]) -> Batch:
+    """Every statement of one batch's rollup, in order, on one connection."""
+    return batch([*batch_tables(dialect, source, order, tag_keys), *upserts(dialect, tag_keys)], temporary(dialect))

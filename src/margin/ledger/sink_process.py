@@ -152,8 +152,8 @@ class RemoteSink:
     def forget(self, segment: str) -> None:
         self._call("forget", segment)
 
-    def move(self, cursor: Cursor, lines: bytes, rows: int) -> None:
-        self._call("move", _fields(cursor), lines, rows, cursor=cursor)
+    def move(self, cursor: Cursor, lines: bytes, rows: int, ahead: bytes = b"") -> None:
+        self._call("move", _fields(cursor), lines, rows, ahead, cursor=cursor)
 
     def move_each(self, cursor: Cursor, lines: bytes) -> None:
         self._call("move_each", _fields(cursor), lines, cursor=cursor)
@@ -201,7 +201,7 @@ def _answer(sink: BatchSink, op: str, args: tuple[Any, ...]) -> tuple[str, Any, 
     cursor = Cursor(*args[0])
     try:
         if op == "move":
-            sink.move(cursor, args[1], args[2])
+            sink.move(cursor, args[1], args[2], args[3])
         else:
             sink.move_each(cursor, args[1])
     except RowsRefused as refused:

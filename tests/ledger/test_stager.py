@@ -1,0 +1,144 @@
+"""The stager (margin.ledger.stager): a batch staged while the one before it is appended gives the ledger and
+every rollup what the serial way gives; a replay, a duplicate, a change of the rolled-up tag keys, damaged bytes
+or an out-of-range integer in the batch staged ahead go the serial way (or are refused) without harm to the
+batch being appended; the ingester hands each batch the next one's lines; the WAL is checkpointed by a thread."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from margin.ledger import db, rollup
+from margin.ledger.batch import BatchSink, Cursor, RowsRefused
+from margin.ledger.outbox import Outbox, encode
+from tests.ledger.rows import read_ledger, row
+from tests.ledger.test_ingester import dead_file
+from tests.ledger.varied import assert_equals_a_rebuild, batches, varied_rows
+
+
+@pytest.fixture
+def engine(url: str) -> Iterator[sa.Engine]:
+    engine = db.make_sync_engine(url)
+    with engine.begin() as connection:
+        rollup.rebuild(connection, ("feature", "customer", "task_id"))
+    yield engine
+    engine.dispose()
+
+
+def lines(rows: list[dict[str, Any]]) -> bytes:
+    return b"".join(encode(r) for r in rows)
+
+
+def move_all(sink: BatchSink, parts: list[bytes], cursor: Cursor) -> None:
+    """As the ingester moves a backlog: each batch with the next one's lines."""
+    for i, part in enumerate(parts):
+        sink.move(cursor, part, part.count(b"\n"), parts[i + 1] if i + 1 < len(parts) else b"")
+
+
+def stager(sink: BatchSink) -> Any:
+    assert sink._stager is not None  # a SQLite file: the sink stages
+    return sink._stager
+
+
+def test_batches_staged_ahead_equal_a_rebuild(url: str, engine: sa.Engine) -> None:
+    """Varied rows (NULL dimensions, tasks across batches out of order, refunds, three tag keys) in uneven
+    batches, each staged while the one before it was appended: every rollup holds a rebuild's integers."""
+    rows = varied_rows(1500)
+    parts = [lines(part) for part in batches(rows)]
+    sink, cursor = BatchSink(url), Cursor("s")
+    move_all(sink, parts, cursor)
+    assert sink.pipelined == len(parts) and stager(sink).ready == len(parts) - 1
+    sink.close()
+    assert cursor.inserted == len(rows) == len(read_ledger(url))
+    assert_equals_a_rebuild(engine)
+
+
+def test_replays_and_duplicates_go_the_serial_way(url: str, engine: sa.Engine) -> None:
+    rows = varied_rows(300, seed=3)
+    first, second, third = lines(rows[:100]), lines(rows[100:200]), lines(rows[200:])
+    doubled = second + lines(rows[150:151])  # a row twice in one batch
+    sink, cursor = BatchSink(url), Cursor("s")
+    move_all(sink, [first, first, doubled, third, third], cursor)  # a replayed batch, twice
+    sink.close()
+    assert cursor.inserted == 300 and sink.pipelined == 2  # first and third; the other three went serially
+    assert sorted(r.request_id for r in read_ledger(url)) == sorted(r["request_id"] for r in rows)
+    assert_equals_a_rebuild(engine)
+
+
+def test_other_tag_keys_between_staging_and_appending(url: str, engine: sa.Engine) -> None:
+    """`margin db rebuild-rollups` with other keys while a batch waits, staged with the old ones."""
+    parts = [lines(part) for part in batches(varied_rows(400, seed=8))]
+    sink, cursor = BatchSink(url), Cursor("s")
+    sink.move(cursor, parts[0], parts[0].count(b"\n"), parts[1])
+    with engine.begin() as connection:
+        rollup.rebuild(connection, ("feature",))
+    move_all(sink, parts[1:], cursor)
+    sink.close()
+    assert sink.pipelined == len(parts) - 1  # all but the one staged with the old keys
+    assert_equals_a_rebuild(engine)
+
+
+def test_a_bad_batch_ahead_leaves_the_batch_before_it_whole(url: str, engine: sa.Engine) -> None:
+    """Damaged bytes or an integer beyond 64 bits, staged ahead: the batch appended meanwhile commits; the bad
+    one is then refused (and moved line by line by the ingester), as without a stager."""
+    huge_line = json.dumps({**orjson.loads(encode(row("huge"))), "input_tokens": 10**25}).encode()
+    good = [lines([row(f"g{n}")]) for n in range(3)]
+    sink, cursor = BatchSink(url), Cursor("s")
+    for part, bad, column in ((good[0], b"\x00garbage\xff\n", None), (good[1], huge_line + b"\n", "input_tokens")):
+        sink.move(cursor, part, 1, bad)
+        with pytest.raises(RowsRefused) as refused:
+            sink.move(cursor, bad, 1, good[2])
+        assert column is None or str(refused.value).startswith(column)
+    sink.move(cursor, good[2], 1)
+    sink.close()
+    assert sorted(r.request_id for r in read_ledger(url)) == ["g0", "g1", "g2"]
+    assert cursor.offset == sum(map(len, good))  # the refused batches moved nothing, not even the offset
+
+
+def _wal_checkpointed(path: str) -> bool:
+    """Every page of the database is in its file (a checkpoint copied the log's pages back into it)."""
+    with sqlite3.connect(path) as connection:
+        pages, size = (connection.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "page_size"))
+    return bool(os.path.getsize(path) == pages * size)
+
+
+def test_the_log_is_checkpointed_by_the_thread(url: str, engine: sa.Engine) -> None:
+    path = db.sqlite_file(url)
+    assert path is not None
+    sink = BatchSink(url)
+    with sink._engine.connect() as connection:  # the sink's commits never checkpoint
+        assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+    checkpointer = sink._checkpointer
+    assert checkpointer is not None
+    move_all(sink, [lines(part) for part in batches(varied_rows(600, seed=4))], Cursor("s"))
+    deadline = time.monotonic() + 30  # each move asks for a checkpoint when it has committed
+    while not _wal_checkpointed(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _wal_checkpointed(path) and checkpointer.checkpoints >= 1
+    sink.close()
+
+
+@pytest.mark.parametrize("ingest_in", ["thread", "process"])
+async def test_a_backlog_is_moved_with_each_batch_staged_ahead(tmp_path: Path, url: str, ingest_in: Any) -> None:
+    """A dead process's file of many batches: the ingester hands each batch the next one's lines."""
+    box = tmp_path / "box"
+    rows = [row(f"b{n}") for n in range(400)]
+    dead_file(box, "gone-1-a", lines(rows))
+    outbox = Outbox(url, box, ingest_in=ingest_in, batch_bytes=8 * 1024)
+    sink = outbox._ingester._sink
+    outbox.start()
+    await outbox.flush()
+    if isinstance(sink, BatchSink):
+        assert stager(sink).ready > 10  # batches found staged (~25 batches of 8 KB)
+    await outbox.close()
+    assert sorted(r.request_id for r in read_ledger(url)) == sorted(r["request_id"] for r in rows)
+    assert os.listdir(box) == []

@@ -1,6 +1,6 @@
 """The stager (margin.ledger.stager): a batch staged while the one before it is appended gives the ledger and
 every rollup what the serial way gives; a replay, a duplicate, a change of the rolled-up tag keys, damaged bytes
-or an out-of-range integer in the batch staged ahead go the serial way (or are refused) without harm to the
+or an out-of-range integer in the batch staged ahead go the one-core way (or are refused) without harm to the
 batch being appended; the ingester hands each batch the next one's lines; the WAL is checkpointed by a thread."""
 
 from __future__ import annotations
@@ -44,6 +44,18 @@ def move_all(sink: BatchSink, parts: list[bytes], cursor: Cursor) -> None:
         sink.move(cursor, part, part.count(b"\n"), parts[i + 1] if i + 1 < len(parts) else b"")
 
 
+def parsed_here(sink: BatchSink) -> list[str]:
+    """The statements that parse JSON on the ledger's connections (the stager parses on its own)."""
+    found: list[str] = []
+
+    @sa.event.listens_for(sink._engine, "before_cursor_execute")
+    def _seen(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "json_each" in statement:
+            found.append(statement)
+
+    return found
+
+
 def stager(sink: BatchSink) -> Any:
     assert sink._stager is not None  # a SQLite file: the sink stages
     return sink._stager
@@ -62,14 +74,16 @@ def test_batches_staged_ahead_equal_a_rebuild(url: str, engine: sa.Engine) -> No
     assert_equals_a_rebuild(engine)
 
 
-def test_replays_and_duplicates_go_the_serial_way(url: str, engine: sa.Engine) -> None:
+def test_replays_and_duplicates_are_appended_from_the_stagers_copy(url: str, engine: sa.Engine) -> None:
     rows = varied_rows(300, seed=3)
     first, second, third = lines(rows[:100]), lines(rows[100:200]), lines(rows[200:])
     doubled = second + lines(rows[150:151])  # a row twice in one batch
     sink, cursor = BatchSink(url), Cursor("s")
+    parsed = parsed_here(sink)
     move_all(sink, [first, first, doubled, third, third], cursor)  # a replayed batch, twice
     sink.close()
     assert cursor.inserted == 300 and sink.pipelined == 2  # first and third; the other three went serially
+    assert parsed == []  # from the stager's copy, not parsed again
     assert sorted(r.request_id for r in read_ledger(url)) == sorted(r["request_id"] for r in rows)
     assert_equals_a_rebuild(engine)
 
@@ -78,12 +92,13 @@ def test_other_tag_keys_between_staging_and_appending(url: str, engine: sa.Engin
     """`margin db rebuild-rollups` with other keys while a batch waits, staged with the old ones."""
     parts = [lines(part) for part in batches(varied_rows(400, seed=8))]
     sink, cursor = BatchSink(url), Cursor("s")
+    parsed = parsed_here(sink)
     sink.move(cursor, parts[0], parts[0].count(b"\n"), parts[1])
     with engine.begin() as connection:
         rollup.rebuild(connection, ("feature",))
     move_all(sink, parts[1:], cursor)
     sink.close()
-    assert sink.pipelined == len(parts) - 1  # all but the one staged with the old keys
+    assert sink.pipelined == len(parts) - 1 and parsed == []  # all but the one staged with the old keys
     assert_equals_a_rebuild(engine)
 
 
@@ -93,6 +108,7 @@ def test_a_bad_batch_ahead_leaves_the_batch_before_it_whole(url: str, engine: sa
     huge_line = json.dumps({**orjson.loads(encode(row("huge"))), "input_tokens": 10**25}).encode()
     good = [lines([row(f"g{n}")]) for n in range(3)]
     sink, cursor = BatchSink(url), Cursor("s")
+    parsed = parsed_here(sink)
     for part, bad, column in ((good[0], b"\x00garbage\xff\n", None), (good[1], huge_line + b"\n", "input_tokens")):
         sink.move(cursor, part, 1, bad)
         with pytest.raises(RowsRefused) as refused:
@@ -102,6 +118,7 @@ def test_a_bad_batch_ahead_leaves_the_batch_before_it_whole(url: str, engine: sa
     sink.close()
     assert sorted(r.request_id for r in read_ledger(url)) == ["g0", "g1", "g2"]
     assert cursor.offset == sum(map(len, good))  # the refused batches moved nothing, not even the offset
+    assert len(parsed) == 1  # the damaged bytes, parsed again here for the database's own error
 
 
 def _wal_checkpointed(path: str) -> bool:

@@ -6,6 +6,9 @@ per row. Then margin.ledger.ingest drops the rows already in the ledger, appends
 rollups, and the file's offset is committed in `outbox_offsets` in the same transaction: after a crash the
 ingester resumes exactly after the last committed batch, and replaying one is a no-op anyway.
 
+On a SQLite file the bytes are parsed, checked and grouped on a second thread (margin.ledger.stager), the next
+batch while this one is appended, and the WAL is checkpointed on a third (margin.ledger.checkpoint).
+
 A batch the database refuses for its content (not because it is unreachable) is moved again line by line, each
 line in its own transaction with its offset; a line still refused goes to `ledger_dead_letter` with the error,
 and a coerced copy of the row to the ledger when one fits (margin.ledger.deadletter). So one bad row never
@@ -153,6 +156,7 @@ class BatchSink:
         if self._stager is None:
             return self._serial(connection, lines)
         if self._keys is None:
+            rollup.lock(connection)  # first (margin.ledger.ingest: SQLite's deferred transactions)
             self._keys = rollup.rolled_up_keys(connection)
         keys = self._keys
         staged = self._stager.take(lines, keys)
@@ -160,12 +164,13 @@ class BatchSink:
             self._stager.ahead(ahead, keys)
         if staged.refused is not None:
             raise RowsRefused(f"{staged.refused}: integer out of range for the column")
-        if staged.failed is None and ingest.ingest_attached(connection, staged.schema, staged.rows, keys):
+        if staged.failed is not None:  # the serial way, which says why
+            return self._serial(connection, lines)
+        if ingest.ingest_attached(connection, staged.schema, staged.rows, keys):
             self.pipelined += 1
             return staged.rows
-        # not staged (the serial way then says why), a duplicate, or other tag keys: as without a stager
-        self._keys = rollup.rolled_up_keys(connection)
-        return self._serial(connection, lines)
+        self._keys = rollup.rolled_up_keys(connection)  # a duplicate, or other tag keys: staging is still good
+        return ingest.ingest_copied(connection, staged.schema)
 
     def _serial(self, connection: sa.Connection, lines: bytes) -> int:
         """Stage `lines` in this connection's staging table and append them."""

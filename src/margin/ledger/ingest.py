@@ -13,7 +13,9 @@ In the caller's transaction, on SQLite and PostgreSQL:
 
 This is the seam for the data-plane ingester (an outbox file read in large batches): it calls
 `ingest_batch` with the rows it read, or calls `prepare`, fills `ledger_staging` itself and calls
-`ingest_staged`, all in one transaction (on PostgreSQL the staging table is emptied at commit). Ingests never
+`ingest_staged`, or has another connection stage the batch in an attached database and calls
+`ingest_attached` (margin.ledger.stager: steps 1, 2 and the rollups' batch tables on a second thread), all in
+one transaction (on PostgreSQL the staging table is emptied at commit). Ingests never
 race: on PostgreSQL an advisory lock (`rollup.lock`, which a rebuild takes too) serializes those of several
 replicas (the dedup check and the rollup upserts then see every committed batch); on SQLite the transaction
 takes the database's write lock before it reads anything (a deferred transaction that read first could not
@@ -132,6 +134,14 @@ def ingest_attached(connection: sa.Connection, schema: str, staged: int, tag_key
         return False
     rollup.apply_attached(connection, schema, tag_keys)
     return True
+
+
+def ingest_copied(connection: sa.Connection, schema: str) -> int:
+    """`ingest_staged` of the batch staged in `schema` (when `ingest_attached` could not take it), copied into
+    this connection's staging table: cheaper than parsing its bytes again."""
+    prepare(connection)
+    connection.exec_driver_sql(f"INSERT INTO {STAGING} ({_NAMES}, _seq) SELECT {_NAMES}, _seq FROM {schema}.{STAGING}")
+    return ingest_staged(connection, integers=False)  # the stager's fill computed them
 
 
 def staging_ddl(*, temporary: bool = True) -> str:

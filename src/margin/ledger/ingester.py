@@ -2,7 +2,8 @@
 
 Each pass reads, for every file it is responsible for, the bytes after its committed offset up to the last
 complete line (a line still being written, or torn by a crash, is not read), in reads of `batch_bytes`, and
-hands them to margin.ledger.batch, which commits the rows and the new offset in one transaction. Per row it
+hands them to margin.ledger.batch, which commits the rows and the new offset in one transaction; each batch goes
+with the next one's lines, which the sink stages meanwhile (margin.ledger.stager). Per row it
 does nothing in Python: the bytes are joined into one JSON array and parsed by the database, and the thread
 spends its time in the database driver (which releases the GIL) and in C-level bytes operations.
 

@@ -15,6 +15,10 @@
    (`ledger_rollup_task_delta`, with −1), the ledger_tasks upsert, their new contribution (+1), and one
    upsert of the difference.
 
+What the batch's rows alone give (ROWS and most pre-aggregates: `batch_tables`) is apart from what reads the
+rollups (`upserts`, which make the tasks' and the attach rate's own pre-aggregates): a stager thread can fill
+the first in a database of its own while the ledger's connection runs the second (margin.ledger.stager).
+
 The temporary tables are made once per connection and emptied after each batch (`Temporary`, `Batch`), so
 SQLite prepares each statement once per connection instead of once per batch: a batch's fixed cost went from
 6.7 to 2.6 ms of CPU (one-row batches, benchmarks/README.md).

@@ -117,9 +117,9 @@ def statement_kind(sql: str) -> str:
     return "locks, other"
 
 
-def cpu_by_statement(engine: sa.Engine) -> collections.Counter[str]:
+def cpu_by_statement(engine: sa.Engine) -> collections.defaultdict[str, float]:
     """CPU seconds of the ingester thread in each kind of statement (thread time around each execute)."""
-    spent: collections.Counter[str] = collections.Counter()
+    spent: collections.defaultdict[str, float] = collections.defaultdict(float)
 
     @sa.event.listens_for(engine, "before_cursor_execute")
     def _before(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
@@ -156,7 +156,7 @@ async def ingest_once(url: str, directory: Path, batch_bytes: int) -> dict[str, 
         "batches_staged_ahead": sink._stager.ready if sink._stager is not None else 0,
         "batches_appended_from_the_stager": sink.pipelined,
         "files_left": len(left),
-        "statement_cpu_s": {kind: round(seconds, 3) for kind, seconds in spent.most_common()},
+        "statement_cpu_s": {kind: round(seconds, 3) for kind, seconds in sorted(spent.items(), key=lambda kv: -kv[1])},
     }
 
 

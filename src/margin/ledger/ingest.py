@@ -138,9 +138,11 @@ def ingest_attached(connection: sa.Connection, schema: str, staged: int, tag_key
 
 def ingest_copied(connection: sa.Connection, schema: str) -> int:
     """`ingest_staged` of the batch staged in `schema` (when `ingest_attached` could not take it), copied into
-    this connection's staging table: cheaper than parsing its bytes again."""
+    this connection's staging table (cheaper than parsing its bytes again) and without its duplicates (the
+    usual reason it is here: then the append is not tried a second time)."""
     prepare(connection)
     connection.exec_driver_sql(f"INSERT INTO {STAGING} ({_NAMES}, _seq) SELECT {_NAMES}, _seq FROM {schema}.{STAGING}")
+    _dedupe(connection)
     return ingest_staged(connection, integers=False)  # the stager's fill computed them
 
 

@@ -121,7 +121,7 @@ class Stager:
             for statement in tables.run:
                 connection.execute(statement)
             return Staged(SCHEMAS[i], rows, tag_keys)
-        except sqlite3.Error as exc:
+        except Exception as exc:  # whatever it was, the serial way meets it again and raises it there
             return Staged(SCHEMAS[i], 0, tag_keys, failed=f"{type(exc).__name__}: {exc}")
         finally:
             self.cpu_s += time.thread_time() - began

@@ -106,11 +106,11 @@ class Stager:
 
     def _stage(self, i: int, lines: bytes, tag_keys: tuple[str, ...]) -> Staged:
         began, connection = time.thread_time(), self._connections[i]
-        tables = self._tables.get(tag_keys)
-        if tables is None:  # as tables of the stager's databases
-            made = sql.batch_tables("sqlite", ingest.STAGING, "_seq", tag_keys)
-            tables = self._tables[tag_keys] = sql.batch(made, "CREATE TABLE IF NOT EXISTS {} AS {}")
         try:
+            tables = self._tables.get(tag_keys)
+            if tables is None:  # as tables of the stager's databases
+                made = sql.batch_tables("sqlite", ingest.STAGING, "_seq", tag_keys)
+                tables = self._tables[tag_keys] = sql.batch(made, "CREATE TABLE IF NOT EXISTS {} AS {}")
             for statement in (*tables.setup, *tables.clear, f"DELETE FROM {ingest.STAGING}"):
                 connection.execute(statement)
             connection.execute(self._fill, (json_array(lines),))

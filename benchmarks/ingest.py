@@ -9,7 +9,7 @@ made as the gateway makes them) are written to outbox files by a
 writer that then "dies" (its lock released, as after `kill -9`); a fresh `Outbox` is started on the same
 directory and timed until every row is in the ledger and the files are deleted: discovery, reads, staging
 (`json_each`), dedup against the ledger, the insert (indexes, rollup), offsets, deletion. On SQLite the next
-batch is staged on a second thread meanwhile (margin.ledger.stager) and the WAL checkpointed on a third. The same is
+batch is staged on a second thread meanwhile (margin.ledger.stager). The same is
 measured on an empty ledger and on one already holding `--prefill` rows (its indexes no longer fit SQLite's
 default page cache), then a replay of the same files (every row a duplicate). CPU is this process's (the
 ingester's threads do the work; the main thread waits); per statement, the ingester thread's around each

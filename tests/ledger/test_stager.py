@@ -1,14 +1,14 @@
 """The stager (margin.ledger.stager): a batch staged while the one before it is appended gives the ledger and
 every rollup what the serial way gives; a replay, a duplicate, a change of the rolled-up tag keys, damaged bytes
 or an out-of-range integer in the batch staged ahead go the one-core way (or are refused) without harm to the
-batch being appended; the ingester hands each batch the next one's lines; the WAL is checkpointed by a thread."""
+batch being appended, and so does a retry after the database failed; the ingester hands each batch the next
+one's lines; without a stager the sink stages each batch itself; the WAL stays small over a backlog."""
 
 from __future__ import annotations
 
 import json
 import os
 import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from margin.ledger import db, rollup
 from margin.ledger.batch import BatchSink, Cursor, RowsRefused
 from margin.ledger.outbox import Outbox, encode
+from margin.ledger.stager import Stager
 from tests.ledger.rows import read_ledger, row
 from tests.ledger.test_ingester import dead_file
 from tests.ledger.varied import assert_equals_a_rebuild, batches, varied_rows
@@ -121,27 +122,55 @@ def test_a_bad_batch_ahead_leaves_the_batch_before_it_whole(url: str, engine: sa
     assert len(parsed) == 1  # the damaged bytes, parsed again here for the database's own error
 
 
-def _wal_checkpointed(path: str) -> bool:
-    """Every page of the database is in its file (a checkpoint copied the log's pages back into it)."""
-    with sqlite3.connect(path) as connection:
-        pages, size = (connection.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "page_size"))
-    return bool(os.path.getsize(path) == pages * size)
+def test_a_batch_retried_after_a_transient_failure_counts_once(url: str, engine: sa.Engine) -> None:
+    """The database fails half-way through a staged batch's rollups (busy): nothing of it stays; the retry
+    takes the same staged batch and counts it once."""
+    parts = [lines(part) for part in batches(varied_rows(500, seed=6))]
+    sink, cursor = BatchSink(url), Cursor("s")
+    failing = {"armed": True}
 
+    @sa.event.listens_for(sink._engine, "before_cursor_execute")
+    def _busy_once(connection: Any, cursor_: Any, statement: str, *args: Any) -> None:
+        if failing["armed"] and statement.startswith("INSERT INTO ledger_daily"):
+            failing["armed"] = False
+            raise sqlite3.OperationalError("database is locked")
 
-def test_the_log_is_checkpointed_by_the_thread(url: str, engine: sa.Engine) -> None:
-    path = db.sqlite_file(url)
-    assert path is not None
-    sink = BatchSink(url)
-    with sink._engine.connect() as connection:  # the sink's commits never checkpoint
-        assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
-    checkpointer = sink._checkpointer
-    assert checkpointer is not None
-    move_all(sink, [lines(part) for part in batches(varied_rows(600, seed=4))], Cursor("s"))
-    deadline = time.monotonic() + 30  # each move asks for a checkpoint when it has committed
-    while not _wal_checkpointed(path) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert _wal_checkpointed(path) and checkpointer.checkpoints >= 1
+    with pytest.raises(sa.exc.OperationalError):
+        sink.move(cursor, parts[0], parts[0].count(b"\n"), parts[1])
+    assert (cursor.offset, cursor.inserted) == (0, 0)
+    move_all(sink, parts, cursor)
+    assert stager(sink).ready == len(parts)  # the retry, and every batch after it, found staged
     sink.close()
+    assert cursor.inserted == 500 == len(read_ledger(url))
+    assert_equals_a_rebuild(engine)
+
+
+def test_without_a_stager_the_sink_stages_each_batch_itself(url: str, engine: sa.Engine, monkeypatch: Any) -> None:
+    """A SQLite whose ATTACH does not read URIs (or has no in-memory VFS): one core, the same rows and rollups."""
+
+    def refuse() -> None:
+        raise sqlite3.NotSupportedError("this SQLite does not read URIs in ATTACH")
+
+    monkeypatch.setattr(Stager, "_check_uris", staticmethod(refuse))
+    sink, cursor = BatchSink(url), Cursor("s")
+    assert sink._stager is None
+    move_all(sink, [lines(part) for part in batches(varied_rows(300, seed=9))], cursor)
+    sink.close()
+    assert cursor.inserted == 300 and sink.pipelined == 0
+    assert_equals_a_rebuild(engine)
+
+
+def test_the_log_stays_small_over_a_backlog(url: str) -> None:
+    """Each commit checkpoints the WAL as SQLite does by itself (`wal_autocheckpoint`), so a long backlog does
+    not grow the log batch after batch (a checkpoint on another thread, racing the next batch, did)."""
+    parts = [lines([row(f"w{b}-{i}", tags={"feature": f"f{i % 50}"}) for i in range(1000)]) for b in range(20)]
+    wal, sizes = f"{db.sqlite_file(url)}-wal", []
+    sink, cursor = BatchSink(url), Cursor("s")
+    for i, part in enumerate(parts):
+        sink.move(cursor, part, 1000, parts[i + 1] if i + 1 < len(parts) else b"")
+        sizes.append(os.path.getsize(wal))
+    sink.close()
+    assert cursor.inserted == 20_000 and max(sizes) < 3 * max(sizes[:3])
 
 
 @pytest.mark.parametrize("ingest_in", ["thread", "process"])

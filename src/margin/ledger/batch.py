@@ -7,7 +7,7 @@ rollups, and the file's offset is committed in `outbox_offsets` in the same tran
 ingester resumes exactly after the last committed batch, and replaying one is a no-op anyway.
 
 On a SQLite file the bytes are parsed, checked and grouped on a second thread (margin.ledger.stager), the next
-batch while this one is appended, and the WAL is checkpointed on a third (margin.ledger.checkpoint).
+batch while this one is appended.
 
 A batch the database refuses for its content (not because it is unreachable) is moved again line by line, each
 line in its own transaction with its offset; a line still refused goes to `ledger_dead_letter` with the error,
@@ -30,7 +30,6 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from margin.ledger import db, deadletter, ingest, measures, rollup
-from margin.ledger.checkpoint import Checkpointer
 from margin.ledger.models import ledger, ledger_dead_letter, outbox_offsets
 from margin.ledger.stager import Stager, json_array
 
@@ -114,20 +113,17 @@ class BatchSink:
         self._check = _check_sqlite() if self._sqlite else None
         if self._sqlite:
             sa.event.listen(self._engine, "connect", _memory_temp_store)
-        # a backlog on two cores: the next batch is staged while this one is appended (margin.ledger.stager),
-        # and the WAL is checkpointed meanwhile (margin.ledger.checkpoint); not for a ledger in memory (its
-        # engine is the caller's) nor PostgreSQL (whose server has processes of its own)
+        # a backlog on two cores: the next batch is staged while this one is appended (margin.ledger.stager);
+        # not for a ledger in memory (its engine is the caller's) nor PostgreSQL (whose server has processes of
+        # its own)
         self._stager: Stager | None = None
-        self._checkpointer: Checkpointer | None = None
-        if self._sqlite and self._owned and (path := db.sqlite_file(url)) is not None:
+        if self._sqlite and self._owned and db.sqlite_file(url) is not None:
             try:
                 self._stager = Stager(self._fill, self._check or "")
-            except sqlite3.Error as exc:  # a SQLite built without its in-memory VFS: one core, as before
+            except sqlite3.Error as exc:  # a SQLite without its in-memory VFS, or URIs: one core, as before
                 log.warning("ledger ingest stages each batch itself (%s)", exc)
             else:
                 sa.event.listen(self._engine, "connect", self._stager.attach)
-            self._checkpointer = Checkpointer(path)
-            sa.event.listen(self._engine, "connect", self._checkpointer.manual)
         self._keys: tuple[str, ...] | None = None  # the rolled-up tag keys the last batch found
         self.pipelined = 0  # batches appended from the stager's database (the others: the serial way)
 
@@ -203,8 +199,6 @@ class BatchSink:
         cursor.offset += len(lines)
         cursor.rows += rows
         cursor.inserted += inserted
-        if self._checkpointer is not None:
-            self._checkpointer.kick()
 
     def move_each(self, cursor: Cursor, lines: bytes) -> None:
         """Line by line, each with its offset; a refused line goes to the dead-letter table. Stops (raising
@@ -244,8 +238,6 @@ class BatchSink:
             self._engine.dispose()
         if self._stager is not None:
             self._stager.close()
-        if self._checkpointer is not None:
-            self._checkpointer.close()
 
 
 def _memory_temp_store(dbapi_connection: Any, _record: Any) -> None:

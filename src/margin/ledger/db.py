@@ -50,12 +50,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
-    try:  # the latency histogram's bins need ln() and floor(): built into SQLite >= 3.35 where compiled in
-        cursor.execute("SELECT ln(1), floor(1.5)")
+    cursor.close()
+    math_functions(dbapi_connection)
+
+
+def math_functions(dbapi_connection: Any) -> None:
+    """ln() and floor(), which the latency histogram's bins need: built into SQLite >= 3.35 where compiled in,
+    else Python's."""
+    try:
+        dbapi_connection.execute("SELECT ln(1), floor(1.5)")
     except sqlite3.OperationalError:
         dbapi_connection.create_function("ln", 1, math.log, deterministic=True)
         dbapi_connection.create_function("floor", 1, math.floor, deterministic=True)
-    cursor.close()
 
 
 def sqlite_file(url: str | sa.URL) -> str | None:

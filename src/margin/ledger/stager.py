@@ -22,9 +22,10 @@ import sqlite3
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from typing import Any, NamedTuple
 
-from margin.ledger import ingest
+from margin.ledger import db, ingest
 from margin.ledger import rollup_sql as sql
 
 SCHEMAS = ("stage0", "stage1")  # the names the ledger's connections attach the two databases by
@@ -56,6 +57,7 @@ class Stager:
     statements for SQLite). Used by one thread at a time (the one that appends)."""
 
     def __init__(self, fill: str, check: str) -> None:
+        self._check_uris()
         self._fill, self._check = fill, check
         tag = f"{os.getpid()}-{uuid.uuid4().hex}"
         self._uris = tuple(f"file:/margin-stage-{tag}-{i}?vfs=memdb" for i in range(len(SCHEMAS)))
@@ -71,8 +73,20 @@ class Stager:
     def _open(uri: str) -> sqlite3.Connection:
         connection = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         connection.execute("PRAGMA journal_mode=OFF")  # refilled from the bytes whenever anything fails
+        connection.execute("PRAGMA busy_timeout=5000")  # a ledger connection may be reading its schema
         connection.execute(ingest.staging_ddl(temporary=False))
+        db.math_functions(connection)
         return connection
+
+    @staticmethod
+    def _check_uris() -> None:
+        """The ledger's connections are opened without `uri=True`, so their ATTACH reads a URI only where SQLite
+        was built to (SQLITE_USE_URI: Debian's is, Windows' bundled one is not; elsewhere ATTACH would open a
+        file of that name). Raises where it would not: the sink then stages on one core."""
+        with closing(sqlite3.connect(":memory:")) as plain:
+            options = {row[0] for row in plain.execute("PRAGMA compile_options")}
+        if "USE_URI" not in options:
+            raise sqlite3.NotSupportedError("this SQLite does not read URIs in ATTACH (built without USE_URI)")
 
     def attach(self, dbapi_connection: Any, _record: Any = None) -> None:
         """An engine's `connect` listener: this ledger connection reads the staging databases."""
@@ -127,6 +141,6 @@ class Stager:
             self.cpu_s += time.thread_time() - began
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=True, cancel_futures=True)
         for connection in self._connections:
             connection.close()

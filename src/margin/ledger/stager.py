@@ -36,7 +36,6 @@ class Staged(NamedTuple):
 
     schema: str
     rows: int
-    tag_keys: tuple[str, ...]
     refused: str | None = None  # a column that holds an integer beyond 64 bits (the batch is refused)
     failed: str | None = None  # SQLite could not stage it: ingested the serial way instead
 
@@ -50,6 +49,11 @@ class _Held(NamedTuple):
     lines: bytes
     tag_keys: tuple[str, ...]
     future: Future[Staged]
+
+    def holds(self, lines: bytes, tag_keys: tuple[str, ...]) -> bool:
+        """These bytes, staged with these tag keys (the same object in thread mode, equal bytes from a child's
+        socket)."""
+        return self.tag_keys == tag_keys and (self.lines is lines or self.lines == lines)
 
 
 class Stager:
@@ -98,7 +102,7 @@ class Stager:
         The ledger's connection reads the database this names until the next `take`."""
         for i in (1 - self._current, self._current):
             held = self._held[i]
-            if held is not None and held.tag_keys == tag_keys and (held.lines is lines or held.lines == lines):
+            if held is not None and held.holds(lines, tag_keys):
                 self._current = i
                 self.ready += 1
                 return held.future.result()
@@ -109,7 +113,7 @@ class Stager:
         """Start staging `lines` (the batch after the one `take` gave) in the database not being read."""
         i = 1 - self._current
         held = self._held[i]
-        if held is None or held.tag_keys != tag_keys or not (held.lines is lines or held.lines == lines):
+        if held is None or not held.holds(lines, tag_keys):
             self._submit(i, lines, tag_keys)
 
     def _submit(self, i: int, lines: bytes, tag_keys: tuple[str, ...]) -> Future[Staged]:
@@ -130,13 +134,13 @@ class Stager:
             connection.execute(self._fill, (json_array(lines),))
             bad = connection.execute(self._check).fetchone()
             if bad is not None:
-                return Staged(SCHEMAS[i], 0, tag_keys, refused=str(bad[0]))
+                return Staged(SCHEMAS[i], 0, refused=str(bad[0]))
             rows = int(connection.execute(f"SELECT COUNT(*) FROM {ingest.STAGING}").fetchone()[0])
             for statement in tables.run:
                 connection.execute(statement)
-            return Staged(SCHEMAS[i], rows, tag_keys)
+            return Staged(SCHEMAS[i], rows)
         except Exception as exc:  # whatever it was, the serial way meets it again and raises it there
-            return Staged(SCHEMAS[i], 0, tag_keys, failed=f"{type(exc).__name__}: {exc}")
+            return Staged(SCHEMAS[i], 0, failed=f"{type(exc).__name__}: {exc}")
         finally:
             self.cpu_s += time.thread_time() - began
 

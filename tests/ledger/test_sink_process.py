@@ -11,11 +11,13 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from margin.ledger import sink_process
-from margin.ledger.outbox import Outbox
+from margin.ledger.batch import Cursor
+from margin.ledger.outbox import Outbox, encode
 from tests.helpers import gone, wait_gone
 from tests.ledger.rows import read_ledger, row
 
@@ -133,3 +135,86 @@ async def test_a_ledger_the_child_cannot_open_keeps_the_rows_and_says_why(
     assert stats["ingest_starts"] == 1 and "next ingest process starts in" in stats["last_error"]  # no loop
     await outbox.close()
     assert len(os.listdir(tmp_path / "box")) == 2  # the row stays in its file (and the lock file) for a later start
+
+
+def sent_lines(sink: sink_process.RemoteSink) -> list[bytes | None]:
+    """The `lines` of each `move` the parent sends its child (None: the child's held `ahead`)."""
+    sent: list[bytes | None] = []
+    exchange = sink._exchange
+
+    def spy(op: str, *args: Any, timeout: float | None = None) -> tuple[str, Any, Any]:
+        if op == "move":
+            sent.append(args[1])
+        return exchange(op, *args, timeout=timeout)
+
+    sink._exchange = spy  # type: ignore[method-assign]
+    return sent
+
+
+def parts(count: int) -> list[bytes]:
+    return [b"".join(encode(row(f"r{n}-{i}")) for i in range(20)) for n in range(count)]
+
+
+def test_lines_sent_ahead_are_not_sent_again(url: str) -> None:
+    """A backlog through the child: each batch after the first travels once, as the call before's `ahead`."""
+    sink = sink_process.RemoteSink(url)
+    sent, batches, cursor = sent_lines(sink), parts(4), Cursor("seg")
+    try:
+        for i, lines in enumerate(batches):
+            sink.move(cursor, lines, 20, batches[i + 1] if i + 1 < len(batches) else b"")
+    finally:
+        sink.close()
+    assert sent == [batches[0], None, None, None]
+    assert cursor.offset == sum(map(len, batches)) and cursor.rows == 80
+    assert sorted(r.request_id for r in read_ledger(url)) == sorted(f"r{n}-{i}" for n in range(4) for i in range(20))
+
+
+def test_a_new_child_gets_the_lines_themselves(url: str) -> None:
+    """The child that held the next lines died: the call fails (rows stay in the outbox), and the retry sends
+    the lines to the new child, which appends each row once."""
+    sink = sink_process.RemoteSink(url)
+    sent, batches, cursor = sent_lines(sink), parts(3), Cursor("seg")
+    try:
+        sink.move(cursor, batches[0], 20, batches[1])
+        assert sink.pid is not None
+        os.kill(sink.pid, signal.SIGKILL)
+        with pytest.raises(sink_process.SinkUnavailable):
+            sink.move(cursor, batches[1], 20, batches[2])
+        sink._not_before = 0.0  # no restart wait in a test
+        sink.move(cursor, batches[1], 20, batches[2])
+        sink.move(cursor, batches[2], 20)
+    finally:
+        sink.close()
+    assert sent == [batches[0], None, batches[1], None]
+    assert sink.starts == 2 and cursor.rows == 60
+    ids = [r.request_id for r in read_ledger(url)]
+    assert len(ids) == 60 and len(set(ids)) == 60
+
+
+def test_a_failed_call_is_retried_with_the_lines_themselves(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child answered `failed` (the database was busy): what it holds is not relied on; the retry sends
+    the lines again, and only a call that succeeded lets the next one say "those"."""
+    sink = sink_process.RemoteSink(url)
+    batches, cursor = parts(3), Cursor("seg")
+    calls = {"n": 0}
+    exchange = sink._exchange
+
+    def busy_once(op: str, *args: Any, timeout: float | None = None) -> tuple[str, Any, Any]:
+        calls["n"] += 1
+        if op == "move" and calls["n"] == 3:  # open, first move, then this one
+            return "failed", "OperationalError: database is locked", None
+        return exchange(op, *args, timeout=timeout)
+
+    sink._exchange = busy_once  # type: ignore[method-assign]
+    sent = sent_lines(sink)
+    try:
+        sink.move(cursor, batches[0], 20, batches[1])
+        with pytest.raises(sink_process.SinkFailed):
+            sink.move(cursor, batches[1], 20, batches[2])
+        sink.move(cursor, batches[1], 20, batches[2])
+        sink.move(cursor, batches[2], 20)
+    finally:
+        sink.close()
+    assert sent == [batches[0], None, batches[1], None]
+    ids = [r.request_id for r in read_ledger(url)]
+    assert len(ids) == 60 and len(set(ids)) == 60

@@ -17,9 +17,11 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
+from margin.config import StorageConfig
 from margin.ledger import db, rollup
 from margin.ledger.batch import BatchSink, Cursor, RowsRefused
 from margin.ledger.outbox import Outbox, encode
+from margin.ledger.sink_process import RemoteSink
 from margin.ledger.stager import Stager
 from tests.ledger.rows import read_ledger, row
 from tests.ledger.test_ingester import dead_file
@@ -158,6 +160,32 @@ def test_without_a_stager_the_sink_stages_each_batch_itself(url: str, engine: sa
     sink.close()
     assert cursor.inserted == 300 and sink.pipelined == 0
     assert_equals_a_rebuild(engine)
+
+
+def test_the_config_can_keep_the_ingest_on_one_thread(url: str, engine: sa.Engine) -> None:
+    """`storage.ingest_stage_ahead: false`: no stager, in this process or in the ingest child (which is told so
+    when it opens the ledger); the same rows and rollups."""
+    storage = StorageConfig(ledger=url, ingest_in="thread", ingest_stage_ahead=False)
+    sink = Outbox.from_settings(storage)._ingester._sink
+    assert isinstance(sink, BatchSink) and sink._stager is None
+    cursor = Cursor("s")
+    move_all(sink, [lines(part) for part in batches(varied_rows(300, seed=4))], cursor)
+    sink.close()
+    assert cursor.inserted == 300 and sink.pipelined == 0
+    assert_equals_a_rebuild(engine)
+    remote = Outbox.from_settings(storage.model_copy(update={"ingest_in": "process"}))._ingester._sink
+    assert isinstance(remote, RemoteSink) and remote._stage_ahead is False
+    opened: list[tuple[Any, ...]] = []
+    exchange = remote._exchange
+
+    def spy(op: str, *args: Any, timeout: float | None = None) -> tuple[str, Any, Any]:
+        opened.append((op, *args))
+        return exchange(op, *args, timeout=timeout)
+
+    remote._exchange = spy  # type: ignore[method-assign]
+    remote.start()
+    remote.close()
+    assert opened[0] == ("open", url, False)
 
 
 def test_the_log_stays_small_over_a_backlog(url: str) -> None:

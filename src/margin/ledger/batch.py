@@ -105,7 +105,7 @@ class BatchSink:
 
     starts = 1  # processes the SQL has run in (RemoteSink counts its children): this one
 
-    def __init__(self, url: str, engine: sa.Engine | None = None) -> None:
+    def __init__(self, url: str, engine: sa.Engine | None = None, *, stage_ahead: bool = True) -> None:
         self._owned = engine is None
         self._engine = engine if engine is not None else db.make_sync_engine(url)
         self._sqlite = self._engine.dialect.name == "sqlite"
@@ -115,9 +115,9 @@ class BatchSink:
             sa.event.listen(self._engine, "connect", _memory_temp_store)
         # a backlog on two cores: the next batch is staged while this one is appended (margin.ledger.stager);
         # not for a ledger in memory (its engine is the caller's) nor PostgreSQL (whose server has processes of
-        # its own)
+        # its own), nor where the config says one core (storage.ingest_stage_ahead: false)
         self._stager: Stager | None = None
-        if self._sqlite and self._owned and db.sqlite_file(url) is not None:
+        if stage_ahead and self._sqlite and self._owned and db.sqlite_file(url) is not None:
             try:
                 self._stager = Stager(self._fill, self._check or "")
             except sqlite3.Error as exc:  # a SQLite without its in-memory VFS, or URIs: one core, as before

@@ -189,13 +189,13 @@ class SegmentWriter:
         self._lock.release(remove=remove)
 
 
-def _sink(url: str, engine: sa.Engine | None, ingest_in: IngestIn) -> BatchSink | RemoteSink:
+def _sink(url: str, engine: sa.Engine | None, ingest_in: IngestIn, stage_ahead: bool) -> BatchSink | RemoteSink:
     """The database side of ingestion: a child process (margin.ledger.sink_process), unless told otherwise or
     the ledger lives in this process's memory (or a caller hands its own engine: tests)."""
     in_memory = url.startswith("sqlite") and db.sqlite_file(url) is None
     if ingest_in == "thread" or in_memory or engine is not None:
-        return BatchSink(url, engine)
-    return RemoteSink(url)
+        return BatchSink(url, engine, stage_ahead=stage_ahead)
+    return RemoteSink(url, stage_ahead=stage_ahead)
 
 
 class Outbox:
@@ -214,10 +214,11 @@ class Outbox:
         fsync_interval_s: float = 1.0,
         rescan_s: float = 2.0,
         ingest_in: IngestIn = "thread",
+        stage_ahead: bool = True,
     ) -> None:
         self.directory = directory or default_directory(url)
         self._writer = SegmentWriter(self.directory, segment_bytes=segment_bytes, fsync=fsync)
-        self._sink = _sink(url, engine, ingest_in)
+        self._sink = _sink(url, engine, ingest_in, stage_ahead)
         self._ingester = Ingester(
             self._sink,
             self.directory,
@@ -246,6 +247,7 @@ class Outbox:
             fsync=storage.outbox_fsync,
             fsync_interval_s=storage.outbox_fsync_interval_ms / 1000,
             ingest_in=storage.ingest_in,
+            stage_ahead=storage.ingest_stage_ahead,
         )
 
     @property

@@ -8,7 +8,9 @@ started with the ingester: `python -m margin.ledger.sink_process <fd>`, talking 
 Why: measured in one gateway under 500 RPS (benchmarks/gateway_sweep.py, JSON), the thread's Python between
 SQL statements held the GIL long enough to add ~3 ms to margin's p99 (4.6 / 3.8 ms with the thread, 1.07 /
 0.91 ms with ingestion switched off); SQLite itself releases the GIL, SQLAlchemy's per-statement Python does
-not. The batch's bytes are sent to the child as they were read (~0.5 MB a batch at 500 RPS: one copy).
+not. The batch's bytes are sent to the child as they were read (~0.5 MB a batch at 500 RPS: one copy). A
+batch sent before as the previous call's `ahead` (the lines the child stages meanwhile) is not sent again:
+the child keeps the last `ahead` it was given, and the call says "those" (`None`) instead of the bytes.
 
 Failure modes, all ending where a crash of the old thread ended:
 - the child dies (or cannot start, or cannot open the ledger): the call raises, the ingester counts a failed
@@ -67,8 +69,9 @@ class RemoteSink:
     again after it died, with a growing wait (1 s, doubling, at most 30 s) while children keep failing. Calls
     come from the one ingester thread; a lock keeps them one at a time anyway."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, stage_ahead: bool = True) -> None:
         self._url = url
+        self._stage_ahead = stage_ahead
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
@@ -76,6 +79,7 @@ class RemoteSink:
         self._failures = 0  # children in a row that died or could not open the ledger
         self._not_before = 0.0  # no new child before this (monotonic): a failing one is not restarted in a loop
         self._why = ""  # what the last failed child said or did
+        self._held = b""  # the last `ahead` the running child took, which it keeps: sent as None next time
 
     @property
     def pid(self) -> int | None:
@@ -114,7 +118,8 @@ class RemoteSink:
             theirs.close()
         self.starts += 1
         self._conn = Connection(ours.detach())
-        kind, value, _ = self._exchange("open", self._url, timeout=START_TIMEOUT_S)  # the URL never shows in `ps`
+        # the URL goes over the socket: it never shows in `ps`
+        kind, value, _ = self._exchange("open", self._url, self._stage_ahead, timeout=START_TIMEOUT_S)
         if kind != "ok":
             self._drop(why=f"the ledger ingest process could not open the ledger ({value})")
             raise SinkFailed(self._why)
@@ -153,13 +158,19 @@ class RemoteSink:
         self._call("forget", segment)
 
     def move(self, cursor: Cursor, lines: bytes, rows: int, ahead: bytes = b"") -> None:
-        self._call("move", _fields(cursor), lines, rows, ahead, cursor=cursor)
+        with self._lock:
+            held, self._held = self._held, b""  # kept only once the child said it took `ahead`
+        sent = None if held and lines == held else lines
+        self._call("move", _fields(cursor), sent, rows, ahead, cursor=cursor)
+        with self._lock:
+            self._held = ahead
 
     def move_each(self, cursor: Cursor, lines: bytes) -> None:
         self._call("move_each", _fields(cursor), lines, cursor=cursor)
 
     def _drop(self, *, why: str | None = None) -> None:
         """Close the socket and end the child; `why` it failed, if it did (the next child then waits)."""
+        self._held = b""  # a new child holds nothing
         if why is not None:
             self._why = why
             first, longest = RESTART_BACKOFF_S
@@ -191,7 +202,14 @@ class RemoteSink:
             self._drop()
 
 
-def _answer(sink: BatchSink, op: str, args: tuple[Any, ...]) -> tuple[str, Any, Any]:
+class _Held:
+    """The last `ahead` the parent sent: a `move` of those same lines comes as None."""
+
+    def __init__(self) -> None:
+        self.lines = b""
+
+
+def _answer(sink: BatchSink, op: str, args: tuple[Any, ...], held: _Held) -> tuple[str, Any, Any]:
     """One call, as BatchSink would have answered it in the ingester's thread."""
     if op == "committed":
         return "ok", sink.committed(args[0]), None
@@ -201,7 +219,10 @@ def _answer(sink: BatchSink, op: str, args: tuple[Any, ...]) -> tuple[str, Any, 
     cursor = Cursor(*args[0])
     try:
         if op == "move":
-            sink.move(cursor, args[1], args[2], args[3])
+            lines, held.lines = (held.lines if args[1] is None else args[1]), args[3]
+            if not lines:
+                return "failed", "no lines held from the previous call", _fields(cursor)
+            sink.move(cursor, lines, args[2], args[3])
         else:
             sink.move_each(cursor, args[1])
     except RowsRefused as refused:
@@ -214,6 +235,7 @@ def _answer(sink: BatchSink, op: str, args: tuple[Any, ...]) -> tuple[str, Any, 
 def serve(conn: Connection) -> None:
     """The child's loop: `open` first, then one answer per call, until `close` or the parent's end."""
     sink: BatchSink | None = None
+    held = _Held()
     try:
         while True:
             try:
@@ -222,7 +244,7 @@ def serve(conn: Connection) -> None:
                 return  # the gateway is gone: whatever it had not asked for stays in its files
             if op == "open":
                 try:
-                    sink = BatchSink(args[0])
+                    sink = BatchSink(args[0], stage_ahead=args[1])
                 except Exception as exc:  # e.g. a URL its driver refuses: said to the gateway, which logs it
                     conn.send(("failed", f"{type(exc).__name__}: {exc}", None))
                     return
@@ -233,7 +255,7 @@ def serve(conn: Connection) -> None:
             elif sink is None:
                 conn.send(("failed", "not opened", None))
             else:
-                conn.send(_answer(sink, op, args))
+                conn.send(_answer(sink, op, args, held))
     finally:
         if sink is not None:
             sink.close()

@@ -2,14 +2,51 @@
 
 from __future__ import annotations
 
+import importlib.util
+import warnings
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from margin.ledger import db
+from margin.ledger import db, measures
 from margin.ledger.models import metadata
+
+VERSIONS = Path(db.__file__).parent / "migrations" / "versions"
+BIN_INDEXES = {"ix_ledger_e2e_bin": "e2e_ms", "ix_ledger_ttft_bin": "ttft_ms"}
+
+
+def _not_an_expression_index(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+    return not (type_ == "index" and name in BIN_INDEXES)
+
+
+def schema_diff(connection: sa.Connection) -> list[Any]:
+    """The migrated schema against the declared tables. Alembic does not compare expression indexes (SQLite's
+    reflection skips them with a warning; PostgreSQL's text never equals the declared one): those are checked
+    by `bin_index_definitions`."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Skipped unsupported reflection of expression-based index")
+        warnings.filterwarnings("ignore", "autogenerate skipping metadata-specified expression-based index")
+        context = MigrationContext.configure(connection, opts={"include_object": _not_an_expression_index})
+        return list(compare_metadata(context, metadata))
+
+
+def bin_index_definitions(connection: sa.Connection) -> dict[str, str]:
+    if connection.dialect.name == "sqlite":
+        query = sa.text("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND name IN :names")
+    else:
+        query = sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE indexname IN :names")
+    query = query.bindparams(sa.bindparam("names", expanding=True))
+    return {name: sql.lower() for name, sql in connection.execute(query, {"names": list(BIN_INDEXES)})}
+
+
+def assert_bin_indexes(connection: sa.Connection) -> None:
+    found = bin_index_definitions(connection)
+    assert set(found) == set(BIN_INDEXES)
+    for name, column in BIN_INDEXES.items():
+        assert f"ln({column})" in found[name] and "created_at" in found[name] and "kind" in found[name]
 
 
 def test_upgrade_from_empty_matches_models_and_downgrades(tmp_path: Path) -> None:
@@ -19,8 +56,8 @@ def test_upgrade_from_empty_matches_models_and_downgrades(tmp_path: Path) -> Non
     assert db.current_revision(url) == db.head_revision()
     engine = db.make_sync_engine(url)
     with engine.connect() as connection:
-        diff = compare_metadata(MigrationContext.configure(connection), metadata)
-        assert diff == []
+        assert schema_diff(connection) == []
+        assert_bin_indexes(connection)
         assert {"ledger", "api_keys"} <= set(sa.inspect(connection).get_table_names())
     engine.dispose()
     db.upgrade(url)  # idempotent
@@ -38,7 +75,8 @@ def test_migrations_on_postgres(postgres_url: str) -> None:
     engine = db.make_sync_engine(postgres_url)
     try:
         with engine.connect() as connection:
-            assert compare_metadata(MigrationContext.configure(connection), metadata) == []
+            assert schema_diff(connection) == []
+            assert_bin_indexes(connection)
     finally:
         engine.dispose()
     db.downgrade(postgres_url, "base")
@@ -132,4 +170,33 @@ def test_0009_and_0010_rebuild_the_rollups_and_link_feedback_to_tasks(tmp_path: 
     graded = [t.to_json() for t in tasks(engine, Window(), "feature")]
     assert graded == [t.to_json() for t in tasks(engine, Window(rollup=False), "feature")]
     assert sum(t["graded_tasks"] for t in graded) > 0
+    engine.dispose()
+
+
+def test_the_bin_indexes_are_keyed_by_the_read_models_bin() -> None:
+    """The migration froze the bin expression; the read model's must stay the same, or its queries would not
+    match the index (and SQLite's INDEXED BY would fail)."""
+    spec = importlib.util.spec_from_file_location("m0014", VERSIONS / "0014_latency_bin_indexes.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.latency_bin("e2e_ms") == measures.latency_bin("e2e_ms")
+
+
+def test_0014_keys_the_latency_indexes_by_bin_and_back(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    db.upgrade(url, "0013")
+    engine = db.make_sync_engine(url)
+    with engine.connect() as connection:
+        names = {r[0] for r in connection.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"ix_ledger_e2e_created", "ix_ledger_ttft_created"} <= names
+    db.upgrade(url)
+    with engine.connect() as connection:
+        names = {r[0] for r in connection.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert_bin_indexes(connection)
+    assert not names & {"ix_ledger_e2e_created", "ix_ledger_ttft_created"}
+    db.downgrade(url, "0013")
+    with engine.connect() as connection:
+        names = {r[0] for r in connection.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"ix_ledger_e2e_created", "ix_ledger_ttft_created"} <= names and not names & set(BIN_INDEXES)
     engine.dispose()

@@ -87,11 +87,8 @@ def create_key(config: Path, db: Path, name: str, *flags: str, ledger: str | Non
 ServeFactory = Callable[..., AbstractContextManager[Served]]
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> ServeFactory:
-    """`with served(overrides, keys={"admin": ["--admin"], "t": ["--team", "a"]}) as gw:` — a running gateway
-    whose config is FAKE_CONFIG updated with `overrides` (top-level keys replaced), with those keys created.
-    `ledger`: a PostgreSQL URL to use instead of the temporary SQLite file."""
+def serving_in(tmp_path: Path) -> ServeFactory:
+    """`with serving_in(folder)(overrides, keys=…) as gw:` — `served` for a fixture of a wider scope."""
 
     @contextmanager
     def start(
@@ -115,3 +112,11 @@ def served(tmp_path: Path) -> ServeFactory:
             yield Served(url, process, db_file, config_path, created, ledger)
 
     return start
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> ServeFactory:
+    """`with served(overrides, keys={"admin": ["--admin"], "t": ["--team", "a"]}) as gw:` — a running gateway
+    whose config is FAKE_CONFIG updated with `overrides` (top-level keys replaced), with those keys created.
+    `ledger`: a PostgreSQL URL to use instead of the temporary SQLite file."""
+    return serving_in(tmp_path)

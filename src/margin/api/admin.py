@@ -23,7 +23,7 @@ from margin.governance.admission import counter_name, window
 from margin.governance.rules import Subject, delete_rule, partition, save_rule
 from margin.keys import authenticate
 from margin.ledger.models import api_keys
-from margin.report.queries import Window, parse_when, summarize
+from margin.report.queries import Window, parse_limit, parse_when, summarize
 from margin.types import Principal
 
 KINDS = {"budgets": "budget", "limits": "limit", "flags": "flag"}
@@ -149,7 +149,8 @@ async def revoke_key(request: Request, _: Principal) -> Any:
 async def usage(request: Request, _: Principal) -> Any:
     services, params = request.app.state.services, request.query_params
     window_ = Window(parse_when(params.get("since")), parse_when(params.get("until")))
-    return await services.read(summarize, services.sync_engine(), window_, params.get("by"))
+    limit = parse_limit(params.get("limit"))
+    return await services.read(summarize, services.sync_engine(), window_, params.get("by"), limit)
 
 
 async def reload(request: Request, _: Principal) -> Any:
@@ -173,8 +174,9 @@ async def own_usage(request: Request, principal: Principal) -> Any:
     services, params = request.app.state.services, request.query_params
     since = parse_when(params.get("since")) or window("month", datetime.now(UTC))[0]
     window_ = Window(since, parse_when(params.get("until")), key_id=principal.key_id)
+    limit = parse_limit(params.get("limit"))
     async with services.key_reads.slot(None if principal.is_admin else principal.key_id):  # its rows: no rollup
-        summary = await services.read(summarize, services.sync_engine(), window_, params.get("by"))
+        summary = await services.read(summarize, services.sync_engine(), window_, params.get("by"), limit)
     subject = Subject(principal.key_id, principal.team, principal.org, dict(principal.tags))
     return {
         "key": {"id": principal.key_id, "name": principal.name, "team": principal.team},

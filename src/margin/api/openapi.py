@@ -99,7 +99,7 @@ def _operations() -> list[Op]:
 def _gateway_operations() -> list[Op]:
     """Inference, the caller's own feedback and usage, health, keys, backends, metrics, the dashboard's data."""
     list_of = {"oneOf": [ref(FeedbackItem), {"type": "array", "items": ref(FeedbackItem), "minItems": 1}]}
-    window = _query("since", "until", "by")
+    window = _query("since", "until", "by", "limit")  # limit: groups listed (1-10,000; default 1,000)
     return [
         Op(
             "post",

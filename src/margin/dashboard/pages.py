@@ -18,6 +18,7 @@ from margin.ledger import read
 from margin.ledger.read import Window
 from margin.ledger.read.levers import levers
 from margin.report.business import MarginReport, margins, tasks
+from margin.report.queries import MAX_GROUP_LIMIT
 from margin.report.utilization import utilization
 
 ISO_HOUR = "%Y-%m-%dT%H:00:00"
@@ -71,8 +72,8 @@ def breakdown(engine: sa.Engine, scope: Window, by: str) -> dict[str, Any]:
     if by not in queries.BREAKDOWNS:
         raise InvalidRequest(f"by must be one of {', '.join(queries.BREAKDOWNS)}", param="by")
     with engine.connect() as connection:
-        groups, totals = queries.breakdown(connection, scope, by)
-    return {"by": by, "groups": groups, "totals": totals}
+        groups, others, totals = queries.breakdown(connection, scope, by)
+    return {"by": by, "groups": groups, "others": others, "totals": totals}
 
 
 def latency(engine: sa.Engine, scope: Window) -> dict[str, Any]:
@@ -82,7 +83,7 @@ def latency(engine: sa.Engine, scope: Window) -> dict[str, Any]:
 
 def savings(engine: sa.Engine, scope: Window) -> dict[str, Any]:
     with engine.connect() as connection:
-        models, total = queries.breakdown(connection, scope, "model")
+        models, _, total = queries.breakdown(connection, scope, "model", limit=MAX_GROUP_LIMIT)
         more = levers(connection, scope).to_json()
     saved = Decimal(total["cache_saved_usd"]) + Decimal(total["routing_saved_usd"])
     saved += Decimal(more["batch_discount_usd"]) + Decimal(more["preferred_saved_usd"])

@@ -14,6 +14,7 @@ from margin.economics.money import from_nanousd, usd_str
 from margin.ledger import read
 from margin.ledger.read import Window
 from margin.ledger.read.latency import from_histogram
+from margin.report.queries import GROUP_LIMIT, ranked
 from margin.report.queries import figures as report_figures
 
 NO_END_HORIZON_S = 100 * 365.25 * 86400  # a budget with no end (lifetime) runs out "never" beyond a century
@@ -36,12 +37,15 @@ def figures(sums: read.Sums) -> dict[str, Any]:
     return {**report_figures(sums), "routed_requests": sums["routed"]}
 
 
-def breakdown(connection: sa.Connection, window: Window, by: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Groups (sorted like the report: cost, then requests, then key) and the window's totals."""
+def breakdown(
+    connection: sa.Connection, window: Window, by: str, limit: int = GROUP_LIMIT
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, Any]]:
+    """The first `limit` groups (ranked like the report: cost, then requests, then key), the rest added up
+    (None when none were left out), and the window's totals."""
     parts = read.grouped(connection, window, by)
-    groups = [{"key": key, **figures(sums)} for key, sums in parts.items()]
-    groups.sort(key=lambda g: (-Decimal(g["cost_usd"]), -g["requests"], str(g["key"])))
-    return groups, figures(read.total(parts.values()))
+    kept, cut = ranked(parts, limit)
+    others = {"groups": len(cut), **figures(read.total(parts[key] for key in cut))} if cut else None
+    return [{"key": key, **figures(sums)} for key, sums in kept], others, figures(read.total(parts.values()))
 
 
 def trend(connection: sa.Connection, window: Window, hourly: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -21,6 +21,7 @@ from margin.dashboard.queries import BREAKDOWNS, SINCE_CHOICES
 from margin.economics.money import human_usd
 from margin.errors import AuthenticationFailed, InvalidRequest, MarginError
 from margin.ledger.read import Window
+from margin.report.queries import GROUP_LIMIT
 
 Builder = Callable[[Request, Viewer, Window], Awaitable[dict[str, Any]]]
 T = TypeVar("T")
@@ -154,6 +155,7 @@ class Dashboard:
             since_choices=SINCE_CHOICES,
             breakdowns=BREAKDOWNS,
             max_rows=HTML_ROWS,
+            json_cap=GROUP_LIMIT,
         )
         self.css = (resources.files("margin.dashboard") / "static" / "dashboard.css").read_bytes()
 

@@ -1,0 +1,79 @@
+"""A usage breakdown over HTTP lists at most `limit` groups (default 1,000): a key can make a group per request
+(`user`, a tag), and the whole answer is built in memory. The rest are added up under `others`, so the groups
+and `others` still add up to the totals. Against a running gateway, with the official SDK's `user` field."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+
+from margin.report.queries import GROUP_LIMIT, MAX_GROUP_LIMIT
+from tests.security.conftest import Served, serving_in
+
+USERS = GROUP_LIMIT + 150
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    start = serving_in(tmp_path_factory.mktemp("bounds"))
+    models = {"fake-chat": {"backend": "fake", "price": {"input": "1", "output": "2"}}}
+    with start({"models": models}, keys={"admin": ["--admin"], "user": []}) as running:
+        with running.client(running.keys["user"]) as client:
+            for n in range(USERS):  # one distinct `user` each (the ledger keeps a pseudonym of it)
+                body = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}], "user": f"u{n}"}
+                assert client.post("/v1/chat/completions", json=body).is_success
+            deadline = time.monotonic() + 30
+            while client.get("/v1/margin/usage").json()["totals"]["requests"] < USERS:
+                assert time.monotonic() < deadline, "the ledger did not take every row"
+                time.sleep(0.1)
+        yield running
+
+
+def _adds_up(answer: dict[str, Any]) -> None:
+    parts = [*answer["groups"], answer["others"]]
+    for name in ("requests", "input_tokens", "output_tokens"):
+        assert sum(part[name] for part in parts) == answer["totals"][name], name
+    assert sum(Decimal(part["cost_usd"]) for part in parts) == Decimal(answer["totals"]["cost_usd"])
+
+
+@pytest.mark.parametrize("path", ["/v1/margin/usage", "/admin/usage"])
+def test_a_breakdown_lists_a_thousand_groups_and_adds_up_the_rest(gw: Served, path: str) -> None:
+    with gw.client(gw.keys["user" if path.startswith("/v1") else "admin"]) as client:
+        answer = client.get(path, params={"by": "user"}).json()
+        few = client.get(path, params={"by": "user", "limit": "10"}).json()
+        every = client.get(path, params={"by": "user", "limit": str(MAX_GROUP_LIMIT)}).json()
+    assert answer["groups_total"] == USERS and len(answer["groups"]) == GROUP_LIMIT
+    assert answer["others"]["groups"] == USERS - GROUP_LIMIT
+    _adds_up(answer)
+    assert len(few["groups"]) == 10 and few["others"]["groups"] == USERS - 10
+    assert few["groups"] == answer["groups"][:10]  # the same ranking: cost, then requests, then key
+    _adds_up(few)
+    assert len(every["groups"]) == USERS and every["others"] is None
+
+
+def test_the_dashboards_breakdown_is_bounded_too(gw: Served) -> None:
+    """The dashboard's breakdown JSON (by a tag an admin picks): the same cap, the same `others`."""
+    with gw.client(gw.keys["admin"]) as client:
+        body = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]}
+        for n in range(GROUP_LIMIT + 5):  # one feature each, through the tag header
+            tagged = client.post("/v1/chat/completions", json=body, headers={"x-margin-tags": f"feature=f{n}"})
+            assert tagged.is_success
+        deadline = time.monotonic() + 30
+        while (page := client.get("/dashboard/api/breakdown", params={"by": "feature"}).json())["others"] is None:
+            assert time.monotonic() < deadline, "the ledger did not take every row"
+            time.sleep(0.1)
+    assert len(page["groups"]) == GROUP_LIMIT and page["others"]["groups"] >= 5
+    assert sum(g["requests"] for g in page["groups"]) + page["others"]["requests"] == page["totals"]["requests"]
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", str(MAX_GROUP_LIMIT + 1), "9" * 5000, "1e3", "\u0661", "ten", ""])
+def test_a_limit_out_of_range_is_400(gw: Served, limit: str) -> None:
+    with gw.client(gw.keys["user"]) as client:
+        answer: httpx.Response = client.get("/v1/margin/usage", params={"by": "user", "limit": limit})
+    assert answer.status_code == 400, answer.text[:300]
+    assert answer.json()["error"]["param"] == "limit"

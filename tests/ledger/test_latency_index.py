@@ -88,3 +88,25 @@ def test_postgres_can_read_a_bin_from_the_index(fresh_postgres: str) -> None:
         plan = "\n".join(r[0] for r in connection.exec_driver_sql(query))
     engine.dispose()
     assert "ix_ledger_e2e_bin" in plan
+
+
+def test_sqlite_reads_a_bin_from_the_index(tmp_path: Any) -> None:
+    """The read model's bin expression is the index's: SQLite searches the index for one bin (`<expr>=?`)
+    rather than scanning all of it, which it would do silently if the two drifted apart."""
+    engine = filled(f"sqlite:///{tmp_path / 'l.db'}")
+    walks: list[str] = []
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _seen(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "INDEXED BY" in statement:
+            walks.append(statement)
+
+    window = Window(DAY, DAY + timedelta(days=1), rollup=False)
+    with engine.connect() as connection:
+        exact(connection, window, "e2e", (50,))
+        exact(connection, Window(DAY, DAY + timedelta(days=1), team="a", rollup=False), "ttft", (50,))
+        assert len(walks) == 2
+        for walk in list(walks):
+            plan = " ".join(str(r[-1]) for r in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {walk}"))
+            assert "_bin (<expr>=?" in plan, plan
+    engine.dispose()

@@ -54,6 +54,9 @@ def test_a_breakdown_lists_a_thousand_groups_and_adds_up_the_rest(gw: Served, pa
     assert few["groups"] == answer["groups"][:10]  # the same ranking: cost, then requests, then key
     _adds_up(few)
     assert len(every["groups"]) == USERS and every["others"] is None
+    with gw.client(gw.keys["admin"]) as client:
+        empty = client.get("/admin/usage", params={"by": "user", "limit": ""}).json()  # as an empty `since`
+    assert len(empty["groups"]) == GROUP_LIMIT
 
 
 def test_the_dashboards_breakdown_is_bounded_too(gw: Served) -> None:
@@ -68,10 +71,16 @@ def test_the_dashboards_breakdown_is_bounded_too(gw: Served) -> None:
             assert time.monotonic() < deadline, "the ledger did not take every row"
             time.sleep(0.1)
     assert len(page["groups"]) == GROUP_LIMIT and page["others"]["groups"] >= 5
+    assert page["groups_total"] == GROUP_LIMIT + page["others"]["groups"]
     assert sum(g["requests"] for g in page["groups"]) + page["others"]["requests"] == page["totals"]["requests"]
+    with gw.client(gw.keys["admin"]) as client:
+        few = client.get("/dashboard/api/breakdown", params={"by": "feature", "limit": "3"}).json()
+        bad = client.get("/dashboard/api/breakdown", params={"by": "feature", "limit": "0"})
+    assert few["groups"] == page["groups"][:3] and few["others"]["groups"] == page["groups_total"] - 3
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "limit"
 
 
-@pytest.mark.parametrize("limit", ["0", "-1", str(MAX_GROUP_LIMIT + 1), "9" * 5000, "1e3", "\u0661", "ten", ""])
+@pytest.mark.parametrize("limit", ["0", "-1", str(MAX_GROUP_LIMIT + 1), "9" * 5000, "1e3", "\u0661", "ten", " 5"])
 def test_a_limit_out_of_range_is_400(gw: Served, limit: str) -> None:
     with gw.client(gw.keys["user"]) as client:
         answer: httpx.Response = client.get("/v1/margin/usage", params={"by": "user", "limit": limit})

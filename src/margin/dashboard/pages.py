@@ -18,7 +18,7 @@ from margin.ledger import read
 from margin.ledger.read import Window
 from margin.ledger.read.levers import levers
 from margin.report.business import MarginReport, margins, tasks
-from margin.report.queries import MAX_GROUP_LIMIT
+from margin.report.queries import GROUP_LIMIT, MAX_GROUP_LIMIT
 from margin.report.utilization import utilization
 
 ISO_HOUR = "%Y-%m-%dT%H:00:00"
@@ -68,12 +68,13 @@ def with_gaps(points: list[dict[str, Any]], scope: Window, hourly: bool) -> list
     return sorted([*out, *found.values()], key=lambda p: str(p["bucket"]))  # + rows stamped after now, if any
 
 
-def breakdown(engine: sa.Engine, scope: Window, by: str) -> dict[str, Any]:
+def breakdown(engine: sa.Engine, scope: Window, by: str, limit: int = GROUP_LIMIT) -> dict[str, Any]:
     if by not in queries.BREAKDOWNS:
         raise InvalidRequest(f"by must be one of {', '.join(queries.BREAKDOWNS)}", param="by")
     with engine.connect() as connection:
-        groups, others, totals = queries.breakdown(connection, scope, by)
-    return {"by": by, "groups": groups, "others": others, "totals": totals}
+        groups, others, totals = queries.breakdown(connection, scope, by, limit)
+    total = len(groups) + (others["groups"] if others else 0)
+    return {"by": by, "groups": groups, "groups_total": total, "others": others, "totals": totals}
 
 
 def latency(engine: sa.Engine, scope: Window) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from margin.dashboard.queries import BREAKDOWNS, SINCE_CHOICES
 from margin.economics.money import human_usd
 from margin.errors import AuthenticationFailed, InvalidRequest, MarginError
 from margin.ledger.read import Window
-from margin.report.queries import GROUP_LIMIT
+from margin.report.queries import GROUP_LIMIT, parse_limit
 
 Builder = Callable[[Request, Viewer, Window], Awaitable[dict[str, Any]]]
 T = TypeVar("T")
@@ -58,7 +58,8 @@ async def _breakdown(request: Request, who: Viewer, scope: Window) -> dict[str, 
     by = request.query_params.get("by", "model" if not who.full else "team")
     if by == "team":
         auth.require_full(who, "the table by team")
-    return await _read(request, pages.breakdown, _engine(request), scope, by)
+    limit = parse_limit(request.query_params.get("limit"))
+    return await _read(request, pages.breakdown, _engine(request), scope, by, limit)
 
 
 async def _latency(request: Request, who: Viewer, scope: Window) -> dict[str, Any]:

@@ -6,9 +6,10 @@ Latency percentiles are nearest rank. The totals' are exact; each group's comes 
 within 4.43 % of the exact value (margin.ledger.read.latency) — the JSON says so under `percentiles`.
 
 Groups are ranked by cost, then requests, then key. Over HTTP at most `limit` of them are listed (default
-GROUP_LIMIT, at most MAX_GROUP_LIMIT): a grouping by user or customer can have a group per request, and the
-answer is built in memory. The rest are added up under `others` (their count, figures and latency), so the
-groups and `others` still add up to the totals; `groups_total` says how many there were.
+GROUP_LIMIT, at most MAX_GROUP_LIMIT): a grouping by user or customer can have a group per request. The cap
+bounds the answer (its JSON, its encoding, the per-group percentiles), not the read: every group's sums and
+histogram are still added up first. The rest are added up under `others` (their count, figures and latency),
+so the groups and `others` still add up to the totals; `groups_total` says how many there were.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ MAX_GROUP_LIMIT = 10_000
 
 def parse_limit(value: str | None) -> int:
     """The `limit` query parameter: how many groups to list (1 to MAX_GROUP_LIMIT; default GROUP_LIMIT)."""
-    if value is None:
+    if not value:  # absent or empty, as an empty `since` or `until` means the default
         return GROUP_LIMIT
     if not (value.isascii() and value.isdigit() and len(value) <= 5 and 1 <= int(value) <= MAX_GROUP_LIMIT):
         raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_GROUP_LIMIT:,}", param="limit")

@@ -6,7 +6,10 @@ and a batch's append cost ~4× what it cost on an empty ledger. Keyed by (bin, c
 go to the end of the few dozen bins they fall in. An exact percentile reads the window's rows of one bin from
 the index (covering: the value and the kind are in it) and sorts them (margin.ledger.read.latency).
 
-The expression is margin.ledger.measures.latency_bin's as of this revision (a test keeps them equal).
+The expression is margin.ledger.measures.latency_bin's as of this revision (a test keeps them equal). Every
+write to `ledger` evaluates it, so on SQLite it needs ln() and floor(): built in where SQLite is compiled with
+its math functions (Debian's is); margin's own connections add Python ones otherwise, but another tool
+opening the file with a SQLite without them cannot write to `ledger`.
 
 Revision ID: 0014
 Revises: 0013

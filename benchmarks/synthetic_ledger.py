@@ -5,8 +5,9 @@ A ledger is made by the migrations (schema, indexes), filled with one bulk load 
 then its rollups are computed with `margin.ledger.rollup.rebuild` — what `margin db rebuild-rollups` does —
 and ANALYZEd; PostgreSQL's tables are VACUUMed too, as autovacuum does to an insert-only table (since
 PostgreSQL 13): its visibility map lets the latency percentiles read the index alone (an index-only scan;
-on a freshly loaded table every row is fetched from the heap instead). The gateway's own write path (`ingest_batch`: staging table, dedup, append, rollups per batch)
-is timed apart by `ingest_cost` (µs per row at a given batch size).
+on a freshly loaded table every row is fetched from the heap instead). The gateway's own write path
+(`ingest_batch`: staging table, dedup, append, rollups per batch) is timed apart by `ingest_cost` (µs per
+row at a given batch size).
 """
 
 from __future__ import annotations

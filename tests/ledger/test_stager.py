@@ -2,7 +2,8 @@
 every rollup what the serial way gives; a replay, a duplicate, a change of the rolled-up tag keys, damaged bytes
 or an out-of-range integer in the batch staged ahead go the one-core way (or are refused) without harm to the
 batch being appended, and so does a retry after the database failed; the ingester hands each batch the next
-one's lines; without a stager the sink stages each batch itself; the WAL stays small over a backlog."""
+one's lines, across files too; without a stager the sink stages each batch itself; the WAL stays small over a
+backlog."""
 
 from __future__ import annotations
 
@@ -21,10 +22,12 @@ from margin.config import StorageConfig
 from margin.ledger import db, rollup
 from margin.ledger.batch import BatchSink, Cursor, RowsRefused
 from margin.ledger.outbox import Outbox, encode
+from margin.ledger.segments import segment_name
 from margin.ledger.sink_process import RemoteSink
 from margin.ledger.stager import Stager
 from tests.ledger.rows import read_ledger, row
 from tests.ledger.test_ingester import dead_file
+from tests.ledger.test_sink_process import sent_lines
 from tests.ledger.varied import assert_equals_a_rebuild, batches, varied_rows
 
 
@@ -214,5 +217,28 @@ async def test_a_backlog_is_moved_with_each_batch_staged_ahead(tmp_path: Path, u
     if isinstance(sink, BatchSink):
         assert stager(sink).ready > 10  # batches found staged (~25 batches of 8 KB)
     await outbox.close()
+    assert sorted(r.request_id for r in read_ledger(url)) == sorted(r["request_id"] for r in rows)
+    assert os.listdir(box) == []
+
+
+@pytest.mark.parametrize("ingest_in", ["thread", "process"])
+async def test_a_backlog_of_several_files_is_staged_ahead_across_them(tmp_path: Path, url: str, ingest_in: Any) -> None:
+    """A dead process's three files: the last batch of each file goes with the first of the next as its `ahead`,
+    so every batch but the very first is found staged (in the child: arrives as the held lines, not again)."""
+    box = tmp_path / "box"  # 2 or 3 batches a file
+    rows = [row(f"f{n}") for n in range(300)]
+    for seq in range(3):
+        box.mkdir(exist_ok=True)
+        (box / segment_name("gone-7-a", seq)).write_bytes(lines(rows[seq * 100 : (seq + 1) * 100]))
+    outbox = Outbox(url, box, ingest_in=ingest_in, batch_bytes=len(lines(rows[:50])) + 1)
+    sink = outbox._ingester._sink
+    sent = sent_lines(sink) if isinstance(sink, RemoteSink) else []
+    outbox.start()
+    await outbox.flush()
+    await outbox.close()
+    if isinstance(sink, BatchSink):
+        assert sink.pipelined >= 6 and stager(sink).ready == sink.pipelined - 1  # all but the first ahead
+    else:
+        assert len(sent) >= 6 and sent[0] is not None and sent[1:] == [None] * (len(sent) - 1)
     assert sorted(r.request_id for r in read_ledger(url)) == sorted(r["request_id"] for r in rows)
     assert os.listdir(box) == []

@@ -208,9 +208,9 @@ class Ingester:
         for name in list(self._forget):
             self._sink.forget(name)
             self._forget.remove(name)
-        moved = 0
-        for segment in list(self._segments.values()):
-            moved += self._drain(segment)
+        moved, segments = 0, list(self._segments.values())
+        for i, segment in enumerate(segments):
+            moved += self._drain(segment, segments[i + 1] if i + 1 < len(segments) else None)
             if segment.sealed and not self._whole_line_left(segment):
                 self._retire(segment)
         for owner in [o for o in self._recovering if not any(s.owner == o for s in self._segments.values())]:
@@ -303,14 +303,18 @@ class Ingester:
         self.stats.torn_bytes += len(tail)
         return False
 
-    def _drain(self, segment: _Segment) -> int:
+    def _drain(self, segment: _Segment, following: _Segment | None = None) -> int:
         """Move the whole lines after the committed offset, batch by batch; each batch goes with the next one's
-        lines (`ahead`), which the sink may stage meanwhile (margin.ledger.stager)."""
+        lines (`ahead`), which the sink may stage meanwhile (margin.ledger.stager): the last batch of a file
+        with the first of the `following` file, so a backlog of many files is staged ahead throughout."""
         cursor, moved = segment.cursor, 0
         lines = self._read(segment, cursor.offset)
         while lines:
             rows, offset, inserted, letters = cursor.rows, cursor.offset, cursor.inserted, cursor.dead_letters
-            ahead = self._read(segment, offset + len(lines))
+            after = self._read(segment, offset + len(lines))
+            ahead = after
+            if not after and following is not None:  # only a hint: the sink stages bytes, whatever file they are
+                ahead = self._read(following, following.cursor.offset)
             try:
                 try:
                     self._sink.move(cursor, lines, lines.count(b"\n"), ahead)
@@ -329,7 +333,7 @@ class Ingester:
                     segment.backlog_rows -= done_rows
                     self.stats.adopted_rows -= done_rows
                     self.stats.adopted_bytes -= done_bytes
-            lines = ahead if cursor.offset == offset + len(lines) else self._read(segment, cursor.offset)
+            lines = after if cursor.offset == offset + len(lines) else self._read(segment, cursor.offset)
         return moved
 
     def _retire(self, segment: _Segment) -> None:

@@ -242,3 +242,24 @@ async def test_a_backlog_of_several_files_is_staged_ahead_across_them(tmp_path: 
         assert len(sent) >= 6 and sent[0] is not None and sent[1:] == [None] * (len(sent) - 1)
     assert sorted(r.request_id for r in read_ledger(url)) == sorted(r["request_id"] for r in rows)
     assert os.listdir(box) == []
+
+
+async def test_a_file_is_read_in_batches_of_even_size(tmp_path: Path, url: str, monkeypatch: Any) -> None:
+    """A file of 4.2 batches is moved as 5 batches of ~0.84, not 4 whole and a sliver: the sliver would be
+    appended at once and then wait for the whole batch staged ahead of it."""
+    box, rows = tmp_path / "box", [row(f"e{n}") for n in range(420)]
+    dead_file(box, "gone-8-a", lines(rows))
+    sizes: list[int] = []
+    move = BatchSink.move
+
+    def spy(self: BatchSink, cursor: Cursor, part: bytes, count: int, ahead: bytes = b"") -> None:
+        sizes.append(len(part))
+        move(self, cursor, part, count, ahead)
+
+    monkeypatch.setattr(BatchSink, "move", spy)
+    outbox = Outbox(url, box, ingest_in="thread", batch_bytes=len(lines(rows[:100])))
+    outbox.start()
+    await outbox.flush()
+    await outbox.close()
+    assert len(sizes) == 5 and min(sizes) > 0.9 * max(sizes), sizes
+    assert len(read_ledger(url)) == 420

@@ -1,11 +1,11 @@
 """Ledger outbox: rows/s the ingester moves from outbox files into SQLite (with the hourly rollup), and what
 appending a row costs the request path.
 
-    python benchmarks/ingest.py [--rows 200000] [--prefill 1000000] [--batch-bytes N] [--postgres URL|embedded]
-                                [--out results/ingest.json]
+    python benchmarks/ingest.py [--rows 200000] [--prefill 1000000] [--batch-bytes N] [--segment-bytes N]
+                                [--postgres URL|embedded] [--out results/ingest.json]
 
 Ingest: `--rows` synthetic ledger rows (the read benchmarks' mix, synthetic_ledger.report_rows, with request ids
-made as the gateway makes them) are written to outbox files by a
+made as the gateway makes them) are written to outbox files of `--segment-bytes` (the config's default) by a
 writer that then "dies" (its lock released, as after `kill -9`); a fresh `Outbox` is started on the same
 directory and timed until every row is in the ledger and the files are deleted: discovery, reads, staging
 (`json_each`), dedup against the ledger, the insert (indexes, rollup), offsets, deletion. On SQLite the next
@@ -70,9 +70,11 @@ def gateway_rows(n: int, start: datetime, seed: int, rate: float | None = None) 
         yield {**blank, **row, "request_id": request_id()}
 
 
-def write_dead_outbox(directory: Path, rows: int, seed: int, start: datetime, rate: float) -> tuple[int, int]:
+def write_dead_outbox(
+    directory: Path, rows: int, seed: int, start: datetime, rate: float, segment_bytes: int = 64 * 1024 * 1024
+) -> tuple[int, int]:
     """Rows written by a writer that then dies (lock released, files left): what a restart finds."""
-    writer = SegmentWriter(directory, segment_bytes=64 * 1024 * 1024, fsync="never")
+    writer = SegmentWriter(directory, segment_bytes=segment_bytes, fsync="never")
     writer.open()
     for row in gateway_rows(rows, start, seed, rate):
         writer.write(encode(row))
@@ -192,7 +194,8 @@ def scenario(name: str, url: str, workdir: Path, rows: int, seed: int, args: arg
     directory = workdir / f"{name}.outbox"
     shutil.rmtree(directory, ignore_errors=True)
     before = ledger_count(url)
-    written, size = write_dead_outbox(directory, rows, seed, datetime(2026, 12, 1, tzinfo=UTC), args.rate)
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    written, size = write_dead_outbox(directory, rows, seed, start, args.rate, args.segment_bytes)
     replay = workdir / f"{name}.replay"
     shutil.copytree(directory, replay, dirs_exist_ok=True)
     first = asyncio.run(ingest_once(url, directory, args.batch_bytes))
@@ -273,6 +276,7 @@ def main() -> None:
     parser.add_argument("--prefill", type=int, default=1_000_000)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/margin-ingest-bench"))
     parser.add_argument("--batch-bytes", type=int, default=StorageConfig().ingest_batch_bytes)
+    parser.add_argument("--segment-bytes", type=int, default=StorageConfig().outbox_segment_bytes)
     parser.add_argument("--rate", type=float, default=2000.0, help="req/s of the traffic the rows come from")
     parser.add_argument("--rollup-keys", default=",".join(TagsConfig().rollup_keys), help="tags.rollup_keys")
     parser.add_argument("--postgres", help="also into PostgreSQL: a URL (an empty database) or `embedded`")
@@ -293,6 +297,7 @@ def main() -> None:
         },
         "rows": args.rows,
         "batch_bytes": args.batch_bytes,
+        "segment_bytes": args.segment_bytes,
         "rows_from_traffic_at_req_per_s": args.rate,
         "sqlite": {},
     }

@@ -22,6 +22,8 @@ from margin.urls import hide_password
 
 _ASYNC = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 _SYNC = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
+MIGRATION_LOCK = 0x6D617267696E  # the PostgreSQL advisory lock migrations run under ("margin" in ASCII)
+MIGRATION_POLL_S = 0.25  # how often a process waiting for another's migration tries the lock
 
 
 def _dialect(url: str) -> tuple[str, sa.URL]:
@@ -108,15 +110,38 @@ def _alembic_config(connection: sa.Connection) -> Config:
 def _migrate(url: str, step: Callable[[Config, str], None], revision: str) -> None:
     engine = make_sync_engine(url)
     try:
-        with engine.begin() as connection:
-            step(_alembic_config(connection), revision)
+        if engine.dialect.name == "postgresql":
+            with engine.connect() as connection:
+                _migrate_postgres(connection, step, revision)
+        else:
+            with engine.begin() as connection:
+                step(_alembic_config(connection), revision)
     finally:
         engine.dispose()
 
 
+def _migrate_postgres(connection: sa.Connection, step: Callable[[Config, str], None], revision: str) -> None:
+    """On PostgreSQL one process migrates at a time: the others wait for a session advisory lock (it outlives
+    the commits between migrations) and then find nothing left to do. Alembic owns the transactions, so a
+    migration can step out of them to build an index CONCURRENTLY (0014), which lets the ledger's writers on.
+    Such a build waits for every open transaction, so the others wait outside of one: they try the lock, end
+    the transaction and sleep (waiting inside `pg_advisory_lock` deadlocks with the build)."""
+    lock = {"key": MIGRATION_LOCK}
+    while not connection.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), lock).scalar_one():
+        connection.commit()
+        time.sleep(MIGRATION_POLL_S)
+    connection.commit()
+    try:
+        step(_alembic_config(connection), revision)
+    finally:
+        connection.rollback()  # a failed migration's transaction, if any
+        connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), lock)
+        connection.commit()
+
+
 def upgrade(url: str, revision: str = "head") -> None:
-    """Migrate to `revision`. Two replicas starting together on an empty database race: the loser's DDL
-    fails, and it then only has to see that the winner reached head."""
+    """Migrate to `revision`. Two replicas starting together on an empty SQLite file race: the loser's DDL
+    fails, and it then only has to see that the winner reached head (PostgreSQL's take turns: `_migrate`)."""
     try:
         _migrate(url, command.upgrade, revision)
     except (sa.exc.OperationalError, sa.exc.IntegrityError, sa.exc.ProgrammingError):

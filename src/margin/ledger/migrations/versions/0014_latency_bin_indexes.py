@@ -38,13 +38,26 @@ def latency_bin(column: str) -> str:
 
 def upgrade() -> None:
     for metric in ("e2e", "ttft"):
-        op.drop_index(f"ix_ledger_{metric}_created", "ledger")
         column = f"{metric}_ms"
         key: list[str | sa.TextClause] = [sa.text(f"({latency_bin(column)})"), "created_at", column, "kind"]
-        op.create_index(f"ix_ledger_{metric}_bin", "ledger", key)
+        replace(f"ix_ledger_{metric}_created", f"ix_ledger_{metric}_bin", key)
 
 
 def downgrade() -> None:
     for metric in ("e2e", "ttft"):
-        op.drop_index(f"ix_ledger_{metric}_bin", "ledger")
-        op.create_index(f"ix_ledger_{metric}_created", "ledger", [f"{metric}_ms", "created_at", "kind"])
+        replace(f"ix_ledger_{metric}_bin", f"ix_ledger_{metric}_created", [f"{metric}_ms", "created_at", "kind"])
+
+
+def replace(old: str, new: str, key: list[str | sa.TextClause]) -> None:
+    """Index `old` gives way to `new`. On PostgreSQL online: `new` is built CONCURRENTLY, outside of a
+    transaction, while the ledger takes appends (a plain CREATE INDEX would hold them for the whole build: ~1 s
+    a million rows), then `old` is dropped CONCURRENTLY. A build that failed half-way leaves an invalid `new`
+    behind, so a retry drops it first. SQLite has no online build: its writers wait (busy timeout)."""
+    if op.get_bind().dialect.name != "postgresql":
+        op.drop_index(old, "ledger")
+        op.create_index(new, "ledger", key)
+        return
+    with op.get_context().autocommit_block():
+        op.drop_index(new, "ledger", postgresql_concurrently=True, if_exists=True)
+        op.create_index(new, "ledger", key, postgresql_concurrently=True)
+        op.drop_index(old, "ledger", postgresql_concurrently=True, if_exists=True)

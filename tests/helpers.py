@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import sqlalchemy as sa
 import uvicorn
@@ -26,6 +28,17 @@ from margin.app import build_app
 from margin.config import Settings, parse_settings
 from margin.ledger.models import ledger
 from margin.services import Services
+
+
+def disk_full(fd: int, data: Any) -> int:
+    """An `os.write` on a full disk (`SegmentWriter.os_write`, to make the ledger's outbox fail)."""
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def reserved_input(body: dict[str, Any]) -> int:
+    """The input tokens budgets reserve for `body` (`margin.pipeline.ceiling.input_bound`, text only): the bytes
+    of its JSON, which no honest token count passes (the estimate of one token per 3 characters can be)."""
+    return len(orjson.dumps(body))
 
 
 def fake_settings(db: Path, **overrides: Any) -> Settings:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import orjson
 
-from tests.helpers import fake_settings, gateway
+from margin.governance.store import LocalStore
+from tests.helpers import disk_full, fake_settings, gateway
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]}
@@ -39,9 +40,7 @@ async def test_the_row_is_in_the_outbox_when_the_answer_arrives(db_path: Path) -
 async def test_an_answer_whose_row_cannot_be_written_is_not_acknowledged(db_path: Path) -> None:
     async with gateway(fake_settings(db_path)) as gw:
         writer = gw.services.outbox._writer
-        good = writer._fd
-        assert good is not None
-        writer._fd = os.open(db_path.parent, os.O_RDONLY)  # a descriptor every write fails on (EBADF/EISDIR)
+        writer.os_write = disk_full
         try:
             reply = await gw.http.post(CHAT, json=BODY)
             assert reply.status_code == 503, reply.text
@@ -52,8 +51,26 @@ async def test_an_answer_whose_row_cannot_be_written_is_not_acknowledged(db_path
             assert b"[DONE]" not in body
             assert body.rstrip().endswith(b'"code":"ledger_unavailable"}}')
         finally:
-            os.close(writer._fd)
-            writer._fd = good
+            writer.os_write = os.write
         assert gw.services.outbox.write_errors == 2
         assert (await gw.http.post(CHAT, json=BODY)).status_code == 200  # the disk is back
         assert [row.status for row in await gw.rows()] == ["ok"]
+
+
+async def test_a_request_whose_row_cannot_be_written_still_settles_its_reservation(db_path: Path) -> None:
+    """The upstream answered (and cost something) but the row could not be written: the client gets 503, and
+    the budget's reservation is settled to that cost, not left for the reaper to charge in full."""
+    budgets = [{"name": "g", "scope": {"kind": "global"}, "usd": "5", "period": "month"}]
+    async with gateway(fake_settings(db_path, budgets=budgets)) as gw:
+        store = gw.services.governance.store
+        assert isinstance(store, LocalStore)
+        writer = gw.services.outbox._writer
+        writer.os_write = disk_full
+        try:
+            reply = await gw.http.post(CHAT, json={**BODY, "model": "priced", "max_tokens": 4})
+        finally:
+            writer.os_write = os.write
+        assert reply.status_code == 503
+        assert await store.pending() == 0
+        ((spent, reserved),) = (await store.counters(list(store._counters))).values()
+        assert reserved == 0 and spent > 0

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 from tests.governance.conftest import bearer, make_key
-from tests.helpers import fake_settings, gateway
+from tests.helpers import fake_settings, gateway, reserved_input
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "priced", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -31,7 +32,13 @@ async def test_keys_budgets_and_limits_through_the_api(db_path: Path) -> None:
         assert created.status_code == 201
         new = created.json()
         assert new["key"].startswith("mgn_") and new["team"] == "search" and new["policy"] == {"pii": "redact"}
-        budget = {"name": "bot-cap", "scope": {"kind": "key", "value": new["id"]}, "usd": "0.00002", "period": "day"}
+        fits_one = Decimal(reserved_input(BODY) * 1 + 4 * 2 + 1) / 10**6  # $1 / $2 a million; the 2nd: over it
+        budget = {
+            "name": "bot-cap",
+            "scope": {"kind": "key", "value": new["id"]},
+            "usd": str(fits_one),
+            "period": "day",
+        }
         assert (await gw.http.put("/admin/budgets", json=budget, headers=bearer(admin))).status_code == 200
         bad = await gw.http.put("/admin/budgets", json={**budget, "usd": "-1"}, headers=bearer(admin))
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "usd"

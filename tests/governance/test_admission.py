@@ -14,7 +14,7 @@ from margin.economics.money import to_nanousd
 from margin.governance import admission as adm
 from margin.specs import BudgetSpec, Scope
 from tests.governance.conftest import bearer, make_key
-from tests.helpers import fake_settings, gateway
+from tests.helpers import fake_settings, gateway, reserved_input
 
 CHAT = "/v1/chat/completions"
 PRICE = {"input": "0", "output": "2500", "version": "t"}  # $0.0025 per output token
@@ -92,19 +92,20 @@ async def test_failed_and_streamed_requests_settle(db_path: Path) -> None:
 
 
 async def test_token_budget_and_soft_warning(db_path: Path) -> None:
+    reserve = reserved_input(body()) + 4  # the request's JSON bytes + max_tokens; it settles 1 + 4
     budgets = [
-        {"name": "tok", "scope": {"kind": "model", "value": "priced"}, "tokens": 30, "period": "hour"},
+        {"name": "tok", "scope": {"kind": "model", "value": "priced"}, "tokens": reserve + 17, "period": "hour"},
         {"name": "soft", "scope": {"kind": "global"}, "usd": "0.015", "mode": "soft", "alert_pct": 50},
     ]
     async with gateway(settings(db_path, budgets=budgets)) as gw:
-        first = await gw.http.post(CHAT, json=body())  # reserves 1 + 8 + 4 = 13 tokens, settles 1 + 4
+        first = await gw.http.post(CHAT, json=body())
         assert first.status_code == 200
         assert first.headers["x-margin-budget-warning"].startswith("soft=")
         second = await gw.http.post(CHAT, json=body())  # soft budget now over 100%: still allowed
         assert second.status_code == 200
         for _ in range(2):
             await gw.http.post(CHAT, json=body())
-        # spent 20 tokens; another 13 would pass 30
+        # spent 20 tokens; another reservation would pass the budget by 3
         over = await gw.http.post(CHAT, json=body())
         assert over.status_code == 429 and "`tok`" in over.json()["error"]["message"]
         # another model is not under the model budget

@@ -5,18 +5,20 @@ outbox `full`); a write that fails raises instead of acknowledging."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from margin.ledger import db
 from margin.ledger.batch import BatchSink, Cursor
-from margin.ledger.models import ledger_hourly, outbox_offsets
+from margin.ledger.models import ledger_dead_letter, ledger_hourly, outbox_offsets
 from margin.ledger.outbox import Depth, IngestIn, Outbox, OutboxError, encode
-from tests.helpers import polls
+from tests.helpers import disk_full, polls
 from tests.ledger.rows import read_ledger, row
 
 
@@ -210,17 +212,65 @@ async def test_a_failed_write_is_not_acknowledged(tmp_path: Path) -> None:
     outbox = Outbox(url, tmp_path / "box")
     outbox.start()
     outbox.append(row("ok"))
-    fd = outbox._writer._fd
-    assert fd is not None
-    os.close(fd)  # the descriptor goes bad under the writer (as a full or failing disk would answer)
+    outbox._writer.os_write = disk_full
     with pytest.raises(OutboxError) as refused:
         outbox.append(row("lost"))
     assert refused.value.code == "ledger_unavailable" and outbox.write_errors == 1
-    outbox._writer._fd = os.open(os.devnull, os.O_WRONLY)  # so that closing works
+    outbox._writer.os_write = os.write
     await outbox.close()
     with pytest.raises(OutboxError):
         outbox.append(row("after-close"))
     assert [r.request_id for r in read_ledger(url)] == ["ok"]
+
+
+async def test_a_row_cut_short_by_a_full_disk_leaves_nothing_for_the_next_rows_to_join(tmp_path: Path) -> None:
+    """A full disk takes part of a line, then refuses the rest: that request is refused (503), and the part is
+    cut off again with its file sealed at the last whole line. Once space is back, the next rows go to a new
+    file: none is glued to the fragment (a dead letter) or read as a torn last row (dropped)."""
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    db.upgrade(url)
+    outbox = Outbox(url, tmp_path / "box", ingest_in="thread")
+    outbox.start()
+    outbox.append(row("a"))
+    written: list[int] = []
+
+    def half_then_full(fd: int, data: Any) -> int:
+        if written:
+            return disk_full(fd, data)
+        written.append(os.write(fd, bytes(data[: len(data) // 2])))
+        return written[-1]
+
+    outbox._writer.os_write = half_then_full
+    with pytest.raises(OutboxError):
+        outbox.append(row("torn"))
+    outbox._writer.os_write = os.write  # space is back
+    for name in ("b", "c"):
+        outbox.append(row(name))
+    await outbox.close()
+    assert sorted(r.request_id for r in read_ledger(url)) == ["a", "b", "c"]
+    assert read_ledger(url, ledger_dead_letter) == [] and outbox._ingester.stats.torn_bytes == 0
+
+
+async def test_a_file_that_could_not_be_started_is_tried_again(tmp_path: Path) -> None:
+    """The row that filled a file is written; the next file cannot be created (no inodes): that row is still
+    acknowledged, the next is refused, and once files can be created again rows are taken (never "closed")."""
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    db.upgrade(url)
+    outbox = Outbox(url, tmp_path / "box", segment_bytes=64, ingest_in="thread")  # a file a row
+    outbox.start()
+
+    def no_inodes(path: Any, flags: int, mode: int = 0o777, **_: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    outbox._writer.os_open = no_inodes
+    outbox.append(row("filled-it"))
+    with pytest.raises(OutboxError):
+        outbox.append(row("refused"))
+    assert not is_full(outbox) and outbox.write_errors == 1
+    outbox._writer.os_open = os.open
+    outbox.append(row("after"))
+    await outbox.close()
+    assert sorted(r.request_id for r in read_ledger(url)) == ["after", "filled-it"]
 
 
 async def test_flush_and_close_before_start_do_nothing(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from margin.config import ModelConfig
-from margin.pipeline.ceiling import NON_TEXT_PART_CEILING, held, input_ceiling
+from margin.pipeline.ceiling import NON_TEXT_PART_CEILING, held, input_bound
 from margin.pipeline.values import Record, Request, RouteDecision
 from margin.protocol import Endpoint, parse_request
 from margin.specs import BudgetSpec
@@ -19,12 +19,27 @@ IMAGE = {"type": "image_url", "image_url": {"url": "https://example.org/cat.png"
 
 
 def request(
-    raw: dict[str, Any], prompt: int, output: int, budgets: bool = True, endpoint: Endpoint = Endpoint.CHAT
+    raw: dict[str, Any],
+    prompt: int,
+    output: int,
+    budgets: bool = True,
+    endpoint: Endpoint = Endpoint.CHAT,
+    target: Target | None = None,
 ) -> Request:
+    """A request as the route step leaves it: its decision holds the estimate and `input_bound`."""
     body = parse_request(endpoint, raw)
     record = Record("r1", endpoint, raw["model"], False, principal=ANONYMOUS)
-    decision = RouteDecision((), raw["model"], prompt_tokens=prompt, output_tokens=output, budgets=(BUDGET,) * budgets)
-    return Request("r1", endpoint, {}, raw, body, ANONYMOUS, None, record, 0.0, decision=decision)  # type: ignore[arg-type]
+    asked = Request("r1", endpoint, {}, raw, body, ANONYMOUS, None, record, 0.0)  # type: ignore[arg-type]
+    candidates = (target or TARGET,)
+    decision = RouteDecision(
+        candidates,
+        raw["model"],
+        prompt_tokens=prompt,
+        prompt_bound=input_bound(asked, prompt, candidates),
+        output_tokens=output,
+        budgets=(BUDGET,) * budgets,
+    )
+    return asked._replace(decision=decision)
 
 
 TARGET = Target("m", ModelConfig(backend="b"), "b", None, "eu")  # type: ignore[arg-type]
@@ -37,7 +52,7 @@ def test_output_is_held_at_what_was_asked_and_input_at_the_bytes_sent() -> None:
     assert held(Usage(10, 12), ask, TARGET) == Usage(10, 12)  # within the reservation: as reported
     assert held(Usage(40, 12), ask, TARGET) == Usage(40, 12)  # past the estimate, within the bytes: an honest count
     sent = len(orjson.dumps(CHAT))
-    assert input_ceiling(ask) == sent
+    assert ask.decision is not None and ask.decision.prompt_bound == sent
     assert held(Usage(10**9, 10**9, 10**9), ask, TARGET) == Usage(sent, 16, sent, source="clamped")
     counted = held(Usage(10, 500, source="tokenizer"), ask, TARGET)  # margin's count of a stream past max_tokens
     assert (counted.output_tokens, counted.source) == (16, "clamped")
@@ -48,7 +63,8 @@ def test_cache_answers_requests_without_budgets_and_non_text_parts() -> None:
     assert held(Usage(10**6, 10**6, source="cache"), ask, TARGET).source == "cache"  # margin's own answer
     assert held(Usage(10**6, 10**6), request(CHAT, 13, 16, budgets=False), TARGET) == Usage(10**6, 10**6)
     image = {**CHAT, "messages": [{"role": "user", "content": [{"type": "text", "text": "what?"}, IMAGE]}]}
-    assert input_ceiling(request(image, 2061, 16)) == len(orjson.dumps(image)) + NON_TEXT_PART_CEILING
+    with_image = request(image, 2061, 16).decision
+    assert with_image is not None and with_image.prompt_bound == len(orjson.dumps(image)) + NON_TEXT_PART_CEILING
     embed = request({"model": "e", "input": "one two"}, prompt=3, output=0, endpoint=Endpoint.EMBEDDINGS)
     assert held(Usage(3, 50), embed, TARGET) == Usage(3, 0, source="clamped")  # embeddings produce no tokens
 
@@ -68,9 +84,22 @@ def test_output_is_held_at_the_limit_sent_even_where_the_reservation_counted_non
 
 def test_a_long_context_models_input_is_held_at_its_context_not_at_the_bytes() -> None:
     """An image URL or a video may honestly bill more than the bytes sent + 8,192 a part; where the config gives
-    the served model's context length, no honest count passes it, so that is the bound."""
+    a candidate's context length, no honest count passes it, so that is the bound (and the reservation)."""
     image = {**CHAT, "messages": [{"role": "user", "content": [{"type": "text", "text": "what?"}, IMAGE]}]}
-    bytes_bound = input_ceiling(request(image, 2061, 16))
+    bytes_bound = len(orjson.dumps(image)) + NON_TEXT_PART_CEILING
     assert held(Usage(20_000, 16), request(image, 2061, 16), TARGET).input_tokens == bytes_bound
-    assert held(Usage(20_000, 16), request(image, 2061, 16), LONG) == Usage(20_000, 16)  # within 128k: as reported
-    assert held(Usage(10**9, 16), request(image, 2061, 16), LONG) == Usage(128_000, 16, source="clamped")
+    long = request(image, 2061, 16, target=LONG)
+    assert long.decision is not None and long.decision.prompt_bound == 128_000
+    assert held(Usage(20_000, 16), long, LONG) == Usage(20_000, 16)  # within 128k: as reported
+    assert held(Usage(10**9, 16), long, LONG) == Usage(128_000, 16, source="clamped")
+    text_only = request(CHAT, 13, 16, target=LONG).decision  # no part by reference: the bytes bound it
+    assert text_only is not None and text_only.prompt_bound == len(orjson.dumps(CHAT))
+
+
+def test_text_of_more_tokens_than_its_estimate_is_within_the_bound_that_was_reserved() -> None:
+    """60 emoji: an estimate of one token per 3 characters says 20, a tokenizer may honestly say 2 or more a
+    character; each is 4 bytes of the JSON, so the bound (what the budgets reserved) covers the honest count."""
+    emoji = {**CHAT, "messages": [{"role": "user", "content": "\U0001f600" * 60}]}
+    ask = request(emoji, prompt=20 + 8, output=16)
+    assert ask.decision is not None and ask.decision.prompt_bound >= 240
+    assert held(Usage(180, 16), ask, TARGET) == Usage(180, 16)

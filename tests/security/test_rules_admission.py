@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from tests.helpers import reserved_input
 from tests.security.conftest import Served, ServeFactory
 from tests.security.upstream import recording_upstream
 from tests.security.waiting import wait_for
@@ -20,6 +21,11 @@ COMPLETIONS = "/v1/completions"
 
 def chat(model: str = "fake-chat", **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+RESERVE = reserved_input(chat(max_tokens=5)) + 5  # a request's reservation: its JSON's bytes + max_tokens
+FITS_ONE = RESERVE + 10  # one request of max_tokens 5 fits; none of max_tokens 100
+THREE = RESERVE + 15  # three requests that each spend 6 tokens fit, a fourth does not (18 + RESERVE)
 
 
 def budget_of(gw: Served, name: str) -> dict[str, Any]:
@@ -129,12 +135,12 @@ def test_flags_and_residency_hold_on_every_candidate(served: ServeFactory) -> No
 
 def test_model_budgets_of_fallbacks_are_reserved_and_charged_to_what_served(served: ServeFactory) -> None:
     budgets = [
-        {"name": "fallback-cap", "scope": {"kind": "model", "value": "fallback"}, "tokens": 40, "period": "day"},
+        {"name": "fallback-cap", "scope": {"kind": "model", "value": "fallback"}, "tokens": FITS_ONE, "period": "day"},
         {"name": "primary-cap", "scope": {"kind": "model", "value": "primary"}, "tokens": 1000, "period": "day"},
     ]
     with served({**FLEET, "budgets": budgets}, keys={"admin": ["--admin"], "k": ["--team", "t"]}) as gw:
         with gw.client(gw.keys["k"]) as client:
-            # the primary is down, so the fallback would serve 100 tokens past its 40-token budget
+            # the primary is down, so the fallback would serve 100 tokens past its budget
             reply = client.post(CHAT, json=chat("primary", max_tokens=100))
             assert refused(reply, "budget_exceeded") and "fallback-cap" in reply.json()["error"]["message"]
             served_by_fallback = client.post(CHAT, json=chat("primary", max_tokens=5))
@@ -144,7 +150,7 @@ def test_model_budgets_of_fallbacks_are_reserved_and_charged_to_what_served(serv
 
 
 def test_tag_budgets_see_only_tags_bound_to_the_key(served: ServeFactory) -> None:
-    budgets = [{"name": "acme", "scope": {"kind": "tag", "value": "customer=acme"}, "tokens": 30, "period": "day"}]
+    budgets = [{"name": "acme", "scope": {"kind": "tag", "value": "customer=acme"}, "tokens": THREE, "period": "day"}]
     keys = {
         "admin": ["--admin"],
         "acme": ["--team", "a", "--tag", "customer=acme"],
@@ -159,7 +165,7 @@ def test_tag_budgets_see_only_tags_bound_to_the_key(served: ServeFactory) -> Non
         assert settled(gw, "acme")["spent"] == 0
         with gw.client(gw.keys["acme"]) as acme:  # escape: acme omits the header
             statuses = [acme.post(CHAT, json=chat(max_tokens=5)).status_code for _ in range(4)]
-            assert statuses == [200, 200, 200, 429]  # 6 tokens each, 14 reserved: the 4th would pass 30
+            assert statuses == [200, 200, 200, 429]  # 6 tokens each: the 4th's reservation would pass THREE
         with gw.client(gw.keys["broker"]) as broker:
             missing = broker.post(CHAT, json=chat(max_tokens=5))
             assert refused(missing, "missing_tag") and missing.json()["error"]["param"] == "x-margin-tags"
@@ -171,7 +177,9 @@ def test_tag_budgets_see_only_tags_bound_to_the_key(served: ServeFactory) -> Non
 
 def test_two_orgs_teams_of_one_name_share_no_budget_limit_or_dashboard_rows(served: ServeFactory) -> None:
     config = {
-        "budgets": [{"name": "support", "scope": {"kind": "team", "value": "support"}, "tokens": 30, "period": "day"}],
+        "budgets": [
+            {"name": "support", "scope": {"kind": "team", "value": "support"}, "tokens": THREE, "period": "day"}
+        ],
         "limits": [{"scope": {"kind": "team", "value": "support"}, "rpm": 3}],
     }
     keys = {
@@ -182,7 +190,7 @@ def test_two_orgs_teams_of_one_name_share_no_budget_limit_or_dashboard_rows(serv
     with served(config, keys=keys) as gw:
         with gw.client(gw.keys["acme"]) as acme:
             replies = [acme.post(CHAT, json=chat(max_tokens=5)) for _ in range(4)]
-            assert [r.status_code for r in replies] == [200, 200, 200, 429]  # 3 a minute; 18 of 30 tokens spent
+            assert [r.status_code for r in replies] == [200, 200, 200, 429]  # 3 a minute; 18 tokens spent
             assert replies[-1].json()["error"]["code"] == "rate_limit_exceeded"
         with gw.client(gw.keys["globex"]) as globex:
             statuses = [globex.post(CHAT, json=chat(max_tokens=5)).status_code for _ in range(3)]

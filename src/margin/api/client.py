@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
+from urllib.parse import quote
 
 import orjson
 from starlette.types import Send
@@ -33,7 +34,17 @@ SSE_HEADERS = [
 
 
 def _encoded(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
-    return [(name.encode(), value.encode("latin-1")) for name, value in headers.items()]
+    return [(name.encode(), header_value(value)) for name, value in headers.items()]
+
+
+def header_value(value: str) -> bytes:
+    """A header's bytes. Values hold names from the config (a budget's, a flag's), which may be in any script:
+    what Latin-1 cannot hold is percent-encoded UTF-8 (`budżet` → `bud%C5%BCet`), never an error after the
+    row is written."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return "".join(c if ord(c) < 256 else quote(c) for c in value).encode("latin-1")
 
 
 class AsgiClient:

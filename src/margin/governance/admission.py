@@ -1,9 +1,10 @@
 """Budgets and rate limits for one request: price the worst case, reserve it against every budget that
 applies (all or nothing), and settle to the actual cost when the request ends, whatever its outcome.
 
-Amounts are integers: nano-USD for `usd` budgets, tokens for `tokens` budgets. The worst case is the
-counted prompt plus `max_tokens` (or the model's context left, or `admission.default_max_output_tokens`),
-priced for the dearest of the request's candidate models (its fallbacks included)."""
+Amounts are integers: nano-USD for `usd` budgets, tokens for `tokens` budgets. The worst case is the most
+input the request can be billed for (`margin.pipeline.ceiling.input_bound`) plus `max_tokens` (or the model's
+context left, or `admission.default_max_output_tokens`), priced for the dearest of the request's candidate
+models (its fallbacks included) whose price is known."""
 
 from __future__ import annotations
 
@@ -129,9 +130,10 @@ def conservative_tokens(text: str) -> int:
 
 def worst_case_usd(
     meter: Meter, candidates: Sequence[Target], prompt_tokens: int, output_tokens: int, config: AdmissionConfig
-) -> Decimal | None:
-    """The dearest candidate's cost for this many tokens; None when any candidate's price is unknown."""
-    worst = Decimal(0)
+) -> tuple[Decimal, tuple[str, ...]]:
+    """The dearest priced candidate's cost for this many tokens, and the candidates with no known price (they
+    add nothing here: `admission.unknown_price` decides whether a request that may reach one runs at all)."""
+    worst, unpriced = Decimal(0), []
     usage = Usage(prompt_tokens, output_tokens, source="estimated")
     for target in candidates:
         hardware = meter.settings.backends[target.backend_name].hardware
@@ -139,9 +141,10 @@ def worst_case_usd(
         busy_s = (prompt_tokens + output_tokens) / tokens_per_s
         cost = meter.cost_usd(target.public, target.model, usage, busy_s)
         if cost is None:
-            return None
-        worst = max(worst, cost)
-    return worst
+            unpriced.append(target.public)
+        else:
+            worst = max(worst, cost)
+    return worst, tuple(unpriced)
 
 
 def limit_key(limit: LimitSpec, subject: Subject) -> str:

@@ -29,6 +29,7 @@ disk grows without bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -109,6 +110,8 @@ class SegmentWriter:
         self._size = 0
         self._dirty = False
         self._sealed: list[tuple[str, int]] = []
+        self._closed = False
+        self.os_write, self.os_open = os.write, os.open  # the system calls (tests fail them as a full disk would)
         self.rows = 0  # appended since start
         self.bytes = 0
 
@@ -120,40 +123,68 @@ class SegmentWriter:
 
     def _open_segment(self) -> None:
         self._name = segment_name(self.owner, self._seq)
+        self._seq += 1  # a name is tried once: a file created by a try that failed after is never reopened
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-        self._fd = os.open(self.directory / self._name, flags, 0o600)
+        self._fd = self.os_open(self.directory / self._name, flags, 0o600)
         self._size = 0
         if self._fsync != "never":
             sync_directory(self.directory)
 
     def write(self, line: bytes) -> None:
+        """Append one whole line, or raise OSError with none of it in the file as the ingester reads it: a line
+        cut short (a full disk) or not synced (policy `always`) is cut off again, and its file sealed at the
+        last whole line, so no later line is glued to the fragment. The next write starts a new file; a file
+        that could not be opened is tried again by the next write, never given up on."""
         with self._guard:
-            fd = self._fd
-            if fd is None:
+            if self._closed:
                 raise OutboxError("the ledger outbox is closed")
-            view, written = memoryview(line), 0
-            while written < len(line):  # a regular file takes it in one write; a short one continues it
-                written += os.write(fd, view[written:])
+            if self._fd is None:
+                self._open_segment()
+            fd, written = self._fd, 0
+            assert fd is not None
+            try:
+                view = memoryview(line)
+                while written < len(line):  # a regular file takes it in one write; a short one continues it
+                    written += self.os_write(fd, view[written:])
+                if self._fsync == "always":
+                    os.fdatasync(fd)
+            except OSError:
+                self._abandon(fd, written)
+                raise
             self._size += written
             self.rows += 1
             self.bytes += written
-            if self._fsync == "always":
-                os.fdatasync(fd)
-            else:
-                self._dirty = True
+            self._dirty = self._fsync != "always"
             if self._size >= self._segment_bytes:
-                self._seal()
-                self._seq += 1
-                self._open_segment()
+                self._rotate()
+
+    def _abandon(self, fd: int, written: int) -> None:
+        """After a failed write: cut what it left off, and seal the file at its last whole line."""
+        if written:
+            with contextlib.suppress(OSError):  # the sealed size bounds what is read even if this fails
+                os.ftruncate(fd, self._size)
+        with contextlib.suppress(OSError):
+            self._seal()
+
+    def _rotate(self) -> None:
+        """The current file is full: seal it and start the next one. The row that filled it is written, so a
+        failure here does not fail that row; the next write opens a file (or refuses its own row)."""
+        try:
+            self._seal()
+            self._open_segment()
+        except OSError as exc:
+            log.error("ledger outbox: could not start a new file (the next row tries again): %s", exc)
 
     def _seal(self) -> None:
-        assert self._fd is not None
-        if self._fsync != "never" and self._dirty:
-            os.fdatasync(self._fd)
-        os.close(self._fd)
-        self._fd = None
-        self._dirty = False
-        self._sealed.append((self._name, self._size))
+        fd, self._fd = self._fd, None
+        assert fd is not None
+        try:
+            if self._fsync != "never" and self._dirty:
+                os.fdatasync(fd)
+        finally:
+            self._dirty = False
+            self._sealed.append((self._name, self._size))
+            os.close(fd)
 
     def take_sealed(self) -> list[tuple[str, int]]:
         """Files closed since the last call (name, final size)."""
@@ -180,6 +211,7 @@ class SegmentWriter:
     def close(self) -> None:
         """No more rows: the current file is closed (and handed to the ingester as sealed)."""
         with self._guard:
+            self._closed = True
             if self._fd is not None:
                 self._seal()
 

@@ -4,12 +4,12 @@ in what it sent) beyond that is held at it, so no upstream, lying or broken, can
 - Output: at most what the request asked for, as the reservation priced it (`max_tokens`, set to the reserved
   amount when the caller sent none, × `n`/`best_of` × prompts). An OpenAI-compatible server cannot produce
   more; one that reports more (10^9 completion tokens) or streams past it is not believed.
-- Input: the reservation's count (the tokenizer's, or one token per 3 characters) is an estimate, and an honest
-  count may pass it (text of 1 token a character). Above it, the bound is the larger of what the upstream was
-  sent (every token of text or token ids is at least one byte of the request's JSON, whose framing of a message
-  outweighs its template tokens; a part given by reference, an image URL, may bill up to
-  `NON_TEXT_PART_CEILING`) and the served model's `context_length` when the config gives one (no model reads
-  more: a video or a large image on a long-context model is billed as reported).
+- Input: at most `input_bound`, which the reservation priced: the bytes of the JSON the route step saw
+  (every token of text or token ids is at least one byte of it), not the prompt's estimate (the tokenizer's,
+  or one token per 3 characters), which an honest count may pass (text of 1 token a character: emoji, CJK).
+  A part given by reference may bill up to `NON_TEXT_PART_CEILING`, or up to a candidate's `context_length`.
+  The guard redacts after the reservation; a placeholder longer than what it replaced can push an honest
+  count past the bound, and that row is held too (logged).
 - A known cost: providers whose `max_tokens` leaves out reasoning tokens can honestly report more output; such
   a row is held at the limit and reads `clamped` (the upstream's figures are in the log).
 - Answers from the cache are margin's own and are never held.
@@ -18,6 +18,7 @@ A held row says so (`usage_source: clamped`) and the upstream's figures go to th
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import orjson
 
@@ -39,10 +40,7 @@ def held(usage: Usage, request: Request, target: Target) -> Usage:
         return usage
     most = output_ceiling(request)
     output = usage.output_tokens if most is None else min(usage.output_tokens, most)
-    input_tokens = usage.input_tokens
-    if input_tokens > decision.prompt_tokens:  # past the estimate: bounded by what the upstream was sent
-        most_in = max(decision.prompt_tokens, input_ceiling(request), target.model.context_length or 0)
-        input_tokens = min(input_tokens, most_in)
+    input_tokens = min(usage.input_tokens, decision.prompt_bound)
     if input_tokens == usage.input_tokens and output == usage.output_tokens:
         return usage
     log.warning(
@@ -72,6 +70,14 @@ def output_ceiling(request: Request) -> int | None:
     return int(limit) * int(getattr(body, "choices", 1)) * int(getattr(body, "prompts", 1))
 
 
-def input_ceiling(request: Request) -> int:
-    """The most input tokens what the upstream was sent can hold (the JSON after the guard's redaction)."""
-    return len(orjson.dumps(request.raw)) + NON_TEXT_PART_CEILING * non_text_parts(request.body)
+def input_bound(request: Request, estimate: int, candidates: Sequence[Target]) -> int:
+    """The most input tokens `request` can be billed for: its budgets reserve this and `held` holds a reported
+    count at it. Every token of text or token ids is at least one byte of the request's JSON, whose framing of
+    a message outweighs its template tokens; a part given by reference (an image URL) may bill up to
+    `NON_TEXT_PART_CEILING`, or, when there is one, up to the largest context length the config gives a
+    candidate (a video on a long-context model)."""
+    parts = non_text_parts(request.body)
+    bound = max(estimate, len(orjson.dumps(request.raw)) + NON_TEXT_PART_CEILING * parts)
+    if parts:
+        bound = max(bound, *(c.model.context_length or 0 for c in candidates))
+    return bound

@@ -76,9 +76,11 @@ class RouteDecision(NamedTuple):
     jurisdictions: tuple[str, ...] | None = None  # the caller's allowed jurisdictions, when its policy sets them
     residency_filtered: bool = False  # some fallbacks were dropped for residency
     cache_only: str | None = None  # the flag that allows only cached answers
-    prompt_tokens: int = 0  # reservation basis (counted when budgets or limits apply)
+    prompt_tokens: int = 0  # the prompt's estimated tokens (counted when budgets or limits apply): TPM, max_tokens
+    prompt_bound: int = 0  # the most input tokens it can be billed for (margin.pipeline.ceiling): reserved
     output_tokens: int = 0
-    worst_usd: Decimal | None = None  # the dearest candidate's cost for those tokens (when budgets apply)
+    worst_usd: Decimal | None = None  # the dearest priced candidate's cost for those tokens (when budgets apply)
+    unpriced: tuple[str, ...] = ()  # candidates without a known price (admission.unknown_price decides)
     budgets: tuple[BudgetSpec, ...] = ()  # the budgets of every candidate, reserved by admit
 
     @property

@@ -81,18 +81,19 @@ class Admit:
         config = self.gov.settings.admission
         worst = decision.worst_usd
         if (
-            worst is None
+            decision.unpriced
             and config.unknown_price == "reject"
             and any(b.usd and b.mode == "hard" for b in decision.budgets)
         ):
+            names = ", ".join(f"`{name}`" for name in decision.unpriced)
             raise PermissionDenied(
-                f"`{decision.first.public}` has no known price, so hard USD budgets cannot admit it "
-                "(set a price in the config, or admission.unknown_price: allow)",
+                f"{names} (the model or a fallback of `{decision.first.public}`) has no known price, so hard USD "
+                "budgets cannot admit it (set a price in the config, or admission.unknown_price: allow)",
                 code="price_unknown",
             )
         now = datetime.now(UTC)
         worst_nano = capped_nanousd(worst) if worst is not None else 0  # best_of × prompts × max_tokens: any size
-        tokens = decision.prompt_tokens + decision.output_tokens
+        tokens = decision.prompt_bound + decision.output_tokens
         subject = request.subject
         hold = self.windows.hold
         holds = [hold(b, now, worst_nano, tokens, partition(b.scope, subject)) for b in decision.budgets]

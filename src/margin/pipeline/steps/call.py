@@ -235,8 +235,10 @@ class BackendCall:
         decision = request.decision
         if decision is not None and decision.strongest is not None:
             strong = decision.strongest  # what the route's strongest model would have cost (routing's saving)
-            cost = worst_case_usd(self.meter, [strong], usage.input_tokens, usage.output_tokens, self.admission)
-            record.counterfactual_nanousd = None if cost is None else to_nanousd(cost)
+            cost, unpriced = worst_case_usd(
+                self.meter, [strong], usage.input_tokens, usage.output_tokens, self.admission
+            )
+            record.counterfactual_nanousd = None if unpriced else to_nanousd(cost)
 
     def _default(self, record: Record, target: Target, usage: Usage, busy_s: float) -> None:
         """What a preference route's default deployment would have cost and emitted for the same tokens, now

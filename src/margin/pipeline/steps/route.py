@@ -5,9 +5,10 @@ The requested name (a public id, an alias, or a routed name from `routes:`) → 
 primary's `disable` refuses the request, `force_model` sends it elsewhere, another candidate that is
 disabled is dropped, every candidate's `cap_max_tokens` caps the request, `require_cache` allows only a
 cached answer); the caller's jurisdictions filter the candidates. When budgets or limits apply, the
-reservation's basis is counted here too: an upper bound of the prompt's tokens, the most output the
-request may produce (a limit is set when it sent none, so what is reserved is also what is enforced), and
-that priced at the dearest candidate. The call step walks the candidates in this order; nothing re-decides."""
+reservation's basis is counted here too: the prompt's estimated tokens (for TPM and a limit on the
+output), the most input it can be billed for, the most output it may produce (a limit is set when it sent
+none, so what is reserved is also what is enforced), and that priced at the dearest priced candidate.
+The call step walks the candidates in this order; nothing re-decides."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from margin.errors import FeatureDisabled, InvalidRequest, ModelNotFound, Reside
 from margin.governance import admission as adm
 from margin.governance.rules import Rules, Subject
 from margin.governance.service import Governance
+from margin.pipeline.ceiling import input_bound
 from margin.pipeline.values import Next, Reply, Request, RouteDecision
 from margin.protocol import ChatCompletionRequest, Endpoint
 from margin.routing.policy import RoutePolicy
@@ -104,7 +106,8 @@ class Route:
             candidates = tuple(ordered)
             request.record.route, request.record.router_score = requested, score
             request.record.preference = preference
-        prompt, output, worst = 0, 0, None
+        prompt, bound, output, worst = 0, 0, 0, None
+        unpriced: tuple[str, ...] = ()
         budgets: tuple[BudgetSpec, ...] = ()
         if rules.budgets or rules.limits:
             prompt = await self._prompt_tokens(request, candidates[0])
@@ -112,7 +115,8 @@ class Route:
             if budgets:
                 config: AdmissionConfig = self.gov.settings.admission
                 request, output = self._output_tokens(request, candidates[0], prompt, config)
-                worst = adm.worst_case_usd(self.meter, candidates, prompt, output, config)
+                bound = input_bound(request, prompt, candidates)
+                worst, unpriced = adm.worst_case_usd(self.meter, candidates, bound, output, config)
         decision = RouteDecision(
             candidates,
             requested,
@@ -125,8 +129,10 @@ class Route:
             residency_filtered=filtered,
             cache_only=cache_only,
             prompt_tokens=prompt,
+            prompt_bound=bound,
             output_tokens=output,
             worst_usd=worst,
+            unpriced=unpriced,
             budgets=budgets,
         )
         return await next(request._replace(decision=decision))

@@ -6,6 +6,7 @@ step returned)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -156,6 +157,9 @@ class Settle:
             if gone.stalled:
                 record.error = MarginError(str(gone), code="stream_write_timeout")
             return Reply(streamed=True)
+        except asyncio.CancelledError:  # the server stopped it (shutdown, a batch worker's grace ran out)
+            record.fail(MarginError("the request was cancelled inside the gateway", code="cancelled"), 499, "cancelled")
+            raise
         except MarginError as error:
             record.fail(error, request.client.status_of(error))
             raise
@@ -173,7 +177,17 @@ class Settle:
             self.refused += 1  # so a ledger that is down cannot grow the outbox without bound
             return
         row = ledger_row(record, self.config_hash, self.pseudonym)
-        self.outbox.append(row)
+        try:
+            self.outbox.append(row)  # raises when it cannot: the request is refused (503), not acknowledged
+        finally:  # the reservation is settled to what the request cost either way (never left to the reaper)
+            await self._settle(record, row)
+        if self.telemetry is not None:
+            try:
+                self.telemetry.observe(row, TraceContext.of(request.headers))
+            except Exception:  # telemetry is lossy: it never fails a request
+                log.exception("telemetry failed for request %s", request.id)
+
+    async def _settle(self, record: Record, row: dict[str, Any]) -> None:
         admission = record.admission
         if self.governance is not None and admission is not None:
             # a cache hit used no model tokens: like the ledger reconciliation (kind `request` only), count none
@@ -185,8 +199,3 @@ class Settle:
                 await settling
             else:  # the answer does not wait for a Redis round trip: the reservation holds until this lands
                 self.spawn(settling)
-        if self.telemetry is not None:
-            try:
-                self.telemetry.observe(row, TraceContext.of(request.headers))
-            except Exception:  # telemetry is lossy: it never fails a request
-                log.exception("telemetry failed for request %s", request.id)

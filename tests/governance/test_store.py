@@ -120,3 +120,17 @@ async def test_gcra_checks_are_all_or_nothing(store: Store) -> None:
     for _ in range(59):  # b was charged once only: 59 more fit in its hour
         assert (await store.admit(next_id(), [], 60, [loose], [False])).wait == 0.0
     assert (await store.admit(next_id(), [], 60, [loose], [False])).wait > 0
+
+
+async def test_amounts_of_any_size_are_reserved_settled_and_reaped_exactly(store: Store) -> None:
+    """2 × 10^17 nano-USD ($200M: an absurd worst case under a soft budget). Lua writes a number that large as
+    `2e+17`, which HINCRBY refused halfway through the admit script, leaving a reservation no reaper saw."""
+    big = 2 * 10**17 + 3
+    assert (await store.admit("r1", [hold("a", 10, 5), hold("big", 10, big, hard=False)], 60)).failed is None
+    assert await store.counters(["a", "big"]) == {"a": (0, 5), "big": (0, big)}
+    assert await store.settle("r1", {"a": 4, "big": big - 1}) is True
+    assert await store.counters(["a", "big"]) == {"a": (4, 0), "big": (big - 1, 0)}
+    await store.admit("r2", [hold("big", 10, big, hard=False)], 0.05)
+    await asyncio.sleep(1.1)  # Redis TIME has second + microsecond resolution
+    assert await store.reap() == 1 and await store.pending() == 0
+    assert await store.counters(["big"]) == {"big": (2 * big - 1, 0)}

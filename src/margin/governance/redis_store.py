@@ -26,6 +26,9 @@ log = logging.getLogger("margin.governance")
 P = "mgn:"
 
 _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
+# amounts reach HINCRBY as the integer strings they are: a Lua number from 1e17 on is written `1e+17`,
+# which HINCRBY refuses halfway through a script (Redis does not roll a script back)
+_NEG = "local function neg(s) if s:sub(1, 1) == '-' then return s:sub(2) end return '-' .. s end\n"
 
 ADMIT = (
     _NOW
@@ -63,15 +66,15 @@ if fresh then
       end
     end
   end
+  redis.call('ZADD', KEYS[3], now + ttl, rid)  -- first: whatever follows is reaped if the script stops
   for i = 1, n do
     local b = 4 + (i - 1) * 4
-    local amount, expire = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 3])
+    local amount, expire = ARGV[b + 1], tonumber(ARGV[b + 3])
     redis.call('HINCRBY', KEYS[3 + i], 'reserved', amount)
+    redis.call('HINCRBY', KEYS[1], KEYS[3 + i], amount)  -- after: the reservation holds what was added
     if expire > 0 and redis.call('TTL', KEYS[3 + i]) < 0 then redis.call('EXPIRE', KEYS[3 + i], expire) end
-    redis.call('HINCRBY', KEYS[1], KEYS[3 + i], amount)
   end
   redis.call('EXPIRE', KEYS[1], math.ceil(ttl) + 86400)
-  redis.call('ZADD', KEYS[3], now + ttl, rid)
 end
 for i = 1, #KEYS - g0 do
   local inc, tau = tonumber(ARGV[a0 + i * 3 - 2]), tonumber(ARGV[a0 + i * 3 - 1])
@@ -83,13 +86,16 @@ return snapshot(0, 0)
 )
 
 # release a reservation hash into its counters (used by settle and reap)
-_RELEASE = """
+_RELEASE = (
+    _NEG
+    + """
 local function release(rkey)
   local held = redis.call('HGETALL', rkey)
-  for j = 1, #held, 2 do redis.call('HINCRBY', held[j], 'reserved', -tonumber(held[j + 1])) end
+  for j = 1, #held, 2 do redis.call('HINCRBY', held[j], 'reserved', neg(held[j + 1])) end
   redis.call('DEL', rkey)
 end
 """
+)
 
 SETTLE = (
     _NOW
@@ -99,11 +105,11 @@ SETTLE = (
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', 86400) == false then return 0 end
 release(KEYS[1])
 local charged = redis.call('HGETALL', KEYS[4])
-for j = 1, #charged, 2 do redis.call('HINCRBY', charged[j], 'spent', -tonumber(charged[j + 1])) end
+for j = 1, #charged, 2 do redis.call('HINCRBY', charged[j], 'spent', neg(charged[j + 1])) end
 redis.call('DEL', KEYS[4])
 redis.call('ZREM', KEYS[3], ARGV[1])
 local n = tonumber(ARGV[2])
-for i = 1, n do redis.call('HINCRBY', KEYS[4 + i], 'spent', tonumber(ARGV[2 + i])) end
+for i = 1, n do redis.call('HINCRBY', KEYS[4 + i], 'spent', ARGV[2 + i]) end
 for i = 5 + n, #KEYS do
   local tat = math.max(tonumber(redis.call('GET', KEYS[i]) or now), now) + tonumber(ARGV[i - 2])
   redis.call('SET', KEYS[i], tostring(tat), 'EX', math.ceil(tat - now) + 120)
@@ -115,14 +121,15 @@ return 1
 # a reservation past its deadline is charged at its reserved amount (kept as k:{rid} for a late settle)
 REAP = (
     _NOW
+    + _NEG
     + """
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)
 for _, rid in ipairs(stale) do
   local rkey, kkey = ARGV[1] .. 'r:' .. rid, ARGV[1] .. 'k:' .. rid
   local held = redis.call('HGETALL', rkey)
   for j = 1, #held, 2 do
-    redis.call('HINCRBY', held[j], 'reserved', -tonumber(held[j + 1]))
-    redis.call('HINCRBY', held[j], 'spent', tonumber(held[j + 1]))
+    redis.call('HINCRBY', held[j], 'reserved', neg(held[j + 1]))
+    redis.call('HINCRBY', held[j], 'spent', held[j + 1])
   end
   if #held > 0 then
     redis.call('RENAME', rkey, kkey)

@@ -112,3 +112,26 @@ async def test_a_request_the_server_cancels_is_recorded_as_cancelled(db_path: Pa
         await asyncio.gather(call, return_exceptions=True)
         await gw.services.drain()
         assert [(r.status, r.http_status, r.error_code) for r in await gw.rows()] == [("cancelled", 499, "cancelled")]
+
+
+async def test_counters_a_redis_restart_lost_are_reconciled_from_the_ledger(db_path: Path, redis_url: str) -> None:
+    """Redis restarted without persistence after two requests: this process had reconciled the counter once
+    and would have gone on from 0. The admit script finds it gone, the counter is reconciled from the ledger
+    again, and the hard budget still holds: one more request fits, the next does not."""
+    from redis import asyncio as aioredis
+
+    budget = {"name": "three", "scope": {"kind": "global"}, "usd": "0.03", "period": "lifetime"}
+    models: dict[str, Any] = {"priced": {"backend": "api", "price": {"input": "0", "output": "2500", "version": "t"}}}
+    client = aioredis.from_url(redis_url)
+    await client.flushdb()
+    settings = fake_settings(db_path, budgets=[budget], models=models, storage={"redis": redis_url})
+    body = {"model": "priced", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}  # $0.01 each
+    try:
+        async with gateway(settings) as gw:
+            assert [(await gw.http.post(CHAT, json=body)).status_code for _ in range(2)] == [200, 200]
+            assert len(await gw.rows()) == 2  # in the ledger (rows still in the outbox would not be counted)
+            await client.flushdb()  # the restart
+            assert [(await gw.http.post(CHAT, json=body)).status_code for _ in range(2)] == [200, 429]
+            assert sum(r.cost_nanousd or 0 for r in await gw.rows()) == 30_000_000
+    finally:
+        await client.aclose()

@@ -24,11 +24,19 @@ from margin.logs import printable
 log = logging.getLogger("margin.governance")
 
 P = "mgn:"
+UNSEEDED = -2  # the admit script's status when a budget counter is gone
 
 _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
 # amounts reach HINCRBY as the integer strings they are: a Lua number from 1e17 on is written `1e+17`,
 # which HINCRBY refuses halfway through a script (Redis does not roll a script back)
-_NEG = "local function neg(s) if s:sub(1, 1) == '-' then return s:sub(2) end return '-' .. s end\n"
+_NEG = (
+    "local function neg(s) if s:sub(1, 1) == '-' then return s:sub(2) end return '-' .. s end\n"
+    # a counter that is gone is left gone: the next admit then reconciles it from the ledger (which has this
+    # request's row) instead of finding a counter that holds only what settled since it was lost
+    "local function add(key, field, amount)\n"
+    "  if redis.call('EXISTS', key) == 1 then redis.call('HINCRBY', key, field, amount) end\n"
+    "end\n"
+)
 
 ADMIT = (
     _NOW
@@ -55,6 +63,9 @@ for i = 1, #KEYS - g0 do
   if over > wait then wait = over end
 end
 if wait > 0 then return snapshot(-1, wait) end
+for i = 1, n do  -- every counter was seeded before: one that is gone was lost (nothing is checked without it)
+  if redis.call('EXISTS', KEYS[3 + i]) == 0 then return snapshot(-2, 0) end
+end
 local fresh = n > 0 and redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0
 if fresh then
   for i = 1, n do
@@ -91,7 +102,7 @@ _RELEASE = (
     + """
 local function release(rkey)
   local held = redis.call('HGETALL', rkey)
-  for j = 1, #held, 2 do redis.call('HINCRBY', held[j], 'reserved', neg(held[j + 1])) end
+  for j = 1, #held, 2 do add(held[j], 'reserved', neg(held[j + 1])) end
   redis.call('DEL', rkey)
 end
 """
@@ -105,11 +116,11 @@ SETTLE = (
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', 86400) == false then return 0 end
 release(KEYS[1])
 local charged = redis.call('HGETALL', KEYS[4])
-for j = 1, #charged, 2 do redis.call('HINCRBY', charged[j], 'spent', neg(charged[j + 1])) end
+for j = 1, #charged, 2 do add(charged[j], 'spent', neg(charged[j + 1])) end
 redis.call('DEL', KEYS[4])
 redis.call('ZREM', KEYS[3], ARGV[1])
 local n = tonumber(ARGV[2])
-for i = 1, n do redis.call('HINCRBY', KEYS[4 + i], 'spent', ARGV[2 + i]) end
+for i = 1, n do add(KEYS[4 + i], 'spent', ARGV[2 + i]) end
 for i = 5 + n, #KEYS do
   local tat = math.max(tonumber(redis.call('GET', KEYS[i]) or now), now) + tonumber(ARGV[i - 2])
   redis.call('SET', KEYS[i], tostring(tat), 'EX', math.ceil(tat - now) + 120)
@@ -128,8 +139,8 @@ for _, rid in ipairs(stale) do
   local rkey, kkey = ARGV[1] .. 'r:' .. rid, ARGV[1] .. 'k:' .. rid
   local held = redis.call('HGETALL', rkey)
   for j = 1, #held, 2 do
-    redis.call('HINCRBY', held[j], 'reserved', neg(held[j + 1]))
-    redis.call('HINCRBY', held[j], 'spent', held[j + 1])
+    add(held[j], 'reserved', neg(held[j + 1]))
+    add(held[j], 'spent', held[j + 1])
   end
   if #held > 0 then
     redis.call('RENAME', rkey, kkey)
@@ -246,6 +257,8 @@ class RedisStore:
         result = await self._run("admit", keys, args)
         status, wait, flat = int(result[0]), float(result[1]), [int(v) for v in result[2:]]
         counters = tuple((flat[i], flat[i + 1]) for i in range(0, len(flat), 2))
+        if status == UNSEEDED:
+            return Admitted(counters=counters, unseeded=True)
         return Admitted(wait, status - 1 if status > 0 else None, counters)
 
     async def settle(

@@ -108,6 +108,12 @@ class Governance:
                 continue
             await self._flights.run(name, functools.partial(self._seed, item, now))
 
+    async def reseed(self, holds: list[BudgetHold], now: datetime) -> None:
+        """The counter store lost counters this process had reconciled: reconcile them again (those still
+        there keep their values: seeding only sets a missing counter)."""
+        self._seeded.difference_update(item.hold.counter for item in holds)
+        await self.seed(holds, now)
+
     async def _seed(self, item: BudgetHold, now: datetime) -> None:
         name = item.hold.counter
         spent = await ledger_spent(self.engine, item.budget, now, item.org)

@@ -36,15 +36,18 @@ class Admitted:
     """The outcome of `admit`. `wait` > 0: a rate limit refused (seconds to wait). Else `failed` is the first
     hard budget hold that did not fit, or None when all were reserved. `counters`: each hold's counter
     (spent, reserved) as admission left it (for messages and soft-budget warnings). Nothing is charged
-    or reserved unless the request is admitted."""
+    or reserved unless the request is admitted. `unseeded`: a budget counter this process had reconciled is
+    gone from the store (a Redis restarted without persistence, an eviction): nothing was checked; reconcile it
+    from the ledger again, then admit again."""
 
     wait: float = 0.0
     failed: int | None = None
     counters: tuple[tuple[int, int], ...] = ()
+    unseeded: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.wait <= 0 and self.failed is None
+        return self.wait <= 0 and self.failed is None and not self.unseeded
 
 
 @dataclass(frozen=True, slots=True)

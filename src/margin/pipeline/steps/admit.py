@@ -61,6 +61,13 @@ class Admit:
         holds = await self._holds(request, decision) if decision.budgets else []
         ttl = self.gov.settings.admission.reservation_ttl_s
         result = await self.gov.store.admit(request.id, [h.hold for h in holds], ttl, checks, lenient)
+        if result.unseeded:  # the store lost a counter (Redis restarted without persistence): the ledger again
+            await self.gov.reseed(holds, datetime.now(UTC))
+            result = await self.gov.store.admit(request.id, [h.hold for h in holds], ttl, checks, lenient)
+            if result.unseeded:
+                raise Overloaded(
+                    "the budget counters were lost and could not be restored; retry", code="governance_unavailable"
+                )
         if result.wait > 0:
             labels = ", ".join(f"{limit.scope.label()} (rpm {limit.rpm}, tpm {limit.tpm})" for limit in limits)
             raise RateLimited(

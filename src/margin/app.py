@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -40,6 +40,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return error_response(NotFound(f"no route {request.method} {request.url.path}", code="unknown_url"))
     return error_response(MarginError(str(exc.detail)), status=exc.status_code)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client left before its body arrived: an empty answer nobody reads, and no traceback in the log (a
+    client that does this on purpose must not be able to fill the log)."""
+    return Response(status_code=400)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -84,6 +90,8 @@ class Gateway(Starlette):
         request = Request(scope, receive, send)
         try:
             response = await handler(request)
+        except ClientDisconnect:  # left before its body arrived (or its body deadline passed): nobody to answer
+            return
         except Exception as exc:
             await (await _unexpected(request, exc))(scope, receive, send)
             raise
@@ -140,5 +148,5 @@ def build_app(
         fast=fast,
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={HTTPException: _http_error, Exception: _unexpected},
+        exception_handlers={HTTPException: _http_error, ClientDisconnect: _client_gone, Exception: _unexpected},
     )

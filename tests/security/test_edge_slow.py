@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 import httpx
 
@@ -127,6 +128,19 @@ def test_a_stalled_body_gets_408_and_a_slow_one_that_keeps_coming_passes(served:
             got = one_response(sock)
             assert status(got) == 200, got[:200]
         assert wait_rows(gw, 1) and len(gw.rows()) == 1  # the slow request's; the stalled one never reached it
+
+
+def test_clients_that_leave_mid_body_leave_no_traceback_in_the_log(served: ServeFactory, tmp_path: Path) -> None:
+    """Half a body, then the connection closed, 20 times, on an inference route and on an admin one: nothing
+    to answer, and nothing in the log (each used to log the same traceback twice: a way to fill the disk)."""
+    with served(LIMITS) as gw:
+        for path in ("/v1/chat/completions", "/admin/budgets"):
+            for _ in range(20):
+                with connection(gw.url) as sock:
+                    sock.sendall(head(gw.url).replace(b"/v1/chat/completions", path.encode()) + CHAT[:20])
+        normal_request_succeeds(gw)
+        log = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in log and "ClientDisconnect" not in log, log[-2000:]
 
 
 def test_connections_past_the_cap_get_503_and_deadlines_give_them_back(served: ServeFactory) -> None:

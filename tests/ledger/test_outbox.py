@@ -225,8 +225,8 @@ async def test_a_failed_write_is_not_acknowledged(tmp_path: Path) -> None:
 
 async def test_a_row_cut_short_by_a_full_disk_leaves_nothing_for_the_next_rows_to_join(tmp_path: Path) -> None:
     """A full disk takes part of a line, then refuses the rest: that request is refused (503), and the part is
-    cut off again with its file sealed at the last whole line. Once space is back, the next rows go to a new
-    file: none is glued to the fragment (a dead letter) or read as a torn last row (dropped)."""
+    cut off again. Once space is back, the next rows follow the last whole line: none is glued to the fragment
+    (a dead letter) or read past the size the writer counted (dropped as a torn last row)."""
     url = f"sqlite:///{tmp_path / 'o.db'}"
     db.upgrade(url)
     outbox = Outbox(url, tmp_path / "box", ingest_in="thread")

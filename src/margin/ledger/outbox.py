@@ -132,9 +132,8 @@ class SegmentWriter:
 
     def write(self, line: bytes) -> None:
         """Append one whole line, or raise OSError with none of it in the file as the ingester reads it: a line
-        cut short (a full disk) or not synced (policy `always`) is cut off again, and its file sealed at the
-        last whole line, so no later line is glued to the fragment. The next write starts a new file; a file
-        that could not be opened is tried again by the next write, never given up on."""
+        cut short (a full disk) or not synced (policy `always`) is cut off again (`_abandon`). A file that could
+        not be opened (no inodes) is tried again by the next write, never given up on."""
         with self._guard:
             if self._closed:
                 raise OutboxError("the ledger outbox is closed")
@@ -159,12 +158,15 @@ class SegmentWriter:
                 self._rotate()
 
     def _abandon(self, fd: int, written: int) -> None:
-        """After a failed write: cut what it left off, and seal the file at its last whole line."""
-        if written:
-            with contextlib.suppress(OSError):  # the sealed size bounds what is read even if this fails
-                os.ftruncate(fd, self._size)
-        with contextlib.suppress(OSError):
-            self._seal()
+        """After a failed write: cut off what it left (the file goes on from its last whole line); a file that
+        cannot be cut is sealed at that line, so nothing is glued to the fragment and it is never read."""
+        if not written:
+            return
+        try:
+            os.ftruncate(fd, self._size)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self._seal()
 
     def _rotate(self) -> None:
         """The current file is full: seal it and start the next one. The row that filled it is written, so a

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis import asyncio as aioredis
@@ -31,19 +32,12 @@ def next_id() -> str:
     return uuid.uuid4().hex
 
 
-async def admit(
-    store: Store,
-    request_id: str,
-    holds: list[Hold],
-    ttl_s: float,
-    checks: Sequence[Gcra] = (),
-    lenient: Sequence[bool] = (),
-) -> Admitted:
+async def admit(store: Store, request_id: str, holds: list[Hold], ttl_s: float, *rate: Any) -> Admitted:
     """`store.admit` as the admit step calls it: every counter reconciled (seeded) first, here with 0 (a
     counter seeded before keeps its value)."""
     for item in holds:
         await store.seed(item.counter, 0, item.expire_s)
-    return await store.admit(request_id, holds, ttl_s, checks, lenient)
+    return await store.admit(request_id, holds, ttl_s, *rate)
 
 
 def hold(counter: str = "b@1", limit: int = 100, amount: int = 30, hard: bool = True) -> Hold:

@@ -135,14 +135,17 @@ async def test_amounts_of_any_size_are_reserved_settled_and_reaped_exactly(store
     """2 × 10^17 nano-USD ($200M: an absurd worst case under a soft budget). Lua writes a number that large as
     `2e+17`, which HINCRBY refused halfway through the admit script, leaving a reservation no reaper saw."""
     big = 2 * 10**17 + 3
-    assert (await admit(store, "r1", [hold("a", 10, 5), hold("big", 10, big, hard=False)], 60)).failed is None
-    assert await store.counters(["a", "big"]) == {"a": (0, 5), "big": (0, big)}
-    assert await store.settle("r1", {"a": 4, "big": big - 1}) is True
-    assert await store.counters(["a", "big"]) == {"a": (4, 0), "big": (big - 1, 0)}
-    await admit(store, "r2", [hold("big", 10, big, hard=False)], 0.05)
+    holds = [hold("a", 10, 5), hold("big", 10, big, hard=False), hold("zero", 10, 0)]  # 0: a free model's hold
+    assert (await admit(store, "r1", holds, 60)).failed is None
+    assert await store.counters(["a", "big", "zero"]) == {"a": (0, 5), "big": (0, big), "zero": (0, 0)}
+    assert await store.settle("r1", {"a": 4, "big": big - 1, "zero": 0}) is True
+    assert await store.counters(["a", "big", "zero"]) == {"a": (4, 0), "big": (big - 1, 0), "zero": (0, 0)}
+    await admit(store, "r2", [hold("big", 10, big, hard=False), hold("zero", 10, 0)], 0.05)
     await asyncio.sleep(1.1)  # Redis TIME has second + microsecond resolution
     assert await store.reap() == 1 and await store.pending() == 0
-    assert await store.counters(["big"]) == {"big": (2 * big - 1, 0)}
+    assert await store.counters(["big", "zero"]) == {"big": (2 * big - 1, 0), "zero": (0, 0)}
+    assert await store.settle("r2", {"big": 1, "zero": 0}) is True  # a late settle replaces the charge
+    assert await store.counters(["big", "zero"]) == {"big": (big, 0), "zero": (0, 0)}
 
 
 async def test_a_counter_the_store_lost_is_reported_and_stays_lost_until_seeded(store: Store) -> None:

@@ -30,7 +30,9 @@ _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]
 # amounts reach HINCRBY as the integer strings they are: a Lua number from 1e17 on is written `1e+17`,
 # which HINCRBY refuses halfway through a script (Redis does not roll a script back)
 _NEG = (
-    "local function neg(s) if s:sub(1, 1) == '-' then return s:sub(2) end return '-' .. s end\n"
+    "local function neg(s)\n"  # HINCRBY refuses `-0`
+    "  if s == '0' then return s elseif s:sub(1, 1) == '-' then return s:sub(2) end return '-' .. s\n"
+    "end\n"
     # a counter that is gone is left gone: the next admit then reconciles it from the ledger (which has this
     # request's row) instead of finding a counter that holds only what settled since it was lost
     "local function add(key, field, amount)\n"

@@ -7,6 +7,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -135,3 +137,27 @@ async def test_counters_a_redis_restart_lost_are_reconciled_from_the_ledger(db_p
             assert sum(r.cost_nanousd or 0 for r in await gw.rows()) == 30_000_000
     finally:
         await client.aclose()
+
+
+async def test_a_ledger_that_cannot_be_read_to_reconcile_a_budget_is_a_503_to_retry(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first request of a counter reconciles it from the ledger; a locked or unreachable ledger used to be an
+    internal error (500, a traceback). It is a 503 with retry-after, nothing is reserved, and the retry works."""
+    from margin.governance import service
+
+    reconcile = service.ledger_spent
+
+    async def locked(*args: Any) -> int:
+        raise sa.exc.OperationalError("SELECT …", {}, Exception("database is locked"))
+
+    budget = {"name": "g", "scope": {"kind": "global"}, "usd": "5", "period": "month"}
+    body = {"model": "priced", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    async with gateway(fake_settings(db_path, budgets=[budget])) as gw:
+        monkeypatch.setattr(service, "ledger_spent", locked)
+        refused = await gw.http.post(CHAT, json=body)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["code"] == "governance_unavailable"
+        assert await gw.services.governance.store.pending() == 0
+        monkeypatch.setattr(service, "ledger_spent", reconcile)
+        assert (await gw.http.post(CHAT, json=body)).status_code == 200

@@ -10,13 +10,16 @@ import logging
 from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
+
 from margin.config import Settings
-from margin.errors import MarginError
+from margin.errors import MarginError, Overloaded
 from margin.governance.admission import Admission, BudgetHold, window
 from margin.governance.rules import Rules, Subject, build_rules, load_rules, matches
 from margin.governance.store import LocalStore, Store
 from margin.governance.streams import LocalSlots, SharedSlots, SlotStore, StreamSlots
 from margin.ledger.read import budget_spent
+from margin.logs import printable
 from margin.singleflight import SingleFlight
 from margin.specs import BudgetSpec
 
@@ -116,7 +119,15 @@ class Governance:
 
     async def _seed(self, item: BudgetHold, now: datetime) -> None:
         name = item.hold.counter
-        spent = await ledger_spent(self.engine, item.budget, now, item.org)
+        try:
+            spent = await ledger_spent(self.engine, item.budget, now, item.org)
+        except sa.exc.SQLAlchemyError as exc:  # a locked or unreachable ledger: retryable, not a gateway bug
+            log.warning("budget %s: the ledger could not be read to reconcile it: %s", name, printable(str(exc)))
+            raise Overloaded(
+                "the ledger could not be read to check a budget; retry shortly",
+                code="governance_unavailable",
+                headers={"retry-after": "1"},
+            ) from exc
         if await self.store.seed(name, spent, item.hold.expire_s):
             log.info("budget %s: reconciled spent=%d from the ledger", name, spent)
         self._seeded.add(name)

@@ -125,3 +125,47 @@ async def test_gateway_faults_are_retried_then_reported(db_path: Path) -> None:
         rows = [r for r in await gw.rows() if r.batch_id == batch.id]
         assert len(rows) == 2 and len({r.request_id for r in rows}) == 2  # two attempts, two real rows
         assert bad["response"]["request_id"] in {r.request_id for r in rows}
+
+
+DEEP = (
+    b'{"custom_id":"deep","method":"POST","url":"/v1/chat/completions","body":{"model":"fake-chat",'
+    b'"messages":[{"role":"user","content":"hi"}],"x":' + b"[" * 300 + b"]" * 300 + b"}}"
+)
+
+
+def test_a_body_nested_past_what_can_be_stored_is_a_line_error() -> None:
+    """300 levels parse (the limit is 1,024) but orjson writes at most 255: the line used to raise out of the
+    validation, which then started over every poll, forever, and the job never left `validating`."""
+    lines, errors = validate(jsonl(line("ok"), DEEP), "/v1/chat/completions", lambda m: True)
+    assert [x.custom_id for x in lines] == ["ok"]
+    assert [(e.line, e.custom_id, e.code) for e in errors] == [(2, "deep", "invalid_body")]
+
+
+async def test_a_job_with_a_deep_line_runs_its_other_lines_and_an_odd_filename_is_stored_printable(
+    db_path: Path,
+) -> None:
+    async with gateway(batch_settings(db_path)) as gw:
+        client = sdk(gw)
+        done = await run_job(client, jsonl(line("ok"), DEEP), "deep.jsonl")
+        assert done.status == "completed" and done.request_counts is not None
+        assert (done.request_counts.completed, done.request_counts.failed) == (1, 1)
+        form = (  # by hand: the SDK percent-encodes a filename's control characters, a hostile client need not
+            b'--X\r\ncontent-disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--X\r\n'
+            b'content-disposition: form-data; name="file"; filename="a\x00b\x1f.jsonl"\r\n\r\n'
+            + jsonl(line("x"))
+            + b"\r\n--X--\r\n"
+        )
+        upload = await gw.http.post(
+            "/v1/files", content=form, headers={"content-type": "multipart/form-data; boundary=X"}
+        )
+        assert upload.status_code == 200 and upload.json()["filename"] == "a_b_.jsonl"  # NUL: a 500 on PostgreSQL
+
+
+async def test_an_upload_is_sent_back_whole_in_parts(db_path: Path) -> None:
+    content = jsonl(*(line(f"k{i}", content="x" * 1000) for i in range(2500)))  # ~2.6 MB: three 1 MB parts
+    async with gateway(batch_settings(db_path)) as gw:
+        client = sdk(gw)
+        upload = await client.files.create(file=("big.jsonl", content), purpose="batch")
+        async with gw.http.stream("GET", f"/v1/files/{upload.id}/content") as reply:
+            parts = [part async for part in reply.aiter_raw()]
+        assert b"".join(parts) == content and reply.headers["content-length"] == str(len(content))

@@ -104,10 +104,16 @@ async def read_upload(request: Request, limits: BatchConfig) -> Upload:
         content = await upload.read(limits.max_file_bytes + 1)
         if len(content) > limits.max_file_bytes:
             raise PayloadTooLarge(f"the file is over the limit of {limits.max_file_bytes} bytes")
-        filename = (upload.filename or "batch.jsonl")[:256]
+        filename = printable_name(upload.filename)
     finally:
         await form.close()
     return Upload(filename, purpose, content)
+
+
+def printable_name(name: str | None) -> str:
+    """An upload's filename as stored and shown: its first 256 characters, control characters as `_`
+    (PostgreSQL's text cannot hold NUL: a filename with one was a 500)."""
+    return "".join(c if c.isprintable() else "_" for c in (name or "batch.jsonl")[:256]) or "batch.jsonl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,9 +170,12 @@ def _line(number: int, raw: bytes, endpoint: str, seen: dict[str, int]) -> Line 
         return LineError(number, custom_id, "unsupported_parameter", "streams are not run in batches", "body.stream")
     try:
         request = parse_request(ENDPOINTS[endpoint], body)
+        stored = orjson.dumps(body)
     except MarginError as exc:
         return LineError(number, custom_id, exc.code or "invalid_request", exc.message, exc.param)
-    return Line(number, custom_id, request.model, orjson.dumps(body))
+    except orjson.JSONEncodeError:  # it parsed (up to 1,024 levels) but nests past what orjson writes (255)
+        return LineError(number, custom_id, "invalid_body", "body nests too deeply (at most 255 levels)", "body")
+    return Line(number, custom_id, request.model, stored)
 
 
 def validate(content: bytes, endpoint: str, known: Callable[[str], bool]) -> tuple[list[Line], list[LineError]]:

@@ -27,6 +27,7 @@ from margin.ledger.models import batch_file_parts, batch_files, batch_lines, bat
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 FINAL = ("completed", "failed", "expired", "cancelled")
 LINE_OPEN = ("pending", "running")
+UPLOAD_CHUNK = 1 << 20  # an uploaded file is sent back in parts of this size
 FILE_COLUMNS = [c for c in batch_files.c if c.name != "content"]
 
 
@@ -145,8 +146,9 @@ async def file_chunks(engine: AsyncEngine, file_id: str) -> AsyncIterator[bytes]
     if seq == 0:
         async with engine.connect() as connection:
             content = await connection.scalar(sa.select(batch_files.c.content).where(batch_files.c.id == file_id))
-        if content:
-            yield bytes(content)
+        view = memoryview(content or b"")
+        for start in range(0, len(view), UPLOAD_CHUNK):  # sent a chunk at a time: a client that does not read
+            yield bytes(view[start : start + UPLOAD_CHUNK])  # holds one chunk in the server's buffer, not a copy
 
 
 async def delete_file(engine: AsyncEngine, file_id: str, owner: Owner) -> None:

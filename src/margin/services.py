@@ -99,6 +99,9 @@ class Services:
         # a key that is no operator's (its own usage, its team's dashboard) runs one of those reads at a time, so
         # one key's scans of its history never take every read thread from the operators and the other keys
         self.key_reads = KeyedGate(running=1, waiting=4, what="usage or dashboard read")
+        # a file download holds its file (up to `batches.max_file_bytes`) until its client has read it: two at a
+        # time per key, the next refused at once, so a key whose client stops reading cannot fill the memory
+        self.downloads = KeyedGate(running=2, waiting=0, what="file download")
         # the ledger's rows, before each response completes; its ingester's SQL runs in a child process (or a
         # thread) with a connection of its own (a large page cache, a temporary staging table)
         self.outbox = Outbox.from_settings(settings.storage)

@@ -4,7 +4,9 @@ count, line length) and authenticated before its body is read; files and jobs ar
 
 from __future__ import annotations
 
+import socket
 import time
+from contextlib import ExitStack
 from typing import Any
 
 import httpx
@@ -13,7 +15,7 @@ import orjson
 from tests.helpers import peak_rss
 from tests.security.conftest import ServeFactory
 from tests.security.test_edge_bodies import FLOOD, chunked_flood
-from tests.security.waiting import watched
+from tests.security.waiting import wait_for, watched
 
 LIMITS = {"batches": {"max_file_bytes": 8192, "max_lines": 100, "max_line_bytes": 1024, "objective": "asap"}}
 KEYS = {"a": ["--team", "t", "--org", "acme"], "b": ["--team", "t", "--org", "acme"], "c": ["--org", "other"]}
@@ -226,3 +228,32 @@ def test_a_key_may_have_only_so_many_jobs_not_yet_finished(served: ServeFactory)
             assert other.post("/v1/batches", json={**job, "input_file_id": theirs["id"]}).status_code == 200
     assert [answer.status_code for answer in answers] == [200, 200, 429]
     assert answers[2].json()["error"]["code"] == "too_many_active_batches"
+
+
+def _get(url: str, path: str, key: str) -> bytes:
+    host = url.removeprefix("http://")
+    return f"GET {path} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {key}\r\n\r\n".encode()
+
+
+def test_a_key_downloads_two_files_at_a_time_whatever_its_clients_read(served: ServeFactory) -> None:
+    """Two downloads of a 24 MB upload whose clients read nothing hold the file until they end: the key's third
+    is refused at once (429) while another key downloads, and once the two are closed the key downloads again.
+    (12 such downloads used to take the gateway from 277 to 1,177 MiB.)"""
+    filler = "x" * 900
+    content = b"".join(_line(f"k{i}").replace(b'"hi"', f'"{filler}"'.encode()) + b"\n" for i in range(24_000))
+    limits = {"batches": {"max_file_bytes": 40 << 20, "max_lines": 50_000}}
+    with served(limits, keys=KEYS) as gw, gw.client(gw.keys["a"], timeout=120) as a:
+        path = f"/v1/files/{_upload(a, content).json()['id']}/content"
+        host, port = gw.url.removeprefix("http://").split(":")
+        with ExitStack() as stack:
+            stalled = [stack.enter_context(socket.create_connection((host, int(port)))) for _ in range(2)]
+            for sock in stalled:
+                sock.sendall(_get(gw.url, path, gw.keys["a"]))
+                sock.settimeout(30)
+                assert sock.recv(12) == b"HTTP/1.1 200"  # being sent (its place taken); read no further
+            with a.stream("GET", path) as third:
+                assert third.status_code == 429 and third.headers["retry-after"] == "1"
+            with gw.client(gw.keys["b"], timeout=60) as b:
+                own = _upload(b, _line("b") + b"\n").json()["id"]
+                assert b.get(f"/v1/files/{own}/content").status_code == 200  # another key's: not held up
+        wait_for(lambda: a.get(path).status_code == 200, "the key's places back", 30)  # the two were closed

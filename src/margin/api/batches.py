@@ -3,6 +3,7 @@ authenticates from the headers first; a key sees only its own files and jobs (an
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -10,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from margin.api.admin import endpoint
 from margin.api.edge import read_json
@@ -19,6 +21,8 @@ from margin.batches.objects import batch_object, file_object
 from margin.errors import InvalidRequest, NotFound
 from margin.pipeline.steps.auth import parse_tag_header
 from margin.types import Principal
+
+Releaser = Callable[[Any, Any, Any], Awaitable[Any]]  # an async context manager's __aexit__
 
 
 class BatchCreateRequest(BaseModel):
@@ -90,12 +94,30 @@ async def get_file(request: Request, principal: Principal) -> Any:
     return file_object(row)
 
 
+class HeldResponse(StreamingResponse):
+    """A streamed answer that holds a place until it has ended, however it ends (sent, client gone, error)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], headers: dict[str, str], release: Releaser) -> None:
+        super().__init__(chunks, media_type="application/octet-stream", headers=headers)
+        self.release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.release(None, None, None)
+
+
 async def file_content(request: Request, principal: Principal) -> Any:
-    """The file's bytes, streamed part by part (an output file may be as large as all its answers)."""
-    file_id, engine = request.path_params["file_id"], _services(request).engine
+    """The file's bytes, streamed part by part (an output file may be as large as all its answers), at most two
+    downloads of one key at a time (`Services.downloads`; 429 past them)."""
+    services = _services(request)
+    file_id, engine = request.path_params["file_id"], services.engine
     row = await store.get_file(engine, file_id, _owner(principal))  # 404 unless it is the caller's
     headers = {"content-length": str(row.bytes), NOSNIFF[0]: NOSNIFF[1]}
-    return StreamingResponse(store.file_chunks(engine, file_id), media_type="application/octet-stream", headers=headers)
+    place = services.downloads.slot(principal.key_id)  # open mode (no key): the operator's own, no gate
+    await place.__aenter__()
+    return HeldResponse(store.file_chunks(engine, file_id), headers, place.__aexit__)
 
 
 async def delete_file(request: Request, principal: Principal) -> Any:

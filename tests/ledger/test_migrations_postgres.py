@@ -3,9 +3,8 @@ writers, resumes after a build that failed half-way, and replicas that start tog
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import sqlalchemy as sa
 
@@ -20,21 +19,6 @@ WAITING_DDL = sa.text(
     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
     "AND wait_event_type = 'Lock' AND query ILIKE '%index%'"
 )
-
-
-class Background(threading.Thread):
-    """Runs `work` on a thread and keeps what it raised."""
-
-    def __init__(self, work: Callable[[], None]) -> None:
-        super().__init__(daemon=True)
-        self.work = work
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.work()
-        except BaseException as exc:
-            self.error = exc
 
 
 def indexes(engine: sa.Engine) -> dict[str, bool]:
@@ -73,16 +57,15 @@ def test_0014_rebuilds_the_indexes_while_the_ledger_takes_appends(fresh_postgres
         holder = engine.connect()
         holder.begin()
         holder.execute(sa.text("LOCK TABLE ledger IN ROW EXCLUSIVE MODE"))  # what an append in flight holds
-        upgrade = Background(lambda: db.upgrade(fresh_postgres))
-        upgrade.start()
-        wait_for_waiting_ddl(engine)
-        with engine.begin() as writer:
-            writer.execute(sa.text("SET LOCAL lock_timeout = '3s'"))
-            writer.execute(ledger.insert(), [row(request_id())])  # an append while the index is being built
-        holder.commit()
-        holder.close()
-        upgrade.join(120)
-        assert not upgrade.is_alive() and upgrade.error is None
+        with ThreadPoolExecutor(1) as pool:
+            upgrade = pool.submit(db.upgrade, fresh_postgres)
+            wait_for_waiting_ddl(engine)
+            with engine.begin() as writer:
+                writer.execute(sa.text("SET LOCAL lock_timeout = '3s'"))
+                writer.execute(ledger.insert(), [row(request_id())])  # an append while the index is being built
+            holder.commit()
+            holder.close()
+            upgrade.result(120)
         assert_at_head_with_valid_bin_indexes(fresh_postgres, engine)
         with engine.connect() as connection:
             assert connection.execute(sa.select(sa.func.count()).select_from(ledger)).scalar_one() == 1
@@ -111,12 +94,9 @@ def test_an_upgrade_that_failed_half_way_through_0014_is_resumed(fresh_postgres:
 def test_replicas_that_start_together_migrate_in_turn(fresh_postgres: str) -> None:
     """Three processes' start-up upgrades of one empty database at once: each returns, none fails, and the
     schema is whole (the advisory lock makes the later ones find the work done)."""
-    upgrades = [Background(lambda: db.upgrade(fresh_postgres)) for _ in range(3)]
-    for upgrade in upgrades:
-        upgrade.start()
-    for upgrade in upgrades:
-        upgrade.join(120)
-    assert [(u.is_alive(), u.error) for u in upgrades] == [(False, None)] * 3
+    with ThreadPoolExecutor(3) as pool:
+        upgrades = [pool.submit(db.upgrade, fresh_postgres) for _ in range(3)]
+        assert [upgrade.result(120) for upgrade in upgrades] == [None] * 3  # each returned, none raised
     engine = db.make_sync_engine(fresh_postgres)
     try:
         assert_at_head_with_valid_bin_indexes(fresh_postgres, engine)

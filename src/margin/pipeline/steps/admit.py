@@ -5,6 +5,7 @@ the outermost step whatever happens to the request afterwards."""
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 
 from margin.economics.money import capped_nanousd, from_nanousd, usd_str
@@ -59,11 +60,13 @@ class Admit:
         base = request.subject
         checks, lenient, tpm_labels = adm.rate_checks(limits, decision.prompt_tokens, base)
         holds = await self._holds(request, decision) if decision.budgets else []
-        ttl = self.gov.settings.admission.reservation_ttl_s
-        result = await self.gov.store.admit(request.id, [h.hold for h in holds], ttl, checks, lenient)
+        admit = functools.partial(
+            self.gov.store.admit, request.id, [h.hold for h in holds], self.gov.settings.admission.reservation_ttl_s
+        )
+        result = await admit(checks, lenient)
         if result.unseeded:  # the store lost a counter (Redis restarted without persistence): the ledger again
             await self.gov.reseed(holds, datetime.now(UTC))
-            result = await self.gov.store.admit(request.id, [h.hold for h in holds], ttl, checks, lenient)
+            result = await admit(checks, lenient)
             if result.unseeded:
                 raise Overloaded(
                     "the budget counters were lost and could not be restored; retry", code="governance_unavailable"

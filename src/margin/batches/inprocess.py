@@ -4,8 +4,9 @@ the caller is already authenticated.
 
 The scope carries an `InProcess` under `SCOPE_KEY`. No HTTP server puts such a key in a scope and no header
 can create one, so no client can set it. Where authentication happens (`margin.api.inference.handle`), a
-scope that has one is served as its principal, with its request id (a batch line's deterministic id, so a
-line re-run after a crash writes no second ledger row) and its batch line (the `batch_id` and the discount).
+scope that has one is served as its principal, with its request id (a batch line attempt's deterministic id,
+so that its row can be found before the line is marked done) and its batch line (the `batch_id` and the
+discount).
 Whoever moves authentication keeps that one check: `caller = inprocess.of(request.scope)`.
 """
 

@@ -43,6 +43,14 @@ async def claim(engine: AsyncEngine, worker: str, now: datetime, lease_s: float)
         return held
 
 
+async def release(engine: AsyncEngine, worker: str) -> None:
+    """A worker that stops gives its leases back, so that the next one (a restart) resumes its jobs at once."""
+    async with engine.begin() as connection:
+        await connection.execute(
+            batches.update().where(batches.c.lease_owner == worker).values(lease_owner=None, lease_until=None)
+        )
+
+
 async def save_validation(
     engine: AsyncEngine,
     batch_id: str,
@@ -122,13 +130,15 @@ async def _over_quota(connection: AsyncConnection, batch: Any, now: datetime, li
 
 
 async def reset_running(engine: AsyncEngine, batch_id: str) -> int:
-    """Lines a dead worker left running go back to pending, to re-run the same attempt (same request id: the
-    ledger keeps one row whichever run wrote it)."""
+    """Lines a dead (or stopped) worker left running go back to pending, to run again as their next attempt,
+    under a new request id. The attempt left running may have reached the upstream, been paid for and have its
+    ledger row: run again under the same id, the second call would find that id settled (no budget check) and
+    its row would be dropped as a duplicate, a call paid and recorded nowhere."""
     async with engine.begin() as connection:
         reset = await connection.execute(
             batch_lines.update()
             .where(batch_lines.c.batch_id == batch_id, batch_lines.c.status == "running")
-            .values(status="pending", attempts=batch_lines.c.attempts - 1)
+            .values(status="pending")
         )
         return int(reset.rowcount)
 

@@ -4,8 +4,9 @@ as in-process calls of `POST /v1/...` made as the key that created the job (`mar
 budgets, guards, cache, routing, metering and the ledger apply to every line unchanged.
 
 Durability: a line is marked `running` (attempt n, request id fixed by (job, line, n)) before its call, its
-ledger row is flushed before the line is marked done, and a restart re-runs lines left running with the
-same request id; the ledger keeps one row per request id, the output file one entry per line."""
+ledger row is flushed before the line is marked done, and a restart runs lines left running again as their
+next attempt, under a new request id: the attempt cut by the crash may have been paid for, and its row (if
+written) stays. The ledger keeps one row per attempt that reached it, the output file one entry per line."""
 
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ class BatchRunner:
         self._task = asyncio.create_task(self._loop(), name="batch-worker")
 
     async def close(self, grace_s: float = 10.0) -> None:
-        """Stop dispatching; lines in flight get `grace_s` to finish (a line cut off re-runs after restart)."""
+        """Stop dispatching; lines in flight get `grace_s` to finish (a line cut off runs again after restart,
+        as its next attempt); then give the leases back."""
         self._stopping = True
         self.wake.set()
         for running in self._running.values():
@@ -74,6 +76,10 @@ class BatchRunner:
             for job in late:
                 job.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+        try:
+            await progress.release(self.services.engine, self.worker)
+        except Exception:  # a lease not given back runs out after lease_s
+            log.warning("batch worker: could not give its leases back", exc_info=True)
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -191,6 +197,10 @@ class _Job:
                     return
                 wait = await self._dispatch(batch)
                 await self._wait(wait)
+        except asyncio.CancelledError:  # the grace period is over: cut the lines in flight, do not wait for them
+            for task in self.flying.values():
+                task.cancel()
+            raise
         finally:
             await self._land_all()
 

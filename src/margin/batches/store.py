@@ -36,8 +36,8 @@ def new_id(prefix: str) -> str:
 
 
 def line_request_id(batch_id: str, line: int, attempt: int) -> str:
-    """The ledger request id of one attempt of one line: the same on a re-run after a crash (the ledger then
-    keeps one row), another for a retry after a failure (each attempt's cost is real)."""
+    """The ledger request id of one attempt of one line. A retry after a failure and a run after a crash are
+    new attempts, each with its own id and ledger row: each may have cost money."""
     return hashlib.sha256(f"{batch_id}\n{line}\n{attempt}".encode()).hexdigest()[:32]
 
 

@@ -161,3 +161,52 @@ async def test_a_ledger_that_cannot_be_read_to_reconcile_a_budget_is_a_503_to_re
         assert await gw.services.governance.store.pending() == 0
         monkeypatch.setattr(service, "ledger_spent", reconcile)
         assert (await gw.http.post(CHAT, json=body)).status_code == 200
+
+
+async def test_an_admit_whose_answer_was_lost_is_released_not_charged(db_path: Path, redis_url: str) -> None:
+    """Redis ran the admit script, then the connection broke before its answer came back: the client got a 503,
+    and the reservation stayed for the reaper to charge in full, a request that never happened spending the
+    budget. It is released at once; if Redis is still down then, on the reaper's next pass."""
+    from redis import asyncio as aioredis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    budget = {"name": "g", "scope": {"kind": "global"}, "usd": "0.03", "period": "lifetime"}
+    models: dict[str, Any] = {"priced": {"backend": "api", "price": {"input": "0", "output": "2500", "version": "t"}}}
+    client = aioredis.from_url(redis_url)
+    await client.flushdb()
+    settings = fake_settings(db_path, budgets=[budget], models=models, storage={"redis": redis_url})
+    body = {"model": "priced", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}  # $0.01 each
+    try:
+        async with gateway(settings) as gw:
+            governance = gw.services.governance
+            store: Any = governance.store
+            assert (await gw.http.post(CHAT, json=body)).status_code == 200  # the counter is seeded
+            scripts, real_admit, real_settle = store._scripts, store._scripts["admit"], store._scripts["settle"]
+            down = {"settle": 0}
+
+            async def answer_lost(**kwargs: Any) -> Any:
+                await real_admit(**kwargs)  # it ran in Redis...
+                raise RedisConnectionError("Connection reset by peer")  # ...and its answer was lost
+
+            async def settle_while_down(**kwargs: Any) -> Any:
+                if down["settle"]:
+                    down["settle"] -= 1
+                    raise RedisConnectionError("Connection refused")
+                return await real_settle(**kwargs)
+
+            scripts["admit"], scripts["settle"] = answer_lost, settle_while_down
+            lost = await gw.http.post(CHAT, json=body)
+            assert lost.status_code == 503 and lost.json()["error"]["code"] == "governance_unavailable"
+            await gw.services.drain()  # the first request's settle
+            assert await store.pending() == 0  # released
+            down["settle"] = 1  # the next answer is lost, and Redis stays down for the release
+            assert (await gw.http.post(CHAT, json=body)).status_code == 503
+            scripts["admit"] = real_admit
+            await gw.services.drain()
+            assert await store.pending() == 1  # the second one: kept for the reaper's pass
+            await governance._release_unanswered()
+            assert await store.pending() == 0 and await store.reap() == 0  # nothing left to charge
+            # the budget holds what was spent: $0.01 of $0.03, so two more fit and the next does not
+            assert [(await gw.http.post(CHAT, json=body)).status_code for _ in range(3)] == [200, 200, 429]
+    finally:
+        await client.aclose()

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections import deque
 from datetime import datetime
 from typing import Any
 
@@ -72,6 +73,7 @@ class Governance:
         self._seeded: set[str] = set()
         self._flights = SingleFlight()
         self._task: asyncio.Task[None] | None = None
+        self._unanswered: deque[str] = deque(maxlen=10_000)  # admits whose answer was lost, to release
 
     async def start(self) -> None:
         ping = getattr(self.store, "ping", None)
@@ -96,11 +98,28 @@ class Governance:
             await asyncio.sleep(interval)
             try:
                 await self.refresh()
+                await self._release_unanswered()
                 charged = await self.store.reap()
                 if charged:
                     log.warning("charged %d budget reservations past their deadline at the reserved amount", charged)
             except Exception:
                 log.exception("refreshing governance rules failed; keeping the previous ones")
+
+    async def release_unanswered(self, request_id: str) -> None:
+        """The store's answer to an admit was lost (Redis: a connection error after the script may have run).
+        A reservation may then exist that no request will settle, and the reaper would charge it in full:
+        release it (a settle of nothing). While the store stays down, the id is kept and released by the
+        reaper's next pass, before it reaps; a process that dies first leaves it to the reaper (overcharged,
+        never overspent)."""
+        try:
+            await self.store.settle(request_id, {})
+        except MarginError:
+            self._unanswered.append(request_id)
+
+    async def _release_unanswered(self) -> None:
+        while self._unanswered:
+            await self.store.settle(self._unanswered[0], {})  # raises while the store is down: next pass
+            self._unanswered.popleft()
 
     async def seed(self, holds: list[BudgetHold], now: datetime) -> None:
         """Reconcile a counter from the ledger the first time this process uses it. Requests arriving while

@@ -13,6 +13,7 @@ from margin.errors import BudgetExceeded, Overloaded, PermissionDenied, RateLimi
 from margin.governance import admission as adm
 from margin.governance.rules import partition
 from margin.governance.service import Governance
+from margin.governance.store import Admitted, Gcra, Hold
 from margin.pipeline.steps.settle import LEDGER_BACKLOG, RowSink
 from margin.pipeline.values import Next, Reply, Request, RouteDecision
 from margin.specs import LimitSpec
@@ -60,13 +61,11 @@ class Admit:
         base = request.subject
         checks, lenient, tpm_labels = adm.rate_checks(limits, decision.prompt_tokens, base)
         holds = await self._holds(request, decision) if decision.budgets else []
-        admit = functools.partial(
-            self.gov.store.admit, request.id, [h.hold for h in holds], self.gov.settings.admission.reservation_ttl_s
-        )
-        result = await admit(checks, lenient)
+        admit = functools.partial(self._admit_once, request.id, [h.hold for h in holds], checks, lenient)
+        result = await admit()
         if result.unseeded:  # the store lost a counter (Redis restarted without persistence): the ledger again
             await self.gov.reseed(holds, datetime.now(UTC))
-            result = await admit(checks, lenient)
+            result = await admit()
             if result.unseeded:
                 raise Overloaded(
                     "the budget counters were lost and could not be restored; retry", code="governance_unavailable"
@@ -86,6 +85,18 @@ class Admit:
             if item.hold.limit and 100 * (spent + reserved) >= item.budget.alert_pct * item.hold.limit:
                 share = 100 * (spent + reserved) / item.hold.limit
                 request.record.notices["x-margin-budget-warning"] = f"{item.budget.name}={share:.0f}%"
+
+    async def _admit_once(
+        self, request_id: str, holds: list[Hold], checks: list[Gcra], lenient: list[bool]
+    ) -> Admitted:
+        try:
+            return await self.gov.store.admit(
+                request_id, holds, self.gov.settings.admission.reservation_ttl_s, checks, lenient
+            )
+        except Overloaded:  # no answer from the store: it may have reserved all the same
+            if not self.gov.store.inline:
+                await self.gov.release_unanswered(request_id)
+            raise
 
     async def _holds(self, request: Request, decision: RouteDecision) -> list[adm.BudgetHold]:
         config = self.gov.settings.admission

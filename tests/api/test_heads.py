@@ -212,3 +212,38 @@ def test_serve_raises_its_open_files_limit_to_what_max_connections_needs() -> No
     raised, now, untouched, hard = (int(x) for x in out.stdout.split())
     wanted = min(456, hard) if hard >= 0 else 456
     assert raised == now == wanted and untouched == now
+
+
+async def test_a_whole_answer_leaves_in_one_write_and_a_head_alone_at_the_end_of_the_step() -> None:
+    """`Coalescing`: a head and the body written in the same event-loop step go out in one writev; a head with
+    nothing after it (a stream's, before its first event) goes out at the end of the step; a close sends what
+    is held first; order is kept."""
+    from margin.api.heads import Coalescing
+
+    calls: list[list[bytes]] = []
+
+    class Recording(Transport):
+        def write(self, data: bytes | bytearray | memoryview) -> None:
+            calls.append([bytes(data)])
+
+        def writelines(self, parts: Any) -> None:
+            calls.append([bytes(part) for part in parts])
+
+    raw = Recording()
+    transport = Coalescing(raw, asyncio.get_running_loop())
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+    transport.write(head)
+    assert calls == []
+    transport.write(b"{}")
+    assert calls == [[head, b"{}"]]
+    transport.write(head)  # a stream's head: held until the end of the step
+    assert len(calls) == 1
+    await asyncio.sleep(0)
+    assert calls[-1] == [head] and len(calls) == 2
+    transport.write(b"data: 1\n\n")  # not a head: at once
+    assert calls[-1] == [b"data: 1\n\n"]
+    transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n\r\ntoo large")
+    transport.close()
+    assert calls[-1] == [b"HTTP/1.1 431 Request Header Fields Too Large\r\n\r\ntoo large"] and raw.closed
+    await asyncio.sleep(0)  # the step's flush finds nothing left
+    assert len(calls) == 4

@@ -44,7 +44,7 @@ import contextlib
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httptools
 from uvicorn.config import Config
@@ -89,6 +89,48 @@ class AskedFlow(FlowControl):
             self.protocol.asked()
 
 
+class Coalescing:
+    """The connection's transport as uvicorn's protocol sees it, except that a response's head (status line and
+    headers, one write that starts with `HTTP/`) is held until the next write or the end of this event-loop
+    step, whichever comes first. A whole answer's body is written in the same step as its head (uvicorn's
+    `send` does not suspend), so head and body leave in one system call and one TCP segment instead of two:
+    ~16 µs less CPU a request, and the client is woken once (benchmarks/README.md). A stream's head leaves
+    at the end of the step, before its first event. Writes keep their order; a close sends what is held
+    first; an abort drops it with the rest of the unsent bytes."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.writelines((held, data))  # one writev
+        elif data[:5] == b"HTTP/":
+            self._held = data
+            self._loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:  # everything else is the transport's
+        return getattr(self._transport, name)
+
+
 class HeadTooLarge(Exception):
     """Raised from a parser callback to stop httptools where it is (it surfaces as HttpParserCallbackError)."""
 
@@ -117,7 +159,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_reads = 0  # the reads the current head came in
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(cast(asyncio.Transport, Coalescing(transport, self.loop)))
         self.flow = AskedFlow(transport, self)
         if len(self.connections) > self.limits.max_connections:
             self.logger.warning("More than %d connections: 503.", self.limits.max_connections)

@@ -154,10 +154,12 @@ async def test_another_teams_requests_and_feedback_never_join_a_teams_task(db_pa
         for who, request_id, value in (("alice", sent["alice"][0], "1"), ("mallory", sent["mallory"][-1], "999")):
             body = {"request_id": request_id, "success": True, "value": value}
             assert (await gw.http.post(FEEDBACK, json=body, headers=made[who][1])).status_code == 200
-        pages = {who: (await gw.http.get("/dashboard/api/margin", headers=auth)).json() for who, (_, auth) in made.items()}
+        pages = {}
+        for who, (_, auth) in made.items():
+            pages[who] = (await gw.http.get("/dashboard/api/margin", headers=auth)).json()
         rows = await gw.rows()
 
-    def usd(request_ids: list[str]) -> str:
+    def usd(request_ids: list[str]) -> str | None:
         return usd_str(from_nanousd(sum(r.cost_nanousd for r in rows if r.request_id in request_ids)))
 
     assert pages["alice"]["tasks"] == {

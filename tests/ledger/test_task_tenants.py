@@ -10,20 +10,27 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from margin.ledger import db, read, rollup
+from margin.ledger import db, ingest, read, rollup
+from margin.ledger.feedback import Outcome, record
 from margin.ledger.models import feedback, ledger_task_daily, ledger_tasks
 from margin.ledger.read import Window
 from tests.ledger import tenants
+from tests.ledger.rows import row
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+def empty(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
     url = f"sqlite:///{tmp_path / 't.db'}" if request.param == "sqlite" else request.getfixturevalue("fresh_postgres")
     db.upgrade(url)
     found = db.make_sync_engine(url)
-    tenants.fill(found)
     yield found
     found.dispose()
+
+
+@pytest.fixture
+def engine(empty: sa.Engine) -> sa.Engine:
+    tenants.fill(empty)
+    return empty
 
 
 def both_paths(connection: sa.Connection, window: Window, by: str | None = None) -> dict[object, read.TaskSums]:
@@ -74,3 +81,30 @@ def test_the_task_rollups_equal_a_rebuild(engine: sa.Engine) -> None:
     with engine.begin() as connection:
         rollup.rebuild(connection)
     assert tables() == before and len(before["tasks"]) == 8
+
+
+def test_no_two_tenants_identities_read_alike(empty: sa.Engine) -> None:
+    """Org and team are length-prefixed and a NULL is '-': names that run together, a NULL and a name like
+    '-', a key without a team and a team named like it, are each their own tenant; the longest names fit."""
+    tenancies = {  # (org, team, key) → the task T's identity
+        ("a/b", "c", "k1"): "t:3:a/b/1:c/T",
+        ("a", "b/c", "k1"): "t:1:a/3:b/c/T",
+        (None, "x", "k1"): "t:-/1:x/T",
+        ("-", "x", "k1"): "t:1:-/1:x/T",
+        (None, None, "k1"): "t:-/k2:k1/T",
+        (None, "k2:k1", "k1"): "t:-/5:k2:k1/T",
+        (None, None, None): "t:-/k-/T",
+        ("o" * 128, "t" * 128, "k1"): f"t:128:{'o' * 128}/128:{'t' * 128}/T",
+    }
+    rows = [
+        row(f"r{n}", org=org, team=team, key_id=key, tags={"task_id": "T"})
+        for n, (org, team, key) in enumerate(tenancies)
+    ]
+    rows.append(row("long", org="o" * 128, team="t" * 128, key_id="k1", tags={"task_id": "x" * 128}))
+    with empty.begin() as connection:
+        ingest.ingest_batch(connection, rows)
+    record(empty, [Outcome("long", True, None, None)], None, admin=True)
+    with empty.connect() as connection:
+        anchored = set(connection.execute(sa.select(ledger_tasks.c.task)).scalars())
+        [linked] = connection.execute(sa.select(feedback.c.task)).scalars()
+    assert anchored == {*tenancies.values(), linked} and len(linked) == 2 + 2 * 132 + 2 + 128

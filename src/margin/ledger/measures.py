@@ -178,7 +178,7 @@ def _sized(value: str) -> str:
 def tenant(r: str) -> str:
     """Whose a row's task is: what a viewer other than an admin is shown (margin.dashboard.auth), its org's
     team (two orgs' teams of one name are different teams, read.Window), or, for a key without a team, which
-    sees its own rows only, its org's key (`k` + the key; none at all in open mode)."""
+    sees its own rows only, its org's key (`k` + the key; `k-` for the rows of no key, in open mode)."""
     who = f"(CASE WHEN {r}.team IS NULL THEN 'k' || {_sized(f'{r}.key_id')} ELSE {_sized(f'{r}.team')} END)"
     return f"{_sized(f'{r}.org')} || '/' || {who}"
 

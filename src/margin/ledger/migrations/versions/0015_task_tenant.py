@@ -5,10 +5,10 @@ A task was `t:<task_id>` for every key alike: any key may set any tag, so a team
 feedback with a value) tagged with another team's task id was added to that team's task, or took its anchor
 and with it the task. A task is now `t:<org>/<team>/<task_id>` (org and team as `<length>:<value>`, `-` for
 NULL; a key without a team is `k<key>` in its org), margin.ledger.measures.task. The stored identities are
-rewritten: ledger_tasks and ledger_task_daily are computed again from the ledger (the tasks only: no other
-rollup changes), and each feedback row is linked again to its request's task; the columns that hold a task are
-widened to the new form's length (on PostgreSQL in place; SQLite copies the two tables). The downgrade computes
-and links the old form again.
+rewritten: ledger_tasks and ledger_task_daily are added up again from the ledger (the tasks only: no other
+rollup changes; a full `rollup.rebuild` gives the same rows), and each feedback row is linked again to its
+request's task; the columns that hold a task are widened to the new form's length (on PostgreSQL in place;
+SQLite copies feedback, and ledger_tasks empty). The downgrade links and adds up the old form again.
 
 The identities are frozen here as of this revision (a test keeps `task("new", …)` equal to measures.task's).
 
@@ -55,13 +55,24 @@ def task(form: str, dialect: str, r: str) -> str:
 
 
 def upgrade() -> None:
+    clear()
     widen("new")
-    identify("new")
+    add_up("new")
+    link("new")
 
 
 def downgrade() -> None:
-    identify("old")
+    clear()
+    link("old")  # before the column is narrowed: the new form may not fit it
     widen("old")
+    add_up("old")
+
+
+def clear() -> None:
+    """Empty the task rollups (before a SQLite copy of ledger_tasks, so that copies no rows)."""
+    rollup.lock(op.get_bind())  # no ingest adds a task until the migration commits
+    op.execute("DELETE FROM ledger_tasks")
+    op.execute("DELETE FROM ledger_task_daily")
 
 
 def widen(form: str) -> None:
@@ -71,14 +82,10 @@ def widen(form: str) -> None:
             batch.alter_column("task", type_=sa.String(LENGTHS[form]), existing_nullable=table == "feedback")
 
 
-def identify(form: str) -> None:
-    """ledger_tasks and ledger_task_daily from the ledger (as a rebuild adds them up: a task's anchor is its
-    earliest row, ties by id), and every feedback row linked to its request's task, in `form`."""
-    bind = op.get_bind()
-    dialect = bind.dialect.name
-    rollup.lock(bind)  # no ingest adds a task meanwhile
-    op.execute("DELETE FROM ledger_tasks")
-    op.execute("DELETE FROM ledger_task_daily")
+def add_up(form: str) -> None:
+    """ledger_tasks and ledger_task_daily from the ledger, in `form`, as a rebuild adds them up: a task's
+    anchor is its earliest row (ties by id), its sums those of all its rows."""
+    dialect = op.get_bind().dialect.name
     rows = (
         f"SELECT {task(form, dialect, 'l')} AS task, l.id, l.created_at, l.team, l.key_id, l.model, l.backend, "
         f"l.region, {tag(dialect, 'l', 'feature')} AS feature, {tag(dialect, 'l', 'customer')} AS customer, "
@@ -104,6 +111,12 @@ def identify(form: str) -> None:
             f"SELECT '{dim}', {day}, COALESCE(team, ''), COALESCE({column}, ''), COUNT(*), SUM(cost_nanousd), "
             "SUM(unpriced) FROM ledger_tasks GROUP BY 2, 3, 4"
         )
+
+
+def link(form: str) -> None:
+    """Every feedback row linked to its request's task in `form` (as margin.ledger.feedback links it: the
+    task of a traffic row of its request id, else none)."""
+    dialect = op.get_bind().dialect.name
     op.execute(
         f"UPDATE feedback SET task = (SELECT {task(form, dialect, 'l')} FROM ledger l "
         f"WHERE l.request_id = feedback.request_id AND l.kind IN {KINDS} LIMIT 1)"

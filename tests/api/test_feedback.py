@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from margin import keys
 from margin.cli import app
+from margin.economics.money import from_nanousd, usd_str
 from margin.ledger import db
 from margin.ledger.models import feedback
 from margin.report.business import tasks
@@ -128,3 +129,52 @@ async def test_feedback_import_cli(db_path: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["feedback", "import", str(bad), "--db", str(db_path)])
     assert result.exit_code == 2 and "ghost" in result.output
     assert _stored(db_path)[ids[1]].success is None  # nothing of the failed file was written
+
+
+async def test_another_teams_requests_and_feedback_never_join_a_teams_task(db_path: Path) -> None:
+    """Any key may send any `task_id`: bravo tags requests with alpha's task ids, T after alpha began it (on a
+    shared task alpha's table added up bravo's cost and the $999 bravo posts with its outcome) and U before
+    (bravo's anchor took the task from alpha's table). Each team's dashboard shows its own tasks only."""
+    url = f"sqlite:///{db_path}"
+    db.upgrade(url)
+    engine = db.make_sync_engine(url)
+    made = {}
+    for name, team, admin in (("alice", "alpha", False), ("mallory", "bravo", False), ("root", None, True)):
+        record, key = keys.create_key(engine, keys.NewKey(name, team, {}, "acme", admin, None))
+        made[name] = (record.id, _auth(key))
+    engine.dispose()
+    sent: dict[str, list[str]] = {"alice": [], "mallory": []}
+    async with gateway(fake_settings(db_path)) as gw:
+        for who, task in (("mallory", "U"), ("alice", "T"), ("alice", "U"), ("mallory", "T"), ("mallory", "T")):
+            headers = {**made[who][1], "x-margin-tags": f"task_id={task}"}
+            response = await gw.http.post("/v1/chat/completions", json=CHAT, headers=headers)
+            assert response.status_code == 200
+            sent[who].append(response.headers["x-margin-request-id"])
+            await gw.rows()  # in the ledger before the next one: the anchors are in the order sent
+        for who, request_id, value in (("alice", sent["alice"][0], "1"), ("mallory", sent["mallory"][-1], "999")):
+            body = {"request_id": request_id, "success": True, "value": value}
+            assert (await gw.http.post(FEEDBACK, json=body, headers=made[who][1])).status_code == 200
+        pages = {}
+        for who, (_, auth) in made.items():
+            pages[who] = (await gw.http.get("/dashboard/api/margin", headers=auth)).json()
+        rows = await gw.rows()
+
+    def usd(request_ids: list[str]) -> str | None:
+        return usd_str(from_nanousd(sum(r.cost_nanousd for r in rows if r.request_id in request_ids)))
+
+    assert pages["alice"]["tasks"] == {
+        "key": None,
+        "tasks": 2,
+        "graded_tasks": 1,
+        "successful_tasks": 1,
+        "success_rate": 1.0,
+        "cost_usd": usd(sent["alice"]),
+        "graded_cost_usd": usd(sent["alice"][:1]),
+        "cost_per_successful_task_usd": usd(sent["alice"][:1]),
+        "unpriced_requests": 0,
+        "mean_score": None,
+        "value_usd": "1.000000000",
+    }
+    bravo = pages["mallory"]["tasks"]
+    assert (bravo["tasks"], bravo["cost_usd"], bravo["value_usd"]) == (2, usd(sent["mallory"]), "999.000000000")
+    assert (pages["root"]["tasks"]["tasks"], pages["root"]["tasks"]["value_usd"]) == (4, "1000.000000000")

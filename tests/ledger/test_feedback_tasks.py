@@ -1,5 +1,6 @@
 """Feedback is linked to its request's task when posted (and by `link_tasks` for rows written otherwise): a
-`task_id` tag's task, else the request's own; a row of another kind with the same request id never wins."""
+`task_id` tag's task (its tenant's: tests.ledger.test_task_tenants), else the request's own; a row of another
+kind with the same request id never wins."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def test_feedback_is_linked_to_its_requests_task(url: str) -> None:
             ingest.ingest_batch(connection, ROWS)
         outcomes = [Outcome(rid, True, None, None) for rid in ("a", "b", "c")]
         record(engine, outcomes, "k1", admin=False)
-        expected = {"a": "t:T1", "b": "r:b", "c": None}
+        expected = {"a": "t:-/k2:k1/T1", "b": "r:b", "c": None}  # T1 of no org's key k1 (which has no team)
         assert tasks_of(engine) == expected
         with engine.begin() as connection:  # as a bulk load leaves them: unlinked, then linked
             connection.execute(sa.update(feedback).values(task=None))

@@ -52,19 +52,20 @@ def test_replays_count_once_and_incremental_equals_rebuild(engine: sa.Engine) ->
 
 
 def test_task_anchor_moves_to_its_earliest_request(engine: sa.Engine) -> None:
-    late = row("b", created_at=at(5, 9), team="late-team", tags=tags("chat", "globex", "T"), cost_nanousd=2 * MILLI)
-    early = row("a", created_at=at(5, 8), team="early-team", tags=tags("search", "acme", "T"), cost_nanousd=MILLI)
+    """Two keys of one team send task T (another team's T would be another task: test_task_tenants)."""
+    late = row("b", created_at=at(5, 9), key_id="k-late", tags=tags("chat", "globex", "T"), cost_nanousd=2 * MILLI)
+    early = row("a", created_at=at(5, 8), key_id="k-early", tags=tags("search", "acme", "T"), cost_nanousd=MILLI)
     with engine.begin() as connection:
         ingest.ingest_batch(connection, [complete(late)])
         ingest.ingest_batch(connection, [complete(early)])  # arrives later, happened earlier
-        task = connection.exec_driver_sql("SELECT team, feature, customer, requests, cost_nanousd FROM ledger_tasks")
-        assert tuple(task.one()) == ("early-team", "search", "acme", 2, 3 * MILLI)
-    for by in (None, "team", "feature", "customer"):
+        task = connection.exec_driver_sql("SELECT key_id, feature, customer, requests, cost_nanousd FROM ledger_tasks")
+        assert tuple(task.one()) == ("k-early", "search", "acme", 2, 3 * MILLI)
+    for by in (None, "team", "key", "feature", "customer"):
         with engine.connect() as connection:
             fast = read.task_sums(connection, read.Window(), by)
             slow = read.task_sums(connection, read.Window(rollup=False), by)
         assert fast == slow, by
-    assert {t.key for t in tasks(engine, read.Window(), "team")} == {"early-team"}
+    assert {t.key for t in tasks(engine, read.Window(), "key")} == {"k-early"}
 
 
 def test_one_request_id_of_two_kinds_is_one_task(engine: sa.Engine) -> None:

@@ -7,12 +7,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from margin.ledger import db, measures
-from margin.ledger.models import metadata
+from margin.ledger import db, measures, read, rollup
+from margin.ledger.models import feedback, ledger_task_daily, ledger_tasks, metadata
+from margin.ledger.read import Window
+from tests.ledger import tenants
 
 VERSIONS = Path(db.__file__).parent / "migrations" / "versions"
 BIN_INDEXES = {"ix_ledger_e2e_bin": "e2e_ms", "ix_ledger_ttft_bin": "ttft_ms"}
@@ -173,14 +176,79 @@ def test_0009_and_0010_rebuild_the_rollups_and_link_feedback_to_tasks(tmp_path: 
     engine.dispose()
 
 
-def test_the_bin_indexes_are_keyed_by_the_read_models_bin() -> None:
-    """The migration froze the bin expression; the read model's must stay the same, or its queries would not
-    match the index (and SQLite's INDEXED BY would fail)."""
-    spec = importlib.util.spec_from_file_location("m0014", VERSIONS / "0014_latency_bin_indexes.py")
+def migration(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"m{name[:4]}", VERSIONS / name)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_the_bin_indexes_are_keyed_by_the_read_models_bin() -> None:
+    """The migration froze the bin expression; the read model's must stay the same, or its queries would not
+    match the index (and SQLite's INDEXED BY would fail)."""
+    module = migration("0014_latency_bin_indexes.py")
     assert module.latency_bin("e2e_ms") == measures.latency_bin("e2e_ms")
+
+
+def test_0015_writes_the_tasks_as_the_read_model_identifies_them() -> None:
+    """The migration froze the task's identity; the read model's must stay the same (or need a migration)."""
+    module = migration("0015_task_tenant.py")
+    for dialect in ("sqlite", "postgresql"):
+        assert module.task("new", dialect, "ledger") == measures.task(dialect, "ledger")
+    lengths = {
+        table.c.task.type.length for table in (ledger_tasks, feedback) if isinstance(table.c.task.type, sa.String)
+    }
+    assert lengths == {module.LENGTHS["new"]}
+
+
+def old_task(dialect: str, r: str) -> str:
+    """measures.task before 0015: one task T for every tenant."""
+    return f"COALESCE('t:' || {measures.tag(dialect, r, 'task_id')}, 'r:' || {r}.request_id)"
+
+
+def stored_tasks(engine: sa.Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """The stored task identities and what they add up (no ledger_task_daily row that counts no task)."""
+    with engine.connect() as connection:
+        daily = sa.select(ledger_task_daily).where(ledger_task_daily.c.tasks != 0)
+        linked = sa.select(feedback.c.request_id, feedback.c.task)
+        return {
+            name: sorted(map(tuple, connection.execute(query)), key=str)
+            for name, query in (("tasks", sa.select(ledger_tasks)), ("daily", daily), ("feedback", linked))
+        }
+
+
+def check_0015(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tasks and feedback written at 0014 by 0014's code (the tenants share task T): the upgrade rewrites them
+    as a rebuild by today's code computes them, each tenant's task its own; the downgrade writes them back."""
+    db.upgrade(url, "0014")
+    engine = db.make_sync_engine(url)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(measures, "task", old_task)
+            tenants.fill(engine)
+        old = stored_tasks(engine)
+        assert {task for _, task in old["feedback"]} == {"t:T"}
+        db.upgrade(url)
+        new = stored_tasks(engine)
+        assert dict(new["feedback"]) == tenants.TASKS
+        with engine.connect() as connection:
+            alpha = Window(team="alpha")
+            for window in (alpha, tenants.rows_path(alpha)):
+                assert read.task_sums(connection, window) == {None: tenants.ALPHA}, window
+        with engine.begin() as connection:
+            rollup.rebuild(connection)
+        assert stored_tasks(engine) == new
+        db.downgrade(url, "0014")
+        assert stored_tasks(engine) == old
+        db.upgrade(url)
+        assert stored_tasks(engine) == new
+    finally:
+        engine.dispose()
+
+
+def test_0015_makes_each_tenants_task_its_own_and_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    check_0015(f"sqlite:///{tmp_path / 't.db'}", monkeypatch)
 
 
 def test_0014_keys_the_latency_indexes_by_bin_and_back(tmp_path: Path) -> None:

@@ -1,18 +1,20 @@
 """Migrations on a live PostgreSQL ledger: 0014 rebuilds the latency indexes without holding the ledger's
-writers, resumes after a build that failed half-way, and replicas that start together take turns."""
+writers, resumes after a build that failed half-way, and replicas that start together take turns; 0015
+rewrites the stored tasks as each tenant's own."""
 
 from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import sqlalchemy as sa
 
 from margin.ledger import db
 from margin.ledger.ids import request_id
 from margin.ledger.models import ledger
 from tests.ledger.rows import row
-from tests.ledger.test_migrations import BIN_INDEXES
+from tests.ledger.test_migrations import BIN_INDEXES, check_0015
 
 OLD_INDEXES = ("ix_ledger_e2e_created", "ix_ledger_ttft_created")
 WAITING_DDL = sa.text(
@@ -102,3 +104,7 @@ def test_replicas_that_start_together_migrate_in_turn(fresh_postgres: str) -> No
         assert_at_head_with_valid_bin_indexes(fresh_postgres, engine)
     finally:
         engine.dispose()
+
+
+def test_0015_makes_each_tenants_task_its_own_and_back(fresh_postgres: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    check_0015(fresh_postgres, monkeypatch)

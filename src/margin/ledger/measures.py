@@ -169,6 +169,23 @@ def latency_bin(column: str) -> str:
     )
 
 
+def _sized(value: str) -> str:
+    """`<length>:<value>`, or `-` for NULL: a part ends where its length says, so no two tenants' parts read
+    alike (a NULL is neither '' nor a value, and never makes the whole identity NULL)."""
+    return f"(CASE WHEN {value} IS NULL THEN '-' ELSE CAST(LENGTH({value}) AS TEXT) || ':' || {value} END)"
+
+
+def tenant(r: str) -> str:
+    """Whose a row's task is: what a viewer other than an admin is shown (margin.dashboard.auth), its org's
+    team (two orgs' teams of one name are different teams, read.Window), or, for a key without a team, which
+    sees its own rows only, its org's key (`k` + the key; `k-` for the rows of no key, in open mode)."""
+    who = f"(CASE WHEN {r}.team IS NULL THEN 'k' || {_sized(f'{r}.key_id')} ELSE {_sized(f'{r}.team')} END)"
+    return f"{_sized(f'{r}.org')} || '/' || {who}"
+
+
 def task(dialect: str, r: str) -> str:
-    """A request's task: its `task_id` tag, else the request itself."""
-    return f"COALESCE('t:' || {tag(dialect, r, 'task_id')}, 'r:' || {r}.request_id)"
+    """A request's task: its `task_id` tag within its tenant, else the request itself. Another tenant's equal
+    tag is another task: `t:<org>/<team>/<task_id>` (`tenant`: t:4:acme/6:search/T-42, t:-/k8:3f9a0c1e/T-42)
+    | `r:<request_id>`. The one formula of a task's identity: the rollups (ledger_tasks), the read model's rows
+    path and the task each feedback row is linked to (margin.ledger.feedback) all render this text."""
+    return f"COALESCE('t:' || {tenant(r)} || '/' || {tag(dialect, r, 'task_id')}, 'r:' || {r}.request_id)"

@@ -79,6 +79,11 @@ ledger = sa.Table(
 )
 
 
+# a task's identity (measures.task): 't:', org and team as <length>:<value> (≤ 132 each: names are ≤ 128), two
+# '/' and a task_id tag (≤ 128, margin.pipeline.steps.auth): 396 at most
+TASK_LENGTH = 512
+
+
 def _sums() -> list[sa.Column[int]]:
     return [sa.Column(name, sa.BigInteger, nullable=False) for name in MEASURES]
 
@@ -130,7 +135,7 @@ ledger_attach = sa.Table(  # which customers used which feature on which UTC day
 ledger_tasks = sa.Table(  # one row per task (task_id tag, else the request); its anchor is its earliest request
     "ledger_tasks",
     metadata,
-    sa.Column("task", sa.String(300), primary_key=True),  # t:<task_id> | r:<request_id>
+    sa.Column("task", sa.String(TASK_LENGTH), primary_key=True),  # measures.task: t:<org>/<team>/<task_id> | r:<id>
     sa.Column("anchor_at", sa.DateTime(timezone=True), nullable=False),
     *(sa.Column(name, sa.String(256)) for name in ("team", "key_id", "model", "backend", "region")),
     *(sa.Column(name, sa.String(256)) for name in ("feature", "customer")),
@@ -178,9 +183,9 @@ feedback = sa.Table(  # outcomes of requests (POST /v1/margin/feedback); the lat
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("revisions", sa.Integer, nullable=False, server_default="1"),
-    # the task of its request (measures.task: t:<task_id> | r:<request_id>; NULL for a row that is not traffic),
-    # set when it is posted, so grading a window's tasks reads no ledger rows (0010)
-    sa.Column("task", sa.String(300)),
+    # the task of its request (measures.task: t:<org>/<team>/<task_id> | r:<request_id>; NULL for a row that is
+    # not traffic), set when it is posted, so grading a window's tasks reads no ledger rows (0010; its tenant 0015)
+    sa.Column("task", sa.String(TASK_LENGTH)),
     sa.Index("ix_feedback_created", "created_at"),  # tasks read the feedback posted since a window began
 )
 

@@ -15,8 +15,8 @@ kept per connection and emptied after each batch (rollup_sql.Temporary).
 - ledger_attach  per month × team (and every team, '*') × feature × customer, the UTC days it was seen, as
                  bits (distinct counts for the attach rate: a 30-day window reads ≤ 2 months of pairs, not
                  30 days of them)
-- ledger_tasks   one row per task: anchor (its earliest request: time, team, key, model, feature, customer…),
-                 requests, cost, unpriced requests
+- ledger_tasks   one row per task (measures.task: one tenant's task_id tag, else a request): anchor (its
+                 earliest request: time, team, key, model, feature, customer…), requests, cost, unpriced requests
 - ledger_charges priced requests per UTC day × key × team × model × backend × region (the FOCUS export)
 - ledger_task_daily  tasks, cost and unpriced requests per anchor day × team × anchor dimension: a batch first
                  takes out the current contribution of every task it touches, updates ledger_tasks, then puts

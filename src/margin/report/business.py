@@ -3,8 +3,10 @@ per successful task.
 
 Revenue comes from config (`revenue:` price per call and/or per seat per month, prorated over the window with
 30-day months) plus optional CSV lines (`feature,customer,usd`: revenue earned in the reported window).
-A *task* is the set of requests sharing a `task_id` tag (a request without one is a task of its own); it
-belongs to the window (and team, feature…) of its earliest request and counts all its requests. It is
+A *task* is the set of one tenant's requests sharing a `task_id` tag (a request without one is a task of its
+own); the tenant is the org and team of the key (a key without a team: the key), so another team's equal tag
+is another task (margin.ledger.measures.task). It belongs to the window (and team, feature…) of its earliest
+request and counts all its requests. It is
 *successful* when any of its requests has feedback with `success: true`. Cost per successful task = cost of
 all requests of the graded tasks (those with any feedback) / successful tasks.
 

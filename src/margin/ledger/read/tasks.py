@@ -1,5 +1,7 @@
-"""Tasks: requests sharing a `task_id` tag (a request without one is a task of its own). A task belongs to
-the window, team and groups of its *anchor*, its earliest request, and counts all its requests. It is graded
+"""Tasks: one tenant's requests sharing a `task_id` tag (a request without one is a task of its own); the
+tenant is the org and team, or a team-less key (measures.task), so all of a task's requests are of its team and
+another team's equal tag is another task. A task belongs to the window, team and groups of its *anchor*, its
+earliest request, and counts all its requests. It is graded
 when any of its requests has feedback, successful when any has `success: true`.
 
 Counts and cost come from ledger_task_daily for the window's whole days and from ledger_tasks (one row per

@@ -19,7 +19,8 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("feedback") as batch:
-        batch.add_column(sa.Column("task", sa.String(300)))
+        # 512: as wide as the form this links to (today's measures.task; 0015 made it one tenant's and wider)
+        batch.add_column(sa.Column("task", sa.String(512)))
     feedback.link_tasks(op.get_bind())
 
 

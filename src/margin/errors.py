@@ -119,6 +119,14 @@ class StreamTimeLimit(BackendTimeout):
     no fault of the backend (a long answer, or a client reading slowly): its circuit does not count it."""
 
 
+class BusyTimeAllowance(BackendTimeout):
+    """A call under a hard USD budget, on a backend priced by busy time, used the busy time its budget reserved
+    for it (`admission.hard_busy_reserve_s`): it is cut there, like a timeout, so its charge stays within the
+    reservation. The request's own budget set that limit, so its backend's circuit does not count it."""
+
+    default_code = "budget_time_allowance"
+
+
 class BackendClientError(MarginError):
     """The upstream rejected the request as invalid (4xx): passed through with its status."""
 

@@ -184,6 +184,14 @@ class AdmissionConfig(Spec):
         gt=0,
         description="Throughput assumed to price reservations on self-hosted backends without hardware.tokens_per_s.",
     )
+    hard_busy_reserve_s: float = Field(
+        30.0,
+        gt=0,
+        description="Under a hard USD budget, a backend priced by busy time (one with `hardware`) is reserved at "
+        "least this many busy seconds (more when the tokens at its throughput take longer; at most the backend's "
+        "`timeout_s`), and the call is cut when it has run that long (504 / error event `budget_time_allowance`): "
+        "its charge never passes what was reserved. Headroom for queueing and a slow first token.",
+    )
     refresh_s: float = Field(2.0, gt=0, description="How often budgets, limits and flags are re-read.")
     unknown_price: Literal["allow", "reject"] = Field(
         "reject", description="What a hard USD budget does with a model whose price is unknown."

@@ -9,11 +9,12 @@ models (its fallbacks included) whose price is known."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from margin.backend_config import BackendConfig, OpenAIBackendConfig
 from margin.economics.meter import Meter
 from margin.economics.money import capped_nanousd
 from margin.governance.rules import Subject, partition
@@ -128,17 +129,40 @@ def conservative_tokens(text: str) -> int:
     return math.ceil(len(text) / 3)
 
 
+def busy_estimate_s(backend: BackendConfig, tokens: int, config: AdmissionConfig) -> float:
+    """How long `tokens` keep a self-hosted backend busy at its configured throughput (`hardware.tokens_per_s`,
+    else `admission.reserve_tokens_per_s`)."""
+    hardware = backend.hardware
+    return tokens / ((hardware.tokens_per_s if hardware else None) or config.reserve_tokens_per_s)
+
+
+def busy_allowance_s(backend: BackendConfig, tokens: int, config: AdmissionConfig) -> float:
+    """The busy seconds a hard USD budget reserves for a call of `tokens` on a backend priced by busy time, and
+    the most the call may run (the analogue of `max_tokens`, for time): the estimate at its throughput, at
+    least `admission.hard_busy_reserve_s` (queueing, a slow first token), at most the backend's own total
+    `timeout_s` (it cannot run longer anyway)."""
+    allowance = max(busy_estimate_s(backend, tokens, config), config.hard_busy_reserve_s)
+    return min(allowance, backend.timeout_s) if isinstance(backend, OpenAIBackendConfig) else allowance
+
+
 def worst_case_usd(
-    meter: Meter, candidates: Sequence[Target], prompt_tokens: int, output_tokens: int, config: AdmissionConfig
+    meter: Meter,
+    candidates: Sequence[Target],
+    prompt_tokens: int,
+    output_tokens: int,
+    config: AdmissionConfig,
+    busy_allowance: Mapping[str, float] | None = None,
 ) -> tuple[Decimal, tuple[str, ...]]:
     """The dearest priced candidate's cost for this many tokens, and the candidates with no known price (they
-    add nothing here: `admission.unknown_price` decides whether a request that may reach one runs at all)."""
+    add nothing here: `admission.unknown_price` decides whether a request that may reach one runs at all).
+    A candidate in `busy_allowance` (public name → seconds) is priced at that busy time, not the estimate."""
     worst, unpriced = Decimal(0), []
     usage = Usage(prompt_tokens, output_tokens, source="estimated")
+    allowances, tokens = busy_allowance or {}, prompt_tokens + output_tokens
     for target in candidates:
-        hardware = meter.settings.backends[target.backend_name].hardware
-        tokens_per_s = (hardware.tokens_per_s if hardware else None) or config.reserve_tokens_per_s
-        busy_s = (prompt_tokens + output_tokens) / tokens_per_s
+        busy_s = allowances.get(target.public)
+        if busy_s is None:
+            busy_s = busy_estimate_s(meter.settings.backends[target.backend_name], tokens, config)
         cost = meter.cost_usd(target.public, target.model, usage, busy_s)
         if cost is None:
             unpriced.append(target.public)

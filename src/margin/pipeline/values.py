@@ -28,6 +28,7 @@ from margin.specs import BudgetSpec, Policy
 from margin.types import BatchLine, Completion, Principal, Target, Usage
 
 EMPTY: Mapping[str, str] = MappingProxyType({})
+NO_ALLOWANCE: Mapping[str, float] = MappingProxyType({})
 NOBODY = Subject()
 
 
@@ -65,8 +66,9 @@ class Client(Protocol):
 class RouteDecision(NamedTuple):
     """Where the request may go, decided once by the route step: the candidates in the order they are
     tried (the chosen model first, then its fallbacks; flags and residency applied), and the basis of the
-    budget reservation (the prompt and output tokens it prices at the dearest candidate). The call step
-    walks the candidates; nothing else re-decides."""
+    budget reservation (the prompt and output tokens it prices at the dearest candidate, and the busy time it
+    allows each candidate priced by busy time under a hard budget). The call step walks the candidates;
+    nothing else re-decides."""
 
     candidates: tuple[Target, ...]
     requested: str
@@ -82,6 +84,9 @@ class RouteDecision(NamedTuple):
     worst_usd: Decimal | None = None  # the dearest priced candidate's cost for those tokens (when budgets apply)
     unpriced: tuple[str, ...] = ()  # candidates without a known price (admission.unknown_price decides)
     budgets: tuple[BudgetSpec, ...] = ()  # the budgets of every candidate, reserved by admit
+    # busy seconds reserved for each candidate priced by busy time under a hard USD budget (public name →
+    # seconds, `admission.busy_allowance_s`): its call is cut there and its charge held there
+    busy_allowance: Mapping[str, float] = NO_ALLOWANCE
 
     @property
     def first(self) -> Target:

@@ -19,6 +19,7 @@ from margin.economics.rates import tokens_per_s
 from margin.errors import (
     BackendError,
     BackendFailedUnexpectedly,
+    BusyTimeAllowance,
     FeatureDisabled,
     MarginError,
     Overloaded,
@@ -28,6 +29,7 @@ from margin.errors import (
     UpstreamRateLimited,
 )
 from margin.governance.admission import worst_case_usd
+from margin.pipeline.allowance import TimeAllowance, held_busy
 from margin.pipeline.ceiling import held
 from margin.pipeline.stream import Delivery, close, first_chunk
 from margin.pipeline.values import Record, Reply, Request, RouteDecision
@@ -55,9 +57,10 @@ def retryable(error: MarginError) -> bool:
 def backend_fault(error: MarginError) -> bool:
     """What the circuit breaker counts: the backend itself failed (5xx, timeout, unreachable). Never a client
     error (4xx, a bad schema or token id), a full queue, or an exception the request's input provoked: no
-    caller can open a backend's circuit for every tenant (nor by asking for an answer over its size limit)."""
+    caller can open a backend's circuit for every tenant (nor by asking for an answer over its size limit, nor
+    by the time allowance of its own hard budget)."""
     return isinstance(error, BackendError) and not isinstance(
-        error, BackendFailedUnexpectedly | StreamTimeLimit | ResponseTooLarge
+        error, BackendFailedUnexpectedly | StreamTimeLimit | ResponseTooLarge | BusyTimeAllowance
     )
 
 
@@ -146,13 +149,15 @@ class BackendCall:
         call = Call(request.endpoint, request.body, request.raw, target.public, upstream, request.id)
         clock = self.meter.clocks[target.backend_name]
         mark, probe = clock.enter(), self.meter.probe(target.backend_name)
+        seconds = request.routed().busy_allowance.get(target.public)  # a hard budget's, on a TCO-priced backend
+        allowance = None if seconds is None else TimeAllowance.start(target.backend_name, seconds)
         usage: Usage | None = None
         output: Completion | Delivery | None = None
         try:
             if request.is_stream and request.endpoint is not Endpoint.EMBEDDINGS:
                 delivery = Delivery(request)
                 output = delivery
-                await self._stream(request, target, call, delivery)
+                await self._stream(request, target, call, delivery, allowance)
                 usage = delivery.usage or call.stats.closed_usage
                 if delivery.failed is not None:  # broke mid-stream: the row and the breaker hear of it
                     record.fail(delivery.failed, request.client.status_of(delivery.failed))
@@ -160,7 +165,8 @@ class BackendCall:
                 return Reply(streamed=True, delivered=delivery.text)
             started = time.perf_counter()
             try:
-                completion = await self._whole(target, call)
+                whole = self._whole(target, call)
+                completion = await (whole if allowance is None else allowance.within(whole))
             finally:
                 record.backend_wait_s += time.perf_counter() - started
             usage, output = completion.usage, completion
@@ -170,6 +176,7 @@ class BackendCall:
                 record.status, record.fault_code = "retried", call.stats.retried
             busy_share = clock.leave(mark)
             busy = call.stats.busy_s if call.stats.busy_s is not None else busy_share
+            busy = held_busy(busy, allowance, request.id)  # never more than its hard budget reserved
             measured = self.meter.measured_j(probe, busy)
             text, cancelled = "", None
             if usage is None:
@@ -190,12 +197,16 @@ class BackendCall:
         except Exception as exc:
             raise translate(target.backend_name, exc) from exc
 
-    async def _stream(self, request: Request, target: Target, call: Call, delivery: Delivery) -> None:
+    async def _stream(
+        self, request: Request, target: Target, call: Call, delivery: Delivery, allowance: TimeAllowance | None
+    ) -> None:
         name = target.backend_name
         try:
             chunks = target.backend.stream(call)
         except Exception as exc:
             raise translate(name, exc) from exc
+        if allowance is not None:  # its reads end at the allowance
+            chunks = allowance.chunks(chunks)
         try:
             first = await first_chunk(chunks, request.record)
             if first is not None:

@@ -7,13 +7,17 @@ disabled is dropped, every candidate's `cap_max_tokens` caps the request, `requi
 cached answer); the caller's jurisdictions filter the candidates. When budgets or limits apply, the
 reservation's basis is counted here too: the prompt's estimated tokens (for TPM and a limit on the
 output), the most input it can be billed for, the most output it may produce (a limit is set when it sent
-none, so what is reserved is also what is enforced), and that priced at the dearest priced candidate.
-The call step walks the candidates in this order; nothing re-decides."""
+none, so what is reserved is also what is enforced), the busy time a candidate priced by busy time may use
+under a hard USD budget (its call is cut there: the same promise, for time), and that priced at the dearest
+priced candidate. The call step walks the candidates in this order; nothing re-decides."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from decimal import Decimal
+from types import MappingProxyType
+from typing import NamedTuple
 
 import orjson
 
@@ -25,7 +29,7 @@ from margin.governance import admission as adm
 from margin.governance.rules import Rules, Subject
 from margin.governance.service import Governance
 from margin.pipeline.ceiling import input_bound
-from margin.pipeline.values import Next, Reply, Request, RouteDecision
+from margin.pipeline.values import NO_ALLOWANCE, Next, Reply, Request, RouteDecision
 from margin.protocol import ChatCompletionRequest, Endpoint
 from margin.routing.policy import RoutePolicy
 from margin.specs import AdmissionConfig, BudgetSpec, FlagSpec
@@ -35,6 +39,18 @@ CHAT_MESSAGE_OVERHEAD = 8  # template tokens per message, on top of the counted 
 NON_TEXT_PART_TOKENS = 2048  # an image or audio part, priced as a large high-detail image (upper bound)
 OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens")
 TOKENIZE_INLINE_CHARS = 16_384  # a longer prompt is tokenized in a worker thread (1 MiB: ~0.5 s with SmolLM2's)
+
+
+class Basis(NamedTuple):
+    """What a budget reservation is priced on (`RouteDecision`'s fields of the same names)."""
+
+    prompt_tokens: int = 0
+    prompt_bound: int = 0
+    output_tokens: int = 0
+    worst_usd: Decimal | None = None
+    unpriced: tuple[str, ...] = ()
+    budgets: tuple[BudgetSpec, ...] = ()
+    busy_allowance: Mapping[str, float] = NO_ALLOWANCE
 
 
 def resolve(targets: Mapping[str, Target], model: str, endpoint: Endpoint) -> Target:
@@ -106,17 +122,7 @@ class Route:
             candidates = tuple(ordered)
             request.record.route, request.record.router_score = requested, score
             request.record.preference = preference
-        prompt, bound, output, worst = 0, 0, 0, None
-        unpriced: tuple[str, ...] = ()
-        budgets: tuple[BudgetSpec, ...] = ()
-        if rules.budgets or rules.limits:
-            prompt = await self._prompt_tokens(request, candidates[0])
-            budgets = self._budgets(rules, subject, candidates) if rules.budgets else ()
-            if budgets:
-                config: AdmissionConfig = self.gov.settings.admission
-                request, output = self._output_tokens(request, candidates[0], prompt, config)
-                bound = input_bound(request, prompt, candidates)
-                worst, unpriced = adm.worst_case_usd(self.meter, candidates, bound, output, config)
+        request, basis = await self._basis(request, rules, subject, candidates)
         decision = RouteDecision(
             candidates,
             requested,
@@ -128,14 +134,47 @@ class Route:
             else None,
             residency_filtered=filtered,
             cache_only=cache_only,
-            prompt_tokens=prompt,
-            prompt_bound=bound,
-            output_tokens=output,
-            worst_usd=worst,
-            unpriced=unpriced,
-            budgets=budgets,
+            prompt_tokens=basis.prompt_tokens,
+            prompt_bound=basis.prompt_bound,
+            output_tokens=basis.output_tokens,
+            worst_usd=basis.worst_usd,
+            unpriced=basis.unpriced,
+            budgets=basis.budgets,
+            busy_allowance=basis.busy_allowance,
         )
         return await next(request._replace(decision=decision))
+
+    async def _basis(
+        self, request: Request, rules: Rules, subject: Subject, candidates: tuple[Target, ...]
+    ) -> tuple[Request, Basis]:
+        """The reservation's basis when budgets or limits apply: the prompt's estimated tokens; with budgets,
+        the most input and output, the busy time allowed each candidate priced by it under a hard USD budget,
+        and that priced at the dearest priced candidate. The request may get `max_tokens` set."""
+        if not (rules.budgets or rules.limits):
+            return request, Basis()
+        prompt = await self._prompt_tokens(request, candidates[0])
+        budgets, hard = self._budgets(rules, subject, candidates) if rules.budgets else ((), frozenset[str]())
+        if not budgets:
+            return request, Basis(prompt)
+        config: AdmissionConfig = self.gov.settings.admission
+        request, output = self._output_tokens(request, candidates[0], prompt, config)
+        bound = input_bound(request, prompt, candidates)
+        allowance = self._allowance(candidates, hard, bound + output, config)
+        worst, unpriced = adm.worst_case_usd(self.meter, candidates, bound, output, config, allowance)
+        return request, Basis(prompt, bound, output, worst, unpriced, budgets, allowance)
+
+    def _allowance(
+        self, candidates: tuple[Target, ...], hard: frozenset[str], tokens: int, config: AdmissionConfig
+    ) -> Mapping[str, float]:
+        """The busy seconds each candidate under a hard USD budget (`hard`: their public names) may use when its
+        backend is priced by busy time (`hardware`); others have none (their usage is held at the tokens)."""
+        backends = self.meter.settings.backends
+        found = {
+            target.public: adm.busy_allowance_s(backends[target.backend_name], tokens, config)
+            for target in candidates
+            if target.public in hard and backends[target.backend_name].hardware is not None
+        }
+        return MappingProxyType(found) if found else NO_ALLOWANCE
 
     def _forced(self, request: Request, rules: Rules, subject: Subject, target: Target) -> Target:
         """A `force_model` flag on the model asked for sends the request to another model."""
@@ -192,13 +231,19 @@ class Route:
         return kept, len(kept) < len(chain)
 
     @staticmethod
-    def _budgets(rules: Rules, subject: Subject, candidates: tuple[Target, ...]) -> tuple[BudgetSpec, ...]:
-        """The budgets of every candidate (a model budget on a fallback is reserved too)."""
+    def _budgets(
+        rules: Rules, subject: Subject, candidates: tuple[Target, ...]
+    ) -> tuple[tuple[BudgetSpec, ...], frozenset[str]]:
+        """The budgets of every candidate (a model budget on a fallback is reserved too), and the candidates a
+        hard USD budget applies to."""
         found: dict[str, BudgetSpec] = {}
+        hard: set[str] = set()
         for candidate in candidates:
             for budget in rules.budgets_for(subject.serving(candidate.public, candidate.backend_name)):
                 found.setdefault(budget.name, budget)
-        return tuple(found.values())
+                if budget.mode == "hard" and budget.usd is not None:
+                    hard.add(candidate.public)
+        return tuple(found.values()), frozenset(hard)
 
     @staticmethod
     async def _prompt_tokens(request: Request, target: Target) -> int:

@@ -274,6 +274,12 @@ class KeyCache:
         self._active = (count, time.monotonic() + self._ttl)
         return count
 
+    def created(self) -> None:
+        """A key was created through this process (the admin API): open mode ends now, not when the count of
+        active keys is next read (other processes see it within `ttl_s`)."""
+        self._open = False
+        self._active = (self._active[0], 0.0)
+
     def forget(self) -> None:
         """Drop cached lookups (after a revocation through this process)."""
         for cache in (self._found, self._unknown, self._by_id):

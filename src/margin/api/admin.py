@@ -136,6 +136,7 @@ async def create_key(request: Request, _: Principal) -> Any:
     spec = keys.KeyRequest.parse(await read_json(request)).spec()
     services = request.app.state.services
     record, key = await services.read(keys.create_key, services.sync_engine(), spec)
+    services.keys.created()
     return json_response({**record.public(), "key": key}, status=201)
 
 

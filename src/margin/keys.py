@@ -47,6 +47,7 @@ class KeyRecord:
     org: str | None = None
     is_admin: bool = False
     policy: dict[str, Any] | None = None
+    sessions_not_before: int | None = None  # Unix ms: dashboard sessions issued before it were ended (logout)
 
     @classmethod
     def from_row(cls, row: Any) -> KeyRecord:
@@ -60,6 +61,7 @@ class KeyRecord:
             row.org,
             bool(row.is_admin),
             dict(row.policy) if row.policy else None,
+            row.sessions_not_before,
         )
 
     def public(self) -> dict[str, Any]:
@@ -158,6 +160,12 @@ def list_keys(engine: sa.Engine) -> list[KeyRecord]:
     with engine.connect() as connection:
         rows = connection.execute(sa.select(api_keys).order_by(api_keys.c.created_at))
         return [KeyRecord.from_row(row) for row in rows]
+
+
+def end_sessions(engine: sa.Engine, key_id: str, at_ms: int) -> None:
+    """Every dashboard session of the key issued before `at_ms` (Unix ms) is refused from now on (logout)."""
+    with engine.begin() as connection:
+        connection.execute(api_keys.update().where(api_keys.c.id == key_id).values(sessions_not_before=at_ms))
 
 
 def revoke_key(engine: sa.Engine, key_id: str) -> KeyRecord:

@@ -163,17 +163,20 @@ async def test_bad_parameters_are_400(seeded: tuple[Gateway, dict[str, str]]) ->
 
 
 def test_sessions_are_signed_expiring_and_never_the_key() -> None:
-    from margin.dashboard.auth import Sessions
+    from margin.dashboard.auth import Session, Sessions
 
     sessions = Sessions(b"s" * 32, max_age_s=60)
-    token = sessions.issue("0123abcd", now=1_000)
-    assert sessions.key_id(token, now=1_030) == "0123abcd"
-    assert sessions.key_id(token, now=1_060) is None  # expired
-    assert Sessions(b"t" * 32).key_id(token, now=1_030) is None  # another secret
+    token = sessions.issue("0123abcd", now=1_000.5)
+    assert sessions.read(token, now=1_030) == Session("0123abcd", 1_000_500)
+    assert sessions.read(token, now=1_060.5) is None  # expired
+    assert Sessions(b"t" * 32).read(token, now=1_030) is None  # another secret
     forged = token.replace("0123abcd", "ffffffff")
-    assert sessions.key_id(forged, now=1_030) is None
-    for junk in ("", "v1", "mgn_0123abcd_" + "x" * 32, token + "x", token.replace("v1.", "v2.")):
-        assert sessions.key_id(junk, now=1_030) is None
+    assert sessions.read(forged, now=1_030) is None
+    older = token.replace(".1000500.", ".1000499.")  # an earlier login time, to pass a logout: signed too
+    assert sessions.read(older, now=1_030) is None
+    old_form = "v1.0123abcd.1060." + token.rsplit(".", 1)[1]
+    for junk in ("", "v2", "mgn_0123abcd_" + "x" * 32, token + "x", token.replace("v2.", "v1."), old_form):
+        assert sessions.read(junk, now=1_030) is None
 
 
 def test_session_secret_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -184,8 +187,9 @@ def test_session_secret_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("MARGIN_TEST_SESSION_SECRET", "a-shared-secret-of-replicas")
     server = ServerConfig(session_secret_env="MARGIN_TEST_SESSION_SECRET")
     one, two = Sessions.from_config(server), Sessions.from_config(server)
-    assert two.key_id(one.issue("0123abcd")) == "0123abcd"  # replicas with one secret share sessions
-    assert Sessions.from_config(ServerConfig()).key_id(one.issue("0123abcd")) is None
+    shared = two.read(one.issue("0123abcd"))  # replicas with one secret share sessions
+    assert shared is not None and shared.key_id == "0123abcd"
+    assert Sessions.from_config(ServerConfig()).read(one.issue("0123abcd")) is None
     monkeypatch.setenv("MARGIN_TEST_SESSION_SECRET", "short")
     with pytest.raises(ConfigError):
         Sessions.from_config(server)

@@ -242,3 +242,29 @@ def test_dashboard_cookie_holds_a_signed_session_never_the_key(served: ServeFact
                 "/dashboard/login", content=f"key={gw.keys['user']}", headers={**form, "origin": "https://evil.example"}
             )
             assert foreign.status_code == 403 and "set-cookie" not in foreign.headers
+
+
+def test_a_logout_ends_the_session_on_the_server_not_only_in_the_browser(served: ServeFactory) -> None:
+    """Copy the dashboard cookie (a shared machine, a log), then the user logs out: the copy used to work for the
+    rest of its 12 h. A logout now ends every session of that key issued until then; a new login works, and
+    another key's session is untouched."""
+    with served(keys={"user": ["--team", "a"], "other": ["--team", "b"]}) as gw:
+        form = {"content-type": "application/x-www-form-urlencoded", "origin": gw.url}
+        cookie = "margin_dashboard"
+        with gw.client() as browser:
+
+            def login(key: str) -> str:
+                answer = browser.post("/dashboard/login", content=f"key={key}", headers=form)
+                assert answer.status_code == 303
+                return _cookie(answer)
+
+            def overview(session: str) -> int:
+                return browser.get("/dashboard/api/overview", headers={"cookie": f"{cookie}={session}"}).status_code
+
+            copied, other = login(gw.keys["user"]), login(gw.keys["other"])
+            assert overview(copied) == 200
+            logout = browser.post("/dashboard/logout", headers={**form, "cookie": f"{cookie}={copied}"})
+            assert logout.status_code == 303
+            assert overview(copied) == 401  # the copy is refused
+            assert overview(other) == 200  # another key's session goes on
+            assert overview(login(gw.keys["user"])) == 200  # a new login works

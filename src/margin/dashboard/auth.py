@@ -52,12 +52,19 @@ class Viewer:
         return f"team {self.team}" if self.team else f"key {self.principal.name}"
 
 
-SESSION_SHAPE = re.compile(r"v1\.([0-9a-f]{1,32})\.([0-9]{1,12})\.([A-Za-z0-9_-]{43})")
+SESSION_SHAPE = re.compile(r"v2\.([0-9a-f]{1,32})\.([0-9]{1,15})\.([0-9]{1,12})\.([A-Za-z0-9_-]{43})")
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    key_id: str
+    issued_ms: int  # a logout ends the key's sessions issued before it (`KeyRecord.sessions_not_before`)
 
 
 class Sessions:
-    """Dashboard sessions as signed tokens `v1.<key id>.<expiry>.<HMAC-SHA256>`: the cookie names a key and
-    when the login ends, and only this gateway (or a replica with the same secret) can make one."""
+    """Dashboard sessions as signed tokens `v2.<key id>.<issued, Unix ms>.<expiry, Unix s>.<HMAC-SHA256>`: the
+    cookie names a key, when the login began and when it ends, and only this gateway (or a replica with the
+    same secret) can make one. A logout ends the key's sessions issued until then, on the server."""
 
     def __init__(self, secret: bytes, max_age_s: int = COOKIE_MAX_AGE_S) -> None:
         self._secret = secret
@@ -77,16 +84,19 @@ class Sessions:
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     def issue(self, key_id: str, now: float | None = None) -> str:
-        payload = f"v1.{key_id}.{int((now or time.time()) + self.max_age_s)}"
+        now = time.time() if now is None else now
+        payload = f"v2.{key_id}.{int(now * 1000)}.{int(now + self.max_age_s)}"
         return f"{payload}.{self._sign(payload)}"
 
-    def key_id(self, token: str, now: float | None = None) -> str | None:
-        """The key id of a genuine, unexpired session; None for anything else."""
+    def read(self, token: str, now: float | None = None) -> Session | None:
+        """The session of a genuine, unexpired token; None for anything else."""
         match = SESSION_SHAPE.fullmatch(token)
-        if match is None or int(match.group(2)) <= (now or time.time()):
+        if match is None or int(match.group(3)) <= (time.time() if now is None else now):
             return None
-        payload = token[: match.start(3) - 1]
-        return match.group(1) if hmac.compare_digest(self._sign(payload), match.group(3)) else None
+        payload = token[: match.start(4) - 1]
+        if not hmac.compare_digest(self._sign(payload), match.group(4)):
+            return None
+        return Session(match.group(1), int(match.group(2)))
 
 
 async def principal_for(keys: KeyCache, token: str | None) -> Principal:
@@ -107,10 +117,11 @@ async def _principal(request: Request) -> Principal:
     session = request.cookies.get(COOKIE)
     if bearer_token(request.headers) is not None or not session or await keys.open_now():
         return await principal_for(keys, bearer_token(request.headers))
-    key_id = services.sessions.key_id(session)
-    if key_id is None:
-        raise AuthenticationFailed("the dashboard session has expired or is not valid: log in again")
-    return principal_of(await keys.lookup_id(key_id))
+    found = services.sessions.read(session)
+    record = None if found is None else await keys.lookup_id(found.key_id)
+    if found is None or (record is not None and found.issued_ms < (record.sessions_not_before or 0)):
+        raise AuthenticationFailed("the dashboard session has ended or is not valid: log in again")
+    return principal_of(record)
 
 
 async def viewer(request: Request) -> Viewer:

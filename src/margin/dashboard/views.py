@@ -3,6 +3,7 @@ and the same data as JSON (`?format=json` or `/dashboard/api/<page>`)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from importlib import resources
@@ -14,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from margin import keys
 from margin.api.errors import NOSNIFF, error_response, json_response, status_of
 from margin.dashboard import auth, charts, pages
 from margin.dashboard.auth import Viewer
@@ -223,6 +225,12 @@ class Dashboard:
     async def logout(self, request: Request) -> Response:
         if not auth.same_origin(request):
             return self._login_page(403, "/dashboard", "Logout must be posted from this gateway's own page.")
+        services = request.app.state.services
+        session = services.sessions.read(request.cookies.get(auth.COOKIE) or "")
+        if session is not None:  # its key's sessions end on the server too: a copy of this cookie is refused
+            now_ms = int(time.time() * 1000)
+            await services.read(keys.end_sessions, services.sync_engine(), session.key_id, now_ms)
+            services.keys.forget()
         response = RedirectResponse("/dashboard/login", status_code=303)
         auth.clear_login_cookie(response)
         return response

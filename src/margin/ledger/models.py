@@ -202,6 +202,7 @@ api_keys = sa.Table(
     sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    sa.Column("sessions_not_before", sa.BigInteger),  # Unix ms: dashboard sessions issued before are ended (0016)
 )
 
 cache_entries = sa.Table(  # the exact cache's single-node store (Redis takes over when replicas run)

@@ -11,7 +11,7 @@ from pathlib import Path
 from redis import asyncio as aioredis
 
 from margin.config import parse_settings
-from margin.workers import PROMETHEUS_DIR, embedded_redis, metrics_dir, shared_state
+from margin.workers import PROMETHEUS_DIR, SESSION_SECRET, embedded_redis, metrics_dir, shared_state
 
 
 def test_an_embedded_redis_on_a_private_socket_that_goes_away_with_it() -> None:
@@ -39,6 +39,9 @@ def test_workers_share_the_configured_redis_or_an_embedded_one() -> None:
         assert shared.storage.redis is None  # one process keeps its in-process stores
     with shared_state(parse_settings({"server": {"workers": 2}})) as shared:
         assert shared.storage.redis is not None and shared.storage.redis.startswith("unix://")
+        # one dashboard session secret for every worker (a login in one is valid in the others)
+        assert shared.server.session_secret_env == SESSION_SECRET and len(os.environ[SESSION_SECRET]) == 64
+    assert alone.server.session_secret_env is None
 
 
 def test_a_metrics_folder_for_the_workers_unless_one_is_set(tmp_path: Path) -> None:

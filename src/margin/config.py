@@ -424,6 +424,14 @@ def load_settings(path: str | Path | None = None) -> Settings:
     return parse_settings(load_yaml(os.path.expandvars(text), source), source)
 
 
+RELOADABLE = ("budgets", "limits", "flags", "policies")  # what a reload (SIGHUP, POST /admin/reload) changes
+
+
+def with_reloaded(settings: Settings, fresh: Settings) -> Settings:
+    """`settings` with the reloadable sections of `fresh` (a config file read again); the rest needs a restart."""
+    return settings.model_copy(update={name: getattr(fresh, name) for name in RELOADABLE})
+
+
 def config_hash(settings: Settings) -> str:
     """A short, stable hash of the effective settings (stored on every ledger, bench and eval row)."""
     canonical = orjson.dumps(settings.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)

@@ -19,7 +19,8 @@ from rich.console import Console
 from rich.text import Text
 
 from margin.api.heads import BoundedHttpToolsProtocol, ConnectionLimits
-from margin.config import Settings, config_hash, is_loopback, parse_settings
+from margin.config import Settings, config_hash, is_loopback, load_settings, parse_settings, with_reloaded
+from margin.errors import ConfigError
 from margin.keys import open_exposure
 from margin.ledger import db
 from margin.ledger.models import api_keys
@@ -89,12 +90,19 @@ def tune_gc() -> None:
 def worker_app() -> Any:
     """The app of one worker process (`--workers N`, uvicorn's factory)."""
     from margin.app import build_app
+    from margin.workers import worker_started
 
+    worker_started()
     tune_gc()
     handed = orjson.loads(os.environ[WORKER_SETTINGS])
     settings = parse_settings(handed["settings"], "the supervisor's settings")
     configure_logging(settings.server.log_level)
     config = os.environ.get(WORKER_CONFIG)
+    if config:  # the file's rules as they are now: a worker started again after a reload has them too
+        try:
+            settings = with_reloaded(settings, load_settings(config))
+        except ConfigError:
+            log.exception("config file %s no longer loads; this worker runs the rules it was started with", config)
     return build_app(settings, config_path=Path(config) if config else None, config_hash=handed.get("config_hash"))
 
 
@@ -151,7 +159,7 @@ def run(settings: Settings, console: Console, config_path: Path | None = None) -
     import uvicorn
 
     from margin.app import build_app
-    from margin.workers import metrics_dir, shared_state
+    from margin.workers import metrics_dir, shared_state, supervise
 
     keys = active_key_count(settings)
     check_exposure(settings, keys)
@@ -172,4 +180,4 @@ def run(settings: Settings, console: Console, config_path: Path | None = None) -
         os.environ[WORKER_SETTINGS] = orjson.dumps(handed).decode()
         if config_path is not None:
             os.environ[WORKER_CONFIG] = str(config_path.resolve())
-        uvicorn.run("margin.serve:worker_app", factory=True, workers=workers, **_server_options(shared))
+        supervise("margin.serve:worker_app", {"workers": workers, **_server_options(shared)})

@@ -25,7 +25,7 @@ from margin.economics.carbon import GridTable
 from margin.economics.meter import Meter
 from margin.economics.prices import PriceBook
 from margin.economics.rates import unit_rates
-from margin.errors import ConfigError
+from margin.errors import ConfigError, MarginError
 from margin.gates import KeyedGate
 from margin.governance.service import Governance
 from margin.guard.pseudonym import UserPseudonyms
@@ -118,6 +118,7 @@ class Services:
         }
         self.targets = self._targets()
         self.governance = Governance(settings, self.engine)
+        self.governance.reloaded_elsewhere = functools.partial(self.reload, announce=False)
         self.cache = make_cache(settings)
         self.semantic = SemanticLayer(settings.cache) if settings.cache.semantic.enabled else None
         self.route_policy = RoutePolicy(settings.routes, rates=self._rates)
@@ -192,8 +193,9 @@ class Services:
         """The synchronous engine: ledger writes, reads and admin work, run in threads."""
         return self._sync_engine
 
-    async def reload(self) -> bool:
-        """Re-read governance rules (and the config file's, if the gateway was started from one)."""
+    async def reload(self, announce: bool = True) -> bool:
+        """Re-read governance rules (and the config file's, if the gateway was started from one). `announce`:
+        the other processes sharing the governance store re-read theirs too (they are told with announce off)."""
         changed = False
         if self.config_path is not None:
             try:
@@ -205,6 +207,11 @@ class Services:
             changed = True
         await self.governance.refresh()
         log.info("governance rules reloaded (config file: %s)", changed)
+        if announce:
+            try:
+                await self.governance.announce_reload()
+            except MarginError:  # this process has reloaded; the others have not been told
+                log.warning("the other processes sharing the governance store were not told of this reload")
         return changed
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:

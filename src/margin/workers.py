@@ -11,17 +11,24 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import secrets
 import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from margin.config import Settings
 from margin.errors import ConfigError
 
 PR_SET_PDEATHSIG = 1
+SESSION_SECRET = "MARGIN_WORKER_SESSION_SECRET"  # the workers' shared dashboard session secret
+SUPERVISOR_PID = "MARGIN_SUPERVISOR_PID"
 
 
 def redis_binary() -> Path:
@@ -33,7 +40,7 @@ def redis_binary() -> Path:
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the supervisor exits, even by SIGKILL (Linux)."""
+    """SIGTERM when the parent exits, even by SIGKILL (Linux): in a child before exec, or in a worker."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -70,13 +77,50 @@ def embedded_redis(timeout_s: float = 10.0) -> Iterator[str]:
 
 @contextlib.contextmanager
 def shared_state(settings: Settings) -> Iterator[Settings]:
-    """The settings every worker runs with: `storage.redis` as configured, else an embedded one's."""
-    if settings.server.workers <= 1 or settings.storage.redis:
+    """The settings every worker runs with: `storage.redis` as configured, else an embedded one's; and one
+    dashboard session secret for all of them (a login made in one worker is valid in the others), a random
+    one unless `server.session_secret_env` names one."""
+    if settings.server.workers <= 1:
+        yield settings
+        return
+    if settings.server.session_secret_env is None:  # the workers inherit the supervisor's environment
+        os.environ[SESSION_SECRET] = secrets.token_hex(32)
+        server = settings.server.model_copy(update={"session_secret_env": SESSION_SECRET})
+        settings = settings.model_copy(update={"server": server})
+    if settings.storage.redis:
         yield settings
         return
     with embedded_redis() as url:
         storage = settings.storage.model_copy(update={"redis": url})
         yield settings.model_copy(update={"storage": storage})
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's supervisor of the worker processes, except that SIGHUP is passed on to every worker, each of
+    which re-reads the config file's rules (uvicorn's own would replace them all: streams cut after the
+    graceful period, and the new workers built from the settings handed over at start)."""
+
+    def handle_hup(self) -> None:
+        for process in self.processes:
+            if process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGHUP)
+
+
+def supervise(app: str, options: dict[str, Any]) -> None:
+    """Serve the factory `app` in `options["workers"]` processes on one socket (uvicorn.run's own path for
+    workers, with `Supervisor`)."""
+    os.environ[SUPERVISOR_PID] = str(os.getpid())
+    config = uvicorn.Config(app, factory=True, **options)
+    Supervisor(config, sockets=[config.bind_socket()]).run()
+
+
+def worker_started() -> None:
+    """In a worker: end with the supervisor, however it ends (a worker left behind would hold the port with
+    the embedded Redis gone, every budgeted request a 503, and no restart possible on that port)."""
+    _die_with_parent()
+    if os.environ.get(SUPERVISOR_PID) not in (None, str(os.getppid())):  # it died before the line above
+        raise SystemExit("margin worker: the supervisor is gone")
 
 
 PROMETHEUS_DIR = "PROMETHEUS_MULTIPROC_DIR"

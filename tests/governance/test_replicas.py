@@ -6,6 +6,7 @@ with two worker processes (`margin serve --workers 2`) and no Redis configured (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -198,3 +199,102 @@ def test_sighup_reloads_flags_from_the_config_file(tmp_path: Path, redis_url: st
                 break
             time.sleep(0.05)
         assert response.status_code == 403 and response.json()["error"]["code"] == "feature_disabled"
+
+
+def _fresh_connections(url: str, n: int) -> tuple[Counter[int], set[int]]:
+    """n requests, each on a new connection (either worker may take it): their statuses, and the workers seen."""
+    body = {"model": "priced", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    statuses: Counter[int] = Counter()
+    workers: set[int] = set()
+    for _ in range(n):
+        with httpx.Client(base_url=url) as client:
+            statuses[client.post("/v1/chat/completions", json=body).status_code] += 1
+            workers.add(int(client.get("/healthz").json()["pid"]))  # the same connection: the same worker
+    return statuses, workers
+
+
+def _until(url: str, wanted: int, n: int = 20) -> tuple[Counter[int], set[int]]:
+    deadline = time.monotonic() + 30
+    while True:
+        statuses, workers = _fresh_connections(url, n)
+        if set(statuses) == {wanted} or time.monotonic() > deadline:
+            return statuses, workers
+        time.sleep(0.2)
+
+
+def test_a_reload_reaches_every_worker_and_restarts_none(tmp_path: Path) -> None:
+    """`--workers 2`, no Redis configured. SIGHUP to the supervisor used to make uvicorn replace both workers
+    (streams cut after its graceful period) with workers built from the settings handed over at start: the
+    edited file applied nowhere. `POST /admin/reload` reached only the worker that took it. Now the supervisor
+    passes SIGHUP on, and a reload in one worker is announced to the others (the shared store)."""
+    path = config(tmp_path, None)
+    data = yaml.safe_load(path.read_text())
+    data["budgets"][0]["usd"] = "1000"  # never the reason for a refusal here
+    path.write_text(yaml.safe_dump(data))
+    with replicas(path, n=1, extra=("--workers", "2")) as urls:
+        url = urls[0]
+        statuses, before = _until(url, 200)
+        assert statuses == {200: 20} and len(before) == 2
+        supervisor = int(Path(f"/proc/{min(before)}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        data["flags"] = [{"name": "off", "target": {"kind": "model", "value": "priced"}, "action": "disable"}]
+        path.write_text(yaml.safe_dump(data))
+        os.kill(supervisor, signal.SIGHUP)
+        statuses, after = _until(url, 403)
+        assert statuses == {403: 20} and after == before  # every worker has it; none was replaced
+        data["flags"] = []
+        path.write_text(yaml.safe_dump(data))
+        with httpx.Client(base_url=url) as one:  # one worker takes the reload...
+            assert one.post("/admin/reload", json={}).json()["config_file"] is True
+        statuses, after = _until(url, 200)
+        assert statuses == {200: 20} and after == before  # ...and the other follows
+
+
+def test_a_login_made_in_one_worker_holds_in_the_others(tmp_path: Path) -> None:
+    """`--workers 2` with no `server.session_secret_env`: each worker signed sessions with its own random secret,
+    so a dashboard login worked on about half of the connections. The supervisor hands one secret to all."""
+    path = config(tmp_path, None)
+    made = subprocess.run(
+        [sys.executable, "-m", "margin", "keys", "create", "--name", "viewer", "--team", "a", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    key = next(word for word in made.stdout.split() if word.startswith("mgn_"))
+    with replicas(path, n=1, extra=("--workers", "2")) as urls:
+        form = {"content-type": "application/x-www-form-urlencoded", "origin": urls[0]}
+        with httpx.Client(base_url=urls[0]) as browser:
+            login = browser.post("/dashboard/login", content=f"key={key}", headers=form)
+            assert login.status_code == 303
+            session = login.headers["set-cookie"].split(";")[0]
+        statuses: Counter[int] = Counter()
+        for _ in range(20):
+            with httpx.Client(base_url=urls[0]) as client:  # a new connection: either worker
+                statuses[client.get("/dashboard/api/overview", headers={"cookie": session}).status_code] += 1
+        assert statuses == {200: 20}
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an ended worker whose new parent has not reaped it yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_the_workers_end_with_their_supervisor(tmp_path: Path) -> None:
+    """`kill -9` of the supervisor used to leave both workers running, holding the port with the embedded Redis
+    gone: every budgeted request a 503, and no restart possible on that port. They now end with it."""
+    path = config(tmp_path, None)
+    with replicas(path, n=1, extra=("--workers", "2")) as urls:
+        _, workers = _until(urls[0], 200)
+        assert len(workers) == 2
+        supervisor = int(Path(f"/proc/{min(workers)}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        os.kill(supervisor, signal.SIGKILL)
+        deadline = time.monotonic() + 45  # SIGTERM: each worker's graceful shutdown, nothing in flight
+        while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [pid for pid in workers if _running(pid)]
+        for pid in left:  # do not leave them behind if the assertion fails
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert left == []

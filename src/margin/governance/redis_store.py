@@ -4,6 +4,7 @@ Each operation is one Lua script, so check-and-reserve is atomic across replicas
   c:{counter}        hash {spent, reserved}, expiring after its window
   r:{request_id}     hash {counter: amount} of an open reservation
   deadlines          zset request_id → deadline (unix s), for the reaper
+  reload             int: config reloads announced (each process re-reads its config when it changes)
   s:{request_id}     marker of a settled request (expires after a day)
   k:{request_id}     hash {counter: amount} charged by the reaper (a reservation past its deadline)
   g:{key}            GCRA theoretical arrival time (float seconds)
@@ -307,6 +308,15 @@ class RedisStore:
 
     async def pending(self) -> int:
         return int(await self._redis.zcard(f"{P}deadlines"))
+
+    async def reload_generation(self, bump: bool = False) -> int:
+        from redis.exceptions import RedisError
+
+        try:
+            value = await (self._redis.incr(f"{P}reload") if bump else self._redis.get(f"{P}reload"))
+        except RedisError as exc:
+            raise unavailable("reload", exc) from exc
+        return int(value or 0)
 
     async def close(self) -> None:
         await self._redis.aclose()

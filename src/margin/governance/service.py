@@ -8,12 +8,13 @@ import contextlib
 import functools
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from margin.config import Settings
+from margin.config import Settings, with_reloaded
 from margin.errors import MarginError, Overloaded
 from margin.governance.admission import Admission, BudgetHold, window
 from margin.governance.rules import Rules, Subject, build_rules, load_rules, matches
@@ -74,12 +75,15 @@ class Governance:
         self._flights = SingleFlight()
         self._task: asyncio.Task[None] | None = None
         self._unanswered: deque[str] = deque(maxlen=10_000)  # admits whose answer was lost, to release
+        self._generation = 0  # the shared reload generation last seen (margin.workers, replicas)
+        self.reloaded_elsewhere: Callable[[], Awaitable[object]] | None = None  # re-reads this process's config
 
     async def start(self) -> None:
         ping = getattr(self.store, "ping", None)
         if ping is not None:
             await ping()
         await self.refresh()
+        self._generation = await self.store.reload_generation()
         self._task = asyncio.get_running_loop().create_task(self._loop())
         self.streams.start()
 
@@ -88,15 +92,14 @@ class Governance:
 
     def reload(self, settings: Settings) -> None:
         """New config file (SIGHUP): its budgets, limits, flags and policies; the rest needs a restart."""
-        self.settings = self.settings.model_copy(
-            update={name: getattr(settings, name) for name in ("budgets", "limits", "flags", "policies")}
-        )
+        self.settings = with_reloaded(self.settings, settings)
 
     async def _loop(self) -> None:
         interval = self.settings.admission.refresh_s
         while True:
             await asyncio.sleep(interval)
             try:
+                await self._follow_reloads()
                 await self.refresh()
                 await self._release_unanswered()
                 charged = await self.store.reap()
@@ -104,6 +107,18 @@ class Governance:
                     log.warning("charged %d budget reservations past their deadline at the reserved amount", charged)
             except Exception:
                 log.exception("refreshing governance rules failed; keeping the previous ones")
+
+    async def announce_reload(self) -> None:
+        """This process re-read its config (SIGHUP, POST /admin/reload): every other process sharing the store
+        (the workers of `--workers N`, replicas) re-reads its own within `admission.refresh_s`."""
+        self._generation = await self.store.reload_generation(bump=True)
+
+    async def _follow_reloads(self) -> None:
+        current = await self.store.reload_generation()
+        if current != self._generation:
+            self._generation = current
+            if self.reloaded_elsewhere is not None:
+                await self.reloaded_elsewhere()
 
     async def release_unanswered(self, request_id: str) -> None:
         """The store's answer to an admit was lost (Redis: a connection error after the script may have run).

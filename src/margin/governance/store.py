@@ -101,6 +101,10 @@ class Store(Protocol):
         """Reservations not yet settled or released."""
         ...
 
+    async def reload_generation(self, bump: bool = False) -> int:
+        """How many config reloads the processes sharing this store have announced (`bump`: announce one)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -227,6 +231,9 @@ class LocalStore:
         now = time.time()
         for check in checks:
             self._tat[check.key] = max(self._tat.get(check.key, now), now) + check.increment_s
+
+    async def reload_generation(self, bump: bool = False) -> int:
+        return 0  # one process: a reload has nobody else to reach
 
     async def close(self) -> None:
         return None

@@ -11,7 +11,7 @@ from pathlib import Path
 from redis import asyncio as aioredis
 
 from margin.config import parse_settings
-from margin.workers import PROMETHEUS_DIR, SESSION_SECRET, embedded_redis, metrics_dir, shared_state
+from margin.workers import MIN_CACHE_BYTES, PROMETHEUS_DIR, SESSION_SECRET, embedded_redis, metrics_dir, shared_state
 
 
 def test_an_embedded_redis_on_a_private_socket_that_goes_away_with_it() -> None:
@@ -58,3 +58,42 @@ def test_a_metrics_folder_for_the_workers_unless_one_is_set(tmp_path: Path) -> N
         os.environ.pop(PROMETHEUS_DIR, None)
         if before is not None:
             os.environ[PROMETHEUS_DIR] = before
+
+
+def test_the_exact_cache_gets_an_embedded_redis_of_its_own_bounded_by_max_bytes() -> None:
+    """With workers and no Redis configured, the cache's entries used to share the governance store's embedded
+    Redis, which had no memory bound: any caller's deterministic answers stayed in RAM for `cache.ttl_s`. They
+    get a redis-server of their own, at `cache.max_bytes` (8 MiB at least), evicting the least recently used;
+    the governance store has no eviction at all (it must never drop a reservation)."""
+    from redis import Redis
+
+    settings = parse_settings({"server": {"workers": 2}, "cache": {"max_bytes": 4 * 1024 * 1024}})
+    with shared_state(settings) as shared:
+        assert shared.cache.redis is not None and shared.storage.redis is not None
+        assert shared.cache.redis != shared.storage.redis
+        cache = Redis.from_url(shared.cache.redis)
+        governance = Redis.from_url(shared.storage.redis)
+        try:
+            assert cache.config_get("maxmemory-policy")["maxmemory-policy"] == "allkeys-lru"
+            limit = int(str(cache.config_get("maxmemory")["maxmemory"]))
+            assert limit == MIN_CACHE_BYTES
+            assert int(str(governance.config_get("maxmemory")["maxmemory"])) == 0
+            value = b"x" * 32 * 1024
+            for i in range(1000):  # 32 MiB of answers: every write succeeds, the oldest go
+                cache.set(f"mgn:x:{i}", value, ex=3600)
+            assert int(cache.info("memory")["used_memory"]) <= limit
+            assert cache.dbsize() < 1000 and cache.get("mgn:x:999") == value
+        finally:
+            cache.close()
+            governance.close()
+
+
+async def test_a_cache_whose_redis_fails_is_a_miss_not_an_error() -> None:
+    from margin.cache.exact import Entry, RedisCache
+
+    cache = RedisCache("redis://127.0.0.1:1/0")  # nothing listens there
+    try:
+        assert await cache.get("k") is None
+        await cache.put("k", Entry("text", "stop", 1, 1, 0, "m", 0.0), 60)
+    finally:
+        await cache.close()

@@ -242,7 +242,17 @@ class CacheConfig(Strict):
 
     enabled: bool = True
     ttl_s: float = Field(3600, gt=0)
-    max_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Memory bound of the in-process store.")
+    max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Memory bound of the in-process store, and of the embedded Redis that holds the entries with "
+        "`--workers N` and no Redis configured (at least 8 MiB there; least recently used entries go first).",
+    )
+    redis: str | None = Field(
+        None,
+        description="A Redis for the entries, apart from storage.redis (give it a maxmemory and an LRU policy: an "
+        "eviction policy on storage.redis could drop a budget reservation). Unset: storage.redis.",
+    )
     scope: Literal["team", "key", "global"] = Field(
         "team", description="Who shares entries: a team (default), one key, or everyone."
     )

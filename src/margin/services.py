@@ -57,8 +57,9 @@ def _check_regions(settings: Settings, grid: GridTable) -> None:
 
 
 def make_cache(settings: Settings) -> CacheStore:
-    if settings.storage.redis:
-        return RedisCache(settings.storage.redis)
+    url = settings.cache.redis or settings.storage.redis
+    if url:
+        return RedisCache(url)
     memory = MemoryCache(settings.cache.max_bytes)
     database = db.sqlite_file(settings.storage.ledger)
     return SqliteCache(database, memory) if database is not None else memory

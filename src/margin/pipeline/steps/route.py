@@ -134,13 +134,7 @@ class Route:
             else None,
             residency_filtered=filtered,
             cache_only=cache_only,
-            prompt_tokens=basis.prompt_tokens,
-            prompt_bound=basis.prompt_bound,
-            output_tokens=basis.output_tokens,
-            worst_usd=basis.worst_usd,
-            unpriced=basis.unpriced,
-            budgets=basis.budgets,
-            busy_allowance=basis.busy_allowance,
+            **basis._asdict(),
         )
         return await next(request._replace(decision=decision))
 

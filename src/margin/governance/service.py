@@ -99,8 +99,8 @@ class Governance:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self._follow_reloads()
-                await self.refresh()
+                if not await self._follow_reloads():  # a reload refreshes the rules itself
+                    await self.refresh()
                 await self._release_unanswered()
                 charged = await self.store.reap()
                 if charged:
@@ -113,12 +113,14 @@ class Governance:
         (the workers of `--workers N`, replicas) re-reads its own within `admission.refresh_s`."""
         self._generation = await self.store.reload_generation(bump=True)
 
-    async def _follow_reloads(self) -> None:
+    async def _follow_reloads(self) -> bool:
+        """Re-read this process's config if another announced a reload since; True when it did."""
         current = await self.store.reload_generation()
-        if current != self._generation:
-            self._generation = current
-            if self.reloaded_elsewhere is not None:
-                await self.reloaded_elsewhere()
+        if current == self._generation or self.reloaded_elsewhere is None:
+            return False
+        self._generation = current
+        await self.reloaded_elsewhere()
+        return True
 
     async def release_unanswered(self, request_id: str) -> None:
         """The store's answer to an admit was lost (Redis: a connection error after the script may have run).

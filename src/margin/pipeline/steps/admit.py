@@ -93,9 +93,8 @@ class Admit:
             return await self.gov.store.admit(
                 request_id, holds, self.gov.settings.admission.reservation_ttl_s, checks, lenient
             )
-        except Overloaded:  # no answer from the store: it may have reserved all the same
-            if not self.gov.store.inline:
-                await self.gov.release_unanswered(request_id)
+        except Overloaded:  # no answer from the store (Redis): it may have reserved all the same
+            await self.gov.release_unanswered(request_id)
             raise
 
     async def _holds(self, request: Request, decision: RouteDecision) -> list[adm.BudgetHold]:

@@ -65,12 +65,21 @@ async def test_feedback_ownership_idempotency_and_errors(db_path: Path) -> None:
         body = {"request_id": ids[1], "success": True, "score": 0.75, "value": "0.10"}
         assert (await gw.http.post(FEEDBACK, json=body, headers=alice)).status_code == 200
 
+        # another key's request is answered exactly as an id that does not exist: no existence oracle
         foreign = await gw.http.post(FEEDBACK, json={"request_id": ids[0], "success": True}, headers=bob)
-        assert foreign.status_code == 403 and foreign.json()["error"]["param"] == "request_id"
+        absent = await gw.http.post(FEEDBACK, json={"request_id": ids[0][:-4] + "0000", "success": True}, headers=bob)
+        assert foreign.status_code == absent.status_code == 404
+        assert foreign.json()["error"]["message"].replace(ids[0], "X") == absent.json()["error"]["message"].replace(
+            ids[0][:-4] + "0000", "X"
+        )
+        assert {k: v for k, v in foreign.json()["error"].items() if k != "message"} == {
+            k: v for k, v in absent.json()["error"].items() if k != "message"
+        }
+        assert _stored(db_path)[ids[0]].success is False  # bob changed nothing
         unknown = await gw.http.post(FEEDBACK, json={"request_id": "nope", "success": True}, headers=alice)
         assert unknown.status_code == 404
         assert unknown.json()["error"] == {
-            "message": "no request 'nope' in the ledger",
+            "message": "no request 'nope' made with this key in the ledger",
             "type": "invalid_request_error",
             "param": "request_id",
             "code": "not_found",

@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from margin.economics.money import from_nanousd, to_nanousd, usd_str
-from margin.errors import InvalidRequest, NotFound, PermissionDenied
+from margin.errors import InvalidRequest, NotFound
 from margin.ledger import measures
 from margin.ledger.models import feedback, ledger
 from margin.specs import MAX_USD
@@ -128,13 +128,13 @@ def owners(connection: sa.Connection, request_ids: Sequence[str]) -> dict[str, t
 def check(
     connection: sa.Connection, outcomes: Sequence[Outcome], key_id: str | None, admin: bool
 ) -> dict[str, tuple[str | None, str | None]]:
-    """Raise for another key's request; return (key id, task) of each request id found in the ledger."""
+    """(key id, task) of each request id found in the ledger that this caller may grade: a key that is not an
+    admin sees only its own requests, so another key's request is missing to it exactly as an id that does not
+    exist is (one 404 for both: a key cannot learn which ids exist from the answer)."""
     found = owners(connection, [o.request_id for o in outcomes])
-    if not admin:
-        foreign = [o.request_id for o in outcomes if o.request_id in found and found[o.request_id][0] != key_id]
-        if foreign:
-            raise PermissionDenied(f"request {foreign[0]!r} was made with another key", param="request_id")
-    return found
+    if admin:
+        return found
+    return {request_id: owner for request_id, owner in found.items() if owner[0] == key_id}
 
 
 def link_tasks(connection: sa.Connection) -> int:
@@ -177,7 +177,8 @@ def record(
         missing = [o.request_id for o in outcomes if o.request_id not in found]
         if missing:
             extra = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise NotFound(f"no request {missing[0]!r} in the ledger{extra}", param="request_id")
+            whose = "" if admin else " made with this key"
+            raise NotFound(f"no request {missing[0]!r}{whose} in the ledger{extra}", param="request_id")
         rows = [
             {
                 "request_id": o.request_id,

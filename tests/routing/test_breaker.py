@@ -3,7 +3,10 @@ exactly one probe, closed by the probe's success or re-opened by its fault; a lo
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+
+import pytest
 
 from margin.routing.breaker import Breakers, State
 
@@ -108,3 +111,22 @@ def test_a_probe_without_a_verdict_frees_the_slot_at_once() -> None:
     b.success("up")
     b.release("up")  # nothing to release on a closed circuit
     assert b.state_of("up") is State.CLOSED
+
+
+def test_opening_and_closing_are_logged_once_each(caplog: pytest.LogCaptureFixture) -> None:
+    """An operator sees why a backend's requests get 503: the circuit's open (with its last fault) and its close."""
+    clock = Clock()
+    b = breakers(clock)
+    with caplog.at_level(logging.WARNING, logger="margin.breaker"):
+        b.failure("up", "upstream_timeout", "sent no first event")
+        assert caplog.messages == []
+        b.failure("up", "upstream_timeout", "sent no first event")
+        b.failure("up", "upstream_timeout", "sent no first event")  # already open: not logged again
+        assert len(caplog.messages) == 1
+        assert "up: circuit open for 10 s after 2 fault(s)" in caplog.messages[0]
+        assert "upstream_timeout sent no first event" in caplog.messages[0]
+        clock.now += 11
+        assert b.acquire("up")
+        b.success("up", 0.01)
+        b.success("up", 0.01)  # already closed: not logged again
+    assert len(caplog.messages) == 2 and "up: circuit closed" in caplog.messages[1]

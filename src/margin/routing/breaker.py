@@ -14,12 +14,15 @@ Per process: with several workers each keeps its own view (each sees the faults 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+log = logging.getLogger("margin.breaker")
 
 RECENT_ERRORS = 10
 RECENT_LATENCIES = 256
@@ -86,6 +89,8 @@ class Breakers:
 
     def success(self, backend: str, latency_s: float | None = None) -> None:
         state = self._state(backend)
+        if state.state is not State.CLOSED:
+            log.warning("backend %s: circuit closed (its probe succeeded)", backend)
         state.ok += 1
         state.failures = 0
         state.state, state.opened_at, state.probe_since = State.CLOSED, None, None
@@ -101,6 +106,15 @@ class Breakers:
         if state.state is State.HALF_OPEN or state.failures >= self.failures:
             if state.state is not State.OPEN:
                 state.opened += 1
+                log.warning(
+                    "backend %s: circuit open for %.0f s after %d fault(s) in a row (last: %s %s); its requests go "
+                    "to their fallbacks or get 503 backend_unavailable",
+                    backend,
+                    self.cooldown_s,
+                    state.failures,
+                    code,
+                    message[:200],
+                )
             state.state, state.opened_at, state.probe_since = State.OPEN, self.clock(), None
 
     def release(self, backend: str) -> None:

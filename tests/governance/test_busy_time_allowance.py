@@ -7,6 +7,7 @@ tests/security/test_rules_busy_time.py."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -14,11 +15,13 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from margin.economics.energy import Probe
 from margin.governance import admission as adm
 from margin.specs import AdmissionConfig
 from tests.helpers import Gateway, fake_settings, gateway, live_server
@@ -186,3 +189,36 @@ async def test_the_reservation_prices_the_allowance(db_path: Path) -> None:
         worst, _ = adm.worst_case_usd(meter, [target], 100, 20, config, {"hard-chat": ALLOWANCE_S})
     per_s = Decimal("3.60") / 3600 + Decimal(100 * 1.2) / Decimal(3_600_000) * Decimal("0.20")
     assert abs(worst - per_s * Decimal(repr(ALLOWANCE_S))) < Decimal("1e-12")
+
+
+class HotPackage:
+    """A RAPL meter that reads 50 kJ over every call, whatever the backend's `watts_busy` (100 W) says: the
+    package counters see the whole machine."""
+
+    def probe(self) -> Probe:
+        return Probe(time.perf_counter(), [0])
+
+    def measure(self, probe: Probe, busy_s: float) -> float:
+        return 50_000.0
+
+
+async def test_measured_energy_past_the_modelled_one_is_not_charged_past_the_reservation(db_path: Path) -> None:
+    """An on-host backend's energy is measured (RAPL), and may exceed the `watts_busy` its reservation priced.
+    Before, the charge counted the measured energy: ~$0.0034 a request against a reservation of $0.00025. Now
+    the cost counts at most the energy the allowance priced; the row still reports the measured energy."""
+    budget = {"name": "g", "scope": {"kind": "global"}, "usd": "5", "period": "lifetime"}
+    async with gateway(settings(db_path, [budget])) as gw:
+        meter = gw.services.meter
+        meter.rapl = HotPackage()  # type: ignore[assignment]
+        meter._on_host = {"fake"}  # measured, as for the embedded model
+        answers = await asyncio.gather(*(ask(gw, chat(stream=i % 2 == 1)) for i in range(4)))
+        rows = await gw.rows()
+        reserved, _ = adm.worst_case_usd(
+            meter, [gw.services.targets["fake-chat"]], 100, 20, gw.services.settings.admission, {"fake-chat": 0.25}
+        )
+    assert {status for status, _, _ in answers} <= {200, 504} and len(rows) == 4
+    assert reserved is not None
+    for row in rows:
+        assert row.energy_method == "measured" and row.busy_ms is not None
+        assert row.energy_j == pytest.approx(50_000.0 * 1.2)  # the reading (× PUE), kept
+        assert row.cost_nanousd <= reserved * 10**9 + 1, (row.cost_nanousd, reserved)

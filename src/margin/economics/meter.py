@@ -117,8 +117,11 @@ class Meter:
         busy_s: float,
         measured_j: float | None = None,
         at: datetime | None = None,
+        priced_j_cap: float | None = None,
     ) -> Charge:
-        """Cost, energy and carbon of `usage` on `model`'s backend, with the grid of the hour of `at` (now)."""
+        """Cost, energy and carbon of `usage` on `model`'s backend, with the grid of the hour of `at` (now).
+        `priced_j_cap`: the most IT energy the cost may count (a hard budget's busy-time allowance: what its
+        reservation priced); a measured reading above it stays the row's energy and carbon, its cost is held."""
         backend = self.settings.backends[model.backend]
         region = self.settings.region(backend.region)
         grid, usd_per_kwh = self.grid_at(backend.region, at)
@@ -129,7 +132,10 @@ class Meter:
         elif hardware is not None:
             energy = energy_mod.modelled(hardware.watts_busy, busy_s)
         facility_j = energy.it_j * region.pue if energy else None
-        cost, status, method, version = self._cost(public, model, usage, busy_s, facility_j, usd_per_kwh)
+        priced_j = facility_j
+        if priced_j is not None and priced_j_cap is not None:
+            priced_j = min(priced_j, priced_j_cap * region.pue)
+        cost, status, method, version = self._cost(public, model, usage, busy_s, priced_j, usd_per_kwh)
         return Charge(
             cost_usd=cost,
             cost_status=status,

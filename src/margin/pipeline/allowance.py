@@ -7,7 +7,9 @@ busy time its reservation priced; here the call on it is bounded by it, counted 
 the backend's clock: busy ≤ wall ≤ allowance, so the charge ≤ the reservation. A whole answer is cancelled at
 the allowance; a stream's reads of the backend are (the stream ends with an error event, as on a timeout).
 Either ends as `BusyTimeAllowance`, a timeout the backend's circuit does not count. What a reader's slowness
-or the scheduler adds past it is held at the allowance where the call is metered (`held_busy`)."""
+or the scheduler adds past it is held at the allowance where the call is metered (`held_busy`), and so is the
+energy the cost counts when it was measured (`priced_energy_cap`: RAPL sees the whole package, which may draw
+more than the `watts_busy` the reservation priced)."""
 
 from __future__ import annotations
 
@@ -84,3 +86,11 @@ def held_busy(busy_s: float, allowance: TimeAllowance | None, request_id: str) -
         allowance.seconds,
     )
     return allowance.seconds
+
+
+def priced_energy_cap(allowance: TimeAllowance | None, watts_busy: float | None) -> float | None:
+    """The most IT energy (J) the charge's cost may count: the allowance's energy as its reservation priced it
+    (modelled at the backend's `watts_busy`; none without it). No allowance: no cap."""
+    if allowance is None:
+        return None
+    return (watts_busy or 0.0) * allowance.seconds

@@ -29,7 +29,7 @@ from margin.errors import (
     UpstreamRateLimited,
 )
 from margin.governance.admission import worst_case_usd
-from margin.pipeline.allowance import TimeAllowance, held_busy
+from margin.pipeline.allowance import TimeAllowance, held_busy, priced_energy_cap
 from margin.pipeline.ceiling import held
 from margin.pipeline.stream import Delivery, close, first_chunk
 from margin.pipeline.values import Record, Reply, Request, RouteDecision
@@ -184,9 +184,13 @@ class BackendCall:
                     text = await _output_text(output)
                 except asyncio.CancelledError as exc:  # cancelled again meanwhile: the row is still metered
                     text, cancelled = output.text_now() if isinstance(output, Delivery) else "", exc
-            self._meter(request, target, call, usage, text, busy, measured)
+            self._meter(request, target, call, usage, text, busy, measured, self._energy_cap(target, allowance))
             if cancelled is not None:
                 raise cancelled
+
+    def _energy_cap(self, target: Target, allowance: TimeAllowance | None) -> float | None:
+        hardware = self.meter.settings.backends[target.backend_name].hardware
+        return priced_energy_cap(allowance, hardware.watts_busy if hardware is not None else None)
 
     @staticmethod
     async def _whole(target: Target, call: Call) -> Completion:
@@ -230,16 +234,18 @@ class BackendCall:
         text: str,
         busy_s: float,
         measured_j: float | None,
+        priced_j_cap: float | None = None,
     ) -> None:
         """The attempt's usage → its cost, energy and carbon: computed once, for the row, the headers and
-        the cache. `text`: the answer's, counted when the backend reported no usage."""
+        the cache. `text`: the answer's, counted when the backend reported no usage. `priced_j_cap`: the
+        energy a hard budget's allowance priced (`Meter.charge`)."""
         record = request.record
         if usage is None:
             usage = counted_usage(target, call, text)
         usage = held(usage, request, target)  # never more than the request could be billed for
         record.usage, record.finish_reason = usage, call.stats.finish_reason
         record.queue_s = call.stats.queue_s
-        charge = self.meter.charge(target.public, target.model, usage, busy_s, measured_j)
+        charge = self.meter.charge(target.public, target.model, usage, busy_s, measured_j, priced_j_cap=priced_j_cap)
         record.charge = charge if record.batch is None else discounted(charge, record.batch.discount)
         if record.preference is not None:
             self._default(record, target, usage, busy_s)

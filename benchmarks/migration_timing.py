@@ -1,14 +1,16 @@
-"""How long migration 0014 (latency indexes keyed by bin, then time) takes on a large ledger, and what a writer
-meanwhile waits: the upgrade an operator runs with `margin db upgrade` (or that `margin serve` runs at start).
+"""How long one migration takes on a large ledger, and what a writer meanwhile waits: the upgrade an operator
+runs with `margin db upgrade` (or that `margin serve` runs at start). Timed so far: 0014 (latency indexes keyed by
+bin, then time) and 0015 (a task is its tenant's: the task rollups added up again, feedback linked again).
 
-    python benchmarks/migration_0014.py [--rows 1000000] [--databases sqlite,postgresql]
+    python benchmarks/migration_timing.py --revision 0015 [--rows 1000000] [--databases sqlite,postgresql]
 
-Per database (a temporary SQLite file; a private PostgreSQL from the test extra's wheel): migrate to 0013,
-bulk-load `--rows` rows of the read benchmarks' mix (synthetic_ledger.report_rows), ANALYZE, then time the
-upgrade to 0014 while a writer thread appends one ledger row every 20 ms, each in its own transaction, on its
-own connection (as the ingester would; margin's engines wait up to their busy timeout on SQLite). Reported:
-the upgrade's seconds, and the writer's appends: how many, how many failed, the longest wait.
-Writes benchmarks/results/migration_0014.json.
+Per database (a temporary SQLite file; a private PostgreSQL from the test extra's wheel): migrate to the
+revision before, bulk-load `--rows` rows of the read benchmarks' mix (synthetic_ledger.report_rows: half the
+requests in tasks), one feedback row per 10 requests, the rollups as `margin db rebuild-rollups` leaves them
+(what the migration replaces), ANALYZE, then time the upgrade to `--revision` while a writer thread appends
+one ledger row every 20 ms, each in its own transaction, on its own connection (as the ingester would; margin's
+engines wait up to their busy timeout on SQLite). Reported: the upgrade's seconds, and the writer's appends: how
+many, how many failed, the longest wait. Writes benchmarks/results/migration_<revision>.json.
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ import argparse
 import threading
 import time
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 import synthetic_ledger as synth
-from margin.ledger import db
+from margin.ledger import db, rollup
 from margin.ledger.ids import request_id
-from margin.ledger.models import ledger
+from margin.ledger.models import feedback, ledger
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -62,18 +65,30 @@ class Writer(threading.Thread):
         }
 
 
-def run(url: str, rows: int, _repeat: int) -> dict[str, Any]:
-    db.upgrade(url, "0013")
-    started = time.perf_counter()
+def prepare(url: str, rows: int, revision: str) -> None:
+    """The ledger at the revision before `revision`: rows, feedback on every 10th request, the rollups."""
+    db.upgrade(url, f"{int(revision) - 1:04d}")
     synth.load(url, synth.report_rows(rows, datetime(2026, 11, 1, tzinfo=UTC)))
+    engine = db.make_sync_engine(url)
+    with engine.begin() as connection:
+        graded = synth.feedback_rows(rows, 10)
+        for start in range(0, len(graded), 10_000):
+            connection.execute(feedback.insert(), graded[start : start + 10_000])
+        rollup.rebuild(connection, rollup.DEFAULT_TAG_KEYS)
+    engine.dispose()
     synth.analyze(url)
+
+
+def run(url: str, rows: int, _repeat: int, revision: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    prepare(url, rows, revision)
     load_s = time.perf_counter() - started
     writer = Writer(url)
     writer.start()
     time.sleep(0.5)  # the writer's appends before the upgrade: its ordinary wait
     before = round(max(writer.waits, default=0.0), 3)
     started = time.perf_counter()
-    db.upgrade(url)
+    db.upgrade(url, revision)
     upgrade_s = time.perf_counter() - started
     time.sleep(0.5)
     writer.stop.set()
@@ -92,13 +107,16 @@ def run(url: str, rows: int, _repeat: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--revision", default="0015", help="the migration timed (from the revision before it)")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--databases", default="sqlite,postgresql")
-    parser.add_argument("--out", type=Path, default=RESULTS / "migration_0014.json")
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/migration_<revision>.json")
     args = parser.parse_args()
     args.repeat = 1
-    timing = "wall seconds of db.upgrade(url) from 0013 to 0014 on a bulk-loaded, analyzed ledger"
-    synth.run_on_databases("migration_0014", timing, args, run, args.out)
+    before = f"{int(args.revision) - 1:04d}"
+    timing = f"wall seconds of db.upgrade(url) from {before} to {args.revision} on a bulk-loaded, analyzed ledger"
+    out = args.out or RESULTS / f"migration_{args.revision}.json"
+    synth.run_on_databases(f"migration_{args.revision}", timing, args, partial(run, revision=args.revision), out)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
 """Attack tests against a real `margin serve` (the Batch API's review): an id no object can have answers the
-404 of an id that does not exist (on PostgreSQL a NUL in it was a 500 from the driver), and a job created in
+404 of an id that does not exist (on PostgreSQL a NUL in it was a 500 from the driver); a job created in
 open mode stops spending once the gateway requires keys (its lines ran on, unattributed, while an anonymous
-call was refused)."""
+call was refused); one key's uploads in flight are bounded (each holds its file until it is stored)."""
 
 from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
 
 import httpx
 import orjson
@@ -64,3 +68,36 @@ def test_an_open_mode_job_stops_once_a_key_exists(served: ServeFactory) -> None:
         assert refused and all(line.status == "failed" for line in refused)  # not retried, not run
         billed = [row for row in gw.rows() if row.batch_id == batch["id"]]
         assert len(billed) == len(lines) - len(refused) < 40
+
+
+def _slow_upload(client: httpx.Client, release: threading.Event, codes: list[int]) -> None:
+    """An upload whose body stops after its first part until `release` is set (chunked, as a slow client's)."""
+
+    def body() -> Iterator[bytes]:
+        yield b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="in.jsonl"\r\n\r\n' + _line("one")
+        release.wait(30)
+        yield b"\r\n--b--\r\n"
+
+    headers = {"content-type": "multipart/form-data; boundary=b"}
+    codes.append(client.post("/v1/files", content=body(), headers=headers).status_code)
+
+
+def test_a_keys_uploads_in_flight_are_bounded(served: ServeFactory) -> None:
+    release, codes = threading.Event(), list[int]()
+    with served(FAST, keys={"a": [], "b": []}) as gw, gw.client(gw.keys["a"]) as a, gw.client(gw.keys["b"]) as b:
+        slow = [threading.Thread(target=_slow_upload, args=(a, release, codes)) for _ in range(6)]
+        try:
+            for thread in slow:
+                thread.start()
+            time.sleep(1.5)  # two read their bodies, four wait for a place without reading
+            refused = a.post("/v1/files", files={"file": ("x.jsonl", _line("x"))}, data={"purpose": "batch"})
+            assert refused.status_code == 429 and refused.headers["retry-after"] == "1", refused.text
+            assert "file upload" in refused.json()["error"]["message"]
+            assert b.get("/v1/files").status_code == 200 and _upload(b, _line("b")).startswith("file-")  # others
+        finally:
+            release.set()
+            for thread in slow:
+                thread.join(30)
+        assert codes == [200] * 6
+        assert _upload(a, _line("again")).startswith("file-")  # the places were given back

@@ -103,6 +103,10 @@ class Services:
         # a file download holds its file (up to `batches.max_file_bytes`) until its client has read it: two at a
         # time per key, the next refused at once, so a key whose client stops reading cannot fill the memory
         self.downloads = KeyedGate(running=2, waiting=0, what="file download")
+        # an upload holds its file (up to `batches.max_file_bytes`, and its scan's copies) until it is stored:
+        # two read at a time per key, four more wait unread, the next refused at once (without it one key's
+        # 6 uploads of 40 MB at once took the gateway from 180 to 540 MB, and nothing bounded how many)
+        self.uploads = KeyedGate(running=2, waiting=4, what="file upload")
         # the ledger's rows, before each response completes; its ingester's SQL runs in a child process (or a
         # thread) with a connection of its own (a large page cache, a temporary staging table)
         self.outbox = Outbox.from_settings(settings.storage)

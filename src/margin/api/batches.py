@@ -67,7 +67,14 @@ def _page(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
 
 
 async def upload_file(request: Request, principal: Principal) -> Any:
+    """Store an upload: its body is read only in one of the key's upload places (`Services.uploads`; 429 past
+    them), as each holds up to `batches.max_file_bytes` until it is stored."""
     services = _services(request)
+    async with services.uploads.slot(principal.key_id):  # open mode (no key): the operator's own, no gate
+        return await _store_upload(request, services, principal)
+
+
+async def _store_upload(request: Request, services: Any, principal: Principal) -> Any:
     config = services.settings.batches
     upload = await jsonl.read_upload(request, config)
     lines = await services.read(jsonl.check_content, upload.content, config)  # scans up to max_file_bytes

@@ -119,10 +119,12 @@ class BatchRunner:
             self._running.pop(batch_id, None)
 
     async def principal(self, batch: Any) -> Principal | None:
-        """The key that created the job, as it is now (None once revoked), with the job's id as a bound tag."""
+        """The key that created the job, as it is now (None once revoked), with the job's id as a bound tag.
+        A job created in open mode runs as the anonymous caller only while the gateway is still open: once a
+        key exists, an anonymous call is refused online (401), and so are that job's lines."""
         tags = {"batch_id": batch.id}
         if batch.key_id is None:
-            return dataclasses.replace(ANONYMOUS, tags=tags)
+            return dataclasses.replace(ANONYMOUS, tags=tags) if await self.services.keys.open_now() else None
         record = await self.services.keys.lookup_id(batch.key_id)
         if record is None or record.revoked_at is not None:
             return None
@@ -293,7 +295,8 @@ class _Job:
         if principal is None:
             error = {
                 "error": {
-                    "message": "the key that created this batch was revoked",
+                    "message": "the key that created this batch was revoked (a batch created in open mode: "
+                    "the gateway now requires an API key)",
                     "type": "invalid_request_error",
                     "param": None,
                     "code": "invalid_api_key",

@@ -41,6 +41,20 @@ def line_request_id(batch_id: str, line: int, attempt: int) -> str:
     return hashlib.sha256(f"{batch_id}\n{line}\n{attempt}".encode()).hexdigest()[:32]
 
 
+def findable(object_id: str) -> bool:
+    """Whether an id a caller sent could name a stored object. None holds NUL, and PostgreSQL's text cannot
+    hold one: a query with it failed in the driver (a 500) where an id that does not exist answers 404."""
+    return "\x00" not in object_id
+
+
+def no_file(file_id: str, param: str = "file_id") -> NotFound:
+    return NotFound(f"No such File object: {file_id}", param=param)
+
+
+def no_batch(batch_id: str) -> NotFound:
+    return NotFound(f"No such Batch object: {batch_id}", param="batch_id")
+
+
 def utc(value: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; margin writes UTC."""
     if value is None:
@@ -69,6 +83,8 @@ async def _page(
 ) -> tuple[list[Any], bool]:
     """Newest first, `limit` rows after the id `after` (OpenAI's cursor pagination)."""
     if after is not None:
+        if not findable(after):
+            raise NotFound(f"no object {after!r} to page after", param="after")
         anchor = (await connection.execute(sa.select(table.c.created_at).where(table.c.id == after, *where))).first()
         if anchor is None:
             raise NotFound(f"no object {after!r} to page after", param="after")
@@ -108,11 +124,13 @@ async def add_file(
 
 
 async def get_file(engine: AsyncEngine, file_id: str, owner: Owner) -> Any:
+    if not findable(file_id):
+        raise no_file(file_id)
     async with engine.connect() as connection:
         query = sa.select(*FILE_COLUMNS).where(batch_files.c.id == file_id, _owned(batch_files, owner))
         row = (await connection.execute(query)).first()
     if row is None:
-        raise NotFound(f"No such File object: {file_id}", param="file_id")
+        raise no_file(file_id)
     return row
 
 
@@ -152,6 +170,8 @@ async def file_chunks(engine: AsyncEngine, file_id: str) -> AsyncIterator[bytes]
 
 
 async def delete_file(engine: AsyncEngine, file_id: str, owner: Owner) -> None:
+    if not findable(file_id):
+        raise no_file(file_id)
     async with engine.begin() as connection:
         gone = await connection.execute(
             batch_files.delete().where(batch_files.c.id == file_id, _owned(batch_files, owner))
@@ -159,7 +179,7 @@ async def delete_file(engine: AsyncEngine, file_id: str, owner: Owner) -> None:
         if gone.rowcount == 1:
             await connection.execute(batch_file_parts.delete().where(batch_file_parts.c.file_id == file_id))
     if gone.rowcount != 1:
-        raise NotFound(f"No such File object: {file_id}", param="file_id")
+        raise no_file(file_id)
 
 
 # -- jobs
@@ -180,6 +200,8 @@ async def add_batch(
     quota for the job's row and a copy of its input's lines (what validation will store, checked exactly then)."""
     batch_id = new_id("batch_")
     stored = quota.job_row_bytes(meta, tags)
+    if not findable(input_file_id):
+        raise no_file(input_file_id, "input_file_id")
     async with engine.begin() as connection:
         await quota.lock(connection, owner.key_id)  # first (margin.batches.quota.lock); the active count too
         source = (
@@ -190,7 +212,7 @@ async def add_batch(
             )
         ).first()
         if source is None or source.purpose != "batch":
-            raise NotFound(f"No such File object: {input_file_id}", param="input_file_id")
+            raise no_file(input_file_id, "input_file_id")
         await _admit(connection, owner, limits)
         await quota.check(connection, owner.key_id, stored + int(source.bytes), limits.max_stored_bytes_per_key)
         await connection.execute(
@@ -227,13 +249,15 @@ async def _admit(connection: AsyncConnection, owner: Owner, limits: BatchConfig)
 
 
 async def get_batch(engine: AsyncEngine, batch_id: str, owner: Owner | None) -> Any:
+    if not findable(batch_id):
+        raise no_batch(batch_id)
     where = [batches.c.id == batch_id]
     if owner is not None:
         where.append(_owned(batches, owner))
     async with engine.connect() as connection:
         row = (await connection.execute(sa.select(batches).where(*where))).first()
     if row is None:
-        raise NotFound(f"No such Batch object: {batch_id}", param="batch_id")
+        raise no_batch(batch_id)
     return row
 
 
@@ -252,6 +276,8 @@ def cancel_statement(batch_id: str, now: datetime, owner: Owner | None = None) -
 async def cancel(engine: AsyncEngine, batch_id: str, owner: Owner, now: datetime) -> Any:
     """validating / in_progress → cancelling (the worker stops dispatching within `batches.poll_s`); a job
     already cancelling or cancelled is returned as it is; a finished one cannot be cancelled (409)."""
+    if not findable(batch_id):
+        raise no_batch(batch_id)
     async with engine.begin() as connection:
         await connection.execute(cancel_statement(batch_id, now, owner))
     row = await get_batch(engine, batch_id, owner)

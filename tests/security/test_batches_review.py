@@ -1,0 +1,103 @@
+"""Attack tests against a real `margin serve` (the Batch API's review): an id no object can have answers the
+404 of an id that does not exist (on PostgreSQL a NUL in it was a 500 from the driver); a job created in
+open mode stops spending once the gateway requires keys (its lines ran on, unattributed, while an anonymous
+call was refused); one key's uploads in flight are bounded (each holds its file until it is stored)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import orjson
+
+from tests.security.conftest import FAKE_CONFIG, ServeFactory
+from tests.security.waiting import wait_for
+
+FAST = {"batches": {"objective": "asap", "poll_s": 0.05}}
+CHAT = {"endpoint": "/v1/chat/completions", "completion_window": "24h"}
+
+
+def _line(custom_id: str) -> bytes:
+    body = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]}
+    return orjson.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
+
+
+def _upload(client: httpx.Client, content: bytes) -> str:
+    answer = client.post("/v1/files", files={"file": ("in.jsonl", content)}, data={"purpose": "batch"})
+    return str(answer.json()["id"])
+
+
+def test_an_id_with_a_nul_is_a_404_on_postgresql(served: ServeFactory, fresh_postgres: str) -> None:
+    with served(FAST, keys={"a": []}, ledger=fresh_postgres) as gw, gw.client(gw.keys["a"]) as a:
+        for method, path in (
+            ("GET", "/v1/files/file-%00"),
+            ("GET", "/v1/files/file-%00/content"),
+            ("DELETE", "/v1/files/file-%00"),
+            ("GET", "/v1/batches/batch_%00"),
+            ("POST", "/v1/batches/batch_%00/cancel"),
+            ("GET", "/v1/files?after=file-%00"),
+            ("GET", "/v1/batches?after=batch_%00"),
+        ):
+            answer = a.request(method, path, json={} if method == "POST" else None)
+            assert answer.status_code == 404, (method, path, answer.text)
+        job = a.post("/v1/batches", json={"input_file_id": "file-\x00", **CHAT})
+        assert job.status_code == 404 and job.json()["error"]["param"] == "input_file_id"
+        file_id = _upload(a, _line("one"))  # the gateway still serves: nothing was left broken
+        assert a.get(f"/v1/files/{file_id}").status_code == 200
+
+
+def test_an_open_mode_job_stops_once_a_key_exists(served: ServeFactory) -> None:
+    slow = {**FAKE_CONFIG["backends"]["fake"], "ttft_ms": 200}
+    config = {
+        "backends": {"fake": slow},
+        "batches": {"objective": "asap", "poll_s": 0.05, "concurrency": 1},
+        "server": {"key_cache_ttl_s": 0},
+    }
+    with served(config) as gw, gw.client() as anonymous:
+        file_id = _upload(anonymous, b"\n".join(_line(str(n)) for n in range(40)))
+        batch = anonymous.post("/v1/batches", json={"input_file_id": file_id, **CHAT}).json()
+        wait_for(lambda: any(row.batch_id for row in gw.rows()), "a first line to run")
+        assert gw.cli("keys", "create", "--name", "operator", "--admin").returncode == 0
+        chat = {"model": "fake-chat", "messages": [{"role": "user", "content": "x"}]}
+        wait_for(lambda: anonymous.post("/v1/chat/completions", json=chat).status_code == 401, "the gateway to close")
+        wait_for(lambda: gw.rows("batches")[0].status == "completed", "the job to end")
+        lines = gw.rows("batch_lines")
+        refused = [line for line in lines if line.status_code == 401]
+        assert refused and all(line.status == "failed" for line in refused)  # not retried, not run
+        billed = [row for row in gw.rows() if row.batch_id == batch["id"]]
+        assert len(billed) == len(lines) - len(refused) < 40
+
+
+def _slow_upload(client: httpx.Client, release: threading.Event, codes: list[int]) -> None:
+    """An upload whose body stops after its first part until `release` is set (chunked, as a slow client's)."""
+
+    def body() -> Iterator[bytes]:
+        yield b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="in.jsonl"\r\n\r\n' + _line("one")
+        release.wait(30)
+        yield b"\r\n--b--\r\n"
+
+    headers = {"content-type": "multipart/form-data; boundary=b"}
+    codes.append(client.post("/v1/files", content=body(), headers=headers).status_code)
+
+
+def test_a_keys_uploads_in_flight_are_bounded(served: ServeFactory) -> None:
+    release, codes = threading.Event(), list[int]()
+    with served(FAST, keys={"a": [], "b": []}) as gw, gw.client(gw.keys["a"]) as a, gw.client(gw.keys["b"]) as b:
+        slow = [threading.Thread(target=_slow_upload, args=(a, release, codes)) for _ in range(6)]
+        try:
+            for thread in slow:
+                thread.start()
+            time.sleep(1.5)  # two read their bodies, four wait for a place without reading
+            refused = a.post("/v1/files", files={"file": ("x.jsonl", _line("x"))}, data={"purpose": "batch"})
+            assert refused.status_code == 429 and refused.headers["retry-after"] == "1", refused.text
+            assert "file upload" in refused.json()["error"]["message"]
+            assert b.get("/v1/files").status_code == 200 and _upload(b, _line("b")).startswith("file-")  # others
+        finally:
+            release.set()
+            for thread in slow:
+                thread.join(30)
+        assert codes == [200] * 6
+        assert _upload(a, _line("again")).startswith("file-")  # the places were given back

@@ -129,17 +129,34 @@ async def _over_quota(connection: AsyncConnection, batch: Any, now: datetime, li
     )
 
 
-async def reset_running(engine: AsyncEngine, batch_id: str) -> int:
+async def reset_running(engine: AsyncEngine, batch_id: str, max_attempts: int, now: datetime) -> int:
     """Lines a dead (or stopped) worker left running go back to pending, to run again as their next attempt,
     under a new request id. The attempt left running may have reached the upstream, been paid for and have its
     ledger row: run again under the same id, the second call would find that id settled (no budget check) and
-    its row would be dropped as a duplicate, a call paid and recorded nowhere."""
+    its row would be dropped as a duplicate, a call paid and recorded nowhere. A line whose cut attempt was its
+    `max_attempts`-th fails instead (a line that stops the gateway each time it runs is not run, and paid
+    for, on every restart); how many went back to pending."""
+    running = (batch_lines.c.batch_id == batch_id, batch_lines.c.status == "running")
+    error = {
+        "code": "attempts_exhausted",
+        "message": f"the gateway stopped during this line's last attempt ({max_attempts} of batches.max_attempts)",
+    }
     async with engine.begin() as connection:
-        reset = await connection.execute(
+        spent = await connection.execute(
             batch_lines.update()
-            .where(batch_lines.c.batch_id == batch_id, batch_lines.c.status == "running")
-            .values(status="pending")
+            .where(*running, batch_lines.c.attempts >= max_attempts)
+            .values(status="failed", status_code=None, response=None, error=error, finished_at=now)
         )
+        if spent.rowcount:
+            await connection.execute(
+                batches.update()
+                .where(batches.c.id == batch_id)
+                .values(
+                    failed=batches.c.failed + spent.rowcount,
+                    stored_bytes=batches.c.stored_bytes + spent.rowcount * quota.size(error),
+                )
+            )
+        reset = await connection.execute(batch_lines.update().where(*running).values(status="pending"))
         return int(reset.rowcount)
 
 

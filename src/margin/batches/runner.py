@@ -110,7 +110,7 @@ class BatchRunner:
             if batch.status == "validating":
                 await self._validate(batch)
             elif batch.status == "in_progress":
-                await progress.reset_running(self.services.engine, batch_id)
+                await progress.reset_running(self.services.engine, batch_id, self.config.max_attempts, self.clock())
             job = self._running[batch_id] = _Job(self, batch_id)
             await job.run()
         except Exception:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from margin.batches import store
 from margin.batches.jsonl import validate
 from tests.batches.helpers import batch_settings, entries, jsonl, line, run_job, sdk, wait_final
 from tests.helpers import gateway
@@ -77,6 +78,25 @@ async def test_a_job_with_no_valid_line_fails_with_its_errors(db_path: Path) -> 
         assert done.status == "failed" and done.failed_at is not None and done.output_file_id is None
         assert done.error_file_id is not None
         assert len(entries((await client.files.content(done.error_file_id)).content)) == 2
+
+
+async def test_a_job_whose_input_file_is_deleted_before_validation_fails_saying_so(db_path: Path) -> None:
+    """It failed with no error at all (the missing file was read as an empty one; so was any failure to read it,
+    a database that was briefly locked included)."""
+    async with gateway(batch_settings(db_path)) as gw:
+        runner = gw.app.state.batch_runner
+        await runner.close(grace_s=0)  # the job stays `validating` until validated below
+        client = sdk(gw)
+        upload = await client.files.create(file=("in.jsonl", jsonl(line("x"))), purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert (await client.files.delete(upload.id)).deleted
+        await runner._validate(await store.get_batch(gw.services.engine, batch.id, None))
+        done = await client.batches.retrieve(batch.id)
+    assert done.status == "failed" and done.errors is not None and done.errors.data is not None
+    (error,) = done.errors.data
+    assert error.code == "input_file_missing" and error.message is not None and "deleted" in error.message
 
 
 async def test_lines_left_at_the_deadline_expire(db_path: Path) -> None:

@@ -114,7 +114,20 @@ def _line_row(batch_id: str, line: Line) -> dict[str, Any]:
 async def _over_quota(connection: AsyncConnection, batch: Any, now: datetime, limit: int) -> None:
     """validating → failed, none of its lines stored: they would take its key past its quota."""
     refusal = quota.refusal(limit)
-    error = {"line": None, "custom_id": None, "code": refusal.code, "message": refusal.message, "param": None}
+    await _unvalidated(connection, batch, now, quota.CODE, refusal.message)
+
+
+async def input_missing(engine: AsyncEngine, batch_id: str, now: datetime) -> None:
+    """validating → failed: its input file was deleted before the job was validated."""
+    async with engine.begin() as connection:
+        batch = (await connection.execute(sa.select(batches).where(batches.c.id == batch_id))).one()
+        message = f"the input file {batch.input_file_id} was deleted before the job was validated"
+        await _unvalidated(connection, batch, now, "input_file_missing", message)
+
+
+async def _unvalidated(connection: AsyncConnection, batch: Any, now: datetime, code: str, message: str) -> None:
+    """validating → failed with one error of the whole job (no line), nothing stored."""
+    error = {"line": None, "custom_id": None, "code": code, "message": message, "param": None}
     await connection.execute(
         batches.update()
         .where(batches.c.id == batch.id, batches.c.status == "validating")

@@ -29,6 +29,7 @@ from margin.backends.retry import retry_after_s
 from margin.batches import inprocess, progress, store
 from margin.batches.jsonl import validate
 from margin.batches.planning import Planner, line_tokens, options_for, turn, used_capacity
+from margin.errors import NotFound
 from margin.governance.rules import Subject
 from margin.keys import principal_of
 from margin.ledger.models import batches
@@ -144,8 +145,9 @@ class BatchRunner:
         engine, now = self.services.engine, self.clock()
         try:
             content = await store.input_content(engine, batch.input_file_id)
-        except Exception:
-            content = b""
+        except NotFound:  # deleted before validation; another failure (the database) is retried on the next pass
+            await progress.input_missing(engine, batch.id, now)
+            return
         # up to batches.max_lines schema checks: off the event loop, which keeps serving live traffic
         lines, errors = await self.services.read(validate, content, batch.endpoint, self.known)
         plan = None

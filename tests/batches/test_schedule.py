@@ -17,7 +17,8 @@ from margin.economics.curves import CurveSet, CurveSource
 from margin.economics.meter import Meter
 from margin.economics.prices import PriceBook
 from margin.services import Services
-from tests.helpers import fake_settings, polls
+from margin.types import Principal
+from tests.helpers import fake_settings, gateway, polls
 
 T0 = datetime(2026, 7, 1, 0, 0, tzinfo=UTC)
 H = timedelta(hours=1)
@@ -251,3 +252,20 @@ async def test_an_http_source_is_named_without_its_password(caplog: pytest.LogCa
         f"grid curves from {shown}/curves.csv not refreshed: grid curves at {shown}/curves.csv are larger than "
         "grid.max_bytes (100)"
     )
+
+
+async def test_a_jobs_jurisdictions_see_the_tags_its_key_fills_from_the_header(db_path: Path) -> None:
+    """The schedule picks deployments within the jurisdictions the lines will be held to. A key with
+    `customer=*` fills its customer from the job's `x-margin-tags`, and the request path applies that
+    customer's policy to every line; the planner saw only the key's fixed tags, so it could plan a deployment
+    the lines would then be refused on (403) where the same requests sent online were routed within EU."""
+    policies = {"tags": {"customer=eu-bank": {"jurisdictions": ["EU"]}}}
+    async with gateway(fake_settings(db_path, policies=policies)) as gw:
+        runner = gw.app.state.batch_runner
+        principal = Principal(key_id="k", name="k", team="t", tags={"customer": "*"})
+        assert runner.jurisdictions(principal, {"customer": "eu-bank"}) == ["EU"]
+        assert runner.jurisdictions(principal, {"customer": "other"}) is None
+        fixed = Principal(key_id="k", name="k", team="t", tags={"customer": "other"})  # cannot be overridden
+        assert runner.jurisdictions(fixed, {"customer": "eu-bank"}) is None
+        unbound = Principal(key_id="k", name="k", team="t")  # a header tag the key does not bind: a label only
+        assert runner.jurisdictions(unbound, {"customer": "eu-bank"}) is None

@@ -17,7 +17,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,7 +30,7 @@ from margin.batches import inprocess, progress, store
 from margin.batches.jsonl import validate
 from margin.batches.planning import Planner, line_tokens, options_for, turn, used_capacity
 from margin.errors import NotFound
-from margin.governance.rules import Subject
+from margin.governance.rules import Subject, governed_tags
 from margin.keys import principal_of
 from margin.ledger.models import batches
 from margin.types import ANONYMOUS, BatchLine, Principal
@@ -132,9 +132,14 @@ class BatchRunner:
         principal = principal_of(record)
         return dataclasses.replace(principal, tags={**principal.tags, **tags})
 
-    def jurisdictions(self, principal: Principal) -> list[str] | None:
-        bound = {k: v for k, v in principal.tags.items() if v != "*"}
-        subject = Subject(principal.key_id, principal.team, principal.org, bound)
+    def jurisdictions(self, principal: Principal, tags: Mapping[str, str] | None) -> list[str] | None:
+        """Where the job's lines may run, as the request path will see each line: the job's `x-margin-tags`
+        (sent with every line) under the key's own tags, of which the rules see those bound to the key (a
+        `name=*` tag the key fills from the header included: `margin.pipeline.steps.auth`)."""
+        bound = principal.tags
+        merged = {**(tags or {}), **{name: value for name, value in bound.items() if value != "*"}}
+        governed = governed_tags(merged, bound, principal.key_id is not None)
+        subject = Subject(principal.key_id, principal.team, principal.org, governed)
         policy = self.services.governance.rules.policy_for(subject, principal.policy)
         return None if policy.jurisdictions is None else list(policy.jurisdictions)
 
@@ -159,7 +164,9 @@ class BatchRunner:
     async def plan(
         self, batch: Any, model: str, bodies: list[bytes], principal: Principal, now: datetime
     ) -> dict[str, Any] | None:
-        options = options_for(self.services.settings, self.services.targets, model, self.jurisdictions(principal))
+        options = options_for(
+            self.services.settings, self.services.targets, model, self.jurisdictions(principal, batch.tags)
+        )
         if not options:
             return None  # a routed model of another kind, or nothing allowed: lines run (and fail) as sent
         work = await self.services.read(_work, bodies, self.config.assumed_output_tokens)  # parses every body

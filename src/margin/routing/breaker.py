@@ -90,7 +90,7 @@ class Breakers:
     def success(self, backend: str, latency_s: float | None = None) -> None:
         state = self._state(backend)
         if state.state is not State.CLOSED:
-            log.warning("backend %s: circuit closed (its probe succeeded)", backend)
+            log.warning("backend %s: circuit closed (a call to it succeeded)", backend)
         state.ok += 1
         state.failures = 0
         state.state, state.opened_at, state.probe_since = State.CLOSED, None, None

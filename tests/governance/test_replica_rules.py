@@ -1,0 +1,91 @@
+"""Admin rule changes across two `margin serve` replicas sharing a real Redis and a real PostgreSQL ledger: a
+budget taken by one replica holds on the other, counted from what the ledger says its scope has spent."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from margin.ledger import db
+from margin.ledger.models import ledger
+from tests.governance.test_replicas import _flush, config, replicas
+
+pytestmark = pytest.mark.integration
+
+BODY = {"model": "priced", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}  # $0.01 each
+
+
+def _key(path: Path, *args: str) -> str:
+    made = subprocess.run(
+        [sys.executable, "-m", "margin", "keys", "create", "--config", str(path), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return next(word for word in made.stdout.split() if word.startswith("mgn_"))
+
+
+def _spent(url: str, team: str, rows: int) -> int:
+    """The team's spend in the ledger, once it holds `rows` rows (the outbox is moved within a second)."""
+    engine = db.make_sync_engine(url)
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            with engine.connect() as connection:
+                found = connection.execute(sa.select(ledger.c.team, ledger.c.cost_nanousd)).all()
+            if len(found) >= rows or time.monotonic() > deadline:
+                return sum(row.cost_nanousd or 0 for row in found if row.team == team)
+            time.sleep(0.1)
+    finally:
+        engine.dispose()
+
+
+def _chat(urls: list[str], key: str, n: int) -> Counter[int]:
+    headers = {"authorization": f"Bearer {key}"}
+    return Counter(
+        httpx.post(f"{urls[i % 2]}/v1/chat/completions", json=BODY, headers=headers, timeout=30).status_code
+        for i in range(n)
+    )
+
+
+def test_a_budget_moved_to_another_scope_counts_that_scopes_spend(
+    tmp_path: Path, redis_url: str, fresh_postgres: str
+) -> None:
+    """A budget's counter was named by the budget's name and window only. Replaced under the same name with
+    another scope (PUT /admin/budgets), it went on from the old scope's counter: a $0.10 cap moved onto a
+    team that had already spent $0.30 admitted $0.08 more over the two replicas. Its counter is now its own,
+    reconciled from the ledger: every request of that team is refused."""
+    path = config(tmp_path, redis_url, fresh_postgres)
+    data = yaml.safe_load(path.read_text())
+    data["budgets"] = []
+    data["admission"] = {"refresh_s": 0.5}
+    data["storage"]["flush_interval_ms"] = 50
+    path.write_text(yaml.safe_dump(data))
+    db.upgrade(fresh_postgres)
+    asyncio.run(_flush(redis_url))
+    admin = _key(path, "--name", "ops", "--admin")
+    idle, busy = (_key(path, "--name", team, "--team", team) for team in ("idle", "busy"))
+    with replicas(path) as urls:
+        assert _chat(urls, busy, 30) == {200: 30}
+        assert _spent(fresh_postgres, "busy", 30) == 300_000_000  # $0.30, before any budget
+        put = {"name": "cap", "scope": {"kind": "team", "value": "idle"}, "usd": "0.10", "period": "lifetime"}
+        admin_headers = {"authorization": f"Bearer {admin}"}
+        assert httpx.put(f"{urls[0]}/admin/budgets", json=put, headers=admin_headers).status_code == 200
+        time.sleep(2)  # refresh_s on the other replica, with room
+        assert _chat(urls, idle, 2) == {200: 2}  # the counter is used on both replicas
+        put["scope"] = {"kind": "team", "value": "busy"}
+        assert httpx.put(f"{urls[0]}/admin/budgets", json=put, headers=admin_headers).status_code == 200
+        time.sleep(2)
+        statuses = _chat(urls, busy, 20)
+        spent = _spent(fresh_postgres, "busy", 52)
+    assert statuses == {429: 20}  # was 8 × 200 (the $0.02 idle had spent was all the old counter held)
+    assert spent == 300_000_000  # was $0.38 against a $0.10 cap

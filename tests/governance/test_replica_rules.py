@@ -89,3 +89,34 @@ def test_a_budget_moved_to_another_scope_counts_that_scopes_spend(
         spent = _spent(fresh_postgres, "busy", 52)
     assert statuses == {429: 20}  # was 8 × 200 (the $0.02 idle had spent was all the old counter held)
     assert spent == 300_000_000  # was $0.38 against a $0.10 cap
+
+
+def _status_until(url: str, wanted: int, timeout_s: float = 10) -> int:
+    deadline = time.monotonic() + timeout_s
+    while (status := httpx.post(f"{url}/v1/chat/completions", json=BODY, timeout=30).status_code) != wanted:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    return status
+
+
+def test_a_reload_reaches_the_other_replica_after_redis_lost_its_count(tmp_path: Path, redis_url: str) -> None:
+    """Reloads were announced by counting them in Redis (INCR), each process comparing the count with the one
+    it last saw. A Redis restarted without persistence counts from 0 again: the first reload after it brought
+    the count back to 1, which a replica that had followed one reload before took for no news, and it kept
+    serving its old config (a model disabled on one replica only). An announcement is now a fresh token."""
+    path = config(tmp_path, redis_url)
+    data = yaml.safe_load(path.read_text())
+    data["budgets"][0]["usd"] = "1000"  # never the reason for a refusal here
+    data["admission"] = {"refresh_s": 0.5}
+    path.write_text(yaml.safe_dump(data))
+    asyncio.run(_flush(redis_url))
+    with replicas(path) as (first, second):
+        assert httpx.post(f"{first}/admin/reload", json={}).json()["config_file"] is True
+        time.sleep(2)  # the second follows it (nothing changed)
+        asyncio.run(_flush(redis_url))  # Redis restarted without persistence
+        data["flags"] = [{"name": "off", "target": {"kind": "model", "value": "priced"}, "action": "disable"}]
+        path.write_text(yaml.safe_dump(data))
+        assert httpx.post(f"{first}/admin/reload", json={}).json()["config_file"] is True
+        assert _status_until(first, 403, timeout_s=1) == 403
+        assert _status_until(second, 403) == 403  # was 200 for good: the reload never reached it

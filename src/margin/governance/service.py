@@ -75,7 +75,7 @@ class Governance:
         self._flights = SingleFlight()
         self._task: asyncio.Task[None] | None = None
         self._unanswered: deque[str] = deque(maxlen=10_000)  # admits whose answer was lost, to release
-        self._generation = 0  # the shared reload generation last seen (margin.workers, replicas)
+        self._generation = ""  # the shared reload announcement last seen (margin.workers, replicas)
         self.reloaded_elsewhere: Callable[[], Awaitable[object]] | None = None  # re-reads this process's config
 
     async def start(self) -> None:
@@ -119,6 +119,8 @@ class Governance:
         if current == self._generation or self.reloaded_elsewhere is None:
             return False
         self._generation = current
+        if not current:  # the store lost the last announcement (a restart): nothing to follow
+            return False
         await self.reloaded_elsewhere()
         return True
 

@@ -101,8 +101,9 @@ class Store(Protocol):
         """Reservations not yet settled or released."""
         ...
 
-    async def reload_generation(self, bump: bool = False) -> int:
-        """How many config reloads the processes sharing this store have announced (`bump`: announce one)."""
+    async def reload_generation(self, bump: bool = False) -> str:
+        """The last config reload the processes sharing this store announced, as a token unique to it ("": none
+        known; `bump`: announce one)."""
         ...
 
     async def close(self) -> None: ...
@@ -232,8 +233,8 @@ class LocalStore:
         for check in checks:
             self._tat[check.key] = max(self._tat.get(check.key, now), now) + check.increment_s
 
-    async def reload_generation(self, bump: bool = False) -> int:
-        return 0  # one process: a reload has nobody else to reach
+    async def reload_generation(self, bump: bool = False) -> str:
+        return ""  # one process: a reload has nobody else to reach
 
     async def close(self) -> None:
         return None

@@ -9,6 +9,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -17,6 +18,7 @@ import yaml
 
 from margin.ledger import db
 from margin.ledger.models import ledger
+from tests.cut_proxy import cut_proxy
 from tests.governance.test_replicas import _flush, config, replicas
 
 pytestmark = pytest.mark.integration
@@ -120,3 +122,60 @@ def test_a_reload_reaches_the_other_replica_after_redis_lost_its_count(tmp_path:
         assert httpx.post(f"{first}/admin/reload", json={}).json()["config_file"] is True
         assert _status_until(first, 403, timeout_s=1) == 403
         assert _status_until(second, 403) == 403  # was 200 for good: the reload never reached it
+
+
+def _ids(url: str, n: int) -> set[str]:
+    """The ledger's request ids, once it holds at least `n` rows (or after 30 s)."""
+    engine = db.make_sync_engine(url)
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            with engine.connect() as connection:
+                found = {row.request_id for row in connection.execute(sa.select(ledger.c.request_id))}
+            if len(found) >= n or time.monotonic() > deadline:
+                return found
+            time.sleep(0.2)
+    finally:
+        engine.dispose()
+
+
+def test_known_keys_are_served_while_the_ledger_database_is_down(
+    tmp_path: Path, redis_url: str, fresh_postgres: str
+) -> None:
+    """The ledger database unreachable for 3 s under two replicas. Key lookups went to it once their cache
+    entry expired (`server.key_cache_ttl_s`), and the error escaped: every request of every key was a 500
+    (the connection often dropped too) until it came back. A key it last said was active is now served as it
+    was, and every answered request has its row once the database is back (the outbox)."""
+    host, port = urlsplit(fresh_postgres).netloc.split("@")[1].split(":")
+    with cut_proxy(host, int(port)) as proxy:
+        proxied = fresh_postgres.replace(f":{port}/", f":{proxy.port}/")
+        path = config(tmp_path, redis_url, proxied)
+        data = yaml.safe_load(path.read_text())
+        data["budgets"][0]["usd"] = "1000"  # never the reason for a refusal here
+        data["server"]["key_cache_ttl_s"] = 0.5
+        data["storage"]["flush_interval_ms"] = 50
+        path.write_text(yaml.safe_dump(data))
+        db.upgrade(proxied)
+        asyncio.run(_flush(redis_url))
+        headers = {"authorization": f"Bearer {_key(path, '--name', 'svc', '--team', 'a')}"}
+        with replicas(path) as urls, httpx.Client(headers=headers, timeout=30) as client:
+            answered: list[str] = []
+            statuses: Counter[int] = Counter()
+
+            def send(n: int) -> None:
+                for i in range(n):
+                    response = client.post(f"{urls[i % 2]}/v1/chat/completions", json=BODY)
+                    statuses[response.status_code] += 1
+                    if response.status_code == 200:
+                        answered.append(response.headers["x-margin-request-id"])
+                    time.sleep(0.05)
+
+            send(4)  # both replicas know the key and the budget
+            proxy.cut()
+            send(40)  # ~3 s: six times the key cache's TTL
+            down = Counter(statuses)
+            proxy.restore()
+            send(4)
+            recorded = _ids(fresh_postgres, len(answered))
+    assert down == {200: 44}  # was {500: ~40, 200: ~4}
+    assert statuses == {200: 48} and set(answered) <= recorded

@@ -4,6 +4,7 @@ budget taken by one replica holds on the other, counted from what the ledger say
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
@@ -15,11 +16,14 @@ import httpx
 import pytest
 import sqlalchemy as sa
 import yaml
+from redis import asyncio as aioredis
 
 from margin.ledger import db
 from margin.ledger.models import ledger
 from tests.cut_proxy import cut_proxy
 from tests.governance.test_replicas import _flush, config, replicas
+from tests.helpers import free_port
+from tests.servers import redis_server
 
 pytestmark = pytest.mark.integration
 
@@ -36,8 +40,9 @@ def _key(path: Path, *args: str) -> str:
     return next(word for word in made.stdout.split() if word.startswith("mgn_"))
 
 
-def _spent(url: str, team: str, rows: int) -> int:
-    """The team's spend in the ledger, once it holds `rows` rows (the outbox is moved within a second)."""
+def _spent(url: str, team: str | None, rows: int) -> int:
+    """The team's spend in the ledger (every team's: None), once it holds `rows` rows (the outbox is moved
+    within a second)."""
     engine = db.make_sync_engine(url)
     deadline = time.monotonic() + 30
     try:
@@ -45,14 +50,14 @@ def _spent(url: str, team: str, rows: int) -> int:
             with engine.connect() as connection:
                 found = connection.execute(sa.select(ledger.c.team, ledger.c.cost_nanousd)).all()
             if len(found) >= rows or time.monotonic() > deadline:
-                return sum(row.cost_nanousd or 0 for row in found if row.team == team)
+                return sum(row.cost_nanousd or 0 for row in found if team is None or row.team == team)
             time.sleep(0.1)
     finally:
         engine.dispose()
 
 
 def _chat(urls: list[str], key: str, n: int) -> Counter[int]:
-    headers = {"authorization": f"Bearer {key}"}
+    headers = {"authorization": f"Bearer {key}"} if key else {}
     return Counter(
         httpx.post(f"{urls[i % 2]}/v1/chat/completions", json=BODY, headers=headers, timeout=30).status_code
         for i in range(n)
@@ -179,3 +184,43 @@ def test_known_keys_are_served_while_the_ledger_database_is_down(
             recorded = _ids(fresh_postgres, len(answered))
     assert down == {200: 44}  # was {500: ~40, 200: ~4}
     assert statuses == {200: 48} and set(answered) <= recorded
+
+
+def test_a_redis_back_from_an_older_snapshot_does_not_forget_the_spend_since(
+    tmp_path: Path, fresh_postgres: str
+) -> None:
+    """Redis restarted from a snapshot holds the budget counter as it was when the snapshot was taken: it
+    exists, so no reconciliation ran, and the spend since was forgotten (a $1.00 budget: $0.30 at the snapshot,
+    $0.80 at the restart, 40 requests then all admitted: $1.20 spent). Each replica now sees the new run id and
+    raises the counter to the ledger's spend: 20 are admitted, $1.00 in all."""
+    port, workdir = free_port(), tmp_path / "redis"
+    workdir.mkdir()
+    with contextlib.ExitStack() as last:
+        first = contextlib.ExitStack()
+        last.callback(first.close)  # a second close does nothing
+        url = first.enter_context(redis_server(port, workdir))
+        path = config(tmp_path, url, fresh_postgres)
+        data = yaml.safe_load(path.read_text())
+        data["admission"] = {"refresh_s": 0.3}
+        data["storage"]["flush_interval_ms"] = 50
+        path.write_text(yaml.safe_dump(data))
+        db.upgrade(fresh_postgres)
+        with replicas(path) as urls:
+            statuses = _chat(urls, "", 30)
+            asyncio.run(_save(url))  # the snapshot: $0.30 spent
+            statuses += _chat(urls, "", 50)
+            assert _spent(fresh_postgres, None, 80) == 800_000_000
+            first.close()  # SIGTERM: no save (`--save ""`), so it comes back from the snapshot
+            last.enter_context(redis_server(port, workdir))
+            time.sleep(2)  # each replica's next pass (refresh_s)
+            after = _chat(urls, "", 40)
+            spent = _spent(fresh_postgres, None, 120)
+    assert statuses == {200: 80}
+    assert after == {200: 20, 429: 20}  # was {200: 40}
+    assert spent == 1_000_000_000  # was $1.20 against the $1.00 hard budget
+
+
+async def _save(url: str) -> None:
+    client = aioredis.from_url(url)
+    await client.save()
+    await client.aclose()

@@ -158,6 +158,12 @@ return #stale
 """
 )
 
+RAISE = """
+local spent = redis.call('HGET', KEYS[1], 'spent')
+if spent and tonumber(spent) < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'spent', ARGV[1]) return 1 end
+return 0
+"""
+
 SEED = """
 if redis.call('HSETNX', KEYS[1], 'spent', ARGV[1]) == 0 then return 0 end
 redis.call('HSETNX', KEYS[1], 'reserved', 0)
@@ -224,6 +230,7 @@ class RedisStore:
                 "settle": SETTLE,
                 "reap": REAP,
                 "seed": SEED,
+                "raise": RAISE,
                 "take_slot": TAKE_SLOT,
                 "renew_slots": RENEW_SLOTS,
             }.items()
@@ -277,6 +284,18 @@ class RedisStore:
 
     async def seed(self, counter: str, spent: int, expire_s: int | None) -> bool:
         return bool(await self._run("seed", [f"{P}c:{counter}"], [spent, expire_s or 0]))
+
+    async def raise_spent(self, counter: str, spent: int) -> bool:
+        return bool(await self._run("raise", [f"{P}c:{counter}"], [spent]))
+
+    async def server_id(self) -> str:
+        from redis.exceptions import RedisError
+
+        try:
+            info = await self._redis.info("server")
+        except RedisError as exc:
+            raise unavailable("info", exc) from exc
+        return str(info.get("run_id", ""))
 
     async def counters(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
         from redis.exceptions import RedisError

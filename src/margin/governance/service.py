@@ -9,14 +9,14 @@ import functools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from margin.config import Settings, with_reloaded
 from margin.errors import MarginError, Overloaded
-from margin.governance.admission import Admission, BudgetHold, window
+from margin.governance.admission import Admission, BudgetHold, counter_name, window
 from margin.governance.rules import Rules, Subject, build_rules, load_rules, matches
 from margin.governance.store import LocalStore, Store
 from margin.governance.streams import LocalSlots, SharedSlots, SlotStore, StreamSlots
@@ -72,6 +72,8 @@ class Governance:
         self.streams = stream_slots(settings.admission.max_streams_per_key, self.store)
         self.rules: Rules = build_rules(settings, [])
         self._seeded: set[str] = set()
+        self._known: dict[str, BudgetHold] = {}  # the counters this process reconciled, to raise after a restart
+        self._server = ""  # the counter store's run id (Redis: a new one after every restart)
         self._flights = SingleFlight()
         self._task: asyncio.Task[None] | None = None
         self._unanswered: deque[str] = deque(maxlen=10_000)  # admits whose answer was lost, to release
@@ -84,6 +86,7 @@ class Governance:
             await ping()
         await self.refresh()
         self._generation = await self.store.reload_generation()
+        self._server = await self.store.server_id()
         self._task = asyncio.get_running_loop().create_task(self._loop())
         self.streams.start()
 
@@ -102,6 +105,7 @@ class Governance:
                 if not await self._follow_reloads():  # a reload refreshes the rules itself
                     await self.refresh()
                 await self._release_unanswered()
+                await self._follow_restart()
                 charged = await self.store.reap()
                 if charged:
                     log.warning("charged %d budget reservations past their deadline at the reserved amount", charged)
@@ -123,6 +127,23 @@ class Governance:
             return False
         await self.reloaded_elsewhere()
         return True
+
+    async def _follow_restart(self) -> None:
+        """The store restarted (Redis' run id changed). Back from a snapshot, its counters hold what was spent
+        when the snapshot was taken, and they exist, so nothing reconciled them: a $5 budget whose Redis came
+        back from a 2 s old snapshot spent $6.94. Every counter of the current windows this process reconciled
+        is raised to what the ledger says (never lowered: what settled since the restart stays counted)."""
+        current = await self.store.server_id()
+        if current == self._server:
+            return
+        now = datetime.now(UTC)
+        for name, item in list(self._known.items()):
+            budget = item.budget
+            if counter_name(budget, window(budget.period, now)[0], item.org) != name:
+                del self._known[name]  # a past window's
+            elif await self.store.raise_spent(name, await ledger_spent(self.engine, budget, now, item.org)):
+                log.warning("budget %s: raised to the ledger's spend after the counter store restarted", name)
+        self._server = current  # last: a pass that failed halfway is done again by the next
 
     async def release_unanswered(self, request_id: str) -> None:
         """The store's answer to an admit was lost (Redis: a connection error after the script may have run).
@@ -169,6 +190,7 @@ class Governance:
         if await self.store.seed(name, spent, item.hold.expire_s):
             log.info("budget %s: reconciled spent=%d from the ledger", name, spent)
         self._seeded.add(name)
+        self._known[name] = item
 
     async def settle(
         self,

@@ -93,6 +93,14 @@ class Store(Protocol):
         """(spent, reserved) per counter; missing counters read (0, 0)."""
         ...
 
+    async def raise_spent(self, counter: str, spent: int) -> bool:
+        """Raise an existing counter's spent to `spent` if it holds less; True when raised."""
+        ...
+
+    async def server_id(self) -> str:
+        """Changes when the store restarts (and may have come back from an older snapshot)."""
+        ...
+
     async def reap(self) -> int:
         """Charge reservations past their deadline at their reserved amount; how many."""
         ...
@@ -235,6 +243,16 @@ class LocalStore:
 
     async def reload_generation(self, bump: bool = False) -> str:
         return ""  # one process: a reload has nobody else to reach
+
+    async def raise_spent(self, counter: str, spent: int) -> bool:
+        found = self._counters.get(counter)
+        if found is None or found.spent >= spent:
+            return False
+        found.spent = spent
+        return True
+
+    async def server_id(self) -> str:
+        return ""  # it lives and dies with this process
 
     async def close(self) -> None:
         return None

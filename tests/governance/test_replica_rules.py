@@ -224,3 +224,27 @@ async def _save(url: str) -> None:
     client = aioredis.from_url(url)
     await client.save()
     await client.aclose()
+
+
+def test_a_reload_taken_while_redis_was_down_reaches_the_other_replica_when_it_is_back(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """`POST /admin/reload` on one replica while Redis is unreachable: it reloads and answers 200, but the
+    announcement failed and was never made again, so the other replica kept its old config for good (a model
+    disabled on one replica only). It is now announced by the first pass after Redis is back."""
+    host, port = urlsplit(redis_url).netloc.split(":")
+    with cut_proxy(host, int(port)) as proxy:
+        path = config(tmp_path, f"redis://127.0.0.1:{proxy.port}/0")
+        data = yaml.safe_load(path.read_text())
+        data["budgets"] = []  # nothing here needs Redis but the announcement
+        data["admission"] = {"refresh_s": 0.3}
+        path.write_text(yaml.safe_dump(data))
+        with replicas(path) as (first, second):
+            proxy.cut()
+            data["flags"] = [{"name": "off", "target": {"kind": "model", "value": "priced"}, "action": "disable"}]
+            path.write_text(yaml.safe_dump(data))
+            assert httpx.post(f"{first}/admin/reload", json={}, timeout=60).json()["config_file"] is True
+            assert _status_until(first, 403, timeout_s=1) == 403
+            time.sleep(1)
+            proxy.restore()
+            assert _status_until(second, 403) == 403  # was 200 for good

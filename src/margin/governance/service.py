@@ -78,6 +78,7 @@ class Governance:
         self._task: asyncio.Task[None] | None = None
         self._unanswered: deque[str] = deque(maxlen=10_000)  # admits whose answer was lost, to release
         self._generation = ""  # the shared reload announcement last seen (margin.workers, replicas)
+        self._unannounced = False  # this process reloaded while the store was down: announce it when it is back
         self.reloaded_elsewhere: Callable[[], Awaitable[object]] | None = None  # re-reads this process's config
 
     async def start(self) -> None:
@@ -115,10 +116,20 @@ class Governance:
     async def announce_reload(self) -> None:
         """This process re-read its config (SIGHUP, POST /admin/reload): every other process sharing the store
         (the workers of `--workers N`, replicas) re-reads its own within `admission.refresh_s`."""
-        self._generation = await self.store.reload_generation(bump=True)
+        try:
+            self._generation = await self.store.reload_generation(bump=True)
+        except MarginError:  # the store is down: announced by the next pass that reaches it
+            self._unannounced = True
+            raise
+        self._unannounced = False
 
     async def _follow_reloads(self) -> bool:
-        """Re-read this process's config if another announced a reload since; True when it did."""
+        """Re-read this process's config if another announced a reload since; True when it did. A reload of
+        this process's own that could not be announced (Redis down) is announced now: before, it never was,
+        and the other replicas kept their old config though `POST /admin/reload` had answered 200."""
+        if self._unannounced:
+            await self.announce_reload()
+            return False
         current = await self.store.reload_generation()
         if current == self._generation or self.reloaded_elsewhere is None:
             return False

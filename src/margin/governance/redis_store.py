@@ -289,10 +289,12 @@ class RedisStore:
         return bool(await self._run("raise", [f"{P}c:{counter}"], [spent]))
 
     async def server_id(self) -> str:
-        from redis.exceptions import RedisError
+        from redis.exceptions import RedisError, ResponseError
 
         try:
             info = await self._redis.info("server")
+        except ResponseError:  # INFO renamed or refused (some managed services): restarts cannot be seen
+            return ""
         except RedisError as exc:
             raise unavailable("info", exc) from exc
         return str(info.get("run_id", ""))

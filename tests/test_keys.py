@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from margin.errors import Overloaded
 from margin.keys import KeyCache, new_key
 
 
@@ -37,6 +38,8 @@ class _Connection:
         await asyncio.sleep(0.02)
         if self.engine.fail:
             raise RuntimeError("database down")
+        if self.engine.down:
+            raise ConnectionRefusedError(111, "Connection refused")
         return _Result(self.engine.count)
 
 
@@ -47,6 +50,7 @@ class _SlowEngine:
         self.count = count
         self.queries = 0
         self.fail = False
+        self.down = False  # unreachable, as asyncpg reports it
 
     def connect(self) -> _Connection:
         return _Connection(self)
@@ -244,3 +248,18 @@ def test_the_every_team_marker_is_not_a_team(tmp_path: Any) -> None:
         assert create_key(sync, NewKey("stars", team="**"))[0].team == "**"
     finally:
         sync.dispose()
+
+
+async def test_an_unreachable_database_keeps_the_last_count_and_refuses_unseen_keys_with_503() -> None:
+    """The count of active keys (open mode) goes on from the last one, asked again after a second; a key never
+    seen cannot be checked: 503 `auth_unavailable` (was the connection error itself: a 500). Keys seen before
+    are served as the database last said (tests/governance/test_replica_rules.py, against margin serve)."""
+    engine = _SlowEngine(count=3)
+    cache = KeyCache(engine, ttl_s=0)
+    assert await cache.active_keys() == 3
+    engine.down = True
+    assert await cache.active_keys() == 3 and await cache.active_keys() == 3
+    assert engine.queries == 2  # the second call within the second used the last count
+    with pytest.raises(Overloaded) as refused:
+        await cache.lookup(new_key()[1])
+    assert refused.value.code == "auth_unavailable"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 import secrets
 import time
@@ -16,9 +17,10 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from margin.config import is_loopback
-from margin.errors import AuthenticationFailed, ConfigError, Conflict, InvalidRequest, NotFound
+from margin.errors import AuthenticationFailed, ConfigError, Conflict, InvalidRequest, NotFound, Overloaded
 from margin.ledger.measures import EVERY_TEAM
 from margin.ledger.models import api_keys
+from margin.logs import printable
 from margin.singleflight import SingleFlight
 from margin.specs import Policy
 from margin.types import ANONYMOUS, Principal
@@ -202,6 +204,27 @@ def open_exposure(host: str) -> ConfigError:
     )
 
 
+log = logging.getLogger("margin.keys")
+
+UNREACHABLE = (sa.exc.SQLAlchemyError, OSError)  # the database is down or cannot be reached
+RETRY_S = 1.0  # while it is, a key's last answer is served and the database asked again this often
+
+
+def _stale(entry: _Cached | None, exc: Exception) -> KeyRecord:
+    """The database cannot be reached: a key it last said was active is served as it was (its revocation would
+    need the database too), for `RETRY_S` before the next try; anything else is 503 (it cannot be checked).
+    Before, every request of every key got a 500 from `ttl_s` after the database went down."""
+    if entry is None or entry.record is None:
+        log.warning("the key store (ledger database) cannot be reached: %s", printable(str(exc)))
+        raise Overloaded(
+            "API keys cannot be checked now (the ledger database is unreachable); retry shortly",
+            code="auth_unavailable",
+            headers={"retry-after": "1"},
+        ) from exc
+    entry.expires = time.monotonic() + RETRY_S
+    return entry.record
+
+
 @dataclass(slots=True)
 class _Cached:
     record: KeyRecord | None
@@ -247,6 +270,7 @@ class KeyCache:
         self._by_id = _Bounded(max_entries)
         self._lookups = asyncio.Semaphore(max_lookups)
         self._active: tuple[int, float] = (0, 0.0)
+        self._counted = False
         self._open = False
         self._flights = SingleFlight()
         self.queries = 0  # key lookups sent to the database (for tests and benchmarks)
@@ -276,10 +300,18 @@ class KeyCache:
         return int(await self._flights.run("active", self._count_active))
 
     async def _count_active(self) -> int:
-        async with self._engine.connect() as connection:
-            query = sa.select(sa.func.count()).select_from(api_keys).where(api_keys.c.revoked_at.is_(None))
-            count = int((await connection.execute(query)).scalar_one())
-        self._active = (count, time.monotonic() + self._ttl)
+        try:
+            async with self._engine.connect() as connection:
+                query = sa.select(sa.func.count()).select_from(api_keys).where(api_keys.c.revoked_at.is_(None))
+                count = int((await connection.execute(query)).scalar_one())
+        except UNREACHABLE as exc:
+            if not self._counted:  # never counted (at start): nothing to go on
+                raise
+            log.warning("active keys not counted (the ledger database cannot be reached): %s", printable(str(exc)))
+            count = self._active[0]  # the last count, until the database answers again
+            self._active = (count, time.monotonic() + RETRY_S)
+            return count
+        self._active, self._counted = (count, time.monotonic() + self._ttl), True
         return count
 
     def created(self) -> None:
@@ -314,11 +346,14 @@ class KeyCache:
         return record
 
     async def _load(self, digest: str, known: bool) -> KeyRecord | None:
-        if known:
-            record = await self._select(api_keys.c.key_hash == digest)
-        else:
-            async with self._lookups:
+        try:
+            if known:
                 record = await self._select(api_keys.c.key_hash == digest)
+            else:
+                async with self._lookups:
+                    record = await self._select(api_keys.c.key_hash == digest)
+        except UNREACHABLE as exc:
+            return _stale(self._found.entries.get(digest), exc)
         entry = _Cached(record, time.monotonic() + self._ttl)
         (self._found if record is not None else self._unknown).put(digest, entry)
         if record is None:
@@ -326,7 +361,10 @@ class KeyCache:
         return record
 
     async def _load_id(self, key_id: str) -> KeyRecord | None:
-        record = await self._select(api_keys.c.id == key_id)
+        try:
+            record = await self._select(api_keys.c.id == key_id)
+        except UNREACHABLE as exc:
+            return _stale(self._by_id.entries.get(key_id), exc)
         self._by_id.put(key_id, _Cached(record, time.monotonic() + self._ttl))
         return record
 

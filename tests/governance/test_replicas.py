@@ -109,7 +109,8 @@ async def fire(urls: list[str], n: int) -> Counter[int]:
 async def redis_state(url: str) -> tuple[int, int, int]:
     client = aioredis.from_url(url, decode_responses=True)
     try:
-        spent, reserved = await client.hmget("mgn:c:one-dollar@lifetime", "spent", "reserved")
+        [name] = await client.keys("mgn:c:one-dollar~*@lifetime")
+        spent, reserved = await client.hmget(name, "spent", "reserved")
         pending = await client.zcard("mgn:deadlines")
     finally:
         await client.aclose()

@@ -62,7 +62,26 @@ def test_december_rolls_into_next_year_and_lifetime_has_no_window() -> None:
     assert window("month", datetime(2026, 12, 31, 23, 59, tzinfo=UTC))[1] == datetime(2027, 1, 1, tzinfo=UTC)
     budget = BudgetSpec(name="b", scope=Scope(kind="global"), usd=1, period="lifetime")
     assert window("lifetime", datetime.now(UTC)) == (None, None)
-    assert counter_name(budget, None) == "b@lifetime"
+    assert counter_name(budget, None).startswith("b~") and counter_name(budget, None).endswith("@lifetime")
+
+
+def test_a_budget_replaced_with_another_scope_or_unit_gets_a_counter_of_its_own() -> None:
+    """The counter names what it adds up: the same name over another scope, org or unit is another counter
+    (reconciled from the ledger), the same budget with another cap, mode or alert share is the same one."""
+    team = BudgetSpec(name="b", scope=Scope(kind="team", value="a"), usd=1, period="lifetime")
+    names = {
+        counter_name(spec, None)
+        for spec in (
+            team,
+            team.model_copy(update={"scope": Scope(kind="team", value="b")}),
+            team.model_copy(update={"scope": Scope(kind="team", value="a", org="acme")}),
+            team.model_copy(update={"scope": Scope(kind="key", value="a")}),
+            team.model_copy(update={"usd": None, "tokens": 1}),
+        )
+    }
+    assert len(names) == 5
+    same = team.model_copy(update={"usd": 7, "mode": "soft", "alert_pct": 50})
+    assert counter_name(same, None) == counter_name(team, None)
 
 
 def test_output_allowance() -> None:

@@ -38,7 +38,8 @@ def test_team_and_tag_scopes_are_counted_per_org() -> None:
     assert (partition(team, acme), partition(team, globex), partition(team, lone)) == ("acme", "globex", None)
     budget = BudgetSpec(name="support", scope=team, tokens=10, period="lifetime")
     names = {adm.counter_name(budget, None, partition(team, s)) for s in (acme, globex, lone)}
-    assert names == {"support#acme@lifetime", "support#globex@lifetime", "support@lifetime"}
+    basis = adm.counter_name(budget, None).split("~")[1]
+    assert names == {f"support#acme~{basis}", f"support#globex~{basis}", f"support~{basis}"}
     limit = LimitSpec(scope=team, rpm=1)
     assert adm.limit_key(limit, acme) != adm.limit_key(limit, globex)
     only_acme = Scope(kind="team", value="support", org="acme")
@@ -125,4 +126,5 @@ async def test_settling_charges_only_budgets_of_the_model_that_served(tmp_path: 
     caller = Subject("k", "t")
     admission = adm.Admission("r", holds, [], caller)
     await governance.settle(admission, None, 3, 4, caller.serving("primary", "fake"))
-    assert await store.counters(["fb@lifetime", "all@lifetime"]) == {"fb@lifetime": (0, 0), "all@lifetime": (7, 0)}
+    fb, everyone = (item.hold.counter for item in holds)
+    assert await store.counters([fb, everyone]) == {fb: (0, 0), everyone: (7, 0)}

@@ -162,3 +162,13 @@ async def test_a_counter_the_store_lost_is_reported_and_stays_lost_until_seeded(
     assert lost.unseeded and not lost.ok and await store.pending() == 0
     await store.seed("a", 90, 3600)  # what the ledger says was spent
     assert (await store.admit("r2", [hold("a", 100, 60)], 60)).failed == 0
+
+
+async def test_raising_a_counter_never_lowers_it_nor_makes_a_lost_one(store: Store) -> None:
+    """After a restart from a snapshot (margin.governance.service: a new `server_id`), each counter is raised to
+    the ledger's spend: only raised, and a counter that is gone stays gone (the admit step reconciles it)."""
+    await store.seed("a", 10, 3600)
+    assert await store.raise_spent("a", 25) is True and await store.counters(["a"]) == {"a": (25, 0)}
+    assert await store.raise_spent("a", 5) is False and await store.counters(["a"]) == {"a": (25, 0)}
+    assert await store.raise_spent("gone", 5) is False and await store.counters(["gone"]) == {"gone": (0, 0)}
+    assert await store.server_id() == await store.server_id()

@@ -8,6 +8,8 @@ models (its fallbacks included) whose price is known."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,13 +50,22 @@ def window_stamp(start: datetime | None) -> str:
 
 
 def counter_name(budget: BudgetSpec, start: datetime | None, org: str | None = None) -> str:
-    """One counter per budget and window, and per org for per-org scopes (budget names never hold `#`)."""
+    """One counter per budget, scope and unit (`~basis`) and window, and per org for per-org scopes (budget names
+    never hold `#` or `~`)."""
     return _counter(budget, window_stamp(start), org)
 
 
 def _counter(budget: BudgetSpec, stamp: str, org: str | None) -> str:
     name = budget.name if org is None else f"{budget.name}#{org}"
-    return f"{name}@{stamp}"
+    return f"{name}~{_basis(budget.scope.label(), budget.usd is not None)}@{stamp}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _basis(scope: str, usd: bool) -> str:
+    """What a counter adds up (its scope and unit), in its name: a budget replaced under the same name with
+    another scope or unit gets a counter of its own, reconciled from the ledger. Before, it went on from the
+    old counter: a budget moved onto a team that had already spent $3 of a new $1 cap admitted $0.98 more."""
+    return hashlib.blake2b(f"{'usd' if usd else 'tokens'} {scope}".encode(), digest_size=4).hexdigest()
 
 
 def budget_limit(budget: BudgetSpec) -> int:

@@ -4,7 +4,9 @@ Each operation is one Lua script, so check-and-reserve is atomic across replicas
   c:{counter}        hash {spent, reserved}, expiring after its window
   r:{request_id}     hash {counter: amount} of an open reservation
   deadlines          zset request_id → deadline (unix s), for the reaper
-  reload             int: config reloads announced (each process re-reads its config when it changes)
+  reloaded           str: a fresh token per config reload announced (each process re-reads its config when it
+                     changes; a count started again from 0 after a restart, and a replica took the reload that
+                     brought it back to the count it had seen for no news)
   s:{request_id}     marker of a settled request (expires after a day)
   k:{request_id}     hash {counter: amount} charged by the reaper (a reservation past its deadline)
   g:{key}            GCRA theoretical arrival time (float seconds)
@@ -15,6 +17,7 @@ Time comes from Redis' own clock (`TIME`), so replicas with skewed clocks agree.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -155,6 +158,12 @@ return #stale
 """
 )
 
+RAISE = """
+local spent = redis.call('HGET', KEYS[1], 'spent')
+if spent and tonumber(spent) < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'spent', ARGV[1]) return 1 end
+return 0
+"""
+
 SEED = """
 if redis.call('HSETNX', KEYS[1], 'spent', ARGV[1]) == 0 then return 0 end
 redis.call('HSETNX', KEYS[1], 'reserved', 0)
@@ -221,6 +230,7 @@ class RedisStore:
                 "settle": SETTLE,
                 "reap": REAP,
                 "seed": SEED,
+                "raise": RAISE,
                 "take_slot": TAKE_SLOT,
                 "renew_slots": RENEW_SLOTS,
             }.items()
@@ -275,6 +285,20 @@ class RedisStore:
     async def seed(self, counter: str, spent: int, expire_s: int | None) -> bool:
         return bool(await self._run("seed", [f"{P}c:{counter}"], [spent, expire_s or 0]))
 
+    async def raise_spent(self, counter: str, spent: int) -> bool:
+        return bool(await self._run("raise", [f"{P}c:{counter}"], [spent]))
+
+    async def server_id(self) -> str:
+        from redis.exceptions import RedisError, ResponseError
+
+        try:
+            info = await self._redis.info("server")
+        except ResponseError:  # INFO renamed or refused (some managed services): restarts cannot be seen
+            return ""
+        except RedisError as exc:
+            raise unavailable("info", exc) from exc
+        return str(info.get("run_id", ""))
+
     async def counters(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
         from redis.exceptions import RedisError
 
@@ -309,14 +333,17 @@ class RedisStore:
     async def pending(self) -> int:
         return int(await self._redis.zcard(f"{P}deadlines"))
 
-    async def reload_generation(self, bump: bool = False) -> int:
+    async def reload_generation(self, bump: bool = False) -> str:
         from redis.exceptions import RedisError
 
+        token = uuid.uuid4().hex if bump else None
         try:
-            value = await (self._redis.incr(f"{P}reload") if bump else self._redis.get(f"{P}reload"))
+            if token is not None:
+                await self._redis.set(f"{P}reloaded", token)
+                return token
+            return str(await self._redis.get(f"{P}reloaded") or "")
         except RedisError as exc:
             raise unavailable("reload", exc) from exc
-        return int(value or 0)
 
     async def close(self) -> None:
         await self._redis.aclose()

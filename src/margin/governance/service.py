@@ -9,14 +9,14 @@ import functools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from margin.config import Settings, with_reloaded
 from margin.errors import MarginError, Overloaded
-from margin.governance.admission import Admission, BudgetHold, window
+from margin.governance.admission import Admission, BudgetHold, counter_name, window
 from margin.governance.rules import Rules, Subject, build_rules, load_rules, matches
 from margin.governance.store import LocalStore, Store
 from margin.governance.streams import LocalSlots, SharedSlots, SlotStore, StreamSlots
@@ -72,10 +72,13 @@ class Governance:
         self.streams = stream_slots(settings.admission.max_streams_per_key, self.store)
         self.rules: Rules = build_rules(settings, [])
         self._seeded: set[str] = set()
+        self._known: dict[str, BudgetHold] = {}  # the counters this process reconciled, to raise after a restart
+        self._server = ""  # the counter store's run id (Redis: a new one after every restart)
         self._flights = SingleFlight()
         self._task: asyncio.Task[None] | None = None
         self._unanswered: deque[str] = deque(maxlen=10_000)  # admits whose answer was lost, to release
-        self._generation = 0  # the shared reload generation last seen (margin.workers, replicas)
+        self._generation = ""  # the shared reload announcement last seen (margin.workers, replicas)
+        self._unannounced = False  # this process reloaded while the store was down: announce it when it is back
         self.reloaded_elsewhere: Callable[[], Awaitable[object]] | None = None  # re-reads this process's config
 
     async def start(self) -> None:
@@ -84,6 +87,7 @@ class Governance:
             await ping()
         await self.refresh()
         self._generation = await self.store.reload_generation()
+        self._server = await self.store.server_id()
         self._task = asyncio.get_running_loop().create_task(self._loop())
         self.streams.start()
 
@@ -102,6 +106,7 @@ class Governance:
                 if not await self._follow_reloads():  # a reload refreshes the rules itself
                     await self.refresh()
                 await self._release_unanswered()
+                await self._follow_restart()
                 charged = await self.store.reap()
                 if charged:
                     log.warning("charged %d budget reservations past their deadline at the reserved amount", charged)
@@ -111,16 +116,45 @@ class Governance:
     async def announce_reload(self) -> None:
         """This process re-read its config (SIGHUP, POST /admin/reload): every other process sharing the store
         (the workers of `--workers N`, replicas) re-reads its own within `admission.refresh_s`."""
-        self._generation = await self.store.reload_generation(bump=True)
+        try:
+            self._generation = await self.store.reload_generation(bump=True)
+        except MarginError:  # the store is down: announced by the next pass that reaches it
+            self._unannounced = True
+            raise
+        self._unannounced = False
 
     async def _follow_reloads(self) -> bool:
-        """Re-read this process's config if another announced a reload since; True when it did."""
+        """Re-read this process's config if another announced a reload since; True when it did. A reload of
+        this process's own that could not be announced (Redis down) is announced now: before, it never was,
+        and the other replicas kept their old config though `POST /admin/reload` had answered 200."""
+        if self._unannounced:
+            await self.announce_reload()
+            return False
         current = await self.store.reload_generation()
         if current == self._generation or self.reloaded_elsewhere is None:
             return False
         self._generation = current
+        if not current:  # the store lost the last announcement (a restart): nothing to follow
+            return False
         await self.reloaded_elsewhere()
         return True
+
+    async def _follow_restart(self) -> None:
+        """The store restarted (Redis' run id changed). Back from a snapshot, its counters hold what was spent
+        when the snapshot was taken, and they exist, so nothing reconciled them: a $5 budget whose Redis came
+        back from a 2 s old snapshot spent $6.94. Every counter of the current windows this process reconciled
+        is raised to what the ledger says (never lowered: what settled since the restart stays counted)."""
+        current = await self.store.server_id()
+        if current == self._server:
+            return
+        now = datetime.now(UTC)
+        for name, item in list(self._known.items()):
+            budget = item.budget
+            if counter_name(budget, window(budget.period, now)[0], item.org) != name:
+                del self._known[name]  # a past window's
+            elif await self.store.raise_spent(name, await ledger_spent(self.engine, budget, now, item.org)):
+                log.warning("budget %s: raised to the ledger's spend after the counter store restarted", name)
+        self._server = current  # last: a pass that failed halfway is done again by the next
 
     async def release_unanswered(self, request_id: str) -> None:
         """The store's answer to an admit was lost (Redis: a connection error after the script may have run).
@@ -167,6 +201,7 @@ class Governance:
         if await self.store.seed(name, spent, item.hold.expire_s):
             log.info("budget %s: reconciled spent=%d from the ledger", name, spent)
         self._seeded.add(name)
+        self._known[name] = item
 
     async def settle(
         self,

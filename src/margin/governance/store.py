@@ -93,6 +93,14 @@ class Store(Protocol):
         """(spent, reserved) per counter; missing counters read (0, 0)."""
         ...
 
+    async def raise_spent(self, counter: str, spent: int) -> bool:
+        """Raise an existing counter's spent to `spent` if it holds less; True when raised."""
+        ...
+
+    async def server_id(self) -> str:
+        """Changes when the store restarts (and may have come back from an older snapshot)."""
+        ...
+
     async def reap(self) -> int:
         """Charge reservations past their deadline at their reserved amount; how many."""
         ...
@@ -101,8 +109,9 @@ class Store(Protocol):
         """Reservations not yet settled or released."""
         ...
 
-    async def reload_generation(self, bump: bool = False) -> int:
-        """How many config reloads the processes sharing this store have announced (`bump`: announce one)."""
+    async def reload_generation(self, bump: bool = False) -> str:
+        """The last config reload the processes sharing this store announced, as a token unique to it ("": none
+        known; `bump`: announce one)."""
         ...
 
     async def close(self) -> None: ...
@@ -232,8 +241,18 @@ class LocalStore:
         for check in checks:
             self._tat[check.key] = max(self._tat.get(check.key, now), now) + check.increment_s
 
-    async def reload_generation(self, bump: bool = False) -> int:
-        return 0  # one process: a reload has nobody else to reach
+    async def reload_generation(self, bump: bool = False) -> str:
+        return ""  # one process: a reload has nobody else to reach
+
+    async def raise_spent(self, counter: str, spent: int) -> bool:
+        found = self._counters.get(counter)
+        if found is None or found.spent >= spent:
+            return False
+        found.spent = spent
+        return True
+
+    async def server_id(self) -> str:
+        return ""  # it lives and dies with this process
 
     async def close(self) -> None:
         return None

@@ -112,6 +112,38 @@ async def test_shared_stream_slots_count_every_process_and_expire(redis_url: str
         await store.close()
 
 
+async def test_stream_slots_a_redis_restart_lost_are_added_back_while_their_streams_are_open(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis restarted without its data has no lease of the streams still open: renewal only extended leases
+    it found, so the key could open its cap's worth of streams again on top of them (twice the cap). Now the
+    renewal adds back the leases of streams still open; a stream that ended is not added back."""
+    from redis import asyncio as aioredis
+
+    from margin.governance import streams
+    from margin.governance.redis_store import P, RedisStore
+
+    monkeypatch.setattr(streams, "RENEW_S", 0.05)
+    store = RedisStore(redis_url)
+    key = f"k-{uuid.uuid4().hex[:8]}"
+    slots = SharedSlots(2, store)
+    raw = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        assert await slots.acquire(key, "a") and await slots.acquire(key, "b")
+        slots.start()
+        await raw.delete(f"{P}st:{key}")  # what a restart without persistence does to the key's leases
+        slots.release(key, "b")  # this stream ends meanwhile
+        await asyncio.sleep(0.5)  # renewal passes
+        members = {str(member) for member in await raw.zrange(f"{P}st:{key}", 0, -1)}
+        assert members == {"a"}  # the open stream's lease is back, the ended one's is not
+        assert await slots.acquire(key, "c")
+        assert not await slots.acquire(key, "d")  # was admitted: three streams open against a cap of 2
+    finally:
+        await slots.close()
+        await raw.aclose()
+        await store.close()
+
+
 async def test_settling_charges_only_budgets_of_the_model_that_served(tmp_path: Path) -> None:
     budgets = [
         {"name": "fb", "scope": {"kind": "model", "value": "fallback"}, "tokens": 100, "period": "lifetime"},

@@ -187,8 +187,23 @@ return 1
 RENEW_SLOTS = (
     _NOW
     + """
+local lost = {}
 for i = 1, #KEYS do
-  redis.call('ZADD', KEYS[i], 'XX', now + tonumber(ARGV[1]), ARGV[i + 1])
+  if redis.call('ZADD', KEYS[i], 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[i + 1]) == 0
+     and redis.call('ZSCORE', KEYS[i], ARGV[i + 1]) == false then
+    lost[#lost + 1] = i - 1
+  end
+  redis.call('EXPIRE', KEYS[i], math.ceil(tonumber(ARGV[1])) + 1)
+end
+return lost
+"""
+)
+
+RESTORE_SLOTS = (
+    _NOW
+    + """
+for i = 1, #KEYS do
+  redis.call('ZADD', KEYS[i], 'NX', now + tonumber(ARGV[1]), ARGV[i + 1])
   redis.call('EXPIRE', KEYS[i], math.ceil(tonumber(ARGV[1])) + 1)
 end
 return #KEYS
@@ -233,6 +248,7 @@ class RedisStore:
                 "raise": RAISE,
                 "take_slot": TAKE_SLOT,
                 "renew_slots": RENEW_SLOTS,
+                "restore_slots": RESTORE_SLOTS,
             }.items()
         }
 
@@ -326,9 +342,14 @@ class RedisStore:
         except RedisError as exc:
             raise unavailable("free_slot", exc) from exc
 
-    async def renew_slots(self, leases: Sequence[tuple[str, str]], lease_s: float) -> None:
+    async def renew_slots(self, leases: Sequence[tuple[str, str]], lease_s: float) -> list[int]:
         keys = [f"{P}st:{key}" for key, _ in leases]
-        await self._run("renew_slots", keys, [repr(lease_s), *(lease for _, lease in leases)])
+        lost = await self._run("renew_slots", keys, [repr(lease_s), *(lease for _, lease in leases)])
+        return [int(index) for index in lost or []]
+
+    async def restore_slots(self, leases: Sequence[tuple[str, str]], lease_s: float) -> None:
+        keys = [f"{P}st:{key}" for key, _ in leases]
+        await self._run("restore_slots", keys, [repr(lease_s), *(lease for _, lease in leases)])
 
     async def pending(self) -> int:
         return int(await self._redis.zcard(f"{P}deadlines"))

@@ -79,7 +79,13 @@ class SlotStore(Protocol):
 
     async def free_slot(self, key: str, lease: str) -> None: ...
 
-    async def renew_slots(self, leases: Sequence[tuple[str, str]], lease_s: float) -> None: ...
+    async def renew_slots(self, leases: Sequence[tuple[str, str]], lease_s: float) -> list[int]:
+        """Extend these leases; the indexes of those the store no longer had (it restarted, or one expired)."""
+        ...
+
+    async def restore_slots(self, leases: Sequence[tuple[str, str]], lease_s: float) -> None:
+        """Add these leases back (streams still open whose leases the store lost), whatever the cap."""
+        ...
 
 
 class SharedSlots:
@@ -120,13 +126,24 @@ class SharedSlots:
     async def _renew(self) -> None:
         while True:
             await asyncio.sleep(RENEW_S)
-            held = [(key, lease) for lease, key in self._held.items()]
-            if not held:
-                continue
             try:
-                await self._store.renew_slots(held, LEASE_S)
+                await self.renew()
             except MarginError:
-                log.warning("could not renew %d stream slots; retrying in %.0f s", len(held), RENEW_S)
+                log.warning("could not renew %d stream slots; retrying in %.0f s", len(self._held), RENEW_S)
+
+    async def renew(self) -> None:
+        """Extend this process's open leases. Those the store lost (a Redis restarted without its data) are
+        added back while their streams are still open: before, they were not, and the key could open its cap's
+        worth of streams again on top of those. A stream that ends meanwhile may leave its lease to expire
+        within `LEASE_S` (a slot held a little long, never one too many)."""
+        held = [(key, lease) for lease, key in self._held.items()]
+        if not held:
+            return
+        lost = [held[index] for index in await self._store.renew_slots(held, LEASE_S)]
+        still = [(key, lease) for key, lease in lost if lease in self._held]
+        if still:
+            log.warning("%d stream slots were lost by the store (a restart?); added back", len(still))
+            await self._store.restore_slots(still, LEASE_S)
 
     async def close(self) -> None:
         if self._renewing is not None:

@@ -71,8 +71,7 @@ class Governance:
         self.store = store or make_store(settings)
         self.streams = stream_slots(settings.admission.max_streams_per_key, self.store)
         self.rules: Rules = build_rules(settings, [])
-        self._seeded: set[str] = set()
-        self._known: dict[str, BudgetHold] = {}  # the counters this process reconciled, to raise after a restart
+        self._known: dict[str, BudgetHold] = {}  # the counters this process reconciled (raised after a restart)
         self._server = ""  # the counter store's run id (Redis: a new one after every restart)
         self._flights = SingleFlight()
         self._task: asyncio.Task[None] | None = None
@@ -177,14 +176,15 @@ class Governance:
         that runs wait for the same reconciliation (one ledger scan, not one per request)."""
         for item in holds:
             name = item.hold.counter
-            if name in self._seeded:
+            if name in self._known:
                 continue
             await self._flights.run(name, functools.partial(self._seed, item, now))
 
     async def reseed(self, holds: list[BudgetHold], now: datetime) -> None:
         """The counter store lost counters this process had reconciled: reconcile them again (those still
         there keep their values: seeding only sets a missing counter)."""
-        self._seeded.difference_update(item.hold.counter for item in holds)
+        for item in holds:
+            self._known.pop(item.hold.counter, None)
         await self.seed(holds, now)
 
     async def _seed(self, item: BudgetHold, now: datetime) -> None:
@@ -200,7 +200,6 @@ class Governance:
             ) from exc
         if await self.store.seed(name, spent, item.hold.expire_s):
             log.info("budget %s: reconciled spent=%d from the ledger", name, spent)
-        self._seeded.add(name)
         self._known[name] = item
 
     async def settle(

@@ -117,8 +117,9 @@ def test_a_key_downloads_two_files_at_a_time_across_workers(served: ServeFactory
             with gw.client(gw.keys["b"], timeout=60) as b:
                 own = _upload(b, _line("b") + b"\n").json()["id"]
                 assert b.get(f"/v1/files/{own}/content").status_code == 200  # another key's: not held up
-        # the two were closed: their places come back, on whichever worker asks
-        wait_for(lambda: _fresh_codes(gw, "GET", path, 4)[1] == [200] * 4, "the key's places back", 30)
+        # the two were closed: their places come back, on both workers (two at a time: each answer is closed
+        # unread, and its place may reach Redis a moment after the next request)
+        wait_for(lambda: set(_fresh_codes(gw, "GET", path, 2)[1]) == {200}, "the key's places back", 30)
 
 
 @contextmanager

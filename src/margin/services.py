@@ -28,6 +28,7 @@ from margin.economics.rates import unit_rates
 from margin.errors import ConfigError, MarginError
 from margin.gates import KeyedGate
 from margin.governance.service import Governance
+from margin.governance.slots import DOWNLOADS, UPLOADS
 from margin.guard.pseudonym import UserPseudonyms
 from margin.keys import KeyCache
 from margin.ledger import db, rollup
@@ -100,13 +101,6 @@ class Services:
         # a key that is no operator's (its own usage, its team's dashboard) runs one of those reads at a time, so
         # one key's scans of its history never take every read thread from the operators and the other keys
         self.key_reads = KeyedGate(running=1, waiting=4, what="usage or dashboard read")
-        # a file download holds its file (up to `batches.max_file_bytes`) until its client has read it: two at a
-        # time per key, the next refused at once, so a key whose client stops reading cannot fill the memory
-        self.downloads = KeyedGate(running=2, waiting=0, what="file download")
-        # an upload holds its file (up to `batches.max_file_bytes`, and its scan's copies) until it is stored:
-        # two read at a time per key, four more wait unread, the next refused at once (without it one key's
-        # 6 uploads of 40 MB at once took the gateway from 180 to 540 MB, and nothing bounded how many)
-        self.uploads = KeyedGate(running=2, waiting=4, what="file upload")
         # the ledger's rows, before each response completes; its ingester's SQL runs in a child process (or a
         # thread) with a connection of its own (a large page cache, a temporary staging table)
         self.outbox = Outbox.from_settings(settings.storage)
@@ -124,6 +118,13 @@ class Services:
         self.targets = self._targets()
         self.governance = Governance(settings, self.engine)
         self.governance.reloaded_elsewhere = functools.partial(self.reload, announce=False)
+        # a file download holds its file (up to `batches.max_file_bytes`) until its client has read it: two at a
+        # time per key, the next refused at once, so a key whose client stops reading cannot fill the memory
+        self.downloads = self._file_gate(DOWNLOADS, running=2, waiting=0, what="file download")
+        # an upload holds its file (up to `batches.max_file_bytes`, and its scan's copies) until it is stored:
+        # two read at a time per key, four more wait unread, the next refused at once (without it one key's
+        # 6 uploads of 40 MB at once took the gateway from 180 to 540 MB, and nothing bounded how many)
+        self.uploads = self._file_gate(UPLOADS, running=2, waiting=4, what="file upload")
         self.cache = make_cache(settings)
         self.semantic = SemanticLayer(settings.cache) if settings.cache.semantic.enabled else None
         self.route_policy = RoutePolicy(settings.routes, rates=self._rates)
@@ -134,6 +135,13 @@ class Services:
         self.flow = self._flow()
         self.stalls = StallWatch(settings.server.stream_write_timeout_s)
         self.started_at = time.time()
+
+    def _file_gate(self, pool: str, running: int, waiting: int, what: str) -> KeyedGate:
+        """A per-key gate on files in flight whose `running` places are the key's across every worker and
+        replica when they share a Redis (leases, margin.governance.slots; else each process would give a key
+        its own two); `waiting` stays per process (margin.gates)."""
+        shared = self.governance.shared_slots(pool, running, what)
+        return KeyedGate(running=running, waiting=waiting, what=what, shared=shared)
 
     def _flow(self) -> Flow:
         self.settle = Settle(

@@ -14,8 +14,8 @@ from pydantic import ValidationError
 from margin.governance import admission as adm
 from margin.governance.rules import Subject, governed_tags, matches, partition
 from margin.governance.service import Governance, ledger_spent
+from margin.governance.slots import LocalSlots, SharedSlots
 from margin.governance.store import LocalStore
-from margin.governance.streams import LocalSlots, SharedSlots
 from margin.ledger import db
 from margin.specs import BudgetSpec, LimitSpec, Scope
 from tests.governance.conftest import make_key
@@ -120,10 +120,9 @@ async def test_stream_slots_a_redis_restart_lost_are_added_back_while_their_stre
     renewal adds back the leases of streams still open; a stream that ended is not added back."""
     from redis import asyncio as aioredis
 
-    from margin.governance import streams
     from margin.governance.redis_store import P, RedisStore
 
-    monkeypatch.setattr(streams, "RENEW_S", 0.05)
+    monkeypatch.setattr("margin.governance.slots.RENEW_S", 0.05)
     store = RedisStore(redis_url)
     key = f"k-{uuid.uuid4().hex[:8]}"
     slots = SharedSlots(2, store)

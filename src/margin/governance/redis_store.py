@@ -11,6 +11,8 @@ Each operation is one Lua script, so check-and-reserve is atomic across replicas
   k:{request_id}     hash {counter: amount} charged by the reaper (a reservation past its deadline)
   g:{key}            GCRA theoretical arrival time (float seconds)
   st:{api key}       zset stream lease (request id) → expiry (unix s): the key's open streams
+  up:{api key}       zset upload lease (an id of its own) → expiry: the key's uploads being read
+  dl:{api key}       zset download lease → expiry: the key's downloads being sent (margin.governance.slots)
 Time comes from Redis' own clock (`TIME`), so replicas with skewed clocks agree.
 """
 
@@ -22,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from margin.errors import ConfigError, Overloaded
+from margin.governance.slots import STREAMS
 from margin.governance.store import Admitted, Gcra, Hold
 from margin.logs import printable
 
@@ -330,25 +333,25 @@ class RedisStore:
     async def reap(self) -> int:
         return int(await self._run("reap", [f"{P}deadlines"], [P]))
 
-    async def take_slot(self, key: str, lease: str, cap: int, lease_s: float) -> bool:
-        """A stream slot of API key `key` (margin.governance.streams.SharedSlots)."""
-        return bool(await self._run("take_slot", [f"{P}st:{key}"], [lease, cap, repr(lease_s)]))
+    async def take_slot(self, key: str, lease: str, cap: int, lease_s: float, pool: str = STREAMS) -> bool:
+        """A slot of API key `key` in `pool` (margin.governance.slots.SharedSlots)."""
+        return bool(await self._run("take_slot", [f"{P}{pool}:{key}"], [lease, cap, repr(lease_s)]))
 
-    async def free_slot(self, key: str, lease: str) -> None:
+    async def free_slot(self, key: str, lease: str, pool: str = STREAMS) -> None:
         from redis.exceptions import RedisError
 
         try:
-            await self._redis.zrem(f"{P}st:{key}", lease)
+            await self._redis.zrem(f"{P}{pool}:{key}", lease)
         except RedisError as exc:
             raise unavailable("free_slot", exc) from exc
 
-    async def renew_slots(self, leases: Sequence[tuple[str, str]], lease_s: float) -> list[int]:
-        keys = [f"{P}st:{key}" for key, _ in leases]
+    async def renew_slots(self, leases: Sequence[tuple[str, str]], lease_s: float, pool: str = STREAMS) -> list[int]:
+        keys = [f"{P}{pool}:{key}" for key, _ in leases]
         lost = await self._run("renew_slots", keys, [repr(lease_s), *(lease for _, lease in leases)])
         return [int(index) for index in lost or []]
 
-    async def restore_slots(self, leases: Sequence[tuple[str, str]], lease_s: float) -> None:
-        keys = [f"{P}st:{key}" for key, _ in leases]
+    async def restore_slots(self, leases: Sequence[tuple[str, str]], lease_s: float, pool: str = STREAMS) -> None:
+        keys = [f"{P}{pool}:{key}" for key, _ in leases]
         await self._run("restore_slots", keys, [repr(lease_s), *(lease for _, lease in leases)])
 
     async def pending(self) -> int:

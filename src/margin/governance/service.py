@@ -18,8 +18,8 @@ from margin.config import Settings, with_reloaded
 from margin.errors import MarginError, Overloaded
 from margin.governance.admission import Admission, BudgetHold, counter_name, window
 from margin.governance.rules import Rules, Subject, build_rules, load_rules, matches
+from margin.governance.slots import STREAMS, LocalSlots, SharedSlots, Slots, SlotStore
 from margin.governance.store import LocalStore, Store
-from margin.governance.streams import LocalSlots, SharedSlots, SlotStore, StreamSlots
 from margin.ledger.read import budget_spent
 from margin.logs import printable
 from margin.singleflight import SingleFlight
@@ -36,10 +36,10 @@ def make_store(settings: Settings) -> Store:
     return LocalStore()
 
 
-def stream_slots(cap: int | None, store: Store) -> StreamSlots:
+def stream_slots(cap: int | None, store: Store) -> Slots:
     """Stream slots where the budget counters are: in this process, or shared through the store's Redis."""
     if isinstance(store, SlotStore):
-        return SharedSlots(cap, store)
+        return SharedSlots(cap, store, STREAMS, "stream")
     return LocalSlots(cap)
 
 
@@ -70,6 +70,7 @@ class Governance:
         self.engine = engine  # AsyncEngine of the ledger database
         self.store = store or make_store(settings)
         self.streams = stream_slots(settings.admission.max_streams_per_key, self.store)
+        self._pools: list[Slots] = [self.streams]  # started and closed with this service
         self.rules: Rules = build_rules(settings, [])
         self._known: dict[str, BudgetHold] = {}  # the counters this process reconciled (raised after a restart)
         self._server = ""  # the counter store's run id (Redis: a new one after every restart)
@@ -80,6 +81,16 @@ class Governance:
         self._unannounced = False  # this process reloaded while the store was down: announce it when it is back
         self.reloaded_elsewhere: Callable[[], Awaitable[object]] | None = None  # re-reads this process's config
 
+    def shared_slots(self, pool: str, cap: int, what: str) -> SharedSlots | None:
+        """A per-key cap of `pool` counted across every process sharing the store's Redis (the file gates'
+        running places, margin.gates), renewed and closed with this service; None with the in-process store
+        (one process: the caller counts in process, the fastest)."""
+        if not isinstance(self.store, SlotStore):
+            return None
+        slots = SharedSlots(cap, self.store, pool, what)
+        self._pools.append(slots)
+        return slots
+
     async def start(self) -> None:
         ping = getattr(self.store, "ping", None)
         if ping is not None:
@@ -88,7 +99,8 @@ class Governance:
         self._generation = await self.store.reload_generation()
         self._server = await self.store.server_id()
         self._task = asyncio.get_running_loop().create_task(self._loop())
-        self.streams.start()
+        for pool in self._pools:
+            pool.start()
 
     async def refresh(self) -> None:
         self.rules = await load_rules(self.settings, self.engine)
@@ -241,5 +253,6 @@ class Governance:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.streams.close()
+        for pool in self._pools:
+            await pool.close()
         await self.store.close()

@@ -1,11 +1,14 @@
-"""The per-key cap on concurrent streams (`admission.max_streams_per_key`): a stream holds a slot from
-admission until it ends, however it ends (finished, client gone, write timeout, upstream cut).
+"""Per-key caps on things in flight, held from when one starts until it ends, however it ends: the streams
+of a key (`admission.max_streams_per_key`, margin.pipeline.steps.admit) and the running places of its file
+uploads and downloads (margin.gates.KeyedGate, `Services.uploads`/`downloads`). Each kind is a `pool`: its
+own count per key, under its own Redis key.
 
-One process with in-process counters: `LocalSlots`. With Redis (`storage.redis`, or `--workers N`, whose
-supervisor runs an embedded one): `SharedSlots`, a lease per stream in one sorted set per key, so every
-worker and replica counts the same streams. A lease expires `LEASE_S` after it was taken or last renewed; its
-holder renews its open leases every `RENEW_S`, so a process killed mid-stream frees its slots within
-`LEASE_S` instead of holding them for good."""
+One process with in-process counters: `LocalSlots` (the stream cap; the file gates count in process
+themselves). With Redis (`storage.redis`, or `--workers N`, whose supervisor runs an embedded one):
+`SharedSlots`, a lease per holder in one sorted set per pool and key, so every worker and replica counts the
+same ones. A lease expires `LEASE_S` after it was taken or last renewed (Redis' clock); its holder renews its
+open leases every `RENEW_S`, so a process killed while it holds some frees them within `LEASE_S` instead of
+holding them for good."""
 
 from __future__ import annotations
 
@@ -23,12 +26,18 @@ log = logging.getLogger("margin.governance")
 LEASE_S = 30.0
 RENEW_S = 10.0
 
+# the pools: each its own count per key (the Redis key `mgn:{pool}:{api key}`)
+STREAMS = "st"
+UPLOADS = "up"
+DOWNLOADS = "dl"
 
-class StreamSlots(Protocol):
+
+class Slots(Protocol):
     cap: int | None
 
     async def acquire(self, key: str, lease: str) -> bool:
-        """Take a slot of `key` for the stream `lease` (its request id); False when all are taken."""
+        """Take a slot of `key` for `lease` (a stream's request id, an upload's own id); False when all are
+        taken. A store that cannot answer raises (margin.errors.Overloaded): refused, never unbounded."""
         ...
 
     def release(self, key: str, lease: str) -> None:
@@ -73,35 +82,35 @@ class LocalSlots:
 
 @runtime_checkable
 class SlotStore(Protocol):
-    """The Redis side (margin.governance.redis_store.RedisStore)."""
+    """The Redis side (margin.governance.redis_store.RedisStore); `pool`: which count (STREAMS, UPLOADS…)."""
 
-    async def take_slot(self, key: str, lease: str, cap: int, lease_s: float) -> bool: ...
+    async def take_slot(self, key: str, lease: str, cap: int, lease_s: float, pool: str = STREAMS) -> bool: ...
 
-    async def free_slot(self, key: str, lease: str) -> None: ...
+    async def free_slot(self, key: str, lease: str, pool: str = STREAMS) -> None: ...
 
-    async def renew_slots(self, leases: Sequence[tuple[str, str]], lease_s: float) -> list[int]:
+    async def renew_slots(self, leases: Sequence[tuple[str, str]], lease_s: float, pool: str = STREAMS) -> list[int]:
         """Extend these leases; the indexes of those the store no longer had (it restarted, or one expired)."""
         ...
 
-    async def restore_slots(self, leases: Sequence[tuple[str, str]], lease_s: float) -> None:
-        """Add these leases back (streams still open whose leases the store lost), whatever the cap."""
+    async def restore_slots(self, leases: Sequence[tuple[str, str]], lease_s: float, pool: str = STREAMS) -> None:
+        """Add these leases back (holders still open whose leases the store lost), whatever the cap."""
         ...
 
 
 class SharedSlots:
-    """Open streams per API key across every process that shares the Redis."""
+    """What one pool holds per API key across every process that shares the Redis."""
 
-    def __init__(self, cap: int | None, store: SlotStore) -> None:
-        self.cap = cap
+    def __init__(self, cap: int | None, store: SlotStore, pool: str = STREAMS, what: str = "stream") -> None:
+        self.cap, self.pool, self.what = cap, pool, what
         self._store = store
-        self._held: dict[str, str] = {}  # lease → key, this process's open streams (renewed)
+        self._held: dict[str, str] = {}  # lease → key, what this process holds (renewed)
         self._tasks: set[asyncio.Task[None]] = set()
         self._renewing: asyncio.Task[None] | None = None
 
     async def acquire(self, key: str, lease: str) -> bool:
         if self.cap is None:
             return True
-        if not await self._store.take_slot(key, lease, self.cap, LEASE_S):
+        if not await self._store.take_slot(key, lease, self.cap, LEASE_S, self.pool):
             return False
         self._held[lease] = key
         return True
@@ -115,9 +124,9 @@ class SharedSlots:
 
     async def _free(self, key: str, lease: str) -> None:
         try:
-            await self._store.free_slot(key, lease)
+            await self._store.free_slot(key, lease, self.pool)
         except MarginError:  # Redis is down: the lease expires on its own within LEASE_S
-            log.warning("could not free stream slot %s of key %s; it expires in %.0f s", lease, key, LEASE_S)
+            log.warning("could not free %s slot %s of key %s; it expires in %.0f s", self.what, lease, key, LEASE_S)
 
     def start(self) -> None:
         if self.cap is not None:
@@ -129,21 +138,21 @@ class SharedSlots:
             try:
                 await self.renew()
             except MarginError:
-                log.warning("could not renew %d stream slots; retrying in %.0f s", len(self._held), RENEW_S)
+                log.warning("could not renew %d %s slots; retrying in %.0f s", len(self._held), self.what, RENEW_S)
 
     async def renew(self) -> None:
         """Extend this process's open leases. Those the store lost (a Redis restarted without its data) are
-        added back while their streams are still open: before, they were not, and the key could open its cap's
-        worth of streams again on top of those. A stream that ends meanwhile may leave its lease to expire
-        within `LEASE_S` (a slot held a little long, never one too many)."""
+        added back while their holders are still open: before, they were not, and the key could open its cap's
+        worth of streams again on top of those. One that ends meanwhile may leave its lease to expire within
+        `LEASE_S` (a slot held a little long, never one too many)."""
         held = [(key, lease) for lease, key in self._held.items()]
         if not held:
             return
-        lost = [held[index] for index in await self._store.renew_slots(held, LEASE_S)]
+        lost = [held[index] for index in await self._store.renew_slots(held, LEASE_S, self.pool)]
         still = [(key, lease) for key, lease in lost if lease in self._held]
         if still:
-            log.warning("%d stream slots were lost by the store (a restart?); added back", len(still))
-            await self._store.restore_slots(still, LEASE_S)
+            log.warning("%d %s slots were lost by the store (a restart?); added back", len(still), self.what)
+            await self._store.restore_slots(still, LEASE_S, self.pool)
 
     async def close(self) -> None:
         if self._renewing is not None:

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from margin.errors import ConfigError, Overloaded
-from margin.governance.store import Admitted, Gcra, Hold
+from margin.governance.store import Admitted, Gcra, Hold, Recount
 from margin.logs import printable
 
 log = logging.getLogger("margin.governance")
@@ -164,6 +164,43 @@ if spent and tonumber(spent) < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1]
 return 0
 """
 
+# after a restart from a snapshot (governance.service), in one step: the reservations of requests the ledger
+# has rows for are dropped (the snapshot was taken before they settled, so their settle is lost; the reaper would
+# charge them on top of the ledger's spend) when each of their counters is raised here, then the counters are
+# raised to the ledger's spend (read after those rows were found: it holds their cost)
+RECOUNT = (
+    _NEG
+    + """
+-- KEYS: deadlines, n counters; ARGV: prefix, n, n ledger spends, then the request ids the ledger has rows for
+local n = tonumber(ARGV[2])
+local raised = {}
+for i = 1, n do raised[KEYS[1 + i]] = true end
+local dropped = 0
+for i = 3 + n, #ARGV do
+  local rkey, skey = ARGV[1] .. 'r:' .. ARGV[i], ARGV[1] .. 's:' .. ARGV[i]
+  local held = redis.call('HGETALL', rkey)
+  local covered = #held > 0 and redis.call('EXISTS', skey) == 0
+  for j = 1, #held, 2 do covered = covered and raised[held[j]] == true end
+  if covered then
+    for j = 1, #held, 2 do add(held[j], 'reserved', neg(held[j + 1])) end
+    redis.call('DEL', rkey)
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    redis.call('SET', skey, '1', 'EX', 86400)  -- a settle still on its way is the row already counted
+    dropped = dropped + 1
+  end
+end
+local up = {}
+for i = 1, n do
+  local spent = redis.call('HGET', KEYS[1 + i], 'spent')
+  if spent and tonumber(spent) < tonumber(ARGV[2 + i]) then
+    redis.call('HSET', KEYS[1 + i], 'spent', ARGV[2 + i])
+    up[#up + 1] = i - 1
+  end
+end
+return {dropped, up}
+"""
+)
+
 SEED = """
 if redis.call('HSETNX', KEYS[1], 'spent', ARGV[1]) == 0 then return 0 end
 redis.call('HSETNX', KEYS[1], 'reserved', 0)
@@ -246,6 +283,7 @@ class RedisStore:
                 "reap": REAP,
                 "seed": SEED,
                 "raise": RAISE,
+                "recount": RECOUNT,
                 "take_slot": TAKE_SLOT,
                 "renew_slots": RENEW_SLOTS,
                 "restore_slots": RESTORE_SLOTS,
@@ -303,6 +341,20 @@ class RedisStore:
 
     async def raise_spent(self, counter: str, spent: int) -> bool:
         return bool(await self._run("raise", [f"{P}c:{counter}"], [spent]))
+
+    async def reservations(self) -> list[str]:
+        from redis.exceptions import RedisError
+
+        try:
+            return [str(rid) for rid in await self._redis.zrange(f"{P}deadlines", 0, -1)]
+        except RedisError as exc:
+            raise unavailable("reservations", exc) from exc
+
+    async def recount(self, spent: Mapping[str, int], recorded: Sequence[str]) -> Recount:
+        keys = [f"{P}deadlines", *(f"{P}c:{name}" for name in spent)]
+        dropped, up = await self._run("recount", keys, [P, len(spent), *spent.values(), *recorded])
+        names = list(spent)
+        return Recount(int(dropped), [names[int(i)] for i in up or []])
 
     async def server_id(self) -> str:
         from redis.exceptions import RedisError, ResponseError

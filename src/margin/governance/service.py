@@ -20,7 +20,7 @@ from margin.governance.admission import Admission, BudgetHold, counter_name, win
 from margin.governance.rules import Rules, Subject, build_rules, load_rules, matches
 from margin.governance.store import LocalStore, Store
 from margin.governance.streams import LocalSlots, SharedSlots, SlotStore, StreamSlots
-from margin.ledger.read import budget_spent
+from margin.ledger.read import budget_spent, recorded
 from margin.logs import printable
 from margin.singleflight import SingleFlight
 from margin.specs import BudgetSpec
@@ -62,6 +62,15 @@ async def ledger_spent(engine: Any, budget: BudgetSpec, now: datetime, org: str 
             budget_spent, scope.kind, scope.value, budget.usd is not None, start, end, spend_org(budget, org)
         )
     return spent
+
+
+async def ledger_recorded(engine: Any, request_ids: list[str]) -> set[str]:
+    """Which of these requests the ledger has a row for (margin.ledger.read's `recorded`)."""
+    if not request_ids:
+        return set()
+    async with engine.connect() as connection:
+        found: set[str] = await connection.run_sync(recorded, request_ids)
+    return found
 
 
 class Governance:
@@ -142,17 +151,27 @@ class Governance:
         """The store restarted (Redis' run id changed). Back from a snapshot, its counters hold what was spent
         when the snapshot was taken, and they exist, so nothing reconciled them: a $5 budget whose Redis came
         back from a 2 s old snapshot spent $6.94. Every counter of the current windows this process reconciled
-        is raised to what the ledger says (never lowered: what settled since the restart stays counted)."""
+        is raised to what the ledger says (never lowered: what settled since the restart stays counted). The
+        snapshot also brought back the reservations open when it was taken, their settles since lost: those
+        whose request has its ledger row are dropped with that raise (one step), since the raised spend holds
+        their cost; before, the reaper charged them on top of it (an overcharge: budgets hit early)."""
         current = await self.store.server_id()
         if current == self._server:
             return
         now = datetime.now(UTC)
+        finished = await ledger_recorded(self.engine, await self.store.reservations())  # before the spends
+        spent: dict[str, int] = {}
         for name, item in list(self._known.items()):
             budget = item.budget
             if counter_name(budget, window(budget.period, now)[0], item.org) != name:
                 del self._known[name]  # a past window's
-            elif await self.store.raise_spent(name, await ledger_spent(self.engine, budget, now, item.org)):
-                log.warning("budget %s: raised to the ledger's spend after the counter store restarted", name)
+            else:
+                spent[name] = await ledger_spent(self.engine, budget, now, item.org)
+        done = await self.store.recount(spent, sorted(finished))
+        for name in done.raised:
+            log.warning("budget %s: raised to the ledger's spend after the counter store restarted", name)
+        if done.dropped:
+            log.warning("dropped %d reservations of finished requests the counter store brought back", done.dropped)
         self._server = current  # last: a pass that failed halfway is done again by the next
 
     async def release_unanswered(self, request_id: str) -> None:

@@ -51,6 +51,14 @@ class Admitted:
 
 
 @dataclass(frozen=True, slots=True)
+class Recount:
+    """What `recount` did: reservations dropped, counters raised."""
+
+    dropped: int
+    raised: list[str]
+
+
+@dataclass(frozen=True, slots=True)
 class Gcra:
     """One rate-limit check. `increment_s` = cost × period / rate; `tau_s` = the burst tolerance."""
 
@@ -99,6 +107,16 @@ class Store(Protocol):
 
     async def server_id(self) -> str:
         """Changes when the store restarts (and may have come back from an older snapshot)."""
+        ...
+
+    async def reservations(self) -> list[str]:
+        """The request ids of the reservations open (neither settled nor reaped)."""
+        ...
+
+    async def recount(self, spent: Mapping[str, int], recorded: Sequence[str]) -> Recount:
+        """After a restart from a snapshot, atomically: drop (release, uncharged, marked settled) the open
+        reservations of `recorded` requests (the ledger has their rows) whose counters are all in `spent`, then
+        raise each counter of `spent` (its ledger spend, read after `recorded`) as `raise_spent` does."""
         ...
 
     async def reap(self) -> int:
@@ -253,6 +271,19 @@ class LocalStore:
 
     async def server_id(self) -> str:
         return ""  # it lives and dies with this process
+
+    async def reservations(self) -> list[str]:
+        return list(self._reservations)
+
+    async def recount(self, spent: Mapping[str, int], recorded: Sequence[str]) -> Recount:
+        dropped = 0
+        for request_id in recorded:
+            reservation = self._reservations.get(request_id)
+            if reservation is not None and all(hold.counter in spent for hold in reservation.holds):
+                self._release(request_id)
+                self._settled[request_id] = None
+                dropped += 1
+        return Recount(dropped, [name for name, amount in spent.items() if await self.raise_spent(name, amount)])
 
     async def close(self) -> None:
         return None

@@ -124,6 +124,7 @@ class Services:
         self.targets = self._targets()
         self.governance = Governance(settings, self.engine)
         self.governance.reloaded_elsewhere = functools.partial(self.reload, announce=False)
+        self.governance.flush_ledger = self.outbox.flush
         self.cache = make_cache(settings)
         self.semantic = SemanticLayer(settings.cache) if settings.cache.semantic.enabled else None
         self.route_policy = RoutePolicy(settings.routes, rates=self._rates)

@@ -16,11 +16,13 @@ from margin.governance import admission as adm
 from margin.governance.redis_store import RedisStore
 from margin.governance.service import Governance, ledger_spent
 from margin.ledger import db
+from margin.ledger.outbox import Outbox
 from tests.helpers import fake_settings, free_port
 from tests.ledger.rows import row, write_rows
 from tests.servers import redis_server
 
 BUDGET = {"name": "all", "scope": {"kind": "global"}, "tokens": 1000, "period": "day"}
+HARD = {"name": "all", "scope": {"kind": "global"}, "tokens": 20, "period": "day"}  # 5 reserved, 3 spent each
 
 
 async def _save(url: str) -> None:
@@ -86,3 +88,107 @@ async def test_reservations_a_snapshot_brings_back_after_their_requests_finished
         finally:
             await governance.close()
             await engine.dispose()
+
+
+async def _admit(governance: Governance, request_id: str, holds: list[adm.BudgetHold]) -> bool:
+    """As the admit step does it: a counter the store lost is reconciled again, then the request admitted again."""
+    plain = [item.hold for item in holds]
+    result = await governance.store.admit(request_id, plain, 60)
+    if result.unseeded:
+        await governance.reseed(holds, datetime.now(UTC))
+        result = await governance.store.admit(request_id, plain, 60)
+    return result.ok
+
+
+async def _finish(governance: Governance, outbox: Outbox, request_id: str, holds: list[adm.BudgetHold]) -> None:
+    """The request's row goes to the outbox (3 tokens), then its reservation is settled, as the settle step does."""
+    outbox.append(row(request_id))
+    await governance.settle(adm.Admission(request_id, holds), 10, 1, 2)
+
+
+def _gateway(tmp_path: Path, name: str, redis_url: str, engine: object) -> tuple[Governance, Outbox]:
+    """One gateway process's governance and outbox; the outbox's ingester moves rows only when flushed."""
+    settings = fake_settings(tmp_path / "l.db", budgets=[HARD])
+    governance = Governance(settings, engine, RedisStore(redis_url))
+    outbox = Outbox(settings.storage.ledger, tmp_path / name, interval_s=60.0)
+    outbox.start()
+    governance.flush_ledger = outbox.flush
+    return governance, outbox
+
+
+async def _spent_in_the_end(governance: Governance, outboxes: list[Outbox]) -> tuple[int, tuple[int, int]]:
+    for outbox in outboxes:
+        await outbox.close()
+    budget, now = governance.rules.budgets[0], datetime.now(UTC)
+    counter = adm.hold_for(budget, now, 0, 5).hold.counter
+    return await ledger_spent(governance.engine, budget, now), (await governance.store.counters([counter]))[counter]
+
+
+async def test_a_counter_redis_lost_counts_the_rows_still_in_this_process_outbox(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Redis lost its data while this process's last rows (12 tokens of a 20-token hard budget) waited in its
+    outbox: the counter was made again from the ledger alone (0), and 6 more requests were admitted, 30 tokens
+    spent. The outbox is now moved into the ledger first: 2 are admitted, 18 spent, the counter exact."""
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    db.upgrade(url)
+    engine = db.make_async_engine(url)
+    governance, outbox = _gateway(tmp_path, "box", redis_url, engine)
+    client = aioredis.from_url(redis_url)
+    try:
+        await client.flushall()
+        now = datetime.now(UTC)
+        holds = [adm.hold_for(budget, now, 0, 5) for budget in governance.rules.budgets]
+        for i in range(4):
+            assert await _admit(governance, f"a{i}", holds)
+            await _finish(governance, outbox, f"a{i}", holds)
+        await client.flushall()  # Redis lost its data; the 4 rows are still in the outbox
+        admitted = 0
+        for i in range(10):
+            if await _admit(governance, f"b{i}", holds):
+                await _finish(governance, outbox, f"b{i}", holds)
+                admitted += 1
+        spent, counter = await _spent_in_the_end(governance, [outbox])
+        assert (admitted, spent) == (2, 18)  # was (6, 30)
+        assert counter == (spent, 0)
+    finally:
+        await client.aclose()
+        await governance.close()
+        await engine.dispose()
+
+
+async def test_a_counter_redis_lost_counts_what_another_replica_settled_while_it_was_gone(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Two replicas, each its own outbox. Redis lost its data while the second had two requests in flight;
+    they finished (rows in its outbox, not in the ledger) and settled into the counter that was gone, which
+    dropped their spend. The first replica then made the counter again from the ledger (which had neither theirs
+    nor its own last row): 0, and a 20-token hard budget spent 27. Their spend is now parked for that seed."""
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    db.upgrade(url)
+    engine = db.make_async_engine(url)
+    (first, first_box), (second, second_box) = (_gateway(tmp_path, name, redis_url, engine) for name in "ab")
+    client = aioredis.from_url(redis_url)
+    try:
+        await client.flushall()
+        now = datetime.now(UTC)
+        holds = [adm.hold_for(budget, now, 0, 5) for budget in first.rules.budgets]
+        assert await _admit(second, "b0", holds) and await _admit(second, "b1", holds)
+        assert await _admit(first, "a0", holds)
+        await _finish(first, first_box, "a0", holds)
+        await client.flushall()  # Redis lost its data
+        for request_id in ("b0", "b1"):
+            await _finish(second, second_box, request_id, holds)
+        admitted = 0
+        for i in range(10):
+            if await _admit(first, f"a{i + 1}", holds):
+                await _finish(first, first_box, f"a{i + 1}", holds)
+                admitted += 1
+        spent, counter = await _spent_in_the_end(first, [first_box, second_box])
+        assert (admitted, spent) == (3, 18)  # was (6, 27)
+        assert counter == (spent, 0)
+    finally:
+        await client.aclose()
+        await first.close()
+        await second.close()
+        await engine.dispose()

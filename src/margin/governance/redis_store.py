@@ -9,6 +9,7 @@ Each operation is one Lua script, so check-and-reserve is atomic across replicas
                      brought it back to the count it had seen for no news)
   s:{request_id}     marker of a settled request (expires after a day)
   k:{request_id}     hash {counter: amount} charged by the reaper (a reservation past its deadline)
+  l:{counter}        hash {request_id: amount} settled while the counter was gone, for the seed that makes it again
   g:{key}            GCRA theoretical arrival time (float seconds)
   st:{api key}       zset stream lease (request id) → expiry (unix s): the key's open streams
 Time comes from Redis' own clock (`TIME`), so replicas with skewed clocks agree.
@@ -37,8 +38,8 @@ _NEG = (
     "local function neg(s)\n"  # HINCRBY refuses `-0`
     "  if s == '0' then return s elseif s:sub(1, 1) == '-' then return s:sub(2) end return '-' .. s\n"
     "end\n"
-    # a counter that is gone is left gone: the next admit then reconciles it from the ledger (which has this
-    # request's row) instead of finding a counter that holds only what settled since it was lost
+    # a counter that is gone is left gone: the next admit then reconciles it from the ledger (and what settled
+    # while it was gone: SETTLE parks it) instead of finding a counter that holds only what settled since it was lost
     "local function add(key, field, amount)\n"
     "  if redis.call('EXISTS', key) == 1 then redis.call('HINCRBY', key, field, amount) end\n"
     "end\n"
@@ -114,11 +115,13 @@ end
 """
 )
 
+# a spend whose counter is gone is parked (l:{counter}) for the seed that makes it again: that seed reads the
+# ledger, which may not have the row yet (it waits in an outbox, maybe another replica's)
 SETTLE = (
     _NOW
     + _RELEASE
     + """
--- KEYS: reservation, settled marker, deadlines, reaper's charge, n counters, m GCRA keys
+-- KEYS: reservation, settled marker, deadlines, reaper's charge, n counters, n parked, m GCRA keys
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', 86400) == false then return 0 end
 release(KEYS[1])
 local charged = redis.call('HGETALL', KEYS[4])
@@ -126,9 +129,16 @@ for j = 1, #charged, 2 do add(charged[j], 'spent', neg(charged[j + 1])) end
 redis.call('DEL', KEYS[4])
 redis.call('ZREM', KEYS[3], ARGV[1])
 local n = tonumber(ARGV[2])
-for i = 1, n do add(KEYS[4 + i], 'spent', ARGV[2 + i]) end
-for i = 5 + n, #KEYS do
-  local tat = math.max(tonumber(redis.call('GET', KEYS[i]) or now), now) + tonumber(ARGV[i - 2])
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[4 + i]) == 1 then
+    redis.call('HINCRBY', KEYS[4 + i], 'spent', ARGV[2 + i])
+  elseif ARGV[2 + i] ~= '0' then
+    redis.call('HSET', KEYS[4 + n + i], ARGV[1], ARGV[2 + i])
+    redis.call('EXPIRE', KEYS[4 + n + i], 86400)
+  end
+end
+for i = 5 + 2 * n, #KEYS do
+  local tat = math.max(tonumber(redis.call('GET', KEYS[i]) or now), now) + tonumber(ARGV[i - 2 - n])
   redis.call('SET', KEYS[i], tostring(tat), 'EX', math.ceil(tat - now) + 120)
 end
 return 1
@@ -201,9 +211,17 @@ return {dropped, up}
 """
 )
 
+# KEYS: counter, its parked spends; ARGV: the ledger's spend, expiry, the parked requests the ledger counted
 SEED = """
-if redis.call('HSETNX', KEYS[1], 'spent', ARGV[1]) == 0 then return 0 end
-redis.call('HSETNX', KEYS[1], 'reserved', 0)
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'spent', ARGV[1], 'reserved', 0)
+local counted = {}
+for i = 3, #ARGV do counted[ARGV[i]] = true end
+local parked = redis.call('HGETALL', KEYS[2])
+for j = 1, #parked, 2 do
+  if not counted[parked[j]] then redis.call('HINCRBY', KEYS[1], 'spent', parked[j + 1]) end
+end
+redis.call('DEL', KEYS[2])
 if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
 return 1
 """
@@ -332,12 +350,22 @@ class RedisStore:
         self, request_id: str, actual: Mapping[str, int], charges: Sequence[tuple[str, float]] = ()
     ) -> bool:
         keys = [f"{P}r:{request_id}", f"{P}s:{request_id}", f"{P}deadlines", f"{P}k:{request_id}"]
-        keys += [f"{P}c:{name}" for name in actual] + [f"{P}g:{key}" for key, _ in charges]
+        keys += [f"{P}c:{name}" for name in actual] + [f"{P}l:{name}" for name in actual]
+        keys += [f"{P}g:{key}" for key, _ in charges]
         args = [request_id, len(actual), *actual.values(), *(repr(seconds) for _, seconds in charges)]
         return bool(await self._run("settle", keys, args))
 
-    async def seed(self, counter: str, spent: int, expire_s: int | None) -> bool:
-        return bool(await self._run("seed", [f"{P}c:{counter}"], [spent, expire_s or 0]))
+    async def seed(self, counter: str, spent: int, expire_s: int | None, counted: Sequence[str] = ()) -> bool:
+        keys = [f"{P}c:{counter}", f"{P}l:{counter}"]
+        return bool(await self._run("seed", keys, [spent, expire_s or 0, *counted]))
+
+    async def parked(self, counter: str) -> list[str]:
+        from redis.exceptions import RedisError
+
+        try:
+            return [str(rid) for rid in await self._redis.hkeys(f"{P}l:{counter}")]
+        except RedisError as exc:
+            raise unavailable("parked", exc) from exc
 
     async def raise_spent(self, counter: str, spent: int) -> bool:
         return bool(await self._run("raise", [f"{P}c:{counter}"], [spent]))

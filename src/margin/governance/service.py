@@ -88,6 +88,9 @@ class Governance:
         self._generation = ""  # the shared reload announcement last seen (margin.workers, replicas)
         self._unannounced = False  # this process reloaded while the store was down: announce it when it is back
         self.reloaded_elsewhere: Callable[[], Awaitable[object]] | None = None  # re-reads this process's config
+        # moves this process's ledger outbox into the database (services): done before a counter the store lost
+        # is counted again from the ledger, which else misses the rows still waiting there (a second of them)
+        self.flush_ledger: Callable[[], Awaitable[object]] | None = None
 
     async def start(self) -> None:
         ping = getattr(self.store, "ping", None)
@@ -158,6 +161,8 @@ class Governance:
         current = await self.store.server_id()
         if current == self._server:
             return
+        if self.flush_ledger is not None:  # what this process settled before the restart: in the ledger read
+            await self.flush_ledger()
         now = datetime.now(UTC)
         finished = await ledger_recorded(self.engine, await self.store.reservations())  # before the spends
         spent: dict[str, int] = {}
@@ -190,25 +195,32 @@ class Governance:
             await self.store.settle(self._unanswered[0], {})  # raises while the store is down: next pass
             self._unanswered.popleft()
 
-    async def seed(self, holds: list[BudgetHold], now: datetime) -> None:
+    async def seed(self, holds: list[BudgetHold], now: datetime, lost: bool = False) -> None:
         """Reconcile a counter from the ledger the first time this process uses it. Requests arriving while
         that runs wait for the same reconciliation (one ledger scan, not one per request)."""
         for item in holds:
             name = item.hold.counter
             if name in self._known:
                 continue
-            await self._flights.run(name, functools.partial(self._seed, item, now))
+            await self._flights.run(name, functools.partial(self._seed, item, now, lost))
 
     async def reseed(self, holds: list[BudgetHold], now: datetime) -> None:
         """The counter store lost counters this process had reconciled: reconcile them again (those still
         there keep their values: seeding only sets a missing counter)."""
         for item in holds:
             self._known.pop(item.hold.counter, None)
-        await self.seed(holds, now)
+        await self.seed(holds, now, lost=True)
 
-    async def _seed(self, item: BudgetHold, now: datetime) -> None:
+    async def _seed(self, item: BudgetHold, now: datetime, lost: bool) -> None:
+        """The ledger's spend, and what was settled while the counter was gone (parked in the store) whose row
+        the ledger did not have yet, looked up before the spend is read (a row found is in that spend). A lost
+        counter's process moves its own outbox into the ledger first: before, the rows acknowledged in the last
+        second, their settles lost with the counter, were in neither, and a budget spent past its limit."""
         name = item.hold.counter
         try:
+            if lost and self.flush_ledger is not None:
+                await self.flush_ledger()
+            counted = await ledger_recorded(self.engine, await self.store.parked(name))
             spent = await ledger_spent(self.engine, item.budget, now, item.org)
         except sa.exc.SQLAlchemyError as exc:  # a locked or unreachable ledger: retryable, not a gateway bug
             log.warning("budget %s: the ledger could not be read to reconcile it: %s", name, printable(str(exc)))
@@ -217,7 +229,7 @@ class Governance:
                 code="governance_unavailable",
                 headers={"retry-after": "1"},
             ) from exc
-        if await self.store.seed(name, spent, item.hold.expire_s):
+        if await self.store.seed(name, spent, item.hold.expire_s, sorted(counted)):
             log.info("budget %s: reconciled spent=%d from the ledger", name, spent)
         self._known[name] = item
 

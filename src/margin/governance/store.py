@@ -93,8 +93,13 @@ class Store(Protocol):
         tokens for TPM limits); False (and nothing done) when already settled."""
         ...
 
-    async def seed(self, counter: str, spent: int, expire_s: int | None) -> bool:
-        """Set a counter's spent from the ledger unless it already exists; True when set."""
+    async def seed(self, counter: str, spent: int, expire_s: int | None, counted: Sequence[str] = ()) -> bool:
+        """Set a counter's spent from the ledger unless it already exists, plus what was settled into it while
+        it was gone (`parked`) but for the requests of `counted` (the ledger had their rows); True when set."""
+        ...
+
+    async def parked(self, counter: str) -> list[str]:
+        """The request ids settled while the counter was gone (a store that lost its data), not yet seeded."""
         ...
 
     async def counters(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
@@ -215,7 +220,10 @@ class LocalStore:
             self._settled.popitem(last=False)
         return True
 
-    async def seed(self, counter: str, spent: int, expire_s: int | None) -> bool:
+    async def parked(self, counter: str) -> list[str]:
+        return []  # its counters are never lost
+
+    async def seed(self, counter: str, spent: int, expire_s: int | None, counted: Sequence[str] = ()) -> bool:
         if counter in self._counters:
             return False
         self._counters[counter] = _Counter(spent=spent)

@@ -106,12 +106,16 @@ async def _finish(governance: Governance, outbox: Outbox, request_id: str, holds
     await governance.settle(adm.Admission(request_id, holds), 10, 1, 2)
 
 
-def _gateway(tmp_path: Path, name: str, redis_url: str, engine: object) -> tuple[Governance, Outbox]:
-    """One gateway process's governance and outbox; the outbox's ingester moves rows only when flushed."""
-    settings = fake_settings(tmp_path / "l.db", budgets=[HARD])
+async def _gateway(
+    tmp_path: Path, name: str, redis_url: str, engine: object, refresh_s: float = 2.0
+) -> tuple[Governance, Outbox]:
+    """One gateway process's governance and outbox; the outbox's ingester moves rows only when flushed (after its
+    first pass: that one moves whatever waits)."""
+    settings = fake_settings(tmp_path / "l.db", budgets=[HARD], admission={"refresh_s": refresh_s})
     governance = Governance(settings, engine, RedisStore(redis_url))
     outbox = Outbox(settings.storage.ledger, tmp_path / name, interval_s=60.0)
     outbox.start()
+    await outbox.flush()
     governance.flush_ledger = outbox.flush
     return governance, outbox
 
@@ -133,7 +137,7 @@ async def test_a_counter_redis_lost_counts_the_rows_still_in_this_process_outbox
     url = f"sqlite:///{tmp_path / 'l.db'}"
     db.upgrade(url)
     engine = db.make_async_engine(url)
-    governance, outbox = _gateway(tmp_path, "box", redis_url, engine)
+    governance, outbox = await _gateway(tmp_path, "box", redis_url, engine)
     client = aioredis.from_url(redis_url)
     try:
         await client.flushall()
@@ -167,7 +171,8 @@ async def test_a_counter_redis_lost_counts_what_another_replica_settled_while_it
     url = f"sqlite:///{tmp_path / 'l.db'}"
     db.upgrade(url)
     engine = db.make_async_engine(url)
-    (first, first_box), (second, second_box) = (_gateway(tmp_path, name, redis_url, engine) for name in "ab")
+    first, first_box = await _gateway(tmp_path, "a", redis_url, engine)
+    second, second_box = await _gateway(tmp_path, "b", redis_url, engine)
     client = aioredis.from_url(redis_url)
     try:
         await client.flushall()
@@ -192,3 +197,44 @@ async def test_a_counter_redis_lost_counts_what_another_replica_settled_while_it
         await first.close()
         await second.close()
         await engine.dispose()
+
+
+async def test_a_redis_back_from_a_snapshot_is_raised_with_the_rows_still_in_the_outbox(tmp_path: Path) -> None:
+    """Four requests (12 tokens) finished after the snapshot, their rows still in the outbox when Redis came back
+    from it: the counter was raised to the ledger's spend, which had none of them, and stayed at 0 (a 20-token
+    hard budget then admitted 6 more, 30 spent). The outbox is now moved into the ledger before that raise."""
+    path = tmp_path / "l.db"
+    db.upgrade(f"sqlite:///{path}")
+    port, workdir = free_port(), tmp_path / "redis"
+    workdir.mkdir()
+    engine = db.make_async_engine(f"sqlite:///{path}")
+    with contextlib.ExitStack() as last:
+        first = contextlib.ExitStack()
+        last.callback(first.close)  # a second close does nothing
+        redis = first.enter_context(redis_server(port, workdir))
+        governance, outbox = await _gateway(tmp_path, "box", redis, engine, refresh_s=0.1)
+        await governance.start()
+        try:
+            now = datetime.now(UTC)
+            holds = [adm.hold_for(budget, now, 0, 5) for budget in governance.rules.budgets]
+            await governance.seed(holds, now)
+            await _save(redis)  # the snapshot: nothing spent
+            for i in range(4):
+                assert await _admit(governance, f"a{i}", holds)
+                await _finish(governance, outbox, f"a{i}", holds)
+            first.close()  # SIGTERM: no save (`--save ""`), so it comes back from the snapshot
+            last.enter_context(redis_server(port, workdir))
+            client = aioredis.from_url(redis)
+            restarted = str((await client.info("server"))["run_id"])
+            await client.aclose()
+
+            async def raised() -> bool:  # the restart pass ran
+                return governance._server == restarted
+
+            await _until(raised)
+            counter = holds[0].hold.counter
+            assert await governance.store.counters([counter]) == {counter: (12, 0)}  # was (0, 0)
+        finally:
+            await outbox.close()
+            await governance.close()
+            await engine.dispose()

@@ -115,13 +115,14 @@ class Store(Protocol):
         ...
 
     async def reservations(self) -> list[str]:
-        """The request ids of the reservations open (neither settled nor reaped)."""
+        """The request ids of the reservations not settled: open, or charged by the reaper (two days)."""
         ...
 
     async def recount(self, spent: Mapping[str, int], recorded: Sequence[str]) -> Recount:
-        """After a restart from a snapshot, atomically: drop (release, uncharged, marked settled) the open
-        reservations of `recorded` requests (the ledger has their rows) whose counters are all in `spent`, then
-        raise each counter of `spent` (its ledger spend, read after `recorded`) as `raise_spent` does."""
+        """After a restart from a snapshot, atomically: drop (release, uncharged or the reaper's charge undone,
+        marked settled) the reservations of `recorded` requests (the ledger has their rows) whose counters are
+        all in `spent`, then raise each counter of `spent` (its ledger spend, read after `recorded`) as
+        `raise_spent` does."""
         ...
 
     async def reap(self) -> int:
@@ -281,15 +282,15 @@ class LocalStore:
         return ""  # it lives and dies with this process
 
     async def reservations(self) -> list[str]:
-        return list(self._reservations)
+        return [*self._reservations, *self._charged]
 
     async def recount(self, spent: Mapping[str, int], recorded: Sequence[str]) -> Recount:
         dropped = 0
         for request_id in recorded:
             reservation = self._reservations.get(request_id)
-            if reservation is not None and all(hold.counter in spent for hold in reservation.holds):
-                self._release(request_id)
-                self._settled[request_id] = None
+            holds = reservation.holds if reservation is not None else self._charged.get(request_id, ())
+            if holds and request_id not in self._settled and all(hold.counter in spent for hold in holds):
+                await self.settle(request_id, {})  # releases it, or undoes the reaper's charge
                 dropped += 1
         return Recount(dropped, [name for name, amount in spent.items() if await self.raise_spent(name, amount)])
 

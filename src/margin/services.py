@@ -118,6 +118,7 @@ class Services:
         self.targets = self._targets()
         self.governance = Governance(settings, self.engine)
         self.governance.reloaded_elsewhere = functools.partial(self.reload, announce=False)
+        self.governance.flush_ledger = self.outbox.flush
         # a file download holds its file (up to `batches.max_file_bytes`) until its client has read it: two at a
         # time per key, the next refused at once, so a key whose client stops reading cannot fill the memory
         self.downloads = self._file_gate(DOWNLOADS, running=2, waiting=0, what="file download")

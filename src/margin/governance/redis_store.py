@@ -9,6 +9,8 @@ Each operation is one Lua script, so check-and-reserve is atomic across replicas
                      brought it back to the count it had seen for no news)
   s:{request_id}     marker of a settled request (expires after a day)
   k:{request_id}     hash {counter: amount} charged by the reaper (a reservation past its deadline)
+  reaped             zset request_id → when reaped, for two days (as k:), for the pass after a restart
+  l:{counter}        hash {request_id: amount} settled while the counter was gone, for the seed that makes it again
   g:{key}            GCRA theoretical arrival time (float seconds)
   st:{api key}       zset stream lease (request id) → expiry (unix s): the key's open streams
   up:{api key}       zset upload lease (an id of its own) → expiry: the key's uploads being read
@@ -25,7 +27,7 @@ from typing import Any
 
 from margin.errors import ConfigError, Overloaded
 from margin.governance.slots import STREAMS
-from margin.governance.store import Admitted, Gcra, Hold
+from margin.governance.store import Admitted, Gcra, Hold, Recount
 from margin.logs import printable
 
 log = logging.getLogger("margin.governance")
@@ -40,8 +42,8 @@ _NEG = (
     "local function neg(s)\n"  # HINCRBY refuses `-0`
     "  if s == '0' then return s elseif s:sub(1, 1) == '-' then return s:sub(2) end return '-' .. s\n"
     "end\n"
-    # a counter that is gone is left gone: the next admit then reconciles it from the ledger (which has this
-    # request's row) instead of finding a counter that holds only what settled since it was lost
+    # a counter that is gone is left gone: the next admit then reconciles it from the ledger (and what settled
+    # while it was gone: SETTLE parks it) instead of finding a counter that holds only what settled since it was lost
     "local function add(key, field, amount)\n"
     "  if redis.call('EXISTS', key) == 1 then redis.call('HINCRBY', key, field, amount) end\n"
     "end\n"
@@ -117,21 +119,31 @@ end
 """
 )
 
+# a spend whose counter is gone is parked (l:{counter}) for the seed that makes it again: that seed reads the
+# ledger, which may not have the row yet (it waits in an outbox, maybe another replica's)
 SETTLE = (
     _NOW
     + _RELEASE
     + """
--- KEYS: reservation, settled marker, deadlines, reaper's charge, n counters, m GCRA keys
+-- KEYS: reservation, settled marker, deadlines, reaper's charge, reaped, n counters, n parked, m GCRA keys
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', 86400) == false then return 0 end
 release(KEYS[1])
 local charged = redis.call('HGETALL', KEYS[4])
 for j = 1, #charged, 2 do add(charged[j], 'spent', neg(charged[j + 1])) end
 redis.call('DEL', KEYS[4])
 redis.call('ZREM', KEYS[3], ARGV[1])
+if #charged > 0 then redis.call('ZREM', KEYS[5], ARGV[1]) end
 local n = tonumber(ARGV[2])
-for i = 1, n do add(KEYS[4 + i], 'spent', ARGV[2 + i]) end
-for i = 5 + n, #KEYS do
-  local tat = math.max(tonumber(redis.call('GET', KEYS[i]) or now), now) + tonumber(ARGV[i - 2])
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[5 + i]) == 1 then
+    redis.call('HINCRBY', KEYS[5 + i], 'spent', ARGV[2 + i])
+  elseif ARGV[2 + i] ~= '0' then
+    redis.call('HSET', KEYS[5 + n + i], ARGV[1], ARGV[2 + i])
+    redis.call('EXPIRE', KEYS[5 + n + i], 86400)
+  end
+end
+for i = 6 + 2 * n, #KEYS do
+  local tat = math.max(tonumber(redis.call('GET', KEYS[i]) or now), now) + tonumber(ARGV[i - 3 - n])
   redis.call('SET', KEYS[i], tostring(tat), 'EX', math.ceil(tat - now) + 120)
 end
 return 1
@@ -154,9 +166,11 @@ for _, rid in ipairs(stale) do
   if #held > 0 then
     redis.call('RENAME', rkey, kkey)
     redis.call('EXPIRE', kkey, 172800)
+    redis.call('ZADD', KEYS[2], now, rid)
   end
   redis.call('ZREM', KEYS[1], rid)
 end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 172800)
 return #stale
 """
 )
@@ -167,9 +181,59 @@ if spent and tonumber(spent) < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1]
 return 0
 """
 
+# after a restart from a snapshot (governance.service), in one step: the reservations of requests the ledger
+# has rows for are dropped (the snapshot was taken before they settled, so their settle is lost; the reaper would
+# charge them on top of the ledger's spend), or their reaper's charge undone, when each of their counters is
+# raised here, then the counters are raised to the ledger's spend (read after those rows were found: it holds
+# their cost)
+RECOUNT = (
+    _NEG
+    + """
+-- KEYS: deadlines, reaped, n counters; ARGV: prefix, n, n ledger spends, then the request ids the ledger has rows for
+local n = tonumber(ARGV[2])
+local raised = {}
+for i = 1, n do raised[KEYS[2 + i]] = true end
+local dropped = 0
+local function covers(pairs_)
+  for j = 1, #pairs_, 2 do if not raised[pairs_[j]] then return false end end
+  return true
+end
+for i = 3 + n, #ARGV do
+  local rkey, kkey, skey = ARGV[1] .. 'r:' .. ARGV[i], ARGV[1] .. 'k:' .. ARGV[i], ARGV[1] .. 's:' .. ARGV[i]
+  local held, charged = redis.call('HGETALL', rkey), redis.call('HGETALL', kkey)
+  if #held + #charged > 0 and redis.call('EXISTS', skey) == 0 and covers(held) and covers(charged) then
+    for j = 1, #held, 2 do add(held[j], 'reserved', neg(held[j + 1])) end
+    for j = 1, #charged, 2 do add(charged[j], 'spent', neg(charged[j + 1])) end  -- the reaper's, undone
+    redis.call('DEL', rkey, kkey)
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    redis.call('ZREM', KEYS[2], ARGV[i])
+    redis.call('SET', skey, '1', 'EX', 86400)  -- a settle still on its way is the row already counted
+    dropped = dropped + 1
+  end
+end
+local up = {}
+for i = 1, n do
+  local spent = redis.call('HGET', KEYS[2 + i], 'spent')
+  if spent and tonumber(spent) < tonumber(ARGV[2 + i]) then
+    redis.call('HSET', KEYS[2 + i], 'spent', ARGV[2 + i])
+    up[#up + 1] = i - 1
+  end
+end
+return {dropped, up}
+"""
+)
+
+# KEYS: counter, its parked spends; ARGV: the ledger's spend, expiry, the parked requests the ledger counted
 SEED = """
-if redis.call('HSETNX', KEYS[1], 'spent', ARGV[1]) == 0 then return 0 end
-redis.call('HSETNX', KEYS[1], 'reserved', 0)
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'spent', ARGV[1], 'reserved', 0)
+local counted = {}
+for i = 3, #ARGV do counted[ARGV[i]] = true end
+local parked = redis.call('HGETALL', KEYS[2])
+for j = 1, #parked, 2 do
+  if not counted[parked[j]] then redis.call('HINCRBY', KEYS[1], 'spent', parked[j + 1]) end
+end
+redis.call('DEL', KEYS[2])
 if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
 return 1
 """
@@ -249,6 +313,7 @@ class RedisStore:
                 "reap": REAP,
                 "seed": SEED,
                 "raise": RAISE,
+                "recount": RECOUNT,
                 "take_slot": TAKE_SLOT,
                 "renew_slots": RENEW_SLOTS,
                 "restore_slots": RESTORE_SLOTS,
@@ -296,16 +361,44 @@ class RedisStore:
     async def settle(
         self, request_id: str, actual: Mapping[str, int], charges: Sequence[tuple[str, float]] = ()
     ) -> bool:
-        keys = [f"{P}r:{request_id}", f"{P}s:{request_id}", f"{P}deadlines", f"{P}k:{request_id}"]
-        keys += [f"{P}c:{name}" for name in actual] + [f"{P}g:{key}" for key, _ in charges]
+        keys = [f"{P}r:{request_id}", f"{P}s:{request_id}", f"{P}deadlines", f"{P}k:{request_id}", f"{P}reaped"]
+        keys += [f"{P}c:{name}" for name in actual] + [f"{P}l:{name}" for name in actual]
+        keys += [f"{P}g:{key}" for key, _ in charges]
         args = [request_id, len(actual), *actual.values(), *(repr(seconds) for _, seconds in charges)]
         return bool(await self._run("settle", keys, args))
 
-    async def seed(self, counter: str, spent: int, expire_s: int | None) -> bool:
-        return bool(await self._run("seed", [f"{P}c:{counter}"], [spent, expire_s or 0]))
+    async def seed(self, counter: str, spent: int, expire_s: int | None, counted: Sequence[str] = ()) -> bool:
+        keys = [f"{P}c:{counter}", f"{P}l:{counter}"]
+        return bool(await self._run("seed", keys, [spent, expire_s or 0, *counted]))
+
+    async def parked(self, counter: str) -> list[str]:
+        from redis.exceptions import RedisError
+
+        try:
+            return [str(rid) for rid in await self._redis.hkeys(f"{P}l:{counter}")]
+        except RedisError as exc:
+            raise unavailable("parked", exc) from exc
 
     async def raise_spent(self, counter: str, spent: int) -> bool:
         return bool(await self._run("raise", [f"{P}c:{counter}"], [spent]))
+
+    async def reservations(self) -> list[str]:
+        from redis.exceptions import RedisError
+
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.zrange(f"{P}deadlines", 0, -1)
+            pipe.zrange(f"{P}reaped", 0, -1)
+            open_, reaped = await pipe.execute()
+            return [str(rid) for rid in (*open_, *reaped)]
+        except RedisError as exc:
+            raise unavailable("reservations", exc) from exc
+
+    async def recount(self, spent: Mapping[str, int], recorded: Sequence[str]) -> Recount:
+        keys = [f"{P}deadlines", f"{P}reaped", *(f"{P}c:{name}" for name in spent)]
+        dropped, up = await self._run("recount", keys, [P, len(spent), *spent.values(), *recorded])
+        names = list(spent)
+        return Recount(int(dropped), [names[int(i)] for i in up or []])
 
     async def server_id(self) -> str:
         from redis.exceptions import RedisError, ResponseError
@@ -331,7 +424,7 @@ class RedisStore:
         return {name: (int(v[0] or 0), int(v[1] or 0)) for name, v in zip(names, values, strict=True)}
 
     async def reap(self) -> int:
-        return int(await self._run("reap", [f"{P}deadlines"], [P]))
+        return int(await self._run("reap", [f"{P}deadlines", f"{P}reaped"], [P]))
 
     async def take_slot(self, key: str, lease: str, cap: int, lease_s: float, pool: str = STREAMS) -> bool:
         """A slot of API key `key` in `pool` (margin.governance.slots.SharedSlots)."""

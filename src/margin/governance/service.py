@@ -20,7 +20,7 @@ from margin.governance.admission import Admission, BudgetHold, counter_name, win
 from margin.governance.rules import Rules, Subject, build_rules, load_rules, matches
 from margin.governance.slots import STREAMS, LocalSlots, SharedSlots, Slots, SlotStore
 from margin.governance.store import LocalStore, Store
-from margin.ledger.read import budget_spent
+from margin.ledger.read import budget_spent, recorded
 from margin.logs import printable
 from margin.singleflight import SingleFlight
 from margin.specs import BudgetSpec
@@ -64,6 +64,15 @@ async def ledger_spent(engine: Any, budget: BudgetSpec, now: datetime, org: str 
     return spent
 
 
+async def ledger_recorded(engine: Any, request_ids: list[str]) -> set[str]:
+    """Which of these requests the ledger has a row for (margin.ledger.read's `recorded`)."""
+    if not request_ids:
+        return set()
+    async with engine.connect() as connection:
+        found: set[str] = await connection.run_sync(recorded, request_ids)
+    return found
+
+
 class Governance:
     def __init__(self, settings: Settings, engine: Any, store: Store | None = None) -> None:
         self.settings = settings
@@ -80,6 +89,9 @@ class Governance:
         self._generation = ""  # the shared reload announcement last seen (margin.workers, replicas)
         self._unannounced = False  # this process reloaded while the store was down: announce it when it is back
         self.reloaded_elsewhere: Callable[[], Awaitable[object]] | None = None  # re-reads this process's config
+        # moves this process's ledger outbox into the database (services): done before a counter the store lost
+        # is counted again from the ledger, which else misses the rows still waiting there (a second of them)
+        self.flush_ledger: Callable[[], Awaitable[object]] | None = None
 
     def shared_slots(self, pool: str, cap: int, what: str) -> SharedSlots | None:
         """A per-key cap of `pool` counted across every process sharing the store's Redis (the file gates'
@@ -154,17 +166,29 @@ class Governance:
         """The store restarted (Redis' run id changed). Back from a snapshot, its counters hold what was spent
         when the snapshot was taken, and they exist, so nothing reconciled them: a $5 budget whose Redis came
         back from a 2 s old snapshot spent $6.94. Every counter of the current windows this process reconciled
-        is raised to what the ledger says (never lowered: what settled since the restart stays counted)."""
+        is raised to what the ledger says (never lowered: what settled since the restart stays counted). The
+        snapshot also brought back the reservations open when it was taken, their settles since lost: those
+        whose request has its ledger row are dropped with that raise (one step), since the raised spend holds
+        their cost; before, the reaper charged them on top of it (an overcharge: budgets hit early)."""
         current = await self.store.server_id()
         if current == self._server:
             return
+        if self.flush_ledger is not None:  # what this process settled before the restart: in the ledger read
+            await self.flush_ledger()
         now = datetime.now(UTC)
+        finished = await ledger_recorded(self.engine, await self.store.reservations())  # before the spends
+        spent: dict[str, int] = {}
         for name, item in list(self._known.items()):
             budget = item.budget
             if counter_name(budget, window(budget.period, now)[0], item.org) != name:
                 del self._known[name]  # a past window's
-            elif await self.store.raise_spent(name, await ledger_spent(self.engine, budget, now, item.org)):
-                log.warning("budget %s: raised to the ledger's spend after the counter store restarted", name)
+            else:
+                spent[name] = await ledger_spent(self.engine, budget, now, item.org)
+        done = await self.store.recount(spent, sorted(finished))
+        for name in done.raised:
+            log.warning("budget %s: raised to the ledger's spend after the counter store restarted", name)
+        if done.dropped:
+            log.warning("dropped %d reservations of finished requests the counter store brought back", done.dropped)
         self._server = current  # last: a pass that failed halfway is done again by the next
 
     async def release_unanswered(self, request_id: str) -> None:
@@ -183,25 +207,32 @@ class Governance:
             await self.store.settle(self._unanswered[0], {})  # raises while the store is down: next pass
             self._unanswered.popleft()
 
-    async def seed(self, holds: list[BudgetHold], now: datetime) -> None:
+    async def seed(self, holds: list[BudgetHold], now: datetime, lost: bool = False) -> None:
         """Reconcile a counter from the ledger the first time this process uses it. Requests arriving while
         that runs wait for the same reconciliation (one ledger scan, not one per request)."""
         for item in holds:
             name = item.hold.counter
             if name in self._known:
                 continue
-            await self._flights.run(name, functools.partial(self._seed, item, now))
+            await self._flights.run(name, functools.partial(self._seed, item, now, lost))
 
     async def reseed(self, holds: list[BudgetHold], now: datetime) -> None:
         """The counter store lost counters this process had reconciled: reconcile them again (those still
         there keep their values: seeding only sets a missing counter)."""
         for item in holds:
             self._known.pop(item.hold.counter, None)
-        await self.seed(holds, now)
+        await self.seed(holds, now, lost=True)
 
-    async def _seed(self, item: BudgetHold, now: datetime) -> None:
+    async def _seed(self, item: BudgetHold, now: datetime, lost: bool) -> None:
+        """The ledger's spend, and what was settled while the counter was gone (parked in the store) whose row
+        the ledger did not have yet, looked up before the spend is read (a row found is in that spend). A lost
+        counter's process moves its own outbox into the ledger first: before, the rows acknowledged in the last
+        second, their settles lost with the counter, were in neither, and a budget spent past its limit."""
         name = item.hold.counter
         try:
+            if lost and self.flush_ledger is not None:
+                await self.flush_ledger()
+            counted = await ledger_recorded(self.engine, await self.store.parked(name))
             spent = await ledger_spent(self.engine, item.budget, now, item.org)
         except sa.exc.SQLAlchemyError as exc:  # a locked or unreachable ledger: retryable, not a gateway bug
             log.warning("budget %s: the ledger could not be read to reconcile it: %s", name, printable(str(exc)))
@@ -210,7 +241,7 @@ class Governance:
                 code="governance_unavailable",
                 headers={"retry-after": "1"},
             ) from exc
-        if await self.store.seed(name, spent, item.hold.expire_s):
+        if await self.store.seed(name, spent, item.hold.expire_s, sorted(counted)):
             log.info("budget %s: reconciled spent=%d from the ledger", name, spent)
         self._known[name] = item
 

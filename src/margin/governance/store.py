@@ -51,6 +51,14 @@ class Admitted:
 
 
 @dataclass(frozen=True, slots=True)
+class Recount:
+    """What `recount` did: reservations dropped, counters raised."""
+
+    dropped: int
+    raised: list[str]
+
+
+@dataclass(frozen=True, slots=True)
 class Gcra:
     """One rate-limit check. `increment_s` = cost × period / rate; `tau_s` = the burst tolerance."""
 
@@ -85,8 +93,13 @@ class Store(Protocol):
         tokens for TPM limits); False (and nothing done) when already settled."""
         ...
 
-    async def seed(self, counter: str, spent: int, expire_s: int | None) -> bool:
-        """Set a counter's spent from the ledger unless it already exists; True when set."""
+    async def seed(self, counter: str, spent: int, expire_s: int | None, counted: Sequence[str] = ()) -> bool:
+        """Set a counter's spent from the ledger unless it already exists, plus what was settled into it while
+        it was gone (`parked`) but for the requests of `counted` (the ledger had their rows); True when set."""
+        ...
+
+    async def parked(self, counter: str) -> list[str]:
+        """The request ids settled while the counter was gone (a store that lost its data), not yet seeded."""
         ...
 
     async def counters(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
@@ -99,6 +112,17 @@ class Store(Protocol):
 
     async def server_id(self) -> str:
         """Changes when the store restarts (and may have come back from an older snapshot)."""
+        ...
+
+    async def reservations(self) -> list[str]:
+        """The request ids of the reservations not settled: open, or charged by the reaper (two days)."""
+        ...
+
+    async def recount(self, spent: Mapping[str, int], recorded: Sequence[str]) -> Recount:
+        """After a restart from a snapshot, atomically: drop (release, uncharged or the reaper's charge undone,
+        marked settled) the reservations of `recorded` requests (the ledger has their rows) whose counters are
+        all in `spent`, then raise each counter of `spent` (its ledger spend, read after `recorded`) as
+        `raise_spent` does."""
         ...
 
     async def reap(self) -> int:
@@ -197,7 +221,10 @@ class LocalStore:
             self._settled.popitem(last=False)
         return True
 
-    async def seed(self, counter: str, spent: int, expire_s: int | None) -> bool:
+    async def parked(self, counter: str) -> list[str]:
+        return []  # its counters are never lost
+
+    async def seed(self, counter: str, spent: int, expire_s: int | None, counted: Sequence[str] = ()) -> bool:
         if counter in self._counters:
             return False
         self._counters[counter] = _Counter(spent=spent)
@@ -253,6 +280,19 @@ class LocalStore:
 
     async def server_id(self) -> str:
         return ""  # it lives and dies with this process
+
+    async def reservations(self) -> list[str]:
+        return [*self._reservations, *self._charged]
+
+    async def recount(self, spent: Mapping[str, int], recorded: Sequence[str]) -> Recount:
+        dropped = 0
+        for request_id in recorded:
+            reservation = self._reservations.get(request_id)
+            holds = reservation.holds if reservation is not None else self._charged.get(request_id, ())
+            if holds and request_id not in self._settled and all(hold.counter in spent for hold in holds):
+                await self.settle(request_id, {})  # releases it, or undoes the reaper's charge
+                dropped += 1
+        return Recount(dropped, [name for name, amount in spent.items() if await self.raise_spent(name, amount)])
 
     async def close(self) -> None:
         return None

@@ -9,6 +9,7 @@ API and budget reconciliation (margin.governance) render what it returns and hol
     exact(conn, window, metric, qs)                              exact nearest-rank percentiles
     task_sums(conn, window, by) -> {key: TaskSums}                tasks, graded, successful… (tasks.py)
     budget_spent(conn, kind, value, usd, start, end, org)         a budget window's spend (budget.py)
+    recorded(conn, request_ids) -> {request_id}                  which requests have their row (budget.py)
     attach(conn, window) -> (customers per feature, active)       distinct customers (attach.py)
 
 Every function takes a SQLAlchemy Connection of the ledger database: the engine is its owner's (Services
@@ -16,7 +17,7 @@ in the gateway, the CLI command otherwise); reads never open the database themse
 """
 
 from margin.ledger.read.attach import attach
-from margin.ledger.read.budget import budget_spent
+from margin.ledger.read.budget import budget_spent, recorded
 from margin.ledger.read.latency import exact, from_histogram, histograms, nearest_rank, percentile
 from margin.ledger.read.plan import Part, grain_for, plan, plan_days_then_hours
 from margin.ledger.read.sums import BUCKETS, Sums, first_at, grouped, tag_keys, total, totals, zero
@@ -43,6 +44,7 @@ __all__ = [
     "percentile",
     "plan",
     "plan_days_then_hours",
+    "recorded",
     "tag_keys",
     "task_sums",
     "team_org",

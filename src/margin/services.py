@@ -209,7 +209,10 @@ class Services:
             backends[name] = {"state": breaker["state"], "faults": breaker["faults"], "retries": retries}
         depth = self.outbox.depth
         pending = {"pending_rows": depth.rows, "pending_bytes": depth.bytes}
-        return {"backends": backends, **pending, "refused_backlogged": self.settle.refused}
+        state = {"backends": backends, **pending, "refused_backlogged": self.settle.refused}
+        if self.semantic is not None and self.semantic.feed is not None:
+            state["semantic_shared"] = self.semantic.feed.counts()
+        return state
 
     def sync_engine(self) -> sa.Engine:
         """The synchronous engine: ledger writes, reads and admin work, run in threads."""

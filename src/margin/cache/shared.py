@@ -148,6 +148,10 @@ class SemanticFeed:
             self._warned_at = now
             log.warning("semantic cache: %s failed (%s); lookups go on locally", what, printable(repr(exc)))
 
+    def counts(self) -> dict[str, int]:
+        """What the metrics read (`margin_semantic_cache_shared_total{outcome}`)."""
+        return {"received": self.received, "dropped": self.dropped, "skipped": self.skipped}
+
     def publish(self, entry: Shared) -> None:
         """Queue `entry` for the stream; never waits (a full queue drops it: it stays in this process)."""
         fields = encode(self.origin, entry)

@@ -186,7 +186,7 @@ class Services:
         self.telemetry.start(self.telemetry_state)
         await self.governance.start()
         if self.semantic is not None:
-            self.semantic.start()
+            await self.semantic.start()
         await asyncio.gather(*(backend.start() for backend in self.backends.values()))
 
     def _check_rollup_keys(self) -> None:

@@ -6,6 +6,7 @@ never stalls an addition or a lookup."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -18,7 +19,7 @@ import pytest
 
 from margin.cache.exact import RedisCache
 from margin.cache.identifiers import Identifiers
-from margin.cache.layer import SemanticLayer, Where
+from margin.cache.layer import BACKFILL_WAIT_S, SemanticLayer, Where
 from margin.cache.shared import SemanticFeed, Shared, decode, encode
 from margin.config import CacheConfig
 from tests.cache.fakes import FakeEncoder
@@ -43,7 +44,7 @@ async def layer(url: str, stream: str, **semantic: Any) -> AsyncIterator[Semanti
     gateway = SemanticLayer(config(**semantic), encoder=FakeEncoder(dim=384), redis=store.client)
     assert gateway.feed is not None
     gateway.feed.stream = stream
-    gateway.start()
+    await gateway.start()
     try:
         yield gateway
     finally:
@@ -109,7 +110,7 @@ async def test_a_process_starting_later_back_fills_from_a_capped_stream(redis_ur
         length = await one.feed._redis.xlen(stream)
         assert 50 <= length <= 200  # MAXLEN ~: trimmed by whole nodes of 100 records
         async with layer(redis_url, stream) as late:
-            await eventually(lambda: len(late.cache) == length)
+            assert len(late.cache) == length  # in before its start returned
             hit, _ = await late.lookup(where("team-a", "question 399"))
             assert hit is not None and hit.key == f"{399:064x}"
             assert (await late.lookup(where("team-a", "question 0")))[0] is None  # trimmed away
@@ -178,3 +179,22 @@ async def test_a_feed_encodes_what_it_decodes() -> None:
     back = decode({name.encode(): value for name, value in fields.items()}, 384)
     assert back.identifiers == entry.identifiers and back.key == entry.key and back.expires_at == 123.5
     assert np.array_equal(back.vector, vector)
+
+
+async def test_a_redis_that_never_answers_delays_a_start_by_at_most_the_back_fill_wait() -> None:
+    with socket.socket() as listener:  # accepts connections (the kernel's backlog), never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        url = f"redis://127.0.0.1:{listener.getsockname()[1]}"
+        started = time.monotonic()
+        async with layer(url, "s") as hung:
+            assert time.monotonic() - started < BACKFILL_WAIT_S + 2
+            place = where("team-a", QUESTION)
+            served = time.monotonic()
+            for i in range(20):
+                await add(hung, where("team-a", f"q {i}"), f"{i:064x}")
+            await add(hung, place, "a" * 64)
+            hit, _ = await hung.lookup(place)
+            assert hit is not None and time.monotonic() - served < 2  # nothing waited on Redis
+            closing = time.monotonic()
+        assert time.monotonic() - closing < 5

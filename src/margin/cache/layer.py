@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from margin.cache.shared import SemanticFeed, Shared
 
 MAX_TEXT_CHARS = 1000
+BACKFILL_WAIT_S = 3.0
 Where = tuple[str, str, str, str]  # (tenant, bucket scope, context hash, text)
 
 
@@ -101,10 +102,12 @@ class SemanticLayer:
             expires_at = time.time() + self.ttl_s
             self.feed.publish(Shared(tenant, scope, context, key, identifiers, expires_at, vector))
 
-    def start(self) -> None:
-        """Share additions with the other processes on the Redis (in the running event loop), if there is one."""
+    async def start(self) -> None:
+        """Share additions with the other processes on the Redis, if there is one; returns once what the others
+        stored is in this index (the back-fill), or after `BACKFILL_WAIT_S`."""
         if self.feed is not None:
             self.feed.start(self._take)
+            await self.feed.ready(BACKFILL_WAIT_S)
 
     async def _take(self, batch: list[Shared]) -> None:
         await self._run(self._add_shared, batch)

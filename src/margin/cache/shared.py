@@ -137,6 +137,7 @@ class SemanticFeed:
         self.origin = secrets.token_hex(8)
         self._queue: asyncio.Queue[dict[str, bytes]] = asyncio.Queue(QUEUE)
         self._tasks: list[asyncio.Task[None]] = []
+        self.caught_up = asyncio.Event()  # the back-fill is read (or Redis failed: nothing to wait for)
         self._warned_at = -math.inf
         self.dropped = 0  # additions not shared: queue full, too large or Redis failing
         self.skipped = 0  # records read that failed a check
@@ -167,6 +168,11 @@ class SemanticFeed:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._write()), loop.create_task(self._tail(apply))]
 
+    async def ready(self, timeout_s: float) -> None:
+        """Wait until the back-fill is in (at most `timeout_s`: a slow Redis delays no start for longer)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.caught_up.wait(), timeout_s)
+
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -196,12 +202,14 @@ class SemanticFeed:
         last: bytes | str = "0-0"  # from the start: what the stream holds is the back-fill
         pause = 0.5
         while True:
+            block = BLOCK_MS if self.caught_up.is_set() else None  # the back-fill's reads answer at once
             try:
                 reply = await asyncio.wait_for(
-                    self._redis.xread({self.stream: last}, count=READ_COUNT, block=BLOCK_MS),
+                    self._redis.xread({self.stream: last}, count=READ_COUNT, block=block),
                     BLOCK_MS / 1000 + TIMEOUT_S,
                 )
             except Exception as exc:  # retried after a pause; lookups go on locally
+                self.caught_up.set()
                 self._failed("reading the shared entries from Redis", exc)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 30.0)
@@ -217,6 +225,8 @@ class SemanticFeed:
                         self.received += len(batch)
                     except Exception:  # a bug, not Redis: those entries stay unshared, the tail goes on
                         log.exception("semantic cache: adding %d shared entries failed", len(batch))
+            if len(records) < READ_COUNT:
+                self.caught_up.set()
 
     def _decoded(self, records: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Shared]:
         batch: list[Shared] = []

@@ -100,6 +100,14 @@ async def test_scopes_and_the_tenant_quota_hold_on_the_receiving_side(redis_url:
         assert (await two.lookup(where("team-b", QUESTION, model="other")))[0] is None
 
 
+async def test_what_is_queued_when_a_process_stops_is_still_shared(redis_url: str, stream: str) -> None:
+    async with layer(redis_url, stream) as one:
+        for i in range(100):
+            await add(one, where("team-a", f"question {i}"), f"{i:064x}")
+    async with layer(redis_url, stream) as late:
+        assert len(late.cache) == 100
+
+
 async def test_a_process_starting_later_back_fills_from_a_capped_stream(redis_url: str, stream: str) -> None:
     async with layer(redis_url, stream, max_entries=50) as one:  # the stream keeps about max_entries records
         assert one.feed is not None and one.feed.maxlen == 50

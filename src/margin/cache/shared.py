@@ -44,6 +44,7 @@ BLOCK_MS = 1000
 QUEUE = 1024
 WRITE_BATCH = 64
 TIMEOUT_S = 5.0
+FLUSH_S = 1.0
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -174,6 +175,10 @@ class SemanticFeed:
             await asyncio.wait_for(self.caught_up.wait(), timeout_s)
 
     async def close(self) -> None:
+        """Stop, once the additions queued are written (at most `FLUSH_S`: a hung Redis delays no shutdown more)."""
+        if self._tasks and not self._tasks[0].done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), FLUSH_S)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -191,6 +196,8 @@ class SemanticFeed:
             except Exception as exc:  # Redis down, OOM, a timeout: not shared, still local
                 self.dropped += len(batch)
                 self._failed("sharing an entry through Redis", exc)
+            for _ in batch:
+                self._queue.task_done()
 
     async def _append(self, batch: list[dict[str, bytes]]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -66,6 +66,13 @@ def make_cache(settings: Settings) -> CacheStore:
     return SqliteCache(database, memory) if database is not None else memory
 
 
+def make_semantic(settings: Settings, cache: CacheStore) -> SemanticLayer | None:
+    """The semantic cache when enabled; with the exact cache in Redis, its additions shared through that Redis."""
+    if not settings.cache.semantic.enabled:
+        return None
+    return SemanticLayer(settings.cache, redis=cache.client if isinstance(cache, RedisCache) else None)
+
+
 def make_telemetry(settings: Settings) -> Telemetry:
     """Metrics unless turned off (multiprocess files when a supervisor named their directory), traces only
     when an OTLP endpoint is configured."""
@@ -127,7 +134,7 @@ class Services:
         # 6 uploads of 40 MB at once took the gateway from 180 to 540 MB, and nothing bounded how many)
         self.uploads = self._file_gate(UPLOADS, running=2, waiting=4, what="file upload")
         self.cache = make_cache(settings)
-        self.semantic = SemanticLayer(settings.cache) if settings.cache.semantic.enabled else None
+        self.semantic = make_semantic(settings, self.cache)
         self.route_policy = RoutePolicy(settings.routes, rates=self._rates)
         admission = settings.admission
         self.breakers = Breakers(admission.breaker_failures, admission.breaker_cooldown_s)
@@ -179,6 +186,8 @@ class Services:
         self.outbox.start()
         self.telemetry.start(self.telemetry_state)
         await self.governance.start()
+        if self.semantic is not None:
+            await self.semantic.start()
         await asyncio.gather(*(backend.start() for backend in self.backends.values()))
 
     def _check_rollup_keys(self) -> None:
@@ -201,7 +210,10 @@ class Services:
             backends[name] = {"state": breaker["state"], "faults": breaker["faults"], "retries": retries}
         depth = self.outbox.depth
         pending = {"pending_rows": depth.rows, "pending_bytes": depth.bytes}
-        return {"backends": backends, **pending, "refused_backlogged": self.settle.refused}
+        state = {"backends": backends, **pending, "refused_backlogged": self.settle.refused}
+        if self.semantic is not None and self.semantic.feed is not None:
+            state["semantic_shared"] = self.semantic.feed.counts()
+        return state
 
     def sync_engine(self) -> sa.Engine:
         """The synchronous engine: ledger writes, reads and admin work, run in threads."""
@@ -261,6 +273,8 @@ class Services:
         await self.outbox.close()
         await self.telemetry.close()
         await self.governance.close()
+        if self.semantic is not None:
+            await self.semantic.stop()  # before the Redis client it reads with closes
         await self.cache.close()
         for step in self.flow.steps:
             closer = getattr(step, "close", None)  # steps holding a worker thread (guard)

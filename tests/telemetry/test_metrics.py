@@ -100,6 +100,7 @@ def test_refresh_sets_gauges_and_turns_totals_into_counters() -> None:
         "backends": {"up": {"state": "open", "faults": 3, "retries": 5}},
         "pending_rows": 42,
         "refused_backlogged": 2,
+        "semantic_shared": {"received": 7, "dropped": 1, "skipped": 0},
     }
     metrics.refresh(state)
     metrics.refresh({**state, "backends": {"up": {"state": "half_open", "faults": 4, "retries": 5}}})
@@ -109,6 +110,8 @@ def test_refresh_sets_gauges_and_turns_totals_into_counters() -> None:
     assert value(found, "margin_backend_retries_total", backend="up") == 5
     assert value(found, "margin_ledger_pending_rows") == 42
     assert value(found, "margin_rejections_total", reason="ledger_backlog") == 2
+    assert value(found, "margin_semantic_cache_shared_total", outcome="received") == 7
+    assert value(found, "margin_semantic_cache_shared_total", outcome="dropped") == 1
 
 
 WORKER = """

@@ -184,6 +184,11 @@ class RedisCache:
         self._redis: Any = aioredis.from_url(url)
         self._warned_at = -math.inf
 
+    @property
+    def client(self) -> Any:
+        """The Redis client (the semantic cache shares its additions through the same Redis)."""
+        return self._redis
+
     def _failed(self, operation: str, exc: Exception) -> None:
         now = time.monotonic()
         if now - self._warned_at >= 60:

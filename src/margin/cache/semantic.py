@@ -134,13 +134,14 @@ class SemanticCache:
         """The nearest live entry of the bucket whatever its similarity (evaluation uses this), skipping
         entries whose question holds other identifiers than `identifiers` (when given)."""
         with self._lock:
-            self._expire(self._clock())
+            now = self._clock()
+            self._expire(now)
             bucket = self._buckets.get((scope, context_hash))
             if bucket is None:
                 return None
             for entry_id, similarity in bucket.search(vector, SEARCH_K):
                 entry = self._entries.get(entry_id)
-                if entry is None:
+                if entry is None or entry.expires_at <= now:  # one added with a shorter life, behind the front
                     continue
                 if identifiers is not None and entry.identifiers and not identifiers.compatible(entry.identifiers):
                     continue
@@ -165,12 +166,15 @@ class SemanticCache:
         text_digest: str = "",
         tenant: str | None = None,
         identifiers: Identifiers | None = None,
+        ttl_s: float | None = None,
     ) -> None:
         """Add an entry. A `tenant` over `max_entries_per_tenant` makes room by evicting its own oldest entry,
-        never another tenant's; the store as a whole evicts the oldest entry past `max_entries`."""
+        never another tenant's; the store as a whole evicts the oldest entry past `max_entries`. `ttl_s`: a
+        shorter life than the store's (an entry another process added earlier)."""
         bucket_key = (scope, context_hash)
         now = self._clock()
-        expires_at = now + self.ttl_s if self.ttl_s is not None else float("inf")
+        life = self.ttl_s if ttl_s is None else ttl_s if self.ttl_s is None else min(ttl_s, self.ttl_s)
+        expires_at = now + life if life is not None else float("inf")
         with self._lock:
             self._expire(now)
             if text_digest:
@@ -244,7 +248,8 @@ class SemanticCache:
                     del self._by_tenant[entry.tenant]
 
     def _expire(self, now: float) -> None:
-        """Entries are kept in insertion order and all share one TTL, so expired ones are at the front."""
+        """Entries are kept in insertion order and most share one TTL, so expired ones are at the front (one
+        added with a shorter `ttl_s` may expire behind it: `nearest` skips it, eviction removes it later)."""
         while self._entries:
             entry_id, entry = next(iter(self._entries.items()))
             if entry.expires_at > now:

@@ -39,6 +39,7 @@ CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 STATES = {"closed": 0, "half_open": 1, "open": 2}
+SHARED_OUTCOMES = ("received", "dropped", "skipped")  # the semantic cache's sharing (`margin.cache.shared`)
 LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db")
 
 
@@ -160,6 +161,13 @@ class _Families:
         self.cache_hits = Counter("margin_cache_hits", "Answers from the cache.", ["type"], registry=r)
         self.rejections = Counter("margin_rejections", "Requests margin refused, by reason.", ["reason"], registry=r)
         self.dropped = Counter("margin_telemetry_dropped", "Telemetry lost (never ledger rows).", ["sink"], registry=r)
+        self.semantic_shared = Counter(
+            "margin_semantic_cache_shared",
+            "Semantic-cache entries through Redis: received (added from other processes), dropped (not shared), "
+            "skipped (records that failed a check).",
+            ["outcome"],
+            registry=r,
+        )
         self.backend_state = Gauge(
             "margin_backend_circuit_state", "Circuit per backend: 0 closed, 1 half-open, 2 open.", ["backend"],
             registry=r, multiprocess_mode="livemax",
@@ -264,6 +272,10 @@ class Metrics:
         if state.get("refused_backlogged") is not None:  # refused before any work: these requests have no row
             backlog = f.rejections.labels(self._label["reason"]("ledger_backlog"))
             self._add(backlog, ("", "refused_backlogged"), state["refused_backlogged"])
+        for outcome in SHARED_OUTCOMES:
+            total = state.get("semantic_shared", {}).get(outcome)
+            if total is not None:
+                self._add(f.semantic_shared.labels(outcome), ("semantic_shared", outcome), total)
 
     def _add(self, counter: Any, key: tuple[str, str], total: float) -> None:
         """Bring a counter to a total kept elsewhere (a total that went down restarted from zero)."""

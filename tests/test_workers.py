@@ -5,13 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import stat
+import tempfile
 from pathlib import Path
 
 from redis import asyncio as aioredis
 
 from margin.config import parse_settings
-from margin.workers import MIN_CACHE_BYTES, PROMETHEUS_DIR, SESSION_SECRET, embedded_redis, metrics_dir, shared_state
+from margin.workers import (
+    MIN_CACHE_BYTES,
+    PROMETHEUS_DIR,
+    SESSION_SECRET,
+    _answers,
+    embedded_redis,
+    metrics_dir,
+    shared_state,
+)
 
 
 def test_an_embedded_redis_on_a_private_socket_that_goes_away_with_it() -> None:
@@ -28,6 +38,19 @@ def test_an_embedded_redis_on_a_private_socket_that_goes_away_with_it() -> None:
 
         assert asyncio.run(ping())
     assert not socket.exists()
+
+
+def test_an_embedded_redis_is_ready_when_it_answers_not_when_its_socket_file_appears() -> None:
+    """redis-server makes the socket file at bind(), before it listens: a worker that connected then got
+    'connection refused' (seen once under load). Readiness is a PING answered."""
+    with tempfile.TemporaryDirectory() as workdir:
+        path = Path(workdir) / "redis.sock"
+        assert not _answers(path)  # no file yet
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as bound:
+            bound.bind(str(path))  # the file exists, nothing listens
+            assert path.exists() and not _answers(path)
+    with embedded_redis() as url:
+        assert _answers(Path(url.removeprefix("unix://")))
 
 
 def test_workers_share_the_configured_redis_or_an_embedded_one() -> None:

@@ -15,6 +15,7 @@ import ctypes
 import os
 import secrets
 import signal
+import socket as socket_module
 import subprocess
 import tempfile
 import time
@@ -48,6 +49,20 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _answers(path: Path) -> bool:
+    """Whether a redis-server answers PING on the unix socket at `path`."""
+    if not path.exists():
+        return False
+    with socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM) as client:
+        client.settimeout(1.0)
+        try:
+            client.connect(str(path))
+            client.sendall(b"PING\r\n")
+            return client.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
 @contextlib.contextmanager
 def embedded_redis(timeout_s: float = 10.0, max_bytes: int | None = None) -> Iterator[str]:
     """A private redis-server on a unix socket; yields its URL. `max_bytes`: a cache's, evicting the least
@@ -68,7 +83,7 @@ def embedded_redis(timeout_s: float = 10.0, max_bytes: int | None = None) -> Ite
         )
         try:
             deadline = time.monotonic() + timeout_s
-            while not socket.exists():
+            while not _answers(socket):  # the socket file appears at bind(), before redis accepts on it
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise ConfigError(f"the embedded redis-server did not start (exit {process.poll()})")
                 time.sleep(0.02)

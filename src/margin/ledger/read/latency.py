@@ -4,7 +4,8 @@
 - `exact(...)`: the true value at that rank among the window's rows. The histogram says which bin holds the
   rank, then the window's values in that bin, read from an index keyed by (bin, time), are sorted to pick it
   (a bin holds a few % of the rows, so this stays fast on a month of a million rows). `margin report`
-  totals use it.
+  totals use it; a key's own window (`/v1/margin/usage`) reads its histogram from ledger_latency's `key`
+  dimension and only that bin's rows of the key.
 - `from_histogram(...)`: the bin that holds the rank, reported as the bin's geometric middle: within
   measures.RELATIVE_ERROR (4.43 %) of the exact value. Groups in `margin report` and the dashboard's latency
   page use it; histograms come from ledger_latency for whole days and from rows for the edges.
@@ -66,14 +67,26 @@ def _histogram_grain(window: Window, by: str | None, keys: Iterable[str]) -> boo
     return grain_for(window, [], ()) is not None
 
 
-def _from_rollup(connection: sa.Connection, window: Window, part: Part, by: str | None, metric: str) -> Any:
+def _own_key(window: Window, by: str | None) -> str | None:
+    """The key whose own window (its totals, or grouped by key) ledger_latency's `key` histograms answer (they
+    are across teams: not for a window narrowed to a team or an org); None: not such a window."""
+    if window.key_id is None or by not in (None, "key") or window.team is not None or window.org is not None:
+        return None
+    return window.key_id if window.rollup else None
+
+
+def _from_rollup(
+    connection: sa.Connection, window: Window, part: Part, by: str | None, metric: str, key_id: str | None
+) -> Any:
     t = ledger_latency
-    dim = _dimension(by)
+    dim = "key" if key_id is not None else _dimension(by)
     if by == "team":
         key: sa.ColumnElement[Any] = sa.func.nullif(t.c.team, "")
     else:
         key = sa.func.nullif(t.c.value, "") if by else sa.null()
     clauses = [t.c.dim == dim, t.c.metric == metric, *_time(t, "day", part, "day")]
+    if key_id is not None:
+        clauses.append(t.c.value == key_id)
     if dim not in m.TEAM_HISTOGRAMS:
         clauses.append(t.c.team == m.EVERY_TEAM)
     elif window.team is not None:
@@ -93,13 +106,14 @@ def _from_rows(connection: sa.Connection, window: Window, by: str | None, metric
 
 def histograms(connection: sa.Connection, window: Window, by: str | None, metric: str) -> dict[Any, Histogram]:
     """Latency histogram (metric e2e or ttft) per value of `by` (None: the window's)."""
-    grain: Grain | None = "day" if _histogram_grain(window, by, tag_keys(connection)) else None
+    own = _own_key(window, by)
+    grain: Grain | None = "day" if own is not None or _histogram_grain(window, by, tag_keys(connection)) else None
     found: dict[Any, Histogram] = {}
     for part in plan(window, grain):
         if part.source == "rows":
             rows = _from_rows(connection, window.between(part.since, part.until), by, metric)
         else:
-            rows = _from_rollup(connection, window, part, by, metric)
+            rows = _from_rollup(connection, window, part, by, metric, own)
         for row in rows:
             into = found.setdefault(row.key, {})
             into[int(row.bin)] = into.get(int(row.bin), 0) + int(row.n)

@@ -4,6 +4,7 @@ planner can and from ledger rows for the rest; the parts are added up in Python 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -150,6 +151,15 @@ def _from_daily(
     return connection.execute(query.group_by(key) if by else query)
 
 
+def _key_as_match(window: Window, by: str | None, match: Match | None) -> tuple[Window, Match | None]:
+    """A key's own window (`key_id`), its totals or grouped by key: the daily rollup's `key` dimension answers
+    it as a filter, as it does a key budget's scope (whole days from there, partial days from the key's rows).
+    Groupings by anything else need key × that dimension, which no rollup holds: the key's rows."""
+    if window.key_id is None or match is not None or by not in (None, "key"):
+        return window, match
+    return replace(window, key_id=None), ("key", window.key_id)
+
+
 def grouped(
     connection: sa.Connection,
     window: Window,
@@ -159,6 +169,7 @@ def grouped(
 ) -> dict[Any, Sums]:
     """Sums per value of `by` (a hourly dimension, hour, day, key, endpoint, status, error, user or a tag key;
     None: one group, the window's totals). Groups with no rows are absent."""
+    window, match = _key_as_match(window, by, match)
     grain = grain_for(window, [by, match[0] if match else None], tag_keys(connection))
     parts = plan(window, grain)
     if grain == "hour" and _core_dim(by, match) is not None and (match is None or match[0] in HOURLY_DIMS):

@@ -81,6 +81,7 @@ def queries(engine: sa.Engine, config: Settings, out: Path) -> dict[str, Callabl
         "summary_unaligned_24d": lambda: summarize(engine, odd, "feature"),
         "summary_team_month": lambda: summarize(engine, team, "model"),
         "summary_own_key_month": lambda: summarize(engine, own, "model"),
+        "summary_own_key_month_totals": lambda: summarize(engine, own),  # /v1/margin/usage without `by`
     }
     for by in GROUPS:
 

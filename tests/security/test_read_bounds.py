@@ -1,5 +1,6 @@
 """A usage breakdown over HTTP lists at most `limit` groups (default 1,000): a key can make a group per request
-(`user`, a tag), and the whole answer is built in memory. The rest are added up under `others`, so the groups
+(`user`, a tag), and the whole answer is built in memory (the ranking and the cut run in SQL, so the read holds
+`limit` groups: tests/report/test_capped_breakdown.py). The rest are added up under `others`, so the groups
 and `others` still add up to the totals. Against a running gateway, with the official SDK's `user` field."""
 
 from __future__ import annotations

@@ -176,7 +176,7 @@ async def own_usage(request: Request, principal: Principal) -> Any:
     since = parse_when(params.get("since")) or window("month", datetime.now(UTC))[0]
     window_ = Window(since, parse_when(params.get("until")), key_id=principal.key_id)
     limit = parse_limit(params.get("limit"))
-    async with services.key_reads.slot(None if principal.is_admin else principal.key_id):  # its rows: no rollup
+    async with services.key_reads.slot(None if principal.is_admin else principal.key_id):  # groups: its rows
         summary = await services.read(summarize, services.sync_engine(), window_, params.get("by"), limit)
     subject = Subject(principal.key_id, principal.team, principal.org, dict(principal.tags))
     return {

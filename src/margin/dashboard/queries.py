@@ -14,7 +14,7 @@ from margin.economics.money import from_nanousd, usd_str
 from margin.ledger import read
 from margin.ledger.read import Window
 from margin.ledger.read.latency import from_histogram
-from margin.report.queries import GROUP_LIMIT, ranked
+from margin.report.queries import GROUP_LIMIT
 from margin.report.queries import figures as report_figures
 
 NO_END_HORIZON_S = 100 * 365.25 * 86400  # a budget with no end (lifetime) runs out "never" beyond a century
@@ -42,10 +42,10 @@ def breakdown(
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, Any]]:
     """The first `limit` groups (ranked like the report: cost, then requests, then key), the rest added up
     (None when none were left out), and the window's totals."""
-    parts = read.grouped(connection, window, by)
-    kept, cut = ranked(parts, limit)
-    others = {"groups": len(cut), **figures(read.total(parts[key] for key in cut))} if cut else None
-    return [{"key": key, **figures(sums)} for key, sums in kept], others, figures(read.total(parts.values()))
+    kept, count, rest = read.top(connection, window, by, limit)
+    others = {"groups": count - len(kept), **figures(rest)} if count > len(kept) else None
+    every = read.total([rest, *(sums for _, sums in kept)])
+    return [{"key": key, **figures(sums)} for key, sums in kept], others, figures(every)
 
 
 def trend(connection: sa.Connection, window: Window, hourly: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -70,7 +70,8 @@ ledger = sa.Table(
     sa.Index("ix_ledger_created_at", "created_at"),
     sa.Index("ix_ledger_team_created", "team", "created_at"),
     sa.Index("ix_ledger_model_created", "model", "created_at"),
-    sa.Index("ix_ledger_key_created", "key_id", "created_at"),
+    # a key's rows, covering its exact percentiles' walk (margin.ledger.read.latency; 0017)
+    sa.Index("ix_ledger_key_latency", "key_id", "created_at", "kind", "e2e_ms", "ttft_ms"),
     # an exact latency percentile: one bin's values in a window, read from the index (margin.ledger.read.latency);
     # keyed by bin, then time, so appended rows go to the end of each bin's run, not to random pages
     sa.Index("ix_ledger_e2e_bin", sa.text(f"({latency_bin('e2e_ms')})"), "created_at", "e2e_ms", "kind"),

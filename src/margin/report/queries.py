@@ -6,14 +6,17 @@ Latency percentiles are nearest rank. The totals' are exact; each group's comes 
 within 4.43 % of the exact value (margin.ledger.read.latency) — the JSON says so under `percentiles`.
 
 Groups are ranked by cost, then requests, then key. Over HTTP at most `limit` of them are listed (default
-GROUP_LIMIT, at most MAX_GROUP_LIMIT): a grouping by user or customer can have a group per request. The cap
-bounds the answer (its JSON, its encoding, the per-group percentiles), not the read: every group's sums and
-histogram are still added up first. The rest are added up under `others` (their count, figures and latency),
-so the groups and `others` still add up to the totals; `groups_total` says how many there were.
+GROUP_LIMIT, at most MAX_GROUP_LIMIT): a grouping by user or customer can have a group per request. The
+ranking and the cap run in SQL (margin.ledger.read.top), so a read holds `limit` groups, not one per group;
+histograms are read for the listed groups only. The rest are added up under `others` (their count, figures
+and latency: every group's sums less the listed groups', in the same statement; one histogram of the groups
+not listed), so the groups and `others` still add up to the totals; `groups_total` (COUNT(*) OVER () before
+the LIMIT) says how many there were.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -24,7 +27,7 @@ from margin.errors import InvalidRequest
 from margin.ledger import read
 from margin.ledger.measures import MICRO, NANO, RELATIVE_ERROR
 from margin.ledger.read import Window, parse_when, percentile
-from margin.ledger.read.latency import from_histogram
+from margin.ledger.read.latency import Among, from_histogram
 
 GROUPS = ("model", "team", "feature", "customer", "backend", "key", "user", "endpoint", "status", "region")
 PERCENTILES = (50, 95)
@@ -42,14 +45,6 @@ def parse_limit(value: str | None) -> int:
     if not (value.isascii() and value.isdigit() and len(value) <= 5 and 1 <= int(value) <= MAX_GROUP_LIMIT):
         raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_GROUP_LIMIT:,}", param="limit")
     return int(value)
-
-
-def ranked(parts: dict[Any, read.Sums], limit: int | None) -> tuple[list[tuple[Any, read.Sums]], list[Any]]:
-    """The groups by cost, then requests, then key: the first `limit` (None: all), and the keys of the rest."""
-    order = sorted(parts.items(), key=lambda kv: (-kv[1]["cost_nanousd"], -kv[1]["requests"], str(kv[0])))
-    if limit is None or len(order) <= limit:
-        return order, []
-    return order[:limit], [key for key, _ in order[limit:]]
 
 
 def check_group(by: str | None) -> str | None:
@@ -86,12 +81,24 @@ def _from(histogram: dict[int, int] | None, qs: tuple[int, ...]) -> dict[float, 
     return {q: from_histogram(histogram or {}, q) for q in qs}
 
 
-def _merged(histograms: dict[Any, dict[int, int]], keys: list[Any]) -> dict[int, int]:
-    out: dict[int, int] = {}
-    for key in keys:
-        for bin_, n in histograms.get(key, {}).items():
-            out[bin_] = out.get(bin_, 0) + n
-    return out
+def _groups(connection: sa.Connection, window: Window, by: str, limit: int | None) -> Any:
+    """The listed groups (ranked in SQL, read.top), the rest added up (None when none are left) and how many
+    groups there were. Histograms are read for the listed groups, and for the rest as one."""
+    kept, count, rest = read.top(connection, window, by, limit)
+    listed = Among(tuple(key for key, _ in kept))
+    e2e_by = read.histograms(connection, window, by, "e2e", listed)
+    ttft_by = read.histograms(connection, window, by, "ttft", listed)
+    groups = [
+        {"key": key, **figures(sums), **_latency(_from(e2e_by.get(key), PERCENTILES), _from(ttft_by.get(key), (50,)))}
+        for key, sums in kept
+    ]
+    if count == len(kept):
+        return groups, None, count
+    others = replace(listed, rest=True)
+    e2e = read.histograms(connection, window, by, "e2e", others).get(None)
+    ttft = read.histograms(connection, window, by, "ttft", others).get(None)
+    latency = _latency(_from(e2e, PERCENTILES), _from(ttft, (50,)))
+    return groups, {"groups": count - len(kept), **figures(rest), **latency}, count
 
 
 def summarize(engine: sa.Engine, window: Window, by: str | None = None, limit: int | None = None) -> dict[str, Any]:
@@ -99,29 +106,19 @@ def summarize(engine: sa.Engine, window: Window, by: str | None = None, limit: i
     check_group(by)
     groups: list[dict[str, Any]] = []
     others: dict[str, Any] | None = None
-    parts: dict[Any, read.Sums] = {}
+    count = 0
     with engine.connect() as connection:
         total = read.totals(connection, window)
         e2e = read.exact(connection, window, "e2e", PERCENTILES)
         ttft = read.exact(connection, window, "ttft", (50,))
         if by is not None:
-            e2e_by = read.histograms(connection, window, by, "e2e")
-            ttft_by = read.histograms(connection, window, by, "ttft")
-            parts = read.grouped(connection, window, by)
-    if by is not None:
-        kept, cut = ranked(parts, limit)
-        for key, sums in kept:
-            latency = _latency(_from(e2e_by.get(key), PERCENTILES), _from(ttft_by.get(key), (50,)))
-            groups.append({"key": key, **figures(sums), **latency})
-        if cut:
-            latency = _latency(_from(_merged(e2e_by, cut), PERCENTILES), _from(_merged(ttft_by, cut), (50,)))
-            others = {"groups": len(cut), **figures(read.total(parts[key] for key in cut)), **latency}
+            groups, others, count = _groups(connection, window, by, limit)
     return {
         **window.to_json(),
         "by": by,
         "totals": {**figures(total), **_latency(e2e, ttft)},
         "groups": groups,
-        "groups_total": len(parts),
+        "groups_total": count,
         "others": others,
         "percentiles": PERCENTILE_NOTE,
     }
@@ -137,6 +134,5 @@ __all__ = [
     "parse_limit",
     "parse_when",
     "percentile",
-    "ranked",
     "summarize",
 ]

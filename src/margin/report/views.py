@@ -13,7 +13,8 @@ Public API (all take a sync engine and a `Window`):
     build(name, engine, window, settings, Options(by, bucket, revenue_lines)) -> View   any view by name
 
 Window(since, until, key_id=None, rollup=True): whole-hour windows (or open ends) read sums from the hourly
-rollup when the grouping is kind/team/model/backend/region; anything else reads the ledger rows. Both give
+rollup when the grouping is kind/team/model/backend/region; anything else reads the ledger rows (a key's
+own window: its totals from the daily rollup's key dimension, its other groupings from its rows). Both give
 the same numbers (energy/carbon float sums may differ in the last printed digit). For the dashboard to show
 what `margin report --view overview --json` prints, call overview(...).to_json() with the same Window.
 """

@@ -4,6 +4,7 @@ API and budget reconciliation (margin.governance) render what it returns and hol
     Window(since, until, team=None, key_id=None, rollup=True)   what a read covers (window.py)
     plan(window, grain) / grain_for(...)                         whole buckets from rollups, edges from rows
     grouped(conn, window, by) -> {key: Sums}                      additive integer sums (sums.py)
+    top(conn, window, by, limit) -> (listed, groups, rest)        the first `limit` groups, ranked in SQL (top.py)
     first_at(conn, window, by) -> {key: datetime}                 first row per group (open windows)
     histograms(conn, window, by, metric), from_histogram(h, q)   latency, ±4.43 % (latency.py)
     exact(conn, window, metric, qs)                              exact nearest-rank percentiles
@@ -22,6 +23,7 @@ from margin.ledger.read.latency import exact, from_histogram, histograms, neares
 from margin.ledger.read.plan import Part, grain_for, plan, plan_days_then_hours
 from margin.ledger.read.sums import BUCKETS, Sums, first_at, grouped, tag_keys, total, totals, zero
 from margin.ledger.read.tasks import TaskSums, task_sums
+from margin.ledger.read.top import top
 from margin.ledger.read.window import Window, as_utc, parse_when, team_org
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "tag_keys",
     "task_sums",
     "team_org",
+    "top",
     "total",
     "totals",
     "zero",

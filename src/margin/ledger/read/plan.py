@@ -4,7 +4,9 @@
 
 `source(window, by, tag_keys)` says which grain answers a grouping: the hourly rollup for its dimensions and
 for time buckets, the daily rollup for the key, endpoint, status, error and rolled-up tag keys; anything
-else (a single key's rows, `user`, tag keys not rolled up, `Window(rollup=False)`) reads rows only.
+else (`user`, tag keys not rolled up, `Window(rollup=False)`) reads rows only. A single key's window
+(`key_id`) reads rows too, but for its totals and its grouping by key, which margin.ledger.read.sums turns
+into a filter on the daily rollup's `key` dimension (as a key budget's scope) before planning.
 """
 
 from __future__ import annotations

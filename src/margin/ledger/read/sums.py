@@ -3,7 +3,8 @@ planner can and from ledger rows for the rest; the parts are added up in Python 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +31,7 @@ def zero() -> Sums:
     return dict.fromkeys(m.MEASURES, 0)
 
 
-def add(into: Sums, more: dict[str, Any]) -> Sums:
+def add(into: Sums, more: Mapping[Any, Any]) -> Sums:
     for name in m.MEASURES:
         into[name] += int(more.get(name) or 0)
     return into
@@ -41,6 +42,11 @@ def total(parts: Iterable[Sums]) -> Sums:
     for part in parts:
         add(out, part)
     return out
+
+
+def minus(whole: Sums, part: Sums) -> Sums:
+    """What is left of `whole` without `part` (the groups not listed: the totals less the listed groups)."""
+    return {name: whole[name] - part[name] for name in m.MEASURES}
 
 
 def _text(connection: sa.Connection, by: str) -> str:
@@ -88,7 +94,7 @@ def _from_rows(
     if match is not None:
         clauses.append(row_group(connection, match[0]) == match[1])
     query = sa.select(key.label("key"), *sums).select_from(ledger).where(*clauses)
-    return connection.execute(query.group_by(key) if by else query)
+    return query.group_by(key) if by else query
 
 
 def _hourly_key(by: str | None) -> sa.ColumnElement[Any]:
@@ -102,9 +108,7 @@ def _hourly_key(by: str | None) -> sa.ColumnElement[Any]:
     return sa.func.nullif(ledger_hourly.c[by], "")
 
 
-def _from_hourly(
-    connection: sa.Connection, window: Window, part: Part, by: str | None, kinds: tuple[str, ...], match: Match | None
-) -> Any:
+def _from_hourly(window: Window, part: Part, by: str | None, kinds: tuple[str, ...], match: Match | None) -> Any:
     key = _hourly_key(by)
     clauses = [ledger_hourly.c.kind.in_(kinds), *_time(ledger_hourly, "hour", part, "hour")]
     if window.team is not None:
@@ -113,7 +117,7 @@ def _from_hourly(
         clauses.append(ledger_hourly.c[match[0]] == match[1])
     sums = [sa.func.sum(ledger_hourly.c[n]).label(n) for n in m.MEASURES]
     query = sa.select(key.label("key"), *sums).where(*clauses)
-    return connection.execute(query.group_by(key) if by else query)
+    return query.group_by(key) if by else query
 
 
 def _core_dim(by: str | None, match: Match | None) -> str | None:
@@ -124,9 +128,7 @@ def _core_dim(by: str | None, match: Match | None) -> str | None:
     return next(iter(wanted), "")
 
 
-def _from_daily(
-    connection: sa.Connection, window: Window, part: Part, by: str | None, kinds: tuple[str, ...], match: Match | None
-) -> Any:
+def _from_daily(window: Window, part: Part, by: str | None, kinds: tuple[str, ...], match: Match | None) -> Any:
     t = ledger_daily
     core = _core_dim(by, match) if (by is None or by in (*HOURLY_DIMS, "day")) and (
         match is None or match[0] in HOURLY_DIMS) else None  # fmt: skip
@@ -147,7 +149,41 @@ def _from_daily(
         clauses.append((t.c.team if match[0] == "team" else t.c.value) == match[1])
     sums = [sa.func.sum(t.c[n]).label(n) for n in m.MEASURES]
     query = sa.select(key.label("key"), *sums).where(*clauses)
-    return connection.execute(query.group_by(key) if by else query)
+    return query.group_by(key) if by else query
+
+
+def _key_as_match(window: Window, by: str | None, match: Match | None) -> tuple[Window, Match | None]:
+    """A key's own window (`key_id`), its totals or grouped by key: the daily rollup's `key` dimension answers
+    it as a filter, as it does a key budget's scope (whole days from there, partial days from the key's rows).
+    Groupings by anything else need key × that dimension, which no rollup holds: the key's rows."""
+    if window.key_id is None or match is not None or by not in (None, "key"):
+        return window, match
+    return replace(window, key_id=None), ("key", window.key_id)
+
+
+def part_queries(
+    connection: sa.Connection,
+    window: Window,
+    by: str | None = None,
+    kinds: tuple[str, ...] = m.KINDS,
+    match: Match | None = None,
+) -> list[sa.Select[Any]]:
+    """One query per part of the window's plan, each selecting `key` and every measure's sum per group; a
+    group's sums are the sums over the parts (`grouped` adds them in Python, margin.ledger.read.top in SQL)."""
+    window, match = _key_as_match(window, by, match)
+    grain = grain_for(window, [by, match[0] if match else None], tag_keys(connection))
+    parts = plan(window, grain)
+    if grain == "hour" and _core_dim(by, match) is not None and (match is None or match[0] in HOURLY_DIMS):
+        parts = plan_days_then_hours(window)
+    queries = []
+    for part in parts:
+        if part.source == "rows":
+            queries.append(_from_rows(connection, window.between(part.since, part.until), by, kinds, match))
+        elif part.source == "hour":
+            queries.append(_from_hourly(window, part, by, kinds, match))
+        else:
+            queries.append(_from_daily(window, part, by, kinds, match))
+    return queries
 
 
 def grouped(
@@ -159,20 +195,9 @@ def grouped(
 ) -> dict[Any, Sums]:
     """Sums per value of `by` (a hourly dimension, hour, day, key, endpoint, status, error, user or a tag key;
     None: one group, the window's totals). Groups with no rows are absent."""
-    grain = grain_for(window, [by, match[0] if match else None], tag_keys(connection))
-    parts = plan(window, grain)
-    if grain == "hour" and _core_dim(by, match) is not None and (match is None or match[0] in HOURLY_DIMS):
-        parts = plan_days_then_hours(window)
     found: dict[Any, Sums] = {}
-    for part in parts:
-        sub = window.between(part.since, part.until)
-        if part.source == "rows":
-            rows = _from_rows(connection, sub, by, kinds, match)
-        elif part.source == "hour":
-            rows = _from_hourly(connection, window, part, by, kinds, match)
-        else:
-            rows = _from_daily(connection, window, part, by, kinds, match)
-        for row in rows:
+    for query in part_queries(connection, window, by, kinds, match):
+        for row in connection.execute(query):
             if row.requests:
                 add(found.setdefault(row.key, zero()), row._mapping)
     return found

@@ -143,3 +143,28 @@ def test_validate_and_calibrate_commands(tmp_path: Path) -> None:
     calibrated = json.loads(runner.invoke(app, [*plan, "--calibration", str(cal)]).output)
     assert abs(calibrated["performance"]["tpot_ms"] - 12.0) < 0.5
     assert abs(calibrated["performance"]["ttft_ms"] - 120.0) < 5
+
+
+def test_place_rejects_constraints_on_names_the_catalog_lacks(tmp_path: Path) -> None:
+    base = "model: qwen2.5-7b\nrate_rps: 5\ninput_tokens: 800\noutput_tokens: 200\n"
+    for constraint, word in (
+        ("{hardware: [h100-pcie]}", "unknown hardware 'h100-pcie'"),
+        ("{regions: [aws-mars-1]}", "unknown region 'aws-mars-1'"),
+        ("{jurisdictions: [EU, UK]}", "unknown jurisdiction 'UK'"),
+    ):
+        workload = tmp_path / "w.yaml"
+        workload.write_text(base + f"constraints: {constraint}\n")
+        out = runner.invoke(app, ["plan", "place", "-w", str(workload)])
+        assert out.exit_code == 2 and word in out.output.replace("\n", " "), out.output
+
+
+def test_place_png_is_a_png_under_the_name_given_or_one_error_line(tmp_path: Path) -> None:
+    workload = tmp_path / "w.yaml"
+    workload.write_text("model: qwen2.5-7b\nrate_rps: 5\ninput_tokens: 800\noutput_tokens: 200\n")
+    for name in ("pareto", "pareto.svg"):  # no suffix, another suffix: still PNG, at exactly that path
+        out = runner.invoke(app, ["plan", "place", "-w", str(workload), "--png", str(tmp_path / name)])
+        assert out.exit_code == 0, out.output
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    out = runner.invoke(app, ["plan", "place", "-w", str(workload), "--png", str(tmp_path / "no" / "p.png")])
+    assert out.exit_code == 2 and "cannot write" in out.output, out.output
+    assert runner.invoke(app, ["plan", "place", "-w", str(workload), "--top", "0"]).exit_code == 2

@@ -93,6 +93,24 @@ def test_table_csv_plot_and_errors(tmp_path: Path) -> None:
         assert runner.invoke(app, ["report", *config, *bad]).exit_code == 2, bad
 
 
+def test_a_window_that_ends_before_it_starts_is_an_error(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    result = runner.invoke(app, ["report", *config, "--since", "2026-11-16", "--until", "2026-11-01"])
+    assert result.exit_code == 2 and "before since" in result.output, result.output
+    result = runner.invoke(app, ["report", *config, "--since", "2026-11-02T02:00+02:00", "--until", "2026-11-02T00:00"])
+    assert result.exit_code == 0, result.output  # the same moment in UTC: an empty window, not a reversed one
+
+
+def test_plot_is_a_png_at_exactly_the_path_given_or_one_error_line(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    for name in ("plot", "plot.txt"):  # no suffix (matplotlib appended .png), another suffix (a traceback)
+        result = runner.invoke(app, ["report", *config, *WINDOW, "--plot", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = runner.invoke(app, ["report", *config, *WINDOW, "--plot", str(tmp_path)])  # a folder
+    assert result.exit_code == 2 and "cannot write" in result.output, result.output
+
+
 def test_csv_cells_a_spreadsheet_would_run_are_text_and_numbers_stay_numbers() -> None:
     from margin.report.cells import spreadsheet_text
 

@@ -39,12 +39,13 @@ def report(
 ) -> None:
     """Requests, tokens, $ cost, $/1K tokens, energy, gCO2e and latency from the ledger; with --view/--metric:
     gross margin and attach rate, cost per successful task, savings, utilization and idle cost, carbon."""
+    from margin.ledger.read.window import parse_span
     from margin.report.cli import run_report
-    from margin.report.queries import Window, parse_when
+    from margin.report.queries import Window
 
     settings = settings_from(config, db)
     try:
-        window = Window(parse_when(since), parse_when(until), team=team)
+        window = Window(*parse_span(since, until), team=team)
         engine, fmt = sync_engine(settings), "json" if json else fmt
         run_report(console(), engine, settings, window, view, metric, by, fmt, bucket, revenue, plot)
     except MarginError as exc:

@@ -54,6 +54,27 @@ def test_a_model_that_does_not_fit_is_still_broken_down() -> None:
     assert data["memory"]["weights_gb_per_device"] > data["memory"]["capacity_gb_per_device"]
 
 
+def test_an_infeasible_configuration_says_so_first_and_why() -> None:
+    base = ["plan", "--model", "llama-3.1-8b"]
+    for args, why in (
+        (["--hardware", "h200", "--input", "200000"], "200,200 tokens of context exceed the model's 131,072"),
+        (["--hardware", "l4", "--batch", "1000"], "needs 174.5 GB per device, has 21.6"),
+        (["--hardware", "l4", "--tpot-ms", "1"], "no batch meets the TPOT SLO"),
+    ):
+        out = runner.invoke(app, [*base, *args])
+        assert out.exit_code == 0, out.output
+        assert out.output.splitlines()[1].startswith(f"not feasible: {why}"), out.output
+        data = json.loads(runner.invoke(app, [*base, *args, "--json"]).output)
+        assert not data["feasible"] and data["infeasible_because"].startswith(why)
+    assert "not feasible" not in runner.invoke(app, [*base, "--hardware", "l4"]).output
+
+
+def test_options_that_only_price_a_region_need_one() -> None:
+    for extra in (["--rate", "5"], ["--energy-overhead", "0.2"]):  # silently ignored without --region
+        out = runner.invoke(app, ["plan", "--model", "llama-3.1-8b", "--hardware", "l4", *extra])
+        assert out.exit_code == 2 and "give --region too" in " ".join(out.output.split()), out.output
+
+
 def test_bad_input_is_an_error_not_a_traceback() -> None:
     out = runner.invoke(app, ["plan", "--model", "nope", "--hardware", "l4"])
     assert out.exit_code == 2 and "unknown model" in out.output

@@ -36,6 +36,10 @@ def breakdown(console: Console, data: dict[str, Any]) -> None:
     """`margin plan` for one configuration: performance, why it is bound, where the memory goes, cost."""
     cfg, point, mem = data["config"], data["performance"], data["memory"]
     console.print(f"[bold]{data['label']}[/]  engine {cfg['engine']}, batch {point['batch']}")
+    if not data["feasible"]:
+        console.print(
+            f"[bold red]not feasible:[/] {data['infeasible_because']} (the numbers below are what it would take)"
+        )
     perf = Table("metric", "value", title="performance (per replica)")
     perf.add_row("TTFT", f"{point['ttft_ms']:,.2f} ms")
     perf.add_row("TPOT", f"{point['tpot_ms']:,.3f} ms")

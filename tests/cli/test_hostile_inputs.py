@@ -15,6 +15,7 @@ from margin import datafiles
 from margin.cli import app
 from margin.errors import ConfigError, InvalidRequest
 from margin.evals import cache as cache_eval
+from margin.ledger import db as ledger_db
 
 runner = CliRunner()
 MIB = 1024 * 1024
@@ -126,6 +127,7 @@ def test_cost_refuses_absurd_numbers(args: list[str], expected: str) -> None:
 
 def test_revenue_csv_not_utf8_overlong_field_or_huge_amount(tmp_path: Path) -> None:
     db = str(tmp_path / "x.db")
+    ledger_db.upgrade(f"sqlite:///{db}")  # report reads a ledger that is there
     cases = {
         b"feature,customer,usd\nf,,\xff\n": "not UTF-8",  # UnicodeDecodeError
         b"feature,customer,usd\nf," + b"x" * 200_000 + b",1\n": "not CSV",  # csv.Error

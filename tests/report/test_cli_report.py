@@ -93,6 +93,16 @@ def test_table_csv_plot_and_errors(tmp_path: Path) -> None:
         assert runner.invoke(app, ["report", *config, *bad]).exit_code == 2, bad
 
 
+def test_reading_a_ledger_file_that_is_not_there_is_an_error(tmp_path: Path) -> None:
+    typo = tmp_path / "no" / "margin.db"  # a mistyped --db made this folder and ledger and reported $0
+    result = runner.invoke(app, ["report", "--db", str(typo)])
+    assert result.exit_code == 2 and "no ledger at" in result.output, result.output
+    out = str(tmp_path / "f.csv")
+    result = runner.invoke(app, ["export", "focus", "--db", str(typo), "--period", "2026-11", "--out", out])
+    assert result.exit_code == 2 and "no ledger at" in result.output, result.output
+    assert not typo.parent.exists()
+
+
 def test_a_window_that_ends_before_it_starts_is_an_error(tmp_path: Path) -> None:
     config = _config(tmp_path)
     result = runner.invoke(app, ["report", *config, "--since", "2026-11-16", "--until", "2026-11-01"])

@@ -46,7 +46,7 @@ def report(
     settings = settings_from(config, db)
     try:
         window = Window(*parse_span(since, until), team=team)
-        engine, fmt = sync_engine(settings), "json" if json else fmt
+        engine, fmt = sync_engine(settings, existing=True), "json" if json else fmt
         run_report(console(), engine, settings, window, view, metric, by, fmt, bucket, revenue, plot)
     except MarginError as exc:
         raise fail(exc) from exc
@@ -67,7 +67,7 @@ def export_focus(
     settings = settings_from(config, db)
     try:
         split = tuple(t for t in tags.split(",") if t)
-        result = export(sync_engine(settings), settings, period, out, account, split)
+        result = export(sync_engine(settings, existing=True), settings, period, out, account, split)
     except MarginError as exc:
         raise fail(exc) from exc
     note = f"; {result.unpriced_requests} requests at an unknown price left out" if result.unpriced_requests else ""

@@ -5,9 +5,11 @@ or exit 0 with a wrong answer)."""
 from __future__ import annotations
 
 import gzip
+import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -259,3 +261,21 @@ def test_rules_whose_scope_reads_as_markup_are_saved_listed_and_deleted(tmp_path
         result = runner.invoke(app, ["budgets", *args, "--db", db])
         assert result.exit_code == 0 and result.exception is None, result.output
         assert args[0] == "delete" or "[/red]t" in result.output
+
+
+def test_an_output_path_that_is_a_folder_is_one_error_line(tmp_path: Path) -> None:
+    from margin.cache.encoder import DEFAULT_MODEL, texts_digest
+    from margin.evals.cache import pairs_from_records
+    from tests.evals.test_cache_eval import synthetic_records
+
+    records, table = synthetic_records(40, seed=0)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    texts = pairs_from_records(records).texts
+    np.save(tmp_path / f"chunk-{texts_digest(texts, DEFAULT_MODEL)}.npy", np.asarray([table[t] for t in texts]))
+    folder = tmp_path / "out"
+    folder.mkdir()
+    args = ["eval", "cache", "--pairs", str(pairs), "--vectors-dir", str(tmp_path), "--out", str(folder)]
+    result = runner.invoke(app, args)  # was an IsADirectoryError traceback
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"cannot use {folder}: Is a directory" in said, result.output

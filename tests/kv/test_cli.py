@@ -16,6 +16,12 @@ def test_codebook_command() -> None:
     assert [round(c, 4) for c in payload["centroids_times_sqrt_d"]] == [-1.5104, -0.4528, 0.4528, 1.5104]
 
 
+def test_codebook_out_of_range_is_a_usage_error_not_a_traceback() -> None:
+    for args in (["--bits", "0"], ["--bits", "9"], ["--dim", "1"], ["--dim", "0", "--law", "gaussian"]):
+        result = CliRunner().invoke(app, ["codebook", *args])  # ValueError / ZeroDivisionError tracebacks
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (args, result.exception)
+
+
 def test_bytes_command_exports_measured_sizes() -> None:
     result = CliRunner().invoke(app, ["bytes", "--methods", "fp16,tq-mse-4,kivi-4"])
     assert result.exit_code == 0, result.output

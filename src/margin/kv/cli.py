@@ -68,8 +68,8 @@ def merge(
 
 @app.command()
 def codebook(
-    bits: Annotated[int, typer.Option(help="Bits per coordinate.")] = 3,
-    dim: Annotated[int, typer.Option(help="Vector dimension (head_dim).")] = 64,
+    bits: Annotated[int, typer.Option(min=1, max=8, help="Bits per coordinate.")] = 3,
+    dim: Annotated[int, typer.Option(min=3, max=65_536, help="Vector dimension (head_dim).")] = 64,
     law: Annotated[str, typer.Option(help="beta (exact coordinate law) or gaussian (N(0, 1/d)).")] = "beta",
 ) -> None:
     """Print the Lloyd-Max codebook for one coordinate of a rotated unit vector."""

@@ -31,6 +31,12 @@ def test_bytes_command_exports_measured_sizes() -> None:
     assert bad.exit_code != 0
 
 
+def test_bytes_shapes_out_of_range_are_usage_errors_not_tracebacks() -> None:
+    for args in (["--head-dim", "0"], ["--kv-heads", "-1"], ["--head-dim", "12", "--methods", "tq-mse-3"]):
+        result = CliRunner().invoke(app, ["bytes", *args])  # RuntimeError / ValueError tracebacks
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (args, result.exception)
+
+
 def test_methods_command_lists_names() -> None:
     result = CliRunner().invoke(app, ["methods"])
     assert result.exit_code == 0

@@ -279,3 +279,10 @@ def test_an_output_path_that_is_a_folder_is_one_error_line(tmp_path: Path) -> No
     result = runner.invoke(app, args)  # was an IsADirectoryError traceback
     said = " ".join(result.output.split())
     assert result.exit_code == 2 and f"cannot use {folder}: Is a directory" in said, result.output
+
+
+def test_a_usd_budget_under_one_nano_dollar_is_refused(tmp_path: Path) -> None:
+    db = str(tmp_path / "l.db")  # 1e-10 was saved, a cap of 0 nano-USD in the ledger: every request refused
+    assert "usd" in refused(["budgets", "set", "b", "--scope", "global", "--usd", "0.0000000001", "--db", db])
+    result = runner.invoke(app, ["budgets", "set", "b", "--scope", "global", "--usd", "0.000000001", "--db", db])
+    assert result.exit_code == 0, result.output

@@ -160,6 +160,7 @@ def test_rate_limit_past_64_bits_is_held_not_a_traceback(tmp_path: Path) -> None
     [
         (["--name", "k" * 10_000], "name: String should have at most 128"),  # was stored
         (["--name", "a\tb"], "name: String should match"),  # control characters were stored
+        (["--name", "x", "--tag", "team=a", "--tag", "team=b"], "'team' is given twice"),  # the last one won
         (["--name", "x", "--tag", "a=" + "v" * 1_000], "tags.a"),
     ],
 )

@@ -103,6 +103,14 @@ def test_reading_a_ledger_file_that_is_not_there_is_an_error(tmp_path: Path) -> 
     assert not typo.parent.exists()
 
 
+def test_by_on_a_view_with_its_own_grouping_is_an_error(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    for view in ("overview", "utilization", "timeseries", "savings"):  # --by was ignored without a word
+        result = runner.invoke(app, ["report", *config, *WINDOW, "--view", view, "--by", "model"])
+        assert result.exit_code == 2 and "--by does not apply" in result.output, (view, result.output)
+    assert runner.invoke(app, ["report", *config, *WINDOW, "--view", "tasks", "--by", "team"]).exit_code == 0
+
+
 def test_a_window_that_ends_before_it_starts_is_an_error(tmp_path: Path) -> None:
     config = _config(tmp_path)
     result = runner.invoke(app, ["report", *config, "--since", "2026-11-16", "--until", "2026-11-01"])

@@ -47,6 +47,13 @@ def test_cost_text_shows_a_cheap_token_and_its_carbon_not_zeros() -> None:
     assert "carbon: 3.111e-05 gCO2e" in text.output  # was 0.0000
 
 
+def test_cost_options_that_need_power_are_refused_without_it() -> None:
+    base = ["cost", "--hourly-usd", "1", "--tokens-per-s", "10"]
+    for extra in (["--region", "FRA"], ["--usd-per-kwh", "0.2"], ["--pue", "1.5"]):  # all were ignored
+        result = runner.invoke(app, [*base, *extra])
+        assert result.exit_code == 2 and "give --watts too" in " ".join(result.output.split()), result.output
+
+
 def test_cost_with_power_and_region() -> None:
     result = runner.invoke(
         app,

@@ -61,6 +61,8 @@ def cost_command(
         pue=pue,
         usd_per_kwh=usd_per_kwh,
     )
+    if watts is None and (region or n.usd_per_kwh or n.pue != 1):  # they were ignored without a word
+        raise InvalidRequest("--region, --usd-per-kwh and --pue price the power: give --watts too")
     grid = GridTable.bundled().intensity(RegionConfig(grid_zone=region)) if watts is not None else None
     if region and grid is not None and grid.source == "world-average":
         raise InvalidRequest(f"unknown region {region!r}: use an ISO alpha-3 code (FRA) or gcp:<region>")

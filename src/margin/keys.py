@@ -92,6 +92,8 @@ def parse_tags(pairs: list[str]) -> dict[str, str]:
         name, sep, value = pair.partition("=")
         if not sep or not name.strip() or not value.strip():
             raise InvalidRequest(f"tag {pair!r} must look like key=value")
+        if name.strip() in tags:  # the last one won without a word
+            raise InvalidRequest(f"tag {name.strip()!r} is given twice")
         tags[name.strip()] = value.strip()
     return tags
 

@@ -69,7 +69,9 @@ class Scope(Spec):
 class BudgetSpec(Spec):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[\w.:@/+=-]+$")
     scope: Scope
-    usd: Decimal | None = Field(None, gt=0, description="Spend cap in USD (above MAX_USD: no cap beyond it).")
+    usd: Decimal | None = Field(  # less than the ledger's 1 nano-USD was a cap of 0: every request refused
+        None, ge=Decimal("0.000000001"), description="Spend cap in USD (above MAX_USD: no cap beyond it)."
+    )
     tokens: Count | None = Field(None, gt=0, description="Cap on input + output tokens (above 2**53: counts as it).")
     period: Literal["hour", "day", "month", "lifetime"] = "month"
     mode: Literal["hard", "soft"] = "hard"

@@ -148,5 +148,7 @@ def test_bench_takes_economics_from_a_config_backend(margin_url: str, tmp_path: 
 def test_bench_rejects_bad_options() -> None:
     both = runner.invoke(app, ["bench", "--model", "m", "--rate", "1", "--concurrency", "1"])
     assert both.exit_code == 2 and "not both" in both.output
+    neither = runner.invoke(app, ["bench", "--model", "m"])  # said "not both" too
+    assert neither.exit_code == 2 and "one of them is needed" in " ".join(neither.output.split())
     slo = runner.invoke(app, ["bench", "--model", "m", "--rate", "1", "--slo", "x=1"])
     assert slo.exit_code == 2 and "bad SLO" in slo.output

@@ -37,6 +37,23 @@ def test_cost_seed_001_example_text_and_json() -> None:
     assert data["usd_per_token_before_overheads"].startswith("0.0000841750")
 
 
+def test_cost_text_shows_a_cheap_token_and_its_carbon_not_zeros() -> None:
+    # $0.05/h at 5000 tok/s: 2.78e-9 $/token, $0.0028 per 1M; 10 W → 0.002 J/token, 3.1e-5 g per 1K at 56 g/kWh
+    args = ["cost", "--hourly-usd", "0.05", "--tokens-per-s", "5000", "--watts", "10", "--region", "FRA"]
+    text = runner.invoke(app, args)
+    assert text.exit_code == 0, text.output
+    assert "$0.0000000028/token before overheads" in text.output  # was $0.000000
+    assert "≈$0.0000028 per 1K tokens, $0.0028 per 1M" in text.output  # was $0.000 and $0.00
+    assert "carbon: 3.111e-05 gCO2e" in text.output  # was 0.0000
+
+
+def test_cost_options_that_need_power_are_refused_without_it() -> None:
+    base = ["cost", "--hourly-usd", "1", "--tokens-per-s", "10"]
+    for extra in (["--region", "FRA"], ["--usd-per-kwh", "0.2"], ["--pue", "1.5"]):  # all were ignored
+        result = runner.invoke(app, [*base, *extra])
+        assert result.exit_code == 2 and "give --watts too" in " ".join(result.output.split()), result.output
+
+
 def test_cost_with_power_and_region() -> None:
     result = runner.invoke(
         app,

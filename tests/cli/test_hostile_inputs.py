@@ -5,9 +5,11 @@ or exit 0 with a wrong answer)."""
 from __future__ import annotations
 
 import gzip
+import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -15,6 +17,7 @@ from margin import datafiles
 from margin.cli import app
 from margin.errors import ConfigError, InvalidRequest
 from margin.evals import cache as cache_eval
+from margin.ledger import db as ledger_db
 
 runner = CliRunner()
 MIB = 1024 * 1024
@@ -126,6 +129,7 @@ def test_cost_refuses_absurd_numbers(args: list[str], expected: str) -> None:
 
 def test_revenue_csv_not_utf8_overlong_field_or_huge_amount(tmp_path: Path) -> None:
     db = str(tmp_path / "x.db")
+    ledger_db.upgrade(f"sqlite:///{db}")  # report reads a ledger that is there
     cases = {
         b"feature,customer,usd\nf,,\xff\n": "not UTF-8",  # UnicodeDecodeError
         b"feature,customer,usd\nf," + b"x" * 200_000 + b",1\n": "not CSV",  # csv.Error
@@ -156,6 +160,7 @@ def test_rate_limit_past_64_bits_is_held_not_a_traceback(tmp_path: Path) -> None
     [
         (["--name", "k" * 10_000], "name: String should have at most 128"),  # was stored
         (["--name", "a\tb"], "name: String should match"),  # control characters were stored
+        (["--name", "x", "--tag", "team=a", "--tag", "team=b"], "'team' is given twice"),  # the last one won
         (["--name", "x", "--tag", "a=" + "v" * 1_000], "tags.a"),
     ],
 )
@@ -257,3 +262,28 @@ def test_rules_whose_scope_reads_as_markup_are_saved_listed_and_deleted(tmp_path
         result = runner.invoke(app, ["budgets", *args, "--db", db])
         assert result.exit_code == 0 and result.exception is None, result.output
         assert args[0] == "delete" or "[/red]t" in result.output
+
+
+def test_an_output_path_that_is_a_folder_is_one_error_line(tmp_path: Path) -> None:
+    from margin.cache.encoder import DEFAULT_MODEL, texts_digest
+    from margin.evals.cache import pairs_from_records
+    from tests.evals.test_cache_eval import synthetic_records
+
+    records, table = synthetic_records(40, seed=0)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    texts = pairs_from_records(records).texts
+    np.save(tmp_path / f"chunk-{texts_digest(texts, DEFAULT_MODEL)}.npy", np.asarray([table[t] for t in texts]))
+    folder = tmp_path / "out"
+    folder.mkdir()
+    args = ["eval", "cache", "--pairs", str(pairs), "--vectors-dir", str(tmp_path), "--out", str(folder)]
+    result = runner.invoke(app, args)  # was an IsADirectoryError traceback
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"cannot use {folder}: Is a directory" in said, result.output
+
+
+def test_a_usd_budget_under_one_nano_dollar_is_refused(tmp_path: Path) -> None:
+    db = str(tmp_path / "l.db")  # 1e-10 was saved, a cap of 0 nano-USD in the ledger: every request refused
+    assert "usd" in refused(["budgets", "set", "b", "--scope", "global", "--usd", "0.0000000001", "--db", db])
+    result = runner.invoke(app, ["budgets", "set", "b", "--scope", "global", "--usd", "0.000000001", "--db", db])
+    assert result.exit_code == 0, result.output

@@ -169,6 +169,7 @@ def test_report_writes_markdown_html_and_a_png(finished: tuple[Path, dict[str, A
         (["--baseline", "words", "--slo", "ttft_p95_ms=0.0001"], 1, "FAIL echo: ttft_p95_ms ≤ 0.0001"),
         (["--baseline", "nobody", "--max-quality-drop", "1"], 2, "not a variant"),
         (["--baseline", "echo"], 2, "no rule given"),
+        (["--baseline", "echo", "--candidate", "echo", "--max-cost-increase", "5%"], 2, "'echo' is the baseline"),
     ],
 )
 def test_gate_decisions(finished: tuple[Path, dict[str, Any]], args: list[str], code: int, expect: str) -> None:
@@ -176,6 +177,12 @@ def test_gate_decisions(finished: tuple[Path, dict[str, Any]], args: list[str], 
     done = CliRunner().invoke(app, ["eval", "gate", str(run), *args])
     assert done.exit_code == code, done.output
     assert expect in done.output.replace("\n", " ")
+
+
+def test_gating_a_run_whose_only_variant_is_the_baseline_says_so() -> None:
+    run = Path(__file__).parents[2] / "benchmarks" / "results" / "eval_examples" / "mtbench"  # one variant: q4_1
+    done = CliRunner().invoke(app, ["eval", "gate", str(run), "--baseline", "q4_1", "--max-cost-increase", "5%"])
+    assert done.exit_code == 2 and "no candidate to gate" in done.output, done.output  # said "no rule given"
 
 
 def test_resume_asks_only_what_is_missing(finished: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:

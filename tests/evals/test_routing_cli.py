@@ -58,3 +58,9 @@ def test_eval_routing_rejects_unknown_learner(tmp_path: Path) -> None:
     write_dataset(tmp_path / "data")
     result = runner.invoke(app, ["eval", "routing", "--data", str(tmp_path / "data"), "--learners", "svm"])
     assert result.exit_code != 0
+
+
+def test_eval_routing_with_no_dataset_is_an_error(tmp_path: Path) -> None:
+    write_dataset(tmp_path / "data")
+    result = runner.invoke(app, ["eval", "routing", "--data", str(tmp_path / "data"), "--datasets", ""])
+    assert result.exit_code == 2 and "no routing dataset" in result.output, result.output  # was exit 0, nothing

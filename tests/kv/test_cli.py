@@ -16,6 +16,12 @@ def test_codebook_command() -> None:
     assert [round(c, 4) for c in payload["centroids_times_sqrt_d"]] == [-1.5104, -0.4528, 0.4528, 1.5104]
 
 
+def test_codebook_out_of_range_is_a_usage_error_not_a_traceback() -> None:
+    for args in (["--bits", "0"], ["--bits", "9"], ["--dim", "1"], ["--dim", "0", "--law", "gaussian"]):
+        result = CliRunner().invoke(app, ["codebook", *args])  # ValueError / ZeroDivisionError tracebacks
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (args, result.exception)
+
+
 def test_bytes_command_exports_measured_sizes() -> None:
     result = CliRunner().invoke(app, ["bytes", "--methods", "fp16,tq-mse-4,kivi-4"])
     assert result.exit_code == 0, result.output
@@ -23,6 +29,12 @@ def test_bytes_command_exports_measured_sizes() -> None:
     assert sizes == {"fp16": 23040.0, "tq-mse-4": 6120.0, "kivi-4": 7200.0}
     bad = CliRunner().invoke(app, ["bytes", "--methods", "int5"])
     assert bad.exit_code != 0
+
+
+def test_bytes_shapes_out_of_range_are_usage_errors_not_tracebacks() -> None:
+    for args in (["--head-dim", "0"], ["--kv-heads", "-1"], ["--head-dim", "12", "--methods", "tq-mse-3"]):
+        result = CliRunner().invoke(app, ["bytes", *args])  # RuntimeError / ValueError tracebacks
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (args, result.exception)
 
 
 def test_methods_command_lists_names() -> None:

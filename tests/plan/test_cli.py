@@ -54,6 +54,27 @@ def test_a_model_that_does_not_fit_is_still_broken_down() -> None:
     assert data["memory"]["weights_gb_per_device"] > data["memory"]["capacity_gb_per_device"]
 
 
+def test_an_infeasible_configuration_says_so_first_and_why() -> None:
+    base = ["plan", "--model", "llama-3.1-8b"]
+    for args, why in (
+        (["--hardware", "h200", "--input", "200000"], "200,200 tokens of context exceed the model's 131,072"),
+        (["--hardware", "l4", "--batch", "1000"], "needs 174.5 GB per device, has 21.6"),
+        (["--hardware", "l4", "--tpot-ms", "1"], "no batch meets the TPOT SLO"),
+    ):
+        out = runner.invoke(app, [*base, *args])
+        assert out.exit_code == 0, out.output
+        assert out.output.splitlines()[1].startswith(f"not feasible: {why}"), out.output
+        data = json.loads(runner.invoke(app, [*base, *args, "--json"]).output)
+        assert not data["feasible"] and data["infeasible_because"].startswith(why)
+    assert "not feasible" not in runner.invoke(app, [*base, "--hardware", "l4"]).output
+
+
+def test_options_that_only_price_a_region_need_one() -> None:
+    for extra in (["--rate", "5"], ["--energy-overhead", "0.2"]):  # silently ignored without --region
+        out = runner.invoke(app, ["plan", "--model", "llama-3.1-8b", "--hardware", "l4", *extra])
+        assert out.exit_code == 2 and "give --region too" in " ".join(out.output.split()), out.output
+
+
 def test_bad_input_is_an_error_not_a_traceback() -> None:
     out = runner.invoke(app, ["plan", "--model", "nope", "--hardware", "l4"])
     assert out.exit_code == 2 and "unknown model" in out.output
@@ -143,3 +164,28 @@ def test_validate_and_calibrate_commands(tmp_path: Path) -> None:
     calibrated = json.loads(runner.invoke(app, [*plan, "--calibration", str(cal)]).output)
     assert abs(calibrated["performance"]["tpot_ms"] - 12.0) < 0.5
     assert abs(calibrated["performance"]["ttft_ms"] - 120.0) < 5
+
+
+def test_place_rejects_constraints_on_names_the_catalog_lacks(tmp_path: Path) -> None:
+    base = "model: qwen2.5-7b\nrate_rps: 5\ninput_tokens: 800\noutput_tokens: 200\n"
+    for constraint, word in (
+        ("{hardware: [h100-pcie]}", "unknown hardware 'h100-pcie'"),
+        ("{regions: [aws-mars-1]}", "unknown region 'aws-mars-1'"),
+        ("{jurisdictions: [EU, UK]}", "unknown jurisdiction 'UK'"),
+    ):
+        workload = tmp_path / "w.yaml"
+        workload.write_text(base + f"constraints: {constraint}\n")
+        out = runner.invoke(app, ["plan", "place", "-w", str(workload)])
+        assert out.exit_code == 2 and word in out.output.replace("\n", " "), out.output
+
+
+def test_place_png_is_a_png_under_the_name_given_or_one_error_line(tmp_path: Path) -> None:
+    workload = tmp_path / "w.yaml"
+    workload.write_text("model: qwen2.5-7b\nrate_rps: 5\ninput_tokens: 800\noutput_tokens: 200\n")
+    for name in ("pareto", "pareto.svg"):  # no suffix, another suffix: still PNG, at exactly that path
+        out = runner.invoke(app, ["plan", "place", "-w", str(workload), "--png", str(tmp_path / name)])
+        assert out.exit_code == 0, out.output
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    out = runner.invoke(app, ["plan", "place", "-w", str(workload), "--png", str(tmp_path / "no" / "p.png")])
+    assert out.exit_code == 2 and "cannot write" in out.output, out.output
+    assert runner.invoke(app, ["plan", "place", "-w", str(workload), "--top", "0"]).exit_code == 2

@@ -31,6 +31,16 @@ def test_incomplete_distributions_are_refused() -> None:
         Lengths(dist="empirical", values=[1, 2], weights=[1])
 
 
+def test_a_parameter_its_distribution_does_not_take_is_refused() -> None:
+    with pytest.raises(ValueError, match="fixed lengths take mean, not std"):  # no `dist`: was a fixed 1000
+        Lengths.model_validate({"mean": 1000, "std": 300})
+    with pytest.raises(ValueError, match="not sigma"):
+        Lengths(dist="normal", mean=1000, std=100, sigma=0.5)
+    with pytest.raises(ValueError, match="not mean"):
+        Lengths(dist="uniform", min=1, max=10, mean=5)
+    assert Lengths(dist="empirical", values=[1, 2], weights=[1, 3]).average() == pytest.approx(1.75)
+
+
 def test_workload_tails(tmp_path: Path) -> None:
     path = tmp_path / "w.yaml"
     path.write_text(

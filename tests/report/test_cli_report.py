@@ -93,6 +93,42 @@ def test_table_csv_plot_and_errors(tmp_path: Path) -> None:
         assert runner.invoke(app, ["report", *config, *bad]).exit_code == 2, bad
 
 
+def test_reading_a_ledger_file_that_is_not_there_is_an_error(tmp_path: Path) -> None:
+    typo = tmp_path / "no" / "margin.db"  # a mistyped --db made this folder and ledger and reported $0
+    result = runner.invoke(app, ["report", "--db", str(typo)])
+    assert result.exit_code == 2 and "no ledger at" in result.output, result.output
+    out = str(tmp_path / "f.csv")
+    result = runner.invoke(app, ["export", "focus", "--db", str(typo), "--period", "2026-11", "--out", out])
+    assert result.exit_code == 2 and "no ledger at" in result.output, result.output
+    assert not typo.parent.exists()
+
+
+def test_by_on_a_view_with_its_own_grouping_is_an_error(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    for view in ("overview", "utilization", "timeseries", "savings"):  # --by was ignored without a word
+        result = runner.invoke(app, ["report", *config, *WINDOW, "--view", view, "--by", "model"])
+        assert result.exit_code == 2 and "--by does not apply" in result.output, (view, result.output)
+    assert runner.invoke(app, ["report", *config, *WINDOW, "--view", "tasks", "--by", "team"]).exit_code == 0
+
+
+def test_a_window_that_ends_before_it_starts_is_an_error(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    result = runner.invoke(app, ["report", *config, "--since", "2026-11-16", "--until", "2026-11-01"])
+    assert result.exit_code == 2 and "before since" in result.output, result.output
+    result = runner.invoke(app, ["report", *config, "--since", "2026-11-02T02:00+02:00", "--until", "2026-11-02T00:00"])
+    assert result.exit_code == 0, result.output  # the same moment in UTC: an empty window, not a reversed one
+
+
+def test_plot_is_a_png_at_exactly_the_path_given_or_one_error_line(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    for name in ("plot", "plot.txt"):  # no suffix (matplotlib appended .png), another suffix (a traceback)
+        result = runner.invoke(app, ["report", *config, *WINDOW, "--plot", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = runner.invoke(app, ["report", *config, *WINDOW, "--plot", str(tmp_path)])  # a folder
+    assert result.exit_code == 2 and "cannot write" in result.output, result.output
+
+
 def test_csv_cells_a_spreadsheet_would_run_are_text_and_numbers_stay_numbers() -> None:
     from margin.report.cells import spreadsheet_text
 

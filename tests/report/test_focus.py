@@ -101,3 +101,18 @@ def test_period_and_cli(engine: sa.Engine, tmp_path: Path) -> None:
     assert result.exit_code == 0 and "wrote 3 FOCUS rows" in said and "1 requests at an unknown price" in said
     bad = CliRunner().invoke(app, ["export", "focus", "--period", "2026-11", "--out", "x.xlsx", "--db", db_file])
     assert bad.exit_code == 2
+
+
+def test_the_last_month_a_date_holds_is_one_error_line(engine: sa.Engine, tmp_path: Path) -> None:
+    args = [
+        "export",
+        "focus",
+        "--period",
+        "9999-12",
+        "--out",
+        str(tmp_path / "f.csv"),
+        "--db",
+        str(engine.url.database),
+    ]
+    result = CliRunner().invoke(app, args)  # it ends in year 10000: an OverflowError traceback
+    assert result.exit_code == 2 and "outside the dates" in result.output, result.output

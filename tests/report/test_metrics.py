@@ -78,6 +78,18 @@ def test_gross_margin_and_attach_rate(engine: sa.Engine, tmp_path: Path, rollup:
     assert by_customer["acme"].cost_usd == Decimal("0.005")
 
 
+def test_revenue_of_a_feature_without_traffic_in_the_window_is_a_row(
+    engine: sa.Engine, tmp_path: Path, rollup: bool
+) -> None:
+    quiet = Window(at(20), at(21), rollup=rollup)  # one day with no requests: both were left out of the report
+    lines = [RevenueLine("docs", None, Decimal("5.00"))]
+    rows = {r.key: r for r in margins(engine, quiet, settings(tmp_path).revenue, lines).rows}
+    assert set(rows) == {"chat", "docs"}  # search is priced per call: no calls, no revenue, no row
+    assert rows["chat"].revenue_usd == Decimal(2)  # 2 seats × $30/month × 1/30 month
+    assert rows["docs"].revenue_usd == Decimal("5.00") and rows["docs"].cost_usd == 0
+    assert rows["docs"].requests == 0 and rows["docs"].gross_margin == 1
+
+
 def test_revenue_csv(tmp_path: Path) -> None:
     path = tmp_path / "rev.csv"
     path.write_text("feature,customer,usd\nsearch,,1.50\n,acme,2\n")

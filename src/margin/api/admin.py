@@ -23,6 +23,7 @@ from margin.governance.admission import counter_name, window
 from margin.governance.rules import Subject, delete_rule, partition, save_rule
 from margin.keys import authenticate
 from margin.ledger.models import api_keys
+from margin.ledger.read.window import parse_span
 from margin.report.queries import Window, parse_limit, parse_when, summarize
 from margin.types import Principal
 
@@ -149,7 +150,7 @@ async def revoke_key(request: Request, _: Principal) -> Any:
 
 async def usage(request: Request, _: Principal) -> Any:
     services, params = request.app.state.services, request.query_params
-    window_ = Window(parse_when(params.get("since")), parse_when(params.get("until")))
+    window_ = Window(*parse_span(params.get("since"), params.get("until")))
     limit = parse_limit(params.get("limit"))
     return await services.read(summarize, services.sync_engine(), window_, params.get("by"), limit)
 

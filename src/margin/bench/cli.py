@@ -42,7 +42,8 @@ def build_shapes(
     from margin.bench import loadgen
 
     if bool(concurrency) == bool(rate):
-        raise InvalidRequest("give --concurrency N[,N2…] (closed loop) or --rate R[,R2…] (open loop), not both")
+        which = "not both" if concurrency else "one of them is needed"
+        raise InvalidRequest(f"give --concurrency N[,N2…] (closed loop) or --rate R[,R2…] (open loop), {which}")
     if duration is None and num is None:
         num = 100
     closed = [

@@ -46,6 +46,10 @@ class WithKits(TyperGroup):
             return super().invoke(ctx)
         except MarginError as exc:
             raise fail(exc) from exc
+        except OSError as exc:  # a file an option named: --out at a folder, in a read-only place… (was a traceback)
+            if exc.filename is None:
+                raise
+            raise fail(f"cannot use {exc.filename}: {exc.strerror or exc}") from exc
         except Exception as exc:  # the database's and the migrations': a --db that is no ledger, an unknown revision
             if not type(exc).__module__.startswith(DATABASE_ERRORS):
                 raise

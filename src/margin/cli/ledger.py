@@ -39,13 +39,14 @@ def report(
 ) -> None:
     """Requests, tokens, $ cost, $/1K tokens, energy, gCO2e and latency from the ledger; with --view/--metric:
     gross margin and attach rate, cost per successful task, savings, utilization and idle cost, carbon."""
+    from margin.ledger.read.window import parse_span
     from margin.report.cli import run_report
-    from margin.report.queries import Window, parse_when
+    from margin.report.queries import Window
 
     settings = settings_from(config, db)
     try:
-        window = Window(parse_when(since), parse_when(until), team=team)
-        engine, fmt = sync_engine(settings), "json" if json else fmt
+        window = Window(*parse_span(since, until), team=team)
+        engine, fmt = sync_engine(settings, existing=True), "json" if json else fmt
         run_report(console(), engine, settings, window, view, metric, by, fmt, bucket, revenue, plot)
     except MarginError as exc:
         raise fail(exc) from exc
@@ -66,7 +67,7 @@ def export_focus(
     settings = settings_from(config, db)
     try:
         split = tuple(t for t in tags.split(",") if t)
-        result = export(sync_engine(settings), settings, period, out, account, split)
+        result = export(sync_engine(settings, existing=True), settings, period, out, account, split)
     except MarginError as exc:
         raise fail(exc) from exc
     note = f"; {result.unpriced_requests} requests at an unknown price left out" if result.unpriced_requests else ""

@@ -43,8 +43,17 @@ def settings_from(config: Path | None, db: Path | None = None, **server: Any) ->
     return settings
 
 
-def sync_engine(settings: Settings) -> Any:
+def sync_engine(settings: Settings, *, existing: bool = False) -> Any:
+    """The ledger's engine, migrated. `existing`: a command that only reads (report, export) fails on a SQLite
+    file that is not there (a mistyped --db made an empty ledger and reported zeros)."""
+    import sqlalchemy as sa
+
+    from margin.errors import InvalidRequest
     from margin.ledger import db
 
+    url = sa.make_url(settings.storage.ledger)
+    on_disk = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+    if existing and on_disk and not Path(str(url.database)).exists():
+        raise InvalidRequest(f"no ledger at {url.database} (check --db or storage.ledger)")
     db.upgrade(settings.storage.ledger)
     return db.make_sync_engine(settings.storage.ledger)

@@ -61,6 +61,8 @@ def cost_command(
         pue=pue,
         usd_per_kwh=usd_per_kwh,
     )
+    if watts is None and (region or n.usd_per_kwh or n.pue != 1):  # they were ignored without a word
+        raise InvalidRequest("--region, --usd-per-kwh and --pue price the power: give --watts too")
     grid = GridTable.bundled().intensity(RegionConfig(grid_zone=region)) if watts is not None else None
     if region and grid is not None and grid.source == "world-average":
         raise InvalidRequest(f"unknown region {region!r}: use an ISO alpha-3 code (FRA) or gcp:<region>")
@@ -99,23 +101,33 @@ def _data(n: CostInputs, region: str | None, result: TcoResult, grid: GridIntens
     }
 
 
+def _usd(value: Decimal, places: int) -> str:
+    """`places` decimals, more where fewer would not show 2 significant digits (a cheap token is not $0.000000)."""
+    if value:
+        places = max(places, 1 - value.adjusted())
+    return f"{value:.{places}f}"
+
+
 def _show(console: Console, n: CostInputs, result: TcoResult, grid: GridIntensity | None) -> None:
     console.print(
-        f"${result.usd_per_token_base:.6f}/token before overheads (${n.hourly_usd}/h ÷ ({n.tokens_per_s} tok/s × 3600))"
+        f"${_usd(result.usd_per_token_base, 6)}/token before overheads "
+        f"(${n.hourly_usd}/h ÷ ({n.tokens_per_s} tok/s × 3600))"
     )
     factor = 1 + n.energy_overhead + n.network_overhead
     console.print(
-        f"${result.usd_per_token:.7f}/token with overheads (× {factor}"
+        f"${_usd(result.usd_per_token, 7)}/token with overheads (× {factor}"
         + (" + metered energy" if result.energy_usd_per_1k_tokens else "")
         + ")"
     )
-    console.print(f"≈${result.usd_per_1k_tokens:.3f} per 1K tokens, ${result.usd_per_token * 1_000_000:.2f} per 1M")
+    console.print(
+        f"≈${_usd(result.usd_per_1k_tokens, 3)} per 1K tokens, ${_usd(result.usd_per_token * 1_000_000, 2)} per 1M"
+    )
     if result.energy_j_per_token is not None:
         console.print(
-            f"energy: {result.energy_j_per_token:.4f} J/token (facility, PUE {n.pue}) = "
+            f"energy: {result.energy_j_per_token:.4g} J/token (facility, PUE {n.pue}) = "
             f"{result.energy_j_per_token * 1000 / 3.6e6:.3e} kWh per 1K tokens"
         )
     if result.co2e_g_per_1k_tokens is not None and grid is not None:
         console.print(
-            f"carbon: {result.co2e_g_per_1k_tokens:.4f} gCO2e per 1K tokens at {grid.g_per_kwh:g} g/kWh ({grid.source})"
+            f"carbon: {result.co2e_g_per_1k_tokens:.4g} gCO2e per 1K tokens at {grid.g_per_kwh:g} g/kWh ({grid.source})"
         )

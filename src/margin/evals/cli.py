@@ -308,6 +308,9 @@ def gate_cmd(
         )
     except MarginError as exc:
         raise _fail(exc.message) from exc
+    if not rules and (max_cost_increase or max_quality_drop is not None or slo):  # said "no rule given"
+        names = ", ".join(str(v.get("variant")) for v in results.get("variants", []))
+        raise _fail(f"no candidate to gate besides the baseline {baseline!r} (variants of this run: {names})")
     if not rules:
         raise _fail("no rule given: use --max-cost-increase, --max-quality-drop and/or --slo")
     if not _print_rules(rules, json_out):

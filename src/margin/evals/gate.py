@@ -113,6 +113,8 @@ def evaluate(
     if baseline not in by_name:
         raise InvalidRequest(f"baseline {baseline!r} is not in the run; variants: {', '.join(by_name)}")
     names = candidates or [name for name in by_name if name != baseline]
+    if baseline in names:  # it passed every rule against itself
+        raise InvalidRequest(f"{baseline!r} is the baseline: a candidate is gated against it, not as it")
     unknown = [name for name in names if name not in by_name]
     if unknown:
         raise InvalidRequest(f"unknown variant(s) {', '.join(unknown)}; variants: {', '.join(by_name)}")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from margin.errors import ConfigError
 from margin.routing import learners as lrn
 from margin.routing import ngrams
 from margin.routing.features import EmbeddingCache, Encoder, MiniLMEncoder
@@ -161,6 +162,8 @@ def run_routing_eval(
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[RoutingReport, dict[str, list[Example]]]:
     """Evaluate the baselines and every learner in `learner_names` (which must include `router`)."""
+    if not datasets:  # `--datasets ""` evaluated nothing and exited 0
+        raise ConfigError(f"no routing dataset to evaluate; choose among {', '.join(DATASETS)}")
     specs = [lrn.learner(name) for name in learner_names]
     if router not in learner_names:
         specs.append(lrn.learner(router))

@@ -68,8 +68,8 @@ def merge(
 
 @app.command()
 def codebook(
-    bits: Annotated[int, typer.Option(help="Bits per coordinate.")] = 3,
-    dim: Annotated[int, typer.Option(help="Vector dimension (head_dim).")] = 64,
+    bits: Annotated[int, typer.Option(min=1, max=8, help="Bits per coordinate.")] = 3,
+    dim: Annotated[int, typer.Option(min=3, max=65_536, help="Vector dimension (head_dim).")] = 64,
     law: Annotated[str, typer.Option(help="beta (exact coordinate law) or gaussian (N(0, 1/d)).")] = "beta",
 ) -> None:
     """Print the Lloyd-Max codebook for one coordinate of a rotated unit vector."""
@@ -93,9 +93,9 @@ def codebook(
 
 @app.command("bytes")
 def bytes_command(
-    head_dim: Annotated[int, typer.Option(help="Head dimension.")] = 64,
-    layers: Annotated[int, typer.Option(help="Decoder layers.")] = 30,
-    kv_heads: Annotated[int, typer.Option(help="KV heads per layer.")] = 3,
+    head_dim: Annotated[int, typer.Option(min=8, max=512, help="Head dimension.")] = 64,
+    layers: Annotated[int, typer.Option(min=1, max=1024, help="Decoder layers.")] = 30,
+    kv_heads: Annotated[int, typer.Option(min=1, max=128, help="KV heads per layer.")] = 3,
     methods: Annotated[str | None, typer.Option(help="Comma list of KV methods.")] = None,
 ) -> None:
     """Measured KV bytes per token per method (defaults: SmolLM2-135M), as JSON for `margin plan`."""
@@ -107,7 +107,10 @@ def bytes_command(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     dims = {"head_dim": head_dim, "num_layers": layers, "kv_heads": kv_heads}
-    rows = {m.name: measured_bytes_per_token(m, **dims) for m in chosen}
+    try:
+        rows = {m.name: measured_bytes_per_token(m, **dims) for m in chosen}
+    except ValueError as exc:  # a head dimension a method cannot pack (tq-*: a multiple of 8)
+        raise typer.BadParameter(str(exc), param_hint="--head-dim") from exc
     typer.echo(json.dumps({"model_shape": dims, "bytes_per_token": rows}, indent=2))
 
 

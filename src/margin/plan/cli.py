@@ -108,7 +108,7 @@ def place(
         Path, typer.Option("--workload", "-w", help="Workload YAML (rate, lengths, SLOs, constraints).")
     ],
     png: Annotated[Path | None, typer.Option("--png", help="Draw the cost–carbon Pareto set to this PNG.")] = None,
-    top: Annotated[int, typer.Option(help="Cheapest feasible configurations to list.")] = 10,
+    top: Annotated[int, typer.Option(min=1, help="Cheapest feasible configurations to list.")] = 10,
     calibration: CalibrationOpt = None,
     json: JsonOpt = False,
 ) -> None:
@@ -125,7 +125,10 @@ def place(
     if png is not None:
         from margin.plan.render import pareto_png
 
-        pareto_png(result, png)
+        try:
+            pareto_png(result, png)
+        except MarginError as exc:
+            raise _fail(exc) from exc
     if json:
         _print_json(result.to_json(top) | {"png": None if png is None else str(png)})
         return

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from margin.economics.carbon import GridTable
+from margin.errors import ConfigError
 from margin.plan.catalog import Catalog, EfficiencyClass, Hardware
 from margin.plan.econ import Economics, economics
 from margin.plan.perf import Capacity, Setup, at_slo
@@ -148,8 +149,25 @@ def _regions(catalog: Catalog, workload: Workload, hardware: str) -> list[str]:
     return keys
 
 
+def check_constraints(catalog: Catalog, workload: Workload) -> None:
+    """A constraint naming hardware, a region or a jurisdiction the catalog lacks is an error, not an empty search."""
+    limits = workload.constraints
+    jurisdictions = {region.jurisdiction for region in catalog.regions.values()}
+    for what, given, known in (
+        ("hardware", limits.hardware, set(catalog.hardware)),
+        ("region", limits.regions, set(catalog.regions)),
+        ("jurisdiction", limits.jurisdictions, jurisdictions),
+    ):
+        unknown = sorted(set(given or ()) - known)
+        if unknown:
+            raise ConfigError(
+                f"constraints name unknown {what} {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}"
+            )
+
+
 def place(catalog: Catalog, workload: Workload, calibrations: dict[str, EfficiencyClass] | None = None) -> Placement:
     catalog.get_model(workload.model)
+    check_constraints(catalog, workload)
     grid, result = GridTable.bundled(), Placement(workload, [], 0)
     mean_in, mean_out, slo = workload.mean_input(), workload.mean_output(), workload.slo.slo()
     for setup in candidate_setups(catalog, workload, calibrations or {}):

@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from margin.errors import InvalidRequest
 from margin.plan.placement import Option, Placement
 from margin.plan.validate import PointResult
 
@@ -35,6 +36,10 @@ def breakdown(console: Console, data: dict[str, Any]) -> None:
     """`margin plan` for one configuration: performance, why it is bound, where the memory goes, cost."""
     cfg, point, mem = data["config"], data["performance"], data["memory"]
     console.print(f"[bold]{data['label']}[/]  engine {cfg['engine']}, batch {point['batch']}")
+    if not data["feasible"]:
+        console.print(
+            f"[bold red]not feasible:[/] {data['infeasible_because']} (the numbers below are what it would take)"
+        )
     perf = Table("metric", "value", title="performance (per replica)")
     perf.add_row("TTFT", f"{point['ttft_ms']:,.2f} ms")
     perf.add_row("TPOT", f"{point['tpot_ms']:,.3f} ms")
@@ -153,8 +158,12 @@ def pareto_png(result: Placement, path: Path) -> None:
     ax.set_title(f"{result.workload.model} at {result.workload.rate_rps:g} req/s: cost vs carbon")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:  # PNG whatever the name ends with (matplotlib would append .png to a name without a suffix)
+        fig.savefig(path, dpi=120, format="png")
+    except OSError as exc:
+        raise InvalidRequest(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        plt.close(fig)
 
 
 def validation_table(console: Console, results: list[PointResult]) -> None:

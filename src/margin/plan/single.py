@@ -8,6 +8,7 @@ from typing import Any
 
 from margin.economics.tco import MAX_OVERHEAD
 from margin.plan.econ import economics
+from margin.plan.memory import GB, MemoryPlan
 from margin.plan.perf import MAX_BATCH, MAX_RATE_RPS, MAX_TOKENS, Setup, Slo, at_slo, serve
 
 
@@ -31,6 +32,15 @@ def check_inputs(
         raise ValueError(f"--energy-overhead and --network-overhead must be 0 to {MAX_OVERHEAD}")
 
 
+def _why_not(setup: Setup, memory: MemoryPlan, context: int, limit: str) -> str:
+    """Why a configuration cannot serve the request shape (the breakdown's first line says so)."""
+    if context > setup.model.context:
+        return f"{context:,} tokens of context exceed the model's {setup.model.context:,}"
+    if memory.peak > memory.capacity:
+        return f"needs {memory.peak / GB:,.1f} GB per device, has {memory.capacity / GB:,.1f}"
+    return f"no batch meets the {limit.replace('_slo', '').upper()} SLO" if limit.endswith("_slo") else limit
+
+
 def one_config(
     setup: Setup,
     input_tokens: int,
@@ -44,6 +54,8 @@ def one_config(
     """Performance at `batch` (default: the largest the SLOs and memory allow), memory, and economics in `region`.
     A configuration that cannot serve even one sequence is still broken down at batch 1, with the reason."""
     check_inputs((input_tokens, output_tokens, batch), slo_ms, rate, overheads)
+    if region is None and (rate is not None or any(overheads)):  # they only change the economics of a region
+        raise ValueError("--rate, --energy-overhead and --network-overhead price a region: give --region too")
     context = input_tokens + output_tokens
     slo = Slo(*(None if ms is None else ms / 1000 for ms in slo_ms))
     if batch is None:
@@ -64,6 +76,7 @@ def one_config(
         "label": setup.label(),
         "config": setup.describe(),
         "feasible": feasible,
+        "infeasible_because": None if feasible else _why_not(setup, memory, context, limit),
         "batch_limit": limit,
         "slo_ms": {"ttft": slo_ms[0], "tpot": slo_ms[1]},
         "performance": point.to_json(),

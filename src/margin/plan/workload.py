@@ -57,6 +57,11 @@ class Lengths(Strict):
         missing = [k for k in needs if getattr(self, k) is None]
         if missing:
             raise ValueError(f"{self.dist} lengths need {', '.join(missing)}")
+        takes = {*needs, *(("weights",) if self.dist == "empirical" else ())}
+        ignored = [k for k in ("mean", "min", "max", "std", "sigma", "values", "weights") if k not in takes]
+        ignored = [k for k in ignored if getattr(self, k) is not None]
+        if ignored:  # {mean: 1000, std: 300} without `dist` was a fixed 1000, its std silently dropped
+            raise ValueError(f"{self.dist} lengths take {', '.join(needs)}, not {', '.join(ignored)} (set `dist`)")
         if self.values is not None and not self.values:
             raise ValueError("values must list at least one token count")
         if self.weights is not None and (self.values is None or len(self.weights) != len(self.values)):

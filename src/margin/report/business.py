@@ -160,9 +160,14 @@ def margins(
     for line in lines:
         name = line.feature if by == "feature" else line.customer
         imported[name] = imported.get(name, Decimal(0)) + line.usd
+    quiet: set[str] = set()  # earning revenue with no traffic in the window: a row of their own
+    if window.team is None:
+        quiet = {*rules, *(name for name in imported if name is not None)} - set(found)
+        found.update({name: read.zero() for name in sorted(quiet)})
     out = [
         _margin_row(by, key, sums, rules, imported, seconds, customers, active, window) for key, sums in found.items()
     ]
+    out = [row for row in out if row.key not in quiet or row.revenue_usd]
     out.sort(key=lambda r: (-r.cost_usd, -r.requests, str(r.key)))
     return MarginReport(by, active, seconds, out, window.team)
 

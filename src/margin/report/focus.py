@@ -84,7 +84,10 @@ def parse_period(period: str) -> tuple[datetime, datetime]:
         start = datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
     except ValueError as exc:
         raise InvalidRequest(f"--period must look like 2026-11, not {period!r}") from exc
-    end = (start + timedelta(days=32)).replace(day=1)
+    try:
+        end = (start + timedelta(days=32)).replace(day=1)
+    except OverflowError as exc:  # 9999-12 ends in year 10000
+        raise InvalidRequest(f"--period {period!r} is outside the dates this gateway reads") from exc
     return start, end
 
 

@@ -50,7 +50,7 @@ def plot(path: Path, series: list[TimePoint], found: Savings) -> None:
     steps.set_title(f"savings waterfall{unmeasured}")
     steps.set_ylabel("USD")
     try:
-        figure.savefig(path, dpi=110)
+        figure.savefig(path, dpi=110, format="png")  # PNG at exactly this path, whatever its suffix
     except OSError as exc:
         raise InvalidRequest(f"cannot write {path}: {exc.strerror}") from exc
     finally:

@@ -128,8 +128,19 @@ def _keyed(items: Sequence[Any], first: str) -> tuple[list[str], list[list[Any]]
     return columns, [[d[c] for c in columns] for d in dicts]
 
 
+UNGROUPED = (  # views with a grouping of their own
+    ("overview", "per backend and per --bucket"),
+    ("utilization", "per backend"),
+    ("timeseries", "per --bucket"),
+    ("savings", "per lever"),
+)
+
+
 def build(name: str, engine: sa.Engine, window: Window, settings: Settings, options: Options) -> View:
     """Run one view. Its JSON always carries the window; lists live under `groups`."""
+    own = dict(UNGROUPED).get(name)
+    if options.by is not None and own is not None:  # it was ignored without a word
+        raise InvalidRequest(f"--by does not apply to the {name} view ({own})", param="by")
     head = _window_json(window)
     if name == "summary":
         data = summarize(engine, window, options.by)

@@ -40,6 +40,19 @@ def parse_when(value: str | None, now: datetime | None = None) -> datetime | Non
     return moment
 
 
+def parse_span(
+    since: str | None, until: str | None, now: datetime | None = None
+) -> tuple[datetime | None, datetime | None]:
+    """`--since` and `--until` parsed; one that ends before it starts is an error, not an empty answer."""
+    now = now or datetime.now(UTC)
+    start, end = parse_when(since, now), parse_when(until, now)
+    if start is not None and end is not None and end < start:
+        raise InvalidRequest(
+            f"until ({end.isoformat()}) is before since ({start.isoformat()}): the window would be empty"
+        )
+    return start, end
+
+
 def as_utc(value: datetime) -> datetime:
     """SQLite hands back naive datetimes; the ledger writes UTC."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)

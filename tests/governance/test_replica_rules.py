@@ -212,12 +212,29 @@ def test_a_redis_back_from_an_older_snapshot_does_not_forget_the_spend_since(
             assert _spent(fresh_postgres, None, 80) == 800_000_000
             first.close()  # SIGTERM: no save (`--save ""`), so it comes back from the snapshot
             last.enter_context(redis_server(port, workdir))
-            time.sleep(2)  # each replica's next pass (refresh_s)
+            asyncio.run(_raised(url, 800_000_000))  # a replica's next pass (refresh_s), however loaded the machine
             after = _chat(urls, "", 40)
             spent = _spent(fresh_postgres, None, 120)
     assert statuses == {200: 80}
     assert after == {200: 20, 429: 20}  # was {200: 40}
     assert spent == 1_000_000_000  # was $1.20 against the $1.00 hard budget
+
+
+async def _raised(url: str, spent: int, timeout_s: float = 60.0) -> None:
+    """Until a budget counter holds `spent` (raised to the ledger's spend by a replica's pass after the restart;
+    a fixed sleep was too short on a loaded 2-core machine)."""
+    client = aioredis.from_url(url)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            names = [name async for name in client.scan_iter(match="mgn:c:*")]
+            values = [await client.hget(name, "spent") for name in names]
+            if any(value is not None and int(value) >= spent for value in values):
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await client.aclose()
+    raise AssertionError(f"no counter was raised to {spent} within {timeout_s} s")
 
 
 async def _save(url: str) -> None:

@@ -106,6 +106,19 @@ def test_catalog_listings() -> None:
     assert runner.invoke(app, ["plan", "catalog", "gpus"]).exit_code == 2
 
 
+def test_formats_and_efficiency_catalogs_are_tables_and_json_only_with_json() -> None:
+    for what, heads in (
+        ("formats", ("weights", "KV cache", "sources", "margin.plan.formats/1")),
+        ("efficiency", ("per hardware class", "engines", "gpu-hbm", "margin.plan.efficiency/1")),
+    ):
+        out = runner.invoke(app, ["plan", "catalog", what])
+        assert out.exit_code == 0, out.output
+        assert not out.output.lstrip().startswith("{") and "┃" in out.output, out.output  # JSON before
+        assert all(head in out.output for head in heads), out.output
+        data = json.loads(runner.invoke(app, ["plan", "catalog", what, "--json"]).output)
+        assert data["schema"] == f"margin.plan.{what}/1"
+
+
 def test_validate_and_calibrate_commands(tmp_path: Path) -> None:
     data = json.loads(runner.invoke(app, ["plan", "validate", "--json"]).output)
     assert data["median_abs_error_pct"]["gpu_published"] <= 15

@@ -123,13 +123,15 @@ def _window_json(window: Window) -> dict[str, Any]:
 def _empty_row(name: str) -> Any:
     """A row of zeros of the view's type: its columns when the window has no requests (the header was `key`)."""
     zero = Decimal(0)
-    return {
-        "margin": lambda: MarginRow(None, 0, 0, 0, None, zero, 0, None, None, None),
-        "tasks": lambda: TaskStats(None, 0, 0, 0, zero, zero, 0, None, None),
-        "carbon": lambda: CarbonRow(None, 0, 0, 0.0, 0.0, 0, 0, 0),
-        "timeseries": lambda: TimePoint("", 0, 0, 0, zero, 0, None, 0.0, 0.0, zero),
-        "utilization": lambda: BackendUtilization("", zero, 0, 0.0, 0.0, 0, zero, None),
-    }[name]()
+    if name == "margin":
+        return MarginRow(None, 0, 0, 0, None, zero, 0, None, None, None)
+    if name == "tasks":
+        return TaskStats(None, 0, 0, 0, zero, zero, 0, None, None)
+    if name == "carbon":
+        return CarbonRow(None, 0, 0, 0.0, 0.0, 0, 0, 0)
+    if name == "utilization":
+        return BackendUtilization("", zero, 0, 0.0, 0.0, 0, zero, None)
+    return TimePoint("", 0, 0, 0, zero, 0, None, 0.0, 0.0, zero)
 
 
 def _keyed(items: Sequence[Any], name: str) -> tuple[list[str], list[list[Any]]]:

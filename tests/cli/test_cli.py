@@ -158,6 +158,9 @@ def test_config_show_and_check(tmp_path: Path) -> None:
     path.write_text("server: {prot: 1234}\n")
     checked = runner.invoke(app, ["config", "check", str(path)])
     assert checked.exit_code == 2 and "server.prot" in checked.output
+    path.write_text("flags: [{name: stop, target: {kind: global}, action: disable, model: m}]\n")
+    checked = runner.invoke(app, ["config", "check", str(path)])  # loads, as a stored one does, but is named
+    assert checked.exit_code == 0 and "warning: flag stop: disable ignores `model`; remove it" in checked.output
 
 
 def test_db_commands(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 MAX_USD = Decimal("9e9")  # the most USD any amount may be: integer nano-USD in a signed 64-bit column (~$9.2e9)
 MAX_TOKEN_CAP = 2**53  # the largest token budget: exact in JSON numbers (doubles) and in 64-bit counters
@@ -100,24 +100,42 @@ class LimitSpec(Spec):
         return self
 
 
+FLAG_ARGUMENTS = (("model", "force_model"), ("max_tokens", "cap_max_tokens"))  # (argument, the action using it)
+
+
 class FlagSpec(Spec):
     """A kill switch or override, effective without restart."""
 
     name: str = Field(min_length=1, max_length=128, pattern=r"^[\w.:@/+=-]+$")
     target: Scope = Field(description="What the flag applies to: global, model, backend, tag, team, org or key.")
     action: Literal["disable", "force_model", "cap_max_tokens", "require_cache"]
-    model: str | None = Field(None, max_length=128, description="For force_model: the model to use instead.")
-    max_tokens: MaxTokens | None = Field(None, gt=0, description="For cap_max_tokens (above 2**31 - 1: counts as it).")
+    model: str | None = Field(
+        None, max_length=128, description="force_model only (another action refuses it): the model to use instead."
+    )
+    max_tokens: MaxTokens | None = Field(
+        None, gt=0, description="cap_max_tokens only (another action refuses it); above 2**31 - 1 counts as it."
+    )
     reason: str = Field("", max_length=500)
     enabled: bool = True
 
     @model_validator(mode="after")
-    def _arguments(self) -> FlagSpec:
+    def _arguments(self, info: ValidationInfo) -> FlagSpec:
         if self.action == "force_model" and not self.model:
             raise ValueError("force_model needs `model`")
         if self.action == "cap_max_tokens" and not self.max_tokens:
             raise ValueError("cap_max_tokens needs `max_tokens`")
+        unused = self.unused_arguments()
+        if unused and info.context and info.context.get("new"):  # a stored or configured one loads as it was
+            used = " and ".join(f"`{name}` is for {action}" for name, action in FLAG_ARGUMENTS)
+            raise ValueError(f"{self.action} does not use {' or '.join(unused)} ({used})")
         return self
+
+    def unused_arguments(self) -> list[str]:
+        """The arguments set that the action ignores (`model` on a disable flag): refused when a flag is created
+        or replaced (CLI, admin API); a flag stored or configured with one before still loads, and ignores it."""
+        return [
+            f"`{name}`" for name, action in FLAG_ARGUMENTS if getattr(self, name) is not None and self.action != action
+        ]
 
 
 class Policy(Spec):

@@ -158,6 +158,9 @@ def test_config_show_and_check(tmp_path: Path) -> None:
     path.write_text("server: {prot: 1234}\n")
     checked = runner.invoke(app, ["config", "check", str(path)])
     assert checked.exit_code == 2 and "server.prot" in checked.output
+    path.write_text("flags: [{name: stop, target: {kind: global}, action: disable, model: m}]\n")
+    checked = runner.invoke(app, ["config", "check", str(path)])  # loads, as a stored one does, but is named
+    assert checked.exit_code == 0 and "warning: flag stop: disable ignores `model`; remove it" in checked.output
 
 
 def test_db_commands(tmp_path: Path) -> None:
@@ -166,3 +169,38 @@ def test_db_commands(tmp_path: Path) -> None:
     from margin.ledger.db import head_revision
 
     assert f"revision {head_revision()}" in runner.invoke(app, ["db", "upgrade", "--db", db]).output
+
+
+def test_flags_set_refuses_an_argument_its_action_does_not_use(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+
+    from margin.ledger import db as ledger_db
+    from margin.ledger.models import gov_rules
+
+    db = str(tmp_path / "f.db")
+    ledger_db.upgrade(f"sqlite:///{db}")
+    base = ["flags", "set", "f", "--target", "global", "--db", db]
+    for extra, word in (
+        (["--action", "disable", "--model", "x"], "disable does not use `model`"),
+        (["--action", "require_cache", "--max-tokens", "5"], "require_cache does not use `max_tokens`"),
+        (["--action", "force_model", "--model", "x", "--max-tokens", "5"], "force_model does not use `max_tokens`"),
+        (["--action", "cap_max_tokens", "--max-tokens", "5", "--model", "x"], "does not use `model`"),
+        (["--action", "disable", "--max-tokens", "0"], "max_tokens"),  # 0 was dropped without a word
+    ):
+        refused = runner.invoke(app, [*base, *extra])
+        assert refused.exit_code == 2 and word in refused.output.replace("\n", ""), (extra, refused.output)
+    assert json.loads(runner.invoke(app, ["flags", "list", "--db", db, "--json"]).output) == []
+    # a flag stored with such an argument before this check still loads (and ignores it)
+    engine = ledger_db.make_sync_engine(f"sqlite:///{db}")
+    spec = {"name": "old", "target": {"kind": "global"}, "action": "disable", "model": "x", "enabled": True}
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(gov_rules).values(kind="flag", name="old", spec=spec, updated_at=datetime.now(UTC))
+        )
+    engine.dispose()
+    listed = json.loads(runner.invoke(app, ["flags", "list", "--db", db, "--json"]).output)
+    assert [(f["name"], f["action"], f["model"]) for f in listed] == [("old", "disable", "x")]
+    ok = runner.invoke(app, [*base, "--action", "cap_max_tokens", "--max-tokens", "5"])
+    assert ok.exit_code == 0, ok.output

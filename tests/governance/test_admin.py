@@ -88,3 +88,29 @@ async def test_usage_is_private_to_the_caller(db_path: Path) -> None:
         assert [g["key"] for g in grouped["groups"]] == ["search"]
         everyone = (await gw.http.get("/admin/usage?by=team", headers=bearer(admin))).json()
         assert {g["key"]: g["requests"] for g in everyone["groups"]} == {"search": 1, "ads": 3}
+
+
+async def test_a_flag_argument_its_action_does_not_use_is_refused_but_an_old_one_loads(db_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+
+    from margin.ledger import db
+    from margin.ledger.models import gov_rules
+
+    _, admin = make_key(db_path, name="root", is_admin=True)
+    old = {"name": "old", "target": {"kind": "model", "value": "fake-chat"}, "action": "disable", "max_tokens": 9}
+    engine = db.make_sync_engine(f"sqlite:///{db_path}")
+    with engine.begin() as connection:  # stored before creation was strict: it must still load
+        connection.execute(sa.insert(gov_rules).values(kind="flag", name="old", spec=old, updated_at=datetime.now(UTC)))
+    engine.dispose()
+    async with gateway(fake_settings(db_path)) as gw:
+        listed = (await gw.http.get("/admin/flags", headers=bearer(admin))).json()["data"]
+        assert [(f["name"], f["max_tokens"]) for f in listed] == [("old", 9)]
+        chat = await gw.http.post(CHAT, json={**BODY, "model": "fake-chat"}, headers=bearer(admin))
+        assert chat.status_code == 403 and "old" in chat.json()["error"]["message"]  # still in force
+        new = {"name": "new", "target": {"kind": "global"}, "action": "disable", "model": "priced"}
+        refused = await gw.http.put("/admin/flags", json=new, headers=bearer(admin))
+        assert refused.status_code == 400 and "disable does not use `model`" in refused.json()["error"]["message"]
+        new = {"name": "new", "target": {"kind": "global"}, "action": "force_model", "model": "priced"}
+        assert (await gw.http.put("/admin/flags", json=new, headers=bearer(admin))).status_code == 200

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from margin.errors import InvalidRequest
 from margin.governance.admission import counter_name, output_allowance, window
 from margin.governance.rules import Subject, matches, merge_policies, parse_policy, parse_spec
-from margin.specs import BudgetSpec, Policy, Scope
+from margin.specs import BudgetSpec, FlagSpec, Policy, Scope
 
 
 @pytest.mark.parametrize(
@@ -109,6 +109,10 @@ def test_bad_budgets_are_rejected(data: dict[str, object]) -> None:
 def test_flag_and_policy_validation() -> None:
     with pytest.raises(InvalidRequest, match="force_model needs"):
         parse_spec("flag", {"name": "f", "target": {"kind": "global"}, "action": "force_model"})
+    stray = {"name": "f", "target": {"kind": "global"}, "action": "disable", "model": "m", "max_tokens": 3}
+    with pytest.raises(InvalidRequest, match=r"disable does not use `model` or `max_tokens`"):
+        parse_spec("flag", stray)  # creating one (CLI, admin API): refused
+    assert FlagSpec.model_validate(stray).unused_arguments() == ["`model`", "`max_tokens`"]  # loading: kept
     with pytest.raises(InvalidRequest, match="invalid policy"):
         parse_policy('{"pii": "shout"}')
     assert parse_policy('{"jurisdictions": ["EU"]}') == {"jurisdictions": ["EU"]}

@@ -106,6 +106,19 @@ def test_catalog_listings() -> None:
     assert runner.invoke(app, ["plan", "catalog", "gpus"]).exit_code == 2
 
 
+def test_formats_and_efficiency_catalogs_are_tables_and_json_only_with_json() -> None:
+    for what, heads in (
+        ("formats", ("weights", "KV cache", "sources", "margin.plan.formats/1")),
+        ("efficiency", ("per hardware class", "engines", "gpu-hbm", "margin.plan.efficiency/1")),
+    ):
+        out = runner.invoke(app, ["plan", "catalog", what])
+        assert out.exit_code == 0, out.output
+        assert not out.output.lstrip().startswith("{") and "┃" in out.output, out.output  # JSON before
+        assert all(head in out.output for head in heads), out.output
+        data = json.loads(runner.invoke(app, ["plan", "catalog", what, "--json"]).output)
+        assert data["schema"] == f"margin.plan.{what}/1"
+
+
 def test_validate_and_calibrate_commands(tmp_path: Path) -> None:
     data = json.loads(runner.invoke(app, ["plan", "validate", "--json"]).output)
     assert data["median_abs_error_pct"]["gpu_published"] <= 15
@@ -189,3 +202,23 @@ def test_place_png_is_a_png_under_the_name_given_or_one_error_line(tmp_path: Pat
     out = runner.invoke(app, ["plan", "place", "-w", str(workload), "--png", str(tmp_path / "no" / "p.png")])
     assert out.exit_code == 2 and "cannot write" in out.output, out.output
     assert runner.invoke(app, ["plan", "place", "-w", str(workload), "--top", "0"]).exit_code == 2
+
+
+def test_fp8_on_an_a100_says_it_runs_weight_only_in_bf16(tmp_path: Path) -> None:
+    base = ["plan", "--model", "llama-3.1-8b", "--weights", "fp8", "--input", "1000", "--output", "200"]
+    a100 = runner.invoke(app, [*base, "--hardware", "a100-80gb"])
+    assert a100.exit_code == 0, a100.output
+    said = " ".join(a100.output.split())
+    assert "a100-80gb has no fp8 units, so weight-only: fp8 storage, bf16 math at 312 TFLOPS" in said, said
+    config = json.loads(runner.invoke(app, [*base, "--hardware", "a100-80gb", "--json"]).output)["config"]
+    assert (config["weights_compute"], config["matmul_dtype"], config["matmul_peak_tflops"]) == ("fp8", "bf16", 312)
+    assert "weight-only" not in runner.invoke(app, [*base, "--hardware", "h100-sxm"]).output  # it has fp8 units
+    workload = tmp_path / "w.yaml"
+    workload.write_text(
+        "model: llama-3.1-8b\nrate_rps: 5\ninput_tokens: 1000\noutput_tokens: 200\n"
+        "constraints: {hardware: [a100-80gb]}\nsearch: {weights: [fp8], kv: [fp16], devices: [1]}\n"
+    )
+    placed = runner.invoke(app, ["plan", "place", "-w", str(workload)], terminal_width=200)
+    assert placed.exit_code == 0 and "fp8 (bf16 math)/fp16" in placed.output, placed.output
+    formats = json.loads(runner.invoke(app, ["plan", "catalog", "formats", "--json"]).output)
+    assert "weight-only" in formats["weights"]["fp8"]["note"]

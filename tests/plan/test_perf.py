@@ -53,3 +53,18 @@ def test_at_slo_reports_memory_and_impossible_slos(catalog: Catalog) -> None:
     assert unbounded.point is not None and unbounded.point.batch == 256 and unbounded.limit == "engine"
     too_long = at_slo(Setup(catalog, "smollm2-135m", "h100-sxm", "bf16"), 1000, 200, Slo(), tail_context=9000)
     assert too_long.point is None and too_long.limit == "context"
+
+
+def test_fp8_weights_on_an_a100_are_weight_only_at_its_16_bit_rate(catalog: Catalog) -> None:
+    """The A100 has no fp8 units: fp8 weights are stored and read in 8 bits and multiplied in bf16 (W8A16), at
+    the A100's 16-bit rate (bf16 = fp16 = 312 TFLOPS), never at an fp8 rate it does not have."""
+    a100 = catalog.get_hardware("a100-80gb")
+    assert "fp8" not in a100.peak_tflops and a100.peak_tflops["bf16"] == a100.peak_tflops["fp16"] == 312
+    fp8, bf16 = (Setup(catalog, "llama-3.1-8b", "a100-80gb", w) for w in ("fp8", "bf16"))
+    assert (fp8.weights_compute, fp8.matmul_dtype) == ("fp8", "bf16")
+    step, step16 = fp8.prefill(2048), bf16.prefill(2048)  # compute-bound: the same math, the same time
+    assert step.matmul_dtype == "bf16" and step.compute_s == pytest.approx(step16.compute_s)
+    assert fp8.weight_bytes.body == pytest.approx(bf16.weight_bytes.body / 2, rel=1e-3)  # half the bytes (norms 16-bit)
+    assert fp8.describe()["matmul_peak_tflops"] == 312
+    h100 = Setup(catalog, "llama-3.1-8b", "h100-sxm", "fp8")  # with fp8 units: W8A8 at the fp8 rate
+    assert h100.matmul_dtype == "fp8" and h100.prefill(2048).matmul_dtype == "fp8"

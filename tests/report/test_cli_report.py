@@ -136,3 +136,30 @@ def test_csv_cells_a_spreadsheet_would_run_are_text_and_numbers_stay_numbers() -
         assert spreadsheet_text(formula) == "'" + formula
     for kept in ("-0.000001250", "+1", "-1e-05", "12", "acme", "", -3, 1.5, None):
         assert spreadsheet_text(kept) == kept
+
+
+def test_every_view_of_an_empty_ledger_shows_its_whole_header(tmp_path: Path) -> None:
+    db_file = tmp_path / "empty.db"
+    db.upgrade(f"sqlite:///{db_file}")
+    path = tmp_path / "margin.yaml"
+    path.write_text(yaml.safe_dump(fake_settings(db_file).model_dump(mode="json")))
+    config = ["--config", str(path)]
+    heads = {  # margin, carbon and timeseries printed a table of one column, `key`, and nothing else
+        "margin": ("gross_margin", "no requests in this window"),
+        "carbon": ("co2e_g_per_1k_tokens", "no requests in this window"),
+        "timeseries": ("cache_saved_usd", "no requests in this window"),
+        "tasks": ("graded_tasks", None),
+        "summary": ("tokens in/out", None),
+        "savings": ("counterfactual_cost_usd", None),
+        "utilization": ("idle_cost_usd", None),
+        "overview": ("requests", None),
+    }
+    for view, (column, line) in heads.items():
+        table = runner.invoke(app, ["report", *config, "--view", view])
+        assert table.exit_code == 0, table.output
+        assert column in table.output.replace("…", ""), (view, table.output)
+        assert (line in table.output) if line else "no requests" not in table.output, (view, table.output)
+        header = runner.invoke(app, ["report", *config, "--view", view, "--format", "csv"]).output.splitlines()[0]
+        assert len(header.split(",")) > 1, (view, header)
+    tasks = runner.invoke(app, ["report", *config, "--view", "tasks", "--by", "feature"])
+    assert "graded_tasks" in tasks.output and "no tasks in this window" in tasks.output, tasks.output

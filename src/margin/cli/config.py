@@ -45,8 +45,13 @@ def without_passwords(value: Any) -> Any:
 def config_check(config: Annotated[Path, typer.Argument(help="YAML file to validate.")]) -> None:
     """Validate a config file (unknown keys, types, references)."""
     from margin.config import config_hash
+    from margin.terminal import plain
 
     settings = settings_from(config)
-    console().print(
+    out = console()
+    for flag in settings.flags:  # loads (and is ignored) for files written before; the CLI and admin API refuse it
+        if unused := flag.unused_arguments():
+            out.print(plain(f"warning: flag {flag.name}: {flag.action} ignores {' and '.join(unused)}; remove it"))
+    out.print(
         f"ok: {len(settings.backends)} backends, {len(settings.models)} models, config_hash {config_hash(settings)}"
     )

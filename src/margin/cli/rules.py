@@ -152,8 +152,12 @@ def flags_set(
     name: Annotated[str, typer.Argument(help="Flag name (shown in 403 errors).")],
     target: Annotated[str, typer.Option(help="global, model=M, backend=B, tag=K=V, team=T, org=O or key=ID.")],
     action: Annotated[str, typer.Option(help="disable, force_model, cap_max_tokens or require_cache.")],
-    model: Annotated[str | None, typer.Option(help="force_model: the model to use instead.")] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="cap_max_tokens: the cap.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="force_model only (other actions refuse it): the model to use instead.")
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="cap_max_tokens only (other actions refuse it): the cap.")
+    ] = None,
     reason: Annotated[str, typer.Option(help="Why (returned to callers).")] = "",
     disabled: Annotated[bool, typer.Option("--off", help="Store the flag switched off.")] = False,
     config: ConfigOpt = None,
@@ -161,9 +165,8 @@ def flags_set(
 ) -> None:
     """Create or replace a flag."""
     data: dict[str, Any] = {"name": name, "target": parse_scope(target), "action": action, "reason": reason}
-    data.update({"enabled": not disabled, **({"model": model} if model else {})})
-    if max_tokens:
-        data["max_tokens"] = max_tokens
+    data["enabled"] = not disabled
+    data.update({k: v for k, v in (("model", model), ("max_tokens", max_tokens)) if v is not None})  # all checked
     _save("flag", data, config, db)
 
 

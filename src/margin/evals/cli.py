@@ -273,7 +273,12 @@ def gate_cmd(
         str | None, typer.Option("--max-cost-increase", help="e.g. 5% (of $ per successful task).")
     ] = None,
     max_quality_drop: Annotated[
-        float | None, typer.Option("--max-quality-drop", help="Percentage points of score, paired 95% CI.")
+        float | None,
+        typer.Option(
+            "--max-quality-drop",
+            help="Percentage points of score a candidate may lose (paired, 95% CI); negative: the gain it must "
+            "show (-1: at least 1 point better, the interval's lower end included).",
+        ),
     ] = None,
     slo: Annotated[
         list[str] | None, typer.Option("--slo", help="ttft_p95_ms=800, e2e_p95_ms=…, error_rate=0.01")

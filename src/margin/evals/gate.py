@@ -5,13 +5,16 @@
 - `--max-quality-drop 1.0`: the drop in score is measured in percentage points of the paired difference
   (candidate − baseline, same items). The rule fails when the drop's point estimate exceeds the limit *or*
   the lower end of its 95% paired-bootstrap interval is below −limit, i.e. a drop larger than the limit
-  cannot be ruled out. Strict on purpose: with few items, gates refuse rather than guess.
+  cannot be ruled out. Strict on purpose: with few items, gates refuse rather than guess. A negative limit asks
+  for a gain: `--max-quality-drop -1` passes only when the candidate is at least 1 point better, its interval's
+  lower end included (the same two conditions, with −limit = +1). Limits are within ±100 points.
 - `--slo ttft_p95_ms=800` (also ttft_p50_ms, e2e_p50_ms, e2e_p95_ms, error_rate, decode_tps_min): every
   candidate must meet it (the baseline too, with `--slo-baseline`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -76,8 +79,18 @@ def _cost_rule(base: dict[str, Any], cand: dict[str, Any], limit: Decimal, per: 
     return RuleResult(rule, cand["variant"], change <= limit, f"${c} vs ${b} ({change:+.2%})")
 
 
+def check_quality_limit(limit_pp: float) -> float:
+    """Percentage points a candidate may lose (negative: must gain); NaN, ±inf and beyond ±100 are refused."""
+    if not math.isfinite(limit_pp) or abs(limit_pp) > 100:
+        raise InvalidRequest(
+            f"--max-quality-drop {limit_pp:g}: use percentage points from -100 to 100 (negative: the gain required)"
+        )
+    return limit_pp
+
+
 def _quality_rule(comparison: dict[str, Any] | None, variant: str, limit_pp: float) -> RuleResult:
-    rule = f"quality drop ≤ {limit_pp:g} pp (paired, 95% CI)"
+    wanted = f"quality drop ≤ {limit_pp:g} pp" if limit_pp >= 0 else f"quality gain ≥ {-limit_pp:g} pp"
+    rule = f"{wanted} (paired, 95% CI)"
     if comparison is None:
         return RuleResult(rule, variant, False, "no paired comparison with the baseline")
     diff = comparison["diff"]
@@ -109,6 +122,8 @@ def evaluate(
     candidates: list[str] | None = None,
     slo_baseline: bool = False,
 ) -> list[RuleResult]:
+    if max_quality_drop is not None:
+        check_quality_limit(max_quality_drop)
     by_name = {v["variant"]: v for v in results["variants"]}
     if baseline not in by_name:
         raise InvalidRequest(f"baseline {baseline!r} is not in the run; variants: {', '.join(by_name)}")

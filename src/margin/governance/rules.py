@@ -84,10 +84,12 @@ def rule_name(kind: str, spec: BaseModel) -> str:
 
 
 def parse_spec(kind: str, data: Any) -> BaseModel:
+    """A rule being created or replaced (CLI, admin API): stricter than loading one (`build_rules`), e.g. a
+    flag with an argument its action does not use is refused here but still loads from the database."""
     if kind not in SPEC_TYPES:
         raise NotFound(f"no rule kind {kind!r} (budget, limit or flag)")
     try:
-        return SPEC_TYPES[kind].model_validate(data)
+        return SPEC_TYPES[kind].model_validate(data, context={"new": True})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or kind

@@ -141,7 +141,9 @@ def place(
 
 @app.command()
 def catalog(
-    what: Annotated[str, typer.Argument(help="hardware, regions, models, formats or efficiency.")] = "hardware",
+    what: Annotated[
+        str, typer.Argument(help="hardware, regions, models, formats or efficiency (tables; --json for every field).")
+    ] = "hardware",
     json: JsonOpt = False,
 ) -> None:
     """List a catalog with its sources and dates."""

@@ -19,7 +19,15 @@ from typing import Any
 
 from margin.plan.catalog import Catalog, DType, EfficiencyClass, Engine, Hardware, KvFormat, Model
 from margin.plan.memory import MemoryPlan, WeightBytes, plan_memory, resolve_weights, weight_bytes
-from margin.plan.roofline import Device, Kernel, StepTime, attention_dtype, decode_work, prefill_work
+from margin.plan.roofline import (
+    Device,
+    Kernel,
+    StepTime,
+    attention_dtype,
+    decode_work,
+    peak_flops,
+    prefill_work,
+)
 
 # What a plan may ask for: past these the numbers mean nothing and the searches take minutes, or never end
 # (a 10^23-token prompt). The CLI options, the workload file and `Setup` all check them.
@@ -89,11 +97,26 @@ class Setup:
             "kv": self.kv,
             "engine": self.engine_key,
             "threads": self.threads,
+            "weights_compute": self.weights_compute,
+            "matmul_dtype": self.matmul_dtype,
+            "matmul_peak_tflops": self.hw.peak_tflops[self.matmul_dtype],  # per device
         }
 
     def _dtypes(self) -> tuple[DType, DType]:
         body, _ = resolve_weights(self.catalog, self.model, self.weights)
         return body.compute, attention_dtype(self.kv_format)
+
+    @property
+    def weights_compute(self) -> DType:
+        """The math the weight format is made for (fp8: W8A8)."""
+        return self._dtypes()[0]
+
+    @property
+    def matmul_dtype(self) -> DType:
+        """The math this hardware runs the weights in: their own, or, without units for it, the one it falls back
+        to (roofline.FALLBACK). fp8 on an A100 is weight-only: 8-bit storage (and reads) dequantized to bf16 math,
+        at the A100's 16-bit rate (bf16 = fp16 = 312 TFLOPS), as vLLM's FP8 Marlin kernels run it on Ampere."""
+        return peak_flops(self.hw, self.weights_compute)[1]
 
     @property
     def prefill_kernel(self) -> Kernel:

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from margin.errors import InvalidRequest
+from margin.plan.perf import Setup
 from margin.plan.placement import Option, Placement
 from margin.plan.validate import PointResult
 
@@ -36,6 +37,11 @@ def breakdown(console: Console, data: dict[str, Any]) -> None:
     """`margin plan` for one configuration: performance, why it is bound, where the memory goes, cost."""
     cfg, point, mem = data["config"], data["performance"], data["memory"]
     console.print(f"[bold]{data['label']}[/]  engine {cfg['engine']}, batch {point['batch']}")
+    if cfg["matmul_dtype"] != cfg["weights_compute"]:
+        console.print(
+            f"{cfg['weights']} weights: {cfg['hardware']} has no {cfg['weights_compute']} units, so weight-only: "
+            f"{cfg['weights']} storage, {cfg['matmul_dtype']} math at {cfg['matmul_peak_tflops']:g} TFLOPS a device"
+        )
     if not data["feasible"]:
         console.print(
             f"[bold red]not feasible:[/] {data['infeasible_because']} (the numbers below are what it would take)"
@@ -82,6 +88,12 @@ def economics_table(console: Console, econ: dict[str, Any]) -> None:
     console.print(table)
 
 
+def _formats(cfg: Setup) -> str:
+    """weights/KV, and the math when the hardware lacks the weights' own (fp8 on an A100: bf16 math)."""
+    math = cfg.matmul_dtype
+    return f"{cfg.weights}{'' if math == cfg.weights_compute else f' ({math} math)'}/{cfg.kv}"
+
+
 def _option_row(rank: int, option: Option) -> list[str]:
     assert option.capacity.point is not None
     cfg, econ = option.setup, option.econ
@@ -89,7 +101,7 @@ def _option_row(rank: int, option: Option) -> list[str]:
     return [
         str(rank),
         f"{cfg.devices}× {cfg.hardware_key}",
-        f"{cfg.weights}/{cfg.kv}",
+        _formats(cfg),
         econ.region,
         str(econ.replicas),
         f"{option.capacity.point.batch}",

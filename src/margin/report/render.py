@@ -95,8 +95,16 @@ def render_view(console: Console, view: Any) -> None:
     for row in view.rows:
         table.add_row(*(_cell(value) for value in row))
     wide.print(table)
+    if not view.rows:  # the header alone, then why (the other views show their zeros)
+        wide.print(_nothing(view.name))
     if data.get("assumption"):
         wide.print(Text.assemble("assumption: ", plain(data["assumption"]), style="dim"))
+
+
+def _nothing(view: str) -> str:
+    if view == "utilization":
+        return "no backend with `hardware:` in the config"
+    return "no tasks in this window" if view == "tasks" else "no requests in this window"
 
 
 def view_csv(view: Any) -> str:
@@ -108,7 +116,7 @@ def view_csv(view: Any) -> str:
     writer = csv.writer(out, lineterminator="\n")
     if view.name == "overview":
         series = view.to_json()["series"]
-        writer.writerow(list(series[0]) if series else ["start"])
+        writer.writerow(list(series[0]) if series else view.columns)
         writer.writerows([[spreadsheet_text(v) for v in point.values()] for point in series])
     else:
         writer.writerow(view.columns)

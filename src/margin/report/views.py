@@ -30,7 +30,7 @@ import sqlalchemy as sa
 
 from margin.config import Settings
 from margin.errors import InvalidRequest
-from margin.report.business import MarginReport, RevenueLine, TaskStats, margins, tasks
+from margin.report.business import MarginReport, MarginRow, RevenueLine, TaskStats, margins, tasks
 from margin.report.metrics import Bucket, CarbonRow, Savings, TimePoint, carbon, savings, timeseries
 from margin.report.queries import Window, summarize
 from margin.report.utilization import BackendUtilization, utilization
@@ -120,11 +120,24 @@ def _window_json(window: Window) -> dict[str, Any]:
     }
 
 
-def _keyed(items: Sequence[Any], first: str) -> tuple[list[str], list[list[Any]]]:
+def _empty_row(name: str) -> Any:
+    """A row of zeros of the view's type: its columns when the window has no requests (the header was `key`)."""
+    zero = Decimal(0)
+    if name == "margin":
+        return MarginRow(None, 0, 0, 0, None, zero, 0, None, None, None)
+    if name == "tasks":
+        return TaskStats(None, 0, 0, 0, zero, zero, 0, None, None)
+    if name == "carbon":
+        return CarbonRow(None, 0, 0, 0.0, 0.0, 0, 0, 0)
+    if name == "utilization":
+        return BackendUtilization("", zero, 0, 0.0, 0.0, 0, zero, None)
+    return TimePoint("", 0, 0, 0, zero, 0, None, 0.0, 0.0, zero)
+
+
+def _keyed(items: Sequence[Any], name: str) -> tuple[list[str], list[list[Any]]]:
     dicts = [item.to_json() for item in items]
-    if not dicts:
-        return [first], []
-    columns = [c for c in dicts[0] if c not in ("assumption",)]
+    header = dicts[0] if dicts else _empty_row(name).to_json()
+    columns = [c for c in header if c not in ("assumption",)]
     return columns, [[d[c] for c in columns] for d in dicts]
 
 
@@ -148,10 +161,11 @@ def build(name: str, engine: sa.Engine, window: Window, settings: Settings, opti
         rows = [[g["key"], *(g[c] for c in names)] for g in data["groups"]]
         return View(name, data, ["key", *names], [*rows, ["total", *data["totals"].values()]])
     if name == "overview":
-        return View(name, overview(engine, window, settings, options.bucket).to_json())
+        series_columns = list(_empty_row("timeseries").to_json())  # the CSV header of an empty series
+        return View(name, overview(engine, window, settings, options.bucket).to_json(), series_columns)
     if name == "margin":
         report: MarginReport = margins(engine, window, settings.revenue, options.revenue_lines, options.by or "feature")
-        columns, rows = _keyed(report.rows, "key")
+        columns, rows = _keyed(report.rows, name)
         return View(name, {**head, **report.to_json()}, columns, rows)
     lists: dict[str, Any] = {
         "tasks": lambda: tasks(engine, window, options.by),
@@ -161,7 +175,7 @@ def build(name: str, engine: sa.Engine, window: Window, settings: Settings, opti
     }
     if name in lists:
         items = lists[name]()
-        columns, rows = _keyed(items, "key")
+        columns, rows = _keyed(items, name)
         extra = {"assumption": items[0].to_json()["assumption"]} if name == "utilization" and items else {}
         return View(name, {**head, "by": options.by, **extra, "groups": [i.to_json() for i in items]}, columns, rows)
     if name == "savings":

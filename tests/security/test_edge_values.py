@@ -51,6 +51,7 @@ def test_the_budgets_page_holds_caps_far_above_the_spend(gw: Served) -> None:
         ("/admin/usage", {"since": "9999-12-31T23:30:00"}),  # a whole hour from it is past year 9999
         ("/admin/usage", {"since": "9999-12-31T00:30:00", "by": "customer"}),  # and a whole day
         ("/admin/usage", {"since": "2026-11-16", "until": "2026-11-01"}),  # ends before it starts
+        ("/v1/margin/usage", {"since": "2026-11-16", "until": "2026-11-01"}),  # a key's own: the same
     ],
 )
 def test_query_values_out_of_range_are_400(gw: Served, path: str, params: dict[str, str]) -> None:

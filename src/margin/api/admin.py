@@ -24,7 +24,7 @@ from margin.governance.rules import Subject, delete_rule, partition, save_rule
 from margin.keys import authenticate
 from margin.ledger.models import api_keys
 from margin.ledger.read.window import parse_span
-from margin.report.queries import Window, parse_limit, parse_when, summarize
+from margin.report.queries import Window, parse_limit, summarize
 from margin.types import Principal
 
 KINDS = {"budgets": "budget", "limits": "limit", "flags": "flag"}
@@ -174,8 +174,8 @@ async def own_usage(request: Request, principal: Principal) -> Any:
     if principal.key_id is None:
         raise NotFound("usage is per API key; this gateway runs open (no keys), see `margin report`")
     services, params = request.app.state.services, request.query_params
-    since = parse_when(params.get("since")) or window("month", datetime.now(UTC))[0]
-    window_ = Window(since, parse_when(params.get("until")), key_id=principal.key_id)
+    since, until = parse_span(params.get("since"), params.get("until"))  # an inverted window is a 400
+    window_ = Window(since or window("month", datetime.now(UTC))[0], until, key_id=principal.key_id)
     limit = parse_limit(params.get("limit"))
     async with services.key_reads.slot(None if principal.is_admin else principal.key_id):  # groups: its rows
         summary = await services.read(summarize, services.sync_engine(), window_, params.get("by"), limit)

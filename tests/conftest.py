@@ -6,7 +6,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import sqlalchemy as sa
 
+from margin.ledger import db
 from tests.helpers import Gateway, fake_settings, free_port, gateway
 from tests.servers import postgres_server, redis_server
 
@@ -51,3 +53,12 @@ def fresh_postgres(postgres_url: str) -> Iterator[str]:
     yield f"{base}/{name}"
     with psycopg.connect(f"{base}/postgres", autocommit=True) as connection:
         connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def pg_ledger(fresh_postgres: str) -> Iterator[sa.Engine]:
+    """A migrated, empty ledger on a PostgreSQL database of its own: a synchronous engine."""
+    db.upgrade(fresh_postgres)
+    engine = db.make_sync_engine(fresh_postgres)
+    yield engine
+    engine.dispose()

@@ -115,20 +115,12 @@ def test_own_key_reads_no_row_of_its_whole_days(tmp_path: Path) -> None:
     engine.dispose()
 
 
-@pytest.fixture
-def pg(fresh_postgres: str) -> Iterator[sa.Engine]:
-    db.upgrade(fresh_postgres)
-    engine = db.make_sync_engine(fresh_postgres)
-    yield engine
-    engine.dispose()
-
-
 @pytest.mark.integration
-def test_own_key_totals_from_the_rollups_on_postgres(pg: sa.Engine, tmp_path: Path) -> None:
-    fill(pg)
+def test_own_key_totals_from_the_rollups_on_postgres(pg_ledger: sa.Engine, tmp_path: Path) -> None:
+    fill(pg_ledger)
     url = f"sqlite:///{tmp_path / 'k.db'}"
     db.upgrade(url)
     lite = db.make_sync_engine(url)
     fill(lite)
-    assert check(pg) == check(lite)
+    assert check(pg_ledger) == check(lite)
     lite.dispose()

@@ -5,7 +5,6 @@ batch by batch equals a rebuild."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -104,15 +103,7 @@ def test_levers_and_attach_equal_on_both_paths_and_after_a_rebuild(tmp_path: Pat
     engine.dispose()
 
 
-@pytest.fixture
-def pg(fresh_postgres: str) -> Iterator[sa.Engine]:
-    db.upgrade(fresh_postgres)
-    engine = db.make_sync_engine(fresh_postgres)
-    yield engine
-    engine.dispose()
-
-
 @pytest.mark.integration
-def test_levers_and_attach_equal_on_both_paths_on_postgres(pg: sa.Engine) -> None:
-    fill(pg)
-    check_both_paths(pg)
+def test_levers_and_attach_equal_on_both_paths_on_postgres(pg_ledger: sa.Engine) -> None:
+    fill(pg_ledger)
+    check_both_paths(pg_ledger)

@@ -6,7 +6,6 @@ windows, a team's and a key's view; on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -140,20 +139,12 @@ def test_capped_breakdown_equals_ranking_every_group(tmp_path: Path) -> None:
     engine.dispose()
 
 
-@pytest.fixture
-def pg(fresh_postgres: str) -> Iterator[sa.Engine]:
-    db.upgrade(fresh_postgres)
-    engine = db.make_sync_engine(fresh_postgres)
-    yield engine
-    engine.dispose()
-
-
 @pytest.mark.integration
-def test_capped_breakdown_on_postgres(pg: sa.Engine, tmp_path: Path) -> None:
-    fill(pg)
+def test_capped_breakdown_on_postgres(pg_ledger: sa.Engine, tmp_path: Path) -> None:
+    fill(pg_ledger)
     url = f"sqlite:///{tmp_path / 'b.db'}"
     db.upgrade(url)
     lite = db.make_sync_engine(url)
     fill(lite)
-    assert check(pg) == check(lite)
+    assert check(pg_ledger) == check(lite)
     lite.dispose()

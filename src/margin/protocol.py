@@ -76,12 +76,20 @@ Inputs = Annotated[
 ]
 
 
+def _null_is(default: Any) -> BeforeValidator:
+    """OpenAI's optional parameters are nullable: `null` is the parameter left out (its default)."""
+    return BeforeValidator(lambda value: default if value is None else value)
+
+
+Flag = Annotated[bool, _null_is(False)]  # `stream`, `echo`, `include_usage`: null is false
+
+
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
 
 class StreamOptions(_Open):
-    include_usage: bool = False
+    include_usage: Flag = False
 
 
 class ContentPart(_Open):
@@ -106,11 +114,11 @@ class ChatMessage(_Open):
 
 class _Sampling(_Open):
     model: ModelName
-    stream: bool = False
+    stream: Flag = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    n: int = Field(1, ge=1, le=128)
+    n: Annotated[int, _null_is(1)] = Field(1, ge=1, le=128)
     stop: Annotated[str | Annotated[list[str], Field(fail_fast=True)] | None, _at_most(MAX_STOP, "stop sequences")] = (
         None
     )
@@ -174,7 +182,7 @@ class ChatCompletionRequest(_Sampling):
 class CompletionRequest(_Sampling):
     prompt: Inputs
     max_tokens: int | None = Field(16, ge=0, le=INT32)
-    echo: bool = False
+    echo: Flag = False
     suffix: str | None = None
     logprobs: int | None = Field(None, ge=0, le=5)
     best_of: int | None = Field(None, ge=1, le=128)
@@ -200,7 +208,7 @@ class CompletionRequest(_Sampling):
 class EmbeddingRequest(_Open):
     model: ModelName
     input: Inputs
-    encoding_format: Literal["float", "base64"] = "float"
+    encoding_format: Annotated[Literal["float", "base64"], _null_is("float")] = "float"
     dimensions: int | None = Field(None, ge=1, le=65_536)
     user: UserId | None = None
 

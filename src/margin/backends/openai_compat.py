@@ -152,8 +152,8 @@ class OpenAIBackend:
         }
 
     def _body(self, call: Call, *, stream: bool) -> bytes:
-        known = FORWARDED[call.endpoint]
-        body = {name: value for name, value in call.raw.items() if name in known}
+        known = FORWARDED[call.endpoint]  # a null is the field left out (OpenAI's meaning; some servers differ)
+        body = {name: value for name, value in call.raw.items() if name in known and value is not None}
         body["model"] = call.upstream_model
         if stream and self.config.request_usage:
             options = dict(body.get("stream_options") or {})

@@ -1,0 +1,93 @@
+"""Client code written against the OpenAI API, unchanged, against a running `margin serve`: the official SDK and
+raw HTTP through the `fake` backend and an `openai` upstream that records what margin forwards
+(`tests/api/compat_upstream.py`). Each test is a request class that broke before: a 400 where OpenAI answers,
+a ledger row that disagreed with what the answer cost, an error that lost what the SDK reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from margin.ledger import db as ledger_db
+from tests.api.compat_upstream import Upstream, compat_upstream
+from tests.helpers import margin_serve
+
+USER = [{"role": "user", "content": "hi there"}]
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+UPSTREAM_MODELS = ("plain", "nousage", "reasoning", "reject")
+
+
+@dataclass
+class Live:
+    url: str
+    db: Path
+    upstream: Upstream
+
+    def sdk(self, **kwargs: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, **kwargs)
+
+    def row(self, request_id: str) -> Any:
+        engine = ledger_db.make_sync_engine(f"sqlite:///{self.db}")
+        query = sa.text("SELECT * FROM ledger WHERE request_id = :id")
+        try:
+            for _ in range(200):  # the row is written just after the answer
+                with engine.connect() as connection:
+                    found = connection.execute(query, {"id": request_id}).first()
+                if found is not None:
+                    return found
+                httpx.get(self.url + "/readyz")
+        finally:
+            engine.dispose()
+        raise AssertionError(f"no ledger row for {request_id}")
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    folder = tmp_path_factory.mktemp("compat")
+    with compat_upstream() as upstream:
+        price = {"input": "1", "output": "2"}
+        config = {
+            "storage": {"flush_interval_ms": 10},
+            "backends": {
+                "fake": {"kind": "fake", "output_tokens": 5},
+                "up": {"kind": "openai", "base_url": upstream.url, "timeout_s": 10, "retries": {"attempts": 0}},
+            },
+            "models": {
+                "fake-chat": {"backend": "fake", "price": price},
+                **{name: {"backend": "up", "upstream_model": name, "price": price} for name in UPSTREAM_MODELS},
+            },
+        }
+        (folder / "margin.yaml").write_text(yaml.safe_dump(config))
+        serving = margin_serve(folder / "ledger.db", folder / "serve.log", config=folder / "margin.yaml", ready_s=60)
+        with serving as (url, _process):
+            yield Live(url, folder / "ledger.db", upstream)
+
+
+@pytest.mark.parametrize("model", ["fake-chat", "plain"])
+def test_null_for_an_optional_field_means_its_default(live: Live, model: str) -> None:
+    """OpenAI's schema makes every optional parameter nullable (`"n": null` is `n` left out); code that builds
+    its body from a dict of optional values sends them. They were 400 (`n`, `stream`, `echo`,
+    `stream_options.include_usage`); an upstream now receives none of them (a null is not forwarded: some
+    servers take `null` for a value)."""
+    nulls = {"n": None, "stream": None, "temperature": None, "stop": None, "max_tokens": None, "tools": None,
+             "tool_choice": None, "response_format": None, "seed": None, "user": None, "logprobs": None}  # fmt: skip
+    answer = httpx.post(live.url + "/v1/chat/completions", json={"model": model, "messages": USER, **nulls})
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["choices"]) == 1
+    if model == "plain":
+        assert live.upstream.last == {"model": "plain", "messages": USER}
+    streamed = {"model": model, "messages": USER, "stream": True, "stream_options": {"include_usage": None}}
+    with httpx.stream("POST", live.url + "/v1/chat/completions", json=streamed) as stream:
+        assert stream.status_code == 200
+        events = [line for line in stream.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]" and '"usage":{' not in "".join(events).replace(" ", "")
+    completion = {"model": model, "prompt": "hi", "n": None, "echo": None, "stream": None, "best_of": None}
+    assert httpx.post(live.url + "/v1/completions", json=completion).status_code == 200

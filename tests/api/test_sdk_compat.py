@@ -17,7 +17,7 @@ import sqlalchemy as sa
 import yaml
 
 from margin.ledger import db as ledger_db
-from tests.api.compat_upstream import Upstream, compat_upstream
+from tests.api.compat_upstream import ARGUMENTS, REASONING, Upstream, compat_upstream
 from tests.helpers import margin_serve
 
 USER = [{"role": "user", "content": "hi there"}]
@@ -91,3 +91,37 @@ def test_null_for_an_optional_field_means_its_default(live: Live, model: str) ->
     assert events[-1] == "data: [DONE]" and '"usage":{' not in "".join(events).replace(" ", "")
     completion = {"model": model, "prompt": "hi", "n": None, "echo": None, "stream": None, "best_of": None}
     assert httpx.post(live.url + "/v1/completions", json=completion).status_code == 200
+
+
+def _estimate(text: str) -> int:
+    return round(len(text) / 4)  # margin's estimate for an upstream without usage (4 characters a token)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_calls_and_reasoning_are_billed_when_the_upstream_reports_no_usage(live: Live, stream: bool) -> None:
+    """An upstream without usage is metered from the answer; a tool-calling answer has no content, so it was
+    billed 0 output tokens (and a stream's usage chunk told the client `completion_tokens: 0`), its tool
+    definitions were not counted as input, and reasoning a server returned beside the content was free."""
+    client, calls = live.sdk(), ("get_weather" + ARGUMENTS) * 2
+    for model, tools, generated in (("nousage", TOOLS, calls), ("reasoning", None, "hello there" + REASONING)):
+        extra: dict[str, Any] = {"tools": tools} if tools else {}
+        if stream:
+            extra |= {"stream": True, "stream_options": {"include_usage": True}}
+        raw = client.chat.completions.with_raw_response.create(model=model, messages=USER, **extra)
+        if stream:
+            chunks = list(raw.parse())
+            usage = chunks[-1].usage
+            if tools:  # the tool calls arrived whole, in deltas the SDK parses
+                deltas = [c.choices[0].delta.tool_calls for c in chunks if c.choices and c.choices[0].delta.tool_calls]
+                assert "".join(d[0].function.arguments or "" for d in deltas) == ARGUMENTS * 2
+        else:
+            answer = raw.parse()
+            assert answer.usage is None  # nothing to pass on: margin adds no usage to a JSON answer
+            usage = None
+        row = live.row(raw.headers["x-margin-request-id"])
+        assert row.usage_source == "estimated"
+        assert row.output_tokens == _estimate(generated) > 30
+        if tools:
+            assert row.input_tokens >= _estimate(str(TOOLS)) + 1
+        if usage is not None:  # what the client was told is what the ledger says
+            assert (usage.prompt_tokens, usage.completion_tokens) == (row.input_tokens, row.output_tokens)

@@ -8,6 +8,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from margin.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Endpoint
 from margin.types import Call, Usage
 
@@ -89,6 +91,18 @@ def embeddings(
 def prompt_text(call: Call) -> str:
     """All text the caller sent (messages or prompt), for token estimates and the fake backend."""
     return request_text(call.request)
+
+
+def prompt_extras(request: Any) -> str:
+    """What a chat prompt holds besides its messages' text, which providers bill as input too: the tool
+    definitions and the tool calls in the history (as JSON: counted when the backend reported no usage)."""
+    if not isinstance(request, ChatCompletionRequest):
+        return ""
+    parts = [orjson.dumps(request.tools).decode()] if request.tools else []
+    for message in request.messages:
+        extra = message.model_extra or {}
+        parts.extend(orjson.dumps(extra[key]).decode() for key in ("tool_calls", "function_call") if extra.get(key))
+    return "\n".join(parts)
 
 
 def request_text(request: Any) -> str:

@@ -125,3 +125,32 @@ def test_tool_calls_and_reasoning_are_billed_when_the_upstream_reports_no_usage(
             assert row.input_tokens >= _estimate(str(TOOLS)) + 1
         if usage is not None:  # what the client was told is what the ledger says
             assert (usage.prompt_tokens, usage.completion_tokens) == (row.input_tokens, row.output_tokens)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_deterministic_request_the_cache_cannot_replay_is_answered_by_the_upstream(live: Live, stream: bool) -> None:
+    """The exact cache is on by default for temperature 0, and replays one choice of text. The second of two
+    identical requests for `n: 2` got one choice holding both texts run together; with `logprobs`, no
+    logprobs; an answer with reasoning (or tool calls beside its content) lost them. Each now reaches the
+    upstream again, and the answer is the same both times."""
+    client = live.sdk()
+    for model, extra in (("plain", {"n": 2}), ("plain", {"logprobs": True}), ("reasoning", {})):
+        answers = []
+        for _ in range(2):
+            sent = len(live.upstream.bodies)
+            kwargs: dict[str, Any] = {"model": model, "messages": USER, "temperature": 0, **extra}
+            if stream:
+                chunks = list(client.chat.completions.create(stream=True, **kwargs))
+                texts: dict[int, str] = {}
+                for chunk in chunks:
+                    for choice in chunk.choices:
+                        texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+                        reasoning = (choice.delta.model_extra or {}).get("reasoning_content")
+                        texts[choice.index] += f"[{reasoning}]" if reasoning else ""
+                answers.append(texts)
+            else:
+                answer = client.chat.completions.create(**kwargs)
+                answers.append([(c.message.content, c.logprobs, c.message.model_extra) for c in answer.choices])
+            assert len(live.upstream.bodies) == sent + 1, f"{model} {extra}: answered from the cache"
+        assert answers[0] == answers[1]
+        assert len(answers[0]) == extra.get("n", 1)

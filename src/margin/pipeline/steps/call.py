@@ -166,7 +166,7 @@ class BackendCall:
                 if delivery.failed is not None:  # broke mid-stream: the row and the breaker hear of it
                     record.fail(delivery.failed, request.client.status_of(delivery.failed))
                     self._failed(target.backend_name, delivery.failed)
-                return Reply(streamed=True, delivered=delivery.text)
+                return Reply(streamed=True, delivered=delivery.text, generated=delivery.generated)
             started = time.perf_counter()
             try:
                 whole = self._whole(target, call)

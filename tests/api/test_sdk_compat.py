@@ -30,9 +30,7 @@ class Live:
     url: str
     db: Path
     upstream: Upstream
-
-    def sdk(self, **kwargs: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, **kwargs)
+    client: openai.OpenAI  # the official SDK, as client code makes it (no retries: each call is one request)
 
     def row(self, request_id: str) -> Any:
         engine = ledger_db.make_sync_engine(f"sqlite:///{self.db}")
@@ -67,8 +65,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         }
         (folder / "margin.yaml").write_text(yaml.safe_dump(config))
         serving = margin_serve(folder / "ledger.db", folder / "serve.log", config=folder / "margin.yaml", ready_s=60)
-        with serving as (url, _process):
-            yield Live(url, folder / "ledger.db", upstream)
+        with serving as (url, _process), openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0) as client:
+            yield Live(url, folder / "ledger.db", upstream, client)
 
 
 @pytest.mark.parametrize("model", ["fake-chat", "plain"])
@@ -102,7 +100,7 @@ def test_tool_calls_and_reasoning_are_billed_when_the_upstream_reports_no_usage(
     """An upstream without usage is metered from the answer; a tool-calling answer has no content, so it was
     billed 0 output tokens (and a stream's usage chunk told the client `completion_tokens: 0`), its tool
     definitions were not counted as input, and reasoning a server returned beside the content was free."""
-    client, calls = live.sdk(), ("get_weather" + ARGUMENTS) * 2
+    client, calls = live.client, ("get_weather" + ARGUMENTS) * 2
     for model, tools, generated in (("nousage", TOOLS, calls), ("reasoning", None, "hello there" + REASONING)):
         extra: dict[str, Any] = {"tools": tools} if tools else {}
         if stream:
@@ -133,7 +131,7 @@ def test_a_deterministic_request_the_cache_cannot_replay_is_answered_by_the_upst
     identical requests for `n: 2` got one choice holding both texts run together; with `logprobs`, no
     logprobs; an answer with reasoning (or tool calls beside its content) lost them. Each now reaches the
     upstream again, and the answer is the same both times."""
-    client = live.sdk()
+    client = live.client
     for model, extra in (("plain", {"n": 2}), ("plain", {"logprobs": True}), ("reasoning", {})):
         answers = []
         for _ in range(2):
@@ -154,3 +152,30 @@ def test_a_deterministic_request_the_cache_cannot_replay_is_answered_by_the_upst
             assert len(live.upstream.bodies) == sent + 1, f"{model} {extra}: answered from the cache"
         assert answers[0] == answers[1]
         assert len(answers[0]) == extra.get("n", 1)
+
+
+def test_an_upstreams_refusal_keeps_the_parameter_it_names(live: Live) -> None:
+    """An upstream 4xx reaches the caller with its status and code, its text withheld (it can hold the
+    upstream's internals); the `param` it named was dropped too, so `BadRequestError.param` was None and the
+    caller had nothing to go on. A plain field path is passed on."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        live.client.chat.completions.create(model="reject", messages=USER, temperature=1.5)
+    error = refused.value
+    assert (error.status_code, error.code, error.param) == (400, "unsupported_value", "temperature")
+    assert "temperature is not supported" not in str(error.body)  # the upstream's own words stay in the log
+
+
+def test_the_sdks_request_id_is_margins(live: Live) -> None:
+    """The SDK reads OpenAI's `x-request-id` (`completion._request_id`, `APIStatusError.request_id`), which
+    client code logs to trace a call; margin sent only `x-margin-request-id`, so it was None everywhere. It is
+    the ledger row's id, on answers, streams and errors."""
+    client = live.client
+    raw = client.chat.completions.with_raw_response.create(model="fake-chat", messages=USER)
+    assert raw.parse()._request_id == raw.headers["x-margin-request-id"]
+    live.row(raw.headers["x-request-id"])  # the ledger row it names
+    with client.chat.completions.with_streaming_response.create(model="plain", messages=USER, stream=True) as stream:
+        assert stream.request_id == stream.headers["x-margin-request-id"]
+    for model in ("no-such-model", "reject"):  # refused by margin, and by the upstream
+        with pytest.raises(openai.APIStatusError) as refused:
+            client.chat.completions.create(model=model, messages=USER)
+        assert refused.value.request_id == refused.value.response.headers["x-margin-request-id"]

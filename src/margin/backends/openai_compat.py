@@ -42,6 +42,7 @@ PATHS = {Endpoint.CHAT: "/chat/completions", Endpoint.COMPLETIONS: "/completions
 
 
 SAFE_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+SAFE_PARAM = re.compile(r"[A-Za-z0-9_.\[\]-]{1,128}")  # `temperature`, `messages[0].content`, `tools.2.function`
 ERROR_BODY_BYTES = 64 * 1024
 CREDENTIALS = (401, 403, 407)  # the upstream refused margin's own key: an operator's fault, not the caller's
 
@@ -56,6 +57,17 @@ def _upstream_message(body: bytes) -> tuple[str, str | None]:
         code = error.get("code")
         return str(error.get("message") or error)[:300], None if code is None else str(code)[:64]
     return str(error)[:300], None
+
+
+def _upstream_param(body: bytes) -> str | None:
+    """The parameter an upstream's 4xx names (OpenAI's `error.param`), when it is a plain field path: the SDK
+    exposes it (`BadRequestError.param`), and it is the one hint a caller gets, the message being withheld."""
+    try:
+        error = orjson.loads(body).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    param = error.get("param") if isinstance(error, dict) else None
+    return param if isinstance(param, str) and SAFE_PARAM.fullmatch(param) else None
 
 
 def _log_upstream(backend: str, what: str, message: str) -> None:
@@ -80,8 +92,10 @@ def upstream_error(backend: str, status: int, body: bytes, headers: Mapping[str,
         )
     if 400 <= status < 500 and status not in CREDENTIALS:
         detail = f", code {code}" if code else ""
+        param = _upstream_param(body)
+        detail += f", param {param}" if param else ""
         message = f"the upstream rejected the request (HTTP {status}{detail})"
-        return BackendClientError(message, upstream_status=status, code=code)
+        return BackendClientError(message, upstream_status=status, code=code, param=param)
     return BackendError(f"the upstream failed (HTTP {status})")
 
 

@@ -34,6 +34,7 @@ def sse(data: bytes) -> bytes:
 def response_headers(record: Record) -> dict[str, str]:
     headers = {
         "x-margin-request-id": record.request_id,
+        "x-request-id": record.request_id,  # OpenAI's header: the SDK's `_request_id`, `with_raw_response`
         "x-margin-overhead-ms": f"{record.overhead_ms():.3f}",
         **record.notices,
     }

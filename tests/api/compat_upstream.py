@@ -7,6 +7,7 @@ when asked. The upstream model name picks a behaviour:
     nousage    no usage at all (JSON and streams), as many self-hosted servers answer
     reasoning  content, plus `reasoning_content` (vLLM, DeepSeek), no usage
     reject     400 with an OpenAI error naming `param` (`temperature`)
+    o-series   like OpenAI's reasoning models: `max_tokens` is refused (400), `max_completion_tokens` taken
 
 Runs on a thread in the test process; `margin serve` reaches it over real HTTP."""
 
@@ -110,6 +111,10 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
             if body.get("model") == "reject":
                 error = {"message": "temperature is not supported", "type": "invalid_request_error",
                          "param": "temperature", "code": "unsupported_value"}  # fmt: skip
+                self._json(400, {"error": error})
+            elif body.get("model") == "o-series" and "max_tokens" in body:
+                error = {"message": "Unsupported parameter: 'max_tokens'.", "type": "invalid_request_error",
+                         "param": "max_tokens", "code": "unsupported_parameter"}  # fmt: skip
                 self._json(400, {"error": error})
             elif not body.get("stream"):
                 self._json(200, _answer(body))

@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+from margin.backends.openai_compat import limit_field_for
 from margin.ledger import db as ledger_db
 from tests.api.compat_upstream import ARGUMENTS, REASONING, Upstream, compat_upstream
 from tests.helpers import margin_serve
@@ -179,3 +180,39 @@ def test_the_sdks_request_id_is_margins(live: Live) -> None:
         with pytest.raises(openai.APIStatusError) as refused:
             client.chat.completions.create(model=model, messages=USER)
         assert refused.value.request_id == refused.value.response.headers["x-margin-request-id"]
+
+
+def test_an_output_limit_set_by_margin_reaches_a_reasoning_model_in_the_field_it_takes(tmp_path: Path) -> None:
+    """Under a budget, a chat without an output limit gets one (what the reservation priced), which margin
+    sent as `max_tokens`: OpenAI's reasoning models refuse that field, so every such call to them failed with
+    400 once a budget applied. An upstream configured with `output_limit_field: max_completion_tokens` (the
+    default for api.openai.com and Azure OpenAI) gets the limit, the caller's own `max_tokens` included, in
+    `max_completion_tokens`."""
+    with compat_upstream() as upstream:
+        backend = {"kind": "openai", "base_url": upstream.url, "output_limit_field": "max_completion_tokens"}
+        config = {
+            "storage": {"flush_interval_ms": 10},
+            "backends": {"oai": backend},
+            "models": {"o-series": {"backend": "oai", "price": {"input": "1", "output": "2"}}},
+            "budgets": [{"name": "o", "scope": {"kind": "model", "value": "o-series"}, "usd": 100, "period": "day"}],
+        }
+        (tmp_path / "margin.yaml").write_text(yaml.safe_dump(config))
+        serving = margin_serve(tmp_path / "ledger.db", tmp_path / "serve.log", config=tmp_path / "margin.yaml")
+        with serving as (url, _process), openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0) as client:
+            for sent, limit in (
+                ({}, None),
+                ({"max_tokens": 50}, 50),
+                ({"max_tokens": 50, "max_completion_tokens": 70}, 50),
+            ):
+                answer = client.chat.completions.create(model="o-series", messages=USER, **sent)
+                assert answer.choices[0].message.content == "hello there"
+                assert "max_tokens" not in upstream.last
+                assert upstream.last["max_completion_tokens"] == (limit or upstream.last["max_completion_tokens"]) > 0
+
+
+def test_the_output_limit_field_defaults_to_what_the_upstream_takes() -> None:
+    assert limit_field_for("https://api.openai.com/v1") == "max_completion_tokens"
+    assert limit_field_for("https://acme.openai.azure.com/openai/v1") == "max_completion_tokens"
+    assert (
+        limit_field_for("http://vllm.internal:8000/v1") == limit_field_for("https://openai.com.evil/v1") == "max_tokens"
+    )

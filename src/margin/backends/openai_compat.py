@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -99,6 +100,13 @@ def upstream_error(backend: str, status: int, body: bytes, headers: Mapping[str,
     return BackendError(f"the upstream failed (HTTP {status})")
 
 
+def limit_field_for(base_url: str) -> str:
+    """The output-limit field an upstream takes when its config does not say: OpenAI's and Azure OpenAI's
+    reasoning models refuse `max_tokens` (400), and their other models take `max_completion_tokens` too."""
+    host = urlsplit(base_url).hostname or ""
+    return "max_completion_tokens" if host == "api.openai.com" or host.endswith(".openai.azure.com") else "max_tokens"
+
+
 def delta_text(payload: dict[str, Any]) -> str:
     return choices_text(payload, "delta")
 
@@ -134,6 +142,7 @@ class OpenAIBackend:
         self.config = config
         self._session: aiohttp.ClientSession | None = None
         self._base = config.base_url.rstrip("/")
+        self._limit_field = config.output_limit_field or limit_field_for(config.base_url)
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_s)
         self._backoff = Backoff(config.retries)
         self._errors = 0
@@ -169,6 +178,10 @@ class OpenAIBackend:
         known = FORWARDED[call.endpoint]  # a null is the field left out (OpenAI's meaning; some servers differ)
         body = {name: value for name, value in call.raw.items() if name in known and value is not None}
         body["model"] = call.upstream_model
+        if call.endpoint is Endpoint.CHAT and self._limit_field == "max_completion_tokens" and "max_tokens" in body:
+            limits = [v for v in (body.pop("max_tokens"), body.get("max_completion_tokens")) if isinstance(v, int)]
+            if limits:  # both mean the answer's limit (the lower one is what was priced and capped)
+                body["max_completion_tokens"] = min(limits)
         if stream and self.config.request_usage:
             options = dict(body.get("stream_options") or {})
             options["include_usage"] = True

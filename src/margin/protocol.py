@@ -284,11 +284,34 @@ def _content_parts(messages: Any) -> None:
         )
 
 
+# Chat fields that ask for an answer of another shape or for unpriced work, which margin does not forward:
+# dropped, the caller would get a plain text answer it did not ask for (no `message.audio`, no web search).
+UNSUPPORTED_CHAT = {
+    "audio": "audio output is not supported through this gateway",
+    "web_search_options": "web search is not supported through this gateway",
+}
+
+
+def _unsupported(data: dict[str, Any]) -> None:
+    """A chat asking for what margin would otherwise drop silently is refused (400 `unsupported_parameter`)."""
+    for name, why in UNSUPPORTED_CHAT.items():
+        if data.get(name) is not None:
+            raise InvalidRequest(f"{name}: {why}", param=name, code="unsupported_parameter")
+    modalities = data.get("modalities")
+    if modalities is not None and modalities != ["text"]:
+        raise InvalidRequest(
+            'modalities: only ["text"] is supported through this gateway',
+            param="modalities",
+            code="unsupported_parameter",
+        )
+
+
 def parse_request(endpoint: Endpoint, data: Any) -> ApiRequest:
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
     if endpoint is Endpoint.CHAT:
         _content_parts(data.get("messages"))
+        _unsupported(data)
     try:
         return SCHEMAS[endpoint].model_validate(data)
     except ValidationError as exc:

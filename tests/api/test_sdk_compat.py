@@ -16,7 +16,6 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from margin.backends.openai_compat import limit_field_for
 from margin.ledger import db as ledger_db
 from tests.api.compat_upstream import ARGUMENTS, REASONING, Upstream, compat_upstream
 from tests.helpers import margin_serve
@@ -211,8 +210,29 @@ def test_an_output_limit_set_by_margin_reaches_a_reasoning_model_in_the_field_it
 
 
 def test_the_output_limit_field_defaults_to_what_the_upstream_takes() -> None:
+    from margin.backends.openai_compat import limit_field_for  # here: the module's other tests run on older code
+
     assert limit_field_for("https://api.openai.com/v1") == "max_completion_tokens"
     assert limit_field_for("https://acme.openai.azure.com/openai/v1") == "max_completion_tokens"
     assert (
         limit_field_for("http://vllm.internal:8000/v1") == limit_field_for("https://openai.com.evil/v1") == "max_tokens"
     )
+
+
+@pytest.mark.parametrize("model", ["fake-chat", "plain"])
+def test_a_chat_asking_for_audio_or_web_search_is_refused_not_answered_in_plain_text(live: Live, model: str) -> None:
+    """margin forwards only the fields it prices; `audio`, `modalities: ["audio"]` and `web_search_options` were
+    dropped, so the caller got a text answer with no `message.audio` (client code reading it then fails) and no
+    search. They are a 400 naming the field; `modalities: ["text"]` is fine."""
+    sent = len(live.upstream.bodies)
+    for extra, param in (
+        ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+        ({"modalities": ["audio"]}, "modalities"),
+        ({"web_search_options": {}}, "web_search_options"),
+    ):
+        with pytest.raises(openai.BadRequestError) as refused:
+            live.client.chat.completions.create(model=model, messages=USER, **extra)
+        assert (refused.value.param, refused.value.code) == (param, "unsupported_parameter")
+    assert len(live.upstream.bodies) == sent
+    answer = live.client.chat.completions.create(model=model, messages=USER, modalities=["text"], audio=None)
+    assert answer.choices[0].message.content

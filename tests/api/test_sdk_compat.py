@@ -236,3 +236,30 @@ def test_a_chat_asking_for_audio_or_web_search_is_refused_not_answered_in_plain_
     assert len(live.upstream.bodies) == sent
     answer = live.client.chat.completions.create(model=model, messages=USER, modalities=["text"], audio=None)
     assert answer.choices[0].message.content
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_fake_backend_answers_n_choices_and_bills_them(live: Live, stream: bool) -> None:
+    """Test code written for `n > 1` against the fake backend got one choice, and usage for one answer."""
+    kwargs: dict[str, Any] = {"model": "fake-chat", "messages": USER, "n": 3, "max_tokens": 2}
+    if stream:
+        raw = live.client.chat.completions.with_raw_response.create(
+            stream=True, stream_options={"include_usage": True}, **kwargs
+        )
+        chunks = list(raw.parse())
+        texts: dict[int, str] = {}
+        for chunk in chunks:
+            for choice in chunk.choices:
+                texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+        usage = chunks[-1].usage
+    else:
+        raw = live.client.chat.completions.with_raw_response.create(**kwargs)
+        answer = raw.parse()
+        texts = {choice.index: choice.message.content or "" for choice in answer.choices}
+        usage = answer.usage
+    assert texts == {0: "tok tok ", 1: "tok tok ", 2: "tok tok "}
+    assert usage is not None and usage.completion_tokens == 6
+    assert live.row(raw.headers["x-request-id"]).output_tokens == 6
+    completion = live.client.completions.create(model="fake-chat", prompt=["a", "b"], n=2, max_tokens=1)
+    assert [choice.index for choice in completion.choices] == [0, 1, 2, 3]
+    assert completion.usage is not None and completion.usage.completion_tokens == 4

@@ -14,18 +14,18 @@ from margin.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingR
 from margin.types import Call, Usage
 
 
-def _choice(call: Call, text: str, finish_reason: str | None, *, delta: bool) -> dict[str, Any]:
+def _choice(call: Call, text: str, finish_reason: str | None, *, delta: bool, index: int = 0) -> dict[str, Any]:
     if call.endpoint is Endpoint.COMPLETIONS:
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
     if delta:
         return {
-            "index": 0,
+            "index": index,
             "delta": {"content": text} if text else {},
             "logprobs": None,
             "finish_reason": finish_reason,
         }
     message = {"role": "assistant", "content": text, "refusal": None}
-    return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+    return {"index": index, "message": message, "logprobs": None, "finish_reason": finish_reason}
 
 
 def _object(call: Call, *, chunk: bool) -> str:
@@ -34,19 +34,22 @@ def _object(call: Call, *, chunk: bool) -> str:
     return "chat.completion.chunk" if chunk else "chat.completion"
 
 
-def completion(call: Call, text: str, finish_reason: str, usage: Usage) -> dict[str, Any]:
+def completion(call: Call, text: str, finish_reason: str, usage: Usage, *, copies: int = 1) -> dict[str, Any]:
+    """A whole answer; `copies`: that many choices of the same text (the fake's `n`)."""
     return {
         "id": call.response_id,
         "object": _object(call, chunk=False),
         "created": int(time.time()),
         "model": call.public_model,
-        "choices": [_choice(call, text, finish_reason, delta=False)],
+        "choices": [_choice(call, text, finish_reason, delta=False, index=i) for i in range(copies)],
         "usage": usage.to_openai(),
     }
 
 
-def chunk(call: Call, text: str, finish_reason: str | None = None, *, first: bool = False) -> dict[str, Any]:
-    choice = _choice(call, text, finish_reason, delta=True)
+def chunk(
+    call: Call, text: str, finish_reason: str | None = None, *, first: bool = False, index: int = 0
+) -> dict[str, Any]:
+    choice = _choice(call, text, finish_reason, delta=True, index=index)
     if first and call.endpoint is Endpoint.CHAT:
         choice["delta"] = {"role": "assistant", **choice["delta"]}
     return {

@@ -306,6 +306,11 @@ def _unsupported(data: dict[str, Any]) -> None:
         )
 
 
+def _type_tag(part: Any) -> bool:
+    """A union member's name in an error's location (`str`, `list[ContentPart]`): not a field of the request."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part)
+
+
 def parse_request(endpoint: Endpoint, data: Any) -> ApiRequest:
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
@@ -315,8 +320,9 @@ def parse_request(endpoint: Endpoint, data: Any) -> ApiRequest:
     try:
         return SCHEMAS[endpoint].model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
+        errors = exc.errors()
+        first = max(errors, key=lambda error: len(error["loc"]))  # a union's: the member that went deepest
+        param = ".".join(str(p) for p in first["loc"] if not _type_tag(p)) or None
         message = first["msg"] if first["type"] != "missing" else "field required"
         extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         code = "array_above_max_length" if first["type"] == "too_long" else None  # OpenAI's code for it

@@ -263,3 +263,21 @@ def test_the_fake_backend_answers_n_choices_and_bills_them(live: Live, stream: b
     completion = live.client.completions.create(model="fake-chat", prompt=["a", "b"], n=2, max_tokens=1)
     assert [choice.index for choice in completion.choices] == [0, 1, 2, 3]
     assert completion.usage is not None and completion.usage.completion_tokens == 4
+
+
+def test_a_refused_field_is_named_as_the_request_spells_it(live: Live) -> None:
+    """A field that may take several shapes (`content`: text or parts; `stop`: one or a list) was named with
+    the shape pydantic tried first (`messages.0.content.str`, `stop.list[str].0`), and described by it: a bad
+    part of a list of parts was reported as "should be a valid string". The param is the request's path, and
+    the error the one of the shape that was sent."""
+    for extra, param, says in (
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages.0.content.0.text", ""),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content", ""),
+        ({"stop": ["ok", 1]}, "stop.1", "valid string"),
+        ({"tool_choice": 5}, "tool_choice", ""),
+    ):
+        with pytest.raises(openai.BadRequestError) as refused:
+            live.client.chat.completions.create(**{"model": "fake-chat", "messages": USER, **extra})
+        body = refused.value.body
+        assert refused.value.param == param and isinstance(body, dict)
+        assert body["message"].startswith(f"{param}: ") and says in body["message"]

@@ -281,3 +281,12 @@ def test_a_refused_field_is_named_as_the_request_spells_it(live: Live) -> None:
         body = refused.value.body
         assert refused.value.param == param and isinstance(body, dict)
         assert body["message"].startswith(f"{param}: ") and says in body["message"]
+
+
+def test_a_streamed_tool_call_has_a_time_to_first_token(live: Live) -> None:
+    """TTFT was taken at the first event with content, so a stream of tool calls (no content) had none: its
+    row's `ttft_ms` was empty, and the latency reports left out every tool-calling stream."""
+    raw = live.client.chat.completions.with_raw_response.create(model="plain", messages=USER, tools=TOOLS, stream=True)
+    assert [chunk.choices[0].finish_reason for chunk in raw.parse() if chunk.choices][-1] == "tool_calls"
+    row = live.row(raw.headers["x-margin-request-id"])
+    assert row.ttft_ms is not None and 0 <= row.ttft_ms <= row.e2e_ms

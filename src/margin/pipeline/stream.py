@@ -165,7 +165,7 @@ class Delivery:
             self._rest.append(chunk)
         else:  # kept without text too (a role, tool calls, reasoning): what it generated is billed
             self._first.append(chunk)
-            if chunk.text:
+            if chunk.text or _generated(chunk):  # a tool call's or reasoning's first token is one too
                 record.ttft_s = time.perf_counter() - record.started
         if chunk.usage is not None:
             self.usage = chunk.usage

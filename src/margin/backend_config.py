@@ -70,6 +70,12 @@ class OpenAIBackendConfig(_BackendBase):
     retries: RetryConfig = RetryConfig()
     max_connections: int = Field(512, ge=1)
     request_usage: bool = Field(True, description="Ask the upstream for stream usage (stream_options).")
+    output_limit_field: Literal["max_tokens", "max_completion_tokens"] | None = Field(
+        None,
+        description="The field a chat's output limit is sent in (the one budgets set when the caller sent none, "
+        "or the caller's `max_tokens`): OpenAI's reasoning models refuse `max_tokens`, some servers know only "
+        "it. Unset: `max_completion_tokens` for api.openai.com and Azure OpenAI, else `max_tokens`.",
+    )
     max_response_bytes: int = Field(
         256 * 1024 * 1024,
         gt=0,

@@ -76,12 +76,20 @@ Inputs = Annotated[
 ]
 
 
+def _null_is(default: Any) -> BeforeValidator:
+    """OpenAI's optional parameters are nullable: `null` is the parameter left out (its default)."""
+    return BeforeValidator(lambda value: default if value is None else value)
+
+
+Flag = Annotated[bool, _null_is(False)]  # `stream`, `echo`, `include_usage`: null is false
+
+
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
 
 class StreamOptions(_Open):
-    include_usage: bool = False
+    include_usage: Flag = False
 
 
 class ContentPart(_Open):
@@ -106,11 +114,11 @@ class ChatMessage(_Open):
 
 class _Sampling(_Open):
     model: ModelName
-    stream: bool = False
+    stream: Flag = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    n: int = Field(1, ge=1, le=128)
+    n: Annotated[int, _null_is(1)] = Field(1, ge=1, le=128)
     stop: Annotated[str | Annotated[list[str], Field(fail_fast=True)] | None, _at_most(MAX_STOP, "stop sequences")] = (
         None
     )
@@ -174,7 +182,7 @@ class ChatCompletionRequest(_Sampling):
 class CompletionRequest(_Sampling):
     prompt: Inputs
     max_tokens: int | None = Field(16, ge=0, le=INT32)
-    echo: bool = False
+    echo: Flag = False
     suffix: str | None = None
     logprobs: int | None = Field(None, ge=0, le=5)
     best_of: int | None = Field(None, ge=1, le=128)
@@ -200,7 +208,7 @@ class CompletionRequest(_Sampling):
 class EmbeddingRequest(_Open):
     model: ModelName
     input: Inputs
-    encoding_format: Literal["float", "base64"] = "float"
+    encoding_format: Annotated[Literal["float", "base64"], _null_is("float")] = "float"
     dimensions: int | None = Field(None, ge=1, le=65_536)
     user: UserId | None = None
 
@@ -276,16 +284,45 @@ def _content_parts(messages: Any) -> None:
         )
 
 
+# Chat fields that ask for an answer of another shape or for unpriced work, which margin does not forward:
+# dropped, the caller would get a plain text answer it did not ask for (no `message.audio`, no web search).
+UNSUPPORTED_CHAT = {
+    "audio": "audio output is not supported through this gateway",
+    "web_search_options": "web search is not supported through this gateway",
+}
+
+
+def _unsupported(data: dict[str, Any]) -> None:
+    """A chat asking for what margin would otherwise drop silently is refused (400 `unsupported_parameter`)."""
+    for name, why in UNSUPPORTED_CHAT.items():
+        if data.get(name) is not None:
+            raise InvalidRequest(f"{name}: {why}", param=name, code="unsupported_parameter")
+    modalities = data.get("modalities")
+    if modalities is not None and modalities != ["text"]:
+        raise InvalidRequest(
+            'modalities: only ["text"] is supported through this gateway',
+            param="modalities",
+            code="unsupported_parameter",
+        )
+
+
+def _type_tag(part: Any) -> bool:
+    """A union member's name in an error's location (`str`, `list[ContentPart]`): not a field of the request."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part)
+
+
 def parse_request(endpoint: Endpoint, data: Any) -> ApiRequest:
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
     if endpoint is Endpoint.CHAT:
         _content_parts(data.get("messages"))
+        _unsupported(data)
     try:
         return SCHEMAS[endpoint].model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
+        errors = exc.errors()
+        first = max(errors, key=lambda error: len(error["loc"]))  # a union's: the member that went deepest
+        param = ".".join(str(p) for p in first["loc"] if not _type_tag(p)) or None
         message = first["msg"] if first["type"] != "missing" else "field required"
         extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         code = "array_above_max_length" if first["type"] == "too_long" else None  # OpenAI's code for it

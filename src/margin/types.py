@@ -118,6 +118,40 @@ def choices_text(payload: Any, part: str = "delta") -> str:
     return "".join(texts)
 
 
+GENERATED_KEYS = ("content", "refusal", "reasoning_content", "reasoning")
+"""What a message or delta holds of generated text besides tool calls (`reasoning_content`: vLLM, DeepSeek;
+`reasoning`: OpenRouter, Ollama)."""
+
+
+def generated_text(payload: Any, part: str = "delta") -> str:
+    """Everything an answer (or a stream event) generated, to count its tokens when the backend reported none:
+    content (a completion's `text`), refusals, reasoning, and tool calls' names and arguments, all billed as
+    output by providers. `choices_text` is the content only (what guards and the cache read): a tool-calling
+    answer counted by it was 0 output tokens."""
+    texts: list[str] = []
+    for choice in choices_of(payload):
+        if not isinstance(choice, dict):
+            continue
+        holder = choice.get(part)
+        if not isinstance(holder, dict):
+            if isinstance(text := choice.get("text"), str):
+                texts.append(text)
+            continue
+        texts.extend(value for key in GENERATED_KEYS if isinstance(value := holder.get(key), str))
+        calls = holder.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            texts.extend(_function_texts(call.get("function") if isinstance(call, dict) else None))
+        texts.extend(_function_texts(holder.get("function_call")))
+    return "".join(texts)
+
+
+def _function_texts(function: Any) -> list[str]:
+    """A tool call's (or legacy function call's) name and arguments, the strings among them."""
+    if not isinstance(function, dict):
+        return []
+    return [value for key in ("name", "arguments") if isinstance(value := function.get(key), str)]
+
+
 class Chunk:
     """One streamed event, or a run of them. `raw` is forwarded untouched when set; `text` is the new content.
     `more` says the backend already holds the next chunk (it arrived in the same read), so the responder may
@@ -164,6 +198,13 @@ class Chunk:
             )
         return self._text
 
+    def generated(self) -> str:
+        """What the event (or run) generated, tool calls and reasoning included (`generated_text`); an event
+        that does not parse generated nothing (it was forwarded as the upstream sent it)."""
+        if self.events is None:
+            return generated_text(self.payload)
+        return "".join(map(_event_generated, self.events))
+
     @property
     def is_usage_only(self) -> bool:
         return self.usage is not None and not self.payload.get("choices")
@@ -173,6 +214,13 @@ def _event_text(raw: bytes) -> str:
     """One event's text (an event that does not parse has none: it was forwarded as the upstream sent it)."""
     try:
         return choices_text(orjson.loads(raw))
+    except orjson.JSONDecodeError:
+        return ""
+
+
+def _event_generated(raw: bytes) -> str:
+    try:
+        return generated_text(orjson.loads(raw))
     except orjson.JSONDecodeError:
         return ""
 

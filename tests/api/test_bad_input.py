@@ -35,7 +35,7 @@ CASES: list[tuple[str, str, Any, int, str | None, str | None]] = [
         {"model": "fake-chat", "messages": [{"role": "user", "content": 5}]},
         400,
         "invalid_request",
-        "messages.0.content.str",
+        "messages.0.content",  # the request's path, not the type tried first
     ),
     ("temperature too high", CHAT, {**GOOD, "temperature": 3}, 400, "invalid_request", "temperature"),
     ("temperature a string", CHAT, {**GOOD, "temperature": "hot"}, 400, "invalid_request", "temperature"),

@@ -62,7 +62,7 @@ def error_response(error: e.MarginError, request_id: str | None = None, status: 
     """The OpenAI error JSON; `status` overrides the class's (an HTTP error starlette raised itself)."""
     headers = {NOSNIFF[0]: NOSNIFF[1], **error.headers}
     if request_id:
-        headers["x-margin-request-id"] = request_id
+        headers["x-margin-request-id"] = headers["x-request-id"] = request_id
     body = orjson.dumps(error_body(error))
     return Response(body, status_code=status or status_of(error), media_type=JSON, headers=headers)
 

@@ -46,12 +46,19 @@ class FakeBackend:
         return BackendError(f"backend {self.name} failed with {status} (scripted)")
 
     def _plan(self, call: Call) -> tuple[int, Usage]:
+        """Tokens of each answer, and the usage of all of them: `n` answers a prompt (`best_of` generated)."""
         limit = getattr(call.request, "output_limit", None)
         n = self.config.output_tokens if limit is None else min(limit, self.config.output_tokens)
         prompt_words = payloads.prompt_text(call).split()
         if self.config.echo:
             n = min(n, len(prompt_words))
-        return n, Usage(input_tokens=len(prompt_words), output_tokens=n)
+        answers = getattr(call.request, "choices", 1) * getattr(call.request, "prompts", 1)
+        return n, Usage(input_tokens=len(prompt_words), output_tokens=n * answers)
+
+    @staticmethod
+    def _copies(call: Call) -> int:
+        """The choices an answer holds: `n` per prompt, as OpenAI returns them."""
+        return int(getattr(call.request, "n", 1)) * getattr(call.request, "prompts", 1)
 
     def _words(self, call: Call, n: int) -> list[str]:
         """The output: `word` n times, or the prompt's first n words when echoing."""
@@ -77,7 +84,7 @@ class FakeBackend:
         text = "".join(self._words(call, n))
         call.stats.busy_s = time.perf_counter() - started
         call.stats.finish_reason = "length" if n < self.config.output_tokens else "stop"
-        payload = payloads.completion(call, text, call.stats.finish_reason, usage)
+        payload = payloads.completion(call, text, call.stats.finish_reason, usage, copies=self._copies(call))
         if not self.config.report_usage:
             payload.pop("usage")
         return Completion(payload=payload, text=text, usage=usage if self.config.report_usage else None)
@@ -89,15 +96,16 @@ class FakeBackend:
             raise self._fail()
         n, usage = self._plan(call)
         cut = self.config.fail_after_tokens
-        for i, word in enumerate(self._words(call, n)):
-            await self._pace(i)
-            if cut is not None and i >= cut:
-                raise BackendError(f"backend {self.name} cut the stream after {cut} tokens (scripted)")
-            yield Chunk(payload=payloads.chunk(call, word, first=i == 0), text=word)
         finish = "length" if n < self.config.output_tokens else "stop"
+        for index in range(self._copies(call)):  # one choice after the other, each with its index
+            for i, word in enumerate(self._words(call, n)):
+                await self._pace(i)
+                if cut is not None and i >= cut:
+                    raise BackendError(f"backend {self.name} cut the stream after {cut} tokens (scripted)")
+                yield Chunk(payload=payloads.chunk(call, word, first=i == 0, index=index), text=word)
+            yield Chunk(payload=payloads.chunk(call, "", finish, index=index))
         call.stats.finish_reason = finish
         call.stats.busy_s = time.perf_counter() - started
-        yield Chunk(payload=payloads.chunk(call, "", finish))
         if self.config.report_usage:
             yield Chunk(payload=payloads.usage_chunk(call, usage), usage=usage)
 

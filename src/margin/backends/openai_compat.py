@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -42,6 +43,7 @@ PATHS = {Endpoint.CHAT: "/chat/completions", Endpoint.COMPLETIONS: "/completions
 
 
 SAFE_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+SAFE_PARAM = re.compile(r"[A-Za-z0-9_.\[\]-]{1,128}")  # `temperature`, `messages[0].content`, `tools.2.function`
 ERROR_BODY_BYTES = 64 * 1024
 CREDENTIALS = (401, 403, 407)  # the upstream refused margin's own key: an operator's fault, not the caller's
 
@@ -56,6 +58,17 @@ def _upstream_message(body: bytes) -> tuple[str, str | None]:
         code = error.get("code")
         return str(error.get("message") or error)[:300], None if code is None else str(code)[:64]
     return str(error)[:300], None
+
+
+def _upstream_param(body: bytes) -> str | None:
+    """The parameter an upstream's 4xx names (OpenAI's `error.param`), when it is a plain field path: the SDK
+    exposes it (`BadRequestError.param`), and it is the one hint a caller gets, the message being withheld."""
+    try:
+        error = orjson.loads(body).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    param = error.get("param") if isinstance(error, dict) else None
+    return param if isinstance(param, str) and SAFE_PARAM.fullmatch(param) else None
 
 
 def _log_upstream(backend: str, what: str, message: str) -> None:
@@ -80,9 +93,18 @@ def upstream_error(backend: str, status: int, body: bytes, headers: Mapping[str,
         )
     if 400 <= status < 500 and status not in CREDENTIALS:
         detail = f", code {code}" if code else ""
+        param = _upstream_param(body)
+        detail += f", param {param}" if param else ""
         message = f"the upstream rejected the request (HTTP {status}{detail})"
-        return BackendClientError(message, upstream_status=status, code=code)
+        return BackendClientError(message, upstream_status=status, code=code, param=param)
     return BackendError(f"the upstream failed (HTTP {status})")
+
+
+def limit_field_for(base_url: str) -> str:
+    """The output-limit field an upstream takes when its config does not say: OpenAI's and Azure OpenAI's
+    reasoning models refuse `max_tokens` (400), and their other models take `max_completion_tokens` too."""
+    host = urlsplit(base_url).hostname or ""
+    return "max_completion_tokens" if host == "api.openai.com" or host.endswith(".openai.azure.com") else "max_tokens"
 
 
 def delta_text(payload: dict[str, Any]) -> str:
@@ -120,6 +142,7 @@ class OpenAIBackend:
         self.config = config
         self._session: aiohttp.ClientSession | None = None
         self._base = config.base_url.rstrip("/")
+        self._limit_field = config.output_limit_field or limit_field_for(config.base_url)
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_s)
         self._backoff = Backoff(config.retries)
         self._errors = 0
@@ -152,9 +175,13 @@ class OpenAIBackend:
         }
 
     def _body(self, call: Call, *, stream: bool) -> bytes:
-        known = FORWARDED[call.endpoint]
-        body = {name: value for name, value in call.raw.items() if name in known}
+        known = FORWARDED[call.endpoint]  # a null is the field left out (OpenAI's meaning; some servers differ)
+        body = {name: value for name, value in call.raw.items() if name in known and value is not None}
         body["model"] = call.upstream_model
+        if call.endpoint is Endpoint.CHAT and self._limit_field == "max_completion_tokens" and "max_tokens" in body:
+            limits = [v for v in (body.pop("max_tokens"), body.get("max_completion_tokens")) if isinstance(v, int)]
+            if limits:  # both mean the answer's limit (the lower one is what was priced and capped)
+                body["max_completion_tokens"] = min(limits)
         if stream and self.config.request_usage:
             options = dict(body.get("stream_options") or {})
             options["include_usage"] = True

@@ -8,22 +8,24 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from margin.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Endpoint
 from margin.types import Call, Usage
 
 
-def _choice(call: Call, text: str, finish_reason: str | None, *, delta: bool) -> dict[str, Any]:
+def _choice(call: Call, text: str, finish_reason: str | None, *, delta: bool, index: int = 0) -> dict[str, Any]:
     if call.endpoint is Endpoint.COMPLETIONS:
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
     if delta:
         return {
-            "index": 0,
+            "index": index,
             "delta": {"content": text} if text else {},
             "logprobs": None,
             "finish_reason": finish_reason,
         }
     message = {"role": "assistant", "content": text, "refusal": None}
-    return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+    return {"index": index, "message": message, "logprobs": None, "finish_reason": finish_reason}
 
 
 def _object(call: Call, *, chunk: bool) -> str:
@@ -32,19 +34,22 @@ def _object(call: Call, *, chunk: bool) -> str:
     return "chat.completion.chunk" if chunk else "chat.completion"
 
 
-def completion(call: Call, text: str, finish_reason: str, usage: Usage) -> dict[str, Any]:
+def completion(call: Call, text: str, finish_reason: str, usage: Usage, *, copies: int = 1) -> dict[str, Any]:
+    """A whole answer; `copies`: that many choices of the same text (the fake's `n`)."""
     return {
         "id": call.response_id,
         "object": _object(call, chunk=False),
         "created": int(time.time()),
         "model": call.public_model,
-        "choices": [_choice(call, text, finish_reason, delta=False)],
+        "choices": [_choice(call, text, finish_reason, delta=False, index=i) for i in range(copies)],
         "usage": usage.to_openai(),
     }
 
 
-def chunk(call: Call, text: str, finish_reason: str | None = None, *, first: bool = False) -> dict[str, Any]:
-    choice = _choice(call, text, finish_reason, delta=True)
+def chunk(
+    call: Call, text: str, finish_reason: str | None = None, *, first: bool = False, index: int = 0
+) -> dict[str, Any]:
+    choice = _choice(call, text, finish_reason, delta=True, index=index)
     if first and call.endpoint is Endpoint.CHAT:
         choice["delta"] = {"role": "assistant", **choice["delta"]}
     return {
@@ -89,6 +94,18 @@ def embeddings(
 def prompt_text(call: Call) -> str:
     """All text the caller sent (messages or prompt), for token estimates and the fake backend."""
     return request_text(call.request)
+
+
+def prompt_extras(request: Any) -> str:
+    """What a chat prompt holds besides its messages' text, which providers bill as input too: the tool
+    definitions and the tool calls in the history (as JSON: counted when the backend reported no usage)."""
+    if not isinstance(request, ChatCompletionRequest):
+        return ""
+    parts = [orjson.dumps(request.tools).decode()] if request.tools else []
+    for message in request.messages:
+        extra = message.model_extra or {}
+        parts.extend(orjson.dumps(extra[key]).decode() for key in ("tool_calls", "function_call") if extra.get(key))
+    return "\n".join(parts)
 
 
 def request_text(request: Any) -> str:

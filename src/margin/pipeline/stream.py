@@ -34,6 +34,7 @@ def sse(data: bytes) -> bytes:
 def response_headers(record: Record) -> dict[str, str]:
     headers = {
         "x-margin-request-id": record.request_id,
+        "x-request-id": record.request_id,  # OpenAI's header: the SDK's `_request_id`, `with_raw_response`
         "x-margin-overhead-ms": f"{record.overhead_ms():.3f}",
         **record.notices,
     }
@@ -79,13 +80,13 @@ class Delivery:
     usage_sent: bool = False
     failed: MarginError | None = None  # the backend broke off mid-stream (the client got an error event)
     written: int = 0  # bytes written to the client
-    _first: list[str] = field(default_factory=list)  # text up to the first token
+    _first: list[Chunk] = field(default_factory=list)  # events up to the first token (parsed for it)
     _rest: list[Chunk] = field(default_factory=list)  # events after it, parsed when the text is read
     _all_text: str | None = None
 
     @property
     def parts(self) -> list[str]:
-        return self._first + [text for chunk in self._rest if (text := _text(chunk))]
+        return [text for chunk in (*self._first, *self._rest) if (text := _text(chunk))]
 
     async def text(self) -> str:
         """Everything delivered, as text: parsed once, in a worker thread when the stream was long (a 128 MiB
@@ -100,6 +101,16 @@ class Delivery:
         if self._all_text is None:
             self._all_text = "".join(self.parts)
         return self._all_text
+
+    async def generated(self) -> str:
+        """Everything delivered that the backend generated (`Chunk.generated`: tool calls and reasoning too),
+        to count the tokens it did not report; in a worker thread when the stream was long."""
+        if self.written <= PARSE_INLINE_BYTES:
+            return self.generated_now()
+        return await asyncio.to_thread(self.generated_now)
+
+    def generated_now(self) -> str:
+        return "".join(_generated(chunk) for chunk in (*self._first, *self._rest))
 
     async def run(
         self, chunks: AsyncIterator[Chunk], first: Chunk | None, translate: Callable[[Exception], MarginError]
@@ -152,9 +163,10 @@ class Delivery:
             return
         if record.ttft_s is not None:
             self._rest.append(chunk)
-        elif text := chunk.text:
-            record.ttft_s = time.perf_counter() - record.started
-            self._first.append(text)
+        else:  # kept without text too (a role, tool calls, reasoning): what it generated is billed
+            self._first.append(chunk)
+            if chunk.text or _generated(chunk):  # a tool call's or reasoning's first token is one too
+                record.ttft_s = time.perf_counter() - record.started
         if chunk.usage is not None:
             self.usage = chunk.usage
             self.usage_sent = self.usage_sent or request.wants_usage
@@ -184,6 +196,13 @@ def _text(chunk: Chunk) -> str:
     """A delivered chunk's text (one that does not parse has none: it was forwarded as the upstream sent it)."""
     try:
         return chunk.text
+    except ValueError:
+        return ""
+
+
+def _generated(chunk: Chunk) -> str:
+    try:
+        return chunk.generated()
     except ValueError:
         return ""
 

@@ -25,7 +25,7 @@ from margin.governance.rules import Subject
 from margin.protocol import ApiRequest, Endpoint
 from margin.routing.prefer import Preference
 from margin.specs import BudgetSpec, Policy
-from margin.types import BatchLine, Completion, Principal, Target, Usage
+from margin.types import BatchLine, Completion, Principal, Target, Usage, generated_text
 
 EMPTY: Mapping[str, str] = MappingProxyType({})
 NO_ALLOWANCE: Mapping[str, float] = MappingProxyType({})
@@ -203,11 +203,20 @@ class Reply:
     completion: Completion | None = None
     streamed: bool = False
     delivered: Callable[[], Awaitable[str]] | None = None
+    generated: Callable[[], Awaitable[str]] | None = None  # a stream's `Delivery.generated`
 
     async def text(self) -> str:
         if self.completion is not None:
             return self.completion.text
         return await self.delivered() if self.delivered is not None else ""
+
+    async def text_only(self) -> bool:
+        """Whether the answer generated nothing but its text (no tool calls, reasoning or refusal)."""
+        if self.completion is not None:
+            everything = generated_text(self.completion.payload, "message")
+        else:
+            everything = await self.generated() if self.generated is not None else ""
+        return len(everything) == len(await self.text())
 
 
 Next = Callable[[Request], Awaitable[Reply]]

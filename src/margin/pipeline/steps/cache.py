@@ -21,7 +21,7 @@ from margin.economics.money import to_nanousd
 from margin.errors import InvalidRequest
 from margin.pipeline.stream import Delivery
 from margin.pipeline.values import CacheHit, Next, Record, Reply, Request
-from margin.protocol import Endpoint
+from margin.protocol import ApiRequest, Endpoint
 from margin.types import Call, Chunk, Completion, Target
 
 HEADER = "x-margin-cache"
@@ -42,9 +42,19 @@ def wanted(request: Request) -> bool:
     mode = request.headers.get(HEADER)
     if mode is not None and mode not in ("on", "off"):
         raise InvalidRequest(f"{HEADER} must be `on` or `off`, not {mode!r}", param=HEADER)
-    if mode == "off" or request.endpoint is Endpoint.EMBEDDINGS:
+    if mode == "off" or request.endpoint is Endpoint.EMBEDDINGS or not replayable(request.body):
         return False
     return mode == "on" or deterministic(request.raw)
+
+
+def replayable(body: ApiRequest) -> bool:
+    """A hit replays one choice of text: a request for more answers (`n`, `best_of`, several prompts) or for
+    logprobs cannot be answered from the cache (before, `n: 2` at temperature 0 was answered, the second
+    time, with one choice holding both texts run together, and logprobs were dropped)."""
+    if getattr(body, "choices", 1) > 1 or getattr(body, "prompts", 1) > 1:
+        return False
+    logprobs = getattr(body, "logprobs", None)
+    return logprobs is None or logprobs is False
 
 
 async def replay(call: Call, entry: Entry) -> AsyncIterator[Chunk]:
@@ -101,7 +111,7 @@ class Cache:
         if record.status not in ("ok", "retried") or record.http_status != 200:
             return reply  # a fallback's answer is another model's: not for this key
         fresh = await answer_entry(record, reply)
-        if fresh is not None and fresh.text:
+        if fresh is not None and fresh.text and await reply.text_only():  # tool calls, reasoning: not replayed
             await self.store.put(key, fresh, self.config.ttl_s)
             if self.semantic is not None and semantic is not None:
                 await self.semantic.add(semantic[0], semantic[1], key)

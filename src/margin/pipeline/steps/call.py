@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 
-from margin.backends.payloads import prompt_text, usage_chunk
+from margin.backends.payloads import prompt_extras, prompt_text, usage_chunk
 from margin.economics.meter import Meter, discounted
 from margin.economics.money import to_nanousd
 from margin.economics.rates import tokens_per_s
@@ -36,7 +36,7 @@ from margin.pipeline.values import Record, Reply, Request, RouteDecision
 from margin.protocol import Endpoint
 from margin.routing.breaker import Breakers
 from margin.specs import AdmissionConfig
-from margin.types import Call, Chunk, Completion, Target, Usage
+from margin.types import Call, Chunk, Completion, Target, Usage, generated_text
 
 log = logging.getLogger("margin.call")
 
@@ -79,7 +79,11 @@ def estimate_tokens(text: str) -> int:
 
 
 def counted_usage(target: Target, call: Call, output: str) -> Usage:
+    """The tokens the backend did not report: counted with its tokenizer, else estimated. The prompt is its
+    messages' text plus the tool definitions and tool calls it carries; `output`, all that was generated."""
     prompt = prompt_text(call)
+    if extras := prompt_extras(call.request):
+        prompt = f"{prompt}\n{extras}"
     counted_in, counted_out = target.backend.count_tokens(prompt), target.backend.count_tokens(output)
     if counted_in is not None and counted_out is not None:
         return Usage(counted_in, counted_out, source="tokenizer")
@@ -162,7 +166,7 @@ class BackendCall:
                 if delivery.failed is not None:  # broke mid-stream: the row and the breaker hear of it
                     record.fail(delivery.failed, request.client.status_of(delivery.failed))
                     self._failed(target.backend_name, delivery.failed)
-                return Reply(streamed=True, delivered=delivery.text)
+                return Reply(streamed=True, delivered=delivery.text, generated=delivery.generated)
             started = time.perf_counter()
             try:
                 whole = self._whole(target, call)
@@ -183,7 +187,7 @@ class BackendCall:
                 try:
                     text = await _output_text(output)
                 except asyncio.CancelledError as exc:  # cancelled again meanwhile: the row is still metered
-                    text, cancelled = output.text_now() if isinstance(output, Delivery) else "", exc
+                    text, cancelled = output.generated_now() if isinstance(output, Delivery) else "", exc
             self._meter(request, target, call, usage, text, busy, measured, self._energy_cap(target, allowance))
             if cancelled is not None:
                 raise cancelled
@@ -221,7 +225,7 @@ class BackendCall:
         await delivery.run(chunks, first, lambda exc: translate(name, exc))
         if request.wants_usage and not delivery.usage_sent:
             # what the client is told is what it is charged (margin.pipeline.ceiling)
-            usage = held(delivery.usage or counted_usage(target, call, await delivery.text()), request, target)
+            usage = held(delivery.usage or counted_usage(target, call, await delivery.generated()), request, target)
             delivery.usage = usage
             await delivery.write_usage(usage_chunk(call, usage))
 
@@ -275,9 +279,11 @@ class BackendCall:
 
 
 async def _output_text(output: Completion | Delivery | None) -> str:
+    """What the answer generated, to count when the backend reported no usage: tool calls and reasoning are
+    output too (counting the content alone billed a tool-calling answer 0 output tokens)."""
     if isinstance(output, Completion):
-        return output.text
-    return await output.text() if output is not None else ""
+        return generated_text(output.payload, "message")
+    return await output.generated() if output is not None else ""
 
 
 def _note_recovery(request: Request, fault: MarginError | None) -> None:

@@ -1,0 +1,145 @@
+"""An OpenAI-compatible upstream for the SDK compatibility tests: it keeps every request body it receives (what
+left margin) and answers like OpenAI does, with what the request asked for: `n` choices, tool calls when tools
+were sent (two, or one under `parallel_tool_calls: false`), streams with tool-call deltas and a usage chunk
+when asked. The upstream model name picks a behaviour:
+
+    plain      usage with `prompt_tokens_details` and `completion_tokens_details`
+    nousage    no usage at all (JSON and streams), as many self-hosted servers answer
+    reasoning  content, plus `reasoning_content` (vLLM, DeepSeek), no usage
+    reject     400 with an OpenAI error naming `param` (`temperature`)
+    o-series   like OpenAI's reasoning models: `max_tokens` is refused (400), `max_completion_tokens` taken
+
+Runs on a thread in the test process; `margin serve` reaches it over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+USAGE = {
+    "prompt_tokens": 11,
+    "completion_tokens": 6,
+    "total_tokens": 17,
+    "prompt_tokens_details": {"cached_tokens": 3, "audio_tokens": 0},
+    "completion_tokens_details": {"reasoning_tokens": 2, "audio_tokens": 0},
+}
+ARGUMENTS = json.dumps({"city": "Paris, France", "unit": "celsius", "days": 7})
+REASONING = "The user greets me; a greeting back is polite and short, so I answer in two words. " * 4
+
+
+@dataclass
+class Upstream:
+    url: str = ""
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.bodies[-1]
+
+
+def _calls(body: dict[str, Any]) -> list[dict[str, Any]]:
+    count = 1 if body.get("parallel_tool_calls") is False else 2
+    function = {"name": "get_weather", "arguments": ARGUMENTS}
+    return [{"id": f"call_{i}", "type": "function", "function": function} for i in range(count)]
+
+
+def _message(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    if body.get("tools"):
+        return {"role": "assistant", "content": None, "tool_calls": _calls(body), "refusal": None}, "tool_calls"
+    message: dict[str, Any] = {"role": "assistant", "content": "hello there", "refusal": None}
+    if body.get("model") == "reasoning":
+        message["reasoning_content"] = REASONING
+    return message, "stop"
+
+
+def _deltas(message: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield {"role": "assistant", "content": ""}
+    if message.get("reasoning_content"):
+        yield {"reasoning_content": message["reasoning_content"]}
+    for index, call in enumerate(message.get("tool_calls") or []):
+        function = call["function"]
+        yield {"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                               "function": {"name": function["name"], "arguments": ""}}]}  # fmt: skip
+        for half in (function["arguments"][:10], function["arguments"][10:]):
+            yield {"tool_calls": [{"index": index, "function": {"arguments": half}}]}
+    if message.get("content"):
+        yield {"content": message["content"]}
+
+
+def _events(body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    base = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": body.get("model"),
+            "system_fingerprint": "fp_up"}  # fmt: skip
+    message, finish = _message(body)
+    for index in range(body.get("n") or 1):
+        for delta in _deltas(message):
+            yield {**base, "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}]}
+        yield {**base, "choices": [{"index": index, "delta": {}, "logprobs": None, "finish_reason": finish}]}
+    if (body.get("stream_options") or {}).get("include_usage") and body.get("model") == "plain":
+        yield {**base, "choices": [], "usage": USAGE}
+
+
+def _answer(body: dict[str, Any]) -> dict[str, Any]:
+    message, finish = _message(body)
+    choice = {"message": message, "logprobs": None, "finish_reason": finish}
+    choices = [{"index": i, **choice} for i in range(body.get("n") or 1)]
+    answer = {"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": body.get("model"),
+              "system_fingerprint": "fp_up", "choices": choices}  # fmt: skip
+    return {**answer, "usage": USAGE} if body.get("model") == "plain" else answer
+
+
+def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+        def _json(self, status: int, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}")
+            upstream.bodies.append(body)
+            if body.get("model") == "reject":
+                error = {"message": "temperature is not supported", "type": "invalid_request_error",
+                         "param": "temperature", "code": "unsupported_value"}  # fmt: skip
+                self._json(400, {"error": error})
+            elif body.get("model") == "o-series" and "max_tokens" in body:
+                error = {"message": "Unsupported parameter: 'max_tokens'.", "type": "invalid_request_error",
+                         "param": "max_tokens", "code": "unsupported_parameter"}  # fmt: skip
+                self._json(400, {"error": error})
+            elif not body.get("stream"):
+                self._json(200, _answer(body))
+            else:
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.end_headers()
+                for event in _events(body):
+                    self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+                self.close_connection = True
+
+    return Handler
+
+
+@contextmanager
+def compat_upstream() -> Iterator[Upstream]:
+    upstream = Upstream()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(upstream))
+    upstream.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield upstream
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,292 @@
+"""Client code written against the OpenAI API, unchanged, against a running `margin serve`: the official SDK and
+raw HTTP through the `fake` backend and an `openai` upstream that records what margin forwards
+(`tests/api/compat_upstream.py`). Each test is a request class that broke before: a 400 where OpenAI answers,
+a ledger row that disagreed with what the answer cost, an error that lost what the SDK reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from margin.ledger import db as ledger_db
+from tests.api.compat_upstream import ARGUMENTS, REASONING, Upstream, compat_upstream
+from tests.helpers import margin_serve
+
+USER = [{"role": "user", "content": "hi there"}]
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+UPSTREAM_MODELS = ("plain", "nousage", "reasoning", "reject")
+
+
+@dataclass
+class Live:
+    url: str
+    db: Path
+    upstream: Upstream
+    client: openai.OpenAI  # the official SDK, as client code makes it (no retries: each call is one request)
+
+    def row(self, request_id: str) -> Any:
+        engine = ledger_db.make_sync_engine(f"sqlite:///{self.db}")
+        query = sa.text("SELECT * FROM ledger WHERE request_id = :id")
+        try:
+            for _ in range(200):  # the row is written just after the answer
+                with engine.connect() as connection:
+                    found = connection.execute(query, {"id": request_id}).first()
+                if found is not None:
+                    return found
+                httpx.get(self.url + "/readyz")
+        finally:
+            engine.dispose()
+        raise AssertionError(f"no ledger row for {request_id}")
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    folder = tmp_path_factory.mktemp("compat")
+    with compat_upstream() as upstream:
+        price = {"input": "1", "output": "2"}
+        config = {
+            "storage": {"flush_interval_ms": 10},
+            "backends": {
+                "fake": {"kind": "fake", "output_tokens": 5},
+                "up": {"kind": "openai", "base_url": upstream.url, "timeout_s": 10, "retries": {"attempts": 0}},
+            },
+            "models": {
+                "fake-chat": {"backend": "fake", "price": price},
+                **{name: {"backend": "up", "upstream_model": name, "price": price} for name in UPSTREAM_MODELS},
+            },
+        }
+        (folder / "margin.yaml").write_text(yaml.safe_dump(config))
+        serving = margin_serve(folder / "ledger.db", folder / "serve.log", config=folder / "margin.yaml", ready_s=60)
+        with serving as (url, _process), openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0) as client:
+            yield Live(url, folder / "ledger.db", upstream, client)
+
+
+@pytest.mark.parametrize("model", ["fake-chat", "plain"])
+def test_null_for_an_optional_field_means_its_default(live: Live, model: str) -> None:
+    """OpenAI's schema makes every optional parameter nullable (`"n": null` is `n` left out); code that builds
+    its body from a dict of optional values sends them. They were 400 (`n`, `stream`, `echo`,
+    `stream_options.include_usage`); an upstream now receives none of them (a null is not forwarded: some
+    servers take `null` for a value)."""
+    nulls = {"n": None, "stream": None, "temperature": None, "stop": None, "max_tokens": None, "tools": None,
+             "tool_choice": None, "response_format": None, "seed": None, "user": None, "logprobs": None}  # fmt: skip
+    answer = httpx.post(live.url + "/v1/chat/completions", json={"model": model, "messages": USER, **nulls})
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["choices"]) == 1
+    if model == "plain":
+        assert live.upstream.last == {"model": "plain", "messages": USER}
+    streamed = {"model": model, "messages": USER, "stream": True, "stream_options": {"include_usage": None}}
+    with httpx.stream("POST", live.url + "/v1/chat/completions", json=streamed) as stream:
+        assert stream.status_code == 200
+        events = [line for line in stream.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]" and '"usage":{' not in "".join(events).replace(" ", "")
+    completion = {"model": model, "prompt": "hi", "n": None, "echo": None, "stream": None, "best_of": None}
+    assert httpx.post(live.url + "/v1/completions", json=completion).status_code == 200
+
+
+def _estimate(text: str) -> int:
+    return round(len(text) / 4)  # margin's estimate for an upstream without usage (4 characters a token)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_calls_and_reasoning_are_billed_when_the_upstream_reports_no_usage(live: Live, stream: bool) -> None:
+    """An upstream without usage is metered from the answer; a tool-calling answer has no content, so it was
+    billed 0 output tokens (and a stream's usage chunk told the client `completion_tokens: 0`), its tool
+    definitions were not counted as input, and reasoning a server returned beside the content was free."""
+    client, calls = live.client, ("get_weather" + ARGUMENTS) * 2
+    for model, tools, generated in (("nousage", TOOLS, calls), ("reasoning", None, "hello there" + REASONING)):
+        extra: dict[str, Any] = {"tools": tools} if tools else {}
+        if stream:
+            extra |= {"stream": True, "stream_options": {"include_usage": True}}
+        raw = client.chat.completions.with_raw_response.create(model=model, messages=USER, **extra)
+        if stream:
+            chunks = list(raw.parse())
+            usage = chunks[-1].usage
+            if tools:  # the tool calls arrived whole, in deltas the SDK parses
+                deltas = [c.choices[0].delta.tool_calls for c in chunks if c.choices and c.choices[0].delta.tool_calls]
+                assert "".join(d[0].function.arguments or "" for d in deltas) == ARGUMENTS * 2
+        else:
+            answer = raw.parse()
+            assert answer.usage is None  # nothing to pass on: margin adds no usage to a JSON answer
+            usage = None
+        row = live.row(raw.headers["x-margin-request-id"])
+        assert row.usage_source == "estimated"
+        assert row.output_tokens == _estimate(generated) > 30
+        if tools:
+            assert row.input_tokens >= _estimate(str(TOOLS)) + 1
+        if usage is not None:  # what the client was told is what the ledger says
+            assert (usage.prompt_tokens, usage.completion_tokens) == (row.input_tokens, row.output_tokens)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_deterministic_request_the_cache_cannot_replay_is_answered_by_the_upstream(live: Live, stream: bool) -> None:
+    """The exact cache is on by default for temperature 0, and replays one choice of text. The second of two
+    identical requests for `n: 2` got one choice holding both texts run together; with `logprobs`, no
+    logprobs; an answer with reasoning (or tool calls beside its content) lost them. Each now reaches the
+    upstream again, and the answer is the same both times."""
+    client = live.client
+    for model, extra in (("plain", {"n": 2}), ("plain", {"logprobs": True}), ("reasoning", {})):
+        answers = []
+        for _ in range(2):
+            sent = len(live.upstream.bodies)
+            kwargs: dict[str, Any] = {"model": model, "messages": USER, "temperature": 0, **extra}
+            if stream:
+                chunks = list(client.chat.completions.create(stream=True, **kwargs))
+                texts: dict[int, str] = {}
+                for chunk in chunks:
+                    for choice in chunk.choices:
+                        texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+                        reasoning = (choice.delta.model_extra or {}).get("reasoning_content")
+                        texts[choice.index] += f"[{reasoning}]" if reasoning else ""
+                answers.append(texts)
+            else:
+                answer = client.chat.completions.create(**kwargs)
+                answers.append([(c.message.content, c.logprobs, c.message.model_extra) for c in answer.choices])
+            assert len(live.upstream.bodies) == sent + 1, f"{model} {extra}: answered from the cache"
+        assert answers[0] == answers[1]
+        assert len(answers[0]) == extra.get("n", 1)
+
+
+def test_an_upstreams_refusal_keeps_the_parameter_it_names(live: Live) -> None:
+    """An upstream 4xx reaches the caller with its status and code, its text withheld (it can hold the
+    upstream's internals); the `param` it named was dropped too, so `BadRequestError.param` was None and the
+    caller had nothing to go on. A plain field path is passed on."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        live.client.chat.completions.create(model="reject", messages=USER, temperature=1.5)
+    error = refused.value
+    assert (error.status_code, error.code, error.param) == (400, "unsupported_value", "temperature")
+    assert "temperature is not supported" not in str(error.body)  # the upstream's own words stay in the log
+
+
+def test_the_sdks_request_id_is_margins(live: Live) -> None:
+    """The SDK reads OpenAI's `x-request-id` (`completion._request_id`, `APIStatusError.request_id`), which
+    client code logs to trace a call; margin sent only `x-margin-request-id`, so it was None everywhere. It is
+    the ledger row's id, on answers, streams and errors."""
+    client = live.client
+    raw = client.chat.completions.with_raw_response.create(model="fake-chat", messages=USER)
+    assert raw.parse()._request_id == raw.headers["x-margin-request-id"]
+    live.row(raw.headers["x-request-id"])  # the ledger row it names
+    with client.chat.completions.with_streaming_response.create(model="plain", messages=USER, stream=True) as stream:
+        assert stream.request_id == stream.headers["x-margin-request-id"]
+    for model in ("no-such-model", "reject"):  # refused by margin, and by the upstream
+        with pytest.raises(openai.APIStatusError) as refused:
+            client.chat.completions.create(model=model, messages=USER)
+        assert refused.value.request_id == refused.value.response.headers["x-margin-request-id"]
+
+
+def test_an_output_limit_set_by_margin_reaches_a_reasoning_model_in_the_field_it_takes(tmp_path: Path) -> None:
+    """Under a budget, a chat without an output limit gets one (what the reservation priced), which margin
+    sent as `max_tokens`: OpenAI's reasoning models refuse that field, so every such call to them failed with
+    400 once a budget applied. An upstream configured with `output_limit_field: max_completion_tokens` (the
+    default for api.openai.com and Azure OpenAI) gets the limit, the caller's own `max_tokens` included, in
+    `max_completion_tokens`."""
+    with compat_upstream() as upstream:
+        backend = {"kind": "openai", "base_url": upstream.url, "output_limit_field": "max_completion_tokens"}
+        config = {
+            "storage": {"flush_interval_ms": 10},
+            "backends": {"oai": backend},
+            "models": {"o-series": {"backend": "oai", "price": {"input": "1", "output": "2"}}},
+            "budgets": [{"name": "o", "scope": {"kind": "model", "value": "o-series"}, "usd": 100, "period": "day"}],
+        }
+        (tmp_path / "margin.yaml").write_text(yaml.safe_dump(config))
+        serving = margin_serve(tmp_path / "ledger.db", tmp_path / "serve.log", config=tmp_path / "margin.yaml")
+        with serving as (url, _process), openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0) as client:
+            for sent, limit in (
+                ({}, None),
+                ({"max_tokens": 50}, 50),
+                ({"max_tokens": 50, "max_completion_tokens": 70}, 50),
+            ):
+                answer = client.chat.completions.create(model="o-series", messages=USER, **sent)
+                assert answer.choices[0].message.content == "hello there"
+                assert "max_tokens" not in upstream.last
+                assert upstream.last["max_completion_tokens"] == (limit or upstream.last["max_completion_tokens"]) > 0
+
+
+def test_the_output_limit_field_defaults_to_what_the_upstream_takes() -> None:
+    from margin.backends.openai_compat import limit_field_for  # here: the module's other tests run on older code
+
+    assert limit_field_for("https://api.openai.com/v1") == "max_completion_tokens"
+    assert limit_field_for("https://acme.openai.azure.com/openai/v1") == "max_completion_tokens"
+    assert (
+        limit_field_for("http://vllm.internal:8000/v1") == limit_field_for("https://openai.com.evil/v1") == "max_tokens"
+    )
+
+
+@pytest.mark.parametrize("model", ["fake-chat", "plain"])
+def test_a_chat_asking_for_audio_or_web_search_is_refused_not_answered_in_plain_text(live: Live, model: str) -> None:
+    """margin forwards only the fields it prices; `audio`, `modalities: ["audio"]` and `web_search_options` were
+    dropped, so the caller got a text answer with no `message.audio` (client code reading it then fails) and no
+    search. They are a 400 naming the field; `modalities: ["text"]` is fine."""
+    sent = len(live.upstream.bodies)
+    for extra, param in (
+        ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+        ({"modalities": ["audio"]}, "modalities"),
+        ({"web_search_options": {}}, "web_search_options"),
+    ):
+        with pytest.raises(openai.BadRequestError) as refused:
+            live.client.chat.completions.create(model=model, messages=USER, **extra)
+        assert (refused.value.param, refused.value.code) == (param, "unsupported_parameter")
+    assert len(live.upstream.bodies) == sent
+    answer = live.client.chat.completions.create(model=model, messages=USER, modalities=["text"], audio=None)
+    assert answer.choices[0].message.content
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_fake_backend_answers_n_choices_and_bills_them(live: Live, stream: bool) -> None:
+    """Test code written for `n > 1` against the fake backend got one choice, and usage for one answer."""
+    kwargs: dict[str, Any] = {"model": "fake-chat", "messages": USER, "n": 3, "max_tokens": 2}
+    if stream:
+        raw = live.client.chat.completions.with_raw_response.create(
+            stream=True, stream_options={"include_usage": True}, **kwargs
+        )
+        chunks = list(raw.parse())
+        texts: dict[int, str] = {}
+        for chunk in chunks:
+            for choice in chunk.choices:
+                texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+        usage = chunks[-1].usage
+    else:
+        raw = live.client.chat.completions.with_raw_response.create(**kwargs)
+        answer = raw.parse()
+        texts = {choice.index: choice.message.content or "" for choice in answer.choices}
+        usage = answer.usage
+    assert texts == {0: "tok tok ", 1: "tok tok ", 2: "tok tok "}
+    assert usage is not None and usage.completion_tokens == 6
+    assert live.row(raw.headers["x-request-id"]).output_tokens == 6
+    completion = live.client.completions.create(model="fake-chat", prompt=["a", "b"], n=2, max_tokens=1)
+    assert [choice.index for choice in completion.choices] == [0, 1, 2, 3]
+    assert completion.usage is not None and completion.usage.completion_tokens == 4
+
+
+def test_a_refused_field_is_named_as_the_request_spells_it(live: Live) -> None:
+    """A field that may take several shapes (`content`: text or parts; `stop`: one or a list) was named with
+    the shape pydantic tried first (`messages.0.content.str`, `stop.list[str].0`), and described by it: a bad
+    part of a list of parts was reported as "should be a valid string". The param is the request's path, and
+    the error the one of the shape that was sent."""
+    for extra, param, says in (
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages.0.content.0.text", ""),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content", ""),
+        ({"stop": ["ok", 1]}, "stop.1", "valid string"),
+        ({"tool_choice": 5}, "tool_choice", ""),
+    ):
+        with pytest.raises(openai.BadRequestError) as refused:
+            live.client.chat.completions.create(**{"model": "fake-chat", "messages": USER, **extra})
+        body = refused.value.body
+        assert refused.value.param == param and isinstance(body, dict)
+        assert body["message"].startswith(f"{param}: ") and says in body["message"]
+
+
+def test_a_streamed_tool_call_has_a_time_to_first_token(live: Live) -> None:
+    """TTFT was taken at the first event with content, so a stream of tool calls (no content) had none: its
+    row's `ttft_ms` was empty, and the latency reports left out every tool-calling stream."""
+    raw = live.client.chat.completions.with_raw_response.create(model="plain", messages=USER, tools=TOOLS, stream=True)
+    assert [chunk.choices[0].finish_reason for chunk in raw.parse() if chunk.choices][-1] == "tool_calls"
+    row = live.row(raw.headers["x-margin-request-id"])
+    assert row.ttft_ms is not None and 0 <= row.ttft_ms <= row.e2e_ms

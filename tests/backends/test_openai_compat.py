@@ -11,7 +11,8 @@ import pytest
 
 from margin.api.errors import status_of
 from margin.app import build_app
-from margin.backends.openai_compat import delta_text, message_text, upstream_error
+from margin.backends.openai_compat import delta_text, message_text
+from margin.backends.upstream_errors import upstream_error
 from margin.config import parse_settings
 from margin.errors import BackendClientError, BackendError, RateLimited, ResponseTooLarge
 from tests.helpers import free_port, gateway, live_server

@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,14 +23,13 @@ from margin import jsonload
 from margin.backend_config import OpenAIBackendConfig
 from margin.backends.deadline import StreamDeadline
 from margin.backends.retry import RETRY_STATUSES, Backoff, retry_after_s
+from margin.backends.upstream_errors import log_upstream, upstream_error, upstream_message
 from margin.errors import (
-    BackendClientError,
     BackendError,
     BackendTimeout,
     MarginError,
     ResponseTooLarge,
     StreamTimeLimit,
-    UpstreamRateLimited,
 )
 from margin.logs import printable
 from margin.protocol import FORWARDED, Endpoint
@@ -42,62 +40,7 @@ log = logging.getLogger("margin.backends")
 PATHS = {Endpoint.CHAT: "/chat/completions", Endpoint.COMPLETIONS: "/completions", Endpoint.EMBEDDINGS: "/embeddings"}
 
 
-SAFE_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-SAFE_PARAM = re.compile(r"[A-Za-z0-9_.\[\]-]{1,128}")  # `temperature`, `messages[0].content`, `tools.2.function`
 ERROR_BODY_BYTES = 64 * 1024
-CREDENTIALS = (401, 403, 407)  # the upstream refused margin's own key: an operator's fault, not the caller's
-
-
-def _upstream_message(body: bytes) -> tuple[str, str | None]:
-    """The upstream's error message (for the log only) and its code (for the client, when it looks like one)."""
-    try:
-        error = orjson.loads(body).get("error")
-    except (orjson.JSONDecodeError, AttributeError):
-        return body[:300].decode(errors="replace"), None
-    if isinstance(error, dict):
-        code = error.get("code")
-        return str(error.get("message") or error)[:300], None if code is None else str(code)[:64]
-    return str(error)[:300], None
-
-
-def _upstream_param(body: bytes) -> str | None:
-    """The parameter an upstream's 4xx names (OpenAI's `error.param`), when it is a plain field path: the SDK
-    exposes it (`BadRequestError.param`), and it is the one hint a caller gets, the message being withheld."""
-    try:
-        error = orjson.loads(body).get("error")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    param = error.get("param") if isinstance(error, dict) else None
-    return param if isinstance(param, str) and SAFE_PARAM.fullmatch(param) else None
-
-
-def _log_upstream(backend: str, what: str, message: str) -> None:
-    """An upstream's own text, escaped, to the log only (it can hold key prefixes, hosts, internals)."""
-    log.warning("upstream %s %s: %s", backend, what, printable(message))
-
-
-def upstream_error(backend: str, status: int, body: bytes, headers: Mapping[str, str]) -> MarginError:
-    """Translate an upstream error status at the boundary. The upstream's own text goes to the log (escaped),
-    never to the client: it can hold the upstream's key prefix, hosts or internals. The client gets the status
-    and the upstream's error code when it is a plain identifier. 4xx pass through (429 keeps a numeric
-    Retry-After); the upstream refusing margin's credentials and 5xx become 502."""
-    message, code = _upstream_message(body)
-    _log_upstream(backend, f"answered {status}", message)
-    code = code if code is not None and SAFE_CODE.fullmatch(code) else None
-    if status == 429:
-        retry = headers.get("retry-after", "")
-        return UpstreamRateLimited(
-            "the upstream is rate limiting requests; retry later",
-            code=code or "upstream_rate_limited",
-            headers={"retry-after": retry} if retry.isascii() and retry.isdigit() and len(retry) <= 6 else None,
-        )
-    if 400 <= status < 500 and status not in CREDENTIALS:
-        detail = f", code {code}" if code else ""
-        param = _upstream_param(body)
-        detail += f", param {param}" if param else ""
-        message = f"the upstream rejected the request (HTTP {status}{detail})"
-        return BackendClientError(message, upstream_status=status, code=code, param=param)
-    return BackendError(f"the upstream failed (HTTP {status})")
 
 
 def limit_field_for(base_url: str) -> str:
@@ -279,7 +222,7 @@ class OpenAIBackend:
         if not isinstance(payload, dict):
             raise BackendError(f"upstream {self.name} sent JSON that is not an object", code="upstream_bad_response")
         if _is_error(payload):  # an error under a 200: its text goes to the log, never to the caller
-            _log_upstream(self.name, "answered 200 with an error", _upstream_message(content)[0])
+            log_upstream(self.name, "answered 200 with an error", upstream_message(content)[0])
             raise BackendError("the upstream failed (an error under HTTP 200)")
         self._served += 1
         usage = Usage.from_openai(payload.get("usage"))
@@ -400,7 +343,7 @@ class OpenAIBackend:
         if event is not None and event != b"[DONE]":
             yield [self._chunk(event)]
         elif first:  # not one event (an empty body, `[DONE]` alone, a JSON error body): no answer, not an empty one
-            _log_upstream(self.name, "sent a stream without events", _upstream_message(lines.rest())[0])
+            log_upstream(self.name, "sent a stream without events", upstream_message(lines.rest())[0])
             raise BackendError(f"upstream {self.name} sent a stream without events", code="upstream_bad_response")
 
     def _batch(self, events: list[bytes], batch: list[Chunk], *, first: bool) -> bool:
@@ -451,7 +394,7 @@ class OpenAIBackend:
         if not isinstance(payload, dict):
             raise self._invalid_event()
         if _is_error(payload):
-            _log_upstream(self.name, "failed mid-stream", _upstream_message(data)[0])
+            log_upstream(self.name, "failed mid-stream", upstream_message(data)[0])
             raise BackendError("the upstream failed mid-stream")
         usage = Usage.from_openai(payload.get("usage")) if payload.get("usage") else None
         return Chunk(payload=payload, raw=data, text=delta_text(payload), usage=usage)

@@ -1,0 +1,72 @@
+"""An OpenAI-compatible upstream's errors translated at the boundary: its own text to the log only (escaped;
+it can hold key prefixes, hosts, internals), the client gets the status, and the upstream's `code` and `param`
+when they are plain identifiers."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+
+import orjson
+
+from margin.errors import BackendClientError, BackendError, MarginError, UpstreamRateLimited
+from margin.logs import printable
+
+log = logging.getLogger("margin.backends")
+
+SAFE_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+SAFE_PARAM = re.compile(r"[A-Za-z0-9_.\[\]-]{1,128}")  # `temperature`, `messages[0].content`, `tools.2.function`
+CREDENTIALS = (401, 403, 407)  # the upstream refused margin's own key: an operator's fault, not the caller's
+
+
+def upstream_message(body: bytes) -> tuple[str, str | None]:
+    """The upstream's error message (for the log only) and its code (for the client, when it looks like one)."""
+    try:
+        error = orjson.loads(body).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return body[:300].decode(errors="replace"), None
+    if isinstance(error, dict):
+        code = error.get("code")
+        return str(error.get("message") or error)[:300], None if code is None else str(code)[:64]
+    return str(error)[:300], None
+
+
+def _upstream_param(body: bytes) -> str | None:
+    """The parameter an upstream's 4xx names (OpenAI's `error.param`), when it is a plain field path: the SDK
+    exposes it (`BadRequestError.param`), and it is the one hint a caller gets, the message being withheld."""
+    try:
+        error = orjson.loads(body).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    param = error.get("param") if isinstance(error, dict) else None
+    return param if isinstance(param, str) and SAFE_PARAM.fullmatch(param) else None
+
+
+def log_upstream(backend: str, what: str, message: str) -> None:
+    """An upstream's own text, escaped, to the log only (it can hold key prefixes, hosts, internals)."""
+    log.warning("upstream %s %s: %s", backend, what, printable(message))
+
+
+def upstream_error(backend: str, status: int, body: bytes, headers: Mapping[str, str]) -> MarginError:
+    """Translate an upstream error status at the boundary. The upstream's own text goes to the log (escaped),
+    never to the client: it can hold the upstream's key prefix, hosts or internals. The client gets the status
+    and the upstream's error code when it is a plain identifier. 4xx pass through (429 keeps a numeric
+    Retry-After); the upstream refusing margin's credentials and 5xx become 502."""
+    message, code = upstream_message(body)
+    log_upstream(backend, f"answered {status}", message)
+    code = code if code is not None and SAFE_CODE.fullmatch(code) else None
+    if status == 429:
+        retry = headers.get("retry-after", "")
+        return UpstreamRateLimited(
+            "the upstream is rate limiting requests; retry later",
+            code=code or "upstream_rate_limited",
+            headers={"retry-after": retry} if retry.isascii() and retry.isdigit() and len(retry) <= 6 else None,
+        )
+    if 400 <= status < 500 and status not in CREDENTIALS:
+        detail = f", code {code}" if code else ""
+        param = _upstream_param(body)
+        detail += f", param {param}" if param else ""
+        message = f"the upstream rejected the request (HTTP {status}{detail})"
+        return BackendClientError(message, upstream_status=status, code=code, param=param)
+    return BackendError(f"the upstream failed (HTTP {status})")

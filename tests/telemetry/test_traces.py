@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,6 +19,7 @@ from margin.config import TelemetryConfig
 from margin.telemetry.traces import Traces
 from margin.types import TRACEPARENT_MAX, TRACESTATE_MAX, TraceContext
 from tests.helpers import fake_settings, gateway
+from tests.servers import http_thread
 from tests.telemetry.test_metrics import row
 
 
@@ -52,14 +52,8 @@ def otlp_receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
             self.send_header("content-length", "0")
             self.end_headers()
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1/traces", spans
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_thread(Handler) as base:
+        yield f"{base}/v1/traces", spans
 
 
 def _value(value: Any) -> Any:

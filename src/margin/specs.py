@@ -66,23 +66,29 @@ class Scope(Spec):
         return self.kind in ORG_QUALIFIED and self.org is None
 
 
+MIN_USD = Decimal("0.000000001")
+
+
 class BudgetSpec(Spec):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[\w.:@/+=-]+$")
     scope: Scope
-    usd: Decimal | None = Field(  # less than the ledger's 1 nano-USD was a cap of 0: every request refused
-        None, ge=Decimal("0.000000001"), description="Spend cap in USD (above MAX_USD: no cap beyond it)."
-    )
+    usd: Decimal | None = Field(None, gt=0, description="Spend cap in USD (above MAX_USD: no cap beyond it).")
     tokens: Count | None = Field(None, gt=0, description="Cap on input + output tokens (above 2**53: counts as it).")
     period: Literal["hour", "day", "month", "lifetime"] = "month"
     mode: Literal["hard", "soft"] = "hard"
     alert_pct: int = Field(80, ge=1, le=100, description="Soft budgets warn from this share on.")
 
     @model_validator(mode="after")
-    def _one_metric(self) -> BudgetSpec:
+    def _one_metric(self, info: ValidationInfo) -> BudgetSpec:
         if self.scope.kind == "backend":
             raise ValueError("budgets apply to global, org, team, key, tag or model scopes")
         if (self.usd is None) == (self.tokens is None):
             raise ValueError("a budget caps exactly one of `usd` or `tokens`")
+        # less than the ledger's 1 nano-USD is a cap of 0 (every request refused): refused when a budget is set
+        # or configured; one stored before this check still loads (a bad row must not stop every rule loading)
+        stored = bool(info.context and info.context.get("stored"))
+        if self.usd is not None and self.usd < MIN_USD and not stored:
+            raise ValueError(f"usd must be at least {MIN_USD} (the ledger counts whole nano-USD)")
         return self
 
 

@@ -204,3 +204,29 @@ def test_flags_set_refuses_an_argument_its_action_does_not_use(tmp_path: Path) -
     assert [(f["name"], f["action"], f["model"]) for f in listed] == [("old", "disable", "x")]
     ok = runner.invoke(app, [*base, "--action", "cap_max_tokens", "--max-tokens", "5"])
     assert ok.exit_code == 0, ok.output
+
+
+def test_a_budget_under_one_nano_usd_stored_before_the_check_still_loads(tmp_path: Path) -> None:
+    """`budgets set --usd 1e-10` is refused now (a cap of 0 refused every request); a row stored before that
+    check must not stop the rules loading (the gateway would not start, and no budget or flag would refresh)."""
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+
+    from margin.ledger import db as ledger_db
+    from margin.ledger.models import gov_rules
+
+    db = str(tmp_path / "b.db")
+    ledger_db.upgrade(f"sqlite:///{db}")
+    refused = runner.invoke(app, ["budgets", "set", "tiny", "--scope", "global", "--usd", "1e-10", "--db", db])
+    assert refused.exit_code == 2, refused.output
+    engine = ledger_db.make_sync_engine(f"sqlite:///{db}")
+    spec = {"name": "old", "scope": {"kind": "global"}, "usd": "1E-10", "period": "month", "mode": "hard"}
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(gov_rules).values(kind="budget", name="old", spec=spec, updated_at=datetime.now(UTC))
+        )
+    engine.dispose()
+    listed = runner.invoke(app, ["budgets", "list", "--db", db, "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert [b["name"] for b in json.loads(listed.output)] == ["old"]

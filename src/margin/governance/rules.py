@@ -203,7 +203,7 @@ def build_rules(settings: Settings, rows: Iterable[Any]) -> Rules:
     stored: dict[str, dict[str, BaseModel]] = {"budget": {}, "limit": {}, "flag": {}}
     for row in rows:
         if row.kind in stored:
-            stored[row.kind][row.name] = SPEC_TYPES[row.kind].model_validate(row.spec)
+            stored[row.kind][row.name] = SPEC_TYPES[row.kind].model_validate(row.spec, context={"stored": True})
     return Rules(
         budgets=_merge(settings.budgets, stored["budget"], "budget"),
         limits=_merge(settings.limits, stored["limit"], "limit"),

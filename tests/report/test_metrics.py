@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,8 @@ def test_revenue_of_a_feature_without_traffic_in_the_window_is_a_row(
     assert rows["chat"].revenue_usd == Decimal(2)  # 2 seats × $30/month × 1/30 month
     assert rows["docs"].revenue_usd == Decimal("5.00") and rows["docs"].cost_usd == 0
     assert rows["docs"].requests == 0 and rows["docs"].gross_margin == 1
+    for narrowed in (replace(quiet, key_id="k1"), replace(quiet, org=("acme",))):  # a key's or an org's view
+        assert not margins(engine, narrowed, settings(tmp_path).revenue, lines).rows  # not the operator's revenue
 
 
 def test_revenue_csv(tmp_path: Path) -> None:

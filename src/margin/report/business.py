@@ -160,8 +160,8 @@ def margins(
     for line in lines:
         name = line.feature if by == "feature" else line.customer
         imported[name] = imported.get(name, Decimal(0)) + line.usd
-    quiet: set[str] = set()  # earning revenue with no traffic in the window: a row of their own
-    if window.team is None:
+    quiet: set[str] = set()  # earning revenue with no traffic in the window: a row of their own, in the whole
+    if window.team is None and window.key_id is None and window.org is None:  # view (not a team's, key's, org's)
         quiet = {*rules, *(name for name in imported if name is not None)} - set(found)
         found.update({name: read.zero() for name in sorted(quiet)})
     out = [

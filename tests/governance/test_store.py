@@ -174,20 +174,24 @@ async def test_raising_a_counter_never_lowers_it_nor_makes_a_lost_one(store: Sto
     assert await store.server_id() == await store.server_id()
 
 
-async def test_recount_drops_only_finished_reservations_whose_counters_it_raises(store: Store) -> None:
-    """After a restart from a snapshot: the reservations of requests the ledger has rows for are dropped (not
-    charged, a later settle a no-op) when every counter they hold is raised in the same step; the others stay."""
+async def test_recount_settles_finished_reservations_again_with_their_rows_cost(store: Store) -> None:
+    """After a restart from a snapshot: the reservations of requests the ledger has rows for are settled again
+    with what their rows cost (their settles were lost; a later settle is a no-op) when every counter they hold
+    is one recounted in the same step; the others stay. Dropping them without their cost lost it wherever the
+    raise did nothing: here "b" holds more than the ledger says (settles whose rows are not in it yet)."""
     await admit(store, "done", [hold("a", 1000, 30), hold("b", 1000, 40)], 60)
-    await admit(store, "other", [hold("a", 1000, 30), hold("c", 1000, 50)], 60)  # "c" is not raised here
+    await admit(store, "other", [hold("a", 1000, 30), hold("c", 1000, 50)], 60)  # "c" is not recounted here
     await admit(store, "open", [hold("a", 1000, 30)], 60)  # no ledger row yet
     await admit(store, "reaped", [hold("b", 1000, 25)], 0)
     assert await store.reap() == 1 and await store.counters(["b"]) == {"b": (25, 40)}  # charged by a reaper
     assert sorted(await store.reservations()) == ["done", "open", "other", "reaped"]
-    done = await store.recount({"a": 20, "b": 0, "gone": 5}, ["done", "other", "reaped", "unknown"])
+    rows = {"done": {"a": 7, "b": 8}, "other": {"a": 3}, "reaped": {"b": 9}, "unknown": {"a": 1}}
+    done = await store.recount({"a": 20, "b": 0, "gone": 5}, rows)
     assert done.dropped == 2 and done.raised == ["a"]
-    assert await store.counters(["a", "b", "c"]) == {"a": (20, 60), "b": (0, 0), "c": (0, 50)}
+    # a: 7 replayed, then raised to the ledger's 20; b: 8 + 9 replayed, the reaper's 25 undone (was 0: lost)
+    assert await store.counters(["a", "b", "c"]) == {"a": (20, 60), "b": (17, 0), "c": (0, 50)}
     assert sorted(await store.reservations()) == ["open", "other"]
     assert await store.settle("reaped", {"b": 9}) is False
-    assert await store.settle("done", {"a": 7, "b": 7}) is False  # its cost is in the ledger's 20 already
+    assert await store.settle("done", {"a": 7, "b": 7}) is False  # settled once, by the recount
     assert await store.settle("open", {"a": 5}) is True
     assert await store.counters(["a"]) == {"a": (25, 30)}

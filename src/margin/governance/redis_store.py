@@ -182,14 +182,14 @@ return 0
 """
 
 # after a restart from a snapshot (governance.service), in one step: the reservations of requests the ledger
-# has rows for are dropped (the snapshot was taken before they settled, so their settle is lost; the reaper would
-# charge them on top of the ledger's spend), or their reaper's charge undone, when each of their counters is
-# raised here, then the counters are raised to the ledger's spend (read after those rows were found: it holds
-# their cost)
+# has rows for (the snapshot was taken before they settled, so their settle is lost; the reaper would charge
+# their whole reservation) are settled again with their rows' cost, their reaper's charge undone, when each of
+# their counters is one of those raised here; then the counters are raised to the ledger's spend
 RECOUNT = (
     _NEG
     + """
--- KEYS: deadlines, reaped, n counters; ARGV: prefix, n, n ledger spends, then the request ids the ledger has rows for
+-- KEYS: deadlines, reaped, n counters; ARGV: prefix, n, n ledger spends, then per request the ledger has a row
+-- for: its id and n amounts (what its settle adds to each of the n counters it holds)
 local n = tonumber(ARGV[2])
 local raised = {}
 for i = 1, n do raised[KEYS[2 + i]] = true end
@@ -198,12 +198,16 @@ local function covers(pairs_)
   for j = 1, #pairs_, 2 do if not raised[pairs_[j]] then return false end end
   return true
 end
-for i = 3 + n, #ARGV do
+for i = 3 + n, #ARGV, n + 1 do
   local rkey, kkey, skey = ARGV[1] .. 'r:' .. ARGV[i], ARGV[1] .. 'k:' .. ARGV[i], ARGV[1] .. 's:' .. ARGV[i]
   local held, charged = redis.call('HGETALL', rkey), redis.call('HGETALL', kkey)
   if #held + #charged > 0 and redis.call('EXISTS', skey) == 0 and covers(held) and covers(charged) then
-    for j = 1, #held, 2 do add(held[j], 'reserved', neg(held[j + 1])) end
-    for j = 1, #charged, 2 do add(charged[j], 'spent', neg(charged[j + 1])) end  -- the reaper's, undone
+    local holds = {}
+    for j = 1, #held, 2 do add(held[j], 'reserved', neg(held[j + 1])); holds[held[j]] = true end
+    for j = 1, #charged, 2 do add(charged[j], 'spent', neg(charged[j + 1])); holds[charged[j]] = true end
+    for c = 1, n do  -- the lost settle, replayed
+      if holds[KEYS[2 + c]] then add(KEYS[2 + c], 'spent', ARGV[i + c]) end
+    end
     redis.call('DEL', rkey, kkey)
     redis.call('ZREM', KEYS[1], ARGV[i])
     redis.call('ZREM', KEYS[2], ARGV[i])
@@ -394,9 +398,12 @@ class RedisStore:
         except RedisError as exc:
             raise unavailable("reservations", exc) from exc
 
-    async def recount(self, spent: Mapping[str, int], recorded: Sequence[str]) -> Recount:
+    async def recount(self, spent: Mapping[str, int], replays: Mapping[str, Mapping[str, int]]) -> Recount:
         keys = [f"{P}deadlines", f"{P}reaped", *(f"{P}c:{name}" for name in spent)]
-        dropped, up = await self._run("recount", keys, [P, len(spent), *spent.values(), *recorded])
+        args: list[Any] = [P, len(spent), *spent.values()]
+        for request_id, amounts in replays.items():
+            args += [request_id, *(amounts.get(name, 0) for name in spent)]
+        dropped, up = await self._run("recount", keys, args)
         names = list(spent)
         return Recount(int(dropped), [names[int(i)] for i in up or []])
 

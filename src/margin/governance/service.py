@@ -64,12 +64,12 @@ async def ledger_spent(engine: Any, budget: BudgetSpec, now: datetime, org: str 
     return spent
 
 
-async def ledger_recorded(engine: Any, request_ids: list[str]) -> set[str]:
-    """Which of these requests the ledger has a row for (margin.ledger.read's `recorded`)."""
+async def ledger_recorded(engine: Any, request_ids: list[str]) -> dict[str, tuple[int, int]]:
+    """Those of these requests the ledger has a row for, with its cost (margin.ledger.read's `recorded`)."""
     if not request_ids:
-        return set()
+        return {}
     async with engine.connect() as connection:
-        found: set[str] = await connection.run_sync(recorded, request_ids)
+        found: dict[str, tuple[int, int]] = await connection.run_sync(recorded, request_ids)
     return found
 
 
@@ -168,8 +168,10 @@ class Governance:
         back from a 2 s old snapshot spent $6.94. Every counter of the current windows this process reconciled
         is raised to what the ledger says (never lowered: what settled since the restart stays counted). The
         snapshot also brought back the reservations open when it was taken, their settles since lost: those
-        whose request has its ledger row are dropped with that raise (one step), since the raised spend holds
-        their cost; before, the reaper charged them on top of it (an overcharge: budgets hit early)."""
+        whose request has its ledger row are settled again with the row's cost, in the same step as the raise;
+        before, the reaper charged them at their reservation on top of the raise (an overcharge: budgets hit
+        early). Dropping them instead lost their cost where the raise did nothing (a counter already above the
+        ledger's spend, holding other replicas' settles whose rows were not in the ledger yet)."""
         current = await self.store.server_id()
         if current == self._server:
             return
@@ -178,13 +180,20 @@ class Governance:
         now = datetime.now(UTC)
         finished = await ledger_recorded(self.engine, await self.store.reservations())  # before the spends
         spent: dict[str, int] = {}
+        usd: dict[str, bool] = {}
         for name, item in list(self._known.items()):
             budget = item.budget
             if counter_name(budget, window(budget.period, now)[0], item.org) != name:
                 del self._known[name]  # a past window's
             else:
                 spent[name] = await ledger_spent(self.engine, budget, now, item.org)
-        done = await self.store.recount(spent, sorted(finished))
+                usd[name] = budget.usd is not None
+        # each finished request's lost settle, replayed with what its row cost (never less than it spent: a
+        # counter the raise leaves alone, holding settles whose rows are not in the ledger yet, still gets it)
+        replays = {
+            rid: {name: cost if usd[name] else tokens for name in spent} for rid, (cost, tokens) in finished.items()
+        }
+        done = await self.store.recount(spent, replays)
         for name in done.raised:
             log.warning("budget %s: raised to the ledger's spend after the counter store restarted", name)
         if done.dropped:

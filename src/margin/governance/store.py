@@ -118,11 +118,11 @@ class Store(Protocol):
         """The request ids of the reservations not settled: open, or charged by the reaper (two days)."""
         ...
 
-    async def recount(self, spent: Mapping[str, int], recorded: Sequence[str]) -> Recount:
-        """After a restart from a snapshot, atomically: drop (release, uncharged or the reaper's charge undone,
-        marked settled) the reservations of `recorded` requests (the ledger has their rows) whose counters are
-        all in `spent`, then raise each counter of `spent` (its ledger spend, read after `recorded`) as
-        `raise_spent` does."""
+    async def recount(self, spent: Mapping[str, int], replays: Mapping[str, Mapping[str, int]]) -> Recount:
+        """After a restart from a snapshot, atomically: settle again the reservations of the `replays` requests
+        (the ledger has their rows; their settles were lost) whose counters are all in `spent`, with the amounts
+        given per counter (release, or the reaper's charge undone; the amount added; marked settled), then raise
+        each counter of `spent` (its ledger spend, read after `replays`) as `raise_spent` does."""
         ...
 
     async def reap(self) -> int:
@@ -284,13 +284,13 @@ class LocalStore:
     async def reservations(self) -> list[str]:
         return [*self._reservations, *self._charged]
 
-    async def recount(self, spent: Mapping[str, int], recorded: Sequence[str]) -> Recount:
+    async def recount(self, spent: Mapping[str, int], replays: Mapping[str, Mapping[str, int]]) -> Recount:
         dropped = 0
-        for request_id in recorded:
+        for request_id, amounts in replays.items():
             reservation = self._reservations.get(request_id)
             holds = reservation.holds if reservation is not None else self._charged.get(request_id, ())
             if holds and request_id not in self._settled and all(hold.counter in spent for hold in holds):
-                await self.settle(request_id, {})  # releases it, or undoes the reaper's charge
+                await self.settle(request_id, {hold.counter: amounts.get(hold.counter, 0) for hold in holds})
                 dropped += 1
         return Recount(dropped, [name for name, amount in spent.items() if await self.raise_spent(name, amount)])
 

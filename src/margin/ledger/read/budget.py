@@ -67,11 +67,13 @@ def _tag_spent(connection: sa.Connection, tag: str, usd: bool, window: Window) -
     return int(connection.execute(query).scalar_one())
 
 
-def recorded(connection: sa.Connection, request_ids: Sequence[str], chunk: int = 500) -> set[str]:
-    """Which of these requests have their row in the ledger (finished, and counted by `budget_spent` from now
-    on): a counter raised to the ledger after this read holds their cost, so their reservations can go."""
-    found: set[str] = set()
+def recorded(connection: sa.Connection, request_ids: Sequence[str], chunk: int = 500) -> dict[str, tuple[int, int]]:
+    """Of these requests, those with their row in the ledger (finished, and counted by `budget_spent` from now
+    on), with what the row cost: (nano-USD, input + output tokens), what their settle charges its counters."""
+    found: dict[str, tuple[int, int]] = {}
+    columns = (ledger.c.request_id, ledger.c.cost_nanousd, ledger.c.input_tokens, ledger.c.output_tokens)
     for at in range(0, len(request_ids), chunk):
-        query = sa.select(ledger.c.request_id).where(ledger.c.request_id.in_(request_ids[at : at + chunk]))
-        found.update(connection.execute(query).scalars())
+        query = sa.select(*columns).where(ledger.c.request_id.in_(request_ids[at : at + chunk]))
+        for request_id, cost, tokens_in, tokens_out in connection.execute(query):
+            found[request_id] = (int(cost or 0), int(tokens_in) + int(tokens_out))
     return found

@@ -123,3 +123,42 @@ async def test_the_shared_places_fail_closed_when_redis_is_unavailable() -> None
     finally:
         await slots.close()
         await store.close()
+
+
+class _SlowReply:
+    """A store that takes the slot, then is slow to answer (the reply still on its way when the caller is
+    cancelled)."""
+
+    def __init__(self) -> None:
+        self.taken: set[str] = set()
+        self.reached = asyncio.Event()  # Redis has taken it
+        self.answer = asyncio.Event()
+
+    async def take_slot(self, key: str, lease: str, cap: int, lease_s: float, pool: str = STREAMS) -> bool:
+        self.taken.add(lease)
+        self.reached.set()
+        await self.answer.wait()
+        return True
+
+    async def free_slot(self, key: str, lease: str, pool: str = STREAMS) -> None:
+        self.taken.discard(lease)
+
+    async def renew_slots(self, leases: object, lease_s: float, pool: str = STREAMS) -> list[int]:
+        return []
+
+    async def restore_slots(self, leases: object, lease_s: float, pool: str = STREAMS) -> None:
+        return None
+
+
+async def test_a_lease_taken_while_its_caller_was_cancelled_is_given_back() -> None:
+    """Cancelled between Redis taking the lease and its reply (a client gone, a timeout): the lease was never
+    recorded as held, so nothing freed it, and it held one of the key's places until it expired (30 s)."""
+    store = _SlowReply()
+    slots = SharedSlots(2, store, UPLOADS)
+    taking = asyncio.create_task(slots.acquire("k", "lease-1"))
+    await store.reached.wait()
+    taking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await taking
+    await slots.close()  # waits for the freeing it started
+    assert store.taken == set()

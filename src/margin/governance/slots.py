@@ -110,10 +110,15 @@ class SharedSlots:
     async def acquire(self, key: str, lease: str) -> bool:
         if self.cap is None:
             return True
-        if not await self._store.take_slot(key, lease, self.cap, LEASE_S, self.pool):
-            return False
-        self._held[lease] = key
-        return True
+        try:
+            taken = await self._store.take_slot(key, lease, self.cap, LEASE_S, self.pool)
+        except asyncio.CancelledError:  # Redis may have taken it before the reply: freed, not held until expiry
+            self._held[lease] = key
+            self.release(key, lease)
+            raise
+        if taken:
+            self._held[lease] = key
+        return taken
 
     def release(self, key: str, lease: str) -> None:
         if self._held.pop(lease, None) is None:

@@ -238,3 +238,38 @@ async def test_a_redis_back_from_a_snapshot_is_raised_with_the_rows_still_in_the
             await outbox.close()
             await governance.close()
             await engine.dispose()
+
+
+async def test_a_lost_counter_whose_outbox_flush_hangs_is_refused_retryably_not_waited_on(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """The process that makes a lost counter again first waits for its outbox to reach the ledger; requests wait
+    on that. A ledger that never answers held them for as long as it took: the wait is bounded now, and the
+    request is refused with the store's retryable 503 (the counter is not made without those rows)."""
+    from margin.errors import Overloaded
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    db.upgrade(url)
+    engine = db.make_async_engine(url)
+    governance = Governance(fake_settings(tmp_path / "l.db", budgets=[HARD]), engine, RedisStore(redis_url))
+    never = asyncio.Event()
+
+    async def hung() -> None:
+        await never.wait()
+
+    governance.flush_ledger, governance.flush_timeout_s = hung, 0.2
+    client = aioredis.from_url(redis_url)
+    try:
+        await client.flushall()
+        holds = [adm.hold_for(budget, datetime.now(UTC), 0, 5) for budget in governance.rules.budgets]
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(_admit(governance, "x", holds), 5)
+            raise AssertionError("admitted without the outbox's rows in the ledger")
+        except Overloaded as refused:
+            assert refused.code == "governance_unavailable"
+        assert time.monotonic() - started < 2
+    finally:
+        await client.aclose()
+        await governance.close()
+        await engine.dispose()

@@ -64,6 +64,9 @@ async def ledger_spent(engine: Any, budget: BudgetSpec, now: datetime, org: str 
     return spent
 
 
+FLUSH_TIMEOUT_S = 10.0  # longest a request waits for the outbox to reach the ledger before a lost counter is seeded
+
+
 async def ledger_recorded(engine: Any, request_ids: list[str]) -> dict[str, tuple[int, int]]:
     """Those of these requests the ledger has a row for, with its cost (margin.ledger.read's `recorded`)."""
     if not request_ids:
@@ -92,6 +95,7 @@ class Governance:
         # moves this process's ledger outbox into the database (services): done before a counter the store lost
         # is counted again from the ledger, which else misses the rows still waiting there (a second of them)
         self.flush_ledger: Callable[[], Awaitable[object]] | None = None
+        self.flush_timeout_s = FLUSH_TIMEOUT_S
 
     def shared_slots(self, pool: str, cap: int, what: str) -> SharedSlots | None:
         """A per-key cap of `pool` counted across every process sharing the store's Redis (the file gates'
@@ -239,11 +243,11 @@ class Governance:
         second, their settles lost with the counter, were in neither, and a budget spent past its limit."""
         name = item.hold.counter
         try:
-            if lost and self.flush_ledger is not None:
-                await self.flush_ledger()
+            if lost and self.flush_ledger is not None:  # requests wait on it: bounded, else refused (retryable)
+                await asyncio.wait_for(self.flush_ledger(), self.flush_timeout_s)
             counted = await ledger_recorded(self.engine, await self.store.parked(name))
             spent = await ledger_spent(self.engine, item.budget, now, item.org)
-        except sa.exc.SQLAlchemyError as exc:  # a locked or unreachable ledger: retryable, not a gateway bug
+        except (sa.exc.SQLAlchemyError, TimeoutError) as exc:  # a locked, slow or unreachable ledger: retryable
             log.warning("budget %s: the ledger could not be read to reconcile it: %s", name, printable(str(exc)))
             raise Overloaded(
                 "the ledger could not be read to check a budget; retry shortly",

@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -143,3 +143,21 @@ def reply_json(handler: BaseHTTPRequestHandler, status: int, payload: Any) -> No
     handler.send_header("content-length", str(len(data)))
     handler.end_headers()
     handler.wfile.write(data)
+
+
+def read_json(handler: BaseHTTPRequestHandler) -> Any:
+    """The request's JSON body (an empty one reads as {})."""
+    return json.loads(handler.rfile.read(int(handler.headers.get("content-length") or 0)) or b"{}")
+
+
+def reply_events(handler: BaseHTTPRequestHandler, events: Iterable[Any]) -> None:
+    """Answer a stream: each event as an SSE `data:` line as it comes, then `[DONE]`, then the connection ends."""
+    handler.send_response(200)
+    handler.send_header("content-type", "text/event-stream")
+    handler.end_headers()
+    for event in events:
+        handler.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+        handler.wfile.flush()
+    handler.wfile.write(b"data: [DONE]\n\n")
+    handler.wfile.flush()
+    handler.close_connection = True

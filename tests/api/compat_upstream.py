@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.servers import http_thread, reply_json
+from tests.servers import http_thread, read_json, reply_events, reply_json
 
 USAGE = {
     "prompt_tokens": 11,
@@ -99,7 +99,7 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
             return None
 
         def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}")
+            body = read_json(self)
             upstream.bodies.append(body)
             if body.get("model") == "reject":
                 error = {"message": "temperature is not supported", "type": "invalid_request_error",
@@ -112,14 +112,7 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
             elif not body.get("stream"):
                 reply_json(self, 200, _answer(body))
             else:
-                self.send_response(200)
-                self.send_header("content-type", "text/event-stream")
-                self.end_headers()
-                for event in _events(body):
-                    self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-                self.wfile.write(b"data: [DONE]\n\n")
-                self.wfile.flush()
-                self.close_connection = True
+                reply_events(self, _events(body))
 
     return Handler
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import pytest
 from redis import asyncio as aioredis
 
 from margin.governance import admission as adm
@@ -23,6 +25,23 @@ from tests.servers import redis_server
 
 BUDGET = {"name": "all", "scope": {"kind": "global"}, "tokens": 1000, "period": "day"}
 HARD = {"name": "all", "scope": {"kind": "global"}, "tokens": 20, "period": "day"}  # 5 reserved, 3 spent each
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[Any]:
+    """The ledger every process of a test shares (`l.db`, as `_gateway` names it), migrated."""
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    db.upgrade(url)
+    made = db.make_async_engine(url)
+    yield made
+    await made.dispose()
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[Any]:
+    made = aioredis.from_url(redis_url)
+    yield made
+    await made.aclose()
 
 
 async def _save(url: str) -> None:
@@ -42,19 +61,17 @@ async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float = 10) ->
 
 
 async def test_reservations_a_snapshot_brings_back_after_their_requests_finished_are_not_charged(
-    tmp_path: Path,
+    tmp_path: Path, engine: Any
 ) -> None:
     """A snapshot taken while three requests held reservations; two finish (ledger rows, settled), then Redis
     restarts from the snapshot: their reservations are back and their settles lost. The restart pass raised the
     counter to the ledger's spend (their cost in it) and the reaper then charged their reservations on top:
-    50 tokens each, the counter at 109 for 9 tokens spent. They are now dropped with that raise."""
+    50 tokens each, the counter at 109 for 9 tokens spent. They are now settled again with their rows' cost."""
     path = tmp_path / "l.db"
     url = f"sqlite:///{path}"
-    db.upgrade(url)
     settings = fake_settings(path, budgets=[BUDGET], admission={"refresh_s": 0.1})
     port, workdir = free_port(), tmp_path / "redis"
     workdir.mkdir()
-    engine = db.make_async_engine(url)
     with contextlib.ExitStack() as last:
         first = contextlib.ExitStack()
         last.callback(first.close)  # a second close does nothing
@@ -87,7 +104,6 @@ async def test_reservations_a_snapshot_brings_back_after_their_requests_finished
             assert await store.counters([counter]) == {counter: (spent, 0)}  # was (109, 0)
         finally:
             await governance.close()
-            await engine.dispose()
 
 
 async def _admit(governance: Governance, request_id: str, holds: list[adm.BudgetHold]) -> bool:
@@ -129,16 +145,12 @@ async def _spent_in_the_end(governance: Governance, outboxes: list[Outbox]) -> t
 
 
 async def test_a_counter_redis_lost_counts_the_rows_still_in_this_process_outbox(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, engine: Any, client: Any
 ) -> None:
     """Redis lost its data while this process's last rows (12 tokens of a 20-token hard budget) waited in its
     outbox: the counter was made again from the ledger alone (0), and 6 more requests were admitted, 30 tokens
     spent. The outbox is now moved into the ledger first: 2 are admitted, 18 spent, the counter exact."""
-    url = f"sqlite:///{tmp_path / 'l.db'}"
-    db.upgrade(url)
-    engine = db.make_async_engine(url)
     governance, outbox = await _gateway(tmp_path, "box", redis_url, engine)
-    client = aioredis.from_url(redis_url)
     try:
         await client.flushall()
         now = datetime.now(UTC)
@@ -156,24 +168,18 @@ async def test_a_counter_redis_lost_counts_the_rows_still_in_this_process_outbox
         assert (admitted, spent) == (2, 18)  # was (6, 30)
         assert counter == (spent, 0)
     finally:
-        await client.aclose()
         await governance.close()
-        await engine.dispose()
 
 
 async def test_a_counter_redis_lost_counts_what_another_replica_settled_while_it_was_gone(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, engine: Any, client: Any
 ) -> None:
     """Two replicas, each its own outbox. Redis lost its data while the second had two requests in flight;
     they finished (rows in its outbox, not in the ledger) and settled into the counter that was gone, which
     dropped their spend. The first replica then made the counter again from the ledger (which had neither theirs
     nor its own last row): 0, and a 20-token hard budget spent 27. Their spend is now parked for that seed."""
-    url = f"sqlite:///{tmp_path / 'l.db'}"
-    db.upgrade(url)
-    engine = db.make_async_engine(url)
     first, first_box = await _gateway(tmp_path, "a", redis_url, engine)
     second, second_box = await _gateway(tmp_path, "b", redis_url, engine)
-    client = aioredis.from_url(redis_url)
     try:
         await client.flushall()
         now = datetime.now(UTC)
@@ -193,21 +199,18 @@ async def test_a_counter_redis_lost_counts_what_another_replica_settled_while_it
         assert (admitted, spent) == (3, 18)  # was (6, 27)
         assert counter == (spent, 0)
     finally:
-        await client.aclose()
         await first.close()
         await second.close()
-        await engine.dispose()
 
 
-async def test_a_redis_back_from_a_snapshot_is_raised_with_the_rows_still_in_the_outbox(tmp_path: Path) -> None:
+async def test_a_redis_back_from_a_snapshot_is_raised_with_the_rows_still_in_the_outbox(
+    tmp_path: Path, engine: Any
+) -> None:
     """Four requests (12 tokens) finished after the snapshot, their rows still in the outbox when Redis came back
     from it: the counter was raised to the ledger's spend, which had none of them, and stayed at 0 (a 20-token
     hard budget then admitted 6 more, 30 spent). The outbox is now moved into the ledger before that raise."""
-    path = tmp_path / "l.db"
-    db.upgrade(f"sqlite:///{path}")
     port, workdir = free_port(), tmp_path / "redis"
     workdir.mkdir()
-    engine = db.make_async_engine(f"sqlite:///{path}")
     with contextlib.ExitStack() as last:
         first = contextlib.ExitStack()
         last.callback(first.close)  # a second close does nothing
@@ -237,20 +240,16 @@ async def test_a_redis_back_from_a_snapshot_is_raised_with_the_rows_still_in_the
         finally:
             await outbox.close()
             await governance.close()
-            await engine.dispose()
 
 
 async def test_a_lost_counter_whose_outbox_flush_hangs_is_refused_retryably_not_waited_on(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, engine: Any, client: Any
 ) -> None:
     """The process that makes a lost counter again first waits for its outbox to reach the ledger; requests wait
     on that. A ledger that never answers held them for as long as it took: the wait is bounded now, and the
     request is refused with the store's retryable 503 (the counter is not made without those rows)."""
     from margin.errors import Overloaded
 
-    url = f"sqlite:///{tmp_path / 'l.db'}"
-    db.upgrade(url)
-    engine = db.make_async_engine(url)
     governance = Governance(fake_settings(tmp_path / "l.db", budgets=[HARD]), engine, RedisStore(redis_url))
     never = asyncio.Event()
 
@@ -258,7 +257,6 @@ async def test_a_lost_counter_whose_outbox_flush_hangs_is_refused_retryably_not_
         await never.wait()
 
     governance.flush_ledger, governance.flush_timeout_s = hung, 0.2
-    client = aioredis.from_url(redis_url)
     try:
         await client.flushall()
         holds = [adm.hold_for(budget, datetime.now(UTC), 0, 5) for budget in governance.rules.budgets]
@@ -270,6 +268,4 @@ async def test_a_lost_counter_whose_outbox_flush_hangs_is_refused_retryably_not_
             assert refused.code == "governance_unavailable"
         assert time.monotonic() - started < 2
     finally:
-        await client.aclose()
         await governance.close()
-        await engine.dispose()

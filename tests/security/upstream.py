@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.servers import http_thread, reply_json
+from tests.servers import http_thread, read_json, reply_events, reply_json
 
 
 @dataclass
@@ -73,16 +73,10 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
             return None
 
         def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}")
+            body = read_json(self)
             upstream.bodies.append(body)
             if body.get("stream"):
-                self.send_response(200)
-                self.send_header("content-type", "text/event-stream")
-                self.end_headers()
-                for event in _events(body, upstream.script):
-                    self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-                    self.wfile.flush()
-                self.wfile.write(b"data: [DONE]\n\n")
+                reply_events(self, _events(body, upstream.script))
                 return
             choice = {"index": 0, "message": _message(upstream.script), "finish_reason": "stop"}
             answer = {"id": "up-1", "object": "chat.completion", "created": 0, "model": body.get("model"),

@@ -36,13 +36,6 @@ def make_store(settings: Settings) -> Store:
     return LocalStore()
 
 
-def stream_slots(cap: int | None, store: Store) -> Slots:
-    """Stream slots where the budget counters are: in this process, or shared through the store's Redis."""
-    if isinstance(store, SlotStore):
-        return SharedSlots(cap, store, STREAMS, "stream")
-    return LocalSlots(cap)
-
-
 def spend_org(budget: BudgetSpec, org: str | None) -> tuple[str | None] | None:
     """Whose rows a budget counter adds up: the org its scope names, else, for a per-org scope (a team or
     tag scope naming no org), the org of the counter (`org`, None for callers in no org), else every org."""
@@ -81,8 +74,9 @@ class Governance:
         self.settings = settings
         self.engine = engine  # AsyncEngine of the ledger database
         self.store = store or make_store(settings)
-        self.streams = stream_slots(settings.admission.max_streams_per_key, self.store)
-        self._pools: list[Slots] = [self.streams]  # started and closed with this service
+        self._pools: list[SharedSlots] = []  # started and closed with this service
+        cap = settings.admission.max_streams_per_key  # where the budget counters are: this process, or Redis
+        self.streams: Slots = self.shared_slots(STREAMS, cap, "stream") or LocalSlots(cap)
         self.rules: Rules = build_rules(settings, [])
         self._known: dict[str, BudgetHold] = {}  # the counters this process reconciled (raised after a restart)
         self._server = ""  # the counter store's run id (Redis: a new one after every restart)
@@ -97,10 +91,10 @@ class Governance:
         self.flush_ledger: Callable[[], Awaitable[object]] | None = None
         self.flush_timeout_s = FLUSH_TIMEOUT_S
 
-    def shared_slots(self, pool: str, cap: int, what: str) -> SharedSlots | None:
-        """A per-key cap of `pool` counted across every process sharing the store's Redis (the file gates'
-        running places, margin.gates), renewed and closed with this service; None with the in-process store
-        (one process: the caller counts in process, the fastest)."""
+    def shared_slots(self, pool: str, cap: int | None, what: str) -> SharedSlots | None:
+        """A per-key cap of `pool` counted across every process sharing the store's Redis (open streams; the
+        file gates' running places, margin.gates), renewed and closed with this service; None with the
+        in-process store (one process: the caller counts in process, the fastest)."""
         if not isinstance(self.store, SlotStore):
             return None
         slots = SharedSlots(cap, self.store, pool, what)

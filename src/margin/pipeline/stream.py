@@ -83,6 +83,7 @@ class Delivery:
     _first: list[Chunk] = field(default_factory=list)  # events up to the first token (parsed for it)
     _rest: list[Chunk] = field(default_factory=list)  # events after it, parsed when the text is read
     _all_text: str | None = None
+    _all_generated: str | None = None
 
     @property
     def parts(self) -> list[str]:
@@ -104,13 +105,16 @@ class Delivery:
 
     async def generated(self) -> str:
         """Everything delivered that the backend generated (`Chunk.generated`: tool calls and reasoning too),
-        to count the tokens it did not report; in a worker thread when the stream was long."""
-        if self.written <= PARSE_INLINE_BYTES:
-            return self.generated_now()
-        return await asyncio.to_thread(self.generated_now)
+        to count the tokens it did not report and to tell the cache whether it was text only: parsed once, in
+        a worker thread when the stream was long."""
+        if self._all_generated is None and self.written > PARSE_INLINE_BYTES:
+            return await asyncio.to_thread(self.generated_now)
+        return self.generated_now()
 
     def generated_now(self) -> str:
-        return "".join(_generated(chunk) for chunk in (*self._first, *self._rest))
+        if self._all_generated is None:
+            self._all_generated = "".join(_generated(chunk) for chunk in (*self._first, *self._rest))
+        return self._all_generated
 
     async def run(
         self, chunks: AsyncIterator[Chunk], first: Chunk | None, translate: Callable[[Exception], MarginError]

@@ -22,7 +22,7 @@ class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
-    source: str = "backend"  # backend | tokenizer | estimated | cache | clamped (margin.pipeline.ceiling)
+    source: str = "backend"  # backend | tokenizer | token_ids | estimated | cache | clamped (pipeline.ceiling)
 
     def to_openai(self) -> dict[str, Any]:
         body: dict[str, Any] = {

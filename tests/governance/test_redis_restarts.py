@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from redis import asyncio as aioredis
 
 from margin.governance import admission as adm
 from margin.governance.redis_store import RedisStore
-from margin.governance.service import Governance, ledger_spent
+from margin.governance.service import Governance, ledger_recorded, ledger_spent
 from margin.ledger import db
 from margin.ledger.outbox import Outbox
 from tests.helpers import fake_settings, free_port
@@ -267,5 +268,67 @@ async def test_a_lost_counter_whose_outbox_flush_hangs_is_refused_retryably_not_
         except Overloaded as refused:
             assert refused.code == "governance_unavailable"
         assert time.monotonic() - started < 2
+    finally:
+        await governance.close()
+
+
+async def test_the_restart_pass_handles_the_reservations_a_page_at_a_time_each_once(
+    tmp_path: Path, redis_url: str, engine: Any, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reservations whose settles a restart lost (as a snapshot brings them back: here never settled, and the
+    pass told of a restart): 150 open and 150 the reaper charged, all but 5 of each with their ledger rows. The
+    pass read every id in one reply and looked all of them up at once; it now reads, looks up and recounts 7 at
+    a time (the zsets past 128 members are scanned for real), while another replica's reaper moves 50 open ones
+    to the reaped and 20 new requests are admitted: every finished one is settled again exactly once (3 tokens,
+    not the 5 reserved or charged), the others and the new ones are left as they were."""
+    settings = fake_settings(tmp_path / "l.db", budgets=[{**BUDGET, "tokens": 10**6}])
+    governance = Governance(settings, engine, RedisStore(redis_url))
+    governance.restart_page = 7
+    store, now = governance.store, datetime.now(UTC)
+    await client.flushall()
+    holds = [adm.hold_for(budget, now, 0, 5) for budget in governance.rules.budgets]
+    plain, counter = [item.hold for item in holds], holds[0].hold.counter
+    try:
+        await governance.seed(holds, now)
+        for i in range(150):
+            assert (await store.admit(f"k{i}", plain, 0)).ok
+        assert await store.reap() == 150  # charged 5 each, in `reaped`
+        for i in range(150):
+            assert (await store.admit(f"o{i}", plain, 600)).ok
+        finished = [f"{kind}{i}" for kind in "ko" for i in range(5, 150)]
+        await write_rows(f"sqlite:///{tmp_path / 'l.db'}", [row(rid) for rid in finished])  # 3 tokens each
+        looked_up: list[list[str]] = []
+        real = ledger_recorded
+
+        async def recorded(engine_: Any, ids: list[str]) -> dict[str, tuple[int, int]]:
+            looked_up.append(list(ids))
+            if len(looked_up) == 2:  # meanwhile: another replica reaps, new requests are admitted
+                await client.zadd("mgn:deadlines", {f"o{i}": 0 for i in range(100, 150)}, xx=True)
+                await store.reap()
+                for i in range(20):
+                    assert (await store.admit(f"new{i}", plain, 600)).ok
+            return await real(engine_, ids)
+
+        statements: list[int] = []
+
+        def count(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+            if "request_id IN" in statement:
+                statements.append(len(parameters))
+
+        monkeypatch.setattr("margin.governance.service.ledger_recorded", recorded)
+        sa.event.listen(engine.sync_engine, "before_cursor_execute", count)
+        governance._server = "before the restart"
+        await governance._follow_restart()
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", count)
+
+        assert max(len(ids) for ids in looked_up) <= 7 and statements and max(statements) <= 7
+        assert set(finished) <= {rid for ids in looked_up for rid in ids}
+        unfinished = {f"{kind}{i}" for kind in "ko" for i in range(5)} | {f"new{i}" for i in range(20)}
+        assert {rid async for page in store.reservations() for rid in page} == unfinished
+        assert all([await client.exists(f"mgn:s:{rid}") for rid in finished])  # each settled (once: below)
+        # spent: the 5 unfinished reaped ones' charges + 290 rows of 3 tokens (the raise to the ledger's 870 adds
+        # nothing); reserved: the 5 unfinished open ones and the 20 new
+        assert await store.counters([counter]) == {counter: (25 + 870, 125)}
+        assert [await store.settle(rid, {counter: 3}) for rid in ("o5", "k5", "o120")] == [False] * 3
     finally:
         await governance.close()

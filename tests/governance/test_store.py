@@ -44,6 +44,15 @@ def hold(counter: str = "b@1", limit: int = 100, amount: int = 30, hard: bool = 
     return Hold(counter, limit, amount, hard, 3600)
 
 
+async def reservations(store: Store, page: int = 1000) -> list[str]:
+    """Every page of `store.reservations`, each checked to hold at most `page` ids."""
+    found: list[str] = []
+    async for ids in store.reservations(page):
+        assert 0 < len(ids) <= page
+        found += ids
+    return found
+
+
 async def test_reserve_is_all_or_nothing(store: Store) -> None:
     assert (await admit(store, "r1", [hold("a", 100, 60), hold("b", 100, 60)], 60)).failed is None
     # b fits (60 + 30 <= 100) but a does not: nothing of r2 is reserved anywhere
@@ -184,14 +193,26 @@ async def test_recount_settles_finished_reservations_again_with_their_rows_cost(
     await admit(store, "open", [hold("a", 1000, 30)], 60)  # no ledger row yet
     await admit(store, "reaped", [hold("b", 1000, 25)], 0)
     assert await store.reap() == 1 and await store.counters(["b"]) == {"b": (25, 40)}  # charged by a reaper
-    assert sorted(await store.reservations()) == ["done", "open", "other", "reaped"]
+    assert sorted(await reservations(store)) == ["done", "open", "other", "reaped"]
     rows = {"done": {"a": 7, "b": 8}, "other": {"a": 3}, "reaped": {"b": 9}, "unknown": {"a": 1}}
     done = await store.recount({"a": 20, "b": 0, "gone": 5}, rows)
     assert done.dropped == 2 and done.raised == ["a"]
     # a: 7 replayed, then raised to the ledger's 20; b: 8 + 9 replayed, the reaper's 25 undone (was 0: lost)
     assert await store.counters(["a", "b", "c"]) == {"a": (20, 60), "b": (17, 0), "c": (0, 50)}
-    assert sorted(await store.reservations()) == ["open", "other"]
+    assert sorted(await reservations(store)) == ["open", "other"]
     assert await store.settle("reaped", {"b": 9}) is False
     assert await store.settle("done", {"a": 7, "b": 7}) is False  # settled once, by the recount
     assert await store.settle("open", {"a": 5}) is True
     assert await store.counters(["a"]) == {"a": (25, 30)}
+
+
+async def test_reservations_come_in_pages_of_the_size_asked(store: Store) -> None:
+    """The pass after a restart reads the reservations a page at a time (before: every id in one reply): open and
+    reaped alike, each once when nothing changes meanwhile."""
+    for i in range(8):
+        await admit(store, f"open{i}", [hold("a", 10_000, 1)], 600)
+    for i in range(3):
+        await admit(store, f"reaped{i}", [hold("a", 10_000, 1)], 0)
+    assert await store.reap() == 3
+    found = await reservations(store, page=3)
+    assert sorted(found) == sorted([*(f"open{i}" for i in range(8)), *(f"reaped{i}" for i in range(3))])

@@ -109,7 +109,7 @@ def prompt_extras(request: Any) -> str:
 
 
 def request_text(request: Any) -> str:
-    """The text of a chat, completion or embedding request (token-id inputs are left out)."""
+    """The text of a chat, completion or embedding request (token-id inputs are left out: `token_id_count`)."""
     messages = getattr(request, "messages", None)
     if messages is not None:
         return "\n".join(m.text() for m in messages)

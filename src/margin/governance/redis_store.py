@@ -9,7 +9,8 @@ Each operation is one Lua script, so check-and-reserve is atomic across replicas
                      brought it back to the count it had seen for no news)
   s:{request_id}     marker of a settled request (expires after a day)
   k:{request_id}     hash {counter: amount} charged by the reaper (a reservation past its deadline)
-  reaped             zset request_id → when reaped, for two days (as k:), for the pass after a restart
+  reaped             zset request_id → when reaped, for two days (as k:), for the pass after a restart (which
+                     reads it and deadlines by ZSCAN, in pages: `reservations`)
   l:{counter}        hash {request_id: amount} settled while the counter was gone, for the seed that makes it again
   g:{key}            GCRA theoretical arrival time (float seconds)
   st:{api key}       zset stream lease (request id) → expiry (unix s): the key's open streams
@@ -22,12 +23,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
 from margin.errors import ConfigError, Overloaded
 from margin.governance.slots import STREAMS
-from margin.governance.store import Admitted, Gcra, Hold, Recount
+from margin.governance.store import RESERVATION_PAGE, Admitted, Gcra, Hold, Recount
 from margin.logs import printable
 
 log = logging.getLogger("margin.governance")
@@ -386,17 +387,25 @@ class RedisStore:
     async def raise_spent(self, counter: str, spent: int) -> bool:
         return bool(await self._run("raise", [f"{P}c:{counter}"], [spent]))
 
-    async def reservations(self) -> list[str]:
+    async def reservations(self, page: int = RESERVATION_PAGE) -> AsyncGenerator[list[str], None]:
+        """Read with ZSCAN, `page` ids asked a call: a whole scan returns every member there from its start to its
+        end, whatever is added or removed meanwhile (the caller's recounts, admits, another replica's reaper),
+        and may return one twice. A set small enough to be packed (`zset-max-ziplist-entries`, 128) comes in one
+        reply, cut in pages here. The open reservations first, then the reaped: the reaper only moves ids from
+        the first to the second, so one it moves during the pass is still met."""
         from redis.exceptions import RedisError
 
-        try:
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.zrange(f"{P}deadlines", 0, -1)
-            pipe.zrange(f"{P}reaped", 0, -1)
-            open_, reaped = await pipe.execute()
-            return [str(rid) for rid in (*open_, *reaped)]
-        except RedisError as exc:
-            raise unavailable("reservations", exc) from exc
+        for key in (f"{P}deadlines", f"{P}reaped"):
+            cursor = 0
+            while True:
+                try:
+                    cursor, found = await self._redis.zscan(key, cursor, count=page)
+                except RedisError as exc:
+                    raise unavailable("reservations", exc) from exc
+                for at in range(0, len(found), page):
+                    yield [str(rid) for rid, _ in found[at : at + page]]
+                if int(cursor) == 0:
+                    break
 
     async def recount(self, spent: Mapping[str, int], replays: Mapping[str, Mapping[str, int]]) -> Recount:
         keys = [f"{P}deadlines", f"{P}reaped", *(f"{P}c:{name}" for name in spent)]

@@ -19,7 +19,7 @@ from margin.errors import MarginError, Overloaded
 from margin.governance.admission import Admission, BudgetHold, counter_name, window
 from margin.governance.rules import Rules, Subject, build_rules, load_rules, matches
 from margin.governance.slots import STREAMS, LocalSlots, SharedSlots, Slots, SlotStore
-from margin.governance.store import LocalStore, Store
+from margin.governance.store import RESERVATION_PAGE, LocalStore, Store
 from margin.ledger.read import budget_spent, recorded
 from margin.logs import printable
 from margin.singleflight import SingleFlight
@@ -90,6 +90,7 @@ class Governance:
         # is counted again from the ledger, which else misses the rows still waiting there (a second of them)
         self.flush_ledger: Callable[[], Awaitable[object]] | None = None
         self.flush_timeout_s = FLUSH_TIMEOUT_S
+        self.restart_page = RESERVATION_PAGE  # reservations handled at a time by the pass after a store restart
 
     def shared_slots(self, pool: str, cap: int | None, what: str) -> SharedSlots | None:
         """A per-key cap of `pool` counted across every process sharing the store's Redis (open streams; the
@@ -166,7 +167,7 @@ class Governance:
         back from a 2 s old snapshot spent $6.94. Every counter of the current windows this process reconciled
         is raised to what the ledger says (never lowered: what settled since the restart stays counted). The
         snapshot also brought back the reservations open when it was taken, their settles since lost: those
-        whose request has its ledger row are settled again with the row's cost, in the same step as the raise;
+        whose request has its ledger row are settled again with the row's cost, page by page before the raise;
         before, the reaper charged them at their reservation on top of the raise (an overcharge: budgets hit
         early). Dropping them instead lost their cost where the raise did nothing (a counter already above the
         ledger's spend, holding other replicas' settles whose rows were not in the ledger yet)."""
@@ -176,27 +177,42 @@ class Governance:
         if self.flush_ledger is not None:  # what this process settled before the restart: in the ledger read
             await self.flush_ledger()
         now = datetime.now(UTC)
-        finished = await ledger_recorded(self.engine, await self.store.reservations())  # before the spends
-        spent: dict[str, int] = {}
-        usd: dict[str, bool] = {}
+        known: dict[str, BudgetHold] = {}
         for name, item in list(self._known.items()):
-            budget = item.budget
-            if counter_name(budget, window(budget.period, now)[0], item.org) != name:
+            if counter_name(item.budget, window(item.budget.period, now)[0], item.org) != name:
                 del self._known[name]  # a past window's
             else:
-                spent[name] = await ledger_spent(self.engine, budget, now, item.org)
-                usd[name] = budget.usd is not None
-        # each finished request's lost settle, replayed with what its row cost (never less than it spent: a
-        # counter the raise leaves alone, holding settles whose rows are not in the ledger yet, still gets it)
-        replays = {
-            rid: {name: cost if usd[name] else tokens for name in spent} for rid, (cost, tokens) in finished.items()
-        }
-        done = await self.store.recount(spent, replays)
+                known[name] = item
+        dropped = await self._replay_finished({name: item.budget.usd is not None for name, item in known.items()})
+        # read after every row the replays found: each is in these spends
+        spent = {name: await ledger_spent(self.engine, item.budget, now, item.org) for name, item in known.items()}
+        done = await self.store.recount(spent, {})
         for name in done.raised:
             log.warning("budget %s: raised to the ledger's spend after the counter store restarted", name)
-        if done.dropped:
-            log.warning("dropped %d reservations of finished requests the counter store brought back", done.dropped)
+        if dropped:
+            log.warning("dropped %d reservations of finished requests the counter store brought back", dropped)
         self._server = current  # last: a pass that failed halfway is done again by the next
+
+    async def _replay_finished(self, usd: dict[str, bool]) -> int:
+        """The reservations the store holds whose requests have their ledger rows, settled again with what each
+        row cost (never less than it spent: a counter the raise leaves alone, holding settles whose rows are not
+        in the ledger yet, still gets it); how many. Read, looked up and recounted `restart_page` ids at a time:
+        before, every id of two days of abandoned requests came in one Redis reply, and one lookup. Each page is
+        recounted with nothing raised (to 0: a spend is never less): the raise follows, once, with the spends read
+        after every lookup (a row found is in them; a counter replayed then raised holds the larger, not both)."""
+        if not usd:  # no counter this process reconciled: no replay could cover one (recount needs them all)
+            return 0
+        unraised = dict.fromkeys(usd, 0)
+        dropped = 0
+        async with contextlib.aclosing(self.store.reservations(self.restart_page)) as pages:
+            async for page in pages:
+                finished = await ledger_recorded(self.engine, page)
+                if finished:
+                    replays = {
+                        rid: {n: cost if usd[n] else tokens for n in usd} for rid, (cost, tokens) in finished.items()
+                    }
+                    dropped += (await self.store.recount(unraised, replays)).dropped
+        return dropped
 
     async def release_unanswered(self, request_id: str) -> None:
         """The store's answer to an admit was lost (Redis: a connection error after the script may have run).

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
+
+RESERVATION_PAGE = 1000  # request ids read, looked up in the ledger and recounted at a time (after a restart)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +116,10 @@ class Store(Protocol):
         """Changes when the store restarts (and may have come back from an older snapshot)."""
         ...
 
-    async def reservations(self) -> list[str]:
-        """The request ids of the reservations not settled: open, or charged by the reaper (two days)."""
+    def reservations(self, page: int = RESERVATION_PAGE) -> AsyncGenerator[list[str], None]:
+        """The request ids of the reservations not settled, open or charged by the reaper (two days), in pages of
+        at most `page` ids. Between pages the caller may `recount` (settle some of them): every id there from the
+        start of the iteration to its end is met (one may be met twice: a second recount of it does nothing)."""
         ...
 
     async def recount(self, spent: Mapping[str, int], replays: Mapping[str, Mapping[str, int]]) -> Recount:
@@ -281,8 +285,10 @@ class LocalStore:
     async def server_id(self) -> str:
         return ""  # it lives and dies with this process
 
-    async def reservations(self) -> list[str]:
-        return [*self._reservations, *self._charged]
+    async def reservations(self, page: int = RESERVATION_PAGE) -> AsyncGenerator[list[str], None]:
+        found = [*self._reservations, *self._charged]  # its ids are in this process anyway (it never restarts)
+        for at in range(0, len(found), page):
+            yield found[at : at + page]
 
     async def recount(self, spent: Mapping[str, int], replays: Mapping[str, Mapping[str, int]]) -> Recount:
         dropped = 0

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 
-from margin.backends.payloads import prompt_extras, prompt_text, usage_chunk
+from margin.backends.payloads import prompt_extras, prompt_text, token_id_count, usage_chunk
 from margin.economics.meter import Meter, discounted
 from margin.economics.money import to_nanousd
 from margin.economics.rates import tokens_per_s
@@ -80,14 +80,17 @@ def estimate_tokens(text: str) -> int:
 
 def counted_usage(target: Target, call: Call, output: str) -> Usage:
     """The tokens the backend did not report: counted with its tokenizer, else estimated. The prompt is its
-    messages' text plus the tool definitions and tool calls it carries; `output`, all that was generated."""
-    prompt = prompt_text(call)
+    messages' text plus the tool definitions and tool calls it carries, and its token ids (a completion prompt
+    or embedding input given as ids: tokens already, counted as they are, as admission counts them); `output`,
+    all that was generated. Token ids and nothing to estimate (an embedding of ids): `token_ids`, exact."""
+    prompt, ids = prompt_text(call), token_id_count(call.request)
     if extras := prompt_extras(call.request):
         prompt = f"{prompt}\n{extras}"
     counted_in, counted_out = target.backend.count_tokens(prompt), target.backend.count_tokens(output)
     if counted_in is not None and counted_out is not None:
-        return Usage(counted_in, counted_out, source="tokenizer")
-    return Usage(estimate_tokens(prompt), estimate_tokens(output), source="estimated")
+        return Usage(counted_in + ids, counted_out, source="tokenizer")
+    source = "token_ids" if ids and not prompt and not output else "estimated"
+    return Usage(estimate_tokens(prompt) + ids, estimate_tokens(output), source=source)
 
 
 class BackendCall:

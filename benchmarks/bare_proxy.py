@@ -5,6 +5,7 @@ reads arrive, each read in one send. Used as the `bare` path of benchmarks/gatew
 added latency splits into "an extra hop" and "margin's work".
 
     python benchmarks/bare_proxy.py --port 9002 --upstream http://127.0.0.1:9001 [--server uvicorn|granian]
+                                    [--workers N]
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes on the one port")
     args = parser.parse_args()
     if args.server == "granian":
         from serve_granian import serve
@@ -77,8 +79,11 @@ def main() -> None:
         return
     import uvicorn
 
+    os.environ[UPSTREAM_ENV] = args.upstream  # each worker process builds the app from it
     uvicorn.run(
-        make_app(args.upstream.rstrip("/")),
+        "bare_proxy:app_from_env" if args.workers > 1 else make_app(args.upstream.rstrip("/")),
+        factory=args.workers > 1,
+        workers=args.workers,
         host="127.0.0.1",
         port=args.port,
         loop="uvloop",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -42,6 +43,12 @@ def cpu_seconds(pid: int) -> float:
         total += times.get(current, 0.0)
         todo.extend(children.get(current, []))
     return total
+
+
+def workers_of(base: str) -> tuple[str, int]:
+    """`margin_w2` → (`margin`, 2); a name without the suffix runs one process."""
+    found = re.fullmatch(r"(.+)_w([1-9][0-9]*)", base)
+    return (found[1], int(found[2])) if found else (base, 1)
 
 
 def margin_config(workdir: Path, upstream_port: int, port: int) -> Path:
@@ -121,12 +128,13 @@ class Servers:
     ) -> None:
         self.ports["direct"] = self.free_port()
         self.processes["direct"] = start_upstream(self.ports["direct"])
-        for name in paths:  # `bare`, `margin`, and either on the other server: `bare@granian`, `margin@uvicorn`…
-            base, _, server = name.partition("@")
+        for name in paths:  # `bare`, `margin`, either on the other server (`bare@granian`, `margin@uvicorn`…) or
+            base, _, server = name.partition("@")  # with N worker processes on its port (`bare_w2`, `margin_w2`)
+            base, workers = workers_of(base)
             if base == "bare":
-                self._start_bare(name, server or self.server)
-            elif base == "margin" and server:
-                self._start_margin(name, server=server)
+                self._start_bare(name, server or self.server, workers)
+            elif base == "margin" and (server or workers > 1):
+                self._start_margin(name, server=server, workers=workers)
         if "margin" in paths:
             self._start_margin("margin")
         if "margin_before" in paths:
@@ -136,7 +144,7 @@ class Servers:
         if "litellm" in paths:
             self._start_litellm()
 
-    def _start_margin(self, name: str, src: Path | None = None, server: str | None = None) -> None:
+    def _start_margin(self, name: str, src: Path | None = None, server: str | None = None, workers: int = 1) -> None:
         """`margin serve` from this environment, or from another source tree (`src`: an older checkout's
         src/ directory, for before/after comparisons in one run)."""
         port = self.ports[name] = self.free_port()
@@ -145,17 +153,17 @@ class Servers:
         config = margin_config(workdir, self.ports["direct"], port)
         env = {**os.environ, "PYTHONPATH": str(src)} if src is not None else None
         self.keys[name] = create_key(config, env)
-        command = [sys.executable, "-m", "margin", "serve", "--config", str(config)]
+        command = [sys.executable, "-m", "margin", "serve", "--config", str(config), "--workers", str(workers)]
         if (server or self.server) == "granian":
             command = [sys.executable, str(HERE / "serve_granian.py"), "--config", str(config), "--port", str(port)]
         self.processes[name] = process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
         wait_ready(f"http://127.0.0.1:{port}/healthz", process)
 
-    def _start_bare(self, name: str, server: str) -> None:
+    def _start_bare(self, name: str, server: str, workers: int = 1) -> None:
         port = self.ports[name] = self.free_port()
         upstream = f"http://127.0.0.1:{self.ports['direct']}"
         command = [sys.executable, str(HERE / "bare_proxy.py"), "--port", str(port), "--upstream", upstream]
-        self.processes[name] = process = subprocess.Popen([*command, "--server", server])
+        self.processes[name] = process = subprocess.Popen([*command, "--server", server, "--workers", str(workers)])
         wait_ready(f"http://127.0.0.1:{port}/", process)
 
     def _start_litellm(self) -> None:

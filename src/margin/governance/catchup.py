@@ -4,10 +4,11 @@ The rebuild reads the ledger, which lacks the rows still waiting in the other pr
 `storage.flush_interval_ms` of traffic, whose settlements were lost with the counter): the counter comes back
 that much too low, for the rest of its window. Once those outboxes have been ingested (2 × the flush interval
 and a margin), and twice more later, the counter is raised to the ledger's spend again. The counter and the
-ledger are both lower bounds of what was spent, so their maximum is one too: never an overcharge from this, and
-the late rows are counted within seconds instead of never. It cannot see late rows that the counter's own
-settlements since the rebuild hide (a counter above the ledger is left alone): it narrows the gap, it does not
-close it.
+ledger are both lower bounds of what was spent, so their maximum is one too, and the late rows are counted
+within seconds instead of never. (Save a request whose row reached the ledger before its settlement reached the
+store, still reserved or retrying: it is then counted twice, an overcharge, never an overspend, as after a
+restart pass.) It cannot see late rows that the counter's own settlements since the rebuild hide (a counter
+above the ledger is left alone): it narrows the gap, it does not close it.
 
 The raises run in one background task of the governance service, never on a request's path: pending entries
 are deduplicated per counter (a newer rebuild starts its schedule again) and capped; a failure (ledger or

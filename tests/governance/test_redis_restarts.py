@@ -238,6 +238,7 @@ async def test_a_redis_back_from_a_snapshot_is_raised_with_the_rows_still_in_the
             await _until(raised)
             counter = holds[0].hold.counter
             assert await governance.store.counters([counter]) == {counter: (12, 0)}  # was (0, 0)
+            assert len(governance.catchup) == 1  # raised again once the other processes' outboxes are in
         finally:
             await outbox.close()
             await governance.close()
@@ -332,3 +333,82 @@ async def test_the_restart_pass_handles_the_reservations_a_page_at_a_time_each_o
         assert [await store.settle(rid, {counter: 3}) for rid in ("o5", "k5", "o120")] == [False] * 3
     finally:
         await governance.close()
+
+
+async def test_a_lost_counter_counts_another_replica_rows_ingested_after_it_was_made_again(
+    tmp_path: Path, redis_url: str, engine: Any, client: Any
+) -> None:
+    """The second replica settled 15 tokens (a 20-token hard budget), its rows still in its outbox, when Redis
+    lost its data: the first made the counter again from the ledger, which had none of them, and the counter
+    stayed 15 too low for the rest of the day (a request admitted with 18 spent, 5 reserved). A follow-up
+    raises it to the ledger's spend once the outboxes are in: that request is refused."""
+    first, first_box = await _gateway(tmp_path, "a", redis_url, engine)
+    second, second_box = await _gateway(tmp_path, "b", redis_url, engine)
+    first.catchup.delays_s = (0.2, 0.5, 1.0)
+    await first.start()
+    try:
+        await client.flushall()
+        now = datetime.now(UTC)
+        holds = [adm.hold_for(budget, now, 0, 5) for budget in first.rules.budgets]
+        for i in range(5):
+            assert await _admit(second, f"b{i}", holds)
+            await _finish(second, second_box, f"b{i}", holds)
+        await client.flushall()  # Redis lost its data; the second's 5 rows are still in its outbox
+        assert await _admit(first, "a0", holds)  # the counter made again: 0, then 5 reserved
+        await _finish(first, first_box, "a0", holds)
+        counter = holds[0].hold.counter
+        assert await first.store.counters([counter]) == {counter: (3, 0)}
+        await second_box.flush()  # the other processes' outboxes reach the ledger, as they do within a second
+        await first_box.flush()
+
+        async def caught_up() -> bool:
+            return await first.store.counters([counter]) == {counter: (18, 0)}
+
+        await _until(caught_up)  # was: (3, 0) for the rest of the day
+        assert not await _admit(first, "a1", holds)  # 18 + 5 > 20
+        spent, left = await _spent_in_the_end(first, [first_box, second_box])
+        assert (spent, left) == (18, (18, 0))
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_follow_up_never_lowers_a_counter(tmp_path: Path, redis_url: str, engine: Any, client: Any) -> None:
+    """A counter made again holds settlements whose rows are not in the ledger yet: the follow-ups leave it."""
+    governance, outbox = await _gateway(tmp_path, "box", redis_url, engine)
+    governance.catchup.delays_s = (0.05, 0.1)
+    await governance.start()
+    try:
+        await client.flushall()
+        holds = [adm.hold_for(budget, datetime.now(UTC), 0, 5) for budget in governance.rules.budgets]
+        for i in range(4):
+            assert await _admit(governance, f"a{i}", holds)
+            await _finish(governance, outbox, f"a{i}", holds)  # 12 tokens, in the outbox only
+
+        async def done() -> bool:
+            return len(governance.catchup) == 0
+
+        await _until(done)
+        counter = holds[0].hold.counter
+        assert await governance.store.counters([counter]) == {counter: (12, 0)}
+        assert await ledger_spent(engine, governance.rules.budgets[0], datetime.now(UTC)) == 0
+    finally:
+        await outbox.close()
+        await governance.close()
+
+
+async def test_close_cancels_pending_follow_ups(tmp_path: Path, redis_url: str, engine: Any, client: Any) -> None:
+    governance, outbox = await _gateway(tmp_path, "box", redis_url, engine)
+    governance.catchup.delays_s = (60.0,)
+    await governance.start()
+    try:
+        await client.flushall()
+        holds = [adm.hold_for(budget, datetime.now(UTC), 0, 5) for budget in governance.rules.budgets]
+        assert await _admit(governance, "a0", holds)
+        assert len(governance.catchup) == 1
+    finally:
+        await outbox.close()
+        started = time.monotonic()
+        await governance.close()  # raises nothing; does not wait for the follow-up
+        assert time.monotonic() - started < 2
+    assert governance._catchup_task is not None and governance._catchup_task.cancelled()

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from margin.config import Settings, with_reloaded
 from margin.errors import MarginError, Overloaded
 from margin.governance.admission import Admission, BudgetHold, counter_name, window
+from margin.governance.catchup import CatchUp, delays_for
 from margin.governance.rules import Rules, Subject, build_rules, load_rules, matches
 from margin.governance.slots import STREAMS, LocalSlots, SharedSlots, Slots, SlotStore
 from margin.governance.store import RESERVATION_PAGE, LocalStore, Store
@@ -91,6 +92,9 @@ class Governance:
         self.flush_ledger: Callable[[], Awaitable[object]] | None = None
         self.flush_timeout_s = FLUSH_TIMEOUT_S
         self.restart_page = RESERVATION_PAGE  # reservations handled at a time by the pass after a store restart
+        # rebuilt counters raised to the ledger's spend again once the other processes' outboxes are in it
+        self.catchup = CatchUp(delays_for(settings.storage.flush_interval_ms))
+        self._catchup_task: asyncio.Task[None] | None = None
 
     def shared_slots(self, pool: str, cap: int | None, what: str) -> SharedSlots | None:
         """A per-key cap of `pool` counted across every process sharing the store's Redis (open streams; the
@@ -110,6 +114,7 @@ class Governance:
         self._generation = await self.store.reload_generation()
         self._server = await self.store.server_id()
         self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._catchup_task = asyncio.get_running_loop().create_task(self.catchup.run(self._catch_up))
         for pool in self._pools:
             pool.start()
 
@@ -189,6 +194,8 @@ class Governance:
         done = await self.store.recount(spent, {})
         for name in done.raised:
             log.warning("budget %s: raised to the ledger's spend after the counter store restarted", name)
+        for name in spent:  # the other processes' rows still in their outboxes: counted by the follow-ups
+            self.catchup.schedule(self._known[name])
         if dropped:
             log.warning("dropped %d reservations of finished requests the counter store brought back", dropped)
         self._server = current  # last: a pass that failed halfway is done again by the next
@@ -267,6 +274,20 @@ class Governance:
         if await self.store.seed(name, spent, item.hold.expire_s, sorted(counted)):
             log.info("budget %s: reconciled spent=%d from the ledger", name, spent)
         self._known[name] = item
+        if lost:  # the other processes' rows still in their outboxes: counted by the follow-ups
+            self.catchup.schedule(item)
+
+    async def _catch_up(self, item: BudgetHold) -> bool:
+        """A follow-up of a rebuilt counter (margin.governance.catchup): raised to the ledger's spend if that is
+        higher (never lowered: both are lower bounds of what was spent); True when raised. A past window's
+        counter is left alone."""
+        name, now = item.hold.counter, datetime.now(UTC)
+        if counter_name(item.budget, window(item.budget.period, now)[0], item.org) != name:
+            return False
+        if not await self.store.raise_spent(name, await ledger_spent(self.engine, item.budget, now, item.org)):
+            return False
+        log.warning("budget %s: raised to the ledger's spend by a follow-up after it was rebuilt", name)
+        return True
 
     async def settle(
         self,
@@ -303,10 +324,11 @@ class Governance:
                 await asyncio.sleep(0.05 * 2**attempt)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._catchup_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for pool in self._pools:
             await pool.close()
         await self.store.close()

@@ -85,9 +85,11 @@ def test_a_tiers_price_is_resolved_once(monkeypatch: pytest.MonkeyPatch) -> None
         return real(*args, **kwargs)
 
     monkeypatch.setattr(genai_prices, "calc_price", counted)
-    for _ in range(3):
+    for attempt in range(3):
         for tier in (None, "default", "auto", "flex", "priority"):
             assert book.list_price("mini", model, backend, tier) is not None
+        for odd in ("scale", "fast", f"tier{attempt}"):  # what an upstream may answer: unpriced, never looked up
+            assert book.list_price("mini", model, backend, odd) is None
     assert len(calls) == 3  # the standard price (None, default, auto share it), flex, priority
 
 

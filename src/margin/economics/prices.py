@@ -17,7 +17,7 @@ from typing import Any
 from margin.backend_config import OpenAIBackendConfig
 from margin.config import ModelConfig, PriceConfig
 from margin.economics.money import MILLION
-from margin.economics.tiers import STANDARD
+from margin.economics.tiers import PRICED, STANDARD
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +93,11 @@ class PriceBook:
         self._cache: dict[tuple[str, str | None], ListPrice | None] = {}
 
     def list_price(self, public: str, model: ModelConfig, backend: Any, tier: str | None = None) -> ListPrice | None:
-        """The price of `public` at `tier` (None, `auto`, `default`: the standard price)."""
+        """The price of `public` at `tier` (None, `auto`, `default`: the standard price). A tier other than those
+        and `flex` / `priority` (`scale`, or whatever an upstream answers) has none, and is not looked up: the
+        cache holds at most three prices a model, whatever the upstreams answer."""
+        if tier is not None and tier not in STANDARD and tier not in PRICED:
+            return None
         key = (public, None if tier in STANDARD else tier)
         if key not in self._cache:
             if model.price is not None:

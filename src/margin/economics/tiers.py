@@ -14,6 +14,7 @@ from typing import Any
 from margin.backend_config import OpenAIBackendConfig
 
 STANDARD = frozenset({"auto", "default"})  # priced at the standard rate, allowed everywhere
+PRICED = frozenset({"flex", "priority"})  # priced apart; any other tier an answer names (`scale`…) is unpriced
 # what an answer may say served it (`"service_tier": "flex"`): a short lowercase name; anything else is ignored
 ANSWERED = re.compile(r"[a-z][a-z0-9_-]{0,15}")
 

@@ -41,6 +41,8 @@ class Upstream:
 def _served(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("model") == "quiet":
         return {}
+    if body.get("model") in ("on_demand", "priority"):  # a provider's own tier name; a project whose default is it
+        return {"service_tier": body["model"]}
     asked = body.get("service_tier")
     if body.get("model") == "standard" or asked in (None, "auto"):
         return {"service_tier": "default"}
@@ -128,6 +130,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
                 "broken": {**_tiered("broken"), "fallbacks": ["plain"]},
                 "plain-first": {"backend": "plain", "upstream_model": "gpt-5-mini", "fallbacks": ["mini"]},
                 "plain": {"backend": "plain", "upstream_model": "gpt-5-mini", "price_ref": "gpt-5-mini"},
+                "provider-tier": {"backend": "plain", "upstream_model": "on_demand", "price_ref": "gpt-5-mini"},
+                "project-priority": {"backend": "plain", "upstream_model": "priority", "price_ref": "gpt-5-mini"},
                 "fake-chat": {"backend": "fake", "price": {"input": "1", "output": "1"}},
             },
             # 500 input tokens at most (counted) and 1,000 output: flex ≤ $0.0011, priority ≥ $0.0036
@@ -268,3 +272,17 @@ def test_the_reservation_is_the_dearest_tier_the_request_may_be_served_at(live: 
     # the upstream's 1,000 input tokens are held to the most the reservation priced (margin.pipeline.ceiling)
     assert row.service_tier == "flex" and row.input_tokens < 1000 and row.output_tokens == 500
     assert row.cost_nanousd == row.input_tokens * 125 + row.output_tokens * 1000  # $0.125 / $1 per million
+
+
+def test_a_backend_without_tiers_prices_a_tier_name_it_does_not_know_at_the_standard_rate(live: Live) -> None:
+    """A provider that names its own tier in every answer (Groq's `on_demand`) through a backend that lists no
+    tiers: the row records the name and is priced at the standard rate, as before tiers were read (an unknown
+    name there made every answer's cost unknown). One whose answer names priority (an OpenAI project whose
+    default tier is priority) is priced at priority: what the upstream charges."""
+    answer = live.chat("provider-tier")
+    assert answer.status_code == 200, answer.text
+    row = live.row(answer.headers["x-margin-request-id"])
+    assert (row.service_tier, row.cost_nanousd, row.cost_status) == ("on_demand", NANO["default"], "priced")
+    dearer = live.chat("project-priority")
+    row = live.row(dearer.headers["x-margin-request-id"])
+    assert (row.service_tier, row.cost_nanousd) == ("priority", NANO["priority"])

@@ -44,6 +44,17 @@ def answered(payload: Any) -> str | None:
     return value if isinstance(value, str) and ANSWERED.fullmatch(value) else None
 
 
+def priced(tier: str | None, backend: Any) -> str | None:
+    """The tier a charge for a request served at `tier` is priced at. On a backend that lists tiers, that tier
+    (one with no price for the model is unpriced: `scale`…). A backend that lists none is not asked for a tier,
+    and its provider may name its own in every answer (Groq's `on_demand`): flex and priority are priced as
+    such (an OpenAI project whose default tier is priority), any other name at the standard rate, as before
+    tiers were read at all."""
+    if tier is None or tier in PRICED or backend_tiers(backend):
+        return tier
+    return None
+
+
 def served(answer: str | None, requested: str | None) -> str | None:
     """The tier a request is recorded and charged at: what the upstream said, else what was asked for."""
     return answer if answer is not None else requested

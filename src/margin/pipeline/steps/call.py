@@ -254,7 +254,8 @@ class BackendCall:
         usage = held(usage, request, target)  # never more than the request could be billed for
         record.usage, record.finish_reason = usage, call.stats.finish_reason
         record.queue_s = call.stats.queue_s
-        record.service_tier = tier
+        record.service_tier = tier  # what the upstream said served it (else what was asked): priced as below
+        tier = tiers.priced(tier, self.meter.settings.backends[target.backend_name])
         charge = self.meter.charge(
             target.public, target.model, usage, busy_s, measured_j, priced_j_cap=priced_j_cap, tier=tier
         )
@@ -280,7 +281,8 @@ class BackendCall:
             scale = tokens_per_s(self.meter, target.backend_name, fallback) / tokens_per_s(
                 self.meter, default.backend_name, fallback
             )
-            charge = self.meter.charge(default.public, default.model, usage, busy_s * scale, tier=record.service_tier)
+            tier = tiers.priced(record.service_tier, self.meter.settings.backends[default.backend_name])
+            charge = self.meter.charge(default.public, default.model, usage, busy_s * scale, tier=tier)
             if record.batch is not None:
                 charge = discounted(charge, record.batch.discount)
         record.default_cost_nanousd = None if charge.cost_usd is None else to_nanousd(charge.cost_usd)

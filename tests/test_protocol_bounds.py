@@ -19,8 +19,10 @@ from margin.protocol import (
     MAX_TOOLS,
     ChatCompletionRequest,
     CompletionRequest,
+    EmbeddingRequest,
     Endpoint,
     parse_request,
+    service_tier,
 )
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -73,8 +75,11 @@ def test_multipliers_and_token_ids_are_counted() -> None:
 
 def test_only_known_fields_are_forwarded() -> None:
     assert {"messages", "max_tokens", "max_completion_tokens", "n", "top_k"} <= FORWARDED[Endpoint.CHAT]
-    for unpriced in ("service_tier", "best_of", "use_beam_search", "chat_template", "audio", "prediction"):
+    for unpriced in ("best_of", "use_beam_search", "chat_template", "audio", "prediction"):
         assert unpriced not in FORWARDED[Endpoint.CHAT]
+    # priced per tier on chat (and sent only to a backend that allows the tier: margin.economics.tiers);
+    # OpenAI documents no tiers for the legacy completions
+    assert "service_tier" in FORWARDED[Endpoint.CHAT] and "service_tier" not in FORWARDED[Endpoint.COMPLETIONS]
     assert "best_of" in FORWARDED[Endpoint.COMPLETIONS]  # priced there
     assert FORWARDED[Endpoint.EMBEDDINGS] == {"model", "input", "encoding_format", "dimensions", "user"}
 
@@ -170,3 +175,17 @@ def test_a_list_stops_at_its_first_wrong_element(endpoint: Endpoint, body: dict[
         parse_request(endpoint, body)
     message = caught.value.message
     assert "more)" not in message or int(message.rsplit("(and ", 1)[1].split()[0]) <= 3, message
+
+
+def test_service_tier_is_one_of_openais_tiers() -> None:
+    """`service_tier` was an unknown extra, dropped whatever it held; it is now validated (400 naming it)."""
+    for tier in ("auto", "default", "flex", "priority"):
+        chat = parse_request(Endpoint.CHAT, _chat(service_tier=tier))
+        assert service_tier(chat) == tier
+    assert service_tier(parse_request(Endpoint.CHAT, _chat(service_tier=None))) is None
+    for bad in ("fast", "scale", "FLEX", "", 1, ["flex"]):
+        with pytest.raises(InvalidRequest) as caught:
+            parse_request(Endpoint.CHAT, _chat(service_tier=bad))
+        assert caught.value.param == "service_tier", bad
+    embedding = parse_request(Endpoint.EMBEDDINGS, {"model": "m", "input": "x", "service_tier": {"any": "thing"}})
+    assert isinstance(embedding, EmbeddingRequest) and service_tier(embedding) is None  # not theirs: never read

@@ -76,6 +76,13 @@ class OpenAIBackendConfig(_BackendBase):
         "or the caller's `max_tokens`): OpenAI's reasoning models refuse `max_tokens`, some servers know only "
         "it. Unset: `max_completion_tokens` for api.openai.com and Azure OpenAI, else `max_tokens`.",
     )
+    service_tiers: tuple[Literal["flex", "priority"], ...] = Field(
+        (),
+        description="OpenAI processing tiers this upstream may be asked for (a request's `service_tier`). `auto` "
+        "and `default` need nothing; `flex` or `priority` to a backend that does not list it is refused (400). "
+        "List the tiers your upstream project may serve at (its default tier too): a request that leaves the "
+        "tier to the upstream (`auto`, or none) is reserved at the dearest of them.",
+    )
     max_response_bytes: int = Field(
         256 * 1024 * 1024,
         gt=0,

@@ -160,6 +160,14 @@ class RegionConfig(Strict):
 DEFAULT_REGION = RegionConfig()  # frozen: a backend with no region set
 
 
+class TierPriceConfig(Strict):
+    """A processing tier's list price in USD per million tokens (OpenAI's flex or priority)."""
+
+    input: Decimal = Field(ge=0)
+    output: Decimal = Field(ge=0)
+    cached_input: Decimal | None = Field(None, ge=0)
+
+
 class PriceConfig(Strict):
     """List price in USD per million tokens, overriding genai-prices."""
 
@@ -167,6 +175,11 @@ class PriceConfig(Strict):
     output: Decimal = Field(ge=0)
     cached_input: Decimal | None = Field(None, ge=0)
     version: str = "config"
+    service_tiers: dict[Literal["flex", "priority"], TierPriceConfig] = Field(
+        default_factory=dict,
+        description="Prices at OpenAI's flex / priority tiers. A tier without one here is unpriced (the row's "
+        "cost is unknown), never priced at the standard rate.",
+    )
 
 
 class ModelConfig(Strict):

@@ -33,6 +33,11 @@ MAX_TOOLS = 128  # OpenAI's limit
 MAX_INPUTS = 2_048  # prompts of one completion request, inputs of one embedding request (OpenAI's limit)
 MAX_STOP = 4
 
+# OpenAI's processing tiers a client may ask for (`service_tier`). `auto` (the upstream project's default tier)
+# and `default` (standard processing) need nothing of a backend; `flex` and `priority` are priced apart and need
+# a backend that allows them (`backends.<name>.service_tiers`). `scale` (prepaid capacity) has no list price.
+ServiceTier = Literal["auto", "default", "flex", "priority"]
+
 
 # What the ledger stores of these fits its columns (String(128) / String(256)), without NUL or other control
 # characters (PostgreSQL text refuses NUL; names never need them). Checked by pydantic's Rust regex.
@@ -129,6 +134,7 @@ class _Sampling(_Open):
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     user: UserId | None = None
     logit_bias: Annotated[dict[str, float], Field(max_length=MAX_LOGIT_BIAS)] | None = None
+    service_tier: ServiceTier | None = None  # priced at the tier served; completions take `auto`/`default` only
 
     @field_validator("logit_bias")
     @classmethod
@@ -243,6 +249,14 @@ class EmbeddingRequest(_Open):
 
 
 ApiRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+
+
+def service_tier(body: ApiRequest) -> str | None:
+    """The processing tier a request asked for (None: left to the upstream, as `auto`). Embeddings have none:
+    the field is not theirs (an extra, never forwarded)."""
+    return None if isinstance(body, EmbeddingRequest) else body.service_tier
+
+
 SCHEMAS: dict[Endpoint, type[ApiRequest]] = {
     Endpoint.CHAT: ChatCompletionRequest,
     Endpoint.COMPLETIONS: CompletionRequest,
@@ -251,8 +265,10 @@ SCHEMAS: dict[Endpoint, type[ApiRequest]] = {
 
 
 # Vendor fields an upstream may receive besides the declared ones: sampling knobs that buy no work beyond
-# the priced output limit. Anything else (`service_tier`, `best_of` on chat, beam search, audio output,
-# chat templates, web search…) is not forwarded, so no unpriced field can buy work upstream.
+# the priced output limit. Anything else (`best_of` on chat, beam search, audio output, chat templates, web
+# search…) is not forwarded, so no unpriced field can buy work upstream. `service_tier` is declared: it is
+# priced (reserved at the dearest tier it may be served at, settled at the tier the upstream served), and
+# reaches only a backend that allows it (margin.economics.tiers); OpenAI documents it on chat only.
 FORWARDED_EXTRAS = frozenset(
     {
         "top_k",
@@ -273,7 +289,7 @@ FORWARDED_EXTRAS = frozenset(
 )
 FORWARDED: dict[Endpoint, frozenset[str]] = {
     Endpoint.CHAT: frozenset(ChatCompletionRequest.model_fields) | FORWARDED_EXTRAS,
-    Endpoint.COMPLETIONS: frozenset(CompletionRequest.model_fields) | FORWARDED_EXTRAS,
+    Endpoint.COMPLETIONS: (frozenset(CompletionRequest.model_fields) | FORWARDED_EXTRAS) - {"service_tier"},
     Endpoint.EMBEDDINGS: frozenset(EmbeddingRequest.model_fields),
 }
 

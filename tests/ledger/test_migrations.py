@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from margin.ledger import db, measures, read, rollup
-from margin.ledger.models import feedback, ledger_task_daily, ledger_tasks, metadata
+from margin.ledger.models import feedback, ledger, ledger_task_daily, ledger_tasks, metadata
 from margin.ledger.read import Window
 from tests.ledger import tenants
 
@@ -218,6 +220,24 @@ def stored_tasks(engine: sa.Engine) -> dict[str, list[tuple[Any, ...]]]:
         }
 
 
+@contextmanager
+def todays_columns(engine: sa.Engine) -> Iterator[None]:
+    """The ledger columns added after this revision (0018's `service_tier`…), for the duration of the block:
+    today's ingest writes every column it knows, so rows written by it at an old revision need them there."""
+    with engine.begin() as connection:
+        present = {column["name"] for column in sa.inspect(connection).get_columns("ledger")}
+        later = [column for column in ledger.columns if column.name not in present]
+        for column in later:
+            kind = column.type.compile(dialect=connection.dialect)
+            connection.exec_driver_sql(f'ALTER TABLE ledger ADD COLUMN "{column.name}" {kind}')
+    try:
+        yield
+    finally:
+        with engine.begin() as connection:
+            for column in later:
+                connection.exec_driver_sql(f'ALTER TABLE ledger DROP COLUMN "{column.name}"')
+
+
 def check_0015(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tasks and feedback written at 0014 by 0014's code (the tenants share task T): the upgrade rewrites them
     as a rebuild by today's code computes them, each tenant's task its own; the downgrade writes them back."""
@@ -226,7 +246,8 @@ def check_0015(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     try:
         with monkeypatch.context() as patch:
             patch.setattr(measures, "task", old_task)
-            tenants.fill(engine)
+            with todays_columns(engine):
+                tenants.fill(engine)
         old = stored_tasks(engine)
         assert {task for _, task in old["feedback"]} == {"t:T"}
         db.upgrade(url)
@@ -267,4 +288,33 @@ def test_0014_keys_the_latency_indexes_by_bin_and_back(tmp_path: Path) -> None:
     with engine.connect() as connection:
         names = {r[0] for r in connection.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"ix_ledger_e2e_created", "ix_ledger_ttft_created"} <= names and not names & set(BIN_INDEXES)
+    engine.dispose()
+
+
+def test_0018_adds_the_service_tier_and_keeps_rows_and_indexes_both_ways(tmp_path: Path) -> None:
+    """A nullable column: the rows before it read NULL; the downgrade drops the column in place (a batch copy
+    of the table would lose the expression indexes SQLite's reflection skips)."""
+    from tests.report.ledgers import ROWS, complete
+
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    db.upgrade(url, "0017")
+    engine = db.make_sync_engine(url)
+    with engine.connect() as connection:
+        present = {column["name"] for column in sa.inspect(connection).get_columns("ledger")}
+    old = sa.Table("ledger", sa.MetaData(), *(sa.Column(c.name, c.type) for c in ledger.columns if c.name in present))
+    assert "service_tier" not in old.c
+    with engine.begin() as connection:
+        connection.execute(old.insert(), [{k: v for k, v in complete(r).items() if k in old.c} for r in ROWS])
+    db.upgrade(url)
+    with engine.begin() as connection:
+        tiers = connection.exec_driver_sql("SELECT DISTINCT service_tier FROM ledger").scalars().all()
+        connection.exec_driver_sql("UPDATE ledger SET service_tier = 'flex' WHERE request_id = 'r1'")
+        assert_bin_indexes(connection)
+    assert tiers == [None]
+    db.downgrade(url, "0017")
+    with engine.connect() as connection:
+        columns = {c["name"] for c in sa.inspect(connection).get_columns("ledger")}
+        assert "service_tier" not in columns and "default_co2e_g" in columns
+        assert connection.exec_driver_sql("SELECT count(*) FROM ledger").scalar() == len(ROWS)
+        assert_bin_indexes(connection)
     engine.dispose()

@@ -77,10 +77,13 @@ def test_every_output_field_is_capped_and_only_known_fields_reach_the_upstream(s
         }
         with served(config, keys={"k": ["--team", "t"]}) as gw, gw.client(gw.keys["k"]) as client:
             # a small max_completion_tokens used to hide a huge max_tokens from the cap
-            unpriced = {"service_tier": "priority", "use_beam_search": True, "best_of": 8, "chat_template": "{{x}}"}
+            unpriced = {"use_beam_search": True, "best_of": 8, "chat_template": "{{x}}"}
             body = chat("up-chat", max_completion_tokens=3, max_tokens=100_000, top_k=4, **unpriced)
             assert client.post(CHAT, json=body).status_code == 200
             assert client.post(CHAT, json=chat("up-chat")).status_code == 200
+            # a priced tier the backend does not allow buys nothing upstream: refused, never sent or dropped
+            tiered = client.post(CHAT, json={**body, "service_tier": "priority"})
+            assert tiered.status_code == 400 and tiered.json()["error"]["param"] == "service_tier"
     first, second = upstream.bodies
     assert first["max_tokens"] == 5 and first["max_completion_tokens"] == 3
     assert first["top_k"] == 4 and not set(unpriced) & set(first)

@@ -86,6 +86,9 @@ class OpenAIBackend:
         self._session: aiohttp.ClientSession | None = None
         self._base = config.base_url.rstrip("/")
         self._limit_field = config.output_limit_field or limit_field_for(config.base_url)
+        # the `service_tier` values it is sent: none unless it lists tiers (a server that knows them); the route
+        # step refused a request for a tier it does not allow, this is the same rule once more
+        self._tiers = frozenset(("auto", "default", *config.service_tiers)) if config.service_tiers else frozenset()
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_s)
         self._backoff = Backoff(config.retries)
         self._errors = 0
@@ -121,6 +124,8 @@ class OpenAIBackend:
         known = FORWARDED[call.endpoint]  # a null is the field left out (OpenAI's meaning; some servers differ)
         body = {name: value for name, value in call.raw.items() if name in known and value is not None}
         body["model"] = call.upstream_model
+        if "service_tier" in body and body["service_tier"] not in self._tiers:
+            del body["service_tier"]
         if call.endpoint is Endpoint.CHAT and self._limit_field == "max_completion_tokens" and "max_tokens" in body:
             limits = [v for v in (body.pop("max_tokens"), body.get("max_completion_tokens")) if isinstance(v, int)]
             if limits:  # both mean the answer's limit (the lower one is what was priced and capped)

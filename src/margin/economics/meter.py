@@ -118,10 +118,12 @@ class Meter:
         measured_j: float | None = None,
         at: datetime | None = None,
         priced_j_cap: float | None = None,
+        tier: str | None = None,
     ) -> Charge:
         """Cost, energy and carbon of `usage` on `model`'s backend, with the grid of the hour of `at` (now).
         `priced_j_cap`: the most IT energy the cost may count (a hard budget's busy-time allowance: what its
-        reservation priced); a measured reading above it stays the row's energy and carbon, its cost is held."""
+        reservation priced); a measured reading above it stays the row's energy and carbon, its cost is held.
+        `tier`: the processing tier that served it (`service_tier`; list prices only)."""
         backend = self.settings.backends[model.backend]
         region = self.settings.region(backend.region)
         grid, usd_per_kwh = self.grid_at(backend.region, at)
@@ -135,7 +137,7 @@ class Meter:
         priced_j = facility_j
         if priced_j is not None and priced_j_cap is not None:
             priced_j = min(priced_j, priced_j_cap * region.pue)
-        cost, status, method, version = self._cost(public, model, usage, busy_s, priced_j, usd_per_kwh)
+        cost, status, method, version = self._cost(public, model, usage, busy_s, priced_j, usd_per_kwh, tier)
         return Charge(
             cost_usd=cost,
             cost_status=status,
@@ -150,13 +152,15 @@ class Meter:
             busy_s=busy_s if hardware is not None else None,
         )
 
-    def cost_usd(self, public: str, model: ModelConfig, usage: Usage, busy_s: float) -> Decimal | None:
-        """`charge(public, model, usage, busy_s).cost_usd` alone (admission's worst case, priced per request):
-        a list-priced model needs no energy, grid or carbon to price."""
+    def cost_usd(
+        self, public: str, model: ModelConfig, usage: Usage, busy_s: float, tier: str | None = None
+    ) -> Decimal | None:
+        """`charge(public, model, usage, busy_s, tier=tier).cost_usd` alone (admission's worst case, priced per
+        request): a list-priced model needs no energy, grid or carbon to price."""
         backend = self.settings.backends[model.backend]
         if backend.hardware is not None:
             return self.charge(public, model, usage, busy_s).cost_usd
-        price = self.prices.list_price(public, model, backend)
+        price = self.prices.list_price(public, model, backend, tier)
         return None if price is None else price.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens)
 
     def _cost(
@@ -167,6 +171,7 @@ class Meter:
         busy_s: float,
         facility_j: float | None,
         usd_per_kwh: Decimal,
+        tier: str | None = None,
     ) -> tuple[Decimal | None, str, str, str | None]:
         backend = self.settings.backends[model.backend]
         hardware = backend.hardware
@@ -180,7 +185,7 @@ class Meter:
                 usd_per_kwh=usd_per_kwh,
             )
             return cost, "priced", "tco", f"tco:{model.backend}"
-        price = self.prices.list_price(public, model, backend)
+        price = self.prices.list_price(public, model, backend, tier)
         if price is None:
             return None, "unknown_price", "list", None
         cost = price.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens)

@@ -1,17 +1,23 @@
 """API list prices: config overrides first, else the `genai-prices` package (offline data, Decimal).
 
 A model whose price is unknown is priced NULL and flagged `unknown_price`, never 0. The resolved
-genai-prices entry is cached per model, so the request path does plain Decimal arithmetic."""
+genai-prices entry is cached per model and processing tier, so the request path does plain Decimal arithmetic.
+
+Tiers (`service_tier`, margin.economics.tiers): `auto`, `default` and none are the standard price. `flex` and
+`priority` are genai-prices' price variants for that tier (`price_context`), or the config's
+`price.service_tiers`; a model with no price for the tier is unpriced there, never charged the standard rate."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from margin.backend_config import OpenAIBackendConfig
 from margin.config import ModelConfig, PriceConfig
 from margin.economics.money import MILLION
+from margin.economics.tiers import PRICED, STANDARD
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +42,20 @@ class ListPrice:
         return total / MILLION
 
 
-def _from_config(price: PriceConfig) -> ListPrice:
-    return ListPrice(price.input, price.output, price.cached_input, f"config:{price.version}")
+def _from_config(price: PriceConfig, tier: str | None) -> ListPrice | None:
+    version = f"config:{price.version}"
+    if tier is None:
+        return ListPrice(price.input, price.output, price.cached_input, version)
+    found = next((tiered for name, tiered in price.service_tiers.items() if name == tier), None)
+    return None if found is None else ListPrice(found.input, found.output, found.cached_input, version)
 
 
-def _from_genai_prices(ref: str, backend: OpenAIBackendConfig | None) -> ListPrice | None:
+def _has_variant(model: Any, tier: str) -> bool:
+    """Whether genai-prices prices `model` at `tier` (a price variant for it); else its answer is the standard."""
+    return any(variant.when == {"service_tier": tier} for variant in model.price_variants or ())
+
+
+def _from_genai_prices(ref: str, backend: OpenAIBackendConfig | None, tier: str | None = None) -> ListPrice | None:
     import genai_prices
     from genai_prices import Usage
 
@@ -59,6 +74,10 @@ def _from_genai_prices(ref: str, backend: OpenAIBackendConfig | None) -> ListPri
         except LookupError:
             return None
     mp = found.model_price
+    if tier is not None:  # the model's own variant for the tier (genai-prices' `price_context`), if it has one
+        if not _has_variant(found.model, tier):
+            return None
+        mp = found.model.get_prices(datetime.now(UTC), {"service_tier": tier})
     version = f"genai-prices@{genai_prices.__version__}:{found.provider.id}/{found.model.id}"
     rates = (mp.input_mtok, mp.output_mtok, mp.cache_read_mtok)
     if not all(isinstance(rate, Decimal | None) for rate in rates):  # tiered prices: let genai-prices compute
@@ -68,17 +87,23 @@ def _from_genai_prices(ref: str, backend: OpenAIBackendConfig | None) -> ListPri
 
 
 class PriceBook:
-    """Resolves and caches list prices by public model name."""
+    """Resolves and caches list prices by public model name and processing tier (`service_tier`)."""
 
     def __init__(self) -> None:
-        self._cache: dict[str, ListPrice | None] = {}
+        self._cache: dict[tuple[str, str | None], ListPrice | None] = {}
 
-    def list_price(self, public: str, model: ModelConfig, backend: Any) -> ListPrice | None:
-        if public not in self._cache:
+    def list_price(self, public: str, model: ModelConfig, backend: Any, tier: str | None = None) -> ListPrice | None:
+        """The price of `public` at `tier` (None, `auto`, `default`: the standard price). A tier other than those
+        and `flex` / `priority` (`scale`, or whatever an upstream answers) has none, and is not looked up: the
+        cache holds at most three prices a model, whatever the upstreams answer."""
+        if tier is not None and tier not in STANDARD and tier not in PRICED:
+            return None
+        key = (public, None if tier in STANDARD else tier)
+        if key not in self._cache:
             if model.price is not None:
-                self._cache[public] = _from_config(model.price)
+                self._cache[key] = _from_config(model.price, key[1])
             else:
                 ref = model.price_ref or model.upstream_model or public
                 openai = backend if isinstance(backend, OpenAIBackendConfig) else None
-                self._cache[public] = _from_genai_prices(ref, openai)
-        return self._cache[public]
+                self._cache[key] = _from_genai_prices(ref, openai, key[1])
+        return self._cache[key]

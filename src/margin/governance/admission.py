@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from margin.backend_config import BackendConfig, OpenAIBackendConfig
+from margin.economics import tiers
 from margin.economics.meter import Meter
 from margin.economics.money import capped_nanousd
 from margin.governance.rules import Subject, partition
@@ -163,22 +164,31 @@ def worst_case_usd(
     output_tokens: int,
     config: AdmissionConfig,
     busy_allowance: Mapping[str, float] | None = None,
+    tier: str | None = None,
 ) -> tuple[Decimal, tuple[str, ...]]:
     """The dearest priced candidate's cost for this many tokens, and the candidates with no known price (they
     add nothing here: `admission.unknown_price` decides whether a request that may reach one runs at all).
-    A candidate in `busy_allowance` (public name → seconds) is priced at that busy time, not the estimate."""
+    A candidate in `busy_allowance` (public name → seconds) is priced at that busy time, not the estimate.
+    `tier`: the `service_tier` asked for; each candidate is priced at the dearest tier it may serve it at
+    (`tiers.possible`: for `auto` or none, also the tiers its backend allows, one of which may be the upstream
+    project's default). A candidate is unpriced when the tier asked for (or the standard one) has no price; a
+    tier the upstream may choose that has none for the model is not one the model is offered at."""
     worst, unpriced = Decimal(0), []
     usage = Usage(prompt_tokens, output_tokens, source="estimated")
     allowances, tokens = busy_allowance or {}, prompt_tokens + output_tokens
     for target in candidates:
+        backend = meter.settings.backends[target.backend_name]
         busy_s = allowances.get(target.public)
         if busy_s is None:
-            busy_s = busy_estimate_s(meter.settings.backends[target.backend_name], tokens, config)
-        cost = meter.cost_usd(target.public, target.model, usage, busy_s)
+            busy_s = busy_estimate_s(backend, tokens, config)
+        asked, *others = tiers.possible(tier, backend)
+        cost = meter.cost_usd(target.public, target.model, usage, busy_s, asked)
         if cost is None:
             unpriced.append(target.public)
-        else:
-            worst = max(worst, cost)
+            continue
+        for other in others:
+            cost = max(cost, meter.cost_usd(target.public, target.model, usage, busy_s, other) or cost)
+        worst = max(worst, cost)
     return worst, tuple(unpriced)
 
 

@@ -66,6 +66,7 @@ ledger = sa.Table(
     sa.Column("route_default", sa.String(128)),  # the route's default model (the counterfactual)
     sa.Column("default_cost_nanousd", sa.BigInteger),  # what the default would have cost for the same tokens
     sa.Column("default_co2e_g", sa.Float),  # what the default would have emitted
+    sa.Column("service_tier", sa.String(16)),  # the processing tier it was charged at (flex, priority…; 0018)
     sa.UniqueConstraint("request_id", "kind", name="uq_ledger_request_kind"),
     sa.Index("ix_ledger_created_at", "created_at"),
     sa.Index("ix_ledger_team_created", "team", "created_at"),

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from margin.economics import tiers
 from margin.economics.money import usd_str
 from margin.errors import BackendError, MarginError
 from margin.pipeline.values import ClientGone, Record, Request
@@ -77,6 +78,7 @@ class Delivery:
 
     request: Request
     usage: Usage | None = None  # the last usage the backend reported
+    tier: str | None = None  # the `service_tier` the backend said served it (first event, usage event)
     usage_sent: bool = False
     failed: MarginError | None = None  # the backend broke off mid-stream (the client got an error event)
     written: int = 0  # bytes written to the client
@@ -171,8 +173,9 @@ class Delivery:
             self._first.append(chunk)
             if chunk.text or _generated(chunk):  # a tool call's or reasoning's first token is one too
                 record.ttft_s = time.perf_counter() - record.started
-        if chunk.usage is not None:
+        if chunk.usage is not None:  # parsed already (it names usage): its tier is read at no extra cost
             self.usage = chunk.usage
+            self.tier = tiers.answered(chunk.payload) or self.tier
             self.usage_sent = self.usage_sent or request.wants_usage
         if request.rewrite is not None and request.rewrite(chunk.payload):
             chunk.raw = None

@@ -169,6 +169,7 @@ class Record:
     admission: Admission | None = None  # what admit reserved; settled by the outermost step
     usage: Usage | None = None
     charge: Charge | None = None
+    service_tier: str | None = None  # the processing tier it was charged at (metered calls only, not cache hits)
     finish_reason: str | None = None
     ttft_s: float | None = None
     backend_wait_s: float = 0.0

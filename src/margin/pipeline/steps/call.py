@@ -13,6 +13,7 @@ import logging
 import time
 
 from margin.backends.payloads import prompt_extras, prompt_text, token_id_count, usage_chunk
+from margin.economics import tiers
 from margin.economics.meter import Meter, discounted
 from margin.economics.money import to_nanousd
 from margin.economics.rates import tokens_per_s
@@ -33,7 +34,7 @@ from margin.pipeline.allowance import TimeAllowance, held_busy, priced_energy_ca
 from margin.pipeline.ceiling import held
 from margin.pipeline.stream import Delivery, close, first_chunk
 from margin.pipeline.values import Record, Reply, Request, RouteDecision
-from margin.protocol import Endpoint
+from margin.protocol import Endpoint, service_tier
 from margin.routing.breaker import Breakers
 from margin.specs import AdmissionConfig
 from margin.types import Call, Chunk, Completion, Target, Usage, generated_text
@@ -191,7 +192,8 @@ class BackendCall:
                     text = await _output_text(output)
                 except asyncio.CancelledError as exc:  # cancelled again meanwhile: the row is still metered
                     text, cancelled = output.generated_now() if isinstance(output, Delivery) else "", exc
-            self._meter(request, target, call, usage, text, busy, measured, self._energy_cap(target, allowance))
+            cap, served = self._energy_cap(target, allowance), _served_tier(request, output)
+            self._meter(request, target, call, usage, text, busy, measured, cap, served)
             if cancelled is not None:
                 raise cancelled
 
@@ -222,6 +224,7 @@ class BackendCall:
             first = await first_chunk(chunks, request.record)
             if first is not None:
                 _parse_first(name, first)  # a garbled first event is still a fallback, not a broken stream
+                delivery.tier = tiers.answered(first.payload)  # OpenAI names the tier in every event
         except Exception as exc:
             await close(chunks)
             raise translate(name, exc) from exc
@@ -242,25 +245,32 @@ class BackendCall:
         busy_s: float,
         measured_j: float | None,
         priced_j_cap: float | None = None,
+        tier: str | None = None,
     ) -> None:
         """The attempt's usage → its cost, energy and carbon: computed once, for the row, the headers and
         the cache. `text`: the answer's, counted when the backend reported no usage. `priced_j_cap`: the
-        energy a hard budget's allowance priced (`Meter.charge`)."""
+        energy a hard budget's allowance priced (`Meter.charge`). `tier`: the `service_tier` that served it
+        (what the answer said, else what was asked for)."""
         record = request.record
         if usage is None:
             usage = counted_usage(target, call, text)
         usage = held(usage, request, target)  # never more than the request could be billed for
         record.usage, record.finish_reason = usage, call.stats.finish_reason
         record.queue_s = call.stats.queue_s
-        charge = self.meter.charge(target.public, target.model, usage, busy_s, measured_j, priced_j_cap=priced_j_cap)
+        record.service_tier = tier  # what the upstream said served it (else what was asked): priced as below
+        tier = tiers.priced(tier, self.meter.settings.backends[target.backend_name])
+        charge = self.meter.charge(
+            target.public, target.model, usage, busy_s, measured_j, priced_j_cap=priced_j_cap, tier=tier
+        )
         record.charge = charge if record.batch is None else discounted(charge, record.batch.discount)
         if record.preference is not None:
             self._default(record, target, usage, busy_s)
         decision = request.decision
         if decision is not None and decision.strongest is not None:
             strong = decision.strongest  # what the route's strongest model would have cost (routing's saving)
+            same = "default" if tier in (None, "auto") else tier  # the tier this one was served at
             cost, unpriced = worst_case_usd(
-                self.meter, [strong], usage.input_tokens, usage.output_tokens, self.admission
+                self.meter, [strong], usage.input_tokens, usage.output_tokens, self.admission, tier=same
             )
             record.counterfactual_nanousd = None if unpriced else to_nanousd(cost)
 
@@ -274,7 +284,8 @@ class BackendCall:
             scale = tokens_per_s(self.meter, target.backend_name, fallback) / tokens_per_s(
                 self.meter, default.backend_name, fallback
             )
-            charge = self.meter.charge(default.public, default.model, usage, busy_s * scale)
+            tier = tiers.priced(record.service_tier, self.meter.settings.backends[default.backend_name])
+            charge = self.meter.charge(default.public, default.model, usage, busy_s * scale, tier=tier)
             if record.batch is not None:
                 charge = discounted(charge, record.batch.discount)
         record.default_cost_nanousd = None if charge.cost_usd is None else to_nanousd(charge.cost_usd)
@@ -287,6 +298,13 @@ async def _output_text(output: Completion | Delivery | None) -> str:
     if isinstance(output, Completion):
         return generated_text(output.payload, "message")
     return await output.generated() if output is not None else ""
+
+
+def _served_tier(request: Request, output: Completion | Delivery | None) -> str | None:
+    """The `service_tier` an attempt is charged at: what its answer said (a stream's first or usage event, a
+    JSON answer's field), else what the request asked for."""
+    answered = output.tier if isinstance(output, Delivery) else tiers.answered(getattr(output, "payload", None))
+    return tiers.served(answered, service_tier(request.body))
 
 
 def _note_recovery(request: Request, fault: MarginError | None) -> None:

@@ -23,6 +23,7 @@ import orjson
 
 from margin.backends.payloads import non_text_parts, request_text, token_id_count
 from margin.config import RouteConfig
+from margin.economics import tiers
 from margin.economics.meter import Meter
 from margin.errors import FeatureDisabled, InvalidRequest, ModelNotFound, ResidencyUnavailable
 from margin.governance import admission as adm
@@ -30,7 +31,7 @@ from margin.governance.rules import Rules, Subject
 from margin.governance.service import Governance
 from margin.pipeline.ceiling import input_bound
 from margin.pipeline.values import NO_ALLOWANCE, Next, Reply, Request, RouteDecision
-from margin.protocol import ChatCompletionRequest, Endpoint
+from margin.protocol import ChatCompletionRequest, Endpoint, service_tier
 from margin.routing.policy import RoutePolicy
 from margin.specs import AdmissionConfig, BudgetSpec, FlagSpec
 from margin.types import Target
@@ -112,6 +113,7 @@ class Route:
         if rules.flags:
             request, chain, cache_only = self._flagged(request, rules, subject, primary, chain)
         candidates, filtered = self._residency(request, requested, chain)
+        candidates = self._tiered(request, candidates, routed=route is not None)
         score, strongest, preference = None, None, None
         if route is not None and self.policy is not None:
             if route.preference is not None:  # lowest-carbon / lowest-cost among equivalent deployments
@@ -154,7 +156,8 @@ class Route:
         request, output = self._output_tokens(request, candidates[0], prompt, config)
         bound = input_bound(request, prompt, candidates)
         allowance = self._allowance(candidates, hard, bound + output, config)
-        worst, unpriced = adm.worst_case_usd(self.meter, candidates, bound, output, config, allowance)
+        tier = service_tier(request.body)
+        worst, unpriced = adm.worst_case_usd(self.meter, candidates, bound, output, config, allowance, tier)
         return request, Basis(prompt, bound, output, worst, unpriced, budgets, allowance)
 
     def _allowance(
@@ -209,6 +212,32 @@ class Route:
         if flag.action == "require_cache":
             cache_only = flag.name
         return request, cache_only
+
+    def _tiered(self, request: Request, candidates: tuple[Target, ...], routed: bool) -> tuple[Target, ...]:
+        """The candidates whose backend may be asked for the request's `service_tier` (`flex`, `priority`: an
+        `openai` backend that lists it). The model asked for (or, for a routed name, every candidate) not
+        allowing it is a 400 before anything is reserved or sent: never served at another tier's price. A
+        fallback that does not allow it is dropped."""
+        tier = service_tier(request.body)
+        if tier is None or tier in tiers.STANDARD:
+            return candidates
+        if request.endpoint is not Endpoint.CHAT:
+            raise InvalidRequest(
+                f"service_tier `{tier}` is only supported on /v1/chat/completions",
+                param="service_tier",
+                code="unsupported_value",
+            )
+        backends = self.meter.settings.backends
+        kept = tuple(t for t in candidates if tiers.allows(backends[t.backend_name], tier))
+        if not kept or (not routed and kept[0] is not candidates[0]):
+            refused = ", ".join(f"`{t.public}`" for t in (candidates[:1] if kept else candidates))
+            raise InvalidRequest(
+                f"service_tier `{tier}` is not available for {refused} through this gateway (its backend does "
+                "not allow that tier); send `auto` or `default`, or leave it out",
+                param="service_tier",
+                code="unsupported_value",
+            )
+        return kept
 
     @staticmethod
     def _residency(request: Request, requested: str, chain: list[Target]) -> tuple[tuple[Target, ...], bool]:

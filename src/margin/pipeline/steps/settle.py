@@ -112,6 +112,7 @@ def ledger_row(record: Record, config_hash: str, pseudonym: UserPseudonyms) -> d
         "router_score": record.router_score,
         "counterfactual_nanousd": record.counterfactual_nanousd,
         "busy_ms": _ms(charge.busy_s) if charge else None,
+        "service_tier": record.service_tier,  # set when a backend was called and metered: never on a cache hit
         **_levers(record),
     }
 

@@ -26,6 +26,7 @@ from starlette.applications import Starlette
 
 from margin.app import build_app
 from margin.config import Settings, parse_settings
+from margin.ledger import db as ledger_db
 from margin.ledger.models import ledger
 from margin.services import Services
 
@@ -248,3 +249,20 @@ def wait_gone(pids: list[int], timeout_s: float = 10.0) -> list[int]:
     while any(not gone(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     return [p for p in pids if not gone(p)]
+
+
+def wait_ledger_row(db: Path, url: str, request_id: str) -> Any:
+    """The SQLite ledger row of a request a running gateway (at `url`) answered: it is written just after the
+    answer, so the ledger is read again (each try after a request to the gateway) until it is there."""
+    engine = ledger_db.make_sync_engine(f"sqlite:///{db}")
+    query = sa.text("SELECT * FROM ledger WHERE request_id = :id")
+    try:
+        for _ in range(200):
+            with engine.connect() as connection:
+                found = connection.execute(query, {"id": request_id}).first()
+            if found is not None:
+                return found
+            httpx.get(url + "/readyz")
+    finally:
+        engine.dispose()
+    raise AssertionError(f"no ledger row for {request_id}")

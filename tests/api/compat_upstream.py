@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.servers import http_thread, read_json, reply_events, reply_json
+from tests.servers import http_thread, recording_handler, reply_events, reply_json
 
 USAGE = {
     "prompt_tokens": 11,
@@ -93,33 +93,24 @@ def _answer(body: dict[str, Any]) -> dict[str, Any]:
     return {**answer, "usage": USAGE} if body.get("model") == "plain" else answer
 
 
-def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            return None
-
-        def do_POST(self) -> None:
-            body = read_json(self)
-            upstream.bodies.append(body)
-            if body.get("model") == "reject":
-                error = {"message": "temperature is not supported", "type": "invalid_request_error",
-                         "param": "temperature", "code": "unsupported_value"}  # fmt: skip
-                reply_json(self, 400, {"error": error})
-            elif body.get("model") == "o-series" and "max_tokens" in body:
-                error = {"message": "Unsupported parameter: 'max_tokens'.", "type": "invalid_request_error",
-                         "param": "max_tokens", "code": "unsupported_parameter"}  # fmt: skip
-                reply_json(self, 400, {"error": error})
-            elif not body.get("stream"):
-                reply_json(self, 200, _answer(body))
-            else:
-                reply_events(self, _events(body))
-
-    return Handler
+def _answer_to(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+    if body.get("model") == "reject":
+        error = {"message": "temperature is not supported", "type": "invalid_request_error",
+                 "param": "temperature", "code": "unsupported_value"}  # fmt: skip
+        reply_json(handler, 400, {"error": error})
+    elif body.get("model") == "o-series" and "max_tokens" in body:
+        error = {"message": "Unsupported parameter: 'max_tokens'.", "type": "invalid_request_error",
+                 "param": "max_tokens", "code": "unsupported_parameter"}  # fmt: skip
+        reply_json(handler, 400, {"error": error})
+    elif not body.get("stream"):
+        reply_json(handler, 200, _answer(body))
+    else:
+        reply_events(handler, _events(body))
 
 
 @contextmanager
 def compat_upstream() -> Iterator[Upstream]:
     upstream = Upstream()
-    with http_thread(_handler(upstream)) as base:
+    with http_thread(recording_handler(upstream.bodies, _answer_to)) as base:
         upstream.url = f"{base}/v1"
         yield upstream

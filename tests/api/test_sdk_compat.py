@@ -13,12 +13,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import sqlalchemy as sa
 import yaml
 
-from margin.ledger import db as ledger_db
 from tests.api.compat_upstream import ARGUMENTS, REASONING, Upstream, compat_upstream
-from tests.helpers import margin_serve
+from tests.helpers import margin_serve, wait_ledger_row
 
 USER: Any = [{"role": "user", "content": "hi there"}]  # the SDK's TypedDicts, as client code passes them
 TOOLS: Any = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
@@ -33,18 +31,7 @@ class Live:
     client: openai.OpenAI  # the official SDK, as client code makes it (no retries: each call is one request)
 
     def row(self, request_id: str) -> Any:
-        engine = ledger_db.make_sync_engine(f"sqlite:///{self.db}")
-        query = sa.text("SELECT * FROM ledger WHERE request_id = :id")
-        try:
-            for _ in range(200):  # the row is written just after the answer
-                with engine.connect() as connection:
-                    found = connection.execute(query, {"id": request_id}).first()
-                if found is not None:
-                    return found
-                httpx.get(self.url + "/readyz")
-        finally:
-            engine.dispose()
-        raise AssertionError(f"no ledger row for {request_id}")
+        return wait_ledger_row(self.db, self.url, request_id)
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 import yaml
 
-from margin.ledger import db as ledger_db
-from tests.helpers import margin_serve
-from tests.servers import http_thread, read_json, reply_events, reply_json
+from tests.helpers import margin_serve, wait_ledger_row
+from tests.servers import http_thread, recording_handler, reply_events, reply_json
 
 USER = [{"role": "user", "content": "hi there"}]
 USAGE = {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}
@@ -58,26 +56,17 @@ def _events(body: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield {**base, "choices": [], "usage": USAGE}
 
 
-def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            return None
-
-        def do_POST(self) -> None:
-            body = read_json(self)
-            upstream.bodies.append(body)
-            if body.get("model") == "broken":
-                reply_json(self, 502, {"error": {"message": "down", "type": "server_error"}})
-                return
-            if body.get("stream"):
-                reply_events(self, _events(body))
-                return
-            choice = {"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}
-            answer = {"id": "chatcmpl-t", "object": "chat.completion", "created": 1, "model": body["model"],
-                      "choices": [choice], "usage": USAGE}  # fmt: skip
-            reply_json(self, 200, {**answer, **_served(body)})
-
-    return Handler
+def _answer(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+    if body.get("model") == "broken":
+        reply_json(handler, 502, {"error": {"message": "down", "type": "server_error"}})
+        return
+    if body.get("stream"):
+        reply_events(handler, _events(body))
+        return
+    choice = {"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}
+    answer = {"id": "chatcmpl-t", "object": "chat.completion", "created": 1, "model": body["model"],
+              "choices": [choice], "usage": USAGE}  # fmt: skip
+    reply_json(handler, 200, {**answer, **_served(body)})
 
 
 @dataclass
@@ -90,18 +79,7 @@ class Live:
         return httpx.post(self.url + "/v1/chat/completions", json={"model": model, "messages": USER, **fields})
 
     def row(self, request_id: str) -> Any:
-        engine = ledger_db.make_sync_engine(f"sqlite:///{self.db}")
-        query = sa.text("SELECT * FROM ledger WHERE request_id = :id")
-        try:
-            for _ in range(200):  # the row is written just after the answer
-                with engine.connect() as connection:
-                    found = connection.execute(query, {"id": request_id}).first()
-                if found is not None:
-                    return found
-                httpx.get(self.url + "/readyz")
-        finally:
-            engine.dispose()
-        raise AssertionError(f"no ledger row for {request_id}")
+        return wait_ledger_row(self.db, self.url, request_id)
 
 
 def _tiered(upstream: str) -> dict[str, Any]:
@@ -112,7 +90,7 @@ def _tiered(upstream: str) -> dict[str, Any]:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     folder = tmp_path_factory.mktemp("tiers")
     upstream = Upstream()
-    with http_thread(_handler(upstream)) as base:
+    with http_thread(recording_handler(upstream.bodies, _answer)) as base:
         upstream.url = f"{base}/v1"
         common = {"base_url": upstream.url, "provider": "openai", "timeout_s": 10, "retries": {"attempts": 0}}
         config = {

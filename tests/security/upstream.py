@@ -5,13 +5,13 @@ arguments. Runs on a thread in the test process; `margin serve` reaches it over 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.servers import http_thread, read_json, reply_events, reply_json
+from tests.servers import http_thread, recording_handler, reply_events, reply_json
 
 
 @dataclass
@@ -67,29 +67,23 @@ def _events(body: dict[str, Any], script: Script) -> Iterator[dict[str, Any]]:
         yield {**base, "choices": [], "usage": _usage(body, script)}
 
 
-def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            return None
+def _answer_with(script: Script) -> Callable[[BaseHTTPRequestHandler, dict[str, Any]], None]:
+    def answer(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+        if body.get("stream"):
+            reply_events(handler, _events(body, script))
+            return
+        choice = {"index": 0, "message": _message(script), "finish_reason": "stop"}
+        answer = {"id": "up-1", "object": "chat.completion", "created": 0, "model": body.get("model"),
+                  "choices": [choice], "usage": _usage(body, script)}  # fmt: skip
+        reply_json(handler, 200, answer)
 
-        def do_POST(self) -> None:
-            body = read_json(self)
-            upstream.bodies.append(body)
-            if body.get("stream"):
-                reply_events(self, _events(body, upstream.script))
-                return
-            choice = {"index": 0, "message": _message(upstream.script), "finish_reason": "stop"}
-            answer = {"id": "up-1", "object": "chat.completion", "created": 0, "model": body.get("model"),
-                      "choices": [choice], "usage": _usage(body, upstream.script)}  # fmt: skip
-            reply_json(self, 200, answer)
-
-    return Handler
+    return answer
 
 
 @contextmanager
 def recording_upstream(script: Script | None = None) -> Iterator[Upstream]:
     upstream = Upstream("", script or Script(), [])
-    with http_thread(_handler(upstream)) as base:
+    with http_thread(recording_handler(upstream.bodies, _answer_with(upstream.script))) as base:
         upstream.url = f"{base}/v1"
         yield upstream
 

@@ -11,7 +11,10 @@ COLORS = {
     "margin": "#1f77b4",
     "margin_before": "#9ecae1",
     "litellm": "#d62728",
+    "bare_w2": "#98df8a",  # lighter shades of their one-process paths
+    "margin_w2": "#ff7f0e",
 }
+OTHERS = ("#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")  # paths without a colour of their own
 
 
 def plot(result: dict[str, Any], out: Path) -> None:
@@ -21,10 +24,11 @@ def plot(result: dict[str, Any], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (latency, success) = plt.subplots(1, 2, figsize=(12, 4.5))
+    others = iter(OTHERS)
     for name, path in result["paths"].items():
         measured = [e for e in path["rates"] if e.get("p50_ms") is not None]
         rates = [e["offered_rps"] for e in measured]
-        color = COLORS.get(name)
+        color = COLORS.get(name) or next(others, None)
         latency.plot(rates, [e["p50_ms"] for e in measured], "o--", color=color, label=f"{name} p50")
         latency.plot(rates, [e["p99_ms"] for e in measured], "s-", color=color, label=f"{name} p99")
         done = [e for e in path["rates"] if "success_pct" in e]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,33 @@ async def client(redis_url: str) -> AsyncIterator[Any]:
     await made.aclose()
 
 
+class Restartable:
+    """A private redis-server that a test stops (SIGTERM: no save, `--save ""`) and starts again on the same port
+    and directory, so it comes back from its last snapshot (`_save`)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port, self.workdir = free_port(), workdir
+        self._running = contextlib.ExitStack()
+        self.url = self._running.enter_context(redis_server(self.port, workdir))
+
+    def restart(self) -> None:
+        self._running.close()
+        self._running = contextlib.ExitStack()
+        self.url = self._running.enter_context(redis_server(self.port, self.workdir))
+
+    def close(self) -> None:
+        self._running.close()
+
+
+@pytest.fixture
+def restartable(tmp_path: Path) -> Iterator[Restartable]:
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = Restartable(workdir)
+    yield server
+    server.close()
+
+
 async def _save(url: str) -> None:
     client = aioredis.from_url(url)
     await client.save()
@@ -62,7 +89,7 @@ async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float = 10) ->
 
 
 async def test_reservations_a_snapshot_brings_back_after_their_requests_finished_are_not_charged(
-    tmp_path: Path, engine: Any
+    tmp_path: Path, engine: Any, restartable: Restartable
 ) -> None:
     """A snapshot taken while three requests held reservations; two finish (ledger rows, settled), then Redis
     restarts from the snapshot: their reservations are back and their settles lost. The restart pass raised the
@@ -71,40 +98,34 @@ async def test_reservations_a_snapshot_brings_back_after_their_requests_finished
     path = tmp_path / "l.db"
     url = f"sqlite:///{path}"
     settings = fake_settings(path, budgets=[BUDGET], admission={"refresh_s": 0.1})
-    port, workdir = free_port(), tmp_path / "redis"
-    workdir.mkdir()
-    with contextlib.ExitStack() as last:
-        first = contextlib.ExitStack()
-        last.callback(first.close)  # a second close does nothing
-        redis = first.enter_context(redis_server(port, workdir))
-        governance = Governance(settings, engine, RedisStore(redis))
-        await governance.start()
-        try:
-            store, now = governance.store, datetime.now(UTC)
-            holds = [adm.hold_for(budget, now, 0, 50) for budget in governance.rules.budgets]
-            await governance.seed(holds, now)
-            for request_id, ttl in (("r1", 0.5), ("r2", 0.5), ("r3", 600)):
-                assert (await store.admit(request_id, [h.hold for h in holds], ttl)).ok
-            await _save(redis)  # the snapshot: three reservations, nothing spent
-            await write_rows(url, [row("r1"), row("r2")])  # 3 tokens each
-            for request_id in ("r1", "r2"):
-                await governance.settle(adm.Admission(request_id, holds), 10, 1, 2)
-            first.close()  # SIGTERM: no save (`--save ""`), so it comes back from the snapshot
-            last.enter_context(redis_server(port, workdir))
+    redis = restartable.url
+    governance = Governance(settings, engine, RedisStore(redis))
+    await governance.start()
+    try:
+        store, now = governance.store, datetime.now(UTC)
+        holds = [adm.hold_for(budget, now, 0, 50) for budget in governance.rules.budgets]
+        await governance.seed(holds, now)
+        for request_id, ttl in (("r1", 0.5), ("r2", 0.5), ("r3", 600)):
+            assert (await store.admit(request_id, [h.hold for h in holds], ttl)).ok
+        await _save(redis)  # the snapshot: three reservations, nothing spent
+        await write_rows(url, [row("r1"), row("r2")])  # 3 tokens each
+        for request_id in ("r1", "r2"):
+            await governance.settle(adm.Admission(request_id, holds), 10, 1, 2)
+        restartable.restart()  # it comes back from the snapshot
 
-            async def r1_r2_gone() -> bool:
-                return await store.pending() == 1  # dropped (was: reaped, charged)
+        async def r1_r2_gone() -> bool:
+            return await store.pending() == 1  # dropped (was: reaped, charged)
 
-            await _until(r1_r2_gone)
-            await asyncio.sleep(0.3)  # a few more passes of the reaper
-            await write_rows(url, [row("r3")])
-            await governance.settle(adm.Admission("r3", holds), 10, 1, 2)
-            counter = holds[0].hold.counter
-            spent = await ledger_spent(engine, governance.rules.budgets[0], datetime.now(UTC))
-            assert spent == 9
-            assert await store.counters([counter]) == {counter: (spent, 0)}  # was (109, 0)
-        finally:
-            await governance.close()
+        await _until(r1_r2_gone)
+        await asyncio.sleep(0.3)  # a few more passes of the reaper
+        await write_rows(url, [row("r3")])
+        await governance.settle(adm.Admission("r3", holds), 10, 1, 2)
+        counter = holds[0].hold.counter
+        spent = await ledger_spent(engine, governance.rules.budgets[0], datetime.now(UTC))
+        assert spent == 9
+        assert await store.counters([counter]) == {counter: (spent, 0)}  # was (109, 0)
+    finally:
+        await governance.close()
 
 
 async def _admit(governance: Governance, request_id: str, holds: list[adm.BudgetHold]) -> bool:
@@ -121,6 +142,13 @@ async def _finish(governance: Governance, outbox: Outbox, request_id: str, holds
     """The request's row goes to the outbox (3 tokens), then its reservation is settled, as the settle step does."""
     outbox.append(row(request_id))
     await governance.settle(adm.Admission(request_id, holds), 10, 1, 2)
+
+
+async def _served(governance: Governance, outbox: Outbox, request_ids: list[str], holds: list[adm.BudgetHold]) -> None:
+    """Each request admitted, then finished (its row in the outbox, its reservation settled)."""
+    for request_id in request_ids:
+        assert await _admit(governance, request_id, holds)
+        await _finish(governance, outbox, request_id, holds)
 
 
 async def _gateway(
@@ -156,9 +184,7 @@ async def test_a_counter_redis_lost_counts_the_rows_still_in_this_process_outbox
         await client.flushall()
         now = datetime.now(UTC)
         holds = [adm.hold_for(budget, now, 0, 5) for budget in governance.rules.budgets]
-        for i in range(4):
-            assert await _admit(governance, f"a{i}", holds)
-            await _finish(governance, outbox, f"a{i}", holds)
+        await _served(governance, outbox, [f"a{i}" for i in range(4)], holds)
         await client.flushall()  # Redis lost its data; the 4 rows are still in the outbox
         admitted = 0
         for i in range(10):
@@ -205,43 +231,35 @@ async def test_a_counter_redis_lost_counts_what_another_replica_settled_while_it
 
 
 async def test_a_redis_back_from_a_snapshot_is_raised_with_the_rows_still_in_the_outbox(
-    tmp_path: Path, engine: Any
+    tmp_path: Path, engine: Any, restartable: Restartable
 ) -> None:
     """Four requests (12 tokens) finished after the snapshot, their rows still in the outbox when Redis came back
     from it: the counter was raised to the ledger's spend, which had none of them, and stayed at 0 (a 20-token
     hard budget then admitted 6 more, 30 spent). The outbox is now moved into the ledger before that raise."""
-    port, workdir = free_port(), tmp_path / "redis"
-    workdir.mkdir()
-    with contextlib.ExitStack() as last:
-        first = contextlib.ExitStack()
-        last.callback(first.close)  # a second close does nothing
-        redis = first.enter_context(redis_server(port, workdir))
-        governance, outbox = await _gateway(tmp_path, "box", redis, engine, refresh_s=0.1)
-        await governance.start()
-        try:
-            now = datetime.now(UTC)
-            holds = [adm.hold_for(budget, now, 0, 5) for budget in governance.rules.budgets]
-            await governance.seed(holds, now)
-            await _save(redis)  # the snapshot: nothing spent
-            for i in range(4):
-                assert await _admit(governance, f"a{i}", holds)
-                await _finish(governance, outbox, f"a{i}", holds)
-            first.close()  # SIGTERM: no save (`--save ""`), so it comes back from the snapshot
-            last.enter_context(redis_server(port, workdir))
-            client = aioredis.from_url(redis)
-            restarted = str((await client.info("server"))["run_id"])
-            await client.aclose()
+    redis = restartable.url
+    governance, outbox = await _gateway(tmp_path, "box", redis, engine, refresh_s=0.1)
+    await governance.start()
+    try:
+        now = datetime.now(UTC)
+        holds = [adm.hold_for(budget, now, 0, 5) for budget in governance.rules.budgets]
+        await governance.seed(holds, now)
+        await _save(redis)  # the snapshot: nothing spent
+        await _served(governance, outbox, [f"a{i}" for i in range(4)], holds)
+        restartable.restart()  # it comes back from the snapshot
+        client = aioredis.from_url(redis)
+        restarted = str((await client.info("server"))["run_id"])
+        await client.aclose()
 
-            async def raised() -> bool:  # the restart pass ran
-                return governance._server == restarted
+        async def raised() -> bool:  # the restart pass ran
+            return governance._server == restarted
 
-            await _until(raised)
-            counter = holds[0].hold.counter
-            assert await governance.store.counters([counter]) == {counter: (12, 0)}  # was (0, 0)
-            assert len(governance.catchup) == 1  # raised again once the other processes' outboxes are in
-        finally:
-            await outbox.close()
-            await governance.close()
+        await _until(raised)
+        counter = holds[0].hold.counter
+        assert await governance.store.counters([counter]) == {counter: (12, 0)}  # was (0, 0)
+        assert len(governance.catchup) == 1  # raised again once the other processes' outboxes are in
+    finally:
+        await outbox.close()
+        await governance.close()
 
 
 async def test_a_lost_counter_whose_outbox_flush_hangs_is_refused_retryably_not_waited_on(
@@ -350,12 +368,9 @@ async def test_a_lost_counter_counts_another_replica_rows_ingested_after_it_was_
         await client.flushall()
         now = datetime.now(UTC)
         holds = [adm.hold_for(budget, now, 0, 5) for budget in first.rules.budgets]
-        for i in range(5):
-            assert await _admit(second, f"b{i}", holds)
-            await _finish(second, second_box, f"b{i}", holds)
+        await _served(second, second_box, [f"b{i}" for i in range(5)], holds)
         await client.flushall()  # Redis lost its data; the second's 5 rows are still in its outbox
-        assert await _admit(first, "a0", holds)  # the counter made again: 0, then 5 reserved
-        await _finish(first, first_box, "a0", holds)
+        await _served(first, first_box, ["a0"], holds)  # the counter made again: 0, then 5 reserved, 3 spent
         counter = holds[0].hold.counter
         assert await first.store.counters([counter]) == {counter: (3, 0)}
         await second_box.flush()  # the other processes' outboxes reach the ledger, as they do within a second
@@ -381,9 +396,7 @@ async def test_a_follow_up_never_lowers_a_counter(tmp_path: Path, redis_url: str
     try:
         await client.flushall()
         holds = [adm.hold_for(budget, datetime.now(UTC), 0, 5) for budget in governance.rules.budgets]
-        for i in range(4):
-            assert await _admit(governance, f"a{i}", holds)
-            await _finish(governance, outbox, f"a{i}", holds)  # 12 tokens, in the outbox only
+        await _served(governance, outbox, [f"a{i}" for i in range(4)], holds)  # 12 tokens, in the outbox only
 
         async def done() -> bool:
             return len(governance.catchup) == 0

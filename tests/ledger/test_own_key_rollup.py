@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from margin.ledger import db, ingest, rollup
 from margin.report.queries import Window, summarize
-from tests.ledger.varied import batches, varied_rows
+from tests.ledger.varied import ingested, sqlite_ledger, varied_rows
 
 START = datetime(2026, 11, 1, 21, tzinfo=UTC)
 KEYS = ("k1", "k2", "k3", "k4", "k5")
@@ -36,11 +35,7 @@ def key_rows(n: int) -> list[dict[str, Any]]:
 
 
 def fill(engine: sa.Engine) -> None:
-    with engine.begin() as connection:
-        rollup.rebuild(connection, ("feature", "customer"))
-    for part in batches(key_rows(2500)):  # the ingester's path: rollups updated batch by batch
-        with engine.begin() as connection:
-            ingest.ingest_batch(connection, part)
+    ingested(engine, key_rows(2500))  # the ingester's path: rollups updated batch by batch
 
 
 def windows(key: str) -> list[Window]:
@@ -91,36 +86,27 @@ def check(engine: sa.Engine) -> dict[str, Any]:
 
 
 def test_own_key_totals_from_the_rollups_equal_its_rows(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'k.db'}"
-    db.upgrade(url)
-    engine = db.make_sync_engine(url)
-    fill(engine)
-    check(engine)
-    engine.dispose()
+    with sqlite_ledger(tmp_path / "k.db") as engine:
+        fill(engine)
+        check(engine)
 
 
 def test_own_key_reads_no_row_of_its_whole_days(tmp_path: Path) -> None:
     """A window of whole days reads its sums and histograms from the rollups: the key's rows are only read
     for the exact percentiles (one latency bin each)."""
-    url = f"sqlite:///{tmp_path / 'k.db'}"
-    db.upgrade(url)
-    engine = db.make_sync_engine(url)
-    fill(engine)
-    window = Window(datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 5, tzinfo=UTC), key_id="k3")
-    with statements(engine) as seen:
-        summary = summarize(engine, window)
+    with sqlite_ledger(tmp_path / "k.db") as engine:
+        fill(engine)
+        window = Window(datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 5, tzinfo=UTC), key_id="k3")
+        with statements(engine) as seen:
+            summary = summarize(engine, window)
     on_rows = [s for s in seen if re.search(r"\bFROM ledger\s", s)]
     assert summary["totals"]["requests"] > 100
     assert on_rows and all("LIMIT" in s for s in on_rows), on_rows  # _walk: one value of one bin
-    engine.dispose()
 
 
 @pytest.mark.integration
 def test_own_key_totals_from_the_rollups_on_postgres(pg_ledger: sa.Engine, tmp_path: Path) -> None:
     fill(pg_ledger)
-    url = f"sqlite:///{tmp_path / 'k.db'}"
-    db.upgrade(url)
-    lite = db.make_sync_engine(url)
-    fill(lite)
-    assert check(pg_ledger) == check(lite)
-    lite.dispose()
+    with sqlite_ledger(tmp_path / "k.db") as lite:
+        fill(lite)
+        assert check(pg_ledger) == check(lite)

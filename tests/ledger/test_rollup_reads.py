@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from margin.ledger import db, ingest, read, rollup
+from margin.ledger import read, rollup
 from margin.ledger.read.attach import ALL_DAYS, attach, month_masks
 from margin.ledger.read.levers import levers
-from tests.ledger.varied import batches, varied_rows
+from tests.ledger.varied import ingested, sqlite_ledger, varied_rows
 
 START = datetime(2026, 10, 31, 19, tzinfo=UTC)  # the varied rows' ~30 hours, moved across Oct 31 -> Nov 1
 
@@ -54,11 +54,7 @@ def windows() -> list[read.Window]:
 
 
 def fill(engine: sa.Engine) -> None:
-    with engine.begin() as connection:
-        rollup.rebuild(connection, ("feature", "customer"))
-    for part in batches(lever_rows(1200)):
-        with engine.begin() as connection:
-            ingest.ingest_batch(connection, part)
+    ingested(engine, lever_rows(1200))
 
 
 def check_both_paths(engine: sa.Engine) -> None:
@@ -87,20 +83,17 @@ def test_month_masks() -> None:
 
 
 def test_levers_and_attach_equal_on_both_paths_and_after_a_rebuild(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    db.upgrade(url)
-    engine = db.make_sync_engine(url)
-    fill(engine)
-    check_both_paths(engine)
-    with engine.connect() as connection:
-        before = {t.name: sorted(map(tuple, connection.execute(sa.select(t))), key=str) for t in rollup.ROLLUPS[:4]}
-    with engine.begin() as connection:
-        rollup.rebuild(connection)
-    with engine.connect() as connection:
-        after = {t.name: sorted(map(tuple, connection.execute(sa.select(t))), key=str) for t in rollup.ROLLUPS[:4]}
-        months = {row[0] for row in connection.exec_driver_sql("SELECT DISTINCT month FROM ledger_attach")}
+    with sqlite_ledger(tmp_path / "r.db") as engine:
+        fill(engine)
+        check_both_paths(engine)
+        with engine.connect() as connection:
+            before = {t.name: sorted(map(tuple, connection.execute(sa.select(t))), key=str) for t in rollup.ROLLUPS[:4]}
+        with engine.begin() as connection:
+            rollup.rebuild(connection)
+        with engine.connect() as connection:
+            after = {t.name: sorted(map(tuple, connection.execute(sa.select(t))), key=str) for t in rollup.ROLLUPS[:4]}
+            months = {row[0] for row in connection.exec_driver_sql("SELECT DISTINCT month FROM ledger_attach")}
     assert before == after and months == {"2026-10", "2026-11"}
-    engine.dispose()
 
 
 @pytest.mark.integration

@@ -5,12 +5,15 @@ other kinds (refunds), unpriced rows, errors, NULL latencies; cut into batches o
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
-from margin.ledger import rollup
+from margin.ledger import db, ingest, rollup
 from tests.report.ledgers import complete, row
 
 
@@ -73,6 +76,28 @@ def batches(rows: list[dict[str, Any]], seed: int = 5) -> list[list[dict[str, An
         out.append(rows[at : at + size])
         at += size
     return out
+
+
+def ingested(engine: sa.Engine, rows: list[dict[str, Any]]) -> None:
+    """`rows` into a ledger whose rollups keep the tag keys `feature` and `customer`, the ingester's way: in
+    batches of uneven sizes, the rollups updated batch by batch."""
+    with engine.begin() as connection:
+        rollup.rebuild(connection, ("feature", "customer"))
+    for part in batches(rows):
+        with engine.begin() as connection:
+            ingest.ingest_batch(connection, part)
+
+
+@contextmanager
+def sqlite_ledger(path: Path) -> Iterator[sa.Engine]:
+    """A migrated SQLite ledger at `path`, disposed of after."""
+    url = f"sqlite:///{path}"
+    db.upgrade(url)
+    engine = db.make_sync_engine(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def snapshot(engine: sa.Engine) -> dict[str, list[Any]]:

@@ -14,10 +14,10 @@ import pytest
 import sqlalchemy as sa
 
 from margin.dashboard import queries as dashboard
-from margin.ledger import db, ingest, read, rollup
+from margin.ledger import read
 from margin.report import queries as report
 from margin.report.queries import PERCENTILE_NOTE, PERCENTILES, Window, figures, summarize
-from tests.ledger.varied import batches, varied_rows
+from tests.ledger.varied import ingested, sqlite_ledger, varied_rows
 
 START = datetime(2026, 11, 1, 21, tzinfo=UTC)
 NAMES = ["a", "B", "b", "é", "z", "Z", "ß", "ꙮ", "😀", "None", "a b", "0", "10", "9"]
@@ -38,11 +38,7 @@ def rows(n: int) -> list[dict[str, Any]]:
 
 
 def fill(engine: sa.Engine) -> None:
-    with engine.begin() as connection:
-        rollup.rebuild(connection, ("feature", "customer"))
-    for part in batches(rows(1500)):
-        with engine.begin() as connection:
-            ingest.ingest_batch(connection, part)
+    ingested(engine, rows(1500))
 
 
 def ranked(parts: dict[Any, read.Sums], limit: int | None) -> tuple[list[tuple[Any, read.Sums]], list[Any]]:
@@ -130,21 +126,15 @@ def check(engine: sa.Engine) -> dict[str, Any]:
 
 
 def test_capped_breakdown_equals_ranking_every_group(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'b.db'}"
-    db.upgrade(url)
-    engine = db.make_sync_engine(url)
-    fill(engine)
-    check(engine)
+    with sqlite_ledger(tmp_path / "b.db") as engine:
+        fill(engine)
+        check(engine)
     assert report.GROUP_LIMIT == 1000
-    engine.dispose()
 
 
 @pytest.mark.integration
 def test_capped_breakdown_on_postgres(pg_ledger: sa.Engine, tmp_path: Path) -> None:
     fill(pg_ledger)
-    url = f"sqlite:///{tmp_path / 'b.db'}"
-    db.upgrade(url)
-    lite = db.make_sync_engine(url)
-    fill(lite)
-    assert check(pg_ledger) == check(lite)
-    lite.dispose()
+    with sqlite_ledger(tmp_path / "b.db") as lite:
+        fill(lite)
+        assert check(pg_ledger) == check(lite)

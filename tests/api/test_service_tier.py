@@ -39,7 +39,7 @@ class Upstream:
 def _served(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("model") == "quiet":
         return {}
-    if body.get("model") in ("on_demand", "priority"):  # a provider's own tier name; a project whose default is it
+    if body.get("model") in ("on_demand", "priority", "scale"):  # a provider's own tier; a project's default tier
         return {"service_tier": body["model"]}
     asked = body.get("service_tier")
     if body.get("model") == "standard" or asked in (None, "auto"):
@@ -111,9 +111,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
                 "provider-tier": {"backend": "plain", "upstream_model": "on_demand", "price_ref": "gpt-5-mini"},
                 "project-priority": {"backend": "plain", "upstream_model": "priority", "price_ref": "gpt-5-mini"},
                 "fake-chat": {"backend": "fake", "price": {"input": "1", "output": "1"}},
+                "scaled": _tiered("scale"),  # an upstream that answers at a tier margin has no price for
             },
             # 500 input tokens at most (counted) and 1,000 output: flex ≤ $0.0011, priority ≥ $0.0036
-            "budgets": [{"name": "tight", "scope": {"kind": "model", "value": "budgeted"}, "usd": "0.003"}],
+            "budgets": [
+                {"name": "tight", "scope": {"kind": "model", "value": "budgeted"}, "usd": "0.003"},
+                {"name": "scaled", "scope": {"kind": "model", "value": "scaled"}, "usd": "1"},
+            ],
         }
         (folder / "margin.yaml").write_text(yaml.safe_dump(config))
         serving = margin_serve(folder / "ledger.db", folder / "serve.log", config=folder / "margin.yaml", ready_s=60)
@@ -264,3 +268,22 @@ def test_a_backend_without_tiers_prices_a_tier_name_it_does_not_know_at_the_stan
     dearer = live.chat("project-priority")
     row = live.row(dearer.headers["x-margin-request-id"])
     assert (row.service_tier, row.cost_nanousd) == ("priority", NANO["priority"])
+
+
+def _spent(live: Live, budget: str) -> str:
+    listing = httpx.get(live.url + "/admin/budgets").json()["data"]
+    return str(next(entry for entry in listing if entry["name"] == budget)["spent"])
+
+
+def test_an_answer_at_a_tier_without_a_price_is_held_at_its_reservation_not_free(live: Live) -> None:
+    """An upstream answering at a tier margin has no price for (`scale`): the row says the cost is unknown
+    (never the standard price), and the budget is charged what the request reserved, the dearest tier it could
+    be served at (priority: ≤ 9 input tokens, as counted, and 1,000 output at $0.45 / $3.60 per million).
+    Before, an unknown cost settled the budget at $0, so such answers were free to a hard budget."""
+    assert _spent(live, "scaled") == "0.000000000"
+    answer = live.chat("scaled", max_tokens=1000)
+    assert answer.status_code == 200, answer.text
+    row = live.row(answer.headers["x-margin-request-id"])
+    assert (row.service_tier, row.cost_nanousd, row.cost_status) == ("scale", None, "unknown_price")
+    spent = int(_spent(live, "scaled").replace(".", ""))
+    assert 1000 * 3_600 <= spent <= 1000 * 3_600 + 100 * 450, spent

@@ -91,6 +91,7 @@ class Admission:
     holds: list[BudgetHold] = field(default_factory=list)
     tpm_keys: list[tuple[str, float]] = field(default_factory=list)  # (gcra key, seconds per token)
     subject: Subject | None = None
+    unpriced: tuple[str, ...] = ()  # candidates (public names) the reservation had no price for
 
 
 def hold_for(budget: BudgetSpec, now: datetime, usd_nano: int, tokens: int, org: str | None = None) -> BudgetHold:

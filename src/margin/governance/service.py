@@ -299,11 +299,17 @@ class Governance:
     ) -> None:
         """Replace the reservation by the actual cost. `served` is the caller with the model and backend that
         answered: a budget that does not match it (another candidate's model budget) is released, as the
-        ledger reconciliation would not count this row for it either."""
+        ledger reconciliation would not count this row for it either. An answer with no price
+        (`cost_nanousd` None) from a model the reservation priced (an upstream answering at a tier margin has
+        no price for) is charged what its USD holds reserved, never $0."""
         actual: dict[str, int] = {}
+        unforeseen = cost_nanousd is None and served is not None and served.model not in admission.unpriced
         for item in admission.holds:
             applies = served is None or matches(item.budget.scope, served)
-            amount = (cost_nanousd or 0) if item.budget.usd is not None else tokens_in + tokens_out
+            if item.budget.usd is None:
+                amount = tokens_in + tokens_out
+            else:
+                amount = item.hold.amount if unforeseen else cost_nanousd or 0
             actual[item.hold.counter] = actual.get(item.hold.counter, 0) + (amount if applies else 0)
         charges = [(key, seconds * tokens_out) for key, seconds in admission.tpm_keys if tokens_out]
         if admission.holds or charges:

@@ -80,7 +80,7 @@ class Admit:
             raise self._exceeded(holds[result.failed], result.counters[result.failed])
         by_label = {adm.limit_key(limit, base): limit for limit in limits}
         tpm_keys = [(f"tpm:{label}", 60.0 / (by_label[label].tpm or 1)) for label in tpm_labels]
-        request.record.admission = adm.Admission(request.id, holds, tpm_keys, base)
+        request.record.admission = adm.Admission(request.id, holds, tpm_keys, base, decision.unpriced)
         for item, (spent, reserved) in zip(holds, result.counters, strict=True):
             if item.hold.limit and 100 * (spent + reserved) >= item.budget.alert_pct * item.hold.limit:
                 share = 100 * (spent + reserved) / item.hold.limit

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from openai.types.chat.completion_create_params import CompletionCreateParamsBase
 
 from margin.backends.payloads import non_text_parts, token_id_count
 from margin.errors import InvalidRequest
@@ -17,6 +18,7 @@ from margin.protocol import (
     MAX_MESSAGES,
     MAX_STOP,
     MAX_TOOLS,
+    UNSUPPORTED_CHAT,
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
@@ -26,6 +28,12 @@ from margin.protocol import (
 )
 
 MESSAGES = [{"role": "user", "content": "hi"}]
+HINTS = {
+    "prompt_cache_key": "tenant-42",
+    "prompt_cache_retention": "24h",
+    "prompt_cache_options": {"mode": "explicit", "ttl": "30m"},
+    "safety_identifier": "c2f1e0b8a7d6",
+}
 
 
 @pytest.mark.parametrize(
@@ -75,8 +83,11 @@ def test_multipliers_and_token_ids_are_counted() -> None:
 
 def test_only_known_fields_are_forwarded() -> None:
     assert {"messages", "max_tokens", "max_completion_tokens", "n", "top_k"} <= FORWARDED[Endpoint.CHAT]
-    for unpriced in ("best_of", "use_beam_search", "chat_template", "audio", "prediction"):
+    for unpriced in ("best_of", "use_beam_search", "chat_template", "audio", "moderation", "web_search_options"):
         assert unpriced not in FORWARDED[Endpoint.CHAT]
+    # hints that buy nothing, and a prediction the reservation prices (margin.pipeline.ceiling.prediction_bound)
+    assert set(HINTS) | {"verbosity", "prediction"} <= FORWARDED[Endpoint.CHAT]
+    assert not (set(HINTS) | {"verbosity", "prediction"}) & FORWARDED[Endpoint.COMPLETIONS]  # chat fields
     # priced per tier on chat (and sent only to a backend that allows the tier: margin.economics.tiers);
     # OpenAI documents no tiers for the legacy completions
     assert "service_tier" in FORWARDED[Endpoint.CHAT] and "service_tier" not in FORWARDED[Endpoint.COMPLETIONS]
@@ -106,6 +117,12 @@ LISTS = [  # endpoint, a body whose list is at its limit, the same one element o
         _chat(logit_bias={str(i): 1 for i in range(MAX_LOGIT_BIAS)}),
         _chat(logit_bias={str(i): 1 for i in range(MAX_LOGIT_BIAS + 1)}),
         "logit_bias",
+    ),
+    (
+        Endpoint.CHAT,
+        _chat(prediction={"type": "content", "content": [{"type": "text", "text": "x"}] * MAX_CONTENT_PARTS}),
+        _chat(prediction={"type": "content", "content": [{"type": "text", "text": "x"}] * (MAX_CONTENT_PARTS + 1)}),
+        "prediction",
     ),
     (
         Endpoint.CHAT,
@@ -189,3 +206,61 @@ def test_service_tier_is_one_of_openais_tiers() -> None:
         assert caught.value.param == "service_tier", bad
     embedding = parse_request(Endpoint.EMBEDDINGS, {"model": "m", "input": "x", "service_tier": {"any": "thing"}})
     assert isinstance(embedding, EmbeddingRequest) and service_tier(embedding) is None  # not theirs: never read
+
+
+def test_every_chat_field_of_the_sdk_is_forwarded_or_refused() -> None:
+    """No field of OpenAI's chat completions (the SDK's `completion_create_params`) is accepted and dropped
+    without a word: each is forwarded (declared and validated, or a known extra) or refused by name.
+    `modalities` is refused unless it is `["text"]`, what every answer is (so leaving that out changes nothing)."""
+    fields = set(CompletionCreateParamsBase.__annotations__)
+    assert fields - FORWARDED[Endpoint.CHAT] - set(UNSUPPORTED_CHAT) == {"modalities"}
+
+
+def test_upstream_hints_are_validated_as_the_sdk_types_them() -> None:
+    """`verbosity`, the prompt-cache and safety hints and `prediction` were unknown extras, dropped whatever
+    they held; now each is validated (400 naming it) and kept as sent, for an `openai` upstream."""
+    chat = parse_request(Endpoint.CHAT, _chat(verbosity="low", **HINTS))
+    assert isinstance(chat, ChatCompletionRequest) and chat.verbosity == "low"
+    assert (chat.prompt_cache_key, chat.safety_identifier) == (HINTS["prompt_cache_key"], HINTS["safety_identifier"])
+    assert chat.prompt_cache_options is not None and chat.prompt_cache_options.mode == "explicit"
+    at_limits = parse_request(Endpoint.CHAT, _chat(prompt_cache_key="k" * 64, safety_identifier="s" * 128))
+    assert isinstance(at_limits, ChatCompletionRequest) and at_limits.verbosity is None
+    nulls = dict.fromkeys((*HINTS, "verbosity", "prediction", "moderation"))
+    parse_request(Endpoint.CHAT, _chat(**nulls))  # null: the field left out
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"verbosity": "terse"}, "verbosity"),
+        ({"verbosity": ""}, "verbosity"),
+        ({"verbosity": 1}, "verbosity"),
+        ({"prompt_cache_key": "k" * 65}, "prompt_cache_key"),
+        ({"prompt_cache_key": 7}, "prompt_cache_key"),
+        ({"safety_identifier": "s" * 129}, "safety_identifier"),
+        ({"safety_identifier": {"id": "x"}}, "safety_identifier"),
+        ({"prompt_cache_retention": "in-memory"}, "prompt_cache_retention"),
+        ({"prompt_cache_retention": 24}, "prompt_cache_retention"),
+        ({"prompt_cache_options": {"ttl": "1h"}}, "prompt_cache_options"),
+        ({"prompt_cache_options": {"mode": None}}, "prompt_cache_options"),
+        ({"prompt_cache_options": {"mode": "implicit", "extra": True}}, "prompt_cache_options"),
+        ({"prediction": {"content": "x"}}, "prediction"),
+        ({"prediction": {"type": "content", "content": None}}, "prediction"),
+        ({"prediction": {"type": "content", "content": [{"type": "text"}]}}, "prediction"),
+        ({"prediction": {"type": "content", "content": [{"type": "text", "text": 5}]}}, "prediction"),
+        ({"prediction": {"type": "content", "content": [{"type": "image_url", "image_url": {}}]}}, "prediction"),
+        ({"prediction": ["x"]}, "prediction"),
+    ],
+)
+def test_bad_upstream_hints_name_their_field(fields: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(Endpoint.CHAT, _chat(**fields))
+    assert (caught.value.param or "").split(".")[0] == param, caught.value.message
+
+
+def test_moderation_is_refused_before_the_body_is_validated() -> None:
+    """OpenAI's moderated completions cannot be honoured: 400 `unsupported_parameter` naming the field, before
+    anything else is read (a request that is wrong in other ways too is refused for it first)."""
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(Endpoint.CHAT, {"model": "m", "messages": [], "moderation": {"model": "omni-moderation-latest"}})
+    assert (caught.value.param, caught.value.code) == ("moderation", "unsupported_parameter")

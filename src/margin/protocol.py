@@ -38,6 +38,13 @@ MAX_STOP = 4
 # a backend that allows them (`backends.<name>.service_tiers`). `scale` (prepaid capacity) has no list price.
 ServiceTier = Literal["auto", "default", "flex", "priority"]
 
+# Hints that change nothing margin meters (the SDK's `completion_create_params`): forwarded to `openai` backends,
+# bounded as OpenAI bounds them (`prompt_cache_key`: 64 characters, OpenAI's error past it; `safety_identifier`:
+# 128, its docstring); a backend that is not `openai` is sent none (it has no prompt cache or abuse detection).
+PromptCacheKey = Annotated[str, Field(max_length=64)]
+SafetyIdentifier = Annotated[str, Field(max_length=128)]
+Verbosity = Literal["low", "medium", "high"]  # `medium`: the default; others need an `openai` backend
+
 
 # What the ledger stores of these fits its columns (String(128) / String(256)), without NUL or other control
 # characters (PostgreSQL text refuses NUL; names never need them). Checked by pydantic's Rust regex.
@@ -102,6 +109,34 @@ class StreamOptions(_Open):
 class ContentPart(_Open):
     type: str
     text: str | None = None
+
+
+class _Closed(_Open):
+    """An options object whose every key is known: an unknown one (a future option that may be billed) is a
+    400 naming it, never forwarded unpriced."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class PromptCacheOptions(_Closed):
+    mode: Literal["implicit", "explicit"] = "implicit"
+    ttl: Literal["30m"] = "30m"  # the only lifetime the SDK names
+
+
+class PredictionPart(_Open):
+    type: Literal["text"]
+    text: str
+
+
+class Prediction(_Open):
+    """A Predicted Output (`prediction`): text the answer is expected to repeat. OpenAI bills the prediction's
+    rejected tokens as completion tokens, so the budget reservation adds its bound (`ceiling.prediction_bound`);
+    parts are as many as a chat's content parts may be."""
+
+    type: Literal["content"]
+    content: Annotated[
+        str | Annotated[list[PredictionPart], Field(fail_fast=True)], _at_most(MAX_CONTENT_PARTS, "prediction parts")
+    ]
 
 
 class ChatMessage(_Open):
@@ -177,6 +212,13 @@ class ChatCompletionRequest(_Sampling):
     tool_choice: str | dict[str, Any] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    # forwarded to `openai` backends as sent; see "Upstream fields" in the README for each one's handling
+    verbosity: Verbosity | None = None
+    prediction: Prediction | None = None
+    prompt_cache_key: PromptCacheKey | None = None
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    prompt_cache_options: PromptCacheOptions | None = None
+    safety_identifier: SafetyIdentifier | None = None
 
     @property
     def output_limit(self) -> int | None:
@@ -268,7 +310,10 @@ SCHEMAS: dict[Endpoint, type[ApiRequest]] = {
 # the priced output limit. Anything else (`best_of` on chat, beam search, audio output, chat templates, web
 # search…) is not forwarded, so no unpriced field can buy work upstream. `service_tier` is declared: it is
 # priced (reserved at the dearest tier it may be served at, settled at the tier the upstream served), and
-# reaches only a backend that allows it (margin.economics.tiers); OpenAI documents it on chat only.
+# reaches only a backend that allows it (margin.economics.tiers); OpenAI documents it on chat only. Declared
+# chat hints that buy nothing (`prompt_cache_key`, `prompt_cache_retention`, `prompt_cache_options`,
+# `safety_identifier`, `verbosity`: the answer stays within the priced output limit) travel as sent;
+# `prediction` is priced too: its rejected tokens are billed as output, so the reservation adds its bound.
 FORWARDED_EXTRAS = frozenset(
     {
         "top_k",
@@ -313,10 +358,14 @@ def _content_parts(messages: Any) -> None:
 
 
 # Chat fields that ask for an answer of another shape or for unpriced work, which margin does not forward:
-# dropped, the caller would get a plain text answer it did not ask for (no `message.audio`, no web search).
+# dropped, the caller would get a plain text answer it did not ask for (no `message.audio`, no web search, no
+# moderation).
 UNSUPPORTED_CHAT = {
     "audio": "audio output is not supported through this gateway",
     "web_search_options": "web search is not supported through this gateway",
+    # OpenAI's moderation of the input and the answer (`block` stops it): no backend but OpenAI runs it, and
+    # margin's cache, guard and meter do not read its results (margin's own guard is the caller's policy)
+    "moderation": "moderated completions are not supported through this gateway",
 }
 
 

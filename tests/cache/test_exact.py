@@ -26,6 +26,22 @@ def test_key_ignores_transport_fields_but_not_sampling() -> None:
     assert request_key("team:a", "chat/completions", "m", reordered) == key
 
 
+def test_key_ignores_upstream_hints_and_a_prediction_but_not_verbosity() -> None:
+    """The upstream's prompt-cache and safety hints and a Predicted Output change nothing in the answer (OpenAI:
+    the answer is the same without a prediction); `verbosity` does."""
+    base = {"model": "x", "messages": MESSAGES, "temperature": 0}
+    key = request_key("team:a", "chat/completions", "m", base)
+    hints = {
+        "prompt_cache_key": "k",
+        "prompt_cache_retention": "24h",
+        "prompt_cache_options": {"mode": "explicit"},
+        "safety_identifier": "s",
+        "prediction": {"type": "content", "content": "hello"},
+    }
+    assert request_key("team:a", "chat/completions", "m", {**base, **hints}) == key
+    assert request_key("team:a", "chat/completions", "m", {**base, "verbosity": "low"}) != key
+
+
 def test_deterministic_requests() -> None:
     assert deterministic({"temperature": 0})
     assert deterministic({"seed": 7, "temperature": 0.9})

@@ -70,6 +70,27 @@ def test_structure_is_left_alone() -> None:
     assert original == tool_request()  # the caller's JSON is not changed in place
 
 
+def test_a_prediction_and_the_upstream_hints_are_read_but_their_enums_are_not() -> None:
+    """A Predicted Output's text and the cache and safety identifiers leave for an `openai` upstream: redacted
+    like any string. `verbosity` and the prompt-cache retention and options are enums a placeholder would
+    break (the request is parsed again after a redaction): structure."""
+    raw = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "prediction": {"type": "content", "content": [{"type": "text", "text": f"to: {EMAIL}"}]},
+        "prompt_cache_key": EMAIL,
+        "safety_identifier": EMAIL,
+        "verbosity": "low",
+        "prompt_cache_retention": "in_memory",
+        "prompt_cache_options": {"mode": "explicit", "ttl": "30m"},
+    }
+    out = rewrite_request(raw, lambda text: text.upper())
+    assert out["prediction"] == {"type": "content", "content": [{"type": "text", "text": f"TO: {EMAIL.upper()}"}]}
+    assert out["prompt_cache_key"] == out["safety_identifier"] == EMAIL.upper()
+    kept = ("verbosity", "prompt_cache_retention", "prompt_cache_options")
+    assert {name: out[name] for name in kept} == {name: raw[name] for name in kept}
+
+
 def test_unchanged_request_is_returned_as_is() -> None:
     raw = {"model": "m", "messages": [{"role": "user", "content": "hello"}], "tools": [{"type": "function"}]}
     assert rewrite_request(raw, lambda text: text) is raw

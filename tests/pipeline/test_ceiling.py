@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from margin.config import ModelConfig
-from margin.pipeline.ceiling import NON_TEXT_PART_CEILING, held, input_bound
+from margin.pipeline.ceiling import NON_TEXT_PART_CEILING, held, input_bound, prediction_bound
 from margin.pipeline.values import Record, Request, RouteDecision
 from margin.protocol import Endpoint, parse_request
 from margin.specs import BudgetSpec
@@ -103,3 +103,23 @@ def test_text_of_more_tokens_than_its_estimate_is_within_the_bound_that_was_rese
     ask = request(emoji, prompt=20 + 8, output=16)
     assert ask.decision is not None and ask.decision.prompt_bound >= 240
     assert held(Usage(180, 16), ask, TARGET) == Usage(180, 16)
+
+
+def test_a_predictions_rejected_tokens_are_believed_up_to_its_bound() -> None:
+    """OpenAI bills a Predicted Output's rejected tokens as completion tokens, on top of what the answer
+    generated: the reservation adds the prediction's bound (its JSON's bytes, each answer), and so does the
+    ceiling, else an honest bill of 16 generated and 40 rejected tokens was held at 16 (what the budget paid
+    was less than what the upstream charged)."""
+    code = "def total(xs):\n    return sum(xs)\n"  # 35 characters: at most 35 tokens, fewer than its JSON's bytes
+    predicted = {**CHAT, "prediction": {"type": "content", "content": code}}
+    ask = request(predicted, prompt=13, output=16)
+    bound = prediction_bound(ask)
+    assert bound == len(orjson.dumps(predicted["prediction"])) > len(code)
+    assert held(Usage(10, 16 + 35), ask, TARGET) == Usage(10, 16, source="clamped")  # the decision says none
+    assert ask.decision is not None
+    reserved = ask._replace(decision=ask.decision._replace(output_tokens=16 + bound, predicted=bound))
+    assert held(Usage(10, 16 + 35), reserved, TARGET) == Usage(10, 16 + 35)  # as reported
+    assert held(Usage(10, 10**9), reserved, TARGET) == Usage(10, 16 + bound, source="clamped")
+    parts = {**CHAT, "n": 2, "prediction": {"type": "content", "content": [{"type": "text", "text": code}] * 2}}
+    assert prediction_bound(request(parts, 13, 32)) == 2 * len(orjson.dumps(parts["prediction"]))  # each answer
+    assert prediction_bound(ask._replace(raw=CHAT, body=parse_request(Endpoint.CHAT, CHAT))) == 0

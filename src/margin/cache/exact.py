@@ -1,9 +1,10 @@
 """Exact response cache: key = sha256 of the normalized request, scoped per tenant.
 
 Only fields that change the answer are in the key (model, messages, tools, sampling parameters, response
-format…); transport fields (`stream`, `stream_options`, `user`, `metadata`) are not, so a streamed request
-hits an answer first produced without streaming and vice versa. Entries hold the answer's text, finish
-reason, usage and what it cost, so a hit can be replayed in either form and its saving recorded.
+format…); transport fields (`stream`, `stream_options`, `user`, `metadata`, the upstream's prompt-cache and
+safety hints, a `prediction`) are not, so a streamed request hits an answer first produced without
+streaming and vice versa. Entries hold the answer's text, finish reason, usage and what it cost, so a hit can
+be replayed in either form and its saving recorded.
 
 Stores: `MemoryCache` (TTL + byte-bounded LRU, this process), `SqliteCache` (that LRU in front of a table in
 the SQLite ledger file: survives restarts) and `RedisCache` (shared by replicas)."""
@@ -27,7 +28,23 @@ from margin.logs import printable
 from margin.types import Usage
 
 log = logging.getLogger("margin.cache")
-TRANSPORT_FIELDS = frozenset({"stream", "stream_options", "user", "metadata", "store", "service_tier"})
+# fields that do not change the answer: how it travels, who asked, the upstream's own caching and abuse detection,
+# how fast it comes (`prediction`: the answer is the same without it)
+TRANSPORT_FIELDS = frozenset(
+    {
+        "stream",
+        "stream_options",
+        "user",
+        "metadata",
+        "store",
+        "service_tier",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "prompt_cache_options",
+        "safety_identifier",
+        "prediction",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)

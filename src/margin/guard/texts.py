@@ -28,7 +28,8 @@ _STRUCTURAL = frozenset(
     {
         "model", "role", "type", "id", "tool_call_id", "name", "tool_choice", "format", "pattern", "$ref",
         "$schema", "$id", "$anchor", "required", "url", "detail", "data", "file_data", "file_id", "voice",
-        "encoding_format", "modalities", "reasoning_effort", "service_tier",
+        "encoding_format", "modalities", "reasoning_effort", "service_tier", "verbosity", "prompt_cache_retention",
+        "prompt_cache_options",
     }
 )  # fmt: skip
 """Keys whose string values are structure, not content: never rewritten by the generic walk."""

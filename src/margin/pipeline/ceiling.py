@@ -3,7 +3,9 @@ in what it sent) beyond that is held at it, so no upstream, lying or broken, can
 
 - Output: at most what the request asked for, as the reservation priced it (`max_tokens`, set to the reserved
   amount when the caller sent none, × `n`/`best_of` × prompts). An OpenAI-compatible server cannot produce
-  more; one that reports more (10^9 completion tokens) or streams past it is not believed.
+  more; one that reports more (10^9 completion tokens) or streams past it is not believed. A Predicted Output
+  (`prediction`) sent to an `openai` backend adds `prediction_bound`: OpenAI bills the prediction's rejected
+  tokens as completion tokens, on top of what the answer generated.
 - Input: at most `input_bound`, which the reservation priced: the bytes of the JSON the route step saw
   (every token of text or token ids is at least one byte of it), not the prompt's estimate (the tokenizer's,
   or one token per 3 characters), which an honest count may pass (text of 1 token a character: emoji, CJK).
@@ -24,7 +26,7 @@ import orjson
 
 from margin.backends.payloads import non_text_parts
 from margin.pipeline.values import Request
-from margin.protocol import Endpoint
+from margin.protocol import ChatCompletionRequest, Endpoint
 from margin.types import Target, Usage
 
 log = logging.getLogger("margin.call")
@@ -58,7 +60,8 @@ def held(usage: Usage, request: Request, target: Target) -> Usage:
 
 def output_ceiling(request: Request) -> int | None:
     """The most output tokens the upstream was allowed: the limit it was sent (the caller's, lowered by
-    `cap_max_tokens`, or set by the route when it sent none) × answers per prompt × prompts; none for embeddings.
+    `cap_max_tokens`, or set by the route when it sent none) × answers per prompt × prompts, and what a
+    prediction may add (`RouteDecision.predicted`); none for embeddings.
     From what was sent, not the reservation's count: that is 0 where a prompt's upper-bound estimate fills the
     context (the request still goes with `max_tokens: 1`), and 0 held nothing. None: no limit was sent."""
     if request.endpoint is Endpoint.EMBEDDINGS:
@@ -67,7 +70,19 @@ def output_ceiling(request: Request) -> int | None:
     limit = getattr(body, "output_limit", None)
     if limit is None:
         return None
-    return int(limit) * int(getattr(body, "choices", 1)) * int(getattr(body, "prompts", 1))
+    most = int(limit) * int(getattr(body, "choices", 1)) * int(getattr(body, "prompts", 1))
+    return most + request.decision.predicted if request.decision is not None else most
+
+
+def prediction_bound(request: Request) -> int:
+    """The most output tokens a Predicted Output can add to what the request is billed: OpenAI bills the
+    prediction's tokens that the answer did not use (`rejected_prediction_tokens`) as completion tokens, at
+    most all of them, for each answer. Each token is at least one byte of the prediction's JSON (as the input
+    bound counts the body's). 0 without one."""
+    body = request.body
+    if not isinstance(body, ChatCompletionRequest) or body.prediction is None:
+        return 0
+    return len(orjson.dumps(request.raw["prediction"])) * body.choices
 
 
 def input_bound(request: Request, estimate: int, candidates: Sequence[Target]) -> int:

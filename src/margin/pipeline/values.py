@@ -80,7 +80,8 @@ class RouteDecision(NamedTuple):
     cache_only: str | None = None  # the flag that allows only cached answers
     prompt_tokens: int = 0  # the prompt's estimated tokens (counted when budgets or limits apply): TPM, max_tokens
     prompt_bound: int = 0  # the most input tokens it can be billed for (margin.pipeline.ceiling): reserved
-    output_tokens: int = 0
+    output_tokens: int = 0  # the most output it can be billed for: reserved (a prediction's bound included)
+    predicted: int = 0  # of those, what a Predicted Output may add (`ceiling.prediction_bound`)
     worst_usd: Decimal | None = None  # the dearest priced candidate's cost for those tokens (when budgets apply)
     unpriced: tuple[str, ...] = ()  # candidates without a known price (admission.unknown_price decides)
     budgets: tuple[BudgetSpec, ...] = ()  # the budgets of every candidate, reserved by admit

@@ -14,13 +14,14 @@ priced candidate. The call step walks the candidates in this order; nothing re-d
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from types import MappingProxyType
 from typing import NamedTuple
 
 import orjson
 
+from margin.backend_config import BackendConfig, OpenAIBackendConfig
 from margin.backends.payloads import non_text_parts, request_text, token_id_count
 from margin.config import RouteConfig
 from margin.economics import tiers
@@ -29,7 +30,7 @@ from margin.errors import FeatureDisabled, InvalidRequest, ModelNotFound, Reside
 from margin.governance import admission as adm
 from margin.governance.rules import Rules, Subject
 from margin.governance.service import Governance
-from margin.pipeline.ceiling import input_bound
+from margin.pipeline.ceiling import input_bound, prediction_bound
 from margin.pipeline.values import NO_ALLOWANCE, Next, Reply, Request, RouteDecision
 from margin.protocol import ChatCompletionRequest, Endpoint, service_tier
 from margin.routing.policy import RoutePolicy
@@ -48,6 +49,7 @@ class Basis(NamedTuple):
     prompt_tokens: int = 0
     prompt_bound: int = 0
     output_tokens: int = 0
+    predicted: int = 0
     worst_usd: Decimal | None = None
     unpriced: tuple[str, ...] = ()
     budgets: tuple[BudgetSpec, ...] = ()
@@ -113,7 +115,7 @@ class Route:
         if rules.flags:
             request, chain, cache_only = self._flagged(request, rules, subject, primary, chain)
         candidates, filtered = self._residency(request, requested, chain)
-        candidates = self._tiered(request, candidates, routed=route is not None)
+        candidates = self._honouring(request, candidates, routed=route is not None)
         score, strongest, preference = None, None, None
         if route is not None and self.policy is not None:
             if route.preference is not None:  # lowest-carbon / lowest-cost among equivalent deployments
@@ -154,11 +156,24 @@ class Route:
             return request, Basis(prompt)
         config: AdmissionConfig = self.gov.settings.admission
         request, output = self._output_tokens(request, candidates[0], prompt, config)
+        predicted = self._predicted(request, candidates)
+        output += predicted
         bound = input_bound(request, prompt, candidates)
         allowance = self._allowance(candidates, hard, bound + output, config)
         tier = service_tier(request.body)
         worst, unpriced = adm.worst_case_usd(self.meter, candidates, bound, output, config, allowance, tier)
-        return request, Basis(prompt, bound, output, worst, unpriced, budgets, allowance)
+        return request, Basis(prompt, bound, output, predicted, worst, unpriced, budgets, allowance)
+
+    def _predicted(self, request: Request, candidates: tuple[Target, ...]) -> int:
+        """The output tokens a Predicted Output may add (`ceiling.prediction_bound`), where a candidate is sent
+        it: an `openai` backend. Every other backend ignores it (the answer is the same without one)."""
+        body = request.body
+        if not isinstance(body, ChatCompletionRequest) or body.prediction is None:
+            return 0
+        backends = self.meter.settings.backends
+        if not any(isinstance(backends[t.backend_name], OpenAIBackendConfig) for t in candidates):
+            return 0
+        return prediction_bound(request)
 
     def _allowance(
         self, candidates: tuple[Target, ...], hard: frozenset[str], tokens: int, config: AdmissionConfig
@@ -213,28 +228,62 @@ class Route:
             cache_only = flag.name
         return request, cache_only
 
-    def _tiered(self, request: Request, candidates: tuple[Target, ...], routed: bool) -> tuple[Target, ...]:
-        """The candidates whose backend may be asked for the request's `service_tier` (`flex`, `priority`: an
-        `openai` backend that lists it). The model asked for (or, for a routed name, every candidate) not
-        allowing it is a 400 before anything is reserved or sent: never served at another tier's price. A
-        fallback that does not allow it is dropped."""
-        tier = service_tier(request.body)
-        if tier is None or tier in tiers.STANDARD:
-            return candidates
-        if request.endpoint is not Endpoint.CHAT:
-            raise InvalidRequest(
-                f"service_tier `{tier}` is only supported on /v1/chat/completions",
-                param="service_tier",
-                code="unsupported_value",
+    def _honouring(self, request: Request, candidates: tuple[Target, ...], routed: bool) -> tuple[Target, ...]:
+        """The candidates whose backend can do what the request asks of it: its `service_tier` (`flex`,
+        `priority`: an `openai` backend that lists it) and its `verbosity` (`low`, `high`: an `openai` backend;
+        `medium` is what every model does). The model asked for (or, for a routed name, every candidate) not
+        allowing it is a 400 before anything is reserved or sent: never served at another tier's price, nor
+        answered at a verbosity it did not ask for. A fallback that does not allow it is dropped."""
+        body = request.body
+        tier = service_tier(body)
+        if tier is not None and tier not in tiers.STANDARD:
+            if request.endpoint is not Endpoint.CHAT:
+                raise InvalidRequest(
+                    f"service_tier `{tier}` is only supported on /v1/chat/completions",
+                    param="service_tier",
+                    code="unsupported_value",
+                )
+            candidates = self._allowing(
+                candidates,
+                routed,
+                lambda backend: tiers.allows(backend, tier),
+                (f"service_tier `{tier}`", "that tier", "send `auto` or `default`, or leave it out"),
+                "service_tier",
             )
+        if isinstance(body, ChatCompletionRequest) and body.verbosity is not None and body.verbosity != "medium":
+            candidates = self._allowing(
+                candidates,
+                routed,
+                lambda backend: isinstance(backend, OpenAIBackendConfig),
+                (
+                    f"verbosity `{body.verbosity}`",
+                    "it: only `openai` backends are sent `verbosity`",
+                    "send `medium`, or leave it out",
+                ),
+                "verbosity",
+            )
+        return candidates
+
+    def _allowing(
+        self,
+        candidates: tuple[Target, ...],
+        routed: bool,
+        allows: Callable[[BackendConfig], bool],
+        words: tuple[str, str, str],
+        param: str,
+    ) -> tuple[Target, ...]:
+        """The candidates whose backend `allows` what the request asks; a 400 naming `param` when the first
+        candidate's does not (or, for a routed name, none does). `words`: what was asked, what the backend does
+        not allow, what to send instead."""
+        what, why, instead = words
         backends = self.meter.settings.backends
-        kept = tuple(t for t in candidates if tiers.allows(backends[t.backend_name], tier))
+        kept = tuple(t for t in candidates if allows(backends[t.backend_name]))
         if not kept or (not routed and kept[0] is not candidates[0]):
             refused = ", ".join(f"`{t.public}`" for t in (candidates[:1] if kept else candidates))
             raise InvalidRequest(
-                f"service_tier `{tier}` is not available for {refused} through this gateway (its backend does "
-                "not allow that tier); send `auto` or `default`, or leave it out",
-                param="service_tier",
+                f"{what} is not available for {refused} through this gateway (its backend does not allow {why}); "
+                f"{instead}",
+                param=param,
                 code="unsupported_value",
             )
         return kept

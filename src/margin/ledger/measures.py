@@ -85,7 +85,8 @@ TEAM_HISTOGRAMS = ("", "model")
 HISTOGRAM_DIMS = ("", "model", "backend", "region", "key", "endpoint", "status", "user")
 METRICS = {"e2e": "e2e_ms", "ttft": "ttft_ms"}
 COLUMNS = {"key": "key_id", "team": "team", "org": "org", "model": "model", "backend": "backend",
-           "region": "region", "endpoint": "endpoint", "status": "status", "user": "user", "kind": "kind"}  # fmt: skip
+           "region": "region", "endpoint": "endpoint", "status": "status", "user": "user", "kind": "kind",
+           "service_tier": "service_tier"}  # fmt: skip
 TAG_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 # Latency histogram: 8 log-spaced bins per doubling. A bin b holds values in [2^(b/8), 2^((b+1)/8)) ms and

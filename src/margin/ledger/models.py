@@ -159,11 +159,12 @@ ledger_task_daily = sa.Table(  # tasks per anchor day × team × dimension (the 
     sa.Column("unpriced", sa.BigInteger, nullable=False),
 )
 
-ledger_charges = sa.Table(  # priced requests per UTC day × key × team × model × backend × region (FOCUS charges)
-    "ledger_charges",
+ledger_charges = sa.Table(  # priced requests per UTC day × key × team × model × backend × region × service tier
+    "ledger_charges",  # (the FOCUS charges)
     metadata,
     sa.Column("day", sa.String(10), primary_key=True),
     *(sa.Column(name, sa.String(256), primary_key=True) for name in ("key", "team", "model", "backend", "region")),
+    sa.Column("service_tier", sa.String(16), primary_key=True),  # the ledger's service_tier, '' for none (0019)
     *(sa.Column(name, sa.BigInteger, nullable=False) for name in
       ("requests", "input_tokens", "output_tokens", "cost_nanousd", "energy_uj", "co2e_ng", "energy_n", "co2e_n")),
 )  # fmt: skip

@@ -17,7 +17,8 @@ kept per connection and emptied after each batch (rollup_sql.Temporary).
                  30 days of them)
 - ledger_tasks   one row per task (measures.task: one tenant's task_id tag, else a request): anchor (its
                  earliest request: time, team, key, model, feature, customer…), requests, cost, unpriced requests
-- ledger_charges priced requests per UTC day × key × team × model × backend × region (the FOCUS export)
+- ledger_charges priced requests per UTC day × key × team × model × backend × region × service tier (the FOCUS
+                 export: a day's flex and priority requests of a model are charges apart from its standard ones)
 - ledger_task_daily  tasks, cost and unpriced requests per anchor day × team × anchor dimension: a batch first
                  takes out the current contribution of every task it touches, updates ledger_tasks, then puts
                  the new one back (a task's anchor moves when an earlier request of it arrives later)
@@ -29,8 +30,11 @@ rollups plus their partial edges from the ledger rows (margin.ledger.read.plan).
 
 `rebuild(connection, tag_keys)` recomputes everything from the ledger (after rows were edited by hand, or to
 roll up other tag keys): `margin db rebuild-rollups`. Changing MEASURES, LEVERS or the dimensions needs a
-migration that recreates the changed tables and rebuilds (0009 does); the earlier migrations that create
-the tables from these definitions leave them empty, as `rebuild` runs today's SQL.
+migration that recreates the changed tables and refills them (0009 did, 0019 does); the earlier migrations
+that create the tables from these definitions leave them empty, as `rebuild` runs today's SQL, which reads
+ledger columns that later migrations add: the last such migration (0019) runs the rebuild where the rollups
+were never filled, and a migration that changes one rollup on a filled ledger adds that one up again in SQL of
+its own (0015 the tasks, 0019 the charges).
 """
 
 from __future__ import annotations

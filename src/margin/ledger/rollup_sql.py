@@ -46,7 +46,7 @@ DELTA = "ledger_rollup_task_delta"
 DELTA_CORE = "ledger_rollup_task_delta_core"
 
 GROUPS = (*m.COLUMNS, "error")  # groupings kept as columns g_<name> of ROWS (the tag keys as tag<i>)
-CHARGE_DIMS = ("key", "team", "model", "backend", "region")
+CHARGE_DIMS = ("key", "team", "model", "backend", "region", "service_tier")  # = read.charges.CHARGE_GRAIN
 TASK_ANCHOR = ("team", "key_id", "model", "backend", "region", "feature", "customer")
 TASK_DIMS = {"": "''", "feature": "feature", "customer": "customer", "model": "model", "backend": "backend",
              "region": "region", "key": "key_id"}  # fmt: skip
@@ -245,6 +245,8 @@ def attach() -> list[str]:
 
 
 def charges(rows: str) -> str:
+    """ledger_charges: priced requests per day × key × team × model × backend × region × service tier (NULL
+    as '', like every other dimension: flex and priority requests of one model are charges of their own)."""
     dims = [_blank(_g(d)) for d in CHARGE_DIMS]
     sums = ["COUNT(*)", "SUM(input_tokens)", "SUM(output_tokens)", "SUM(cost_nanousd)", "SUM(energy_uj)"]
     sums += ["SUM(co2e_ng)", "SUM(1 - energy_unknown)", "SUM(co2e_known)"]
@@ -252,7 +254,8 @@ def charges(rows: str) -> str:
     keys = ["day", *CHARGE_DIMS]
     return (
         f"INSERT INTO ledger_charges ({', '.join([*keys, *names])}) SELECT {', '.join(['day', *dims, *sums])} "
-        f"FROM {rows} WHERE unpriced = 0 GROUP BY 1, 2, 3, 4, 5, 6 {_add('ledger_charges', keys, names)}"
+        f"FROM {rows} WHERE unpriced = 0 GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))} "
+        f"{_add('ledger_charges', keys, names)}"
     )
 
 

@@ -1,11 +1,18 @@
 """`margin export focus`: the ledger as FOCUS 1.2 cost and usage rows (CSV or Parquet).
 
-One row per charge = UTC day × API key × team × model × backend × region (the ledger_charges rollup), or with
-`--tags feature,customer` also × those tags (read from rows: with tags that vary per request, about one
-charge per request; task_id is never used, it would always make a row per request). Columns: the 21
+One row per charge = UTC day × API key × team × model × backend × region × service tier (the ledger_charges
+rollup), or with `--tags feature,customer` also × those tags (read from rows: with tags that vary per request,
+about one charge per request; task_id is never used, it would always make a row per request). Columns: the 21
 mandatory FOCUS 1.2 columns of DESIGN §4, a few conditional ones we can fill honestly (ChargeFrequency,
 ConsumedQuantity/Unit, RegionId/Name, ServiceSubcategory, SubAccountId/Name), Tags (JSON object) and x_
-columns for requests, tokens, energy (J) and carbon (gCO2e).
+columns for requests, tokens, energy (J), carbon (gCO2e), the model, the key and the service tier.
+
+The service tier (`x_ServiceTier`: the ledger's `service_tier`, `flex`, `priority`…; null where none was
+recorded, i.e. standard processing or a cache hit) splits a model's day into a charge per tier, each at its own
+price, so what flex saved and priority cost can be allocated. It is an x_ column, as the model is, rather than
+a SkuId/SkuPriceId: FOCUS 1.2's SkuPriceId MUST reference a SKU price in a provider-supplied price list and
+have one parent SkuId, and a charge here blends two unit prices (input and output tokens) that margin
+publishes in no price list. ChargeDescription names the tier too ("… to gpt-5-mini at flex via openai").
 
 InvoiceId is null: margin issues no invoices, and FOCUS 1.2 says InvoiceId MUST be null when the charge is
 not associated with an invoice or a pre-generated provisional one (InvoiceId-C-004-C). focus-validator 2.2.1
@@ -50,7 +57,9 @@ CONDITIONAL = (
     "ChargeFrequency", "ConsumedQuantity", "ConsumedUnit", "InvoiceId", "RegionId", "RegionName", "ServiceSubcategory",
     "SubAccountId", "SubAccountName", "Tags",
 )  # fmt: skip
-EXTENSIONS = ("x_Requests", "x_InputTokens", "x_OutputTokens", "x_EnergyJ", "x_CO2eG", "x_ModelName", "x_KeyId")
+EXTENSIONS = (
+    "x_Requests", "x_InputTokens", "x_OutputTokens", "x_EnergyJ", "x_CO2eG", "x_ModelName", "x_KeyId", "x_ServiceTier",
+)  # fmt: skip
 COLUMNS = MANDATORY + CONDITIONAL + EXTENSIONS
 COST_COLUMNS = ("BilledCost", "ContractedCost", "EffectiveCost", "ListCost")
 DATE_COLUMNS = ("BillingPeriodStart", "BillingPeriodEnd", "ChargePeriodStart", "ChargePeriodEnd")
@@ -114,6 +123,11 @@ def _tags(r: Any, tag_keys: tuple[str, ...]) -> dict[str, Any]:
     return {k: v for k, v in found.items() if v is not None}
 
 
+def _description(r: Any) -> str:
+    tier = f" at {r.service_tier}" if r.service_tier is not None else ""
+    return f"{int(r.requests)} requests to {r.model or 'no model'}{tier} via {r.backend or 'no backend'}"
+
+
 def _row(
     settings: Settings, r: Any, period: tuple[datetime, datetime], account: str, tag_keys: tuple[str, ...] = ()
 ) -> dict[str, Any]:
@@ -126,7 +140,7 @@ def _row(
     row.update(
         BillingAccountId=account, BillingAccountName=account, BillingCurrency="USD",
         BillingPeriodStart=period[0], BillingPeriodEnd=period[1], ChargeCategory="Usage", ChargeClass=None,
-        ChargeDescription=f"{int(r.requests)} requests to {r.model or 'no model'} via {r.backend or 'no backend'}",
+        ChargeDescription=_description(r),
         ChargePeriodStart=day, ChargePeriodEnd=day + timedelta(days=1), InvoiceIssuerName=provider,
         PricingQuantity=Decimal(tokens), PricingUnit="Tokens", ProviderName=provider,
         PublisherName=_publisher(settings, r.model), ServiceCategory="AI and Machine Learning",
@@ -137,6 +151,7 @@ def _row(
         x_InputTokens=int(r.input_tokens or 0), x_OutputTokens=int(r.output_tokens or 0),
         x_EnergyJ=None if r.energy_uj is None else int(r.energy_uj) / MICRO,
         x_CO2eG=None if r.co2e_ng is None else int(r.co2e_ng) / NANO, x_ModelName=r.model, x_KeyId=r.key,
+        x_ServiceTier=r.service_tier,
     )  # fmt: skip
     return row
 
@@ -149,9 +164,9 @@ def focus_rows(
     tags: Sequence[str] = (),
     rollup: bool = True,
 ) -> FocusExport:
-    """The month's charges: day × key × team × model × backend × region (from ledger_charges), split further
-    by the tag keys in `tags` (feature, customer: then read from the ledger rows, about one charge per request
-    when tags vary per request)."""
+    """The month's charges: day × key × team × model × backend × region × service tier (from ledger_charges),
+    split further by the tag keys in `tags` (feature, customer: then read from the ledger rows, about one
+    charge per request when tags vary per request)."""
     unknown = set(tags) - set(TAG_KEYS)
     if unknown:
         raise InvalidRequest(f"--tags: {', '.join(sorted(unknown))} unknown; choose among {', '.join(TAG_KEYS)}")
@@ -186,16 +201,17 @@ def _csv_lines(export: FocusExport) -> Iterator[tuple[Any, ...]]:
         cost = _usd(int(r.cost_nanousd or 0))
         tokens = f"{int(r.input_tokens or 0) + int(r.output_tokens or 0)}.0"
         tags = _tags(r, export.tags)
-        names = (r.team, r.region, r.model, r.key)
-        team, region, model, key = texts.get(names) or texts.setdefault(names, tuple(map(spreadsheet_text, names)))
+        names = (r.team, r.region, r.model, r.key, r.service_tier)
+        cells = texts.get(names) or texts.setdefault(names, tuple(map(spreadsheet_text, names)))
+        team, region, model, key, tier = cells
         yield (
             cost, account, account, "USD", *period, "Usage", "",
-            f"{int(r.requests)} requests to {r.model or 'no model'} via {r.backend or 'no backend'}", *day,
+            _description(r), *day,
             cost, cost, provider, cost, tokens, "Tokens", provider, publisher, "AI and Machine Learning",
             "LLM Inference", "Usage-Based", tokens, "Tokens", "", region, region, "Generative AI", team, team,
             orjson.dumps(tags, option=orjson.OPT_SORT_KEYS).decode(), int(r.requests), int(r.input_tokens or 0),
             int(r.output_tokens or 0), "" if r.energy_uj is None else int(r.energy_uj) / MICRO,
-            "" if r.co2e_ng is None else int(r.co2e_ng) / NANO, model, key,
+            "" if r.co2e_ng is None else int(r.co2e_ng) / NANO, model, key, tier,
         )  # fmt: skip
 
 

@@ -29,7 +29,11 @@ from margin.ledger.measures import MICRO, NANO, RELATIVE_ERROR
 from margin.ledger.read import Window, parse_when, percentile
 from margin.ledger.read.latency import Among, from_histogram
 
-GROUPS = ("model", "team", "feature", "customer", "backend", "key", "user", "endpoint", "status", "region")
+# `service_tier` (the processing tier a request was charged at) has no rollup of its own: its groups are read from
+# the window's ledger rows, as a tag key that is not rolled up (margin.ledger.read.plan)
+GROUPS = (
+    "model", "team", "feature", "customer", "backend", "key", "user", "endpoint", "status", "region", "service_tier",
+)  # fmt: skip
 PERCENTILES = (50, 95)
 PERCENTILE_NOTE = f"nearest rank; totals exact, groups from histograms (within {RELATIVE_ERROR * 100:.2f} %)"
 

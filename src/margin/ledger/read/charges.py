@@ -1,7 +1,9 @@
 """Charges: priced requests per UTC day × several groupings at once (the FOCUS export's grain). The default
-grain, day × key × team × model × backend × region, is kept per batch in ledger_charges: whole days come from
-it, partial edges from rows. Adding tag keys (feature, customer) makes a grain with about as many
-combinations as requests when tags vary per request: no rollup helps there, it is one pass over the rows."""
+grain, day × key × team × model × backend × region × service tier (the processing tier a request was charged
+at: a model's flex, priority and standard requests of a day are three charges, each at its own price), is kept
+per batch in ledger_charges: whole days come from it, partial edges from rows. Adding tag keys (feature,
+customer) makes a grain with about as many combinations as requests when tags vary per request: no rollup
+helps there, it is one pass over the rows."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from margin.ledger.read.plan import Part, grain_for, plan
 from margin.ledger.read.sums import _time, row_group, totals
 from margin.ledger.read.window import Window
 
-CHARGE_GRAIN = ("key", "team", "model", "backend", "region")
+CHARGE_GRAIN = ("key", "team", "model", "backend", "region", "service_tier")  # ledger_charges' (rollup_sql)
 SUMS = ("requests", "input_tokens", "output_tokens", "cost_nanousd", "energy_uj", "co2e_ng")
 
 

@@ -45,7 +45,7 @@ def upgrade() -> None:
     for table in (models.ledger_hourly, *NEW):
         table.create(bind)
     op.create_index("ix_feedback_created", "feedback", ["created_at"])
-    # the rollups are filled by the last migration that changes their shape (0009: `rollup.rebuild` runs
+    # the rollups are filled by the last migration that changes their shape (0019: `rollup.rebuild` runs
     # today's SQL, which reads ledger columns that later migrations add); here only the tag keys they roll up
     op.bulk_insert(models.ledger_rollup_keys, [{"tag_key": key} for key in rollup.DEFAULT_TAG_KEYS])
 

@@ -3,8 +3,10 @@ the tag keys of ledger_daily and ledger_attach also across every team (team '*')
 
 The savings page read every ledger row of its window for the batch and lowest-carbon/-cost levers, the
 attach rate one row per day × feature × customer, and an admin's view by customer one row per day × team ×
-customer; all three now read few rollup rows. The two changed tables are recreated and every rollup is
-rebuilt from the ledger (about 75-90 s per million rows on SQLite).
+customer; all three now read few rollup rows. The two changed tables are recreated, empty: this revision
+rebuilt every rollup from the ledger with `rollup.rebuild`, which runs today's SQL, and that reads ledger
+columns later revisions add (0018's `service_tier`); the last revision that changes the rollups' shape
+(0019) rebuilds them where they were never filled.
 
 Revision ID: 0009
 Revises: 0008
@@ -15,7 +17,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from margin.ledger import measures, models, rollup
+from margin.ledger import measures, models
 
 revision = "0009"
 down_revision = "0008"
@@ -28,7 +30,7 @@ def upgrade() -> None:
     for table in (models.ledger_hourly, models.ledger_attach):
         op.drop_table(table.name)
         table.create(bind)
-    rollup.rebuild(bind)
+    # the rollups are filled by 0019 (it runs `rollup.rebuild` where ledger_hourly is empty)
 
 
 def downgrade() -> None:

@@ -354,7 +354,7 @@ async def summed_usage(connection: AsyncConnection, batch_ids: Sequence[str]) ->
 
 async def usage(engine: AsyncEngine, rows: Sequence[Any]) -> dict[str, Usage]:
     """Each job's Usage: as stored when it ended (margin.batches.progress.finalize), else (it runs, or ended
-    before revision 0019) summed from its ledger rows now."""
+    before revision 0020) summed from its ledger rows now."""
     found = {row.id: Usage(**row.usage) for row in rows if row.usage is not None}
     missing = [row.id for row in rows if row.usage is None]
     if missing:

@@ -4,8 +4,8 @@ ends, so that a finished job's object is read without adding up its rows (a 50,0
 NULL while a job runs (its object sums its rows then) and for jobs that ended before this revision (summed
 when read). A nullable column without a default: no rewrite of existing rows.
 
-Revision ID: 0019
-Revises: 0018
+Revision ID: 0020
+Revises: 0019
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0019"
-down_revision = "0018"
+revision = "0020"
+down_revision = "0019"
 branch_labels = None
 depends_on = None
 

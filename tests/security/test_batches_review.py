@@ -42,6 +42,8 @@ def test_an_id_with_a_nul_is_a_404_on_postgresql(served: ServeFactory, fresh_pos
         ):
             answer = a.request(method, path, json={} if method == "POST" else None)
             assert answer.status_code == 404, (method, path, answer.text)
+        nul_purpose = a.get("/v1/files?purpose=%00")  # a purpose no file has: an empty list, not a 500
+        assert nul_purpose.status_code == 200 and nul_purpose.json()["data"] == [], nul_purpose.text
         job = a.post("/v1/batches", json={"input_file_id": "file-\x00", **CHAT})
         assert job.status_code == 404 and job.json()["error"]["param"] == "input_file_id"
         file_id = _upload(a, _line("one"))  # the gateway still serves: nothing was left broken

@@ -22,6 +22,7 @@ from margin.errors import InvalidRequest, NotFound
 from margin.pipeline.steps.auth import parse_tag_header
 from margin.types import Principal
 
+FILES_PAGE = 10_000  # OpenAI's most files a page, and its default
 Releaser = Callable[[Any, Any, Any], Awaitable[Any]]  # an async context manager's __aexit__
 
 
@@ -49,11 +50,15 @@ def _services(request: Request) -> Any:
     return services
 
 
-def _limit(request: Request) -> tuple[int, str | None]:
-    raw = request.query_params.get("limit", "20")
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3 and 1 <= int(raw) <= 100):  # not "²", not 5,000 digits
-        raise InvalidRequest("limit must be an integer from 1 to 100", param="limit")
-    return int(raw), request.query_params.get("after") or None
+def _window(request: Request, default: int, most: int, orderable: bool = False) -> store.Window:
+    """`limit` (1 to `most`), `after`, and for files `order` (`desc`, newest first, or `asc`), as OpenAI's lists."""
+    raw = request.query_params.get("limit", str(default))
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6 and 1 <= int(raw) <= most):  # not "²", nor 5,000 digits
+        raise InvalidRequest(f"limit must be an integer from 1 to {most:,}", param="limit")
+    order = request.query_params.get("order", "desc") if orderable else "desc"
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("order must be asc or desc", param="order")
+    return store.Window(int(raw), request.query_params.get("after") or None, order == "asc")
 
 
 def _page(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
@@ -91,8 +96,10 @@ async def _store_upload(request: Request, services: Any, principal: Principal) -
 
 
 async def list_files(request: Request, principal: Principal) -> Any:
-    limit, after = _limit(request)
-    rows, more = await store.list_files(_services(request).engine, _owner(principal), limit, after)
+    """OpenAI's file list: up to 10,000 a page (its default too), newest first or `order=asc`, `purpose=` only."""
+    window = _window(request, FILES_PAGE, FILES_PAGE, orderable=True)
+    purpose = request.query_params.get("purpose") or None
+    rows, more = await store.list_files(_services(request).engine, _owner(principal), window, purpose)
     return _page([file_object(row) for row in rows], more)
 
 
@@ -177,19 +184,22 @@ async def create_batch(request: Request, principal: Principal) -> Any:
     runner = getattr(request.app.state, "batch_runner", None)
     if runner is not None:
         runner.wake.set()
-    return batch_object(row)
+    return batch_object(row, store.Usage())  # no line has run yet
 
 
 async def list_batches(request: Request, principal: Principal) -> Any:
-    limit, after = _limit(request)
-    rows, more = await store.list_batches(_services(request).engine, _owner(principal), limit, after)
-    return _page([batch_object(row) for row in rows], more)
+    window = _window(request, 20, 100)  # OpenAI's: 20 by default, at most 100
+    engine = _services(request).engine
+    rows, more = await store.list_batches(engine, _owner(principal), window)
+    used = await store.usage(engine, rows)
+    return _page([batch_object(row, used[row.id]) for row in rows], more)
 
 
 async def get_batch(request: Request, principal: Principal) -> Any:
     services = _services(request)
     row = await store.get_batch(services.engine, request.path_params["batch_id"], _owner(principal))
-    return batch_object(row, await store.line_counts(services.engine, row.id))
+    used = (await store.usage(services.engine, [row]))[row.id]
+    return batch_object(row, used, await store.line_counts(services.engine, row.id))
 
 
 async def cancel_batch(request: Request, principal: Principal) -> Any:
@@ -198,7 +208,7 @@ async def cancel_batch(request: Request, principal: Principal) -> Any:
     runner = getattr(request.app.state, "batch_runner", None)
     if runner is not None:
         runner.wake.set()
-    return batch_object(row)
+    return batch_object(row, (await store.usage(services.engine, [row]))[row.id])
 
 
 def routes() -> list[Route]:

@@ -151,7 +151,12 @@ def _batch_operations() -> list[Op]:
     page = _query("limit", "after")
     return [
         Op("post", "/v1/files", "Upload a batch input file (JSONL)", UPLOAD, media="multipart/form-data"),
-        Op("get", "/v1/files", "The calling key's files", params=page),
+        Op(
+            "get",
+            "/v1/files",
+            "The calling key's files, newest first (order=asc: oldest first; purpose: only those)",
+            params=_query("limit", "after", "order", "purpose"),
+        ),
         Op("get", "/v1/files/{file_id}", "One file", params=[_path("file_id")]),
         Op("delete", "/v1/files/{file_id}", "Delete a file", params=[_path("file_id")]),
         Op(

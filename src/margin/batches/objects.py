@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from margin.batches.planning import saving_text
-from margin.batches.store import utc
+from margin.batches.store import Usage, utc
 
 MOMENTS = ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
 
@@ -30,7 +30,18 @@ def file_object(row: Any) -> dict[str, Any]:
     }
 
 
-def batch_object(row: Any, live_counts: dict[str, int] | None = None) -> dict[str, Any]:
+def usage_object(used: Usage) -> dict[str, Any]:
+    """OpenAI's `usage` of a batch (reasoning tokens are not told apart in the ledger: 0)."""
+    return {
+        "input_tokens": used.input_tokens,
+        "input_tokens_details": {"cached_tokens": used.cached_tokens},
+        "output_tokens": used.output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": used.input_tokens + used.output_tokens,
+    }
+
+
+def batch_object(row: Any, used: Usage | None = None, live_counts: dict[str, int] | None = None) -> dict[str, Any]:
     errors = row.errors or []
     out: dict[str, Any] = {
         "id": row.id,
@@ -49,6 +60,8 @@ def batch_object(row: Any, live_counts: dict[str, int] | None = None) -> dict[st
         "metadata": row.meta,
         "model": row.model,
     }
+    if used is not None:  # the API's objects (the CLI shows the job's ledger rows instead)
+        out["usage"] = usage_object(used)
     plan = row.plan
     if plan:
         out["margin"] = {

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from margin.batches import outputs, quota
 from margin.batches.jsonl import Line, LineError
-from margin.batches.store import ACTIVE, LINE_OPEN, line_request_id
+from margin.batches.store import ACTIVE, LINE_OPEN, line_request_id, summed_usage
 from margin.ledger.models import batch_errors, batch_lines, batches
 
 EXPIRED = {
@@ -295,7 +295,9 @@ async def finalize(engine: AsyncEngine, batch_id: str, status: str, now: datetim
                 return False
             output, error, kept = await outputs.write(connection, batch, now)
             await outputs.free(connection, batch_id)
+            used = (await summed_usage(connection, [batch_id]))[batch_id]  # its rows are in (runner._durable)
             values: dict[str, Any] = {
+                "usage": used.to_json(),
                 "status": status,
                 "finalizing_at": now,
                 f"{status}_at": now,

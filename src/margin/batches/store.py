@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,8 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from margin.batches import quota
 from margin.config import BatchConfig
-from margin.errors import Conflict, NotFound, RateLimited
-from margin.ledger.models import batch_file_parts, batch_files, batch_lines, batches
+from margin.errors import Conflict, InvalidRequest, NotFound, RateLimited
+from margin.ledger.models import batch_file_parts, batch_files, batch_lines, batches, ledger
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 FINAL = ("completed", "failed", "expired", "cancelled")
@@ -63,6 +63,15 @@ def utc(value: datetime | None) -> datetime | None:
 
 
 @dataclass(frozen=True, slots=True)
+class Window:
+    """One page of a list: at most `limit` objects after the id `after`, oldest first if `ascending`."""
+
+    limit: int
+    after: str | None = None
+    ascending: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Owner:
     key_id: str | None
     org: str | None = None
@@ -78,24 +87,28 @@ async def _page(
     table: sa.Table,
     columns: Sequence[Any],
     where: list[Any],
-    limit: int,
-    after: str | None,
+    window: Window,
 ) -> tuple[list[Any], bool]:
-    """Newest first, `limit` rows after the id `after` (OpenAI's cursor pagination)."""
-    if after is not None:
+    """`window.limit` rows after the id `window.after`, newest first unless `window.ascending` (OpenAI's cursor
+    pagination; `after` is always the last id of the page before, in the order asked for)."""
+    created, ident = table.c.created_at, table.c.id
+    if window.after is not None:
+        after = window.after
         if not findable(after):
             raise NotFound(f"no object {after!r} to page after", param="after")
-        anchor = (await connection.execute(sa.select(table.c.created_at).where(table.c.id == after, *where))).first()
+        anchor = (await connection.execute(sa.select(created).where(ident == after, *where))).first()
         if anchor is None:
             raise NotFound(f"no object {after!r} to page after", param="after")
         moment = anchor[0]
-        where = [
-            *where,
-            sa.or_(table.c.created_at < moment, sa.and_(table.c.created_at == moment, table.c.id < after)),
-        ]
-    query = sa.select(*columns).where(*where).order_by(table.c.created_at.desc(), table.c.id.desc()).limit(limit + 1)
+        if window.ascending:
+            later = sa.or_(created > moment, sa.and_(created == moment, ident > after))
+        else:
+            later = sa.or_(created < moment, sa.and_(created == moment, ident < after))
+        where = [*where, later]
+    order = (created.asc(), ident.asc()) if window.ascending else (created.desc(), ident.desc())
+    query = sa.select(*columns).where(*where).order_by(*order).limit(window.limit + 1)
     rows = list((await connection.execute(query)).all())
-    return rows[:limit], len(rows) > limit
+    return rows[: window.limit], len(rows) > window.limit
 
 
 # -- files
@@ -144,9 +157,17 @@ async def input_content(engine: AsyncEngine, file_id: str) -> bytes:
     return bytes(content)
 
 
-async def list_files(engine: AsyncEngine, owner: Owner, limit: int, after: str | None) -> tuple[list[Any], bool]:
+async def list_files(
+    engine: AsyncEngine, owner: Owner, window: Window, purpose: str | None = None
+) -> tuple[list[Any], bool]:
+    """The key's files, only those of `purpose` if given (`batch`: uploads, `batch_output`: jobs' files)."""
+    where = [_owned(batch_files, owner)]
+    if purpose is not None:
+        if not findable(purpose):  # no file has it (and PostgreSQL's text cannot hold it: a 500)
+            return [], False
+        where.append(batch_files.c.purpose == purpose)
     async with engine.connect() as connection:
-        return await _page(connection, batch_files, FILE_COLUMNS, [_owned(batch_files, owner)], limit, after)
+        return await _page(connection, batch_files, FILE_COLUMNS, where, window)
 
 
 async def file_chunks(engine: AsyncEngine, file_id: str) -> AsyncIterator[bytes]:
@@ -211,8 +232,15 @@ async def add_batch(
                 )
             )
         ).first()
-        if source is None or source.purpose != "batch":
+        if source is None:
             raise no_file(input_file_id, "input_file_id")
+        if source.purpose != "batch":  # a job's output or error file: it exists, but is no input
+            raise InvalidRequest(
+                f"the file {input_file_id} has purpose {source.purpose}; a job's input is a file uploaded with "
+                "purpose batch",
+                param="input_file_id",
+                code="invalid_file_purpose",
+            )
         await _admit(connection, owner, limits)
         await quota.check(connection, owner.key_id, stored + int(source.bytes), limits.max_stored_bytes_per_key)
         await connection.execute(
@@ -261,9 +289,9 @@ async def get_batch(engine: AsyncEngine, batch_id: str, owner: Owner | None) -> 
     return row
 
 
-async def list_batches(engine: AsyncEngine, owner: Owner, limit: int, after: str | None) -> tuple[list[Any], bool]:
+async def list_batches(engine: AsyncEngine, owner: Owner, window: Window) -> tuple[list[Any], bool]:
     async with engine.connect() as connection:
-        return await _page(connection, batches, list(batches.c), [_owned(batches, owner)], limit, after)
+        return await _page(connection, batches, list(batches.c), [_owned(batches, owner)], window)
 
 
 def cancel_statement(batch_id: str, now: datetime, owner: Owner | None = None) -> sa.Update:
@@ -294,3 +322,42 @@ async def line_counts(engine: AsyncEngine, batch_id: str) -> dict[str, int]:
             .group_by(batch_lines.c.status)
         )
         return {str(status): int(count) for status, count in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """The tokens a job's lines used: the sums of its ledger rows (every attempt of every line)."""
+
+    input_tokens: int = 0
+    cached_tokens: int = 0  # of input_tokens
+    output_tokens: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return asdict(self)
+
+
+async def summed_usage(connection: AsyncConnection, batch_ids: Sequence[str]) -> dict[str, Usage]:
+    """Each job's Usage from its ledger rows (one query on the ledger's batch_id index; zeros without rows)."""
+    found: dict[str, Usage] = {batch_id: Usage() for batch_id in batch_ids}
+    if not batch_ids:
+        return found
+    c = ledger.c
+    query = (
+        sa.select(c.batch_id, sa.func.sum(c.input_tokens), sa.func.sum(c.cached_tokens), sa.func.sum(c.output_tokens))
+        .where(c.batch_id.in_(list(batch_ids)))
+        .group_by(c.batch_id)
+    )
+    for row in (await connection.execute(query)).all():
+        found[str(row[0])] = Usage(int(row[1] or 0), int(row[2] or 0), int(row[3] or 0))
+    return found
+
+
+async def usage(engine: AsyncEngine, rows: Sequence[Any]) -> dict[str, Usage]:
+    """Each job's Usage: as stored when it ended (margin.batches.progress.finalize), else (it runs, or ended
+    before revision 0020) summed from its ledger rows now."""
+    found = {row.id: Usage(**row.usage) for row in rows if row.usage is not None}
+    missing = [row.id for row in rows if row.usage is None]
+    if missing:
+        async with engine.connect() as connection:
+            found.update(await summed_usage(connection, missing))
+    return found

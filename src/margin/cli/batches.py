@@ -133,7 +133,7 @@ def show(batch_id: str, config: ConfigOpt = None, db: DbOpt = None, json: JsonOp
                 .group_by(batch_lines.c.status)
             )
             lines = {str(status): int(n) for status, n in counts}
-        return {**batch_object(row, lines), "key_id": row.key_id, "ledger": _ledger(engine, batch_id)}
+        return {**batch_object(row, live_counts=lines), "key_id": row.key_id, "ledger": _ledger(engine, batch_id)}
 
     found = _run(read, config, db)
     if json:

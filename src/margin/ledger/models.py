@@ -320,6 +320,8 @@ batches = sa.Table(
     sa.Column("lease_until", sa.DateTime(timezone=True)),
     # what the job keeps besides its files, counted against batches.max_stored_bytes_per_key (margin.batches.quota)
     sa.Column("stored_bytes", sa.BigInteger, nullable=False, server_default="0"),
+    # {input_tokens, cached_tokens, output_tokens} of its ledger rows, summed when it ended (0020; NULL before)
+    sa.Column("usage", sa.JSON),
     sa.Index("ix_batches_key_created", "key_id", "created_at"),
     sa.Index("ix_batches_status", "status"),
     sa.Index("ix_batches_key_status", "key_id", "status"),  # a key's unfinished jobs

@@ -11,8 +11,8 @@ import sqlalchemy as sa
 
 from margin.batches import quota, store
 from margin.batches.jsonl import validate
-from tests.batches.helpers import batch_settings, entries, jsonl, line, run_job, sdk, wait_final
 from margin.ledger.models import batch_errors, batches
+from tests.batches.helpers import batch_settings, entries, jsonl, line, run_job, sdk, wait_final
 from tests.helpers import gateway
 
 MALFORMED = jsonl(

@@ -7,6 +7,7 @@ exclude every backend of the model), which reaches the error file at its first a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -51,7 +52,7 @@ def test_what_may_pass_later_is_tried_again(status: int, headers: dict[str, str]
     assert may_pass_later(status, headers) is again
 
 
-def _residency(db_path: Path, **overrides: object) -> tuple[str, object]:
+def _residency(db_path: Path, **overrides: Any) -> tuple[str, Any]:
     """A key held to the EU, and a gateway whose `us-only` model is served in the US only."""
     _, key = make_key(db_path, name="eu", team="t", policy={"jurisdictions": ["EU"]})
     return key, build_app(fake_settings(db_path, **overrides, **US))

@@ -75,7 +75,7 @@ async def save_validation(
         if batch.status != "validating":
             return False
         stored = quota.job_row_bytes(batch.meta, batch.tags, shown, plan) + working
-        if await quota.used(connection, batch.key_id) - batch.stored_bytes + stored > limit:
+        if await quota.used(connection, batch.key_id, now) - batch.stored_bytes + stored > limit:
             await _over_quota(connection, batch, now, limit)
             return False
         if not lines:
@@ -149,10 +149,10 @@ async def _over_quota(connection: AsyncConnection, batch: Any, now: datetime, li
 
 
 async def input_missing(engine: AsyncEngine, batch_id: str, now: datetime) -> None:
-    """validating → failed: its input file was deleted before the job was validated."""
+    """validating → failed: its input file was deleted, or expired, before the job was validated."""
     async with engine.begin() as connection:
         batch = (await connection.execute(sa.select(batches).where(batches.c.id == batch_id))).one()
-        message = f"the input file {batch.input_file_id} was deleted before the job was validated"
+        message = f"the input file {batch.input_file_id} was deleted (or expired) before the job was validated"
         await _unvalidated(connection, batch, now, "input_file_missing", message)
 
 

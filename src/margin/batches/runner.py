@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from starlette.types import ASGIApp
 
 from margin.backends.retry import retry_after_s
-from margin.batches import inprocess, progress, store
+from margin.batches import expiry, inprocess, progress, store
 from margin.batches.jsonl import validate
 from margin.batches.planning import Planner, line_tokens, options_for, turn, used_capacity
 from margin.errors import NotFound
@@ -105,7 +105,7 @@ class BatchRunner:
 
     async def tick(self) -> None:
         """Renew or take leases; start a task for every job held and not yet running here; wake the others
-        (a cancellation or a new job is seen at once)."""
+        (a cancellation or a new job is seen at once); delete a page of expired files (margin.batches.expiry)."""
         for running in self._running.values():
             running.wake.set()
         held = await progress.claim(self.services.engine, self.worker, self.clock(), self.config.lease_s)
@@ -115,6 +115,7 @@ class BatchRunner:
                 self._jobs[batch_id] = asyncio.create_task(self.run_job(batch_id), name=f"batch {batch_id}")
         for batch_id in [b for b, job in self._jobs.items() if job.done()]:
             del self._jobs[batch_id]
+        await expiry.sweep(self.services.engine, self.clock())  # a page of expired files, each pass
 
     async def run_job(self, batch_id: str) -> None:
         try:
@@ -160,8 +161,8 @@ class BatchRunner:
     async def _validate(self, batch: Any) -> None:
         engine, now = self.services.engine, self.clock()
         try:
-            content = await store.input_content(engine, batch.input_file_id)
-        except NotFound:  # deleted before validation; another failure (the database) is retried on the next pass
+            content = await store.input_content(engine, batch.input_file_id, now)
+        except NotFound:  # deleted or expired before validation; another failure (the database) is retried next pass
             await progress.input_missing(engine, batch.id, now)
             return
         # up to batches.max_lines schema checks: off the event loop, which keeps serving live traffic

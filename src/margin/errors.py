@@ -10,6 +10,10 @@ class MarginError(Exception):
     """Base of every error margin raises on purpose. Subclasses name the kind of failure."""
 
     default_code: ClassVar[str | None] = None
+    # True where the same request would be refused the same way if sent again (answered with `x-should-retry:
+    # false`, the header OpenAI's SDKs obey, and final at once for a batch line): only where the status alone
+    # (a 5xx) would say "try again"
+    deterministic: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -153,6 +157,13 @@ class ResidencyUnavailable(MarginError):
     """No healthy backend inside the caller's allowed jurisdictions."""
 
     default_code = "residency_unavailable"
+
+
+class ResidencyExcluded(ResidencyUnavailable):
+    """The caller's allowed jurisdictions exclude every backend of the model and its fallbacks: no retry can
+    change that (the backends' circuits being open, `ResidencyUnavailable` itself, may pass later)."""
+
+    deterministic = True
 
 
 class Conflict(MarginError):

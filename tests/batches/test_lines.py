@@ -7,8 +7,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from margin.batches import store
+import sqlalchemy as sa
+
+from margin.batches import quota, store
 from margin.batches.jsonl import validate
+from margin.ledger.models import batch_errors, batches
 from tests.batches.helpers import batch_settings, entries, jsonl, line, run_job, sdk, wait_final
 from tests.helpers import gateway
 
@@ -52,6 +55,7 @@ async def test_malformed_lines_become_errors_and_good_lines_run(db_path: Path) -
         client = sdk(gw)
         done = await run_job(client, MALFORMED, "bad.jsonl")
         assert done.status == "completed" and done.request_counts is not None
+        assert done.in_progress_at is not None and done.finalizing_at is not None  # a valid line: it ran
         assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (12, 2, 10)
         assert done.errors is not None and done.errors.data is not None
         assert sorted(e.line or 0 for e in done.errors.data) == [2, 3, 4, 5, 6, 7, 8, 9, 11, 12]
@@ -76,8 +80,23 @@ async def test_a_job_with_no_valid_line_fails_with_its_errors(db_path: Path) -> 
         )
         done = await wait_final(client, batch.id)
         assert done.status == "failed" and done.failed_at is not None and done.output_file_id is None
+        # validating → failed, as OpenAI: it never ran (it went through in_progress and finalizing before)
+        assert (done.in_progress_at, done.finalizing_at, done.completed_at) == (None, None, None)
+        assert done.request_counts is not None
+        assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (2, 0, 2)
+        assert done.errors is not None and done.errors.data is not None
+        assert [(e.line, e.code) for e in done.errors.data] == [(1, "model_not_found"), (2, "invalid_json")]
+        assert done.usage is not None and done.usage.total_tokens == 0
         assert done.error_file_id is not None
-        assert len(entries((await client.files.content(done.error_file_id)).content)) == 2
+        bad = entries((await client.files.content(done.error_file_id)).content)
+        assert [e["error"]["line"] for e in bad] == [1, 2]
+        assert (await client.batches.retrieve(batch.id)).status == "failed"  # and it stays so
+        async with gw.services.engine.connect() as connection:
+            kept = await connection.scalar(sa.select(batches.c.stored_bytes).where(batches.c.id == batch.id))
+            copies = await connection.scalar(
+                sa.select(sa.func.count()).select_from(batch_errors).where(batch_errors.c.batch_id == batch.id)
+            )
+        assert copies == 0 and kept == quota.job_row_bytes(None, {}, [e.model_dump() for e in done.errors.data])
 
 
 async def test_a_job_whose_input_file_is_deleted_before_validation_fails_saying_so(db_path: Path) -> None:

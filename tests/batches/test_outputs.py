@@ -89,7 +89,7 @@ async def test_files_are_written_and_read_in_parts_in_line_order(
     for file_id, chunks in ((done.output_file_id, output), (done.error_file_id, error)):
         assert files[file_id].bytes == len(b"".join(chunks)) and files[file_id].content == b""
         assert files[file_id].lines == b"".join(chunks).count(b"\n")
-    await store.delete_file(engine, done.output_file_id, store.Owner("k"))
+    await store.delete_file(engine, done.output_file_id, store.Owner("k"), NOW)
     assert await _chunks(engine, done.output_file_id) == []
     async with engine.connect() as connection:
         left = (await connection.execute(sa.select(sa.func.count()).select_from(batch_file_parts))).scalar_one()
@@ -103,7 +103,7 @@ async def test_an_upload_reads_back_as_its_one_blob(tmp_path: Path) -> None:
     engine = db.make_async_engine(url)
     row = await store.add_file(engine, store.Owner("k"), "in.jsonl", b'{"a":1}\n', 1, 1 << 20, NOW)
     assert await _chunks(engine, row.id) == [b'{"a":1}\n']
-    assert await store.input_content(engine, row.id) == b'{"a":1}\n'
+    assert await store.input_content(engine, row.id, NOW) == b'{"a":1}\n'
     await engine.dispose()
 
 

@@ -60,10 +60,11 @@ def _refusal(exc: pytest.ExceptionInfo[MarginError]) -> tuple[int, Any]:
 async def test_a_job_whose_refused_lines_would_pass_the_quota_fails_storing_none(tmp_path: Path) -> None:
     engine = await _engine(tmp_path)
     limits = BatchConfig(max_stored_bytes_per_key=1 << 20)
-    upload = await store.add_file(engine, OWNER, "bad.jsonl", BAD, 100, limits.max_stored_bytes_per_key, NOW)
-    assert await _used(engine) == quota.ROW_BYTES + len(BAD)
-    lines, errors = validate(BAD, ENDPOINT, lambda model: True)
-    assert (len(lines), len(errors)) == (0, 100)
+    content = BAD + jsonl(line("ok"))  # one valid line: a job with none ends at validation, holding no row
+    upload = await store.add_file(engine, OWNER, "bad.jsonl", content, 101, limits.max_stored_bytes_per_key, NOW)
+    assert await _used(engine) == quota.ROW_BYTES + len(content)
+    lines, errors = validate(content, ENDPOINT, lambda model: True)
+    assert (len(lines), len(errors)) == (1, 100)
 
     first = await _job(engine, upload.id, limits)
     before = await _used(engine)
@@ -73,7 +74,7 @@ async def test_a_job_whose_refused_lines_would_pass_the_quota_fails_storing_none
     assert stored > 2 * refused_json  # its rows and the 100 it lists, each counted
     assert await _used(engine) == before - first.stored_bytes + stored and await _refused(engine, first.id) == 100
 
-    second = await _job(engine, upload.id, limits)  # room for its row and a copy of its 900-byte input
+    second = await _job(engine, upload.id, limits)  # room for its row and a copy of its ~1 KB input
     limit = await _used(engine) + stored // 2  # not for its 100 refused lines
     assert not await progress.save_validation(engine, second.id, lines, errors, None, NOW, limit)
     failed = await store.get_batch(engine, second.id, OWNER)

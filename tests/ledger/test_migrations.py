@@ -318,3 +318,33 @@ def test_0018_adds_the_service_tier_and_keeps_rows_and_indexes_both_ways(tmp_pat
         assert connection.exec_driver_sql("SELECT count(*) FROM ledger").scalar() == len(ROWS)
         assert_bin_indexes(connection)
     engine.dispose()
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_0021_adds_file_expiry_and_keeps_files_both_ways(
+    dialect: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Nullable columns and an index: files stored before it read NULL (kept until deleted, as they were), and
+    the downgrade drops them in place, keeping every file."""
+    url = f"sqlite:///{tmp_path / 'e.db'}" if dialect == "sqlite" else request.getfixturevalue("fresh_postgres")
+    db.upgrade(url, "0020")
+    engine = db.make_sync_engine(url)
+    file_row = "INSERT INTO batch_files (id, purpose, filename, bytes, lines, content, created_at) VALUES "
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(file_row + "('file-a', 'batch', 'a.jsonl', 2, 1, :content, :at)"),
+            {"content": b"{}", "at": "2026-12-06 12:00:00"},
+        )
+    db.upgrade(url)
+    with engine.begin() as connection:
+        assert connection.exec_driver_sql("SELECT expires_at FROM batch_files").scalars().all() == [None]
+        indexes = {index["name"] for index in sa.inspect(connection).get_indexes("batch_files")}
+        assert "ix_batch_files_expires_at" in indexes
+        assert {c["name"] for c in sa.inspect(connection).get_columns("batches")} >= {"output_expires_s"}
+        connection.exec_driver_sql("UPDATE batch_files SET expires_at = created_at")
+    db.downgrade(url, "0020")
+    with engine.connect() as connection:
+        assert "expires_at" not in {c["name"] for c in sa.inspect(connection).get_columns("batch_files")}
+        assert "output_expires_s" not in {c["name"] for c in sa.inspect(connection).get_columns("batches")}
+        assert connection.exec_driver_sql("SELECT id FROM batch_files").scalars().all() == ["file-a"]
+    engine.dispose()

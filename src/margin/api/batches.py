@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 from margin.api.admin import endpoint
 from margin.api.edge import read_json
 from margin.api.errors import NOSNIFF
-from margin.batches import jsonl, store
+from margin.batches import expiry, jsonl, store
 from margin.batches.objects import batch_object, file_object
 from margin.errors import InvalidRequest, NotFound
 from margin.pipeline.steps.auth import parse_tag_header
@@ -24,6 +24,15 @@ from margin.types import Principal
 
 FILES_PAGE = 10_000  # OpenAI's most files a page, and its default
 Releaser = Callable[[Any, Any, Any], Awaitable[Any]]  # an async context manager's __aexit__
+
+
+class ExpiresAfter(BaseModel):
+    """OpenAI's expiry policy of a file: `seconds` after its creation (margin.batches.expiry)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: no bool, float or "3600" for seconds
+
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=expiry.MIN_S, le=expiry.MAX_S)
 
 
 class BatchCreateRequest(BaseModel):
@@ -37,6 +46,9 @@ class BatchCreateRequest(BaseModel):
         pattern=r"^[0-9]{1,3}h$", description="Hours before the job expires (`24h`; up to batches.max_window_h)."
     )
     metadata: dict[str, str] | None = Field(None, max_length=16)
+    output_expires_after: ExpiresAfter | None = Field(
+        None, description="When its output and error files expire: seconds (1 hour to 30 days) after each is written."
+    )
 
 
 def _owner(principal: Principal) -> store.Owner:
@@ -91,6 +103,7 @@ async def _store_upload(request: Request, services: Any, principal: Principal) -
         lines,
         config.max_stored_bytes_per_key,
         datetime.now(UTC),
+        upload.expires_s,
     )
     return file_object(row)
 
@@ -99,12 +112,14 @@ async def list_files(request: Request, principal: Principal) -> Any:
     """OpenAI's file list: up to 10,000 a page (its default too), newest first or `order=asc`, `purpose=` only."""
     window = _window(request, FILES_PAGE, FILES_PAGE, orderable=True)
     purpose = request.query_params.get("purpose") or None
-    rows, more = await store.list_files(_services(request).engine, _owner(principal), window, purpose)
+    engine = _services(request).engine
+    rows, more = await store.list_files(engine, _owner(principal), window, datetime.now(UTC), purpose)
     return _page([file_object(row) for row in rows], more)
 
 
 async def get_file(request: Request, principal: Principal) -> Any:
-    row = await store.get_file(_services(request).engine, request.path_params["file_id"], _owner(principal))
+    engine = _services(request).engine
+    row = await store.get_file(engine, request.path_params["file_id"], _owner(principal), datetime.now(UTC))
     return file_object(row)
 
 
@@ -127,7 +142,7 @@ async def file_content(request: Request, principal: Principal) -> Any:
     downloads of one key at a time (`Services.downloads`; 429 past them)."""
     services = _services(request)
     file_id, engine = request.path_params["file_id"], services.engine
-    row = await store.get_file(engine, file_id, _owner(principal))  # 404 unless it is the caller's
+    row = await store.get_file(engine, file_id, _owner(principal), datetime.now(UTC))  # 404 unless the caller's
     headers = {"content-length": str(row.bytes), NOSNIFF[0]: NOSNIFF[1]}
     place = services.downloads.slot(principal.key_id)  # open mode (no key): the operator's own, no gate
     await place.__aenter__()
@@ -136,7 +151,7 @@ async def file_content(request: Request, principal: Principal) -> Any:
 
 async def delete_file(request: Request, principal: Principal) -> Any:
     file_id = request.path_params["file_id"]
-    await store.delete_file(_services(request).engine, file_id, _owner(principal))
+    await store.delete_file(_services(request).engine, file_id, _owner(principal), datetime.now(UTC))
     return {"id": file_id, "object": "file", "deleted": True}
 
 
@@ -170,6 +185,7 @@ async def create_batch(request: Request, principal: Principal) -> Any:
     for key, value in (spec.metadata or {}).items():
         if len(key) > 64 or len(value) > 512:
             raise InvalidRequest("metadata keys are at most 64 characters, values 512", param="metadata")
+    output_expires_s = None if spec.output_expires_after is None else spec.output_expires_after.seconds
     row = await store.add_batch(
         services.engine,
         _owner(principal),
@@ -180,6 +196,7 @@ async def create_batch(request: Request, principal: Principal) -> Any:
         tags,
         datetime.now(UTC),
         services.settings.batches,
+        output_expires_s,
     )
     runner = getattr(request.app.state, "batch_runner", None)
     if runner is not None:

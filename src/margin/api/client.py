@@ -20,7 +20,7 @@ from urllib.parse import quote
 import orjson
 from starlette.types import Send
 
-from margin.api.errors import JSON, NOSNIFF_RAW, error_body, status_of
+from margin.api.errors import JSON, NOSNIFF_RAW, error_body, error_headers, status_of
 from margin.errors import MarginError
 from margin.ledger.outbox import OutboxError
 from margin.pipeline.values import ClientGone
@@ -79,7 +79,7 @@ class AsgiClient:
                 await self.write(b"data: " + body + b"\n\n")
                 await self.end_stream(done)
             return
-        merged = {**error.headers, **headers}
+        merged = {**error_headers(error), **headers}
         raw = [
             (b"content-type", JSON.encode()),
             (b"content-length", str(len(body)).encode()),

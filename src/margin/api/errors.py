@@ -16,6 +16,9 @@ JSON = "application/json"
 NOSNIFF = ("x-content-type-options", "nosniff")
 """On every answer margin's own app makes (errors, admin, models, health, dashboard): a browser that opens one
 takes it as the type it says and never sniffs a JSON body holding a caller's values as HTML or script."""
+SHOULD_RETRY = "x-should-retry"
+"""`false` on an error that the same request would get again (`MarginError.deterministic`): OpenAI's SDKs obey it
+(they retry 408, 409, 429 and 5xx otherwise), and so does the batch worker (margin.batches.runner)."""
 NOSNIFF_RAW = (NOSNIFF[0].encode(), NOSNIFF[1].encode())  # the same, as an ASGI header (margin.api.client)
 
 # class → (HTTP status, OpenAI error type); a subclass not listed takes its nearest listed base's entry
@@ -58,9 +61,17 @@ def error_body(error: e.MarginError) -> dict[str, Any]:
     return {"error": {"message": error.message, "type": kind, "param": error.param, "code": error.code}}
 
 
+def error_headers(error: e.MarginError) -> dict[str, str]:
+    """The headers an error's answer carries: its own (`retry-after`, …), and `x-should-retry: false` where
+    sending the request again would change nothing."""
+    if error.deterministic:
+        return {**error.headers, SHOULD_RETRY: "false"}
+    return error.headers
+
+
 def error_response(error: e.MarginError, request_id: str | None = None, status: int | None = None) -> Response:
     """The OpenAI error JSON; `status` overrides the class's (an HTTP error starlette raised itself)."""
-    headers = {NOSNIFF[0]: NOSNIFF[1], **error.headers}
+    headers = {NOSNIFF[0]: NOSNIFF[1], **error_headers(error)}
     if request_id:
         headers["x-margin-request-id"] = headers["x-request-id"] = request_id
     body = orjson.dumps(error_body(error))

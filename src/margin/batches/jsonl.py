@@ -20,6 +20,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from margin import jsonload
+from margin.batches import expiry
 from margin.config import BatchConfig
 from margin.errors import InvalidRequest, MarginError, PayloadTooLarge
 from margin.protocol import Endpoint, parse_request
@@ -39,6 +40,7 @@ class Upload:
     filename: str
     purpose: str
     content: bytes  # not yet checked: `check_content` scans it (on a worker thread: up to max_file_bytes)
+    expires_s: int | None = None  # `expires_after[seconds]` (margin.batches.expiry); None: kept until deleted
 
 
 async def _bounded(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
@@ -105,9 +107,23 @@ async def read_upload(request: Request, limits: BatchConfig) -> Upload:
         if len(content) > limits.max_file_bytes:
             raise PayloadTooLarge(f"the file is over the limit of {limits.max_file_bytes} bytes")
         filename = printable_name(upload.filename)
+        expires_s = _expires_after(form)
     finally:
         await form.close()
-    return Upload(filename, purpose, content)
+    return Upload(filename, purpose, content, expires_s)
+
+
+def _expires_after(form: Any) -> int | None:
+    """`expires_after[anchor]` and `expires_after[seconds]`, the form fields OpenAI's SDKs send for
+    `expires_after={"anchor": "created_at", "seconds": n}`; None when neither is sent."""
+    anchor, seconds = form.get("expires_after[anchor]"), form.get("expires_after[seconds]")
+    if "expires_after" in form:
+        raise InvalidRequest(
+            "send expires_after as the fields expires_after[anchor] and expires_after[seconds]", param="expires_after"
+        )
+    if anchor is None and seconds is None:
+        return None
+    return expiry.seconds_of(anchor, seconds, "expires_after")
 
 
 def printable_name(name: str | None) -> str:

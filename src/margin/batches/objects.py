@@ -22,7 +22,7 @@ def file_object(row: Any) -> dict[str, Any]:
         "object": "file",
         "bytes": int(row.bytes),
         "created_at": _ts(row.created_at),
-        "expires_at": None,
+        "expires_at": _ts(row.expires_at),  # None: kept until deleted
         "filename": row.filename,
         "purpose": row.purpose,
         "status": "processed",

@@ -10,7 +10,7 @@ copies (refused lines' rows, lines' bodies and answers) are freed: the files hol
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -72,9 +72,16 @@ class FileWriter:
                 lines=self.lines,
                 content=b"",  # in batch_file_parts
                 created_at=now,
+                expires_at=expires_at(self.batch, now),
             )
         )
         return self.id
+
+
+def expires_at(batch: Any, now: datetime) -> datetime | None:
+    """When a job's output and error files written at `now` expire: its `output_expires_after` (None: kept)."""
+    seconds = batch.output_expires_s
+    return None if seconds is None else now + timedelta(seconds=seconds)
 
 
 async def _paged(connection: AsyncConnection, table: sa.Table, batch_id: str) -> AsyncIterator[Any]:

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from margin.batches import outputs, quota
 from margin.batches.jsonl import Line, LineError
-from margin.batches.store import ACTIVE, LINE_OPEN, line_request_id, summed_usage
+from margin.batches.store import ACTIVE, LINE_OPEN, Usage, line_request_id, summed_usage
 from margin.ledger.models import batch_errors, batch_lines, batches
 
 EXPIRED = {
@@ -60,9 +60,10 @@ async def save_validation(
     now: datetime,
     limit: int,
 ) -> bool:
-    """validating → in_progress with the lines stored; False if the job left `validating` meanwhile, or if its
+    """validating → in_progress with the lines stored; False if the job left `validating` meanwhile, if its
     lines and refused lines would take its key past `limit` (batches.max_stored_bytes_per_key): it then ends
-    `failed` with a `storage_quota_exceeded` error and stores none of them."""
+    `failed` with a `storage_quota_exceeded` error and stores none of them, or if no line is valid: it then
+    ends `failed` at once, its error file written (`_nothing_valid`)."""
     shown = [e.to_json() for e in errors[:SHOWN_ERRORS]]
     refused: list[dict[str, Any]] = [{"batch_id": batch_id, "line": e.line, "error": e.to_json()} for e in errors]
     working = quota.lines_bytes(((line.custom_id, len(line.body)) for line in lines), (r["error"] for r in refused))
@@ -74,8 +75,11 @@ async def save_validation(
         if batch.status != "validating":
             return False
         stored = quota.job_row_bytes(batch.meta, batch.tags, shown, plan) + working
-        if await quota.used(connection, batch.key_id) - batch.stored_bytes + stored > limit:
+        if await quota.used(connection, batch.key_id, now) - batch.stored_bytes + stored > limit:
             await _over_quota(connection, batch, now, limit)
+            return False
+        if not lines:
+            await _nothing_valid(connection, batch, refused, shown, now)
             return False
         moved = await connection.execute(
             batches.update()
@@ -100,6 +104,33 @@ async def save_validation(
     return True
 
 
+async def _nothing_valid(
+    connection: AsyncConnection, batch: Any, refused: list[dict[str, Any]], shown: list[Any], now: datetime
+) -> None:
+    """validating → failed, as OpenAI ends a job that fails validation (never in_progress nor finalizing): no
+    line is valid. Its error file (every refused line) is written in the same transaction."""
+    if refused:
+        await connection.execute(batch_errors.insert(), refused)
+    _, error_file, _ = await outputs.write(connection, batch, now)
+    await outputs.free(connection, batch.id)
+    await connection.execute(
+        batches.update()
+        .where(batches.c.id == batch.id, batches.c.status == "validating")
+        .values(
+            status="failed",
+            failed_at=now,
+            errors=shown,
+            total=len(refused),
+            failed=len(refused),
+            error_file_id=error_file,
+            usage=Usage().to_json(),  # no line ran
+            stored_bytes=quota.job_row_bytes(batch.meta, batch.tags, shown),
+            lease_owner=None,
+            lease_until=None,
+        )
+    )
+
+
 def _line_row(batch_id: str, line: Line) -> dict[str, Any]:
     return {
         "batch_id": batch_id,
@@ -118,10 +149,10 @@ async def _over_quota(connection: AsyncConnection, batch: Any, now: datetime, li
 
 
 async def input_missing(engine: AsyncEngine, batch_id: str, now: datetime) -> None:
-    """validating → failed: its input file was deleted before the job was validated."""
+    """validating → failed: its input file was deleted, or expired, before the job was validated."""
     async with engine.begin() as connection:
         batch = (await connection.execute(sa.select(batches).where(batches.c.id == batch_id))).one()
-        message = f"the input file {batch.input_file_id} was deleted before the job was validated"
+        message = f"the input file {batch.input_file_id} was deleted (or expired) before the job was validated"
         await _unvalidated(connection, batch, now, "input_file_missing", message)
 
 

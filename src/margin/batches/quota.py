@@ -19,12 +19,14 @@ are always kept and counted as they land: a key may go over by what its running 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from margin.batches import expiry
 from margin.errors import PayloadTooLarge
 from margin.ledger.models import batch_files, batches
 
@@ -54,10 +56,14 @@ def lines_bytes(lines: Iterable[tuple[str | None, int]], refused: Iterable[dict[
     return valid + sum(LINE_BYTES + size(error) for error in refused)
 
 
-async def used(connection: AsyncConnection, key_id: str | None) -> int:
-    """The bytes a key stores now: its files and its jobs."""
+async def used(connection: AsyncConnection, key_id: str | None, now: datetime | None = None) -> int:
+    """The bytes a key stores now: its files (those not expired at `now`, when given: an expired file is gone
+    for its key before the sweep deletes it) and its jobs."""
     files = sa.func.coalesce(sa.func.sum(batch_files.c.bytes), 0) + sa.func.count() * ROW_BYTES
-    in_files = await connection.scalar(sa.select(files).where(owned(batch_files, key_id)))
+    where = [owned(batch_files, key_id)]
+    if now is not None:
+        where.append(expiry.live(now))
+    in_files = await connection.scalar(sa.select(files).where(*where))
     jobs = sa.select(sa.func.coalesce(sa.func.sum(batches.c.stored_bytes), 0)).where(owned(batches, key_id))
     return int(in_files or 0) + int(await connection.scalar(jobs) or 0)
 
@@ -82,7 +88,9 @@ def refusal(quota: int) -> PayloadTooLarge:
     )
 
 
-async def check(connection: AsyncConnection, key_id: str | None, adding: int, quota: int) -> None:
-    """Refuse (413 storage_quota_exceeded) what would take the key past its quota."""
-    if await used(connection, key_id) + adding > quota:
+async def check(
+    connection: AsyncConnection, key_id: str | None, adding: int, quota: int, now: datetime | None = None
+) -> None:
+    """Refuse (413 storage_quota_exceeded) what would take the key past its quota (as stored at `now`)."""
+    if await used(connection, key_id, now) + adding > quota:
         raise refusal(quota)

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from starlette.types import ASGIApp
 
 from margin.backends.retry import retry_after_s
-from margin.batches import inprocess, progress, store
+from margin.batches import expiry, inprocess, progress, store
 from margin.batches.jsonl import validate
 from margin.batches.planning import Planner, line_tokens, options_for, turn, used_capacity
 from margin.errors import NotFound
@@ -36,7 +36,18 @@ from margin.ledger.models import batches
 from margin.types import ANONYMOUS, BatchLine, Principal
 
 log = logging.getLogger("margin.batches")
-RETRYABLE = frozenset({429, 500, 502, 503, 504})
+SHOULD_RETRY = "x-should-retry"  # margin.api.errors.SHOULD_RETRY: `false` on a refusal no retry can change
+
+
+def may_pass_later(status: int, headers: Mapping[str, str]) -> bool:
+    """Whether a line's failed attempt is worth another: OpenAI's SDKs' own rule. An answer that says
+    `x-should-retry: false` (margin's refusals that do not change with time: 503 `residency_unavailable` for a
+    key whose jurisdictions exclude every backend of the model) is final; so is every 4xx but 408 (timeout),
+    409 (conflict) and 429 (rate limits, budgets); 5xx (upstream faults, timeouts, a full queue, open
+    circuits, `governance_unavailable`, `auth_unavailable`, margin's own faults) is tried again."""
+    if headers.get(SHOULD_RETRY) == "false":
+        return False
+    return status in (408, 409, 429) or status >= 500
 
 
 def utcnow() -> datetime:
@@ -94,7 +105,7 @@ class BatchRunner:
 
     async def tick(self) -> None:
         """Renew or take leases; start a task for every job held and not yet running here; wake the others
-        (a cancellation or a new job is seen at once)."""
+        (a cancellation or a new job is seen at once); delete a page of expired files (margin.batches.expiry)."""
         for running in self._running.values():
             running.wake.set()
         held = await progress.claim(self.services.engine, self.worker, self.clock(), self.config.lease_s)
@@ -104,6 +115,7 @@ class BatchRunner:
                 self._jobs[batch_id] = asyncio.create_task(self.run_job(batch_id), name=f"batch {batch_id}")
         for batch_id in [b for b, job in self._jobs.items() if job.done()]:
             del self._jobs[batch_id]
+        await expiry.sweep(self.services.engine, self.clock())  # a page of expired files, each pass
 
     async def run_job(self, batch_id: str) -> None:
         try:
@@ -149,8 +161,8 @@ class BatchRunner:
     async def _validate(self, batch: Any) -> None:
         engine, now = self.services.engine, self.clock()
         try:
-            content = await store.input_content(engine, batch.input_file_id)
-        except NotFound:  # deleted before validation; another failure (the database) is retried on the next pass
+            content = await store.input_content(engine, batch.input_file_id, now)
+        except NotFound:  # deleted or expired before validation; another failure (the database) is retried next pass
             await progress.input_missing(engine, batch.id, now)
             return
         # up to batches.max_lines schema checks: off the event loop, which keeps serving live traffic
@@ -294,7 +306,7 @@ class _Job:
         except Exception as exc:  # the call itself broke: count it as a gateway fault, retried
             log.exception("batch %s line %s: the in-process call failed", batch.id, row.line)
             error = {"code": "internal_error", "message": f"the gateway failed on this line: {type(exc).__name__}"}
-            outcome = self._retry_or_fail(500, None, error, attempt, None)
+            outcome = self._retry_or_fail(500, None, error, attempt, {})
         return row.line, attempt, outcome
 
     async def _call(
@@ -322,13 +334,18 @@ class _Job:
         )
         if reply.status < 400:
             return progress.Outcome("done", reply.status, reply.body)
-        return self._retry_or_fail(reply.status, reply.body, None, attempt, reply.headers.get("retry-after"))
+        return self._retry_or_fail(reply.status, reply.body, None, attempt, reply.headers)
 
     def _retry_or_fail(
-        self, status: int, body: bytes | None, error: dict[str, Any] | None, attempt: int, retry_after: str | None
+        self,
+        status: int,
+        body: bytes | None,
+        error: dict[str, Any] | None,
+        attempt: int,
+        headers: Mapping[str, str],
     ) -> progress.Outcome:
-        if status in RETRYABLE and attempt < self.runner.config.max_attempts:
-            delay = retry_after_s(retry_after)
+        if may_pass_later(status, headers) and attempt < self.runner.config.max_attempts:
+            delay = retry_after_s(headers.get("retry-after"))
             delay = float(2**attempt) if delay is None else delay
             not_before = self.runner.clock() + timedelta(seconds=min(delay, 300.0))
             return progress.Outcome("pending", status, body, error, not_before)

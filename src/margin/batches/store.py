@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from margin.batches import quota
+from margin.batches import expiry, quota
 from margin.config import BatchConfig
 from margin.errors import Conflict, InvalidRequest, NotFound, RateLimited
 from margin.ledger.models import batch_file_parts, batch_files, batch_lines, batches, ledger
@@ -115,11 +115,19 @@ async def _page(
 
 
 async def add_file(
-    engine: AsyncEngine, owner: Owner, filename: str, content: bytes, lines: int, limit: int, now: datetime
+    engine: AsyncEngine,
+    owner: Owner,
+    filename: str,
+    content: bytes,
+    lines: int,
+    limit: int,
+    now: datetime,
+    expires_s: int | None = None,
 ) -> Any:
+    """A new upload, expiring `expires_s` seconds after `now` (None: kept until deleted)."""
     async with engine.begin() as connection:
         await quota.lock(connection, owner.key_id)
-        await quota.check(connection, owner.key_id, quota.ROW_BYTES + len(content), limit)
+        await quota.check(connection, owner.key_id, quota.ROW_BYTES + len(content), limit, now)
         file_id = new_id("file-")
         values = {
             "id": file_id,
@@ -131,37 +139,42 @@ async def add_file(
             "lines": lines,
             "content": content,
             "created_at": now,
+            "expires_at": None if expires_s is None else now + timedelta(seconds=expires_s),
         }
         await connection.execute(batch_files.insert().values(**values))
         return (await connection.execute(sa.select(*FILE_COLUMNS).where(batch_files.c.id == file_id))).one()
 
 
-async def get_file(engine: AsyncEngine, file_id: str, owner: Owner) -> Any:
+async def get_file(engine: AsyncEngine, file_id: str, owner: Owner, now: datetime) -> Any:
+    """The caller's file, unless it has expired at `now` (404 as a deleted one, swept or not yet)."""
     if not findable(file_id):
         raise no_file(file_id)
     async with engine.connect() as connection:
-        query = sa.select(*FILE_COLUMNS).where(batch_files.c.id == file_id, _owned(batch_files, owner))
+        where = (batch_files.c.id == file_id, _owned(batch_files, owner), expiry.live(now))
+        query = sa.select(*FILE_COLUMNS).where(*where)
         row = (await connection.execute(query)).first()
     if row is None:
         raise no_file(file_id)
     return row
 
 
-async def input_content(engine: AsyncEngine, file_id: str) -> bytes:
+async def input_content(engine: AsyncEngine, file_id: str, now: datetime) -> bytes:
     """An uploaded file's bytes, for the worker that runs a job on it (whoever owns it; bounded by
-    batches.max_file_bytes, so held whole)."""
+    batches.max_file_bytes, so held whole); NotFound if it was deleted or has expired at `now`."""
     async with engine.connect() as connection:
-        content = await connection.scalar(sa.select(batch_files.c.content).where(batch_files.c.id == file_id))
+        query = sa.select(batch_files.c.content).where(batch_files.c.id == file_id, expiry.live(now))
+        content = await connection.scalar(query)
     if content is None:
         raise NotFound(f"No such File object: {file_id}", param="file_id")
     return bytes(content)
 
 
 async def list_files(
-    engine: AsyncEngine, owner: Owner, window: Window, purpose: str | None = None
+    engine: AsyncEngine, owner: Owner, window: Window, now: datetime, purpose: str | None = None
 ) -> tuple[list[Any], bool]:
-    """The key's files, only those of `purpose` if given (`batch`: uploads, `batch_output`: jobs' files)."""
-    where = [_owned(batch_files, owner)]
+    """The key's files not expired at `now`, only those of `purpose` if given (`batch`: uploads,
+    `batch_output`: jobs' files)."""
+    where = [_owned(batch_files, owner), expiry.live(now)]
     if purpose is not None:
         if not findable(purpose):  # no file has it (and PostgreSQL's text cannot hold it: a 500)
             return [], False
@@ -190,16 +203,19 @@ async def file_chunks(engine: AsyncEngine, file_id: str) -> AsyncIterator[bytes]
             yield bytes(view[start : start + UPLOAD_CHUNK])  # holds one chunk in the server's buffer, not a copy
 
 
-async def delete_file(engine: AsyncEngine, file_id: str, owner: Owner) -> None:
+async def delete_file(engine: AsyncEngine, file_id: str, owner: Owner, now: datetime) -> None:
+    """Delete the caller's file; one expired at `now` is deleted too (before the sweep would) but answers the
+    404 of a file that does not exist, as every read of it does."""
     if not findable(file_id):
         raise no_file(file_id)
+    mine = (batch_files.c.id == file_id, _owned(batch_files, owner))
     async with engine.begin() as connection:
-        gone = await connection.execute(
-            batch_files.delete().where(batch_files.c.id == file_id, _owned(batch_files, owner))
-        )
+        expires = (await connection.execute(sa.select(batch_files.c.expires_at).where(*mine))).first()
+        gone = await connection.execute(batch_files.delete().where(*mine))
         if gone.rowcount == 1:
             await connection.execute(batch_file_parts.delete().where(batch_file_parts.c.file_id == file_id))
-    if gone.rowcount != 1:
+    moment = None if expires is None else utc(expires[0])
+    if gone.rowcount != 1 or (moment is not None and moment <= now):
         raise no_file(file_id)
 
 
@@ -216,9 +232,11 @@ async def add_batch(
     tags: dict[str, str],
     now: datetime,
     limits: BatchConfig,
+    output_expires_s: int | None = None,
 ) -> Any:
     """A new job (validating), if the key has fewer than `max_active_jobs_per_key` unfinished and room in its
-    quota for the job's row and a copy of its input's lines (what validation will store, checked exactly then)."""
+    quota for the job's row and a copy of its input's lines (what validation will store, checked exactly then).
+    Its output and error files will expire `output_expires_s` after they are written (None: kept)."""
     batch_id = new_id("batch_")
     stored = quota.job_row_bytes(meta, tags)
     if not findable(input_file_id):
@@ -228,7 +246,7 @@ async def add_batch(
         source = (
             await connection.execute(
                 sa.select(batch_files.c.purpose, batch_files.c.bytes).where(
-                    batch_files.c.id == input_file_id, _owned(batch_files, owner)
+                    batch_files.c.id == input_file_id, _owned(batch_files, owner), expiry.live(now)
                 )
             )
         ).first()
@@ -242,7 +260,7 @@ async def add_batch(
                 code="invalid_file_purpose",
             )
         await _admit(connection, owner, limits)
-        await quota.check(connection, owner.key_id, stored + int(source.bytes), limits.max_stored_bytes_per_key)
+        await quota.check(connection, owner.key_id, stored + int(source.bytes), limits.max_stored_bytes_per_key, now)
         await connection.execute(
             batches.insert().values(
                 id=batch_id,
@@ -258,6 +276,7 @@ async def add_batch(
                 created_at=now,
                 expires_at=now + timedelta(hours=window[1]),
                 stored_bytes=stored,
+                output_expires_s=output_expires_s,
             )
         )
         return (await connection.execute(sa.select(batches).where(batches.c.id == batch_id))).one()

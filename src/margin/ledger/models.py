@@ -263,7 +263,9 @@ batch_files = sa.Table(
     sa.Column("lines", sa.Integer, nullable=False),
     sa.Column("content", sa.LargeBinary, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),  # NULL: kept until deleted (margin.batches.expiry)
     sa.Index("ix_batch_files_key_created", "key_id", "created_at"),
+    sa.Index("ix_batch_files_expires_at", "expires_at"),
 )
 
 # The lines of a job's input refused at validation, one row each ({line, custom_id, code, message, param}):
@@ -322,6 +324,7 @@ batches = sa.Table(
     sa.Column("stored_bytes", sa.BigInteger, nullable=False, server_default="0"),
     # {input_tokens, cached_tokens, output_tokens} of its ledger rows, summed when it ended (0020; NULL before)
     sa.Column("usage", sa.JSON),
+    sa.Column("output_expires_s", sa.Integer),  # its output and error files' `output_expires_after` (NULL: kept)
     sa.Index("ix_batches_key_created", "key_id", "created_at"),
     sa.Index("ix_batches_status", "status"),
     sa.Index("ix_batches_key_status", "key_id", "status"),  # a key's unfinished jobs

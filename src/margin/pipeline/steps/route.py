@@ -26,7 +26,7 @@ from margin.backends.payloads import non_text_parts, request_text, token_id_coun
 from margin.config import RouteConfig
 from margin.economics import tiers
 from margin.economics.meter import Meter
-from margin.errors import FeatureDisabled, InvalidRequest, ModelNotFound, ResidencyUnavailable
+from margin.errors import FeatureDisabled, InvalidRequest, ModelNotFound, ResidencyExcluded
 from margin.governance import admission as adm
 from margin.governance.rules import Rules, Subject
 from margin.governance.service import Governance
@@ -297,7 +297,7 @@ class Route:
         kept = tuple(t for t in chain if t.jurisdiction in allowed)
         if not kept:
             where = ", ".join(f"{t.public}@{t.region} ({t.jurisdiction or 'no jurisdiction'})" for t in chain)
-            raise ResidencyUnavailable(
+            raise ResidencyExcluded(
                 f"`{requested}` is only served outside the allowed jurisdictions {allowed}: {where}"
             )
         return kept, len(kept) < len(chain)

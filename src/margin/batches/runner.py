@@ -139,8 +139,8 @@ class BatchRunner:
         if batch.key_id is None:
             return dataclasses.replace(ANONYMOUS, tags=tags) if await self.services.keys.open_now() else None
         record = await self.services.keys.lookup_id(batch.key_id)
-        if record is None or record.revoked_at is not None:
-            return None
+        if record is None or record.revoked_at is not None or record.expired(datetime.now(UTC)):
+            return None  # revoked or expired: its lines are refused (401) as they would be online
         principal = principal_of(record)
         return dataclasses.replace(principal, tags={**principal.tags, **tags})
 

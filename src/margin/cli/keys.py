@@ -37,7 +37,7 @@ def keys_create(
 ) -> None:
     """Create an API key. It is printed once; only its hash is stored."""
     from margin import keys
-    from margin.governance.rules import parse_policy
+    from margin.governance.rules import check_policy_models, parse_policy
 
     settings = settings_from(config, db)
     try:
@@ -45,6 +45,7 @@ def keys_create(
         fields = {"name": name, "team": team, "org": org, "tags": keys.parse_tags(tag or []), "admin": admin}
         expiry = keys.parse_expiry(expires) if expires is not None else {}
         spec = keys.KeyRequest.parse({**fields, "policy": parse_policy(policy), **expiry}).spec()
+        check_policy_models(spec.policy, settings)
         record, key = keys.create_key(sync_engine(settings), spec)
     except MarginError as exc:
         raise fail(exc) from exc

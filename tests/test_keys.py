@@ -198,8 +198,24 @@ def _last_admin_key(url: str) -> None:
         with pytest.raises(Conflict):
             revoke_key(sync, second.id)
         assert revoke_key(sync, user.id).revoked_at is not None  # non-admin keys go freely
+        _expired_admins_do_not_count(sync, second.id)
     finally:
         sync.dispose()
+
+
+def _expired_admins_do_not_count(sync: Any, last: str) -> None:
+    """An expired admin key administers nothing: it is no successor (before, expiry did not exist)."""
+    from datetime import UTC, datetime, timedelta
+
+    from margin.errors import Conflict
+    from margin.keys import NewKey, create_key, revoke_key
+
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    create_key(sync, NewKey("root-old", is_admin=True, expires_at=past))
+    with pytest.raises(Conflict, match="last active admin key"):
+        revoke_key(sync, last)
+    create_key(sync, NewKey("root-3", is_admin=True, expires_at=datetime.now(UTC) + timedelta(days=1)))
+    assert revoke_key(sync, last).revoked_at is not None  # an unexpired one is
 
 
 def test_the_last_admin_key_cannot_be_revoked_sqlite(tmp_path: Any) -> None:

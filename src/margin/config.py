@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+from collections.abc import Iterable
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
@@ -420,10 +421,32 @@ class Settings(Strict):
         for name, backend in self.backends.items():
             if backend.region != "default" and backend.region not in self.regions:
                 raise ValueError(f"backend {name!r} names region {backend.region!r} not in `regions`")
+        self._check_policy_models()
         return self
+
+    def _check_policy_models(self) -> None:
+        """A typo in a policy's `models` would allow nothing (or, dropped, everything): refused at start."""
+        config = self.policies
+        levels = {"default": config.default}
+        for kind, policies in (("orgs", config.orgs), ("teams", config.teams), ("tags", config.tags)):
+            levels |= {f"{kind}.{name}": policy for name, policy in policies.items()}
+        for where, policy in levels.items():
+            unknown = self.unknown_models(policy.models or ())
+            if unknown:
+                raise ValueError(f"policies.{where}.models: {unknown_models_message(unknown, self)}")
+
+    def unknown_models(self, names: Iterable[str]) -> list[str]:
+        """The names that are neither a model's public name (`models:`) nor a routed name (`routes:`)."""
+        return [name for name in names if name not in self.models and name not in self.routes]
 
     def region(self, name: str) -> RegionConfig:
         return self.regions.get(name, DEFAULT_REGION)
+
+
+def unknown_models_message(unknown: list[str], settings: Settings) -> str:
+    aliases = {alias: name for name, model in settings.models.items() for alias in model.aliases}
+    named = [f"`{name}`" + (f" (an alias: name `{aliases[name]}`)" if name in aliases else "") for name in unknown]
+    return f"{', '.join(named)} not a model (`models:`) or routed name (`routes:`) of this gateway"
 
 
 def default_config_text() -> str:

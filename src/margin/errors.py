@@ -147,6 +147,13 @@ class FeatureDisabled(PermissionDenied):
     default_code = "feature_disabled"
 
 
+class ModelNotAllowed(PermissionDenied):
+    """The caller's policy (`models`: key, team, tags, org) does not list the model: no retry can change that."""
+
+    default_code = "model_not_allowed"
+    deterministic = True
+
+
 class BudgetExceeded(RateLimited):
     """Admitting the request's worst-case cost would overspend a hard budget."""
 

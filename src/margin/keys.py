@@ -10,11 +10,11 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from margin.config import is_loopback
 from margin.errors import AuthenticationFailed, ConfigError, Conflict, InvalidRequest, NotFound, Overloaded
@@ -50,6 +50,10 @@ class KeyRecord:
     is_admin: bool = False
     policy: dict[str, Any] | None = None
     sessions_not_before: int | None = None  # Unix ms: dashboard sessions issued before it were ended (logout)
+    expires_at: datetime | None = None  # aware (UTC): refused from then on; None: never expires
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
     @classmethod
     def from_row(cls, row: Any) -> KeyRecord:
@@ -64,6 +68,7 @@ class KeyRecord:
             bool(row.is_admin),
             dict(row.policy) if row.policy else None,
             row.sessions_not_before,
+            _aware(row.expires_at),
         )
 
     def public(self) -> dict[str, Any]:
@@ -78,7 +83,17 @@ class KeyRecord:
             "policy": self.policy,
             "created_at": self.created_at.isoformat() if self.created_at else None,
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "state": self.state(datetime.now(UTC)),
         }
+
+    def state(self, now: datetime) -> str:
+        return "revoked" if self.revoked_at else "expired" if self.expired(now) else "active"
+
+
+def _aware(at: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes (stored as UTC): made aware, so they compare with `datetime.now(UTC)`."""
+    return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
 
 
 def new_key() -> tuple[str, str]:
@@ -98,6 +113,28 @@ def parse_tags(pairs: list[str]) -> dict[str, str]:
     return tags
 
 
+MIN_EXPIRY_S = 60  # a key lives at least a minute ...
+MAX_EXPIRY_S = 3650 * 86_400  # ... and at most ten years
+EXPIRY_UNITS = {"m": 60, "h": 3_600, "d": 86_400}
+EXPIRY_SHAPE = re.compile(r"([1-9][0-9]{0,7})([mhd])")
+
+
+def parse_expiry(text: str) -> dict[str, Any]:
+    """`--expires`: a lifetime (`90m`, `12h`, `30d`) or an ISO 8601 date-time (UTC when it names no zone), as
+    `KeyRequest`'s `expires_in_s` or `expires_at` (which checks the bounds: `MIN_EXPIRY_S`, `MAX_EXPIRY_S`)."""
+    text = text.strip()
+    if (found := EXPIRY_SHAPE.fullmatch(text)) is not None:
+        return {"expires_in_s": int(found.group(1)) * EXPIRY_UNITS[found.group(2)]}
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequest(
+            f"--expires {text!r}: give a lifetime such as 90m, 12h or 30d, or an ISO 8601 date-time",
+            param="expires_at",
+        ) from None
+    return {"expires_at": at if at.tzinfo is not None else at.replace(tzinfo=UTC)}
+
+
 Label = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
@@ -112,6 +149,20 @@ class KeyRequest(BaseModel):
     tags: dict[Label, Label] = Field(default_factory=dict, max_length=32)
     admin: bool = False
     policy: Policy | None = None
+    expires_at: AwareDatetime | None = Field(None, description="When the key stops working (ISO 8601, with a zone).")
+    expires_in_s: int | None = Field(
+        None, ge=MIN_EXPIRY_S, le=MAX_EXPIRY_S, description="Or: seconds from now until the key stops working."
+    )
+
+    @model_validator(mode="after")
+    def _expiry(self) -> KeyRequest:
+        if self.expires_at is not None and self.expires_in_s is not None:
+            raise ValueError("give `expires_at` or `expires_in_s`, not both")
+        if self.expires_at is not None:
+            left = (self.expires_at - datetime.now(UTC)).total_seconds()
+            if not MIN_EXPIRY_S <= left <= MAX_EXPIRY_S:
+                raise ValueError(f"expires_at must be between {MIN_EXPIRY_S} s and 10 years from now")
+        return self
 
     @classmethod
     def parse(cls, data: Any) -> KeyRequest:
@@ -125,7 +176,10 @@ class KeyRequest(BaseModel):
     def spec(self) -> NewKey:
         """The key to create (its policy already validated: stored without its unset fields)."""
         policy = self.policy.model_dump(exclude_none=True) if self.policy is not None else None
-        return NewKey(self.name, self.team, self.tags, self.org, self.admin, policy)
+        expires = self.expires_at.astimezone(UTC) if self.expires_at is not None else None
+        if self.expires_in_s is not None:
+            expires = datetime.now(UTC) + timedelta(seconds=self.expires_in_s)
+        return NewKey(self.name, self.team, self.tags, self.org, self.admin, policy, expires)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +190,7 @@ class NewKey:
     org: str | None = None
     is_admin: bool = False
     policy: dict[str, Any] | None = None
+    expires_at: datetime | None = None
 
 
 def create_key(engine: sa.Engine, spec: NewKey) -> tuple[KeyRecord, str]:
@@ -153,10 +208,13 @@ def create_key(engine: sa.Engine, spec: NewKey) -> tuple[KeyRecord, str]:
         "policy": spec.policy,
         "key_hash": hash_key(key),
         "created_at": now,
+        "expires_at": spec.expires_at,
     }
     with engine.begin() as connection:
         connection.execute(api_keys.insert().values(**values))
-    record = KeyRecord(key_id, spec.name, spec.team, spec.tags, now, None, spec.org, spec.is_admin, spec.policy)
+    record = KeyRecord(
+        key_id, spec.name, spec.team, spec.tags, now, None, spec.org, spec.is_admin, spec.policy, None, spec.expires_at
+    )
     return record, key
 
 
@@ -174,11 +232,14 @@ def end_sessions(engine: sa.Engine, key_id: str, at_ms: int) -> None:
 
 def revoke_key(engine: sa.Engine, key_id: str) -> KeyRecord:
     """Revoke an active key. The last active admin key cannot be revoked (nobody could administer the
-    gateway, and a gateway started with keys never opens again): create its successor first."""
+    gateway, and a gateway started with keys never opens again): create its successor first. An expired admin
+    key does not count as active (it administers nothing)."""
+    now = datetime.now(UTC)
     with engine.begin() as connection:
+        unexpired = sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > now)
         admins = connection.execute(
             sa.select(api_keys.c.id)
-            .where(api_keys.c.is_admin.is_(True), api_keys.c.revoked_at.is_(None))
+            .where(api_keys.c.is_admin.is_(True), api_keys.c.revoked_at.is_(None), unexpired)
             .with_for_update()  # two concurrent revocations cannot each leave the other as the last admin
         ).scalars()
         if list(admins) == [key_id]:
@@ -188,9 +249,7 @@ def revoke_key(engine: sa.Engine, key_id: str) -> KeyRecord:
                 code="last_admin_key",
             )
         result = connection.execute(
-            api_keys.update()
-            .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-            .values(revoked_at=datetime.now(UTC))
+            api_keys.update().where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None)).values(revoked_at=now)
         )
         if result.rowcount == 0:
             raise NotFound(f"no active key with id {key_id!r}")
@@ -393,8 +452,12 @@ async def authenticate(keys: KeyCache, headers: Mapping[str, str]) -> Principal:
 
 
 def principal_of(record: KeyRecord | None) -> Principal:
+    """The caller a key record names. Every way in (the API, the admin API, the dashboard, the batch worker)
+    comes here, with the record as cached: an expiry is checked on each call, a comparison (no query)."""
     if record is None:
         raise AuthenticationFailed("invalid or revoked API key")
+    if record.expires_at is not None and record.expires_at <= datetime.now(UTC):
+        raise AuthenticationFailed(f"this API key expired at {record.expires_at.isoformat()}", code="key_expired")
     return Principal(
         key_id=record.id,
         name=record.name,

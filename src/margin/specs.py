@@ -6,7 +6,16 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    ValidationInfo,
+    model_validator,
+)
 
 MAX_USD = Decimal("9e9")  # the most USD any amount may be: integer nano-USD in a signed 64-bit column (~$9.2e9)
 MAX_TOKEN_CAP = 2**53  # the largest token budget: exact in JSON numbers (doubles) and in 64-bit counters
@@ -144,8 +153,12 @@ class FlagSpec(Spec):
         ]
 
 
+ModelName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\s\x00-\x1f\x7f]+$")]
+MAX_POLICY_MODELS = 256
+
+
 class Policy(Spec):
-    """Per key/team/tag rules. Unset fields inherit; levels and jurisdictions combine strictly."""
+    """Per key/team/tag rules. Unset fields inherit; levels, jurisdictions and models combine strictly."""
 
     jurisdictions: list[str] | None = Field(  # bounded: a key's policy arrives over the admin API too
         None, max_length=64, fail_fast=True, description="Allowed backend jurisdictions (e.g. [EU]), at most 64."
@@ -155,6 +168,23 @@ class Policy(Spec):
     restore_pii: bool | None = Field(None, description="Put redacted originals back in the answer.")
     injection: Literal["off", "log", "block"] | None = None
     log_prompts: bool | None = Field(None, description="Store the (redacted) prompt in the ledger.")
+    models: list[ModelName] | None = Field(
+        None,
+        max_length=MAX_POLICY_MODELS,
+        fail_fast=True,
+        description="The only models (public names from `models:`, routed names from `routes:`) the caller may "
+        "use, at most 256; where several levels list some, only those in all.",
+    )
+    _allowed: frozenset[str] | None = PrivateAttr(None)
+
+    def model_post_init(self, context: object, /) -> None:
+        self._allowed = frozenset(self.models) if self.models is not None else None
+
+    @property
+    def allowed_models(self) -> frozenset[str] | None:
+        """`models` as a set, built once per policy (a merged policy is memoized per caller): None, any model.
+        Read through pydantic's `__getattr__` (~4 us): the request path tests `models is not None` first."""
+        return self._allowed
 
 
 class PoliciesConfig(Spec):

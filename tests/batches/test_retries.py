@@ -7,6 +7,7 @@ exclude every backend of the model), which reaches the error file at its first a
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -15,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from margin.app import build_app
+from margin.batches.planning import options_for
 from margin.batches.runner import may_pass_later
 from margin.ledger.models import batch_lines
 from tests.batches.helpers import entries, jsonl, line, run_job
@@ -97,3 +99,36 @@ async def test_open_circuits_within_the_jurisdictions_are_still_a_503_that_may_p
         again = await http.post("/v1/chat/completions", json=chat, headers=bearer(key))
         assert again.status_code == 503 and again.json()["error"]["code"] == "residency_unavailable"
         assert "x-should-retry" not in again.headers
+
+
+async def test_a_line_for_a_model_the_key_may_not_use_fails_at_its_first_attempt(db_path: Path) -> None:
+    """403 `model_not_allowed` (`x-should-retry: false`): final at once. Before, `models` was no policy field
+    (the key's stored policy broke every request of it): the line was tried `max_attempts` times."""
+    _, key = make_key(db_path, name="k", team="t", policy={"models": ["priced"]})
+    app = build_app(fake_settings(db_path, batches={"poll_s": 0.02, "objective": "asap", "max_attempts": 3}))
+    async with live_server(app) as url:
+        async with openai.AsyncOpenAI(api_key=key, base_url=f"{url}/v1", max_retries=0) as client:
+            done = await run_job(client, jsonl(line("no", model="fake-chat")))
+            assert done.request_counts is not None
+            assert (done.request_counts.completed, done.request_counts.failed) == (0, 1)
+            assert done.error_file_id is not None
+            (bad,) = entries((await client.files.content(done.error_file_id)).content)
+        assert bad["custom_id"] == "no" and bad["response"]["status_code"] == 403
+        assert bad["response"]["body"]["error"]["code"] == "model_not_allowed"
+        async with app.state.services.engine.connect() as connection:
+            query = sa.select(batch_lines.c.attempts).where(batch_lines.c.batch_id == done.id)
+            attempts = await connection.scalar(query)
+        assert attempts == 1
+
+
+def test_a_jobs_plan_keeps_to_the_models_the_key_may_use(db_path: Path) -> None:
+    """A routed name's equivalent models a job may be planned onto: only those the key's policy lists (a line
+    moved to another would be refused); a routed name it does not list: none (its lines run and are refused)."""
+    route = {"cheap": {"policy": "lowest-cost", "ladder": ["priced", "gpt-4o-mini"]}}
+    settings = fake_settings(db_path, routes=route)
+    targets = {name: SimpleNamespace(public=name, jurisdiction=None) for name in settings.models}
+    found = options_for(settings, targets, "cheap", None)
+    assert [t.public for t in found] == ["priced", "gpt-4o-mini"]
+    allowed = frozenset({"cheap", "gpt-4o-mini"})
+    assert [t.public for t in options_for(settings, targets, "cheap", None, allowed)] == ["gpt-4o-mini"]
+    assert options_for(settings, targets, "cheap", None, frozenset({"priced"})) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -101,6 +102,8 @@ def test_keys_lifecycle(tmp_path: Path) -> None:
             "policy": None,
             "created_at": listed[0]["created_at"],
             "revoked_at": None,
+            "expires_at": None,
+            "state": "active",
             "revoked": False,
         }
     ]
@@ -110,6 +113,35 @@ def test_keys_lifecycle(tmp_path: Path) -> None:
     assert again.exit_code == 2 and "no active key" in again.output
     bad_tag = runner.invoke(app, ["keys", "create", "--name", "x", "--tag", "oops", "--db", db])
     assert bad_tag.exit_code == 2
+
+
+def test_keys_expire(tmp_path: Path) -> None:
+    """`--expires` takes a lifetime or an ISO date-time, bounded (a minute to ten years); `keys list` shows it.
+    Before, the option did not exist (exit 2) and keys never expired."""
+    db = str(tmp_path / "e.db")
+    made = runner.invoke(app, ["keys", "create", "--name", "ci", "--expires", "30d", "--db", db, "--json"])
+    assert made.exit_code == 0, made.output
+    expires = datetime.fromisoformat(json.loads(made.output)["expires_at"])
+    assert timedelta(days=29, hours=23) < expires - datetime.now(UTC) <= timedelta(days=30)
+    for lifetime, seconds in (("12h", 12 * 3600), ("90m", 90 * 60)):
+        out = runner.invoke(app, ["keys", "create", "--name", lifetime, "--expires", lifetime, "--db", db, "--json"])
+        left = datetime.fromisoformat(json.loads(out.output)["expires_at"]) - datetime.now(UTC)
+        assert seconds - 60 < left.total_seconds() <= seconds
+    dated = runner.invoke(app, ["keys", "create", "--name", "d", "--expires", "2099-01-02T03:04:05", "--db", db])
+    assert dated.exit_code == 2 and "10 years" in dated.output  # past the bound
+    at = (datetime.now(UTC) + timedelta(days=7)).replace(microsecond=0)
+    iso = runner.invoke(app, ["keys", "create", "--name", "iso", "--expires", at.isoformat(), "--db", db, "--json"])
+    assert datetime.fromisoformat(json.loads(iso.output)["expires_at"]) == at
+    naive = at.replace(tzinfo=None).isoformat()  # no zone: UTC
+    utc = runner.invoke(app, ["keys", "create", "--name", "utc", "--expires", naive, "--db", db, "--json"])
+    assert datetime.fromisoformat(json.loads(utc.output)["expires_at"]) == at
+    for bad in ("soon", "0d", "30s", "-1d", "1d2h", "59s", "4000d"):
+        refused = runner.invoke(app, ["keys", "create", "--name", "x", "--expires", bad, "--db", db])
+        assert refused.exit_code == 2, (bad, refused.output)
+    listed = runner.invoke(app, ["keys", "list", "--db", db], env={"COLUMNS": "200"})
+    assert str(expires)[:10] in listed.output and "never" not in listed.output
+    rows = json.loads(runner.invoke(app, ["keys", "list", "--db", db, "--json"]).output)
+    assert {row["name"]: row["state"] for row in rows} == dict.fromkeys(("ci", "12h", "90m", "iso", "utc"), "active")
 
 
 async def test_report_json_matches_the_ledger(db_path: Path) -> None:

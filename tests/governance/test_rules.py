@@ -44,6 +44,21 @@ def test_policies_merge_strictly() -> None:
     assert merged.log_prompts is False and merged.restore_pii is True
 
 
+def test_model_lists_intersect_and_an_unlisted_level_inherits() -> None:
+    """Every level listing models narrows the list; a level that lists none loosens nothing (before, `models` was
+    no policy field)."""
+    merged = merge_policies(
+        [Policy(models=["a", "b", "c"]), Policy(pii="log"), Policy.model_validate({"models": ["c", "b", "z"]})]
+    )
+    assert merged.models == ["b", "c"] and merged.allowed_models == frozenset({"b", "c"})
+    assert merge_policies([Policy(models=["a"]), Policy(models=["b"])]).allowed_models == frozenset()  # nothing
+    assert merge_policies([Policy(pii="log")]).allowed_models is None  # no list: any model
+    with pytest.raises(ValidationError):
+        Policy.model_validate({"models": ["x"] * 257})
+    with pytest.raises(ValidationError):
+        Policy.model_validate({"models": ["two words"]})
+
+
 @pytest.mark.parametrize(
     ("period", "start", "end"),
     [

@@ -348,3 +348,26 @@ def test_0021_adds_file_expiry_and_keeps_files_both_ways(
         assert "output_expires_s" not in {c["name"] for c in sa.inspect(connection).get_columns("batches")}
         assert connection.exec_driver_sql("SELECT id FROM batch_files").scalars().all() == ["file-a"]
     engine.dispose()
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_0022_adds_key_expiry_and_keeps_keys_both_ways(
+    dialect: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A nullable column: keys created before it read NULL (they never expire, as before), and the downgrade
+    drops it in place, keeping every key."""
+    url = f"sqlite:///{tmp_path / 'k.db'}" if dialect == "sqlite" else request.getfixturevalue("fresh_postgres")
+    db.upgrade(url, "0021")
+    engine = db.make_sync_engine(url)
+    key_row = "INSERT INTO api_keys (id, name, tags, key_hash, created_at, is_admin) VALUES "
+    with engine.begin() as connection:
+        connection.execute(sa.text(key_row + "('k1', 'old', '{}', 'h1', :at, false)"), {"at": "2026-12-06 12:00:00"})
+    db.upgrade(url)
+    with engine.begin() as connection:
+        assert connection.exec_driver_sql("SELECT expires_at FROM api_keys").scalars().all() == [None]
+        connection.exec_driver_sql("UPDATE api_keys SET expires_at = created_at")
+    db.downgrade(url, "0021")
+    with engine.connect() as connection:
+        assert "expires_at" not in {c["name"] for c in sa.inspect(connection).get_columns("api_keys")}
+        assert connection.exec_driver_sql("SELECT id FROM api_keys").scalars().all() == ["k1"]
+    engine.dispose()

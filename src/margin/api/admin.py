@@ -20,7 +20,7 @@ from margin.api.errors import error_response, json_response
 from margin.economics.money import from_nanousd, usd_str
 from margin.errors import ConfigError, InvalidRequest, MarginError, NotFound, PermissionDenied
 from margin.governance.admission import counter_name, window
-from margin.governance.rules import Subject, delete_rule, partition, save_rule
+from margin.governance.rules import Subject, check_policy_models, delete_rule, partition, save_rule
 from margin.keys import authenticate
 from margin.ledger.models import api_keys
 from margin.ledger.read.window import parse_span
@@ -136,6 +136,7 @@ async def list_keys(request: Request, _: Principal) -> Any:
 async def create_key(request: Request, _: Principal) -> Any:
     spec = keys.KeyRequest.parse(await read_json(request)).spec()
     services = request.app.state.services
+    check_policy_models(spec.policy, services.settings)
     record, key = await services.read(keys.create_key, services.sync_engine(), spec)
     services.keys.created()
     return json_response({**record.public(), "key": key}, status=201)

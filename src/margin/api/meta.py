@@ -13,39 +13,55 @@ from margin import __version__
 from margin.api.errors import error_response, json_response
 from margin.errors import MarginError, ModelNotFound
 from margin.keys import authenticate
+from margin.pipeline.steps.auth import caller
+from margin.specs import Policy
 
 
-def _model_entries(services: Any) -> list[dict[str, Any]]:
+def _model_entries(services: Any, allowed: frozenset[str] | None) -> list[dict[str, Any]]:
+    """The models and routed names; with `allowed` (the caller's policy lists models), only those it may use:
+    a model (or an alias of one) it lists, a routed name it lists with at least one of its models."""
     created = int(services.started_at)
     entries = []
     for name, target in services.targets.items():
+        if allowed is not None and target.public not in allowed:
+            continue
         entry = {"id": name, "object": "model", "created": created, "owned_by": target.model.owned_by}
         if name != target.public:
             entry["parent"] = target.public
         entries.append(entry)
     for name, route in services.settings.routes.items():
+        if allowed is not None and not (
+            name in allowed and any(services.targets[m].public in allowed for m in route.ladder)
+        ):
+            continue
         entries.append({"id": name, "object": "model", "created": created, "owned_by": f"margin-router:{route.policy}"})
     return entries
 
 
-async def _authenticate(request: Request) -> None:
-    """Listing models needs the same key as inference (so a closed gateway does not leak its catalogue)."""
-    await authenticate(request.app.state.services.keys, request.headers)
+async def _allowed(request: Request) -> frozenset[str] | None:
+    """Listing models needs the same key as inference (so a closed gateway does not leak its catalogue); the
+    models the caller's merged policy (key, team, org, tags: x-margin-tags as for inference) lets it use."""
+    services = request.app.state.services
+    principal = await authenticate(services.keys, request.headers)
+    header_keys = set(services.settings.tags.header_keys)
+    _, subject = caller(principal, request.headers.get("x-margin-tags"), header_keys)
+    policy: Policy = services.governance.rules.policy_for(subject, principal.policy)
+    return policy.allowed_models
 
 
 async def list_models(request: Request) -> Response:
     try:
-        await _authenticate(request)
+        allowed = await _allowed(request)
     except MarginError as exc:
         return error_response(exc)
-    return json_response({"object": "list", "data": _model_entries(request.app.state.services)})
+    return json_response({"object": "list", "data": _model_entries(request.app.state.services, allowed)})
 
 
 async def get_model(request: Request) -> Response:
     try:
-        await _authenticate(request)
+        allowed = await _allowed(request)
         wanted = request.path_params["model"]
-        for entry in _model_entries(request.app.state.services):
+        for entry in _model_entries(request.app.state.services, allowed):
             if entry["id"] == wanted:
                 return json_response(entry)
         raise ModelNotFound(f"The model `{wanted}` does not exist or you do not have access to it.", param="model")

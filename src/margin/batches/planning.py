@@ -57,13 +57,23 @@ class Placed:
 
 
 def options_for(
-    settings: Settings, targets: Mapping[str, Deployment], model: str, jurisdictions: Sequence[str] | None
+    settings: Settings,
+    targets: Mapping[str, Deployment],
+    model: str,
+    jurisdictions: Sequence[str] | None,
+    models: frozenset[str] | None = None,
 ) -> list[Deployment]:
+    """Where a job's lines may run: the model, or a routed name's equivalent models, inside the key's
+    jurisdictions and, when its policy lists models, only those it lists (the lines would be refused otherwise)."""
     route = settings.routes.get(model)
     names = route.ladder if route is not None and route.preference is not None else [model]
+    if models is not None and route is not None and model not in models:
+        return []
     found = [targets[name] for name in names if name in targets]
     if jurisdictions is not None:
         found = [t for t in found if t.jurisdiction in jurisdictions]
+    if models is not None:
+        found = [t for t in found if t.public in models]
     return found
 
 

@@ -33,6 +33,7 @@ from margin.errors import NotFound
 from margin.governance.rules import Subject, governed_tags
 from margin.keys import principal_of
 from margin.ledger.models import batches
+from margin.specs import Policy
 from margin.types import ANONYMOUS, BatchLine, Principal
 
 log = logging.getLogger("margin.batches")
@@ -139,20 +140,25 @@ class BatchRunner:
         if batch.key_id is None:
             return dataclasses.replace(ANONYMOUS, tags=tags) if await self.services.keys.open_now() else None
         record = await self.services.keys.lookup_id(batch.key_id)
-        if record is None or record.revoked_at is not None:
-            return None
+        if record is None or record.revoked_at is not None or record.expired(datetime.now(UTC)):
+            return None  # revoked or expired: its lines are refused (401) as they would be online
         principal = principal_of(record)
         return dataclasses.replace(principal, tags={**principal.tags, **tags})
 
-    def jurisdictions(self, principal: Principal, tags: Mapping[str, str] | None) -> list[str] | None:
-        """Where the job's lines may run, as the request path will see each line: the job's `x-margin-tags`
-        (sent with every line) under the key's own tags, of which the rules see those bound to the key (a
-        `name=*` tag the key fills from the header included: `margin.pipeline.steps.auth`)."""
+    def policy(self, principal: Principal, tags: Mapping[str, str] | None) -> Policy:
+        """The job's lines' policy, as the request path will see each line: the job's `x-margin-tags` (sent
+        with every line) under the key's own tags, of which the rules see those bound to the key (a `name=*`
+        tag the key fills from the header included: `margin.pipeline.steps.auth`)."""
         bound = principal.tags
         merged = {**(tags or {}), **{name: value for name, value in bound.items() if value != "*"}}
         governed = governed_tags(merged, bound, principal.key_id is not None)
         subject = Subject(principal.key_id, principal.team, principal.org, governed)
-        policy = self.services.governance.rules.policy_for(subject, principal.policy)
+        policy: Policy = self.services.governance.rules.policy_for(subject, principal.policy)
+        return policy
+
+    def jurisdictions(self, principal: Principal, tags: Mapping[str, str] | None) -> list[str] | None:
+        """Where the job's lines may run (its policy's jurisdictions)."""
+        policy = self.policy(principal, tags)
         return None if policy.jurisdictions is None else list(policy.jurisdictions)
 
     def known(self, model: str) -> bool:
@@ -176,9 +182,9 @@ class BatchRunner:
     async def plan(
         self, batch: Any, model: str, bodies: list[bytes], principal: Principal, now: datetime
     ) -> dict[str, Any] | None:
-        options = options_for(
-            self.services.settings, self.services.targets, model, self.jurisdictions(principal, batch.tags)
-        )
+        policy = self.policy(principal, batch.tags)
+        settings, targets = self.services.settings, self.services.targets
+        options = options_for(settings, targets, model, policy.jurisdictions, policy.allowed_models)
         if not options:
             return None  # a routed model of another kind, or nothing allowed: lines run (and fail) as sent
         work = await self.services.read(_work, bodies, self.config.assumed_output_tokens)  # parses every body

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 import orjson
@@ -26,19 +27,25 @@ def keys_create(
     policy: Annotated[
         str | None, typer.Option("--policy", help='JSON policy, e.g. \'{"jurisdictions": ["EU"], "pii": "redact"}\'.')
     ] = None,
+    expires: Annotated[
+        str | None,
+        typer.Option("--expires", help="Lifetime (90m, 12h, 30d) or ISO 8601 date-time; at most 10 years."),
+    ] = None,
     config: ConfigOpt = None,
     db: DbOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Create an API key. It is printed once; only its hash is stored."""
     from margin import keys
-    from margin.governance.rules import parse_policy
+    from margin.governance.rules import check_policy_models, parse_policy
 
     settings = settings_from(config, db)
     try:
         # the checks of POST /admin/keys (before: any length, control characters, any number of tags)
         fields = {"name": name, "team": team, "org": org, "tags": keys.parse_tags(tag or []), "admin": admin}
-        spec = keys.KeyRequest.parse({**fields, "policy": parse_policy(policy)}).spec()
+        expiry = keys.parse_expiry(expires) if expires is not None else {}
+        spec = keys.KeyRequest.parse({**fields, "policy": parse_policy(policy), **expiry}).spec()
+        check_policy_models(spec.policy, settings)
         record, key = keys.create_key(sync_engine(settings), spec)
     except MarginError as exc:
         raise fail(exc) from exc
@@ -48,6 +55,8 @@ def keys_create(
     out = console()
     owner = (plain(name), " (team ", plain(team or "-"), ")")
     out.print(Text.assemble("created key ", (record.id, "bold"), " for ", *owner))
+    if record.expires_at is not None:
+        out.print(f"it expires at {record.expires_at.isoformat(timespec='seconds')}")
     out.print("store it now, it is not shown again:")
     print(key)
 
@@ -61,12 +70,13 @@ def keys_list(config: ConfigOpt = None, db: DbOpt = None, json: JsonOpt = False)
     if json:
         print(orjson.dumps([{**r.public(), "revoked": r.revoked_at is not None} for r in records]).decode())
         return
-    table = Table("id", "name", "team", "org", "tags", "created", "state")
+    table = Table("id", "name", "team", "org", "tags", "created", "expires", "state")
+    now = datetime.now(UTC)
     for r in records:
         tags = ",".join(f"{k}={v}" for k, v in r.tags.items())
-        state = ("revoked" if r.revoked_at else "active") + (" admin" if r.is_admin else "")
+        state = r.state(now) + (" admin" if r.is_admin else "")
         labels = (plain(value) for value in (r.name, r.team or "-", r.org or "-", tags or "-"))
-        table.add_row(r.id, *labels, str(r.created_at)[:19], state)
+        table.add_row(r.id, *labels, str(r.created_at)[:19], str(r.expires_at or "never")[:19], state)
     console().print(table)
 
 

@@ -14,7 +14,7 @@ import orjson
 import sqlalchemy as sa
 from pydantic import BaseModel, ValidationError
 
-from margin.config import Settings
+from margin.config import Settings, unknown_models_message
 from margin.errors import Conflict, InvalidRequest, NotFound
 from margin.ledger.models import gov_rules
 from margin.specs import LEVELS, BudgetSpec, FlagSpec, LimitSpec, PoliciesConfig, Policy, Scope
@@ -118,15 +118,23 @@ def policy_dict(data: Any) -> dict[str, Any] | None:
         raise InvalidRequest(f"invalid {where}: {first['msg']}", param=where) from exc
 
 
+def check_policy_models(policy: Mapping[str, Any] | None, settings: Settings) -> None:
+    """A key's policy names only models and routes this gateway has (400 / exit 2): a typo would otherwise let
+    the key use nothing, or, were unknown names ignored, everything."""
+    unknown = settings.unknown_models((policy or {}).get("models") or ())
+    if unknown:
+        raise InvalidRequest(f"policy.models: {unknown_models_message(unknown, settings)}", param="policy.models")
+
+
 def merge_policies(layers: Iterable[Policy]) -> Policy:
-    """Layers from least to most specific. Jurisdictions intersect and levels take the strictest, so no
+    """Layers from least to most specific. Jurisdictions and models intersect, levels take the strictest, so no
     layer can loosen another; other fields take the most specific value set."""
     merged: dict[str, Any] = {}
     for layer in layers:
         for name, value in layer.model_dump(exclude_none=True).items():
             if name not in merged:
                 merged[name] = value
-            elif name == "jurisdictions":
+            elif name in ("jurisdictions", "models"):
                 merged[name] = [j for j in merged[name] if j in value]
             elif name in ("pii", "pii_output", "injection"):
                 merged[name] = max(merged[name], value, key=LEVELS.index)

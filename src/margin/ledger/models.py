@@ -206,6 +206,7 @@ api_keys = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("revoked_at", sa.DateTime(timezone=True)),
     sa.Column("sessions_not_before", sa.BigInteger),  # Unix ms: dashboard sessions issued before are ended (0016)
+    sa.Column("expires_at", sa.DateTime(timezone=True)),  # refused from then on; NULL: never expires (0022)
 )
 
 cache_entries = sa.Table(  # the exact cache's single-node store (Redis takes over when replicas run)

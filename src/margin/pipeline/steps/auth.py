@@ -11,6 +11,7 @@ from margin.errors import InvalidRequest
 from margin.governance.rules import Subject, governed_tags
 from margin.governance.service import Governance
 from margin.pipeline.values import Next, Reply, Request
+from margin.types import Principal
 
 TAG_VALUE = re.compile(r"^[\w.:@/+-]{1,128}$")
 
@@ -43,22 +44,27 @@ class Auth:
 
     async def __call__(self, request: Request, next: Next) -> Reply:
         principal = request.principal
-        bound = principal.tags
-        header = request.headers.get("x-margin-tags")
-        allowed = self.allowed | {name for name, value in bound.items() if value == "*"} if bound else self.allowed
-        tags = parse_tag_header(header, allowed) if header else {}
-        if bound:
-            # a key's own tags cannot be overridden; `name=*` makes the key fill `name` from the header
-            missing = [name for name, value in bound.items() if value == "*" and name not in tags]
-            if missing:
-                raise InvalidRequest(
-                    f"this key must name its {', '.join(missing)} in x-margin-tags (e.g. {missing[0]}=…)",
-                    param="x-margin-tags",
-                    code="missing_tag",
-                )
-            tags.update({name: value for name, value in bound.items() if value != "*"})
+        tags, subject = caller(principal, request.headers.get("x-margin-tags"), self.allowed)
         request.record.tags = tags
-        keyed = principal.key_id is not None
-        subject = Subject(principal.key_id, principal.team, principal.org, governed_tags(tags, bound, keyed))
         policy = self.governance.rules.policy_for(subject, principal.policy)
         return await next(request._replace(tags=tags, subject=subject, policy=policy))
+
+
+def caller(principal: Principal, header: str | None, header_keys: set[str]) -> tuple[dict[str, str], Subject]:
+    """The request's tags (the header's, limited to `header_keys` and the key's `name=*` tags, then the key's
+    own) and the caller as the rules see it (only tags bound to the key). `GET /v1/models` asks it too."""
+    bound = principal.tags
+    allowed = header_keys | {name for name, value in bound.items() if value == "*"} if bound else header_keys
+    tags = parse_tag_header(header, allowed) if header else {}
+    if bound:
+        # a key's own tags cannot be overridden; `name=*` makes the key fill `name` from the header
+        missing = [name for name, value in bound.items() if value == "*" and name not in tags]
+        if missing:
+            raise InvalidRequest(
+                f"this key must name its {', '.join(missing)} in x-margin-tags (e.g. {missing[0]}=…)",
+                param="x-margin-tags",
+                code="missing_tag",
+            )
+        tags.update({name: value for name, value in bound.items() if value != "*"})
+    keyed = principal.key_id is not None
+    return tags, Subject(principal.key_id, principal.team, principal.org, governed_tags(tags, bound, keyed))

@@ -26,7 +26,7 @@ from margin.backends.payloads import non_text_parts, request_text, token_id_coun
 from margin.config import RouteConfig
 from margin.economics import tiers
 from margin.economics.meter import Meter
-from margin.errors import FeatureDisabled, InvalidRequest, ModelNotFound, ResidencyExcluded
+from margin.errors import FeatureDisabled, InvalidRequest, ModelNotAllowed, ModelNotFound, ResidencyExcluded
 from margin.governance import admission as adm
 from margin.governance.rules import Rules, Subject
 from margin.governance.service import Governance
@@ -54,6 +54,16 @@ class Basis(NamedTuple):
     unpriced: tuple[str, ...] = ()
     budgets: tuple[BudgetSpec, ...] = ()
     busy_allowance: Mapping[str, float] = NO_ALLOWANCE
+
+
+def not_allowed(requested: str, allowed: frozenset[str], served_by: list[str] | None = None) -> ModelNotAllowed:
+    """403 before anything is reserved or sent (with a ledger row, as every refusal after authentication)."""
+    listed = ", ".join(f"`{name}`" for name in sorted(allowed)[:20]) + (", …" if len(allowed) > 20 else "")
+    why = f" (it would be served by {', '.join(f'`{n}`' for n in served_by)})" if served_by else ""
+    return ModelNotAllowed(
+        f"this API key may not use the model `{requested}`{why}; its policy allows: {listed or 'no model'}",
+        param="model",
+    )
 
 
 def resolve(targets: Mapping[str, Target], model: str, endpoint: Endpoint) -> Target:
@@ -106,6 +116,10 @@ class Route:
         route = self.routes.get(requested)
         ladder = [resolve(self.targets, name, request.endpoint) for name in route.ladder] if route else []
         primary = ladder[-1] if ladder else resolve(self.targets, requested, request.endpoint)
+        policy = request.policy  # `models` first: a plain field; `allowed_models` (a private attribute) costs ~4 us
+        allowed = policy.allowed_models if policy is not None and policy.models is not None else None
+        if allowed is not None and (requested if route is not None else primary.public) not in allowed:
+            raise not_allowed(requested, allowed)
         if rules.flags:
             forced = self._forced(request, rules, subject, primary)
             if forced is not primary:  # a flag sent the request to another model: no routing
@@ -114,6 +128,8 @@ class Route:
         cache_only = None
         if rules.flags:
             request, chain, cache_only = self._flagged(request, rules, subject, primary, chain)
+        if allowed is not None:
+            chain = self._allowed(requested, chain, allowed)
         candidates, filtered = self._residency(request, requested, chain)
         candidates = self._honouring(request, candidates, routed=route is not None)
         score, strongest, preference = None, None, None
@@ -286,6 +302,15 @@ class Route:
                 param=param,
                 code="unsupported_value",
             )
+        return kept
+
+    @staticmethod
+    def _allowed(requested: str, chain: list[Target], allowed: frozenset[str]) -> list[Target]:
+        """The candidates the caller's policy lists: a fallback (or a routed name's model, or a flag's
+        `force_model`) it does not list is dropped; none left is the same refusal as a model not listed."""
+        kept = [target for target in chain if target.public in allowed]
+        if not kept:
+            raise not_allowed(requested, allowed, [target.public for target in chain])
         return kept
 
     @staticmethod

@@ -113,22 +113,8 @@ async def _nothing_valid(
         await connection.execute(batch_errors.insert(), refused)
     _, error_file, _ = await outputs.write(connection, batch, now)
     await outputs.free(connection, batch.id)
-    await connection.execute(
-        batches.update()
-        .where(batches.c.id == batch.id, batches.c.status == "validating")
-        .values(
-            status="failed",
-            failed_at=now,
-            errors=shown,
-            total=len(refused),
-            failed=len(refused),
-            error_file_id=error_file,
-            usage=Usage().to_json(),  # no line ran
-            stored_bytes=quota.job_row_bytes(batch.meta, batch.tags, shown),
-            lease_owner=None,
-            lease_until=None,
-        )
-    )
+    counts = {"total": len(refused), "failed": len(refused), "error_file_id": error_file}
+    await _failed_validating(connection, batch, now, shown, usage=Usage().to_json(), **counts)  # no line ran
 
 
 def _line_row(batch_id: str, line: Line) -> dict[str, Any]:
@@ -159,16 +145,25 @@ async def input_missing(engine: AsyncEngine, batch_id: str, now: datetime) -> No
 async def _unvalidated(connection: AsyncConnection, batch: Any, now: datetime, code: str, message: str) -> None:
     """validating → failed with one error of the whole job (no line), nothing stored."""
     error = {"line": None, "custom_id": None, "code": code, "message": message, "param": None}
+    await _failed_validating(connection, batch, now, [error])
+
+
+async def _failed_validating(
+    connection: AsyncConnection, batch: Any, now: datetime, errors: list[Any], **values: Any
+) -> None:
+    """validating → failed (never in_progress nor finalizing), `errors` shown on the job, its lease let go;
+    `values`: other columns (counts, the error file, usage)."""
     await connection.execute(
         batches.update()
         .where(batches.c.id == batch.id, batches.c.status == "validating")
         .values(
             status="failed",
             failed_at=now,
-            errors=[error],
-            stored_bytes=quota.job_row_bytes(batch.meta, batch.tags, [error]),
+            errors=errors,
+            stored_bytes=quota.job_row_bytes(batch.meta, batch.tags, errors),
             lease_owner=None,
             lease_until=None,
+            **values,
         )
     )
 

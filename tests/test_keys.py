@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from margin.errors import Overloaded
-from margin.keys import KeyCache, new_key
+from margin.errors import InvalidRequest, Overloaded
+from margin.keys import KeyCache, KeyRequest, new_key
 
 
 class _Result:
@@ -279,3 +279,19 @@ async def test_an_unreachable_database_keeps_the_last_count_and_refuses_unseen_k
     with pytest.raises(Overloaded) as refused:
         await cache.lookup(new_key()[1])
     assert refused.value.code == "auth_unavailable"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"expires_at": "2020-01-01T00:00:00+00:00"}, "expires_at"),
+        ({"expires_in_s": 5}, "expires_in_s"),
+        ({"expires_at": "2030-01-01T00:00:00+00:00", "expires_in_s": 3600}, None),
+    ],
+)
+def test_a_bad_expiry_names_its_field_in_plain_words(fields: dict[str, Any], param: str | None) -> None:
+    """The admin API's and the CLI's message: the field, then what is wrong (not pydantic's `Value error,`)."""
+    with pytest.raises(InvalidRequest) as refused:
+        KeyRequest.parse({"name": "x", **fields})
+    assert refused.value.param == param
+    assert "Value error" not in refused.value.message and refused.value.message.startswith(f"{param or 'body'}: ")

@@ -14,7 +14,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from margin.config import is_loopback
 from margin.errors import AuthenticationFailed, ConfigError, Conflict, InvalidRequest, NotFound, Overloaded
@@ -154,14 +163,17 @@ class KeyRequest(BaseModel):
         None, ge=MIN_EXPIRY_S, le=MAX_EXPIRY_S, description="Or: seconds from now until the key stops working."
     )
 
+    @field_validator("expires_at")
+    @classmethod
+    def _expiry(cls, at: datetime | None) -> datetime | None:
+        if at is not None and not MIN_EXPIRY_S <= (at - datetime.now(UTC)).total_seconds() <= MAX_EXPIRY_S:
+            raise ValueError(f"must be between {MIN_EXPIRY_S} s and 10 years from now, not {at.isoformat()}")
+        return at
+
     @model_validator(mode="after")
-    def _expiry(self) -> KeyRequest:
+    def _one_expiry(self) -> KeyRequest:
         if self.expires_at is not None and self.expires_in_s is not None:
             raise ValueError("give `expires_at` or `expires_in_s`, not both")
-        if self.expires_at is not None:
-            left = (self.expires_at - datetime.now(UTC)).total_seconds()
-            if not MIN_EXPIRY_S <= left <= MAX_EXPIRY_S:
-                raise ValueError(f"expires_at must be between {MIN_EXPIRY_S} s and 10 years from now")
         return self
 
     @classmethod
@@ -171,7 +183,8 @@ class KeyRequest(BaseModel):
         except ValidationError as exc:
             first = exc.errors()[0]
             param = ".".join(str(p) for p in first["loc"]) or None
-            raise InvalidRequest(f"{param or 'body'}: {first['msg']}", param=param) from exc
+            message = str(first["msg"]).removeprefix("Value error, ")  # pydantic's prefix on a validator's own
+            raise InvalidRequest(f"{param or 'body'}: {message}", param=param) from exc
 
     def spec(self) -> NewKey:
         """The key to create (its policy already validated: stored without its unset fields)."""

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+SHOULD_RETRY = "x-should-retry"
+"""`false` on an error that the same request would get again (`MarginError.deterministic`): OpenAI's SDKs obey it
+(they retry 408, 409, 429 and 5xx otherwise), and so does the batch worker (margin.batches.runner)."""
+
 
 class MarginError(Exception):
     """Base of every error margin raises on purpose. Subclasses name the kind of failure."""

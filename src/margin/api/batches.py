@@ -20,7 +20,7 @@ from margin.batches import expiry, jsonl, store
 from margin.batches.objects import batch_object, file_object
 from margin.errors import InvalidRequest, NotFound
 from margin.pipeline.steps.auth import parse_tag_header
-from margin.types import Principal
+from margin.types import Principal, Usage
 
 FILES_PAGE = 10_000  # OpenAI's most files a page, and its default
 Releaser = Callable[[Any, Any, Any], Awaitable[Any]]  # an async context manager's __aexit__
@@ -201,7 +201,7 @@ async def create_batch(request: Request, principal: Principal) -> Any:
     runner = getattr(request.app.state, "batch_runner", None)
     if runner is not None:
         runner.wake.set()
-    return batch_object(row, store.Usage())  # no line has run yet
+    return batch_object(row, Usage())  # no line has run yet
 
 
 async def list_batches(request: Request, principal: Principal) -> Any:

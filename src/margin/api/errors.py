@@ -16,9 +16,6 @@ JSON = "application/json"
 NOSNIFF = ("x-content-type-options", "nosniff")
 """On every answer margin's own app makes (errors, admin, models, health, dashboard): a browser that opens one
 takes it as the type it says and never sniffs a JSON body holding a caller's values as HTML or script."""
-SHOULD_RETRY = "x-should-retry"
-"""`false` on an error that the same request would get again (`MarginError.deterministic`): OpenAI's SDKs obey it
-(they retry 408, 409, 429 and 5xx otherwise), and so does the batch worker (margin.batches.runner)."""
 NOSNIFF_RAW = (NOSNIFF[0].encode(), NOSNIFF[1].encode())  # the same, as an ASGI header (margin.api.client)
 
 # class → (HTTP status, OpenAI error type); a subclass not listed takes its nearest listed base's entry
@@ -65,7 +62,7 @@ def error_headers(error: e.MarginError) -> dict[str, str]:
     """The headers an error's answer carries: its own (`retry-after`, …), and `x-should-retry: false` where
     sending the request again would change nothing."""
     if error.deterministic:
-        return {**error.headers, SHOULD_RETRY: "false"}
+        return {**error.headers, e.SHOULD_RETRY: "false"}
     return error.headers
 
 

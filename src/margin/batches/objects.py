@@ -6,7 +6,8 @@ from datetime import datetime
 from typing import Any
 
 from margin.batches.planning import saving_text
-from margin.batches.store import Usage, utc
+from margin.batches.store import utc
+from margin.types import Usage
 
 MOMENTS = ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
 

@@ -14,8 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from margin.batches import outputs, quota
 from margin.batches.jsonl import Line, LineError
-from margin.batches.store import ACTIVE, LINE_OPEN, Usage, line_request_id, summed_usage
+from margin.batches.store import ACTIVE, LINE_OPEN, line_request_id, summed_usage, usage_json
 from margin.ledger.models import batch_errors, batch_lines, batches
+from margin.types import Usage
 
 EXPIRED = {
     "code": "batch_expired",
@@ -114,7 +115,7 @@ async def _nothing_valid(
     _, error_file, _ = await outputs.write(connection, batch, now)
     await outputs.free(connection, batch.id)
     counts = {"total": len(refused), "failed": len(refused), "error_file_id": error_file}
-    await _failed_validating(connection, batch, now, shown, usage=Usage().to_json(), **counts)  # no line ran
+    await _failed_validating(connection, batch, now, shown, usage=usage_json(Usage()), **counts)  # no line ran
 
 
 def _line_row(batch_id: str, line: Line) -> dict[str, Any]:
@@ -323,7 +324,7 @@ async def finalize(engine: AsyncEngine, batch_id: str, status: str, now: datetim
             await outputs.free(connection, batch_id)
             used = (await summed_usage(connection, [batch_id]))[batch_id]  # its rows are in (runner._durable)
             values: dict[str, Any] = {
-                "usage": used.to_json(),
+                "usage": usage_json(used),
                 "status": status,
                 "finalizing_at": now,
                 f"{status}_at": now,

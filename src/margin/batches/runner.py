@@ -29,7 +29,7 @@ from margin.backends.retry import retry_after_s
 from margin.batches import expiry, inprocess, progress, store
 from margin.batches.jsonl import validate
 from margin.batches.planning import Planner, line_tokens, options_for, turn, used_capacity
-from margin.errors import NotFound
+from margin.errors import SHOULD_RETRY, NotFound
 from margin.governance.rules import Subject, governed_tags
 from margin.keys import principal_of
 from margin.ledger.models import batches
@@ -37,7 +37,6 @@ from margin.specs import Policy
 from margin.types import ANONYMOUS, BatchLine, Principal
 
 log = logging.getLogger("margin.batches")
-SHOULD_RETRY = "x-should-retry"  # margin.api.errors.SHOULD_RETRY: `false` on a refusal no retry can change
 
 
 def may_pass_later(status: int, headers: Mapping[str, str]) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ from margin.batches import expiry, quota
 from margin.config import BatchConfig
 from margin.errors import Conflict, InvalidRequest, NotFound, RateLimited
 from margin.ledger.models import batch_file_parts, batch_files, batch_lines, batches, ledger
+from margin.types import Usage
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 FINAL = ("completed", "failed", "expired", "cancelled")
@@ -343,20 +344,14 @@ async def line_counts(engine: AsyncEngine, batch_id: str) -> dict[str, int]:
         return {str(status): int(count) for status, count in rows}
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """The tokens a job's lines used: the sums of its ledger rows (every attempt of every line)."""
-
-    input_tokens: int = 0
-    cached_tokens: int = 0  # of input_tokens
-    output_tokens: int = 0
-
-    def to_json(self) -> dict[str, int]:
-        return asdict(self)
+def usage_json(used: Usage) -> dict[str, int]:
+    """A job's token sums as `batches.usage` stores them (when it ended: margin.batches.progress.finalize)."""
+    return {"input_tokens": used.input_tokens, "cached_tokens": used.cached_tokens, "output_tokens": used.output_tokens}
 
 
 async def summed_usage(connection: AsyncConnection, batch_ids: Sequence[str]) -> dict[str, Usage]:
-    """Each job's Usage from its ledger rows (one query on the ledger's batch_id index; zeros without rows)."""
+    """Each job's token sums from its ledger rows, every attempt of every line (one query on the ledger's
+    batch_id index; zeros without rows)."""
     found: dict[str, Usage] = {batch_id: Usage() for batch_id in batch_ids}
     if not batch_ids:
         return found
@@ -367,7 +362,7 @@ async def summed_usage(connection: AsyncConnection, batch_ids: Sequence[str]) ->
         .group_by(c.batch_id)
     )
     for row in (await connection.execute(query)).all():
-        found[str(row[0])] = Usage(int(row[1] or 0), int(row[2] or 0), int(row[3] or 0))
+        found[str(row[0])] = Usage(int(row[1] or 0), int(row[3] or 0), cached_tokens=int(row[2] or 0))
     return found
 
 

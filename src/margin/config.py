@@ -343,6 +343,13 @@ class BatchConfig(Strict):
         description="What a job's schedule minimises before its deadline: gCO2e, $, or nothing (run at once).",
     )
     max_file_bytes: int = Field(50 * 1024 * 1024, gt=0, description="Largest upload (413 beyond).")
+    upload_expires_after_s: int | None = Field(
+        2_592_000,
+        ge=0,
+        description="When an upload sent without `expires_after` expires: this many seconds after it was created "
+        "(2592000, 30 days: OpenAI's default for purpose=batch). null or 0: kept until deleted. An upload's own "
+        "`expires_after` wins; a job's output and error files follow its `output_expires_after` (else kept).",
+    )
     max_lines: int = Field(50_000, gt=0, description="Most lines in one file.")
     max_line_bytes: int = Field(1024 * 1024, gt=0, description="Longest line of a file.")
     max_stored_bytes_per_key: int = Field(

@@ -1,8 +1,9 @@
 """Files expire as OpenAI's do, with the official `openai` SDK over a real socket: an upload's `expires_after`
 and a job's `output_expires_after` (`{anchor: created_at, seconds: 3600 to 2592000}`, else a 400 naming the
 param) set the file's `expires_at`; an expired file answers 404 like a deleted one at once, is not listed nor
-counted in the key's quota, fails a job not yet validated on it, and the batch worker's sweep deletes its rows.
-Both fields were accepted and ignored before (`expires_at` null, files kept until deleted).
+counted in the key's quota, and the batch worker's sweep deletes its rows; a job created on it before it expired
+goes on. Both fields were accepted and ignored before (`expires_at` null, files kept until deleted); an upload
+without `expires_after` now expires after 30 days (batches.upload_expires_after_s), as OpenAI's.
 
 The shortest expiry is an hour: a file expires here by its `expires_at` written in the past, or by the worker's
 clock (`BatchRunner.clock`) moved past it."""
@@ -28,7 +29,7 @@ from margin.errors import NotFound
 from margin.ledger import db
 from margin.ledger.models import batch_file_parts, batch_files
 from margin.services import Services
-from tests.batches.helpers import batch_settings, jsonl, line, run_job, wait_final
+from tests.batches.helpers import batch_settings, entries, jsonl, line, run_job, wait_final
 from tests.helpers import live_server
 
 HOUR: ExpiresAfter = {"anchor": "created_at", "seconds": 3600}
@@ -68,8 +69,8 @@ async def _stored(services: Services, file_id: str) -> tuple[int, int]:
 
 async def test_an_upload_reports_when_it_expires(served: Served) -> None:
     client = served.client
-    kept = await client.files.create(file=("kept.jsonl", jsonl(line("a"))), purpose="batch")
-    assert kept.expires_at is None  # kept until deleted, as before
+    default = await client.files.create(file=("default.jsonl", jsonl(line("a"))), purpose="batch")
+    assert default.expires_at == default.created_at + 2_592_000  # 30 days, as OpenAI's (it was None: kept)
     hour = await client.files.create(file=("hour.jsonl", jsonl(line("a"))), purpose="batch", expires_after=HOUR)
     assert hour.expires_at == hour.created_at + 3600  # it was None
     month: ExpiresAfter = {"anchor": "created_at", "seconds": 2_592_000}
@@ -77,7 +78,7 @@ async def test_an_upload_reports_when_it_expires(served: Served) -> None:
     assert longest.expires_at == longest.created_at + 2_592_000
     assert (await client.files.retrieve(hour.id)).expires_at == hour.expires_at
     listed = {f.id: f.expires_at async for f in client.files.list()}
-    assert listed == {kept.id: None, hour.id: hour.expires_at, longest.id: longest.expires_at}
+    assert listed == {default.id: default.expires_at, hour.id: hour.expires_at, longest.id: longest.expires_at}
 
 
 @pytest.mark.parametrize(
@@ -145,7 +146,8 @@ async def test_a_jobs_output_and_error_files_expire_as_asked(served: Served) -> 
     for file_id in (done.output_file_id, done.error_file_id):
         written = await client.files.retrieve(file_id)
         assert written.expires_at == written.created_at + 7200  # from the file's creation, not the job's
-    assert (await client.files.retrieve(upload.id)).expires_at is None
+    read = await client.files.retrieve(upload.id)
+    assert read.expires_at == read.created_at + 2_592_000  # an upload's default (batches.upload_expires_after_s)
     kept = await run_job(client, jsonl(line("b")))  # a job that names none: its files are kept
     assert kept.output_file_id is not None
     assert (await client.files.retrieve(kept.output_file_id)).expires_at is None
@@ -203,19 +205,49 @@ async def test_the_running_worker_sweeps_expired_output_files_and_their_parts(se
     assert (await client.batches.retrieve(batch.id)).status == "completed"
 
 
-async def test_a_job_whose_input_expires_before_validation_fails_as_if_it_was_deleted(served: Served) -> None:
+async def test_a_job_whose_input_expires_before_validation_is_validated_and_runs(served: Served) -> None:
+    """OpenAI's job goes on when its input file expires: the sweep keeps an expired upload while a job waits to
+    be validated on it, and the worker validates the job from it; once validated, the job runs on its own copy
+    of the lines and the upload is swept. It used to fail with `input_file_missing` (the sweep deleted the
+    upload, or the worker's read found it expired)."""
     client, services, runner = served.client, served.services, served.runner
-    await runner.close(grace_s=0)  # the job stays `validating` until validated below
-    upload = await client.files.create(file=("in.jsonl", jsonl(line("x"))), purpose="batch", expires_after=HOUR)
+    await runner.close(grace_s=0)  # the job stays `validating` until the worker starts again below
+    content = jsonl(line("x"), line("y"))
+    upload = await client.files.create(file=("in.jsonl", content), purpose="batch", expires_after=HOUR)
     batch = await client.batches.create(
         input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
     await _expire(services, upload.id)
+    assert await expiry.sweep(services.engine, datetime.now(UTC)) == 0  # a job waits on it: kept
+    assert await _stored(services, upload.id) == (1, 0)
+    with pytest.raises(openai.NotFoundError):  # gone for its key all the same
+        await client.files.retrieve(upload.id)
+    runner._stopping = False
+    runner.start()  # the worker again: each pass sweeps (keeping the upload) and it validates and runs the job
+    done = await wait_final(client, batch.id)
+    assert done.status == "completed" and done.errors is None, done  # was failed, input_file_missing
+    assert done.request_counts is not None and (done.request_counts.completed, done.request_counts.total) == (2, 2)
+    assert done.output_file_id is not None
+    answers = entries((await client.files.content(done.output_file_id)).content)
+    assert sorted(entry["custom_id"] for entry in answers) == ["x", "y"]
+    await expiry.sweep(services.engine, datetime.now(UTC))  # no job waits on it now: swept (here or by the worker)
+    assert await _stored(services, upload.id) == (0, 0)
+    assert (await client.batches.retrieve(batch.id)).status == "completed"
+
+
+async def test_a_job_whose_input_is_deleted_before_validation_fails(served: Served) -> None:
+    client, services, runner = served.client, served.services, served.runner
+    await runner.close(grace_s=0)  # the job stays `validating` until validated below
+    upload = await client.files.create(file=("in.jsonl", jsonl(line("x"))), purpose="batch")
+    batch = await client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    await client.files.delete(upload.id)
     await runner._validate(await store.get_batch(services.engine, batch.id, None))
     done = await client.batches.retrieve(batch.id)
     assert done.status == "failed" and done.errors is not None and done.errors.data is not None
     (error,) = done.errors.data
-    assert error.code == "input_file_missing" and error.message is not None and "expired" in error.message
+    assert error.code == "input_file_missing" and error.message is not None and "deleted" in error.message
 
 
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
@@ -234,8 +266,7 @@ async def test_expiry_is_read_and_swept_alike_on_both_databases(
         assert (await store.get_file(engine, hour.id, owner, later - timedelta(seconds=1))).id == hour.id
         with pytest.raises(NotFound):
             await store.get_file(engine, hour.id, owner, later)
-        with pytest.raises(NotFound):
-            await store.input_content(engine, hour.id, later)
+        assert await store.input_content(engine, hour.id) == b"{}\n"  # a job made before it expired reads it
         listed, _ = await store.list_files(engine, owner, store.Window(10), later)
         assert [row.id for row in listed] == [kept.id]
         deleted = await store.add_file(engine, owner, "d.jsonl", b"{}\n", 1, 1 << 20, now, 3600)

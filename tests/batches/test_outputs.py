@@ -103,7 +103,7 @@ async def test_an_upload_reads_back_as_its_one_blob(tmp_path: Path) -> None:
     engine = db.make_async_engine(url)
     row = await store.add_file(engine, store.Owner("k"), "in.jsonl", b'{"a":1}\n', 1, 1 << 20, NOW)
     assert await _chunks(engine, row.id) == [b'{"a":1}\n']
-    assert await store.input_content(engine, row.id, NOW) == b'{"a":1}\n'
+    assert await store.input_content(engine, row.id) == b'{"a":1}\n'
     await engine.dispose()
 
 

@@ -95,6 +95,7 @@ async def _store_upload(request: Request, services: Any, principal: Principal) -
     config = services.settings.batches
     upload = await jsonl.read_upload(request, config)
     lines = await services.read(jsonl.check_content, upload.content, config)  # scans up to max_file_bytes
+    expires_s = upload.expires_s if upload.expires_s is not None else config.upload_expires_after_s or None
     row = await store.add_file(
         services.engine,
         _owner(principal),
@@ -103,7 +104,7 @@ async def _store_upload(request: Request, services: Any, principal: Principal) -
         lines,
         config.max_stored_bytes_per_key,
         datetime.now(UTC),
-        upload.expires_s,
+        expires_s,
     )
     return file_object(row)
 

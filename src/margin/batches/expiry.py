@@ -1,10 +1,14 @@
 """When files expire: OpenAI's `expires_after` of an upload and `output_expires_after` of a job (for its output
 and error files), `{"anchor": "created_at", "seconds": 3600 to 2592000}`, the file's creation plus the seconds.
 
-A file without one is kept until deleted. An expired file is gone for its key at once (every read of a file
-checks its expiry: it answers the 404 of a file that does not exist) and its rows are deleted by the batch
-worker's sweep (`sweep`, a page at a time on each of its passes), as `DELETE /v1/files/{id}` deletes them;
-until then the quota does not count it (margin.batches.quota.used)."""
+An upload without one expires `batches.upload_expires_after_s` after its creation (30 days, OpenAI's default
+for purpose=batch; null or 0: kept until deleted); an output or error file of a job without one is kept until
+deleted. An expired file is gone for its key at once (every read of a file checks its expiry: it answers the
+404 of a file that does not exist) and its rows are deleted by the batch worker's sweep (`sweep`, a page at a
+time on each of its passes), as `DELETE /v1/files/{id}` deletes them; until then the quota does not count it
+(margin.batches.quota.used). A job already created on an upload that expires goes on, as OpenAI's do: the
+sweep keeps the upload while a job waits to be validated on it (the worker reads it then), and a validated
+job runs on its own copy of the lines."""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from margin.errors import InvalidRequest
-from margin.ledger.models import batch_file_parts, batch_files
+from margin.ledger.models import batch_file_parts, batch_files, batches
 
 MIN_S = 3_600  # an hour: OpenAI's bounds
 MAX_S = 2_592_000  # 30 days
@@ -43,8 +47,10 @@ def live(now: datetime) -> sa.ColumnElement[bool]:
 
 async def sweep(engine: AsyncEngine, now: datetime, limit: int = SWEEP_PAGE) -> int:
     """Delete up to `limit` files expired at `now` (their parts too), as a delete would, in one transaction
-    (oldest expiry first, on the expiry index); how many went. Workers that sweep at once delete each once."""
-    expired = batch_files.c.expires_at <= now
+    (oldest expiry first, on the expiry index); how many went. Workers that sweep at once delete each once.
+    An upload a job waits to be validated on is kept until it has been (the worker reads it then)."""
+    waited_on = sa.exists().where(batches.c.input_file_id == batch_files.c.id, batches.c.status == "validating")
+    expired = sa.and_(batch_files.c.expires_at <= now, ~waited_on)
     async with engine.begin() as connection:
         query = sa.select(batch_files.c.id).where(expired).order_by(batch_files.c.expires_at).limit(limit)
         ids = list((await connection.execute(query)).scalars())

@@ -40,7 +40,7 @@ class Upload:
     filename: str
     purpose: str
     content: bytes  # not yet checked: `check_content` scans it (on a worker thread: up to max_file_bytes)
-    expires_s: int | None = None  # `expires_after[seconds]` (margin.batches.expiry); None: kept until deleted
+    expires_s: int | None = None  # `expires_after[seconds]` (margin.batches.expiry); None: not sent
 
 
 async def _bounded(request: Request, limit: int) -> AsyncGenerator[bytes, None]:

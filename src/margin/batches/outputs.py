@@ -34,9 +34,9 @@ def entry(batch_id: str, line: int, custom_id: str | None, response: Any, error:
 class FileWriter:
     """One file, written in parts of up to PART_BYTES as its lines come (in the caller's transaction)."""
 
-    def __init__(self, connection: AsyncConnection, batch: Any, name: str) -> None:
-        self.connection, self.batch, self.name = connection, batch, name
-        self.id = new_id("file-")
+    def __init__(self, connection: AsyncConnection, batch: Any, name: str, now: datetime) -> None:
+        self.connection, self.batch, self.name, self.now = connection, batch, name, now
+        self.id = new_id("file-", now)  # its created_at
         self.bytes = self.lines = self._seq = self._held = 0
         self._buffer: list[bytes] = []
 
@@ -56,8 +56,9 @@ class FileWriter:
         self._seq += 1
         self.bytes += len(data)
 
-    async def close(self, now: datetime) -> str | None:
-        """The file's id (None if it holds no line: no file)."""
+    async def close(self) -> str | None:
+        """The file's id (None if it holds no line: no file), created at the writer's `now`."""
+        now = self.now
         await self._flush()
         if not self.lines:
             return None
@@ -105,7 +106,7 @@ async def _paged(connection: AsyncConnection, table: sa.Table, batch_id: str) ->
 async def write(connection: AsyncConnection, batch: Any, now: datetime) -> tuple[str | None, str | None, int]:
     """The job's (output file id, error file id, bytes its lines keep once their bodies and answers are freed:
     margin.batches.quota); a file id is None where that file would hold no line."""
-    ok, bad = FileWriter(connection, batch, "output"), FileWriter(connection, batch, "error")
+    ok, bad = FileWriter(connection, batch, "output", now), FileWriter(connection, batch, "error", now)
     refused = _paged(connection, batch_errors, batch.id)  # at validation: not in batch_lines
     waiting = await anext(refused, None)
     kept = 0
@@ -126,7 +127,7 @@ async def write(connection: AsyncConnection, batch: Any, now: datetime) -> tuple
     while waiting is not None:
         await bad.add(_refused(batch.id, waiting.error))
         waiting = await anext(refused, None)
-    return await ok.close(now), await bad.close(now), kept
+    return await ok.close(), await bad.close(), kept
 
 
 async def free(connection: AsyncConnection, batch_id: str) -> None:

@@ -136,10 +136,11 @@ async def _over_quota(connection: AsyncConnection, batch: Any, now: datetime, li
 
 
 async def input_missing(engine: AsyncEngine, batch_id: str, now: datetime) -> None:
-    """validating → failed: its input file was deleted, or expired, before the job was validated."""
+    """validating → failed: its input file was deleted before the job was validated (one that expired is kept
+    for it: margin.batches.expiry)."""
     async with engine.begin() as connection:
         batch = (await connection.execute(sa.select(batches).where(batches.c.id == batch_id))).one()
-        message = f"the input file {batch.input_file_id} was deleted (or expired) before the job was validated"
+        message = f"the input file {batch.input_file_id} was deleted before the job was validated"
         await _unvalidated(connection, batch, now, "input_file_missing", message)
 
 

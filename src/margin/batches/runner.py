@@ -166,8 +166,8 @@ class BatchRunner:
     async def _validate(self, batch: Any) -> None:
         engine, now = self.services.engine, self.clock()
         try:
-            content = await store.input_content(engine, batch.input_file_id, now)
-        except NotFound:  # deleted or expired before validation; another failure (the database) is retried next pass
+            content = await store.input_content(engine, batch.input_file_id)
+        except NotFound:  # deleted before validation (not expired: kept for it); a database failure is retried
             await progress.input_missing(engine, batch.id, now)
             return
         # up to batches.max_lines schema checks: off the event loop, which keeps serving live traffic

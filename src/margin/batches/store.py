@@ -30,10 +30,25 @@ FINAL = ("completed", "failed", "expired", "cancelled")
 LINE_OPEN = ("pending", "running")
 UPLOAD_CHUNK = 1 << 20  # an uploaded file is sent back in parts of this size
 FILE_COLUMNS = [c for c in batch_files.c if c.name != "content"]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+TIME_HEX = 14  # an id's creation time: microseconds since 1970 (14 hex digits reach the year 4253)
+RANDOM_HEX = 18
 
 
-def new_id(prefix: str) -> str:
-    return prefix + secrets.token_hex(12)
+def new_id(prefix: str, now: datetime) -> str:
+    """`prefix`, the creation time `now` (the row's created_at, to the microsecond) and 72 random bits, in hex:
+    a list resumes after an id whose row has gone (margin.batches.store._position). Ids made before this
+    (`prefix` and 24 random hex digits) carry no time."""
+    return f"{prefix}{(now - EPOCH) // MICROSECOND:0{TIME_HEX}x}{secrets.token_hex(RANDOM_HEX // 2)}"
+
+
+def id_time(object_id: str, prefix: str) -> datetime | None:
+    """The creation time an id made by `new_id` carries; None for an id of another shape."""
+    body = object_id.removeprefix(prefix)
+    if body == object_id or len(body) != TIME_HEX + RANDOM_HEX or body.strip("0123456789abcdef"):
+        return None
+    return EPOCH + int(body[:TIME_HEX], 16) * MICROSECOND
 
 
 def line_request_id(batch_id: str, line: int, attempt: int) -> str:
@@ -73,6 +88,18 @@ class Window:
 
 
 @dataclass(frozen=True, slots=True)
+class Listing:
+    """What one list reads: `table`'s `columns` of the rows `where` selects, the caller's being `mine`, and the
+    prefix of its ids (`file-`, `batch_`)."""
+
+    table: sa.Table
+    columns: Sequence[Any]
+    mine: sa.ColumnElement[bool]
+    where: list[Any]
+    prefix: str
+
+
+@dataclass(frozen=True, slots=True)
 class Owner:
     key_id: str | None
     org: str | None = None
@@ -83,31 +110,37 @@ def _owned(table: sa.Table, owner: Owner) -> sa.ColumnElement[bool]:
     return quota.owned(table, owner.key_id)
 
 
-async def _page(
-    connection: AsyncConnection,
-    table: sa.Table,
-    columns: Sequence[Any],
-    where: list[Any],
-    window: Window,
-) -> tuple[list[Any], bool]:
+async def _position(connection: AsyncConnection, listing: Listing, after: str) -> datetime:
+    """Where the cursor `after` stands: its row's created_at if the caller has it (listed or not: expired, or of
+    another purpose), else the time its id carries (a row deleted or swept since the page before: the next page
+    goes on from where it was). Another key's id reads as one deleted: the caller's own rows after its time, none
+    of that key's. An id that carries no time (made before margin put one in ids, or never made) answers 404."""
+    table = listing.table
+    if findable(after):
+        query = sa.select(table.c.created_at).where(table.c.id == after, listing.mine)
+        found = (await connection.execute(query)).first()
+        if found is not None:
+            return utc(found[0]) or EPOCH
+    moment = id_time(after, listing.prefix)
+    if moment is None:
+        raise NotFound(f"no object {after!r} to page after", param="after")
+    return moment
+
+
+async def _page(connection: AsyncConnection, listing: Listing, window: Window) -> tuple[list[Any], bool]:
     """`window.limit` rows after the id `window.after`, newest first unless `window.ascending` (OpenAI's cursor
     pagination; `after` is always the last id of the page before, in the order asked for)."""
-    created, ident = table.c.created_at, table.c.id
+    created, ident = listing.table.c.created_at, listing.table.c.id
+    where = [listing.mine, *listing.where]
     if window.after is not None:
-        after = window.after
-        if not findable(after):
-            raise NotFound(f"no object {after!r} to page after", param="after")
-        anchor = (await connection.execute(sa.select(created).where(ident == after, *where))).first()
-        if anchor is None:
-            raise NotFound(f"no object {after!r} to page after", param="after")
-        moment = anchor[0]
+        after, moment = window.after, await _position(connection, listing, window.after)
         if window.ascending:
             later = sa.or_(created > moment, sa.and_(created == moment, ident > after))
         else:
             later = sa.or_(created < moment, sa.and_(created == moment, ident < after))
-        where = [*where, later]
+        where.append(later)
     order = (created.asc(), ident.asc()) if window.ascending else (created.desc(), ident.desc())
-    query = sa.select(*columns).where(*where).order_by(*order).limit(window.limit + 1)
+    query = sa.select(*listing.columns).where(*where).order_by(*order).limit(window.limit + 1)
     rows = list((await connection.execute(query)).all())
     return rows[: window.limit], len(rows) > window.limit
 
@@ -129,7 +162,7 @@ async def add_file(
     async with engine.begin() as connection:
         await quota.lock(connection, owner.key_id)
         await quota.check(connection, owner.key_id, quota.ROW_BYTES + len(content), limit, now)
-        file_id = new_id("file-")
+        file_id = new_id("file-", now)
         values = {
             "id": file_id,
             "key_id": owner.key_id,
@@ -159,11 +192,13 @@ async def get_file(engine: AsyncEngine, file_id: str, owner: Owner, now: datetim
     return row
 
 
-async def input_content(engine: AsyncEngine, file_id: str, now: datetime) -> bytes:
-    """An uploaded file's bytes, for the worker that runs a job on it (whoever owns it; bounded by
-    batches.max_file_bytes, so held whole); NotFound if it was deleted or has expired at `now`."""
+async def input_content(engine: AsyncEngine, file_id: str) -> bytes:
+    """An uploaded file's bytes, for the worker that validates a job on it (whoever owns it; bounded by
+    batches.max_file_bytes, so held whole); NotFound if it was deleted. One that has expired since the job was
+    created is read all the same, as OpenAI's jobs go on: the sweep keeps it while a job waits to be validated on
+    it (margin.batches.expiry.sweep), and a validated job has its own copy of its lines."""
     async with engine.connect() as connection:
-        query = sa.select(batch_files.c.content).where(batch_files.c.id == file_id, expiry.live(now))
+        query = sa.select(batch_files.c.content).where(batch_files.c.id == file_id)
         content = await connection.scalar(query)
     if content is None:
         raise NotFound(f"No such File object: {file_id}", param="file_id")
@@ -175,13 +210,14 @@ async def list_files(
 ) -> tuple[list[Any], bool]:
     """The key's files not expired at `now`, only those of `purpose` if given (`batch`: uploads,
     `batch_output`: jobs' files)."""
-    where = [_owned(batch_files, owner), expiry.live(now)]
+    where = [expiry.live(now)]
     if purpose is not None:
         if not findable(purpose):  # no file has it (and PostgreSQL's text cannot hold it: a 500)
             return [], False
         where.append(batch_files.c.purpose == purpose)
+    listing = Listing(batch_files, FILE_COLUMNS, _owned(batch_files, owner), where, "file-")
     async with engine.connect() as connection:
-        return await _page(connection, batch_files, FILE_COLUMNS, where, window)
+        return await _page(connection, listing, window)
 
 
 async def file_chunks(engine: AsyncEngine, file_id: str) -> AsyncIterator[bytes]:
@@ -238,7 +274,7 @@ async def add_batch(
     """A new job (validating), if the key has fewer than `max_active_jobs_per_key` unfinished and room in its
     quota for the job's row and a copy of its input's lines (what validation will store, checked exactly then).
     Its output and error files will expire `output_expires_s` after they are written (None: kept)."""
-    batch_id = new_id("batch_")
+    batch_id = new_id("batch_", now)
     stored = quota.job_row_bytes(meta, tags)
     if not findable(input_file_id):
         raise no_file(input_file_id, "input_file_id")
@@ -311,7 +347,7 @@ async def get_batch(engine: AsyncEngine, batch_id: str, owner: Owner | None) -> 
 
 async def list_batches(engine: AsyncEngine, owner: Owner, window: Window) -> tuple[list[Any], bool]:
     async with engine.connect() as connection:
-        return await _page(connection, batches, list(batches.c), [_owned(batches, owner)], window)
+        return await _page(connection, Listing(batches, list(batches.c), _owned(batches, owner), [], "batch_"), window)
 
 
 def cancel_statement(batch_id: str, now: datetime, owner: Owner | None = None) -> sa.Update:

@@ -255,7 +255,7 @@ outbox_offsets = sa.Table(  # how far the ingester got in each outbox file, comm
 batch_files = sa.Table(
     "batch_files",
     metadata,
-    sa.Column("id", sa.String(40), primary_key=True),  # file-<24 hex>
+    sa.Column("id", sa.String(40), primary_key=True),  # file-<14 hex: created_at in µs><18 hex>
     sa.Column("key_id", sa.String(32)),  # the owner (NULL: open mode)
     sa.Column("org", sa.String(128)),
     sa.Column("purpose", sa.String(16), nullable=False),  # batch | batch_output
@@ -295,7 +295,7 @@ batch_file_parts = sa.Table(
 batches = sa.Table(
     "batches",
     metadata,
-    sa.Column("id", sa.String(40), primary_key=True),  # batch_<24 hex>
+    sa.Column("id", sa.String(40), primary_key=True),  # batch_<14 hex: created_at in µs><18 hex>
     sa.Column("key_id", sa.String(32)),  # the key that created it: every line runs as that key
     sa.Column("org", sa.String(128)),
     sa.Column("team", sa.String(128)),

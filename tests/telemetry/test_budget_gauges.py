@@ -29,7 +29,12 @@ BUDGETS = [
     {"name": "team-usd", "scope": {"kind": "team", "value": "t"}, "usd": 2, "period": "hour"},
     {"name": "ever", "scope": {"kind": "global"}, "tokens": 10**9, "period": "lifetime"},
 ]  # fmt: skip
-KEYS = {"admin": ["--admin"], "a": ["--team", "t", "--org", "acme"], "b": ["--team", "t", "--org", "beta"]}
+KEYS = {
+    "admin": ["--admin"],
+    "a": ["--team", "t", "--org", "acme"],
+    "b": ["--team", "t", "--org", "beta"],
+    "c": ["--team", "t"],  # in no org: the per-org budget's counter of callers in no org
+}
 Samples = dict[tuple[str, ...], float]
 
 
@@ -78,6 +83,7 @@ def test_budget_gauges_match_admin_budgets(served: ServeFactory) -> None:
         admin = gw.keys["admin"]
         _requests(gw, gw.keys["a"], 3)
         _requests(gw, gw.keys["b"], 2)
+        _requests(gw, gw.keys["c"], 1)
         wait_for(lambda: settled(gw, admin), "every reservation settled")
         listed, families = admin_budgets(gw, admin), scrape(gw, admin)
         assert [s.value for s in families["margin_budget_read_failed"].samples] == [0.0]
@@ -97,8 +103,8 @@ def test_budget_gauges_match_admin_budgets(served: ServeFactory) -> None:
         assert labels == {"budget": "chat-tokens", "org": "", "unit": "tokens", "mode": "soft", "period": "day",
                           "level": "budget"}  # fmt: skip
         team = listed["team-usd"]  # per org: each org's counter and their total (no limit of its own)
-        by_org = {o["org"]: amount(team, o["spent"]) for o in team["by_org"]}
-        assert set(by_org) == {"acme", "beta"} and all(by_org.values())
+        by_org = {o["org"] or "": amount(team, o["spent"]) for o in team["by_org"]}
+        assert set(by_org) == {"acme", "beta", ""} and all(by_org.values())  # "": the keys in no org
         assert {org: spent[("team-usd", org, "org")] for org in by_org} == by_org
         assert spent[("team-usd", "", "total")] == amount(team, team["spent"]) == sum(by_org.values())
         assert ("team-usd", "", "total") not in limit and limit[("team-usd", "acme", "org")] == 2 * 10**9
@@ -130,6 +136,14 @@ def test_workers_report_the_one_shared_spend(served: ServeFactory) -> None:
     worker's share nor the sum of both workers' reports."""
     with served({"budgets": BUDGETS[:1]}, keys={"admin": ["--admin"]}, extra=["--workers", "2"]) as gw:
         admin = gw.keys["admin"]
+        pids: set[int] = set()
+
+        def both_answer() -> bool:  # the second worker may still be starting when the first answers
+            with gw.client(admin) as client:  # the pid is an operator's detail
+                pids.add(client.get("/healthz").json()["pid"])
+            return len(pids) == 2
+
+        wait_for(both_answer, "both workers answering", timeout_s=60)
         _requests(gw, admin, 12)
         wait_for(lambda: settled(gw, admin) and len(gw.rows()) == 12, "the settlements and the ledger rows")
         true_spend = sum(row.cost_nanousd for row in gw.rows())

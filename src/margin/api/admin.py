@@ -6,6 +6,7 @@ Changes are written to the database and take effect at once on this replica and 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +26,7 @@ from margin.keys import authenticate
 from margin.ledger.models import api_keys
 from margin.ledger.read.window import parse_span
 from margin.report.queries import Window, parse_limit, summarize
+from margin.specs import BudgetSpec
 from margin.types import Principal
 
 KINDS = {"budgets": "budget", "limits": "limit", "flags": "flag"}
@@ -56,10 +58,26 @@ def _money(amount: int, money: bool) -> Any:
     return usd_str(from_nanousd(amount)) if money else amount
 
 
-async def budget_status(services: Any, principal_filter: Subject | None = None) -> list[dict[str, Any]]:
-    """Each budget with its current window, spent and reserved (only those matching a subject, if given).
-    A per-org budget (team or tag scope without `org`) keeps one counter per org: for a subject, its org's
-    (named in `org`); for the admin listing, their sum and each org's in `by_org`."""
+@dataclass(frozen=True, slots=True)
+class BudgetState:
+    """A budget's current state, unformatted: its window and, per counter (per org for a per-org budget, else
+    the one under `None`), (spent, reserved) in integer nano-USD or tokens."""
+
+    budget: BudgetSpec
+    source: str  # "config" or "admin"
+    start: datetime | None
+    end: datetime | None
+    each: dict[str | None, tuple[int, int]]
+
+    @property
+    def money(self) -> bool:
+        return self.budget.usd is not None
+
+
+async def budget_states(services: Any, principal_filter: Subject | None = None) -> list[BudgetState]:
+    """Each budget with its current window, spent and reserved (only those matching a subject, if given), from
+    one read of the counters. A per-org budget (team or tag scope without `org`) keeps one counter per org: for a
+    subject, its org's; without one, every org that has keys (and callers in no org, under `None`)."""
     rules, now = services.governance.rules, datetime.now(UTC)
     budgets = rules.budgets if principal_filter is None else tuple(rules.budgets_for(principal_filter))
     orgs: list[str | None] = [None]
@@ -78,23 +96,33 @@ async def budget_status(services: Any, principal_filter: Subject | None = None) 
     out = []
     for budget, part in zip(budgets, parts, strict=True):
         start, end = window(budget.period, now)
-        money = budget.usd is not None
         each = {org: counters.get(counter_name(budget, start, org), (0, 0)) for org in part}
+        source = "admin" if ("budget", budget.name) in rules.stored else "config"
+        out.append(BudgetState(budget, source, start, end, each))
+    return out
+
+
+async def budget_status(services: Any, principal_filter: Subject | None = None) -> list[dict[str, Any]]:
+    """`budget_states` as the admin API and `/v1/margin/usage` show them: for a subject, a per-org budget's
+    counter of its org (named in `org`); for the admin listing, their sum and each org's in `by_org`."""
+    out = []
+    for state in await budget_states(services, principal_filter):
+        budget, money = state.budget, state.money
         entry = {
             **budget.model_dump(mode="json"),
-            "source": "admin" if ("budget", budget.name) in rules.stored else "config",
-            "window_start": start.isoformat() if start else None,
-            "resets_at": end.isoformat() if end else None,
-            "spent": _money(sum(spent for spent, _ in each.values()), money),
-            "reserved": _money(sum(reserved for _, reserved in each.values()), money),
+            "source": state.source,
+            "window_start": state.start.isoformat() if state.start else None,
+            "resets_at": state.end.isoformat() if state.end else None,
+            "spent": _money(sum(spent for spent, _ in state.each.values()), money),
+            "reserved": _money(sum(reserved for _, reserved in state.each.values()), money),
             "unit": "usd" if money else "tokens",
         }
         if budget.scope.per_org and principal_filter is not None:
-            entry["org"] = part[0]
+            entry["org"] = next(iter(state.each))
         elif budget.scope.per_org:
             entry["by_org"] = [
                 {"org": org, "spent": _money(spent, money), "reserved": _money(reserved, money)}
-                for org, (spent, reserved) in each.items()
+                for org, (spent, reserved) in state.each.items()
                 if spent or reserved
             ]
         out.append(entry)

@@ -4,17 +4,21 @@ latency). Both need an admin key when keys exist (open mode: the loopback operat
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from margin.api.admin import endpoint
+from margin.api.admin import budget_states, endpoint
 from margin.api.errors import NOSNIFF
 from margin.errors import NotFound
+from margin.governance.admission import budget_limit
 from margin.report.queries import percentile
+from margin.telemetry.budgets import BudgetSeries
 from margin.telemetry.metrics import CONTENT_TYPE
 from margin.types import Principal
 
@@ -22,12 +26,36 @@ LIMITS = ("connect_timeout_s", "first_token_timeout_s", "idle_timeout_s", "timeo
 
 
 async def metrics(request: Request, _: Principal) -> Response:
-    telemetry = request.app.state.services.telemetry
+    services = request.app.state.services
+    telemetry = services.telemetry
     if telemetry.metrics is None:
         raise NotFound("metrics are turned off (telemetry.metrics: false)")
     telemetry.refresh()  # circuits and queue depth as of now, not as of the last refresh
-    body = await asyncio.to_thread(telemetry.metrics.render)
+    budgets = await telemetry.metrics.budgets.read(functools.partial(budget_series, services))
+    body = await asyncio.to_thread(telemetry.metrics.render_with_budgets, budgets)
     return Response(body, media_type=CONTENT_TYPE, headers=dict([NOSNIFF]))
+
+
+async def budget_series(services: Any) -> list[BudgetSeries]:
+    """Every budget's gauges from one read of its counters (`budget_states`, as `/admin/budgets`): one series
+    per budget; for a per-org budget, one per org with spend or reservations (callers in no org: `org=""`) and
+    their total (`level="total"`, without a limit: the limit applies to each org)."""
+    out = []
+    for state in await budget_states(services):
+        budget = state.budget
+        unit, resets = ("usd" if state.money else "tokens"), (state.end.timestamp() if state.end else None)
+        base = BudgetSeries(budget.name, "", unit, budget.mode, budget.period, "budget", 0, 0,
+                            budget_limit(budget), budget.alert_pct, resets)  # fmt: skip
+        if not budget.scope.per_org:
+            spent, reserved = state.each[None]
+            out.append(replace(base, spent=spent, reserved=reserved))
+            continue
+        for org, (spent, reserved) in state.each.items():
+            if spent or reserved:
+                out.append(replace(base, org=org or "", level="org", spent=spent, reserved=reserved))
+        spent, reserved = (sum(values) for values in zip(*state.each.values(), strict=True))
+        out.append(BudgetSeries(budget.name, "", unit, budget.mode, budget.period, "total", spent, reserved))
+    return out
 
 
 def _ms(seconds: float | None) -> float | None:

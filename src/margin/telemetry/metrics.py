@@ -14,7 +14,9 @@ grow them.
 Several workers (`margin serve --workers N`): the supervisor calls `prepare_multiprocess(dir)` before the
 workers start; each worker then writes its values to files there (prometheus-client's multiprocess mode) and
 any worker's `/metrics` merges all of them. Gauges of a worker that exited are dropped at the next scrape;
-its counters stay (they happened).
+its counters stay (they happened). The budgets' gauges (`margin.telemetry.budgets`) are read at each scrape by
+the worker that answers it, from the shared counters, and appended to this exposition (`render_with_budgets`):
+they never go through those files, so no worker's copy is added to another's.
 """
 
 from __future__ import annotations
@@ -25,13 +27,16 @@ import re
 import shutil
 from bisect import bisect_left
 from collections import Counter as Tally
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+from margin.telemetry.budgets import BudgetGauges, BudgetSeries
+from margin.telemetry.budgets import render as render_budgets
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 MAX_LABEL_VALUES = 200
@@ -200,6 +205,7 @@ class Metrics:
         self._overhead = _Histogram(OVERHEAD_BUCKETS)
         self._tally: Tally[tuple[str, Any]] = Tally()  # cache hits by type, rejections by reason
         self._seen: dict[tuple[str, str], float] = {}  # last totals read by `refresh` (faults, retries)
+        self.budgets = BudgetGauges()  # read at each scrape, never into the multiprocess files
 
     def _new_series(self, key: tuple[Any, str, str, int]) -> _Series:
         model, backend, status, code = key
@@ -293,6 +299,11 @@ class Metrics:
         if not self.multiprocess_dir:
             return generate_latest(self.registry)
         return render_multiprocess(self.multiprocess_dir)
+
+    def render_with_budgets(self, budgets: Sequence[BudgetSeries] | None) -> bytes:
+        """`render`, then the budgets read for this scrape (`None`: they could not be read): from this
+        process, never from the shared files, so N workers never add up N copies of them."""
+        return self.render() + render_budgets(budgets)
 
 
 def render_multiprocess(path: str) -> bytes:

@@ -7,6 +7,8 @@ do is a 400 naming the field before anything is sent. Before: every call was a 4
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -391,3 +393,27 @@ def test_a_deterministic_request_is_answered_from_the_cache_as_a_response(live: 
     )
     assert chat.headers["x-margin-cache"] == "hit-exact"
     assert len(live.bodies) == sent
+
+
+def test_margin_report_by_endpoint_shows_the_responses_rows(live: Live) -> None:
+    raw = live.client().responses.with_raw_response.create(model="fake-chat", input="count me")
+    live.row(raw.headers["x-request-id"])
+    result = subprocess.run(
+        [sys.executable, "-m", "margin", "report", "--db", str(live.db), "--by", "endpoint", "--json"],
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    groups = {group["key"]: group for group in json.loads(result.stdout)["groups"]}
+    assert groups["responses"]["requests"] == _count(live, "responses") > 0
+    assert "chat.completions" in groups  # the cache test's chat
+
+
+def _count(live: Live, endpoint: str) -> int:
+    engine = ledger_db.make_sync_engine(f"sqlite:///{live.db}")
+    try:
+        with engine.connect() as connection:
+            query = sa.text("SELECT count(*) FROM ledger WHERE endpoint = :endpoint")
+            return int(connection.execute(query, {"endpoint": endpoint}).scalar_one())
+    finally:
+        engine.dispose()

@@ -126,8 +126,17 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         openai_model = {"backend": "up", "upstream_model": "gpt-4.1-mini", "price": PRICE}
         config = {
             "storage": {"flush_interval_ms": 10},
-            "backends": {"up": upstream, "fake": {"kind": "fake", "output_tokens": GENERATED}},
-            "models": {"plain": openai_model, "tight": openai_model, "fake-chat": {"backend": "fake", "price": PRICE}},
+            "backends": {
+                "up": upstream,
+                "fake": {"kind": "fake", "output_tokens": GENERATED},
+                "cut": {"kind": "fake", "output_tokens": GENERATED, "fail_after_tokens": 2},
+            },
+            "models": {
+                "plain": openai_model,
+                "tight": openai_model,
+                "fake-chat": {"backend": "fake", "price": PRICE},
+                "cut-chat": {"backend": "cut", "price": PRICE},
+            },
             "budgets": [{"name": "tight", "scope": {"kind": "model", "value": "tight"}, "usd": TIGHT_USD}],
             "limits": [{"scope": {"kind": "team", "value": "limited"}, "rpm": 1}],
         }
@@ -296,6 +305,20 @@ def test_a_streamed_function_call(live: Live) -> None:
     assert call.type == "function_call" and (call.call_id, call.arguments) == ("call_1", '{"city":"Paris"}')
 
 
+def test_a_stream_that_breaks_ends_with_an_error_event_and_response_failed(live: Live) -> None:
+    """The backend cuts the stream after two tokens: the client gets them, then OpenAI's `error` event and
+    `response.failed` (no `response.completed`); the SDK reads it all without raising, and the row says so."""
+    with live.client().responses.with_streaming_response.create(model="cut-chat", input="a b", stream=True) as raw:
+        request_id = raw.headers["x-request-id"]
+        events: list[Any] = list(raw.parse())
+    kinds = [event.type for event in events]
+    assert kinds.count("response.output_text.delta") == 2
+    assert kinds[-2:] == ["error", "response.failed"] and "response.completed" not in kinds
+    assert events[-1].response.status == "failed" and events[-1].response.error.code == events[-2].code
+    row = live.row(request_id)
+    assert (row.endpoint, row.status) == ("responses", "upstream_error")
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_length_finish_is_incomplete(live: Live, stream: bool) -> None:
     body = {"model": "plain", "input": "hi", "max_output_tokens": 3, "stream": stream}
@@ -396,7 +419,12 @@ def test_a_deterministic_request_is_answered_from_the_cache_as_a_response(live: 
 
 
 def test_margin_report_by_endpoint_shows_the_responses_rows(live: Live) -> None:
-    raw = live.client().responses.with_raw_response.create(model="fake-chat", input="count me")
+    client = live.client()
+    chat = client.chat.completions.with_raw_response.create(
+        model="fake-chat", messages=[{"role": "user", "content": "x"}]
+    )
+    raw = client.responses.with_raw_response.create(model="fake-chat", input="count me")
+    live.row(chat.headers["x-request-id"])
     live.row(raw.headers["x-request-id"])
     result = subprocess.run(
         [sys.executable, "-m", "margin", "report", "--db", str(live.db), "--by", "endpoint", "--json"],
@@ -406,7 +434,7 @@ def test_margin_report_by_endpoint_shows_the_responses_rows(live: Live) -> None:
     )
     groups = {group["key"]: group for group in json.loads(result.stdout)["groups"]}
     assert groups["responses"]["requests"] == _count(live, "responses") > 0
-    assert "chat.completions" in groups  # the cache test's chat
+    assert groups["chat.completions"]["requests"] == _count(live, "chat.completions") > 0
 
 
 def _count(live: Live, endpoint: str) -> int:

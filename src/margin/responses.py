@@ -50,11 +50,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-class _Loose(BaseModel):
-    """An item the client may have copied from an earlier answer: keys margin does not use (`id`, `status`,
-    `annotations`) are allowed and dropped."""
-
-    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+# Items are strict too, but an item the client copied from an earlier answer (the SDK's output types) may carry
+# its `id` and `status` (a message its `phase`, an output_text part its `annotations` and `logprobs`): accepted,
+# not passed on (a chat message has no place for them)
+ItemStatus = Literal["in_progress", "completed", "incomplete"]
 
 
 class InputText(_Strict):
@@ -62,12 +61,14 @@ class InputText(_Strict):
     text: str
 
 
-class OutputText(_Loose):
+class OutputText(_Strict):
     type: Literal["output_text"]
     text: str
+    annotations: Annotated[list[dict[str, Any]], Field(max_length=MAX_MESSAGES)] | None = None
+    logprobs: Annotated[list[dict[str, Any]], Field(max_length=MAX_MESSAGES)] | None = None
 
 
-class Refusal(_Loose):
+class Refusal(_Strict):
     type: Literal["refusal"]
     refusal: str
 
@@ -82,23 +83,30 @@ class InputImage(_Strict):
 Part = Annotated[InputText | OutputText | Refusal | InputImage, Field(discriminator="type")]
 
 
-class Message(_Loose):
+class Message(_Strict):
     type: Literal["message"] = "message"
     role: Literal["user", "system", "developer", "assistant"]
     content: str | Annotated[list[Part], Field(max_length=MAX_MESSAGES, fail_fast=True)]
+    id: str | None = None
+    status: ItemStatus | None = None
+    phase: Literal["commentary", "final_answer"] | None = None
 
 
-class FunctionCall(_Loose):
+class FunctionCall(_Strict):
     type: Literal["function_call"]
     call_id: str
     name: str
     arguments: str
+    id: str | None = None
+    status: ItemStatus | None = None
 
 
-class FunctionCallOutput(_Loose):
+class FunctionCallOutput(_Strict):
     type: Literal["function_call_output"]
     call_id: str
     output: str | Annotated[list[InputText], Field(max_length=MAX_MESSAGES, fail_fast=True)]
+    id: str | None = None
+    status: ItemStatus | None = None
 
 
 def _item_type(item: Any) -> str:

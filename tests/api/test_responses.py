@@ -284,7 +284,7 @@ def test_function_calls_round_trip(live: Live) -> None:
     assert first.tools[0].type == "function" and first.tools[0].name == "get_weather"
     follow: Any = [
         {"role": "user", "content": "weather in Paris?"},
-        *[item.model_dump(exclude_none=True) for item in first.output],
+        *first.output,  # the answer's items as the SDK gives them back
         {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
     ]
     second = client.responses.create(model="plain", input=follow, tools=[WEATHER])
@@ -376,6 +376,12 @@ def test_rate_limits_and_keys_apply(live: Live) -> None:
             None,
         ),
         ({"unknown_field": 1}, "unknown_field", None),
+        ({"input": [{"role": "user", "content": "x", "cache_control": {}}]}, "input.0.cache_control", None),
+        (
+            {"input": [{"type": "function_call_output", "call_id": "c", "output": "x", "extra": 1}]},
+            "input.0.extra",
+            None,
+        ),
         ({"temperature": "0.5"}, "temperature", None),
         ({"max_output_tokens": 0}, "max_output_tokens", None),
         ({"input": [{"role": "tool", "content": "x"}]}, "input.0.role", None),

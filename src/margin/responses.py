@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from margin.errors import InvalidRequest
 from margin.protocol import (
+    MAX_CONTENT_PARTS,
     MAX_MESSAGES,
     MAX_TOOLS,
     ChatCompletionRequest,
@@ -233,9 +234,13 @@ def _builtin_tools(tools: Any) -> None:
 def _items(items: Any) -> None:
     """Items that need a stored response (`item_reference`) or that margin never produces and no chat can
     carry (reasoning, built-in tool calls), and parts no chat message holds."""
-    if type(items) is not list:
+    if type(items) is not list or len(items) > MAX_MESSAGES:  # not a list, or too long: pydantic says so
         return
-    for index, item in enumerate(items[:MAX_MESSAGES]):
+    parts = sum(len(content) for item in items if type(item) is dict and type(content := item.get("content")) is list)
+    if parts > MAX_CONTENT_PARTS:  # counted first, as the chat path counts its messages' parts (loop stalls)
+        message = f"input: at most {MAX_CONTENT_PARTS} content parts over all items, not {parts}"
+        raise InvalidRequest(message, param="input", code="array_above_max_length")
+    for index, item in enumerate(items):
         if not isinstance(item, dict):
             continue
         kind = item.get("type")
@@ -247,7 +252,7 @@ def _items(items: Any) -> None:
             raise _refuse(why, f"input.{index}.type", "unsupported_value")
         content = item.get("content")
         if type(content) is list:
-            for number, part in enumerate(content[:MAX_MESSAGES]):
+            for number, part in enumerate(content):
                 if isinstance(part, dict) and part.get("type") in ("input_file", "input_audio"):
                     why = f"`{part['type']}` parts are not supported through this gateway"
                     raise _refuse(why, f"input.{index}.content.{number}.type", "unsupported_value")
@@ -288,6 +293,8 @@ def _message(item: Message, index: int) -> dict[str, Any]:
     if isinstance(item.content, str):
         return {"role": item.role, "content": item.content}
     for number, part in enumerate(item.content):
+        if isinstance(part, InputImage) and part.image_url is None:
+            raise _refuse("an image needs `image_url`", f"input.{index}.content.{number}.image_url", "invalid_value")
         if isinstance(part, InputImage) and item.role != "user":
             raise _refuse(
                 "images are only supported in user messages", f"input.{index}.content.{number}", "unsupported_value"

@@ -104,6 +104,8 @@ def test_settings_limits_logprobs_reasoning_and_streams() -> None:
             {"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
             "input.0.content.0.file_id",
         ),
+        ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, "input.0.content.0.image_url"),
+        ({"input": [{"role": "user", "content": [{"type": "input_text", "text": "x"}] * 6000}] * 2}, "input"),
         ({"input": []}, "input"),
         ({}, "input"),
         ({"input": "x", "include": ["reasoning.encrypted_content"]}, "include.0"),

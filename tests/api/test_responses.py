@@ -324,15 +324,22 @@ def test_a_length_finish_is_incomplete(live: Live, stream: bool) -> None:
     body = {"model": "plain", "input": "hi", "max_output_tokens": 3, "stream": stream}
     answer = live.post(body)
     assert answer.status_code == 200
+    row = live.row(answer.headers["x-request-id"])
     if stream:
-        data = [json.loads(line[6:]) for line in answer.text.splitlines() if line.startswith("data: ")]
+        lines = answer.text.splitlines()
+        data = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
         assert data[-1]["type"] == "response.incomplete"
         response = data[-1]["response"]
+        # the closing comment carries the cost, as a chat stream's; no `[DONE]`
+        assert f": x-margin-cost-usd={from_nanousd(row.cost_nanousd):.9f}" in answer.text
+        assert "[DONE]" not in answer.text
     else:
         response = answer.json()
     assert response["status"] == "incomplete"
     assert response["incomplete_details"] == {"reason": "max_output_tokens"}
     assert live.bodies[-1]["max_tokens"] == 3
+    usage = response["usage"]
+    assert (usage["input_tokens"], usage["output_tokens"]) == (row.input_tokens, row.output_tokens)
 
 
 def test_a_budget_refuses_before_anything_is_sent(live: Live) -> None:

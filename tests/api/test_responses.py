@@ -94,9 +94,13 @@ class Live:
     key: str
     limited: str
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    clients: dict[str, openai.OpenAI] = field(default_factory=dict)  # closed with the fixture
 
     def client(self, key: str | None = None) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key or self.key, max_retries=0)
+        key = key or self.key
+        if key not in self.clients:
+            self.clients[key] = openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0)
+        return self.clients[key]
 
     def row(self, request_id: str) -> Any:
         return wait_ledger_row(self.db, self.url, request_id)
@@ -143,7 +147,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         (folder / "margin.yaml").write_text(yaml.safe_dump(config))
         serving = margin_serve(folder / "ledger.db", folder / "serve.log", config=folder / "margin.yaml", ready_s=60)
         with serving as (url, _process):
-            yield Live(url, folder / "ledger.db", key, limited, bodies)
+            live = Live(url, folder / "ledger.db", key, limited, bodies)
+            try:
+                yield live
+            finally:
+                for client in live.clients.values():
+                    client.close()
 
 
 def _usage_matches(usage: Any, row: Any) -> None:

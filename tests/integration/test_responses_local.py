@@ -16,8 +16,10 @@ pytestmark = pytest.mark.integration
 
 def test_responses_on_the_local_model(tmp_path: Path) -> None:
     db = tmp_path / "ledger.db"
-    with margin_serve(db, tmp_path / "serve.log") as (url, _):
-        client = openai.OpenAI(api_key="local", base_url=f"{url}/v1", max_retries=0, timeout=120)
+    with (
+        margin_serve(db, tmp_path / "serve.log") as (url, _),
+        openai.OpenAI(api_key="local", base_url=f"{url}/v1", max_retries=0, timeout=120) as client,
+    ):
         raw = client.responses.with_raw_response.create(
             model="local", instructions="Answer briefly.", input="Name a colour.", max_output_tokens=12, temperature=0
         )

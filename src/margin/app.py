@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from margin.api import admin, edge, feedback, inference, meta, observability, openapi
+from margin.api import admin, edge, feedback, inference, meta, observability, openapi, responses
 from margin.api import batches as batches_api
 from margin.api.errors import error_response
 from margin.backends.registry import BackendRegistry
@@ -130,6 +130,7 @@ def build_app(
         "/v1/chat/completions": inference.chat_completions,
         "/v1/completions": inference.completions,
         "/v1/embeddings": inference.embeddings,
+        "/v1/responses": responses.responses,
     }
     routes = [
         *(Route(path, handler, methods=["POST"]) for path, handler in fast.items()),

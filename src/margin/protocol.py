@@ -23,6 +23,9 @@ class Endpoint(StrEnum):
     CHAT = "chat.completions"
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
+    # OpenAI's Responses API: answered by a chat (`margin.responses`); the ledger row names this endpoint, the
+    # request path sees a chat
+    RESPONSES = "responses"
 
 
 INT32 = 2**31 - 1  # token counts and ids are 32-bit in every engine (and in the ledger's integer columns)
@@ -397,10 +400,16 @@ def parse_request(endpoint: Endpoint, data: Any) -> ApiRequest:
     try:
         return SCHEMAS[endpoint].model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
-        first = max(errors, key=lambda error: len(error["loc"]))  # a union's: the member that went deepest
-        param = ".".join(str(p) for p in first["loc"] if not _type_tag(p)) or None
-        message = first["msg"] if first["type"] != "missing" else "field required"
-        extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        code = "array_above_max_length" if first["type"] == "too_long" else None  # OpenAI's code for it
-        raise InvalidRequest(f"{param}: {message}{extra}", param=param, code=code) from exc
+        raise error_param(exc) from exc
+
+
+def error_param(exc: ValidationError, tags: frozenset[str] = frozenset()) -> InvalidRequest:
+    """A validation error as OpenAI's 400: the field that failed (`param`), its message. `tags`: the names of
+    union members (a discriminator's values, model names) that are not fields."""
+    errors = exc.errors()
+    first = max(errors, key=lambda error: len(error["loc"]))  # a union's: the member that went deepest
+    param = ".".join(str(p) for p in first["loc"] if not _type_tag(p) and p not in tags) or None
+    message = first["msg"] if first["type"] != "missing" else "field required"
+    extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    code = "array_above_max_length" if first["type"] == "too_long" else None  # OpenAI's code for it
+    return InvalidRequest(f"{param}: {message}{extra}", param=param, code=code)

@@ -20,6 +20,7 @@ from margin.api.errors import JSON, NOSNIFF
 from margin.keys import KeyRequest
 from margin.ledger.feedback import FeedbackItem
 from margin.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from margin.responses import ResponsesRequest
 from margin.specs import BudgetSpec, FlagSpec, LimitSpec
 
 REF = "#/components/schemas/{model}"
@@ -47,6 +48,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    ResponsesRequest,
     KeyRequest,
     FeedbackItem,
     BudgetSpec,
@@ -110,6 +112,13 @@ def _gateway_operations() -> list[Op]:
         ),
         Op("post", "/v1/completions", "Text completion", ref(CompletionRequest), stream=True),
         Op("post", "/v1/embeddings", "Embeddings", ref(EmbeddingRequest)),
+        Op(
+            "post",
+            "/v1/responses",
+            "A response (OpenAI's Responses API, stateless: answered by a chat; streams with `stream: true`)",
+            ref(ResponsesRequest),
+            stream=True,
+        ),
         Op("get", "/v1/models", "The models this gateway serves"),
         Op("get", "/v1/models/{model}", "One model", params=[_path("model")]),
         Op("post", "/v1/margin/feedback", "Outcomes of earlier requests (all or nothing)", list_of),

@@ -19,7 +19,7 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from margin import jsonload
+from margin import jsonload, responses
 from margin.batches import expiry
 from margin.config import BatchConfig
 from margin.errors import InvalidRequest, MarginError, PayloadTooLarge
@@ -29,6 +29,7 @@ ENDPOINTS = {
     "/v1/chat/completions": Endpoint.CHAT,
     "/v1/completions": Endpoint.COMPLETIONS,
     "/v1/embeddings": Endpoint.EMBEDDINGS,
+    "/v1/responses": Endpoint.RESPONSES,  # validated as the endpoint validates it (margin.responses)
 }
 FORM_ENVELOPE = 64 * 1024  # room for the form's own fields and boundaries around the file
 MAX_CUSTOM_ID = 256
@@ -185,7 +186,8 @@ def _line(number: int, raw: bytes, endpoint: str, seen: dict[str, int]) -> Line 
     if body.get("stream"):
         return LineError(number, custom_id, "unsupported_parameter", "streams are not run in batches", "body.stream")
     try:
-        request = parse_request(ENDPOINTS[endpoint], body)
+        kind = ENDPOINTS[endpoint]
+        request = responses.parse(body)[2] if kind is Endpoint.RESPONSES else parse_request(kind, body)
         stored = orjson.dumps(body)
     except MarginError as exc:
         return LineError(number, custom_id, exc.code or "invalid_request", exc.message, exc.param)

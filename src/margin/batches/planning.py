@@ -77,11 +77,23 @@ def options_for(
     return found
 
 
+EMBEDDING_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
+
+
+def _embedding(data: dict[str, Any]) -> bool:
+    """An embedding line: `input` and only an embedding's fields (a Responses line also has `input`; one with
+    nothing else but its model is sized as an embedding: no output assumed)."""
+    items = data.get("input")
+    if isinstance(items, list) and any(isinstance(item, dict) for item in items):  # Responses items
+        return False
+    return "input" in data and data.keys() <= EMBEDDING_FIELDS
+
+
 def line_tokens(body: bytes | str, assumed_output: int) -> int:
     """A line's tokens for sizing: its JSON at ~4 characters a token plus its output limit (or the assumption)."""
     data = orjson.loads(body)
-    limit = data.get("max_completion_tokens") or data.get("max_tokens")
-    output = 0 if "input" in data and "messages" not in data and "prompt" not in data else assumed_output
+    limit = data.get("max_completion_tokens") or data.get("max_tokens") or data.get("max_output_tokens")
+    output = 0 if _embedding(data) else assumed_output
     return max(1, len(body) // 4) + (int(limit) if isinstance(limit, int) and limit > 0 else output)
 
 

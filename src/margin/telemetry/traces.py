@@ -41,7 +41,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("margin.telemetry")
 
-OPERATIONS = {"chat.completions": "chat", "completions": "text_completion", "embeddings": "embeddings"}
+OPERATIONS = {
+    "chat.completions": "chat",
+    "completions": "text_completion",
+    "embeddings": "embeddings",
+    "responses": "chat",  # OpenAI's Responses API: answered by a chat (GenAI names its operation `chat`)
+}
 PROVIDERS = {"llamacpp": "llama.cpp", "fake": "margin.fake", "sentence_transformers": "sentence_transformers"}
 DRAIN_INTERVAL_S = 0.5
 

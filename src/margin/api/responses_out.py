@@ -1,0 +1,342 @@
+"""OpenAI's Responses API, answer side: a chat completion (margin's answer to the translated request,
+`margin.responses`) as a Response object, and a chat stream's chunks as the Responses stream's typed events
+(`response.created` … `response.completed`, each with its `sequence_number`). Pure translation: the client
+that applies it to the request path's output is `margin.api.responses`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from margin.responses import ResponsesRequest
+from margin.types import choices_of
+
+# a chat's finish_reason that ends a response early: OpenAI's `incomplete_details.reason`
+INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+def usage_of(chat: Any) -> dict[str, Any] | None:
+    """A chat's usage as the Responses API reports it."""
+    if not isinstance(chat, dict):
+        return None
+    prompt, completion = _int(chat.get("prompt_tokens")), _int(chat.get("completion_tokens"))
+    prompt_details, completion_details = chat.get("prompt_tokens_details"), chat.get("completion_tokens_details")
+    cached = _int(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0
+    reasoning = _int(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": prompt + completion,
+    }
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _tool(tool: Any) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "name": tool.name,
+        "description": tool.description,
+        "parameters": tool.parameters,
+        "strict": True if tool.strict is None else tool.strict,
+    }
+
+
+def _text(body: ResponsesRequest) -> dict[str, Any]:
+    form = body.text.format if body.text is not None else None
+    shown: dict[str, Any] = {"type": "text"} if form is None else form.model_dump(by_alias=True, exclude_none=True)
+    verbosity = body.text.verbosity if body.text is not None else None
+    return {"format": shown, "verbosity": verbosity or "medium"}
+
+
+def skeleton(body: ResponsesRequest, response_id: str) -> dict[str, Any]:
+    """The Response object before its output: the request's settings echoed as OpenAI returns them."""
+    choice = body.tool_choice
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "in_progress",
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.instructions,
+        "max_output_tokens": body.max_output_tokens,
+        "model": body.model,
+        "output": [],
+        "parallel_tool_calls": True if body.parallel_tool_calls is None else body.parallel_tool_calls,
+        "previous_response_id": None,
+        "prompt_cache_key": body.prompt_cache_key,
+        "reasoning": {"effort": body.reasoning.effort if body.reasoning else None, "summary": None},
+        "safety_identifier": body.safety_identifier,
+        "service_tier": body.service_tier or "auto",
+        "store": False,
+        "temperature": 1.0 if body.temperature is None else body.temperature,
+        "text": _text(body),
+        "tool_choice": choice.model_dump() if choice is not None and not isinstance(choice, str) else choice or "auto",
+        "tools": [_tool(tool) for tool in body.tools or []],
+        "top_logprobs": body.top_logprobs or 0,
+        "top_p": 1.0 if body.top_p is None else body.top_p,
+        "truncation": "disabled",
+        "usage": None,
+        "user": body.user,
+        "metadata": body.metadata or {},
+    }
+
+
+def _ended(response: dict[str, Any], finish_reason: Any, chat: dict[str, Any]) -> None:
+    """Status, incomplete details, the served model and tier, from the chat's finish reason and answer."""
+    reason = INCOMPLETE.get(finish_reason) if isinstance(finish_reason, str) else None
+    response["status"] = "incomplete" if reason else "completed"
+    response["incomplete_details"] = {"reason": reason} if reason else None
+    if isinstance(model := chat.get("model"), str):
+        response["model"] = model
+    if isinstance(tier := chat.get("service_tier"), str):
+        response["service_tier"] = tier
+
+
+def message_item(item_id: str, text: str, logprobs: list[Any], refusal: str | None, status: str) -> dict[str, Any]:
+    content: list[dict[str, Any]] = []
+    if text or refusal is None:
+        content.append({"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs})
+    if refusal is not None:
+        content.append({"type": "refusal", "refusal": refusal})
+    return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": content}
+
+
+def call_item(item_id: str, call: dict[str, Any], status: str = "completed") -> dict[str, Any]:
+    function = call.get("function") if isinstance(call.get("function"), dict) else {}
+    assert isinstance(function, dict)
+    name, arguments = function.get("name"), function.get("arguments")
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "status": status,
+        "call_id": call.get("id") if isinstance(call.get("id"), str) else item_id,
+        "name": name if isinstance(name, str) else "",
+        "arguments": arguments if isinstance(arguments, str) else "",
+    }
+
+
+def _logprobs(choice: dict[str, Any]) -> list[Any]:
+    logprobs = choice.get("logprobs")
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    return content if isinstance(content, list) else []
+
+
+def from_chat(chat: Any, response: dict[str, Any], ids: str) -> dict[str, Any]:
+    """A whole chat completion as the Response (`response`: its skeleton; `ids`: the suffix of item ids)."""
+    chat = chat if isinstance(chat, dict) else {}
+    choices = choices_of(chat)
+    choice = choices[0] if choices and isinstance(choices[0], dict) else {}
+    finish = choice.get("finish_reason")
+    _ended(response, finish, chat)
+    status = "incomplete" if response["status"] == "incomplete" else "completed"
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    assert isinstance(message, dict)
+    output: list[dict[str, Any]] = []
+    text, refusal = message.get("content"), message.get("refusal")
+    if (isinstance(text, str) and text) or isinstance(refusal, str):
+        refused = refusal if isinstance(refusal, str) else None
+        output.append(message_item(f"msg_{ids}", text or "", _logprobs(choice), refused, status))
+    calls = message.get("tool_calls")
+    for number, call in enumerate(calls if isinstance(calls, list) else []):
+        if isinstance(call, dict):
+            output.append(call_item(f"fc_{ids}_{number}", call))
+    if not output:
+        output.append(message_item(f"msg_{ids}", "", [], None, status))
+    response["output"] = output
+    response["usage"] = usage_of(chat.get("usage"))
+    return response
+
+
+class StreamEvents:
+    """One stream's translation: chat chunks in, Responses events out (as SSE bytes). Items are opened as their
+    first delta arrives and closed when the next kind of output starts or the stream ends."""
+
+    def __init__(self, response: dict[str, Any], ids: str) -> None:
+        self.response, self.ids = response, ids
+        self.sequence = 0
+        self.items: list[dict[str, Any]] = []  # in output order; the open ones are still being written
+        self.text: dict[str, Any] | None = None  # the open message item
+        self.texts: list[str] = []
+        self.logprobs: list[Any] = []
+        self.refusal: str | None = None
+        self.calls: dict[int, dict[str, Any]] = {}  # a chat tool call's index → its item
+        self.open_call: dict[str, Any] | None = None
+        self.finish: Any = None
+        self.chat: dict[str, Any] = {}
+        self.failed = False
+
+    def event(self, kind: str, **fields: Any) -> bytes:
+        data = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+    def start(self) -> bytes:
+        return self.event("response.created", response=dict(self.response)) + self.event(
+            "response.in_progress", response=dict(self.response)
+        )
+
+    def chunk(self, payload: Any) -> bytes:
+        """The events of one chat chunk."""
+        if not isinstance(payload, dict):
+            return b""
+        out: list[bytes] = []
+        if payload.get("usage") is not None:
+            self.response["usage"] = usage_of(payload["usage"])
+        for name in ("model", "service_tier"):
+            if isinstance(value := payload.get(name), str):
+                self.chat[name] = value
+        choices = choices_of(payload)
+        choice = choices[0] if choices and isinstance(choices[0], dict) else None
+        if choice is None:
+            return b""
+        delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+        assert isinstance(delta, dict)
+        if isinstance(content := delta.get("content"), str) and content:
+            out.append(self._text_delta(content, _logprobs(choice)))
+        if isinstance(refusal := delta.get("refusal"), str):
+            self.refusal = (self.refusal or "") + refusal
+        for call in delta.get("tool_calls") or []:
+            if isinstance(call, dict):
+                out.append(self._call_delta(call))
+        if choice.get("finish_reason") is not None:
+            self.finish = choice["finish_reason"]
+        return b"".join(out)
+
+    def _text_delta(self, content: str, logprobs: list[Any]) -> bytes:
+        out = b""
+        if self.text is None:
+            out = self._close_call()
+            self.text = message_item(f"msg_{self.ids}", "", [], None, "in_progress")
+            self.text["content"] = []  # its part is added next
+            self.items.append(self.text)
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            index = len(self.items) - 1
+            out += self.event("response.output_item.added", output_index=index, item=_copy(self.text))
+            out += self.event(
+                "response.content_part.added", item_id=self.text["id"], output_index=index, content_index=0, part=part
+            )
+        self.texts.append(content)
+        self.logprobs.extend(logprobs)
+        index = self.items.index(self.text)
+        return out + self.event(
+            "response.output_text.delta",
+            item_id=self.text["id"],
+            output_index=index,
+            content_index=0,
+            delta=content,
+            logprobs=logprobs,
+        )
+
+    def _call_delta(self, call: dict[str, Any]) -> bytes:
+        number = call.get("index") if isinstance(call.get("index"), int) else len(self.calls)
+        assert isinstance(number, int)
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        assert isinstance(function, dict)
+        out = b""
+        item = self.calls.get(number)
+        if item is None:
+            out = self._close_text() + self._close_call()
+            item = call_item(f"fc_{self.ids}_{number}", call, "in_progress")
+            item["arguments"] = ""
+            self.calls[number] = self.open_call = item
+            self.items.append(item)
+            out += self.event("response.output_item.added", output_index=len(self.items) - 1, item=_copy(item))
+        arguments = function.get("arguments")
+        if isinstance(arguments, str) and arguments:
+            item["arguments"] += arguments
+            out += self.event(
+                "response.function_call_arguments.delta",
+                item_id=item["id"],
+                output_index=self.items.index(item),
+                delta=arguments,
+            )
+        return out
+
+    def _close_text(self) -> bytes:
+        item = self.text
+        if item is None:
+            return b""
+        self.text = None
+        index, text = self.items.index(item), "".join(self.texts)
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": self.logprobs}
+        item["content"], item["status"] = [part], self._item_status()
+        return (
+            self.event(
+                "response.output_text.done",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                text=text,
+                logprobs=self.logprobs,
+            )
+            + self.event(
+                "response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part
+            )
+            + self.event("response.output_item.done", output_index=index, item=_copy(item))
+        )
+
+    def _close_call(self) -> bytes:
+        item = self.open_call
+        if item is None:
+            return b""
+        self.open_call = None
+        index = self.items.index(item)
+        item["status"] = self._item_status()
+        return self.event(
+            "response.function_call_arguments.done",
+            item_id=item["id"],
+            output_index=index,
+            name=item["name"],
+            arguments=item["arguments"],
+        ) + self.event("response.output_item.done", output_index=index, item=_copy(item))
+
+    def _item_status(self) -> str:
+        return "incomplete" if isinstance(self.finish, str) and self.finish in INCOMPLETE else "completed"
+
+    def _refusal(self) -> bytes:
+        if self.refusal is None:
+            return b""
+        item = message_item(f"msg_{self.ids}_refusal", "", [], self.refusal, self._item_status())
+        self.items.append(item)
+        index = len(self.items) - 1
+        return self.event("response.output_item.added", output_index=index, item=_copy(item)) + self.event(
+            "response.output_item.done", output_index=index, item=_copy(item)
+        )
+
+    def end(self) -> bytes:
+        """The stream's last events: open items closed, then `response.completed` (or `.incomplete`)."""
+        if self.failed:
+            return b""
+        out = self._close_text() + self._close_call() + self._refusal()
+        response = self.response
+        _ended(response, self.finish, self.chat)
+        response["output"] = [_copy(item) for item in self.items]
+        kind = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
+        return out + self.event(kind, response=response)
+
+    def fail(self, error: Any) -> bytes:
+        """An error once streaming: OpenAI's `error` event, then `response.failed`."""
+        if self.failed:
+            return b""
+        self.failed = True
+        error = error if isinstance(error, dict) else {}
+        code, message = error.get("code"), error.get("message")
+        message = message if isinstance(message, str) else "the request failed"
+        out = self.event("error", code=code, message=message, param=error.get("param"))
+        response = self.response
+        response["status"], response["output"] = "failed", [_copy(item) for item in self.items]
+        response["error"] = {"code": code if isinstance(code, str) else "server_error", "message": message}
+        return out + self.event("response.failed", response=response)
+
+
+def _copy(item: dict[str, Any]) -> dict[str, Any]:
+    return {**item, "content": [dict(part) for part in item["content"]]} if "content" in item else dict(item)

@@ -1,0 +1,406 @@
+"""OpenAI's Responses API (`POST /v1/responses`), request side: the body validated strictly (an unknown field
+or a wrong type is a 400 naming it) and translated to the chat request margin's request path runs
+(`margin.pipeline.flow`), so that a Responses call is admitted, guarded, cached, routed, metered and written
+to the ledger as a chat is. The answer is translated back in `margin.api.responses`.
+
+margin is stateless: nothing of a response is stored, so what needs a stored response or conversation
+(`previous_response_id`, `conversation`, `background`, `store: true`, `item_reference` items), a stored prompt
+template (`prompt`) or a tool margin would have to run (every built-in tool) is refused with a message that
+says so, before anything is reserved or sent."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+
+from margin.errors import InvalidRequest
+from margin.protocol import (
+    MAX_CONTENT_PARTS,
+    MAX_MESSAGES,
+    MAX_TOOLS,
+    ChatCompletionRequest,
+    Endpoint,
+    Flag,
+    ModelName,
+    PromptCacheKey,
+    SafetyIdentifier,
+    ServiceTier,
+    TokenLimit,
+    UserId,
+    Verbosity,
+    error_param,
+    parse_request,
+)
+
+MAX_METADATA = 16  # OpenAI's limit: 16 pairs, keys of 64 characters, values of 512
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
+
+# What a stateless gateway cannot do, by field: refused whatever its value (a null is the field left out)
+STATELESS = {
+    "previous_response_id": "margin does not store responses, so it cannot continue one: send the whole "
+    "conversation as `input` items",
+    "conversation": "margin does not store conversations: send the whole conversation as `input` items",
+    "prompt": "stored prompt templates are not supported through this gateway: send the prompt as `input`",
+    "context_management": "margin does not store responses, so it cannot compact them",
+    "max_tool_calls": "built-in tools are not supported through this gateway (function tools are)",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# Items are strict too, but an item the client copied from an earlier answer (the SDK's output types) may carry
+# its `id` and `status` (a message its `phase`, an output_text part its `annotations` and `logprobs`): accepted,
+# not passed on (a chat message has no place for them)
+ItemStatus = Literal["in_progress", "completed", "incomplete"]
+
+
+class InputText(_Strict):
+    type: Literal["input_text"]
+    text: str
+
+
+class OutputText(_Strict):
+    type: Literal["output_text"]
+    text: str
+    annotations: Annotated[list[dict[str, Any]], Field(max_length=MAX_MESSAGES)] | None = None
+    logprobs: Annotated[list[dict[str, Any]], Field(max_length=MAX_MESSAGES)] | None = None
+
+
+class Refusal(_Strict):
+    type: Literal["refusal"]
+    refusal: str
+
+
+class InputImage(_Strict):
+    type: Literal["input_image"]
+    image_url: str | None = None
+    file_id: str | None = None
+    detail: Literal["low", "high", "auto"] | None = None
+
+
+Part = Annotated[InputText | OutputText | Refusal | InputImage, Field(discriminator="type")]
+
+
+class Message(_Strict):
+    type: Literal["message"] = "message"
+    role: Literal["user", "system", "developer", "assistant"]
+    content: str | Annotated[list[Part], Field(max_length=MAX_MESSAGES, fail_fast=True)]
+    id: str | None = None
+    status: ItemStatus | None = None
+    phase: Literal["commentary", "final_answer"] | None = None
+
+
+class FunctionCall(_Strict):
+    type: Literal["function_call"]
+    call_id: str
+    name: str
+    arguments: str
+    id: str | None = None
+    status: ItemStatus | None = None
+
+
+class FunctionCallOutput(_Strict):
+    type: Literal["function_call_output"]
+    call_id: str
+    output: str | Annotated[list[InputText], Field(max_length=MAX_MESSAGES, fail_fast=True)]
+    id: str | None = None
+    status: ItemStatus | None = None
+
+
+def _item_type(item: Any) -> str:
+    """An item's kind: a message may leave its `type` out (the SDK's `EasyInputMessageParam`)."""
+    kind = item.get("type", "message") if isinstance(item, dict) else getattr(item, "type", None)
+    return kind if isinstance(kind, str) else "message"
+
+
+Item = Annotated[
+    Annotated[Message, Tag("message")]
+    | Annotated[FunctionCall, Tag("function_call")]
+    | Annotated[FunctionCallOutput, Tag("function_call_output")],
+    Discriminator(_item_type),
+]
+
+
+class FunctionTool(_Strict):
+    type: Literal["function"]
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class NamedFunction(_Strict):
+    type: Literal["function"]
+    name: str
+
+
+class Format(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    name: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    schema_: Annotated[dict[str, Any] | None, Field(alias="schema")] = None
+    description: str | None = None
+    strict: bool | None = None
+
+
+class Text(_Strict):
+    format: Format | None = None
+    verbosity: Verbosity | None = None
+
+
+class Reasoning(_Strict):
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    summary: None = None  # reasoning summaries: no chat backend returns them (a value is refused earlier)
+    generate_summary: None = None
+
+
+class ResponsesStreamOptions(_Strict):
+    include_obfuscation: bool | None = None  # margin never pads its events: accepted, changes nothing
+
+
+class ResponsesRequest(_Strict):
+    model: ModelName
+    input: str | Annotated[list[Item], Field(min_length=1, max_length=MAX_MESSAGES, fail_fast=True)]
+    instructions: str | None = None
+    max_output_tokens: TokenLimit | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    tools: Annotated[list[FunctionTool], Field(max_length=MAX_TOOLS, fail_fast=True)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedFunction | None = None
+    parallel_tool_calls: bool | None = None
+    text: Text | None = None
+    reasoning: Reasoning | None = None
+    user: UserId | None = None
+    metadata: Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=MAX_METADATA)] | None = None
+    service_tier: ServiceTier | None = None
+    stream: Flag = False
+    stream_options: ResponsesStreamOptions | None = None
+    store: Literal[False] | None = None  # `true` is refused earlier, with the reason
+    background: Literal[False] | None = None  # idem
+    truncation: Literal["disabled"] | None = None
+    prompt_cache_key: PromptCacheKey | None = None
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    safety_identifier: SafetyIdentifier | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    include: Annotated[list[Literal["message.output_text.logprobs"]], Field(max_length=16)] | None = None
+
+    @property
+    def logprobs(self) -> bool:
+        return bool(self.include and LOGPROBS_INCLUDE in self.include) or bool(self.top_logprobs)
+
+
+def _refuse(message: str, param: str, code: str = "unsupported_parameter") -> InvalidRequest:
+    return InvalidRequest(f"{param}: {message}", param=param, code=code)
+
+
+def _stateless(data: dict[str, Any]) -> None:
+    """The fields and values a stateless gateway cannot honour, refused with the reason (before validation, so
+    the message says why rather than that the field is unknown)."""
+    for name, why in STATELESS.items():
+        if data.get(name) is not None:
+            raise _refuse(why, name)
+    if data.get("store") is True:
+        raise _refuse("margin does not store responses; send `store: false`", "store", "unsupported_value")
+    if data.get("background") is True:
+        raise _refuse("background responses need a stored response; send the request without it", "background")
+    if data.get("truncation") == "auto":
+        raise _refuse(
+            "only `disabled` is supported: margin sends the input as it is", "truncation", "unsupported_value"
+        )
+    reasoning = data.get("reasoning")
+    if isinstance(reasoning, dict):
+        for name in ("summary", "generate_summary"):
+            if reasoning.get(name) is not None:
+                raise _refuse("reasoning summaries are not supported through this gateway", f"reasoning.{name}")
+    _builtin_tools(data.get("tools"))
+    _items(data.get("input"))
+    choice = data.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") != "function":
+        raise _refuse("only `none`, `auto`, `required` or a function is supported", "tool_choice", "unsupported_value")
+
+
+def _builtin_tools(tools: Any) -> None:
+    if type(tools) is not list:
+        return
+    for index, tool in enumerate(tools[:MAX_TOOLS]):
+        if isinstance(tool, dict) and isinstance(kind := tool.get("type"), str) and kind != "function":
+            why = f"built-in tool `{kind[:40]}` is not supported through this gateway: margin runs no tools"
+            why += " (send function tools)"
+            raise _refuse(why, f"tools.{index}.type", "unsupported_value")
+
+
+def _items(items: Any) -> None:
+    """Items that need a stored response (`item_reference`) or that margin never produces and no chat can
+    carry (reasoning, built-in tool calls), and parts no chat message holds."""
+    if type(items) is not list or len(items) > MAX_MESSAGES:  # not a list, or too long: pydantic says so
+        return
+    parts = sum(len(content) for item in items if type(item) is dict and type(content := item.get("content")) is list)
+    if parts > MAX_CONTENT_PARTS:  # counted first, as the chat path counts its messages' parts (loop stalls)
+        message = f"input: at most {MAX_CONTENT_PARTS} content parts over all items, not {parts}"
+        raise InvalidRequest(message, param="input", code="array_above_max_length")
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type")
+        if kind == "item_reference":
+            why = "margin does not store responses, so it cannot refer to their items: send the items themselves"
+            raise _refuse(why, f"input.{index}.type", "unsupported_value")
+        if isinstance(kind, str) and kind not in ("message", "function_call", "function_call_output"):
+            why = f"input items of type `{kind[:40]}` are not supported through this gateway"
+            raise _refuse(why, f"input.{index}.type", "unsupported_value")
+        content = item.get("content")
+        if type(content) is list:
+            for number, part in enumerate(content):
+                if isinstance(part, dict) and part.get("type") in ("input_file", "input_audio"):
+                    why = f"`{part['type']}` parts are not supported through this gateway"
+                    raise _refuse(why, f"input.{index}.content.{number}.type", "unsupported_value")
+                if isinstance(part, dict) and part.get("type") == "input_image" and part.get("file_id") is not None:
+                    why = "images by file id are not supported: send `image_url` (a URL or a data URL)"
+                    raise _refuse(why, f"input.{index}.content.{number}.file_id", "unsupported_value")
+
+
+UNION_TAGS = frozenset(
+    {"message", "function_call", "function_call_output", "input_text", "output_text", "refusal", "input_image",
+     "NamedFunction"}
+)  # fmt: skip
+
+
+def parse_responses(data: Any) -> ResponsesRequest:
+    """The Responses body, validated (a 400 naming the field, as the chat path's)."""
+    if not isinstance(data, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    _stateless(data)
+    try:
+        return ResponsesRequest.model_validate(data)
+    except ValidationError as exc:
+        raise error_param(exc, UNION_TAGS) from exc
+
+
+def _part(part: InputText | OutputText | Refusal | InputImage) -> dict[str, Any]:
+    if isinstance(part, InputImage):
+        image: dict[str, Any] = {"url": part.image_url or ""}
+        if part.detail is not None:
+            image["detail"] = part.detail
+        return {"type": "image_url", "image_url": image}
+    if isinstance(part, Refusal):
+        return {"type": "refusal", "refusal": part.refusal}
+    return {"type": "text", "text": part.text}
+
+
+def _message(item: Message, index: int) -> dict[str, Any]:
+    if isinstance(item.content, str):
+        return {"role": item.role, "content": item.content}
+    for number, part in enumerate(item.content):
+        if isinstance(part, InputImage) and part.image_url is None:
+            raise _refuse("an image needs `image_url`", f"input.{index}.content.{number}.image_url", "invalid_value")
+        if isinstance(part, InputImage) and item.role != "user":
+            raise _refuse(
+                "images are only supported in user messages", f"input.{index}.content.{number}", "unsupported_value"
+            )
+        if isinstance(part, OutputText | Refusal) and item.role != "assistant":
+            why = f"`{part.type}` parts are only supported in assistant messages"
+            raise _refuse(why, f"input.{index}.content.{number}.type", "unsupported_value")
+    return {"role": item.role, "content": [_part(part) for part in item.content]}
+
+
+def messages(body: ResponsesRequest) -> list[dict[str, Any]]:
+    """The chat messages: `instructions` first (a system message), then the items in order; consecutive
+    function calls are one assistant message's tool calls (joined to an assistant message just before them),
+    a call's output a `tool` message."""
+    out: list[dict[str, Any]] = []
+    if body.instructions is not None:
+        out.append({"role": "system", "content": body.instructions})
+    items = [Message(role="user", content=body.input)] if isinstance(body.input, str) else body.input
+    for index, item in enumerate(items):
+        if isinstance(item, Message):
+            out.append(_message(item, index))
+        elif isinstance(item, FunctionCall):
+            call = {
+                "id": item.call_id,
+                "type": "function",
+                "function": {"name": item.name, "arguments": item.arguments},
+            }
+            last = out[-1] if out else None
+            if last is not None and last["role"] == "assistant":
+                last.setdefault("tool_calls", []).append(call)
+            else:
+                out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        else:
+            output = item.output if isinstance(item.output, str) else [_part(part) for part in item.output]
+            out.append({"role": "tool", "tool_call_id": item.call_id, "content": output})
+    return out
+
+
+def _tool(tool: FunctionTool) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name}
+    for name in ("description", "parameters", "strict"):
+        if (value := getattr(tool, name)) is not None:
+            function[name] = value
+    return {"type": "function", "function": function}
+
+
+def response_format(text: Text | None) -> dict[str, Any] | None:
+    form = text.format if text is not None else None
+    if form is None or form.type == "text":
+        return None
+    if form.type == "json_object":
+        return {"type": "json_object"}
+    if form.name is None or form.schema_ is None:
+        raise _refuse("a json_schema format needs `name` and `schema`", "text.format", "invalid_value")
+    schema: dict[str, Any] = {"name": form.name, "schema": form.schema_}
+    if form.description is not None:
+        schema["description"] = form.description
+    if form.strict is not None:
+        schema["strict"] = form.strict
+    return {"type": "json_schema", "json_schema": schema}
+
+
+# Settings passed to the chat request under the same name
+SAME_NAME = (
+    "temperature", "top_p", "parallel_tool_calls", "user", "metadata", "service_tier", "prompt_cache_key",
+    "prompt_cache_retention", "safety_identifier",
+)  # fmt: skip
+
+
+def chat_data(body: ResponsesRequest, sent: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The chat request (its JSON) that answers this Responses request (`sent`: its JSON, whose values of the
+    settings passed on are passed as sent, `0` not `0.0`). A stream always asks for usage (the Responses API
+    always reports it)."""
+    data: dict[str, Any] = {"model": body.model, "messages": messages(body)}
+    for name in SAME_NAME:
+        if (value := getattr(body, name)) is not None:
+            data[name] = sent[name] if sent is not None else value
+    if body.max_output_tokens is not None:
+        data["max_tokens"] = body.max_output_tokens
+    if body.tools:
+        data["tools"] = [_tool(tool) for tool in body.tools]
+    if isinstance(body.tool_choice, NamedFunction):
+        data["tool_choice"] = {"type": "function", "function": {"name": body.tool_choice.name}}
+    elif body.tool_choice is not None:
+        data["tool_choice"] = body.tool_choice
+    if (form := response_format(body.text)) is not None:
+        data["response_format"] = form
+    if body.text is not None and body.text.verbosity is not None:
+        data["verbosity"] = body.text.verbosity
+    if body.reasoning is not None and body.reasoning.effort is not None:
+        data["reasoning_effort"] = body.reasoning.effort
+    if body.logprobs:
+        data["logprobs"] = True
+        if body.top_logprobs is not None:
+            data["top_logprobs"] = body.top_logprobs
+    if body.stream:
+        data["stream"] = True
+        data["stream_options"] = {"include_usage": True}
+    return data
+
+
+def parse(data: Any) -> tuple[ResponsesRequest, dict[str, Any], ChatCompletionRequest]:
+    """A Responses body: validated, its chat request's JSON, and that chat request validated as the chat path
+    validates it (a 400 naming the chat field is a translation margin could not run)."""
+    body = parse_responses(data)
+    chat = chat_data(body, data)
+    request = parse_request(Endpoint.CHAT, chat)
+    assert isinstance(request, ChatCompletionRequest)
+    return body, chat, request

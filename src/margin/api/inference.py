@@ -1,9 +1,12 @@
 """POST /v1/chat/completions, /v1/completions, /v1/embeddings: the caller from the headers, the body read
-with a limit and validated, then the request path (`margin.pipeline.flow`), which writes the answer."""
+with a limit and validated, then the request path (`margin.pipeline.flow`), which writes the answer.
+`arrive` and `Run` serve `/v1/responses` too (margin.api.responses: its body and its answer translated)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
@@ -17,30 +20,49 @@ from margin.errors import MarginError
 from margin.keys import authenticate
 from margin.ledger.ids import request_id as new_request_id
 from margin.pipeline.flow import Flow
-from margin.pipeline.values import Record, Request
+from margin.pipeline.values import Client, Record, Request
 from margin.protocol import Endpoint, parse_request
+from margin.types import BatchLine, Principal
+
+T = TypeVar("T")
 
 
 class Run:
-    """The ASGI app of one request that passed the edge: the flow, writing through this connection's `send`."""
+    """The ASGI app of one request that passed the edge: the flow, writing through this connection's `send`
+    (through `wrap`'s client where the answer is translated: the Responses API)."""
 
-    __slots__ = ("args", "flow", "stalls")
+    __slots__ = ("args", "flow", "stalls", "wrap")
 
-    def __init__(self, flow: Flow, stalls: StallWatch, args: tuple[object, ...]) -> None:
-        self.flow, self.stalls, self.args = flow, stalls, args
+    def __init__(
+        self, flow: Flow, stalls: StallWatch, args: tuple[object, ...], wrap: Callable[[AsgiClient], Client] | None
+    ) -> None:
+        self.flow, self.stalls, self.args, self.wrap = flow, stalls, args, wrap
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client = AsgiClient(send, self.stalls)
+        inner = AsgiClient(send, self.stalls)
+        client = inner if self.wrap is None else self.wrap(inner)
         request_id, endpoint, headers, data, body, principal, record, started = self.args
         try:
             await self.flow(
                 Request(request_id, endpoint, headers, data, body, principal, client, record, started)  # type: ignore[arg-type]
             )
         finally:
-            client.close()
+            inner.close()
 
 
-async def handle(request: HttpRequest, endpoint: Endpoint) -> Response | ASGIApp:
+class Arrival(NamedTuple):
+    """A request that passed the edge: who sent it, with what id and headers."""
+
+    started: float
+    request_id: str
+    headers: dict[str, str]
+    principal: Principal | None
+    batch: BatchLine | None
+
+
+async def arrive(request: HttpRequest, parse: Callable[[Any], T]) -> tuple[Arrival, T] | Response:
+    """The caller (from headers, before any body), then the body read with a limit and `parse`d; the error
+    answer if either fails."""
     started = time.perf_counter()
     services = request.app.state.services
     caller = inprocess.of(request.scope)  # the batch worker's in-process call: already authenticated
@@ -48,20 +70,26 @@ async def handle(request: HttpRequest, endpoint: Endpoint) -> Response | ASGIApp
     request_id = caller.request_id if caller else new_request_id()
     headers = header_map(request.scope["headers"])
     try:
-        # from headers, before any body
         principal = caller.principal if caller else await authenticate(services.keys, headers)
-        data = parse_json(await read_body(request, services.settings.server.max_body_bytes))
-        body = parse_request(endpoint, data)
+        parsed = parse(parse_json(await read_body(request, services.settings.server.max_body_bytes)))
     except MarginError as exc:
         return error_response(exc, request_id)
+    return Arrival(started, request_id, headers, principal, caller.batch if caller else None), parsed
+
+
+async def handle(request: HttpRequest, endpoint: Endpoint) -> Response | ASGIApp:
+    arrived = await arrive(request, lambda data: (data, parse_request(endpoint, data)))
+    if isinstance(arrived, Response):
+        return arrived
+    (started, request_id, headers, principal, batch), (data, body) = arrived
     stream = endpoint is not Endpoint.EMBEDDINGS and bool(getattr(body, "stream", False))
     user = getattr(body, "user", None)
     user = user if isinstance(user, str) else None
-    batch = caller.batch if caller else None
     record = Record(
         request_id, endpoint, body.model, stream, started=started, principal=principal, user=user, batch=batch
     )
-    return Run(services.flow, services.stalls, (request_id, endpoint, headers, data, body, principal, record, started))
+    args = (request_id, endpoint, headers, data, body, principal, record, started)
+    return Run(request.app.state.services.flow, request.app.state.services.stalls, args, None)
 
 
 async def chat_completions(request: HttpRequest) -> Response | ASGIApp:

@@ -8,25 +8,20 @@ guard), so the chat path costs nothing more."""
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Mapping
 
 import orjson
 from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
-from margin.api.client import AsgiClient, StallWatch
-from margin.api.edge import header_map, parse_json, read_body
-from margin.api.errors import error_body, error_response
+from margin.api.client import AsgiClient
+from margin.api.errors import error_body
+from margin.api.inference import Run, arrive
 from margin.api.responses_out import StreamEvents, from_chat, skeleton
-from margin.batches import inprocess
 from margin.errors import MarginError
-from margin.keys import authenticate
-from margin.ledger.ids import request_id as new_request_id
-from margin.pipeline.flow import Flow
 from margin.pipeline.stream import DONE
-from margin.pipeline.values import ClientGone, Record, Request
+from margin.pipeline.values import ClientGone, Record
 from margin.protocol import Endpoint
 from margin.responses import ResponsesRequest, parse
 
@@ -106,41 +101,15 @@ class ResponsesClient:
         await self.inner.end_stream((events.start() if fresh else b"") + events.end() + comment)
 
 
-class Run:
-    """The ASGI app of one Responses request that passed the edge: the flow, writing through this connection."""
-
-    __slots__ = ("args", "flow", "stalls")
-
-    def __init__(self, flow: Flow, stalls: StallWatch, args: tuple[object, ...]) -> None:
-        self.flow, self.stalls, self.args = flow, stalls, args
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        inner = AsgiClient(send, self.stalls)
-        request_id, headers, data, body, chat, principal, record, started = self.args
-        client = ResponsesClient(inner, body, request_id)  # type: ignore[arg-type]
-        try:
-            await self.flow(
-                Request(request_id, Endpoint.CHAT, headers, data, chat, principal, client, record, started)  # type: ignore[arg-type]
-            )
-        finally:
-            inner.close()
-
-
 async def responses(request: HttpRequest) -> Response | ASGIApp:
-    started = time.perf_counter()
-    services = request.app.state.services
-    caller = inprocess.of(request.scope)  # the batch worker's in-process call: already authenticated
-    request_id = caller.request_id if caller else new_request_id()
-    headers = header_map(request.scope["headers"])
-    try:
-        principal = caller.principal if caller else await authenticate(services.keys, headers)
-        body, data, chat = parse(parse_json(await read_body(request, services.settings.server.max_body_bytes)))
-    except MarginError as exc:
-        return error_response(exc, request_id)
-    batch = caller.batch if caller else None
+    arrived = await arrive(request, parse)
+    if isinstance(arrived, Response):
+        return arrived
+    (started, request_id, headers, principal, batch), (body, data, chat) = arrived
     record = Record(
         request_id, Endpoint.RESPONSES, body.model, body.stream, started=started, principal=principal,
         user=body.user, batch=batch,
     )  # fmt: skip
-    args = (request_id, headers, data, body, chat, principal, record, started)
-    return Run(services.flow, services.stalls, args)
+    args = (request_id, Endpoint.CHAT, headers, data, chat, principal, record, started)
+    services = request.app.state.services
+    return Run(services.flow, services.stalls, args, lambda inner: ResponsesClient(inner, body, request_id))

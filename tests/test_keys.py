@@ -295,3 +295,36 @@ def test_a_bad_expiry_names_its_field_in_plain_words(fields: dict[str, Any], par
         KeyRequest.parse({"name": "x", **fields})
     assert refused.value.param == param
     assert "Value error" not in refused.value.message and refused.value.message.startswith(f"{param or 'body'}: ")
+
+
+def test_dashboard_sessions_end_with_the_secret_that_made_them(tmp_path: Any) -> None:
+    """A session issued before a rotation lives as long as the old secret's grace; a second rotation ends the
+    first secret, and with it the sessions issued before the first rotation, at once (those issued between
+    the two rotations were made with the second secret, which is in its grace now). Before, rotation did not
+    exist."""
+    from datetime import UTC, datetime, timedelta
+
+    from margin.keyops import rotate_key
+    from margin.keys import NewKey, create_key, list_keys, unix_ms
+    from margin.ledger import db
+
+    url = f"sqlite:///{tmp_path / 'sessions.db'}"
+    db.upgrade(url)
+    sync = db.make_sync_engine(url)
+    try:
+        record, _ = create_key(sync, NewKey("svc"))
+        before = unix_ms(datetime.now(UTC)) - 1
+        first, _ = rotate_key(sync, record.id, timedelta(hours=1))
+        assert first.rotated_at is not None
+        now = datetime.now(UTC)
+        assert not first.session_ended(before, now)  # the old secret is in its grace: so is its session
+        assert first.session_ended(before, now + timedelta(hours=2))  # ... and no longer after it
+        between = unix_ms(first.rotated_at) + 1
+        second, _ = rotate_key(sync, record.id, timedelta(hours=1))
+        (listed,) = list_keys(sync)
+        for seen in (second, listed):
+            assert seen.session_ended(before, now) and not seen.session_ended(between, now)
+        zero, _ = rotate_key(sync, record.id, timedelta(0))
+        assert zero.session_ended(between, datetime.now(UTC)) and zero.previous_valid_until == zero.rotated_at
+    finally:
+        sync.dispose()

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 import re
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import sqlalchemy as sa
 from pydantic import (
@@ -60,9 +61,24 @@ class KeyRecord:
     policy: dict[str, Any] | None = None
     sessions_not_before: int | None = None  # Unix ms: dashboard sessions issued before it were ended (logout)
     expires_at: datetime | None = None  # aware (UTC): refused from then on; None: never expires
+    rotated_at: datetime | None = None  # the last rotation (a new secret, same id); None: never rotated
+    previous_valid_until: datetime | None = None  # the secret before the last rotation is accepted until then
+    by_previous: bool = False  # this record was looked up by that previous secret (`KeyCache.lookup`)
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
+
+    def previous_valid(self, now: datetime) -> bool:
+        """The secret before the last rotation is still in its grace period."""
+        return self.previous_valid_until is not None and now < self.previous_valid_until
+
+    def session_ended(self, issued_ms: int, now: datetime) -> bool:
+        """A dashboard session issued at `issued_ms` (Unix ms) is ended by a logout (`sessions_not_before`), and
+        by a rotation once the secret that made it is no longer accepted: a session issued before the last
+        rotation lives as long as the previous secret's grace (a rotation with grace 0 ends it at once)."""
+        if issued_ms < (self.sessions_not_before or 0):
+            return True
+        return self.rotated_at is not None and issued_ms < unix_ms(self.rotated_at) and not self.previous_valid(now)
 
     @classmethod
     def from_row(cls, row: Any) -> KeyRecord:
@@ -78,6 +94,8 @@ class KeyRecord:
             dict(row.policy) if row.policy else None,
             row.sessions_not_before,
             _aware(row.expires_at),
+            _aware(row.rotated_at),
+            _aware(row.previous_valid_until),
         )
 
     def public(self) -> dict[str, Any]:
@@ -93,6 +111,8 @@ class KeyRecord:
             "created_at": self.created_at.isoformat() if self.created_at else None,
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "rotated_at": self.rotated_at.isoformat() if self.rotated_at else None,
+            "previous_valid_until": self.previous_valid_until.isoformat() if self.previous_valid_until else None,
             "state": self.state(datetime.now(UTC)),
         }
 
@@ -105,46 +125,33 @@ def _aware(at: datetime | None) -> datetime | None:
     return at.replace(tzinfo=UTC) if at is not None and at.tzinfo is None else at
 
 
-def new_key() -> tuple[str, str]:
-    key_id = secrets.token_hex(4)
+def unix_ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+def new_key(key_id: str | None = None) -> tuple[str, str]:
+    """A new key: a new id, or a new secret for an existing id (a rotation)."""
+    key_id = secrets.token_hex(4) if key_id is None else key_id
     return key_id, f"{PREFIX}_{key_id}_{secrets.token_urlsafe(24)}"
-
-
-def parse_tags(pairs: list[str]) -> dict[str, str]:
-    tags: dict[str, str] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.strip() or not value.strip():
-            raise InvalidRequest(f"tag {pair!r} must look like key=value")
-        if name.strip() in tags:  # the last one won without a word
-            raise InvalidRequest(f"tag {name.strip()!r} is given twice")
-        tags[name.strip()] = value.strip()
-    return tags
 
 
 MIN_EXPIRY_S = 60  # a key lives at least a minute ...
 MAX_EXPIRY_S = 3650 * 86_400  # ... and at most ten years
-EXPIRY_UNITS = {"m": 60, "h": 3_600, "d": 86_400}
-EXPIRY_SHAPE = re.compile(r"([1-9][0-9]{0,7})([mhd])")
-
-
-def parse_expiry(text: str) -> dict[str, Any]:
-    """`--expires`: a lifetime (`90m`, `12h`, `30d`) or an ISO 8601 date-time (UTC when it names no zone), as
-    `KeyRequest`'s `expires_in_s` or `expires_at` (which checks the bounds: `MIN_EXPIRY_S`, `MAX_EXPIRY_S`)."""
-    text = text.strip()
-    if (found := EXPIRY_SHAPE.fullmatch(text)) is not None:
-        return {"expires_in_s": int(found.group(1)) * EXPIRY_UNITS[found.group(2)]}
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidRequest(
-            f"--expires {text!r}: give a lifetime such as 90m, 12h or 30d, or an ISO 8601 date-time",
-            param="expires_at",
-        ) from None
-    return {"expires_at": at if at.tzinfo is not None else at.replace(tzinfo=UTC)}
-
-
 Label = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validated(model: type[M], data: Any) -> M:
+    """A request body as `model`, or 400 naming the first field at fault."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        message = str(first["msg"]).removeprefix("Value error, ")  # pydantic's prefix on a validator's own
+        raise InvalidRequest(f"{param or 'body'}: {message}", param=param) from exc
 
 
 class KeyRequest(BaseModel):
@@ -178,13 +185,7 @@ class KeyRequest(BaseModel):
 
     @classmethod
     def parse(cls, data: Any) -> KeyRequest:
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(str(p) for p in first["loc"]) or None
-            message = str(first["msg"]).removeprefix("Value error, ")  # pydantic's prefix on a validator's own
-            raise InvalidRequest(f"{param or 'body'}: {message}", param=param) from exc
+        return validated(cls, data)
 
     def spec(self) -> NewKey:
         """The key to create (its policy already validated: stored without its unset fields)."""
@@ -257,8 +258,8 @@ def revoke_key(engine: sa.Engine, key_id: str) -> KeyRecord:
         ).scalars()
         if list(admins) == [key_id]:
             raise Conflict(
-                f"key {key_id!r} is the last active admin key; rotate it instead: create its successor "
-                "(`margin keys create --name NAME --admin`), then revoke this one",
+                f"key {key_id!r} is the last active admin key; for a new secret rotate it (`margin keys rotate "
+                f"{key_id}`), or create its successor (`margin keys create --name NAME --admin`), then revoke this one",
                 code="last_admin_key",
             )
         result = connection.execute(
@@ -334,7 +335,12 @@ class KeyCache:
       negative cache (oldest out first), so it can neither evict the real keys nor grow memory, and at most
       `max_lookups` queries for never-seen tokens run at once, whatever the flood.
     - When an entry expires, one query refreshes it and the requests arriving meanwhile wait for that query
-      (under load, each expiry was a stampede of queries that stalled requests for seconds)."""
+      (under load, each expiry was a stampede of queries that stalled requests for seconds).
+    - A token is looked up by its hash among the keys' current and previous (rotated) secrets; the record of a
+      previous secret carries its grace end, checked on every request (`principal_of`), so the old secret ends
+      on time even while cached. A rotation elsewhere (the CLI, a replica) is seen within `ttl_s`, as a
+      revocation is. The new secret is never refused from the not-found cache: entries are per token hash and
+      a new secret's token was never presented before the rotation made it."""
 
     def __init__(self, engine: Any, ttl_s: float = 5.0, max_entries: int = 10_000, max_lookups: int = 4) -> None:
         self._engine = engine  # AsyncEngine
@@ -422,10 +428,10 @@ class KeyCache:
     async def _load(self, digest: str, known: bool) -> KeyRecord | None:
         try:
             if known:
-                record = await self._select(api_keys.c.key_hash == digest)
+                record = await self._select_hash(digest)
             else:
                 async with self._lookups:
-                    record = await self._select(api_keys.c.key_hash == digest)
+                    record = await self._select_hash(digest)
         except UNREACHABLE as exc:
             return _stale(self._found.entries.get(digest), exc)
         entry = _Cached(record, time.monotonic() + self._ttl)
@@ -442,11 +448,23 @@ class KeyCache:
         self._by_id.put(key_id, _Cached(record, time.monotonic() + self._ttl))
         return record
 
+    async def _select_hash(self, digest: str) -> KeyRecord | None:
+        """The unrevoked key whose current or previous secret has this hash (which of the two: compared in
+        constant time), marked `by_previous` when it is the previous one."""
+        row = await self._row(sa.or_(api_keys.c.key_hash == digest, api_keys.c.previous_hash == digest))
+        if row is None or hmac.compare_digest(row.key_hash, digest):
+            return KeyRecord.from_row(row) if row is not None else None
+        previous = hmac.compare_digest(row.previous_hash or "", digest)
+        return replace(KeyRecord.from_row(row), by_previous=True) if previous else None
+
     async def _select(self, where: Any) -> KeyRecord | None:
+        row = await self._row(where)
+        return KeyRecord.from_row(row) if row is not None else None
+
+    async def _row(self, where: Any) -> Any:
         self.queries += 1
         async with self._engine.connect() as connection:
-            row = (await connection.execute(sa.select(api_keys).where(where, api_keys.c.revoked_at.is_(None)))).first()
-        return KeyRecord.from_row(row) if row is not None else None
+            return (await connection.execute(sa.select(api_keys).where(where, api_keys.c.revoked_at.is_(None)))).first()
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:
@@ -469,8 +487,15 @@ def principal_of(record: KeyRecord | None) -> Principal:
     comes here, with the record as cached: an expiry is checked on each call, a comparison (no query)."""
     if record is None:
         raise AuthenticationFailed("invalid or revoked API key")
-    if record.expires_at is not None and record.expires_at <= datetime.now(UTC):
+    now = datetime.now(UTC)
+    if record.expires_at is not None and record.expires_at <= now:
         raise AuthenticationFailed(f"this API key expired at {record.expires_at.isoformat()}", code="key_expired")
+    if record.by_previous and not record.previous_valid(now):
+        ended = record.previous_valid_until.isoformat() if record.previous_valid_until else "its rotation"
+        raise AuthenticationFailed(
+            f"this API key was rotated: its old secret stopped working at {ended}; use the new key",
+            code="key_rotated",
+        )
     return Principal(
         key_id=record.id,
         name=record.name,

@@ -103,6 +103,8 @@ def test_keys_lifecycle(tmp_path: Path) -> None:
             "created_at": listed[0]["created_at"],
             "revoked_at": None,
             "expires_at": None,
+            "rotated_at": None,  # never rotated (`keys rotate`)
+            "previous_valid_until": None,
             "state": "active",
             "revoked": False,
         }
@@ -262,3 +264,30 @@ def test_a_budget_under_one_nano_usd_stored_before_the_check_still_loads(tmp_pat
     listed = runner.invoke(app, ["budgets", "list", "--db", db, "--json"])
     assert listed.exit_code == 0, listed.output
     assert [b["name"] for b in json.loads(listed.output)] == ["old"]
+
+
+def test_keys_rotate(tmp_path: Path) -> None:
+    """`keys rotate <id> --grace` prints a new key for the same id once; `keys list` shows when it was rotated
+    and until when the old secret works (never a secret or a hash). Before, the command did not exist."""
+    db = str(tmp_path / "r.db")
+    made = json.loads(runner.invoke(app, ["keys", "create", "--name", "svc", "--db", db, "--json"]).output)
+    out = runner.invoke(app, ["keys", "rotate", made["id"], "--grace", "1h", "--db", db, "--json"])
+    assert out.exit_code == 0, out.output
+    rotated = json.loads(out.output)
+    assert rotated["id"] == made["id"] and rotated["key"].startswith(f"mgn_{made['id']}_")
+    assert rotated["key"] != made["key"] and rotated["valid_until"] == rotated["previous_valid_until"]
+    left = datetime.fromisoformat(rotated["valid_until"]) - datetime.now(UTC)
+    assert timedelta(minutes=59) < left <= timedelta(hours=1)
+    text = runner.invoke(app, ["keys", "rotate", made["id"], "--db", db])  # default grace: a day
+    assert text.exit_code == 0 and "keeps working until" in text.output and text.output.count("mgn_") == 1
+    (row,) = json.loads(runner.invoke(app, ["keys", "list", "--db", db, "--json"]).output)
+    assert row["rotated_at"] and row["previous_valid_until"] and "key" not in row and "key_hash" not in row
+    listed = runner.invoke(app, ["keys", "list", "--db", db], env={"COLUMNS": "250"})
+    assert "old secret until" in listed.output and "mgn_" not in listed.output
+    for bad in ("soon", "1x", "-1h", "31d", "1h30m"):
+        refused = runner.invoke(app, ["keys", "rotate", made["id"], "--grace", bad, "--db", db])
+        assert refused.exit_code == 2, (bad, refused.output)
+    assert runner.invoke(app, ["keys", "rotate", "0123abcd", "--db", db]).exit_code == 2  # no such key
+    assert runner.invoke(app, ["keys", "revoke", made["id"], "--db", db]).exit_code == 0
+    revoked = runner.invoke(app, ["keys", "rotate", made["id"], "--grace", "0", "--db", db])
+    assert revoked.exit_code == 2 and "revoked" in revoked.output

@@ -371,3 +371,45 @@ def test_0022_adds_key_expiry_and_keeps_keys_both_ways(
         assert "expires_at" not in {c["name"] for c in sa.inspect(connection).get_columns("api_keys")}
         assert connection.exec_driver_sql("SELECT id FROM api_keys").scalars().all() == ["k1"]
     engine.dispose()
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+async def test_0023_adds_key_rotation_and_keys_made_before_still_work(
+    dialect: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Nullable columns: a key made at 0022 reads as never rotated and its secret still authenticates; it can be
+    rotated; the downgrade drops the columns in place, keeping every key (with its current secret)."""
+    from datetime import timedelta
+
+    from margin.keyops import rotate_key
+    from margin.keys import KeyCache, hash_key, new_key, principal_of
+
+    url = f"sqlite:///{tmp_path / 'r.db'}" if dialect == "sqlite" else request.getfixturevalue("fresh_postgres")
+    db.upgrade(url, "0022")
+    engine = db.make_sync_engine(url)
+    key_id, key = new_key()
+    key_row = "INSERT INTO api_keys (id, name, tags, key_hash, created_at, is_admin) VALUES "
+    with engine.begin() as connection:
+        values = {"id": key_id, "hash": hash_key(key), "at": "2026-12-06 12:00:00"}
+        connection.execute(sa.text(key_row + "(:id, 'old', '{}', :hash, :at, false)"), values)
+    db.upgrade(url)
+    with engine.connect() as connection:
+        columns = "SELECT previous_hash, previous_valid_until, rotated_at FROM api_keys"
+        assert [tuple(row) for row in connection.exec_driver_sql(columns)] == [(None, None, None)]
+        assert schema_diff(connection) == []
+    async_engine = db.make_async_engine(url)
+    cache = KeyCache(async_engine, ttl_s=0)
+    try:
+        assert principal_of(await cache.lookup(key)).key_id == key_id  # made before the migration: still works
+        _, new = rotate_key(engine, key_id, timedelta(hours=1))
+        assert principal_of(await cache.lookup(new)).key_id == key_id
+        found = await cache.lookup(key)
+        assert found is not None and found.by_previous and principal_of(found).key_id == key_id  # in its grace
+    finally:
+        await async_engine.dispose()
+    db.downgrade(url, "0022")
+    with engine.connect() as connection:
+        assert "previous_hash" not in {c["name"] for c in sa.inspect(connection).get_columns("api_keys")}
+        rows = connection.exec_driver_sql("SELECT id, key_hash FROM api_keys").all()
+        assert [tuple(row) for row in rows] == [(key_id, hash_key(new))]
+    engine.dispose()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from margin import keys
-from margin.api.edge import read_json
+from margin import keyops, keys
+from margin.api.edge import parse_json, read_body, read_json
 from margin.api.errors import error_response, json_response
 from margin.economics.money import from_nanousd, usd_str
 from margin.errors import ConfigError, InvalidRequest, MarginError, NotFound, PermissionDenied
@@ -177,6 +177,17 @@ async def revoke_key(request: Request, _: Principal) -> Any:
     return record.public()
 
 
+async def rotate_key(request: Request, _: Principal) -> Any:
+    services = request.app.state.services
+    body = await read_body(request, services.settings.server.max_body_bytes)
+    grace = keyops.RotateRequest.parse(parse_json(body) if body.strip() else {}).grace_s
+    key_id = request.path_params["key_id"]
+    record, key = await services.read(keyops.rotate_key, services.sync_engine(), key_id, timedelta(seconds=grace))
+    services.keys.forget()  # this replica: the old secret's grace (0: it stops now) applies at once
+    valid_until = record.previous_valid_until.isoformat() if record.previous_valid_until else None
+    return {**record.public(), "key": key, "valid_until": valid_until}
+
+
 async def usage(request: Request, _: Principal) -> Any:
     services, params = request.app.state.services, request.query_params
     window_ = Window(*parse_span(params.get("since"), params.get("until")))
@@ -228,6 +239,7 @@ def routes() -> list[Route]:
         Route("/admin/keys", endpoint(list_keys), methods=["GET"]),
         Route("/admin/keys", endpoint(create_key), methods=["POST"]),
         Route("/admin/keys/{key_id}", endpoint(revoke_key), methods=["DELETE"]),
+        Route("/admin/keys/{key_id}/rotate", endpoint(rotate_key), methods=["POST"]),
         *rule_routes,
         Route("/admin/usage", endpoint(usage), methods=["GET"]),
         Route("/admin/reload", endpoint(reload), methods=["POST"]),

@@ -1,6 +1,7 @@
 """`GET /openapi.json`: an OpenAPI 3.1 document of every public route, generated from the pydantic models the
-routes validate with (`margin.protocol`, `margin.keys.KeyRequest`, `margin.ledger.feedback.FeedbackItem`,
-the governance specs), so the contract cannot drift from the code. Built once per app; served as bytes."""
+routes validate with (`margin.protocol`, `margin.keys.KeyRequest`, `margin.keyops.RotateRequest`,
+`margin.ledger.feedback.FeedbackItem`, the governance specs), so the contract cannot drift from the code. Built
+once per app; served as bytes."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from starlette.responses import Response
 from margin import __version__
 from margin.api.batches import BatchCreateRequest
 from margin.api.errors import JSON, NOSNIFF
+from margin.keyops import RotateRequest
 from margin.keys import KeyRequest
 from margin.ledger.feedback import FeedbackItem
 from margin.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -50,6 +52,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     EmbeddingRequest,
     ResponsesRequest,
     KeyRequest,
+    RotateRequest,
     FeedbackItem,
     BudgetSpec,
     LimitSpec,
@@ -134,6 +137,15 @@ def _gateway_operations() -> list[Op]:
             "Revoke a key (never the last admin key)",
             auth="admin",
             params=[_path("key_id")],
+        ),
+        Op(
+            "post",
+            "/admin/keys/{key_id}/rotate",
+            "A new secret for a key, same id (shown once); the old one works for `grace_s`",
+            ref(RotateRequest),
+            auth="admin",
+            params=[_path("key_id")],
+            body_required=False,
         ),
         Op("get", "/admin/usage", "Usage of every key", auth="admin", params=window),
         Op("get", "/admin/backends", "Each backend's circuit, recent errors, latency and limits", auth="admin"),

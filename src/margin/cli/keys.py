@@ -1,8 +1,8 @@
-"""`margin keys create|list|revoke`."""
+"""`margin keys create|list|rotate|revoke`."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import orjson
@@ -14,7 +14,7 @@ from margin.cli.options import ConfigOpt, DbOpt, JsonOpt, console, fail, setting
 from margin.errors import MarginError
 from margin.terminal import plain
 
-keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys.")
+keys_app = typer.Typer(no_args_is_help=True, help="Create, list, rotate and revoke API keys.")
 
 
 @keys_app.command("create")
@@ -36,14 +36,14 @@ def keys_create(
     json: JsonOpt = False,
 ) -> None:
     """Create an API key. It is printed once; only its hash is stored."""
-    from margin import keys
+    from margin import keyops, keys
     from margin.governance.rules import check_policy_models, parse_policy
 
     settings = settings_from(config, db)
     try:
         # the checks of POST /admin/keys (before: any length, control characters, any number of tags)
-        fields = {"name": name, "team": team, "org": org, "tags": keys.parse_tags(tag or []), "admin": admin}
-        expiry = keys.parse_expiry(expires) if expires is not None else {}
+        fields = {"name": name, "team": team, "org": org, "tags": keyops.parse_tags(tag or []), "admin": admin}
+        expiry = keyops.parse_expiry(expires) if expires is not None else {}
         spec = keys.KeyRequest.parse({**fields, "policy": parse_policy(policy), **expiry}).spec()
         check_policy_models(spec.policy, settings)
         record, key = keys.create_key(sync_engine(settings), spec)
@@ -70,13 +70,16 @@ def keys_list(config: ConfigOpt = None, db: DbOpt = None, json: JsonOpt = False)
     if json:
         print(orjson.dumps([{**r.public(), "revoked": r.revoked_at is not None} for r in records]).decode())
         return
-    table = Table("id", "name", "team", "org", "tags", "created", "expires", "state")
+    table = Table("id", "name", "team", "org", "tags", "created", "expires", "rotated", "state")
     now = datetime.now(UTC)
     for r in records:
         tags = ",".join(f"{k}={v}" for k, v in r.tags.items())
         state = r.state(now) + (" admin" if r.is_admin else "")
         labels = (plain(value) for value in (r.name, r.team or "-", r.org or "-", tags or "-"))
-        table.add_row(r.id, *labels, str(r.created_at)[:19], str(r.expires_at or "never")[:19], state)
+        rotated = str(r.rotated_at or "-")[:19]
+        if r.previous_valid(now):
+            rotated += f" (old secret until {str(r.previous_valid_until)[:19]})"
+        table.add_row(r.id, *labels, str(r.created_at)[:19], str(r.expires_at or "never")[:19], rotated, state)
     console().print(table)
 
 
@@ -92,3 +95,37 @@ def keys_revoke(
     except MarginError as exc:
         raise fail(exc) from exc
     console().print(Text.assemble(f"revoked key {record.id} (", plain(record.name), ")"))
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: Annotated[str, typer.Argument(help="The key id.")],
+    grace: Annotated[
+        str, typer.Option("--grace", help="How long the old secret keeps working: 0, 30m, 24h, 7d (at most 30d).")
+    ] = "24h",
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """A new secret for a key, same id (its budgets, limits, policy and history go on). Printed once."""
+    from margin import keyops
+
+    try:
+        grace_s = keyops.RotateRequest.parse({"grace_s": keyops.parse_grace(grace)}).grace_s
+        engine = sync_engine(settings_from(config, db))
+        record, key = keyops.rotate_key(engine, key_id, timedelta(seconds=grace_s))
+    except MarginError as exc:
+        raise fail(exc) from exc
+    until = record.previous_valid_until
+    if json:
+        print(orjson.dumps({**record.public(), "key": key, "valid_until": until and until.isoformat()}).decode())
+        return
+    out = console()
+    out.print(Text.assemble("rotated key ", (record.id, "bold"), " (", plain(record.name), ")"))
+    if grace_s:
+        shown = until.isoformat(timespec="seconds") if until else "-"
+        out.print(f"the old secret keeps working until {shown} (a running gateway: within server.key_cache_ttl_s)")
+    else:
+        out.print("the old secret no longer works (a running gateway: within server.key_cache_ttl_s)")
+    out.print("store the new key now, it is not shown again:")
+    print(key)

@@ -5,7 +5,9 @@
 - Open mode (no active keys: the gateway then listens on loopback only) follows `/admin`: everything is shown.
 - The key comes from `Authorization: Bearer <key>`, or the login form checks it once and sets an HttpOnly,
   SameSite=Strict cookie scoped to `/dashboard` that holds a signed session (key id, expiry, HMAC), never the
-  key. Every request looks the key up again by id (revocation applies within `server.key_cache_ttl_s`).
+  key. Every request looks the key up again by id (revocation applies within `server.key_cache_ttl_s`). A
+  session ends with the secret that made it: one issued before the key's last rotation ends when the old
+  secret's grace does (at once for a rotation with grace 0), as after a logout.
 - The login and logout forms are the only POSTs that are not JSON: they must come from this gateway's own
   pages (Origin), and the login form is read with a 4 KB limit."""
 
@@ -19,6 +21,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import parse_qs
 
 from starlette.requests import Request
@@ -119,7 +122,7 @@ async def _principal(request: Request) -> Principal:
         return await principal_for(keys, bearer_token(request.headers))
     found = services.sessions.read(session)
     record = None if found is None else await keys.lookup_id(found.key_id)
-    if found is None or (record is not None and found.issued_ms < (record.sessions_not_before or 0)):
+    if found is None or (record is not None and record.session_ended(found.issued_ms, datetime.now(UTC))):
         raise AuthenticationFailed("the dashboard session has ended or is not valid: log in again")
     return principal_of(record)
 

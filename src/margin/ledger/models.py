@@ -207,6 +207,10 @@ api_keys = sa.Table(
     sa.Column("revoked_at", sa.DateTime(timezone=True)),
     sa.Column("sessions_not_before", sa.BigInteger),  # Unix ms: dashboard sessions issued before are ended (0016)
     sa.Column("expires_at", sa.DateTime(timezone=True)),  # refused from then on; NULL: never expires (0022)
+    sa.Column("previous_hash", sa.String(64)),  # the secret before the last rotation (0023) ...
+    sa.Column("previous_valid_until", sa.DateTime(timezone=True)),  # ... accepted until then (its grace)
+    sa.Column("rotated_at", sa.DateTime(timezone=True)),  # the last rotation; NULL: never rotated
+    sa.Index("ix_api_keys_previous_hash", "previous_hash", unique=True),
 )
 
 cache_entries = sa.Table(  # the exact cache's single-node store (Redis takes over when replicas run)

@@ -4,7 +4,8 @@ process, with the upstream's HTTP replaced by the fake upstream's canned answers
 patched: everything from the edge to the outbox write runs, aiohttp and the sockets do not). The event loop
 thread's CPU per request, in rounds; the minimum is the least disturbed by other work on the machine.
 
-    python benchmarks/request_cpu.py [--mode json|sse] [--requests 2000] [--rounds 7] [--profile out.prof]
+    python benchmarks/request_cpu.py [--mode json|sse] [--api chat|responses] [--requests 2000] [--rounds 7]
+                                     [--profile out.prof]
 
 Compare two source trees by alternating runs (`PYTHONPATH=<tree>/src`): these machines are too noisy for
 differences under ~10 % in the gateway sweep's process CPU, while this measures only margin's own work.
@@ -67,10 +68,10 @@ async def _try(self: Any, url: str, data: bytes) -> _Response:
     return _Response(ANSWERS[b'"stream":true' in data])
 
 
-def _scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+def _scope(headers: list[tuple[bytes, bytes]], path: str) -> dict[str, Any]:
     return {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-        "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "",
+        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
         "headers": list(headers), "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5000), "state": {},
     }  # fmt: skip
 
@@ -80,6 +81,10 @@ async def measure(args: argparse.Namespace) -> list[float]:
     key = create_key(config, None)
     app = build_app(load_settings(config), config_path=config)
     data: dict[str, Any] = {"model": "bench", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
+    path = "/v1/chat/completions"
+    if args.api == "responses":  # the same request through the Responses API (translated to this chat)
+        data = {"model": "bench", "input": "Say hello.", "max_output_tokens": 16}
+        path = "/v1/responses"
     if args.mode == "sse":
         data["stream"] = True
     body = orjson.dumps(data)
@@ -101,7 +106,7 @@ async def measure(args: argparse.Namespace) -> list[float]:
     async with app.router.lifespan_context(app):
         tune_gc()
         for _ in range(500):  # warm-up: caches, the key lookup, the budget counter's seed
-            await app(_scope(headers), receive, send)
+            await app(_scope(headers, path), receive, send)
         if sent[0]["status"] != 200:
             raise SystemExit(f"the gateway answered {sent[:2]}")
         profile = cProfile.Profile() if args.profile else None
@@ -111,7 +116,7 @@ async def measure(args: argparse.Namespace) -> list[float]:
             started = time.thread_time()
             for _ in range(args.requests):
                 sent.clear()
-                await app(_scope(headers), receive, send)
+                await app(_scope(headers, path), receive, send)
             results.append((time.thread_time() - started) / args.requests * 1e6)
             if profile is not None:
                 profile.disable()
@@ -124,6 +129,7 @@ async def measure(args: argparse.Namespace) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mode", choices=("json", "sse"), default="json")
+    parser.add_argument("--api", choices=("chat", "responses"), default="chat")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--profile", type=Path, default=None, help="write a cProfile of the measured rounds")
@@ -131,7 +137,8 @@ def main() -> None:
     openai_compat.OpenAIBackend._try = _try  # type: ignore[method-assign,assignment]
     results = uvloop.run(measure(args))
     rounded = [round(r, 1) for r in results]
-    print(f"{args.mode}: event-loop CPU per request min {rounded[0]} median {rounded[len(rounded) // 2]} µs {rounded}")
+    median = rounded[len(rounded) // 2]
+    print(f"{args.api} {args.mode}: event-loop CPU per request min {rounded[0]} median {median} µs {rounded}")
 
 
 if __name__ == "__main__":

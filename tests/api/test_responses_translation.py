@@ -200,6 +200,36 @@ def test_stream_events_text_then_a_tool_call() -> None:
     assert parsed[2]["item"]["content"] == [] and parsed[9]["output_index"] == 1
 
 
+def test_text_after_a_tool_call_is_a_message_of_its_own() -> None:
+    """Text, a tool call, text again: two message items with ids of their own, each with only its text (the
+    second used to repeat the first's text under the first's id); logprobs kept per item; every delta event is
+    laid out as the other events are (the same keys in the same order)."""
+    events = StreamEvents(skeleton(BODY, "resp_1"), "1")
+    logprob = {"token": "a", "logprob": -0.5, "bytes": [97], "top_logprobs": []}
+    first = {"choices": [{"index": 0, "delta": {"content": "a"}, "logprobs": {"content": [logprob]}}]}
+    out = events.start() + events.chunk(first) + events.chunk(_delta(content="b"))
+    call = {"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    out += (
+        events.chunk(_delta(tool_calls=[call])) + events.chunk(_delta(content="c")) + events.chunk(_delta(content="d"))
+    )
+    out += events.end()
+    parsed = _events(out)
+    deltas = [e for e in parsed if e["type"] == "response.output_text.delta"]
+    assert [list(e) for e in deltas] == [
+        ["type", "sequence_number", "item_id", "output_index", "content_index", "delta", "logprobs"]
+    ] * 4
+    assert [(e["item_id"], e["output_index"], e["delta"]) for e in deltas] == [
+        ("msg_1", 0, "a"), ("msg_1", 0, "b"), ("msg_1_1", 2, "c"), ("msg_1_1", 2, "d")
+    ]  # fmt: skip
+    assert deltas[0]["logprobs"] == [logprob] and deltas[1]["logprobs"] == []
+    output = parsed[-1]["response"]["output"]
+    assert [(item["type"], item["id"]) for item in output] == [("message", "msg_1"), ("function_call", "fc_1_0"),
+                                                                ("message", "msg_1_1")]  # fmt: skip
+    assert [output[0]["content"][0]["text"], output[2]["content"][0]["text"]] == ["ab", "cd"]
+    assert output[0]["content"][0]["logprobs"] == [logprob] and output[2]["content"][0]["logprobs"] == []
+    assert [e["sequence_number"] for e in parsed] == list(range(len(parsed)))
+
+
 class Inner:
     """What an `AsgiClient` was asked to send."""
 

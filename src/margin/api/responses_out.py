@@ -15,6 +15,9 @@ from margin.types import choices_of
 
 # a chat's finish_reason that ends a response early: OpenAI's `incomplete_details.reason`
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+# an open message's `response.output_text.delta` event around its sequence number, fields and delta (`_text_delta`)
+DELTA_HEAD = b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","sequence_number":'
+EMPTY_LOGPROBS_END = b',"logprobs":[]}\n\n'
 
 
 def usage_of(chat: Any) -> dict[str, Any] | None:
@@ -173,6 +176,7 @@ class StreamEvents:
         self.finish: Any = None
         self.chat: dict[str, Any] = {}
         self.failed = False
+        self.delta_fields = b""  # the open message's item_id, output_index, content_index as JSON (`_text_delta`)
 
     def event(self, kind: str, **fields: Any) -> bytes:
         data = {"type": kind, "sequence_number": self.sequence, **fields}
@@ -188,45 +192,55 @@ class StreamEvents:
         """The events of one chat chunk."""
         if not isinstance(payload, dict):
             return b""
-        out: list[bytes] = []
-        if payload.get("usage") is not None:
-            self.response["usage"] = usage_of(payload["usage"])
-        for name in ("model", "service_tier"):
-            if isinstance(value := payload.get(name), str):
-                self.chat[name] = value
-        choices = choices_of(payload)
-        choice = choices[0] if choices and isinstance(choices[0], dict) else None
-        if choice is None:
+        get = payload.get
+        if (usage := get("usage")) is not None:
+            self.response["usage"] = usage_of(usage)
+        if isinstance(model := get("model"), str):
+            self.chat["model"] = model
+        if isinstance(tier := get("service_tier"), str):
+            self.chat["service_tier"] = tier
+        choices = get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choice := choices[0], dict):
             return b""
-        delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
-        assert isinstance(delta, dict)
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            delta = {}
+        out = b""
         if isinstance(content := delta.get("content"), str) and content:
-            out.append(self._text_delta(content, _logprobs(choice)))
+            out = self._text_delta(content, _logprobs(choice) if choice.get("logprobs") is not None else [])
         if isinstance(refusal := delta.get("refusal"), str):
             self.refusal = (self.refusal or "") + refusal
-        for call in delta.get("tool_calls") or []:
-            if isinstance(call, dict):
-                out.append(self._call_delta(call))
-        if choice.get("finish_reason") is not None:
-            self.finish = choice["finish_reason"]
-        return b"".join(out)
+        if isinstance(calls := delta.get("tool_calls"), list):
+            out += b"".join(self._call_delta(call) for call in calls if isinstance(call, dict))
+        if (finish := choice.get("finish_reason")) is not None:
+            self.finish = finish
+        return out
 
     def _text_delta(self, content: str, logprobs: list[Any]) -> bytes:
-        out = b""
-        if self.text is None:
-            out = self._close_call()
-            self.text = message_item(f"msg_{self.ids}", "", [], None, "in_progress")
-            self.text["content"] = []  # its part is added next
-            self.items.append(self.text)
-            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-            index = len(self.items) - 1
-            out += self.event("response.output_item.added", output_index=index, item=_copy(self.text))
-            out += self.event(
-                "response.content_part.added", item_id=self.text["id"], output_index=index, content_index=0, part=part
-            )
-        self.texts.append(content)
-        self.logprobs.extend(logprobs)
-        index = self.items.index(self.text)
+        if self.text is not None:  # the usual event: its bytes laid out as `event` lays them, without the dict
+            self.texts.append(content)
+            self.logprobs.extend(logprobs)
+            sequence = self.sequence
+            self.sequence += 1
+            tail = b',"logprobs":' + orjson.dumps(logprobs) + b"}\n\n" if logprobs else EMPTY_LOGPROBS_END
+            return DELTA_HEAD + str(sequence).encode() + self.delta_fields + orjson.dumps(content) + tail
+        self.texts, self.logprobs = [content], list(logprobs)  # a message item's own text (one after a tool call too)
+        out = self._close_call()
+        opened = sum(item["type"] == "message" for item in self.items)  # a later one (after a tool call): its own id
+        item_id = f"msg_{self.ids}" if not opened else f"msg_{self.ids}_{opened}"
+        self.text = message_item(item_id, "", [], None, "in_progress")
+        self.text["content"] = []  # its part is added next
+        self.items.append(self.text)
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        index = len(self.items) - 1
+        out += self.event("response.output_item.added", output_index=index, item=_copy(self.text))
+        out += self.event(
+            "response.content_part.added", item_id=self.text["id"], output_index=index, content_index=0, part=part
+        )
+        self.delta_fields = (
+            b',"item_id":' + orjson.dumps(self.text["id"]) + b',"output_index":' + str(index).encode()
+            + b',"content_index":0,"delta":'
+        )  # fmt: skip
         return out + self.event(
             "response.output_text.delta",
             item_id=self.text["id"],

@@ -21,7 +21,7 @@ from margin.api.errors import error_response, json_response
 from margin.economics.money import from_nanousd, usd_str
 from margin.errors import ConfigError, InvalidRequest, MarginError, NotFound, PermissionDenied
 from margin.governance.admission import counter_name, window
-from margin.governance.rules import Subject, check_policy_models, delete_rule, partition, save_rule
+from margin.governance.rules import Part, Subject, check_policy_models, delete_rule, partition, save_rule
 from margin.keys import authenticate
 from margin.ledger.models import api_keys
 from margin.ledger.read.window import parse_span
@@ -67,7 +67,7 @@ class BudgetState:
     source: str  # "config" or "admin"
     start: datetime | None
     end: datetime | None
-    each: dict[str | None, tuple[int, int]]
+    each: dict[str | None, tuple[int, int]]  # empty for a per-value budget (`user=*`, `tag=customer=*`)
 
     @property
     def money(self) -> bool:
@@ -85,18 +85,22 @@ async def budget_states(services: Any, principal_filter: Subject | None = None) 
         orgs += await services.read(_known_orgs, services.sync_engine())
     parts: list[list[str | None]] = []
     for budget in budgets:
-        if principal_filter is not None:
-            parts.append([partition(budget.scope, principal_filter)])
+        if budget.scope.unlisted:  # one counter per user or tag value: none listed (unbounded)
+            parts.append([])
+        elif principal_filter is not None:
+            parts.append([partition(budget.scope, principal_filter).org])
         else:
             parts.append(orgs if budget.scope.per_org else [None])
     names = [
-        counter_name(b, window(b.period, now)[0], org) for b, part in zip(budgets, parts, strict=True) for org in part
+        counter_name(b, window(b.period, now)[0], Part(org))
+        for b, part in zip(budgets, parts, strict=True)
+        for org in part
     ]
     counters = await services.governance.store.counters(names) if names else {}
     out = []
     for budget, part in zip(budgets, parts, strict=True):
         start, end = window(budget.period, now)
-        each = {org: counters.get(counter_name(budget, start, org), (0, 0)) for org in part}
+        each = {org: counters.get(counter_name(budget, start, Part(org)), (0, 0)) for org in part}
         source = "admin" if ("budget", budget.name) in rules.stored else "config"
         out.append(BudgetState(budget, source, start, end, each))
     return out
@@ -117,7 +121,9 @@ async def budget_status(services: Any, principal_filter: Subject | None = None) 
             "reserved": _money(sum(reserved for _, reserved in state.each.values()), money),
             "unit": "usd" if money else "tokens",
         }
-        if budget.scope.per_org and principal_filter is not None:
+        if budget.scope.unlisted:  # each value's counter is its own: no sum, no list (see the README)
+            entry.update(spent=None, reserved=None, each="user" if budget.scope.kind == "user" else "tag value")
+        elif budget.scope.per_org and principal_filter is not None:
             entry["org"] = next(iter(state.each))
         elif budget.scope.per_org:
             entry["by_org"] = [

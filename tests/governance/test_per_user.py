@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from unittest import mock
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
-import httpx
 import openai
 import pytest
 
@@ -49,7 +48,7 @@ def sdk(gw: Served, key: str, customer: str = "acme") -> openai.OpenAI:
 def ask(client: openai.OpenAI, user: str | None, model: str = "priced") -> Any:
     extra = {} if user is None else {"user": user}
     return client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4, **extra
+        model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4, extra_body=extra
     )
 
 
@@ -161,11 +160,11 @@ async def test_the_in_process_store_forgets_past_windows_and_idle_buckets(db_pat
         await gw.services.drain()
         store = gw.services.governance.store
         assert isinstance(store, LocalStore)
-        assert len(store) == 40  # 20 counters, 20 buckets
+        assert store.size() == 40  # 20 counters, 20 buckets
         later = time.time() + 2 * 86_400 + 60  # past every window plus its day, every bucket long refilled
         with mock.patch("margin.governance.store.time.time", return_value=later):
             await store.reap()
-        assert len(store) == 0
+        assert store.size() == 0
 
 
 def test_admin_api_and_cli_take_the_new_scopes_and_refuse_nonsense(gateway: Served) -> None:
@@ -181,7 +180,3 @@ def test_admin_api_and_cli_take_the_new_scopes_and_refuse_nonsense(gateway: Serv
     assert made.returncode == 0, made.stderr
     refused = gateway.cli("budgets", "set", "cli-bad", "--scope", "key=*", "--usd", "1")
     assert refused.returncode != 0
-
-
-def _unused(_: httpx.Response) -> None:  # keeps httpx imported for the type of Served.client
-    return None

@@ -22,7 +22,7 @@ ScopeOpt = Annotated[
     str,
     typer.Option(
         "--scope",
-        help="global, team=T, org=O, key=ID, model=M, tag=K=V, user=U; each user: user=*, each value of tag K: tag=K=*.",
+        help="global, team=T, org=O, key=ID, model=M, tag=K=V, user=U; each user: user=*, each tag K value: tag=K=*.",
     ),
 ]
 

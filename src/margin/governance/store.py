@@ -180,8 +180,9 @@ class LocalStore:
             counter = self._counters[name] = _Counter(expires=expires)
         return counter
 
-    def __len__(self) -> int:
-        """Budget counters and rate-limit buckets held (both bounded: see `reap`)."""
+    def size(self) -> int:
+        """Budget counters and rate-limit buckets held (both bounded: see `reap`). Not `__len__`: an empty store
+        would be falsy (`store or make_store(...)`)."""
         return len(self._counters) + len(self._tat)
 
     async def admit(

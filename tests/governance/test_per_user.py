@@ -6,7 +6,8 @@ the ledger after a restart, no per-user series in `/metrics` nor values in `/adm
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -39,10 +40,20 @@ def served(tmp_path: Path) -> ServeFactory:
     return serving_in(tmp_path)
 
 
-def sdk(gw: Served, key: str, customer: str = "acme") -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=f"{gw.url}/v1", api_key=key, max_retries=0, default_headers={"x-margin-tags": f"customer={customer}"}
-    )
+Sdk = Callable[..., openai.OpenAI]
+
+
+@pytest.fixture
+def sdk() -> Iterator[Sdk]:
+    """`sdk(gw, key, customer="acme")`: an `openai` client of the gateway, closed after the test."""
+    with ExitStack() as stack:
+
+        def make(gw: Served, key: str, customer: str = "acme") -> openai.OpenAI:
+            headers = {"x-margin-tags": f"customer={customer}"}
+            client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key, max_retries=0, default_headers=headers)
+            return stack.enter_context(client)
+
+        yield make
 
 
 def ask(client: openai.OpenAI, user: str | None, model: str = "priced") -> Any:
@@ -67,7 +78,7 @@ def gateway(served: ServeFactory) -> Iterator[Served]:
         yield gw
 
 
-def test_each_user_has_its_own_usd_budget_and_a_restart_rebuilds_it(served: ServeFactory) -> None:
+def test_each_user_has_its_own_usd_budget_and_a_restart_rebuilds_it(served: ServeFactory, sdk: Sdk) -> None:
     with served(OVERRIDES, keys=KEYS) as gw:
         keys = gw.keys
         client = sdk(gw, keys["app"], customer="c1")
@@ -92,15 +103,24 @@ def test_each_user_has_its_own_usd_budget_and_a_restart_rebuilds_it(served: Serv
         assert ask(sdk(again, keys["app"], customer="c4"), "bob").choices
 
 
-def test_each_customer_value_has_its_own_token_budget(gateway: Served) -> None:
+def test_each_customer_value_has_its_own_token_budget(gateway: Served, sdk: Sdk) -> None:
     app = gateway.keys["app"]
     refused = until_refused(sdk(gateway, app, customer="acme"), None)
     assert refused.status_code == 429 and "each-customer" in str(refused.body)
     assert "each `customer` value separately" in str(refused.body)
     assert ask(sdk(gateway, app, customer="globex"), None).choices  # another customer: its own counter
 
+    def usage(headers: dict[str, str]) -> Any:
+        with gateway.client(app) as client:
+            found = client.get("/v1/margin/usage", headers=headers).json()["budgets"]
+        return {b["name"]: (b["each"], b["spent"]) for b in found}
 
-def test_a_request_without_user_is_not_under_a_per_user_budget(served: ServeFactory) -> None:
+    acme, globex = usage({"x-margin-tags": "customer=acme"}), usage({"x-margin-tags": "customer=globex"})
+    assert acme["each-customer"][0] == "tag value" and int(acme["each-customer"][1]) > int(globex["each-customer"][1])
+    assert usage({}) == {}  # no value named: the per-value budget is not listed
+
+
+def test_a_request_without_user_is_not_under_a_per_user_budget(served: ServeFactory, sdk: Sdk) -> None:
     overrides = {**OVERRIDES, "budgets": [USER_USD]}
     with served(overrides, keys=KEYS) as gw:
         client = sdk(gw, gw.keys["app"])
@@ -109,7 +129,7 @@ def test_a_request_without_user_is_not_under_a_per_user_budget(served: ServeFact
             assert ask(client, None).choices
 
 
-def test_each_user_has_its_own_rate_limit(served: ServeFactory) -> None:
+def test_each_user_has_its_own_rate_limit(served: ServeFactory, sdk: Sdk) -> None:
     overrides = {**OVERRIDES, "budgets": [], "limits": [USER_RPM]}
     with served(overrides, keys=KEYS) as gw:
         client = sdk(gw, gw.keys["app"])
@@ -121,7 +141,7 @@ def test_each_user_has_its_own_rate_limit(served: ServeFactory) -> None:
         assert ask(client, "bob").choices
 
 
-def test_hostile_users_are_refused_and_distinct_users_are_bounded(served: ServeFactory) -> None:
+def test_hostile_users_are_refused_and_distinct_users_are_bounded(served: ServeFactory, sdk: Sdk) -> None:
     """Too long or control characters: 400 before any counter. Distinct users past
     `admission.max_budget_counters`: 503 budget_counters_full (fail closed), users already counted go on."""
     overrides = {

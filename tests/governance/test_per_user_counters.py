@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from unittest import mock
 
 from redis import asyncio as aioredis
 
 from margin.governance.admission import counter_name, window
-from margin.governance.rules import Part, Subject, partition, value_digest
-from margin.specs import Scope
+from margin.governance.rules import SHARED_KINDS, Part, Subject, partition, value_digest
+from margin.specs import ORG_QUALIFIED, Scope, ScopeKind
 from tests.governance.conftest import bearer, make_key
 from tests.helpers import fake_settings, gateway
 
@@ -83,6 +83,8 @@ def test_partition_is_per_org_and_per_value() -> None:
     assert partition(Scope(kind="team", value="t"), subject) == Part("acme")
     assert partition(Scope(kind="global"), subject) == Part()
     assert Part("acme", "globex").suffix() == f"#acme|{value_digest('globex')}"
+    # every scope kind is either one shared counter or partitioned per org (and value): none falls through
+    assert set(get_args(ScopeKind)) - SHARED_KINDS == set(ORG_QUALIFIED)
 
 
 async def test_redis_losing_a_user_counter_rebuilds_it_from_the_ledger(db_path: Path, redis_url: str) -> None:

@@ -93,15 +93,21 @@ def matches(scope: Scope, subject: Subject) -> bool:
 def partition(scope: Scope, subject: Subject) -> Part:
     """The one owner of "which of the rule's counters does this request charge" (budgets, rate limits, their
     rebuild from the ledger, the admin listing): see `Part`. A per-value part's value is the user's pseudonym
-    (`user` scopes, also `user=alice`: the ledger's column, bounded and hex) or the tag's value."""
-    if not scope.per_org and not scope.per_value and scope.kind != "user":
+    (`user` scopes, also `user=alice`: the ledger's column, bounded and hex) or the tag's value. On the request
+    path for every rule: a set lookup for the scopes that have one counter."""
+    kind = scope.kind
+    if kind in SHARED_KINDS:
         return SHARED
-    org = subject.org if scope.per_org else None
-    if scope.kind == "user":
+    org = subject.org if scope.org is None else None  # team, tag and user scopes naming no org: per org
+    if kind == "team":
+        return Part(org)
+    if kind == "user":
         return Part(org, subject.user_id)
-    if scope.per_value:
-        return Part(org, subject.tags.get((scope.value or "").partition("=")[0]))
-    return Part(org)
+    name, _, value = (scope.value or "").partition("=")
+    return Part(org, subject.tags.get(name)) if value == EACH else Part(org)
+
+
+SHARED_KINDS = frozenset({"global", "org", "key", "model", "backend"})
 
 
 def governed_tags(tags: Mapping[str, str], bound: Mapping[str, str], keyed: bool) -> Mapping[str, str]:

@@ -103,7 +103,12 @@ def test_each_user_has_its_own_usd_budget_and_a_restart_rebuilds_it(served: Serv
         assert ask(sdk(again, keys["app"], customer="c4"), "bob").choices
 
 
-def test_each_customer_value_has_its_own_token_budget(gateway: Served, sdk: Sdk) -> None:
+def test_each_customer_value_has_its_own_token_budget(served: ServeFactory, sdk: Sdk) -> None:
+    with served({**OVERRIDES, "budgets": [CUSTOMER_TOKENS]}, keys=KEYS) as gateway:
+        _each_customer(gateway, sdk)
+
+
+def _each_customer(gateway: Served, sdk: Sdk) -> None:
     app = gateway.keys["app"]
     refused = until_refused(sdk(gateway, app, customer="acme"), None)
     assert refused.status_code == 429 and "each-customer" in str(refused.body)

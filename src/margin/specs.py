@@ -31,7 +31,7 @@ def _held_at(cap: int) -> AfterValidator:
 Count = Annotated[int, _held_at(MAX_TOKEN_CAP)]  # tokens or requests a budget or limit counts
 MaxTokens = Annotated[int, _held_at(2**31 - 1)]  # what every engine's max_tokens holds
 
-ScopeKind = Literal["global", "org", "team", "key", "tag", "model", "backend"]
+ScopeKind = Literal["global", "org", "team", "key", "tag", "model", "backend", "user"]
 Level = Literal["off", "log", "redact", "block"]
 LEVELS: tuple[Level, ...] = ("off", "log", "redact", "block")
 
@@ -40,26 +40,41 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-ORG_QUALIFIED: tuple[ScopeKind, ...] = ("team", "tag")  # names that two orgs may both use
+ORG_QUALIFIED: tuple[ScopeKind, ...] = ("team", "tag", "user")  # names that two orgs may both use
+EACH = "*"  # a scope value (`user=*`) or tag value (`tag=customer=*`) meaning "each value, separately"
+MAX_USER = 256  # the OpenAI `user` field's bound (margin.protocol.UserId)
 
 
 class Scope(Spec):
-    """What a budget, limit or flag applies to. `tag` values look like `customer=acme`.
+    """What a budget, limit or flag applies to. `tag` values look like `customer=acme`; `user` values are the
+    OpenAI `user` field a request sends.
 
-    Team and tag names are only unique within an org: `org` restricts such a scope to one org; without it,
-    the rule applies in every org, and each org keeps its own budget counter and rate-limit bucket (two
-    orgs' teams named `support` never share spend)."""
+    Team, tag and user names are only unique within an org: `org` restricts such a scope to one org; without
+    it, the rule applies in every org, and each org keeps its own budget counter and rate-limit bucket (two
+    orgs' teams named `support` never share spend).
+
+    `user=*` and `tag=customer=*` (budgets and rate limits only) apply to each end user, or each value of the
+    tag, separately: one counter and bucket per value (and per org, as above); a request without a `user` (or
+    without the tag) is not covered."""
 
     kind: ScopeKind
     value: str | None = Field(None, max_length=256)  # a team, key, model, backend name or `key=value` tag
     org: str | None = Field(None, min_length=1, max_length=128, description="Only this org's team or tag.")
 
     @model_validator(mode="after")
-    def _check(self) -> Scope:
+    def _check(self, info: ValidationInfo) -> Scope:
         if (self.kind == "global") != (self.value is None):
             raise ValueError("scope `global` takes no value; every other scope needs one")
         if self.kind == "tag" and (not self.value or "=" not in self.value):
             raise ValueError("a tag scope looks like key=value, e.g. customer=acme")
+        if self.kind == "user" and not 1 <= len(self.value or "") <= MAX_USER:
+            raise ValueError(f"a user scope is user=* (each end user) or one `user` value (1-{MAX_USER} characters)")
+        if info.context and info.context.get("stored"):  # one stored before the checks below still loads
+            return self
+        if self.kind == "tag" and (self.value or "").partition("=")[0] in ("", EACH):
+            raise ValueError("a tag scope names its tag: key=value or key=* (e.g. customer=*)")
+        if self.value is not None and EACH in self.value and not self.per_value:
+            raise ValueError("`*` (each value) is only for user=* and tag=<key>=*")
         if self.org is not None and self.kind not in ORG_QUALIFIED:
             raise ValueError("only team and tag scopes take an `org`")
         return self
@@ -73,6 +88,20 @@ class Scope(Spec):
     def per_org(self) -> bool:
         """Counted separately for each org (a team or tag scope that names no org)."""
         return self.kind in ORG_QUALIFIED and self.org is None
+
+    @property
+    def unlisted(self) -> bool:
+        """Its counters are keyed by a value `/admin/budgets` and `/metrics` cannot name (each user or tag value;
+        a user's pseudonym): listed with their limit, no spend."""
+        return self.kind == "user" or self.per_value
+
+    @property
+    def per_value(self) -> bool:
+        """Counted separately for each end user (`user=*`) or each value of a tag (`tag=customer=*`)."""
+        value = self.value
+        return value is not None and (
+            (self.kind == "user" and value == EACH) or (self.kind == "tag" and value.endswith("=" + EACH))
+        )
 
 
 MIN_USD = Decimal("0.000000001")
@@ -90,7 +119,7 @@ class BudgetSpec(Spec):
     @model_validator(mode="after")
     def _one_metric(self, info: ValidationInfo) -> BudgetSpec:
         if self.scope.kind == "backend":
-            raise ValueError("budgets apply to global, org, team, key, tag or model scopes")
+            raise ValueError("budgets apply to global, org, team, key, tag, user or model scopes")
         if (self.usd is None) == (self.tokens is None):
             raise ValueError("a budget caps exactly one of `usd` or `tokens`")
         # less than the ledger's 1 nano-USD is a cap of 0 (every request refused): refused when a budget is set
@@ -108,8 +137,11 @@ class LimitSpec(Spec):
 
     @model_validator(mode="after")
     def _some_limit(self) -> LimitSpec:
-        if self.scope.kind not in ("key", "team", "org", "global"):
-            raise ValueError("rate limits apply to a key, team, org or globally")
+        if self.scope.kind not in ("key", "team", "org", "global", "user") and not self.scope.per_value:
+            raise ValueError(
+                "rate limits apply to a key, team, org, user, each user (user=*), each value of a "
+                "tag (tag=customer=*) or globally"
+            )
         if self.rpm is None and self.tpm is None:
             raise ValueError("set rpm, tpm or both")
         return self
@@ -135,6 +167,8 @@ class FlagSpec(Spec):
 
     @model_validator(mode="after")
     def _arguments(self, info: ValidationInfo) -> FlagSpec:
+        if (self.target.kind == "user" or self.target.per_value) and not (info.context and info.context.get("stored")):
+            raise ValueError("flags apply to global, model, backend, tag, team, org or key (not users or `*`)")
         if self.action == "force_model" and not self.model:
             raise ValueError("force_model needs `model`")
         if self.action == "cap_max_tokens" and not self.max_tokens:
@@ -256,6 +290,13 @@ class AdmissionConfig(Spec):
         5, ge=1, description="Consecutive backend faults (5xx, timeouts, unreachable) that open a backend's circuit."
     )
     breaker_cooldown_s: float = Field(30.0, gt=0)
+    max_budget_counters: int = Field(
+        100_000,
+        ge=1,
+        description="Budget counters of the current windows one process may hold (a per-user or per-tag-value "
+        "budget keeps one per value): past it, a request needing a new counter is refused with 503 "
+        "budget_counters_full (fail closed: a hard budget is never under-counted by evicting one).",
+    )
     max_streams_per_key: int | None = Field(
         64, ge=1, description="Streams one API key may hold open at once (per gateway process); more get 429."
     )

@@ -12,6 +12,7 @@ import pytest
 
 from margin.economics.money import to_nanousd
 from margin.governance import admission as adm
+from margin.governance.rules import Part
 from margin.specs import BudgetSpec, Scope
 from tests.governance.conftest import bearer, make_key
 from tests.helpers import fake_settings, gateway, reserved_input
@@ -161,5 +162,5 @@ def test_windows_hold_is_hold_for() -> None:
     moments.append(datetime(2027, 1, 1, 3, 30, tzinfo=timezone(timedelta(hours=5))))  # not UTC
     for now in moments:
         for budget in budgets:
-            for org in (None, "acme"):
-                assert windows.hold(budget, now, 123, 45, org) == adm.hold_for(budget, now, 123, 45, org)
+            for part in (Part(), Part("acme"), Part("acme", "u_1"), Part(None, "x")):
+                assert windows.hold(budget, now, 123, 45, part) == adm.hold_for(budget, now, 123, 45, part)

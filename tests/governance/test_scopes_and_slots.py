@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from margin.governance import admission as adm
-from margin.governance.rules import Subject, governed_tags, matches, partition
+from margin.governance.rules import Part, Subject, governed_tags, matches, partition
 from margin.governance.service import Governance, ledger_spent
 from margin.governance.slots import LocalSlots, SharedSlots
 from margin.governance.store import LocalStore
@@ -35,7 +35,8 @@ def test_team_and_tag_scopes_are_counted_per_org() -> None:
     team = Scope(kind="team", value="support")
     acme, globex, lone = (Subject(team="support", org=org) for org in ("acme", "globex", None))
     assert team.per_org and matches(team, acme) and matches(team, globex)
-    assert (partition(team, acme), partition(team, globex), partition(team, lone)) == ("acme", "globex", None)
+    parts = (partition(team, acme), partition(team, globex), partition(team, lone))
+    assert parts == (Part("acme"), Part("globex"), Part())
     budget = BudgetSpec(name="support", scope=team, tokens=10, period="lifetime")
     names = {adm.counter_name(budget, None, partition(team, s)) for s in (acme, globex, lone)}
     basis = adm.counter_name(budget, None).split("~")[1]
@@ -65,10 +66,10 @@ async def test_reconciliation_counts_what_admission_counted(tmp_path: Path) -> N
     tag = BudgetSpec(name="c", scope=Scope(kind="tag", value="customer=acme"), tokens=100, period="day")
     team = BudgetSpec(name="t", scope=Scope(kind="team", value="support"), tokens=100, period="day")
     try:
-        assert await ledger_spent(engine, tag, now, "acme") == 3  # only the key bound to customer=acme
-        assert await ledger_spent(engine, team, now, "acme") == 3  # one org's team
-        assert await ledger_spent(engine, team, now, "globex") == 3
-        assert await ledger_spent(engine, team, now, None) == 0  # no org: none of theirs
+        assert await ledger_spent(engine, tag, now, Part("acme")) == 3  # only the key bound to customer=acme
+        assert await ledger_spent(engine, team, now, Part("acme")) == 3  # one org's team
+        assert await ledger_spent(engine, team, now, Part("globex")) == 3
+        assert await ledger_spent(engine, team, now, Part()) == 0  # no org: none of theirs
     finally:
         await engine.dispose()
 

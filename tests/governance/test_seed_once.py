@@ -11,6 +11,7 @@ import pytest
 from margin.config import parse_settings
 from margin.governance import service
 from margin.governance.admission import hold_for
+from margin.governance.rules import SHARED, Part
 from margin.governance.service import Governance
 from margin.governance.store import LocalStore
 from margin.specs import BudgetSpec
@@ -19,7 +20,7 @@ from margin.specs import BudgetSpec
 async def test_concurrent_first_uses_scan_the_ledger_once(monkeypatch: pytest.MonkeyPatch) -> None:
     scans: list[str] = []
 
-    async def slow_ledger_spent(engine: Any, budget: BudgetSpec, now: datetime, org: str | None = None) -> int:
+    async def slow_ledger_spent(engine: Any, budget: BudgetSpec, now: datetime, part: Part = SHARED) -> int:
         scans.append(budget.name)
         await asyncio.sleep(0.02)
         if len(scans) == 1 and budget.name == "flaky":

@@ -21,12 +21,13 @@ from margin.api.errors import error_response, json_response
 from margin.economics.money import from_nanousd, usd_str
 from margin.errors import ConfigError, InvalidRequest, MarginError, NotFound, PermissionDenied
 from margin.governance.admission import counter_name, window
-from margin.governance.rules import Subject, check_policy_models, delete_rule, partition, save_rule
+from margin.governance.rules import Part, Subject, check_policy_models, delete_rule, partition, save_rule
 from margin.keys import authenticate
 from margin.ledger.models import api_keys
 from margin.ledger.read.window import parse_span
+from margin.pipeline.steps.auth import caller
 from margin.report.queries import Window, parse_limit, summarize
-from margin.specs import BudgetSpec
+from margin.specs import EACH, MAX_USER, BudgetSpec, Scope
 from margin.types import Principal
 
 KINDS = {"budgets": "budget", "limits": "limit", "flags": "flag"}
@@ -67,7 +68,7 @@ class BudgetState:
     source: str  # "config" or "admin"
     start: datetime | None
     end: datetime | None
-    each: dict[str | None, tuple[int, int]]
+    each: dict[str | None, tuple[int, int]]  # empty for a per-value budget (`user=*`, `tag=customer=*`)
 
     @property
     def money(self) -> bool:
@@ -76,35 +77,41 @@ class BudgetState:
 
 async def budget_states(services: Any, principal_filter: Subject | None = None) -> list[BudgetState]:
     """Each budget with its current window, spent and reserved (only those matching a subject, if given), from
-    one read of the counters. A per-org budget (team or tag scope without `org`) keeps one counter per org: for a
-    subject, its org's; without one, every org that has keys (and callers in no org, under `None`)."""
+    one read of the counters. A per-org budget (team, tag or user scope without `org`) keeps one counter per org:
+    for a subject, its org's; without one, every org that has keys (and callers in no org, under `None`). A
+    per-value or user budget keeps one per value: for a subject naming its value (`?user=`, the tag's header),
+    that value's; else none is read (never a list of values: unbounded)."""
     rules, now = services.governance.rules, datetime.now(UTC)
     budgets = rules.budgets if principal_filter is None else tuple(rules.budgets_for(principal_filter))
     orgs: list[str | None] = [None]
-    if principal_filter is None and any(b.scope.per_org for b in budgets):
+    if principal_filter is None and any(b.scope.per_org and not b.scope.unlisted for b in budgets):
         orgs += await services.read(_known_orgs, services.sync_engine())
-    parts: list[list[str | None]] = []
-    for budget in budgets:
-        if principal_filter is not None:
-            parts.append([partition(budget.scope, principal_filter)])
-        else:
-            parts.append(orgs if budget.scope.per_org else [None])
-    names = [
-        counter_name(b, window(b.period, now)[0], org) for b, part in zip(budgets, parts, strict=True) for org in part
-    ]
+    parts = [_parts(budget.scope, principal_filter, orgs) for budget in budgets]
+    names = [counter_name(b, window(b.period, now)[0], p) for b, part in zip(budgets, parts, strict=True) for p in part]
     counters = await services.governance.store.counters(names) if names else {}
     out = []
     for budget, part in zip(budgets, parts, strict=True):
         start, end = window(budget.period, now)
-        each = {org: counters.get(counter_name(budget, start, org), (0, 0)) for org in part}
+        each = {p.org: counters.get(counter_name(budget, start, p), (0, 0)) for p in part}
         source = "admin" if ("budget", budget.name) in rules.stored else "config"
         out.append(BudgetState(budget, source, start, end, each))
     return out
 
 
+def _parts(scope: Scope, subject: Subject | None, orgs: list[str | None]) -> list[Part]:
+    """The counters of a budget `budget_states` reads (see there)."""
+    if subject is not None:
+        part = partition(scope, subject)
+        return [] if scope.unlisted and part.value in (None, EACH) else [part]
+    if scope.unlisted:
+        return []
+    return [Part(org) for org in orgs] if scope.per_org else [Part()]
+
+
 async def budget_status(services: Any, principal_filter: Subject | None = None) -> list[dict[str, Any]]:
     """`budget_states` as the admin API and `/v1/margin/usage` show them: for a subject, a per-org budget's
-    counter of its org (named in `org`); for the admin listing, their sum and each org's in `by_org`."""
+    counter of its org (named in `org`); for the admin listing, their sum and each org's in `by_org`. A
+    per-value or user budget says so (`each`); its `spent` and `reserved` are the subject's value's, or null."""
     out = []
     for state in await budget_states(services, principal_filter):
         budget, money = state.budget, state.money
@@ -117,7 +124,11 @@ async def budget_status(services: Any, principal_filter: Subject | None = None) 
             "reserved": _money(sum(reserved for _, reserved in state.each.values()), money),
             "unit": "usd" if money else "tokens",
         }
-        if budget.scope.per_org and principal_filter is not None:
+        if budget.scope.unlisted:
+            entry["each"] = "user" if budget.scope.kind == "user" else "tag value"
+        if budget.scope.unlisted and not state.each:  # no value named: nothing read, nothing listed
+            entry.update(spent=None, reserved=None)
+        elif budget.scope.per_org and principal_filter is not None:
             entry["org"] = next(iter(state.each))
         elif budget.scope.per_org:
             entry["by_org"] = [
@@ -217,14 +228,26 @@ async def own_usage(request: Request, principal: Principal) -> Any:
     since, until = parse_span(params.get("since"), params.get("until"))  # an inverted window is a 400
     window_ = Window(since or window("month", datetime.now(UTC))[0], until, key_id=principal.key_id)
     limit = parse_limit(params.get("limit"))
+    subject = _usage_subject(services, principal, request.headers.get("x-margin-tags"), params.get("user"))
     async with services.key_reads.slot(None if principal.is_admin else principal.key_id):  # groups: its rows
         summary = await services.read(summarize, services.sync_engine(), window_, params.get("by"), limit)
-    subject = Subject(principal.key_id, principal.team, principal.org, dict(principal.tags))
     return {
         "key": {"id": principal.key_id, "name": principal.name, "team": principal.team},
         **summary,
         "budgets": await budget_status(services, subject),
     }
+
+
+def _usage_subject(services: Any, principal: Principal, header: str | None, user: str | None) -> Subject:
+    """The key as its requests' rules see it; with `x-margin-tags` (a value of a `customer=*` tag the key fills)
+    and `?user=` (an end user), per-value and user budgets show that value's counter."""
+    tags = {name: value for name, value in principal.tags.items() if value != EACH}
+    if header:
+        tags = dict(caller(principal, header, set(services.settings.tags.header_keys))[1].tags)
+    if user is not None and not (0 < len(user) <= MAX_USER and user.isprintable()):
+        raise InvalidRequest(f"user: 1 to {MAX_USER} printable characters", param="user")
+    user_id = services.settle.pseudonym(user) if user is not None else None
+    return Subject(principal.key_id, principal.team, principal.org, tags, user=user, user_id=user_id)
 
 
 def routes() -> list[Route]:

@@ -38,14 +38,18 @@ async def metrics(request: Request, _: Principal) -> Response:
 
 async def budget_series(services: Any) -> list[BudgetSeries]:
     """Every budget's gauges from one read of its counters (`budget_states`, as `/admin/budgets`): one series
-    per budget; for a per-org budget, one per org with spend or reservations (callers in no org: `org=""`) and
-    their total (`level="total"`, without a limit: the limit applies to each org)."""
+        per budget; for a per-org budget, one per org with spend or reservations (callers in no org: `org=""`) and
+        their total (`level="total"`, without a limit: the limit applies to each org); for a per-value budget
+    (`user=*`, `tag=customer=*`) its limit, alert ratio and reset only (`level="each"`): no series per value."""
     out = []
     for state in await budget_states(services):
         budget = state.budget
         unit, resets = ("usd" if state.money else "tokens"), (state.end.timestamp() if state.end else None)
         base = BudgetSeries(budget.name, "", unit, budget.mode, budget.period, "budget", 0, 0,
                             budget_limit(budget), budget.alert_pct, resets)  # fmt: skip
+        if budget.scope.unlisted:  # one counter per user or tag value: its limit only, never a series per value
+            out.append(replace(base, level="each", spent=None, reserved=None))
+            continue
         if not budget.scope.per_org:
             spent, reserved = state.each[None]
             out.append(replace(base, spent=spent, reserved=reserved))

@@ -18,7 +18,13 @@ from margin.cli.options import ConfigOpt, DbOpt, JsonOpt, fail, settings_from, s
 from margin.errors import MarginError
 from margin.terminal import plain
 
-ScopeOpt = Annotated[str, typer.Option("--scope", help="global, team=T, org=O, key=ID, model=M or tag=K=V.")]
+ScopeOpt = Annotated[
+    str,
+    typer.Option(
+        "--scope",
+        help="global, team=T, org=O, key=ID, model=M, tag=K=V, user=U; each user: user=*, each tag K value: tag=K=*.",
+    ),
+]
 
 budgets_app = typer.Typer(no_args_is_help=True, help="Spend caps in $ or tokens per key, team, org, tag or model.")
 limits_app = typer.Typer(no_args_is_help=True, help="Requests and tokens per minute per key, team or org.")

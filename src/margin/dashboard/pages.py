@@ -162,7 +162,7 @@ async def budgets(services: Any, who: Viewer) -> dict[str, Any]:
         p = who.principal
         subject = Subject(p.key_id, p.team, p.org, dict(p.tags))
     now = datetime.now(UTC)
-    live = await budget_status(services, subject)
+    live = [b for b in await budget_status(services, subject) if "each" not in b]  # per-value: no one figure
 
     def ledger_sums() -> list[int]:
         with services.sync_engine().connect() as connection:

@@ -20,7 +20,7 @@ from margin.backend_config import BackendConfig, OpenAIBackendConfig
 from margin.economics import tiers
 from margin.economics.meter import Meter
 from margin.economics.money import capped_nanousd
-from margin.governance.rules import Subject, partition
+from margin.governance.rules import SHARED, Part, Subject, partition
 from margin.governance.store import Gcra, Hold
 from margin.specs import AdmissionConfig, BudgetSpec, LimitSpec
 from margin.types import Target, Usage
@@ -50,14 +50,14 @@ def window_stamp(start: datetime | None) -> str:
     return f"{start:%Y%m%dT%H}" if start is not None else "lifetime"
 
 
-def counter_name(budget: BudgetSpec, start: datetime | None, org: str | None = None) -> str:
-    """One counter per budget, scope and unit (`~basis`) and window, and per org for per-org scopes (budget names
-    never hold `#` or `~`)."""
-    return _counter(budget, window_stamp(start), org)
+def counter_name(budget: BudgetSpec, start: datetime | None, part: Part = SHARED) -> str:
+    """One counter per budget, scope and unit (`~basis`) and window, and per org and per value for per-org and
+    per-value scopes (`Part.suffix`; budget names never hold `#`, `|` or `~`)."""
+    return _counter(budget, window_stamp(start), part)
 
 
-def _counter(budget: BudgetSpec, stamp: str, org: str | None) -> str:
-    name = budget.name if org is None else f"{budget.name}#{org}"
+def _counter(budget: BudgetSpec, stamp: str, part: Part) -> str:
+    name = budget.name if part is SHARED else budget.name + part.suffix()
     return f"{name}~{_basis(budget.scope.label(), budget.usd is not None)}@{stamp}"
 
 
@@ -78,7 +78,7 @@ class BudgetHold:
     budget: BudgetSpec
     hold: Hold
     resets_at: datetime | None
-    org: str | None = None  # the org whose counter this is (per-org scopes), None for a shared counter
+    part: Part = SHARED  # whose counter this is (per-org, per-value scopes: `partition`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,18 +94,18 @@ class Admission:
     unpriced: tuple[str, ...] = ()  # candidates (public names) the reservation had no price for
 
 
-def hold_for(budget: BudgetSpec, now: datetime, usd_nano: int, tokens: int, org: str | None = None) -> BudgetHold:
+def hold_for(budget: BudgetSpec, now: datetime, usd_nano: int, tokens: int, part: Part = SHARED) -> BudgetHold:
     start, end = window(budget.period, now)
-    return _hold(budget, now, end, window_stamp(start), usd_nano, tokens, org)
+    return _hold(budget, now, end, window_stamp(start), usd_nano, tokens, part)
 
 
 def _hold(
-    budget: BudgetSpec, now: datetime, end: datetime | None, stamp: str, usd_nano: int, tokens: int, org: str | None
+    budget: BudgetSpec, now: datetime, end: datetime | None, stamp: str, usd_nano: int, tokens: int, part: Part
 ) -> BudgetHold:
     expire = None if end is None else int((end - now).total_seconds()) + DAY
     amount = usd_nano if budget.usd is not None else tokens
-    hold = Hold(_counter(budget, stamp, org), budget_limit(budget), amount, budget.mode == "hard", expire)
-    return BudgetHold(budget, hold, end, org)
+    hold = Hold(_counter(budget, stamp, part), budget_limit(budget), amount, budget.mode == "hard", expire)
+    return BudgetHold(budget, hold, end, part)
 
 
 class Windows:
@@ -117,8 +117,8 @@ class Windows:
         self._hour = -1
         self._windows: dict[str, tuple[datetime | None, str]] = {}
 
-    def hold(self, budget: BudgetSpec, now: datetime, usd_nano: int, tokens: int, org: str | None = None) -> BudgetHold:
-        """The same hold as `hold_for(budget, now, usd_nano, tokens, org)`."""
+    def hold(self, budget: BudgetSpec, now: datetime, usd_nano: int, tokens: int, part: Part = SHARED) -> BudgetHold:
+        """The same hold as `hold_for(budget, now, usd_nano, tokens, part)`."""
         hour = int(now.timestamp() // 3600)
         if hour != self._hour:
             self._hour, self._windows = hour, {}
@@ -126,7 +126,7 @@ class Windows:
         if found is None:
             start, end = window(budget.period, now)
             found = self._windows[budget.period] = (end, window_stamp(start))
-        return _hold(budget, now, found[0], found[1], usd_nano, tokens, org)
+        return _hold(budget, now, found[0], found[1], usd_nano, tokens, part)
 
 
 def output_allowance(requested: int | None, context_length: int | None, prompt_tokens: int, default: int) -> int:
@@ -194,9 +194,10 @@ def worst_case_usd(
 
 
 def limit_key(limit: LimitSpec, subject: Subject) -> str:
-    """A limit's bucket: per org for per-org scopes (two orgs' teams `support` do not share a bucket)."""
-    org = partition(limit.scope, subject)
-    return limit.scope.label() if org is None else f"{limit.scope.label()}#{org}"
+    """A limit's bucket: per org for per-org scopes (two orgs' teams `support` do not share a bucket), per value
+    for per-value ones (`partition`)."""
+    part = partition(limit.scope, subject)
+    return limit.scope.label() if part is SHARED else limit.scope.label() + part.suffix()
 
 
 def rate_checks(

@@ -5,10 +5,12 @@ flight keeps the rules it was admitted under."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 import sqlalchemy as sa
@@ -17,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from margin.config import Settings, unknown_models_message
 from margin.errors import Conflict, InvalidRequest, NotFound
 from margin.ledger.models import gov_rules
-from margin.specs import LEVELS, BudgetSpec, FlagSpec, LimitSpec, PoliciesConfig, Policy, Scope
+from margin.specs import EACH, LEVELS, BudgetSpec, FlagSpec, LimitSpec, PoliciesConfig, Policy, Scope
 
 RuleKind = Literal["budget", "limit", "flag"]
 SPEC_TYPES: dict[str, type[BaseModel]] = {"budget": BudgetSpec, "limit": LimitSpec, "flag": FlagSpec}
@@ -34,10 +36,35 @@ class Subject:
     tags: Mapping[str, str] = field(default_factory=dict)
     model: str | None = None
     backend: str | None = None
+    user: str | None = None  # the OpenAI `user` field, set only while a rule has a user scope (`Rules.by_user`)
+    user_id: str | None = None  # its pseudonym, as the ledger's `user` column holds it (margin.guard.pseudonym)
 
     def serving(self, model: str, backend: str) -> Subject:
         """The same caller on one candidate model and backend (for model- and backend-scoped rules)."""
-        return Subject(self.key_id, self.team, self.org, self.tags, model, backend)
+        return Subject(self.key_id, self.team, self.org, self.tags, model, backend, self.user, self.user_id)
+
+
+class Part(NamedTuple):
+    """Which of a rule's counters (and rate-limit buckets) a request charges: per org for a team, tag or user
+    scope naming no org, per value for `user=*` or `tag=<key>=*` (the user's pseudonym, the tag's value),
+    both for both. `Part()`: the rule's one shared counter (or, per org, that of callers in no org)."""
+
+    org: str | None = None
+    value: str | None = None
+
+    def suffix(self) -> str:
+        """What a counter's or bucket's name adds for this part: `#org` (as before), and `|` + a digest of the
+        value (a tag value or pseudonym is never put in a name as sent: a fixed-size hex digest)."""
+        org = "" if self.org is None else f"#{self.org}"
+        return org if self.value is None else f"{org}|{value_digest(self.value)}"
+
+
+SHARED = Part()
+
+
+@functools.lru_cache(maxsize=4096)
+def value_digest(value: str) -> str:
+    return hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
 
 
 def matches(scope: Scope, subject: Subject) -> bool:
@@ -48,7 +75,11 @@ def matches(scope: Scope, subject: Subject) -> bool:
         return False
     if kind == "tag":
         name, _, tag_value = (value or "").partition("=")
+        if tag_value == EACH:
+            return name in subject.tags
         return subject.tags.get(name) == tag_value
+    if kind == "user":
+        return subject.user is not None and value in (EACH, subject.user)
     actual = {
         "key": subject.key_id,
         "team": subject.team,
@@ -59,10 +90,24 @@ def matches(scope: Scope, subject: Subject) -> bool:
     return actual is not None and actual == value
 
 
-def partition(scope: Scope, subject: Subject) -> str | None:
-    """The org whose own counter a per-org scope (team or tag without `org`) uses. None: the one counter of
-    a shared scope, or, for a per-org scope, that of callers in no org."""
-    return subject.org if scope.per_org else None
+def partition(scope: Scope, subject: Subject) -> Part:
+    """The one owner of "which of the rule's counters does this request charge" (budgets, rate limits, their
+    rebuild from the ledger, the admin listing): see `Part`. A per-value part's value is the user's pseudonym
+    (`user` scopes, also `user=alice`: the ledger's column, bounded and hex) or the tag's value. On the request
+    path for every rule: a set lookup for the scopes that have one counter."""
+    kind = scope.kind
+    if kind in SHARED_KINDS:
+        return SHARED
+    org = subject.org if scope.org is None else None  # team, tag and user scopes naming no org: per org
+    if kind == "team":
+        return Part(org)
+    if kind == "user":
+        return Part(org, subject.user_id)
+    name, _, value = (scope.value or "").partition("=")
+    return Part(org, subject.tags.get(name)) if value == EACH else Part(org)
+
+
+SHARED_KINDS = frozenset({"global", "org", "key", "model", "backend"})
 
 
 def governed_tags(tags: Mapping[str, str], bound: Mapping[str, str], keyed: bool) -> Mapping[str, str]:
@@ -153,6 +198,12 @@ class Rules:
     policies: PoliciesConfig = field(default_factory=PoliciesConfig)
     stored: frozenset[tuple[str, str]] = frozenset()  # (kind, name) of rules from the database
     _policies: dict[Any, Policy] = field(default_factory=dict, compare=False, repr=False)  # merged, per caller
+    # a budget or limit has a user scope: requests then carry their `user` (and its pseudonym) to match
+    by_user: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        scopes = [budget.scope for budget in self.budgets] + [limit.scope for limit in self.limits]
+        object.__setattr__(self, "by_user", any(scope.kind == "user" for scope in scopes))
 
     def budgets_for(self, subject: Subject) -> list[BudgetSpec]:
         return [b for b in self.budgets if matches(b.scope, subject)]

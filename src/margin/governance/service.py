@@ -18,7 +18,7 @@ from margin.config import Settings, with_reloaded
 from margin.errors import MarginError, Overloaded
 from margin.governance.admission import Admission, BudgetHold, counter_name, window
 from margin.governance.catchup import CatchUp, delays_for
-from margin.governance.rules import Rules, Subject, build_rules, load_rules, matches
+from margin.governance.rules import SHARED, Part, Rules, Subject, build_rules, load_rules, matches
 from margin.governance.slots import STREAMS, LocalSlots, SharedSlots, Slots, SlotStore
 from margin.governance.store import RESERVATION_PAGE, LocalStore, Store
 from margin.ledger.read import budget_spent, recorded
@@ -38,22 +38,34 @@ def make_store(settings: Settings) -> Store:
 
 
 def spend_org(budget: BudgetSpec, org: str | None) -> tuple[str | None] | None:
-    """Whose rows a budget counter adds up: the org its scope names, else, for a per-org scope (a team or
-    tag scope naming no org), the org of the counter (`org`, None for callers in no org), else every org."""
+    """Whose rows a budget counter adds up: the org its scope names, else, for a per-org scope (a team, tag or
+    user scope naming no org), the org of the counter (`org`, None for callers in no org), else every org."""
     if budget.scope.org is not None:
         return (budget.scope.org,)
     return (org,) if budget.scope.per_org else None
 
 
-async def ledger_spent(engine: Any, budget: BudgetSpec, now: datetime, org: str | None = None) -> int:
+def spend_scope(budget: BudgetSpec, part: Part) -> tuple[str, str | None]:
+    """The (kind, value) whose ledger rows a counter adds up: a user scope's rows of the user's pseudonym (the
+    ledger's column), a per-value tag scope's of the counter's value (`customer=acme` for `customer=*`)."""
+    scope = budget.scope
+    if scope.kind == "user":
+        return "user", part.value
+    if scope.per_value:
+        return "tag", f"{(scope.value or '').partition('=')[0]}={part.value}"
+    return scope.kind, scope.value
+
+
+async def ledger_spent(engine: Any, budget: BudgetSpec, now: datetime, part: Part = SHARED) -> int:
     """What the ledger says a budget's current window has spent (nano-USD or tokens): margin.ledger.read's
     budget_spent, the figure the dashboard and the admin API show too (rows matched as admission matched
-    them: one org's rows for a per-org counter, tags bound to the row's key only)."""
+    them: one org's rows for a per-org counter, one value's for a per-value one, tags bound to the row's key
+    only)."""
     start, end = window(budget.period, now)
-    scope = budget.scope
+    kind, value = spend_scope(budget, part)
     async with engine.connect() as connection:
         spent: int = await connection.run_sync(
-            budget_spent, scope.kind, scope.value, budget.usd is not None, start, end, spend_org(budget, org)
+            budget_spent, kind, value, budget.usd is not None, start, end, spend_org(budget, part.org)
         )
     return spent
 
@@ -80,6 +92,7 @@ class Governance:
         self.streams: Slots = self.shared_slots(STREAMS, cap, "stream") or LocalSlots(cap)
         self.rules: Rules = build_rules(settings, [])
         self._known: dict[str, BudgetHold] = {}  # the counters this process reconciled (raised after a restart)
+        self._swept_hour = -1  # the last UTC hour `_known`'s past windows were forgotten in (`_make_room`)
         self._server = ""  # the counter store's run id (Redis: a new one after every restart)
         self._flights = SingleFlight()
         self._task: asyncio.Task[None] | None = None
@@ -184,13 +197,13 @@ class Governance:
         now = datetime.now(UTC)
         known: dict[str, BudgetHold] = {}
         for name, item in list(self._known.items()):
-            if counter_name(item.budget, window(item.budget.period, now)[0], item.org) != name:
+            if counter_name(item.budget, window(item.budget.period, now)[0], item.part) != name:
                 del self._known[name]  # a past window's
             else:
                 known[name] = item
         dropped = await self._replay_finished({name: item.budget.usd is not None for name, item in known.items()})
         # read after every row the replays found: each is in these spends
-        spent = {name: await ledger_spent(self.engine, item.budget, now, item.org) for name, item in known.items()}
+        spent = {name: await ledger_spent(self.engine, item.budget, now, item.part) for name, item in known.items()}
         done = await self.store.recount(spent, {})
         for name in done.raised:
             log.warning("budget %s: raised to the ledger's spend after the counter store restarted", name)
@@ -244,7 +257,32 @@ class Governance:
             name = item.hold.counter
             if name in self._known:
                 continue
+            self._make_room(now)
             await self._flights.run(name, functools.partial(self._seed, item, now, lost))
+
+    def _make_room(self, now: datetime) -> None:
+        """Bound the counters this process knows (`admission.max_budget_counters`; a per-user budget has one per
+        user): past windows' are forgotten, and when the current windows' alone fill it, a request needing a new
+        counter is refused (503, retryable), never admitted by forgetting a counter it might under-count."""
+        cap = self.settings.admission.max_budget_counters
+        if len(self._known) < cap:
+            return
+        hour = int(now.timestamp() // 3600)  # every window ends on a whole hour: one sweep an hour finds them all
+        if hour != self._swept_hour:
+            self._swept_hour = hour
+            self._forget_past(now)
+        if len(self._known) >= cap:
+            log.warning("%d budget counters in the current windows (admission.max_budget_counters)", cap)
+            raise Overloaded(
+                f"too many budget counters in use ({cap}, admission.max_budget_counters: one per user or tag "
+                "value of per-user budgets); the request was not admitted",
+                code="budget_counters_full",
+                headers={"retry-after": "60"},
+            )
+
+    def _forget_past(self, now: datetime) -> None:
+        for name in [n for n, item in self._known.items() if item.resets_at is not None and item.resets_at <= now]:
+            del self._known[name]
 
     async def reseed(self, holds: list[BudgetHold], now: datetime) -> None:
         """The counter store lost counters this process had reconciled: reconcile them again (those still
@@ -263,7 +301,7 @@ class Governance:
             if lost and self.flush_ledger is not None:  # requests wait on it: bounded, else refused (retryable)
                 await asyncio.wait_for(self.flush_ledger(), self.flush_timeout_s)
             counted = await ledger_recorded(self.engine, await self.store.parked(name))
-            spent = await ledger_spent(self.engine, item.budget, now, item.org)
+            spent = await ledger_spent(self.engine, item.budget, now, item.part)
         except (sa.exc.SQLAlchemyError, TimeoutError) as exc:  # a locked, slow or unreachable ledger: retryable
             log.warning("budget %s: the ledger could not be read to reconcile it: %s", name, printable(str(exc)))
             raise Overloaded(
@@ -282,9 +320,9 @@ class Governance:
         higher (never lowered: both are lower bounds of what was spent); True when raised. A past window's
         counter is left alone."""
         name, now = item.hold.counter, datetime.now(UTC)
-        if counter_name(item.budget, window(item.budget.period, now)[0], item.org) != name:
+        if counter_name(item.budget, window(item.budget.period, now)[0], item.part) != name:
             return False
-        if not await self.store.raise_spent(name, await ledger_spent(self.engine, item.budget, now, item.org)):
+        if not await self.store.raise_spent(name, await ledger_spent(self.engine, item.budget, now, item.part)):
             return False
         log.warning("budget %s: raised to the ledger's spend by a follow-up after it was rebuilt", name)
         return True

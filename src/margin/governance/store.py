@@ -21,6 +21,8 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
+SWEEP_S = 60.0  # how often `LocalStore.reap` drops expired counters and idle rate-limit buckets
+SWEEP_GRACE_S = 86_400  # a counter re-created by a late settle (its window past) lives a day
 RESERVATION_PAGE = 1000  # request ids read, looked up in the ledger and recounted at a time (after a restart)
 
 
@@ -149,6 +151,7 @@ class Store(Protocol):
 class _Counter:
     spent: int = 0
     reserved: int = 0
+    expires: float | None = None  # time.time() past which `reap` drops it (its window plus a day); None: never
 
 
 @dataclass(slots=True)
@@ -168,12 +171,19 @@ class LocalStore:
     _settled: OrderedDict[str, None] = field(default_factory=OrderedDict)
     _charged: OrderedDict[str, tuple[Hold, ...]] = field(default_factory=OrderedDict)  # reaped, not yet settled
     _tat: dict[str, float] = field(default_factory=dict)
+    _swept: float = 0.0  # when `reap` last dropped expired counters and idle rate-limit buckets
 
-    def _counter(self, name: str) -> _Counter:
+    def _counter(self, name: str, expire_s: float | None = None) -> _Counter:
         counter = self._counters.get(name)
         if counter is None:
-            counter = self._counters[name] = _Counter()
+            expires = None if expire_s is None else time.time() + expire_s
+            counter = self._counters[name] = _Counter(expires=expires)
         return counter
+
+    def size(self) -> int:
+        """Budget counters and rate-limit buckets held (both bounded: see `reap`). Not `__len__`: an empty store
+        would be falsy (`store or make_store(...)`)."""
+        return len(self._counters) + len(self._tat)
 
     async def admit(
         self,
@@ -192,7 +202,7 @@ class LocalStore:
             )
             if failed is None:
                 for hold in holds:
-                    self._counter(hold.counter).reserved += hold.amount
+                    self._counter(hold.counter, hold.expire_s).reserved += hold.amount
                 self._reservations[request_id] = _Reservation(tuple(holds), time.time() + ttl_s)
         if wait <= 0 and failed is None:
             self._charge(checks)
@@ -217,8 +227,8 @@ class LocalStore:
         self._release(request_id)
         for hold in self._charged.pop(request_id, ()):  # reaped earlier: its charge gives way to the actual cost
             self._counter(hold.counter).spent -= hold.amount
-        for name, amount in actual.items():
-            self._counter(name).spent += amount
+        for name, amount in actual.items():  # a counter dropped since (a past window) is kept a day again
+            self._counter(name, SWEEP_GRACE_S).spent += amount
         self._charge([Gcra(key, increment_s, 0.0) for key, increment_s in charges])
         self._settled[request_id] = None
         while len(self._settled) > self.settled_memory:
@@ -231,7 +241,7 @@ class LocalStore:
     async def seed(self, counter: str, spent: int, expire_s: int | None, counted: Sequence[str] = ()) -> bool:
         if counter in self._counters:
             return False
-        self._counters[counter] = _Counter(spent=spent)
+        self._counters[counter] = _Counter(spent, 0, None if expire_s is None else time.time() + expire_s)
         return True
 
     async def counters(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
@@ -243,6 +253,9 @@ class LocalStore:
 
     async def reap(self) -> int:
         now = time.time()
+        if now - self._swept >= SWEEP_S:
+            self._swept = now
+            self._sweep(now)
         stale = [rid for rid, reservation in self._reservations.items() if reservation.deadline <= now]
         for request_id in stale:
             reservation = self._reservations.pop(request_id)
@@ -257,6 +270,16 @@ class LocalStore:
 
     async def pending(self) -> int:
         return len(self._reservations)
+
+    def _sweep(self, now: float) -> None:
+        """Drop the counters past their lifetime (as Redis expires them: their window plus a day) that nothing
+        holds reserved, and the rate-limit buckets whose theoretical arrival time has passed (a full bucket: the
+        same as none). Many distinct users or tag values then hold memory for their window, not forever."""
+        for name in [n for n, c in self._counters.items() if c.expires is not None and c.expires <= now]:
+            if self._counters[name].reserved == 0:
+                del self._counters[name]
+        for key in [k for k, tat in self._tat.items() if tat <= now]:
+            del self._tat[key]
 
     def _rate_wait(self, checks: Sequence[Gcra], lenient: Sequence[bool]) -> float:
         now = time.time()

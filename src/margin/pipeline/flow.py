@@ -72,7 +72,7 @@ def compose(
     )
     steps: list[Step] = [
         settle,
-        Auth(settings.tags.header_keys, parts.governance),
+        Auth(settings.tags.header_keys, parts.governance, settle.pseudonym),
         Route(parts.targets, settings.routes, parts.governance, parts.meter, parts.route_policy),
         Admit(parts.governance, parts.outbox),
         Guard(PiiScanner(ner=guard.ner), InjectionDetector(), limits),

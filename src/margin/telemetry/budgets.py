@@ -7,7 +7,10 @@ per-org budget, for orgs with spend or reservations; `level="total"`: a per-org 
 labelled `budget`, `org` (empty unless `level="org"`), `unit` (`usd` or `tokens`), `mode`, `period`, `level`:
 `margin_budget_spent`, `margin_budget_reserved`, and except on totals (the limit applies to each org, not to
 their sum) `margin_budget_limit`, `margin_budget_alert_ratio` (`alert_pct` / 100) and, for windowed budgets,
-`margin_budget_window_reset_timestamp_seconds`. Amounts of USD budgets are integer nano-USD (USD × 1e9, as
+`margin_budget_window_reset_timestamp_seconds`. A per-value budget (`user=*`, `tag=customer=*`: one counter
+per end user or tag value; and any user scope) is one series, `level="each"`, with its limit, alert ratio and
+reset only: never a series per user or value (unbounded cardinality); who spent what is in the ledger
+(`margin report --by user`). Amounts of USD budgets are integer nano-USD (USD × 1e9, as
 `margin_cost_nanousd_total`), of token budgets tokens. `margin_budget_read_failed` is 1 when this scrape could
 not read the counters (Redis down, or slower than `read_timeout_s`; the other metrics are served as usual).
 
@@ -43,8 +46,8 @@ class BudgetSeries:
     mode: str
     period: str
     level: str  # "budget", "org" or "total"
-    spent: int
-    reserved: int
+    spent: int | None  # None: a per-value budget (`level="each"`), whose values are not series
+    reserved: int | None
     limit: int | None = None
     alert_pct: int | None = None
     resets_at: float | None = None  # Unix seconds; None for lifetime budgets
@@ -91,8 +94,9 @@ class _Collector:
             return
         families = _families()
         for item in self.series:
-            families["spent"].add_metric(item.labels, float(item.spent))
-            families["reserved"].add_metric(item.labels, float(item.reserved))
+            if item.spent is not None and item.reserved is not None:
+                families["spent"].add_metric(item.labels, float(item.spent))
+                families["reserved"].add_metric(item.labels, float(item.reserved))
             if item.limit is not None:
                 families["limit"].add_metric(item.labels, float(item.limit))
             if item.alert_pct is not None:

@@ -7,6 +7,7 @@ rollup). Budget windows are whole hours, days or months (or the whole ledger), s
 rollups. Two cases read ledger rows instead:
 - `org`: one org's rows (a per-org counter, or a scope naming an org); the rollups other than the hourly one
   have no org column (margin.ledger.read.window);
+- user scopes: one user's rows (the pseudonym in the ledger's `user` column; no rollup has users);
 - tag scopes: a tag counts only when the row's key is bound to it (a fixed `customer=acme`, or `customer=*`
   filled from the header) or the row has no key (open mode), so a header tag a caller added never spends
   someone else's budget. The rollups cannot tell bound tags from labels, so tag budgets read rows (indexed by
@@ -43,6 +44,8 @@ def budget_spent(
     window = Window(start, end, org=org)
     if kind == "tag":
         return _tag_spent(connection, value or "", usd, window)
+    if kind == "user":  # `value`: the pseudonym the ledger's `user` column holds (one user's counter)
+        return _user_spent(connection, value, usd, window)
     if kind == "global":
         match = None
     elif kind in SCOPE_DIMS and value is not None:
@@ -63,6 +66,17 @@ def _tag_spent(connection: sa.Connection, tag: str, usd: bool, window: Window) -
     governed = sa.or_(ledger.c.key_id.is_(None), ledger.c.key_id.in_(bound.scalar_subquery()))
     query = sa.select(sa.func.coalesce(sa.func.sum(measure), 0)).where(
         *window.where(kinds=("request",)), governed, ledger.c.tags[name].as_string() == wanted
+    )
+    return int(connection.execute(query).scalar_one())
+
+
+def _user_spent(connection: sa.Connection, user: str | None, usd: bool, window: Window) -> int:
+    """One SQL pass over the window's request rows of one user (the rollups have no user column)."""
+    if user is None:
+        return 0
+    measure = ledger.c.cost_nanousd if usd else ledger.c.input_tokens + ledger.c.output_tokens
+    query = sa.select(sa.func.coalesce(sa.func.sum(measure), 0)).where(
+        *window.where(kinds=("request",)), ledger.c.user == user
     )
     return int(connection.execute(query).scalar_one())
 

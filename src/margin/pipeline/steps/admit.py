@@ -16,7 +16,7 @@ from margin.governance.service import Governance
 from margin.governance.store import Admitted, Gcra, Hold
 from margin.pipeline.steps.settle import LEDGER_BACKLOG, RowSink
 from margin.pipeline.values import Next, Reply, Request, RouteDecision
-from margin.specs import LimitSpec
+from margin.specs import LimitSpec, Scope
 
 
 class Admit:
@@ -71,7 +71,7 @@ class Admit:
                     "the budget counters were lost and could not be restored; retry", code="governance_unavailable"
                 )
         if result.wait > 0:
-            labels = ", ".join(f"{limit.scope.label()} (rpm {limit.rpm}, tpm {limit.tpm})" for limit in limits)
+            labels = ", ".join(f"{_scope_text(limit.scope)} (rpm {limit.rpm}, tpm {limit.tpm})" for limit in limits)
             raise RateLimited(
                 f"rate limit reached for {labels}; retry in {result.wait:.1f}s",
                 headers={"retry-after": str(max(1, round(result.wait + 0.5)))},
@@ -134,8 +134,16 @@ class Admit:
             seconds = int((item.resets_at - datetime.now(UTC)).total_seconds()) + 1
             headers["retry-after"] = str(max(1, seconds))
         return BudgetExceeded(
-            f"budget `{budget.name}` ({budget.scope.label()}, {limit} per {budget.period}) would be exceeded: "
+            f"budget `{budget.name}` ({_scope_text(budget.scope)}, {limit} per {budget.period}) would be exceeded: "
             f"spent {fmt(spent)}, reserved by requests in flight {fmt(reserved)}, this request may cost up to "
             f"{fmt(hold.amount)}; {adm.reset_text(item.resets_at)}",
             headers=headers,
         )
+
+
+def _scope_text(scope: Scope) -> str:
+    """A rule's scope in a refusal; a per-value one says the figures are this user's (or tag value's) own."""
+    if not scope.per_value:
+        return scope.label()
+    each = "each end user" if scope.kind == "user" else f"each `{(scope.value or '').partition('=')[0]}` value"
+    return f"{scope.label()}: {each} separately, the figures are this one's own"

@@ -6,10 +6,12 @@ see it (only tags bound to the key), and its merged policy."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from margin.errors import InvalidRequest
 from margin.governance.rules import Subject, governed_tags
 from margin.governance.service import Governance
+from margin.guard.pseudonym import UserPseudonyms
 from margin.pipeline.values import Next, Reply, Request
 from margin.types import Principal
 
@@ -38,15 +40,22 @@ def parse_tag_header(value: str, allowed: set[str]) -> dict[str, str]:
 
 
 class Auth:
-    def __init__(self, header_tag_keys: list[str], governance: Governance) -> None:
+    def __init__(
+        self, header_tag_keys: list[str], governance: Governance, pseudonym: UserPseudonyms | None = None
+    ) -> None:
         self.allowed = set(header_tag_keys)
         self.governance = governance
+        self.pseudonym = pseudonym or UserPseudonyms()  # the ledger's: a per-user counter is rebuilt from its rows
 
     async def __call__(self, request: Request, next: Next) -> Reply:
         principal = request.principal
         tags, subject = caller(principal, request.headers.get("x-margin-tags"), self.allowed)
         request.record.tags = tags
-        policy = self.governance.rules.policy_for(subject, principal.policy)
+        rules = self.governance.rules
+        user = request.record.user
+        if rules.by_user and user is not None:  # only then: a user's pseudonym is a SHA-256 (~1 µs)
+            subject = replace(subject, user=user, user_id=self.pseudonym(user))
+        policy = rules.policy_for(subject, principal.policy)
         return await next(request._replace(tags=tags, subject=subject, policy=policy))
 
 

@@ -413,3 +413,50 @@ async def test_0023_adds_key_rotation_and_keys_made_before_still_work(
         rows = connection.exec_driver_sql("SELECT id, key_hash FROM api_keys").all()
         assert [tuple(row) for row in rows] == [(key_id, hash_key(new))]
     engine.dispose()
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_0024_indexes_the_rows_of_users_for_per_user_budgets(
+    dialect: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A per-user counter is rebuilt from one user's rows in its window: the query reads them through the partial
+    index (SQLite's plan names it), which holds only the rows that have a user; the schema still equals the
+    declared tables, and the downgrade drops the index."""
+    from datetime import UTC, datetime, timedelta
+
+    from margin.ledger.read.budget import budget_spent
+
+    url = f"sqlite:///{tmp_path / 'u.db'}" if dialect == "sqlite" else request.getfixturevalue("fresh_postgres")
+    db.upgrade(url)
+    engine = db.make_sync_engine(url)
+    now = datetime.now(UTC)
+    rows: list[dict[str, Any]] = [
+        {"request_id": f"r{i}", "kind": "request", "created_at": now - timedelta(minutes=i), "model": "m",
+         "backend": "b", "status": "ok", "endpoint": "chat.completions", "user": user, "cost_nanousd": 10 + i,
+         "tags": {}, "http_status": 200, "stream": False, "input_tokens": 1, "output_tokens": 1, "cached_tokens": 0,
+         "e2e_ms": 1.0, "cost_status": "ok", "config_hash": "h"}
+        for i, user in enumerate(["u_a", "u_b", None, "u_a", None])
+    ]  # fmt: skip
+    with engine.begin() as connection:
+        connection.execute(sa.insert(ledger), rows)
+    with engine.connect() as connection:
+        assert schema_diff(connection) == []
+        if dialect == "sqlite":
+            index_sql = "SELECT sql FROM sqlite_master WHERE name = 'ix_ledger_user_created'"
+        else:
+            index_sql = "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_ledger_user_created'"
+        definition = connection.exec_driver_sql(index_sql).scalar_one().lower()
+        assert "where" in definition and "is not null" in definition  # partial: only the rows with a user
+        start = now - timedelta(hours=1)
+        assert budget_spent(connection, "user", "u_a", True, start, now + timedelta(seconds=1)) == 10 + 13
+        if dialect == "sqlite":
+            query = sa.select(sa.func.sum(ledger.c.cost_nanousd)).where(
+                *Window(start, now).where(kinds=("request",)), ledger.c.user == "u_a"
+            )
+            compiled = query.compile(engine, compile_kwargs={"literal_binds": True})
+            plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}").all()
+            assert "ix_ledger_user_created" in " ".join(str(row) for row in plan)
+    db.downgrade(url, "0023")
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql(index_sql).first() is None
+    engine.dispose()

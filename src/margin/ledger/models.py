@@ -79,6 +79,15 @@ ledger = sa.Table(
     sa.Index("ix_ledger_ttft_bin", sa.text(f"({latency_bin('ttft_ms')})"), "created_at", "ttft_ms", "kind"),
     sa.Index("ix_ledger_batch", "batch_id"),
 )
+# one end user's rows in a window: a per-user budget counter rebuilt from the ledger (margin.ledger.read.budget,
+# `user=*` scopes); partial, so rows without a `user` (most traffic) cost the ingest nothing (0024)
+sa.Index(
+    "ix_ledger_user_created",
+    ledger.c.user,
+    ledger.c.created_at,
+    sqlite_where=ledger.c.user.is_not(None),
+    postgresql_where=ledger.c.user.is_not(None),
+)
 
 
 # a task's identity (measures.task): 't:', org and team as <length>:<value> (≤ 132 each: names are ≤ 128), two

@@ -7,7 +7,8 @@ rollup). Budget windows are whole hours, days or months (or the whole ledger), s
 rollups. Two cases read ledger rows instead:
 - `org`: one org's rows (a per-org counter, or a scope naming an org); the rollups other than the hourly one
   have no org column (margin.ledger.read.window);
-- user scopes: one user's rows (the pseudonym in the ledger's `user` column; no rollup has users);
+- user scopes: one user's rows (the pseudonym in the ledger's `user` column, read through the partial index
+  ix_ledger_user_created; no rollup has users);
 - tag scopes: a tag counts only when the row's key is bound to it (a fixed `customer=acme`, or `customer=*`
   filled from the header) or the row has no key (open mode), so a header tag a caller added never spends
   someone else's budget. The rollups cannot tell bound tags from labels, so tag budgets read rows (indexed by

@@ -54,6 +54,7 @@ class Arrival(NamedTuple):
     """A request that passed the edge: who sent it, with what id and headers."""
 
     started: float
+    services: Any  # margin.services.Services (the app's)
     request_id: str
     headers: dict[str, str]
     principal: Principal | None
@@ -74,14 +75,14 @@ async def arrive(request: HttpRequest, parse: Callable[[Any], T]) -> tuple[Arriv
         parsed = parse(parse_json(await read_body(request, services.settings.server.max_body_bytes)))
     except MarginError as exc:
         return error_response(exc, request_id)
-    return Arrival(started, request_id, headers, principal, caller.batch if caller else None), parsed
+    return Arrival(started, services, request_id, headers, principal, caller.batch if caller else None), parsed
 
 
 async def handle(request: HttpRequest, endpoint: Endpoint) -> Response | ASGIApp:
     arrived = await arrive(request, lambda data: (data, parse_request(endpoint, data)))
     if isinstance(arrived, Response):
         return arrived
-    (started, request_id, headers, principal, batch), (data, body) = arrived
+    (started, services, request_id, headers, principal, batch), (data, body) = arrived
     stream = endpoint is not Endpoint.EMBEDDINGS and bool(getattr(body, "stream", False))
     user = getattr(body, "user", None)
     user = user if isinstance(user, str) else None
@@ -89,7 +90,7 @@ async def handle(request: HttpRequest, endpoint: Endpoint) -> Response | ASGIApp
         request_id, endpoint, body.model, stream, started=started, principal=principal, user=user, batch=batch
     )
     args = (request_id, endpoint, headers, data, body, principal, record, started)
-    return Run(request.app.state.services.flow, request.app.state.services.stalls, args, None)
+    return Run(services.flow, services.stalls, args, None)
 
 
 async def chat_completions(request: HttpRequest) -> Response | ASGIApp:

@@ -105,11 +105,10 @@ async def responses(request: HttpRequest) -> Response | ASGIApp:
     arrived = await arrive(request, parse)
     if isinstance(arrived, Response):
         return arrived
-    (started, request_id, headers, principal, batch), (body, data, chat) = arrived
+    (started, services, request_id, headers, principal, batch), (body, data, chat) = arrived
     record = Record(
         request_id, Endpoint.RESPONSES, body.model, body.stream, started=started, principal=principal,
         user=body.user, batch=batch,
     )  # fmt: skip
     args = (request_id, Endpoint.CHAT, headers, data, chat, principal, record, started)
-    services = request.app.state.services
     return Run(services.flow, services.stalls, args, lambda inner: ResponsesClient(inner, body, request_id))

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler
@@ -120,9 +121,10 @@ def _keys(db: Path) -> tuple[str, str]:
     return key, limited
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    folder = tmp_path_factory.mktemp("responses")
+@contextmanager
+def responses_gateway(folder: Path) -> Iterator[Live]:
+    """A gateway with the fake backend and an OpenAI-like upstream that records what it is sent (tool calls
+    while the request has tools and no tool output yet), its keys, a budget and a rate limit."""
     key, limited = _keys(folder / "ledger.db")
     bodies: list[dict[str, Any]] = []
     with http_thread(recording_handler(bodies, _answer)) as base:
@@ -153,6 +155,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             finally:
                 for client in live.clients.values():
                     client.close()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    with responses_gateway(tmp_path_factory.mktemp("responses")) as gateway:
+        yield gateway
 
 
 def _usage_matches(usage: Any, row: Any) -> None:

@@ -25,6 +25,7 @@ import orjson
 import sqlalchemy as sa
 from starlette.types import ASGIApp
 
+from margin import tasks
 from margin.backends.retry import retry_after_s
 from margin.batches import expiry, inprocess, progress, store
 from margin.batches.jsonl import validate
@@ -78,10 +79,7 @@ class BatchRunner:
         self.wake.set()
         for running in self._running.values():
             running.wake.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await tasks.stop(self._task)
         jobs = [job for job in self._jobs.values() if not job.done()]
         if jobs:
             _, late = await asyncio.wait(jobs, timeout=grace_s)

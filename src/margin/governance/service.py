@@ -14,6 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from margin import tasks
 from margin.config import Settings, with_reloaded
 from margin.errors import MarginError, Overloaded
 from margin.governance.admission import Admission, BudgetHold, counter_name, window
@@ -108,6 +109,7 @@ class Governance:
         # rebuilt counters raised to the ledger's spend again once the other processes' outboxes are in it
         self.catchup = CatchUp(delays_for(settings.storage.flush_interval_ms))
         self._catchup_task: asyncio.Task[None] | None = None
+        self._closing = False  # `close` was called: the refresh loop stops at its next pass
 
     def shared_slots(self, pool: str, cap: int | None, what: str) -> SharedSlots | None:
         """A per-key cap of `pool` counted across every process sharing the store's Redis (open streams; the
@@ -140,7 +142,7 @@ class Governance:
 
     async def _loop(self) -> None:
         interval = self.settings.admission.refresh_s
-        while True:
+        while not self._closing:
             await asyncio.sleep(interval)
             try:
                 if not await self._follow_reloads():  # a reload refreshes the rules itself
@@ -368,11 +370,9 @@ class Governance:
                 await asyncio.sleep(0.05 * 2**attempt)
 
     async def close(self) -> None:
+        self._closing = True  # the loop ends at its next pass even if a call swallowed the cancellation
         for task in (self._task, self._catchup_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await tasks.stop(task)
         for pool in self._pools:
             await pool.close()
         await self.store.close()

@@ -13,12 +13,12 @@ holding them for good."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from margin import tasks
 from margin.errors import MarginError
 
 log = logging.getLogger("margin.governance")
@@ -160,9 +160,6 @@ class SharedSlots:
             await self._store.restore_slots(still, LEASE_S, self.pool)
 
     async def close(self) -> None:
-        if self._renewing is not None:
-            self._renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewing
+        await tasks.stop(self._renewing)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)

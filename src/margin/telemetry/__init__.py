@@ -8,11 +8,11 @@ Nothing here may fail or slow a request: errors are logged and counted as droppe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from margin import tasks
 from margin.telemetry.metrics import Metrics
 from margin.telemetry.traces import Traces
 from margin.types import TraceContext
@@ -60,10 +60,7 @@ class Telemetry:
             await asyncio.sleep(REFRESH_S)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await tasks.stop(self._task)
         self.refresh()  # the last requests' counts (with workers, into the shared files)
         if self.traces is not None:
             await asyncio.to_thread(self.traces.close)

@@ -173,9 +173,23 @@ def margin_serve(
     try:
         yield url, process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=60)
+        stop_gateway(process)
+
+
+def stop_gateway(process: subprocess.Popen[Any], timeout_s: float = 60, *, signalled: bool = False) -> None:
+    """SIGTERM (unless `signalled` already), the clean shutdown; a gateway still running `timeout_s` later is
+    killed (never left behind to hold ports and files) and the test fails, saying so: a shutdown that hangs is a
+    bug."""
+    if process.poll() is not None:
+        return
+    if not signalled:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        pytest.fail(f"margin serve (pid {process.pid}) did not exit within {timeout_s} s of SIGTERM; killed")
 
 
 def child_pids(pid: int, *, at_least: int = 0, timeout_s: float = 10.0) -> list[int]:

@@ -28,7 +28,7 @@ from redis import asyncio as aioredis
 from margin.economics.money import to_nanousd
 from margin.ledger import db
 from margin.ledger.models import ledger
-from tests.helpers import free_port
+from tests.helpers import free_port, stop_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +84,7 @@ def replicas(path: Path, n: int = 2, extra: tuple[str, ...] = ()) -> Iterator[li
         for process in processes:
             process.send_signal(signal.SIGTERM)
         for process in processes:
-            process.wait(timeout=60)
+            stop_gateway(process, signalled=True)  # kills one that hangs (the test fails, saying so)
         for log in logs:
             log.close()
 

@@ -115,7 +115,7 @@ def test_bad_job_requests_are_400_not_500(served: ServeFactory) -> None:
     with served(LIMITS, keys={"a": []}) as gw, gw.client(gw.keys["a"]) as client:
         upload = _upload(client, _line("one")).json()
         for body, param in (
-            ({"input_file_id": upload["id"], "endpoint": "/v1/responses", "completion_window": "24h"}, "endpoint"),
+            ({"input_file_id": upload["id"], "endpoint": "/v1/moderations", "completion_window": "24h"}, "endpoint"),
             ({"input_file_id": upload["id"], "endpoint": "/v1/embeddings", "completion_window": "1000h"}, None),
             ({"input_file_id": upload["id"], "endpoint": "/v1/embeddings", "completion_window": "soon"}, None),
             ({"endpoint": "/v1/embeddings", "completion_window": "24h"}, "input_file_id"),

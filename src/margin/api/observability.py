@@ -38,8 +38,8 @@ async def metrics(request: Request, _: Principal) -> Response:
 
 async def budget_series(services: Any) -> list[BudgetSeries]:
     """Every budget's gauges from one read of its counters (`budget_states`, as `/admin/budgets`): one series
-        per budget; for a per-org budget, one per org with spend or reservations (callers in no org: `org=""`) and
-        their total (`level="total"`, without a limit: the limit applies to each org); for a per-value budget
+    per budget; for a per-org budget, one per org with spend or reservations (callers in no org: `org=""`) and
+    their total (`level="total"`, without a limit: the limit applies to each org); for a per-value budget
     (`user=*`, `tag=customer=*`) its limit, alert ratio and reset only (`level="each"`): no series per value."""
     out = []
     for state in await budget_states(services):

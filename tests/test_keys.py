@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from margin.errors import InvalidRequest, Overloaded
-from margin.keys import KeyCache, KeyRequest, new_key
+from margin.keycache import KeyCache
+from margin.keys import KeyRequest, new_key
 
 
 class _Result:

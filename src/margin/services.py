@@ -30,7 +30,7 @@ from margin.gates import KeyedGate
 from margin.governance.service import Governance
 from margin.governance.slots import DOWNLOADS, UPLOADS
 from margin.guard.pseudonym import UserPseudonyms
-from margin.keys import KeyCache
+from margin.keycache import KeyCache
 from margin.ledger import db, rollup
 from margin.ledger.outbox import Outbox
 from margin.pipeline.flow import Flow, Parts, compose

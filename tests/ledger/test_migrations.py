@@ -381,8 +381,9 @@ async def test_0023_adds_key_rotation_and_keys_made_before_still_work(
     rotated; the downgrade drops the columns in place, keeping every key (with its current secret)."""
     from datetime import timedelta
 
+    from margin.keycache import KeyCache
     from margin.keyops import rotate_key
-    from margin.keys import KeyCache, hash_key, new_key, principal_of
+    from margin.keys import hash_key, new_key, principal_of
 
     url = f"sqlite:///{tmp_path / 'r.db'}" if dialect == "sqlite" else request.getfixturevalue("fresh_postgres")
     db.upgrade(url, "0022")

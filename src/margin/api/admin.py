@@ -22,7 +22,7 @@ from margin.economics.money import from_nanousd, usd_str
 from margin.errors import ConfigError, InvalidRequest, MarginError, NotFound, PermissionDenied
 from margin.governance.admission import counter_name, window
 from margin.governance.rules import Part, Subject, check_policy_models, delete_rule, partition, save_rule
-from margin.keys import authenticate
+from margin.keycache import authenticate
 from margin.ledger.models import api_keys
 from margin.ledger.read.window import parse_span
 from margin.pipeline.steps.auth import caller

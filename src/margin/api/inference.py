@@ -17,7 +17,7 @@ from margin.api.edge import header_map, parse_json, read_body
 from margin.api.errors import error_response
 from margin.batches import inprocess
 from margin.errors import MarginError
-from margin.keys import authenticate
+from margin.keycache import authenticate
 from margin.ledger.ids import request_id as new_request_id
 from margin.pipeline.flow import Flow
 from margin.pipeline.values import Client, Record, Request

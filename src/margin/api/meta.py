@@ -12,7 +12,7 @@ from starlette.responses import Response
 from margin import __version__
 from margin.api.errors import error_response, json_response
 from margin.errors import MarginError, ModelNotFound
-from margin.keys import authenticate
+from margin.keycache import authenticate
 from margin.pipeline.steps.auth import caller
 from margin.specs import Policy
 

@@ -30,7 +30,8 @@ from starlette.responses import Response
 from margin.api import edge
 from margin.config import ServerConfig
 from margin.errors import AuthenticationFailed, ConfigError, PermissionDenied
-from margin.keys import KeyCache, bearer_token, principal_of
+from margin.keycache import KeyCache
+from margin.keys import bearer_token, principal_of
 from margin.types import ANONYMOUS, Principal
 
 COOKIE = "margin_dashboard"

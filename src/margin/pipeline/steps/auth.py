@@ -1,4 +1,4 @@
-"""auth: the caller is known from the headers before the body is read (`margin.keys.authenticate`, called
+"""auth: the caller is known from the headers before the body is read (`margin.keycache.authenticate`, called
 by the API handler); this step adds its tags (the x-margin-tags header, limited to `tags.header_keys` and
 the key's `name=*` tags, plus the key's own tags, which a caller cannot override), the caller as the rules
 see it (only tags bound to the key), and its merged policy."""

@@ -161,7 +161,11 @@ class Meter:
         if backend.hardware is not None:
             return self.charge(public, model, usage, busy_s).cost_usd
         price = self.prices.list_price(public, model, backend, tier)
-        return None if price is None else price.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens)
+        return (
+            None
+            if price is None
+            else price.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens, usage.cache_write_tokens)
+        )
 
     def _cost(
         self,
@@ -188,5 +192,5 @@ class Meter:
         price = self.prices.list_price(public, model, backend, tier)
         if price is None:
             return None, "unknown_price", "list", None
-        cost = price.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens)
+        cost = price.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens, usage.cache_write_tokens)
         return cost, "priced", "list", price.version

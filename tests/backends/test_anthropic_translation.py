@@ -15,7 +15,10 @@ from margin.backend_config import AnthropicBackendConfig
 from margin.backends.anthropic import AnthropicBackend
 from margin.backends.anthropic_response import Translator, completion
 from margin.backends.upstream_errors import upstream_error
-from margin.economics.prices import ListPrice
+from margin.config import parse_settings
+from margin.economics.carbon import GridTable
+from margin.economics.meter import Meter
+from margin.economics.prices import ListPrice, PriceBook
 from margin.errors import BackendClientError, BackendError, InvalidRequest, UpstreamRateLimited
 from margin.protocol import Endpoint, parse_request
 from margin.types import Call, Chunk, Usage
@@ -348,3 +351,21 @@ def test_anthropic_error_bodies_map_like_openai_s() -> None:
     overloaded = upstream_error("claude", 529, body("overloaded_error"), {})
     assert type(overloaded) is BackendError and "secret" not in overloaded.message
     assert 529 in AnthropicBackend.retry_statuses
+
+
+def test_a_budget_reservation_on_an_anthropic_backend_prices_the_prompt_as_cache_writes() -> None:
+    """Admission's worst case (`Meter.cost_usd`): Anthropic may write the whole prompt to its cache (1.25× the
+    input rate for Claude Haiku 4.5: $1.25 against $1 per million), so the reservation covers that."""
+    settings = parse_settings(
+        {
+            "backends": {"claude": {"kind": "anthropic"}, "compat": {"kind": "openai", "base_url": "http://x/v1"}},
+            "models": {
+                "claude-haiku-4-5": {"backend": "claude"},
+                "via-compat": {"backend": "compat", "upstream_model": "claude-haiku-4-5"},
+            },
+        }
+    )
+    meter = Meter(settings, GridTable.bundled(), PriceBook())
+    reserve = Usage(1_000_000, 0, source="estimated")
+    assert meter.cost_usd("claude-haiku-4-5", settings.models["claude-haiku-4-5"], reserve, 0) == Decimal("1.25")
+    assert meter.cost_usd("via-compat", settings.models["via-compat"], reserve, 0) == Decimal(1)  # unchanged

@@ -19,10 +19,11 @@ from margin.config import parse_settings
 from margin.economics.carbon import GridTable
 from margin.economics.meter import Meter
 from margin.economics.prices import ListPrice, PriceBook
-from margin.errors import BackendClientError, BackendError, InvalidRequest, UpstreamRateLimited
+from margin.errors import BackendClientError, BackendError, InvalidRequest, ResponseTooLarge, UpstreamRateLimited
 from margin.protocol import Endpoint, parse_request
 from margin.types import Call, Chunk, Usage
 from tests.backends.anthropic_upstream import ARGUMENTS_PIECES, INPUT, THINKING, USAGE, events, message
+from tests.backends.test_openai_compat import _Response
 
 WEATHER: Any = {
     "type": "function",
@@ -369,3 +370,51 @@ def test_a_budget_reservation_on_an_anthropic_backend_prices_the_prompt_as_cache
     reserve = Usage(1_000_000, 0, source="estimated")
     assert meter.cost_usd("claude-haiku-4-5", settings.models["claude-haiku-4-5"], reserve, 0) == Decimal("1.25")
     assert meter.cost_usd("via-compat", settings.models["via-compat"], reserve, 0) == Decimal(1)  # unchanged
+
+
+class _Deadline:
+    """What `_events` tells a stream's deadline: how many reads it waited for and how many brought events."""
+
+    def __init__(self) -> None:
+        self.waits = self.events = 0
+
+    def waiting(self) -> None:
+        self.waits += 1
+
+    def received(self, *, event: bool) -> None:
+        self.events += event
+
+
+def _sse(body: dict[str, Any]) -> list[bytes]:
+    return [f"event: {e['type']}\ndata: {orjson.dumps(e).decode()}\n\n".encode() for e in events(body)]
+
+
+async def _streamed(reads: list[bytes], **config: Any) -> tuple[list[list[Chunk]], Exception | None, Any]:
+    backend = AnthropicBackend("claude", AnthropicBackendConfig(**config))
+    response, deadline = _Response(reads), _Deadline()
+    batches: list[list[Chunk]] = []
+    try:
+        async for batch in backend._events(_call(stream=True), response, deadline):  # type: ignore[arg-type]
+            batches.append(batch)
+    except Exception as exc:  # what the stream ended with
+        return batches, exc, response
+    return batches, None, response
+
+
+async def test_a_read_s_events_are_one_batch_and_an_event_split_over_reads_is_joined() -> None:
+    events_ = _sse({"model": "claude-sonnet-4-5", "messages": HI})
+    joined = b"".join(events_)
+    batches, failed, _ = await _streamed([joined[:7], joined[7:100], joined[100:]])
+    assert failed is None
+    texts = "".join(c.text for batch in batches for c in batch)
+    assert texts == "hello world" and batches[-1][-1].usage == Usage.from_anthropic(USAGE)
+    assert all(c.more for batch in batches for c in batch[:-1]) and not any(batch[-1].more for batch in batches)
+
+
+async def test_a_bad_event_fails_after_the_good_ones_of_its_read_and_a_big_stream_is_cut() -> None:
+    good = _sse({"model": "claude-sonnet-4-5", "messages": HI})[:4]  # message_start, ping, a block, "hello"
+    batches, failed, _ = await _streamed([b"".join(good) + b"data: {oops\n\n"])
+    assert isinstance(failed, BackendError) and "invalid stream event" in failed.message
+    assert [c.text for c in batches[0]] == ["", "hello"]
+    batches, failed, response = await _streamed([b"".join(good), b"data: " + b"x" * 600], max_response_bytes=800)
+    assert isinstance(failed, ResponseTooLarge) and response.closed and len(batches) == 1

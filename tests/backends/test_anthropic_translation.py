@@ -223,7 +223,15 @@ def test_what_anthropic_cannot_do_is_a_400_naming_the_field(param: str, body: di
 
 
 def test_defaults_of_refused_fields_are_not_refusals() -> None:
-    sent = _sent(n=1, logprobs=False, presence_penalty=0, store=False, response_format={"type": "text"}, metadata={})
+    sent = _sent(
+        n=1,
+        logprobs=False,
+        presence_penalty=0,
+        store=False,
+        response_format={"type": "text"},
+        metadata={},
+        functions=[],
+    )
     assert set(sent) == {"model", "max_tokens", "messages"}
 
 

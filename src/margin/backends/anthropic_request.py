@@ -102,7 +102,7 @@ def _refuse(raw: dict[str, Any], request: ChatCompletionRequest) -> None:
         raise unsupported("n", "more than one choice")
     for field, what in REFUSED.items():
         value = raw.get(field)
-        if value is not None and value != DEFAULTS.get(field) and value != {}:
+        if value is not None and value != DEFAULTS.get(field) and value not in ({}, []):  # set, not left empty
             raise unsupported(field, what)
     fmt = request.response_format
     if fmt is not None and fmt.get("type") != "text":

@@ -56,8 +56,9 @@ class RetryConfig(Spec):
     )
 
 
-class OpenAIBackendConfig(_BackendBase):
-    kind: Literal["openai"] = "openai"
+class HttpBackendConfig(_BackendBase):
+    """What every backend that calls a hosted HTTP upstream takes (`openai`, `anthropic`)."""
+
     base_url: str = Field(description="Base URL ending in /v1.")
     api_key_env: str | None = Field(None, description="Environment variable holding the upstream key.")
     provider: str | None = Field(None, description="genai-prices provider id; guessed from base_url if unset.")
@@ -69,6 +70,18 @@ class OpenAIBackendConfig(_BackendBase):
     idle_timeout_s: float = Field(30.0, gt=0, description="Streams: longest silence between two events.")
     retries: RetryConfig = RetryConfig()
     max_connections: int = Field(512, ge=1)
+    max_response_bytes: int = Field(
+        256 * 1024 * 1024,
+        gt=0,
+        description="The most an answer may hold: a JSON body (declared, or as read after decompression) or a "
+        "stream's bytes in all. Past it the call fails as `upstream_response_too_large` (502; a stream that "
+        "began gets an error event). 256 MiB: a full batch of 2,048 float embeddings of 3,072 dimensions is "
+        "~70-190 MiB of JSON.",
+    )
+
+
+class OpenAIBackendConfig(HttpBackendConfig):
+    kind: Literal["openai"] = "openai"
     request_usage: bool = Field(True, description="Ask the upstream for stream usage (stream_options).")
     output_limit_field: Literal["max_tokens", "max_completion_tokens"] | None = Field(
         None,
@@ -83,13 +96,26 @@ class OpenAIBackendConfig(_BackendBase):
         "List the tiers your upstream project may serve at (its default tier too): a request that leaves the "
         "tier to the upstream (`auto`, or none) is reserved at the dearest of them.",
     )
-    max_response_bytes: int = Field(
-        256 * 1024 * 1024,
-        gt=0,
-        description="The most an answer may hold: a JSON body (declared, or as read after decompression) or a "
-        "stream's bytes in all. Past it the call fails as `upstream_response_too_large` (502; a stream that "
-        "began gets an error event). 256 MiB: a full batch of 2,048 float embeddings of 3,072 dimensions is "
-        "~70-190 MiB of JSON.",
+
+
+class AnthropicBackendConfig(HttpBackendConfig):
+    """Anthropic's Messages API (`POST {base_url}/messages`), called natively: chat requests are translated
+    (margin.backends.anthropic_translate), answers come back as OpenAI chat completions."""
+
+    kind: Literal["anthropic"] = "anthropic"
+    base_url: str = Field("https://api.anthropic.com/v1", description="Base URL ending in /v1.")
+    api_key_env: str | None = Field(
+        "ANTHROPIC_API_KEY", description="Environment variable holding the key (sent as `x-api-key`)."
+    )
+    provider: str | None = Field("anthropic", description="genai-prices provider id.")
+    anthropic_version: str = Field(
+        "2023-06-01", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$", description="`anthropic-version`."
+    )
+    default_max_tokens: int = Field(
+        4096,
+        ge=1,
+        le=2**31 - 1,
+        description="`max_tokens` sent when the request has no output limit (Anthropic requires one, chat does not).",
     )
 
 
@@ -116,6 +142,10 @@ class SentenceTransformersBackendConfig(_BackendBase):
 
 
 BackendConfig = Annotated[
-    LlamaCppBackendConfig | OpenAIBackendConfig | FakeBackendConfig | SentenceTransformersBackendConfig,
+    LlamaCppBackendConfig
+    | OpenAIBackendConfig
+    | AnthropicBackendConfig
+    | FakeBackendConfig
+    | SentenceTransformersBackendConfig,
     Field(discriminator="kind"),
 ]

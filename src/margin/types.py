@@ -21,8 +21,11 @@ from margin.protocol import ApiRequest, Endpoint
 class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
-    cached_tokens: int = 0
+    cached_tokens: int = 0  # cache reads: a part of input_tokens
     source: str = "backend"  # backend | tokenizer | token_ids | estimated | cache | clamped (pipeline.ceiling)
+    # cache writes (Anthropic's `cache_creation_input_tokens`): a part of input_tokens too, never overlapping
+    # cached_tokens, priced at the model's cache-write rate; the ledger's token columns count them as input
+    cache_write_tokens: int = 0
 
     def to_openai(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -43,6 +46,18 @@ class Usage:
         cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
         # cached tokens are part of the prompt: more would price the excess at (cached − input) rates, below 0
         return cls(input_tokens, _count(data.get("completion_tokens")), min(cached, input_tokens))
+
+    @classmethod
+    def from_anthropic(cls, data: Any) -> Usage:
+        """Anthropic's usage (Messages API): its `input_tokens` leave out the prompt's cache reads and writes,
+        which are counted apart; margin's input is the whole prompt, as OpenAI counts it. Output includes
+        extended thinking."""
+        if not isinstance(data, dict):
+            return cls()
+        reads, writes = _count(data.get("cache_read_input_tokens")), _count(data.get("cache_creation_input_tokens"))
+        total = min(_count(data.get("input_tokens")) + reads + writes, MAX_TOKENS)
+        reads = min(reads, total)
+        return cls(total, _count(data.get("output_tokens")), reads, cache_write_tokens=min(writes, total - reads))
 
 
 MAX_TOKENS = 2**30 - 1  # the ledger's 32-bit token columns are summed in pairs (input + output) in SQL

@@ -222,7 +222,8 @@ async def test_an_event_in_many_reads_is_joined_once_and_a_stream_is_cut_at_its_
     all are bounded by `max_response_bytes`: past it, after the events before, `ResponseTooLarge`, and the
     connection is dropped."""
     from margin.backend_config import OpenAIBackendConfig
-    from margin.backends.openai_compat import Lines, OpenAIBackend
+    from margin.backends.http_upstream import Lines
+    from margin.backends.openai_compat import OpenAIBackend
 
     one = b'{"choices":[{"delta":{"content":"x"}}]}'
     framed = b"data: " + one + b"\n\n"

@@ -11,6 +11,7 @@ from margin.types import Backend
 BUILTIN_KINDS: dict[str, str] = {
     "llamacpp": "margin.backends.llamacpp:LlamaCppBackend",
     "openai": "margin.backends.openai_compat:OpenAIBackend",
+    "anthropic": "margin.backends.anthropic:AnthropicBackend",
     "fake": "margin.backends.fake:FakeBackend",
     "sentence_transformers": "margin.backends.embeddings:SentenceTransformersBackend",
 }

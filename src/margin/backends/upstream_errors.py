@@ -1,6 +1,7 @@
-"""An OpenAI-compatible upstream's errors translated at the boundary: its own text to the log only (escaped;
-it can hold key prefixes, hosts, internals), the client gets the status, and the upstream's `code` and `param`
-when they are plain identifiers."""
+"""An upstream's errors translated at the boundary: its own text to the log only (escaped; it can hold key
+prefixes, hosts, internals), the client gets the status, and the upstream's `code` and `param` when they are
+plain identifiers. OpenAI's shape, or Anthropic's (`{"type": "error", "error": {"type": "overloaded_error",
+...}}`, whose `error.type` is its code)."""
 
 from __future__ import annotations
 
@@ -23,11 +24,14 @@ CREDENTIALS = (401, 403, 407)  # the upstream refused margin's own key: an opera
 def upstream_message(body: bytes) -> tuple[str, str | None]:
     """The upstream's error message (for the log only) and its code (for the client, when it looks like one)."""
     try:
-        error = orjson.loads(body).get("error")
+        parsed = orjson.loads(body)
+        error = parsed.get("error")
     except (orjson.JSONDecodeError, AttributeError):
         return body[:300].decode(errors="replace"), None
     if isinstance(error, dict):
         code = error.get("code")
+        if code is None and parsed.get("type") == "error":  # Anthropic's errors name their kind in `type`
+            code = error.get("type")
         return str(error.get("message") or error)[:300], None if code is None else str(code)[:64]
     return str(error)[:300], None
 

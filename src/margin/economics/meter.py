@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from margin.backend_config import AnthropicBackendConfig
 from margin.config import ModelConfig, Settings
 from margin.economics import energy as energy_mod
 from margin.economics.carbon import GridIntensity, GridTable, co2e_grams
@@ -156,12 +157,18 @@ class Meter:
         self, public: str, model: ModelConfig, usage: Usage, busy_s: float, tier: str | None = None
     ) -> Decimal | None:
         """`charge(public, model, usage, busy_s, tier=tier).cost_usd` alone (admission's worst case, priced per
-        request): a list-priced model needs no energy, grid or carbon to price."""
+        request): a list-priced model needs no energy, grid or carbon to price. On an `anthropic` backend the
+        whole prompt may be written to the prompt cache, which costs more than input: the dearer of the two."""
         backend = self.settings.backends[model.backend]
         if backend.hardware is not None:
             return self.charge(public, model, usage, busy_s).cost_usd
         price = self.prices.list_price(public, model, backend, tier)
-        return None if price is None else price.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens)
+        if price is None:
+            return None
+        cost = price.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens, usage.cache_write_tokens)
+        if isinstance(backend, AnthropicBackendConfig):
+            cost = max(cost, price.cost(usage.input_tokens, usage.output_tokens, 0, usage.input_tokens))
+        return cost
 
     def _cost(
         self,
@@ -188,5 +195,5 @@ class Meter:
         price = self.prices.list_price(public, model, backend, tier)
         if price is None:
             return None, "unknown_price", "list", None
-        cost = price.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens)
+        cost = price.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens, usage.cache_write_tokens)
         return cost, "priced", "list", price.version

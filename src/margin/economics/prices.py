@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from margin.backend_config import OpenAIBackendConfig
+from margin.backend_config import HttpBackendConfig
 from margin.config import ModelConfig, PriceConfig
 from margin.economics.money import MILLION
 from margin.economics.tiers import PRICED, STANDARD
@@ -27,18 +27,31 @@ class ListPrice:
     cached_per_mtok: Decimal | None
     version: str
     _exact: Any = None  # genai-prices ModelPrice, when its prices are tiered
+    cache_write_per_mtok: Decimal | None = None  # None: cache writes at the input rate
 
-    def cost(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> Decimal:
+    def cost(
+        self, input_tokens: int, output_tokens: int, cached_tokens: int = 0, cache_write_tokens: int = 0
+    ) -> Decimal:
+        """`cached_tokens` (cache reads) and `cache_write_tokens` are parts of `input_tokens`."""
         if self._exact is not None:
             from genai_prices import Usage
 
             usage = Usage(
-                input_tokens=input_tokens, output_tokens=output_tokens, cache_read_tokens=cached_tokens or None
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                cache_read_tokens=cached_tokens or None,
+                cache_write_tokens=cache_write_tokens or None,
             )
             return Decimal(self._exact.calc_price(usage)["total_price"])
         cached_rate = self.input_per_mtok if self.cached_per_mtok is None else self.cached_per_mtok
-        fresh = input_tokens - cached_tokens
-        total = fresh * self.input_per_mtok + cached_tokens * cached_rate + output_tokens * self.output_per_mtok
+        write_rate = self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
+        fresh = input_tokens - cached_tokens - cache_write_tokens
+        total = (
+            fresh * self.input_per_mtok
+            + cached_tokens * cached_rate
+            + cache_write_tokens * write_rate
+            + output_tokens * self.output_per_mtok
+        )
         return total / MILLION
 
 
@@ -55,7 +68,7 @@ def _has_variant(model: Any, tier: str) -> bool:
     return any(variant.when == {"service_tier": tier} for variant in model.price_variants or ())
 
 
-def _from_genai_prices(ref: str, backend: OpenAIBackendConfig | None, tier: str | None = None) -> ListPrice | None:
+def _from_genai_prices(ref: str, backend: HttpBackendConfig | None, tier: str | None = None) -> ListPrice | None:
     import genai_prices
     from genai_prices import Usage
 
@@ -79,11 +92,11 @@ def _from_genai_prices(ref: str, backend: OpenAIBackendConfig | None, tier: str 
             return None
         mp = found.model.get_prices(datetime.now(UTC), {"service_tier": tier})
     version = f"genai-prices@{genai_prices.__version__}:{found.provider.id}/{found.model.id}"
-    rates = (mp.input_mtok, mp.output_mtok, mp.cache_read_mtok)
+    rates = (mp.input_mtok, mp.output_mtok, mp.cache_read_mtok, mp.cache_write_mtok)
     if not all(isinstance(rate, Decimal | None) for rate in rates):  # tiered prices: let genai-prices compute
         return ListPrice(Decimal(0), Decimal(0), None, version, _exact=mp)
-    inp, out, cached = (rate if isinstance(rate, Decimal) else None for rate in rates)
-    return ListPrice(inp or Decimal(0), out or Decimal(0), cached, version)
+    inp, out, cached, writes = (rate if isinstance(rate, Decimal) else None for rate in rates)
+    return ListPrice(inp or Decimal(0), out or Decimal(0), cached, version, cache_write_per_mtok=writes)
 
 
 class PriceBook:
@@ -104,6 +117,6 @@ class PriceBook:
                 self._cache[key] = _from_config(model.price, key[1])
             else:
                 ref = model.price_ref or model.upstream_model or public
-                openai = backend if isinstance(backend, OpenAIBackendConfig) else None
-                self._cache[key] = _from_genai_prices(ref, openai, key[1])
+                hosted = backend if isinstance(backend, HttpBackendConfig) else None
+                self._cache[key] = _from_genai_prices(ref, hosted, key[1])
         return self._cache[key]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from margin.backend_config import BackendConfig, OpenAIBackendConfig
+from margin.backend_config import BackendConfig, HttpBackendConfig
 from margin.economics import tiers
 from margin.economics.meter import Meter
 from margin.economics.money import capped_nanousd
@@ -155,7 +155,7 @@ def busy_allowance_s(backend: BackendConfig, tokens: int, config: AdmissionConfi
     least `admission.hard_busy_reserve_s` (queueing, a slow first token), at most the backend's own total
     `timeout_s` (it cannot run longer anyway)."""
     allowance = max(busy_estimate_s(backend, tokens, config), config.hard_busy_reserve_s)
-    return min(allowance, backend.timeout_s) if isinstance(backend, OpenAIBackendConfig) else allowance
+    return min(allowance, backend.timeout_s) if isinstance(backend, HttpBackendConfig) else allowance
 
 
 def worst_case_usd(

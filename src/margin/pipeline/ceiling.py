@@ -55,7 +55,9 @@ def held(usage: Usage, request: Request, target: Target) -> Usage:
         input_tokens,
         output,
     )
-    return Usage(input_tokens, output, min(usage.cached_tokens, input_tokens), source="clamped")
+    cached = min(usage.cached_tokens, input_tokens)
+    writes = min(usage.cache_write_tokens, input_tokens - cached)
+    return Usage(input_tokens, output, cached, source="clamped", cache_write_tokens=writes)
 
 
 def output_ceiling(request: Request) -> int | None:

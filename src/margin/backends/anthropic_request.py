@@ -1,0 +1,276 @@
+"""A chat completion request as an Anthropic Messages request (`POST /v1/messages`), for `kind: anthropic`.
+
+What maps: `system`/`developer` messages → the top-level `system` (their text, in order, wherever they stood);
+user and assistant turns with text and image parts (a data URL → a base64 image, an http(s) URL → a url
+image); an assistant's `tool_calls` → `tool_use` blocks; `tool` messages → `tool_result` blocks in a user turn
+(consecutive turns of one role are merged into one, as Anthropic wants roles to alternate); `tools`
+(functions) → Anthropic tools; `tool_choice` auto/none/required/named → auto/none/any/tool, and
+`parallel_tool_calls: false` → `disable_parallel_tool_use`; `max_tokens`/`max_completion_tokens` (the lower,
+as budgets capped it) → `max_tokens`, else the backend's `default_max_tokens`; temperature (0..1), top_p,
+top_k, stop → `stop_sequences`, `user` → `metadata.user_id`; `reasoning_effort` → extended thinking with the
+budget in `THINKING_BUDGETS`. Anything else the request asks for that Anthropic cannot do is a 400
+(`unsupported_parameter`), never dropped: it names the field."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from margin.errors import InvalidRequest
+from margin.protocol import ChatCompletionRequest, ChatMessage
+
+# `reasoning_effort` → thinking `budget_tokens` (Anthropic's minimum is 1,024; the budget must stay below
+# `max_tokens`, so it is lowered to `max_tokens - 1` and refused under 1,024). `none` sends no thinking.
+THINKING_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384, "xhigh": 32768}
+THINKING_MIN = 1024
+IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+DATA_URL = re.compile(r"data:(image/[a-z]+);base64,(.+)", re.DOTALL)
+# chat fields with no Anthropic counterpart: refused when set to anything but their default
+REFUSED = {
+    "logprobs": "logprobs",
+    "top_logprobs": "logprobs",
+    "logit_bias": "logit_bias",
+    "seed": "a seed",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "prediction": "Predicted Outputs",
+    "functions": "legacy `functions` (send `tools`)",
+    "function_call": "legacy `function_call` (send `tool_choice`)",
+    "min_p": "min_p",
+    "repetition_penalty": "repetition_penalty",
+    "repeat_penalty": "repeat_penalty",
+    "ignore_eos": "ignore_eos",
+    "min_tokens": "min_tokens",
+    "skip_special_tokens": "skip_special_tokens",
+    "include_stop_str_in_output": "include_stop_str_in_output",
+    "metadata": "OpenAI's stored-completion metadata",
+    "store": "stored completions",
+}
+DEFAULTS: dict[str, Any] = {
+    "logprobs": False,
+    "top_logprobs": 0,
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "store": False,
+}
+
+
+def unsupported(param: str, what: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"{param}: {what} is not supported by anthropic backends", param=param, code="unsupported_parameter"
+    )
+
+
+def messages_body(
+    call_raw: dict[str, Any], request: ChatCompletionRequest, model: str, default_max: int
+) -> dict[str, Any]:
+    """The Messages API body for `request` (`call_raw`: the client's JSON, budgets' changes included)."""
+    _refuse(call_raw, request)
+    system, turns = _turns(request.messages)
+    body: dict[str, Any] = {"model": model, "max_tokens": _max_tokens(call_raw, default_max), "messages": turns}
+    if system:
+        body["system"] = system
+    if request.temperature is not None:
+        if request.temperature > 1:
+            raise unsupported("temperature", "a temperature above 1 (Anthropic's range is 0 to 1)")
+        body["temperature"] = request.temperature
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if (top_k := call_raw.get("top_k")) is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise InvalidRequest("top_k must be a positive integer", param="top_k")
+        body["top_k"] = top_k
+    if stops := request.stop_list():
+        body["stop_sequences"] = stops
+    if request.user:
+        body["metadata"] = {"user_id": request.user}
+    if request.tools:
+        body["tools"] = [_tool(tool, i) for i, tool in enumerate(request.tools)]
+        if (choice := _tool_choice(request.tool_choice, call_raw.get("parallel_tool_calls"))) is not None:
+            body["tool_choice"] = choice
+    elif request.tool_choice not in (None, "none", "auto"):
+        raise InvalidRequest("tool_choice needs tools", param="tool_choice")
+    if (thinking := _thinking(call_raw.get("reasoning_effort"), body["max_tokens"])) is not None:
+        body["thinking"] = thinking
+    return body
+
+
+def _refuse(raw: dict[str, Any], request: ChatCompletionRequest) -> None:
+    if request.n > 1:
+        raise unsupported("n", "more than one choice")
+    for field, what in REFUSED.items():
+        value = raw.get(field)
+        if value is not None and value != DEFAULTS.get(field) and value not in ({}, []):  # set, not left empty
+            raise unsupported(field, what)
+    fmt = request.response_format
+    if fmt is not None and fmt.get("type") != "text":
+        raise unsupported("response_format", f"response_format {str(fmt.get('type'))[:40]!r}")
+
+
+def _max_tokens(raw: dict[str, Any], default: int) -> int:
+    """The lower of the two output limits sent (the one budgets priced and capped), else `default`."""
+    limits = [v for v in (raw.get("max_tokens"), raw.get("max_completion_tokens")) if isinstance(v, int)]
+    return min(limits) if limits else default
+
+
+def _thinking(effort: Any, max_tokens: int) -> dict[str, Any] | None:
+    if effort is None or effort == "none":
+        return None
+    if not isinstance(effort, str) or effort not in THINKING_BUDGETS:
+        raise InvalidRequest(
+            f"reasoning_effort must be one of none, {', '.join(THINKING_BUDGETS)}", param="reasoning_effort"
+        )
+    budget = min(THINKING_BUDGETS[effort], max_tokens - 1)
+    if budget < THINKING_MIN:
+        raise InvalidRequest(
+            f"reasoning_effort needs max_tokens above {THINKING_MIN} on anthropic backends (thinking budgets start "
+            f"at {THINKING_MIN} tokens and stay below max_tokens)",
+            param="reasoning_effort",
+        )
+    return {"type": "enabled", "budget_tokens": budget}
+
+
+def _turns(messages: list[ChatMessage]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(system blocks, turns): consecutive turns of one role become one (tool results first, as sent)."""
+    system: list[dict[str, Any]] = []
+    turns: list[dict[str, Any]] = []
+    for index, message in enumerate(messages):
+        if message.name is not None and message.role != "tool":
+            raise unsupported(f"messages[{index}].name", "a participant name")
+        if message.role in ("system", "developer"):
+            system.extend(_content_blocks(message, index, images=False))
+            continue
+        role, blocks = _turn(message, index)
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    if not turns:
+        raise InvalidRequest("messages: anthropic backends need a user message besides system ones", param="messages")
+    return system, turns
+
+
+def _turn(message: ChatMessage, index: int) -> tuple[str, list[dict[str, Any]]]:
+    extra = message.model_extra or {}
+    if message.role == "tool":
+        return "user", [_tool_result(message, extra.get("tool_call_id"), index)]
+    if message.role == "user":
+        blocks = _content_blocks(message, index, images=True)
+    elif message.role == "assistant":
+        blocks = _content_blocks(message, index, images=False) + _tool_uses(extra.get("tool_calls"), index)
+    else:
+        raise unsupported(f"messages[{index}].role", f"the role {message.role!r}")
+    if not blocks:
+        raise InvalidRequest(f"messages[{index}]: a {message.role} message needs content", param=f"messages[{index}]")
+    return message.role, blocks
+
+
+def _content_blocks(message: ChatMessage, index: int, *, images: bool) -> list[dict[str, Any]]:
+    content = message.content
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks: list[dict[str, Any]] = []
+    for number, part in enumerate(content):
+        where = f"messages[{index}].content[{number}]"
+        if part.type in ("text", "refusal"):  # an assistant's refusal, sent back, is its text
+            text = part.text if part.type == "text" else (part.model_extra or {}).get("refusal")
+            if not isinstance(text, str):
+                raise InvalidRequest(f"{where}: a {part.type} part needs its text", param=where)
+            if text:
+                blocks.append({"type": "text", "text": text})
+        elif part.type == "image_url" and images:
+            blocks.append(_image((part.model_extra or {}).get("image_url"), where))
+        else:
+            raise unsupported(where, f"a {part.type[:40]!r} part in a {message.role} message")
+    return blocks
+
+
+def _image(image_url: Any, where: str) -> dict[str, Any]:
+    url = image_url.get("url") if isinstance(image_url, dict) else None
+    if not isinstance(url, str):
+        raise InvalidRequest(f"{where}: image_url.url must be a string", param=where)
+    if url.startswith("data:"):
+        found = DATA_URL.fullmatch(url)
+        if found is None or found.group(1) not in IMAGE_TYPES:
+            raise unsupported(where, f"an image that is not a base64 data URL of {', '.join(sorted(IMAGE_TYPES))}")
+        return {"type": "image", "source": {"type": "base64", "media_type": found.group(1), "data": found.group(2)}}
+    if url.startswith(("https://", "http://")):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    raise unsupported(where, "an image URL that is neither http(s) nor a data URL")
+
+
+def _tool_uses(calls: Any, index: int) -> list[dict[str, Any]]:
+    if calls is None:
+        return []
+    if not isinstance(calls, list):
+        raise InvalidRequest(f"messages[{index}].tool_calls must be a list", param=f"messages[{index}].tool_calls")
+    blocks = []
+    for number, call in enumerate(calls):
+        where = f"messages[{index}].tool_calls[{number}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or call.get("type", "function") != "function":
+            raise unsupported(where, "a tool call that is not a function call")
+        call_id, name, arguments = call.get("id"), function.get("name"), function.get("arguments")
+        if not isinstance(call_id, str) or not isinstance(name, str) or not isinstance(arguments, str):
+            raise InvalidRequest(f"{where}: id, function.name and function.arguments must be strings", param=where)
+        try:
+            parsed = orjson.loads(arguments) if arguments else {}
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"{where}: function.arguments must be a JSON object", param=where) from exc
+        if not isinstance(parsed, dict):
+            raise InvalidRequest(f"{where}: function.arguments must be a JSON object", param=where)
+        blocks.append({"type": "tool_use", "id": call_id, "name": name, "input": parsed})
+    return blocks
+
+
+def _tool_result(message: ChatMessage, call_id: Any, index: int) -> dict[str, Any]:
+    if not isinstance(call_id, str) or not call_id:
+        raise InvalidRequest(
+            f"messages[{index}].tool_call_id: a tool message needs the id of its call",
+            param=f"messages[{index}].tool_call_id",
+        )
+    content = message.content
+    result: Any = content if isinstance(content, str) else _content_blocks(message, index, images=False)
+    return {"type": "tool_result", "tool_use_id": call_id, "content": result}
+
+
+def _tool(tool: dict[str, Any], index: int) -> dict[str, Any]:
+    where = f"tools[{index}]"
+    function = tool.get("function")
+    if tool.get("type") != "function" or not isinstance(function, dict):
+        raise unsupported(where, "a tool that is not a function")
+    name = function.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest(f"{where}.function.name must be a string", param=f"{where}.function.name")
+    if function.get("strict"):
+        raise unsupported(f"{where}.function.strict", "strict function schemas")
+    schema = function.get("parameters")
+    if schema is None:
+        schema = {"type": "object", "properties": {}}
+    if not isinstance(schema, dict):
+        raise InvalidRequest(f"{where}.function.parameters must be an object", param=f"{where}.function.parameters")
+    out: dict[str, Any] = {"name": name, "input_schema": schema}
+    if isinstance(description := function.get("description"), str):
+        out["description"] = description
+    return out
+
+
+def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
+    if choice is None:
+        return None if parallel is not False else {"type": "auto", "disable_parallel_tool_use": True}
+    if choice in ("auto", "none", "required"):
+        mapped: dict[str, Any] = {"type": {"auto": "auto", "none": "none", "required": "any"}[choice]}
+    elif isinstance(choice, dict) and choice.get("type") == "function":
+        name = (choice.get("function") or {}).get("name") if isinstance(choice.get("function"), dict) else None
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest("tool_choice.function.name must be a string", param="tool_choice")
+        mapped = {"type": "tool", "name": name}
+    else:
+        raise unsupported("tool_choice", "this tool_choice")
+    if parallel is False and mapped["type"] != "none":
+        mapped["disable_parallel_tool_use"] = True
+    return mapped

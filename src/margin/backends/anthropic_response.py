@@ -1,0 +1,171 @@
+"""An Anthropic Messages answer as an OpenAI chat completion, whole (`completion`) or streamed (`Translator`):
+text, tool calls (a streamed `input_json_delta` becomes a function-arguments delta), `stop_reason` →
+`finish_reason`, usage (`Usage.from_anthropic`). Thinking blocks are left out of the content; their tokens are
+in Anthropic's output count, so they are metered and billed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from margin.backends import payloads
+from margin.backends.upstream_errors import log_upstream
+from margin.errors import BackendError
+from margin.types import Call, Chunk, Usage
+
+FINISH = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+def finish_reason(stop_reason: Any) -> str:
+    return FINISH.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+
+
+def bad_response(backend: str, what: str) -> BackendError:
+    return BackendError(f"upstream {backend} sent {what}", code="upstream_bad_response")
+
+
+def upstream_failed(backend: str, payload: dict[str, Any], when: str) -> BackendError:
+    """An `error` object (under a 200, or a stream's `error` event): its text to the log, never to the caller."""
+    error = payload.get("error")
+    message = str(error.get("message") if isinstance(error, dict) else error)
+    log_upstream(backend, f"failed {when}", message[:300])
+    kind = error.get("type") if isinstance(error, dict) else None
+    detail = f" ({kind})" if isinstance(kind, str) and kind.isidentifier() and len(kind) <= 64 else ""
+    return BackendError(f"the upstream failed {when}{detail}")
+
+
+def completion(call: Call, message: dict[str, Any], backend: str) -> tuple[dict[str, Any], str, Usage]:
+    """(the chat completion, its text, its usage) for an Anthropic `message` object."""
+    if message.get("type") == "error":
+        raise upstream_failed(backend, message, "under HTTP 200")
+    blocks = message.get("content")
+    if message.get("type") != "message" or not isinstance(blocks, list):
+        raise bad_response(backend, "an answer that is not a message")
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for block in blocks:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif kind == "tool_use":
+            calls.append(_tool_call(block, backend))
+    text = "".join(texts)
+    finish = finish_reason(message.get("stop_reason"))
+    usage = Usage.from_anthropic(message.get("usage"))
+    payload = payloads.completion(call, text, finish, usage)
+    reply = payload["choices"][0]["message"]
+    if calls:
+        reply["tool_calls"] = calls
+        reply["content"] = text or None
+    return payload, text, usage
+
+
+def _tool_call(block: dict[str, Any], backend: str) -> dict[str, Any]:
+    call_id, name, arguments = block.get("id"), block.get("name"), block.get("input")
+    if not isinstance(call_id, str) or not isinstance(name, str) or not isinstance(arguments, dict):
+        raise bad_response(backend, "a tool_use block without its id, name or input")
+    function = {"name": name, "arguments": orjson.dumps(arguments).decode()}
+    return {"id": call_id, "type": "function", "function": function}
+
+
+class Translator:
+    """One stream's Anthropic events, in order, as OpenAI chunks. `ended()` once `message_stop` came."""
+
+    __slots__ = ("backend", "call", "counts", "done", "finish", "started", "tools")
+
+    def __init__(self, call: Call, backend: str) -> None:
+        self.call, self.backend = call, backend
+        self.tools: dict[int, int] = {}  # content block index → tool call index
+        self.counts: dict[str, Any] = {}  # the usage so far (message_start's, updated by message_delta's)
+        self.finish: str | None = None
+        self.started = self.done = False
+
+    def event(self, event: Any) -> list[Chunk]:
+        if not isinstance(event, dict) or not isinstance(kind := event.get("type"), str):
+            raise bad_response(self.backend, "an invalid stream event")
+        if kind == "error":
+            raise upstream_failed(self.backend, event, "mid-stream")
+        if kind == "ping":
+            return []
+        if not self.started:
+            if kind != "message_start":
+                raise bad_response(self.backend, f"a stream whose first event is not message_start ({kind[:40]})")
+            return self._start(event)
+        if kind == "content_block_start":
+            return self._block_start(event)
+        if kind == "content_block_delta":
+            return self._delta(event)
+        if kind == "message_delta":
+            return self._message_delta(event)
+        if kind == "message_stop":
+            self.done = True
+            usage = Usage.from_anthropic(self.counts)
+            return [Chunk(payload=payloads.usage_chunk(self.call, usage), usage=usage)]
+        return []  # content_block_stop, and event types Anthropic may add (its versioning policy)
+
+    def ended(self) -> bool:
+        return self.done
+
+    def _chunk(self, delta: dict[str, Any], text: str = "", finish: str | None = None) -> Chunk:
+        body = payloads.chunk(self.call, "", finish)
+        body["choices"][0]["delta"] = delta
+        return Chunk(payload=body, text=text)
+
+    def _start(self, event: dict[str, Any]) -> list[Chunk]:
+        self.started = True
+        message = event.get("message")
+        usage = message.get("usage") if isinstance(message, dict) else None
+        if isinstance(usage, dict):
+            self.counts.update(usage)
+        return [self._chunk({"role": "assistant", "content": ""})]
+
+    def _block_start(self, event: dict[str, Any]) -> list[Chunk]:
+        block, index = event.get("content_block"), event.get("index")
+        if not isinstance(block, dict) or not isinstance(index, int):
+            raise bad_response(self.backend, "an invalid content_block_start")
+        if block.get("type") == "text" and isinstance(text := block.get("text"), str) and text:
+            return [self._chunk({"content": text}, text)]
+        if block.get("type") != "tool_use":
+            return []  # thinking (billed as output, not shown), and blocks of tools margin never sends
+        if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
+            raise bad_response(self.backend, "a tool_use block without its id or name")
+        self.tools[index] = position = len(self.tools)
+        function = {"name": block["name"], "arguments": ""}
+        call = {"index": position, "id": block["id"], "type": "function", "function": function}
+        return [self._chunk({"tool_calls": [call]})]
+
+    def _delta(self, event: dict[str, Any]) -> list[Chunk]:
+        delta, index = event.get("delta"), event.get("index")
+        if not isinstance(delta, dict):
+            raise bad_response(self.backend, "an invalid content_block_delta")
+        kind, text = delta.get("type"), delta.get("text")
+        if kind == "text_delta" and isinstance(text, str):
+            return [self._chunk({"content": text}, text)] if text else []
+        position = self.tools.get(index) if isinstance(index, int) else None
+        if kind != "input_json_delta" or position is None:
+            return []  # thinking, signature and citation deltas
+        partial = delta.get("partial_json")
+        if not isinstance(partial, str):
+            raise bad_response(self.backend, "an input_json_delta without its partial_json")
+        call = {"index": position, "function": {"arguments": partial}}
+        return [self._chunk({"tool_calls": [call]})] if partial else []
+
+    def _message_delta(self, event: dict[str, Any]) -> list[Chunk]:
+        usage = event.get("usage")
+        if isinstance(usage, dict):  # cumulative: its counts replace the ones so far
+            self.counts.update({key: value for key, value in usage.items() if value is not None})
+        delta = event.get("delta")
+        stop = delta.get("stop_reason") if isinstance(delta, dict) else None
+        if stop is None:
+            return []
+        self.finish = self.call.stats.finish_reason = finish_reason(stop)
+        return [self._chunk({}, finish=self.finish)]

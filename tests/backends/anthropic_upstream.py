@@ -1,0 +1,167 @@
+"""A fake Anthropic Messages API (`POST /v1/messages`) on a thread: it keeps every request's body and headers
+(what left margin) and answers in Anthropic's wire format, a message or an SSE stream of `message_start`,
+`content_block_start/delta/stop`, `ping`, `message_delta` and `message_stop` (shapes as the `anthropic` SDK's
+types and Anthropic's streaming documentation give them). The upstream model name picks a behaviour:
+
+    claude-sonnet-4-5   text, or a tool call while the request has tools and no tool result yet; usage with
+                        cache reads and writes (`USAGE`)
+    thinker             a thinking block before its text (its tokens are in `output_tokens`)
+    overloaded          529 `overloaded_error` every time
+    flaky               529 once, then like claude-sonnet-4-5 (a retry succeeds)
+    limited             429 `rate_limit_error` with `retry-after: 30`
+    rejecting           400 `invalid_request_error`
+    midstream           a stream that sends some text, then an `error` event
+    cut                 a stream that breaks off before `message_stop`
+
+Runs on a thread in the test process; `margin serve` reaches it over real HTTP."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+from tests.servers import http_thread, read_json, reply_json
+
+USAGE = {"input_tokens": 21, "cache_creation_input_tokens": 1000, "cache_read_input_tokens": 3000, "output_tokens": 9}
+TEXT = ("hello", " world")
+THINKING = "The user says hi; I answer briefly."
+INPUT = {"city": "Paris"}
+ARGUMENTS_PIECES = ('{"city":', ' "Paris"}')
+
+
+@dataclass
+class Upstream:
+    url: str = ""
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    tries: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.bodies[-1]
+
+
+def _wants_tool(body: dict[str, Any]) -> bool:
+    last = body["messages"][-1]
+    content = last["content"] if isinstance(last["content"], list) else []
+    return bool(body.get("tools")) and not any(block.get("type") == "tool_result" for block in content)
+
+
+def _blocks(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    if _wants_tool(body):
+        tool = {"type": "tool_use", "id": "toolu_01A", "name": body["tools"][0]["name"], "input": INPUT}
+        return [{"type": "text", "text": "Let me look."}, tool], "tool_use"
+    blocks = [{"type": "text", "text": "".join(TEXT)}]
+    if body["model"] == "thinker":
+        blocks.insert(0, {"type": "thinking", "thinking": THINKING, "signature": "c2ln"})
+    return blocks, "max_tokens" if body.get("max_tokens") == 3 else "end_turn"
+
+
+def message(body: dict[str, Any]) -> dict[str, Any]:
+    blocks, stop = _blocks(body)
+    return {"id": "msg_01", "type": "message", "role": "assistant", "model": body["model"], "content": blocks,
+            "stop_reason": stop, "stop_sequence": None, "usage": USAGE}  # fmt: skip
+
+
+def _block_events(index: int, block: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    kind = block["type"]
+    empty: dict[str, dict[str, Any]] = {
+        "text": {"type": "text", "text": ""},
+        "thinking": {"type": "thinking", "thinking": "", "signature": ""},
+    }
+    start = empty.get(kind) or {**block, "input": {}}
+    yield {"type": "content_block_start", "index": index, "content_block": start}
+    if kind == "text":
+        for piece in TEXT if block["text"] == "".join(TEXT) else (block["text"],):
+            yield {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}}
+    elif kind == "thinking":
+        yield {"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": THINKING}}
+        yield {"type": "content_block_delta", "index": index, "delta": {"type": "signature_delta", "signature": "c2ln"}}
+    else:
+        for piece in ARGUMENTS_PIECES:
+            delta = {"type": "input_json_delta", "partial_json": piece}
+            yield {"type": "content_block_delta", "index": index, "delta": delta}
+    yield {"type": "content_block_stop", "index": index}
+
+
+def events(body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    whole = message(body)
+    start = {**whole, "content": [], "stop_reason": None, "usage": {**USAGE, "output_tokens": 1}}
+    yield {"type": "message_start", "message": start}
+    yield {"type": "ping"}
+    for index, block in enumerate(whole["content"]):
+        yield from _block_events(index, block)
+        if body["model"] == "midstream":
+            error = {"type": "overloaded_error", "message": "Overloaded (secret-host-42)"}
+            yield {"type": "error", "error": error}
+            return
+    if body["model"] == "cut":
+        return
+    delta = {"stop_reason": whole["stop_reason"], "stop_sequence": None}
+    yield {"type": "message_delta", "delta": delta, "usage": {"output_tokens": USAGE["output_tokens"]}}
+    yield {"type": "message_stop"}
+
+
+def _reply_stream(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+    handler.send_response(200)
+    handler.send_header("content-type", "text/event-stream")
+    handler.end_headers()
+    for event in events(body):
+        handler.wfile.write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+        handler.wfile.flush()
+    handler.close_connection = True
+
+
+def _error(handler: BaseHTTPRequestHandler, status: int, kind: str, headers: dict[str, str] | None = None) -> None:
+    data = json.dumps({"type": "error", "error": {"type": kind, "message": f"{kind} (internal-host-7)"}}).encode()
+    handler.send_response(status)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("content-length", str(len(data)))
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+def _answer(upstream: Upstream, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+    model = body.get("model", "")
+    upstream.tries[model] = tries = upstream.tries.get(model, 0) + 1
+    if model == "overloaded" or (model == "flaky" and tries == 1):
+        _error(handler, 529, "overloaded_error")
+    elif model == "limited":
+        _error(handler, 429, "rate_limit_error", {"retry-after": "30"})
+    elif model == "rejecting":
+        _error(handler, 400, "invalid_request_error")
+    elif body.get("stream"):
+        _reply_stream(handler, body)
+    else:
+        reply_json(handler, 200, message(body))
+
+
+def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+        def do_POST(self) -> None:
+            body = read_json(self)
+            upstream.bodies.append(body)
+            upstream.headers.append({name.lower(): value for name, value in self.headers.items()})
+            if self.path != "/v1/messages":
+                reply_json(self, 404, {"type": "error", "error": {"type": "not_found_error", "message": self.path}})
+                return
+            _answer(upstream, self, body)
+
+    return Handler
+
+
+@contextmanager
+def anthropic_upstream() -> Iterator[Upstream]:
+    upstream = Upstream()
+    with http_thread(_handler(upstream)) as base:
+        upstream.url = f"{base}/v1"
+        yield upstream

@@ -1,0 +1,428 @@
+"""The `anthropic` backend's translations, both ways, without a network: a chat request as the Messages body
+Anthropic receives (every mapping, and every refusal: a 400 naming the field, never a field dropped), and
+Anthropic's answers and stream events (taken from the fake upstream, in Anthropic's wire format) as the
+OpenAI completion and chunks the pipeline gets from the `openai` backend."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+
+from margin.backend_config import AnthropicBackendConfig
+from margin.backends.anthropic import AnthropicBackend
+from margin.backends.anthropic_response import Translator, completion
+from margin.backends.upstream_errors import upstream_error
+from margin.config import parse_settings
+from margin.economics.carbon import GridTable
+from margin.economics.meter import Meter
+from margin.economics.prices import ListPrice, PriceBook
+from margin.errors import BackendClientError, BackendError, InvalidRequest, ResponseTooLarge, UpstreamRateLimited
+from margin.protocol import Endpoint, parse_request
+from margin.types import Call, Chunk, Usage
+from tests.backends.anthropic_upstream import ARGUMENTS_PIECES, INPUT, THINKING, USAGE, events, message
+from tests.backends.test_openai_compat import _Response
+
+WEATHER: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+PNG = "iVBORw0KGgo="
+HI = [{"role": "user", "content": "hi"}]
+
+
+def _call(endpoint: Endpoint = Endpoint.CHAT, **body: Any) -> Call:
+    data = {"model": "claude", "messages": [{"role": "user", "content": "hi"}], **body}
+    request = parse_request(endpoint, data)
+    return Call(endpoint, request, data, "claude", "claude-sonnet-4-5", "r1")
+
+
+def _sent(as_stream: bool = False, **body: Any) -> dict[str, Any]:
+    backend = AnthropicBackend("claude", AnthropicBackendConfig(default_max_tokens=777))
+    url, data = backend._request(_call(**body), stream=as_stream)
+    assert url == "https://api.anthropic.com/v1/messages"
+    sent: dict[str, Any] = orjson.loads(data)
+    return sent
+
+
+def _refused(param: str, **body: Any) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as caught:
+        _sent(**body)
+    assert caught.value.param == param, caught.value.message
+    return caught.value
+
+
+def test_a_plain_chat_has_the_model_the_default_max_tokens_and_nothing_else() -> None:
+    assert _sent() == {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 777,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+    }
+    assert _sent(as_stream=True, stream=True)["stream"] is True
+    assert "stream" not in _sent(as_stream=False, stream=True)  # the call's kind decides, not the body
+
+
+def test_system_and_developer_messages_become_the_top_level_system_and_turns_of_one_role_merge() -> None:
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "one"},
+        {"role": "developer", "content": [{"type": "text", "text": "in French"}]},
+        {"role": "user", "content": "two"},
+        {"role": "assistant", "content": "un"},
+    ]
+    sent = _sent(messages=messages)
+    assert sent["system"] == [{"type": "text", "text": "be brief"}, {"type": "text", "text": "in French"}]
+    assert sent["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "un"}]},
+    ]
+
+
+def test_images_data_urls_become_base64_and_http_urls_url_sources() -> None:
+    parts = [
+        {"type": "text", "text": "what is this"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg", "detail": "low"}},
+    ]
+    content = _sent(messages=[{"role": "user", "content": parts}])["messages"][0]["content"]
+    assert content == [
+        {"type": "text", "text": "what is this"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
+    ]
+    bmp = [{"type": "image_url", "image_url": {"url": f"data:image/bmp;base64,{PNG}"}}]
+    _refused("messages[0].content[0]", messages=[{"role": "user", "content": bmp}])
+    ftp = [{"type": "image_url", "image_url": {"url": "ftp://example.com/cat.jpg"}}]
+    _refused("messages[0].content[0]", messages=[{"role": "user", "content": ftp}])
+    audio = [{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]
+    assert _refused("messages[0].content[0]", messages=[{"role": "user", "content": audio}]).code == (
+        "unsupported_parameter"
+    )
+
+
+def test_tool_calls_become_tool_use_and_consecutive_tool_messages_one_user_turn_of_tool_results() -> None:
+    second = {**CALL, "id": "call_2", "function": {"name": "get_weather", "arguments": '{"city":"Rome"}'}}
+    messages = [
+        {"role": "user", "content": "weather in Paris and Rome?"},
+        {"role": "assistant", "content": None, "tool_calls": [CALL, second]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "rain"}]},
+        {"role": "user", "content": "thanks"},
+    ]
+    sent = _sent(messages=messages, tools=[WEATHER])
+    assert sent["messages"][1:] == [
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}},
+                {"type": "tool_use", "id": "call_2", "name": "get_weather", "input": {"city": "Rome"}},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "call_1", "content": "sunny"},
+                {"type": "tool_result", "tool_use_id": "call_2", "content": [{"type": "text", "text": "rain"}]},
+                {"type": "text", "text": "thanks"},
+            ],
+        },
+    ]
+    assert sent["tools"] == [
+        {
+            "name": "get_weather",
+            "input_schema": WEATHER["function"]["parameters"],
+            "description": "The weather in a city",
+        }
+    ]
+    assert "tool_choice" not in sent
+
+
+@pytest.mark.parametrize(
+    ("choice", "parallel", "expected"),
+    [
+        ("auto", None, {"type": "auto"}),
+        ("none", None, {"type": "none"}),
+        ("required", None, {"type": "any"}),
+        ({"type": "function", "function": {"name": "get_weather"}}, None, {"type": "tool", "name": "get_weather"}),
+        ("required", False, {"type": "any", "disable_parallel_tool_use": True}),
+        (None, False, {"type": "auto", "disable_parallel_tool_use": True}),
+    ],
+)
+def test_tool_choice_maps(choice: Any, parallel: Any, expected: dict[str, Any]) -> None:
+    extra = {} if parallel is None else {"parallel_tool_calls": parallel}
+    assert _sent(tools=[WEATHER], tool_choice=choice, **extra)["tool_choice"] == expected
+
+
+def test_sampling_fields_limits_and_user_map() -> None:
+    sent = _sent(temperature=0.5, top_p=0.9, top_k=40, stop=["END", "STOP"], user="u-7", max_tokens=100)
+    assert (sent["temperature"], sent["top_p"], sent["top_k"]) == (0.5, 0.9, 40)
+    assert sent["stop_sequences"] == ["END", "STOP"]
+    assert sent["metadata"] == {"user_id": "u-7"}
+    assert sent["max_tokens"] == 100
+    assert _sent(stop="END")["stop_sequences"] == ["END"]
+    assert _sent(max_completion_tokens=50)["max_tokens"] == 50
+    assert _sent(max_tokens=80, max_completion_tokens=60)["max_tokens"] == 60  # the lower: what budgets priced
+
+
+def test_reasoning_effort_becomes_a_thinking_budget_below_max_tokens() -> None:
+    assert _sent(reasoning_effort="medium", max_tokens=20000)["thinking"] == {"type": "enabled", "budget_tokens": 8192}
+    assert _sent(reasoning_effort="high", max_tokens=5000)["thinking"] == {"type": "enabled", "budget_tokens": 4999}
+    assert _sent(reasoning_effort="minimal", max_tokens=2000)["thinking"]["budget_tokens"] == 1024
+    assert "thinking" not in _sent(reasoning_effort="none")
+    _refused("reasoning_effort", reasoning_effort="low", max_tokens=1024)  # no budget of 1,024 fits below it
+    _refused("reasoning_effort", reasoning_effort="extreme")
+
+
+@pytest.mark.parametrize(
+    ("param", "body"),
+    [
+        ("n", {"n": 2}),
+        ("logprobs", {"logprobs": True}),
+        ("top_logprobs", {"top_logprobs": 3}),
+        ("seed", {"seed": 7}),
+        ("presence_penalty", {"presence_penalty": 0.5}),
+        ("frequency_penalty", {"frequency_penalty": 0.5}),
+        ("logit_bias", {"logit_bias": {"12": 5}}),
+        ("response_format", {"response_format": {"type": "json_object"}}),
+        ("response_format", {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}),
+        ("temperature", {"temperature": 1.5}),
+        ("min_p", {"min_p": 0.1}),
+        ("store", {"store": True}),
+        ("functions", {"functions": [{"name": "f"}]}),
+        ("tools[0].function.strict", {"tools": [{**WEATHER, "function": {**WEATHER["function"], "strict": True}}]}),
+        ("tools[0]", {"tools": [{"type": "web_search"}]}),
+        ("tool_choice", {"tool_choice": "required"}),
+        ("messages[0].name", {"messages": [{"role": "user", "content": "hi", "name": "ann"}]}),
+        ("messages[0].role", {"messages": [{"role": "function", "content": "x", "name": None}]}),
+        ("messages", {"messages": [{"role": "system", "content": "only a system prompt"}]}),
+        (
+            "messages[1].tool_call_id",
+            {"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]},
+        ),
+        (
+            "messages[1].tool_calls[0]",
+            {
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "assistant", "tool_calls": [{**CALL, "function": {"name": "f", "arguments": "[1]"}}]},
+                ]
+            },
+        ),
+        ("messages[1]", {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": ""}]}),
+    ],
+)
+def test_what_anthropic_cannot_do_is_a_400_naming_the_field(param: str, body: dict[str, Any]) -> None:
+    _refused(param, **body)
+
+
+def test_defaults_of_refused_fields_are_not_refusals() -> None:
+    sent = _sent(
+        n=1,
+        logprobs=False,
+        presence_penalty=0,
+        store=False,
+        response_format={"type": "text"},
+        metadata={},
+        functions=[],
+    )
+    assert set(sent) == {"model", "max_tokens", "messages"}
+
+
+async def test_text_completions_and_embeddings_are_refused() -> None:
+    backend = AnthropicBackend("claude", AnthropicBackendConfig())
+    text = Call(
+        Endpoint.COMPLETIONS, parse_request(Endpoint.COMPLETIONS, {"model": "c", "prompt": "x"}), {}, "c", "c", "r"
+    )
+    with pytest.raises(InvalidRequest, match="chat completions only"):
+        backend._request(text, stream=False)
+    embed = Call(
+        Endpoint.EMBEDDINGS, parse_request(Endpoint.EMBEDDINGS, {"model": "c", "input": "x"}), {}, "c", "c", "r"
+    )
+    with pytest.raises(InvalidRequest, match="embeddings"):
+        await backend.embed(embed)
+
+
+def test_anthropic_usage_is_the_whole_prompt_with_cache_reads_as_cached_and_writes_apart() -> None:
+    usage = Usage.from_anthropic(USAGE)
+    assert (usage.input_tokens, usage.cached_tokens, usage.cache_write_tokens, usage.output_tokens) == (
+        21 + 3000 + 1000,
+        3000,
+        1000,
+        9,
+    )
+    assert usage.to_openai()["prompt_tokens_details"] == {"cached_tokens": 3000}
+    assert Usage.from_anthropic({"input_tokens": -5, "output_tokens": "x"}) == Usage()
+    assert Usage.from_anthropic(None) == Usage()
+
+
+def test_a_cache_write_is_priced_at_its_rate_and_a_read_at_its_own() -> None:
+    price = ListPrice(Decimal(3), Decimal(15), Decimal("0.3"), "v", cache_write_per_mtok=Decimal("3.75"))
+    cost = price.cost(4021, 9, 3000, 1000)
+    assert cost == (21 * Decimal(3) + 3000 * Decimal("0.3") + 1000 * Decimal("3.75") + 9 * Decimal(15)) / 10**6
+    plain = ListPrice(Decimal(3), Decimal(15), None, "v")  # no write rate: writes at the input rate
+    assert plain.cost(100, 0, 0, 40) == plain.cost(100, 0) == Decimal(300) / 10**6
+
+
+@pytest.mark.parametrize(
+    ("stop_reason", "finish"),
+    [
+        ("end_turn", "stop"),
+        ("stop_sequence", "stop"),
+        ("max_tokens", "length"),
+        ("tool_use", "tool_calls"),
+        ("refusal", "content_filter"),
+        (None, "stop"),
+    ],
+)
+def test_stop_reasons_become_finish_reasons(stop_reason: Any, finish: str) -> None:
+    answer = {**message({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]})}
+    payload, _, _ = completion(_call(), {**answer, "stop_reason": stop_reason}, "claude")
+    assert payload["choices"][0]["finish_reason"] == finish
+
+
+def test_a_whole_answer_is_a_chat_completion_with_tool_calls_and_no_thinking() -> None:
+    body = {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}], "tools": [{"name": "w"}]}
+    payload, text, usage = completion(_call(), message(body), "claude")
+    reply = payload["choices"][0]
+    assert reply["finish_reason"] == "tool_calls" and text == "Let me look."
+    assert reply["message"]["tool_calls"] == [
+        {"id": "toolu_01A", "type": "function", "function": {"name": "w", "arguments": orjson.dumps(INPUT).decode()}}
+    ]
+    assert payload["usage"]["prompt_tokens"] == usage.input_tokens == 4021
+    thinking, text, _ = completion(_call(), message({"model": "thinker", "messages": HI}), "claude")
+    assert text == "hello world" and THINKING not in orjson.dumps(thinking).decode()
+    with pytest.raises(BackendError, match="under HTTP 200"):
+        completion(_call(), {"type": "error", "error": {"type": "api_error", "message": "x"}}, "claude")
+    with pytest.raises(BackendError, match="not a message"):
+        completion(_call(), {"type": "message"}, "claude")
+
+
+def _translated(body: dict[str, Any]) -> tuple[Translator, list[Chunk]]:
+    translator = Translator(_call(stream=True), "claude")
+    chunks = [chunk for event in events(body) for chunk in translator.event(orjson.loads(orjson.dumps(event)))]
+    return translator, chunks
+
+
+def test_a_text_stream_becomes_openai_chunks_then_usage() -> None:
+    translator, chunks = _translated({"model": "thinker", "messages": HI})
+    assert translator.done and translator.call.stats.finish_reason == "stop"
+    deltas = [c.payload["choices"][0]["delta"] for c in chunks if c.payload["choices"]]
+    assert deltas == [{"role": "assistant", "content": ""}, {"content": "hello"}, {"content": " world"}, {}]
+    assert "".join(c.text for c in chunks) == "hello world"  # the thinking is left out
+    assert chunks[-2].payload["choices"][0]["finish_reason"] == "stop"
+    last = chunks[-1]
+    assert last.is_usage_only and last.usage == Usage.from_anthropic(USAGE)  # output from message_delta
+    assert all(c.payload["object"] == "chat.completion.chunk" and c.payload["id"] == "chatcmpl-r1" for c in chunks)
+
+
+def test_a_tool_use_stream_becomes_tool_call_deltas() -> None:
+    body = {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "x"}], "tools": [{"name": "w"}]}
+    _, chunks = _translated(body)
+    calls = [
+        d["tool_calls"][0]
+        for c in chunks
+        if c.payload["choices"] and "tool_calls" in (d := c.payload["choices"][0]["delta"])
+    ]
+    assert calls[0] == {"index": 0, "id": "toolu_01A", "type": "function", "function": {"name": "w", "arguments": ""}}
+    assert [c["function"]["arguments"] for c in calls[1:]] == list(ARGUMENTS_PIECES)
+    assert orjson.loads("".join(ARGUMENTS_PIECES)) == INPUT
+    assert [c.payload["choices"][0]["finish_reason"] for c in chunks if c.payload["choices"]][-1] == "tool_calls"
+
+
+def test_stream_errors_fail_as_backend_errors() -> None:
+    translator = Translator(_call(stream=True), "claude")
+    with pytest.raises(BackendError, match="message_start"):
+        translator.event({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+    assert translator.event({"type": "ping"}) == []
+    with pytest.raises(BackendError, match=r"mid-stream \(overloaded_error\)") as caught:
+        list(_translated({"model": "midstream", "messages": HI}))
+    assert "secret-host" not in caught.value.message
+    with pytest.raises(BackendError, match="invalid stream event"):
+        translator.event(["not", "an", "object"])
+
+
+def test_anthropic_error_bodies_map_like_openai_s() -> None:
+    def body(kind: str) -> bytes:
+        return orjson.dumps({"type": "error", "error": {"type": kind, "message": "secret internal text"}})
+
+    limited = upstream_error("claude", 429, body("rate_limit_error"), {"retry-after": "30"})
+    assert isinstance(limited, UpstreamRateLimited)
+    assert (limited.code, limited.headers) == ("rate_limit_error", {"retry-after": "30"})
+    rejected = upstream_error("claude", 400, body("invalid_request_error"), {})
+    assert isinstance(rejected, BackendClientError) and rejected.code == "invalid_request_error"
+    overloaded = upstream_error("claude", 529, body("overloaded_error"), {})
+    assert type(overloaded) is BackendError and "secret" not in overloaded.message
+    assert 529 in AnthropicBackend.retry_statuses
+
+
+def test_a_budget_reservation_on_an_anthropic_backend_prices_the_prompt_as_cache_writes() -> None:
+    """Admission's worst case (`Meter.cost_usd`): Anthropic may write the whole prompt to its cache (1.25× the
+    input rate for Claude Haiku 4.5: $1.25 against $1 per million), so the reservation covers that."""
+    settings = parse_settings(
+        {
+            "backends": {"claude": {"kind": "anthropic"}, "compat": {"kind": "openai", "base_url": "http://x/v1"}},
+            "models": {
+                "claude-haiku-4-5": {"backend": "claude"},
+                "via-compat": {"backend": "compat", "upstream_model": "claude-haiku-4-5"},
+            },
+        }
+    )
+    meter = Meter(settings, GridTable.bundled(), PriceBook())
+    reserve = Usage(1_000_000, 0, source="estimated")
+    assert meter.cost_usd("claude-haiku-4-5", settings.models["claude-haiku-4-5"], reserve, 0) == Decimal("1.25")
+    assert meter.cost_usd("via-compat", settings.models["via-compat"], reserve, 0) == Decimal(1)  # unchanged
+
+
+class _Deadline:
+    """What `_events` tells a stream's deadline: how many reads it waited for and how many brought events."""
+
+    def __init__(self) -> None:
+        self.waits = self.events = 0
+
+    def waiting(self) -> None:
+        self.waits += 1
+
+    def received(self, *, event: bool) -> None:
+        self.events += event
+
+
+def _sse(body: dict[str, Any]) -> list[bytes]:
+    return [f"event: {e['type']}\ndata: {orjson.dumps(e).decode()}\n\n".encode() for e in events(body)]
+
+
+async def _streamed(reads: list[bytes], **config: Any) -> tuple[list[list[Chunk]], Exception | None, Any]:
+    backend = AnthropicBackend("claude", AnthropicBackendConfig(**config))
+    response, deadline = _Response(reads), _Deadline()
+    batches: list[list[Chunk]] = []
+    try:
+        async for batch in backend._events(_call(stream=True), response, deadline):  # type: ignore[arg-type]
+            batches.append(batch)
+    except Exception as exc:  # what the stream ended with
+        return batches, exc, response
+    return batches, None, response
+
+
+async def test_a_read_s_events_are_one_batch_and_an_event_split_over_reads_is_joined() -> None:
+    events_ = _sse({"model": "claude-sonnet-4-5", "messages": HI})
+    joined = b"".join(events_)
+    batches, failed, _ = await _streamed([joined[:7], joined[7:100], joined[100:]])
+    assert failed is None
+    texts = "".join(c.text for batch in batches for c in batch)
+    assert texts == "hello world" and batches[-1][-1].usage == Usage.from_anthropic(USAGE)
+    assert all(c.more for batch in batches for c in batch[:-1]) and not any(batch[-1].more for batch in batches)
+
+
+async def test_a_bad_event_fails_after_the_good_ones_of_its_read_and_a_big_stream_is_cut() -> None:
+    good = _sse({"model": "claude-sonnet-4-5", "messages": HI})[:4]  # message_start, ping, a block, "hello"
+    batches, failed, _ = await _streamed([b"".join(good) + b"data: {oops\n\n"])
+    assert isinstance(failed, BackendError) and "invalid stream event" in failed.message
+    assert [c.text for c in batches[0]] == ["", "hello"]
+    batches, failed, response = await _streamed([b"".join(good), b"data: " + b"x" * 600], max_response_bytes=800)
+    assert isinstance(failed, ResponseTooLarge) and response.closed and len(batches) == 1

@@ -266,3 +266,18 @@ def test_what_anthropic_cannot_do_is_refused_before_it_is_sent(live: Live) -> No
         )
     assert schema.value.param == "response_format"
     assert len(live.upstream.bodies) == sent
+
+
+def test_admin_backends_shows_an_anthropic_backend_s_time_limits_and_retries(live: Live) -> None:
+    """`/admin/backends` lists the time limits and retry policy of every hosted backend, not only `openai`'s."""
+    import httpx
+
+    engine = ledger_db.make_sync_engine(f"sqlite:///{live.db}")
+    _, admin = keys.create_key(engine, keys.NewKey("ops", is_admin=True))
+    engine.dispose()
+    answer = httpx.get(f"{live.url}/admin/backends", headers={"authorization": f"Bearer {admin}"}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    (entry,) = [b for b in answer.json()["data"] if b["name"] == "claude"]
+    assert entry["kind"] == "anthropic"
+    assert entry["limits"]["timeout_s"] == 10
+    assert entry["retries"]["attempts"] == 1

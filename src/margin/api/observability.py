@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from margin.api.admin import budget_states, endpoint
 from margin.api.errors import NOSNIFF
+from margin.backend_config import HttpBackendConfig
 from margin.errors import NotFound
 from margin.governance.admission import budget_limit
 from margin.report.queries import percentile
@@ -86,7 +87,7 @@ def describe_backend(services: Any, name: str) -> dict[str, Any]:
         },
         "health": services.backends[name].health(),
     }
-    if config.kind == "openai":
+    if isinstance(config, HttpBackendConfig):  # the hosted kinds (`openai`, `anthropic`) have time limits
         entry["limits"] = {key: getattr(config, key) for key in LIMITS}
         entry["retries"] = config.retries.model_dump()
     return entry

@@ -117,6 +117,10 @@ async def test_upstream_errors_and_timeouts(tmp_path: Path, upstream: str) -> No
         with pytest.raises(openai.InternalServerError) as timeout:
             await client.chat.completions.create(model="slow", messages=[{"role": "user", "content": "x"}])
         assert timeout.value.status_code == 504
+    # the broken upstream's 502 is retried first: under a 0.25 s limit a loaded machine ran out of time (504)
+    (tmp_path / "broken").mkdir()
+    async with gateway(gateway_settings(tmp_path / "broken", upstream, timeout_s=30)) as gw:
+        client = client_for(gw)
         with pytest.raises(openai.InternalServerError) as broken:
             await client.chat.completions.create(model="broken", messages=[{"role": "user", "content": "x"}])
         assert broken.value.status_code == 502 and "HTTP 502" in broken.value.message

@@ -3,6 +3,7 @@ one fixed open-loop rate per path in turn, each process's threads read from /pro
 
     python benchmarks/thread_cpu.py [--mode json|sse] [--rate 500] [--seconds 10] [--rotations 2]
                                     [--paths bare,margin] [--out results/thread_cpu.json]
+                                    [--paths margin,margin_before --margin-before-src OLD/src]   # A/B
 
 The gateway sweep reports a path's CPU per request as one number (process and children); this splits it into
 the event-loop thread, the ledger's ingest child, the database threads and whatever else runs, so a gap
@@ -98,12 +99,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rotations", type=int, default=2)
     parser.add_argument("--paths", default="bare,margin")
+    parser.add_argument("--margin-before-src", type=Path, default=None, help="the margin_before path's src/")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "thread_cpu.json")
     args = parser.parse_args()
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     runs = []
     with tempfile.TemporaryDirectory() as tmp, Servers(Path(tmp), free_port) as servers:
-        servers.start(paths, start_upstream)
+        servers.start(paths, start_upstream, args.margin_before_src)
         for _ in range(args.rotations):
             for name in paths:
                 run = measure(servers, name, args.mode, args.rate, args.seconds)

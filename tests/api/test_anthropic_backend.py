@@ -22,7 +22,7 @@ import yaml
 from margin import keys
 from margin.economics.money import from_nanousd
 from margin.ledger import db as ledger_db
-from tests.backends.anthropic_upstream import INPUT, USAGE, Upstream, anthropic_upstream
+from tests.backends.anthropic_upstream import INPUT, USAGE, WEATHER, Upstream, anthropic_upstream
 from tests.helpers import margin_serve, wait_ledger_row
 
 KEY_ENV = "MARGIN_TEST_ANTHROPIC_KEY"
@@ -33,14 +33,6 @@ PRICE = {"input": "1", "output": "2"}
 LIST = {
     "claude-sonnet-4-5": (Decimal(3), Decimal("0.30"), Decimal("3.75"), Decimal(15)),
     "claude-haiku-4-5": (Decimal(1), Decimal("0.10"), Decimal("1.25"), Decimal(5)),
-}
-WEATHER: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
 }
 FAKES = ("thinker", "overloaded", "flaky", "limited", "rejecting", "midstream", "cut")
 

@@ -26,6 +26,16 @@ from typing import Any
 
 from tests.servers import http_thread, read_json, reply_json
 
+# the function tool the tests send (chat's shape)
+WEATHER: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
 USAGE = {"input_tokens": 21, "cache_creation_input_tokens": 1000, "cache_read_input_tokens": 3000, "output_tokens": 9}
 TEXT = ("hello", " world")
 THINKING = "The user says hi; I answer briefly."

@@ -22,17 +22,9 @@ from margin.economics.prices import ListPrice, PriceBook
 from margin.errors import BackendClientError, BackendError, InvalidRequest, ResponseTooLarge, UpstreamRateLimited
 from margin.protocol import Endpoint, parse_request
 from margin.types import Call, Chunk, Usage
-from tests.backends.anthropic_upstream import ARGUMENTS_PIECES, INPUT, THINKING, USAGE, events, message
+from tests.backends.anthropic_upstream import ARGUMENTS_PIECES, INPUT, THINKING, USAGE, WEATHER, events, message
 from tests.backends.test_openai_compat import _Response
 
-WEATHER: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
 PNG = "iVBORw0KGgo="
 HI = [{"role": "user", "content": "hi"}]

@@ -5,9 +5,10 @@ written to the ledger as a chat is. The answer is translated back in `margin.api
 
 What margin cannot honour is refused with a message that says why, before anything is reserved or sent: tools
 Anthropic's servers run (web search, code execution, bash, …: margin runs no tools), MCP servers, containers,
-context management, `document` / `search_result` blocks, citations, images by file id and images in tool
-results. `cache_control` (anywhere) is accepted and ignored: prompt caching is the upstream's own (what it
-reports as cached input is `cache_read_input_tokens`)."""
+`document` / `search_result` blocks, citations, images by file id and images in tool
+results. `cache_control` (anywhere) and `context_management` are accepted and ignored: prompt caching is the
+upstream's own (what it reports as cached input is `cache_read_input_tokens`), and the conversation is sent as
+it came."""
 
 from __future__ import annotations
 
@@ -37,7 +38,6 @@ from margin.protocol import (
 UNSUPPORTED = {
     "container": "margin runs no tools, so it has no containers for them",
     "mcp_servers": "MCP servers are not supported through this gateway: margin runs no tools (send custom tools)",
-    "context_management": "margin stores nothing between requests, so it cannot manage a conversation's context",
     "diagnostics": "margin stores no earlier message to compare a prompt cache with",
     "inference_geo": "margin chooses where a request runs by its own routing (`residency`), not per request",
 }
@@ -52,11 +52,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-class CacheControl(_Strict):
-    """Accepted anywhere Anthropic takes it, and ignored: the upstream's prompt cache is its own."""
-
-    type: Literal["ephemeral"]
-    ttl: Literal["5m", "1h"] | None = None
+# Accepted anywhere Anthropic takes it, and ignored: the upstream's prompt cache is its own (any keys: the
+# SDKs add new ones, `ttl`, `scope`, under betas, and none of them changes what margin does)
+CacheControl = dict[str, Any]
 
 
 class Text(_Strict):
@@ -83,12 +81,17 @@ class Image(_Strict):
     cache_control: CacheControl | None = None
 
 
+class DirectCaller(_Strict):
+    type: Literal["direct"]
+
+
 class ToolUse(_Strict):
     type: Literal["tool_use"]
     id: Annotated[str, Field(min_length=1, max_length=256)]
     name: Annotated[str, Field(min_length=1, max_length=128)]
     input: dict[str, Any]
     cache_control: CacheControl | None = None
+    caller: DirectCaller | None = None  # an answer's block sent back: only a direct call (margin makes no others)
 
 
 class ToolResult(_Strict):
@@ -105,11 +108,13 @@ class Thinking(_Strict):
     type: Literal["thinking"]
     thinking: str
     signature: str
+    cache_control: CacheControl | None = None
 
 
 class RedactedThinking(_Strict):
     type: Literal["redacted_thinking"]
     data: str
+    cache_control: CacheControl | None = None
 
 
 def _tagged(prefix: str, field: str) -> Any:
@@ -167,6 +172,11 @@ class Tool(_Strict):
     type: Literal["custom"] | None = None
     strict: bool | None = None
     cache_control: CacheControl | None = None
+    # hints Claude Code sends that change nothing a chat can carry: accepted, not passed on
+    eager_input_streaming: bool | None = None
+    defer_loading: bool | None = None
+    input_examples: Annotated[list[dict[str, Any]], Field(max_length=MAX_TOOLS)] | None = None
+    allowed_callers: Annotated[list[Literal["direct"]], Field(max_length=1)] | None = None
 
 
 class ToolChoice(_Strict):
@@ -213,6 +223,9 @@ class MessagesRequest(_Strict):
     service_tier: Literal["auto", "standard_only"] | None = None  # margin's tier is the model's: changes nothing
     cache_control: CacheControl | None = None
     speed: Literal["standard"] | None = None  # `fast` is refused earlier
+    # Claude Code sends it on every request (clearing old tool results and thinking as the context fills):
+    # accepted and not applied, the conversation goes to the upstream as it was sent
+    context_management: dict[str, Any] | None = None
 
 
 def _refuse(message: str, param: str) -> InvalidRequest:

@@ -306,7 +306,7 @@ SOURCE: Any = {"type": "base64", "media_type": "image/png", "data": PIXEL}
         ({"tools": [{**WEATHER, "extra": 1}]}, "tools.0.extra"),
         ({"mcp_servers": [{"type": "url", "url": "https://x", "name": "x"}]}, "mcp_servers"),
         ({"container": "c_1"}, "container"),
-        ({"context_management": {"edits": []}}, "context_management"),
+        ({"diagnostics": {"previous_message_id": "msg_1"}}, "diagnostics"),
         ({"speed": "fast"}, "speed"),
         ({"stop_sequences": ["a", "b", "c", "d", "e"]}, "stop_sequences"),
         ({"temperature": 1.5}, "temperature"),

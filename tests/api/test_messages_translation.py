@@ -159,6 +159,8 @@ def test_settings_passed_on() -> None:
         ({"messages": [{"role": "user", "content": [{"type": "server_tool_use"}]}]}, "messages.0.content.0.type"),
         ({"messages": [{"role": "user", "content": [{"type": "search_result"}]}]}, "messages.0.content.0.type"),
         ({"diagnostics": {"previous_message_id": "msg_1"}}, "diagnostics"),
+        ({"tools": [{"name": "f", "input_schema": {}, "allowed_callers": ["code_execution_20250825"]}]},
+         "tools.0.allowed_callers.0"),
         ({"inference_geo": "us"}, "inference_geo"),
         ({"max_tokens": None}, "max_tokens"),
         ({"messages": []}, "messages"),
@@ -177,6 +179,37 @@ def test_refusals_name_the_field(fields: dict[str, Any], param: str) -> None:
         parse(_body(**fields))
     assert raised.value.param == param, raised.value.message
     assert raised.value.message.startswith(f"{param}: ")
+
+
+def test_what_claude_code_sends_besides_is_accepted_and_changes_nothing() -> None:
+    """Claude Code sends `context_management` on every request, cache_control with keys of its betas (`scope`),
+    tool hints (`eager_input_streaming`, `defer_loading`, `input_examples`) and thinking blocks with
+    cache_control: a 400 for any of them would stop it. None reaches the chat."""
+    cache = {"type": "ephemeral", "ttl": "1h", "scope": "global"}
+    tool = {
+        "name": "Read", "description": "read a file", "input_schema": {"type": "object"}, "cache_control": cache,
+        "eager_input_streaming": True, "defer_loading": False, "input_examples": [{"path": "a"}],
+        "allowed_callers": ["direct"],
+    }  # fmt: skip
+    result: Any = {"type": "tool_result", "tool_use_id": "t1", "content": "x"}
+    use: Any = {"type": "tool_use", "id": "t1", "name": "Read", "input": {}}
+    thought = {"type": "thinking", "thinking": "t", "signature": "s", "cache_control": cache}
+    turns = [
+        USER,
+        {"role": "assistant", "content": [thought, {**use, "caller": {"type": "direct"}}]},
+        {"role": "user", "content": [{**result, "cache_control": cache}]},
+    ]
+    fields = {
+        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+        "system": [{"type": "text", "text": "You are Claude Code.", "cache_control": cache}],
+        "thinking": {"type": "adaptive"}, "cache_control": cache,
+    }  # fmt: skip
+    same = {"metadata": {"user_id": "user_abc_account_def_session_ghi"}, "temperature": 1, "stream": True}
+    chat = _chat(tools=[tool], messages=turns, **fields, **same)
+    plain_tool = {"name": "Read", "description": "read a file", "input_schema": {"type": "object"}}
+    plain_turns = [USER, {"role": "assistant", "content": [use]}, {"role": "user", "content": [result]}]
+    plain = _chat(tools=[plain_tool], messages=plain_turns, system="You are Claude Code.", **same)
+    assert chat == plain
 
 
 def test_content_blocks_are_counted_before_any_is_read() -> None:

@@ -277,8 +277,10 @@ def _blocks(blocks: list[Any], where: str, allowed: tuple[str, ...]) -> None:
         if isinstance(kind, str) and kind not in allowed:
             if kind in ("document", "search_result"):
                 why = f"`{kind}` blocks are not supported through this gateway: send their text as `text` blocks"
+            elif allowed == ("text",):
+                why = f"`{kind}` blocks are not supported here: only `text` (a chat's system or tool message is text)"
             elif kind in USER_BLOCKS + ASSISTANT_BLOCKS:
-                why = f"`{kind}` blocks are not allowed here"
+                why = f"`{kind}` blocks are not allowed in this role's messages"
             else:
                 why = f"`{kind[:40]}` blocks are not supported through this gateway: margin runs no server tools"
             raise _refuse(why, f"{at}.type")

@@ -71,6 +71,7 @@ def test_a_whole_answer_is_a_message_the_sdk_parses_and_its_row_names_the_endpoi
     message = raw.parse()
     request_id = raw.headers["x-request-id"]
     assert message.id == f"msg_{request_id}" and message.type == "message" and message.role == "assistant"
+    assert message._request_id == request_id  # Anthropic's `request-id` header
     assert [block.type for block in message.content] == ["text"]
     assert message.content[0].text == "tok " * GENERATED  # type: ignore[union-attr]
     assert (message.stop_reason, message.stop_sequence) == ("end_turn", None)
@@ -359,8 +360,17 @@ def test_an_unknown_field_is_the_sdk_s_bad_request_error(gateway: Gateway) -> No
     assert "bogus" in raised.value.message
 
 
-def test_a_missing_route_under_messages_is_anthropic_s_not_found(gateway: Gateway) -> None:
-    answer = httpx.post(
-        gateway.live.url + "/v1/messages/count_tokens", json={}, headers={"x-api-key": gateway.live.key}, timeout=30
-    )
-    assert answer.status_code == 404 and answer.json()["error"]["type"] == "not_found_error"
+def test_the_edge_s_own_errors_under_messages_are_anthropic_s(gateway: Gateway) -> None:
+    """Errors before the endpoint runs (no route, the wrong method, a body that is not JSON) keep Anthropic's
+    shape under /v1/messages, and OpenAI's elsewhere."""
+    key = {"x-api-key": gateway.live.key}
+    url = gateway.live.url
+    missing = httpx.post(url + "/v1/messages/count_tokens", json={}, headers=key, timeout=30)
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+    wrong = httpx.get(url + "/v1/messages", headers=key, timeout=30)
+    assert wrong.status_code == 405 and wrong.json()["type"] == "error"
+    text = httpx.post(url + "/v1/messages", content=b"hi", headers={**key, "content-type": "text/plain"}, timeout=30)
+    assert text.status_code == 415 and text.json()["error"]["type"] == "invalid_request_error"
+    assert text.json()["type"] == "error"
+    elsewhere = httpx.post(url + "/v1/nothing", json={}, headers=key, timeout=30)
+    assert elsewhere.status_code == 404 and "type" not in elsewhere.json()  # OpenAI's: {"error": {...}}

@@ -10,6 +10,7 @@ always the one version margin speaks. Errors are Anthropic's JSON (`{"type": "er
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request as HttpRequest
@@ -26,6 +27,8 @@ from margin.messages import MessagesRequest, parse
 from margin.pipeline.values import Record
 from margin.protocol import Endpoint
 
+REQUEST_ID = "request-id"  # Anthropic's header: the SDKs' `_request_id` (margin's `x-request-id` is there too)
+
 
 class MessagesClient(TranslatingClient):
     """The request path's `Client` for a Messages call: Anthropic's answer, events and errors."""
@@ -38,6 +41,15 @@ class MessagesClient(TranslatingClient):
 
     def body_of(self, error: MarginError) -> dict[str, Any]:
         return anthropic_error_body(error)
+
+    async def answer(self, body: bytes, headers: Mapping[str, str]) -> None:
+        await super().answer(body, {**headers, REQUEST_ID: self.request_id})
+
+    async def refuse(self, error: MarginError, headers: Mapping[str, str]) -> None:
+        await super().refuse(error, {**headers, REQUEST_ID: self.request_id})
+
+    async def start_stream(self, headers: Mapping[str, str]) -> None:
+        await super().start_stream({**headers, REQUEST_ID: self.request_id})
 
     def whole(self, chat: Any) -> dict[str, Any]:
         return from_chat(chat, self.body, self.request_id)

@@ -141,22 +141,23 @@ class MessageEvents:
         return event("message_start", {"message": message})
 
     def chunk(self, payload: Any) -> bytes:
-        """The events of one chat chunk."""
-        if not isinstance(payload, dict):
+        """The events of one chat chunk (the usual one, a text delta, with as few look-ups as it takes)."""
+        if type(payload) is not dict:
             return b""
-        out = self._open(payload.get("model"))
+        out = b"" if self.opened else self._open(payload.get("model"))
         if (usage := payload.get("usage")) is not None:
             self.usage = usage
         choices = payload.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choice := choices[0], dict):
+        if type(choices) is not list or not choices or type(choice := choices[0]) is not dict:
             return out
         delta = choice.get("delta")
-        if isinstance(delta, dict):
-            for name in ("content", "refusal"):
-                if isinstance(text := delta.get(name), str) and text:
-                    out += self._text(text)
-            if isinstance(calls := delta.get("tool_calls"), list):
-                out += b"".join(self._call(call) for call in calls if isinstance(call, dict))
+        if type(delta) is dict:
+            if (text := delta.get("content")) and type(text) is str:
+                out += self._text(text)
+            if (refusal := delta.get("refusal")) and type(refusal) is str:
+                out += self._text(refusal)
+            if type(calls := delta.get("tool_calls")) is list:
+                out += b"".join(self._call(call) for call in calls if type(call) is dict)
         if (finish := choice.get("finish_reason")) is not None:
             self.finish, self.matched = finish, choice.get("stop_reason")
         return out
@@ -168,13 +169,12 @@ class MessageEvents:
         return event("content_block_stop", {"index": self.blocks - 1})
 
     def _text(self, text: str) -> bytes:
-        out = b""
-        if self.open != "text":
-            out = self._close()
-            self.open, self.blocks = "text", self.blocks + 1
-            self.text_index = str(self.blocks - 1).encode()
-            block = {"type": "text", "text": ""}
-            out += event("content_block_start", {"index": self.blocks - 1, "content_block": block})
+        if self.open == "text":  # the usual event: its bytes laid out as `event` lays them, without the dict
+            return TEXT_DELTA_HEAD + self.text_index + TEXT_DELTA_MID + orjson.dumps(text) + b"}}\n\n"
+        out = self._close()
+        self.open, self.blocks = "text", self.blocks + 1
+        self.text_index = str(self.blocks - 1).encode()
+        out += event("content_block_start", {"index": self.blocks - 1, "content_block": {"type": "text", "text": ""}})
         return out + TEXT_DELTA_HEAD + self.text_index + TEXT_DELTA_MID + orjson.dumps(text) + b"}}\n\n"
 
     def _call(self, call: dict[str, Any]) -> bytes:

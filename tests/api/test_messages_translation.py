@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from margin import errors as e
+from margin.api.client import AsgiClient
 from margin.api.errors import anthropic_error_body, status_of
 from margin.api.messages import MessagesClient
 from margin.api.messages_out import MessageEvents, from_chat, tool_input, usage_of
@@ -369,85 +370,67 @@ def test_margin_s_errors_in_anthropic_s_shape(error: e.MarginError, status: int,
     assert anthropic_error_body(error) == {"type": "error", "error": {"type": kind, "message": "x"}}
 
 
-class Inner:
-    """The AsgiClient the request path would write through, recording what it is given."""
+def _client(body: MessagesRequest = BODY) -> tuple[list[Any], MessagesClient]:
+    """A MessagesClient over a real AsgiClient whose ASGI messages are recorded."""
+    sent: list[Any] = []
 
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-        self.answered: bytes | None = None
-        self.refused: bytes | None = None
-        self.ended = False
-        self.body_of: Any = None
+    async def send(message: Any) -> None:
+        sent.append(message)
 
-    def status_of(self, error: e.MarginError) -> int:
-        return status_of(error)
-
-    def error_event(self, error: e.MarginError) -> bytes:
-        return orjson.dumps(self.body_of(error))
-
-    async def answer(self, body: bytes, headers: Any) -> None:
-        self.answered = body
-
-    async def refuse(self, error: e.MarginError, headers: Any) -> None:
-        self.refused = orjson.dumps(self.body_of(error))
-
-    async def start_stream(self, headers: Any) -> None:
-        return None
-
-    async def write(self, data: bytes) -> None:
-        self.sent.append(data)
-
-    async def end_stream(self, data: bytes) -> None:
-        self.sent.append(data)
-        self.ended = True
+    return sent, MessagesClient(AsgiClient(send), body, "7")
 
 
-def _client(body: MessagesRequest = BODY) -> tuple[Inner, MessagesClient]:
-    inner = Inner()
-    return inner, MessagesClient(inner, body, "7")  # type: ignore[arg-type]
+def _body_of(sent: list[Any]) -> bytes:
+    return b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+def _head(sent: list[Any]) -> tuple[int, dict[bytes, bytes]]:
+    (start,) = [m for m in sent if m["type"] == "http.response.start"]
+    return start["status"], dict(start["headers"])
 
 
 def test_an_error_once_streaming_is_an_error_event_and_nothing_after_it() -> None:
     """As the chat path sends its SSE error event (`Delivery.run`), then the flow's closing comment: no
     `message_stop` after it, no `[DONE]`, the cost comment kept."""
-    inner, client = _client()
+    sent, client = _client()
 
     async def run() -> None:
-        await client.start_stream({})
+        await client.start_stream({"x-request-id": "7"})
         await client.write(sse(orjson.dumps(_delta(content="par"))))
         await client.write(sse(client.error_event(e.BackendError("the upstream broke"))))
         await client.end_stream(b": x-margin-cost-usd=0.000001000\n\n" + DONE)
 
     asyncio.run(run())
-    sent = b"".join(inner.sent)
-    got = _events(sent)
+    data = _body_of(sent)
+    got = _events(data)
     assert [kind for kind, _ in got] == ["message_start", "content_block_start", "content_block_delta", "error"]
     assert got[-1][1] == {"type": "error", "error": {"type": "api_error", "message": "the upstream broke"}}
-    assert sent.endswith(b": x-margin-cost-usd=0.000001000\n\n") and DONE not in sent and inner.ended
+    assert data.endswith(b": x-margin-cost-usd=0.000001000\n\n") and DONE not in data
+    assert sent[-1]["more_body"] is False
+    assert _head(sent)[1][b"request-id"] == b"7" and _head(sent)[1][b"content-type"].startswith(b"text/event-stream")
 
 
-def test_a_failure_after_the_headers_is_an_error_event_and_one_before_is_anthropic_s_json() -> None:
-    inner, client = _client()
-    asyncio.run(client.refuse(e.BudgetExceeded("over budget"), {}))
-    assert orjson.loads(inner.refused or b"") == {
+def test_a_failure_before_the_stream_is_anthropic_s_json_and_one_after_an_error_event() -> None:
+    sent, client = _client()
+    asyncio.run(client.refuse(e.BudgetExceeded("over budget", headers={"retry-after": "3"}), {}))
+    status, headers = _head(sent)
+    assert (status, headers[b"retry-after"], headers[b"request-id"]) == (429, b"3", b"7")
+    assert orjson.loads(_body_of(sent)) == {
         "type": "error", "error": {"type": "rate_limit_error", "message": "over budget"},
     }  # fmt: skip
-    inner, client = _client()
+    sent, client = _client()
 
     async def streaming() -> None:
         await client.start_stream({})
         await client.refuse(e.Overloaded("busy"), {})
 
     asyncio.run(streaming())
-    assert [kind for kind, _ in _events(b"".join(inner.sent))] == ["error"] and inner.ended
+    assert [kind for kind, _ in _events(_body_of(sent))] == ["error"] and sent[-1]["more_body"] is False
 
 
 def test_a_json_answer_is_translated() -> None:
-    inner, client = _client()
-    asyncio.run(client.answer(orjson.dumps(_answer({"content": "hi"})), {}))
-    answered = orjson.loads(inner.answered or b"")
-    assert (answered["id"], answered["content"], answered["stop_reason"]) == (
-        "msg_7",
-        [{"type": "text", "text": "hi"}],
-        "end_turn",
-    )
+    sent, client = _client()
+    asyncio.run(client.answer(orjson.dumps(_answer({"content": "hi"})), {"x-request-id": "7"}))
+    answered = orjson.loads(_body_of(sent))
+    assert (answered["id"], answered["stop_reason"]) == ("msg_7", "end_turn")
+    assert answered["content"] == [{"type": "text", "text": "hi"}] and _head(sent)[1][b"request-id"] == b"7"

@@ -1,5 +1,6 @@
 """The request path's way out (`margin.pipeline.values.Client`) over ASGI: raw `http.response.*` messages,
-errors mapped to their status and OpenAI JSON (`margin.api.errors`).
+errors mapped to their status and OpenAI JSON (`margin.api.errors`; `body_of`: another API's shape, set by a
+translating client, `margin.api.translating`).
 
 A client that left is noticed by the write after it left: a server that follows ASGI 2.4 raises from
 `send` (an OSError), and uvicorn, whose `send` returns silently on a closed connection, says so on the

@@ -374,3 +374,26 @@ def test_the_edge_s_own_errors_under_messages_are_anthropic_s(gateway: Gateway) 
     assert text.json()["type"] == "error"
     elsewhere = httpx.post(url + "/v1/nothing", json={}, headers=key, timeout=30)
     assert elsewhere.status_code == 404 and "type" not in elsewhere.json()  # OpenAI's: {"error": {...}}
+
+
+def test_a_deterministic_request_is_answered_from_the_cache_as_a_message(gateway: Gateway) -> None:
+    """The cache keys a Messages request as the chat that answers it: the second call (whole or streamed) is a
+    hit, nothing more is sent upstream, and a hit's Message and row agree."""
+    client = gateway.client()
+    params: Any = {
+        "model": "plain", "max_tokens": 30, "messages": [{"role": "user", "content": "cache me"}],
+        "extra_body": {"temperature": 0},
+    }  # fmt: skip
+    first = client.messages.with_raw_response.create(**params)
+    assert first.headers["x-margin-cache"] == "miss"
+    sent = len(gateway.live.bodies)
+    hit = client.messages.with_raw_response.create(**params)
+    message = hit.parse()
+    assert hit.headers["x-margin-cache"] == "hit-exact" and message.content[0].text == "hello world"
+    row = gateway.live.row(hit.headers["x-request-id"])
+    assert (row.endpoint, row.cost_nanousd) == ("messages", 0)  # a hit costs nothing; its saving is recorded
+    assert message.usage.input_tokens + message.usage.cache_read_input_tokens == row.input_tokens
+    with client.messages.stream(**params) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].text == "hello world" and final.stop_reason == "end_turn"  # type: ignore[union-attr]
+    assert len(gateway.live.bodies) == sent

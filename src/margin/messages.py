@@ -275,14 +275,15 @@ def _blocks(blocks: list[Any], where: str, allowed: tuple[str, ...]) -> None:
             continue
         kind, at = block.get("type"), f"{where}.{number}"
         if isinstance(kind, str) and kind not in allowed:
+            shown = kind[:40]
             if kind in ("document", "search_result"):
                 why = f"`{kind}` blocks are not supported through this gateway: send their text as `text` blocks"
             elif allowed == ("text",):
-                why = f"`{kind}` blocks are not supported here: only `text` (a chat's system or tool message is text)"
+                why = f"`{shown}` blocks are not supported here: only `text` (a chat's system or tool message is text)"
             elif kind in USER_BLOCKS + ASSISTANT_BLOCKS:
                 why = f"`{kind}` blocks are not allowed in this role's messages"
             else:
-                why = f"`{kind[:40]}` blocks are not supported through this gateway: margin runs no server tools"
+                why = f"`{shown}` blocks are not supported through this gateway: margin runs no server tools"
             raise _refuse(why, f"{at}.type")
         if block.get("citations") is not None:
             raise _refuse("citations are not supported through this gateway", f"{at}.citations")
@@ -341,7 +342,14 @@ def _user(message: UserMessage, out: list[dict[str, Any]]) -> None:
         out.append({"role": "user", "content": parts})
 
 
-def _assistant(message: AssistantMessage) -> dict[str, Any]:
+def _arguments(block: ToolUse, at: str) -> str:
+    try:
+        return orjson.dumps(block.input).decode()
+    except orjson.JSONEncodeError as exc:  # it parsed (up to 1,024 levels) but nests past what orjson writes (255)
+        raise InvalidRequest(f"{at}.input: nests too deeply (at most 255 levels)", param=f"{at}.input") from exc
+
+
+def _assistant(message: AssistantMessage, index: int) -> dict[str, Any]:
     """Text blocks as the content, tool uses as tool calls; thinking blocks dropped."""
     if isinstance(message.content, str):
         return {"role": "assistant", "content": message.content}
@@ -350,9 +358,9 @@ def _assistant(message: AssistantMessage) -> dict[str, Any]:
         {
             "id": block.id,
             "type": "function",
-            "function": {"name": block.name, "arguments": orjson.dumps(block.input).decode()},
+            "function": {"name": block.name, "arguments": _arguments(block, f"messages.{index}.content.{number}")},
         }
-        for block in message.content
+        for number, block in enumerate(message.content)
         if isinstance(block, ToolUse)
     ]
     out: dict[str, Any] = {"role": "assistant", "content": parts or None}
@@ -367,11 +375,11 @@ def messages(body: MessagesRequest) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if body.system is not None:
         out.append({"role": "system", "content": _text(body.system)})
-    for message in body.messages:
+    for index, message in enumerate(body.messages):
         if isinstance(message, UserMessage):
             _user(message, out)
         elif isinstance(message, AssistantMessage):
-            out.append(_assistant(message))
+            out.append(_assistant(message, index))
         else:
             out.append({"role": "system", "content": _text(message.content)})
     return out

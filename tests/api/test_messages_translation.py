@@ -220,6 +220,18 @@ def test_content_blocks_are_counted_before_any_is_read() -> None:
     assert raised.value.code == "array_above_max_length" and "12000" in raised.value.message
 
 
+def test_a_tool_use_input_nested_past_what_json_writes_is_a_400_not_a_500() -> None:
+    """Its arguments are JSON written again: a body parses up to 1,024 levels, orjson writes 255."""
+    deep: Any = {}
+    inner = deep
+    for _ in range(300):
+        inner["a"] = inner = {}
+    turn = {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": deep}]}
+    with pytest.raises(InvalidRequest) as raised:
+        parse(_body(messages=[USER, turn]))
+    assert raised.value.param == "messages.1.content.0.input"
+
+
 def test_a_body_that_is_not_an_object_is_refused() -> None:
     with pytest.raises(InvalidRequest):
         parse_messages([])

@@ -5,10 +5,9 @@ written to the ledger as a chat is. The answer is translated back in `margin.api
 
 What margin cannot honour is refused with a message that says why, before anything is reserved or sent: tools
 Anthropic's servers run (web search, code execution, bash, …: margin runs no tools), MCP servers, containers,
-`document` / `search_result` blocks, citations, images by file id and images in tool
-results. `cache_control` (anywhere) and `context_management` are accepted and ignored: prompt caching is the
-upstream's own (what it reports as cached input is `cache_read_input_tokens`), and the conversation is sent as
-it came."""
+`document` / `search_result` blocks, citations and images by file id. `cache_control` (anywhere) and
+`context_management` are accepted and ignored: prompt caching is the upstream's own (what it reports as cached
+input is `cache_read_input_tokens`), and the conversation is sent as it came."""
 
 from __future__ import annotations
 
@@ -94,10 +93,26 @@ class ToolUse(_Strict):
     caller: DirectCaller | None = None  # an answer's block sent back: only a direct call (margin makes no others)
 
 
+def _tagged(prefix: str, field: str) -> Any:
+    """A union's discriminator whose tags (`block:text`, `role:user`) never collide with a field's name in an
+    error's location (a block's `text` field, the request's `system`)."""
+
+    def tag(value: Any) -> str:
+        kind = value.get(field) if isinstance(value, dict) else getattr(value, field, None)
+        return f"{prefix}:{kind}"
+
+    return Discriminator(tag)
+
+
+ResultBlock = Annotated[
+    Annotated[Text, Tag("block:text")] | Annotated[Image, Tag("block:image")], _tagged("block", "type")
+]
+
+
 class ToolResult(_Strict):
     type: Literal["tool_result"]
     tool_use_id: Annotated[str, Field(min_length=1, max_length=256)]
-    content: str | Annotated[list[Text], Field(max_length=MAX_CONTENT_PARTS, fail_fast=True)] | None = None
+    content: str | Annotated[list[ResultBlock], Field(max_length=MAX_CONTENT_PARTS, fail_fast=True)] | None = None
     is_error: bool | None = None
     cache_control: CacheControl | None = None
 
@@ -115,17 +130,6 @@ class RedactedThinking(_Strict):
     type: Literal["redacted_thinking"]
     data: str
     cache_control: CacheControl | None = None
-
-
-def _tagged(prefix: str, field: str) -> Any:
-    """A union's discriminator whose tags (`block:text`, `role:user`) never collide with a field's name in an
-    error's location (a block's `text` field, the request's `system`)."""
-
-    def tag(value: Any) -> str:
-        kind = value.get(field) if isinstance(value, dict) else getattr(value, field, None)
-        return f"{prefix}:{kind}"
-
-    return Discriminator(tag)
 
 
 UserBlock = Annotated[
@@ -279,7 +283,9 @@ def _blocks(blocks: list[Any], where: str, allowed: tuple[str, ...]) -> None:
             if kind in ("document", "search_result"):
                 why = f"`{kind}` blocks are not supported through this gateway: send their text as `text` blocks"
             elif allowed == ("text",):
-                why = f"`{shown}` blocks are not supported here: only `text` (a chat's system or tool message is text)"
+                why = f"`{shown}` blocks are not supported here: only `text` (a chat's system message is text)"
+            elif allowed == ("text", "image"):
+                why = f"`{shown}` blocks are not supported in a tool result: only `text` and `image`"
             elif kind in USER_BLOCKS + ASSISTANT_BLOCKS:
                 why = f"`{kind}` blocks are not allowed in this role's messages"
             else:
@@ -292,7 +298,7 @@ def _blocks(blocks: list[Any], where: str, allowed: tuple[str, ...]) -> None:
             raise _refuse("images by file id are not supported: send a base64 or url source", f"{at}.source.type")
         inner = block.get("content")
         if kind == "tool_result" and type(inner) is list:
-            _blocks(inner, f"{at}.content", ("text",))
+            _blocks(inner, f"{at}.content", ("text", "image"))
 
 
 UNION_TAGS = frozenset(
@@ -323,14 +329,21 @@ def _image(image: Image) -> dict[str, Any]:
 
 
 def _user(message: UserMessage, out: list[dict[str, Any]]) -> None:
-    """Tool results first (tool messages, in order), then the rest of the user's content."""
+    """Tool results first (tool messages, in order), then the rest of the user's content. A chat's tool message
+    holds text only: a result's images open the user message that follows (before the user's own content)."""
     if isinstance(message.content, str):
         out.append({"role": "user", "content": message.content})
         return
+    carried: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
     for block in message.content:
         if isinstance(block, ToolResult):
-            text = _text(block.content) if block.content is not None else ""
+            content = block.content if block.content is not None else ""
+            if isinstance(content, str):
+                text = content
+            else:
+                text = "\n\n".join(item.text for item in content if isinstance(item, Text))
+                carried.extend(_image(item) for item in content if isinstance(item, Image))
             if block.is_error:
                 text = f"Error: {text}" if text else "Error"
             out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": text})
@@ -338,8 +351,8 @@ def _user(message: UserMessage, out: list[dict[str, Any]]) -> None:
             parts.append(_image(block))
         else:
             parts.append({"type": "text", "text": block.text})
-    if parts:
-        out.append({"role": "user", "content": parts})
+    if carried or parts:
+        out.append({"role": "user", "content": carried + parts})
 
 
 def _arguments(block: ToolUse, at: str) -> str:

@@ -327,7 +327,7 @@ SOURCE: Any = {"type": "base64", "media_type": "image/png", "data": PIXEL}
         ),
         (
             {"messages": [{"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image", "source": SOURCE}]}
+                {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "document", "source": SOURCE}]}
             ]}]},
             "messages.0.content.0.content.0.type",
         ),

@@ -81,6 +81,23 @@ def test_tool_results_come_first_as_tool_messages_then_the_user_s_other_content(
     ]
 
 
+def test_a_tool_result_s_images_open_the_user_message_that_follows() -> None:
+    """A chat's tool message holds text: the images a tool returned (a screenshot, an image file read) go to the
+    user message right after the tool messages, before the user's own content."""
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
+    turn = {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "t1", "content": [TEXT_X, image]},
+        {"type": "tool_result", "tool_use_id": "t2", "content": [image]},
+        {"type": "text", "text": "and?"},
+    ]}  # fmt: skip
+    url = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    assert _chat(messages=[turn])["messages"] == [
+        {"role": "tool", "tool_call_id": "t1", "content": "x"},
+        {"role": "tool", "tool_call_id": "t2", "content": ""},
+        {"role": "user", "content": [url, url, {"type": "text", "text": "and?"}]},
+    ]
+
+
 def test_an_assistant_turn_of_tool_uses_alone_has_no_content_and_redacted_thinking_is_dropped() -> None:
     turn = {"role": "assistant", "content": [{"type": "redacted_thinking", "data": "x"},
                                              {"type": "tool_use", "id": "t", "name": "f", "input": {}}]}  # fmt: skip

@@ -4,8 +4,8 @@ process, with the upstream's HTTP replaced by the fake upstream's canned answers
 patched: everything from the edge to the outbox write runs, aiohttp and the sockets do not). The event loop
 thread's CPU per request, in rounds; the minimum is the least disturbed by other work on the machine.
 
-    python benchmarks/request_cpu.py [--mode json|sse] [--api chat|responses] [--requests 2000] [--rounds 7]
-                                     [--profile out.prof] [--shared-core] [--app margin|bare]
+    python benchmarks/request_cpu.py [--mode json|sse] [--api chat|responses|messages] [--requests 2000]
+                                     [--rounds 7] [--profile out.prof] [--shared-core] [--app margin|bare]
 
 `--shared-core` pins this process to the last CPU beside a neighbour process (a JSON-encoding loop, the stand-in
 for the load generator and the upstream that share the gateway sweep's two cores) and sleeps 1 ms before each
@@ -109,13 +109,16 @@ async def measure(args: argparse.Namespace) -> list[float]:
     if args.api == "responses":  # the same request through the Responses API (translated to this chat)
         data = {"model": "bench", "input": "Say hello.", "max_output_tokens": 16}
         path = "/v1/responses"
+    if args.api == "messages":  # the same through Anthropic's Messages API (the key in `x-api-key`, as its SDK sends)
+        data = {"model": "bench", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
+        path = "/v1/messages"
     if args.mode == "sse":
         data["stream"] = True
     body = orjson.dumps(data)
     headers = [
         (b"host", b"127.0.0.1:8000"),
         (b"content-type", b"application/json"),
-        (b"authorization", f"Bearer {key}".encode()),
+        (b"x-api-key", key.encode()) if args.api == "messages" else (b"authorization", f"Bearer {key}".encode()),
         (b"content-length", str(len(body)).encode()),
     ]
     sent: list[Any] = []
@@ -175,7 +178,7 @@ def _share_core() -> subprocess.Popen[bytes]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mode", choices=("json", "sse"), default="json")
-    parser.add_argument("--api", choices=("chat", "responses"), default="chat")
+    parser.add_argument("--api", choices=("chat", "responses", "messages"), default="chat")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--shared-core", action="store_true", help="a neighbour process has the core between requests")

@@ -18,9 +18,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from margin.api import admin, edge, feedback, inference, meta, observability, openapi, responses
+from margin.api import admin, edge, feedback, inference, messages, meta, observability, openapi, responses
 from margin.api import batches as batches_api
-from margin.api.errors import error_response
+from margin.api.errors import anthropic_error_body, error_body, error_response
 from margin.backends.registry import BackendRegistry
 from margin.batches.runner import BatchRunner
 from margin.config import Settings
@@ -33,12 +33,21 @@ from margin.services import Services
 log = logging.getLogger("margin")
 
 
+def _shape(path: str) -> Callable[[MarginError], dict[str, Any]]:
+    """The error JSON of a path: Anthropic's under `/v1/messages` (its SDKs read that shape), else OpenAI's."""
+    return anthropic_error_body if path.startswith("/v1/messages") else error_body
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    path = request.url.path
     if exc.status_code == 405:
-        return error_response(MethodNotAllowed(f"method {request.method} is not allowed on {request.url.path}"))
+        return error_response(
+            MethodNotAllowed(f"method {request.method} is not allowed on {path}"), body_of=_shape(path)
+        )
     if exc.status_code == 404:
-        return error_response(NotFound(f"no route {request.method} {request.url.path}", code="unknown_url"))
+        missing = NotFound(f"no route {request.method} {path}", code="unknown_url")
+        return error_response(missing, body_of=_shape(path))
     return error_response(MarginError(str(exc.detail)), status=exc.status_code)
 
 
@@ -79,7 +88,7 @@ class Gateway(Starlette):
             services = getattr(self.state, "services", None)  # none before the lifespan: fail closed
             refused = edge.refusal(scope, services is None or services.keys.open_mode)
             if refused is not None:
-                await error_response(refused)(scope, receive, send)
+                await error_response(refused, body_of=_shape(scope["path"]))(scope, receive, send)
                 return
             if scope["method"] == "POST" and not scope.get("root_path"):
                 handler = self.fast.get(scope["path"])
@@ -131,6 +140,7 @@ def build_app(
         "/v1/completions": inference.completions,
         "/v1/embeddings": inference.embeddings,
         "/v1/responses": responses.responses,
+        "/v1/messages": messages.messages,
     }
     routes = [
         *(Route(path, handler, methods=["POST"]) for path, handler in fast.items()),

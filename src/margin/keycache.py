@@ -211,11 +211,14 @@ class KeyCache:
             return (await connection.execute(sa.select(api_keys).where(where, api_keys.c.revoked_at.is_(None)))).first()
 
 
-async def authenticate(keys: KeyCache, headers: Mapping[str, str]) -> Principal:
-    """The caller, from the headers alone (before any body is read): anonymous in open mode, else its key."""
+async def authenticate(keys: KeyCache, headers: Mapping[str, str], x_api_key: bool = False) -> Principal:
+    """The caller, from the headers alone (before any body is read): anonymous in open mode, else its key
+    (`x_api_key`: also from the `x-api-key` header, where Anthropic's SDKs send it; it wins over a Bearer)."""
     if await keys.open_now():
         return ANONYMOUS
-    token = bearer_token(headers)
+    token = (headers.get("x-api-key", "").strip() or None) if x_api_key else None
+    token = token or bearer_token(headers)
     if token is None:
-        raise AuthenticationFailed("missing API key: send `Authorization: Bearer <key>`", code="missing_api_key")
+        sent = "`x-api-key: <key>` or `Authorization: Bearer <key>`" if x_api_key else "`Authorization: Bearer <key>`"
+        raise AuthenticationFailed(f"missing API key: send {sent}", code="missing_api_key")
     return principal_of(await keys.lookup(token))

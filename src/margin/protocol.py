@@ -26,6 +26,7 @@ class Endpoint(StrEnum):
     # OpenAI's Responses API: answered by a chat (`margin.responses`); the ledger row names this endpoint, the
     # request path sees a chat
     RESPONSES = "responses"
+    MESSAGES = "messages"  # Anthropic's Messages API (`margin.messages`): the same, a chat underneath
 
 
 INT32 = 2**31 - 1  # token counts and ids are 32-bit in every engine (and in the ledger's integer columns)

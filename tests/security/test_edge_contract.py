@@ -1,6 +1,6 @@
 """Issue 13 §6, the API as a contract: `GET /openapi.json` documents every public route from the schemas the
 routes validate with, and schemathesis throws generated valid and invalid requests at a live gateway with a
-bounded example budget: no 5xx, and every 4xx is OpenAI-shaped.
+bounded example budget: no 5xx, and every 4xx is OpenAI-shaped (Anthropic-shaped under `/v1/messages`).
 
 `MARGIN_API_EXAMPLES` raises the budget for a deeper run (default 8 examples per operation and mode)."""
 
@@ -25,6 +25,14 @@ if TYPE_CHECKING:
 
 EXAMPLES = int(os.environ.get("MARGIN_API_EXAMPLES", "8"))
 ERROR_KEYS = {"message", "type", "param", "code"}
+
+
+def anthropic_shaped(body: Any) -> bool:
+    """Anthropic's error JSON (what `/v1/messages` answers errors with)."""
+    if not isinstance(body, dict) or set(body) != {"type", "error"} or body["type"] != "error":
+        return False
+    error = body["error"]
+    return isinstance(error, dict) and set(error) == {"type", "message"} and bool(error["message"])
 
 
 def openai_shaped(body: Any) -> bool:
@@ -97,7 +105,8 @@ def test_schemathesis_finds_no_5xx_and_only_openai_shaped_4xx(served: ServeFacto
                     statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
                     assert response.status_code < 500, (case.as_curl_command(), response.text[:500])
                     if response.status_code >= 400:
-                        assert openai_shaped(response.json()), (case.as_curl_command(), response.text[:500])
+                        shaped = anthropic_shaped if case.path.startswith("/v1/messages") else openai_shaped
+                        assert shaped(response.json()), (case.as_curl_command(), response.text[:500])
                     case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
 
                 try:

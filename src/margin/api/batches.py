@@ -41,7 +41,7 @@ class BatchCreateRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     input_file_id: str = Field(min_length=1, max_length=64)
-    endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]
+    endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages"]
     completion_window: str = Field(
         pattern=r"^[0-9]{1,3}h$", description="Hours before the job expires (`24h`; up to batches.max_window_h)."
     )

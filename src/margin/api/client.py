@@ -1,5 +1,6 @@
 """The request path's way out (`margin.pipeline.values.Client`) over ASGI: raw `http.response.*` messages,
-errors mapped to their status and OpenAI JSON (`margin.api.errors`).
+errors mapped to their status and OpenAI JSON (`margin.api.errors`; `body_of`: another API's shape, set by a
+translating client, `margin.api.translating`).
 
 A client that left is noticed by the write after it left: a server that follows ASGI 2.4 raises from
 `send` (an OSError), and uvicorn, whose `send` returns silently on a closed connection, says so on the
@@ -14,7 +15,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 from urllib.parse import quote
 
 import orjson
@@ -48,10 +50,11 @@ def header_value(value: str) -> bytes:
 
 
 class AsgiClient:
-    __slots__ = ("_cycle", "_send", "_stalls", "stalled", "started", "task", "writing_since")
+    __slots__ = ("_cycle", "_send", "_stalls", "body_of", "stalled", "started", "task", "writing_since")
 
     def __init__(self, send: Send, stalls: StallWatch | None = None) -> None:
         self._send = send
+        self.body_of: Callable[[MarginError], dict[str, Any]] = error_body  # the error JSON (its API's shape)
         self._cycle = getattr(send, "__self__", None)  # uvicorn's cycle: `disconnected` once the client left
         self._stalls = stalls
         self.started = False
@@ -63,7 +66,7 @@ class AsgiClient:
         return status_of(error)
 
     def error_event(self, error: MarginError) -> bytes:
-        return orjson.dumps(error_body(error))
+        return orjson.dumps(self.body_of(error))
 
     async def answer(self, body: bytes, headers: Mapping[str, str]) -> None:
         raw = [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode()), *_encoded(headers)]
@@ -71,7 +74,7 @@ class AsgiClient:
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def refuse(self, error: MarginError, headers: Mapping[str, str]) -> None:
-        body = orjson.dumps(error_body(error))
+        body = orjson.dumps(self.body_of(error))
         if self.started:  # a failure after the stream's headers left: an error event, then the end; no
             # `[DONE]` when the row could not be recorded (the answer is not acknowledged)
             done = b"" if isinstance(error, OutboxError) else b"data: [DONE]\n\n"

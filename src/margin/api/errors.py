@@ -4,7 +4,7 @@ OpenAI-shaped JSON body, and the error response; and the headers every JSON answ
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -58,6 +58,28 @@ def error_body(error: e.MarginError) -> dict[str, Any]:
     return {"error": {"message": error.message, "type": kind, "param": error.param, "code": error.code}}
 
 
+# HTTP status → Anthropic's error type (the Messages API answers errors in Anthropic's shape); another 4xx is
+# `invalid_request_error`, another 5xx `api_error`; margin's `Overloaded` is `overloaded_error` whatever its status
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+}
+
+
+def anthropic_error_body(error: e.MarginError) -> dict[str, Any]:
+    """An error as Anthropic's API writes it: `{"type": "error", "error": {"type", "message"}}`."""
+    status = status_of(error)
+    if isinstance(error, e.Overloaded):
+        kind = "overloaded_error"
+    else:
+        kind = ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    return {"type": "error", "error": {"type": kind, "message": error.message}}
+
+
 def error_headers(error: e.MarginError) -> dict[str, str]:
     """The headers an error's answer carries: its own (`retry-after`, …), and `x-should-retry: false` where
     sending the request again would change nothing."""
@@ -66,12 +88,18 @@ def error_headers(error: e.MarginError) -> dict[str, str]:
     return error.headers
 
 
-def error_response(error: e.MarginError, request_id: str | None = None, status: int | None = None) -> Response:
-    """The OpenAI error JSON; `status` overrides the class's (an HTTP error starlette raised itself)."""
+def error_response(
+    error: e.MarginError,
+    request_id: str | None = None,
+    status: int | None = None,
+    body_of: Callable[[e.MarginError], dict[str, Any]] = error_body,
+) -> Response:
+    """The OpenAI error JSON (`body_of`: another API's shape of it); `status` overrides the class's (an HTTP
+    error starlette raised itself)."""
     headers = {NOSNIFF[0]: NOSNIFF[1], **error_headers(error)}
     if request_id:
         headers["x-margin-request-id"] = headers["x-request-id"] = request_id
-    body = orjson.dumps(error_body(error))
+    body = orjson.dumps(body_of(error))
     return Response(body, status_code=status or status_of(error), media_type=JSON, headers=headers)
 
 

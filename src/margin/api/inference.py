@@ -1,6 +1,7 @@
 """POST /v1/chat/completions, /v1/completions, /v1/embeddings: the caller from the headers, the body read
 with a limit and validated, then the request path (`margin.pipeline.flow`), which writes the answer.
-`arrive` and `Run` serve `/v1/responses` too (margin.api.responses: its body and its answer translated)."""
+`arrive` and `Run` serve `/v1/responses` and `/v1/messages` too (margin.api.responses, margin.api.messages: their
+bodies and answers translated)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from margin.api.client import AsgiClient, StallWatch
 from margin.api.edge import header_map, parse_json, read_body
-from margin.api.errors import error_response
+from margin.api.errors import error_body, error_response
 from margin.batches import inprocess
 from margin.errors import MarginError
 from margin.keycache import authenticate
@@ -61,9 +62,15 @@ class Arrival(NamedTuple):
     batch: BatchLine | None
 
 
-async def arrive(request: HttpRequest, parse: Callable[[Any], T]) -> tuple[Arrival, T] | Response:
+async def arrive(
+    request: HttpRequest,
+    parse: Callable[[Any], T],
+    body_of: Callable[[MarginError], dict[str, Any]] = error_body,
+    x_api_key: bool = False,
+) -> tuple[Arrival, T] | Response:
     """The caller (from headers, before any body), then the body read with a limit and `parse`d; the error
-    answer if either fails."""
+    answer if either fails (`body_of`: its JSON, in the endpoint's shape; `x_api_key`: the key may come in
+    that header, as Anthropic's SDKs send it)."""
     started = time.perf_counter()
     services = request.app.state.services
     caller = inprocess.of(request.scope)  # the batch worker's in-process call: already authenticated
@@ -71,10 +78,10 @@ async def arrive(request: HttpRequest, parse: Callable[[Any], T]) -> tuple[Arriv
     request_id = caller.request_id if caller else new_request_id()
     headers = header_map(request.scope["headers"])
     try:
-        principal = caller.principal if caller else await authenticate(services.keys, headers)
+        principal = caller.principal if caller else await authenticate(services.keys, headers, x_api_key)
         parsed = parse(parse_json(await read_body(request, services.settings.server.max_body_bytes)))
     except MarginError as exc:
-        return error_response(exc, request_id)
+        return error_response(exc, request_id, body_of=body_of)
     return Arrival(started, services, request_id, headers, principal, caller.batch if caller else None), parsed
 
 

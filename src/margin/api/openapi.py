@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict
@@ -21,6 +21,7 @@ from margin.api.errors import JSON, NOSNIFF
 from margin.keyops import RotateRequest
 from margin.keys import KeyRequest
 from margin.ledger.feedback import FeedbackItem
+from margin.messages import MessagesRequest
 from margin.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from margin.responses import ResponsesRequest
 from margin.specs import BudgetSpec, FlagSpec, LimitSpec
@@ -46,11 +47,28 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+class AnthropicErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    message: str
+
+
+class AnthropicErrorBody(BaseModel):
+    """Every 4xx and 5xx answer under `/v1/messages` (Anthropic's error shape; `margin.api.errors`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail
+
+
 MODELS: tuple[type[BaseModel], ...] = (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     ResponsesRequest,
+    MessagesRequest,
     KeyRequest,
     RotateRequest,
     FeedbackItem,
@@ -58,6 +76,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     LimitSpec,
     FlagSpec,
     ErrorBody,
+    AnthropicErrorBody,
     BatchCreateRequest,
 )
 UPLOAD = {
@@ -89,12 +108,13 @@ class Op:
     summary: str
     body: dict[str, Any] | None = None  # a JSON schema (usually a $ref)
     status: int = 200
-    auth: str = "key"  # key | admin | none | optional
+    auth: str = "key"  # key | admin | none | optional | key_or_api_key
     params: list[dict[str, Any]] = field(default_factory=list)
     stream: bool = False
     body_required: bool = True
     media: str = JSON  # the request body's media type
     answer: str = JSON  # the success answer's media type
+    error: type[BaseModel] = ErrorBody  # the error answers' shape
 
 
 def _operations() -> list[Op]:
@@ -121,6 +141,16 @@ def _gateway_operations() -> list[Op]:
             "A response (OpenAI's Responses API, stateless: answered by a chat; streams with `stream: true`)",
             ref(ResponsesRequest),
             stream=True,
+        ),
+        Op(
+            "post",
+            "/v1/messages",
+            "A message (Anthropic's Messages API: answered by a chat; streams with `stream: true`; the key in "
+            "`x-api-key` or as a Bearer; errors in Anthropic's shape)",
+            ref(MessagesRequest),
+            stream=True,
+            auth="key_or_api_key",
+            error=AnthropicErrorBody,
         ),
         Op("get", "/v1/models", "The models this gateway serves"),
         Op("get", "/v1/models/{model}", "One model", params=[_path("model")]),
@@ -221,7 +251,8 @@ def _store_operations() -> list[Op]:
 
 
 def _operation(op: Op) -> dict[str, Any]:
-    error = {"description": "OpenAI-shaped error", "content": {JSON: {"schema": ref(ErrorBody)}}}
+    shape = "Anthropic-shaped error" if op.error is AnthropicErrorBody else "OpenAI-shaped error"
+    error = {"description": shape, "content": {JSON: {"schema": ref(op.error)}}}
     success: dict[str, Any] = {op.answer: {"schema": {} if op.answer == JSON else {"type": "string"}}}
     if op.stream:
         success["text/event-stream"] = {"schema": {"type": "string"}}
@@ -238,6 +269,8 @@ def _operation(op: Op) -> dict[str, Any]:
         out["security"] = []
     elif op.auth == "optional":
         out["security"] = [{}, {"bearer": []}]
+    elif op.auth == "key_or_api_key":
+        out["security"] = [{"bearer": []}, {"api_key": []}]
     return out
 
 
@@ -257,7 +290,10 @@ def document() -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": definitions.get("$defs", {}),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "api_key": {"type": "apiKey", "in": "header", "name": "x-api-key"},  # `/v1/messages` only
+            },
         },
         "security": [{"bearer": []}],
     }

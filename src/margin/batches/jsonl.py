@@ -19,7 +19,7 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from margin import jsonload, responses
+from margin import jsonload, messages, responses
 from margin.batches import expiry
 from margin.config import BatchConfig
 from margin.errors import InvalidRequest, MarginError, PayloadTooLarge
@@ -30,7 +30,9 @@ ENDPOINTS = {
     "/v1/completions": Endpoint.COMPLETIONS,
     "/v1/embeddings": Endpoint.EMBEDDINGS,
     "/v1/responses": Endpoint.RESPONSES,  # validated as the endpoint validates it (margin.responses)
+    "/v1/messages": Endpoint.MESSAGES,  # idem (margin.messages)
 }
+TRANSLATED = {Endpoint.RESPONSES: responses.parse, Endpoint.MESSAGES: messages.parse}
 FORM_ENVELOPE = 64 * 1024  # room for the form's own fields and boundaries around the file
 MAX_CUSTOM_ID = 256
 CUSTOM_ID = re.compile(r"[^\x00-\x1f\x7f-\x9f]+")  # no C0 or C1 control character, nor DEL (fullmatch)
@@ -187,7 +189,7 @@ def _line(number: int, raw: bytes, endpoint: str, seen: dict[str, int]) -> Line 
         return LineError(number, custom_id, "unsupported_parameter", "streams are not run in batches", "body.stream")
     try:
         kind = ENDPOINTS[endpoint]
-        request = responses.parse(body)[2] if kind is Endpoint.RESPONSES else parse_request(kind, body)
+        request = TRANSLATED[kind](body)[2] if kind in TRANSLATED else parse_request(kind, body)
         stored = orjson.dumps(body)
     except MarginError as exc:
         return LineError(number, custom_id, exc.code or "invalid_request", exc.message, exc.param)

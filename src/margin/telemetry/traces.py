@@ -46,6 +46,7 @@ OPERATIONS = {
     "completions": "text_completion",
     "embeddings": "embeddings",
     "responses": "chat",  # OpenAI's Responses API: answered by a chat (GenAI names its operation `chat`)
+    "messages": "chat",  # Anthropic's Messages API: idem
 }
 PROVIDERS = {"llamacpp": "llama.cpp", "fake": "margin.fake", "sentence_transformers": "sentence_transformers"}
 DRAIN_INTERVAL_S = 0.5

@@ -1,0 +1,222 @@
+"""Anthropic's Messages API, answer side: a chat completion (margin's answer to the translated request,
+`margin.messages`) as a Message, and a chat stream's chunks as Anthropic's stream events (`message_start`,
+`content_block_start` / `_delta` / `_stop`, `message_delta` with the stop reason and usage, `message_stop`; an
+error once streaming is an `error` event). Pure translation: the client that applies it to the request path's
+output is `margin.api.messages`.
+
+Usage is Anthropic's: `input_tokens` excludes the input read from the upstream's prompt cache, which is
+`cache_read_input_tokens`; `cache_creation_input_tokens` is 0 (an OpenAI-compatible upstream charges nothing
+apart for writing its cache, and reports no such count)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from margin.api.responses_out import usage_of as responses_usage
+from margin.messages import MessagesRequest
+from margin.types import choices_of
+
+# a chat's finish_reason → Anthropic's stop_reason (anything else, or none: `end_turn`)
+STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+TEXT_DELTA_HEAD = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
+TEXT_DELTA_MID = b',"delta":{"type":"text_delta","text":'
+
+
+def usage_of(chat_usage: Any) -> dict[str, int]:
+    """A chat's usage as Anthropic reports it."""
+    usage = responses_usage(chat_usage) or responses_usage({})
+    assert usage is not None
+    cached = usage["input_tokens_details"]["cached_tokens"]
+    return {
+        "input_tokens": max(usage["input_tokens"] - cached, 0),
+        "output_tokens": usage["output_tokens"],
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": cached,
+    }
+
+
+def stop_of(finish: Any, matched: Any, body: MessagesRequest) -> tuple[str, str | None]:
+    """The stop reason and the stop sequence: a `stop` finish is `stop_sequence` where the upstream says which
+    of the request's sequences matched (vLLM's `stop_reason`); otherwise `end_turn`."""
+    if finish == "stop" and isinstance(matched, str) and body.stop_sequences and matched in body.stop_sequences:
+        return "stop_sequence", matched
+    return (STOP_REASONS.get(finish, "end_turn") if isinstance(finish, str) else "end_turn"), None
+
+
+def tool_input(arguments: Any) -> dict[str, Any]:
+    """A tool call's arguments as a tool_use block's `input` (an object; arguments that are not a JSON object
+    are kept whole under `arguments`)."""
+    if not isinstance(arguments, str) or not arguments.strip():
+        return {}
+    try:
+        parsed = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return {"arguments": arguments}
+    return parsed if isinstance(parsed, dict) else {"arguments": arguments}
+
+
+def _tool_use(call: dict[str, Any], fallback_id: str) -> dict[str, Any]:
+    function = call.get("function") if isinstance(call.get("function"), dict) else {}
+    assert isinstance(function, dict)
+    name = function.get("name")
+    return {
+        "type": "tool_use",
+        "id": call["id"] if isinstance(call.get("id"), str) and call["id"] else fallback_id,
+        "name": name if isinstance(name, str) else "",
+        "input": tool_input(function.get("arguments")),
+    }
+
+
+def skeleton(message_id: str, model: str) -> dict[str, Any]:
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": usage_of(None),
+    }
+
+
+def from_chat(chat: Any, body: MessagesRequest, request_id: str) -> dict[str, Any]:
+    """A whole chat completion as the Message."""
+    chat = chat if isinstance(chat, dict) else {}
+    choices = choices_of(chat)
+    choice = choices[0] if choices and isinstance(choices[0], dict) else {}
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    assert isinstance(message, dict)
+    model = chat.get("model")
+    out = skeleton(f"msg_{request_id}", model if isinstance(model, str) else body.model)
+    content: list[dict[str, Any]] = out["content"]
+    for text in (message.get("content"), message.get("refusal")):
+        if isinstance(text, str) and text:
+            content.append({"type": "text", "text": text})
+    calls = message.get("tool_calls")
+    for number, call in enumerate(calls if isinstance(calls, list) else []):
+        if isinstance(call, dict):
+            content.append(_tool_use(call, f"toolu_{request_id}_{number}"))
+    out["stop_reason"], out["stop_sequence"] = stop_of(choice.get("finish_reason"), choice.get("stop_reason"), body)
+    out["usage"] = usage_of(chat.get("usage"))
+    return out
+
+
+def event(kind: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
+
+
+class MessageEvents:
+    """One stream's translation: chat chunks in, Anthropic's events out (as SSE bytes). `message_start` goes
+    with the first chunk (it names the model the chunk does); a content block opens with its first delta and
+    closes when the next block opens or the stream ends."""
+
+    def __init__(self, body: MessagesRequest, request_id: str) -> None:
+        self.body, self.request_id = body, request_id
+        self.opened = self.failed = False
+        self.blocks = 0  # content blocks opened so far; the open one is the last
+        self.open: str | int | None = None  # "text", a chat tool call's index, or None
+        self.calls: dict[int, int] = {}  # a chat tool call's index → its block's index
+        self.text_index = b""  # the open text block's index, as bytes (its deltas are laid out without a dict)
+        self.usage: Any = None
+        self.finish: Any = None
+        self.matched: Any = None
+
+    def start(self) -> bytes:
+        return b""  # `message_start` waits for the first chunk's model
+
+    def _open(self, model: Any = None) -> bytes:
+        if self.opened:
+            return b""
+        self.opened = True
+        message = skeleton(f"msg_{self.request_id}", model if isinstance(model, str) else self.body.model)
+        return event("message_start", {"message": message})
+
+    def chunk(self, payload: Any) -> bytes:
+        """The events of one chat chunk (the usual one, a text delta, with as few look-ups as it takes)."""
+        if type(payload) is not dict:
+            return b""
+        out = b"" if self.opened else self._open(payload.get("model"))
+        if (usage := payload.get("usage")) is not None:
+            self.usage = usage
+        choices = payload.get("choices")
+        if type(choices) is not list or not choices or type(choice := choices[0]) is not dict:
+            return out
+        delta = choice.get("delta")
+        if type(delta) is dict:
+            if (text := delta.get("content")) and type(text) is str:
+                out += self._text(text)
+            if (refusal := delta.get("refusal")) and type(refusal) is str:
+                out += self._text(refusal)
+            if type(calls := delta.get("tool_calls")) is list:
+                out += b"".join(self._call(call) for call in calls if type(call) is dict)
+        if (finish := choice.get("finish_reason")) is not None:
+            self.finish, self.matched = finish, choice.get("stop_reason")
+        return out
+
+    def _close(self) -> bytes:
+        if self.open is None:
+            return b""
+        self.open = None
+        return event("content_block_stop", {"index": self.blocks - 1})
+
+    def _text(self, text: str) -> bytes:
+        if self.open == "text":  # the usual event: its bytes laid out as `event` lays them, without the dict
+            return TEXT_DELTA_HEAD + self.text_index + TEXT_DELTA_MID + orjson.dumps(text) + b"}}\n\n"
+        out = self._close()
+        self.open, self.blocks = "text", self.blocks + 1
+        self.text_index = str(self.blocks - 1).encode()
+        out += event("content_block_start", {"index": self.blocks - 1, "content_block": {"type": "text", "text": ""}})
+        return out + TEXT_DELTA_HEAD + self.text_index + TEXT_DELTA_MID + orjson.dumps(text) + b"}}\n\n"
+
+    def _call(self, call: dict[str, Any]) -> bytes:
+        number = call.get("index") if isinstance(call.get("index"), int) else len(self.calls)
+        assert isinstance(number, int)
+        out = b""
+        index = self.calls.get(number)
+        if index is None:
+            out = self._close()
+            self.open, self.blocks = number, self.blocks + 1
+            index = self.calls[number] = self.blocks - 1
+            function = call.get("function")
+            named = {**function, "arguments": ""} if isinstance(function, dict) else {}
+            block = _tool_use({**call, "function": named}, "")
+            block["id"] = block["id"] or f"toolu_{self.request_id}_{number}"
+            out += event("content_block_start", {"index": index, "content_block": block})
+        function = call.get("function")
+        arguments = function.get("arguments") if isinstance(function, dict) else None
+        if isinstance(arguments, str) and arguments:
+            delta = {"type": "input_json_delta", "partial_json": arguments}
+            out += event("content_block_delta", {"index": index, "delta": delta})
+        return out
+
+    def end(self) -> bytes:
+        """The stream's last events: the open block closed, `message_delta` (stop reason, usage), `message_stop`."""
+        if self.failed:
+            return b""
+        out = self._open() + self._close()
+        reason, sequence = stop_of(self.finish, self.matched, self.body)
+        delta = {"stop_reason": reason, "stop_sequence": sequence}
+        out += event("message_delta", {"delta": delta, "usage": usage_of(self.usage)})
+        return out + event("message_stop", {})
+
+    def fail(self, error: Any) -> bytes:
+        """An error once streaming: Anthropic's `error` event (and nothing after it)."""
+        if self.failed:
+            return b""
+        self.failed = True
+        error = error if isinstance(error, dict) else {}
+        kind, message = error.get("type"), error.get("message")
+        body = {
+            "type": kind if isinstance(kind, str) else "api_error",
+            "message": message if isinstance(message, str) else "the request failed",
+        }
+        return event("error", {"error": body})

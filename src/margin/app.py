@@ -27,6 +27,7 @@ from margin.config import Settings
 from margin.dashboard import views as dashboard
 from margin.economics.curves import keep_fresh
 from margin.errors import InternalError, MarginError, MethodNotAllowed, NotFound
+from margin.ledger import audit
 from margin.logs import printable
 from margin.services import Services
 
@@ -56,7 +57,10 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 def _watch_sighup(services: Services) -> None:
     """SIGHUP re-reads the config file's budgets, limits, flags and policies (no restart, nothing dropped)."""
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: services.spawn(services.reload()))
+        signalled = audit.Origin("signal:SIGHUP", "reload")
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP, lambda: services.spawn(services.audited_reload(signalled))
+        )
 
 
 Handler = Callable[[Request], Awaitable[Response | ASGIApp]]

@@ -256,7 +256,13 @@ class Services:
         except ConfigError as exc:
             if origin.source != "reload":
                 raise
-            failed = audit.Change("config.reload", self._config_name(), "failed", before, {"error": exc.message})
+            failed = audit.Change(
+                "config.reload",
+                self._config_name(),
+                "failed",
+                before,
+                {"error": exc.code, "message": exc.message[:500]},
+            )
             with contextlib.suppress(InternalError):  # the answer is the config's error either way
                 await self._record(origin, failed)
             raise

@@ -231,10 +231,7 @@ def test_reloads_over_http_and_by_sighup_are_recorded(live: Live) -> None:
     )
     assert row["before"]["budgets"] >= 1 and row["after"] == {**row["before"], "config_file_reread": True}
     live.process.send_signal(signal.SIGHUP)
-    for _ in polls(20):
-        if len(live.rows()) > count + 1:
-            break
-        time.sleep(0.1)
+    _wait_rows(live, count + 2)
     row = _one_new_row(live, count + 1)
     assert (row["action"], row["source"], row["actor"], row["outcome"]) == (
         "config.reload",
@@ -242,6 +239,26 @@ def test_reloads_over_http_and_by_sighup_are_recorded(live: Live) -> None:
         "signal:SIGHUP",
         "ok",
     )
+    good = live.config.read_text()
+    live.config.write_text("budgets: [{name: broken}]\n")
+    try:
+        assert live.call("POST", "/admin/reload", live.admin, json={}).status_code == 400
+        row = _one_new_row(live, count + 2)
+        assert (row["action"], row["outcome"], row["after"]) == ("config.reload", "failed", {"error": "invalid_config"})
+        live.process.send_signal(signal.SIGHUP)
+        _wait_rows(live, count + 4)
+        row = _one_new_row(live, count + 3)
+        assert (row["actor"], row["outcome"], row["after"]["error"]) == ("signal:SIGHUP", "failed", "invalid_config")
+        assert "budgets" in row["after"]["message"]
+    finally:
+        live.config.write_text(good)
+
+
+def _wait_rows(live: Live, count: int) -> None:
+    for _ in polls(20):
+        if len(live.rows()) >= count:
+            return
+        time.sleep(0.1)
 
 
 def test_a_change_the_log_cannot_record_is_not_made(live: Live) -> None:

@@ -58,14 +58,36 @@ def test_concurrent_appends_are_one_chain_and_an_edit_names_its_row(db_path: Pat
     assert audit.verify(engine).broken_at == 31
 
 
+def _racing_puts(engine: sa.Engine) -> None:
+    """Six threads replace one budget 15 times each: each row's `before` is the body the row before it wrote."""
+
+    def work(n: int) -> None:
+        for i in range(15):
+            body = {"name": "raced", "scope": {"kind": "global"}, "usd": f"{n + 1}.{i:02}"}
+            save_rule(engine, "budget", body, ADMIN)
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(work, range(6)))
+    rows = list(reversed(audit.page(engine, audit.Filters(action="budget.put", target="raced", limit=500))))
+    assert len(rows) == 90 and rows[0]["before"] is None
+    assert [(row["before"] or {}).get("usd") for row in rows[1:]] == [row["after"]["usd"] for row in rows[:-1]]
+
+
+def test_racing_changes_of_one_rule_record_what_each_replaced(db_path: Path) -> None:
+    engine = _sqlite(db_path)
+    _racing_puts(engine)
+    assert audit.verify(engine).broken_at is None
+
+
 def test_postgres_migrates_writes_and_verifies(pg_ledger: sa.Engine) -> None:
     assert {"audit_log", "audit_anchor"} <= set(sa.inspect(pg_ledger).get_table_names())
     record, _ = keys.create_key(pg_ledger, keys.NewKey("svc", team="search"), ADMIN)
     keyops.rotate_key(pg_ledger, record.id, timedelta(seconds=0), ADMIN)
     save_rule(pg_ledger, "budget", {"name": "cap", "scope": {"kind": "global"}, "usd": "5"}, ADMIN)
     _appends(pg_ledger, threads=4, each=5)  # the advisory lock: appends take turns
+    _racing_puts(pg_ledger)
     verdict = audit.verify(pg_ledger)
-    assert (verdict.checked, verdict.broken_at) == (23, None)
+    assert (verdict.checked, verdict.broken_at) == (113, None)
     rows = audit.page(pg_ledger, audit.Filters(action="key.rotate"))
     assert [(r["target"], r["actor"], r["after"]["rotated_at"] is not None) for r in rows] == [
         (record.id, ADMIN.actor, True)

@@ -292,7 +292,10 @@ def save_rule(engine: sa.Engine, kind: str, data: Any, origin: audit.Origin | No
     values = {"spec": body, "updated_at": datetime.now(UTC)}
     this = sa.and_(gov_rules.c.kind == kind, gov_rules.c.name == name)
     with engine.begin() as connection:
-        before = connection.execute(sa.select(gov_rules.c.spec).where(this)).scalar() if origin else None
+        before = None
+        if origin is not None:
+            audit.hold(connection)  # the body before is the one this replaces
+            before = connection.execute(sa.select(gov_rules.c.spec).where(this)).scalar()
         updated = connection.execute(gov_rules.update().where(this).values(**values))
         if updated.rowcount == 0:
             connection.execute(gov_rules.insert().values(kind=kind, name=name, **values))
@@ -307,6 +310,8 @@ def delete_rule(
     """Delete a stored rule, recorded in the audit log in the same transaction with its body before."""
     this = sa.and_(gov_rules.c.kind == kind, gov_rules.c.name == name)
     with engine.begin() as connection:
+        if origin is not None:
+            audit.hold(connection)
         before = connection.execute(sa.select(gov_rules.c.spec).where(this)).scalar()
         deleted = connection.execute(gov_rules.delete().where(this))
         if deleted.rowcount and origin is not None:

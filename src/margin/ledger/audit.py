@@ -97,6 +97,17 @@ def chain(previous: str, row: Mapping[str, Any]) -> str:
     return hashlib.sha256(previous.encode() + canonical(row)).hexdigest()
 
 
+def hold(connection: sa.Connection) -> None:
+    """Take the audit log's lock in `connection`'s transaction (held until it ends): a change that reads what
+    it is about to change (a rule's body before) takes it first, so that nothing changes in between. PostgreSQL:
+    the appends' advisory lock (it stacks); SQLite: the database's write lock, by a write that changes nothing
+    (the driver starts its transaction at the first write, and a read before it would see a snapshot of its own)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK})
+    else:
+        connection.execute(audit_anchor.update().where(sa.false()).values(id=1))
+
+
 def record(connection: sa.Connection, origin: Origin, change: Change) -> int:
     """Append one row in `connection`'s transaction; its id. The caller commits (with its change, if any)."""
     if connection.dialect.name == "postgresql":

@@ -62,7 +62,7 @@ def endpoint(
             return error_response(exc, request_id)
         answer = result if isinstance(result, Response) else json_response(result)
         if request_id:
-            answer.headers["x-request-id"] = request_id
+            answer.headers["x-margin-request-id"] = answer.headers["x-request-id"] = request_id
         return answer
 
     return run

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from margin.errors import InvalidRequest
 from margin.ledger import audit
 from margin.ledger.read.window import parse_span
+from margin.report.queries import parse_limit
 from margin.types import Principal
 
 log = logging.getLogger("margin")
@@ -116,14 +117,6 @@ def _cursor(value: str | None) -> int | None:
     return int(number)
 
 
-def _limit(value: str | None) -> int:
-    if value is None or value == "":
-        return DEFAULT_PAGE
-    if not (value.isascii() and value.isdigit() and len(value) <= 4 and 1 <= int(value) <= MAX_PAGE):
-        raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_PAGE}", param="limit")
-    return int(value)
-
-
 def filters(params: Any) -> audit.Filters:
     """`GET /admin/audit`'s query, validated (a bad value is a 400 naming it)."""
     unknown = set(params.keys()) - {"action", "actor", "target", "since", "until", "cursor", "limit"}
@@ -135,7 +128,7 @@ def filters(params: Any) -> audit.Filters:
     since, until = parse_span(params.get("since"), params.get("until"))
     return audit.Filters(
         action, _text(params, "actor"), _text(params, "target"), since, until, _cursor(params.get("cursor")),
-        _limit(params.get("limit")),
+        parse_limit(params.get("limit"), DEFAULT_PAGE, MAX_PAGE),
     )  # fmt: skip
 
 

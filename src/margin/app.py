@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from margin import tasks
 from margin.api import admin, edge, feedback, inference, messages, meta, observability, openapi, responses
 from margin.api import batches as batches_api
 from margin.api.errors import anthropic_error_body, error_body, error_response
@@ -27,10 +28,12 @@ from margin.config import Settings
 from margin.dashboard import views as dashboard
 from margin.economics.curves import keep_fresh
 from margin.errors import InternalError, MarginError, MethodNotAllowed, NotFound
+from margin.ledger import audit
 from margin.logs import printable
 from margin.services import Services
 
 log = logging.getLogger("margin")
+AUDIT_PRUNE_S = 86_400.0  # audit.retention_days: how often a running gateway prunes
 
 
 def _shape(path: str) -> Callable[[MarginError], dict[str, Any]]:
@@ -62,10 +65,23 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(InternalError("internal error in the gateway"))
 
 
+async def _prune_audit(services: Services, days: int) -> None:
+    """`audit.retention_days`: the audit log is pruned at start (`Services.start`), then once a day."""
+    while True:
+        await asyncio.sleep(AUDIT_PRUNE_S)
+        try:
+            await services.read(audit.prune, services.sync_engine(), days)
+        except Exception:
+            log.exception("pruning the audit log failed; it is tried again in a day")
+
+
 def _watch_sighup(services: Services) -> None:
     """SIGHUP re-reads the config file's budgets, limits, flags and policies (no restart, nothing dropped)."""
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: services.spawn(services.reload()))
+        signalled = audit.Origin("signal:SIGHUP", "reload")
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP, lambda: services.spawn(services.audited_reload(signalled))
+        )
 
 
 Handler = Callable[[Request], Awaitable[Response | ASGIApp]]
@@ -119,9 +135,12 @@ def build_app(
         app.state.services = services
         runner: BatchRunner | None = None
         curves: asyncio.Task[None] | None = None
+        pruner: asyncio.Task[None] | None = None
         try:
             await services.start()
             curves = asyncio.create_task(keep_fresh(services.meter.curves), name="grid-curves")
+            if (days := settings.audit.retention_days) is not None:
+                pruner = asyncio.create_task(_prune_audit(services, days), name="audit-retention")
             if config_path is not None:
                 _watch_sighup(services)
             if settings.batches.enabled:  # batch lines are in-process calls of this app: see margin.batches
@@ -131,6 +150,7 @@ def build_app(
         finally:
             if curves is not None:
                 curves.cancel()
+            await tasks.stop(pruner)
             if runner is not None:
                 await runner.close()
             await services.close()

@@ -331,6 +331,20 @@ class GridConfig(Strict):
     max_bytes: int = Field(16 * 1024 * 1024, gt=0, description="A curve source larger than this is refused.")
 
 
+class AuditConfig(Strict):
+    """The audit log of administrative changes (`GET /admin/audit`, `margin audit`)."""
+
+    retention_days: int | None = Field(
+        None, ge=1, le=36_500, description="Delete rows older than this (the chain stays verifiable). Unset: keep all."
+    )
+    denied_per_minute: int = Field(
+        10, ge=0, le=10_000, description="Denied attempts recorded per client address and minute, per process."
+    )
+    denied_total_per_minute: int = Field(
+        120, ge=0, le=100_000, description="Denied attempts recorded per minute over all addresses, per process."
+    )
+
+
 class BatchConfig(Strict):
     """The OpenAI Batch API (`/v1/files`, `/v1/batches`): limits, pricing and scheduling."""
 
@@ -401,6 +415,7 @@ class Settings(Strict):
     telemetry: TelemetryConfig = TelemetryConfig()
     grid: GridConfig = GridConfig()
     batches: BatchConfig = BatchConfig()
+    audit: AuditConfig = AuditConfig()
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from margin.errors import Conflict, InvalidRequest, NotFound
 from margin.keys import KeyRecord, hash_key, new_key, unix_ms, validated
+from margin.ledger import audit
 from margin.ledger.models import api_keys
 
 
@@ -81,7 +82,9 @@ class RotateRequest(BaseModel):
         return validated(cls, data)
 
 
-def rotate_key(engine: sa.Engine, key_id: str, grace: timedelta) -> tuple[KeyRecord, str]:
+def rotate_key(
+    engine: sa.Engine, key_id: str, grace: timedelta, origin: audit.Origin | None = None
+) -> tuple[KeyRecord, str]:
     """A new secret for an active key, same id (so its budgets, limits, policy, tags and ledger rows go on): the
     previous secret is accepted until `grace` from now (never past the key's own expiry) and a secret from
     before that, still in an earlier grace, stops at once, so at most two secrets work at any time. Dashboard
@@ -106,4 +109,8 @@ def rotate_key(engine: sa.Engine, key_id: str, grace: timedelta) -> tuple[KeyRec
         same = sa.and_(api_keys.c.id == key_id, api_keys.c.key_hash == row.key_hash)  # no rotation in between
         if connection.execute(api_keys.update().where(same).values(**values)).rowcount == 0:
             raise Conflict(f"key {key_id!r} was rotated meanwhile; list it and rotate again if need be")
-    return replace(record, rotated_at=now, previous_valid_until=until, sessions_not_before=not_before), key
+        rotated = replace(record, rotated_at=now, previous_valid_until=until, sessions_not_before=not_before)
+        if origin is not None:
+            change = audit.Change("key.rotate", key_id, before=record.public(), after=rotated.public())
+            audit.record(connection, origin, change)
+    return rotated, key

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from margin.errors import AuthenticationFailed, ConfigError, Conflict, InvalidRequest, NotFound
+from margin.ledger import audit
 from margin.ledger.measures import EVERY_TEAM
 from margin.ledger.models import api_keys
 from margin.specs import Policy
@@ -200,7 +201,9 @@ class NewKey:
     expires_at: datetime | None = None
 
 
-def create_key(engine: sa.Engine, spec: NewKey) -> tuple[KeyRecord, str]:
+def create_key(engine: sa.Engine, spec: NewKey, origin: audit.Origin | None = None) -> tuple[KeyRecord, str]:
+    """A new key and its secret (shown once). `origin`: who creates it, recorded in the audit log in the same
+    transaction (None only where no one administers: tests' fixtures)."""
     if spec.team == EVERY_TEAM:
         raise InvalidRequest(f"team {EVERY_TEAM!r} is reserved: the rollups' rows of every team", param="team")
     key_id, key = new_key()
@@ -217,11 +220,13 @@ def create_key(engine: sa.Engine, spec: NewKey) -> tuple[KeyRecord, str]:
         "created_at": now,
         "expires_at": spec.expires_at,
     }
-    with engine.begin() as connection:
-        connection.execute(api_keys.insert().values(**values))
     record = KeyRecord(
         key_id, spec.name, spec.team, spec.tags, now, None, spec.org, spec.is_admin, spec.policy, None, spec.expires_at
     )
+    with engine.begin() as connection:
+        connection.execute(api_keys.insert().values(**values))
+        if origin is not None:
+            audit.record(connection, origin, audit.Change("key.create", key_id, after=record.public()))
     return record, key
 
 
@@ -237,7 +242,7 @@ def end_sessions(engine: sa.Engine, key_id: str, at_ms: int) -> None:
         connection.execute(api_keys.update().where(api_keys.c.id == key_id).values(sessions_not_before=at_ms))
 
 
-def revoke_key(engine: sa.Engine, key_id: str) -> KeyRecord:
+def revoke_key(engine: sa.Engine, key_id: str, origin: audit.Origin | None = None) -> KeyRecord:
     """Revoke an active key. The last active admin key cannot be revoked (nobody could administer the
     gateway, and a gateway started with keys never opens again): create its successor first. An expired admin
     key does not count as active (it administers nothing)."""
@@ -260,8 +265,11 @@ def revoke_key(engine: sa.Engine, key_id: str) -> KeyRecord:
         )
         if result.rowcount == 0:
             raise NotFound(f"no active key with id {key_id!r}")
-        row = connection.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).one()
-    return KeyRecord.from_row(row)
+        record = KeyRecord.from_row(connection.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).one())
+        if origin is not None:
+            before = {**record.public(), "revoked_at": None, "state": "active"}
+            audit.record(connection, origin, audit.Change("key.revoke", key_id, before=before, after=record.public()))
+    return record
 
 
 def open_exposure(host: str) -> ConfigError:

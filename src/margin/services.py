@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -15,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 
+from margin.api.audit import DeniedWrites
 from margin.api.client import StallWatch
 from margin.backends.registry import BackendRegistry
 from margin.cache.exact import CacheStore, MemoryCache, RedisCache, SqliteCache
@@ -25,13 +27,13 @@ from margin.economics.carbon import GridTable
 from margin.economics.meter import Meter
 from margin.economics.prices import PriceBook
 from margin.economics.rates import unit_rates
-from margin.errors import ConfigError, MarginError
+from margin.errors import ConfigError, InternalError, MarginError
 from margin.gates import KeyedGate
 from margin.governance.service import Governance
 from margin.governance.slots import DOWNLOADS, UPLOADS
 from margin.guard.pseudonym import UserPseudonyms
 from margin.keycache import KeyCache
-from margin.ledger import db, rollup
+from margin.ledger import audit, db, rollup
 from margin.ledger.outbox import Outbox
 from margin.pipeline.flow import Flow, Parts, compose
 from margin.pipeline.steps.settle import Settle
@@ -108,6 +110,8 @@ class Services:
         # a key that is no operator's (its own usage, its team's dashboard) runs one of those reads at a time, so
         # one key's scans of its history never take every read thread from the operators and the other keys
         self.key_reads = KeyedGate(running=1, waiting=4, what="usage or dashboard read")
+        # denied attempts at admin changes recorded in the audit log: bounded per address and minute
+        self.audit_denials = DeniedWrites(settings.audit.denied_per_minute, settings.audit.denied_total_per_minute)
         # the ledger's rows, before each response completes; its ingester's SQL runs in a child process (or a
         # thread) with a connection of its own (a large page cache, a temporary staging table)
         self.outbox = Outbox.from_settings(settings.storage)
@@ -182,6 +186,8 @@ class Services:
         await asyncio.to_thread(db.upgrade, self.settings.storage.ledger)
         await self.meter.curves.refresh()  # a curve URL is fetched before the first request
         await asyncio.to_thread(self._check_rollup_keys)
+        if (days := self.settings.audit.retention_days) is not None:
+            await asyncio.to_thread(audit.prune, self._sync_engine, days)
         await self.keys.start(self.settings.server.host)
         self.outbox.start()
         self.telemetry.start(self.telemetry_state)
@@ -239,6 +245,44 @@ class Services:
             except MarginError:  # this process has reloaded; the others have not been told
                 log.warning("the other processes sharing the governance store were not told of this reload")
         return changed
+
+    async def audited_reload(self, origin: audit.Origin) -> bool:
+        """`reload`, recorded in the audit log (the rule counts before and after) before it is acknowledged: a
+        reload the log could not record is an error (500), though it took effect. A config file that does not
+        load on SIGHUP is recorded as failed here (over HTTP, by the admin API, like every failed attempt)."""
+        before = self.rule_counts()
+        try:
+            changed = await self.reload()
+        except ConfigError as exc:
+            if origin.source != "reload":
+                raise
+            failed = audit.Change(
+                "config.reload",
+                self._config_name(),
+                "failed",
+                before,
+                {"error": exc.code, "message": exc.message[:500]},
+            )
+            with contextlib.suppress(InternalError):  # the answer is the config's error either way
+                await self._record(origin, failed)
+            raise
+        after = {**self.rule_counts(), "config_file_reread": changed}
+        await self._record(origin, audit.Change("config.reload", self._config_name(), before=before, after=after))
+        return changed
+
+    async def _record(self, origin: audit.Origin, change: audit.Change) -> None:
+        try:
+            await self.read(audit.write, self._sync_engine, origin, change)
+        except Exception as exc:
+            log.exception("the audit log did not record %s", change.action)
+            raise InternalError(f"{change.action} took effect but the audit log could not record it") from exc
+
+    def rule_counts(self) -> dict[str, int]:
+        rules = self.governance.rules
+        return {"budgets": len(rules.budgets), "limits": len(rules.limits), "flags": len(rules.flags)}
+
+    def _config_name(self) -> str | None:
+        return str(self.config_path) if self.config_path is not None else None
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Run work that must finish even if its caller is cancelled (e.g. settling a closed stream)."""

@@ -16,13 +16,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from margin import keyops, keys
+from margin.api import audit as audit_api
 from margin.api.edge import parse_json, read_body, read_json
 from margin.api.errors import error_response, json_response
 from margin.economics.money import from_nanousd, usd_str
-from margin.errors import ConfigError, InvalidRequest, MarginError, NotFound, PermissionDenied
+from margin.errors import ConfigError, InternalError, InvalidRequest, MarginError, NotFound, PermissionDenied
 from margin.governance.admission import counter_name, window
 from margin.governance.rules import Part, Subject, check_policy_models, delete_rule, partition, save_rule
 from margin.keycache import authenticate
+from margin.ledger import audit
+from margin.ledger.ids import request_id as new_request_id
 from margin.ledger.models import api_keys
 from margin.ledger.read.window import parse_span
 from margin.pipeline.steps.auth import caller
@@ -34,19 +37,40 @@ KINDS = {"budgets": "budget", "limits": "limit", "flags": "flag"}
 Handler = Callable[[Request, Any], Awaitable[Any]]
 
 
-def endpoint(handler: Handler, admin: bool = True) -> Callable[[Request], Awaitable[Response]]:
+def endpoint(
+    handler: Handler, admin: bool = True, action: str | None = None
+) -> Callable[[Request], Awaitable[Response]]:
+    """A route's handler behind the key check. `action`: a change, recorded in the audit log (by the handler,
+    with the change; here, an attempt denied or failed) under a request id the answer carries."""
+
     async def run(request: Request) -> Response:
-        services = request.app.state.services
+        services, principal = request.app.state.services, None
+        request_id = request.state.request_id = new_request_id() if action else None
         try:
             principal = await authenticate(services.keys, request.headers)
             if admin and not (principal.is_admin or services.keys.open_mode):
                 raise PermissionDenied("this endpoint needs an admin key (margin keys create --admin)")
+        except MarginError as exc:
+            if action:
+                await audit_api.attempt(request, principal, _attempt(request, action, "denied", exc))
+            return error_response(exc, request_id)
+        try:
             result = await handler(request, principal)
         except MarginError as exc:
-            return error_response(exc)
-        return result if isinstance(result, Response) else json_response(result)
+            if action and not isinstance(exc, InternalError):
+                await audit_api.attempt(request, principal, _attempt(request, action, "failed", exc))
+            return error_response(exc, request_id)
+        answer = result if isinstance(result, Response) else json_response(result)
+        if request_id:
+            answer.headers["x-margin-request-id"] = answer.headers["x-request-id"] = request_id
+        return answer
 
     return run
+
+
+def _attempt(request: Request, action: str, outcome: str, error: MarginError) -> audit.Change:
+    action = action.format(kind=_kind(request)) if "{kind}" in action else action
+    return audit.Change(action, audit_api.target(request), outcome, after={"error": error.code})
 
 
 def _known_orgs(engine: Any) -> list[str]:
@@ -151,17 +175,18 @@ async def list_rules(request: Request, _: Principal) -> Any:
     return {"data": services.governance.rules.listing(kind)}
 
 
-async def put_rule(request: Request, _: Principal) -> Any:
+async def put_rule(request: Request, principal: Principal) -> Any:
     services, kind = request.app.state.services, _kind(request)
-    spec = await services.read(save_rule, services.sync_engine(), kind, await read_json(request))
+    data = await read_json(request)
+    spec = await services.read(save_rule, services.sync_engine(), kind, data, audit_api.origin(request, principal))
     await services.governance.refresh()
     return spec.model_dump(mode="json")
 
 
-async def delete_rule_route(request: Request, _: Principal) -> Any:
+async def delete_rule_route(request: Request, principal: Principal) -> Any:
     services, kind = request.app.state.services, _kind(request)
-    name = request.path_params["name"]
-    await services.read(delete_rule, services.sync_engine(), services.settings, kind, name)
+    name, origin = request.path_params["name"], audit_api.origin(request, principal)
+    await services.read(delete_rule, services.sync_engine(), services.settings, kind, name, origin)
     await services.governance.refresh()
     return {"deleted": name, "kind": kind}
 
@@ -172,28 +197,32 @@ async def list_keys(request: Request, _: Principal) -> Any:
     return {"data": [r.public() for r in records]}
 
 
-async def create_key(request: Request, _: Principal) -> Any:
+async def create_key(request: Request, principal: Principal) -> Any:
     spec = keys.KeyRequest.parse(await read_json(request)).spec()
     services = request.app.state.services
     check_policy_models(spec.policy, services.settings)
-    record, key = await services.read(keys.create_key, services.sync_engine(), spec)
+    origin = audit_api.origin(request, principal)
+    record, key = await services.read(keys.create_key, services.sync_engine(), spec, origin)
     services.keys.created()
     return json_response({**record.public(), "key": key}, status=201)
 
 
-async def revoke_key(request: Request, _: Principal) -> Any:
-    services = request.app.state.services
-    record = await services.read(keys.revoke_key, services.sync_engine(), request.path_params["key_id"])
+async def revoke_key(request: Request, principal: Principal) -> Any:
+    services, origin = request.app.state.services, audit_api.origin(request, principal)
+    record = await services.read(keys.revoke_key, services.sync_engine(), request.path_params["key_id"], origin)
     services.keys.forget()
     return record.public()
 
 
-async def rotate_key(request: Request, _: Principal) -> Any:
+async def rotate_key(request: Request, principal: Principal) -> Any:
     services = request.app.state.services
     body = await read_body(request, services.settings.server.max_body_bytes)
     grace = keyops.RotateRequest.parse(parse_json(body) if body.strip() else {}).grace_s
     key_id = request.path_params["key_id"]
-    record, key = await services.read(keyops.rotate_key, services.sync_engine(), key_id, timedelta(seconds=grace))
+    origin = audit_api.origin(request, principal)
+    record, key = await services.read(
+        keyops.rotate_key, services.sync_engine(), key_id, timedelta(seconds=grace), origin
+    )
     services.keys.forget()  # this replica: the old secret's grace (0: it stops now) applies at once
     valid_until = record.previous_valid_until.isoformat() if record.previous_valid_until else None
     return {**record.public(), "key": key, "valid_until": valid_until}
@@ -206,18 +235,13 @@ async def usage(request: Request, _: Principal) -> Any:
     return await services.read(summarize, services.sync_engine(), window_, params.get("by"), limit)
 
 
-async def reload(request: Request, _: Principal) -> Any:
+async def reload(request: Request, principal: Principal) -> Any:
     services = request.app.state.services
     try:
-        changed = await services.reload()
+        changed = await services.audited_reload(audit_api.origin(request, principal))
     except ConfigError as exc:
         raise InvalidRequest(f"the config file was not reloaded: {exc.message}", code="invalid_config") from exc
-    return {"reloaded": True, "config_file": changed, "rules": _counts(services)}
-
-
-def _counts(services: Any) -> dict[str, int]:
-    rules = services.governance.rules
-    return {"budgets": len(rules.budgets), "limits": len(rules.limits), "flags": len(rules.flags)}
+    return {"reloaded": True, "config_file": changed, "rules": services.rule_counts()}
 
 
 async def own_usage(request: Request, principal: Principal) -> Any:
@@ -255,16 +279,21 @@ def routes() -> list[Route]:
     for plural in KINDS:
         rule_routes += [
             Route(f"/admin/{plural}", endpoint(list_rules), methods=["GET"]),
-            Route(f"/admin/{plural}", endpoint(put_rule), methods=["PUT", "POST"]),
-            Route(f"/admin/{plural}/{{name:path}}", endpoint(delete_rule_route), methods=["DELETE"]),
+            Route(f"/admin/{plural}", endpoint(put_rule, action="{kind}.put"), methods=["PUT", "POST"]),
+            Route(
+                f"/admin/{plural}/{{name:path}}",
+                endpoint(delete_rule_route, action="{kind}.delete"),
+                methods=["DELETE"],
+            ),
         ]
     return [
         Route("/admin/keys", endpoint(list_keys), methods=["GET"]),
-        Route("/admin/keys", endpoint(create_key), methods=["POST"]),
-        Route("/admin/keys/{key_id}", endpoint(revoke_key), methods=["DELETE"]),
-        Route("/admin/keys/{key_id}/rotate", endpoint(rotate_key), methods=["POST"]),
+        Route("/admin/keys", endpoint(create_key, action="key.create"), methods=["POST"]),
+        Route("/admin/keys/{key_id}", endpoint(revoke_key, action="key.revoke"), methods=["DELETE"]),
+        Route("/admin/keys/{key_id}/rotate", endpoint(rotate_key, action="key.rotate"), methods=["POST"]),
         *rule_routes,
         Route("/admin/usage", endpoint(usage), methods=["GET"]),
-        Route("/admin/reload", endpoint(reload), methods=["POST"]),
+        Route("/admin/reload", endpoint(reload, action="config.reload"), methods=["POST"]),
+        Route("/admin/audit", endpoint(audit_api.list_entries), methods=["GET"]),
         Route("/v1/margin/usage", endpoint(own_usage, admin=False), methods=["GET"]),
     ]

@@ -178,6 +178,13 @@ def _gateway_operations() -> list[Op]:
             body_required=False,
         ),
         Op("get", "/admin/usage", "Usage of every key", auth="admin", params=window),
+        Op(
+            "get",
+            "/admin/audit",
+            "The audit log of admin changes, newest first (`next_cursor` pages on)",
+            auth="admin",
+            params=_query("action", "actor", "target", "since", "until", "cursor", "limit"),
+        ),
         Op("get", "/admin/backends", "Each backend's circuit, recent errors, latency and limits", auth="admin"),
         Op("get", "/metrics", "Prometheus metrics (text exposition format)", auth="admin", answer="text/plain"),
         Op(

@@ -12,7 +12,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from margin.cli import config, keys, ledger, rules, serve
+from margin.cli import audit, config, keys, ledger, rules, serve
 from margin.cli.options import fail
 from margin.errors import MarginError
 
@@ -75,6 +75,7 @@ app = typer.Typer(
 )
 app.command("serve")(serve.serve)
 app.add_typer(keys.keys_app, name="keys")
+app.add_typer(audit.audit_app, name="audit")
 app.add_typer(ledger.db_app, name="db")
 app.add_typer(config.config_app, name="config")
 app.add_typer(ledger.export_app, name="export")

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from margin.cli.options import ConfigOpt, DbOpt, JsonOpt, console, fail, settings_from, sync_engine
+from margin.cli.options import ConfigOpt, DbOpt, JsonOpt, cli_origin, console, fail, settings_from, sync_engine
 from margin.errors import MarginError
 from margin.terminal import plain
 
@@ -46,7 +46,7 @@ def keys_create(
         expiry = keyops.parse_expiry(expires) if expires is not None else {}
         spec = keys.KeyRequest.parse({**fields, "policy": parse_policy(policy), **expiry}).spec()
         check_policy_models(spec.policy, settings)
-        record, key = keys.create_key(sync_engine(settings), spec)
+        record, key = keys.create_key(sync_engine(settings), spec, cli_origin())
     except MarginError as exc:
         raise fail(exc) from exc
     if json:
@@ -91,7 +91,7 @@ def keys_revoke(
     from margin import keys
 
     try:
-        record = keys.revoke_key(sync_engine(settings_from(config, db)), key_id)
+        record = keys.revoke_key(sync_engine(settings_from(config, db)), key_id, cli_origin())
     except MarginError as exc:
         raise fail(exc) from exc
     console().print(Text.assemble(f"revoked key {record.id} (", plain(record.name), ")"))
@@ -113,7 +113,7 @@ def keys_rotate(
     try:
         grace_s = keyops.RotateRequest.parse({"grace_s": keyops.parse_grace(grace)}).grace_s
         engine = sync_engine(settings_from(config, db))
-        record, key = keyops.rotate_key(engine, key_id, timedelta(seconds=grace_s))
+        record, key = keyops.rotate_key(engine, key_id, timedelta(seconds=grace_s), cli_origin())
     except MarginError as exc:
         raise fail(exc) from exc
     until = record.previous_valid_until

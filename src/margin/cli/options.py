@@ -4,7 +4,7 @@ ledger engine, printing and failing."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -13,6 +13,9 @@ from rich.text import Text
 from margin.config import Settings, load_settings
 from margin.errors import MarginError
 from margin.terminal import message
+
+if TYPE_CHECKING:
+    from margin.ledger.audit import Origin
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (default: embedded).")]
 DbOpt = Annotated[Path | None, typer.Option("--db", help="SQLite ledger file (overrides storage.ledger).")]
@@ -41,6 +44,20 @@ def settings_from(config: Path | None, db: Path | None = None, **server: Any) ->
     if overrides:
         settings = settings.model_copy(update={"server": settings.server.model_copy(update=overrides)})
     return settings
+
+
+def cli_origin() -> Origin:
+    """Who runs a CLI command, as the audit log names it: `cli:<OS user>`."""
+    import getpass
+    import os
+
+    from margin.ledger.audit import Origin
+
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (a container's arbitrary uid)
+        user = f"uid{os.getuid()}"
+    return Origin(f"cli:{user}", "cli")
 
 
 def sync_engine(settings: Settings, *, existing: bool = False) -> Any:

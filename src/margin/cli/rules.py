@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from margin.cli.options import ConfigOpt, DbOpt, JsonOpt, fail, settings_from, sync_engine
+from margin.cli.options import ConfigOpt, DbOpt, JsonOpt, cli_origin, fail, settings_from, sync_engine
 from margin.errors import MarginError
 from margin.terminal import plain
 
@@ -51,7 +51,7 @@ def _run(action: Callable[[Any, Any], Any], config: Path | None, db: Path | None
 def _save(kind: str, data: dict[str, Any], config: Path | None, db: Path | None) -> None:
     from margin.governance.rules import save_rule
 
-    spec = _run(lambda engine, _: save_rule(engine, kind, data), config, db)
+    spec = _run(lambda engine, _: save_rule(engine, kind, data, cli_origin()), config, db)
     Console(highlight=False).print(plain(f"saved {kind}: {orjson.dumps(spec.model_dump(mode='json')).decode()}"))
 
 
@@ -90,7 +90,7 @@ def _cell(value: Any) -> Text:
 def _delete(kind: str, name: str, config: Path | None, db: Path | None) -> None:
     from margin.governance.rules import delete_rule
 
-    _run(lambda engine, settings: delete_rule(engine, settings, kind, name), config, db)
+    _run(lambda engine, settings: delete_rule(engine, settings, kind, name, cli_origin()), config, db)
     Console().print(plain(f"deleted {kind} {name}"))
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from margin.config import Settings, unknown_models_message
 from margin.errors import Conflict, InvalidRequest, NotFound
+from margin.ledger import audit
 from margin.ledger.models import gov_rules
 from margin.specs import EACH, LEVELS, BudgetSpec, FlagSpec, LimitSpec, PoliciesConfig, Policy, Scope
 
@@ -279,26 +280,42 @@ async def load_rules(settings: Settings, engine: Any) -> Rules:
     return build_rules(settings, rows)
 
 
-def save_rule(engine: sa.Engine, kind: str, data: Any) -> BaseModel:
-    """Create or replace a rule (sync engine: CLI and the admin API's worker thread)."""
+def save_rule(engine: sa.Engine, kind: str, data: Any, origin: audit.Origin | None = None) -> BaseModel:
+    """Create or replace a rule (sync engine: CLI and the admin API's worker thread), recorded in the audit log
+    in the same transaction with its body before (None: a new rule) and after."""
     spec = parse_spec(kind, data)
     name = rule_name(kind, spec)
     if len(name) > MAX_RULE_NAME:  # a limit is named by its scope: PostgreSQL refused it (a 500)
         message = f"invalid {kind}: its name (or scope) {name[:40]!r}… is over {MAX_RULE_NAME} characters"
         raise InvalidRequest(message, param="scope")
-    values = {"spec": spec.model_dump(mode="json"), "updated_at": datetime.now(UTC)}
+    body = spec.model_dump(mode="json")
+    values = {"spec": body, "updated_at": datetime.now(UTC)}
+    this = sa.and_(gov_rules.c.kind == kind, gov_rules.c.name == name)
     with engine.begin() as connection:
-        updated = connection.execute(
-            gov_rules.update().where(gov_rules.c.kind == kind, gov_rules.c.name == name).values(**values)
-        )
+        before = None
+        if origin is not None:
+            audit.hold(connection)  # the body before is the one this replaces
+            before = connection.execute(sa.select(gov_rules.c.spec).where(this)).scalar()
+        updated = connection.execute(gov_rules.update().where(this).values(**values))
         if updated.rowcount == 0:
             connection.execute(gov_rules.insert().values(kind=kind, name=name, **values))
+        if origin is not None:
+            audit.record(connection, origin, audit.Change(f"{kind}.put", name, before=before, after=body))
     return spec
 
 
-def delete_rule(engine: sa.Engine, settings: Settings, kind: str, name: str) -> None:
+def delete_rule(
+    engine: sa.Engine, settings: Settings, kind: str, name: str, origin: audit.Origin | None = None
+) -> None:
+    """Delete a stored rule, recorded in the audit log in the same transaction with its body before."""
+    this = sa.and_(gov_rules.c.kind == kind, gov_rules.c.name == name)
     with engine.begin() as connection:
-        deleted = connection.execute(gov_rules.delete().where(gov_rules.c.kind == kind, gov_rules.c.name == name))
+        if origin is not None:
+            audit.hold(connection)
+        before = connection.execute(sa.select(gov_rules.c.spec).where(this)).scalar()
+        deleted = connection.execute(gov_rules.delete().where(this))
+        if deleted.rowcount and origin is not None:
+            audit.record(connection, origin, audit.Change(f"{kind}.delete", name, before=before))
     if deleted.rowcount:
         return
     configured: dict[str, list[Any]] = {

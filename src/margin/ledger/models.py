@@ -240,6 +240,34 @@ gov_rules = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+audit_log = sa.Table(  # every administrative change, append-only, hash-chained (margin.ledger.audit)
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("actor", sa.String(160), nullable=False),  # key:<id>, cli:<os user>, signal:SIGHUP, unauthenticated
+    sa.Column("actor_name", sa.String(128)),  # the admin key's name
+    sa.Column("source", sa.String(16), nullable=False),  # http | cli | reload
+    sa.Column("address", sa.String(64)),  # the HTTP client's address
+    sa.Column("action", sa.String(32), nullable=False),  # key.create, budget.put, config.reload, ...
+    sa.Column("target", sa.String(256)),
+    sa.Column("request_id", sa.String(64)),
+    sa.Column("outcome", sa.String(8), nullable=False),  # ok | denied | failed
+    sa.Column("before", sa.JSON),
+    sa.Column("after", sa.JSON),
+    sa.Column("hash", sa.String(64), nullable=False),  # sha256(previous row's hash + canonical JSON of this row)
+    sa.Index("ix_audit_log_at", "at"),
+)
+
+audit_anchor = sa.Table(  # one row once audit.retention_days pruned: the hash the oldest kept row chains from
+    "audit_anchor",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),  # always 1
+    sa.Column("last_pruned_id", sa.Integer, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("pruned_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 ledger_dead_letter = sa.Table(  # ledger rows the database refused (margin.ledger.deadletter), with its error
     "ledger_dead_letter",
     metadata,

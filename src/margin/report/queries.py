@@ -42,12 +42,12 @@ GROUP_LIMIT = 1000  # groups listed over HTTP unless `limit` says otherwise
 MAX_GROUP_LIMIT = 10_000
 
 
-def parse_limit(value: str | None) -> int:
-    """The `limit` query parameter: how many groups to list (1 to MAX_GROUP_LIMIT; default GROUP_LIMIT)."""
+def parse_limit(value: str | None, default: int = GROUP_LIMIT, most: int = MAX_GROUP_LIMIT) -> int:
+    """The `limit` query parameter: how many groups (or rows) to list (1 to `most`; else `default`)."""
     if not value:  # absent or empty, as an empty `since` or `until` means the default
-        return GROUP_LIMIT
-    if not (value.isascii() and value.isdigit() and len(value) <= 5 and 1 <= int(value) <= MAX_GROUP_LIMIT):
-        raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_GROUP_LIMIT:,}", param="limit")
+        return default
+    if not (value.isascii() and value.isdigit() and len(value) <= 5 and 1 <= int(value) <= most):
+        raise InvalidRequest(f"limit must be a whole number from 1 to {most:,}", param="limit")
     return int(value)
 
 

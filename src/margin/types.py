@@ -33,19 +33,29 @@ class Usage:
             "completion_tokens": self.output_tokens,
             "total_tokens": self.input_tokens + self.output_tokens,
         }
+        details = {}
         if self.cached_tokens:
-            body["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+            details["cached_tokens"] = self.cached_tokens
+        if self.cache_write_tokens:  # not OpenAI's (it charges nothing apart for them): only where there are some
+            details["cache_write_tokens"] = self.cache_write_tokens
+        if details:
+            body["prompt_tokens_details"] = details
         return body
 
     @classmethod
     def from_openai(cls, data: Any) -> Usage | None:
+        """OpenAI's usage; `prompt_tokens_details.cache_write_tokens`, where an upstream reports them (margin's
+        own answers from an `anthropic` backend do), are the prompt's cache writes."""
         if not isinstance(data, dict):
             return None
         details = data.get("prompt_tokens_details") or {}
+        if not isinstance(details, dict):
+            details = {}
         input_tokens = _count(data.get("prompt_tokens"))
-        cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
         # cached tokens are part of the prompt: more would price the excess at (cached − input) rates, below 0
-        return cls(input_tokens, _count(data.get("completion_tokens")), min(cached, input_tokens))
+        cached = min(_count(details.get("cached_tokens")), input_tokens)
+        writes = min(_count(details.get("cache_write_tokens")), input_tokens - cached)
+        return cls(input_tokens, _count(data.get("completion_tokens")), cached, cache_write_tokens=writes)
 
     @classmethod
     def from_anthropic(cls, data: Any) -> Usage:

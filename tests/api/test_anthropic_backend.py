@@ -122,6 +122,8 @@ def test_a_json_chat_is_sent_as_messages_and_its_row_prices_cache_reads_and_writ
     usage = answer.usage
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (PROMPT, USAGE["output_tokens"])
     assert usage.prompt_tokens_details is not None and usage.prompt_tokens_details.cached_tokens == 3000
+    details = json.loads(raw.http_response.text)["usage"]["prompt_tokens_details"]
+    assert details["cache_write_tokens"] == USAGE["cache_creation_input_tokens"]  # margin's: Anthropic's writes
     row = live.row(raw.headers["x-request-id"])
     assert (row.input_tokens, row.cached_tokens, row.output_tokens) == (PROMPT, 3000, USAGE["output_tokens"])
     assert (row.backend, row.cost_status, row.http_status) == ("claude", "priced", 200)

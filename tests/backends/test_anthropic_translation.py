@@ -249,7 +249,12 @@ def test_anthropic_usage_is_the_whole_prompt_with_cache_reads_as_cached_and_writ
         1000,
         9,
     )
-    assert usage.to_openai()["prompt_tokens_details"] == {"cached_tokens": 3000}
+    # the chat answer carries the writes too (not an OpenAI field: only where there are some), read back alike
+    assert usage.to_openai()["prompt_tokens_details"] == {"cached_tokens": 3000, "cache_write_tokens": 1000}
+    assert Usage.from_openai(usage.to_openai()) == usage
+    assert "prompt_tokens_details" not in Usage(10, 2).to_openai()
+    over = {"prompt_tokens": 100, "prompt_tokens_details": {"cached_tokens": 70, "cache_write_tokens": 50}}
+    assert Usage.from_openai(over) == Usage(100, 0, 70, cache_write_tokens=30)  # never more than the prompt
     assert Usage.from_anthropic({"input_tokens": -5, "output_tokens": "x"}) == Usage()
     assert Usage.from_anthropic(None) == Usage()
 

@@ -5,8 +5,9 @@ error once streaming is an `error` event). Pure translation: the client that app
 output is `margin.api.messages`.
 
 Usage is Anthropic's: `input_tokens` excludes the input read from the upstream's prompt cache, which is
-`cache_read_input_tokens`; `cache_creation_input_tokens` is 0 (an OpenAI-compatible upstream charges nothing
-apart for writing its cache, and reports no such count)."""
+`cache_read_input_tokens`, and the writes to it, `cache_creation_input_tokens` (an `anthropic` backend's, passed
+on in the chat's `prompt_tokens_details.cache_write_tokens`; 0 from an OpenAI-compatible upstream, which charges
+nothing apart for writing its cache and reports no such count)."""
 
 from __future__ import annotations
 
@@ -31,14 +32,17 @@ TEXT_DELTA_MID = b',"delta":{"type":"text_delta","text":'
 
 
 def usage_of(chat_usage: Any) -> dict[str, int]:
-    """A chat's usage as Anthropic reports it."""
+    """A chat's usage as Anthropic reports it: its prompt less the cache reads and writes, each apart."""
     usage = responses_usage(chat_usage) or responses_usage({})
     assert usage is not None
     cached = usage["input_tokens_details"]["cached_tokens"]
+    details = chat_usage.get("prompt_tokens_details") if isinstance(chat_usage, dict) else None
+    written = details.get("cache_write_tokens") if isinstance(details, dict) else None
+    writes = written if isinstance(written, int) and not isinstance(written, bool) and written > 0 else 0
     return {
-        "input_tokens": max(usage["input_tokens"] - cached, 0),
+        "input_tokens": max(usage["input_tokens"] - cached - writes, 0),
         "output_tokens": usage["output_tokens"],
-        "cache_creation_input_tokens": 0,
+        "cache_creation_input_tokens": writes,
         "cache_read_input_tokens": cached,
     }
 

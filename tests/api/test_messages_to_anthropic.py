@@ -1,0 +1,129 @@
+"""Anthropic in, Anthropic out: the `anthropic` SDK calls margin's `POST /v1/messages` (Claude Code's way in),
+and margin calls Anthropic's Messages API through a `kind: anthropic` backend (a fake Anthropic upstream over
+real HTTP). What leaves margin is the client's conversation again, the client sees the upstream's answer and
+usage (cache reads and writes apart), and the ledger row prices the writes at the cache-write rate."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+import yaml
+
+from tests.api.test_anthropic_backend import KEY_ENV, UPSTREAM_KEY, _expected_nanousd, _key
+from tests.backends.anthropic_upstream import INPUT, USAGE, Upstream, anthropic_upstream
+from tests.helpers import margin_serve, wait_ledger_row
+
+MODEL = "claude-haiku-4-5"
+TOOL: Any = {
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+@dataclass
+class Chain:
+    url: str
+    db: Path
+    upstream: Upstream
+    client: anthropic.Anthropic
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
+    folder = tmp_path_factory.mktemp("messages-to-anthropic")
+    key = _key(folder / "ledger.db")
+    with anthropic_upstream() as upstream, pytest.MonkeyPatch.context() as patch:
+        patch.setenv(KEY_ENV, UPSTREAM_KEY)
+        backend = {"kind": "anthropic", "base_url": upstream.url, "api_key_env": KEY_ENV, "timeout_s": 10}
+        config = {"storage": {"flush_interval_ms": 10}, "backends": {"claude": backend},
+                  "models": {MODEL: {"backend": "claude"}}}  # fmt: skip
+        (folder / "margin.yaml").write_text(yaml.safe_dump(config))
+        serving = margin_serve(folder / "ledger.db", folder / "serve.log", config=folder / "margin.yaml", ready_s=60)
+        with serving as (url, _process):
+            client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+            try:
+                yield Chain(url, folder / "ledger.db", upstream, client)
+            finally:
+                client.close()
+
+
+def _check_usage(usage: Any) -> None:
+    assert usage.input_tokens == USAGE["input_tokens"]  # Anthropic's meaning again: the prompt less the cache
+    assert usage.cache_read_input_tokens == USAGE["cache_read_input_tokens"]
+    assert usage.cache_creation_input_tokens == USAGE["cache_creation_input_tokens"]
+    assert usage.output_tokens == USAGE["output_tokens"]
+
+
+def _check_row(chain: Chain, request_id: str) -> None:
+    row = wait_ledger_row(chain.db, chain.url, request_id)
+    prompt = USAGE["input_tokens"] + USAGE["cache_read_input_tokens"] + USAGE["cache_creation_input_tokens"]
+    assert (row.endpoint, row.backend, row.http_status) == ("messages", "claude", 200)
+    assert (row.input_tokens, row.cached_tokens, row.output_tokens) == (prompt, 3000, USAGE["output_tokens"])
+    assert row.cost_nanousd == _expected_nanousd(MODEL)  # the 1,000 writes at $1.25/M, not the input's $1
+
+
+def test_a_message_goes_to_anthropic_and_comes_back_with_its_cache_usage(chain: Chain) -> None:
+    raw = chain.client.messages.with_raw_response.create(
+        model=MODEL,
+        max_tokens=64,
+        system=[{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}],
+        messages=[{"role": "user", "content": "hi"}],
+        metadata={"user_id": "u-7"},
+    )
+    message = raw.parse()
+    assert [block.type for block in message.content] == ["text"] and message.content[0].text == "hello world"  # type: ignore[union-attr]
+    assert message.stop_reason == "end_turn"
+    _check_usage(message.usage)
+    assert chain.upstream.last == {
+        "model": MODEL,
+        "max_tokens": 64,
+        "system": [{"type": "text", "text": "be brief"}],  # cache_control is not carried through the chat
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+        "metadata": {"user_id": "u-7"},
+    }
+    _check_row(chain, raw.headers["x-request-id"])
+
+
+def test_a_stream_goes_to_anthropic_and_its_final_message_has_the_usage(chain: Chain) -> None:
+    with chain.client.messages.stream(
+        model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+        request_id = stream.response.headers["x-request-id"]
+    assert text == "hello world" and final.stop_reason == "end_turn"
+    _check_usage(final.usage)
+    assert chain.upstream.last["stream"] is True
+    _check_row(chain, request_id)
+
+
+def test_a_tool_use_round_trip_through_both_translations(chain: Chain) -> None:
+    asked: Any = [{"role": "user", "content": "weather in Paris?"}]
+    first = chain.client.messages.create(model=MODEL, max_tokens=64, messages=asked, tools=[TOOL])
+    assert first.stop_reason == "tool_use"
+    (use,) = [block for block in first.content if block.type == "tool_use"]
+    assert (use.name, use.input) == ("get_weather", INPUT)
+    sent_tool = chain.upstream.last["tools"]
+    assert sent_tool == [TOOL]
+    answered = [
+        *asked,
+        {"role": "assistant", "content": [block.model_dump(exclude_none=True) for block in first.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny, 21 C"}]},
+    ]
+    second = chain.client.messages.create(model=MODEL, max_tokens=64, messages=answered, tools=[TOOL])
+    assert second.stop_reason == "end_turn" and second.content[0].text == "hello world"  # type: ignore[union-attr]
+    turns = chain.upstream.last["messages"]
+    assert turns[1]["role"] == "assistant"
+    assert [b for b in turns[1]["content"] if b["type"] == "tool_use"] == [
+        {"type": "tool_use", "id": use.id, "name": "get_weather", "input": INPUT}
+    ]
+    assert turns[2] == {
+        "role": "user",
+        "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny, 21 C"}],
+    }

@@ -256,7 +256,7 @@ def test_what_anthropic_cannot_do_is_refused_before_it_is_sent(live: Live) -> No
         live.client.chat.completions.create(
             model="claude-haiku-4-5",
             messages=[{"role": "user", "content": "hi"}],
-            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+            response_format={"type": "json_object"},  # json_schema maps (structured outputs); this does not
         )
     assert schema.value.param == "response_format"
     assert len(live.upstream.bodies) == sent

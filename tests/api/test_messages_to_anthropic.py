@@ -127,3 +127,18 @@ def test_a_tool_use_round_trip_through_both_translations(chain: Chain) -> None:
         "role": "user",
         "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny, 21 C"}],
     }
+
+
+def test_structured_outputs_and_strict_tools_pass_through_both_translations(chain: Chain) -> None:
+    """`output_config.format` (Anthropic's structured outputs) and a strict tool reach Anthropic as sent."""
+    schema: Any = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    output: Any = {"format": {"type": "json_schema", "schema": schema}}
+    chain.client.messages.create(
+        model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "count"}], output_config=output
+    )
+    assert chain.upstream.last["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
+    strict: Any = {**TOOL, "strict": True}
+    chain.client.messages.create(
+        model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "hi"}], tools=[strict]
+    )
+    assert chain.upstream.last["tools"] == [{**TOOL, "strict": True}]

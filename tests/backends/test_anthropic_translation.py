@@ -183,12 +183,11 @@ def test_reasoning_effort_becomes_a_thinking_budget_below_max_tokens() -> None:
         ("frequency_penalty", {"frequency_penalty": 0.5}),
         ("logit_bias", {"logit_bias": {"12": 5}}),
         ("response_format", {"response_format": {"type": "json_object"}}),
-        ("response_format", {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}),
+        ("response_format", {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}),
         ("temperature", {"temperature": 1.5}),
         ("min_p", {"min_p": 0.1}),
         ("store", {"store": True}),
         ("functions", {"functions": [{"name": "f"}]}),
-        ("tools[0].function.strict", {"tools": [{**WEATHER, "function": {**WEATHER["function"], "strict": True}}]}),
         ("tools[0]", {"tools": [{"type": "web_search"}]}),
         ("tool_choice", {"tool_choice": "required"}),
         ("messages[0].name", {"messages": [{"role": "user", "content": "hi", "name": "ann"}]}),
@@ -212,6 +211,20 @@ def test_reasoning_effort_becomes_a_thinking_budget_below_max_tokens() -> None:
 )
 def test_what_anthropic_cannot_do_is_a_400_naming_the_field(param: str, body: dict[str, Any]) -> None:
     _refused(param, **body)
+
+
+def test_strict_tools_and_json_schema_answers_are_anthropic_s_structured_outputs() -> None:
+    """OpenAI's strict function schemas (the Agents SDK's default) and `response_format: json_schema` map to
+    Anthropic's `strict` tools and `output_config.format`."""
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    sent = _sent(
+        tools=[{**WEATHER, "function": {**WEATHER["function"], "strict": True}}],
+        response_format={"type": "json_schema", "json_schema": {"name": "count", "schema": schema, "strict": True}},
+    )
+    assert sent["tools"][0]["strict"] is True
+    assert sent["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
+    loose = _sent(tools=[{**WEATHER, "function": {**WEATHER["function"], "strict": False}}])
+    assert "strict" not in loose["tools"][0] and "output_config" not in loose
 
 
 def test_defaults_of_refused_fields_are_not_refusals() -> None:

@@ -8,8 +8,9 @@ image); an assistant's `tool_calls` → `tool_use` blocks; `tool` messages → `
 `parallel_tool_calls: false` → `disable_parallel_tool_use`; `max_tokens`/`max_completion_tokens` (the lower,
 as budgets capped it) → `max_tokens`, else the backend's `default_max_tokens`; temperature (0..1), top_p,
 top_k, stop → `stop_sequences`, `user` → `metadata.user_id`; `reasoning_effort` → extended thinking with the
-budget in `THINKING_BUDGETS`. Anything else the request asks for that Anthropic cannot do is a 400
-(`unsupported_parameter`), never dropped: it names the field."""
+budget in `THINKING_BUDGETS`; a function's `strict: true` → the tool's `strict`, and `response_format`
+json_schema → `output_config.format` (Anthropic's structured outputs). Anything else the request asks for that
+Anthropic cannot do is a 400 (`unsupported_parameter`), never dropped: it names the field."""
 
 from __future__ import annotations
 
@@ -72,18 +73,7 @@ def messages_body(
     body: dict[str, Any] = {"model": model, "max_tokens": _max_tokens(call_raw, default_max), "messages": turns}
     if system:
         body["system"] = system
-    if request.temperature is not None:
-        if request.temperature > 1:
-            raise unsupported("temperature", "a temperature above 1 (Anthropic's range is 0 to 1)")
-        body["temperature"] = request.temperature
-    if request.top_p is not None:
-        body["top_p"] = request.top_p
-    if (top_k := call_raw.get("top_k")) is not None:
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise InvalidRequest("top_k must be a positive integer", param="top_k")
-        body["top_k"] = top_k
-    if stops := request.stop_list():
-        body["stop_sequences"] = stops
+    body.update(_sampling(call_raw, request))
     if request.user:
         body["metadata"] = {"user_id": request.user}
     if request.tools:
@@ -94,7 +84,27 @@ def messages_body(
         raise InvalidRequest("tool_choice needs tools", param="tool_choice")
     if (thinking := _thinking(call_raw.get("reasoning_effort"), body["max_tokens"])) is not None:
         body["thinking"] = thinking
+    if (output_format := _output_format(request.response_format)) is not None:
+        body["output_config"] = {"format": output_format}
     return body
+
+
+def _sampling(raw: dict[str, Any], request: ChatCompletionRequest) -> dict[str, Any]:
+    """temperature (0 to 1), top_p, top_k and the stop sequences, where the request sets them."""
+    out: dict[str, Any] = {}
+    if request.temperature is not None:
+        if request.temperature > 1:
+            raise unsupported("temperature", "a temperature above 1 (Anthropic's range is 0 to 1)")
+        out["temperature"] = request.temperature
+    if request.top_p is not None:
+        out["top_p"] = request.top_p
+    if (top_k := raw.get("top_k")) is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise InvalidRequest("top_k must be a positive integer", param="top_k")
+        out["top_k"] = top_k
+    if stops := request.stop_list():
+        out["stop_sequences"] = stops
+    return out
 
 
 def _refuse(raw: dict[str, Any], request: ChatCompletionRequest) -> None:
@@ -105,8 +115,20 @@ def _refuse(raw: dict[str, Any], request: ChatCompletionRequest) -> None:
         if value is not None and value != DEFAULTS.get(field) and value not in ({}, []):  # set, not left empty
             raise unsupported(field, what)
     fmt = request.response_format
-    if fmt is not None and fmt.get("type") != "text":
-        raise unsupported("response_format", f"response_format {str(fmt.get('type'))[:40]!r}")
+    if fmt is not None and fmt.get("type") not in ("text", "json_schema"):
+        raise unsupported("response_format", f"response_format {str(fmt.get('type'))[:40]!r} (send a json_schema)")
+
+
+def _output_format(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`response_format: {type: json_schema, json_schema: {schema}}` → `output_config.format`, Anthropic's
+    structured outputs (the answer's text is JSON that matches the schema)."""
+    if fmt is None or fmt.get("type") != "json_schema":
+        return None
+    spec = fmt.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise InvalidRequest("response_format.json_schema.schema must be an object", param="response_format")
+    return {"type": "json_schema", "schema": schema}
 
 
 def _max_tokens(raw: dict[str, Any], default: int) -> int:
@@ -246,8 +268,6 @@ def _tool(tool: dict[str, Any], index: int) -> dict[str, Any]:
     name = function.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidRequest(f"{where}.function.name must be a string", param=f"{where}.function.name")
-    if function.get("strict"):
-        raise unsupported(f"{where}.function.strict", "strict function schemas")
     schema = function.get("parameters")
     if schema is None:
         schema = {"type": "object", "properties": {}}
@@ -256,6 +276,8 @@ def _tool(tool: dict[str, Any], index: int) -> dict[str, Any]:
     out: dict[str, Any] = {"name": name, "input_schema": schema}
     if isinstance(description := function.get("description"), str):
         out["description"] = description
+    if function.get("strict") is True:  # Anthropic's strict tool use: inputs validated against the schema
+        out["strict"] = True
     return out
 
 

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from margin import tasks
-from margin.api import admin, edge, feedback, inference, messages, meta, observability, openapi, responses
+from margin.api import admin, edge, feedback, inference, messages, meta, observability, openapi, responses, stored
 from margin.api import batches as batches_api
 from margin.api.errors import anthropic_error_body, error_body, error_response
 from margin.backends.registry import BackendRegistry
@@ -29,11 +29,13 @@ from margin.dashboard import views as dashboard
 from margin.economics.curves import keep_fresh
 from margin.errors import InternalError, MarginError, MethodNotAllowed, NotFound
 from margin.ledger import audit
+from margin.ledger import stored as stored_db
 from margin.logs import printable
 from margin.services import Services
 
 log = logging.getLogger("margin")
 AUDIT_PRUNE_S = 86_400.0  # audit.retention_days: how often a running gateway prunes
+RESPONSES_PRUNE_S = 3_600.0  # responses.retention_days (an expired response is a 404 before it is pruned)
 
 
 def _shape(path: str) -> Callable[[MarginError], dict[str, Any]]:
@@ -65,14 +67,15 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(InternalError("internal error in the gateway"))
 
 
-async def _prune_audit(services: Services, days: int) -> None:
-    """`audit.retention_days`: the audit log is pruned at start (`Services.start`), then once a day."""
+async def _prune(services: Services, every_s: float, what: str, prune: Callable[..., int], *args: Any) -> None:
+    """`audit.retention_days`, `responses.retention_days`: the audit log and stored responses are pruned at start
+    (`Services.start`), then every `every_s` (`prune(engine, *args)`, on the read threads)."""
     while True:
-        await asyncio.sleep(AUDIT_PRUNE_S)
+        await asyncio.sleep(every_s)
         try:
-            await services.read(audit.prune, services.sync_engine(), days)
+            await services.read(prune, services.sync_engine(), *args)
         except Exception:
-            log.exception("pruning the audit log failed; it is tried again in a day")
+            log.exception("pruning %s failed; it is tried again in %.0f s", what, every_s)
 
 
 def _watch_sighup(services: Services) -> None:
@@ -136,11 +139,14 @@ def build_app(
         runner: BatchRunner | None = None
         curves: asyncio.Task[None] | None = None
         pruner: asyncio.Task[None] | None = None
+        expiry = asyncio.create_task(
+            _prune(services, RESPONSES_PRUNE_S, "stored responses", stored_db.prune), name="responses-retention"
+        )
         try:
             await services.start()
             curves = asyncio.create_task(keep_fresh(services.meter.curves), name="grid-curves")
             if (days := settings.audit.retention_days) is not None:
-                pruner = asyncio.create_task(_prune_audit(services, days), name="audit-retention")
+                pruner = asyncio.create_task(_prune(services, AUDIT_PRUNE_S, "the audit log", audit.prune, days))
             if config_path is not None:
                 _watch_sighup(services)
             if settings.batches.enabled:  # batch lines are in-process calls of this app: see margin.batches
@@ -151,6 +157,7 @@ def build_app(
             if curves is not None:
                 curves.cancel()
             await tasks.stop(pruner)
+            await tasks.stop(expiry)
             if runner is not None:
                 await runner.close()
             await services.close()
@@ -173,6 +180,7 @@ def build_app(
         *observability.routes(),
         *dashboard.routes(),
         *feedback.routes(),
+        *stored.routes(),
         *batches_api.routes(),
     ]
     return Gateway(

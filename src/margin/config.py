@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from margin.backend_config import BackendConfig
 from margin.errors import ConfigError
-from margin.specs import AdmissionConfig, BudgetSpec, FlagSpec, GuardConfig, LimitSpec, PoliciesConfig
+from margin.specs import AdmissionConfig, BudgetSpec, FlagSpec, GuardConfig, LimitSpec, PoliciesConfig, ResponsesConfig
 from margin.userfiles import load_yaml, read_text
 
 
@@ -416,6 +416,7 @@ class Settings(Strict):
     grid: GridConfig = GridConfig()
     batches: BatchConfig = BatchConfig()
     audit: AuditConfig = AuditConfig()
+    responses: ResponsesConfig = ResponsesConfig()
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:

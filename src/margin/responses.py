@@ -3,10 +3,12 @@ or a wrong type is a 400 naming it) and translated to the chat request margin's 
 (`margin.pipeline.flow`), so that a Responses call is admitted, guarded, cached, routed, metered and written
 to the ledger as a chat is. The answer is translated back in `margin.api.responses`.
 
-margin is stateless: nothing of a response is stored, so what needs a stored response or conversation
-(`previous_response_id`, `conversation`, `background`, `store: true`, `item_reference` items), a stored prompt
-template (`prompt`) or a tool margin would have to run (every built-in tool) is refused with a message that
-says so, before anything is reserved or sent."""
+Responses are stored only when the config turns `responses.store` on (`margin.ledger.stored`): then `store`
+(true unless sent false, as OpenAI's default) keeps the answer and `previous_response_id` continues a stored one,
+its turns' items prepended to this request's input (`expand`) before it is translated. With it off, `store: true`
+and `previous_response_id` are refused. What needs a stored conversation (`conversation`, `background`,
+`item_reference` items), a stored prompt template (`prompt`) or a tool margin would have to run (every built-in
+tool) is always refused with a message that says so, before anything is reserved or sent."""
 
 from __future__ import annotations
 
@@ -37,12 +39,11 @@ MAX_METADATA = 16  # OpenAI's limit: 16 pairs, keys of 64 characters, values of 
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
 # What a stateless gateway cannot do, by field: refused whatever its value (a null is the field left out)
+TURN_ON = "margin stores responses only when its config turns `responses.store` on"
 STATELESS = {
-    "previous_response_id": "margin does not store responses, so it cannot continue one: send the whole "
-    "conversation as `input` items",
     "conversation": "margin does not store conversations: send the whole conversation as `input` items",
     "prompt": "stored prompt templates are not supported through this gateway: send the prompt as `input`",
-    "context_management": "margin does not store responses, so it cannot compact them",
+    "context_management": "margin does not compact responses",
     "max_tool_calls": "built-in tools are not supported through this gateway (function tools are)",
 }
 
@@ -177,7 +178,8 @@ class ResponsesRequest(_Strict):
     service_tier: ServiceTier | None = None
     stream: Flag = False
     stream_options: ResponsesStreamOptions | None = None
-    store: Literal[False] | None = None  # `true` is refused earlier, with the reason
+    store: bool | None = None  # `true` with storage off is refused earlier, with the reason
+    previous_response_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None  # idem
     background: Literal[False] | None = None  # idem
     truncation: Literal["disabled"] | None = None
     prompt_cache_key: PromptCacheKey | None = None
@@ -195,16 +197,19 @@ def _refuse(message: str, param: str, code: str = "unsupported_parameter") -> In
     return InvalidRequest(f"{param}: {message}", param=param, code=code)
 
 
-def _stateless(data: dict[str, Any]) -> None:
-    """The fields and values a stateless gateway cannot honour, refused with the reason (before validation, so
-    the message says why rather than that the field is unknown)."""
+def _stateless(data: dict[str, Any], storing: bool) -> None:
+    """The fields and values margin cannot honour (`storing`: `responses.store` is on), refused with the reason
+    (before validation, so the message says why rather than that the field is unknown)."""
     for name, why in STATELESS.items():
         if data.get(name) is not None:
             raise _refuse(why, name)
-    if data.get("store") is True:
-        raise _refuse("margin does not store responses; send `store: false`", "store", "unsupported_value")
+    if not storing and data.get("previous_response_id") is not None:
+        why = f"{TURN_ON}, so it cannot continue one: send the whole conversation as `input` items"
+        raise _refuse(why, "previous_response_id")
+    if not storing and data.get("store") is True:
+        raise _refuse(f"{TURN_ON}; send `store: false`", "store", "unsupported_value")
     if data.get("background") is True:
-        raise _refuse("background responses need a stored response; send the request without it", "background")
+        raise _refuse("background responses are not supported; send the request without it", "background")
     if data.get("truncation") == "auto":
         raise _refuse(
             "only `disabled` is supported: margin sends the input as it is", "truncation", "unsupported_value"
@@ -245,7 +250,7 @@ def _items(items: Any) -> None:
             continue
         kind = item.get("type")
         if kind == "item_reference":
-            why = "margin does not store responses, so it cannot refer to their items: send the items themselves"
+            why = "item references are not supported through this gateway: send the items themselves"
             raise _refuse(why, f"input.{index}.type", "unsupported_value")
         if isinstance(kind, str) and kind not in ("message", "function_call", "function_call_output"):
             why = f"input items of type `{kind[:40]}` are not supported through this gateway"
@@ -267,11 +272,11 @@ UNION_TAGS = frozenset(
 )  # fmt: skip
 
 
-def parse_responses(data: Any) -> ResponsesRequest:
-    """The Responses body, validated (a 400 naming the field, as the chat path's)."""
+def parse_responses(data: Any, storing: bool = False) -> ResponsesRequest:
+    """The Responses body, validated (a 400 naming the field, as the chat path's; `storing`: `responses.store`)."""
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
-    _stateless(data)
+    _stateless(data, storing)
     try:
         return ResponsesRequest.model_validate(data)
     except ValidationError as exc:
@@ -396,11 +401,38 @@ def chat_data(body: ResponsesRequest, sent: dict[str, Any] | None = None) -> dic
     return data
 
 
-def parse(data: Any) -> tuple[ResponsesRequest, dict[str, Any], ChatCompletionRequest]:
+def parse(data: Any, storing: bool = False) -> tuple[ResponsesRequest, dict[str, Any], ChatCompletionRequest]:
     """A Responses body: validated, its chat request's JSON, and that chat request validated as the chat path
     validates it (a 400 naming the chat field is a translation margin could not run)."""
-    body = parse_responses(data)
+    body = parse_responses(data, storing)
     chat = chat_data(body, data)
     request = parse_request(Endpoint.CHAT, chat)
     assert isinstance(request, ChatCompletionRequest)
     return body, chat, request
+
+
+ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
+
+
+def input_items(data: dict[str, Any], request_id: str) -> list[dict[str, Any]]:
+    """A (validated) body's input as the items stored and listed (`input_items`): each with its `type` and an
+    `id` (`<kind>_<request id>_in<n>` where it came without one), a message's text as a content part."""
+    raw = data["input"]
+    listed = [{"role": "user", "content": raw}] if isinstance(raw, str) else raw
+    items: list[dict[str, Any]] = []
+    for index, item in enumerate(listed):
+        kind = item.get("type", "message")
+        stored = {"type": kind, "id": f"{ID_PREFIX[kind]}_{request_id}_in{index}", **item}
+        if kind == "message" and isinstance(text := item["content"], str):
+            part = "output_text" if item["role"] == "assistant" else "input_text"
+            stored["content"] = [{"type": part, "text": text, **({"annotations": []} if part == "output_text" else {})}]
+        items.append(stored)
+    return items
+
+
+def expand(data: dict[str, Any], prior: list[dict[str, Any]]) -> dict[str, Any]:
+    """The body continuing a stored conversation: its turns' items (`margin.ledger.stored.chain`), then this
+    request's input; validated again by `parse` (the whole conversation is the prompt, bounded as any input)."""
+    raw = data["input"]
+    current = [{"role": "user", "content": raw}] if isinstance(raw, str) else raw
+    return {**data, "input": [*prior, *current]}

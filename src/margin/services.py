@@ -33,7 +33,7 @@ from margin.governance.service import Governance
 from margin.governance.slots import DOWNLOADS, UPLOADS
 from margin.guard.pseudonym import UserPseudonyms
 from margin.keycache import KeyCache
-from margin.ledger import audit, db, rollup
+from margin.ledger import audit, db, rollup, stored
 from margin.ledger.outbox import Outbox
 from margin.pipeline.flow import Flow, Parts, compose
 from margin.pipeline.steps.settle import Settle
@@ -188,6 +188,7 @@ class Services:
         await asyncio.to_thread(self._check_rollup_keys)
         if (days := self.settings.audit.retention_days) is not None:
             await asyncio.to_thread(audit.prune, self._sync_engine, days)
+        await asyncio.to_thread(stored.prune, self._sync_engine)  # expired stored responses (responses.store)
         await self.keys.start(self.settings.server.host)
         self.outbox.start()
         self.telemetry.start(self.telemetry_state)

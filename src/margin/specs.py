@@ -300,3 +300,33 @@ class AdmissionConfig(Spec):
     max_streams_per_key: int | None = Field(
         64, ge=1, description="Streams one API key may hold open at once (per gateway process); more get 429."
     )
+
+
+class ResponsesConfig(Spec):
+    """OpenAI's Responses API (`POST /v1/responses`): whether responses are stored (in the ledger database), so
+    that `previous_response_id` continues one and `GET /v1/responses/{id}` reads it back."""
+
+    store: bool = Field(
+        False,
+        description="Store responses (a request's `store` defaults to true, as OpenAI's does). Off: `store: true` and "
+        "`previous_response_id` are refused (400).",
+    )
+    retention_days: int = Field(
+        30, ge=1, le=3650, description="A stored response is gone (404, then pruned) after this."
+    )
+    max_stored_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="A response whose input and output items take more (as JSON) is not stored (its answer says "
+        "`store: false`).",
+    )
+    max_chain_turns: int = Field(
+        100, ge=1, le=10_000, description="The most stored responses one `previous_response_id` chain may walk."
+    )
+    max_chain_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        description="The most bytes of stored items one `previous_response_id` chain may prepend to a request.",
+    )

@@ -122,9 +122,10 @@ def _keys(db: Path) -> tuple[str, str]:
 
 
 @contextmanager
-def responses_gateway(folder: Path) -> Iterator[Live]:
+def responses_gateway(folder: Path, **overrides: Any) -> Iterator[Live]:
     """A gateway with the fake backend and an OpenAI-like upstream that records what it is sent (tool calls
-    while the request has tools and no tool output yet), its keys, a budget and a rate limit."""
+    while the request has tools and no tool output yet), its keys, a budget and a rate limit (`overrides`: more
+    of the config)."""
     key, limited = _keys(folder / "ledger.db")
     bodies: list[dict[str, Any]] = []
     with http_thread(recording_handler(bodies, _answer)) as base:
@@ -145,6 +146,7 @@ def responses_gateway(folder: Path) -> Iterator[Live]:
             },
             "budgets": [{"name": "tight", "scope": {"kind": "model", "value": "tight"}, "usd": TIGHT_USD}],
             "limits": [{"scope": {"kind": "team", "value": "limited"}, "rpm": 1}],
+            **overrides,
         }
         (folder / "margin.yaml").write_text(yaml.safe_dump(config))
         serving = margin_serve(folder / "ledger.db", folder / "serve.log", config=folder / "margin.yaml", ready_s=60)
@@ -475,3 +477,14 @@ def _count(live: Live, endpoint: str) -> int:
             return int(connection.execute(query, {"endpoint": endpoint}).scalar_one())
     finally:
         engine.dispose()
+
+
+def test_with_storage_off_store_and_continuing_say_how_to_turn_it_on_and_nothing_is_stored(live: Live) -> None:
+    for fields in ({"store": True}, {"previous_response_id": "resp_1"}):
+        answer = live.post({"model": "plain", "input": "hi", **fields})
+        assert answer.status_code == 400 and "`responses.store`" in answer.json()["error"]["message"]
+    created = live.client().responses.create(model="fake-chat", input="hi")  # `store` left out: not stored
+    assert created.model_dump()["store"] is False
+    auth = {"authorization": f"Bearer {live.key}"}
+    found = httpx.get(f"{live.url}/v1/responses/{created.id}", headers=auth, timeout=30)
+    assert found.status_code == 404 and found.json()["error"]["code"] == "not_found"

@@ -62,7 +62,7 @@ def _services(request: Request) -> Any:
     return services
 
 
-def _window(request: Request, default: int, most: int, orderable: bool = False) -> store.Window:
+def page_window(request: Request, default: int, most: int, orderable: bool = False) -> store.Window:
     """`limit` (1 to `most`), `after`, and for files `order` (`desc`, newest first, or `asc`), as OpenAI's lists."""
     raw = request.query_params.get("limit", str(default))
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 6 and 1 <= int(raw) <= most):  # not "²", nor 5,000 digits
@@ -73,7 +73,7 @@ def _window(request: Request, default: int, most: int, orderable: bool = False) 
     return store.Window(int(raw), request.query_params.get("after") or None, order == "asc")
 
 
-def _page(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
+def page_of(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
     return {
         "object": "list",
         "data": data,
@@ -111,11 +111,11 @@ async def _store_upload(request: Request, services: Any, principal: Principal) -
 
 async def list_files(request: Request, principal: Principal) -> Any:
     """OpenAI's file list: up to 10,000 a page (its default too), newest first or `order=asc`, `purpose=` only."""
-    window = _window(request, FILES_PAGE, FILES_PAGE, orderable=True)
+    window = page_window(request, FILES_PAGE, FILES_PAGE, orderable=True)
     purpose = request.query_params.get("purpose") or None
     engine = _services(request).engine
     rows, more = await store.list_files(engine, _owner(principal), window, datetime.now(UTC), purpose)
-    return _page([file_object(row) for row in rows], more)
+    return page_of([file_object(row) for row in rows], more)
 
 
 async def get_file(request: Request, principal: Principal) -> Any:
@@ -206,11 +206,11 @@ async def create_batch(request: Request, principal: Principal) -> Any:
 
 
 async def list_batches(request: Request, principal: Principal) -> Any:
-    window = _window(request, 20, 100)  # OpenAI's: 20 by default, at most 100
+    window = page_window(request, 20, 100)  # OpenAI's: 20 by default, at most 100
     engine = _services(request).engine
     rows, more = await store.list_batches(engine, _owner(principal), window)
     used = await store.usage(engine, rows)
-    return _page([batch_object(row, used[row.id]) for row in rows], more)
+    return page_of([batch_object(row, used[row.id]) for row in rows], more)
 
 
 async def get_batch(request: Request, principal: Principal) -> Any:

@@ -138,9 +138,23 @@ def _gateway_operations() -> list[Op]:
         Op(
             "post",
             "/v1/responses",
-            "A response (OpenAI's Responses API, stateless: answered by a chat; streams with `stream: true`)",
+            "A response (OpenAI's Responses API: answered by a chat; streams with `stream: true`; stored when "
+            "`responses.store` is on)",
             ref(ResponsesRequest),
             stream=True,
+        ),
+        Op(
+            "get",
+            "/v1/responses/{response_id}",
+            "A stored response (its key's or org's)",
+            params=[_path("response_id")],
+        ),
+        Op("delete", "/v1/responses/{response_id}", "Delete a stored response", params=[_path("response_id")]),
+        Op(
+            "get",
+            "/v1/responses/{response_id}/input_items",
+            "A stored response's input items, newest first (order=asc: oldest first)",
+            params=[_path("response_id"), *_query("limit", "after", "order")],
         ),
         Op(
             "post",

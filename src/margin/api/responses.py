@@ -3,7 +3,8 @@ to a chat request at this edge (`margin.responses`); the request path (`margin.p
 chat, the same steps, admission and metering, and writes its answer through `ResponsesClient`, which turns
 the chat JSON into a Response object and the chat stream's chunks into the Responses stream's events. The
 ledger row names the endpoint `responses`; the request path itself sees a chat (its backends, cache and
-guard), so the chat path costs nothing more."""
+guard), so the chat path costs nothing more. With `responses.store` on, a `previous_response_id`'s stored turns
+are prepended to the input before that (`margin.api.stored`), and the answer is stored before it is sent."""
 
 from __future__ import annotations
 
@@ -14,40 +15,68 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from margin.api.client import AsgiClient
+from margin.api.errors import error_response
 from margin.api.inference import Run, arrive
 from margin.api.responses_out import StreamEvents, from_chat, skeleton
-from margin.api.translating import TranslatingClient
+from margin.api.stored import Keeper, continued
+from margin.api.translating import Events, TranslatingClient
+from margin.errors import MarginError
 from margin.pipeline.values import Record
 from margin.protocol import Endpoint
-from margin.responses import ResponsesRequest, parse
+from margin.responses import ResponsesRequest, expand, input_items, parse
 
 
 class ResponsesClient(TranslatingClient):
     """The request path's `Client` for a Responses call: the chat JSON as a Response object, the chat stream's
     chunks as the Responses stream's events (the first write opens with `response.created` and
-    `response.in_progress`; an error once streaming is `error`, then `response.failed`)."""
+    `response.in_progress`; an error once streaming is `error`, then `response.failed`). With a `keeper`, the
+    Response is stored before it is answered (before a stream's last events)."""
 
-    __slots__ = ("body", "request_id")
+    __slots__ = ("body", "keeper", "request_id")
 
-    def __init__(self, inner: AsgiClient, body: ResponsesRequest, request_id: str) -> None:
+    def __init__(
+        self, inner: AsgiClient, body: ResponsesRequest, request_id: str, keeper: Keeper | None = None
+    ) -> None:
         super().__init__(inner)
-        self.body, self.request_id = body, request_id
+        self.body, self.request_id, self.keeper = body, request_id, keeper
+
+    def _skeleton(self) -> dict[str, Any]:
+        return skeleton(self.body, f"resp_{self.request_id}", self.keeper is not None)
 
     def whole(self, chat: Any) -> dict[str, Any]:
-        return from_chat(chat, skeleton(self.body, f"resp_{self.request_id}"), self.request_id)
+        return from_chat(chat, self._skeleton(), self.request_id)
 
     def new_events(self) -> StreamEvents:
-        return StreamEvents(skeleton(self.body, f"resp_{self.request_id}"), self.request_id)
+        return StreamEvents(self._skeleton(), self.request_id)
+
+    async def settle(self, answer: dict[str, Any]) -> None:
+        if self.keeper is not None:
+            await self.keeper.keep(answer)
+
+    async def settle_stream(self, events: Events) -> None:
+        if self.keeper is not None and isinstance(events, StreamEvents) and not events.failed:
+            events.close()
+            await self.keeper.keep(events.response)
 
 
 async def responses(request: HttpRequest) -> Response | ASGIApp:
-    arrived = await arrive(request, parse)
+    storing = request.app.state.services.settings.responses.store
+    arrived = await arrive(request, lambda data: (data, parse(data, storing)))
     if isinstance(arrived, Response):
         return arrived
-    (started, services, request_id, headers, principal, batch), (body, data, chat) = arrived
+    (started, services, request_id, headers, principal, batch), (data, (body, chat_json, chat)) = arrived
+    keeper = None
+    try:
+        if body.previous_response_id is not None:  # the stored turns first: the prompt (and its budget) is all of it
+            prior = await continued(services, principal, body.previous_response_id)
+            body, chat_json, chat = parse(expand(data, prior), storing)
+        if storing and body.store is not False and batch is None:  # OpenAI's default: stored unless `store: false`
+            keeper = Keeper(services, principal, input_items(data, request_id), body.previous_response_id)
+    except MarginError as exc:
+        return error_response(exc, request_id)
     record = Record(
         request_id, Endpoint.RESPONSES, body.model, body.stream, started=started, principal=principal,
         user=body.user, batch=batch,
     )  # fmt: skip
-    args = (request_id, Endpoint.CHAT, headers, data, chat, principal, record, started)
-    return Run(services.flow, services.stalls, args, lambda inner: ResponsesClient(inner, body, request_id))
+    args = (request_id, Endpoint.CHAT, headers, chat_json, chat, principal, record, started)
+    return Run(services.flow, services.stalls, args, lambda inner: ResponsesClient(inner, body, request_id, keeper))

@@ -58,8 +58,9 @@ def _text(body: ResponsesRequest) -> dict[str, Any]:
     return {"format": shown, "verbosity": verbosity or "medium"}
 
 
-def skeleton(body: ResponsesRequest, response_id: str) -> dict[str, Any]:
-    """The Response object before its output: the request's settings echoed as OpenAI returns them."""
+def skeleton(body: ResponsesRequest, response_id: str, store: bool = False) -> dict[str, Any]:
+    """The Response object before its output: the request's settings echoed as OpenAI returns them (`store`:
+    whether it is to be stored)."""
     choice = body.tool_choice
     return {
         "id": response_id,
@@ -74,12 +75,12 @@ def skeleton(body: ResponsesRequest, response_id: str) -> dict[str, Any]:
         "model": body.model,
         "output": [],
         "parallel_tool_calls": True if body.parallel_tool_calls is None else body.parallel_tool_calls,
-        "previous_response_id": None,
+        "previous_response_id": body.previous_response_id,
         "prompt_cache_key": body.prompt_cache_key,
         "reasoning": {"effort": body.reasoning.effort if body.reasoning else None, "summary": None},
         "safety_identifier": body.safety_identifier,
         "service_tier": body.service_tier or "auto",
-        "store": False,
+        "store": store,
         "temperature": 1.0 if body.temperature is None else body.temperature,
         "text": _text(body),
         "tool_choice": choice.model_dump() if choice is not None and not isinstance(choice, str) else choice or "auto",
@@ -176,6 +177,7 @@ class StreamEvents:
         self.finish: Any = None
         self.chat: dict[str, Any] = {}
         self.failed = False
+        self.closing: bytes | None = None  # the events that closed the open items, once `close` ran
         self.delta_fields = b""  # the open message's item_id, output_index, content_index as JSON (`_text_delta`)
 
     def event(self, kind: str, **fields: Any) -> bytes:
@@ -326,16 +328,22 @@ class StreamEvents:
             "response.output_item.done", output_index=index, item=_copy(item)
         )
 
+    def close(self) -> None:
+        """Close the open items (their events kept for `end`): the Response is then whole (its output, status)."""
+        if self.failed or self.closing is not None:
+            return
+        self.closing = self._close_text() + self._close_call() + self._refusal()
+        _ended(self.response, self.finish, self.chat)
+        self.response["output"] = [_copy(item) for item in self.items]
+
     def end(self) -> bytes:
         """The stream's last events: open items closed, then `response.completed` (or `.incomplete`)."""
         if self.failed:
             return b""
-        out = self._close_text() + self._close_call() + self._refusal()
+        self.close()
         response = self.response
-        _ended(response, self.finish, self.chat)
-        response["output"] = [_copy(item) for item in self.items]
         kind = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
-        return out + self.event(kind, response=response)
+        return (self.closing or b"") + self.event(kind, response=response)
 
     def fail(self, error: Any) -> bytes:
         """An error once streaming: OpenAI's `error` event, then `response.failed`."""

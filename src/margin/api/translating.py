@@ -63,7 +63,15 @@ class TranslatingClient:
             chat = orjson.loads(body)
         except orjson.JSONDecodeError:
             chat = None
-        await self.inner.answer(orjson.dumps(self.whole(chat)), headers)
+        whole = self.whole(chat)
+        await self.settle(whole)
+        await self.inner.answer(orjson.dumps(whole), headers)
+
+    async def settle(self, answer: dict[str, Any]) -> None:
+        """Work done with a whole answer before it is sent (nothing, unless overridden: a stored response)."""
+
+    async def settle_stream(self, events: Events) -> None:
+        """Work done before a stream's last events are sent (nothing, unless overridden)."""
 
     async def refuse(self, error: MarginError, headers: Mapping[str, str]) -> None:
         if not self.started:
@@ -109,5 +117,7 @@ class TranslatingClient:
         sends."""
         fresh = self.events is None
         events = self._events()
+        head = events.start() if fresh else b""
+        await self.settle_stream(events)
         comment = data[: -len(DONE)] if data.endswith(DONE) else data
-        await self.inner.end_stream((events.start() if fresh else b"") + events.end() + comment)
+        await self.inner.end_stream(head + events.end() + comment)

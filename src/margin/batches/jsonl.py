@@ -32,7 +32,11 @@ ENDPOINTS = {
     "/v1/responses": Endpoint.RESPONSES,  # validated as the endpoint validates it (margin.responses)
     "/v1/messages": Endpoint.MESSAGES,  # idem (margin.messages)
 }
-TRANSLATED = {Endpoint.RESPONSES: responses.parse, Endpoint.MESSAGES: messages.parse}
+# a line's body as the chat request it is run as (a Responses line as a stateless one: batch lines are not stored)
+TRANSLATED: dict[Endpoint, Callable[[Any], tuple[Any, Any, Any]]] = {
+    Endpoint.RESPONSES: responses.parse,
+    Endpoint.MESSAGES: messages.parse,
+}
 FORM_ENVELOPE = 64 * 1024  # room for the form's own fields and boundaries around the file
 MAX_CUSTOM_ID = 256
 CUSTOM_ID = re.compile(r"[^\x00-\x1f\x7f-\x9f]+")  # no C0 or C1 control character, nor DEL (fullmatch)

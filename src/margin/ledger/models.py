@@ -268,6 +268,23 @@ audit_anchor = sa.Table(  # one row once audit.retention_days pruned: the hash t
     sa.Column("pruned_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+stored_responses = sa.Table(  # Responses API answers kept for `previous_response_id` and GET (margin.ledger.stored)
+    "stored_responses",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # resp_<request id>
+    sa.Column("key_id", sa.String(64)),  # the owner: its key (and the key's org, which shares it)
+    sa.Column("org", sa.String(128)),
+    sa.Column("previous_id", sa.String(64)),  # the response it continued (`previous_response_id`)
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("model", sa.String(256), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("bytes", sa.Integer, nullable=False),  # of `input` and `response` as JSON
+    sa.Column("input", sa.JSON, nullable=False),  # this turn's input items, as received (ids added)
+    sa.Column("response", sa.JSON, nullable=False),  # the Response object as it was answered
+    sa.Index("ix_stored_responses_expires_at", "expires_at"),
+)
+
 ledger_dead_letter = sa.Table(  # ledger rows the database refused (margin.ledger.deadletter), with its error
     "ledger_dead_letter",
     metadata,

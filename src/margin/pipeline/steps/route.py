@@ -34,7 +34,7 @@ from margin.pipeline.ceiling import input_bound, prediction_bound
 from margin.pipeline.values import NO_ALLOWANCE, Next, Reply, Request, RouteDecision
 from margin.protocol import ChatCompletionRequest, Endpoint, service_tier
 from margin.routing.policy import RoutePolicy
-from margin.specs import AdmissionConfig, BudgetSpec, FlagSpec
+from margin.specs import AdmissionConfig, BudgetSpec, FlagSpec, Policy
 from margin.types import Target
 
 CHAT_MESSAGE_OVERHEAD = 8  # template tokens per message, on top of the counted text (upper bound)
@@ -79,6 +79,18 @@ def resolve(targets: Mapping[str, Target], model: str, endpoint: Endpoint) -> Ta
             code="wrong_model_kind",
         )
     return target
+
+
+def residency(policy: Policy | None, requested: str, chain: list[Target]) -> tuple[tuple[Target, ...], bool]:
+    """The candidates inside the caller's jurisdictions (its `policy`'s), and whether some were dropped."""
+    allowed = policy.jurisdictions if policy is not None else None
+    if allowed is None:
+        return tuple(chain), False
+    kept = tuple(t for t in chain if t.jurisdiction in allowed)
+    if not kept:
+        where = ", ".join(f"{t.public}@{t.region} ({t.jurisdiction or 'no jurisdiction'})" for t in chain)
+        raise ResidencyExcluded(f"`{requested}` is only served outside the allowed jurisdictions {allowed}: {where}")
+    return kept, len(kept) < len(chain)
 
 
 def capped(request: Request, cap: int) -> Request:
@@ -315,17 +327,7 @@ class Route:
 
     @staticmethod
     def _residency(request: Request, requested: str, chain: list[Target]) -> tuple[tuple[Target, ...], bool]:
-        """The candidates inside the caller's jurisdictions, and whether some were dropped."""
-        allowed = request.policy.jurisdictions if request.policy is not None else None
-        if allowed is None:
-            return tuple(chain), False
-        kept = tuple(t for t in chain if t.jurisdiction in allowed)
-        if not kept:
-            where = ", ".join(f"{t.public}@{t.region} ({t.jurisdiction or 'no jurisdiction'})" for t in chain)
-            raise ResidencyExcluded(
-                f"`{requested}` is only served outside the allowed jurisdictions {allowed}: {where}"
-            )
-        return kept, len(kept) < len(chain)
+        return residency(request.policy, requested, chain)
 
     @staticmethod
     def _budgets(

@@ -1,0 +1,86 @@
+"""POST /v1/messages/count_tokens: Anthropic's token count of a Messages prompt (the SDKs'
+`client.messages.count_tokens`, Claude Code sizing its context), for the models margin serves through an
+`anthropic` backend: the body is validated as a Messages prompt (`margin.messages.parse_count`), the caller
+authenticated and held to its policy as `/v1/messages` is (the key's models and jurisdictions, the public name
+resolved to its model), and the body is sent to that backend's `/messages/count_tokens` with the upstream's
+model name; Anthropic's `{"input_tokens": N}` comes back as it counted it.
+
+Any other model answers 400 (`count_tokens_unavailable`): margin does not estimate a count it cannot make
+exactly. A count is not a completion: it writes no ledger row, reserves no budget and is not charged to TPM,
+but it is one request for RPM limits (it uses the upstream's request rate too) and is counted in /metrics
+(`margin_count_tokens`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request as HttpRequest
+from starlette.responses import Response
+
+from margin.api.errors import anthropic_error_body, error_response, json_response
+from margin.api.inference import Arrival, arrive
+from margin.api.messages import REQUEST_ID
+from margin.backends.anthropic import AnthropicBackend
+from margin.errors import InvalidRequest, MarginError
+from margin.messages import CountTokensRequest, parse_count
+from margin.pipeline.steps.admit import admit_rpm
+from margin.pipeline.steps.auth import caller
+from margin.pipeline.steps.route import not_allowed, residency, resolve
+from margin.protocol import Endpoint
+from margin.types import Target
+
+UNAVAILABLE = "count_tokens_unavailable"
+
+
+async def count_tokens(request: HttpRequest) -> Response:
+    arrived = await arrive(request, lambda data: (data, parse_count(data)), anthropic_error_body, x_api_key=True)
+    if isinstance(arrived, Response):
+        return arrived
+    arrival, (data, body) = arrived
+    metrics = arrival.services.telemetry.metrics
+    target: Target | None = None
+    try:
+        target = await _target(arrival, body)
+        if not isinstance(target.backend, AnthropicBackend):
+            raise InvalidRequest(
+                f"token counting is not available for the model `{target.public}`: margin counts only models served "
+                "by an anthropic backend (Anthropic counts them exactly), and does not estimate",
+                param="model",
+                code=UNAVAILABLE,
+            )
+        upstream = target.model.upstream_model or target.public
+        tokens = await target.backend.count_input_tokens(data, upstream)
+    except MarginError as exc:
+        if metrics is not None:
+            metrics.count_tokens(target.public if target else None, exc.code)
+        response = error_response(exc, arrival.request_id, body_of=anthropic_error_body)
+        response.headers[REQUEST_ID] = arrival.request_id
+        return response
+    if metrics is not None:
+        metrics.count_tokens(target.public, "ok")
+    headers = {"x-margin-request-id": arrival.request_id, "x-request-id": arrival.request_id}
+    return json_response({"input_tokens": tokens}, headers={**headers, REQUEST_ID: arrival.request_id})
+
+
+async def _target(arrival: Arrival, body: CountTokensRequest) -> Target:
+    """The model the count is for, as the request path would resolve and allow it (the key's policy: its models,
+    its jurisdictions), after one request's room in the caller's RPM limits."""
+    services: Any = arrival.services
+    governance, principal = services.governance, arrival.principal
+    assert principal is not None  # authenticated (count_tokens is no batch endpoint)
+    _, subject = caller(principal, arrival.headers.get("x-margin-tags"), set(services.settings.tags.header_keys))
+    policy = governance.rules.policy_for(subject, principal.policy)
+    if body.model in services.settings.routes:
+        raise InvalidRequest(
+            f"token counting is not available for the routed name `{body.model}` (the model is chosen per request): "
+            "count with a model's own name",
+            param="model",
+            code=UNAVAILABLE,
+        )
+    target: Target = resolve(services.targets, body.model, Endpoint.CHAT)
+    allowed = policy.allowed_models if policy is not None and policy.models is not None else None
+    if allowed is not None and target.public not in allowed:
+        raise not_allowed(body.model, allowed)
+    residency(policy, body.model, [target])
+    await admit_rpm(governance, arrival.request_id, subject)
+    return target

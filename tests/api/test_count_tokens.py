@@ -59,6 +59,7 @@ def _keys(db: Path) -> dict[str, str]:
         "user": keys.NewKey("user", "t"),
         "narrow": keys.NewKey("narrow", "t", policy={"models": ["local"]}),
         "limited": keys.NewKey("limited", "limited"),
+        "private": keys.NewKey("private", "t", policy={"pii": "redact"}),
         "admin": keys.NewKey("admin", is_admin=True),
     }
     try:
@@ -139,6 +140,14 @@ def test_a_key_whose_policy_forbids_the_model_is_refused(gateway: Gateway) -> No
     with gateway.client("narrow") as client, pytest.raises(anthropic.PermissionDeniedError) as refused:
         client.messages.count_tokens(model=PUBLIC, messages=HI)
     assert f"may not use the model `{PUBLIC}`" in refused.value.message
+    assert len(gateway.upstream.bodies) == sent
+
+
+def test_a_key_whose_policy_redacts_pii_is_refused_not_sent_unscanned(gateway: Gateway) -> None:
+    sent = len(gateway.upstream.bodies)
+    with gateway.client("private") as client, pytest.raises(anthropic.PermissionDeniedError) as refused:
+        client.messages.count_tokens(model=PUBLIC, messages=[{"role": "user", "content": "mail ann@example.com"}])
+    assert "redacts PII" in refused.value.message
     assert len(gateway.upstream.bodies) == sent
 
 

@@ -8,7 +8,8 @@ model name; Anthropic's `{"input_tokens": N}` comes back as it counted it.
 Any other model answers 400 (`count_tokens_unavailable`): margin does not estimate a count it cannot make
 exactly. A count is not a completion: it writes no ledger row, reserves no budget and is not charged to TPM,
 but it is one request for RPM limits (it uses the upstream's request rate too) and is counted in /metrics
-(`margin_count_tokens`)."""
+(`margin_count_tokens`). The guard does not run on a count, so a caller whose policy redacts or blocks PII is
+refused (403) rather than having its prompt sent unscanned."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from margin.api.errors import anthropic_error_body, error_response, json_respons
 from margin.api.inference import Arrival, arrive
 from margin.api.messages import REQUEST_ID
 from margin.backends.anthropic import AnthropicBackend
-from margin.errors import InvalidRequest, MarginError
+from margin.errors import InvalidRequest, MarginError, PermissionDenied
 from margin.messages import CountTokensRequest, parse_count
 from margin.pipeline.steps.admit import admit_rpm
 from margin.pipeline.steps.auth import caller
@@ -82,5 +83,11 @@ async def _target(arrival: Arrival, body: CountTokensRequest) -> Target:
     if allowed is not None and target.public not in allowed:
         raise not_allowed(body.model, allowed)
     residency(policy, body.model, [target])
+    if policy is not None and policy.pii in ("redact", "block"):  # the guard does not run on a count
+        raise PermissionDenied(
+            f"token counting is not available to this key: its policy {policy.pii}s PII before a prompt leaves "
+            "margin, and a count's prompt would go to the upstream unscanned",
+            code=UNAVAILABLE,
+        )
     await admit_rpm(governance, arrival.request_id, subject)
     return target

@@ -83,6 +83,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
                 PUBLIC: {"backend": "claude", "upstream_model": UPSTREAM_MODEL},
                 "dropper": {"backend": "dropping", "upstream_model": UPSTREAM_MODEL},
                 "local": {"backend": "fake"},
+                "rejected": {"backend": "claude", "upstream_model": "rejecting"},
             },
             "limits": [{"scope": {"kind": "team", "value": "limited"}, "rpm": 1}],
         }
@@ -133,6 +134,13 @@ def test_a_model_whose_backend_cannot_count_is_refused_not_estimated(gateway: Ga
     error: Any = refused.value.body
     assert error["error"]["type"] == "invalid_request_error"
     assert "token counting is not available for the model `local`" in error["error"]["message"]
+
+
+def test_an_upstream_refusal_is_the_caller_s_in_anthropic_s_shape(gateway: Gateway) -> None:
+    with gateway.client() as client, pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.count_tokens(model="rejected", messages=HI)
+    assert gateway.upstream.last["model"] == "rejecting"
+    assert "internal-host-7" not in refused.value.message  # the upstream's own text is not passed on
 
 
 def test_a_key_whose_policy_forbids_the_model_is_refused(gateway: Gateway) -> None:

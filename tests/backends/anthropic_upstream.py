@@ -169,7 +169,9 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
             upstream.bodies.append(body)
             upstream.headers.append({name.lower(): value for name, value in self.headers.items()})
             upstream.paths.append(self.path)
-            if self.path == "/v1/messages/count_tokens":
+            if self.path == "/v1/messages/count_tokens" and body.get("model") == "rejecting":
+                _error(self, 400, "invalid_request_error")
+            elif self.path == "/v1/messages/count_tokens":
                 reply_json(self, 200, {"input_tokens": counted(body)})
             elif self.path != "/v1/messages":
                 reply_json(self, 404, {"type": "error", "error": {"type": "not_found_error", "message": self.path}})

@@ -83,9 +83,20 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
                 PUBLIC: {"backend": "claude", "upstream_model": UPSTREAM_MODEL},
                 "dropper": {"backend": "dropping", "upstream_model": UPSTREAM_MODEL},
                 "local": {"backend": "fake"},
+                "switched-off": {"backend": "claude"},
+                "forced": {"backend": "fake"},
                 "rejected": {"backend": "claude", "upstream_model": "rejecting"},
             },
             "limits": [{"scope": {"kind": "team", "value": "limited"}, "rpm": 1}],
+            "flags": [
+                {"name": "off", "target": {"kind": "model", "value": "switched-off"}, "action": "disable"},
+                {
+                    "name": "to-haiku",
+                    "target": {"kind": "model", "value": "forced"},
+                    "action": "force_model",
+                    "model": PUBLIC,
+                },
+            ],
         }
         (folder / "margin.yaml").write_text(yaml.safe_dump(config))
         serving = margin_serve(folder / "ledger.db", folder / "serve.log", config=folder / "margin.yaml", ready_s=60)
@@ -141,6 +152,16 @@ def test_an_upstream_refusal_is_the_caller_s_in_anthropic_s_shape(gateway: Gatew
         client.messages.count_tokens(model="rejected", messages=HI)
     assert gateway.upstream.last["model"] == "rejecting"
     assert "internal-host-7" not in refused.value.message  # the upstream's own text is not passed on
+
+
+def test_flags_apply_as_to_a_request(gateway: Gateway) -> None:
+    with gateway.client() as client:
+        with pytest.raises(anthropic.PermissionDeniedError) as off:
+            client.messages.count_tokens(model="switched-off", messages=HI)
+        assert "disabled by flag `off`" in off.value.message
+        # forced to the anthropic model: counted there, though `forced` itself is on a backend that cannot count
+        assert client.messages.count_tokens(model="forced", messages=HI).input_tokens > 0
+    assert gateway.upstream.last["model"] == UPSTREAM_MODEL
 
 
 def test_a_key_whose_policy_forbids_the_model_is_refused(gateway: Gateway) -> None:

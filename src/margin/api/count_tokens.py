@@ -2,8 +2,9 @@
 `client.messages.count_tokens`, Claude Code sizing its context), for the models margin serves through an
 `anthropic` backend: the body is validated as a Messages prompt (`margin.messages.parse_count`), the caller
 authenticated and held to its policy as `/v1/messages` is (the key's models and jurisdictions, the public name
-resolved to its model), and the body is sent to that backend's `/messages/count_tokens` with the upstream's
-model name; Anthropic's `{"input_tokens": N}` comes back as it counted it.
+resolved to its model, a `force_model` flag's model counted instead, a `disable` flag refusing it), and the
+body is sent to that backend's `/messages/count_tokens` with the upstream's model name; Anthropic's
+`{"input_tokens": N}` comes back as it counted it.
 
 Any other model answers 400 (`count_tokens_unavailable`): margin does not estimate a count it cannot make
 exactly. A count is not a completion: it writes no ledger row, reserves no budget and is not charged to TPM,
@@ -13,6 +14,7 @@ refused (403) rather than having its prompt sent unscanned."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request as HttpRequest
@@ -23,10 +25,11 @@ from margin.api.inference import Arrival, arrive
 from margin.api.messages import REQUEST_ID
 from margin.backends.anthropic import AnthropicBackend
 from margin.errors import InvalidRequest, MarginError, PermissionDenied
+from margin.governance.rules import Rules, Subject
 from margin.messages import CountTokensRequest, parse_count
 from margin.pipeline.steps.admit import admit_rpm
 from margin.pipeline.steps.auth import caller
-from margin.pipeline.steps.route import not_allowed, residency, resolve
+from margin.pipeline.steps.route import disabled, not_allowed, residency, resolve
 from margin.protocol import Endpoint
 from margin.types import Target
 
@@ -63,6 +66,19 @@ async def count_tokens(request: HttpRequest) -> Response:
     return json_response({"input_tokens": tokens}, headers={**headers, REQUEST_ID: arrival.request_id})
 
 
+def _flagged(rules: Rules, subject: Subject, target: Target, targets: Mapping[str, Target]) -> Target:
+    """The model a request for `target` would be served by, as the route step's flags decide: a `force_model`
+    flag's model instead; a `disable` flag on it refuses the count as it would refuse the request."""
+    flags = rules.flags_for(subject.serving(target.public, target.backend_name))
+    forced = next((flag for flag in flags if flag.action == "force_model" and flag.model), None)
+    if forced is not None and forced.model:
+        target = resolve(targets, forced.model, Endpoint.CHAT)
+        flags = rules.flags_for(subject.serving(target.public, target.backend_name))
+    if (off := next((flag for flag in flags if flag.action == "disable"), None)) is not None:
+        raise disabled(off)
+    return target
+
+
 async def _target(arrival: Arrival, body: CountTokensRequest) -> Target:
     """The model the count is for, as the request path would resolve and allow it (the key's policy: its models,
     its jurisdictions), after one request's room in the caller's RPM limits."""
@@ -82,6 +98,10 @@ async def _target(arrival: Arrival, body: CountTokensRequest) -> Target:
     allowed = policy.allowed_models if policy is not None and policy.models is not None else None
     if allowed is not None and target.public not in allowed:
         raise not_allowed(body.model, allowed)
+    if governance.rules.flags:
+        target = _flagged(governance.rules, subject, target, services.targets)
+        if allowed is not None and target.public not in allowed:  # forced to a model the policy does not list
+            raise not_allowed(body.model, allowed, [target.public])
     residency(policy, body.model, [target])
     if policy is not None and policy.pii in ("redact", "block"):  # the guard does not run on a count
         raise PermissionDenied(

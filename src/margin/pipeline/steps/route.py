@@ -93,6 +93,12 @@ def residency(policy: Policy | None, requested: str, chain: list[Target]) -> tup
     return kept, len(kept) < len(chain)
 
 
+def disabled(flag: FlagSpec) -> FeatureDisabled:
+    """403: a `disable` flag applies to the model asked for."""
+    reason = f": {flag.reason}" if flag.reason else ""
+    return FeatureDisabled(f"disabled by flag `{flag.name}` ({flag.target.label()}){reason}")
+
+
 def capped(request: Request, cap: int) -> Request:
     """Every output-limit field the client sent lowered to `cap` (an upstream may honour either one); with
     none sent, `max_tokens` set."""
@@ -248,8 +254,7 @@ class Route:
     @staticmethod
     def _apply(request: Request, flag: FlagSpec, cache_only: str | None) -> tuple[Request, str | None]:
         if flag.action == "disable":
-            reason = f": {flag.reason}" if flag.reason else ""
-            raise FeatureDisabled(f"disabled by flag `{flag.name}` ({flag.target.label()}){reason}")
+            raise disabled(flag)
         if flag.action == "cap_max_tokens" and flag.max_tokens:
             request = capped(request, flag.max_tokens)
         if flag.action == "require_cache":

@@ -19,7 +19,19 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from margin import tasks
-from margin.api import admin, edge, feedback, inference, messages, meta, observability, openapi, responses, stored
+from margin.api import (
+    admin,
+    count_tokens,
+    edge,
+    feedback,
+    inference,
+    messages,
+    meta,
+    observability,
+    openapi,
+    responses,
+    stored,
+)
 from margin.api import batches as batches_api
 from margin.api.errors import anthropic_error_body, error_body, error_response
 from margin.backends.registry import BackendRegistry
@@ -168,6 +180,7 @@ def build_app(
         "/v1/embeddings": inference.embeddings,
         "/v1/responses": responses.responses,
         "/v1/messages": messages.messages,
+        "/v1/messages/count_tokens": count_tokens.count_tokens,
     }
     routes = [
         *(Route(path, handler, methods=["POST"]) for path, handler in fast.items()),

@@ -98,6 +98,15 @@ class OpenAIBackendConfig(HttpBackendConfig):
     )
 
 
+# chat fields an anthropic backend refuses (margin.backends.anthropic_request.REFUSED, and a message's `name`)
+# that `drop_unsupported` may list: dropped from what is sent instead
+AnthropicDroppable = Literal[
+    "logprobs", "top_logprobs", "logit_bias", "seed", "presence_penalty", "frequency_penalty", "prediction",
+    "functions", "function_call", "min_p", "repetition_penalty", "repeat_penalty", "ignore_eos", "min_tokens",
+    "skip_special_tokens", "include_stop_str_in_output", "metadata", "store", "name",
+]  # fmt: skip
+
+
 class AnthropicBackendConfig(HttpBackendConfig):
     """Anthropic's Messages API (`POST {base_url}/messages`), called natively: chat requests are translated
     (margin.backends.anthropic_translate), answers come back as OpenAI chat completions."""
@@ -116,6 +125,12 @@ class AnthropicBackendConfig(HttpBackendConfig):
         ge=1,
         le=2**31 - 1,
         description="`max_tokens` sent when the request has no output limit (Anthropic requires one, chat does not).",
+    )
+    drop_unsupported: list[AnthropicDroppable] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Chat fields Anthropic has no counterpart for that are dropped instead of refused (400); the "
+        "answer names what was dropped in `x-margin-dropped-params`. `name`: a message's participant name.",
     )
 
 

@@ -11,7 +11,7 @@ input is `cache_read_input_tokens`), and the conversation is sent as it came."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
@@ -33,6 +33,7 @@ from margin.protocol import (
     parse_request,
 )
 
+Body = TypeVar("Body", bound="CountTokensRequest")
 # Fields margin cannot honour, refused whatever their value (a null is the field left out)
 UNSUPPORTED = {
     "container": "margin runs no tools, so it has no containers for them",
@@ -209,27 +210,33 @@ class Metadata(_Strict):
     user_id: UserId | None = None
 
 
-class MessagesRequest(_Strict):
+class CountTokensRequest(_Strict):
+    """The prompt of a Messages request: `POST /v1/messages/count_tokens`'s body, and the part of a Messages
+    body that `MessagesRequest` adds the output limit and sampling to."""
+
     model: ModelName
-    max_tokens: TokenLimit
     messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES, fail_fast=True)]
     system: str | Blocks | None = None
-    temperature: float | None = Field(None, ge=0, le=1)
-    top_p: float | None = Field(None, ge=0, le=1)
-    top_k: int | None = Field(None, ge=0, le=INT32)
-    stop_sequences: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP)] | None = None
-    stream: Flag = False
     tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS, fail_fast=True)] | None = None
     tool_choice: ToolChoice | None = None
-    metadata: Metadata | None = None
     thinking: ThinkingConfig | None = None
     output_config: OutputConfig | None = None
-    service_tier: Literal["auto", "standard_only"] | None = None  # margin's tier is the model's: changes nothing
     cache_control: CacheControl | None = None
     speed: Literal["standard"] | None = None  # `fast` is refused earlier
     # Claude Code sends it on every request (clearing old tool results and thinking as the context fills):
     # accepted and not applied, the conversation goes to the upstream as it was sent
     context_management: dict[str, Any] | None = None
+
+
+class MessagesRequest(CountTokensRequest):
+    max_tokens: TokenLimit
+    temperature: float | None = Field(None, ge=0, le=1)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, ge=0, le=INT32)
+    stop_sequences: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP)] | None = None
+    stream: Flag = False
+    metadata: Metadata | None = None
+    service_tier: Literal["auto", "standard_only"] | None = None  # margin's tier is the model's: changes nothing
 
 
 def _refuse(message: str, param: str) -> InvalidRequest:
@@ -309,11 +316,20 @@ UNION_TAGS = frozenset(
 
 def parse_messages(data: Any) -> MessagesRequest:
     """The Messages body, validated (a 400 naming the field)."""
+    return _validated(MessagesRequest, data)
+
+
+def parse_count(data: Any) -> CountTokensRequest:
+    """A count_tokens body, validated as a Messages body's prompt is (a 400 naming the field)."""
+    return _validated(CountTokensRequest, data)
+
+
+def _validated(model: type[Body], data: Any) -> Body:
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
     _unsupported(data)
     try:
-        return MessagesRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise error_param(exc, UNION_TAGS) from exc
 

@@ -93,6 +93,7 @@ class CallStats:
     finish_reason: str | None = None
     attempts: int = 1  # tries of this call on this backend (retries after a refused connection, 5xx, 429)
     retried: str | None = None  # the error code of the last failure that was retried
+    notices: dict[str, str] = field(default_factory=dict)  # headers the backend adds to the answer (the record's)
 
 
 @dataclass(slots=True)

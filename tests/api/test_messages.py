@@ -365,7 +365,7 @@ def test_the_edge_s_own_errors_under_messages_are_anthropic_s(gateway: Gateway) 
     shape under /v1/messages, and OpenAI's elsewhere."""
     key = {"x-api-key": gateway.live.key}
     url = gateway.live.url
-    missing = httpx.post(url + "/v1/messages/count_tokens", json={}, headers=key, timeout=30)
+    missing = httpx.post(url + "/v1/messages/batches", json={}, headers=key, timeout=30)  # not served
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
     wrong = httpx.get(url + "/v1/messages", headers=key, timeout=30)
     assert wrong.status_code == 405 and wrong.json()["type"] == "error"

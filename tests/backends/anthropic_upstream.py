@@ -1,4 +1,5 @@
-"""A fake Anthropic Messages API (`POST /v1/messages`) on a thread: it keeps every request's body and headers
+"""A fake Anthropic Messages API (`POST /v1/messages`, and `/v1/messages/count_tokens`, whose count is
+`counted(body)`) on a thread: it keeps every request's body and headers
 (what left margin) and answers in Anthropic's wire format, a message or an SSE stream of `message_start`,
 `content_block_start/delta/stop`, `ping`, `message_delta` and `message_stop` (shapes as the `anthropic` SDK's
 types and Anthropic's streaming documentation give them). The upstream model name picks a behaviour:
@@ -49,10 +50,16 @@ class Upstream:
     bodies: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     tries: dict[str, int] = field(default_factory=dict)
+    paths: list[str] = field(default_factory=list)
 
     @property
     def last(self) -> dict[str, Any]:
         return self.bodies[-1]
+
+
+def counted(body: dict[str, Any]) -> int:
+    """`/v1/messages/count_tokens`'s answer: a number that depends on everything it was sent (the model too)."""
+    return len(json.dumps(body, sort_keys=True)) // 4
 
 
 def _wants_tool(body: dict[str, Any]) -> bool:
@@ -161,10 +168,15 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
             body = read_json(self)
             upstream.bodies.append(body)
             upstream.headers.append({name.lower(): value for name, value in self.headers.items()})
-            if self.path != "/v1/messages":
+            upstream.paths.append(self.path)
+            if self.path == "/v1/messages/count_tokens" and body.get("model") == "rejecting":
+                _error(self, 400, "invalid_request_error")
+            elif self.path == "/v1/messages/count_tokens":
+                reply_json(self, 200, {"input_tokens": counted(body)})
+            elif self.path != "/v1/messages":
                 reply_json(self, 404, {"type": "error", "error": {"type": "not_found_error", "message": self.path}})
-                return
-            _answer(upstream, self, body)
+            else:
+                _answer(upstream, self, body)
 
     return Handler
 

@@ -6,13 +6,15 @@ OpenAI completion and chunks the pipeline gets from the `openai` backend."""
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 import pytest
+from pydantic import ValidationError
 
-from margin.backend_config import AnthropicBackendConfig
+from margin.backend_config import AnthropicBackendConfig, AnthropicDroppable
 from margin.backends.anthropic import AnthropicBackend
+from margin.backends.anthropic_request import REFUSED
 from margin.backends.anthropic_response import Translator, completion
 from margin.backends.upstream_errors import upstream_error
 from margin.config import parse_settings
@@ -238,6 +240,49 @@ def test_defaults_of_refused_fields_are_not_refusals() -> None:
         functions=[],
     )
     assert set(sent) == {"model", "max_tokens", "messages"}
+
+
+def _dropping(drop: list[str], **body: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """What Anthropic is sent by a backend with `drop_unsupported: drop`, and the headers the call adds."""
+    backend = AnthropicBackend("claude", AnthropicBackendConfig.model_validate({"drop_unsupported": drop}))
+    call = _call(**body)
+    _, data = backend._request(call, stream=False)
+    sent: dict[str, Any] = orjson.loads(data)
+    return sent, call.stats.notices
+
+
+def test_drop_unsupported_leaves_the_listed_fields_out_and_names_them() -> None:
+    named = [{"role": "user", "content": "hi", "name": "ann"}]
+    sent, notices = _dropping(
+        ["name", "frequency_penalty", "seed", "presence_penalty"],
+        seed=7, presence_penalty=0.5, frequency_penalty=0, messages=named, temperature=0.2,
+    )  # fmt: skip
+    assert sent == {"model": "claude-sonnet-4-5", "max_tokens": 4096, "temperature": 0.2,
+                    "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}  # fmt: skip
+    # what was set, in the refusals' order; a default (frequency_penalty 0) is not a drop
+    assert notices == {"x-margin-dropped-params": "seed,presence_penalty,name"}
+    assert _dropping(["seed"])[1] == {}  # listed but not sent: nothing dropped, no header
+
+
+def test_drop_unsupported_drops_only_what_it_lists() -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        _dropping(["seed"], seed=7, presence_penalty=0.5)
+    assert refused.value.param == "presence_penalty"
+    with pytest.raises(InvalidRequest) as named:
+        _dropping(["seed"], messages=[{"role": "user", "content": "hi", "name": "ann"}])
+    assert named.value.param == "messages[0].name"
+    with pytest.raises(InvalidRequest) as many:  # `n` cannot be dropped: the answer would have one choice
+        _dropping(["seed"], n=2)
+    assert many.value.param == "n"
+
+
+def test_drop_unsupported_takes_only_refusable_names() -> None:
+    for bad in (["n"], ["temperature"], ["sed"], "seed"):
+        with pytest.raises(ValidationError):
+            AnthropicBackendConfig.model_validate({"drop_unsupported": bad})
+    # every field the backend refuses may be listed, and nothing else
+    assert set(get_args(AnthropicDroppable)) == set(REFUSED) | {"name"}
+    assert AnthropicBackendConfig().drop_unsupported == []  # default: today's refusals
 
 
 async def test_text_completions_and_embeddings_are_refused() -> None:

@@ -21,7 +21,7 @@ from margin.api.errors import JSON, NOSNIFF
 from margin.keyops import RotateRequest
 from margin.keys import KeyRequest
 from margin.ledger.feedback import FeedbackItem
-from margin.messages import MessagesRequest
+from margin.messages import CountTokensRequest, MessagesRequest
 from margin.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from margin.responses import ResponsesRequest
 from margin.specs import BudgetSpec, FlagSpec, LimitSpec
@@ -69,6 +69,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     EmbeddingRequest,
     ResponsesRequest,
     MessagesRequest,
+    CountTokensRequest,
     KeyRequest,
     RotateRequest,
     FeedbackItem,
@@ -163,6 +164,15 @@ def _gateway_operations() -> list[Op]:
             "`x-api-key` or as a Bearer; errors in Anthropic's shape)",
             ref(MessagesRequest),
             stream=True,
+            auth="key_or_api_key",
+            error=AnthropicErrorBody,
+        ),
+        Op(
+            "post",
+            "/v1/messages/count_tokens",
+            'Anthropic\'s token count of a Messages prompt (`{"input_tokens": N}`), for models on an anthropic '
+            "backend; no ledger row",
+            ref(CountTokensRequest),
             auth="key_or_api_key",
             error=AnthropicErrorBody,
         ),

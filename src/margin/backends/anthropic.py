@@ -16,15 +16,16 @@ import aiohttp
 import orjson
 
 from margin.backend_config import AnthropicBackendConfig
-from margin.backends.anthropic_request import messages_body
+from margin.backends.anthropic_request import dropped, messages_body
 from margin.backends.anthropic_response import Translator, bad_response, completion
 from margin.backends.deadline import StreamDeadline
 from margin.backends.http_upstream import HttpBackend, Lines, event_data
 from margin.backends.retry import RETRY_STATUSES
 from margin.errors import BackendError, InvalidRequest
 from margin.protocol import ChatCompletionRequest, Endpoint
-from margin.types import Call, Chunk, Completion
+from margin.types import Call, CallStats, Chunk, Completion
 
+DROPPED_HEADER = "x-margin-dropped-params"  # the fields `drop_unsupported` left out of this request
 OVERLOADED = 529  # Anthropic's `overloaded_error`: nothing was generated, safe to repeat
 
 
@@ -48,7 +49,10 @@ class AnthropicBackend(HttpBackend):
                 f"model {call.public_model!r} serves chat completions only (its backend is Anthropic's Messages API)",
                 param="model",
             )
-        body = messages_body(call.raw, call.request, call.upstream_model, self.config.default_max_tokens)
+        drop = self.config.drop_unsupported
+        body = messages_body(call.raw, call.request, call.upstream_model, self.config.default_max_tokens, drop)
+        if drop and (left_out := dropped(call.raw, call.request, drop)):  # never silently
+            call.stats.notices[DROPPED_HEADER] = ",".join(left_out)
         if stream:
             body["stream"] = True
         else:
@@ -62,6 +66,17 @@ class AnthropicBackend(HttpBackend):
 
     async def complete(self, call: Call) -> Completion:
         return await self._post(call)
+
+    async def count_input_tokens(self, body: dict[str, Any], upstream_model: str) -> int:
+        """Anthropic's own count of a Messages prompt (`POST {base_url}/messages/count_tokens`, free and exact
+        for its models): `body` (a validated count_tokens body) sent with `upstream_model` as its model, through
+        the session, retries, time limit and body bound every call has."""
+        data = orjson.dumps({**body, "model": upstream_model})
+        payload, _ = await self._post_json(self._base + "/messages/count_tokens", data, CallStats())
+        tokens = payload.get("input_tokens")
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+            raise bad_response(self.name, "a token count that is not a non-negative integer")
+        return tokens
 
     async def embed(self, call: Call) -> Completion:
         raise InvalidRequest(f"model {call.public_model!r} does not serve embeddings", param="model")

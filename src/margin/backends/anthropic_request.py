@@ -10,11 +10,13 @@ as budgets capped it) → `max_tokens`, else the backend's `default_max_tokens`;
 top_k, stop → `stop_sequences`, `user` → `metadata.user_id`; `reasoning_effort` → extended thinking with the
 budget in `THINKING_BUDGETS`; a function's `strict: true` → the tool's `strict`, and `response_format`
 json_schema → `output_config.format` (Anthropic's structured outputs). Anything else the request asks for that
-Anthropic cannot do is a 400 (`unsupported_parameter`), never dropped: it names the field."""
+Anthropic cannot do is a 400 (`unsupported_parameter`) that names the field, unless the backend's
+`drop_unsupported` lists it: then it is left out, and the answer's `x-margin-dropped-params` names it."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from typing import Any
 
 import orjson
@@ -65,11 +67,16 @@ def unsupported(param: str, what: str) -> InvalidRequest:
 
 
 def messages_body(
-    call_raw: dict[str, Any], request: ChatCompletionRequest, model: str, default_max: int
+    call_raw: dict[str, Any],
+    request: ChatCompletionRequest,
+    model: str,
+    default_max: int,
+    drop: Collection[str] = (),
 ) -> dict[str, Any]:
-    """The Messages API body for `request` (`call_raw`: the client's JSON, budgets' changes included)."""
-    _refuse(call_raw, request)
-    system, turns = _turns(request.messages)
+    """The Messages API body for `request` (`call_raw`: the client's JSON, budgets' changes included); the fields
+    named in `drop` (the backend's `drop_unsupported`) are left out instead of refused (`dropped` says which)."""
+    _refuse(call_raw, request, drop)
+    system, turns = _turns(request.messages, names="name" in drop)
     body: dict[str, Any] = {"model": model, "max_tokens": _max_tokens(call_raw, default_max), "messages": turns}
     if system:
         body["system"] = system
@@ -107,12 +114,25 @@ def _sampling(raw: dict[str, Any], request: ChatCompletionRequest) -> dict[str, 
     return out
 
 
-def _refuse(raw: dict[str, Any], request: ChatCompletionRequest) -> None:
+def _set(raw: dict[str, Any], field: str) -> bool:
+    """Whether the client set a refused field (to anything but its default or an empty value)."""
+    value = raw.get(field)
+    return value is not None and value != DEFAULTS.get(field) and value not in ({}, [])
+
+
+def dropped(raw: dict[str, Any], request: ChatCompletionRequest, drop: Collection[str]) -> list[str]:
+    """The fields of `drop` this request set, which `messages_body` left out (in `REFUSED`'s order, then `name`)."""
+    found = [field for field in REFUSED if field in drop and _set(raw, field)]
+    if "name" in drop and any(m.name is not None and m.role != "tool" for m in request.messages):
+        found.append("name")
+    return found
+
+
+def _refuse(raw: dict[str, Any], request: ChatCompletionRequest, drop: Collection[str]) -> None:
     if request.n > 1:
         raise unsupported("n", "more than one choice")
     for field, what in REFUSED.items():
-        value = raw.get(field)
-        if value is not None and value != DEFAULTS.get(field) and value not in ({}, []):  # set, not left empty
+        if field not in drop and _set(raw, field):
             raise unsupported(field, what)
     fmt = request.response_format
     if fmt is not None and fmt.get("type") not in ("text", "json_schema"):
@@ -154,12 +174,13 @@ def _thinking(effort: Any, max_tokens: int) -> dict[str, Any] | None:
     return {"type": "enabled", "budget_tokens": budget}
 
 
-def _turns(messages: list[ChatMessage]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(system blocks, turns): consecutive turns of one role become one (tool results first, as sent)."""
+def _turns(messages: list[ChatMessage], *, names: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(system blocks, turns): consecutive turns of one role become one (tool results first, as sent); a
+    participant name is refused unless `names` (dropped: Anthropic's messages have none)."""
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
-        if message.name is not None and message.role != "tool":
+        if message.name is not None and message.role != "tool" and not names:
             raise unsupported(f"messages[{index}].name", "a participant name")
         if message.role in ("system", "developer"):
             system.extend(_content_blocks(message, index, images=False))

@@ -25,7 +25,7 @@ from margin.backends.retry import RETRY_STATUSES, Backoff, retry_after_s
 from margin.backends.upstream_errors import upstream_error
 from margin.errors import BackendError, BackendTimeout, MarginError, ResponseTooLarge, StreamTimeLimit
 from margin.logs import printable
-from margin.types import Call, Chunk, Completion
+from margin.types import Call, CallStats, Chunk, Completion
 
 log = logging.getLogger("margin.backends")
 
@@ -143,9 +143,10 @@ class HttpBackend:
 
     async def _send(self, call: Call, *, stream: bool, deadline: float) -> aiohttp.ClientResponse:
         """`_send_until` within `deadline` (loop time)."""
+        url, data = self._request(call, stream=stream)
         try:
             async with asyncio.timeout_at(deadline):
-                return await self._send_until(call, stream=stream, deadline=deadline)
+                return await self._send_until(url, data, call.stats, stream=stream, deadline=deadline)
         except TimeoutError as exc:
             raise self._waited(stream) from exc
 
@@ -153,26 +154,29 @@ class HttpBackend:
         limit = "first event" if stream else "answer"
         return BackendTimeout(f"upstream {self.name} timed out waiting for its {limit}")
 
-    async def _send_until(self, call: Call, *, stream: bool, deadline: float) -> aiohttp.ClientResponse:
-        """POST to the upstream until it answers, retrying what is safe to repeat while `deadline` (loop time)
-        allows; translate transport failures and error statuses at this boundary. The time limit itself is
-        the caller's (one `asyncio.timeout_at` a request: entering and leaving one costs ~5 µs)."""
+    async def _send_until(
+        self, url: str, data: bytes, stats: CallStats, *, stream: bool, deadline: float
+    ) -> aiohttp.ClientResponse:
+        """POST `data` to `url` until the upstream answers, retrying what is safe to repeat while `deadline`
+        (loop time) allows (`stats`: the tries counted); translate transport failures and error statuses at this
+        boundary. The time limit itself is the caller's (one `asyncio.timeout_at` a request: entering and
+        leaving one costs ~5 µs)."""
         if self._session is None:
             raise BackendError(f"backend {self.name!r} is not started")
-        (url, data), loop = self._request(call, stream=stream), asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 try:
                     return await self._try(url, data)
                 except _Retry as retry:
                     wait = self._backoff.delay(
-                        call.stats.attempts, remaining_s=deadline - loop.time(), retry_after=retry.retry_after
+                        stats.attempts, remaining_s=deadline - loop.time(), retry_after=retry.retry_after
                     )
                     if wait is None:
                         raise retry.error from retry.__cause__
                     log.info("upstream %s: %s; retrying in %.3fs", self.name, retry.error.code, wait)
-                    call.stats.attempts += 1
-                    call.stats.retried = retry.error.code
+                    stats.attempts += 1
+                    stats.retried = retry.error.code
                     self._retries += 1
                     await asyncio.sleep(wait)
         except aiohttp.ConnectionTimeoutError as exc:
@@ -184,12 +188,21 @@ class HttpBackend:
             raise BackendError(f"upstream {self.name} unreachable: {exc.__class__.__name__}") from exc
 
     async def _post(self, call: Call) -> Completion:
-        """The answer and its reading within one time limit, `timeout_s`."""
+        """The answer (`_post_json`) as margin's `Completion`."""
+        url, data = self._request(call, stream=False)
+        payload, content = await self._post_json(url, data, call.stats)
+        completion = self._completion(call, payload, content)
+        self._served += 1
+        return completion
+
+    async def _post_json(self, url: str, data: bytes, stats: CallStats) -> tuple[dict[str, Any], bytes]:
+        """POST `data` to `url` (retries as `_send_until` allows) and read its JSON object answer (within
+        `max_response_bytes`), all within one time limit, `timeout_s`: the object and its bytes."""
         deadline = asyncio.get_running_loop().time() + self.config.timeout_s
         response: aiohttp.ClientResponse | None = None
         try:
             async with asyncio.timeout_at(deadline):
-                response = await self._send_until(call, stream=False, deadline=deadline)
+                response = await self._send_until(url, data, stats, stream=False, deadline=deadline)
                 content = await self._read(response)
         except TimeoutError as exc:
             if response is None:
@@ -201,9 +214,7 @@ class HttpBackend:
             raise BackendError(f"upstream {self.name} sent invalid JSON", code="upstream_bad_response") from exc
         if not isinstance(payload, dict):
             raise BackendError(f"upstream {self.name} sent JSON that is not an object", code="upstream_bad_response")
-        completion = self._completion(call, payload, content)
-        self._served += 1
-        return completion
+        return payload, content
 
     def _too_large(self, response: aiohttp.ClientResponse, declared: int | None = None) -> ResponseTooLarge:
         """Drops the connection (the rest of the answer is never read) and says why."""

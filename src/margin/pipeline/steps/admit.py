@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from margin.economics.money import capped_nanousd, from_nanousd, usd_str
 from margin.errors import BudgetExceeded, Overloaded, PermissionDenied, RateLimited
 from margin.governance import admission as adm
-from margin.governance.rules import partition
+from margin.governance.rules import Subject, partition
 from margin.governance.service import Governance
 from margin.governance.store import Admitted, Gcra, Hold
 from margin.pipeline.steps.settle import LEDGER_BACKLOG, RowSink
@@ -71,11 +71,7 @@ class Admit:
                     "the budget counters were lost and could not be restored; retry", code="governance_unavailable"
                 )
         if result.wait > 0:
-            labels = ", ".join(f"{_scope_text(limit.scope)} (rpm {limit.rpm}, tpm {limit.tpm})" for limit in limits)
-            raise RateLimited(
-                f"rate limit reached for {labels}; retry in {result.wait:.1f}s",
-                headers={"retry-after": str(max(1, round(result.wait + 0.5)))},
-            )
+            raise rate_limited(limits, result.wait)
         if result.failed is not None:
             raise self._exceeded(holds[result.failed], result.counters[result.failed])
         by_label = {adm.limit_key(limit, base): limit for limit in limits}
@@ -139,6 +135,28 @@ class Admit:
             f"{fmt(hold.amount)}; {adm.reset_text(item.resets_at)}",
             headers=headers,
         )
+
+
+def rate_limited(limits: list[LimitSpec], wait: float) -> RateLimited:
+    """429: one of `limits` has no room for `wait` seconds."""
+    labels = ", ".join(f"{_scope_text(limit.scope)} (rpm {limit.rpm}, tpm {limit.tpm})" for limit in limits)
+    return RateLimited(
+        f"rate limit reached for {labels}; retry in {wait:.1f}s",
+        headers={"retry-after": str(max(1, round(wait + 0.5)))},
+    )
+
+
+async def admit_rpm(gov: Governance, request_id: str, subject: Subject) -> None:
+    """A request that only counts against RPM limits (one request each), not TPM or budgets: POST
+    /v1/messages/count_tokens (margin.api.count_tokens). No reservation is made, so nothing is settled."""
+    limits = [limit for limit in gov.rules.limits_for(subject) if limit.rpm] if gov.rules.limits else []
+    if not limits:
+        return
+    checks = [check for check, lenient in zip(*adm.rate_checks(limits, 0, subject)[:2], strict=True) if not lenient]
+    ttl = gov.settings.admission.reservation_ttl_s
+    result = await gov.store.admit(request_id, [], ttl, checks, [False] * len(checks))
+    if result.wait > 0:
+        raise rate_limited(limits, result.wait)
 
 
 def _scope_text(scope: Scope) -> str:

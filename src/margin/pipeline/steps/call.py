@@ -37,7 +37,7 @@ from margin.pipeline.values import Record, Reply, Request, RouteDecision
 from margin.protocol import Endpoint, service_tier
 from margin.routing.breaker import Breakers
 from margin.specs import AdmissionConfig
-from margin.types import Call, Chunk, Completion, Target, Usage, generated_text
+from margin.types import Call, CallStats, Chunk, Completion, Target, Usage, generated_text
 
 log = logging.getLogger("margin.call")
 
@@ -154,7 +154,8 @@ class BackendCall:
         record = request.record
         record.target = target
         upstream = target.model.upstream_model or target.public
-        call = Call(request.endpoint, request.body, request.raw, target.public, upstream, request.id)
+        stats = CallStats(notices=record.notices)  # a backend's headers (`x-margin-dropped-params`) are the answer's
+        call = Call(request.endpoint, request.body, request.raw, target.public, upstream, request.id, stats)
         clock = self.meter.clocks[target.backend_name]
         mark, probe = clock.enter(), self.meter.probe(target.backend_name)
         seconds = request.routed().busy_allowance.get(target.public)  # a hard budget's, on a TCO-priced backend

@@ -34,7 +34,7 @@ from margin.pipeline.ceiling import input_bound, prediction_bound
 from margin.pipeline.values import NO_ALLOWANCE, Next, Reply, Request, RouteDecision
 from margin.protocol import ChatCompletionRequest, Endpoint, service_tier
 from margin.routing.policy import RoutePolicy
-from margin.specs import AdmissionConfig, BudgetSpec, FlagSpec
+from margin.specs import AdmissionConfig, BudgetSpec, FlagSpec, Policy
 from margin.types import Target
 
 CHAT_MESSAGE_OVERHEAD = 8  # template tokens per message, on top of the counted text (upper bound)
@@ -79,6 +79,24 @@ def resolve(targets: Mapping[str, Target], model: str, endpoint: Endpoint) -> Ta
             code="wrong_model_kind",
         )
     return target
+
+
+def residency(policy: Policy | None, requested: str, chain: list[Target]) -> tuple[tuple[Target, ...], bool]:
+    """The candidates inside the caller's jurisdictions (its `policy`'s), and whether some were dropped."""
+    allowed = policy.jurisdictions if policy is not None else None
+    if allowed is None:
+        return tuple(chain), False
+    kept = tuple(t for t in chain if t.jurisdiction in allowed)
+    if not kept:
+        where = ", ".join(f"{t.public}@{t.region} ({t.jurisdiction or 'no jurisdiction'})" for t in chain)
+        raise ResidencyExcluded(f"`{requested}` is only served outside the allowed jurisdictions {allowed}: {where}")
+    return kept, len(kept) < len(chain)
+
+
+def disabled(flag: FlagSpec) -> FeatureDisabled:
+    """403: a `disable` flag applies to the model asked for."""
+    reason = f": {flag.reason}" if flag.reason else ""
+    return FeatureDisabled(f"disabled by flag `{flag.name}` ({flag.target.label()}){reason}")
 
 
 def capped(request: Request, cap: int) -> Request:
@@ -236,8 +254,7 @@ class Route:
     @staticmethod
     def _apply(request: Request, flag: FlagSpec, cache_only: str | None) -> tuple[Request, str | None]:
         if flag.action == "disable":
-            reason = f": {flag.reason}" if flag.reason else ""
-            raise FeatureDisabled(f"disabled by flag `{flag.name}` ({flag.target.label()}){reason}")
+            raise disabled(flag)
         if flag.action == "cap_max_tokens" and flag.max_tokens:
             request = capped(request, flag.max_tokens)
         if flag.action == "require_cache":
@@ -315,17 +332,7 @@ class Route:
 
     @staticmethod
     def _residency(request: Request, requested: str, chain: list[Target]) -> tuple[tuple[Target, ...], bool]:
-        """The candidates inside the caller's jurisdictions, and whether some were dropped."""
-        allowed = request.policy.jurisdictions if request.policy is not None else None
-        if allowed is None:
-            return tuple(chain), False
-        kept = tuple(t for t in chain if t.jurisdiction in allowed)
-        if not kept:
-            where = ", ".join(f"{t.public}@{t.region} ({t.jurisdiction or 'no jurisdiction'})" for t in chain)
-            raise ResidencyExcluded(
-                f"`{requested}` is only served outside the allowed jurisdictions {allowed}: {where}"
-            )
-        return kept, len(kept) < len(chain)
+        return residency(request.policy, requested, chain)
 
     @staticmethod
     def _budgets(

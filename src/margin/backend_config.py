@@ -4,7 +4,7 @@ and the self-hosted cost inputs a backend may carry. margin.config composes them
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
@@ -26,6 +26,9 @@ class HardwareConfig(Spec):
 
 
 class _BackendBase(Spec):
+    # whether the upstream may write the whole prompt to a prompt cache that costs more than input (Anthropic's):
+    # admission then prices a prompt at the dearer rate
+    writes_prompt_cache: ClassVar[bool] = False
     region: str = "default"
     hardware: HardwareConfig | None = Field(
         None, description="Set for self-hosted backends: cost comes from TCO, not list prices."
@@ -109,8 +112,9 @@ AnthropicDroppable = Literal[
 
 class AnthropicBackendConfig(HttpBackendConfig):
     """Anthropic's Messages API (`POST {base_url}/messages`), called natively: chat requests are translated
-    (margin.backends.anthropic_translate), answers come back as OpenAI chat completions."""
+    (margin.backends.anthropic_request, anthropic_response), answers come back as OpenAI chat completions."""
 
+    writes_prompt_cache: ClassVar[bool] = True
     kind: Literal["anthropic"] = "anthropic"
     base_url: str = Field("https://api.anthropic.com/v1", description="Base URL ending in /v1.")
     api_key_env: str | None = Field(

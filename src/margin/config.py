@@ -20,7 +20,17 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from margin.backend_config import BackendConfig
 from margin.errors import ConfigError
-from margin.specs import AdmissionConfig, BudgetSpec, FlagSpec, GuardConfig, LimitSpec, PoliciesConfig, ResponsesConfig
+from margin.specs import (
+    AdmissionConfig,
+    AuditConfig,
+    BatchConfig,
+    BudgetSpec,
+    FlagSpec,
+    GuardConfig,
+    LimitSpec,
+    PoliciesConfig,
+    ResponsesConfig,
+)
 from margin.userfiles import load_yaml, read_text
 
 
@@ -329,71 +339,6 @@ class GridConfig(Strict):
     refresh_s: float | None = Field(None, gt=0, description="Re-read a file or URL source this often.")
     fetch_timeout_s: float = Field(10.0, gt=0)
     max_bytes: int = Field(16 * 1024 * 1024, gt=0, description="A curve source larger than this is refused.")
-
-
-class AuditConfig(Strict):
-    """The audit log of administrative changes (`GET /admin/audit`, `margin audit`)."""
-
-    retention_days: int | None = Field(
-        None, ge=1, le=36_500, description="Delete rows older than this (the chain stays verifiable). Unset: keep all."
-    )
-    denied_per_minute: int = Field(
-        10, ge=0, le=10_000, description="Denied attempts recorded per client address and minute, per process."
-    )
-    denied_total_per_minute: int = Field(
-        120, ge=0, le=100_000, description="Denied attempts recorded per minute over all addresses, per process."
-    )
-
-
-class BatchConfig(Strict):
-    """The OpenAI Batch API (`/v1/files`, `/v1/batches`): limits, pricing and scheduling."""
-
-    enabled: bool = True
-    discount: Decimal = Field(
-        Decimal("0.5"), ge=0, le=1, description="Share taken off the metered cost of every batch line (0.5 = 50 %)."
-    )
-    objective: Literal["asap", "carbon", "cost"] = Field(
-        "carbon",
-        description="What a job's schedule minimises before its deadline: gCO2e, $, or nothing (run at once).",
-    )
-    max_file_bytes: int = Field(50 * 1024 * 1024, gt=0, description="Largest upload (413 beyond).")
-    upload_expires_after_s: int | None = Field(
-        2_592_000,
-        ge=0,
-        description="When an upload sent without `expires_after` expires: this many seconds after it was created "
-        "(2592000, 30 days: OpenAI's default for purpose=batch). null or 0: kept until deleted. An upload's own "
-        "`expires_after` wins; a job's output and error files follow its `output_expires_after` (else kept).",
-    )
-    max_lines: int = Field(50_000, gt=0, description="Most lines in one file.")
-    max_line_bytes: int = Field(1024 * 1024, gt=0, description="Longest line of a file.")
-    max_stored_bytes_per_key: int = Field(
-        1024 * 1024 * 1024,
-        gt=0,
-        description="What one key may make the gateway store: its files (uploads, output and error files), its jobs' "
-        "rows, and its unfinished jobs' lines, answers so far and refused lines. An upload or a new job (its row and "
-        "a copy of its input) beyond is refused (413 storage_quota_exceeded); a job whose lines and refused lines "
-        "would go beyond fails at validation with that code, storing none of them. A running job's answers are "
-        "always kept and counted: the key may go over by them, and its next upload or job is refused.",
-    )
-    max_active_jobs_per_key: int = Field(
-        32,
-        ge=1,
-        description="Jobs one key may have not yet finished (validating, in_progress, finalizing, cancelling); a new "
-        "one beyond is refused (429 too_many_active_batches).",
-    )
-    max_window_h: int = Field(168, ge=1, description="Longest completion_window accepted (`24h` is OpenAI's).")
-    concurrency: int = Field(4, ge=1, description="Lines of one job in flight at once.")
-    max_attempts: int = Field(3, ge=1, description="Tries of a line that failed with 429/5xx before it fails.")
-    poll_s: float = Field(1.0, gt=0, description="How often the worker looks for work and cancellations.")
-    lease_s: float = Field(
-        30.0, gt=0, description="A worker holds a job this long between renewals; a dead worker's job resumes after."
-    )
-    assumed_output_tokens: int = Field(
-        256, ge=1, description="Output tokens assumed for a line without max_tokens when sizing the schedule."
-    )
-    capacity_share: float = Field(
-        1.0, gt=0, le=1, description="Share of a backend's hardware.tokens_per_s that batch schedules may plan."
-    )
 
 
 class Settings(Strict):

@@ -29,6 +29,7 @@ from margin.protocol import (
     ModelName,
     TokenLimit,
     UserId,
+    content_parts,
     error_param,
     parse_request,
 )
@@ -264,16 +265,9 @@ def _unsupported(data: dict[str, Any]) -> None:
 
 
 def _messages(messages: Any) -> None:
+    content_parts(messages, nested=True, what="content blocks")  # counted first, as on the chat path (loop stalls)
     if type(messages) is not list or len(messages) > MAX_MESSAGES:  # not a list, or too long: pydantic says so
         return
-    parts = 0
-    for message in messages:
-        if type(message) is dict and type(content := message.get("content")) is list:
-            parts += len(content)
-            parts += sum(len(c) for b in content if type(b) is dict and type(c := b.get("content")) is list)
-    if parts > MAX_CONTENT_PARTS:  # counted first, as the chat path counts its messages' parts (loop stalls)
-        message = f"messages: at most {MAX_CONTENT_PARTS} content blocks over all messages, not {parts}"
-        raise InvalidRequest(message, param="messages", code="array_above_max_length")
     for index, message in enumerate(messages):
         if type(message) is dict and type(content := message.get("content")) is list:
             allowed = ASSISTANT_BLOCKS if message.get("role") == "assistant" else USER_BLOCKS

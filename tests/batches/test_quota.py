@@ -19,10 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from margin.api.errors import error_body, status_of
 from margin.batches import progress, quota, store
 from margin.batches.jsonl import validate
-from margin.config import BatchConfig
 from margin.errors import MarginError
 from margin.ledger import db
 from margin.ledger.models import batch_errors, batch_lines, batches
+from margin.specs import BatchConfig
 from tests.batches.helpers import jsonl, line, run_job, sdk
 from tests.helpers import fake_settings, gateway
 

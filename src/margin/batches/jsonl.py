@@ -21,9 +21,9 @@ from starlette.requests import Request
 
 from margin import jsonload, messages, responses
 from margin.batches import expiry
-from margin.config import BatchConfig
 from margin.errors import InvalidRequest, MarginError, PayloadTooLarge
 from margin.protocol import Endpoint, parse_request
+from margin.specs import BatchConfig
 
 ENDPOINTS = {
     "/v1/chat/completions": Endpoint.CHAT,

@@ -20,9 +20,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from margin.batches import expiry, quota
-from margin.config import BatchConfig
 from margin.errors import Conflict, InvalidRequest, NotFound, RateLimited
 from margin.ledger.models import batch_file_parts, batch_files, batch_lines, batches, ledger
+from margin.specs import BatchConfig
 from margin.types import Usage
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")

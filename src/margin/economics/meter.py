@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from margin.backend_config import AnthropicBackendConfig
 from margin.config import ModelConfig, Settings
 from margin.economics import energy as energy_mod
 from margin.economics.carbon import GridIntensity, GridTable, co2e_grams
@@ -157,8 +156,9 @@ class Meter:
         self, public: str, model: ModelConfig, usage: Usage, busy_s: float, tier: str | None = None
     ) -> Decimal | None:
         """`charge(public, model, usage, busy_s, tier=tier).cost_usd` alone (admission's worst case, priced per
-        request): a list-priced model needs no energy, grid or carbon to price. On an `anthropic` backend the
-        whole prompt may be written to the prompt cache, which costs more than input: the dearer of the two."""
+        request): a list-priced model needs no energy, grid or carbon to price. Where a backend's upstream may
+        write the whole prompt to its prompt cache (`anthropic`), which costs more than input: the dearer of the
+        two."""
         backend = self.settings.backends[model.backend]
         if backend.hardware is not None:
             return self.charge(public, model, usage, busy_s).cost_usd
@@ -166,7 +166,7 @@ class Meter:
         if price is None:
             return None
         cost = price.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens, usage.cache_write_tokens)
-        if isinstance(backend, AnthropicBackendConfig):
+        if backend.writes_prompt_cache:
             cost = max(cost, price.cost(usage.input_tokens, usage.output_tokens, 0, usage.input_tokens))
         return cost
 

@@ -77,12 +77,13 @@ def _fresh_codes(gw: Served, method: str, path: str, count: int, **kwargs: Any) 
     pids: set[int] = set()
     codes: list[int] = []
     admin = {"authorization": f"Bearer {gw.keys['admin']}"}
+    deadline = time.monotonic() + 60  # the kernel's spread is not even: one worker may take many in a row
     while len(codes) < count or len(pids) < 2:
         with gw.client(gw.keys["a"], timeout=60) as fresh:  # one keep-alive connection: one worker answers both
             pids.add(fresh.get("/healthz", headers=admin).json()["pid"])
             with fresh.stream(method, path, **kwargs) as answer:
                 codes.append(answer.status_code)
-        assert len(codes) < 4 * count, "the requests never reached both workers"
+        assert time.monotonic() < deadline, "the requests never reached both workers"
     return pids, codes
 
 

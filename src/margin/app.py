@@ -90,6 +90,17 @@ async def _prune(services: Services, every_s: float, what: str, prune: Callable[
             log.exception("pruning %s failed; it is tried again in %.0f s", what, every_s)
 
 
+async def _reconcile_budgets(services: Services) -> None:
+    """At start, off the request path: the ledger's rows still in the outbox ingested (a restart after a crash
+    replays them), then every budget counter `/admin/budgets` and the gauges list reconciled from the ledger, so
+    a scrape right after a restart shows what was spent, not 0 (`Governance.reconcile`)."""
+    try:
+        await services.outbox.flush()
+        await admin.budget_states(services)
+    except Exception:  # the ledger or the store is down: the first read or request that uses a counter tries again
+        log.warning("reconciling the budget counters at start failed", exc_info=True)
+
+
 def _watch_sighup(services: Services) -> None:
     """SIGHUP re-reads the config file's budgets, limits, flags and policies (no restart, nothing dropped)."""
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -156,6 +167,7 @@ def build_app(
         )
         try:
             await services.start()
+            services.spawn(_reconcile_budgets(services))
             curves = asyncio.create_task(keep_fresh(services.meter.curves), name="grid-curves")
             if (days := settings.audit.retention_days) is not None:
                 pruner = asyncio.create_task(_prune(services, AUDIT_PRUNE_S, "the audit log", audit.prune, days))

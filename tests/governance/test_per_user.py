@@ -148,7 +148,8 @@ def test_each_user_has_its_own_rate_limit(served: ServeFactory, sdk: Sdk) -> Non
 
 def test_hostile_users_are_refused_and_distinct_users_are_bounded(served: ServeFactory, sdk: Sdk) -> None:
     """Too long or control characters: 400 before any counter. Distinct users past
-    `admission.max_budget_counters`: 503 budget_counters_full (fail closed), users already counted go on."""
+    `admission.max_budget_counters`: 503 budget_counters_full (fail closed), users already counted go on. A key
+    reading the usage of any number of users (`/v1/margin/usage?user=`) takes none of those places."""
     overrides = {
         **OVERRIDES,
         "budgets": [{**USER_USD, "usd": "0.01"}],
@@ -157,6 +158,9 @@ def test_hostile_users_are_refused_and_distinct_users_are_bounded(served: ServeF
     }
     with served(overrides, keys=KEYS) as gw:
         client = sdk(gw, gw.keys["app"])
+        with gw.client(gw.keys["app"]) as reader:  # reading a user's usage takes no counter's place
+            for n in range(10):
+                assert reader.get(f"/v1/margin/usage?user=reader-{n}").status_code == 200
         for user in ("x" * 10_000, "a\x00b", "a\nb"):
             with pytest.raises(openai.BadRequestError):
                 ask(client, user)

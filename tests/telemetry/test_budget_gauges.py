@@ -111,6 +111,28 @@ def test_budget_gauges_match_admin_budgets(served: ServeFactory) -> None:
         assert families["margin_requests"].samples  # the other families are still there
 
 
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one-process", "two-workers"])
+def test_a_restarted_gateway_shows_what_was_spent_before_any_request(served: ServeFactory, workers: list[str]) -> None:
+    """The counters live in the process (or the supervisor's embedded Redis): after a restart, every budget's
+    gauges and `/admin/budgets` show the ledger's spend from the first scrape, with no request made since.
+    Before, each counter read 0 until a request used it."""
+    with served({"budgets": BUDGETS}, keys=KEYS, extra=workers) as gw:
+        _requests(gw, gw.keys["a"], 3)
+        _requests(gw, gw.keys["b"], 2)
+        _requests(gw, gw.keys["c"], 1)
+        wait_for(lambda: settled(gw, gw.keys["admin"]), "every reservation settled")
+        before = samples(scrape(gw, gw.keys["admin"]), "margin_budget_spent")
+        listed = admin_budgets(gw, gw.keys["admin"])
+    assert len(before) == 7 and all(before.values())  # 3 budgets, the per-org one's 3 orgs and total
+    with served({"budgets": BUDGETS}, keys={"admin": ["--admin"]}, extra=workers) as gw:
+        admin = gw.keys["admin"]
+        wait_for(lambda: samples(scrape(gw, admin), "margin_budget_spent") == before, "the spend back", 20)
+        again = admin_budgets(gw, admin)
+        assert {n: (b["spent"], b.get("by_org")) for n, b in again.items()} == {
+            n: (b["spent"], b.get("by_org")) for n, b in listed.items()
+        }
+
+
 def test_budgets_made_and_deleted_through_the_admin_api(served: ServeFactory) -> None:
     with served({"budgets": BUDGETS[:1]}, keys={"admin": ["--admin"], "user": []}) as gw:
         admin = gw.keys["admin"]

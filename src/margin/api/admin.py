@@ -111,7 +111,11 @@ async def budget_states(services: Any, principal_filter: Subject | None = None) 
     if principal_filter is None and any(b.scope.per_org and not b.scope.unlisted for b in budgets):
         orgs += await services.read(_known_orgs, services.sync_engine())
     parts = [_parts(budget.scope, principal_filter, orgs) for budget in budgets]
-    names = [counter_name(b, window(b.period, now)[0], p) for b, part in zip(budgets, parts, strict=True) for p in part]
+    listed = [(b, p) for b, part in zip(budgets, parts, strict=True) for p in part]
+    # after a restart, a counter no request used yet read 0; never one per end user or tag value (a caller could
+    # name any number of them: each a ledger read and a place among `admission.max_budget_counters`)
+    await services.governance.reconcile([(b, p) for b, p in listed if not b.scope.unlisted], now)
+    names = [counter_name(b, window(b.period, now)[0], p) for b, p in listed]
     counters = await services.governance.store.counters(names) if names else {}
     out = []
     for budget, part in zip(budgets, parts, strict=True):

@@ -8,7 +8,7 @@ import contextlib
 import functools
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from margin import tasks
 from margin.config import Settings, with_reloaded
 from margin.errors import MarginError, Overloaded
-from margin.governance.admission import Admission, BudgetHold, counter_name, window
+from margin.governance.admission import Admission, BudgetHold, counter_name, hold_for, window
 from margin.governance.catchup import CatchUp, delays_for
 from margin.governance.rules import SHARED, Part, Rules, Subject, build_rules, load_rules, matches
 from margin.governance.slots import STREAMS, LocalSlots, SharedSlots, Slots, SlotStore
@@ -261,6 +261,18 @@ class Governance:
                 continue
             self._make_room(now)
             await self._flights.run(name, functools.partial(self._seed, item, now, lost))
+
+    async def reconcile(self, counters: Sequence[tuple[BudgetSpec, Part]], now: datetime) -> None:
+        """Reconcile from the ledger the current-window counters a read is about to show (`/admin/budgets`, the
+        budget gauges, `/v1/margin/usage`) that this process has not reconciled yet, as a request's first use
+        would. Before, after a restart with the counters in process (or in a Redis that lost them), each read 0
+        until a request used it: a budget's gauge dropped to 0 and its alerts went quiet. Stops, without
+        refusing the read, once `admission.max_budget_counters` are known (requests keep their room)."""
+        cap = self.settings.admission.max_budget_counters
+        for budget, part in counters:
+            if len(self._known) >= cap:
+                return
+            await self.seed([hold_for(budget, now, 0, 0, part)], now)
 
     def _make_room(self, now: datetime) -> None:
         """Bound the counters this process knows (`admission.max_budget_counters`; a per-user budget has one per

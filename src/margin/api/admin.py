@@ -49,6 +49,7 @@ def endpoint(
     async def run(request: Request) -> Response:
         services, principal = request.app.state.services, None
         request_id = request.state.request_id = new_request_id() if action else None
+        began = datetime.now(UTC) if action else None
         try:
             principal = await authenticate(services.keys, request.headers)
             if admin and not (principal.is_admin or services.keys.open_mode):
@@ -67,7 +68,7 @@ def endpoint(
             if not action:
                 raise  # the app's handler: logged, a 500
             log.exception("admin %s failed", action)  # a crash: a failed attempt, the usual 500 (its request id)
-            await audit_api.attempt(request, principal, _crashed(request, action, exc))
+            await audit_api.attempt(request, principal, _crashed(request, action, exc), since=began)
             return error_response(InternalError(INTERNAL), request_id)
         answer = result if isinstance(result, Response) else json_response(result)
         if request_id:

@@ -61,7 +61,7 @@ def endpoint(
         try:
             result = await handler(request, principal)
         except MarginError as exc:
-            if action and not isinstance(exc, InternalError):  # the change took effect, the log refused it
+            if action and not isinstance(exc, InternalError):  # InternalError: made, but its row was refused
                 await audit_api.attempt(request, principal, _attempt(request, action, "failed", exc))
             return error_response(exc, request_id)
         except Exception as exc:

@@ -151,6 +151,7 @@ def write_unrecorded(engine: sa.Engine, origin: Origin, change: Change, since: d
     None: it was."""
     with engine.begin() as connection:
         if origin.request_id is not None:
+            hold(connection)  # nothing is appended between the look and the append
             mine = sa.and_(audit_log.c.at >= since - RECORDED_SLACK, audit_log.c.request_id == origin.request_id)
             if connection.execute(sa.select(audit_log.c.id).where(mine).limit(1)).first() is not None:
                 return None

@@ -33,7 +33,7 @@ from margin.api import (
     stored,
 )
 from margin.api import batches as batches_api
-from margin.api.errors import anthropic_error_body, error_body, error_response
+from margin.api.errors import INTERNAL, anthropic_error_body, error_body, error_response
 from margin.backends.registry import BackendRegistry
 from margin.batches.runner import BatchRunner
 from margin.config import Settings
@@ -76,7 +76,7 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s", printable(request.url.path))
-    return error_response(InternalError("internal error in the gateway"))
+    return error_response(InternalError(INTERNAL))
 
 
 async def _prune(services: Services, every_s: float, what: str, prune: Callable[..., int], *args: Any) -> None:

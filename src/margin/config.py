@@ -185,6 +185,12 @@ class PriceConfig(Strict):
     input: Decimal = Field(ge=0)
     output: Decimal = Field(ge=0)
     cached_input: Decimal | None = Field(None, ge=0)
+    cache_write_input: Decimal | None = Field(
+        None,
+        ge=0,
+        description="Prompt-cache writes (an `anthropic` backend's `cache_creation_input_tokens`; Anthropic's "
+        "5-minute writes cost 1.25× input); unset: the input rate.",
+    )
     version: str = "config"
     service_tiers: dict[Literal["flex", "priority"], TierPriceConfig] = Field(
         default_factory=dict,

@@ -34,6 +34,8 @@ LIST = {
     "claude-sonnet-4-5": (Decimal(3), Decimal("0.30"), Decimal("3.75"), Decimal(15)),
     "claude-haiku-4-5": (Decimal(1), Decimal("0.10"), Decimal("1.25"), Decimal(5)),
 }
+# a model priced in the config, cache writes included (`cache_write_input`): not genai-prices' numbers
+CONFIGURED = {"input": "2", "output": "8", "cached_input": "0.2", "cache_write_input": "2.5"}
 FAKES = ("thinker", "overloaded", "flaky", "limited", "rejecting", "midstream", "cut")
 
 
@@ -68,6 +70,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
                    "retries": {"attempts": 1, "backoff_s": 0.01}}  # fmt: skip
         models: dict[str, Any] = {name: {"backend": "claude"} for name in LIST}
         models |= {name: {"backend": "claude", "upstream_model": name, "price": PRICE} for name in FAKES}
+        models["configured"] = {"backend": "claude", "upstream_model": "claude-sonnet-4-5", "price": CONFIGURED}
         config = {"storage": {"flush_interval_ms": 10}, "backends": {"claude": backend}, "models": models}
         (folder / "margin.yaml").write_text(yaml.safe_dump(config))
         serving = margin_serve(folder / "ledger.db", folder / "serve.log", config=folder / "margin.yaml", ready_s=60)
@@ -130,6 +133,20 @@ def test_a_json_chat_is_sent_as_messages_and_its_row_prices_cache_reads_and_writ
     assert row.cost_nanousd == _expected_nanousd(model)
     assert row.price_version.endswith(f"anthropic/{model}")
     assert Decimal(raw.headers["x-margin-cost-usd"]) == from_nanousd(row.cost_nanousd)
+
+
+def test_a_config_price_with_a_cache_write_rate_prices_the_rows_cache_writes(live: Live) -> None:
+    raw = live.client.chat.completions.with_raw_response.create(
+        model="configured", messages=[{"role": "user", "content": "hi"}], max_tokens=50
+    )
+    assert live.upstream.last["model"] == "claude-sonnet-4-5"
+    row = live.row(raw.headers["x-request-id"])
+    # 21 fresh input tokens at $2/M, 3000 cache reads at $0.20/M, 1000 cache writes at $2.50/M, 9 output at $8/M
+    usd = (21 * Decimal(2) + 3000 * Decimal("0.2") + 1000 * Decimal("2.5") + 9 * Decimal(8)) / 1_000_000
+    assert usd == Decimal("0.003214")  # before: the writes at the input rate, $0.002714
+    assert (row.cost_status, row.price_version) == ("priced", "config:config")
+    assert row.cost_nanousd == 3_214_000 == int(usd * 10**9)
+    assert Decimal(raw.headers["x-margin-cost-usd"]) == usd
 
 
 def test_a_stream_is_openai_s_chunks_with_usage_and_its_row(live: Live) -> None:

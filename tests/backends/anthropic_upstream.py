@@ -8,6 +8,7 @@ types and Anthropic's streaming documentation give them). The upstream model nam
                         cache reads and writes (`USAGE`)
     thinker             a thinking block before its text (its tokens are in `output_tokens`)
     overloaded          529 `overloaded_error` every time
+    broken              500 `api_error` every time
     flaky               529 once, then like claude-sonnet-4-5 (a retry succeeds)
     limited             429 `rate_limit_error` with `retry-after: 30`
     rejecting           400 `invalid_request_error`
@@ -149,6 +150,8 @@ def _answer(upstream: Upstream, handler: BaseHTTPRequestHandler, body: dict[str,
     upstream.tries[model] = tries = upstream.tries.get(model, 0) + 1
     if model == "overloaded" or (model == "flaky" and tries == 1):
         _error(handler, 529, "overloaded_error")
+    elif model == "broken":
+        _error(handler, 500, "api_error")
     elif model == "limited":
         _error(handler, 429, "rate_limit_error", {"retry-after": "30"})
     elif model == "rejecting":

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from margin.config import RegionConfig, parse_settings
+from margin.config import RegionConfig, Settings, parse_settings
 from margin.economics.carbon import WORLD_AVERAGE_G_PER_KWH, GridTable, co2e_grams
 from margin.economics.energy import RaplMeter, modelled
 from margin.economics.meter import Meter, SharedClock
 from margin.economics.money import from_nanousd, to_nanousd, usd_str
 from margin.economics.prices import PriceBook
 from margin.economics.tco import TcoInputs, busy_cost, calculate
+from margin.errors import ConfigError
 from margin.types import Usage
 
 
@@ -157,3 +158,49 @@ def test_rapl_measures_only_backends_on_this_host(tmp_path: Path, monkeypatch: p
     assert measured == pytest.approx(2.0)
     charge = meter.charge("m", settings.models["m"], Usage(1, 1), busy_s=1.0, measured_j=measured)
     assert charge.energy_method == "measured" and charge.energy_j == pytest.approx(2.0)
+
+
+def _cache_write_settings() -> Settings:
+    price = {"input": "3", "output": "15", "cached_input": "0.3", "cache_write_input": "3.75"}
+    return parse_settings(
+        {
+            "backends": {"claude": {"kind": "anthropic", "base_url": "http://127.0.0.1:9/v1"}},
+            "models": {
+                "written": {"backend": "claude", "price": price},
+                "unwritten": {"backend": "claude", "price": {"input": "3", "output": "15", "cached_input": "0.3"}},
+            },
+        }
+    )
+
+
+def test_a_configured_cache_write_rate_prices_cache_writes() -> None:
+    settings = _cache_write_settings()
+    meter = Meter(settings, GridTable.bundled(), PriceBook())
+    # 4021 prompt tokens: 3000 cache reads, 1000 cache writes, 21 fresh; 9 output
+    usage = Usage(4021, 9, 3000, cache_write_tokens=1000)
+    charge = meter.charge("written", settings.models["written"], usage, busy_s=1)
+    expected = (21 * Decimal(3) + 3000 * Decimal("0.3") + 1000 * Decimal("3.75") + 9 * Decimal(15)) / 10**6
+    assert charge.cost_usd == expected and to_nanousd(expected) == 4_848_000
+    # without the key, writes are priced at the input rate, as before
+    plain = meter.charge("unwritten", settings.models["unwritten"], usage, busy_s=1)
+    assert plain.cost_usd == (1021 * Decimal(3) + 3000 * Decimal("0.3") + 9 * Decimal(15)) / 10**6
+
+
+def test_admission_prices_a_prompt_at_the_configured_cache_write_rate() -> None:
+    settings = _cache_write_settings()
+    meter = Meter(settings, GridTable.bundled(), PriceBook())
+    # the worst case of 2000 prompt tokens on an anthropic backend: all of them written to the cache
+    worst = meter.cost_usd("written", settings.models["written"], Usage(2000, 100), busy_s=0)
+    assert worst == (2000 * Decimal("3.75") + 100 * Decimal(15)) / 10**6
+    plain = meter.cost_usd("unwritten", settings.models["unwritten"], Usage(2000, 100), busy_s=0)
+    assert plain == (2000 * Decimal(3) + 100 * Decimal(15)) / 10**6
+
+
+def test_a_cache_write_rate_is_not_negative() -> None:
+    with pytest.raises(ConfigError, match="cache_write_input"):
+        parse_settings(
+            {
+                "backends": {"api": {"kind": "fake"}},
+                "models": {"m": {"backend": "api", "price": {"input": 1, "output": 1, "cache_write_input": -1}}},
+            }
+        )

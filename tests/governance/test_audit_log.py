@@ -283,6 +283,64 @@ def test_a_change_the_log_cannot_record_is_not_made(live: Live) -> None:
             connection.execute("DROP TRIGGER refuse")
 
 
+SECRET = "sk-in-the-database-error-0042"  # what the database's error says: never in the row or the answer
+
+
+def test_a_change_that_crashes_is_a_failed_row_and_the_usual_500(live: Live) -> None:
+    """A change that fails with an unexpected exception (here the database refuses the insert: no MarginError)
+    is one `failed` row naming the exception's class, not its message; the client gets the usual 500."""
+    with sqlite3.connect(live.db) as connection:
+        for table in ("gov_rules", "api_keys"):
+            connection.execute(
+                f"CREATE TRIGGER crash_{table} BEFORE INSERT ON {table} BEGIN SELECT RAISE(ABORT, '{SECRET}'); END"
+            )
+    try:
+        budget = {"name": "crashed", "scope": {"kind": "global"}, "usd": "1"}
+        attempts = [
+            ("PUT", "/admin/budgets", budget, "budget.put"),
+            ("POST", "/admin/keys", {"name": "x"}, "key.create"),
+        ]
+        for method, path, body, action in attempts:
+            count = len(live.rows())
+            answer = live.call(method, path, live.admin, json=body)
+            assert answer.status_code == 500 and answer.headers["content-type"] == "application/json"
+            assert answer.json() == {"error": {"message": "internal error in the gateway", "type": "server_error",
+                                               "param": None, "code": "internal_error"}}  # fmt: skip
+            row = _one_new_row(live, count)
+            assert (row["action"], row["target"], row["outcome"]) == (action, None, "failed")
+            assert row["after"] == {"error": "internal_error", "exception": "IntegrityError"} and row["before"] is None
+            assert row["actor"] == f"key:{live.admin_id}" and row["request_id"] == answer.headers["x-request-id"]
+        assert SECRET not in str(live.rows()[-2:])
+    finally:
+        with sqlite3.connect(live.db) as connection:
+            for table in ("gov_rules", "api_keys"):
+                connection.execute(f"DROP TRIGGER crash_{table}")
+    verified = _margin("audit", "verify", "--db", str(live.db))
+    assert verified.returncode == 0 and "audit log intact" in verified.stdout, verified.stderr
+
+
+def test_a_change_made_and_recorded_before_its_request_crashed_is_one_ok_row(live: Live) -> None:
+    """The rule is saved with its row, then re-reading the stored rules fails (a malformed one, put there by
+    hand): a 500, and the log keeps the one `ok` row of the change that was made, no `failed` one after it."""
+    with sqlite3.connect(live.db) as connection:
+        connection.execute(
+            "INSERT INTO gov_rules (kind, name, spec, updated_at) VALUES ('budget', 'junk', '{\"bogus\": 1}', ?)",
+            ("2026-01-01 00:00:00.000000",),
+        )
+    try:
+        count = len(live.rows())
+        budget = {"name": "made", "scope": {"kind": "team", "value": "nobody"}, "usd": "1000"}
+        answer = live.call("PUT", "/admin/budgets", live.admin, json=budget)
+        assert answer.status_code == 500 and answer.json()["error"]["code"] == "internal_error"
+        row = _one_new_row(live, count)
+        assert (row["action"], row["target"], row["outcome"]) == ("budget.put", "made", "ok")
+        assert row["request_id"] == answer.headers["x-request-id"]
+    finally:
+        with sqlite3.connect(live.db) as connection:
+            connection.execute("DELETE FROM gov_rules WHERE name = 'junk'")
+    assert live.call("DELETE", "/admin/budgets/made", live.admin).status_code == 200
+
+
 def _margin(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
     return subprocess.run(

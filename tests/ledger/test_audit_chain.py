@@ -79,6 +79,22 @@ def test_racing_changes_of_one_rule_record_what_each_replaced(db_path: Path) -> 
     assert audit.verify(engine).broken_at is None
 
 
+def _once(engine: sa.Engine) -> None:
+    """`write_unrecorded`: a request with a row since it began gets no second one; another request does."""
+    began = datetime.now(UTC)
+    failed = audit.Change("budget.put", "cap", "failed", after={"error": "internal_error", "exception": "X"})
+    made = audit.write(engine, ADMIN, audit.Change("budget.put", "cap"))
+    assert audit.write_unrecorded(engine, ADMIN, failed, began) is None
+    other = audit.Origin(ADMIN.actor, "http", request_id="r2")
+    assert (written := audit.write_unrecorded(engine, other, failed, began)) is not None and written > made
+    assert audit.write_unrecorded(engine, ADMIN, failed, began + timedelta(minutes=5)) is not None  # only since
+    assert audit.verify(engine).broken_at is None
+
+
+def test_a_crashed_request_s_row_is_written_once(db_path: Path) -> None:
+    _once(_sqlite(db_path))
+
+
 def test_postgres_migrates_writes_and_verifies(pg_ledger: sa.Engine) -> None:
     assert {"audit_log", "audit_anchor"} <= set(sa.inspect(pg_ledger).get_table_names())
     record, _ = keys.create_key(pg_ledger, keys.NewKey("svc", team="search"), ADMIN)
@@ -86,8 +102,9 @@ def test_postgres_migrates_writes_and_verifies(pg_ledger: sa.Engine) -> None:
     save_rule(pg_ledger, "budget", {"name": "cap", "scope": {"kind": "global"}, "usd": "5"}, ADMIN)
     _appends(pg_ledger, threads=4, each=5)  # the advisory lock: appends take turns
     _racing_puts(pg_ledger)
+    _once(pg_ledger)
     verdict = audit.verify(pg_ledger)
-    assert (verdict.checked, verdict.broken_at) == (113, None)
+    assert (verdict.checked, verdict.broken_at) == (116, None)
     rows = audit.page(pg_ledger, audit.Filters(action="key.rotate"))
     assert [(r["target"], r["actor"], r["after"]["rotated_at"] is not None) for r in rows] == [
         (record.id, ADMIN.actor, True)

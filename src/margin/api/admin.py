@@ -5,6 +5,7 @@ Changes are written to the database and take effect at once on this replica and 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,7 @@ from starlette.routing import Route
 from margin import keyops, keys
 from margin.api import audit as audit_api
 from margin.api.edge import parse_json, read_body, read_json
-from margin.api.errors import error_response, json_response
+from margin.api.errors import INTERNAL, error_response, json_response
 from margin.economics.money import from_nanousd, usd_str
 from margin.errors import ConfigError, InternalError, InvalidRequest, MarginError, NotFound, PermissionDenied
 from margin.governance.admission import counter_name, window
@@ -33,6 +34,8 @@ from margin.report.queries import Window, parse_limit, summarize
 from margin.specs import EACH, MAX_USER, BudgetSpec, Scope
 from margin.types import Principal
 
+log = logging.getLogger("margin")
+
 KINDS = {"budgets": "budget", "limits": "limit", "flags": "flag"}
 Handler = Callable[[Request, Any], Awaitable[Any]]
 
@@ -46,6 +49,7 @@ def endpoint(
     async def run(request: Request) -> Response:
         services, principal = request.app.state.services, None
         request_id = request.state.request_id = new_request_id() if action else None
+        began = datetime.now(UTC) if action else None
         try:
             principal = await authenticate(services.keys, request.headers)
             if admin and not (principal.is_admin or services.keys.open_mode):
@@ -57,9 +61,15 @@ def endpoint(
         try:
             result = await handler(request, principal)
         except MarginError as exc:
-            if action and not isinstance(exc, InternalError):
+            if action and not isinstance(exc, InternalError):  # InternalError: made, but its row was refused
                 await audit_api.attempt(request, principal, _attempt(request, action, "failed", exc))
             return error_response(exc, request_id)
+        except Exception as exc:
+            if not action:
+                raise  # the app's handler: logged, a 500
+            log.exception("admin %s failed", action)  # a crash: a failed attempt, the usual 500 (its request id)
+            await audit_api.attempt(request, principal, _crashed(request, action, exc), since=began)
+            return error_response(InternalError(INTERNAL), request_id)
         answer = result if isinstance(result, Response) else json_response(result)
         if request_id:
             answer.headers["x-margin-request-id"] = answer.headers["x-request-id"] = request_id
@@ -69,8 +79,18 @@ def endpoint(
 
 
 def _attempt(request: Request, action: str, outcome: str, error: MarginError) -> audit.Change:
+    return _change(request, action, outcome, {"error": error.code})
+
+
+def _crashed(request: Request, action: str, error: Exception) -> audit.Change:
+    """An attempt that ended in an unexpected exception: its class name, never its message (which may hold a
+    caller's values or a database's)."""
+    return _change(request, action, "failed", {"error": InternalError.default_code, "exception": type(error).__name__})
+
+
+def _change(request: Request, action: str, outcome: str, after: dict[str, Any]) -> audit.Change:
     action = action.format(kind=_kind(request)) if "{kind}" in action else action
-    return audit.Change(action, audit_api.target(request), outcome, after={"error": error.code})
+    return audit.Change(action, audit_api.target(request), outcome, after=after)
 
 
 def _known_orgs(engine: Any) -> list[str]:

@@ -13,6 +13,7 @@ import binascii
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -76,17 +77,24 @@ def target(request: Request) -> str | None:
     return None if found is None else str(found)
 
 
-async def attempt(request: Request, principal: Principal | None, change: audit.Change) -> None:
+async def attempt(
+    request: Request, principal: Principal | None, change: audit.Change, since: datetime | None = None
+) -> None:
     """Record a denied (no admin key) or failed (refused by the change itself) attempt; never raises: the caller
-    answers with its error either way. Denied ones within `DeniedWrites`' bounds only."""
+    answers with its error either way. Denied ones within `DeniedWrites`' bounds only. `since` (when the request
+    began): only if the request has no row yet (a crash after the change was made and recorded)."""
     services = request.app.state.services
     if change.outcome == "denied":
         skipped = services.audit_denials.admit(address(request), int(time.time() // 60))
         if skipped is None:
             return
         change = replace(change, after={**(change.after or {}), "skipped_before": skipped})
+    who, engine = origin(request, principal), services.sync_engine()
     try:
-        await services.read(audit.write, services.sync_engine(), origin(request, principal), change)
+        if since is None:
+            await services.read(audit.write, engine, who, change)
+        else:
+            await services.read(audit.write_unrecorded, engine, who, change, since)
     except Exception:
         log.exception("the audit log did not record a %s %s", change.outcome, change.action)
 

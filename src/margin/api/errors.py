@@ -13,6 +13,7 @@ from starlette.responses import Response
 from margin import errors as e
 
 JSON = "application/json"
+INTERNAL = "internal error in the gateway"  # a crash's message to the client: nothing of the exception
 NOSNIFF = ("x-content-type-options", "nosniff")
 """On every answer margin's own app makes (errors, admin, models, health, dashboard): a browser that opens one
 takes it as the type it says and never sniffs a JSON body holding a caller's values as HTML or script."""

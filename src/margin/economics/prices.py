@@ -58,7 +58,9 @@ class ListPrice:
 def _from_config(price: PriceConfig, tier: str | None) -> ListPrice | None:
     version = f"config:{price.version}"
     if tier is None:
-        return ListPrice(price.input, price.output, price.cached_input, version)
+        return ListPrice(
+            price.input, price.output, price.cached_input, version, cache_write_per_mtok=price.cache_write_input
+        )
     found = next((tiered for name, tiered in price.service_tiers.items() if name == tier), None)
     return None if found is None else ListPrice(found.input, found.output, found.cached_input, version)
 

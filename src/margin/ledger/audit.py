@@ -33,6 +33,7 @@ ACTIONS = (
 )
 MAX_TARGET = 256
 VERIFY_BATCH = 1000
+RECORDED_SLACK = timedelta(minutes=1)  # `write_unrecorded` looks this far before its request began (clock steps)
 FIELDS = ("id", "at", "actor", "actor_name", "source", "address", "action", "target", "request_id", "outcome")
 
 
@@ -141,6 +142,19 @@ def write(engine: sa.Engine, origin: Origin, change: Change) -> int:
     """`record` in a transaction of its own: a change that lives outside the database (a reload), or an attempt
     that changed nothing (denied, failed)."""
     with engine.begin() as connection:
+        return record(connection, origin, change)
+
+
+def write_unrecorded(engine: sa.Engine, origin: Origin, change: Change, since: datetime) -> int | None:
+    """`write`, unless the request (`origin.request_id`, begun at `since`) has a row already: a change recorded
+    in its own transaction before its request crashed (refreshing what it changed) is in the log, once, as made.
+    None: it was."""
+    with engine.begin() as connection:
+        if origin.request_id is not None:
+            hold(connection)  # nothing is appended between the look and the append
+            mine = sa.and_(audit_log.c.at >= since - RECORDED_SLACK, audit_log.c.request_id == origin.request_id)
+            if connection.execute(sa.select(audit_log.c.id).where(mine).limit(1)).first() is not None:
+                return None
         return record(connection, origin, change)
 
 

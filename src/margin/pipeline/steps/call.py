@@ -113,11 +113,16 @@ class BackendCall:
         last: MarginError | None = None
         if candidates[0] is not decision.candidates[0]:  # the first choice's circuit is open: the row says so
             last = Overloaded(f"circuit open on {decision.candidates[0].backend_name}", code="backend_unavailable")
+        notices = request.record.notices
+        before = dict(notices)  # what the answer says before a backend adds its own (`x-margin-dropped-params`)
         for index, target in enumerate(candidates):
             name = target.backend_name
             if not self.breakers.acquire(name):  # opened (or probed by another request) since the check above
                 last = Overloaded(f"circuit open on {name}", code="backend_unavailable")
                 continue
+            if notices != before:  # a fallback: what the backend that failed noted does not describe this one
+                notices.clear()
+                notices.update(before)
             started = time.perf_counter()
             try:
                 reply = await self._attempt(request, target)

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 import yaml
 
+from margin.economics.money import from_nanousd
 from tests.api.compat_upstream import Upstream as CompatUpstream
 from tests.api.compat_upstream import compat_upstream
 from tests.api.test_anthropic_backend import KEY_ENV, UPSTREAM_KEY, _key
@@ -50,6 +52,7 @@ class Live:
     compat: CompatUpstream
     chat: openai.OpenAI
     messages: anthropic.Anthropic
+    key: str
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +75,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             chat = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
             messages = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
             try:
-                yield Live(url, folder / "ledger.db", upstream, compat, chat, messages)
+                yield Live(url, folder / "ledger.db", upstream, compat, chat, messages, key)
             finally:
                 chat.close()
                 messages.close()
@@ -142,6 +145,21 @@ def test_a_streamed_chat_tool_loop_rebuilds_the_thinking_blocks_from_the_deltas(
     answer, request_id = _chat_turn_2(live, turn_1, stream=True)
     assert answer == "hello world" and live.upstream.last["stream"] is True
     _check_turn_2(live, request_id)
+
+
+def test_a_thinking_stream_keeps_margin_s_usage_chunk_closing_cost_and_ledger_row(live: Live) -> None:
+    """The new deltas change nothing margin notes of a stream: the usage chunk, the closing cost comment (the
+    row's $), and TTFT (a thinking delta is the first token: the row has one)."""
+    body = {"model": MODEL, "messages": ASK, "reasoning_effort": "low", "max_tokens": 4000, "stream": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    headers = {"authorization": f"Bearer {live.key}"}
+    answer = httpx.post(f"{live.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+    assert answer.status_code == 200 and answer.text.endswith("data: [DONE]\n\n")
+    row = wait_ledger_row(live.db, live.url, answer.headers["x-request-id"])
+    assert f": x-margin-cost-usd={from_nanousd(row.cost_nanousd):.9f}" in answer.text and row.cost_nanousd > 0
+    assert row.ttft_ms is not None and row.output_tokens == USAGE["output_tokens"]
+    usage = [line for line in answer.text.split("\n\n") if '"choices":[]' in line and '"usage"' in line]
+    assert len(usage) == 1 and f'"completion_tokens":{USAGE["output_tokens"]}' in usage[0]
 
 
 def test_without_its_thinking_blocks_turn_2_is_the_upstream_s_400(live: Live) -> None:

@@ -155,11 +155,13 @@ class ThinkingBlock(_Closed):
     type: Literal["thinking"]
     thinking: Annotated[str, Field(max_length=MAX_THINKING_CHARS)]
     signature: Annotated[str, Field(max_length=MAX_SIGNATURE_CHARS)]
+    cache_control: dict[str, Any] | None = None  # LiteLLM's blocks may hold one: accepted, never passed on
 
 
 class RedactedThinkingBlock(_Closed):
     type: Literal["redacted_thinking"]
     data: Annotated[str, Field(min_length=1, max_length=MAX_THINKING_CHARS)]
+    cache_control: dict[str, Any] | None = None
 
 
 ThinkingBlockList = Annotated[

@@ -55,8 +55,9 @@ def test_thinking_blocks_open_the_assistant_turn_byte_for_byte() -> None:
     assert sent["messages"][1]["content"][1]["data"] == REDACTED
 
 
-def test_reasoning_content_is_ignored_and_a_thinking_block_without_signature_left_out() -> None:
-    unsigned = [{"type": "thinking", "thinking": "from another upstream", "signature": ""}, THOUGHTS[1]]
+def test_reasoning_content_cache_control_and_a_thinking_block_without_signature_are_left_out() -> None:
+    unsigned = [{"type": "thinking", "thinking": "from another upstream", "signature": ""},
+                {**THOUGHTS[1], "cache_control": {"type": "ephemeral"}}]  # fmt: skip
     sent = _to_anthropic(messages=_loop(unsigned, reasoning_content="ignored"))
     assert sent["messages"][1]["content"][0] == THOUGHTS[1]
     assert "ignored" not in orjson.dumps(sent).decode()

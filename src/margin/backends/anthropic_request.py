@@ -218,9 +218,9 @@ def _turn(message: ChatMessage, index: int) -> tuple[str, list[dict[str, Any]]]:
 def _thinking_blocks(message: ChatMessage) -> list[dict[str, Any]]:
     """An assistant's thinking blocks as Anthropic sent them (the signature is opaque: passed on as it came). A
     thinking block with no signature (reasoning from an upstream that signs none, shown by `/v1/messages`) is
-    left out: Anthropic refuses it."""
+    left out: Anthropic refuses it. `cache_control` is not passed on (Anthropic takes none on a thinking block)."""
     return [
-        block.model_dump()
+        block.model_dump(exclude={"cache_control"})
         for block in message.thinking_blocks or ()
         if not isinstance(block, ThinkingBlock) or block.signature
     ]

@@ -120,7 +120,8 @@ class ToolResult(_Strict):
 
 
 class Thinking(_Strict):
-    """An earlier answer's thinking, sent back: accepted, not passed on (a chat message has no place for it)."""
+    """An earlier answer's thinking, sent back: the chat message's `thinking_blocks` (bounded there), which reach
+    an anthropic backend as they came and no other backend."""
 
     type: Literal["thinking"]
     thinking: str
@@ -194,7 +195,8 @@ class ToolChoice(_Strict):
 class ThinkingConfig(_Strict):
     type: Literal["enabled", "disabled", "adaptive"]
     budget_tokens: Annotated[int, Field(ge=1024, le=INT32)] | None = None
-    display: Literal["summarized", "omitted"] | None = None  # no thinking is returned: accepted, changes nothing
+    # accepted and not passed on: a chat request has no field for it (the backend's thinking shows its default)
+    display: Literal["summarized", "omitted"] | None = None
 
 
 class OutputFormat(_Strict):
@@ -373,10 +375,16 @@ def _arguments(block: ToolUse, at: str) -> str:
 
 
 def _assistant(message: AssistantMessage, index: int) -> dict[str, Any]:
-    """Text blocks as the content, tool uses as tool calls; thinking blocks dropped."""
+    """Text blocks as the content, tool uses as tool calls, thinking blocks (in order, without `cache_control`)
+    as the message's `thinking_blocks`."""
     if isinstance(message.content, str):
         return {"role": "assistant", "content": message.content}
     parts = [{"type": "text", "text": block.text} for block in message.content if isinstance(block, Text)]
+    thoughts = [
+        block.model_dump(exclude={"cache_control"})
+        for block in message.content
+        if isinstance(block, Thinking | RedactedThinking)
+    ]
     calls = [
         {
             "id": block.id,
@@ -389,6 +397,8 @@ def _assistant(message: AssistantMessage, index: int) -> dict[str, Any]:
     out: dict[str, Any] = {"role": "assistant", "content": parts or None}
     if calls:
         out["tool_calls"] = calls
+    if thoughts:
+        out["thinking_blocks"] = thoughts
     return out
 
 

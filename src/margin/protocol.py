@@ -36,6 +36,12 @@ MAX_CONTENT_PARTS = 10_000  # content parts over all of a chat's messages
 MAX_TOOLS = 128  # OpenAI's limit
 MAX_INPUTS = 2_048  # prompts of one completion request, inputs of one embedding request (OpenAI's limit)
 MAX_STOP = 4
+# An assistant message's thinking blocks (an Anthropic answer's, sent back: `ChatMessage.thinking_blocks`): at most
+# this many in one message (interleaved thinking makes one a tool call), each's text, signature or redacted data
+# at most this long (a thinking budget is at most 128K tokens, ~0.5 M characters; signatures are a few KB)
+MAX_THINKING_BLOCKS = 64
+MAX_THINKING_CHARS = 1_048_576
+MAX_SIGNATURE_CHARS = 65_536
 
 # OpenAI's processing tiers a client may ask for (`service_tier`). `auto` (the upstream project's default tier)
 # and `default` (standard processing) need nothing of a backend; `flex` and `priority` are priced apart and need
@@ -143,10 +149,34 @@ class Prediction(_Open):
     ]
 
 
+class ThinkingBlock(_Closed):
+    """An Anthropic answer's thinking (LiteLLM's `thinking_blocks` shape): its text and its opaque signature."""
+
+    type: Literal["thinking"]
+    thinking: Annotated[str, Field(max_length=MAX_THINKING_CHARS)]
+    signature: Annotated[str, Field(max_length=MAX_SIGNATURE_CHARS)]
+    cache_control: dict[str, Any] | None = None  # LiteLLM's blocks may hold one: accepted, never passed on
+
+
+class RedactedThinkingBlock(_Closed):
+    type: Literal["redacted_thinking"]
+    data: Annotated[str, Field(min_length=1, max_length=MAX_THINKING_CHARS)]
+    cache_control: dict[str, Any] | None = None
+
+
+ThinkingBlockList = Annotated[
+    list[Annotated[ThinkingBlock | RedactedThinkingBlock, Field(discriminator="type")]], Field(fail_fast=True)
+]
+ThinkingBlocks = Annotated[ThinkingBlockList, _at_most(MAX_THINKING_BLOCKS, "thinking blocks")]
+
+
 class ChatMessage(_Open):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | Annotated[list[ContentPart], Field(fail_fast=True)] | None = None  # parts: content_parts
     name: str | None = None
+    # an assistant's earlier thinking, sent back: the first blocks of the turn at an anthropic backend (which
+    # needs them before a tool call's result when thinking is on), left out for every other backend
+    thinking_blocks: ThinkingBlocks | None = None
 
     def text(self) -> str:
         """The message's text; non-text parts are refused by backends that cannot take them."""
@@ -347,21 +377,37 @@ def content_parts(messages: Any, *, nested: bool = False, what: str = "content p
     """Content parts over all of a chat's messages, counted before any is validated (one message's limit
     alone would let 10,000 messages hold 10,000 parts each, as many as the body's bytes allow). Plain Python
     before pydantic: a validator inside the model cost ~0.9 µs a request, this ~0.2. `nested`: a part's own
-    `content` list counts too (Anthropic's tool results hold blocks: `margin.messages`)."""
+    `content` list counts too (Anthropic's tool results hold blocks: `margin.messages`). An assistant's
+    `thinking_blocks` count as its parts."""
     if type(messages) is not list or len(messages) > MAX_MESSAGES:  # not a list, or too long: pydantic says so
         return
     parts = 0
     for message in messages:
-        if type(message) is dict and type(content := message.get("content")) is list:
+        if type(message) is not dict:
+            continue
+        if type(content := message.get("content")) is list:
             parts += len(content)
             if nested:
                 parts += sum(len(c) for b in content if type(b) is dict and type(c := b.get("content")) is list)
+        if type(thinking := message.get("thinking_blocks")) is list:
+            parts += len(thinking)
     if parts > MAX_CONTENT_PARTS:
         raise InvalidRequest(
             f"messages: at most {MAX_CONTENT_PARTS} {what} over all messages, not {parts}",
             param="messages",
             code="array_above_max_length",
         )
+
+
+def without_thinking(messages: Any) -> Any:
+    """A chat's messages as sent, less their `thinking_blocks` (an anthropic backend's, which no other backend
+    takes): the same list when none holds any."""
+    if type(messages) is not list or not any(type(m) is dict and "thinking_blocks" in m for m in messages):
+        return messages
+    return [
+        {k: v for k, v in m.items() if k != "thinking_blocks"} if type(m) is dict and "thinking_blocks" in m else m
+        for m in messages
+    ]
 
 
 # Chat fields that ask for an answer of another shape or for unpriced work, which margin does not forward:

@@ -73,6 +73,7 @@ def test_tool_results_come_first_as_tool_messages_then_the_user_s_other_content(
                 {"id": "t1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}},
                 {"id": "t2", "type": "function", "function": {"name": "g", "arguments": "{}"}},
             ],
+            "thinking_blocks": [{"type": "thinking", "thinking": "hmm", "signature": "sig"}],
         },
         {"role": "tool", "tool_call_id": "t1", "content": "one"},
         {"role": "tool", "tool_call_id": "t2", "content": "Error: x\n\ny"},
@@ -98,11 +99,12 @@ def test_a_tool_result_s_images_open_the_user_message_that_follows() -> None:
     ]
 
 
-def test_an_assistant_turn_of_tool_uses_alone_has_no_content_and_redacted_thinking_is_dropped() -> None:
+def test_an_assistant_turn_of_tool_uses_alone_has_no_content_and_redacted_thinking_is_its_thinking_block() -> None:
     turn = {"role": "assistant", "content": [{"type": "redacted_thinking", "data": "x"},
                                              {"type": "tool_use", "id": "t", "name": "f", "input": {}}]}  # fmt: skip
     (message,) = _chat(messages=[USER, turn])["messages"][1:]
     assert message["content"] is None and len(message["tool_calls"]) == 1
+    assert message["thinking_blocks"] == [{"type": "redacted_thinking", "data": "x"}]
 
 
 def test_images_become_image_url_parts() -> None:
@@ -202,7 +204,8 @@ def test_refusals_name_the_field(fields: dict[str, Any], param: str) -> None:
 def test_what_claude_code_sends_besides_is_accepted_and_changes_nothing() -> None:
     """Claude Code sends `context_management` on every request, cache_control with keys of its betas (`scope`),
     tool hints (`eager_input_streaming`, `defer_loading`, `input_examples`) and thinking blocks with
-    cache_control: a 400 for any of them would stop it. None reaches the chat."""
+    cache_control: a 400 for any of them would stop it. None reaches the chat (the thinking block does, without
+    its cache_control)."""
     cache = {"type": "ephemeral", "ttl": "1h", "scope": "global"}
     tool = {
         "name": "Read", "description": "read a file", "input_schema": {"type": "object"}, "cache_control": cache,
@@ -225,7 +228,8 @@ def test_what_claude_code_sends_besides_is_accepted_and_changes_nothing() -> Non
     same = {"metadata": {"user_id": "user_abc_account_def_session_ghi"}, "temperature": 1, "stream": True}
     chat = _chat(tools=[tool], messages=turns, **fields, **same)
     plain_tool = {"name": "Read", "description": "read a file", "input_schema": {"type": "object"}}
-    plain_turns = [USER, {"role": "assistant", "content": [use]}, {"role": "user", "content": [result]}]
+    bare = {"type": "thinking", "thinking": "t", "signature": "s"}
+    plain_turns = [USER, {"role": "assistant", "content": [bare, use]}, {"role": "user", "content": [result]}]
     plain = _chat(tools=[plain_tool], messages=plain_turns, system="You are Claude Code.", **same)
     assert chat == plain
 

@@ -7,6 +7,10 @@ types and Anthropic's streaming documentation give them). The upstream model nam
     claude-sonnet-4-5   text, or a tool call while the request has tools and no tool result yet; usage with
                         cache reads and writes (`USAGE`)
     thinker             a thinking block before its text (its tokens are in `output_tokens`)
+
+Any model, asked for thinking (`thinking: {type: enabled}`), answers with a thinking and a redacted_thinking block
+first (`THOUGHTS`); and, as Anthropic does, refuses (400 `invalid_request_error`) a request with thinking on whose
+last turn holds a tool result unless the assistant turn before it starts with those exact blocks.
     overloaded          529 `overloaded_error` every time
     broken              500 `api_error` every time
     flaky               529 once, then like claude-sonnet-4-5 (a retry succeeds)
@@ -43,6 +47,15 @@ TEXT = ("hello", " world")
 THINKING = "The user says hi; I answer briefly."
 INPUT = {"city": "Paris"}
 ARGUMENTS_PIECES = ('{"city":', ' "Paris"}')
+# what a request with thinking on is answered with first: opaque signatures and data, bytes a translation would
+# change (`+`, `/`, `=`, a non-ASCII character, an escaped quote) included
+THINKING_PIECES = ("Paris is a city; ", "I should look the weather up.")
+SIGNATURE = 'EuYBCkQYAiJA+/9z=="é\\u00e9sig'
+REDACTED = "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIw+/redacted=="
+THOUGHTS: list[dict[str, Any]] = [
+    {"type": "thinking", "thinking": "".join(THINKING_PIECES), "signature": SIGNATURE},
+    {"type": "redacted_thinking", "data": REDACTED},
+]
 
 
 @dataclass
@@ -69,11 +82,31 @@ def _wants_tool(body: dict[str, Any]) -> bool:
     return bool(body.get("tools")) and not any(block.get("type") == "tool_result" for block in content)
 
 
+def _thinking_on(body: dict[str, Any]) -> bool:
+    return (body.get("thinking") or {}).get("type") == "enabled"
+
+
+def thinking_refused(body: dict[str, Any]) -> str | None:
+    """Anthropic's refusal of a tool result after an assistant turn that does not start with its thinking (when
+    thinking is on): None when the request is fine."""
+    turns = body["messages"]
+    if not _thinking_on(body) or len(turns) < 2 or _wants_tool(body) or not body.get("tools"):
+        return None
+    assistant = turns[-2]["content"]
+    if isinstance(assistant, list) and assistant[: len(THOUGHTS)] == THOUGHTS:
+        return None
+    return (
+        f"messages.{len(turns) - 2}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+        "another block. When `thinking` is enabled, a final `assistant` message must start with a thinking block"
+    )
+
+
 def _blocks(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    thoughts = [dict(block) for block in THOUGHTS] if _thinking_on(body) else []
     if _wants_tool(body):
         tool = {"type": "tool_use", "id": "toolu_01A", "name": body["tools"][0]["name"], "input": INPUT}
-        return [{"type": "text", "text": "Let me look."}, tool], "tool_use"
-    blocks = [{"type": "text", "text": "".join(TEXT)}]
+        return [*thoughts, {"type": "text", "text": "Let me look."}, tool], "tool_use"
+    blocks = [*thoughts, {"type": "text", "text": "".join(TEXT)}]
     if body["model"] == "thinker":
         blocks.insert(0, {"type": "thinking", "thinking": THINKING, "signature": "c2ln"})
     return blocks, "max_tokens" if body.get("max_tokens") == 3 else "end_turn"
@@ -89,17 +122,24 @@ def _block_events(index: int, block: dict[str, Any]) -> Iterator[dict[str, Any]]
     kind = block["type"]
     empty: dict[str, dict[str, Any]] = {
         "text": {"type": "text", "text": ""},
-        "thinking": {"type": "thinking", "thinking": "", "signature": ""},
+        "thinking": {"type": "thinking", "thinking": ""},  # as Anthropic's streaming documentation shows it
     }
-    start = empty.get(kind) or {**block, "input": {}}
+    start = empty.get(kind) or (block if kind == "redacted_thinking" else {**block, "input": {}})
     yield {"type": "content_block_start", "index": index, "content_block": start}
     if kind == "text":
         for piece in TEXT if block["text"] == "".join(TEXT) else (block["text"],):
             yield {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}}
     elif kind == "thinking":
-        yield {"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": THINKING}}
-        yield {"type": "content_block_delta", "index": index, "delta": {"type": "signature_delta", "signature": "c2ln"}}
-    else:
+        pieces = THINKING_PIECES if block["thinking"] == "".join(THINKING_PIECES) else (block["thinking"],)
+        for piece in pieces:
+            yield {
+                "type": "content_block_delta",
+                "index": index,
+                "delta": {"type": "thinking_delta", "thinking": piece},
+            }
+        signature = {"type": "signature_delta", "signature": block["signature"]}
+        yield {"type": "content_block_delta", "index": index, "delta": signature}
+    elif kind == "tool_use":
         for piece in ARGUMENTS_PIECES:
             delta = {"type": "input_json_delta", "partial_json": piece}
             yield {"type": "content_block_delta", "index": index, "delta": delta}
@@ -134,8 +174,11 @@ def _reply_stream(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None
     handler.close_connection = True
 
 
-def _error(handler: BaseHTTPRequestHandler, status: int, kind: str, headers: dict[str, str] | None = None) -> None:
-    data = json.dumps({"type": "error", "error": {"type": kind, "message": f"{kind} (internal-host-7)"}}).encode()
+def _error(
+    handler: BaseHTTPRequestHandler, status: int, kind: str, headers: dict[str, str] | None = None, message: str = ""
+) -> None:
+    error = {"type": kind, "message": message or f"{kind} (internal-host-7)"}
+    data = json.dumps({"type": "error", "error": error}).encode()
     handler.send_response(status)
     handler.send_header("content-type", "application/json")
     handler.send_header("content-length", str(len(data)))
@@ -156,6 +199,8 @@ def _answer(upstream: Upstream, handler: BaseHTTPRequestHandler, body: dict[str,
         _error(handler, 429, "rate_limit_error", {"retry-after": "30"})
     elif model == "rejecting":
         _error(handler, 400, "invalid_request_error")
+    elif (refusal := thinking_refused(body)) is not None:
+        _error(handler, 400, "invalid_request_error", message=refusal)
     elif body.get("stream"):
         _reply_stream(handler, body)
     else:

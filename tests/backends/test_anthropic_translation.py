@@ -342,7 +342,7 @@ def test_stop_reasons_become_finish_reasons(stop_reason: Any, finish: str) -> No
     assert payload["choices"][0]["finish_reason"] == finish
 
 
-def test_a_whole_answer_is_a_chat_completion_with_tool_calls_and_no_thinking() -> None:
+def test_a_whole_answer_is_a_chat_completion_with_tool_calls_and_its_thinking() -> None:
     body = {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}], "tools": [{"name": "w"}]}
     payload, text, usage = completion(_call(), message(body), "claude")
     reply = payload["choices"][0]
@@ -352,7 +352,11 @@ def test_a_whole_answer_is_a_chat_completion_with_tool_calls_and_no_thinking() -
     ]
     assert payload["usage"]["prompt_tokens"] == usage.input_tokens == 4021
     thinking, text, _ = completion(_call(), message({"model": "thinker", "messages": HI}), "claude")
-    assert text == "hello world" and THINKING not in orjson.dumps(thinking).decode()
+    assert text == "hello world" and thinking["choices"][0]["message"]["content"] == "hello world"
+    assert thinking["choices"][0]["message"]["reasoning_content"] == THINKING  # LiteLLM's shape
+    assert thinking["choices"][0]["message"]["thinking_blocks"] == [
+        {"type": "thinking", "thinking": THINKING, "signature": "c2ln"}
+    ]
     with pytest.raises(BackendError, match="under HTTP 200"):
         completion(_call(), {"type": "error", "error": {"type": "api_error", "message": "x"}}, "claude")
     with pytest.raises(BackendError, match="not a message"):
@@ -369,8 +373,10 @@ def test_a_text_stream_becomes_openai_chunks_then_usage() -> None:
     translator, chunks = _translated({"model": "thinker", "messages": HI})
     assert translator.done and translator.call.stats.finish_reason == "stop"
     deltas = [c.payload["choices"][0]["delta"] for c in chunks if c.payload["choices"]]
-    assert deltas == [{"role": "assistant", "content": ""}, {"content": "hello"}, {"content": " world"}, {}]
-    assert "".join(c.text for c in chunks) == "hello world"  # the thinking is left out
+    block = {"type": "thinking", "thinking": THINKING, "signature": "c2ln"}
+    assert deltas == [{"role": "assistant", "content": ""}, {"reasoning_content": THINKING},
+                      {"thinking_blocks": [block]}, {"content": "hello"}, {"content": " world"}, {}]  # fmt: skip
+    assert "".join(c.text for c in chunks) == "hello world"  # the content: thinking is reasoning
     assert chunks[-2].payload["choices"][0]["finish_reason"] == "stop"
     last = chunks[-1]
     assert last.is_usage_only and last.usage == Usage.from_anthropic(USAGE)  # output from message_delta

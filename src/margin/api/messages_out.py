@@ -1,8 +1,11 @@
 """Anthropic's Messages API, answer side: a chat completion (margin's answer to the translated request,
 `margin.messages`) as a Message, and a chat stream's chunks as Anthropic's stream events (`message_start`,
 `content_block_start` / `_delta` / `_stop`, `message_delta` with the stop reason and usage, `message_stop`; an
-error once streaming is an `error` event). Pure translation: the client that applies it to the request path's
-output is `margin.api.messages`.
+error once streaming is an `error` event). Thinking comes first, as Anthropic's blocks: the chat message's
+`thinking_blocks` (an anthropic backend's, signatures as they came; `delta.reasoning_content` is a streamed
+block's `thinking_delta`, the block's `delta.thinking_blocks` entry its `signature_delta`), and reasoning an
+upstream gives without blocks (`reasoning_content`) as a thinking block with an empty signature. Pure
+translation: the client that applies it to the request path's output is `margin.api.messages`.
 
 Usage is Anthropic's: `input_tokens` excludes the input read from the upstream's prompt cache, which is
 `cache_read_input_tokens`, and the writes to it, `cache_creation_input_tokens` (an `anthropic` backend's, passed
@@ -79,6 +82,29 @@ def _tool_use(call: dict[str, Any], fallback_id: str) -> dict[str, Any]:
     }
 
 
+def thought(block: Any) -> dict[str, Any] | None:
+    """A chat's thinking block as Anthropic's (None if it is not one)."""
+    if not isinstance(block, dict):
+        return None
+    if block.get("type") == "redacted_thinking" and isinstance(data := block.get("data"), str):
+        return {"type": "redacted_thinking", "data": data}
+    thinking, signature = block.get("thinking"), block.get("signature")
+    if block.get("type") == "thinking" and isinstance(thinking, str) and isinstance(signature, str):
+        return {"type": "thinking", "thinking": thinking, "signature": signature}
+    return None
+
+
+def thoughts(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """A chat message's thinking as Anthropic's blocks: its `thinking_blocks`, else its `reasoning_content`."""
+    blocks = message.get("thinking_blocks")
+    if isinstance(blocks, list) and blocks:
+        return [block for item in blocks if (block := thought(item)) is not None]
+    reasoning = message.get("reasoning_content")
+    if not isinstance(reasoning, str) or not reasoning:
+        return []
+    return [{"type": "thinking", "thinking": reasoning, "signature": ""}]
+
+
 def skeleton(message_id: str, model: str) -> dict[str, Any]:
     return {
         "id": message_id,
@@ -102,6 +128,7 @@ def from_chat(chat: Any, body: MessagesRequest, request_id: str) -> dict[str, An
     model = chat.get("model")
     out = skeleton(f"msg_{request_id}", model if isinstance(model, str) else body.model)
     content: list[dict[str, Any]] = out["content"]
+    content.extend(thoughts(message))
     for text in (message.get("content"), message.get("refusal")):
         if isinstance(text, str) and text:
             content.append({"type": "text", "text": text})
@@ -127,7 +154,7 @@ class MessageEvents:
         self.body, self.request_id = body, request_id
         self.opened = self.failed = False
         self.blocks = 0  # content blocks opened so far; the open one is the last
-        self.open: str | int | None = None  # "text", a chat tool call's index, or None
+        self.open: str | int | None = None  # "text", "thinking", a chat tool call's index, or None
         self.calls: dict[int, int] = {}  # a chat tool call's index → its block's index
         self.text_index = b""  # the open text block's index, as bytes (its deltas are laid out without a dict)
         self.usage: Any = None
@@ -156,6 +183,10 @@ class MessageEvents:
             return out
         delta = choice.get("delta")
         if type(delta) is dict:
+            if (reasoning := delta.get("reasoning_content")) and type(reasoning) is str:
+                out += self._thinking(reasoning)
+            if type(blocks := delta.get("thinking_blocks")) is list:
+                out += b"".join(self._thought(block) for block in blocks)
             if (text := delta.get("content")) and type(text) is str:
                 out += self._text(text)
             if (refusal := delta.get("refusal")) and type(refusal) is str:
@@ -180,6 +211,34 @@ class MessageEvents:
         self.text_index = str(self.blocks - 1).encode()
         out += event("content_block_start", {"index": self.blocks - 1, "content_block": {"type": "text", "text": ""}})
         return out + TEXT_DELTA_HEAD + self.text_index + TEXT_DELTA_MID + orjson.dumps(text) + b"}}\n\n"
+
+    def _start_block(self, kind: str, block: dict[str, Any]) -> bytes:
+        out = self._close()
+        self.open, self.blocks = kind, self.blocks + 1
+        return out + event("content_block_start", {"index": self.blocks - 1, "content_block": block})
+
+    def _thinking(self, text: str) -> bytes:
+        """Reasoning text: a thinking block's `thinking_delta` (the block opened first, with no signature yet)."""
+        out = b""
+        if self.open != "thinking":
+            out = self._start_block("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+        if not text:
+            return out
+        delta = {"type": "thinking_delta", "thinking": text}
+        return out + event("content_block_delta", {"index": self.blocks - 1, "delta": delta})
+
+    def _thought(self, entry: Any) -> bytes:
+        """A whole thinking block (its streamed text already sent, if any): its signature, and the block's end."""
+        block = thought(entry)
+        if block is None:
+            return b""
+        if block["type"] == "redacted_thinking":
+            return self._start_block("redacted_thinking", block) + self._close()
+        out = b"" if self.open == "thinking" else self._thinking(block["thinking"])
+        if block["signature"]:
+            delta = {"type": "signature_delta", "signature": block["signature"]}
+            out += event("content_block_delta", {"index": self.blocks - 1, "delta": delta})
+        return out + self._close()
 
     def _call(self, call: dict[str, Any]) -> bytes:
         number = call.get("index") if isinstance(call.get("index"), int) else len(self.calls)

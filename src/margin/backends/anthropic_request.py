@@ -2,7 +2,8 @@
 
 What maps: `system`/`developer` messages → the top-level `system` (their text, in order, wherever they stood);
 user and assistant turns with text and image parts (a data URL → a base64 image, an http(s) URL → a url
-image); an assistant's `tool_calls` → `tool_use` blocks; `tool` messages → `tool_result` blocks in a user turn
+image); an assistant's `thinking_blocks` (an earlier answer's, signatures as they came) → its first blocks, and
+its `tool_calls` → `tool_use` blocks after its text; `tool` messages → `tool_result` blocks in a user turn
 (consecutive turns of one role are merged into one, as Anthropic wants roles to alternate); `tools`
 (functions) → Anthropic tools; `tool_choice` auto/none/required/named → auto/none/any/tool, and
 `parallel_tool_calls: false` → `disable_parallel_tool_use`; `max_tokens`/`max_completion_tokens` (the lower,
@@ -22,7 +23,7 @@ from typing import Any
 import orjson
 
 from margin.errors import InvalidRequest
-from margin.protocol import ChatCompletionRequest, ChatMessage
+from margin.protocol import ChatCompletionRequest, ChatMessage, ThinkingBlock
 
 # `reasoning_effort` → thinking `budget_tokens` (Anthropic's minimum is 1,024; the budget must stay below
 # `max_tokens`, so it is lowered to `max_tokens - 1` and refused under 1,024). `none` sends no thinking.
@@ -197,17 +198,32 @@ def _turns(messages: list[ChatMessage], *, names: bool) -> tuple[list[dict[str, 
 
 def _turn(message: ChatMessage, index: int) -> tuple[str, list[dict[str, Any]]]:
     extra = message.model_extra or {}
+    if message.thinking_blocks is not None and message.role != "assistant":
+        where = f"messages[{index}].thinking_blocks"
+        raise InvalidRequest(f"{where}: only an assistant message holds thinking blocks", param=where)
     if message.role == "tool":
         return "user", [_tool_result(message, extra.get("tool_call_id"), index)]
     if message.role == "user":
         blocks = _content_blocks(message, index, images=True)
     elif message.role == "assistant":
-        blocks = _content_blocks(message, index, images=False) + _tool_uses(extra.get("tool_calls"), index)
+        blocks = _thinking_blocks(message) + _content_blocks(message, index, images=False)
+        blocks += _tool_uses(extra.get("tool_calls"), index)
     else:
         raise unsupported(f"messages[{index}].role", f"the role {message.role!r}")
     if not blocks:
         raise InvalidRequest(f"messages[{index}]: a {message.role} message needs content", param=f"messages[{index}]")
     return message.role, blocks
+
+
+def _thinking_blocks(message: ChatMessage) -> list[dict[str, Any]]:
+    """An assistant's thinking blocks as Anthropic sent them (the signature is opaque: passed on as it came). A
+    thinking block with no signature (reasoning from an upstream that signs none, shown by `/v1/messages`) is
+    left out: Anthropic refuses it. `cache_control` is not passed on (Anthropic takes none on a thinking block)."""
+    return [
+        block.model_dump(exclude={"cache_control"})
+        for block in message.thinking_blocks or ()
+        if not isinstance(block, ThinkingBlock) or block.signature
+    ]
 
 
 def _content_blocks(message: ChatMessage, index: int, *, images: bool) -> list[dict[str, Any]]:

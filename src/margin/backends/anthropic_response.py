@@ -1,7 +1,13 @@
 """An Anthropic Messages answer as an OpenAI chat completion, whole (`completion`) or streamed (`Translator`):
 text, tool calls (a streamed `input_json_delta` becomes a function-arguments delta), `stop_reason` →
-`finish_reason`, usage (`Usage.from_anthropic`). Thinking blocks are left out of the content; their tokens are
-in Anthropic's output count, so they are metered and billed."""
+`finish_reason`, usage (`Usage.from_anthropic`).
+
+Thinking, as LiteLLM gives it: the message's `reasoning_content` (the thinking text, joined) and
+`thinking_blocks` (each `thinking` block with its `signature`, each `redacted_thinking` block with its `data`, in
+order), which a client sends back in the assistant message (Anthropic needs them before a tool call's result). A
+stream has `delta.reasoning_content` for each thinking delta, and a `delta.thinking_blocks` entry holding one
+whole block (text and signature) when the block ends, a redacted one when it starts. Thinking tokens are in
+Anthropic's output count: metered and billed as output."""
 
 from __future__ import annotations
 
@@ -52,12 +58,15 @@ def completion(call: Call, message: dict[str, Any], backend: str) -> tuple[dict[
         raise bad_response(backend, "an answer that is not a message")
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
+    thoughts: list[dict[str, Any]] = []
     for block in blocks:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text" and isinstance(block.get("text"), str):
             texts.append(block["text"])
         elif kind == "tool_use":
             calls.append(_tool_call(block, backend))
+        elif kind in ("thinking", "redacted_thinking"):
+            thoughts.append(_thought(block, backend))
     text = "".join(texts)
     finish = finish_reason(message.get("stop_reason"))
     usage = Usage.from_anthropic(message.get("usage"))
@@ -66,7 +75,22 @@ def completion(call: Call, message: dict[str, Any], backend: str) -> tuple[dict[
     if calls:
         reply["tool_calls"] = calls
         reply["content"] = text or None
+    if thoughts:
+        reply["reasoning_content"] = "".join(t["thinking"] for t in thoughts if t["type"] == "thinking")
+        reply["thinking_blocks"] = thoughts
     return payload, text, usage
+
+
+def _thought(block: dict[str, Any], backend: str) -> dict[str, Any]:
+    """A thinking block as it came (its text and signature, or a redacted block's data), checked for its shape."""
+    if block["type"] == "redacted_thinking":
+        if not isinstance(data := block.get("data"), str):
+            raise bad_response(backend, "a redacted_thinking block without its data")
+        return {"type": "redacted_thinking", "data": data}
+    thinking, signature = block.get("thinking"), block.get("signature")
+    if not isinstance(thinking, str) or not isinstance(signature, str):
+        raise bad_response(backend, "a thinking block without its text or signature")
+    return {"type": "thinking", "thinking": thinking, "signature": signature}
 
 
 def _tool_call(block: dict[str, Any], backend: str) -> dict[str, Any]:
@@ -80,11 +104,13 @@ def _tool_call(block: dict[str, Any], backend: str) -> dict[str, Any]:
 class Translator:
     """One stream's Anthropic events, in order, as OpenAI chunks. `ended()` once `message_stop` came."""
 
-    __slots__ = ("backend", "call", "counts", "done", "finish", "started", "tools")
+    __slots__ = ("backend", "call", "counts", "done", "finish", "started", "thoughts", "tools")
 
     def __init__(self, call: Call, backend: str) -> None:
         self.call, self.backend = call, backend
         self.tools: dict[int, int] = {}  # content block index → tool call index
+        self.thoughts: dict[int, tuple[list[str], list[str]]] = {}  # an open thinking block's index → its pieces
+        # of text and of signature so far
         self.counts: dict[str, Any] = {}  # the usage so far (message_start's, updated by message_delta's)
         self.finish: str | None = None
         self.started = self.done = False
@@ -110,7 +136,9 @@ class Translator:
             self.done = True
             usage = Usage.from_anthropic(self.counts)
             return [Chunk(payload=payloads.usage_chunk(self.call, usage), usage=usage)]
-        return []  # content_block_stop, and event types Anthropic may add (its versioning policy)
+        if kind == "content_block_stop":
+            return self._block_stop(event)
+        return []  # event types Anthropic may add (its versioning policy)
 
     def ended(self) -> bool:
         return self.done
@@ -132,10 +160,13 @@ class Translator:
         block, index = event.get("content_block"), event.get("index")
         if not isinstance(block, dict) or not isinstance(index, int):
             raise bad_response(self.backend, "an invalid content_block_start")
-        if block.get("type") == "text" and isinstance(text := block.get("text"), str) and text:
+        kind = block.get("type")
+        if kind == "text" and isinstance(text := block.get("text"), str) and text:
             return [self._chunk({"content": text}, text)]
-        if block.get("type") != "tool_use":
-            return []  # thinking (billed as output, not shown), and blocks of tools margin never sends
+        if kind in ("thinking", "redacted_thinking"):  # a thinking block starts without its signature
+            return self._thinking_start(index, _thought({"signature": "", **block}, self.backend))
+        if kind != "tool_use":
+            return []  # blocks of tools margin never sends
         if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
             raise bad_response(self.backend, "a tool_use block without its id or name")
         self.tools[index] = position = len(self.tools)
@@ -150,14 +181,47 @@ class Translator:
         kind, text = delta.get("type"), delta.get("text")
         if kind == "text_delta" and isinstance(text, str):
             return [self._chunk({"content": text}, text)] if text else []
+        if kind in ("thinking_delta", "signature_delta"):
+            return self._thinking_delta(index, delta)
         position = self.tools.get(index) if isinstance(index, int) else None
         if kind != "input_json_delta" or position is None:
-            return []  # thinking, signature and citation deltas
+            return []  # citation deltas
         partial = delta.get("partial_json")
         if not isinstance(partial, str):
             raise bad_response(self.backend, "an input_json_delta without its partial_json")
         call = {"index": position, "function": {"arguments": partial}}
         return [self._chunk({"tool_calls": [call]})] if partial else []
+
+    def _thinking_start(self, index: int, block: dict[str, Any]) -> list[Chunk]:
+        """A redacted block is whole at its start: delivered now. A thinking block is kept until it stops (its
+        signature comes last); text it starts with is delivered as reasoning."""
+        if block["type"] == "redacted_thinking":
+            return [self._chunk({"thinking_blocks": [block]})]
+        self.thoughts[index] = ([block["thinking"]], [block["signature"]])
+        return [self._chunk({"reasoning_content": block["thinking"]})] if block["thinking"] else []
+
+    def _thinking_delta(self, index: Any, delta: dict[str, Any]) -> list[Chunk]:
+        held = self.thoughts.get(index) if isinstance(index, int) else None
+        if held is None:
+            raise bad_response(self.backend, "a thinking delta outside a thinking block")
+        if delta["type"] == "signature_delta":
+            if not isinstance(signature := delta.get("signature"), str):
+                raise bad_response(self.backend, "a signature_delta without its signature")
+            held[1].append(signature)
+            return []
+        if not isinstance(thinking := delta.get("thinking"), str):
+            raise bad_response(self.backend, "a thinking_delta without its thinking")
+        held[0].append(thinking)
+        return [self._chunk({"reasoning_content": thinking})] if thinking else []
+
+    def _block_stop(self, event: dict[str, Any]) -> list[Chunk]:
+        """A thinking block's end: the whole block (text and signature), for the client to send back."""
+        index = event.get("index")
+        held = self.thoughts.pop(index) if isinstance(index, int) and index in self.thoughts else None
+        if held is None:
+            return []
+        block = {"type": "thinking", "thinking": "".join(held[0]), "signature": "".join(held[1])}
+        return [self._chunk({"thinking_blocks": [block]})]
 
     def _message_delta(self, event: dict[str, Any]) -> list[Chunk]:
         usage = event.get("usage")

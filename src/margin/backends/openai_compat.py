@@ -1,6 +1,7 @@
 """Any OpenAI-compatible upstream (vLLM, SGLang, llama.cpp server, Ollama, hosted APIs) over one shared
 HTTP client session per backend (`backends.http_upstream`). The client's JSON is passed on, limited to the
-fields margin knows and prices (`protocol.FORWARDED`; `model` is replaced, and stream usage is asked for);
+fields margin knows and prices (`protocol.FORWARDED`; `model` is replaced, stream usage is asked for, and an
+assistant's `thinking_blocks`, an anthropic backend's, are left out);
 answers are forwarded byte for byte, and parsed only to read usage and content."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from margin.backends.deadline import StreamDeadline
 from margin.backends.http_upstream import HttpBackend, Lines, event_data
 from margin.backends.upstream_errors import log_upstream, upstream_message
 from margin.errors import BackendError
-from margin.protocol import FORWARDED, Endpoint
+from margin.protocol import FORWARDED, Endpoint, without_thinking
 from margin.types import Call, Chunk, Completion, Usage, choices_text
 
 log = logging.getLogger("margin.backends")
@@ -68,6 +69,8 @@ class OpenAIBackend(HttpBackend):
         known = FORWARDED[call.endpoint]  # a null is the field left out (OpenAI's meaning; some servers differ)
         body = {name: value for name, value in call.raw.items() if name in known and value is not None}
         body["model"] = call.upstream_model
+        if "messages" in body:  # an anthropic backend's thinking blocks, sent back: no other upstream takes them
+            body["messages"] = without_thinking(body["messages"])
         if "service_tier" in body and body["service_tier"] not in self._tiers:
             del body["service_tier"]
         if call.endpoint is Endpoint.CHAT and self._limit_field == "max_completion_tokens" and "max_tokens" in body:

@@ -57,13 +57,19 @@ def loads(data: bytes | bytearray | memoryview | str, max_depth: int | None = MA
     return value
 
 
+def may_nest(data: bytes | bytearray | memoryview | str, depth: int = MAX_DEPTH) -> bool:
+    """Whether `data` holds more opening brackets than `depth` (a necessary condition for nesting deeper than
+    that, counted at C speed)."""
+    if isinstance(data, str):
+        return data.count("[") + data.count("{") > depth
+    raw = data.tobytes() if isinstance(data, memoryview) else data
+    return raw.count(b"[") + raw.count(b"{") > depth
+
+
 def too_deep(data: bytes | bytearray | memoryview | str, value: Any, depth: int = MAX_DEPTH) -> bool:
     """Whether `value`, parsed from `data` (or from a part of it), nests more than `depth` levels: walked only
-    when `data` holds more opening brackets than that (a necessary condition, counted at C speed)."""
-    if isinstance(data, str):
-        return data.count("[") + data.count("{") > depth and nests_deeper(value, depth)
-    raw = data.tobytes() if isinstance(data, memoryview) else data
-    return raw.count(b"[") + raw.count(b"{") > depth and nests_deeper(value, depth)
+    when `data` `may_nest` that deep."""
+    return may_nest(data, depth) and nests_deeper(value, depth)
 
 
 def nests_deeper(value: Any, depth: int) -> bool:

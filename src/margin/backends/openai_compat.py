@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from margin import jsonload
 from margin.backend_config import OpenAIBackendConfig
 from margin.backends.deadline import StreamDeadline
 from margin.backends.http_upstream import HttpBackend, Lines, event_data
@@ -151,7 +152,7 @@ class OpenAIBackend(HttpBackend):
             for event in events:
                 if event == b"[DONE]":
                     return True
-                if first or _names_usage_or_error(event):
+                if first or _names_usage_or_error(event) or jsonload.may_nest(event):
                     if run:
                         batch.append(Chunk(events=run) if len(run) > 1 else Chunk(raw=run[0]))
                         run = []
@@ -172,16 +173,17 @@ class OpenAIBackend(HttpBackend):
         return BackendError(f"upstream {self.name} sent an invalid stream event", code="upstream_bad_response")
 
     def _chunk(self, data: bytes) -> Chunk:
-        """One event, parsed here only when its bytes name usage or an error (the rest is parsed on first use:
-        the text of the first token, or when a guard or the cache reads it). An event that is not even shaped
-        like a JSON object (cut, garbled) fails here, before it is forwarded; one that is shaped like one but
-        does not parse fails where it is first parsed."""
-        if not _names_usage_or_error(data):
+        """One event, parsed here only when its bytes name usage or an error, or hold enough brackets to nest
+        past `jsonload.MAX_DEPTH` (the rest is parsed on first use: the text of the first token, or when a guard
+        or the cache reads it). An event that is not even shaped like a JSON object (cut, garbled) or nests too
+        deep fails here, before it is forwarded; one that is shaped like one but does not parse fails where it
+        is first parsed."""
+        if not _names_usage_or_error(data) and not jsonload.may_nest(data):
             if not (data.startswith(b"{") and data.endswith(b"}")):
                 raise self._invalid_event()
             return Chunk(raw=data)
         try:
-            payload = orjson.loads(data)
+            payload = jsonload.loads(data)  # nested past jsonload.MAX_DEPTH: not forwarded, like invalid JSON
         except orjson.JSONDecodeError as exc:
             raise self._invalid_event() from exc
         if not isinstance(payload, dict):

@@ -17,6 +17,7 @@ import pytest
 from tests.faults.conftest import FaultUpstream, fault_upstream
 from tests.security.conftest import Served, ServeFactory
 from tests.security.test_edge_contract import anthropic_shaped, openai_shaped
+from tests.security.upstream import Script, recording_upstream, upstream_config
 from tests.security.waiting import wait_for
 
 __all__ = ["fault_upstream"]  # the module-scoped fixture, shared with the fault matrix
@@ -137,3 +138,17 @@ def test_an_answer_nested_past_the_bound_is_an_upstream_error(gw: Served) -> Non
         wait_for(lambda: any(row.request_id == request_id for row in gw.rows()), "the request's row")  # noqa: B023
         (row,) = [row for row in gw.rows() if row.request_id == request_id]
         assert (row.status, row.http_status, row.error_code) == ("upstream_error", 502, "upstream_bad_response")
+
+
+def test_tool_arguments_nested_past_the_bound_are_kept_whole_in_a_messages_answer(served: ServeFactory) -> None:
+    """/v1/messages turns a tool call's arguments (a string) into a tool_use block's `input` object: arguments
+    nested 300 levels deep parsed (orjson allows 1,024) and the answer failed where it was written (a 500).
+    Now they are kept whole as a string, like arguments that are not a JSON object."""
+    deep = '{"a":' * 300 + "1" + "}" * 300
+    body = {"model": "up", "max_tokens": 16, "messages": [{"role": "user", "content": "send it"}]}
+    script = Script(tool_arguments=[deep])
+    with recording_upstream(script) as upstream, served(upstream_config(upstream)) as gw, gw.client() as client:
+        answer = client.post("/v1/messages", json=body)
+    assert answer.status_code == 200, answer.text[:300]
+    (block,) = [b for b in answer.json()["content"] if b["type"] == "tool_use"]
+    assert block["input"] == {"arguments": deep}

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from margin.api.edge import BODY_METHODS, FORM_PATHS
 from margin.jsonload import MAX_DEPTH
+from tests.backends.anthropic_upstream import anthropic_upstream
 from tests.security.conftest import FAKE_CONFIG, Served, serving_in
 from tests.security.test_edge_contract import anthropic_shaped, openai_shaped
 
@@ -285,3 +286,22 @@ def test_afterwards_the_gateway_answers_and_no_refused_body_left_a_ledger_row(at
     leaked = {(r.endpoint, r.http_status, r.error_code) for r in rows if r.request_id in attack.refused}
     assert not leaked, sorted(leaked)
     print("statuses", sorted(attack.statuses.items()))
+
+
+def test_tool_call_arguments_nested_past_the_bound_are_400_for_an_anthropic_backend(tmp_path: Path) -> None:
+    """A chat request's tool call arguments are a string, so the edge's bound does not see into them; an
+    anthropic backend parses them into a tool_use `input`. 300 levels parsed and failed where the upstream
+    request was written: a 502 `backend_exception` (the backend blamed for the caller's body)."""
+    deep = '{"a":' * 300 + "1" + "}" * 300
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": deep}}
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    messages.append({"role": "tool", "tool_call_id": "c1", "content": "ok"})
+    with anthropic_upstream() as upstream, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MARGIN_TEST_ANTHROPIC_KEY", "sk-ant-test-not-a-real-key")
+        claude = {"kind": "anthropic", "base_url": upstream.url, "api_key_env": "MARGIN_TEST_ANTHROPIC_KEY"}
+        config = {"backends": {"claude": claude}, "models": {"claude-haiku-4-5": {"backend": "claude"}}}
+        with serving_in(tmp_path)(config) as gw, gw.client() as client:
+            body = {"model": "claude-haiku-4-5", "messages": messages, "max_tokens": 5}
+            refused = client.post("/v1/chat/completions", json=body)
+    assert refused.status_code == 400 and openai_shaped(refused.json()), refused.text[:300]
+    assert refused.json()["error"]["param"] == "messages[1].tool_calls[0]"

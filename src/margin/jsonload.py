@@ -28,6 +28,7 @@ UNTRACKED_FROM_BYTES = 64 * 1024  # smaller documents hold too few containers fo
 # (a batch line's body, a translated answer) and still be written. Real documents stay far below it: OpenAI's
 # structured outputs allow 5 levels of schema nesting (10 on newer models), about 25 levels of JSON in a body.
 MAX_DEPTH = 128
+MIN_DEEP_BYTES = 2 * MAX_DEPTH + 2  # the fewest bytes of a document nested past MAX_DEPTH: its brackets alone
 
 
 class TooDeep(orjson.JSONDecodeError):

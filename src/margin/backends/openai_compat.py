@@ -20,6 +20,7 @@ from margin.backends.deadline import StreamDeadline
 from margin.backends.http_upstream import HttpBackend, Lines, event_data
 from margin.backends.upstream_errors import log_upstream, upstream_message
 from margin.errors import BackendError
+from margin.jsonload import MIN_DEEP_BYTES
 from margin.protocol import FORWARDED, Endpoint
 from margin.types import Call, Chunk, Completion, Usage, choices_text
 
@@ -152,7 +153,8 @@ class OpenAIBackend(HttpBackend):
             for event in events:
                 if event == b"[DONE]":
                     return True
-                if first or _names_usage_or_error(event) or jsonload.may_nest(event):
+                # `len` first: a stream's events are mostly too short to nest that deep, and this runs for each
+                if first or _names_usage_or_error(event) or (len(event) >= MIN_DEEP_BYTES and jsonload.may_nest(event)):
                     if run:
                         batch.append(Chunk(events=run) if len(run) > 1 else Chunk(raw=run[0]))
                         run = []
@@ -178,7 +180,7 @@ class OpenAIBackend(HttpBackend):
         or the cache reads it). An event that is not even shaped like a JSON object (cut, garbled) or nests too
         deep fails here, before it is forwarded; one that is shaped like one but does not parse fails where it
         is first parsed."""
-        if not _names_usage_or_error(data) and not jsonload.may_nest(data):
+        if not _names_usage_or_error(data) and not (len(data) >= MIN_DEEP_BYTES and jsonload.may_nest(data)):
             if not (data.startswith(b"{") and data.endswith(b"}")):
                 raise self._invalid_event()
             return Chunk(raw=data)

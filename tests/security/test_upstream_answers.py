@@ -120,8 +120,9 @@ def test_inflated_usage_is_held_at_what_the_request_could_use(gw: Served, stream
 def test_an_answer_nested_past_the_bound_is_an_upstream_error(gw: Served) -> None:
     """A value nested 300 levels deep in the answer's top level, message (delta) and usage (orjson parses up
     to 1,024 levels but writes 254): chat passed it to the caller as it came (JSON and SSE), a translation
-    dropped it, or failed where it copied it. Now each is a 502 in the endpoint's error shape, before any event
-    is sent, and the row is an upstream error. One gateway for the six cases."""
+    dropped it (a later one that copied it would have failed where it wrote it). Now each is a 502 in the
+    endpoint's error shape, before any event is sent, and the row is an upstream error. One gateway for the
+    six cases."""
     for path, stream in itertools.product([CHAT, "/v1/responses", "/v1/messages"], [False, True]):
         # two backends: six upstream errors in a row on one would open its circuit
         body: dict[str, Any] = {"model": "deep,depth=200" if path == "/v1/messages" else "deep", "stream": stream}

@@ -33,6 +33,8 @@ any name (requests are counted per `<mode>/<tag>`, see `GET /stats`) and `mode` 
     empty                       streams: headers, then `data: [DONE]` and no event (JSON: a normal answer)
     cached                      usage whose cached_tokens (10^6) exceed its prompt_tokens (5), JSON and SSE
     inflated                    usage of 10^9 prompt and 10^9 completion tokens for a 3-word answer, JSON and SSE
+    deep,depth=N                an answer with a value nested N levels deep (default 300, past what orjson
+                                writes) in its top level, its message (delta) and its usage, JSON and SSE
     any of them with times=N    the fault for the first N requests of that path only, then normal answers
 
 `/dyn/<tag>/v1` answers in the mode last set with `POST /mode/<tag>` (body: the mode string). A refused
@@ -118,19 +120,33 @@ INFLATED_USAGE = {"prompt_tokens": 10**9, "completion_tokens": 10**9, "total_tok
 ERROR_BODY = {"error": {"message": "quota of sk-upstream-SECRET exceeded", "type": "x", "code": "insufficient_quota"}}
 
 
-def answer(body: dict[str, Any], usage: dict[str, Any] = USAGE) -> bytes:
-    message = {"role": "assistant", "content": "a b c"}
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _with(value: dict[str, Any], nested: Any) -> dict[str, Any]:
+    """`value` with a key `x` of `nested` (None: as it is)."""
+    return value if nested is None else {**value, "x": nested}
+
+
+def answer(body: dict[str, Any], usage: dict[str, Any] = USAGE, nested: Any = None) -> bytes:
+    message = _with({"role": "assistant", "content": "a b c"}, nested)
     choice = {"index": 0, "message": message, "finish_reason": "stop"}
-    payload = {"id": "f-1", "object": "chat.completion", "created": 0, "model": body.get("model"), "usage": usage}
+    payload = {"id": "f-1", "object": "chat.completion", "created": 0, "model": body.get("model")}
+    payload = _with({**payload, "usage": _with(usage, nested)}, nested)
     return json.dumps({**payload, "choices": [choice]}).encode()
 
 
-def events(body: dict[str, Any], usage: dict[str, Any] = USAGE) -> list[bytes]:
-    base = {"id": "f-1", "object": "chat.completion.chunk", "created": 0, "model": body.get("model")}
-    out = [{**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]} for word in "abc"]
+def events(body: dict[str, Any], usage: dict[str, Any] = USAGE, nested: Any = None) -> list[bytes]:
+    base = _with({"id": "f-1", "object": "chat.completion.chunk", "created": 0, "model": body.get("model")}, nested)
+    delta = [_with({"content": word}, nested) for word in "abc"]
+    out = [{**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in delta]
     out.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
     if (body.get("stream_options") or {}).get("include_usage"):
-        out.append({**base, "choices": [], "usage": usage})
+        out.append({**base, "choices": [], "usage": _with(usage, nested)})
     return [b"data: " + json.dumps(e).encode() + b"\n\n" for e in out] + [b"data: [DONE]\n\n"]
 
 
@@ -214,9 +230,10 @@ def _hostile(mode: Mode, body: dict[str, Any], stream: bool, writer: asyncio.Str
         writer.write(_head(200, "application/json", length=len(data)) + data)
     elif mode.name == "empty" and stream:
         writer.write(_head(200, "text/event-stream") + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
-    elif mode.name in ("cached", "inflated"):
-        usage = CACHED_USAGE if mode.name == "cached" else INFLATED_USAGE
-        data = b"".join(events(body, usage)) if stream else answer(body, usage)
+    elif mode.name in ("cached", "inflated", "deep"):
+        usage = CACHED_USAGE if mode.name == "cached" else INFLATED_USAGE if mode.name == "inflated" else USAGE
+        nested = _nested(int(mode.number("depth", 300))) if mode.name == "deep" else None
+        data = b"".join(events(body, usage, nested)) if stream else answer(body, usage, nested)
         writer.write(_head(200, "text/event-stream" if stream else "application/json", length=len(data)) + data)
     else:
         return False

@@ -55,3 +55,32 @@ def test_a_gc_switched_off_by_someone_else_stays_off() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        "[" * 129 + "]" * 129,
+        '{"a":' * 129 + "1" + "}" * 129,
+        '{"a":[' * 65 + "null" + "]}" * 65,
+        '{"messages":[{"content":' + "[" * 127 + "]" * 127 + "}]}",  # 3 + 127 levels, deep in a body
+        "[" * 1000 + "]" * 1000,  # parses (orjson allows 1,024), but orjson writes no more than 254
+    ],
+)
+def test_a_document_nested_past_the_bound_is_too_deep_for_bytes_and_str(document: str) -> None:
+    for data in (document, document.encode(), memoryview(document.encode())):
+        with pytest.raises(jsonload.TooDeep) as raised:
+            jsonload.loads(data)
+        assert isinstance(raised.value, orjson.JSONDecodeError)  # callers that refuse bad JSON refuse it too
+        assert str(raised.value) == "it nests deeper than 128 levels of arrays and objects"
+
+
+def test_the_bound_itself_and_wide_documents_parse() -> None:
+    at_bound = "[" * jsonload.MAX_DEPTH + "]" * jsonload.MAX_DEPTH
+    assert jsonload.loads(at_bound) == orjson.loads(at_bound)
+    assert orjson.dumps({"line": {"body": jsonload.loads(at_bound)}})  # wrapped, it is still written
+    wide = b"[" + b",".join([b'{"a":[{"b":[]}]}'] * 10_000) + b"]"  # 40,000 brackets, four levels
+    assert len(jsonload.loads(wide)) == 10_000
+    assert jsonload.loads("[" * 300 + "]" * 300, max_depth=None) is not None  # a caller that checks it itself
+    assert jsonload.too_deep(b"[[[]]]", [[[]]], 2) and not jsonload.too_deep(b"[[[]]]", [[[]]], 3)
+    assert not jsonload.too_deep(b"[[]]", [[[]]], 2)  # too few brackets in the bytes: the value is not walked

@@ -173,8 +173,9 @@ DEEP = (
 
 
 def test_a_body_nested_past_what_can_be_stored_is_a_line_error() -> None:
-    """300 levels parse (the limit is 1,024) but orjson writes at most 255: the line used to raise out of the
-    validation, which then started over every poll, forever, and the job never left `validating`."""
+    """300 levels parse (orjson's limit is 1,024) but orjson writes at most 254: the line used to raise out of
+    the validation, which then started over every poll, forever, and the job never left `validating`. Now it
+    is refused past 128 levels, as the API's edge refuses such a body."""
     lines, errors = validate(jsonl(line("ok"), DEEP), "/v1/chat/completions", lambda m: True)
     assert [x.custom_id for x in lines] == ["ok"]
     assert [(e.line, e.custom_id, e.code) for e in errors] == [(2, "deep", "invalid_body")]

@@ -120,3 +120,19 @@ def test_streamed_tool_call_arguments_are_redacted(served: ServeFactory) -> None
     call = whole["choices"][0]["message"]["tool_calls"][0]
     assert json.loads(call["function"]["arguments"]) == {"to": "<EMAIL_1>", "note": "call <PHONE_1>"}
     assert len(gw.rows()) == 2
+
+
+def test_tool_arguments_nested_past_the_bound_are_redacted_as_one_text(served: ServeFactory) -> None:
+    """The guard decodes tool-call arguments (a JSON string) to redact the strings inside and encodes them
+    again: arguments nested 300 levels deep (orjson reads 1,024, writes 254; the walk recursed in Python) were
+    a 500. Past the bound the arguments are redacted as one text, like arguments that are not JSON."""
+    arguments = '{"a":' * 300 + json.dumps(EMAIL) + "}" * 300
+    body = everywhere()
+    body["messages"][1]["tool_calls"][0]["function"]["arguments"] = arguments
+    with (
+        recording_upstream() as upstream,
+        served(upstream_config(upstream), keys={"k": ["--team", "t", *REDACT]}) as gw,
+    ):
+        post(gw, gw.keys["k"], body)
+    sent = upstream.last["messages"][1]["tool_calls"][0]["function"]["arguments"]
+    assert EMAIL not in sent and sent.startswith('{"a":' * 300), sent[-200:]

@@ -7,6 +7,7 @@ budget ($-0.9 a request at these prices; $-900 with 10^9 cached tokens)."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -15,6 +16,8 @@ import pytest
 
 from tests.faults.conftest import FaultUpstream, fault_upstream
 from tests.security.conftest import Served, ServeFactory
+from tests.security.test_edge_contract import anthropic_shaped, openai_shaped
+from tests.security.upstream import Script, recording_upstream, upstream_config
 from tests.security.waiting import wait_for
 
 __all__ = ["fault_upstream"]  # the module-scoped fixture, shared with the fault matrix
@@ -22,7 +25,7 @@ __all__ = ["fault_upstream"]  # the module-scoped fixture, shared with the fault
 CHAT = "/v1/chat/completions"
 PRICE = {"input": "1", "output": "1", "cached_input": "0.1"}  # $/1M tokens: cached tokens are cheaper
 BUDGET = {"name": "all", "scope": {"kind": "global"}, "usd": "100", "period": "day"}
-MODES = ["redirect,code=307", "redirect,code=302", "errorbody", "empty", "cached", "inflated"]
+MODES = ["redirect,code=307", "redirect,code=302", "errorbody", "empty", "cached", "inflated", "deep", "deep,depth=200"]
 
 
 @pytest.fixture
@@ -112,3 +115,41 @@ def test_inflated_usage_is_held_at_what_the_request_could_use(gw: Served, stream
     assert Decimal(cost) == Decimal(row.cost_nanousd) / 10**9  # what the caller is told is what is charged
     wait_for(lambda: spent(gw) - before == Decimal(row.cost_nanousd) / 10**9, "the settlement")
     assert spent(gw) < Decimal(1)
+
+
+def test_an_answer_nested_past_the_bound_is_an_upstream_error(gw: Served) -> None:
+    """A value nested 300 levels deep in the answer's top level, message (delta) and usage (orjson parses up
+    to 1,024 levels but writes 254): chat passed it to the caller as it came (JSON and SSE), a translation
+    dropped it (a later one that copied it would have failed where it wrote it). Now each is a 502 in the
+    endpoint's error shape, before any event is sent, and the row is an upstream error. One gateway for the
+    six cases."""
+    for path, stream in itertools.product([CHAT, "/v1/responses", "/v1/messages"], [False, True]):
+        # two backends: six upstream errors in a row on one would open its circuit
+        body: dict[str, Any] = {"model": "deep,depth=200" if path == "/v1/messages" else "deep", "stream": stream}
+        if path == "/v1/responses":
+            body["input"] = "my private prompt"
+        else:
+            body |= {"messages": [{"role": "user", "content": "my private prompt"}], "max_tokens": 16}
+        with gw.client(gw.keys["k"], timeout=15) as client:
+            answer = client.post(path, json=body)
+        assert answer.status_code == 502 and "[[[" not in answer.text, (path, stream, answer.text[:300])
+        shaped = anthropic_shaped if path == "/v1/messages" else openai_shaped
+        assert shaped(answer.json()), answer.text[:300]
+        request_id = answer.headers["x-margin-request-id"]
+        wait_for(lambda: any(row.request_id == request_id for row in gw.rows()), "the request's row")  # noqa: B023
+        (row,) = [row for row in gw.rows() if row.request_id == request_id]
+        assert (row.status, row.http_status, row.error_code) == ("upstream_error", 502, "upstream_bad_response")
+
+
+def test_tool_arguments_nested_past_the_bound_are_kept_whole_in_a_messages_answer(served: ServeFactory) -> None:
+    """/v1/messages turns a tool call's arguments (a string) into a tool_use block's `input` object: arguments
+    nested 300 levels deep parsed (orjson allows 1,024) and the answer failed where it was written (a 500).
+    Now they are kept whole as a string, like arguments that are not a JSON object."""
+    deep = '{"a":' * 300 + "1" + "}" * 300
+    body = {"model": "up", "max_tokens": 16, "messages": [{"role": "user", "content": "send it"}]}
+    script = Script(tool_arguments=[deep])
+    with recording_upstream(script) as upstream, served(upstream_config(upstream)) as gw, gw.client() as client:
+        answer = client.post("/v1/messages", json=body)
+    assert answer.status_code == 200, answer.text[:300]
+    (block,) = [b for b in answer.json()["content"] if b["type"] == "tool_use"]
+    assert block["input"] == {"arguments": deep}

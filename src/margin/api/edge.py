@@ -10,6 +10,8 @@
   a Bearer key (never a cookie, so a cross-site form cannot use a browser's session) before reading the body.
 - One body reader with a limit for every route: a declared Content-Length over the limit is refused before
   reading, a chunked body is counted as it arrives and refused as soon as it passes the limit.
+- One JSON parser for every route's body (`parse_json`): a body nested deeper than `jsonload.MAX_DEPTH` levels
+  is refused (400) before it is validated.
 """
 
 from __future__ import annotations
@@ -122,6 +124,11 @@ def parse_json(body: bytes) -> Any:
         raise InvalidRequest("the request body is empty; send a JSON object")
     try:
         return jsonload.loads(body)
+    except jsonload.TooDeep as exc:  # before validation, the backend or the ledger: margin could not write it back
+        raise InvalidRequest(
+            f"the request body nests deeper than {exc.limit} levels of arrays and objects, the limit",
+            code="too_deeply_nested",
+        ) from exc
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
 

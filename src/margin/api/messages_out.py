@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from margin import jsonload
 from margin.api.responses_out import usage_of as responses_usage
 from margin.messages import MessagesRequest
 from margin.types import choices_of
@@ -64,7 +65,7 @@ def tool_input(arguments: Any) -> dict[str, Any]:
     if not isinstance(arguments, str) or not arguments.strip():
         return {}
     try:
-        parsed = orjson.loads(arguments)
+        parsed = jsonload.loads(arguments)  # past jsonload.MAX_DEPTH: kept whole (orjson could not write it)
     except orjson.JSONDecodeError:
         return {"arguments": arguments}
     return parsed if isinstance(parsed, dict) else {"arguments": arguments}

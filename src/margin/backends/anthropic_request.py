@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from margin import jsonload
 from margin.errors import InvalidRequest
 from margin.protocol import ChatCompletionRequest, ChatMessage, ThinkingBlock
 
@@ -277,7 +278,7 @@ def _tool_uses(calls: Any, index: int) -> list[dict[str, Any]]:
         if not isinstance(call_id, str) or not isinstance(name, str) or not isinstance(arguments, str):
             raise InvalidRequest(f"{where}: id, function.name and function.arguments must be strings", param=where)
         try:
-            parsed = orjson.loads(arguments) if arguments else {}
+            parsed = jsonload.loads(arguments) if arguments else {}  # past jsonload.MAX_DEPTH: refused (400)
         except orjson.JSONDecodeError as exc:
             raise InvalidRequest(f"{where}: function.arguments must be a JSON object", param=where) from exc
         if not isinstance(parsed, dict):

@@ -210,6 +210,8 @@ class HttpBackend:
             raise BackendTimeout(f"upstream {self.name} timed out") from exc
         try:
             payload = jsonload.loads(content)
+        except jsonload.TooDeep as exc:  # it would fail where margin writes it again (a translation, the cache)
+            raise BackendError(f"upstream {self.name} sent JSON that {exc}", code="upstream_bad_response") from exc
         except orjson.JSONDecodeError as exc:
             raise BackendError(f"upstream {self.name} sent invalid JSON", code="upstream_bad_response") from exc
         if not isinstance(payload, dict):

@@ -15,11 +15,13 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from margin import jsonload
 from margin.backend_config import OpenAIBackendConfig
 from margin.backends.deadline import StreamDeadline
 from margin.backends.http_upstream import HttpBackend, Lines, event_data
 from margin.backends.upstream_errors import log_upstream, upstream_message
 from margin.errors import BackendError
+from margin.jsonload import MIN_DEEP_BYTES
 from margin.protocol import FORWARDED, Endpoint, without_thinking
 from margin.types import Call, Chunk, Completion, Usage, choices_text
 
@@ -154,7 +156,8 @@ class OpenAIBackend(HttpBackend):
             for event in events:
                 if event == b"[DONE]":
                     return True
-                if first or _names_usage_or_error(event):
+                # `len` first: a stream's events are mostly too short to nest that deep, and this runs for each
+                if first or _names_usage_or_error(event) or (len(event) >= MIN_DEEP_BYTES and jsonload.may_nest(event)):
                     if run:
                         batch.append(Chunk(events=run) if len(run) > 1 else Chunk(raw=run[0]))
                         run = []
@@ -175,16 +178,17 @@ class OpenAIBackend(HttpBackend):
         return BackendError(f"upstream {self.name} sent an invalid stream event", code="upstream_bad_response")
 
     def _chunk(self, data: bytes) -> Chunk:
-        """One event, parsed here only when its bytes name usage or an error (the rest is parsed on first use:
-        the text of the first token, or when a guard or the cache reads it). An event that is not even shaped
-        like a JSON object (cut, garbled) fails here, before it is forwarded; one that is shaped like one but
-        does not parse fails where it is first parsed."""
-        if not _names_usage_or_error(data):
+        """One event, parsed here only when its bytes name usage or an error, or hold enough brackets to nest
+        past `jsonload.MAX_DEPTH` (the rest is parsed on first use: the text of the first token, or when a guard
+        or the cache reads it). An event that is not even shaped like a JSON object (cut, garbled) or nests too
+        deep fails here, before it is forwarded; one that is shaped like one but does not parse fails where it
+        is first parsed."""
+        if not _names_usage_or_error(data) and not (len(data) >= MIN_DEEP_BYTES and jsonload.may_nest(data)):
             if not (data.startswith(b"{") and data.endswith(b"}")):
                 raise self._invalid_event()
             return Chunk(raw=data)
         try:
-            payload = orjson.loads(data)
+            payload = jsonload.loads(data)  # nested past jsonload.MAX_DEPTH: not forwarded, like invalid JSON
         except orjson.JSONDecodeError as exc:
             raise self._invalid_event() from exc
         if not isinstance(payload, dict):

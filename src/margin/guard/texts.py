@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from margin import jsonload
 from margin.types import choices_of
 
 Visit = Callable[[str, str], str]  # (where, text) -> text; where is a message role, or FIELD
@@ -67,7 +68,7 @@ def _arguments(value: Any, visit: Visit) -> Any:
     if not isinstance(value, str):
         return _all_strings(value, visit)
     try:
-        decoded = orjson.loads(value)
+        decoded = jsonload.loads(value)  # nested past jsonload.MAX_DEPTH: visited as one text, like non-JSON
     except orjson.JSONDecodeError:
         return visit(FIELD, value)
     if isinstance(decoded, str):

@@ -84,3 +84,34 @@ def test_the_bound_itself_and_wide_documents_parse() -> None:
     assert jsonload.loads("[" * 300 + "]" * 300, max_depth=None) is not None  # a caller that checks it itself
     assert jsonload.too_deep(b"[[[]]]", [[[]]], 2) and not jsonload.too_deep(b"[[[]]]", [[[]]], 3)
     assert not jsonload.too_deep(b"[[]]", [[[]]], 2)  # too few brackets in the bytes: the value is not walked
+
+
+def _nested(levels: int, seed: int) -> Any:
+    """A value `levels` deep whose levels mix lists and objects, each beside shallower siblings."""
+    value: Any = "leaf" if seed % 2 else 1
+    for level in range(levels):
+        value = [[], {"s": 1}, value] if (level + seed) % 3 else {"x": value, "y": [1, {"z": []}]}
+    return value
+
+
+@pytest.mark.parametrize("depth", [1, 2, 64, 128, 200, 254])
+def test_the_write_check_agrees_with_walking_the_value(depth: int) -> None:
+    """`nests_deeper` (one orjson write inside lists) says what walking the value level by level says, at
+    every depth around the bound, for values of mixed lists and objects."""
+    for levels in {0, 1, depth - 1, depth, depth + 1, depth + 5}:
+        for seed in range(3):
+            value = _nested(max(levels, 0), seed)
+            if levels > 254:
+                continue  # orjson would not write the value itself; loads never gives one this deep past 1,024
+            assert jsonload.nests_deeper(value, depth) == jsonload._walk_deeper(value, depth), (levels, seed)
+
+
+def test_a_deep_event_from_an_anthropic_stream_is_an_invalid_event() -> None:
+    from margin.backends.anthropic import _parsed
+    from margin.errors import BackendError
+
+    deep = b'{"type":"content_block_delta","index":0,"delta":{"x":' + b"[" * 200 + b"]" * 200 + b"}}"
+    with pytest.raises(BackendError) as raised:
+        _parsed(deep, "claude")
+    assert raised.value.code == "upstream_bad_response"
+    assert _parsed(deep.replace(b"[" * 200 + b"]" * 200, b"[]"), "claude")["delta"] == {"x": []}

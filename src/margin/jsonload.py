@@ -13,8 +13,9 @@ Nesting is bounded too, at `MAX_DEPTH` levels: orjson parses up to 1,024 but wri
 document parsed here would fail later, where margin writes it again (a 500 for a request body, a broken
 ledger row or cache entry for an answer). A document nested deeper raises `TooDeep`, a `JSONDecodeError`, so
 a caller that already refuses invalid JSON refuses it too. The check costs nothing for most documents: only
-one with at least `MAX_DEPTH` opening brackets (`bytes.count`, C speed) can be that deep, and only such a one
-has its parsed value walked (iteratively: no Python recursion)."""
+one with more than `MAX_DEPTH` opening brackets (`bytes.count`, C speed) can be that deep, and only such a one
+is checked, by writing it again inside enough lists to pass orjson's write limit only if it nests too deep
+(`nests_deeper`: C speed, no Python recursion)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ UNTRACKED_FROM_BYTES = 64 * 1024  # smaller documents hold too few containers fo
 # structured outputs allow 5 levels of schema nesting (10 on newer models), about 25 levels of JSON in a body.
 MAX_DEPTH = 128
 MIN_DEEP_BYTES = 2 * MAX_DEPTH + 2  # the fewest bytes of a document nested past MAX_DEPTH: its brackets alone
+WRITE_LIMIT = 254  # the most levels orjson writes ("Recursion limit reached" past it)
 
 
 class TooDeep(orjson.JSONDecodeError):
@@ -70,11 +72,28 @@ def may_nest(data: bytes | bytearray | memoryview | str, depth: int = MAX_DEPTH)
 def too_deep(data: bytes | bytearray | memoryview | str, value: Any, depth: int = MAX_DEPTH) -> bool:
     """Whether `value`, parsed from `data` (or from a part of it), nests more than `depth` levels: walked only
     when `data` `may_nest` that deep."""
-    return may_nest(data, depth) and nests_deeper(value, depth)
+    return len(data) >= 2 * depth + 2 and may_nest(data, depth) and nests_deeper(value, depth)
 
 
 def nests_deeper(value: Any, depth: int) -> bool:
-    """Whether `value` (parsed JSON) nests more than `depth` arrays and objects, one level at a time."""
+    """Whether `value` (parsed JSON) nests more than `depth` arrays and objects. orjson writes at most
+    `WRITE_LIMIT` levels: `value` inside `WRITE_LIMIT - depth` lists is written only if it nests at most `depth`.
+    One write at C speed: walking the value in Python cost 15-50× as much (a 300 KB Messages body of 3,000
+    containers: 0.09 ms written, 1.3 ms walked, 0.45 ms to parse; a million empty arrays: 7.5 ms written, 352 ms
+    walked)."""
+    wrapped = value
+    for _ in range(WRITE_LIMIT - min(depth, WRITE_LIMIT)):
+        wrapped = [wrapped]
+    try:
+        orjson.dumps(wrapped)
+    except orjson.JSONEncodeError as exc:
+        if "Recursion" in str(exc):
+            return True
+        return _walk_deeper(value, depth)  # not a value orjson parsed (an int past 64 bits): walked instead
+    return False
+
+
+def _walk_deeper(value: Any, depth: int) -> bool:
     level = [value] if isinstance(value, (dict, list)) else []
     for _ in range(depth):
         inner: list[Any] = []

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from margin import jsonload
 from margin.backend_config import AnthropicBackendConfig
 from margin.backends.anthropic_request import dropped, messages_body
 from margin.backends.anthropic_response import Translator, bad_response, completion
@@ -118,6 +119,6 @@ class AnthropicBackend(HttpBackend):
 
 def _parsed(event: bytes, backend: str) -> Any:
     try:
-        return orjson.loads(event)
+        return jsonload.loads(event)  # nested past jsonload.MAX_DEPTH: an invalid event, as for openai backends
     except orjson.JSONDecodeError as exc:
         raise bad_response(backend, "an invalid stream event") from exc

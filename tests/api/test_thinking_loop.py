@@ -248,3 +248,31 @@ def test_too_many_thinking_blocks_through_messages_are_a_400(live: Live) -> None
     with pytest.raises(anthropic.BadRequestError) as caught:
         live.messages.messages.create(model=MODEL, max_tokens=64, messages=[*ASK, turn, ASK[0]])
     assert "thinking_blocks" in str(caught.value)
+
+
+@pytest.mark.parametrize("pii", ["block", "redact"])
+def test_the_pii_guard_sends_thinking_blocks_back_unchanged(live: Live, pii: str) -> None:
+    """A key whose policy blocks or redacts PII: the thinking blocks of turn 1 are the backend's own signed
+    output, so the guard neither reads a signature as a secret (a refusal) nor rewrites the signed text (which
+    Anthropic would refuse): the upstream receives them byte for byte. Before, `block` refused every such turn
+    (400 pii_detected: the signature looked like a secret) and `redact` rewrote signature and text."""
+    import base64
+
+    from margin import keys
+    from margin.ledger import db as ledger_db
+
+    engine = ledger_db.make_sync_engine(f"sqlite:///{live.db}")
+    try:
+        _, key = keys.create_key(engine, keys.NewKey(f"guarded-{pii}", "t", {}, None, False, {"pii": pii}))
+    finally:
+        engine.dispose()
+    signature = base64.b64encode(bytes(range(7, 256)) * 2).decode()  # as Anthropic's: long, random-looking base64
+    blocks = [{"type": "thinking", "thinking": "They wrote from jane.doe@example.com; look it up.",
+               "signature": signature}]  # fmt: skip
+    call = {"id": "toolu_01A", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"P"}'}}
+    turn_1 = {"role": "assistant", "content": "Let me look.", "tool_calls": [call], "thinking_blocks": blocks}
+    asked: Any = [*ASK, turn_1, {"role": "tool", "tool_call_id": "toolu_01A", "content": "sunny, 21 C"}]
+    with openai.OpenAI(base_url=live.url + "/v1", api_key=key, max_retries=0) as client:
+        answer = client.chat.completions.create(model=MODEL, messages=asked, reasoning_effort="low", max_tokens=4000)
+    assert answer.choices[0].message.content  # not refused by the guard
+    assert _sent_back(live)[0] == blocks[0]  # text and signature byte for byte

@@ -122,8 +122,8 @@ def _message(message: Any, visit: Visit) -> Any:
     role = str(message.get("role", ""))
     new: dict[str, Any] = {}
     for key, value in message.items():
-        if key in ("role", "tool_call_id"):
-            new[key] = value
+        if key in ("role", "tool_call_id", "thinking_blocks"):  # thinking: the backend's own signed output, sent
+            new[key] = value  # back unchanged (a rewritten block fails its signature; a forged one is refused)
         elif key == "content":
             new[key] = _content(role, value, visit)
         elif key in ("tool_calls", "function_call"):

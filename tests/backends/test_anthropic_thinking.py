@@ -154,3 +154,31 @@ def test_messages_stream_thinking_then_signature_then_a_redacted_block_in_anthro
         ("content_block_stop", 1, None), ("content_block_start", 2, "text"),
     ]  # fmt: skip
     assert got[4][1]["delta"]["signature"] == SIGNATURE and got[6][1]["content_block"] == THOUGHTS[1]
+
+
+def test_a_later_signature_delta_replaces_an_earlier_one() -> None:
+    """As Anthropic's SDKs rebuild a block (the signature is set, not appended): two signature deltas leave the
+    last one."""
+    translator = Translator(_call(stream=True), "claude")
+    start = {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}}
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    steps = [
+        next(events(body)),  # message_start
+        start,
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "hm"}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "first"}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "second"}},
+        {"type": "content_block_stop", "index": 0},
+    ]
+    chunks = [chunk for step in steps for chunk in translator.event(step)]
+    (block,) = chunks[-1].payload["choices"][0]["delta"]["thinking_blocks"]
+    assert block == {"type": "thinking", "thinking": "hm", "signature": "second"}
+
+
+def test_thinking_blocks_none_of_which_is_whole_leave_the_reasoning_text_to_messages() -> None:
+    """An upstream's `thinking_blocks` without a usable block (a LiteLLM upstream's signature None): the
+    Messages answer's thinking comes from `reasoning_content`, not nowhere."""
+    request = parse_messages({"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+    broken = [{"type": "thinking", "thinking": "why", "signature": None}]
+    chat = {"choices": [{"message": {"content": "hi", "reasoning_content": "why", "thinking_blocks": broken}}]}
+    assert from_chat(chat, request, "r")["content"][0] == {"type": "thinking", "thinking": "why", "signature": ""}

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, get_args
 from unittest import mock
 
+import sqlalchemy as sa
 from redis import asyncio as aioredis
 
 from margin.governance.admission import counter_name, window
@@ -102,3 +103,24 @@ async def test_redis_losing_a_user_counter_rebuilds_it_from_the_ledger(db_path: 
             assert keys and not any("alice" in key or "bob" in key for key in keys)
         finally:
             await client.aclose()
+
+
+async def test_reading_budgets_reconciles_within_room_and_never_fails_on_the_ledger(db_path: Path) -> None:
+    """`Governance.reconcile` (what `/admin/budgets` and the gauges call): a per-org budget over 20 orgs with
+    `max_budget_counters: 10` reconciles 9 counters and leaves a tenth of the places to requests; with the ledger
+    unreadable it reconciles nothing and raises nothing (the read shows the counters as the store has them)."""
+    per_org = {"name": "per-team", "scope": {"kind": "team", "value": "t"}, "usd": "5", "period": "day"}
+    async with gateway(settings(db_path, budgets=[per_org], admission={"max_budget_counters": 10})) as gw:
+        governance, now = gw.services.governance, datetime.now(UTC)
+        budget = governance.rules.budgets[0]
+        await governance.reconcile([(budget, Part(f"org-{n}")) for n in range(20)], now)
+        assert len(governance._known) == 9
+        assert (await gw.http.post(CHAT, json=body())).status_code == 200  # a request still finds its place
+        governance._known.clear()
+        down = sa.exc.OperationalError("SELECT", {}, Exception("the ledger is down"))
+        with (
+            mock.patch("margin.governance.service.ledger_spent", side_effect=down),
+            mock.patch("margin.governance.service.ledger_recorded", return_value={}),
+        ):
+            await governance.reconcile([(budget, Part("org-0"))], now)  # no exception
+        assert governance._known == {}

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -65,8 +65,8 @@ def endpoint(
                 await audit_api.attempt(request, principal, _attempt(request, action, "failed", exc))
             return error_response(exc, request_id)
         except Exception as exc:
-            if not action:
-                raise  # the app's handler: logged, a 500
+            if not action or isinstance(exc, ClientDisconnect):
+                raise  # the app's handlers: a 500 logged, or a client that left (nothing logged, nothing recorded)
             log.exception("admin %s failed", action)  # a crash: a failed attempt, the usual 500 (its request id)
             await audit_api.attempt(request, principal, _crashed(request, action, exc), since=began)
             return error_response(InternalError(INTERNAL), request_id)

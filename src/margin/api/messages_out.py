@@ -98,8 +98,8 @@ def thought(block: Any) -> dict[str, Any] | None:
 def thoughts(message: dict[str, Any]) -> list[dict[str, Any]]:
     """A chat message's thinking as Anthropic's blocks: its `thinking_blocks`, else its `reasoning_content`."""
     blocks = message.get("thinking_blocks")
-    if isinstance(blocks, list) and blocks:
-        return [block for item in blocks if (block := thought(item)) is not None]
+    if isinstance(blocks, list) and (found := [block for item in blocks if (block := thought(item)) is not None]):
+        return found
     reasoning = message.get("reasoning_content")
     if not isinstance(reasoning, str) or not reasoning:
         return []

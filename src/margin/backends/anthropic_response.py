@@ -207,7 +207,7 @@ class Translator:
         if delta["type"] == "signature_delta":
             if not isinstance(signature := delta.get("signature"), str):
                 raise bad_response(self.backend, "a signature_delta without its signature")
-            held[1].append(signature)
+            held[1][:] = [signature]  # a later signature replaces an earlier one (Anthropic's SDKs do the same)
             return []
         if not isinstance(thinking := delta.get("thinking"), str):
             raise bad_response(self.backend, "a thinking_delta without its thinking")

@@ -266,13 +266,24 @@ class Governance:
         """Reconcile from the ledger the current-window counters a read is about to show (`/admin/budgets`, the
         budget gauges, `/v1/margin/usage`) that this process has not reconciled yet, as a request's first use
         would. Before, after a restart with the counters in process (or in a Redis that lost them), each read 0
-        until a request used it: a budget's gauge dropped to 0 and its alerts went quiet. Stops, without
-        refusing the read, once `admission.max_budget_counters` are known (requests keep their room)."""
-        cap = self.settings.admission.max_budget_counters
+        until a request used it: a budget's gauge dropped to 0 and its alerts went quiet. Never refuses the read:
+        it stops while a tenth of `admission.max_budget_counters` is left for requests (past windows' counters
+        forgotten first), and when the ledger cannot be read (the counters are shown as the store holds them)."""
+        room = self.settings.admission.max_budget_counters
+        room -= max(1, room // 10)
         for budget, part in counters:
-            if len(self._known) >= cap:
+            item = hold_for(budget, now, 0, 0, part)
+            if item.hold.counter in self._known:
+                continue
+            if len(self._known) >= room:
+                self._forget_past(now)
+                if len(self._known) >= room:
+                    return
+            try:
+                await self.seed([item], now)
+            except MarginError as exc:
+                log.warning("budget counters not reconciled for a read: %s", printable(exc.message))
                 return
-            await self.seed([hold_for(budget, now, 0, 0, part)], now)
 
     def _make_room(self, now: datetime) -> None:
         """Bound the counters this process knows (`admission.max_budget_counters`; a per-user budget has one per

@@ -291,7 +291,8 @@ class TagsConfig(Strict):
     rollup_keys: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]] = Field(
         default_factory=lambda: ["feature", "customer"],
         description="Tag keys kept in the daily rollups (reports and dashboard group by them without reading "
-        "rows). Each adds about days × teams × values rows; a change applies after `margin db rebuild-rollups`.",
+        "rows) and indexed by value in the ledger (a per-value budget such as `customer=*` rebuilds a counter from "
+        "that index). Each adds about days × teams × values rows; a change applies after `margin db rebuild-rollups`.",
     )
 
 

@@ -207,6 +207,14 @@ class Services:
                 sorted(self.settings.tags.rollup_keys),
                 sorted(rolled),
             )
+        scans = sorted({b.name for b in self.settings.budgets if b.scope.kind == "tag" and
+                        (b.scope.value or "").partition("=")[0] not in rolled})  # fmt: skip
+        if scans:  # the ledger's tag-value indexes are those of the rolled-up keys (margin.ledger.tag_index)
+            log.warning(
+                "budgets %s name a tag key that is not rolled up: each of their counters is rebuilt by reading every "
+                "row of its window (add the key to tags.rollup_keys and run `margin db rebuild-rollups`)",
+                scans,
+            )
 
     def telemetry_state(self) -> dict[str, Any]:
         """What the metrics read besides requests: circuits, faults and retries per backend, the ledger outbox."""

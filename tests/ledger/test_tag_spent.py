@@ -1,7 +1,7 @@
 """A per-tag-value budget's spend (`customer=*`) read through the tag key's index (margin.ledger.tag_index), on
 both databases: the same answer as the full scan of the window it replaced (bound tags only, request rows
-only, the window, usd or tokens), the query plan names the index, and the indexes follow the rolled-up keys
-(migration 0027, `margin db rebuild-rollups`)."""
+only, the window, usd or tokens), the query plan names the index, and the indexes are those of
+`tags.indexed_keys` (migration 0027: customer; `margin db index-tags`)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from typer.testing import CliRunner
 
+from margin.cli import app
 from margin.ledger import db, ingest, rollup, tag_index
-from margin.ledger.models import api_keys, ledger, ledger_rollup_keys
+from margin.ledger.models import api_keys, ledger
 from margin.ledger.read import Window
 from margin.ledger.read.budget import budget_spent
 from tests.helpers import fake_settings, gateway
@@ -91,7 +93,7 @@ def test_tag_spent_equals_the_full_scan(engine: sa.Engine) -> None:
         ingest.ingest_batch(connection, [complete(r) for r in rows])
     checked = 0
     with engine.connect() as connection:
-        assert tag_index.existing(connection) == {"ix_ledger_tag_customer", "ix_ledger_tag_feature"}
+        assert tag_index.existing(connection) == {"ix_ledger_tag_customer"}
         for tag in [*(f"customer={c}" for c in CUSTOMERS), "customer=nobody", "project=p1", "customer="]:
             for since, until in WINDOWS:
                 for usd in (True, False):
@@ -154,52 +156,69 @@ def test_the_spend_of_one_tag_value_reads_its_index(engine: sa.Engine) -> None:
                 assert budget_spent(connection, "tag", tag, True, at(1), at(30)) == sum(r["cost_nanousd"] for r in rows)
 
 
-def test_the_indexes_follow_the_rolled_up_keys(engine: sa.Engine) -> None:
-    """`margin db rebuild-rollups` with other keys drops the indexes of keys no longer rolled up and makes the
-    new ones; a key of 64 characters gets a name PostgreSQL keeps whole (63 bytes at most)."""
+def test_the_indexes_follow_the_keys_they_are_synced_to(engine: sa.Engine) -> None:
+    """`margin db index-tags` (tag_index.sync) drops the indexes of keys no longer listed and makes the new ones;
+    a key of 64 characters gets a name PostgreSQL keeps whole (63 bytes at most); rebuilding the rollups leaves
+    the indexes as they are."""
     long_key = "k" * 64
     with engine.begin() as connection:
-        rollup.rebuild(connection, ("project", long_key))
+        tag_index.sync(connection, ["project", long_key])
+        rollup.rebuild(connection, ("feature",))
     with engine.connect() as connection:
         assert tag_index.existing(connection) == {"ix_ledger_tag_project", tag_index.name(long_key)}
     assert len(tag_index.name(long_key)) <= 63 and tag_index.name(long_key) != tag_index.name("k" * 63)
     with engine.begin() as connection:
-        rollup.rebuild(connection, ())
+        tag_index.sync(connection, [])
     with engine.connect() as connection:
         assert tag_index.existing(connection) == set()
 
 
-def test_0027_indexes_the_keys_the_rollups_hold(engine: sa.Engine) -> None:
-    """The migration indexes the keys in ledger_rollup_keys when it runs (not the defaults), and its downgrade
-    drops them."""
+def test_index_tags_command_indexes_the_configured_keys(db_path: Path, tmp_path: Path) -> None:
+    config = tmp_path / "margin.yaml"
+    config.write_text("tags:\n  indexed_keys: [customer, tenant]\n")
+    result = CliRunner().invoke(app, ["db", "index-tags", "--config", str(config), "--db", str(db_path)])
+    assert result.exit_code == 0, result.output
+    assert "ix_ledger_tag_customer, ix_ledger_tag_tenant" in result.output
+    engine = db.make_sync_engine(f"sqlite:///{db_path}")
+    with engine.connect() as connection:
+        assert tag_index.existing(connection) == {"ix_ledger_tag_customer", "ix_ledger_tag_tenant"}
+    engine.dispose()
+
+
+def test_0027_indexes_customer_and_its_downgrade_drops_every_tag_index(engine: sa.Engine) -> None:
     url = engine.url.render_as_string(hide_password=False)
-    db.downgrade(url, "0026")
     with engine.begin() as connection:
+        tag_index.sync(connection, ["customer", "tenant"])
+    db.downgrade(url, "0026")
+    with engine.connect() as connection:
         assert tag_index.existing(connection) == set()
-        connection.execute(sa.delete(ledger_rollup_keys))
-        connection.execute(ledger_rollup_keys.insert(), [{"tag_key": "tenant"}, {"tag_key": "customer"}])
     db.upgrade(url)
     with engine.connect() as connection:
-        assert tag_index.existing(connection) == {"ix_ledger_tag_tenant", "ix_ledger_tag_customer"}
+        assert tag_index.existing(connection) == {"ix_ledger_tag_customer"}
         if connection.dialect.name == "sqlite":
-            query = "SELECT sql FROM sqlite_master WHERE name = 'ix_ledger_tag_tenant'"
+            query = "SELECT sql FROM sqlite_master WHERE name = 'ix_ledger_tag_customer'"
         else:
-            query = "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_ledger_tag_tenant'"
+            query = "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_ledger_tag_customer'"
         definition = connection.exec_driver_sql(query).scalar_one().lower()
-        assert "tenant" in definition and "created_at" in definition and "is not null" in definition
+        assert "customer" in definition and "created_at" in definition and "is not null" in definition
 
 
-async def test_a_tag_budget_whose_key_has_no_index_is_named_at_start(
+async def test_tag_indexes_unlike_the_config_are_named_at_start(
     db_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A budget per value of a tag key that is not rolled up (so has no index) rebuilds each counter by reading
-    its whole window: the gateway says so when it starts; one on a rolled-up key (customer) is not named."""
+    """A budget per value of a tag key the ledger has no index for rebuilds each counter by reading its whole
+    window, and indexes other than `tags.indexed_keys` wait for `margin db index-tags`: the gateway says both
+    when it starts; a budget on an indexed key (customer) is not named."""
     budgets = [
         {"name": "each-project", "scope": {"kind": "tag", "value": "project=*"}, "usd": 1, "period": "month"},
         {"name": "each-customer", "scope": {"kind": "tag", "value": "customer=*"}, "usd": 1, "period": "month"},
     ]
+    settings = fake_settings(db_path, budgets=budgets, tags={"indexed_keys": ["customer", "project"]})
     with caplog.at_level(logging.WARNING, logger="margin"):
-        async with gateway(fake_settings(db_path, budgets=budgets)):
+        async with gateway(settings):
             pass
-    [warning] = [r.getMessage() for r in caplog.records if "not rolled up" in r.getMessage()]
-    assert "each-project" in warning and "each-customer" not in warning
+    messages = [r.getMessage() for r in caplog.records]
+    [unindexed] = [m for m in messages if "no index for" in m]
+    assert "each-project" in unindexed and "each-customer" not in unindexed
+    [differs] = [m for m in messages if "run `margin db index-tags`" in m and "indexed_keys is" in m]
+    assert "'project'" in differs and "ix_ledger_tag_customer" in differs

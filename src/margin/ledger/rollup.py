@@ -29,8 +29,7 @@ one row per request and a rollup saves nothing (measured on 1M synthetic rows: 9
 rollups plus their partial edges from the ledger rows (margin.ledger.read.plan).
 
 `rebuild(connection, tag_keys)` recomputes everything from the ledger (after rows were edited by hand, or to
-roll up other tag keys): `margin db rebuild-rollups`; the ledger's tag-value indexes (margin.ledger.tag_index,
-read by per-tag-value budgets) follow the keys it sets. Changing MEASURES, LEVERS or the dimensions needs a
+roll up other tag keys): `margin db rebuild-rollups`. Changing MEASURES, LEVERS or the dimensions needs a
 migration that recreates the changed tables and refills them (0009 did, 0019 does); the earlier migrations
 that create the tables from these definitions leave them empty, as `rebuild` runs today's SQL, which reads
 ledger columns that later migrations add: the last such migration (0019) runs the rebuild where the rollups
@@ -47,7 +46,6 @@ import sqlalchemy as sa
 
 from margin.ledger import measures as m
 from margin.ledger import rollup_sql as sql
-from margin.ledger import tag_index
 from margin.ledger.models import (
     ledger_attach,
     ledger_charges,
@@ -126,7 +124,6 @@ def rebuild(connection: sa.Connection, tag_keys: Sequence[str] | None = None) ->
     if keys:
         connection.execute(ledger_rollup_keys.insert(), [{"tag_key": m.check_tag_key(k)} for k in keys])
     apply(connection, "ledger", order="id")
-    tag_index.sync(connection, keys)  # the tag-value indexes follow the rolled-up keys
     return sizes(connection)
 
 

@@ -1,11 +1,11 @@
-"""ledger: an index per rolled-up tag key on (the row's tag value, created_at), holding only the rows with that
-tag (margin.ledger.tag_index). A per-tag-value budget (`customer=*`) rebuilds one value's counter from the
-ledger when a process first uses it in a window (margin.ledger.read.budget): without an index, each new
-customer's first request in a month read every row of the month.
+"""ledger: an index on (the row's `customer` tag, created_at), holding only the rows with that tag
+(margin.ledger.tag_index). A per-tag-value budget (`customer=*`) rebuilds one value's counter from the ledger
+when a process first uses it in a window (margin.ledger.read.budget): without an index, each new customer's
+first request in a month read every row of the month.
 
-The keys are those the rollups hold now (ledger_rollup_keys: `tags.rollup_keys` as of the last `margin db
-rebuild-rollups`, feature and customer by default); a rebuild with other keys makes the indexes follow. On a
-large ledger this reads every row once per key (on 1M rows, benchmarks/README.md).
+`customer` is `tags.indexed_keys`' default; the config is not known here: `margin db index-tags` makes the
+indexes those of the config's keys (the gateway warns at start while they differ). On a large ledger this
+reads every row once (~1-3 s per million rows on SQLite, benchmarks/README.md).
 
 Revision ID: 0027
 Revises: 0026
@@ -24,9 +24,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    bind = op.get_bind()
-    keys = [row[0] for row in bind.exec_driver_sql("SELECT tag_key FROM ledger_rollup_keys")]
-    tag_index.sync(bind, keys)
+    tag_index.sync(op.get_bind(), ["customer"])
 
 
 def downgrade() -> None:

@@ -3,7 +3,7 @@ over a month, the read governance runs the first time each customer's counter is
 Redis lost it). Run it with two checkouts in turn to compare them on one ledger file:
 
     PYTHONPATH=<checkout>/src python benchmarks/tag_budget_spent.py --ledger /tmp/tagspend/ledger.db \
-        [--rows 1000000] [--customers 20] [--repeat 5] [--postgres ROWS]
+        [--rows 1000000] [--customers 20] [--repeat 5] [--postgres ROWS [--no-sqlite]]
 
 The ledger is built when the file is missing: synthetic_ledger's report mix over November 2026 (50 keys, 200
 customers drawn independently of the key, 10% cache hits), with 50 api_keys rows: key-0…24 bound to
@@ -90,12 +90,15 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--postgres", type=int, default=0, help="also on PostgreSQL, a ledger of this many rows")
+    parser.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
     args = parser.parse_args()
     url = f"sqlite:///{args.ledger}"
-    if not args.ledger.exists():
-        args.ledger.parent.mkdir(parents=True, exist_ok=True)
-        print(json.dumps({"built": build(url, args.rows)}), flush=True)
-    print(json.dumps({"database": "sqlite", "rows": args.rows, **run(url, args.customers, args.repeat)}), flush=True)
+    if not args.no_sqlite:
+        if not args.ledger.exists():
+            args.ledger.parent.mkdir(parents=True, exist_ok=True)
+            print(json.dumps({"built": build(url, args.rows)}), flush=True)
+        result = run(url, args.customers, args.repeat)
+        print(json.dumps({"database": "sqlite", "rows": args.rows, **result}), flush=True)
     if args.postgres:
         with synth.postgres() as pg:
             build(pg, args.postgres)

@@ -6,7 +6,7 @@ index range, not a scan of the window's rows.
 Why an expression index and not a rollup: a budget counts a tag only where the row's key is bound to it (or the
 row has no key), which the rollups cannot tell apart from a caller's own labels; the index finds one value's
 rows, and the bound-key check then reads only those. It costs the ingest no SQL of its own (no extra statement
-per batch): each row with the tag adds one entry to the index's B-tree (~1.5 µs of CPU a row on SQLite,
+per batch): each row with the tag adds one entry to the index's B-tree (~2.5 µs of CPU a row on SQLite,
 benchmarks/README.md), which is why the keys are a list of their own and not every rolled-up key.
 
 The tag keys are config, so no migration can name them: migration 0027 indexes the default (`customer`), and

@@ -12,8 +12,8 @@ rollups. Two cases read ledger rows instead:
 - tag scopes: a tag counts only when the row's key is bound to it (a fixed `customer=acme`, or `customer=*`
   filled from the header) or the row has no key (open mode), so a header tag a caller added never spends
   someone else's budget. The rollups cannot tell bound tags from labels, so tag budgets read the rows of that
-  one tag value: through its tag key's index on (value, created_at) (margin.ledger.tag_index: the rolled-up
-  tag keys have one), else by time over the whole window.
+  one tag value: through its tag key's index on (value, created_at) (margin.ledger.tag_index: the keys of
+  `tags.indexed_keys` have one), else by time over the whole window.
 """
 
 from __future__ import annotations

@@ -299,6 +299,12 @@ class TagsConfig(Strict):
         description="Tag keys kept in the daily rollups (reports and dashboard group by them without reading "
         "rows). Each adds about days × teams × values rows; a change applies after `margin db rebuild-rollups`.",
     )
+    indexed_keys: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]] = Field(
+        default_factory=lambda: ["customer"],
+        description="Tag keys the ledger indexes by value: a per-value budget on one (`customer=*`) rebuilds a "
+        "counter from that value's rows, not from every row of its window. Each costs the ingest one index entry "
+        "per row that carries the tag; a change applies after `margin db index-tags`.",
+    )
 
 
 class RevenueRule(Strict):

@@ -33,7 +33,7 @@ from margin.governance.service import Governance
 from margin.governance.slots import DOWNLOADS, UPLOADS
 from margin.guard.pseudonym import UserPseudonyms
 from margin.keycache import KeyCache
-from margin.ledger import audit, db, rollup, stored
+from margin.ledger import audit, db, rollup, stored, tag_index
 from margin.ledger.outbox import Outbox
 from margin.pipeline.flow import Flow, Parts, compose
 from margin.pipeline.steps.settle import Settle
@@ -200,12 +200,33 @@ class Services:
     def _check_rollup_keys(self) -> None:
         with self._sync_engine.connect() as connection:
             rolled = rollup.rolled_up_keys(connection)
+            indexed = tag_index.existing(connection)
         if set(rolled) != set(self.settings.tags.rollup_keys):
             log.warning(
                 "tags.rollup_keys is %s but the rollups hold %s: run `margin db rebuild-rollups` (until then "
                 "groupings by the other keys read ledger rows)",
                 sorted(self.settings.tags.rollup_keys),
                 sorted(rolled),
+            )
+        self._check_tag_indexes(indexed)
+
+    def _check_tag_indexes(self, indexed: set[str]) -> None:
+        """The ledger's tag-value indexes (margin.ledger.tag_index) against `tags.indexed_keys`, and the config's
+        per-tag-value budgets whose key has none (each of their counters is rebuilt from its whole window)."""
+        wanted = {tag_index.name(key) for key in self.settings.tags.indexed_keys}
+        if indexed != wanted:
+            log.warning(
+                "tags.indexed_keys is %s but the ledger's tag indexes are %s: run `margin db index-tags`",
+                sorted(self.settings.tags.indexed_keys),
+                sorted(indexed),
+            )
+        scans = sorted({b.name for b in self.settings.budgets if b.scope.kind == "tag" and
+                        tag_index.name_of(b.scope.value or "") not in indexed})  # fmt: skip
+        if scans:
+            log.warning(
+                "budgets %s are per value of a tag key the ledger has no index for: each of their counters is rebuilt "
+                "by reading every row of its window (add the key to tags.indexed_keys, run `margin db index-tags`)",
+                scans,
             )
 
     def telemetry_state(self) -> dict[str, Any]:

@@ -108,6 +108,25 @@ def test_each_customer_value_has_its_own_token_budget(served: ServeFactory, sdk:
         _each_customer(gateway, sdk)
 
 
+def test_a_restart_rebuilds_each_customer_counter_from_bound_rows_only(served: ServeFactory, sdk: Sdk) -> None:
+    """After a restart each customer's counter is rebuilt from the ledger (through the `customer` tag index,
+    margin.ledger.tag_index): acme, spent by the bound key, is still refused; globex, which a key without the
+    tag bound sent many requests for as a label, still has its whole budget."""
+    keys = {**KEYS, "labels": []}
+    with served({**OVERRIDES, "budgets": [CUSTOMER_TOKENS]}, keys=keys) as gw:
+        refused = until_refused(sdk(gw, gw.keys["app"], customer="acme"), None)
+        assert refused.status_code == 429 and "each-customer" in str(refused.body)
+        labels = sdk(gw, gw.keys["labels"], customer="globex")
+        spent = sum(ask(labels, None).usage.total_tokens for _ in range(60))
+        assert spent > CUSTOMER_TOKENS["tokens"]  # labels that would exhaust globex's budget if they counted
+        issued = gw.keys
+    with served({**OVERRIDES, "budgets": [CUSTOMER_TOKENS]}) as again:
+        with pytest.raises(openai.APIStatusError) as still:
+            ask(sdk(again, issued["app"], customer="acme"), None)
+        assert still.value.status_code == 429 and "each-customer" in str(still.value.body)
+        assert ask(sdk(again, issued["app"], customer="globex"), None).choices
+
+
 def _each_customer(gateway: Served, sdk: Sdk) -> None:
     app = gateway.keys["app"]
     refused = until_refused(sdk(gateway, app, customer="acme"), None)

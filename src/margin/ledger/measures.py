@@ -132,10 +132,13 @@ def check_tag_key(key: str) -> str:
 
 
 def tag(dialect: str, r: str, key: str) -> str:
+    """The row's value of tag `key`; `r` '' leaves the column unqualified (an index's expression: SQLite refuses
+    `table.column` there, and either database matches it to the qualified text of a query)."""
     check_tag_key(key)
+    tags = f"{r}.tags" if r else "tags"
     if dialect == "sqlite":
-        return f"json_extract({r}.tags, '$.\"{key}\"')"
-    return f"({r}.tags ->> '{key}')"
+        return f"json_extract({tags}, '$.\"{key}\"')"
+    return f"({tags} ->> '{key}')"
 
 
 def group(dialect: str, r: str, by: str) -> str:

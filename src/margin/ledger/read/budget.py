@@ -11,17 +11,20 @@ rollups. Two cases read ledger rows instead:
   ix_ledger_user_created; no rollup has users);
 - tag scopes: a tag counts only when the row's key is bound to it (a fixed `customer=acme`, or `customer=*`
   filled from the header) or the row has no key (open mode), so a header tag a caller added never spends
-  someone else's budget. The rollups cannot tell bound tags from labels, so tag budgets read rows (indexed by
-  time), one SQL pass per reconciliation.
+  someone else's budget. The rollups cannot tell bound tags from labels, so tag budgets read the rows of that
+  one tag value: through its tag key's index on (value, created_at) (margin.ledger.tag_index: the keys of
+  `tags.indexed_keys` have one), else by time over the whole window.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
+from margin.ledger import tag_index
 from margin.ledger.models import api_keys, ledger
 from margin.ledger.read.sums import totals
 from margin.ledger.read.window import Window, team_org
@@ -44,7 +47,7 @@ def budget_spent(
         org = team_org(connection, value, org)  # no other org has this team: the rollups answer exactly
     window = Window(start, end, org=org)
     if kind == "tag":
-        return _tag_spent(connection, value or "", usd, window)
+        return int(connection.execute(tag_spent_query(connection.dialect.name, value or "", usd, window)).scalar_one())
     if kind == "user":  # `value`: the pseudonym the ledger's `user` column holds (one user's counter)
         return _user_spent(connection, value, usd, window)
     if kind == "global":
@@ -57,18 +60,20 @@ def budget_spent(
     return sums["cost_nanousd"] if usd else sums["input_tokens"] + sums["output_tokens"]
 
 
-def _tag_spent(connection: sa.Connection, tag: str, usd: bool, window: Window) -> int:
-    """One SQL pass over the window's request rows (time-indexed): the row's tag value, and its key bound to
-    that tag (or no key: open mode). Keys are never edited, only revoked: their tags are what they were when
-    they ran."""
+def tag_spent_query(dialect: str, tag: str, usd: bool, window: Window) -> sa.Select[Any]:
+    """The window's request rows of one tag value (the tag key's index, margin.ledger.tag_index, when it has
+    one: its expression is the same text), and of those the rows whose key is bound to that tag (or no key:
+    open mode). Keys are never edited, only revoked: their tags are what they were when they ran."""
     name, _, wanted = tag.partition("=")
+    value: sa.ColumnElement[str | None] = ledger.c.tags[name].as_string()
+    if tag_index.indexable(name):
+        value = sa.literal_column(tag_index.expression(dialect, name), sa.String)
     measure = ledger.c.cost_nanousd if usd else ledger.c.input_tokens + ledger.c.output_tokens
     bound = sa.select(api_keys.c.id).where(api_keys.c.tags[name].as_string().is_not(None))
     governed = sa.or_(ledger.c.key_id.is_(None), ledger.c.key_id.in_(bound.scalar_subquery()))
-    query = sa.select(sa.func.coalesce(sa.func.sum(measure), 0)).where(
-        *window.where(kinds=("request",)), governed, ledger.c.tags[name].as_string() == wanted
+    return sa.select(sa.func.coalesce(sa.func.sum(measure), 0)).where(
+        *window.where(kinds=("request",)), governed, value == wanted
     )
-    return int(connection.execute(query).scalar_one())
 
 
 def _user_spent(connection: sa.Connection, user: str | None, usd: bool, window: Window) -> int:

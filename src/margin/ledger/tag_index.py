@@ -1,0 +1,79 @@
+"""Indexes on the ledger's tag values, one per key of `tags.indexed_keys` (default `customer`): on (the row's
+tag value, created_at), holding only the rows that carry that tag. A per-tag-value budget's counter
+(`customer=*`) is rebuilt from one customer's rows of its window through it (margin.ledger.read.budget): an
+index range, not a scan of the window's rows.
+
+Why an expression index and not a rollup: a budget counts a tag only where the row's key is bound to it (or the
+row has no key), which the rollups cannot tell apart from a caller's own labels; the index finds one value's
+rows, and the bound-key check then reads only those. It costs the ingest no SQL of its own (no extra statement
+per batch): each row with the tag adds one entry to the index's B-tree (~2.5 µs of CPU a row on SQLite,
+benchmarks/README.md), which is why the keys are a list of their own and not every rolled-up key.
+
+The tag keys are config, so no migration can name them: migration 0027 indexes the default (`customer`), and
+`margin db index-tags` (`sync`) makes the indexes those of the config. The index's expression and the budget
+read's are the same text (`expression`), which is how either database matches a query to an expression
+index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+
+from margin.ledger import measures as m
+
+PREFIX = "ix_ledger_tag_"
+DEFAULT_KEYS = ("customer",)  # = config.TagsConfig.indexed_keys' default (what migration 0027 indexes)
+
+
+def indexable(key: str) -> bool:
+    """A tag key an index can be named after and written for (margin.ledger.measures.TAG_KEY)."""
+    return m.TAG_KEY.match(key) is not None
+
+
+def expression(dialect: str, key: str, table: str = "ledger") -> str:
+    """The row's value of tag `key` as the indexes hold it (SQLite: json_extract; PostgreSQL: ->>); `table` ''
+    in the index's own definition (unqualified)."""
+    return m.tag(dialect, table, key)
+
+
+def name(key: str) -> str:
+    """The index of tag `key` (PostgreSQL keeps 63 bytes of a name: a long key is cut and told apart by a hash)."""
+    m.check_tag_key(key)
+    if len(key) <= 40:
+        return f"{PREFIX}{key}"
+    return f"{PREFIX}{key[:30]}_{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def name_of(tag: str) -> str | None:
+    """The index a tag scope's key (`customer=*`: customer) would have; None for a key no index can have."""
+    key = tag.partition("=")[0]
+    return name(key) if indexable(key) else None
+
+
+def create_sql(dialect: str, key: str) -> str:
+    value = expression(dialect, key, "")
+    return f'CREATE INDEX IF NOT EXISTS "{name(key)}" ON ledger ({value}, created_at) WHERE {value} IS NOT NULL'
+
+
+def existing(connection: sa.Connection) -> set[str]:
+    """The tag-value indexes the ledger has."""
+    if connection.dialect.name == "sqlite":
+        query = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ledger'"
+    else:
+        query = "SELECT indexname FROM pg_indexes WHERE tablename = 'ledger' AND schemaname = current_schema()"
+    return {row[0] for row in connection.exec_driver_sql(query) if row[0].startswith(PREFIX)}
+
+
+def sync(connection: sa.Connection, keys: Iterable[str]) -> None:
+    """Index exactly these tag keys: drop the other tag-value indexes, create the missing ones (on a large ledger
+    this reads every row once per new key, in the caller's transaction)."""
+    wanted = {name(key): key for key in keys}
+    have = existing(connection)
+    for index in sorted(have - wanted.keys()):
+        connection.exec_driver_sql(f'DROP INDEX IF EXISTS "{index}"')
+    for index, key in sorted(wanted.items()):
+        if index not in have:
+            connection.exec_driver_sql(create_sql(connection.dialect.name, key))

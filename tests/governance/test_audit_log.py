@@ -319,6 +319,23 @@ def test_a_change_that_crashes_is_a_failed_row_and_the_usual_500(live: Live) -> 
     assert verified.returncode == 0 and "audit log intact" in verified.stdout, verified.stderr
 
 
+def test_a_client_that_leaves_mid_body_is_not_a_crashed_change(live: Live) -> None:
+    """An admin write whose client closes before sending its whole body: no change, no `failed` row (a client
+    that leaves is not the gateway failing), and the gateway goes on answering."""
+    import socket
+
+    count = len(live.rows())
+    host, port = live.url.removeprefix("http://").split(":")
+    head = (f"PUT /admin/budgets HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {live.admin}\r\n"
+            "content-type: application/json\r\ncontent-length: 1000\r\n\r\n")  # fmt: skip
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode() + b'{"name": "half')
+        time.sleep(0.3)  # the handler is reading the body
+    time.sleep(0.5)
+    assert live.call("GET", "/admin/budgets", live.admin).status_code == 200
+    assert len(live.rows()) == count, live.rows()[count:]
+
+
 def test_a_change_made_and_recorded_before_its_request_crashed_is_one_ok_row(live: Live) -> None:
     """The rule is saved with its row, then re-reading the stored rules fails (a malformed one, put there by
     hand): a 500, and the log keeps the one `ok` row of the change that was made, no `failed` one after it."""

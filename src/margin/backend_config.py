@@ -99,6 +99,12 @@ class OpenAIBackendConfig(HttpBackendConfig):
         "List the tiers your upstream project may serve at (its default tier too): a request that leaves the "
         "tier to the upstream (`auto`, or none) is reserved at the dearest of them.",
     )
+    thinking_blocks: bool = Field(
+        False,
+        description="Pass an assistant message's `thinking_blocks` on (LiteLLM's shape of Anthropic's signed "
+        "thinking), for an OpenAI-compatible upstream in front of Claude that takes them (a LiteLLM proxy). "
+        "Off: they are left out, as an upstream that does not know the field may refuse it.",
+    )
 
 
 # chat fields an anthropic backend refuses (margin.backends.anthropic_request.REFUSED, and a message's `name`)

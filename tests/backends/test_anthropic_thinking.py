@@ -83,6 +83,13 @@ def test_an_openai_compatible_upstream_is_sent_no_thinking_blocks() -> None:
     assert orjson.loads(backend._body(same, stream=False))["messages"] == plain["messages"]
 
 
+def test_an_openai_compatible_upstream_that_takes_thinking_blocks_is_sent_them() -> None:
+    """`thinking_blocks: true` (a LiteLLM proxy in front of Claude): the blocks go on, byte for byte."""
+    config = OpenAIBackendConfig(base_url="http://127.0.0.1:1/v1", thinking_blocks=True)
+    sent = orjson.loads(OpenAIBackend("up", config)._body(_call(), stream=False))
+    assert sent["messages"][1]["thinking_blocks"] == THOUGHTS
+
+
 SIZES = [
     ([THOUGHTS[0]] * (MAX_THINKING_BLOCKS + 1), "messages.1.thinking_blocks"),
     (

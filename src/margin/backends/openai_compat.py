@@ -71,8 +71,8 @@ class OpenAIBackend(HttpBackend):
         known = FORWARDED[call.endpoint]  # a null is the field left out (OpenAI's meaning; some servers differ)
         body = {name: value for name, value in call.raw.items() if name in known and value is not None}
         body["model"] = call.upstream_model
-        if "messages" in body:  # an anthropic backend's thinking blocks, sent back: no other upstream takes them
-            body["messages"] = without_thinking(body["messages"])
+        if "messages" in body and not self.config.thinking_blocks:  # an anthropic backend's thinking blocks, sent
+            body["messages"] = without_thinking(body["messages"])  # back: most upstreams do not take them
         if "service_tier" in body and body["service_tier"] not in self._tiers:
             del body["service_tier"]
         if call.endpoint is Endpoint.CHAT and self._limit_field == "max_completion_tokens" and "max_tokens" in body:

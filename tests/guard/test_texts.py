@@ -116,6 +116,31 @@ def test_answers_with_tool_calls() -> None:
     assert not rewrite_answer(payload, lambda text: text)
 
 
+def test_an_answer_s_thinking_is_read_and_its_blocks_rewritten_only_on_request() -> None:
+    """`reasoning_content` is read and rewritten like content (a restore reaches it); a thinking block's text is
+    rewritten only through `thinking` (the redaction, never the restore: the block is signed), read for counting
+    only when it does not repeat the reasoning; a signature and a redacted block's data are never read."""
+    blocks = [{"type": "thinking", "thinking": f"to {EMAIL}", "signature": f"{EMAIL}=="},
+              {"type": "redacted_thinking", "data": EMAIL}]  # fmt: skip
+    message: dict[str, Any] = {"role": "assistant", "content": "ok", "reasoning_content": f"to {EMAIL}",
+                               "thinking_blocks": blocks}  # fmt: skip
+    payload: dict[str, Any] = {"choices": [{"message": message}]}
+    assert answer_text(payload) == f"ok\nto {EMAIL}"  # the block repeats the reasoning: read once
+    assert rewrite_answer(payload, lambda text: text.replace(EMAIL, "<EMAIL_1>"))
+    assert message["reasoning_content"] == "to <EMAIL_1>" and message["thinking_blocks"][0]["thinking"] == f"to {EMAIL}"
+    assert answer_text(payload) == f"ok\nto <EMAIL_1>\nto {EMAIL}"  # no longer a repeat: read
+    seen: list[tuple[str, bool]] = []
+
+    def thinking(text: str, new: bool) -> str:
+        seen.append((text, new))
+        return "x"
+
+    assert rewrite_answer(payload, lambda text: text, thinking)
+    assert seen == [(f"to {EMAIL}", True)]
+    assert message["thinking_blocks"] == [{**blocks[0], "thinking": "x"}, {"type": "redacted_thinking", "data": EMAIL}]
+    assert message["thinking_blocks"][0]["signature"] == f"{EMAIL}=="
+
+
 def test_answers_of_odd_shape_have_nothing_to_read_or_rewrite() -> None:
     """An upstream's answer is forwarded whatever its shape: `choices` that are not a list of objects hold no
     text for the guards, and rewriting them changes nothing (never an exception)."""

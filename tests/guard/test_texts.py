@@ -156,3 +156,26 @@ def test_answers_of_odd_shape_have_nothing_to_read_or_rewrite() -> None:
         assert guard(payload) is False
         _withhold(payload)
         assert payload == {"id": "x", "choices": choices}
+
+
+def test_a_whole_answer_over_the_caps_loses_its_thinking_too() -> None:
+    """Under `pii_output: redact` a whole answer whose thinking takes it past `max_scan_chars` is withheld: its
+    reasoning and thinking blocks are dropped, never released unread (the repeated block's text counts too)."""
+    from margin.guard.injection import InjectionDetector
+    from margin.guard.inspection import GuardPolicy, Inspector
+    from margin.guard.limits import ScanLimits
+    from margin.guard.stream import WITHHELD
+
+    thinking = f"to {EMAIL} " * 10  # 240 characters, read twice: 480
+    for max_chars, withheld in ((500, False), (400, True)):
+        message = {"role": "assistant", "content": "ok", "reasoning_content": thinking,
+                   "thinking_blocks": [{"type": "thinking", "thinking": thinking, "signature": "s"}]}  # fmt: skip
+        payload: dict[str, Any] = {"choices": [{"message": message}]}
+        inspector = Inspector(PiiScanner(ner=False), InjectionDetector(), ScanLimits(max_chars=max_chars))
+        changed, record = inspector.answer_pii(payload, GuardPolicy(pii_output="redact"))
+        assert changed and EMAIL not in orjson.dumps(payload).decode()
+        assert ("pii_output_scan_limit" in record) is withheld
+        if withheld:
+            assert message == {"role": "assistant", "content": WITHHELD}
+        else:
+            assert record == {"pii_output": {"EMAIL": 10}, "pii_output_action": "redact"}

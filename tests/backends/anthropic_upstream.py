@@ -7,6 +7,8 @@ types and Anthropic's streaming documentation give them). The upstream model nam
     claude-sonnet-4-5   text, or a tool call while the request has tools and no tool result yet; usage with
                         cache reads and writes (`USAGE`)
     thinker             a thinking block before its text (its tokens are in `output_tokens`)
+    leaky               asked for thinking, thinks about PII (`LEAKY_THOUGHTS`: an e-mail and a card number,
+                        each split over two thinking deltas when streamed)
 
 Any model, asked for thinking (`thinking: {type: enabled}`), answers with a thinking and a redacted_thinking block
 first (`THOUGHTS`); and, as Anthropic does, refuses (400 `invalid_request_error`) a request with thinking on whose
@@ -56,6 +58,13 @@ THOUGHTS: list[dict[str, Any]] = [
     {"type": "thinking", "thinking": "".join(THINKING_PIECES), "signature": SIGNATURE},
     {"type": "redacted_thinking", "data": REDACTED},
 ]
+LEAKY_EMAIL, LEAKY_CARD = "jane.doe@example.com", "4111 1111 1111 1111"
+LEAKY_PIECES = ("They wrote from jane.doe@exa", "mple.com and paid with 4111 1111 ", "1111 1111; look it up.")
+LEAKY_THOUGHTS: list[dict[str, Any]] = [
+    {"type": "thinking", "thinking": "".join(LEAKY_PIECES), "signature": SIGNATURE},
+    {"type": "redacted_thinking", "data": REDACTED},
+]
+_PIECES = {"".join(pieces): pieces for pieces in (THINKING_PIECES, LEAKY_PIECES)}
 
 
 @dataclass
@@ -102,7 +111,8 @@ def thinking_refused(body: dict[str, Any]) -> str | None:
 
 
 def _blocks(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
-    thoughts = [dict(block) for block in THOUGHTS] if _thinking_on(body) else []
+    chosen = LEAKY_THOUGHTS if body["model"] == "leaky" else THOUGHTS
+    thoughts = [dict(block) for block in chosen] if _thinking_on(body) else []
     if _wants_tool(body):
         tool = {"type": "tool_use", "id": "toolu_01A", "name": body["tools"][0]["name"], "input": INPUT}
         return [*thoughts, {"type": "text", "text": "Let me look."}, tool], "tool_use"
@@ -130,7 +140,7 @@ def _block_events(index: int, block: dict[str, Any]) -> Iterator[dict[str, Any]]
         for piece in TEXT if block["text"] == "".join(TEXT) else (block["text"],):
             yield {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}}
     elif kind == "thinking":
-        pieces = THINKING_PIECES if block["thinking"] == "".join(THINKING_PIECES) else (block["thinking"],)
+        pieces = _PIECES.get(block["thinking"], (block["thinking"],))
         for piece in pieces:
             yield {
                 "type": "content_block_delta",

@@ -137,3 +137,51 @@ def test_the_ledger_says_which_cap_an_answer_went_over(scanner: PiiScanner) -> N
             guard(event)
     assert "guard.max_spans" in spans.record()["pii_output_scan_limit"]
     assert "guard.max_scan_chars" in chars.record()["pii_output_scan_limit"]
+
+
+def block(text: str) -> dict[str, Any]:
+    return {"type": "thinking", "thinking": text, "signature": "c2ln+/=="}
+
+
+def test_reasoning_is_a_channel_of_its_own_and_a_thinking_block_is_redacted_whole(scanner: PiiScanner) -> None:
+    """Reasoning pieces are held back and released like content, flushed into `reasoning_content` at the finish;
+    the block that repeats them is redacted with the same placeholders, its signature kept, its values not counted
+    again."""
+    guard = StreamGuard(redact=Redaction(scanner))
+    pieces = ["They wrote from bob@exa", "mple.com and paid with ", CARD]
+    events = [chunk(0, None, reasoning_content=piece) for piece in pieces]
+    events += [chunk(0, None, thinking_blocks=[block("".join(pieces)), {"type": "redacted_thinking", "data": "x@y"}])]
+    events += [chunk(0, "Mail ann@example.org"), chunk(0, "", "stop")]
+    for event in events:
+        guard(event)
+    deltas = [event["choices"][0]["delta"] for event in events]
+    reasoning = "".join(delta.get("reasoning_content") or "" for delta in deltas)
+    assert reasoning == "They wrote from <EMAIL_1> and paid with <CREDIT_CARD_1>"
+    assert "".join(delta.get("content") or "" for delta in deltas) == "Mail <EMAIL_2>"
+    assert deltas[3]["thinking_blocks"] == [block(reasoning), {"type": "redacted_thinking", "data": "x@y"}]
+    assert guard.record() == {"pii_output": {"CREDIT_CARD": 1, "EMAIL": 2}, "pii_output_action": "redact"}
+
+
+def test_restored_reasoning_and_a_thinking_block_left_as_signed(scanner: PiiScanner) -> None:
+    """`restore_pii` restores the reasoning as it does the content; a thinking block is the backend's signed text,
+    sent back by the client as it got it: never restored."""
+    request = Redaction(scanner)
+    redact(f"mail {EMAIL}", request)
+    guard = StreamGuard(restore=request)
+    events = [chunk(0, None, reasoning_content="write to <EMA"), chunk(0, None, reasoning_content="IL_1>")]
+    events += [chunk(0, None, thinking_blocks=[block("write to <EMAIL_1>")]), chunk(0, "", "stop")]
+    for event in events:
+        guard(event)
+    deltas = [event["choices"][0]["delta"] for event in events]
+    assert "".join(delta.get("reasoning_content") or "" for delta in deltas) == f"write to {EMAIL}"
+    assert deltas[2]["thinking_blocks"] == [block("write to <EMAIL_1>")]
+
+
+def test_thinking_counts_against_the_stream_s_caps(scanner: PiiScanner) -> None:
+    guard = StreamGuard(redact=Redaction(scanner, ScanBudget(ScanLimits(max_chars=500))))
+    events = [chunk(0, None, reasoning_content=f"then {EMAIL} " * 30), chunk(0, None, thinking_blocks=[block(EMAIL)])]
+    for event in [*events, chunk(0, "", "stop")]:
+        guard(event)
+    deltas = [event["choices"][0]["delta"] for event in events]
+    assert deltas[0]["reasoning_content"] == WITHHELD and deltas[1]["thinking_blocks"] == [block(WITHHELD)]
+    assert guard.withheld and "guard.max_scan_chars" in guard.record()["pii_output_scan_limit"]

@@ -116,6 +116,31 @@ def test_answers_with_tool_calls() -> None:
     assert not rewrite_answer(payload, lambda text: text)
 
 
+def test_an_answer_s_thinking_is_read_and_its_blocks_rewritten_only_on_request() -> None:
+    """`reasoning_content` is read and rewritten like content (a restore reaches it); a thinking block's text is
+    rewritten only through `thinking` (the redaction, never the restore: the block is signed), read for counting
+    only when it does not repeat the reasoning; a signature and a redacted block's data are never read."""
+    blocks = [{"type": "thinking", "thinking": f"to {EMAIL}", "signature": f"{EMAIL}=="},
+              {"type": "redacted_thinking", "data": EMAIL}]  # fmt: skip
+    message: dict[str, Any] = {"role": "assistant", "content": "ok", "reasoning_content": f"to {EMAIL}",
+                               "thinking_blocks": blocks}  # fmt: skip
+    payload: dict[str, Any] = {"choices": [{"message": message}]}
+    assert answer_text(payload) == f"ok\nto {EMAIL}"  # the block repeats the reasoning: read once
+    assert rewrite_answer(payload, lambda text: text.replace(EMAIL, "<EMAIL_1>"))
+    assert message["reasoning_content"] == "to <EMAIL_1>" and message["thinking_blocks"][0]["thinking"] == f"to {EMAIL}"
+    assert answer_text(payload) == f"ok\nto <EMAIL_1>\nto {EMAIL}"  # no longer a repeat: read
+    seen: list[tuple[str, bool]] = []
+
+    def thinking(text: str, new: bool) -> str:
+        seen.append((text, new))
+        return "x"
+
+    assert rewrite_answer(payload, lambda text: text, thinking)
+    assert seen == [(f"to {EMAIL}", True)]
+    assert message["thinking_blocks"] == [{**blocks[0], "thinking": "x"}, {"type": "redacted_thinking", "data": EMAIL}]
+    assert message["thinking_blocks"][0]["signature"] == f"{EMAIL}=="
+
+
 def test_answers_of_odd_shape_have_nothing_to_read_or_rewrite() -> None:
     """An upstream's answer is forwarded whatever its shape: `choices` that are not a list of objects hold no
     text for the guards, and rewriting them changes nothing (never an exception)."""
@@ -131,3 +156,26 @@ def test_answers_of_odd_shape_have_nothing_to_read_or_rewrite() -> None:
         assert guard(payload) is False
         _withhold(payload)
         assert payload == {"id": "x", "choices": choices}
+
+
+def test_a_whole_answer_over_the_caps_loses_its_thinking_too() -> None:
+    """Under `pii_output: redact` a whole answer whose thinking takes it past `max_scan_chars` is withheld: its
+    reasoning and thinking blocks are dropped, never released unread (the repeated block's text counts too)."""
+    from margin.guard.injection import InjectionDetector
+    from margin.guard.inspection import GuardPolicy, Inspector
+    from margin.guard.limits import ScanLimits
+    from margin.guard.stream import WITHHELD
+
+    thinking = f"to {EMAIL} " * 10  # 240 characters, read twice: 480
+    for max_chars, withheld in ((500, False), (400, True)):
+        message = {"role": "assistant", "content": "ok", "reasoning_content": thinking,
+                   "thinking_blocks": [{"type": "thinking", "thinking": thinking, "signature": "s"}]}  # fmt: skip
+        payload: dict[str, Any] = {"choices": [{"message": message}]}
+        inspector = Inspector(PiiScanner(ner=False), InjectionDetector(), ScanLimits(max_chars=max_chars))
+        changed, record = inspector.answer_pii(payload, GuardPolicy(pii_output="redact"))
+        assert changed and EMAIL not in orjson.dumps(payload).decode()
+        assert ("pii_output_scan_limit" in record) is withheld
+        if withheld:
+            assert message == {"role": "assistant", "content": WITHHELD}
+        else:
+            assert record == {"pii_output": {"EMAIL": 10}, "pii_output_action": "redact"}

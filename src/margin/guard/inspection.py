@@ -9,6 +9,7 @@ blocks. A policy that redacts or blocks cannot be honoured on text past the caps
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,7 +164,7 @@ class Inspector:
             text = answer_text(payload)
             budget.take_chars(len(text))
             if policy.pii_output == "redact":
-                changed = rewrite_answer(payload, lambda part: redact(part, state))
+                changed = rewrite_answer(payload, lambda part: redact(part, state), _thinking(state, budget))
             else:
                 redact(text, state)
         except ScanLimitExceeded as exc:
@@ -194,11 +195,25 @@ class Inspector:
         return StreamGuard(restore=restore_state, redact=redact_state)
 
 
+def _thinking(state: Redaction, budget: ScanBudget) -> Callable[[str, bool], str]:
+    """How a whole answer's thinking block is redacted: with the answer's placeholders; a text repeating the
+    message's reasoning is read again (its characters count again) but its values are not counted again."""
+
+    def rewrite(text: str, new: bool) -> str:
+        if not new:
+            budget.take_chars(len(text))
+        return redact(text, state, count=new)
+
+    return rewrite
+
+
 def _withhold(payload: dict[str, Any]) -> None:
     for choice in choices_of(payload):
         message = choice.get("message") if isinstance(choice, dict) else None
         if isinstance(message, dict):
             message["content"] = WITHHELD
             message.pop("tool_calls", None)
+            for key in ("reasoning_content", "thinking_blocks"):
+                message.pop(key, None)
         elif isinstance(choice, dict) and "text" in choice:
             choice["text"] = WITHHELD

@@ -85,12 +85,14 @@ class Redaction:
         return dict(sorted(self._next.items()))
 
 
-def redact(text: str, state: Redaction) -> str:
-    """Replace every detected entity in `text` by its placeholder in `state`; `text` itself when none."""
+def redact(text: str, state: Redaction, *, count: bool = True) -> str:
+    """Replace every detected entity in `text` by its placeholder in `state`; `text` itself when none. `count`:
+    False for a text that repeats one already redacted (a thinking block's), whose values are not counted again."""
     spans = state.scanner.scan(text, state.budget)
     if not spans:
         return text
-    state.note(spans)
+    if count:
+        state.note(spans)
     parts: list[str] = []
     pos = 0
     for span in spans:

@@ -17,13 +17,15 @@ from collections.abc import Callable
 from typing import Any
 
 from margin.guard.limits import ScanLimitExceeded
-from margin.guard.redaction import Redaction, StreamRestorer
+from margin.guard.redaction import Redaction, StreamRestorer, redact
 from margin.guard.spans import Span
+from margin.guard.texts import thinking_blocks
 from margin.types import choices_of
 
 HOLD_CHARS = 64
 CONTEXT_CHARS = 64
 MAX_PENDING_CHARS = 9000
+REASONING, THINKING = "reasoning", "thinking"  # a choice's channels for its reasoning, and its thinking blocks
 WITHHELD = "[margin: the rest of this answer is withheld: it is over the guard's scan limit]"
 _WHITESPACE = (" ", "\n", "\t", "\r")
 
@@ -58,8 +60,7 @@ class StreamRedactor:
             cut = self._cut(buffer)
             return self._release(buffer, cut) if cut > 0 else self._hold(buffer)
         except ScanLimitExceeded as exc:
-            self.withheld, self._pending, self.reason = True, "", exc.message
-            return WITHHELD
+            return self._withhold(exc)
 
     def flush(self) -> str:
         if self.withheld or not self._pending:
@@ -67,8 +68,23 @@ class StreamRedactor:
         try:
             return self._release(self._pending, len(self._pending))
         except ScanLimitExceeded as exc:
-            self.withheld, self._pending, self.reason = True, "", exc.message
+            return self._withhold(exc)
+
+    def whole(self, text: str) -> str:
+        """A whole text that repeats what a channel streamed (a thinking block's, at the block's end): redacted at
+        once with the same placeholders, read on the same caps, its values not counted again."""
+        if self.withheld:
             return WITHHELD
+        try:
+            if self.state.budget is not None:
+                self.state.budget.take_chars(len(text))
+            return redact(text, self.state, count=False)
+        except ScanLimitExceeded as exc:
+            return self._withhold(exc)
+
+    def _withhold(self, exc: ScanLimitExceeded) -> str:
+        self.withheld, self._pending, self.reason = True, "", exc.message
+        return WITHHELD
 
     def _hold(self, buffer: str) -> str:
         self._pending = buffer
@@ -205,6 +221,8 @@ class StreamGuard:
         if isinstance(holder.get(key), str):
             new = self._channel((index, key, 0)).feed(holder[key])
             changed, holder[key] = new != holder[key], new
+        if isinstance(delta, dict) and ("reasoning_content" in delta or "thinking_blocks" in delta):
+            changed = self._thinking(delta, index) or changed
         calls = holder.get("tool_calls") if isinstance(delta, dict) else None
         for position, call in enumerate(calls if isinstance(calls, list) else []):
             function = call.get("function") if isinstance(call, dict) else None
@@ -217,6 +235,21 @@ class StreamGuard:
             changed = self._finish(holder, key, index) or changed
         return changed
 
+    def _thinking(self, delta: dict[str, Any], index: int) -> bool:
+        """A delta's reasoning (a channel of its own, `reasoning_content`) and the whole thinking blocks it ends
+        with: their text redacted at once with the stream's placeholders (restored never: the client sends a
+        block back as it got it), the signature kept."""
+        changed = False
+        if isinstance(text := delta.get("reasoning_content"), str):
+            new = self._channel((index, REASONING, 0)).feed(text)
+            changed, delta["reasoning_content"] = new != text, new
+        blocks = thinking_blocks(delta) if self._redact is not None else []
+        if blocks and (redactor := self._channel((index, THINKING, 0)).redactor) is not None:
+            for block in blocks:
+                new = redactor.whole(block["thinking"])
+                changed, block["thinking"] = changed or new != block["thinking"], new
+        return changed
+
     def _finish(self, holder: dict[str, Any], key: str, index: int) -> bool:
         changed = False
         for (choice, kind, tool), channel in sorted(self._channels.items()):
@@ -226,7 +259,9 @@ class StreamGuard:
             if not rest:
                 continue
             changed = True
-            if kind != "tool":
+            if kind == REASONING:
+                holder["reasoning_content"] = (holder.get("reasoning_content") or "") + rest
+            elif kind != "tool":
                 holder[key] = (holder.get(key) or "") + rest
             else:
                 calls = holder.setdefault("tool_calls", [])

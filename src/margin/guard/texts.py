@@ -8,8 +8,8 @@ when something changed), tool and function definitions, `response_format` schema
 placeholder would break them: field names (dict keys), `model`, `role`, `type`, ids, function and schema
 `name`s, JSON-schema `format`/`pattern`/`$ref`/`required`, and non-text content parts (images, audio, files).
 
-Answers are handled as the OpenAI payload: `choices[].message.content`, tool-call arguments, `choices[].text`
-and stream deltas."""
+Answers are handled as the OpenAI payload: `choices[].message.content` and `reasoning_content`, tool-call
+arguments, `choices[].text`, stream deltas and (on request: `rewrite_answer(thinking=…)`) thinking blocks' text."""
 
 from __future__ import annotations
 
@@ -182,13 +182,43 @@ def rewrite_request(raw: dict[str, Any], rewrite: Rewrite) -> dict[str, Any]:
     return walk_request(raw, lambda _where, text: rewrite(text))
 
 
+_ANSWER_KEYS = ("content", "reasoning_content")  # a message's or delta's text: its answer, its thinking
+
+
 def _answer_holders(payload: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
     for choice in choices_of(payload):
         if not isinstance(choice, dict):
             continue
-        for holder, key in ((choice.get("message"), "content"), (choice.get("delta"), "content"), (choice, "text")):
-            if isinstance(holder, dict) and isinstance(holder.get(key), str):
-                yield holder, key
+        for holder in (choice.get("message"), choice.get("delta")):
+            if isinstance(holder, dict):
+                yield from ((holder, key) for key in _ANSWER_KEYS if isinstance(holder.get(key), str))
+        if isinstance(choice.get("text"), str):
+            yield choice, "text"
+
+
+def thinking_blocks(holder: dict[str, Any]) -> list[dict[str, Any]]:
+    """A message's (or delta's) `thinking` blocks with a text. A `redacted_thinking` block's `data` is opaque
+    (encrypted by the backend) and a signature is not text: neither is read."""
+    blocks = holder.get("thinking_blocks")
+    if not isinstance(blocks, list):
+        return []
+    return [b for b in blocks if isinstance(b, dict) and b.get("type") == "thinking" and _has_text(b)]
+
+
+def _has_text(block: dict[str, Any]) -> bool:
+    return isinstance(block.get("thinking"), str)
+
+
+def _answer_thinking(payload: dict[str, Any]) -> Iterator[tuple[dict[str, Any], bool]]:
+    """Each thinking block of a whole answer, and whether its text is new: False when the message's
+    `reasoning_content` is the blocks' texts joined (an `anthropic` backend's answer), whose values are counted
+    there already."""
+    for choice in choices_of(payload):
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict) or not (blocks := thinking_blocks(message)):
+            continue
+        repeated = message.get("reasoning_content") == "".join(b["thinking"] for b in blocks)
+        yield from ((block, not repeated) for block in blocks)
 
 
 def _answer_calls(payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -200,10 +230,19 @@ def _answer_calls(payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
                     yield message
 
 
-def rewrite_answer(payload: dict[str, Any], rewrite: Rewrite) -> bool:
-    """Rewrite a whole answer's (or a stream chunk's) text in place, tool-call arguments of whole answers
-    included; True when anything changed."""
+def rewrite_answer(
+    payload: dict[str, Any], rewrite: Rewrite, thinking: Callable[[str, bool], str] | None = None
+) -> bool:
+    """Rewrite a whole answer's (or a stream chunk's) text in place, its reasoning and the tool-call arguments of
+    whole answers included; True when anything changed. With `thinking`, each thinking block's text too, through
+    `thinking(text, new)` (`new`: not a repeat of the message's `reasoning_content`); the block's signature is
+    kept, so a rewritten block no longer matches it."""
     changed = False
+    if thinking is not None:
+        for block, fresh in _answer_thinking(payload):
+            text = thinking(block["thinking"], fresh)
+            changed = changed or text != block["thinking"]
+            block["thinking"] = text
     for holder, key in _answer_holders(payload):
         new = rewrite(holder[key])
         if new != holder[key]:
@@ -219,8 +258,10 @@ def rewrite_answer(payload: dict[str, Any], rewrite: Rewrite) -> bool:
 
 
 def answer_text(payload: dict[str, Any]) -> str:
-    """An answer's text for counting what it holds: content, text and tool-call arguments."""
+    """An answer's text for counting what it holds: content, reasoning, text, tool-call arguments and the texts of
+    thinking blocks that do not repeat the reasoning."""
     parts = [holder[key] for holder, key in _answer_holders(payload)]
+    parts.extend(block["thinking"] for block, new in _answer_thinking(payload) if new)
 
     def collect(_where: str, text: str) -> str:
         parts.append(text)

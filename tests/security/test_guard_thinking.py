@@ -112,3 +112,11 @@ def test_log_counts_the_thinking_s_values_and_changes_nothing(live: Live) -> Non
     assert message["thinking_blocks"] == LEAKY_THOUGHTS
     assert message["reasoning_content"] == LEAKY_THOUGHTS[0]["thinking"]
     assert _guard(live.gw, request_id) == {"pii_output": COUNTED, "pii_output_action": "log"}
+
+
+def test_log_counts_a_stream_s_thinking_too(live: Live) -> None:
+    """A stream under `pii_output: log`: what it generated is counted, its reasoning included (it counted the
+    delivered content only)."""
+    reasoning, blocks, _, request_id = _stream(live.gw, live.log)
+    assert reasoning == LEAKY_THOUGHTS[0]["thinking"] and blocks == LEAKY_THOUGHTS  # unchanged
+    assert _guard(live.gw, request_id) == {"pii_output": COUNTED, "pii_output_action": "log"}

@@ -86,7 +86,8 @@ class Guard:
         reply = await next(request._replace(rewrite=rewrite))
         if isinstance(rewrite, StreamGuard):
             record.found(rewrite.record())
-        if policy.pii_output == "log" and (text := await reply.text()):
+        generated = reply.generated or reply.delivered  # what the stream generated: reasoning and tool calls too
+        if policy.pii_output == "log" and generated is not None and (text := await generated()):
             cost = scan_cost([("", text)], self.limits.inline_chars)
             record.found(await self._run(cost, lambda: self.inspector.delivered_pii(text)))
         return reply

@@ -211,6 +211,20 @@ class StreamEvents(ReasoningEvents):
         delta = choice.get("delta")
         if not isinstance(delta, dict):
             delta = {}
+        if len(delta) == 1 and isinstance(content := delta.get("content"), str):  # the usual chunk: text alone
+            out = (
+                self._text_delta(content, _logprobs(choice) if choice.get("logprobs") is not None else [])
+                if content
+                else b""
+            )
+        else:
+            out = self._deltas(delta, choice)
+        if (finish := choice.get("finish_reason")) is not None:
+            self.finish = finish
+        return out
+
+    def _deltas(self, delta: dict[str, Any], choice: dict[str, Any]) -> bytes:
+        """A delta's reasoning, text, refusal and tool calls, in that order."""
         out = b""
         if isinstance(thought := delta.get("reasoning_content"), str) and thought:
             out = self._reasoning_delta(thought)
@@ -222,8 +236,6 @@ class StreamEvents(ReasoningEvents):
             self.refusal = (self.refusal or "") + refusal
         if isinstance(calls := delta.get("tool_calls"), list):
             out += b"".join(self._call_delta(call) for call in calls if isinstance(call, dict))
-        if (finish := choice.get("finish_reason")) is not None:
-            self.finish = finish
         return out
 
     def _text_delta(self, content: str, logprobs: list[Any]) -> bytes:

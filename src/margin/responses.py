@@ -245,7 +245,10 @@ def _items(items: Any) -> None:
     carry (built-in tool calls), and parts no chat message holds."""
     if type(items) is not list or len(items) > MAX_MESSAGES:  # not a list, or too long: pydantic says so
         return
-    parts = sum(len(content) for item in items if type(item) is dict and type(content := item.get("content")) is list)
+    parts = sum(
+        len(content) for item in items if type(item) is dict for key in ("content", "summary")
+        if type(content := item.get(key)) is list
+    )  # fmt: skip
     if parts > MAX_CONTENT_PARTS:  # counted first, as the chat path counts its messages' parts (loop stalls)
         message = f"input: at most {MAX_CONTENT_PARTS} content parts over all items, not {parts}"
         raise InvalidRequest(message, param="input", code="array_above_max_length")

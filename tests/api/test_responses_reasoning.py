@@ -8,8 +8,10 @@ import base64
 from typing import Any
 
 import orjson
+import pytest
 
 from margin.api.responses_out import StreamEvents, from_chat, skeleton
+from margin.errors import InvalidRequest
 from margin.responses import chat_data, input_items, parse_responses
 from margin.responses_reasoning import ENCODING, decode, encode
 
@@ -53,6 +55,15 @@ def test_reasoning_items_are_the_thinking_blocks_of_the_next_assistant_turn() ->
     assert _messages([user, foreign, {"type": "reasoning", "summary": []}, said, _item(THINKING), user]) == [
         user, said, user,
     ]  # fmt: skip
+
+
+def test_a_reasoning_item_s_summary_and_content_count_as_content_parts() -> None:
+    part = {"type": "summary_text", "text": "s"}
+    item: Any = {"type": "reasoning", "summary": [part] * 6000, "content": [{"type": "reasoning_text", "text": "t"}]}
+    with pytest.raises(InvalidRequest) as caught:
+        parse_responses({"model": "m", "input": [item, {**item, "content": None}]})
+    assert caught.value.param == "input" and "not 12001" in str(caught.value)
+    assert len(_messages([item, {"role": "user", "content": "q"}])) == 1
 
 
 def test_stored_input_items_of_type_reasoning_get_an_id() -> None:

@@ -34,9 +34,12 @@ from margin.protocol import (
     error_param,
     parse_request,
 )
+from margin.responses_reasoning import ReasoningItem
 
 MAX_METADATA = 16  # OpenAI's limit: 16 pairs, keys of 64 characters, values of 512
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
+# what `include` may ask for: logprobs, and reasoning items' `encrypted_content` (which is always included)
+Include = Literal["message.output_text.logprobs", "reasoning.encrypted_content"]
 
 # What a stateless gateway cannot do, by field: refused whatever its value (a null is the field left out)
 TURN_ON = "margin stores responses only when its config turns `responses.store` on"
@@ -120,7 +123,8 @@ def _item_type(item: Any) -> str:
 Item = Annotated[
     Annotated[Message, Tag("message")]
     | Annotated[FunctionCall, Tag("function_call")]
-    | Annotated[FunctionCallOutput, Tag("function_call_output")],
+    | Annotated[FunctionCallOutput, Tag("function_call_output")]
+    | Annotated[ReasoningItem, Tag("reasoning")],
     Discriminator(_item_type),
 ]
 
@@ -186,7 +190,7 @@ class ResponsesRequest(_Strict):
     prompt_cache_retention: Literal["in_memory", "24h"] | None = None
     safety_identifier: SafetyIdentifier | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    include: Annotated[list[Literal["message.output_text.logprobs"]], Field(max_length=16)] | None = None
+    include: Annotated[list[Include], Field(max_length=16)] | None = None
 
     @property
     def logprobs(self) -> bool:
@@ -238,10 +242,13 @@ def _builtin_tools(tools: Any) -> None:
 
 def _items(items: Any) -> None:
     """Items that need a stored response (`item_reference`) or that margin never produces and no chat can
-    carry (reasoning, built-in tool calls), and parts no chat message holds."""
+    carry (built-in tool calls), and parts no chat message holds."""
     if type(items) is not list or len(items) > MAX_MESSAGES:  # not a list, or too long: pydantic says so
         return
-    parts = sum(len(content) for item in items if type(item) is dict and type(content := item.get("content")) is list)
+    parts = sum(
+        len(content) for item in items if type(item) is dict for key in ("content", "summary")
+        if type(content := item.get(key)) is list
+    )  # fmt: skip
     if parts > MAX_CONTENT_PARTS:  # counted first, as the chat path counts its messages' parts (loop stalls)
         message = f"input: at most {MAX_CONTENT_PARTS} content parts over all items, not {parts}"
         raise InvalidRequest(message, param="input", code="array_above_max_length")
@@ -252,7 +259,7 @@ def _items(items: Any) -> None:
         if kind == "item_reference":
             why = "item references are not supported through this gateway: send the items themselves"
             raise _refuse(why, f"input.{index}.type", "unsupported_value")
-        if isinstance(kind, str) and kind not in ("message", "function_call", "function_call_output"):
+        if isinstance(kind, str) and kind not in ("message", "function_call", "function_call_output", "reasoning"):
             why = f"input items of type `{kind[:40]}` are not supported through this gateway"
             raise _refuse(why, f"input.{index}.type", "unsupported_value")
         content = item.get("content")
@@ -268,7 +275,7 @@ def _items(items: Any) -> None:
 
 UNION_TAGS = frozenset(
     {"message", "function_call", "function_call_output", "input_text", "output_text", "refusal", "input_image",
-     "NamedFunction"}
+     "NamedFunction", "reasoning"}
 )  # fmt: skip
 
 
@@ -313,12 +320,19 @@ def _message(item: Message, index: int) -> dict[str, Any]:
 def messages(body: ResponsesRequest) -> list[dict[str, Any]]:
     """The chat messages: `instructions` first (a system message), then the items in order; consecutive
     function calls are one assistant message's tool calls (joined to an assistant message just before them),
-    a call's output a `tool` message."""
+    a call's output a `tool` message. Reasoning items in margin's encoding are the `thinking_blocks` of the
+    assistant message the next assistant item (message or function call) is part of (others are left out, as
+    are blocks no assistant item follows)."""
     out: list[dict[str, Any]] = []
     if body.instructions is not None:
         out.append({"role": "system", "content": body.instructions})
     items = [Message(role="user", content=body.input)] if isinstance(body.input, str) else body.input
+    thoughts: list[dict[str, Any]] = []
     for index, item in enumerate(items):
+        if isinstance(item, ReasoningItem):
+            if (block := item.block()) is not None:
+                thoughts.append(block)
+            continue
         if isinstance(item, Message):
             out.append(_message(item, index))
         elif isinstance(item, FunctionCall):
@@ -335,6 +349,9 @@ def messages(body: ResponsesRequest) -> list[dict[str, Any]]:
         else:
             output = item.output if isinstance(item.output, str) else [_part(part) for part in item.output]
             out.append({"role": "tool", "tool_call_id": item.call_id, "content": output})
+        if out[-1]["role"] == "assistant" and thoughts:
+            out[-1].setdefault("thinking_blocks", []).extend(thoughts)
+        thoughts = []
     return out
 
 
@@ -411,7 +428,7 @@ def parse(data: Any, storing: bool = False) -> tuple[ResponsesRequest, dict[str,
     return body, chat, request
 
 
-ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
+ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
 
 
 def input_items(data: dict[str, Any], request_id: str) -> list[dict[str, Any]]:

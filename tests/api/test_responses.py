@@ -395,7 +395,7 @@ def test_rate_limits_and_keys_apply(live: Live) -> None:
         ({"tool_choice": {"type": "web_search_preview"}}, "tool_choice", "unsupported_value"),
         ({"reasoning": {"summary": "auto"}}, "reasoning.summary", "unsupported_parameter"),
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.0.type", "unsupported_value"),
-        ({"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]}, "input.0.type", "unsupported_value"),
+        ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input.0.type", "unsupported_value"),
         (
             {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
             "input.0.content.0.type",

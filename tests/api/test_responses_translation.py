@@ -108,7 +108,7 @@ def test_settings_limits_logprobs_reasoning_and_streams() -> None:
         ({"input": [{"role": "user", "content": [{"type": "input_text", "text": "x"}] * 6000}] * 2}, "input"),
         ({"input": []}, "input"),
         ({}, "input"),
-        ({"input": "x", "include": ["reasoning.encrypted_content"]}, "include.0"),
+        ({"input": "x", "include": ["file_search_call.results"]}, "include.0"),
     ],
 )
 def test_refusals_name_the_field(body: dict[str, Any], param: str) -> None:

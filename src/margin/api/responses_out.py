@@ -11,6 +11,8 @@ from typing import Any
 import orjson
 
 from margin.responses import ResponsesRequest
+from margin.responses_reasoning import ReasoningEvents, output_items
+from margin.responses_reasoning import copy_item as _copy
 from margin.types import choices_of
 
 # a chat's finish_reason that ends a response early: OpenAI's `incomplete_details.reason`
@@ -144,7 +146,7 @@ def from_chat(chat: Any, response: dict[str, Any], ids: str) -> dict[str, Any]:
     status = "incomplete" if response["status"] == "incomplete" else "completed"
     message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
     assert isinstance(message, dict)
-    output: list[dict[str, Any]] = []
+    output = output_items(message, ids, status)
     text, refusal = message.get("content"), message.get("refusal")
     if (isinstance(text, str) and text) or isinstance(refusal, str):
         refused = refusal if isinstance(refusal, str) else None
@@ -153,14 +155,14 @@ def from_chat(chat: Any, response: dict[str, Any], ids: str) -> dict[str, Any]:
     for number, call in enumerate(calls if isinstance(calls, list) else []):
         if isinstance(call, dict):
             output.append(call_item(f"fc_{ids}_{number}", call))
-    if not output:
+    if not any(item["type"] != "reasoning" for item in output):
         output.append(message_item(f"msg_{ids}", "", [], None, status))
     response["output"] = output
     response["usage"] = usage_of(chat.get("usage"))
     return response
 
 
-class StreamEvents:
+class StreamEvents(ReasoningEvents):
     """One stream's translation: chat chunks in, Responses events out (as SSE bytes). Items are opened as their
     first delta arrives and closed when the next kind of output starts or the stream ends."""
 
@@ -178,6 +180,8 @@ class StreamEvents:
         self.chat: dict[str, Any] = {}
         self.failed = False
         self.closing: bytes | None = None  # the events that closed the open items, once `close` ran
+        self.reasoning: dict[str, Any] | None = None  # the open reasoning item (`ReasoningEvents`)
+        self.reasoning_texts: list[str] = []
         self.delta_fields = b""  # the open message's item_id, output_index, content_index as JSON (`_text_delta`)
 
     def event(self, kind: str, **fields: Any) -> bytes:
@@ -207,15 +211,31 @@ class StreamEvents:
         delta = choice.get("delta")
         if not isinstance(delta, dict):
             delta = {}
+        if len(delta) == 1 and isinstance(content := delta.get("content"), str):  # the usual chunk: text alone
+            out = (
+                self._text_delta(content, _logprobs(choice) if choice.get("logprobs") is not None else [])
+                if content
+                else b""
+            )
+        else:
+            out = self._deltas(delta, choice)
+        if (finish := choice.get("finish_reason")) is not None:
+            self.finish = finish
+        return out
+
+    def _deltas(self, delta: dict[str, Any], choice: dict[str, Any]) -> bytes:
+        """A delta's reasoning, text, refusal and tool calls, in that order."""
         out = b""
+        if isinstance(thought := delta.get("reasoning_content"), str) and thought:
+            out = self._reasoning_delta(thought)
+        if isinstance(blocks := delta.get("thinking_blocks"), list):
+            out += b"".join(self._thinking_block(block) for block in blocks)
         if isinstance(content := delta.get("content"), str) and content:
-            out = self._text_delta(content, _logprobs(choice) if choice.get("logprobs") is not None else [])
+            out += self._text_delta(content, _logprobs(choice) if choice.get("logprobs") is not None else [])
         if isinstance(refusal := delta.get("refusal"), str):
             self.refusal = (self.refusal or "") + refusal
         if isinstance(calls := delta.get("tool_calls"), list):
             out += b"".join(self._call_delta(call) for call in calls if isinstance(call, dict))
-        if (finish := choice.get("finish_reason")) is not None:
-            self.finish = finish
         return out
 
     def _text_delta(self, content: str, logprobs: list[Any]) -> bytes:
@@ -227,7 +247,7 @@ class StreamEvents:
             tail = b',"logprobs":' + orjson.dumps(logprobs) + b"}\n\n" if logprobs else EMPTY_LOGPROBS_END
             return DELTA_HEAD + str(sequence).encode() + self.delta_fields + orjson.dumps(content) + tail
         self.texts, self.logprobs = [content], list(logprobs)  # a message item's own text (one after a tool call too)
-        out = self._close_call()
+        out = self._close_reasoning() + self._close_call()
         opened = sum(item["type"] == "message" for item in self.items)  # a later one (after a tool call): its own id
         item_id = f"msg_{self.ids}" if not opened else f"msg_{self.ids}_{opened}"
         self.text = message_item(item_id, "", [], None, "in_progress")
@@ -260,7 +280,7 @@ class StreamEvents:
         out = b""
         item = self.calls.get(number)
         if item is None:
-            out = self._close_text() + self._close_call()
+            out = self._close_reasoning() + self._close_text() + self._close_call()
             item = call_item(f"fc_{self.ids}_{number}", call, "in_progress")
             item["arguments"] = ""
             self.calls[number] = self.open_call = item
@@ -315,6 +335,9 @@ class StreamEvents:
             arguments=item["arguments"],
         ) + self.event("response.output_item.done", output_index=index, item=_copy(item))
 
+    def _close_others(self) -> bytes:
+        return self._close_text() + self._close_call()
+
     def _item_status(self) -> str:
         return "incomplete" if isinstance(self.finish, str) and self.finish in INCOMPLETE else "completed"
 
@@ -332,7 +355,7 @@ class StreamEvents:
         """Close the open items (their events kept for `end`): the Response is then whole (its output, status)."""
         if self.failed or self.closing is not None:
             return
-        self.closing = self._close_text() + self._close_call() + self._refusal()
+        self.closing = self._close_reasoning() + self._close_text() + self._close_call() + self._refusal()
         _ended(self.response, self.finish, self.chat)
         self.response["output"] = [_copy(item) for item in self.items]
 
@@ -358,7 +381,3 @@ class StreamEvents:
         response["status"], response["output"] = "failed", [_copy(item) for item in self.items]
         response["error"] = {"code": code if isinstance(code, str) else "server_error", "message": message}
         return out + self.event("response.failed", response=response)
-
-
-def _copy(item: dict[str, Any]) -> dict[str, Any]:
-    return {**item, "content": [dict(part) for part in item["content"]]} if "content" in item else dict(item)

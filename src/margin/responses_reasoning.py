@@ -1,0 +1,183 @@
+"""Reasoning items on OpenAI's Responses API (`POST /v1/responses`): an answer's thinking (an `anthropic`
+backend's `thinking_blocks`, or a backend's bare `reasoning_content`) as `reasoning` output items, and a
+`reasoning` input item sent back as the following assistant turn's `thinking_blocks`.
+
+Each thinking block is one item, its text a `reasoning_text` part and the block itself in `encrypted_content`:
+margin's own encoding (`ENCODING` then the block's JSON in URL-safe base64), not OpenAI's and not encrypted (the
+block is the backend's signed output; a client learns nothing from it that `content` does not show, and cannot
+change it unnoticed: Anthropic checks its signature). It is always included, as OpenAI's API populates it by
+default: a client that sends the output back (`store: false`) needs it, whether or not it asked for it with
+`include: ["reasoning.encrypted_content"]`. A reasoning item whose `encrypted_content` is not margin's encoding
+(another provider's, or none) is left out of the chat request: there is nothing a backend could check it against."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from margin.protocol import MAX_MESSAGES, MAX_SIGNATURE_CHARS, MAX_THINKING_CHARS, RedactedThinkingBlock, ThinkingBlock
+
+ENCODING = "margin.thinking.v1:"
+# the longest encoding a block margin accepts may have: its text and signature at 4 bytes a character, base64
+MAX_ENCRYPTED_CHARS = len(ENCODING) + (4 * (MAX_THINKING_CHARS + MAX_SIGNATURE_CHARS) + 64) * 4 // 3 + 4
+BLOCK_KEYS = {"thinking": ("type", "thinking", "signature"), "redacted_thinking": ("type", "data")}
+_BLOCK: TypeAdapter[ThinkingBlock | RedactedThinkingBlock] = TypeAdapter(
+    Annotated[ThinkingBlock | RedactedThinkingBlock, Field(discriminator="type")]
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ReasoningText(_Strict):
+    type: Literal["reasoning_text"]
+    text: str
+
+
+class SummaryText(_Strict):
+    type: Literal["summary_text"]
+    text: str
+
+
+class ReasoningItem(_Strict):
+    """A `reasoning` input item as an answer gave it (or as another provider's answer did)."""
+
+    type: Literal["reasoning"]
+    id: Annotated[str, Field(max_length=256)] | None = None
+    summary: Annotated[list[SummaryText], Field(max_length=MAX_MESSAGES)] = []
+    content: Annotated[list[ReasoningText], Field(max_length=MAX_MESSAGES)] | None = None
+    encrypted_content: Annotated[str, Field(max_length=MAX_ENCRYPTED_CHARS)] | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+    def block(self) -> dict[str, Any] | None:
+        """The thinking block it holds in margin's encoding (validated and bounded as a chat's `thinking_blocks`
+        entry), or None: another provider's item, or none at all."""
+        return decode(self.encrypted_content) if self.encrypted_content is not None else None
+
+
+def encode(block: dict[str, Any]) -> str | None:
+    """A thinking block as margin's `encrypted_content` (only the block's own keys), or None if it is not one."""
+    keys = BLOCK_KEYS.get(block.get("type"))  # type: ignore[arg-type]
+    if keys is None or not all(isinstance(block.get(key), str) for key in keys):
+        return None
+    own = {key: block[key] for key in keys}
+    return ENCODING + base64.urlsafe_b64encode(orjson.dumps(own)).decode()
+
+
+def decode(encrypted: str) -> dict[str, Any] | None:
+    if not encrypted.startswith(ENCODING):
+        return None
+    try:
+        block = _BLOCK.validate_json(base64.urlsafe_b64decode(encrypted[len(ENCODING) :].encode()))
+    except (ValueError, binascii.Error, ValidationError):
+        return None
+    return block.model_dump(exclude_none=True)
+
+
+def reasoning_item(item_id: str, text: str | None, encrypted: str | None, status: str) -> dict[str, Any]:
+    """A `reasoning` output item (`text`: its `reasoning_text`, none for a redacted block)."""
+    content = [{"type": "reasoning_text", "text": text}] if text is not None else []
+    return {
+        "id": item_id,
+        "type": "reasoning",
+        "status": status,
+        "summary": [],
+        "content": content,
+        "encrypted_content": encrypted,
+    }
+
+
+def output_items(message: dict[str, Any], ids: str, status: str) -> list[dict[str, Any]]:
+    """A chat answer's thinking as reasoning items: one per thinking block, else one for its `reasoning_content`
+    (a backend that gives no blocks: nothing to send back, so no `encrypted_content`)."""
+    blocks = message.get("thinking_blocks")
+    items: list[dict[str, Any]] = []
+    for block in blocks if isinstance(blocks, list) else []:
+        if isinstance(block, dict) and (encrypted := encode(block)) is not None:
+            text = block["thinking"] if block["type"] == "thinking" else None
+            items.append(reasoning_item(f"rs_{ids}_{len(items)}", text, encrypted, status))
+    if not items and isinstance(text := message.get("reasoning_content"), str) and text:
+        items.append(reasoning_item(f"rs_{ids}_0", text, None, status))
+    return items
+
+
+class ReasoningEvents:
+    """The reasoning items of a Responses stream (mixed into `margin.api.responses_out.StreamEvents`): an item is
+    opened by the first `delta.reasoning_content` piece (`response.reasoning_text.delta` for each), and closed by
+    its `delta.thinking_blocks` entry (its `encrypted_content`), or when another kind of output starts."""
+
+    ids: str
+    items: list[dict[str, Any]]
+    reasoning: dict[str, Any] | None  # the open reasoning item
+    reasoning_texts: list[str]
+
+    def event(self, kind: str, **fields: Any) -> bytes:
+        raise NotImplementedError
+
+    def _close_others(self) -> bytes:
+        raise NotImplementedError
+
+    def _item_status(self) -> str:
+        raise NotImplementedError
+
+    def _open_reasoning(self, item: dict[str, Any]) -> bytes:
+        out = self._close_reasoning() + self._close_others()
+        self.items.append(item)
+        return out + self.event("response.output_item.added", output_index=len(self.items) - 1, item=copy_item(item))
+
+    def _reasoning_delta(self, text: str) -> bytes:
+        out = b""
+        if (item := self.reasoning) is None:
+            number = sum(item["type"] == "reasoning" for item in self.items)
+            item = reasoning_item(f"rs_{self.ids}_{number}", None, None, "in_progress")
+            out = self._open_reasoning(item)
+            self.reasoning, self.reasoning_texts = item, []
+            part = {"type": "reasoning_text", "text": ""}
+            out += self.event(
+                "response.content_part.added", item_id=item["id"], output_index=len(self.items) - 1, content_index=0,
+                part=part,
+            )  # fmt: skip
+        self.reasoning_texts.append(text)
+        index = self.items.index(item)
+        return out + self.event(
+            "response.reasoning_text.delta", item_id=item["id"], output_index=index, content_index=0, delta=text
+        )
+
+    def _thinking_block(self, block: Any) -> bytes:
+        """A whole thinking block: it closes the open item (or is an item of its own: a redacted block)."""
+        encrypted = encode(block) if isinstance(block, dict) else None
+        if encrypted is None:
+            return b""
+        if self.reasoning is not None and block["type"] == "thinking":
+            self.reasoning["encrypted_content"] = encrypted
+            return self._close_reasoning()
+        number = sum(item["type"] == "reasoning" for item in self.items)
+        text = block["thinking"] if block["type"] == "thinking" else None
+        item = reasoning_item(f"rs_{self.ids}_{number}", None, None, "in_progress")
+        out = self._open_reasoning(item)
+        item.update(reasoning_item(item["id"], text, encrypted, self._item_status()))
+        return out + self.event("response.output_item.done", output_index=len(self.items) - 1, item=copy_item(item))
+
+    def _close_reasoning(self) -> bytes:
+        item = self.reasoning
+        if item is None:
+            return b""
+        self.reasoning = None
+        index, text = self.items.index(item), "".join(self.reasoning_texts)
+        part = {"type": "reasoning_text", "text": text}
+        item["content"], item["status"] = [part], self._item_status()
+        fields: dict[str, Any] = {"item_id": item["id"], "output_index": index, "content_index": 0}
+        return (
+            self.event("response.reasoning_text.done", **fields, text=text)
+            + self.event("response.content_part.done", **fields, part=part)
+            + self.event("response.output_item.done", output_index=index, item=copy_item(item))
+        )
+
+
+def copy_item(item: dict[str, Any]) -> dict[str, Any]:
+    return {**item, "content": [dict(part) for part in item["content"]]} if "content" in item else dict(item)

@@ -22,10 +22,10 @@ import yaml
 from tests.api.compat_upstream import Upstream as CompatUpstream
 from tests.api.compat_upstream import compat_upstream
 from tests.api.test_anthropic_backend import KEY_ENV, UPSTREAM_KEY, _key
+from tests.api.test_thinking_loop import COMPAT, MODEL, two_backends
 from tests.backends.anthropic_upstream import THINKING_PIECES, THOUGHTS, USAGE, WEATHER, Upstream, anthropic_upstream
 from tests.helpers import margin_serve, wait_ledger_row
 
-MODEL, COMPAT = "claude-haiku-4-5", "compat"
 TOOL: Any = {"type": "function", **WEATHER["function"]}
 ASK: Any = [{"role": "user", "content": "weather in Paris?"}]
 
@@ -45,14 +45,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     key = _key(folder / "ledger.db")
     with anthropic_upstream() as upstream, compat_upstream() as compat, pytest.MonkeyPatch.context() as patch:
         patch.setenv(KEY_ENV, UPSTREAM_KEY)
-        claude = {"kind": "anthropic", "base_url": upstream.url, "api_key_env": KEY_ENV, "timeout_s": 10}
-        other = {"kind": "openai", "base_url": compat.url, "timeout_s": 10, "retries": {"attempts": 0}}
-        models = {
-            MODEL: {"backend": "claude"},
-            COMPAT: {"backend": "other", "upstream_model": "plain", "price": {"input": "1", "output": "2"}},
-        }
-        config = {"storage": {"flush_interval_ms": 10}, "backends": {"claude": claude, "other": other},
-                  "models": models, "responses": {"store": True}}  # fmt: skip
+        config = two_backends(upstream.url, compat.url, responses={"store": True})
         (folder / "margin.yaml").write_text(yaml.safe_dump(config))
         serving = margin_serve(folder / "ledger.db", folder / "serve.log", config=folder / "margin.yaml", ready_s=60)
         with serving as (url, _process):

@@ -55,21 +55,25 @@ class Live:
     key: str
 
 
+def two_backends(claude_url: str, compat_url: str, **extra: Any) -> dict[str, Any]:
+    """A config with an anthropic backend (MODEL) and an OpenAI-compatible one (COMPAT)."""
+    claude = {"kind": "anthropic", "base_url": claude_url, "api_key_env": KEY_ENV, "timeout_s": 10}
+    other = {"kind": "openai", "base_url": compat_url, "timeout_s": 10, "retries": {"attempts": 0}}
+    models = {
+        MODEL: {"backend": "claude"},
+        COMPAT: {"backend": "other", "upstream_model": "plain", "price": {"input": "1", "output": "2"}},
+    }
+    return {"storage": {"flush_interval_ms": 10}, "backends": {"claude": claude, "other": other}, "models": models,
+            **extra}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     folder = tmp_path_factory.mktemp("thinking")
     key = _key(folder / "ledger.db")
     with anthropic_upstream() as upstream, compat_upstream() as compat, pytest.MonkeyPatch.context() as patch:
         patch.setenv(KEY_ENV, UPSTREAM_KEY)
-        claude = {"kind": "anthropic", "base_url": upstream.url, "api_key_env": KEY_ENV, "timeout_s": 10}
-        other = {"kind": "openai", "base_url": compat.url, "timeout_s": 10, "retries": {"attempts": 0}}
-        models = {
-            MODEL: {"backend": "claude"},
-            COMPAT: {"backend": "other", "upstream_model": "plain", "price": {"input": "1", "output": "2"}},
-        }
-        config = {"storage": {"flush_interval_ms": 10}, "backends": {"claude": claude, "other": other},
-                  "models": models}  # fmt: skip
-        (folder / "margin.yaml").write_text(yaml.safe_dump(config))
+        (folder / "margin.yaml").write_text(yaml.safe_dump(two_backends(upstream.url, compat.url)))
         serving = margin_serve(folder / "ledger.db", folder / "serve.log", config=folder / "margin.yaml", ready_s=60)
         with serving as (url, _process):
             chat = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)

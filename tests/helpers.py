@@ -280,3 +280,14 @@ def wait_ledger_row(db: Path, url: str, request_id: str) -> Any:
     finally:
         engine.dispose()
     raise AssertionError(f"no ledger row for {request_id}")
+
+
+def ledger_rows(db: Path, request_id: str) -> int:
+    """How many rows the SQLite ledger holds for a request (0, or 1: never doubled)."""
+    engine = ledger_db.make_sync_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as connection:
+            query = sa.text("SELECT count(*) FROM ledger WHERE request_id = :id")
+            return int(connection.execute(query, {"id": request_id}).scalar_one())
+    finally:
+        engine.dispose()

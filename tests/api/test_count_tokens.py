@@ -17,7 +17,6 @@ import anthropic
 import httpx
 import openai
 import pytest
-import sqlalchemy as sa
 import yaml
 
 from margin import keys
@@ -25,7 +24,7 @@ from margin.ledger import db as ledger_db
 from tests.api.test_anthropic_backend import KEY_ENV, UPSTREAM_KEY
 from tests.api.test_messages_to_anthropic import TOOL
 from tests.backends.anthropic_upstream import Upstream, anthropic_upstream, counted
-from tests.helpers import margin_serve, wait_ledger_row
+from tests.helpers import ledger_rows, margin_serve, wait_ledger_row
 
 PUBLIC, UPSTREAM_MODEL = "haiku", "claude-haiku-4-5"
 HI: Any = [{"role": "user", "content": "hi"}]
@@ -40,15 +39,6 @@ class Gateway:
 
     def client(self, key: str = "user") -> anthropic.Anthropic:
         return anthropic.Anthropic(base_url=self.url, api_key=self.keys.get(key, key), max_retries=0)
-
-    def rows(self, request_id: str) -> int:
-        engine = ledger_db.make_sync_engine(f"sqlite:///{self.db}")
-        try:
-            with engine.connect() as connection:
-                query = sa.text("SELECT count(*) FROM ledger WHERE request_id = :id")
-                return int(connection.execute(query, {"id": request_id}).scalar_one())
-        finally:
-            engine.dispose()
 
 
 def _keys(db: Path) -> dict[str, str]:
@@ -123,7 +113,7 @@ def test_the_count_is_anthropic_s_for_the_body_sent_with_the_upstream_model(gate
     with gateway.client() as client:  # a completion after it: once its row is in, the count's would be too
         later = client.messages.with_raw_response.create(model=PUBLIC, max_tokens=8, messages=HI)
     wait_ledger_row(gateway.db, gateway.url, later.headers["x-request-id"])
-    assert gateway.rows(request_id) == 0  # a count is not metered: no ledger row
+    assert ledger_rows(gateway.db, request_id) == 0  # a count is not metered: no ledger row
     scraped = httpx.get(gateway.url + "/metrics", headers={"authorization": f"Bearer {gateway.keys['admin']}"})
     assert f'margin_count_tokens_total{{model="{PUBLIC}",outcome="ok"}} 1.0' in scraped.text
 

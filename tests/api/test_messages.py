@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from margin.economics.money import from_nanousd
-from tests.api.test_responses import CALL, GENERATED, Live, _rows, responses_gateway
+from tests.api.test_responses import CALL, GENERATED, Live, responses_gateway
+from tests.helpers import ledger_rows
 
 WEATHER: Any = {
     "name": "get_weather",
@@ -79,7 +80,7 @@ def test_a_whole_answer_is_a_message_the_sdk_parses_and_its_row_names_the_endpoi
     assert (row.endpoint, row.http_status, row.stream) == ("messages", 200, False)
     _usage_matches(message.usage, row)
     assert Decimal(raw.headers["x-margin-cost-usd"]) == from_nanousd(row.cost_nanousd) > 0
-    assert _rows(gateway.live, request_id) == 1
+    assert ledger_rows(gateway.live.db, request_id) == 1
 
 
 def test_a_stream_has_anthropic_s_events_in_order_and_its_usage_is_the_row_s(gateway: Gateway) -> None:
@@ -103,7 +104,7 @@ def test_a_stream_has_anthropic_s_events_in_order_and_its_usage_is_the_row_s(gat
     assert (row.endpoint, row.stream, row.http_status) == ("messages", True, 200)
     _usage_matches(events[-2].usage, row)
     assert body.headers["content-type"].startswith("text/event-stream")
-    assert _rows(gateway.live, request_id) == 1
+    assert ledger_rows(gateway.live.db, request_id) == 1
 
 
 def test_the_stream_helper_s_final_message_has_the_row_s_usage(gateway: Gateway) -> None:

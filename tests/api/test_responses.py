@@ -26,7 +26,7 @@ import yaml
 from margin import keys
 from margin.economics.money import from_nanousd
 from margin.ledger import db as ledger_db
-from tests.helpers import margin_serve, wait_ledger_row
+from tests.helpers import ledger_rows, margin_serve, wait_ledger_row
 from tests.servers import http_thread, recording_handler, reply_events, reply_json
 
 PRICE = {"input": "1", "output": "2"}  # $1 / $2 per million tokens: 1,000 / 2,000 nano-USD a token
@@ -186,17 +186,7 @@ def test_a_json_answer_is_a_response_the_sdk_parses_and_its_row_names_the_endpoi
     assert (row.endpoint, row.http_status, row.stream) == ("responses", 200, False)
     _usage_matches(response.usage, row)
     assert Decimal(raw.headers["x-margin-cost-usd"]) == from_nanousd(row.cost_nanousd) > 0
-    assert _rows(live, request_id) == 1
-
-
-def _rows(live: Live, request_id: str) -> int:
-    engine = ledger_db.make_sync_engine(f"sqlite:///{live.db}")
-    try:
-        with engine.connect() as connection:
-            query = sa.text("SELECT count(*) FROM ledger WHERE request_id = :id")
-            return int(connection.execute(query, {"id": request_id}).scalar_one())
-    finally:
-        engine.dispose()
+    assert ledger_rows(live.db, request_id) == 1
 
 
 def test_a_stream_has_openai_s_events_in_order_and_its_usage_is_the_row_s(live: Live) -> None:

@@ -15,7 +15,8 @@ from agents import Agent, RunConfig, Runner, function_tool
 from agents.models.openai_responses import OpenAIResponsesModel
 from openai import AsyncOpenAI
 
-from tests.api.test_responses import Live, _rows, responses_gateway
+from tests.api.test_responses import Live, responses_gateway
+from tests.helpers import ledger_rows
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -70,4 +71,4 @@ def test_an_agent_with_a_function_tool_runs_through_margin(live: Live, stream: b
         request_id = response_id.removeprefix("resp_")
         row = live.row(request_id)
         assert (row.endpoint, row.http_status, row.stream) == ("responses", 200, stream)
-        assert _rows(live, request_id) == 1
+        assert ledger_rows(live.db, request_id) == 1

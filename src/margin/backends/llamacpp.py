@@ -172,13 +172,17 @@ class LlamaCppBackend:
         model's context, which a completion refuses."""
         self._admit(self._counting)
         sampling_plan(prompt.chat, self.name)
+        loop = asyncio.get_running_loop()
+        work = self._counter.submit(self._prompt, prompt.chat)
         self._counting += 1
-        try:
-            loop = asyncio.get_running_loop()
-            tokens, _, _ = await loop.run_in_executor(self._counter, self._prompt, prompt.chat)
-        finally:
-            self._counting -= 1
+        # done when the thread is done with it (a caller that leaves does not free its place before), or when a
+        # waiting one is dropped: its caller left before it started
+        work.add_done_callback(lambda _: loop.call_soon_threadsafe(self._counted))
+        tokens, _, _ = await asyncio.wrap_future(work)
         return len(tokens)
+
+    def _counted(self) -> None:
+        self._counting -= 1
 
     def health(self) -> dict[str, Any]:
         return {

@@ -315,11 +315,6 @@ def parse_messages(data: Any) -> MessagesRequest:
     return _validated(MessagesRequest, data)
 
 
-def parse_count(data: Any) -> CountTokensRequest:
-    """A count_tokens body, validated as a Messages body's prompt is (a 400 naming the field)."""
-    return _validated(CountTokensRequest, data)
-
-
 def _validated(model: type[Body], data: Any) -> Body:
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
@@ -487,24 +482,20 @@ def chat_data(body: MessagesRequest, sent: dict[str, Any] | None = None) -> dict
     return data
 
 
-def _chat(data: dict[str, Any]) -> ChatCompletionRequest:
-    """The chat request's JSON validated as the chat path validates it (a 400 naming the chat field is a
-    translation margin could not run)."""
-    request = parse_request(Endpoint.CHAT, data)
-    assert isinstance(request, ChatCompletionRequest)
-    return request
-
-
 def parse(data: Any) -> tuple[MessagesRequest, dict[str, Any], ChatCompletionRequest]:
-    """A Messages body: validated, its chat request's JSON, and that chat request validated."""
+    """A Messages body: validated, its chat request's JSON, and that chat request validated as the chat path
+    validates it (a 400 naming the chat field is a translation margin could not run)."""
     body = parse_messages(data)
-    chat = chat_data(body, data)
-    return body, chat, _chat(chat)
+    return body, *_chat(chat_data(body, data))
 
 
 def parse_prompt(data: Any) -> tuple[CountTokensRequest, dict[str, Any], ChatCompletionRequest]:
-    """A count_tokens body: validated, the prompt's chat request's JSON (`prompt_data`), and that chat request
-    validated."""
-    body = parse_count(data)
-    chat = prompt_data(body)
-    return body, chat, _chat(chat)
+    """A count_tokens body, as `parse` parses a Messages body (its chat request is the prompt's: `prompt_data`)."""
+    body = _validated(CountTokensRequest, data)
+    return body, *_chat(prompt_data(body))
+
+
+def _chat(data: dict[str, Any]) -> tuple[dict[str, Any], ChatCompletionRequest]:
+    request = parse_request(Endpoint.CHAT, data)
+    assert isinstance(request, ChatCompletionRequest)
+    return data, request

@@ -1,19 +1,22 @@
-"""Token counts on the real local model (`margin serve` with its default config: SmolLM2 on llama.cpp), through
-the official SDKs: `POST /v1/messages/count_tokens` (anthropic's `messages.count_tokens`) and `POST
-/v1/responses/input_tokens` (openai's `responses.input_tokens.count`) count exactly the input tokens a completion
-of the same prompt reports (a system prompt, several turns, special-token text in a message) on /v1/messages,
-/v1/responses and /v1/chat/completions. What a completion refuses (tools: the backend takes none) a count
-refuses the same way; a prompt past the model's context is counted, though a completion of it is refused. Before:
-both counts were refused (400 `count_tokens_unavailable`; /v1/responses/input_tokens a 404)."""
+"""Token counts on the real local model (`margin serve` with its default config, stored responses on: SmolLM2 on
+llama.cpp), through the official SDKs: `POST /v1/messages/count_tokens` (anthropic's `messages.count_tokens`) and
+`POST /v1/responses/input_tokens` (openai's `responses.input_tokens.count`) count exactly the input tokens a
+completion of the same prompt reports (a system prompt, several turns, special-token text in a message; a stored
+conversation continued with `previous_response_id`) on /v1/messages, /v1/responses and /v1/chat/completions.
+What a completion refuses (tools: the backend takes none) a count refuses the same way; a prompt past the model's
+context is counted, though a completion of it is refused. Before: both counts were refused (400
+`count_tokens_unavailable`; /v1/responses/input_tokens a 405)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from importlib.resources import files
 from typing import Any
 
 import anthropic
 import openai
 import pytest
+import yaml
 
 from tests.helpers import margin_serve
 
@@ -31,8 +34,12 @@ TOOL: Any = {"type": "function", "name": "get_weather", "parameters": {"type": "
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The default config (the real local model), with stored responses on."""
     folder = tmp_path_factory.mktemp("count-local")
-    with margin_serve(folder / "ledger.db", folder / "serve.log") as (base, _):
+    default = yaml.safe_load(files("margin").joinpath("default_config.yaml").read_text())
+    config = {**default, "responses": {"store": True}}
+    (folder / "margin.yaml").write_text(yaml.safe_dump(config))
+    with margin_serve(folder / "ledger.db", folder / "serve.log", config=folder / "margin.yaml") as (base, _):
         yield base
 
 
@@ -69,6 +76,16 @@ def test_a_responses_count_is_the_input_a_response_reports(url: str) -> None:
         assert anthropic_client.messages.count_tokens(model="local", system=SYSTEM, messages=TURNS).input_tokens == (
             counted.input_tokens
         )
+
+
+def test_a_continued_conversation_is_counted_with_its_stored_turns(url: str) -> None:
+    with _openai(url) as client:
+        first = client.responses.create(model="local", instructions=SYSTEM, input="Name a colour.", max_output_tokens=8)
+        later = "And another one?"
+        counted = client.responses.input_tokens.count(model="local", input=later, previous_response_id=first.id)
+        second = client.responses.create(model="local", input=later, previous_response_id=first.id, max_output_tokens=1)
+        alone = client.responses.input_tokens.count(model="local", input=later).input_tokens
+    assert second.usage is not None and counted.input_tokens == second.usage.input_tokens > alone
 
 
 def test_what_a_completion_refuses_a_count_refuses(url: str) -> None:

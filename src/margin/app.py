@@ -191,6 +191,7 @@ def build_app(
         "/v1/completions": inference.completions,
         "/v1/embeddings": inference.embeddings,
         "/v1/responses": responses.responses,
+        "/v1/responses/input_tokens": responses.input_tokens,
         "/v1/messages": messages.messages,
         "/v1/messages/count_tokens": count_tokens.count_tokens,
     }

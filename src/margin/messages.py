@@ -315,11 +315,6 @@ def parse_messages(data: Any) -> MessagesRequest:
     return _validated(MessagesRequest, data)
 
 
-def parse_count(data: Any) -> CountTokensRequest:
-    """A count_tokens body, validated as a Messages body's prompt is (a 400 naming the field)."""
-    return _validated(CountTokensRequest, data)
-
-
 def _validated(model: type[Body], data: Any) -> Body:
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
@@ -402,7 +397,7 @@ def _assistant(message: AssistantMessage, index: int) -> dict[str, Any]:
     return out
 
 
-def messages(body: MessagesRequest) -> list[dict[str, Any]]:
+def messages(body: CountTokensRequest) -> list[dict[str, Any]]:
     """The chat messages: `system` first (one system message, its blocks' text joined by a blank line), then
     the messages in order."""
     out: list[dict[str, Any]] = []
@@ -441,7 +436,7 @@ def _tool_choice(choice: ToolChoice, data: dict[str, Any]) -> None:
         data["parallel_tool_calls"] = False
 
 
-def effort(body: MessagesRequest) -> str | None:
+def effort(body: CountTokensRequest) -> str | None:
     """OpenAI's reasoning effort: `output_config.effort` (`max` is `xhigh`), else a thinking budget's."""
     if body.output_config is not None and body.output_config.effort is not None:
         return EFFORTS[body.output_config.effort]
@@ -453,17 +448,10 @@ def effort(body: MessagesRequest) -> str | None:
     return next((name for limit, name in EFFORT_BUDGETS if thinking.budget_tokens <= limit), "high")
 
 
-def chat_data(body: MessagesRequest, sent: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The chat request (its JSON) that answers this Messages request (`sent`: its JSON, whose sampling values
-    are passed as sent, `0` not `0.0`). A stream always asks for usage (Anthropic's always reports it)."""
-    data: dict[str, Any] = {"model": body.model, "messages": messages(body), "max_tokens": body.max_tokens}
-    for name in ("temperature", "top_p", "top_k"):
-        if (value := getattr(body, name)) is not None:
-            data[name] = sent[name] if sent is not None else value
-    if body.stop_sequences:
-        data["stop"] = body.stop_sequences
-    if body.metadata is not None and body.metadata.user_id is not None:
-        data["user"] = body.metadata.user_id
+def prompt_data(body: CountTokensRequest) -> dict[str, Any]:
+    """The prompt's part of the chat request (its JSON) that answers a Messages request: the model, the messages,
+    the tools and tool choice, the reasoning effort and the output format."""
+    data: dict[str, Any] = {"model": body.model, "messages": messages(body)}
     if body.tools:
         data["tools"] = [_tool(tool) for tool in body.tools]
     if body.tool_choice is not None:
@@ -473,6 +461,21 @@ def chat_data(body: MessagesRequest, sent: dict[str, Any] | None = None) -> dict
     form = body.output_config.format if body.output_config is not None else None
     if form is not None:
         data["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": form.schema_}}
+    return data
+
+
+def chat_data(body: MessagesRequest, sent: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The chat request (its JSON) that answers this Messages request (`sent`: its JSON, whose sampling values
+    are passed as sent, `0` not `0.0`): its prompt (`prompt_data`), then its output limit and sampling. A stream
+    always asks for usage (Anthropic's always reports it)."""
+    data = {**prompt_data(body), "max_tokens": body.max_tokens}
+    for name in ("temperature", "top_p", "top_k"):
+        if (value := getattr(body, name)) is not None:
+            data[name] = sent[name] if sent is not None else value
+    if body.stop_sequences:
+        data["stop"] = body.stop_sequences
+    if body.metadata is not None and body.metadata.user_id is not None:
+        data["user"] = body.metadata.user_id
     if body.stream:
         data["stream"] = True
         data["stream_options"] = {"include_usage": True}
@@ -483,7 +486,16 @@ def parse(data: Any) -> tuple[MessagesRequest, dict[str, Any], ChatCompletionReq
     """A Messages body: validated, its chat request's JSON, and that chat request validated as the chat path
     validates it (a 400 naming the chat field is a translation margin could not run)."""
     body = parse_messages(data)
-    chat = chat_data(body, data)
-    request = parse_request(Endpoint.CHAT, chat)
+    return body, *_chat(chat_data(body, data))
+
+
+def parse_prompt(data: Any) -> tuple[CountTokensRequest, dict[str, Any], ChatCompletionRequest]:
+    """A count_tokens body, as `parse` parses a Messages body (its chat request is the prompt's: `prompt_data`)."""
+    body = _validated(CountTokensRequest, data)
+    return body, *_chat(prompt_data(body))
+
+
+def _chat(data: dict[str, Any]) -> tuple[dict[str, Any], ChatCompletionRequest]:
+    request = parse_request(Endpoint.CHAT, data)
     assert isinstance(request, ChatCompletionRequest)
-    return body, chat, request
+    return data, request

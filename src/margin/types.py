@@ -9,12 +9,12 @@ import math
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import orjson
 
 from margin.config import ModelConfig
-from margin.protocol import ApiRequest, Endpoint
+from margin.protocol import ApiRequest, ChatCompletionRequest, Endpoint
 
 
 @dataclass(slots=True)
@@ -273,6 +273,26 @@ class Backend(Protocol):
         ...
 
     def health(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """A prompt to count (`POST /v1/messages/count_tokens`, `POST /v1/responses/input_tokens`): the chat request a
+    completion of it would be (its JSON `raw`, validated as `chat`), the model's `upstream_model` name, and the
+    client's body where it came in Anthropic's Messages shape (`messages`: an anthropic backend counts it as sent)."""
+
+    raw: dict[str, Any]
+    chat: ChatCompletionRequest
+    upstream_model: str
+    messages: dict[str, Any] | None = None
+
+
+@runtime_checkable
+class InputCounter(Protocol):
+    """A backend that can count a prompt's input tokens exactly: the `input_tokens` a completion of that prompt
+    would report (a backend without this method cannot count, and margin does not estimate)."""
+
+    async def count_input_tokens(self, prompt: Prompt) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)

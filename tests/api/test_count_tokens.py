@@ -3,8 +3,11 @@
 (the upstream's), for the body the client sent with the upstream's model name; the caller is authenticated and
 held to its key's policy and RPM limit as on `/v1/messages`; a model whose backend cannot count is refused, never
 estimated; a count writes no ledger row and shows in /metrics. And `drop_unsupported`: a chat field the backend
-lists is left out of what Anthropic receives, and the answer's `x-margin-dropped-params` says so. Before: the
-endpoint was a 404, and `seed` on an anthropic backend always a 400."""
+lists is left out of what Anthropic receives, and the answer's `x-margin-dropped-params` says so. And `POST
+/v1/responses/input_tokens` (the `openai` SDK's `responses.input_tokens.count`): the Messages count_tokens body a
+completion of the Responses request would send, held to the same policy, refused in OpenAI's shape; a routed name
+is refused on both. Before: /v1/messages/count_tokens was a 404, and `seed` on an anthropic backend always a 400;
+then /v1/responses/input_tokens was a 405."""
 
 from __future__ import annotations
 
@@ -39,6 +42,9 @@ class Gateway:
 
     def client(self, key: str = "user") -> anthropic.Anthropic:
         return anthropic.Anthropic(base_url=self.url, api_key=self.keys.get(key, key), max_retries=0)
+
+    def openai(self, key: str = "user") -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.keys.get(key, key), max_retries=0)
 
 
 def _keys(db: Path) -> dict[str, str]:
@@ -77,6 +83,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
                 "forced": {"backend": "fake"},
                 "rejected": {"backend": "claude", "upstream_model": "rejecting"},
             },
+            "routes": {"either": {"policy": "lowest-cost", "ladder": [PUBLIC, "dropper"]}},
             "limits": [{"scope": {"kind": "team", "value": "limited"}, "rpm": 1}],
             "flags": [
                 {"name": "off", "target": {"kind": "model", "value": "switched-off"}, "action": "disable"},
@@ -204,3 +211,70 @@ def test_drop_unsupported_leaves_the_fields_out_and_says_so(gateway: Gateway) ->
         with pytest.raises(openai.BadRequestError) as refused:  # a backend without the option still refuses
             client.chat.completions.create(model=PUBLIC, messages=HI, seed=7, max_tokens=8)
     assert "seed" in refused.value.message
+
+
+def test_a_routed_name_is_refused_the_model_is_chosen_per_request(gateway: Gateway) -> None:
+    sent = len(gateway.upstream.bodies)
+    with gateway.client() as client, pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.count_tokens(model="either", messages=HI)
+    assert "routed name `either`" in refused.value.message
+    with gateway.openai() as client, pytest.raises(openai.BadRequestError) as routed:
+        client.responses.input_tokens.count(model="either", input="hi")
+    assert routed.value.code == "count_tokens_unavailable" and "routed name `either`" in routed.value.message
+    assert len(gateway.upstream.bodies) == sent
+
+
+def test_input_tokens_of_a_responses_request_are_anthropic_s_count_of_its_translation(gateway: Gateway) -> None:
+    tool: Any = {"type": "function", "name": TOOL["name"], "description": TOOL["description"],
+                 "parameters": TOOL["input_schema"]}  # fmt: skip
+    items: Any = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                  {"role": "user", "content": "weather in Paris?"}]  # fmt: skip
+    with gateway.openai() as client:
+        raw = client.responses.input_tokens.with_raw_response.count(
+            model=PUBLIC, instructions="be brief", input=items, tools=[tool]
+        )
+    answer = raw.parse()
+    assert gateway.upstream.paths[-1] == "/v1/messages/count_tokens"
+    sent = gateway.upstream.last  # the Messages body a completion would send, less its output limit and sampling
+    assert sent == {
+        "model": UPSTREAM_MODEL,
+        "system": [{"type": "text", "text": "be brief"}],
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                     {"role": "assistant", "content": [{"type": "text", "text": "hello"}]},
+                     {"role": "user", "content": [{"type": "text", "text": "weather in Paris?"}]}],
+        "tools": [TOOL],
+    }  # fmt: skip
+    assert (answer.object, answer.input_tokens) == ("response.input_tokens", counted(sent))
+    wait_ledger_row(gateway.db, gateway.url, _completed(gateway))  # a completion after it: its row is in
+    assert ledger_rows(gateway.db, raw.headers["x-request-id"]) == 0  # a count is not metered
+
+
+def _completed(gateway: Gateway) -> str:
+    with gateway.openai() as client:
+        later = client.responses.with_raw_response.create(model=PUBLIC, input="hi", max_output_tokens=8)
+    return later.headers["x-request-id"]
+
+
+def test_input_tokens_are_refused_in_openai_s_shape_as_a_response_would_be(gateway: Gateway) -> None:
+    sent = len(gateway.upstream.bodies)
+    with gateway.openai("sk-not-a-key") as client, pytest.raises(openai.AuthenticationError):
+        client.responses.input_tokens.count(model=PUBLIC, input="hi")
+    with gateway.openai() as client:
+        with pytest.raises(openai.NotFoundError) as unknown:
+            client.responses.input_tokens.count(model="no-such-model", input="hi")
+        assert unknown.value.code == "model_not_found"
+        with pytest.raises(openai.BadRequestError) as local:  # the fake backend cannot count: never estimated
+            client.responses.input_tokens.count(model="local", input="hi")
+        assert local.value.code == "count_tokens_unavailable" and local.value.param == "model"
+        with pytest.raises(openai.BadRequestError) as invalid:  # validated as a Responses request's input
+            client.responses.input_tokens.count(model=PUBLIC, input=[{"type": "item_reference", "id": "x"}])
+        assert invalid.value.param == "input.0.type"
+    with gateway.openai("narrow") as client, pytest.raises(openai.PermissionDeniedError) as forbidden:
+        client.responses.input_tokens.count(model=PUBLIC, input="hi")
+    assert f"may not use the model `{PUBLIC}`" in forbidden.value.message
+    with gateway.openai("private") as client, pytest.raises(openai.PermissionDeniedError) as private:
+        client.responses.input_tokens.count(model=PUBLIC, input="mail ann@example.com")
+    assert "redacts PII" in private.value.message
+    assert len(gateway.upstream.bodies) == sent  # nothing reached the upstream
+    scraped = httpx.get(gateway.url + "/metrics", headers={"authorization": f"Bearer {gateway.keys['admin']}"})
+    assert 'margin_count_tokens_total{model="local",outcome="count_tokens_unavailable"}' in scraped.text

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 
 from margin.api.errors import status_of
 from margin.backend_config import LlamaCppBackendConfig
 from margin.backends.llamacpp import LlamaCppBackend, resolve_model_file
 from margin.errors import ConfigError, Overloaded
+from margin.protocol import ChatCompletionRequest, Endpoint, parse_request
+from margin.types import Prompt
 
 
 def test_builtin_model_comes_from_the_wheel() -> None:
@@ -32,3 +39,55 @@ def test_bounded_queue_answers_503_with_retry_after() -> None:
     assert "max_queue=2" in full.value.message
     backend._in_flight = 2
     backend._admit()  # room for one more
+
+
+def _prompt() -> Prompt:
+    chat = parse_request(Endpoint.CHAT, {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    assert isinstance(chat, ChatCompletionRequest)
+    return Prompt({}, chat, "m")
+
+
+async def _settled(backend: LlamaCppBackend, counting: int) -> None:
+    for _ in range(500):
+        if backend._counting == counting:
+            return
+        await asyncio.sleep(0.01)
+    assert backend._counting == counting
+
+
+async def test_counts_tokenize_on_their_own_thread_bounded_by_max_queue() -> None:
+    backend = LlamaCppBackend("local", LlamaCppBackendConfig(max_queue=1))
+    backend._llm = SimpleNamespace(close=lambda: None)  # loaded, as far as counting is concerned
+    started, release, threads = threading.Event(), threading.Event(), []
+
+    def tokenize(_request: Any) -> tuple[list[int], list[str], str]:  # stands in for the template and tokenizer
+        threads.append(threading.current_thread().name)
+        started.set()
+        release.wait(10)
+        return [1, 2, 3], [], ""
+
+    backend._prompt = tokenize  # type: ignore[method-assign,assignment]
+    try:
+        first = asyncio.create_task(backend.count_input_tokens(_prompt()))
+        second = asyncio.create_task(backend.count_input_tokens(_prompt()))  # waits for the first's thread
+        await asyncio.to_thread(started.wait, 10)
+        with pytest.raises(Overloaded) as full:  # one counting, one waiting: max_queue=1 is full
+            await backend.count_input_tokens(_prompt())
+        assert status_of(full.value) == 503 and "2 requests running or queued" in full.value.message
+        second.cancel()  # a waiting count whose caller left is dropped, never tokenized: its place is free
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        await _settled(backend, 1)
+        first.cancel()  # a running one holds its place until its thread is done with it
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await asyncio.sleep(0.05)
+        assert backend._counting == 1
+        release.set()
+        await _settled(backend, 0)
+        assert await backend.count_input_tokens(_prompt()) == 3
+        assert set(threads) == {"llama-count-local_0"}  # never the event loop's thread, nor the generations'
+        assert len(threads) == 2  # the first count and the last
+    finally:
+        release.set()
+        await backend.close()

@@ -79,6 +79,12 @@ BODIES: dict[str, Any] = {
         "metadata": {"k": "v"},
         "max_output_tokens": 16,
     },
+    "/v1/responses/input_tokens": {
+        "model": "fake-chat",
+        "instructions": "be brief",
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}],
+        "tools": [{"type": "function", "name": "f", "parameters": SCHEMA}],
+    },
     "/v1/messages": {**ANTHROPIC, "max_tokens": 5},
     "/v1/messages/count_tokens": ANTHROPIC,
     "/admin/keys": {"name": "fuzz", "team": "fuzz", "tags": {"k": "v"}, "expires_in_s": 3600},

@@ -145,6 +145,13 @@ def _gateway_operations() -> list[Op]:
             stream=True,
         ),
         Op(
+            "post",
+            "/v1/responses/input_tokens",
+            'The input tokens of a Responses request (`{"object": "response.input_tokens", "input_tokens": N}`), '
+            "for models on an anthropic or llamacpp backend; no ledger row",
+            ref(ResponsesRequest),
+        ),
+        Op(
             "get",
             "/v1/responses/{response_id}",
             "A stored response (its key's or org's)",
@@ -170,8 +177,8 @@ def _gateway_operations() -> list[Op]:
         Op(
             "post",
             "/v1/messages/count_tokens",
-            'Anthropic\'s token count of a Messages prompt (`{"input_tokens": N}`), for models on an anthropic '
-            "backend; no ledger row",
+            'The token count of a Messages prompt (`{"input_tokens": N}`), for models on an anthropic backend '
+            "(Anthropic's count) or a llamacpp backend (margin's, exact); no ledger row",
             ref(CountTokensRequest),
             auth="key_or_api_key",
             error=AnthropicErrorBody,

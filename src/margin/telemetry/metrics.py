@@ -166,7 +166,9 @@ class _Families:
         self.cache_hits = Counter("margin_cache_hits", "Answers from the cache.", ["type"], registry=r)
         self.rejections = Counter("margin_rejections", "Requests margin refused, by reason.", ["reason"], registry=r)
         self.token_counts = Counter(
-            "margin_count_tokens", "POST /v1/messages/count_tokens calls (never ledger rows), by model and outcome.",
+            "margin_count_tokens",
+            "Token counts (POST /v1/messages/count_tokens, /v1/responses/input_tokens; never ledger rows), by model "
+            "and outcome.",
             ["model", "outcome"], registry=r,
         )  # fmt: skip
         self.dropped = Counter("margin_telemetry_dropped", "Telemetry lost (never ledger rows).", ["sink"], registry=r)
@@ -296,7 +298,7 @@ class Metrics:
         self._seen[key] = total
 
     def count_tokens(self, model: str | None, outcome: str) -> None:
-        """One count_tokens call: the model it counted for (None before one was resolved), `ok` or its error."""
+        """One token count: the model it counted for (None before one was resolved), `ok` or its error."""
         self.families.token_counts.labels(self._label["model"](model), self._label["reason"](outcome)).inc()
 
     def drop(self, sink: str, count: int = 1) -> None:

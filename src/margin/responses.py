@@ -37,6 +37,9 @@ from margin.protocol import (
 from margin.responses_reasoning import ReasoningItem
 
 MAX_METADATA = 16  # OpenAI's limit: 16 pairs, keys of 64 characters, values of 512
+Metadata = Annotated[
+    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]], Field(max_length=MAX_METADATA)
+]
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 # what `include` may ask for: logprobs, and reasoning items' `encrypted_content` (which is always included)
 Include = Literal["message.output_text.logprobs", "reasoning.encrypted_content"]
@@ -178,7 +181,7 @@ class ResponsesRequest(_Strict):
     text: Text | None = None
     reasoning: Reasoning | None = None
     user: UserId | None = None
-    metadata: Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=MAX_METADATA)] | None = None
+    metadata: Metadata | None = None  # the Response's own: echoed and stored, not sent upstream (`SAME_NAME`)
     service_tier: ServiceTier | None = None
     stream: Flag = False
     stream_options: ResponsesStreamOptions | None = None
@@ -379,9 +382,11 @@ def response_format(text: Text | None) -> dict[str, Any] | None:
     return {"type": "json_schema", "json_schema": schema}
 
 
-# Settings passed to the chat request under the same name
+# Settings passed to the chat request under the same name. Not `metadata`: on the Responses API it is the
+# Response's own (echoed, stored), while a chat's `metadata` asks OpenAI to store the completion (a 400 there
+# without `store: true`) and is refused by anthropic backends
 SAME_NAME = (
-    "temperature", "top_p", "parallel_tool_calls", "user", "metadata", "service_tier", "prompt_cache_key",
+    "temperature", "top_p", "parallel_tool_calls", "user", "service_tier", "prompt_cache_key",
     "prompt_cache_retention", "safety_identifier",
 )  # fmt: skip
 
@@ -433,13 +438,15 @@ ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "f
 
 def input_items(data: dict[str, Any], request_id: str) -> list[dict[str, Any]]:
     """A (validated) body's input as the items stored and listed (`input_items`): each with its `type` and an
-    `id` (`<kind>_<request id>_in<n>` where it came without one), a message's text as a content part."""
+    `id` (`<kind>_<request id>_in<n>` where it came without one, or with a null one), a message's text as a
+    content part."""
     raw = data["input"]
     listed = [{"role": "user", "content": raw}] if isinstance(raw, str) else raw
     items: list[dict[str, Any]] = []
     for index, item in enumerate(listed):
         kind = item.get("type", "message")
-        stored = {"type": kind, "id": f"{ID_PREFIX[kind]}_{request_id}_in{index}", **item}
+        stored = {"type": kind, "id": None, **item}
+        stored["id"] = stored["id"] or f"{ID_PREFIX[kind]}_{request_id}_in{index}"
         if kind == "message" and isinstance(text := item["content"], str):
             part = "output_text" if item["role"] == "assistant" else "input_text"
             stored["content"] = [{"type": part, "text": text, **({"annotations": []} if part == "output_text" else {})}]

@@ -228,7 +228,8 @@ def test_the_stream_helper_s_final_response_has_the_row_s_usage(live: Live) -> N
 
 def test_the_chat_request_sent_upstream_is_the_translation(live: Live) -> None:
     """instructions → a system message, items → messages, flat function tools → chat's nested ones,
-    text.format → response_format, max_output_tokens → the output limit (max_tokens)."""
+    text.format → response_format, max_output_tokens → the output limit (max_tokens). `metadata` is the
+    Response's own (echoed), not sent: OpenAI refuses a chat's `metadata` without `store: true`."""
     schema: Any = {"type": "object", "properties": {"a": {"type": "string"}}}
     items: Any = [
         {"role": "developer", "content": "no chatter"},
@@ -237,7 +238,7 @@ def test_the_chat_request_sent_upstream_is_the_translation(live: Live) -> None:
         {"role": "user", "content": "Paris"},
     ]
     text: Any = {"format": {"type": "json_schema", "name": "answer", "schema": schema, "strict": True}}
-    live.client().responses.create(
+    response = live.client().responses.create(
         model="plain",
         instructions="be terse",
         input=items,
@@ -278,9 +279,9 @@ def test_the_chat_request_sent_upstream_is_the_translation(live: Live) -> None:
         "max_tokens": 40,
         "temperature": 0.5,
         "top_p": 0.9,
-        "metadata": {"ticket": "42"},
         "user": "u-1",
     }
+    assert response.metadata == {"ticket": "42"}
 
 
 def test_function_calls_round_trip(live: Live) -> None:
@@ -403,6 +404,7 @@ def test_rate_limits_and_keys_apply(live: Live) -> None:
         ({"input": [{"role": "tool", "content": "x"}]}, "input.0.role", None),
         ({"text": {"format": {"type": "json_schema"}}}, "text.format", None),
         ({"metadata": {"k": 1}}, "metadata.k", None),
+        ({"metadata": {"k" * 65: "v"}}, "metadata." + "k" * 65, None),  # OpenAI's bound on keys: 64 characters
         ({"stream": "yes"}, "stream", None),
     ],
 )

@@ -123,6 +123,34 @@ def test_retrieve_is_the_response_as_created_and_input_items_are_listed(live: Li
     assert _texts(rest) == ["three"] and rest.has_more is False
 
 
+def test_input_items_sent_with_a_null_id_are_listed_with_one_of_their_own(live: Live) -> None:
+    """An item whose `id` is null (as a client that writes every optional field sends it) gets an id as one
+    without any does, so the list has `first_id` and pages by `after`. Before: listed with `id: null`."""
+    items = [
+        {"type": "message", "role": "user", "content": "one", "id": None, "status": None},
+        {"role": "user", "content": "two", "id": None},
+        {"role": "user", "content": "three", "id": "msg_mine"},
+    ]
+    created = live.post({"model": "plain", "input": items})
+    assert created.status_code == 200, created.text
+    response_id, request_id = created.json()["id"], created.headers["x-request-id"]
+    page = live.client().responses.input_items.list(response_id, order="asc", limit=1).model_dump()
+    assert [item["id"] for item in page["data"]] == [page["first_id"]] == [f"msg_{request_id}_in0"]
+    rest = live.client().responses.input_items.list(response_id, order="asc", after=page["last_id"])
+    assert _texts(rest) == ["two", "three"]
+    assert [item.id for item in rest.data] == [f"msg_{request_id}_in1", "msg_mine"]
+
+
+def test_retrieve_as_a_stream_is_a_400_not_an_empty_stream(live: Live) -> None:
+    """`stream=true` on retrieve (the SDK's `retrieve(..., stream=True)`) asks for events margin does not keep:
+    a 400 naming it, where the JSON answer was an SSE stream with no events. `stream=false` is the JSON."""
+    created = live.client().responses.create(model="plain", input="stream it back")
+    with pytest.raises(openai.BadRequestError) as refused:
+        live.client().responses.retrieve(created.id, stream=True)
+    assert refused.value.param == "stream" and refused.value.code == "unsupported_value"
+    assert _get(live, f"{created.id}?stream=false").json()["id"] == created.id
+
+
 def test_delete_then_404_and_the_conversation_cannot_continue(live: Live) -> None:
     client = live.client()
     created = client.responses.create(model="plain", input="forget me")

@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from margin.api.admin import endpoint
 from margin.api.batches import page_of, page_window
-from margin.errors import NotFound
+from margin.errors import InvalidRequest, NotFound
 from margin.ledger import stored
 from margin.types import Principal
 
@@ -67,6 +67,11 @@ def _target(request: Request, principal: Principal) -> tuple[Any, stored.Owner, 
 
 
 async def get_response(request: Request, principal: Principal) -> Any:
+    """The stored Response as JSON; `stream=true` (which replays a background response's events, and which
+    a JSON answer would leave the client waiting on as an empty stream) is refused."""
+    if request.query_params.get("stream", "false").lower() not in ("false", "0"):
+        why = "stream: a stored response is retrieved whole (margin has no background responses to replay)"
+        raise InvalidRequest(f"{why}; retrieve it without `stream`", param="stream", code="unsupported_value")
     services, owner, response_id = _target(request, principal)
     return await services.read(stored.fetch, services.sync_engine(), owner, response_id)
 

@@ -2,8 +2,9 @@
 (and the Agents SDK) as the client, an OpenAI-like upstream that records the chat request margin sends it. A
 response is stored before it is answered; `previous_response_id` prepends the stored turns (the upstream gets the
 earlier user message and answer before the new one, and budgets reserve on all of it); retrieve, input_items,
-delete; another key, an expired or deleted response: 404. With storage off (test_responses.py's gateway) the
-same fields stay 400s. Before: `store: true` and `previous_response_id` were 400s, GET /v1/responses/{id} a 404."""
+delete; another key, an expired or deleted response: 404 (continuing one: OpenAI's 400
+`previous_response_not_found`). With storage off (test_responses.py's gateway) the same fields stay 400s. Before:
+`store: true` and `previous_response_id` were 400s, GET /v1/responses/{id} a 404."""
 
 from __future__ import annotations
 
@@ -159,8 +160,9 @@ def test_delete_then_404_and_the_conversation_cannot_continue(live: Live) -> Non
         client.responses.retrieve(created.id)
     assert _get(live, created.id, method="DELETE").status_code == 404
     sent = len(live.bodies)
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.BadRequestError) as refused:  # OpenAI's answer, which a client may fall back on
         client.responses.create(model="plain", input="again", previous_response_id=created.id)
+    assert (refused.value.code, refused.value.param) == ("previous_response_not_found", "previous_response_id")
     assert len(live.bodies) == sent
 
 
@@ -171,10 +173,11 @@ def test_another_key_gets_404_a_key_of_the_same_org_reads(live: Live) -> None:
         _get(live, created.id, other),
         _get(live, f"{created.id}/input_items", other),
         _get(live, created.id, other, method="DELETE"),
-        live.post({"model": "plain", "input": "x", "previous_response_id": created.id}, key=other),
     ):
         assert answer.status_code == 404, answer.text
         assert answer.json()["error"]["code"] == "not_found"
+    continued = live.post({"model": "plain", "input": "x", "previous_response_id": created.id}, key=other)
+    assert (continued.status_code, continued.json()["error"]["code"]) == (400, "previous_response_not_found")
     assert _get(live, created.id).status_code == 200  # still there for its owner
     first, second = _other_key(live.db, "acme"), _other_key(live.db, "acme")
     shared = live.client(first).responses.create(model="plain", input="ours")
@@ -217,7 +220,7 @@ def test_an_expired_response_is_404_and_pruned(live: Live) -> None:
     assert _get(live, created.id).status_code == 404
     assert _get(live, f"{created.id}/input_items").status_code == 404
     answer = live.post({"model": "plain", "input": "x", "previous_response_id": created.id})
-    assert answer.status_code == 404
+    assert (answer.status_code, answer.json()["error"]["param"]) == (400, "previous_response_id")
     assert stored.prune(engine) >= 1
     with engine.connect() as connection:
         assert (

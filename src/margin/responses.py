@@ -85,7 +85,7 @@ class InputImage(_Strict):
     type: Literal["input_image"]
     image_url: str | None = None
     file_id: str | None = None
-    detail: Literal["low", "high", "auto"] | None = None
+    detail: Literal["low", "high", "auto", "original"] | None = None  # the SDK's `ImageDetail`, as chat's
 
 
 Part = Annotated[InputText | OutputText | Refusal | InputImage, Field(discriminator="type")]

@@ -284,6 +284,21 @@ def test_the_chat_request_sent_upstream_is_the_translation(live: Live) -> None:
     assert response.metadata == {"ticket": "42"}
 
 
+def test_every_image_detail_the_sdk_sends_reaches_the_upstream(live: Live) -> None:
+    """`input_image.detail` takes the SDK's `ImageDetail` values, `original` included (chat's image part takes
+    it too). Before: `original` was a 400."""
+    for detail in ("low", "high", "auto", "original"):
+        image: Any = {"type": "input_image", "image_url": "https://x/cat.png", "detail": detail}
+        answer = live.client().responses.create(
+            model="plain", input=[{"role": "user", "content": [image]}], store=False
+        )
+        assert answer.output_text == "hello world"
+        (message,) = live.bodies[-1]["messages"]
+        assert message["content"] == [
+            {"type": "image_url", "image_url": {"url": "https://x/cat.png", "detail": detail}}
+        ]
+
+
 def test_function_calls_round_trip(live: Live) -> None:
     """The answer's function_call item, then its output in the next request: the upstream gets the assistant's
     tool call and the tool's message, as a chat carries them."""

@@ -320,10 +320,22 @@ def _message(item: Message, index: int) -> dict[str, Any]:
     return {"role": item.role, "content": [_part(part) for part in item.content]}
 
 
+def _add_message(out: list[dict[str, Any]], message: dict[str, Any]) -> None:
+    """An assistant message right after function calls (whose message has no content: a streamed answer's order,
+    calls then text) is their message's content; any other message is a message of its own."""
+    last = out[-1] if out else None
+    if message["role"] == "assistant" and last is not None and last["role"] == "assistant" and last["content"] is None:
+        last["content"] = message["content"]
+    else:
+        out.append(message)
+
+
 def messages(body: ResponsesRequest) -> list[dict[str, Any]]:
     """The chat messages: `instructions` first (a system message), then the items in order; consecutive
-    function calls are one assistant message's tool calls (joined to an assistant message just before them),
-    a call's output a `tool` message. Reasoning items in margin's encoding are the `thinking_blocks` of the
+    function calls are one assistant message's tool calls (joined to an assistant message just before them;
+    an assistant message just after them is that message's content, as a chat carries no order between text and
+    calls: never an assistant message between the calls and their `tool` messages), a call's output a `tool`
+    message. Reasoning items in margin's encoding are the `thinking_blocks` of the
     assistant message the next assistant item (message or function call) is part of (others are left out, as
     are blocks no assistant item follows)."""
     out: list[dict[str, Any]] = []
@@ -337,7 +349,7 @@ def messages(body: ResponsesRequest) -> list[dict[str, Any]]:
                 thoughts.append(block)
             continue
         if isinstance(item, Message):
-            out.append(_message(item, index))
+            _add_message(out, _message(item, index))
         elif isinstance(item, FunctionCall):
             call = {
                 "id": item.call_id,

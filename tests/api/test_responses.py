@@ -321,6 +321,28 @@ def test_function_calls_round_trip(live: Live) -> None:
     ]
 
 
+def test_text_after_its_calls_is_sent_back_in_their_assistant_message(live: Live) -> None:
+    """A streamed answer whose text came after its tool calls has output [function_call, message]; sent back with
+    the call's output, the upstream gets one assistant message (the text and the calls), then the tool message: a
+    chat with an assistant message between tool calls and their results is a 400 at OpenAI. Before: two
+    assistant messages, the calls' then the text's."""
+    items: Any = [
+        {"role": "user", "content": "weather in Paris?"},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city":"Paris"}',
+         "id": "fc_1", "status": "completed"},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Checking."}],
+         "id": "msg_1", "status": "completed"},
+        {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+    ]  # fmt: skip
+    answer = live.client().responses.create(model="plain", input=items, tools=[WEATHER], store=False)
+    assert answer.output_text == "hello world"
+    assert live.bodies[-1]["messages"] == [
+        {"role": "user", "content": "weather in Paris?"},
+        {"role": "assistant", "content": [{"type": "text", "text": "Checking."}], "tool_calls": [CALL]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+
+
 def test_a_streamed_function_call(live: Live) -> None:
     with live.client().responses.stream(model="plain", input="weather?", tools=[WEATHER]) as stream:
         kinds = [event.type for event in stream]

@@ -450,15 +450,18 @@ ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "f
 
 def input_items(data: dict[str, Any], request_id: str) -> list[dict[str, Any]]:
     """A (validated) body's input as the items stored and listed (`input_items`): each with its `type` and an
-    `id` (`<kind>_<request id>_in<n>` where it came without one, or with a null one), a message's text as a
-    content part."""
+    id of its own, the one it came with unless it is null or an earlier item's (the list pages `after` an id)
+    else `<kind>_<request id>_in<n>`; a message's text as a content part."""
     raw = data["input"]
     listed = [{"role": "user", "content": raw}] if isinstance(raw, str) else raw
     items: list[dict[str, Any]] = []
+    ids: set[str] = set()
     for index, item in enumerate(listed):
         kind = item.get("type", "message")
         stored = {"type": kind, "id": None, **item}
-        stored["id"] = stored["id"] or f"{ID_PREFIX[kind]}_{request_id}_in{index}"
+        if not stored["id"] or stored["id"] in ids:
+            stored["id"] = f"{ID_PREFIX[kind]}_{request_id}_in{index}"
+        ids.add(stored["id"])
         if kind == "message" and isinstance(text := item["content"], str):
             part = "output_text" if item["role"] == "assistant" else "input_text"
             stored["content"] = [{"type": part, "text": text, **({"annotations": []} if part == "output_text" else {})}]

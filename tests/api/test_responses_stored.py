@@ -142,6 +142,25 @@ def test_input_items_sent_with_a_null_id_are_listed_with_one_of_their_own(live: 
     assert [item.id for item in rest.data] == [f"msg_{request_id}_in1", "msg_mine"]
 
 
+def test_input_items_with_one_id_twice_page_to_the_end(live: Live) -> None:
+    """An item sent with an earlier item's id is listed with an id of its own: paging `after` an id ends. Before:
+    a page ending on the second one restarted after the first, and the SDK's auto-paging never ended."""
+    items = [{"role": "user", "content": text} for text in ("one", "two", "three", "four")]
+    items[0]["id"] = items[2]["id"] = "msg_same"
+    created = live.post({"model": "plain", "input": items})
+    response_id, request_id = created.json()["id"], created.headers["x-request-id"]
+    items_api = live.client().responses.input_items
+    page = items_api.list(response_id, order="asc", limit=1)
+    pages = [page]
+    while page.has_more and len(pages) < 6:  # bounded: four pages hold the four items
+        page = items_api.list(response_id, order="asc", limit=1, after=page.data[-1].id)
+        pages.append(page)
+    texts = [text for page in pages for text in _texts(page)]
+    ids = [item.id for page in pages for item in page.data]
+    assert texts == ["one", "two", "three", "four"]
+    assert ids == ["msg_same", f"msg_{request_id}_in1", f"msg_{request_id}_in2", f"msg_{request_id}_in3"]
+
+
 def test_retrieve_as_a_stream_is_a_400_not_an_empty_stream(live: Live) -> None:
     """`stream=true` on retrieve (the SDK's `retrieve(..., stream=True)`) asks for events margin does not keep:
     a 400 naming it, where the JSON answer was an SSE stream with no events. `stream=false` is the JSON."""

@@ -171,6 +171,19 @@ def test_retrieve_as_a_stream_is_a_400_not_an_empty_stream(live: Live) -> None:
     assert _get(live, f"{created.id}?stream=false").json()["id"] == created.id
 
 
+def test_cancel_is_a_400_saying_why_for_a_stored_response_and_404_for_another(live: Live) -> None:
+    """`client.responses.cancel`: margin runs no background responses, so a stored one is complete (400 saying
+    so); one the key cannot read is the 404 of retrieve. Before: a 404 `no route` for every response."""
+    created = live.client().responses.create(model="plain", input="done already")
+    with pytest.raises(openai.BadRequestError) as refused:
+        live.client().responses.cancel(created.id)
+    assert refused.value.code == "unsupported_value" and "background" in refused.value.message
+    assert live.client().responses.retrieve(created.id).status == "completed"
+    with pytest.raises(openai.NotFoundError) as missing:
+        live.client(_other_key(live.db)).responses.cancel(created.id)
+    assert missing.value.code == "not_found"
+
+
 def test_delete_then_404_and_the_conversation_cannot_continue(live: Live) -> None:
     client = live.client()
     created = client.responses.create(model="plain", input="forget me")

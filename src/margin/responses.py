@@ -41,8 +41,9 @@ Metadata = Annotated[
     dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]], Field(max_length=MAX_METADATA)
 ]
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
-# what `include` may ask for: logprobs, and reasoning items' `encrypted_content` (which is always included)
-Include = Literal["message.output_text.logprobs", "reasoning.encrypted_content"]
+# what `include` may ask for: logprobs; reasoning items' `encrypted_content` and input images' URLs (in stored
+# input items), which are always included
+Include = Literal["message.output_text.logprobs", "reasoning.encrypted_content", "message.input_image.image_url"]
 
 # What a stateless gateway cannot do, by field: refused whatever its value (a null is the field left out)
 TURN_ON = "margin stores responses only when its config turns `responses.store` on"

@@ -142,6 +142,19 @@ def test_input_items_sent_with_a_null_id_are_listed_with_one_of_their_own(live: 
     assert [item.id for item in rest.data] == [f"msg_{request_id}_in1", "msg_mine"]
 
 
+def test_include_input_image_urls_is_accepted_and_they_are_listed(live: Live) -> None:
+    """`include: ["message.input_image.image_url"]` asks for what margin always keeps: the input images' URLs in
+    the stored input items. Before: a 400 naming `include.0`."""
+    image = {"type": "input_image", "image_url": "https://x/cat.png", "detail": "low"}
+    content: Any = [{"type": "input_text", "text": "look"}, image]
+    created = live.client().responses.create(
+        model="plain", input=[{"role": "user", "content": content}], include=["message.input_image.image_url"]
+    )
+    assert created.output_text == "hello world"
+    (item,) = live.client().responses.input_items.list(created.id).model_dump(exclude_none=True)["data"]
+    assert item["content"][1] == image
+
+
 def test_input_items_with_one_id_twice_page_to_the_end(live: Live) -> None:
     """An item sent with an earlier item's id is listed with an id of its own: paging `after` an id ends. Before:
     a page ending on the second one restarted after the first, and the SDK's auto-paging never ended."""

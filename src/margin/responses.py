@@ -37,9 +37,13 @@ from margin.protocol import (
 from margin.responses_reasoning import ReasoningItem
 
 MAX_METADATA = 16  # OpenAI's limit: 16 pairs, keys of 64 characters, values of 512
+Metadata = Annotated[
+    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]], Field(max_length=MAX_METADATA)
+]
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
-# what `include` may ask for: logprobs, and reasoning items' `encrypted_content` (which is always included)
-Include = Literal["message.output_text.logprobs", "reasoning.encrypted_content"]
+# what `include` may ask for: logprobs; reasoning items' `encrypted_content` and input images' URLs (in stored
+# input items), which are always included
+Include = Literal["message.output_text.logprobs", "reasoning.encrypted_content", "message.input_image.image_url"]
 
 # What a stateless gateway cannot do, by field: refused whatever its value (a null is the field left out)
 TURN_ON = "margin stores responses only when its config turns `responses.store` on"
@@ -82,7 +86,7 @@ class InputImage(_Strict):
     type: Literal["input_image"]
     image_url: str | None = None
     file_id: str | None = None
-    detail: Literal["low", "high", "auto"] | None = None
+    detail: Literal["low", "high", "auto", "original"] | None = None  # the SDK's `ImageDetail`, as chat's
 
 
 Part = Annotated[InputText | OutputText | Refusal | InputImage, Field(discriminator="type")]
@@ -178,7 +182,7 @@ class ResponsesRequest(_Strict):
     text: Text | None = None
     reasoning: Reasoning | None = None
     user: UserId | None = None
-    metadata: Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=MAX_METADATA)] | None = None
+    metadata: Metadata | None = None  # the Response's own: echoed and stored, not sent upstream (`SAME_NAME`)
     service_tier: ServiceTier | None = None
     stream: Flag = False
     stream_options: ResponsesStreamOptions | None = None
@@ -317,10 +321,22 @@ def _message(item: Message, index: int) -> dict[str, Any]:
     return {"role": item.role, "content": [_part(part) for part in item.content]}
 
 
+def _add_message(out: list[dict[str, Any]], message: dict[str, Any]) -> None:
+    """An assistant message right after function calls (whose message has no content: a streamed answer's order,
+    calls then text) is their message's content; any other message is a message of its own."""
+    last = out[-1] if out else None
+    if message["role"] == "assistant" and last is not None and last["role"] == "assistant" and last["content"] is None:
+        last["content"] = message["content"]
+    else:
+        out.append(message)
+
+
 def messages(body: ResponsesRequest) -> list[dict[str, Any]]:
     """The chat messages: `instructions` first (a system message), then the items in order; consecutive
-    function calls are one assistant message's tool calls (joined to an assistant message just before them),
-    a call's output a `tool` message. Reasoning items in margin's encoding are the `thinking_blocks` of the
+    function calls are one assistant message's tool calls (joined to an assistant message just before them;
+    an assistant message just after them is that message's content, as a chat carries no order between text and
+    calls: never an assistant message between the calls and their `tool` messages), a call's output a `tool`
+    message. Reasoning items in margin's encoding are the `thinking_blocks` of the
     assistant message the next assistant item (message or function call) is part of (others are left out, as
     are blocks no assistant item follows)."""
     out: list[dict[str, Any]] = []
@@ -334,7 +350,7 @@ def messages(body: ResponsesRequest) -> list[dict[str, Any]]:
                 thoughts.append(block)
             continue
         if isinstance(item, Message):
-            out.append(_message(item, index))
+            _add_message(out, _message(item, index))
         elif isinstance(item, FunctionCall):
             call = {
                 "id": item.call_id,
@@ -379,9 +395,11 @@ def response_format(text: Text | None) -> dict[str, Any] | None:
     return {"type": "json_schema", "json_schema": schema}
 
 
-# Settings passed to the chat request under the same name
+# Settings passed to the chat request under the same name. Not `metadata`: on the Responses API it is the
+# Response's own (echoed, stored), while a chat's `metadata` asks OpenAI to store the completion (a 400 there
+# without `store: true`) and is refused by anthropic backends
 SAME_NAME = (
-    "temperature", "top_p", "parallel_tool_calls", "user", "metadata", "service_tier", "prompt_cache_key",
+    "temperature", "top_p", "parallel_tool_calls", "user", "service_tier", "prompt_cache_key",
     "prompt_cache_retention", "safety_identifier",
 )  # fmt: skip
 
@@ -433,13 +451,18 @@ ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "f
 
 def input_items(data: dict[str, Any], request_id: str) -> list[dict[str, Any]]:
     """A (validated) body's input as the items stored and listed (`input_items`): each with its `type` and an
-    `id` (`<kind>_<request id>_in<n>` where it came without one), a message's text as a content part."""
+    id of its own, the one it came with unless it is null or an earlier item's (the list pages `after` an id)
+    else `<kind>_<request id>_in<n>`; a message's text as a content part."""
     raw = data["input"]
     listed = [{"role": "user", "content": raw}] if isinstance(raw, str) else raw
     items: list[dict[str, Any]] = []
+    ids: set[str] = set()
     for index, item in enumerate(listed):
         kind = item.get("type", "message")
-        stored = {"type": kind, "id": f"{ID_PREFIX[kind]}_{request_id}_in{index}", **item}
+        stored = {"type": kind, "id": None, **item}
+        if not stored["id"] or stored["id"] in ids:
+            stored["id"] = f"{ID_PREFIX[kind]}_{request_id}_in{index}"
+        ids.add(stored["id"])
         if kind == "message" and isinstance(text := item["content"], str):
             part = "output_text" if item["role"] == "assistant" else "input_text"
             stored["content"] = [{"type": part, "text": text, **({"annotations": []} if part == "output_text" else {})}]

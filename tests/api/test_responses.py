@@ -228,7 +228,8 @@ def test_the_stream_helper_s_final_response_has_the_row_s_usage(live: Live) -> N
 
 def test_the_chat_request_sent_upstream_is_the_translation(live: Live) -> None:
     """instructions → a system message, items → messages, flat function tools → chat's nested ones,
-    text.format → response_format, max_output_tokens → the output limit (max_tokens)."""
+    text.format → response_format, max_output_tokens → the output limit (max_tokens). `metadata` is the
+    Response's own (echoed), not sent: OpenAI refuses a chat's `metadata` without `store: true`."""
     schema: Any = {"type": "object", "properties": {"a": {"type": "string"}}}
     items: Any = [
         {"role": "developer", "content": "no chatter"},
@@ -237,7 +238,7 @@ def test_the_chat_request_sent_upstream_is_the_translation(live: Live) -> None:
         {"role": "user", "content": "Paris"},
     ]
     text: Any = {"format": {"type": "json_schema", "name": "answer", "schema": schema, "strict": True}}
-    live.client().responses.create(
+    response = live.client().responses.create(
         model="plain",
         instructions="be terse",
         input=items,
@@ -278,9 +279,24 @@ def test_the_chat_request_sent_upstream_is_the_translation(live: Live) -> None:
         "max_tokens": 40,
         "temperature": 0.5,
         "top_p": 0.9,
-        "metadata": {"ticket": "42"},
         "user": "u-1",
     }
+    assert response.metadata == {"ticket": "42"}
+
+
+def test_every_image_detail_the_sdk_sends_reaches_the_upstream(live: Live) -> None:
+    """`input_image.detail` takes the SDK's `ImageDetail` values, `original` included (chat's image part takes
+    it too). Before: `original` was a 400."""
+    for detail in ("low", "high", "auto", "original"):
+        image: Any = {"type": "input_image", "image_url": "https://x/cat.png", "detail": detail}
+        answer = live.client().responses.create(
+            model="plain", input=[{"role": "user", "content": [image]}], store=False
+        )
+        assert answer.output_text == "hello world"
+        (message,) = live.bodies[-1]["messages"]
+        assert message["content"] == [
+            {"type": "image_url", "image_url": {"url": "https://x/cat.png", "detail": detail}}
+        ]
 
 
 def test_function_calls_round_trip(live: Live) -> None:
@@ -301,6 +317,28 @@ def test_function_calls_round_trip(live: Live) -> None:
     assert live.bodies[-1]["messages"] == [
         {"role": "user", "content": "weather in Paris?"},
         {"role": "assistant", "content": None, "tool_calls": [CALL]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+
+
+def test_text_after_its_calls_is_sent_back_in_their_assistant_message(live: Live) -> None:
+    """A streamed answer whose text came after its tool calls has output [function_call, message]; sent back with
+    the call's output, the upstream gets one assistant message (the text and the calls), then the tool message: a
+    chat with an assistant message between tool calls and their results is a 400 at OpenAI. Before: two
+    assistant messages, the calls' then the text's."""
+    items: Any = [
+        {"role": "user", "content": "weather in Paris?"},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city":"Paris"}',
+         "id": "fc_1", "status": "completed"},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Checking."}],
+         "id": "msg_1", "status": "completed"},
+        {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+    ]  # fmt: skip
+    answer = live.client().responses.create(model="plain", input=items, tools=[WEATHER], store=False)
+    assert answer.output_text == "hello world"
+    assert live.bodies[-1]["messages"] == [
+        {"role": "user", "content": "weather in Paris?"},
+        {"role": "assistant", "content": [{"type": "text", "text": "Checking."}], "tool_calls": [CALL]},
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
     ]
 
@@ -403,6 +441,7 @@ def test_rate_limits_and_keys_apply(live: Live) -> None:
         ({"input": [{"role": "tool", "content": "x"}]}, "input.0.role", None),
         ({"text": {"format": {"type": "json_schema"}}}, "text.format", None),
         ({"metadata": {"k": 1}}, "metadata.k", None),
+        ({"metadata": {"k" * 65: "v"}}, "metadata." + "k" * 65, None),  # OpenAI's bound on keys: 64 characters
         ({"stream": "yes"}, "stream", None),
     ],
 )

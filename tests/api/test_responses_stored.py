@@ -2,8 +2,9 @@
 (and the Agents SDK) as the client, an OpenAI-like upstream that records the chat request margin sends it. A
 response is stored before it is answered; `previous_response_id` prepends the stored turns (the upstream gets the
 earlier user message and answer before the new one, and budgets reserve on all of it); retrieve, input_items,
-delete; another key, an expired or deleted response: 404. With storage off (test_responses.py's gateway) the
-same fields stay 400s. Before: `store: true` and `previous_response_id` were 400s, GET /v1/responses/{id} a 404."""
+delete; another key, an expired or deleted response: 404 (continuing one: OpenAI's 400
+`previous_response_not_found`). With storage off (test_responses.py's gateway) the same fields stay 400s. Before:
+`store: true` and `previous_response_id` were 400s, GET /v1/responses/{id} a 404."""
 
 from __future__ import annotations
 
@@ -123,6 +124,79 @@ def test_retrieve_is_the_response_as_created_and_input_items_are_listed(live: Li
     assert _texts(rest) == ["three"] and rest.has_more is False
 
 
+def test_input_items_sent_with_a_null_id_are_listed_with_one_of_their_own(live: Live) -> None:
+    """An item whose `id` is null (as a client that writes every optional field sends it) gets an id as one
+    without any does, so the list has `first_id` and pages by `after`. Before: listed with `id: null`."""
+    items = [
+        {"type": "message", "role": "user", "content": "one", "id": None, "status": None},
+        {"role": "user", "content": "two", "id": None},
+        {"role": "user", "content": "three", "id": "msg_mine"},
+    ]
+    created = live.post({"model": "plain", "input": items})
+    assert created.status_code == 200, created.text
+    response_id, request_id = created.json()["id"], created.headers["x-request-id"]
+    page = live.client().responses.input_items.list(response_id, order="asc", limit=1).model_dump()
+    assert [item["id"] for item in page["data"]] == [page["first_id"]] == [f"msg_{request_id}_in0"]
+    rest = live.client().responses.input_items.list(response_id, order="asc", after=page["last_id"])
+    assert _texts(rest) == ["two", "three"]
+    assert [item.id for item in rest.data] == [f"msg_{request_id}_in1", "msg_mine"]
+
+
+def test_include_input_image_urls_is_accepted_and_they_are_listed(live: Live) -> None:
+    """`include: ["message.input_image.image_url"]` asks for what margin always keeps: the input images' URLs in
+    the stored input items. Before: a 400 naming `include.0`."""
+    image = {"type": "input_image", "image_url": "https://x/cat.png", "detail": "low"}
+    content: Any = [{"type": "input_text", "text": "look"}, image]
+    created = live.client().responses.create(
+        model="plain", input=[{"role": "user", "content": content}], include=["message.input_image.image_url"]
+    )
+    assert created.output_text == "hello world"
+    (item,) = live.client().responses.input_items.list(created.id).model_dump(exclude_none=True)["data"]
+    assert item["content"][1] == image
+
+
+def test_input_items_with_one_id_twice_page_to_the_end(live: Live) -> None:
+    """An item sent with an earlier item's id is listed with an id of its own: paging `after` an id ends. Before:
+    a page ending on the second one restarted after the first, and the SDK's auto-paging never ended."""
+    items = [{"role": "user", "content": text} for text in ("one", "two", "three", "four")]
+    items[0]["id"] = items[2]["id"] = "msg_same"
+    created = live.post({"model": "plain", "input": items})
+    response_id, request_id = created.json()["id"], created.headers["x-request-id"]
+    items_api = live.client().responses.input_items
+    page = items_api.list(response_id, order="asc", limit=1)
+    pages = [page]
+    while page.has_more and len(pages) < 6:  # bounded: four pages hold the four items
+        page = items_api.list(response_id, order="asc", limit=1, after=page.data[-1].id)
+        pages.append(page)
+    texts = [text for page in pages for text in _texts(page)]
+    ids = [item.id for page in pages for item in page.data]
+    assert texts == ["one", "two", "three", "four"]
+    assert ids == ["msg_same", f"msg_{request_id}_in1", f"msg_{request_id}_in2", f"msg_{request_id}_in3"]
+
+
+def test_retrieve_as_a_stream_is_a_400_not_an_empty_stream(live: Live) -> None:
+    """`stream=true` on retrieve (the SDK's `retrieve(..., stream=True)`) asks for events margin does not keep:
+    a 400 naming it, where the JSON answer was an SSE stream with no events. `stream=false` is the JSON."""
+    created = live.client().responses.create(model="plain", input="stream it back")
+    with pytest.raises(openai.BadRequestError) as refused:
+        live.client().responses.retrieve(created.id, stream=True)
+    assert refused.value.param == "stream" and refused.value.code == "unsupported_value"
+    assert _get(live, f"{created.id}?stream=false").json()["id"] == created.id
+
+
+def test_cancel_is_a_400_saying_why_for_a_stored_response_and_404_for_another(live: Live) -> None:
+    """`client.responses.cancel`: margin runs no background responses, so a stored one is complete (400 saying
+    so); one the key cannot read is the 404 of retrieve. Before: a 404 `no route` for every response."""
+    created = live.client().responses.create(model="plain", input="done already")
+    with pytest.raises(openai.BadRequestError) as refused:
+        live.client().responses.cancel(created.id)
+    assert refused.value.code == "unsupported_value" and "background" in refused.value.message
+    assert live.client().responses.retrieve(created.id).status == "completed"
+    with pytest.raises(openai.NotFoundError) as missing:
+        live.client(_other_key(live.db)).responses.cancel(created.id)
+    assert missing.value.code == "not_found"
+
+
 def test_delete_then_404_and_the_conversation_cannot_continue(live: Live) -> None:
     client = live.client()
     created = client.responses.create(model="plain", input="forget me")
@@ -131,8 +205,9 @@ def test_delete_then_404_and_the_conversation_cannot_continue(live: Live) -> Non
         client.responses.retrieve(created.id)
     assert _get(live, created.id, method="DELETE").status_code == 404
     sent = len(live.bodies)
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.BadRequestError) as refused:  # OpenAI's answer, which a client may fall back on
         client.responses.create(model="plain", input="again", previous_response_id=created.id)
+    assert (refused.value.code, refused.value.param) == ("previous_response_not_found", "previous_response_id")
     assert len(live.bodies) == sent
 
 
@@ -143,10 +218,11 @@ def test_another_key_gets_404_a_key_of_the_same_org_reads(live: Live) -> None:
         _get(live, created.id, other),
         _get(live, f"{created.id}/input_items", other),
         _get(live, created.id, other, method="DELETE"),
-        live.post({"model": "plain", "input": "x", "previous_response_id": created.id}, key=other),
     ):
         assert answer.status_code == 404, answer.text
         assert answer.json()["error"]["code"] == "not_found"
+    continued = live.post({"model": "plain", "input": "x", "previous_response_id": created.id}, key=other)
+    assert (continued.status_code, continued.json()["error"]["code"]) == (400, "previous_response_not_found")
     assert _get(live, created.id).status_code == 200  # still there for its owner
     first, second = _other_key(live.db, "acme"), _other_key(live.db, "acme")
     shared = live.client(first).responses.create(model="plain", input="ours")
@@ -189,7 +265,7 @@ def test_an_expired_response_is_404_and_pruned(live: Live) -> None:
     assert _get(live, created.id).status_code == 404
     assert _get(live, f"{created.id}/input_items").status_code == 404
     answer = live.post({"model": "plain", "input": "x", "previous_response_id": created.id})
-    assert answer.status_code == 404
+    assert (answer.status_code, answer.json()["error"]["param"]) == (400, "previous_response_id")
     assert stored.prune(engine) >= 1
     with engine.connect() as connection:
         assert (

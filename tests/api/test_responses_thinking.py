@@ -147,6 +147,18 @@ def test_without_the_reasoning_items_turn_2_is_the_upstream_s_400(live: Live) ->
         _turn_2(live, output)
 
 
+def test_metadata_is_the_response_s_own_not_sent_to_the_anthropic_backend(live: Live) -> None:
+    """A Responses request's `metadata` is echoed and stored, and not translated to a chat's `metadata` (which
+    an anthropic backend refuses). Before: a 400 naming `metadata`."""
+    raw = live.client.responses.with_raw_response.create(model=MODEL, input="hi", metadata={"ticket": "42"})
+    response = raw.parse()
+    assert (response.status, response.output_text, response.metadata) == ("completed", "hello world", {"ticket": "42"})
+    assert "metadata" not in live.upstream.last
+    assert live.client.responses.retrieve(response.id).metadata == {"ticket": "42"}
+    row = wait_ledger_row(live.db, live.url, raw.headers["x-request-id"])
+    assert (row.endpoint, row.http_status, row.output_tokens) == ("responses", 200, USAGE["output_tokens"])
+
+
 def test_a_reasoning_item_not_in_margin_s_encoding_is_left_out(live: Live) -> None:
     """Another provider's item (its own encrypted content), a forged one and one without any: accepted, never
     sent (the compat upstream gets the conversation without them); margin's own on that backend: no thinking."""

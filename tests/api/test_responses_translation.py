@@ -60,6 +60,29 @@ def test_items_become_messages_and_function_calls_join_one_assistant_message() -
     ]  # fmt: skip
 
 
+def test_an_assistant_message_after_function_calls_is_their_message_s_content() -> None:
+    """Calls then text (a streamed answer's order): one assistant message, the tool messages right after it; text
+    after an assistant message that has content stays a message of its own."""
+    call = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}
+    items: Any = [
+        {"role": "user", "content": "go"},
+        call,
+        {"role": "assistant", "content": "calling"},
+        {"type": "function_call_output", "call_id": "c1", "output": "one"},
+        {"role": "assistant", "content": "done"},
+        {"role": "assistant", "content": "really"},
+    ]
+    assert _chat(input=items)["messages"] == [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": "calling", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+        ]},
+        {"role": "tool", "tool_call_id": "c1", "content": "one"},
+        {"role": "assistant", "content": "done"},
+        {"role": "assistant", "content": "really"},
+    ]  # fmt: skip
+
+
 def test_tools_tool_choice_and_text_format() -> None:
     tool = {"type": "function", "name": "f", "parameters": {"type": "object"}}
     chat = _chat(

@@ -61,15 +61,17 @@ def _exercise(engine: sa.Engine) -> None:
     for stranger in (stored.Owner("k2", None), stored.Owner("k1", "acme"), stored.Owner(None, None)):
         with pytest.raises(NotFound):
             stored.fetch(engine, stranger, ids[0])
-        with pytest.raises(NotFound):
+        with pytest.raises(InvalidRequest, match="no response with id") as refused:
             stored.chain(engine, stranger, ids[-1], WIDE)
+        assert (refused.value.code, refused.value.param) == ("previous_response_not_found", "previous_response_id")
     with pytest.raises(InvalidRequest, match="longer than 2"):
         stored.chain(engine, ADA, ids[-1], stored.Bounds(2, 1024 * 1024))
     with pytest.raises(InvalidRequest, match="over 100 bytes"):
         stored.chain(engine, ADA, ids[-1], stored.Bounds(100, 100))
     assert stored.delete(engine, ADA, ids[1]) == {"id": ids[1], "object": "response", "deleted": True}
-    with pytest.raises(InvalidRequest, match=r"\(resp_1\) expired or was deleted"):
+    with pytest.raises(InvalidRequest, match=r"\(resp_1\) expired or was deleted") as refused:
         stored.chain(engine, ADA, ids[-1], WIDE)
+    assert refused.value.code == "previous_response_not_found"
     later = datetime.now(UTC) + timedelta(days=31)
     with pytest.raises(NotFound):
         stored.fetch(engine, ADA, ids[0], now=later)

@@ -102,7 +102,7 @@ BODIES: dict[str, Any] = {
 }
 # routes that take a POST but read no JSON body (an upload is multipart): attacked all the same, but not
 # expected to refuse what they never read
-NOT_JSON = {"/admin/reload", "/v1/batches/{batch_id}/cancel", "/v1/files"}
+NOT_JSON = {"/admin/reload", "/v1/batches/{batch_id}/cancel", "/v1/files", "/v1/responses/{response_id}/cancel"}
 GENERIC = {"model": "fake-chat", "name": "fuzz", "input": "hi", "metadata": {"k": "v"}}
 
 

@@ -166,6 +166,14 @@ def _gateway_operations() -> list[Op]:
         ),
         Op(
             "post",
+            "/v1/responses/{response_id}/cancel",
+            "Cancel a background response: margin runs none, so a stored response is a 400 (else a 404)",
+            {"type": "object"},
+            params=[_path("response_id")],
+            body_required=False,
+        ),
+        Op(
+            "post",
             "/v1/messages",
             "A message (Anthropic's Messages API: answered by a chat; streams with `stream: true`; the key in "
             "`x-api-key` or as a Bearer; errors in Anthropic's shape)",

@@ -1,5 +1,6 @@
 """Stored responses over HTTP (`responses.store`): `GET /v1/responses/{id}` (the Response object as it was
-answered), `DELETE /v1/responses/{id}` and `GET /v1/responses/{id}/input_items` (OpenAI's paged list), for
+answered), `DELETE /v1/responses/{id}`, `GET /v1/responses/{id}/input_items` (OpenAI's paged list) and
+`POST /v1/responses/{id}/cancel` (a 400: margin runs no background responses), for
 the key that made the response or a key of its org (anyone else gets 404, as for an expired one); `Keeper`,
 which stores a Responses call's answer before it is sent (so it is readable as soon as the client has it), and
 `continued`, the items a `previous_response_id` prepends. The database work runs on the read threads."""
@@ -14,7 +15,7 @@ from starlette.routing import Route
 
 from margin.api.admin import endpoint
 from margin.api.batches import page_of, page_window
-from margin.errors import NotFound
+from margin.errors import InvalidRequest, NotFound
 from margin.ledger import stored
 from margin.types import Principal
 
@@ -67,6 +68,11 @@ def _target(request: Request, principal: Principal) -> tuple[Any, stored.Owner, 
 
 
 async def get_response(request: Request, principal: Principal) -> Any:
+    """The stored Response as JSON; `stream=true` (which replays a background response's events, and which
+    a JSON answer would leave the client waiting on as an empty stream) is refused."""
+    if request.query_params.get("stream", "false").lower() not in ("false", "0"):
+        why = "stream: a stored response is retrieved whole (margin has no background responses to replay)"
+        raise InvalidRequest(f"{why}; retrieve it without `stream`", param="stream", code="unsupported_value")
     services, owner, response_id = _target(request, principal)
     return await services.read(stored.fetch, services.sync_engine(), owner, response_id)
 
@@ -74,6 +80,15 @@ async def get_response(request: Request, principal: Principal) -> Any:
 async def delete_response(request: Request, principal: Principal) -> Any:
     services, owner, response_id = _target(request, principal)
     return await services.read(stored.delete, services.sync_engine(), owner, response_id)
+
+
+async def cancel_response(request: Request, principal: Principal) -> Any:
+    """`POST /v1/responses/{id}/cancel` cancels a background response: margin runs none, so a stored response
+    (already complete) is a 400 saying so, anything else the 404 of `GET`."""
+    services, owner, response_id = _target(request, principal)
+    await services.read(stored.fetch, services.sync_engine(), owner, response_id)
+    why = "only a background response can be cancelled, and margin runs none: this response is already complete"
+    raise InvalidRequest(why, code="unsupported_value")
 
 
 async def list_input_items(request: Request, principal: Principal) -> Any:
@@ -89,4 +104,5 @@ def routes() -> list[Route]:
         Route("/v1/responses/{response_id}", endpoint(get_response, admin=False), methods=["GET"]),
         Route("/v1/responses/{response_id}", endpoint(delete_response, admin=False), methods=["DELETE"]),
         Route("/v1/responses/{response_id}/input_items", endpoint(list_input_items, admin=False), methods=["GET"]),
+        Route("/v1/responses/{response_id}/cancel", endpoint(cancel_response, admin=False), methods=["POST"]),
     ]

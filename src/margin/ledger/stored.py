@@ -1,9 +1,10 @@
 """Stored responses (`responses.store`): one row per Responses API answer, its turn's input items as received and
 the Response object as answered, owned by the key that made it and the key's org. Only the owner reads, lists,
-continues or deletes one: anyone else is told it does not exist (404), as is everyone once it expired (then it is
-pruned). A `previous_response_id` chain is walked newest first, bounded in turns and bytes, each link checked for
-owner and expiry; a cycle cannot be built (a response may only continue one stored before it) but is checked.
-Called on the read threads (`Services.read`): never on the event loop."""
+continues or deletes one: anyone else is told it does not exist (404; continuing it, OpenAI's 400
+`previous_response_not_found`), as is everyone once it expired (then it is pruned). A `previous_response_id` chain
+is walked newest first, bounded in turns and bytes, each link checked for owner and expiry; a cycle cannot be
+built (a response may only continue one stored before it) but is checked. Called on the read threads
+(`Services.read`): never on the event loop."""
 
 from __future__ import annotations
 
@@ -90,6 +91,17 @@ def _missing(response_id: str) -> NotFound:
     return NotFound(f"no response with id {response_id[:64]!r} (stored responses expire)", code="not_found")
 
 
+def _not_continued(response_id: str, missing: str) -> InvalidRequest:
+    """OpenAI's 400 for a `previous_response_id` it cannot find (`previous_response_not_found`, which a client
+    may answer by sending the whole conversation), for the response named or an earlier link of its chain."""
+    if missing == response_id:
+        why = f"no response with id {response_id[:64]!r} (stored responses expire)"
+    else:
+        why = f"an earlier response of this conversation ({missing[:64]}) expired or was deleted"
+    message = f"previous_response_id: {why}: send the conversation as `input`"
+    return InvalidRequest(message, param="previous_response_id", code="previous_response_not_found")
+
+
 def fetch(engine: sa.Engine, owner: Owner, response_id: str, now: datetime | None = None) -> dict[str, Any]:
     """The Response object as it was answered (404 if it is not the owner's, expired or was never stored)."""
     with engine.connect() as connection:
@@ -143,8 +155,8 @@ def chain(
     engine: sa.Engine, owner: Owner, response_id: str, bounds: Bounds, now: datetime | None = None
 ) -> list[dict[str, Any]]:
     """The items a request continuing `response_id` is prepended: each stored turn's input then output items,
-    oldest turn first. The response named must be the owner's and live (404); so must every earlier one (an
-    expired or deleted link is a 400 naming it: the conversation cannot be rebuilt)."""
+    oldest turn first. The response named must be the owner's and live, and so must every earlier one: else
+    OpenAI's 400 `previous_response_not_found` (naming the link: the conversation cannot be rebuilt)."""
     at = now or datetime.now(UTC)
     turns: list[list[dict[str, Any]]] = []
     seen: set[str] = set()
@@ -160,12 +172,7 @@ def chain(
                 sa.select(T.previous_id, T.bytes, T.input, T.response).where(_live(current, owner, at))
             ).first()
             if row is None:
-                if current == response_id:
-                    raise _missing(response_id)
-                why = f"previous_response_id: an earlier response of this conversation ({current[:64]}) expired or "
-                raise InvalidRequest(
-                    why + "was deleted: send the conversation as `input`", param="previous_response_id"
-                )
+                raise _not_continued(response_id, current)
             total += int(row.bytes)
             if total > bounds.bytes:
                 why = f"previous_response_id: the stored conversation is over {bounds.bytes} bytes"

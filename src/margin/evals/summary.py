@@ -59,6 +59,11 @@ def _decode_tps(calls: list[dict[str, Any]]) -> float | None:
     return statistics.median(rates) if rates else None
 
 
+def _error(call: dict[str, Any]) -> str:
+    """What a failed call said: the transport's error or the answer's error body, else its HTTP status."""
+    return " ".join(str(call.get("error") or f"HTTP {call.get('status')}").split())
+
+
 def variant_summary(
     variant: Variant, records: list[dict[str, Any]], rows: dict[str, dict[str, Any]], direct: bool, seed: int
 ) -> dict[str, Any]:
@@ -81,6 +86,7 @@ def variant_summary(
         "quantization": variant.quantization,
         "n": n,
         "errors": sum(1 for c in calls if c.get("status") != 200 or c.get("error")),
+        "first_error": next((_error(c) for c in calls if c.get("status") != 200 or c.get("error")), None),
         "score": bootstrap_mean(scores, seed=seed).to_json(),
         "pass_rate": bootstrap_mean(passes, seed=seed).to_json(),
         "successes": successes,

@@ -179,8 +179,11 @@ def focus_rows(
 
 
 def _usd(nano: int) -> str:
-    """Integer nano-USD as the 9-place decimal string usd_str() prints (costs are never negative)."""
-    return f"{nano // 1_000_000_000}.{nano % 1_000_000_000:09d}"
+    """Integer nano-USD as the 9-place decimal string usd_str() prints, and the Parquet export holds: a
+    negative sum (a credit row in a shared ledger) is its sign and magnitude (floor division printed -5,000
+    nano-USD as -1.999995000)."""
+    whole = abs(nano)
+    return f"{'-' if nano < 0 else ''}{whole // 1_000_000_000}.{whole % 1_000_000_000:09d}"
 
 
 def _csv_lines(export: FocusExport) -> Iterator[tuple[Any, ...]]:

@@ -102,6 +102,10 @@ def test_period_and_cli(engine: sa.Engine, tmp_path: Path) -> None:
     assert result.exit_code == 0 and "wrote 3 FOCUS rows" in said and "1 requests at an unknown price" in said
     bad = CliRunner().invoke(app, ["export", "focus", "--period", "2026-11", "--out", "x.xlsx", "--db", db_file])
     assert bad.exit_code == 2
+    for account in ("", "  "):  # BillingAccountId/Name cannot be null, and an empty CSV cell is null
+        args = ["export", "focus", "--period", "2026-11", "--out", str(out), "--db", db_file, "--account", account]
+        blank = CliRunner().invoke(app, args)
+        assert blank.exit_code == 2 and "--account" in blank.output, blank.output
 
 
 def test_the_last_month_a_date_holds_is_one_error_line(engine: sa.Engine, tmp_path: Path) -> None:

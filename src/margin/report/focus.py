@@ -167,6 +167,8 @@ def focus_rows(
     """The month's charges: day × key × team × model × backend × region × service tier (from ledger_charges),
     split further by the tag keys in `tags` (feature, customer: then read from the ledger rows, about one
     charge per request when tags vary per request)."""
+    if not account.strip():  # FOCUS: BillingAccountId and BillingAccountName MUST NOT be null (an empty CSV cell is)
+        raise InvalidRequest("--account must name the billing account: FOCUS's BillingAccountId cannot be empty")
     unknown = set(tags) - set(TAG_KEYS)
     if unknown:
         raise InvalidRequest(f"--tags: {', '.join(sorted(unknown))} unknown; choose among {', '.join(TAG_KEYS)}")

@@ -3,9 +3,11 @@ to open its files whether they are stored plain or gzip'd. Provenance and licenc
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import itertools
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -48,11 +50,22 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
     return gzip.GzipFile(path, "rb") if path.suffix == ".gz" else path.open("rb")
 
 
+@contextlib.contextmanager
+def _readable(path: Path) -> Iterator[None]:
+    """A file that cannot be read or decompressed (a directory, not gzip, truncated, corrupt) as a ConfigError
+    naming it (gzip's errors were a traceback)."""
+    try:
+        yield
+    except (OSError, EOFError, zlib.error) as exc:
+        why = getattr(exc, "strerror", None) or exc
+        raise ConfigError(f"cannot read {path}: {why}") from exc
+
+
 def read_bytes(path: Path, limit: int | None = None) -> bytes:
     """The whole file, decompressed, of at most `limit` bytes (MAX_DATA_BYTES): a larger one (or a gzip bomb) is
     refused after `limit` + 1 bytes, never read or decompressed whole."""
     limit = MAX_DATA_BYTES if limit is None else limit
-    with _open_binary(path) as handle:
+    with _readable(path), _open_binary(path) as handle:
         data = handle.read(limit + 1)
     if len(data) > limit:
         raise ConfigError(f"{path} holds more than {limit:,} bytes (decompressed)")
@@ -65,12 +78,13 @@ def read_lines(path: Path, count: int | None = None, limit: int | None = None) -
     is refused."""
     limit = MAX_DATA_BYTES if limit is None else limit
     left = limit
-    with _open_binary(path) as handle:
+    with _readable(path), _open_binary(path) as handle:
         for _ in itertools.repeat(None) if count is None else range(count):
             line = handle.readline(left + 1)
             if not line:
                 return
             left -= len(line)
             if left < 0:
-                raise ConfigError(f"{path} holds more than {limit:,} bytes (decompressed) before its line {count}")
+                where = "" if count is None else f" before its line {count}"
+                raise ConfigError(f"{path} holds more than {limit:,} bytes (decompressed){where}")
             yield line

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -91,3 +92,21 @@ async def test_counts_tokenize_on_their_own_thread_bounded_by_max_queue() -> Non
     finally:
         release.set()
         await backend.close()
+
+
+def test_a_file_llama_cpp_cannot_load_is_one_error_line_naming_it(tmp_path: Path) -> None:
+    """`margin eval perplexity --model A=notes.txt`, a folder or a GGUF cut short: one `error:` line and exit 2
+    (llama-cpp-python's bare ValueError was a traceback; a folder was "does not exist")."""
+    from typer.testing import CliRunner
+
+    from margin.cli import app
+
+    text = tmp_path / "notes.txt"
+    text.write_text('{"not": "a model"}\n')
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(b"GGUF" + bytes(1000))
+    for path, says in ((text, "is not a GGUF model"), (cut, "is not a GGUF model"), (tmp_path, "is not a file")):
+        args = ["eval", "perplexity", "--reference", "A", "--model", f"A={path}", "--tokens", "64", "--ctx", "32"]
+        result = CliRunner().invoke(app, args)
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and says in said and isinstance(result.exception, SystemExit), result.output

@@ -152,3 +152,27 @@ def test_bench_rejects_bad_options() -> None:
     assert neither.exit_code == 2 and "one of them is needed" in " ".join(neither.output.split())
     slo = runner.invoke(app, ["bench", "--model", "m", "--rate", "1", "--slo", "x=1"])
     assert slo.exit_code == 2 and "bad SLO" in slo.output
+
+
+@pytest.mark.parametrize(
+    ("option", "says"),
+    [
+        (["--slo", "ttft=abc"], "bad SLO"),  # a ValueError traceback
+        (["--slo", "tpot=-5"], "bad SLO"),  # goodput against a negative bound: nothing ever met it
+        (["--slo", "e2el=nan"], "bad SLO"),
+        (["--region", "MARS"], "unknown region 'MARS'"),  # refused only after every request had been sent
+        (["--usd-per-hour", "-1"], "--usd-per-hour"),  # a negative $/1K tokens
+        (["--power-w", "-5"], "--power-w"),  # negative joules
+        (["--idle-w", "1e400"], "--idle-w"),
+        (["--energy-overhead", "-0.5", "--usd-per-hour", "1"], "--energy-overhead"),
+    ],
+)
+def test_bench_refuses_bad_economics_and_slos_before_sending_anything(
+    margin_url: str, tmp_path: Path, option: list[str], says: str
+) -> None:
+    out = tmp_path / "r.json"
+    args = ["bench", "--base-url", margin_url, "--model", "fake-chat", "--concurrency", "1", "--num-requests", "2"]
+    result = runner.invoke(app, [*args, "--warmup", "0", "--out", str(out), *option])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and says in said and isinstance(result.exception, SystemExit), result.output
+    assert not out.exists() and "concurrency=1" not in said  # no load point ran

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from margin.bench.prompts import PromptSpec, load_prompts
-from margin.errors import InvalidRequest
+from margin.errors import ConfigError, InvalidRequest
 
 
 def test_random_prompts_have_the_requested_lengths_and_are_seeded() -> None:
@@ -33,7 +33,7 @@ def test_jsonl_prompts(tmp_path: Path) -> None:
     path.write_text('{"nope": 1}\n')
     with pytest.raises(InvalidRequest, match=":1:"):
         load_prompts(PromptSpec(f"jsonl:{path}", count=1))
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(ConfigError, match="cannot read"):
         load_prompts(PromptSpec(f"jsonl:{tmp_path / 'missing'}", count=1))
     with pytest.raises(InvalidRequest):
         load_prompts(PromptSpec("nope", count=1))

@@ -264,3 +264,33 @@ def test_run_files_hold_no_ledger_password(tmp_path: Path, fresh_postgres: str) 
     assert load_run(tmp_path / "run")["variants"]  # the run folder still reads back
     resumed = run_experiment(load_experiment(path), tmp_path / "run", no_progress)  # the same experiment: resumed
     assert resumed["variants"] and json.loads((tmp_path / "run" / "run.json").read_text())["resumed"] == 1
+
+
+def test_a_model_the_gateway_does_not_serve_is_reported_as_failed_requests(tmp_path: Path) -> None:
+    """Every answer an error (here: a model the gateway does not serve): the items score 0, and the report says
+    why instead of showing a model that scores 0 %."""
+    path = experiment(tmp_path, judge=None, baseline="ghost", variants=[{"name": "ghost", "model": "ghost-model"}])
+    (tmp_path / "suite.jsonl").write_text("".join(json.dumps(item) + "\n" for item in ITEMS[:2]))
+    done = CliRunner().invoke(app, ["eval", "run", str(path), "--out", str(tmp_path / "run")])
+    assert done.exit_code == 0, done.output
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    ghost = variant(results, "ghost")
+    assert ghost["errors"] == ghost["n"] == 2 and "ghost-model" in ghost["first_error"]
+    assert "2 of 2 requests failed" in (tmp_path / "run" / "report.md").read_text()
+    assert "2 of 2 requests failed" in " ".join(done.output.split())
+
+
+@pytest.mark.parametrize("meta", [b'{"experiment": {"na', b"[1, 2]", b'{"experiment": {"name": 5}}'])
+def test_a_run_folder_whose_run_json_is_broken_is_one_error_line(tmp_path: Path, meta: bytes) -> None:
+    """run.json cut short, not an object, or naming no valid experiment: `eval report`, `eval gate` and a
+    resuming `eval run` say which file and exit 2 (a traceback before), and the run is not started over it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_bytes(meta)
+    path = experiment(tmp_path)
+    for args in (["report", str(run)], ["gate", str(run), "--baseline", "echo"], ["run", str(path), "--out", str(run)]):
+        done = CliRunner().invoke(app, ["eval", *args])
+        said = " ".join(done.output.split())
+        assert done.exit_code == 2 and isinstance(done.exception, SystemExit), (args, done.output)
+        assert "run.json" in said or "a run of a different experiment" in said, said
+    assert (run / "run.json").read_bytes() == meta

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -129,3 +130,24 @@ def test_schedule_interleaves_variants_with_a_rotating_order_and_skips_what_is_d
     done = {("a", items[0].id), ("c", items[2].id)}
     rest = schedule(spec.all_variants(), items, done, "sequential")
     assert [(v.name, i.id[-2:]) for v, i in rest][:3] == [("a", "01"), ("a", "02"), ("b", "00")] and len(rest) == 7
+
+
+def test_an_unreadable_jsonl_suite_is_one_error_naming_it(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8, a .gz that is not gzip or is cut short, an array nested past what margin
+    writes back, an empty file or a folder: a ConfigError (one `error:` line), not a traceback or an empty run."""
+    line = json.dumps({"id": "a", "prompt": "hi"}).encode() + b"\n"
+    cases = {
+        "latin.jsonl": (line + b'{"id": "b", "prompt": "caf\xe9"}\n', "latin.jsonl:2"),
+        "corrupt.jsonl.gz": (b"not gzip at all", "cannot read"),
+        "cut.jsonl.gz": (gzip.compress(line * 500)[:40], "cannot read"),
+        "deep.jsonl": (b"[" * 5000 + b"]" * 5000 + b"\n", "deep.jsonl:1"),
+        "empty.jsonl": (b"\n\n", "holds no items"),
+    }
+    for name, (data, match) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ConfigError, match=match):
+            load_suite(str(tmp_path / name))
+    with pytest.raises(ConfigError, match="is not a file"):
+        load_suite(str(tmp_path))
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + line)  # an editor's byte-order mark is not an error
+    assert [item.id for item in load_suite(str(tmp_path / "bom.jsonl"))] == ["a"]

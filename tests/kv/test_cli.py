@@ -60,3 +60,48 @@ def test_eval_synthetic_part_writes_json_and_markdown(tmp_path: Path) -> None:
 def test_eval_rejects_unknown_part(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["eval", "--parts", "nope", "--out", str(tmp_path / "x.json")])
     assert result.exit_code == 2
+
+
+def test_eval_options_out_of_range_are_usage_errors_before_anything_runs(tmp_path: Path) -> None:
+    """0 threads was a RuntimeError traceback once the model had loaded; `abc` lengths a ValueError traceback;
+    -1 windows and -5 token passkeys ran, and wrote a result for them."""
+    out = tmp_path / "r.json"
+    for args in (
+        ["--threads", "0"],
+        ["--ppl-windows", "-1"],
+        ["--ppl-context", "1"],
+        ["--ppl-skip", "-1"],
+        ["--passkey-lengths", "abc"],
+        ["--passkey-lengths", "512,-5"],
+    ):
+        result = CliRunner().invoke(app, ["eval", "--quick", "--parts", "synthetic", "--out", str(out), *args])
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (args, result.output)
+        assert not out.exists(), args
+
+
+def test_merge_refuses_a_file_that_is_not_a_result_in_one_line(tmp_path: Path) -> None:
+    """Not JSON, a list, an object without parts, a part without methods, notes that are not UTF-8: one
+    `error:` line naming the file, exit 2, nothing written (tracebacks before; `{}` wrote an empty table)."""
+    from margin.cli import app as margin
+
+    out = tmp_path / "m.json"
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"bytes_per_token": {}, "attention": {"methods": {}}}))
+    for name, text in {
+        "cut.json": '{"attention": {"meth',
+        "list.json": "[1, 2]",
+        "empty.json": "{}",
+        "nomethods.json": '{"speed": {"rounds": 1}}',
+        "deep.json": "[" * 5000 + "]" * 5000,
+    }.items():
+        (tmp_path / name).write_text(text)
+        result = CliRunner().invoke(margin, ["kv", "merge", str(good), str(tmp_path / name), "--out", str(out)])
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and said.startswith("error:") and name in said, (name, result.output)
+        assert not out.exists(), name
+    (tmp_path / "notes.md").write_bytes(b"caf\xe9")
+    notes = CliRunner().invoke(
+        margin, ["kv", "merge", str(good), "--notes", str(tmp_path / "notes.md"), "--out", str(out)]
+    )
+    assert notes.exit_code == 2 and "not UTF-8" in " ".join(notes.output.split()) and not out.exists()
+    assert CliRunner().invoke(margin, ["kv", "merge", str(good), "--out", str(out)]).exit_code == 0 and out.exists()

@@ -81,3 +81,17 @@ def test_rejects_bad_arguments() -> None:
         compute_codebook(0, 64)
     with pytest.raises(ValueError, match="dim >= 3"):
         compute_codebook(2, 2, "beta")
+
+
+@pytest.mark.parametrize(("bits", "dim"), [(3, 3), (4, 3), (3, 4), (6, 5)])
+def test_a_low_dimension_codebook_is_finite_and_inside_the_support(bits: int, dim: int) -> None:
+    """dim 3–5 at 3+ bits: the N(0, 1/dim) start put centroids past ±1, whose empty cells ran Lloyd-Max to its
+    iteration cap and printed a NaN distortion (not JSON). dim 3's law is uniform on [−1, 1]: its optimum is the
+    uniform quantizer, MSE (2/2^bits)²/12 per coordinate."""
+    book = compute_codebook(bits, dim, "beta")
+    assert np.all(np.diff(book.centroids) > 0) and book.centroids[0] > -1 and book.centroids[-1] < 1
+    assert math.isfinite(book.d_mse) and book.iterations < 20_000
+    if dim == 3:
+        step = 2 / 2**bits
+        assert book.centroids == pytest.approx(np.arange(-1 + step / 2, 1, step), abs=1e-6)
+        assert book.d_mse == pytest.approx(dim * step**2 / 12, rel=1e-4)

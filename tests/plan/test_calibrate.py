@@ -69,3 +69,23 @@ def test_not_a_bench_result(tmp_path: Path) -> None:
     bad.write_text("schema: margin.plan.calibration/1\nhardware: x\n")
     with pytest.raises(ConfigError, match="calibration"):
         load_calibration(bad)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[]",
+        "NaN",
+        '{"schema": "margin.bench/1", "runs": [5]}',
+        '{"schema": "margin.bench/1", "runs": [{"load": 5, "metrics": {}}]}',
+        '{"schema": "margin.bench/1", "runs": [{"metrics": {"completed": 2, "ttft_ms": {"p50": -1}}}]}',
+        "[" * 100_000 + "]" * 100_000,
+    ],
+)
+def test_a_file_that_is_not_a_bench_result_is_a_config_error(tmp_path: Path, text: str) -> None:
+    """A list, a number, runs or fields of other types, a negative latency, arrays nested past the parser's
+    stack: a ConfigError naming the file (AttributeError and RecursionError tracebacks before)."""
+    path = tmp_path / "b.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="bench result"):
+        observations_from_bench(path, "smollm2-135m", "cpu-this-machine", "gguf-q4_1")

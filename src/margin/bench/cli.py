@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import orjson
 import typer
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
+from margin.economics.tco import MAX_OVERHEAD
 from margin.errors import InvalidRequest, MarginError
 
 if TYPE_CHECKING:  # the load generator's imports (aiohttp, numpy) wait until a bench runs
@@ -57,6 +59,18 @@ def build_shapes(
     return closed or opened
 
 
+class EconNumbers(BaseModel):
+    """--usd-per-hour, the overheads and the power options, in the bounds `margin cost` takes them."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    usd_per_hour: Decimal | None = Field(ge=0, le=1_000_000)
+    energy_overhead: Decimal = Field(ge=0, le=MAX_OVERHEAD)
+    network_overhead: Decimal = Field(ge=0, le=MAX_OVERHEAD)
+    power_w: float | None = Field(ge=0, le=10_000_000)
+    idle_w: float | None = Field(ge=0, le=10_000_000)
+
+
 def build_econ(
     usd_per_hour: Decimal | None,
     overheads: tuple[Decimal, Decimal],
@@ -75,21 +89,22 @@ def build_econ(
     from margin.userfiles import validation_message
 
     if tco_backend is not None:
-        return economics.spec_from_config(load_settings(config), tco_backend, price_model)
-    try:
-        where = RegionConfig(grid_zone=region, pue=pue, usd_per_kwh=usd_per_kwh)
-    except ValidationError as exc:
-        raise InvalidRequest(f"--pue/--usd-per-kwh: {validation_message(exc)}") from exc
-    return economics.EconSpec(
-        usd_per_hour=usd_per_hour,
-        energy_overhead=overheads[0],
-        network_overhead=overheads[1],
-        power_w=power[0],
-        idle_w=power[1],
-        region=where,
-        region_label=region,
-        price_model=price_model,
-    )
+        spec = economics.spec_from_config(load_settings(config), tco_backend, price_model)
+    else:
+        try:
+            where = RegionConfig(grid_zone=region, pue=pue, usd_per_kwh=usd_per_kwh)
+        except ValidationError as exc:
+            raise InvalidRequest(f"--pue/--usd-per-kwh: {validation_message(exc)}") from exc
+        try:  # a negative $/h or power printed negative costs and joules; NaN and 1e400 W broke the sums
+            numbers = EconNumbers(
+                usd_per_hour=usd_per_hour, energy_overhead=overheads[0], network_overhead=overheads[1],
+                power_w=power[0], idle_w=power[1],
+            )  # fmt: skip
+        except ValidationError as exc:
+            raise InvalidRequest(f"--{validation_message(exc, limit=1).replace('_', '-')}") from exc
+        spec = economics.EconSpec(**dict(numbers), region=where, region_label=region, price_model=price_model)
+    economics.grid_for(spec)  # an unknown region, refused before the run rather than after every request
+    return spec
 
 
 def _progress_factory(progress: Progress) -> Callable[[str, int | None], Callable[[RequestRecord], None]]:

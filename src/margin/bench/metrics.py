@@ -14,6 +14,7 @@ Percentiles interpolate linearly (numpy's default, as vLLM).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -134,7 +135,11 @@ def parse_slos(items: Iterable[str]) -> dict[str, float]:
     for item in items:
         name, sep, value = item.partition("=")
         name = name.strip().lower()
-        if not sep or name not in SLO_METRICS:
-            raise InvalidRequest(f"bad SLO {item!r}: use ttft=MS, tpot=MS or e2el=MS")
-        slos[name] = float(value)
+        try:
+            bound = float(value)
+        except ValueError:  # `ttft=abc` was a traceback
+            bound = math.nan
+        if not sep or name not in SLO_METRICS or not 0 < bound < math.inf:  # NaN fails too
+            raise InvalidRequest(f"bad SLO {item!r}: use ttft=MS, tpot=MS or e2el=MS (milliseconds above 0)")
+        slos[name] = bound
     return slos

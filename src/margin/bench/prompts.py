@@ -104,10 +104,7 @@ def _sharegpt(spec: PromptSpec, rng: random.Random) -> list[Prompt]:
 
 def _jsonl(path: Path, spec: PromptSpec, rng: random.Random) -> list[Prompt]:
     """Lines like {"prompt": "...", "max_tokens": 64} (or "text"/"output_len"); drawn with replacement."""
-    try:
-        lines = [line for line in read_lines(path) if line.strip()]
-    except (OSError, EOFError) as exc:
-        raise InvalidRequest(f"cannot read {path}: {exc}") from exc
+    lines = [line for line in read_lines(path) if line.strip()]  # unreadable: read_lines' ConfigError names it
     pool = []
     for number, line in enumerate(lines, 1):
         try:

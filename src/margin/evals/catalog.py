@@ -20,6 +20,8 @@ def load_suite(spec: str, *, seed: int = 0, limit: int | None = None) -> list[It
     else:
         path = Path(spec).expanduser()
         if not path.is_file():
-            raise ConfigError(f"suite file {spec} does not exist")
+            raise ConfigError(f"suite file {spec} {'is not a file' if path.exists() else 'does not exist'}")
         items = load_jsonl(path)
+        if not items:  # a run of no items wrote an empty report, exit 0, and a gate that named no variant
+            raise ConfigError(f"suite file {spec} holds no items")
     return items[:limit] if limit else items

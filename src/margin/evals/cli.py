@@ -225,7 +225,7 @@ def _print_table(results: dict[str, Any]) -> None:
     console = Console(highlight=False)
     console.print(table)
     for note in notes(results):
-        console.print(f"- {note}")
+        console.print(f"- {note}", markup=False)
 
 
 @app.command("report")

@@ -77,11 +77,9 @@ def log_softmax(logits: npt.NDArray[np.float32]) -> FloatArray:
 
 
 def _load(spec: str, ctx: int, threads: int) -> Any:
-    from llama_cpp import Llama
+    from margin.backends.llamacpp import open_gguf, resolve_model_file
 
-    from margin.backends.llamacpp import resolve_model_file
-
-    return Llama(model_path=str(resolve_model_file(spec)), n_ctx=ctx, logits_all=True, n_threads=threads, verbose=False)
+    return open_gguf(resolve_model_file(spec), n_ctx=ctx, logits_all=True, n_threads=threads)
 
 
 def _logprobs(llm: Any, window: list[int]) -> FloatArray:

@@ -85,6 +85,7 @@ def notes(results: dict[str, Any], extra: list[str] | None = None) -> list[str]:
         "Score intervals: percentile bootstrap (2000 resamples, seeded). vs baseline: paired bootstrap of the "
         "per-item difference over the same items, and McNemar's exact test on pass/fail.",
     ]
+    out += failures(results)
     sources = {v["cost"]["source"] for v in results["variants"]}
     out.append(f"Cost source: {', '.join(sorted(sources))} (gateway = x-margin-cost-usd, the ledger's price).")
     judge = results.get("judge")
@@ -101,6 +102,17 @@ def notes(results: dict[str, Any], extra: list[str] | None = None) -> list[str]:
         end = ", ".join(f"{x:.2f}" for x in host.get("loadavg_end") or [])
         out.append(f"Host: {host.get('platform')}, {host.get('cpus')} CPUs; load average at start {start}, end {end}.")
     return out + (extra or [])
+
+
+def failures(results: dict[str, Any]) -> list[str]:
+    """A note per variant whose requests failed (a target that is down, a model it does not serve): they are
+    graded 0, so without it a run of nothing but errors read as a model that scores 0 %."""
+    return [
+        f"**`{v['variant']}`: {v['errors']} of {v['n']} requests failed** and score 0 "
+        f"(first: {v.get('first_error') or 'unknown'})."
+        for v in results["variants"]
+        if v.get("errors")
+    ]
 
 
 def markdown(results: dict[str, Any], extra: list[str] | None = None) -> str:

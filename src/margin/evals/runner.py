@@ -30,7 +30,7 @@ from margin.evals.catalog import load_suite
 from margin.evals.client import ChatResult, Endpoint, chat
 from margin.evals.experiment import Experiment, Variant, apply_template, margin_headers
 from margin.evals.judge import Judge, mtbench_templates
-from margin.evals.records import read_records
+from margin.evals.records import read_meta, read_records
 from margin.evals.suites import Item
 from margin.urls import hide_password
 
@@ -78,8 +78,9 @@ def prepare_run_dir(run_dir: Path, experiment: Experiment, items: list[Item]) ->
     run_dir.mkdir(parents=True, exist_ok=True)
     drop_cut_line(run_dir / "records.jsonl")
     meta_path = run_dir / "run.json"
-    if meta_path.is_file():
-        meta: dict[str, Any] = orjson.loads(meta_path.read_bytes())
+    found = read_meta(run_dir)
+    if found is not None:
+        meta: dict[str, Any] = found
         if meta.get("digest") != experiment.digest():
             raise ConfigError(
                 f"{run_dir} holds a run of a different experiment (digest {meta.get('digest')}); use another folder"

@@ -23,10 +23,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from margin import jsonload
+from margin.datafiles import read_lines
 from margin.errors import ConfigError
 from margin.evals.graders import GraderSpec
+from margin.userfiles import validation_message
 
 MAX_ITEMS = 100_000
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark some editors write first
 
 
 class Item(BaseModel):
@@ -52,18 +56,21 @@ class Item(BaseModel):
 
 
 def load_jsonl(path: Path) -> list[Item]:
-    opener = gzip.open if path.suffix == ".gz" else open
+    """Items of a .jsonl (or .jsonl.gz) file, read as `datafiles.read_lines` reads (bounded, decompressed as
+    it goes); a line that is not UTF-8 JSON nested at most `jsonload.MAX_DEPTH` deep, or not an item, is a
+    ConfigError naming the line (a byte that was not UTF-8, a corrupt .gz or a deep array were a traceback)."""
     items: list[Item] = []
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            if len(items) >= MAX_ITEMS:
-                raise ConfigError(f"{path}: more than {MAX_ITEMS} items")
-            try:
-                items.append(Item.model_validate(json.loads(line)))
-            except (ValueError, ValidationError) as exc:
-                raise ConfigError(f"{path}:{number}: {exc}") from exc
+    for number, line in enumerate(read_lines(path), 1):
+        if not line.strip():
+            continue
+        if len(items) >= MAX_ITEMS:
+            raise ConfigError(f"{path}: more than {MAX_ITEMS} items")
+        try:
+            items.append(Item.model_validate(jsonload.loads(line.removeprefix(BOM) if number == 1 else line)))
+        except ValidationError as exc:
+            raise ConfigError(f"{path}:{number}: {validation_message(exc)}") from exc
+        except ValueError as exc:  # orjson's JSONDecodeError (invalid UTF-8 included) and jsonload.TooDeep
+            raise ConfigError(f"{path}:{number}: not JSON: {exc}") from exc
     ids = [item.id for item in items]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{path}: item ids must be unique")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from margin.bench.metrics import stats_ms
 from margin.economics.money import MILLION, usd_str
@@ -24,6 +25,7 @@ from margin.errors import ConfigError
 from margin.evals.experiment import Experiment, Variant
 from margin.evals.judge import untrustworthy
 from margin.evals.stats import bootstrap_mean, compare
+from margin.userfiles import validation_message
 
 
 def latest(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -59,6 +61,11 @@ def _decode_tps(calls: list[dict[str, Any]]) -> float | None:
     return statistics.median(rates) if rates else None
 
 
+def _error(call: dict[str, Any]) -> str:
+    """What a failed call said: the transport's error or the answer's error body, else its HTTP status."""
+    return " ".join(str(call.get("error") or f"HTTP {call.get('status')}").split())
+
+
 def variant_summary(
     variant: Variant, records: list[dict[str, Any]], rows: dict[str, dict[str, Any]], direct: bool, seed: int
 ) -> dict[str, Any]:
@@ -81,6 +88,7 @@ def variant_summary(
         "quantization": variant.quantization,
         "n": n,
         "errors": sum(1 for c in calls if c.get("status") != 200 or c.get("error")),
+        "first_error": next((_error(c) for c in calls if c.get("status") != 200 or c.get("error")), None),
         "score": bootstrap_mean(scores, seed=seed).to_json(),
         "pass_rate": bootstrap_mean(passes, seed=seed).to_json(),
         "successes": successes,
@@ -189,13 +197,15 @@ def summarize(
 def load_run(run_dir: Path, baseline: str | None = None) -> dict[str, Any]:
     """Summarize a run folder again from its records (and ledger rows), optionally against another
     baseline; works on an interrupted run too (with the answers it has)."""
-    from margin.evals.records import read_records
+    from margin.evals.records import read_meta, read_records
 
-    meta_path = run_dir / "run.json"
-    if not meta_path.is_file():
+    meta = read_meta(run_dir)
+    if meta is None:
         raise ConfigError(f"{run_dir} is not a run folder (no run.json)")
-    meta = orjson.loads(meta_path.read_bytes())
-    experiment = Experiment.model_validate(meta["experiment"])
+    try:
+        experiment = Experiment.model_validate(meta["experiment"])
+    except ValidationError as exc:
+        raise ConfigError(f"{run_dir / 'run.json'}: experiment: {validation_message(exc)}") from exc
     names = [v.name for v in experiment.all_variants()]
     if baseline is not None and baseline not in names:
         raise ConfigError(f"baseline {baseline!r} is not a variant of this run; variants: {', '.join(names)}")

@@ -11,10 +11,23 @@ import typer
 app = typer.Typer(no_args_is_help=True, help="KV-cache compression research kit (TurboQuant vs baselines).")
 
 DEFAULT_OUT = Path("benchmarks/results/kv_eval.json")
+MAX_TOKENS = 1_048_576  # a perplexity window or passkey prompt (SmolLM2 reads 8,192)
+MAX_WINDOWS = 100_000
 
 
 def _split(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _lengths(value: str | None) -> list[int]:
+    """--passkey-lengths as token counts, each 1 to MAX_TOKENS (`abc` was a traceback, `-5` a result for -5)."""
+    try:
+        lengths = [int(n) for n in _split(value) or []]
+    except ValueError as exc:
+        raise typer.BadParameter(f"not a list of token counts: {value!r}", param_hint="--passkey-lengths") from exc
+    if any(not 1 <= n <= MAX_TOKENS for n in lengths):
+        raise typer.BadParameter(f"each length must be 1 to {MAX_TOKENS:,} tokens", param_hint="--passkey-lengths")
+    return lengths
 
 
 @app.command("eval")
@@ -24,12 +37,16 @@ def eval_command(
     parts: Annotated[str | None, typer.Option(help="Comma list of synthetic,attention,ppl,passkey,speed.")] = None,
     methods: Annotated[str | None, typer.Option(help="Comma list of KV methods (see `margin kv methods`).")] = None,
     ppl_methods: Annotated[str | None, typer.Option(help="Comma list of methods for perplexity.")] = None,
-    ppl_windows: Annotated[int | None, typer.Option(help="Perplexity windows.")] = None,
-    ppl_skip: Annotated[int | None, typer.Option(help="Corpus windows skipped before the perplexity ones.")] = None,
-    ppl_context: Annotated[int | None, typer.Option(help="Tokens per perplexity window.")] = None,
+    ppl_windows: Annotated[int | None, typer.Option(min=1, max=MAX_WINDOWS, help="Perplexity windows.")] = None,
+    ppl_skip: Annotated[
+        int | None, typer.Option(min=0, max=MAX_WINDOWS, help="Corpus windows skipped before the perplexity ones.")
+    ] = None,
+    ppl_context: Annotated[
+        int | None, typer.Option(min=2, max=MAX_TOKENS, help="Tokens per perplexity window.")
+    ] = None,
     passkey_methods: Annotated[str | None, typer.Option(help="Comma list of methods for passkey.")] = None,
     passkey_lengths: Annotated[str | None, typer.Option(help="Comma list of passkey prompt lengths.")] = None,
-    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 1,
+    threads: Annotated[int, typer.Option(min=1, max=1024, help="torch CPU threads.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of rotations, sketches and synthetic data.")] = 0,
 ) -> None:
     """Distortion, attention fidelity, perplexity/KL, passkey and speed per KV method; JSON + markdown."""
@@ -44,7 +61,7 @@ def eval_command(
     cfg.ppl_windows = ppl_windows or cfg.ppl_windows
     cfg.ppl_skip = cfg.ppl_skip if ppl_skip is None else ppl_skip
     cfg.ppl_context = ppl_context or cfg.ppl_context
-    cfg.passkey_lengths = [int(n) for n in _split(passkey_lengths) or []] or cfg.passkey_lengths
+    cfg.passkey_lengths = _lengths(passkey_lengths) or cfg.passkey_lengths
     try:
         run_eval(cfg, out, lambda msg: typer.echo(msg, err=True))
     except ValueError as exc:
@@ -61,8 +78,9 @@ def merge(
 ) -> None:
     """Merge the parts of separate `margin kv eval` runs into one result and rebuild the table."""
     from margin.kv.evaluate import merge_results
+    from margin.userfiles import read_text
 
-    merge_results(inputs, out, notes=None if notes is None else notes.read_text())
+    merge_results(inputs, out, notes=None if notes is None else read_text(notes, "notes file"))
     typer.echo(f"wrote {out} and {out.with_suffix('.md')}")
 
 

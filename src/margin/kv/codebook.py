@@ -162,8 +162,19 @@ def compute_codebook(bits: int, dim: int, law: Law = "beta", *, points: int = 1 
         moments = _moments(beta_density(dim), -1.0, 1.0, points)
     else:
         moments = _moments(gaussian_density(scale * scale), -12.0 * scale, 12.0 * scale, points)
-    centroids, boundaries, mse, iterations = lloyd_max(moments, bits, _gaussian_start(bits, scale))
+    start = _gaussian_start(bits, scale)
+    if start[0] <= moments.grid[0] or start[-1] >= moments.grid[-1]:
+        start = _quantile_start(moments, bits)
+    centroids, boundaries, mse, iterations = lloyd_max(moments, bits, start)
     return Codebook(bits, law, dim, centroids, boundaries, mse, iterations)
+
+
+def _quantile_start(moments: _Moments, bits: int) -> FloatArray:
+    """Centroids at the law's own quantiles (cells of equal mass). For a start whose outer centroids lie past
+    the law's support (the beta law of dim 3–5 at 3+ bits: N(0, 1/dim)'s quantiles reach beyond ±1), whose
+    empty cells sent Lloyd-Max to 20,000 iterations and a NaN distortion."""
+    probs = (np.arange(2**bits) + 0.5) / 2**bits
+    return np.asarray(np.interp(probs, moments.mass, moments.grid), dtype=np.float64)
 
 
 def unit_gaussian_centroids(bits: int) -> FloatArray:

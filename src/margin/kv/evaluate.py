@@ -200,14 +200,39 @@ def write_result(result: dict[str, Any], out: Path) -> None:
     write_markdown(result, out.with_suffix(".md"))
 
 
+MERGED_PARTS = ("ppl", "attention", "passkey", "speed")  # parts whose `methods` are merged across runs (ppl pooled)
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """A `margin kv eval` result file, read bounded; one that is not JSON, or not shaped like a result (an object
+    with a part or bytes_per_token, its parts objects, their methods objects), is a ConfigError naming it (it
+    was a traceback, or a merge that wrote an empty table)."""
+    from margin.errors import ConfigError
+    from margin.userfiles import read_text
+
+    try:  # the json module, as write_result writes it (NaN included: a metric that diverged)
+        data = json.loads(read_text(path, "kv result"))
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"kv result {path} is not JSON: {exc}") from exc
+    keys = ("config", "bytes_per_token", *PARTS)
+    if (
+        isinstance(data, dict)
+        and any(k in data for k in keys[1:])
+        and all(isinstance(data.get(k, {}), dict) for k in keys)
+        and all(isinstance(data[k].get("methods"), dict) for k in MERGED_PARTS if k in data)
+    ):
+        return data
+    raise ConfigError(f"{path} is not a `margin kv eval` result (an object with its parts and their methods)")
+
+
 def merge_results(paths: list[Path], out: Path, *, notes: str | None = None) -> dict[str, Any]:
     """Combine result files of separate runs (later files win per part) and rewrite table and markdown."""
     result: dict[str, Any] = {}
     for path in paths:
-        other = json.loads(path.read_text())
+        other = read_result(path)
         if "ppl" in result and "ppl" in other:
             other["ppl"] = combine_perplexity(result["ppl"], other["ppl"])
-        for part in ("attention", "passkey", "speed"):
+        for part in MERGED_PARTS[1:]:
             if part in result and part in other:  # union of methods (same settings assumed), later runs win
                 other[part] = {**other[part], "methods": {**result[part]["methods"], **other[part]["methods"]}}
         configs = dict(result.get("config", {}))

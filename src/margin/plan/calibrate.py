@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from margin.errors import ConfigError
 from margin.plan.catalog import Catalog, EfficiencyClass, Provenance, Strict
@@ -29,11 +29,49 @@ class CalibrationFile(Strict):
     points: list[Observation]
 
 
-def _bench_run(data: dict[str, Any]) -> dict[str, Any]:
-    runs = data.get("runs") or []
-    if data.get("schema") != "margin.bench/1" or not runs:
-        raise ConfigError("not a margin bench result (schema margin.bench/1 with runs)")
-    return next((r for r in runs if r.get("load", {}).get("concurrency") == 1), runs[0])
+class _Read(BaseModel):
+    """The parts of a bench result (bench/SCHEMA.md) calibration reads; the rest of the file is ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Latency(_Read):
+    p50: float = Field(gt=0, allow_inf_nan=False)
+
+
+class _Metrics(_Read):
+    completed: int = Field(0, ge=0)
+    input_tokens: int = Field(0, ge=0)
+    output_tokens: int = Field(0, ge=0)
+    ttft_ms: _Latency | None = None
+    tpot_ms: _Latency | None = None
+
+
+class _Load(_Read):
+    label: str | None = None
+    concurrency: int | None = None
+
+
+class _Run(_Read):
+    load: _Load = _Load()
+    metrics: _Metrics = _Metrics()
+
+
+class _BenchResult(_Read):
+    schema_: Literal["margin.bench/1"] = Field(alias="schema")
+    created_at: str | None = None
+    runs: list[_Run] = Field(min_length=1)
+
+
+def _bench_run(data: Any, path: Path) -> tuple[_BenchResult, _Run]:
+    """The run at concurrency 1 (else the first). Not such a result (a list, a number, fields of other types)
+    is a ConfigError; it was an AttributeError traceback."""
+    try:
+        result = _BenchResult.model_validate(data)
+    except ValidationError as exc:
+        why = validation_message(exc, 2)
+        raise ConfigError(f"{path}: not a margin bench result (schema margin.bench/1 with runs): {why}") from exc
+    return result, next((r for r in result.runs if r.load.concurrency == 1), result.runs[0])
 
 
 def observations_from_bench(
@@ -48,17 +86,17 @@ def observations_from_bench(
 ) -> list[Observation]:
     try:
         data = json.loads(read_text(path, "bench result"))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested past the parser's stack
         raise ConfigError(f"cannot read bench result {path}: {exc}") from exc
-    run = _bench_run(data)
-    metrics = run["metrics"]
-    done = int(metrics["completed"])
-    if done < 1 or metrics.get("ttft_ms") is None or metrics.get("tpot_ms") is None:
+    result, run = _bench_run(data, path)
+    metrics = run.metrics
+    done = metrics.completed
+    if done < 1 or metrics.ttft_ms is None or metrics.tpot_ms is None:
         raise ConfigError(f"{path}: the run has no completed requests with TTFT and TPOT")
-    concurrency = run.get("load", {}).get("concurrency")
+    concurrency = run.load.concurrency
     source = Provenance(
-        source=f"margin bench {path.name}, run {run['load'].get('label')}, p50 of {done} requests",
-        as_of=str(data.get("created_at", ""))[:10] or time.strftime("%Y-%m-%d"),
+        source=f"margin bench {path.name}, run {run.load.label}, p50 of {done} requests",
+        as_of=(result.created_at or "")[:10] or time.strftime("%Y-%m-%d"),
         confidence="measured",
     )
     common: dict[str, Any] = {
@@ -69,15 +107,15 @@ def observations_from_bench(
         "kv": kv,
         "engine": engine,
         "threads": threads,
-        "input_tokens": max(1, round(metrics["input_tokens"] / done)),
-        "output_tokens": max(1, round(metrics["output_tokens"] / done)),
-        "batch": concurrency if isinstance(concurrency, int) else 1,
+        "input_tokens": max(1, round(metrics.input_tokens / done)),
+        "output_tokens": max(1, round(metrics.output_tokens / done)),
+        "batch": concurrency if concurrency is not None else 1,
         "role": "calibrate",
         "source": source,
     }
     return [
-        Observation(id=f"bench-{path.stem}-ttft", metric="ttft_ms", value=metrics["ttft_ms"]["p50"], **common),
-        Observation(id=f"bench-{path.stem}-tpot", metric="tpot_ms", value=metrics["tpot_ms"]["p50"], **common),
+        Observation(id=f"bench-{path.stem}-ttft", metric="ttft_ms", value=metrics.ttft_ms.p50, **common),
+        Observation(id=f"bench-{path.stem}-tpot", metric="tpot_ms", value=metrics.tpot_ms.p50, **common),
     ]
 
 

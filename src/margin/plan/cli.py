@@ -11,7 +11,7 @@ import orjson
 import typer
 from rich.console import Console
 
-from margin.errors import MarginError
+from margin.errors import ConfigError, MarginError
 
 app = typer.Typer(
     no_args_is_help=False,
@@ -80,7 +80,10 @@ def plan(
 
     try:
         catalog = Catalog.bundled()
-        eff = _calibrations(calibration).get(hardware)
+        calibrated = _calibrations(calibration)
+        if calibration is not None and hardware not in calibrated:  # was ignored: uncalibrated numbers, no word
+            raise ConfigError(f"calibration file {calibration} calibrates {', '.join(calibrated)}, not {hardware}")
+        eff = calibrated.get(hardware)
         setup = Setup(catalog, model, hardware, weights, kv, devices, engine, threads, eff)
         data = one_config(
             setup,

@@ -107,8 +107,9 @@ class Lengths(Strict):
     def _empirical(self) -> tuple[list[int], list[float]]:
         assert self.values is not None
         weights = self.weights or [1.0] * len(self.values)
-        total = sum(weights)
-        return self.values, [w / total for w in weights]
+        top = max(weights)  # scaled to the largest first: [1e308, 1e308] summed to inf, so every share was 0
+        total = sum(w / top for w in weights)
+        return self.values, [w / top / total for w in weights]
 
 
 def lengths(value: int | Lengths) -> Lengths:

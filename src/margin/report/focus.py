@@ -167,6 +167,8 @@ def focus_rows(
     """The month's charges: day × key × team × model × backend × region × service tier (from ledger_charges),
     split further by the tag keys in `tags` (feature, customer: then read from the ledger rows, about one
     charge per request when tags vary per request)."""
+    if not account.strip():  # FOCUS: BillingAccountId and BillingAccountName MUST NOT be null (an empty CSV cell is)
+        raise InvalidRequest("--account must name the billing account: FOCUS's BillingAccountId cannot be empty")
     unknown = set(tags) - set(TAG_KEYS)
     if unknown:
         raise InvalidRequest(f"--tags: {', '.join(sorted(unknown))} unknown; choose among {', '.join(TAG_KEYS)}")
@@ -179,8 +181,11 @@ def focus_rows(
 
 
 def _usd(nano: int) -> str:
-    """Integer nano-USD as the 9-place decimal string usd_str() prints (costs are never negative)."""
-    return f"{nano // 1_000_000_000}.{nano % 1_000_000_000:09d}"
+    """Integer nano-USD as the 9-place decimal string usd_str() prints, and the Parquet export holds: a
+    negative sum (a credit row in a shared ledger) is its sign and magnitude (floor division printed -5,000
+    nano-USD as -1.999995000)."""
+    whole = abs(nano)
+    return f"{'-' if nano < 0 else ''}{whole // 1_000_000_000}.{whole % 1_000_000_000:09d}"
 
 
 def _csv_lines(export: FocusExport) -> Iterator[tuple[Any, ...]]:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.api.compat_upstream import ARGUMENTS, REASONING, Upstream, compat_upstream
-from tests.helpers import margin_serve, wait_ledger_row
+from tests.helpers import free_port, margin_serve, wait_ledger_row
 
 USER: Any = [{"role": "user", "content": "hi there"}]  # the SDK's TypedDicts, as client code passes them
 TOOLS: Any = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
@@ -39,14 +39,19 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     folder = tmp_path_factory.mktemp("compat")
     with compat_upstream() as upstream:
         price = {"input": "1", "output": "2"}
+        closed_port = f"http://127.0.0.1:{free_port()}/v1"
         config = {
             "storage": {"flush_interval_ms": 10},
             "backends": {
                 "fake": {"kind": "fake", "output_tokens": 5},
                 "up": {"kind": "openai", "base_url": upstream.url, "timeout_s": 10, "retries": {"attempts": 0}},
+                # nothing listens there: every request to it is refused at the connection, never sent
+                "down": {"kind": "openai", "base_url": closed_port, "retries": {"attempts": 0}},
             },
             "models": {
                 "fake-chat": {"backend": "fake", "price": price},
+                "fake-embed": {"backend": "fake", "kind": "embedding", "price": price},
+                "down": {"backend": "down", "price": price},
                 **{name: {"backend": "up", "upstream_model": name, "price": price} for name in UPSTREAM_MODELS},
             },
         }
@@ -152,6 +157,32 @@ def test_an_upstreams_refusal_keeps_the_parameter_it_names(live: Live) -> None:
     assert "temperature is not supported" not in str(error.body)  # the upstream's own words stay in the log
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_refused_before_any_work_costs_nothing(live: Live, stream: bool) -> None:
+    """An attempt that did no work (the upstream refused it with a 4xx, the upstream could not be reached,
+    the backend's own check refused it) was charged its prompt, counted or estimated, at the model's price:
+    the 400 or 502 said `x-margin-cost-usd: 0.000275…` and its budget paid it, for a request no provider
+    bills. It counts no tokens now (`usage_source: refused`)."""
+    long_prompt: Any = [{"role": "user", "content": "tell me about the weather " * 40}]
+    for model, status in (("reject", 400), ("down", 502)):
+        answer = httpx.post(
+            live.url + "/v1/chat/completions", json={"model": model, "messages": long_prompt, "stream": stream}
+        )
+        assert answer.status_code == status, answer.text
+        assert answer.headers["x-margin-cost-usd"] == "0.000000000"
+        row = live.row(answer.headers["x-request-id"])
+        assert (row.http_status, row.input_tokens, row.output_tokens, row.cost_nanousd) == (status, 0, 0, 0)
+        assert (row.usage_source, row.cost_status) == ("refused", "priced")
+    # the fake embedder refuses token ids itself, before embedding anything
+    with pytest.raises(openai.BadRequestError) as refused:
+        live.client.embeddings.create(model="fake-embed", input=[[1, 2, 3], [4, 5]])
+    row = live.row(refused.value.request_id or "")
+    assert (row.input_tokens, row.output_tokens, row.cost_nanousd, row.usage_source) == (0, 0, 0, "refused")
+    # work that was done is still charged: the same long prompt answered costs its tokens
+    answered = live.client.chat.completions.with_raw_response.create(model="fake-chat", messages=long_prompt)
+    assert live.row(answered.headers["x-request-id"]).cost_nanousd > 0
+
+
 def test_the_sdks_request_id_is_margins(live: Live) -> None:
     """The SDK reads OpenAI's `x-request-id` (`completion._request_id`, `APIStatusError.request_id`), which
     client code logs to trace a call; margin sent only `x-margin-request-id`, so it was None everywhere. It is
@@ -251,6 +282,21 @@ def test_the_fake_backend_answers_n_choices_and_bills_them(live: Live, stream: b
     completion = live.client.completions.create(model="fake-chat", prompt=["a", "b"], n=2, max_tokens=1)
     assert [choice.index for choice in completion.choices] == [0, 1, 2, 3]
     assert completion.usage is not None and completion.usage.completion_tokens == 4
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_fake_backend_counts_a_prompt_of_token_ids(live: Live, stream: bool) -> None:
+    """A completion prompt of token ids is tokens already (README, "Usage"); the fake backend counted only the
+    words of its text, so `prompt: [[1, 2, 3], [4, 5]]` reported, recorded and was charged 0 input tokens."""
+    kwargs: dict[str, Any] = {"model": "fake-chat", "prompt": [[1, 2, 3], [4, 5]], "max_tokens": 1}
+    if stream:
+        kwargs.update(stream=True, stream_options={"include_usage": True})
+    raw = live.client.completions.with_raw_response.create(**kwargs)
+    parsed: Any = raw.parse()
+    usage = [chunk.usage for chunk in parsed if chunk.usage][-1] if stream else parsed.usage
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (5, 2)
+    row = live.row(raw.headers["x-request-id"])
+    assert (row.input_tokens, row.output_tokens, row.cost_nanousd) == (5, 2, 5 * 1000 + 2 * 2000)
 
 
 def test_a_refused_field_is_named_as_the_request_spells_it(live: Live) -> None:

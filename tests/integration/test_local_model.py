@@ -109,6 +109,27 @@ def test_completions_and_stop(server: Server) -> None:
     server.note(reply.usage)
 
 
+def test_max_tokens_zero_generates_nothing(server: Server) -> None:
+    """`max_tokens: 0` on a completion (what scores or echoes a prompt: `echo` with nothing generated) made the
+    local model generate one token anyway (`"The sky is the"`, `completion_tokens: 1`, billed): the limit was
+    checked after each token. Nothing is generated now, streamed or not."""
+    client = server.client()
+    for echo in (True, False):
+        reply = client.completions.create(model="local", prompt="The sky is", max_tokens=0, echo=echo)
+        assert reply.choices[0].text == ("The sky is" if echo else "")
+        assert reply.usage is not None and reply.usage.completion_tokens == 0 and reply.usage.prompt_tokens > 0
+        assert reply.choices[0].finish_reason == "length"
+        server.note(reply.usage)
+    stream = client.completions.create(
+        model="local", prompt="The sky is", max_tokens=0, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == ""
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens == 0
+    server.note(usage)
+
+
 def test_embeddings(server: Server) -> None:
     reply = server.client().embeddings.create(
         model="text-embedding-local", input=["a cat sat on the mat", "a kitten rested on a rug", "GDP fell"]

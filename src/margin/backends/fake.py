@@ -53,7 +53,9 @@ class FakeBackend:
         if self.config.echo:
             n = min(n, len(prompt_words))
         answers = getattr(call.request, "choices", 1) * getattr(call.request, "prompts", 1)
-        return n, Usage(input_tokens=len(prompt_words), output_tokens=n * answers)
+        # a prompt of token ids is tokens already (its text is empty: it counted 0)
+        prompt_tokens = len(prompt_words) + payloads.token_id_count(call.request)
+        return n, Usage(input_tokens=prompt_tokens, output_tokens=n * answers)
 
     @staticmethod
     def _copies(call: Call) -> int:

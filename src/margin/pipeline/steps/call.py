@@ -65,6 +65,17 @@ def backend_fault(error: MarginError) -> bool:
     )
 
 
+def refused(error: MarginError) -> bool:
+    """An attempt that did no work: the backend refused it (its own check, an upstream's 4xx or 429, a full
+    queue) or it never reached the upstream (the connection was refused). Nothing was generated and no
+    provider bills it, so it counts no tokens (it counted the prompt, priced at the model's rate, before). A
+    failure after the request was sent (a 5xx, a timeout, a broken answer) keeps the counted prompt: the upstream
+    may have done, and billed, the work."""
+    if isinstance(error, BackendError):
+        return error.code == "upstream_unreachable"
+    return True
+
+
 def unavailable(decision: RouteDecision, detail: str) -> Overloaded | ResidencyUnavailable:
     if decision.jurisdictions is not None:
         return ResidencyUnavailable(
@@ -185,6 +196,10 @@ class BackendCall:
                 record.backend_wait_s += time.perf_counter() - started
             usage, output = completion.usage, completion
             return Reply(completion=completion)
+        except MarginError as exc:
+            if refused(exc):  # nothing was generated, nor sent to be billed: the row counts no tokens
+                usage = Usage(source="refused")
+            raise
         finally:
             if call.stats.attempts > 1 and record.error is None:  # retried on this backend before it answered
                 record.status, record.fault_code = "retried", call.stats.retried

@@ -299,6 +299,17 @@ def test_the_fake_backend_counts_a_prompt_of_token_ids(live: Live, stream: bool)
     assert (row.input_tokens, row.output_tokens, row.cost_nanousd) == (5, 2, 5 * 1000 + 2 * 2000)
 
 
+def test_an_embedder_of_fixed_width_refuses_other_dimensions(live: Live) -> None:
+    """The fake embedder answered 8 numbers to `dimensions: 2`, as if it had been honoured (the local embedder
+    refuses it); both refuse now, before any work, and its own width is answered."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        live.client.embeddings.create(model="fake-embed", input="a cat", dimensions=2)
+    assert (refused.value.code, refused.value.param) == ("unsupported_parameter", "dimensions")
+    assert live.row(refused.value.request_id or "").cost_nanousd == 0
+    answer = live.client.embeddings.create(model="fake-embed", input="a cat", dimensions=8)
+    assert len(answer.data[0].embedding) == 8
+
+
 def test_a_refused_field_is_named_as_the_request_spells_it(live: Live) -> None:
     """A field that may take several shapes (`content`: text or parts; `stop`: one or a list) was named with
     the shape pydantic tried first (`messages.0.content.str`, `stop.list[str].0`), and described by it: a bad

@@ -117,6 +117,7 @@ class FakeBackend:
             raise self._fail()
         assert isinstance(call.request, EmbeddingRequest)
         texts = call.request.texts()
+        payloads.fixed_dimensions(call, self.config.embedding_dim)  # it answered 8 numbers for `dimensions: 2`
         vectors = [_pseudo_vector(t, self.config.embedding_dim) for t in texts]
         tokens = sum(len(t.split()) for t in texts)
         payload = payloads.embeddings(call, vectors, tokens, call.request.encoding_format)

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from margin.errors import InvalidRequest
 from margin.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Endpoint
 from margin.types import Call, Usage
 
@@ -89,6 +90,18 @@ def embeddings(
         "model": call.public_model,
         "usage": {"prompt_tokens": input_tokens, "total_tokens": input_tokens},
     }
+
+
+def fixed_dimensions(call: Call, dimensions: int) -> None:
+    """An embedder of fixed width (the local model, the fake) refuses another `dimensions`, never answers at its
+    own width as if it had been honoured."""
+    asked = getattr(call.request, "dimensions", None)
+    if asked is not None and asked != dimensions:
+        raise InvalidRequest(
+            f"{call.public_model} has {dimensions} dimensions; dimensions cannot change it",
+            param="dimensions",
+            code="unsupported_parameter",
+        )
 
 
 def prompt_text(call: Call) -> str:

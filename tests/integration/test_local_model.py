@@ -130,6 +130,26 @@ def test_max_tokens_zero_generates_nothing(server: Server) -> None:
     server.note(usage)
 
 
+def test_what_the_local_model_cannot_do_is_refused_not_ignored(server: Server) -> None:
+    """Legacy `functions` (the tools of OpenAI's older API) were answered in plain text as if none had been given,
+    and a completion's `logprobs: 0` (the chosen tokens' log probabilities) with `logprobs: null`; `tools` and
+    `logprobs: 1` were already refused. Each is 400 naming the field, before anything is generated: it costs
+    nothing."""
+    client = server.client()
+    functions: Any = [{"name": "get_weather", "parameters": {"type": "object"}}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="local", messages=[{"role": "user", "content": "hi"}], functions=functions)
+    assert (refused.value.code, refused.value.param) == ("unsupported_parameter", "functions")
+    first = refused.value.request_id or ""
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(model="local", prompt="The sky is", max_tokens=2, logprobs=0)
+    assert (refused.value.code, refused.value.param) == ("unsupported_parameter", "logprobs")
+    for request_id in (first, refused.value.request_id or ""):
+        row = wait_for_row(server.db, request_id)
+        assert (row["input_tokens"], row["output_tokens"], row["usage_source"]) == (0, 0, "refused")
+        server.usage.append((0, 0))  # a row of its own, of no tokens (test_ledger_and_report_match_the_api)
+
+
 def test_embeddings(server: Server) -> None:
     reply = server.client().embeddings.create(
         model="text-embedding-local", input=["a cat sat on the mat", "a kitten rested on a rug", "GDP fell"]

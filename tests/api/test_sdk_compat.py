@@ -5,6 +5,7 @@ a ledger row that disagreed with what the answer cost, an error that lost what t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,6 +298,18 @@ def test_the_fake_backend_counts_a_prompt_of_token_ids(live: Live, stream: bool)
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (5, 2)
     row = live.row(raw.headers["x-request-id"])
     assert (row.input_tokens, row.output_tokens, row.cost_nanousd) == (5, 2, 5 * 1000 + 2 * 2000)
+
+
+def test_the_usage_event_margin_adds_belongs_to_the_upstreams_stream(live: Live) -> None:
+    """An upstream without usage gets a usage event from margin at the end of its stream; it carried margin's
+    own id and time (`chatcmpl-01a2…`, now) where every other event said the upstream's (`chatcmpl-up`, 1):
+    one stream, two ids, for clients that key a stream's events by id. It repeats the stream's now."""
+    body = {"model": "nousage", "messages": USER, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", live.url + "/v1/chat/completions", json=body) as stream:
+        events = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: {")]
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] > 0
+    identities = {tuple(event.get(key) for key in ("id", "created", "model", "system_fingerprint")) for event in events}
+    assert identities == {("chatcmpl-up", 1, "nousage", "fp_up")}
 
 
 def test_an_embedder_of_fixed_width_refuses_other_dimensions(live: Live) -> None:

@@ -62,8 +62,13 @@ def chunk(
     }
 
 
-def usage_chunk(call: Call, usage: Usage) -> dict[str, Any]:
-    return {
+STREAM_IDENTITY = ("id", "created", "model", "system_fingerprint")  # the same in every event of an OpenAI stream
+
+
+def usage_chunk(call: Call, usage: Usage, like: Any = None) -> dict[str, Any]:
+    """A stream's usage event; `like`: the stream's first event (an upstream's), whose id, creation time, model
+    and fingerprint it repeats, as every event of one stream does (it said margin's id and time instead)."""
+    payload = {
         "id": call.response_id,
         "object": _object(call, chunk=True),
         "created": int(time.time()),
@@ -71,6 +76,9 @@ def usage_chunk(call: Call, usage: Usage) -> dict[str, Any]:
         "choices": [],
         "usage": usage.to_openai(),
     }
+    if isinstance(like, dict):
+        payload |= {key: like[key] for key in STREAM_IDENTITY if key in like}
+    return payload
 
 
 def embeddings(

@@ -254,7 +254,7 @@ class BackendCall:
             # what the client is told is what it is charged (margin.pipeline.ceiling)
             usage = held(delivery.usage or counted_usage(target, call, await delivery.generated()), request, target)
             delivery.usage = usage
-            await delivery.write_usage(usage_chunk(call, usage))
+            await delivery.write_usage(usage_chunk(call, usage, first.payload if first is not None else None))
 
     def _meter(
         self,

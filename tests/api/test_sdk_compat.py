@@ -300,6 +300,18 @@ def test_the_fake_backend_counts_a_prompt_of_token_ids(live: Live, stream: bool)
     assert (row.input_tokens, row.output_tokens, row.cost_nanousd) == (5, 2, 5 * 1000 + 2 * 2000)
 
 
+def test_an_echoed_prompt_is_not_billed_as_output(live: Live) -> None:
+    """A completion with `echo` repeats its prompt before what it generated; from an upstream without usage the
+    answer's whole text was counted as output, so a 1,200-character prompt echoed in 2 answers billed ~600
+    output tokens for 6 generated. The echo is taken off; the prompt is input, once."""
+    prompt = "tell me about the weather " * 48
+    answer = live.client.completions.with_raw_response.create(model="nousage", prompt=prompt, echo=True, n=2)
+    assert [choice.text for choice in answer.parse().choices] == [prompt + " hello there"] * 2
+    row = live.row(answer.headers["x-request-id"])
+    assert (row.usage_source, row.output_tokens) == ("estimated", _estimate(" hello there" * 2))
+    assert row.input_tokens == _estimate(prompt)
+
+
 def test_the_usage_event_margin_adds_belongs_to_the_upstreams_stream(live: Live) -> None:
     """An upstream without usage gets a usage event from margin at the end of its stream; it carried margin's
     own id and time (`chatcmpl-01a2…`, now) where every other event said the upstream's (`chatcmpl-up`, 1):

@@ -155,6 +155,17 @@ def token_id_count(request: Any) -> int:
     return sum(len(item) if isinstance(item, list) else int(isinstance(item, int)) for item in value)
 
 
+def echoed_prompts(request: Any) -> tuple[str, int]:
+    """What an `echo` completion's answers repeat before what they generated, and how many times: its text
+    prompts, once for each of their `n` answers (not generated, so not output; a prompt of token ids comes back
+    as text margin cannot tell apart from the rest, and is left in). Never repeated here: `n` × 4 MiB."""
+    if not isinstance(request, CompletionRequest) or not request.echo:
+        return "", 0
+    prompt = request.prompt
+    texts = [prompt] if isinstance(prompt, str) else [p for p in prompt if isinstance(p, str)]
+    return "".join(texts), request.n
+
+
 def non_text_parts(request: Any) -> int:
     """Image, audio or file parts of a chat request (priced by the upstream, not counted as text)."""
     if not isinstance(request, ChatCompletionRequest):

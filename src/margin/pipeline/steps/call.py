@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 
-from margin.backends.payloads import prompt_extras, prompt_text, token_id_count, usage_chunk
+from margin.backends.payloads import echoed_prompts, prompt_extras, prompt_text, token_id_count, usage_chunk
 from margin.economics import tiers
 from margin.economics.meter import Meter, discounted
 from margin.economics.money import to_nanousd
@@ -98,11 +98,15 @@ def counted_usage(target: Target, call: Call, output: str) -> Usage:
     prompt, ids = prompt_text(call), token_id_count(call.request)
     if extras := prompt_extras(call.request):
         prompt = f"{prompt}\n{extras}"
+    # an `echo` completion's answers repeat its prompt: that is not output (it was billed as output twice over)
+    echoed, copies = echoed_prompts(call.request)
     counted_in, counted_out = target.backend.count_tokens(prompt), target.backend.count_tokens(output)
     if counted_in is not None and counted_out is not None:
-        return Usage(counted_in + ids, counted_out, source="tokenizer")
+        repeated = (target.backend.count_tokens(echoed) or 0) * copies if echoed else 0
+        return Usage(counted_in + ids, max(0, counted_out - repeated), source="tokenizer")
     source = "token_ids" if ids and not prompt and not output else "estimated"
-    return Usage(estimate_tokens(prompt) + ids, estimate_tokens(output), source=source)
+    # the estimate reads only the length: what is left once the echoed characters are taken off
+    return Usage(estimate_tokens(prompt) + ids, estimate_tokens(output[len(echoed) * copies :]), source=source)
 
 
 class BackendCall:

@@ -300,6 +300,18 @@ def test_the_fake_backend_counts_a_prompt_of_token_ids(live: Live, stream: bool)
     assert (row.input_tokens, row.output_tokens, row.cost_nanousd) == (5, 2, 5 * 1000 + 2 * 2000)
 
 
+def test_stream_options_without_a_stream_are_not_sent_upstream(live: Live) -> None:
+    """`stream_options` on a request that does not stream means nothing, and OpenAI and vLLM refuse it (400):
+    margin forwarded it, so code written against the local model or the fake (which answer it) failed on an
+    `openai` backend. It is left out of a JSON request; a stream's are sent (with usage asked for)."""
+    options: Any = {"include_usage": True}
+    answer = live.client.chat.completions.create(model="plain", messages=USER, stream_options=options)
+    assert answer.choices[0].message.content == "hello there"
+    assert "stream_options" not in live.upstream.last
+    list(live.client.chat.completions.create(model="plain", messages=USER, stream=True, stream_options=options))
+    assert live.upstream.last["stream_options"] == {"include_usage": True}
+
+
 def test_an_echoed_prompt_is_not_billed_as_output(live: Live) -> None:
     """A completion with `echo` repeats its prompt before what it generated; from an upstream without usage the
     answer's whole text was counted as output, so a 1,200-character prompt echoed in 2 answers billed ~600

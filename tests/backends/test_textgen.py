@@ -83,6 +83,8 @@ def test_sampling_maps_fields() -> None:
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"logprobs": True}, "logprobs"),
         ({"functions": [{"name": "f", "parameters": {"type": "object"}}]}, "functions"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
         ({"top_k": "many"}, "top_k"),
         ({"top_k": 1e300}, "top_k"),
         ({"min_p": -1}, "min_p"),

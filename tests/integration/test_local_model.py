@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
@@ -131,16 +131,20 @@ def test_max_tokens_zero_generates_nothing(server: Server) -> None:
 
 
 def test_what_the_local_model_cannot_do_is_refused_not_ignored(server: Server) -> None:
-    """Legacy `functions` (the tools of OpenAI's older API) were answered in plain text as if none had been given,
-    and a completion's `logprobs: 0` (the chosen tokens' log probabilities) with `logprobs: null`; `tools` and
-    `logprobs: 1` were already refused. Each is 400 naming the field, before anything is generated: it costs
-    nothing."""
-    client = server.client()
+    """Legacy `functions` (the tools of OpenAI's older API) and `tool_choice: required` were answered in plain
+    text as if not asked, and a completion's `logprobs: 0` (the chosen tokens' log probabilities) with
+    `logprobs: null`; `tools` and `logprobs: 1` were already refused. Each is 400 naming the field, before
+    anything is generated: it costs nothing."""
+    client, hi = server.client(), cast("Any", [{"role": "user", "content": "hi"}])
     functions: Any = [{"name": "get_weather", "parameters": {"type": "object"}}]
     with pytest.raises(openai.BadRequestError) as refused:
-        client.chat.completions.create(model="local", messages=[{"role": "user", "content": "hi"}], functions=functions)
+        client.chat.completions.create(model="local", messages=hi, functions=functions)
     assert (refused.value.code, refused.value.param) == ("unsupported_parameter", "functions")
     first = refused.value.request_id or ""
+    with pytest.raises(openai.BadRequestError) as refused:  # a tool call demanded, none it can make
+        client.chat.completions.create(model="local", messages=hi, tool_choice="required")
+    assert (refused.value.code, refused.value.param) == ("unsupported_parameter", "tool_choice")
+    server.usage.append((0, 0))
     with pytest.raises(openai.BadRequestError) as refused:
         client.completions.create(model="local", prompt="The sky is", max_tokens=2, logprobs=0)
     assert (refused.value.code, refused.value.param) == ("unsupported_parameter", "logprobs")

@@ -80,6 +80,8 @@ def _unsupported(request: ChatCompletionRequest | CompletionRequest, backend: st
         # `functions`: the tools of OpenAI's older API (a vendor field: it was answered as if none were given)
         functions = bool(request.tools), bool((request.model_extra or {}).get("functions"))
         checks += [(functions[0], "tools"), (functions[1], "functions"), (bool(request.logprobs), "logprobs")]
+        # `required` or a named tool asks for a tool call it cannot make (it answered in text)
+        checks += [(request.tool_choice not in (None, "none", "auto"), "tool_choice")]
         checks += [(any(m.has_non_text() for m in request.messages), "messages")]
     else:
         # `logprobs: 0` asks for the chosen tokens' log probabilities (it was answered with `logprobs: null`)

@@ -22,7 +22,8 @@ class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0  # cache reads: a part of input_tokens
-    source: str = "backend"  # backend | tokenizer | token_ids | estimated | cache | clamped (pipeline.ceiling)
+    # backend | tokenizer | token_ids | estimated | cache | clamped (pipeline.ceiling) | refused (no work: call step)
+    source: str = "backend"
     # cache writes (Anthropic's `cache_creation_input_tokens`): a part of input_tokens too, never overlapping
     # cached_tokens, priced at the model's cache-write rate; the ledger's token columns count them as input
     cache_write_tokens: int = 0

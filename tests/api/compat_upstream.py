@@ -9,6 +9,8 @@ when asked. The upstream model name picks a behaviour:
     reject     400 with an OpenAI error naming `param` (`temperature`)
     o-series   like OpenAI's reasoning models: `max_tokens` is refused (400), `max_completion_tokens` taken
 
+`/v1/completions` (JSON) answers a text completion of one text prompt, echoed under `echo`.
+
 Runs on a thread in the test process; `margin serve` reaches it over real HTTP."""
 
 from __future__ import annotations
@@ -93,8 +95,20 @@ def _answer(body: dict[str, Any]) -> dict[str, Any]:
     return {**answer, "usage": USAGE} if body.get("model") == "plain" else answer
 
 
+def _text_completion(body: dict[str, Any]) -> dict[str, Any]:
+    """A legacy completion of one text prompt: `n` choices, each the prompt first under `echo`, as OpenAI
+    answers."""
+    text = (body["prompt"] if body.get("echo") else "") + " hello there"
+    choices = [{"index": i, "text": text, "logprobs": None, "finish_reason": "stop"} for i in range(body.get("n") or 1)]
+    answer = {"id": "cmpl-up", "object": "text_completion", "created": 1, "model": body.get("model")}
+    answer["choices"] = choices
+    return {**answer, "usage": USAGE} if body.get("model") == "plain" else answer
+
+
 def _answer_to(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
-    if body.get("model") == "reject":
+    if handler.path.endswith("/v1/completions") and not body.get("stream"):
+        reply_json(handler, 200, _text_completion(body))
+    elif body.get("model") == "reject":
         error = {"message": "temperature is not supported", "type": "invalid_request_error",
                  "param": "temperature", "code": "unsupported_value"}  # fmt: skip
         reply_json(handler, 400, {"error": error})

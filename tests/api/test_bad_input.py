@@ -91,6 +91,18 @@ async def test_bad_input(
     assert [r.request_id for r in rows if r.status == "ok"] == [ok.headers["x-margin-request-id"]]
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [(CHAT, {**GOOD, "model": "fake-embed"}), ("/v1/completions", {"model": "fake-embed", "prompt": "x"}),
+     ("/v1/embeddings", {"model": "fake-chat", "input": "x"})],
+)  # fmt: skip
+async def test_a_model_of_the_wrong_kind_names_the_path_called(gw: Gateway, path: str, body: Any) -> None:
+    """An embedding model on chat was said not to serve `/v1/chat.completions`, a path that does not exist."""
+    response = await gw.http.post(path, json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].endswith(f"it cannot serve {path}")
+
+
 async def test_body_over_limit_is_413(db_path: Path) -> None:
     async with gateway(fake_settings(db_path, server={"max_body_bytes": 1000})) as gw:
         big = {**GOOD, "messages": [{"role": "user", "content": "x" * 2000}]}

@@ -5,6 +5,7 @@ a ledger row that disagreed with what the answer cost, an error that lost what t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 import yaml
 
 from tests.api.compat_upstream import ARGUMENTS, REASONING, Upstream, compat_upstream
-from tests.helpers import margin_serve, wait_ledger_row
+from tests.helpers import free_port, margin_serve, wait_ledger_row
 
 USER: Any = [{"role": "user", "content": "hi there"}]  # the SDK's TypedDicts, as client code passes them
 TOOLS: Any = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
@@ -39,14 +40,19 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     folder = tmp_path_factory.mktemp("compat")
     with compat_upstream() as upstream:
         price = {"input": "1", "output": "2"}
+        closed_port = f"http://127.0.0.1:{free_port()}/v1"
         config = {
             "storage": {"flush_interval_ms": 10},
             "backends": {
                 "fake": {"kind": "fake", "output_tokens": 5},
                 "up": {"kind": "openai", "base_url": upstream.url, "timeout_s": 10, "retries": {"attempts": 0}},
+                # nothing listens there: every request to it is refused at the connection, never sent
+                "down": {"kind": "openai", "base_url": closed_port, "retries": {"attempts": 0}},
             },
             "models": {
                 "fake-chat": {"backend": "fake", "price": price},
+                "fake-embed": {"backend": "fake", "kind": "embedding", "price": price},
+                "down": {"backend": "down", "price": price},
                 **{name: {"backend": "up", "upstream_model": name, "price": price} for name in UPSTREAM_MODELS},
             },
         }
@@ -152,6 +158,32 @@ def test_an_upstreams_refusal_keeps_the_parameter_it_names(live: Live) -> None:
     assert "temperature is not supported" not in str(error.body)  # the upstream's own words stay in the log
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_refused_before_any_work_costs_nothing(live: Live, stream: bool) -> None:
+    """An attempt that did no work (the upstream refused it with a 4xx, the upstream could not be reached,
+    the backend's own check refused it) was charged its prompt, counted or estimated, at the model's price:
+    the 400 or 502 said `x-margin-cost-usd: 0.000275…` and its budget paid it, for a request no provider
+    bills. It counts no tokens now (`usage_source: refused`)."""
+    long_prompt: Any = [{"role": "user", "content": "tell me about the weather " * 40}]
+    for model, status in (("reject", 400), ("down", 502)):
+        answer = httpx.post(
+            live.url + "/v1/chat/completions", json={"model": model, "messages": long_prompt, "stream": stream}
+        )
+        assert answer.status_code == status, answer.text
+        assert answer.headers["x-margin-cost-usd"] == "0.000000000"
+        row = live.row(answer.headers["x-request-id"])
+        assert (row.http_status, row.input_tokens, row.output_tokens, row.cost_nanousd) == (status, 0, 0, 0)
+        assert (row.usage_source, row.cost_status) == ("refused", "priced")
+    # the fake embedder refuses token ids itself, before embedding anything
+    with pytest.raises(openai.BadRequestError) as refused:
+        live.client.embeddings.create(model="fake-embed", input=[[1, 2, 3], [4, 5]])
+    row = live.row(refused.value.request_id or "")
+    assert (row.input_tokens, row.output_tokens, row.cost_nanousd, row.usage_source) == (0, 0, 0, "refused")
+    # work that was done is still charged: the same long prompt answered costs its tokens
+    answered = live.client.chat.completions.with_raw_response.create(model="fake-chat", messages=long_prompt)
+    assert live.row(answered.headers["x-request-id"]).cost_nanousd > 0
+
+
 def test_the_sdks_request_id_is_margins(live: Live) -> None:
     """The SDK reads OpenAI's `x-request-id` (`completion._request_id`, `APIStatusError.request_id`), which
     client code logs to trace a call; margin sent only `x-margin-request-id`, so it was None everywhere. It is
@@ -251,6 +283,68 @@ def test_the_fake_backend_answers_n_choices_and_bills_them(live: Live, stream: b
     completion = live.client.completions.create(model="fake-chat", prompt=["a", "b"], n=2, max_tokens=1)
     assert [choice.index for choice in completion.choices] == [0, 1, 2, 3]
     assert completion.usage is not None and completion.usage.completion_tokens == 4
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_fake_backend_counts_a_prompt_of_token_ids(live: Live, stream: bool) -> None:
+    """A completion prompt of token ids is tokens already (README, "Usage"); the fake backend counted only the
+    words of its text, so `prompt: [[1, 2, 3], [4, 5]]` reported, recorded and was charged 0 input tokens."""
+    kwargs: dict[str, Any] = {"model": "fake-chat", "prompt": [[1, 2, 3], [4, 5]], "max_tokens": 1}
+    if stream:
+        kwargs.update(stream=True, stream_options={"include_usage": True})
+    raw = live.client.completions.with_raw_response.create(**kwargs)
+    parsed: Any = raw.parse()
+    usage = [chunk.usage for chunk in parsed if chunk.usage][-1] if stream else parsed.usage
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (5, 2)
+    row = live.row(raw.headers["x-request-id"])
+    assert (row.input_tokens, row.output_tokens, row.cost_nanousd) == (5, 2, 5 * 1000 + 2 * 2000)
+
+
+def test_stream_options_without_a_stream_are_not_sent_upstream(live: Live) -> None:
+    """`stream_options` on a request that does not stream means nothing, and OpenAI and vLLM refuse it (400):
+    margin forwarded it, so code written against the local model or the fake (which answer it) failed on an
+    `openai` backend. It is left out of a JSON request; a stream's are sent (with usage asked for)."""
+    options: Any = {"include_usage": True}
+    answer = live.client.chat.completions.create(model="plain", messages=USER, stream_options=options)
+    assert answer.choices[0].message.content == "hello there"
+    assert "stream_options" not in live.upstream.last
+    list(live.client.chat.completions.create(model="plain", messages=USER, stream=True, stream_options=options))
+    assert live.upstream.last["stream_options"] == {"include_usage": True}
+
+
+def test_an_echoed_prompt_is_not_billed_as_output(live: Live) -> None:
+    """A completion with `echo` repeats its prompt before what it generated; from an upstream without usage the
+    answer's whole text was counted as output, so a 1,200-character prompt echoed in 2 answers billed ~600
+    output tokens for 6 generated. The echo is taken off; the prompt is input, once."""
+    prompt = "tell me about the weather " * 48
+    answer = live.client.completions.with_raw_response.create(model="nousage", prompt=prompt, echo=True, n=2)
+    assert [choice.text for choice in answer.parse().choices] == [prompt + " hello there"] * 2
+    row = live.row(answer.headers["x-request-id"])
+    assert (row.usage_source, row.output_tokens) == ("estimated", _estimate(" hello there" * 2))
+    assert row.input_tokens == _estimate(prompt)
+
+
+def test_the_usage_event_margin_adds_belongs_to_the_upstreams_stream(live: Live) -> None:
+    """An upstream without usage gets a usage event from margin at the end of its stream; it carried margin's
+    own id and time (`chatcmpl-01a2…`, now) where every other event said the upstream's (`chatcmpl-up`, 1):
+    one stream, two ids, for clients that key a stream's events by id. It repeats the stream's now."""
+    body = {"model": "nousage", "messages": USER, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", live.url + "/v1/chat/completions", json=body) as stream:
+        events = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: {")]
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] > 0
+    identities = {tuple(event.get(key) for key in ("id", "created", "model", "system_fingerprint")) for event in events}
+    assert identities == {("chatcmpl-up", 1, "nousage", "fp_up")}
+
+
+def test_an_embedder_of_fixed_width_refuses_other_dimensions(live: Live) -> None:
+    """The fake embedder answered 8 numbers to `dimensions: 2`, as if it had been honoured (the local embedder
+    refuses it); both refuse now, before any work, and its own width is answered."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        live.client.embeddings.create(model="fake-embed", input="a cat", dimensions=2)
+    assert (refused.value.code, refused.value.param) == ("unsupported_parameter", "dimensions")
+    assert live.row(refused.value.request_id or "").cost_nanousd == 0
+    answer = live.client.embeddings.create(model="fake-embed", input="a cat", dimensions=8)
+    assert len(answer.data[0].embedding) == 8
 
 
 def test_a_refused_field_is_named_as_the_request_spells_it(live: Live) -> None:

@@ -82,6 +82,9 @@ def test_sampling_maps_fields() -> None:
         ({"n": 2}, "n"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"logprobs": True}, "logprobs"),
+        ({"functions": [{"name": "f", "parameters": {"type": "object"}}]}, "functions"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
         ({"top_k": "many"}, "top_k"),
         ({"top_k": 1e300}, "top_k"),
         ({"min_p": -1}, "min_p"),
@@ -99,3 +102,7 @@ def test_completion_unsupported_fields() -> None:
     request = CompletionRequest.model_validate({"model": "m", "prompt": "x", "suffix": "y"})
     with pytest.raises(InvalidRequest):
         sampling_plan(request, "b")
+    request = CompletionRequest.model_validate({"model": "m", "prompt": "x", "logprobs": 0})
+    with pytest.raises(InvalidRequest) as caught:  # the chosen tokens' log probabilities: asked for, not given
+        sampling_plan(request, "b")
+    assert caught.value.param == "logprobs"

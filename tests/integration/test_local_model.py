@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
@@ -107,6 +107,51 @@ def test_completions_and_stop(server: Server) -> None:
     assert " 7" not in reply.choices[0].text
     assert reply.usage is not None
     server.note(reply.usage)
+
+
+def test_max_tokens_zero_generates_nothing(server: Server) -> None:
+    """`max_tokens: 0` on a completion (what scores or echoes a prompt: `echo` with nothing generated) made the
+    local model generate one token anyway (`"The sky is the"`, `completion_tokens: 1`, billed): the limit was
+    checked after each token. Nothing is generated now, streamed or not."""
+    client = server.client()
+    for echo in (True, False):
+        reply = client.completions.create(model="local", prompt="The sky is", max_tokens=0, echo=echo)
+        assert reply.choices[0].text == ("The sky is" if echo else "")
+        assert reply.usage is not None and reply.usage.completion_tokens == 0 and reply.usage.prompt_tokens > 0
+        assert reply.choices[0].finish_reason == "length"
+        server.note(reply.usage)
+    stream = client.completions.create(
+        model="local", prompt="The sky is", max_tokens=0, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == ""
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens == 0
+    server.note(usage)
+
+
+def test_what_the_local_model_cannot_do_is_refused_not_ignored(server: Server) -> None:
+    """Legacy `functions` (the tools of OpenAI's older API) and `tool_choice: required` were answered in plain
+    text as if not asked, and a completion's `logprobs: 0` (the chosen tokens' log probabilities) with
+    `logprobs: null`; `tools` and `logprobs: 1` were already refused. Each is 400 naming the field, before
+    anything is generated: it costs nothing."""
+    client, hi = server.client(), cast("Any", [{"role": "user", "content": "hi"}])
+    functions: Any = [{"name": "get_weather", "parameters": {"type": "object"}}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="local", messages=hi, functions=functions)
+    assert (refused.value.code, refused.value.param) == ("unsupported_parameter", "functions")
+    first = refused.value.request_id or ""
+    with pytest.raises(openai.BadRequestError) as refused:  # a tool call demanded, none it can make
+        client.chat.completions.create(model="local", messages=hi, tool_choice="required")
+    assert (refused.value.code, refused.value.param) == ("unsupported_parameter", "tool_choice")
+    server.usage.append((0, 0))
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(model="local", prompt="The sky is", max_tokens=2, logprobs=0)
+    assert (refused.value.code, refused.value.param) == ("unsupported_parameter", "logprobs")
+    for request_id in (first, refused.value.request_id or ""):
+        row = wait_for_row(server.db, request_id)
+        assert (row["input_tokens"], row["output_tokens"], row["usage_source"]) == (0, 0, "refused")
+        server.usage.append((0, 0))  # a row of its own, of no tokens (test_ledger_and_report_match_the_api)
 
 
 def test_embeddings(server: Server) -> None:

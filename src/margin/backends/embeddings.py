@@ -91,12 +91,7 @@ class SentenceTransformersBackend:
         if self._loading is None:
             raise Overloaded(f"backend {self.name!r} is not started")
         await asyncio.shield(self._loading)
-        if request.dimensions is not None and request.dimensions != self._dim:
-            raise InvalidRequest(
-                f"{call.public_model} has {self._dim} dimensions; dimensions cannot change it",
-                param="dimensions",
-                code="unsupported_parameter",
-            )
+        payloads.fixed_dimensions(call, self._dim)
         loop = asyncio.get_running_loop()
         vectors, tokens, busy = await loop.run_in_executor(self._executor, self._encode, texts)
         call.stats.busy_s = busy

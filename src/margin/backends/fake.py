@@ -53,7 +53,9 @@ class FakeBackend:
         if self.config.echo:
             n = min(n, len(prompt_words))
         answers = getattr(call.request, "choices", 1) * getattr(call.request, "prompts", 1)
-        return n, Usage(input_tokens=len(prompt_words), output_tokens=n * answers)
+        # a prompt of token ids is tokens already (its text is empty: it counted 0)
+        prompt_tokens = len(prompt_words) + payloads.token_id_count(call.request)
+        return n, Usage(input_tokens=prompt_tokens, output_tokens=n * answers)
 
     @staticmethod
     def _copies(call: Call) -> int:
@@ -115,6 +117,7 @@ class FakeBackend:
             raise self._fail()
         assert isinstance(call.request, EmbeddingRequest)
         texts = call.request.texts()
+        payloads.fixed_dimensions(call, self.config.embedding_dim)  # it answered 8 numbers for `dimensions: 2`
         vectors = [_pseudo_vector(t, self.config.embedding_dim) for t in texts]
         tokens = sum(len(t.split()) for t in texts)
         payload = payloads.embeddings(call, vectors, tokens, call.request.encoding_format)

@@ -304,6 +304,8 @@ class LlamaCppBackend:
         matcher, decoder = StopMatcher(plan.stops), codecs.getincrementaldecoder("utf-8")("replace")
         if job.echo_text:
             job.emit(("text", job.echo_text))
+        if not plan.max_new_tokens:  # `max_tokens: 0` (a completion that echoes its prompt): nothing to generate
+            return _counts(job, 0, cached, "length")
         produced, finish, stopped = 0, "length", False
         generator = llm.generate(
             job.tokens,
@@ -337,12 +339,7 @@ class LlamaCppBackend:
             tail = matcher.flush() + decoder.decode(b"", final=True)
             if tail:
                 job.emit(("text", tail))
-        return {
-            "prompt_tokens": len(job.tokens),
-            "completion_tokens": produced,
-            "cached_tokens": cached,
-            "finish_reason": "cancelled" if job.cancel.is_set() else finish,
-        }
+        return _counts(job, produced, cached, finish)
 
     # -- the event loop side -------------------------------------------------------------------------
 
@@ -409,3 +406,13 @@ class LlamaCppBackend:
 
     async def embed(self, call: Call) -> Completion:
         raise InvalidRequest(f"model {call.public_model!r} does not serve embeddings", param="model")
+
+
+def _counts(job: Job, produced: int, cached: int, finish: str) -> dict[str, Any]:
+    """What a generation reports: its tokens and why it ended."""
+    return {
+        "prompt_tokens": len(job.tokens),
+        "completion_tokens": produced,
+        "cached_tokens": cached,
+        "finish_reason": "cancelled" if job.cancel.is_set() else finish,
+    }

@@ -83,6 +83,8 @@ class OpenAIBackend(HttpBackend):
             options = dict(body.get("stream_options") or {})
             options["include_usage"] = True
             body["stream_options"] = options
+        elif not stream:  # it means nothing without a stream, and OpenAI (vLLM too) refuses it there: a 400 that
+            body.pop("stream_options", None)  # the local model and the fake never gave for the same request
         return orjson.dumps(body)
 
     def _completion(self, call: Call, payload: dict[str, Any], content: bytes) -> Completion:

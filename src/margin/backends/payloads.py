@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from margin.errors import InvalidRequest
 from margin.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Endpoint
 from margin.types import Call, Usage
 
@@ -61,8 +62,13 @@ def chunk(
     }
 
 
-def usage_chunk(call: Call, usage: Usage) -> dict[str, Any]:
-    return {
+STREAM_IDENTITY = ("id", "created", "model", "system_fingerprint")  # the same in every event of an OpenAI stream
+
+
+def usage_chunk(call: Call, usage: Usage, like: Any = None) -> dict[str, Any]:
+    """A stream's usage event; `like`: the stream's first event (an upstream's), whose id, creation time, model
+    and fingerprint it repeats, as every event of one stream does (it said margin's id and time instead)."""
+    payload = {
         "id": call.response_id,
         "object": _object(call, chunk=True),
         "created": int(time.time()),
@@ -70,6 +76,9 @@ def usage_chunk(call: Call, usage: Usage) -> dict[str, Any]:
         "choices": [],
         "usage": usage.to_openai(),
     }
+    if isinstance(like, dict):
+        payload |= {key: like[key] for key in STREAM_IDENTITY if key in like}
+    return payload
 
 
 def embeddings(
@@ -89,6 +98,18 @@ def embeddings(
         "model": call.public_model,
         "usage": {"prompt_tokens": input_tokens, "total_tokens": input_tokens},
     }
+
+
+def fixed_dimensions(call: Call, dimensions: int) -> None:
+    """An embedder of fixed width (the local model, the fake) refuses another `dimensions`, never answers at its
+    own width as if it had been honoured."""
+    asked = getattr(call.request, "dimensions", None)
+    if asked is not None and asked != dimensions:
+        raise InvalidRequest(
+            f"{call.public_model} has {dimensions} dimensions; dimensions cannot change it",
+            param="dimensions",
+            code="unsupported_parameter",
+        )
 
 
 def prompt_text(call: Call) -> str:
@@ -132,6 +153,17 @@ def token_id_count(request: Any) -> int:
     if not isinstance(value, list):
         return 0
     return sum(len(item) if isinstance(item, list) else int(isinstance(item, int)) for item in value)
+
+
+def echoed_prompts(request: Any) -> tuple[str, int]:
+    """What an `echo` completion's answers repeat before what they generated, and how many times: its text
+    prompts, once for each of their `n` answers (not generated, so not output; a prompt of token ids comes back
+    as text margin cannot tell apart from the rest, and is left in). Never repeated here: `n` × 4 MiB."""
+    if not isinstance(request, CompletionRequest) or not request.echo:
+        return "", 0
+    prompt = request.prompt
+    texts = [prompt] if isinstance(prompt, str) else [p for p in prompt if isinstance(p, str)]
+    return "".join(texts), request.n
 
 
 def non_text_parts(request: Any) -> int:

@@ -77,10 +77,15 @@ def _extra_number(request: Any, name: str, default: float, low: float, high: flo
 def _unsupported(request: ChatCompletionRequest | CompletionRequest, backend: str) -> None:
     checks: list[tuple[bool, str]] = [(request.n > 1, "n")]
     if isinstance(request, ChatCompletionRequest):
-        checks += [(bool(request.tools), "tools"), (bool(request.logprobs), "logprobs")]
+        # `functions`: the tools of OpenAI's older API (a vendor field: it was answered as if none were given)
+        functions = bool(request.tools), bool((request.model_extra or {}).get("functions"))
+        checks += [(functions[0], "tools"), (functions[1], "functions"), (bool(request.logprobs), "logprobs")]
+        # `required` or a named tool asks for a tool call it cannot make (it answered in text)
+        checks += [(request.tool_choice not in (None, "none", "auto"), "tool_choice")]
         checks += [(any(m.has_non_text() for m in request.messages), "messages")]
     else:
-        checks += [(request.suffix is not None, "suffix"), (bool(request.logprobs), "logprobs")]
+        # `logprobs: 0` asks for the chosen tokens' log probabilities (it was answered with `logprobs: null`)
+        checks += [(request.suffix is not None, "suffix"), (request.logprobs is not None, "logprobs")]
         checks += [((request.best_of or 1) > 1, "best_of")]
     for failed, param in checks:
         if failed:

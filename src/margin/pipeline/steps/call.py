@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 
-from margin.backends.payloads import prompt_extras, prompt_text, token_id_count, usage_chunk
+from margin.backends.payloads import echoed_prompts, prompt_extras, prompt_text, token_id_count, usage_chunk
 from margin.economics import tiers
 from margin.economics.meter import Meter, discounted
 from margin.economics.money import to_nanousd
@@ -65,6 +65,17 @@ def backend_fault(error: MarginError) -> bool:
     )
 
 
+def refused(error: MarginError) -> bool:
+    """An attempt that did no work: the backend refused it (its own check, an upstream's 4xx or 429, a full
+    queue) or it never reached the upstream (the connection was refused). Nothing was generated and no
+    provider bills it, so it counts no tokens (it counted the prompt, priced at the model's rate, before). A
+    failure after the request was sent (a 5xx, a timeout, a broken answer) keeps the counted prompt: the upstream
+    may have done, and billed, the work."""
+    if isinstance(error, BackendError):
+        return error.code == "upstream_unreachable"
+    return True
+
+
 def unavailable(decision: RouteDecision, detail: str) -> Overloaded | ResidencyUnavailable:
     if decision.jurisdictions is not None:
         return ResidencyUnavailable(
@@ -87,11 +98,15 @@ def counted_usage(target: Target, call: Call, output: str) -> Usage:
     prompt, ids = prompt_text(call), token_id_count(call.request)
     if extras := prompt_extras(call.request):
         prompt = f"{prompt}\n{extras}"
+    # an `echo` completion's answers repeat its prompt: that is not output (it was billed as output twice over)
+    echoed, copies = echoed_prompts(call.request)
     counted_in, counted_out = target.backend.count_tokens(prompt), target.backend.count_tokens(output)
     if counted_in is not None and counted_out is not None:
-        return Usage(counted_in + ids, counted_out, source="tokenizer")
+        repeated = (target.backend.count_tokens(echoed) or 0) * copies if echoed else 0
+        return Usage(counted_in + ids, max(0, counted_out - repeated), source="tokenizer")
     source = "token_ids" if ids and not prompt and not output else "estimated"
-    return Usage(estimate_tokens(prompt) + ids, estimate_tokens(output), source=source)
+    # the estimate reads only the length: what is left once the echoed characters are taken off
+    return Usage(estimate_tokens(prompt) + ids, estimate_tokens(output[len(echoed) * copies :]), source=source)
 
 
 class BackendCall:
@@ -185,6 +200,10 @@ class BackendCall:
                 record.backend_wait_s += time.perf_counter() - started
             usage, output = completion.usage, completion
             return Reply(completion=completion)
+        except MarginError as exc:
+            if refused(exc):  # nothing was generated, nor sent to be billed: the row counts no tokens
+                usage = Usage(source="refused")
+            raise
         finally:
             if call.stats.attempts > 1 and record.error is None:  # retried on this backend before it answered
                 record.status, record.fault_code = "retried", call.stats.retried
@@ -239,7 +258,7 @@ class BackendCall:
             # what the client is told is what it is charged (margin.pipeline.ceiling)
             usage = held(delivery.usage or counted_usage(target, call, await delivery.generated()), request, target)
             delivery.usage = usage
-            await delivery.write_usage(usage_chunk(call, usage))
+            await delivery.write_usage(usage_chunk(call, usage, first.payload if first is not None else None))
 
     def _meter(
         self,

@@ -74,7 +74,7 @@ def resolve(targets: Mapping[str, Target], model: str, endpoint: Endpoint) -> Ta
     if wants_embedding != (target.model.kind == "embedding"):
         kind = "an embedding" if target.model.kind == "embedding" else "a text generation"
         raise InvalidRequest(
-            f"model `{target.public}` is {kind} model; it cannot serve /v1/{endpoint}",
+            f"model `{target.public}` is {kind} model; it cannot serve /v1/{endpoint.replace('.', '/')}",
             param="model",
             code="wrong_model_kind",
         )

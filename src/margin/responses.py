@@ -12,7 +12,7 @@ tool) is always refused with a message that says so, before anything is reserved
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
@@ -146,6 +146,15 @@ class NamedFunction(_Strict):
     name: str
 
 
+class AllowedTools(_Strict):
+    """`tool_choice: {"type": "allowed_tools", ...}`: the model may call only these of `tools` (`required`: one
+    of them); chat's `allowed_tools` tool choice."""
+
+    type: Literal["allowed_tools"]
+    mode: Literal["auto", "required"]
+    tools: Annotated[list[NamedFunction], Field(min_length=1, max_length=MAX_TOOLS, fail_fast=True)]
+
+
 class Format(_Strict):
     type: Literal["text", "json_object", "json_schema"]
     name: Annotated[str, Field(min_length=1, max_length=64)] | None = None
@@ -159,10 +168,13 @@ class Text(_Strict):
     verbosity: Verbosity | None = None
 
 
+SummaryKind = Literal["auto", "concise", "detailed"]
+
+
 class Reasoning(_Strict):
     effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
-    summary: None = None  # reasoning summaries: no chat backend returns them (a value is refused earlier)
-    generate_summary: None = None
+    summary: SummaryKind | None = None  # the thinking as each reasoning item's `summary` (`margin.responses_reasoning`)
+    generate_summary: SummaryKind | None = None  # its deprecated name
 
 
 class ResponsesStreamOptions(_Strict):
@@ -177,7 +189,11 @@ class ResponsesRequest(_Strict):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     tools: Annotated[list[FunctionTool], Field(max_length=MAX_TOOLS, fail_fast=True)] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedFunction | None = None
+    tool_choice: (
+        Literal["none", "auto", "required"]
+        | Annotated[NamedFunction | AllowedTools, Field(discriminator="type")]
+        | None
+    ) = None
     parallel_tool_calls: bool | None = None
     text: Text | None = None
     reasoning: Reasoning | None = None
@@ -195,6 +211,11 @@ class ResponsesRequest(_Strict):
     safety_identifier: SafetyIdentifier | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
     include: Annotated[list[Include], Field(max_length=16)] | None = None
+
+    @property
+    def summary(self) -> SummaryKind | None:
+        """The reasoning summary asked for (`reasoning.summary`, or its old name `generate_summary`)."""
+        return (self.reasoning.summary or self.reasoning.generate_summary) if self.reasoning is not None else None
 
     @property
     def logprobs(self) -> bool:
@@ -222,16 +243,21 @@ def _stateless(data: dict[str, Any], storing: bool) -> None:
         raise _refuse(
             "only `disabled` is supported: margin sends the input as it is", "truncation", "unsupported_value"
         )
-    reasoning = data.get("reasoning")
-    if isinstance(reasoning, dict):
-        for name in ("summary", "generate_summary"):
-            if reasoning.get(name) is not None:
-                raise _refuse("reasoning summaries are not supported through this gateway", f"reasoning.{name}")
+    _summary(data.get("reasoning"))
     _builtin_tools(data.get("tools"))
     _items(data.get("input"))
     choice = data.get("tool_choice")
-    if isinstance(choice, dict) and choice.get("type") != "function":
-        raise _refuse("only `none`, `auto`, `required` or a function is supported", "tool_choice", "unsupported_value")
+    if isinstance(choice, dict) and choice.get("type") not in ("function", "allowed_tools"):
+        why = "only `none`, `auto`, `required`, a function or `allowed_tools` (functions) is supported"
+        raise _refuse(why, "tool_choice", "unsupported_value")
+
+
+def _summary(reasoning: Any) -> None:
+    """A summary kind margin does not know: a 400 naming `reasoning.<field>` (pydantic's would not)."""
+    for name in ("summary", "generate_summary"):
+        value = reasoning.get(name) if isinstance(reasoning, dict) else None
+        if value is not None and value not in get_args(SummaryKind):
+            raise _refuse("must be `auto`, `concise` or `detailed`", f"reasoning.{name}", "invalid_value")
 
 
 def _builtin_tools(tools: Any) -> None:
@@ -279,7 +305,7 @@ def _items(items: Any) -> None:
 
 UNION_TAGS = frozenset(
     {"message", "function_call", "function_call_output", "input_text", "output_text", "refusal", "input_image",
-     "NamedFunction", "reasoning"}
+     "function", "allowed_tools", "reasoning"}
 )  # fmt: skip
 
 
@@ -379,6 +405,21 @@ def _tool(tool: FunctionTool) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
+def _tool_choice(choice: str | NamedFunction | AllowedTools, tools: list[FunctionTool]) -> str | dict[str, Any]:
+    """Chat's tool choice; each tool `allowed_tools` names must be one of the request's `tools`."""
+    if isinstance(choice, str):
+        return choice
+    if isinstance(choice, NamedFunction):
+        return {"type": "function", "function": {"name": choice.name}}
+    names = {tool.name for tool in tools}
+    for index, tool in enumerate(choice.tools):
+        if tool.name not in names:
+            why = f"`{tool.name[:128]}` is not one of the request's `tools`"
+            raise _refuse(why, f"tool_choice.tools.{index}.name", "invalid_value")
+    allowed = [{"type": "function", "function": {"name": tool.name}} for tool in choice.tools]
+    return {"type": "allowed_tools", "allowed_tools": {"mode": choice.mode, "tools": allowed}}
+
+
 def response_format(text: Text | None) -> dict[str, Any] | None:
     form = text.format if text is not None else None
     if form is None or form.type == "text":
@@ -416,10 +457,8 @@ def chat_data(body: ResponsesRequest, sent: dict[str, Any] | None = None) -> dic
         data["max_tokens"] = body.max_output_tokens
     if body.tools:
         data["tools"] = [_tool(tool) for tool in body.tools]
-    if isinstance(body.tool_choice, NamedFunction):
-        data["tool_choice"] = {"type": "function", "function": {"name": body.tool_choice.name}}
-    elif body.tool_choice is not None:
-        data["tool_choice"] = body.tool_choice
+    if body.tool_choice is not None:
+        data["tool_choice"] = _tool_choice(body.tool_choice, body.tools or [])
     if (form := response_format(body.text)) is not None:
         data["response_format"] = form
     if body.text is not None and body.text.verbosity is not None:

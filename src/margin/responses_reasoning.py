@@ -79,39 +79,47 @@ def decode(encrypted: str) -> dict[str, Any] | None:
     return block.model_dump(exclude_none=True)
 
 
-def reasoning_item(item_id: str, text: str | None, encrypted: str | None, status: str) -> dict[str, Any]:
-    """A `reasoning` output item (`text`: its `reasoning_text`, none for a redacted block)."""
+def reasoning_item(
+    item_id: str, text: str | None, encrypted: str | None, status: str, summarize: bool = False
+) -> dict[str, Any]:
+    """A `reasoning` output item (`text`: its `reasoning_text`, none for a redacted block; `summarize`: the
+    request asked for `reasoning.summary`, so the text is its `summary_text` part too)."""
     content = [{"type": "reasoning_text", "text": text}] if text is not None else []
     return {
         "id": item_id,
         "type": "reasoning",
         "status": status,
-        "summary": [],
+        "summary": [{"type": "summary_text", "text": text}] if summarize and text is not None else [],
         "content": content,
         "encrypted_content": encrypted,
     }
 
 
-def output_items(message: dict[str, Any], ids: str, status: str) -> list[dict[str, Any]]:
+def output_items(message: dict[str, Any], ids: str, status: str, summarize: bool = False) -> list[dict[str, Any]]:
     """A chat answer's thinking as reasoning items: one per thinking block, else one for its `reasoning_content`
-    (a backend that gives no blocks: nothing to send back, so no `encrypted_content`)."""
+    (a backend that gives no blocks: nothing to send back, so no `encrypted_content`); `summarize`: each with
+    its text as its summary too."""
     blocks = message.get("thinking_blocks")
     items: list[dict[str, Any]] = []
     for block in blocks if isinstance(blocks, list) else []:
         if isinstance(block, dict) and (encrypted := encode(block)) is not None:
             text = block["thinking"] if block["type"] == "thinking" else None
-            items.append(reasoning_item(f"rs_{ids}_{len(items)}", text, encrypted, status))
+            items.append(reasoning_item(f"rs_{ids}_{len(items)}", text, encrypted, status, summarize))
     if not items and isinstance(text := message.get("reasoning_content"), str) and text:
-        items.append(reasoning_item(f"rs_{ids}_0", text, None, status))
+        items.append(reasoning_item(f"rs_{ids}_0", text, None, status, summarize))
     return items
 
 
 class ReasoningEvents:
     """The reasoning items of a Responses stream (mixed into `margin.api.responses_out.StreamEvents`): an item is
     opened by the first `delta.reasoning_content` piece (`response.reasoning_text.delta` for each), and closed by
-    its `delta.thinking_blocks` entry (its `encrypted_content`), or when another kind of output starts."""
+    its `delta.thinking_blocks` entry (its `encrypted_content`), or when another kind of output starts. With
+    `summarize`, the text is the item's one `summary_text` part too, streamed first in each step as OpenAI orders
+    its summary events (`response.reasoning_summary_part.added`, a `response.reasoning_summary_text.delta` per
+    piece, `.text.done`, `.part.done`), all before the item's `response.output_item.done`."""
 
     ids: str
+    summarize: bool
     items: list[dict[str, Any]]
     reasoning: dict[str, Any] | None  # the open reasoning item
     reasoning_texts: list[str]
@@ -138,14 +146,33 @@ class ReasoningEvents:
             out = self._open_reasoning(item)
             self.reasoning, self.reasoning_texts = item, []
             part = {"type": "reasoning_text", "text": ""}
+            out += self._summary("added", item, "")
             out += self.event(
                 "response.content_part.added", item_id=item["id"], output_index=len(self.items) - 1, content_index=0,
                 part=part,
             )  # fmt: skip
         self.reasoning_texts.append(text)
         index = self.items.index(item)
-        return out + self.event(
-            "response.reasoning_text.delta", item_id=item["id"], output_index=index, content_index=0, delta=text
+        return (
+            out
+            + self._summary("delta", item, text)
+            + self.event(
+                "response.reasoning_text.delta", item_id=item["id"], output_index=index, content_index=0, delta=text
+            )
+        )  # fmt: skip
+
+    def _summary(self, step: str, item: dict[str, Any], text: str) -> bytes:
+        """One step of the item's summary events (`added`, `delta`, `done`: text then part), if asked for."""
+        if not self.summarize:
+            return b""
+        fields: dict[str, Any] = {"item_id": item["id"], "output_index": self.items.index(item), "summary_index": 0}
+        part = {"type": "summary_text", "text": text}
+        if step == "added":
+            return self.event("response.reasoning_summary_part.added", **fields, part=part)
+        if step == "delta":
+            return self.event("response.reasoning_summary_text.delta", **fields, delta=text)
+        return self.event("response.reasoning_summary_text.done", **fields, text=text) + self.event(
+            "response.reasoning_summary_part.done", **fields, part=part
         )
 
     def _thinking_block(self, block: Any) -> bytes:
@@ -160,7 +187,13 @@ class ReasoningEvents:
         text = block["thinking"] if block["type"] == "thinking" else None
         item = reasoning_item(f"rs_{self.ids}_{number}", None, None, "in_progress")
         out = self._open_reasoning(item)
-        item.update(reasoning_item(item["id"], text, encrypted, self._item_status()))
+        item.update(reasoning_item(item["id"], text, encrypted, self._item_status(), self.summarize))
+        if text is not None:
+            out += (
+                self._summary("added", item, "")
+                + self._summary("delta", item, text)
+                + self._summary("done", item, text)
+            )
         return out + self.event("response.output_item.done", output_index=len(self.items) - 1, item=copy_item(item))
 
     def _close_reasoning(self) -> bytes:
@@ -171,13 +204,19 @@ class ReasoningEvents:
         index, text = self.items.index(item), "".join(self.reasoning_texts)
         part = {"type": "reasoning_text", "text": text}
         item["content"], item["status"] = [part], self._item_status()
+        if self.summarize:
+            item["summary"] = [{"type": "summary_text", "text": text}]
         fields: dict[str, Any] = {"item_id": item["id"], "output_index": index, "content_index": 0}
         return (
-            self.event("response.reasoning_text.done", **fields, text=text)
+            self._summary("done", item, text)
+            + self.event("response.reasoning_text.done", **fields, text=text)
             + self.event("response.content_part.done", **fields, part=part)
             + self.event("response.output_item.done", output_index=index, item=copy_item(item))
         )
 
 
 def copy_item(item: dict[str, Any]) -> dict[str, Any]:
-    return {**item, "content": [dict(part) for part in item["content"]]} if "content" in item else dict(item)
+    copied = {**item, "content": [dict(part) for part in item["content"]]} if "content" in item else dict(item)
+    if "summary" in item:
+        copied["summary"] = [dict(part) for part in item["summary"]]
+    return copied

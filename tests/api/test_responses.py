@@ -421,7 +421,8 @@ def test_rate_limits_and_keys_apply(live: Live) -> None:
         ({"tools": [WEATHER, {"type": "code_interpreter", "container": {"type": "auto"}}]}, "tools.1.type", None),
         ({"tools": [{"type": "mcp", "server_label": "x"}]}, "tools.0.type", "unsupported_value"),
         ({"tool_choice": {"type": "web_search_preview"}}, "tool_choice", "unsupported_value"),
-        ({"reasoning": {"summary": "auto"}}, "reasoning.summary", "unsupported_parameter"),
+        ({"reasoning": {"summary": "brief"}}, "reasoning.summary", "invalid_value"),
+        ({"tool_choice": {"type": "allowed_tools", "mode": "any", "tools": []}}, "tool_choice.mode", None),
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.0.type", "unsupported_value"),
         ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input.0.type", "unsupported_value"),
         (

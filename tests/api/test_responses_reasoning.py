@@ -136,3 +136,35 @@ def test_stream_reasoning_events_then_text_and_a_call() -> None:
     assert final[3]["encrypted_content"] is None and final[3]["id"] == "rs_1_2"
     done = [e for e in parsed if e["type"] == "response.output_item.done"]
     assert [e["output_index"] for e in done] == [0, 1, 2, 3, 4] and [e["item"] for e in done] == final
+
+
+SUMMARIZED = parse_responses({"model": "m", "input": "x", "reasoning": {"summary": "auto"}})
+
+
+def test_with_a_summary_asked_for_each_item_s_text_is_its_summary_too() -> None:
+    message = {"role": "assistant", "content": "hi", "thinking_blocks": [THINKING, REDACTED]}
+    response = from_chat(_answer(message), skeleton(SUMMARIZED, "resp_1"), "1")
+    assert response["reasoning"] == {"effort": None, "summary": "auto"}
+    thinking, redacted = response["output"][:2]
+    assert thinking["summary"] == [{"type": "summary_text", "text": THINKING["thinking"]}]
+    assert thinking["content"] == [{"type": "reasoning_text", "text": THINKING["thinking"]}]
+    assert redacted["summary"] == [] and skeleton(BODY, "r")["reasoning"]["summary"] is None
+
+
+def test_stream_summary_events_come_before_each_item_s_done() -> None:
+    events = StreamEvents(skeleton(SUMMARIZED, "resp_1"), "1")
+    out = events.start() + events.chunk(_delta(reasoning_content="so")) + events.chunk(_delta(content="hi"))
+    out += events.chunk(_delta(thinking_blocks=[THINKING, REDACTED])) + events.end()  # whole blocks: items of their own
+    parsed = _events(out)
+    summary = [(e["type"].removeprefix("response.reasoning_summary_"), e["output_index"]) for e in parsed
+               if "summary_index" in e]  # fmt: skip
+    assert summary == [("part.added", 0), ("text.delta", 0), ("text.done", 0), ("part.done", 0),
+                       ("part.added", 2), ("text.delta", 2), ("text.done", 2), ("part.done", 2)]  # fmt: skip
+    assert [e["sequence_number"] for e in parsed] == list(range(len(parsed)))
+    done = [e["item"] for e in parsed if e["type"] == "response.output_item.done"]
+    assert [item.get("summary") for item in done] == [
+        [{"type": "summary_text", "text": "so"}], None, [{"type": "summary_text", "text": THINKING["thinking"]}], []
+    ]  # fmt: skip
+    assert parsed[-1]["response"]["output"] == done
+    last = max(e["sequence_number"] for e in parsed if e.get("output_index") == 0 and "summary_index" in e)
+    assert last < next(e["sequence_number"] for e in parsed if e["type"] == "response.output_item.done")

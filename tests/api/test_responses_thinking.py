@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,13 +40,14 @@ class Live:
     client: openai.OpenAI
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    folder = tmp_path_factory.mktemp("responses_thinking")
+@contextmanager
+def thinking_gateway(folder: Path, models: dict[str, Any] | None = None) -> Iterator[Live]:
+    """`margin serve` with both backends and stored responses (`models`: more models, by name)."""
     key = _key(folder / "ledger.db")
     with anthropic_upstream() as upstream, compat_upstream() as compat, pytest.MonkeyPatch.context() as patch:
         patch.setenv(KEY_ENV, UPSTREAM_KEY)
         config = two_backends(upstream.url, compat.url, responses={"store": True})
+        config["models"].update(models or {})
         (folder / "margin.yaml").write_text(yaml.safe_dump(config))
         serving = margin_serve(folder / "ledger.db", folder / "serve.log", config=folder / "margin.yaml", ready_s=60)
         with serving as (url, _process):
@@ -54,6 +56,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
                 yield Live(url, folder / "ledger.db", upstream, compat, client)
             finally:
                 client.close()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    with thinking_gateway(tmp_path_factory.mktemp("responses_thinking")) as gateway:
+        yield gateway
 
 
 def _check_reasoning(output: list[dict[str, Any]]) -> None:

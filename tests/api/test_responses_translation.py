@@ -315,3 +315,14 @@ def test_a_refusal_before_the_stream_is_the_chat_path_s_and_a_json_answer_is_tra
     assert inner.answered == b"refused"
     asyncio.run(client.answer(orjson.dumps(_answer({"content": "hi"})), {}))
     assert inner.answered is not None and orjson.loads(inner.answered)["id"] == "resp_7"
+
+
+def test_allowed_tools_is_chat_s_allowed_tools_and_names_only_the_request_s_tools() -> None:
+    tools = [{"type": "function", "name": name, "parameters": {"type": "object"}} for name in ("f", "g")]
+    named = [{"type": "function", "name": "g"}]
+    chat = _chat(input="x", tools=tools, tool_choice={"type": "allowed_tools", "mode": "auto", "tools": named})
+    allowed = {"mode": "auto", "tools": [{"type": "function", "function": {"name": "g"}}]}
+    assert chat["tool_choice"] == {"type": "allowed_tools", "allowed_tools": allowed}
+    with pytest.raises(InvalidRequest) as caught:
+        _chat(input="x", tools=tools[:1], tool_choice={"type": "allowed_tools", "mode": "required", "tools": named})
+    assert caught.value.param == "tool_choice.tools.0.name"

@@ -79,7 +79,7 @@ def skeleton(body: ResponsesRequest, response_id: str, store: bool = False) -> d
         "parallel_tool_calls": True if body.parallel_tool_calls is None else body.parallel_tool_calls,
         "previous_response_id": body.previous_response_id,
         "prompt_cache_key": body.prompt_cache_key,
-        "reasoning": {"effort": body.reasoning.effort if body.reasoning else None, "summary": None},
+        "reasoning": {"effort": body.reasoning.effort if body.reasoning else None, "summary": body.summary},
         "safety_identifier": body.safety_identifier,
         "service_tier": body.service_tier or "auto",
         "store": store,
@@ -137,7 +137,8 @@ def _logprobs(choice: dict[str, Any]) -> list[Any]:
 
 
 def from_chat(chat: Any, response: dict[str, Any], ids: str) -> dict[str, Any]:
-    """A whole chat completion as the Response (`response`: its skeleton; `ids`: the suffix of item ids)."""
+    """A whole chat completion as the Response (`response`: its skeleton, whose `reasoning.summary` asks for
+    summaries; `ids`: the suffix of item ids)."""
     chat = chat if isinstance(chat, dict) else {}
     choices = choices_of(chat)
     choice = choices[0] if choices and isinstance(choices[0], dict) else {}
@@ -146,7 +147,7 @@ def from_chat(chat: Any, response: dict[str, Any], ids: str) -> dict[str, Any]:
     status = "incomplete" if response["status"] == "incomplete" else "completed"
     message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
     assert isinstance(message, dict)
-    output = output_items(message, ids, status)
+    output = output_items(message, ids, status, _summarize(response))
     text, refusal = message.get("content"), message.get("refusal")
     if (isinstance(text, str) and text) or isinstance(refusal, str):
         refused = refusal if isinstance(refusal, str) else None
@@ -162,12 +163,18 @@ def from_chat(chat: Any, response: dict[str, Any], ids: str) -> dict[str, Any]:
     return response
 
 
+def _summarize(response: dict[str, Any]) -> bool:
+    reasoning = response.get("reasoning")
+    return isinstance(reasoning, dict) and reasoning.get("summary") is not None
+
+
 class StreamEvents(ReasoningEvents):
     """One stream's translation: chat chunks in, Responses events out (as SSE bytes). Items are opened as their
     first delta arrives and closed when the next kind of output starts or the stream ends."""
 
     def __init__(self, response: dict[str, Any], ids: str) -> None:
         self.response, self.ids = response, ids
+        self.summarize = _summarize(response)
         self.sequence = 0
         self.items: list[dict[str, Any]] = []  # in output order; the open ones are still being written
         self.text: dict[str, Any] | None = None  # the open message item

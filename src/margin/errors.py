@@ -50,6 +50,21 @@ class InvalidRequest(MarginError):
     default_code = "invalid_request"
 
 
+CONTEXT_LENGTH = "context_length_exceeded"  # OpenAI's code for a request over a model's context window
+
+
+def context_message(prompt: int, limit: int, max_tokens: int | None = None) -> str:
+    """A request over a model's context window, in Anthropic's own sentences, which clients act on: Claude Code
+    compacts its conversation on "prompt is too long: N tokens > M maximum", and lowers `max_tokens` on "input
+    length and `max_tokens` exceed context limit: N + K > M" (OpenAI's clients read the code, CONTEXT_LENGTH)."""
+    if max_tokens is None or prompt >= limit:
+        return f"prompt is too long: {prompt} tokens > {limit} maximum"
+    return (
+        f"input length and `max_tokens` exceed context limit: {prompt} + {max_tokens} > {limit}, decrease input "
+        "length or `max_tokens` and try again"
+    )
+
+
 class AuthenticationFailed(MarginError):
     default_code = "invalid_api_key"
 

@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 import yaml
@@ -22,7 +23,7 @@ import yaml
 from margin import keys
 from margin.economics.money import from_nanousd
 from margin.ledger import db as ledger_db
-from tests.backends.anthropic_upstream import INPUT, USAGE, WEATHER, Upstream, anthropic_upstream
+from tests.backends.anthropic_upstream import INPUT, OVERFLOW, USAGE, WEATHER, Upstream, anthropic_upstream
 from tests.helpers import margin_serve, wait_ledger_row
 
 KEY_ENV = "MARGIN_TEST_ANTHROPIC_KEY"
@@ -36,7 +37,7 @@ LIST = {
 }
 # a model priced in the config, cache writes included (`cache_write_input`): not genai-prices' numbers
 CONFIGURED = {"input": "2", "output": "8", "cached_input": "0.2", "cache_write_input": "2.5"}
-FAKES = ("thinker", "overloaded", "flaky", "limited", "rejecting", "midstream", "cut")
+FAKES = ("thinker", "overloaded", "flaky", "limited", "rejecting", "overflowing", "midstream", "cut")
 
 
 @dataclass
@@ -247,6 +248,26 @@ def test_a_429_is_the_caller_s_429_with_retry_after_and_a_400_passes_through(liv
     with pytest.raises(openai.BadRequestError) as rejected:
         live.client.chat.completions.create(model="rejecting", messages=[{"role": "user", "content": "hi"}])
     assert rejected.value.code == "invalid_request_error" and "internal-host" not in str(rejected.value.body)
+
+
+def test_an_upstream_context_overflow_reaches_clients_in_the_sentence_they_act_on(live: Live) -> None:
+    """Anthropic's "prompt is too long: N tokens > M maximum" is the one refusal clients act on by its text (Claude
+    Code compacts its conversation); margin withholds upstream text, so it answered "the upstream rejected the
+    request (HTTP 400, code invalid_request_error)" and Claude Code could not compact. Now: the sentence, rebuilt
+    from its numbers (nothing else of the upstream's text), OpenAI's code, and a row that bills nothing."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        live.client.chat.completions.with_raw_response.create(
+            model="overflowing", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert caught.value.code == "context_length_exceeded" and caught.value.body["message"] == OVERFLOW  # type: ignore[index]
+    assert "internal-host" not in str(caught.value.body)
+    row = live.row(caught.value.response.headers["x-request-id"])
+    assert (row.http_status, row.error_code, row.cost_nanousd) == (400, "context_length_exceeded", 0)
+    claude = anthropic.Anthropic(base_url=live.url, api_key=live.client.api_key, max_retries=0)
+    with pytest.raises(anthropic.BadRequestError) as messages:
+        claude.messages.create(model="overflowing", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    error = messages.value.body["error"]  # type: ignore[index]
+    assert error == {"type": "invalid_request_error", "message": OVERFLOW}
 
 
 @pytest.mark.parametrize(("model", "match"), [("midstream", "mid-stream"), ("cut", "before message_stop")])

@@ -18,6 +18,7 @@ last turn holds a tool result unless the assistant turn before it starts with th
     flaky               529 once, then like claude-sonnet-4-5 (a retry succeeds)
     limited             429 `rate_limit_error` with `retry-after: 30`
     rejecting           400 `invalid_request_error`
+    overflowing         400 `invalid_request_error` "prompt is too long: 210118 tokens > 200000 maximum" (`OVERFLOW`)
     midstream           a stream that sends some text, then an `error` event
     cut                 a stream that breaks off before `message_stop`
 
@@ -58,6 +59,7 @@ THOUGHTS: list[dict[str, Any]] = [
     {"type": "thinking", "thinking": "".join(THINKING_PIECES), "signature": SIGNATURE},
     {"type": "redacted_thinking", "data": REDACTED},
 ]
+OVERFLOW = "prompt is too long: 210118 tokens > 200000 maximum"  # Anthropic's sentence (Claude Code compacts on it)
 LEAKY_EMAIL, LEAKY_CARD = "jane.doe@example.com", "4111 1111 1111 1111"
 LEAKY_PIECES = ("They wrote from jane.doe@exa", "mple.com and paid with 4111 1111 ", "1111 1111; look it up.")
 LEAKY_THOUGHTS: list[dict[str, Any]] = [
@@ -209,6 +211,8 @@ def _answer(upstream: Upstream, handler: BaseHTTPRequestHandler, body: dict[str,
         _error(handler, 429, "rate_limit_error", {"retry-after": "30"})
     elif model == "rejecting":
         _error(handler, 400, "invalid_request_error")
+    elif model == "overflowing":
+        _error(handler, 400, "invalid_request_error", message=f"{OVERFLOW} (internal-host-7)")
     elif (refusal := thinking_refused(body)) is not None:
         _error(handler, 400, "invalid_request_error", message=refusal)
     elif body.get("stream"):

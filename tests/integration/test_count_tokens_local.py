@@ -105,4 +105,4 @@ def test_a_prompt_past_the_context_is_counted_though_a_completion_is_refused(url
             client.responses.create(model="local", input=long, max_output_tokens=4)
         counted = client.responses.input_tokens.count(model="local", input=long).input_tokens
     assert completion.value.code == "context_length_exceeded"
-    assert f"prompt has {counted} tokens" in completion.value.message and counted > 4096
+    assert f"prompt is too long: {counted} tokens > 4096 maximum" in completion.value.message and counted > 4096

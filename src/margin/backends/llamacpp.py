@@ -26,7 +26,7 @@ from typing import Any
 from margin.backend_config import LlamaCppBackendConfig
 from margin.backends import grammar, payloads
 from margin.backends.textgen import SamplingPlan, StopMatcher, sampling_plan
-from margin.errors import ConfigError, InvalidRequest, Overloaded
+from margin.errors import CONTEXT_LENGTH, ConfigError, InvalidRequest, Overloaded, context_message
 from margin.protocol import ChatCompletionRequest, CompletionRequest
 from margin.types import Call, Chunk, Completion, Prompt, Usage
 
@@ -247,9 +247,9 @@ class LlamaCppBackend:
         room = self.config.n_ctx - len(tokens)
         if room <= 0:
             raise InvalidRequest(
-                f"prompt has {len(tokens)} tokens; the context of {call.public_model} is {self.config.n_ctx}",
+                context_message(len(tokens), self.config.n_ctx),
                 param="messages" if isinstance(request, ChatCompletionRequest) else "prompt",
-                code="context_length_exceeded",
+                code=CONTEXT_LENGTH,
             )
         plan.max_new_tokens = room if plan.max_new_tokens is None else min(plan.max_new_tokens, room)
         show_echo = isinstance(request, CompletionRequest) and request.echo

@@ -11,7 +11,14 @@ from collections.abc import Mapping
 
 import orjson
 
-from margin.errors import BackendClientError, BackendError, MarginError, UpstreamRateLimited
+from margin.errors import (
+    CONTEXT_LENGTH,
+    BackendClientError,
+    BackendError,
+    MarginError,
+    UpstreamRateLimited,
+    context_message,
+)
 from margin.logs import printable
 
 log = logging.getLogger("margin.backends")
@@ -19,6 +26,24 @@ log = logging.getLogger("margin.backends")
 SAFE_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 SAFE_PARAM = re.compile(r"[A-Za-z0-9_.\[\]-]{1,128}")  # `temperature`, `messages[0].content`, `tools.2.function`
 CREDENTIALS = (401, 403, 407)  # the upstream refused margin's own key: an operator's fault, not the caller's
+N = r"(\d{1,3}(?:,?\d{3}){0,3})"  # a token count as upstreams write it (`210118`, `200,000`)
+# An upstream's sentence for a request over the model's context window, and what its numbers are: (p)rompt,
+# (l)imit, (k) the completion's tokens, (t)otal. Anthropic's two, OpenAI's, vLLM's (old and new); matched on
+# the logged text, never passed on: the client gets margin's sentence rebuilt from the numbers (context_message)
+CONTEXT_SENTENCES = tuple(
+    (re.compile(pattern, re.IGNORECASE), roles)
+    for pattern, roles in (
+        (rf"prompt is too long: {N} tokens > {N} maximum", "pl"),
+        (rf"input length and `?max_tokens`? exceed context limit: {N} \+ {N} > {N}", "pkl"),
+        (rf"maximum context length of {N} tokens\. You requested a total of {N} tokens: {N} tokens from the "
+         rf"input messages and {N} tokens for the completion", "ltpk"),
+        (rf"maximum context length is {N} tokens\. However, you requested {N} tokens \({N} in the messages, "
+         rf"{N} in the completion\)", "ltpk"),
+        (rf"maximum context length is {N} tokens\. However, your (?:messages resulted in|request has) {N} (?:input )?"
+         "tokens", "lp"),
+        (rf"maximum context length is {N} tokens\. However, you requested {N} tokens", "lp"),
+    )
+)  # fmt: skip
 
 
 def upstream_message(body: bytes) -> tuple[str, str | None]:
@@ -33,6 +58,8 @@ def upstream_message(body: bytes) -> tuple[str, str | None]:
         if code is None and parsed.get("type") == "error":  # Anthropic's errors name their kind in `type`
             code = error.get("type")
         return str(error.get("message") or error)[:300], None if code is None else str(code)[:64]
+    if error is None and isinstance(message := parsed.get("message"), str):  # vLLM's `{"object": "error", ...}`
+        return message[:300], None
     return str(error)[:300], None
 
 
@@ -45,6 +72,16 @@ def _upstream_param(body: bytes) -> str | None:
         return None
     param = error.get("param") if isinstance(error, dict) else None
     return param if isinstance(param, str) and SAFE_PARAM.fullmatch(param) else None
+
+
+def context_overflow(message: str) -> tuple[int, int, int | None] | None:
+    """The prompt's tokens, the context window and the completion's tokens (None if not said) of an upstream's
+    context-window refusal, or None if `message` is none of CONTEXT_SENTENCES."""
+    for pattern, roles in CONTEXT_SENTENCES:
+        if (found := pattern.search(message)) is not None:
+            numbers = {role: int(value.replace(",", "")) for role, value in zip(roles, found.groups(), strict=True)}
+            return numbers["p"], numbers["l"], numbers.get("k")
+    return None
 
 
 def log_upstream(backend: str, what: str, message: str) -> None:
@@ -66,6 +103,11 @@ def upstream_error(backend: str, status: int, body: bytes, headers: Mapping[str,
             "the upstream is rate limiting requests; retry later",
             code=code or "upstream_rate_limited",
             headers={"retry-after": retry} if retry.isascii() and retry.isdigit() and len(retry) <= 6 else None,
+        )
+    if 400 <= status < 500 and status not in CREDENTIALS and (overflow := context_overflow(message)) is not None:
+        # the one refusal clients act on by its text (Claude Code compacts): margin's sentence, from the numbers
+        return BackendClientError(
+            context_message(*overflow), upstream_status=400, code=CONTEXT_LENGTH, param=_upstream_param(body)
         )
     if 400 <= status < 500 and status not in CREDENTIALS:
         detail = f", code {code}" if code else ""

@@ -93,6 +93,8 @@ class ToolUse(_Strict):
     input: dict[str, Any]
     cache_control: CacheControl | None = None
     caller: DirectCaller | None = None  # an answer's block sent back: only a direct call (margin makes no others)
+    toolset_name: None = None  # an answer's block sent back (the SDK's `model_dump()` has it null): margin runs no
+    # toolsets (an MCP toolset's call names one), so null only
 
 
 def _tagged(prefix: str, field: str) -> Any:

@@ -190,8 +190,9 @@ def test_the_chat_request_sent_upstream_is_the_translation(gateway: Gateway) -> 
 
 
 def test_a_tool_use_round_trip_with_the_sdk_s_own_blocks(gateway: Gateway) -> None:
-    """The answer's tool_use block (input parsed), sent back as the SDK gives it, then a tool_result: the
-    upstream gets the assistant's tool call and the tool's message, as a chat carries them."""
+    """The answer's tool_use block (input parsed), sent back as the SDK gives it (or as its `model_dump()`, whose
+    unset fields are nulls: `caller`, `toolset_name`, which were a 400), then a tool_result: the upstream gets
+    the assistant's tool call and the tool's message, as a chat carries them."""
     client = gateway.client()
     question: Any = {"role": "user", "content": "weather in Paris?"}
     first = client.messages.create(model="plain", max_tokens=50, messages=[question], tools=[WEATHER])
@@ -199,15 +200,18 @@ def test_a_tool_use_round_trip_with_the_sdk_s_own_blocks(gateway: Gateway) -> No
     (call,) = first.content
     assert call.type == "tool_use" and (call.id, call.name, call.input) == ("call_1", "get_weather", {"city": "Paris"})
     result: Any = {"type": "tool_result", "tool_use_id": call.id, "content": [{"type": "text", "text": "sunny"}]}
-    follow: Any = [question, {"role": "assistant", "content": first.content}, {"role": "user", "content": [result]}]
-    second = client.messages.create(model="plain", max_tokens=50, messages=follow, tools=[WEATHER])
-    assert second.content[0].type == "text" and second.content[0].text == "hello world"
-    assert second.stop_reason == "end_turn"
-    assert gateway.live.bodies[-1]["messages"] == [
-        {"role": "user", "content": "weather in Paris?"},
-        {"role": "assistant", "content": None, "tool_calls": [CALL]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
-    ]
+    dumped = [block.model_dump() for block in first.content]
+    assert (dumped[0]["caller"], dumped[0]["toolset_name"]) == (None, None)  # the SDK's unset fields, as nulls
+    for sent_back in (first.content, dumped):
+        follow: Any = [question, {"role": "assistant", "content": sent_back}, {"role": "user", "content": [result]}]
+        second = client.messages.create(model="plain", max_tokens=50, messages=follow, tools=[WEATHER])
+        assert second.content[0].type == "text" and second.content[0].text == "hello world"
+        assert second.stop_reason == "end_turn"
+        assert gateway.live.bodies[-1]["messages"] == [
+            {"role": "user", "content": "weather in Paris?"},
+            {"role": "assistant", "content": None, "tool_calls": [CALL]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        ]
 
 
 def test_a_streamed_tool_use(gateway: Gateway) -> None:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.api.test_anthropic_backend import KEY_ENV, UPSTREAM_KEY, _expected_nanousd, _key
-from tests.backends.anthropic_upstream import INPUT, USAGE, Upstream, anthropic_upstream
+from tests.backends.anthropic_upstream import INPUT, STOP_SEQUENCE, USAGE, Upstream, anthropic_upstream
 from tests.helpers import margin_serve, wait_ledger_row
 
 MODEL = "claude-haiku-4-5"
@@ -101,6 +101,22 @@ def test_a_stream_goes_to_anthropic_and_its_final_message_has_the_usage(chain: C
     _check_usage(final.usage)
     assert chain.upstream.last["stream"] is True
     _check_row(chain, request_id)
+
+
+def test_the_stop_sequence_anthropic_stopped_at_comes_back_named(chain: Chain) -> None:
+    """Anthropic's `stop_reason: stop_sequence` and the `stop_sequence` that matched reach the client again, whole
+    and streamed (the SDK's final message). Before: `end_turn` and no sequence, the match lost in the chat."""
+    asked: Any = {"model": MODEL, "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+    stops = ["never", STOP_SEQUENCE]
+    message = chain.client.messages.create(**asked, stop_sequences=stops)
+    assert chain.upstream.last["stop_sequences"] == stops
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", STOP_SEQUENCE)
+    assert message.content[0].text == "hello"
+    with chain.client.messages.stream(**asked, stop_sequences=stops) as stream:
+        final = stream.get_final_message()
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", STOP_SEQUENCE)
+    plain = chain.client.messages.create(**asked, stop_sequences=["never"])
+    assert (plain.stop_reason, plain.stop_sequence) == ("end_turn", None)
 
 
 def test_a_tool_use_round_trip_through_both_translations(chain: Chain) -> None:

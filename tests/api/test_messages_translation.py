@@ -19,6 +19,9 @@ from margin.api.messages_out import MessageEvents, from_chat, tool_input, usage_
 from margin.errors import InvalidRequest
 from margin.messages import MessagesRequest, parse, parse_messages
 from margin.pipeline.stream import DONE, sse
+from margin.pipeline.values import Record
+from margin.protocol import Endpoint
+from margin.types import Usage
 
 USER: Any = {"role": "user", "content": "hi"}
 TEXT_X = {"type": "text", "text": "x"}
@@ -410,7 +413,7 @@ def _client(body: MessagesRequest = BODY) -> tuple[list[Any], MessagesClient]:
     async def send(message: Any) -> None:
         sent.append(message)
 
-    return sent, MessagesClient(AsgiClient(send), body, "7")
+    return sent, MessagesClient(AsgiClient(send), body, Record("7", Endpoint.MESSAGES, body.model, body.stream))
 
 
 def _body_of(sent: list[Any]) -> bytes:
@@ -467,3 +470,19 @@ def test_a_json_answer_is_translated() -> None:
     answered = orjson.loads(_body_of(sent))
     assert (answered["id"], answered["stop_reason"]) == ("msg_7", "end_turn")
     assert answered["content"] == [{"type": "text", "text": "hi"}] and _head(sent)[1][b"request-id"] == b"7"
+
+
+def test_a_chat_without_usage_is_a_message_with_the_usage_it_was_metered_at() -> None:
+    """The metered usage (the row's) where the chat has none; the chat's own where it has some. Before: zeros."""
+    metered = Usage(40, 9, 10, cache_write_tokens=5)
+    reported = _answer({"content": "hi"})
+    bare = {key: value for key, value in reported.items() if key != "usage"}
+    message = from_chat(bare, BODY, "7", metered)
+    assert message["usage"] == {
+        "input_tokens": 25,
+        "output_tokens": 9,
+        "cache_creation_input_tokens": 5,
+        "cache_read_input_tokens": 10,
+    }
+    assert from_chat(reported, BODY, "7", metered)["usage"]["output_tokens"] == 3
+    assert from_chat(bare, BODY, "7")["usage"]["output_tokens"] == 0

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -116,6 +117,29 @@ def test_tool_calls_and_reasoning_are_billed_when_the_upstream_reports_no_usage(
             assert row.input_tokens >= _estimate(str(TOOLS)) + 1
         if usage is not None:  # what the client was told is what the ledger says
             assert (usage.prompt_tokens, usage.completion_tokens) == (row.input_tokens, row.output_tokens)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_message_from_an_upstream_that_reports_no_usage_has_the_usage_the_row_holds(live: Live, stream: bool) -> None:
+    """Anthropic's Message always has usage: where the upstream reported none, it is what the request was metered
+    at (the row's, counted), as a stream's final message already said. Before: a whole Message said 0 tokens in
+    and out while its row billed the counted ones."""
+    asked: Any = {"max_tokens": 50, "messages": [{"role": "user", "content": "hi there"}]}
+    with anthropic.Anthropic(base_url=live.url, api_key="-", max_retries=0) as client:
+        tools: Any = {"tools": [{"name": "get_weather", "input_schema": {"type": "object"}}]}
+        for model, extra in (("nousage", tools), ("reasoning", {})):
+            if stream:
+                with client.messages.stream(model=model, **asked, **extra) as events:
+                    message, request_id = events.get_final_message(), events.response.headers["x-request-id"]
+            else:
+                raw = client.messages.with_raw_response.create(model=model, **asked, **extra)
+                message, request_id = raw.parse(), raw.headers["x-request-id"]
+            assert message.content and live.upstream.bodies[-1]["model"] == model
+            row = live.row(request_id)
+            assert row.usage_source == "estimated" and row.output_tokens > 30
+            usage = message.usage
+            assert (usage.input_tokens, usage.output_tokens) == (row.input_tokens, row.output_tokens)
+            assert (usage.cache_read_input_tokens, usage.cache_creation_input_tokens) == (0, 0)
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -5,7 +5,8 @@
 types and Anthropic's streaming documentation give them). The upstream model name picks a behaviour:
 
     claude-sonnet-4-5   text, or a tool call while the request has tools and no tool result yet; usage with
-                        cache reads and writes (`USAGE`)
+                        cache reads and writes (`USAGE`); the text stops before `STOP_SEQUENCE` when the
+                        request's `stop_sequences` hold it (`stop_reason: stop_sequence`, the sequence named)
     thinker             a thinking block before its text (its tokens are in `output_tokens`)
     leaky               asked for thinking, thinks about PII (`LEAKY_THOUGHTS`: an e-mail and a card number,
                         each split over two thinking deltas when streamed)
@@ -47,6 +48,7 @@ WEATHER: Any = {
 
 USAGE = {"input_tokens": 21, "cache_creation_input_tokens": 1000, "cache_read_input_tokens": 3000, "output_tokens": 9}
 TEXT = ("hello", " world")
+STOP_SEQUENCE = " world"  # a request whose `stop_sequences` hold it stops there: `stop_sequence`, with it named
 THINKING = "The user says hi; I answer briefly."
 INPUT = {"city": "Paris"}
 ARGUMENTS_PIECES = ('{"city":', ' "Paris"}')
@@ -118,16 +120,21 @@ def _blocks(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
     if _wants_tool(body):
         tool = {"type": "tool_use", "id": "toolu_01A", "name": body["tools"][0]["name"], "input": INPUT}
         return [*thoughts, {"type": "text", "text": "Let me look."}, tool], "tool_use"
-    blocks = [*thoughts, {"type": "text", "text": "".join(TEXT)}]
+    stopped = STOP_SEQUENCE in (body.get("stop_sequences") or ())
+    text = "".join(TEXT)
+    blocks = [*thoughts, {"type": "text", "text": text[: text.index(STOP_SEQUENCE)] if stopped else text}]
     if body["model"] == "thinker":
         blocks.insert(0, {"type": "thinking", "thinking": THINKING, "signature": "c2ln"})
+    if stopped:
+        return blocks, "stop_sequence"
     return blocks, "max_tokens" if body.get("max_tokens") == 3 else "end_turn"
 
 
 def message(body: dict[str, Any]) -> dict[str, Any]:
     blocks, stop = _blocks(body)
+    sequence = STOP_SEQUENCE if stop == "stop_sequence" else None
     return {"id": "msg_01", "type": "message", "role": "assistant", "model": body["model"], "content": blocks,
-            "stop_reason": stop, "stop_sequence": None, "usage": USAGE}  # fmt: skip
+            "stop_reason": stop, "stop_sequence": sequence, "usage": USAGE}  # fmt: skip
 
 
 def _block_events(index: int, block: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -171,7 +178,7 @@ def events(body: dict[str, Any]) -> Iterator[dict[str, Any]]:
             return
     if body["model"] == "cut":
         return
-    delta = {"stop_reason": whole["stop_reason"], "stop_sequence": None}
+    delta = {"stop_reason": whole["stop_reason"], "stop_sequence": whole["stop_sequence"]}
     yield {"type": "message_delta", "delta": delta, "usage": {"output_tokens": USAGE["output_tokens"]}}
     yield {"type": "message_stop"}
 

@@ -24,7 +24,16 @@ from margin.economics.prices import ListPrice, PriceBook
 from margin.errors import BackendClientError, BackendError, InvalidRequest, ResponseTooLarge, UpstreamRateLimited
 from margin.protocol import Endpoint, parse_request
 from margin.types import Call, Chunk, Usage
-from tests.backends.anthropic_upstream import ARGUMENTS_PIECES, INPUT, THINKING, USAGE, WEATHER, events, message
+from tests.backends.anthropic_upstream import (
+    ARGUMENTS_PIECES,
+    INPUT,
+    STOP_SEQUENCE,
+    THINKING,
+    USAGE,
+    WEATHER,
+    events,
+    message,
+)
 from tests.backends.test_openai_compat import _Response
 
 CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
@@ -381,6 +390,24 @@ def test_a_text_stream_becomes_openai_chunks_then_usage() -> None:
     last = chunks[-1]
     assert last.is_usage_only and last.usage == Usage.from_anthropic(USAGE)  # output from message_delta
     assert all(c.payload["object"] == "chat.completion.chunk" and c.payload["id"] == "chatcmpl-r1" for c in chunks)
+
+
+def test_the_matched_stop_sequence_is_the_choices_stop_reason_whole_and_streamed() -> None:
+    """As vLLM names it (`choices[0].stop_reason`), where /v1/messages reads its `stop_sequence` back; no field when
+    no sequence matched. Before: the sequence was dropped."""
+    body = {"model": "claude-sonnet-4-5", "messages": HI, "stop_sequences": [STOP_SEQUENCE]}
+    payload, text, _ = completion(_call(), message(body), "claude")
+    choice = payload["choices"][0]
+    assert (choice["finish_reason"], choice["stop_reason"], text) == ("stop", STOP_SEQUENCE, "hello")
+    _, chunks = _translated(body)
+    (last,) = [
+        c.payload["choices"][0] for c in chunks if c.payload["choices"] and c.payload["choices"][0]["finish_reason"]
+    ]
+    assert (last["finish_reason"], last["stop_reason"]) == ("stop", STOP_SEQUENCE)
+    plain, _, _ = completion(_call(), message({**body, "stop_sequences": ["never"]}), "claude")
+    assert "stop_reason" not in plain["choices"][0]
+    _, chunks = _translated({**body, "stop_sequences": ["never"]})
+    assert all("stop_reason" not in c.payload["choices"][0] for c in chunks if c.payload["choices"])
 
 
 def test_a_tool_use_stream_becomes_tool_call_deltas() -> None:

@@ -33,11 +33,11 @@ REQUEST_ID = "request-id"  # Anthropic's header: the SDKs' `_request_id` (margin
 class MessagesClient(TranslatingClient):
     """The request path's `Client` for a Messages call: Anthropic's answer, events and errors."""
 
-    __slots__ = ("body", "request_id")
+    __slots__ = ("body", "record", "request_id")
 
-    def __init__(self, inner: AsgiClient, body: MessagesRequest, request_id: str) -> None:
+    def __init__(self, inner: AsgiClient, body: MessagesRequest, record: Record) -> None:
         super().__init__(inner)
-        self.body, self.request_id = body, request_id
+        self.body, self.record, self.request_id = body, record, record.request_id
 
     def body_of(self, error: MarginError) -> dict[str, Any]:
         return anthropic_error_body(error)
@@ -52,7 +52,7 @@ class MessagesClient(TranslatingClient):
         await super().start_stream({**headers, REQUEST_ID: self.request_id})
 
     def whole(self, chat: Any) -> dict[str, Any]:
-        return from_chat(chat, self.body, self.request_id)
+        return from_chat(chat, self.body, self.request_id, self.record.usage)  # the row's usage, if the chat has none
 
     def new_events(self) -> MessageEvents:
         return MessageEvents(self.body, self.request_id)
@@ -69,4 +69,4 @@ async def messages(request: HttpRequest) -> Response | ASGIApp:
         batch=batch,
     )  # fmt: skip
     args = (request_id, Endpoint.CHAT, headers, data, chat, principal, record, started)
-    return Run(services.flow, services.stalls, args, lambda inner: MessagesClient(inner, body, request_id))
+    return Run(services.flow, services.stalls, args, lambda inner: MessagesClient(inner, body, record))

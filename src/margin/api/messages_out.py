@@ -21,7 +21,7 @@ import orjson
 from margin import jsonload
 from margin.api.responses_out import usage_of as responses_usage
 from margin.messages import MessagesRequest
-from margin.types import choices_of
+from margin.types import Usage, choices_of
 
 # a chat's finish_reason → Anthropic's stop_reason (anything else, or none: `end_turn`)
 STOP_REASONS = {
@@ -119,8 +119,9 @@ def skeleton(message_id: str, model: str) -> dict[str, Any]:
     }
 
 
-def from_chat(chat: Any, body: MessagesRequest, request_id: str) -> dict[str, Any]:
-    """A whole chat completion as the Message."""
+def from_chat(chat: Any, body: MessagesRequest, request_id: str, metered: Usage | None = None) -> dict[str, Any]:
+    """A whole chat completion as the Message. `metered`: the usage the request was metered at (the ledger
+    row's), the Message's usage when the chat has none (an upstream that reports none: counted or estimated)."""
     chat = chat if isinstance(chat, dict) else {}
     choices = choices_of(chat)
     choice = choices[0] if choices and isinstance(choices[0], dict) else {}
@@ -138,7 +139,8 @@ def from_chat(chat: Any, body: MessagesRequest, request_id: str) -> dict[str, An
         if isinstance(call, dict):
             content.append(_tool_use(call, f"toolu_{request_id}_{number}"))
     out["stop_reason"], out["stop_sequence"] = stop_of(choice.get("finish_reason"), choice.get("stop_reason"), body)
-    out["usage"] = usage_of(chat.get("usage"))
+    usage = chat.get("usage")
+    out["usage"] = usage_of(metered.to_openai() if metered is not None and not isinstance(usage, dict) else usage)
     return out
 
 

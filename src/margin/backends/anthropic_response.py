@@ -1,6 +1,7 @@
 """An Anthropic Messages answer as an OpenAI chat completion, whole (`completion`) or streamed (`Translator`):
 text, tool calls (a streamed `input_json_delta` becomes a function-arguments delta), `stop_reason` →
-`finish_reason`, usage (`Usage.from_anthropic`).
+`finish_reason` (the `stop_sequence` that matched as the choice's `stop_reason`, as vLLM names it, so that
+`/v1/messages` answers with it again), usage (`Usage.from_anthropic`).
 
 Thinking, as LiteLLM gives it: the message's `reasoning_content` (the thinking text, joined) and
 `thinking_blocks` (each `thinking` block with its `signature`, each `redacted_thinking` block with its `data`, in
@@ -33,6 +34,14 @@ FINISH = {
 
 def finish_reason(stop_reason: Any) -> str:
     return FINISH.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+
+
+def matched(stop_reason: Any, stop_sequence: Any) -> dict[str, str]:
+    """The stop sequence that ended the answer, as vLLM names it on a chat choice (`stop_reason`), where
+    `/v1/messages` reads it back as Anthropic's `stop_sequence`; nothing when no sequence matched."""
+    if stop_reason == "stop_sequence" and isinstance(stop_sequence, str) and stop_sequence:
+        return {"stop_reason": stop_sequence}
+    return {}
 
 
 def bad_response(backend: str, what: str) -> BackendError:
@@ -71,6 +80,7 @@ def completion(call: Call, message: dict[str, Any], backend: str) -> tuple[dict[
     finish = finish_reason(message.get("stop_reason"))
     usage = Usage.from_anthropic(message.get("usage"))
     payload = payloads.completion(call, text, finish, usage)
+    payload["choices"][0].update(matched(message.get("stop_reason"), message.get("stop_sequence")))
     reply = payload["choices"][0]["message"]
     if calls:
         reply["tool_calls"] = calls
@@ -143,9 +153,13 @@ class Translator:
     def ended(self) -> bool:
         return self.done
 
-    def _chunk(self, delta: dict[str, Any], text: str = "", finish: str | None = None) -> Chunk:
+    def _chunk(
+        self, delta: dict[str, Any], text: str = "", finish: str | None = None, choice: dict[str, str] | None = None
+    ) -> Chunk:
         body = payloads.chunk(self.call, "", finish)
         body["choices"][0]["delta"] = delta
+        if choice:
+            body["choices"][0].update(choice)
         return Chunk(payload=body, text=text)
 
     def _start(self, event: dict[str, Any]) -> list[Chunk]:
@@ -228,8 +242,7 @@ class Translator:
         if isinstance(usage, dict):  # cumulative: its counts replace the ones so far
             self.counts.update({key: value for key, value in usage.items() if value is not None})
         delta = event.get("delta")
-        stop = delta.get("stop_reason") if isinstance(delta, dict) else None
-        if stop is None:
+        if not isinstance(delta, dict) or (stop := delta.get("stop_reason")) is None:
             return []
         self.finish = self.call.stats.finish_reason = finish_reason(stop)
-        return [self._chunk({}, finish=self.finish)]
+        return [self._chunk({}, finish=self.finish, choice=matched(stop, delta.get("stop_sequence")))]

@@ -209,3 +209,29 @@ async def test_an_upload_is_sent_back_whole_in_parts(db_path: Path) -> None:
         async with gw.http.stream("GET", f"/v1/files/{upload.id}/content") as reply:
             parts = [part async for part in reply.aiter_raw()]
         assert b"".join(parts) == content and reply.headers["content-length"] == str(len(content))
+
+
+async def test_a_file_saved_with_a_byte_order_mark_runs_its_first_line(db_path: Path) -> None:
+    """Windows editors (Notepad, PowerShell's `Out-File -Encoding utf8`) write a UTF-8 byte-order mark first
+    and end lines with CRLF: line 1 was an `invalid_json` error entry ("BOM is not supported") and never ran.
+    The upload is kept and sent back as sent, mark included; a file of the mark alone is empty."""
+    content = b"\xef\xbb\xbf" + jsonl(line("first"), line("second")).replace(b"\n", b"\r\n")
+    async with gateway(batch_settings(db_path)) as gw:
+        client = sdk(gw)
+        upload = await client.files.create(file=("windows.jsonl", content), purpose="batch")
+        assert (await client.files.content(upload.id)).content == content
+        batch = await client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        done = await wait_final(client, batch.id)
+        assert done.status == "completed" and done.errors is None and done.error_file_id is None
+        assert done.request_counts is not None and (done.request_counts.total, done.request_counts.completed) == (2, 2)
+        assert done.output_file_id is not None
+        output = entries((await client.files.content(done.output_file_id)).content)
+        assert [(e["custom_id"], e["response"]["status_code"]) for e in output] == [("first", 200), ("second", 200)]
+        rows = [r for r in await gw.rows() if r.batch_id == batch.id]
+        assert sorted(r.request_id for r in rows) == sorted(e["response"]["request_id"] for e in output)
+        empty = await gw.http.post(
+            "/v1/files", files={"file": ("bom.jsonl", b"\xef\xbb\xbf\r\n")}, data={"purpose": "batch"}
+        )
+        assert empty.status_code == 400 and empty.json()["error"]["code"] == "empty_file"

@@ -4,11 +4,13 @@ An upload is refused whole only for what makes it no batch file at all: larger t
 (413, counted as the bytes arrive), more than `max_lines` lines or a line longer than `max_line_bytes` (400;
 both checked before any line is parsed), not UTF-8, or empty. Everything else is judged per line when a job
 is created from the file: a bad line becomes an entry of the job's `errors` and of its error file, the good
-lines run, and every non-blank input line ends in exactly one of the two output files.
+lines run, and every non-blank input line ends in exactly one of the two output files. A UTF-8 byte-order mark
+before the first line is not part of it.
 """
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
@@ -68,7 +70,7 @@ def count_lines(content: bytes) -> int:
 
 def check_content(content: bytes, limits: BatchConfig) -> int:
     """The number of lines, after the limits that make a file no batch file at all."""
-    if not content.strip():
+    if not content.strip() or (content.startswith(codecs.BOM_UTF8) and not content[len(codecs.BOM_UTF8) :].strip()):
         raise InvalidRequest("the file is empty", param="file", code="empty_file")
     lines = count_lines(content)  # one pass in C, before anything is split
     if lines > limits.max_lines:
@@ -210,7 +212,9 @@ def validate(content: bytes, endpoint: str, known: Callable[[str], bool]) -> tup
     errors: list[LineError] = []
     seen: dict[str, int] = {}
     model: str | None = None
-    for number, raw in enumerate(content.split(b"\n"), start=1):
+    for number, text in enumerate(content.split(b"\n"), start=1):
+        # the UTF-8 byte-order mark some editors write first (it made line 1 an `invalid_json` error)
+        raw = text.removeprefix(codecs.BOM_UTF8) if number == 1 else text
         if not raw.strip():
             continue
         result = _line(number, raw, endpoint, seen)

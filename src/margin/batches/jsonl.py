@@ -205,26 +205,31 @@ def _line(number: int, raw: bytes, endpoint: str, seen: dict[str, int]) -> Line 
     return Line(number, custom_id, request.model, stored)
 
 
-def validate(content: bytes, endpoint: str, known: Callable[[str], bool]) -> tuple[list[Line], list[LineError]]:
+def validate(
+    content: bytes, endpoint: str, served_as: Callable[[str], str | None]
+) -> tuple[list[Line], list[LineError]]:
     """Every non-blank line as a runnable line or an error; all lines of a job must name one model (the
-    first valid line's), as OpenAI requires."""
+    first valid line's), as OpenAI requires. `served_as` names the model a name is served as (an alias: the
+    model it stands for), None for an unknown name: lines naming one model by its aliases are one model."""
     lines: list[Line] = []
     errors: list[LineError] = []
     seen: dict[str, int] = {}
-    model: str | None = None
+    model: str | None = None  # as the first valid line names it
+    served: str | None = None  # the model that name is served as
     for number, text in enumerate(content.split(b"\n"), start=1):
         # the UTF-8 byte-order mark some editors write first (it made line 1 an `invalid_json` error)
         raw = text.removeprefix(codecs.BOM_UTF8) if number == 1 else text
         if not raw.strip():
             continue
         result = _line(number, raw, endpoint, seen)
-        if isinstance(result, Line) and not known(result.model):
+        name = served_as(result.model) if isinstance(result, Line) else None
+        if isinstance(result, Line) and name is None:
             result = LineError(number, result.custom_id, "model_not_found", f"unknown model {result.model!r}", "model")
-        elif isinstance(result, Line) and model is not None and result.model != model:
+        elif isinstance(result, Line) and served is not None and name != served:
             message = f"every line of a job names one model; this one names {result.model!r}, not {model!r}"
             result = LineError(number, result.custom_id, "model_mismatch", message, "model")
         if isinstance(result, Line):
-            model = model or result.model
+            model, served = model or result.model, served or name
             lines.append(result)
         else:
             errors.append(result)

@@ -213,9 +213,11 @@ async def test_an_upload_is_sent_back_whole_in_parts(db_path: Path) -> None:
 
 async def test_a_file_saved_with_a_byte_order_mark_runs_its_first_line(db_path: Path) -> None:
     """Windows editors (Notepad, PowerShell's `Out-File -Encoding utf8`) write a UTF-8 byte-order mark first
-    and end lines with CRLF: line 1 was an `invalid_json` error entry ("BOM is not supported") and never ran.
-    The upload is kept and sent back as sent, mark included; a file of the mark alone is empty."""
-    content = b"\xef\xbb\xbf" + jsonl(line("first"), line("second")).replace(b"\n", b"\r\n")
+    and end lines with CRLF, and `cat` of two such files puts a mark inside: each such line was an
+    `invalid_json` error entry ("BOM is not supported") and never ran. The upload is kept and sent back as
+    sent, marks included; a file of the mark alone is empty."""
+    one = b"\xef\xbb\xbf" + jsonl(line("first")).replace(b"\n", b"\r\n")
+    content = one + b"\xef\xbb\xbf" + jsonl(line("second")).replace(b"\n", b"\r\n")
     async with gateway(batch_settings(db_path)) as gw:
         client = sdk(gw)
         upload = await client.files.create(file=("windows.jsonl", content), purpose="batch")

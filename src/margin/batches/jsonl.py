@@ -5,7 +5,7 @@ An upload is refused whole only for what makes it no batch file at all: larger t
 both checked before any line is parsed), not UTF-8, or empty. Everything else is judged per line when a job
 is created from the file: a bad line becomes an entry of the job's `errors` and of its error file, the good
 lines run, and every non-blank input line ends in exactly one of the two output files. A UTF-8 byte-order mark
-before the first line is not part of it.
+at the start of a line is not part of it.
 """
 
 from __future__ import annotations
@@ -217,8 +217,9 @@ def validate(
     model: str | None = None  # as the first valid line names it
     served: str | None = None  # the model that name is served as
     for number, text in enumerate(content.split(b"\n"), start=1):
-        # the UTF-8 byte-order mark some editors write first (it made line 1 an `invalid_json` error)
-        raw = text.removeprefix(codecs.BOM_UTF8) if number == 1 else text
+        # the UTF-8 byte-order mark some editors write first, a line's first after `cat a.jsonl b.jsonl` (it
+        # made the line an `invalid_json` error); no JSON starts with it, so no valid line changes
+        raw = text.removeprefix(codecs.BOM_UTF8)
         if not raw.strip():
             continue
         result = _line(number, raw, endpoint, seen)

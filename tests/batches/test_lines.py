@@ -33,7 +33,7 @@ MALFORMED = jsonl(
 
 
 def test_validation_sorts_every_line() -> None:
-    lines, errors = validate(MALFORMED, "/v1/chat/completions", lambda m: m in {"fake-chat", "priced"})
+    lines, errors = validate(MALFORMED, "/v1/chat/completions", lambda m: m if m in {"fake-chat", "priced"} else None)
     assert [(x.line, x.custom_id) for x in lines] == [(1, "ok-1"), (13, "ok-2")]
     assert [(e.line, e.code) for e in errors] == [
         (2, "invalid_json"),
@@ -176,7 +176,7 @@ def test_a_body_nested_past_what_can_be_stored_is_a_line_error() -> None:
     """300 levels parse (orjson's limit is 1,024) but orjson writes at most 254: the line used to raise out of
     the validation, which then started over every poll, forever, and the job never left `validating`. Now it
     is refused past 128 levels, as the API's edge refuses such a body."""
-    lines, errors = validate(jsonl(line("ok"), DEEP), "/v1/chat/completions", lambda m: True)
+    lines, errors = validate(jsonl(line("ok"), DEEP), "/v1/chat/completions", lambda m: m)
     assert [x.custom_id for x in lines] == ["ok"]
     assert [(e.line, e.custom_id, e.code) for e in errors] == [(2, "deep", "invalid_body")]
 
@@ -209,3 +209,49 @@ async def test_an_upload_is_sent_back_whole_in_parts(db_path: Path) -> None:
         async with gw.http.stream("GET", f"/v1/files/{upload.id}/content") as reply:
             parts = [part async for part in reply.aiter_raw()]
         assert b"".join(parts) == content and reply.headers["content-length"] == str(len(content))
+
+
+async def test_a_file_saved_with_a_byte_order_mark_runs_its_first_line(db_path: Path) -> None:
+    """Windows editors (Notepad, PowerShell's `Out-File -Encoding utf8`) write a UTF-8 byte-order mark first
+    and end lines with CRLF, and `cat` of two such files puts a mark inside: each such line was an
+    `invalid_json` error entry ("BOM is not supported") and never ran. The upload is kept and sent back as
+    sent, marks included; a file of the mark alone is empty."""
+    one = b"\xef\xbb\xbf" + jsonl(line("first")).replace(b"\n", b"\r\n")
+    content = one + b"\xef\xbb\xbf" + jsonl(line("second")).replace(b"\n", b"\r\n")
+    async with gateway(batch_settings(db_path)) as gw:
+        client = sdk(gw)
+        upload = await client.files.create(file=("windows.jsonl", content), purpose="batch")
+        assert (await client.files.content(upload.id)).content == content
+        batch = await client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        done = await wait_final(client, batch.id)
+        assert done.status == "completed" and done.errors is None and done.error_file_id is None
+        assert done.request_counts is not None and (done.request_counts.total, done.request_counts.completed) == (2, 2)
+        assert done.output_file_id is not None
+        output = entries((await client.files.content(done.output_file_id)).content)
+        assert [(e["custom_id"], e["response"]["status_code"]) for e in output] == [("first", 200), ("second", 200)]
+        rows = [r for r in await gw.rows() if r.batch_id == batch.id]
+        assert sorted(r.request_id for r in rows) == sorted(e["response"]["request_id"] for e in output)
+        empty = await gw.http.post(
+            "/v1/files", files={"file": ("bom.jsonl", b"\xef\xbb\xbf\r\n")}, data={"purpose": "batch"}
+        )
+        assert empty.status_code == 400 and empty.json()["error"]["code"] == "empty_file"
+
+
+async def test_lines_naming_one_model_by_its_aliases_are_one_model(db_path: Path) -> None:
+    """`fc` is an alias of `fake-chat` (one model, one deployment): a job whose lines use both names ran only
+    the first name's lines, the others were `model_mismatch` errors. A name of another model still is."""
+    content = jsonl(line("alias", model="fc"), line("name", model="fake-chat"), line("other", model="priced"))
+    async with gateway(batch_settings(db_path)) as gw:
+        client = sdk(gw)
+        done = await run_job(client, content)
+        assert done.status == "completed" and done.request_counts is not None
+        assert (done.request_counts.completed, done.request_counts.failed) == (2, 1)
+        assert done.output_file_id is not None and done.error_file_id is not None
+        output = entries((await client.files.content(done.output_file_id)).content)
+        assert [(e["custom_id"], e["response"]["status_code"]) for e in output] == [("alias", 200), ("name", 200)]
+        (refused,) = entries((await client.files.content(done.error_file_id)).content)
+        assert (refused["custom_id"], refused["error"]["code"]) == ("other", "model_mismatch")
+        rows = [r for r in await gw.rows() if r.batch_id == done.id]
+        assert sorted(r.model for r in rows) == ["fake-chat", "fake-chat"]

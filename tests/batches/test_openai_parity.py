@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import sqlalchemy as sa
@@ -117,3 +118,17 @@ async def test_a_job_on_a_file_that_is_not_an_upload_is_a_400_naming_its_purpose
     assert isinstance(error, dict)
     assert (error["param"], error["code"]) == ("input_file_id", "invalid_file_purpose")
     assert "batch_output" in error["message"]
+
+
+async def test_an_upload_that_is_not_multipart_is_told_to_send_multipart(served: Served) -> None:
+    """A form post or a bare body to /v1/files is a 415 that says what an upload needs (it said
+    `POST needs Content-Type: application/json`, which /v1/files never takes); other POSTs are unchanged."""
+    url = str(served.client.base_url).rstrip("/")
+    async with httpx.AsyncClient() as http:
+        form = await http.post(f"{url}/files", data={"purpose": "batch"})
+        bare = await http.post(f"{url}/files", content=jsonl(line("a")))
+        for refused in (form, bare):
+            assert refused.status_code == 415, refused.text
+            assert "multipart/form-data" in refused.json()["error"]["message"]
+        chat = await http.post(f"{url}/chat/completions", content=b"{}", headers={"content-type": "text/plain"})
+        assert chat.status_code == 415 and "application/json" in chat.json()["error"]["message"]

@@ -30,6 +30,7 @@ from margin.errors import InvalidRequest, MarginError, PayloadTooLarge, Permissi
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 FORM_PATHS = frozenset({"/dashboard/login", "/dashboard/logout"})  # HTML forms; same-origin checked there
 MULTIPART_PATHS = frozenset({"/v1/files"})  # file uploads (multipart/form-data), as the OpenAI SDK sends them
+UPLOAD_MEDIA_TYPE = "an upload needs `Content-Type: multipart/form-data`: the file in a `file` field, `purpose=batch`"
 
 
 def host_name(host: str) -> str:
@@ -87,8 +88,8 @@ def refusal(scope: Scope, open_mode: bool) -> MarginError | None:
             code="cross_origin",
         )
     if needs_json and not is_json(content_type):
-        if scope["path"] in MULTIPART_PATHS and scope["method"] == "POST" and is_multipart(content_type):
-            return None
+        if scope["path"] in MULTIPART_PATHS and scope["method"] == "POST":  # it told an upload to send JSON
+            return None if is_multipart(content_type) else UnsupportedMediaType(UPLOAD_MEDIA_TYPE)
         return UnsupportedMediaType(f"{scope['method']} needs `Content-Type: application/json`")
     return None
 

@@ -4,11 +4,13 @@ An upload is refused whole only for what makes it no batch file at all: larger t
 (413, counted as the bytes arrive), more than `max_lines` lines or a line longer than `max_line_bytes` (400;
 both checked before any line is parsed), not UTF-8, or empty. Everything else is judged per line when a job
 is created from the file: a bad line becomes an entry of the job's `errors` and of its error file, the good
-lines run, and every non-blank input line ends in exactly one of the two output files.
+lines run, and every non-blank input line ends in exactly one of the two output files. A UTF-8 byte-order mark
+at the start of a line is not part of it.
 """
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
@@ -68,7 +70,7 @@ def count_lines(content: bytes) -> int:
 
 def check_content(content: bytes, limits: BatchConfig) -> int:
     """The number of lines, after the limits that make a file no batch file at all."""
-    if not content.strip():
+    if not content.strip() or (content.startswith(codecs.BOM_UTF8) and not content[len(codecs.BOM_UTF8) :].strip()):
         raise InvalidRequest("the file is empty", param="file", code="empty_file")
     lines = count_lines(content)  # one pass in C, before anything is split
     if lines > limits.max_lines:
@@ -203,24 +205,32 @@ def _line(number: int, raw: bytes, endpoint: str, seen: dict[str, int]) -> Line 
     return Line(number, custom_id, request.model, stored)
 
 
-def validate(content: bytes, endpoint: str, known: Callable[[str], bool]) -> tuple[list[Line], list[LineError]]:
+def validate(
+    content: bytes, endpoint: str, served_as: Callable[[str], str | None]
+) -> tuple[list[Line], list[LineError]]:
     """Every non-blank line as a runnable line or an error; all lines of a job must name one model (the
-    first valid line's), as OpenAI requires."""
+    first valid line's), as OpenAI requires. `served_as` names the model a name is served as (an alias: the
+    model it stands for), None for an unknown name: lines naming one model by its aliases are one model."""
     lines: list[Line] = []
     errors: list[LineError] = []
     seen: dict[str, int] = {}
-    model: str | None = None
-    for number, raw in enumerate(content.split(b"\n"), start=1):
+    model: str | None = None  # as the first valid line names it
+    served: str | None = None  # the model that name is served as
+    for number, text in enumerate(content.split(b"\n"), start=1):
+        # the UTF-8 byte-order mark some editors write first, a line's first after `cat a.jsonl b.jsonl` (it
+        # made the line an `invalid_json` error); no JSON starts with it, so no valid line changes
+        raw = text.removeprefix(codecs.BOM_UTF8)
         if not raw.strip():
             continue
         result = _line(number, raw, endpoint, seen)
-        if isinstance(result, Line) and not known(result.model):
+        name = served_as(result.model) if isinstance(result, Line) else None
+        if isinstance(result, Line) and name is None:
             result = LineError(number, result.custom_id, "model_not_found", f"unknown model {result.model!r}", "model")
-        elif isinstance(result, Line) and model is not None and result.model != model:
+        elif isinstance(result, Line) and served is not None and name != served:
             message = f"every line of a job names one model; this one names {result.model!r}, not {model!r}"
             result = LineError(number, result.custom_id, "model_mismatch", message, "model")
         if isinstance(result, Line):
-            model = model or result.model
+            model, served = model or result.model, served or name
             lines.append(result)
         else:
             errors.append(result)

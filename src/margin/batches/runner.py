@@ -158,8 +158,12 @@ class BatchRunner:
         policy = self.policy(principal, tags)
         return None if policy.jurisdictions is None else list(policy.jurisdictions)
 
-    def known(self, model: str) -> bool:
-        return model in self.services.targets or model in self.services.settings.routes
+    def served_as(self, model: str) -> str | None:
+        """The model a line's name is served as (an alias: its model; a route: the route), None if unknown."""
+        target = self.services.targets.get(model)
+        if target is not None:
+            return str(target.public)
+        return model if model in self.services.settings.routes else None
 
     async def _validate(self, batch: Any) -> None:
         engine, now = self.services.engine, self.clock()
@@ -169,7 +173,7 @@ class BatchRunner:
             await progress.input_missing(engine, batch.id, now)
             return
         # up to batches.max_lines schema checks: off the event loop, which keeps serving live traffic
-        lines, errors = await self.services.read(validate, content, batch.endpoint, self.known)
+        lines, errors = await self.services.read(validate, content, batch.endpoint, self.served_as)
         plan = None
         principal = await self.principal(batch)
         if lines and principal is not None:

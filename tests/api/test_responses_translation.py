@@ -16,6 +16,8 @@ from margin.api.responses import ResponsesClient
 from margin.api.responses_out import StreamEvents, from_chat, skeleton, usage_of
 from margin.errors import BackendError, InvalidRequest, MarginError
 from margin.pipeline.stream import DONE, sse
+from margin.pipeline.values import Record
+from margin.protocol import Endpoint
 from margin.responses import chat_data, parse, parse_responses
 
 
@@ -285,11 +287,15 @@ class Inner:
         self.ended = True
 
 
+def _record(request_id: str) -> Record:
+    return Record(request_id, Endpoint.CHAT, BODY.model, BODY.stream)
+
+
 def test_an_error_once_streaming_is_an_error_event_then_response_failed() -> None:
     """As the chat path sends its SSE error event (`Delivery.run`), then the flow's closing comment: no
     `response.completed` after it, no `[DONE]`, the cost comment kept."""
     inner = Inner()
-    client = ResponsesClient(inner, BODY, "1")  # type: ignore[arg-type]
+    client = ResponsesClient(inner, BODY, _record("1"))  # type: ignore[arg-type]
     failure = BackendError("the upstream broke", code="upstream_error")
 
     async def run() -> None:
@@ -310,7 +316,7 @@ def test_an_error_once_streaming_is_an_error_event_then_response_failed() -> Non
 
 def test_a_refusal_before_the_stream_is_the_chat_path_s_and_a_json_answer_is_translated() -> None:
     inner = Inner()
-    client = ResponsesClient(inner, BODY, "7")  # type: ignore[arg-type]
+    client = ResponsesClient(inner, BODY, _record("7"))  # type: ignore[arg-type]
     asyncio.run(client.refuse(BackendError("down"), {}))
     assert inner.answered == b"refused"
     asyncio.run(client.answer(orjson.dumps(_answer({"content": "hi"})), {}))

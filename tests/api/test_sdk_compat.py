@@ -143,6 +143,26 @@ def test_a_message_from_an_upstream_that_reports_no_usage_has_the_usage_the_row_
 
 
 @pytest.mark.parametrize("stream", [False, True])
+def test_a_response_from_an_upstream_that_reports_no_usage_has_the_usage_the_row_holds(
+    live: Live, stream: bool
+) -> None:
+    """The Responses API's Response has usage, as its stream's `response.completed` already did: where the upstream
+    reported none, what the request was metered at (the row's, counted). Before: a whole Response said
+    `usage: null` while its row billed the counted tokens."""
+    for model in ("nousage", "reasoning"):
+        if stream:
+            with live.client.responses.stream(model=model, input="hi there") as events:
+                response = events.get_final_response()
+        else:
+            response = live.client.responses.create(model=model, input="hi there")  # type: ignore[assignment]
+        assert live.upstream.bodies[-1]["model"] == model
+        row = live.row(response.id.removeprefix("resp_"))
+        assert row.usage_source == "estimated" and row.output_tokens > 0
+        assert response.usage is not None
+        assert (response.usage.input_tokens, response.usage.output_tokens) == (row.input_tokens, row.output_tokens)
+
+
+@pytest.mark.parametrize("stream", [False, True])
 def test_a_deterministic_request_the_cache_cannot_replay_is_answered_by_the_upstream(live: Live, stream: bool) -> None:
     """The exact cache is on by default for temperature 0, and replays one choice of text. The second of two
     identical requests for `n: 2` got one choice holding both texts run together; with `logprobs`, no

@@ -38,19 +38,17 @@ class ResponsesClient(TranslatingClient):
     `response.in_progress`; an error once streaming is `error`, then `response.failed`). With a `keeper`, the
     Response is stored before it is answered (before a stream's last events)."""
 
-    __slots__ = ("body", "keeper", "request_id")
+    __slots__ = ("body", "keeper", "record", "request_id")
 
-    def __init__(
-        self, inner: AsgiClient, body: ResponsesRequest, request_id: str, keeper: Keeper | None = None
-    ) -> None:
+    def __init__(self, inner: AsgiClient, body: ResponsesRequest, record: Record, keeper: Keeper | None = None) -> None:
         super().__init__(inner)
-        self.body, self.request_id, self.keeper = body, request_id, keeper
+        self.body, self.record, self.request_id, self.keeper = body, record, record.request_id, keeper
 
     def _skeleton(self) -> dict[str, Any]:
         return skeleton(self.body, f"resp_{self.request_id}", self.keeper is not None)
 
     def whole(self, chat: Any) -> dict[str, Any]:
-        return from_chat(chat, self._skeleton(), self.request_id)
+        return from_chat(chat, self._skeleton(), self.request_id, self.record.usage)  # the row's, if the chat has none
 
     def new_events(self) -> StreamEvents:
         return StreamEvents(self._skeleton(), self.request_id)
@@ -83,7 +81,7 @@ async def responses(request: HttpRequest) -> Response | ASGIApp:
         user=body.user, batch=batch,
     )  # fmt: skip
     args = (request_id, Endpoint.CHAT, headers, chat_json, chat, principal, record, started)
-    return Run(services.flow, services.stalls, args, lambda inner: ResponsesClient(inner, body, request_id, keeper))
+    return Run(services.flow, services.stalls, args, lambda inner: ResponsesClient(inner, body, record, keeper))
 
 
 async def input_tokens(request: HttpRequest) -> Response:

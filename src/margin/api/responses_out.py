@@ -13,7 +13,7 @@ import orjson
 from margin.responses import ResponsesRequest
 from margin.responses_reasoning import ReasoningEvents, output_items
 from margin.responses_reasoning import copy_item as _copy
-from margin.types import choices_of
+from margin.types import Usage, choices_of
 
 # a chat's finish_reason that ends a response early: OpenAI's `incomplete_details.reason`
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -136,9 +136,10 @@ def _logprobs(choice: dict[str, Any]) -> list[Any]:
     return content if isinstance(content, list) else []
 
 
-def from_chat(chat: Any, response: dict[str, Any], ids: str) -> dict[str, Any]:
+def from_chat(chat: Any, response: dict[str, Any], ids: str, metered: Usage | None = None) -> dict[str, Any]:
     """A whole chat completion as the Response (`response`: its skeleton, whose `reasoning.summary` asks for
-    summaries; `ids`: the suffix of item ids)."""
+    summaries; `ids`: the suffix of item ids; `metered`: the usage the request was metered at, the
+    Response's when the chat has none)."""
     chat = chat if isinstance(chat, dict) else {}
     choices = choices_of(chat)
     choice = choices[0] if choices and isinstance(choices[0], dict) else {}
@@ -159,7 +160,8 @@ def from_chat(chat: Any, response: dict[str, Any], ids: str) -> dict[str, Any]:
     if not any(item["type"] != "reasoning" for item in output):
         output.append(message_item(f"msg_{ids}", "", [], None, status))
     response["output"] = output
-    response["usage"] = usage_of(chat.get("usage"))
+    usage = chat.get("usage")  # `metered`: the row's usage, where the upstream reported none (counted, estimated)
+    response["usage"] = usage_of(metered.to_openai() if metered is not None and not isinstance(usage, dict) else usage)
     return response
 
 

@@ -114,3 +114,37 @@ async def test_a_flag_argument_its_action_does_not_use_is_refused_but_an_old_one
         assert refused.status_code == 400 and "disable does not use `model`" in refused.json()["error"]["message"]
         new = {"name": "new", "target": {"kind": "global"}, "action": "force_model", "model": "priced"}
         assert (await gw.http.put("/admin/flags", json=new, headers=bearer(admin))).status_code == 200
+
+
+async def test_a_rule_that_could_apply_to_nothing_or_break_every_request_is_refused(db_path: Path) -> None:
+    """A `force_model` flag naming a model the gateway lacks was stored (200), and every request it covered was a
+    404 for a model its client never asked for; a scope value that is empty or holds control characters (no key,
+    team, tag or `user` can) was stored and silently governed nothing. Now 400 naming it, nothing stored, a
+    `failed` audit row; an alias is a model's name for `force_model`, as for a request."""
+    _, admin = make_key(db_path, name="root", is_admin=True)
+    routes = {"cheap": {"policy": "lowest-cost", "ladder": ["priced", "fake-chat"]}}
+    async with gateway(fake_settings(db_path, routes=routes)) as gw:
+        force = {"name": "to", "target": {"kind": "global"}, "action": "force_model"}
+        for model in ("nope", "cheap"):  # not a model; a routed name (the flag resolves models, not routes)
+            refused = await gw.http.put("/admin/flags", json={**force, "model": model}, headers=bearer(admin))
+            error = refused.json()["error"]
+            assert refused.status_code == 400 and error["param"] == "model" and f"`{model}`" in error["message"]
+        budget = {"name": "b", "usd": "1"}
+        for scope in (
+            {"kind": "team", "value": "a\u0000b"},
+            {"kind": "key", "value": ""},
+            {"kind": "user", "value": "al\nice"},
+            {"kind": "team", "value": "t", "org": "a\u007f"},
+        ):
+            refused = await gw.http.put("/admin/budgets", json={**budget, "scope": scope}, headers=bearer(admin))
+            assert refused.status_code == 400 and "control characters" in refused.json()["error"]["message"], scope
+        assert (await gw.http.get("/admin/flags", headers=bearer(admin))).json()["data"] == []
+        assert (await gw.http.get("/admin/budgets", headers=bearer(admin))).json()["data"] == []
+        audit = (await gw.http.get("/admin/audit", headers=bearer(admin))).json()["data"]
+        assert [row["outcome"] for row in audit] == ["failed"] * 6
+        chat = await gw.http.post(CHAT, json=BODY, headers=bearer(admin))
+        assert chat.status_code == 200 and chat.json()["model"] == "priced"
+        alias = await gw.http.put("/admin/flags", json={**force, "model": "fc"}, headers=bearer(admin))
+        assert alias.status_code == 200
+        forced = await gw.http.post(CHAT, json=BODY, headers=bearer(admin))
+        assert forced.status_code == 200 and forced.json()["model"] == "fake-chat"

@@ -202,7 +202,8 @@ async def list_rules(request: Request, _: Principal) -> Any:
 async def put_rule(request: Request, principal: Principal) -> Any:
     services, kind = request.app.state.services, _kind(request)
     data = await read_json(request)
-    spec = await services.read(save_rule, services.sync_engine(), kind, data, audit_api.origin(request, principal))
+    origin = audit_api.origin(request, principal)
+    spec = await services.read(save_rule, services.sync_engine(), kind, data, origin, services.settings)
     await services.governance.refresh()
     return spec.model_dump(mode="json")
 

@@ -148,3 +148,27 @@ async def test_a_rule_that_could_apply_to_nothing_or_break_every_request_is_refu
         assert alias.status_code == 200
         forced = await gw.http.post(CHAT, json=BODY, headers=bearer(admin))
         assert forced.status_code == 200 and forced.json()["model"] == "fake-chat"
+
+
+async def test_usage_reads_refuse_a_parameter_they_do_not_read(db_path: Path) -> None:
+    """`?sinse=7d` (a typo) answered all time, `?cursor=` (these reads do not page) was ignored and `?by=model&by=team`
+    grouped by the last: each a 400 naming the parameter now, on both usage reads (as `/admin/audit` did); a bad
+    `since` or `until` names which one it was."""
+    _, admin = make_key(db_path, name="root", is_admin=True)
+    _, user = make_key(db_path, name="u", team="search")
+    async with gateway(fake_settings(db_path)) as gw:
+        for path, key in (("/admin/usage", admin), ("/v1/margin/usage", user)):
+            for query, param in (
+                ("sinse=7d", "sinse"),
+                ("cursor=abc", "cursor"),
+                ("by=model&by=team", "by"),
+                ("since=-1d", "since"),
+                ("since=7d&until=nope", "until"),
+            ):
+                refused = await gw.http.get(f"{path}?{query}", headers=bearer(key))
+                assert refused.status_code == 400, (path, query, refused.text)
+                assert refused.json()["error"]["param"] == param, (path, query, refused.text)
+            assert (await gw.http.get(f"{path}?since=7d&by=model&limit=5", headers=bearer(key))).status_code == 200
+        assert (await gw.http.get("/v1/margin/usage?user=alice", headers=bearer(user))).status_code == 200
+        assert (await gw.http.get("/admin/usage?user=alice", headers=bearer(admin))).json()["error"]["param"] == "user"
+        assert (await gw.http.get("/admin/audit?limit=5&limit=6", headers=bearer(admin))).status_code == 400

@@ -136,3 +136,14 @@ def parse_json(body: bytes) -> Any:
 async def read_json(request: Request) -> Any:
     """The body of an API request as JSON, bounded by `server.max_body_bytes`."""
     return parse_json(await read_body(request, request.app.state.services.settings.server.max_body_bytes))
+
+
+def known_query(params: Any, allowed: frozenset[str]) -> None:
+    """A read's query string holds only the parameters it reads, each once (400 naming the first that is not):
+    a misspelt filter (`?sinse=7d`) or a second value (`?by=model&by=team`) was ignored, and the answer covered
+    more, or other, than asked."""
+    for name in params:
+        if name not in allowed:
+            raise InvalidRequest(f"unknown query parameter {name[:40]!r}", param=name[:40])
+        if len(params.getlist(name)) > 1:
+            raise InvalidRequest(f"{name}: given more than once", param=name)

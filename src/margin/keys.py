@@ -81,8 +81,8 @@ class KeyRecord:
             row.name,
             row.team,
             dict(row.tags or {}),
-            row.created_at,
-            row.revoked_at,
+            _aware(row.created_at),  # every time shown with its zone (on SQLite these two had none)
+            _aware(row.revoked_at),
             row.org,
             bool(row.is_admin),
             dict(row.policy) if row.policy else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -172,3 +173,15 @@ async def test_usage_reads_refuse_a_parameter_they_do_not_read(db_path: Path) ->
         assert (await gw.http.get("/v1/margin/usage?user=alice", headers=bearer(user))).status_code == 200
         assert (await gw.http.get("/admin/usage?user=alice", headers=bearer(admin))).json()["error"]["param"] == "user"
         assert (await gw.http.get("/admin/audit?limit=5&limit=6", headers=bearer(admin))).status_code == 400
+
+
+async def test_key_times_are_listed_with_their_zone(db_path: Path) -> None:
+    """On SQLite, `GET /admin/keys` showed `created_at` and `revoked_at` without a zone (`2026-12-07T02:46:52`,
+    which JavaScript's Date reads as local time) beside `expires_at` with one: every time is UTC with `+00:00`."""
+    _, admin = make_key(db_path, name="root", is_admin=True)
+    old_id, _ = make_key(db_path, name="old")
+    async with gateway(fake_settings(db_path)) as gw:
+        assert (await gw.http.delete(f"/admin/keys/{old_id}", headers=bearer(admin))).status_code == 200
+        listed = (await gw.http.get("/admin/keys", headers=bearer(admin))).json()["data"]
+        times = [key[field] for key in listed for field in ("created_at", "revoked_at") if key[field]]
+        assert len(times) == 3 and all(datetime.fromisoformat(t).utcoffset() == timedelta(0) for t in times), times

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -185,3 +186,23 @@ async def test_key_times_are_listed_with_their_zone(db_path: Path) -> None:
         listed = (await gw.http.get("/admin/keys", headers=bearer(admin))).json()["data"]
         times = [key[field] for key in listed for field in ("created_at", "revoked_at") if key[field]]
         assert len(times) == 3 and all(datetime.fromisoformat(t).utcoffset() == timedelta(0) for t in times), times
+
+
+async def test_two_admins_revoking_each_other_at_once_leave_one(tmp_path: Path) -> None:
+    """On SQLite the last-admin rule read the admin keys before either revocation wrote (its FOR UPDATE is
+    PostgreSQL's): two admins revoking each other at once were both answered 200 and the gateway had no admin key
+    left. The revocations now take turns: one is revoked, the other is refused 409 `last_admin_key`."""
+    for round_ in range(4):
+        db_path = tmp_path / f"round-{round_}.db"
+        first, first_key = make_key(db_path, name="a", is_admin=True)
+        second, second_key = make_key(db_path, name="b", is_admin=True)
+        async with gateway(fake_settings(db_path)) as gw:
+            answers = await asyncio.gather(
+                gw.http.delete(f"/admin/keys/{second}", headers=bearer(first_key)),
+                gw.http.delete(f"/admin/keys/{first}", headers=bearer(second_key)),
+            )
+            assert sorted(answer.status_code for answer in answers) == [200, 409], [a.text for a in answers]
+            refused = next(answer for answer in answers if answer.status_code == 409)
+            assert refused.json()["error"]["code"] == "last_admin_key"
+            still = [(await gw.http.get("/admin/keys", headers=bearer(k))).status_code for k in (first_key, second_key)]
+            assert sorted(still) == [200, 401], still

@@ -28,6 +28,11 @@ def test_default_config_runs_the_local_model() -> None:
         ({"backends": {"b": {"kind": "fake"}}, "models": {"m": {"backend": "b", "aliases": ["m"]}}}, "used by both"),
         ({"backends": {"b": {"kind": "fake", "region": "mars"}}}, "region 'mars'"),
         ({"server": {"port": "eighty"}}, "server.port"),
+        (  # every request the flag covered was a 404 naming a model the client never asked for
+            {"flags": [{"name": "typo", "target": {"kind": "global"}, "action": "force_model", "model": "locl"}]},
+            "flag 'typo': force_model's model `locl`",
+        ),
+        ({"budgets": [{"name": "b", "scope": {"kind": "team", "value": "a\tb"}, "usd": 1}]}, "control characters"),
     ],
 )
 def test_bad_config_is_rejected_with_a_clear_message(data: dict[str, object], fragment: str) -> None:
@@ -46,6 +51,13 @@ def test_yaml_file_env_expansion_and_errors(tmp_path: Path, monkeypatch: pytest.
         load_settings(path)
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings(tmp_path / "absent.yaml")
+
+
+def test_a_force_model_flag_may_name_a_model_or_an_alias() -> None:
+    flag = {"name": "f", "target": {"kind": "global"}, "action": "force_model"}
+    served = {"backends": {"b": {"kind": "fake"}}, "models": {"m": {"backend": "b", "aliases": ["alias"]}}}
+    for model in ("m", "alias"):  # its public name, its alias
+        assert parse_settings({**served, "flags": [{**flag, "model": model}]}).flags[0].model == model
 
 
 def test_hash_changes_with_settings() -> None:

@@ -402,7 +402,15 @@ class Settings(Strict):
             if backend.region != "default" and backend.region not in self.regions:
                 raise ValueError(f"backend {name!r} names region {backend.region!r} not in `regions`")
         self._check_policy_models()
+        self._check_flag_models()
         return self
+
+    def _check_flag_models(self) -> None:
+        """A `force_model` flag naming no model would answer every request it covers with a 404: refused at start."""
+        for flag in self.flags:
+            unserved = flag.action == "force_model" and flag.model and self.unserved_model_message(flag.model)
+            if unserved:
+                raise ValueError(f"flag {flag.name!r}: {unserved}")
 
     def _check_policy_models(self) -> None:
         """A typo in a policy's `models` would allow nothing (or, dropped, everything): refused at start."""
@@ -418,6 +426,14 @@ class Settings(Strict):
     def unknown_models(self, names: Iterable[str]) -> list[str]:
         """The names that are neither a model's public name (`models:`) nor a routed name (`routes:`)."""
         return [name for name in names if name not in self.models and name not in self.routes]
+
+    def unserved_model_message(self, name: str) -> str | None:
+        """Why a `force_model` flag cannot send requests to `name` (None: it can): the model it names answers only
+        as a model's public name or alias (`models:`), not a routed name, or every request it covers is a 404."""
+        if any(name == public or name in model.aliases for public, model in self.models.items()):
+            return None
+        routed = " (a routed name: name one of its models)" if name in self.routes else ""
+        return f"force_model's model `{name}`{routed} is not a model (`models:`) or alias of this gateway"
 
     def region(self, name: str) -> RegionConfig:
         return self.regions.get(name, DEFAULT_REGION)

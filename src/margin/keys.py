@@ -81,8 +81,8 @@ class KeyRecord:
             row.name,
             row.team,
             dict(row.tags or {}),
-            row.created_at,
-            row.revoked_at,
+            _aware(row.created_at),  # every time shown with its zone (on SQLite these two had none)
+            _aware(row.revoked_at),
             row.org,
             bool(row.is_admin),
             dict(row.policy) if row.policy else None,
@@ -248,6 +248,9 @@ def revoke_key(engine: sa.Engine, key_id: str, origin: audit.Origin | None = Non
     key does not count as active (it administers nothing)."""
     now = datetime.now(UTC)
     with engine.begin() as connection:
+        # two revocations take turns before either reads the admins: FOR UPDATE below does this on PostgreSQL only,
+        # and on SQLite two admins revoking each other at once both succeeded, leaving no admin key
+        audit.hold(connection)
         unexpired = sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > now)
         admins = connection.execute(
             sa.select(api_keys.c.id)

@@ -3,6 +3,7 @@ and the CLI alike (unknown keys rejected everywhere)."""
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -43,6 +44,7 @@ class Spec(BaseModel):
 ORG_QUALIFIED: tuple[ScopeKind, ...] = ("team", "tag", "user")  # names that two orgs may both use
 EACH = "*"  # a scope value (`user=*`) or tag value (`tag=customer=*`) meaning "each value, separately"
 MAX_USER = 256  # the OpenAI `user` field's bound (margin.protocol.UserId)
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # what no key's name, team, org or tag may hold (margin.keys.Label)
 
 
 class Scope(Spec):
@@ -71,6 +73,9 @@ class Scope(Spec):
             raise ValueError(f"a user scope is user=* (each end user) or one `user` value (1-{MAX_USER} characters)")
         if info.context and info.context.get("stored"):  # one stored before the checks below still loads
             return self
+        if any(text is not None and (not text or CONTROL.search(text)) for text in (self.value, self.org)):
+            # no key, team, org, tag, model or `user` holds one: a rule on it would apply to nothing, silently
+            raise ValueError("a scope's value and org are not empty and hold no control characters")
         if self.kind == "tag" and (self.value or "").partition("=")[0] in ("", EACH):
             raise ValueError("a tag scope names its tag: key=value or key=* (e.g. customer=*)")
         if self.value is not None and EACH in self.value and not self.per_value:

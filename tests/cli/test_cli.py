@@ -240,6 +240,25 @@ def test_flags_set_refuses_an_argument_its_action_does_not_use(tmp_path: Path) -
     assert ok.exit_code == 0, ok.output
 
 
+def test_rules_set_refuses_a_zero_or_a_model_the_gateway_lacks_instead_of_dropping_it(tmp_path: Path) -> None:
+    """`--rpm 0` and `--tokens 0` were dropped without a word (`limits set --rpm 0 --tpm 100` stored a tpm-only
+    limit, `budgets set --tokens 0 --usd 5` a USD budget, exit 0); `flags set --action force_model --model X` with
+    no model X was stored, and every request it covered was a 404 for X. All refused (exit 2), nothing stored."""
+    db = str(tmp_path / "z.db")
+    for command, word in (
+        (["limits", "set", "--scope", "team=a", "--rpm", "0", "--tpm", "100"], "rpm"),
+        (["budgets", "set", "b", "--scope", "team=a", "--tokens", "0", "--usd", "5"], "tokens"),
+        (["flags", "set", "f", "--target", "global", "--action", "force_model", "--model", "nope"], "`nope`"),
+        (["budgets", "set", "b", "--scope", "team=a\tb", "--usd", "5"], "control characters"),
+    ):
+        refused = runner.invoke(app, [*command, "--db", db])
+        assert refused.exit_code == 2 and word in refused.output.replace("\n", ""), (command, refused.output)
+    for kind in ("limits", "budgets", "flags"):
+        assert json.loads(runner.invoke(app, [kind, "list", "--db", db, "--json"]).output) == []
+    forced = ["flags", "set", "f", "--target", "global", "--action", "force_model", "--model", "local", "--db", db]
+    assert runner.invoke(app, forced).exit_code == 0  # the default config's alias
+
+
 def test_a_budget_under_one_nano_usd_stored_before_the_check_still_loads(tmp_path: Path) -> None:
     """`budgets set --usd 1e-10` is refused now (a cap of 0 refused every request); a row stored before that
     check must not stop the rules loading (the gateway would not start, and no budget or flag would refresh)."""

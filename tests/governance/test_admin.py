@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -114,3 +116,93 @@ async def test_a_flag_argument_its_action_does_not_use_is_refused_but_an_old_one
         assert refused.status_code == 400 and "disable does not use `model`" in refused.json()["error"]["message"]
         new = {"name": "new", "target": {"kind": "global"}, "action": "force_model", "model": "priced"}
         assert (await gw.http.put("/admin/flags", json=new, headers=bearer(admin))).status_code == 200
+
+
+async def test_a_rule_that_could_apply_to_nothing_or_break_every_request_is_refused(db_path: Path) -> None:
+    """A `force_model` flag naming a model the gateway lacks was stored (200), and every request it covered was a
+    404 for a model its client never asked for; a scope value that is empty or holds control characters (no key,
+    team, tag or `user` can) was stored and silently governed nothing. Now 400 naming it, nothing stored, a
+    `failed` audit row; an alias is a model's name for `force_model`, as for a request."""
+    _, admin = make_key(db_path, name="root", is_admin=True)
+    routes = {"cheap": {"policy": "lowest-cost", "ladder": ["priced", "fake-chat"]}}
+    async with gateway(fake_settings(db_path, routes=routes)) as gw:
+        force = {"name": "to", "target": {"kind": "global"}, "action": "force_model"}
+        for model in ("nope", "cheap"):  # not a model; a routed name (the flag resolves models, not routes)
+            refused = await gw.http.put("/admin/flags", json={**force, "model": model}, headers=bearer(admin))
+            error = refused.json()["error"]
+            assert refused.status_code == 400 and error["param"] == "model" and f"`{model}`" in error["message"]
+        budget = {"name": "b", "usd": "1"}
+        for scope in (
+            {"kind": "team", "value": "a\u0000b"},
+            {"kind": "key", "value": ""},
+            {"kind": "user", "value": "al\nice"},
+            {"kind": "team", "value": "t", "org": "a\u007f"},
+        ):
+            refused = await gw.http.put("/admin/budgets", json={**budget, "scope": scope}, headers=bearer(admin))
+            assert refused.status_code == 400 and "control characters" in refused.json()["error"]["message"], scope
+        assert (await gw.http.get("/admin/flags", headers=bearer(admin))).json()["data"] == []
+        assert (await gw.http.get("/admin/budgets", headers=bearer(admin))).json()["data"] == []
+        audit = (await gw.http.get("/admin/audit", headers=bearer(admin))).json()["data"]
+        assert [row["outcome"] for row in audit] == ["failed"] * 6
+        chat = await gw.http.post(CHAT, json=BODY, headers=bearer(admin))
+        assert chat.status_code == 200 and chat.json()["model"] == "priced"
+        alias = await gw.http.put("/admin/flags", json={**force, "model": "fc"}, headers=bearer(admin))
+        assert alias.status_code == 200
+        forced = await gw.http.post(CHAT, json=BODY, headers=bearer(admin))
+        assert forced.status_code == 200 and forced.json()["model"] == "fake-chat"
+
+
+async def test_usage_reads_refuse_a_parameter_they_do_not_read(db_path: Path) -> None:
+    """`?sinse=7d` (a typo) answered all time, `?cursor=` (these reads do not page) was ignored and `?by=model&by=team`
+    grouped by the last: each a 400 naming the parameter now, on both usage reads (as `/admin/audit` did); a bad
+    `since` or `until` names which one it was."""
+    _, admin = make_key(db_path, name="root", is_admin=True)
+    _, user = make_key(db_path, name="u", team="search")
+    async with gateway(fake_settings(db_path)) as gw:
+        for path, key in (("/admin/usage", admin), ("/v1/margin/usage", user)):
+            for query, param in (
+                ("sinse=7d", "sinse"),
+                ("cursor=abc", "cursor"),
+                ("by=model&by=team", "by"),
+                ("since=-1d", "since"),
+                ("since=7d&until=nope", "until"),
+            ):
+                refused = await gw.http.get(f"{path}?{query}", headers=bearer(key))
+                assert refused.status_code == 400, (path, query, refused.text)
+                assert refused.json()["error"]["param"] == param, (path, query, refused.text)
+            assert (await gw.http.get(f"{path}?since=7d&by=model&limit=5", headers=bearer(key))).status_code == 200
+        assert (await gw.http.get("/v1/margin/usage?user=alice", headers=bearer(user))).status_code == 200
+        assert (await gw.http.get("/admin/usage?user=alice", headers=bearer(admin))).json()["error"]["param"] == "user"
+        assert (await gw.http.get("/admin/audit?limit=5&limit=6", headers=bearer(admin))).status_code == 400
+
+
+async def test_key_times_are_listed_with_their_zone(db_path: Path) -> None:
+    """On SQLite, `GET /admin/keys` showed `created_at` and `revoked_at` without a zone (`2026-12-07T02:46:52`,
+    which JavaScript's Date reads as local time) beside `expires_at` with one: every time is UTC with `+00:00`."""
+    _, admin = make_key(db_path, name="root", is_admin=True)
+    old_id, _ = make_key(db_path, name="old")
+    async with gateway(fake_settings(db_path)) as gw:
+        assert (await gw.http.delete(f"/admin/keys/{old_id}", headers=bearer(admin))).status_code == 200
+        listed = (await gw.http.get("/admin/keys", headers=bearer(admin))).json()["data"]
+        times = [key[field] for key in listed for field in ("created_at", "revoked_at") if key[field]]
+        assert len(times) == 3 and all(datetime.fromisoformat(t).utcoffset() == timedelta(0) for t in times), times
+
+
+async def test_two_admins_revoking_each_other_at_once_leave_one(tmp_path: Path) -> None:
+    """On SQLite the last-admin rule read the admin keys before either revocation wrote (its FOR UPDATE is
+    PostgreSQL's): two admins revoking each other at once were both answered 200 and the gateway had no admin key
+    left. The revocations now take turns: one is revoked, the other is refused 409 `last_admin_key`."""
+    for round_ in range(4):
+        db_path = tmp_path / f"round-{round_}.db"
+        first, first_key = make_key(db_path, name="a", is_admin=True)
+        second, second_key = make_key(db_path, name="b", is_admin=True)
+        async with gateway(fake_settings(db_path)) as gw:
+            answers = await asyncio.gather(
+                gw.http.delete(f"/admin/keys/{second}", headers=bearer(first_key)),
+                gw.http.delete(f"/admin/keys/{first}", headers=bearer(second_key)),
+            )
+            assert sorted(answer.status_code for answer in answers) == [200, 409], [a.text for a in answers]
+            refused = next(answer for answer in answers if answer.status_code == 409)
+            assert refused.json()["error"]["code"] == "last_admin_key"
+            still = [(await gw.http.get("/admin/keys", headers=bearer(k))).status_code for k in (first_key, second_key)]
+            assert sorted(still) == [200, 401], still

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from margin import keyops, keys
 from margin.api import audit as audit_api
-from margin.api.edge import parse_json, read_body, read_json
+from margin.api.edge import known_query, parse_json, read_body, read_json
 from margin.api.errors import INTERNAL, error_response, json_response
 from margin.economics.money import from_nanousd, usd_str
 from margin.errors import ConfigError, InternalError, InvalidRequest, MarginError, NotFound, PermissionDenied
@@ -37,6 +37,7 @@ from margin.types import Principal
 log = logging.getLogger("margin")
 
 KINDS = {"budgets": "budget", "limits": "limit", "flags": "flag"}
+USAGE_QUERY = frozenset({"since", "until", "by", "limit"})  # `/v1/margin/usage` also takes `user`
 Handler = Callable[[Request, Any], Awaitable[Any]]
 
 
@@ -202,7 +203,8 @@ async def list_rules(request: Request, _: Principal) -> Any:
 async def put_rule(request: Request, principal: Principal) -> Any:
     services, kind = request.app.state.services, _kind(request)
     data = await read_json(request)
-    spec = await services.read(save_rule, services.sync_engine(), kind, data, audit_api.origin(request, principal))
+    origin = audit_api.origin(request, principal)
+    spec = await services.read(save_rule, services.sync_engine(), kind, data, origin, services.settings)
     await services.governance.refresh()
     return spec.model_dump(mode="json")
 
@@ -254,6 +256,7 @@ async def rotate_key(request: Request, principal: Principal) -> Any:
 
 async def usage(request: Request, _: Principal) -> Any:
     services, params = request.app.state.services, request.query_params
+    known_query(params, USAGE_QUERY)
     window_ = Window(*parse_span(params.get("since"), params.get("until")))
     limit = parse_limit(params.get("limit"))
     return await services.read(summarize, services.sync_engine(), window_, params.get("by"), limit)
@@ -273,6 +276,7 @@ async def own_usage(request: Request, principal: Principal) -> Any:
     if principal.key_id is None:
         raise NotFound("usage is per API key; this gateway runs open (no keys), see `margin report`")
     services, params = request.app.state.services, request.query_params
+    known_query(params, USAGE_QUERY | {"user"})
     since, until = parse_span(params.get("since"), params.get("until"))  # an inverted window is a 400
     window_ = Window(since or window("month", datetime.now(UTC))[0], until, key_id=principal.key_id)
     limit = parse_limit(params.get("limit"))

@@ -18,6 +18,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from margin.api.edge import known_query
 from margin.errors import InvalidRequest
 from margin.ledger import audit
 from margin.ledger.read.window import parse_span
@@ -125,11 +126,12 @@ def _cursor(value: str | None) -> int | None:
     return int(number)
 
 
+FILTERS = frozenset({"action", "actor", "target", "since", "until", "cursor", "limit"})
+
+
 def filters(params: Any) -> audit.Filters:
     """`GET /admin/audit`'s query, validated (a bad value is a 400 naming it)."""
-    unknown = set(params.keys()) - {"action", "actor", "target", "since", "until", "cursor", "limit"}
-    if unknown:
-        raise InvalidRequest(f"unknown query parameter {sorted(unknown)[0]!r}", param=sorted(unknown)[0])
+    known_query(params, FILTERS)
     action = _text(params, "action")
     if action is not None and action not in audit.ACTIONS:
         raise InvalidRequest(f"action: one of {', '.join(audit.ACTIONS)}", param="action")

@@ -16,10 +16,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from starlette.datastructures import QueryParams
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Scope
 
@@ -137,3 +139,14 @@ def parse_json(body: bytes) -> Any:
 async def read_json(request: Request) -> Any:
     """The body of an API request as JSON, bounded by `server.max_body_bytes`."""
     return parse_json(await read_body(request, request.app.state.services.settings.server.max_body_bytes))
+
+
+def known_query(params: Mapping[str, str], allowed: frozenset[str]) -> None:
+    """A read's query string holds only the parameters it reads, each once (400 naming the first that is not):
+    a misspelt filter (`?sinse=7d`) or a second value (`?by=model&by=team`) was ignored, and the answer covered
+    more, or other, than asked."""
+    for name in params:
+        if name not in allowed:
+            raise InvalidRequest(f"unknown query parameter {name[:40]!r}", param=name[:40])
+        if isinstance(params, QueryParams) and len(params.getlist(name)) > 1:  # the CLI's are a dict
+            raise InvalidRequest(f"{name}: given more than once", param=name)

@@ -194,7 +194,7 @@ def _gateway_operations() -> list[Op]:
         Op("get", "/v1/models", "The models this gateway serves"),
         Op("get", "/v1/models/{model}", "One model", params=[_path("model")]),
         Op("post", "/v1/margin/feedback", "Outcomes of earlier requests (all or nothing)", list_of),
-        Op("get", "/v1/margin/usage", "The calling key's own usage and budgets", params=window),
+        Op("get", "/v1/margin/usage", "The calling key's own usage and budgets", params=[*window, *_query("user")]),
         Op("get", "/healthz", "Liveness (details for an admin key only)", auth="optional"),
         Op("get", "/readyz", "Readiness: 200 once every backend has loaded, else 503", auth="none"),
         Op("get", "/openapi.json", "This document", auth="none"),

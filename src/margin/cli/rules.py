@@ -51,7 +51,7 @@ def _run(action: Callable[[Any, Any], Any], config: Path | None, db: Path | None
 def _save(kind: str, data: dict[str, Any], config: Path | None, db: Path | None) -> None:
     from margin.governance.rules import save_rule
 
-    spec = _run(lambda engine, _: save_rule(engine, kind, data, cli_origin()), config, db)
+    spec = _run(lambda engine, settings: save_rule(engine, kind, data, cli_origin(), settings), config, db)
     Console(highlight=False).print(plain(f"saved {kind}: {orjson.dumps(spec.model_dump(mode='json')).decode()}"))
 
 
@@ -108,7 +108,8 @@ def budgets_set(
 ) -> None:
     """Create or replace a budget."""
     data = {"name": name, "scope": parse_scope(scope), "period": period, "mode": mode, "alert_pct": alert_pct}
-    data.update({k: v for k, v in (("usd", str(usd) if usd is not None else None), ("tokens", tokens)) if v})
+    caps = (("usd", str(usd) if usd is not None else None), ("tokens", tokens))
+    data.update({k: v for k, v in caps if v is not None})  # a 0 is refused, not dropped
     _save("budget", data, config, db)
 
 
@@ -133,7 +134,7 @@ def limits_set(
     db: DbOpt = None,
 ) -> None:
     """Create or replace the rate limit of a scope."""
-    data = {"scope": parse_scope(scope), **({"rpm": rpm} if rpm else {}), **({"tpm": tpm} if tpm else {})}
+    data = {"scope": parse_scope(scope), **{k: v for k, v in (("rpm", rpm), ("tpm", tpm)) if v is not None}}
     _save("limit", data, config, db)
 
 

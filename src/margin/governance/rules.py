@@ -280,10 +280,17 @@ async def load_rules(settings: Settings, engine: Any) -> Rules:
     return build_rules(settings, rows)
 
 
-def save_rule(engine: sa.Engine, kind: str, data: Any, origin: audit.Origin | None = None) -> BaseModel:
+def save_rule(
+    engine: sa.Engine, kind: str, data: Any, origin: audit.Origin | None = None, settings: Settings | None = None
+) -> BaseModel:
     """Create or replace a rule (sync engine: CLI and the admin API's worker thread), recorded in the audit log
-    in the same transaction with its body before (None: a new rule) and after."""
+    in the same transaction with its body before (None: a new rule) and after. With `settings`, a `force_model`
+    flag must name a model of that config (a typo would answer every request it covers with a 404)."""
     spec = parse_spec(kind, data)
+    if settings is not None and isinstance(spec, FlagSpec) and spec.action == "force_model" and spec.model:
+        unserved = settings.unserved_model_message(spec.model)
+        if unserved:
+            raise InvalidRequest(f"invalid flag: model: {unserved}", param="model")
     name = rule_name(kind, spec)
     if len(name) > MAX_RULE_NAME:  # a limit is named by its scope: PostgreSQL refused it (a 500)
         message = f"invalid {kind}: its name (or scope) {name[:40]!r}… is over {MAX_RULE_NAME} characters"

@@ -45,12 +45,20 @@ def parse_span(
 ) -> tuple[datetime | None, datetime | None]:
     """`--since` and `--until` parsed; one that ends before it starts is an error, not an empty answer."""
     now = now or datetime.now(UTC)
-    start, end = parse_when(since, now), parse_when(until, now)
+    start, end = _named_when("since", since, now), _named_when("until", until, now)
     if start is not None and end is not None and end < start:
         raise InvalidRequest(
             f"until ({end.isoformat()}) is before since ({start.isoformat()}): the window would be empty"
         )
     return start, end
+
+
+def _named_when(name: str, value: str | None, now: datetime) -> datetime | None:
+    """`parse_when`, a refusal naming which bound it was (`param`, and in its message)."""
+    try:
+        return parse_when(value, now)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{name}: {exc.message}", param=name) from exc
 
 
 def as_utc(value: datetime) -> datetime:

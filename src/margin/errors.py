@@ -113,9 +113,23 @@ class Overloaded(MarginError):
 
 
 class BackendError(MarginError):
-    """The backend failed or answered with an error we cannot pass through as a client error."""
+    """The backend failed or answered with an error we cannot pass through as a client error. `unsent`: the
+    request never reached a model (no connection, TLS failed, the upstream refused margin's own key, Anthropic's
+    529 overloaded), so nothing was generated or billed (the row counts no tokens)."""
 
     default_code = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        unsent: bool = False,
+    ) -> None:
+        super().__init__(message, code=code, param=param, headers=headers)
+        self.unsent = unsent
 
 
 class BackendFailedUnexpectedly(BackendError):

@@ -44,6 +44,19 @@ CASES = [
         "input length and `max_tokens` exceed context limit: 230462 + 32000 > 262144, decrease input length or "
         "`max_tokens` and try again",
     ),
+    (  # OpenAI with functions: they are part of the prompt
+        {"error": {"message": "This model's maximum context length is 8192 tokens. However, you requested 8500 "
+                   "tokens (6000 in the messages, 500 in the functions, and 2000 in the completion). Please reduce "
+                   "the length of the messages, functions, or completion.", "code": "context_length_exceeded"}},
+        "input length and `max_tokens` exceed context limit: 6500 + 2000 > 8192, decrease input length or "
+        "`max_tokens` and try again",
+    ),
+    (  # vLLM, newer: max_tokens too large for what the prompt left
+        {"object": "error", "message": "'max_tokens' or 'max_completion_tokens' is too large: 2000. This model's "
+         "maximum context length is 4096 tokens and your request has 3000 input tokens (2000 > 4096 - 3000)."},
+        "input length and `max_tokens` exceed context limit: 3000 + 2000 > 4096, decrease input length or "
+        "`max_tokens` and try again",
+    ),
     (  # vLLM, a prompt alone over the window
         {"error": {"message": "This model's maximum context length is 4096 tokens. However, your request has 5001 "
                    "input tokens. Please reduce the length of the input messages."}},
@@ -73,6 +86,11 @@ def test_a_credential_refusal_or_a_failure_is_not_read_as_an_overflow(status: in
 
 def test_other_refusals_are_not_overflows() -> None:
     assert context_overflow("max_tokens: 300000 > 64000, which is the maximum allowed") is None
+    # a total without its split is not the prompt's size (a client told so would compact needlessly)
+    assert (
+        context_overflow("This model's maximum context length is 8192 tokens. However, you requested 9000 tokens.")
+        is None
+    )
     assert context_overflow("messages: text content blocks must be non-empty") is None
 
 

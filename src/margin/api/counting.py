@@ -19,6 +19,7 @@ from margin.errors import InvalidRequest, MarginError, PermissionDenied
 from margin.governance.rules import Rules, Subject
 from margin.pipeline.steps.admit import admit_rpm
 from margin.pipeline.steps.auth import caller
+from margin.pipeline.steps.call import translate
 from margin.pipeline.steps.route import disabled, not_allowed, residency, resolve
 from margin.protocol import ChatCompletionRequest, Endpoint
 from margin.types import InputCounter, Prompt, Target
@@ -63,7 +64,12 @@ async def answer(arrival: Arrival, count: Count) -> Response:
                 code=UNAVAILABLE,
             )
         upstream = target.model.upstream_model or target.public
-        tokens = await backend.count_input_tokens(Prompt(count.raw, count.chat, upstream, count.messages))
+        try:
+            tokens = await backend.count_input_tokens(Prompt(count.raw, count.chat, upstream, count.messages))
+        except MarginError:
+            raise
+        except Exception as exc:  # a chat template's own refusal (jinja's `raise_exception`): as a completion's
+            raise translate(target.backend_name, exc) from exc
     except MarginError as exc:
         if metrics is not None:
             metrics.count_tokens(target.public if target else None, exc.code)

@@ -22,12 +22,12 @@ from margin.backends.anthropic_response import Translator, bad_response, complet
 from margin.backends.deadline import StreamDeadline
 from margin.backends.http_upstream import HttpBackend, Lines, event_data
 from margin.backends.retry import RETRY_STATUSES
+from margin.backends.upstream_errors import OVERLOADED  # Anthropic's 529: nothing was generated, safe to repeat
 from margin.errors import BackendError, InvalidRequest
 from margin.protocol import ChatCompletionRequest, Endpoint
 from margin.types import Call, CallStats, Chunk, Completion, Prompt
 
 DROPPED_HEADER = "x-margin-dropped-params"  # the fields `drop_unsupported` left out of this request
-OVERLOADED = 529  # Anthropic's `overloaded_error`: nothing was generated, safe to repeat
 # the fields of a Messages body that `/messages/count_tokens` takes (the rest are a completion's)
 COUNTED = frozenset({"messages", "system", "tools", "tool_choice", "thinking", "output_config"})
 

@@ -118,10 +118,10 @@ class HttpBackend:
             # never follow a redirect: it would send the caller's prompt wherever an upstream's `Location` says
             response = await self._session.post(url, data=data, timeout=self._timeout, allow_redirects=False)
         except aiohttp.ClientSSLError as exc:
-            raise BackendError(f"upstream {self.name} unreachable: {exc.__class__.__name__}") from exc
+            raise BackendError(f"upstream {self.name} unreachable: {exc.__class__.__name__}", unsent=True) from exc
         except aiohttp.ClientConnectorError as exc:  # the request never left: safe to repeat
             error = BackendError(
-                f"upstream {self.name} unreachable: {exc.__class__.__name__}", code="upstream_unreachable"
+                f"upstream {self.name} unreachable: {exc.__class__.__name__}", code="upstream_unreachable", unsent=True
             )
             raise _Retry(error) from exc
         if response.status < 300:
@@ -162,7 +162,7 @@ class HttpBackend:
         boundary. The time limit itself is the caller's (one `asyncio.timeout_at` a request: entering and
         leaving one costs ~5 µs)."""
         if self._session is None:
-            raise BackendError(f"backend {self.name!r} is not started")
+            raise BackendError(f"backend {self.name!r} is not started", unsent=True)
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -181,7 +181,7 @@ class HttpBackend:
                     await asyncio.sleep(wait)
         except aiohttp.ConnectionTimeoutError as exc:
             limit_s = self.config.connect_timeout_s
-            raise BackendTimeout(f"upstream {self.name}: no connection within {limit_s:g}s") from exc
+            raise BackendTimeout(f"upstream {self.name}: no connection within {limit_s:g}s", unsent=True) from exc
         except TimeoutError as exc:
             raise self._waited(stream) from exc
         except aiohttp.ClientError as exc:

@@ -26,10 +26,12 @@ log = logging.getLogger("margin.backends")
 SAFE_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 SAFE_PARAM = re.compile(r"[A-Za-z0-9_.\[\]-]{1,128}")  # `temperature`, `messages[0].content`, `tools.2.function`
 CREDENTIALS = (401, 403, 407)  # the upstream refused margin's own key: an operator's fault, not the caller's
+OVERLOADED = 529  # Anthropic's `overloaded_error`: nothing was generated (safe to repeat, billed by nobody)
 N = r"(\d{1,3}(?:,?\d{3}){0,3})"  # a token count as upstreams write it (`210118`, `200,000`)
 # An upstream's sentence for a request over the model's context window, and what its numbers are: (p)rompt,
-# (l)imit, (k) the completion's tokens, (t)otal. Anthropic's two, OpenAI's, vLLM's (old and new); matched on
-# the logged text, never passed on: the client gets margin's sentence rebuilt from the numbers (context_message)
+# (f)unctions (part of the prompt), (l)imit, (k) the completion's tokens, (t)otal. Anthropic's two, OpenAI's two,
+# vLLM's three; matched on the logged text, never passed on: the client gets margin's sentence rebuilt from the
+# numbers (context_message). A total without its split is not matched (it is not the prompt's size)
 CONTEXT_SENTENCES = tuple(
     (re.compile(pattern, re.IGNORECASE), roles)
     for pattern, roles in (
@@ -38,10 +40,11 @@ CONTEXT_SENTENCES = tuple(
         (rf"maximum context length of {N} tokens\. You requested a total of {N} tokens: {N} tokens from the "
          rf"input messages and {N} tokens for the completion", "ltpk"),
         (rf"maximum context length is {N} tokens\. However, you requested {N} tokens \({N} in the messages, "
-         rf"{N} in the completion\)", "ltpk"),
+         rf"(?:{N} in the functions, and )?{N} in the completion\)", "ltpfk"),
         (rf"maximum context length is {N} tokens\. However, your (?:messages resulted in|request has) {N} (?:input )?"
          "tokens", "lp"),
-        (rf"maximum context length is {N} tokens\. However, you requested {N} tokens", "lp"),
+        (rf"is too large: {N}\. This model's maximum context length is {N} tokens and your request has {N} input "
+         "tokens", "klp"),
     )
 )  # fmt: skip
 
@@ -79,8 +82,10 @@ def context_overflow(message: str) -> tuple[int, int, int | None] | None:
     context-window refusal, or None if `message` is none of CONTEXT_SENTENCES."""
     for pattern, roles in CONTEXT_SENTENCES:
         if (found := pattern.search(message)) is not None:
-            numbers = {role: int(value.replace(",", "")) for role, value in zip(roles, found.groups(), strict=True)}
-            return numbers["p"], numbers["l"], numbers.get("k")
+            numbers = {
+                role: int(value.replace(",", "")) for role, value in zip(roles, found.groups(), strict=True) if value
+            }
+            return numbers["p"] + numbers.get("f", 0), numbers["l"], numbers.get("k")
     return None
 
 
@@ -115,4 +120,5 @@ def upstream_error(backend: str, status: int, body: bytes, headers: Mapping[str,
         detail += f", param {param}" if param else ""
         message = f"the upstream rejected the request (HTTP {status}{detail})"
         return BackendClientError(message, upstream_status=status, code=code, param=param)
-    return BackendError(f"the upstream failed (HTTP {status})")
+    # margin's own key refused, or Anthropic's 529 (nothing generated): the upstream bills neither
+    return BackendError(f"the upstream failed (HTTP {status})", unsent=status in CREDENTIALS or status == OVERLOADED)

@@ -67,13 +67,11 @@ def backend_fault(error: MarginError) -> bool:
 
 def refused(error: MarginError) -> bool:
     """An attempt that did no work: the backend refused it (its own check, an upstream's 4xx or 429, a full
-    queue) or it never reached the upstream (the connection was refused). Nothing was generated and no
-    provider bills it, so it counts no tokens (it counted the prompt, priced at the model's rate, before). A
-    failure after the request was sent (a 5xx, a timeout, a broken answer) keeps the counted prompt: the upstream
-    may have done, and billed, the work."""
-    if isinstance(error, BackendError):
-        return error.code == "upstream_unreachable"
-    return True
+    queue) or it never reached a model (`BackendError.unsent`: no connection, TLS failed, margin's own key
+    refused, Anthropic's 529). Nothing was generated and no provider bills it, so it counts no tokens (it counted
+    the prompt, priced at the model's rate, before). A failure after the request was sent (a 5xx, a timeout, a
+    broken answer) keeps the counted prompt: the upstream may have done, and billed, the work."""
+    return not isinstance(error, BackendError) or error.unsent
 
 
 def unavailable(decision: RouteDecision, detail: str) -> Overloaded | ResidencyUnavailable:
@@ -277,6 +275,8 @@ class BackendCall:
         energy a hard budget's allowance priced (`Meter.charge`). `tier`: the `service_tier` that served it
         (what the answer said, else what was asked for)."""
         record = request.record
+        if usage is not None and usage.source == "refused" and record.usage is not None:
+            return  # a fallback refused after an earlier attempt was charged (sent, may be billed): that charge stands
         if usage is None:
             usage = counted_usage(target, call, text)
         usage = held(usage, request, target)  # never more than the request could be billed for

@@ -43,6 +43,12 @@ class Usage:
             body["prompt_tokens_details"] = details
         return body
 
+    @staticmethod
+    def reported_or(reported: Any, metered: Usage | None) -> Any:
+        """A chat answer's usage as it came, or where it has none (an upstream that reports none), the usage the
+        request was metered at (`metered`: the ledger row's, counted or estimated) in OpenAI's shape."""
+        return metered.to_openai() if metered is not None and not isinstance(reported, dict) else reported
+
     @classmethod
     def from_openai(cls, data: Any) -> Usage | None:
         """OpenAI's usage; `prompt_tokens_details.cache_write_tokens`, where an upstream reports them (margin's

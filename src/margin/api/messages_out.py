@@ -139,8 +139,7 @@ def from_chat(chat: Any, body: MessagesRequest, request_id: str, metered: Usage 
         if isinstance(call, dict):
             content.append(_tool_use(call, f"toolu_{request_id}_{number}"))
     out["stop_reason"], out["stop_sequence"] = stop_of(choice.get("finish_reason"), choice.get("stop_reason"), body)
-    usage = chat.get("usage")
-    out["usage"] = usage_of(metered.to_openai() if metered is not None and not isinstance(usage, dict) else usage)
+    out["usage"] = usage_of(Usage.reported_or(chat.get("usage"), metered))
     return out
 
 

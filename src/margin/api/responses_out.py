@@ -160,8 +160,7 @@ def from_chat(chat: Any, response: dict[str, Any], ids: str, metered: Usage | No
     if not any(item["type"] != "reasoning" for item in output):
         output.append(message_item(f"msg_{ids}", "", [], None, status))
     response["output"] = output
-    usage = chat.get("usage")  # `metered`: the row's usage, where the upstream reported none (counted, estimated)
-    response["usage"] = usage_of(metered.to_openai() if metered is not None and not isinstance(usage, dict) else usage)
+    response["usage"] = usage_of(Usage.reported_or(chat.get("usage"), metered))
     return response
 
 

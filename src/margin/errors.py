@@ -3,7 +3,7 @@ OpenAI error type of each class are mapped once, in `margin.api.errors`."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 SHOULD_RETRY = "x-should-retry"
 """`false` on an error that the same request would get again (`MarginError.deterministic`): OpenAI's SDKs obey it
@@ -119,16 +119,8 @@ class BackendError(MarginError):
 
     default_code = "upstream_error"
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str | None = None,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-        unsent: bool = False,
-    ) -> None:
-        super().__init__(message, code=code, param=param, headers=headers)
+    def __init__(self, message: str, *, unsent: bool = False, **details: Any) -> None:
+        super().__init__(message, **details)  # code, param, headers: as every MarginError
         self.unsent = unsent
 
 

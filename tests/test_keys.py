@@ -250,6 +250,43 @@ async def test_random_keys_fill_only_the_bounded_negative_cache(tmp_path: Any) -
         await engine.dispose()
 
 
+async def test_a_lookup_read_before_a_revocation_is_not_cached_after_it(tmp_path: Any) -> None:
+    """A key's lookup that read it as active before a revocation, and landed after `forget()`, cached the revoked
+    key as active for `ttl_s`: two admins revoking each other at once left the revoked one answered 200 (CI saw it).
+    Now such a lookup answers only the requests already waiting for it; the next lookup queries again."""
+    from margin.keys import NewKey, create_key, revoke_key
+
+    sync, engine = _engines(f"sqlite:///{tmp_path / 'keys.db'}")
+    try:
+        create_key(sync, NewKey("other", is_admin=True))
+        record, key = create_key(sync, NewKey("victim", is_admin=True))
+        cache = KeyCache(engine, ttl_s=60)
+        read, release = asyncio.Event(), asyncio.Event()
+        select = cache._select_hash
+
+        async def held(digest: str) -> Any:
+            found = await select(digest)
+            read.set()
+            await release.wait()  # the row was read as active; the revocation lands now
+            return found
+
+        cache._select_hash = held  # type: ignore[method-assign]
+        early = asyncio.ensure_future(cache.lookup(key))
+        await read.wait()
+        revoke_key(sync, record.id)
+        cache.forget()
+        late = asyncio.ensure_future(cache.lookup(key))  # arrives after the revocation: not joined to the early read
+        await asyncio.sleep(0.05)
+        release.set()
+        first = await early
+        assert first is not None and first.id == record.id  # it was read before the revocation
+        assert await late is None
+        assert await cache.lookup(key) is None and await cache.lookup_id(record.id) is None
+    finally:
+        sync.dispose()
+        await engine.dispose()
+
+
 def test_the_every_team_marker_is_not_a_team(tmp_path: Any) -> None:
     """'*' is the rollups' rows across every team: a key of team '*' would be read as all of them."""
     from margin.errors import InvalidRequest

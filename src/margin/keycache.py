@@ -97,6 +97,7 @@ class KeyCache:
         self._counted = False
         self._open = False
         self._flights = SingleFlight()
+        self._generation = 0  # bumped by `forget`: a lookup begun before it neither caches nor is shared after it
         self.queries = 0  # key lookups sent to the database (for tests and benchmarks)
 
     async def start(self, host: str) -> bool:
@@ -145,7 +146,11 @@ class KeyCache:
         self._active = (self._active[0], 0.0)
 
     def forget(self) -> None:
-        """Drop cached lookups (after a revocation through this process)."""
+        """Drop cached lookups (after a revocation through this process). A lookup whose query began before this
+        (it may have read the key as active) answers only the requests already waiting for it: it is not cached,
+        and later requests query again. Before, such a lookup landing after the revocation cached the revoked key
+        as active for `ttl_s` (CI caught a revoked admin key still answered 200)."""
+        self._generation += 1
         for cache in (self._found, self._unknown, self._by_id):
             cache.entries.clear()
         self._active = (self._active[0], 0.0)
@@ -158,7 +163,9 @@ class KeyCache:
         if (hit := self._found.get(digest, now) or self._unknown.get(digest, now)) is not None:
             return hit.record
         known = digest in self._found.entries  # an expired entry of a real key: refreshed without queueing
-        record: KeyRecord | None = await self._flights.run(f"key:{digest}", lambda: self._load(digest, known))
+        generation = self._generation
+        flight = f"key:{generation}:{digest}"
+        record: KeyRecord | None = await self._flights.run(flight, lambda: self._load(digest, known, generation))
         return record
 
     async def lookup_id(self, key_id: str) -> KeyRecord | None:
@@ -166,10 +173,12 @@ class KeyCache:
         now = time.monotonic()
         if (hit := self._by_id.get(key_id, now)) is not None:
             return hit.record
-        record: KeyRecord | None = await self._flights.run(f"id:{key_id}", lambda: self._load_id(key_id))
+        generation = self._generation
+        flight = f"id:{generation}:{key_id}"
+        record: KeyRecord | None = await self._flights.run(flight, lambda: self._load_id(key_id, generation))
         return record
 
-    async def _load(self, digest: str, known: bool) -> KeyRecord | None:
+    async def _load(self, digest: str, known: bool, generation: int) -> KeyRecord | None:
         try:
             if known:
                 record = await self._select_hash(digest)
@@ -178,18 +187,21 @@ class KeyCache:
                     record = await self._select_hash(digest)
         except UNREACHABLE as exc:
             return _stale(self._found.entries.get(digest), exc)
+        if generation != self._generation:
+            return record  # read before a revocation or rotation through this process: not cached
         entry = _Cached(record, time.monotonic() + self._ttl)
         (self._found if record is not None else self._unknown).put(digest, entry)
         if record is None:
             self._found.entries.pop(digest, None)
         return record
 
-    async def _load_id(self, key_id: str) -> KeyRecord | None:
+    async def _load_id(self, key_id: str, generation: int) -> KeyRecord | None:
         try:
             record = await self._select(api_keys.c.id == key_id)
         except UNREACHABLE as exc:
             return _stale(self._by_id.entries.get(key_id), exc)
-        self._by_id.put(key_id, _Cached(record, time.monotonic() + self._ttl))
+        if generation == self._generation:
+            self._by_id.put(key_id, _Cached(record, time.monotonic() + self._ttl))
         return record
 
     async def _select_hash(self, digest: str) -> KeyRecord | None:

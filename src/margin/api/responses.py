@@ -26,7 +26,8 @@ from margin.api.translating import Events, TranslatingClient
 from margin.errors import MarginError
 from margin.pipeline.values import Record
 from margin.protocol import ChatCompletionRequest, Endpoint
-from margin.responses import ResponsesRequest, expand, input_items, parse
+from margin.responses import ResponsesRequest
+from margin.responses_chat import expand, input_items, parse
 from margin.types import Principal
 
 Parsed = tuple[ResponsesRequest, dict[str, Any], ChatCompletionRequest]

@@ -245,4 +245,6 @@ class Translator:
         if not isinstance(delta, dict) or (stop := delta.get("stop_reason")) is None:
             return []
         self.finish = self.call.stats.finish_reason = finish_reason(stop)
-        return [self._chunk({}, finish=self.finish, choice=matched(stop, delta.get("stop_sequence")))]
+        sequence = matched(stop, delta.get("stop_sequence"))
+        self.call.stats.stop_sequence = sequence.get("stop_reason")
+        return [self._chunk({}, finish=self.finish, choice=sequence)]

@@ -3,8 +3,9 @@
 Only fields that change the answer are in the key (model, messages, tools, sampling parameters, response
 format…); transport fields (`stream`, `stream_options`, `user`, `metadata`, the upstream's prompt-cache and
 safety hints, a `prediction`) are not, so a streamed request hits an answer first produced without
-streaming and vice versa. Entries hold the answer's text, finish reason, usage and what it cost, so a hit can
-be replayed in either form and its saving recorded.
+streaming and vice versa. Entries hold the answer's text, finish reason (and the stop sequence that ended it,
+where the backend named one), usage and what it cost, so a hit can be replayed in either form and its saving
+recorded.
 
 Stores: `MemoryCache` (TTL + byte-bounded LRU, this process), `SqliteCache` (that LRU in front of a table in
 the SQLite ledger file: survives restarts) and `RedisCache` (shared by replicas)."""
@@ -56,6 +57,9 @@ class Entry:
     cost_nanousd: int | None  # what producing it cost (the saving of every hit); None: unknown price
     model: str
     created_at: float
+    # the stop sequence that ended the answer, where the backend named it (an anthropic backend's `stop_sequence`,
+    # a chat choice's `stop_reason` as vLLM names it): replayed so a hit ends as the answer did (none in older entries)
+    stop_sequence: str | None = None
 
     @property
     def usage(self) -> Usage:

@@ -354,7 +354,8 @@ def test_a_streamed_function_call(live: Live) -> None:
 
 def test_a_stream_that_breaks_ends_with_an_error_event_and_response_failed(live: Live) -> None:
     """The backend cuts the stream after two tokens: the client gets them, then OpenAI's `error` event and
-    `response.failed` (no `response.completed`); the SDK reads it all without raising, and the row says so."""
+    `response.failed` (no `response.completed`); the SDK reads it all without raising, and the row says so.
+    `response.failed` carries the usage the row bills (before: `usage: null`, while the row billed the tokens)."""
     with live.client().responses.with_streaming_response.create(model="cut-chat", input="a b", stream=True) as raw:
         request_id = raw.headers["x-request-id"]
         events: list[Any] = list(raw.parse())
@@ -364,6 +365,8 @@ def test_a_stream_that_breaks_ends_with_an_error_event_and_response_failed(live:
     assert events[-1].response.status == "failed" and events[-1].response.error.code == events[-2].code
     row = live.row(request_id)
     assert (row.endpoint, row.status) == ("responses", "upstream_error")
+    assert events[-1].response.usage is not None and row.output_tokens > 0
+    _usage_matches(events[-1].response.usage, row)
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -1,6 +1,9 @@
 """How an answer from an `anthropic` backend ends, end to end (a running `margin serve`, the fake Anthropic upstream
 over real HTTP, the official SDKs as clients): an answer that stopped on a stop sequence says so again when the
-exact cache replays it. Before: a replay said `end_turn` with no sequence."""
+exact cache replays it, and an upstream that is overloaded, before its stream or in the middle of it, reaches a
+Messages client as Anthropic's `overloaded_error` and a chat or Responses client as a 502 `upstream_overloaded`,
+the Responses stream's `response.failed` carrying the usage its ledger row bills. Before: a replay said
+`end_turn` with no sequence; an overload was `api_error`; `response.failed` had `usage: null`."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from tests.helpers import margin_serve, wait_ledger_row
 
 MODEL = "claude-haiku-4-5"
 PRICE = {"input": "1", "output": "2"}
+OVERLOADED = "upstream_overloaded"
 
 
 @dataclass
@@ -90,3 +94,54 @@ def test_a_cache_replay_ends_on_the_stop_sequence_the_first_answer_ended_on(live
     _whole(live, plain)
     again, cache = _streamed(live, plain)
     assert cache == "hit-exact" and (again.stop_reason, again.stop_sequence) == ("end_turn", None)
+
+
+def test_an_overload_mid_stream_reaches_a_messages_client_as_overloaded_error(live: Live) -> None:
+    """Anthropic's `error` event of type `overloaded_error` after the stream started: the client's stream ends
+    with an `error` event of that type (the SDK raises it, its body says so), not `api_error`."""
+    text = ""
+    with (
+        pytest.raises(anthropic.APIStatusError) as caught,
+        live.claude.messages.stream(
+            model="midstream", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+        ) as stream,
+    ):
+        request_id = stream.response.headers["x-request-id"]
+        for piece in stream.text_stream:
+            text += piece
+    assert text == "hello world"
+    error = caught.value.body["error"]  # type: ignore[index]
+    assert error["type"] == "overloaded_error" and "secret-host" not in error["message"]
+    row = live.row(request_id)
+    assert (row.status, row.http_status, row.error_code) == ("upstream_error", 502, OVERLOADED)
+
+
+def test_an_overload_before_the_answer_is_overloaded_error_too(live: Live) -> None:
+    """Anthropic's 529: a 502 as before (the ledger's and the chat client's), Anthropic's `overloaded_error` for a
+    Messages client, OpenAI's `upstream_error` with the code `upstream_overloaded` for a chat client."""
+    with pytest.raises(anthropic.InternalServerError) as caught:
+        live.claude.messages.create(model="overloaded", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.status_code == 502 and caught.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+    with pytest.raises(openai.APIStatusError) as chat:
+        live.client.chat.completions.create(model="overloaded", messages=[{"role": "user", "content": "hi"}])
+    assert (chat.value.status_code, chat.value.code, chat.value.type) == (502, OVERLOADED, "upstream_error")
+
+
+def test_an_overload_mid_stream_is_upstream_overloaded_to_chat_and_responses_clients(live: Live) -> None:
+    """The same overload, for the OpenAI SDK: the chat stream's error event and the Responses stream's `error`
+    and `response.failed` say `upstream_overloaded`; `response.failed` has the usage the row bills."""
+    raw = live.client.chat.completions.with_raw_response.create(
+        model="midstream", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    with pytest.raises(openai.APIError) as caught:
+        list(raw.parse())
+    assert caught.value.code == OVERLOADED
+    with live.client.responses.with_streaming_response.create(model="midstream", input="hi", stream=True) as answer:
+        request_id = answer.headers["x-request-id"]
+        events: list[Any] = list(answer.parse())
+    assert [event.type for event in events[-2:]] == ["error", "response.failed"]
+    assert events[-2].code == OVERLOADED and events[-1].response.error.code == OVERLOADED
+    usage, row = events[-1].response.usage, live.row(request_id)
+    assert usage is not None and row.output_tokens > 0
+    assert (usage.input_tokens, usage.output_tokens) == (row.input_tokens, row.output_tokens)
+    assert usage.input_tokens_details.cached_tokens == row.cached_tokens

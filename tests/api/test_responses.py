@@ -447,6 +447,12 @@ def test_rate_limits_and_keys_apply(live: Live) -> None:
         ({"metadata": {"k": 1}}, "metadata.k", None),
         ({"metadata": {"k" * 65: "v"}}, "metadata." + "k" * 65, None),  # OpenAI's bound on keys: 64 characters
         ({"stream": "yes"}, "stream", None),
+        # OpenAI's tiers margin has no price for (Scale Tier's prepaid capacity), or names it does not serve as
+        # (`fast` is served as `priority`), and a priced tier the model's backend does not list
+        ({"service_tier": "scale"}, "service_tier", None),
+        ({"service_tier": "fast"}, "service_tier", None),
+        ({"service_tier": "ultrafast"}, "service_tier", None),
+        ({"service_tier": "flex"}, "service_tier", "unsupported_value"),
     ],
 )
 def test_what_margin_cannot_honour_is_a_400_naming_it_before_anything_is_sent(

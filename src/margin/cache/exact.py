@@ -20,7 +20,7 @@ import sqlite3
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
 import orjson
@@ -66,11 +66,19 @@ class Entry:
         return Usage(self.input_tokens, self.output_tokens, source="cache")
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        """Without a stop sequence, the bytes an entry had before it kept one (an earlier margin reads them)."""
+        data = asdict(self)
+        if data["stop_sequence"] is None:
+            del data["stop_sequence"]
+        return orjson.dumps(data)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Entry:
-        return cls(**orjson.loads(data))
+        """An entry, leaving out what a later margin added (a shared Redis during an upgrade)."""
+        return cls(**{name: value for name, value in orjson.loads(data).items() if name in ENTRY_FIELDS})
+
+
+ENTRY_FIELDS = frozenset(field.name for field in fields(Entry))
 
 
 def request_key(scope: str, endpoint: str, model: str, raw: dict[str, Any]) -> str:

@@ -125,9 +125,9 @@ class BackendError(MarginError):
 
 
 class UpstreamOverloaded(BackendError):
-    """The upstream said it is overloaded: Anthropic's 529 `overloaded_error` before an answer (`unsent`), or its
-    `error` event of that type once a stream had started. A 502 like any upstream failure; a Messages client
-    gets Anthropic's `overloaded_error`, which its SDK and Claude Code retry."""
+    """The upstream said it is overloaded: a 529 (Anthropic's `overloaded_error`) before an answer (`unsent`), or
+    Anthropic's `error` event of that type once a stream had started. A 502 like any upstream failure; a Messages
+    client gets Anthropic's `overloaded_error`, which its SDK and Claude Code retry."""
 
     default_code = "upstream_overloaded"
 

@@ -124,4 +124,4 @@ def upstream_error(backend: str, status: int, body: bytes, headers: Mapping[str,
     # margin's own key refused, or Anthropic's 529 (nothing generated): the upstream bills neither
     if status == OVERLOADED:
         return UpstreamOverloaded(f"the upstream is overloaded (HTTP {status})", unsent=True)
-    return BackendError(f"the upstream failed (HTTP {status})", unsent=status in CREDENTIALS or status == OVERLOADED)
+    return BackendError(f"the upstream failed (HTTP {status})", unsent=status in CREDENTIALS)

@@ -57,8 +57,8 @@ class Entry:
     cost_nanousd: int | None  # what producing it cost (the saving of every hit); None: unknown price
     model: str
     created_at: float
-    # the stop sequence that ended the answer, where the backend named it (an anthropic backend's `stop_sequence`,
-    # a chat choice's `stop_reason` as vLLM names it): replayed so a hit ends as the answer did (none in older entries)
+    # the stop sequence that ended the answer, where the backend named it (an anthropic backend's `stop_sequence`):
+    # replayed as the choice's `stop_reason`, so a hit ends as the answer did (none in older entries)
     stop_sequence: str | None = None
 
     @property

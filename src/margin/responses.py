@@ -5,11 +5,12 @@ metered and written to the ledger as a chat is. The answer is translated back in
 
 Responses are stored only when the config turns `responses.store` on (`margin.ledger.stored`): then `store`
 (true unless sent false, as OpenAI's default) keeps the answer and `previous_response_id` continues a stored one,
-its turns' items prepended to this request's input (`expand`) before it is translated. With it off, `store: true`
-and `previous_response_id` are refused. What needs a stored conversation (`conversation`, `background`,
-`item_reference` items), a stored prompt template (`prompt`) or a tool margin would have to run (every built-in
-tool) is always refused with a message that says so, before anything is reserved or sent. This module holds the
-body's schema and those refusals; its translation to the chat request is `margin.responses_chat`."""
+its turns' items prepended to this request's input (`margin.responses_chat.expand`) before it is translated.
+With it off, `store: true` and `previous_response_id` are refused. What needs a stored conversation
+(`conversation`, `background`, `item_reference` items), a stored prompt template (`prompt`) or a tool margin
+would have to run (every built-in tool) is always refused with a message that says so, before anything is
+reserved or sent. This module holds the body's schema and those refusals; its translation to the chat request
+is `margin.responses_chat`."""
 
 from __future__ import annotations
 

@@ -124,6 +124,14 @@ class BackendError(MarginError):
         self.unsent = unsent
 
 
+class UpstreamOverloaded(BackendError):
+    """The upstream said it is overloaded: a 529 (Anthropic's `overloaded_error`) before an answer (`unsent`), or
+    Anthropic's `error` event of that type once a stream had started. A 502 like any upstream failure; a Messages
+    client gets Anthropic's `overloaded_error`, which its SDK and Claude Code retry."""
+
+    default_code = "upstream_overloaded"
+
+
 class BackendFailedUnexpectedly(BackendError):
     """A backend raised an exception it does not translate itself (an in-process engine's IndexError, say).
     Often provoked by one request's input, so it never counts against the backend's circuit breaker."""

@@ -1,14 +1,16 @@
 """OpenAI's Responses API (`POST /v1/responses`), request side: the body validated strictly (an unknown field
-or a wrong type is a 400 naming it) and translated to the chat request margin's request path runs
-(`margin.pipeline.flow`), so that a Responses call is admitted, guarded, cached, routed, metered and written
-to the ledger as a chat is. The answer is translated back in `margin.api.responses`.
+or a wrong type is a 400 naming it) and translated (`margin.responses_chat`) to the chat request margin's
+request path runs (`margin.pipeline.flow`), so that a Responses call is admitted, guarded, cached, routed,
+metered and written to the ledger as a chat is. The answer is translated back in `margin.api.responses`.
 
 Responses are stored only when the config turns `responses.store` on (`margin.ledger.stored`): then `store`
 (true unless sent false, as OpenAI's default) keeps the answer and `previous_response_id` continues a stored one,
-its turns' items prepended to this request's input (`expand`) before it is translated. With it off, `store: true`
-and `previous_response_id` are refused. What needs a stored conversation (`conversation`, `background`,
-`item_reference` items), a stored prompt template (`prompt`) or a tool margin would have to run (every built-in
-tool) is always refused with a message that says so, before anything is reserved or sent."""
+its turns' items prepended to this request's input (`margin.responses_chat.expand`) before it is translated.
+With it off, `store: true` and `previous_response_id` are refused. What needs a stored conversation
+(`conversation`, `background`, `item_reference` items), a stored prompt template (`prompt`) or a tool margin
+would have to run (every built-in tool) is always refused with a message that says so, before anything is
+reserved or sent. This module holds the body's schema and those refusals; its translation to the chat request
+is `margin.responses_chat`."""
 
 from __future__ import annotations
 
@@ -21,8 +23,6 @@ from margin.protocol import (
     MAX_CONTENT_PARTS,
     MAX_MESSAGES,
     MAX_TOOLS,
-    ChatCompletionRequest,
-    Endpoint,
     Flag,
     ModelName,
     PromptCacheKey,
@@ -32,7 +32,6 @@ from margin.protocol import (
     UserId,
     Verbosity,
     error_param,
-    parse_request,
 )
 from margin.responses_reasoning import ReasoningItem
 
@@ -222,7 +221,7 @@ class ResponsesRequest(_Strict):
         return bool(self.include and LOGPROBS_INCLUDE in self.include) or bool(self.top_logprobs)
 
 
-def _refuse(message: str, param: str, code: str = "unsupported_parameter") -> InvalidRequest:
+def refuse(message: str, param: str, code: str = "unsupported_parameter") -> InvalidRequest:
     return InvalidRequest(f"{param}: {message}", param=param, code=code)
 
 
@@ -231,25 +230,23 @@ def _stateless(data: dict[str, Any], storing: bool) -> None:
     (before validation, so the message says why rather than that the field is unknown)."""
     for name, why in STATELESS.items():
         if data.get(name) is not None:
-            raise _refuse(why, name)
+            raise refuse(why, name)
     if not storing and data.get("previous_response_id") is not None:
         why = f"{TURN_ON}, so it cannot continue one: send the whole conversation as `input` items"
-        raise _refuse(why, "previous_response_id")
+        raise refuse(why, "previous_response_id")
     if not storing and data.get("store") is True:
-        raise _refuse(f"{TURN_ON}; send `store: false`", "store", "unsupported_value")
+        raise refuse(f"{TURN_ON}; send `store: false`", "store", "unsupported_value")
     if data.get("background") is True:
-        raise _refuse("background responses are not supported; send the request without it", "background")
+        raise refuse("background responses are not supported; send the request without it", "background")
     if data.get("truncation") == "auto":
-        raise _refuse(
-            "only `disabled` is supported: margin sends the input as it is", "truncation", "unsupported_value"
-        )
+        raise refuse("only `disabled` is supported: margin sends the input as it is", "truncation", "unsupported_value")
     _summary(data.get("reasoning"))
     _builtin_tools(data.get("tools"))
     _items(data.get("input"))
     choice = data.get("tool_choice")
     if isinstance(choice, dict) and choice.get("type") not in ("function", "allowed_tools"):
         why = "only `none`, `auto`, `required`, a function or `allowed_tools` (functions) is supported"
-        raise _refuse(why, "tool_choice", "unsupported_value")
+        raise refuse(why, "tool_choice", "unsupported_value")
 
 
 def _summary(reasoning: Any) -> None:
@@ -257,7 +254,7 @@ def _summary(reasoning: Any) -> None:
     for name in ("summary", "generate_summary"):
         value = reasoning.get(name) if isinstance(reasoning, dict) else None
         if value is not None and value not in get_args(SummaryKind):
-            raise _refuse("must be `auto`, `concise` or `detailed`", f"reasoning.{name}", "invalid_value")
+            raise refuse("must be `auto`, `concise` or `detailed`", f"reasoning.{name}", "invalid_value")
 
 
 def _builtin_tools(tools: Any) -> None:
@@ -267,7 +264,7 @@ def _builtin_tools(tools: Any) -> None:
         if isinstance(tool, dict) and isinstance(kind := tool.get("type"), str) and kind != "function":
             why = f"built-in tool `{kind[:40]}` is not supported through this gateway: margin runs no tools"
             why += " (send function tools)"
-            raise _refuse(why, f"tools.{index}.type", "unsupported_value")
+            raise refuse(why, f"tools.{index}.type", "unsupported_value")
 
 
 def _items(items: Any) -> None:
@@ -288,19 +285,19 @@ def _items(items: Any) -> None:
         kind = item.get("type")
         if kind == "item_reference":
             why = "item references are not supported through this gateway: send the items themselves"
-            raise _refuse(why, f"input.{index}.type", "unsupported_value")
+            raise refuse(why, f"input.{index}.type", "unsupported_value")
         if isinstance(kind, str) and kind not in ("message", "function_call", "function_call_output", "reasoning"):
             why = f"input items of type `{kind[:40]}` are not supported through this gateway"
-            raise _refuse(why, f"input.{index}.type", "unsupported_value")
+            raise refuse(why, f"input.{index}.type", "unsupported_value")
         content = item.get("content")
         if type(content) is list:
             for number, part in enumerate(content):
                 if isinstance(part, dict) and part.get("type") in ("input_file", "input_audio"):
                     why = f"`{part['type']}` parts are not supported through this gateway"
-                    raise _refuse(why, f"input.{index}.content.{number}.type", "unsupported_value")
+                    raise refuse(why, f"input.{index}.content.{number}.type", "unsupported_value")
                 if isinstance(part, dict) and part.get("type") == "input_image" and part.get("file_id") is not None:
                     why = "images by file id are not supported: send `image_url` (a URL or a data URL)"
-                    raise _refuse(why, f"input.{index}.content.{number}.file_id", "unsupported_value")
+                    raise refuse(why, f"input.{index}.content.{number}.file_id", "unsupported_value")
 
 
 UNION_TAGS = frozenset(
@@ -318,200 +315,3 @@ def parse_responses(data: Any, storing: bool = False) -> ResponsesRequest:
         return ResponsesRequest.model_validate(data)
     except ValidationError as exc:
         raise error_param(exc, UNION_TAGS) from exc
-
-
-def _part(part: InputText | OutputText | Refusal | InputImage) -> dict[str, Any]:
-    if isinstance(part, InputImage):
-        image: dict[str, Any] = {"url": part.image_url or ""}
-        if part.detail is not None:
-            image["detail"] = part.detail
-        return {"type": "image_url", "image_url": image}
-    if isinstance(part, Refusal):
-        return {"type": "refusal", "refusal": part.refusal}
-    return {"type": "text", "text": part.text}
-
-
-def _message(item: Message, index: int) -> dict[str, Any]:
-    if isinstance(item.content, str):
-        return {"role": item.role, "content": item.content}
-    for number, part in enumerate(item.content):
-        if isinstance(part, InputImage) and part.image_url is None:
-            raise _refuse("an image needs `image_url`", f"input.{index}.content.{number}.image_url", "invalid_value")
-        if isinstance(part, InputImage) and item.role != "user":
-            raise _refuse(
-                "images are only supported in user messages", f"input.{index}.content.{number}", "unsupported_value"
-            )
-        if isinstance(part, OutputText | Refusal) and item.role != "assistant":
-            why = f"`{part.type}` parts are only supported in assistant messages"
-            raise _refuse(why, f"input.{index}.content.{number}.type", "unsupported_value")
-    return {"role": item.role, "content": [_part(part) for part in item.content]}
-
-
-def _add_message(out: list[dict[str, Any]], message: dict[str, Any]) -> None:
-    """An assistant message right after function calls (whose message has no content: a streamed answer's order,
-    calls then text) is their message's content; any other message is a message of its own."""
-    last = out[-1] if out else None
-    if message["role"] == "assistant" and last is not None and last["role"] == "assistant" and last["content"] is None:
-        last["content"] = message["content"]
-    else:
-        out.append(message)
-
-
-def messages(body: ResponsesRequest) -> list[dict[str, Any]]:
-    """The chat messages: `instructions` first (a system message), then the items in order; consecutive
-    function calls are one assistant message's tool calls (joined to an assistant message just before them;
-    an assistant message just after them is that message's content, as a chat carries no order between text and
-    calls: never an assistant message between the calls and their `tool` messages), a call's output a `tool`
-    message. Reasoning items in margin's encoding are the `thinking_blocks` of the
-    assistant message the next assistant item (message or function call) is part of (others are left out, as
-    are blocks no assistant item follows)."""
-    out: list[dict[str, Any]] = []
-    if body.instructions is not None:
-        out.append({"role": "system", "content": body.instructions})
-    items = [Message(role="user", content=body.input)] if isinstance(body.input, str) else body.input
-    thoughts: list[dict[str, Any]] = []
-    for index, item in enumerate(items):
-        if isinstance(item, ReasoningItem):
-            if (block := item.block()) is not None:
-                thoughts.append(block)
-            continue
-        if isinstance(item, Message):
-            _add_message(out, _message(item, index))
-        elif isinstance(item, FunctionCall):
-            call = {
-                "id": item.call_id,
-                "type": "function",
-                "function": {"name": item.name, "arguments": item.arguments},
-            }
-            last = out[-1] if out else None
-            if last is not None and last["role"] == "assistant":
-                last.setdefault("tool_calls", []).append(call)
-            else:
-                out.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        else:
-            output = item.output if isinstance(item.output, str) else [_part(part) for part in item.output]
-            out.append({"role": "tool", "tool_call_id": item.call_id, "content": output})
-        if out[-1]["role"] == "assistant" and thoughts:
-            out[-1].setdefault("thinking_blocks", []).extend(thoughts)
-        thoughts = []
-    return out
-
-
-def _tool(tool: FunctionTool) -> dict[str, Any]:
-    function: dict[str, Any] = {"name": tool.name}
-    for name in ("description", "parameters", "strict"):
-        if (value := getattr(tool, name)) is not None:
-            function[name] = value
-    return {"type": "function", "function": function}
-
-
-def _tool_choice(choice: str | NamedFunction | AllowedTools, tools: list[FunctionTool]) -> str | dict[str, Any]:
-    """Chat's tool choice; each tool `allowed_tools` names must be one of the request's `tools`."""
-    if isinstance(choice, str):
-        return choice
-    if isinstance(choice, NamedFunction):
-        return {"type": "function", "function": {"name": choice.name}}
-    names = {tool.name for tool in tools}
-    for index, tool in enumerate(choice.tools):
-        if tool.name not in names:
-            why = f"`{tool.name[:128]}` is not one of the request's `tools`"
-            raise _refuse(why, f"tool_choice.tools.{index}.name", "invalid_value")
-    allowed = [{"type": "function", "function": {"name": tool.name}} for tool in choice.tools]
-    return {"type": "allowed_tools", "allowed_tools": {"mode": choice.mode, "tools": allowed}}
-
-
-def response_format(text: Text | None) -> dict[str, Any] | None:
-    form = text.format if text is not None else None
-    if form is None or form.type == "text":
-        return None
-    if form.type == "json_object":
-        return {"type": "json_object"}
-    if form.name is None or form.schema_ is None:
-        raise _refuse("a json_schema format needs `name` and `schema`", "text.format", "invalid_value")
-    schema: dict[str, Any] = {"name": form.name, "schema": form.schema_}
-    if form.description is not None:
-        schema["description"] = form.description
-    if form.strict is not None:
-        schema["strict"] = form.strict
-    return {"type": "json_schema", "json_schema": schema}
-
-
-# Settings passed to the chat request under the same name. Not `metadata`: on the Responses API it is the
-# Response's own (echoed, stored), while a chat's `metadata` asks OpenAI to store the completion (a 400 there
-# without `store: true`) and is refused by anthropic backends
-SAME_NAME = (
-    "temperature", "top_p", "parallel_tool_calls", "user", "service_tier", "prompt_cache_key",
-    "prompt_cache_retention", "safety_identifier",
-)  # fmt: skip
-
-
-def chat_data(body: ResponsesRequest, sent: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The chat request (its JSON) that answers this Responses request (`sent`: its JSON, whose values of the
-    settings passed on are passed as sent, `0` not `0.0`). A stream always asks for usage (the Responses API
-    always reports it)."""
-    data: dict[str, Any] = {"model": body.model, "messages": messages(body)}
-    for name in SAME_NAME:
-        if (value := getattr(body, name)) is not None:
-            data[name] = sent[name] if sent is not None else value
-    if body.max_output_tokens is not None:
-        data["max_tokens"] = body.max_output_tokens
-    if body.tools:
-        data["tools"] = [_tool(tool) for tool in body.tools]
-    if body.tool_choice is not None:
-        data["tool_choice"] = _tool_choice(body.tool_choice, body.tools or [])
-    if (form := response_format(body.text)) is not None:
-        data["response_format"] = form
-    if body.text is not None and body.text.verbosity is not None:
-        data["verbosity"] = body.text.verbosity
-    if body.reasoning is not None and body.reasoning.effort is not None:
-        data["reasoning_effort"] = body.reasoning.effort
-    if body.logprobs:
-        data["logprobs"] = True
-        if body.top_logprobs is not None:
-            data["top_logprobs"] = body.top_logprobs
-    if body.stream:
-        data["stream"] = True
-        data["stream_options"] = {"include_usage": True}
-    return data
-
-
-def parse(data: Any, storing: bool = False) -> tuple[ResponsesRequest, dict[str, Any], ChatCompletionRequest]:
-    """A Responses body: validated, its chat request's JSON, and that chat request validated as the chat path
-    validates it (a 400 naming the chat field is a translation margin could not run)."""
-    body = parse_responses(data, storing)
-    chat = chat_data(body, data)
-    request = parse_request(Endpoint.CHAT, chat)
-    assert isinstance(request, ChatCompletionRequest)
-    return body, chat, request
-
-
-ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
-
-
-def input_items(data: dict[str, Any], request_id: str) -> list[dict[str, Any]]:
-    """A (validated) body's input as the items stored and listed (`input_items`): each with its `type` and an
-    id of its own, the one it came with unless it is null or an earlier item's (the list pages `after` an id)
-    else `<kind>_<request id>_in<n>`; a message's text as a content part."""
-    raw = data["input"]
-    listed = [{"role": "user", "content": raw}] if isinstance(raw, str) else raw
-    items: list[dict[str, Any]] = []
-    ids: set[str] = set()
-    for index, item in enumerate(listed):
-        kind = item.get("type", "message")
-        stored = {"type": kind, "id": None, **item}
-        if not stored["id"] or stored["id"] in ids:
-            stored["id"] = f"{ID_PREFIX[kind]}_{request_id}_in{index}"
-        ids.add(stored["id"])
-        if kind == "message" and isinstance(text := item["content"], str):
-            part = "output_text" if item["role"] == "assistant" else "input_text"
-            stored["content"] = [{"type": part, "text": text, **({"annotations": []} if part == "output_text" else {})}]
-        items.append(stored)
-    return items
-
-
-def expand(data: dict[str, Any], prior: list[dict[str, Any]]) -> dict[str, Any]:
-    """The body continuing a stored conversation: its turns' items (`margin.ledger.stored.chain`), then this
-    request's input; validated again by `parse` (the whole conversation is the prompt, bounded as any input)."""
-    raw = data["input"]
-    current = [{"role": "user", "content": raw}] if isinstance(raw, str) else raw
-    return {**data, "input": [*prior, *current]}

@@ -98,6 +98,7 @@ class CallStats:
     busy_s: float | None = None  # exclusive compute time, when the backend knows it (embedded engines)
     queue_s: float = 0.0
     finish_reason: str | None = None
+    stop_sequence: str | None = None  # the stop sequence that ended the answer, where the upstream names it
     attempts: int = 1  # tries of this call on this backend (retries after a refused connection, 5xx, 429)
     retried: str | None = None  # the error code of the last failure that was retried
     notices: dict[str, str] = field(default_factory=dict)  # headers the backend adds to the answer (the record's)

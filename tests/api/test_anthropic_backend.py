@@ -281,7 +281,7 @@ def test_a_stream_that_fails_midway_ends_as_an_openai_error(live: Live, model: s
             text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
     assert text == "hello world" and "secret-host" not in str(caught.value)
     row = live.row(raw.headers["x-request-id"])
-    code = "upstream_error" if model == "midstream" else "upstream_bad_response"
+    code = "upstream_overloaded" if model == "midstream" else "upstream_bad_response"  # its event: overloaded_error
     assert (row.status, row.http_status, row.error_code) == ("upstream_error", 502, code)
 
 

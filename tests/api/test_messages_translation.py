@@ -17,7 +17,8 @@ from margin.api.errors import anthropic_error_body, status_of
 from margin.api.messages import MessagesClient
 from margin.api.messages_out import MessageEvents, from_chat, tool_input, usage_of
 from margin.errors import InvalidRequest
-from margin.messages import MessagesRequest, parse, parse_messages
+from margin.messages import MessagesRequest, parse_messages
+from margin.messages_chat import parse
 from margin.pipeline.stream import DONE, sse
 from margin.pipeline.values import Record
 from margin.protocol import Endpoint

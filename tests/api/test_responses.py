@@ -354,7 +354,8 @@ def test_a_streamed_function_call(live: Live) -> None:
 
 def test_a_stream_that_breaks_ends_with_an_error_event_and_response_failed(live: Live) -> None:
     """The backend cuts the stream after two tokens: the client gets them, then OpenAI's `error` event and
-    `response.failed` (no `response.completed`); the SDK reads it all without raising, and the row says so."""
+    `response.failed` (no `response.completed`); the SDK reads it all without raising, and the row says so.
+    `response.failed` carries the usage the row bills (before: `usage: null`, while the row billed the tokens)."""
     with live.client().responses.with_streaming_response.create(model="cut-chat", input="a b", stream=True) as raw:
         request_id = raw.headers["x-request-id"]
         events: list[Any] = list(raw.parse())
@@ -364,6 +365,8 @@ def test_a_stream_that_breaks_ends_with_an_error_event_and_response_failed(live:
     assert events[-1].response.status == "failed" and events[-1].response.error.code == events[-2].code
     row = live.row(request_id)
     assert (row.endpoint, row.status) == ("responses", "upstream_error")
+    assert events[-1].response.usage is not None and row.output_tokens > 0
+    _usage_matches(events[-1].response.usage, row)
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -444,6 +447,12 @@ def test_rate_limits_and_keys_apply(live: Live) -> None:
         ({"metadata": {"k": 1}}, "metadata.k", None),
         ({"metadata": {"k" * 65: "v"}}, "metadata." + "k" * 65, None),  # OpenAI's bound on keys: 64 characters
         ({"stream": "yes"}, "stream", None),
+        # OpenAI's tiers margin has no price for (Scale Tier's prepaid capacity), or names it does not serve as
+        # (`fast` is served as `priority`), and a priced tier the model's backend does not list
+        ({"service_tier": "scale"}, "service_tier", None),
+        ({"service_tier": "fast"}, "service_tier", None),
+        ({"service_tier": "ultrafast"}, "service_tier", None),
+        ({"service_tier": "flex"}, "service_tier", "unsupported_value"),
     ],
 )
 def test_what_margin_cannot_honour_is_a_400_naming_it_before_anything_is_sent(

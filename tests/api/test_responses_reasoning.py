@@ -12,7 +12,8 @@ import pytest
 
 from margin.api.responses_out import StreamEvents, from_chat, skeleton
 from margin.errors import InvalidRequest
-from margin.responses import chat_data, input_items, parse_responses
+from margin.responses import parse_responses
+from margin.responses_chat import chat_data, input_items
 from margin.responses_reasoning import ENCODING, decode, encode
 
 THINKING = {"type": "thinking", "thinking": "hm \u00e9 \U0001f600", "signature": "c2ln+/=="}

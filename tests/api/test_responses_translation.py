@@ -18,7 +18,8 @@ from margin.errors import BackendError, InvalidRequest, MarginError
 from margin.pipeline.stream import DONE, sse
 from margin.pipeline.values import Record
 from margin.protocol import Endpoint
-from margin.responses import chat_data, parse, parse_responses
+from margin.responses import parse_responses
+from margin.responses_chat import chat_data, parse
 
 
 def _chat(**body: Any) -> dict[str, Any]:

@@ -21,7 +21,14 @@ from margin.config import parse_settings
 from margin.economics.carbon import GridTable
 from margin.economics.meter import Meter
 from margin.economics.prices import ListPrice, PriceBook
-from margin.errors import BackendClientError, BackendError, InvalidRequest, ResponseTooLarge, UpstreamRateLimited
+from margin.errors import (
+    BackendClientError,
+    BackendError,
+    InvalidRequest,
+    ResponseTooLarge,
+    UpstreamOverloaded,
+    UpstreamRateLimited,
+)
 from margin.protocol import Endpoint, parse_request
 from margin.types import Call, Chunk, Usage
 from tests.backends.anthropic_upstream import (
@@ -446,7 +453,8 @@ def test_anthropic_error_bodies_map_like_openai_s() -> None:
     rejected = upstream_error("claude", 400, body("invalid_request_error"), {})
     assert isinstance(rejected, BackendClientError) and rejected.code == "invalid_request_error"
     overloaded = upstream_error("claude", 529, body("overloaded_error"), {})
-    assert type(overloaded) is BackendError and "secret" not in overloaded.message
+    assert isinstance(overloaded, UpstreamOverloaded) and "secret" not in overloaded.message
+    assert (overloaded.code, overloaded.unsent) == ("upstream_overloaded", True)  # a 502 to chat; nothing billed
     assert 529 in AnthropicBackend.retry_statuses
 
 

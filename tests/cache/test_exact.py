@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
+
 from margin.cache.exact import Entry, MemoryCache, deterministic, request_key
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -69,6 +71,16 @@ async def test_memory_cache_ttl_lru_and_bytes() -> None:
 def test_entry_round_trip() -> None:
     original = entry(cost=None)
     assert Entry.from_bytes(original.to_bytes()) == original
+
+
+def test_an_entry_keeps_its_stop_sequence_and_reads_across_versions() -> None:
+    """The stop sequence round-trips; an entry without one is stored as an earlier margin stored entries (which it
+    reads), and an entry with a field a later margin added is read without it (a Redis shared over an upgrade)."""
+    stopped = Entry("hello", "stop", 3, 1, 1000, "m", 1_700_000_000.0, stop_sequence=" world")
+    assert Entry.from_bytes(stopped.to_bytes()) == stopped
+    assert "stop_sequence" not in orjson.loads(entry().to_bytes())
+    later = {**orjson.loads(stopped.to_bytes()), "added_later": [1, 2]}
+    assert Entry.from_bytes(orjson.dumps(later)) == stopped
 
 
 async def test_redis_cache_round_trip_and_ttl(redis_url: str) -> None:

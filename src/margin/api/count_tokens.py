@@ -1,6 +1,6 @@
 """POST /v1/messages/count_tokens: the token count of a Messages prompt (the SDKs' `client.messages.count_tokens`,
 Claude Code sizing its context). The body is validated as a Messages prompt and translated to the chat request a
-completion of it would be (`margin.messages.parse_prompt`); the caller is authenticated and held to its policy as
+completion of it would be (`margin.messages_chat`); the caller is authenticated and held to its policy as
 on `/v1/messages` (margin.api.counting). A model on an `anthropic` backend is counted by Anthropic: the body as
 the client sent it, with the upstream's model name (`{"input_tokens": N}` as Anthropic counted it). A model on a
 `llamacpp` backend is counted by margin, exactly: the chat template and tokenizer a completion's prompt is built
@@ -23,7 +23,7 @@ from margin.api.counting import Count, answer
 from margin.api.errors import anthropic_error_body
 from margin.api.inference import arrive
 from margin.api.messages import REQUEST_ID
-from margin.messages import parse_prompt
+from margin.messages_chat import parse_prompt
 
 
 def _tokens(count: int) -> dict[str, Any]:

@@ -60,7 +60,8 @@ def error_body(error: e.MarginError) -> dict[str, Any]:
 
 
 # HTTP status → Anthropic's error type (the Messages API answers errors in Anthropic's shape); another 4xx is
-# `invalid_request_error`, another 5xx `api_error`; margin's `Overloaded` is `overloaded_error` whatever its status
+# `invalid_request_error`, another 5xx `api_error`; margin's `Overloaded` and an upstream's overload
+# (`UpstreamOverloaded`: Anthropic's 529, or its `overloaded_error` event mid-stream) are `overloaded_error`
 ANTHROPIC_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -74,7 +75,7 @@ ANTHROPIC_TYPES = {
 def anthropic_error_body(error: e.MarginError) -> dict[str, Any]:
     """An error as Anthropic's API writes it: `{"type": "error", "error": {"type", "message"}}`."""
     status = status_of(error)
-    if isinstance(error, e.Overloaded):
+    if isinstance(error, e.Overloaded | e.UpstreamOverloaded):
         kind = "overloaded_error"
     else:
         kind = ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")

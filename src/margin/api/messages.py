@@ -23,7 +23,8 @@ from margin.api.inference import Run, arrive
 from margin.api.messages_out import MessageEvents, from_chat
 from margin.api.translating import TranslatingClient
 from margin.errors import MarginError
-from margin.messages import MessagesRequest, parse
+from margin.messages import MessagesRequest
+from margin.messages_chat import parse
 from margin.pipeline.values import Record
 from margin.protocol import Endpoint
 

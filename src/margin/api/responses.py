@@ -20,13 +20,14 @@ from margin.api.client import AsgiClient
 from margin.api.counting import Count, answer
 from margin.api.errors import error_body, error_response
 from margin.api.inference import Run, arrive
-from margin.api.responses_out import StreamEvents, from_chat, skeleton
+from margin.api.responses_out import StreamEvents, from_chat, skeleton, usage_of
 from margin.api.stored import Keeper, continued
 from margin.api.translating import Events, TranslatingClient
 from margin.errors import MarginError
 from margin.pipeline.values import Record
 from margin.protocol import ChatCompletionRequest, Endpoint
-from margin.responses import ResponsesRequest, expand, input_items, parse
+from margin.responses import ResponsesRequest
+from margin.responses_chat import expand, input_items, parse
 from margin.types import Principal
 
 Parsed = tuple[ResponsesRequest, dict[str, Any], ChatCompletionRequest]
@@ -58,7 +59,12 @@ class ResponsesClient(TranslatingClient):
             await self.keeper.keep(answer)
 
     async def settle_stream(self, events: Events) -> None:
-        if self.keeper is not None and isinstance(events, StreamEvents) and not events.failed:
+        """A failed stream's Response takes the usage its row bills (what was produced before it broke); a
+        whole one is stored, with a keeper."""
+        if isinstance(events, StreamEvents) and events.failed:
+            usage = self.record.usage
+            events.response["usage"] = usage_of(usage.to_openai()) if usage is not None else None
+        elif self.keeper is not None and isinstance(events, StreamEvents):
             events.close()
             await self.keeper.keep(events.response)
 

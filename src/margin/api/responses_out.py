@@ -187,6 +187,7 @@ class StreamEvents(ReasoningEvents):
         self.finish: Any = None
         self.chat: dict[str, Any] = {}
         self.failed = False
+        self.failure_sent = False  # `response.failed`, sent by `end`
         self.closing: bytes | None = None  # the events that closed the open items, once `close` ran
         self.reasoning: dict[str, Any] | None = None  # the open reasoning item (`ReasoningEvents`)
         self.reasoning_texts: list[str] = []
@@ -368,16 +369,21 @@ class StreamEvents(ReasoningEvents):
         self.response["output"] = [_copy(item) for item in self.items]
 
     def end(self) -> bytes:
-        """The stream's last events: open items closed, then `response.completed` (or `.incomplete`)."""
+        """The stream's last events: open items closed, then `response.completed` (or `.incomplete`); after a
+        failure, `response.failed` (sent once)."""
         if self.failed:
-            return b""
+            if self.failure_sent:
+                return b""
+            self.failure_sent = True
+            return self.event("response.failed", response=self.response)
         self.close()
         response = self.response
         kind = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
         return (self.closing or b"") + self.event(kind, response=response)
 
     def fail(self, error: Any) -> bytes:
-        """An error once streaming: OpenAI's `error` event, then `response.failed`."""
+        """An error once streaming: OpenAI's `error` event; `response.failed` follows at the stream's `end`, once
+        the request is metered, with the usage its row bills (`margin.api.responses`)."""
         if self.failed:
             return b""
         self.failed = True
@@ -388,4 +394,4 @@ class StreamEvents(ReasoningEvents):
         response = self.response
         response["status"], response["output"] = "failed", [_copy(item) for item in self.items]
         response["error"] = {"code": code if isinstance(code, str) else "server_error", "message": message}
-        return out + self.event("response.failed", response=response)
+        return out

@@ -78,9 +78,11 @@ class TranslatingClient:
             await self.inner.refuse(error, headers)
             return
         events = self._events()
+        failed = events.fail(self.body_of(error)["error"])
+        await self.settle_stream(events)
         with contextlib.suppress(ClientGone):  # a failure after the stream's headers left: the error, then the end
-            await self.inner.write(events.fail(self.body_of(error)["error"]))
-            await self.inner.end_stream(b"")
+            await self.inner.write(failed)
+            await self.inner.end_stream(events.end())
 
     async def start_stream(self, headers: Mapping[str, str]) -> None:
         self.started = True

@@ -64,7 +64,8 @@ class AnthropicBackend(HttpBackend):
 
     def _completion(self, call: Call, payload: dict[str, Any], content: bytes) -> Completion:
         answer, text, usage = completion(call, payload, self.name)
-        call.stats.finish_reason = answer["choices"][0]["finish_reason"]
+        choice = answer["choices"][0]
+        call.stats.finish_reason, call.stats.stop_sequence = choice["finish_reason"], choice.get("stop_reason")
         return Completion(payload=answer, text=text, usage=usage)
 
     async def complete(self, call: Call) -> Completion:

@@ -18,7 +18,7 @@ import orjson
 
 from margin.backends import payloads
 from margin.backends.upstream_errors import log_upstream
-from margin.errors import BackendError
+from margin.errors import BackendError, UpstreamOverloaded
 from margin.types import Call, Chunk, Usage
 
 FINISH = {
@@ -55,6 +55,8 @@ def upstream_failed(backend: str, payload: dict[str, Any], when: str) -> Backend
     log_upstream(backend, f"failed {when}", message[:300])
     kind = error.get("type") if isinstance(error, dict) else None
     detail = f" ({kind})" if isinstance(kind, str) and kind.isidentifier() and len(kind) <= 64 else ""
+    if kind == "overloaded_error":  # Anthropic's overload, as its 529 is (margin.backends.upstream_errors)
+        return UpstreamOverloaded(f"the upstream is overloaded: it failed {when}{detail}")
     return BackendError(f"the upstream failed {when}{detail}")
 
 
@@ -245,4 +247,6 @@ class Translator:
         if not isinstance(delta, dict) or (stop := delta.get("stop_reason")) is None:
             return []
         self.finish = self.call.stats.finish_reason = finish_reason(stop)
-        return [self._chunk({}, finish=self.finish, choice=matched(stop, delta.get("stop_sequence")))]
+        sequence = matched(stop, delta.get("stop_sequence"))
+        self.call.stats.stop_sequence = sequence.get("stop_reason")
+        return [self._chunk({}, finish=self.finish, choice=sequence)]

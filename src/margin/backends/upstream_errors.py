@@ -16,6 +16,7 @@ from margin.errors import (
     BackendClientError,
     BackendError,
     MarginError,
+    UpstreamOverloaded,
     UpstreamRateLimited,
     context_message,
 )
@@ -121,4 +122,6 @@ def upstream_error(backend: str, status: int, body: bytes, headers: Mapping[str,
         message = f"the upstream rejected the request (HTTP {status}{detail})"
         return BackendClientError(message, upstream_status=status, code=code, param=param)
     # margin's own key refused, or Anthropic's 529 (nothing generated): the upstream bills neither
-    return BackendError(f"the upstream failed (HTTP {status})", unsent=status in CREDENTIALS or status == OVERLOADED)
+    if status == OVERLOADED:
+        return UpstreamOverloaded(f"the upstream is overloaded (HTTP {status})", unsent=True)
+    return BackendError(f"the upstream failed (HTTP {status})", unsent=status in CREDENTIALS)

@@ -21,7 +21,7 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from margin import jsonload, messages, responses
+from margin import jsonload, messages_chat, responses_chat
 from margin.batches import expiry
 from margin.errors import InvalidRequest, MarginError, PayloadTooLarge
 from margin.protocol import Endpoint, parse_request
@@ -31,13 +31,13 @@ ENDPOINTS = {
     "/v1/chat/completions": Endpoint.CHAT,
     "/v1/completions": Endpoint.COMPLETIONS,
     "/v1/embeddings": Endpoint.EMBEDDINGS,
-    "/v1/responses": Endpoint.RESPONSES,  # validated as the endpoint validates it (margin.responses)
-    "/v1/messages": Endpoint.MESSAGES,  # idem (margin.messages)
+    "/v1/responses": Endpoint.RESPONSES,  # validated as the endpoint validates it (margin.responses_chat)
+    "/v1/messages": Endpoint.MESSAGES,  # idem (margin.messages_chat)
 }
 # a line's body as the chat request it is run as (a Responses line as a stateless one: batch lines are not stored)
 TRANSLATED: dict[Endpoint, Callable[[Any], tuple[Any, Any, Any]]] = {
-    Endpoint.RESPONSES: responses.parse,
-    Endpoint.MESSAGES: messages.parse,
+    Endpoint.RESPONSES: responses_chat.parse,
+    Endpoint.MESSAGES: messages_chat.parse,
 }
 FORM_ENVELOPE = 64 * 1024  # room for the form's own fields and boundaries around the file
 MAX_CUSTOM_ID = 256

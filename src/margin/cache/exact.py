@@ -3,8 +3,9 @@
 Only fields that change the answer are in the key (model, messages, tools, sampling parameters, response
 format…); transport fields (`stream`, `stream_options`, `user`, `metadata`, the upstream's prompt-cache and
 safety hints, a `prediction`) are not, so a streamed request hits an answer first produced without
-streaming and vice versa. Entries hold the answer's text, finish reason, usage and what it cost, so a hit can
-be replayed in either form and its saving recorded.
+streaming and vice versa. Entries hold the answer's text, finish reason (and the stop sequence that ended it,
+where the backend named one), usage and what it cost, so a hit can be replayed in either form and its saving
+recorded.
 
 Stores: `MemoryCache` (TTL + byte-bounded LRU, this process), `SqliteCache` (that LRU in front of a table in
 the SQLite ledger file: survives restarts) and `RedisCache` (shared by replicas)."""
@@ -19,7 +20,7 @@ import sqlite3
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
 import orjson
@@ -56,17 +57,28 @@ class Entry:
     cost_nanousd: int | None  # what producing it cost (the saving of every hit); None: unknown price
     model: str
     created_at: float
+    # the stop sequence that ended the answer, where the backend named it (an anthropic backend's `stop_sequence`):
+    # replayed as the choice's `stop_reason`, so a hit ends as the answer did (none in older entries)
+    stop_sequence: str | None = None
 
     @property
     def usage(self) -> Usage:
         return Usage(self.input_tokens, self.output_tokens, source="cache")
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        """Without a stop sequence, the bytes an entry had before it kept one (an earlier margin reads them)."""
+        data = asdict(self)
+        if data["stop_sequence"] is None:
+            del data["stop_sequence"]
+        return orjson.dumps(data)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Entry:
-        return cls(**orjson.loads(data))
+        """An entry, leaving out what a later margin added (a shared Redis during an upgrade)."""
+        return cls(**{name: value for name, value in orjson.loads(data).items() if name in ENTRY_FIELDS})
+
+
+ENTRY_FIELDS = frozenset(field.name for field in fields(Entry))
 
 
 def request_key(scope: str, endpoint: str, model: str, raw: dict[str, Any]) -> str:

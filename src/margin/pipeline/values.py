@@ -172,6 +172,7 @@ class Record:
     charge: Charge | None = None
     service_tier: str | None = None  # the processing tier it was charged at (metered calls only, not cache hits)
     finish_reason: str | None = None
+    stop_sequence: str | None = None  # the stop sequence that ended the answer, where the backend names it
     ttft_s: float | None = None
     backend_wait_s: float = 0.0
     client_wait_s: float = 0.0

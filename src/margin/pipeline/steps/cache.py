@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 
@@ -57,9 +58,17 @@ def replayable(body: ApiRequest) -> bool:
     return logprobs is None or logprobs is False
 
 
+def ended(payload: dict[str, Any], entry: Entry) -> dict[str, Any]:
+    """The answer's (or its last chunk's) choice names the stop sequence that ended the stored answer, as the
+    first answer's did (`stop_reason`, vLLM's name, which `/v1/messages` gives as `stop_sequence`)."""
+    if entry.stop_sequence is not None:
+        payload["choices"][0]["stop_reason"] = entry.stop_sequence
+    return payload
+
+
 async def replay(call: Call, entry: Entry) -> AsyncIterator[Chunk]:
     yield Chunk(payload=payloads.chunk(call, entry.text, first=True), text=entry.text)
-    yield Chunk(payload=payloads.chunk(call, "", entry.finish_reason))
+    yield Chunk(payload=ended(payloads.chunk(call, "", entry.finish_reason), entry))
     yield Chunk(payload=payloads.usage_chunk(call, entry.usage), usage=entry.usage)
 
 
@@ -76,6 +85,7 @@ async def answer_entry(record: Record, reply: Reply) -> Entry | None:
         cost_nanousd=None if cost is None else to_nanousd(cost),
         model=target.public,
         created_at=time.time(),
+        stop_sequence=record.stop_sequence,
     )
 
 
@@ -121,10 +131,11 @@ class Cache:
         record = request.record
         call = Call(request.endpoint, request.body, request.raw, target.public, target.public, request.id)
         record.target, record.usage, record.finish_reason = target, entry.usage, entry.finish_reason
+        record.stop_sequence = entry.stop_sequence
         record.cache_hit = CacheHit(kind, entry.cost_nanousd, round(time.time() - entry.created_at))
         record.notices[HEADER] = f"hit-{kind}"
         if not request.is_stream:
-            payload = payloads.completion(call, entry.text, entry.finish_reason, entry.usage)
+            payload = ended(payloads.completion(call, entry.text, entry.finish_reason, entry.usage), entry)
             return Reply(completion=Completion(payload=payload, text=entry.text, usage=entry.usage))
         delivery = Delivery(request)
         chunks = replay(call, entry)

@@ -281,6 +281,7 @@ class BackendCall:
             usage = counted_usage(target, call, text)
         usage = held(usage, request, target)  # never more than the request could be billed for
         record.usage, record.finish_reason = usage, call.stats.finish_reason
+        record.stop_sequence = call.stats.stop_sequence
         record.queue_s = call.stats.queue_s
         record.service_tier = tier  # what the upstream said served it (else what was asked): priced as below
         tier = tiers.priced(tier, self.meter.settings.backends[target.backend_name])

@@ -123,3 +123,18 @@ def test_postgres_an_older_ledger_is_refused_and_reads_are_read_only(tmp_path: P
     with pytest.raises(sa.exc.InternalError, match="read-only transaction"), engine.begin() as connection:
         connection.execute(sa.text("DELETE FROM ledger"))
     engine.dispose()
+
+
+def test_a_ledger_in_a_folder_nobody_can_write_is_read_immutable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A WAL file's reader makes a `-shm` beside it, which a read-only folder refuses: there (nothing can write
+    to the ledger either, no journal can be made) it is opened `immutable`, and nothing is made beside it. As
+    root every folder is writable, so the folder's answer is simulated."""
+    ledger = _ledger(tmp_path / "ro" / "l.db")
+    before = _fingerprint(ledger)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == ledger.parent else real(path, mode))
+    code, output = _invoke(["report", *WINDOW, "--json"], ledger)
+    assert code == 0 and '"requests":7,' in output, output
+    assert sorted(p.name for p in ledger.parent.iterdir()) == ["l.db"] and _fingerprint(ledger) == before

@@ -226,10 +226,12 @@ ALL_FAILED_EXIT = 1  # `eval run`: not one request of the run was answered
 
 def _all_failed(results: dict[str, Any]) -> str | None:
     """What to say when every request of every variant failed (nothing was measured); None otherwise."""
+    from margin.evals.gate import all_failed
+
     variants = results["variants"]
-    asked = sum(int(v["n"]) for v in variants)
-    if not asked or any(int(v["errors"]) < int(v["n"]) for v in variants):
+    if not variants or not all(all_failed(v) for v in variants):
         return None
+    asked = sum(int(v["n"]) for v in variants)
     first = next((v["first_error"] for v in variants if v.get("first_error")), None)
     return f"every one of the {asked} requests failed (first: {first}); nothing was measured"
 

@@ -89,13 +89,10 @@ def check_quality_limit(limit_pp: float) -> float:
     return limit_pp
 
 
-def _all_failed(*variants: dict[str, Any]) -> str | None:
-    """The first of `variants` whose every request failed: its items all score 0, so a comparison with it
-    measures nothing (two such variants are "equal")."""
-    for v in variants:
-        if v.get("n") and int(v.get("errors") or 0) >= int(v["n"]):
-            return str(v["variant"])
-    return None
+def all_failed(variant: dict[str, Any]) -> bool:
+    """Every request of this variant (a results.json summary) failed: its items all score 0 and nothing of it
+    was measured (two such variants compare "equal")."""
+    return bool(variant.get("n")) and int(variant.get("errors") or 0) >= int(variant["n"])
 
 
 def _quality_rule(
@@ -154,7 +151,7 @@ def evaluate(
         if max_cost_increase is not None:
             rules.append(_cost_rule(by_name[baseline], cand, max_cost_increase, cost_per))
         if max_quality_drop is not None:
-            failed = _all_failed(by_name[baseline], cand)
+            failed = next((v["variant"] for v in (by_name[baseline], cand) if all_failed(v)), None)
             rules.append(_quality_rule(comparisons.get(name), name, max_quality_drop, failed))
         rules.extend(_slo_rule(cand, metric, limit) for metric, limit in (slos or {}).items())
     if slo_baseline:

@@ -46,6 +46,13 @@ class ConfigError(MarginError):
     default_code = "invalid_config"
 
 
+class LedgerRevision(ConfigError):
+    """A ledger database at another migration revision than this margin's, given to a command that only reads
+    it (which never migrates it)."""
+
+    default_code = "ledger_revision"
+
+
 class InvalidRequest(MarginError):
     default_code = "invalid_request"
 

@@ -212,7 +212,7 @@ def test_a_db_that_is_no_ledger_or_an_unknown_revision_is_one_error_line(tmp_pat
     not_a_db = tmp_path / "notes.db"
     not_a_db.write_bytes(b"this is not a database" * 100)
     assert "file is not a database" in refused(["report", "--db", str(not_a_db)])
-    assert "unable to open database file" in refused(["report", "--db", str(tmp_path)])
+    assert "is a folder, not a ledger file" in refused(["report", "--db", str(tmp_path)])
     assert "nope" in refused(["db", "upgrade", "--revision", "nope", "--db", str(tmp_path / "x.db")])
 
 

@@ -268,16 +268,33 @@ def test_run_files_hold_no_ledger_password(tmp_path: Path, fresh_postgres: str) 
 
 def test_a_model_the_gateway_does_not_serve_is_reported_as_failed_requests(tmp_path: Path) -> None:
     """Every answer an error (here: a model the gateway does not serve): the items score 0, and the report says
-    why instead of showing a model that scores 0 %."""
+    why instead of showing a model that scores 0 %; the run exits 1 (it exited 0, measuring nothing)."""
     path = experiment(tmp_path, judge=None, baseline="ghost", variants=[{"name": "ghost", "model": "ghost-model"}])
     (tmp_path / "suite.jsonl").write_text("".join(json.dumps(item) + "\n" for item in ITEMS[:2]))
     done = CliRunner().invoke(app, ["eval", "run", str(path), "--out", str(tmp_path / "run")])
-    assert done.exit_code == 0, done.output
+    said = " ".join(done.output.split())
+    assert done.exit_code == 1 and isinstance(done.exception, SystemExit), done.output
+    assert "error: every one of the 2 requests failed (first:" in said and "ghost-model" in said, said
+    assert "1: every request of the run failed" in CliRunner().invoke(app, ["eval", "run", "--help"]).output
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     ghost = variant(results, "ghost")
     assert ghost["errors"] == ghost["n"] == 2 and "ghost-model" in ghost["first_error"]
     assert "2 of 2 requests failed" in (tmp_path / "run" / "report.md").read_text()
     assert "2 of 2 requests failed" in " ".join(done.output.split())
+
+
+def test_a_run_where_some_requests_failed_exits_0_and_says_so(tmp_path: Path) -> None:
+    """One variant's every request failed, the other's answered: exit 0 (the gate's `--slo error_rate=…` is the
+    check), the report and the terminal name the failures, and the gate fails on them."""
+    variants = [{"name": "echo", "model": "echo-model"}, {"name": "ghost", "model": "ghost-model"}]
+    path = experiment(tmp_path, judge=None, variants=variants)
+    (tmp_path / "suite.jsonl").write_text("".join(json.dumps(item) + "\n" for item in ITEMS[:2]))
+    done = CliRunner().invoke(app, ["eval", "run", str(path), "--out", str(tmp_path / "run")])
+    assert done.exit_code == 0, done.output
+    assert "`ghost`: 2 of 2 requests failed" in " ".join(done.output.split())
+    assert "2 of 2 requests failed" in (tmp_path / "run" / "report.md").read_text()
+    gate = ["eval", "gate", str(tmp_path / "run"), "--baseline", "echo", "--slo", "error_rate=0.01"]
+    assert CliRunner().invoke(app, gate).exit_code == 1
 
 
 @pytest.mark.parametrize("meta", [b'{"experiment": {"na', b"[1, 2]", b'{"experiment": {"name": 5}}'])

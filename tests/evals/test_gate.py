@@ -46,3 +46,15 @@ def test_a_limit_that_is_no_number_of_points_is_refused(limit: float) -> None:
 def test_the_help_says_what_a_negative_limit_means() -> None:
     text = " ".join(CliRunner().invoke(app, ["eval", "gate", "--help"]).output.replace("│", " ").split())
     assert "negative: the gain it must show (-1: at least 1 point better" in text, text
+
+
+@pytest.mark.parametrize("failed", ["base", "new"])
+def test_quality_is_not_measured_where_every_request_of_a_side_failed(failed: str) -> None:
+    """Both sides' items all 0 (the target was down): Δ 0 pp [0, 0] passed a no-drop rule before."""
+    run = _run(0.0, 0.0, 0.0)
+    for variant in run["variants"]:
+        variant.update(n=2, errors=2 if variant["variant"] == failed else 0)
+    (rule,) = evaluate(run, "base", max_quality_drop=1.0)
+    assert not rule.passed and rule.measured == f"not measured: every request of {failed} failed", rule
+    run["variants"][["base", "new"].index(failed)]["errors"] = 1  # some failed: the comparison stands
+    assert evaluate(run, "base", max_quality_drop=1.0)[0].passed

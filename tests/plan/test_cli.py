@@ -226,3 +226,17 @@ def test_fp8_on_an_a100_says_it_runs_weight_only_in_bf16(tmp_path: Path) -> None
     assert placed.exit_code == 0 and "fp8 (bf16 math)/fp16" in placed.output, placed.output
     formats = json.loads(runner.invoke(app, ["plan", "catalog", "formats", "--json"]).output)
     assert "weight-only" in formats["weights"]["fp8"]["note"]
+
+
+def test_a_png_of_a_search_with_nothing_feasible_is_drawn(tmp_path: Path) -> None:
+    """`--png` when every candidate is rejected (here: a TTFT no hardware meets) was a traceback ("Data cannot
+    be log-scaled because all values are <= 0"): an empty chart that says so."""
+    workload = tmp_path / "w.yaml"
+    workload.write_text(
+        "model: llama-3.1-8b\nrate_rps: 1\ninput_tokens: 100\noutput_tokens: 200\nslo: {ttft_ms: 0.001}\n"
+        "constraints: {hardware: [l4]}\n"
+    )
+    png = tmp_path / "pareto.png"
+    done = runner.invoke(app, ["plan", "place", "--workload", str(workload), "--png", str(png), "--json"])
+    assert done.exit_code == 0 and done.exception is None, done.output
+    assert json.loads(done.output)["feasible"] == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -108,6 +108,16 @@ def test_period_and_cli(engine: sa.Engine, tmp_path: Path) -> None:
         assert blank.exit_code == 2 and "--account" in blank.output, blank.output
 
 
+def test_a_tag_key_named_twice_splits_once(engine: sa.Engine, tmp_path: Path) -> None:
+    """`--tags feature,feature` was a traceback (a duplicate column: "Encountered duplicate field name")."""
+    base = ["export", "focus", "--period", "2026-11", "--db", str(engine.url.database)]
+    once, twice = tmp_path / "once.csv", tmp_path / "twice.csv"
+    assert CliRunner().invoke(app, [*base, "--out", str(once), "--tags", "feature,customer"]).exit_code == 0
+    result = CliRunner().invoke(app, [*base, "--out", str(twice), "--tags", "feature,customer,feature"])
+    assert result.exit_code == 0 and result.exception is None, result.output
+    assert twice.read_text() == once.read_text()
+
+
 def test_the_last_month_a_date_holds_is_one_error_line(engine: sa.Engine, tmp_path: Path) -> None:
     args = [
         "export",

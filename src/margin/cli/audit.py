@@ -9,7 +9,7 @@ import orjson
 import typer
 from rich.table import Table
 
-from margin.cli.options import ConfigOpt, DbOpt, JsonOpt, console, fail, settings_from, sync_engine
+from margin.cli.options import ConfigOpt, DbOpt, JsonOpt, console, fail, reading, settings_from, sync_engine
 from margin.errors import MarginError
 from margin.terminal import plain
 
@@ -35,7 +35,8 @@ def audit_list(
     given = {"since": since, "until": until, "action": action, "actor": actor, "target": target, "limit": limit}
     try:
         wanted = filters({name: value for name, value in given.items() if value is not None})
-        rows = audit.page(sync_engine(settings_from(config, db), existing=True), wanted)
+        with reading(settings_from(config, db)) as engine:
+            rows = audit.page(engine, wanted)
     except MarginError as exc:
         raise fail(exc) from exc
     if json:
@@ -54,7 +55,8 @@ def audit_verify(config: ConfigOpt = None, db: DbOpt = None, json: JsonOpt = Fal
     writer of the database could rewrite the whole chain, which only an outside copy of the head shows."""
     from margin.ledger import audit
 
-    verdict = audit.verify(sync_engine(settings_from(config, db), existing=True))
+    with reading(settings_from(config, db)) as engine:
+        verdict = audit.verify(engine)
     if json:
         print(orjson.dumps({"ok": verdict.broken_at is None, **asdict(verdict)}).decode())
     elif verdict.broken_at is None:

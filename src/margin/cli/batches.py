@@ -13,15 +13,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from margin.cli.options import ConfigOpt, DbOpt, JsonOpt, fail, settings_from, sync_engine
+from margin.cli.options import ConfigOpt, DbOpt, JsonOpt, fail, read_engine, settings_from, sync_engine
 from margin.errors import MarginError, NotFound
 
 app = typer.Typer(no_args_is_help=True, help="Batch jobs (the OpenAI Batch API): progress, schedules, cancel.")
 
 
-def _run(action: Callable[[Any, Any], Any], config: Path | None, db: Path | None) -> Any:
+def _run(action: Callable[[Any, Any], Any], config: Path | None, db: Path | None, *, writes: bool = False) -> Any:
+    """`action(engine, settings)` on the ledger: migrated first where it `writes`, else read-only, unmigrated."""
     settings = settings_from(config, db)
-    engine = sync_engine(settings)
+    engine = sync_engine(settings) if writes else read_engine(settings)
     try:
         return action(engine, settings)
     except MarginError as exc:
@@ -239,7 +240,7 @@ def cancel(batch_id: str, config: ConfigOpt = None, db: DbOpt = None) -> None:
             connection.execute(cancel_statement(batch_id, datetime.now(UTC)))
         return str(_job(engine, batch_id).status)
 
-    status = _run(write, config, db)
+    status = _run(write, config, db, writes=True)
     Console(highlight=False).print(f"{batch_id}: {status}")
     if status not in ("cancelling", "cancelled"):
         raise typer.Exit(2)

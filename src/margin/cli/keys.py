@@ -10,7 +10,17 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from margin.cli.options import ConfigOpt, DbOpt, JsonOpt, cli_origin, console, fail, settings_from, sync_engine
+from margin.cli.options import (
+    ConfigOpt,
+    DbOpt,
+    JsonOpt,
+    cli_origin,
+    console,
+    fail,
+    reading,
+    settings_from,
+    sync_engine,
+)
 from margin.errors import MarginError
 from margin.terminal import plain
 
@@ -66,7 +76,8 @@ def keys_list(config: ConfigOpt = None, db: DbOpt = None, json: JsonOpt = False)
     """List keys (ids, owners, teams, tags, state); never the keys themselves."""
     from margin import keys
 
-    records = keys.list_keys(sync_engine(settings_from(config, db)))
+    with reading(settings_from(config, db)) as engine:
+        records = keys.list_keys(engine)
     if json:
         print(orjson.dumps([{**r.public(), "revoked": r.revoked_at is not None} for r in records]).decode())
         return

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from margin.cli.options import ConfigOpt, DbOpt, JsonOpt, console, fail, settings_from, sync_engine
+from margin.cli.options import ConfigOpt, DbOpt, JsonOpt, console, fail, reading, settings_from, sync_engine
 from margin.errors import MarginError
 
 export_app = typer.Typer(no_args_is_help=True, help="Export the ledger (FOCUS 1.2).")
@@ -38,7 +38,9 @@ def report(
     json: JsonOpt = False,
 ) -> None:
     """Requests, tokens, $ cost, $/1K tokens, energy, gCO2e and latency from the ledger; with --view/--metric:
-    gross margin and attach rate, cost per successful task, savings, utilization and idle cost, carbon."""
+    gross margin and attach rate, cost per successful task, savings, utilization and idle cost, carbon.
+
+    Reads the ledger without writing to it; exit 3: the ledger is at another revision (`margin db upgrade`)."""
     from margin.ledger.read.window import parse_span
     from margin.report.cli import run_report
     from margin.report.queries import Window
@@ -46,8 +48,9 @@ def report(
     settings = settings_from(config, db)
     try:
         window = Window(*parse_span(since, until), team=team)
-        engine, fmt = sync_engine(settings, existing=True), "json" if json else fmt
-        run_report(console(), engine, settings, window, view, metric, by, fmt, bucket, revenue, plot)
+        with reading(settings) as engine:
+            fmt = "json" if json else fmt
+            run_report(console(), engine, settings, window, view, metric, by, fmt, bucket, revenue, plot)
     except MarginError as exc:
         raise fail(exc) from exc
 
@@ -61,13 +64,16 @@ def export_focus(
     config: ConfigOpt = None,
     db: DbOpt = None,
 ) -> None:
-    """FOCUS 1.2 cost and usage rows (one per day × key × team × model × backend × region [× tags])."""
+    """FOCUS 1.2 cost and usage rows (one per day × key × team × model × backend × region [× tags]).
+
+    Reads the ledger without writing to it; exit 3: the ledger is at another revision (`margin db upgrade`)."""
     from margin.report.focus import export
 
     settings = settings_from(config, db)
     try:
         split = tuple(t for t in tags.split(",") if t)
-        result = export(sync_engine(settings, existing=True), settings, period, out, account, split)
+        with reading(settings) as engine:
+            result = export(engine, settings, period, out, account, split)
     except MarginError as exc:
         raise fail(exc) from exc
     note = f"; {result.unpriced_requests} requests at an unknown price left out" if result.unpriced_requests else ""

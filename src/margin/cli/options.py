@@ -3,6 +3,8 @@ ledger engine, printing and failing."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -60,17 +62,56 @@ def cli_origin() -> Origin:
     return Origin(f"cli:{user}", "cli")
 
 
-def sync_engine(settings: Settings, *, existing: bool = False) -> Any:
-    """The ledger's engine, migrated. `existing`: a command that only reads (report, export) fails on a SQLite
-    file that is not there (a mistyped --db made an empty ledger and reported zeros)."""
-    import sqlalchemy as sa
+LEDGER_REVISION_EXIT = 3  # a command that only reads, given a ledger at another revision than this margin's
 
+
+def _must_exist(settings: Settings) -> None:
+    """A command that only reads fails on a SQLite file that is not there (a mistyped --db made an empty
+    ledger and reported zeros)."""
     from margin.errors import InvalidRequest
+    from margin.ledger.db import sqlite_file
+
+    database = sqlite_file(settings.storage.ledger)
+    if database is not None and not Path(database).expanduser().exists():
+        raise InvalidRequest(f"no ledger at {database} (check --db or storage.ledger)")
+    if database is not None and Path(database).expanduser().is_dir():
+        raise InvalidRequest(f"{database} is a folder, not a ledger file (check --db or storage.ledger)")
+
+
+def sync_engine(settings: Settings, *, existing: bool = False) -> Any:
+    """The ledger's engine, migrated (for a command that writes). `existing`: the SQLite file must be there."""
     from margin.ledger import db
 
-    url = sa.make_url(settings.storage.ledger)
-    on_disk = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
-    if existing and on_disk and not Path(str(url.database)).exists():
-        raise InvalidRequest(f"no ledger at {url.database} (check --db or storage.ledger)")
+    if existing:
+        _must_exist(settings)
     db.upgrade(settings.storage.ledger)
     return db.make_sync_engine(settings.storage.ledger)
+
+
+def read_engine(settings: Settings) -> Any:
+    """The ledger's engine for a command that only reads (report, export, lists): it never writes (SQLite
+    opened read-only, PostgreSQL READ ONLY transactions) and never migrates. A ledger at another revision is
+    one `error:` line and exit LEDGER_REVISION_EXIT, naming the command that upgrades it."""
+    from margin.errors import LedgerRevision
+    from margin.ledger import db
+
+    _must_exist(settings)
+    database = db.sqlite_file(settings.storage.ledger)
+    hint = f"`margin db upgrade --db {database}`" if database else "`margin db upgrade` (with the same --config)"
+    engine = db.read_only_engine(settings.storage.ledger)
+    try:
+        db.check_revision(engine, hint)
+    except LedgerRevision as exc:
+        engine.dispose()
+        raise fail(exc, LEDGER_REVISION_EXIT) from exc
+    return engine
+
+
+@contextmanager
+def reading(settings: Settings) -> Iterator[Any]:
+    """`read_engine`, disposed of after the block (its pooled connections closed)."""
+    engine = read_engine(settings)
+    try:
+        yield engine
+    finally:
+        engine.dispose()

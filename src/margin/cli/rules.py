@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from margin.cli.options import ConfigOpt, DbOpt, JsonOpt, cli_origin, fail, settings_from, sync_engine
+from margin.cli.options import ConfigOpt, DbOpt, JsonOpt, cli_origin, fail, reading, settings_from, sync_engine
 from margin.errors import MarginError
 from margin.terminal import plain
 
@@ -40,10 +40,14 @@ def parse_scope(text: str) -> dict[str, Any]:
     return {"kind": kind, "value": value}
 
 
-def _run(action: Callable[[Any, Any], Any], config: Path | None, db: Path | None) -> Any:
+def _run(action: Callable[[Any, Any], Any], config: Path | None, db: Path | None, *, writes: bool = True) -> Any:
+    """`action(engine, settings)` on the ledger: migrated first where it `writes`, else read-only, unmigrated."""
     settings = settings_from(config, db)
     try:
-        return action(sync_engine(settings), settings)
+        if writes:
+            return action(sync_engine(settings), settings)
+        with reading(settings) as engine:
+            return action(engine, settings)
     except MarginError as exc:
         raise fail(exc) from exc
 
@@ -67,7 +71,7 @@ def _list(kind: str, config: Path | None, db: Path | None, json: bool) -> None:
         listing: list[dict[str, Any]] = build_rules(settings, rows).listing(kind)  # type: ignore[arg-type]
         return listing
 
-    rows = _run(read, config, db)
+    rows = _run(read, config, db, writes=False)
     if json:
         print(orjson.dumps(rows).decode())
         return

@@ -167,10 +167,14 @@ def cache(
 RunDir = Annotated[str, typer.Argument(help="The run folder (records.jsonl, results.json, …).")]
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
+def _fail(said: str, code: int = 2) -> typer.Exit:
+    """One `error:` line, its text literal (a model's or an upstream's words in it are not rich markup)."""
     from rich.console import Console
+    from rich.text import Text
 
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}")
+    from margin.terminal import message
+
+    Console(stderr=True, highlight=False).print(Text.assemble(("error:", "bold red"), " ", message(said)))
     return typer.Exit(code)
 
 
@@ -181,7 +185,10 @@ def run(
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report when done.")] = True,
 ) -> None:
     """Ask every item of the suite with every variant through the target, grade the answers and record them
-    (resumable); then summarize with intervals, paired comparisons, cost, energy and carbon per item."""
+    (resumable); then summarize with intervals, paired comparisons, cost, energy and carbon per item.
+
+    Exit 0: done (failed requests score 0 and are counted in the report: gate on them with --slo error_rate=…);
+    1: every request of the run failed (the report is still written); 2: a bad experiment, suite or run folder."""
     from pathlib import Path
 
     from rich.console import Console
@@ -210,6 +217,23 @@ def run(
         for path in write_report(results, Path(out)):
             console.print(f"wrote {path}")
     _print_table(results)
+    if (failed := _all_failed(results)) is not None:
+        raise _fail(failed, code=ALL_FAILED_EXIT)
+
+
+ALL_FAILED_EXIT = 1  # `eval run`: not one request of the run was answered
+
+
+def _all_failed(results: dict[str, Any]) -> str | None:
+    """What to say when every request of every variant failed (nothing was measured); None otherwise."""
+    from margin.evals.gate import all_failed
+
+    variants = results["variants"]
+    if not variants or not all(all_failed(v) for v in variants):
+        return None
+    asked = sum(int(v["n"]) for v in variants)
+    first = next((v["first_error"] for v in variants if v.get("first_error")), None)
+    return f"every one of the {asked} requests failed (first: {first}); nothing was measured"
 
 
 def _print_table(results: dict[str, Any]) -> None:

@@ -7,7 +7,8 @@
   the lower end of its 95% paired-bootstrap interval is below −limit, i.e. a drop larger than the limit
   cannot be ruled out. Strict on purpose: with few items, gates refuse rather than guess. A negative limit asks
   for a gain: `--max-quality-drop -1` passes only when the candidate is at least 1 point better, its interval's
-  lower end included (the same two conditions, with −limit = +1). Limits are within ±100 points.
+  lower end included (the same two conditions, with −limit = +1). Limits are within ±100 points. It fails,
+  "not measured", where every request of the baseline or of the candidate failed (all their items score 0).
 - `--slo ttft_p95_ms=800` (also ttft_p50_ms, e2e_p50_ms, e2e_p95_ms, error_rate, decode_tps_min): every
   candidate must meet it (the baseline too, with `--slo-baseline`).
 """
@@ -88,9 +89,19 @@ def check_quality_limit(limit_pp: float) -> float:
     return limit_pp
 
 
-def _quality_rule(comparison: dict[str, Any] | None, variant: str, limit_pp: float) -> RuleResult:
+def all_failed(variant: dict[str, Any]) -> bool:
+    """Every request of this variant (a results.json summary) failed: its items all score 0 and nothing of it
+    was measured (two such variants compare "equal")."""
+    return bool(variant.get("n")) and int(variant.get("errors") or 0) >= int(variant["n"])
+
+
+def _quality_rule(
+    comparison: dict[str, Any] | None, variant: str, limit_pp: float, failed: str | None = None
+) -> RuleResult:
     wanted = f"quality drop ≤ {limit_pp:g} pp" if limit_pp >= 0 else f"quality gain ≥ {-limit_pp:g} pp"
     rule = f"{wanted} (paired, 95% CI)"
+    if failed is not None:
+        return RuleResult(rule, variant, False, f"not measured: every request of {failed} failed")
     if comparison is None:
         return RuleResult(rule, variant, False, "no paired comparison with the baseline")
     diff = comparison["diff"]
@@ -140,7 +151,8 @@ def evaluate(
         if max_cost_increase is not None:
             rules.append(_cost_rule(by_name[baseline], cand, max_cost_increase, cost_per))
         if max_quality_drop is not None:
-            rules.append(_quality_rule(comparisons.get(name), name, max_quality_drop))
+            failed = next((v["variant"] for v in (by_name[baseline], cand) if all_failed(v)), None)
+            rules.append(_quality_rule(comparisons.get(name), name, max_quality_drop, failed))
         rules.extend(_slo_rule(cand, metric, limit) for metric, limit in (slos or {}).items())
     if slo_baseline:
         rules.extend(_slo_rule(by_name[baseline], metric, limit) for metric, limit in (slos or {}).items())

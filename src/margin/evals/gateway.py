@@ -103,11 +103,11 @@ def ledger_rows(url: str, request_ids: Sequence[str], wait_s: float = LEDGER_WAI
     writer to flush the last ones. Missing ids are simply absent from the answer."""
     import sqlalchemy as sa
 
-    from margin.ledger.db import make_sync_engine
+    from margin.ledger.db import read_only_engine
     from margin.ledger.models import ledger
 
     wanted, found = set(request_ids), dict[str, dict[str, Any]]()
-    engine = make_sync_engine(url)
+    engine = read_only_engine(url)  # the target gateway's ledger: read, never written
     deadline = time.monotonic() + wait_s
     try:
         while True:

@@ -4,6 +4,7 @@ the async driver for the server and the sync one for migrations and reports."""
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -15,9 +16,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from margin.errors import ConfigError
+from margin.errors import ConfigError, LedgerRevision
 from margin.urls import hide_password
 
 _ASYNC = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
@@ -91,6 +93,64 @@ def make_sync_engine(url: str) -> sa.Engine:
     return engine
 
 
+def _sqlite_read_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.execute("PRAGMA busy_timeout=5000")  # no journal_mode: setting it writes the file's header
+    math_functions(dbapi_connection)
+
+
+def read_only_engine(url: str) -> sa.Engine:
+    """An engine that cannot write: a SQLite file opened read-only (`mode=ro`; one that is not there is an
+    error, not a new empty file), PostgreSQL's transactions READ ONLY. SQLite in memory: an ordinary one."""
+    target = sync_url(url)
+    if target.drivername != "sqlite":
+        return sa.create_engine(target, execution_options={"postgresql_readonly": True})
+    if (database := sqlite_file(target)) is None:
+        return make_sync_engine(url)
+    path = Path(database).expanduser().absolute()
+    query = {"mode": "ro", "uri": "true"}
+    if not os.access(path.parent, os.W_OK) and not Path(f"{path}-shm").exists():
+        # a read-only folder: no writer can journal there, and a WAL file's reader could not make its -shm
+        query["immutable"] = "1"
+    engine = sa.create_engine(target.set(database=path.as_uri(), query=query))
+    sa.event.listen(engine, "connect", _sqlite_read_pragmas)
+    return engine
+
+
+def _revision(engine: sa.Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def _known(revision: str) -> bool:
+    with make_sync_engine("sqlite://").connect() as connection:
+        scripts = ScriptDirectory.from_config(_alembic_config(connection))
+        try:
+            scripts.get_revision(revision)
+        except CommandError:
+            return False
+    return True
+
+
+def check_revision(engine: sa.Engine, upgrade_hint: str) -> None:
+    """Refuse a ledger that is not at this margin's head revision (LedgerRevision), reading only: an older one
+    is upgraded by `upgrade_hint`, which a command that only reads never runs for its user."""
+    current, head = _revision(engine), head_revision()
+    if current == head:
+        return
+    if current is None:
+        raise LedgerRevision(f"the database is not a margin ledger (no migration revision): {upgrade_hint} makes one")
+    if not _known(current):
+        raise LedgerRevision(
+            f"the ledger is at revision {current}, which this margin (head {head}) does not know: a newer margin "
+            "migrated it; read it with that version"
+        )
+    raise LedgerRevision(
+        f"the ledger is at revision {current}, older than this margin's {head}; this command only reads and "
+        f"does not upgrade it: run {upgrade_hint} first (it writes to the ledger; `margin serve` also upgrades "
+        "it at start)"
+    )
+
+
 def make_async_engine(url: str) -> AsyncEngine:
     target = async_url(url)
     engine = create_async_engine(target)
@@ -155,10 +215,13 @@ def downgrade(url: str, revision: str) -> None:
 
 
 def current_revision(url: str) -> str | None:
-    engine = make_sync_engine(url)
+    """The ledger's revision, read without writing (None: no margin ledger there, a SQLite file not there
+    included, which this does not create)."""
+    if (database := sqlite_file(url)) is not None and not Path(database).expanduser().exists():
+        return None
+    engine = read_only_engine(url)
     try:
-        with engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
+        return _revision(engine)
     finally:
         engine.dispose()
 

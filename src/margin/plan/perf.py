@@ -38,6 +38,20 @@ MAX_BATCH = 1_000_000  # sequences in flight
 MAX_RATE_RPS = 1_000_000.0  # requests/s to serve
 
 
+def tensor_parallel_problem(model: Model, devices: int) -> str | None:
+    """Why `model` cannot be split over `devices` tensor-parallel devices, as vLLM refuses it (its
+    QKVParallelLinear): each device takes heads / devices query heads, and heads / devices KV heads, or, with
+    more devices than KV heads (GQA), one KV head copied to devices / kv_heads devices. None: it can."""
+    if devices == 1:
+        return None
+    if model.heads % devices:
+        return f"{model.heads} attention heads do not divide over {devices} devices (tensor parallel)"
+    kv = model.kv_heads
+    if (kv % devices if devices < kv else devices % kv) != 0:
+        return f"{kv} KV heads neither divide over {devices} devices nor {devices} devices over them"
+    return None
+
+
 @dataclass(frozen=True)
 class Setup:
     catalog: Catalog
@@ -83,6 +97,10 @@ class Setup:
     @property
     def device(self) -> Device:
         return Device(self.hw, self.eff, self.devices, self.threads)
+
+    def parallel_problem(self) -> str | None:
+        """Why this model cannot run on these devices in tensor parallel (`tensor_parallel_problem`)."""
+        return tensor_parallel_problem(self.model, self.devices)
 
     def label(self) -> str:
         threads = f" {self.threads} threads" if self.threads else ""

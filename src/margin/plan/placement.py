@@ -29,6 +29,7 @@ GGUF_FOR = {
     "b1.58": "gguf-tq1_0",
 }
 LLAMACPP_KINDS = ("cpu", "soc")
+TENSOR_PARALLEL = "heads_not_divisible"  # rejected: the model's heads do not split over the devices (vLLM's rule)
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,9 @@ def place(catalog: Catalog, workload: Workload, calibrations: dict[str, Efficien
         if not regions:
             continue
         result.searched += len(regions)
+        if setup.parallel_problem() is not None:  # a plan vLLM would refuse to load
+            result.rejected[TENSOR_PARALLEL] += len(regions)
+            continue
         capacity = at_slo(setup, mean_in, mean_out, slo, workload.tail_input(), workload.tail_context())
         if capacity.point is None:
             result.rejected[capacity.limit] += len(regions)

@@ -163,8 +163,11 @@ def pareto_png(result: Placement, path: Path) -> None:
     for o in front:
         label = f"{o.setup.devices}× {o.setup.hardware_key} {o.setup.weights}/{o.setup.kv} @ {o.econ.region}"
         ax.annotate(label, (float(o.econ.usd_per_1k_tokens), o.econ.co2e_g_per_1k_tokens), fontsize=7)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    if not xs:  # nothing feasible: an empty chart that says so (a log scale of no points was a traceback)
+        ax.text(0.5, 0.5, "no feasible configuration", ha="center", va="center", transform=ax.transAxes)
+    # a log axis only holds positive values: a zero-carbon region or a free option keeps that axis linear
+    ax.set_xscale("log" if xs and min(xs) > 0 else "linear")
+    ax.set_yscale("log" if ys and min(ys) > 0 else "linear")
     ax.set_xlabel("$ per 1K tokens")
     ax.set_ylabel("gCO2e per 1K tokens")
     ax.set_title(f"{result.workload.model} at {result.workload.rate_rps:g} req/s: cost vs carbon")

@@ -56,6 +56,8 @@ def one_config(
     check_inputs((input_tokens, output_tokens, batch), slo_ms, rate, overheads)
     if region is None and (rate is not None or any(overheads)):  # they only change the economics of a region
         raise ValueError("--rate, --energy-overhead and --network-overhead price a region: give --region too")
+    if (problem := setup.parallel_problem()) is not None:
+        raise ValueError(f"{setup.label()} cannot run: {problem}")
     context = input_tokens + output_tokens
     slo = Slo(*(None if ms is None else ms / 1000 for ms in slo_ms))
     if batch is None:

@@ -169,6 +169,7 @@ def focus_rows(
     charge per request when tags vary per request)."""
     if not account.strip():  # FOCUS: BillingAccountId and BillingAccountName MUST NOT be null (an empty CSV cell is)
         raise InvalidRequest("--account must name the billing account: FOCUS's BillingAccountId cannot be empty")
+    tags = tuple(dict.fromkeys(tags))  # a key named twice splits once (it was a duplicate column: a traceback)
     unknown = set(tags) - set(TAG_KEYS)
     if unknown:
         raise InvalidRequest(f"--tags: {', '.join(sorted(unknown))} unknown; choose among {', '.join(TAG_KEYS)}")
@@ -177,7 +178,7 @@ def focus_rows(
     with engine.connect() as connection:
         found = charges(connection, window, (*CHARGE_GRAIN, *tags))
         left_out = unpriced(connection, window)
-    return FocusExport(found, left_out, start, end, settings, account, tuple(tags))
+    return FocusExport(found, left_out, start, end, settings, account, tags)
 
 
 def _usd(nano: int) -> str:

@@ -52,6 +52,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
                 "tight": {"backend": "tight", "upstream_model": UPSTREAM_MODEL},
                 **models,
             },
+            "limits": [{"scope": {"kind": "team", "value": "limited"}, "rpm": 1}],
         }
         (folder / "margin.yaml").write_text(yaml.safe_dump(config))
         serving = margin_serve(folder / "ledger.db", folder / "serve.log", config=folder / "margin.yaml", ready_s=60)
@@ -128,6 +129,15 @@ def test_the_answer_is_read_within_the_backend_s_bound(gateway: Gateway) -> None
             client.messages.count_tokens(model="tight", messages=[{"role": "user", "content": "word " * 400}])
     body: Any = failed.value.body
     assert failed.value.status_code == 502 and "max_response_bytes" in body["error"]["message"]
+
+
+def test_a_count_is_one_request_for_rpm_and_a_refused_one_asks_nothing(gateway: Gateway) -> None:
+    with gateway.client("limited") as client:
+        assert client.messages.count_tokens(model=PUBLIC, messages=HI).input_tokens > 0
+        asked = len(gateway.upstream.bodies)
+        with pytest.raises(anthropic.RateLimitError):
+            client.messages.count_tokens(model=PUBLIC, messages=HI)
+    assert len(gateway.upstream.bodies) == asked
 
 
 def test_a_backend_left_at_none_is_still_refused_not_estimated(gateway: Gateway) -> None:

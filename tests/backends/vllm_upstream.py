@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from tests.backends.anthropic_upstream import Upstream
-from tests.servers import http_thread, read_json, reply_events, reply_json
+from tests.servers import http_thread, reply_events, reply_json
 
 SLOW_S = 3.0
 # vLLM's TokenizeChatRequest (vllm/entrypoints/openai/protocol.py): the fields a chat prompt's tokenizing takes
@@ -81,10 +81,7 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
             return None
 
         def do_POST(self) -> None:
-            body = read_json(self)
-            upstream.bodies.append(body)
-            upstream.headers.append({name.lower(): value for name, value in self.headers.items()})
-            upstream.paths.append(self.path)
+            body = upstream.record(self)
             if self.path == "/tokenize":
                 _tokenize(self, body)
             elif self.path == "/v1/chat/completions":

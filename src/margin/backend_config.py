@@ -6,7 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from margin.specs import Spec
 
@@ -105,6 +105,19 @@ class OpenAIBackendConfig(HttpBackendConfig):
         "thinking), for an OpenAI-compatible upstream in front of Claude that takes them (a LiteLLM proxy). "
         "Off: they are left out, as an upstream that does not know the field may refuse it.",
     )
+    count_tokens: Literal["none", "vllm"] = Field(
+        "none",
+        description="How a model on this backend is counted (`/v1/messages/count_tokens`, "
+        "`/v1/responses/input_tokens`). `none`: it is not (a 400 `count_tokens_unavailable`). `vllm`: the "
+        "upstream is a vLLM server, asked `POST /tokenize` (at `base_url` less its `/v1`) for the chat request a "
+        "completion would send, so the count is that completion's `prompt_tokens`.",
+    )
+
+    @model_validator(mode="after")
+    def _tokenize_beside_v1(self) -> OpenAIBackendConfig:
+        if self.count_tokens == "vllm" and not self.base_url.rstrip("/").endswith("/v1"):
+            raise ValueError("count_tokens: vllm needs a base_url ending in /v1 (vLLM's /tokenize is beside it)")
+        return self
 
 
 # chat fields an anthropic backend refuses (margin.backends.anthropic_request.REFUSED, and a message's `name`)

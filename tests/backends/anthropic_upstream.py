@@ -83,6 +83,14 @@ class Upstream:
     def last(self) -> dict[str, Any]:
         return self.bodies[-1]
 
+    def record(self, handler: BaseHTTPRequestHandler) -> Any:
+        """A request's JSON body, its headers (lower-cased names) and path, kept; the body is returned."""
+        body = read_json(handler)
+        self.bodies.append(body)
+        self.headers.append({name.lower(): value for name, value in handler.headers.items()})
+        self.paths.append(handler.path)
+        return body
+
 
 def counted(body: dict[str, Any]) -> int:
     """`/v1/messages/count_tokens`'s answer: a number that depends on everything it was sent (the model too)."""
@@ -234,10 +242,7 @@ def _handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
             return None
 
         def do_POST(self) -> None:
-            body = read_json(self)
-            upstream.bodies.append(body)
-            upstream.headers.append({name.lower(): value for name, value in self.headers.items()})
-            upstream.paths.append(self.path)
+            body = upstream.record(self)
             if self.path == "/v1/messages/count_tokens" and body.get("model") == "rejecting":
                 _error(self, 400, "invalid_request_error")
             elif self.path == "/v1/messages/count_tokens":

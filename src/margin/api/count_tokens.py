@@ -2,7 +2,9 @@
 Claude Code sizing its context). The body is validated as a Messages prompt and translated to the chat request a
 completion of it would be (`margin.messages_chat`); the caller is authenticated and held to its policy as
 on `/v1/messages` (margin.api.counting). A model on an `anthropic` backend is counted by Anthropic: the body as
-the client sent it, with the upstream's model name (`{"input_tokens": N}` as Anthropic counted it). A model on a
+the client sent it, with the upstream's model name (`{"input_tokens": N}` as Anthropic counted it). A model on an
+`openai` backend with `count_tokens: vllm` is counted by vLLM (`/tokenize`): the chat request a completion would
+send it. A model on a
 `llamacpp` backend is counted by margin, exactly: the chat template and tokenizer a completion's prompt is built
 with, so the count is the completion's `input_tokens`. Any other model answers 400 (`count_tokens_unavailable`):
 margin does not estimate a count it cannot make exactly.

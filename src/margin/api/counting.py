@@ -58,8 +58,9 @@ async def answer(arrival: Arrival, count: Count) -> Response:
         if not isinstance(backend, InputCounter):
             raise InvalidRequest(
                 f"token counting is not available for the model `{target.public}`: margin counts only models "
-                "served by an anthropic backend (Anthropic counts them) or a llamacpp backend (margin tokenizes the "
-                "prompt as a completion would), and does not estimate",
+                "served by an anthropic backend (Anthropic counts them), an openai backend with `count_tokens: vllm` "
+                "(vLLM counts them) or a llamacpp backend (margin tokenizes the prompt as a completion would), and "
+                "does not estimate",
                 param="model",
                 code=UNAVAILABLE,
             )

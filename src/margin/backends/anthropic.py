@@ -25,7 +25,7 @@ from margin.backends.retry import RETRY_STATUSES
 from margin.backends.upstream_errors import OVERLOADED  # Anthropic's 529: nothing was generated, safe to repeat
 from margin.errors import BackendError, InvalidRequest
 from margin.protocol import ChatCompletionRequest, Endpoint
-from margin.types import Call, CallStats, Chunk, Completion, Prompt
+from margin.types import Call, Chunk, Completion, Prompt
 
 DROPPED_HEADER = "x-margin-dropped-params"  # the fields `drop_unsupported` left out of this request
 # the fields of a Messages body that `/messages/count_tokens` takes (the rest are a completion's)
@@ -82,11 +82,7 @@ class AnthropicBackend(HttpBackend):
             sent = messages_body(prompt.raw, prompt.chat, prompt.upstream_model, self.config.default_max_tokens, drop)
             body = {name: value for name, value in sent.items() if name in COUNTED}
         data = orjson.dumps({**body, "model": prompt.upstream_model})
-        payload, _ = await self._post_json(self._base + "/messages/count_tokens", data, CallStats())
-        tokens = payload.get("input_tokens")
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-            raise bad_response(self.name, "a token count that is not a non-negative integer")
-        return tokens
+        return await self._post_count(self._base + "/messages/count_tokens", data, "input_tokens")
 
     async def embed(self, call: Call) -> Completion:
         raise InvalidRequest(f"model {call.public_model!r} does not serve embeddings", param="model")

@@ -30,6 +30,7 @@ from margin.types import Call, CallStats, Chunk, Completion
 log = logging.getLogger("margin.backends")
 
 ERROR_BODY_BYTES = 64 * 1024
+MAX_TOKEN_COUNT = 2**31 - 1  # an upstream's token count past this is no count of a prompt margin sent
 
 
 class _Retry(Exception):
@@ -217,6 +218,19 @@ class HttpBackend:
         if not isinstance(payload, dict):
             raise BackendError(f"upstream {self.name} sent JSON that is not an object", code="upstream_bad_response")
         return payload, content
+
+    async def _post_count(self, url: str, data: bytes, key: str) -> int:
+        """An upstream's token count of a prompt (`_post_json`: the session, key, retries, time limit and body
+        bound every call has): the answer's `key`, a JSON integer from 0 to `MAX_TOKEN_COUNT`, or the call fails
+        (`upstream_bad_response`), never a count margin made up."""
+        payload, _ = await self._post_json(url, data, CallStats())
+        tokens = payload.get(key)
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 <= tokens <= MAX_TOKEN_COUNT:
+            raise BackendError(
+                f"upstream {self.name} sent a token count that is not an integer from 0 to {MAX_TOKEN_COUNT}",
+                code="upstream_bad_response",
+            )
+        return tokens
 
     def _too_large(self, response: aiohttp.ClientResponse, declared: int | None = None) -> ResponseTooLarge:
         """Drops the connection (the rest of the answer is never read) and says why."""

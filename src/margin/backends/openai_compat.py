@@ -23,7 +23,7 @@ from margin.backends.upstream_errors import log_upstream, upstream_message
 from margin.errors import BackendError
 from margin.jsonload import MIN_DEEP_BYTES
 from margin.protocol import FORWARDED, Endpoint, without_thinking
-from margin.types import Call, Chunk, Completion, Usage, choices_text
+from margin.types import Call, Chunk, Completion, Prompt, Usage, choices_text
 
 log = logging.getLogger("margin.backends")
 
@@ -67,12 +67,17 @@ class OpenAIBackend(HttpBackend):
     def _request(self, call: Call, *, stream: bool) -> tuple[str, bytes]:
         return self._base + PATHS[call.endpoint], self._body(call, stream=stream)
 
-    def _body(self, call: Call, *, stream: bool) -> bytes:
-        known = FORWARDED[call.endpoint]  # a null is the field left out (OpenAI's meaning; some servers differ)
-        body = {name: value for name, value in call.raw.items() if name in known and value is not None}
-        body["model"] = call.upstream_model
+    def _fields(self, raw: dict[str, Any], endpoint: Endpoint, upstream_model: str) -> dict[str, Any]:
+        """The fields of a client's request this upstream is sent, with its model name."""
+        known = FORWARDED[endpoint]  # a null is the field left out (OpenAI's meaning; some servers differ)
+        body = {name: value for name, value in raw.items() if name in known and value is not None}
+        body["model"] = upstream_model
         if "messages" in body and not self.config.thinking_blocks:  # an anthropic backend's thinking blocks, sent
             body["messages"] = without_thinking(body["messages"])  # back: most upstreams do not take them
+        return body
+
+    def _body(self, call: Call, *, stream: bool) -> bytes:
+        body = self._fields(call.raw, call.endpoint, call.upstream_model)
         if "service_tier" in body and body["service_tier"] not in self._tiers:
             del body["service_tier"]
         if call.endpoint is Endpoint.CHAT and self._limit_field == "max_completion_tokens" and "max_tokens" in body:
@@ -200,6 +205,31 @@ class OpenAIBackend(HttpBackend):
             raise BackendError("the upstream failed mid-stream")
         usage = Usage.from_openai(payload.get("usage")) if payload.get("usage") else None
         return Chunk(payload=payload, raw=data, text=delta_text(payload), usage=usage)
+
+
+class VllmCountingBackend(OpenAIBackend):
+    """An `openai` backend in front of a vLLM server, with `count_tokens: vllm`: it counts a prompt by asking
+    vLLM's `POST /tokenize` (at the server's root, beside `/v1`) for the chat request a completion would send."""
+
+    def __init__(self, name: str, config: OpenAIBackendConfig, services: Any = None) -> None:
+        super().__init__(name, config, services)
+        self._tokenize = self._base.removesuffix("/v1") + "/tokenize"
+
+    async def count_input_tokens(self, prompt: Prompt) -> int:
+        """vLLM's count (`count` of its `TokenizeResponse`) of the prompt a chat completion of `prompt` is: its
+        messages and tools as `complete` would send them, the upstream's model name, and the generation prompt
+        the chat endpoint adds; with the session, key, retries, time limit and body bound every call has."""
+        sent = self._fields(prompt.raw, Endpoint.CHAT, prompt.upstream_model)
+        body = {name: sent[name] for name in ("model", "messages", "tools") if name in sent}
+        data = orjson.dumps({**body, "add_generation_prompt": True})
+        return await self._post_count(self._tokenize, data, "count")
+
+
+def openai_backend(name: str, config: OpenAIBackendConfig, services: Any = None) -> OpenAIBackend:
+    """The backend of `kind: openai`: one that counts (`margin.types.InputCounter`) when `count_tokens` says how."""
+    if config.count_tokens == "vllm":
+        return VllmCountingBackend(name, config, services)
+    return OpenAIBackend(name, config, services)
 
 
 def _is_error(payload: dict[str, Any]) -> bool:

@@ -10,7 +10,7 @@ from margin.types import Backend
 
 BUILTIN_KINDS: dict[str, str] = {
     "llamacpp": "margin.backends.llamacpp:LlamaCppBackend",
-    "openai": "margin.backends.openai_compat:OpenAIBackend",
+    "openai": "margin.backends.openai_compat:openai_backend",
     "anthropic": "margin.backends.anthropic:AnthropicBackend",
     "fake": "margin.backends.fake:FakeBackend",
     "sentence_transformers": "margin.backends.embeddings:SentenceTransformersBackend",
@@ -24,7 +24,8 @@ class BackendRegistry:
             self.register(kind, target)
 
     def register(self, kind: str, target: str) -> None:
-        """Register `kind` as "package.module:Class"; the class takes (name, config, services)."""
+        """Register `kind` as "package.module:Class" (or a function that makes one); it takes (name, config,
+        services)."""
         if ":" not in target:
             raise ConfigError(f"backend target {target!r} must look like 'package.module:Class'")
         self._kinds[kind] = target

@@ -58,7 +58,7 @@ class KeyRecord:
     rotated_at: datetime | None = None  # the last rotation (a new secret, same id); None: never rotated
     previous_valid_until: datetime | None = None  # the secret before the last rotation is accepted until then
     by_previous: bool = False  # this record was looked up by that previous secret (`KeyCache.lookup`)
-    # the caller it names, built once per record (the cache's), not per request (`principal_of`: ~3 µs)
+    # the caller it names, built once per record (the cache's), not per request (`principal_of`: ~1.5 µs)
     principal: Principal = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -129,7 +129,7 @@ class Windows:
     (every window starts and ends on a whole UTC hour, so all of an hour's requests share theirs) instead of
     per request (`astimezone`, `replace`, `strftime`: ~10 µs a budget), and each budget's counter basis and
     limit in nano-USD once per budget (the spec is immutable; a reload brings new ones) instead of per request
-    (~2 µs a budget)."""
+    (~1-2 µs a budget)."""
 
     def __init__(self) -> None:
         self._hour = -1

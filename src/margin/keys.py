@@ -58,6 +58,12 @@ class KeyRecord:
     rotated_at: datetime | None = None  # the last rotation (a new secret, same id); None: never rotated
     previous_valid_until: datetime | None = None  # the secret before the last rotation is accepted until then
     by_previous: bool = False  # this record was looked up by that previous secret (`KeyCache.lookup`)
+    # the caller it names, built once per record (the cache's), not per request (`principal_of`: ~1.5 µs)
+    principal: Principal = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        principal = Principal(self.id, self.name, self.team, self.tags, self.org, self.is_admin, self.policy)
+        object.__setattr__(self, "principal", principal)
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
@@ -307,12 +313,4 @@ def principal_of(record: KeyRecord | None) -> Principal:
         raise AuthenticationFailed("invalid or revoked API key")
     if record.expires_at is not None or record.by_previous:  # the clock is read only for a key that needs it
         _still_valid(record, datetime.now(UTC))
-    return Principal(
-        key_id=record.id,
-        name=record.name,
-        team=record.team,
-        tags=record.tags,
-        org=record.org,
-        is_admin=record.is_admin,
-        policy=record.policy,
-    )
+    return record.principal

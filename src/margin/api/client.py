@@ -28,6 +28,7 @@ from margin.ledger.outbox import OutboxError
 from margin.pipeline.values import ClientGone
 
 log = logging.getLogger("margin.api")
+JSON_RAW = (b"content-type", JSON.encode())  # a JSON answer's content type, as an ASGI header (built once)
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -69,7 +70,7 @@ class AsgiClient:
         return orjson.dumps(self.body_of(error))
 
     async def answer(self, body: bytes, headers: Mapping[str, str]) -> None:
-        raw = [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode()), *_encoded(headers)]
+        raw = [JSON_RAW, (b"content-length", str(len(body)).encode()), *_encoded(headers)]
         await self._send({"type": "http.response.start", "status": 200, "headers": raw})
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -84,7 +85,7 @@ class AsgiClient:
             return
         merged = {**error_headers(error), **headers}
         raw = [
-            (b"content-type", JSON.encode()),
+            JSON_RAW,
             (b"content-length", str(len(body)).encode()),
             NOSNIFF_RAW,
             *_encoded(merged),

@@ -103,9 +103,10 @@ def header_map(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
     return {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(raw)}
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, never more than `limit` bytes held (413 beyond it, before reading the rest)."""
-    declared = request.headers.get("content-length")
+async def read_body(request: Request, limit: int, headers: Mapping[str, str] | None = None) -> bytes:
+    """The whole body, never more than `limit` bytes held (413 beyond it, before reading the rest). `headers`:
+    the request's as `header_map` read them, where the caller has them (starlette's `Headers` not built again)."""
+    declared = (request.headers if headers is None else headers).get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit} bytes")
     parts, size, receive = [], 0, request.receive

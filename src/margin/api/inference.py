@@ -79,7 +79,7 @@ async def arrive(
     headers = header_map(request.scope["headers"])
     try:
         principal = caller.principal if caller else await authenticate(services.keys, headers, x_api_key)
-        parsed = parse(parse_json(await read_body(request, services.settings.server.max_body_bytes)))
+        parsed = parse(parse_json(await read_body(request, services.settings.server.max_body_bytes, headers)))
     except MarginError as exc:
         return error_response(exc, request_id, body_of=body_of)
     return Arrival(started, services, request_id, headers, principal, caller.batch if caller else None), parsed

@@ -33,11 +33,15 @@ def from_nanousd(nano: int) -> Decimal:
     return Decimal(nano) / NANO
 
 
+NANO_PLACES = Decimal(1).scaleb(-9)  # usd_str's default quantum, built once (it is on every answer's headers)
+
+
 def usd_str(usd: Decimal | None, places: int = 9) -> str | None:
     """A decimal string for JSON and headers (never a float)."""
     if usd is None:
         return None
-    return format(usd.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN), "f")
+    quantum = NANO_PLACES if places == 9 else Decimal(1).scaleb(-places)
+    return format(usd.quantize(quantum, rounding=ROUND_HALF_EVEN), "f")
 
 
 def human_usd(value: str | None) -> str:

@@ -298,19 +298,21 @@ class Outbox:
             log.error("ledger outbox write failed: %s", exc)
             raise OutboxError(f"the ledger outbox cannot be written ({exc.strerror or exc})") from exc
 
+    def _pending(self) -> tuple[int, int]:
+        """Rows and bytes appended (or left by dead processes) and not yet in the database."""
+        stats, writer = self._ingester.stats, self._writer
+        return writer.rows - stats.own_rows + stats.adopted_rows, writer.bytes - stats.own_bytes + stats.adopted_bytes
+
     @property
     def depth(self) -> Depth:
-        stats = self._ingester.stats
-        return Depth(
-            self._writer.rows - stats.own_rows + stats.adopted_rows,
-            self._writer.bytes - stats.own_bytes + stats.adopted_bytes,
-        )
+        return Depth(*self._pending())
 
     @property
     def full(self) -> bool:
-        """Back-pressure: too much waits for the database; new requests should be refused (503)."""
-        depth = self.depth
-        return depth.rows >= self._max_rows or depth.bytes >= self._max_bytes
+        """Back-pressure: too much waits for the database; new requests should be refused (503). Read on every
+        request: the sums without the `Depth` value (a frozen dataclass: ~1 µs)."""
+        rows, size = self._pending()
+        return rows >= self._max_rows or size >= self._max_bytes
 
     def start(self) -> None:
         self._writer.open()

@@ -59,7 +59,7 @@ class Admit:
     async def _reserve(self, request: Request, decision: RouteDecision, limits: list[LimitSpec]) -> None:
         """Rate limits and budget reservation in one atomic step (one Redis round trip)."""
         base = request.subject
-        checks, lenient, tpm_labels = adm.rate_checks(limits, decision.prompt_tokens, base)
+        checks, lenient, labels = adm.rate_checks(limits, decision.prompt_tokens, base)
         holds = await self._holds(request, decision) if decision.budgets else []
         admit = functools.partial(self._admit_once, request.id, [h.hold for h in holds], checks, lenient)
         result = await admit()
@@ -74,8 +74,12 @@ class Admit:
             raise rate_limited(limits, result.wait)
         if result.failed is not None:
             raise self._exceeded(holds[result.failed], result.counters[result.failed])
-        by_label = {adm.limit_key(limit, base): limit for limit in limits}
-        tpm_keys = [(f"tpm:{label}", 60.0 / (by_label[label].tpm or 1)) for label in tpm_labels]
+        by_label = dict(zip(labels, limits, strict=True))
+        tpm_keys = [
+            (f"tpm:{label}", 60.0 / (by_label[label].tpm or 1))
+            for label, limit in zip(labels, limits, strict=True)
+            if limit.tpm
+        ]
         request.record.admission = adm.Admission(request.id, holds, tpm_keys, base, decision.unpriced)
         for item, (spent, reserved) in zip(holds, result.counters, strict=True):
             if item.hold.limit and 100 * (spent + reserved) >= item.budget.alert_pct * item.hold.limit:

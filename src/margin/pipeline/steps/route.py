@@ -161,18 +161,17 @@ class Route:
             request.record.route, request.record.router_score = requested, score
             request.record.preference = preference
         request, basis = await self._basis(request, rules, subject, candidates)
-        decision = RouteDecision(
+        jurisdictions = policy.jurisdictions if policy is not None else None
+        decision = RouteDecision(  # positional: `Basis` is `RouteDecision`'s tail, field for field (no dict)
             candidates,
             requested,
-            route=requested if route is not None and self.policy is not None else None,
-            router_score=score,
-            strongest=strongest,
-            jurisdictions=tuple(request.policy.jurisdictions)
-            if request.policy is not None and request.policy.jurisdictions is not None
-            else None,
-            residency_filtered=filtered,
-            cache_only=cache_only,
-            **basis._asdict(),
+            requested if route is not None and self.policy is not None else None,
+            score,
+            strongest,
+            tuple(jurisdictions) if jurisdictions is not None else None,
+            filtered,
+            cache_only,
+            *basis,
         )
         return await next(request._replace(decision=decision))
 

@@ -202,7 +202,7 @@ async def list_rules(request: Request, _: Principal) -> Any:
 
 async def put_rule(request: Request, principal: Principal) -> Any:
     services, kind = request.app.state.services, _kind(request)
-    data = await read_json(request)
+    data = await read_json(request, exact=True)
     origin = audit_api.origin(request, principal)
     spec = await services.read(save_rule, services.sync_engine(), kind, data, origin, services.settings)
     await services.governance.refresh()
@@ -224,7 +224,7 @@ async def list_keys(request: Request, _: Principal) -> Any:
 
 
 async def create_key(request: Request, principal: Principal) -> Any:
-    spec = keys.KeyRequest.parse(await read_json(request)).spec()
+    spec = keys.KeyRequest.parse(await read_json(request, exact=True)).spec()
     services = request.app.state.services
     check_policy_models(spec.policy, services.settings)
     origin = audit_api.origin(request, principal)
@@ -243,7 +243,7 @@ async def revoke_key(request: Request, principal: Principal) -> Any:
 async def rotate_key(request: Request, principal: Principal) -> Any:
     services = request.app.state.services
     body = await read_body(request, services.settings.server.max_body_bytes)
-    grace = keyops.RotateRequest.parse(parse_json(body) if body.strip() else {}).grace_s
+    grace = keyops.RotateRequest.parse(parse_json(body, exact=True) if body.strip() else {}).grace_s
     key_id = request.path_params["key_id"]
     origin = audit_api.origin(request, principal)
     record, key = await services.read(

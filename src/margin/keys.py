@@ -252,6 +252,17 @@ def list_keys(engine: sa.Engine) -> list[KeyRecord]:
         return [KeyRecord.from_row(row) for row in rows]
 
 
+def page_keys(engine: sa.Engine, limit: int, after: str | None = None) -> tuple[list[KeyRecord], bool]:
+    """At most `limit` keys in the order of their ids, those after the id `after` (the last of the page before;
+    it need not exist), and whether more follow: one range of the primary key's index, never a sort of them all."""
+    query = sa.select(api_keys).order_by(api_keys.c.id).limit(limit + 1)
+    if after is not None:
+        query = query.where(api_keys.c.id > after)
+    with engine.connect() as connection:
+        records = [KeyRecord.from_row(row) for row in connection.execute(query)]
+    return records[:limit], len(records) > limit
+
+
 def end_sessions(engine: sa.Engine, key_id: str, at_ms: int) -> None:
     """Every dashboard session of the key issued before `at_ms` (Unix ms) is refused from now on (logout)."""
     with engine.begin() as connection:

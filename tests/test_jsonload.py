@@ -115,3 +115,18 @@ def test_a_deep_event_from_an_anthropic_stream_is_an_invalid_event() -> None:
         _parsed(deep, "claude")
     assert raised.value.code == "upstream_bad_response"
     assert _parsed(deep.replace(b"[" * 200 + b"]" * 200, b"[]"), "claude")["delta"] == {"x": []}
+
+
+def test_exact_reads_fractions_as_their_digits_and_bounds_what_loads_dropped() -> None:
+    """`exact` (the admin API's bodies): a number with a fraction or exponent is the `Decimal` of its digits, an
+    integer stays `int`; a part `loads` discarded (the first of a key given twice) nested past Python's recursion
+    limit is `TooDeep`, a 400, not a RecursionError (it was a 500 on `PUT /admin/budgets`)."""
+    from decimal import Decimal
+
+    assert jsonload.exact(b'{"usd": 12345678.123456789, "n": 3, "e": 1e3}') == {
+        "usd": Decimal("12345678.123456789"), "n": 3, "e": Decimal("1E+3")
+    }  # fmt: skip
+    deep = b'{"period": ' + b'{"a":[' * 505 + b"0" + b"]}" * 505 + b', "period": "day"}'
+    assert jsonload.loads(deep) == {"period": "day"}  # orjson kept the second value only
+    with pytest.raises(jsonload.TooDeep):
+        jsonload.exact(deep)

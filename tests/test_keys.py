@@ -366,3 +366,64 @@ def test_dashboard_sessions_end_with_the_secret_that_made_them(tmp_path: Any) ->
         assert zero.session_ended(between, datetime.now(UTC)) and zero.previous_valid_until == zero.rotated_at
     finally:
         sync.dispose()
+
+
+def _rotation_waits_for_a_revocation(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rotation begun while a revocation of the same key is being written (updated, not yet committed) waits
+    for it, then answers 409 `key_revoked`. Before, on SQLite (where FOR UPDATE does nothing), the rotation read
+    the key as active, its update waited for the revocation's commit and then went through: the key stayed
+    revoked, and the caller was handed a new secret for it (200)."""
+    import threading
+    import time
+    from datetime import timedelta
+
+    from margin import keyops
+    from margin.errors import Conflict
+    from margin.keys import NewKey, create_key, revoke_key
+    from margin.ledger import audit
+
+    sync, engine = _engines(url)
+    updated, go = threading.Event(), threading.Event()
+    record = audit.record
+
+    def slow_record(connection: Any, origin: audit.Origin, change: audit.Change) -> int:
+        if change.action == "key.revoke":  # the key's row is updated, the transaction still open
+            updated.set()
+            go.wait(10)
+        return record(connection, origin, change)
+
+    monkeypatch.setattr(audit, "record", slow_record)
+    outcome: dict[str, Any] = {}
+
+    def rotate(key_id: str) -> None:
+        try:
+            outcome["rotated"] = keyops.rotate_key(sync, key_id, timedelta(0))
+        except Conflict as exc:
+            outcome["refused"] = exc
+
+    try:
+        _revoke_every_key(sync)
+        key, _ = create_key(sync, NewKey("svc", team="a"))
+        revoking = threading.Thread(target=revoke_key, args=(sync, key.id, audit.Origin("cli:test", "cli")))
+        revoking.start()
+        assert updated.wait(10)
+        rotating = threading.Thread(target=rotate, args=(key.id,))
+        rotating.start()
+        time.sleep(0.5)  # the rotation reads the key (before: as active) and waits on the revocation's lock
+        go.set()
+        revoking.join(15)
+        rotating.join(15)
+        assert "rotated" not in outcome, "a new secret was handed out for a key revoked meanwhile"
+        assert outcome["refused"].code == "key_revoked", outcome
+    finally:
+        go.set()
+        sync.dispose()
+        asyncio.run(engine.dispose())
+
+
+def test_a_rotation_racing_a_revocation_is_refused_sqlite(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    _rotation_waits_for_a_revocation(f"sqlite:///{tmp_path / 'keys.db'}", monkeypatch)
+
+
+def test_a_rotation_racing_a_revocation_is_refused_postgres(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _rotation_waits_for_a_revocation(postgres_url, monkeypatch)

@@ -91,6 +91,10 @@ def rotate_key(
     sessions made with a secret end when it does (`KeyRecord.session_ended`). Revoking the key ends them all."""
     now = datetime.now(UTC)
     with engine.begin() as connection:
+        # a rotation and a revocation take turns before either reads the key (as two revocations do): on SQLite,
+        # FOR UPDATE does nothing, and a revocation committed between this read and the update below left the
+        # key revoked while the caller was handed a new secret for it (200)
+        audit.hold(connection)
         row = connection.execute(sa.select(api_keys).where(api_keys.c.id == key_id).with_for_update()).first()
         if row is None:
             raise NotFound(f"no key with id {key_id!r}")
@@ -106,9 +110,10 @@ def rotate_key(
             not_before = max(not_before or 0, unix_ms(record.rotated_at))
         values = {"key_hash": hash_key(key), "previous_hash": row.key_hash, "previous_valid_until": until}
         values |= {"rotated_at": now, "sessions_not_before": not_before}
-        same = sa.and_(api_keys.c.id == key_id, api_keys.c.key_hash == row.key_hash)  # no rotation in between
+        # neither a rotation nor a revocation in between (the hold above: checked again here, in the same update)
+        same = sa.and_(api_keys.c.id == key_id, api_keys.c.key_hash == row.key_hash, api_keys.c.revoked_at.is_(None))
         if connection.execute(api_keys.update().where(same).values(**values)).rowcount == 0:
-            raise Conflict(f"key {key_id!r} was rotated meanwhile; list it and rotate again if need be")
+            raise Conflict(f"key {key_id!r} was rotated or revoked meanwhile; list it and rotate again if need be")
         rotated = replace(record, rotated_at=now, previous_valid_until=until, sessions_not_before=not_before)
         if origin is not None:
             change = audit.Change("key.rotate", key_id, before=record.public(), after=rotated.public())

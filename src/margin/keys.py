@@ -14,9 +14,11 @@ import sqlalchemy as sa
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -144,14 +146,26 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def validated(model: type[M], data: Any) -> M:
-    """A request body as `model`, or 400 naming the first field at fault."""
+    """A request body as `model`, or 400 naming the first field at fault. Strict: a value of another JSON type
+    is refused, never coerced (`"admin": "true"`, `"expires_in_s": 3600.5`, `"grace_s": true`)."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None
         message = str(first["msg"]).removeprefix("Value error, ")  # pydantic's prefix on a validator's own
         raise InvalidRequest(f"{param or 'body'}: {message}", param=param) from exc
+
+
+def _iso_text(value: object) -> object:
+    """A date-time given as text (JSON has no other way), read as pydantic reads one, so that strict validation
+    (`validated`) takes it; any other type is left to be refused (no Unix seconds as a number)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return TypeAdapter(AwareDatetime).validate_python(value)
+    except ValidationError as exc:
+        raise ValueError(exc.errors()[0]["msg"]) from None
 
 
 class KeyRequest(BaseModel):
@@ -165,7 +179,9 @@ class KeyRequest(BaseModel):
     tags: dict[Label, Label] = Field(default_factory=dict, max_length=32)
     admin: bool = False
     policy: Policy | None = None
-    expires_at: AwareDatetime | None = Field(None, description="When the key stops working (ISO 8601, with a zone).")
+    expires_at: Annotated[AwareDatetime, BeforeValidator(_iso_text)] | None = Field(
+        None, description="When the key stops working (ISO 8601, with a zone)."
+    )
     expires_in_s: int | None = Field(
         None, ge=MIN_EXPIRY_S, le=MAX_EXPIRY_S, description="Or: seconds from now until the key stops working."
     )
@@ -240,6 +256,17 @@ def list_keys(engine: sa.Engine) -> list[KeyRecord]:
     with engine.connect() as connection:
         rows = connection.execute(sa.select(api_keys).order_by(api_keys.c.created_at))
         return [KeyRecord.from_row(row) for row in rows]
+
+
+def page_keys(engine: sa.Engine, limit: int, after: str | None = None) -> tuple[list[KeyRecord], bool]:
+    """At most `limit` keys in the order of their ids, those after the id `after` (the last of the page before;
+    it need not exist), and whether more follow: one range of the primary key's index, never a sort of them all."""
+    query = sa.select(api_keys).order_by(api_keys.c.id).limit(limit + 1)
+    if after is not None:
+        query = query.where(api_keys.c.id > after)
+    with engine.connect() as connection:
+        records = [KeyRecord.from_row(row) for row in connection.execute(query)]
+    return records[:limit], len(records) > limit
 
 
 def end_sessions(engine: sa.Engine, key_id: str, at_ms: int) -> None:

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -110,12 +111,31 @@ class Scope(Spec):
 
 
 MIN_USD = Decimal("0.000000001")
+DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def _exact_usd(value: object) -> object:
+    """An amount of USD as a JSON number (an integer, or a `Decimal` where the admin API read the body's numbers
+    exactly: `margin.jsonload.exact`) or a decimal string (`"0.25"`, `"1e3"`), never through a binary float. A
+    boolean, or a string that is not a plain decimal number (`"1_000"`, `" 5"`, `"0x10"`), is refused."""
+    if isinstance(value, bool):
+        raise ValueError('give a number or a decimal string such as "0.25", not true or false')
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, str):
+        if DECIMAL_TEXT.fullmatch(value) is None:
+            raise ValueError(f'give a number or a decimal string such as "0.25", not {value[:40]!r}')
+        return Decimal(value)
+    return value  # a Decimal; a float (a config file's YAML) where validation is lax, refused where it is strict
+
+
+Usd = Annotated[Decimal, BeforeValidator(_exact_usd)]
 
 
 class BudgetSpec(Spec):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[\w.:@/+=-]+$")
     scope: Scope
-    usd: Decimal | None = Field(None, gt=0, description="Spend cap in USD (above MAX_USD: no cap beyond it).")
+    usd: Usd | None = Field(None, gt=0, description="Spend cap in USD (above MAX_USD: no cap beyond it).")
     tokens: Count | None = Field(None, gt=0, description="Cap on input + output tokens (above 2**53: counts as it).")
     period: Literal["hour", "day", "month", "lifetime"] = "month"
     mode: Literal["hard", "soft"] = "hard"

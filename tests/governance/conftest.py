@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from margin import keys
 from margin.ledger import db
+from tests.helpers import margin_serve
 
 
 def make_key(db_path: Path, **spec: object) -> tuple[str, str]:
@@ -21,3 +27,20 @@ def make_key(db_path: Path, **spec: object) -> tuple[str, str]:
 
 def bearer(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
+
+
+@contextmanager
+def served_with_admin(workdir: Path, config: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, str]]]:
+    """`margin serve` of `config` in a subprocess on a fresh SQLite ledger holding one admin key: (gateway URL,
+    database URL, the admin key's auth header)."""
+    url = f"sqlite:///{workdir / 'ledger.db'}"
+    db.upgrade(url)
+    engine = db.make_sync_engine(url)
+    try:
+        _, admin = keys.create_key(engine, keys.NewKey("root", is_admin=True))
+    finally:
+        engine.dispose()
+    path = workdir / "margin.yaml"
+    path.write_text(yaml.safe_dump({**config, "storage": {"ledger": url}}))
+    with margin_serve(None, workdir / "serve.log", path) as (base, _):
+        yield base, url, bearer(admin)

@@ -20,6 +20,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from margin import keys
 from margin.ledger import db
+from tests.governance.conftest import served_with_admin
 from tests.helpers import margin_serve
 
 CONFIG = {
@@ -34,17 +35,8 @@ FORM = {"content-type": "application/x-www-form-urlencoded"}
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, str, dict[str, str]]]:
     """(gateway URL, database URL, an admin key's auth header)."""
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    db.upgrade(url)
-    engine = db.make_sync_engine(url)
-    try:
-        _, admin = keys.create_key(engine, keys.NewKey("root", is_admin=True))
-    finally:
-        engine.dispose()
-    config = tmp_path / "margin.yaml"
-    config.write_text(yaml.safe_dump({**CONFIG, "storage": {"ledger": url}}))
-    with margin_serve(None, tmp_path / "serve.log", config) as (base, _):
-        yield base, url, {"authorization": f"Bearer {admin}"}
+    with served_with_admin(tmp_path, CONFIG) as gateway:
+        yield gateway
 
 
 def _create(base: str, admin: dict[str, str], **fields: Any) -> dict[str, Any]:

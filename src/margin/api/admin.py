@@ -37,7 +37,9 @@ from margin.types import Principal
 log = logging.getLogger("margin")
 
 KINDS = {"budgets": "budget", "limits": "limit", "flags": "flag"}
-USAGE_QUERY = frozenset({"since", "until", "by", "limit"})  # `/v1/margin/usage` also takes `user`
+USAGE_QUERY = frozenset({"since", "until", "by", "limit"})
+KEY_PAGE_QUERY = frozenset({"limit", "after"})
+MAX_KEY_ID = 32  # the column's size  # `/v1/margin/usage` also takes `user`
 Handler = Callable[[Request, Any], Awaitable[Any]]
 
 
@@ -77,6 +79,17 @@ def endpoint(
         return answer
 
     return run
+
+
+def page_of(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
+    """A page of an OpenAI-style list (cursor pagination: the next page is `after` its `last_id`)."""
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": more,
+    }
 
 
 def _attempt(request: Request, action: str, outcome: str, error: MarginError) -> audit.Change:
@@ -202,7 +215,7 @@ async def list_rules(request: Request, _: Principal) -> Any:
 
 async def put_rule(request: Request, principal: Principal) -> Any:
     services, kind = request.app.state.services, _kind(request)
-    data = await read_json(request)
+    data = await read_json(request, exact=True)
     origin = audit_api.origin(request, principal)
     spec = await services.read(save_rule, services.sync_engine(), kind, data, origin, services.settings)
     await services.governance.refresh()
@@ -218,13 +231,20 @@ async def delete_rule_route(request: Request, principal: Principal) -> Any:
 
 
 async def list_keys(request: Request, _: Principal) -> Any:
-    services = request.app.state.services
-    records = await services.read(keys.list_keys, services.sync_engine())
-    return {"data": [r.public() for r in records]}
+    """OpenAI's cursor pagination: `limit` keys (`audit`'s page: 100, at most 500) in the order of their ids,
+    `after` the last id of the page before; `has_more`, `first_id`, `last_id` say where the page stands."""
+    services, params = request.app.state.services, request.query_params
+    known_query(params, KEY_PAGE_QUERY)
+    limit = parse_limit(params.get("limit"), audit_api.DEFAULT_PAGE, audit_api.MAX_PAGE)
+    after = params.get("after") or None
+    if after is not None and not (len(after) <= MAX_KEY_ID and after.isascii() and after.isprintable()):
+        raise InvalidRequest(f"after: a key id, at most {MAX_KEY_ID} printable ASCII characters", param="after")
+    records, more = await services.read(keys.page_keys, services.sync_engine(), limit, after)
+    return page_of([r.public() for r in records], more)
 
 
 async def create_key(request: Request, principal: Principal) -> Any:
-    spec = keys.KeyRequest.parse(await read_json(request)).spec()
+    spec = keys.KeyRequest.parse(await read_json(request, exact=True)).spec()
     services = request.app.state.services
     check_policy_models(spec.policy, services.settings)
     origin = audit_api.origin(request, principal)
@@ -243,7 +263,7 @@ async def revoke_key(request: Request, principal: Principal) -> Any:
 async def rotate_key(request: Request, principal: Principal) -> Any:
     services = request.app.state.services
     body = await read_body(request, services.settings.server.max_body_bytes)
-    grace = keyops.RotateRequest.parse(parse_json(body) if body.strip() else {}).grace_s
+    grace = keyops.RotateRequest.parse(parse_json(body, exact=True) if body.strip() else {}).grace_s
     key_id = request.path_params["key_id"]
     origin = audit_api.origin(request, principal)
     record, key = await services.read(

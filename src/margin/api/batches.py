@@ -13,7 +13,7 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from margin.api.admin import endpoint
+from margin.api.admin import endpoint, page_of
 from margin.api.edge import read_json
 from margin.api.errors import NOSNIFF
 from margin.batches import expiry, jsonl, store
@@ -71,16 +71,6 @@ def page_window(request: Request, default: int, most: int, orderable: bool = Fal
     if order not in ("asc", "desc"):
         raise InvalidRequest("order must be asc or desc", param="order")
     return store.Window(int(raw), request.query_params.get("after") or None, order == "asc")
-
-
-def page_of(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": more,
-    }
 
 
 async def upload_file(request: Request, principal: Principal) -> Any:

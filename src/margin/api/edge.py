@@ -123,11 +123,13 @@ async def read_body(request: Request, limit: int, headers: Mapping[str, str] | N
             return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes, *, exact: bool = False) -> Any:
+    """The body as JSON; `exact`: its numbers with a fraction or exponent as `Decimal` (`jsonload.exact`)."""
     if not body:
         raise InvalidRequest("the request body is empty; send a JSON object")
     try:
-        return jsonload.loads(body)
+        value = jsonload.loads(body)
+        return jsonload.exact(body) if exact else value
     except jsonload.TooDeep as exc:  # before validation, the backend or the ledger: margin could not write it back
         raise InvalidRequest(
             f"the request body nests deeper than {exc.limit} levels of arrays and objects, the limit",
@@ -137,9 +139,10 @@ def parse_json(body: bytes) -> Any:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
 
 
-async def read_json(request: Request) -> Any:
-    """The body of an API request as JSON, bounded by `server.max_body_bytes`."""
-    return parse_json(await read_body(request, request.app.state.services.settings.server.max_body_bytes))
+async def read_json(request: Request, *, exact: bool = False) -> Any:
+    """The body of an API request as JSON, bounded by `server.max_body_bytes` (`exact`: see `parse_json`)."""
+    body = await read_body(request, request.app.state.services.settings.server.max_body_bytes)
+    return parse_json(body, exact=exact)
 
 
 def known_query(params: Mapping[str, str], allowed: frozenset[str]) -> None:

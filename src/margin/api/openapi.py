@@ -198,7 +198,13 @@ def _gateway_operations() -> list[Op]:
         Op("get", "/healthz", "Liveness (details for an admin key only)", auth="optional"),
         Op("get", "/readyz", "Readiness: 200 once every backend has loaded, else 503", auth="none"),
         Op("get", "/openapi.json", "This document", auth="none"),
-        Op("get", "/admin/keys", "List keys (never the keys themselves)", auth="admin"),
+        Op(
+            "get",
+            "/admin/keys",
+            "List keys in the order of their ids, a page at a time (never the keys themselves)",
+            auth="admin",
+            params=_query("limit", "after"),
+        ),
         Op("post", "/admin/keys", "Create a key (shown once)", ref(KeyRequest), status=201, auth="admin"),
         Op(
             "delete",

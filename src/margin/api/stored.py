@@ -13,8 +13,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from margin.api.admin import endpoint
-from margin.api.batches import page_of, page_window
+from margin.api.admin import endpoint, page_of
+from margin.api.batches import page_window
 from margin.errors import InvalidRequest, NotFound
 from margin.ledger import stored
 from margin.types import Principal

@@ -135,11 +135,12 @@ def parse_spec(kind: str, data: Any) -> BaseModel:
     if kind not in SPEC_TYPES:
         raise NotFound(f"no rule kind {kind!r} (budget, limit or flag)")
     try:
-        return SPEC_TYPES[kind].model_validate(data, context={"new": True})
+        return SPEC_TYPES[kind].model_validate(data, strict=True, context={"new": True})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or kind
-        raise InvalidRequest(f"invalid {kind}: {where}: {first['msg']}", param=where) from exc
+        message = str(first["msg"]).removeprefix("Value error, ")  # pydantic's prefix on a validator's own
+        raise InvalidRequest(f"invalid {kind}: {where}: {message}", param=where) from exc
 
 
 def parse_policy(text: str | None) -> dict[str, Any] | None:
@@ -157,7 +158,7 @@ def policy_dict(data: Any) -> dict[str, Any] | None:
     if data is None:
         return None
     try:
-        return Policy.model_validate(data).model_dump(exclude_none=True)
+        return Policy.model_validate(data, strict=True).model_dump(exclude_none=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in ("policy", *first["loc"]))

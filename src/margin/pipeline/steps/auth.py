@@ -35,6 +35,10 @@ def parse_tag_header(value: str, allowed: set[str]) -> dict[str, str]:
             raise InvalidRequest(
                 f"x-margin-tags: tag key {name!r} is not allowed (allowed: {sorted(allowed)})", param="x-margin-tags"
             )
+        if name in tags:  # a tag has one value: the last one won without a word, and a `name=*` budget counted it
+            raise InvalidRequest(
+                f"x-margin-tags: tag key {name!r} is given twice (a tag has one value)", param="x-margin-tags"
+            )
         tags[name] = tag_value
     return tags
 

@@ -21,3 +21,10 @@ def message(text: str) -> Text:
     """A message of several lines (an error naming a file's problems): literal, control characters escaped but
     its line breaks kept."""
     return Text(printable_lines(text))
+
+
+def print_error(text: str) -> None:
+    """One `error:` line on stderr, `text` literal (a model's, an upstream's or a file's words in it are no markup)."""
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(Text.assemble(("error:", "bold red"), " ", message(text)))

@@ -74,3 +74,23 @@ async def test_a_request_whose_row_cannot_be_written_still_settles_its_reservati
         assert await store.pending() == 0
         ((spent, reserved),) = (await store.counters(list(store._counters))).values()
         assert reserved == 0 and spent > 0
+
+
+async def test_a_responses_stream_whose_row_cannot_be_written_says_no_usage_was_billed(db_path: Path) -> None:
+    """A `/v1/responses` stream whose row could not be written ends with `response.failed` whose usage is null:
+    its usage is the row's, and there is no row (before the fix it carried the request's tokens as billed)."""
+    async with gateway(fake_settings(db_path)) as gw:
+        writer = gw.services.outbox._writer
+        writer.os_write = disk_full
+        try:
+            body = {"model": "fake-chat", "input": "hi", "stream": True}
+            async with gw.http.stream("POST", "/v1/responses", json=body) as stream:
+                assert stream.status_code == 200
+                text = b"".join([chunk async for chunk in stream.aiter_bytes()])
+        finally:
+            writer.os_write = os.write
+        events = [orjson.loads(line[6:]) for line in text.splitlines() if line.startswith(b"data: ")]
+        kinds = [event["type"] for event in events]
+        assert "error" in kinds and kinds[-1] == "response.failed", kinds
+        assert events[-1]["response"]["usage"] is None
+        assert await gw.rows() == []

@@ -140,3 +140,25 @@ def test_a_part_named_by_filename_star_is_the_file(
     assert answer.status_code == 200, answer.text
     assert answer.json()["filename"] == stored and answer.json()["bytes"] == len(jsonl(line("x")))
     assert client.files.content(answer.json()["id"]).content == jsonl(line("x"))
+
+
+def test_lines_of_only_a_byte_order_mark_count_against_max_lines() -> None:
+    """A line holding only a byte-order mark (and blanks) is no request, but it is counted against `max_lines`:
+    the C-level scan stops on the mark's bytes, so each such line costs Python work. Before, those lines were
+    dropped uncounted: 12M of them and one request (48 MB, under `max_file_bytes`) took ~30 s of CPU per check;
+    now the check stops after `max_lines` of them."""
+    import orjson
+
+    from margin.batches.jsonl import check_content, validate
+    from margin.errors import InvalidRequest
+    from margin.specs import BatchConfig
+
+    bom = b"\xef\xbb\xbf"
+    request = orjson.dumps(line("a"))
+    content = (bom + b"\n" + bom + b" \t\r\n") * 3 + request
+    assert check_content(content, BatchConfig(max_lines=7)) == 7
+    with pytest.raises(InvalidRequest) as refused:
+        check_content(bom + b"\n" * 2 + (bom + b"\n") * 12_000_000 + request, BatchConfig(max_lines=50_000))
+    assert refused.value.code == "too_many_lines"
+    good, bad = validate(content, "/v1/chat/completions", lambda name: name)
+    assert [entry.line for entry in good] == [7] and bad == []  # the mark-only lines are no requests

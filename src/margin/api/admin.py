@@ -37,9 +37,9 @@ from margin.types import Principal
 log = logging.getLogger("margin")
 
 KINDS = {"budgets": "budget", "limits": "limit", "flags": "flag"}
-USAGE_QUERY = frozenset({"since", "until", "by", "limit"})
+USAGE_QUERY = frozenset({"since", "until", "by", "limit"})  # `/v1/margin/usage` also takes `user`
 KEY_PAGE_QUERY = frozenset({"limit", "after"})
-MAX_KEY_ID = 32  # the column's size  # `/v1/margin/usage` also takes `user`
+MAX_KEY_ID = 32  # the column's size
 Handler = Callable[[Request, Any], Awaitable[Any]]
 
 

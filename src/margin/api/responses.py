@@ -58,11 +58,11 @@ class ResponsesClient(TranslatingClient):
         if self.keeper is not None:
             await self.keeper.keep(answer)
 
-    async def settle_stream(self, events: Events) -> None:
-        """A failed stream's Response takes the usage its row bills (what was produced before it broke); a
-        whole one is stored, with a keeper."""
+    async def settle_stream(self, events: Events, billed: bool = True) -> None:
+        """A failed stream's Response takes the usage its row bills (what was produced before it broke; null
+        where no row could be written); a whole one is stored, with a keeper."""
         if isinstance(events, StreamEvents) and events.failed:
-            usage = self.record.usage
+            usage = self.record.usage if billed else None
             events.response["usage"] = usage_of(usage.to_openai()) if usage is not None else None
         elif self.keeper is not None and isinstance(events, StreamEvents):
             events.close()

@@ -14,6 +14,7 @@ import orjson
 from margin.api.client import AsgiClient
 from margin.api.errors import error_body
 from margin.errors import MarginError
+from margin.ledger.outbox import OutboxError
 from margin.pipeline.stream import DONE
 from margin.pipeline.values import ClientGone
 
@@ -70,8 +71,9 @@ class TranslatingClient:
     async def settle(self, answer: dict[str, Any]) -> None:
         """Work done with a whole answer before it is sent (nothing, unless overridden: a stored response)."""
 
-    async def settle_stream(self, events: Events) -> None:
-        """Work done before a stream's last events are sent (nothing, unless overridden)."""
+    async def settle_stream(self, events: Events, billed: bool = True) -> None:
+        """Work done before a stream's last events are sent (nothing, unless overridden); `billed`: false where
+        the request's row could not be written (an `OutboxError`)."""
 
     async def refuse(self, error: MarginError, headers: Mapping[str, str]) -> None:
         if not self.started:
@@ -79,7 +81,7 @@ class TranslatingClient:
             return
         events = self._events()
         failed = events.fail(self.body_of(error)["error"])
-        await self.settle_stream(events)
+        await self.settle_stream(events, billed=not isinstance(error, OutboxError))  # no row: nothing billed
         with contextlib.suppress(ClientGone):  # a failure after the stream's headers left: the error, then the end
             await self.inner.write(failed)
             await self.inner.end_stream(events.end())

@@ -19,7 +19,7 @@ from margin.errors import MarginError, NotFound
 app = typer.Typer(no_args_is_help=True, help="Batch jobs (the OpenAI Batch API): progress, schedules, cancel.")
 
 
-def _run(action: Callable[[Any, Any], Any], config: Path | None, db: Path | None, *, writes: bool = False) -> Any:
+def _run(action: Callable[[Any, Any], Any], config: Path | None, db: Path | None, *, writes: bool) -> Any:
     """`action(engine, settings)` on the ledger: migrated first where it `writes`, else read-only, unmigrated."""
     settings = settings_from(config, db)
     engine = sync_engine(settings) if writes else read_engine(settings)
@@ -94,7 +94,7 @@ def list_jobs(
             query = sa.select(batches).order_by(batches.c.created_at.desc()).limit(limit)
             return list(connection.execute(query))
 
-    rows = _run(read, config, db)
+    rows = _run(read, config, db, writes=False)
     if json:
         typer.echo(orjson.dumps([{**batch_object(r), "key_id": r.key_id} for r in rows]).decode())
         return
@@ -136,7 +136,7 @@ def show(batch_id: str, config: ConfigOpt = None, db: DbOpt = None, json: JsonOp
             lines = {str(status): int(n) for status, n in counts}
         return {**batch_object(row, live_counts=lines), "key_id": row.key_id, "ledger": _ledger(engine, batch_id)}
 
-    found = _run(read, config, db)
+    found = _run(read, config, db, writes=False)
     if json:
         typer.echo(orjson.dumps(found).decode())
         return
@@ -168,7 +168,7 @@ def plan(
             return dict(row.plan or {})
         return _replan(engine, settings, row, objective)
 
-    found = _run(read, config, db)
+    found = _run(read, config, db, writes=False)
     if json:
         typer.echo(orjson.dumps(found).decode())
         return

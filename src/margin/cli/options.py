@@ -10,11 +10,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.text import Text
 
 from margin.config import Settings, load_settings
 from margin.errors import MarginError
-from margin.terminal import message
+from margin.terminal import print_error
 
 if TYPE_CHECKING:
     from margin.ledger.audit import Origin
@@ -29,8 +28,7 @@ def console() -> Console:
 
 
 def fail(error: MarginError | str, code: int = 2) -> typer.Exit:
-    text = message(str(getattr(error, "message", error)))
-    Console(stderr=True, highlight=False).print(Text.assemble(("error:", "bold red"), " ", text))
+    print_error(str(getattr(error, "message", error)))
     return typer.Exit(code)
 
 

@@ -40,7 +40,7 @@ def parse_scope(text: str) -> dict[str, Any]:
     return {"kind": kind, "value": value}
 
 
-def _run(action: Callable[[Any, Any], Any], config: Path | None, db: Path | None, *, writes: bool = True) -> Any:
+def _run(action: Callable[[Any, Any], Any], config: Path | None, db: Path | None, *, writes: bool) -> Any:
     """`action(engine, settings)` on the ledger: migrated first where it `writes`, else read-only, unmigrated."""
     settings = settings_from(config, db)
     try:
@@ -55,7 +55,7 @@ def _run(action: Callable[[Any, Any], Any], config: Path | None, db: Path | None
 def _save(kind: str, data: dict[str, Any], config: Path | None, db: Path | None) -> None:
     from margin.governance.rules import save_rule
 
-    spec = _run(lambda engine, settings: save_rule(engine, kind, data, cli_origin(), settings), config, db)
+    spec = _run(lambda engine, settings: save_rule(engine, kind, data, cli_origin(), settings), config, db, writes=True)
     Console(highlight=False).print(plain(f"saved {kind}: {orjson.dumps(spec.model_dump(mode='json')).decode()}"))
 
 
@@ -94,7 +94,7 @@ def _cell(value: Any) -> Text:
 def _delete(kind: str, name: str, config: Path | None, db: Path | None) -> None:
     from margin.governance.rules import delete_rule
 
-    _run(lambda engine, settings: delete_rule(engine, settings, kind, name, cli_origin()), config, db)
+    _run(lambda engine, settings: delete_rule(engine, settings, kind, name, cli_origin()), config, db, writes=True)
     Console().print(plain(f"deleted {kind} {name}"))
 
 

@@ -169,12 +169,9 @@ RunDir = Annotated[str, typer.Argument(help="The run folder (records.jsonl, resu
 
 def _fail(said: str, code: int = 2) -> typer.Exit:
     """One `error:` line, its text literal (a model's or an upstream's words in it are not rich markup)."""
-    from rich.console import Console
-    from rich.text import Text
+    from margin.terminal import print_error
 
-    from margin.terminal import message
-
-    Console(stderr=True, highlight=False).print(Text.assemble(("error:", "bold red"), " ", message(said)))
+    print_error(said)
     return typer.Exit(code)
 
 

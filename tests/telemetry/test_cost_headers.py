@@ -93,17 +93,15 @@ def test_answers_refused_before_the_request_path_carry_cost_0_and_overhead(live:
     """A bad key, a body that does not validate (the SDK's own call), a Responses body a stateless gateway
     refuses: no ledger row, and the headers every answer carries (they had the request id only)."""
     chat = {"model": "priced", "messages": [{"role": "user", "content": "hi"}]}
-    refused: list[httpx.Response] = []
     stranger = openai.OpenAI(base_url=f"{live.url}/v1", api_key="sk-not-a-key", max_retries=0)
     with stranger, pytest.raises(openai.AuthenticationError) as bad_key:
         stranger.chat.completions.create(**chat)  # type: ignore[call-overload]
-    refused.append(bad_key.value.response)
     with openai.OpenAI(base_url=f"{live.url}/v1", api_key=live.key, max_retries=0) as client:
         with pytest.raises(openai.BadRequestError) as bad_body:
             client.chat.completions.create(**{**chat, "model": "x\ty"})  # type: ignore[call-overload]
         with pytest.raises(openai.BadRequestError) as stateless:
             client.responses.create(model="priced", input="hi", previous_response_id="resp_missing", store=False)
-    refused += [bad_body.value.response, stateless.value.response]
+    refused = [bad_key.value.response, bad_body.value.response, stateless.value.response]
     for answer in refused:
         assert answer.status_code in (400, 401, 404), answer.text
         assert answer.headers["x-margin-request-id"] == answer.headers["x-request-id"]

@@ -79,11 +79,11 @@ async def test_tag_values_sent_as_utf8_are_stored_as_sent(db_path: Path) -> None
     `—` is still refused (not a letter)."""
     async with gateway(fake_settings(db_path)) as gw:
         for sent in ("feature=crêpe", "customer=zoë"):
-            answer = await gw.http.post(CHAT, json=BODY, headers={"x-margin-tags": sent.encode()})
+            answer = await gw.http.post(CHAT, json=BODY, headers={b"x-margin-tags": sent.encode()})
             assert answer.status_code == 200, answer.text
-        latin = {"x-margin-tags": "feature=café".encode("latin-1")}  # not UTF-8: read as Latin-1, as before
+        latin = {b"x-margin-tags": "feature=café".encode("latin-1")}  # not UTF-8: read as Latin-1, as before
         assert (await gw.http.post(CHAT, json=BODY, headers=latin)).status_code == 200
-        dash = await gw.http.post(CHAT, json=BODY, headers={"x-margin-tags": "feature=a—b".encode()})
+        dash = await gw.http.post(CHAT, json=BODY, headers={b"x-margin-tags": "feature=a—b".encode()})
         assert dash.status_code == 400 and dash.json()["error"]["param"] == "x-margin-tags"
         rows = await gw.rows()
     assert [row.tags for row in rows[:3]] == [{"feature": "crêpe"}, {"customer": "zoë"}, {"feature": "café"}]

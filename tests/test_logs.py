@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
-from margin.logs import EscapingFormatter, printable
+import pytest
+import uvicorn
+
+from margin.logs import EscapingFormatter, configure, printable
+from margin.serve import _server_options
+from tests.helpers import fake_settings
 
 
 def test_printable_escapes_control_characters_and_cuts() -> None:
@@ -27,3 +33,25 @@ def test_formatter_escapes_messages_and_tracebacks_keep_their_lines() -> None:
         failed = logging.LogRecord("margin", logging.ERROR, __file__, 1, "boom", (), sys.exc_info())
     text = formatter.format(failed)
     assert "\r" not in text and "bad\\x0dINFO fake" in text and text.count("\n") >= 2
+
+
+def test_the_servers_own_records_are_escaped_too(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """uvicorn logs an unhandled error's traceback itself ("Exception in ASGI application"): with its own
+    logging config it had its own handler, which wrote a CR or an ANSI escape of the message as it came (a
+    traceback keeps its line breaks, as margin's own do)."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        root.handlers.clear()
+        settings = fake_settings(tmp_path / "ledger.db")
+        configure(settings.server.log_level)
+        uvicorn.Config(app="margin.serve:worker_app", **_server_options(settings))  # as `margin serve` starts it
+        try:
+            raise ValueError("bad\rINFO forged \x1b[31m")
+        except ValueError:
+            logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
+        logged = capfd.readouterr().err
+    finally:
+        root.handlers[:], root.level = saved
+    assert "Exception in ASGI application" in logged and "bad\\x0dINFO forged \\x1b[31m" in logged
+    assert "\r" not in logged and "\x1b" not in logged

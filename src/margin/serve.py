@@ -148,6 +148,7 @@ def _server_options(settings: Settings) -> dict[str, Any]:
         "http": protocol(settings),  # httptools, with bounds and deadlines on each request (margin.api.heads)
         "lifespan": "on",
         "access_log": False,
+        "log_config": None,  # uvicorn's records (a 500's traceback) go through margin's escaping handler
         "log_level": settings.server.log_level,
         "timeout_graceful_shutdown": 30,
         "proxy_headers": False,  # margin reads no client address; skipping the middleware saves a hop per request

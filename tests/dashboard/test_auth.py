@@ -94,6 +94,11 @@ async def test_key_without_team_sees_only_its_own_rows(seeded: tuple[Gateway, di
     loner = await get_json(gw, "/overview", made["loner"])
     assert loner["totals"]["requests"] == 0
     assert loner["totals"]["cost_usd"] == "0.000000000"
+    # a self-hosted backend's idle time is every team's: the admin sees its cost, a team or a lone key none (the
+    # lone key was shown the whole backend's idle cost as its own)
+    for key, shown in (("admin", True), ("search", False), ("loner", False)):
+        backends = {b["backend"]: b for b in (await get_json(gw, "/backends", made[key]))["backends"]}
+        assert (backends["fake"]["idle_cost_usd"] is not None) is shown, key
 
 
 async def test_login_form_sets_a_strict_httponly_cookie(seeded: tuple[Gateway, dict[str, str]]) -> None:

@@ -11,12 +11,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 import sqlalchemy as sa
 import yaml
 from typer.testing import CliRunner
 
 from margin.cli import app
+from margin.evals.client import Endpoint, chat
 from margin.evals.experiment import load_experiment
 from margin.evals.gateway import serve
 from margin.evals.runner import run_experiment
@@ -311,3 +314,23 @@ def test_a_run_folder_whose_run_json_is_broken_is_one_error_line(tmp_path: Path,
         assert done.exit_code == 2 and isinstance(done.exception, SystemExit), (args, done.output)
         assert "run.json" in said or "a run of a different experiment" in said, said
     assert (run / "run.json").read_bytes() == meta
+
+
+async def test_an_unknown_price_is_an_unknown_cost_not_a_crash() -> None:
+    """The gateway writes `x-margin-cost-usd: unknown` for a model at an unknown price, in a failed stream's
+    header or a stream's closing comment: the request's cost is unknown (the header raised InvalidOperation)."""
+    answers = {
+        "failed": httpx.Response(502, headers={"x-margin-cost-usd": "unknown"}, json={"error": {"message": "x"}}),
+        "streamed": httpx.Response(
+            200,
+            headers={"content-type": "text/event-stream"},
+            content=b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n: x-margin-cost-usd=unknown '
+            b"x-margin-overhead-ms=0.2\n\ndata: [DONE]\n\n",
+        ),
+    }
+    transport = httpx.MockTransport(lambda request: answers[orjson.loads(request.content)["model"]])
+    async with httpx.AsyncClient(transport=transport) as http:
+        for model, status in (("failed", 502), ("streamed", 200)):
+            result = await chat(http, Endpoint("http://gateway/v1"), model, [{"role": "user", "content": "q"}], {})
+            assert (result.status, result.cost_usd) == (status, None)
+    assert result.text == "hi" and result.error is None

@@ -73,6 +73,22 @@ async def test_tag_header_rejects_unknown_keys(db_path: Path) -> None:
         assert response.json()["error"]["param"] == "x-margin-tags"
 
 
+async def test_tag_values_sent_as_utf8_are_stored_as_sent(db_path: Path) -> None:
+    """Header bytes arrive as Latin-1: UTF-8 `crêpe` read `crÃªpe` (letters to the pattern) and was stored so,
+    where the report, the dashboard and a `customer=crêpe` rule never found it, and `zoë` (`zoÃ«`) was a 400;
+    `—` is still refused (not a letter)."""
+    async with gateway(fake_settings(db_path)) as gw:
+        for sent in ("feature=crêpe", "customer=zoë"):
+            answer = await gw.http.post(CHAT, json=BODY, headers={b"x-margin-tags": sent.encode()})
+            assert answer.status_code == 200, answer.text
+        latin = {b"x-margin-tags": "feature=café".encode("latin-1")}  # not UTF-8: read as Latin-1, as before
+        assert (await gw.http.post(CHAT, json=BODY, headers=latin)).status_code == 200
+        dash = await gw.http.post(CHAT, json=BODY, headers={b"x-margin-tags": "feature=a—b".encode()})
+        assert dash.status_code == 400 and dash.json()["error"]["param"] == "x-margin-tags"
+        rows = await gw.rows()
+    assert [row.tags for row in rows[:3]] == [{"feature": "crêpe"}, {"customer": "zoë"}, {"feature": "café"}]
+
+
 def test_parse_tag_header() -> None:
     allowed = {"feature", "customer"}
     assert parse_tag_header("feature=a, customer=b-2,", allowed) == {"feature": "a", "customer": "b-2"}

@@ -150,6 +150,25 @@ def test_utilization_and_idle_cost(engine: sa.Engine, tmp_path: Path, rollup: bo
     assert fake.idle_cost_usd == Decimal("3.60") * Decimal(3597) / Decimal(3600)
     open_start = utilization(engine, Window(None, at(2, 1), rollup=rollup), settings(tmp_path))[0]
     assert open_start.provisioned_s == 1800.0  # from the backend's first row (00:30) to the window's end
+    for narrowed in (replace(hour, team="search-team"), replace(hour, key_id="k1"), replace(hour, org=(None,))):
+        [part] = utilization(engine, narrowed, settings(tmp_path))  # idle time is every team's: nobody's own
+        assert part.idle_cost_usd is None and part.provisioned_s == 3600.0  # (a key's view had all of it)
+
+
+def test_seat_revenue_is_the_operators_not_a_keys(engine: sa.Engine, tmp_path: Path, rollup: bool) -> None:
+    """Per-seat revenue is left out of a team's, a key's or an org's P&L (a key without a team was credited
+    the whole operator's seats: `$30` against its own `$0.001`)."""
+    november = Window(at(1), at(16), rollup=rollup)
+    parts = (replace(november, team="search-team"), replace(november, key_id="k1"), replace(november, org=(None,)))
+    for narrowed in (november, *parts):  # every row is the key k1's, of search-team, in no org
+        report = margins(engine, narrowed, settings(tmp_path).revenue)
+        chat = next(r for r in report.rows if r.key == "chat")
+        assert chat.cost_usd == Decimal("0.001")
+        seats = report.to_json()["seat_revenue"]
+        if narrowed is november:
+            assert chat.revenue_usd == Decimal(30) and seats == "prorated over the window"
+        else:
+            assert not chat.revenue_usd and seats == "not attributable to a team: left out", narrowed
 
 
 def test_summary_unchanged_by_new_rows(engine: sa.Engine, rollup: bool) -> None:

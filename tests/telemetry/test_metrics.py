@@ -94,6 +94,21 @@ def test_labels_are_bounded() -> None:
     assert value(found, "margin_rejections_total", reason="other") == 50
 
 
+def test_long_config_names_stay_apart() -> None:
+    """Models named by long upstream ids (a Bedrock inference profile's ARN) that differ only at their end are
+    two series, each with its own requests and cost (a cut at 64 characters made them one)."""
+    arn = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-5-sonnet-20241022-v"
+    metrics = Metrics()
+    metrics.observe(row(model=arn + "1:0", backend="bedrock-" + "b" * 100))
+    metrics.observe(row(request_id="r2", model=arn + "2:0", cost_nanousd=700, backend="bedrock-" + "b" * 100))
+    metrics.publish()
+    found = samples(metrics.render())
+    backend = "bedrock-" + "b" * 100
+    for model, cost in ((arn + "1:0", 1500), (arn + "2:0", 700)):
+        assert value(found, "margin_requests_total", model=model, backend=backend, status="ok", code="200") == 1
+        assert value(found, "margin_cost_nanousd_total", model=model) == cost
+
+
 def test_refresh_sets_gauges_and_turns_totals_into_counters() -> None:
     metrics = Metrics()
     state: dict[str, Any] = {

@@ -81,8 +81,19 @@ async def arrive(
         principal = caller.principal if caller else await authenticate(services.keys, headers, x_api_key)
         parsed = parse(parse_json(await read_body(request, services.settings.server.max_body_bytes, headers)))
     except MarginError as exc:
-        return error_response(exc, request_id, body_of=body_of)
+        return unmetered_error(exc, request_id, started, body_of)
     return Arrival(started, services, request_id, headers, principal, caller.batch if caller else None), parsed
+
+
+def unmetered_error(
+    error: MarginError, request_id: str, started: float, body_of: Callable[[MarginError], dict[str, Any]] = error_body
+) -> Response:
+    """The answer to a request refused before the request path (a bad key, a body that does not parse): no
+    ledger row and nothing spent, with the headers every answer carries (its cost, 0, and margin's time)."""
+    response = error_response(error, request_id, body_of=body_of)
+    response.headers["x-margin-cost-usd"] = "0.000000000"
+    response.headers["x-margin-overhead-ms"] = f"{(time.perf_counter() - started) * 1000:.3f}"
+    return response
 
 
 async def handle(request: HttpRequest, endpoint: Endpoint) -> Response | ASGIApp:

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp
 from margin.api.client import AsgiClient
 from margin.api.counting import Count, answer
 from margin.api.errors import error_body, error_response
-from margin.api.inference import Run, arrive
+from margin.api.inference import Run, arrive, unmetered_error
 from margin.api.responses_out import StreamEvents, from_chat, skeleton, usage_of
 from margin.api.stored import Keeper, continued
 from margin.api.translating import Events, TranslatingClient
@@ -81,7 +81,7 @@ async def responses(request: HttpRequest) -> Response | ASGIApp:
         if storing and body.store is not False and batch is None:  # OpenAI's default: stored unless `store: false`
             keeper = Keeper(services, principal, input_items(data, request_id), body.previous_response_id)
     except MarginError as exc:
-        return error_response(exc, request_id)
+        return unmetered_error(exc, request_id, started)
     record = Record(
         request_id, Endpoint.RESPONSES, body.model, body.stream, started=started, principal=principal,
         user=body.user, batch=batch,

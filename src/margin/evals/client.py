@@ -68,13 +68,18 @@ class ChatResult:
         }
 
 
+def _usd(text: str | None) -> Decimal | None:
+    """A cost the gateway wrote (`0.000001830`); None for none or `unknown` (a model at an unknown price)."""
+    try:
+        return Decimal(text) if text else None
+    except InvalidOperation:
+        return None
+
+
 def _cost_from_comment(line: str) -> Decimal | None:
     for part in line.lstrip(":").split():
         if part.startswith(COST_COMMENT):
-            try:
-                return Decimal(part.removeprefix(COST_COMMENT))
-            except InvalidOperation:
-                return None
+            return _usd(part.removeprefix(COST_COMMENT))
     return None
 
 
@@ -115,9 +120,7 @@ async def chat(
         ) as response:
             result.status = response.status_code
             result.request_id = response.headers.get("x-margin-request-id")
-            header_cost = response.headers.get("x-margin-cost-usd")
-            if header_cost:
-                result.cost_usd = Decimal(header_cost)
+            result.cost_usd = _usd(response.headers.get("x-margin-cost-usd"))  # `unknown` raised InvalidOperation
             if response.status_code != 200:
                 result.error = (await response.aread()).decode(errors="replace")[:300]
             else:

@@ -39,18 +39,22 @@ def response_headers(record: Record) -> dict[str, str]:
         "x-margin-overhead-ms": f"{record.overhead_ms():.3f}",
         **record.notices,
     }
-    if record.charge is not None:
-        headers["x-margin-cost-usd"] = usd_str(record.charge.cost_usd) or "unknown"
-    elif not record.stream:
-        headers["x-margin-cost-usd"] = "0.000000000"
+    if record.charge is not None or not record.stream:
+        headers["x-margin-cost-usd"] = cost_text(record)
     return headers
+
+
+def cost_text(record: Record) -> str:
+    """The cost as the ledger row holds it (`settle`): 0 when no backend was called (a cache hit, a refusal),
+    `unknown` for a call at an unknown price (a NULL cost)."""
+    if record.charge is None:
+        return "0.000000000"
+    return usd_str(record.charge.cost_usd) or "unknown"
 
 
 def closing_comment(record: Record) -> bytes:
     """An SSE comment (ignored by SSE clients) with what is only known once the stream is over."""
-    charge = record.charge
-    cost = usd_str(charge.cost_usd) if charge and charge.cost_usd is not None else "unknown"
-    return f": x-margin-cost-usd={cost} x-margin-overhead-ms={record.overhead_ms():.3f}\n\n".encode()
+    return f": x-margin-cost-usd={cost_text(record)} x-margin-overhead-ms={record.overhead_ms():.3f}\n\n".encode()
 
 
 async def first_chunk(chunks: AsyncIterator[Chunk], record: Record) -> Chunk | None:

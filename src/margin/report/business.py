@@ -10,9 +10,9 @@ request and counts all its requests. It is
 *successful* when any of its requests has feedback with `success: true`. Cost per successful task = cost of
 all requests of the graded tasks (those with any feedback) / successful tasks.
 
-Team views (Window.team, a team key's own P&L): cost, calls and tasks are the team's; per-call revenue counts
-the team's successful calls; per-seat revenue is not attributable to a team and is left out (`seat_revenue`
-says so).
+Team views (Window.team, a team key's own P&L; a key's, Window.key_id, alike): cost, calls and tasks are the
+team's; per-call revenue counts the team's successful calls; per-seat revenue is not attributable to a team and
+is left out (`seat_revenue` says so).
 """
 
 from __future__ import annotations
@@ -125,13 +125,14 @@ class MarginReport:
     window_seconds: Decimal
     rows: list[MarginRow]
 
-    team: str | None = None  # a team's view: per-seat revenue left out
+    team: str | None = None  # a team's view
+    partial: bool = False  # a team's or a key's view: per-seat revenue left out
 
     def to_json(self) -> dict[str, Any]:
         return {
             "by": self.by,
             "team": self.team,
-            "seat_revenue": "not attributable to a team: left out" if self.team else "prorated over the window",
+            "seat_revenue": "not attributable to a team: left out" if self.partial else "prorated over the window",
             "active_customers": self.active_customers,
             "window_seconds": str(self.window_seconds.quantize(Decimal("0.001"))),
             "groups": [row.to_json() for row in self.rows],
@@ -161,7 +162,7 @@ def margins(
         name = line.feature if by == "feature" else line.customer
         imported[name] = imported.get(name, Decimal(0)) + line.usd
     quiet: set[str] = set()  # earning revenue with no traffic in the window: a row of their own, in the whole
-    if window.team is None and window.key_id is None and window.org is None:  # view (not a team's, key's, org's)
+    if not window.partial:  # the operator's view (not a team's, key's, org's)
         quiet = {*rules, *(name for name in imported if name is not None)} - set(found)
         found.update({name: read.zero() for name in sorted(quiet)})
     out = [
@@ -169,7 +170,7 @@ def margins(
     ]
     out = [row for row in out if row.key not in quiet or row.revenue_usd]
     out.sort(key=lambda r: (-r.cost_usd, -r.requests, str(r.key)))
-    return MarginReport(by, active, seconds, out, window.team)
+    return MarginReport(by, active, seconds, out, window.team, window.partial)
 
 
 def _margin_row(
@@ -185,7 +186,7 @@ def _margin_row(
 ) -> MarginRow:
     ok_calls, cost = sums["ok_requests"], usd(sums["cost_nanousd"])
     rule = rules.get(name) if name is not None else None
-    earned = rule_revenue(rule, ok_calls, seconds, seats=window.team is None) if rule is not None else None
+    earned = rule_revenue(rule, ok_calls, seconds, seats=not window.partial) if rule is not None else None
     if name in imported:
         earned = (earned or Decimal(0)) + imported[name]
     margin = (earned - cost) / earned if earned else None

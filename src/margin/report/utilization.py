@@ -7,8 +7,9 @@ Assumptions, printed with the numbers:
   busy figure, so concurrent requests are not double counted). Rows written before that column existed fall
   back to `backend_ms` (wall time waiting on the backend), which over-counts under concurrency;
 - idle cost = hourly TCO × (1 + energy and network overheads) × idle hours. Idle power is not priced.
-- a team's view (Window.team): busy time, requests and cost are the team's, utilization is the team's share
-  of the provisioned time; idle time is shared by every team and is not attributed (idle cost: null).
+- a team's view (Window.team), or a key's or an org's (`Window.partial`): busy time, requests and cost are its own,
+  utilization is its share of the provisioned time; idle time is shared by every team and is not attributed
+  (idle cost: null; a key without a team was shown the whole backend's idle cost as its own).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class BackendUtilization:
     busy_s: float
     approx_busy_rows: int  # rows whose busy time is backend_ms (wall time), not busy_ms
     request_cost_usd: Decimal  # Σ cost of the backend's requests
-    idle_cost_usd: Decimal | None  # None in a team's view: idle time is shared
+    idle_cost_usd: Decimal | None  # None in a team's or key's view: idle time is shared
 
     @property
     def utilization(self) -> float | None:
@@ -89,7 +90,7 @@ def utilization(
         busy_s = sums["busy_us"] / 1_000_000
         hourly = hardware.usd_per_hour * overhead_factor(hardware.energy_overhead, hardware.network_overhead)
         idle_s = max(0.0, provisioned - busy_s)
-        idle = hourly * dec(idle_s) / SECONDS_PER_HOUR if window.team is None else None
+        idle = None if window.partial else hourly * dec(idle_s) / SECONDS_PER_HOUR
         out.append(
             BackendUtilization(
                 name,

@@ -40,6 +40,7 @@ from margin.telemetry.budgets import render as render_budgets
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 MAX_LABEL_VALUES = 200
+MAX_LABEL_CHARS = 256  # a config name whole (a request names a model in 128); two never share a series
 CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -82,12 +83,13 @@ def _forget_dead_workers(path: str) -> None:
 
 @dataclass(slots=True)
 class _Labels:
-    """A label's values, bounded: past `MAX_LABEL_VALUES` distinct values, new ones read `other`."""
+    """A label's values, bounded: past `MAX_LABEL_VALUES` distinct values, new ones read `other`; each value is
+    kept whole up to `MAX_LABEL_CHARS` (cut at 64, two models whose names began alike were one series)."""
 
     seen: set[str] = field(default_factory=set)
 
     def __call__(self, value: object) -> str:
-        text = "none" if value is None else str(value)[:64]
+        text = "none" if value is None else str(value)[:MAX_LABEL_CHARS]
         if text in self.seen:
             return text
         if len(self.seen) >= MAX_LABEL_VALUES:

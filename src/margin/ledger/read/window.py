@@ -86,6 +86,12 @@ class Window:
             if moment is not None:
                 object.__setattr__(self, name, as_utc(moment).astimezone(UTC))
 
+    @property
+    def partial(self) -> bool:
+        """One team's, key's or org's rows, not the whole operator's: what they all share (a self-hosted
+        backend's idle time, per-seat revenue, revenue with no traffic) is not theirs to be shown or attributed."""
+        return self.team is not None or self.key_id is not None or self.org is not None
+
     def where(self, table: Any = ledger, kinds: tuple[str, ...] = KINDS) -> list[sa.ColumnElement[bool]]:
         """The ledger rows of the window (traffic kinds only)."""
         clauses: list[sa.ColumnElement[bool]] = [table.c.kind.in_(kinds)]

@@ -18,9 +18,21 @@ from margin.types import Principal
 TAG_VALUE = re.compile(r"^[\w.:@/+-]{1,128}$")
 
 
+def _utf8(value: str) -> str:
+    """A header's text: ASGI hands its bytes over as Latin-1, and a client that sent UTF-8 (curl, fetch, httpx
+    given bytes) meant UTF-8, so `crêpe` is `crêpe`, not `crÃªpe` (which the value pattern let through: Ã and ª
+    are letters). Bytes that are not UTF-8 keep their Latin-1 reading."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
+
+
 def parse_tag_header(value: str, allowed: set[str]) -> dict[str, str]:
     tags: dict[str, str] = {}
-    for item in value.split(","):
+    for item in _utf8(value).split(","):
         if not item.strip():
             continue
         name, sep, tag_value = item.partition("=")

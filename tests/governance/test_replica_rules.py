@@ -265,3 +265,40 @@ def test_a_reload_taken_while_redis_was_down_reaches_the_other_replica_when_it_i
             time.sleep(1)
             proxy.restore()
             assert _status_until(second, 403) == 403  # was 200 for good
+
+
+def test_a_ledger_outage_is_a_503_never_a_500_and_its_end_fails_no_read(
+    tmp_path: Path, redis_url: str, fresh_postgres: str
+) -> None:
+    """The ledger database unreachable while Redis lost the budget's counter (so a request must read the ledger
+    to rebuild it), and an admin read meanwhile, under two replicas; then the database is back. A counter's
+    rebuild caught only SQLAlchemy's errors, and asyncpg raises its own OSError when a connection cannot be made:
+    that request was a 500 with a traceback. `/admin/budgets` was a 500 during the outage, and again after it on
+    each pooled connection the outage had broken. Now: 503s (retryable) while it is down, 200s as soon as it is
+    back, and no traceback in either replica's log."""
+    host, port = urlsplit(fresh_postgres).netloc.split("@")[1].split(":")
+    with cut_proxy(host, int(port)) as proxy:
+        proxied = fresh_postgres.replace(f":{port}/", f":{proxy.port}/")
+        path = config(tmp_path, redis_url, proxied)
+        db.upgrade(proxied)
+        asyncio.run(_flush(redis_url))
+        admin = {"authorization": f"Bearer {_key(path, '--name', 'ops', '--admin')}"}
+        headers = {"authorization": f"Bearer {_key(path, '--name', 'svc', '--team', 'a')}"}
+        with replicas(path) as urls, httpx.Client(timeout=30) as client:
+
+            def statuses() -> list[int]:
+                answers = [client.post(f"{url}/v1/chat/completions", json=BODY, headers=headers) for url in urls]
+                answers += [client.get(f"{url}/admin/budgets", headers=admin) for url in urls]
+                return [answer.status_code for answer in answers]
+
+            before = statuses()
+            proxy.cut()
+            asyncio.run(_flush(redis_url))  # the counter is gone: rebuilding it needs the ledger
+            down = statuses()
+            proxy.restore()
+            after = statuses()
+        logs = "".join((tmp_path / f"gateway-{urlsplit(url).port}.log").read_text() for url in urls)
+    assert before == [200, 200, 200, 200]
+    assert down[:2] == [503, 503] and 500 not in down  # was 500 for the requests (asyncpg's OSError)
+    assert after == [200, 200, 200, 200]  # was 500 for the admin reads (broken pooled connections)
+    assert "Traceback" not in logs

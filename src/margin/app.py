@@ -42,7 +42,8 @@ from margin.economics.curves import keep_fresh
 from margin.errors import InternalError, MarginError, MethodNotAllowed, NotFound
 from margin.ledger import audit
 from margin.ledger import stored as stored_db
-from margin.logs import printable
+from margin.ledger.db import UNREACHABLE
+from margin.logs import failure, printable
 from margin.services import Services
 
 log = logging.getLogger("margin")
@@ -97,7 +98,9 @@ async def _reconcile_budgets(services: Services) -> None:
     try:
         await services.outbox.flush()
         await admin.budget_states(services)
-    except Exception:  # the ledger or the store is down: the first read or request that uses a counter tries again
+    except (MarginError, *UNREACHABLE) as exc:  # the ledger or the store is down: the first use tries again
+        log.warning("reconciling the budget counters at start failed: %s", failure(exc))
+    except Exception:
         log.warning("reconciling the budget counters at start failed", exc_info=True)
 
 

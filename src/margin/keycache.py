@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from margin.config import is_loopback
 from margin.errors import AuthenticationFailed, Overloaded
 from margin.keys import KeyRecord, bearer_token, hash_key, open_exposure, principal_of, well_formed
+from margin.ledger.db import UNREACHABLE
 from margin.ledger.models import api_keys
 from margin.logs import printable
 from margin.singleflight import SingleFlight
@@ -25,7 +26,6 @@ from margin.types import ANONYMOUS, Principal
 
 log = logging.getLogger("margin.keys")
 
-UNREACHABLE = (sa.exc.SQLAlchemyError, OSError)  # the database is down or cannot be reached
 RETRY_S = 1.0  # while it is, a key's last answer is served and the database asked again this often
 
 

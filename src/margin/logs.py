@@ -25,6 +25,12 @@ def printable(text: str, limit: int | None = 300) -> str:
     return CONTROL.sub(_escape, text)
 
 
+def failure(exc: BaseException) -> str:
+    """An expected failure (a store or database that is down) in one printable line, for a warning without a
+    traceback: the exception's first line (SQLAlchemy's add the statement and a link below it), else its type."""
+    return printable(str(exc).partition("\n")[0] or type(exc).__name__)
+
+
 def printable_lines(text: str) -> str:
     """`text` with every control character but the line break escaped (a message of several lines)."""
     return CONTROL_BUT_NEWLINE.sub(_escape, text)

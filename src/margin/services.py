@@ -27,7 +27,7 @@ from margin.economics.carbon import GridTable
 from margin.economics.meter import Meter
 from margin.economics.prices import PriceBook
 from margin.economics.rates import unit_rates
-from margin.errors import ConfigError, InternalError, MarginError
+from margin.errors import ConfigError, InternalError, MarginError, Overloaded
 from margin.gates import KeyedGate
 from margin.governance.service import Governance
 from margin.governance.slots import DOWNLOADS, UPLOADS
@@ -35,6 +35,7 @@ from margin.guard.pseudonym import UserPseudonyms
 from margin.keycache import KeyCache
 from margin.ledger import audit, db, rollup, stored, tag_index
 from margin.ledger.outbox import Outbox
+from margin.logs import failure
 from margin.pipeline.flow import Flow, Parts, compose
 from margin.pipeline.steps.settle import Settle
 from margin.routing.breaker import Breakers
@@ -326,7 +327,17 @@ class Services:
         """`function(*args, **kwargs)` on the read threads: the dashboard's, the admin API's and feedback's
         database work."""
         call = functools.partial(function, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._reads, call)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._reads, call)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError) as exc:
+            # the database is down, restarting, locked or its pool exhausted: retryable, not a crash (before: a
+            # 500 and a traceback on /admin/budgets while PostgreSQL restarted)
+            log.warning("a ledger read failed: %s", failure(exc))
+            raise Overloaded(
+                "the ledger database cannot be read now; retry shortly",
+                code="ledger_unavailable",
+                headers={"retry-after": "1"},
+            ) from exc
 
     async def close(self) -> None:
         await self.stalls.close()

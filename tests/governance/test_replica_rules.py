@@ -248,7 +248,8 @@ def test_a_reload_taken_while_redis_was_down_reaches_the_other_replica_when_it_i
 ) -> None:
     """`POST /admin/reload` on one replica while Redis is unreachable: it reloads and answers 200, but the
     announcement failed and was never made again, so the other replica kept its old config for good (a model
-    disabled on one replica only). It is now announced by the first pass after Redis is back."""
+    disabled on one replica only). It is now announced by the first pass after Redis is back. The passes that
+    met Redis down each log one line, not a traceback."""
     host, port = urlsplit(redis_url).netloc.split(":")
     with cut_proxy(host, int(port)) as proxy:
         path = config(tmp_path, f"redis://127.0.0.1:{proxy.port}/0")
@@ -265,3 +266,50 @@ def test_a_reload_taken_while_redis_was_down_reaches_the_other_replica_when_it_i
             time.sleep(1)
             proxy.restore()
             assert _status_until(second, 403) == 403  # was 200 for good
+        logs = [(tmp_path / f"gateway-{urlsplit(url).port}.log").read_text() for url in (first, second)]
+    # the refresh passes that met Redis down: a one-line warning each, no traceback (was one per pass)
+    assert "refreshing governance rules failed" in logs[0] and "Traceback" not in "".join(logs)
+
+
+def test_a_ledger_outage_is_a_503_never_a_500_and_its_end_fails_no_read(
+    tmp_path: Path, redis_url: str, fresh_postgres: str
+) -> None:
+    """The ledger database unreachable while Redis lost the budget's counter (so a request must read the ledger
+    to rebuild it), and an admin read meanwhile, under two replicas; then the database is back. A counter's
+    rebuild caught only SQLAlchemy's errors, and asyncpg raises its own OSError when a connection cannot be made:
+    that request was a 500 with a traceback. `/admin/budgets` was a 500 during the outage, and again after it on
+    each pooled connection the outage had broken (and the batch worker's leases were not given back at shutdown).
+    Now: 503s (retryable) while it is down, 200s as soon as it is back, and no traceback in either replica's log."""
+    host, port = urlsplit(fresh_postgres).netloc.split("@")[1].split(":")
+    with cut_proxy(host, int(port)) as proxy:
+        proxied = fresh_postgres.replace(f":{port}/", f":{proxy.port}/")
+        path = config(tmp_path, redis_url, proxied)
+        db.upgrade(proxied)
+        asyncio.run(_flush(redis_url))
+        admin = {"authorization": f"Bearer {_key(path, '--name', 'ops', '--admin')}"}
+        headers = {"authorization": f"Bearer {_key(path, '--name', 'svc', '--team', 'a')}"}
+        with replicas(path) as urls, httpx.Client(timeout=30) as client:
+
+            def statuses() -> list[int]:
+                answers = [client.post(f"{url}/v1/chat/completions", json=BODY, headers=headers) for url in urls]
+                answers += [client.get(f"{url}/admin/budgets", headers=admin) for url in urls]
+                return [answer.status_code for answer in answers]
+
+            before = statuses()
+            proxy.cut()
+            asyncio.run(_flush(redis_url))  # the counter is gone: rebuilding it needs the ledger
+            down = statuses()
+            proxy.restore()
+            after = statuses()
+            proxy.cut()  # a restart between two reads: every pooled connection broken, none used meanwhile
+            proxy.restore()
+            again = statuses()
+        logs = "".join((tmp_path / f"gateway-{urlsplit(url).port}.log").read_text() for url in urls)
+    assert before == [200, 200, 200, 200]
+    assert down[:2] == [503, 503] and 500 not in down  # was 500 for the requests (asyncpg's OSError)
+    assert after == [200, 200, 200, 200]
+    assert again == [200, 200, 200, 200]
+    # a pooled connection the restart broke, used at shutdown: the batch worker's leases were not given back
+    # (other replicas waited out `lease_s` for its jobs), with a traceback; pooled connections are now pre-pinged
+    assert "could not give its leases back" not in logs
+    assert "Traceback" not in logs

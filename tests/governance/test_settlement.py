@@ -4,16 +4,21 @@ reconciled from the ledger), and rules reloaded from the config file while the g
 from __future__ import annotations
 
 import asyncio
+import logging
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
+from margin.api import admin
+from margin.app import _reconcile_budgets as reconcile_budgets
 from margin.app import build_app
 from margin.config import load_settings
 from margin.economics.money import to_nanousd
+from margin.errors import Overloaded
 from tests.helpers import fake_settings, gateway, live_server, polls
 
 CHAT = "/v1/chat/completions"
@@ -114,3 +119,22 @@ async def test_config_reload_changes_rules_without_restart(tmp_path: Path) -> No
             broken = await http.post("/admin/reload", json={})
             assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_config"
             assert (await http.post(CHAT, json=body)).status_code == 403
+
+
+async def test_a_store_down_while_counters_are_reconciled_at_start_is_one_line(
+    db_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis or the ledger down while a starting gateway reconciles its budget counters (it is not waited on: a
+    Redis frozen right after start, in a probe): the first use of each counter tries again, and the log says so
+    in one line (it was a traceback, three chained exceptions long)."""
+    settings = fake_settings(db_path, budgets=[{"name": "g", "scope": {"kind": "global"}, "usd": "1", "period": "day"}])
+    async with gateway(settings) as gw:
+
+        async def down(services: Any) -> Any:
+            raise Overloaded("the budget and rate-limit store is unavailable", code="governance_unavailable")
+
+        monkeypatch.setattr(admin, "budget_states", down)
+        with caplog.at_level(logging.WARNING, logger="margin"):
+            await reconcile_budgets(gw.services)
+    records = [r for r in caplog.records if "reconciling the budget counters" in r.getMessage()]
+    assert records and all(r.exc_info is None and "store is unavailable" in r.getMessage() for r in records)

@@ -33,7 +33,9 @@ from margin.batches.planning import Planner, line_tokens, options_for, turn, use
 from margin.errors import SHOULD_RETRY, NotFound
 from margin.governance.rules import Subject, governed_tags
 from margin.keys import principal_of
+from margin.ledger.db import UNREACHABLE
 from margin.ledger.models import batches
+from margin.logs import failure
 from margin.specs import Policy
 from margin.types import ANONYMOUS, BatchLine, Principal
 
@@ -95,6 +97,8 @@ class BatchRunner:
         while not self._stopping:
             try:
                 await self.tick()
+            except UNREACHABLE as exc:  # the ledger down or restarting: expected, one line, no traceback
+                log.warning("batch worker: a pass over the jobs failed (ledger unreachable): %s", failure(exc))
             except Exception:
                 log.exception("batch worker: a pass over the jobs failed; retrying")
             self.wake.clear()

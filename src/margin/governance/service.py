@@ -12,8 +12,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import sqlalchemy as sa
-
 from margin import tasks
 from margin.config import Settings, with_reloaded
 from margin.errors import MarginError, Overloaded
@@ -22,8 +20,9 @@ from margin.governance.catchup import CatchUp, delays_for
 from margin.governance.rules import SHARED, Part, Rules, Subject, build_rules, load_rules, matches
 from margin.governance.slots import STREAMS, LocalSlots, SharedSlots, Slots, SlotStore
 from margin.governance.store import RESERVATION_PAGE, LocalStore, Store
+from margin.ledger.db import UNREACHABLE
 from margin.ledger.read import budget_spent, recorded
-from margin.logs import printable
+from margin.logs import failure, printable
 from margin.singleflight import SingleFlight
 from margin.specs import BudgetSpec
 
@@ -152,6 +151,8 @@ class Governance:
                 charged = await self.store.reap()
                 if charged:
                     log.warning("charged %d budget reservations past their deadline at the reserved amount", charged)
+            except (MarginError, *UNREACHABLE) as exc:  # Redis or the ledger down: expected, one line, no traceback
+                log.warning("refreshing governance rules failed; keeping the previous ones: %s", failure(exc))
             except Exception:
                 log.exception("refreshing governance rules failed; keeping the previous ones")
 
@@ -327,8 +328,8 @@ class Governance:
                 await asyncio.wait_for(self.flush_ledger(), self.flush_timeout_s)
             counted = await ledger_recorded(self.engine, await self.store.parked(name))
             spent = await ledger_spent(self.engine, item.budget, now, item.part)
-        except (sa.exc.SQLAlchemyError, TimeoutError) as exc:  # a locked, slow or unreachable ledger: retryable
-            log.warning("budget %s: the ledger could not be read to reconcile it: %s", name, printable(str(exc)))
+        except UNREACHABLE as exc:  # a locked, slow or unreachable ledger (asyncpg's refused connect: an OSError)
+            log.warning("budget %s: the ledger could not be read to reconcile it: %s", name, failure(exc))
             raise Overloaded(
                 "the ledger could not be read to check a budget; retry shortly",
                 code="governance_unavailable",

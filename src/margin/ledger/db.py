@@ -26,6 +26,10 @@ _ASYNC = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 _SYNC = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
 MIGRATION_LOCK = 0x6D617267696E  # the PostgreSQL advisory lock migrations run under ("margin" in ASCII)
 MIGRATION_POLL_S = 0.25  # how often a process waiting for another's migration tries the lock
+UNREACHABLE = (sa.exc.SQLAlchemyError, OSError)
+"""What a ledger query raises when the database is down, slow or locked: SQLAlchemy's errors, and the OSError
+asyncpg raises itself when it cannot connect (ConnectionRefusedError, a timeout), which SQLAlchemy passes on
+unwrapped."""
 
 
 def _dialect(url: str) -> tuple[str, sa.URL]:
@@ -84,7 +88,7 @@ def _prepare_sqlite_file(url: sa.URL) -> None:
 def make_sync_engine(url: str) -> sa.Engine:
     target = sync_url(url)
     if target.drivername != "sqlite":
-        return sa.create_engine(target)
+        return sa.create_engine(target, pool_pre_ping=True)
     # one ingest batch runs ~75 distinct statements (+4 per rolled-up tag key beyond two), each prepared once
     # per connection only while it stays in the driver's cache (128 statements by default)
     engine = sa.create_engine(target, connect_args={"cached_statements": 512})
@@ -153,7 +157,10 @@ def check_revision(engine: sa.Engine, upgrade_hint: str) -> None:
 
 def make_async_engine(url: str) -> AsyncEngine:
     target = async_url(url)
-    engine = create_async_engine(target)
+    # PostgreSQL: a pooled connection is checked before use (one round trip per checkout, none per request on
+    # the common path: keys are cached, counters seeded once), so a database restart fails no read afterwards;
+    # before, the first query on each stale connection failed (a 500 on /admin/budgets, a 503 on a request)
+    engine = create_async_engine(target, pool_pre_ping=not target.drivername.startswith("sqlite"))
     if target.drivername.startswith("sqlite"):
         _prepare_sqlite_file(target)
         sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

@@ -35,6 +35,26 @@ async def test_ledger_values_are_escaped(db_path: Path) -> None:
     assert b"@import" not in css.content and b"url(" not in css.content  # nothing fetched from elsewhere
 
 
+async def test_a_backend_in_the_ledger_but_no_longer_configured_is_shown(db_path: Path) -> None:
+    """Rows of a backend since removed from the config (a renamed or retired upstream): `/dashboard/backends`
+    was a 500 (its template read `usd_per_hour`, which only a configured backend's health had). It is listed,
+    `not configured`, with its requests."""
+    made = seed(db_path)
+    engine = db.make_sync_engine(f"sqlite:///{db_path}")
+    with engine.begin() as connection:
+        ingest.ingest_batch(connection, [row(101, backend="retired-upstream")])
+    engine.dispose()
+    headers = {"authorization": f"Bearer {made['admin']}"}
+    async with gateway(fake_settings(db_path)) as gw:
+        page = await gw.http.get("/dashboard/backends", headers=headers)
+        listed = await gw.http.get("/dashboard/api/backends", headers=headers)
+    assert page.status_code == 200, page.text[:300]
+    assert "retired-upstream" in page.text and "not configured" in page.text
+    assert listed.status_code == 200, listed.text[:300]
+    retired = next(b for b in listed.json()["backends"] if b["backend"] == "retired-upstream")
+    assert (retired["status"], retired["requests"], retired["usd_per_hour"]) == ("not configured", 1, None)
+
+
 def test_bar_chart_and_meter() -> None:
     svg = bar_chart("Spend <per> day", [("2026-11-25", 1.0, "$1.00"), ("2026-11-26", 3.0, "$3.00")])
     assert svg.count("<rect") == 2

@@ -3,8 +3,10 @@ figure comes from margin.ledger.read through margin.report / dashboard.queries, 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 import sqlalchemy as sa
@@ -183,6 +185,10 @@ async def budgets(services: Any, who: Viewer) -> dict[str, Any]:
     return {"budgets": [_budget_row(b, s, now) for b, s in zip(live, spent, strict=True)]}
 
 
+# a backend the ledger has rows of and the config no longer names: every field a configured one's health has
+NOT_CONFIGURED: Mapping[str, Any] = MappingProxyType({"status": "not configured", "usd_per_hour": None})
+
+
 def _health(services: Any) -> dict[str, dict[str, Any]]:
     breakers = services.breakers.snapshot()
     out = {}
@@ -220,7 +226,7 @@ async def backends(services: Any, scope: Window, full: bool) -> dict[str, Any]:
                 "backend": name,
                 **used,
                 "busy_pct": busy,
-                **health.get(name, {"status": "not configured"}),
+                **health.get(name, NOT_CONFIGURED),  # its rows are in the ledger, but it was removed from config
                 "utilization": util.get("utilization"),  # self-hosted only; a team's: its share of busy time
                 "idle_cost_usd": util.get("idle_cost_usd"),  # shared by every team: admin views only
             }

@@ -17,6 +17,7 @@ from margin.api.client import AsgiClient, StallWatch
 from margin.api.edge import header_map, parse_json, read_body
 from margin.api.errors import error_body, error_response
 from margin.batches import inprocess
+from margin.economics.money import ZERO_USD
 from margin.errors import MarginError
 from margin.keycache import authenticate
 from margin.ledger.ids import request_id as new_request_id
@@ -91,7 +92,7 @@ def unmetered_error(
     """The answer to a request refused before the request path (a bad key, a body that does not parse): no
     ledger row and nothing spent, with the headers every answer carries (its cost, 0, and margin's time)."""
     response = error_response(error, request_id, body_of=body_of)
-    response.headers["x-margin-cost-usd"] = "0.000000000"
+    response.headers["x-margin-cost-usd"] = ZERO_USD
     response.headers["x-margin-overhead-ms"] = f"{(time.perf_counter() - started) * 1000:.3f}"
     return response
 

@@ -44,6 +44,9 @@ def usd_str(usd: Decimal | None, places: int = 9) -> str | None:
     return format(usd.quantize(quantum, rounding=ROUND_HALF_EVEN), "f")
 
 
+ZERO_USD = "0.000000000"  # `usd_str(Decimal(0))`: what an answer that spent nothing says it cost
+
+
 def human_usd(value: str | None) -> str:
     """A decimal string of USD for people (the terminal report, the dashboard): three significant digits for
     small amounts ($0.0000157), cents for large ones ($1234.57), `-` for none."""

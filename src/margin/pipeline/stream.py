@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from margin.economics import tiers
-from margin.economics.money import usd_str
+from margin.economics.money import ZERO_USD, usd_str
 from margin.errors import BackendError, MarginError
 from margin.pipeline.values import ClientGone, Record, Request
 from margin.types import Chunk, Usage
@@ -48,7 +48,7 @@ def cost_text(record: Record) -> str:
     """The cost as the ledger row holds it (`settle`): 0 when no backend was called (a cache hit, a refusal),
     `unknown` for a call at an unknown price (a NULL cost)."""
     if record.charge is None:
-        return "0.000000000"
+        return ZERO_USD
     return usd_str(record.charge.cost_usd) or "unknown"
 
 

@@ -1,6 +1,6 @@
 """The lease of `margin.cache.flight` on a real Redis: one owner per key, a release that never drops another's
-lease, waits bounded by the lease and the cap, no Redis asked after a failed read, and the config that turns
-it off."""
+lease, waits bounded by the lease and the cap, no Redis asked after a failed read, a lease released when a
+full Redis refuses the answer, and the config that turns it off."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -16,6 +17,8 @@ from margin.cache.exact import Entry, MemoryCache, RedisCache
 from margin.cache.flight import Flights, lease_key
 from margin.config import CacheConfig
 from margin.pipeline.steps.cache import Cache
+from tests.helpers import free_port
+from tests.servers import redis_server
 
 ENTRY = Entry("an answer", "stop", 3, 2, 5000, "m", time.time())
 
@@ -103,3 +106,20 @@ async def test_the_cap_is_a_key_of_the_cache_section(redis_url: str) -> None:
     for wrong in (-1, 3601, "soon"):
         with pytest.raises(ValidationError):
             CacheConfig.model_validate({"coalesce_wait_s": wrong})
+
+
+async def test_an_answer_a_full_redis_refuses_still_releases_the_lease(tmp_path: Path, key: str) -> None:
+    with redis_server(free_port(), tmp_path) as url:
+        store = RedisCache(url)
+        try:
+            flights = Flights(store, 5.0)
+            owner = await flights.claim(key, 5.0)
+            assert owner is not None and owner.token is not None
+            await store.client.config_set("maxmemory-policy", "noeviction")
+            await store.client.config_set("maxmemory", 1)  # full: writes that add memory are refused
+            await flights.land(owner, ENTRY, 60)
+            await store.client.config_set("maxmemory", 0)
+            assert await store.client.exists(lease_key(key)) == 0  # the others go upstream at once, not in 5 s
+            assert await store.get(key) is None
+        finally:
+            await store.close()

@@ -21,15 +21,18 @@ from margin.cache.exact import Entry, RedisCache
 
 # one command each (a pipeline of two costs the client more than an EVAL): the lease taken (-3) or what is left
 # of another's (ms; -2: gone meanwhile); the answer stored, when there is one, and the lease deleted only while it
-# still holds this owner's token
+# still holds this owner's token (also when the answer could not be stored: a Redis over its maxmemory with
+# nothing to evict refuses the SET, not the DEL)
 CLAIM = """
 if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return -3 end
 return redis.call('pttl', KEYS[1])
 """
 LAND = """
-if ARGV[2] ~= '' then redis.call('set', KEYS[2], ARGV[2], 'EX', ARGV[3]) end
+local stored = 'OK'
+if ARGV[2] ~= '' then stored = redis.pcall('set', KEYS[2], ARGV[2], 'EX', ARGV[3]) end
 if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end
-return 0
+if type(stored) == 'table' and stored.err then return stored.err end
+return 'OK'
 """
 TAKEN = -3
 FIRST_PAUSE_S = 0.01
@@ -110,6 +113,9 @@ class Flights:
         data = b"" if entry is None else entry.to_bytes()
         keys = (lease_key(lease.key), RedisCache.entry_key(lease.key))
         try:
-            await self.store.client.eval(LAND, 2, *keys, lease.token or "", data, RedisCache.seconds(ttl_s))
+            stored = await self.store.client.eval(LAND, 2, *keys, lease.token or "", data, RedisCache.seconds(ttl_s))
         except RedisError as exc:  # the lease ends with its TTL; the entry is not stored
             self.store.failed("write", exc)
+            return
+        if stored != b"OK":  # e.g. OOM: released, the others go upstream
+            self.store.failed("write", RedisError(stored.decode(errors="replace")))

@@ -286,6 +286,14 @@ class CacheConfig(Strict):
     scope: Literal["team", "key", "global"] = Field(
         "team", description="Who shares entries: a team (default), one key, or everyone."
     )
+    coalesce_wait_s: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description="With the entries in Redis: how long an identical cacheable request that misses while another "
+        "process (or request) is calling upstream for the same key waits for that answer, at most (and never "
+        "longer than the first call's time limit); then it goes upstream itself. 0: no waiting, each miss calls.",
+    )
     semantic: SemanticCacheConfig = SemanticCacheConfig()
 
 

@@ -212,13 +212,24 @@ class RedisCache:
 
         self._redis: Any = aioredis.from_url(url)
         self._warned_at = -math.inf
+        # the last read answered: the lease of a miss (`margin.cache.flight`) is not asked of a Redis that just failed
+        self.reachable = True
 
     @property
     def client(self) -> Any:
         """The Redis client (the semantic cache shares its additions through the same Redis)."""
         return self._redis
 
-    def _failed(self, operation: str, exc: Exception) -> None:
+    @staticmethod
+    def entry_key(key: str) -> str:
+        return f"mgn:x:{key}"
+
+    @staticmethod
+    def seconds(ttl_s: float) -> int:
+        """An entry's TTL as Redis' EX takes it (whole seconds, at least 1)."""
+        return max(1, int(ttl_s))
+
+    def failed(self, operation: str, exc: Exception) -> None:
         now = time.monotonic()
         if now - self._warned_at >= 60:
             self._warned_at = now
@@ -228,19 +239,21 @@ class RedisCache:
         from redis.exceptions import RedisError
 
         try:
-            data = await self._redis.get(f"mgn:x:{key}")
+            data = await self._redis.get(self.entry_key(key))
         except RedisError as exc:
-            self._failed("read", exc)
+            self.reachable = False
+            self.failed("read", exc)
             return None
+        self.reachable = True
         return None if data is None else Entry.from_bytes(data)
 
     async def put(self, key: str, entry: Entry, ttl_s: float) -> None:
         from redis.exceptions import RedisError
 
         try:
-            await self._redis.set(f"mgn:x:{key}", entry.to_bytes(), ex=max(1, int(ttl_s)))
+            await self._redis.set(self.entry_key(key), entry.to_bytes(), ex=self.seconds(ttl_s))
         except RedisError as exc:  # e.g. OOM: over maxmemory with nothing left to evict
-            self._failed("write", exc)
+            self.failed("write", exc)
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import orjson
 
+from margin.backend_config import HttpBackendConfig
 from margin.cache.exact import CacheStore
 from margin.cache.layer import SemanticLayer
 from margin.config import Settings
@@ -78,7 +79,9 @@ def compose(
         Guard(PiiScanner(ner=guard.ner), InjectionDetector(), limits),
     ]
     if settings.cache.enabled:
-        steps.append(Cache(settings.cache, cache, semantic))
+        backends = settings.backends.items()
+        time_limits = {name: b.timeout_s for name, b in backends if isinstance(b, HttpBackendConfig)}
+        steps.append(Cache(settings.cache, cache, semantic, time_limits))
     return Flow(steps, BackendCall(parts.meter, parts.breakers, settings.admission))
 
 

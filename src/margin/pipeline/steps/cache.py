@@ -9,14 +9,15 @@ caller's data into another's answer. In the path only when `cache.enabled`."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
 
 from margin.backends import payloads
-from margin.cache.exact import CacheStore, Entry, deterministic, request_key
-from margin.cache.layer import SemanticLayer
+from margin.cache.exact import CacheStore, Entry, RedisCache, deterministic, request_key
+from margin.cache.flight import Flights
+from margin.cache.layer import SemanticLayer, Where
 from margin.config import CacheConfig
 from margin.economics.money import to_nanousd
 from margin.errors import InvalidRequest
@@ -90,10 +91,22 @@ async def answer_entry(record: Record, reply: Reply) -> Entry | None:
 
 
 class Cache:
-    def __init__(self, config: CacheConfig, store: CacheStore, semantic: SemanticLayer | None = None) -> None:
+    def __init__(
+        self,
+        config: CacheConfig,
+        store: CacheStore,
+        semantic: SemanticLayer | None = None,
+        limits: Mapping[str, float] | None = None,
+    ) -> None:
+        """`limits`: each backend's time limit for one call (`timeout_s`), the longest a lease on its misses lasts."""
         self.config = config
         self.store = store
         self.semantic = semantic
+        self.limits = limits or {}
+        # identical misses on every process on the cache's Redis share one upstream call (`margin.cache.flight`)
+        self.flights: Flights | None = None
+        if isinstance(store, RedisCache) and config.coalesce_wait_s > 0:
+            self.flights = Flights(store, config.coalesce_wait_s)
 
     async def __call__(self, request: Request, next: Next) -> Reply:
         if not wanted(request):
@@ -115,17 +128,47 @@ class Cache:
                     if request.principal.is_admin:  # how close a prober came to another caller's question
                         request.record.notices["x-margin-cache-similarity"] = f"{hit.similarity:.4f}"
                     return await self._serve(request, target, entry, "semantic")
+        return await self._miss(request, next, target, key, semantic)
+
+    async def _miss(
+        self, request: Request, next: Next, target: Target, key: str, semantic: tuple[Where, Any] | None
+    ) -> Reply:
+        """Upstream, unless another request for the same key is (then its answer, when it comes in time); the
+        answer stored, where a hit could replay it."""
         request.record.notices[HEADER] = "miss"
+        lease = None
+        if self.flights is not None:
+            lease = await self.flights.claim(key, self.limits.get(target.backend_name))
+            if lease is not None and lease.token is None:  # another is calling upstream for this very request
+                entry = await self.flights.wait(lease)
+                if entry is not None:
+                    return await self._serve(request, target, entry, "exact")
+                lease = None  # its answer did not come: this one calls upstream itself
+        try:
+            reply, fresh = await self._call(request, next)
+        except BaseException:
+            if self.flights is not None and lease is not None:
+                await self.flights.land(lease, None, self.config.ttl_s)
+            raise
+        if self.flights is not None and lease is not None:
+            await self.flights.land(lease, fresh, self.config.ttl_s)  # stored and released in one round trip
+        elif fresh is not None:
+            await self.store.put(key, fresh, self.config.ttl_s)
+        if fresh is not None and self.semantic is not None and semantic is not None:
+            await self.semantic.add(semantic[0], semantic[1], key)
+        return reply
+
+    @staticmethod
+    async def _call(request: Request, next: Next) -> tuple[Reply, Entry | None]:
+        """The reply, and the entry to store for it: None when it is not one a hit could replay."""
         reply = await next(request)
         record = request.record
         if record.status not in ("ok", "retried") or record.http_status != 200:
-            return reply  # a fallback's answer is another model's: not for this key
+            return reply, None  # a fallback's answer is another model's: not for this key
         fresh = await answer_entry(record, reply)
-        if fresh is not None and fresh.text and await reply.text_only():  # tool calls, reasoning: not replayed
-            await self.store.put(key, fresh, self.config.ttl_s)
-            if self.semantic is not None and semantic is not None:
-                await self.semantic.add(semantic[0], semantic[1], key)
-        return reply
+        if fresh is None or not fresh.text or not await reply.text_only():  # tool calls, reasoning: not replayed
+            return reply, None
+        return reply, fresh
 
     async def _serve(self, request: Request, target: Target, entry: Entry, kind: str) -> Reply:
         record = request.record

@@ -1,0 +1,121 @@
+"""Single flight across processes for the exact cache in Redis: identical cacheable requests that miss at the
+same moment on several replicas (or workers, or in one process) are answered by one upstream call.
+
+The first to miss takes a lease on the cache key (`SET mgn:l:<key> <token> NX PX <ttl>`, the TTL the request's
+own time limit, at most `cache.coalesce_wait_s`; one EVAL, which also reads what is left of a lease another
+holds), calls upstream, then stores the answer and releases the lease in one EVAL (a release checks the token,
+so a lease that expired and was taken again is never dropped by its first owner). A request that misses while
+another holds the lease waits for the entry to appear: it reads the lease's remaining time and the entry
+together, growing its pause from 10 ms to 100 ms, for at most what was left of the lease when it began; the
+entry there, it is answered as any exact hit. The lease gone with no entry (the owner failed, or its answer is
+not one the cache stores), the time up, or Redis failing: it goes upstream itself, as it would have without
+the lease. Nothing here fails a request."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+
+from margin.cache.exact import Entry, RedisCache
+
+# one command each (a pipeline of two costs the client more than an EVAL): the lease taken (-3) or what is left
+# of another's (ms; -2: gone meanwhile); the answer stored, when there is one, and the lease deleted only while it
+# still holds this owner's token (also when the answer could not be stored: a Redis over its maxmemory with
+# nothing to evict refuses the SET, not the DEL)
+CLAIM = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return -3 end
+return redis.call('pttl', KEYS[1])
+"""
+LAND = """
+local stored = 'OK'
+if ARGV[2] ~= '' then stored = redis.pcall('set', KEYS[2], ARGV[2], 'EX', ARGV[3]) end
+if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end
+if type(stored) == 'table' and stored.err then return stored.err end
+return 'OK'
+"""
+TAKEN = -3
+FIRST_PAUSE_S = 0.01
+MAX_PAUSE_S = 0.1
+
+
+def lease_key(key: str) -> str:
+    return f"mgn:l:{key}"
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The lease of one cache key: ours (`token`: this request calls upstream) or another's (`wait_s`: how long
+    this request may wait for that answer)."""
+
+    key: str
+    token: str | None = None
+    wait_s: float = 0.0
+
+
+class Flights:
+    def __init__(self, store: RedisCache, wait_cap_s: float) -> None:
+        self.store = store
+        self.wait_cap_s = wait_cap_s
+
+    async def claim(self, key: str, limit_s: float | None) -> Lease | None:
+        """The lease of a miss, taken or found held (one round trip); None when Redis failed (or failed the read
+        just before): the request goes on as if there were no lease."""
+        from redis.exceptions import RedisError
+
+        if not self.store.reachable:
+            return None
+        ttl_s = self.wait_cap_s if limit_s is None else min(limit_s, self.wait_cap_s)
+        token = secrets.token_hex(16)
+        try:
+            left_ms = await self.store.client.eval(CLAIM, 1, lease_key(key), token, max(1, int(ttl_s * 1000)))
+        except RedisError as exc:
+            self.store.failed("lease", exc)
+            return None
+        if left_ms == TAKEN:
+            return Lease(key, token=token)
+        return Lease(key, wait_s=min(max(left_ms, 0) / 1000, self.wait_cap_s))
+
+    async def wait(self, lease: Lease) -> Entry | None:
+        """The entry another's call stores, or None once its lease is gone without one, the wait is up or Redis
+        failed (the caller then goes upstream itself)."""
+        from redis.exceptions import RedisError
+
+        try:
+            async with asyncio.timeout(lease.wait_s):
+                return await self._poll(lease.key)
+        except TimeoutError:
+            return None
+        except RedisError as exc:
+            self.store.failed("read", exc)
+            return None
+
+    async def _poll(self, key: str) -> Entry | None:
+        pause = FIRST_PAUSE_S
+        while True:
+            await asyncio.sleep(pause)
+            async with self.store.client.pipeline(transaction=False) as pipe:
+                # the lease first: an owner stores before it releases, so a lease seen gone means an entry
+                # stored by then is seen by the read after it
+                pipe.pttl(lease_key(key))
+                pipe.get(RedisCache.entry_key(key))
+                left_ms, data = await pipe.execute()
+            if data is not None:
+                return Entry.from_bytes(data)
+            if left_ms < 0:
+                return None
+            pause = min(pause * 1.5, MAX_PAUSE_S)
+
+    async def land(self, lease: Lease, entry: Entry | None, ttl_s: float) -> None:
+        """The owner's end: `entry` stored (when there is one to store) and the lease released, one round trip."""
+        from redis.exceptions import RedisError
+
+        data = b"" if entry is None else entry.to_bytes()
+        keys = (lease_key(lease.key), RedisCache.entry_key(lease.key))
+        try:
+            stored = await self.store.client.eval(LAND, 2, *keys, lease.token or "", data, RedisCache.seconds(ttl_s))
+        except RedisError as exc:  # the lease ends with its TTL; the entry is not stored
+            self.store.failed("write", exc)
+            return
+        if stored != b"OK":  # e.g. OOM: released, the others go upstream
+            self.store.failed("write", RedisError(stored.decode(errors="replace")))

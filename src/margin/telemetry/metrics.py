@@ -244,6 +244,12 @@ class Metrics:
         if key[2] == "error" and key[3] >= 400:
             self._tally[("reason", row["error_code"])] += 1
 
+    def refused(self, code: str | None) -> None:
+        """One refusal margin answered itself before a ledger row (a bad key, a 415, an unknown route, a 431: see
+        `margin.api.refusals`), under its error code; published with the rows' rejections, at the next `refresh`.
+        Never called for a request that gets a row: `observe` counts those."""
+        self._tally[("reason", code)] += 1
+
     def publish(self) -> None:
         """Move what requests added since the last call into the prometheus-client metrics."""
         f = self.families

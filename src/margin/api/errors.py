@@ -137,6 +137,10 @@ def error_response(
     return Refusal(body, status or status_of(error), headers, reason(error), count)
 
 
+REQUEST_ID, OPENAI_REQUEST_ID = b"x-margin-request-id", b"x-request-id"
+COST, OVERHEAD, ZERO = b"x-margin-cost-usd", b"x-margin-overhead-ms", ZERO_USD.encode()
+
+
 def unspent_headers(request_id: str, started: float | None) -> dict[str, str]:
     """The headers every answer carries, for one that spent nothing: its request id (also as OpenAI's
     `x-request-id`), its cost (0) and margin's time since `started` (`time.perf_counter()`; None: not measured,
@@ -160,8 +164,16 @@ class Stamped:
         if message["type"] == "http.response.start":
             headers = list(message.get("headers", ()))
             have = {name.lower() for name, _ in headers}
-            extra = unspent_headers(self.request_id, self.started)
-            headers += [(k.encode(), v.encode()) for k, v in extra.items() if k.encode() not in have]
+            request_id = self.request_id.encode()
+            overhead = b"%.3f" % ((time.perf_counter() - self.started) * 1000)
+            for name, value in (
+                (REQUEST_ID, request_id),
+                (OPENAI_REQUEST_ID, request_id),
+                (COST, ZERO),
+                (OVERHEAD, overhead),
+            ):
+                if name not in have:
+                    headers.append((name, value))
             message = {**message, "headers": headers}
         await self.send(message)
 

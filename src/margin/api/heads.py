@@ -34,7 +34,7 @@ half-way through a body, was held for ever, and with it a file descriptor; the `
 A deadline is one `call_later` timer per connection, armed only while a request is part-way in: a request that
 arrives in one read (nearly all) arms none after its connection's first.
 
-Every answer the protocol makes itself (431, 408, 503, and uvicorn's 400 for a request that is not HTTP) carries
+Every answer the protocol makes itself (431, 408, 503, and 400 for bytes that are not HTTP, as uvicorn's) carries
 a request id (`x-margin-request-id`, `x-request-id`, also in the warning logged) and `x-margin-cost-usd:
 0.000000000`, and is counted in `margin_rejections_total` under its `REASONS` code through the gateway's
 `refused`, which the app puts in uvicorn's lifespan state (`PROTOCOL_REFUSED`; `margin.app.Gateway`).
@@ -65,6 +65,7 @@ LINE_FRAMING = len(b": \r\n")  # the least a header line adds to its name and va
 TOO_LARGE = b"Request header fields too large."
 TIMED_OUT = b"Request timed out."
 TOO_MANY = b"Too many connections."
+INVALID = b"Invalid HTTP request received."
 HEAD, BODY = "head", "body"
 LINGER_NONE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s
 PROTOCOL_REFUSED = "margin.refused"  # the lifespan state's counter of refusals (`margin.app.Gateway.refused`)
@@ -222,8 +223,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if isinstance(error.__context__, HeadTooLarge):
                 self.refuse()
             else:
-                self.logger.warning("Invalid HTTP request received.")
-                self.send_400_response("Invalid HTTP request received.")
+                self.close_with(400, INVALID, INVALID.decode())  # uvicorn's `send_400_response`, with our headers
             return
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
@@ -285,10 +285,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def refuse(self) -> None:
         self.close_with(431, TOO_LARGE, "Header section over %d bytes: 431.", self.max_header_bytes)
-
-    def send_400_response(self, msg: str) -> None:
-        """uvicorn's answer to bytes that are not HTTP (or an upgrade it cannot serve), as the others here."""
-        self.close_with(400, msg.encode("ascii"))
 
     def close_with(self, status: int, text: bytes, warning: str = "", *args: object) -> None:
         """Answer `status` and close, like uvicorn's `send_400_response`: the rest of the request is never read.

@@ -32,7 +32,7 @@ BURST = 25
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     folder = tmp_path_factory.mktemp("edge-refusals")
-    limits = {"server": {"max_header_bytes": 4096, "max_body_bytes": 2048}}
+    limits = {"server": {"max_header_bytes": 4096, "max_body_bytes": 2048, "head_timeout_s": 1.0}}
     with serving_in(folder)(limits, keys={"admin": ["--admin"], "user": []}) as served:
         _, expired = make_key(served.db, name="old", expires_at=datetime.now(UTC) - timedelta(seconds=1))
         served.keys["expired"] = expired
@@ -125,8 +125,10 @@ def test_every_edge_refusal_class_has_a_request_id_and_cost_0_and_is_counted(gw:
     assert headers["x-margin-cost-usd"] == ZERO_USD
     status, headers = raw(gw, b"NOT-HTTP\r\n\r\n")
     assert status == 400 and headers["x-margin-request-id"] and headers["x-margin-cost-usd"] == ZERO_USD
+    status, headers = raw(gw, b"GET /healthz HTTP/1.1\r\nhost: x\r\n")  # the head never ends: 408 after 1 s
+    assert status == 408 and headers["x-margin-request-id"] and headers["x-margin-cost-usd"] == ZERO_USD
     counted = grew(before, rejections(gw))
-    expected = dict.fromkeys(answers, 1) | {"headers_too_large": 1, "invalid_http": 1}
+    expected = dict.fromkeys(answers, 1) | {"headers_too_large": 1, "invalid_http": 1, "request_timeout": 1}
     expected["invalid_request"] += 1  # the validation error
     assert counted == expected, counted
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -33,7 +34,8 @@ from margin.api import (
     stored,
 )
 from margin.api import batches as batches_api
-from margin.api.errors import INTERNAL, anthropic_error_body, error_body, error_response
+from margin.api.errors import INTERNAL, Stamped, anthropic_error_body, error_body, error_response
+from margin.api.heads import PROTOCOL_REFUSED
 from margin.backends.registry import BackendRegistry
 from margin.batches.runner import BatchRunner
 from margin.config import Settings
@@ -43,6 +45,7 @@ from margin.errors import InternalError, MarginError, MethodNotAllowed, NotFound
 from margin.ledger import audit
 from margin.ledger import stored as stored_db
 from margin.ledger.db import UNREACHABLE
+from margin.ledger.ids import request_id as new_request_id
 from margin.logs import failure, printable
 from margin.services import Services
 
@@ -76,7 +79,9 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s", printable(request.url.path))
+    """A crash: the usual 500, logged with the request id its answer carries (`Gateway.stamped`)."""
+    request_id = request.scope.get("state", {}).get("request_id")
+    log.exception("unhandled error on %s (request %s)", printable(request.url.path), request_id)
     return error_response(InternalError(INTERNAL))
 
 
@@ -121,24 +126,44 @@ class Gateway(Starlette):
     error middlewares (a few tens of µs a request, on the hottest path). Errors end the same way: a handler's
     unexpected exception becomes the same 500 answer and is re-raised for the server to log.
     Every HTTP request first passes the edge checks (`margin.api.edge`: open mode's loopback Host and
-    same-origin rule, JSON bodies only), from its headers alone."""
+    same-origin rule, JSON bodies only), from its headers alone.
+    The owner of what every answer carries: an answer of anything but an inference route (the edge checks'
+    refusals, starlette's own 404 and 405, the admin API, the dashboard, a crash's 500) goes out through
+    `Stamped`, which adds the request id, the cost (0) and margin's time where the answer has none; the inference
+    routes set their own (`margin.api.inference.arrive`, the request path). And of what is counted: a refusal
+    with no ledger row counts itself through `refused` when it is sent (`margin.api.errors.Refusal`), as do the
+    protocol's own answers (431, 408, 503: `margin.api.heads`), which find `refused` in the lifespan state."""
 
     def __init__(self, *, fast: dict[str, Handler], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.fast = fast
 
+    def refused(self, code: str | None) -> None:
+        """One refusal with no ledger row: `margin_rejections_total{reason=code}` (one tally increment; nothing
+        before the services exist)."""
+        services = getattr(self.state, "services", None)
+        if services is not None:
+            services.telemetry.refused(code)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = None
-        if scope["type"] == "http":
-            services = getattr(self.state, "services", None)  # none before the lifespan: fail closed
-            refused = edge.refusal(scope, services is None or services.keys.open_mode)
-            if refused is not None:
-                await error_response(refused, body_of=_shape(scope["path"]))(scope, receive, send)
-                return
-            if scope["method"] == "POST" and not scope.get("root_path"):
-                handler = self.fast.get(scope["path"])
-        if handler is None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan" and isinstance(scope.get("state"), dict):
+                scope["state"][PROTOCOL_REFUSED] = self.refused  # uvicorn hands this dict to the protocol
             await super().__call__(scope, receive, send)
+            return
+        started = time.perf_counter()
+        services = getattr(self.state, "services", None)  # none before the lifespan: fail closed
+        refused = edge.refusal(scope, services is None or services.keys.open_mode)
+        handler = None
+        if refused is None and scope["method"] == "POST" and not scope.get("root_path"):
+            handler = self.fast.get(scope["path"])
+        if handler is None:
+            stamped = self.stamped(scope, send, started)
+            if refused is None:
+                await super().__call__(scope, receive, stamped)
+                return
+            scope["app"] = self
+            await error_response(refused, body_of=_shape(scope["path"]))(scope, receive, stamped)
             return
         scope["app"] = self
         request = Request(scope, receive, send)
@@ -147,9 +172,17 @@ class Gateway(Starlette):
         except ClientDisconnect:  # left before its body arrived (or its body deadline passed): nobody to answer
             return
         except Exception as exc:
-            await (await _unexpected(request, exc))(scope, receive, send)
+            stamped = self.stamped(scope, send, started)  # before the log line, which names its request id
+            await (await _unexpected(request, exc))(scope, receive, stamped)
             raise
         await response(scope, receive, send)
+
+    @staticmethod
+    def stamped(scope: Scope, send: Send, started: float) -> Stamped:
+        """`send` through `Stamped`, with a new request id, also in the request's state (what the log names)."""
+        request_id = new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+        return Stamped(send, request_id, started)
 
 
 def build_app(

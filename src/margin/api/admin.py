@@ -51,7 +51,9 @@ def endpoint(
 
     async def run(request: Request) -> Response:
         services, principal = request.app.state.services, None
-        request_id = request.state.request_id = new_request_id() if action else None
+        request_id = None
+        if action:  # the gateway's id for this request (`margin.app.Gateway.stamped`): answer, audit and log agree
+            request_id = request.state.request_id = getattr(request.state, "request_id", None) or new_request_id()
         began = datetime.now(UTC) if action else None
         try:
             principal = await authenticate(services.keys, request.headers)

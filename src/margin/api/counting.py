@@ -74,7 +74,8 @@ async def answer(arrival: Arrival, count: Count) -> Response:
     except MarginError as exc:
         if metrics is not None:
             metrics.count_tokens(target.public if target else None, exc.code)
-        response = error_response(exc, arrival.request_id, body_of=count.body_of)
+        # counted once, above, under its outcome: not in margin_rejections_total too (nor under an upstream's code)
+        response = error_response(exc, arrival.request_id, body_of=count.body_of, count=False)
         response.headers.update(count.headers)
         return response
     if metrics is not None:

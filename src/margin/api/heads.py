@@ -34,6 +34,11 @@ half-way through a body, was held for ever, and with it a file descriptor; the `
 A deadline is one `call_later` timer per connection, armed only while a request is part-way in: a request that
 arrives in one read (nearly all) arms none after its connection's first.
 
+Every answer the protocol makes itself (431, 408, 503, and 400 for bytes that are not HTTP, as uvicorn's) carries
+a request id (`x-margin-request-id`, `x-request-id`, also in the warning logged) and `x-margin-cost-usd:
+0.000000000`, and is counted in `margin_rejections_total` under its `REASONS` code through the gateway's
+`refused`, which the app puts in uvicorn's lifespan state (`PROTOCOL_REFUSED`; `margin.app.Gateway`).
+
 The limits reach the protocol as a `functools.partial` of this class (`margin.serve`), which pickles to the
 worker processes of `--workers N` with uvicorn's `Config`."""
 
@@ -52,13 +57,19 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from margin.api.errors import unspent_headers
+from margin.ledger.ids import request_id as new_request_id
+
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 LINE_FRAMING = len(b": \r\n")  # the least a header line adds to its name and value
 TOO_LARGE = b"Request header fields too large."
 TIMED_OUT = b"Request timed out."
 TOO_MANY = b"Too many connections."
+INVALID = b"Invalid HTTP request received."
 HEAD, BODY = "head", "body"
 LINGER_NONE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s
+PROTOCOL_REFUSED = "margin.refused"  # the lifespan state's counter of refusals (`margin.app.Gateway.refused`)
+REASONS = {400: "invalid_http", 408: "request_timeout", 431: "headers_too_large", 503: "too_many_connections"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +173,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(cast(asyncio.Transport, Coalescing(transport, self.loop)))
         self.flow = AskedFlow(transport, self)
         if len(self.connections) > self.limits.max_connections:
-            self.logger.warning("More than %d connections: 503.", self.limits.max_connections)
-            self.close_with(503, TOO_MANY)
+            self.close_with(503, TOO_MANY, "More than %d connections: 503.", self.limits.max_connections)
             return
         self.arm(HEAD, self.limits.head_timeout_s)
 
@@ -213,8 +223,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if isinstance(error.__context__, HeadTooLarge):
                 self.refuse()
             else:
-                self.logger.warning("Invalid HTTP request received.")
-                self.send_400_response("Invalid HTTP request received.")
+                self.close_with(400, INVALID, INVALID.decode())  # uvicorn's `send_400_response`, with our headers
             return
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
@@ -272,17 +281,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if kind == HEAD and not self.in_head and not self.silent_bytes:
             self.transport.close()  # nothing of a request came: nothing to answer
             return
-        self.logger.warning("A request's %s did not arrive in time: 408.", kind)
-        self.close_with(408, TIMED_OUT)
+        self.close_with(408, TIMED_OUT, "A request's %s did not arrive in time: 408.", kind)
 
     def refuse(self) -> None:
-        self.logger.warning("Header section over %d bytes: 431.", self.max_header_bytes)
-        self.close_with(431, TOO_LARGE)
+        self.close_with(431, TOO_LARGE, "Header section over %d bytes: 431.", self.max_header_bytes)
 
-    def close_with(self, status: int, text: bytes) -> None:
+    def close_with(self, status: int, text: bytes, warning: str = "", *args: object) -> None:
         """Answer `status` and close, like uvicorn's `send_400_response`: the rest of the request is never read.
         Only where no answer is under way on the connection (a pipelined request's may be: then it is cut off
-        instead); a request whose app runs (its trailers were refused, its body stalled) sees a disconnect."""
+        instead); a request whose app runs (its trailers were refused, its body stalled) sees a disconnect.
+        `warning`: logged (`args` its values) with the answer's request id; the refusal is counted either way."""
+        request_id = new_request_id()
+        if warning:
+            self.logger.warning("%s (request %s)", warning % args, request_id)
+        refused = self.app_state.get(PROTOCOL_REFUSED)
+        if refused is not None:
+            refused(REASONS.get(status))
         self.disarm()
         cycle = self.cycle
         answer = cycle is None or cycle.response_complete or not (self.in_head or cycle.response_started)
@@ -293,6 +307,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             content = [STATUS_LINE[status]]
             for name, value in self.server_state.default_headers:
                 content.extend([name, b": ", value, b"\r\n"])
+            own = "".join(f"{name}: {text}\r\n" for name, text in unspent_headers(request_id, None).items())
+            content.append(own.encode())
             content.extend(
                 [
                     b"content-type: text/plain; charset=utf-8\r\n",

@@ -15,9 +15,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from margin.api.client import AsgiClient, StallWatch
 from margin.api.edge import header_map, parse_json, read_body
-from margin.api.errors import error_body, error_response
+from margin.api.errors import error_body, error_response, unspent_headers
 from margin.batches import inprocess
-from margin.economics.money import ZERO_USD
 from margin.errors import MarginError
 from margin.keycache import authenticate
 from margin.ledger.ids import request_id as new_request_id
@@ -90,10 +89,10 @@ def unmetered_error(
     error: MarginError, request_id: str, started: float, body_of: Callable[[MarginError], dict[str, Any]] = error_body
 ) -> Response:
     """The answer to a request refused before the request path (a bad key, a body that does not parse): no
-    ledger row and nothing spent, with the headers every answer carries (its cost, 0, and margin's time)."""
-    response = error_response(error, request_id, body_of=body_of)
-    response.headers["x-margin-cost-usd"] = ZERO_USD
-    response.headers["x-margin-overhead-ms"] = f"{(time.perf_counter() - started) * 1000:.3f}"
+    ledger row and nothing spent, with the headers every answer carries (its cost, 0, and margin's time);
+    counted in `margin_rejections_total` when sent (`margin.api.errors.Refusal`)."""
+    response = error_response(error, body_of=body_of)
+    response.headers.update(unspent_headers(request_id, started))
     return response
 
 

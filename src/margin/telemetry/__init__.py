@@ -39,6 +39,11 @@ class Telemetry:
         if self.traces is not None:
             self.traces.record(row, trace)
 
+    def refused(self, code: str | None) -> None:
+        """A refusal with no ledger row (`margin_rejections_total{reason=code}`): one tally increment."""
+        if self.metrics is not None:
+            self.metrics.refused(code)
+
     def start(self, state: Callable[[], Mapping[str, Any]]) -> None:
         """Refresh the gauges from `state()` every second (and at each scrape)."""
         self._state = state

@@ -2,8 +2,9 @@
 
 Per request, `observe(row)` reads the finished ledger row (one call, from the settle side): requests by
 model/backend/status/HTTP code, latency, TTFT and overhead histograms, tokens, cost (integer nano-USD, exact),
-energy, carbon, cache hits and rejections by reason. It only adds to plain per-series accumulators (no lock:
-it runs on the event loop); every second, and before each scrape, `refresh` publishes them with one `inc`
+energy, carbon, cache hits and rejections by reason; `refused(code)` counts a refusal answered before any
+ledger row (a bad key, a 415, a 431) with the rejections. It only adds to plain per-series accumulators (no
+lock: it runs on the event loop); every second, and before each scrape, `refresh` publishes them with one `inc`
 per series (prometheus-client's own `inc`/`observe` take a lock each, ~1.5 µs apiece, ten a request: see
 `benchmarks/telemetry_cost.py`), then reads what is not per request: each backend's circuit, faults and
 retries, the ledger's queue (outbox) depth and ingest lag. `render` (the scrape, in a thread) reads only
@@ -243,6 +244,12 @@ class Metrics:
             self._tally[("type", row["cache"])] += 1
         if key[2] == "error" and key[3] >= 400:
             self._tally[("reason", row["error_code"])] += 1
+
+    def refused(self, code: str | None) -> None:
+        """One refusal margin answered itself before a ledger row (a bad key, a 415, an unknown route, a 431:
+        `margin.api.errors.Refusal`, `margin.api.heads`), under its error code; published with the rows'
+        rejections at the next `refresh`. Never called for a request that gets a row: `observe` counts those."""
+        self._tally[("reason", code)] += 1
 
     def publish(self) -> None:
         """Move what requests added since the last call into the prometheus-client metrics."""

@@ -111,17 +111,20 @@ def keys_revoke(
         raise fail(exc) from exc
     out = console()
     out.print(Text.assemble(f"revoked key {record.id} (", plain(record.name), ")"))
-    out.print(f"running gateways stop accepting it {_told(settings)}")
+    out.print(_told(settings))
 
 
 def _told(settings: Settings) -> str:
     """Tell running gateways of a revocation or rotation: at once through the Redis the config names
-    (margin.keywatch), else at their next governance pass, which reads the change's audit log row. When."""
+    (margin.keywatch), else at their next governance pass, which reads the change's audit log row. Says which."""
     from margin.keywatch import announce
 
-    if settings.storage.redis and asyncio.run(announce(settings.storage.redis)):
-        return "at once where they share storage.redis (else within admission.refresh_s)"
-    return "within admission.refresh_s (their next pass over the audit log)"
+    later = "see it within admission.refresh_s (their next pass over the audit log)"
+    if not settings.storage.redis:
+        return f"running gateways {later}"
+    if asyncio.run(announce(settings.storage.redis)):
+        return f"running gateways sharing storage.redis were told at once; any other will {later}"
+    return f"storage.redis could not be reached: running gateways {later}"
 
 
 @keys_app.command("rotate")
@@ -152,8 +155,9 @@ def keys_rotate(
     out.print(Text.assemble("rotated key ", (record.id, "bold"), " (", plain(record.name), ")"))
     if grace_s:
         shown = until.isoformat(timespec="seconds") if until else "-"
-        out.print(f"the old secret keeps working until {shown} (running gateways: told {told})")
+        out.print(f"the old secret keeps working until {shown}")
     else:
-        out.print(f"the old secret no longer works (running gateways: {told})")
+        out.print("the old secret no longer works")
+    out.print(told)
     out.print("store the new key now, it is not shown again:")
     print(key)

@@ -45,7 +45,8 @@ class KeyWatch:
 
     async def start(self) -> None:
         """What is known now (after the governance store answered once), and the subscription to the channel."""
-        self._audited = (await self._audit(0))[0]
+        async with self._engine.connect() as connection:
+            self._audited = await connection.run_sync(audit.last_id)
         self._token = await self._store.generation(KEYS)
         if isinstance(self._store, RedisStore):
             self._listener = asyncio.get_running_loop().create_task(self._listen(self._store), name="keywatch")

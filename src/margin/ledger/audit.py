@@ -139,13 +139,18 @@ def record(connection: sa.Connection, origin: Origin, change: Change) -> int:
     return row_id
 
 
+def last_id(connection: sa.Connection) -> int:
+    """The id of the log's last row (0: none), read at the end of the primary key's index."""
+    return int(connection.execute(sa.select(sa.func.max(audit_log.c.id))).scalar() or 0)
+
+
 def key_changes(connection: sa.Connection, after: int) -> tuple[int, bool]:
     """The last row's id, and whether a row after `after` revoked or rotated a key (margin.keywatch, every
     `admission.refresh_s`). The last id is read from the primary key's end, so a pass where nothing was appended
     costs one index lookup whatever the size of the log (and of `api_keys`); only the rows appended since are
     read for their action. Ids only grow as rows are appended in turn (the lock above), but a log pruned empty
     numbers again from 1 (SQLite): a last id below `after` reads every row."""
-    last = int(connection.execute(sa.select(sa.func.max(audit_log.c.id))).scalar() or 0)
+    last = last_id(connection)
     if last == after:
         return last, False
     changed = sa.and_(audit_log.c.action.in_(KEY_CHANGES), audit_log.c.outcome == "ok")

@@ -63,7 +63,9 @@ class ServerConfig(Strict):
         description="Open connections per process; one more gets 503 and is closed. Kept under the open-files limit.",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
-    key_cache_ttl_s: float = Field(5.0, ge=0, description="Revoked keys stop working within this time.")
+    key_cache_ttl_s: float = Field(
+        5.0, ge=0, description="Revoked keys stop working within this time at worst (announced: at once)."
+    )
     key_cache_entries: int = Field(
         10_000, ge=1, description="Keys found, and apart from them tokens not found, kept in memory (each bounded)."
     )

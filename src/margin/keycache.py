@@ -82,9 +82,10 @@ class KeyCache:
       (under load, each expiry was a stampede of queries that stalled requests for seconds).
     - A token is looked up by its hash among the keys' current and previous (rotated) secrets; the record of a
       previous secret carries its grace end, checked on every request (`principal_of`), so the old secret ends
-      on time even while cached. A rotation elsewhere (the CLI, a replica) is seen within `ttl_s`, as a
-      revocation is. The new secret is never refused from the not-found cache: entries are per token hash and
-      a new secret's token was never presented before the rotation made it."""
+      on time even while cached. A rotation or revocation elsewhere (the CLI, a replica) is forgotten at once
+      or within `admission.refresh_s` (margin.keywatch calls `forget`), at worst within `ttl_s`. The new secret
+      is never refused from the not-found cache: entries are per token hash and a new secret's token was never
+      presented before the rotation made it."""
 
     def __init__(self, engine: Any, ttl_s: float = 5.0, max_entries: int = 10_000, max_lookups: int = 4) -> None:
         self._engine = engine  # AsyncEngine
@@ -146,10 +147,11 @@ class KeyCache:
         self._active = (self._active[0], 0.0)
 
     def forget(self) -> None:
-        """Drop cached lookups (after a revocation through this process). A lookup whose query began before this
-        (it may have read the key as active) answers only the requests already waiting for it: it is not cached,
-        and later requests query again. Before, such a lookup landing after the revocation cached the revoked key
-        as active for `ttl_s` (CI caught a revoked admin key still answered 200)."""
+        """Drop cached lookups (after a revocation or rotation, here or announced: margin.keywatch). A lookup
+        whose query began before this (it may have read the key as active) answers only the requests already
+        waiting for it: it is not cached, and later requests query again. Before, such a lookup landing after
+        the revocation cached the revoked key as active for `ttl_s` (CI caught a revoked admin key still
+        answered 200)."""
         self._generation += 1
         for cache in (self._found, self._unknown, self._by_id):
             cache.entries.clear()

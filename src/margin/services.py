@@ -33,6 +33,7 @@ from margin.governance.service import Governance
 from margin.governance.slots import DOWNLOADS, UPLOADS
 from margin.guard.pseudonym import UserPseudonyms
 from margin.keycache import KeyCache
+from margin.keywatch import KeyWatch
 from margin.ledger import audit, db, rollup, stored, tag_index
 from margin.ledger.outbox import Outbox
 from margin.logs import failure
@@ -131,6 +132,9 @@ class Services:
         self.governance = Governance(settings, self.engine)
         self.governance.reloaded_elsewhere = functools.partial(self.reload, announce=False)
         self.governance.flush_ledger = self.outbox.flush
+        # a key revoked or rotated elsewhere is forgotten here at once (Redis) or at the next governance pass
+        self.keywatch = KeyWatch(self.keys, self.governance.store, self.engine)
+        self.governance.follow_keys = self.keywatch.follow
         # a file download holds its file (up to `batches.max_file_bytes`) until its client has read it: two at a
         # time per key, the next refused at once, so a key whose client stops reading cannot fill the memory
         self.downloads = self._file_gate(DOWNLOADS, running=2, waiting=0, what="file download")
@@ -194,6 +198,7 @@ class Services:
         self.outbox.start()
         self.telemetry.start(self.telemetry_state)
         await self.governance.start()
+        await self.keywatch.start()
         if self.semantic is not None:
             await self.semantic.start()
         await asyncio.gather(*(backend.start() for backend in self.backends.values()))
@@ -349,6 +354,7 @@ class Services:
                 log.exception("closing backend %s failed", name)
         await self.outbox.close()
         await self.telemetry.close()
+        await self.keywatch.close()
         await self.governance.close()
         if self.semantic is not None:
             await self.semantic.stop()  # before the Redis client it reads with closes

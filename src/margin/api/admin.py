@@ -258,7 +258,7 @@ async def create_key(request: Request, principal: Principal) -> Any:
 async def revoke_key(request: Request, principal: Principal) -> Any:
     services, origin = request.app.state.services, audit_api.origin(request, principal)
     record = await services.read(keys.revoke_key, services.sync_engine(), request.path_params["key_id"], origin)
-    services.keys.forget()
+    await services.keywatch.changed()  # every process: at once here, the others at once or at their next pass
     return record.public()
 
 
@@ -271,7 +271,7 @@ async def rotate_key(request: Request, principal: Principal) -> Any:
     record, key = await services.read(
         keyops.rotate_key, services.sync_engine(), key_id, timedelta(seconds=grace), origin
     )
-    services.keys.forget()  # this replica: the old secret's grace (0: it stops now) applies at once
+    await services.keywatch.changed()  # the old secret's grace (0: it stops now) applies at once, everywhere
     valid_until = record.previous_valid_until.isoformat() if record.previous_valid_until else None
     return {**record.public(), "key": key, "valid_until": valid_until}
 

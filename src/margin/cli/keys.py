@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -21,6 +22,7 @@ from margin.cli.options import (
     settings_from,
     sync_engine,
 )
+from margin.config import Settings
 from margin.errors import MarginError
 from margin.terminal import plain
 
@@ -98,14 +100,31 @@ def keys_list(config: ConfigOpt = None, db: DbOpt = None, json: JsonOpt = False)
 def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="The key id.")], config: ConfigOpt = None, db: DbOpt = None
 ) -> None:
-    """Revoke a key (the running gateway stops accepting it within server.key_cache_ttl_s)."""
+    """Revoke a key (running gateways stop accepting it at once through storage.redis, else within
+    admission.refresh_s)."""
     from margin import keys
 
+    settings = settings_from(config, db)
     try:
-        record = keys.revoke_key(sync_engine(settings_from(config, db)), key_id, cli_origin())
+        record = keys.revoke_key(sync_engine(settings), key_id, cli_origin())
     except MarginError as exc:
         raise fail(exc) from exc
-    console().print(Text.assemble(f"revoked key {record.id} (", plain(record.name), ")"))
+    out = console()
+    out.print(Text.assemble(f"revoked key {record.id} (", plain(record.name), ")"))
+    out.print(_told(settings))
+
+
+def _told(settings: Settings) -> str:
+    """Tell running gateways of a revocation or rotation: at once through the Redis the config names
+    (margin.keywatch), else at their next governance pass, which reads the change's audit log row. Says which."""
+    from margin.keywatch import announce
+
+    later = "see it within admission.refresh_s (their next pass over the audit log)"
+    if not settings.storage.redis:
+        return f"running gateways {later}"
+    if asyncio.run(announce(settings.storage.redis)):
+        return f"running gateways sharing storage.redis were told at once; any other will {later}"
+    return f"storage.redis could not be reached: running gateways {later}"
 
 
 @keys_app.command("rotate")
@@ -123,10 +142,11 @@ def keys_rotate(
 
     try:
         grace_s = keyops.RotateRequest.parse({"grace_s": keyops.parse_grace(grace)}).grace_s
-        engine = sync_engine(settings_from(config, db))
-        record, key = keyops.rotate_key(engine, key_id, timedelta(seconds=grace_s), cli_origin())
+        settings = settings_from(config, db)
+        record, key = keyops.rotate_key(sync_engine(settings), key_id, timedelta(seconds=grace_s), cli_origin())
     except MarginError as exc:
         raise fail(exc) from exc
+    told = _told(settings)
     until = record.previous_valid_until
     if json:
         print(orjson.dumps({**record.public(), "key": key, "valid_until": until and until.isoformat()}).decode())
@@ -135,8 +155,9 @@ def keys_rotate(
     out.print(Text.assemble("rotated key ", (record.id, "bold"), " (", plain(record.name), ")"))
     if grace_s:
         shown = until.isoformat(timespec="seconds") if until else "-"
-        out.print(f"the old secret keeps working until {shown} (a running gateway: within server.key_cache_ttl_s)")
+        out.print(f"the old secret keeps working until {shown}")
     else:
-        out.print("the old secret no longer works (a running gateway: within server.key_cache_ttl_s)")
+        out.print("the old secret no longer works")
+    out.print(told)
     out.print("store the new key now, it is not shown again:")
     print(key)

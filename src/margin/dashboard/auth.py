@@ -5,7 +5,8 @@
 - Open mode (no active keys: the gateway then listens on loopback only) follows `/admin`: everything is shown.
 - The key comes from `Authorization: Bearer <key>`, or the login form checks it once and sets an HttpOnly,
   SameSite=Strict cookie scoped to `/dashboard` that holds a signed session (key id, expiry, HMAC), never the
-  key. Every request looks the key up again by id (revocation applies within `server.key_cache_ttl_s`). A
+  key. Every request looks the key up again by id (a revocation applies as soon as the process hears of it:
+  margin.keywatch; within `server.key_cache_ttl_s` at worst). A
   session ends with the secret that made it: one issued before the key's last rotation ends when the old
   secret's grace does (at once for a rotation with grace 0), as after a logout.
 - The login and logout forms are the only POSTs that are not JSON: they must come from this gateway's own

@@ -230,7 +230,7 @@ class Dashboard:
         if session is not None:  # its key's sessions end on the server too: a copy of this cookie is refused
             now_ms = int(time.time() * 1000)
             await services.read(keys.end_sessions, services.sync_engine(), session.key_id, now_ms)
-            services.keys.forget()
+            await services.keywatch.changed()
         response = RedirectResponse("/dashboard/login", status_code=303)
         auth.clear_login_cookie(response)
         return response

@@ -7,6 +7,8 @@ Each operation is one Lua script, so check-and-reserve is atomic across replicas
   reloaded           str: a fresh token per config reload announced (each process re-reads its config when it
                      changes; a count started again from 0 after a restart, and a replica took the reload that
                      brought it back to the count it had seen for no news)
+  keys               str: a fresh token per key revoked or rotated (each process forgets its cached key lookups)
+  announced          pub/sub channel: "<topic> <token>" as either is set, heard at once (margin.keywatch)
   s:{request_id}     marker of a settled request (expires after a day)
   k:{request_id}     hash {counter: amount} charged by the reaper (a reservation past its deadline)
   reaped             zset request_id → when reaped, for two days (as k:), for the pass after a restart (which
@@ -35,6 +37,7 @@ log = logging.getLogger("margin.governance")
 
 P = "mgn:"
 UNSEEDED = -2  # the admit script's status when a budget counter is gone
+CHANNEL = f"{P}announced"
 
 _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
 # amounts reach HINCRBY as the integer strings they are: a Lua number from 1e17 on is written `1e+17`,
@@ -466,17 +469,25 @@ class RedisStore:
     async def pending(self) -> int:
         return int(await self._redis.zcard(f"{P}deadlines"))
 
-    async def reload_generation(self, bump: bool = False) -> str:
+    async def generation(self, topic: str, bump: bool = False) -> str:
         from redis.exceptions import RedisError
 
         token = uuid.uuid4().hex if bump else None
         try:
-            if token is not None:
-                await self._redis.set(f"{P}reloaded", token)
+            if token is not None:  # kept for the passes that read it, published for those listening (one step)
+                pipe = self._redis.pipeline(transaction=True)
+                pipe.set(f"{P}{topic}", token)
+                pipe.publish(CHANNEL, f"{topic} {token}")
+                await pipe.execute()
                 return token
-            return str(await self._redis.get(f"{P}reloaded") or "")
+            return str(await self._redis.get(f"{P}{topic}") or "")
         except RedisError as exc:
-            raise unavailable("reload", exc) from exc
+            raise unavailable(f"{topic} announcement", exc) from exc
+
+    @property
+    def client(self) -> Any:
+        """The redis-py asyncio client (margin.keywatch subscribes to `CHANNEL` with it)."""
+        return self._redis
 
     async def close(self) -> None:
         await self._redis.aclose()

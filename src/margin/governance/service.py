@@ -19,7 +19,7 @@ from margin.governance.admission import Admission, BudgetHold, counter_name, hol
 from margin.governance.catchup import CatchUp, delays_for
 from margin.governance.rules import SHARED, Part, Rules, Subject, build_rules, load_rules, matches
 from margin.governance.slots import STREAMS, LocalSlots, SharedSlots, Slots, SlotStore
-from margin.governance.store import RESERVATION_PAGE, LocalStore, Store
+from margin.governance.store import RELOADS, RESERVATION_PAGE, LocalStore, Store
 from margin.ledger.db import UNREACHABLE
 from margin.ledger.read import budget_spent, recorded
 from margin.logs import failure, printable
@@ -100,6 +100,9 @@ class Governance:
         self._generation = ""  # the shared reload announcement last seen (margin.workers, replicas)
         self._unannounced = False  # this process reloaded while the store was down: announce it when it is back
         self.reloaded_elsewhere: Callable[[], Awaitable[object]] | None = None  # re-reads this process's config
+        # each pass, first: has a key been revoked or rotated elsewhere (margin.keywatch; the ledger first, so
+        # that a Redis down does not keep it from being read)
+        self.follow_keys: Callable[[], Awaitable[object]] | None = None
         # moves this process's ledger outbox into the database (services): done before a counter the store lost
         # is counted again from the ledger, which else misses the rows still waiting there (a second of them)
         self.flush_ledger: Callable[[], Awaitable[object]] | None = None
@@ -125,7 +128,7 @@ class Governance:
         if ping is not None:
             await ping()
         await self.refresh()
-        self._generation = await self.store.reload_generation()
+        self._generation = await self.store.generation(RELOADS)
         self._server = await self.store.server_id()
         self._task = asyncio.get_running_loop().create_task(self._loop())
         self._catchup_task = asyncio.get_running_loop().create_task(self.catchup.run(self._catch_up))
@@ -144,6 +147,8 @@ class Governance:
         while not self._closing:
             await asyncio.sleep(interval)
             try:
+                if self.follow_keys is not None:
+                    await self.follow_keys()
                 if not await self._follow_reloads():  # a reload refreshes the rules itself
                     await self.refresh()
                 await self._release_unanswered()
@@ -160,7 +165,7 @@ class Governance:
         """This process re-read its config (SIGHUP, POST /admin/reload): every other process sharing the store
         (the workers of `--workers N`, replicas) re-reads its own within `admission.refresh_s`."""
         try:
-            self._generation = await self.store.reload_generation(bump=True)
+            self._generation = await self.store.generation(RELOADS, bump=True)
         except MarginError:  # the store is down: announced by the next pass that reaches it
             self._unannounced = True
             raise
@@ -173,7 +178,7 @@ class Governance:
         if self._unannounced:
             await self.announce_reload()
             return False
-        current = await self.store.reload_generation()
+        current = await self.store.generation(RELOADS)
         if current == self._generation or self.reloaded_elsewhere is None:
             return False
         self._generation = current

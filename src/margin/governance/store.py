@@ -24,6 +24,10 @@ from typing import ClassVar, Protocol
 SWEEP_S = 60.0  # how often `LocalStore.reap` drops expired counters and idle rate-limit buckets
 SWEEP_GRACE_S = 86_400  # a counter re-created by a late settle (its window past) lives a day
 RESERVATION_PAGE = 1000  # request ids read, looked up in the ledger and recounted at a time (after a restart)
+# what the processes sharing a store announce to each other (`generation`): a config reload (each re-reads its
+# config), a key revoked or rotated (each forgets its cached key lookups: margin.keywatch)
+RELOADS = "reloaded"
+KEYS = "keys"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +143,9 @@ class Store(Protocol):
         """Reservations not yet settled or released."""
         ...
 
-    async def reload_generation(self, bump: bool = False) -> str:
-        """The last config reload the processes sharing this store announced, as a token unique to it ("": none
-        known; `bump`: announce one)."""
+    async def generation(self, topic: str, bump: bool = False) -> str:
+        """The last announcement of `topic` (`RELOADS`, `KEYS`) the processes sharing this store made, as a token
+        unique to it ("": none known; `bump`: make one, published to the listening processes at once)."""
         ...
 
     async def close(self) -> None: ...
@@ -295,8 +299,8 @@ class LocalStore:
         for check in checks:
             self._tat[check.key] = max(self._tat.get(check.key, now), now) + check.increment_s
 
-    async def reload_generation(self, bump: bool = False) -> str:
-        return ""  # one process: a reload has nobody else to reach
+    async def generation(self, topic: str, bump: bool = False) -> str:
+        return ""  # one process: an announcement has nobody else to reach
 
     async def raise_spent(self, counter: str, spent: int) -> bool:
         found = self._counters.get(counter)

@@ -31,6 +31,7 @@ ACTIONS = (
     *(f"{kind}.{verb}" for kind in RULE_KINDS for verb in ("put", "delete")),
     "config.reload",
 )
+KEY_CHANGES = ("key.revoke", "key.rotate")  # a process holding such a key in its cache must hear of it
 MAX_TARGET = 256
 VERIFY_BATCH = 1000
 RECORDED_SLACK = timedelta(minutes=1)  # `write_unrecorded` looks this far before its request began (clock steps)
@@ -136,6 +137,25 @@ def record(connection: sa.Connection, origin: Origin, change: Change) -> int:
     digest = chain(previous, {**values, "id": row_id})
     connection.execute(audit_log.update().where(audit_log.c.id == row_id).values(hash=digest))
     return row_id
+
+
+def last_id(connection: sa.Connection) -> int:
+    """The id of the log's last row (0: none), read at the end of the primary key's index."""
+    return int(connection.execute(sa.select(sa.func.max(audit_log.c.id))).scalar() or 0)
+
+
+def key_changes(connection: sa.Connection, after: int) -> tuple[int, bool]:
+    """The last row's id, and whether a row after `after` revoked or rotated a key (margin.keywatch, every
+    `admission.refresh_s`). The last id is read from the primary key's end, so a pass where nothing was appended
+    costs one index lookup whatever the size of the log (and of `api_keys`); only the rows appended since are
+    read for their action. Ids only grow as rows are appended in turn (the lock above), but a log pruned empty
+    numbers again from 1 (SQLite): a last id below `after` reads every row."""
+    last = last_id(connection)
+    if last == after:
+        return last, False
+    changed = sa.and_(audit_log.c.action.in_(KEY_CHANGES), audit_log.c.outcome == "ok")
+    since = audit_log.c.id > (after if last > after else 0)
+    return last, connection.execute(sa.select(audit_log.c.id).where(since, changed).limit(1)).first() is not None
 
 
 def write(engine: sa.Engine, origin: Origin, change: Change) -> int:

@@ -27,6 +27,7 @@ class Endpoint(StrEnum):
     # request path sees a chat
     RESPONSES = "responses"
     MESSAGES = "messages"  # Anthropic's Messages API (`margin.messages`): the same, a chat underneath
+    COMPACT = "responses.compact"  # `POST /v1/responses/compact`: passed through to an upstream that compacts
 
 
 INT32 = 2**31 - 1  # token counts and ids are 32-bit in every engine (and in the ledger's integer columns)
@@ -324,7 +325,69 @@ class EmbeddingRequest(_Open):
         )
 
 
-ApiRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+CompactItemType = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
+# an item's strings that are not its text: ids, kinds, and the opaque blobs a compaction or reasoning item carries
+# (not counted: their tokens are the upstream's to report)
+_NOT_TEXT = frozenset({"type", "id", "role", "status", "call_id", "encrypted_content", "name", "namespace"})
+
+
+class CompactItem(_Open):
+    """One input item of a compaction: typed (`type`, or a message's `role`) and bounded; its other fields are
+    the upstream's to check (its item kinds, a previous compaction's `compaction` item among them)."""
+
+    type: CompactItemType | None = None
+    role: Literal["user", "assistant", "system", "developer"] | None = None
+
+
+CompactItems = Annotated[list[CompactItem], Field(fail_fast=True)]
+
+
+class CompactRequest(_Closed):
+    """`POST /v1/responses/compact` (the SDK's `ResponseCompactParams`): every key known, an unknown one a 400."""
+
+    model: ModelName
+    input: Annotated[str | CompactItems | None, _at_most(MAX_MESSAGES, "items")] = None
+    instructions: str | None = None
+    previous_response_id: Annotated[str, Field(max_length=256)] | None = None
+    prompt_cache_key: PromptCacheKey | None = None
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    prompt_cache_options: PromptCacheOptions | None = None
+    safety_identifier: SafetyIdentifier | None = None
+    service_tier: ServiceTier | None = None
+    image: CompactImage | None = None
+
+    @property
+    def prompt(self) -> str:
+        """The text of the instructions and input (what admission estimates the prompt's tokens from)."""
+        texts = [self.instructions or ""]
+        if isinstance(self.input, str):
+            texts.append(self.input)
+        else:
+            texts.extend(_texts([item.model_dump() for item in self.input or []]))
+        return "\n".join(text for text in texts if text)
+
+    @field_validator("previous_response_id")
+    @classmethod
+    def _no_previous(cls, value: str | None) -> None:
+        if value is not None:  # a stored response's id is margin's, which the upstream does not know
+            raise ValueError("not supported on /v1/responses/compact through margin; send the conversation as `input`")
+
+
+class CompactImage(_Closed):
+    context_compression: Literal["auto", "enabled", "disabled"] = "auto"
+
+
+def _texts(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [text for item in value for text in _texts(item)]
+    if isinstance(value, dict):
+        return [text for key, item in value.items() if key not in _NOT_TEXT for text in _texts(item)]
+    return []
+
+
+ApiRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest | CompactRequest
 
 
 def service_tier(body: ApiRequest) -> str | None:
@@ -337,6 +400,7 @@ SCHEMAS: dict[Endpoint, type[ApiRequest]] = {
     Endpoint.CHAT: ChatCompletionRequest,
     Endpoint.COMPLETIONS: CompletionRequest,
     Endpoint.EMBEDDINGS: EmbeddingRequest,
+    Endpoint.COMPACT: CompactRequest,
 }
 
 
@@ -370,6 +434,7 @@ FORWARDED: dict[Endpoint, frozenset[str]] = {
     Endpoint.CHAT: frozenset(ChatCompletionRequest.model_fields) | FORWARDED_EXTRAS,
     Endpoint.COMPLETIONS: (frozenset(CompletionRequest.model_fields) | FORWARDED_EXTRAS) - {"service_tier"},
     Endpoint.EMBEDDINGS: frozenset(EmbeddingRequest.model_fields),
+    Endpoint.COMPACT: frozenset(CompactRequest.model_fields),
 }
 
 

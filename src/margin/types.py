@@ -65,6 +65,16 @@ class Usage:
         return cls(input_tokens, _count(data.get("completion_tokens")), cached, cache_write_tokens=writes)
 
     @classmethod
+    def from_responses(cls, data: Any) -> Usage | None:
+        """The Responses API's usage (`input_tokens`, `output_tokens`, `input_tokens_details.cached_tokens`)."""
+        if not isinstance(data, dict):
+            return None
+        details = data.get("input_tokens_details")
+        cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+        input_tokens = _count(data.get("input_tokens"))
+        return cls(input_tokens, _count(data.get("output_tokens")), min(cached, input_tokens))
+
+    @classmethod
     def from_anthropic(cls, data: Any) -> Usage:
         """Anthropic's usage (Messages API): its `input_tokens` leave out the prompt's cache reads and writes,
         which are counted apart; margin's input is the whole prompt, as OpenAI counts it. Output includes

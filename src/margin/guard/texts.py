@@ -30,7 +30,7 @@ _STRUCTURAL = frozenset(
         "model", "role", "type", "id", "tool_call_id", "name", "tool_choice", "format", "pattern", "$ref",
         "$schema", "$id", "$anchor", "required", "url", "detail", "data", "file_data", "file_id", "voice",
         "encoding_format", "modalities", "reasoning_effort", "service_tier", "verbosity", "prompt_cache_retention",
-        "prompt_cache_options",
+        "prompt_cache_options", "encrypted_content", "call_id",
     }
 )  # fmt: skip
 """Keys whose string values are structure, not content: never rewritten by the generic walk."""
@@ -136,10 +136,13 @@ def _message(message: Any, visit: Visit) -> Any:
 
 
 def _prompt(value: Any, visit: Visit) -> Any:
+    """A prompt or input: texts, token ids, or (a compaction's) items, whose strings are read as fields are."""
     if isinstance(value, str):
         return visit("user", value)
     if isinstance(value, list):
-        items = [visit("user", v) if isinstance(v, str) else v for v in value]
+        items = [
+            visit("user", v) if isinstance(v, str) else _generic(v, visit) if isinstance(v, dict) else v for v in value
+        ]
         return value if all(a is b for a, b in zip(items, value, strict=True)) else items
     return value
 

@@ -325,6 +325,20 @@ class EmbeddingRequest(_Open):
         )
 
 
+REASONING_KEYS = ("reasoning_content", "reasoning")
+"""Where a chat message or delta holds its reasoning text: `reasoning_content` (vLLM, DeepSeek, an `anthropic`
+backend's answer) or `reasoning` (OpenRouter, Ollama; recent vLLM sends both, holding the same text)."""
+
+
+def reasoning_of(holder: dict[str, Any]) -> str | None:
+    """A chat message's or delta's reasoning text, read once: its `reasoning_content`, else its `reasoning`
+    (None: neither is a text that is not empty)."""
+    for key in REASONING_KEYS:
+        if isinstance(text := holder.get(key), str) and text:
+            return text
+    return None
+
+
 CompactItemType = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
 # an item's strings that are not its text: ids, kinds, and the opaque blobs a compaction or reasoning item carries
 # (not counted: their tokens are the upstream's to report)

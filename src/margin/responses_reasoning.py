@@ -19,7 +19,14 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from margin.protocol import MAX_MESSAGES, MAX_SIGNATURE_CHARS, MAX_THINKING_CHARS, RedactedThinkingBlock, ThinkingBlock
+from margin.protocol import (
+    MAX_MESSAGES,
+    MAX_SIGNATURE_CHARS,
+    MAX_THINKING_CHARS,
+    RedactedThinkingBlock,
+    ThinkingBlock,
+    reasoning_of,
+)
 
 ENCODING = "margin.thinking.v1:"
 # the longest encoding a block margin accepts may have: its text and signature at 4 bytes a character, base64
@@ -97,15 +104,15 @@ def reasoning_item(
 
 def output_items(message: dict[str, Any], ids: str, status: str, summarize: bool = False) -> list[dict[str, Any]]:
     """A chat answer's thinking as reasoning items: one per thinking block, else one for its `reasoning_content`
-    (a backend that gives no blocks: nothing to send back, so no `encrypted_content`); `summarize`: each with
-    its text as its summary too."""
+    or `reasoning` (`margin.protocol.reasoning_of`; a backend that gives no blocks: nothing to send back, so no
+    `encrypted_content`); `summarize`: each with its text as its summary too."""
     blocks = message.get("thinking_blocks")
     items: list[dict[str, Any]] = []
     for block in blocks if isinstance(blocks, list) else []:
         if isinstance(block, dict) and (encrypted := encode(block)) is not None:
             text = block["thinking"] if block["type"] == "thinking" else None
             items.append(reasoning_item(f"rs_{ids}_{len(items)}", text, encrypted, status, summarize))
-    if not items and isinstance(text := message.get("reasoning_content"), str) and text:
+    if not items and (text := reasoning_of(message)):
         items.append(reasoning_item(f"rs_{ids}_0", text, None, status, summarize))
     return items
 

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import orjson
 
 from margin.config import ModelConfig
-from margin.protocol import ApiRequest, ChatCompletionRequest, Endpoint
+from margin.protocol import ApiRequest, ChatCompletionRequest, Endpoint, reasoning_of
 
 
 @dataclass(slots=True)
@@ -162,9 +162,9 @@ def choices_text(payload: Any, part: str = "delta") -> str:
     return "".join(texts)
 
 
-GENERATED_KEYS = ("content", "refusal", "reasoning_content", "reasoning")
-"""What a message or delta holds of generated text besides tool calls (`reasoning_content`: vLLM, DeepSeek;
-`reasoning`: OpenRouter, Ollama)."""
+GENERATED_KEYS = ("content", "refusal")
+"""What a message or delta holds of generated text besides its reasoning (`margin.protocol.reasoning_of`: its
+`reasoning_content` or `reasoning`, read once where an upstream sends both) and tool calls."""
 
 
 def generated_text(payload: Any, part: str = "delta") -> str:
@@ -182,6 +182,8 @@ def generated_text(payload: Any, part: str = "delta") -> str:
                 texts.append(text)
             continue
         texts.extend(value for key in GENERATED_KEYS if isinstance(value := holder.get(key), str))
+        if reasoning := reasoning_of(holder):
+            texts.append(reasoning)
         calls = holder.get("tool_calls")
         for call in calls if isinstance(calls, list) else ():
             texts.extend(_function_texts(call.get("function") if isinstance(call, dict) else None))

@@ -4,8 +4,9 @@
 error once streaming is an `error` event). Thinking comes first, as Anthropic's blocks: the chat message's
 `thinking_blocks` (an anthropic backend's, signatures as they came; `delta.reasoning_content` is a streamed
 block's `thinking_delta`, the block's `delta.thinking_blocks` entry its `signature_delta`), and reasoning an
-upstream gives without blocks (`reasoning_content`) as a thinking block with an empty signature. Pure
-translation: the client that applies it to the request path's output is `margin.api.messages`.
+upstream gives without blocks (`reasoning_content`, or OpenRouter's and Ollama's `reasoning`) as a thinking
+block with an empty signature. Pure translation: the client that applies it to the request path's output is
+`margin.api.messages`.
 
 Usage is Anthropic's: `input_tokens` excludes the input read from the upstream's prompt cache, which is
 `cache_read_input_tokens`, and the writes to it, `cache_creation_input_tokens` (an `anthropic` backend's, passed
@@ -21,6 +22,7 @@ import orjson
 from margin import jsonload
 from margin.api.responses_out import usage_of as responses_usage
 from margin.messages import MessagesRequest
+from margin.protocol import reasoning_of
 from margin.types import Usage, choices_of
 
 # a chat's finish_reason → Anthropic's stop_reason (anything else, or none: `end_turn`)
@@ -96,12 +98,13 @@ def thought(block: Any) -> dict[str, Any] | None:
 
 
 def thoughts(message: dict[str, Any]) -> list[dict[str, Any]]:
-    """A chat message's thinking as Anthropic's blocks: its `thinking_blocks`, else its `reasoning_content`."""
+    """A chat message's thinking as Anthropic's blocks: its `thinking_blocks`, else its `reasoning_content` or
+    `reasoning` (`margin.protocol.reasoning_of`)."""
     blocks = message.get("thinking_blocks")
     if isinstance(blocks, list) and (found := [block for item in blocks if (block := thought(item)) is not None]):
         return found
-    reasoning = message.get("reasoning_content")
-    if not isinstance(reasoning, str) or not reasoning:
+    reasoning = reasoning_of(message)
+    if reasoning is None:
         return []
     return [{"type": "thinking", "thinking": reasoning, "signature": ""}]
 
@@ -185,7 +188,7 @@ class MessageEvents:
             return out
         delta = choice.get("delta")
         if type(delta) is dict:
-            if (reasoning := delta.get("reasoning_content")) and type(reasoning) is str:
+            if reasoning := reasoning_of(delta):
                 out += self._thinking(reasoning)
             if type(blocks := delta.get("thinking_blocks")) is list:
                 out += b"".join(self._thought(block) for block in blocks)

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from margin.protocol import reasoning_of
 from margin.responses import ResponsesRequest
 from margin.responses_reasoning import ReasoningEvents, output_items
 from margin.responses_reasoning import copy_item as _copy
@@ -235,7 +236,7 @@ class StreamEvents(ReasoningEvents):
     def _deltas(self, delta: dict[str, Any], choice: dict[str, Any]) -> bytes:
         """A delta's reasoning, text, refusal and tool calls, in that order."""
         out = b""
-        if isinstance(thought := delta.get("reasoning_content"), str) and thought:
+        if thought := reasoning_of(delta):
             out = self._reasoning_delta(thought)
         if isinstance(blocks := delta.get("thinking_blocks"), list):
             out += b"".join(self._thinking_block(block) for block in blocks)

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from margin import jsonload
+from margin.protocol import REASONING_KEYS
 from margin.types import choices_of
 
 Visit = Callable[[str, str], str]  # (where, text) -> text; where is a message role, or FIELD
@@ -185,7 +186,9 @@ def rewrite_request(raw: dict[str, Any], rewrite: Rewrite) -> dict[str, Any]:
     return walk_request(raw, lambda _where, text: rewrite(text))
 
 
-_ANSWER_KEYS = ("content", "reasoning_content")  # a message's or delta's text: its answer, its thinking
+# a message's or delta's text: its answer, its thinking (`reasoning_content`, or OpenRouter's and Ollama's
+# `reasoning`: both rewritten where an upstream sends both, since both reach a chat client)
+_ANSWER_KEYS = ("content", *REASONING_KEYS)
 
 
 def _answer_holders(payload: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
@@ -260,10 +263,15 @@ def rewrite_answer(
     return changed
 
 
+def _repeated(holder: dict[str, Any], key: str) -> bool:
+    """`reasoning` where `reasoning_content` holds the reasoning already (counted once: `reasoning_of`)."""
+    return key == "reasoning" and isinstance(holder.get("reasoning_content"), str)
+
+
 def answer_text(payload: dict[str, Any]) -> str:
     """An answer's text for counting what it holds: content, reasoning, text, tool-call arguments and the texts of
     thinking blocks that do not repeat the reasoning."""
-    parts = [holder[key] for holder, key in _answer_holders(payload)]
+    parts = [holder[key] for holder, key in _answer_holders(payload) if not _repeated(holder, key)]
     parts.extend(block["thinking"] for block, new in _answer_thinking(payload) if new)
 
     def collect(_where: str, text: str) -> str:

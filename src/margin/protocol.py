@@ -480,13 +480,16 @@ def content_parts(messages: Any, *, nested: bool = False, what: str = "content p
 
 def without_thinking(messages: Any) -> Any:
     """A chat's messages as sent, less their `thinking_blocks` (an anthropic backend's, which no other backend
-    takes): the same list when none holds any."""
+    takes) and the `block_order` that goes with them: the same list when none holds any."""
     if type(messages) is not list or not any(type(m) is dict and "thinking_blocks" in m for m in messages):
         return messages
     return [
-        {k: v for k, v in m.items() if k != "thinking_blocks"} if type(m) is dict and "thinking_blocks" in m else m
+        {k: v for k, v in m.items() if k not in ANTHROPIC_ONLY} if type(m) is dict and "thinking_blocks" in m else m
         for m in messages
     ]
+
+
+ANTHROPIC_ONLY = ("thinking_blocks", "block_order")  # `block_order`: margin.interleaving, sent back with the blocks
 
 
 # Chat fields that ask for an answer of another shape or for unpriced work, which margin does not forward:

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from margin import jsonload
+from margin import interleaving, jsonload
 from margin.api.responses_out import usage_of as responses_usage
 from margin.messages import MessagesRequest
 from margin.protocol import reasoning_of
@@ -132,18 +132,40 @@ def from_chat(chat: Any, body: MessagesRequest, request_id: str, metered: Usage 
     assert isinstance(message, dict)
     model = chat.get("model")
     out = skeleton(f"msg_{request_id}", model if isinstance(model, str) else body.model)
-    content: list[dict[str, Any]] = out["content"]
-    content.extend(thoughts(message))
-    for text in (message.get("content"), message.get("refusal")):
-        if isinstance(text, str) and text:
-            content.append({"type": "text", "text": text})
-    calls = message.get("tool_calls")
-    for number, call in enumerate(calls if isinstance(calls, list) else []):
-        if isinstance(call, dict):
-            content.append(_tool_use(call, f"toolu_{request_id}_{number}"))
+    out["content"] = _content(message, request_id)
     out["stop_reason"], out["stop_sequence"] = stop_of(choice.get("finish_reason"), choice.get("stop_reason"), body)
     out["usage"] = usage_of(Usage.reported_or(chat.get("usage"), metered))
     return out
+
+
+def _content(message: dict[str, Any], request_id: str) -> list[dict[str, Any]]:
+    """A chat message as content blocks: thinking, then text, then tool_use; or, where an anthropic backend's
+    blocks interleaved, in their `block_order` (`margin.interleaving`)."""
+    calls = message.get("tool_calls")
+    calls = calls if isinstance(calls, list) else []
+
+    def tool_use(number: int) -> list[dict[str, Any]]:
+        call = calls[number]
+        return [_tool_use(call, f"toolu_{request_id}_{number}")] if isinstance(call, dict) else []
+
+    if (parts := interleaving.in_order(message)) is not None:
+        blocks = message["thinking_blocks"]
+        content: list[dict[str, Any]] = []
+        for kind, part in parts:
+            if kind == interleaving.THINKING:
+                content.extend(block for block in (thought(blocks[part]),) if block is not None)
+            else:
+                content.extend(tool_use(part) if kind == interleaving.TOOL_USE else [{"type": "text", "text": part}])
+        if isinstance(refusal := message.get("refusal"), str) and refusal:
+            content.append({"type": "text", "text": refusal})
+        return content
+    content = thoughts(message)
+    for text in (message.get("content"), message.get("refusal")):
+        if isinstance(text, str) and text:
+            content.append({"type": "text", "text": text})
+    for number in range(len(calls)):
+        content.extend(tool_use(number))
+    return content
 
 
 def event(kind: str, data: dict[str, Any]) -> bytes:

@@ -20,7 +20,9 @@ import openai
 import pytest
 import yaml
 
+from margin import keys
 from margin.guard.texts import request_texts
+from margin.ledger import db as ledger_db
 from margin.protocol import CompactRequest, Endpoint, parse_request
 from tests.api.test_responses import PRICE, TIGHT_USD, _keys
 from tests.helpers import margin_serve, wait_ledger_row
@@ -56,10 +58,11 @@ class Live:
     url: str
     db: Path
     key: str
+    private: str  # a key whose policy redacts PII
     sent: list[Sent] = field(default_factory=list)
 
-    def client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.key, max_retries=0)
+    def client(self, key: str | None = None) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key or self.key, max_retries=0)
 
     def post(self, body: dict[str, Any]) -> httpx.Response:
         auth = {"authorization": f"Bearer {self.key}"}
@@ -88,6 +91,9 @@ def _answer(sent: list[Sent]) -> Any:
 @contextmanager
 def compact_gateway(folder: Path) -> Iterator[Live]:
     key, _ = _keys(folder / "ledger.db")
+    engine = ledger_db.make_sync_engine(f"sqlite:///{folder / 'ledger.db'}")
+    _, private = keys.create_key(engine, keys.NewKey("private", "t", policy={"pii": "redact"}))
+    engine.dispose()
     sent: list[Sent] = []
     with pytest.MonkeyPatch.context() as patch, http_thread(recording_handler([], _answer(sent))) as base:
         patch.setenv(KEY_ENV, UPSTREAM_KEY)
@@ -111,7 +117,7 @@ def compact_gateway(folder: Path) -> Iterator[Live]:
         (folder / "margin.yaml").write_text(yaml.safe_dump(config))
         serving = margin_serve(folder / "ledger.db", folder / "serve.log", config=folder / "margin.yaml", ready_s=60)
         with serving as (url, _process):
-            yield Live(url, folder / "ledger.db", key, sent)
+            yield Live(url, folder / "ledger.db", key, private, sent)
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +191,16 @@ def test_a_budget_refuses_before_anything_is_sent(live: Live) -> None:
     assert len(live.sent) == before
     row = live.row(refused.headers["x-request-id"])
     assert (row.endpoint, row.http_status) == ("responses.compact", 429)
+
+
+def test_a_policy_that_redacts_redacts_the_items_text_and_leaves_their_structure(live: Live) -> None:
+    before = len(live.sent)
+    leaky: Any = [{"role": "user", "content": "mail jane.doe@example.org"}, CONVERSATION[2], CONVERSATION[4]]
+    with live.client(live.private) as client:
+        compacted = client.responses.compact(model="gpt", input=leaky)
+    assert compacted.usage.input_tokens == 120
+    [sent] = live.sent[before:]
+    assert sent.body["input"] == [{"role": "user", "content": "mail <EMAIL_1>"}, CONVERSATION[2], CONVERSATION[4]]
 
 
 def test_the_guard_reads_a_compaction_s_items_and_admission_estimates_their_text() -> None:

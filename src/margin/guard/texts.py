@@ -31,10 +31,13 @@ _STRUCTURAL = frozenset(
         "model", "role", "type", "id", "tool_call_id", "name", "tool_choice", "format", "pattern", "$ref",
         "$schema", "$id", "$anchor", "required", "url", "detail", "data", "file_data", "file_id", "voice",
         "encoding_format", "modalities", "reasoning_effort", "service_tier", "verbosity", "prompt_cache_retention",
-        "prompt_cache_options", "encrypted_content", "call_id",
+        "prompt_cache_options",
     }
 )  # fmt: skip
 """Keys whose string values are structure, not content: never rewritten by the generic walk."""
+# and in an input item (a compaction's, `POST /v1/responses/compact`): a call's id, and the opaque content of a
+# compaction or reasoning item (the upstream's own encryption: a rewritten one is refused there)
+_ITEM_STRUCTURAL = _STRUCTURAL | {"call_id", "encrypted_content"}
 _CONVERSATION = ("messages", "prompt", "input")
 
 
@@ -51,15 +54,15 @@ def _all_strings(value: Any, visit: Visit) -> Any:
     return value
 
 
-def _generic(value: Any, visit: Visit) -> Any:
-    """Like `_all_strings`, but the values of structural keys (`_STRUCTURAL`) are kept as they are."""
+def _generic(value: Any, visit: Visit, structural: frozenset[str] = _STRUCTURAL) -> Any:
+    """Like `_all_strings`, but the values of structural keys (`structural`) are kept as they are."""
     if isinstance(value, str):
         return visit(FIELD, value)
     if isinstance(value, dict):
-        new = {k: v if k in _STRUCTURAL else _generic(v, visit) for k, v in value.items()}
+        new = {k: v if k in structural else _generic(v, visit, structural) for k, v in value.items()}
         return value if all(new[k] is v for k, v in value.items()) else new
     if isinstance(value, list):
-        items = [_generic(v, visit) for v in value]
+        items = [_generic(v, visit, structural) for v in value]
         return value if all(a is b for a, b in zip(items, value, strict=True)) else items
     return value
 
@@ -136,14 +139,18 @@ def _message(message: Any, visit: Visit) -> Any:
     return message if all(new[k] is v for k, v in message.items()) else new
 
 
+def _input_item(value: Any, visit: Visit) -> Any:
+    if isinstance(value, str):
+        return visit("user", value)
+    return _generic(value, visit, _ITEM_STRUCTURAL) if isinstance(value, dict) else value
+
+
 def _prompt(value: Any, visit: Visit) -> Any:
     """A prompt or input: texts, token ids, or (a compaction's) items, whose strings are read as fields are."""
     if isinstance(value, str):
         return visit("user", value)
     if isinstance(value, list):
-        items = [
-            visit("user", v) if isinstance(v, str) else _generic(v, visit) if isinstance(v, dict) else v for v in value
-        ]
+        items = [_input_item(v, visit) for v in value]
         return value if all(a is b for a, b in zip(items, value, strict=True)) else items
     return value
 

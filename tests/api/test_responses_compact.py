@@ -109,10 +109,14 @@ def compact_gateway(folder: Path) -> Iterator[Live]:
             "models": {
                 "gpt": openai_model,
                 "tight": openai_model,
+                "roomy": openai_model,
                 "chat-up": {**openai_model, "backend": "chat-only"},
                 "local": {"backend": "fake", "price": PRICE},
             },
-            "budgets": [{"name": "tight", "scope": {"kind": "model", "value": "tight"}, "usd": TIGHT_USD}],
+            "budgets": [
+                {"name": "tight", "scope": {"kind": "model", "value": "tight"}, "usd": TIGHT_USD},
+                {"name": "roomy", "scope": {"kind": "model", "value": "roomy"}, "usd": "10"},
+            ],
         }
         (folder / "margin.yaml").write_text(yaml.safe_dump(config))
         serving = margin_serve(folder / "ledger.db", folder / "serve.log", config=folder / "margin.yaml", ready_s=60)
@@ -191,6 +195,11 @@ def test_a_budget_refuses_before_anything_is_sent(live: Live) -> None:
     assert len(live.sent) == before
     row = live.row(refused.headers["x-request-id"])
     assert (row.endpoint, row.http_status) == ("responses.compact", 429)
+    # within a budget: reserved, sent, and settled at the upstream's usage (the input bound is the body's size)
+    admitted = live.post({"model": "roomy", "input": CONVERSATION})
+    assert admitted.status_code == 200, admitted.text
+    row = live.row(admitted.headers["x-request-id"])
+    assert (row.http_status, row.input_tokens, row.output_tokens, row.cost_nanousd) == (200, 120, 30, 180_000)
 
 
 def test_a_policy_that_redacts_redacts_the_items_text_and_leaves_their_structure(live: Live) -> None:

@@ -228,6 +228,7 @@ def build_app(
         "/v1/embeddings": inference.embeddings,
         "/v1/responses": responses.responses,
         "/v1/responses/input_tokens": responses.input_tokens,
+        "/v1/responses/compact": responses.compact,
         "/v1/messages": messages.messages,
         "/v1/messages/count_tokens": count_tokens.count_tokens,
     }

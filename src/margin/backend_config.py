@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from typing import Annotated, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 
@@ -112,6 +113,18 @@ class OpenAIBackendConfig(HttpBackendConfig):
         "upstream is a vLLM server, asked `POST /tokenize` (at `base_url` less its `/v1`) for the chat request a "
         "completion would send, so the count is that completion's `prompt_tokens`.",
     )
+
+    responses_compact: bool | None = Field(
+        None,
+        description="Whether `POST /v1/responses/compact` is passed on to this upstream (`{base_url}/responses/"
+        "compact`): an upstream that serves OpenAI's Responses API and compacts. Unset: on for api.openai.com only.",
+    )
+
+    @property
+    def compacts(self) -> bool:
+        if self.responses_compact is not None:
+            return self.responses_compact
+        return urlsplit(self.base_url).hostname == "api.openai.com"
 
     @model_validator(mode="after")
     def _tokenize_beside_v1(self) -> OpenAIBackendConfig:

@@ -27,6 +27,7 @@ class Endpoint(StrEnum):
     # request path sees a chat
     RESPONSES = "responses"
     MESSAGES = "messages"  # Anthropic's Messages API (`margin.messages`): the same, a chat underneath
+    COMPACT = "responses.compact"  # `POST /v1/responses/compact`: passed through to an upstream that compacts
 
 
 INT32 = 2**31 - 1  # token counts and ids are 32-bit in every engine (and in the ledger's integer columns)
@@ -324,7 +325,83 @@ class EmbeddingRequest(_Open):
         )
 
 
-ApiRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+REASONING_KEYS = ("reasoning_content", "reasoning")
+"""Where a chat message or delta holds its reasoning text: `reasoning_content` (vLLM, DeepSeek, an `anthropic`
+backend's answer) or `reasoning` (OpenRouter, Ollama; recent vLLM sends both, holding the same text)."""
+
+
+def reasoning_of(holder: dict[str, Any]) -> str | None:
+    """A chat message's or delta's reasoning text, read once: its `reasoning_content`, else its `reasoning`
+    (None: neither is a text that is not empty)."""
+    for key in REASONING_KEYS:
+        if isinstance(text := holder.get(key), str) and text:
+            return text
+    return None
+
+
+CompactItemType = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
+# an item's strings that are not its text: ids, kinds, and the opaque blobs a compaction or reasoning item carries
+# (not counted: their tokens are the upstream's to report)
+_NOT_TEXT = frozenset({"type", "id", "role", "status", "call_id", "encrypted_content", "name", "namespace"})
+
+
+class CompactItem(_Open):
+    """One input item of a compaction: typed (`type`, or a message's `role`) and bounded; its other fields are
+    the upstream's to check (its item kinds, a previous compaction's `compaction` item among them)."""
+
+    type: CompactItemType | None = None
+    role: Literal["user", "assistant", "system", "developer"] | None = None
+
+
+CompactItems = Annotated[list[CompactItem], Field(fail_fast=True)]
+
+
+class CompactRequest(_Closed):
+    """`POST /v1/responses/compact` (the SDK's `ResponseCompactParams`): every key known, an unknown one a 400."""
+
+    model: ModelName
+    input: Annotated[str | CompactItems | None, _at_most(MAX_MESSAGES, "items")] = None
+    instructions: str | None = None
+    previous_response_id: Annotated[str, Field(max_length=256)] | None = None
+    prompt_cache_key: PromptCacheKey | None = None
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    prompt_cache_options: PromptCacheOptions | None = None
+    safety_identifier: SafetyIdentifier | None = None
+    service_tier: ServiceTier | None = None
+    image: CompactImage | None = None
+
+    @property
+    def prompt(self) -> str:
+        """The text of the instructions and input (what admission estimates the prompt's tokens from)."""
+        texts = [self.instructions or ""]
+        if isinstance(self.input, str):
+            texts.append(self.input)
+        else:
+            texts.extend(_texts([item.model_dump() for item in self.input or []]))
+        return "\n".join(text for text in texts if text)
+
+    @field_validator("previous_response_id")
+    @classmethod
+    def _no_previous(cls, value: str | None) -> None:
+        if value is not None:  # a stored response's id is margin's, which the upstream does not know
+            raise ValueError("not supported on /v1/responses/compact through margin; send the conversation as `input`")
+
+
+class CompactImage(_Closed):
+    context_compression: Literal["auto", "enabled", "disabled"] = "auto"
+
+
+def _texts(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [text for item in value for text in _texts(item)]
+    if isinstance(value, dict):
+        return [text for key, item in value.items() if key not in _NOT_TEXT for text in _texts(item)]
+    return []
+
+
+ApiRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest | CompactRequest
 
 
 def service_tier(body: ApiRequest) -> str | None:
@@ -337,6 +414,7 @@ SCHEMAS: dict[Endpoint, type[ApiRequest]] = {
     Endpoint.CHAT: ChatCompletionRequest,
     Endpoint.COMPLETIONS: CompletionRequest,
     Endpoint.EMBEDDINGS: EmbeddingRequest,
+    Endpoint.COMPACT: CompactRequest,
 }
 
 
@@ -370,6 +448,7 @@ FORWARDED: dict[Endpoint, frozenset[str]] = {
     Endpoint.CHAT: frozenset(ChatCompletionRequest.model_fields) | FORWARDED_EXTRAS,
     Endpoint.COMPLETIONS: (frozenset(CompletionRequest.model_fields) | FORWARDED_EXTRAS) - {"service_tier"},
     Endpoint.EMBEDDINGS: frozenset(EmbeddingRequest.model_fields),
+    Endpoint.COMPACT: frozenset(CompactRequest.model_fields),
 }
 
 
@@ -401,13 +480,16 @@ def content_parts(messages: Any, *, nested: bool = False, what: str = "content p
 
 def without_thinking(messages: Any) -> Any:
     """A chat's messages as sent, less their `thinking_blocks` (an anthropic backend's, which no other backend
-    takes): the same list when none holds any."""
+    takes) and the `block_order` that goes with them: the same list when none holds any."""
     if type(messages) is not list or not any(type(m) is dict and "thinking_blocks" in m for m in messages):
         return messages
     return [
-        {k: v for k, v in m.items() if k != "thinking_blocks"} if type(m) is dict and "thinking_blocks" in m else m
+        {k: v for k, v in m.items() if k not in ANTHROPIC_ONLY} if type(m) is dict and "thinking_blocks" in m else m
         for m in messages
     ]
+
+
+ANTHROPIC_ONLY = ("thinking_blocks", "block_order")  # `block_order`: margin.interleaving, sent back with the blocks
 
 
 # Chat fields that ask for an answer of another shape or for unpriced work, which margin does not forward:

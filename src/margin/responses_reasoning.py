@@ -19,7 +19,14 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from margin.protocol import MAX_MESSAGES, MAX_SIGNATURE_CHARS, MAX_THINKING_CHARS, RedactedThinkingBlock, ThinkingBlock
+from margin.protocol import (
+    MAX_MESSAGES,
+    MAX_SIGNATURE_CHARS,
+    MAX_THINKING_CHARS,
+    RedactedThinkingBlock,
+    ThinkingBlock,
+    reasoning_of,
+)
 
 ENCODING = "margin.thinking.v1:"
 # the longest encoding a block margin accepts may have: its text and signature at 4 bytes a character, base64
@@ -95,17 +102,24 @@ def reasoning_item(
     }
 
 
+def block_item(block: Any, item_id: str, status: str, summarize: bool) -> dict[str, Any] | None:
+    """A chat answer's thinking block as a reasoning item (None if it is not one)."""
+    if not isinstance(block, dict) or (encrypted := encode(block)) is None:
+        return None
+    text = block["thinking"] if block["type"] == "thinking" else None
+    return reasoning_item(item_id, text, encrypted, status, summarize)
+
+
 def output_items(message: dict[str, Any], ids: str, status: str, summarize: bool = False) -> list[dict[str, Any]]:
     """A chat answer's thinking as reasoning items: one per thinking block, else one for its `reasoning_content`
-    (a backend that gives no blocks: nothing to send back, so no `encrypted_content`); `summarize`: each with
-    its text as its summary too."""
+    or `reasoning` (`margin.protocol.reasoning_of`; a backend that gives no blocks: nothing to send back, so no
+    `encrypted_content`); `summarize`: each with its text as its summary too."""
     blocks = message.get("thinking_blocks")
     items: list[dict[str, Any]] = []
     for block in blocks if isinstance(blocks, list) else []:
-        if isinstance(block, dict) and (encrypted := encode(block)) is not None:
-            text = block["thinking"] if block["type"] == "thinking" else None
-            items.append(reasoning_item(f"rs_{ids}_{len(items)}", text, encrypted, status, summarize))
-    if not items and isinstance(text := message.get("reasoning_content"), str) and text:
+        if (item := block_item(block, f"rs_{ids}_{len(items)}", status, summarize)) is not None:
+            items.append(item)
+    if not items and (text := reasoning_of(message)):
         items.append(reasoning_item(f"rs_{ids}_0", text, None, status, summarize))
     return items
 

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import orjson
 
 from margin.config import ModelConfig
-from margin.protocol import ApiRequest, ChatCompletionRequest, Endpoint
+from margin.protocol import ApiRequest, ChatCompletionRequest, Endpoint, reasoning_of
 
 
 @dataclass(slots=True)
@@ -63,6 +63,16 @@ class Usage:
         cached = min(_count(details.get("cached_tokens")), input_tokens)
         writes = min(_count(details.get("cache_write_tokens")), input_tokens - cached)
         return cls(input_tokens, _count(data.get("completion_tokens")), cached, cache_write_tokens=writes)
+
+    @classmethod
+    def from_responses(cls, data: Any) -> Usage | None:
+        """The Responses API's usage (`input_tokens`, `output_tokens`, `input_tokens_details.cached_tokens`)."""
+        if not isinstance(data, dict):
+            return None
+        details = data.get("input_tokens_details")
+        cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+        input_tokens = _count(data.get("input_tokens"))
+        return cls(input_tokens, _count(data.get("output_tokens")), min(cached, input_tokens))
 
     @classmethod
     def from_anthropic(cls, data: Any) -> Usage:
@@ -152,9 +162,9 @@ def choices_text(payload: Any, part: str = "delta") -> str:
     return "".join(texts)
 
 
-GENERATED_KEYS = ("content", "refusal", "reasoning_content", "reasoning")
-"""What a message or delta holds of generated text besides tool calls (`reasoning_content`: vLLM, DeepSeek;
-`reasoning`: OpenRouter, Ollama)."""
+GENERATED_KEYS = ("content", "refusal")
+"""What a message or delta holds of generated text besides its reasoning (`margin.protocol.reasoning_of`: its
+`reasoning_content` or `reasoning`, read once where an upstream sends both) and tool calls."""
 
 
 def generated_text(payload: Any, part: str = "delta") -> str:
@@ -172,6 +182,8 @@ def generated_text(payload: Any, part: str = "delta") -> str:
                 texts.append(text)
             continue
         texts.extend(value for key in GENERATED_KEYS if isinstance(value := holder.get(key), str))
+        if reasoning := reasoning_of(holder):
+            texts.append(reasoning)
         calls = holder.get("tool_calls")
         for call in calls if isinstance(calls, list) else ():
             texts.extend(_function_texts(call.get("function") if isinstance(call, dict) else None))

@@ -6,6 +6,8 @@ when asked. The upstream model name picks a behaviour:
     plain      usage with `prompt_tokens_details` and `completion_tokens_details`
     nousage    no usage at all (JSON and streams), as many self-hosted servers answer
     reasoning  content, plus `reasoning_content` (vLLM, DeepSeek), no usage
+    openrouter content, plus `reasoning` (OpenRouter, Ollama), no usage
+    both       content, plus the same text in `reasoning_content` and in `reasoning` (recent vLLM), no usage
     reject     400 with an OpenAI error naming `param` (`temperature`)
     o-series   like OpenAI's reasoning models: `max_tokens` is refused (400), `max_completion_tokens` taken
 
@@ -33,6 +35,12 @@ USAGE = {
 }
 ARGUMENTS = json.dumps({"city": "Paris, France", "unit": "celsius", "days": 7})
 REASONING = "The user greets me; a greeting back is polite and short, so I answer in two words. " * 4
+# the upstream model → where its answers hold their reasoning
+REASONING_KEYS = {
+    "reasoning": ("reasoning_content",),
+    "openrouter": ("reasoning",),
+    "both": ("reasoning_content", "reasoning"),
+}
 
 
 @dataclass
@@ -55,15 +63,17 @@ def _message(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
     if body.get("tools"):
         return {"role": "assistant", "content": None, "tool_calls": _calls(body), "refusal": None}, "tool_calls"
     message: dict[str, Any] = {"role": "assistant", "content": "hello there", "refusal": None}
-    if body.get("model") == "reasoning":
-        message["reasoning_content"] = REASONING
+    for key in REASONING_KEYS.get(str(body.get("model")), ()):
+        message[key] = REASONING
     return message, "stop"
 
 
 def _deltas(message: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield {"role": "assistant", "content": ""}
-    if message.get("reasoning_content"):
-        yield {"reasoning_content": message["reasoning_content"]}
+    if thought := {key: message[key] for key in ("reasoning_content", "reasoning") if key in message}:
+        half = len(REASONING) // 2  # in two pieces: each delta's reasoning is its own
+        yield {key: text[:half] for key, text in thought.items()}
+        yield {key: text[half:] for key, text in thought.items()}
     for index, call in enumerate(message.get("tool_calls") or []):
         function = call["function"]
         yield {"tool_calls": [{"index": index, "id": call["id"], "type": "function",

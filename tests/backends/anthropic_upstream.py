@@ -8,6 +8,7 @@ types and Anthropic's streaming documentation give them). The upstream model nam
                         cache reads and writes (`USAGE`); the text stops before `STOP_SEQUENCE` when the
                         request's `stop_sequences` hold it (`stop_reason: stop_sequence`, the sequence named)
     thinker             a thinking block before its text (its tokens are in `output_tokens`)
+    interleaved         interleaved thinking (`INTERLEAVED`): thinking, a tool call, thinking again, then text
     leaky               asked for thinking, thinks about PII (`LEAKY_THOUGHTS`: an e-mail and a card number,
                         each split over two thinking deltas when streamed)
 
@@ -69,6 +70,12 @@ LEAKY_THOUGHTS: list[dict[str, Any]] = [
     {"type": "redacted_thinking", "data": REDACTED},
 ]
 _PIECES = {"".join(pieces): pieces for pieces in (THINKING_PIECES, LEAKY_PIECES)}
+INTERLEAVED: list[dict[str, Any]] = [
+    {"type": "thinking", "thinking": "".join(THINKING_PIECES), "signature": SIGNATURE},
+    {"type": "tool_use", "id": "toolu_01I", "name": "get_weather", "input": INPUT},
+    {"type": "thinking", "thinking": "While it runs: say hello.", "signature": "c2lnMg=="},
+    {"type": "text", "text": "".join(TEXT)},
+]
 
 
 @dataclass
@@ -123,6 +130,8 @@ def thinking_refused(body: dict[str, Any]) -> str | None:
 
 
 def _blocks(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    if body["model"] == "interleaved":
+        return [dict(block) for block in INTERLEAVED], "end_turn"
     chosen = LEAKY_THOUGHTS if body["model"] == "leaky" else THOUGHTS
     thoughts = [dict(block) for block in chosen] if _thinking_on(body) else []
     if _wants_tool(body):

@@ -185,3 +185,20 @@ def test_thinking_counts_against_the_stream_s_caps(scanner: PiiScanner) -> None:
     deltas = [event["choices"][0]["delta"] for event in events]
     assert deltas[0]["reasoning_content"] == WITHHELD and deltas[1]["thinking_blocks"] == [block(WITHHELD)]
     assert guard.withheld and "guard.max_scan_chars" in guard.record()["pii_output_scan_limit"]
+
+
+def test_reasoning_in_either_key_is_redacted_each_in_its_own_channel(scanner: PiiScanner) -> None:
+    """OpenRouter's and Ollama's `delta.reasoning` is redacted as `reasoning_content` is; an upstream that sends
+    both keys (recent vLLM: the same text) has both redacted, each flushed into its own key at the finish."""
+    guard = StreamGuard(redact=Redaction(scanner))
+    pieces = ["They wrote from bob@exa", "mple.com, fine"]
+    events = [chunk(0, None, reasoning=piece, reasoning_content=piece) for piece in pieces]
+    events += [chunk(0, None, reasoning="only here: ann@example.org"), chunk(0, "ok", "stop")]
+    for event in events:
+        guard(event)
+    deltas = [event["choices"][0]["delta"] for event in events]
+    joined = {key: "".join(delta.get(key) or "" for delta in deltas) for key in ("reasoning_content", "reasoning")}
+    assert joined == {
+        "reasoning_content": "They wrote from <EMAIL_1>, fine",
+        "reasoning": "They wrote from <EMAIL_1>, fineonly here: <EMAIL_2>",
+    }

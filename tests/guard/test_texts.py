@@ -179,3 +179,15 @@ def test_a_whole_answer_over_the_caps_loses_its_thinking_too() -> None:
             assert message == {"role": "assistant", "content": WITHHELD}
         else:
             assert record == {"pii_output": {"EMAIL": 10}, "pii_output_action": "redact"}
+
+
+def test_an_answer_s_reasoning_in_either_key_is_rewritten_and_read_once() -> None:
+    """OpenRouter's and Ollama's `reasoning` is rewritten as `reasoning_content` is (both reach a chat client);
+    where an upstream sends both, the text is read once for counting."""
+    message: dict[str, Any] = {"role": "assistant", "content": "ok", "reasoning": f"to {EMAIL}"}
+    payload: dict[str, Any] = {"choices": [{"message": message}]}
+    assert answer_text(payload) == f"ok\nto {EMAIL}"
+    message["reasoning_content"] = f"to {EMAIL}"
+    assert answer_text(payload) == f"ok\nto {EMAIL}"  # the same reasoning twice: read once
+    assert rewrite_answer(payload, lambda text: text.replace(EMAIL, "<EMAIL_1>"))
+    assert message["reasoning"] == message["reasoning_content"] == "to <EMAIL_1>"

@@ -4,8 +4,9 @@
 error once streaming is an `error` event). Thinking comes first, as Anthropic's blocks: the chat message's
 `thinking_blocks` (an anthropic backend's, signatures as they came; `delta.reasoning_content` is a streamed
 block's `thinking_delta`, the block's `delta.thinking_blocks` entry its `signature_delta`), and reasoning an
-upstream gives without blocks (`reasoning_content`) as a thinking block with an empty signature. Pure
-translation: the client that applies it to the request path's output is `margin.api.messages`.
+upstream gives without blocks (`reasoning_content`, or OpenRouter's and Ollama's `reasoning`) as a thinking
+block with an empty signature. Pure translation: the client that applies it to the request path's output is
+`margin.api.messages`.
 
 Usage is Anthropic's: `input_tokens` excludes the input read from the upstream's prompt cache, which is
 `cache_read_input_tokens`, and the writes to it, `cache_creation_input_tokens` (an `anthropic` backend's, passed
@@ -18,9 +19,10 @@ from typing import Any
 
 import orjson
 
-from margin import jsonload
+from margin import interleaving, jsonload
 from margin.api.responses_out import usage_of as responses_usage
 from margin.messages import MessagesRequest
+from margin.protocol import reasoning_of
 from margin.types import Usage, choices_of
 
 # a chat's finish_reason → Anthropic's stop_reason (anything else, or none: `end_turn`)
@@ -96,12 +98,13 @@ def thought(block: Any) -> dict[str, Any] | None:
 
 
 def thoughts(message: dict[str, Any]) -> list[dict[str, Any]]:
-    """A chat message's thinking as Anthropic's blocks: its `thinking_blocks`, else its `reasoning_content`."""
+    """A chat message's thinking as Anthropic's blocks: its `thinking_blocks`, else its `reasoning_content` or
+    `reasoning` (`margin.protocol.reasoning_of`)."""
     blocks = message.get("thinking_blocks")
     if isinstance(blocks, list) and (found := [block for item in blocks if (block := thought(item)) is not None]):
         return found
-    reasoning = message.get("reasoning_content")
-    if not isinstance(reasoning, str) or not reasoning:
+    reasoning = reasoning_of(message)
+    if reasoning is None:
         return []
     return [{"type": "thinking", "thinking": reasoning, "signature": ""}]
 
@@ -129,18 +132,40 @@ def from_chat(chat: Any, body: MessagesRequest, request_id: str, metered: Usage 
     assert isinstance(message, dict)
     model = chat.get("model")
     out = skeleton(f"msg_{request_id}", model if isinstance(model, str) else body.model)
-    content: list[dict[str, Any]] = out["content"]
-    content.extend(thoughts(message))
-    for text in (message.get("content"), message.get("refusal")):
-        if isinstance(text, str) and text:
-            content.append({"type": "text", "text": text})
-    calls = message.get("tool_calls")
-    for number, call in enumerate(calls if isinstance(calls, list) else []):
-        if isinstance(call, dict):
-            content.append(_tool_use(call, f"toolu_{request_id}_{number}"))
+    out["content"] = _content(message, request_id)
     out["stop_reason"], out["stop_sequence"] = stop_of(choice.get("finish_reason"), choice.get("stop_reason"), body)
     out["usage"] = usage_of(Usage.reported_or(chat.get("usage"), metered))
     return out
+
+
+def _content(message: dict[str, Any], request_id: str) -> list[dict[str, Any]]:
+    """A chat message as content blocks: thinking, then text, then tool_use; or, where an anthropic backend's
+    blocks interleaved, in their `block_order` (`margin.interleaving`)."""
+    calls = message.get("tool_calls")
+    calls = calls if isinstance(calls, list) else []
+
+    def tool_use(number: int) -> list[dict[str, Any]]:
+        call = calls[number]
+        return [_tool_use(call, f"toolu_{request_id}_{number}")] if isinstance(call, dict) else []
+
+    if (parts := interleaving.in_order(message)) is not None:
+        blocks = message["thinking_blocks"]
+        content: list[dict[str, Any]] = []
+        for kind, part in parts:
+            if kind == interleaving.THINKING:
+                content.extend(block for block in (thought(blocks[part]),) if block is not None)
+            else:
+                content.extend(tool_use(part) if kind == interleaving.TOOL_USE else [{"type": "text", "text": part}])
+        if isinstance(refusal := message.get("refusal"), str) and refusal:
+            content.append({"type": "text", "text": refusal})
+        return content
+    content = thoughts(message)
+    for text in (message.get("content"), message.get("refusal")):
+        if isinstance(text, str) and text:
+            content.append({"type": "text", "text": text})
+    for number in range(len(calls)):
+        content.extend(tool_use(number))
+    return content
 
 
 def event(kind: str, data: dict[str, Any]) -> bytes:
@@ -185,7 +210,7 @@ class MessageEvents:
             return out
         delta = choice.get("delta")
         if type(delta) is dict:
-            if (reasoning := delta.get("reasoning_content")) and type(reasoning) is str:
+            if reasoning := reasoning_of(delta):
                 out += self._thinking(reasoning)
             if type(blocks := delta.get("thinking_blocks")) is list:
                 out += b"".join(self._thought(block) for block in blocks)

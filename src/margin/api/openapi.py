@@ -22,7 +22,7 @@ from margin.keyops import RotateRequest
 from margin.keys import KeyRequest
 from margin.ledger.feedback import FeedbackItem
 from margin.messages import CountTokensRequest, MessagesRequest
-from margin.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from margin.protocol import ChatCompletionRequest, CompactRequest, CompletionRequest, EmbeddingRequest
 from margin.responses import ResponsesRequest
 from margin.specs import BudgetSpec, FlagSpec, LimitSpec
 
@@ -68,6 +68,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     CompletionRequest,
     EmbeddingRequest,
     ResponsesRequest,
+    CompactRequest,
     MessagesRequest,
     CountTokensRequest,
     KeyRequest,
@@ -150,6 +151,13 @@ def _gateway_operations() -> list[Op]:
             'The input tokens of a Responses request (`{"object": "response.input_tokens", "input_tokens": N}`), '
             "for models on an anthropic or llamacpp backend; no ledger row",
             ref(ResponsesRequest),
+        ),
+        Op(
+            "post",
+            "/v1/responses/compact",
+            "A compacted conversation, passed through to an `openai` backend with `responses_compact` on (a 400 "
+            "naming `model` for any other)",
+            ref(CompactRequest),
         ),
         Op(
             "get",

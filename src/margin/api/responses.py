@@ -6,7 +6,10 @@ ledger row names the endpoint `responses`; the request path itself sees a chat (
 guard), so the chat path costs nothing more. With `responses.store` on, a `previous_response_id`'s stored turns
 are prepended to the input before that (`margin.api.stored`), and the answer is stored before it is sent.
 
-POST /v1/responses/input_tokens counts such a request's input tokens (`input_tokens`, margin.api.counting)."""
+POST /v1/responses/input_tokens counts such a request's input tokens (`input_tokens`, margin.api.counting).
+POST /v1/responses/compact (`compact`) is passed through, not translated: the request path runs it as its own
+endpoint, to an `openai` backend that compacts (`responses_compact`; any other model is a 400 naming `model`),
+and meters the upstream's answer from its Responses usage."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from starlette.types import ASGIApp
 from margin.api.client import AsgiClient
 from margin.api.counting import Count, answer
 from margin.api.errors import error_body, error_response
-from margin.api.inference import Run, arrive, unmetered_error
+from margin.api.inference import Run, arrive, handle, unmetered_error
 from margin.api.responses_out import StreamEvents, from_chat, skeleton, usage_of
 from margin.api.stored import Keeper, continued
 from margin.api.translating import Events, TranslatingClient
@@ -88,6 +91,12 @@ async def responses(request: HttpRequest) -> Response | ASGIApp:
     )  # fmt: skip
     args = (request_id, Endpoint.CHAT, headers, chat_json, chat, principal, record, started)
     return Run(services.flow, services.stalls, args, lambda inner: ResponsesClient(inner, body, record, keeper))
+
+
+async def compact(request: HttpRequest) -> Response | ASGIApp:
+    """POST /v1/responses/compact: the body validated (`margin.protocol.CompactRequest`), then the request path
+    as for any call (auth, admission, budgets, one ledger row), the upstream's compacted response as it came."""
+    return await handle(request, Endpoint.COMPACT)
 
 
 async def input_tokens(request: HttpRequest) -> Response:

@@ -10,8 +10,10 @@ from typing import Any
 
 import orjson
 
+from margin import interleaving
+from margin.protocol import reasoning_of
 from margin.responses import ResponsesRequest
-from margin.responses_reasoning import ReasoningEvents, output_items
+from margin.responses_reasoning import ReasoningEvents, block_item, output_items
 from margin.responses_reasoning import copy_item as _copy
 from margin.types import Usage, choices_of
 
@@ -148,20 +150,46 @@ def from_chat(chat: Any, response: dict[str, Any], ids: str, metered: Usage | No
     status = "incomplete" if response["status"] == "incomplete" else "completed"
     message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
     assert isinstance(message, dict)
-    output = output_items(message, ids, status, _summarize(response))
-    text, refusal = message.get("content"), message.get("refusal")
-    if (isinstance(text, str) and text) or isinstance(refusal, str):
-        refused = refusal if isinstance(refusal, str) else None
-        output.append(message_item(f"msg_{ids}", text or "", _logprobs(choice), refused, status))
-    calls = message.get("tool_calls")
-    for number, call in enumerate(calls if isinstance(calls, list) else []):
-        if isinstance(call, dict):
-            output.append(call_item(f"fc_{ids}_{number}", call))
+    if (parts := interleaving.in_order(message)) is not None:
+        output = _in_order(message, parts, ids, status, _summarize(response))
+    else:
+        output = output_items(message, ids, status, _summarize(response))
+        text, refusal = message.get("content"), message.get("refusal")
+        if (isinstance(text, str) and text) or isinstance(refusal, str):
+            refused = refusal if isinstance(refusal, str) else None
+            output.append(message_item(f"msg_{ids}", text or "", _logprobs(choice), refused, status))
+        calls = message.get("tool_calls")
+        for number, call in enumerate(calls if isinstance(calls, list) else []):
+            if isinstance(call, dict):
+                output.append(call_item(f"fc_{ids}_{number}", call))
     if not any(item["type"] != "reasoning" for item in output):
         output.append(message_item(f"msg_{ids}", "", [], None, status))
     response["output"] = output
     response["usage"] = usage_of(Usage.reported_or(chat.get("usage"), metered))
     return response
+
+
+def _in_order(
+    message: dict[str, Any], parts: list[tuple[str, Any]], ids: str, status: str, summarize: bool
+) -> list[dict[str, Any]]:
+    """An anthropic backend's interleaved answer as output items in its blocks' order (`margin.interleaving`):
+    ids as a stream numbers them (the first message `msg_<ids>`, a later one `msg_<ids>_<n>`)."""
+    blocks, calls = message["thinking_blocks"], message.get("tool_calls") or []
+    output: list[dict[str, Any]] = []
+    for kind, part in parts:
+        if kind == interleaving.THINKING:
+            number = sum(item["type"] == "reasoning" for item in output)
+            item = block_item(blocks[part], f"rs_{ids}_{number}", status, summarize)
+        elif kind == interleaving.TOOL_USE:
+            item = call_item(f"fc_{ids}_{part}", calls[part]) if isinstance(calls[part], dict) else None
+        else:
+            opened = sum(item["type"] == "message" for item in output)
+            item = message_item(f"msg_{ids}_{opened}" if opened else f"msg_{ids}", part, [], None, status)
+        if item is not None:
+            output.append(item)
+    if isinstance(refusal := message.get("refusal"), str):
+        output.append(message_item(f"msg_{ids}_refusal", "", [], refusal, status))
+    return output
 
 
 def _summarize(response: dict[str, Any]) -> bool:
@@ -235,7 +263,7 @@ class StreamEvents(ReasoningEvents):
     def _deltas(self, delta: dict[str, Any], choice: dict[str, Any]) -> bytes:
         """A delta's reasoning, text, refusal and tool calls, in that order."""
         out = b""
-        if isinstance(thought := delta.get("reasoning_content"), str) and thought:
+        if thought := reasoning_of(delta):
             out = self._reasoning_delta(thought)
         if isinstance(blocks := delta.get("thinking_blocks"), list):
             out += b"".join(self._thinking_block(block) for block in blocks)

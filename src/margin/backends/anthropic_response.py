@@ -5,7 +5,9 @@ text, tool calls (a streamed `input_json_delta` becomes a function-arguments del
 
 Thinking, as LiteLLM gives it: the message's `reasoning_content` (the thinking text, joined) and
 `thinking_blocks` (each `thinking` block with its `signature`, each `redacted_thinking` block with its `data`, in
-order), which a client sends back in the assistant message (Anthropic needs them before a tool call's result). A
+order), which a client sends back in the assistant message (Anthropic needs them before a tool call's result);
+where the blocks interleave (thinking after text or a tool call), their order in `block_order` (`margin.interleaving`,
+which the Messages and Responses translations follow). A
 stream has `delta.reasoning_content` for each thinking delta, and a `delta.thinking_blocks` entry holding one
 whole block (text and signature) when the block ends, a redacted one when it starts. Thinking tokens are in
 Anthropic's output count: metered and billed as output."""
@@ -16,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from margin import interleaving
 from margin.backends import payloads
 from margin.backends.upstream_errors import log_upstream
 from margin.errors import BackendError, UpstreamOverloaded
@@ -70,14 +73,18 @@ def completion(call: Call, message: dict[str, Any], backend: str) -> tuple[dict[
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
     thoughts: list[dict[str, Any]] = []
+    kinds: list[tuple[str, int]] = []  # each block's kind, in order (`margin.interleaving`)
     for block in blocks:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text" and isinstance(block.get("text"), str):
             texts.append(block["text"])
+            kinds.append((interleaving.TEXT, len(block["text"])))
         elif kind == "tool_use":
             calls.append(_tool_call(block, backend))
+            kinds.append((interleaving.TOOL_USE, 0))
         elif kind in ("thinking", "redacted_thinking"):
             thoughts.append(_thought(block, backend))
+            kinds.append((interleaving.THINKING, 0))
     text = "".join(texts)
     finish = finish_reason(message.get("stop_reason"))
     usage = Usage.from_anthropic(message.get("usage"))
@@ -90,6 +97,8 @@ def completion(call: Call, message: dict[str, Any], backend: str) -> tuple[dict[
     if thoughts:
         reply["reasoning_content"] = "".join(t["thinking"] for t in thoughts if t["type"] == "thinking")
         reply["thinking_blocks"] = thoughts
+        if (order := interleaving.block_order(kinds)) is not None:  # thinking after text or a tool call
+            reply[interleaving.KEY] = order
     return payload, text, usage
 
 

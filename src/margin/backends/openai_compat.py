@@ -27,7 +27,12 @@ from margin.types import Call, Chunk, Completion, Prompt, Usage, choices_text
 
 log = logging.getLogger("margin.backends")
 
-PATHS = {Endpoint.CHAT: "/chat/completions", Endpoint.COMPLETIONS: "/completions", Endpoint.EMBEDDINGS: "/embeddings"}
+PATHS = {
+    Endpoint.CHAT: "/chat/completions",
+    Endpoint.COMPLETIONS: "/completions",
+    Endpoint.EMBEDDINGS: "/embeddings",
+    Endpoint.COMPACT: "/responses/compact",  # only where the route allowed it (`responses_compact`)
+}
 
 
 def limit_field_for(base_url: str) -> str:
@@ -96,7 +101,7 @@ class OpenAIBackend(HttpBackend):
         if _is_error(payload):  # an error under a 200: its text goes to the log, never to the caller
             log_upstream(self.name, "answered 200 with an error", upstream_message(content)[0])
             raise BackendError("the upstream failed (an error under HTTP 200)")
-        usage = Usage.from_openai(payload.get("usage"))
+        usage = (Usage.from_responses if call.endpoint is Endpoint.COMPACT else Usage.from_openai)(payload.get("usage"))
         return Completion(payload=payload, raw=content, text=message_text(payload), usage=usage)
 
     async def complete(self, call: Call) -> Completion:

@@ -20,12 +20,13 @@ from margin.guard.limits import ScanLimitExceeded
 from margin.guard.redaction import Redaction, StreamRestorer, redact
 from margin.guard.spans import Span
 from margin.guard.texts import thinking_blocks
+from margin.protocol import REASONING_KEYS
 from margin.types import choices_of
 
 HOLD_CHARS = 64
 CONTEXT_CHARS = 64
 MAX_PENDING_CHARS = 9000
-REASONING, THINKING = "reasoning", "thinking"  # a choice's channels for its reasoning, and its thinking blocks
+THINKING = "thinking"  # a choice's channel for its thinking blocks (its reasoning's: the key, REASONING_KEYS)
 WITHHELD = "[margin: the rest of this answer is withheld: it is over the guard's scan limit]"
 _WHITESPACE = (" ", "\n", "\t", "\r")
 
@@ -221,7 +222,9 @@ class StreamGuard:
         if isinstance(holder.get(key), str):
             new = self._channel((index, key, 0)).feed(holder[key])
             changed, holder[key] = new != holder[key], new
-        if isinstance(delta, dict) and ("reasoning_content" in delta or "thinking_blocks" in delta):
+        if isinstance(delta, dict) and (
+            "reasoning_content" in delta or "reasoning" in delta or "thinking_blocks" in delta
+        ):
             changed = self._thinking(delta, index) or changed
         calls = holder.get("tool_calls") if isinstance(delta, dict) else None
         for position, call in enumerate(calls if isinstance(calls, list) else []):
@@ -236,13 +239,15 @@ class StreamGuard:
         return changed
 
     def _thinking(self, delta: dict[str, Any], index: int) -> bool:
-        """A delta's reasoning (a channel of its own, `reasoning_content`) and the whole thinking blocks it ends
+        """A delta's reasoning (a channel of its own for each key that holds it, `reasoning_content` and
+        `reasoning`: both reach a chat client where an upstream sends both) and the whole thinking blocks it ends
         with: their text redacted at once with the stream's placeholders (restored never: the client sends a
         block back as it got it), the signature kept."""
         changed = False
-        if isinstance(text := delta.get("reasoning_content"), str):
-            new = self._channel((index, REASONING, 0)).feed(text)
-            changed, delta["reasoning_content"] = new != text, new
+        for key in REASONING_KEYS:
+            if isinstance(text := delta.get(key), str):
+                new = self._channel((index, key, 0)).feed(text)
+                changed, delta[key] = changed or new != text, new
         blocks = thinking_blocks(delta) if self._redact is not None else []
         if blocks and (redactor := self._channel((index, THINKING, 0)).redactor) is not None:
             for block in blocks:
@@ -259,8 +264,8 @@ class StreamGuard:
             if not rest:
                 continue
             changed = True
-            if kind == REASONING:
-                holder["reasoning_content"] = (holder.get("reasoning_content") or "") + rest
+            if kind in REASONING_KEYS:
+                holder[kind] = (holder.get(kind) or "") + rest
             elif kind != "tool":
                 holder[key] = (holder.get(key) or "") + rest
             else:

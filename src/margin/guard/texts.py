@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from margin import jsonload
+from margin.protocol import REASONING_KEYS
 from margin.types import choices_of
 
 Visit = Callable[[str, str], str]  # (where, text) -> text; where is a message role, or FIELD
@@ -34,6 +35,9 @@ _STRUCTURAL = frozenset(
     }
 )  # fmt: skip
 """Keys whose string values are structure, not content: never rewritten by the generic walk."""
+# and in an input item (a compaction's, `POST /v1/responses/compact`): a call's id, and the opaque content of a
+# compaction or reasoning item (the upstream's own encryption: a rewritten one is refused there)
+_ITEM_STRUCTURAL = _STRUCTURAL | {"call_id", "encrypted_content"}
 _CONVERSATION = ("messages", "prompt", "input")
 
 
@@ -50,15 +54,15 @@ def _all_strings(value: Any, visit: Visit) -> Any:
     return value
 
 
-def _generic(value: Any, visit: Visit) -> Any:
-    """Like `_all_strings`, but the values of structural keys (`_STRUCTURAL`) are kept as they are."""
+def _generic(value: Any, visit: Visit, structural: frozenset[str] = _STRUCTURAL) -> Any:
+    """Like `_all_strings`, but the values of structural keys (`structural`) are kept as they are."""
     if isinstance(value, str):
         return visit(FIELD, value)
     if isinstance(value, dict):
-        new = {k: v if k in _STRUCTURAL else _generic(v, visit) for k, v in value.items()}
+        new = {k: v if k in structural else _generic(v, visit, structural) for k, v in value.items()}
         return value if all(new[k] is v for k, v in value.items()) else new
     if isinstance(value, list):
-        items = [_generic(v, visit) for v in value]
+        items = [_generic(v, visit, structural) for v in value]
         return value if all(a is b for a, b in zip(items, value, strict=True)) else items
     return value
 
@@ -135,11 +139,18 @@ def _message(message: Any, visit: Visit) -> Any:
     return message if all(new[k] is v for k, v in message.items()) else new
 
 
+def _input_item(value: Any, visit: Visit) -> Any:
+    if isinstance(value, str):
+        return visit("user", value)
+    return _generic(value, visit, _ITEM_STRUCTURAL) if isinstance(value, dict) else value
+
+
 def _prompt(value: Any, visit: Visit) -> Any:
+    """A prompt or input: texts, token ids, or (a compaction's) items, whose strings are read as fields are."""
     if isinstance(value, str):
         return visit("user", value)
     if isinstance(value, list):
-        items = [visit("user", v) if isinstance(v, str) else v for v in value]
+        items = [_input_item(v, visit) for v in value]
         return value if all(a is b for a, b in zip(items, value, strict=True)) else items
     return value
 
@@ -182,7 +193,9 @@ def rewrite_request(raw: dict[str, Any], rewrite: Rewrite) -> dict[str, Any]:
     return walk_request(raw, lambda _where, text: rewrite(text))
 
 
-_ANSWER_KEYS = ("content", "reasoning_content")  # a message's or delta's text: its answer, its thinking
+# a message's or delta's text: its answer, its thinking (`reasoning_content`, or OpenRouter's and Ollama's
+# `reasoning`: both rewritten where an upstream sends both, since both reach a chat client)
+_ANSWER_KEYS = ("content", *REASONING_KEYS)
 
 
 def _answer_holders(payload: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
@@ -257,10 +270,15 @@ def rewrite_answer(
     return changed
 
 
+def _repeated(holder: dict[str, Any], key: str) -> bool:
+    """`reasoning` where `reasoning_content` holds the reasoning already (counted once: `reasoning_of`)."""
+    return key == "reasoning" and isinstance(holder.get("reasoning_content"), str)
+
+
 def answer_text(payload: dict[str, Any]) -> str:
     """An answer's text for counting what it holds: content, reasoning, text, tool-call arguments and the texts of
     thinking blocks that do not repeat the reasoning."""
-    parts = [holder[key] for holder, key in _answer_holders(payload)]
+    parts = [holder[key] for holder, key in _answer_holders(payload) if not _repeated(holder, key)]
     parts.extend(block["thinking"] for block, new in _answer_thinking(payload) if new)
 
     def collect(_where: str, text: str) -> str:

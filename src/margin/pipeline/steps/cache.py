@@ -40,11 +40,14 @@ def cache_scope(request: Request, scope: str) -> str:
     return orjson.dumps(["key", principal.org, principal.key_id]).decode()
 
 
+UNCACHED = (Endpoint.EMBEDDINGS, Endpoint.COMPACT)  # answers that are not a chat's or a completion's text
+
+
 def wanted(request: Request) -> bool:
     mode = request.headers.get(HEADER)
     if mode is not None and mode not in ("on", "off"):
         raise InvalidRequest(f"{HEADER} must be `on` or `off`, not {mode!r}", param=HEADER)
-    if mode == "off" or request.endpoint is Endpoint.EMBEDDINGS or not replayable(request.body):
+    if mode == "off" or request.endpoint in UNCACHED or not replayable(request.body):
         return False
     return mode == "on" or deterministic(request.raw)
 

@@ -32,7 +32,7 @@ from margin.governance.rules import Rules, Subject
 from margin.governance.service import Governance
 from margin.pipeline.ceiling import input_bound, prediction_bound
 from margin.pipeline.values import NO_ALLOWANCE, Next, Reply, Request, RouteDecision
-from margin.protocol import ChatCompletionRequest, Endpoint, service_tier
+from margin.protocol import ChatCompletionRequest, CompactRequest, Endpoint, service_tier
 from margin.routing.policy import RoutePolicy
 from margin.specs import AdmissionConfig, BudgetSpec, FlagSpec, Policy
 from margin.types import Target
@@ -103,6 +103,8 @@ def capped(request: Request, cap: int) -> Request:
     """Every output-limit field the client sent lowered to `cap` (an upstream may honour either one); with
     none sent, `max_tokens` set."""
     body = request.body
+    if isinstance(body, CompactRequest):  # a compaction takes no output limit (the upstream sizes its summary)
+        return request
     fields = OUTPUT_FIELDS if isinstance(body, ChatCompletionRequest) else OUTPUT_FIELDS[:1]
     sent = {name: getattr(body, name) for name in fields if getattr(body, name) is not None}
     update = {name: cap for name, value in sent.items() if value > cap}
@@ -267,6 +269,19 @@ class Route:
         allowing it is a 400 before anything is reserved or sent: never served at another tier's price, nor
         answered at a verbosity it did not ask for. A fallback that does not allow it is dropped."""
         body = request.body
+        if request.endpoint is Endpoint.COMPACT:
+            candidates = self._allowing(
+                candidates,
+                routed,
+                lambda backend: isinstance(backend, OpenAIBackendConfig) and backend.compacts,
+                (
+                    "`/v1/responses/compact`",
+                    "compaction: only an `openai` backend with `responses_compact` on, an upstream that serves "
+                    "OpenAI's Responses API, is sent it",
+                    "compact with a model served by such a backend",
+                ),
+                "model",
+            )
         tier = service_tier(body)
         if tier is not None and tier not in tiers.STANDARD:
             if request.endpoint is not Endpoint.CHAT:

@@ -10,8 +10,9 @@ from typing import Any
 
 from margin.api.errors import error_body, status_of
 from margin.errors import MarginError
+from margin.parsing import parse_request
 from margin.pipeline.values import Record, Request
-from margin.protocol import Endpoint, parse_request
+from margin.protocol import Endpoint
 from margin.types import ANONYMOUS
 
 

@@ -10,6 +10,7 @@ from openai.types.chat.completion_create_params import CompletionCreateParamsBas
 
 from margin.backends.payloads import non_text_parts, token_id_count
 from margin.errors import InvalidRequest
+from margin.parsing import UNSUPPORTED_CHAT, parse_request
 from margin.protocol import (
     FORWARDED,
     MAX_CONTENT_PARTS,
@@ -18,12 +19,10 @@ from margin.protocol import (
     MAX_MESSAGES,
     MAX_STOP,
     MAX_TOOLS,
-    UNSUPPORTED_CHAT,
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     Endpoint,
-    parse_request,
     service_tier,
 )
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from margin.errors import InvalidRequest
+from margin.parsing import error_param
 from margin.protocol import (
     INT32,
     MAX_CONTENT_PARTS,
@@ -28,7 +29,6 @@ from margin.protocol import (
     TokenLimit,
     UserId,
     content_parts,
-    error_param,
 )
 
 Body = TypeVar("Body", bound="CountTokensRequest")

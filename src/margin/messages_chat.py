@@ -26,7 +26,8 @@ from margin.messages import (
     parse_count_tokens,
     parse_messages,
 )
-from margin.protocol import ChatCompletionRequest, Endpoint, parse_request
+from margin.parsing import parse_request
+from margin.protocol import ChatCompletionRequest, Endpoint
 
 # thinking budgets → OpenAI's reasoning effort: up to 4K tokens low, up to 16K medium, more high
 EFFORT_BUDGETS = ((4_096, "low"), (16_384, "medium"))

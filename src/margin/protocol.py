@@ -13,7 +13,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from margin.errors import InvalidRequest
@@ -325,20 +325,6 @@ class EmbeddingRequest(_Open):
         )
 
 
-REASONING_KEYS = ("reasoning_content", "reasoning")
-"""Where a chat message or delta holds its reasoning text: `reasoning_content` (vLLM, DeepSeek, an `anthropic`
-backend's answer) or `reasoning` (OpenRouter, Ollama; recent vLLM sends both, holding the same text)."""
-
-
-def reasoning_of(holder: dict[str, Any]) -> str | None:
-    """A chat message's or delta's reasoning text, read once: its `reasoning_content`, else its `reasoning`
-    (None: neither is a text that is not empty)."""
-    for key in REASONING_KEYS:
-        if isinstance(text := holder.get(key), str) and text:
-            return text
-    return None
-
-
 CompactItemType = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
 # an item's strings that are not its text: ids, kinds, and the opaque blobs a compaction or reasoning item carries
 # (not counted: their tokens are the upstream's to report)
@@ -476,72 +462,3 @@ def content_parts(messages: Any, *, nested: bool = False, what: str = "content p
             param="messages",
             code="array_above_max_length",
         )
-
-
-def without_thinking(messages: Any) -> Any:
-    """A chat's messages as sent, less their `thinking_blocks` (an anthropic backend's, which no other backend
-    takes) and the `block_order` that goes with them: the same list when none holds any."""
-    if type(messages) is not list or not any(type(m) is dict and "thinking_blocks" in m for m in messages):
-        return messages
-    return [
-        {k: v for k, v in m.items() if k not in ANTHROPIC_ONLY} if type(m) is dict and "thinking_blocks" in m else m
-        for m in messages
-    ]
-
-
-ANTHROPIC_ONLY = ("thinking_blocks", "block_order")  # `block_order`: margin.interleaving, sent back with the blocks
-
-
-# Chat fields that ask for an answer of another shape or for unpriced work, which margin does not forward:
-# dropped, the caller would get a plain text answer it did not ask for (no `message.audio`, no web search, no
-# moderation).
-UNSUPPORTED_CHAT = {
-    "audio": "audio output is not supported through this gateway",
-    "web_search_options": "web search is not supported through this gateway",
-    # OpenAI's moderation of the input and the answer (`block` stops it): no backend but OpenAI runs it, and
-    # margin's cache, guard and meter do not read its results (margin's own guard is the caller's policy)
-    "moderation": "moderated completions are not supported through this gateway",
-}
-
-
-def _unsupported(data: dict[str, Any]) -> None:
-    """A chat asking for what margin would otherwise drop silently is refused (400 `unsupported_parameter`)."""
-    for name, why in UNSUPPORTED_CHAT.items():
-        if data.get(name) is not None:
-            raise InvalidRequest(f"{name}: {why}", param=name, code="unsupported_parameter")
-    modalities = data.get("modalities")
-    if modalities is not None and modalities != ["text"]:
-        raise InvalidRequest(
-            'modalities: only ["text"] is supported through this gateway',
-            param="modalities",
-            code="unsupported_parameter",
-        )
-
-
-def _type_tag(part: Any) -> bool:
-    """A union member's name in an error's location (`str`, `list[ContentPart]`): not a field of the request."""
-    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part)
-
-
-def parse_request(endpoint: Endpoint, data: Any) -> ApiRequest:
-    if not isinstance(data, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    if endpoint is Endpoint.CHAT:
-        content_parts(data.get("messages"))
-        _unsupported(data)
-    try:
-        return SCHEMAS[endpoint].model_validate(data)
-    except ValidationError as exc:
-        raise error_param(exc) from exc
-
-
-def error_param(exc: ValidationError, tags: frozenset[str] = frozenset()) -> InvalidRequest:
-    """A validation error as OpenAI's 400: the field that failed (`param`), its message. `tags`: the names of
-    union members (a discriminator's values, model names) that are not fields."""
-    errors = exc.errors()
-    first = max(errors, key=lambda error: len(error["loc"]))  # a union's: the member that went deepest
-    param = ".".join(str(p) for p in first["loc"] if not _type_tag(p) and p not in tags) or None
-    message = first["msg"] if first["type"] != "missing" else "field required"
-    extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    code = "array_above_max_length" if first["type"] == "too_long" else None  # OpenAI's code for it
-    return InvalidRequest(f"{param}: {message}{extra}", param=param, code=code)

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from margin.errors import InvalidRequest
+from margin.parsing import error_param
 from margin.protocol import (
     MAX_CONTENT_PARTS,
     MAX_MESSAGES,
@@ -31,7 +32,6 @@ from margin.protocol import (
     TokenLimit,
     UserId,
     Verbosity,
-    error_param,
 )
 from margin.responses_reasoning import ReasoningItem
 

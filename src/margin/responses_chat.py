@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from margin.protocol import ChatCompletionRequest, Endpoint, parse_request
+from margin.parsing import parse_request
+from margin.protocol import ChatCompletionRequest, Endpoint
 from margin.responses import (
     AllowedTools,
     FunctionCall,

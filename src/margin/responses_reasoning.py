@@ -19,14 +19,8 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from margin.protocol import (
-    MAX_MESSAGES,
-    MAX_SIGNATURE_CHARS,
-    MAX_THINKING_CHARS,
-    RedactedThinkingBlock,
-    ThinkingBlock,
-    reasoning_of,
-)
+from margin.protocol import MAX_MESSAGES, MAX_SIGNATURE_CHARS, MAX_THINKING_CHARS, RedactedThinkingBlock, ThinkingBlock
+from margin.thinking import reasoning_of
 
 ENCODING = "margin.thinking.v1:"
 # the longest encoding a block margin accepts may have: its text and signature at 4 bytes a character, base64
@@ -112,7 +106,7 @@ def block_item(block: Any, item_id: str, status: str, summarize: bool) -> dict[s
 
 def output_items(message: dict[str, Any], ids: str, status: str, summarize: bool = False) -> list[dict[str, Any]]:
     """A chat answer's thinking as reasoning items: one per thinking block, else one for its `reasoning_content`
-    or `reasoning` (`margin.protocol.reasoning_of`; a backend that gives no blocks: nothing to send back, so no
+    or `reasoning` (`margin.thinking.reasoning_of`; a backend that gives no blocks: nothing to send back, so no
     `encrypted_content`); `summarize`: each with its text as its summary too."""
     blocks = message.get("thinking_blocks")
     items: list[dict[str, Any]] = []

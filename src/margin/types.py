@@ -14,7 +14,8 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import orjson
 
 from margin.config import ModelConfig
-from margin.protocol import ApiRequest, ChatCompletionRequest, Endpoint, reasoning_of
+from margin.protocol import ApiRequest, ChatCompletionRequest, Endpoint
+from margin.thinking import reasoning_of
 
 
 @dataclass(slots=True)
@@ -163,7 +164,7 @@ def choices_text(payload: Any, part: str = "delta") -> str:
 
 
 GENERATED_KEYS = ("content", "refusal")
-"""What a message or delta holds of generated text besides its reasoning (`margin.protocol.reasoning_of`: its
+"""What a message or delta holds of generated text besides its reasoning (`margin.thinking.reasoning_of`: its
 `reasoning_content` or `reasoning`, read once where an upstream sends both) and tool calls."""
 
 

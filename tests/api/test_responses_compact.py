@@ -23,7 +23,8 @@ import yaml
 from margin import keys
 from margin.guard.texts import request_texts
 from margin.ledger import db as ledger_db
-from margin.protocol import CompactRequest, Endpoint, parse_request
+from margin.parsing import parse_request
+from margin.protocol import CompactRequest, Endpoint
 from tests.api.test_responses import PRICE, TIGHT_USD, _keys
 from tests.helpers import margin_serve, wait_ledger_row
 from tests.servers import http_thread, recording_handler, reply_json

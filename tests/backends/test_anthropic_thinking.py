@@ -17,7 +17,8 @@ from margin.backends.anthropic_response import Translator, completion
 from margin.backends.openai_compat import OpenAIBackend
 from margin.errors import InvalidRequest
 from margin.messages import parse_messages
-from margin.protocol import MAX_SIGNATURE_CHARS, MAX_THINKING_BLOCKS, Endpoint, parse_request
+from margin.parsing import parse_request
+from margin.protocol import MAX_SIGNATURE_CHARS, MAX_THINKING_BLOCKS, Endpoint
 from margin.types import Call
 from tests.api.test_messages_translation import _events
 from tests.backends.anthropic_upstream import REDACTED, SIGNATURE, THINKING_PIECES, THOUGHTS, WEATHER, events, message

@@ -29,7 +29,8 @@ from margin.errors import (
     UpstreamOverloaded,
     UpstreamRateLimited,
 )
-from margin.protocol import Endpoint, parse_request
+from margin.parsing import parse_request
+from margin.protocol import Endpoint
 from margin.types import Call, Chunk, Usage
 from tests.backends.anthropic_upstream import (
     ARGUMENTS_PIECES,

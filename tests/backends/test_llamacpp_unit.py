@@ -14,7 +14,8 @@ from margin.api.errors import status_of
 from margin.backend_config import LlamaCppBackendConfig
 from margin.backends.llamacpp import LlamaCppBackend, resolve_model_file
 from margin.errors import ConfigError, Overloaded
-from margin.protocol import ChatCompletionRequest, Endpoint, parse_request
+from margin.parsing import parse_request
+from margin.protocol import ChatCompletionRequest, Endpoint
 from margin.types import Prompt
 
 

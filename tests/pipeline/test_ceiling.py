@@ -8,9 +8,10 @@ from typing import Any
 import orjson
 
 from margin.config import ModelConfig
+from margin.parsing import parse_request
 from margin.pipeline.ceiling import NON_TEXT_PART_CEILING, held, input_bound, prediction_bound
 from margin.pipeline.values import Record, Request, RouteDecision
-from margin.protocol import Endpoint, parse_request
+from margin.protocol import Endpoint
 from margin.specs import BudgetSpec
 from margin.types import ANONYMOUS, Target, Usage
 

@@ -13,12 +13,13 @@ import pytest
 
 from margin.api.errors import error_body, status_of
 from margin.errors import InvalidRequest, MarginError
+from margin.parsing import parse_request
 from margin.pipeline.flow import Flow
 from margin.pipeline.steps.call import translate
 from margin.pipeline.steps.settle import Settle
 from margin.pipeline.stream import Delivery
 from margin.pipeline.values import Next, Record, Reply, Request, RouteDecision
-from margin.protocol import Endpoint, parse_request
+from margin.protocol import Endpoint
 from margin.types import ANONYMOUS, Chunk, Completion, Usage
 from tests.helpers import fake_settings, gateway
 

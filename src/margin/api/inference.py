@@ -20,9 +20,10 @@ from margin.batches import inprocess
 from margin.errors import MarginError
 from margin.keycache import authenticate
 from margin.ledger.ids import request_id as new_request_id
+from margin.parsing import parse_request
 from margin.pipeline.flow import Flow
 from margin.pipeline.values import Client, Record, Request
-from margin.protocol import Endpoint, parse_request
+from margin.protocol import Endpoint
 from margin.types import BatchLine, Principal
 
 T = TypeVar("T")

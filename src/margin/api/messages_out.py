@@ -22,7 +22,7 @@ import orjson
 from margin import interleaving, jsonload
 from margin.api.responses_out import usage_of as responses_usage
 from margin.messages import MessagesRequest
-from margin.protocol import reasoning_of
+from margin.thinking import reasoning_of
 from margin.types import Usage, choices_of
 
 # a chat's finish_reason → Anthropic's stop_reason (anything else, or none: `end_turn`)
@@ -99,7 +99,7 @@ def thought(block: Any) -> dict[str, Any] | None:
 
 def thoughts(message: dict[str, Any]) -> list[dict[str, Any]]:
     """A chat message's thinking as Anthropic's blocks: its `thinking_blocks`, else its `reasoning_content` or
-    `reasoning` (`margin.protocol.reasoning_of`)."""
+    `reasoning` (`margin.thinking.reasoning_of`)."""
     blocks = message.get("thinking_blocks")
     if isinstance(blocks, list) and (found := [block for item in blocks if (block := thought(item)) is not None]):
         return found

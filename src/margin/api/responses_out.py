@@ -11,10 +11,10 @@ from typing import Any
 import orjson
 
 from margin import interleaving
-from margin.protocol import reasoning_of
 from margin.responses import ResponsesRequest
 from margin.responses_reasoning import ReasoningEvents, block_item, output_items
 from margin.responses_reasoning import copy_item as _copy
+from margin.thinking import reasoning_of
 from margin.types import Usage, choices_of
 
 # a chat's finish_reason that ends a response early: OpenAI's `incomplete_details.reason`

@@ -22,7 +22,8 @@ from margin.backends.http_upstream import HttpBackend, Lines, event_data
 from margin.backends.upstream_errors import log_upstream, upstream_message
 from margin.errors import BackendError
 from margin.jsonload import MIN_DEEP_BYTES
-from margin.protocol import FORWARDED, Endpoint, without_thinking
+from margin.protocol import FORWARDED, Endpoint
+from margin.thinking import without_thinking
 from margin.types import Call, Chunk, Completion, Prompt, Usage, choices_text
 
 log = logging.getLogger("margin.backends")

@@ -26,7 +26,8 @@ from starlette.requests import Request
 from margin import jsonload, messages_chat, responses_chat
 from margin.batches import expiry
 from margin.errors import InvalidRequest, MarginError, PayloadTooLarge
-from margin.protocol import Endpoint, parse_request
+from margin.parsing import parse_request
+from margin.protocol import Endpoint
 from margin.specs import BatchConfig
 
 ENDPOINTS = {

@@ -20,7 +20,7 @@ from margin.guard.pii import DIGIT_RUN_RE, PiiScanner
 from margin.guard.redaction import Redaction, redact
 from margin.guard.stream import WITHHELD, StreamGuard
 from margin.guard.texts import UNTRUSTED_ROLES, answer_text, request_texts, rewrite_answer, rewrite_request
-from margin.protocol import REASONING_KEYS
+from margin.thinking import REASONING_KEYS
 from margin.types import choices_of
 
 PROMPT_LOG_MAX_CHARS = 20_000

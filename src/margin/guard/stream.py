@@ -20,7 +20,7 @@ from margin.guard.limits import ScanLimitExceeded
 from margin.guard.redaction import Redaction, StreamRestorer, redact
 from margin.guard.spans import Span
 from margin.guard.texts import thinking_blocks
-from margin.protocol import REASONING_KEYS
+from margin.thinking import REASONING_KEYS
 from margin.types import choices_of
 
 HOLD_CHARS = 64

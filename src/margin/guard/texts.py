@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from margin import jsonload
-from margin.protocol import REASONING_KEYS
+from margin.thinking import REASONING_KEYS
 from margin.types import choices_of
 
 Visit = Callable[[str, str], str]  # (where, text) -> text; where is a message role, or FIELD

@@ -22,8 +22,9 @@ from margin.guard.inspection import GuardPolicy, Inspector, RequestFindings, sca
 from margin.guard.limits import ScanLimits
 from margin.guard.stream import StreamGuard
 from margin.guard.texts import answer_text, request_texts, rewrite_answer
+from margin.parsing import parse_request
 from margin.pipeline.values import Next, Reply, Request
-from margin.protocol import ApiRequest, parse_request
+from margin.protocol import ApiRequest
 
 T = TypeVar("T")
 

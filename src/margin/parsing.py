@@ -1,0 +1,65 @@
+"""A request body read as its endpoint's schema (`margin.protocol.SCHEMAS`): what margin refuses rather than
+drop silently, and a validation error as OpenAI's 400 naming the field that failed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from margin.errors import InvalidRequest
+from margin.protocol import SCHEMAS, ApiRequest, Endpoint, content_parts
+
+# Chat fields that ask for an answer of another shape or for unpriced work, which margin does not forward:
+# dropped, the caller would get a plain text answer it did not ask for (no `message.audio`, no web search, no
+# moderation).
+UNSUPPORTED_CHAT = {
+    "audio": "audio output is not supported through this gateway",
+    "web_search_options": "web search is not supported through this gateway",
+    # OpenAI's moderation of the input and the answer (`block` stops it): no backend but OpenAI runs it, and
+    # margin's cache, guard and meter do not read its results (margin's own guard is the caller's policy)
+    "moderation": "moderated completions are not supported through this gateway",
+}
+
+
+def _unsupported(data: dict[str, Any]) -> None:
+    """A chat asking for what margin would otherwise drop silently is refused (400 `unsupported_parameter`)."""
+    for name, why in UNSUPPORTED_CHAT.items():
+        if data.get(name) is not None:
+            raise InvalidRequest(f"{name}: {why}", param=name, code="unsupported_parameter")
+    modalities = data.get("modalities")
+    if modalities is not None and modalities != ["text"]:
+        raise InvalidRequest(
+            'modalities: only ["text"] is supported through this gateway',
+            param="modalities",
+            code="unsupported_parameter",
+        )
+
+
+def _type_tag(part: Any) -> bool:
+    """A union member's name in an error's location (`str`, `list[ContentPart]`): not a field of the request."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part)
+
+
+def parse_request(endpoint: Endpoint, data: Any) -> ApiRequest:
+    if not isinstance(data, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    if endpoint is Endpoint.CHAT:
+        content_parts(data.get("messages"))
+        _unsupported(data)
+    try:
+        return SCHEMAS[endpoint].model_validate(data)
+    except ValidationError as exc:
+        raise error_param(exc) from exc
+
+
+def error_param(exc: ValidationError, tags: frozenset[str] = frozenset()) -> InvalidRequest:
+    """A validation error as OpenAI's 400: the field that failed (`param`), its message. `tags`: the names of
+    union members (a discriminator's values, model names) that are not fields."""
+    errors = exc.errors()
+    first = max(errors, key=lambda error: len(error["loc"]))  # a union's: the member that went deepest
+    param = ".".join(str(p) for p in first["loc"] if not _type_tag(p) and p not in tags) or None
+    message = first["msg"] if first["type"] != "missing" else "field required"
+    extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    code = "array_above_max_length" if first["type"] == "too_long" else None  # OpenAI's code for it
+    return InvalidRequest(f"{param}: {message}{extra}", param=param, code=code)

@@ -166,3 +166,36 @@ def test_with_redis_down_a_revocation_still_reaches_the_other_replica(tmp_path: 
             proxy.restore()
     assert log.count("key announcements are not heard") == 1
     assert "Traceback" not in log
+
+
+def test_a_cli_rotation_prints_the_new_key_before_it_waits_on_redis(tmp_path: Path) -> None:
+    """The rotation is committed before the announcement: a Redis that accepts connections and never answers
+    held the CLI (~5 s) before it printed the new secret, shown once; a Ctrl-C then, with `--grace 0`, left the
+    key with no working secret. The secret is printed first now."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # accepts (the kernel's backlog) and never answers
+        path = _config(tmp_path, f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+        key = _key(path, "--name", "svc")
+        rotating = subprocess.Popen(
+            [sys.executable, "-m", "margin", "keys", "rotate", _key_id(key), "--grace", "0", "--config", str(path)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert rotating.stdout is not None
+            deadline = time.monotonic() + 30
+            lines: list[str] = []
+            while not any(line.startswith("mgn_") for line in lines) and time.monotonic() < deadline:
+                lines.append(rotating.stdout.readline())
+            new = next(line.strip() for line in lines if line.startswith("mgn_"))
+            # nothing said of the announcement yet (the old order printed its outcome, after ~5 s, first)
+            assert not any("running gateways" in line for line in lines), lines
+        finally:
+            rotating.kill()
+            rotating.wait()
+            if rotating.stdout is not None:
+                rotating.stdout.close()
+    assert _key_id(new) == _key_id(key) and new != key

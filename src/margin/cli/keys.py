@@ -24,6 +24,7 @@ from margin.cli.options import (
 )
 from margin.config import Settings
 from margin.errors import MarginError
+from margin.logs import failure
 from margin.terminal import plain
 
 keys_app = typer.Typer(no_args_is_help=True, help="Create, list, rotate and revoke API keys.")
@@ -122,7 +123,12 @@ def _told(settings: Settings) -> str:
     later = "see it within admission.refresh_s (their next pass over the audit log)"
     if not settings.storage.redis:
         return f"running gateways {later}"
-    if asyncio.run(announce(settings.storage.redis)):
+    try:
+        told = asyncio.run(announce(settings.storage.redis))
+    except Exception as exc:  # never an error once the change is made: the audit log's row tells the gateways
+        told = False
+        later = f"{later} (announcing failed: {failure(exc)})"
+    if told:
         return f"running gateways sharing storage.redis were told at once; any other will {later}"
     return f"storage.redis could not be reached: running gateways {later}"
 
@@ -146,18 +152,20 @@ def keys_rotate(
         record, key = keyops.rotate_key(sync_engine(settings), key_id, timedelta(seconds=grace_s), cli_origin())
     except MarginError as exc:
         raise fail(exc) from exc
-    told = _told(settings)
     until = record.previous_valid_until
     if json:
         print(orjson.dumps({**record.public(), "key": key, "valid_until": until and until.isoformat()}).decode())
-        return
-    out = console()
-    out.print(Text.assemble("rotated key ", (record.id, "bold"), " (", plain(record.name), ")"))
-    if grace_s:
-        shown = until.isoformat(timespec="seconds") if until else "-"
-        out.print(f"the old secret keeps working until {shown}")
     else:
-        out.print("the old secret no longer works")
-    out.print(told)
-    out.print("store the new key now, it is not shown again:")
-    print(key)
+        out = console()
+        out.print(Text.assemble("rotated key ", (record.id, "bold"), " (", plain(record.name), ")"))
+        if grace_s:
+            shown = until.isoformat(timespec="seconds") if until else "-"
+            out.print(f"the old secret keeps working until {shown}")
+        else:
+            out.print("the old secret no longer works")
+        out.print("store the new key now, it is not shown again:")
+        print(key, flush=True)
+    # the new key is out before the announcement, which may wait on a Redis (a Ctrl-C then loses nothing)
+    told = _told(settings)
+    if not json:
+        console().print(told)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from margin import keys
 from margin.ledger import db
+from margin.ledger.models import api_keys
 from tests.dashboard.seed import seed
 from tests.helpers import Gateway, fake_settings, gateway
 
@@ -198,3 +201,27 @@ def test_session_secret_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("MARGIN_TEST_SESSION_SECRET", "short")
     with pytest.raises(ConfigError):
         Sessions.from_config(server)
+
+
+async def test_a_replayed_logout_changes_nothing(seeded: tuple[Gateway, dict[str, str]], db_path: Path) -> None:
+    """A logout ends its key's sessions once. Replaying the same (ended) cookie, with a forged Origin, wrote the
+    key again and emptied the key cache of every process sharing the store, each time: now it is a no-op."""
+    gw, made = seeded
+    form = {"content-type": "application/x-www-form-urlencoded", "origin": "http://localhost"}
+    ok = await gw.http.post("/dashboard/login", content=f"key={made['ads']}", headers=form)
+    cookie = {"cookie": ok.headers["set-cookie"].split(";")[0]}
+    assert (await gw.http.post("/dashboard/logout", headers=cookie)).status_code == 303
+    engine = db.make_sync_engine(f"sqlite:///{db_path}")
+    try:
+
+        def ended() -> Any:
+            with engine.connect() as connection:
+                return connection.execute(sa.select(api_keys.c.sessions_not_before)).scalars().all()
+
+        first = ended()
+        await asyncio.sleep(0.01)  # a later logout would write a later time
+        for _ in range(3):
+            assert (await gw.http.post("/dashboard/logout", headers=cookie)).status_code == 303
+        assert ended() == first
+    finally:
+        engine.dispose()

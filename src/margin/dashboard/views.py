@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from decimal import Decimal
 from importlib import resources
 from typing import Any, TypeVar
@@ -227,7 +228,14 @@ class Dashboard:
             return self._login_page(403, "/dashboard", "Logout must be posted from this gateway's own page.")
         services = request.app.state.services
         session = services.sessions.read(request.cookies.get(auth.COOKIE) or "")
-        if session is not None:  # its key's sessions end on the server too: a copy of this cookie is refused
+        record = None if session is None else await services.keys.lookup_id(session.key_id)
+        # a live session's key's sessions end on the server too: a copy of this cookie is refused. One already
+        # ended (a replayed cookie) changes nothing: before, each replay wrote and emptied every process's key cache
+        if (
+            session is not None
+            and record is not None
+            and not record.session_ended(session.issued_ms, datetime.now(UTC))
+        ):
             now_ms = int(time.time() * 1000)
             await services.read(keys.end_sessions, services.sync_engine(), session.key_id, now_ms)
             await services.keywatch.changed()

@@ -191,3 +191,14 @@ def test_an_answer_s_reasoning_in_either_key_is_rewritten_and_read_once() -> Non
     assert answer_text(payload) == f"ok\nto {EMAIL}"  # the same reasoning twice: read once
     assert rewrite_answer(payload, lambda text: text.replace(EMAIL, "<EMAIL_1>"))
     assert message["reasoning"] == message["reasoning_content"] == "to <EMAIL_1>"
+
+
+def test_an_empty_or_different_reasoning_content_does_not_hide_reasoning() -> None:
+    """Both keys reach a chat client: an empty `reasoning_content` beside a `reasoning` hid its text from the
+    guard's reading (`pii_output: log` missed it; the scan-size check undercounted it), and so did two texts that
+    differ. Only the same text twice is read once."""
+    message: dict[str, Any] = {"role": "assistant", "content": "ok", "reasoning_content": "", "reasoning": EMAIL}
+    payload: dict[str, Any] = {"choices": [{"message": message}]}
+    assert EMAIL in answer_text(payload)
+    message["reasoning_content"] = "something else"
+    assert EMAIL in answer_text(payload) and "something else" in answer_text(payload)

@@ -271,8 +271,9 @@ def rewrite_answer(
 
 
 def _repeated(holder: dict[str, Any], key: str) -> bool:
-    """`reasoning` where `reasoning_content` holds the reasoning already (counted once: `reasoning_of`)."""
-    return key == "reasoning" and isinstance(holder.get("reasoning_content"), str)
+    """`reasoning` where `reasoning_content` holds the same text (counted once, as `reasoning_of` reads it). Two
+    that differ are both read: the client gets both (an empty `reasoning_content` hid a `reasoning`'s text)."""
+    return key == "reasoning" and holder.get("reasoning_content") == holder.get("reasoning")
 
 
 def answer_text(payload: dict[str, Any]) -> str:

@@ -202,3 +202,18 @@ def test_an_empty_or_different_reasoning_content_does_not_hide_reasoning() -> No
     assert EMAIL in answer_text(payload)
     message["reasoning_content"] = "something else"
     assert EMAIL in answer_text(payload) and "something else" in answer_text(payload)
+
+
+def test_a_withheld_answer_keeps_nothing_of_its_blocks() -> None:
+    """A withheld answer loses its thinking blocks and, since interleaved answers carry it, their `block_order`
+    (which told the blocks' layout and lengths)."""
+    from margin.guard.inspection import _withhold
+
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "secret",
+        "thinking_blocks": [{"type": "thinking", "thinking": "x", "signature": "s"}],
+        "block_order": [{"type": "thinking"}, {"type": "text", "chars": 6}],
+    }
+    _withhold({"choices": [{"message": message}]})
+    assert "thinking_blocks" not in message and "block_order" not in message and "secret" not in str(message)

@@ -20,7 +20,7 @@ from margin.guard.pii import DIGIT_RUN_RE, PiiScanner
 from margin.guard.redaction import Redaction, redact
 from margin.guard.stream import WITHHELD, StreamGuard
 from margin.guard.texts import UNTRUSTED_ROLES, answer_text, request_texts, rewrite_answer, rewrite_request
-from margin.thinking import REASONING_KEYS
+from margin.thinking import ANTHROPIC_ONLY, REASONING_KEYS
 from margin.types import choices_of
 
 PROMPT_LOG_MAX_CHARS = 20_000
@@ -214,7 +214,7 @@ def _withhold(payload: dict[str, Any]) -> None:
         if isinstance(message, dict):
             message["content"] = WITHHELD
             message.pop("tool_calls", None)
-            for key in (*REASONING_KEYS, "thinking_blocks"):
+            for key in (*REASONING_KEYS, *ANTHROPIC_ONLY):  # `block_order` too: it tells the blocks' layout
                 message.pop(key, None)
         elif isinstance(choice, dict) and "text" in choice:
             choice["text"] = WITHHELD

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import signal
 import socket
@@ -113,9 +114,33 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+
+
+@contextmanager
+def server_logging_kept() -> Iterator[list[logging.Logger]]:
+    """uvicorn's loggers as they were before the block, after it: a `uvicorn.Config` made in this process
+    applies uvicorn's logging config (handlers of their own, no propagation, its level), which later tests in
+    this process would otherwise find (a caplog or a logging test that expects margin's handler). Yields them."""
+    loggers = [logging.getLogger(name) for name in SERVER_LOGGERS]
+    kept = [(lg.handlers[:], lg.propagate, lg.disabled, lg.level) for lg in loggers]
+    try:
+        yield loggers
+    finally:
+        for lg, (handlers, propagate, disabled, level) in zip(loggers, kept, strict=True):
+            lg.handlers[:], lg.propagate, lg.disabled, lg.level = handlers, propagate, disabled, level
+
+
 @asynccontextmanager
 async def live_server(app: Any) -> AsyncIterator[str]:
     """Serve an ASGI app with uvicorn on a free loopback port inside this event loop."""
+    with server_logging_kept():
+        async with _live_server(app) as url:
+            yield url
+
+
+@asynccontextmanager
+async def _live_server(app: Any) -> AsyncIterator[str]:
     port = free_port()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", http="httptools", loop="asyncio"
@@ -265,21 +290,24 @@ def wait_gone(pids: list[int], timeout_s: float = 10.0) -> list[int]:
     return [p for p in pids if not gone(p)]
 
 
-def wait_ledger_row(db: Path, url: str, request_id: str) -> Any:
+def wait_ledger_row(db: Path, url: str, request_id: str, timeout_s: float = 30) -> Any:
     """The SQLite ledger row of a request a running gateway (at `url`) answered: it is written just after the
-    answer, so the ledger is read again (each try after a request to the gateway) until it is there."""
+    answer (by the gateway's ingest process), so the ledger is read again (each try after a request to the
+    gateway and a short pause) until it is there, for up to `timeout_s` (it was 200 tries without a pause:
+    well under a second where the gateway answers fast while its ingest process waits for a core)."""
     engine = ledger_db.make_sync_engine(f"sqlite:///{db}")
     query = sa.text("SELECT * FROM ledger WHERE request_id = :id")
     try:
-        for _ in range(200):
+        for _ in polls(timeout_s):
             with engine.connect() as connection:
                 found = connection.execute(query, {"id": request_id}).first()
             if found is not None:
                 return found
             httpx.get(url + "/readyz")
+            time.sleep(0.01)
     finally:
         engine.dispose()
-    raise AssertionError(f"no ledger row for {request_id}")
+    raise AssertionError(f"no ledger row for {request_id} within {timeout_s:.0f} s")
 
 
 def ledger_rows(db: Path, request_id: str) -> int:

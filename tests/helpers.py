@@ -236,6 +236,13 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) a process has used so far, from /proc/<pid>/stat: what a piece of
+    work cost, much as on an idle machine (a clock reads a loaded machine's waits for a core as well)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kb(pid: int) -> int:
     """A process's resident memory now (kB)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -164,41 +164,52 @@ async def _live_server(app: Any) -> AsyncIterator[str]:
         await task
 
 
+PORT_TAKEN = b"address already in use"  # what `margin serve` (uvicorn) logs when its port is taken
+
+
 @contextmanager
 def margin_serve(
     db: Path | None, log: Path, config: Path | None = None, extra: list[str] | None = None, ready_s: float = 180
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`margin serve` as a user starts it (default config: the real local model; or `config`, a YAML file) in a
     subprocess on a free port; yields (base URL, process) once /readyz answers, and stops it with SIGTERM.
-    `db`: a SQLite ledger file (--db); None leaves the config's `storage.ledger`."""
-    port = free_port()
-    command = [sys.executable, "-m", "margin", "serve", "--port", str(port)]
-    if db is not None:
-        command += ["--db", str(db)]
-    if config is not None:
-        command += ["--config", str(config)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, *(extra or [])], stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"}
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + ready_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
+    `db`: a SQLite ledger file (--db); None leaves the config's `storage.ledger`. A port taken between
+    `free_port` and the server's bind (by any connection's local port meanwhile) is another port, up to 3 tries."""
+    options = ["--db", str(db)] if db is not None else []
+    options += ["--config", str(config)] if config is not None else []
+    for tries_left in (2, 1, 0):
+        port = free_port()
+        command = [sys.executable, "-m", "margin", "serve", "--port", str(port), *options, *(extra or [])]
+        with log.open("wb") as out:
+            env = {**os.environ, "NO_COLOR": "1"}
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        url = f"http://127.0.0.1:{port}"
+        if _ready(process, url, log, ready_s):
+            break
+        if not (tries_left and PORT_TAKEN in log.read_bytes()):
             pytest.fail(f"margin serve exited: {log.read_text()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail(f"margin serve did not become ready: {log.read_text()}")
     try:
         yield url, process
     finally:
         stop_gateway(process)
+
+
+def _ready(process: subprocess.Popen[bytes], url: str, log: Path, ready_s: float) -> bool:
+    """True once `url` answers /readyz while `process` runs, False if the process exited first; a process
+    neither ready nor gone after `ready_s` is killed and the test fails."""
+    deadline = time.monotonic() + ready_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    process.wait()
+    pytest.fail(f"margin serve did not become ready: {log.read_text()}")
 
 
 def stop_gateway(process: subprocess.Popen[Any], timeout_s: float = 60, *, signalled: bool = False) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers import cpu_seconds, peak_rss
 from tests.security.conftest import ServeFactory
-from tests.security.waiting import watched
+from tests.security.waiting import wait_for, watched
 
 FEEDBACK = "/v1/margin/feedback"
 CHAT = "/v1/chat/completions"
@@ -266,7 +266,9 @@ def test_one_keys_reads_leave_read_threads_to_everyone_else(
         readers = [threading.Thread(target=read) for _ in range(8)]
         for reader in readers:
             reader.start()
-        time.sleep(1.5)  # every reader has sent its request
+        # past 1 running and 4 waiting, three are refused at once: all eight are in (a fixed 1.5 s was waited
+        # here, and a reader a loaded machine started late was not refused yet when the refusals were counted)
+        wait_for(lambda: len(statuses) >= 3, "three of the key's reads refused", 60)
         with gw.client(gw.keys["admin"], timeout=10) as admin:  # reads api_keys only: no lock on it
             started = time.perf_counter()
             try:

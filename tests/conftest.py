@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,6 +17,20 @@ from tests.servers import postgres_server, redis_server
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "ledger.db"
+
+
+@pytest.fixture
+def restored_environ() -> Iterator[None]:
+    """The process's environment as it was before the test, afterwards: for a test of code that sets variables
+    for the processes it starts (a supervisor's for its workers), which would otherwise reach every later test
+    in this process and every `margin serve` it starts."""
+    before = dict(os.environ)
+    yield
+    for name in set(os.environ) - set(before):
+        del os.environ[name]
+    for name, value in before.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
 
 
 @pytest.fixture

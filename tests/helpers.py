@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import signal
 import socket
@@ -113,9 +114,33 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+
+
+@contextmanager
+def server_logging_kept() -> Iterator[list[logging.Logger]]:
+    """uvicorn's loggers as they were before the block, after it: a `uvicorn.Config` made in this process
+    applies uvicorn's logging config (handlers of their own, no propagation, its level), which later tests in
+    this process would otherwise find (a caplog or a logging test that expects margin's handler). Yields them."""
+    loggers = [logging.getLogger(name) for name in SERVER_LOGGERS]
+    kept = [(lg.handlers[:], lg.propagate, lg.disabled, lg.level) for lg in loggers]
+    try:
+        yield loggers
+    finally:
+        for lg, (handlers, propagate, disabled, level) in zip(loggers, kept, strict=True):
+            lg.handlers[:], lg.propagate, lg.disabled, lg.level = handlers, propagate, disabled, level
+
+
 @asynccontextmanager
 async def live_server(app: Any) -> AsyncIterator[str]:
     """Serve an ASGI app with uvicorn on a free loopback port inside this event loop."""
+    with server_logging_kept():
+        async with _live_server(app) as url:
+            yield url
+
+
+@asynccontextmanager
+async def _live_server(app: Any) -> AsyncIterator[str]:
     port = free_port()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", http="httptools", loop="asyncio"
@@ -139,41 +164,52 @@ async def live_server(app: Any) -> AsyncIterator[str]:
         await task
 
 
+PORT_TAKEN = b"address already in use"  # what `margin serve` (uvicorn) logs when its port is taken
+
+
 @contextmanager
 def margin_serve(
     db: Path | None, log: Path, config: Path | None = None, extra: list[str] | None = None, ready_s: float = 180
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`margin serve` as a user starts it (default config: the real local model; or `config`, a YAML file) in a
     subprocess on a free port; yields (base URL, process) once /readyz answers, and stops it with SIGTERM.
-    `db`: a SQLite ledger file (--db); None leaves the config's `storage.ledger`."""
-    port = free_port()
-    command = [sys.executable, "-m", "margin", "serve", "--port", str(port)]
-    if db is not None:
-        command += ["--db", str(db)]
-    if config is not None:
-        command += ["--config", str(config)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, *(extra or [])], stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"}
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + ready_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
+    `db`: a SQLite ledger file (--db); None leaves the config's `storage.ledger`. A port taken between
+    `free_port` and the server's bind (by any connection's local port meanwhile) is another port, up to 3 tries."""
+    options = ["--db", str(db)] if db is not None else []
+    options += ["--config", str(config)] if config is not None else []
+    for tries_left in (2, 1, 0):
+        port = free_port()
+        command = [sys.executable, "-m", "margin", "serve", "--port", str(port), *options, *(extra or [])]
+        with log.open("wb") as out:
+            env = {**os.environ, "NO_COLOR": "1"}
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        url = f"http://127.0.0.1:{port}"
+        if _ready(process, url, log, ready_s):
+            break
+        if not (tries_left and PORT_TAKEN in log.read_bytes()):
             pytest.fail(f"margin serve exited: {log.read_text()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail(f"margin serve did not become ready: {log.read_text()}")
     try:
         yield url, process
     finally:
         stop_gateway(process)
+
+
+def _ready(process: subprocess.Popen[bytes], url: str, log: Path, ready_s: float) -> bool:
+    """True once `url` answers /readyz while `process` runs, False if the process exited first; a process
+    neither ready nor gone after `ready_s` is killed and the test fails."""
+    deadline = time.monotonic() + ready_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    process.wait()
+    pytest.fail(f"margin serve did not become ready: {log.read_text()}")
 
 
 def stop_gateway(process: subprocess.Popen[Any], timeout_s: float = 60, *, signalled: bool = False) -> None:
@@ -209,6 +245,13 @@ def _children(pid: int) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) a process has used so far, from /proc/<pid>/stat: what a piece of
+    work cost, much as on an idle machine (a clock reads a loaded machine's waits for a core as well)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kb(pid: int) -> int:
@@ -265,21 +308,24 @@ def wait_gone(pids: list[int], timeout_s: float = 10.0) -> list[int]:
     return [p for p in pids if not gone(p)]
 
 
-def wait_ledger_row(db: Path, url: str, request_id: str) -> Any:
+def wait_ledger_row(db: Path, url: str, request_id: str, timeout_s: float = 30) -> Any:
     """The SQLite ledger row of a request a running gateway (at `url`) answered: it is written just after the
-    answer, so the ledger is read again (each try after a request to the gateway) until it is there."""
+    answer (by the gateway's ingest process), so the ledger is read again (each try after a request to the
+    gateway and a short pause) until it is there, for up to `timeout_s` (it was 200 tries without a pause:
+    well under a second where the gateway answers fast while its ingest process waits for a core)."""
     engine = ledger_db.make_sync_engine(f"sqlite:///{db}")
     query = sa.text("SELECT * FROM ledger WHERE request_id = :id")
     try:
-        for _ in range(200):
+        for _ in polls(timeout_s):
             with engine.connect() as connection:
                 found = connection.execute(query, {"id": request_id}).first()
             if found is not None:
                 return found
             httpx.get(url + "/readyz")
+            time.sleep(0.01)
     finally:
         engine.dispose()
-    raise AssertionError(f"no ledger row for {request_id}")
+    raise AssertionError(f"no ledger row for {request_id} within {timeout_s:.0f} s")
 
 
 def ledger_rows(db: Path, request_id: str) -> int:

@@ -10,7 +10,7 @@ import uvicorn
 
 from margin.logs import EscapingFormatter, configure, printable
 from margin.serve import _server_options
-from tests.helpers import fake_settings
+from tests.helpers import fake_settings, server_logging_kept
 
 
 def test_printable_escapes_control_characters_and_cuts() -> None:
@@ -41,25 +41,22 @@ def test_the_servers_own_records_are_escaped_too(tmp_path: Path, capfd: pytest.C
     traceback keeps its line breaks, as margin's own do)."""
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
-    # uvicorn's loggers as a fresh `margin serve` process has them (an earlier test in this process may have run
-    # uvicorn with its own logging config, which gives them handlers of their own and stops their propagation)
-    servers = [logging.getLogger(name) for name in ("uvicorn", "uvicorn.error", "uvicorn.access")]
-    kept = [(lg.handlers[:], lg.propagate, lg.disabled, lg.level) for lg in servers]
     try:
-        root.handlers.clear()
-        for lg in servers:
-            lg.handlers[:], lg.propagate, lg.disabled, lg.level = [], True, False, logging.NOTSET
-        settings = fake_settings(tmp_path / "ledger.db")
-        configure(settings.server.log_level)
-        uvicorn.Config(app="margin.serve:worker_app", **_server_options(settings))  # as `margin serve` starts it
-        try:
-            raise ValueError("bad\rINFO forged \x1b[31m")
-        except ValueError:
-            logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
-        logged = capfd.readouterr().err
+        with server_logging_kept() as servers:
+            # uvicorn's loggers as a fresh `margin serve` process has them (a test that ran uvicorn in this process
+            # without `server_logging_kept` gave them handlers of their own and stopped their propagation)
+            root.handlers.clear()
+            for lg in servers:
+                lg.handlers[:], lg.propagate, lg.disabled, lg.level = [], True, False, logging.NOTSET
+            settings = fake_settings(tmp_path / "ledger.db")
+            configure(settings.server.log_level)
+            uvicorn.Config(app="margin.serve:worker_app", **_server_options(settings))  # as `margin serve` does
+            try:
+                raise ValueError("bad\rINFO forged \x1b[31m")
+            except ValueError:
+                logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
+            logged = capfd.readouterr().err
     finally:
         root.handlers[:], root.level = saved
-        for lg, (handlers, propagate, disabled, level) in zip(servers, kept, strict=True):
-            lg.handlers[:], lg.propagate, lg.disabled, lg.level = handlers, propagate, disabled, level
     assert "Exception in ASGI application" in logged and "bad\\x0dINFO forged \\x1b[31m" in logged
     assert "\r" not in logged and "\x1b" not in logged

@@ -10,6 +10,7 @@ import stat
 import tempfile
 from pathlib import Path
 
+import pytest
 from redis import asyncio as aioredis
 
 from margin.config import parse_settings
@@ -53,6 +54,7 @@ def test_an_embedded_redis_is_ready_when_it_answers_not_when_its_socket_file_app
         assert _answers(Path(url.removeprefix("unix://")))
 
 
+@pytest.mark.usefixtures("restored_environ")  # the session secret is set in this process's environment
 def test_workers_share_the_configured_redis_or_an_embedded_one() -> None:
     configured = parse_settings({"server": {"workers": 2}, "storage": {"redis": "redis://10.0.0.1:6379/0"}})
     with shared_state(configured) as shared:
@@ -83,6 +85,7 @@ def test_a_metrics_folder_for_the_workers_unless_one_is_set(tmp_path: Path) -> N
             os.environ[PROMETHEUS_DIR] = before
 
 
+@pytest.mark.usefixtures("restored_environ")  # the session secret is set in this process's environment
 def test_the_exact_cache_gets_an_embedded_redis_of_its_own_bounded_by_max_bytes() -> None:
     """With workers and no Redis configured, the cache's entries used to share the governance store's embedded
     Redis, which had no memory bound: any caller's deterministic answers stayed in RAM for `cache.ttl_s`. They

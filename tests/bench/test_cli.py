@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from margin.app import build_app
 from margin.cli import app
-from tests.helpers import fake_settings, free_port
+from tests.helpers import fake_settings, free_port, server_logging_kept
 
 runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -27,17 +27,18 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @contextmanager
 def threaded(asgi: Any) -> Iterator[str]:
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(asgi, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
+    with server_logging_kept():
+        server = uvicorn.Server(uvicorn.Config(asgi, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        try:
+            yield f"http://127.0.0.1:{port}/v1"
+        finally:
+            server.should_exit = True
+            thread.join(timeout=20)
 
 
 @pytest.fixture

@@ -190,13 +190,17 @@ async def test_a_feed_encodes_what_it_decodes() -> None:
 
 
 async def test_a_redis_that_never_answers_delays_a_start_by_at_most_the_back_fill_wait() -> None:
+    """A start waits BACKFILL_WAIT_S for the back-fill, then serves from its own index (without that bound it
+    waited for ever). The start's bound is 3 times that wait: it was the wait plus 2 s, which a loaded machine's
+    start comes close to (the wait itself is most of a healthy start)."""
     with socket.socket() as listener:  # accepts connections (the kernel's backlog), never answers
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)
         url = f"redis://127.0.0.1:{listener.getsockname()[1]}"
         started = time.monotonic()
         async with layer(url, "s") as hung:
-            assert time.monotonic() - started < BACKFILL_WAIT_S + 2
+            waited = time.monotonic() - started
+            assert waited < 3 * BACKFILL_WAIT_S, waited
             place = where("team-a", QUESTION)
             served = time.monotonic()
             for i in range(20):

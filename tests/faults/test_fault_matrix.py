@@ -34,6 +34,10 @@ CHAT = "/v1/chat/completions"
 LIMITS = {"connect_timeout_s": 1, "first_token_timeout_s": 1, "idle_timeout_s": 0.5, "timeout_s": 2}
 RETRIES = {"attempts": 2, "backoff_s": 0.01, "backoff_max_s": 0.05, "retry_after_max_s": 1}
 PRICE = {"input": "1", "output": "1"}
+# a circuit stays open COOLDOWN_S (the window for the requests that must find it open), then lets one probe
+# through, which `flip`'s upstream holds PROBE_S (the window for those that must find the probe in flight);
+# under the cooldown, which also frees the place of a probe that never reports
+COOLDOWN_S, PROBE_S = 4, 3
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,8 @@ def _config(upstream: FaultUpstream, dead_port: int) -> dict[str, Any]:
                 models[name] = {"backend": name, "price": PRICE, "fallbacks": ["good"] if fallback else []}
     backends["cut"] = {"kind": "openai", "base_url": upstream.base("reset,events=2", "cut"), **LIMITS}
     models["cut"] = {"backend": "cut", "price": PRICE}
-    backends["flip"] = {"kind": "openai", "base_url": upstream.base("dyn", "flip"), "retries": RETRIES, **LIMITS}
+    flip = upstream.base("dyn", "flip")  # its probe is held PROBE_S: a total limit above that
+    backends["flip"] = {"kind": "openai", "base_url": flip, "retries": RETRIES, **LIMITS, "timeout_s": 2 * PROBE_S}
     models["flip"] = {"backend": "flip", "price": PRICE, "fallbacks": ["good"]}
     flood = upstream.base(f"huge,bytes={FLOOD}", "flood")
     limits = {**LIMITS, "timeout_s": 120, "idle_timeout_s": 10, "max_response_bytes": 2 * FLOOD}
@@ -150,7 +155,7 @@ def _config(upstream: FaultUpstream, dead_port: int) -> dict[str, Any]:
     return {
         "server": {"stream_write_timeout_s": 2},
         "storage": {"flush_interval_ms": 10},
-        "admission": {"breaker_failures": 2, "breaker_cooldown_s": 1},
+        "admission": {"breaker_failures": 2, "breaker_cooldown_s": COOLDOWN_S},
         "backends": backends,
         "models": models,
     }
@@ -274,11 +279,12 @@ def _circuit(gw: Gateway, backend: str) -> dict[str, Any]:
 
 def test_breaker_opens_lets_one_probe_through_and_closes(gw: Gateway) -> None:
     """`flip` fails twice (500): its circuit opens and requests go straight to the fallback. After the cooldown
-    (1 s) it is healthy but slow; of four requests at once exactly one reaches it (the probe), the others are
-    answered by the fallback; the probe's success closes the circuit. (Timing: the request that finds the
-    circuit open is sent right after it opened, its ledger rows read afterwards, so the 1 s cooldown is not
-    spent waiting for rows; the probe takes 0.9 s, the window for the three others to find it out, and the
-    backend's 2 s limit leaves it 1.1 s.)"""
+    it is healthy but slow: the first request reaches it (the probe), and three sent while the probe is in
+    flight are answered by the fallback; the probe's success closes the circuit. (Timing: the request that
+    finds the circuit open is sent right after it opened, its ledger rows read afterwards, so the cooldown is
+    not spent waiting for rows. The three are sent once the upstream has the probe, which it holds PROBE_S:
+    before, four were sent at once and the probe held 0.9 s, and one sent after the probe had closed the
+    circuit, rightly served by `flip`, failed the test.)"""
     upstream = gw.upstream
     upstream.set_mode("flip", "status,code=500")
     failed = [send(gw.url, "flip", False) for _ in range(2)]
@@ -291,13 +297,16 @@ def test_breaker_opens_lets_one_probe_through_and_closes(gw: Gateway) -> None:
     assert (row.status, row.error_code, row.backend) == ("fallback", "backend_unavailable", "good")
     assert upstream.count("dyn", "flip") == 2  # the open circuit kept the request away from it
 
-    upstream.set_mode("flip", "slow,delay=0.9")
-    wait_for(lambda: _circuit(gw, "flip")["state"] == "half_open", "the circuit to half-open", timeout_s=10)
+    upstream.set_mode("flip", f"slow,delay={PROBE_S}")
+    wait_for(lambda: _circuit(gw, "flip")["state"] == "half_open", "the circuit to half-open", timeout_s=30)
     with ThreadPoolExecutor(4) as pool:
-        replies = list(pool.map(lambda _: send(gw.url, "flip", False), range(4)))
+        probe = pool.submit(send, gw.url, "flip", False)
+        wait_for(lambda: upstream.count("dyn", "flip") == 3, "the probe to reach flip", timeout_s=PROBE_S)
+        others = list(pool.map(lambda _: send(gw.url, "flip", False), range(3)))
+        replies = [probe.result(), *others]
     rows = [gw.row(reply.request_id or "") for reply in replies]
     assert all(reply.status == 200 for reply in replies)
-    assert sorted(row.backend for row in rows) == ["flip", "good", "good", "good"]
+    assert [(row.status, row.backend) for row in rows] == [("ok", "flip")] + [("fallback", "good")] * 3
     assert upstream.count("dyn", "flip") == 3  # exactly one probe
     assert _circuit(gw, "flip")["state"] == "closed"
     after = gw.row(send(gw.url, "flip", False).request_id or "")
@@ -307,8 +316,8 @@ def test_breaker_opens_lets_one_probe_through_and_closes(gw: Gateway) -> None:
 def test_streams_cut_mid_way_open_the_circuit(gw: Gateway) -> None:
     """A stream the upstream breaks after its first events is a backend fault: the client already had a 200,
     but the breaker counts it (and the delivered part is not mistaken for a success that closes it). The circuit
-    is read right after the second cut, the rows afterwards: its 1 s cooldown is not spent waiting for the rows
-    (a slow ingest there made it read half-open)."""
+    is read right after the second cut, the rows afterwards: its cooldown is not spent waiting for the rows
+    (with a 1 s cooldown, a slow ingest there made it read half-open)."""
     replies = [send(gw.url, "cut", True) for _ in range(2)]
     circuit = _circuit(gw, "cut")
     for reply in replies:

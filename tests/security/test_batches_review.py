@@ -6,14 +6,12 @@ call was refused); one key's uploads in flight are bounded (each holds its file 
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Iterator
 
 import httpx
 import orjson
 
 from tests.security.conftest import FAKE_CONFIG, ServeFactory
-from tests.security.waiting import wait_for
+from tests.security.waiting import all_sent, stalled_upload, wait_for
 
 FAST = {"batches": {"objective": "asap", "poll_s": 0.05}}
 CHAT = {"endpoint": "/v1/chat/completions", "completion_window": "24h"}
@@ -72,27 +70,24 @@ def test_an_open_mode_job_stops_once_a_key_exists(served: ServeFactory) -> None:
         assert len(billed) == len(lines) - len(refused) < 40
 
 
-def _slow_upload(client: httpx.Client, release: threading.Event, codes: list[int]) -> None:
+def _slow_upload(client: httpx.Client, release: threading.Event, sent: threading.Semaphore, codes: list[int]) -> None:
     """An upload whose body stops after its first part until `release` is set (chunked, as a slow client's)."""
-
-    def body() -> Iterator[bytes]:
-        yield b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
-        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="in.jsonl"\r\n\r\n' + _line("one")
-        release.wait(30)
-        yield b"\r\n--b--\r\n"
-
     headers = {"content-type": "multipart/form-data; boundary=b"}
-    codes.append(client.post("/v1/files", content=body(), headers=headers).status_code)
+    body = stalled_upload(_line("one"), release, sent)
+    codes.append(client.post("/v1/files", content=body, headers=headers).status_code)
 
 
 def test_a_keys_uploads_in_flight_are_bounded(served: ServeFactory) -> None:
-    release, codes = threading.Event(), list[int]()
+    """Six uploads of one key whose bodies stall: two read their bodies, four wait for a place without reading,
+    and a seventh is refused at once. The seventh is sent once the six have sent their heads (it was sent
+    1.5 s after they were started: one started later on a loaded machine found the seventh in its place)."""
+    release, sent, codes = threading.Event(), threading.Semaphore(0), list[int]()
     with served(FAST, keys={"a": [], "b": []}) as gw, gw.client(gw.keys["a"]) as a, gw.client(gw.keys["b"]) as b:
-        slow = [threading.Thread(target=_slow_upload, args=(a, release, codes)) for _ in range(6)]
+        slow = [threading.Thread(target=_slow_upload, args=(a, release, sent, codes)) for _ in range(6)]
         try:
             for thread in slow:
                 thread.start()
-            time.sleep(1.5)  # two read their bodies, four wait for a place without reading
+            all_sent(sent, 6)  # two read their bodies, four wait for a place without reading
             refused = a.post("/v1/files", files={"file": ("x.jsonl", _line("x"))}, data={"purpose": "batch"})
             assert refused.status_code == 429 and refused.headers["retry-after"] == "1", refused.text
             assert "file upload" in refused.json()["error"]["message"]

@@ -18,7 +18,7 @@ import httpx
 import orjson
 
 from tests.security.conftest import Served, ServeFactory
-from tests.security.waiting import wait_for
+from tests.security.waiting import all_sent, stalled_upload, wait_for
 
 KEYS = {"admin": ["--admin"], "a": ["--team", "t"], "b": ["--team", "t"]}
 LIMITS = {"batches": {"max_file_bytes": 40 << 20, "max_lines": 50_000, "objective": "asap"}}
@@ -125,14 +125,10 @@ def test_a_key_downloads_two_files_at_a_time_across_workers(served: ServeFactory
 
 @contextmanager
 def _slow_uploads(gw: Served, release: threading.Event, codes: list[int]) -> Iterator[None]:
-    """Two uploads of key a, one on each worker, whose bodies stop after their first part until `release`."""
-
-    def body() -> Iterator[bytes]:
-        yield b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
-        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="in.jsonl"\r\n\r\n' + _line("one")
-        release.wait(60)
-        yield b"\r\n--b--\r\n"
-
+    """Two uploads of key a, one on each worker, whose bodies stop after their first part until `release`;
+    the block runs once both have sent all but their ends (it ran 1.5 s after they were started, a fixed time
+    a loaded machine may pass)."""
+    sent = threading.Semaphore(0)
     headers = {"content-type": "multipart/form-data; boundary=b"}
     admin = {"authorization": f"Bearer {gw.keys['admin']}"}
     clients: dict[int, httpx.Client] = {}
@@ -146,11 +142,13 @@ def _slow_uploads(gw: Served, release: threading.Event, codes: list[int]) -> Ite
         for client in clients.values():
 
             def post(client: httpx.Client = client) -> None:
-                codes.append(client.post("/v1/files", content=body(), headers=headers).status_code)
+                body = stalled_upload(_line("one"), release, sent)
+                codes.append(client.post("/v1/files", content=body, headers=headers).status_code)
 
             threads.append(threading.Thread(target=post))
             threads[-1].start()
         try:
+            all_sent(sent, len(threads))  # both bodies are being read: the key's two places are taken
             yield
         finally:
             release.set()
@@ -166,7 +164,6 @@ def test_a_key_uploads_two_files_at_a_time_across_workers(served: ServeFactory) 
     with served(LIMITS, keys=KEYS, extra=["--workers", "2"]) as gw:
         _both_workers(gw)
         with _slow_uploads(gw, release, codes):
-            time.sleep(1.5)  # both bodies are being read: the key's two places are taken
             waiting: list[int] = []
             late = [threading.Thread(target=lambda: waiting.append(_late_upload(gw))) for _ in range(4)]
             for thread in late:

@@ -7,16 +7,15 @@ with values is refused after `max_spans` of them were found, not after the guard
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.helpers import cpu_seconds
 from tests.security.conftest import Served, ServeFactory
 
 CHAT = "/v1/chat/completions"
@@ -106,12 +105,6 @@ def test_text_over_the_cap_is_refused_when_enforcing_and_recorded_when_logging(s
     assert len(rows) == 2 and rows[0].error_code == "guard_scan_limit"
     guard = json.loads(rows[1].guard) if isinstance(rows[1].guard, str) else rows[1].guard
     assert "max_scan_chars" in guard["scan_limit"]
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system, every thread) a process has used so far, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def values(i: int) -> str:

@@ -319,3 +319,29 @@ def test_the_agents_sdk_continues_a_run_by_previous_response_id(live: Live) -> N
 def test_what_storage_does_not_cover_stays_refused(live: Live, fields: dict[str, Any], param: str) -> None:
     answer = live.post({"model": "plain", "input": "hi", **fields})
     assert answer.status_code == 400 and answer.json()["error"]["param"] == param
+
+
+def test_counting_the_input_of_an_unknown_previous_response_is_a_count_s_outcome(live: Live) -> None:
+    """`/v1/responses/input_tokens` with a `previous_response_id` margin does not hold: the 404 is counted as the
+    count's outcome (`margin_count_tokens_total`), as its other errors are, not as a rejection too, and carries the
+    headers every answer has (it was counted in `margin_rejections_total`, against the README, with no cost)."""
+    engine = _engine(live)
+    try:
+        admin = keys.create_key(engine, keys.NewKey("metrics", is_admin=True))[1]
+    finally:
+        engine.dispose()
+
+    def scrape() -> str:
+        return httpx.get(live.url + "/metrics", headers={"authorization": f"Bearer {admin}"}).text
+
+    before = scrape()
+    answer = httpx.post(
+        live.url + "/v1/responses/input_tokens",
+        json={"model": "fake-chat", "input": "hi", "previous_response_id": "resp_unknown"},
+        headers={"authorization": f"Bearer {live.key}"},
+    )
+    assert answer.status_code in (400, 404), answer.text
+    code = answer.json()["error"]["code"]
+    assert answer.headers["x-margin-cost-usd"] == "0.000000000" and "x-margin-overhead-ms" in answer.headers
+    assert f'outcome="{code}"' in scrape() and f'outcome="{code}"' not in before
+    assert f'margin_rejections_total{{reason="{code}"}}' not in scrape()

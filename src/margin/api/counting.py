@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from margin.api.errors import error_response, json_response
+from margin.api.errors import error_response, json_response, unspent_headers
 from margin.api.inference import Arrival
 from margin.errors import InvalidRequest, MarginError, PermissionDenied
 from margin.governance.rules import Rules, Subject
@@ -72,16 +72,28 @@ async def answer(arrival: Arrival, count: Count) -> Response:
         except Exception as exc:  # a chat template's own refusal (jinja's `raise_exception`): as a completion's
             raise translate(target.backend_name, exc) from exc
     except MarginError as exc:
-        if metrics is not None:
-            metrics.count_tokens(target.public if target else None, exc.code)
-        # counted once, above, under its outcome: not in margin_rejections_total too (nor under an upstream's code)
-        response = error_response(exc, arrival.request_id, body_of=count.body_of, count=False)
-        response.headers.update(count.headers)
-        return response
+        return refused(arrival, exc, count.body_of, target.public if target else None, count.headers)
     if metrics is not None:
         metrics.count_tokens(target.public, "ok")
-    headers = {"x-margin-request-id": arrival.request_id, "x-request-id": arrival.request_id, **count.headers}
+    headers = {**unspent_headers(arrival.request_id, arrival.started), **count.headers}
     return json_response(count.shape(tokens), headers=headers)
+
+
+def refused(
+    arrival: Arrival,
+    exc: MarginError,
+    body_of: Callable[[MarginError], dict[str, Any]],
+    model: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """A count's error, counted once under its outcome (`margin_count_tokens_total`): not in
+    margin_rejections_total too (nor under an upstream's code); with the headers every answer carries."""
+    metrics = arrival.services.telemetry.metrics
+    if metrics is not None:
+        metrics.count_tokens(model, exc.code)
+    response = error_response(exc, arrival.request_id, body_of=body_of, count=False)
+    response.headers.update({**unspent_headers(arrival.request_id, arrival.started), **(headers or {})})
+    return response
 
 
 def _flagged(rules: Rules, subject: Subject, target: Target, targets: Mapping[str, Target]) -> Target:

@@ -20,8 +20,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from margin.api.client import AsgiClient
-from margin.api.counting import Count, answer
-from margin.api.errors import error_body, error_response
+from margin.api.counting import Count, answer, refused
+from margin.api.errors import error_body
 from margin.api.inference import Run, arrive, handle, unmetered_error
 from margin.api.responses_out import StreamEvents, from_chat, skeleton, usage_of
 from margin.api.stored import Keeper, continued
@@ -110,8 +110,8 @@ async def input_tokens(request: HttpRequest) -> Response:
     arrival, (data, parsed) = arrived
     try:
         body, chat_json, chat = await _whole(arrival.services, arrival.principal, data, parsed)
-    except MarginError as exc:
-        return error_response(exc, arrival.request_id)
+    except MarginError as exc:  # an unknown `previous_response_id`: a count's outcome, as the count's own errors
+        return refused(arrival, exc, error_body, parsed[0].model)
     return await answer(arrival, Count(body.model, chat_json, chat, _input_tokens, error_body))
 
 

@@ -35,8 +35,8 @@ def _key(path: Path, *args: str) -> str:
         [sys.executable, "-m", "margin", "keys", "create", "--config", str(path), *args],
         capture_output=True,
         text=True,
-        check=True,
     )
+    assert made.returncode == 0, made.stderr  # what failed, in the test's report
     return next(word for word in made.stdout.split() if word.startswith("mgn_"))
 
 

@@ -290,20 +290,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """Answer `status` and close, like uvicorn's `send_400_response`: the rest of the request is never read.
         Only where no answer is under way on the connection (a pipelined request's may be: then it is cut off
         instead); a request whose app runs (its trailers were refused, its body stalled) sees a disconnect.
-        `warning`: logged (`args` its values) with the answer's request id; the refusal is counted either way."""
+        `warning`: logged (`args` its values) with the answer's request id; the refusal is counted where answered."""
         request_id = new_request_id()
         if warning:
             self.logger.warning("%s (request %s)", warning % args, request_id)
-        refused = self.app_state.get(PROTOCOL_REFUSED)
-        if refused is not None:
-            refused(REASONS.get(status))
         self.disarm()
         cycle = self.cycle
         answer = cycle is None or cycle.response_complete or not (self.in_head or cycle.response_started)
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True
             cycle.message_event.set()
-        if answer:
+        if answer:  # counted only when answered: a cut-off connection's request has its own outcome
+            if (refused := self.app_state.get(PROTOCOL_REFUSED)) is not None:
+                refused(REASONS.get(status))
             content = [STATUS_LINE[status]]
             for name, value in self.server_state.default_headers:
                 content.extend([name, b": ", value, b"\r\n"])

@@ -62,10 +62,12 @@ def _shape(path: str) -> Callable[[MarginError], dict[str, Any]]:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     path = request.url.path
-    if exc.status_code == 405:
-        return error_response(
+    if exc.status_code == 405:  # with starlette's `Allow` (the route's methods), as RFC 9110 asks
+        refused = error_response(
             MethodNotAllowed(f"method {request.method} is not allowed on {path}"), body_of=_shape(path)
         )
+        refused.headers.update(exc.headers or {})
+        return refused
     if exc.status_code == 404:
         missing = NotFound(f"no route {request.method} {path}", code="unknown_url")
         return error_response(missing, body_of=_shape(path))

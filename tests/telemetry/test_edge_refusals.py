@@ -120,6 +120,7 @@ def test_every_edge_refusal_class_has_a_request_id_and_cost_0_and_is_counted(gw:
         assert ledger_rows(gw.db, assert_unspent(answer)) == 0
         assert 0 <= float(answer.headers["x-margin-overhead-ms"]) < 60_000
     assert validation.status_code == 400 and assert_unspent(validation)
+    assert answers["method_not_allowed"].headers["allow"] == "POST"  # RFC 9110: a 405 says what is allowed
     status, headers = raw(gw, b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-a: " + b"b" * 8192 + b"\r\n\r\n")
     assert status == 431 and headers["x-margin-request-id"] == headers["x-request-id"]
     assert headers["x-margin-cost-usd"] == ZERO_USD

@@ -292,9 +292,10 @@ class CacheConfig(Strict):
         60.0,
         ge=0,
         le=3600,
-        description="With the entries in Redis: how long an identical cacheable request that misses while another "
-        "process (or request) is calling upstream for the same key waits for that answer, at most (and never "
-        "longer than the first call's time limit); then it goes upstream itself. 0: no waiting, each miss calls.",
+        description="How long an identical cacheable request that misses while another request (in this process, "
+        "or in any with the entries in Redis) is calling upstream for the same key waits for that answer, at most "
+        "(and never longer than the first call's time limit); then it goes upstream itself. 0: no waiting, each "
+        "miss calls.",
     )
     semantic: SemanticCacheConfig = SemanticCacheConfig()
 

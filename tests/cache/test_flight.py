@@ -114,14 +114,15 @@ def _keys(db: Path) -> dict[str, str]:
 
 
 @contextmanager
-def replicas(folder: Path, redis: str, upstream: Upstream, count: int = 2) -> Iterator[Replicas]:
-    """`count` gateways on one SQLite ledger and one cache Redis (the governance store stays in each process)."""
+def replicas(folder: Path, redis: str | None, upstream: Upstream, count: int = 2) -> Iterator[Replicas]:
+    """`count` gateways on one SQLite ledger and one cache Redis (the governance store stays in each process);
+    `redis` None: the exact cache in each process' memory in front of the SQLite ledger file."""
     made = _keys(folder / "ledger.db")
     with http_thread(recording_handler(upstream.bodies, upstream.answer)) as base, ExitStack() as stack:
         backend = {"kind": "openai", "base_url": f"{base}/v1", "timeout_s": 30, "retries": {"attempts": 0}}
         config = {
             "storage": {"flush_interval_ms": 10},
-            "cache": {"redis": redis},
+            "cache": {} if redis is None else {"redis": redis},
             "backends": {"upstream": backend},
             "models": {"up": {"backend": "upstream", "upstream_model": "m", "price": PRICE}},
         }
@@ -140,6 +141,33 @@ def burst(calls: list[Callable[[], Any]]) -> list[Any]:
         return list(pool.map(lambda call: call(), calls))
 
 
+def check_one_paid(gw: Replicas, answers: list[Any], streams: list[bool]) -> None:
+    """`answers` to identical requests (of which `streams` were streamed) that one upstream call answered: one
+    miss that paid, the others hits at cost 0 that record what the answer saved, streams replayed as streams."""
+    assert sorted(cache for _, cache, _, _ in answers) == ["hit-exact"] * (len(answers) - 1) + ["miss"]
+    rows = [gw.row(request_id) for _, _, request_id, _ in answers]
+    assert len({row.request_id for row in rows}) == len(answers)
+    hits = [row for row in rows if row.kind == "cache_hit"]
+    assert len(hits) == len(answers) - 1
+    assert all((row.cost_nanousd, row.saved_nanousd, row.status, row.cache) == (0, COST, "ok", "exact") for row in hits)
+    (paid,) = [row for row in rows if row.kind != "cache_hit"]
+    assert (paid.cost_nanousd, paid.cache) == (COST, None)
+    assert [row.stream for row in rows] == streams
+
+
+def check_failed_first(gw: Replicas, answers: list[Any]) -> None:
+    """`answers` to identical requests whose first upstream call failed: that one request got its error, the
+    others went upstream each once it had ended (none before, none hung) and paid for their own answers."""
+    failed = [answer for answer in answers if answer[0] != 200]
+    assert [answer[:2] for answer in failed] == [(502, "miss")]  # the owner's own error, nobody else's
+    served = [answer for answer in answers if answer[0] == 200]
+    assert len(served) == len(answers) - 1 and all(answer[3] == "the answer" for answer in served)
+    assert len(gw.upstream.bodies) == len(answers)
+    assert min(gw.upstream.arrived[1:]) > gw.upstream.answered[0]
+    rows = [gw.row(answer[2]) for answer in served]
+    assert all(row.kind == "request" and row.cost_nanousd == COST for row in rows)
+
+
 def test_identical_requests_on_two_replicas_at_once_make_one_upstream_call(tmp_path: Path, redis_url: str) -> None:
     question = f"what is the answer? {uuid.uuid4().hex}"  # the session's Redis is shared: a question of its own
     with replicas(tmp_path, redis_url, Upstream()) as gw:
@@ -154,19 +182,9 @@ def test_identical_requests_on_two_replicas_at_once_make_one_upstream_call(tmp_p
         assert [status for status, *_ in answers] == [200] * 8
         assert all(text == "the answer" for *_, text in answers)
         assert len(gw.upstream.bodies) == 3  # team a once, team b once, the `off` request (before: 8)
-        caches = sorted(cache for _, cache, _, _ in answers[:6])
-        assert caches == ["hit-exact"] * 5 + ["miss"]
+        check_one_paid(gw, answers[:6], [i % 3 == 0 for i in range(6)])
         assert answers[6][1] == "miss" and answers[7][1] is None
-        rows = [gw.row(request_id) for _, _, request_id, _ in answers]
-        assert len({row.request_id for row in rows}) == 8
-        hits = [row for row in rows[:6] if row.kind == "cache_hit"]
-        assert len(hits) == 5
-        assert all(
-            (row.cost_nanousd, row.saved_nanousd, row.status, row.cache) == (0, COST, "ok", "exact") for row in hits
-        )
-        (paid,) = [row for row in rows[:6] if row.kind != "cache_hit"]
-        assert (paid.cost_nanousd, paid.cache) == (COST, None)
-        assert [row.stream for row in rows[:6]] == [i % 3 == 0 for i in range(6)]  # streams replayed as streams
+        assert gw.row(answers[6][2]).request_id != gw.row(answers[7][2]).request_id
         assert gw.ask(1, "a", question)[1] == "hit-exact"  # stored as any answer is
         assert len(gw.upstream.bodies) == 3
 
@@ -178,15 +196,7 @@ def test_an_owner_that_fails_lets_the_others_go_upstream_after_it(tmp_path: Path
         started = time.monotonic()
         answers = burst([partial(gw.ask, i % 2, "a", question, stream=i == 1) for i in range(5)])
         assert time.monotonic() - started < SLOW_S * 2 + 10  # none waited past the failure (none hung)
-        failed = [answer for answer in answers if answer[0] != 200]
-        assert [answer[:2] for answer in failed] == [(502, "miss")]  # the owner's own error
-        served = [answer for answer in answers if answer[0] == 200]
-        assert len(served) == 4 and all(answer[3] == "the answer" for answer in served)
-        # the others waited for the owner's call and went upstream each once it failed: none before it ended
-        assert len(upstream.bodies) == 5
-        assert min(upstream.arrived[1:]) > upstream.answered[0]
-        rows = [gw.row(answer[2]) for answer in served]
-        assert all(row.kind == "request" and row.cost_nanousd == COST for row in rows)
+        check_failed_first(gw, answers)
 
 
 def test_a_redis_that_is_gone_serves_every_request_each_from_upstream(tmp_path: Path) -> None:

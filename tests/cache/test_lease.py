@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from margin.cache.exact import Entry, MemoryCache, RedisCache
-from margin.cache.flight import Flights, lease_key
+from margin.cache.flight import Flights, LocalFlights, lease_key
 from margin.config import CacheConfig
 from margin.pipeline.steps.cache import Cache
 from tests.helpers import free_port
@@ -100,7 +100,9 @@ async def test_the_cap_is_a_key_of_the_cache_section(redis_url: str) -> None:
     try:
         assert Cache(CacheConfig(), store).flights is not None
         assert Cache(CacheConfig.model_validate({"coalesce_wait_s": 0}), store).flights is None
-        assert Cache(CacheConfig(), MemoryCache(1 << 20)).flights is None  # one process: no lease
+        memory = MemoryCache(1 << 20)
+        assert isinstance(Cache(CacheConfig(), memory).flights, LocalFlights)  # one process: its own leases
+        assert Cache(CacheConfig.model_validate({"coalesce_wait_s": 0}), memory).flights is None
     finally:
         await store.close()
     for wrong in (-1, 3601, "soon"):

@@ -9,15 +9,23 @@ another holds the lease waits for the entry to appear: it reads the lease's rema
 together, growing its pause from 10 ms to 100 ms, for at most what was left of the lease when it began; the
 entry there, it is answered as any exact hit. The lease gone with no entry (the owner failed, or its answer is
 not one the cache stores), the time up, or Redis failing: it goes upstream itself, as it would have without
-the lease. Nothing here fails a request."""
+the lease. Nothing here fails a request.
+
+`LocalFlights` is the same lease in one process, for the exact cache in memory or SQLite: a dict of the keys
+being called upstream, each with its owner's token, the end of its lease and a future its waiters await (no
+polling); the owner's end stores the entry and resolves the future with it (or with None: the waiters go
+upstream). Bounded: at most `MAX_LOCAL_FLIGHTS` keys in flight and `MAX_LOCAL_WAITERS` waiters on one; a miss
+past either bound goes upstream as it did before there was a lease."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from margin.cache.exact import Entry, RedisCache
+from margin.cache.exact import CacheStore, Entry, RedisCache
 
 # one command each (a pipeline of two costs the client more than an EVAL): the lease taken (-3) or what is left
 # of another's (ms; -2: gone meanwhile); the answer stored, when there is one, and the lease deleted only while it
@@ -37,6 +45,10 @@ return 'OK'
 TAKEN = -3
 FIRST_PAUSE_S = 0.01
 MAX_PAUSE_S = 0.1
+# in one process: the keys being called upstream at once (a flood of distinct keys past it: plain misses), and
+# the requests waiting on one (more of them: each goes upstream itself, as without a lease)
+MAX_LOCAL_FLIGHTS = 10_000
+MAX_LOCAL_WAITERS = 1_000
 
 
 def lease_key(key: str) -> str:
@@ -53,6 +65,21 @@ class Lease:
     wait_s: float = 0.0
 
 
+class Flight(Protocol):
+    """What the cache step asks of a single flight, in Redis (`Flights`) or in this process (`LocalFlights`)."""
+
+    async def claim(self, key: str, limit_s: float | None) -> Lease | None: ...
+
+    async def wait(self, lease: Lease) -> Entry | None: ...
+
+    async def land(self, lease: Lease, entry: Entry | None, ttl_s: float) -> None: ...
+
+
+def lease_s(wait_cap_s: float, limit_s: float | None) -> float:
+    """A lease lasts the request's own time limit, at most `cache.coalesce_wait_s`."""
+    return wait_cap_s if limit_s is None else min(limit_s, wait_cap_s)
+
+
 class Flights:
     def __init__(self, store: RedisCache, wait_cap_s: float) -> None:
         self.store = store
@@ -65,7 +92,7 @@ class Flights:
 
         if not self.store.reachable:
             return None
-        ttl_s = self.wait_cap_s if limit_s is None else min(limit_s, self.wait_cap_s)
+        ttl_s = lease_s(self.wait_cap_s, limit_s)
         token = secrets.token_hex(16)
         try:
             left_ms = await self.store.client.eval(CLAIM, 1, lease_key(key), token, max(1, int(ttl_s * 1000)))
@@ -119,3 +146,70 @@ class Flights:
             return
         if stored != b"OK":  # e.g. OOM: released, the others go upstream
             self.store.failed("write", RedisError(stored.decode(errors="replace")))
+
+
+@dataclass(slots=True)
+class _Flight:
+    token: str
+    ends: float  # the loop's clock: past it, the next miss of the key takes the lease over
+    answer: asyncio.Future[Entry | None]
+    waiters: int = 0
+
+
+@dataclass(slots=True)
+class LocalFlights:
+    """The lease of `Flights` among the requests of one process (the entries in memory or SQLite)."""
+
+    store: CacheStore
+    wait_cap_s: float
+    max_flights: int = MAX_LOCAL_FLIGHTS
+    max_waiters: int = MAX_LOCAL_WAITERS
+    _flights: dict[str, _Flight] = field(default_factory=dict)
+    _tokens: itertools.count[int] = field(default_factory=itertools.count)
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+    async def claim(self, key: str, limit_s: float | None) -> Lease | None:
+        """Ours when no request of this process is calling for `key` (or its lease ran out); another's, with
+        what is left of it to wait, when one is; None past the bounds (the request goes on as a plain miss)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        flight = self._flights.get(key)
+        if flight is not None and now < flight.ends:
+            if flight.waiters >= self.max_waiters:
+                return None
+            flight.waiters += 1  # counted at once: the wait that follows is this lease's
+            return Lease(key, wait_s=min(flight.ends - now, self.wait_cap_s))
+        if flight is None and len(self._flights) >= self.max_flights:
+            return None
+        if flight is not None and not flight.answer.done():  # its lease ran out: its waiters' time is up too
+            flight.answer.set_result(None)
+        token = str(next(self._tokens))
+        self._flights[key] = _Flight(token, now + lease_s(self.wait_cap_s, limit_s), loop.create_future())
+        return Lease(key, token=token)
+
+    async def wait(self, lease: Lease) -> Entry | None:
+        """The entry the owner's call produced, or None once it ended without one or the wait is up. A waiter
+        cancelled (its client gone) leaves the owner's call and the other waiters as they were."""
+        flight = self._flights.get(lease.key)
+        if flight is None:  # landed between the claim and this wait: the entry, if any, is in the store
+            return await self.store.get(lease.key)
+        try:
+            async with asyncio.timeout(lease.wait_s):
+                return await asyncio.shield(flight.answer)
+        except TimeoutError:
+            return None
+        finally:
+            flight.waiters -= 1
+
+    async def land(self, lease: Lease, entry: Entry | None, ttl_s: float) -> None:
+        """The owner's end: `entry` stored (when there is one), the lease released (only while it is still this
+        owner's) and its waiters answered with the entry, or with None: they go upstream themselves."""
+        if entry is not None:
+            await self.store.put(lease.key, entry, ttl_s)
+        flight = self._flights.get(lease.key)
+        if flight is not None and flight.token == lease.token:
+            del self._flights[lease.key]
+            if not flight.answer.done():
+                flight.answer.set_result(entry)

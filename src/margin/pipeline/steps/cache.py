@@ -16,7 +16,7 @@ import orjson
 
 from margin.backends import payloads
 from margin.cache.exact import CacheStore, Entry, RedisCache, deterministic, request_key
-from margin.cache.flight import Flights
+from margin.cache.flight import Flight, Flights, LocalFlights
 from margin.cache.layer import SemanticLayer, Where
 from margin.config import CacheConfig
 from margin.economics.money import to_nanousd
@@ -106,10 +106,12 @@ class Cache:
         self.store = store
         self.semantic = semantic
         self.limits = limits or {}
-        # identical misses on every process on the cache's Redis share one upstream call (`margin.cache.flight`)
-        self.flights: Flights | None = None
-        if isinstance(store, RedisCache) and config.coalesce_wait_s > 0:
-            self.flights = Flights(store, config.coalesce_wait_s)
+        # identical misses share one upstream call (`margin.cache.flight`): on every process on the cache's Redis,
+        # or among this process' requests when the entries are in memory or SQLite
+        self.flights: Flight | None = None
+        if config.coalesce_wait_s > 0:
+            wait_s = config.coalesce_wait_s
+            self.flights = Flights(store, wait_s) if isinstance(store, RedisCache) else LocalFlights(store, wait_s)
 
     async def __call__(self, request: Request, next: Next) -> Reply:
         if not wanted(request):

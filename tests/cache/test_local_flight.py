@@ -1,0 +1,171 @@
+"""Single flight in one process (`margin.cache.flight.LocalFlights`, the exact cache in memory or SQLite): the
+lease's rules without Redis, its bounds, and the gateway end to end. One `margin serve` with the default
+exact cache, a recording upstream that answers slowly (`tests/cache/test_flight.py`'s), the official SDK as the
+client: identical cacheable requests at once make one upstream call, the others are hits at cost 0 (streams
+replayed as streams); an owner that fails or whose client leaves lets the others go upstream after it; a flood
+of distinct keys is served as plain misses. Before: each request missed and called upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from margin.cache.exact import Entry, MemoryCache
+from margin.cache.flight import LocalFlights
+from tests.cache.test_flight import SLOW_S, Upstream, burst, check_failed_first, check_one_paid, replicas
+
+ENTRY = Entry("an answer", "stop", 3, 2, 5000, "m", time.time())
+
+
+async def test_one_owner_and_the_others_get_its_entry_without_reading_the_store() -> None:
+    store = MemoryCache(1 << 20)
+    flights = LocalFlights(store, 5.0)
+    owner = await flights.claim("k", 2.0)
+    others = [await flights.claim("k", 2.0) for _ in range(3)]
+    assert owner is not None and owner.token is not None
+    assert all(o is not None and o.token is None and 1.5 < o.wait_s <= 2.0 for o in others)  # the time limit
+    waiting = [asyncio.create_task(flights.wait(o)) for o in others if o is not None]
+    await asyncio.sleep(0.05)
+    assert not any(task.done() for task in waiting)
+    await flights.land(owner, ENTRY, 60)
+    assert await asyncio.wait_for(asyncio.gather(*waiting), 1) == [ENTRY] * 3
+    assert await store.get("k") == ENTRY and len(flights) == 0
+    again = await flights.claim("k", 2.0)  # landed: the next miss owns a lease of its own
+    assert again is not None and again.token not in (None, owner.token)
+
+
+async def test_an_owner_without_an_answer_sends_its_waiters_upstream_at_once() -> None:
+    flights = LocalFlights(MemoryCache(1 << 20), 30.0)
+    owner, other = await flights.claim("k", None), await flights.claim("k", None)
+    assert owner is not None and other is not None and 29 < other.wait_s <= 30  # no time limit known: the cap
+    waiting = asyncio.create_task(flights.wait(other))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    await flights.land(owner, None, 60)  # failed, cancelled, or not an answer the cache stores
+    assert await asyncio.wait_for(waiting, 1) is None
+    assert time.monotonic() - started < 0.5 and len(flights) == 0
+
+
+async def test_a_wait_ends_with_the_lease_and_a_late_owner_never_releases_the_next() -> None:
+    store = MemoryCache(1 << 20)
+    flights = LocalFlights(store, 0.2)  # the cap bounds the lease too
+    first, other = await flights.claim("k", 600.0), await flights.claim("k", 600.0)
+    assert first is not None and other is not None and other.wait_s <= 0.2
+    started = time.monotonic()
+    assert await flights.wait(other) is None  # an owner that never lands: the time up, upstream
+    assert 0.15 < time.monotonic() - started < 1.0
+    second = await flights.claim("k", 600.0)  # the lease ran out: taken over
+    assert second is not None and second.token not in (None, first.token)
+    await flights.land(first, ENTRY, 60)  # late: its answer stored, the second owner's lease stays
+    assert await store.get("k") == ENTRY and len(flights) == 1
+    waiter = await flights.claim("k", 600.0)
+    assert waiter is not None and waiter.token is None
+    await flights.land(second, None, 60)
+    assert await flights.wait(waiter) == ENTRY and len(flights) == 0  # gone: the entry the first one stored
+
+
+async def test_a_waiter_cancelled_leaves_the_call_and_the_others_waiting() -> None:
+    flights = LocalFlights(MemoryCache(1 << 20), 5.0)
+    owner, one, two = [await flights.claim("k", 5.0) for _ in range(3)]
+    assert owner is not None and one is not None and two is not None
+    leaving, staying = asyncio.create_task(flights.wait(one)), asyncio.create_task(flights.wait(two))
+    await asyncio.sleep(0.05)
+    leaving.cancel()  # its client gone
+    await asyncio.sleep(0.05)
+    assert leaving.cancelled() and not staying.done()
+    await flights.land(owner, ENTRY, 60)
+    assert await asyncio.wait_for(staying, 1) == ENTRY
+
+
+async def test_keys_in_flight_and_waiters_on_one_are_bounded() -> None:
+    flights = LocalFlights(MemoryCache(1 << 20), 5.0, max_flights=3, max_waiters=2)
+    owners = [await flights.claim(f"k{i}", 5.0) for i in range(3)]
+    assert all(o is not None and o.token is not None for o in owners)
+    assert await flights.claim("k3", 5.0) is None  # a fourth distinct key: a plain miss, nothing held for it
+    assert len(flights) == 3
+    waiters = [await flights.claim("k0", 5.0) for _ in range(3)]
+    assert [w is not None for w in waiters] == [True, True, False]  # the third goes upstream itself
+    tasks = [asyncio.create_task(flights.wait(w)) for w in waiters if w is not None]
+    await asyncio.sleep(0)
+    for owner in owners:
+        assert owner is not None
+        await flights.land(owner, None, 60)
+    assert await asyncio.gather(*tasks) == [None, None] and len(flights) == 0
+    assert (await flights.claim("k0", 5.0)) is not None and len(flights) == 1  # room again
+
+
+def test_identical_requests_at_once_in_one_process_make_one_upstream_call(tmp_path: Path) -> None:
+    question = f"what is the answer? {uuid.uuid4().hex}"
+    with replicas(tmp_path, None, Upstream(), count=1) as gw:
+        same = [partial(gw.ask, 0, "a", question, stream=i % 3 == 0) for i in range(6)]
+        others = [partial(gw.ask, 0, "b", question), partial(gw.ask, 0, "a", question, cache="off")]
+        started = time.monotonic()
+        answers = burst([*same, *others])
+        assert time.monotonic() - started < SLOW_S * 2 + 10  # the waiters were answered as the call ended
+        assert [status for status, *_ in answers] == [200] * 8
+        assert all(text == "the answer" for *_, text in answers)
+        assert len(gw.upstream.bodies) == 3  # team a once, team b once, the `off` request (before: 8)
+        check_one_paid(gw, answers[:6], [i % 3 == 0 for i in range(6)])
+        assert answers[6][1] == "miss" and answers[7][1] is None
+        assert gw.ask(0, "a", question)[1] == "hit-exact" and len(gw.upstream.bodies) == 3
+
+
+def test_an_owner_that_fails_in_one_process_lets_the_others_go_upstream_after_it(tmp_path: Path) -> None:
+    question = f"a question that fails first {uuid.uuid4().hex}"
+    upstream = Upstream(fail_first=True)  # the first call it gets (the owner's) answers 500, after SLOW_S
+    with replicas(tmp_path, None, upstream, count=1) as gw:
+        started = time.monotonic()
+        answers = burst([partial(gw.ask, 0, "a", question, stream=i == 1) for i in range(5)])
+        assert time.monotonic() - started < SLOW_S * 2 + 10  # none waited past the failure (none hung)
+        check_failed_first(gw, answers)
+
+
+def test_a_flood_of_distinct_keys_is_served_as_misses_while_identical_ones_coalesce(tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex
+    with replicas(tmp_path, None, Upstream(), count=1) as gw:
+        distinct = [partial(gw.ask, 0, "a", f"question {i} {tag}", stream=i % 2 == 0) for i in range(12)]
+        same = [partial(gw.ask, 0, "a", f"the same {tag}", stream=i == 0) for i in range(4)]
+        answers = burst([*distinct, *same])
+        assert [answer[:2] for answer in answers[:12]] == [(200, "miss")] * 12  # no coalescing, no error
+        assert all(answer[3] == "the answer" for answer in answers)
+        assert sorted(answer[1] for answer in answers[12:]) == ["hit-exact"] * 3 + ["miss"]
+        assert len(gw.upstream.bodies) == 12 + 1  # before: 16
+        assert all(gw.ask(0, "a", f"question {i} {tag}")[1] == "hit-exact" for i in range(12))  # each stored
+        assert len(gw.upstream.bodies) == 13
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_owner_whose_client_leaves_does_not_strand_the_others(tmp_path: Path, stream: bool) -> None:
+    question = f"a client that leaves {uuid.uuid4().hex}"
+    with replicas(tmp_path, None, Upstream(), count=1) as gw:
+        body = {"model": "up", "temperature": 0, "messages": [{"role": "user", "content": question}], "stream": stream}
+        headers = {"authorization": f"Bearer {gw.keys['a']}"}
+
+        def leave() -> None:  # the owner: its client gives up before the answer comes
+            with contextlib.suppress(httpx.TimeoutException):
+                httpx.post(gw.urls[0] + "/v1/chat/completions", json=body, headers=headers, timeout=SLOW_S / 3)
+                raise AssertionError("the owner's client was answered before it left")
+
+        def wait_then_ask(stream: bool) -> Any:
+            time.sleep(SLOW_S / 5)  # after the owner took the lease
+            return gw.ask(0, "a", question, stream=stream)
+
+        started = time.monotonic()
+        _, *answers = burst([leave, *(partial(wait_then_ask, i == 0) for i in range(3))])
+        assert time.monotonic() - started < SLOW_S * 2 + 10  # none hung on the owner that left
+        assert [(status, text) for status, _, _, text in answers] == [(200, "the answer")] * 3
+        upstream = gw.upstream
+        if not stream:  # the call went on without its client: its answer stored, the others served from it
+            assert [answer[1] for answer in answers] == ["hit-exact"] * 3 and len(upstream.bodies) == 1
+            assert all(gw.row(answer[2]).cost_nanousd == 0 for answer in answers)
+        else:  # its stream had nowhere to go, so nothing was stored: the others went upstream once it ended
+            assert [answer[1] for answer in answers] == ["miss"] * 3 and len(upstream.bodies) == 4
+            assert min(upstream.arrived[1:]) > upstream.answered[0]

@@ -54,6 +54,24 @@ async def test_an_owner_without_an_answer_sends_its_waiters_upstream_at_once() -
     assert time.monotonic() - started < 0.5 and len(flights) == 0
 
 
+async def test_a_store_that_fails_still_releases_the_lease() -> None:
+    """The owner's store raising (a SQLite cache's disk full) released nothing: its waiters waited out the lease
+    (the backend's whole time limit) and the key stayed in flight. They are answered None at once now."""
+
+    class Failing(MemoryCache):
+        async def put(self, key: str, entry: Entry, ttl_s: float) -> None:
+            raise OSError("disk full")
+
+    flights = LocalFlights(Failing(1 << 20), 30.0)
+    owner, other = await flights.claim("k", None), await flights.claim("k", None)
+    assert owner is not None and other is not None
+    waiting = asyncio.create_task(flights.wait(other))
+    await asyncio.sleep(0.01)
+    with pytest.raises(OSError):
+        await flights.land(owner, ENTRY, 60)
+    assert await asyncio.wait_for(waiting, 1) is None and len(flights) == 0
+
+
 async def test_a_wait_ends_with_the_lease_and_a_late_owner_never_releases_the_next() -> None:
     store = MemoryCache(1 << 20)
     flights = LocalFlights(store, 0.2)  # the cap bounds the lease too

@@ -206,10 +206,14 @@ class LocalFlights:
     async def land(self, lease: Lease, entry: Entry | None, ttl_s: float) -> None:
         """The owner's end: `entry` stored (when there is one), the lease released (only while it is still this
         owner's) and its waiters answered with the entry, or with None: they go upstream themselves."""
-        if entry is not None:
-            await self.store.put(lease.key, entry, ttl_s)
-        flight = self._flights.get(lease.key)
-        if flight is not None and flight.token == lease.token:
-            del self._flights[lease.key]
-            if not flight.answer.done():
-                flight.answer.set_result(entry)
+        stored = None
+        try:
+            if entry is not None:
+                await self.store.put(lease.key, entry, ttl_s)
+                stored = entry
+        finally:  # a store that failed (or a cancelled put) still releases: the waiters go upstream at once
+            flight = self._flights.get(lease.key)
+            if flight is not None and flight.token == lease.token:
+                del self._flights[lease.key]
+                if not flight.answer.done():
+                    flight.answer.set_result(stored)

@@ -337,11 +337,19 @@ def test_counting_the_input_of_an_unknown_previous_response_is_a_count_s_outcome
     before = scrape()
     answer = httpx.post(
         live.url + "/v1/responses/input_tokens",
-        json={"model": "fake-chat", "input": "hi", "previous_response_id": "resp_unknown"},
+        json={"model": "chosen-by-the-caller", "input": "hi", "previous_response_id": "resp_unknown"},
         headers={"authorization": f"Bearer {live.key}"},
     )
     assert answer.status_code in (400, 404), answer.text
     code = answer.json()["error"]["code"]
     assert answer.headers["x-margin-cost-usd"] == "0.000000000" and "x-margin-overhead-ms" in answer.headers
     assert f'outcome="{code}"' in scrape() and f'outcome="{code}"' not in before
-    assert f'margin_rejections_total{{reason="{code}"}}' not in scrape()
+    after = scrape()
+    rejected = f'margin_rejections_total{{reason="{code}"}}'
+    assert _value(after, rejected) == _value(before, rejected)  # (other tests here continue unknown ids: rows)
+    assert "chosen-by-the-caller" not in after  # a label is never a caller's text (200 values fill the pool)
+
+
+def _value(scraped: str, series: str) -> float:
+    """A series' value in a Prometheus scrape (0 when absent)."""
+    return next((float(line.split()[-1]) for line in scraped.splitlines() if line.startswith(series + " ")), 0.0)

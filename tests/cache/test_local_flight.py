@@ -169,11 +169,13 @@ def test_an_owner_whose_client_leaves_does_not_strand_the_others(tmp_path: Path,
 
         def leave() -> None:  # the owner: its client gives up before the answer comes
             with contextlib.suppress(httpx.TimeoutException):
-                httpx.post(gw.urls[0] + "/v1/chat/completions", json=body, headers=headers, timeout=SLOW_S / 3)
+                httpx.post(gw.urls[0] + "/v1/chat/completions", json=body, headers=headers, timeout=SLOW_S * 0.6)
                 raise AssertionError("the owner's client was answered before it left")
 
         def wait_then_ask(stream: bool) -> Any:
-            time.sleep(SLOW_S / 5)  # after the owner took the lease
+            deadline = time.monotonic() + 30  # after the owner took the lease: its call reached the upstream
+            while not gw.upstream.arrived and time.monotonic() < deadline:
+                time.sleep(0.01)
             return gw.ask(0, "a", question, stream=stream)
 
         started = time.monotonic()

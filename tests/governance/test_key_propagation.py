@@ -7,6 +7,7 @@ can explain a refusal within a second or two. Before, each of these answered 200
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import openai
+import orjson
 import pytest
 import yaml
 from openai.types.chat import ChatCompletionMessageParam
@@ -168,10 +170,11 @@ def test_with_redis_down_a_revocation_still_reaches_the_other_replica(tmp_path: 
     assert "Traceback" not in log
 
 
-def test_a_cli_rotation_prints_the_new_key_before_it_waits_on_redis(tmp_path: Path) -> None:
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_cli_rotation_prints_the_new_key_before_it_waits_on_redis(tmp_path: Path, as_json: bool) -> None:
     """The rotation is committed before the announcement: a Redis that accepts connections and never answers
     held the CLI (~5 s) before it printed the new secret, shown once; a Ctrl-C then, with `--grace 0`, left the
-    key with no working secret. The secret is printed first now."""
+    key with no working secret. The secret is printed (and flushed, also as `--json` into a pipe) first now."""
     import socket
 
     with socket.socket() as silent:
@@ -179,20 +182,24 @@ def test_a_cli_rotation_prints_the_new_key_before_it_waits_on_redis(tmp_path: Pa
         silent.listen(8)  # accepts (the kernel's backlog) and never answers
         path = _config(tmp_path, f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
         key = _key(path, "--name", "svc")
-        rotating = subprocess.Popen(
-            [sys.executable, "-m", "margin", "keys", "rotate", _key_id(key), "--grace", "0", "--config", str(path)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        command = [sys.executable, "-m", "margin", "keys", "rotate", _key_id(key), "--grace", "0"]
+        command += ["--config", str(path), *(["--json"] if as_json else [])]
+        env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}  # as a user runs it
+        rotating = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
         try:
             assert rotating.stdout is not None
             deadline = time.monotonic() + 30
             lines: list[str] = []
-            while not any(line.startswith("mgn_") for line in lines) and time.monotonic() < deadline:
+            while not any("mgn_" in line for line in lines) and time.monotonic() < deadline:
                 lines.append(rotating.stdout.readline())
-            new = next(line.strip() for line in lines if line.startswith("mgn_"))
-            # nothing said of the announcement yet (the old order printed its outcome, after ~5 s, first)
+            shown = next(line for line in lines if "mgn_" in line)
+            new = orjson.loads(shown)["key"] if as_json else shown.strip()
+            # nothing said of the announcement yet (the old order printed its outcome, after ~5 s, first), and
+            # the key out while the CLI still waits on the silent Redis (`--json` was flushed only at the exit)
             assert not any("running gateways" in line for line in lines), lines
+            shown_at = time.monotonic()
+            assert rotating.wait(timeout=60) == 0  # told nobody (the silent Redis): the audit log tells them
+            assert time.monotonic() - shown_at > 2  # out ~5 s (the announcement's limit) before the exit, not at it
         finally:
             rotating.kill()
             rotating.wait()

@@ -111,7 +111,7 @@ async def input_tokens(request: HttpRequest) -> Response:
     try:
         body, chat_json, chat = await _whole(arrival.services, arrival.principal, data, parsed)
     except MarginError as exc:  # an unknown `previous_response_id`: a count's outcome, as the count's own errors
-        return refused(arrival, exc, error_body, parsed[0].model)
+        return refused(arrival, exc, error_body)  # no model resolved yet: the label is never the caller's text
     return await answer(arrival, Count(body.model, chat_json, chat, _input_tokens, error_body))
 
 

@@ -154,7 +154,10 @@ def keys_rotate(
         raise fail(exc) from exc
     until = record.previous_valid_until
     if json:
-        print(orjson.dumps({**record.public(), "key": key, "valid_until": until and until.isoformat()}).decode())
+        print(
+            orjson.dumps({**record.public(), "key": key, "valid_until": until and until.isoformat()}).decode(),
+            flush=True,
+        )
     else:
         out = console()
         out.print(Text.assemble("rotated key ", (record.id, "bold"), " (", plain(record.name), ")"))

@@ -245,7 +245,7 @@ def test_a_rotation_elsewhere_is_seen_within_the_cache_ttl(tmp_path: Path) -> No
         assert _refused(base, guessed).status_code == 401  # cached as not found
         rotated = CliRunner().invoke(app, ["keys", "rotate", record.id, "--grace", "0", "--config", str(config)])
         assert rotated.exit_code == 0, rotated.output
-        new = rotated.output.strip().splitlines()[-1]
+        new = next(line for line in rotated.output.splitlines() if line.startswith("mgn_"))
         assert new.startswith(f"mgn_{record.id}_") and "no longer works" in rotated.output
         assert _chat(base, new).choices  # at once: never refused from the not-found cache
         deadline = time.monotonic() + 30

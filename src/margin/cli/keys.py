@@ -8,6 +8,7 @@ from typing import Annotated
 
 import orjson
 import typer
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -168,7 +169,8 @@ def keys_rotate(
             out.print("the old secret no longer works")
         out.print("store the new key now, it is not shown again:")
         print(key, flush=True)
-    # the new key is out before the announcement, which may wait on a Redis (a Ctrl-C then loses nothing)
+    # the new key is out before the announcement, which may wait on a Redis (a Ctrl-C then loses nothing); what
+    # became of it goes to stderr, so the key stays stdout's last line
     told = _told(settings)
     if not json:
-        console().print(told)
+        Console(stderr=True, highlight=False).print(told)

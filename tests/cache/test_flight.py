@@ -168,22 +168,31 @@ def check_failed_first(gw: Replicas, answers: list[Any]) -> None:
     assert all(row.kind == "request" and row.cost_nanousd == COST for row in rows)
 
 
+def check_identical_burst(gw: Replicas, question: str) -> list[Any]:
+    """6 identical cacheable requests of team a (every third streamed) spread over the replicas, with another
+    team's and an `x-margin-cache: off` one at once: three upstream calls (before: 8), the five waiters hits at
+    cost 0. The answers, in that order."""
+    n = len(gw.urls)
+    same = [partial(gw.ask, i % n, "a", question, stream=i % 3 == 0) for i in range(6)]
+    others = [
+        partial(gw.ask, 1 % n, "b", question),  # another team: never answered from team a's call
+        partial(gw.ask, 0, "a", question, cache="off"),  # not cacheable: its own call
+    ]
+    started = time.monotonic()
+    answers = burst([*same, *others])
+    assert time.monotonic() - started < SLOW_S * 2 + 10  # the waiters were answered as the call ended
+    assert [status for status, *_ in answers] == [200] * 8
+    assert all(text == "the answer" for *_, text in answers)
+    assert len(gw.upstream.bodies) == 3  # team a once, team b once, the `off` request (before: 8)
+    check_one_paid(gw, answers[:6], [i % 3 == 0 for i in range(6)])
+    assert answers[6][1] == "miss" and answers[7][1] is None
+    return answers
+
+
 def test_identical_requests_on_two_replicas_at_once_make_one_upstream_call(tmp_path: Path, redis_url: str) -> None:
     question = f"what is the answer? {uuid.uuid4().hex}"  # the session's Redis is shared: a question of its own
     with replicas(tmp_path, redis_url, Upstream()) as gw:
-        same = [partial(gw.ask, i % 2, "a", question, stream=i % 3 == 0) for i in range(6)]
-        others = [
-            partial(gw.ask, 1, "b", question),  # another team: never answered from team a's call
-            partial(gw.ask, 0, "a", question, cache="off"),  # not cacheable: its own call
-        ]
-        started = time.monotonic()
-        answers = burst([*same, *others])
-        assert time.monotonic() - started < SLOW_S * 2 + 10  # the waiters were answered as the call ended
-        assert [status for status, *_ in answers] == [200] * 8
-        assert all(text == "the answer" for *_, text in answers)
-        assert len(gw.upstream.bodies) == 3  # team a once, team b once, the `off` request (before: 8)
-        check_one_paid(gw, answers[:6], [i % 3 == 0 for i in range(6)])
-        assert answers[6][1] == "miss" and answers[7][1] is None
+        answers = check_identical_burst(gw, question)
         assert gw.row(answers[6][2]).request_id != gw.row(answers[7][2]).request_id
         assert gw.ask(1, "a", question)[1] == "hit-exact"  # stored as any answer is
         assert len(gw.upstream.bodies) == 3

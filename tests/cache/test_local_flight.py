@@ -20,7 +20,14 @@ import pytest
 
 from margin.cache.exact import Entry, MemoryCache
 from margin.cache.flight import LocalFlights
-from tests.cache.test_flight import SLOW_S, Upstream, burst, check_failed_first, check_one_paid, replicas
+from tests.cache.test_flight import (
+    SLOW_S,
+    Upstream,
+    burst,
+    check_failed_first,
+    check_identical_burst,
+    replicas,
+)
 
 ENTRY = Entry("an answer", "stop", 3, 2, 5000, "m", time.time())
 
@@ -123,16 +130,7 @@ async def test_keys_in_flight_and_waiters_on_one_are_bounded() -> None:
 def test_identical_requests_at_once_in_one_process_make_one_upstream_call(tmp_path: Path) -> None:
     question = f"what is the answer? {uuid.uuid4().hex}"
     with replicas(tmp_path, None, Upstream(), count=1) as gw:
-        same = [partial(gw.ask, 0, "a", question, stream=i % 3 == 0) for i in range(6)]
-        others = [partial(gw.ask, 0, "b", question), partial(gw.ask, 0, "a", question, cache="off")]
-        started = time.monotonic()
-        answers = burst([*same, *others])
-        assert time.monotonic() - started < SLOW_S * 2 + 10  # the waiters were answered as the call ended
-        assert [status for status, *_ in answers] == [200] * 8
-        assert all(text == "the answer" for *_, text in answers)
-        assert len(gw.upstream.bodies) == 3  # team a once, team b once, the `off` request (before: 8)
-        check_one_paid(gw, answers[:6], [i % 3 == 0 for i in range(6)])
-        assert answers[6][1] == "miss" and answers[7][1] is None
+        check_identical_burst(gw, question)
         assert gw.ask(0, "a", question)[1] == "hit-exact" and len(gw.upstream.bodies) == 3
 
 

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from margin.economics.money import ZERO_USD
 from tests.governance.conftest import bearer, make_key
 from tests.helpers import ledger_rows, polls, wait_ledger_row
-from tests.security.conftest import Served, serving_in
+from tests.security.conftest import FAKE_CONFIG, Served, serving_in
 
 CHAT = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]}
 JSON = {"content-type": "application/json"}
@@ -32,7 +32,10 @@ BURST = 25
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     folder = tmp_path_factory.mktemp("edge-refusals")
-    limits = {"server": {"max_header_bytes": 4096, "max_body_bytes": 2048, "head_timeout_s": 1.0}}
+    limits: dict[str, Any] = {"server": {"max_header_bytes": 4096, "max_body_bytes": 2048, "head_timeout_s": 1.0}}
+    slow = {**FAKE_CONFIG["backends"]["fake"], "ttft_ms": 3000}  # an answer under way for 3 s
+    limits["backends"] = {**FAKE_CONFIG["backends"], "slow": slow}
+    limits["models"] = {**FAKE_CONFIG["models"], "slow-chat": {"backend": "slow"}}
     with serving_in(folder)(limits, keys={"admin": ["--admin"], "user": []}) as served:
         _, expired = make_key(served.db, name="old", expires_at=datetime.now(UTC) - timedelta(seconds=1))
         served.keys["expired"] = expired
@@ -132,6 +135,27 @@ def test_every_edge_refusal_class_has_a_request_id_and_cost_0_and_is_counted(gw:
     expected = dict.fromkeys(answers, 1) | {"headers_too_large": 1, "invalid_http": 1, "request_timeout": 1}
     expected["invalid_request"] += 1  # the validation error
     assert counted == expected, counted
+
+
+def test_a_pipelined_refusal_cut_off_behind_an_answer_under_way_is_not_counted(gw: Served) -> None:
+    """A request pipelined behind one whose answer is under way cannot be answered (its 431 would pass for the first
+    request's answer): the connection is cut instead, and a refusal nobody was told of is not counted. An answered
+    431 on its own connection still is."""
+    before = rejections(gw)
+    body = b'{"model": "slow-chat", "messages": [{"role": "user", "content": "hi"}]}'
+    first = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    first += b"authorization: Bearer %s\r\ncontent-length: %d\r\n\r\n%s" % (gw.keys["user"].encode(), len(body), body)
+    second = b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-a: " + b"b" * 8192 + b"\r\n\r\n"
+    host, port = gw.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(first + second)
+        seen = b""
+        while part := sock.recv(65536):  # the gateway closes the connection
+            seen += part
+    assert b" 431 " not in seen, seen[:200]
+    status, _ = raw(gw, b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-a: " + b"b" * 8192 + b"\r\n\r\n")
+    assert status == 431
+    assert grew(before, rejections(gw)) == {"headers_too_large": 1}  # the answered one only
 
 
 def test_every_answer_has_a_request_id_and_its_ids_differ(gw: Served) -> None:

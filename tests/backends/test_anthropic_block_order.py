@@ -159,6 +159,14 @@ def test_responses_items_that_interleave_are_one_message_with_their_order() -> N
     assert _sent(chat)[1]["content"] == [FIRST, USE, SECOND, *pieces]
     usual = [ASK, _item(FIRST), _item(SECOND), said, call, result]  # thinking first: no order needed, none given
     assert "block_order" not in responses_chat(parse_responses({"model": "m", "input": usual}))["messages"][1]
+    # text before the call, then thinking and text again: two assistant messages (the second a message item after
+    # one with content), whose blocks are one Anthropic turn in the items' order
+    hello = {"type": "message", "role": "assistant", "content": "hello "}
+    world = {"type": "message", "role": "assistant", "content": "world"}
+    items = [ASK, _item(FIRST), hello, call, _item(SECOND), world, result]
+    chat = responses_chat(parse_responses({"model": "m", "input": items}))["messages"]
+    assert [message["role"] for message in chat] == ["user", "assistant", "assistant", "tool"]
+    assert _sent(chat)[1]["content"] == [FIRST, pieces[0], USE, SECOND, pieces[1]]
 
 
 def test_a_messages_assistant_turn_that_interleaves_carries_its_order() -> None:

@@ -488,9 +488,10 @@ def content_parts(messages: Any, *, nested: bool = False, what: str = "content p
             parts += len(content)
             if nested:
                 parts += sum(len(c) for b in content if type(b) is dict and type(c := b.get("content")) is list)
-        for key in ("thinking_blocks", "block_order"):
-            if type(held := message.get(key)) is list:
-                parts += len(held)
+        if type(thinking := message.get("thinking_blocks")) is list:
+            parts += len(thinking)
+        if type(order := message.get("block_order")) is list:
+            parts += len(order)
     if parts > MAX_CONTENT_PARTS:
         raise InvalidRequest(
             f"messages: at most {MAX_CONTENT_PARTS} {what} over all messages, not {parts}",

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from margin import interleaving
 from margin.errors import InvalidRequest
 from margin.messages import (
     AssistantMessage,
@@ -80,7 +81,8 @@ def _arguments(block: ToolUse, at: str) -> str:
 
 def _assistant(message: AssistantMessage, index: int) -> dict[str, Any]:
     """Text blocks as the content, tool uses as tool calls, thinking blocks (in order, without `cache_control`)
-    as the message's `thinking_blocks`."""
+    as the message's `thinking_blocks`, and where a thinking block follows a text or tool use (interleaved
+    thinking), their order as its `block_order`, which an anthropic backend sends them back in."""
     if isinstance(message.content, str):
         return {"role": "assistant", "content": message.content}
     parts = [{"type": "text", "text": block.text} for block in message.content if isinstance(block, Text)]
@@ -103,7 +105,16 @@ def _assistant(message: AssistantMessage, index: int) -> dict[str, Any]:
         out["tool_calls"] = calls
     if thoughts:
         out["thinking_blocks"] = thoughts
+    if (order := interleaving.block_order([_kind(block) for block in message.content])) is not None:
+        out[interleaving.KEY] = order
     return out
+
+
+def _kind(block: Text | ToolUse | Thinking | RedactedThinking) -> tuple[str, int]:
+    """An assistant block's kind for `interleaving.block_order` (and a text block's length)."""
+    if isinstance(block, Text):
+        return interleaving.TEXT, len(block.text)
+    return interleaving.TOOL_USE if isinstance(block, ToolUse) else interleaving.THINKING, 0
 
 
 def messages(body: CountTokensRequest) -> list[dict[str, Any]]:

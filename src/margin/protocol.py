@@ -13,7 +13,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from margin.errors import InvalidRequest
@@ -43,6 +43,9 @@ MAX_STOP = 4
 MAX_THINKING_BLOCKS = 64
 MAX_THINKING_CHARS = 1_048_576
 MAX_SIGNATURE_CHARS = 65_536
+# An assistant message's `block_order` (margin.interleaving: its blocks' order, sent back): at most this many
+# entries (64 thinking blocks, the tool calls and text pieces between them); they count as content parts too
+MAX_BLOCK_ORDER = 1_024
 
 # OpenAI's processing tiers a client may ask for (`service_tier`). `auto` (the upstream project's default tier)
 # and `default` (standard processing) need nothing of a backend; `flex` and `priority` are priced apart and need
@@ -171,6 +174,27 @@ ThinkingBlockList = Annotated[
 ThinkingBlocks = Annotated[ThinkingBlockList, _at_most(MAX_THINKING_BLOCKS, "thinking blocks")]
 
 
+class _ThinkingEntry(_Closed):
+    type: Literal["thinking"]
+
+
+class _ToolUseEntry(_Closed):
+    type: Literal["tool_use"]
+
+
+class _TextEntry(_Closed):
+    type: Literal["text"]
+    chars: Annotated[int, Field(ge=0, le=INT32)]
+
+
+# `block_order` (margin.interleaving): each entry exactly one of its three shapes
+BlockOrder = Annotated[
+    Annotated[list[Annotated[_ThinkingEntry | _ToolUseEntry | _TextEntry, Field(discriminator="type")]],
+              Field(min_length=1, fail_fast=True)],
+    _at_most(MAX_BLOCK_ORDER, "block order entries"),
+]  # fmt: skip
+
+
 class ChatMessage(_Open):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | Annotated[list[ContentPart], Field(fail_fast=True)] | None = None  # parts: content_parts
@@ -178,6 +202,16 @@ class ChatMessage(_Open):
     # an assistant's earlier thinking, sent back: the first blocks of the turn at an anthropic backend (which
     # needs them before a tool call's result when thinking is on), left out for every other backend
     thinking_blocks: ThinkingBlocks | None = None
+    # the order of an assistant's thinking blocks, text and tool calls (an interleaved answer's, sent back): the
+    # order of the turn's blocks at an anthropic backend, left out with the thinking blocks for every other backend
+    block_order: BlockOrder | None = None
+
+    @field_validator("block_order")
+    @classmethod
+    def _assistant_only(cls, value: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
+        if value is not None and info.data.get("role") != "assistant":
+            raise PydanticCustomError("assistant_only", "only an assistant message holds a block order")
+        return value
 
     def text(self) -> str:
         """The message's text; non-text parts are refused by backends that cannot take them."""
@@ -443,7 +477,7 @@ def content_parts(messages: Any, *, nested: bool = False, what: str = "content p
     alone would let 10,000 messages hold 10,000 parts each, as many as the body's bytes allow). Plain Python
     before pydantic: a validator inside the model cost ~0.9 µs a request, this ~0.2. `nested`: a part's own
     `content` list counts too (Anthropic's tool results hold blocks: `margin.messages`). An assistant's
-    `thinking_blocks` count as its parts."""
+    `thinking_blocks` and `block_order` entries count as its parts."""
     if type(messages) is not list or len(messages) > MAX_MESSAGES:  # not a list, or too long: pydantic says so
         return
     parts = 0
@@ -456,6 +490,8 @@ def content_parts(messages: Any, *, nested: bool = False, what: str = "content p
                 parts += sum(len(c) for b in content if type(b) is dict and type(c := b.get("content")) is list)
         if type(thinking := message.get("thinking_blocks")) is list:
             parts += len(thinking)
+        if type(order := message.get("block_order")) is list:
+            parts += len(order)
     if parts > MAX_CONTENT_PARTS:
         raise InvalidRequest(
             f"messages: at most {MAX_CONTENT_PARTS} {what} over all messages, not {parts}",

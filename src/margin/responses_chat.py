@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from margin import interleaving
 from margin.parsing import parse_request
 from margin.protocol import ChatCompletionRequest, Endpoint
 from margin.responses import (
@@ -63,6 +64,17 @@ def _add_message(out: list[dict[str, Any]], message: dict[str, Any]) -> None:
         out.append(message)
 
 
+def _add_call(out: list[dict[str, Any]], item: FunctionCall) -> None:
+    """A function call: a tool call of the assistant message just before it, else of an assistant message of its
+    own."""
+    call = {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
+    last = out[-1] if out else None
+    if last is not None and last["role"] == "assistant":
+        last.setdefault("tool_calls", []).append(call)
+    else:
+        out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+
+
 def messages(body: ResponsesRequest) -> list[dict[str, Any]]:
     """The chat messages: `instructions` first (a system message), then the items in order; consecutive
     function calls are one assistant message's tool calls (joined to an assistant message just before them;
@@ -70,12 +82,14 @@ def messages(body: ResponsesRequest) -> list[dict[str, Any]]:
     calls: never an assistant message between the calls and their `tool` messages), a call's output a `tool`
     message. Reasoning items in margin's encoding are the `thinking_blocks` of the
     assistant message the next assistant item (message or function call) is part of (others are left out, as
-    are blocks no assistant item follows)."""
+    are blocks no assistant item follows); where such a block follows a call or text of its message (interleaved
+    thinking: reasoning, function_call, reasoning, message), the items' order is its `block_order`."""
     out: list[dict[str, Any]] = []
     if body.instructions is not None:
         out.append({"role": "system", "content": body.instructions})
     items = [Message(role="user", content=body.input)] if isinstance(body.input, str) else body.input
     thoughts: list[dict[str, Any]] = []
+    kinds: dict[int, list[tuple[str, int]]] = {}  # an assistant message's (its index in `out`) items, in order
     for index, item in enumerate(items):
         if isinstance(item, ReasoningItem):
             if (block := item.block()) is not None:
@@ -84,23 +98,35 @@ def messages(body: ResponsesRequest) -> list[dict[str, Any]]:
         if isinstance(item, Message):
             _add_message(out, _message(item, index))
         elif isinstance(item, FunctionCall):
-            call = {
-                "id": item.call_id,
-                "type": "function",
-                "function": {"name": item.name, "arguments": item.arguments},
-            }
-            last = out[-1] if out else None
-            if last is not None and last["role"] == "assistant":
-                last.setdefault("tool_calls", []).append(call)
-            else:
-                out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            _add_call(out, item)
         else:
             output = item.output if isinstance(item.output, str) else [_part(part) for part in item.output]
             out.append({"role": "tool", "tool_call_id": item.call_id, "content": output})
-        if out[-1]["role"] == "assistant" and thoughts:
-            out[-1].setdefault("thinking_blocks", []).extend(thoughts)
+        if out[-1]["role"] == "assistant":
+            if thoughts:
+                out[-1].setdefault("thinking_blocks", []).extend(thoughts)
+            kinds.setdefault(len(out) - 1, []).extend([(interleaving.THINKING, 0)] * len(thoughts) + _kinds(item))
         thoughts = []
+    for at, held in kinds.items():
+        if (order := interleaving.block_order(held)) is not None:
+            out[at][interleaving.KEY] = order
     return out
+
+
+def _kinds(item: Any) -> list[tuple[str, int]]:
+    """What an assistant item adds to its chat message, for `interleaving.block_order`: a call, or its text parts
+    (each with its length: a refusal's too, sent back as text)."""
+    if isinstance(item, FunctionCall):
+        return [(interleaving.TOOL_USE, 0)]
+    if isinstance(item.content, str):
+        return [(interleaving.TEXT, len(item.content))]
+    return [(interleaving.TEXT, len(_text(part))) for part in item.content]
+
+
+def _text(part: InputText | OutputText | Refusal | InputImage) -> str:
+    """A part's text, as the chat message holds it (a refusal's is its text; an image, in no assistant message,
+    none)."""
+    return part.refusal if isinstance(part, Refusal) else "" if isinstance(part, InputImage) else part.text
 
 
 def _tool(tool: FunctionTool) -> dict[str, Any]:

@@ -20,15 +20,19 @@ def reasoning_of(holder: dict[str, Any]) -> str | None:
     return None
 
 
+ANTHROPIC_ONLY = ("thinking_blocks", "block_order")  # `block_order`: margin.interleaving, sent back with the blocks
+
+
 def without_thinking(messages: Any) -> Any:
     """A chat's messages as sent, less their `thinking_blocks` (an anthropic backend's, which no other backend
-    takes) and the `block_order` that goes with them: the same list when none holds any."""
-    if type(messages) is not list or not any(type(m) is dict and "thinking_blocks" in m for m in messages):
+    takes) and `block_order` (their order among the text and tool calls): the same list when none holds any."""
+    if type(messages) is not list or not any(type(m) is dict and _anthropic_only(m) for m in messages):
         return messages
     return [
-        {k: v for k, v in m.items() if k not in ANTHROPIC_ONLY} if type(m) is dict and "thinking_blocks" in m else m
+        {k: v for k, v in m.items() if k not in ANTHROPIC_ONLY} if type(m) is dict and _anthropic_only(m) else m
         for m in messages
     ]
 
 
-ANTHROPIC_ONLY = ("thinking_blocks", "block_order")  # `block_order`: margin.interleaving, sent back with the blocks
+def _anthropic_only(message: dict[str, Any]) -> bool:
+    return "thinking_blocks" in message or "block_order" in message

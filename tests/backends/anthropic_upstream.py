@@ -14,7 +14,8 @@ types and Anthropic's streaming documentation give them). The upstream model nam
 
 Any model, asked for thinking (`thinking: {type: enabled}`), answers with a thinking and a redacted_thinking block
 first (`THOUGHTS`); and, as Anthropic does, refuses (400 `invalid_request_error`) a request with thinking on whose
-last turn holds a tool result unless the assistant turn before it starts with those exact blocks.
+last turn holds a tool result unless the assistant turn before it starts with those exact blocks (`interleaved`:
+unless it is `INTERLEAVED` whole, each block in its place).
     overloaded          529 `overloaded_error` every time
     broken              500 `api_error` every time
     flaky               529 once, then like claude-sonnet-4-5 (a retry succeeds)
@@ -121,7 +122,9 @@ def thinking_refused(body: dict[str, Any]) -> str | None:
     if not _thinking_on(body) or len(turns) < 2 or _wants_tool(body) or not body.get("tools"):
         return None
     assistant = turns[-2]["content"]
-    if isinstance(assistant, list) and assistant[: len(THOUGHTS)] == THOUGHTS:
+    if body["model"] == "interleaved" and assistant == INTERLEAVED:  # its blocks back whole, in their order
+        return None
+    if body["model"] != "interleaved" and isinstance(assistant, list) and assistant[: len(THOUGHTS)] == THOUGHTS:
         return None
     return (
         f"messages.{len(turns) - 2}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "

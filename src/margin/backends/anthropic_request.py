@@ -3,7 +3,8 @@
 What maps: `system`/`developer` messages → the top-level `system` (their text, in order, wherever they stood);
 user and assistant turns with text and image parts (a data URL → a base64 image, an http(s) URL → a url
 image); an assistant's `thinking_blocks` (an earlier answer's, signatures as they came) → its first blocks, and
-its `tool_calls` → `tool_use` blocks after its text; `tool` messages → `tool_result` blocks in a user turn
+its `tool_calls` → `tool_use` blocks after its text, or all of them in its `block_order` (an interleaved answer's
+order, `margin.interleaving`) where that accounts for them; `tool` messages → `tool_result` blocks in a user turn
 (consecutive turns of one role are merged into one, as Anthropic wants roles to alternate); `tools`
 (functions) → Anthropic tools; `tool_choice` auto/none/required/named → auto/none/any/tool, and
 `parallel_tool_calls: false` → `disable_parallel_tool_use`; `max_tokens`/`max_completion_tokens` (the lower,
@@ -22,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from margin import jsonload
+from margin import interleaving, jsonload
 from margin.errors import InvalidRequest
 from margin.protocol import ChatCompletionRequest, ChatMessage, ThinkingBlock
 
@@ -207,8 +208,7 @@ def _turn(message: ChatMessage, index: int) -> tuple[str, list[dict[str, Any]]]:
     if message.role == "user":
         blocks = _content_blocks(message, index, images=True)
     elif message.role == "assistant":
-        blocks = _thinking_blocks(message) + _content_blocks(message, index, images=False)
-        blocks += _tool_uses(extra.get("tool_calls"), index)
+        blocks = _assistant_blocks(message, index, extra.get("tool_calls"))
     else:
         raise unsupported(f"messages[{index}].role", f"the role {message.role!r}")
     if not blocks:
@@ -216,14 +216,35 @@ def _turn(message: ChatMessage, index: int) -> tuple[str, list[dict[str, Any]]]:
     return message.role, blocks
 
 
-def _thinking_blocks(message: ChatMessage) -> list[dict[str, Any]]:
+def _assistant_blocks(message: ChatMessage, index: int, calls: Any) -> list[dict[str, Any]]:
+    """An assistant turn's blocks: in its `block_order` where that accounts for every thinking block, text piece
+    and tool call (`interleaving.in_order`), else its thinking blocks, then its text, then its tool uses."""
+    thoughts = _thinking_blocks(message)
+    texts = _content_blocks(message, index, images=False)
+    uses = _tool_uses(calls, index)
+    parts = None
+    if message.block_order is not None:
+        held = {"thinking_blocks": thoughts, "tool_calls": uses, "content": "".join(block["text"] for block in texts)}
+        parts = interleaving.in_order({**held, interleaving.KEY: [entry.model_dump() for entry in message.block_order]})
+    if parts is None:
+        return [block for block in thoughts if block is not None] + texts + uses
+    blocks: list[dict[str, Any] | None] = [
+        {"type": "text", "text": value}
+        if kind == interleaving.TEXT
+        else (thoughts if kind == interleaving.THINKING else uses)[value]
+        for kind, value in parts
+    ]
+    return [block for block in blocks if block is not None]
+
+
+def _thinking_blocks(message: ChatMessage) -> list[dict[str, Any] | None]:
     """An assistant's thinking blocks as Anthropic sent them (the signature is opaque: passed on as it came). A
     thinking block with no signature (reasoning from an upstream that signs none, shown by `/v1/messages`) is
-    left out: Anthropic refuses it. `cache_control` is not passed on (Anthropic takes none on a thinking block)."""
+    None, left out: Anthropic refuses it. `cache_control` is not passed on (Anthropic takes none on a thinking
+    block)."""
     return [
-        block.model_dump(exclude={"cache_control"})
+        block.model_dump(exclude={"cache_control"}) if not isinstance(block, ThinkingBlock) or block.signature else None
         for block in message.thinking_blocks or ()
-        if not isinstance(block, ThinkingBlock) or block.signature
     ]
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from margin import jsonload
-from margin.thinking import REASONING_KEYS
+from margin.thinking import ANTHROPIC_ONLY, REASONING_KEYS
 from margin.types import choices_of
 
 Visit = Callable[[str, str], str]  # (where, text) -> text; where is a message role, or FIELD
@@ -126,7 +126,7 @@ def _message(message: Any, visit: Visit) -> Any:
     role = str(message.get("role", ""))
     new: dict[str, Any] = {}
     for key, value in message.items():
-        if key in ("role", "tool_call_id", "thinking_blocks"):  # thinking: the backend's own signed output, sent
+        if key in ("role", "tool_call_id", *ANTHROPIC_ONLY):  # thinking: the backend's own signed output, sent
             new[key] = value  # back unchanged (a rewritten block fails its signature; a forged one is refused)
         elif key == "content":
             new[key] = _content(role, value, visit)

@@ -44,13 +44,14 @@ class Upstream:
     arrived: list[float] = field(default_factory=list)
     answered: list[float] = field(default_factory=list)
     fail_first: bool = False
+    slow_s: float = SLOW_S
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answer(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         with self.lock:
             self.arrived.append(time.monotonic())
             failing = self.fail_first and len(self.arrived) == 1
-        time.sleep(SLOW_S)
+        time.sleep(self.slow_s)
         with self.lock:
             self.answered.append(time.monotonic())  # before the answer leaves: nothing it causes comes earlier
         if failing:

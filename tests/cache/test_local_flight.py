@@ -17,9 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
+from margin import keys
 from margin.cache.exact import Entry, MemoryCache
 from margin.cache.flight import LocalFlights
+from margin.ledger import db as ledger_db
 from tests.cache.test_flight import (
     SLOW_S,
     Upstream,
@@ -187,3 +190,37 @@ def test_an_owner_whose_client_leaves_does_not_strand_the_others(tmp_path: Path,
         else:  # its stream had nowhere to go, so nothing was stored: the others went upstream once it ended
             assert [answer[1] for answer in answers] == ["miss"] * 3 and len(upstream.bodies) == 4
             assert min(upstream.arrived[1:]) > upstream.answered[0]
+
+
+def test_a_reload_while_an_owner_is_in_flight_keeps_its_waiters(tmp_path: Path) -> None:
+    """`POST /admin/reload` (the config file edited: a budget added, the cache's ttl and scope changed) while the
+    owner's call is upstream: an identical request after it still waits on that call and is a hit; one upstream
+    call. A reload re-reads the governance sections only (the cache section needs a restart), so the request path
+    and its table of flights are the process' own from start to end. With the request path rebuilt on reload
+    (tried: `Services.reload` composing a new flow) the second request missed and made a second call."""
+    question = f"a reload in between {uuid.uuid4().hex}"
+    upstream = Upstream(slow_s=3.0)  # room for the reload while the owner's call is upstream
+    with replicas(tmp_path, None, upstream, count=1) as gw:
+        engine = ledger_db.make_sync_engine(f"sqlite:///{gw.db}")
+        admin = keys.create_key(engine, keys.NewKey("ops", is_admin=True))[1]
+        engine.dispose()
+        config = yaml.safe_load((tmp_path / "margin.yaml").read_text())
+        config["cache"] = {"ttl_s": 60, "scope": "key"}  # not applied by a reload: the flight's key stays valid
+        config["budgets"] = [{"name": "cap", "scope": {"kind": "team", "value": "z"}, "usd": 100, "period": "day"}]
+        (tmp_path / "margin.yaml").write_text(yaml.safe_dump(config))
+
+        def reload_then_ask() -> tuple[Any, float]:
+            deadline = time.monotonic() + 30
+            while not upstream.arrived and time.monotonic() < deadline:  # the owner's call reached the upstream
+                time.sleep(0.01)
+            headers = {"authorization": f"Bearer {admin}"}
+            answer = httpx.post(gw.urls[0] + "/admin/reload", json={}, headers=headers, timeout=30).json()
+            assert (answer["config_file"], answer["rules"]["budgets"]) == (True, 1)
+            asked = time.monotonic()
+            return gw.ask(0, "a", question), asked
+
+        owner, (waiter, asked) = burst([partial(gw.ask, 0, "a", question), reload_then_ask])
+        assert asked < upstream.answered[0]  # it was asked while the owner's call was upstream
+        assert (owner[:2], waiter[:2]) == ((200, "miss"), (200, "hit-exact"))
+        assert waiter[3] == "the answer" and len(upstream.bodies) == 1
+        assert gw.row(waiter[2]).cost_nanousd == 0

@@ -115,15 +115,18 @@ def _keys(db: Path) -> dict[str, str]:
 
 
 @contextmanager
-def replicas(folder: Path, redis: str | None, upstream: Upstream, count: int = 2) -> Iterator[Replicas]:
+def replicas(
+    folder: Path, redis: str | None, upstream: Upstream, count: int = 2, cache: dict[str, Any] | None = None
+) -> Iterator[Replicas]:
     """`count` gateways on one SQLite ledger and one cache Redis (the governance store stays in each process);
-    `redis` None: the exact cache in each process' memory in front of the SQLite ledger file."""
+    `redis` None: the exact cache in each process' memory in front of the SQLite ledger file. `cache`: more keys
+    of the cache section."""
     made = _keys(folder / "ledger.db")
     with http_thread(recording_handler(upstream.bodies, upstream.answer)) as base, ExitStack() as stack:
         backend = {"kind": "openai", "base_url": f"{base}/v1", "timeout_s": 30, "retries": {"attempts": 0}}
         config = {
             "storage": {"flush_interval_ms": 10},
-            "cache": {} if redis is None else {"redis": redis},
+            "cache": ({} if redis is None else {"redis": redis}) | (cache or {}),
             "backends": {"upstream": backend},
             "models": {"up": {"backend": "upstream", "upstream_model": "m", "price": PRICE}},
         }

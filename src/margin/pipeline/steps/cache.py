@@ -130,7 +130,11 @@ class Cache:
         self.flights: Flight | None = None
         if config.coalesce_wait_s > 0:
             wait_s = config.coalesce_wait_s
-            self.flights = Flights(store, wait_s) if isinstance(store, RedisCache) else LocalFlights(store, wait_s)
+            self.flights = (
+                Flights(store, wait_s)
+                if isinstance(store, RedisCache)
+                else LocalFlights(store, wait_s, config.coalesce_max_keys, config.coalesce_max_waiters)
+            )
 
     async def __call__(self, request: Request, next: Next) -> Reply:
         if not wanted(request):

@@ -22,7 +22,7 @@ from tests.cache.test_flight import COST, USAGE, Replicas, Upstream, burst, repl
 from tests.servers import reply_events, reply_json
 
 SLOW_S = 2.5  # the upstream's time for one answer (a stream: from its first event to its last)
-FIRST_S = 0.5  # a stream's first event: the waiters have claimed by then
+FIRST_S = 1.0  # a stream's first event: the waiters (0.2 s after its call reached the upstream) have claimed by then
 TOOL_CALL = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
 
 
@@ -100,7 +100,7 @@ def test_a_whole_answer_with_a_tool_call_lets_its_waiters_go_as_it_comes(tmp_pat
         owner, waiters = owner_then_waiters(gw, f"a tool call {uuid.uuid4().hex}", owner_streams=False)
         check_paid_their_own(gw, owner, waiters)
         after = [arrived - upstream.answered[0] for arrived in upstream.arrived[1:]]
-        assert all(0 < delay < 1.0 for delay in after), after  # after the owner's answer, within a second
+        assert all(0 < delay < 1.5 for delay in after), after  # after the owner's answer, within a moment
         assert all(SLOW_S < elapsed < 2 * SLOW_S + 3 for _, elapsed in waiters)  # what they wait: bounded
 
 

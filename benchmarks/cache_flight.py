@@ -28,6 +28,7 @@ from tests.servers import redis_server
 
 from margin.cache.exact import CacheStore, Entry, MemoryCache, RedisCache
 from margin.cache.flight import Flight, Flights, LocalFlights
+from margin.config import CacheConfig
 
 ENTRY = Entry("an answer of a few words " * 8, "stop", 40, 50, 123_000, "m", time.time())
 
@@ -75,8 +76,9 @@ def main() -> None:
     parser.add_argument("--local", action="store_true", help="the lease in this process, the entries in memory")
     args = parser.parse_args()
     if args.local:
-        memory = MemoryCache(1 << 30)
-        print(json.dumps(asyncio.run(measure(memory, LocalFlights(memory, 60.0), args.requests)), indent=2))
+        memory, config = MemoryCache(1 << 30), CacheConfig()
+        flights = LocalFlights(memory, config.coalesce_wait_s, config.coalesce_max_keys, config.coalesce_max_waiters)
+        print(json.dumps(asyncio.run(measure(memory, flights, args.requests)), indent=2))
         return
     with tempfile.TemporaryDirectory() as folder, redis_server(free_port(), Path(folder)) as url:
         print(json.dumps(asyncio.run(in_redis(url, args.requests)), indent=2))

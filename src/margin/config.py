@@ -297,6 +297,19 @@ class CacheConfig(Strict):
         "(and never longer than the first call's time limit); then it goes upstream itself. 0: no waiting, each "
         "miss calls.",
     )
+    coalesce_max_keys: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="In one process (the entries in memory or SQLite): the most keys being called upstream at once "
+        "that identical misses may wait on; a miss of another key past it goes upstream without a lease.",
+    )
+    coalesce_max_waiters: int = Field(
+        1_000,
+        ge=1,
+        le=100_000,
+        description="In one process: the most requests waiting on one key's call; the next goes upstream itself.",
+    )
     semantic: SemanticCacheConfig = SemanticCacheConfig()
 
 

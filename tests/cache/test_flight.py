@@ -44,13 +44,14 @@ class Upstream:
     arrived: list[float] = field(default_factory=list)
     answered: list[float] = field(default_factory=list)
     fail_first: bool = False
+    slow_s: float = SLOW_S
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answer(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         with self.lock:
             self.arrived.append(time.monotonic())
             failing = self.fail_first and len(self.arrived) == 1
-        time.sleep(SLOW_S)
+        time.sleep(self.slow_s)
         with self.lock:
             self.answered.append(time.monotonic())  # before the answer leaves: nothing it causes comes earlier
         if failing:
@@ -114,15 +115,18 @@ def _keys(db: Path) -> dict[str, str]:
 
 
 @contextmanager
-def replicas(folder: Path, redis: str | None, upstream: Upstream, count: int = 2) -> Iterator[Replicas]:
+def replicas(
+    folder: Path, redis: str | None, upstream: Upstream, count: int = 2, cache: dict[str, Any] | None = None
+) -> Iterator[Replicas]:
     """`count` gateways on one SQLite ledger and one cache Redis (the governance store stays in each process);
-    `redis` None: the exact cache in each process' memory in front of the SQLite ledger file."""
+    `redis` None: the exact cache in each process' memory in front of the SQLite ledger file. `cache`: more keys
+    of the cache section."""
     made = _keys(folder / "ledger.db")
     with http_thread(recording_handler(upstream.bodies, upstream.answer)) as base, ExitStack() as stack:
         backend = {"kind": "openai", "base_url": f"{base}/v1", "timeout_s": 30, "retries": {"attempts": 0}}
         config = {
             "storage": {"flush_interval_ms": 10},
-            "cache": {} if redis is None else {"redis": redis},
+            "cache": ({} if redis is None else {"redis": redis}) | (cache or {}),
             "backends": {"upstream": backend},
             "models": {"up": {"backend": "upstream", "upstream_model": "m", "price": PRICE}},
         }

@@ -17,9 +17,15 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
+from margin import keys
 from margin.cache.exact import Entry, MemoryCache
 from margin.cache.flight import LocalFlights
+from margin.config import CacheConfig, parse_settings
+from margin.errors import ConfigError
+from margin.ledger import db as ledger_db
+from margin.pipeline.steps.cache import Cache
 from tests.cache.test_flight import (
     SLOW_S,
     Upstream,
@@ -30,11 +36,13 @@ from tests.cache.test_flight import (
 )
 
 ENTRY = Entry("an answer", "stop", 3, 2, 5000, "m", time.time())
+DEFAULTS = CacheConfig()
+BOUNDS = (DEFAULTS.coalesce_max_keys, DEFAULTS.coalesce_max_waiters)  # 10,000 keys, 1,000 waiters on one
 
 
 async def test_one_owner_and_the_others_get_its_entry_without_reading_the_store() -> None:
     store = MemoryCache(1 << 20)
-    flights = LocalFlights(store, 5.0)
+    flights = LocalFlights(store, 5.0, *BOUNDS)
     owner = await flights.claim("k", 2.0)
     others = [await flights.claim("k", 2.0) for _ in range(3)]
     assert owner is not None and owner.token is not None
@@ -50,7 +58,7 @@ async def test_one_owner_and_the_others_get_its_entry_without_reading_the_store(
 
 
 async def test_an_owner_without_an_answer_sends_its_waiters_upstream_at_once() -> None:
-    flights = LocalFlights(MemoryCache(1 << 20), 30.0)
+    flights = LocalFlights(MemoryCache(1 << 20), 30.0, *BOUNDS)
     owner, other = await flights.claim("k", None), await flights.claim("k", None)
     assert owner is not None and other is not None and 29 < other.wait_s <= 30  # no time limit known: the cap
     waiting = asyncio.create_task(flights.wait(other))
@@ -69,7 +77,7 @@ async def test_a_store_that_fails_still_releases_the_lease() -> None:
         async def put(self, key: str, entry: Entry, ttl_s: float) -> None:
             raise OSError("disk full")
 
-    flights = LocalFlights(Failing(1 << 20), 30.0)
+    flights = LocalFlights(Failing(1 << 20), 30.0, *BOUNDS)
     owner, other = await flights.claim("k", None), await flights.claim("k", None)
     assert owner is not None and other is not None
     waiting = asyncio.create_task(flights.wait(other))
@@ -81,7 +89,7 @@ async def test_a_store_that_fails_still_releases_the_lease() -> None:
 
 async def test_a_wait_ends_with_the_lease_and_a_late_owner_never_releases_the_next() -> None:
     store = MemoryCache(1 << 20)
-    flights = LocalFlights(store, 0.2)  # the cap bounds the lease too
+    flights = LocalFlights(store, 0.2, *BOUNDS)  # the cap bounds the lease too
     first, other = await flights.claim("k", 600.0), await flights.claim("k", 600.0)
     assert first is not None and other is not None and other.wait_s <= 0.2
     started = time.monotonic()
@@ -98,7 +106,7 @@ async def test_a_wait_ends_with_the_lease_and_a_late_owner_never_releases_the_ne
 
 
 async def test_a_waiter_cancelled_leaves_the_call_and_the_others_waiting() -> None:
-    flights = LocalFlights(MemoryCache(1 << 20), 5.0)
+    flights = LocalFlights(MemoryCache(1 << 20), 5.0, *BOUNDS)
     owner, one, two = [await flights.claim("k", 5.0) for _ in range(3)]
     assert owner is not None and one is not None and two is not None
     leaving, staying = asyncio.create_task(flights.wait(one)), asyncio.create_task(flights.wait(two))
@@ -111,7 +119,7 @@ async def test_a_waiter_cancelled_leaves_the_call_and_the_others_waiting() -> No
 
 
 async def test_keys_in_flight_and_waiters_on_one_are_bounded() -> None:
-    flights = LocalFlights(MemoryCache(1 << 20), 5.0, max_flights=3, max_waiters=2)
+    flights = LocalFlights(MemoryCache(1 << 20), 5.0, 3, 2)
     owners = [await flights.claim(f"k{i}", 5.0) for i in range(3)]
     assert all(o is not None and o.token is not None for o in owners)
     assert await flights.claim("k3", 5.0) is None  # a fourth distinct key: a plain miss, nothing held for it
@@ -187,3 +195,66 @@ def test_an_owner_whose_client_leaves_does_not_strand_the_others(tmp_path: Path,
         else:  # its stream had nowhere to go, so nothing was stored: the others went upstream once it ended
             assert [answer[1] for answer in answers] == ["miss"] * 3 and len(upstream.bodies) == 4
             assert min(upstream.arrived[1:]) > upstream.answered[0]
+
+
+def test_a_reload_while_an_owner_is_in_flight_keeps_its_waiters(tmp_path: Path) -> None:
+    """`POST /admin/reload` (the config file edited: a budget added, the cache's ttl and scope changed) while the
+    owner's call is upstream: an identical request after it still waits on that call and is a hit; one upstream
+    call. A reload re-reads the governance sections only (the cache section needs a restart), so the request path
+    and its table of flights are the process' own from start to end. With the request path rebuilt on reload
+    (tried: `Services.reload` composing a new flow) the second request missed and made a second call."""
+    question = f"a reload in between {uuid.uuid4().hex}"
+    upstream = Upstream(slow_s=3.0)  # room for the reload while the owner's call is upstream
+    with replicas(tmp_path, None, upstream, count=1) as gw:
+        engine = ledger_db.make_sync_engine(f"sqlite:///{gw.db}")
+        admin = keys.create_key(engine, keys.NewKey("ops", is_admin=True))[1]
+        engine.dispose()
+        config = yaml.safe_load((tmp_path / "margin.yaml").read_text())
+        config["cache"] = {"ttl_s": 60, "scope": "key"}  # not applied by a reload: the flight's key stays valid
+        config["budgets"] = [{"name": "cap", "scope": {"kind": "team", "value": "z"}, "usd": 100, "period": "day"}]
+        (tmp_path / "margin.yaml").write_text(yaml.safe_dump(config))
+
+        def reload_then_ask() -> tuple[Any, float]:
+            deadline = time.monotonic() + 30
+            while not upstream.arrived and time.monotonic() < deadline:  # the owner's call reached the upstream
+                time.sleep(0.01)
+            headers = {"authorization": f"Bearer {admin}"}
+            answer = httpx.post(gw.urls[0] + "/admin/reload", json={}, headers=headers, timeout=30).json()
+            assert (answer["config_file"], answer["rules"]["budgets"]) == (True, 1)
+            asked = time.monotonic()
+            return gw.ask(0, "a", question), asked
+
+        owner, (waiter, asked) = burst([partial(gw.ask, 0, "a", question), reload_then_ask])
+        assert asked < upstream.answered[0]  # it was asked while the owner's call was upstream
+        assert (owner[:2], waiter[:2]) == ((200, "miss"), (200, "hit-exact"))
+        assert waiter[3] == "the answer" and len(upstream.bodies) == 1
+        assert gw.row(waiter[2]).cost_nanousd == 0
+
+
+def test_the_bounds_are_keys_of_the_cache_section() -> None:
+    """`cache.coalesce_max_keys` and `cache.coalesce_max_waiters`: positive ints up to 1,000,000 and 100,000,
+    10,000 and 1,000 unset (before, constants of the module: the config refused the keys)."""
+    memory = MemoryCache(1 << 20)
+    default = Cache(CacheConfig(), memory).flights
+    assert isinstance(default, LocalFlights) and (default.max_flights, default.max_waiters) == (10_000, 1_000)
+    config = CacheConfig.model_validate({"coalesce_max_keys": 5, "coalesce_max_waiters": 1_000})
+    chosen = Cache(config, memory).flights
+    assert isinstance(chosen, LocalFlights) and (chosen.max_flights, chosen.max_waiters) == (5, 1_000)
+    wrong: list[tuple[str, Any]] = [("coalesce_max_keys", 0), ("coalesce_max_keys", 1_000_001)]
+    wrong += [("coalesce_max_waiters", -1), ("coalesce_max_waiters", 100_001), ("coalesce_max_waiters", 2.5)]
+    wrong += [("coalesce_max_keys", "many"), ("coalesce_max_keys", None)]
+    for key, value in wrong:
+        with pytest.raises(ConfigError, match=f"cache.{key}"):
+            parse_settings({"cache": {key: value}})
+    assert parse_settings({"cache": {"coalesce_max_keys": 1_000_000, "coalesce_max_waiters": 100_000}})
+
+
+def test_waiters_past_the_configured_bound_go_upstream_themselves(tmp_path: Path) -> None:
+    """`cache.coalesce_max_waiters: 1`: of 4 identical requests at once, one calls upstream, one waits for it
+    (a hit), the two past the bound each make their own call: 3 calls (with the default bound: 1)."""
+    question = f"one waiter at most {uuid.uuid4().hex}"
+    with replicas(tmp_path, None, Upstream(), count=1, cache={"coalesce_max_waiters": 1}) as gw:
+        answers = burst([partial(gw.ask, 0, "a", question, stream=i == 0) for i in range(4)])
+        assert [answer[0] for answer in answers] == [200] * 4 and all(a[3] == "the answer" for a in answers)
+        assert sorted(answer[1] for answer in answers) == ["hit-exact"] + ["miss"] * 3
+        assert len(gw.upstream.bodies) == 3

@@ -261,3 +261,41 @@ async def test_health_and_ready(db_path: Path) -> None:
         assert health["status"] == "ok" and health["open_mode"] is True
         assert set(health["backends"]) == {"fake", "api"}
         assert (await gw.http.get("/readyz")).status_code == 200
+
+
+async def _told(chunks: list[Chunk]) -> tuple[list[int], Delivery]:
+    """`chunks` delivered with a cache hook: the events written before each time it was awaited."""
+    client = Client([])
+    told: list[int] = []
+
+    async def unstorable() -> None:
+        told.append(sum(kind == "write" for kind, _, _ in client.log))
+
+    async def rest() -> AsyncIterator[Chunk]:
+        for chunk in chunks[1:]:
+            yield chunk
+
+    delivery = Delivery(make_request(client, stream=True)._replace(unstorable=unstorable))
+    await delivery.run(rest(), chunks[0], lambda exc: InvalidRequest(str(exc)))
+    return told, delivery
+
+
+async def test_a_stream_tells_the_cache_once_when_its_first_token_is_more_than_text() -> None:
+    """`Request.unstorable` (a cache miss that owns a lease) is awaited once, before the first token's event is
+    written, when that token is a tool call, reasoning or a refusal; never for a stream whose first token is
+    text (a tool call after text is found at the stream's end, as before)."""
+
+    def delta(**fields: Any) -> Chunk:  # its text given, as the backends give it
+        return Chunk(payload={"choices": [{"index": 0, "delta": fields}]}, text=fields.get("content", ""))
+
+    tool = {"tool_calls": [{"index": 0, "function": {"name": "lookup", "arguments": "{}"}}]}
+    cases = [
+        ([delta(role="assistant"), delta(**tool), delta(**tool)], [1]),  # the role is no token (written first)
+        ([delta(reasoning_content="hmm"), delta(content="a")], [0]),
+        ([delta(refusal="no")], [0]),
+        ([delta(content="a"), delta(**tool)], []),
+        ([delta(content="a"), delta(content="b")], []),
+    ]
+    for chunks, expected in cases:
+        told, delivery = await _told(chunks)
+        assert told == expected and not delivery.unstorable, chunks

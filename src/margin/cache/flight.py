@@ -14,8 +14,8 @@ the lease. Nothing here fails a request.
 `LocalFlights` is the same lease in one process, for the exact cache in memory or SQLite: a dict of the keys
 being called upstream, each with its owner's token, the end of its lease and a future its waiters await (no
 polling); the owner's end stores the entry and resolves the future with it (or with None: the waiters go
-upstream). Bounded: at most `MAX_LOCAL_FLIGHTS` keys in flight and `MAX_LOCAL_WAITERS` waiters on one; a miss
-past either bound goes upstream as it did before there was a lease."""
+upstream). Bounded: at most `max_flights` keys in flight and `max_waiters` waiters on one (`cache.coalesce_max_keys`,
+`cache.coalesce_max_waiters`); a miss past either bound goes upstream as it did before there was a lease."""
 
 from __future__ import annotations
 
@@ -45,10 +45,6 @@ return 'OK'
 TAKEN = -3
 FIRST_PAUSE_S = 0.01
 MAX_PAUSE_S = 0.1
-# in one process: the keys being called upstream at once (a flood of distinct keys past it: plain misses), and
-# the requests waiting on one (more of them: each goes upstream itself, as without a lease)
-MAX_LOCAL_FLIGHTS = 10_000
-MAX_LOCAL_WAITERS = 1_000
 
 
 def lease_key(key: str) -> str:
@@ -158,12 +154,14 @@ class _Flight:
 
 @dataclass(slots=True)
 class LocalFlights:
-    """The lease of `Flights` among the requests of one process (the entries in memory or SQLite)."""
+    """The lease of `Flights` among the requests of one process (the entries in memory or SQLite). `max_flights`:
+    the keys being called upstream at once (a flood of distinct keys past it: plain misses); `max_waiters`: the
+    requests waiting on one (more of them: each goes upstream itself, as without a lease)."""
 
     store: CacheStore
     wait_cap_s: float
-    max_flights: int = MAX_LOCAL_FLIGHTS
-    max_waiters: int = MAX_LOCAL_WAITERS
+    max_flights: int
+    max_waiters: int
     _flights: dict[str, _Flight] = field(default_factory=dict)
     _tokens: itertools.count[int] = field(default_factory=itertools.count)
 

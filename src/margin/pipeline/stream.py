@@ -7,7 +7,8 @@ The closing comment and `[DONE]` are the flow's, written after the ledger row.
 
 What metering needs is noted on the way (TTFT, the delivered text, the usage the backend reported); the
 usage chunk is forwarded only when the client asked for it (`stream_options.include_usage`), and added at
-the end when it asked and the backend sent none."""
+the end when it asked and the backend sent none. A cache miss that owns a lease (`Request.unstorable`) hears at
+the first token when that token is more than text: the answer will not be stored, its waiters need not wait."""
 
 from __future__ import annotations
 
@@ -86,6 +87,7 @@ class Delivery:
     usage_sent: bool = False
     failed: MarginError | None = None  # the backend broke off mid-stream (the client got an error event)
     written: int = 0  # bytes written to the client
+    unstorable: bool = False  # its first generated event was more than text, and the cache step is to hear of it
     _first: list[Chunk] = field(default_factory=list)  # events up to the first token (parsed for it)
     _rest: list[Chunk] = field(default_factory=list)  # events after it, parsed when the text is read
     _all_text: str | None = None
@@ -139,6 +141,9 @@ class Delivery:
                     raise BackendError(
                         "the upstream sent an invalid stream event", code="upstream_bad_response"
                     ) from exc
+                if self.unstorable and self.request.unstorable is not None:  # once: its waiters go upstream now
+                    self.unstorable = False
+                    await self.request.unstorable()
                 if not chunk.more:
                     if held:
                         await self._write(held)
@@ -177,6 +182,8 @@ class Delivery:
             self._first.append(chunk)
             if chunk.text or _generated(chunk):  # a tool call's or reasoning's first token is one too
                 record.ttft_s = time.perf_counter() - record.started
+                # read only for a cache miss that owns a lease: the first token tells whether the answer is text
+                self.unstorable = request.unstorable is not None and len(_generated(chunk)) > len(_text(chunk))
         if chunk.usage is not None:  # parsed already (it names usage): its tier is read at no extra cost
             self.usage = chunk.usage
             self.tier = tiers.answered(chunk.payload) or self.tier

@@ -109,6 +109,9 @@ class Request(NamedTuple):
     policy: Policy | None = None
     decision: RouteDecision | None = None
     rewrite: Callable[[dict[str, Any]], bool] | None = None  # rewrites a streamed chunk's payload (guard)
+    # the cache step's, on a miss that owns a lease: awaited once, when a stream's first generated event shows
+    # more than text (tool calls, reasoning, a refusal: never stored), so the requests waiting on it go now
+    unstorable: Callable[[], Awaitable[None]] | None = None
 
     @property
     def is_stream(self) -> bool:

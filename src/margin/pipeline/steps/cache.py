@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from margin.backends import payloads
 from margin.cache.exact import CacheStore, Entry, RedisCache, deterministic, request_key
-from margin.cache.flight import Flight, Flights, LocalFlights
+from margin.cache.flight import Flight, Flights, Lease, LocalFlights
 from margin.cache.layer import SemanticLayer, Where
 from margin.config import CacheConfig
 from margin.economics.money import to_nanousd
@@ -93,6 +94,24 @@ async def answer_entry(record: Record, reply: Reply) -> Entry | None:
     )
 
 
+@dataclass(slots=True)
+class Owner:
+    """A lease this request owns, landed once: at the call's end, or sooner (`release`) when its stream's first
+    token shows an answer the cache does not store, so that its waiters go upstream then, not at its end."""
+
+    flights: Flight
+    lease: Lease
+    ttl_s: float
+    landed: bool = False
+
+    async def land(self, entry: Entry | None) -> None:
+        self.landed = True
+        await self.flights.land(self.lease, entry, self.ttl_s)
+
+    async def release(self) -> None:
+        await self.land(None)
+
+
 class Cache:
     def __init__(
         self,
@@ -111,7 +130,11 @@ class Cache:
         self.flights: Flight | None = None
         if config.coalesce_wait_s > 0:
             wait_s = config.coalesce_wait_s
-            self.flights = Flights(store, wait_s) if isinstance(store, RedisCache) else LocalFlights(store, wait_s)
+            self.flights = (
+                Flights(store, wait_s)
+                if isinstance(store, RedisCache)
+                else LocalFlights(store, wait_s, config.coalesce_max_keys, config.coalesce_max_waiters)
+            )
 
     async def __call__(self, request: Request, next: Next) -> Reply:
         if not wanted(request):
@@ -141,22 +164,24 @@ class Cache:
         """Upstream, unless another request for the same key is (then its answer, when it comes in time); the
         answer stored, where a hit could replay it."""
         request.record.notices[HEADER] = "miss"
-        lease = None
+        owner = None
         if self.flights is not None:
             lease = await self.flights.claim(key, self.limits.get(target.backend_name))
             if lease is not None and lease.token is None:  # another is calling upstream for this very request
                 entry = await self.flights.wait(lease)
                 if entry is not None:
                     return await self._serve(request, target, entry, "exact")
-                lease = None  # its answer did not come: this one calls upstream itself
+            elif lease is not None:  # ours: released early by a stream that shows it will not be stored
+                owner = Owner(self.flights, lease, self.config.ttl_s)
+                request = request._replace(unstorable=owner.release)
         try:
             reply, fresh = await self._call(request, next)
         except BaseException:
-            if self.flights is not None and lease is not None:
-                await self.flights.land(lease, None, self.config.ttl_s)
+            if owner is not None and not owner.landed:
+                await owner.land(None)
             raise
-        if self.flights is not None and lease is not None:
-            await self.flights.land(lease, fresh, self.config.ttl_s)  # stored and released in one round trip
+        if owner is not None and not owner.landed:
+            await owner.land(fresh)  # stored and released in one round trip
         elif fresh is not None:
             await self.store.put(key, fresh, self.config.ttl_s)
         if fresh is not None and self.semantic is not None and semantic is not None:

@@ -252,8 +252,9 @@ class StreamGuard:
         with: their text redacted at once with the stream's placeholders (restored never: the client sends a
         block back as it got it), the signature kept."""
         changed = False
-        entries = detail_texts(delta) if self._redact is not None else []
-        repeated = repeats_reasoning(delta, [entry[key] for entry, key in entries])  # before the reasoning changes
+        entries = detail_texts(delta) if self._redact is not None and DETAILS in delta else []
+        # whether the reasoning repeats the entries' pieces: read before the reasoning is rewritten
+        repeated = bool(entries) and repeats_reasoning(delta, [entry[key] for entry, key in entries])
         for key in REASONING_KEYS:
             if isinstance(text := delta.get(key), str):
                 new = self._channel((index, key, 0)).feed(text)

@@ -239,7 +239,7 @@ def _answer_thinking(payload: dict[str, Any]) -> Iterator[tuple[dict[str, Any], 
         if not isinstance(message, dict):
             continue
         for texts in ([(block, "thinking") for block in thinking_blocks(message)], detail_texts(message)):
-            repeated = repeats_reasoning(message, [entry[key] for entry, key in texts])
+            repeated = bool(texts) and repeats_reasoning(message, [entry[key] for entry, key in texts])
             yield from ((entry, key, not repeated) for entry, key in texts)
 
 

@@ -46,6 +46,10 @@ MAX_SIGNATURE_CHARS = 65_536
 # An assistant message's `block_order` (margin.interleaving: its blocks' order, sent back): at most this many
 # entries (64 thinking blocks, the tool calls and text pieces between them); they count as content parts too
 MAX_BLOCK_ORDER = 1_024
+# An assistant message's `reasoning_details` (OpenRouter's structured reasoning, sent back): at most this many
+# entries (they count as content parts too), each's text, summary or encrypted data as long as a thinking block's
+# text, its signature as a thinking block's
+MAX_REASONING_DETAILS = 1_024
 
 # OpenAI's processing tiers a client may ask for (`service_tier`). `auto` (the upstream project's default tier)
 # and `default` (standard processing) need nothing of a backend; `flex` and `priority` are priced apart and need
@@ -195,6 +199,25 @@ BlockOrder = Annotated[
 ]  # fmt: skip
 
 
+class ReasoningDetail(_Open):
+    """An entry of OpenRouter's `reasoning_details` (`reasoning.text`, `reasoning.summary`, `reasoning.encrypted`,
+    or a type yet to come: passed on as it is), its strings bounded."""
+
+    type: Annotated[str, Field(min_length=1, max_length=64)]
+    text: Annotated[str, Field(max_length=MAX_THINKING_CHARS)] | None = None
+    summary: Annotated[str, Field(max_length=MAX_THINKING_CHARS)] | None = None
+    data: Annotated[str, Field(max_length=MAX_THINKING_CHARS)] | None = None
+    signature: Annotated[str, Field(max_length=MAX_SIGNATURE_CHARS)] | None = None
+    id: Annotated[str, Field(max_length=256)] | None = None
+    format: Annotated[str, Field(max_length=64)] | None = None
+    index: Annotated[int, Field(ge=0, le=INT32)] | None = None
+
+
+ReasoningDetails = Annotated[
+    Annotated[list[ReasoningDetail], Field(fail_fast=True)], _at_most(MAX_REASONING_DETAILS, "reasoning details")
+]
+
+
 class ChatMessage(_Open):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | Annotated[list[ContentPart], Field(fail_fast=True)] | None = None  # parts: content_parts
@@ -205,12 +228,15 @@ class ChatMessage(_Open):
     # the order of an assistant's thinking blocks, text and tool calls (an interleaved answer's, sent back): the
     # order of the turn's blocks at an anthropic backend, left out with the thinking blocks for every other backend
     block_order: BlockOrder | None = None
+    # OpenRouter's structured reasoning of an earlier answer, sent back: passed on to `openai` backends as it came
+    reasoning_details: ReasoningDetails | None = None
 
-    @field_validator("block_order")
+    @field_validator("block_order", "reasoning_details")
     @classmethod
     def _assistant_only(cls, value: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
         if value is not None and info.data.get("role") != "assistant":
-            raise PydanticCustomError("assistant_only", "only an assistant message holds a block order")
+            what = "a block order" if info.field_name == "block_order" else "reasoning details"
+            raise PydanticCustomError("assistant_only", "only an assistant message holds {what}", {"what": what})
         return value
 
     def text(self) -> str:
@@ -477,7 +503,7 @@ def content_parts(messages: Any, *, nested: bool = False, what: str = "content p
     alone would let 10,000 messages hold 10,000 parts each, as many as the body's bytes allow). Plain Python
     before pydantic: a validator inside the model cost ~0.9 µs a request, this ~0.2. `nested`: a part's own
     `content` list counts too (Anthropic's tool results hold blocks: `margin.messages`). An assistant's
-    `thinking_blocks` and `block_order` entries count as its parts."""
+    `thinking_blocks`, `block_order` and `reasoning_details` entries count as its parts."""
     if type(messages) is not list or len(messages) > MAX_MESSAGES:  # not a list, or too long: pydantic says so
         return
     parts = 0
@@ -492,6 +518,8 @@ def content_parts(messages: Any, *, nested: bool = False, what: str = "content p
             parts += len(thinking)
         if type(order := message.get("block_order")) is list:
             parts += len(order)
+        if type(details := message.get("reasoning_details")) is list:
+            parts += len(details)
     if parts > MAX_CONTENT_PARTS:
         raise InvalidRequest(
             f"messages: at most {MAX_CONTENT_PARTS} {what} over all messages, not {parts}",

@@ -1,6 +1,6 @@
 """What a chat message holds besides its content and is not OpenAI's: the reasoning text upstreams return in
-one of two fields, and the thinking blocks (with their order among the text and tool calls) that only an
-anthropic backend takes back."""
+one of two fields, OpenRouter's structured `reasoning_details`, and the thinking blocks (with their order among
+the text and tool calls) that only an anthropic backend takes back."""
 
 from __future__ import annotations
 
@@ -18,6 +18,34 @@ def reasoning_of(holder: dict[str, Any]) -> str | None:
         if isinstance(text := holder.get(key), str) and text:
             return text
     return None
+
+
+REASONING_DETAILS = "reasoning_details"
+"""OpenRouter's structured reasoning on a chat message or delta (a client sends it back on the assistant message
+of a tool loop): a list of entries, `reasoning.text` (its `text`, often with a `signature`), `reasoning.summary`
+(its `summary`), `reasoning.encrypted` (opaque `data`). A stream's deltas hold pieces of the entries."""
+DETAIL_TEXT_KEYS = {"reasoning.text": "text", "reasoning.summary": "summary"}
+"""The text of an entry of each readable type; a `reasoning.encrypted` entry's `data` is opaque, never read."""
+
+
+def detail_texts(holder: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """(entry, the key of its text) for each `reasoning_details` entry of a message or delta that holds text."""
+    entries = holder.get(REASONING_DETAILS)
+    if type(entries) is not list:
+        return []
+    found = []
+    for entry in entries:
+        kind = entry.get("type") if type(entry) is dict else None
+        key = DETAIL_TEXT_KEYS.get(kind) if type(kind) is str else None
+        if key is not None and isinstance(entry.get(key), str):
+            found.append((entry, key))
+    return found
+
+
+def repeats_reasoning(holder: dict[str, Any], texts: list[str]) -> bool:
+    """Whether `texts` joined are the holder's reasoning, in either key (its values counted there already)."""
+    joined = "".join(texts)
+    return any(holder.get(key) == joined for key in REASONING_KEYS)
 
 
 ANTHROPIC_ONLY = ("thinking_blocks", "block_order")  # `block_order`: margin.interleaving, sent back with the blocks

@@ -15,7 +15,7 @@ import orjson
 
 from margin.config import ModelConfig
 from margin.protocol import ApiRequest, ChatCompletionRequest, Endpoint
-from margin.thinking import reasoning_of
+from margin.thinking import detail_texts, reasoning_of
 
 
 @dataclass(slots=True)
@@ -170,9 +170,9 @@ GENERATED_KEYS = ("content", "refusal")
 
 def generated_text(payload: Any, part: str = "delta") -> str:
     """Everything an answer (or a stream event) generated, to count its tokens when the backend reported none:
-    content (a completion's `text`), refusals, reasoning, and tool calls' names and arguments, all billed as
-    output by providers. `choices_text` is the content only (what guards and the cache read): a tool-calling
-    answer counted by it was 0 output tokens."""
+    content (a completion's `text`), refusals, reasoning (without it, the text of `reasoning_details`), and tool
+    calls' names and arguments, all billed as output by providers. `choices_text` is the content only (what
+    guards and the cache read): a tool-calling answer counted by it was 0 output tokens."""
     texts: list[str] = []
     for choice in choices_of(payload):
         if not isinstance(choice, dict):
@@ -185,6 +185,8 @@ def generated_text(payload: Any, part: str = "delta") -> str:
         texts.extend(value for key in GENERATED_KEYS if isinstance(value := holder.get(key), str))
         if reasoning := reasoning_of(holder):
             texts.append(reasoning)
+        else:  # OpenRouter's `reasoning_details` repeat its `reasoning`: read where that is missing
+            texts.extend(entry[key] for entry, key in detail_texts(holder))
         calls = holder.get("tool_calls")
         for call in calls if isinstance(calls, list) else ():
             texts.extend(_function_texts(call.get("function") if isinstance(call, dict) else None))

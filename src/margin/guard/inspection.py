@@ -20,7 +20,7 @@ from margin.guard.pii import DIGIT_RUN_RE, PiiScanner
 from margin.guard.redaction import Redaction, redact
 from margin.guard.stream import WITHHELD, StreamGuard
 from margin.guard.texts import UNTRUSTED_ROLES, answer_text, request_texts, rewrite_answer, rewrite_request
-from margin.thinking import ANTHROPIC_ONLY, REASONING_KEYS
+from margin.thinking import ANTHROPIC_ONLY, REASONING_DETAILS, REASONING_KEYS
 from margin.types import choices_of
 
 PROMPT_LOG_MAX_CHARS = 20_000
@@ -197,8 +197,9 @@ class Inspector:
 
 
 def _thinking(state: Redaction, budget: ScanBudget) -> Callable[[str, bool], str]:
-    """How a whole answer's thinking block is redacted: with the answer's placeholders; a text repeating the
-    message's reasoning is read again (its characters count again) but its values are not counted again."""
+    """How a whole answer's thinking block (or `reasoning_details` entry) is redacted: with the answer's
+    placeholders; a text repeating the message's reasoning is read again (its characters count again) but its
+    values are not counted again."""
 
     def rewrite(text: str, new: bool) -> str:
         if not new:
@@ -214,7 +215,7 @@ def _withhold(payload: dict[str, Any]) -> None:
         if isinstance(message, dict):
             message["content"] = WITHHELD
             message.pop("tool_calls", None)
-            for key in (*REASONING_KEYS, *ANTHROPIC_ONLY):  # `block_order` too: it tells the blocks' layout
+            for key in (*REASONING_KEYS, REASONING_DETAILS, *ANTHROPIC_ONLY):  # `block_order`: the blocks' layout
                 message.pop(key, None)
         elif isinstance(choice, dict) and "text" in choice:
             choice["text"] = WITHHELD

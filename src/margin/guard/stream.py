@@ -20,15 +20,17 @@ from margin.guard.limits import ScanLimitExceeded
 from margin.guard.redaction import Redaction, StreamRestorer, redact
 from margin.guard.spans import Span
 from margin.guard.texts import thinking_blocks
-from margin.thinking import REASONING_KEYS
+from margin.thinking import DETAIL_TEXT_KEYS, REASONING_DETAILS, REASONING_KEYS, detail_texts, repeats_reasoning
 from margin.types import choices_of
 
 HOLD_CHARS = 64
 CONTEXT_CHARS = 64
 MAX_PENDING_CHARS = 9000
 THINKING = "thinking"  # a choice's channel for its thinking blocks (its reasoning's: the key, REASONING_KEYS)
+DETAILS = REASONING_DETAILS  # a choice's channels for its `reasoning_details` entries, one per entry index
 WITHHELD = "[margin: the rest of this answer is withheld: it is over the guard's scan limit]"
 _WHITESPACE = (" ", "\n", "\t", "\r")
+_ENTRY_KEYS = ("type", "id", "format", "index")  # what a details entry's tail, sent at the finish, keeps of it
 
 
 def _last_whitespace(text: str, before: int) -> int:
@@ -48,6 +50,7 @@ class StreamRedactor:
         self.state = state
         self.withheld = False  # the answer went over the scan limit: nothing more is released
         self.reason = ""  # which limit (the refusal's message), for the ledger
+        self.count = True  # False while what it is fed repeats a text another channel counts (`reasoning`)
         self._pending = ""
         self._context = ""
 
@@ -142,7 +145,8 @@ class StreamRedactor:
         parts.append(scanned[pos : offset + cut])
         if self.state.budget is not None:
             self.state.budget.take_spans(len(found))
-        self.state.note(found)
+        if self.count:
+            self.state.note(found)
         released = buffer[:cut]
         self._context = (self._context + released)[-CONTEXT_CHARS:]
         self._pending = buffer[cut:]
@@ -184,6 +188,7 @@ class StreamGuard:
         self._restore = restore
         self._redact = redact
         self._channels: dict[tuple[int, str, int], _Channel] = {}
+        self._entries: dict[tuple[int, int], dict[str, Any]] = {}  # a details entry's type and index, for its tail
 
     @property
     def withheld(self) -> bool:
@@ -201,10 +206,10 @@ class StreamGuard:
             record.update(pii_output_action="redact", pii_output_scan_limit=reasons[0])
         return record
 
-    def _channel(self, key: tuple[int, str, int]) -> _Channel:
+    def _channel(self, key: tuple[int, str, int], *, restores: bool = True) -> _Channel:
         channel = self._channels.get(key)
         if channel is None:
-            channel = self._channels[key] = _Channel(self._restore, self._redact)
+            channel = self._channels[key] = _Channel(self._restore if restores else None, self._redact)
         return channel
 
     def __call__(self, payload: dict[str, Any]) -> bool:
@@ -223,7 +228,7 @@ class StreamGuard:
             new = self._channel((index, key, 0)).feed(holder[key])
             changed, holder[key] = new != holder[key], new
         if isinstance(delta, dict) and (
-            "reasoning_content" in delta or "reasoning" in delta or "thinking_blocks" in delta
+            "reasoning_content" in delta or "reasoning" in delta or "thinking_blocks" in delta or DETAILS in delta
         ):
             changed = self._thinking(delta, index) or changed
         calls = holder.get("tool_calls") if isinstance(delta, dict) else None
@@ -234,6 +239,9 @@ class StreamGuard:
                 channel = self._channel((index, "tool", tool if isinstance(tool, int) else position))
                 new = channel.feed(function["arguments"])
                 changed, function["arguments"] = changed or new != function["arguments"], new
+        if isinstance(delta, dict) and DETAILS in delta and self._redact is not None and self.withheld:
+            del delta[DETAILS]  # over a cap: the reasoning is withheld, its structured form (encrypted too) with it
+            changed = True
         if choice.get("finish_reason"):
             changed = self._finish(holder, key, index) or changed
         return changed
@@ -244,6 +252,9 @@ class StreamGuard:
         with: their text redacted at once with the stream's placeholders (restored never: the client sends a
         block back as it got it), the signature kept."""
         changed = False
+        entries = detail_texts(delta) if self._redact is not None and DETAILS in delta else []
+        # whether the reasoning repeats the entries' pieces: read before the reasoning is rewritten
+        repeated = bool(entries) and repeats_reasoning(delta, [entry[key] for entry, key in entries])
         for key in REASONING_KEYS:
             if isinstance(text := delta.get(key), str):
                 new = self._channel((index, key, 0)).feed(text)
@@ -253,6 +264,23 @@ class StreamGuard:
             for block in blocks:
                 new = redactor.whole(block["thinking"])
                 changed, block["thinking"] = changed or new != block["thinking"], new
+        return self._details(entries, repeated, index) or changed
+
+    def _details(self, entries: list[tuple[dict[str, Any], str]], repeated: bool, index: int) -> bool:
+        """A delta's `reasoning_details` entries with a text (pieces of the entries, as a stream sends them): each
+        entry index a channel of its own, redacted (never restored: an entry may be signed) with the stream's
+        placeholders, its held-back tail sent at the finish as an entry of the same type and index. Where the
+        delta's reasoning repeats the pieces (OpenRouter sends both), their values are not counted again."""
+        changed = False
+        for position, (entry, key) in enumerate(entries):
+            number = entry.get("index")
+            number = number if isinstance(number, int) else position
+            channel = self._channel((index, DETAILS, number), restores=False)
+            self._entries.setdefault((index, number), {k: entry[k] for k in _ENTRY_KEYS if k in entry})
+            if channel.redactor is not None and entry[key]:  # an empty piece (a signature's) leaves it as it was
+                channel.redactor.count = not repeated
+            new = channel.feed(entry[key])
+            changed, entry[key] = changed or new != entry[key], new
         return changed
 
     def _finish(self, holder: dict[str, Any], key: str, index: int) -> bool:
@@ -266,9 +294,22 @@ class StreamGuard:
             changed = True
             if kind in REASONING_KEYS:
                 holder[kind] = (holder.get(kind) or "") + rest
+            elif kind == DETAILS:
+                changed = self._detail_tail(holder, index, tool, rest) or changed
             elif kind != "tool":
                 holder[key] = (holder.get(key) or "") + rest
             else:
                 calls = holder.setdefault("tool_calls", [])
                 calls.append({"index": tool, "function": {"arguments": rest}})
         return changed
+
+    def _detail_tail(self, delta: dict[str, Any], index: int, number: int, rest: str) -> bool:
+        """A details entry's held-back tail, as one more entry of its type and index (a withheld answer: none)."""
+        if self.withheld:
+            return False
+        entry = self._entries[(index, number)]
+        entries = delta.get(DETAILS)
+        if type(entries) is not list:
+            entries = delta[DETAILS] = []
+        entries.append({**entry, DETAIL_TEXT_KEYS[entry["type"]]: rest})
+        return True

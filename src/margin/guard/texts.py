@@ -9,7 +9,10 @@ placeholder would break them: field names (dict keys), `model`, `role`, `type`, 
 `name`s, JSON-schema `format`/`pattern`/`$ref`/`required`, and non-text content parts (images, audio, files).
 
 Answers are handled as the OpenAI payload: `choices[].message.content` and `reasoning_content`, tool-call
-arguments, `choices[].text`, stream deltas and (on request: `rewrite_answer(thinking=…)`) thinking blocks' text."""
+arguments, `choices[].text`, stream deltas and (on request: `rewrite_answer(thinking=…)`) thinking blocks' text
+and the text of OpenRouter's `reasoning_details` entries (`reasoning.text`, `reasoning.summary`; never a
+`signature` or a `reasoning.encrypted` entry's `data`). In a request, those entries' `text` and `summary` are
+read as fields are (a `signature` is structure: kept as it is)."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from typing import Any
 import orjson
 
 from margin import jsonload
-from margin.thinking import ANTHROPIC_ONLY, REASONING_KEYS
+from margin.thinking import ANTHROPIC_ONLY, REASONING_DETAILS, REASONING_KEYS, detail_texts, repeats_reasoning
 from margin.types import choices_of
 
 Visit = Callable[[str, str], str]  # (where, text) -> text; where is a message role, or FIELD
@@ -38,6 +41,9 @@ _STRUCTURAL = frozenset(
 # and in an input item (a compaction's, `POST /v1/responses/compact`): a call's id, and the opaque content of a
 # compaction or reasoning item (the upstream's own encryption: a rewritten one is refused there)
 _ITEM_STRUCTURAL = _STRUCTURAL | {"call_id", "encrypted_content"}
+# and in an assistant message's `reasoning_details` (OpenRouter's, sent back): an entry's signature (an encrypted
+# entry's `data` is structural already)
+_DETAILS_STRUCTURAL = _STRUCTURAL | {"signature"}
 _CONVERSATION = ("messages", "prompt", "input")
 
 
@@ -134,6 +140,8 @@ def _message(message: Any, visit: Visit) -> Any:
             new[key] = _calls(value, visit)
         elif key == "name":
             new[key] = visit(FIELD, value) if isinstance(value, str) else value
+        elif key == REASONING_DETAILS:
+            new[key] = _generic(value, visit, _DETAILS_STRUCTURAL)
         else:
             new[key] = _generic(value, visit)
     return message if all(new[k] is v for k, v in message.items()) else new
@@ -222,16 +230,17 @@ def _has_text(block: dict[str, Any]) -> bool:
     return isinstance(block.get("thinking"), str)
 
 
-def _answer_thinking(payload: dict[str, Any]) -> Iterator[tuple[dict[str, Any], bool]]:
-    """Each thinking block of a whole answer, and whether its text is new: False when the message's
-    `reasoning_content` is the blocks' texts joined (an `anthropic` backend's answer), whose values are counted
-    there already."""
+def _answer_thinking(payload: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str, bool]]:
+    """Each thinking block and each `reasoning_details` entry with a text of a whole answer: (the block or entry,
+    the key of its text, whether its text is new). Not new: the message's reasoning is the blocks' (or the
+    entries') texts joined (an `anthropic` backend's answer, OpenRouter's), its values counted there already."""
     for choice in choices_of(payload):
         message = choice.get("message") if isinstance(choice, dict) else None
-        if not isinstance(message, dict) or not (blocks := thinking_blocks(message)):
+        if not isinstance(message, dict):
             continue
-        repeated = message.get("reasoning_content") == "".join(b["thinking"] for b in blocks)
-        yield from ((block, not repeated) for block in blocks)
+        for texts in ([(block, "thinking") for block in thinking_blocks(message)], detail_texts(message)):
+            repeated = bool(texts) and repeats_reasoning(message, [entry[key] for entry, key in texts])
+            yield from ((entry, key, not repeated) for entry, key in texts)
 
 
 def _answer_calls(payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -247,15 +256,15 @@ def rewrite_answer(
     payload: dict[str, Any], rewrite: Rewrite, thinking: Callable[[str, bool], str] | None = None
 ) -> bool:
     """Rewrite a whole answer's (or a stream chunk's) text in place, its reasoning and the tool-call arguments of
-    whole answers included; True when anything changed. With `thinking`, each thinking block's text too, through
-    `thinking(text, new)` (`new`: not a repeat of the message's `reasoning_content`); the block's signature is
-    kept, so a rewritten block no longer matches it."""
+    whole answers included; True when anything changed. With `thinking`, each thinking block's text too, and
+    each `reasoning_details` entry's, through `thinking(text, new)` (`new`: not a repeat of the message's
+    reasoning); a block's or entry's signature is kept, so a rewritten one no longer matches it."""
     changed = False
     if thinking is not None:
-        for block, fresh in _answer_thinking(payload):
-            text = thinking(block["thinking"], fresh)
-            changed = changed or text != block["thinking"]
-            block["thinking"] = text
+        for block, key, fresh in _answer_thinking(payload):
+            text = thinking(block[key], fresh)
+            changed = changed or text != block[key]
+            block[key] = text
     for holder, key in _answer_holders(payload):
         new = rewrite(holder[key])
         if new != holder[key]:
@@ -278,9 +287,9 @@ def _repeated(holder: dict[str, Any], key: str) -> bool:
 
 def answer_text(payload: dict[str, Any]) -> str:
     """An answer's text for counting what it holds: content, reasoning, text, tool-call arguments and the texts of
-    thinking blocks that do not repeat the reasoning."""
+    thinking blocks and `reasoning_details` entries that do not repeat the reasoning."""
     parts = [holder[key] for holder, key in _answer_holders(payload) if not _repeated(holder, key)]
-    parts.extend(block["thinking"] for block, new in _answer_thinking(payload) if new)
+    parts.extend(block[key] for block, key, new in _answer_thinking(payload) if new)
 
     def collect(_where: str, text: str) -> str:
         parts.append(text)

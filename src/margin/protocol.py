@@ -46,10 +46,11 @@ MAX_SIGNATURE_CHARS = 65_536
 # An assistant message's `block_order` (margin.interleaving: its blocks' order, sent back): at most this many
 # entries (64 thinking blocks, the tool calls and text pieces between them); they count as content parts too
 MAX_BLOCK_ORDER = 1_024
-# An assistant message's `reasoning_details` (OpenRouter's structured reasoning, sent back): at most this many
-# entries (they count as content parts too), each's text, summary or encrypted data as long as a thinking block's
-# text, its signature as a thinking block's
-MAX_REASONING_DETAILS = 1_024
+# An assistant message's `reasoning_details` (OpenRouter's structured reasoning, sent back): at most as many entries
+# as the request's content parts (they count as content parts too: a client that keeps a stream's pieces unmerged
+# sends one entry a piece), each's text, summary or encrypted data as long as a thinking block's text, its
+# signature as a thinking block's
+MAX_REASONING_DETAILS = MAX_CONTENT_PARTS
 
 # OpenAI's processing tiers a client may ask for (`service_tier`). `auto` (the upstream project's default tier)
 # and `default` (standard processing) need nothing of a backend; `flex` and `priority` are priced apart and need

@@ -207,7 +207,7 @@ def _chat(entries: Any, role: str = "assistant") -> dict[str, Any]:
     ("entries", "role", "param"),
     [
         ("not a list", "assistant", "messages.1.reasoning_details"),
-        ([{"type": "reasoning.text"}] * (MAX_REASONING_DETAILS + 1), "assistant", "messages.1.reasoning_details"),
+        ([{"type": "reasoning.text"}] * (MAX_REASONING_DETAILS + 1), "assistant", "messages"),  # the parts' bound
         (["a string"], "assistant", "messages.1.reasoning_details.0"),
         ([{"text": "no type"}], "assistant", "messages.1.reasoning_details.0.type"),
         ([{"type": 7}], "assistant", "messages.1.reasoning_details.0.type"),
@@ -225,6 +225,14 @@ def test_details_sent_back_are_bounded(entries: Any, role: str, param: str) -> N
     with pytest.raises(InvalidRequest) as caught:
         parse_request(Endpoint.CHAT, _chat(entries, role))
     assert caught.value.param == param, caught.value.message
+
+
+def test_a_long_streams_unmerged_pieces_sent_back_are_taken() -> None:
+    """A client that keeps each streamed piece as an entry (2,000 pieces of one reasoning) is not refused: only the
+    request's content parts bound them (an earlier bound of 1,024 a message refused such a turn)."""
+    pieces = [{"type": "reasoning.text", "text": "t", "index": 0}] * 2_000
+    parsed = parse_request(Endpoint.CHAT, _chat(pieces))
+    assert len(parsed.messages[1].reasoning_details or ()) == 2_000  # type: ignore[union-attr]
 
 
 def test_details_sent_back_count_as_content_parts_and_pass_as_sent() -> None:

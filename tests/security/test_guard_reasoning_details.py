@@ -178,7 +178,7 @@ def test_details_sent_back_reach_the_upstream_unchanged(live: Live) -> None:
 @pytest.mark.parametrize(
     ("details", "param"),
     [
-        ([{"type": "reasoning.text", "text": "x"}] * 1025, "messages.1.reasoning_details"),
+        ([{"type": "reasoning.text", "text": "x"}] * 10_001, "messages"),  # past the request's content parts
         ([{"type": "reasoning.text", "signature": "s" * 65_537}], "messages.1.reasoning_details.0.signature"),
         ([{"type": ["reasoning.text"]}], "messages.1.reasoning_details.0.type"),
         ({"type": "reasoning.text"}, "messages.1.reasoning_details"),

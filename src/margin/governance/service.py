@@ -324,12 +324,15 @@ class Governance:
 
     async def _seed(self, item: BudgetHold, now: datetime, lost: bool) -> None:
         """The ledger's spend, and what was settled while the counter was gone (parked in the store) whose row
-        the ledger did not have yet, looked up before the spend is read (a row found is in that spend). A lost
-        counter's process moves its own outbox into the ledger first: before, the rows acknowledged in the last
-        second, their settles lost with the counter, were in neither, and a budget spent past its limit."""
+        the ledger did not have yet, looked up before the spend is read (a row found is in that spend). The
+        process moves its own outbox into the ledger first: before, the rows acknowledged in the last second were
+        not counted (a lost counter's, their settles lost with it; a new budget's, settled before it existed),
+        and a budget spent past its limit. A counter of a budget shared by its scope (not one per user or tag
+        value) is followed up (`catchup`) like a lost one: requests admitted before the budget existed end
+        later, and their rows are counted once they reach the ledger."""
         name = item.hold.counter
         try:
-            if lost and self.flush_ledger is not None:  # requests wait on it: bounded, else refused (retryable)
+            if self.flush_ledger is not None:  # requests wait on it: bounded, else refused (retryable)
                 await asyncio.wait_for(self.flush_ledger(), self.flush_timeout_s)
             counted = await ledger_recorded(self.engine, await self.store.parked(name))
             spent = await ledger_spent(self.engine, item.budget, now, item.part)
@@ -343,7 +346,7 @@ class Governance:
         if await self.store.seed(name, spent, item.hold.expire_s, sorted(counted)):
             log.info("budget %s: reconciled spent=%d from the ledger", name, spent)
         self._known[name] = item
-        if lost:  # the other processes' rows still in their outboxes: counted by the follow-ups
+        if lost or not item.budget.scope.per_value:  # the rows of other processes' outboxes, of requests in flight
             self.catchup.schedule(item)
 
     async def _catch_up(self, item: BudgetHold) -> bool:

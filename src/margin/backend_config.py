@@ -85,6 +85,9 @@ class HttpBackendConfig(_BackendBase):
 
 
 class OpenAIBackendConfig(HttpBackendConfig):
+    # an OpenAI-compatible upstream may report `prompt_tokens_details.cache_write_tokens` (a proxy in front of
+    # Anthropic, another margin), charged at the model's cache-write rate: reserved at it too
+    writes_prompt_cache: ClassVar[bool] = True
     kind: Literal["openai"] = "openai"
     request_usage: bool = Field(True, description="Ask the upstream for stream usage (stream_options).")
     output_limit_field: Literal["max_tokens", "max_completion_tokens"] | None = Field(

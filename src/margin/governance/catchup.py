@@ -1,4 +1,5 @@
-"""Follow-up raises of budget counters rebuilt from the ledger (a lost counter seeded again, a restart pass).
+"""Follow-up raises of budget counters made from the ledger (a lost counter seeded again, a restart pass, a
+shared budget's counter made for the first time: the rows of requests that were in flight come later).
 
 The rebuild reads the ledger, which lacks the rows still waiting in the other processes' outboxes (up to their
 `storage.flush_interval_ms` of traffic, whose settlements were lost with the counter): the counter comes back

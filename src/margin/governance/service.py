@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -91,6 +92,10 @@ class Governance:
         cap = settings.admission.max_streams_per_key  # where the budget counters are: this process, or Redis
         self.streams: Slots = self.shared_slots(STREAMS, cap, "stream") or LocalSlots(cap)
         self.rules: Rules = build_rules(settings, [])
+        # when the budgets in force last changed (or this process started), and when a flush of the outbox that
+        # `_seed` waited for was asked: rows older than the budgets may wait in the outbox until one comes after
+        self._budgets_since = time.monotonic()
+        self._flushed_at: float | None = None
         self._known: dict[str, BudgetHold] = {}  # the counters this process reconciled (raised after a restart)
         self._swept_hour = -1  # the last UTC hour `_known`'s past windows were forgotten in (`_make_room`)
         self._server = ""  # the counter store's run id (Redis: a new one after every restart)
@@ -136,7 +141,10 @@ class Governance:
             pool.start()
 
     async def refresh(self) -> None:
-        self.rules = await load_rules(self.settings, self.engine)
+        rules = await load_rules(self.settings, self.engine)
+        if rules.budgets != self.rules.budgets:
+            self._budgets_since = time.monotonic()
+        self.rules = rules
 
     def reload(self, settings: Settings) -> None:
         """New config file (SIGHUP): its budgets, limits, flags and policies; the rest needs a restart."""
@@ -324,13 +332,21 @@ class Governance:
 
     async def _seed(self, item: BudgetHold, now: datetime, lost: bool) -> None:
         """The ledger's spend, and what was settled while the counter was gone (parked in the store) whose row
-        the ledger did not have yet, looked up before the spend is read (a row found is in that spend). A lost
-        counter's process moves its own outbox into the ledger first: before, the rows acknowledged in the last
-        second, their settles lost with the counter, were in neither, and a budget spent past its limit."""
+        the ledger did not have yet, looked up before the spend is read (a row found is in that spend). The
+        process moves its own outbox into the ledger first: before, the rows acknowledged in the last second were
+        not counted (a lost counter's, their settles lost with it; a new budget's, settled before it existed;
+        after a kill -9, the killed process's), and a budget spent past its limit. A new counter needs that only
+        once after the budgets changed (or the process started): a row appended since was settled into its
+        counter, or made it. A counter of a budget shared by its scope (not one per user or tag value) is
+        followed up (`catchup`) like a lost one: requests admitted before the budget existed end later, and
+        their rows are counted once they reach the ledger."""
         name = item.hold.counter
         try:
-            if lost and self.flush_ledger is not None:  # requests wait on it: bounded, else refused (retryable)
+            stale = self._flushed_at is None or self._flushed_at <= self._budgets_since
+            if (lost or stale) and self.flush_ledger is not None:  # requests wait on it: bounded, else refused
+                asked = time.monotonic()
                 await asyncio.wait_for(self.flush_ledger(), self.flush_timeout_s)
+                self._flushed_at = max(asked, self._flushed_at or asked)
             counted = await ledger_recorded(self.engine, await self.store.parked(name))
             spent = await ledger_spent(self.engine, item.budget, now, item.part)
         except UNREACHABLE as exc:  # a locked, slow or unreachable ledger (asyncpg's refused connect: an OSError)
@@ -343,7 +359,7 @@ class Governance:
         if await self.store.seed(name, spent, item.hold.expire_s, sorted(counted)):
             log.info("budget %s: reconciled spent=%d from the ledger", name, spent)
         self._known[name] = item
-        if lost:  # the other processes' rows still in their outboxes: counted by the follow-ups
+        if lost or not item.budget.scope.per_value:  # the rows of other processes' outboxes, of requests in flight
             self.catchup.schedule(item)
 
     async def _catch_up(self, item: BudgetHold) -> bool:

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from margin.errors import InvalidRequest
-from margin.parsing import error_param
+from margin.parsing import content_parts, error_param
 from margin.protocol import (
     INT32,
     MAX_CONTENT_PARTS,
@@ -28,7 +28,6 @@ from margin.protocol import (
     ModelName,
     TokenLimit,
     UserId,
-    content_parts,
 )
 
 Body = TypeVar("Body", bound="CountTokensRequest")

@@ -221,7 +221,7 @@ ReasoningDetails = Annotated[
 
 class ChatMessage(_Open):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | Annotated[list[ContentPart], Field(fail_fast=True)] | None = None  # parts: content_parts
+    content: str | Annotated[list[ContentPart], Field(fail_fast=True)] | None = None  # parts: parsing.content_parts
     name: str | None = None
     # an assistant's earlier thinking, sent back: the first blocks of the turn at an anthropic backend (which
     # needs them before a tool call's result when thinking is on), left out for every other backend
@@ -497,33 +497,3 @@ FORWARDED: dict[Endpoint, frozenset[str]] = {
     Endpoint.EMBEDDINGS: frozenset(EmbeddingRequest.model_fields),
     Endpoint.COMPACT: frozenset(CompactRequest.model_fields),
 }
-
-
-def content_parts(messages: Any, *, nested: bool = False, what: str = "content parts") -> None:
-    """Content parts over all of a chat's messages, counted before any is validated (one message's limit
-    alone would let 10,000 messages hold 10,000 parts each, as many as the body's bytes allow). Plain Python
-    before pydantic: a validator inside the model cost ~0.9 µs a request, this ~0.2. `nested`: a part's own
-    `content` list counts too (Anthropic's tool results hold blocks: `margin.messages`). An assistant's
-    `thinking_blocks`, `block_order` and `reasoning_details` entries count as its parts."""
-    if type(messages) is not list or len(messages) > MAX_MESSAGES:  # not a list, or too long: pydantic says so
-        return
-    parts = 0
-    for message in messages:
-        if type(message) is not dict:
-            continue
-        if type(content := message.get("content")) is list:
-            parts += len(content)
-            if nested:
-                parts += sum(len(c) for b in content if type(b) is dict and type(c := b.get("content")) is list)
-        if type(thinking := message.get("thinking_blocks")) is list:
-            parts += len(thinking)
-        if type(order := message.get("block_order")) is list:
-            parts += len(order)
-        if type(details := message.get("reasoning_details")) is list:
-            parts += len(details)
-    if parts > MAX_CONTENT_PARTS:
-        raise InvalidRequest(
-            f"messages: at most {MAX_CONTENT_PARTS} {what} over all messages, not {parts}",
-            param="messages",
-            code="array_above_max_length",
-        )

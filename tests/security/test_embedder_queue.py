@@ -8,11 +8,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import pytest
 
 from tests.security.conftest import ServeFactory
-
-pytestmark = pytest.mark.integration
 
 CONFIG = {
     "backends": {"embedder": {"kind": "sentence_transformers", "max_queue": 1}},

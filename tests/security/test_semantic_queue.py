@@ -10,11 +10,8 @@ import time
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.security.conftest import ServeFactory
-
-pytestmark = pytest.mark.integration
 
 CONFIG = {"cache": {"semantic": {"enabled": True, "max_queued_lookups": 4}}}
 FLOOD = 300

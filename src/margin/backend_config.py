@@ -193,6 +193,7 @@ class SentenceTransformersBackendConfig(_BackendBase):
     model: str = Field("builtin:all-minilm-l6-v2", description="Model folder, or builtin:<name>.")
     threads: int | None = Field(None, ge=1)
     max_batch: int = Field(256, ge=1)
+    max_queue: int = Field(32, ge=0, description="Requests waiting beyond the running one; more get 503.")
 
 
 BackendConfig = Annotated[

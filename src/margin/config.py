@@ -266,6 +266,13 @@ class SemanticCacheConfig(Strict):
     max_entries_per_tenant: int = Field(
         10_000, ge=1, description="Entries one cache scope (team, key) may hold; it evicts its own oldest first."
     )
+    max_queued_lookups: int = Field(
+        32,
+        ge=1,
+        le=100_000,
+        description="Lookups waiting for (or on) the encoder's one thread at once; a request past it skips the "
+        "semantic cache (an exact miss goes upstream) rather than wait behind them.",
+    )
 
 
 class CacheConfig(Strict):

@@ -119,6 +119,14 @@ class Overloaded(MarginError):
     default_code = "server_overloaded"
 
 
+def queue_full(backend: str, in_flight: int, max_queue: int) -> Overloaded:
+    """A local backend's bounded queue (`max_queue`) is full: 503 with `retry-after`."""
+    return Overloaded(
+        f"backend {backend!r} is busy: {in_flight} requests running or queued (max_queue={max_queue}); retry later",
+        headers={"retry-after": "1"},
+    )
+
+
 class BackendError(MarginError):
     """The backend failed or answered with an error we cannot pass through as a client error. `unsent`: the
     request never reached a model (no connection, TLS failed, the upstream refused margin's own key, Anthropic's

@@ -26,7 +26,7 @@ from typing import Any
 from margin.backend_config import LlamaCppBackendConfig
 from margin.backends import grammar, payloads
 from margin.backends.textgen import SamplingPlan, StopMatcher, sampling_plan
-from margin.errors import CONTEXT_LENGTH, ConfigError, InvalidRequest, Overloaded, context_message
+from margin.errors import CONTEXT_LENGTH, ConfigError, InvalidRequest, Overloaded, context_message, queue_full
 from margin.protocol import ChatCompletionRequest, CompletionRequest
 from margin.types import Call, Chunk, Completion, Prompt, Usage
 
@@ -350,11 +350,7 @@ class LlamaCppBackend:
         if self._llm is None:
             raise Overloaded(f"backend {self.name!r} is still loading its model", code="backend_loading")
         if in_flight > self.config.max_queue:
-            raise Overloaded(
-                f"backend {self.name!r} is busy: {in_flight} requests running or queued "
-                f"(max_queue={self.config.max_queue}); retry later",
-                headers={"retry-after": "1"},
-            )
+            raise queue_full(self.name, in_flight, self.config.max_queue)
 
     def _finished(self, _future: Any) -> None:
         self._in_flight -= 1

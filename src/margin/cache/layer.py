@@ -58,6 +58,8 @@ class SemanticLayer:
             max_entries_per_tenant=semantic.max_entries_per_tenant,
         )
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="margin-semantic")
+        self.max_queued = semantic.max_queued_lookups
+        self._queued = 0  # lookups waiting for the thread or on it
         self.ttl_s = config.ttl_s
         # the stream holds what a process starting later back-fills: at most max_entries, and about a quarter of
         # cache.max_bytes (the embedded Redis of `--workers N` holds the exact entries in that bound too)
@@ -68,6 +70,13 @@ class SemanticLayer:
 
     async def _run(self, function: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
+
+    @property
+    def full(self) -> bool:
+        """`max_queued` lookups wait for the encoder's one thread (or are on it): a request does not look up then,
+        it goes on as a miss (a burst of lookups made every chat wait behind it: 300 at once held another
+        caller's request 32 s)."""
+        return self._queued >= self.max_queued
 
     @staticmethod
     def where(scope: str, endpoint: str, model: str, raw: dict[str, Any]) -> Where | None:
@@ -82,8 +91,12 @@ class SemanticLayer:
     async def lookup(self, where: Where) -> tuple[Any, Any]:
         """(hit or None, the embedding, kept to add the answer later without encoding twice)."""
         _, scope, context, text = where
-        vector = await self._run(self.cache.encode, text)
-        hit = await self._run(self.cache.lookup_vector, scope, context, vector, Identifiers.of(text))
+        self._queued += 1
+        try:
+            vector = await self._run(self.cache.encode, text)
+            hit = await self._run(self.cache.lookup_vector, scope, context, vector, Identifiers.of(text))
+        finally:
+            self._queued -= 1
         return hit, vector
 
     async def add(self, where: Where, vector: Any, key: str) -> None:

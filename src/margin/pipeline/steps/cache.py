@@ -146,7 +146,7 @@ class Cache:
         if entry is not None:
             return await self._serve(request, target, entry, "exact")
         semantic = None
-        if self.semantic is not None and request.endpoint is Endpoint.CHAT:
+        if self.semantic is not None and request.endpoint is Endpoint.CHAT and not self.semantic.full:
             where = self.semantic.where(scope, str(request.endpoint), target.public, request.raw)
             if where is not None:
                 hit, vector = await self.semantic.lookup(where)

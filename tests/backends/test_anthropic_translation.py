@@ -461,7 +461,9 @@ def test_anthropic_error_bodies_map_like_openai_s() -> None:
 
 def test_a_budget_reservation_on_an_anthropic_backend_prices_the_prompt_as_cache_writes() -> None:
     """Admission's worst case (`Meter.cost_usd`): Anthropic may write the whole prompt to its cache (1.25× the
-    input rate for Claude Haiku 4.5: $1.25 against $1 per million), so the reservation covers that."""
+    input rate for Claude Haiku 4.5: $1.25 against $1 per million), so the reservation covers that. So does an
+    `openai` backend's (an OpenAI-compatible proxy in front of Claude reports `cache_write_tokens`, charged at that
+    rate: reserved at the input rate, it spent a hard budget past its cap)."""
     settings = parse_settings(
         {
             "backends": {"claude": {"kind": "anthropic"}, "compat": {"kind": "openai", "base_url": "http://x/v1"}},
@@ -474,7 +476,7 @@ def test_a_budget_reservation_on_an_anthropic_backend_prices_the_prompt_as_cache
     meter = Meter(settings, GridTable.bundled(), PriceBook())
     reserve = Usage(1_000_000, 0, source="estimated")
     assert meter.cost_usd("claude-haiku-4-5", settings.models["claude-haiku-4-5"], reserve, 0) == Decimal("1.25")
-    assert meter.cost_usd("via-compat", settings.models["via-compat"], reserve, 0) == Decimal(1)  # unchanged
+    assert meter.cost_usd("via-compat", settings.models["via-compat"], reserve, 0) == Decimal("1.25")
 
 
 class _Deadline:

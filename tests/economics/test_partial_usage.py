@@ -2,7 +2,8 @@
 reported none (its prompt and answer counted or estimated), never metered at 0 tokens and $0 as the backend's own
 count. Before, `{"total_tokens": 5000}`, counts sent as strings or a negative prompt count were rows of 0 input
 tokens (and 0 output where the answer's count was junk too) at $0; a usage with no `completion_tokens` metered
-no answer. `margin serve` over real HTTP, a fake upstream on a thread answering each request with the next usage."""
+no answer. A stream's such usage is not forwarded either: a client that asked for usage gets the metered one
+(it got `{"total_tokens": 5000}` alone). `margin serve` over real HTTP, a fake upstream on a thread."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import sqlalchemy as sa
 import yaml
 
 from margin.ledger import db
 from margin.ledger.models import ledger
 from tests.helpers import margin_serve
-from tests.servers import http_thread, recording_handler, reply_json
+from tests.servers import http_thread, recording_handler, reply_events, reply_json
 
 USAGES: list[Any] = [
     {"total_tokens": 5000},  # total alone
@@ -33,6 +35,11 @@ ANSWER = "word " * 50
 
 def _next_usage(handler: BaseHTTPRequestHandler, body: Any) -> None:
     usage = USAGES[int(body["messages"][0]["content"].split()[-1])]
+    if body.get("stream"):
+        head = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": body["model"]}
+        delta = {"index": 0, "delta": {"content": ANSWER}, "finish_reason": "stop"}
+        reply_events(handler, [{**head, "choices": [delta]}, {**head, "choices": [], "usage": usage}])
+        return
     choice = {"index": 0, "message": {"role": "assistant", "content": ANSWER}, "finish_reason": "stop"}
     answer = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"], "choices": [choice]}
     reply_json(handler, 200, {**answer, "usage": usage})
@@ -52,6 +59,12 @@ def test_a_usage_without_a_prompt_count_is_no_usage(tmp_path: Path) -> None:
             for index in range(len(USAGES)):
                 body = {"model": "m", "messages": [{"role": "user", "content": f"{PROMPT}{index}"}]}
                 assert httpx.post(f"{base}/v1/chat/completions", json=body, timeout=30).status_code == 200
+            asks = {**body, "messages": [{"role": "user", "content": f"{PROMPT}0"}], "stream": True}
+            streamed = httpx.post(
+                f"{base}/v1/chat/completions", json={**asks, "stream_options": {"include_usage": True}}, timeout=30
+            )
+    events = [orjson.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
+    sent = [event["usage"] for event in events if event.get("usage")]
     engine = db.make_sync_engine(url)
     try:
         with engine.connect() as connection:
@@ -63,3 +76,5 @@ def test_a_usage_without_a_prompt_count_is_no_usage(tmp_path: Path) -> None:
     assert counted[2] != "backend" and counted[0] > 0 and counted[1] > 0 and counted[3] > 0
     assert rows[:4] == [counted] * 4  # before: (0, 0, backend, 0) ×2, (0, 2000, backend, …), (3000, 0, backend, …)
     assert rows[5] == (3000, 2000, "backend", 5_000_000)  # before: (3000, 0): the answer was free
+    assert rows[6][:2] == counted[:2] and rows[6][2] != "backend"  # the stream's (its answer counted as one)
+    assert sent == [{"prompt_tokens": counted[0], "completion_tokens": counted[1], "total_tokens": sum(counted[:2])}]

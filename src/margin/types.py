@@ -78,12 +78,12 @@ class Usage:
         return cls(input_tokens, _count(data.get("output_tokens")), min(cached, input_tokens))
 
     @classmethod
-    def from_anthropic(cls, data: Any) -> Usage:
+    def from_anthropic(cls, data: Any) -> Usage | None:
         """Anthropic's usage (Messages API): its `input_tokens` leave out the prompt's cache reads and writes,
         which are counted apart; margin's input is the whole prompt, as OpenAI counts it. Output includes
-        extended thinking."""
-        if not isinstance(data, dict):
-            return cls()
+        extended thinking. None where it counts no prompt (none at all, junk counts), as `from_openai`."""
+        if not isinstance(data, dict) or not _reported(data, "input_tokens", "output_tokens"):
+            return None
         reads, writes = _count(data.get("cache_read_input_tokens")), _count(data.get("cache_creation_input_tokens"))
         total = min(_count(data.get("input_tokens")) + reads + writes, MAX_TOKENS)
         reads = min(reads, total)

@@ -78,3 +78,46 @@ def test_a_usage_without_a_prompt_count_is_no_usage(tmp_path: Path) -> None:
     assert rows[5] == (3000, 2000, "backend", 5_000_000)  # before: (3000, 0): the answer was free
     assert rows[6][:2] == counted[:2] and rows[6][2] != "backend"  # the stream's (its answer counted as one)
     assert sent == [{"prompt_tokens": counted[0], "completion_tokens": counted[1], "total_tokens": sum(counted[:2])}]
+
+
+ANTHROPIC_USAGES: list[Any] = [None, {"input_tokens": "300", "output_tokens": "20"}]
+
+
+def _anthropic_answer(handler: BaseHTTPRequestHandler, body: Any, usage: Any) -> None:
+    """An Anthropic message whose usage is missing, or counts as strings (a broken proxy in front of Anthropic)."""
+    text = {"type": "text", "text": ANSWER}
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": body["model"], "content": [text],
+               "stop_reason": "end_turn", "stop_sequence": None}  # fmt: skip
+    reply_json(handler, 200, message if usage is None else {**message, "usage": usage})
+
+
+def test_an_anthropic_answer_without_counts_is_counted(tmp_path: Path) -> None:
+    """Before: both rows 0 input and 0 output tokens at $0, labelled `backend`."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    seen: list[Any] = []  # the upstream's requests: each answer's usage is the one at their count
+
+    def answer(handler: BaseHTTPRequestHandler, body: Any) -> None:
+        _anthropic_answer(handler, body, ANTHROPIC_USAGES[len(seen) - 1])
+
+    with http_thread(recording_handler(seen, answer)) as upstream:
+        config = {
+            "storage": {"ledger": url, "flush_interval_ms": 50},
+            "backends": {"claude": {"kind": "anthropic", "base_url": upstream + "/v1", "api_key_env": "HOME"}},
+            "models": {"c": {"backend": "claude", "price": {"input": "1", "output": "1"}}},
+        }
+        path = tmp_path / "margin.yaml"
+        path.write_text(yaml.safe_dump(config))
+        with margin_serve(None, tmp_path / "serve.log", path) as (base, _):
+            for _ in ANTHROPIC_USAGES:
+                body = {"model": "c", "messages": [{"role": "user", "content": PROMPT}]}
+                reply = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=30)
+                assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] == ANSWER
+    engine = db.make_sync_engine(url)
+    try:
+        with engine.connect() as connection:
+            columns = (ledger.c.input_tokens, ledger.c.output_tokens, ledger.c.usage_source, ledger.c.cost_nanousd)
+            rows = [tuple(row) for row in connection.execute(sa.select(*columns).order_by(ledger.c.id))]
+    finally:
+        engine.dispose()
+    assert len(rows) == 2 and rows[0] == rows[1]
+    assert rows[0][2] != "backend" and rows[0][0] > 0 and rows[0][1] > 0 and rows[0][3] > 0

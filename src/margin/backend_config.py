@@ -9,17 +9,25 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 
-from margin.specs import Spec
+from margin.specs import MAX_OVERHEAD, MAX_USD_PER_HOUR, MAX_WATTS, Spec
 
 
 class HardwareConfig(Spec):
     """Self-hosted cost inputs (DESIGN §4). Every default is an assumption and is labelled as one."""
 
-    usd_per_hour: Decimal = Field(ge=0, description="All-in hourly cost of the hardware (amortized, hosting).")
-    watts_busy: float | None = Field(None, ge=0, description="Power while serving; energy is modelled from it.")
-    watts_idle: float | None = Field(None, ge=0)
-    energy_overhead: Decimal = Field(Decimal("0"), ge=0, description="Energy & cooling as a share of hourly.")
-    network_overhead: Decimal = Field(Decimal("0"), ge=0, description="Networking as a share of hourly.")
+    usd_per_hour: Decimal = Field(
+        ge=0, le=MAX_USD_PER_HOUR, description="All-in hourly cost of the hardware (amortized, hosting)."
+    )
+    watts_busy: float | None = Field(
+        None, ge=0, le=MAX_WATTS, description="Power while serving; energy is modelled from it."
+    )
+    watts_idle: float | None = Field(None, ge=0, le=MAX_WATTS)
+    energy_overhead: Decimal = Field(
+        Decimal("0"), ge=0, le=MAX_OVERHEAD, description="Energy & cooling as a share of hourly."
+    )
+    network_overhead: Decimal = Field(
+        Decimal("0"), ge=0, le=MAX_OVERHEAD, description="Networking as a share of hourly."
+    )
     tokens_per_s: float | None = Field(
         None, gt=0, description="Throughput used to price a budget reservation (worst case) before the call."
     )

@@ -21,6 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from margin.backend_config import BackendConfig
 from margin.errors import ConfigError
 from margin.specs import (
+    MAX_PUE,
+    MAX_USD_PER_KWH,
+    MAX_USD_PER_MTOK,
     AdmissionConfig,
     AuditConfig,
     BatchConfig,
@@ -158,8 +161,8 @@ class RegionConfig(Strict):
         None, description="Key in the bundled grid table: ISO 3166 alpha-3 country (FRA) or gcp:<region>."
     )
     grid_g_per_kwh: float | None = Field(None, ge=0, description="Overrides the bundled grid intensity.")
-    pue: float = Field(1.0, ge=1.0, description="Facility energy / IT energy.")
-    usd_per_kwh: Decimal = Field(Decimal("0"), ge=0, description="Price of facility energy.")
+    pue: float = Field(1.0, ge=1.0, le=MAX_PUE, description="Facility energy / IT energy.")
+    usd_per_kwh: Decimal = Field(Decimal("0"), ge=0, le=MAX_USD_PER_KWH, description="Price of facility energy.")
     curve: str | None = Field(
         None,
         description="Zone of the hourly curves (`grid.curves`, e.g. DE-LU): the meter, the batch scheduler and "
@@ -173,23 +176,40 @@ class RegionConfig(Strict):
 DEFAULT_REGION = RegionConfig()  # frozen: a backend with no region set
 
 
+UsdPerMtok = Annotated[Decimal, Field(ge=0, le=MAX_USD_PER_MTOK)]  # at most $1 a token: see MAX_USD_PER_MTOK
+PLAUSIBLE_USD_PER_MTOK = Decimal("0.001")  # below it, a price set above 0 reads as per-token (`margin config check`)
+
+
 class TierPriceConfig(Strict):
     """A processing tier's list price in USD per million tokens (OpenAI's flex or priority)."""
 
-    input: Decimal = Field(ge=0)
-    output: Decimal = Field(ge=0)
-    cached_input: Decimal | None = Field(None, ge=0)
+    input: UsdPerMtok
+    output: UsdPerMtok
+    cached_input: UsdPerMtok | None = None
+
+    def tiny_rates(self) -> list[str]:
+        """The rates set above 0 but below $0.001 per million tokens (a billion tokens for a dollar): a per-token
+        price written where per-million is read (`input: 0.0000025` for $2.50/M) prices a million times too low."""
+        rates = {name: getattr(self, name) for name in type(self).model_fields if name.endswith(("input", "output"))}
+        return [name for name, rate in rates.items() if rate is not None and 0 < rate < PLAUSIBLE_USD_PER_MTOK]
+
+    @model_validator(mode="after")
+    def _check_cached(self) -> TierPriceConfig:
+        """A cache read above the input rate is a typo (no provider bills one): a hard budget's reservation
+        prices the prompt at the input rate, so the cached tokens' dearer charge spent it past its limit."""
+        if self.cached_input is not None and self.cached_input > self.input:
+            raise ValueError(
+                f"cached_input ({self.cached_input}) is above input ({self.input}): cache reads are never dearer "
+                "than input (prompt-cache writes are cache_write_input)"
+            )
+        return self
 
 
-class PriceConfig(Strict):
+class PriceConfig(TierPriceConfig):
     """List price in USD per million tokens, overriding genai-prices."""
 
-    input: Decimal = Field(ge=0)
-    output: Decimal = Field(ge=0)
-    cached_input: Decimal | None = Field(None, ge=0)
-    cache_write_input: Decimal | None = Field(
+    cache_write_input: UsdPerMtok | None = Field(
         None,
-        ge=0,
         description="Prompt-cache writes (an `anthropic` backend's `cache_creation_input_tokens`; Anthropic's "
         "5-minute writes cost 1.25× input); unset: the input rate.",
     )

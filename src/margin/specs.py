@@ -20,6 +20,15 @@ from pydantic import (
 )
 
 MAX_USD = Decimal("9e9")  # the most USD any amount may be: integer nano-USD in a signed 64-bit column (~$9.2e9)
+# the most a config's (and `margin cost`'s) price and power inputs may be: what no real deployment reaches, and
+# within which a request's cost stays inside MAX_USD (before, `input: 1e16` $/M made every request's settlement
+# raise on the ledger's range: a 500 and no row). $1 a token: input and output of 2^30 tokens each cost < $2.2e9.
+MAX_USD_PER_MTOK = Decimal(1_000_000)
+MAX_USD_PER_HOUR = Decimal(1_000_000)
+MAX_USD_PER_KWH = Decimal(1_000)
+MAX_OVERHEAD = Decimal(10)  # an overhead share past 1,000 % of the hardware's price is a typo
+MAX_WATTS = 10_000_000.0
+MAX_PUE = 10.0
 MAX_TOKEN_CAP = 2**53  # the largest token budget: exact in JSON numbers (doubles) and in 64-bit counters
 
 

@@ -54,7 +54,7 @@ class Usage:
     def from_openai(cls, data: Any) -> Usage | None:
         """OpenAI's usage; `prompt_tokens_details.cache_write_tokens`, where an upstream reports them (margin's
         own answers from an `anthropic` backend do), are the prompt's cache writes."""
-        if not isinstance(data, dict):
+        if not isinstance(data, dict) or not _reported(data, "prompt_tokens", "completion_tokens"):
             return None
         details = data.get("prompt_tokens_details") or {}
         if not isinstance(details, dict):
@@ -63,12 +63,14 @@ class Usage:
         # cached tokens are part of the prompt: more would price the excess at (cached − input) rates, below 0
         cached = min(_count(details.get("cached_tokens")), input_tokens)
         writes = min(_count(details.get("cache_write_tokens")), input_tokens - cached)
-        return cls(input_tokens, _count(data.get("completion_tokens")), cached, cache_write_tokens=writes)
+        output = data.get("completion_tokens")  # none named (embeddings'; an upstream that leaves it out): the rest
+        output = _count(output) if output is not None else max(_count(data.get("total_tokens")) - input_tokens, 0)
+        return cls(input_tokens, output, cached, cache_write_tokens=writes)
 
     @classmethod
     def from_responses(cls, data: Any) -> Usage | None:
         """The Responses API's usage (`input_tokens`, `output_tokens`, `input_tokens_details.cached_tokens`)."""
-        if not isinstance(data, dict):
+        if not isinstance(data, dict) or not _reported(data, "input_tokens", "output_tokens"):
             return None
         details = data.get("input_tokens_details")
         cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
@@ -76,12 +78,12 @@ class Usage:
         return cls(input_tokens, _count(data.get("output_tokens")), min(cached, input_tokens))
 
     @classmethod
-    def from_anthropic(cls, data: Any) -> Usage:
+    def from_anthropic(cls, data: Any) -> Usage | None:
         """Anthropic's usage (Messages API): its `input_tokens` leave out the prompt's cache reads and writes,
         which are counted apart; margin's input is the whole prompt, as OpenAI counts it. Output includes
-        extended thinking."""
-        if not isinstance(data, dict):
-            return cls()
+        extended thinking. None where it counts no prompt (none at all, junk counts), as `from_openai`."""
+        if not isinstance(data, dict) or not _reported(data, "input_tokens", "output_tokens"):
+            return None
         reads, writes = _count(data.get("cache_read_input_tokens")), _count(data.get("cache_creation_input_tokens"))
         total = min(_count(data.get("input_tokens")) + reads + writes, MAX_TOKENS)
         reads = min(reads, total)
@@ -89,6 +91,18 @@ class Usage:
 
 
 MAX_TOKENS = 2**30 - 1  # the ledger's 32-bit token columns are summed in pairs (input + output) in SQL
+
+
+def _reported(data: dict[str, Any], prompt: str, output: str) -> bool:
+    """Whether an upstream's usage counts the prompt (a number, finite, not negative) and, where it names its
+    output's count, that too (embeddings' has none). Else it is no usage: the request is counted as if the upstream
+    reported none. Before, `{"total_tokens": 5000}`, counts as strings ("3000") or a negative count metered the
+    prompt (or answer) at 0 tokens, $0, as the backend's own count."""
+    return _count_like(data.get(prompt)) and (data.get(output) is None or _count_like(data[output]))
+
+
+def _count_like(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value) and value >= 0
 
 
 def _count(value: Any) -> int:

@@ -318,6 +318,7 @@ async def test_text_completions_and_embeddings_are_refused() -> None:
 
 def test_anthropic_usage_is_the_whole_prompt_with_cache_reads_as_cached_and_writes_apart() -> None:
     usage = Usage.from_anthropic(USAGE)
+    assert usage is not None
     assert (usage.input_tokens, usage.cached_tokens, usage.cache_write_tokens, usage.output_tokens) == (
         21 + 3000 + 1000,
         3000,
@@ -330,8 +331,10 @@ def test_anthropic_usage_is_the_whole_prompt_with_cache_reads_as_cached_and_writ
     assert "prompt_tokens_details" not in Usage(10, 2).to_openai()
     over = {"prompt_tokens": 100, "prompt_tokens_details": {"cached_tokens": 70, "cache_write_tokens": 50}}
     assert Usage.from_openai(over) == Usage(100, 0, 70, cache_write_tokens=30)  # never more than the prompt
-    assert Usage.from_anthropic({"input_tokens": -5, "output_tokens": "x"}) == Usage()
-    assert Usage.from_anthropic(None) == Usage()
+    # junk or no counts: no usage (the request is counted or estimated), not 0 tokens at $0
+    assert Usage.from_anthropic({"input_tokens": -5, "output_tokens": "x"}) is None
+    assert Usage.from_anthropic({"input_tokens": 5, "output_tokens": "x"}) is None
+    assert Usage.from_anthropic(None) is None
 
 
 def test_a_cache_write_is_priced_at_its_rate_and_a_read_at_its_own() -> None:
@@ -367,7 +370,7 @@ def test_a_whole_answer_is_a_chat_completion_with_tool_calls_and_its_thinking() 
     assert reply["message"]["tool_calls"] == [
         {"id": "toolu_01A", "type": "function", "function": {"name": "w", "arguments": orjson.dumps(INPUT).decode()}}
     ]
-    assert payload["usage"]["prompt_tokens"] == usage.input_tokens == 4021
+    assert usage is not None and payload["usage"]["prompt_tokens"] == usage.input_tokens == 4021
     thinking, text, _ = completion(_call(), message({"model": "thinker", "messages": HI}), "claude")
     assert text == "hello world" and thinking["choices"][0]["message"]["content"] == "hello world"
     assert thinking["choices"][0]["message"]["reasoning_content"] == THINKING  # LiteLLM's shape

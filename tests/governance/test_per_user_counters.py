@@ -44,7 +44,7 @@ async def test_a_user_refused_today_is_admitted_in_the_next_window(db_path: Path
         codes = [(await gw.http.post(CHAT, json=body("alice"))).status_code for _ in range(3)]
         assert codes == [200, 200, 429]  # 2 × $0.01 = alice's whole day
         assert (await gw.http.post(CHAT, json=body("bob"))).status_code == 200
-        with mock.patch("margin.pipeline.steps.admit.datetime", _Tomorrow):
+        with mock.patch("margin.pipeline.values.datetime", _Tomorrow):  # the request starts tomorrow
             assert (await gw.http.post(CHAT, json=body("alice"))).status_code == 200
         await gw.services.drain()
         budget = gw.services.governance.rules.budgets[0]

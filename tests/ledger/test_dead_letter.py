@@ -110,3 +110,26 @@ def test_coerce_fits_every_column() -> None:
     assert coerced["tags"] == {"k": "a\ufffd"} and coerced["e2e_ms"] == 0.0
     assert deadletter.is_transient(sa.exc.OperationalError("x", {}, Exception()))
     assert not deadletter.is_transient(sa.exc.DataError("x", {}, Exception()))
+
+
+async def test_sqlite_rows_whose_costs_overflow_the_rollup_never_block_the_queue(tmp_path: Path) -> None:
+    """SQLite reports a SUM past 64 bits as an OperationalError ("integer overflow"), the error it gives when the
+    database is busy: the batch was kept and retried forever. Rows of $2.1e9 each (a hostile upstream's 2^30
+    tokens each way at $1 a token) overflowed the hour's rollup at the fifth: no row of the batch, or of any
+    batch after it, reached the ledger. Now the batch is moved line by line, which adds each row to the rollups
+    (SQLite's `+` past 64 bits gives a float, not an error)."""
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    db.upgrade(url)
+    outbox = Outbox(url, tmp_path / "box", interval_s=60.0)  # only the flushes move rows
+    outbox.start()
+    await outbox.flush()
+    dear = 2_147_483_646 * 10**9  # the most a row may cost (margin.specs.MAX_USD_PER_MTOK), in nano-USD
+    for index in range(6):
+        outbox.append(row(f"dear{index}", cost_nanousd=dear))
+    outbox.append(row("cheap", team="other"))  # another rollup group
+    assert await outbox.flush() == 7
+    assert outbox.depth.rows == 0 and outbox.stats()["last_error"] is None
+    await outbox.close()
+    rows, letters = read(url)
+    assert [r.request_id for r in rows] == [*(f"dear{index}" for index in range(6)), "cheap"] and letters == []
+    assert all(r.cost_nanousd == dear for r in rows[:6])

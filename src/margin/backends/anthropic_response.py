@@ -63,7 +63,7 @@ def upstream_failed(backend: str, payload: dict[str, Any], when: str) -> Backend
     return BackendError(f"the upstream failed {when}{detail}")
 
 
-def completion(call: Call, message: dict[str, Any], backend: str) -> tuple[dict[str, Any], str, Usage]:
+def completion(call: Call, message: dict[str, Any], backend: str) -> tuple[dict[str, Any], str, Usage | None]:
     """(the chat completion, its text, its usage) for an Anthropic `message` object."""
     if message.get("type") == "error":
         raise upstream_failed(backend, message, "under HTTP 200")
@@ -88,7 +88,9 @@ def completion(call: Call, message: dict[str, Any], backend: str) -> tuple[dict[
     text = "".join(texts)
     finish = finish_reason(message.get("stop_reason"))
     usage = Usage.from_anthropic(message.get("usage"))
-    payload = payloads.completion(call, text, finish, usage)
+    payload = payloads.completion(call, text, finish, usage or Usage())
+    if usage is None:  # counted or estimated instead, as an `openai` upstream's answer without usage is
+        del payload["usage"]
     payload["choices"][0].update(matched(message.get("stop_reason"), message.get("stop_sequence")))
     reply = payload["choices"][0]["message"]
     if calls:
@@ -156,7 +158,7 @@ class Translator:
         if kind == "message_stop":
             self.done = True
             usage = Usage.from_anthropic(self.counts)
-            return [Chunk(payload=payloads.usage_chunk(self.call, usage), usage=usage)]
+            return [] if usage is None else [Chunk(payload=payloads.usage_chunk(self.call, usage), usage=usage)]
         if kind == "content_block_stop":
             return self._block_stop(event)
         return []  # event types Anthropic may add (its versioning policy)

@@ -209,7 +209,11 @@ class OpenAIBackend(HttpBackend):
         if _is_error(payload):
             log_upstream(self.name, "failed mid-stream", upstream_message(data)[0])
             raise BackendError("the upstream failed mid-stream")
-        usage = Usage.from_openai(payload.get("usage")) if payload.get("usage") else None
+        reported = payload.get("usage")
+        usage = Usage.from_openai(reported) if reported else None
+        if reported and usage is None:  # usage that counts no prompt: metered as none came, so not forwarded either
+            payload = {key: value for key, value in payload.items() if key != "usage"}
+            return Chunk(payload=payload, text=delta_text(payload))
         return Chunk(payload=payload, raw=data, text=delta_text(payload), usage=usage)
 
 

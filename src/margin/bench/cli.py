@@ -15,8 +15,8 @@ import typer
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
-from margin.economics.tco import MAX_OVERHEAD
 from margin.errors import InvalidRequest, MarginError
+from margin.specs import MAX_OVERHEAD
 
 if TYPE_CHECKING:  # the load generator's imports (aiohttp, numpy) wait until a bench runs
     from rich.progress import Progress

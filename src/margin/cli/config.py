@@ -52,6 +52,12 @@ def config_check(config: Annotated[Path, typer.Argument(help="YAML file to valid
     for flag in settings.flags:  # loads (and is ignored) for files written before; the CLI and admin API refuse it
         if unused := flag.unused_arguments():
             out.print(plain(f"warning: flag {flag.name}: {flag.action} ignores {' and '.join(unused)}; remove it"))
+    for name, model in settings.models.items():  # a per-token price where per million tokens is read
+        tiers = model.price.service_tiers.items() if model.price is not None else ()
+        for where, price in [("price", model.price), *((f"price.service_tiers.{t}", p) for t, p in tiers)]:
+            for rate in price.tiny_rates() if price is not None else ():
+                out.print(plain(f"warning: model {name}: {where}.{rate} {getattr(price, rate)} is USD per million "
+                                "tokens, under $0.001: a per-token price?"))  # fmt: skip
     out.print(
         f"ok: {len(settings.backends)} backends, {len(settings.models)} models, config_hash {config_hash(settings)}"
     )

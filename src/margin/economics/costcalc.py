@@ -12,8 +12,9 @@ from rich.console import Console
 from margin.config import RegionConfig
 from margin.economics.carbon import GridIntensity, GridTable
 from margin.economics.money import usd_str
-from margin.economics.tco import MAX_OVERHEAD, TcoInputs, TcoResult, calculate
+from margin.economics.tco import TcoInputs, TcoResult, calculate
 from margin.errors import InvalidRequest
+from margin.specs import MAX_OVERHEAD, MAX_PUE, MAX_USD_PER_HOUR, MAX_USD_PER_KWH, MAX_WATTS
 from margin.userfiles import validation_message
 
 
@@ -24,13 +25,13 @@ class CostInputs(BaseModel):
 
     model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
-    hourly_usd: Decimal = Field(ge=0, le=1_000_000)
+    hourly_usd: Decimal = Field(ge=0, le=MAX_USD_PER_HOUR)
     tokens_per_s: Decimal = Field(ge=Decimal("1e-6"), le=1_000_000_000)
     energy_overhead: Decimal = Field(ge=0, le=MAX_OVERHEAD)
     network_overhead: Decimal = Field(ge=0, le=MAX_OVERHEAD)
-    watts: float | None = Field(ge=0, le=10_000_000)
-    pue: float = Field(ge=1, le=10)
-    usd_per_kwh: Decimal = Field(ge=0, le=1_000)
+    watts: float | None = Field(ge=0, le=MAX_WATTS)
+    pue: float = Field(ge=1, le=MAX_PUE)
+    usd_per_kwh: Decimal = Field(ge=0, le=MAX_USD_PER_KWH)
 
 
 def check_cost_inputs(**numbers: object) -> CostInputs:

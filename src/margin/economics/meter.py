@@ -168,6 +168,10 @@ class Meter:
         cost = price.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens, usage.cache_write_tokens)
         if backend.writes_prompt_cache:
             cost = max(cost, price.cost(usage.input_tokens, usage.output_tokens, 0, usage.input_tokens))
+        if price.cached_per_mtok is not None and price.cached_per_mtok > price.input_per_mtok:
+            # cache reads dearer than input (genai-prices has such a model; the config refuses one): the whole
+            # prompt may be reported read from the cache
+            cost = max(cost, price.cost(usage.input_tokens, usage.output_tokens, usage.input_tokens))
         return cost
 
     def _cost(

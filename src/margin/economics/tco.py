@@ -16,8 +16,6 @@ from decimal import Decimal
 from margin.economics.carbon import co2e_grams
 from margin.economics.money import JOULES_PER_KWH, SECONDS_PER_HOUR, THOUSAND, dec
 
-MAX_OVERHEAD = Decimal(10)  # an overhead share past 1,000 % of the hardware's price is a typo
-
 
 @dataclass(frozen=True, slots=True)
 class TcoInputs:

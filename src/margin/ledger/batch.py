@@ -58,13 +58,19 @@ class Cursor:
     dead_letters: int = 0
 
 
+# SQLite errors of the OperationalError class that are about the rows, not the database: damaged bytes in the
+# file, and a SUM past 64 bits (the rollups of rows whose costs add up past $9.2e9: before, retried forever, and
+# no row of that batch or any after it reached the ledger)
+_ROWS_ERRORS = ("malformed JSON", "JSON cannot hold", "integer overflow")
+
+
 def transient(exc: BaseException) -> bool:
-    """The database is unreachable or busy: keep the lines and retry. A batch the database could not parse
-    (damaged bytes in the file) is about the rows, not the database."""
+    """The database is unreachable or busy: keep the lines and retry. A batch the database could not parse or
+    add up (`_ROWS_ERRORS`) is about the rows, not the database."""
     if not deadletter.is_transient(exc):
         return False
     text = str(exc)
-    return "malformed JSON" not in text and "JSON cannot hold" not in text
+    return not any(error in text for error in _ROWS_ERRORS)
 
 
 def _fill_sqlite() -> str:

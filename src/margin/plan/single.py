@@ -6,10 +6,10 @@ import math
 from decimal import Decimal
 from typing import Any
 
-from margin.economics.tco import MAX_OVERHEAD
 from margin.plan.econ import economics
 from margin.plan.memory import GB, MemoryPlan
 from margin.plan.perf import MAX_BATCH, MAX_RATE_RPS, MAX_TOKENS, Setup, Slo, at_slo, serve
+from margin.specs import MAX_OVERHEAD
 
 
 def check_inputs(

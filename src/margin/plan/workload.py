@@ -22,10 +22,10 @@ from typing import Annotated, Literal
 
 from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
 
-from margin.economics.tco import MAX_OVERHEAD
 from margin.errors import ConfigError
 from margin.plan.catalog import Strict
 from margin.plan.perf import MAX_DEVICES, MAX_RATE_RPS, MAX_TOKENS, Slo
+from margin.specs import MAX_OVERHEAD
 from margin.userfiles import read_yaml, validation_message
 
 Tokens = Annotated[int, Field(gt=0, le=MAX_TOKENS)]

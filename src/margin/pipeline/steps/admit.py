@@ -111,7 +111,9 @@ class Admit:
                 "budgets cannot admit it (set a price in the config, or admission.unknown_price: allow)",
                 code="price_unknown",
             )
-        now = datetime.now(UTC)
+        # the budgets' windows of when the request started, its ledger row's `created_at`: a request started at
+        # 12:59:59.999 and admitted at 13:00:00.001 was counted in 13:00's window and its row in 12:00's
+        now = request.record.started_at
         worst_nano = capped_nanousd(worst) if worst is not None else 0  # best_of × prompts × max_tokens: any size
         tokens = decision.prompt_bound + decision.output_tokens
         subject = request.subject

@@ -161,7 +161,7 @@ async def _gateway(
     outbox = Outbox(settings.storage.ledger, tmp_path / name, interval_s=60.0)
     outbox.start()
     await outbox.flush()
-    governance.flush_ledger = outbox.flush
+    governance.flush_ledger = outbox.flush_ok
     return governance, outbox
 
 
@@ -273,8 +273,9 @@ async def test_a_lost_counter_whose_outbox_flush_hangs_is_refused_retryably_not_
     governance = Governance(fake_settings(tmp_path / "l.db", budgets=[HARD]), engine, RedisStore(redis_url))
     never = asyncio.Event()
 
-    async def hung() -> None:
+    async def hung() -> bool:
         await never.wait()
+        return True
 
     governance.flush_ledger, governance.flush_timeout_s = hung, 0.2
     try:
@@ -287,6 +288,36 @@ async def test_a_lost_counter_whose_outbox_flush_hangs_is_refused_retryably_not_
         except Overloaded as refused:
             assert refused.code == "governance_unavailable"
         assert time.monotonic() - started < 2
+    finally:
+        await governance.close()
+
+
+async def test_a_new_counter_whose_outbox_flush_failed_is_refused_and_flushes_again_next_time(
+    tmp_path: Path, engine: Any
+) -> None:
+    """A new counter waits for its process' outbox to reach the ledger once after the budgets change. A pass that
+    failed (the ledger away a moment: the ingester moved nothing) was taken for done: the counter was made from a
+    ledger without those rows, and every later counter skipped the flush. Now the request is refused retryably,
+    and the next one flushes again (in-process counters: no Redis)."""
+    from margin.errors import Overloaded
+
+    governance = Governance(fake_settings(tmp_path / "l.db", budgets=[HARD]), engine)
+    results = [False, True]
+    asked: list[bool] = []
+
+    async def flush() -> bool:
+        asked.append(results[len(asked)])
+        return asked[-1]
+
+    governance.flush_ledger = flush
+    try:
+        holds = [adm.hold_for(budget, datetime.now(UTC), 0, 5) for budget in governance.rules.budgets]
+        with pytest.raises(Overloaded) as refused:  # as the admit step makes a counter it has not made yet
+            await asyncio.wait_for(governance.seed(holds, datetime.now(UTC)), 5)
+        assert refused.value.code == "governance_unavailable"
+        await asyncio.wait_for(governance.seed(holds, datetime.now(UTC)), 5)  # flushed again, then made
+        assert asked == [False, True]
+        assert await _admit(governance, "x", holds)
     finally:
         await governance.close()
 

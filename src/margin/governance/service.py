@@ -110,7 +110,7 @@ class Governance:
         self.follow_keys: Callable[[], Awaitable[object]] | None = None
         # moves this process's ledger outbox into the database (services): done before a counter the store lost
         # is counted again from the ledger, which else misses the rows still waiting there (a second of them)
-        self.flush_ledger: Callable[[], Awaitable[object]] | None = None
+        self.flush_ledger: Callable[[], Awaitable[bool]] | None = None
         self.flush_timeout_s = FLUSH_TIMEOUT_S
         self.restart_page = RESERVATION_PAGE  # reservations handled at a time by the pass after a store restart
         # rebuilt counters raised to the ledger's spend again once the other processes' outboxes are in it
@@ -345,7 +345,8 @@ class Governance:
             stale = self._flushed_at is None or self._flushed_at <= self._budgets_since
             if (lost or stale) and self.flush_ledger is not None:  # requests wait on it: bounded, else refused
                 asked = time.monotonic()
-                await asyncio.wait_for(self.flush_ledger(), self.flush_timeout_s)
+                if not await asyncio.wait_for(self.flush_ledger(), self.flush_timeout_s):  # a pass that failed:
+                    raise ConnectionError("the outbox could not be moved into the ledger")  # its rows not in the read
                 self._flushed_at = max(asked, self._flushed_at or asked)
             counted = await ledger_recorded(self.engine, await self.store.parked(name))
             spent = await ledger_spent(self.engine, item.budget, now, item.part)

@@ -134,7 +134,7 @@ class Ingester:
         self._thread.start()
 
     def request_pass(self) -> concurrent.futures.Future[int]:
-        """A pass that starts after this call; its result is the rows it moved (0 when it failed)."""
+        """A pass that starts after this call; its result is the rows it moved (-1 when it failed)."""
         future: concurrent.futures.Future[int] = concurrent.futures.Future()
         with self._guard:
             self._waiting.append(future)
@@ -184,6 +184,7 @@ class Ingester:
                 self.stats.last_ok = time.time()
                 self.stats.last_error = None
             except Exception as exc:  # the database is away (or the disk): the rows stay in the files
+                moved = -1
                 self.stats.failures += 1
                 if self.stats.last_error != str(exc):
                     log.error("ledger ingest failed (%s); the rows stay in the outbox and will be retried", exc)

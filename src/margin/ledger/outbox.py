@@ -324,7 +324,14 @@ class Outbox:
         database was unreachable)."""
         if not self._started or self._closed:
             return 0
-        return await asyncio.wrap_future(self._ingester.request_pass())
+        return max(await asyncio.wrap_future(self._ingester.request_pass()), 0)
+
+    async def flush_ok(self) -> bool:
+        """As `flush`: whether the pass reached the database (False: it failed, or the outbox is not running), so
+        that a reader of the ledger knows the rows appended before the call are in it."""
+        if not self._started or self._closed:
+            return False
+        return await asyncio.wrap_future(self._ingester.request_pass()) >= 0
 
     async def close(self) -> None:
         """Stop taking rows, ingest what is left (a few tries), stop the ingester. Rows the database did not

@@ -28,7 +28,7 @@ from margin.messages import (
     parse_messages,
 )
 from margin.parsing import parse_request
-from margin.protocol import ChatCompletionRequest, Endpoint
+from margin.protocol import MAX_BLOCK_ORDER, ChatCompletionRequest, Endpoint
 
 # thinking budgets → OpenAI's reasoning effort: up to 4K tokens low, up to 16K medium, more high
 EFFORT_BUDGETS = ((4_096, "low"), (16_384, "medium"))
@@ -105,7 +105,8 @@ def _assistant(message: AssistantMessage, index: int) -> dict[str, Any]:
         out["tool_calls"] = calls
     if thoughts:
         out["thinking_blocks"] = thoughts
-    if (order := interleaving.block_order([_kind(block) for block in message.content])) is not None:
+    order = interleaving.block_order([_kind(block) for block in message.content])
+    if order is not None and len(order) <= MAX_BLOCK_ORDER:  # longer: sent back in the plain order, as before
         out[interleaving.KEY] = order
     return out
 
@@ -216,6 +217,6 @@ def parse_prompt(data: Any) -> tuple[CountTokensRequest, dict[str, Any], ChatCom
 
 
 def _chat(data: dict[str, Any]) -> tuple[dict[str, Any], ChatCompletionRequest]:
-    request = parse_request(Endpoint.CHAT, data)
+    request = parse_request(Endpoint.CHAT, data, translated=True)
     assert isinstance(request, ChatCompletionRequest)
     return data, request

@@ -41,12 +41,13 @@ def _type_tag(part: Any) -> bool:
     return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part)
 
 
-def content_parts(messages: Any, *, nested: bool = False, what: str = "content parts") -> None:
+def content_parts(messages: Any, *, nested: bool = False, what: str = "content parts", orders: bool = True) -> None:
     """Content parts over all of a chat's messages, counted before any is validated (one message's limit
     alone would let 10,000 messages hold 10,000 parts each, as many as the body's bytes allow). Plain Python
     before pydantic: a validator inside the model cost ~0.9 µs a request, this ~0.2. `nested`: a part's own
     `content` list counts too (Anthropic's tool results hold blocks: `margin.messages`). An assistant's
-    `thinking_blocks`, `block_order` and `reasoning_details` entries count as its parts."""
+    `thinking_blocks`, `block_order` (`orders`: not one margin made translating a Messages or Responses
+    body, whose blocks or items were counted already) and `reasoning_details` entries count as its parts."""
     if type(messages) is not list or len(messages) > MAX_MESSAGES:  # not a list, or too long: pydantic says so
         return
     parts = 0
@@ -59,7 +60,7 @@ def content_parts(messages: Any, *, nested: bool = False, what: str = "content p
                 parts += sum(len(c) for b in content if type(b) is dict and type(c := b.get("content")) is list)
         if type(thinking := message.get("thinking_blocks")) is list:
             parts += len(thinking)
-        if type(order := message.get("block_order")) is list:
+        if orders and type(order := message.get("block_order")) is list:
             parts += len(order)
         if type(details := message.get("reasoning_details")) is list:
             parts += len(details)
@@ -71,11 +72,12 @@ def content_parts(messages: Any, *, nested: bool = False, what: str = "content p
         )
 
 
-def parse_request(endpoint: Endpoint, data: Any) -> ApiRequest:
+def parse_request(endpoint: Endpoint, data: Any, *, translated: bool = False) -> ApiRequest:
+    """`translated`: a chat margin made of a Messages or Responses body (bounded as that body already)."""
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
     if endpoint is Endpoint.CHAT:
-        content_parts(data.get("messages"))
+        content_parts(data.get("messages"), orders=not translated)
         _unsupported(data)
     try:
         return SCHEMAS[endpoint].model_validate(data)

@@ -8,7 +8,7 @@ from typing import Any
 
 from margin import interleaving
 from margin.parsing import parse_request
-from margin.protocol import ChatCompletionRequest, Endpoint
+from margin.protocol import MAX_BLOCK_ORDER, ChatCompletionRequest, Endpoint
 from margin.responses import (
     AllowedTools,
     FunctionCall,
@@ -108,7 +108,8 @@ def messages(body: ResponsesRequest) -> list[dict[str, Any]]:
             kinds.setdefault(len(out) - 1, []).extend([(interleaving.THINKING, 0)] * len(thoughts) + _kinds(item))
         thoughts = []
     for at, held in kinds.items():
-        if (order := interleaving.block_order(held)) is not None:
+        order = interleaving.block_order(held)
+        if order is not None and len(order) <= MAX_BLOCK_ORDER:  # longer: sent back in the plain order, as before
             out[at][interleaving.KEY] = order
     return out
 
@@ -212,7 +213,7 @@ def parse(data: Any, storing: bool = False) -> tuple[ResponsesRequest, dict[str,
     validates it (a 400 naming the chat field is a translation margin could not run)."""
     body = parse_responses(data, storing)
     chat = chat_data(body, data)
-    request = parse_request(Endpoint.CHAT, chat)
+    request = parse_request(Endpoint.CHAT, chat, translated=True)
     assert isinstance(request, ChatCompletionRequest)
     return body, chat, request
 

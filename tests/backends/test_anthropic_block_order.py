@@ -18,6 +18,7 @@ from margin.backends.openai_compat import OpenAIBackend
 from margin.errors import InvalidRequest
 from margin.messages import parse_messages
 from margin.messages_chat import chat_data as messages_chat
+from margin.messages_chat import parse as messages_parse
 from margin.parsing import parse_request
 from margin.protocol import MAX_BLOCK_ORDER, MAX_CONTENT_PARTS, Endpoint
 from margin.responses import parse_responses
@@ -180,3 +181,22 @@ def test_a_messages_assistant_turn_that_interleaves_carries_its_order() -> None:
         "block_order"
         not in messages_chat(parse_messages({"model": "m", "max_tokens": 9, "messages": turns}))["messages"][1]
     )
+
+
+def test_the_order_margin_makes_translating_costs_no_content_parts_and_a_long_one_is_left_out() -> None:
+    """A Messages history is bounded as Messages blocks; the `block_order` margin adds translating it is not
+    counted again as the chat's content parts, and an order past `MAX_BLOCK_ORDER` entries is left out (the turn
+    goes back in the plain order) rather than refused. Before, 1,500 interleaved turns (7,501 blocks, under the
+    10,000) were refused with "not 10500", and one turn of 1,102 blocks with a 400 naming `block_order`, a field
+    the client never sent."""
+    result = {"type": "tool_result", "tool_use_id": USE["id"], "content": "sunny"}
+    turns: list[Any] = [ASK]
+    for _ in range(1_500):
+        turns += [{"role": "assistant", "content": INTERLEAVED}, {"role": "user", "content": [result]}]
+    parsed = messages_parse({"model": "m", "max_tokens": 4000, "messages": turns})
+    assert sum(message.block_order is not None for message in parsed[2].messages) == 1_500
+    long_turn = [TEXT, FIRST, *[{"type": "text", "text": "x"}] * 1_100]
+    parsed = messages_parse(
+        {"model": "m", "max_tokens": 4000, "messages": [ASK, {"role": "assistant", "content": long_turn}]}
+    )
+    assert parsed[2].messages[1].block_order is None and parsed[2].messages[1].thinking_blocks

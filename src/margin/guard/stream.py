@@ -31,6 +31,7 @@ DETAILS = REASONING_DETAILS  # a choice's channels for its `reasoning_details` e
 WITHHELD = "[margin: the rest of this answer is withheld: it is over the guard's scan limit]"
 _WHITESPACE = (" ", "\n", "\t", "\r")
 _ENTRY_KEYS = ("type", "id", "format", "index")  # what a details entry's tail, sent at the finish, keeps of it
+_DETAIL_TYPES = list(DETAIL_TEXT_KEYS)  # an entry without an index: its channel by its type (-1, -2)
 
 
 def _last_whitespace(text: str, before: int) -> int:
@@ -46,8 +47,9 @@ def _footer_after(text: str, header: int) -> bool:
 class StreamRedactor:
     """Redacts one stream channel; `feed` returns what may be shown now, `flush` the rest at the end."""
 
-    def __init__(self, state: Redaction) -> None:
+    def __init__(self, state: Redaction, on_withhold: Callable[[], None] | None = None) -> None:
         self.state = state
+        self.on_withhold = on_withhold  # told once, when it withholds (the stream's guard: the answer is withheld)
         self.withheld = False  # the answer went over the scan limit: nothing more is released
         self.reason = ""  # which limit (the refusal's message), for the ledger
         self.count = True  # False while what it is fed repeats a text another channel counts (`reasoning`)
@@ -88,6 +90,8 @@ class StreamRedactor:
 
     def _withhold(self, exc: ScanLimitExceeded) -> str:
         self.withheld, self._pending, self.reason = True, "", exc.message
+        if self.on_withhold is not None:
+            self.on_withhold()
         return WITHHELD
 
     def _hold(self, buffer: str) -> str:
@@ -159,9 +163,11 @@ Transform = Callable[[str], str]
 class _Channel:
     """One stream of text (a choice's content, or one tool call's arguments): restore, then redact."""
 
-    def __init__(self, restore: Redaction | None, redact: Redaction | None) -> None:
+    def __init__(
+        self, restore: Redaction | None, redact: Redaction | None, on_withhold: Callable[[], None] | None = None
+    ) -> None:
         self.restorer = StreamRestorer(restore) if restore is not None else None
-        self.redactor = StreamRedactor(redact) if redact is not None else None
+        self.redactor = StreamRedactor(redact, on_withhold) if redact is not None else None
 
     def feed(self, text: str) -> str:
         if self.restorer is not None:
@@ -189,10 +195,14 @@ class StreamGuard:
         self._redact = redact
         self._channels: dict[tuple[int, str, int], _Channel] = {}
         self._entries: dict[tuple[int, int], dict[str, Any]] = {}  # a details entry's type and index, for its tail
+        self._withheld = False  # a channel withheld (told by its redactor): read per delta, so not a scan of them
 
     @property
     def withheld(self) -> bool:
-        return any(channel.withheld for channel in self._channels.values())
+        return self._withheld
+
+    def _withholds(self) -> None:
+        self._withheld = True
 
     def record(self) -> dict[str, Any]:
         """What the answer-side redaction found, for the ledger (counts by type, never values)."""
@@ -209,7 +219,7 @@ class StreamGuard:
     def _channel(self, key: tuple[int, str, int], *, restores: bool = True) -> _Channel:
         channel = self._channels.get(key)
         if channel is None:
-            channel = self._channels[key] = _Channel(self._restore if restores else None, self._redact)
+            channel = self._channels[key] = _Channel(self._restore if restores else None, self._redact, self._withholds)
         return channel
 
     def __call__(self, payload: dict[str, Any]) -> bool:
@@ -268,13 +278,14 @@ class StreamGuard:
 
     def _details(self, entries: list[tuple[dict[str, Any], str]], repeated: bool, index: int) -> bool:
         """A delta's `reasoning_details` entries with a text (pieces of the entries, as a stream sends them): each
-        entry index a channel of its own, redacted (never restored: an entry may be signed) with the stream's
-        placeholders, its held-back tail sent at the finish as an entry of the same type and index. Where the
-        delta's reasoning repeats the pieces (OpenRouter sends both), their values are not counted again."""
+        entry index a channel of its own (an entry without one: one channel for its type, so that a later delta's
+        pieces of it join its own, not another's), redacted (never restored: an entry may be signed) with the
+        stream's placeholders, its held-back tail sent at the finish as an entry of the same type and index. Where
+        the delta's reasoning repeats the pieces (OpenRouter sends both), their values are not counted again."""
         changed = False
-        for position, (entry, key) in enumerate(entries):
+        for entry, key in entries:
             number = entry.get("index")
-            number = number if isinstance(number, int) else position
+            number = number if isinstance(number, int) and number >= 0 else -1 - _DETAIL_TYPES.index(entry["type"])
             channel = self._channel((index, DETAILS, number), restores=False)
             self._entries.setdefault((index, number), {k: entry[k] for k in _ENTRY_KEYS if k in entry})
             if channel.redactor is not None and entry[key]:  # an empty piece (a signature's) leaves it as it was

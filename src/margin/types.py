@@ -138,6 +138,9 @@ class Call:
     upstream_model: str
     request_id: str
     stats: CallStats = field(default_factory=CallStats)
+    # who may reuse the prompt state this call leaves on a backend that keeps one (a local model's KV cache):
+    # another tenant's reuse would tell it, in `cached_tokens` and in time, how much of its prompt this one's was
+    tenant: str | None = None
 
     @property
     def response_id(self) -> str:

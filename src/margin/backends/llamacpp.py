@@ -114,6 +114,7 @@ class Job:
     cancel: threading.Event
     enqueued: float
     started: bool = False
+    tenant: str | None = None  # the caller (`Call.tenant`): the KV cache is reused for the same caller only
 
 
 def _empty_stats(job: Job, finish: str) -> dict[str, Any]:
@@ -140,6 +141,7 @@ class LlamaCppBackend:
         # core), at most `max_queue` waiting
         self._counter = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-count-{name}")
         self._counting = 0
+        self._kv_tenant: str | None = None  # whose prompt the KV cache holds (read and set on the worker thread)
 
     async def start(self) -> None:
         path = resolve_model_file(self.config.model_file)
@@ -253,7 +255,7 @@ class LlamaCppBackend:
             )
         plan.max_new_tokens = room if plan.max_new_tokens is None else min(plan.max_new_tokens, room)
         show_echo = isinstance(request, CompletionRequest) and request.echo
-        return Job(tokens, plan, echo if show_echo else "", emit, cancel, time.perf_counter())
+        return Job(tokens, plan, echo if show_echo else "", emit, cancel, time.perf_counter(), tenant=call.tenant)
 
     # -- the worker thread ---------------------------------------------------------------------------
 
@@ -300,6 +302,9 @@ class LlamaCppBackend:
         llm, plan = self._llm, job.plan
         constraint = grammar.build(llm, plan.json_schema, plan.json_object)  # before any text: a 400 if refused
         llm.set_seed(plan.seed & 0xFFFFFFFF)
+        if job.tenant != self._kv_tenant:  # another caller's prompt: not reused (how much of it matched would leak)
+            llm.reset()
+            self._kv_tenant = job.tenant
         cached = self._cached_prefix(job.tokens) if llm.n_tokens else 0
         matcher, decoder = StopMatcher(plan.stops), codecs.getincrementaldecoder("utf-8")("replace")
         if job.echo_text:

@@ -32,6 +32,7 @@ from margin.errors import (
 from margin.governance.admission import worst_case_usd
 from margin.pipeline.allowance import TimeAllowance, held_busy, priced_energy_cap
 from margin.pipeline.ceiling import held
+from margin.pipeline.steps.cache import cache_scope
 from margin.pipeline.stream import Delivery, close, first_chunk
 from margin.pipeline.values import Record, Reply, Request, RouteDecision
 from margin.protocol import Endpoint, service_tier
@@ -173,7 +174,11 @@ class BackendCall:
         record.target = target
         upstream = target.model.upstream_model or target.public
         stats = CallStats(notices=record.notices)  # a backend's headers (`x-margin-dropped-params`) are the answer's
-        call = Call(request.endpoint, request.body, request.raw, target.public, upstream, request.id, stats)
+        # the tenant: a key (of its org), the one caller whose prompt a backend's KV cache may reuse for this call
+        call = Call(
+            request.endpoint, request.body, request.raw, target.public, upstream, request.id, stats,
+            cache_scope(request, "key"),
+        )  # fmt: skip
         clock = self.meter.clocks[target.backend_name]
         mark, probe = clock.enter(), self.meter.probe(target.backend_name)
         seconds = request.routed().busy_allowance.get(target.public)  # a hard budget's, on a TCO-priced backend

@@ -327,3 +327,25 @@ def test_a_line_no_coerced_copy_can_save_is_a_dead_letter_not_salvaged(
     sink.close()
     assert (cursor.rows, cursor.inserted, cursor.dead_letters) == (2, 1, 1)
     assert [r.request_id for r in read_ledger(url)] == ["a"]
+
+
+@pytest.mark.parametrize("ingest_in", ["thread", "process"])
+async def test_a_flush_given_up_on_leaves_the_ingester_running(tmp_path: Path, ingest_in: IngestIn) -> None:
+    """A flush awaited under a timeout (a new budget counter's, 10 s) or by a client that left is cancelled; the
+    pass it asked for then resolved a cancelled future, which raised, ended the ingest thread, and no row reached
+    the ledger after it (the next flush never returned)."""
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    db.upgrade(url)
+    outbox = Outbox(url, tmp_path / "box", ingest_in=ingest_in, interval_s=60.0)  # only flushes move rows
+    outbox.start()
+    try:
+        outbox.append(row("a"))
+        given_up = asyncio.ensure_future(outbox.flush_ok())
+        await asyncio.sleep(0)
+        given_up.cancel()  # as `asyncio.wait_for` does at its timeout
+        outbox.append(row("b"))
+        assert await asyncio.wait_for(outbox.flush_ok(), 20)
+        await asyncio.wait_for(outbox.flush(), 20)  # a pass after the one given up on
+        assert sorted(r.request_id for r in read_ledger(url)) == ["a", "b"]
+    finally:
+        await asyncio.wait_for(outbox.close(), 30)  # before: it waited forever on the dead thread's passes

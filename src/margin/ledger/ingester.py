@@ -150,7 +150,7 @@ class Ingester:
         with self._guard:  # asked for after the last pass began: there is no pass to wait for
             waiting, self._waiting = self._waiting, []
         for future in waiting:
-            future.set_result(0)
+            _resolve(future, 0)
         for segment in self._segments.values():
             if segment.fd is not None:
                 os.close(segment.fd)
@@ -192,7 +192,7 @@ class Ingester:
                 delay = min(1.0, max(delay * 2, self._interval_s))
             finally:
                 for future in waiting:
-                    future.set_result(moved)
+                    _resolve(future, moved)
             if stopping:
                 return
 
@@ -353,3 +353,11 @@ class Ingester:
         self._forget.append(name)
         self._sink.forget(name)
         self._forget.remove(name)
+
+
+def _resolve(future: concurrent.futures.Future[int], moved: int) -> None:
+    """A waiter's pass result, unless it stopped waiting (cancelled: a flush under a timeout, a client gone).
+    Setting a cancelled future raises: it escaped the pass loop and ended the ingest thread, the ledger took no
+    row after it and every later flush waited forever."""
+    if future.set_running_or_notify_cancel():
+        future.set_result(moved)

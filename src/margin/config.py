@@ -193,16 +193,11 @@ class TierPriceConfig(Strict):
         rates = {name: getattr(self, name) for name in type(self).model_fields if name.endswith(("input", "output"))}
         return [name for name, rate in rates.items() if rate is not None and 0 < rate < PLAUSIBLE_USD_PER_MTOK]
 
-    @model_validator(mode="after")
-    def _check_cached(self) -> TierPriceConfig:
-        """A cache read above the input rate is a typo (no provider bills one): a hard budget's reservation
-        prices the prompt at the input rate, so the cached tokens' dearer charge spent it past its limit."""
-        if self.cached_input is not None and self.cached_input > self.input:
-            raise ValueError(
-                f"cached_input ({self.cached_input}) is above input ({self.input}): cache reads are never dearer "
-                "than input (prompt-cache writes are cache_write_input)"
-            )
-        return self
+    def dear_cache_reads(self) -> bool:
+        """A cache read above the input rate: loaded (a provider may bill one: genai-prices has such a model, and
+        a hard budget reserves the prompt at the dearer rate), warned of by `margin config check` (often a typo
+        for `cache_write_input`)."""
+        return self.cached_input is not None and self.cached_input > self.input
 
 
 class PriceConfig(TierPriceConfig):

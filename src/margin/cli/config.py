@@ -58,6 +58,9 @@ def config_check(config: Annotated[Path, typer.Argument(help="YAML file to valid
             for rate in price.tiny_rates() if price is not None else ():
                 out.print(plain(f"warning: model {name}: {where}.{rate} {getattr(price, rate)} is USD per million "
                                 "tokens, under $0.001: a per-token price?"))  # fmt: skip
+            if price is not None and price.dear_cache_reads():
+                dear = f"{where}.cached_input {price.cached_input} is above input {price.input}"
+                out.print(plain(f"warning: model {name}: {dear} (budgets reserve a prompt at it): a typo?"))
     out.print(
         f"ok: {len(settings.backends)} backends, {len(settings.models)} models, config_hash {config_hash(settings)}"
     )

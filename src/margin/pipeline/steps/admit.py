@@ -64,7 +64,7 @@ class Admit:
         admit = functools.partial(self._admit_once, request.id, [h.hold for h in holds], checks, lenient)
         result = await admit()
         if result.unseeded:  # the store lost a counter (Redis restarted without persistence): the ledger again
-            await self.gov.reseed(holds, datetime.now(UTC))
+            await self.gov.reseed(holds, request.record.started_at)  # the holds' windows (`_holds`), not now's
             result = await admit()
             if result.unseeded:
                 raise Overloaded(

@@ -23,6 +23,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 import uvicorn
+import yaml
 from starlette.applications import Starlette
 
 from margin.app import build_app
@@ -337,3 +338,23 @@ def ledger_rows(db: Path, request_id: str) -> int:
             return int(connection.execute(query, {"id": request_id}).scalar_one())
     finally:
         engine.dispose()
+
+
+def ledger_columns(url: str, *columns: Any) -> list[tuple[Any, ...]]:
+    """The ledger's rows (in the order written) as tuples of `columns` (`margin.ledger.models.ledger.c.*`)."""
+    engine = ledger_db.make_sync_engine(url)
+    try:
+        with engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(sa.select(*columns).order_by(ledger.c.id))]
+    finally:
+        engine.dispose()
+
+
+def chat_once(tmp_path: Path, config: dict[str, Any], body: dict[str, Any], key: str) -> httpx.Response:
+    """One chat request with `key` to a `margin serve` of `config` (written to `tmp_path`/margin.yaml)."""
+    path = tmp_path / "margin.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with margin_serve(None, tmp_path / "serve.log", path) as (base, _):
+        return httpx.post(
+            f"{base}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}, timeout=30
+        )

@@ -13,12 +13,10 @@ from typing import Any
 
 import httpx
 import orjson
-import sqlalchemy as sa
 import yaml
 
-from margin.ledger import db
 from margin.ledger.models import ledger
-from tests.helpers import margin_serve
+from tests.helpers import ledger_columns, margin_serve
 from tests.servers import http_thread, recording_handler, reply_events, reply_json
 
 USAGES: list[Any] = [
@@ -31,6 +29,7 @@ USAGES: list[Any] = [
 ]
 PROMPT = "hello " * 100
 ANSWER = "word " * 50
+COLUMNS = (ledger.c.input_tokens, ledger.c.output_tokens, ledger.c.usage_source, ledger.c.cost_nanousd)
 
 
 def _next_usage(handler: BaseHTTPRequestHandler, body: Any) -> None:
@@ -65,13 +64,7 @@ def test_a_usage_without_a_prompt_count_is_no_usage(tmp_path: Path) -> None:
             )
     events = [orjson.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
     sent = [event["usage"] for event in events if event.get("usage")]
-    engine = db.make_sync_engine(url)
-    try:
-        with engine.connect() as connection:
-            columns = (ledger.c.input_tokens, ledger.c.output_tokens, ledger.c.usage_source, ledger.c.cost_nanousd)
-            rows = [tuple(row) for row in connection.execute(sa.select(*columns).order_by(ledger.c.id))]
-    finally:
-        engine.dispose()
+    rows = ledger_columns(url, *COLUMNS)
     counted = rows[4]
     assert counted[2] != "backend" and counted[0] > 0 and counted[1] > 0 and counted[3] > 0
     assert rows[:4] == [counted] * 4  # before: (0, 0, backend, 0) ×2, (0, 2000, backend, …), (3000, 0, backend, …)
@@ -112,12 +105,6 @@ def test_an_anthropic_answer_without_counts_is_counted(tmp_path: Path) -> None:
                 body = {"model": "c", "messages": [{"role": "user", "content": PROMPT}]}
                 reply = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=30)
                 assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] == ANSWER
-    engine = db.make_sync_engine(url)
-    try:
-        with engine.connect() as connection:
-            columns = (ledger.c.input_tokens, ledger.c.output_tokens, ledger.c.usage_source, ledger.c.cost_nanousd)
-            rows = [tuple(row) for row in connection.execute(sa.select(*columns).order_by(ledger.c.id))]
-    finally:
-        engine.dispose()
+    rows = ledger_columns(url, *COLUMNS)
     assert len(rows) == 2 and rows[0] == rows[1]
     assert rows[0][2] != "backend" and rows[0][0] > 0 and rows[0][1] > 0 and rows[0][3] > 0

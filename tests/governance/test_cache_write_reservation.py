@@ -10,14 +10,9 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-import httpx
-import sqlalchemy as sa
-import yaml
-
-from margin.ledger import db
 from margin.ledger.models import ledger
 from tests.governance.conftest import make_key
-from tests.helpers import margin_serve, reserved_input
+from tests.helpers import chat_once, ledger_columns, reserved_input
 from tests.servers import http_thread, recording_handler, reply_json
 
 PROMPT_TOKENS = 1000  # all of them written to the upstream's prompt cache
@@ -46,18 +41,8 @@ def test_a_hard_budget_reserves_the_cache_write_rate_an_openai_upstream_may_bill
             "models": {"w": {"backend": "proxy", "price": PRICE}},
             "budgets": [{"name": "g", "scope": {"kind": "global"}, "usd": "0.60", "period": "month", "mode": "hard"}],
         }
-        path = tmp_path / "margin.yaml"
-        path.write_text(yaml.safe_dump(config))
-        with margin_serve(None, tmp_path / "serve.log", path) as (base, _):
-            answer = httpx.post(
-                f"{base}/v1/chat/completions", json=BODY, headers={"authorization": f"Bearer {key}"}, timeout=30
-            )
+        answer = chat_once(tmp_path, config, BODY, key)
     # before: 200, reserved $0.53 at the input rate and charged $1.00 against the $0.60 hard budget
     assert answer.status_code == 429 and answer.json()["error"]["code"] == "budget_exceeded", answer.text
     assert bodies == []
-    engine = db.make_sync_engine(url)
-    try:
-        with engine.connect() as connection:
-            assert sum(row.cost_nanousd or 0 for row in connection.execute(sa.select(ledger.c.cost_nanousd))) == 0
-    finally:
-        engine.dispose()
+    assert sum(cost or 0 for (cost,) in ledger_columns(url, ledger.c.cost_nanousd)) == 0

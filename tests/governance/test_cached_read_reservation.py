@@ -1,9 +1,9 @@
 """A hard budget reserves what a prompt's cache reads may cost where they are dearer than fresh input. genai-prices
 has such a model (openrouter's `~deepseek/deepseek-pro-latest`: input $0.225, cache reads $0.23 per million), and
 an upstream may report the whole prompt as read from its cache; the reservation priced the prompt at the input
-rate, so a request reserved $0.0225 was charged $0.0230 and spent a hard budget past its limit (the config refuses
-a `cached_input` above `input`; genai-prices' data is not checked). `margin serve` over real HTTP, a fake upstream
-on a thread."""
+rate, so a request reserved $0.0225 was charged $0.0230 and spent a hard budget past its limit (a configured
+`cached_input` above `input` is reserved the same way: `tests/economics/test_price_bounds.py`). `margin serve` over
+real HTTP, a fake upstream on a thread."""
 
 from __future__ import annotations
 
@@ -12,14 +12,9 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-import httpx
-import sqlalchemy as sa
-import yaml
-
-from margin.ledger import db
 from margin.ledger.models import ledger
 from tests.governance.conftest import make_key
-from tests.helpers import margin_serve, reserved_input
+from tests.helpers import chat_once, ledger_columns, reserved_input
 from tests.servers import http_thread, recording_handler, reply_json
 
 BODY = {"model": "d", "messages": [{"role": "user", "content": "x" * 100_000}], "max_tokens": 1}
@@ -49,19 +44,9 @@ def test_a_hard_budget_reserves_cache_reads_dearer_than_input(tmp_path: Path) ->
             "models": {"d": {"backend": "router", "price_ref": "~deepseek/deepseek-pro-latest"}},
             "budgets": [{"name": "g", "scope": {"kind": "global"}, "usd": str(limit), "mode": "hard"}],
         }
-        path = tmp_path / "margin.yaml"
-        path.write_text(yaml.safe_dump(config))
-        with margin_serve(None, tmp_path / "serve.log", path) as (base, _):
-            answer = httpx.post(
-                f"{base}/v1/chat/completions", json=BODY, headers={"authorization": f"Bearer {key}"}, timeout=30
-            )
+        answer = chat_once(tmp_path, config, BODY, key)
     # before: 200, reserved at the input rate and charged the cache-read rate, past the hard budget
     assert answer.status_code == 429 and answer.json()["error"]["code"] == "budget_exceeded", answer.text
     assert f"may cost up to ${at_cached:.9f}" in answer.json()["error"]["message"]
     assert bodies == []
-    engine = db.make_sync_engine(url)
-    try:
-        with engine.connect() as connection:
-            assert sum(row.cost_nanousd or 0 for row in connection.execute(sa.select(ledger.c.cost_nanousd))) == 0
-    finally:
-        engine.dispose()
+    assert sum(cost or 0 for (cost,) in ledger_columns(url, ledger.c.cost_nanousd)) == 0

@@ -155,6 +155,20 @@ def test_utilization_and_idle_cost(engine: sa.Engine, tmp_path: Path, rollup: bo
         assert part.idle_cost_usd is None and part.provisioned_s == 3600.0  # (a key's view had all of it)
 
 
+def test_utilization_counts_no_time_after_now(engine: sa.Engine, tmp_path: Path, rollup: bool) -> None:
+    """A window that ends after now (this month, asked on its 7th) is provisioned until now: its later hours have
+    not happened, so they are neither idle cost nor a share of the utilization (they were: the whole month's
+    idle TCO on its 7th, and a quarter of the utilization)."""
+    extra = row("r8", backend="fake", busy_ms=None, backend_ms=1000.0, cost_nanousd=MILLI, created_at=at(2, 0, 40))
+    load(engine, rows=[*ROWS, extra])
+    two_hours = Window(at(2, 0), at(2, 2), rollup=rollup)
+    [fake] = utilization(engine, two_hours, settings(tmp_path), now=at(2, 1))
+    assert (fake.provisioned_s, fake.busy_s) == (3600.0, 3.0)
+    assert fake.idle_cost_usd == Decimal("3.60") * Decimal(3597) / Decimal(3600)
+    [later] = utilization(engine, Window(at(3), at(4), rollup=rollup), settings(tmp_path), now=at(2, 1))
+    assert later.provisioned_s == 0.0 and later.idle_cost_usd == 0 and later.utilization is None
+
+
 def test_seat_revenue_is_the_operators_not_a_keys(engine: sa.Engine, tmp_path: Path, rollup: bool) -> None:
     """Per-seat revenue is left out of a team's, a key's or an org's P&L (a key without a team was credited
     the whole operator's seats: `$30` against its own `$0.001`)."""
@@ -169,6 +183,15 @@ def test_seat_revenue_is_the_operators_not_a_keys(engine: sa.Engine, tmp_path: P
             assert chat.revenue_usd == Decimal(30) and seats == "prorated over the window"
         else:
             assert not chat.revenue_usd and seats == "not attributable to a team: left out", narrowed
+
+
+def test_seat_revenue_is_not_earned_after_now(engine: sa.Engine, tmp_path: Path, rollup: bool) -> None:
+    """Seats are prorated over the part of the window that has happened: a month asked on its 8th at noon is
+    7.5 days of seats, against 7.5 days of cost (it was the whole month's revenue: a margin far too high)."""
+    november = Window(at(1), at(16), rollup=rollup)  # 15 days: $30 of chat seats once they have all passed
+    report = margins(engine, november, settings(tmp_path).revenue, now=at(8, 12))
+    chat = next(r for r in report.rows if r.key == "chat")
+    assert chat.revenue_usd == Decimal(15) and report.window_seconds == Decimal(7.5 * 86400)
 
 
 def test_summary_unchanged_by_new_rows(engine: sa.Engine, rollup: bool) -> None:

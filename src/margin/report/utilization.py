@@ -2,7 +2,8 @@
 
 Assumptions, printed with the numbers:
 - a backend with `hardware:` in the config is provisioned for the whole window; an open start begins at the
-  backend's first ledger row in the window, an open end is now;
+  backend's first ledger row in the window, an open end is now, and so is an end after now (this month,
+  asked on its 7th: its later hours were counted as idle cost that had not been spent);
 - busy time is the busy time billed to each request (`busy_ms`, the SharedClock share or the backend's own
   busy figure, so concurrent requests are not double counted). Rows written before that column existed fall
   back to `backend_ms` (wall time waiting on the backend), which over-counts under concurrency;
@@ -29,7 +30,7 @@ from margin.ledger.read import Window
 from margin.report.metrics import usd
 
 ASSUMPTION = (
-    "provisioned = the whole window (open start: the backend's first row; open end: now); "
+    "provisioned = the whole window (open start: the backend's first row; an open end or one after now: now); "
     "busy = Σ busy_ms billed to requests (backend_ms for older rows); idle cost = hourly TCO × idle hours"
 )
 
@@ -78,7 +79,8 @@ def utilization(
     hosted = {name: b.hardware for name, b in settings.backends.items() if b.hardware is not None}
     if not hosted:
         return []
-    end = window.until or now or datetime.now().astimezone()
+    now = now or datetime.now().astimezone()
+    end = min(window.until, now) if window.until is not None else now  # no idle time after now: not yet spent
     with engine.connect() as connection:
         found = read.grouped(connection, window, "backend")
         first = read.first_at(connection, window, "backend") if window.since is None else {}

@@ -117,11 +117,13 @@ class Window:
         }
 
     def seconds(self, first: datetime | None, now: datetime) -> float:
-        """The window's length; an open start begins at `first` (the first row in it), an open end is now."""
+        """The window's length so far; an open start begins at `first` (the first row in it), an open end or one
+        after now is now (a month asked on its 8th was its 30 days: seats prorated over days still to come)."""
         start = self.since or (as_utc(first) if first is not None else None)
         if start is None:
             return 0.0
-        return max(0.0, ((self.until or now) - start).total_seconds())
+        end = min(self.until, now) if self.until is not None else now
+        return max(0.0, (end - start).total_seconds())
 
 
 def team_org(connection: sa.Connection, team: str, org: tuple[str | None]) -> tuple[str | None] | None:

@@ -52,6 +52,7 @@ def test_the_budgets_page_holds_caps_far_above_the_spend(gw: Served) -> None:
         ("/admin/usage", {"since": "9999-12-31T00:30:00", "by": "customer"}),  # and a whole day
         ("/admin/usage", {"since": "2026-11-16", "until": "2026-11-01"}),  # ends before it starts
         ("/v1/margin/usage", {"since": "2026-11-16", "until": "2026-11-01"}),  # a key's own: the same
+        ("/v1/margin/usage", {"until": "2000-01-01"}),  # before its since's default, this month's start (was zeros)
     ],
 )
 def test_query_values_out_of_range_are_400(gw: Served, path: str, params: dict[str, str]) -> None:

@@ -299,8 +299,11 @@ async def own_usage(request: Request, principal: Principal) -> Any:
         raise NotFound("usage is per API key; this gateway runs open (no keys), see `margin report`")
     services, params = request.app.state.services, request.query_params
     known_query(params, USAGE_QUERY | {"user"})
-    since, until = parse_span(params.get("since"), params.get("until"))  # an inverted window is a 400
-    window_ = Window(since or window("month", datetime.now(UTC))[0], until, key_id=principal.key_id)
+    # no `since`: this month's start, checked against `until` as a given one is (an earlier `until` was zeros)
+    this_month = window("month", datetime.now(UTC))[0]
+    default = this_month.isoformat() if this_month is not None else None
+    since, until = parse_span(params.get("since") or default, params.get("until"))  # inverted: a 400
+    window_ = Window(since, until, key_id=principal.key_id)
     limit = parse_limit(params.get("limit"))
     subject = _usage_subject(services, principal, request.headers.get("x-margin-tags"), params.get("user"))
     async with services.key_reads.slot(None if principal.is_admin else principal.key_id):  # groups: its rows

@@ -6,6 +6,8 @@ import pytest
 
 from margin.config import config_hash, is_loopback, load_settings, parse_settings
 from margin.errors import ConfigError
+from margin.ledger.measures import COLUMNS
+from margin.specs import LEDGER_DIMENSIONS
 
 
 def test_default_config_runs_the_local_model() -> None:
@@ -69,3 +71,14 @@ def test_hash_changes_with_settings() -> None:
 def test_loopback_detection() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.5") and not is_loopback("example.org")
+
+
+def test_a_rolled_up_tag_key_is_not_a_ledger_dimension() -> None:
+    """A tag key named like a column the reports group by (`status`, `model`…) was rolled up into that
+    dimension's daily rows: `--by status` listed the tag's values as statuses, counted twice (per team and
+    across teams). The config refuses it; the reserved names are exactly the ledger's own groupings."""
+    for name in ("status", "model", "key", "error"):
+        with pytest.raises(ConfigError, match=f"rollup_keys: {name} is a dimension"):
+            parse_settings({"tags": {"rollup_keys": ["feature", name]}})
+    assert parse_settings({"tags": {"rollup_keys": ["feature", "cohort"]}}).tags.rollup_keys == ["feature", "cohort"]
+    assert {*COLUMNS, "error", "hour", "day"} == LEDGER_DIMENSIONS

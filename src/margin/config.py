@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from margin.backend_config import BackendConfig
 from margin.errors import ConfigError
 from margin.specs import (
+    LEDGER_DIMENSIONS,
     MAX_PUE,
     MAX_USD_PER_KWH,
     MAX_USD_PER_MTOK,
@@ -343,7 +344,8 @@ class TagsConfig(Strict):
     rollup_keys: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]] = Field(
         default_factory=lambda: ["feature", "customer"],
         description="Tag keys kept in the daily rollups (reports and dashboard group by them without reading "
-        "rows). Each adds about days × teams × values rows; a change applies after `margin db rebuild-rollups`.",
+        "rows). Each adds about days × teams × values rows; a change applies after `margin db rebuild-rollups`. "
+        "Not a name the ledger groups its own columns by (model, status, key, …: specs.LEDGER_DIMENSIONS).",
     )
     indexed_keys: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]] = Field(
         default_factory=lambda: ["customer"],
@@ -351,6 +353,16 @@ class TagsConfig(Strict):
         "counter from that value's rows, not from every row of its window. Each costs the ingest one index entry "
         "per row that carries the tag; a change applies after `margin db index-tags`.",
     )
+
+    @model_validator(mode="after")
+    def _rollup_keys_are_not_dimensions(self) -> TagsConfig:
+        taken = sorted(set(self.rollup_keys) & LEDGER_DIMENSIONS)
+        if taken:
+            raise ValueError(
+                f"rollup_keys: {', '.join(taken)} is a dimension the ledger groups its own columns by; a tag of that "
+                "name rolled up would add its values to that dimension's rows (and reads group by the column)"
+            )
+        return self
 
 
 class RevenueRule(Strict):

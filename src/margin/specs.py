@@ -30,6 +30,13 @@ MAX_OVERHEAD = Decimal(10)  # an overhead share past 1,000 % of the hardware's p
 MAX_WATTS = 10_000_000.0
 MAX_PUE = 10.0
 MAX_TOKEN_CAP = 2**53  # the largest token budget: exact in JSON numbers (doubles) and in 64-bit counters
+# what a report groups by from the ledger's own columns (and its error, hour and day): a tag key of one of these
+# names is read as the column, and rolled up (`tags.rollup_keys`) its values were added to that dimension's daily
+# rows (`--by status` listed a `vip` status of twice the requests tagged `status=vip`). = measures.COLUMNS + 3
+LEDGER_DIMENSIONS = frozenset({
+    "key", "team", "org", "model", "backend", "region", "endpoint", "status", "user", "kind", "service_tier",
+    "error", "hour", "day",
+})  # fmt: skip
 
 
 def _held_at(cap: int) -> AfterValidator:

@@ -24,7 +24,7 @@ from margin.errors import BackendError
 from margin.jsonload import MIN_DEEP_BYTES
 from margin.protocol import FORWARDED, Endpoint
 from margin.thinking import without_thinking
-from margin.types import Call, Chunk, Completion, Prompt, Usage, choices_text
+from margin.types import Call, Chunk, Completion, Prompt, Usage, choices_text, finish_reason_of
 
 log = logging.getLogger("margin.backends")
 
@@ -103,6 +103,7 @@ class OpenAIBackend(HttpBackend):
             log_upstream(self.name, "answered 200 with an error", upstream_message(content)[0])
             raise BackendError("the upstream failed (an error under HTTP 200)")
         usage = (Usage.from_responses if call.endpoint is Endpoint.COMPACT else Usage.from_openai)(payload.get("usage"))
+        call.stats.finish_reason = finish_reason_of(payload)  # a cache hit replays it (`length`: a cut answer)
         return Completion(payload=payload, raw=content, text=message_text(payload), usage=usage)
 
     async def complete(self, call: Call) -> Completion:

@@ -29,6 +29,7 @@ from margin.types import Chunk, Usage, finish_reason_of
 DONE = b"data: [DONE]\n\n"
 PARSE_INLINE_BYTES = 256 * 1024  # a stream that delivered more is parsed for its text in a worker thread
 FINISH_LOOKBACK = 8  # events read, from the end, for a stream's finish reason (then a usage event, `[DONE]`)
+FINISH_EVENT_BYTES = 64 * 1024  # a longer one of them is not parsed for it (a finishing event is a few hundred)
 
 
 def sse(data: bytes) -> bytes:
@@ -128,10 +129,13 @@ class Delivery:
 
     def finish_reason(self) -> str | None:
         """The finish reason the stream's last events name (a cache hit replays it). Only the last
-        `FINISH_LOOKBACK` events are read: a stream cut before its finish has none, and is not parsed whole."""
+        `FINISH_LOOKBACK` events are read, and none over `FINISH_EVENT_BYTES`: a stream cut before its finish has
+        none, and is not parsed whole."""
         chunks = itertools.chain(reversed(self._rest), reversed(self._first))
         events = (c for chunk in chunks for c in (_each(chunk.events) if chunk.events is not None else [chunk]))
         for chunk in itertools.islice(events, FINISH_LOOKBACK):
+            if chunk.raw is not None and len(chunk.raw) > FINISH_EVENT_BYTES:  # not parsed on the loop for this
+                continue
             try:
                 reason = finish_reason_of(chunk.payload)
             except ValueError:  # forwarded as the upstream sent it, unparsed

@@ -18,6 +18,8 @@ any name (requests are counted per `<mode>/<tag>`, see `GET /stats`) and `mode` 
     badjson                     200 with a body that is not JSON (streams: a first event that is not JSON)
     badsse,events=2             2 good events, then `data: {not json`
     badbrace                    like badjson, but the body (or first event) is braced: `{"id": oops}`
+    errorchunk,events=2         streams: 2 good events, then OpenRouter's mid-stream error (an `error` object
+                                beside `choices` whose finish_reason is `error`), then [DONE]
     odd                         answers of odd shape: `choices` that are not objects (JSON: with usage;
                                 SSE: 2 good events, then odd ones, a finish, and no usage)
     huge,bytes=N                an answer of N bytes: JSON, one valid object sent chunked; SSE, 2 events,
@@ -301,6 +303,10 @@ async def respond(mode: Mode, request: Request, reader: asyncio.StreamReader, wr
         sent = [b'data: {"id": oops}\n\n']
     elif name == "badsse":
         sent = [*sent[:keep], b"data: {not json\n\n"]
+    elif name == "errorchunk":
+        choices = [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]
+        failed = {"id": "f-1", "object": "chat.completion.chunk", **ERROR_BODY, "choices": choices}
+        sent = [*sent[:keep], b"data: " + json.dumps(failed).encode() + b"\n\n", sent[-1]]
     elif name == "many":
         sent = many_events(request.body, int(mode.number("events", 400)), int(mode.number("size", 2000)))
     elif name in ("stall", "reset"):

@@ -158,11 +158,24 @@ class Completion:
     usage: Usage | None = None  # what the backend reported; None when it reported nothing
 
 
+MAX_FINISH_REASON = 64  # OpenAI's are a word (`stop`, `length`, `tool_calls`, `content_filter`)
+
+
 def choices_of(payload: Any) -> list[Any]:
     """An answer's (or a stream event's) `choices`. An upstream's answer is forwarded as it came whatever its
     shape, so code that reads or rewrites it takes the choices from here: any other shape has none."""
     choices = payload.get("choices") if isinstance(payload, dict) else None
     return choices if isinstance(choices, list) else []
+
+
+def finish_reason_of(payload: Any) -> str | None:
+    """The finish reason an answer (or a stream event) names: its first choice's that is a short string (any other
+    shape: none)."""
+    for choice in choices_of(payload):
+        reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+        if isinstance(reason, str) and 0 < len(reason) <= MAX_FINISH_REASON:
+            return reason
+    return None
 
 
 def choices_text(payload: Any, part: str = "delta") -> str:

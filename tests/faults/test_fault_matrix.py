@@ -103,6 +103,14 @@ CASES = [
         None,
         Expect(200, "upstream_bad_response", "upstream_error", mid_stream=True, row_http=502),
     ),
+    # OpenRouter's mid-stream error (`error` beside `choices`): the OpenAI SDK raises on it; it is no answer
+    Case("error-chunk-first", "errorchunk,events=0", None, Expect(502, "upstream_error", "upstream_error")),
+    Case(
+        "error-chunk-mid-stream",
+        "errorchunk,events=2",
+        None,
+        Expect(200, "upstream_error", "upstream_error", mid_stream=True, row_http=502),
+    ),
     Case("redirect", "redirect,code=307", *_both(Expect(502, "upstream_error", "upstream_error"))),  # not followed
     Case(
         "error-under-200",
@@ -261,6 +269,7 @@ def test_fault(gw: Gateway, case: Case, stream: bool, fallback: bool, expect: Ex
     elif expect.mid_stream:  # the answer had begun: what was delivered, an error event, then [DONE]
         assert reply.texts == ["a", "b"] and reply.done
         assert reply.error is not None and reply.error["code"] == expect.code
+        assert "SECRET" not in reply.error["message"]  # an upstream's error text stays in the log
         assert row.output_tokens > 0 and row.usage_source == "estimated"  # from the text that reached the client
     elif not falls_back:  # a clean OpenAI error before any byte
         assert reply.error is not None and set(reply.error) == {"message", "type", "param", "code"}

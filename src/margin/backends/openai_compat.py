@@ -24,7 +24,7 @@ from margin.errors import BackendError
 from margin.jsonload import MIN_DEEP_BYTES
 from margin.protocol import FORWARDED, Endpoint
 from margin.thinking import without_thinking
-from margin.types import Call, Chunk, Completion, Prompt, Usage, choices_text
+from margin.types import Call, Chunk, Completion, Prompt, Usage, choices_text, finish_reason_of
 
 log = logging.getLogger("margin.backends")
 
@@ -103,6 +103,7 @@ class OpenAIBackend(HttpBackend):
             log_upstream(self.name, "answered 200 with an error", upstream_message(content)[0])
             raise BackendError("the upstream failed (an error under HTTP 200)")
         usage = (Usage.from_responses if call.endpoint is Endpoint.COMPACT else Usage.from_openai)(payload.get("usage"))
+        call.stats.finish_reason = finish_reason_of(payload)  # a cache hit replays it (`length`: a cut answer)
         return Completion(payload=payload, raw=content, text=message_text(payload), usage=usage)
 
     async def complete(self, call: Call) -> Completion:
@@ -195,7 +196,9 @@ class OpenAIBackend(HttpBackend):
         past `jsonload.MAX_DEPTH` (the rest is parsed on first use: the text of the first token, or when a guard
         or the cache reads it). An event that is not even shaped like a JSON object (cut, garbled) or nests too
         deep fails here, before it is forwarded; one that is shaped like one but does not parse fails where it
-        is first parsed."""
+        is first parsed. An event with an `error` is a failure even beside `choices` (OpenRouter's mid-stream error,
+        whose choice finishes with `error`): the OpenAI SDK raises on it, and its text is the upstream's (the log's,
+        never the client's)."""
         if not _names_usage_or_error(data) and not (len(data) >= MIN_DEEP_BYTES and jsonload.may_nest(data)):
             if not (data.startswith(b"{") and data.endswith(b"}")):
                 raise self._invalid_event()
@@ -206,7 +209,7 @@ class OpenAIBackend(HttpBackend):
             raise self._invalid_event() from exc
         if not isinstance(payload, dict):
             raise self._invalid_event()
-        if _is_error(payload):
+        if _is_error(payload) or payload.get("error"):  # beside `choices` too: OpenRouter's mid-stream error
             log_upstream(self.name, "failed mid-stream", upstream_message(data)[0])
             raise BackendError("the upstream failed mid-stream")
         reported = payload.get("usage")

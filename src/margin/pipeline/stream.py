@@ -13,8 +13,9 @@ the first token when that token is more than text: the answer will not be stored
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 import orjson
@@ -23,10 +24,12 @@ from margin.economics import tiers
 from margin.economics.money import ZERO_USD, usd_str
 from margin.errors import BackendError, MarginError
 from margin.pipeline.values import ClientGone, Record, Request
-from margin.types import Chunk, Usage
+from margin.types import Chunk, Usage, finish_reason_of
 
 DONE = b"data: [DONE]\n\n"
 PARSE_INLINE_BYTES = 256 * 1024  # a stream that delivered more is parsed for its text in a worker thread
+FINISH_LOOKBACK = 8  # events read, from the end, for a stream's finish reason (then a usage event, `[DONE]`)
+FINISH_EVENT_BYTES = 64 * 1024  # a longer one of them is not parsed for it (a finishing event is a few hundred)
 
 
 def sse(data: bytes) -> bytes:
@@ -124,6 +127,23 @@ class Delivery:
             self._all_generated = "".join(_generated(chunk) for chunk in (*self._first, *self._rest))
         return self._all_generated
 
+    def finish_reason(self) -> str | None:
+        """The finish reason the stream's last events name (a cache hit replays it). Only the last
+        `FINISH_LOOKBACK` events are read, and none over `FINISH_EVENT_BYTES`: a stream cut before its finish has
+        none, and is not parsed whole."""
+        chunks = itertools.chain(reversed(self._rest), reversed(self._first))
+        events = (c for chunk in chunks for c in (_each(chunk.events) if chunk.events is not None else [chunk]))
+        for chunk in itertools.islice(events, FINISH_LOOKBACK):
+            if chunk.raw is not None and len(chunk.raw) > FINISH_EVENT_BYTES:  # not parsed on the loop for this
+                continue
+            try:
+                reason = finish_reason_of(chunk.payload)
+            except ValueError:  # forwarded as the upstream sent it, unparsed
+                continue
+            if reason is not None:
+                return reason
+        return None
+
     async def run(
         self, chunks: AsyncIterator[Chunk], first: Chunk | None, translate: Callable[[Exception], MarginError]
     ) -> None:
@@ -208,6 +228,11 @@ class Delivery:
     async def write_usage(self, payload: dict[str, object]) -> None:
         """The usage chunk the client asked for, when the backend sent none (after metering)."""
         await self._write([sse(orjson.dumps(payload))])
+
+
+def _each(events: list[bytes]) -> Iterator[Chunk]:
+    """A run's events, last first, each a chunk of its own (parsed on use)."""
+    return (Chunk(raw=raw) for raw in reversed(events))
 
 
 def _text(chunk: Chunk) -> str:

@@ -257,6 +257,7 @@ class BackendCall:
             await close(chunks)
             raise translate(name, exc) from exc
         await delivery.run(chunks, first, lambda exc: translate(name, exc))
+        call.stats.finish_reason = call.stats.finish_reason or delivery.finish_reason()  # a cache hit replays it
         if request.wants_usage and not delivery.usage_sent:
             # what the client is told is what it is charged (margin.pipeline.ceiling)
             usage = held(delivery.usage or counted_usage(target, call, await delivery.generated()), request, target)

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import stat
 import tempfile
+import time
 from pathlib import Path
 
+import orjson
 import pytest
+import yaml
 from redis import asyncio as aioredis
 
 from margin.config import parse_settings
@@ -23,6 +27,7 @@ from margin.workers import (
     metrics_dir,
     shared_state,
 )
+from tests.helpers import ledger_rows, margin_serve
 
 
 def test_an_embedded_redis_on_a_private_socket_that_goes_away_with_it() -> None:
@@ -123,3 +128,36 @@ async def test_a_cache_whose_redis_fails_is_a_miss_not_an_error() -> None:
         await cache.put("k", Entry("text", "stop", 1, 1, 0, "m", 0.0), 60)
     finally:
         await cache.close()
+
+
+def test_a_terminals_ctrl_c_stops_the_embedded_redis_after_the_workers_not_before(tmp_path: Path) -> None:
+    """`--workers 2`, no Redis configured, Ctrl-C at the terminal: SIGINT reaches the whole process group. The
+    embedded redis-server was in it and quit at once, while the workers were still finishing what they had in
+    flight: a request whose body was still arriving was refused 503 `governance_unavailable` and every answer
+    in flight failed to settle. It has a session of its own: the supervisor stops it once the workers are done."""
+    config = {
+        "backends": {"api": {"kind": "fake", "output_tokens": 2}},
+        "models": {"priced": {"backend": "api", "price": {"input": "0", "output": "2", "version": "t"}}},
+        "budgets": [{"name": "all", "scope": {"kind": "global"}, "usd": "100", "period": "lifetime"}],
+    }
+    path, db, log = tmp_path / "margin.yaml", tmp_path / "ledger.db", tmp_path / "serve.log"
+    path.write_text(yaml.safe_dump(config))
+    body = orjson.dumps({"model": "priced", "messages": [{"role": "user", "content": "hi"}]})
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+    with margin_serve(db, log, path, ["--workers", "2"], ready_s=60, group=True) as (url, process):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+            client.sendall(head + b"content-length: %d\r\n\r\n" % len(body) + body[:10])
+            time.sleep(0.5)  # the worker has the request's head
+            os.killpg(process.pid, signal.SIGINT)
+            time.sleep(1.0)  # a redis-server in the group has quit by now
+            client.sendall(body[10:])
+            answer = b""
+            while chunk := client.recv(65536):
+                answer += chunk
+        process.wait(timeout=60)
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 200 OK", answer
+    request_id = next(line for line in rest.split(b"\r\n") if line.startswith(b"x-request-id: "))[14:]
+    assert ledger_rows(db, request_id.decode()) == 1  # answered and recorded
+    assert b"store is unavailable" not in log.read_bytes() and b"settle failed" not in log.read_bytes()

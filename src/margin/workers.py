@@ -80,6 +80,7 @@ def embedded_redis(timeout_s: float = 10.0, max_bytes: int | None = None) -> Ite
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,  # noqa: PLW1509
+            start_new_session=True,  # a terminal's Ctrl-C is the supervisor's: it stops this after the workers
         )
         try:
             deadline = time.monotonic() + timeout_s

@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 import yaml
@@ -27,7 +28,7 @@ from margin.workers import (
     metrics_dir,
     shared_state,
 )
-from tests.helpers import ledger_rows, margin_serve
+from tests.helpers import child_pids, ledger_rows, margin_serve, polls
 
 
 def test_an_embedded_redis_on_a_private_socket_that_goes_away_with_it() -> None:
@@ -161,3 +162,41 @@ def test_a_terminals_ctrl_c_stops_the_embedded_redis_after_the_workers_not_befor
     request_id = next(line for line in rest.split(b"\r\n") if line.startswith(b"x-request-id: "))[14:]
     assert ledger_rows(db, request_id.decode()) == 1  # answered and recorded
     assert b"store is unavailable" not in log.read_bytes() and b"settle failed" not in log.read_bytes()
+
+
+def test_an_embedded_redis_that_dies_is_started_again_and_the_budget_still_holds(tmp_path: Path) -> None:
+    """`--workers 2`, no Redis configured: both embedded redis-servers killed (`kill -9`, as the OOM killer
+    would). Nothing started them again: every budgeted request was refused 503 `governance_unavailable` until
+    the gateway was restarted, while /readyz said ready. The supervisor now starts a dead one again on its
+    socket, and the budget's counter is rebuilt from the ledger: what was spent before still counts."""
+    config = {
+        "storage": {"flush_interval_ms": 10},
+        "backends": {"api": {"kind": "fake", "output_tokens": 4}},
+        "models": {"priced": {"backend": "api", "price": {"input": "0", "output": "2500", "version": "t"}}},
+        "budgets": [{"name": "ten", "scope": {"kind": "global"}, "usd": "0.10", "period": "lifetime"}],
+    }
+    path, db = tmp_path / "margin.yaml", tmp_path / "ledger.db"
+    path.write_text(yaml.safe_dump(config))
+    body = {"model": "priced", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}  # $0.01 each
+
+    def status() -> int:
+        with httpx.Client(base_url=url, timeout=30) as client:  # a new connection: either worker
+            return client.post("/v1/chat/completions", json=body).status_code
+
+    with margin_serve(db, tmp_path / "serve.log", path, ["--workers", "2"], ready_s=60) as (url, process):
+        assert [status() for _ in range(4)] == [200] * 4
+        time.sleep(1.0)  # their rows reach the ledger
+        servers = [
+            pid for pid in child_pids(process.pid) if b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert len(servers) == 2  # the budgets' and the cache's
+        for pid in servers:
+            os.kill(pid, signal.SIGKILL)
+        seen: list[int] = []
+        for _ in polls(30):
+            seen.append(status())
+            if seen[-1] == 429 or seen.count(200) > 6:
+                break
+            time.sleep(0.1)
+    assert seen[-1] == 429 and seen.count(200) == 6, seen  # $0.10: four before, six after, then refused
+    assert set(seen) <= {200, 429, 503}

@@ -28,7 +28,7 @@ from margin.workers import (
     metrics_dir,
     shared_state,
 )
-from tests.helpers import child_pids, ledger_rows, margin_serve, polls
+from tests.helpers import child_pids, ledger_rows, margin_serve, polls, wait_ledger_row
 
 
 def test_an_embedded_redis_on_a_private_socket_that_goes_away_with_it() -> None:
@@ -131,11 +131,25 @@ async def test_a_cache_whose_redis_fails_is_a_miss_not_an_error() -> None:
         await cache.close()
 
 
-def test_a_terminals_ctrl_c_stops_the_embedded_redis_after_the_workers_not_before(tmp_path: Path) -> None:
-    """`--workers 2`, no Redis configured, Ctrl-C at the terminal: SIGINT reaches the whole process group. The
-    embedded redis-server was in it and quit at once, while the workers were still finishing what they had in
-    flight: a request whose body was still arriving was refused 503 `governance_unavailable` and every answer
-    in flight failed to settle. It has a session of its own: the supervisor stops it once the workers are done."""
+def _tree(pid: int) -> list[int]:
+    """`pid` and every process under it."""
+    return [pid, *(p for child in child_pids(pid) for p in _tree(child))]
+
+
+JSON = {"content-type": "application/json"}
+STOPS: list[tuple[list[str], str]] = [(["--workers", "2"], "ctrl-c"), (["--workers", "2"], "systemd"), ([], "systemd")]
+
+
+@pytest.mark.parametrize(("extra", "stop"), STOPS, ids=["workers-ctrl-c", "workers-systemd", "one-process-systemd"])
+def test_a_stop_signalled_to_every_process_at_once_is_still_a_clean_shutdown(
+    tmp_path: Path, extra: list[str], stop: str
+) -> None:
+    """A stop signalled to every process of the gateway at once: a terminal's Ctrl-C (SIGINT to the process
+    group) or systemd's default stop (SIGTERM to every process of the unit's cgroup). The embedded redis-servers
+    of `--workers N` quit at once, while the workers were still finishing what they had in flight: a request
+    whose body was still arriving was refused 503 `governance_unavailable`, every answer in flight failed to
+    settle. The ledger-ingest child of each gateway process quit too: the clean shutdown left the rows it had
+    acknowledged in the outbox, not in the ledger. Both now leave the stop to their parent."""
     config = {
         "backends": {"api": {"kind": "fake", "output_tokens": 2}},
         "models": {"priced": {"backend": "api", "price": {"input": "0", "output": "2", "version": "t"}}},
@@ -145,13 +159,23 @@ def test_a_terminals_ctrl_c_stops_the_embedded_redis_after_the_workers_not_befor
     path.write_text(yaml.safe_dump(config))
     body = orjson.dumps({"model": "priced", "messages": [{"role": "user", "content": "hi"}]})
     head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-    with margin_serve(db, log, path, ["--workers", "2"], ready_s=60, group=True) as (url, process):
+    with margin_serve(db, log, path, extra, ready_s=60, group=True) as (url, process):
         port = int(url.rsplit(":", 1)[1])
+        for _ in range(4):  # rows through each worker: every ingest child has started and moved one
+            first = httpx.post(f"{url}/v1/chat/completions", content=body, headers=JSON, timeout=30)
+            assert first.status_code == 200, first.text
+            wait_ledger_row(db, url, first.headers["x-request-id"])
+        everyone = _tree(process.pid)
+        # the supervisor, 2 workers, 2 redis-servers, 2 ingest children (and multiprocessing's resource tracker)
+        assert len(everyone) >= (7 if extra else 2), everyone
         with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
             client.sendall(head + b"content-length: %d\r\n\r\n" % len(body) + body[:10])
-            time.sleep(0.5)  # the worker has the request's head
-            os.killpg(process.pid, signal.SIGINT)
-            time.sleep(1.0)  # a redis-server in the group has quit by now
+            time.sleep(0.5)  # the gateway has the request's head
+            if stop == "ctrl-c":
+                os.killpg(process.pid, signal.SIGINT)
+            for pid in everyone if stop == "systemd" else []:
+                os.kill(pid, signal.SIGTERM)
+            time.sleep(1.0)  # a process that quits at the signal has quit by now
             client.sendall(body[10:])
             answer = b""
             while chunk := client.recv(65536):
@@ -160,7 +184,7 @@ def test_a_terminals_ctrl_c_stops_the_embedded_redis_after_the_workers_not_befor
     status, _, rest = answer.partition(b"\r\n")
     assert status == b"HTTP/1.1 200 OK", answer
     request_id = next(line for line in rest.split(b"\r\n") if line.startswith(b"x-request-id: "))[14:]
-    assert ledger_rows(db, request_id.decode()) == 1  # answered and recorded
+    assert ledger_rows(db, request_id.decode()) == 1  # answered and, once stopped, in the ledger
     assert b"store is unavailable" not in log.read_bytes() and b"settle failed" not in log.read_bytes()
 
 

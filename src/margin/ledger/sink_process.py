@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -262,6 +263,11 @@ def serve(conn: Connection) -> None:
 
 
 def main(argv: list[str]) -> None:
+    # the gateway ends this child (`close`, or end of file when it dies): a SIGTERM or SIGINT sent to every process
+    # at once (systemd's default stop, KillMode=control-group) ended it first, and the gateway's clean shutdown
+    # then left the rows it had acknowledged in the outbox instead of the ledger
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s margin ledger-ingest: %(message)s")
     serve(Connection(int(argv[1])))
 

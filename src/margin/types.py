@@ -68,6 +68,15 @@ class Usage:
         return cls(input_tokens, output, cached, cache_write_tokens=writes)
 
     @classmethod
+    def from_openai_embeddings(cls, data: Any) -> Usage | None:
+        """An embedding's usage: its input is all of it, so where `prompt_tokens` is missing, `total_tokens` (all
+        some servers report) is the prompt's count, bounded and checked as any (junk is no usage, as `from_openai`).
+        Before, `{"total_tokens": 7}` was no usage and the row estimated."""
+        if isinstance(data, dict) and data.get("prompt_tokens") is None and data.get("total_tokens") is not None:
+            data = {**data, "prompt_tokens": data["total_tokens"]}
+        return cls.from_openai(data)
+
+    @classmethod
     def from_responses(cls, data: Any) -> Usage | None:
         """The Responses API's usage (`input_tokens`, `output_tokens`, `input_tokens_details.cached_tokens`)."""
         if not isinstance(data, dict) or not _reported(data, "input_tokens", "output_tokens"):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import orjson
 import yaml
 
@@ -108,3 +109,35 @@ def test_an_anthropic_answer_without_counts_is_counted(tmp_path: Path) -> None:
     rows = ledger_columns(url, *COLUMNS)
     assert len(rows) == 2 and rows[0] == rows[1]
     assert rows[0][2] != "backend" and rows[0][0] > 0 and rows[0][1] > 0 and rows[0][3] > 0
+
+
+EMBEDDING_USAGES: list[Any] = [{"total_tokens": 7}, {"total_tokens": "7"}, {"total_tokens": -7}]
+
+
+def test_an_embeddings_total_alone_counts_its_input(tmp_path: Path) -> None:
+    """An embedding's input is all its tokens: `{"total_tokens": 7}` (no `prompt_tokens`) is 7 input tokens, the
+    upstream's count (before: no usage, the row estimated); a junk total is still no usage."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    seen: list[Any] = []
+
+    def answer(handler: BaseHTTPRequestHandler, body: Any) -> None:
+        data = [{"object": "embedding", "index": 0, "embedding": [0.5, 0.25]}]
+        usage = EMBEDDING_USAGES[len(seen) - 1]
+        reply_json(handler, 200, {"object": "list", "data": data, "model": body["model"], "usage": usage})
+
+    with http_thread(recording_handler(seen, answer)) as upstream:
+        config = {
+            "storage": {"ledger": url, "flush_interval_ms": 50},
+            "backends": {"up": {"kind": "openai", "base_url": upstream + "/v1"}},
+            "models": {"e": {"backend": "up", "kind": "embedding", "price": {"input": "1000", "output": "0"}}},
+        }
+        path = tmp_path / "margin.yaml"
+        path.write_text(yaml.safe_dump(config))
+        with margin_serve(None, tmp_path / "serve.log", path) as (base, _):
+            client = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
+            for _ in EMBEDDING_USAGES:
+                reply = client.embeddings.create(model="e", input=PROMPT, encoding_format="float")
+                assert reply.data[0].embedding == [0.5, 0.25]
+    rows = ledger_columns(url, *COLUMNS)
+    assert rows[0] == (7, 0, "backend", 7_000_000)  # $1000/M × 7; before: (150, 0, estimated, $0.15)
+    assert rows[1] == rows[2] and rows[1][2] == "estimated" and rows[1][0] > 7

@@ -35,6 +35,9 @@ PATHS = {
     Endpoint.COMPACT: "/responses/compact",  # only where the route allowed it (`responses_compact`)
 }
 
+# how an answer's usage is read, by endpoint (the rest: OpenAI's chat usage)
+READERS = {Endpoint.COMPACT: Usage.from_responses, Endpoint.EMBEDDINGS: Usage.from_openai_embeddings}
+
 
 def limit_field_for(base_url: str) -> str:
     """The output-limit field an upstream takes when its config does not say: OpenAI's and Azure OpenAI's
@@ -102,7 +105,7 @@ class OpenAIBackend(HttpBackend):
         if _is_error(payload):  # an error under a 200: its text goes to the log, never to the caller
             log_upstream(self.name, "answered 200 with an error", upstream_message(content)[0])
             raise BackendError("the upstream failed (an error under HTTP 200)")
-        usage = (Usage.from_responses if call.endpoint is Endpoint.COMPACT else Usage.from_openai)(payload.get("usage"))
+        usage = READERS.get(call.endpoint, Usage.from_openai)(payload.get("usage"))
         call.stats.finish_reason = finish_reason_of(payload)  # a cache hit replays it (`length`: a cut answer)
         return Completion(payload=payload, raw=content, text=message_text(payload), usage=usage)
 

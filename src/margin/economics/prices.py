@@ -15,9 +15,10 @@ from decimal import Decimal
 from typing import Any
 
 from margin.backend_config import HttpBackendConfig
-from margin.config import ModelConfig, PriceConfig
+from margin.config import ModelConfig
 from margin.economics.money import MILLION
 from margin.economics.tiers import PRICED, STANDARD
+from margin.price_config import PriceConfig
 
 
 @dataclass(frozen=True, slots=True)

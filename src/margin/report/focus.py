@@ -21,9 +21,11 @@ checks both halves of that either-or without their conditions, so it reports the
 a provisional invoice id fails the other half and leaving the column out fails 7 rules, so no export passes
 every rule of 2.2.1, the latest release (tests/report/test_focus_validator.py).
 
-Costs: BilledCost = EffectiveCost = ListCost = ContractedCost = the ledger's cost (no discounts or
-commitments exist between margin and itself). Requests at an unknown price cannot be written (FOCUS costs
-are never null and margin never turns an unknown price into 0): they are left out and counted in the result.
+Costs: BilledCost = EffectiveCost = ContractedCost = the ledger's cost, what was charged (no commitments exist
+between margin and itself). ListCost is the cost at list price: the same, but for batch lines, charged at the
+batch discount, whose ListCost is their cost before it (the ledger's cost + discount_nanousd; before, the
+discounted cost). Requests at an unknown price cannot be written (FOCUS costs are never null and margin never
+turns an unknown price into 0): they are left out and counted in the result.
 """
 
 from __future__ import annotations
@@ -137,6 +139,7 @@ def _row(
     provider = _provider(settings, r.backend)
     tags = _tags(r, tag_keys)
     row: dict[str, Any] = dict.fromkeys(COST_COLUMNS, cost)
+    row["ListCost"] = from_nanousd(_listed(r))
     row.update(
         BillingAccountId=account, BillingAccountName=account, BillingCurrency="USD",
         BillingPeriodStart=period[0], BillingPeriodEnd=period[1], ChargeCategory="Usage", ChargeClass=None,
@@ -181,6 +184,11 @@ def focus_rows(
     return FocusExport(found, left_out, start, end, settings, account, tags)
 
 
+def _listed(r: Any) -> int:
+    """A charge's cost at list price, nano-USD: what was charged plus its batch lines' discount."""
+    return int(r.cost_nanousd or 0) + int(r.discount_nanousd or 0)
+
+
 def _usd(nano: int) -> str:
     """Integer nano-USD as the 9-place decimal string usd_str() prints, and the Parquet export holds: a
     negative sum (a credit row in a shared ledger) is its sign and magnitude (floor division printed -5,000
@@ -204,7 +212,7 @@ def _csv_lines(export: FocusExport) -> Iterator[tuple[Any, ...]]:
             day = days[r.day] = (_iso(start + timedelta(days=1)), _iso(start))
         provider = providers.get(r.backend) or providers.setdefault(r.backend, _provider(settings, r.backend))
         publisher = publishers.get(r.model) or publishers.setdefault(r.model, _publisher(settings, r.model))
-        cost = _usd(int(r.cost_nanousd or 0))
+        cost, listed = _usd(int(r.cost_nanousd or 0)), _usd(_listed(r))
         tokens = f"{int(r.input_tokens or 0) + int(r.output_tokens or 0)}.0"
         tags = _tags(r, export.tags)
         names = (r.team, r.region, r.model, r.key, r.service_tier)
@@ -213,7 +221,7 @@ def _csv_lines(export: FocusExport) -> Iterator[tuple[Any, ...]]:
         yield (
             cost, account, account, "USD", *period, "Usage", "",
             _description(r), *day,
-            cost, cost, provider, cost, tokens, "Tokens", provider, publisher, "AI and Machine Learning",
+            cost, cost, provider, listed, tokens, "Tokens", provider, publisher, "AI and Machine Learning",
             "LLM Inference", "Usage-Based", tokens, "Tokens", "", region, region, "Generative AI", team, team,
             orjson.dumps(tags, option=orjson.OPT_SORT_KEYS).decode(), int(r.requests), int(r.input_tokens or 0),
             int(r.output_tokens or 0), "" if r.energy_uj is None else int(r.energy_uj) / MICRO,

@@ -30,6 +30,10 @@ from margin.ledger.read.sums import totals
 from margin.ledger.read.window import Window, team_org
 
 SCOPE_DIMS = {"team": "team", "org": "org", "model": "model", "backend": "backend", "key": "key"}
+# the most a budget's spend reads as: past any budget's limit (a `usd` cap is held at MAX_USD, $9e9, 9e18
+# nano-USD) and within the signed 64 bits a counter holds
+SPENT_CAP = 2**63 - 1
+LOW_BITS = 32  # a row's cost is summed as its high and low 32 bits apart (`saturating_sum`)
 
 
 def budget_spent(
@@ -47,7 +51,7 @@ def budget_spent(
         org = team_org(connection, value, org)  # no other org has this team: the rollups answer exactly
     window = Window(start, end, org=org)
     if kind == "tag":
-        return int(connection.execute(tag_spent_query(connection.dialect.name, value or "", usd, window)).scalar_one())
+        return spent_of(connection.execute(tag_spent_query(connection.dialect.name, value or "", usd, window)).one())
     if kind == "user":  # `value`: the pseudonym the ledger's `user` column holds (one user's counter)
         return _user_spent(connection, value, usd, window)
     if kind == "global":
@@ -57,7 +61,28 @@ def budget_spent(
     else:
         return 0
     sums = totals(connection, window, kinds=("request",), match=match)
-    return sums["cost_nanousd"] if usd else sums["input_tokens"] + sums["output_tokens"]
+    return min(int(sums["cost_nanousd"] if usd else sums["input_tokens"] + sums["output_tokens"]), SPENT_CAP)
+
+
+def saturating_sum(usd: bool) -> list[sa.ColumnElement[Any]]:
+    """The SQL of a window's spend over ledger rows, as columns `spent_of` adds up: tokens (at most 2^31 a row)
+    are one SUM; costs (up to 2^63 nano-USD a row) two, of each row's high and of its low 32 bits, neither of
+    which can pass 64 bits (in under 2^31 rows), on either database. Before, one SUM of the costs: on SQLite, rows
+    whose costs add past 2^63 nano-USD (five of 2^30 tokens at the dearest prices a config takes) raised
+    `integer overflow`, and the budget answered 503 until its window ended; PostgreSQL's SUM of a bigint is a
+    numeric, which does not overflow."""
+    if not usd:
+        return [sa.func.coalesce(sa.func.sum(ledger.c.input_tokens + ledger.c.output_tokens), 0)]
+    cost = sa.func.coalesce(ledger.c.cost_nanousd, 0)
+    high, low = cost.op(">>")(sa.literal_column(str(LOW_BITS))), cost.op("&")(sa.literal_column(str(2**LOW_BITS - 1)))
+    return [sa.func.coalesce(sa.func.sum(high), 0), sa.func.coalesce(sa.func.sum(low), 0)]
+
+
+def spent_of(row: Sequence[Any]) -> int:
+    """The spend `saturating_sum`'s columns say, held at SPENT_CAP (the same on both databases: far over any
+    budget, so the budget refuses as spent)."""
+    spent = int(row[0]) if len(row) == 1 else (int(row[0]) << LOW_BITS) + int(row[1])
+    return min(spent, SPENT_CAP)
 
 
 def tag_spent_query(dialect: str, tag: str, usd: bool, window: Window) -> sa.Select[Any]:
@@ -68,23 +93,17 @@ def tag_spent_query(dialect: str, tag: str, usd: bool, window: Window) -> sa.Sel
     value: sa.ColumnElement[str | None] = ledger.c.tags[name].as_string()
     if tag_index.indexable(name):
         value = sa.literal_column(tag_index.expression(dialect, name), sa.String)
-    measure = ledger.c.cost_nanousd if usd else ledger.c.input_tokens + ledger.c.output_tokens
     bound = sa.select(api_keys.c.id).where(api_keys.c.tags[name].as_string().is_not(None))
     governed = sa.or_(ledger.c.key_id.is_(None), ledger.c.key_id.in_(bound.scalar_subquery()))
-    return sa.select(sa.func.coalesce(sa.func.sum(measure), 0)).where(
-        *window.where(kinds=("request",)), governed, value == wanted
-    )
+    return sa.select(*saturating_sum(usd)).where(*window.where(kinds=("request",)), governed, value == wanted)
 
 
 def _user_spent(connection: sa.Connection, user: str | None, usd: bool, window: Window) -> int:
     """One SQL pass over the window's request rows of one user (the rollups have no user column)."""
     if user is None:
         return 0
-    measure = ledger.c.cost_nanousd if usd else ledger.c.input_tokens + ledger.c.output_tokens
-    query = sa.select(sa.func.coalesce(sa.func.sum(measure), 0)).where(
-        *window.where(kinds=("request",)), ledger.c.user == user
-    )
-    return int(connection.execute(query).scalar_one())
+    query = sa.select(*saturating_sum(usd)).where(*window.where(kinds=("request",)), ledger.c.user == user)
+    return spent_of(connection.execute(query).one())
 
 
 def recorded(connection: sa.Connection, request_ids: Sequence[str], chunk: int = 500) -> dict[str, tuple[int, int]]:

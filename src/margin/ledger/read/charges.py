@@ -20,12 +20,13 @@ from margin.ledger.read.sums import _time, row_group, totals
 from margin.ledger.read.window import Window
 
 CHARGE_GRAIN = ("key", "team", "model", "backend", "region", "service_tier")  # ledger_charges' (rollup_sql)
-SUMS = ("requests", "input_tokens", "output_tokens", "cost_nanousd", "energy_uj", "co2e_ng")
+SUMS = ("requests", "input_tokens", "output_tokens", "cost_nanousd", "energy_uj", "co2e_ng", "discount_nanousd")
 
 
 def charges(connection: sa.Connection, window: Window, dims: Sequence[str] = CHARGE_GRAIN) -> list[Any]:
     """Rows of (day 'YYYY-MM-DD', *dims, requests, input_tokens, output_tokens, cost_nanousd, energy_uj,
-    co2e_ng) for priced requests, sorted; energy and carbon are NULL where no row of the group has them."""
+    co2e_ng, discount_nanousd) for priced requests, sorted; energy and carbon are NULL where no row of the group
+    has them, the discount (batch lines': cost + discount is the cost at list price) where none had one."""
     rolled = tuple(dims) == CHARGE_GRAIN and window.team is None and grain_for(window, [], ()) is not None
     found: dict[tuple[Any, ...], list[Any]] = {}
     for part in plan(window, "day" if rolled else None):
@@ -34,6 +35,10 @@ def charges(connection: sa.Connection, window: Window, dims: Sequence[str] = CHA
             key, sums = tuple(row[: len(dims) + 1]), list(row[len(dims) + 1 :])
             into = found.get(key)
             found[key] = sums if into is None else [_plus(a, b) for a, b in zip(into, sums, strict=True)]
+        if part.source == "day":  # the rollup keeps no discount: its batch lines' are read from their rows
+            for row in _rows(connection, window, part, dims, discounts=True):
+                if (into := found.get(tuple(row[: len(dims) + 1]))) is not None:
+                    into[-1] = _plus(into[-1], row[-1])
     record = namedtuple("Charge", ["day", *dims, *SUMS])  # type: ignore[misc]
     return [record(*key, *sums) for key, sums in sorted(found.items(), key=lambda kv: tuple(map(str, kv[0])))]
 
@@ -48,28 +53,24 @@ def _rolled(connection: sa.Connection, part: Part) -> list[Any]:
     co2e = sa.case((sa.func.sum(c.co2e_n) > 0, sa.func.sum(c.co2e_ng)), else_=None)
     keys = [c.day, *(sa.func.nullif(c[name], "") for name in CHARGE_GRAIN)]
     sums = [sa.func.sum(c[name]) for name in SUMS[:4]]
-    query = sa.select(*keys, *sums, energy, co2e).where(*_time(ledger_charges, "day", part, "day")).group_by(*keys)
-    return list(connection.execute(query))
+    query = sa.select(*keys, *sums, energy, co2e, sa.null()).where(*_time(ledger_charges, "day", part, "day"))
+    return list(connection.execute(query.group_by(*keys)))
 
 
-def _rows(connection: sa.Connection, window: Window, part: Part, dims: Sequence[str]) -> list[Any]:
+def _rows(
+    connection: sa.Connection, window: Window, part: Part, dims: Sequence[str], discounts: bool = False
+) -> list[Any]:
+    """The charges of a part of the window from the ledger rows; `discounts`: only its batch lines' discounts
+    (every other sum NULL), found through the ledger's batch_id index, for a part the rollup answered."""
     day: sa.ColumnElement[Any] = sa.literal_column(m.day(connection.dialect.name, "ledger")).label("day")
     keys = [row_group(connection, name).label(name) for name in dims]
-    query = (
-        sa.select(
-            day,
-            *keys,
-            sa.func.count(),
-            sa.func.sum(ledger.c.input_tokens),
-            sa.func.sum(ledger.c.output_tokens),
-            sa.func.sum(ledger.c.cost_nanousd),
-            sa.func.sum(ledger.c.energy_uj),
-            sa.func.sum(ledger.c.co2e_ng),
-        )
-        .where(*window.between(part.since, part.until).where(), ledger.c.cost_nanousd.is_not(None))
-        .group_by(day, *keys)
-    )
-    return list(connection.execute(query))
+    measures = (ledger.c.input_tokens, ledger.c.output_tokens, ledger.c.cost_nanousd, ledger.c.energy_uj)
+    sums: list[sa.ColumnElement[Any]] = [sa.func.count(), *map(sa.func.sum, (*measures, ledger.c.co2e_ng))]
+    clauses = [*window.between(part.since, part.until).where(), ledger.c.cost_nanousd.is_not(None)]
+    if discounts:
+        sums, clauses = [sa.null()] * len(sums), [*clauses, ledger.c.batch_id.is_not(None)]
+    query = sa.select(day, *keys, *sums, sa.func.sum(ledger.c.discount_nanousd)).where(*clauses)
+    return list(connection.execute(query.group_by(day, *keys)))
 
 
 def unpriced(connection: sa.Connection, window: Window) -> int:

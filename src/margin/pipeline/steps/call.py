@@ -41,6 +41,7 @@ from margin.specs import AdmissionConfig
 from margin.types import Call, CallStats, Chunk, Completion, Target, Usage, generated_text
 
 log = logging.getLogger("margin.call")
+OPENAI_USAGE = (Endpoint.CHAT, Endpoint.COMPLETIONS)  # whole answers whose usage is OpenAI's chat usage
 
 
 def translate(backend: str, exc: Exception) -> MarginError:
@@ -106,6 +107,18 @@ def counted_usage(target: Target, call: Call, output: str) -> Usage:
     source = "token_ids" if ids and not prompt and not output else "estimated"
     # the estimate reads only the length: what is left once the echoed characters are taken off
     return Usage(estimate_tokens(prompt) + ids, estimate_tokens(output[len(echoed) * copies :]), source=source)
+
+
+def accounted(
+    output: Completion | Delivery | None, read: Usage | None, metered: Usage | None, endpoint: Endpoint
+) -> None:
+    """A whole chat or completion answer whose usage margin could not read (`read` None: none, or one that counts
+    no prompt, `{"completion_tokens": 5}`, junk counts) says what the request was metered at (`metered`: the
+    row's), as a stream's usage chunk margin writes does: OpenAI's answer always has usage. Before, it went out as
+    it came (none, or the junk) while the row was counted or estimated."""
+    if read is None and metered is not None and isinstance(output, Completion) and endpoint in OPENAI_USAGE:
+        output.payload["usage"] = metered.to_openai()
+        output.raw = None  # serialized again with it
 
 
 class BackendCall:
@@ -195,12 +208,7 @@ class BackendCall:
                     record.fail(delivery.failed, request.client.status_of(delivery.failed))
                     self._failed(target.backend_name, delivery.failed)
                 return Reply(streamed=True, delivered=delivery.text, generated=delivery.generated)
-            started = time.perf_counter()
-            try:
-                whole = self._whole(target, call)
-                completion = await (whole if allowance is None else allowance.within(whole))
-            finally:
-                record.backend_wait_s += time.perf_counter() - started
+            completion = await self._waited(record, target, call, allowance)
             usage, output = completion.usage, completion
             return Reply(completion=completion)
         except MarginError as exc:
@@ -222,12 +230,22 @@ class BackendCall:
                     text, cancelled = output.generated_now() if isinstance(output, Delivery) else "", exc
             cap, served = self._energy_cap(target, allowance), _served_tier(request, output)
             self._meter(request, target, call, usage, text, busy, measured, cap, served)
+            accounted(output, usage, record.usage, call.endpoint)
             if cancelled is not None:
                 raise cancelled
 
     def _energy_cap(self, target: Target, allowance: TimeAllowance | None) -> float | None:
         hardware = self.meter.settings.backends[target.backend_name].hardware
         return priced_energy_cap(allowance, hardware.watts_busy if hardware is not None else None)
+
+    async def _waited(self, record: Record, target: Target, call: Call, allowance: TimeAllowance | None) -> Completion:
+        """The whole answer, within a hard budget's time allowance; the wait is the row's `backend_wait_s`."""
+        started = time.perf_counter()
+        try:
+            whole = self._whole(target, call)
+            return await (whole if allowance is None else allowance.within(whole))
+        finally:
+            record.backend_wait_s += time.perf_counter() - started
 
     @staticmethod
     async def _whole(target: Target, call: Call) -> Completion:

@@ -124,7 +124,7 @@ class BatchRunner:
             batch = await store.get_batch(self.services.engine, batch_id, None)
             if batch.status == "validating":
                 await self._validate(batch)
-            elif batch.status == "in_progress":
+            elif batch.status in ("in_progress", "cancelling"):  # a cancelling job's cut lines end cancelled
                 await progress.reset_running(self.services.engine, batch_id, self.config.max_attempts, self.clock())
             job = self._running[batch_id] = _Job(self, batch_id)
             await job.run()

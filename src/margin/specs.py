@@ -62,6 +62,7 @@ ORG_QUALIFIED: tuple[ScopeKind, ...] = ("team", "tag", "user")  # names that two
 EACH = "*"  # a scope value (`user=*`) or tag value (`tag=customer=*`) meaning "each value, separately"
 MAX_USER = 256  # the OpenAI `user` field's bound (margin.protocol.UserId)
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # what no key's name, team, org or tag may hold (margin.keys.Label)
+LEASE_RENEWALS = 3  # a batch lease lasts at least this many of its worker's passes (BatchConfig)
 
 
 class Scope(Spec):
@@ -428,7 +429,10 @@ class BatchConfig(Spec):
     max_attempts: int = Field(3, ge=1, description="Tries of a line that failed with 429/5xx before it fails.")
     poll_s: float = Field(1.0, gt=0, description="How often the worker looks for work and cancellations.")
     lease_s: float = Field(
-        30.0, gt=0, description="A worker holds a job this long between renewals; a dead worker's job resumes after."
+        30.0,
+        gt=0,
+        description="A worker holds a job this long between renewals; a dead worker's job resumes after. "
+        "At least 3 × poll_s (it renews every poll_s).",
     )
     assumed_output_tokens: int = Field(
         256, ge=1, description="Output tokens assumed for a line without max_tokens when sizing the schedule."
@@ -436,3 +440,11 @@ class BatchConfig(Spec):
     capacity_share: float = Field(
         1.0, gt=0, le=1, description="Share of a backend's hardware.tokens_per_s that batch schedules may plan."
     )
+
+    @model_validator(mode="after")
+    def _lease_outlasts_renewals(self) -> BatchConfig:
+        # a worker renews its leases once a pass (every poll_s and the pass's own time): a lease that ran out
+        # between two let another worker take a job still running, and run its lines in flight a second time
+        if self.lease_s < LEASE_RENEWALS * self.poll_s:
+            raise ValueError(f"batches.lease_s must be at least {LEASE_RENEWALS} × batches.poll_s")
+        return self

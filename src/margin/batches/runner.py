@@ -124,7 +124,7 @@ class BatchRunner:
             batch = await store.get_batch(self.services.engine, batch_id, None)
             if batch.status == "validating":
                 await self._validate(batch)
-            elif batch.status == "in_progress":
+            elif batch.status in ("in_progress", "cancelling"):  # a cancelling job's cut lines end cancelled
                 await progress.reset_running(self.services.engine, batch_id, self.config.max_attempts, self.clock())
             job = self._running[batch_id] = _Job(self, batch_id)
             await job.run()
@@ -245,11 +245,19 @@ class _Job:
 
     async def _record(self) -> None:
         """Lines that landed: their ledger rows reach the database first, then their outcomes, in one go."""
-        if not self.landed:
-            return
-        landed, self.landed = self.landed, []
-        await _durable(self.runner.services)
-        await progress.finish_lines(self.engine, self.batch_id, landed, self.runner.clock())
+        while self.landed:
+            landed, self.landed = self.landed, []
+            try:
+                await _durable(self.runner.services)
+                await progress.finish_lines(self.engine, self.batch_id, landed, self.runner.clock())
+            except Exception as exc:  # a locked or unreachable database: try again (guarded by attempt: once)
+                self.landed = landed + self.landed  # dropped, the job's next run would run (and pay) them again
+                if self.runner._stopping:
+                    raise
+                log.warning(
+                    "batch %s: recording %d lines failed (retried): %s", self.batch_id, len(landed), failure(exc)
+                )
+                await asyncio.sleep(self.runner.config.poll_s)
 
     async def _ending(self, batch: Any) -> bool:
         """Cancelled, expired or done: close what is pending, let lines in flight land, write the files."""

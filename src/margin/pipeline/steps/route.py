@@ -197,6 +197,8 @@ class Route:
         allowance = self._allowance(candidates, hard, bound + output, config)
         tier = service_tier(request.body)
         worst, unpriced = adm.worst_case_usd(self.meter, candidates, bound, output, config, allowance, tier)
+        if request.record.batch is not None:  # a batch line settles its discounted cost (economics.meter.discounted)
+            worst -= worst * request.record.batch.discount
         return request, Basis(prompt, bound, output, predicted, worst, unpriced, budgets, allowance)
 
     def _predicted(self, request: Request, candidates: tuple[Target, ...]) -> int:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from margin.backend_config import BackendConfig
 from margin.errors import ConfigError
-from margin.price_config import PriceConfig
+from margin.price_config import PriceConfig, RevenueConfig
 from margin.specs import (
     LEDGER_DIMENSIONS,
     MAX_PUE,
@@ -323,21 +323,6 @@ class TagsConfig(Strict):
                 "name rolled up would add its values to that dimension's rows (and reads group by the column)"
             )
         return self
-
-
-class RevenueRule(Strict):
-    """What a feature or customer earns (for gross margin). Per-seat prices are prorated over the report
-    window with a month of 30 days."""
-
-    price_per_call: Decimal | None = Field(None, ge=0, description="Revenue per successful request (USD).")
-    price_per_seat_month: Decimal | None = Field(None, ge=0, description="USD per seat per month.")
-    seats: int = Field(0, ge=0, description="Seats sold (with price_per_seat_month).")
-    currency: Literal["USD"] = "USD"
-
-
-class RevenueConfig(Strict):
-    features: dict[str, RevenueRule] = Field(default_factory=dict, description="Keyed by the `feature` tag.")
-    customers: dict[str, RevenueRule] = Field(default_factory=dict, description="Keyed by the `customer` tag.")
 
 
 class TelemetryConfig(Strict):

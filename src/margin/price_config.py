@@ -1,6 +1,6 @@
 """The price models of the config file (a model's `price:`): list prices in USD per million tokens, standard and
 per processing tier, bounded so that a request's cost stays inside the ledger's range. margin.config composes
-them into a model's settings."""
+them into a model's settings; and the revenue rules (`revenue:`) gross margin is reported against."""
 
 from __future__ import annotations
 
@@ -49,3 +49,18 @@ class PriceConfig(TierPriceConfig):
         description="Prices at OpenAI's flex / priority tiers. A tier without one here is unpriced (the row's "
         "cost is unknown), never priced at the standard rate.",
     )
+
+
+class RevenueRule(Spec):
+    """What a feature or customer earns (for gross margin). Per-seat prices are prorated over the report
+    window with a month of 30 days."""
+
+    price_per_call: Decimal | None = Field(None, ge=0, description="Revenue per successful request (USD).")
+    price_per_seat_month: Decimal | None = Field(None, ge=0, description="USD per seat per month.")
+    seats: int = Field(0, ge=0, description="Seats sold (with price_per_seat_month).")
+    currency: Literal["USD"] = "USD"
+
+
+class RevenueConfig(Spec):
+    features: dict[str, RevenueRule] = Field(default_factory=dict, description="Keyed by the `feature` tag.")
+    customers: dict[str, RevenueRule] = Field(default_factory=dict, description="Keyed by the `customer` tag.")

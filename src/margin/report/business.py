@@ -28,11 +28,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from margin.config import RevenueConfig, RevenueRule
 from margin.economics.money import usd_str
 from margin.errors import InvalidRequest
 from margin.ledger import read
 from margin.ledger.read import Window
+from margin.price_config import RevenueConfig, RevenueRule
 from margin.report.metrics import per_1k, usd
 from margin.report.queries import check_group
 from margin.specs import MAX_USD

@@ -210,6 +210,12 @@ class Reply:
     streamed: bool = False
     delivered: Callable[[], Awaitable[str]] | None = None
     generated: Callable[[], Awaitable[str]] | None = None  # a stream's `Delivery.generated`
+    finish: Callable[[], str | None] | None = None  # a stream's `Delivery.finish_reason`: read when it is stored
+
+    def finish_reason(self, record: Record) -> str | None:
+        """The finish reason a cache hit of this answer replays: the backend's, or one its stream's last events
+        name (read only for an answer the cache stores, not on every stream)."""
+        return record.finish_reason or (self.finish() if self.finish is not None else None)
 
     async def text(self) -> str:
         if self.completion is not None:

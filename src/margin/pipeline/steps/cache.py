@@ -84,7 +84,7 @@ async def answer_entry(record: Record, reply: Reply) -> Entry | None:
     cost = record.charge.cost_usd if record.charge is not None else None
     return Entry(
         text=await reply.text(),
-        finish_reason=record.finish_reason or "stop",
+        finish_reason=reply.finish_reason(record) or "stop",
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         cost_nanousd=None if cost is None else to_nanousd(cost),

@@ -207,7 +207,9 @@ class BackendCall:
                 if delivery.failed is not None:  # broke mid-stream: the row and the breaker hear of it
                     record.fail(delivery.failed, request.client.status_of(delivery.failed))
                     self._failed(target.backend_name, delivery.failed)
-                return Reply(streamed=True, delivered=delivery.text, generated=delivery.generated)
+                return Reply(
+                    streamed=True, delivered=delivery.text, generated=delivery.generated, finish=delivery.finish_reason
+                )
             completion = await self._waited(record, target, call, allowance)
             usage, output = completion.usage, completion
             return Reply(completion=completion)
@@ -275,7 +277,6 @@ class BackendCall:
             await close(chunks)
             raise translate(name, exc) from exc
         await delivery.run(chunks, first, lambda exc: translate(name, exc))
-        call.stats.finish_reason = call.stats.finish_reason or delivery.finish_reason()  # a cache hit replays it
         if request.wants_usage and not delivery.usage_sent:
             # what the client is told is what it is charged (margin.pipeline.ceiling)
             usage = held(delivery.usage or counted_usage(target, call, await delivery.generated()), request, target)

@@ -70,6 +70,15 @@ def test_a_spend_past_64_bits_reads_as_the_cap_and_one_within_is_exact(engine: s
         assert budget_spent(connection, "user", "hostile", False, None, None) == 5 * 3  # tokens: one SUM, exact
 
 
+def test_a_budget_read_from_rows_over_such_rows_reads_as_the_cap(engine: sa.Engine) -> None:
+    """A scope that names an org (or a part of the window the rollups do not hold) is summed from the rows."""
+    _insert(engine, [{**item, "org": "o", "model": "m"} for item in _rows([HOSTILE] * 5, "hostile")])
+    with engine.connect() as connection:
+        for kind, value in (("global", None), ("model", "m")):
+            assert budget_spent(connection, kind, value, True, None, None, ("o",)) == SPENT_CAP  # SQLite: 503 before
+            assert budget_spent(connection, kind, value, False, None, None, ("o",)) == 5 * 3
+
+
 def test_a_team_budget_over_such_rows_reads_as_the_cap(tmp_path: Path) -> None:
     """SQLite's rollups hold such a sum as a float (margin.ledger.batch); the spend read from them was past 2^63."""
     url = f"sqlite:///{tmp_path / 't.db'}"

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 from margin.ledger import tag_index
 from margin.ledger.models import api_keys, ledger
-from margin.ledger.read.sums import totals
+from margin.ledger.read.sums import row_group, totals
 from margin.ledger.read.window import Window, team_org
 
 SCOPE_DIMS = {"team": "team", "org": "org", "model": "model", "backend": "backend", "key": "key"}
@@ -60,7 +60,17 @@ def budget_spent(
         match = (SCOPE_DIMS[kind], value)
     else:
         return 0
-    sums = totals(connection, window, kinds=("request",), match=match)
+    try:
+        sums = totals(connection, window, kinds=("request",), match=match)
+    except sa.exc.OperationalError as exc:  # SQLite's SUM of rows (an org's scope, the hour not yet rolled up)
+        if "integer overflow" not in str(exc.orig):
+            raise
+        # costs past 2^63 nano-USD (a budget read it as a 503 until its window ended): the rows alone, each
+        # cost summed as two halves (every row, a hostile case only)
+        clauses = window.where(kinds=("request",))
+        if match is not None:
+            clauses.append(row_group(connection, match[0]) == match[1])
+        return spent_of(connection.execute(sa.select(*saturating_sum(usd)).where(*clauses)).one())
     return min(int(sums["cost_nanousd"] if usd else sums["input_tokens"] + sums["output_tokens"]), SPENT_CAP)
 
 

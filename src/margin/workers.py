@@ -74,6 +74,8 @@ def _answers(path: Path) -> bool:
             return False
 
 
+REVIVE_TIMEOUT_S = 2.0  # a redis-server started again answers within it (~50 ms) or is tried again later
+MAX_REVIVE_BACKOFF_S = 30.0
 Revivals = list[Callable[[], None]]  # what the supervisor calls on each pass: each starts a dead redis-server again
 
 
@@ -83,8 +85,9 @@ class EmbeddedRedis:
     def __init__(self, command: list[str], socket: Path, timeout_s: float) -> None:
         self.command, self.socket, self.timeout_s = command, socket, timeout_s
         self.process: subprocess.Popen[bytes] | None = None
+        self.backoff_s, self.retry_at = 0.0, 0.0  # after a failed revival: the next is not before retry_at
 
-    def start(self) -> None:
+    def start(self, timeout_s: float | None = None) -> None:
         # in the supervisor's main thread, which has started no other thread (preexec_fn is not thread-safe)
         process = self.process = subprocess.Popen(
             self.command,
@@ -93,7 +96,7 @@ class EmbeddedRedis:
             preexec_fn=_redis_child,  # noqa: PLW1509
             start_new_session=True,  # a terminal's Ctrl-C is the supervisor's: it stops this after the workers
         )
-        deadline = time.monotonic() + self.timeout_s
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
         while not _answers(self.socket):  # the socket file appears at bind(), before redis accepts on it
             if process.poll() is not None or time.monotonic() > deadline:
                 raise ConfigError(f"the embedded redis-server did not start (exit {process.poll()})")
@@ -103,13 +106,26 @@ class EmbeddedRedis:
         """A redis-server that died (the OOM killer, a `kill`) is started again on its socket: the workers
         reconnect, and find it empty as after any Redis restart without persistence (counters rebuilt from the
         ledger). Before, every budgeted request was refused 503 until the gateway was restarted."""
-        if self.process is None or self.process.poll() is None:
+        if self.process is None or self.process.poll() is None or time.monotonic() < self.retry_at:
             return
         log.warning("the embedded redis-server %s exited (%s); starting it again", self.socket, self.process.poll())
         try:
-            self.start()
-        except ConfigError:
-            log.exception("the embedded redis-server %s did not start again; trying again", self.socket)
+            self.start(min(self.timeout_s, REVIVE_TIMEOUT_S))  # the supervisor's pass waits on it: briefly
+            self.backoff_s = 0.0
+        except (ConfigError, OSError) as exc:  # OSError: no memory to fork (the OOM killer's case), no binary
+            # the supervisor goes on (an exception here ended it, and every worker with it), and tries again
+            # after a growing pause, not on every pass
+            self.backoff_s = min(max(2 * self.backoff_s, 1.0), MAX_REVIVE_BACKOFF_S)
+            self.retry_at = time.monotonic() + self.backoff_s
+            log.warning(
+                "the embedded redis-server %s did not start again (%s); next try in %.0f s",
+                self.socket,
+                exc,
+                self.backoff_s,
+            )
+            if self.process is not None and self.process.poll() is None:  # started, never answered
+                self.process.kill()
+                self.process.wait()
 
     def stop(self) -> None:
         if self.process is not None:  # SIGTERM is blocked in it (`_redis_child`); it has nothing to save

@@ -63,6 +63,7 @@ EACH = "*"  # a scope value (`user=*`) or tag value (`tag=customer=*`) meaning "
 MAX_USER = 256  # the OpenAI `user` field's bound (margin.protocol.UserId)
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # what no key's name, team, org or tag may hold (margin.keys.Label)
 LEASE_RENEWALS = 3  # a batch lease lasts at least this many of its worker's passes (BatchConfig)
+DEFAULT_LEASE_S = 30.0
 
 
 class Scope(Spec):
@@ -428,11 +429,11 @@ class BatchConfig(Spec):
     concurrency: int = Field(4, ge=1, description="Lines of one job in flight at once.")
     max_attempts: int = Field(3, ge=1, description="Tries of a line that failed with 429/5xx before it fails.")
     poll_s: float = Field(1.0, gt=0, description="How often the worker looks for work and cancellations.")
-    lease_s: float = Field(
-        30.0,
+    lease_s: float | None = Field(
+        None,
         gt=0,
-        description="A worker holds a job this long between renewals; a dead worker's job resumes after. "
-        "At least 3 × poll_s (it renews every poll_s).",
+        description="A worker holds a job this long between renewals; a dead worker's job resumes after. Unset: "
+        "30 s, or 3 × poll_s when that is longer. Set: at least 3 × poll_s (it renews every poll_s).",
     )
     assumed_output_tokens: int = Field(
         256, ge=1, description="Output tokens assumed for a line without max_tokens when sizing the schedule."
@@ -445,6 +446,12 @@ class BatchConfig(Spec):
     def _lease_outlasts_renewals(self) -> BatchConfig:
         # a worker renews its leases once a pass (every poll_s and the pass's own time): a lease that ran out
         # between two let another worker take a job still running, and run its lines in flight a second time
-        if self.lease_s < LEASE_RENEWALS * self.poll_s:
+        if self.lease_s is not None and self.lease_s < LEASE_RENEWALS * self.poll_s:
             raise ValueError(f"batches.lease_s must be at least {LEASE_RENEWALS} × batches.poll_s")
         return self
+
+    @property
+    def lease(self) -> float:
+        """The lease a worker holds a job for: `lease_s`, or unset, 30 s or 3 passes when longer (a config with a
+        long `poll_s` and no `lease_s` starts, as it did before the bound)."""
+        return self.lease_s if self.lease_s is not None else max(DEFAULT_LEASE_S, LEASE_RENEWALS * self.poll_s)

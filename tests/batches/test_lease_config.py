@@ -14,6 +14,12 @@ def test_a_lease_shorter_than_three_polls_is_refused() -> None:
     with pytest.raises(ValidationError, match="lease_s must be at least 3"):
         BatchConfig.model_validate({"poll_s": 2.0, "lease_s": 0.5})
     with pytest.raises(ValidationError, match="lease_s must be at least 3"):
-        BatchConfig.model_validate({"poll_s": 20.0})  # the default lease (30 s) with a longer poll
-    assert BatchConfig.model_validate({"poll_s": 10.0}).lease_s == 30.0  # 3 polls: taken
-    assert BatchConfig.model_validate({"poll_s": 0.05, "lease_s": 1.0}).lease_s == 1.0
+        BatchConfig.model_validate({"poll_s": 20.0, "lease_s": 30.0})  # set, and shorter than 3 polls
+    assert BatchConfig.model_validate({"poll_s": 10.0}).lease == 30.0  # 3 polls: taken
+    assert BatchConfig.model_validate({"poll_s": 0.05, "lease_s": 1.0}).lease == 1.0
+
+
+def test_an_unset_lease_outlasts_a_long_poll() -> None:
+    """A config with a long `poll_s` and no `lease_s` (valid before the bound) starts: its lease is 3 passes."""
+    assert BatchConfig.model_validate({"poll_s": 20.0}).lease == 60.0
+    assert BatchConfig.model_validate({}).lease == 30.0

@@ -110,7 +110,7 @@ class BatchRunner:
         (a cancellation or a new job is seen at once); delete a page of expired files (margin.batches.expiry)."""
         for running in self._running.values():
             running.wake.set()
-        held = await progress.claim(self.services.engine, self.worker, self.clock(), self.config.lease_s)
+        held = await progress.claim(self.services.engine, self.worker, self.clock(), self.config.lease)
         for batch_id in held:
             job = self._jobs.get(batch_id)
             if job is None or job.done():

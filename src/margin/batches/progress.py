@@ -24,6 +24,23 @@ EXPIRED = {
 }
 CANCELLED = {"code": "batch_cancelled", "message": "This request was not executed: the batch was cancelled."}
 SHOWN_ERRORS = 100  # validation errors the job object lists (`errors.data`); its error file has every one
+DEFERRAL = 1 << 16
+"""A line's `attempts` counts every start (each its own request id: `line_request_id(job, line, attempts)`),
+packed: the starts margin's own rate limiter refused (`deferrals`: each adds DEFERRAL - 1 when it lands) in its
+high part, the tries that count toward `batches.max_attempts` (`tries`: below DEFERRAL) in its low part. Every
+start takes a number above the last, so no two attempts of a line share a request id (no migration: the
+column keeps its type)."""
+MAX_DEFERRALS = 10_000  # refusals of one line waited out; past it one counts as a try (2**31 / DEFERRAL > it)
+
+
+def tries(attempts: int) -> int:
+    """The attempts that count toward `batches.max_attempts` (the limiter's refusals are not among them)."""
+    return attempts % DEFERRAL
+
+
+def deferrals(attempts: int) -> int:
+    """How many of a line's starts margin's own rate limiter refused (each waited out, not a try)."""
+    return attempts // DEFERRAL
 
 
 async def claim(engine: AsyncEngine, worker: str, now: datetime, lease_s: float) -> list[str]:
@@ -185,7 +202,7 @@ async def reset_running(engine: AsyncEngine, batch_id: str, max_attempts: int, n
     async with engine.begin() as connection:
         spent = await connection.execute(
             batch_lines.update()
-            .where(*running, batch_lines.c.attempts >= max_attempts)
+            .where(*running, batch_lines.c.attempts % DEFERRAL >= max_attempts)
             .values(status="failed", status_code=None, response=None, error=error, finished_at=now)
         )
         if spent.rowcount:
@@ -251,6 +268,7 @@ class Outcome:
     response: bytes | None
     error: dict[str, Any] | None = None
     not_before: datetime | None = None
+    deferred: bool = False  # margin's own rate limiter refused it: pending again, not a try (DEFERRAL)
 
 
 async def finish_lines(
@@ -278,6 +296,7 @@ async def finish_lines(
                     error=outcome.error,
                     not_before=outcome.not_before,
                     finished_at=None if outcome.status == "pending" else now,
+                    attempts=batch_lines.c.attempts + (DEFERRAL - 1 if outcome.deferred else 0),
                 )
             )
             if done.rowcount == 1:

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from margin.batches import outputs, quota
 from margin.batches.jsonl import Line, LineError
-from margin.batches.store import ACTIVE, LINE_OPEN, line_request_id, summed_usage, usage_json
+from margin.batches.store import ACTIVE, LINE_OPEN, line_request_id, summed_usage, usage_json, utc
 from margin.ledger.models import batch_errors, batch_lines, batches
 from margin.types import Usage
 
@@ -239,11 +239,24 @@ async def open_lines(engine: AsyncEngine, batch_id: str) -> int:
     return int(count or 0)
 
 
-async def start_lines(engine: AsyncEngine, batch_id: str, lines: Sequence[tuple[int, int]]) -> dict[int, str]:
-    """pending → running for each (line, attempt), in one transaction; the request id of each line started
-    (a line another run took meanwhile is left out)."""
+def holds(batch: Any, worker: str, now: datetime) -> bool:
+    """Whether `worker` still holds the job's lease at `now` (renewed in time, and not taken by another worker
+    after a renewal failed)."""
+    until = utc(batch.lease_until)
+    return bool(batch.lease_owner == worker and until is not None and until > now)
+
+
+async def start_lines(
+    engine: AsyncEngine, batch_id: str, lines: Sequence[tuple[int, int]], worker: str, now: datetime
+) -> dict[int, str]:
+    """pending → running for each (line, attempt), in one transaction, while `worker` holds the job's lease at
+    `now`; the request id of each line started (a line another run took meanwhile is left out; none once the
+    lease is lost: another worker may run the job now)."""
     started: dict[int, str] = {}
+    leased = (batches.c.id == batch_id, batches.c.lease_owner == worker, batches.c.lease_until > now)
     async with engine.begin() as connection:
+        if await connection.scalar(sa.select(sa.func.count()).where(*leased)) != 1:
+            return started
         for line, attempt in lines:
             request_id = line_request_id(batch_id, line, attempt)
             moved = await connection.execute(

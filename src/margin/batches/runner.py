@@ -228,6 +228,9 @@ class _Job:
                 batch = await store.get_batch(self.engine, self.batch_id, None)
                 if batch.status not in ("in_progress", "cancelling") or runner._stopping:
                     return
+                if not progress.holds(batch, runner.worker, runner.clock()):
+                    log.warning("batch %s: this worker lost its lease; it stops dispatching", self.batch_id)
+                    return  # the lines in flight land and are recorded (once: guarded by their attempt)
                 if await self._ending(batch):
                     return
                 wait = await self._dispatch(batch)
@@ -292,7 +295,8 @@ class _Job:
         if not rows:
             return None
         principal = await runner.principal(batch)
-        started = await progress.start_lines(self.engine, batch.id, [(r.line, r.attempts + 1) for r in rows])
+        starts = [(r.line, r.attempts + 1) for r in rows]
+        started = await progress.start_lines(self.engine, batch.id, starts, runner.worker, runner.clock())
         for row in rows:
             if row.line not in started:
                 continue

@@ -65,6 +65,12 @@ def test_a_job_bigger_than_an_rpm_limit_completes_every_line(tmp_path: Path) -> 
     ids = [request_id for request_id, _ in rows]
     assert len(ids) == len(set(ids))  # one row per request id, however many times a line was refused
     assert sum(status == "ok" for _, status in rows) == LINES
+    query = "SELECT count(*), coalesce(sum(cost_nanousd), 0) FROM ledger WHERE batch_id = ? AND error_code = ?"
+    ((refused, cost),) = _read(db, query, batch.id, "rate_limit_exceeded")
+    assert (refused, cost) == (sum(deferrals(n) for n in attempts), 0)  # a row each, $0
+    # after a refusal the job waits, then sends one line, one more per line let through: not all 8 at once
+    # (pausing alone: 28 refusals for these 16 lines over the limit; this: 13)
+    assert refused <= 3 * (LINES - RPM) // 2
 
 
 def test_an_upstream_429_is_still_a_try() -> None:

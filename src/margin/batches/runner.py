@@ -219,6 +219,7 @@ class _Job:
         self.sent: dict[str, int] = {}  # tokens dispatched per window model (splits an hour between windows)
         self.wake = asyncio.Event()  # a line landed, or the runner saw news (cancel, shutdown)
         self.paused_until: datetime | None = None  # margin's rate limiter refused a line: no dispatch before
+        self.ramp: int | None = None  # after a refusal, lines in flight allowed: 1, one more per line answered
 
     async def run(self) -> None:
         runner = self.runner
@@ -286,7 +287,7 @@ class _Job:
     async def _dispatch(self, batch: Any) -> datetime | None:
         runner, now = self.runner, self.runner.clock()
         plan = turn(batch.plan, batch.model or "", now)
-        free = runner.config.concurrency - len(self.flying)
+        free = min(runner.config.concurrency, self.ramp or runner.config.concurrency) - len(self.flying)
         if not plan.models or free <= 0:
             return plan.wake
         if self.paused_until is not None and now < self.paused_until:
@@ -313,12 +314,19 @@ class _Job:
             self.flying.pop(line, None)
             if not task.cancelled() and task.exception() is None:
                 self.landed.append(task.result())
-                until = task.result()[2].not_before
-                if task.result()[2].deferred and until is not None:
-                    self.paused_until = max(until, self.paused_until or until)
+                self._pace(task.result()[2])
             self.wake.set()
 
         return landed
+
+    def _pace(self, outcome: progress.Outcome) -> None:
+        """After margin's rate limiter refused a line: no dispatch before its retry-after, then one line in
+        flight, one more for each line it lets through (not `concurrency` lines at once, most refused again)."""
+        if outcome.deferred and outcome.not_before is not None:
+            self.paused_until = max(outcome.not_before, self.paused_until or outcome.not_before)
+            self.ramp = 1
+        elif self.ramp is not None:
+            self.ramp = None if self.ramp >= self.runner.config.concurrency else self.ramp + 1
 
     async def _wait(self, until: datetime | None) -> None:
         timeout = self.runner.config.poll_s

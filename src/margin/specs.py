@@ -427,7 +427,13 @@ class BatchConfig(Spec):
     )
     max_window_h: int = Field(168, ge=1, description="Longest completion_window accepted (`24h` is OpenAI's).")
     concurrency: int = Field(4, ge=1, description="Lines of one job in flight at once.")
-    max_attempts: int = Field(3, ge=1, description="Tries of a line that failed with 429/5xx before it fails.")
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="Tries of a line that failed with 429/5xx before it fails (margin's own rate limit "
+        "refusals are waited out, not tries).",
+    )
     poll_s: float = Field(1.0, gt=0, description="How often the worker looks for work and cancellations.")
     lease_s: float | None = Field(
         None,

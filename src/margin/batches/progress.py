@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from margin.batches import outputs, quota
 from margin.batches.jsonl import Line, LineError
-from margin.batches.store import ACTIVE, LINE_OPEN, line_request_id, summed_usage, usage_json
+from margin.batches.store import ACTIVE, LINE_OPEN, line_request_id, summed_usage, usage_json, utc
 from margin.ledger.models import batch_errors, batch_lines, batches
 from margin.types import Usage
 
@@ -24,6 +24,23 @@ EXPIRED = {
 }
 CANCELLED = {"code": "batch_cancelled", "message": "This request was not executed: the batch was cancelled."}
 SHOWN_ERRORS = 100  # validation errors the job object lists (`errors.data`); its error file has every one
+DEFERRAL = 1 << 16
+"""A line's `attempts` counts every start (each its own request id: `line_request_id(job, line, attempts)`),
+packed: the starts margin's own rate limiter refused (`deferrals`: each adds DEFERRAL - 1 when it lands) in its
+high part, the tries that count toward `batches.max_attempts` (`tries`: below DEFERRAL) in its low part. Every
+start takes a number above the last, so no two attempts of a line share a request id (no migration: the
+column keeps its type)."""
+MAX_DEFERRALS = 10_000  # refusals of one line waited out; past it one counts as a try (2**31 / DEFERRAL > it)
+
+
+def tries(attempts: int) -> int:
+    """The attempts that count toward `batches.max_attempts` (the limiter's refusals are not among them)."""
+    return attempts % DEFERRAL
+
+
+def deferrals(attempts: int) -> int:
+    """How many of a line's starts margin's own rate limiter refused (each waited out, not a try)."""
+    return attempts // DEFERRAL
 
 
 async def claim(engine: AsyncEngine, worker: str, now: datetime, lease_s: float) -> list[str]:
@@ -112,7 +129,7 @@ async def _nothing_valid(
     line is valid. Its error file (every refused line) is written in the same transaction."""
     if refused:
         await connection.execute(batch_errors.insert(), refused)
-    _, error_file, _ = await outputs.write(connection, batch, now)
+    _, error_file = await outputs.write(connection, batch, now)
     await outputs.free(connection, batch.id)
     counts = {"total": len(refused), "failed": len(refused), "error_file_id": error_file}
     await _failed_validating(connection, batch, now, shown, usage=usage_json(Usage()), **counts)  # no line ran
@@ -185,7 +202,7 @@ async def reset_running(engine: AsyncEngine, batch_id: str, max_attempts: int, n
     async with engine.begin() as connection:
         spent = await connection.execute(
             batch_lines.update()
-            .where(*running, batch_lines.c.attempts >= max_attempts)
+            .where(*running, batch_lines.c.attempts % DEFERRAL >= max_attempts)
             .values(status="failed", status_code=None, response=None, error=error, finished_at=now)
         )
         if spent.rowcount:
@@ -222,11 +239,24 @@ async def open_lines(engine: AsyncEngine, batch_id: str) -> int:
     return int(count or 0)
 
 
-async def start_lines(engine: AsyncEngine, batch_id: str, lines: Sequence[tuple[int, int]]) -> dict[int, str]:
-    """pending → running for each (line, attempt), in one transaction; the request id of each line started
-    (a line another run took meanwhile is left out)."""
+def holds(batch: Any, worker: str, now: datetime) -> bool:
+    """Whether `worker` still holds the job's lease at `now` (renewed in time, and not taken by another worker
+    after a renewal failed)."""
+    until = utc(batch.lease_until)
+    return bool(batch.lease_owner == worker and until is not None and until > now)
+
+
+async def start_lines(
+    engine: AsyncEngine, batch_id: str, lines: Sequence[tuple[int, int]], worker: str, now: datetime
+) -> dict[int, str]:
+    """pending → running for each (line, attempt), in one transaction, while `worker` holds the job's lease at
+    `now`; the request id of each line started (a line another run took meanwhile is left out; none once the
+    lease is lost: another worker may run the job now)."""
     started: dict[int, str] = {}
+    leased = (batches.c.id == batch_id, batches.c.lease_owner == worker, batches.c.lease_until > now)
     async with engine.begin() as connection:
+        if await connection.scalar(sa.select(sa.func.count()).where(*leased)) != 1:
+            return started
         for line, attempt in lines:
             request_id = line_request_id(batch_id, line, attempt)
             moved = await connection.execute(
@@ -251,6 +281,7 @@ class Outcome:
     response: bytes | None
     error: dict[str, Any] | None = None
     not_before: datetime | None = None
+    deferred: bool = False  # margin's own rate limiter refused it: pending again, not a try (DEFERRAL)
 
 
 async def finish_lines(
@@ -278,6 +309,7 @@ async def finish_lines(
                     error=outcome.error,
                     not_before=outcome.not_before,
                     finished_at=None if outcome.status == "pending" else now,
+                    attempts=batch_lines.c.attempts + (DEFERRAL - 1 if outcome.deferred else 0),
                 )
             )
             if done.rowcount == 1:
@@ -314,14 +346,15 @@ async def close_pending(engine: AsyncEngine, batch_id: str, status: str, now: da
 
 async def finalize(engine: AsyncEngine, batch_id: str, status: str, now: datetime) -> bool:
     """Write the output and error files (margin.batches.outputs), free the job's copies of what they hold, and
-    write the final status and what the job still stores, in one transaction (once: the job must still be
-    active, else nothing is written). Every input line is in exactly one of the two files."""
+    write the final status and what the job still stores (its row: its lines' bookkeeping counts no more, the
+    files hold every line), in one transaction (once: the job must still be active, else nothing is written).
+    Every input line is in exactly one of the two files."""
     try:
         async with engine.begin() as connection:
             batch = (await connection.execute(sa.select(batches).where(batches.c.id == batch_id))).one()
             if batch.status not in ACTIVE:
                 return False
-            output, error, kept = await outputs.write(connection, batch, now)
+            output, error = await outputs.write(connection, batch, now)
             await outputs.free(connection, batch_id)
             used = (await summed_usage(connection, [batch_id]))[batch_id]  # its rows are in (runner._durable)
             values: dict[str, Any] = {
@@ -333,7 +366,7 @@ async def finalize(engine: AsyncEngine, batch_id: str, status: str, now: datetim
                 "error_file_id": error,
                 "lease_owner": None,
                 "lease_until": None,
-                "stored_bytes": quota.job_row_bytes(batch.meta, batch.tags, batch.errors, batch.plan) + kept,
+                "stored_bytes": quota.job_row_bytes(batch.meta, batch.tags, batch.errors, batch.plan),  # not its lines
             }
             moved = await connection.execute(
                 batches.update().where(batches.c.id == batch_id, batches.c.status == batch.status).values(**values)

@@ -30,7 +30,7 @@ from margin.backends.retry import retry_after_s
 from margin.batches import expiry, inprocess, progress, store
 from margin.batches.jsonl import validate
 from margin.batches.planning import Planner, line_tokens, options_for, turn, used_capacity
-from margin.errors import SHOULD_RETRY, NotFound
+from margin.errors import SHOULD_RETRY, NotFound, RateLimited
 from margin.governance.rules import Subject, governed_tags
 from margin.keys import principal_of
 from margin.ledger.db import UNREACHABLE
@@ -218,6 +218,8 @@ class _Job:
         self.landed: list[tuple[int, int, progress.Outcome]] = []
         self.sent: dict[str, int] = {}  # tokens dispatched per window model (splits an hour between windows)
         self.wake = asyncio.Event()  # a line landed, or the runner saw news (cancel, shutdown)
+        self.paused_until: datetime | None = None  # margin's rate limiter refused a line: no dispatch before
+        self.ramp: int | None = None  # after a refusal, lines in flight allowed: 1, one more per line answered
 
     async def run(self) -> None:
         runner = self.runner
@@ -227,6 +229,9 @@ class _Job:
                 batch = await store.get_batch(self.engine, self.batch_id, None)
                 if batch.status not in ("in_progress", "cancelling") or runner._stopping:
                     return
+                if not progress.holds(batch, runner.worker, runner.clock()):
+                    log.warning("batch %s: this worker lost its lease; it stops dispatching", self.batch_id)
+                    return  # the lines in flight land and are recorded (once: guarded by their attempt)
                 if await self._ending(batch):
                     return
                 wait = await self._dispatch(batch)
@@ -282,14 +287,17 @@ class _Job:
     async def _dispatch(self, batch: Any) -> datetime | None:
         runner, now = self.runner, self.runner.clock()
         plan = turn(batch.plan, batch.model or "", now)
-        free = runner.config.concurrency - len(self.flying)
+        free = min(runner.config.concurrency, self.ramp or runner.config.concurrency) - len(self.flying)
         if not plan.models or free <= 0:
             return plan.wake
+        if self.paused_until is not None and now < self.paused_until:
+            return self.paused_until  # the limiter said when: asking for every pending line meanwhile is noise
         rows = await progress.pending_lines(self.engine, batch.id, now, free, set(self.flying))
         if not rows:
             return None
         principal = await runner.principal(batch)
-        started = await progress.start_lines(self.engine, batch.id, [(r.line, r.attempts + 1) for r in rows])
+        starts = [(r.line, r.attempts + 1) for r in rows]
+        started = await progress.start_lines(self.engine, batch.id, starts, runner.worker, runner.clock())
         for row in rows:
             if row.line not in started:
                 continue
@@ -306,9 +314,19 @@ class _Job:
             self.flying.pop(line, None)
             if not task.cancelled() and task.exception() is None:
                 self.landed.append(task.result())
+                self._pace(task.result()[2])
             self.wake.set()
 
         return landed
+
+    def _pace(self, outcome: progress.Outcome) -> None:
+        """After margin's rate limiter refused a line: no dispatch before its retry-after, then one line in
+        flight, one more for each line it lets through (not `concurrency` lines at once, most refused again)."""
+        if outcome.deferred and outcome.not_before is not None:
+            self.paused_until = max(outcome.not_before, self.paused_until or outcome.not_before)
+            self.ramp = 1
+        elif self.ramp is not None:
+            self.ramp = None if self.ramp >= self.runner.config.concurrency else self.ramp + 1
 
     async def _wait(self, until: datetime | None) -> None:
         timeout = self.runner.config.poll_s
@@ -353,7 +371,17 @@ class _Job:
         )
         if reply.status < 400:
             return progress.Outcome("done", reply.status, reply.body)
+        if _limiter_refused(reply) and progress.deferrals(attempt) < progress.MAX_DEFERRALS:
+            return self._deferred(reply)
         return self._retry_or_fail(reply.status, reply.body, None, attempt, reply.headers)
+
+    def _deferred(self, reply: inprocess.Reply) -> progress.Outcome:
+        """Margin's own rate limiter refused the line: it waits (pending) until the refusal's retry-after, as
+        OpenAI paces a job's lines within its window, and the try is not counted (the job's expiry bounds the
+        waits: its pending lines end `expired`)."""
+        delay = retry_after_s(reply.headers.get("retry-after"))
+        not_before = self.runner.clock() + timedelta(seconds=min(1.0 if delay is None else delay, 300.0))
+        return progress.Outcome("pending", None, None, None, not_before, deferred=True)  # nothing kept: no answer
 
     def _retry_or_fail(
         self,
@@ -363,12 +391,25 @@ class _Job:
         attempt: int,
         headers: Mapping[str, str],
     ) -> progress.Outcome:
-        if may_pass_later(status, headers) and attempt < self.runner.config.max_attempts:
+        tried = progress.tries(attempt)
+        if may_pass_later(status, headers) and tried < self.runner.config.max_attempts:
             delay = retry_after_s(headers.get("retry-after"))
-            delay = float(2**attempt) if delay is None else delay
+            delay = float(2**tried) if delay is None else delay
             not_before = self.runner.clock() + timedelta(seconds=min(delay, 300.0))
             return progress.Outcome("pending", status, body, error, not_before)
         return progress.Outcome("failed", status, body, error)
+
+
+def _limiter_refused(reply: inprocess.Reply) -> bool:
+    """Whether an answer is margin's own rate limiter's refusal (its admission: 429 `rate_limit_exceeded`), not
+    an upstream's 429 (`upstream_rate_limited`, a try like any other)."""
+    if reply.status != 429:
+        return False
+    try:
+        error = orjson.loads(reply.body).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return False
+    return isinstance(error, dict) and error.get("code") == RateLimited.default_code
 
 
 async def _durable(services: Any) -> None:

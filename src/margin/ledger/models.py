@@ -397,7 +397,7 @@ batch_lines = sa.Table(
     sa.Column("custom_id", sa.String(256), nullable=False),
     sa.Column("body", sa.Text, nullable=False),  # the request body, JSON
     sa.Column("status", sa.String(16), nullable=False),  # pending | running | done | failed | expired | cancelled
-    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),  # packed: margin.batches.progress.DEFERRAL
     sa.Column("not_before", sa.DateTime(timezone=True)),  # retry after a 429/5xx
     sa.Column("request_id", sa.String(64)),  # the ledger row of the last attempt
     sa.Column("status_code", sa.Integer),

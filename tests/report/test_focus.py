@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from margin.cli import app
 from margin.errors import InvalidRequest
+from margin.ledger import db, ingest
 from margin.report.focus import COLUMNS, MANDATORY, export, focus_rows, parse_period
 from tests.helpers import fake_settings
 from tests.report import ledgers
@@ -146,3 +147,36 @@ def test_csv_and_parquet_write_the_same_cost_to_the_nano_usd(engine: sa.Engine, 
     expected = Decimal(nano).scaleb(-9)
     assert all(Decimal(written[c]) == expected for c in ("BilledCost", "EffectiveCost", "ListCost", "ContractedCost"))
     assert pq.read_table(tmp_path / "f.parquet").column("BilledCost").to_pylist() == [expected]
+
+
+def test_a_cache_hit_is_margins_own_charge(tmp_path: Path) -> None:
+    """A cache hit calls no backend: margin provided the answer, so ProviderName and InvoiceIssuerName are
+    `margin` (they were "unknown"), in CSV and Parquet; PublisherName stays the model's, a backend's charge its
+    provider's."""
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    db.upgrade(url)
+    engine = db.make_sync_engine(url)
+    rows = [
+        ledgers.row("sent", input_tokens=10, output_tokens=5, cost_nanousd=ledgers.MILLI),
+        ledgers.row("hit", kind="cache_hit", backend=None, cache="exact", saved_nanousd=ledgers.MILLI,
+                    input_tokens=10, output_tokens=5),
+    ]  # fmt: skip
+    with engine.begin() as connection:
+        ingest.ingest_batch(connection, [ledgers.complete(r) for r in rows])
+    settings = fake_settings(tmp_path / "x.db")
+    try:
+        for suffix in (".csv", ".parquet"):
+            out = tmp_path / f"h{suffix}"
+            export(engine, settings, "2026-11", out)
+            if suffix == ".csv":
+                with out.open(newline="") as handle:
+                    found = list(csv.DictReader(handle))
+            else:
+                found = pq.read_table(out).to_pylist()
+            by_cost = {Decimal(str(r["BilledCost"])): r for r in found}
+            hit, sent = by_cost[Decimal(0)], by_cost[Decimal("0.001")]
+            assert (hit["ProviderName"], hit["InvoiceIssuerName"]) == ("margin", "margin"), suffix
+            assert hit["PublisherName"] == sent["PublisherName"]
+            assert sent["ProviderName"] == sent["InvoiceIssuerName"] == "api"
+    finally:
+        engine.dispose()

@@ -32,7 +32,12 @@ def report(
     bucket: Annotated[str, typer.Option(help="hour|day, for time series.")] = "day",
     revenue: Annotated[Path | None, typer.Option(help="CSV of revenue (feature,customer,usd) for the window.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Also draw spend, $/1K and savings to a PNG.")] = None,
-    team: Annotated[str | None, typer.Option(help="Only this team's rows (its own P&L).")] = None,
+    team: Annotated[
+        str | None, typer.Option(help="Only this team's rows (its own P&L); with --org if several orgs have it.")
+    ] = None,
+    org: Annotated[
+        str | None, typer.Option(help="Only this org's rows, or its team's with --team ('' = no org).")
+    ] = None,
     config: ConfigOpt = None,
     db: DbOpt = None,
     json: JsonOpt = False,
@@ -41,14 +46,16 @@ def report(
     gross margin and attach rate, cost per successful task, savings, utilization and idle cost, carbon.
 
     Reads the ledger without writing to it; exit 3: the ledger is at another revision (`margin db upgrade`)."""
-    from margin.ledger.read.window import parse_span
+    from margin.ledger.read.window import parse_span, scoped
     from margin.report.cli import run_report
     from margin.report.queries import Window
 
     settings = settings_from(config, db)
     try:
-        window = Window(*parse_span(since, until), team=team)
+        window = Window(*parse_span(since, until))
         with reading(settings) as engine:
+            with engine.connect() as connection:
+                window = scoped(connection, window, team, org)
             fmt = "json" if json else fmt
             run_report(console(), engine, settings, window, view, metric, by, fmt, bucket, revenue, plot)
     except MarginError as exc:

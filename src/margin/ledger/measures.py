@@ -32,9 +32,13 @@ MEASURES: dict[str, str] = {
     "priced_tokens": "CASE WHEN {r}.cost_nanousd IS NULL THEN 0 ELSE {r}.input_tokens + {r}.output_tokens END",
     "energy_uj": "COALESCE({r}.energy_uj, 0)",
     "co2e_ng": "COALESCE({r}.co2e_ng, 0)",
+    # the tokens of the rows with a carbon figure: carbon per token divides by these, not by every token (0028)
+    "co2e_tokens": "CASE WHEN {r}.co2e_ng IS NULL THEN 0 ELSE {r}.input_tokens + {r}.output_tokens END",
     "energy_measured": "CASE WHEN {r}.energy_method = 'measured' THEN 1 ELSE 0 END",
     "energy_modelled": "CASE WHEN {r}.energy_method = 'modelled' THEN 1 ELSE 0 END",
     "energy_unknown": "CASE WHEN {r}.energy_uj IS NULL THEN 1 ELSE 0 END",
+    # the tokens of the rows with an energy figure (energy per token's divisor; 0028)
+    "energy_tokens": "CASE WHEN {r}.energy_uj IS NULL THEN 0 ELSE {r}.input_tokens + {r}.output_tokens END",
     "saved_nanousd": "COALESCE({r}.saved_nanousd, 0)",
     "routed": "CASE WHEN {r}.router_score IS NOT NULL OR {r}.counterfactual_nanousd IS NOT NULL THEN 1 ELSE 0 END",
     "routing_saved_nanousd": (

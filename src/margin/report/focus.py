@@ -14,6 +14,13 @@ a SkuId/SkuPriceId: FOCUS 1.2's SkuPriceId MUST reference a SKU price in a provi
 have one parent SkuId, and a charge here blends two unit prices (input and output tokens) that margin
 publishes in no price list. ChargeDescription names the tier too ("… to gpt-5-mini at flex via openai").
 
+ProviderName and InvoiceIssuerName are the backend's provider (`self-hosted (<backend>)` for a backend with
+hardware, else its `provider`, else its name). A charge with no backend (cache hits: margin answered from its
+own cache; requests refused before routing) has `margin` in both: FOCUS's provider is the entity that made the
+service available, and for those that is the gateway, not a backend (they were "unknown"); its invoice issuer is
+the entity responsible for invoicing the charge, and no outside party invoices an answer margin gave itself.
+PublisherName stays the model's `owned_by`: the publisher produced the model whose answer was cached.
+
 InvoiceId is null: margin issues no invoices, and FOCUS 1.2 says InvoiceId MUST be null when the charge is
 not associated with an invoice or a pre-generated provisional one (InvoiceId-C-004-C). focus-validator 2.2.1
 checks both halves of that either-or without their conditions, so it reports the other half
@@ -49,6 +56,7 @@ from margin.ledger.read import Window
 from margin.ledger.read.charges import CHARGE_GRAIN, charges, unpriced
 from margin.report.cells import spreadsheet_text
 
+GATEWAY = "margin"  # ProviderName and InvoiceIssuerName of what margin served itself (no backend called)
 MANDATORY = (
     "BilledCost", "BillingAccountId", "BillingAccountName", "BillingCurrency", "BillingPeriodEnd",
     "BillingPeriodStart", "ChargeCategory", "ChargeClass", "ChargeDescription", "ChargePeriodEnd",
@@ -107,9 +115,13 @@ def _iso(moment: datetime) -> str:
 
 
 def _provider(settings: Settings, backend: str | None) -> str:
-    config = settings.backends.get(backend or "")
+    """ProviderName and InvoiceIssuerName: the backend's provider, or `margin` where no backend was called
+    (a cache hit, a request refused before routing): the gateway served it and is the one accounting for it."""
+    if not backend:
+        return GATEWAY
+    config = settings.backends.get(backend)
     if config is None:
-        return backend or "unknown"
+        return backend
     if config.hardware is not None:
         return f"self-hosted ({backend})"
     return getattr(config, "provider", None) or str(backend)

@@ -139,6 +139,7 @@ class CarbonRow:
     measured_requests: int  # energy from a meter (RAPL/NVML)
     modelled_requests: int  # energy = watts × busy seconds (an estimate)
     unknown_requests: int  # no energy figure at all (hosted APIs without an estimate)
+    co2e_tokens: int  # the tokens of the requests with a carbon figure (the per-1K divisor)
 
     @property
     def kwh(self) -> float:
@@ -146,7 +147,9 @@ class CarbonRow:
 
     @property
     def co2e_g_per_1k_tokens(self) -> float | None:
-        return self.co2e_g / self.tokens * 1000 if self.tokens else None
+        """Over the requests with a carbon figure only: a hosted API's tokens (no energy model) are not zero
+        carbon, and counting them would dilute the figure."""
+        return self.co2e_g / self.co2e_tokens * 1000 if self.co2e_tokens else None
 
     def to_json(self) -> dict[str, Any]:
         per_1k_g = self.co2e_g_per_1k_tokens
@@ -157,6 +160,7 @@ class CarbonRow:
             "energy_j": round(self.energy_j, 6),
             "energy_kwh": round(self.kwh, 12),
             "co2e_g": round(self.co2e_g, 9),
+            "co2e_tokens": self.co2e_tokens,
             "co2e_g_per_1k_tokens": None if per_1k_g is None else round(per_1k_g, 9),
             "measured_requests": self.measured_requests,
             "modelled_requests": self.modelled_requests,
@@ -179,6 +183,7 @@ def carbon(engine: sa.Engine, window: Window, by: str = "region") -> list[Carbon
             s["energy_measured"],
             s["energy_modelled"],
             s["energy_unknown"],
+            s["co2e_tokens"],
         )
         for key, s in found.items()
     ]

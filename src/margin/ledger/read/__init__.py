@@ -24,7 +24,7 @@ from margin.ledger.read.plan import Part, grain_for, plan, plan_days_then_hours
 from margin.ledger.read.sums import BUCKETS, Sums, first_at, grouped, tag_keys, total, totals, zero
 from margin.ledger.read.tasks import TaskSums, task_sums
 from margin.ledger.read.top import top
-from margin.ledger.read.window import Window, as_utc, parse_when, team_org
+from margin.ledger.read.window import Window, as_utc, parse_when, scoped, team_org
 
 __all__ = [
     "BUCKETS",
@@ -47,6 +47,7 @@ __all__ = [
     "plan",
     "plan_days_then_hours",
     "recorded",
+    "scoped",
     "tag_keys",
     "task_sums",
     "team_org",

@@ -137,3 +137,25 @@ def team_org(connection: sa.Connection, team: str, org: tuple[str | None]) -> tu
     )
     query = sa.select(api_keys.c.id).where(api_keys.c.team == team, other).limit(1)
     return org if connection.execute(query).first() is not None else None
+
+
+def team_orgs(connection: sa.Connection, team: str) -> list[str | None]:
+    """The orgs that have a team of this name (None: keys in no org), sorted, no org first."""
+    found = connection.execute(sa.select(api_keys.c.org).where(api_keys.c.team == team).distinct())
+    return sorted((row[0] for row in found), key=lambda org: (org is not None, org or ""))
+
+
+def scoped(connection: sa.Connection, window: Window, team: str | None, org: str | None) -> Window:
+    """An operator's window of one org (`org`, "" for keys in no org), one team, or one org's team (`margin
+    report --org/--team`), as that team's keys see it on the dashboard. A team named in several orgs is
+    refused without an org: adding up different orgs' teams is nobody's view."""
+    wanted: tuple[str | None] | None = None if org is None else (org or None,)
+    if team is None:
+        return replace(window, org=wanted)
+    if wanted is not None:
+        return replace(window, team=team, org=team_org(connection, team, wanted))
+    orgs = team_orgs(connection, team)
+    if len(orgs) > 1:
+        names = ", ".join("(no org: --org '')" if name is None else repr(name) for name in orgs)
+        raise InvalidRequest(f"team {team!r} is a team of {len(orgs)} orgs: {names}; name one with --org", param="org")
+    return replace(window, team=team)

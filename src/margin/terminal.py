@@ -27,4 +27,5 @@ def print_error(text: str) -> None:
     """One `error:` line on stderr, `text` literal (a model's, an upstream's or a file's words in it are no markup)."""
     from rich.console import Console
 
-    Console(stderr=True, highlight=False).print(Text.assemble(("error:", "bold red"), " ", message(text)))
+    line = Text.assemble(("error:", "bold red"), " ", message(text))
+    Console(stderr=True, highlight=False).print(line, soft_wrap=True)  # one line: a long path was cut at 80 columns

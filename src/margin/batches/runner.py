@@ -40,6 +40,7 @@ from margin.specs import Policy
 from margin.types import ANONYMOUS, BatchLine, Principal
 
 log = logging.getLogger("margin.batches")
+MAX_RECORD_PAUSE_S = 30.0  # the longest wait between two tries of recording landed lines
 
 
 def may_pass_later(status: int, headers: Mapping[str, str]) -> bool:
@@ -250,19 +251,25 @@ class _Job:
 
     async def _record(self) -> None:
         """Lines that landed: their ledger rows reach the database first, then their outcomes, in one go."""
+        pause = self.runner.config.poll_s
         while self.landed:
             landed, self.landed = self.landed, []
             try:
                 await _durable(self.runner.services)
                 await progress.finish_lines(self.engine, self.batch_id, landed, self.runner.clock())
-            except Exception as exc:  # a locked or unreachable database: try again (guarded by attempt: once)
+            except UNREACHABLE as exc:  # a locked or unreachable database: again (guarded by attempt: once)
                 self.landed = landed + self.landed  # dropped, the job's next run would run (and pay) them again
                 if self.runner._stopping:
                     raise
                 log.warning(
-                    "batch %s: recording %d lines failed (retried): %s", self.batch_id, len(landed), failure(exc)
+                    "batch %s: recording %d lines failed (retried in %.1f s): %s",
+                    self.batch_id,
+                    len(landed),
+                    pause,
+                    failure(exc),
                 )
-                await asyncio.sleep(self.runner.config.poll_s)
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, MAX_RECORD_PAUSE_S)  # a long outage: a line every 30 s, not every poll
 
     async def _ending(self, batch: Any) -> bool:
         """Cancelled, expired or done: close what is pending, let lines in flight land, write the files."""

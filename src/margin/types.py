@@ -44,6 +44,24 @@ class Usage:
             body["prompt_tokens_details"] = details
         return body
 
+    def says(self, reported: Any) -> bool:
+        """Whether OpenAI-shaped `reported` usage (an upstream's, as it came) counts what this usage does: its
+        prompt, completion and total tokens, cache reads and writes. Where it does not (the ceiling held it, or
+        it was read as less than it said: cached tokens past the prompt, counts past `MAX_TOKENS`), what the
+        client is told is written again with these counts, what the request is charged."""
+        if not isinstance(reported, dict):
+            return False
+        details = reported.get("prompt_tokens_details")
+        details = details if isinstance(details, dict) else {}
+        total = self.input_tokens + self.output_tokens
+        return (
+            reported.get("prompt_tokens") == self.input_tokens
+            and reported.get("completion_tokens", self.output_tokens) == self.output_tokens
+            and reported.get("total_tokens", total) == total
+            and (details.get("cached_tokens") or 0) == self.cached_tokens
+            and (details.get("cache_write_tokens") or 0) == self.cache_write_tokens
+        )
+
     @staticmethod
     def reported_or(reported: Any, metered: Usage | None) -> Any:
         """A chat answer's usage as it came, or where it has none (an upstream that reports none), the usage the

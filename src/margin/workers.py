@@ -225,12 +225,17 @@ PROMETHEUS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 @contextlib.contextmanager
 def metrics_dir() -> Iterator[None]:
     """A fresh directory for prometheus-client's multiprocess mode (the workers' metrics, summed at scrape
-    time), unless the operator set one; removed when the supervisor stops."""
-    if os.environ.get(PROMETHEUS_DIR):
+    time), removed when the supervisor stops; or the one the operator set, kept, with the files an earlier run
+    wrote there removed first (`prepare_multiprocess`). Before, those were left, and the previous run's
+    counters were added in to every scrape."""
+    from margin.telemetry.metrics import prepare_multiprocess  # prometheus-client: only with workers
+
+    if chosen := os.environ.get(PROMETHEUS_DIR):
+        prepare_multiprocess(Path(chosen))
         yield
         return
     with tempfile.TemporaryDirectory(prefix="margin-metrics-") as folder:
-        os.environ[PROMETHEUS_DIR] = folder
+        prepare_multiprocess(Path(folder))
         try:
             yield
         finally:

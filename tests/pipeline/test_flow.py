@@ -157,7 +157,7 @@ def _content(text: str, more: bool) -> Chunk:
     return Chunk(payload=payload, raw=b'{"c":"%s"}' % text.encode(), text=text, more=more)
 
 
-USAGE = Chunk(payload={"choices": [], "usage": {}}, raw=b'{"u":1}', usage=Usage(1, 2), more=False)
+USAGE = Chunk(payload={"choices": [], "usage": Usage(1, 2).to_openai()}, raw=b'{"u":1}', usage=Usage(1, 2), more=False)
 
 
 async def _backend(log: list[str]) -> AsyncIterator[Chunk]:

@@ -102,7 +102,8 @@ class OpenAIBackend(HttpBackend):
         return orjson.dumps(body)
 
     def _completion(self, call: Call, payload: dict[str, Any], content: bytes) -> Completion:
-        if _is_error(payload):  # an error under a 200: its text goes to the log, never to the caller
+        # an error under a 200, alone or beside `choices`: its text goes to the log, never to the caller
+        if _is_error(payload):
             log_upstream(self.name, "answered 200 with an error", upstream_message(content)[0])
             raise BackendError("the upstream failed (an error under HTTP 200)")
         usage = READERS.get(call.endpoint, Usage.from_openai)(payload.get("usage"))
@@ -212,7 +213,7 @@ class OpenAIBackend(HttpBackend):
             raise self._invalid_event() from exc
         if not isinstance(payload, dict):
             raise self._invalid_event()
-        if _is_error(payload) or payload.get("error"):  # beside `choices` too: OpenRouter's mid-stream error
+        if _is_error(payload):  # beside `choices` too: OpenRouter's mid-stream error
             log_upstream(self.name, "failed mid-stream", upstream_message(data)[0])
             raise BackendError("the upstream failed mid-stream")
         reported = payload.get("usage")
@@ -249,8 +250,12 @@ def openai_backend(name: str, config: OpenAIBackendConfig, services: Any = None)
 
 
 def _is_error(payload: dict[str, Any]) -> bool:
-    """An answer (or event) that is an OpenAI error object rather than an answer."""
-    return payload.get("error") is not None and "choices" not in payload and "data" not in payload
+    """An answer (or event) that is an OpenAI error object rather than an answer, or that carries one beside its
+    `choices` (OpenRouter's error mid-answer, whose choice finishes with `error`, in a stream's event or a whole
+    answer alike: the answer it holds is not one). Before, a whole answer of that shape was an `ok` answer of
+    whatever its choice held, while the same in a stream was the upstream's failure."""
+    error = payload.get("error")
+    return error is not None and (bool(error) or ("choices" not in payload and "data" not in payload))
 
 
 def _names_usage_or_error(event: bytes) -> bool:

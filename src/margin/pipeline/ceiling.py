@@ -15,7 +15,8 @@ in what it sent) beyond that is held at it, so no upstream, lying or broken, can
 - A known cost: providers whose `max_tokens` leaves out reasoning tokens can honestly report more output; such
   a row is held at the limit and reads `clamped` (the upstream's figures are in the log).
 - Answers from the cache are margin's own and are never held.
-A held row says so (`usage_source: clamped`) and the upstream's figures go to the log."""
+A held row says so (`usage_source: clamped`), the upstream's figures go to the log, and what the client is told
+says the held counts (a stream's usage event, a whole answer's `usage`)."""
 
 from __future__ import annotations
 

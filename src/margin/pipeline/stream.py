@@ -6,9 +6,10 @@ burst costs one write. No task is started per stream: a client that left is foun
 The closing comment and `[DONE]` are the flow's, written after the ledger row.
 
 What metering needs is noted on the way (TTFT, the delivered text, the usage the backend reported); the
-usage chunk is forwarded only when the client asked for it (`stream_options.include_usage`), and added at
-the end when it asked and the backend sent none. A cache miss that owns a lease (`Request.unstorable`) hears at
-the first token when that token is more than text: the answer will not be stored, its waiters need not wait."""
+usage chunk is forwarded only when the client asked for it (`stream_options.include_usage`), saying what the
+request is charged (`Delivery._charged`), and added at the end when it asked and the backend sent none. A cache
+miss that owns a lease (`Request.unstorable`) hears at the first token when that token is more than text: the
+answer will not be stored, its waiters need not wait."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import orjson
 from margin.economics import tiers
 from margin.economics.money import ZERO_USD, usd_str
 from margin.errors import BackendError, MarginError
+from margin.pipeline import ceiling
 from margin.pipeline.values import ClientGone, Record, Request
 from margin.types import Chunk, Usage, finish_reason_of
 
@@ -205,7 +207,7 @@ class Delivery:
                 # read only for a cache miss that owns a lease: the first token tells whether the answer is text
                 self.unstorable = request.unstorable is not None and len(_generated(chunk)) > len(_text(chunk))
         if chunk.usage is not None:  # parsed already (it names usage): its tier is read at no extra cost
-            self.usage = chunk.usage
+            self.usage = self._charged(chunk, chunk.usage)
             self.tier = tiers.answered(chunk.payload) or self.tier
             self.usage_sent = self.usage_sent or request.wants_usage
         if request.rewrite is not None and request.rewrite(chunk.payload):
@@ -213,6 +215,19 @@ class Delivery:
         framed = _frame(chunk, request.wants_usage)
         if framed is not None:
             held.append(framed)
+
+    def _charged(self, chunk: Chunk, usage: Usage) -> Usage:
+        """The usage a usage event is charged at (`margin.pipeline.ceiling.held`: the row's), which the event
+        says where that is not what the upstream's said (held at a hard budget's ceiling, cached tokens past the
+        prompt): what the client is told is what it is charged. Only this event, parsed already, is read."""
+        target = self.request.record.target
+        charged = usage if target is None else ceiling.held(usage, self.request, target)
+        reported = chunk.payload.get("usage")
+        if charged is not usage or (reported is not None and not charged.says(reported)):
+            chunk.payload["usage"] = charged.to_openai()
+            chunk.raw = None  # serialized again with it
+            chunk.usage = charged
+        return charged
 
     async def _write(self, held: list[bytes]) -> None:
         record = self.request.record

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 from bisect import bisect_left
 from collections import Counter as Tally
 from collections.abc import Mapping, Sequence
@@ -51,11 +50,15 @@ LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db")
 
 
 def prepare_multiprocess(path: Path) -> None:
-    """For a supervisor, before it starts workers: an empty metrics directory, named in the environment the
-    workers inherit (prometheus-client picks its multiprocess mode from it at import)."""
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
+    """For a supervisor, before it starts workers: a metrics directory without an earlier run's values, named in
+    the environment the workers inherit (prometheus-client picks its multiprocess mode from it at import). The
+    `*.db` files prometheus-client writes there are removed (its documentation asks for the directory to be
+    emptied at start: an earlier run's counters would be added in); nothing else in it is touched, so an
+    operator's directory that holds other files keeps them."""
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        if stale.is_file() or stale.is_symlink():
+            stale.unlink(missing_ok=True)
     os.environ[MULTIPROC_ENV] = str(path)
 
 

@@ -78,13 +78,19 @@ async def replay(call: Call, entry: Entry) -> AsyncIterator[Chunk]:
 
 
 async def answer_entry(record: Record, reply: Reply) -> Entry | None:
+    """The entry a hit replays for this answer; None for one it could not: a stream whose last events name no
+    finish reason was cut off (an upstream's connection ended mid-answer, without `[DONE]` or with it), and a
+    hit would replay its half as a whole answer (`stop`). Its row stays `ok`: some servers omit `[DONE]`."""
     usage, target = record.usage, record.target
     if usage is None or target is None:
+        return None
+    finish = reply.finish_reason(record)
+    if finish is None and reply.streamed:
         return None
     cost = record.charge.cost_usd if record.charge is not None else None
     return Entry(
         text=await reply.text(),
-        finish_reason=reply.finish_reason(record) or "stop",
+        finish_reason=finish or "stop",
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         cost_nanousd=None if cost is None else to_nanousd(cost),

@@ -109,14 +109,16 @@ def counted_usage(target: Target, call: Call, output: str) -> Usage:
     return Usage(estimate_tokens(prompt) + ids, estimate_tokens(output[len(echoed) * copies :]), source=source)
 
 
-def accounted(
-    output: Completion | Delivery | None, read: Usage | None, metered: Usage | None, endpoint: Endpoint
-) -> None:
-    """A whole chat or completion answer whose usage margin could not read (`read` None: none, or one that counts
-    no prompt, `{"completion_tokens": 5}`, junk counts) says what the request was metered at (`metered`: the
-    row's), as a stream's usage chunk margin writes does: OpenAI's answer always has usage. Before, it went out as
-    it came (none, or the junk) while the row was counted or estimated."""
-    if read is None and metered is not None and isinstance(output, Completion) and endpoint in OPENAI_USAGE:
+def accounted(output: Completion | Delivery | None, metered: Usage | None, endpoint: Endpoint) -> None:
+    """A whole chat or completion answer says the usage the request was metered at (`metered`: the row's) where
+    its own does not (`Usage.says`), as a stream's usage event does: usage margin could not read (none, one that
+    counts no prompt, `{"completion_tokens": 5}`, junk counts: OpenAI's answer always has usage), usage held at a
+    hard budget's ceiling (10^9 tokens reported, the row held at its limit), cached tokens past the prompt. Before,
+    it went out as it came while the row was counted, estimated or held. An answer whose usage is the row's is
+    left as it came (its raw bytes forwarded)."""
+    if metered is None or not isinstance(output, Completion) or endpoint not in OPENAI_USAGE:
+        return
+    if not metered.says(output.payload.get("usage")):
         output.payload["usage"] = metered.to_openai()
         output.raw = None  # serialized again with it
 
@@ -232,7 +234,7 @@ class BackendCall:
                     text, cancelled = output.generated_now() if isinstance(output, Delivery) else "", exc
             cap, served = self._energy_cap(target, allowance), _served_tier(request, output)
             self._meter(request, target, call, usage, text, busy, measured, cap, served)
-            accounted(output, usage, record.usage, call.endpoint)
+            accounted(output, record.usage, call.endpoint)
             if cancelled is not None:
                 raise cancelled
 

@@ -1,0 +1,73 @@
+"""A stream that ends with no finish reason and no `[DONE]` (an upstream cut off mid-answer, its body framed by the
+connection's end alone) is not stored in the exact cache: its row stays `ok` (some servers omit `[DONE]`), but a
+hit would replay the half answer as a complete one, `finish_reason: stop`, to every caller of the same request.
+Before, it was stored and the next identical request got it from the cache. A whole stream is still stored.
+`margin serve` over real HTTP, a fake upstream on a thread, the official openai SDK as the client."""
+
+from __future__ import annotations
+
+import json
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+import openai
+import yaml
+
+from margin.ledger.models import ledger
+from tests.helpers import ledger_columns, margin_serve
+from tests.servers import http_thread, recording_handler
+
+
+def _answer(handler: BaseHTTPRequestHandler, body: Any) -> None:
+    """`cut`: three words, then the connection ends (no finish, no `[DONE]`, no length: HTTP/1.0's framing);
+    `whole`: the same words, a finish and `[DONE]`."""
+    whole = body["messages"][0]["content"].endswith("whole")
+    chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": body["model"]}
+    words = ("a ", "b ", "c")
+    choices: list[Any] = [[{"index": 0, "delta": {"content": word}, "finish_reason": None}] for word in words]
+    if whole:
+        choices.append([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+    handler.send_response(200)
+    handler.send_header("content-type", "text/event-stream")
+    handler.end_headers()
+    for sent in choices:
+        handler.wfile.write(b"data: " + json.dumps({**chunk, "choices": sent}).encode() + b"\n\n")
+    if whole:
+        handler.wfile.write(b"data: [DONE]\n\n")
+    handler.wfile.flush()
+    handler.close_connection = True
+
+
+def test_a_stream_cut_before_its_finish_is_not_stored_in_the_cache(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    bodies: list[Any] = []
+    told: list[tuple[str | None, str, str | None]] = []  # the cache header, the text, the last finish reason
+    with http_thread(recording_handler(bodies, _answer)) as upstream:
+        config = {
+            "storage": {"ledger": url, "flush_interval_ms": 50},
+            "backends": {"up": {"kind": "openai", "base_url": upstream + "/v1"}},
+            "models": {"m": {"backend": "up", "price": {"input": "1", "output": "1"}}},
+        }
+        path = tmp_path / "margin.yaml"
+        path.write_text(yaml.safe_dump(config))
+        with margin_serve(None, tmp_path / "serve.log", path) as (base, _):
+            client = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
+            for ending in ("cut", "cut", "whole", "whole"):
+                messages: Any = [{"role": "user", "content": f"tell me {ending}"}]
+                with client.chat.completions.with_streaming_response.create(
+                    model="m", messages=messages, temperature=0, stream=True
+                ) as response:
+                    chunks = list(response.parse())
+                    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+                    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+                    told.append((response.headers.get("x-margin-cache"), text, finishes[-1] if finishes else None))
+    assert told == [
+        ("miss", "a b c", None),
+        ("miss", "a b c", None),  # before: ("hit-exact", "a b c", "stop"), the cut answer replayed as whole
+        ("miss", "a b c", "stop"),
+        ("hit-exact", "a b c", "stop"),  # a whole stream is stored, as before
+    ]
+    assert len(bodies) == 3
+    rows = ledger_columns(url, ledger.c.status, ledger.c.http_status)
+    assert rows == [("ok", 200)] * 4  # the cut stream's row stays ok: some servers omit `[DONE]`

@@ -24,6 +24,7 @@ USAGES: list[dict[str, Any]] = [
     {"prompt_tokens": BIG, "completion_tokens": BIG, "total_tokens": 2 * BIG},  # inflated: held
     {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8, "prompt_tokens_details": {"cached_tokens": 10**6}},
     {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8, "cost": 0.25},  # the row's: as it came
+    {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 11, "cost": 0.5},  # its own total: as it came
 ]
 COLUMNS = (ledger.c.input_tokens, ledger.c.output_tokens, ledger.c.cached_tokens, ledger.c.usage_source)
 BUDGET = {"name": "all", "scope": {"kind": "global"}, "usd": "100", "period": "day"}
@@ -43,16 +44,21 @@ def _answer(handler: BaseHTTPRequestHandler, body: Any) -> None:
     reply_events(handler, [*events, {**chunk, "choices": [], "usage": usage}])
 
 
-def _told(usage: Any) -> tuple[int, int, int, Any]:
+def _told(usage: Any) -> tuple[int, int, int, Any, int]:
     details = usage.prompt_tokens_details
     cached = details.cached_tokens if details is not None and details.cached_tokens is not None else 0
-    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
-    return usage.prompt_tokens, usage.completion_tokens, cached, (usage.model_extra or {}).get("cost")
+    return (
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        cached,
+        (usage.model_extra or {}).get("cost"),
+        usage.total_tokens,
+    )
 
 
 def test_the_usage_a_client_is_told_is_what_its_row_is_charged(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    told: list[tuple[int, int, int, Any]] = []  # what each answer's usage said, in the order of the rows
+    told: list[tuple[int, int, int, Any, int]] = []  # what each answer's usage said, in the order of the rows
     with http_thread(recording_handler([], _answer)) as upstream:
         config = {
             "storage": {"ledger": url, "flush_interval_ms": 50},
@@ -76,10 +82,12 @@ def test_the_usage_a_client_is_told_is_what_its_row_is_charged(tmp_path: Path) -
                 assert len(sent) == 1  # one usage event: the upstream's, saying the row's counts
                 told.append(_told(sent[0]))
     rows = ledger_columns(url, *COLUMNS)
-    assert len(rows) == len(told) == 6
-    assert [row[3] for row in rows] == ["clamped"] * 2 + ["backend"] * 4
+    assert len(rows) == len(told) == 8
+    assert [row[3] for row in rows] == ["clamped"] * 2 + ["backend"] * 6
     assert all(row[1] == 16 and 0 < row[0] < 200 for row in rows[:2])  # held at max_tokens and the bytes sent
     assert all(row[:3] == (5, 3, 5) for row in rows[2:4])  # cached tokens: at most the whole prompt
     # before: (10^9, 10^9, 0) and 10^6 cached tokens for the rows held at 16 and 5
     assert [told_usage[:3] for told_usage in told] == [row[:3] for row in rows]
-    assert [told_usage[3] for told_usage in told] == [None] * 4 + [0.25] * 2  # the row's usage went out as it came
+    assert [told_usage[3] for told_usage in told] == [None] * 4 + [0.25] * 2 + [0.5] * 2  # the row's: as it came
+    # a total that is not prompt + completion is the provider's own: not a reason to write its usage again
+    assert [told_usage[4] for told_usage in told] == [row[0] + row[1] for row in rows[:2]] + [8] * 4 + [11] * 2

@@ -21,13 +21,14 @@ from tests.servers import http_thread, recording_handler
 
 def _answer(handler: BaseHTTPRequestHandler, body: Any) -> None:
     """`cut`: three words, then the connection ends (no finish, no `[DONE]`, no length: HTTP/1.0's framing);
-    `whole`: the same words, a finish and `[DONE]`."""
-    whole = body["messages"][0]["content"].endswith("whole")
+    `whole`: the same words, a finish and `[DONE]`; `failed`: the same, finishing with `error` (no error object)."""
+    ending = body["messages"][0]["content"].rsplit(" ", 1)[-1]
+    whole = ending != "cut"
     chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": body["model"]}
     words = ("a ", "b ", "c")
     choices: list[Any] = [[{"index": 0, "delta": {"content": word}, "finish_reason": None}] for word in words]
     if whole:
-        choices.append([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+        choices.append([{"index": 0, "delta": {}, "finish_reason": "error" if ending == "failed" else "stop"}])
     handler.send_response(200)
     handler.send_header("content-type", "text/event-stream")
     handler.end_headers()
@@ -53,7 +54,7 @@ def test_a_stream_cut_before_its_finish_is_not_stored_in_the_cache(tmp_path: Pat
         path.write_text(yaml.safe_dump(config))
         with margin_serve(None, tmp_path / "serve.log", path) as (base, _):
             client = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
-            for ending in ("cut", "cut", "whole", "whole"):
+            for ending in ("cut", "cut", "whole", "whole", "failed", "failed"):
                 messages: Any = [{"role": "user", "content": f"tell me {ending}"}]
                 with client.chat.completions.with_streaming_response.create(
                     model="m", messages=messages, temperature=0, stream=True
@@ -67,7 +68,9 @@ def test_a_stream_cut_before_its_finish_is_not_stored_in_the_cache(tmp_path: Pat
         ("miss", "a b c", None),  # before: ("hit-exact", "a b c", "stop"), the cut answer replayed as whole
         ("miss", "a b c", "stop"),
         ("hit-exact", "a b c", "stop"),  # a whole stream is stored, as before
+        ("miss", "a b c", "error"),
+        ("miss", "a b c", "error"),  # before: a hit, the failed answer replayed to every caller for ttl_s
     ]
-    assert len(bodies) == 3
+    assert len(bodies) == 5
     rows = ledger_columns(url, ledger.c.status, ledger.c.http_status)
-    assert rows == [("ok", 200)] * 4  # the cut stream's row stays ok: some servers omit `[DONE]`
+    assert rows == [("ok", 200)] * 6  # the cut stream's row stays ok: some servers omit `[DONE]`

@@ -80,12 +80,13 @@ async def replay(call: Call, entry: Entry) -> AsyncIterator[Chunk]:
 async def answer_entry(record: Record, reply: Reply) -> Entry | None:
     """The entry a hit replays for this answer; None for one it could not: a stream whose last events name no
     finish reason was cut off (an upstream's connection ended mid-answer, without `[DONE]` or with it), and a
-    hit would replay its half as a whole answer (`stop`). Its row stays `ok`: some servers omit `[DONE]`."""
+    hit would replay its half as a whole answer (`stop`). Its row stays `ok`: some servers omit `[DONE]`. Nor
+    one that finished with `error` (OpenRouter's choice of an answer that failed, without an error object)."""
     usage, target = record.usage, record.target
     if usage is None or target is None:
         return None
     finish = reply.finish_reason(record)
-    if finish is None and reply.streamed:
+    if (finish is None and reply.streamed) or finish == "error":  # an answer that ended failing: not replayed
         return None
     cost = record.charge.cost_usd if record.charge is not None else None
     return Entry(

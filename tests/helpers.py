@@ -365,3 +365,20 @@ def chat_once(tmp_path: Path, config: dict[str, Any], body: dict[str, Any], key:
         return httpx.post(
             f"{base}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}, timeout=30
         )
+
+
+def upstream_config(
+    tmp_path: Path, ledger_url: str, upstream: str, model: dict[str, Any] | None = None, **sections: Any
+) -> Path:
+    """A config file beside the test: the ledger at `ledger_url` (flushed every 50 ms), one `openai` backend `up`
+    at a fake `upstream` (its base URL, without /v1), one model `m` on it (`model`: its settings besides the
+    backend; by default $1 per million tokens each way) and any other top-level `sections`; returns its path."""
+    config = {
+        "storage": {"ledger": ledger_url, "flush_interval_ms": 50},
+        "backends": {"up": {"kind": "openai", "base_url": upstream + "/v1"}},
+        "models": {"m": {"backend": "up", **(model or {"price": {"input": "1", "output": "1"}})}},
+        **sections,
+    }
+    path = tmp_path / "margin.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

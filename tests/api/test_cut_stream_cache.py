@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import openai
-import yaml
 
 from margin.ledger.models import ledger
-from tests.helpers import ledger_columns, margin_serve
+from tests.helpers import ledger_columns, margin_serve, upstream_config
 from tests.servers import http_thread, recording_handler
 
 
@@ -45,13 +44,7 @@ def test_a_stream_cut_before_its_finish_is_not_stored_in_the_cache(tmp_path: Pat
     bodies: list[Any] = []
     told: list[tuple[str | None, str, str | None]] = []  # the cache header, the text, the last finish reason
     with http_thread(recording_handler(bodies, _answer)) as upstream:
-        config = {
-            "storage": {"ledger": url, "flush_interval_ms": 50},
-            "backends": {"up": {"kind": "openai", "base_url": upstream + "/v1"}},
-            "models": {"m": {"backend": "up", "price": {"input": "1", "output": "1"}}},
-        }
-        path = tmp_path / "margin.yaml"
-        path.write_text(yaml.safe_dump(config))
+        path = upstream_config(tmp_path, url, upstream)
         with margin_serve(None, tmp_path / "serve.log", path) as (base, _):
             client = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
             for ending in ("cut", "cut", "whole", "whole", "failed", "failed"):

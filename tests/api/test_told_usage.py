@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import openai
-import yaml
 
 from margin.ledger.models import ledger
-from tests.helpers import ledger_columns, margin_serve
+from tests.helpers import ledger_columns, margin_serve, upstream_config
 from tests.servers import http_thread, recording_handler, reply_events, reply_json
 
 BIG = 10**9
@@ -60,14 +59,8 @@ def test_the_usage_a_client_is_told_is_what_its_row_is_charged(tmp_path: Path) -
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     told: list[tuple[int, int, int, Any, int]] = []  # what each answer's usage said, in the order of the rows
     with http_thread(recording_handler([], _answer)) as upstream:
-        config = {
-            "storage": {"ledger": url, "flush_interval_ms": 50},
-            "backends": {"up": {"kind": "openai", "base_url": upstream + "/v1"}},
-            "models": {"m": {"backend": "up", "price": {"input": "1", "output": "1", "cached_input": "0.1"}}},
-            "budgets": [BUDGET],
-        }
-        path = tmp_path / "margin.yaml"
-        path.write_text(yaml.safe_dump(config))
+        price = {"input": "1", "output": "1", "cached_input": "0.1"}
+        path = upstream_config(tmp_path, url, upstream, {"price": price}, budgets=[BUDGET])
         with margin_serve(None, tmp_path / "serve.log", path) as (base, _):
             client = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
             for index in range(len(USAGES)):

@@ -17,7 +17,7 @@ import orjson
 import yaml
 
 from margin.ledger.models import ledger
-from tests.helpers import ledger_columns, margin_serve
+from tests.helpers import ledger_columns, margin_serve, upstream_config
 from tests.servers import http_thread, recording_handler, reply_events, reply_json
 
 USAGES: list[Any] = [
@@ -48,13 +48,7 @@ def _next_usage(handler: BaseHTTPRequestHandler, body: Any) -> None:
 def test_a_usage_without_a_prompt_count_is_no_usage(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     with http_thread(recording_handler([], _next_usage)) as upstream:
-        config = {
-            "storage": {"ledger": url, "flush_interval_ms": 50},
-            "backends": {"up": {"kind": "openai", "base_url": upstream + "/v1"}},
-            "models": {"m": {"backend": "up", "price": {"input": "1", "output": "1"}}},
-        }
-        path = tmp_path / "margin.yaml"
-        path.write_text(yaml.safe_dump(config))
+        path = upstream_config(tmp_path, url, upstream)
         with margin_serve(None, tmp_path / "serve.log", path) as (base, _):
             for index in range(len(USAGES)):
                 body = {"model": "m", "messages": [{"role": "user", "content": f"{PROMPT}{index}"}]}

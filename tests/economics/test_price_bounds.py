@@ -26,7 +26,7 @@ from margin.ledger import db
 from margin.ledger.models import ledger
 from margin.specs import MAX_USD, MAX_USD_PER_MTOK
 from margin.types import MAX_TOKENS, Usage
-from tests.helpers import margin_serve
+from tests.helpers import margin_serve, upstream_config
 from tests.servers import http_thread, recording_handler, reply_json
 
 runner = CliRunner()
@@ -103,13 +103,7 @@ def test_the_dearest_price_and_the_largest_usage_still_settle(tmp_path: Path) ->
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     price = {"input": str(MAX_USD_PER_MTOK), "output": str(MAX_USD_PER_MTOK), "cached_input": str(MAX_USD_PER_MTOK)}
     with http_thread(recording_handler([], _largest_usage)) as upstream:
-        config = {
-            "storage": {"ledger": url, "flush_interval_ms": 50},
-            "backends": {"up": {"kind": "openai", "base_url": upstream + "/v1"}},
-            "models": {"m": {"backend": "up", "price": price}},
-        }
-        path = tmp_path / "margin.yaml"
-        path.write_text(yaml.safe_dump(config))
+        path = upstream_config(tmp_path, url, upstream, {"price": price})
         with margin_serve(None, tmp_path / "serve.log", path) as (base, _):
             body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
             answer = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=30)

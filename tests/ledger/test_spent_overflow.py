@@ -6,7 +6,6 @@ exact, as before."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,13 +50,9 @@ def _insert(engine: sa.Engine, rows: list[dict[str, Any]]) -> None:
         connection.execute(ledger.insert(), rows)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
-    url = f"sqlite:///{tmp_path / 't.db'}" if request.param == "sqlite" else request.getfixturevalue("fresh_postgres")
-    db.upgrade(url)
-    engine = db.make_sync_engine(url)
-    yield engine
-    engine.dispose()
+@pytest.fixture
+def engine(both_ledgers: sa.Engine) -> sa.Engine:
+    return both_ledgers
 
 
 def test_a_spend_past_64_bits_reads_as_the_cap_and_one_within_is_exact(engine: sa.Engine) -> None:

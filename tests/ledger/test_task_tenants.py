@@ -4,13 +4,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import sqlalchemy as sa
 
-from margin.ledger import db, ingest, read, rollup
+from margin.ledger import ingest, read, rollup
 from margin.ledger.feedback import Outcome, record
 from margin.ledger.models import feedback, ledger_task_daily, ledger_tasks
 from margin.ledger.read import Window
@@ -18,13 +15,9 @@ from tests.ledger import tenants
 from tests.ledger.rows import row
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def empty(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
-    url = f"sqlite:///{tmp_path / 't.db'}" if request.param == "sqlite" else request.getfixturevalue("fresh_postgres")
-    db.upgrade(url)
-    found = db.make_sync_engine(url)
-    yield found
-    found.dispose()
+@pytest.fixture
+def empty(both_ledgers: sa.Engine) -> sa.Engine:
+    return both_ledgers
 
 
 @pytest.fixture

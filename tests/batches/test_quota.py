@@ -135,7 +135,8 @@ async def test_a_jobs_answers_are_kept_and_counted_and_its_copies_freed(db_path:
             kept = (await connection.execute(sa.select(batch_lines).where(batch_lines.c.batch_id == done.id))).all()
         assert used > limit and await _refused(engine, done.id) == 0  # the error file holds the refused line
         assert [(r.body, r.response) for r in kept] == [("", None)] * 4 and {r.status for r in kept} == {"done"}
-        assert job.stored_bytes == quota.job_row_bytes(job.meta, job.tags, job.errors, job.plan)  # the files: lines
+        lines_kept = sum(quota.LINE_BYTES + len(r.custom_id) for r in kept)
+        assert job.stored_bytes == quota.job_row_bytes(job.meta, job.tags, job.errors, job.plan) + lines_kept
         more = ("more.jsonl", jsonl(line("x")))
         with pytest.raises(openai.APIStatusError) as upload:
             await client.files.create(file=more, purpose="batch")

@@ -5,8 +5,7 @@ answer, the error file the lines refused at validation (`batch_errors`) and thos
 They are as large as the answers (a 447 KB input made 631 MiB of output), so neither is ever held whole:
 the job's lines are read a page at a time and the files written in parts of up to `PART_BYTES`
 (`batch_file_parts`), which the download streams back (margin.batches.store.file_chunks). Then the job's own
-copies (refused lines' rows, lines' bodies and answers) are freed: the files hold them, and count for the key;
-what each line keeps (custom_id, status, error: retrieve's counts by status) counts no more."""
+copies (refused lines' rows, lines' bodies and answers) are freed: the files hold them, and count for the key."""
 
 from __future__ import annotations
 
@@ -18,6 +17,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from margin.batches import quota
 from margin.batches.store import line_request_id, new_id
 from margin.ledger.models import batch_errors, batch_file_parts, batch_files, batch_lines
 
@@ -103,12 +103,15 @@ async def _paged(connection: AsyncConnection, table: sa.Table, batch_id: str) ->
         last = page[-1].line
 
 
-async def write(connection: AsyncConnection, batch: Any, now: datetime) -> tuple[str | None, str | None]:
-    """The job's (output file id, error file id); an id is None where that file would hold no line."""
+async def write(connection: AsyncConnection, batch: Any, now: datetime) -> tuple[str | None, str | None, int]:
+    """The job's (output file id, error file id, bytes its lines keep once their bodies and answers are freed:
+    margin.batches.quota); a file id is None where that file would hold no line."""
     ok, bad = FileWriter(connection, batch, "output", now), FileWriter(connection, batch, "error", now)
     refused = _paged(connection, batch_errors, batch.id)  # at validation: not in batch_lines
     waiting = await anext(refused, None)
+    kept = 0
     async for row in _paged(connection, batch_lines, batch.id):
+        kept += quota.LINE_BYTES + len(row.custom_id.encode()) + quota.size(row.error)
         response = None
         if row.status_code is not None:
             body = orjson.Fragment(row.response) if row.response else None
@@ -124,7 +127,7 @@ async def write(connection: AsyncConnection, batch: Any, now: datetime) -> tuple
     while waiting is not None:
         await bad.add(_refused(batch.id, waiting.error))
         waiting = await anext(refused, None)
-    return await ok.close(), await bad.close()
+    return await ok.close(), await bad.close(), kept
 
 
 async def free(connection: AsyncConnection, batch_id: str) -> None:

@@ -129,7 +129,7 @@ async def _nothing_valid(
     line is valid. Its error file (every refused line) is written in the same transaction."""
     if refused:
         await connection.execute(batch_errors.insert(), refused)
-    _, error_file = await outputs.write(connection, batch, now)
+    _, error_file, _ = await outputs.write(connection, batch, now)
     await outputs.free(connection, batch.id)
     counts = {"total": len(refused), "failed": len(refused), "error_file_id": error_file}
     await _failed_validating(connection, batch, now, shown, usage=usage_json(Usage()), **counts)  # no line ran
@@ -346,15 +346,14 @@ async def close_pending(engine: AsyncEngine, batch_id: str, status: str, now: da
 
 async def finalize(engine: AsyncEngine, batch_id: str, status: str, now: datetime) -> bool:
     """Write the output and error files (margin.batches.outputs), free the job's copies of what they hold, and
-    write the final status and what the job still stores (its row: its lines' bookkeeping counts no more, the
-    files hold every line), in one transaction (once: the job must still be active, else nothing is written).
-    Every input line is in exactly one of the two files."""
+    write the final status and what the job still stores, in one transaction (once: the job must still be
+    active, else nothing is written). Every input line is in exactly one of the two files."""
     try:
         async with engine.begin() as connection:
             batch = (await connection.execute(sa.select(batches).where(batches.c.id == batch_id))).one()
             if batch.status not in ACTIVE:
                 return False
-            output, error = await outputs.write(connection, batch, now)
+            output, error, kept = await outputs.write(connection, batch, now)
             await outputs.free(connection, batch_id)
             used = (await summed_usage(connection, [batch_id]))[batch_id]  # its rows are in (runner._durable)
             values: dict[str, Any] = {
@@ -366,7 +365,7 @@ async def finalize(engine: AsyncEngine, batch_id: str, status: str, now: datetim
                 "error_file_id": error,
                 "lease_owner": None,
                 "lease_until": None,
-                "stored_bytes": quota.job_row_bytes(batch.meta, batch.tags, batch.errors, batch.plan),  # not its lines
+                "stored_bytes": quota.job_row_bytes(batch.meta, batch.tags, batch.errors, batch.plan) + kept,
             }
             moved = await connection.execute(
                 batches.update().where(batches.c.id == batch_id, batches.c.status == batch.status).values(**values)

@@ -97,3 +97,13 @@ def test_other_refusals_are_not_overflows() -> None:
 def test_margin_s_own_sentence_says_prompt_too_long_when_the_prompt_alone_is_over() -> None:
     assert context_message(5000, 4096, 100) == "prompt is too long: 5000 tokens > 4096 maximum"
     assert context_message(4000, 4096, 200).startswith("input length and `max_tokens` exceed context limit: 4000 + 200")
+
+
+def test_an_upstreams_rate_limit_code_is_never_margins_own() -> None:
+    """OpenAI's 429 says `rate_limit_exceeded`, margin's own limiter's code: passed on, the batch worker took an
+    upstream's 429 for margin's refusal and waited it out without counting a try (up to 10,000 times a line, a
+    ledger row each). An upstream's says `upstream_rate_limited`; its other codes (`insufficient_quota`) pass."""
+    body = orjson.dumps({"error": {"message": "Rate limit reached", "code": "rate_limit_exceeded"}})
+    assert upstream_error("up", 429, body, {}).code == "upstream_rate_limited"
+    quota = orjson.dumps({"error": {"message": "You exceeded your quota", "code": "insufficient_quota"}})
+    assert upstream_error("up", 429, quota, {}).code == "insufficient_quota"

@@ -16,6 +16,7 @@ from margin.errors import (
     BackendClientError,
     BackendError,
     MarginError,
+    RateLimited,
     UpstreamOverloaded,
     UpstreamRateLimited,
     context_message,
@@ -105,9 +106,13 @@ def upstream_error(backend: str, status: int, body: bytes, headers: Mapping[str,
     code = code if code is not None and SAFE_CODE.fullmatch(code) else None
     if status == 429:
         retry = headers.get("retry-after", "")
+        # OpenAI's own `rate_limit_exceeded` is margin's limiter's code: an upstream's says upstream_rate_limited,
+        # so a caller (the batch worker, which waits out margin's own refusals but counts an upstream's as a try)
+        # can tell whose limit it met
+        own = code is None or code == RateLimited.default_code
         return UpstreamRateLimited(
             "the upstream is rate limiting requests; retry later",
-            code=code or "upstream_rate_limited",
+            code=UpstreamRateLimited.default_code if own else code,
             headers={"retry-after": retry} if retry.isascii() and retry.isdigit() and len(retry) <= 6 else None,
         )
     if 400 <= status < 500 and status not in CREDENTIALS and (overflow := context_overflow(message)) is not None:

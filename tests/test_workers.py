@@ -83,11 +83,13 @@ def test_a_metrics_folder_for_the_workers_unless_one_is_set(tmp_path: Path) -> N
             assert folder.is_dir()
         assert not folder.exists() and PROMETHEUS_DIR not in os.environ
         os.environ[PROMETHEUS_DIR] = str(tmp_path)
-        (tmp_path / "counter_123.db").write_bytes(b"an earlier run's")
+        for name in ("counter_123.db", "gauge_livesum_7.db", "histogram_9.db"):
+            (tmp_path / name).write_bytes(b"an earlier run's")
         (tmp_path / "notes.txt").write_text("the operator's")
+        (tmp_path / "margin.db").write_bytes(b"SQLite format 3\x00")  # a ledger beside them: before, deleted
         with metrics_dir():
             assert os.environ[PROMETHEUS_DIR] == str(tmp_path)
-            assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # only prometheus-client's files
+            assert sorted(p.name for p in tmp_path.iterdir()) == ["margin.db", "notes.txt"]  # prometheus-client's only
     finally:
         os.environ.pop(PROMETHEUS_DIR, None)
         if before is not None:

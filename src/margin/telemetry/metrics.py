@@ -49,15 +49,19 @@ SHARED_OUTCOMES = ("received", "dropped", "skipped")  # the semantic cache's sha
 LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db")
 
 
+# the files prometheus-client's multiprocess mode writes: `<type>[_<gauge mode>]_<pid>.db` (prometheus_client.values)
+METRIC_FILE = re.compile(r"(counter|histogram|summary|gauge_(live)?(all|min|max|sum|mostrecent))_\d+\.db")
+
+
 def prepare_multiprocess(path: Path) -> None:
     """For a supervisor, before it starts workers: a metrics directory without an earlier run's values, named in
     the environment the workers inherit (prometheus-client picks its multiprocess mode from it at import). The
-    `*.db` files prometheus-client writes there are removed (its documentation asks for the directory to be
-    emptied at start: an earlier run's counters would be added in); nothing else in it is touched, so an
-    operator's directory that holds other files keeps them."""
+    `*.db` files prometheus-client writes there, known by their names, are removed (its documentation asks for the
+    directory to be emptied at start: an earlier run's counters would be added in); nothing else in it is touched,
+    so an operator's directory that holds other files (a SQLite ledger, `margin.db`) keeps them."""
     path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob("*.db"):
-        if stale.is_file() or stale.is_symlink():
+    for stale in path.glob("*.db"):  # its names alone: a SQLite ledger (`margin.db`) in the same folder was deleted
+        if METRIC_FILE.fullmatch(stale.name) and (stale.is_file() or stale.is_symlink()):
             stale.unlink(missing_ok=True)
     os.environ[MULTIPROC_ENV] = str(path)
 

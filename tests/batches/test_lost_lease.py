@@ -40,7 +40,7 @@ async def _lease(engine: AsyncEngine, batch_id: str, owner: str | None, until: d
 async def test_a_worker_that_lost_the_lease_starts_no_more_lines(tmp_path: Path) -> None:
     settings = fake_settings(
         tmp_path / "ledger.db",
-        backends={"fake": {"kind": "fake", "output_tokens": 5, "region": "eu", "ttft_ms": 600}},
+        backends={"fake": {"kind": "fake", "output_tokens": 5, "region": "eu", "ttft_ms": 2000}},
         batches={"poll_s": 0.02, "objective": "asap", "concurrency": 2},
     )
     async with gateway(settings) as gw:
@@ -56,7 +56,11 @@ async def test_a_worker_that_lost_the_lease_starts_no_more_lines(tmp_path: Path)
                 break
             await asyncio.sleep(0.01)
         await _lease(engine, batch.id, "another-worker", datetime.now(UTC) + timedelta(hours=1))  # it took the job
-        await asyncio.sleep(2.0)  # the two in flight land (0.6 s); before, the next ones started
+        for _ in range(3000):  # the two in flight land (2 s each; seconds on a loaded machine)
+            if sum(status == "done" for status, _ in await _lines(engine, batch.id)) == 2:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)  # 25 of the worker's passes: before, the next lines started in the first
         lines = await _lines(engine, batch.id)
         assert sorted(lines) == [("done", 1)] * 2 + [("pending", 0)] * (LINES - 2)  # recorded, none started since
         assert (await client.batches.retrieve(batch.id)).status == "in_progress"

@@ -41,6 +41,8 @@ from margin.types import ANONYMOUS, BatchLine, Principal
 
 log = logging.getLogger("margin.batches")
 MAX_RECORD_PAUSE_S = 30.0  # the longest wait between two tries of recording landed lines
+# what passes with time (a locked SQLite, a database away, a dropped connection), unlike a constraint or data error
+TRANSIENT = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError, sa.exc.TimeoutError, OSError)
 
 
 def may_pass_later(status: int, headers: Mapping[str, str]) -> bool:
@@ -257,7 +259,7 @@ class _Job:
             try:
                 await _durable(self.runner.services)
                 await progress.finish_lines(self.engine, self.batch_id, landed, self.runner.clock())
-            except UNREACHABLE as exc:  # a locked or unreachable database: again (guarded by attempt: once)
+            except TRANSIENT as exc:  # a locked or unreachable database: again (guarded by attempt: once)
                 self.landed = landed + self.landed  # dropped, the job's next run would run (and pay) them again
                 if self.runner._stopping:
                     raise

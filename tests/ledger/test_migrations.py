@@ -178,6 +178,28 @@ def test_0009_and_0010_rebuild_the_rollups_and_link_feedback_to_tasks(tmp_path: 
     engine.dispose()
 
 
+def test_an_older_release_s_rollups_without_today_s_measures_upgrade(tmp_path: Path) -> None:
+    """A ledger an older release left between 0009 and 0018 with empty rollups: its ledger_hourly and ledger_daily
+    were made by that release's declarations, without the measures added since (0028's co2e_tokens and
+    energy_tokens). 0019 rebuilds such rollups with today's SQL, which writes those columns: the upgrade stopped
+    there with "no such column". The older tables are made here by dropping the columns after 0018."""
+    url = f"sqlite:///{tmp_path / 'older.db'}"
+    db.upgrade(url, "0018")
+    engine = db.make_sync_engine(url)
+    with engine.begin() as connection:
+        for table in ("ledger_hourly", "ledger_daily"):
+            for column in ("co2e_tokens", "energy_tokens"):
+                connection.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
+    engine.dispose()
+    db.upgrade(url)
+    engine = db.make_sync_engine(url)
+    with engine.connect() as connection:
+        for table in ("ledger_hourly", "ledger_daily"):
+            assert {"co2e_tokens", "energy_tokens"} <= {c["name"] for c in sa.inspect(connection).get_columns(table)}
+        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == db.head_revision()
+    engine.dispose()
+
+
 def migration(name: str) -> Any:
     spec = importlib.util.spec_from_file_location(f"m{name[:4]}", VERSIONS / name)
     assert spec is not None and spec.loader is not None

@@ -23,7 +23,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from margin.ledger import rollup
+from margin.ledger import measures, rollup
 
 revision = "0019"
 down_revision = "0018"
@@ -52,7 +52,20 @@ def upgrade() -> None:
     if kept:
         add_up(tiers=True)
     else:
+        today_s_measures(bind)
         rollup.rebuild(bind)
+
+
+def today_s_measures(bind: sa.Connection) -> None:
+    """The sums today's rebuild writes that a ledger's hourly and daily rollups lack: created by an older
+    release's 0006/0009, they hold the measures of that release, and later ones (0028's `co2e_tokens`) made the
+    rebuild fail with "no such column", so that the upgrade stopped here. Added as 0028 adds them (it then finds
+    them present)."""
+    for table in ("ledger_hourly", "ledger_daily"):
+        present = {column["name"] for column in sa.inspect(bind).get_columns(table)}
+        for name in measures.MEASURES:
+            if name not in present:
+                op.add_column(table, sa.Column(name, sa.BigInteger, nullable=False, server_default="0"))
 
 
 def downgrade() -> None:

@@ -70,6 +70,17 @@ def fresh_postgres(postgres_url: str) -> Iterator[str]:
         connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def both_ledgers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+    """A migrated, empty ledger on each database: SQLite in the test's directory, PostgreSQL a database of its own
+    on the session's server."""
+    url = f"sqlite:///{tmp_path / 't.db'}" if request.param == "sqlite" else request.getfixturevalue("fresh_postgres")
+    db.upgrade(url)
+    engine = db.make_sync_engine(url)
+    yield engine
+    engine.dispose()
+
+
 @pytest.fixture
 def pg_ledger(fresh_postgres: str) -> Iterator[sa.Engine]:
     """A migrated, empty ledger on a PostgreSQL database of its own: a synchronous engine."""

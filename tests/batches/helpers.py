@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -61,3 +62,12 @@ async def run_job(client: openai.AsyncOpenAI, content: bytes, name: str = "in.js
         input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
     return await wait_final(client, batch.id)
+
+
+def read_db(db: Path, query: str, *args: Any) -> list[Any]:
+    """The rows of one query on a SQLite ledger that a running gateway writes (a connection of its own)."""
+    connection = sqlite3.connect(db)
+    try:
+        return connection.execute(query, args).fetchall()
+    finally:
+        connection.close()

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import openai
 import yaml
 
-from tests.batches.helpers import FINAL, entries, jsonl, line
+from tests.batches.helpers import FINAL, entries, jsonl, line, read_db
 from tests.helpers import margin_serve
 from tests.security.conftest import FAKE_CONFIG
 
@@ -29,14 +28,6 @@ def _config(tmp_path: Path) -> Path:
     path = tmp_path / "margin.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def _read(db: Path, query: str, *args: Any) -> list[Any]:
-    connection = sqlite3.connect(db)
-    try:
-        return connection.execute(query, args).fetchall()
-    finally:
-        connection.close()
 
 
 def test_a_job_bigger_than_an_rpm_limit_completes_every_line(tmp_path: Path) -> None:
@@ -58,15 +49,15 @@ def test_a_job_bigger_than_an_rpm_limit_completes_every_line(tmp_path: Path) -> 
     assert len(answered) == LINES and all(entry["response"]["status_code"] == 200 for entry in answered)
     from margin.batches.progress import deferrals, tries  # after the job: on the old code, the job fails first
 
-    attempts = [row[0] for row in _read(db, "SELECT attempts FROM batch_lines WHERE batch_id = ?", batch.id)]
+    attempts = [row[0] for row in read_db(db, "SELECT attempts FROM batch_lines WHERE batch_id = ?", batch.id)]
     assert all(tries(n) == 1 for n in attempts)  # a refusal waited out is no try (max_attempts is 2)
     assert sum(deferrals(n) for n in attempts) >= 1  # the limiter did refuse lines: they waited
-    rows = _read(db, "SELECT request_id, status FROM ledger WHERE batch_id = ?", batch.id)
+    rows = read_db(db, "SELECT request_id, status FROM ledger WHERE batch_id = ?", batch.id)
     ids = [request_id for request_id, _ in rows]
     assert len(ids) == len(set(ids))  # one row per request id, however many times a line was refused
     assert sum(status == "ok" for _, status in rows) == LINES
     query = "SELECT count(*), coalesce(sum(cost_nanousd), 0) FROM ledger WHERE batch_id = ? AND error_code = ?"
-    ((refused, cost),) = _read(db, query, batch.id, "rate_limit_exceeded")
+    ((refused, cost),) = read_db(db, query, batch.id, "rate_limit_exceeded")
     assert (refused, cost) == (sum(deferrals(n) for n in attempts), 0)  # a row each, $0
     # after a refusal the job waits, then sends one line, one more per line let through: not all 8 at once
     # (pausing alone: 28 refusals for these 16 lines over the limit; this: 13)

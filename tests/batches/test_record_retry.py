@@ -12,7 +12,7 @@ from typing import Any
 import openai
 import yaml
 
-from tests.batches.helpers import FINAL, entries, jsonl, line
+from tests.batches.helpers import FINAL, entries, jsonl, line, read_db
 from tests.helpers import margin_serve
 from tests.security.conftest import FAKE_CONFIG
 from tests.security.waiting import wait_for
@@ -30,14 +30,6 @@ def _config(tmp_path: Path) -> Path:
     return path
 
 
-def _read(db: Path, query: str, batch_id: str) -> list[Any]:
-    connection = sqlite3.connect(db)
-    try:
-        return connection.execute(query, (batch_id,)).fetchall()
-    finally:
-        connection.close()
-
-
 def test_a_line_that_landed_while_the_database_was_locked_runs_once(tmp_path: Path) -> None:
     db = tmp_path / "ledger.db"
     with margin_serve(db, tmp_path / "serve.log", config=_config(tmp_path), ready_s=60) as (url, _):
@@ -45,7 +37,7 @@ def test_a_line_that_landed_while_the_database_was_locked_runs_once(tmp_path: Pa
         upload = client.files.create(file=("in.jsonl", jsonl(line("only"))), purpose="batch")
         batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
         running = "SELECT count(*) FROM batch_lines WHERE batch_id = ? AND status = 'running'"
-        wait_for(lambda: _read(db, running, batch.id) == [(1,)], "the line in flight", 30)
+        wait_for(lambda: read_db(db, running, batch.id) == [(1,)], "the line in flight", 30)
         lock = sqlite3.connect(db, isolation_level=None)
         lock.execute("BEGIN EXCLUSIVE")  # the answer lands (1.5 s) and its recording fails (5 s busy timeout)
         time.sleep(20)
@@ -57,6 +49,6 @@ def test_a_line_that_landed_while_the_database_was_locked_runs_once(tmp_path: Pa
             time.sleep(0.05)
         assert current.status == "completed" and current.output_file_id is not None
         (entry,) = entries(client.files.content(current.output_file_id).content)
-    rows = _read(db, "SELECT request_id, status FROM ledger WHERE batch_id = ?", batch.id)
+    rows = read_db(db, "SELECT request_id, status FROM ledger WHERE batch_id = ?", batch.id)
     assert rows == [(entry["response"]["request_id"], "ok")]  # one call, one row: not run (and paid) twice
-    assert _read(db, "SELECT attempts FROM batch_lines WHERE batch_id = ?", batch.id) == [(1,)]
+    assert read_db(db, "SELECT attempts FROM batch_lines WHERE batch_id = ?", batch.id) == [(1,)]

@@ -6,7 +6,6 @@ from rows (partial days, `--tags`), CSV and Parquet, SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,6 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from margin.ledger import db
 from margin.report.focus import export, focus_rows
 from tests.helpers import fake_settings
 from tests.report.ledgers import MILLI, at, load, row
@@ -34,16 +32,10 @@ def _rows() -> list[dict[str, Any]]:
     ]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def batched(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
-    url = f"sqlite:///{tmp_path / 't.db'}"
-    if request.param == "postgresql":
-        url = str(request.getfixturevalue("fresh_postgres"))
-    db.upgrade(url)
-    engine = db.make_sync_engine(url)
-    load(engine, _rows(), outcomes=False)
-    yield engine
-    engine.dispose()
+@pytest.fixture
+def batched(both_ledgers: sa.Engine) -> sa.Engine:
+    load(both_ledgers, _rows(), outcomes=False)
+    return both_ledgers
 
 
 EXPECTED = {  # day: (BilledCost, ListCost) in nano-USD

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -51,16 +50,10 @@ def tier_rows() -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def tiered(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
-    url = f"sqlite:///{tmp_path / 't.db'}"
-    if request.param == "postgresql":
-        url = str(request.getfixturevalue("fresh_postgres"))
-    db.upgrade(url)
-    engine = db.make_sync_engine(url)
-    load(engine, tier_rows(), outcomes=False)
-    yield engine
-    engine.dispose()
+@pytest.fixture
+def tiered(both_ledgers: sa.Engine) -> sa.Engine:
+    load(both_ledgers, tier_rows(), outcomes=False)
+    return both_ledgers
 
 
 def by_day_and_tier(rows: list[dict[str, Any]]) -> dict[tuple[str, Any], tuple[int, int]]:

@@ -11,7 +11,7 @@ from typing import Any
 import openai
 import yaml
 
-from tests.batches.helpers import FINAL, entries, jsonl, line, read_db
+from tests.batches.helpers import FINAL, attempt_of, entries, jsonl, line, read_db
 from tests.helpers import margin_serve
 from tests.security.conftest import FAKE_CONFIG
 
@@ -49,7 +49,7 @@ def test_a_job_bigger_than_an_rpm_limit_completes_every_line(tmp_path: Path) -> 
     assert len(answered) == LINES and all(entry["response"]["status_code"] == 200 for entry in answered)
     from margin.batches.progress import deferrals, tries  # after the job: on the old code, the job fails first
 
-    attempts = [row[0] for row in read_db(db, "SELECT attempts FROM batch_lines WHERE batch_id = ?", batch.id)]
+    attempts = [attempt_of(batch.id, int(e["custom_id"][1:]) + 1, e["response"]["request_id"]) for e in answered]
     assert all(tries(n) == 1 for n in attempts)  # a refusal waited out is no try (max_attempts is 2)
     assert sum(deferrals(n) for n in attempts) >= 1  # the limiter did refuse lines: they waited
     rows = read_db(db, "SELECT request_id, status FROM ledger WHERE batch_id = ?", batch.id)

@@ -73,6 +73,7 @@ class BatchRunner:
         self._running: dict[str, _Job] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._settled = False  # ended jobs' line rows left by an older release deleted (progress.settle_finished)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="batch-worker")
@@ -110,7 +111,9 @@ class BatchRunner:
 
     async def tick(self) -> None:
         """Renew or take leases; start a task for every job held and not yet running here; wake the others
-        (a cancellation or a new job is seen at once); delete a page of expired files (margin.batches.expiry)."""
+        (a cancellation or a new job is seen at once); delete a page of expired files (margin.batches.expiry).
+        The first passes settle ended jobs whose line rows an older release left (progress.settle_finished), a
+        page each, until none is left."""
         for running in self._running.values():
             running.wake.set()
         held = await progress.claim(self.services.engine, self.worker, self.clock(), self.config.lease)
@@ -121,6 +124,8 @@ class BatchRunner:
         for batch_id in [b for b, job in self._jobs.items() if job.done()]:
             del self._jobs[batch_id]
         await expiry.sweep(self.services.engine, self.clock())  # a page of expired files, each pass
+        if not self._settled:
+            self._settled = await progress.settle_finished(self.services.engine) < progress.SETTLE_PAGE
 
     async def run_job(self, batch_id: str) -> None:
         try:
@@ -290,8 +295,7 @@ class _Job:
         await self._land_all()
         if await progress.open_lines(self.engine, batch.id):
             return False  # a line in flight went back to pending (retry): not over yet
-        await progress.finalize(self.engine, batch.id, final, self.runner.clock())
-        return True
+        return await progress.finalize(self.engine, batch.id, final, self.runner.clock())  # False: not over yet
 
     async def _dispatch(self, batch: Any) -> datetime | None:
         runner, now = self.runner, self.runner.clock()

@@ -30,7 +30,7 @@ from margin.backends.retry import retry_after_s
 from margin.batches import expiry, inprocess, progress, store
 from margin.batches.jsonl import validate
 from margin.batches.planning import Planner, line_tokens, options_for, turn, used_capacity
-from margin.errors import SHOULD_RETRY, NotFound, RateLimited
+from margin.errors import SHOULD_RETRY, NotFound, RateLimited, UpstreamRateLimited
 from margin.governance.rules import Subject, governed_tags
 from margin.keys import principal_of
 from margin.ledger.db import UNREACHABLE
@@ -415,14 +415,13 @@ class _Job:
 
 def _limiter_refused(reply: inprocess.Reply) -> bool:
     """Whether an answer is margin's own rate limiter's refusal (its admission: 429 `rate_limit_exceeded`), not
-    an upstream's 429 (`upstream_rate_limited`, a try like any other)."""
-    if reply.status != 429:
+    an upstream's 429 (`UpstreamRateLimited`, a try like any other): told by the error the request path
+    refused the line with (`Reply.refused`), not by the answer's text, so a `/v1/messages` line (Anthropic's
+    error shape, which has no code) is paced as a chat line is, and no upstream's wording can pass for it."""
+    error = reply.refused
+    if reply.status != 429 or not isinstance(error, RateLimited) or isinstance(error, UpstreamRateLimited):
         return False
-    try:
-        error = orjson.loads(reply.body).get("error")
-    except (orjson.JSONDecodeError, AttributeError):
-        return False
-    return isinstance(error, dict) and error.get("code") == RateLimited.default_code
+    return error.code == RateLimited.default_code
 
 
 async def _durable(services: Any) -> None:

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, cast
 import openai
 import orjson
 
+from margin.batches.progress import DEFERRAL
+from margin.batches.store import line_request_id
 from margin.config import Settings
 from tests.helpers import Gateway, fake_settings
 
@@ -62,6 +64,16 @@ async def run_job(client: openai.AsyncOpenAI, content: bytes, name: str = "in.js
         input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
     return await wait_final(client, batch.id)
+
+
+def attempt_of(batch_id: str, line: int, request_id: str, most_tries: int = 10, most_deferrals: int = 1000) -> int:
+    """A line's last attempt (packed: margin.batches.progress.DEFERRAL) from the request id its entry in the job's
+    output or error file names: an ended job's line rows, which had it, are deleted."""
+    for deferred in range(most_deferrals + 1):
+        for tried in range(1, most_tries + 1):
+            if line_request_id(batch_id, line, deferred * DEFERRAL + tried) == request_id:
+                return deferred * DEFERRAL + tried
+    raise AssertionError(f"no attempt of line {line} of {batch_id} has the request id {request_id}")
 
 
 def read_db(db: Path, query: str, *args: Any) -> list[Any]:

@@ -1,6 +1,8 @@
 """Margin's own rate limits pace a job's lines instead of failing them: a line its admission refuses (429
 `rate_limit_exceeded`, with retry-after) waits until then, and that refusal is not one of its
-`batches.max_attempts` (a 90-line job against `rpm: 60` used to end with 25 lines failed in 6 s)."""
+`batches.max_attempts` (a 90-line job against `rpm: 60` used to end with 25 lines failed in 6 s). The same for
+a job of `/v1/messages` lines: Anthropic's error shape has no code, and their refusals used to be tries (the
+job ended with lines failed); the worker tells margin's refusal by the error the request path raised."""
 
 from __future__ import annotations
 
@@ -9,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import pytest
 import yaml
 
-from tests.batches.helpers import FINAL, entries, jsonl, line, read_db
+from tests.batches.helpers import FINAL, attempt_of, entries, jsonl, line, read_db
 from tests.helpers import margin_serve
 from tests.security.conftest import FAKE_CONFIG
 
@@ -30,13 +33,20 @@ def _config(tmp_path: Path) -> Path:
     return path
 
 
-def test_a_job_bigger_than_an_rpm_limit_completes_every_line(tmp_path: Path) -> None:
+def _messages_line(custom_id: str) -> dict[str, Any]:
+    body = {"model": "fake-chat", "max_tokens": 20, "messages": [{"role": "user", "content": "hello there"}]}
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/messages", "body": body}
+
+
+@pytest.mark.parametrize("endpoint", ["/v1/chat/completions", "/v1/messages"])
+def test_a_job_bigger_than_an_rpm_limit_completes_every_line(endpoint: Any, tmp_path: Path) -> None:
     db = tmp_path / "ledger.db"
     with margin_serve(db, tmp_path / "serve.log", config=_config(tmp_path), ready_s=60) as (url, _):
         client = openai.OpenAI(api_key="unused", base_url=f"{url}/v1", max_retries=0)
-        content = jsonl(*(line(f"r{n}") for n in range(LINES)))
+        each = line if endpoint == "/v1/chat/completions" else _messages_line
+        content = jsonl(*(each(f"r{n}") for n in range(LINES)))
         upload = client.files.create(file=("in.jsonl", content), purpose="batch")
-        batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+        batch = client.batches.create(input_file_id=upload.id, endpoint=endpoint, completion_window="24h")
         deadline = time.monotonic() + 60
         while (current := client.batches.retrieve(batch.id)).status not in FINAL:
             assert time.monotonic() < deadline, current.status
@@ -49,7 +59,7 @@ def test_a_job_bigger_than_an_rpm_limit_completes_every_line(tmp_path: Path) -> 
     assert len(answered) == LINES and all(entry["response"]["status_code"] == 200 for entry in answered)
     from margin.batches.progress import deferrals, tries  # after the job: on the old code, the job fails first
 
-    attempts = [row[0] for row in read_db(db, "SELECT attempts FROM batch_lines WHERE batch_id = ?", batch.id)]
+    attempts = [attempt_of(batch.id, int(e["custom_id"][1:]) + 1, e["response"]["request_id"]) for e in answered]
     assert all(tries(n) == 1 for n in attempts)  # a refusal waited out is no try (max_attempts is 2)
     assert sum(deferrals(n) for n in attempts) >= 1  # the limiter did refuse lines: they waited
     rows = read_db(db, "SELECT request_id, status FROM ledger WHERE batch_id = ?", batch.id)
@@ -65,13 +75,18 @@ def test_a_job_bigger_than_an_rpm_limit_completes_every_line(tmp_path: Path) -> 
 
 
 def test_an_upstream_429_is_still_a_try() -> None:
+    """Margin's refusal is told by the error the request path raised (`Reply.refused`), never by the answer's
+    text: an upstream's 429 whose body reads as margin's is a try, and so is one in any shape."""
     from margin.batches.inprocess import Reply
     from margin.batches.runner import _limiter_refused
+    from margin.errors import Overloaded, RateLimited, UpstreamRateLimited
 
     own = b'{"error": {"code": "rate_limit_exceeded", "type": "rate_limit_error"}}'
-    upstream = b'{"error": {"code": "upstream_rate_limited", "type": "rate_limit_error"}}'
-    assert _limiter_refused(Reply(429, {"retry-after": "1"}, own))
-    assert not _limiter_refused(Reply(429, {"retry-after": "1"}, upstream))
-    assert not _limiter_refused(Reply(429, {}, b"not json"))
-    assert not _limiter_refused(Reply(429, {}, b"[1]"))
-    assert not _limiter_refused(Reply(503, {}, own))
+    anthropic = b'{"type": "error", "error": {"type": "rate_limit_error", "message": "rate limit reached"}}'
+    limiter = RateLimited("rate limit reached", headers={"retry-after": "1"})
+    assert _limiter_refused(Reply(429, {"retry-after": "1"}, own, limiter))
+    assert _limiter_refused(Reply(429, {"retry-after": "1"}, anthropic, limiter))  # no code in its shape
+    assert not _limiter_refused(Reply(429, {"retry-after": "1"}, own))  # the text alone: an upstream's words
+    assert not _limiter_refused(Reply(429, {}, own, UpstreamRateLimited("slow down", code="rate_limit_exceeded")))
+    assert not _limiter_refused(Reply(429, {}, own, RateLimited("streams", code="too_many_streams")))
+    assert not _limiter_refused(Reply(503, {}, own, Overloaded("busy")))

@@ -12,7 +12,7 @@ from typing import Any
 import openai
 import yaml
 
-from tests.batches.helpers import FINAL, entries, jsonl, line, read_db
+from tests.batches.helpers import FINAL, attempt_of, entries, jsonl, line, read_db
 from tests.helpers import margin_serve
 from tests.security.conftest import FAKE_CONFIG
 from tests.security.waiting import wait_for
@@ -51,4 +51,4 @@ def test_a_line_that_landed_while_the_database_was_locked_runs_once(tmp_path: Pa
         (entry,) = entries(client.files.content(current.output_file_id).content)
     rows = read_db(db, "SELECT request_id, status FROM ledger WHERE batch_id = ?", batch.id)
     assert rows == [(entry["response"]["request_id"], "ok")]  # one call, one row: not run (and paid) twice
-    assert read_db(db, "SELECT attempts FROM batch_lines WHERE batch_id = ?", batch.id) == [(1,)]
+    assert attempt_of(batch.id, 1, entry["response"]["request_id"]) == 1

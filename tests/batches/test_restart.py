@@ -14,7 +14,7 @@ import openai
 import yaml
 
 from margin.batches.store import line_request_id
-from tests.batches.helpers import entries, jsonl, line
+from tests.batches.helpers import attempt_of, entries, jsonl, line
 from tests.helpers import margin_serve
 from tests.security.conftest import FAKE_CONFIG
 from tests.security.waiting import wait_for
@@ -75,9 +75,9 @@ def test_kill_mid_job_then_restart_loses_and_duplicates_nothing(tmp_path: Path) 
     engine = ledger_db.make_sync_engine(f"sqlite:///{db}")
     with engine.connect() as connection:
         rows = connection.execute(sa.text("SELECT request_id FROM ledger WHERE batch_id = :b"), {"b": batch.id}).all()
-        query = sa.text("SELECT line, attempts FROM batch_lines WHERE batch_id = :b")
-        attempts = {int(n): int(a) for n, a in connection.execute(query, {"b": batch.id}).all()}
     engine.dispose()
+    last = {int(e["custom_id"][1:]) + 1: e["response"]["request_id"] for e in output}  # line k<i> is line i + 1
+    attempts = {n: attempt_of(batch.id, n, request_id) for n, request_id in last.items()}
     ids = [row[0] for row in rows]
     answered = {e["response"]["request_id"] for e in output}
     assert len(ids) == len(set(ids))  # no row twice

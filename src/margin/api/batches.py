@@ -207,7 +207,7 @@ async def get_batch(request: Request, principal: Principal) -> Any:
     services = _services(request)
     row = await store.get_batch(services.engine, request.path_params["batch_id"], _owner(principal))
     used = (await store.usage(services.engine, [row]))[row.id]
-    return batch_object(row, used, await store.line_counts(services.engine, row.id))
+    return batch_object(row, used, await store.line_counts(services.engine, row))
 
 
 async def cancel_batch(request: Request, principal: Principal) -> Any:

@@ -51,7 +51,7 @@ def header_value(value: str) -> bytes:
 
 
 class AsgiClient:
-    __slots__ = ("_cycle", "_send", "_stalls", "body_of", "stalled", "started", "task", "writing_since")
+    __slots__ = ("_cycle", "_send", "_stalls", "body_of", "refused", "stalled", "started", "task", "writing_since")
 
     def __init__(self, send: Send, stalls: StallWatch | None = None) -> None:
         self._send = send
@@ -59,6 +59,7 @@ class AsgiClient:
         self._cycle = getattr(send, "__self__", None)  # uvicorn's cycle: `disconnected` once the client left
         self._stalls = stalls
         self.started = False
+        self.refused: MarginError | None = None  # the error this request was answered with (an in-process caller's)
         self.stalled = False
         self.writing_since: float | None = None
         self.task: asyncio.Task[object] | None = None
@@ -75,6 +76,7 @@ class AsgiClient:
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def refuse(self, error: MarginError, headers: Mapping[str, str]) -> None:
+        self.refused = error
         body = orjson.dumps(self.body_of(error))
         if self.started:  # a failure after the stream's headers left: an error event, then the end; no
             # `[DONE]` when the row could not be recorded (the answer is not acknowledged)

@@ -50,6 +50,9 @@ class Run:
             )
         finally:
             inner.close()
+            caller = inprocess.of(scope)
+            if caller is not None and inner.refused is not None:  # the batch worker reads it (Reply.refused)
+                caller.refusals.append(inner.refused)
 
 
 class Arrival(NamedTuple):

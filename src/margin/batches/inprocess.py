@@ -8,17 +8,23 @@ scope that has one is served as its principal, with its request id (a batch line
 so that its row can be found before the line is marked done) and its batch line (the `batch_id` and the
 discount).
 Whoever moves authentication keeps that one check: `caller = inprocess.of(request.scope)`.
+
+What the request path refused the call with, the error itself (`margin.api.inference.Run` puts it in the
+caller's `refusals`), comes back with the answer (`Reply.refused`): the batch worker tells margin's own rate
+limiter's refusal from an upstream's 429 by its class, the same for every endpoint's error shape (Anthropic's
+has no code to read).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.types import ASGIApp, Message
 
+from margin.errors import MarginError
 from margin.types import BatchLine, Principal
 
 SCOPE_KEY = "margin.inprocess"
@@ -29,6 +35,7 @@ class InProcess:
     principal: Principal
     request_id: str
     batch: BatchLine | None = None
+    refusals: list[MarginError] = field(default_factory=list)  # what the request path refused it with
 
 
 def of(scope: Mapping[str, Any]) -> InProcess | None:
@@ -41,6 +48,7 @@ class Reply:
     status: int
     headers: dict[str, str]
     body: bytes
+    refused: MarginError | None = None  # the error the answer was made of, where the request path refused it
 
 
 async def call(
@@ -95,4 +103,4 @@ async def call(
         await app(scope, receive, send)
     finally:
         sent.set()
-    return Reply(status, answer_headers, b"".join(chunks))
+    return Reply(status, answer_headers, b"".join(chunks), caller.refusals[-1] if caller.refusals else None)

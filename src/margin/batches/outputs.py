@@ -5,7 +5,8 @@ answer, the error file the lines refused at validation (`batch_errors`) and thos
 They are as large as the answers (a 447 KB input made 631 MiB of output), so neither is ever held whole:
 the job's lines are read a page at a time and the files written in parts of up to `PART_BYTES`
 (`batch_file_parts`), which the download streams back (margin.batches.store.file_chunks). Then the job's own
-copies (refused lines' rows, lines' bodies and answers) are freed: the files hold them, and count for the key."""
+rows of its lines and refused lines are deleted (`free`): the files hold them, and count for the key; the job's
+row keeps its lines' counts by status (`batches.line_counts`), all that is read of them after."""
 
 from __future__ import annotations
 
@@ -17,8 +18,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from margin.batches import quota
-from margin.batches.store import line_request_id, new_id
+from margin.batches.store import counts_query, line_request_id, new_id
 from margin.ledger.models import batch_errors, batch_file_parts, batch_files, batch_lines
 
 PART_BYTES = 1024 * 1024
@@ -103,15 +103,12 @@ async def _paged(connection: AsyncConnection, table: sa.Table, batch_id: str) ->
         last = page[-1].line
 
 
-async def write(connection: AsyncConnection, batch: Any, now: datetime) -> tuple[str | None, str | None, int]:
-    """The job's (output file id, error file id, bytes its lines keep once their bodies and answers are freed:
-    margin.batches.quota); a file id is None where that file would hold no line."""
+async def write(connection: AsyncConnection, batch: Any, now: datetime) -> tuple[str | None, str | None]:
+    """The job's (output file id, error file id); an id is None where that file would hold no line."""
     ok, bad = FileWriter(connection, batch, "output", now), FileWriter(connection, batch, "error", now)
     refused = _paged(connection, batch_errors, batch.id)  # at validation: not in batch_lines
     waiting = await anext(refused, None)
-    kept = 0
     async for row in _paged(connection, batch_lines, batch.id):
-        kept += quota.LINE_BYTES + len(row.custom_id.encode()) + quota.size(row.error)
         response = None
         if row.status_code is not None:
             body = orjson.Fragment(row.response) if row.response else None
@@ -127,16 +124,16 @@ async def write(connection: AsyncConnection, batch: Any, now: datetime) -> tuple
     while waiting is not None:
         await bad.add(_refused(batch.id, waiting.error))
         waiting = await anext(refused, None)
-    return await ok.close(), await bad.close(), kept
+    return await ok.close(), await bad.close()
 
 
-async def free(connection: AsyncConnection, batch_id: str) -> None:
-    """Once the files are written, the job's copies of what they hold: its refused lines' rows, its lines' bodies
-    and answers (each line keeps its custom_id, status and error)."""
+async def free(connection: AsyncConnection, batch_id: str) -> dict[str, int]:
+    """Once the files are written, delete the job's rows of what they hold (its lines' and refused lines'); its
+    lines' counts by status, as they were deleted (what the job's row keeps: `batches.line_counts`)."""
+    counts = {str(status): int(n) for status, n in await connection.execute(counts_query(batch_id))}
     await connection.execute(batch_errors.delete().where(batch_errors.c.batch_id == batch_id))
-    await connection.execute(
-        batch_lines.update().where(batch_lines.c.batch_id == batch_id).values(body="", response=None)
-    )
+    await connection.execute(batch_lines.delete().where(batch_lines.c.batch_id == batch_id))
+    return counts
 
 
 def _refused(batch_id: str, error: dict[str, Any]) -> bytes:

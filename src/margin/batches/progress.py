@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from margin.batches import outputs, quota
 from margin.batches.jsonl import Line, LineError
-from margin.batches.store import ACTIVE, LINE_OPEN, line_request_id, summed_usage, usage_json, utc
+from margin.batches.store import ACTIVE, FINAL, LINE_OPEN, line_request_id, summed_usage, usage_json, utc
 from margin.ledger.models import batch_errors, batch_lines, batches
 from margin.types import Usage
 
@@ -30,6 +30,7 @@ packed: the starts margin's own rate limiter refused (`deferrals`: each adds DEF
 high part, the tries that count toward `batches.max_attempts` (`tries`: below DEFERRAL) in its low part. Every
 start takes a number above the last, so no two attempts of a line share a request id (no migration: the
 column keeps its type)."""
+SETTLE_PAGE = 100  # ended jobs whose line rows are deleted at a time (settle_finished)
 MAX_DEFERRALS = 10_000  # refusals of one line waited out; past it one counts as a try (2**31 / DEFERRAL > it)
 
 
@@ -129,8 +130,8 @@ async def _nothing_valid(
     line is valid. Its error file (every refused line) is written in the same transaction."""
     if refused:
         await connection.execute(batch_errors.insert(), refused)
-    _, error_file, _ = await outputs.write(connection, batch, now)
-    await outputs.free(connection, batch.id)
+    _, error_file = await outputs.write(connection, batch, now)
+    await outputs.free(connection, batch.id)  # its refused lines' rows (it has no line row)
     counts = {"total": len(refused), "failed": len(refused), "error_file_id": error_file}
     await _failed_validating(connection, batch, now, shown, usage=usage_json(Usage()), **counts)  # no line ran
 
@@ -170,8 +171,8 @@ async def _unvalidated(connection: AsyncConnection, batch: Any, now: datetime, c
 async def _failed_validating(
     connection: AsyncConnection, batch: Any, now: datetime, errors: list[Any], **values: Any
 ) -> None:
-    """validating → failed (never in_progress nor finalizing), `errors` shown on the job, its lease let go;
-    `values`: other columns (counts, the error file, usage)."""
+    """validating → failed (never in_progress nor finalizing), `errors` shown on the job, its lease let go, no
+    line row (`line_counts` empty); `values`: other columns (counts, the error file, usage)."""
     await connection.execute(
         batches.update()
         .where(batches.c.id == batch.id, batches.c.status == "validating")
@@ -180,6 +181,7 @@ async def _failed_validating(
             failed_at=now,
             errors=errors,
             stored_bytes=quota.job_row_bytes(batch.meta, batch.tags, errors),
+            line_counts={},
             lease_owner=None,
             lease_until=None,
             **values,
@@ -345,16 +347,21 @@ async def close_pending(engine: AsyncEngine, batch_id: str, status: str, now: da
 
 
 async def finalize(engine: AsyncEngine, batch_id: str, status: str, now: datetime) -> bool:
-    """Write the output and error files (margin.batches.outputs), free the job's copies of what they hold, and
-    write the final status and what the job still stores, in one transaction (once: the job must still be
-    active, else nothing is written). Every input line is in exactly one of the two files."""
+    """Write the output and error files (margin.batches.outputs), delete the job's line rows and refused lines'
+    rows (the files hold them), and write the final status, its lines' counts by status (`line_counts`: retrieve
+    reads them from then on) and what the job still stores (its row alone), in one transaction: a crash midway
+    leaves the job as it was, to be finalized again. Once: the job must still be active and have no line pending
+    or running (one would be lost), else nothing is written and False returned. Every input line is in exactly
+    one of the two files."""
     try:
         async with engine.begin() as connection:
             batch = (await connection.execute(sa.select(batches).where(batches.c.id == batch_id))).one()
             if batch.status not in ACTIVE:
                 return False
-            output, error, kept = await outputs.write(connection, batch, now)
-            await outputs.free(connection, batch_id)
+            output, error = await outputs.write(connection, batch, now)
+            counts = await outputs.free(connection, batch_id)
+            if any(counts.get(open_status) for open_status in LINE_OPEN):
+                raise _Moved()  # a line started again meanwhile (another worker): not over yet
             used = (await summed_usage(connection, [batch_id]))[batch_id]  # its rows are in (runner._durable)
             values: dict[str, Any] = {
                 "usage": usage_json(used),
@@ -365,7 +372,8 @@ async def finalize(engine: AsyncEngine, batch_id: str, status: str, now: datetim
                 "error_file_id": error,
                 "lease_owner": None,
                 "lease_until": None,
-                "stored_bytes": quota.job_row_bytes(batch.meta, batch.tags, batch.errors, batch.plan) + kept,
+                "line_counts": counts,
+                "stored_bytes": quota.job_row_bytes(batch.meta, batch.tags, batch.errors, batch.plan),
             }
             moved = await connection.execute(
                 batches.update().where(batches.c.id == batch_id, batches.c.status == batch.status).values(**values)
@@ -375,6 +383,27 @@ async def finalize(engine: AsyncEngine, batch_id: str, status: str, now: datetim
     except _Moved:
         return False
     return True
+
+
+async def settle_finished(engine: AsyncEngine, limit: int = SETTLE_PAGE) -> int:
+    """Up to `limit` jobs that ended with their line rows still there (finalized by a release before 0029, as a
+    replica not yet upgraded does): their counts by status onto their rows (once: counts already there never
+    change), their line rows deleted and what they store set to their row's; how many. Each job in its own
+    transaction, guarded by its end: workers that settle at once change each once."""
+    ended = batches.c.status.in_(FINAL)
+    has_lines = sa.exists().where(batch_lines.c.batch_id == batches.c.id)
+    query = sa.select(batches.c.id).where(ended, sa.or_(batches.c.line_counts.is_(None), has_lines)).limit(limit)
+    async with engine.connect() as connection:
+        ids = list((await connection.execute(query)).scalars())
+    for batch_id in ids:
+        async with engine.begin() as connection:
+            job = (await connection.execute(sa.select(batches).where(batches.c.id == batch_id))).one()
+            counts = await outputs.free(connection, batch_id)  # an ended job's lines change no more
+            unsettled = (batches.c.id == batch_id, ended, batches.c.line_counts.is_(None))
+            await connection.execute(batches.update().where(*unsettled).values(line_counts=counts))
+            stored = quota.job_row_bytes(job.meta, job.tags, job.errors, job.plan)
+            await connection.execute(batches.update().where(batches.c.id == batch_id).values(stored_bytes=stored))
+    return len(ids)
 
 
 class _Moved(Exception):

@@ -3,9 +3,11 @@
 A key's stored bytes are its files' (`batch_files.bytes`: uploads, output and error files) and its jobs'
 `batches.stored_bytes`: what a job keeps besides its files. That is its row's values (metadata, tags, the
 errors it lists, its plan) and, while it runs, its lines' bodies and the answers so far and its refused lines'
-rows (`batch_errors`). When it ends those are written to its output and error files (counted there) and freed;
-its lines keep their custom_id, status and error. Every row also counts a fixed size for its own columns
-(ROW_BYTES, LINE_BYTES), so a key cannot store without bound in many small files or jobs.
+rows (`batch_errors`). When it ends those are written to its output and error files (counted there) and its
+line and refused-line rows deleted: an ended job stores its row alone, which keeps its lines' counts by status
+(`line_counts`, of fixed size: in ROW_BYTES), so deleting its files frees the key's space. Every row also counts
+a fixed size for its own columns (ROW_BYTES, LINE_BYTES), so a key cannot store without bound in many small
+files or jobs.
 
 The sum is one query per table over the key's rows (both indexed by key_id); the quota bounds how many there
 are (every file and job counts at least ROW_BYTES). It is checked just before storing, in the same transaction

@@ -30,7 +30,7 @@ from margin.backends.retry import retry_after_s
 from margin.batches import expiry, inprocess, progress, store
 from margin.batches.jsonl import validate
 from margin.batches.planning import Planner, line_tokens, options_for, turn, used_capacity
-from margin.errors import SHOULD_RETRY, NotFound, RateLimited
+from margin.errors import SHOULD_RETRY, NotFound, RateLimited, UpstreamRateLimited
 from margin.governance.rules import Subject, governed_tags
 from margin.keys import principal_of
 from margin.ledger.db import UNREACHABLE
@@ -73,6 +73,7 @@ class BatchRunner:
         self._running: dict[str, _Job] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._settled = False  # ended jobs' line rows left by an older release deleted (progress.settle_finished)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="batch-worker")
@@ -110,7 +111,9 @@ class BatchRunner:
 
     async def tick(self) -> None:
         """Renew or take leases; start a task for every job held and not yet running here; wake the others
-        (a cancellation or a new job is seen at once); delete a page of expired files (margin.batches.expiry)."""
+        (a cancellation or a new job is seen at once); delete a page of expired files (margin.batches.expiry).
+        The first passes settle ended jobs whose line rows an older release left (progress.settle_finished), a
+        page each, until none is left."""
         for running in self._running.values():
             running.wake.set()
         held = await progress.claim(self.services.engine, self.worker, self.clock(), self.config.lease)
@@ -121,6 +124,8 @@ class BatchRunner:
         for batch_id in [b for b, job in self._jobs.items() if job.done()]:
             del self._jobs[batch_id]
         await expiry.sweep(self.services.engine, self.clock())  # a page of expired files, each pass
+        if not self._settled:
+            self._settled = await progress.settle_finished(self.services.engine) < progress.SETTLE_PAGE
 
     async def run_job(self, batch_id: str) -> None:
         try:
@@ -290,8 +295,7 @@ class _Job:
         await self._land_all()
         if await progress.open_lines(self.engine, batch.id):
             return False  # a line in flight went back to pending (retry): not over yet
-        await progress.finalize(self.engine, batch.id, final, self.runner.clock())
-        return True
+        return await progress.finalize(self.engine, batch.id, final, self.runner.clock())  # False: not over yet
 
     async def _dispatch(self, batch: Any) -> datetime | None:
         runner, now = self.runner, self.runner.clock()
@@ -411,14 +415,13 @@ class _Job:
 
 def _limiter_refused(reply: inprocess.Reply) -> bool:
     """Whether an answer is margin's own rate limiter's refusal (its admission: 429 `rate_limit_exceeded`), not
-    an upstream's 429 (`upstream_rate_limited`, a try like any other)."""
-    if reply.status != 429:
+    an upstream's 429 (`UpstreamRateLimited`, a try like any other): told by the error the request path
+    refused the line with (`Reply.refused`), not by the answer's text, so a `/v1/messages` line (Anthropic's
+    error shape, which has no code) is paced as a chat line is, and no upstream's wording can pass for it."""
+    error = reply.refused
+    if reply.status != 429 or not isinstance(error, RateLimited) or isinstance(error, UpstreamRateLimited):
         return False
-    try:
-        error = orjson.loads(reply.body).get("error")
-    except (orjson.JSONDecodeError, AttributeError):
-        return False
-    return isinstance(error, dict) and error.get("code") == RateLimited.default_code
+    return error.code == RateLimited.default_code
 
 
 async def _durable(services: Any) -> None:

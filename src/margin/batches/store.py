@@ -370,14 +370,18 @@ async def cancel(engine: AsyncEngine, batch_id: str, owner: Owner, now: datetime
     return row
 
 
-async def line_counts(engine: AsyncEngine, batch_id: str) -> dict[str, int]:
+def counts_query(batch_id: str) -> sa.Select[Any]:
+    """A job's lines by status, from its line rows (there while it runs: margin.batches.outputs.free)."""
+    query = sa.select(batch_lines.c.status, sa.func.count()).where(batch_lines.c.batch_id == batch_id)
+    return query.group_by(batch_lines.c.status)
+
+
+async def line_counts(engine: AsyncEngine, row: Any) -> dict[str, int]:
+    """A job's lines by status: kept on its row once it ended (its line rows are deleted then), else counted."""
+    if row.line_counts is not None:
+        return dict(row.line_counts)
     async with engine.connect() as connection:
-        rows = await connection.execute(
-            sa.select(batch_lines.c.status, sa.func.count())
-            .where(batch_lines.c.batch_id == batch_id)
-            .group_by(batch_lines.c.status)
-        )
-        return {str(status): int(count) for status, count in rows}
+        return {str(status): int(count) for status, count in await connection.execute(counts_query(row.id))}
 
 
 def usage_json(used: Usage) -> dict[str, int]:

@@ -122,18 +122,13 @@ def show(batch_id: str, config: ConfigOpt = None, db: DbOpt = None, json: JsonOp
     from margin.batches.objects import batch_object
 
     def read(engine: Any, _: Any) -> dict[str, Any]:
-        import sqlalchemy as sa
-
-        from margin.ledger.models import batch_lines
+        from margin.batches.store import counts_query
 
         row = _job(engine, batch_id)
-        with engine.connect() as connection:
-            counts = connection.execute(
-                sa.select(batch_lines.c.status, sa.func.count())
-                .where(batch_lines.c.batch_id == batch_id)
-                .group_by(batch_lines.c.status)
-            )
-            lines = {str(status): int(n) for status, n in counts}
+        lines = row.line_counts  # kept on the row once the job ended (its line rows are deleted then)
+        if lines is None:
+            with engine.connect() as connection:
+                lines = {str(status): int(n) for status, n in connection.execute(counts_query(batch_id))}
         return {**batch_object(row, live_counts=lines), "key_id": row.key_id, "ledger": _ledger(engine, batch_id)}
 
     found = _run(read, config, db, writes=False)

@@ -384,6 +384,8 @@ batches = sa.Table(
     # {input_tokens, cached_tokens, output_tokens} of its ledger rows, summed when it ended (0020; NULL before)
     sa.Column("usage", sa.JSON),
     sa.Column("output_expires_s", sa.Integer),  # its output and error files' `output_expires_after` (NULL: kept)
+    # {status: lines} of its lines when it ended, whose rows are then deleted (0029; NULL while it runs)
+    sa.Column("line_counts", sa.JSON),
     sa.Index("ix_batches_key_created", "key_id", "created_at"),
     sa.Index("ix_batches_status", "status"),
     sa.Index("ix_batches_key_status", "key_id", "status"),  # a key's unfinished jobs

@@ -89,6 +89,13 @@ class ServerConfig(Strict):
         description="A stream whose client reads nothing for this long is ended as client_closed; any answer's "
         "connection is dropped 2 s later, with its unsent bytes.",
     )
+    shutdown_grace_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="On SIGTERM/Ctrl-C, requests running (streams too) may finish for this long; a stream still "
+        "running then ends with an error event (server_shutting_down), a request not yet answered with a 503.",
+    )
     workers: int = Field(
         1,
         ge=1,

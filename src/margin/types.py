@@ -143,8 +143,9 @@ def _count(value: Any) -> int:
 @dataclass(slots=True)
 class CallStats:
     """What a backend reports about one call besides the payload. Usage is returned (in the `Completion`, or
-    a stream's usage chunk); `closed_usage` is only for a stream closed early, whose backend learns what it
-    used after its consumer left (llama.cpp's cancelled generation)."""
+    a stream's usage chunk); `closed_usage` is only for a call that ends without one: a stream closed early, whose
+    backend learns what it used after its consumer left (llama.cpp's cancelled generation), or a whole answer
+    that is the upstream's failure yet says what it billed (an `error` beside its `choices` and `usage`)."""
 
     closed_usage: Usage | None = None
     busy_s: float | None = None  # exclusive compute time, when the backend knows it (embedded engines)

@@ -24,7 +24,7 @@ SECRET = "quota of sk-upstream-SECRET exceeded"
 def _failed(handler: BaseHTTPRequestHandler, body: Any) -> None:
     choice = {"index": 0, "message": {"role": "assistant", "content": "half an ans"}, "finish_reason": "error"}
     error = {"message": SECRET, "code": 502, "metadata": {"provider_name": "x"}}
-    usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    usage = {"prompt_tokens": 700, "completion_tokens": 40, "total_tokens": 740}  # what it billed
     answer = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"], "choices": [choice]}
     reply_json(handler, 200, {**answer, "error": error, "usage": usage})
 
@@ -66,4 +66,10 @@ def test_a_whole_answer_with_an_error_beside_its_choices_is_the_upstreams_failur
     rows = ledger_columns(url, ledger.c.status, ledger.c.http_status, ledger.c.error_code)
     # the fallback's row names the fault it fell back from
     assert rows == [("upstream_error", 502, "upstream_error"), ("fallback", 200, "upstream_error")]
+    counted = ledger_columns(url, ledger.c.input_tokens, ledger.c.output_tokens, ledger.c.usage_source)
+    # the failure's row: the usage its answer says it billed (before: the prompt estimated, 0 output); the
+    # fallback's: the answer it gave
+    assert counted == [(700, 40, "backend"), (5, 3, "backend")]
+    costs = ledger_columns(url, ledger.c.cost_nanousd)
+    assert costs == [((700 + 40) * 1000,), ((5 + 3) * 1000,)]  # $1 per million tokens: what the budget is charged
     assert "SECRET" in log.read_text()  # the upstream's text: in the log only

@@ -1,17 +1,37 @@
-"""Governance helpers: keys on a fresh ledger and their bearer header (services: tests/conftest.py)."""
+"""Governance helpers: keys on a fresh ledger and their bearer header, both counter stores (services:
+tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+from redis import asyncio as aioredis
 
 from margin import keys
+from margin.governance.redis_store import RedisStore
+from margin.governance.store import LocalStore, Store
 from margin.ledger import db
 from tests.helpers import margin_serve
+
+
+@pytest.fixture(params=["local", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """The counter store in this process, then over the session's real Redis (emptied first)."""
+    if request.param == "local":
+        yield LocalStore()
+        return
+    url = request.getfixturevalue("redis_url")
+    client = aioredis.from_url(url)
+    await client.flushdb()
+    await client.aclose()
+    redis_store = RedisStore(url)
+    yield redis_store
+    await redis_store.close()
 
 
 def make_key(db_path: Path, **spec: object) -> tuple[str, str]:

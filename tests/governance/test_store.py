@@ -4,28 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-from redis import asyncio as aioredis
-
 from margin.governance.redis_store import RedisStore
-from margin.governance.store import Admitted, Gcra, Hold, LocalStore, Store
-
-
-@pytest.fixture(params=["local", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    if request.param == "local":
-        yield LocalStore()
-        return
-    url = request.getfixturevalue("redis_url")
-    client = aioredis.from_url(url)
-    await client.flushdb()
-    await client.aclose()
-    redis_store = RedisStore(url)
-    yield redis_store
-    await redis_store.close()
+from margin.governance.store import Admitted, Gcra, Hold, Store
 
 
 def next_id() -> str:

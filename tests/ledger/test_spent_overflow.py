@@ -7,6 +7,7 @@ exact, as before."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,23 @@ import yaml
 from margin.ledger import db, ingest
 from margin.ledger.models import ledger
 from margin.ledger.read.budget import SPENT_CAP, budget_spent
-from tests.helpers import margin_serve
+from tests.governance.conftest import bearer, make_key
+from tests.helpers import margin_serve, polls
 from tests.report.ledgers import complete, row
 
 HOSTILE = 2 * (2**30 - 1) * 10**9  # input and output of 2^30 - 1 tokens at $1 a token (MAX_USD_PER_MTOK)
 TAGS = {"customer": "acme"}
+BUDGET = {"name": "acme", "scope": {"kind": "tag", "value": "customer=acme"}, "usd": 100, "period": "day"}
+
+
+def _config(url: str, budget: dict[str, Any], redis_url: str | None = None) -> dict[str, Any]:
+    storage = {"ledger": url, "flush_interval_ms": 50} | ({"redis": redis_url} if redis_url else {})
+    return {
+        "storage": storage,
+        "backends": {"f": {"kind": "fake"}},
+        "models": {"m": {"backend": "f", "price": {"input": "1", "output": "1"}}},
+        "budgets": [budget],
+    }
 
 
 def _rows(costs: list[int], user: str) -> list[dict[str, Any]]:
@@ -94,15 +107,8 @@ def test_a_tag_budget_over_such_rows_refuses_as_spent(tmp_path: Path) -> None:
     engine = db.make_sync_engine(url)
     _insert(engine, _rows([HOSTILE] * 5, "hostile"))
     engine.dispose()
-    budget = {"name": "acme", "scope": {"kind": "tag", "value": "customer=acme"}, "usd": 100, "period": "day"}
-    config = {
-        "storage": {"ledger": url, "flush_interval_ms": 50},
-        "backends": {"f": {"kind": "fake"}},
-        "models": {"m": {"backend": "f", "price": {"input": "1", "output": "1"}}},
-        "budgets": [budget],
-    }
     path = tmp_path / "margin.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(_config(url, BUDGET)))
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     with margin_serve(None, tmp_path / "serve.log", path) as (base, _):
         answers = [
@@ -113,3 +119,32 @@ def test_a_tag_budget_over_such_rows_refuses_as_spent(tmp_path: Path) -> None:
     assert refused.status_code == 429, refused.text  # before: 503 governance_unavailable
     assert refused.json()["error"]["code"] == "budget_exceeded"
     assert other.status_code == 200  # another customer's spend is its own
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["local", "redis"])
+def test_a_soft_budget_at_the_cap_goes_on_warning(tmp_path: Path, shared: bool, request: pytest.FixtureRequest) -> None:
+    """A soft budget seeded at SPENT_CAP (such rows) is settled into for real, in the default store and Redis: its
+    counter stays at the cap, every request is answered with the warning and settled. Before, Redis refused the
+    settle (HINCRBY: "increment or decrement would overflow"): the reservation stayed open for the reaper, which
+    failed on it at every pass; the in-process counter read past what a counter holds."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    _, key = make_key(tmp_path / "ledger.db", name="acme", tags=TAGS)  # a key bound to the tag: its budget applies
+    engine = db.make_sync_engine(url)
+    _insert(engine, _rows([HOSTILE] * 5, "hostile"))
+    engine.dispose()
+    redis_url = request.getfixturevalue("redis_url") if shared else None
+    path = tmp_path / "margin.yaml"
+    path.write_text(yaml.safe_dump(_config(url, {**BUDGET, "mode": "soft"}, redis_url)))
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    auth = bearer(key)
+    with margin_serve(None, tmp_path / "serve.log", path) as (base, _):
+        for _ in range(3):
+            answer = httpx.post(f"{base}/v1/chat/completions", json=body, headers=auth, timeout=30)
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["x-margin-budget-warning"].startswith("acme=")
+        for _ in polls(10):
+            budgets = httpx.get(f"{base}/v1/margin/usage", headers=auth, timeout=30).json()["budgets"]
+            if budgets[0]["reserved"] == "0":  # settled (with Redis, in a task after the answer)
+                break
+        assert budgets[0]["spent"] == str(Decimal(SPENT_CAP).scaleb(-9)), budgets  # before: past it (local)
+    assert "overflow" not in (tmp_path / "serve.log").read_text()  # before: every settle and reaper pass (Redis)

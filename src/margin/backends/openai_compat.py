@@ -103,10 +103,11 @@ class OpenAIBackend(HttpBackend):
 
     def _completion(self, call: Call, payload: dict[str, Any], content: bytes) -> Completion:
         # an error under a 200, alone or beside `choices`: its text goes to the log, never to the caller
-        if _is_error(payload):
-            log_upstream(self.name, "answered 200 with an error", upstream_message(content)[0])
-            raise BackendError("the upstream failed (an error under HTTP 200)")
         usage = READERS.get(call.endpoint, Usage.from_openai)(payload.get("usage"))
+        if _is_error(payload):  # its usage (OpenRouter's beside a half answer) is what was billed: the row's
+            log_upstream(self.name, "answered 200 with an error", upstream_message(content)[0])
+            call.stats.closed_usage = usage
+            raise BackendError("the upstream failed (an error under HTTP 200)")
         call.stats.finish_reason = finish_reason_of(payload)  # a cache hit replays it (`length`: a cut answer)
         return Completion(payload=payload, raw=content, text=message_text(payload), usage=usage)
 

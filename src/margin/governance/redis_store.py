@@ -31,6 +31,7 @@ from typing import Any
 from margin.errors import ConfigError, Overloaded
 from margin.governance.slots import STREAMS
 from margin.governance.store import RESERVATION_PAGE, Admitted, Gcra, Hold, Recount
+from margin.ledger.read.budget import SPENT_CAP
 from margin.logs import printable
 
 log = logging.getLogger("margin.governance")
@@ -40,21 +41,36 @@ UNSEEDED = -2  # the admit script's status when a budget counter is gone
 CHANNEL = f"{P}announced"
 
 _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
+# a counter held at the most its 64 bits hold (a soft budget seeded at SPENT_CAP from hostile rows) stays there:
+# HINCRBY past it fails ("increment or decrement would overflow") and stopped the whole script (a settle lost, the
+# reaper stuck on that reservation at every pass); nothing is written before the check, so the field is then set
+# to the cap in that direction. Any other error is raised again as HINCRBY's own.
+_INCR = f"""
+local function incr(key, field, amount)
+  amount = tostring(amount)
+  local done = redis.pcall('HINCRBY', key, field, amount)
+  if type(done) == 'table' and done.err then
+    if not string.find(done.err, 'overflow', 1, true) then return redis.call('HINCRBY', key, field, amount) end
+    redis.call('HSET', key, field, amount:sub(1, 1) == '-' and '{-SPENT_CAP - 1}' or '{SPENT_CAP}')
+  end
+end
+"""
 # amounts reach HINCRBY as the integer strings they are: a Lua number from 1e17 on is written `1e+17`,
 # which HINCRBY refuses halfway through a script (Redis does not roll a script back)
 _NEG = (
-    "local function neg(s)\n"  # HINCRBY refuses `-0`
+    _INCR + "local function neg(s)\n"  # HINCRBY refuses `-0`
     "  if s == '0' then return s elseif s:sub(1, 1) == '-' then return s:sub(2) end return '-' .. s\n"
     "end\n"
     # a counter that is gone is left gone: the next admit then reconciles it from the ledger (and what settled
     # while it was gone: SETTLE parks it) instead of finding a counter that holds only what settled since it was lost
     "local function add(key, field, amount)\n"
-    "  if redis.call('EXISTS', key) == 1 then redis.call('HINCRBY', key, field, amount) end\n"
+    "  if redis.call('EXISTS', key) == 1 then incr(key, field, amount) end\n"
     "end\n"
 )
 
 ADMIT = (
     _NOW
+    + _INCR
     + """
 -- KEYS: reservation, settled marker, deadlines, n budget counters, m GCRA keys
 -- ARGV: request id, ttl, n, then (limit, amount, hard, expire) per counter, then (increment, tau, lenient) per key
@@ -64,8 +80,8 @@ local function snapshot(status, wait)
   local out = {status, tostring(wait)}
   for i = 1, n do
     local c = redis.call('HMGET', KEYS[3 + i], 'spent', 'reserved')
-    out[#out + 1] = tonumber(c[1]) or 0
-    out[#out + 1] = tonumber(c[2]) or 0
+    out[#out + 1] = c[1] or '0'  -- as the strings they are: a Lua number is a double (2^63 - 1 came back -2^63)
+    out[#out + 1] = c[2] or '0'
   end
   return out
 end
@@ -96,8 +112,8 @@ if fresh then
   for i = 1, n do
     local b = 4 + (i - 1) * 4
     local amount, expire = ARGV[b + 1], tonumber(ARGV[b + 3])
-    redis.call('HINCRBY', KEYS[3 + i], 'reserved', amount)
-    redis.call('HINCRBY', KEYS[1], KEYS[3 + i], amount)  -- after: the reservation holds what was added
+    incr(KEYS[3 + i], 'reserved', amount)
+    incr(KEYS[1], KEYS[3 + i], amount)  -- after: the reservation holds what was added
     if expire > 0 and redis.call('TTL', KEYS[3 + i]) < 0 then redis.call('EXPIRE', KEYS[3 + i], expire) end
   end
   redis.call('EXPIRE', KEYS[1], math.ceil(ttl) + 86400)
@@ -140,7 +156,7 @@ if #charged > 0 then redis.call('ZREM', KEYS[5], ARGV[1]) end
 local n = tonumber(ARGV[2])
 for i = 1, n do
   if redis.call('EXISTS', KEYS[5 + i]) == 1 then
-    redis.call('HINCRBY', KEYS[5 + i], 'spent', ARGV[2 + i])
+    incr(KEYS[5 + i], 'spent', ARGV[2 + i])
   elseif ARGV[2 + i] ~= '0' then
     redis.call('HSET', KEYS[5 + n + i], ARGV[1], ARGV[2 + i])
     redis.call('EXPIRE', KEYS[5 + n + i], 86400)
@@ -232,19 +248,22 @@ return {dropped, up}
 )
 
 # KEYS: counter, its parked spends; ARGV: the ledger's spend, expiry, the parked requests the ledger counted
-SEED = """
+SEED = (
+    _INCR
+    + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'spent', ARGV[1], 'reserved', 0)
 local counted = {}
 for i = 3, #ARGV do counted[ARGV[i]] = true end
 local parked = redis.call('HGETALL', KEYS[2])
 for j = 1, #parked, 2 do
-  if not counted[parked[j]] then redis.call('HINCRBY', KEYS[1], 'spent', parked[j + 1]) end
+  if not counted[parked[j]] then incr(KEYS[1], 'spent', parked[j + 1]) end
 end
 redis.call('DEL', KEYS[2])
 if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
 return 1
 """
+)
 
 TAKE_SLOT = (
     _NOW

@@ -21,6 +21,8 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
+from margin.ledger.read.budget import SPENT_CAP
+
 SWEEP_S = 60.0  # how often `LocalStore.reap` drops expired counters and idle rate-limit buckets
 SWEEP_GRACE_S = 86_400  # a counter re-created by a late settle (its window past) lives a day
 RESERVATION_PAGE = 1000  # request ids read, looked up in the ledger and recounted at a time (after a restart)
@@ -151,6 +153,12 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
+def saturated(value: int) -> int:
+    """A counter's value held within the signed 64 bits Redis' counters have (`RedisStore` does the same in Lua):
+    one seeded at SPENT_CAP (hostile rows) stays there as more is spent, so both stores read alike."""
+    return max(-SPENT_CAP - 1, min(value, SPENT_CAP))
+
+
 @dataclass(slots=True)
 class _Counter:
     spent: int = 0
@@ -206,7 +214,8 @@ class LocalStore:
             )
             if failed is None:
                 for hold in holds:
-                    self._counter(hold.counter, hold.expire_s).reserved += hold.amount
+                    counter = self._counter(hold.counter, hold.expire_s)
+                    counter.reserved = saturated(counter.reserved + hold.amount)
                 self._reservations[request_id] = _Reservation(tuple(holds), time.time() + ttl_s)
         if wait <= 0 and failed is None:
             self._charge(checks)
@@ -232,7 +241,8 @@ class LocalStore:
         for hold in self._charged.pop(request_id, ()):  # reaped earlier: its charge gives way to the actual cost
             self._counter(hold.counter).spent -= hold.amount
         for name, amount in actual.items():  # a counter dropped since (a past window) is kept a day again
-            self._counter(name, SWEEP_GRACE_S).spent += amount
+            counter = self._counter(name, SWEEP_GRACE_S)
+            counter.spent = saturated(counter.spent + amount)
         self._charge([Gcra(key, increment_s, 0.0) for key, increment_s in charges])
         self._settled[request_id] = None
         while len(self._settled) > self.settled_memory:
@@ -266,7 +276,7 @@ class LocalStore:
             for hold in reservation.holds:
                 counter = self._counter(hold.counter)
                 counter.reserved -= hold.amount
-                counter.spent += hold.amount
+                counter.spent = saturated(counter.spent + hold.amount)
             self._charged[request_id] = reservation.holds
             while len(self._charged) > self.settled_memory:
                 self._charged.popitem(last=False)

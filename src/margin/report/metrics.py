@@ -16,7 +16,7 @@ from margin.ledger import read
 from margin.ledger.measures import MICRO, NANO
 from margin.ledger.read import Window, as_utc
 from margin.ledger.read.levers import NONE, Levers, levers
-from margin.report.queries import check_group
+from margin.report.queries import check_group, per_1k_figure
 
 Bucket = Literal["hour", "day"]
 
@@ -140,6 +140,7 @@ class CarbonRow:
     modelled_requests: int  # energy = watts × busy seconds (an estimate)
     unknown_requests: int  # no energy figure at all (hosted APIs without an estimate)
     co2e_tokens: int  # the tokens of the requests with a carbon figure (the per-1K divisor)
+    energy_tokens: int = 0  # the tokens of the requests with an energy figure (energy per 1K's divisor)
 
     @property
     def kwh(self) -> float:
@@ -149,16 +150,23 @@ class CarbonRow:
     def co2e_g_per_1k_tokens(self) -> float | None:
         """Over the requests with a carbon figure only: a hosted API's tokens (no energy model) are not zero
         carbon, and counting them would dilute the figure."""
-        return self.co2e_g / self.co2e_tokens * 1000 if self.co2e_tokens else None
+        return per_1k_figure(self.co2e_g, self.co2e_tokens)
+
+    @property
+    def energy_j_per_1k_tokens(self) -> float | None:
+        """Over the requests with an energy figure only, as carbon per 1K tokens is."""
+        return per_1k_figure(self.energy_j, self.energy_tokens)
 
     def to_json(self) -> dict[str, Any]:
-        per_1k_g = self.co2e_g_per_1k_tokens
+        per_1k_g, per_1k_j = self.co2e_g_per_1k_tokens, self.energy_j_per_1k_tokens
         return {
             "key": self.key,
             "requests": self.requests,
             "tokens": self.tokens,
             "energy_j": round(self.energy_j, 6),
             "energy_kwh": round(self.kwh, 12),
+            "energy_tokens": self.energy_tokens,
+            "energy_j_per_1k_tokens": None if per_1k_j is None else round(per_1k_j, 6),
             "co2e_g": round(self.co2e_g, 9),
             "co2e_tokens": self.co2e_tokens,
             "co2e_g_per_1k_tokens": None if per_1k_g is None else round(per_1k_g, 9),
@@ -184,6 +192,7 @@ def carbon(engine: sa.Engine, window: Window, by: str = "region") -> list[Carbon
             s["energy_modelled"],
             s["energy_unknown"],
             s["co2e_tokens"],
+            s["energy_tokens"],
         )
         for key, s in found.items()
     ]

@@ -57,6 +57,12 @@ def check_group(by: str | None) -> str | None:
     return by
 
 
+def per_1k_figure(amount: float, tokens: int) -> float | None:
+    """Energy (J) or carbon (g) per 1K tokens over `tokens`, those of the requests with that figure (the rollups'
+    `energy_tokens` or `co2e_tokens`, 0028); None where none has one: unknown, not 0."""
+    return amount / tokens * 1000 if tokens else None
+
+
 def figures(sums: read.Sums) -> dict[str, Any]:
     """The additive figures of one group (the same keys and rounding everywhere they are shown)."""
     cost = from_nanousd(sums["cost_nanousd"])
@@ -70,6 +76,8 @@ def figures(sums: read.Sums) -> dict[str, Any]:
         "unpriced_requests": sums["unpriced"],
         "usd_per_1k_tokens": usd_str(cost / Decimal(priced) * THOUSAND if priced else None),
         "energy_j": sums["energy_uj"] / MICRO,
+        # over the tokens of the requests with an energy figure (a hosted API's have none: not 0 J)
+        "energy_j_per_1k_tokens": per_1k_figure(sums["energy_uj"] / MICRO, sums["energy_tokens"]),
         "co2e_g": sums["co2e_ng"] / NANO,
         "cache_hits": sums["cache_hits"],
         "cache_saved_usd": usd_str(from_nanousd(sums["saved_nanousd"])),
@@ -137,6 +145,7 @@ __all__ = [
     "figures",
     "parse_limit",
     "parse_when",
+    "per_1k_figure",
     "percentile",
     "summarize",
 ]

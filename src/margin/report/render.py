@@ -34,6 +34,7 @@ def _row(label: str, figures: dict[str, Any]) -> list[str | Text]:
         cost,
         human_usd(figures["usd_per_1k_tokens"]),
         _sig(figures["energy_j"]),
+        "-" if figures["energy_j_per_1k_tokens"] is None else _sig(figures["energy_j_per_1k_tokens"]),
         _sig(figures["co2e_g"]),
         f"{_ms(figures['latency_p50_ms'])}/{_ms(figures['latency_p95_ms'])}",
         _savings(figures),
@@ -53,12 +54,13 @@ def render_summary(console: Console, summary: dict[str, Any]) -> None:
     window = f"{summary['since'] or 'start'} → {summary['until'] or 'now'}"
     table = Table(title=f"margin report ({window})", title_justify="left")
     table.add_column(summary["by"] or "", no_wrap=True, min_width=5)
-    for column in ("requests", "tokens in/out", "cost", "$/1K tokens", "energy J", "gCO2e", "ms p50/p95", "saved"):
+    columns = ("requests", "tokens in/out", "cost", "$/1K tokens", "energy J", "J/1K tokens", "gCO2e", "ms p50/p95")
+    for column in (*columns, "saved"):
         table.add_column(column, justify="right", no_wrap=True)
     for group in summary["groups"]:
         table.add_row(*_row(str(group["key"]), group))
     table.add_row(*_row("total", summary["totals"]), style="bold")
-    wide = Console(width=max(console.width, 120), highlight=False, file=console.file)
+    wide = Console(width=max(console.width, 200), highlight=False, file=console.file)  # no figure cut to `…`
     wide.print(table)
 
 
@@ -74,7 +76,9 @@ def render_view(console: Console, view: Any) -> None:
     """Any report view (margin.report.views.View) as a table; the overview as its parts."""
     data = view.to_json()
     window = f"{data.get('since') or 'start'} → {data.get('until') or 'now'}"
-    wide = Console(width=max(console.width, 160), highlight=False, file=console.file)
+    # wide enough for every column's name in full (the carbon view's 13: its per-1K figures were cut to `…`)
+    header = sum(len(column) + 3 for column in view.columns) + 1
+    wide = Console(width=max(console.width, 160, header), highlight=False, file=console.file)
     if view.name == "overview":
         for part in ("totals", "savings", "tasks"):
             if data[part] is None:

@@ -128,7 +128,7 @@ def _empty_row(name: str) -> Any:
     if name == "tasks":
         return TaskStats(None, 0, 0, 0, zero, zero, 0, None, None)
     if name == "carbon":
-        return CarbonRow(None, 0, 0, 0.0, 0.0, 0, 0, 0, 0)
+        return CarbonRow(None, 0, 0, 0.0, 0.0, 0, 0, 0, 0, 0)
     if name == "utilization":
         return BackendUtilization("", zero, 0, 0.0, 0.0, 0, zero, None)
     return TimePoint("", 0, 0, 0, zero, 0, None, 0.0, 0.0, zero)

@@ -216,8 +216,9 @@ class BackendCall:
             usage, output = completion.usage, completion
             return Reply(completion=completion)
         except MarginError as exc:
-            if refused(exc):  # nothing was generated, nor sent to be billed: the row counts no tokens
-                usage = Usage(source="refused")
+            # refused: nothing was generated, nor sent to be billed, the row counts no tokens; else a failed answer
+            # that says what it billed (`closed_usage`) is counted at that, not estimated
+            usage = Usage(source="refused") if refused(exc) else call.stats.closed_usage
             raise
         finally:
             if call.stats.attempts > 1 and record.error is None:  # retried on this backend before it answered

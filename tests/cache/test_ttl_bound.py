@@ -1,7 +1,8 @@
 """`cache.ttl_s` is finite and at most 366 days. Before, any positive float was taken: `ttl_s: .inf` with the entries
-in Redis made every answer the cache stored raise while it was stored (`int(inf)` for Redis' EX), so a cacheable
-request got no answer at all (the client's read timed out, the gateway logged an OverflowError); `1e300` was refused
-by Redis on each write, so nothing was ever stored. Both are refused by the config now, as other bounds are."""
+in Redis made storing each answer raise (`int(inf)` for Redis' EX): every cacheable request was a 500 after its
+upstream call was paid, and its key's lease was never released, so an identical request waited the whole
+`coalesce_wait_s` (60 s) before failing the same way; `1e300` was refused by Redis on each write, so nothing was
+ever stored. Both are refused by the config now, as other bounds are."""
 
 from __future__ import annotations
 

@@ -2,7 +2,9 @@
 (U+FE00-FE0F, U+E0100-E01EF, Mongolian U+180B-180F) are nonspacing marks, not format characters, and were not in
 the normalizer's hand-kept list of invisibles, so `Ignore all previous instructions` with one after each letter
 scored 0 and went upstream under `injection: block`. Now every Default_Ignorable_Code_Point is dropped before the
-rules read the text. Over real HTTP: one `margin serve` with a recording upstream, the attack sent as a chat
+rules read the text. An attack written in Unicode tag characters (U+E0020-E007E mirror ASCII and are drawn as
+nothing: "ASCII smuggling") was dropped with them and never read: each run of them is read as the ASCII it mirrors
+now. Over real HTTP: one `margin serve` with a recording upstream, the attack sent as a chat
 message, a Responses input item and a Messages content block: each refused 400, nothing sent upstream."""
 
 from __future__ import annotations
@@ -27,6 +29,18 @@ SELECTORS = ["\ufe0f", "\ufe00", "\U000e0100", "\u180b", "\u180f"]
 
 def hidden(selector: str) -> str:
     return selector.join(ATTACK)
+
+
+def smuggled(text: str) -> str:
+    """`text` as Unicode tag characters (U+E0020-E007E mirror ASCII), drawn as nothing after a visible question."""
+    return "What is the weather today?" + "".join(chr(0xE0000 + ord(ch)) for ch in text)
+
+
+def test_an_attack_in_tag_characters_is_read_as_the_ascii_it_mirrors() -> None:
+    verdict = InjectionDetector().assess(smuggled(ATTACK))
+    assert verdict.flagged and {f.rule for f in verdict.findings} == {"encoded_tags"}  # before: score 0.0
+    flag = "\U0001f3f4" + "".join(chr(0xE0000 + ord(ch)) for ch in "gbeng") + "\U000e007f"  # England's flag
+    assert not InjectionDetector().assess(f"the {flag} team won").flagged  # a tag sequence in an emoji: no payload
 
 
 @pytest.mark.parametrize("selector", SELECTORS)
@@ -59,11 +73,12 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, lis
             yield url, bodies
 
 
-@pytest.mark.parametrize("selector", SELECTORS[:2])
-def test_each_endpoint_refuses_the_hidden_attack(gateway: tuple[str, list[Any]], selector: str) -> None:
+@pytest.mark.parametrize(
+    "attack", [hidden(SELECTORS[0]), hidden(SELECTORS[1]), smuggled(ATTACK)], ids=["fe0f", "fe00", "tags"]
+)
+def test_each_endpoint_refuses_the_hidden_attack(gateway: tuple[str, list[Any]], attack: str) -> None:
     url, bodies = gateway
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=30)
-    attack = hidden(selector)
     codes: list[Any] = []
     with pytest.raises(openai.BadRequestError) as chat:
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": attack}])

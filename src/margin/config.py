@@ -258,12 +258,22 @@ class SemanticCacheConfig(Strict):
     )
 
 
+MAX_CACHE_TTL_S = 366 * 86_400
+
+
 class CacheConfig(Strict):
     """Response cache. Deterministic requests (temperature 0 or a seed) are cached unless the caller sends
     `x-margin-cache: off`; other requests only with `x-margin-cache: on`."""
 
     enabled: bool = True
-    ttl_s: float = Field(3600, gt=0)
+    ttl_s: float = Field(
+        3600,
+        gt=0,
+        le=MAX_CACHE_TTL_S,
+        allow_inf_nan=False,
+        description="How long an entry is served, in seconds: finite, at most 366 days (a Redis takes the TTL as a "
+        "whole number of seconds).",
+    )
     max_bytes: int = Field(
         64 * 1024 * 1024,
         ge=1024,

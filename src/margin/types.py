@@ -252,6 +252,31 @@ def generated_text(payload: Any, part: str = "delta") -> str:
     return "".join(texts)
 
 
+UNREPLAYED_KEYS = ("annotations", "images", "audio")
+"""What a message or delta may hold besides its text that a cache hit (one choice of text) cannot replay: citations
+(`annotations`: a search model's `url_citation`s), generated images (OpenRouter's `images`), `audio`."""
+_UNREPLAYED_MARKS = tuple(f'"{key}"'.encode() for key in UNREPLAYED_KEYS)
+
+
+def unreplayed(payload: Any, part: str = "delta") -> bool:
+    """Whether an answer (or a stream event) holds a non-empty `UNREPLAYED_KEYS` value in a choice's `part`."""
+    for choice in choices_of(payload):
+        holder = choice.get(part) if isinstance(choice, dict) else None
+        if isinstance(holder, dict) and any(holder.get(key) for key in UNREPLAYED_KEYS):
+            return True
+    return False
+
+
+def _event_unreplayed(raw: bytes) -> bool:
+    """`unreplayed` for one event's raw JSON, parsed only where it names such a key (most events do not)."""
+    if not any(mark in raw for mark in _UNREPLAYED_MARKS):
+        return False
+    try:
+        return unreplayed(orjson.loads(raw))
+    except orjson.JSONDecodeError:
+        return False
+
+
 def _function_texts(function: Any) -> list[str]:
     """A tool call's (or legacy function call's) name and arguments, the strings among them."""
     if not isinstance(function, dict):
@@ -311,6 +336,14 @@ class Chunk:
         if self.events is None:
             return generated_text(self.payload)
         return "".join(map(_event_generated, self.events))
+
+    def unreplayed(self) -> bool:
+        """Whether the event (or a run's event) holds what a cache hit cannot replay (`unreplayed`)."""
+        if self.events is not None:
+            return any(map(_event_unreplayed, self.events))
+        if self._payload is None and self.raw is not None:
+            return _event_unreplayed(self.raw)
+        return unreplayed(self.payload)
 
     @property
     def is_usage_only(self) -> bool:

@@ -15,6 +15,8 @@ from margin.cache.identifiers import Identifiers
         ("How do I learn Python?", "What is the best way to learn Python?"),
         ("How do I reset my password?", "how can i reset my password"),
         ("Please summarize this. Thanks!", "summarize this please"),
+        ("How many grams are in 5 kg?", "how many grams in 5 kg"),
+        ("Why is the sky not blue at night?", "why is the sky not blue at night"),
     ],
 )
 def test_paraphrases_may_share(a: str, b: str) -> None:
@@ -33,6 +35,11 @@ def test_paraphrases_may_share(a: str, b: str) -> None:
         ("What is 2+2?", "What is 2+3?"),
         ("refund <EMAIL_1> now", "refund <EMAIL_2> now"),
         ("How much is 4 kg of rice?", "How much is rice?"),
+        ("convert 5 miles to km", "convert 5 km to miles"),
+        ("How much is 4 kg of rice?", "How much is 4 lb of rice?"),
+        ("Is it safe to eat raw chicken?", "Is it not safe to eat raw chicken?"),
+        ("Can I take ibuprofen with coffee?", "Can't I take ibuprofen with coffee?"),
+        ("Should I use a VPN?", "Should I never use a VPN?"),
     ],
 )
 def test_different_identifiers_never_share(a: str, b: str) -> None:

@@ -74,6 +74,19 @@ def test_semantic_cache_never_crosses_identifiers(semantic_gateway: Served) -> N
     assert [r.kind for r in wait_rows(gw, 5)] == ["request"] * 4 + ["cache_hit"]
 
 
+def test_semantic_cache_never_swaps_units_or_drops_a_negation(semantic_gateway: Served) -> None:
+    """MiniLM puts "convert 5 miles to km" and "convert 5 km to miles" at cosine 0.99, and a question and its
+    negation close too: both held the same number (or none), so the second was served the first's answer (a wrong
+    conversion, the opposite advice). The word a number counts, and a negation, are identifiers now."""
+    gw = semantic_gateway
+    assert ask(gw, "alice", "convert 5 miles to km")[0] == "miss"
+    assert ask(gw, "alice", "Is it safe to eat raw chicken?")[0] == "miss"
+    assert ask(gw, "bob", "convert 5 km to miles")[0] == "miss"  # before: hit-semantic
+    assert ask(gw, "bob", "Is it not safe to eat raw chicken?")[0] == "miss"
+    assert ask(gw, "bob", "convert 5 miles to km please")[0] == "hit-semantic"  # control: the same question
+    assert [r.kind for r in wait_rows(gw, 5)] == ["request"] * 4 + ["cache_hit"]
+
+
 def test_similarity_header_for_admins_only_and_tenant_quota(semantic_gateway: Served) -> None:
     gw = semantic_gateway
     assert ask(gw, "alice", "How do I rotate the API keys of our service?")[0] == "miss"

@@ -9,7 +9,11 @@ question if it:
 * holds a digit (numbers, ids, placeholders such as `<EMAIL_1>`) or `@`, `/`, `:` (addresses, paths, URLs);
 * has an upper-case letter after its first (`IBM`, `iPhone`, `McDonald`);
 * starts with a capital and is not the first word of a sentence (a name), or is a sentence's first word that
-  is not a common sentence opener ("What", "How", "Please", …).
+  is not a common sentence opener ("What", "How", "Please", …);
+* follows a word that holds a digit (the unit or thing counted: `5 miles` is not `5 km`, and "convert 5 miles to
+  km" is not "convert 5 km to miles": served before at δ 1 %, a wrong conversion);
+* negates (`not`, `no`, `never`, `without`, a word ending in n't, …): "Is it safe to eat raw chicken?" is not
+  "Is it not safe …". A negating prefix (`unsafe`) is not seen.
 
 So "What is the capital of France?" and "what's the capital city of france" may share an answer (both hold
 `france`), "… of Spain" may not. Limits: lower-case names ("ask john") are not recognised; in languages that
@@ -37,8 +41,19 @@ _OPENERS = frozenset(
 """Common first words of a question or request: capitalised by grammar, not because they name something."""
 
 
+_NEGATIONS = frozenset(("not", "no", "never", "none", "nothing", "nobody", "neither", "nor", "without", "cannot"))
+"""Words that turn a question into its opposite, so two questions that differ by one are never one answer."""
+
+
+def _holds_digit(word: str) -> bool:
+    return any(ch.isdigit() for ch in word)
+
+
 def _is_identifier(word: str, sentence_start: bool) -> bool:
-    if any(ch.isdigit() for ch in word) or any(ch in word for ch in "@/:"):
+    if _holds_digit(word) or any(ch in word for ch in "@/:"):
+        return True
+    folded = word.casefold()
+    if folded in _NEGATIONS or folded.endswith(("n't", "n’t")):
         return True
     if any(ch.isupper() for ch in word[1:]):
         return True
@@ -68,12 +83,14 @@ class Identifiers:
     def of(cls, text: str) -> Identifiers:
         words: list[str] = []
         marked: set[str] = set()
+        counted = False  # the word before held a digit: this one is what it counts
         for match in _WORD_RE.finditer(text):
             word = match.group()
             folded = word.casefold()
             words.append(folded)
-            if _is_identifier(word, _sentence_start(text, match.start())):
+            if counted or _is_identifier(word, _sentence_start(text, match.start())):
                 marked.add(folded)
+            counted = _holds_digit(word)
         return cls(tuple(words), frozenset(marked))
 
     def compatible(self, other: Identifiers) -> bool:

@@ -1,10 +1,11 @@
 """Text normalization for the injection rules, keeping a map back to the original offsets.
 
-Obfuscation that a model reads straight through but a regex does not: zero-width and bidi control
-characters, soft hyphens, full-width and other compatibility forms (NFKC), and Cyrillic/Greek letters that
-look like Latin ones. Each character is normalized on its own (`_fold`), so the normalized text is the
-concatenation of its characters' folds and `offsets[i]`, the original index of normalized character `i`, points
-findings at the user's real text.
+Obfuscation that a model reads straight through but a regex does not: invisible characters (Unicode's
+Default_Ignorable_Code_Point: zero-width and bidi controls, soft hyphens, variation selectors, tag characters,
+Hangul fillers; and every other format character), full-width and other compatibility forms (NFKC), and
+Cyrillic/Greek letters that look like Latin ones. Each character is normalized on its own (`_fold`), so the
+normalized text is the concatenation of its characters' folds and `offsets[i]`, the original index of normalized
+character `i`, points findings at the user's real text.
 
 NFKC can multiply text (U+FDFA alone becomes 18 characters), so what the text grows by is charged to the
 request's `ScanBudget` (`guard.max_scan_chars`) before the normalized text is built: past it, the budget raises
@@ -21,12 +22,13 @@ from dataclasses import dataclass
 from itertools import chain, repeat
 from types import MappingProxyType
 
+import regex
+
 from margin.guard.limits import ScanBudget
 
-_INVISIBLE = frozenset(
-    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d"
-    "\u202e\u2060\u2061\u2062\u2063\u2064\u2066\u2067\u2068\u2069\u3164\ufeff\uffa0"
-)
+# drawn as nothing: a variation selector (U+FE00-FE0F, U+E0100-E01EF, Mongolian U+180B-180F) is a nonspacing mark,
+# not a format character, so `ignore` with one after each letter passed the rules (before, a hand-kept list)
+_INVISIBLE = regex.compile(r"\p{Default_Ignorable_Code_Point}")
 _HOMOGLYPHS: MappingProxyType[int, int] = MappingProxyType(
     str.maketrans(
         "аеорсухіјѕԁһԛԝАВЕКМНОРСТХІЈЅοαερτυνκιΑΒΕΗΙΚΜΝΟΡΤΥΧΖ",
@@ -54,7 +56,7 @@ class Normalized:
 
 
 def _fold(ch: str) -> str:
-    if ch in _INVISIBLE or unicodedata.category(ch) == "Cf":
+    if _INVISIBLE.match(ch) is not None or unicodedata.category(ch) == "Cf":
         return ""
     return unicodedata.normalize("NFKC", ch).translate(_HOMOGLYPHS).lower()
 

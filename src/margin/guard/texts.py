@@ -4,9 +4,10 @@ Requests are handled as the caller's JSON (`ctx.raw`), which is what upstreams r
 rewrite. Every string that leaves for an upstream is visited, not only the conversation: message `name`,
 tool-call and function-call arguments (decoded first, so `\\u0040` escapes hide nothing, and re-encoded only
 when something changed), tool and function definitions, `response_format` schemas, `metadata`, `user`, `stop`,
-`suffix` and any vendor field. Left alone, because they are structure rather than content or because a
-placeholder would break them: field names (dict keys), `model`, `role`, `type`, ids, function and schema
-`name`s, JSON-schema `format`/`pattern`/`$ref`/`required`, and non-text content parts (images, audio, files).
+`suffix` and any vendor field (a content part's too). Left alone, because they are structure rather than content
+or because a placeholder would break them: field names (dict keys), `model`, `role`, `type`, ids, function and
+schema `name`s, JSON-schema `format`/`pattern`/`$ref`/`required`, and the media of non-text content parts (an
+image's, audio's or file's url, data and ids).
 
 Answers are handled as the OpenAI payload: `choices[].message.content` and `reasoning_content`, tool-call
 arguments, `choices[].text`, stream deltas and (on request: `rewrite_answer(thinking=…)`) thinking blocks' text
@@ -115,15 +116,19 @@ def _content(role: str, content: Any, visit: Visit) -> Any:
 
 
 def _part(role: str, part: Any, visit: Visit) -> Any:
-    """A content part: its `text` (and a `refusal`) are content; images, audio and files are not read."""
+    """A content part: its `text` is content; a `refusal` and every other string in it are fields (a vendor key
+    sent on, a file's `filename`: before, only `text` and `refusal` were read, and an e-mail in any other key of a
+    part went upstream under `pii: block`). An image's, audio's or file's data, url and ids are structure."""
     if not isinstance(part, dict):
         return part
-    new = dict(part)
-    if isinstance(part.get("text"), str):
-        new["text"] = visit(role, part["text"])
-    if isinstance(part.get("refusal"), str):
-        new["refusal"] = visit(FIELD, part["refusal"])
+    new = {key: _part_value(role, key, value, visit) for key, value in part.items()}
     return part if all(new[k] is part[k] for k in part) else new
+
+
+def _part_value(role: str, key: str, value: Any, visit: Visit) -> Any:
+    if key == "text" and isinstance(value, str):
+        return visit(role, value)
+    return value if key in _STRUCTURAL else _generic(value, visit)
 
 
 def _message(message: Any, visit: Visit) -> Any:

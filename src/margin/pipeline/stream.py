@@ -129,6 +129,11 @@ class Delivery:
             self._all_generated = "".join(_generated(chunk) for chunk in (*self._first, *self._rest))
         return self._all_generated
 
+    def unreplayed(self) -> bool:
+        """Whether an event delivered held what a cache hit cannot replay (`Chunk.unreplayed`: citations, images,
+        audio); only events that name such a key are parsed, and only for an answer the cache would store."""
+        return any(_unreplayed(chunk) for chunk in (*self._first, *self._rest))
+
     def finish_reason(self) -> str | None:
         """The finish reason the stream's last events name (a cache hit replays it). Only the last
         `FINISH_LOOKBACK` events are read, and none over `FINISH_EVENT_BYTES`: a stream cut before its finish has
@@ -263,6 +268,13 @@ def _generated(chunk: Chunk) -> str:
         return chunk.generated()
     except ValueError:
         return ""
+
+
+def _unreplayed(chunk: Chunk) -> bool:
+    try:
+        return chunk.unreplayed()
+    except ValueError:
+        return False
 
 
 def _frame(chunk: Chunk, wants_usage: bool) -> bytes | None:

@@ -25,7 +25,7 @@ from margin.governance.rules import Subject
 from margin.protocol import ApiRequest, Endpoint
 from margin.routing.prefer import Preference
 from margin.specs import BudgetSpec, Policy
-from margin.types import BatchLine, Completion, Principal, Target, Usage, generated_text
+from margin.types import BatchLine, Completion, Principal, Target, Usage, generated_text, unreplayed
 
 EMPTY: Mapping[str, str] = MappingProxyType({})
 NO_ALLOWANCE: Mapping[str, float] = MappingProxyType({})
@@ -211,6 +211,7 @@ class Reply:
     delivered: Callable[[], Awaitable[str]] | None = None
     generated: Callable[[], Awaitable[str]] | None = None  # a stream's `Delivery.generated`
     finish: Callable[[], str | None] | None = None  # a stream's `Delivery.finish_reason`: read when it is stored
+    unreplayed: Callable[[], bool] | None = None  # a stream's `Delivery.unreplayed`: read when it is stored
 
     def finish_reason(self, record: Record) -> str | None:
         """The finish reason a cache hit of this answer replays: the backend's, or one its stream's last events
@@ -223,10 +224,15 @@ class Reply:
         return await self.delivered() if self.delivered is not None else ""
 
     async def text_only(self) -> bool:
-        """Whether the answer generated nothing but its text (no tool calls, reasoning or refusal)."""
+        """Whether the answer generated nothing but its text (no tool calls, reasoning or refusal), and holds
+        nothing else a hit would drop (citations, images, audio: `margin.types.unreplayed`)."""
         if self.completion is not None:
+            if unreplayed(self.completion.payload, "message"):
+                return False
             everything = generated_text(self.completion.payload, "message")
         else:
+            if self.unreplayed is not None and self.unreplayed():
+                return False
             everything = await self.generated() if self.generated is not None else ""
         return len(everything) == len(await self.text())
 

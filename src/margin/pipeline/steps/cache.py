@@ -41,6 +41,14 @@ def cache_scope(request: Request, scope: str) -> str:
     return orjson.dumps(["key", principal.org, principal.key_id]).decode()
 
 
+def served_by(target: Target) -> str:
+    """The model a key names: its public name, the backend that serves it and the name it has there. An entry
+    outlives a config (the SQLite table a restart, a Redis every replica of a rolling upgrade), so re-pointing
+    `m` at another backend or `upstream_model` misses instead of replaying the old model's answers for `ttl_s`."""
+    upstream = target.model.upstream_model or target.public
+    return orjson.dumps([target.public, target.backend_name, upstream]).decode()
+
+
 UNCACHED = (Endpoint.EMBEDDINGS, Endpoint.COMPACT)  # answers that are not a chat's or a completion's text
 
 
@@ -148,13 +156,14 @@ class Cache:
             return await next(request)
         target = request.routed().first
         scope = cache_scope(request, self.config.scope)
-        key = request_key(scope, str(request.endpoint), target.public, request.raw)
+        model = served_by(target)
+        key = request_key(scope, str(request.endpoint), model, request.raw)
         entry = await self.store.get(key)
         if entry is not None:
             return await self._serve(request, target, entry, "exact")
         semantic = None
         if self.semantic is not None and request.endpoint is Endpoint.CHAT and not self.semantic.full:
-            where = self.semantic.where(scope, str(request.endpoint), target.public, request.raw)
+            where = self.semantic.where(scope, str(request.endpoint), model, request.raw)
             if where is not None:
                 hit, vector = await self.semantic.lookup(where)
                 semantic = (where, vector)  # the answer is added under the same embedding

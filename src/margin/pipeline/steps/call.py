@@ -210,7 +210,11 @@ class BackendCall:
                     record.fail(delivery.failed, request.client.status_of(delivery.failed))
                     self._failed(target.backend_name, delivery.failed)
                 return Reply(
-                    streamed=True, delivered=delivery.text, generated=delivery.generated, finish=delivery.finish_reason
+                    streamed=True,
+                    delivered=delivery.text,
+                    generated=delivery.generated,
+                    finish=delivery.finish_reason,
+                    unreplayed=delivery.unreplayed,
                 )
             completion = await self._waited(record, target, call, allowance)
             usage, output = completion.usage, completion

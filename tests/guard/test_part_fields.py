@@ -1,0 +1,83 @@
+"""Every string in a content part leaves for the upstream, so the guard reads them all: a vendor key sent on with a
+part (`{"type": "text", "text": "hi", "note": "<e-mail>"}`, as `cache_control` is sent for OpenRouter) and a file
+part's `filename`. Before, only a part's `text` and `refusal` were read: under `pii: block` the e-mail in another
+key of the part went upstream (200), and `pii: redact` sent it as it came. An image's url and a file's data stay
+unread (structure). One `margin serve`, a recording upstream, the official SDK, a key per policy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import yaml
+
+from margin import keys
+from margin.ledger import db as ledger_db
+from tests.helpers import margin_serve
+from tests.servers import http_thread, recording_handler, reply_json
+
+EMAIL = "alice.jones@example.com"
+PARTS: dict[str, dict[str, Any]] = {
+    "vendor key": {"type": "text", "text": "summarise the thread", "note": f"from {EMAIL}"},
+    "filename": {
+        "type": "file",
+        "file": {"file_data": "data:application/pdf;base64,JVBERi0=", "filename": f"{EMAIL}.pdf"},
+    },
+}
+
+
+def _answer(handler: Any, body: dict[str, Any]) -> None:
+    message = {"role": "assistant", "content": "ok"}
+    usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+    head = {"id": "up", "object": "chat.completion", "created": 0, "model": "m"}
+    reply_json(
+        handler, 200, {**head, "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage}
+    )
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, openai.OpenAI], list[Any]]]:
+    folder: Path = tmp_path_factory.mktemp("parts")
+    url = f"sqlite:///{folder / 'ledger.db'}"
+    ledger_db.upgrade(url)
+    engine = ledger_db.make_sync_engine(url)
+    secrets = {
+        level: keys.create_key(engine, keys.NewKey(level, "t", {}, None, False, {"pii": level}))[1]
+        for level in ("block", "redact")
+    }
+    engine.dispose()
+    bodies: list[Any] = []
+    with http_thread(recording_handler(bodies, _answer)) as base:
+        config = {
+            "storage": {"flush_interval_ms": 10},
+            "backends": {"up": {"kind": "openai", "base_url": f"{base}/v1", "retries": {"attempts": 0}}},
+            "models": {"m": {"backend": "up", "price": {"input": "1", "output": "1"}}},
+        }
+        (folder / "margin.yaml").write_text(yaml.safe_dump(config))
+        with margin_serve(folder / "ledger.db", folder / "serve.log", config=folder / "margin.yaml") as (base_url, _):
+            clients = {
+                level: openai.OpenAI(base_url=base_url + "/v1", api_key=secret, max_retries=0, timeout=30)
+                for level, secret in secrets.items()
+            }
+            yield clients, bodies
+            for client in clients.values():
+                client.close()
+
+
+@pytest.mark.parametrize("where", list(PARTS))
+def test_a_value_in_any_key_of_a_part_is_blocked_or_redacted(
+    gateway: tuple[dict[str, openai.OpenAI], list[Any]], where: str
+) -> None:
+    clients, bodies = gateway
+    messages: Any = [{"role": "user", "content": [PARTS[where]]}]
+    with pytest.raises(openai.BadRequestError) as refused:  # before: 200, the e-mail sent upstream
+        clients["block"].chat.completions.create(model="m", messages=messages)
+    assert refused.value.code == "pii_detected" and EMAIL not in str(refused.value)
+    assert EMAIL not in str(bodies)
+    clients["redact"].chat.completions.create(model="m", messages=messages)
+    sent = bodies[-1]["messages"][0]["content"][0]
+    assert EMAIL not in str(bodies) and "<EMAIL_1>" in str(sent)  # before: sent as it came
+    assert sent["type"] == PARTS[where]["type"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,26 +77,6 @@ def test_batches_staged_ahead_equal_a_rebuild(url: str, engine: sa.Engine) -> No
     assert sink.pipelined == len(parts) and stager(sink).ready == len(parts) - 1
     sink.close()
     assert cursor.inserted == len(rows) == len(read_ledger(url))
-    assert_equals_a_rebuild(engine)
-
-
-def test_the_ledgers_connection_reads_no_batch_row_but_for_the_charges(url: str, engine: sa.Engine) -> None:
-    """Every grouping of the batch's own rows is the stager's (the tasks' window, the attach rate's distinct days,
-    the tag keys' histograms): the ledger's connection reads pre-aggregates, and ROWS itself only for the
-    charges (its one grouping kept there, so the two threads' shares of a row stay about even)."""
-    parts = [lines(part) for part in batches(varied_rows(600, seed=11))]
-    sink, cursor = BatchSink(url), Cursor("s")
-    read_rows: list[str] = []
-
-    @sa.event.listens_for(sink._engine, "before_cursor_execute")
-    def _seen(connection: Any, cursor_: Any, statement: str, *args: Any) -> None:
-        if re.search(r"FROM stage[01]\.ledger_rollup_rows", statement):
-            read_rows.append(statement.split(" (", 1)[0])
-
-    move_all(sink, parts, cursor)
-    sink.close()
-    assert sink.pipelined == len(parts) > 2
-    assert read_rows == ["INSERT INTO ledger_charges"] * len(parts)
     assert_equals_a_rebuild(engine)
 
 
@@ -284,32 +263,3 @@ async def test_a_file_is_read_in_batches_of_even_size(tmp_path: Path, url: str, 
     await outbox.close()
     assert len(sizes) == 5 and min(sizes) > 0.9 * max(sizes), sizes
     assert len(read_ledger(url)) == 420
-
-
-async def test_a_short_backlog_is_cut_in_four_batches(tmp_path: Path, url: str, monkeypatch: Any) -> None:
-    """A file of 1.6 batches is moved as 4 batches of ~0.4, not 2 of 0.8: the first batch is staged with
-    nothing to overlap and the last is appended with nothing to overlap, so 2 batches took 1.5 batches' time
-    and 4 take 1.25. A rest of one batch or less is one batch, and a long file is cut in whole batches."""
-    sizes: list[int] = []
-    move = BatchSink.move
-
-    def spy(self: BatchSink, cursor: Cursor, part: bytes, count: int, ahead: bytes = b"") -> None:
-        sizes.append(count)
-        move(self, cursor, part, count, ahead)
-
-    monkeypatch.setattr(BatchSink, "move", spy)
-    found = []
-    for name, count in (("short", 160), ("small", 90), ("large", 1000)):
-        rows = [row(f"{name}{n:04}") for n in range(count)]  # lines of one length
-        dead_file(tmp_path / name, f"gone-9-{name}", lines(rows))
-        outbox = Outbox(url, tmp_path / name, ingest_in="thread", batch_bytes=len(lines(rows[:100])))
-        outbox.start()
-        await outbox.flush()
-        await outbox.close()
-        found.append(list(sizes))
-        sizes.clear()
-    short, small, large = found
-    assert len(short) == 4 and all(38 <= size <= 42 for size in short), short
-    assert small == [90]
-    assert len(large) == 10 and all(95 <= size <= 105 for size in large), large
-    assert len(read_ledger(url)) == 1250

@@ -32,10 +32,6 @@ from margin.ledger.segments import LOCK_SUFFIX, OwnerLock, abandoned, list_segme
 
 log = logging.getLogger("margin.ledger")
 MAX_LINE_BYTES = 1 << 30  # a line longer than this is damage, not a row
-# a file's rest of more than a batch is cut in at least this many batches (none under batch_bytes / this): the
-# stager stages one while the one before it is appended, and the first and the last batch overlap nothing, so
-# a short backlog in 2 batches took 1.5 batches' time, in 4 it takes 1.25 (benchmarks/README.md)
-MIN_PIECES = 4
 
 
 class Sink(Protocol):
@@ -279,22 +275,14 @@ class Ingester:
             offset += len(chunk)
         return count
 
-    def _pieces(self, left: int) -> int:
-        """How many batches the `left` bytes of a file are read in: one per `batch_bytes` (rounded up), and a
-        rest of more than a batch in at least MIN_PIECES, none under `batch_bytes / MIN_PIECES`."""
-        pieces = -(-left // self._batch_bytes)
-        if pieces > 1:
-            pieces = max(pieces, min(MIN_PIECES, left // -(-self._batch_bytes // MIN_PIECES)))
-        return pieces
-
-    def _read(self, segment: _Segment, offset: int, pieces: int | None = None) -> bytes:
-        """Whole lines from `offset`: the first of `pieces` batches of even size (`_pieces`), or one longer line;
-        b"" if none. Even sizes (a file of 4.1 batches is read as 5 of 0.82, not 4 and a sliver): the batch
-        staged ahead is never waited for behind a sliver appended at once (benchmarks/README.md)."""
+    def _read(self, segment: _Segment, offset: int) -> bytes:
+        """Whole lines from `offset`: up to `batch_bytes`, or one longer line; b"" if none. What is left of the
+        file is cut in batches of even size (a file of 4.1 batches is read as 5 of 0.82, not 4 and a sliver),
+        so the batch staged ahead is never waited for behind a sliver appended at once (benchmarks/README.md)."""
         left = segment.size - offset
         if left <= 0:
             return b""
-        want = -(-left // max(pieces or self._pieces(left), -(-left // self._batch_bytes)))  # ≤ batch_bytes
+        want = -(-left // -(-left // self._batch_bytes))  # ceil(left / ceil(left / batch_bytes))
         while True:
             data = os.pread(self._fd(segment), want, offset)
             end = data.rfind(b"\n") + 1
@@ -323,12 +311,10 @@ class Ingester:
         lines (`ahead`), which the sink may stage meanwhile (margin.ledger.stager): the last batch of a file
         with the first of the `following` file, so a backlog of many files is staged ahead throughout."""
         cursor, moved = segment.cursor, 0
-        pieces = self._pieces(segment.size - cursor.offset)  # counted once: each read is 1/pieces of the rest
-        lines = self._read(segment, cursor.offset, pieces)
+        lines = self._read(segment, cursor.offset)
         while lines:
             rows, offset, inserted, letters = cursor.rows, cursor.offset, cursor.inserted, cursor.dead_letters
-            pieces = max(1, pieces - 1)
-            after = self._read(segment, offset + len(lines), pieces)
+            after = self._read(segment, offset + len(lines))
             ahead = after
             if not after and following is not None:  # only a hint: the sink stages bytes, whatever file they are
                 ahead = self._read(following, following.cursor.offset)
@@ -350,7 +336,7 @@ class Ingester:
                     segment.backlog_rows -= done_rows
                     self.stats.adopted_rows -= done_rows
                     self.stats.adopted_bytes -= done_bytes
-            lines = after if cursor.offset == offset + len(lines) else self._read(segment, cursor.offset, pieces)
+            lines = after if cursor.offset == offset + len(lines) else self._read(segment, cursor.offset)
         return moved
 
     def _retire(self, segment: _Segment) -> None:

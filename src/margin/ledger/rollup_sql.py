@@ -9,18 +9,15 @@
    which ledger_hourly and all the plain-column dimensions of ledger_daily are upserted; each rolled-up tag
    key has its own (`ledger_rollup_tag<i>`: per day × kind × team × value), read by its per-team and
    across-teams daily sums, and ledger_attach reads the batch's distinct days × team × feature × customer
-   (`ledger_rollup_attach`). Latency histograms from per-bin pre-aggregates, the tag keys' too (one each,
-   `ledger_rollup_latency_tag<i>`).
+   (`ledger_rollup_attach`). Latency histograms from per-bin pre-aggregates; the tag keys' from the rows.
 3. Tasks: the batch's tasks (`ledger_rollup_tasks`, one row each: anchor and sums; a request that is alone in
    its task without a sort), the current ledger_task_daily contribution of those already known
    (`ledger_rollup_task_delta`, with −1), the ledger_tasks upsert, their new contribution (+1), and one
    upsert of the difference.
 
-What the batch's rows alone give (ROWS, every pre-aggregate and the batch's tasks: `batch_tables`) is apart
-from what reads the rollups (`upserts`, which make only the task deltas): a stager thread fills the first in a
-database of its own while the ledger's connection runs the second (margin.ledger.stager). Of the batch's rows
-the ledger's side groups only the charges (so the two threads' shares of a row stay about even,
-benchmarks/README.md).
+What the batch's rows alone give (ROWS and most pre-aggregates: `batch_tables`) is apart from what reads the
+rollups (`upserts`, which make the tasks' and the attach rate's own pre-aggregates): a stager thread can fill
+the first in a database of its own while the ledger's connection runs the second (margin.ledger.stager).
 
 The temporary tables are made once per connection and emptied after each batch (`Temporary`, `Batch`), so
 SQLite prepares each statement once per connection instead of once per batch: a batch's fixed cost went from
@@ -44,7 +41,6 @@ ATTACH = "ledger_rollup_attach"
 TAGGED = "ledger_rollup_tag"  # + the tag key's index: its pre-aggregate (tagged)
 LATENCY = "ledger_rollup_latency"
 LATENCY_KEYED = "ledger_rollup_latency_keyed"
-LATENCY_TAGGED = "ledger_rollup_latency_tag"  # + the tag key's index: its histograms' pre-aggregate
 TASKS = "ledger_rollup_tasks"
 DELTA = "ledger_rollup_task_delta"
 DELTA_CORE = "ledger_rollup_task_delta_core"
@@ -188,50 +184,43 @@ def daily(tag_keys: Sequence[str], at: str = "") -> list[str]:
     return out
 
 
-def _latency_insert(dim: str, value: str, source: str) -> str:
-    """Histogram counts of one dimension from a pre-aggregate (`latency_bins`: SUM(n) per metric × bin)."""
+def _latency_insert(dim: str, value: str, source: str, *, metric: str = "metric", bin_: str = "bin") -> str:
+    """Histogram counts of one dimension: from a pre-aggregate (SUM(n), `metric` its column) or, for one
+    metric (`metric` a literal), from the rows."""
     keys = ["dim", "metric", "day", "team", "value", "bin"]
     team = _blank(_g("team")) if dim in m.TEAM_HISTOGRAMS else f"'{m.EVERY_TEAM}'"
+    count, where = ("SUM(n)", "true") if metric == "metric" else ("COUNT(*)", f"{bin_} IS NOT NULL")
     return (
-        f"INSERT INTO ledger_latency ({', '.join([*keys, 'n'])}) SELECT '{dim}', metric, day, {team}, {value}, "
-        f"bin, SUM(n) FROM {source} WHERE true GROUP BY 2, 3, 4, 5, 6 {_add('ledger_latency', keys, ['n'])}"
+        f"INSERT INTO ledger_latency ({', '.join([*keys, 'n'])}) SELECT '{dim}', {metric}, day, {team}, {value}, "
+        f"{bin_}, {count} FROM {source} WHERE {where} GROUP BY 2, 3, 4, 5, 6 {_add('ledger_latency', keys, ['n'])}"
     )
 
 
-def _per_bin(rows: str, table: str, columns: dict[str, str]) -> Temporary:
-    """Counts per metric × day × `columns` (name: the ROWS column it is) × bin."""
-    named, grouped = ", ".join(f"{c} AS {name}" for name, c in columns.items()), ", ".join(columns.values())
+def _per_bin(rows: str, table: str, dims: Sequence[str]) -> Temporary:
+    columns = ", ".join(_g(d) for d in dims)
     metrics = [
-        f"SELECT '{metric}' AS metric, day, {named}, {metric}_bin AS bin, COUNT(*) AS n FROM {rows} "
-        f"WHERE {metric}_bin IS NOT NULL GROUP BY day, {grouped}, {metric}_bin"
+        f"SELECT '{metric}' AS metric, day, {columns}, {metric}_bin AS bin, COUNT(*) AS n FROM {rows} "
+        f"WHERE {metric}_bin IS NOT NULL GROUP BY day, {columns}, {metric}_bin"
         for metric in m.METRICS
     ]
     return Temporary(table, " UNION ALL ".join(metrics))
 
 
-def latency_bins(rows: str, tag_keys: Sequence[str]) -> list[Temporary]:
-    """The histograms' pre-aggregates: counts per metric × bin per day × team × model (LATENCY), per day ×
-    key × endpoint × status × user (LATENCY_KEYED) and per day × tag value of each rolled-up tag key
-    (LATENCY_TAGGED<i>; × team too where the key's histograms are per team, measures.TEAM_HISTOGRAMS)."""
-    out = [
-        _per_bin(rows, LATENCY, {_g(d): _g(d) for d in LATENCY_CORE_DIMS}),
-        _per_bin(rows, LATENCY_KEYED, {_g(d): _g(d) for d in LATENCY_KEYED_DIMS}),
-    ]
-    for i, (key, column) in enumerate(_tag_columns(tag_keys).items()):
-        team = {_g("team"): _g("team")} if key in m.TEAM_HISTOGRAMS else {}
-        out.append(_per_bin(rows, f"{LATENCY_TAGGED}{i}", {**team, "value": column}))
-    return out
+def latency_bins(rows: str) -> list[Temporary]:
+    """The histograms' pre-aggregates: counts per metric × bin per day × team × model (LATENCY) and per day ×
+    key × endpoint × status × user (LATENCY_KEYED)."""
+    return [_per_bin(rows, LATENCY, LATENCY_CORE_DIMS), _per_bin(rows, LATENCY_KEYED, LATENCY_KEYED_DIMS)]
 
 
-def latency(tag_keys: Sequence[str], at: str = "") -> list[str]:
-    """ledger_latency: histogram counts per dimension and per rolled-up tag key from the pre-aggregates
-    (`latency_bins`)."""
+def latency(rows: str, tag_keys: Sequence[str], at: str = "") -> list[str]:
+    """ledger_latency: histogram counts per dimension from the pre-aggregates (`latency_bins`); the tag keys
+    from ROWS (`rows`)."""
     out = []
     for dim in m.HISTOGRAM_DIMS:
         source = LATENCY if dim in ("", *LATENCY_CORE_DIMS) else LATENCY_KEYED
         out.append(_latency_insert(dim, _blank(_g(dim)) if dim else "''", f"{at}{source}"))
-    for i, key in enumerate(tag_keys):
-        out.append(_latency_insert(key, _blank("value"), f"{at}{LATENCY_TAGGED}{i}"))
+    for key, column in _tag_columns(tag_keys).items():
+        out += [_latency_insert(key, _blank(column), rows, metric=f"'{x}'", bin_=f"{x}_bin") for x in m.METRICS]
     return out
 
 
@@ -241,7 +230,7 @@ def attach_days(rows: str) -> Temporary:
     return Temporary(ATTACH, f"{distinct}{_blank('customer')} AS customer FROM {rows}")
 
 
-def attach(at: str = "") -> list[str]:
+def attach() -> list[str]:
     """ledger_attach: per month × team (and across teams) × feature × customer, the days it was seen as bits
     (each day's bit is a distinct power of two, so the sum of distinct days' bits is their OR; an upsert ORs in
     the batch's). From the batch's distinct days × team × feature × customer (`attach_days`): per team each
@@ -249,7 +238,7 @@ def attach(at: str = "") -> list[str]:
     bit = "1 << (CAST(substr(day, 9, 2) AS INTEGER) - 1)"
     return [
         "INSERT INTO ledger_attach (month, team, feature, customer, days) "
-        f"SELECT substr(day, 1, 7), {team}, feature, customer, {days} FROM {at}{ATTACH} GROUP BY 1, 2, 3, 4 "
+        f"SELECT substr(day, 1, 7), {team}, feature, customer, {days} FROM {ATTACH} GROUP BY 1, 2, 3, 4 "
         "ON CONFLICT (month, team, feature, customer) DO UPDATE SET days = ledger_attach.days | excluded.days"
         for team, days in (("team", f"SUM({bit})"), (f"'{m.EVERY_TEAM}'", f"SUM(DISTINCT {bit})"))
     ]
@@ -294,20 +283,20 @@ def batch_tasks(rows: str) -> Temporary:
     )
 
 
-def task_contributions(dialect: str, sign: int, at: str = "") -> str | Temporary:
+def task_contributions(dialect: str, sign: int) -> str | Temporary:
     """The ledger_task_daily contribution (×sign) of the batch's tasks as ledger_tasks holds them now."""
     day = m.day(dialect, "t", "anchor_at")
     columns = ", ".join(f"t.{c}" for c in TASK_ANCHOR)
     select = (
         f"SELECT {sign} AS sign, {day} AS day, {columns}, {sign} * t.cost_nanousd AS cost_nanousd, "
-        f"{sign} * t.unpriced AS unpriced FROM {at}{TASKS} b JOIN ledger_tasks t ON t.task = b.task"
+        f"{sign} * t.unpriced AS unpriced FROM {TASKS} b JOIN ledger_tasks t ON t.task = b.task"
     )
     if sign < 0:
         return Temporary(DELTA, select)
     return f"INSERT INTO {DELTA} {select}"
 
 
-def tasks(at: str = "") -> str:
+def tasks() -> str:
     """Add the batch's tasks to ledger_tasks; an earlier request moves a task's anchor."""
     names = ["task", "anchor_at", *TASK_ANCHOR, "requests", "cost_nanousd", "unpriced"]
     earlier = "excluded.anchor_at < ledger_tasks.anchor_at"
@@ -315,7 +304,7 @@ def tasks(at: str = "") -> str:
         f"{c} = CASE WHEN {earlier} THEN excluded.{c} ELSE ledger_tasks.{c} END" for c in ("anchor_at", *TASK_ANCHOR)
     )
     return (
-        f"INSERT INTO ledger_tasks ({', '.join(names)}) SELECT {', '.join(names)} FROM {at}{TASKS} WHERE true "
+        f"INSERT INTO ledger_tasks ({', '.join(names)}) SELECT {', '.join(names)} FROM {TASKS} WHERE true "
         f"{_add('ledger_tasks', ['task'], ['requests', 'cost_nanousd', 'unpriced'])}, {moved}"
     )
 
@@ -352,8 +341,8 @@ class Batch(NamedTuple):
 
 
 def batch_tables(dialect: str, source: str, order: str, tag_keys: Sequence[str]) -> list[Temporary]:
-    """What the batch's rows alone give (no rollup read): ROWS, the pre-aggregates the upserts read and the
-    batch's tasks (a stager's thread makes them while the ledger's appends the batch before)."""
+    """What the batch's rows alone give (no rollup read): ROWS and most pre-aggregates the upserts read (the
+    rest, `upserts` makes from ROWS: a stager's thread and the ledger's share the CPU more evenly)."""
     for key in tag_keys:
         m.check_tag_key(key)
     rows = rows_table(tag_keys)
@@ -361,24 +350,25 @@ def batch_tables(dialect: str, source: str, order: str, tag_keys: Sequence[str])
         derive(dialect, source, order, tag_keys),
         *pre_aggregates(rows),
         *tagged(rows, tag_keys),
-        *latency_bins(rows, tag_keys),
-        attach_days(rows),
-        batch_tasks(rows),
+        *latency_bins(rows),
     ]
 
 
 def upserts(dialect: str, tag_keys: Sequence[str], at: str = "") -> list[str | Temporary]:
     """Every rollup's upsert, reading `batch_tables` from schema `at` ("" or "<schema>."), in order, with the
-    task deltas they make themselves (temporary tables of this connection: they read ledger_tasks)."""
+    pre-aggregates they make themselves (temporary tables of this connection)."""
+    rows = f"{at}{rows_table(tag_keys)}"
     return [
         hourly(at),
         *daily(tag_keys, at),
-        *latency(tag_keys, at),
-        *attach(at),
-        charges(f"{at}{rows_table(tag_keys)}"),
-        task_contributions(dialect, -1, at),
-        tasks(at),
-        task_contributions(dialect, 1, at),
+        *latency(rows, tag_keys, at),
+        attach_days(rows),
+        *attach(),
+        charges(rows),
+        batch_tasks(rows),
+        task_contributions(dialect, -1),
+        tasks(),
+        task_contributions(dialect, 1),
         *task_daily(),
     ]
 

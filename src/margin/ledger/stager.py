@@ -1,12 +1,11 @@
 """Staging the next batch while the current one is appended (SQLite ledger files).
 
 About half of a batch's CPU needs nothing but the batch's bytes: the JSON fill of the staging table, the integer
-check, the rollups' per-row values, their pre-aggregates and the batch's tasks (margin.ledger.rollup_sql.
-batch_tables). The other half reads or writes the ledger: the append, the rollup upserts. So a thread of its own
-(`ledger-stager`) does the first half of the *next* batch, on a connection to an in-memory database of its own,
-while the ingester's connection does the second half of the current one: a backlog is ingested on two cores
-instead of one, by the same statements. SQLite releases the GIL while a statement runs, and the stager runs ~16
-statements a batch.
+check, the rollups' per-row values and their pre-aggregates (margin.ledger.rollup_sql.batch_tables). The other
+half reads or writes the ledger: the append, the rollup upserts. So a thread of its own (`ledger-stager`) does
+the first half of the *next* batch, on a connection to an in-memory database of its own, while the ingester's
+connection does the second half of the current one: a backlog is ingested on two cores instead of one, by the
+same statements. SQLite releases the GIL while a statement runs, and the stager runs ~12 statements a batch.
 
 Two in-memory databases (SQLite's `memdb` VFS: shared by name within this process, never a file) take turns:
 the stager fills one while the ingester's connection reads the other (each ledger connection attaches both, as

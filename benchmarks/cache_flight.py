@@ -28,7 +28,7 @@ from tests.servers import redis_server
 
 from margin.cache.exact import CacheStore, Entry, MemoryCache, RedisCache
 from margin.cache.flight import Flight, Flights, LocalFlights
-from margin.config import CacheConfig
+from margin.cache_config import CacheConfig
 
 ENTRY = Entry("an answer of a few words " * 8, "stop", 40, 50, 123_000, "m", time.time())
 

@@ -19,6 +19,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from margin.backend_config import BackendConfig
+from margin.cache_config import CacheConfig
 from margin.errors import ConfigError
 from margin.price_config import PriceConfig, RevenueConfig
 from margin.specs import (
@@ -240,77 +241,6 @@ class RouteConfig(Strict):
         if self.policy == "lowest-carbon":
             return "carbon"
         return "cost" if self.policy == "lowest-cost" else None
-
-
-class SemanticCacheConfig(Strict):
-    enabled: bool = Field(False, description="Also answer from similar earlier questions (error-bounded).")
-    delta: float = Field(0.01, gt=0, lt=1, description="Largest false-hit rate the operator accepts.")
-    max_entries: int = Field(100_000, ge=1)
-    max_entries_per_tenant: int = Field(
-        10_000, ge=1, description="Entries one cache scope (team, key) may hold; it evicts its own oldest first."
-    )
-    max_queued_lookups: int = Field(
-        32,
-        ge=1,
-        le=100_000,
-        description="Lookups waiting for (or on) the encoder's one thread at once; a request past it skips the "
-        "semantic cache (an exact miss goes upstream) rather than wait behind them.",
-    )
-
-
-MAX_CACHE_TTL_S = 366 * 86_400
-
-
-class CacheConfig(Strict):
-    """Response cache. Deterministic requests (temperature 0 or a seed) are cached unless the caller sends
-    `x-margin-cache: off`; other requests only with `x-margin-cache: on`."""
-
-    enabled: bool = True
-    ttl_s: float = Field(
-        3600,
-        gt=0,
-        le=MAX_CACHE_TTL_S,
-        allow_inf_nan=False,
-        description="How long an entry is served, in seconds: finite, at most 366 days (a Redis takes the TTL as a "
-        "whole number of seconds).",
-    )
-    max_bytes: int = Field(
-        64 * 1024 * 1024,
-        ge=1024,
-        description="Memory bound of the in-process store, and of the embedded Redis that holds the entries with "
-        "`--workers N` and no Redis configured (at least 8 MiB there; least recently used entries go first).",
-    )
-    redis: str | None = Field(
-        None,
-        description="A Redis for the entries, apart from storage.redis (give it a maxmemory and an LRU policy: an "
-        "eviction policy on storage.redis could drop a budget reservation). Unset: storage.redis.",
-    )
-    scope: Literal["team", "key", "global"] = Field(
-        "team", description="Who shares entries: a team (default), one key, or everyone."
-    )
-    coalesce_wait_s: float = Field(
-        60.0,
-        ge=0,
-        le=3600,
-        description="How long an identical cacheable request that misses while another request (in this process, "
-        "or in any with the entries in Redis) is calling upstream for the same key waits for that answer, at most "
-        "(and never longer than the first call's time limit); then it goes upstream itself. 0: no waiting, each "
-        "miss calls.",
-    )
-    coalesce_max_keys: int = Field(
-        10_000,
-        ge=1,
-        le=1_000_000,
-        description="In one process (the entries in memory or SQLite): the most keys being called upstream at once "
-        "that identical misses may wait on; a miss of another key past it goes upstream without a lease.",
-    )
-    coalesce_max_waiters: int = Field(
-        1_000,
-        ge=1,
-        le=100_000,
-        description="In one process: the most requests waiting on one key's call; the next goes upstream itself.",
-    )
-    semantic: SemanticCacheConfig = SemanticCacheConfig()
 
 
 class TagsConfig(Strict):

@@ -23,7 +23,8 @@ from typing import Any
 
 from margin import tasks
 from margin.errors import MarginError
-from margin.governance.redis_store import CHANNEL, RedisStore
+from margin.governance.redis_scripts import CHANNEL
+from margin.governance.redis_store import RedisStore
 from margin.governance.store import KEYS, Store
 from margin.keycache import KeyCache
 from margin.ledger import audit

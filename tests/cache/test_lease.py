@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from margin.cache.exact import Entry, MemoryCache, RedisCache
 from margin.cache.flight import Flights, LocalFlights, lease_key
-from margin.config import CacheConfig
+from margin.cache_config import CacheConfig
 from margin.pipeline.steps.cache import Cache
 from tests.helpers import free_port
 from tests.servers import redis_server

@@ -22,7 +22,8 @@ import yaml
 from margin import keys
 from margin.cache.exact import Entry, MemoryCache
 from margin.cache.flight import LocalFlights
-from margin.config import CacheConfig, parse_settings
+from margin.cache_config import CacheConfig
+from margin.config import parse_settings
 from margin.errors import ConfigError
 from margin.ledger import db as ledger_db
 from margin.pipeline.steps.cache import Cache

@@ -21,7 +21,7 @@ from margin.cache.exact import RedisCache
 from margin.cache.identifiers import Identifiers
 from margin.cache.layer import BACKFILL_WAIT_S, SemanticLayer, Where
 from margin.cache.shared import SemanticFeed, Shared, decode, encode
-from margin.config import CacheConfig
+from margin.cache_config import CacheConfig
 from tests.cache.fakes import FakeEncoder
 
 QUESTION = "how can I reset my password?"

@@ -9,7 +9,8 @@ import asyncio
 
 from redis import asyncio as aioredis
 
-from margin.governance.redis_store import P, RedisStore
+from margin.governance.redis_scripts import P
+from margin.governance.redis_store import RedisStore
 from margin.governance.store import Hold, Store
 from margin.ledger.read.budget import SPENT_CAP
 

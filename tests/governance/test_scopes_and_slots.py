@@ -121,7 +121,8 @@ async def test_stream_slots_a_redis_restart_lost_are_added_back_while_their_stre
     renewal adds back the leases of streams still open; a stream that ended is not added back."""
     from redis import asyncio as aioredis
 
-    from margin.governance.redis_store import P, RedisStore
+    from margin.governance.redis_scripts import P
+    from margin.governance.redis_store import RedisStore
 
     monkeypatch.setattr("margin.governance.slots.RENEW_S", 0.05)
     store = RedisStore(redis_url)

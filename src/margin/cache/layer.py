@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from margin.cache.exact import request_key
 from margin.cache.identifiers import Identifiers
-from margin.config import CacheConfig
+from margin.cache_config import CacheConfig
 
 if TYPE_CHECKING:
     from margin.cache.shared import SemanticFeed, Shared

@@ -19,7 +19,7 @@ from margin.backends import payloads
 from margin.cache.exact import CacheStore, Entry, RedisCache, deterministic, request_key
 from margin.cache.flight import Flight, Flights, Lease, LocalFlights
 from margin.cache.layer import SemanticLayer, Where
-from margin.config import CacheConfig
+from margin.cache_config import CacheConfig
 from margin.economics.money import to_nanousd
 from margin.errors import InvalidRequest
 from margin.pipeline.stream import Delivery

@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 LOCAL_STAMP := $(VENV)/.installed-local
 TEST_STAMP := $(VENV)/.installed-test
 ARGS ?=
+# `make test` runs the suite's files in this many processes (pytest-xdist, one file to a process; 0: all in pytest's own)
+TEST_WORKERS ?= 2
 
 .PHONY: serve test system-deps focus-env lint typecheck unit integration bench bench-sweep clean
 
@@ -12,7 +14,7 @@ serve: $(LOCAL_STAMP)
 	$(BIN)/margin serve $(ARGS)
 
 test: $(TEST_STAMP) system-deps focus-env lint typecheck
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 # Debian's chromium for the browser tests (Redis and PostgreSQL come from wheels in the test extra)
 system-deps:

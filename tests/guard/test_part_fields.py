@@ -6,6 +6,8 @@ unread (structure). One `margin serve`, a recording upstream, the official SDK, 
 
 from __future__ import annotations
 
+import base64
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,3 +83,24 @@ def test_a_value_in_any_key_of_a_part_is_blocked_or_redacted(
     sent = bodies[-1]["messages"][0]["content"][0]
     assert EMAIL not in str(bodies) and "<EMAIL_1>" in str(sent)  # before: sent as it came
     assert sent["type"] == PARTS[where]["type"]
+
+
+MEDIA: dict[str, dict[str, Any]] = {  # the value under a part's own type is the medium, as other vendors send it
+    "image_url as a string (Mistral)": {"type": "image_url", "image_url": f"https://cdn.example/{EMAIL}/cat.png"},
+    "document_url (Mistral)": {"type": "document_url", "document_url": f"https://docs.example/{EMAIL}.pdf"},
+    "image_embeds (vLLM)": {"type": "image_embeds", "image_embeds": base64.b64encode(os.urandom(3 * 2**10)).decode()},
+}
+
+
+@pytest.mark.parametrize("what", list(MEDIA))
+def test_a_medium_under_its_part_s_type_goes_as_it_came(
+    gateway: tuple[dict[str, openai.OpenAI], list[Any]], what: str
+) -> None:
+    """Every other string of a part is read (above), but not the medium a part of another type carries under its
+    own type: an image's address that names an e-mail was refused under `block` and rewritten under `redact`, and
+    an embedding's base64 could read as a secret."""
+    clients, bodies = gateway
+    messages: Any = [{"role": "user", "content": [{"type": "text", "text": "what is this?"}, MEDIA[what]]}]
+    for level in ("block", "redact"):
+        clients[level].chat.completions.create(model="m", messages=messages)  # before: 400 pii_detected / rewritten
+        assert bodies[-1]["messages"][0]["content"][1] == MEDIA[what]

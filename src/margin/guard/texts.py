@@ -121,14 +121,19 @@ def _part(role: str, part: Any, visit: Visit) -> Any:
     part went upstream under `pii: block`). An image's, audio's or file's data, url and ids are structure."""
     if not isinstance(part, dict):
         return part
-    new = {key: _part_value(role, key, value, visit) for key, value in part.items()}
+    kind = part.get("type")
+    new = {key: _part_value(role, key, value, visit, key == kind) for key, value in part.items()}
     return part if all(new[k] is part[k] for k in part) else new
 
 
-def _part_value(role: str, key: str, value: Any, visit: Visit) -> Any:
+def _part_value(role: str, key: str, value: Any, visit: Visit, payload: bool) -> Any:
+    """`payload`: the value under the part's own type (`image_url`, `input_audio`, `file`, …): a string there is
+    the medium itself (Mistral's `"image_url": "data:…"`, vLLM's `image_embeds`), never scanned as text."""
     if key == "text" and isinstance(value, str):
         return visit(role, value)
-    return value if key in _STRUCTURAL else _generic(value, visit)
+    if key in _STRUCTURAL or (payload and key != "text" and isinstance(value, str)):
+        return value
+    return _generic(value, visit)
 
 
 def _message(message: Any, visit: Visit) -> Any:

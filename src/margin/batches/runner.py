@@ -40,6 +40,7 @@ from margin.specs import Policy
 from margin.types import ANONYMOUS, BatchLine, Principal
 
 log = logging.getLogger("margin.batches")
+SETTLE_EVERY = 60  # passes between two looks for jobs an older release ended (about a minute at poll_s 1)
 MAX_RECORD_PAUSE_S = 30.0  # the longest wait between two tries of recording landed lines
 # what passes with time (a locked SQLite, a database away, a dropped connection), unlike a constraint or data error
 TRANSIENT = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError, sa.exc.TimeoutError, OSError)
@@ -73,7 +74,8 @@ class BatchRunner:
         self._running: dict[str, _Job] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._settled = False  # ended jobs' line rows left by an older release deleted (progress.settle_finished)
+        self._unsettled = True  # ended jobs an older release left with their line rows (progress.settle_finished)
+        self._passes = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="batch-worker")
@@ -112,8 +114,9 @@ class BatchRunner:
     async def tick(self) -> None:
         """Renew or take leases; start a task for every job held and not yet running here; wake the others
         (a cancellation or a new job is seen at once); delete a page of expired files (margin.batches.expiry).
-        The first passes settle ended jobs whose line rows an older release left (progress.settle_finished), a
-        page each, until none is left."""
+        Ended jobs whose line rows an older release left (progress.settle_finished) are settled a page a pass
+        until none is left, then looked for again every SETTLE_EVERY passes (a replica not yet upgraded may still
+        end jobs)."""
         for running in self._running.values():
             running.wake.set()
         held = await progress.claim(self.services.engine, self.worker, self.clock(), self.config.lease)
@@ -124,8 +127,9 @@ class BatchRunner:
         for batch_id in [b for b, job in self._jobs.items() if job.done()]:
             del self._jobs[batch_id]
         await expiry.sweep(self.services.engine, self.clock())  # a page of expired files, each pass
-        if not self._settled:
-            self._settled = await progress.settle_finished(self.services.engine) < progress.SETTLE_PAGE
+        self._passes += 1
+        if self._unsettled or self._passes % SETTLE_EVERY == 0:  # an old replica may still end jobs: look again
+            self._unsettled = await progress.settle_finished(self.services.engine) >= progress.SETTLE_PAGE
 
     async def run_job(self, batch_id: str) -> None:
         try:

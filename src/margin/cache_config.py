@@ -48,6 +48,13 @@ class CacheConfig(Spec):
         description="Memory bound of the in-process store, and of the embedded Redis that holds the entries with "
         "`--workers N` and no Redis configured (at least 8 MiB there; least recently used entries go first).",
     )
+    max_disk_bytes: int = Field(
+        1024**3,
+        ge=1024,
+        le=1024**4,
+        description="Bound of the entries' bytes (key and value) in the SQLite ledger file's table: past it, the "
+        "oldest written go (on the cache's worker thread) until it holds 7/8 of it. Not used with Redis.",
+    )
     redis: str | None = Field(
         None,
         description="A Redis for the entries, apart from storage.redis (give it a maxmemory and an LRU policy: an "

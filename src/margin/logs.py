@@ -5,7 +5,9 @@ terminal; bidi controls (U+202E and kin), which reorder what follows them on scr
 from __future__ import annotations
 
 import logging
+import math
 import re
+import time
 from typing import Any
 
 BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"  # marks, embeddings, overrides, isolates
@@ -29,6 +31,21 @@ def failure(exc: BaseException) -> str:
     """An expected failure (a store or database that is down) in one printable line, for a warning without a
     traceback: the exception's first line (SQLAlchemy's add the statement and a link below it), else its type."""
     return printable(str(exc).partition("\n")[0] or type(exc).__name__)
+
+
+class Every:
+    """`due()` is true at most once per `seconds` (a warning logged at most once a minute, not per request)."""
+
+    def __init__(self, seconds: float = 60.0) -> None:
+        self.seconds = seconds
+        self._last = -math.inf
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.seconds:
+            return False
+        self._last = now
+        return True
 
 
 def printable_lines(text: str) -> str:

@@ -67,7 +67,7 @@ def make_cache(settings: Settings) -> CacheStore:
         return RedisCache(url)
     memory = MemoryCache(settings.cache.max_bytes)
     database = db.sqlite_file(settings.storage.ledger)
-    return SqliteCache(database, memory) if database is not None else memory
+    return SqliteCache(database, memory, settings.cache.max_disk_bytes) if database is not None else memory
 
 
 def make_semantic(settings: Settings, cache: CacheStore) -> SemanticLayer | None:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
 import sqlite3
+import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -25,10 +25,12 @@ from typing import Any, Protocol
 
 import orjson
 
-from margin.logs import printable
+from margin.logs import Every, printable
 from margin.types import Usage
 
 log = logging.getLogger("margin.cache")
+MAX_PENDING_WRITES = 1024  # SQLite table writes queued for the worker thread, at most (and memory.max_bytes of bytes)
+EVICT_STEP = 256  # rows one eviction (or purge) statement deletes, at most: a short write on the ledger's file
 # fields that do not change the answer: how it travels, who asked, the upstream's own caching and abuse detection,
 # how fast it comes (`prediction`: the answer is the same without it)
 TRANSPORT_FIELDS = frozenset(
@@ -151,19 +153,38 @@ class MemoryCache:
 
 class SqliteCache:
     """The memory LRU in front of a table in the SQLite ledger file, so entries outlive a restart on a single
-    node. Reads that miss memory and all writes run on one worker thread (stdlib sqlite3, WAL)."""
+    node. Reads that miss memory and all writes run on one worker thread (stdlib sqlite3, WAL).
 
-    def __init__(self, path: str, memory: MemoryCache) -> None:
+    Both bounded: the table by `max_disk_bytes` of entries (key and value bytes, a running total counted once at
+    start on the worker thread): past it the oldest written go, in steps of at most `EVICT_STEP` rows, down to 7/8
+    of it; the writes queued for the thread by `MAX_PENDING_WRITES` and `memory.max_bytes` of their bytes: past
+    either, a write is dropped (the entry stays in memory; logged at most once a minute), never waited for.
+    Oldest written, not least recently read: the order is the table's own rowid (a row replaced gets a new one), so
+    a read never becomes a write on the file the ledger's ingest shares, and what is read often is in memory."""
+
+    def __init__(self, path: str, memory: MemoryCache, max_disk_bytes: int = 1024**3) -> None:
         self.memory = memory
+        self.max_disk_bytes = max_disk_bytes
         self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._connection.execute("PRAGMA journal_mode=WAL")
         self._connection.execute("PRAGMA busy_timeout=5000")
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="margin-cache")
         self._puts = 0
+        self.disk_bytes = 0  # the table's entries' bytes: read and written on the worker thread only
+        self._lock = threading.Lock()  # the queue's counts: the event loop adds, the worker thread takes off
+        self.pending = 0
+        self.pending_bytes = 0
+        self.dropped = 0  # writes not queued: the queue was full
+        self._warn = Every(60)
+        self._pool.submit(self._start)
 
     async def _run(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: self._connection.execute(sql, args).fetchall())
+
+    async def disk_usage(self) -> int:
+        """The table's entries' bytes once the writes queued before this call are in."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, lambda: self.disk_bytes)
 
     async def get(self, key: str) -> Entry | None:
         entry = await self.memory.get(key)
@@ -179,22 +200,94 @@ class SqliteCache:
         return entry
 
     async def put(self, key: str, entry: Entry, ttl_s: float) -> None:
-        """Memory at once; the table write is queued on the worker thread (expired rows purged every 100 puts)."""
+        """Memory at once; the table write is queued on the worker thread (expired rows purged every 100 puts),
+        or dropped when the queue is full or the entry alone is over the table's bound."""
         await self.memory.put(key, entry, ttl_s)
+        data = entry.to_bytes()
+        size = len(key) + len(data)
+        if size > self.max_disk_bytes or not self._queue(size):
+            return
         self._puts += 1
         purge = self._puts % 100 == 0
-        row = (key, entry.to_bytes(), time.time() + ttl_s)
-        self._pool.submit(self._write, row, purge)
+        self._pool.submit(self._write, (key, data, time.time() + ttl_s), purge, size)
 
-    def _write(self, row: tuple[str, bytes, float], purge: bool) -> None:
+    def _queue(self, size: int) -> bool:
+        with self._lock:
+            full = self.pending >= MAX_PENDING_WRITES or self.pending_bytes + size > self.memory.max_bytes
+            if self.pending and full:  # an empty queue takes any entry: one larger than memory is still written
+                self.dropped += 1
+                dropped = self.dropped
+            else:
+                self.pending += 1
+                self.pending_bytes += size
+                return True
+        if self._warn.due():
+            log.warning(
+                "the cache's SQLite writes are behind (%d queued, %d bytes): entries stay in memory only "
+                "(%d dropped so far)",
+                self.pending,
+                self.pending_bytes,
+                dropped,
+            )
+        return False
+
+    def _start(self) -> None:
+        """The running total, counted once; and a bound lowered since the last run applied."""
         try:
+            self.disk_bytes = self._count()
+            self._evict()
+        except sqlite3.Error:
+            log.exception("reading the cache's SQLite table failed")
+
+    def _count(self) -> int:
+        sql = "SELECT COALESCE(SUM(length(key) + length(value)), 0) FROM cache_entries"
+        return int(self._connection.execute(sql).fetchone()[0])
+
+    def _write(self, row: tuple[str, bytes, float], purge: bool, size: int) -> None:
+        try:
+            sql = "SELECT length(key) + length(value) FROM cache_entries WHERE key = ?"
+            old = self._connection.execute(sql, (row[0],)).fetchone()
             self._connection.execute(
                 "INSERT OR REPLACE INTO cache_entries (key, value, expires_at) VALUES (?, ?, ?)", row
             )
+            self.disk_bytes += size - (old[0] if old else 0)
             if purge:
-                self._connection.execute("DELETE FROM cache_entries WHERE expires_at <= ?", (time.time(),))
+                self._delete("expires_at <= ?", (time.time(),))
+            self._evict()
         except sqlite3.Error:
             log.exception("writing a cache entry to SQLite failed (it stays in memory)")
+        finally:
+            with self._lock:
+                self.pending -= 1
+                self.pending_bytes -= size
+
+    def _evict(self) -> None:
+        """Past the bound, the oldest written rows go (by rowid), in steps of at most `EVICT_STEP` rows (each its
+        own short write), until the table holds 7/8 of the bound."""
+        if self.disk_bytes <= self.max_disk_bytes:
+            return
+        target = self.max_disk_bytes - self.max_disk_bytes // 8
+        while self.disk_bytes > target:
+            sql = "SELECT rowid, length(key) + length(value) FROM cache_entries ORDER BY rowid LIMIT ?"
+            rows = self._connection.execute(sql, (EVICT_STEP,)).fetchall()
+            if not rows:  # the total was off (rows deleted elsewhere): count again
+                self.disk_bytes = self._count()
+                return
+            excess, last = self.disk_bytes - target, rows[-1][0]
+            for rowid, size in rows:  # the fewest oldest rows that make up the excess
+                excess -= size
+                if excess <= 0:
+                    last = rowid
+                    break
+            self._delete("rowid <= ?", (last,))
+
+    def _delete(self, where: str, args: tuple[Any, ...]) -> None:
+        """Delete the rows `where` holds, at most `EVICT_STEP` of them, taking their bytes off the total."""
+        sql = (
+            f"DELETE FROM cache_entries WHERE rowid IN (SELECT rowid FROM cache_entries WHERE {where} LIMIT ?) "
+            "RETURNING length(key) + length(value)"
+        )
+        self.disk_bytes -= sum(size for (size,) in self._connection.execute(sql, (*args, EVICT_STEP)).fetchall())
 
     async def close(self) -> None:
         await self.memory.close()
@@ -211,7 +304,7 @@ class RedisCache:
         from redis import asyncio as aioredis
 
         self._redis: Any = aioredis.from_url(url)
-        self._warned_at = -math.inf
+        self._warn = Every(60)
         # the last read answered: the lease of a miss (`margin.cache.flight`) is not asked of a Redis that just failed
         self.reachable = True
 
@@ -230,9 +323,7 @@ class RedisCache:
         return max(1, int(ttl_s))
 
     def failed(self, operation: str, exc: Exception) -> None:
-        now = time.monotonic()
-        if now - self._warned_at >= 60:
-            self._warned_at = now
+        if self._warn.due():
             log.warning("cache %s in Redis failed (%s); serving without the cache", operation, printable(str(exc)))
 
     async def get(self, key: str) -> Entry | None:

@@ -20,7 +20,6 @@ import logging
 import math
 import re
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +29,7 @@ import numpy.typing as npt
 import orjson
 
 from margin.cache.identifiers import Identifiers
-from margin.logs import printable
+from margin.logs import Every, printable
 
 log = logging.getLogger("margin.cache")
 Vector = npt.NDArray[np.float32]
@@ -139,15 +138,13 @@ class SemanticFeed:
         self._queue: asyncio.Queue[dict[str, bytes]] = asyncio.Queue(QUEUE)
         self._tasks: list[asyncio.Task[None]] = []
         self.caught_up = asyncio.Event()  # the back-fill is read (or Redis failed: nothing to wait for)
-        self._warned_at = -math.inf
+        self._warn = Every(60)
         self.dropped = 0  # additions not shared: queue full, too large or Redis failing
         self.skipped = 0  # records read that failed a check
         self.received = 0  # records of other processes added
 
     def _failed(self, what: str, exc: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._warned_at >= 60:
-            self._warned_at = now
+        if self._warn.due():
             log.warning("semantic cache: %s failed (%s); lookups go on locally", what, printable(repr(exc)))
 
     def counts(self) -> dict[str, int]:

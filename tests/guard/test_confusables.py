@@ -8,6 +8,8 @@ Messages content block."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import unicodedata
 from collections.abc import Iterator
 from typing import Any
@@ -58,6 +60,19 @@ def test_the_table_is_tr39s_single_letter_prototypes_built_once() -> None:
     )
     scripts = {unicodedata.name(chr(code)).split()[0] for code in table}
     assert {"ARMENIAN", "CHEROKEE", "CYRILLIC", "GREEK", "LISU", "COPTIC", "ARABIC"} <= scripts
+
+
+def test_the_table_is_built_with_the_detector_not_on_a_request() -> None:
+    """The gateway makes its detector at startup: the first request with a non-ASCII character does not load it."""
+    probe = (
+        "from margin.guard.normalize import homoglyphs\n"
+        "from margin.guard import InjectionDetector\n"
+        "before = homoglyphs.cache_info().currsize\n"
+        "InjectionDetector()\n"
+        "print(before, homoglyphs.cache_info().currsize)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.split() == ["0", "1"]
 
 
 @pytest.mark.parametrize("script", ATTACKS)

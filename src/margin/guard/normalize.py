@@ -42,9 +42,10 @@ _BEYOND_TR39 = {ord("ε"): "e", ord("τ"): "t", ord("κ"): "k"}
 def homoglyphs() -> Mapping[int, str]:
     """Unicode TR39's confusables (the skeleton's source → prototype, from `confusable-homoglyphs`' copy of
     confusables.txt), kept where a non-ASCII character's prototype is one ASCII letter or digit: what the rules
-    match. Built once, on first use (`InjectionDetector()` builds it, at startup). TR39 does not tell `I` from `l` (its prototype for both is `l`): a capital
-    whose prototype is `l` (Greek `Ι`, Cyrillic `І`, `Ӏ`) folds to `I`, as it reads in an upper-case word. Three
-    Greek letters the hand-kept table folded before keep their fold (`_BEYOND_TR39`)."""
+    match. Built once, on first use (`InjectionDetector()` builds it, at startup). TR39 does not tell `I` from `l`
+    (its prototype for both is `l`): a capital whose prototype is `l` (Greek `Ι`, Cyrillic `І`, `Ӏ`) folds to `I`,
+    as it reads in an upper-case word. Three Greek letters the hand-kept table folded before keep their fold
+    (`_BEYOND_TR39`)."""
     from confusable_homoglyphs.confusables import confusables_data  # 0.9 MB of JSON: loaded on first use only
 
     table = dict(_BEYOND_TR39)

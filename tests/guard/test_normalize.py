@@ -9,7 +9,7 @@ import pytest
 from margin.guard import InjectionDetector, PiiScanner
 from margin.guard.inspection import GuardPolicy, Inspector
 from margin.guard.limits import ScanBudget, ScanLimitExceeded, ScanLimits
-from margin.guard.normalize import _HOMOGLYPHS, normalize
+from margin.guard.normalize import homoglyphs, normalize
 
 
 def test_ascii_is_lowercased_with_identity_offsets() -> None:
@@ -43,7 +43,7 @@ def _per_character(text: str) -> tuple[str, list[int]]:
     for i, ch in enumerate(text):
         if ch in "\u200b\ufeff\u00ad\ufe0f\U000e0100\u180b" or unicodedata.category(ch) == "Cf":
             continue
-        folded = unicodedata.normalize("NFKC", ch).translate(_HOMOGLYPHS).lower()
+        folded = unicodedata.normalize("NFKC", ch).translate(homoglyphs()).lower()
         chars.append(folded)
         offsets.extend([i] * len(folded))
     return "".join(chars), offsets

@@ -22,7 +22,7 @@ from itertools import islice
 from types import MappingProxyType
 
 from margin.guard.limits import ScanBudget, ScanLimits
-from margin.guard.normalize import normalize
+from margin.guard.normalize import homoglyphs, normalize
 from margin.guard.text import long_chunks
 
 _FILL = r"(?:\s+[\w'-]+){0,4}?"
@@ -213,6 +213,7 @@ class InjectionDetector:
 
     def __init__(self, threshold: float = 0.5) -> None:
         self.threshold = threshold
+        homoglyphs()  # the look-alike table (0.1-0.2 s of JSON) is built with the detector at startup, not on a request
 
     def check(self, text: str, budget: ScanBudget | None = None) -> list[Finding]:
         """Rule hits in `text` (the first `MAX_HITS_PER_RULE` of each pattern), including ones inside decoded

@@ -3,7 +3,8 @@
 Obfuscation that a model reads straight through but a regex does not: invisible characters (Unicode's
 Default_Ignorable_Code_Point: zero-width and bidi controls, soft hyphens, variation selectors, tag characters,
 Hangul fillers; and every other format character), full-width and other compatibility forms (NFKC), and
-Cyrillic/Greek letters that look like Latin ones. Each character is normalized on its own (`_fold`), so the
+letters of any script that look like a Latin letter or a digit (Unicode TR39's confusables: `homoglyphs`). Each
+character is normalized on its own (`_fold`), so the
 normalized text is the concatenation of its characters' folds and `offsets[i]`, the original index of normalized
 character `i`, points findings at the user's real text.
 
@@ -16,8 +17,10 @@ character changes length (otherwise they are the identity).
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from array import array
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import chain, repeat
 from types import MappingProxyType
@@ -29,12 +32,31 @@ from margin.guard.limits import ScanBudget
 # drawn as nothing: a variation selector (U+FE00-FE0F, U+E0100-E01EF, Mongolian U+180B-180F) is a nonspacing mark,
 # not a format character, so `ignore` with one after each letter passed the rules (before, a hand-kept list)
 _INVISIBLE = regex.compile(r"\p{Default_Ignorable_Code_Point}")
-_HOMOGLYPHS: MappingProxyType[int, int] = MappingProxyType(
-    str.maketrans(
-        "аеорсухіјѕԁһԛԝАВЕКМНОРСТХІЈЅοαερτυνκιΑΒΕΗΙΚΜΝΟΡΤΥΧΖ",
-        "aeopcyxijsdhqwABEKMHOPCTXIJSoaeptuvkiABEHIKMNOPTYXZ",
-    )
-)
+_ASCII_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_DIRECTION_MARKS = "\u200e\u200f"  # the package writes a right-to-left character between LRMs
+# folded before TR39 was: Greek letters whose TR39 prototype is not ASCII (ε → ꞓ, τ → ᴛ, κ → ĸ)
+_BEYOND_TR39 = {ord("ε"): "e", ord("τ"): "t", ord("κ"): "k"}
+
+
+@functools.cache
+def homoglyphs() -> Mapping[int, str]:
+    """Unicode TR39's confusables (the skeleton's source → prototype, from `confusable-homoglyphs`' copy of
+    confusables.txt), kept where a non-ASCII character's prototype is one ASCII letter or digit: what the rules
+    match. Built once, on first use (`InjectionDetector()` builds it, at startup). TR39 does not tell `I` from `l`
+    (its prototype for both is `l`): a capital whose prototype is `l` (Greek `Ι`, Cyrillic `І`, `Ӏ`) folds to `I`,
+    as it reads in an upper-case word. Three Greek letters the hand-kept table folded before keep their fold
+    (`_BEYOND_TR39`)."""
+    from confusable_homoglyphs.confusables import confusables_data  # 0.9 MB of JSON: loaded on first use only
+
+    table = dict(_BEYOND_TR39)
+    for source, entries in confusables_data.items():
+        char = source.strip(_DIRECTION_MARKS)
+        if len(char) != 1 or char.isascii():
+            continue
+        targets = [entry["c"] for entry in entries if entry["c"] in _ASCII_ALNUM]
+        if targets:
+            table[ord(char)] = "I" if targets[0] == "l" and char.isupper() else targets[0]
+    return MappingProxyType(table)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +80,11 @@ class Normalized:
 def _fold(ch: str) -> str:
     if _INVISIBLE.match(ch) is not None or unicodedata.category(ch) == "Cf":
         return ""
-    return unicodedata.normalize("NFKC", ch).translate(_HOMOGLYPHS).lower()
+    return unicodedata.normalize("NFKC", ch).translate(homoglyphs()).lower()
 
 
 def normalize(text: str, budget: ScanBudget | None = None) -> Normalized:
-    """NFKC per character, invisible characters dropped, homoglyphs folded to Latin, lowercased. What the text
+    """NFKC per character, invisible characters dropped, TR39 confusables folded to ASCII, lowercased. What the text
     grows by is taken from `budget` first (`ScanLimitExceeded` past it); no budget: unbounded."""
     if text.isascii():
         return Normalized(text.lower())

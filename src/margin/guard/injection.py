@@ -130,10 +130,6 @@ _RULES: tuple[tuple[str, float, re.Pattern[str]], ...] = tuple(
 _BASE64_RE = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
 _HEX_RE = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}:?){12,}(?![0-9A-Fa-f])")
 _BLOB_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (("base64", _BASE64_RE), ("hex", _HEX_RE))
-# Unicode tag characters (U+E0020-E007E) mirror printable ASCII and are drawn as nothing: a run of them is text a
-# model may read ("ASCII smuggling") and a person does not see; normalizing drops them, so each run is read decoded
-_TAG_RUN_RE = re.compile("[\U000e0020-\U000e007e]+")
-_TAGS_TO_ASCII = {code: code - 0xE0000 for code in range(0xE0020, 0xE007F)}
 _PAYLOAD_MIN_SCORE = 0.7
 MAX_HITS_PER_RULE = 8
 """Hits of one rule pattern reported per text read (the text, its rot13 reading, each decoded blob)."""
@@ -186,12 +182,9 @@ def _blob_candidates(text: str) -> list[tuple[str, re.Pattern[str], int, int]]:
 
 
 def _decoded_blobs(text: str) -> list[tuple[str, int, int, str]]:
-    """(kind, start, end, decoded text) for runs of tag characters (as the ASCII they mirror) and for base64 and hex
-    blobs that decode to printable UTF-8."""
+    """(kind, start, end, decoded text) for base64 and hex blobs that decode to printable UTF-8 (tag characters are
+    read in place: margin.guard.normalize)."""
     blobs: list[tuple[str, int, int, str]] = []
-    if not text.isascii():
-        runs = _TAG_RUN_RE.finditer(text)
-        blobs.extend(("tags", m.start(), m.end(), m.group().translate(_TAGS_TO_ASCII)) for m in runs)
     for kind, rx, start, end in _blob_candidates(text):
         for m in rx.finditer(text, start, end):
             raw = m.group()

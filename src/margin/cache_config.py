@@ -26,7 +26,7 @@ class SemanticCacheConfig(Spec):
     )
 
 
-MAX_CACHE_TTL_S = 366 * 86_400
+MAX_CACHE_TTL_S = 2**31 - 1  # about 68 years: "keep for ever" settings (5, 10 years) start
 
 
 class CacheConfig(Spec):
@@ -39,8 +39,8 @@ class CacheConfig(Spec):
         gt=0,
         le=MAX_CACHE_TTL_S,
         allow_inf_nan=False,
-        description="How long an entry is served, in seconds: finite, at most 366 days (a Redis takes the TTL as a "
-        "whole number of seconds).",
+        description="How long an entry is served, in seconds: finite, at most 2^31 - 1 (about 68 years; a Redis "
+        "takes the TTL as a whole number of seconds).",
     )
     max_bytes: int = Field(
         64 * 1024 * 1024,

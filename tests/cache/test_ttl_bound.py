@@ -1,8 +1,8 @@
-"""`cache.ttl_s` is finite and at most 366 days. Before, any positive float was taken: `ttl_s: .inf` with the entries
-in Redis made storing each answer raise (`int(inf)` for Redis' EX): every cacheable request was a 500 after its
-upstream call was paid, and its key's lease was never released, so an identical request waited the whole
-`coalesce_wait_s` (60 s) before failing the same way; `1e300` was refused by Redis on each write, so nothing was
-ever stored. Both are refused by the config now, as other bounds are."""
+"""`cache.ttl_s` is finite and at most 2^31 - 1 seconds. Before, any positive float was taken: `ttl_s: .inf`
+with the entries in Redis made storing each answer raise (`int(inf)` for Redis' EX): every cacheable request was a
+500 after its upstream call was paid, and its key's lease was never released, so an identical request waited the
+whole `coalesce_wait_s` (60 s) before failing the same way; `1e300` was refused by Redis on each write, so nothing
+was ever stored. Both are refused by the config now, as other bounds are."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from margin.config import parse_settings
 from margin.errors import ConfigError
 
 runner = CliRunner()
-MAX_CACHE_TTL_S = 31_622_400  # 366 days
+MAX_CACHE_TTL_S = 2**31 - 1  # about 68 years: a 5-year "keep for ever" starts (a first cap of 366 days refused it)
 
 
 @pytest.mark.parametrize("ttl", [".inf", "1e300", str(MAX_CACHE_TTL_S + 1), "0"])
@@ -34,3 +34,16 @@ def test_the_largest_ttl_is_one_redis_takes() -> None:
     assert parse_settings(data).cache.ttl_s == MAX_CACHE_TTL_S
     with pytest.raises(ConfigError, match=r"cache\.ttl_s"):
         parse_settings({"cache": {"ttl_s": float("nan")}})
+
+
+async def test_redis_keeps_an_entry_for_the_largest_ttl(redis_url: str) -> None:
+    """The largest `ttl_s` the config takes is one the Redis store can write (EX a whole number of seconds)."""
+    from margin.cache.exact import Entry, RedisCache
+
+    cache = RedisCache(redis_url)
+    kept = Entry("hi", "stop", 1, 1, 2, "m", 0.0)
+    try:
+        await cache.put("ttl-bound", kept, MAX_CACHE_TTL_S)
+        assert await cache.get("ttl-bound") == kept
+    finally:
+        await cache.close()

@@ -129,10 +129,15 @@ class Delivery:
             self._all_generated = "".join(_generated(chunk) for chunk in (*self._first, *self._rest))
         return self._all_generated
 
-    def unreplayed(self) -> bool:
+    async def unreplayed(self) -> bool:
         """Whether an event delivered held what a cache hit cannot replay (`Chunk.unreplayed`: citations, images,
-        audio); only events that name such a key are parsed, and only for an answer the cache would store."""
-        return any(_unreplayed(chunk) for chunk in (*self._first, *self._rest))
+        audio); only events that name such a key are parsed, only for an answer the cache would store, and in a
+        worker thread when the stream was long (every event is looked at)."""
+
+        def held() -> bool:
+            return any(map(_unreplayed, itertools.chain(self._first, self._rest)))
+
+        return held() if self.written <= PARSE_INLINE_BYTES else await asyncio.to_thread(held)
 
     def finish_reason(self) -> str | None:
         """The finish reason the stream's last events name (a cache hit replays it). Only the last

@@ -211,7 +211,7 @@ class Reply:
     delivered: Callable[[], Awaitable[str]] | None = None
     generated: Callable[[], Awaitable[str]] | None = None  # a stream's `Delivery.generated`
     finish: Callable[[], str | None] | None = None  # a stream's `Delivery.finish_reason`: read when it is stored
-    unreplayed: Callable[[], bool] | None = None  # a stream's `Delivery.unreplayed`: read when it is stored
+    unreplayed: Callable[[], Awaitable[bool]] | None = None  # a stream's `Delivery.unreplayed`: read when stored
 
     def finish_reason(self, record: Record) -> str | None:
         """The finish reason a cache hit of this answer replays: the backend's, or one its stream's last events
@@ -231,7 +231,7 @@ class Reply:
                 return False
             everything = generated_text(self.completion.payload, "message")
         else:
-            if self.unreplayed is not None and self.unreplayed():
+            if self.unreplayed is not None and await self.unreplayed():
                 return False
             everything = await self.generated() if self.generated is not None else ""
         return len(everything) == len(await self.text())

@@ -61,6 +61,8 @@ def test_a_stream_past_the_graceful_period_ends_with_an_error_event(
         for _ in polls(10):
             if fault_upstream.count(SLOW, "grace"):
                 break
+            time.sleep(0.05)
+        assert fault_upstream.count(SLOW, "grace"), "the slow request did not reach the upstream"
         process.send_signal(signal.SIGTERM)
         started = time.monotonic()
         for route, response in opened.items():

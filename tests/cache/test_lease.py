@@ -60,7 +60,7 @@ async def test_a_release_without_an_answer_ends_the_wait_at_once(store: RedisCac
     started = time.monotonic()
     await flights.land(owner, None, 60)  # failed, or not an answer the cache stores
     assert await asyncio.wait_for(waiting, 1) is None
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 5  # woken by the landing, not the 30 s cap (a loaded machine is slow)
     assert await store.get(key) is None
 
 
@@ -83,7 +83,7 @@ async def test_a_wait_never_outlasts_the_cap(store: RedisCache, key: str) -> Non
     assert owner is not None and other is not None and other.wait_s <= 0.3
     started = time.monotonic()
     assert await flights.wait(other) is None
-    assert 0.25 < time.monotonic() - started < 1.0
+    assert 0.25 < time.monotonic() - started < 5  # the 0.3 s cap, not the owner's 600 s
 
 
 async def test_no_lease_is_asked_of_a_redis_whose_read_just_failed(tmp_path: object) -> None:

@@ -67,7 +67,7 @@ async def test_an_owner_without_an_answer_sends_its_waiters_upstream_at_once() -
     started = time.monotonic()
     await flights.land(owner, None, 60)  # failed, cancelled, or not an answer the cache stores
     assert await asyncio.wait_for(waiting, 1) is None
-    assert time.monotonic() - started < 0.5 and len(flights) == 0
+    assert time.monotonic() - started < 5 and len(flights) == 0  # woken by the landing, not the 30 s cap
 
 
 async def test_a_store_that_fails_still_releases_the_lease() -> None:
@@ -95,7 +95,7 @@ async def test_a_wait_ends_with_the_lease_and_a_late_owner_never_releases_the_ne
     assert first is not None and other is not None and other.wait_s <= 0.2
     started = time.monotonic()
     assert await flights.wait(other) is None  # an owner that never lands: the time up, upstream
-    assert 0.15 < time.monotonic() - started < 1.0
+    assert 0.15 < time.monotonic() - started < 5  # the 0.2 s cap, not the owner's 600 s
     second = await flights.claim("k", 600.0)  # the lease ran out: taken over
     assert second is not None and second.token not in (None, first.token)
     await flights.land(first, ENTRY, 60)  # late: its answer stored, the second owner's lease stays

@@ -382,3 +382,22 @@ def upstream_config(
     path = tmp_path / "margin.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+@contextmanager
+def recorded_gateway(folder: Path, answer: Callable[[Any, Any], None]) -> Iterator[tuple[str, list[Any]]]:
+    """`margin serve` (the SQLite ledger in `folder`, flushed every 10 ms) with one model `m` ($1 per million tokens
+    each way) on an `openai` backend `up` without retries, in front of a recording upstream that answers with
+    `answer(handler, body)`: (the gateway's URL, the bodies the upstream got)."""
+    from tests.servers import http_thread, recording_handler
+
+    bodies: list[Any] = []
+    with http_thread(recording_handler(bodies, answer)) as base:
+        config = {
+            "storage": {"flush_interval_ms": 10},
+            "backends": {"up": {"kind": "openai", "base_url": f"{base}/v1", "retries": {"attempts": 0}}},
+            "models": {"m": {"backend": "up", "price": {"input": "1", "output": "1"}}},
+        }
+        (folder / "margin.yaml").write_text(yaml.safe_dump(config))
+        with margin_serve(folder / "ledger.db", folder / "serve.log", config=folder / "margin.yaml") as (url, _):
+            yield url, bodies

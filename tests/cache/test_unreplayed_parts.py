@@ -7,15 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
-from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-import yaml
 
-from tests.helpers import margin_serve
-from tests.servers import http_thread, recording_handler, reply_events, reply_json
+from tests.helpers import recorded_gateway
+from tests.servers import reply_events, reply_json
 
 USAGE = {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
 CITATION = {"url": "https://example.org/paris", "title": "Paris", "start_index": 0, "end_index": 5}
@@ -47,19 +45,10 @@ def _answer(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[openai.OpenAI, list[Any]]]:
-    folder: Path = tmp_path_factory.mktemp("unreplayed")
-    bodies: list[Any] = []
-    with http_thread(recording_handler(bodies, _answer)) as base:
-        config = {
-            "storage": {"flush_interval_ms": 10},
-            "backends": {"up": {"kind": "openai", "base_url": f"{base}/v1", "retries": {"attempts": 0}}},
-            "models": {"m": {"backend": "up", "price": {"input": "1", "output": "1"}}},
-        }
-        (folder / "margin.yaml").write_text(yaml.safe_dump(config))
-        with margin_serve(folder / "ledger.db", folder / "serve.log", config=folder / "margin.yaml") as (url, _):
-            client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=30)
-            yield client, bodies
-            client.close()
+    with recorded_gateway(tmp_path_factory.mktemp("unreplayed"), _answer) as (url, bodies):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=30)
+        yield client, bodies
+        client.close()
 
 
 def _ask(client: openai.OpenAI, body: dict[str, Any], stream: bool, key: str) -> tuple[str | None, Any, str]:

@@ -14,12 +14,11 @@ from typing import Any
 
 import openai
 import pytest
-import yaml
 
 from margin import keys
 from margin.ledger import db as ledger_db
-from tests.helpers import margin_serve
-from tests.servers import http_thread, recording_handler, reply_json
+from tests.helpers import recorded_gateway
+from tests.servers import reply_json
 
 EMAIL = "alice.jones@example.com"
 PARTS: dict[str, dict[str, Any]] = {
@@ -51,22 +50,14 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str
         for level in ("block", "redact")
     }
     engine.dispose()
-    bodies: list[Any] = []
-    with http_thread(recording_handler(bodies, _answer)) as base:
-        config = {
-            "storage": {"flush_interval_ms": 10},
-            "backends": {"up": {"kind": "openai", "base_url": f"{base}/v1", "retries": {"attempts": 0}}},
-            "models": {"m": {"backend": "up", "price": {"input": "1", "output": "1"}}},
+    with recorded_gateway(folder, _answer) as (base_url, bodies):
+        clients = {
+            level: openai.OpenAI(base_url=base_url + "/v1", api_key=secret, max_retries=0, timeout=30)
+            for level, secret in secrets.items()
         }
-        (folder / "margin.yaml").write_text(yaml.safe_dump(config))
-        with margin_serve(folder / "ledger.db", folder / "serve.log", config=folder / "margin.yaml") as (base_url, _):
-            clients = {
-                level: openai.OpenAI(base_url=base_url + "/v1", api_key=secret, max_retries=0, timeout=30)
-                for level, secret in secrets.items()
-            }
-            yield clients, bodies
-            for client in clients.values():
-                client.close()
+        yield clients, bodies
+        for client in clients.values():
+            client.close()
 
 
 @pytest.mark.parametrize("where", list(PARTS))

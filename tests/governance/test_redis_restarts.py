@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from redis import asyncio as aioredis
 
+from margin.errors import ConfigError
 from margin.governance import admission as adm
 from margin.governance.redis_store import RedisStore
 from margin.governance.service import Governance, ledger_recorded, ledger_spent
@@ -456,3 +457,23 @@ async def test_close_cancels_pending_follow_ups(tmp_path: Path, redis_url: str, 
         await governance.close()  # raises nothing; does not wait for the follow-up
         assert time.monotonic() - started < 2
     assert governance._catchup_task is not None and governance._catchup_task.cancelled()
+
+
+async def test_a_start_waits_for_a_redis_that_is_starting(tmp_path: Path) -> None:
+    """A worker that starts while its Redis does not answer yet (the embedded one being started again by its
+    supervisor, `--workers N`) waits for it: before, its start failed at once and took every worker down with it.
+    One that never answers is still a ConfigError, after the wait."""
+    port = free_port()
+    store = RedisStore(f"redis://127.0.0.1:{port}/0")
+    waiting = asyncio.create_task(store.ping())  # waits up to START_WAIT_S (30 s)
+    await asyncio.sleep(0.5)
+    assert not waiting.done()  # before: ConfigError at once
+    with redis_server(port, tmp_path):
+        await asyncio.wait_for(waiting, 30)
+        await store.close()
+    gone = RedisStore(f"redis://127.0.0.1:{free_port()}/0")
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="cannot reach Redis"):
+        await gone.ping(wait_s=0.5)
+    assert time.monotonic() - started >= 0.4
+    await gone.close()

@@ -4,7 +4,9 @@ layout is there)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
@@ -39,6 +41,9 @@ def unavailable(operation: str, exc: Exception) -> Overloaded:
         "the budget and rate-limit store is unavailable; the request was not admitted, retry later",
         code="governance_unavailable",
     )
+
+
+START_WAIT_S = 30.0  # how long a start waits for Redis to answer (RedisStore.ping)
 
 
 class RedisStore:
@@ -81,13 +86,25 @@ class RedisStore:
         except RedisError as exc:
             raise unavailable(name, exc) from exc
 
-    async def ping(self) -> None:
+    async def ping(self, wait_s: float = START_WAIT_S) -> None:
+        """At start: a Redis that does not answer yet is waited for, up to `wait_s` (one still starting beside the
+        gateway, or the embedded one its supervisor is starting again while a worker starts: before, that worker's
+        failed start stopped every worker), then `ConfigError`."""
         from redis.exceptions import RedisError
 
-        try:
-            await self._redis.ping()
-        except RedisError as exc:
-            raise ConfigError(f"storage.redis: cannot reach Redis: {exc}") from exc
+        deadline, pause = time.monotonic() + wait_s, 0.1
+        while True:
+            try:
+                await self._redis.ping()
+                return
+            except RedisError as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ConfigError(f"storage.redis: cannot reach Redis: {exc}") from exc
+                if pause == 0.1:
+                    log.warning("Redis does not answer yet (%s); waiting up to %g s", printable(str(exc)), wait_s)
+                await asyncio.sleep(min(pause, left))
+                pause = min(pause * 2, 2.0)
 
     async def admit(
         self,

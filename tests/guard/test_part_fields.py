@@ -23,6 +23,7 @@ from tests.servers import reply_json
 EMAIL = "alice.jones@example.com"
 PARTS: dict[str, dict[str, Any]] = {
     "vendor key": {"type": "text", "text": "summarise the thread", "note": f"from {EMAIL}"},
+    "a refusal part": {"type": "refusal", "refusal": f"I cannot mail {EMAIL}"},
     "filename": {
         "type": "file",
         "file": {"file_data": "data:application/pdf;base64,JVBERi0=", "filename": f"{EMAIL}.pdf"},

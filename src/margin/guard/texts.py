@@ -41,6 +41,13 @@ _STRUCTURAL = frozenset(
 """Keys whose string values are structure, not content: never rewritten by the generic walk."""
 # and in an input item (a compaction's, `POST /v1/responses/compact`): a call's id, and the opaque content of a
 # compaction or reasoning item (the upstream's own encryption: a rewritten one is refused there)
+# content parts whose value under their own type is a medium (a string there is an address or data, not text)
+_MEDIA_PARTS = frozenset(
+    {
+        "image_url", "input_image", "image", "image_embeds", "input_audio", "audio_url", "video_url", "file",
+        "input_file", "document_url",
+    }
+)  # fmt: skip
 _ITEM_STRUCTURAL = _STRUCTURAL | {"call_id", "encrypted_content"}
 # and in an assistant message's `reasoning_details` (OpenRouter's, sent back): an entry's signature (an encrypted
 # entry's `data` is structural already)
@@ -122,13 +129,15 @@ def _part(role: str, part: Any, visit: Visit) -> Any:
     if not isinstance(part, dict):
         return part
     kind = part.get("type")
-    new = {key: _part_value(role, key, value, visit, key == kind) for key, value in part.items()}
+    media = kind in _MEDIA_PARTS
+    new = {key: _part_value(role, key, value, visit, media and key == kind) for key, value in part.items()}
     return part if all(new[k] is part[k] for k in part) else new
 
 
 def _part_value(role: str, key: str, value: Any, visit: Visit, payload: bool) -> Any:
-    """`payload`: the value under the part's own type (`image_url`, `input_audio`, `file`, …): a string there is
-    the medium itself (Mistral's `"image_url": "data:…"`, vLLM's `image_embeds`), never scanned as text."""
+    """`payload`: the value under a media part's own type (`_MEDIA_PARTS`): a string there is the medium itself
+    (Mistral's `"image_url": "data:…"`, vLLM's `image_embeds`), never scanned as text; any other part's is (a
+    `refusal` part's refusal, an unknown type's value)."""
     if key == "text" and isinstance(value, str):
         return visit(role, value)
     if key in _STRUCTURAL or (payload and key != "text" and isinstance(value, str)):

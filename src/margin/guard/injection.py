@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from itertools import islice
 from types import MappingProxyType
 
+import regex
+
 from margin.guard.limits import ScanBudget, ScanLimits
 from margin.guard.normalize import homoglyphs, normalize
 from margin.guard.text import long_chunks
@@ -130,6 +132,13 @@ _RULES: tuple[tuple[str, float, re.Pattern[str]], ...] = tuple(
 _BASE64_RE = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
 _HEX_RE = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}:?){12,}(?![0-9A-Fa-f])")
 _BLOB_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (("base64", _BASE64_RE), ("hex", _HEX_RE))
+# Unicode tag characters (U+E0020-E007E) mirror printable ASCII and are drawn as nothing: text some models read and
+# a person does not see ("ASCII smuggling"), read apart from the visible text (`_hidden_tags`)
+_TAG_RE = regex.compile("[\U000e0020-\U000e007e]")
+_LAST_TAG_RE = regex.compile("(?r)[\U000e0020-\U000e007e]")
+_NOT_TAG_RE = regex.compile("[^\U000e0020-\U000e007e]+")
+_OTHER_INVISIBLE_RE = regex.compile("[[\\p{Default_Ignorable_Code_Point}\\p{Cf}]--[\U000e0020-\U000e007e]]+", regex.V1)
+_TAGS_TO_ASCII = {code: code - 0xE0000 for code in range(0xE0020, 0xE007F)}
 _PAYLOAD_MIN_SCORE = 0.7
 MAX_HITS_PER_RULE = 8
 """Hits of one rule pattern reported per text read (the text, its rot13 reading, each decoded blob)."""
@@ -181,10 +190,26 @@ def _blob_candidates(text: str) -> list[tuple[str, re.Pattern[str], int, int]]:
     return [(kind, rx, start, end) for start, end in long_chunks(text, 16) for kind, rx in _BLOB_PATTERNS]
 
 
+def _hidden_tags(text: str) -> tuple[str, int, int, str] | None:
+    """The text's tag characters alone, as the ASCII they mirror: other invisible characters between them dropped,
+    anything visible between them one space. So an attack in tags reads whole however it is split (zero-width or
+    visible spaces) or glued to a visible word, while the rules read the visible text with the tags dropped (a tag
+    inside a visible word hides nothing). None without tags."""
+    first = _TAG_RE.search(text)
+    if first is None:
+        return None
+    last = _LAST_TAG_RE.search(text)
+    end = last.end() if last is not None else first.end()
+    hidden = _NOT_TAG_RE.sub(" ", _OTHER_INVISIBLE_RE.sub("", text)).translate(_TAGS_TO_ASCII).strip()
+    return "tags", first.start(), end, hidden
+
+
 def _decoded_blobs(text: str) -> list[tuple[str, int, int, str]]:
-    """(kind, start, end, decoded text) for base64 and hex blobs that decode to printable UTF-8 (tag characters are
-    read in place: margin.guard.normalize)."""
+    """(kind, start, end, decoded text) for the text's tag characters (`_hidden_tags`) and for base64 and hex blobs
+    that decode to printable UTF-8."""
     blobs: list[tuple[str, int, int, str]] = []
+    if not text.isascii() and (tags := _hidden_tags(text)) is not None:
+        blobs.append(tags)
     for kind, rx, start, end in _blob_candidates(text):
         for m in rx.finditer(text, start, end):
             raw = m.group()

@@ -77,23 +77,15 @@ class Normalized:
         return self.offsets[start], self.offsets[last] + 1
 
 
-# Unicode tag characters mirror printable ASCII and are drawn as nothing: some models read them ("ASCII
-# smuggling"), so each is read as the character it mirrors, in place (an attack split by other invisibles or by
-# visible spaces reads whole); an emoji's tag sequence (England's flag: `gbeng`) reads as a harmless word
-_TAGS = range(0xE0020, 0xE007F)
-
-
 def _fold(ch: str) -> str:
-    if ord(ch) in _TAGS:
-        return chr(ord(ch) - 0xE0000).lower()
     if _INVISIBLE.match(ch) is not None or unicodedata.category(ch) == "Cf":
         return ""
     return unicodedata.normalize("NFKC", ch).translate(homoglyphs()).lower()
 
 
 def normalize(text: str, budget: ScanBudget | None = None) -> Normalized:
-    """NFKC per character, tag characters read as the ASCII they mirror, other invisible characters dropped, TR39
-    confusables folded to ASCII, lowercased. What the text
+    """NFKC per character, invisible characters dropped (tag characters too: margin.guard.injection reads them
+    apart), TR39 confusables folded to ASCII, lowercased. What the text
     grows by is taken from `budget` first (`ScanLimitExceeded` past it); no budget: unbounded."""
     if text.isascii():
         return Normalized(text.lower())

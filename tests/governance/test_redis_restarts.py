@@ -477,3 +477,15 @@ async def test_a_start_waits_for_a_redis_that_is_starting(tmp_path: Path) -> Non
         await gone.ping(wait_s=0.5)
     assert time.monotonic() - started >= 0.4
     await gone.close()
+
+
+async def test_a_redis_that_refuses_margin_fails_the_start_at_once(tmp_path: Path) -> None:
+    """A wrong password is an answer no wait changes: the start fails at once, not after the 30 s wait."""
+    port = free_port()
+    with redis_server(port, tmp_path, password="right"):
+        store = RedisStore(f"redis://:wrong@127.0.0.1:{port}/0")
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match="refused"):
+            await store.ping()
+        assert time.monotonic() - started < 10
+        await store.close()

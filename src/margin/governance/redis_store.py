@@ -90,14 +90,16 @@ class RedisStore:
         """At start: a Redis that does not answer yet is waited for, up to `wait_s` (one still starting beside the
         gateway, or the embedded one its supervisor is starting again while a worker starts: before, that worker's
         failed start stopped every worker), then `ConfigError`."""
-        from redis.exceptions import RedisError
+        from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
         deadline, pause = time.monotonic() + wait_s, 0.1
         while True:
-            try:
-                await self._redis.ping()
+            try:  # one try is bounded too: a host that drops packets would hold the first connect for minutes
+                await asyncio.wait_for(self._redis.ping(), max(deadline - time.monotonic(), 0.1))
                 return
-            except RedisError as exc:
+            except (AuthenticationError, ResponseError) as exc:  # answered, and no wait will change the answer
+                raise ConfigError(f"storage.redis: Redis refused margin: {exc}") from exc
+            except (RedisError, TimeoutError) as exc:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise ConfigError(f"storage.redis: cannot reach Redis: {exc}") from exc

@@ -136,3 +136,18 @@ async def test_a_blocked_writer_drops_writes_past_the_bound_and_memory_stays_bou
     assert [k for k, _ in rows] == [key(i) for i in range(len(rows))]  # the first ones queued were written
     warnings = [r for r in caplog.records if "SQLite writes are behind" in r.getMessage()]
     assert len(warnings) == 1  # once a minute, not once per dropped write
+
+
+async def test_an_entry_past_what_eviction_leaves_does_not_empty_the_table(tmp_path: Path) -> None:
+    """An entry between 7/8 of the bound (what eviction brings the table down to) and the bound was written, and the
+    eviction after it deleted every row, itself included; it now stays in memory only, and the table as it was."""
+    path = ledger(tmp_path)
+    store = SqliteCache(path, MemoryCache(1024 * 1024), max_disk_bytes=4096)
+    for index in range(3):
+        await store.put(key(index), entry(index), 3600)
+    large = entry(99, size=3_700)  # with its key ~3,900 bytes: under the bound, over 7/8 of it (3,584)
+    await store.put(key(99), large, 3600)
+    await store.disk_usage()
+    assert await store.get(key(99)) == large  # from memory
+    await store.close()
+    assert [k for k, _ in table(path)] == [key(i) for i in range(3)]  # before: empty

@@ -201,11 +201,12 @@ class SqliteCache:
 
     async def put(self, key: str, entry: Entry, ttl_s: float) -> None:
         """Memory at once; the table write is queued on the worker thread (expired rows purged every 100 puts),
-        or dropped when the queue is full or the entry alone is over the table's bound."""
+        or dropped when the queue is full or the entry alone is over what eviction leaves (7/8 of the table's bound:
+        a larger one would empty the table, itself included)."""
         await self.memory.put(key, entry, ttl_s)
         data = entry.to_bytes()
         size = len(key) + len(data)
-        if size > self.max_disk_bytes or not self._queue(size):
+        if size > self.max_disk_bytes - self.max_disk_bytes // 8 or not self._queue(size):  # the eviction's target
             return
         self._puts += 1
         purge = self._puts % 100 == 0
@@ -236,6 +237,9 @@ class SqliteCache:
         try:
             self.disk_bytes = self._count()
             self._evict()
+        except sqlite3.OperationalError as exc:  # an app built on a ledger not migrated yet: no table, nothing held
+            if "no such table" not in str(exc):
+                log.exception("reading the cache's SQLite table failed")
         except sqlite3.Error:
             log.exception("reading the cache's SQLite table failed")
 

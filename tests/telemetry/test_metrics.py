@@ -199,3 +199,15 @@ def test_batched_histograms_match_prometheus_own_observe() -> None:
         }
 
     assert histogram(ours.render()) == histogram(generate_latest(registry))
+
+
+def test_a_file_a_starting_worker_has_not_sized_yet_is_skipped(tmp_path: Path) -> None:
+    """A worker that is starting creates its file empty and sizes it a moment later: a scrape then read it and
+    failed (`struct.error`, a 500 from /metrics in a CI run with `--workers 2`)."""
+    worker = _worker(tmp_path, 3)
+    try:
+        (tmp_path / "counter_99999.db").touch()  # what a starting worker leaves for a moment
+        found = samples(render_multiprocess(str(tmp_path)))
+        assert value(found, "margin_requests_total", model="m", backend="b", status="ok", code="200") == 3
+    finally:
+        _stop(worker)

@@ -332,10 +332,29 @@ class Metrics:
         return self.render() + render_budgets(budgets)
 
 
+class _WrittenFiles:
+    """prometheus-client's merge of a directory's files, without the files a worker that is starting has created
+    and not sized yet (empty: reading one raised `struct.error`, and a scrape at that moment answered 500)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def collect(self) -> Any:
+        files = [str(f) for f in Path(self.path).glob("*.db") if _sized(f)]
+        return multiprocess.MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+
+
+def _sized(file: Path) -> bool:
+    try:
+        return file.stat().st_size > 0
+    except OSError:  # removed since the listing (an exited worker's live gauges)
+        return False
+
+
 def render_multiprocess(path: str) -> bytes:
     """Every worker's metrics merged from the files in `path` (live gauges of exited workers dropped)."""
     with contextlib.suppress(OSError):
         _forget_dead_workers(path)
     merged = CollectorRegistry()
-    multiprocess.MultiProcessCollector(merged, path=path)  # type: ignore[no-untyped-call]
+    merged.register(_WrittenFiles(path))
     return generate_latest(merged)

@@ -190,7 +190,7 @@ class ToolChoice(_Strict):
 class ThinkingConfig(_Strict):
     type: Literal["enabled", "disabled", "adaptive"]
     budget_tokens: Annotated[int, Field(ge=1024, le=INT32)] | None = None
-    # accepted and not passed on: a chat request has no field for it (the backend's thinking shows its default)
+    # passed on to an anthropic backend with the rest of `thinking` (`margin.messages_chat`); no other takes it
     display: Literal["summarized", "omitted"] | None = None
 
 

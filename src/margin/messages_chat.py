@@ -169,6 +169,14 @@ def effort(body: CountTokensRequest) -> str | None:
     return next((name for limit, name in EFFORT_BUDGETS if thinking.budget_tokens <= limit), "high")
 
 
+def _own_thinking(body: CountTokensRequest) -> bool:
+    """Whether the request's `thinking` decides its thinking (`enabled` or `adaptive`, and no
+    `output_config.effort`, which wins over it)."""
+    if body.output_config is not None and body.output_config.effort is not None:
+        return False
+    return body.thinking is not None and body.thinking.type != "disabled"
+
+
 def prompt_data(body: CountTokensRequest) -> dict[str, Any]:
     """The prompt's part of the chat request (its JSON) that answers a Messages request: the model, the messages,
     the tools and tool choice, the reasoning effort and the output format."""
@@ -179,6 +187,9 @@ def prompt_data(body: CountTokensRequest) -> dict[str, Any]:
         _tool_choice(body.tool_choice, data)
     if (reasoning := effort(body)) is not None:
         data["reasoning_effort"] = reasoning
+    if _own_thinking(body):  # as sent, for an anthropic backend (no other backend is sent it): the exact budget
+        assert body.thinking is not None
+        data["thinking"] = body.thinking.model_dump(exclude_none=True)
     form = body.output_config.format if body.output_config is not None else None
     if form is not None:
         data["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": form.schema_}}

@@ -158,3 +158,22 @@ def test_structured_outputs_and_strict_tools_pass_through_both_translations(chai
         model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "hi"}], tools=[strict]
     )
     assert chain.upstream.last["tools"] == [{**TOOL, "strict": True}]
+
+
+@pytest.mark.parametrize(
+    ("thinking", "sent"),
+    [
+        ({"type": "enabled", "budget_tokens": 10000}, {"type": "enabled", "budget_tokens": 10000}),
+        ({"type": "enabled", "budget_tokens": 2000}, {"type": "enabled", "budget_tokens": 2000}),
+        ({"type": "adaptive"}, {"type": "adaptive"}),
+        ({"type": "disabled"}, None),
+    ],
+)
+def test_a_thinking_config_reaches_anthropic_as_sent(chain: Chain, thinking: Any, sent: Any) -> None:
+    """Before, `thinking` became a reasoning effort and the effort a budget of margin's: 10,000 reached Anthropic as
+    8,192, 2,000 as 2,048, and `adaptive` as no thinking at all."""
+    chain.client.messages.create(
+        model=MODEL, max_tokens=20000, thinking=thinking, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert chain.upstream.last.get("thinking") == sent
+    assert "reasoning_effort" not in chain.upstream.last

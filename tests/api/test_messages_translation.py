@@ -209,7 +209,7 @@ def test_what_claude_code_sends_besides_is_accepted_and_changes_nothing() -> Non
     """Claude Code sends `context_management` on every request, cache_control with keys of its betas (`scope`),
     tool hints (`eager_input_streaming`, `defer_loading`, `input_examples`) and thinking blocks with
     cache_control: a 400 for any of them would stop it. None reaches the chat (the thinking block does, without
-    its cache_control)."""
+    its cache_control; `thinking` goes as sent, for an anthropic backend)."""
     cache = {"type": "ephemeral", "ttl": "1h", "scope": "global"}
     tool = {
         "name": "Read", "description": "read a file", "input_schema": {"type": "object"}, "cache_control": cache,
@@ -235,7 +235,7 @@ def test_what_claude_code_sends_besides_is_accepted_and_changes_nothing() -> Non
     bare = {"type": "thinking", "thinking": "t", "signature": "s"}
     plain_turns = [USER, {"role": "assistant", "content": [bare, use]}, {"role": "user", "content": [result]}]
     plain = _chat(tools=[plain_tool], messages=plain_turns, system="You are Claude Code.", **same)
-    assert chat == plain
+    assert chat == {**plain, "thinking": {"type": "adaptive"}}  # as sent: an anthropic backend's thinking
 
 
 def test_content_blocks_are_counted_before_any_is_read() -> None:

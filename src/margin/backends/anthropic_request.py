@@ -10,10 +10,11 @@ order, `margin.interleaving`) where that accounts for them; `tool` messages → 
 `parallel_tool_calls: false` → `disable_parallel_tool_use`; `max_tokens`/`max_completion_tokens` (the lower,
 as budgets capped it) → `max_tokens`, else the backend's `default_max_tokens`; temperature (0..1), top_p,
 top_k, stop → `stop_sequences`, `user` → `metadata.user_id`; `reasoning_effort` → extended thinking with the
-budget in `THINKING_BUDGETS`; a function's `strict: true` → the tool's `strict`, and `response_format`
-json_schema → `output_config.format` (Anthropic's structured outputs). Anything else the request asks for that
-Anthropic cannot do is a 400 (`unsupported_parameter`) that names the field, unless the backend's
-`drop_unsupported` lists it: then it is left out, and the answer's `x-margin-dropped-params` names it."""
+budget in `THINKING_BUDGETS`, unless the request has Anthropic's own `thinking` (a Messages request's): that,
+as sent; a function's `strict: true` → the tool's `strict`, and `response_format` json_schema →
+`output_config.format` (Anthropic's structured outputs). Anything else the request asks for that Anthropic
+cannot do is a 400 (`unsupported_parameter`) that names the field, unless the backend's `drop_unsupported`
+lists it: then it is left out, and the answer's `x-margin-dropped-params` names it."""
 
 from __future__ import annotations
 
@@ -92,7 +93,12 @@ def messages_body(
             body["tool_choice"] = choice
     elif request.tool_choice not in (None, "none", "auto"):
         raise InvalidRequest("tool_choice needs tools", param="tool_choice")
-    if (thinking := _thinking(call_raw.get("reasoning_effort"), body["max_tokens"])) is not None:
+    raw_thinking = call_raw.get("thinking")
+    if raw_thinking is not None:  # Anthropic's own config (a Messages request's, as sent): it wins over the effort
+        thinking = _thinking_config(raw_thinking, body["max_tokens"])
+    else:
+        thinking = _thinking(call_raw.get("reasoning_effort"), body["max_tokens"])
+    if thinking is not None:
         body["thinking"] = thinking
     if (output_format := _output_format(request.response_format)) is not None:
         body["output_config"] = {"format": output_format}
@@ -158,6 +164,34 @@ def _max_tokens(raw: dict[str, Any], default: int) -> int:
     """The lower of the two output limits sent (the one budgets priced and capped), else `default`."""
     limits = [v for v in (raw.get("max_tokens"), raw.get("max_completion_tokens")) if isinstance(v, int)]
     return min(limits) if limits else default
+
+
+THINKING_TYPES = ("enabled", "adaptive", "disabled")
+
+
+def _thinking_config(raw: Any, max_tokens: int) -> dict[str, Any] | None:
+    """A request's own `thinking` (Anthropic's shape, as `/v1/messages` passes it on and LiteLLM's chat clients
+    send it): `enabled` with its `budget_tokens` (lowered to `max_tokens` - 1, as budgets may have capped the
+    limit), `adaptive`, or `disabled` (nothing sent); `display` kept. Anything else is a 400 naming it."""
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if kind not in THINKING_TYPES:
+        raise InvalidRequest(f"thinking.type must be one of {', '.join(THINKING_TYPES)}", param="thinking.type")
+    assert isinstance(raw, dict)
+    if kind == "disabled":
+        return None
+    out: dict[str, Any] = {"type": kind}
+    if kind == "enabled":
+        budget = raw.get("budget_tokens")
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < THINKING_MIN:
+            why = f"thinking.budget_tokens must be an integer of at least {THINKING_MIN}"
+            raise InvalidRequest(why, param="thinking.budget_tokens")
+        out["budget_tokens"] = min(budget, max_tokens - 1)
+        if out["budget_tokens"] < THINKING_MIN:
+            why = f"thinking needs max_tokens above {THINKING_MIN} on anthropic backends (budgets stay below it)"
+            raise InvalidRequest(why, param="thinking.budget_tokens")
+    if isinstance(display := raw.get("display"), str) and display in ("summarized", "omitted"):
+        out["display"] = display
+    return out
 
 
 def _thinking(effort: Any, max_tokens: int) -> dict[str, Any] | None:

@@ -29,6 +29,7 @@ from margin.messages import (
 )
 from margin.parsing import parse_request
 from margin.protocol import MAX_BLOCK_ORDER, ChatCompletionRequest, Endpoint
+from margin.thinking import ERROR_PREFIX, IS_ERROR
 
 # thinking budgets → OpenAI's reasoning effort: up to 4K tokens low, up to 16K medium, more high
 EFFORT_BUDGETS = ((4_096, "low"), (16_384, "medium"))
@@ -61,9 +62,10 @@ def _user(message: UserMessage, out: list[dict[str, Any]]) -> None:
             else:
                 text = "\n\n".join(item.text for item in content if isinstance(item, Text))
                 carried.extend(_image(item) for item in content if isinstance(item, Image))
-            if block.is_error:
-                text = f"Error: {text}" if text else "Error"
-            out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": text})
+            tool: dict[str, Any] = {"role": "tool", "tool_call_id": block.tool_use_id, "content": text}
+            if block.is_error:  # the text says so to any backend; the flag, to an anthropic backend alone
+                tool |= {"content": f"{ERROR_PREFIX}{text}" if text else ERROR_PREFIX.rstrip(": "), IS_ERROR: True}
+            out.append(tool)
         elif isinstance(block, Image):
             parts.append(_image(block))
         else:

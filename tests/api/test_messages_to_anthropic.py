@@ -177,3 +177,21 @@ def test_a_thinking_config_reaches_anthropic_as_sent(chain: Chain, thinking: Any
     )
     assert chain.upstream.last.get("thinking") == sent
     assert "reasoning_effort" not in chain.upstream.last
+
+
+@pytest.mark.parametrize(("content", "sent"), [("exit 1: no such file", "exit 1: no such file"), (None, "")])
+def test_an_error_tool_result_reaches_anthropic_flagged_with_its_text_as_sent(
+    chain: Chain, content: str | None, sent: str
+) -> None:
+    """Claude Code sends a failed command's result with `is_error: true`. Before, Anthropic got it unflagged, its
+    text prefixed with `Error: ` (what an OpenAI-compatible upstream, which has no such flag, is still sent)."""
+    result: Any = {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": True}
+    turns: Any = [
+        {"role": "user", "content": "list the files"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}]},
+        {"role": "user", "content": [result if content is None else {**result, "content": content}]},
+    ]
+    chain.client.messages.create(model=MODEL, max_tokens=64, messages=turns, tools=[TOOL])
+    assert chain.upstream.last["messages"][2]["content"] == [
+        {"type": "tool_result", "tool_use_id": "toolu_1", "content": sent, "is_error": True}
+    ]

@@ -13,8 +13,10 @@ from margin.errors import InvalidRequest
 from margin.messages import (
     AssistantMessage,
     CountTokensRequest,
+    Document,
     Image,
     MessagesRequest,
+    PdfSource,
     RedactedThinking,
     Text,
     Thinking,
@@ -46,9 +48,24 @@ def _image(image: Image) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
+def _document(document: Document) -> dict[str, Any]:
+    """A PDF as a chat's `file` part (OpenAI's, with its data URL; `title`, or `document.pdf`, its file name), a
+    plain text document as its text."""
+    source = document.source
+    if not isinstance(source, PdfSource):
+        return {"type": "text", "text": source.data}
+    url = f"data:application/pdf;base64,{source.data}"
+    return {"type": "file", "file": {"filename": document.title or "document.pdf", "file_data": url}}
+
+
+def _media(block: Image | Document) -> dict[str, Any]:
+    return _image(block) if isinstance(block, Image) else _document(block)
+
+
 def _user(message: UserMessage, out: list[dict[str, Any]]) -> None:
     """Tool results first (tool messages, in order), then the rest of the user's content. A chat's tool message
-    holds text only: a result's images open the user message that follows (before the user's own content)."""
+    holds text only: a result's images and documents open the user message that follows (before the user's own
+    content)."""
     if isinstance(message.content, str):
         out.append({"role": "user", "content": message.content})
         return
@@ -61,13 +78,13 @@ def _user(message: UserMessage, out: list[dict[str, Any]]) -> None:
                 text = content
             else:
                 text = "\n\n".join(item.text for item in content if isinstance(item, Text))
-                carried.extend(_image(item) for item in content if isinstance(item, Image))
+                carried.extend(_media(item) for item in content if isinstance(item, Image | Document))
             tool: dict[str, Any] = {"role": "tool", "tool_call_id": block.tool_use_id, "content": text}
             if block.is_error:  # the text says so to any backend; the flag, to an anthropic backend alone
                 tool |= {"content": f"{ERROR_PREFIX}{text}" if text else ERROR_PREFIX.rstrip(": "), IS_ERROR: True}
             out.append(tool)
-        elif isinstance(block, Image):
-            parts.append(_image(block))
+        elif isinstance(block, Image | Document):
+            parts.append(_media(block))
         else:
             parts.append({"type": "text", "text": block.text})
     if carried or parts:

@@ -195,3 +195,19 @@ def test_an_error_tool_result_reaches_anthropic_flagged_with_its_text_as_sent(
     assert chain.upstream.last["messages"][2]["content"] == [
         {"type": "tool_result", "tool_use_id": "toolu_1", "content": sent, "is_error": True}
     ]
+
+
+def test_a_pdf_document_reaches_anthropic_as_a_document_block(chain: Chain) -> None:
+    """Claude Code's Read of a PDF answers with a document block in the tool result: before, a 400."""
+    pdf: Any = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}}
+    turns: Any = [
+        {"role": "user", "content": "read it"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [pdf]}, pdf]},
+    ]
+    chain.client.messages.create(model=MODEL, max_tokens=64, messages=turns, tools=[TOOL])
+    assert chain.upstream.last["messages"][2]["content"] == [
+        {"type": "tool_result", "tool_use_id": "toolu_1", "content": ""},
+        {"type": "document", "source": pdf["source"]},
+        {"type": "document", "source": pdf["source"]},
+    ]

@@ -487,3 +487,25 @@ def test_a_chat_without_usage_is_a_message_with_the_usage_it_was_metered_at() ->
     }
     assert from_chat(reported, BODY, "7", metered)["usage"]["output_tokens"] == 3
     assert from_chat(bare, BODY, "7")["usage"]["output_tokens"] == 0
+
+
+PDF: Any = {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}
+
+
+def test_documents_become_file_parts_or_text_and_a_tool_result_s_open_the_user_message_that_follows() -> None:
+    """A PDF is OpenAI's chat `file` part (its title the file name), a plain text document its text; before, every
+    `document` block was a 400 (Claude Code's Read of a PDF is one, in a tool result)."""
+    plain = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "words"}}
+    turn = {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "t1", "content": [TEXT_X, {"type": "document", "source": PDF}]},
+        {"type": "document", "source": PDF, "title": "r.pdf", "context": "a report"},
+        plain,
+    ]}  # fmt: skip
+
+    def file(name: str) -> dict[str, Any]:
+        return {"type": "file", "file": {"filename": name, "file_data": "data:application/pdf;base64,JVBERi0x"}}
+
+    assert _chat(messages=[turn])["messages"] == [
+        {"role": "tool", "tool_call_id": "t1", "content": "x"},
+        {"role": "user", "content": [file("document.pdf"), file("r.pdf"), {"type": "text", "text": "words"}]},
+    ]

@@ -202,6 +202,19 @@ def test_a_requests_own_thinking_is_sent_with_its_exact_budget_and_wins_over_the
     _refused("thinking.budget_tokens", thinking=enabled, max_tokens=1024)  # no budget of 1,024 fits below it
 
 
+def test_a_pdf_file_part_becomes_a_document_block_and_other_files_are_refused() -> None:
+    """OpenAI's chat `file` part holding a PDF (`/v1/messages`' document blocks arrive so); before, any `file` part
+    was a 400."""
+    pdf = {"type": "file", "file": {"filename": "r.pdf", "file_data": "data:application/pdf;base64,JVBERi0x"}}
+    sent = _sent(messages=[{"role": "user", "content": [pdf, {"type": "text", "text": "sum up"}]}])
+    assert sent["messages"][0]["content"] == [
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}},
+        {"type": "text", "text": "sum up"},
+    ]
+    for file in ({"file_id": "file-1"}, {"file_data": "data:text/csv;base64,YQ=="}, "x"):
+        _refused("messages[0].content[0]", messages=[{"role": "user", "content": [{"type": "file", "file": file}]}])
+
+
 def test_reasoning_effort_becomes_a_thinking_budget_below_max_tokens() -> None:
     assert _sent(reasoning_effort="medium", max_tokens=20000)["thinking"] == {"type": "enabled", "budget_tokens": 8192}
     assert _sent(reasoning_effort="high", max_tokens=5000)["thinking"] == {"type": "enabled", "budget_tokens": 4999}

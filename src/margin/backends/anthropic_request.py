@@ -1,20 +1,20 @@
 """A chat completion request as an Anthropic Messages request (`POST /v1/messages`), for `kind: anthropic`.
 
-What maps: `system`/`developer` messages → the top-level `system` (their text, in order, wherever they stood);
-user and assistant turns with text and image parts (a data URL → a base64 image, an http(s) URL → a url
-image); an assistant's `thinking_blocks` (an earlier answer's, signatures as they came) → its first blocks, and
-its `tool_calls` → `tool_use` blocks after its text, or all of them in its `block_order` (an interleaved answer's
-order, `margin.interleaving`) where that accounts for them; `tool` messages → `tool_result` blocks in a user turn
-(consecutive turns of one role are merged into one, as Anthropic wants roles to alternate); `tools`
-(functions) → Anthropic tools; `tool_choice` auto/none/required/named → auto/none/any/tool, and
-`parallel_tool_calls: false` → `disable_parallel_tool_use`; `max_tokens`/`max_completion_tokens` (the lower,
-as budgets capped it) → `max_tokens`, else the backend's `default_max_tokens`; temperature (0..1), top_p,
-top_k, stop → `stop_sequences`, `user` → `metadata.user_id`; `reasoning_effort` → extended thinking with the
-budget in `THINKING_BUDGETS`, unless the request has Anthropic's own `thinking` (a Messages request's): that,
-as sent; a function's `strict: true` → the tool's `strict`, and `response_format` json_schema →
-`output_config.format` (Anthropic's structured outputs). Anything else the request asks for that Anthropic
-cannot do is a 400 (`unsupported_parameter`) that names the field, unless the backend's `drop_unsupported`
-lists it: then it is left out, and the answer's `x-margin-dropped-params` names it."""
+What maps: `system`/`developer` messages → the top-level `system` (their text, in order, wherever they stood); user
+and assistant turns with text and image parts (a data URL → a base64 image, an http(s) URL → a url image; a `file`
+part's PDF → a base64 document); an assistant's `thinking_blocks` (an earlier answer's, signatures as they came) →
+its first blocks, and its `tool_calls` → `tool_use` blocks after its text, or all of them in its `block_order` (an
+interleaved answer's order, `margin.interleaving`) where that accounts for them; `tool` messages → `tool_result`
+blocks in a user turn (consecutive turns of one role are merged into one, as Anthropic wants roles to alternate);
+`tools` (functions) → Anthropic tools; `tool_choice` auto/none/required/named → auto/none/any/tool, and
+`parallel_tool_calls: false` → `disable_parallel_tool_use`; `max_tokens`/`max_completion_tokens` (the lower, as
+budgets capped it) → `max_tokens`, else the backend's `default_max_tokens`; temperature (0..1), top_p, top_k, stop →
+`stop_sequences`, `user` → `metadata.user_id`; `reasoning_effort` → extended thinking with the budget in
+`THINKING_BUDGETS`, unless the request has Anthropic's own `thinking` (a Messages request's): that, as sent; a
+function's `strict: true` → the tool's `strict`, and `response_format` json_schema → `output_config.format`
+(Anthropic's structured outputs). Anything else the request asks for that Anthropic cannot do is a 400
+(`unsupported_parameter`) that names the field, unless the backend's `drop_unsupported` lists it: then it is left
+out, and the answer's `x-margin-dropped-params` names it."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ THINKING_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384,
 THINKING_MIN = 1024
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 DATA_URL = re.compile(r"data:(image/[a-z]+);base64,(.+)", re.DOTALL)
+PDF_URL = re.compile(r"data:application/pdf;base64,(.+)", re.DOTALL)
 # chat fields with no Anthropic counterpart: refused when set to anything but their default
 REFUSED = {
     "logprobs": "logprobs",
@@ -300,6 +301,8 @@ def _content_blocks(message: ChatMessage, index: int, *, images: bool) -> list[d
                 blocks.append({"type": "text", "text": text})
         elif part.type == "image_url" and images:
             blocks.append(_image((part.model_extra or {}).get("image_url"), where))
+        elif part.type == "file" and images:
+            blocks.append(_document((part.model_extra or {}).get("file"), where))
         else:
             raise unsupported(where, f"a {part.type[:40]!r} part in a {message.role} message")
     return blocks
@@ -317,6 +320,15 @@ def _image(image_url: Any, where: str) -> dict[str, Any]:
     if url.startswith(("https://", "http://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
     raise unsupported(where, "an image URL that is neither http(s) nor a data URL")
+
+
+def _document(file: Any, where: str) -> dict[str, Any]:
+    """A `file` part holding a PDF (its `file_data` a base64 data URL) as a document block."""
+    data = file.get("file_data") if isinstance(file, dict) else None
+    found = PDF_URL.fullmatch(data) if isinstance(data, str) else None
+    if found is None:
+        raise unsupported(where, "a file that is not a PDF as a base64 data URL in `file_data`")
+    return {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": found.group(1)}}
 
 
 def _tool_uses(calls: Any, index: int) -> list[dict[str, Any]]:

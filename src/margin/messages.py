@@ -5,10 +5,10 @@ cached, routed, metered and written to the ledger as a chat is. The answer is tr
 
 What margin cannot honour is refused with a message that says why, before anything is reserved or sent: tools
 Anthropic's servers run (web search, code execution, bash, …: margin runs no tools), MCP servers, containers,
-`document` / `search_result` blocks, citations and images by file id. `cache_control` (anywhere) and
-`context_management` are accepted and ignored: prompt caching is the upstream's own (what it reports as cached
-input is `cache_read_input_tokens`), and the conversation is sent as it came. This module holds the body's schema
-and those refusals; its translation to the chat request is `margin.messages_chat`."""
+`search_result` blocks, documents other than a base64 PDF or plain text, citations and images by file id.
+`cache_control` (anywhere) and `context_management` are accepted and ignored: prompt caching is the upstream's
+own (what it reports as cached input is `cache_read_input_tokens`), and the conversation is sent as it came. This
+module holds the body's schema and those refusals; its translation to the chat request is `margin.messages_chat`."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ UNSUPPORTED = {
     "diagnostics": "margin stores no earlier message to compare a prompt cache with",
     "inference_geo": "margin chooses where a request runs by its own routing (`residency`), not per request",
 }
-USER_BLOCKS = ("text", "image", "tool_result")
+USER_BLOCKS = ("text", "image", "tool_result", "document")
+RESULT_BLOCKS = ("text", "image", "document")  # what a tool result's content may hold
 ASSISTANT_BLOCKS = ("text", "tool_use", "thinking", "redacted_thinking")
 
 
@@ -75,6 +76,32 @@ class Image(_Strict):
     cache_control: CacheControl | None = None
 
 
+class PdfSource(_Strict):
+    type: Literal["base64"]
+    media_type: Literal["application/pdf"]
+    data: str
+
+
+class PlainTextSource(_Strict):
+    type: Literal["text"]
+    media_type: Literal["text/plain"]
+    data: str
+
+
+class Document(_Strict):
+    """A PDF (base64) or a plain text document: a chat's `file` part, or its text (`margin.messages_chat`)."""
+
+    type: Literal["document"]
+    source: Annotated[
+        Annotated[PdfSource, Tag("source:base64")] | Annotated[PlainTextSource, Tag("source:text")],
+        Discriminator(lambda value: f"source:{value.get('type') if isinstance(value, dict) else None}"),
+    ]
+    title: str | None = None
+    context: str | None = None
+    cache_control: CacheControl | None = None
+    citations: None = None  # citations are refused earlier, with the reason
+
+
 class DirectCaller(_Strict):
     type: Literal["direct"]
 
@@ -102,8 +129,10 @@ def _tagged(prefix: str, field: str) -> Any:
 
 
 ResultBlock = Annotated[
-    Annotated[Text, Tag("block:text")] | Annotated[Image, Tag("block:image")], _tagged("block", "type")
-]
+    Annotated[Text, Tag("block:text")] | Annotated[Image, Tag("block:image")]
+    | Annotated[Document, Tag("block:document")],
+    _tagged("block", "type"),
+]  # fmt: skip
 
 
 class ToolResult(_Strict):
@@ -132,7 +161,7 @@ class RedactedThinking(_Strict):
 
 UserBlock = Annotated[
     Annotated[Text, Tag("block:text")] | Annotated[Image, Tag("block:image")]
-    | Annotated[ToolResult, Tag("block:tool_result")],
+    | Annotated[ToolResult, Tag("block:tool_result")] | Annotated[Document, Tag("block:document")],
     _tagged("block", "type"),
 ]  # fmt: skip
 AssistantBlock = Annotated[
@@ -190,7 +219,7 @@ class ToolChoice(_Strict):
 class ThinkingConfig(_Strict):
     type: Literal["enabled", "disabled", "adaptive"]
     budget_tokens: Annotated[int, Field(ge=1024, le=INT32)] | None = None
-    # accepted and not passed on: a chat request has no field for it (the backend's thinking shows its default)
+    # passed on to an anthropic backend with the rest of `thinking` (`margin.messages_chat`); no other takes it
     display: Literal["summarized", "omitted"] | None = None
 
 
@@ -278,12 +307,12 @@ def _blocks(blocks: list[Any], where: str, allowed: tuple[str, ...]) -> None:
         kind, at = block.get("type"), f"{where}.{number}"
         if isinstance(kind, str) and kind not in allowed:
             shown = kind[:40]
-            if kind in ("document", "search_result"):
+            if kind == "search_result":
                 why = f"`{kind}` blocks are not supported through this gateway: send their text as `text` blocks"
             elif allowed == ("text",):
                 why = f"`{shown}` blocks are not supported here: only `text` (a chat's system message is text)"
-            elif allowed == ("text", "image"):
-                why = f"`{shown}` blocks are not supported in a tool result: only `text` and `image`"
+            elif allowed == RESULT_BLOCKS:
+                why = f"`{shown}` blocks are not supported in a tool result: only `text`, `image` and `document`"
             elif kind in USER_BLOCKS + ASSISTANT_BLOCKS:
                 why = f"`{kind}` blocks are not allowed in this role's messages"
             else:
@@ -294,14 +323,18 @@ def _blocks(blocks: list[Any], where: str, allowed: tuple[str, ...]) -> None:
         source = block.get("source")
         if kind == "image" and isinstance(source, dict) and source.get("type") == "file":
             raise _refuse("images by file id are not supported: send a base64 or url source", f"{at}.source.type")
+        if kind == "document" and isinstance(source, dict) and source.get("type") not in ("base64", "text"):
+            why = "documents are supported as a base64 PDF or plain text (not by url, file id or content blocks)"
+            raise _refuse(why, f"{at}.source.type")
         inner = block.get("content")
         if kind == "tool_result" and type(inner) is list:
-            _blocks(inner, f"{at}.content", ("text", "image"))
+            _blocks(inner, f"{at}.content", RESULT_BLOCKS)
 
 
 UNION_TAGS = frozenset(
     {"block:text", "block:image", "block:tool_result", "block:tool_use", "block:thinking",
-     "block:redacted_thinking", "role:user", "role:assistant", "role:system", "base64", "url"}
+     "block:redacted_thinking", "block:document", "role:user", "role:assistant", "role:system", "base64", "url",
+     "source:base64", "source:text"}
 )  # fmt: skip
 
 

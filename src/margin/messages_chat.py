@@ -13,8 +13,10 @@ from margin.errors import InvalidRequest
 from margin.messages import (
     AssistantMessage,
     CountTokensRequest,
+    Document,
     Image,
     MessagesRequest,
+    PdfSource,
     RedactedThinking,
     Text,
     Thinking,
@@ -29,6 +31,7 @@ from margin.messages import (
 )
 from margin.parsing import parse_request
 from margin.protocol import MAX_BLOCK_ORDER, ChatCompletionRequest, Endpoint
+from margin.thinking import ERROR_PREFIX, IS_ERROR
 
 # thinking budgets → OpenAI's reasoning effort: up to 4K tokens low, up to 16K medium, more high
 EFFORT_BUDGETS = ((4_096, "low"), (16_384, "medium"))
@@ -45,9 +48,24 @@ def _image(image: Image) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
+def _document(document: Document) -> dict[str, Any]:
+    """A PDF as a chat's `file` part (OpenAI's, with its data URL; `title`, or `document.pdf`, its file name), a
+    plain text document as its text."""
+    source = document.source
+    if not isinstance(source, PdfSource):
+        return {"type": "text", "text": source.data}
+    url = f"data:application/pdf;base64,{source.data}"
+    return {"type": "file", "file": {"filename": document.title or "document.pdf", "file_data": url}}
+
+
+def _media(block: Image | Document) -> dict[str, Any]:
+    return _image(block) if isinstance(block, Image) else _document(block)
+
+
 def _user(message: UserMessage, out: list[dict[str, Any]]) -> None:
     """Tool results first (tool messages, in order), then the rest of the user's content. A chat's tool message
-    holds text only: a result's images open the user message that follows (before the user's own content)."""
+    holds text only: a result's images and documents open the user message that follows (before the user's own
+    content)."""
     if isinstance(message.content, str):
         out.append({"role": "user", "content": message.content})
         return
@@ -60,12 +78,13 @@ def _user(message: UserMessage, out: list[dict[str, Any]]) -> None:
                 text = content
             else:
                 text = "\n\n".join(item.text for item in content if isinstance(item, Text))
-                carried.extend(_image(item) for item in content if isinstance(item, Image))
-            if block.is_error:
-                text = f"Error: {text}" if text else "Error"
-            out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": text})
-        elif isinstance(block, Image):
-            parts.append(_image(block))
+                carried.extend(_media(item) for item in content if isinstance(item, Image | Document))
+            tool: dict[str, Any] = {"role": "tool", "tool_call_id": block.tool_use_id, "content": text}
+            if block.is_error:  # the text says so to any backend; the flag, to an anthropic backend alone
+                tool |= {"content": f"{ERROR_PREFIX}{text}" if text else ERROR_PREFIX.rstrip(": "), IS_ERROR: True}
+            out.append(tool)
+        elif isinstance(block, Image | Document):
+            parts.append(_media(block))
         else:
             parts.append({"type": "text", "text": block.text})
     if carried or parts:
@@ -169,6 +188,14 @@ def effort(body: CountTokensRequest) -> str | None:
     return next((name for limit, name in EFFORT_BUDGETS if thinking.budget_tokens <= limit), "high")
 
 
+def _own_thinking(body: CountTokensRequest) -> bool:
+    """Whether the request's `thinking` decides its thinking (`enabled` or `adaptive`, and no
+    `output_config.effort`, which wins over it)."""
+    if body.output_config is not None and body.output_config.effort is not None:
+        return False
+    return body.thinking is not None and body.thinking.type != "disabled"
+
+
 def prompt_data(body: CountTokensRequest) -> dict[str, Any]:
     """The prompt's part of the chat request (its JSON) that answers a Messages request: the model, the messages,
     the tools and tool choice, the reasoning effort and the output format."""
@@ -179,6 +206,9 @@ def prompt_data(body: CountTokensRequest) -> dict[str, Any]:
         _tool_choice(body.tool_choice, data)
     if (reasoning := effort(body)) is not None:
         data["reasoning_effort"] = reasoning
+    if _own_thinking(body):  # as sent, for an anthropic backend (no other backend is sent it): the exact budget
+        assert body.thinking is not None
+        data["thinking"] = body.thinking.model_dump(exclude_none=True)
     form = body.output_config.format if body.output_config is not None else None
     if form is not None:
         data["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": form.schema_}}

@@ -88,7 +88,16 @@ class InputImage(_Strict):
     detail: Literal["low", "high", "auto", "original"] | None = None  # the SDK's `ImageDetail`, as chat's
 
 
-Part = Annotated[InputText | OutputText | Refusal | InputImage, Field(discriminator="type")]
+class InputFile(_Strict):
+    """A file sent inline (`file_data`, a base64 data URL, with its `filename`): a chat's `file` part. By `file_id`
+    or `file_url` it is refused earlier, with the reason."""
+
+    type: Literal["input_file"]
+    file_data: str
+    filename: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+
+
+Part = Annotated[InputText | OutputText | Refusal | InputImage | InputFile, Field(discriminator="type")]
 
 
 class Message(_Strict):
@@ -292,17 +301,28 @@ def _items(items: Any) -> None:
         content = item.get("content")
         if type(content) is list:
             for number, part in enumerate(content):
-                if isinstance(part, dict) and part.get("type") in ("input_file", "input_audio"):
-                    why = f"`{part['type']}` parts are not supported through this gateway"
-                    raise refuse(why, f"input.{index}.content.{number}.type", "unsupported_value")
-                if isinstance(part, dict) and part.get("type") == "input_image" and part.get("file_id") is not None:
-                    why = "images by file id are not supported: send `image_url` (a URL or a data URL)"
-                    raise refuse(why, f"input.{index}.content.{number}.file_id", "unsupported_value")
+                if isinstance(part, dict):
+                    _part(part, f"input.{index}.content.{number}")
+
+
+def _part(part: dict[str, Any], at: str) -> None:
+    """A content part no chat message holds (audio, a file or an image by id or URL to fetch), refused."""
+    kind = part.get("type")
+    if kind == "input_audio":
+        raise refuse("`input_audio` parts are not supported through this gateway", f"{at}.type", "unsupported_value")
+    if kind == "input_file":
+        for key in ("file_id", "file_url"):
+            if part.get(key) is not None:
+                why = f"files by `{key}` are not supported: send `file_data` (a base64 data URL)"
+                raise refuse(why, f"{at}.{key}", "unsupported_value")
+    if kind == "input_image" and part.get("file_id") is not None:
+        why = "images by file id are not supported: send `image_url` (a URL or a data URL)"
+        raise refuse(why, f"{at}.file_id", "unsupported_value")
 
 
 UNION_TAGS = frozenset(
     {"message", "function_call", "function_call_output", "input_text", "output_text", "refusal", "input_image",
-     "function", "allowed_tools", "reasoning"}
+     "input_file", "function", "allowed_tools", "reasoning"}
 )  # fmt: skip
 
 

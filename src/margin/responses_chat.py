@@ -13,6 +13,7 @@ from margin.responses import (
     AllowedTools,
     FunctionCall,
     FunctionTool,
+    InputFile,
     InputImage,
     InputText,
     Message,
@@ -27,7 +28,10 @@ from margin.responses import (
 from margin.responses_reasoning import ReasoningItem
 
 
-def _part(part: InputText | OutputText | Refusal | InputImage) -> dict[str, Any]:
+def _part(part: InputText | OutputText | Refusal | InputImage | InputFile) -> dict[str, Any]:
+    if isinstance(part, InputFile):  # OpenAI's chat file part (an anthropic backend sends a PDF as a document)
+        file = {"file_data": part.file_data} | ({"filename": part.filename} if part.filename is not None else {})
+        return {"type": "file", "file": file}
     if isinstance(part, InputImage):
         image: dict[str, Any] = {"url": part.image_url or ""}
         if part.detail is not None:
@@ -44,9 +48,10 @@ def _message(item: Message, index: int) -> dict[str, Any]:
     for number, part in enumerate(item.content):
         if isinstance(part, InputImage) and part.image_url is None:
             raise refuse("an image needs `image_url`", f"input.{index}.content.{number}.image_url", "invalid_value")
-        if isinstance(part, InputImage) and item.role != "user":
+        if isinstance(part, InputImage | InputFile) and item.role != "user":
+            what = "images" if isinstance(part, InputImage) else "files"
             raise refuse(
-                "images are only supported in user messages", f"input.{index}.content.{number}", "unsupported_value"
+                f"{what} are only supported in user messages", f"input.{index}.content.{number}", "unsupported_value"
             )
         if isinstance(part, OutputText | Refusal) and item.role != "assistant":
             why = f"`{part.type}` parts are only supported in assistant messages"
@@ -124,10 +129,12 @@ def _kinds(item: Any) -> list[tuple[str, int]]:
     return [(interleaving.TEXT, len(_text(part))) for part in item.content]
 
 
-def _text(part: InputText | OutputText | Refusal | InputImage) -> str:
-    """A part's text, as the chat message holds it (a refusal's is its text; an image, in no assistant message,
-    none)."""
-    return part.refusal if isinstance(part, Refusal) else "" if isinstance(part, InputImage) else part.text
+def _text(part: InputText | OutputText | Refusal | InputImage | InputFile) -> str:
+    """A part's text, as the chat message holds it (a refusal's is its text; an image or a file, in no assistant
+    message, none)."""
+    if isinstance(part, Refusal):
+        return part.refusal
+    return "" if isinstance(part, InputImage | InputFile) else part.text
 
 
 def _tool(tool: FunctionTool) -> dict[str, Any]:

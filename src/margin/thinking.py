@@ -49,18 +49,24 @@ def repeats_reasoning(holder: dict[str, Any], texts: list[str]) -> bool:
 
 
 ANTHROPIC_ONLY = ("thinking_blocks", "block_order")  # `block_order`: margin.interleaving, sent back with the blocks
+IS_ERROR = "is_error"
+"""A tool message's flag that its result is an error (a Messages `tool_result`'s `is_error`, whose text also opens
+with `ERROR_PREFIX`): an anthropic backend's `tool_result` takes it, with the text as it came; no OpenAI-compatible
+upstream does."""
+ERROR_PREFIX = "Error: "
 
 
-def without_thinking(messages: Any) -> Any:
+def without_thinking(messages: Any, keep_thinking: bool = False) -> Any:
     """A chat's messages as sent, less their `thinking_blocks` (an anthropic backend's, which no other backend
-    takes) and `block_order` (their order among the text and tool calls): the same list when none holds any."""
-    if type(messages) is not list or not any(type(m) is dict and _anthropic_only(m) for m in messages):
+    takes) and `block_order` (their order among the text and tool calls), unless `keep_thinking`, and less a tool
+    message's `is_error` (`IS_ERROR`): the same list when none holds any."""
+    drop = (IS_ERROR,) if keep_thinking else (*ANTHROPIC_ONLY, IS_ERROR)
+    if type(messages) is not list or not any(type(m) is dict and _holds(m, drop) for m in messages):
         return messages
     return [
-        {k: v for k, v in m.items() if k not in ANTHROPIC_ONLY} if type(m) is dict and _anthropic_only(m) else m
-        for m in messages
+        {k: v for k, v in m.items() if k not in drop} if type(m) is dict and _holds(m, drop) else m for m in messages
     ]
 
 
-def _anthropic_only(message: dict[str, Any]) -> bool:
-    return "thinking_blocks" in message or "block_order" in message
+def _holds(message: dict[str, Any], keys: tuple[str, ...]) -> bool:
+    return any(key in message for key in keys)

@@ -313,3 +313,18 @@ def test_admin_backends_shows_an_anthropic_backend_s_time_limits_and_retries(liv
     assert entry["kind"] == "anthropic"
     assert entry["limits"]["timeout_s"] == 10
     assert entry["retries"]["attempts"] == 1
+
+
+def test_a_pdf_from_the_responses_api_or_a_chat_reaches_anthropic_as_a_document(live: Live) -> None:
+    """`input_file` (Responses) and a chat's `file` part holding a PDF: a base64 document block at Anthropic; before,
+    a 400 on each."""
+    pdf = "data:application/pdf;base64,JVBERi0x"
+    document = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}}
+    file: Any = {"type": "input_file", "file_data": pdf, "filename": "r.pdf"}
+    live.client.responses.create(
+        model="claude-haiku-4-5", input=[{"role": "user", "content": [{"type": "input_text", "text": "sum up"}, file]}]
+    )
+    assert live.upstream.last["messages"][0]["content"] == [{"type": "text", "text": "sum up"}, document]
+    part: Any = {"type": "file", "file": {"filename": "r.pdf", "file_data": pdf}}
+    live.client.chat.completions.create(model="claude-haiku-4-5", messages=[{"role": "user", "content": [part]}])
+    assert live.upstream.last["messages"][0]["content"] == [document]

@@ -319,6 +319,10 @@ SOURCE: Any = {"type": "base64", "media_type": "image/png", "data": PIXEL}
         ({"tool_choice": {"type": "tool"}}, "tool_choice.name"),
         ({"thinking": {"type": "enabled"}}, "thinking.budget_tokens"),
         ({"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]},
+         "messages.0.content.0.source.type"),
+        ({"messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "url", "url": "https://x"}}]}]},
+         "messages.0.content.0.source.type"),
+        ({"messages": [{"role": "user", "content": [{"type": "search_result", "source": "s", "title": "t"}]}]},
          "messages.0.content.0.type"),
         (
             {"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "citations": [{}]}]}]},
@@ -334,7 +338,7 @@ SOURCE: Any = {"type": "base64", "media_type": "image/png", "data": PIXEL}
             {"messages": [{"role": "user", "content": [
                 {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "document", "source": SOURCE}]}
             ]}]},
-            "messages.0.content.0.content.0.type",
+            "messages.0.content.0.content.0.source.media_type",
         ),
         ({"messages": [{"role": "user", "content": [{"type": "tool_use", "id": "t", "name": "n", "input": {}}]}]},
          "messages.0.content.0.type"),

@@ -158,3 +158,56 @@ def test_structured_outputs_and_strict_tools_pass_through_both_translations(chai
         model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "hi"}], tools=[strict]
     )
     assert chain.upstream.last["tools"] == [{**TOOL, "strict": True}]
+
+
+@pytest.mark.parametrize(
+    ("thinking", "sent"),
+    [
+        ({"type": "enabled", "budget_tokens": 10000}, {"type": "enabled", "budget_tokens": 10000}),
+        ({"type": "enabled", "budget_tokens": 2000}, {"type": "enabled", "budget_tokens": 2000}),
+        ({"type": "adaptive"}, {"type": "adaptive"}),
+        ({"type": "disabled"}, None),
+    ],
+)
+def test_a_thinking_config_reaches_anthropic_as_sent(chain: Chain, thinking: Any, sent: Any) -> None:
+    """Before, `thinking` became a reasoning effort and the effort a budget of margin's: 10,000 reached Anthropic as
+    8,192, 2,000 as 2,048, and `adaptive` as no thinking at all."""
+    chain.client.messages.create(
+        model=MODEL, max_tokens=20000, thinking=thinking, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert chain.upstream.last.get("thinking") == sent
+    assert "reasoning_effort" not in chain.upstream.last
+
+
+@pytest.mark.parametrize(("content", "sent"), [("exit 1: no such file", "exit 1: no such file"), (None, "")])
+def test_an_error_tool_result_reaches_anthropic_flagged_with_its_text_as_sent(
+    chain: Chain, content: str | None, sent: str
+) -> None:
+    """Claude Code sends a failed command's result with `is_error: true`. Before, Anthropic got it unflagged, its
+    text prefixed with `Error: ` (what an OpenAI-compatible upstream, which has no such flag, is still sent)."""
+    result: Any = {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": True}
+    turns: Any = [
+        {"role": "user", "content": "list the files"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}]},
+        {"role": "user", "content": [result if content is None else {**result, "content": content}]},
+    ]
+    chain.client.messages.create(model=MODEL, max_tokens=64, messages=turns, tools=[TOOL])
+    assert chain.upstream.last["messages"][2]["content"] == [
+        {"type": "tool_result", "tool_use_id": "toolu_1", "content": sent, "is_error": True}
+    ]
+
+
+def test_a_pdf_document_reaches_anthropic_as_a_document_block(chain: Chain) -> None:
+    """Claude Code's Read of a PDF answers with a document block in the tool result: before, a 400."""
+    pdf: Any = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}}
+    turns: Any = [
+        {"role": "user", "content": "read it"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [pdf]}, pdf]},
+    ]
+    chain.client.messages.create(model=MODEL, max_tokens=64, messages=turns, tools=[TOOL])
+    assert chain.upstream.last["messages"][2]["content"] == [
+        {"type": "tool_result", "tool_use_id": "toolu_1", "content": ""},
+        {"type": "document", "source": pdf["source"]},
+        {"type": "document", "source": pdf["source"]},
+    ]

@@ -80,8 +80,8 @@ def test_tool_results_come_first_as_tool_messages_then_the_user_s_other_content(
             "thinking_blocks": [{"type": "thinking", "thinking": "hmm", "signature": "sig"}],
         },
         {"role": "tool", "tool_call_id": "t1", "content": "one"},
-        {"role": "tool", "tool_call_id": "t2", "content": "Error: x\n\ny"},
-        {"role": "tool", "tool_call_id": "t3", "content": "Error"},
+        {"role": "tool", "tool_call_id": "t2", "content": "Error: x\n\ny", "is_error": True},
+        {"role": "tool", "tool_call_id": "t3", "content": "Error", "is_error": True},
         {"role": "user", "content": [{"type": "text", "text": "here"}]},
     ]
 
@@ -209,7 +209,7 @@ def test_what_claude_code_sends_besides_is_accepted_and_changes_nothing() -> Non
     """Claude Code sends `context_management` on every request, cache_control with keys of its betas (`scope`),
     tool hints (`eager_input_streaming`, `defer_loading`, `input_examples`) and thinking blocks with
     cache_control: a 400 for any of them would stop it. None reaches the chat (the thinking block does, without
-    its cache_control)."""
+    its cache_control; `thinking` goes as sent, for an anthropic backend)."""
     cache = {"type": "ephemeral", "ttl": "1h", "scope": "global"}
     tool = {
         "name": "Read", "description": "read a file", "input_schema": {"type": "object"}, "cache_control": cache,
@@ -235,7 +235,7 @@ def test_what_claude_code_sends_besides_is_accepted_and_changes_nothing() -> Non
     bare = {"type": "thinking", "thinking": "t", "signature": "s"}
     plain_turns = [USER, {"role": "assistant", "content": [bare, use]}, {"role": "user", "content": [result]}]
     plain = _chat(tools=[plain_tool], messages=plain_turns, system="You are Claude Code.", **same)
-    assert chat == plain
+    assert chat == {**plain, "thinking": {"type": "adaptive"}}  # as sent: an anthropic backend's thinking
 
 
 def test_content_blocks_are_counted_before_any_is_read() -> None:
@@ -487,3 +487,25 @@ def test_a_chat_without_usage_is_a_message_with_the_usage_it_was_metered_at() ->
     }
     assert from_chat(reported, BODY, "7", metered)["usage"]["output_tokens"] == 3
     assert from_chat(bare, BODY, "7")["usage"]["output_tokens"] == 0
+
+
+PDF: Any = {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}
+
+
+def test_documents_become_file_parts_or_text_and_a_tool_result_s_open_the_user_message_that_follows() -> None:
+    """A PDF is OpenAI's chat `file` part (its title the file name), a plain text document its text; before, every
+    `document` block was a 400 (Claude Code's Read of a PDF is one, in a tool result)."""
+    plain = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "words"}}
+    turn = {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "t1", "content": [TEXT_X, {"type": "document", "source": PDF}]},
+        {"type": "document", "source": PDF, "title": "r.pdf", "context": "a report"},
+        plain,
+    ]}  # fmt: skip
+
+    def file(name: str) -> dict[str, Any]:
+        return {"type": "file", "file": {"filename": name, "file_data": "data:application/pdf;base64,JVBERi0x"}}
+
+    assert _chat(messages=[turn])["messages"] == [
+        {"role": "tool", "tool_call_id": "t1", "content": "x"},
+        {"role": "user", "content": [file("document.pdf"), file("r.pdf"), {"type": "text", "text": "words"}]},
+    ]

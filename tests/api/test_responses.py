@@ -430,8 +430,18 @@ def test_rate_limits_and_keys_apply(live: Live) -> None:
         ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input.0.type", "unsupported_value"),
         (
             {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
-            "input.0.content.0.type",
-            None,
+            "input.0.content.0.file_id",
+            "unsupported_value",
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_file", "file_url": "https://x/a.pdf"}]}]},
+            "input.0.content.0.file_url",
+            "unsupported_value",
+        ),
+        (
+            {"input": [{"role": "assistant", "content": [{"type": "input_file", "file_data": "data:,x"}]}]},
+            "input.0.content.0",
+            "unsupported_value",
         ),
         ({"unknown_field": 1}, "unknown_field", None),
         ({"input": [{"role": "user", "content": "x", "cache_control": {}}]}, "input.0.cache_control", None),

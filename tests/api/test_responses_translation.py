@@ -333,3 +333,19 @@ def test_allowed_tools_is_chat_s_allowed_tools_and_names_only_the_request_s_tool
     with pytest.raises(InvalidRequest) as caught:
         _chat(input="x", tools=tools[:1], tool_choice={"type": "allowed_tools", "mode": "required", "tools": named})
     assert caught.value.param == "tool_choice.tools.0.name"
+
+
+def test_an_inline_file_is_a_chat_file_part() -> None:
+    """`input_file` with `file_data` (the SDK's way to send a PDF) is OpenAI's chat `file` part, which an anthropic
+    backend sends as a document; before, every `input_file` part was a 400."""
+    pdf = "data:application/pdf;base64,JVBERi0x"
+    parts: Any = [
+        {"type": "input_file", "file_data": pdf, "filename": "r.pdf"},
+        {"type": "input_file", "file_data": pdf},
+    ]
+    content = [{"type": "input_text", "text": "sum up"}, *parts]
+    assert _chat(input=[{"role": "user", "content": content}])["messages"][0]["content"] == [
+        {"type": "text", "text": "sum up"},
+        {"type": "file", "file": {"file_data": pdf, "filename": "r.pdf"}},
+        {"type": "file", "file": {"file_data": pdf}},
+    ]

@@ -182,6 +182,39 @@ def test_sampling_fields_limits_and_user_map() -> None:
     assert _sent(max_tokens=80, max_completion_tokens=60)["max_tokens"] == 60  # the lower: what budgets priced
 
 
+def test_a_requests_own_thinking_is_sent_with_its_exact_budget_and_wins_over_the_effort() -> None:
+    """`thinking` as Anthropic takes it (what `/v1/messages` passes on, and LiteLLM's chat clients send): its budget
+    as asked, not an effort's (before: ignored, so a Messages budget of 10,000 reached Anthropic as 8,192, Claude
+    Code's 31,999 as 16,384, and `adaptive` as no thinking at all)."""
+    enabled = {"type": "enabled", "budget_tokens": 10000}
+    assert _sent(thinking=enabled, reasoning_effort="medium", max_tokens=20000)["thinking"] == enabled
+    assert _sent(thinking={**enabled, "budget_tokens": 31999}, max_tokens=8000)["thinking"]["budget_tokens"] == 7999
+    assert _sent(thinking={"type": "adaptive", "display": "omitted"})["thinking"] == {
+        "type": "adaptive",
+        "display": "omitted",
+    }
+    assert "thinking" not in _sent(thinking={"type": "disabled"}, reasoning_effort="high", max_tokens=20000)
+    _refused("thinking.type", thinking={"type": "on"})
+    _refused("thinking.type", thinking="enabled")
+    _refused("thinking.budget_tokens", thinking={"type": "enabled"})
+    _refused("thinking.budget_tokens", thinking={"type": "enabled", "budget_tokens": "2000"})
+    _refused("thinking.budget_tokens", thinking={"type": "enabled", "budget_tokens": 512}, max_tokens=4000)
+    _refused("thinking.budget_tokens", thinking=enabled, max_tokens=1024)  # no budget of 1,024 fits below it
+
+
+def test_a_pdf_file_part_becomes_a_document_block_and_other_files_are_refused() -> None:
+    """OpenAI's chat `file` part holding a PDF (`/v1/messages`' document blocks arrive so); before, any `file` part
+    was a 400."""
+    pdf = {"type": "file", "file": {"filename": "r.pdf", "file_data": "data:application/pdf;base64,JVBERi0x"}}
+    sent = _sent(messages=[{"role": "user", "content": [pdf, {"type": "text", "text": "sum up"}]}])
+    assert sent["messages"][0]["content"] == [
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}},
+        {"type": "text", "text": "sum up"},
+    ]
+    for file in ({"file_id": "file-1"}, {"file_data": "data:text/csv;base64,YQ=="}, "x"):
+        _refused("messages[0].content[0]", messages=[{"role": "user", "content": [{"type": "file", "file": file}]}])
+
+
 def test_reasoning_effort_becomes_a_thinking_budget_below_max_tokens() -> None:
     assert _sent(reasoning_effort="medium", max_tokens=20000)["thinking"] == {"type": "enabled", "budget_tokens": 8192}
     assert _sent(reasoning_effort="high", max_tokens=5000)["thinking"] == {"type": "enabled", "budget_tokens": 4999}

@@ -1,19 +1,20 @@
 """A chat completion request as an Anthropic Messages request (`POST /v1/messages`), for `kind: anthropic`.
 
-What maps: `system`/`developer` messages → the top-level `system` (their text, in order, wherever they stood);
-user and assistant turns with text and image parts (a data URL → a base64 image, an http(s) URL → a url
-image); an assistant's `thinking_blocks` (an earlier answer's, signatures as they came) → its first blocks, and
-its `tool_calls` → `tool_use` blocks after its text, or all of them in its `block_order` (an interleaved answer's
-order, `margin.interleaving`) where that accounts for them; `tool` messages → `tool_result` blocks in a user turn
-(consecutive turns of one role are merged into one, as Anthropic wants roles to alternate); `tools`
-(functions) → Anthropic tools; `tool_choice` auto/none/required/named → auto/none/any/tool, and
-`parallel_tool_calls: false` → `disable_parallel_tool_use`; `max_tokens`/`max_completion_tokens` (the lower,
-as budgets capped it) → `max_tokens`, else the backend's `default_max_tokens`; temperature (0..1), top_p,
-top_k, stop → `stop_sequences`, `user` → `metadata.user_id`; `reasoning_effort` → extended thinking with the
-budget in `THINKING_BUDGETS`; a function's `strict: true` → the tool's `strict`, and `response_format`
-json_schema → `output_config.format` (Anthropic's structured outputs). Anything else the request asks for that
-Anthropic cannot do is a 400 (`unsupported_parameter`) that names the field, unless the backend's
-`drop_unsupported` lists it: then it is left out, and the answer's `x-margin-dropped-params` names it."""
+What maps: `system`/`developer` messages → the top-level `system` (their text, in order, wherever they stood); user
+and assistant turns with text and image parts (a data URL → a base64 image, an http(s) URL → a url image; a `file`
+part's PDF → a base64 document); an assistant's `thinking_blocks` (an earlier answer's, signatures as they came) →
+its first blocks, and its `tool_calls` → `tool_use` blocks after its text, or all of them in its `block_order` (an
+interleaved answer's order, `margin.interleaving`) where that accounts for them; `tool` messages → `tool_result`
+blocks in a user turn (consecutive turns of one role are merged into one, as Anthropic wants roles to alternate);
+`tools` (functions) → Anthropic tools; `tool_choice` auto/none/required/named → auto/none/any/tool, and
+`parallel_tool_calls: false` → `disable_parallel_tool_use`; `max_tokens`/`max_completion_tokens` (the lower, as
+budgets capped it) → `max_tokens`, else the backend's `default_max_tokens`; temperature (0..1), top_p, top_k, stop →
+`stop_sequences`, `user` → `metadata.user_id`; `reasoning_effort` → extended thinking with the budget in
+`THINKING_BUDGETS`, unless the request has Anthropic's own `thinking` (a Messages request's): that, as sent; a
+function's `strict: true` → the tool's `strict`, and `response_format` json_schema → `output_config.format`
+(Anthropic's structured outputs). Anything else the request asks for that Anthropic cannot do is a 400
+(`unsupported_parameter`) that names the field, unless the backend's `drop_unsupported` lists it: then it is left
+out, and the answer's `x-margin-dropped-params` names it."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import orjson
 from margin import interleaving, jsonload
 from margin.errors import InvalidRequest
 from margin.protocol import ChatCompletionRequest, ChatMessage, ThinkingBlock
+from margin.thinking import ERROR_PREFIX, IS_ERROR
 
 # `reasoning_effort` → thinking `budget_tokens` (Anthropic's minimum is 1,024; the budget must stay below
 # `max_tokens`, so it is lowered to `max_tokens - 1` and refused under 1,024). `none` sends no thinking.
@@ -33,6 +35,7 @@ THINKING_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384,
 THINKING_MIN = 1024
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 DATA_URL = re.compile(r"data:(image/[a-z]+);base64,(.+)", re.DOTALL)
+PDF_URL = re.compile(r"data:application/pdf;base64,(.+)", re.DOTALL)
 # chat fields with no Anthropic counterpart: refused when set to anything but their default
 REFUSED = {
     "logprobs": "logprobs",
@@ -92,7 +95,12 @@ def messages_body(
             body["tool_choice"] = choice
     elif request.tool_choice not in (None, "none", "auto"):
         raise InvalidRequest("tool_choice needs tools", param="tool_choice")
-    if (thinking := _thinking(call_raw.get("reasoning_effort"), body["max_tokens"])) is not None:
+    raw_thinking = call_raw.get("thinking")
+    if raw_thinking is not None:  # Anthropic's own config (a Messages request's, as sent): it wins over the effort
+        thinking = _thinking_config(raw_thinking, body["max_tokens"])
+    else:
+        thinking = _thinking(call_raw.get("reasoning_effort"), body["max_tokens"])
+    if thinking is not None:
         body["thinking"] = thinking
     if (output_format := _output_format(request.response_format)) is not None:
         body["output_config"] = {"format": output_format}
@@ -158,6 +166,34 @@ def _max_tokens(raw: dict[str, Any], default: int) -> int:
     """The lower of the two output limits sent (the one budgets priced and capped), else `default`."""
     limits = [v for v in (raw.get("max_tokens"), raw.get("max_completion_tokens")) if isinstance(v, int)]
     return min(limits) if limits else default
+
+
+THINKING_TYPES = ("enabled", "adaptive", "disabled")
+
+
+def _thinking_config(raw: Any, max_tokens: int) -> dict[str, Any] | None:
+    """A request's own `thinking` (Anthropic's shape, as `/v1/messages` passes it on and LiteLLM's chat clients
+    send it): `enabled` with its `budget_tokens` (lowered to `max_tokens` - 1, as budgets may have capped the
+    limit), `adaptive`, or `disabled` (nothing sent); `display` kept. Anything else is a 400 naming it."""
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if kind not in THINKING_TYPES:
+        raise InvalidRequest(f"thinking.type must be one of {', '.join(THINKING_TYPES)}", param="thinking.type")
+    assert isinstance(raw, dict)
+    if kind == "disabled":
+        return None
+    out: dict[str, Any] = {"type": kind}
+    if kind == "enabled":
+        budget = raw.get("budget_tokens")
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < THINKING_MIN:
+            why = f"thinking.budget_tokens must be an integer of at least {THINKING_MIN}"
+            raise InvalidRequest(why, param="thinking.budget_tokens")
+        out["budget_tokens"] = min(budget, max_tokens - 1)
+        if out["budget_tokens"] < THINKING_MIN:
+            why = f"thinking needs max_tokens above {THINKING_MIN} on anthropic backends (budgets stay below it)"
+            raise InvalidRequest(why, param="thinking.budget_tokens")
+    if isinstance(display := raw.get("display"), str) and display in ("summarized", "omitted"):
+        out["display"] = display
+    return out
 
 
 def _thinking(effort: Any, max_tokens: int) -> dict[str, Any] | None:
@@ -265,6 +301,8 @@ def _content_blocks(message: ChatMessage, index: int, *, images: bool) -> list[d
                 blocks.append({"type": "text", "text": text})
         elif part.type == "image_url" and images:
             blocks.append(_image((part.model_extra or {}).get("image_url"), where))
+        elif part.type == "file" and images:
+            blocks.append(_document((part.model_extra or {}).get("file"), where))
         else:
             raise unsupported(where, f"a {part.type[:40]!r} part in a {message.role} message")
     return blocks
@@ -282,6 +320,15 @@ def _image(image_url: Any, where: str) -> dict[str, Any]:
     if url.startswith(("https://", "http://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
     raise unsupported(where, "an image URL that is neither http(s) nor a data URL")
+
+
+def _document(file: Any, where: str) -> dict[str, Any]:
+    """A `file` part holding a PDF (its `file_data` a base64 data URL) as a document block."""
+    data = file.get("file_data") if isinstance(file, dict) else None
+    found = PDF_URL.fullmatch(data) if isinstance(data, str) else None
+    if found is None:
+        raise unsupported(where, "a file that is not a PDF as a base64 data URL in `file_data`")
+    return {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": found.group(1)}}
 
 
 def _tool_uses(calls: Any, index: int) -> list[dict[str, Any]]:
@@ -316,7 +363,12 @@ def _tool_result(message: ChatMessage, call_id: Any, index: int) -> dict[str, An
         )
     content = message.content
     result: Any = content if isinstance(content, str) else _content_blocks(message, index, images=False)
-    return {"type": "tool_result", "tool_use_id": call_id, "content": result}
+    block = {"type": "tool_result", "tool_use_id": call_id, "content": result}
+    if (message.model_extra or {}).get(IS_ERROR) is True:  # a Messages tool_result's flag: its text as it came
+        block["is_error"] = True
+        if isinstance(result, str):
+            block["content"] = "" if result == "Error" else result.removeprefix(ERROR_PREFIX)
+    return block
 
 
 def _tool(tool: dict[str, Any], index: int) -> dict[str, Any]:

@@ -81,8 +81,8 @@ class OpenAIBackend(HttpBackend):
         known = FORWARDED[endpoint]  # a null is the field left out (OpenAI's meaning; some servers differ)
         body = {name: value for name, value in raw.items() if name in known and value is not None}
         body["model"] = upstream_model
-        if "messages" in body and not self.config.thinking_blocks:  # an anthropic backend's thinking blocks, sent
-            body["messages"] = without_thinking(body["messages"])  # back: most upstreams do not take them
+        if "messages" in body:  # an anthropic backend's thinking blocks, sent back: most upstreams do not take them
+            body["messages"] = without_thinking(body["messages"], keep_thinking=self.config.thinking_blocks)
         return body
 
     def _body(self, call: Call, *, stream: bool) -> bytes:

@@ -1,7 +1,9 @@
 """A stream that ends with no finish reason and no `[DONE]` (an upstream cut off mid-answer, its body framed by the
-connection's end alone) is not stored in the exact cache: its row stays `ok` (some servers omit `[DONE]`), but a
-hit would replay the half answer as a complete one, `finish_reason: stop`, to every caller of the same request.
-Before, it was stored and the next identical request got it from the cache. A whole stream is still stored.
+connection's end alone) is not stored in the exact cache: a hit would replay the half answer as a complete one,
+`finish_reason: stop`, to every caller of the same request. Before, it was stored and the next identical request
+got it from the cache. Nor is it told as whole: the client gets the words, then an error event, as for a reset, and
+its row an upstream error (502, as for a reset mid-stream) with the tokens that were generated (before: `[DONE]` and an `ok` row, the answer's end lost
+without a word). A whole stream is still stored.
 `margin serve` over real HTTP, a fake upstream on a thread, the official openai SDK as the client."""
 
 from __future__ import annotations
@@ -52,18 +54,27 @@ def test_a_stream_cut_before_its_finish_is_not_stored_in_the_cache(tmp_path: Pat
                 with client.chat.completions.with_streaming_response.create(
                     model="m", messages=messages, temperature=0, stream=True
                 ) as response:
-                    chunks = list(response.parse())
-                    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-                    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-                    told.append((response.headers.get("x-margin-cache"), text, finishes[-1] if finishes else None))
+                    chunks: list[Any] = []
+                    try:
+                        chunks.extend(response.parse())
+                    except openai.APIError as exc:  # the cut: an error event after the words
+                        assert "ended its stream before finishing" in exc.message
+                        chunks.append(None)
+                    got = [c for c in chunks if c is not None]
+                    text = "".join(c.choices[0].delta.content or "" for c in got if c.choices)
+                    finishes = [c.choices[0].finish_reason for c in got if c.choices and c.choices[0].finish_reason]
+                    last = "cut" if chunks and chunks[-1] is None else (finishes[-1] if finishes else None)
+                    told.append((response.headers.get("x-margin-cache"), text, last))
     assert told == [
-        ("miss", "a b c", None),
-        ("miss", "a b c", None),  # before: ("hit-exact", "a b c", "stop"), the cut answer replayed as whole
+        ("miss", "a b c", "cut"),  # before: no error, [DONE] after half an answer
+        ("miss", "a b c", "cut"),  # before that: ("hit-exact", "a b c", "stop"), the cut answer replayed as whole
         ("miss", "a b c", "stop"),
         ("hit-exact", "a b c", "stop"),  # a whole stream is stored, as before
         ("miss", "a b c", "error"),
         ("miss", "a b c", "error"),  # before: a hit, the failed answer replayed to every caller for ttl_s
     ]
     assert len(bodies) == 5
-    rows = ledger_columns(url, ledger.c.status, ledger.c.http_status)
-    assert rows == [("ok", 200)] * 6  # the cut stream's row stays ok: some servers omit `[DONE]`
+    rows = ledger_columns(url, ledger.c.status, ledger.c.http_status, ledger.c.output_tokens)
+    assert [row[:2] for row in rows[:2]] == [("upstream_error", 502)] * 2  # the cut: as a reset mid-stream
+    assert all(row[2] > 0 for row in rows[:2])  # the words it generated are metered
+    assert [row[:2] for row in rows[2:]] == [("ok", 200)] * 4

@@ -203,9 +203,33 @@ async def test_stream_events_of_one_read_are_marked_more_except_the_last() -> No
 
 
 async def test_stream_event_without_final_newline_and_without_done() -> None:
+    """A server that omits `[DONE]` still names a finish reason: its stream is whole, the last event read from
+    the bytes left at the connection's end too."""
     one = b'{"choices":[{"delta":{"content":"x"}}]}'
-    assert await _events([b"data: " + one + b"\n\ndata: " + one]) == [(one, False), (one, False)]
-    assert await _events([b"data: " + one + b"\n\n", b"data: " + one + b"\n\n"]) == [(one, False), (one, False)]
+    end = b'{"choices":[{"delta":{},"finish_reason":"stop"}]}'
+    usage = b'{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}'
+    assert await _events([b"data: " + one + b"\n\ndata: " + end]) == [(one, False), (end, False)]
+    assert await _events([b"data: " + one + b"\n\n", b"data: " + end + b"\n\n"]) == [(one, False), (end, False)]
+    # the finish in one read, the usage event in the next
+    got = await _events([b"data: " + end + b"\n\n", b"data: " + usage + b"\n\n"])
+    assert [raw for raw, _ in got] == [end, usage]
+
+
+@pytest.mark.parametrize("framed", ["rest", "whole"])
+async def test_a_stream_ended_without_done_or_a_finish_is_cut(framed: str) -> None:
+    """A connection that ends mid-answer (no `[DONE]`, no finish reason in the last events: a reset a proxy
+    turned into a clean end) fails after the events it delivered, as a reset does, not as a whole answer."""
+    one = b'{"choices":[{"delta":{"content":"x"}}]}'
+    last = b"data: " + one if framed == "rest" else b"data: " + one + b"\n\n"
+    from margin.backend_config import OpenAIBackendConfig
+    from margin.backends.openai_compat import OpenAIBackend
+
+    backend = OpenAIBackend("up", OpenAIBackendConfig(base_url="http://127.0.0.1:1/v1"))
+    seen: list[bytes | None] = []
+    with pytest.raises(BackendError, match="ended its stream before finishing"):
+        async for batch in backend._reads(_Response([b"data: " + one + b"\n\n", last])):  # type: ignore[arg-type]
+            seen.extend(chunk.raw for chunk in batch)
+    assert seen == [one, one]
 
 
 async def test_invalid_stream_event_is_a_backend_error_after_the_good_ones() -> None:
@@ -231,7 +255,9 @@ async def test_an_event_in_many_reads_is_joined_once_and_a_stream_is_cut_at_its_
 
     one = b'{"choices":[{"delta":{"content":"x"}}]}'
     framed = b"data: " + one + b"\n\n"
-    assert await _events([bytes([byte]) for byte in framed]) == [(one, False)]
+    end = b'{"choices":[{"delta":{},"finish_reason":"stop"}]}'
+    whole = framed + b"data: " + end + b"\n\ndata: [DONE]\n\n"
+    assert await _events([bytes([byte]) for byte in whole]) == [(one, False), (end, False)]
     lines = Lines(10)
     assert (lines.feed(b"abc"), lines.feed(b"d\ne"), lines.rest()) == ([], [b"abcd"], b"e")
     assert lines.feed(b"fghi") == [] and lines.feed(b"j") is None  # 10 bytes in all are fine, 11 are not

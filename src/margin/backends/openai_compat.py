@@ -24,7 +24,17 @@ from margin.errors import BackendError
 from margin.jsonload import MIN_DEEP_BYTES
 from margin.protocol import FORWARDED, Endpoint
 from margin.thinking import without_thinking
-from margin.types import Call, Chunk, Completion, Prompt, Usage, choices_text, finish_reason_of
+from margin.types import (
+    FINISH_EVENT_BYTES,
+    FINISH_LOOKBACK,
+    Call,
+    Chunk,
+    Completion,
+    Prompt,
+    Usage,
+    choices_text,
+    finish_reason_of,
+)
 
 log = logging.getLogger("margin.backends")
 
@@ -132,6 +142,7 @@ class OpenAIBackend(HttpBackend):
         waits count towards the stream's idle limit). An event that does not parse fails after the good ones
         before it."""
         content, lines, first, done = response.content, Lines(self.config.max_response_bytes), True, False
+        tail: list[bytes] = []  # the last two reads' events, for a stream that ends without `[DONE]`
         while True:
             if deadline is not None:
                 deadline.waiting()
@@ -144,6 +155,8 @@ class OpenAIBackend(HttpBackend):
             events = [event for line in complete if line and (event := event_data(line)) is not None]
             if deadline is not None:
                 deadline.received(event=bool(events))
+            if events:
+                tail = tail[-FINISH_LOOKBACK:] + events if len(events) < FINISH_LOOKBACK else events
             batch: list[Chunk] = []
             try:
                 done = self._batch(events, batch, first=first)
@@ -159,9 +172,17 @@ class OpenAIBackend(HttpBackend):
         event = event_data(lines.rest()) if not done else None
         if event is not None and event != b"[DONE]":
             yield [self._chunk(event)]
+            tail.append(event)
+            first = False
         elif first:  # not one event (an empty body, `[DONE]` alone, a JSON error body): no answer, not an empty one
             log_upstream(self.name, "sent a stream without events", upstream_message(lines.rest())[0])
             raise BackendError(f"upstream {self.name} sent a stream without events", code="upstream_bad_response")
+        if not done and event != b"[DONE]" and not _finished(tail):
+            # the connection ended mid-answer (a reset a proxy turned into a clean end): the client is told, as
+            # for a reset, instead of `[DONE]` after half an answer; a server that omits `[DONE]` still names a
+            # finish reason, and passes
+            log_upstream(self.name, "ended a stream before its finish", "")
+            raise BackendError(f"upstream {self.name} ended its stream before finishing", code="upstream_bad_response")
 
     def _batch(self, events: list[bytes], batch: list[Chunk], *, first: bool) -> bool:
         """One read's events into `batch`, in order; True at `[DONE]`. A run of events whose bytes name neither
@@ -223,6 +244,19 @@ class OpenAIBackend(HttpBackend):
             payload = {key: value for key, value in payload.items() if key != "usage"}
             return Chunk(payload=payload, text=delta_text(payload))
         return Chunk(payload=payload, raw=data, text=delta_text(payload), usage=usage)
+
+
+def _finished(events: list[bytes]) -> bool:
+    """Whether one of a stream's last events names a finish reason (only read when it ended without `[DONE]`)."""
+    for event in reversed(events[-FINISH_LOOKBACK:]):
+        if len(event) > FINISH_EVENT_BYTES or b"finish_reason" not in event:
+            continue
+        try:
+            if finish_reason_of(jsonload.loads(event)) is not None:
+                return True
+        except (orjson.JSONDecodeError, ValueError):
+            continue
+    return False
 
 
 class VllmCountingBackend(OpenAIBackend):

@@ -1,9 +1,9 @@
 """A stream that ends with no finish reason and no `[DONE]` (an upstream cut off mid-answer, its body framed by the
 connection's end alone) is not stored in the exact cache: a hit would replay the half answer as a complete one,
 `finish_reason: stop`, to every caller of the same request. Before, it was stored and the next identical request
-got it from the cache. Nor is it told as whole: the client gets the words, then an error event, as for a reset, and
-its row an upstream error (502, as for a reset mid-stream) with the tokens that were generated (before: `[DONE]` and an `ok` row, the answer's end lost
-without a word). A whole stream is still stored.
+got it from the cache. Nor is it told as whole: the client gets the words, then an error event, as for a reset,
+and its row is an upstream error (502, as for a reset mid-stream) with the tokens that were generated (before:
+`[DONE]` and an `ok` row, the answer's end lost without a word). A whole stream is still stored.
 `margin serve` over real HTTP, a fake upstream on a thread, the official openai SDK as the client."""
 
 from __future__ import annotations

@@ -169,18 +169,25 @@ class OpenAIBackend(HttpBackend):
                 yield batch
             if done:
                 break
-        event = event_data(lines.rest()) if not done else None
-        if event is not None and event != b"[DONE]":
+        if not done:
+            async for last in self._ended(lines.rest(), tail, first=first):
+                yield last
+
+    async def _ended(self, rest: bytes, tail: list[bytes], *, first: bool) -> AsyncIterator[list[Chunk]]:
+        """A stream whose connection ended before `[DONE]`: the event left without its line end, then a failure
+        if no event came, or if none of the last events names a finish reason (the connection ended mid-answer,
+        a reset a proxy turned into a clean end: the client is told, as for a reset, instead of `[DONE]` after
+        half an answer; a server that omits `[DONE]` still names its finish, and passes)."""
+        event = event_data(rest)
+        if event == b"[DONE]":
+            return
+        if event is not None:
             yield [self._chunk(event)]
             tail.append(event)
-            first = False
         elif first:  # not one event (an empty body, `[DONE]` alone, a JSON error body): no answer, not an empty one
-            log_upstream(self.name, "sent a stream without events", upstream_message(lines.rest())[0])
+            log_upstream(self.name, "sent a stream without events", upstream_message(rest)[0])
             raise BackendError(f"upstream {self.name} sent a stream without events", code="upstream_bad_response")
-        if not done and event != b"[DONE]" and not _finished(tail):
-            # the connection ended mid-answer (a reset a proxy turned into a clean end): the client is told, as
-            # for a reset, instead of `[DONE]` after half an answer; a server that omits `[DONE]` still names a
-            # finish reason, and passes
+        if not _finished(tail):
             log_upstream(self.name, "ended a stream before its finish", "")
             raise BackendError(f"upstream {self.name} ended its stream before finishing", code="upstream_bad_response")
 

@@ -325,7 +325,12 @@ class SqliteCache:
             self._connection.close()
         finally:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
-                loop.call_soon_threadsafe(lambda: drained.done() or drained.set_result(None))
+                loop.call_soon_threadsafe(_resolve, drained)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class RedisCache:

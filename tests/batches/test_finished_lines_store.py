@@ -190,8 +190,8 @@ async def test_jobs_an_older_release_ended_are_settled_once(engine: AsyncEngine)
         state = await _state(engine, batch_id)
         assert (state["job"].line_counts, state["lines"], state["refused"]) == (COUNTS, 0, 0)
         assert state["job"].stored_bytes == _row_alone(state["job"])
-    cut = await _state(engine, "batch_cut")
-    assert (cut["job"].line_counts, cut["lines"], cut["job"].stored_bytes) == ({"done": 5}, 5, 50_000)  # not read
+    kept = await _state(engine, "batch_cut")
+    assert (kept["job"].line_counts, kept["lines"], kept["job"].stored_bytes) == ({"done": 5}, 5, 50_000)  # not read
     running = await _state(engine, "batch_run")  # a running job's lines are its own
     assert (running["job"].line_counts, running["lines"], running["job"].stored_bytes) == (None, 5, 50_000)
 

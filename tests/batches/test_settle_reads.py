@@ -101,7 +101,7 @@ def test_0030_adds_the_partial_index_and_its_downgrade_drops_it(
         engine = db.make_sync_engine(url)
         try:
             with engine.connect() as connection:
-                return {ix["name"]: ix for ix in sa.inspect(connection).get_indexes("batches")}
+                return {str(ix["name"]): ix for ix in sa.inspect(connection).get_indexes("batches")}
         finally:
             engine.dispose()
 

@@ -385,7 +385,7 @@ async def finalize(engine: AsyncEngine, batch_id: str, status: str, now: datetim
     return True
 
 
-def unsettled(limit: int) -> sa.Select[tuple[str]]:
+def unsettled(limit: int) -> sa.Select[Any]:
     """Up to `limit` ended jobs without their lines' counts: read through the partial index on
     `line_counts IS NULL` (0030), never the ended jobs already settled. A job whose counts are on its row has no
     line row: the counts are written in the transaction that deletes its lines (`finalize`, `settle_finished`,

@@ -22,6 +22,7 @@ class Collected:
     def __init__(self) -> None:
         self.status = 0
         self.body = b""
+        self.stopping = False  # no server to stop
 
     def status_of(self, error: MarginError) -> int:
         return status_of(error)

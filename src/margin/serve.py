@@ -150,7 +150,7 @@ def _server_options(settings: Settings) -> dict[str, Any]:
         "access_log": False,
         "log_config": None,  # uvicorn's records (a 500's traceback) go through margin's escaping handler
         "log_level": settings.server.log_level,
-        "timeout_graceful_shutdown": settings.server.shutdown_grace_s,  # then margin.pipeline.flow.GRACE_ENDED
+        "timeout_graceful_shutdown": settings.server.shutdown_grace_s,  # then Client.stopping (margin.api.heads)
         "proxy_headers": False,  # margin reads no client address; skipping the middleware saves a hop per request
         "server_header": False,
     }

@@ -15,6 +15,8 @@ import pytest
 from tests.helpers import recorded_gateway
 from tests.servers import reply_events, reply_json
 
+FILLER = " and" * 256  # 1 kB of text an event
+LONG_EVENTS = 300  # past PARSE_INLINE_BYTES (256 KiB) delivered: the stream's parts are read in a worker thread
 USAGE = {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
 CITATION = {"url": "https://example.org/paris", "title": "Paris", "start_index": 0, "end_index": 5}
 EXTRAS: dict[str, dict[str, Any]] = {
@@ -33,8 +35,10 @@ def _answer(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         reply_json(handler, 200, {**head, "object": "chat.completion", "choices": [choice], "usage": USAGE})
         return
     chunk = {**head, "object": "chat.completion.chunk"}
+    filler = [({"content": FILLER}, None)] * (LONG_EVENTS if "long" in body["messages"][0]["content"] else 0)
     deltas: list[tuple[dict[str, Any], str | None]] = [
         ({"role": "assistant", "content": "Paris is"}, None),
+        *filler,  # a long stream: its extra part comes after 300 kB of text
         ({"content": " the capital.", **extra}, None),
         ({}, "stop"),
     ]
@@ -83,3 +87,21 @@ def test_a_plain_text_answer_is_still_a_hit(gateway: tuple[openai.OpenAI, list[A
     caches = [_ask(client, body, stream, "annotations")[0] for _ in range(2)]
     assert caches == ["miss", "hit-exact"]
     assert len([b for b in bodies if b["messages"] == body["messages"]]) == 1
+
+
+@pytest.mark.parametrize("key", ["annotations", "plain"])
+def test_a_long_stream_is_read_whole_for_an_unreplayable_part(
+    gateway: tuple[openai.OpenAI, list[Any]], key: str
+) -> None:
+    """A stream past PARSE_INLINE_BYTES is looked at for such a part in a worker thread (test_stream_parse.py):
+    one after 300 kB of text still keeps it from being stored; without one it is stored and replayed."""
+    client, bodies = gateway
+    body: Any = {"model": "m", "temperature": 0, "messages": [{"role": "user", "content": f"{key} long"}]}
+    answers = [_ask(client, body, True, "annotations") for _ in range(2)]
+    text = "Paris is" + FILLER * LONG_EVENTS + " the capital."
+    if key == "annotations":
+        assert answers == [("miss", EXTRAS[key][key], text)] * 2
+        assert len([b for b in bodies if b["messages"] == body["messages"]]) == 2
+    else:
+        assert answers == [("miss", None, text), ("hit-exact", None, text)]
+        assert len([b for b in bodies if b["messages"] == body["messages"]]) == 1

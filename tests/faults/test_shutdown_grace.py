@@ -1,6 +1,7 @@
 """A stream still running when the graceful period after SIGTERM ends (`server.shutdown_grace_s`, uvicorn's
 `timeout_graceful_shutdown`) ends with an error event (`server_shutting_down`) in its API's shape before the
-connection closes, and its row is written `cancelled` as before. Before, it was cut mid-body: no error, no end
+connection closes, and its row is written `cancelled` with what the client was told (503 `server_shutting_down`;
+before: 499 `cancelled`, also for the request answered 503). Before, it was cut mid-body: no error, no end
 (no `[DONE]`, no `response.failed`, no Messages `error`). `margin serve` over real HTTP, the fault upstream's
 `stall` (two events, then silence) behind chat, Responses and Messages streams."""
 
@@ -77,10 +78,10 @@ def test_a_stream_past_the_graceful_period_ends_with_an_error_event(
     assert '"code":"server_shutting_down"' in chat and chat.endswith("data: [DONE]\n\n"), chat
     assert "event: response.failed" in responses and "server_shutting_down" in responses, responses
     assert "event: error" in messages and '"type":"overloaded_error"' in messages, messages  # its SDK retries it
-    rows = ledger_columns(url, ledger.c.endpoint, ledger.c.status, ledger.c.error_code)
-    assert sorted(rows) == [  # as before
-        ("chat.completions", "cancelled", "cancelled"),
-        ("chat.completions", "cancelled", "cancelled"),
-        ("messages", "cancelled", "cancelled"),
-        ("responses", "cancelled", "cancelled"),
+    rows = ledger_columns(url, ledger.c.endpoint, ledger.c.status, ledger.c.http_status, ledger.c.error_code)
+    assert sorted(rows) == [  # what each client was told (before: 499 `cancelled`, the 503 answer's row too)
+        ("chat.completions", "cancelled", 503, "server_shutting_down"),
+        ("chat.completions", "cancelled", 503, "server_shutting_down"),
+        ("messages", "cancelled", 503, "server_shutting_down"),
+        ("responses", "cancelled", 503, "server_shutting_down"),
     ], rows

@@ -55,6 +55,30 @@ async def test_reservations_past_the_cap_are_held_at_it(store: Store) -> None:
     assert await store.counters([COUNTER]) == {COUNTER: (0, SPENT_CAP)}
 
 
+async def test_reservations_held_at_the_cap_release_down_to_zero_not_below(store: Store) -> None:
+    """Those three settled: each took its 2^62 off a `reserved` held at SPENT_CAP, and the third left it at
+    -2^62 - 1 (both stores); it now stops at 0, never below, at every step."""
+    await store.seed(COUNTER, 0, 3600)
+    for request_id in ("r1", "r2", "r3"):
+        assert (await store.admit(request_id, [soft(2**62)], 60)).ok
+    for request_id in ("r1", "r2", "r3"):
+        assert await store.settle(request_id, {COUNTER: 5}) is True
+        reserved = (await store.counters([COUNTER]))[COUNTER][1]
+        assert reserved >= 0  # before: -2**62 - 1 after the third
+    assert await store.counters([COUNTER]) == {COUNTER: (15, 0)}
+    assert await store.pending() == 0
+
+
+async def test_the_reaper_releases_reservations_held_at_the_cap_down_to_zero(store: Store) -> None:
+    await store.seed(COUNTER, 0, 3600)
+    for request_id in ("r1", "r2", "r3"):
+        assert (await store.admit(request_id, [soft(2**62)], 0.05)).ok
+    await asyncio.sleep(0.1)
+    assert await store.reap() == 3
+    assert await store.counters([COUNTER]) == {COUNTER: (SPENT_CAP, 0)}  # before: reserved -2**62 - 1
+    assert await store.pending() == 0
+
+
 async def test_a_parked_spend_seeded_onto_the_cap_stays_at_the_cap(redis_url: str) -> None:
     """A settle while the Redis counter was gone is parked, and added by the seed that makes it again."""
     client = aioredis.from_url(redis_url)

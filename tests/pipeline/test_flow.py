@@ -30,6 +30,7 @@ class Client:
     def __init__(self, rows: list[dict[str, Any]]) -> None:
         self.rows = rows
         self.log: list[tuple[str, Any, int]] = []
+        self.stopping = False  # the server is not stopping
 
     def status_of(self, error: MarginError) -> int:
         return status_of(error)

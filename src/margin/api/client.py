@@ -23,6 +23,7 @@ import orjson
 from starlette.types import Send
 
 from margin.api.errors import JSON, NOSNIFF_RAW, error_body, error_headers, status_of
+from margin.api.heads import STOPPING
 from margin.errors import MarginError
 from margin.ledger.outbox import OutboxError
 from margin.pipeline.values import ClientGone
@@ -69,6 +70,10 @@ class AsgiClient:
 
     def error_event(self, error: MarginError) -> bytes:
         return orjson.dumps(self.body_of(error))
+
+    @property
+    def stopping(self) -> bool:
+        return bool(getattr(self._cycle, STOPPING, False))
 
     async def answer(self, body: bytes, headers: Mapping[str, str]) -> None:
         raw = [JSON_RAW, (b"content-length", str(len(body)).encode()), *_encoded(headers)]

@@ -68,6 +68,9 @@ TOO_MANY = b"Too many connections."
 INVALID = b"Invalid HTTP request received."
 HEAD, BODY = "head", "body"
 LINGER_NONE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s
+# the attribute set on the cycle of a request still running when the server begins to stop (its connection's
+# `shutdown`): a cancellation it gets then is the end of `server.shutdown_grace_s` (margin.api.client's `stopping`)
+STOPPING = "margin_stopping"
 PROTOCOL_REFUSED = "margin.refused"  # the lifespan state's counter of refusals (`margin.app.Gateway.refused`)
 REASONS = {400: "invalid_http", 408: "request_timeout", 431: "headers_too_large", 503: "too_many_connections"}
 
@@ -183,6 +186,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.write_deadline.cancel()
             self.write_deadline = None
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        """uvicorn's, called on every connection as the server begins to stop, with the request running on it
+        marked (`STOPPING`): what cancels it after that is the end of the graceful period, not a client."""
+        if self.cycle is not None:
+            setattr(self.cycle, STOPPING, True)
+        super().shutdown()
 
     def pause_writing(self) -> None:
         """The client stopped reading and the answer's unsent bytes passed the transport's high-water mark."""

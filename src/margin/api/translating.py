@@ -59,6 +59,10 @@ class TranslatingClient:
     def error_event(self, error: MarginError) -> bytes:
         return self.inner.error_event(error)
 
+    @property
+    def stopping(self) -> bool:
+        return self.inner.stopping
+
     async def answer(self, body: bytes, headers: Mapping[str, str]) -> None:
         try:
             chat = orjson.loads(body)

@@ -385,24 +385,33 @@ async def finalize(engine: AsyncEngine, batch_id: str, status: str, now: datetim
     return True
 
 
+def unsettled(limit: int) -> sa.Select[Any]:
+    """Up to `limit` ended jobs without their lines' counts: read through the partial index on
+    `line_counts IS NULL` (0030), never the ended jobs already settled. A job whose counts are on its row has no
+    line row: the counts are written in the transaction that deletes its lines (`finalize`, `settle_finished`,
+    0029), and a job failed in validation gets none."""
+    ended = (batches.c.status.in_(FINAL), batches.c.line_counts.is_(None))
+    return sa.select(batches.c.id).where(*ended).limit(limit)
+
+
 async def settle_finished(engine: AsyncEngine, limit: int = SETTLE_PAGE) -> int:
-    """Up to `limit` jobs that ended with their line rows still there (finalized by a release before 0029, as a
-    replica not yet upgraded does): their counts by status onto their rows (once: counts already there never
-    change), their line rows deleted and what they store set to their row's; how many. Each job in its own
-    transaction, guarded by its end: workers that settle at once change each once."""
-    ended = batches.c.status.in_(FINAL)
-    has_lines = sa.exists().where(batch_lines.c.batch_id == batches.c.id)
-    query = sa.select(batches.c.id).where(ended, sa.or_(batches.c.line_counts.is_(None), has_lines)).limit(limit)
+    """Up to `limit` jobs that ended without their lines' counts (finalized by a release before 0029, as a replica
+    not yet upgraded does): their counts by status onto their rows (once), their line rows deleted and what they
+    store set to their row's; how many. Each job in its own transaction, guarded by its end and its missing
+    counts: workers that settle at once change each once."""
     async with engine.connect() as connection:
-        ids = list((await connection.execute(query)).scalars())
+        ids = list((await connection.execute(unsettled(limit))).scalars())
     for batch_id in ids:
         async with engine.begin() as connection:
             job = (await connection.execute(sa.select(batches).where(batches.c.id == batch_id))).one()
+            if job.status not in FINAL or job.line_counts is not None:  # another worker settled it meanwhile
+                continue
             counts = await outputs.free(connection, batch_id)  # an ended job's lines change no more
-            unsettled = (batches.c.id == batch_id, ended, batches.c.line_counts.is_(None))
-            await connection.execute(batches.update().where(*unsettled).values(line_counts=counts))
+            unsettled_job = (batches.c.id == batch_id, batches.c.status.in_(FINAL), batches.c.line_counts.is_(None))
             stored = quota.job_row_bytes(job.meta, job.tags, job.errors, job.plan)
-            await connection.execute(batches.update().where(batches.c.id == batch_id).values(stored_bytes=stored))
+            await connection.execute(
+                batches.update().where(*unsettled_job).values(line_counts=counts, stored_bytes=stored)
+            )
     return len(ids)
 
 

@@ -13,6 +13,7 @@ the SQLite ledger file: survives restarts) and `RedisCache` (shared by replicas)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import sqlite3
@@ -31,6 +32,7 @@ from margin.types import Usage
 log = logging.getLogger("margin.cache")
 MAX_PENDING_WRITES = 1024  # SQLite table writes queued for the worker thread, at most (and memory.max_bytes of bytes)
 EVICT_STEP = 256  # rows one eviction (or purge) statement deletes, at most: a short write on the ledger's file
+CLOSE_S = 5.0  # how long closing waits for the queued table writes (off the event loop); the rest are dropped
 # fields that do not change the answer: how it travels, who asked, the upstream's own caching and abuse detection,
 # how fast it comes (`prediction`: the answer is the same without it)
 TRANSPORT_FIELDS = frozenset(
@@ -176,6 +178,7 @@ class SqliteCache:
         self.pending_bytes = 0
         self.dropped = 0  # writes not queued: the queue was full
         self._warn = Every(60)
+        self.close_timeout_s = CLOSE_S
         self._pool.submit(self._start)
 
     async def _run(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
@@ -294,9 +297,40 @@ class SqliteCache:
         self.disk_bytes -= sum(size for (size,) in self._connection.execute(sql, (*args, EVICT_STEP)).fetchall())
 
     async def close(self) -> None:
+        """Write what is queued, on the store's thread, waiting at most `close_timeout_s` without blocking the event
+        loop (other requests go on while the gateway stops); past it the writes still queued are dropped, counted
+        and logged (a cache: those entries are not kept, nothing else is lost), and the write under way ends on
+        its own (bounded by the file's busy timeout), the connection closed after it."""
         await self.memory.close()
-        self._pool.shutdown(wait=True)
-        self._connection.close()
+        loop = asyncio.get_running_loop()
+        drained = loop.create_future()
+        threading.Thread(target=self._drain, args=(loop, drained), name="margin-cache-close", daemon=True).start()
+        try:
+            await asyncio.wait_for(asyncio.shield(drained), self.close_timeout_s)
+        except TimeoutError:
+            with self._lock:
+                queued = self.pending
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            log.warning(
+                "closing the cache's SQLite table took over %.1f s: up to %d queued writes dropped (those entries "
+                "are not kept)",
+                self.close_timeout_s,
+                queued,
+            )
+
+    def _drain(self, loop: asyncio.AbstractEventLoop, drained: asyncio.Future[None]) -> None:
+        """The store's thread stopped once its queue is done, then its connection closed; `drained` then set."""
+        try:
+            self._pool.shutdown(wait=True)
+            self._connection.close()
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+                loop.call_soon_threadsafe(_resolve, drained)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class RedisCache:

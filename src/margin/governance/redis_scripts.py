@@ -54,6 +54,14 @@ _NEG = (
     "local function add(key, field, amount)\n"
     "  if redis.call('EXISTS', key) == 1 then incr(key, field, amount) end\n"
     "end\n"
+    # a hold taken off `reserved`, never below 0: holds that added past the cap were held at it (`incr`), so taking
+    # each off in full went below 0 (margin.governance.store.unreserve, the same in this process)
+    "local function unreserve(key, amount)\n"
+    "  if redis.call('EXISTS', key) == 0 then return end\n"
+    "  incr(key, 'reserved', neg(amount))\n"
+    "  local left = redis.call('HGET', key, 'reserved')\n"
+    "  if left and left:sub(1, 1) == '-' then redis.call('HSET', key, 'reserved', '0') end\n"
+    "end\n"
 )
 
 ADMIT = (
@@ -121,7 +129,7 @@ _RELEASE = (
     + """
 local function release(rkey)
   local held = redis.call('HGETALL', rkey)
-  for j = 1, #held, 2 do add(held[j], 'reserved', neg(held[j + 1])) end
+  for j = 1, #held, 2 do unreserve(held[j], held[j + 1]) end
   redis.call('DEL', rkey)
 end
 """
@@ -168,7 +176,7 @@ for _, rid in ipairs(stale) do
   local rkey, kkey = ARGV[1] .. 'r:' .. rid, ARGV[1] .. 'k:' .. rid
   local held = redis.call('HGETALL', rkey)
   for j = 1, #held, 2 do
-    add(held[j], 'reserved', neg(held[j + 1]))
+    unreserve(held[j], held[j + 1])
     add(held[j], 'spent', held[j + 1])
   end
   if #held > 0 then
@@ -211,7 +219,7 @@ for i = 3 + n, #ARGV, n + 1 do
   local held, charged = redis.call('HGETALL', rkey), redis.call('HGETALL', kkey)
   if #held + #charged > 0 and redis.call('EXISTS', skey) == 0 and covers(held) and covers(charged) then
     local holds = {}
-    for j = 1, #held, 2 do add(held[j], 'reserved', neg(held[j + 1])); holds[held[j]] = true end
+    for j = 1, #held, 2 do unreserve(held[j], held[j + 1]); holds[held[j]] = true end
     for j = 1, #charged, 2 do add(charged[j], 'spent', neg(charged[j + 1])); holds[charged[j]] = true end
     for c = 1, n do  -- the lost settle, replayed
       if holds[KEYS[2 + c]] then add(KEYS[2 + c], 'spent', ARGV[i + c]) end

@@ -166,6 +166,13 @@ class _Counter:
     expires: float | None = None  # time.time() past which `reap` drops it (its window plus a day); None: never
 
 
+def unreserve(counter: _Counter, amount: int) -> None:
+    """A hold taken off `counter.reserved`, never below 0: reservations that added past SPENT_CAP were held at it
+    (`saturated`), so taking each off in full went below 0 (three of 2^62 each, released: -2^62 - 1), and a
+    negative `reserved` let a soft budget's warnings, and a hard one's check, count less than was held."""
+    counter.reserved = max(0, counter.reserved - amount)
+
+
 @dataclass(slots=True)
 class _Reservation:
     holds: tuple[Hold, ...]
@@ -230,7 +237,7 @@ class LocalStore:
         reservation = self._reservations.pop(request_id, None)
         if reservation is not None:
             for hold in reservation.holds:
-                self._counter(hold.counter).reserved -= hold.amount
+                unreserve(self._counter(hold.counter), hold.amount)
 
     async def settle(
         self, request_id: str, actual: Mapping[str, int], charges: Sequence[tuple[str, float]] = ()
@@ -275,7 +282,7 @@ class LocalStore:
             reservation = self._reservations.pop(request_id)
             for hold in reservation.holds:
                 counter = self._counter(hold.counter)
-                counter.reserved -= hold.amount
+                unreserve(counter, hold.amount)
                 counter.spent = saturated(counter.spent + hold.amount)
             self._charged[request_id] = reservation.holds
             while len(self._charged) > self.settled_memory:

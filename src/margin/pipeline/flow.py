@@ -36,7 +36,7 @@ from margin.cache.exact import CacheStore
 from margin.cache.layer import SemanticLayer
 from margin.config import Settings
 from margin.economics.meter import Meter
-from margin.errors import MarginError, Overloaded
+from margin.errors import MarginError
 from margin.governance.service import Governance
 from margin.guard import InjectionDetector, PiiScanner
 from margin.guard.limits import ScanLimits
@@ -46,17 +46,12 @@ from margin.pipeline.steps.cache import Cache
 from margin.pipeline.steps.call import BackendCall
 from margin.pipeline.steps.guard import Guard
 from margin.pipeline.steps.route import Route
-from margin.pipeline.steps.settle import RowSink, Settle
+from margin.pipeline.steps.settle import RowSink, Settle, shutting_down
 from margin.pipeline.stream import DONE, closing_comment, response_headers
 from margin.pipeline.values import ClientGone, Next, Request, Step
 from margin.routing.breaker import Breakers
 from margin.routing.policy import RoutePolicy
 from margin.types import Target
-
-# uvicorn's message as it cancels the requests still running when `server.shutdown_grace_s` (its
-# `timeout_graceful_shutdown`) has passed after SIGTERM (uvicorn.Server.shutdown): the one cancellation a client
-# is told of (a batch worker's own, at its grace, is not uvicorn's; a client that left is found by a write)
-GRACE_ENDED = "timeout graceful shutdown exceeded"
 
 
 class Parts(NamedTuple):
@@ -100,14 +95,6 @@ def chain(steps: Sequence[Step], terminal: Next) -> Next:
     return handler
 
 
-def shutting_down() -> Overloaded:
-    return Overloaded(
-        "the gateway is shutting down and its graceful period ended before this request finished; retry it",
-        code="server_shutting_down",
-        headers={"retry-after": "1"},
-    )
-
-
 class Flow:
     def __init__(self, steps: Sequence[Step], terminal: Next) -> None:
         self.steps = list(steps)
@@ -127,8 +114,12 @@ class Flow:
             if not record.stream or record.status != "client_closed":
                 await client.refuse(error, response_headers(record))
             return
-        except asyncio.CancelledError as cancelled:  # its row is written (`cancelled`): the client hears why
-            if GRACE_ENDED in str(cancelled) and record.status != "client_closed":
+        except asyncio.CancelledError:  # its row is written (`cancelled`): the client hears why
+            # the one cancellation a client is told of: the server's, once `server.shutdown_grace_s` (uvicorn's
+            # `timeout_graceful_shutdown`) has passed after SIGTERM, recognised by margin's own mark (`stopping`),
+            # not uvicorn's message (a batch worker's own, at its grace, is not the server's; a client that left is
+            # found by a write)
+            if client.stopping and record.status != "client_closed":
                 with contextlib.suppress(ClientGone, OSError):  # a stream: an error event, then the end
                     await client.refuse(shutting_down(), response_headers(record))
             raise

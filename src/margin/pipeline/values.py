@@ -52,6 +52,13 @@ class Client(Protocol):
         """An error as the data of one SSE event (OpenAI's error JSON)."""
         ...
 
+    @property
+    def stopping(self) -> bool:
+        """The server began to stop while this request ran (margin's HTTP protocol marks the request's cycle as
+        uvicorn begins its shutdown): a cancellation then is the graceful period's end, told to the client as
+        503 `server_shutting_down` and recorded so. False for an in-process caller (the batch worker)."""
+        ...
+
     async def answer(self, body: bytes, headers: Mapping[str, str]) -> None: ...
 
     async def refuse(self, error: MarginError, headers: Mapping[str, str]) -> None: ...

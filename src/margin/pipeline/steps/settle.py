@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from margin.economics.money import to_nanousd
-from margin.errors import InternalError, MarginError
+from margin.errors import InternalError, MarginError, Overloaded
 from margin.governance.service import Governance
 from margin.guard.pseudonym import UserPseudonyms
 from margin.pipeline.values import ClientGone, Next, Record, Reply, Request
@@ -131,6 +131,15 @@ def _levers(record: Record) -> dict[str, Any]:
     }
 
 
+def shutting_down() -> Overloaded:
+    """What a request the server's graceful period cut is answered (and its row records)."""
+    return Overloaded(
+        "the gateway is shutting down and its graceful period ended before this request finished; retry it",
+        code="server_shutting_down",
+        headers={"retry-after": "1"},
+    )
+
+
 class Settle:
     def __init__(
         self,
@@ -159,7 +168,12 @@ class Settle:
                 record.error = MarginError(str(gone), code="stream_write_timeout")
             return Reply(streamed=True)
         except asyncio.CancelledError:  # the server stopped it (shutdown, a batch worker's grace ran out)
-            record.fail(MarginError("the request was cancelled inside the gateway", code="cancelled"), 499, "cancelled")
+            if request.client.stopping:  # the graceful period ended: the client is answered 503 (flow), so is the row
+                stopped = shutting_down()
+                record.fail(stopped, request.client.status_of(stopped), "cancelled")
+            else:
+                cancelled = MarginError("the request was cancelled inside the gateway", code="cancelled")
+                record.fail(cancelled, 499, "cancelled")
             raise
         except MarginError as error:
             record.fail(error, request.client.status_of(error))

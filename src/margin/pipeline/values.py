@@ -210,6 +210,9 @@ class Record:
     admission: Admission | None = None  # what admit reserved; settled by the outermost step
     usage: Usage | None = None
     charge: Charge | None = None
+    # what the attempts that failed before the one being metered were charged (summed): added to its charge, so a
+    # fallback's row and its budgets' settlement carry every attempt an upstream may bill (margin.pipeline.steps.call)
+    earlier_charge: Charge | None = None
     service_tier: str | None = None  # the processing tier it was charged at (metered calls only, not cache hits)
     finish_reason: str | None = None
     stop_sequence: str | None = None  # the stop sequence that ended the answer, where the backend names it

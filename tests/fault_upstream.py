@@ -32,6 +32,8 @@ any name (requests are counted per `<mode>/<tag>`, see `GET /stats`) and `mode` 
                                 followed)
     errorbody                   200 with an OpenAI error object instead of an answer (streams too: a JSON body,
                                 no SSE event)
+    errorbody,usage=40:30       the same, with the usage it billed beside the error (40 prompt, 30 completion
+                                tokens), as OpenRouter reports a failed generation
     empty                       streams: headers, then `data: [DONE]` and no event (JSON: a normal answer)
     cached                      usage whose cached_tokens (10^6) exceed its prompt_tokens (5), JSON and SSE
     inflated                    usage of 10^9 prompt and 10^9 completion tokens for a 3-word answer, JSON and SSE
@@ -228,7 +230,10 @@ def _hostile(mode: Mode, body: dict[str, Any], stream: bool, writer: asyncio.Str
         where = {"location": "/ok/redirected/v1/chat/completions"}
         writer.write(_head(int(mode.number("code", 307)), "application/json", length=0, extra=where))
     elif mode.name == "errorbody":
-        data = json.dumps(ERROR_BODY).encode()
+        billed = mode.params.get("usage")  # `P:C`: the usage an upstream bills beside its error (OpenRouter's)
+        prompt, _, completion = (billed or "").partition(":")
+        beside = {"usage": {"prompt_tokens": int(prompt), "completion_tokens": int(completion)}} if billed else {}
+        data = json.dumps({**ERROR_BODY, **beside}).encode()
         writer.write(_head(200, "application/json", length=len(data)) + data)
     elif mode.name == "empty" and stream:
         writer.write(_head(200, "text/event-stream") + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")

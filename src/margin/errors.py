@@ -127,6 +127,15 @@ def queue_full(backend: str, in_flight: int, max_queue: int) -> Overloaded:
     )
 
 
+def too_many_streams(cap: int | None) -> RateLimited:
+    """429: the key holds `admission.max_streams_per_key` streams open already."""
+    return RateLimited(
+        f"this key already has {cap} streams open (admission.max_streams_per_key); finish or close one, then retry",
+        code="too_many_streams",
+        headers={"retry-after": "1"},
+    )
+
+
 class BackendError(MarginError):
     """The backend failed or answered with an error we cannot pass through as a client error. `unsent`: the
     request never reached a model (no connection, TLS failed, the upstream refused margin's own key, Anthropic's

@@ -71,5 +71,7 @@ def test_a_whole_answer_with_an_error_beside_its_choices_is_the_upstreams_failur
     # fallback's: the answer it gave
     assert counted == [(700, 40, "backend"), (5, 3, "backend")]
     costs = ledger_columns(url, ledger.c.cost_nanousd)
-    assert costs == [((700 + 40) * 1000,), ((5 + 3) * 1000,)]  # $1 per million tokens: what the budget is charged
+    # $1 per million tokens: what the budget is charged; the fallback's row adds what the failed attempt billed
+    # (before: the fallback's 8 tokens alone, the 740 the first upstream billed in no row)
+    assert costs == [((700 + 40) * 1000,), ((700 + 40 + 5 + 3) * 1000,)]
     assert "SECRET" in log.read_text()  # the upstream's text: in the log only

@@ -13,7 +13,8 @@ import time
 import uuid
 from functools import partial
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -24,9 +25,11 @@ from margin.cache.exact import Entry, MemoryCache
 from margin.cache.flight import LocalFlights
 from margin.cache_config import CacheConfig
 from margin.config import parse_settings
-from margin.errors import ConfigError
+from margin.errors import ConfigError, RateLimited
+from margin.governance.slots import LocalSlots
 from margin.ledger import db as ledger_db
 from margin.pipeline.steps.cache import Cache
+from margin.pipeline.values import Request, StreamSlot
 from tests.cache.test_flight import (
     SLOW_S,
     Upstream,
@@ -259,3 +262,41 @@ def test_waiters_past_the_configured_bound_go_upstream_themselves(tmp_path: Path
         assert [answer[0] for answer in answers] == [200] * 4 and all(a[3] == "the answer" for a in answers)
         assert sorted(answer[1] for answer in answers) == ["hit-exact"] + ["miss"] * 3
         assert len(gw.upstream.bodies) == 3
+
+
+async def test_a_waiter_holds_no_stream_place_and_takes_one_back_only_to_go_upstream() -> None:
+    """The waiter of a coalesced miss lends its place among its key's streams back while it waits
+    (`admission.max_streams_per_key`); its leader storing nothing, it takes one again to call upstream itself,
+    or is refused (429) when the key's places are taken meanwhile: the key's upstream calls never pass its cap."""
+    cache = Cache(DEFAULTS, MemoryCache(1 << 20))
+    assert isinstance(cache.flights, LocalFlights)
+    pool = LocalSlots(1)
+    for stored in (True, False):
+        slot = StreamSlot(pool, "k", f"waiter-{stored}")
+        assert await slot.retake() and pool.held("k") == 1
+        leader = await cache.flights.claim(f"key-{stored}", None)
+        lease = await cache.flights.claim(f"key-{stored}", None)
+        assert leader is not None and lease is not None and lease.token is None
+        waiting = asyncio.ensure_future(cache._wait(cast(Request, SimpleNamespace(slot=slot)), lease))
+        await asyncio.sleep(0.05)
+        assert pool.held("k") == 0  # lent back while it waits
+        other = StreamSlot(pool, "k", f"other-{stored}")  # another stream of the key takes the place meanwhile
+        assert await other.retake()
+        await cache.flights.land(leader, ENTRY if stored else None, 60)
+        if stored:  # answered from the entry: no place needed
+            assert await asyncio.wait_for(waiting, 5) == ENTRY and not slot.held
+        else:  # upstream itself: the key's one place is the other stream's
+            with pytest.raises(RateLimited):
+                await asyncio.wait_for(waiting, 5)
+        other.lend()
+        assert pool.held("k") == 0
+    slot = StreamSlot(pool, "k", "alone")
+    assert await slot.retake()
+    leader = await cache.flights.claim("key-alone", None)
+    lease = await cache.flights.claim("key-alone", None)
+    assert leader is not None and lease is not None
+    waiting = asyncio.ensure_future(cache._wait(cast(Request, SimpleNamespace(slot=slot)), lease))
+    await asyncio.sleep(0.05)
+    await cache.flights.land(leader, None, 60)
+    assert await asyncio.wait_for(waiting, 5) is None and slot.held and pool.held("k") == 1  # its place again
+    slot.lend()

@@ -43,6 +43,34 @@ def discounted(charge: Charge, share: Decimal) -> Charge:
     return dataclasses.replace(charge, cost_usd=charge.cost_usd - off, discount_usd=off)
 
 
+def _known_sum(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else a + b
+
+
+def plus(charge: Charge, earlier: Charge | None) -> Charge:
+    """`charge` (the attempt that answered) with what the request's earlier attempts were charged added: a
+    fallback's row carries every attempt the upstreams may bill (one that failed after it was sent: a 5xx, a
+    broken answer, usage reported beside an error). The cost is unknown when either is (never counted as $0);
+    energy, carbon and busy time add what is known; the price version and method are the answering attempt's."""
+    if earlier is None:
+        return charge
+    cost = None if charge.cost_usd is None or earlier.cost_usd is None else charge.cost_usd + earlier.cost_usd
+    status = charge.cost_status
+    if cost is None:
+        status = "unknown_price"
+    elif earlier.cost_status == "priced":
+        status = "priced"
+    discount = None
+    if charge.discount_usd is not None or earlier.discount_usd is not None:
+        discount = (charge.discount_usd or Decimal(0)) + (earlier.discount_usd or Decimal(0))
+    energy = _known_sum(charge.energy_j, earlier.energy_j)
+    co2e = _known_sum(charge.co2e_g, earlier.co2e_g)
+    busy = _known_sum(charge.busy_s, earlier.busy_s)
+    return dataclasses.replace(
+        charge, cost_usd=cost, cost_status=status, energy_j=energy, co2e_g=co2e, busy_s=busy, discount_usd=discount
+    )
+
+
 class SharedClock:
     """Splits a backend's busy time among its concurrent requests (processor sharing):
     a request's share is ∫ 1/n(t) dt over its lifetime, so idle time is never billed to anyone."""

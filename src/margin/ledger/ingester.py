@@ -84,6 +84,7 @@ class IngestStats:
     dead_letters: int = 0
     failures: int = 0  # passes that failed (database unreachable)
     torn_bytes: int = 0  # incomplete last lines of dead processes' files, dropped
+    scans: int = 0  # looks for dead processes' files done (the first at start): their rows are in adopted_rows
     last_error: str | None = None
     last_ok: float = field(default_factory=time.time)
 
@@ -176,6 +177,7 @@ class Ingester:
                     self._own.sync()
                 if time.monotonic() >= next_scan:
                     self._adopt()
+                    self.stats.scans += 1
                     next_scan = time.monotonic() + self._rescan_s
                 self._follow_own()
                 if waiting or stopping or self._due():

@@ -333,6 +333,21 @@ class Outbox:
             return False
         return await asyncio.wrap_future(self._ingester.request_pass()) >= 0
 
+    async def caught_up(self) -> bool:
+        """Whether every row appended so far (and every row of the dead processes' files found) is in the
+        database, as a new budget counter is made from the ledger (margin.governance.service): True at once when
+        none waits (once the ingester has looked for dead processes' files: before, a start after `kill -9` would
+        count none of the killed process' rows), False at once when the ingester's last pass failed and none has
+        succeeded since (the database away, locked or refusing: a request waited for another pass, up to 10 s, to
+        be refused all the same), else `flush_ok`."""
+        if not self._started or self._closed:
+            return False
+        if self._ingester.stats.scans and self._pending()[0] <= 0:
+            return True
+        if self._ingester.stats.last_error is not None:
+            return False
+        return await self.flush_ok()
+
     async def close(self) -> None:
         """Stop taking rows, ingest what is left (a few tries), stop the ingester. Rows the database did not
         take stay in the outbox for the next start."""

@@ -22,6 +22,7 @@ from margin.economics.meter import Charge
 from margin.errors import BackendClientError, BackendError, BackendTimeout, MarginError, UpstreamRateLimited
 from margin.governance.admission import Admission
 from margin.governance.rules import Subject
+from margin.governance.slots import Slots
 from margin.protocol import ApiRequest, Endpoint
 from margin.routing.prefer import Preference
 from margin.specs import BudgetSpec, Policy
@@ -119,6 +120,7 @@ class Request(NamedTuple):
     # the cache step's, on a miss that owns a lease: awaited once, when a stream's first generated event shows
     # more than text (tool calls, reasoning, a refusal: never stored), so the requests waiting on it go now
     unstorable: Callable[[], Awaitable[None]] | None = None
+    slot: StreamSlot | None = None  # a stream's place among its key's (admit): lent back while it only waits
 
     @property
     def is_stream(self) -> bool:
@@ -131,6 +133,41 @@ class Request(NamedTuple):
     def routed(self) -> RouteDecision:
         assert self.decision is not None, "the route step runs before this one"
         return self.decision
+
+
+@dataclass(slots=True)
+class StreamSlot:
+    """A stream's place among its key's open streams (`admission.max_streams_per_key`), taken by admit and given
+    back when the stream ends. A request that only waits for another's upstream call (an identical cache miss
+    coalesced onto it, margin.pipeline.steps.cache) lends its place back meanwhile, and takes one again only if
+    it ends up calling upstream itself: a burst of identical streams holds one place, not one each. Each take is
+    a lease of its own (`<request id>:<n>`): a shared pool frees a place in a task of its own, which must not
+    free the one taken after it."""
+
+    pool: Slots
+    key: str
+    request_id: str
+    held: str | None = None  # the lease held now
+    takes: int = 0
+
+    @property
+    def cap(self) -> int | None:
+        return self.pool.cap
+
+    async def retake(self) -> bool:
+        """Hold a place (True), or none was free (False); a store that cannot answer raises (503)."""
+        if self.held is None:
+            lease = self.request_id if not self.takes else f"{self.request_id}:{self.takes}"
+            self.takes += 1
+            if await self.pool.acquire(self.key, lease):
+                self.held = lease
+        return self.held is not None
+
+    def lend(self) -> None:
+        """Give the place back, if held (never raises, never waits)."""
+        if self.held is not None:
+            lease, self.held = self.held, None
+            self.pool.release(self.key, lease)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +217,9 @@ class Record:
     admission: Admission | None = None  # what admit reserved; settled by the outermost step
     usage: Usage | None = None
     charge: Charge | None = None
+    # what the attempts that failed before the one being metered were charged (summed): added to its charge, so a
+    # fallback's row and its budgets' settlement carry every attempt an upstream may bill (margin.pipeline.steps.call)
+    earlier_charge: Charge | None = None
     service_tier: str | None = None  # the processing tier it was charged at (metered calls only, not cache hits)
     finish_reason: str | None = None
     stop_sequence: str | None = None  # the stop sequence that ended the answer, where the backend names it

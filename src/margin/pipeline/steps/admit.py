@@ -1,5 +1,6 @@
 """admit: back-pressure (the ledger's outbox is full → 503), the per-key cap on concurrent streams (held
-until the stream ends, however it ends), rate limits (RPM/TPM, GCRA) and the budget reservation of the
+until the stream ends, however it ends; lent back while the request only waits for an identical request's
+upstream call, margin.pipeline.steps.cache), rate limits (RPM/TPM, GCRA) and the budget reservation of the
 worst case the route step priced, in one atomic step of the counter store. The reservation is settled by
 the outermost step whatever happens to the request afterwards."""
 
@@ -9,13 +10,13 @@ import functools
 from datetime import UTC, datetime
 
 from margin.economics.money import capped_nanousd, from_nanousd, usd_str
-from margin.errors import BudgetExceeded, Overloaded, PermissionDenied, RateLimited
+from margin.errors import BudgetExceeded, Overloaded, PermissionDenied, RateLimited, too_many_streams
 from margin.governance import admission as adm
 from margin.governance.rules import Subject, partition
 from margin.governance.service import Governance
 from margin.governance.store import Admitted, Gcra, Hold
 from margin.pipeline.steps.settle import LEDGER_BACKLOG, RowSink
-from margin.pipeline.values import Next, Reply, Request, RouteDecision
+from margin.pipeline.values import Next, Reply, Request, RouteDecision, StreamSlot
 from margin.specs import LimitSpec, Scope
 
 
@@ -36,19 +37,14 @@ class Admit:
         if key is None or not request.is_stream:
             await self._admit(request)
             return await next(request)
-        streams = self.gov.streams
-        if not await streams.acquire(key, request.id):
-            raise RateLimited(
-                f"this key already has {streams.cap} streams open (admission.max_streams_per_key); "
-                "finish or close one, then retry",
-                code="too_many_streams",
-                headers={"retry-after": "1"},
-            )
+        slot = StreamSlot(self.gov.streams, key, request.id)
+        if not await slot.retake():
+            raise too_many_streams(slot.cap)
         try:
             await self._admit(request)
-            return await next(request)
+            return await next(request._replace(slot=slot))
         finally:
-            streams.release(key, request.id)
+            slot.lend()
 
     async def _admit(self, request: Request) -> None:
         decision = request.routed()

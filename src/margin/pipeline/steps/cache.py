@@ -21,7 +21,7 @@ from margin.cache.flight import Flight, Flights, Lease, LocalFlights
 from margin.cache.layer import SemanticLayer, Where
 from margin.cache_config import CacheConfig
 from margin.economics.money import to_nanousd
-from margin.errors import InvalidRequest
+from margin.errors import InvalidRequest, too_many_streams
 from margin.pipeline.stream import Delivery
 from margin.pipeline.values import CacheHit, Next, Record, Reply, Request
 from margin.protocol import ApiRequest, Endpoint
@@ -184,7 +184,7 @@ class Cache:
         if self.flights is not None:
             lease = await self.flights.claim(key, self.limits.get(target.backend_name))
             if lease is not None and lease.token is None:  # another is calling upstream for this very request
-                entry = await self.flights.wait(lease)
+                entry = await self._wait(request, lease)
                 if entry is not None:
                     return await self._serve(request, target, entry, "exact")
             elif lease is not None:  # ours: released early by a stream that shows it will not be stored
@@ -203,6 +203,21 @@ class Cache:
         if fresh is not None and self.semantic is not None and semantic is not None:
             await self.semantic.add(semantic[0], semantic[1], key)
         return reply
+
+    async def _wait(self, request: Request, lease: Lease) -> Entry | None:
+        """The entry another request's upstream call stores, waited for without a place among the key's streams
+        (`admission.max_streams_per_key`): the waiters of a burst of identical streams call nothing upstream, and
+        held one each, they refused the key's other streams. Answered from the entry, the request takes none
+        again (a replay, as a hit's); going upstream itself (no entry came), it takes one back, or is refused
+        (429) as any stream past the cap: the key's upstream calls never pass it."""
+        assert self.flights is not None
+        slot = request.slot
+        if slot is not None:
+            slot.lend()
+        entry = await self.flights.wait(lease)
+        if entry is None and slot is not None and not await slot.retake():
+            raise too_many_streams(slot.cap)
+        return entry
 
     @staticmethod
     async def _call(request: Request, next: Next) -> tuple[Reply, Entry | None]:

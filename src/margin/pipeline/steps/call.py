@@ -14,7 +14,7 @@ import time
 
 from margin.backends.payloads import echoed_prompts, prompt_extras, prompt_text, token_id_count, usage_chunk
 from margin.economics import tiers
-from margin.economics.meter import Meter, discounted
+from margin.economics.meter import Meter, discounted, plus
 from margin.economics.money import to_nanousd
 from margin.economics.rates import tokens_per_s
 from margin.errors import (
@@ -161,6 +161,7 @@ class BackendCall:
                     raise
                 self._failed(name, exc)
                 last = exc
+                _carry_charge(request.record)
                 if index + 1 < len(candidates):
                     log.warning("request %s: %s failed (%s); falling back", request.id, name, exc)
                 continue
@@ -320,7 +321,8 @@ class BackendCall:
         charge = self.meter.charge(
             target.public, target.model, usage, busy_s, measured_j, priced_j_cap=priced_j_cap, tier=tier
         )
-        record.charge = charge if record.batch is None else discounted(charge, record.batch.discount)
+        charge = charge if record.batch is None else discounted(charge, record.batch.discount)
+        record.charge = plus(charge, record.earlier_charge)  # a fallback's: the failed attempts' charges too
         if record.preference is not None:
             self._default(record, target, usage, busy_s)
         decision = request.decision
@@ -363,6 +365,16 @@ def _served_tier(request: Request, output: Completion | Delivery | None) -> str 
     JSON answer's field), else what the request asked for."""
     answered = output.tier if isinstance(output, Delivery) else tiers.answered(getattr(output, "payload", None))
     return tiers.served(answered, service_tier(request.body))
+
+
+def _carry_charge(record: Record) -> None:
+    """An attempt failed and the walk goes on: what it was charged (with the attempts before it) is kept, to be
+    added to the next attempt's. Before, the next attempt's charge replaced it: a fallback's row (and the budgets
+    settled to it) left out what the failed attempt's upstream billed, usage it had reported included. An
+    attempt refused before any work (`refused`) is charged nothing and adds nothing."""
+    usage = record.usage
+    if usage is not None and usage.source != "refused":
+        record.earlier_charge = record.charge
 
 
 def _note_recovery(request: Request, fault: MarginError | None) -> None:

@@ -85,8 +85,8 @@ async def _margin(request: Request, who: Viewer, scope: Window) -> dict[str, Any
     by = request.query_params.get("by", "feature")  # a team key sees its own team's P&L
     if by not in ("feature", "customer"):
         raise InvalidRequest("by must be feature or customer", param="by")
-    settings = request.app.state.services.settings
-    return await _read(request, pages.margin_page, _engine(request), scope, settings, by)
+    settings, limit = request.app.state.services.settings, parse_limit(request.query_params.get("limit"))
+    return await _read(request, pages.margin_page, _engine(request), scope, settings, by, limit)
 
 
 BUILDERS: dict[str, Builder] = {

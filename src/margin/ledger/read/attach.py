@@ -7,6 +7,7 @@ month and team)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, date, timedelta
 from typing import Any
 
@@ -81,15 +82,21 @@ def _pairs(connection: sa.Connection, window: Window) -> list[sa.Select[Any]]:
     return out
 
 
-def attach(connection: sa.Connection, window: Window) -> tuple[dict[Any, int], int]:
+def attach(
+    connection: sa.Connection, window: Window, features: Collection[str | None] | None = None
+) -> tuple[dict[Any, int], int]:
     """(distinct customers per feature, distinct customers in the window); NULL customers are not counted.
     One statement over the UNION of the parts' pairs (a common table, evaluated once): a few rows come back,
-    not every pair."""
+    not every pair. `features`: count those features' customers only (None: every feature's, a row each)."""
     selects = _pairs(connection, window)
     if not selects:
         return {}, 0
     pairs = (sa.union(*selects) if len(selects) > 1 else selects[0].distinct()).cte("pairs")
     per_feature = sa.select(sa.literal(0), pairs.c.feature, sa.func.count(pairs.c.customer)).group_by(pairs.c.feature)
+    if features is not None:
+        named = [name for name in features if name is not None]
+        among = [pairs.c.feature.in_(named)] + ([pairs.c.feature.is_(None)] if None in features else [])
+        per_feature = per_feature.where(sa.or_(sa.false(), *among))
     active = sa.select(sa.literal(1), sa.null(), sa.func.count(sa.distinct(pairs.c.customer)))
     found: dict[Any, int] = {}
     customers = 0

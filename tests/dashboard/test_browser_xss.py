@@ -58,6 +58,12 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dic
         server.join(30)
 
 
+def seen(dialogs: list[str], dialog: Any) -> None:
+    """A dialog a payload opened: noted, then closed (an open one would hold the page)."""
+    dialogs.append(dialog.message)
+    dialog.dismiss()
+
+
 def test_no_ledger_or_key_value_runs_as_script_on_any_page(browser: Any, hostile: tuple[str, dict[str, str]]) -> None:
     url, made = hostile
     dialogs: list[str] = []
@@ -67,7 +73,7 @@ def test_no_ledger_or_key_value_runs_as_script_on_any_page(browser: Any, hostile
         context.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
         try:
             page = context.new_page()
-            page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+            page.on("dialog", lambda dialog: seen(dialogs, dialog))
             page.goto(url + "/dashboard/login")
             page.fill("#key", made[who])
             page.click("#login")

@@ -9,6 +9,7 @@ from pathlib import Path
 import psycopg
 
 from margin.ledger import db
+from margin.report.business import margins
 from margin.report.queries import Window, summarize
 from tests.dashboard.seed import seed
 from tests.dashboard.test_numbers import shared
@@ -28,6 +29,7 @@ async def test_pages_match_the_report_on_postgres(postgres_url: str, tmp_path: P
         hourly = (await gw.http.get("/dashboard/api/overview?since=24h", headers=headers)).json()
         customers = (await gw.http.get("/dashboard/api/breakdown?by=customer", headers=headers)).json()
         latency = (await gw.http.get("/dashboard/api/latency", headers=headers)).json()
+        capped = (await gw.http.get("/dashboard/api/margin?by=feature&limit=1", headers=headers)).json()["margins"]
         team_view = await gw.http.get("/dashboard/api/overview", headers={"authorization": f"Bearer {made['ads']}"})
     engine = db.make_sync_engine(url)
     try:
@@ -35,6 +37,7 @@ async def test_pages_match_the_report_on_postgres(postgres_url: str, tmp_path: P
         report = summarize(engine, window, "customer")
         rows = summarize(engine, Window(window.since, rollup=False), "customer")
         by_model = {g["key"]: g for g in summarize(engine, window, "model")["groups"]}
+        every = margins(engine, window, settings.revenue, (), "feature").to_json()
     finally:
         engine.dispose()
     assert shared(overview["totals"]) == shared(report["totals"]) == shared(rows["totals"])
@@ -46,3 +49,6 @@ async def test_pages_match_the_report_on_postgres(postgres_url: str, tmp_path: P
     for model in latency["models"]:
         assert model["e2e_ms"]["p50"] == by_model[model["model"]]["latency_p50_ms"]
     assert team_view.json()["totals"]["requests"] == 3
+    # the margin page's cap (read.top, customers of the listed features only) on PostgreSQL: the same first group
+    assert capped["groups"] == every["groups"][:1] and capped["groups_total"] == len(every["groups"]) > 1
+    assert capped["others"]["requests"] == sum(g["requests"] for g in every["groups"][1:])

@@ -82,6 +82,23 @@ def test_month_masks() -> None:
     assert month_masks(date(2026, 2, 3), date(2026, 2, 3)) == {}
 
 
+def test_the_attach_rate_of_a_window_of_centuries(tmp_path: Path) -> None:
+    """`margin report --view margin --since 1900-01-01` (or `--until 9999-12-31`): the rollup's part walked and
+    queried every month of the window, one select each, and SQLite refused a UNION of more than 500 (exit 2,
+    "too many terms in compound SELECT"); an end in December 9999 overflowed the date of the month after (a
+    traceback). The months read are those the rollup has, the whole ones in one select: the same answer as
+    the rows'."""
+    with sqlite_ledger(tmp_path / "r.db") as engine:
+        fill(engine)
+        with engine.connect() as connection:
+            for since, until in ((1900, 2100), (1, 9999), (2000, 9999)):
+                window = read.Window(datetime(since, 1, 1, tzinfo=UTC), datetime(until, 12, 31, tzinfo=UTC))
+                slow = read.Window(window.since, window.until, rollup=False)
+                found = attach(connection, window)
+                assert found == attach(connection, slow) and found[1] > 0, window
+    assert month_masks(date(9999, 11, 30), date.max) == {"9999-11": 1 << 29, "9999-12": ALL_DAYS}
+
+
 def test_levers_and_attach_equal_on_both_paths_and_after_a_rebuild(tmp_path: Path) -> None:
     with sqlite_ledger(tmp_path / "r.db") as engine:
         fill(engine)

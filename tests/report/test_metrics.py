@@ -79,6 +79,28 @@ def test_gross_margin_and_attach_rate(engine: sa.Engine, tmp_path: Path, rollup:
     assert by_customer["acme"].cost_usd == Decimal("0.005")
 
 
+def test_a_capped_margin_report_lists_the_costliest_groups_and_every_earning_one(
+    engine: sa.Engine, tmp_path: Path, rollup: bool
+) -> None:
+    """`limit` (the dashboard's, whose callers name features and customers: a group per request): the first
+    groups by cost, ranked and cut in SQL, and each group with revenue wherever its cost ranks it (chat costs
+    less than search: past a limit of 1 it is read alone, and its revenue, customers and margin are as uncapped);
+    the rest added up under `others`, so the groups and `others` still add up."""
+    november, revenue = Window(at(1), at(16), rollup=rollup), settings(tmp_path).revenue
+    every, capped = margins(engine, november, revenue), margins(engine, november, revenue, limit=1)
+    assert capped.rows == every.rows and capped.active_customers == every.active_customers == 3
+    assert capped.to_json()["groups_total"] == 2 and capped.to_json()["others"] is None
+    uncapped = margins(engine, november, revenue, by="customer").to_json()
+    found = margins(engine, november, revenue, by="customer", limit=1).to_json()
+    assert [g["key"] for g in found["groups"]] == ["acme"] and found["groups"][0] == uncapped["groups"][0]
+    others = found["others"]
+    assert found["groups_total"] == uncapped["groups_total"] == 3 and others["groups"] == 2
+    rest = uncapped["groups"][1:]
+    for name in ("requests", "ok_requests", "unpriced_requests"):
+        assert others[name] == sum(g[name] for g in rest), name
+    assert Decimal(others["cost_usd"]) == sum(Decimal(g["cost_usd"]) for g in rest) == Decimal("0.002")
+
+
 def test_revenue_of_a_feature_without_traffic_in_the_window_is_a_row(
     engine: sa.Engine, tmp_path: Path, rollup: bool
 ) -> None:

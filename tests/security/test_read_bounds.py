@@ -90,3 +90,27 @@ def test_a_limit_out_of_range_is_400(gw: Served, limit: str) -> None:
         answer: httpx.Response = client.get("/v1/margin/usage", params={"by": "user", "limit": limit})
     assert answer.status_code == 400, answer.text[:300]
     assert answer.json()["error"]["param"] == "limit"
+
+
+def test_the_dashboards_margin_page_is_bounded_too(gw: Served) -> None:
+    """`/dashboard/api/margin?by=customer` (and `by=feature`) listed every group, each read and built in memory:
+    a key that names a new `customer` on each request made one per request (1,156 here; a month of them, a
+    million). Now the first 1,000 by cost, as the breakdown's, the rest under `others`; it still adds up."""
+    body = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]}
+    with gw.client(gw.keys["user"]) as client:
+        for n in range(GROUP_LIMIT + 5):  # a customer each, through the tag header
+            tagged = client.post("/v1/chat/completions", json=body, headers={"x-margin-tags": f"customer=c{n}"})
+            assert tagged.is_success
+        deadline = time.monotonic() + 30
+        while (totals := client.get("/v1/margin/usage").json()["totals"])["requests"] < USERS + GROUP_LIMIT + 5:
+            assert time.monotonic() < deadline, "the ledger did not take every row"
+            time.sleep(0.1)
+        page = client.get("/dashboard/api/margin", params={"by": "customer"}).json()["margins"]
+        few = client.get("/dashboard/api/margin", params={"by": "customer", "limit": "3"}).json()["margins"]
+        html = client.get("/dashboard/margin", params={"by": "customer"})
+    assert len(page["groups"]) == GROUP_LIMIT and page["groups_total"] == GROUP_LIMIT + 6  # and no customer
+    assert page["others"]["groups"] == 6 and few["groups"] == page["groups"][:3]
+    parts = [*page["groups"], page["others"]]
+    assert sum(part["requests"] for part in parts) == totals["requests"]
+    assert sum(Decimal(part["cost_usd"]) for part in parts) == Decimal(totals["cost_usd"])
+    assert html.status_code == 200 and "the first 1,000" in html.text

@@ -255,15 +255,17 @@ def overview_margin(engine: sa.Engine, scope: Window, settings: Any) -> dict[str
     """The overview's gross-margin card: None when no revenue is configured (no query then)."""
     if not has_revenue(settings):
         return None
-    return gross_margin(margins(engine, scope, settings.revenue, (), "feature", with_attach=False))
+    # the card adds up the groups with revenue, each listed whatever the limit: not a row per feature read
+    return gross_margin(margins(engine, scope, settings.revenue, (), "feature", with_attach=False, limit=1))
 
 
-def margin_page(engine: sa.Engine, scope: Window, settings: Any, by: str) -> dict[str, Any]:
+def margin_page(engine: sa.Engine, scope: Window, settings: Any, by: str, limit: int = GROUP_LIMIT) -> dict[str, Any]:
     """Gross margin and attach rate per feature (or customer), and cost per successful task, from
     margin.report.business: the numbers of `margin report --view margin|tasks --json` (with `--team` for a
-    team key's own P&L)."""
+    team key's own P&L), the first `limit` groups by cost (and every one with revenue) listed, the rest added
+    up under `others`, as the breakdown's."""
     window = scope
-    report = margins(engine, window, settings.revenue, (), by)
+    report = margins(engine, window, settings.revenue, (), by, limit=limit)
     found = tasks(engine, window, None)
     return {
         "by": by,

@@ -31,7 +31,7 @@ T = TypeVar("T")
 PAGES = ("overview", "breakdown", "latency", "savings", "budgets", "backends", "margin")
 DEFAULT_SINCE = "7d"
 HTML_ROWS = 200
-"""Groups an HTML table shows (those that cost the most; the JSON has every one): feature and customer tags are
+"""Groups an HTML table shows (those that cost the most; the JSON lists GROUP_LIMIT): feature and customer tags are
 the caller's, and rendering 10,000 rows held the event loop 0.7 s for a page no one reads."""
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
@@ -85,8 +85,8 @@ async def _margin(request: Request, who: Viewer, scope: Window) -> dict[str, Any
     by = request.query_params.get("by", "feature")  # a team key sees its own team's P&L
     if by not in ("feature", "customer"):
         raise InvalidRequest("by must be feature or customer", param="by")
-    settings = request.app.state.services.settings
-    return await _read(request, pages.margin_page, _engine(request), scope, settings, by)
+    settings, limit = request.app.state.services.settings, parse_limit(request.query_params.get("limit"))
+    return await _read(request, pages.margin_page, _engine(request), scope, settings, by, limit)
 
 
 BUILDERS: dict[str, Builder] = {

@@ -127,6 +127,8 @@ class MarginReport:
 
     team: str | None = None  # a team's view
     partial: bool = False  # a team's or a key's view: per-seat revenue left out
+    groups_total: int | None = None  # groups with requests in the window (None: every one is in `rows`)
+    others: dict[str, Any] | None = None  # the groups past `limit`, added up (`margins`); None: none left out
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -136,6 +138,8 @@ class MarginReport:
             "active_customers": self.active_customers,
             "window_seconds": str(self.window_seconds.quantize(Decimal("0.001"))),
             "groups": [row.to_json() for row in self.rows],
+            "groups_total": len(self.rows) if self.groups_total is None else self.groups_total,
+            "others": self.others,
         }
 
 
@@ -147,20 +151,24 @@ def margins(
     by: str = "feature",
     now: datetime | None = None,
     with_attach: bool = True,
+    limit: int | None = None,
 ) -> MarginReport:
     """Per feature (or customer): cost, revenue, gross margin, attach rate (distinct customers: the costly
-    part; `with_attach=False` leaves customers and attach rates at 0/None); biggest cost first."""
+    part; `with_attach=False` leaves customers and attach rates at 0/None); biggest cost first. `limit` (the
+    dashboard's): the first `limit` groups by cost, and every group that earns revenue, listed; the rest added
+    up under `others` (feature and customer tags are the caller's: a group per request, else)."""
     if by not in ("feature", "customer"):
         raise InvalidRequest("margins are per feature or per customer", param="by")
     rules = revenue.features if by == "feature" else revenue.customers
-    with engine.connect() as connection:
-        found = read.grouped(connection, window, by)
-        customers, active = read.attach(connection, window) if with_attach else ({}, 0)
-        seconds = window_seconds(connection, window, now or datetime.now().astimezone())
     imported: dict[str | None, Decimal] = {}
     for line in lines:
         name = line.feature if by == "feature" else line.customer
         imported[name] = imported.get(name, Decimal(0)) + line.usd
+    with engine.connect() as connection:
+        found, count, rest = _listed(connection, window, by, limit, {*rules, *imported})
+        wanted = None if limit is None else (set(found) if by == "feature" else ())
+        customers, active = read.attach(connection, window, wanted) if with_attach else ({}, 0)
+        seconds = window_seconds(connection, window, now or datetime.now().astimezone())
     quiet: set[str] = set()  # earning revenue with no traffic in the window: a row of their own, in the whole
     if not window.partial:  # the operator's view (not a team's, key's, org's)
         quiet = {*rules, *(name for name in imported if name is not None)} - set(found)
@@ -170,7 +178,43 @@ def margins(
     ]
     out = [row for row in out if row.key not in quiet or row.revenue_usd]
     out.sort(key=lambda r: (-r.cost_usd, -r.requests, str(r.key)))
-    return MarginReport(by, active, seconds, out, window.team, window.partial)
+    others = None if rest is None else _others(count - len(found), rest)
+    return MarginReport(by, active, seconds, out, window.team, window.partial, count if limit else None, others)
+
+
+def _listed(
+    connection: sa.Connection, window: Window, by: str, limit: int | None, earning: set[str | None]
+) -> tuple[dict[Any, read.Sums], int, read.Sums | None]:
+    """The groups `margins` lists, how many groups the window has, and the sums of those left out (None: none
+    was). Without `limit`, every group; with it, the first `limit` by cost (ranked and cut in SQL:
+    margin.ledger.read.top) and each group `earning` names (revenue from config or CSV, bounded by them: the
+    gross margin counts its revenue wherever its cost ranks it), read alone."""
+    if limit is None:
+        found = read.grouped(connection, window, by)
+        return found, len(found), None
+    kept, count, rest = read.top(connection, window, by, limit)
+    found = dict(kept)
+    for name in sorted(name for name in earning if name is not None and name not in found):
+        if count == len(found):
+            break
+        sums = read.totals(connection, window, match=(by, name))
+        if sums["requests"]:
+            found[name] = sums
+            rest = read.minus(rest, sums)
+    return found, count, rest if count > len(found) else None
+
+
+def _others(groups: int, sums: read.Sums) -> dict[str, Any]:
+    """The groups a capped margin report leaves out, added up (none of them earns revenue)."""
+    cost = usd(sums["cost_nanousd"])
+    return {
+        "groups": groups,
+        "requests": sums["requests"],
+        "ok_requests": sums["ok_requests"],
+        "cost_usd": usd_str(cost),
+        "unpriced_requests": sums["unpriced"],
+        "usd_per_1k_tokens": usd_str(per_1k(cost, sums["priced_tokens"])),
+    }
 
 
 def _margin_row(

@@ -209,9 +209,14 @@ def _usd(nano: int) -> str:
     return f"{'-' if nano < 0 else ''}{whole // 1_000_000_000}.{whole % 1_000_000_000:09d}"
 
 
+def _cell(text: str) -> str:
+    """A name as a CSV cell (a backend the config no longer names is its name as the ledger holds it)."""
+    return str(spreadsheet_text(text))
+
+
 def _csv_lines(export: FocusExport) -> Iterator[tuple[Any, ...]]:
     """Rows in COLUMNS order, already as CSV text (one pass: a month of a million charges in seconds)."""
-    settings, account = export.settings, export.account
+    settings, account = export.settings, spreadsheet_text(export.account)  # a script may fill it from a name
     period = (_iso(export.period_end), _iso(export.period_start))
     providers: dict[Any, str] = {}
     publishers: dict[Any, str] = {}
@@ -222,8 +227,8 @@ def _csv_lines(export: FocusExport) -> Iterator[tuple[Any, ...]]:
         if day is None:
             start = datetime.fromisoformat(str(r.day)).replace(tzinfo=UTC)
             day = days[r.day] = (_iso(start + timedelta(days=1)), _iso(start))
-        provider = providers.get(r.backend) or providers.setdefault(r.backend, _provider(settings, r.backend))
-        publisher = publishers.get(r.model) or publishers.setdefault(r.model, _publisher(settings, r.model))
+        provider = providers.get(r.backend) or providers.setdefault(r.backend, _cell(_provider(settings, r.backend)))
+        publisher = publishers.get(r.model) or publishers.setdefault(r.model, _cell(_publisher(settings, r.model)))
         cost, listed = _usd(int(r.cost_nanousd or 0)), _usd(_listed(r))
         tokens = f"{int(r.input_tokens or 0) + int(r.output_tokens or 0)}.0"
         tags = _tags(r, export.tags)

@@ -11,7 +11,7 @@ API and budget reconciliation (margin.governance) render what it returns and hol
     task_sums(conn, window, by) -> {key: TaskSums}                tasks, graded, successful… (tasks.py)
     budget_spent(conn, kind, value, usd, start, end, org)         a budget window's spend (budget.py)
     recorded(conn, request_ids) -> {request_id}                  which requests have their row (budget.py)
-    attach(conn, window) -> (customers per feature, active)       distinct customers (attach.py)
+    attach(conn, window, features) -> (customers per feature, active)   distinct customers (attach.py)
 
 Every function takes a SQLAlchemy Connection of the ledger database: the engine is its owner's (Services
 in the gateway, the CLI command otherwise); reads never open the database themselves.
@@ -21,7 +21,7 @@ from margin.ledger.read.attach import attach
 from margin.ledger.read.budget import budget_spent, recorded
 from margin.ledger.read.latency import exact, from_histogram, histograms, nearest_rank, percentile
 from margin.ledger.read.plan import Part, grain_for, plan, plan_days_then_hours
-from margin.ledger.read.sums import BUCKETS, Sums, first_at, grouped, tag_keys, total, totals, zero
+from margin.ledger.read.sums import BUCKETS, Sums, first_at, grouped, minus, tag_keys, total, totals, zero
 from margin.ledger.read.tasks import TaskSums, task_sums
 from margin.ledger.read.top import top
 from margin.ledger.read.window import Window, as_utc, parse_when, scoped, team_org
@@ -41,6 +41,7 @@ __all__ = [
     "grain_for",
     "grouped",
     "histograms",
+    "minus",
     "nearest_rank",
     "parse_when",
     "percentile",

@@ -7,6 +7,7 @@ month and team)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, date, timedelta
 from typing import Any
 
@@ -22,18 +23,26 @@ ALL_DAYS = (1 << 31) - 1
 
 
 def _bounds(connection: sa.Connection, part: Part) -> tuple[date, date] | None:
-    """The part's whole days [first, last) (an open end: the rollup's first or last month)."""
-    first = part.since.astimezone(UTC).date() if part.since is not None else None
-    last = part.until.astimezone(UTC).date() if part.until is not None else None
-    if first is None or last is None:
-        low, high = connection.execute(
-            sa.select(sa.func.min(ledger_attach.c.month), sa.func.max(ledger_attach.c.month))
-        ).one()
-        if low is None:
-            return None
-        first = first or date.fromisoformat(f"{low}-01")
-        last = last or (date.fromisoformat(f"{high}-01") + timedelta(days=31)).replace(day=1)
+    """The part's whole days [first, last), within the months the rollup has (an open end: its first or last
+    month; a window of centuries, `--since 1900-01-01`, walked and queried every month of them: past 500 of
+    them SQLite refused the statement, and an end in December 9999 overflowed the date of the month after)."""
+    low, high = connection.execute(
+        sa.select(sa.func.min(ledger_attach.c.month), sa.func.max(ledger_attach.c.month))
+    ).one()
+    if low is None:
+        return None
+    earliest, latest = date.fromisoformat(f"{low}-01"), _next_month(date.fromisoformat(f"{high}-01"))
+    first = part.since.astimezone(UTC).date() if part.since is not None else earliest
+    last = part.until.astimezone(UTC).date() if part.until is not None else latest
+    first, last = max(first, earliest), min(last, latest)
     return (first, last) if first < last else None
+
+
+def _next_month(day: date) -> date:
+    """The first day of the month after `day`'s; after December 9999, the last date there is (no later one)."""
+    if (day.year, day.month) == (9999, 12):
+        return date.max
+    return (day.replace(day=1) + timedelta(days=32)).replace(day=1)
 
 
 def month_masks(first: date, last: date) -> dict[str, int]:
@@ -42,9 +51,9 @@ def month_masks(first: date, last: date) -> dict[str, int]:
     day = first
     while day < last:
         month = f"{day.year:04d}-{day.month:02d}"  # strftime writes year 999 as 999
-        if day.day == 1 and (day + timedelta(days=31)).replace(day=1) <= last:
+        if day.day == 1 and _next_month(day) <= last:
             masks[month] = ALL_DAYS  # the whole month
-            day = (day + timedelta(days=31)).replace(day=1)
+            day = _next_month(day)
             continue
         masks[month] = masks.get(month, 0) | 1 << (day.day - 1)
         day += timedelta(days=1)
@@ -52,18 +61,21 @@ def month_masks(first: date, last: date) -> dict[str, int]:
 
 
 def _rolled_pairs(connection: sa.Connection, part: Part, team: str | None) -> list[sa.Select[Any]]:
-    """The pairs seen on the part's whole days: one primary-key range (month, team) per month it touches."""
+    """The pairs seen on the part's whole days: primary-key ranges (month, team), the whole months in one
+    select (`month IN (…)`), each partial month (at most two) in one of its own."""
     bounds = _bounds(connection, part)
     if bounds is None:
         return []
     t = ledger_attach
     pairs = sa.select(
         sa.func.nullif(t.c.feature, "").label("feature"), sa.func.nullif(t.c.customer, "").label("customer")
-    )
-    out = []
-    for month, mask in month_masks(*bounds).items():
-        query = pairs.where(t.c.month == month, t.c.team == (m.EVERY_TEAM if team is None else team))
-        out.append(query if mask == ALL_DAYS else query.where(t.c.days.op("&")(mask) != 0))
+    ).where(t.c.team == (m.EVERY_TEAM if team is None else team))
+    masks = month_masks(*bounds)
+    whole = [month for month, mask in masks.items() if mask == ALL_DAYS]
+    out = [pairs.where(t.c.month.in_(whole))] if whole else []
+    for month, mask in masks.items():
+        if mask != ALL_DAYS:
+            out.append(pairs.where(t.c.month == month, t.c.days.op("&")(mask) != 0))
     return out
 
 
@@ -81,15 +93,21 @@ def _pairs(connection: sa.Connection, window: Window) -> list[sa.Select[Any]]:
     return out
 
 
-def attach(connection: sa.Connection, window: Window) -> tuple[dict[Any, int], int]:
+def attach(
+    connection: sa.Connection, window: Window, features: Collection[str | None] | None = None
+) -> tuple[dict[Any, int], int]:
     """(distinct customers per feature, distinct customers in the window); NULL customers are not counted.
     One statement over the UNION of the parts' pairs (a common table, evaluated once): a few rows come back,
-    not every pair."""
+    not every pair. `features`: count those features' customers only (None: every feature's, a row each)."""
     selects = _pairs(connection, window)
     if not selects:
         return {}, 0
     pairs = (sa.union(*selects) if len(selects) > 1 else selects[0].distinct()).cte("pairs")
     per_feature = sa.select(sa.literal(0), pairs.c.feature, sa.func.count(pairs.c.customer)).group_by(pairs.c.feature)
+    if features is not None:
+        named = [name for name in features if name is not None]
+        among = [pairs.c.feature.in_(named)] + ([pairs.c.feature.is_(None)] if None in features else [])
+        per_feature = per_feature.where(sa.or_(sa.false(), *among))
     active = sa.select(sa.literal(1), sa.null(), sa.func.count(sa.distinct(pairs.c.customer)))
     found: dict[Any, int] = {}
     customers = 0

@@ -87,8 +87,8 @@ sa.Index(
     sqlite_where=ledger.c.user.is_not(None),
     postgresql_where=ledger.c.user.is_not(None),
 )
-# a batch job's rows (`margin batches show`) and a window's batch discounts (margin.ledger.read.charges); partial,
-# so live traffic (no batch_id) costs the ingest nothing here (0030)
+# a batch job's rows (`margin batches show`); partial, so live traffic (no batch_id) costs the ingest nothing
+# here (0030)
 sa.Index(
     "ix_ledger_batch_lines",
     ledger.c.batch_id,

@@ -77,6 +77,7 @@ ledger = sa.Table(
     # keyed by bin, then time, so appended rows go to the end of each bin's run, not to random pages
     sa.Index("ix_ledger_e2e_bin", sa.text(f"({latency_bin('e2e_ms')})"), "created_at", "e2e_ms", "kind"),
     sa.Index("ix_ledger_ttft_bin", sa.text(f"({latency_bin('ttft_ms')})"), "created_at", "ttft_ms", "kind"),
+    sa.Index("ix_ledger_batch", "batch_id"),
 )
 # one end user's rows in a window: a per-user budget counter rebuilt from the ledger (margin.ledger.read.budget,
 # `user=*` scopes); partial, so rows without a `user` (most traffic) cost the ingest nothing (0024)
@@ -86,14 +87,6 @@ sa.Index(
     ledger.c.created_at,
     sqlite_where=ledger.c.user.is_not(None),
     postgresql_where=ledger.c.user.is_not(None),
-)
-# a batch job's rows (`margin batches show`); partial, so live traffic (no batch_id) costs the ingest nothing
-# here (0030)
-sa.Index(
-    "ix_ledger_batch_lines",
-    ledger.c.batch_id,
-    sqlite_where=ledger.c.batch_id.is_not(None),
-    postgresql_where=ledger.c.batch_id.is_not(None),
 )
 
 

@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--prefill", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/margin-ingest-indexes"))
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--only", default="", help="variants to run, comma-separated (none, all, an index)")
     args = parser.parse_args()
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
@@ -97,18 +98,21 @@ def main() -> None:
         found = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ledger' AND sql IS NOT NULL"
         indexes = tuple(sorted(row[0] for row in connection.execute(found)))
     variants = {"none": (), **{name: (name,) for name in indexes}, "all": indexes}
+    if args.only:
+        variants = {name: drop for name, drop in variants.items() if name in args.only.split(",")}
     runs: dict[str, list[float]] = {name: [] for name in variants}
     loads = []
     for _ in range(args.rounds):
         loads.append(round(os.getloadavg()[0], 2))
         for name, drop in variants.items():
             runs[name].append(round(trial(args.workdir, base, staged, drop, args.rows, args.batch), 2))
-    none = statistics.median(runs["none"])
+    none = statistics.median(runs["none"]) if "none" in runs else 0.0
     result = {
         "rows": args.rows,
         "batch": args.batch,
         "prefill": args.prefill,
         "sqlite": sqlite3.sqlite_version,
+        "indexes": list(indexes),
         "load_avg_1min_per_round": loads,
         "us_cpu_per_row": {name: {"runs": r, "median": statistics.median(r)} for name, r in runs.items()},
         "saved_us_per_row_by_dropping": {n: round(none - statistics.median(r), 2) for n, r in runs.items()},

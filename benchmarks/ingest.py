@@ -3,6 +3,7 @@ appending a row costs the request path.
 
     python benchmarks/ingest.py [--rows 200000] [--prefill 1000000] [--batch-bytes N] [--segment-bytes N]
                                 [--postgres URL|embedded] [--out results/ingest.json]
+                                [--drop-index NAME]... [--pragma name=value]... [--page-size N]
 
 Ingest: `--rows` synthetic ledger rows (the read benchmarks' mix, synthetic_ledger.report_rows, with request ids
 made as the gateway makes them) are written to outbox files of `--segment-bytes` (the config's default) by a

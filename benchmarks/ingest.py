@@ -3,6 +3,7 @@ appending a row costs the request path.
 
     python benchmarks/ingest.py [--rows 200000] [--prefill 1000000] [--batch-bytes N] [--segment-bytes N]
                                 [--postgres URL|embedded] [--out results/ingest.json]
+                                [--drop-index NAME]... [--pragma name=value]... [--page-size N]
 
 Ingest: `--rows` synthetic ledger rows (the read benchmarks' mix, synthetic_ledger.report_rows, with request ids
 made as the gateway makes them) are written to outbox files of `--segment-bytes` (the config's default) by a
@@ -32,7 +33,8 @@ import shutil
 import sqlite3
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -134,10 +136,22 @@ def cpu_by_statement(engine: sa.Engine) -> collections.defaultdict[str, float]:
     return spent
 
 
-async def ingest_once(url: str, directory: Path, batch_bytes: int) -> dict[str, Any]:
+def with_pragmas(engine: sa.Engine, pragmas: Sequence[str]) -> None:
+    """`--pragma name=value`: set on each of the ingester's ledger connections, after margin's own."""
+
+    def _set(dbapi_connection: Any, _record: Any) -> None:
+        for pragma in pragmas:
+            dbapi_connection.execute(f"PRAGMA {pragma}")
+
+    if pragmas and engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _set)
+
+
+async def ingest_once(url: str, directory: Path, batch_bytes: int, pragmas: Sequence[str] = ()) -> dict[str, Any]:
     outbox = Outbox(url, directory, rescan_s=3600, batch_bytes=batch_bytes)
     sink = outbox._ingester._sink
     assert isinstance(sink, BatchSink)  # a database URL: the outbox ingests in-process
+    with_pragmas(sink._engine, pragmas)
     spent = cpu_by_statement(sink._engine)
     cpu, wall = time.process_time(), time.perf_counter()
     outbox.start()
@@ -162,12 +176,19 @@ async def ingest_once(url: str, directory: Path, batch_bytes: int) -> dict[str, 
     }
 
 
-def migrate(url: str, rollup_keys: tuple[str, ...]) -> None:
-    """The schema, with `tags.rollup_keys` set as `margin db rebuild-rollups` sets them."""
+def migrate(url: str, rollup_keys: tuple[str, ...], drop: tuple[str, ...] = (), page_size: int = 0) -> None:
+    """The schema, with `tags.rollup_keys` set as `margin db rebuild-rollups` sets them; `drop`: indexes taken
+    off it (`--drop-index`, to measure what each costs the ingest); `page_size`: a new SQLite file's."""
+    if page_size and (path := db.sqlite_file(url)) is not None:
+        with closing(sqlite3.connect(path)) as made:
+            made.execute(f"PRAGMA page_size={int(page_size)}")
+            made.execute("VACUUM")
     db.upgrade(url)
     engine = db.make_sync_engine(url)
     with engine.begin() as connection:
         rollup.rebuild(connection, rollup_keys)
+        for name in drop:
+            connection.exec_driver_sql(f'DROP INDEX "{name}"')
     engine.dispose()
 
 
@@ -198,9 +219,9 @@ def scenario(name: str, url: str, workdir: Path, rows: int, seed: int, args: arg
     written, size = write_dead_outbox(directory, rows, seed, start, args.rate, args.segment_bytes)
     replay = workdir / f"{name}.replay"
     shutil.copytree(directory, replay, dirs_exist_ok=True)
-    first = asyncio.run(ingest_once(url, directory, args.batch_bytes))
+    first = asyncio.run(ingest_once(url, directory, args.batch_bytes, args.pragma))
     # the same files once more: every row is a duplicate
-    again = asyncio.run(ingest_once(url, replay, args.batch_bytes))
+    again = asyncio.run(ingest_once(url, replay, args.batch_bytes, args.pragma))
     shutil.rmtree(replay, ignore_errors=True)
     after = ledger_count(url)
     result = {
@@ -281,6 +302,9 @@ def main() -> None:
     parser.add_argument("--rollup-keys", default=",".join(TagsConfig().rollup_keys), help="tags.rollup_keys")
     parser.add_argument("--postgres", help="also into PostgreSQL: a URL (an empty database) or `embedded`")
     parser.add_argument("--out", type=Path, default=RESULTS / "ingest.json")
+    parser.add_argument("--drop-index", action="append", default=[], help="an index of `ledger` to drop first")
+    parser.add_argument("--pragma", action="append", default=[], help="name=value on the ingester's connection")
+    parser.add_argument("--page-size", type=int, default=0, help="the new SQLite files' page size")
     args = parser.parse_args()
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
@@ -303,18 +327,19 @@ def main() -> None:
     }
     keys = tuple(k for k in args.rollup_keys.split(",") if k)
     results["rollup_keys"] = list(keys)
+    results["variant"] = {"drop_index": args.drop_index, "pragma": args.pragma, "page_size": args.page_size}
     empty = f"sqlite:///{args.workdir / 'empty.db'}"
-    migrate(empty, keys)
+    migrate(empty, keys, tuple(args.drop_index), args.page_size)
     results["sqlite"]["empty_ledger"] = scenario("empty", empty, args.workdir, args.rows, 1, args)
     if keys:  # what the tag keys' daily rollups and latency histograms cost
         bare = f"sqlite:///{args.workdir / 'bare.db'}"
-        migrate(bare, ())
+        migrate(bare, (), tuple(args.drop_index), args.page_size)
         results["sqlite"]["empty_ledger_no_tag_rollups"] = scenario(
             "empty, tags.rollup_keys=[]", bare, args.workdir, args.rows, 1, args
         )
     if args.prefill:
         big = f"sqlite:///{args.workdir / 'big.db'}"
-        migrate(big, keys)
+        migrate(big, keys, tuple(args.drop_index), args.page_size)
         took = prefill(big, args.prefill, datetime(2026, 11, 1, tzinfo=UTC))
         print(f"prefilled {args.prefill:,} rows in {took:.0f} s ({args.prefill / took:,.0f} rows/s)")
         results["sqlite"]["prefill"] = {"rows": args.prefill, "seconds": round(took, 1)}

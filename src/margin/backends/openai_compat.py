@@ -169,25 +169,25 @@ class OpenAIBackend(HttpBackend):
                 yield batch
             if done:
                 break
-        if not done:
-            async for last in self._ended(lines.rest(), tail, first=first):
-                yield last
+        async for last in self._ended(lines.rest(), tail, first=first, done=done):
+            yield last
 
-    async def _ended(self, rest: bytes, tail: list[bytes], *, first: bool) -> AsyncIterator[list[Chunk]]:
-        """A stream whose connection ended before `[DONE]`: the event left without its line end, then a failure
-        if no event came, or if none of the last events names a finish reason (the connection ended mid-answer,
-        a reset a proxy turned into a clean end: the client is told, as for a reset, instead of `[DONE]` after
-        half an answer; a server that omits `[DONE]` still names its finish, and passes)."""
-        event = event_data(rest)
-        if event == b"[DONE]":
-            return
-        if event is not None:
+    async def _ended(self, rest: bytes, tail: list[bytes], *, first: bool, done: bool) -> AsyncIterator[list[Chunk]]:
+        """A stream's end: before `[DONE]`, the event left without its line end; then a failure if no event came
+        (an empty body, `[DONE]` alone, a JSON error body: no answer, not an empty one), or if the connection
+        ended before `[DONE]` and none of the last events names a finish reason (it ended mid-answer, a reset a
+        proxy turned into a clean end: the client is told, as for a reset, instead of `[DONE]` after half an
+        answer; a server that omits `[DONE]` still names its finish, and passes)."""
+        event = None if done else event_data(rest)
+        done = done or event == b"[DONE]"
+        if event is not None and not done:
             yield [self._chunk(event)]
             tail.append(event)
-        elif first:  # not one event (an empty body, `[DONE]` alone, a JSON error body): no answer, not an empty one
+            first = False
+        if first:
             log_upstream(self.name, "sent a stream without events", upstream_message(rest)[0])
             raise BackendError(f"upstream {self.name} sent a stream without events", code="upstream_bad_response")
-        if not _finished(tail):
+        if not done and not _finished(tail):
             log_upstream(self.name, "ended a stream before its finish", "")
             raise BackendError(f"upstream {self.name} ended its stream before finishing", code="upstream_bad_response")
 

@@ -215,6 +215,28 @@ async def test_stream_event_without_final_newline_and_without_done() -> None:
     assert [raw for raw, _ in got] == [end, usage]
 
 
+async def test_a_finish_is_found_in_a_big_event_and_before_many_events() -> None:
+    """Without `[DONE]`, a finish in one event of over 64 KiB (a whole answer sent as one chunk), or followed by
+    ten more events, still makes the stream whole (review: the first look parsed 8 events of at most 64 KiB)."""
+    big = b'{"choices":[{"delta":{"content":"%s"},"finish_reason":"stop"}]}' % (b"x" * 100_000)
+    assert [raw for raw, _ in await _events([b"data: " + big + b"\n\n"])] == [big]
+    end = b'{"choices":[{"delta":{},"finish_reason":"length"}]}'
+    after = b'{"choices":[{"delta":{"content":""}}]}'
+    got = await _events([b"data: " + end + b"\n\n", b"".join(b"data: " + after + b"\n\n" for _ in range(10))])
+    assert got[0] == (end, False) and len(got) == 2  # the ten after it are one run (raw None)
+
+
+async def test_a_finish_named_inside_a_string_is_not_a_finish() -> None:
+    text = b'{"choices":[{"delta":{"content":"say \\"finish_reason\\": \\"stop\\""}}]}'
+    from margin.backend_config import OpenAIBackendConfig
+    from margin.backends.openai_compat import OpenAIBackend
+
+    backend = OpenAIBackend("up", OpenAIBackendConfig(base_url="http://127.0.0.1:1/v1"))
+    with pytest.raises(BackendError, match="ended its stream before finishing"):
+        async for _ in backend._reads(_Response([b"data: " + text + b"\n\n"])):  # type: ignore[arg-type]
+            pass
+
+
 @pytest.mark.parametrize("framed", ["rest", "whole"])
 async def test_a_stream_ended_without_done_or_a_finish_is_cut(framed: str) -> None:
     """A connection that ends mid-answer (no `[DONE]`, no finish reason in the last events: a reset a proxy

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,8 +26,6 @@ from margin.jsonload import MIN_DEEP_BYTES
 from margin.protocol import FORWARDED, Endpoint
 from margin.thinking import without_thinking
 from margin.types import (
-    FINISH_EVENT_BYTES,
-    FINISH_LOOKBACK,
     Call,
     Chunk,
     Completion,
@@ -44,6 +43,8 @@ PATHS = {
     Endpoint.EMBEDDINGS: "/embeddings",
     Endpoint.COMPACT: "/responses/compact",  # only where the route allowed it (`responses_compact`)
 }
+
+FINISHED = re.compile(rb'"finish_reason"\s*:\s*"[^"]')  # a finish named by a stream event (`_finished`)
 
 # how an answer's usage is read, by endpoint (the rest: OpenAI's chat usage)
 READERS = {Endpoint.COMPACT: Usage.from_responses, Endpoint.EMBEDDINGS: Usage.from_openai_embeddings}
@@ -142,7 +143,8 @@ class OpenAIBackend(HttpBackend):
         waits count towards the stream's idle limit). An event that does not parse fails after the good ones
         before it."""
         content, lines, first, done = response.content, Lines(self.config.max_response_bytes), True, False
-        tail: list[bytes] = []  # the last two reads' events, for a stream that ends without `[DONE]`
+        before: list[bytes] = []  # the events of the last two reads with any, for a stream ended without `[DONE]`
+        last: list[bytes] = []
         while True:
             if deadline is not None:
                 deadline.waiting()
@@ -156,7 +158,7 @@ class OpenAIBackend(HttpBackend):
             if deadline is not None:
                 deadline.received(event=bool(events))
             if events:
-                tail = tail[-FINISH_LOOKBACK:] + events if len(events) < FINISH_LOOKBACK else events
+                before, last = last, events
             batch: list[Chunk] = []
             try:
                 done = self._batch(events, batch, first=first)
@@ -169,8 +171,8 @@ class OpenAIBackend(HttpBackend):
                 yield batch
             if done:
                 break
-        async for last in self._ended(lines.rest(), tail, first=first, done=done):
-            yield last
+        async for batch in self._ended(lines.rest(), [*before, *last], first=first, done=done):
+            yield batch
 
     async def _ended(self, rest: bytes, tail: list[bytes], *, first: bool, done: bool) -> AsyncIterator[list[Chunk]]:
         """A stream's end: before `[DONE]`, the event left without its line end; then a failure if no event came
@@ -254,16 +256,10 @@ class OpenAIBackend(HttpBackend):
 
 
 def _finished(events: list[bytes]) -> bool:
-    """Whether one of a stream's last events names a finish reason (only read when it ended without `[DONE]`)."""
-    for event in reversed(events[-FINISH_LOOKBACK:]):
-        if len(event) > FINISH_EVENT_BYTES or b"finish_reason" not in event:
-            continue
-        try:
-            if finish_reason_of(jsonload.loads(event)) is not None:
-                return True
-        except (orjson.JSONDecodeError, ValueError):
-            continue
-    return False
+    """Whether one of a stream's last events (the last reads') names a finish reason: read only when it ended
+    without `[DONE]`, by a look at the bytes (an event of any size, a finish among many events after it); a
+    `"finish_reason"` inside a string is escaped (`\\"`), so it never matches."""
+    return any(FINISHED.search(event) is not None for event in events)
 
 
 class VllmCountingBackend(OpenAIBackend):

@@ -88,8 +88,9 @@ async def replay(call: Call, entry: Entry) -> AsyncIterator[Chunk]:
 async def answer_entry(record: Record, reply: Reply) -> Entry | None:
     """The entry a hit replays for this answer; None for one it could not: a stream whose last events name no
     finish reason was cut off (an upstream's connection ended mid-answer, without `[DONE]` or with it), and a
-    hit would replay its half as a whole answer (`stop`). Its row stays `ok`: some servers omit `[DONE]`. Nor
-    one that finished with `error` (OpenRouter's choice of an answer that failed, without an error object)."""
+    hit would replay its half as a whole answer (`stop`; an openai backend fails a stream that ended so without
+    `[DONE]`, and a server that omits `[DONE]` still names its finish). Nor one that finished with `error`
+    (OpenRouter's choice of an answer that failed, without an error object)."""
     usage, target = record.usage, record.target
     if usage is None or target is None:
         return None

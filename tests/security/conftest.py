@@ -106,7 +106,7 @@ def serving_in(tmp_path: Path) -> ServeFactory:
             name: create_key(config_path, db_file, name, *flags, ledger=ledger) for name, flags in (keys or {}).items()
         }
         serving = margin_serve(
-            None if ledger else db_file, tmp_path / "serve.log", config=config_path, extra=extra, ready_s=60
+            None if ledger else db_file, tmp_path / "serve.log", config=config_path, extra=extra, ready_s=180
         )
         with serving as (url, process):
             yield Served(url, process, db_file, config_path, created, ledger)

@@ -31,7 +31,7 @@ from margin.messages import (
 )
 from margin.parsing import parse_request
 from margin.protocol import DEFAULT_FILENAME, MAX_BLOCK_ORDER, ChatCompletionRequest, Endpoint
-from margin.thinking import ERROR_PREFIX, IS_ERROR
+from margin.thinking import ERROR_PREFIX, ERROR_PREFIXED, IS_ERROR
 
 # thinking budgets → OpenAI's reasoning effort: up to 4K tokens low, up to 16K medium, more high
 EFFORT_BUDGETS = ((4_096, "low"), (16_384, "medium"))
@@ -81,7 +81,8 @@ def _user(message: UserMessage, out: list[dict[str, Any]]) -> None:
                 carried.extend(_media(item) for item in content if isinstance(item, Image | Document))
             tool: dict[str, Any] = {"role": "tool", "tool_call_id": block.tool_use_id, "content": text}
             if block.is_error:  # the text says so to any backend; the flag, to an anthropic backend alone
-                tool |= {"content": f"{ERROR_PREFIX}{text}" if text else ERROR_PREFIX.rstrip(": "), IS_ERROR: True}
+                prefixed = f"{ERROR_PREFIX}{text}" if text else ERROR_PREFIX.rstrip(": ")
+                tool |= {"content": prefixed, IS_ERROR: True, ERROR_PREFIXED: True}
             out.append(tool)
         elif isinstance(block, Image | Document):
             parts.append(_media(block))

@@ -30,8 +30,8 @@ from margin.messages import (
     parse_messages,
 )
 from margin.parsing import parse_request
-from margin.protocol import MAX_BLOCK_ORDER, ChatCompletionRequest, Endpoint
-from margin.thinking import ERROR_PREFIX, IS_ERROR
+from margin.protocol import DEFAULT_FILENAME, MAX_BLOCK_ORDER, ChatCompletionRequest, Endpoint
+from margin.thinking import ERROR_PREFIX, ERROR_PREFIXED, IS_ERROR
 
 # thinking budgets → OpenAI's reasoning effort: up to 4K tokens low, up to 16K medium, more high
 EFFORT_BUDGETS = ((4_096, "low"), (16_384, "medium"))
@@ -49,13 +49,13 @@ def _image(image: Image) -> dict[str, Any]:
 
 
 def _document(document: Document) -> dict[str, Any]:
-    """A PDF as a chat's `file` part (OpenAI's, with its data URL; `title`, or `document.pdf`, its file name), a
+    """A PDF as a chat's `file` part (OpenAI's, with its data URL; `title`, or `DEFAULT_FILENAME`, its file name), a
     plain text document as its text."""
     source = document.source
     if not isinstance(source, PdfSource):
         return {"type": "text", "text": source.data}
     url = f"data:application/pdf;base64,{source.data}"
-    return {"type": "file", "file": {"filename": document.title or "document.pdf", "file_data": url}}
+    return {"type": "file", "file": {"filename": document.title or DEFAULT_FILENAME, "file_data": url}}
 
 
 def _media(block: Image | Document) -> dict[str, Any]:
@@ -81,7 +81,8 @@ def _user(message: UserMessage, out: list[dict[str, Any]]) -> None:
                 carried.extend(_media(item) for item in content if isinstance(item, Image | Document))
             tool: dict[str, Any] = {"role": "tool", "tool_call_id": block.tool_use_id, "content": text}
             if block.is_error:  # the text says so to any backend; the flag, to an anthropic backend alone
-                tool |= {"content": f"{ERROR_PREFIX}{text}" if text else ERROR_PREFIX.rstrip(": "), IS_ERROR: True}
+                prefixed = f"{ERROR_PREFIX}{text}" if text else ERROR_PREFIX.rstrip(": ")
+                tool |= {"content": prefixed, IS_ERROR: True, ERROR_PREFIXED: True}
             out.append(tool)
         elif isinstance(block, Image | Document):
             parts.append(_media(block))

@@ -37,6 +37,7 @@ MAX_CONTENT_PARTS = 10_000  # content parts over all of a chat's messages
 MAX_TOOLS = 128  # OpenAI's limit
 MAX_INPUTS = 2_048  # prompts of one completion request, inputs of one embedding request (OpenAI's limit)
 MAX_STOP = 4
+DEFAULT_FILENAME = "document.pdf"  # a translated chat `file` part's, where none was named (OpenAI expects one)
 # An assistant message's thinking blocks (an Anthropic answer's, sent back: `ChatMessage.thinking_blocks`): at most
 # this many in one message (interleaved thinking makes one a tool call), each's text, signature or redacted data
 # at most this long (a thinking budget is at most 128K tokens, ~0.5 M characters; signatures are a few KB)

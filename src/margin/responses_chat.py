@@ -8,7 +8,7 @@ from typing import Any
 
 from margin import interleaving
 from margin.parsing import parse_request
-from margin.protocol import MAX_BLOCK_ORDER, ChatCompletionRequest, Endpoint
+from margin.protocol import DEFAULT_FILENAME, MAX_BLOCK_ORDER, ChatCompletionRequest, Endpoint
 from margin.responses import (
     AllowedTools,
     FunctionCall,
@@ -30,8 +30,7 @@ from margin.responses_reasoning import ReasoningItem
 
 def _part(part: InputText | OutputText | Refusal | InputImage | InputFile) -> dict[str, Any]:
     if isinstance(part, InputFile):  # OpenAI's chat file part (an anthropic backend sends a PDF as a document)
-        file = {"file_data": part.file_data} | ({"filename": part.filename} if part.filename is not None else {})
-        return {"type": "file", "file": file}
+        return {"type": "file", "file": {"file_data": part.file_data, "filename": part.filename or DEFAULT_FILENAME}}
     if isinstance(part, InputImage):
         image: dict[str, Any] = {"url": part.image_url or ""}
         if part.detail is not None:

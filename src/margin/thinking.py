@@ -54,13 +54,17 @@ IS_ERROR = "is_error"
 with `ERROR_PREFIX`): an anthropic backend's `tool_result` takes it, with the text as it came; no OpenAI-compatible
 upstream does."""
 ERROR_PREFIX = "Error: "
+ERROR_PREFIXED = "error_prefixed"
+"""A tool message's mark that margin opened its text with `ERROR_PREFIX` (a Messages `tool_result` translated, with
+`IS_ERROR`): an anthropic backend takes the prefix off again. A chat client's own `is_error` message has none: its
+text is sent as it came, a leading `Error: ` included. No upstream is sent the mark."""
 
 
 def without_thinking(messages: Any, keep_thinking: bool = False) -> Any:
     """A chat's messages as sent, less their `thinking_blocks` (an anthropic backend's, which no other backend
     takes) and `block_order` (their order among the text and tool calls), unless `keep_thinking`, and less a tool
-    message's `is_error` (`IS_ERROR`): the same list when none holds any."""
-    drop = (IS_ERROR,) if keep_thinking else (*ANTHROPIC_ONLY, IS_ERROR)
+    message's `is_error` (`IS_ERROR`) and its `ERROR_PREFIXED` mark: the same list when none holds any."""
+    drop = (IS_ERROR, ERROR_PREFIXED) if keep_thinking else (*ANTHROPIC_ONLY, IS_ERROR, ERROR_PREFIXED)
     if type(messages) is not list or not any(type(m) is dict and _holds(m, drop) for m in messages):
         return messages
     return [

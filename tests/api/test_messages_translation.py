@@ -80,8 +80,8 @@ def test_tool_results_come_first_as_tool_messages_then_the_user_s_other_content(
             "thinking_blocks": [{"type": "thinking", "thinking": "hmm", "signature": "sig"}],
         },
         {"role": "tool", "tool_call_id": "t1", "content": "one"},
-        {"role": "tool", "tool_call_id": "t2", "content": "Error: x\n\ny", "is_error": True},
-        {"role": "tool", "tool_call_id": "t3", "content": "Error", "is_error": True},
+        {"role": "tool", "tool_call_id": "t2", "content": "Error: x\n\ny", "is_error": True, "error_prefixed": True},
+        {"role": "tool", "tool_call_id": "t3", "content": "Error", "is_error": True, "error_prefixed": True},
         {"role": "user", "content": [{"type": "text", "text": "here"}]},
     ]
 

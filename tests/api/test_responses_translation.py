@@ -337,7 +337,9 @@ def test_allowed_tools_is_chat_s_allowed_tools_and_names_only_the_request_s_tool
 
 def test_an_inline_file_is_a_chat_file_part() -> None:
     """`input_file` with `file_data` (the SDK's way to send a PDF) is OpenAI's chat `file` part, which an anthropic
-    backend sends as a document; before, every `input_file` part was a 400."""
+    backend sends as a document; before, every `input_file` part was a 400. One without a `filename` is named
+    `document.pdf`, as a Messages `document` without a `title` is (OpenAI's chat API expects a `filename` beside
+    `file_data`; before, the part was sent without one)."""
     pdf = "data:application/pdf;base64,JVBERi0x"
     parts: Any = [
         {"type": "input_file", "file_data": pdf, "filename": "r.pdf"},
@@ -347,5 +349,5 @@ def test_an_inline_file_is_a_chat_file_part() -> None:
     assert _chat(input=[{"role": "user", "content": content}])["messages"][0]["content"] == [
         {"type": "text", "text": "sum up"},
         {"type": "file", "file": {"file_data": pdf, "filename": "r.pdf"}},
-        {"type": "file", "file": {"file_data": pdf}},
+        {"type": "file", "file": {"file_data": pdf, "filename": "document.pdf"}},
     ]

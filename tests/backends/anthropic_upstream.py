@@ -8,6 +8,7 @@ types and Anthropic's streaming documentation give them). The upstream model nam
                         cache reads and writes (`USAGE`); the text stops before `STOP_SEQUENCE` when the
                         request's `stop_sequences` hold it (`stop_reason: stop_sequence`, the sequence named)
     thinker             a thinking block before its text (its tokens are in `output_tokens`)
+    paged               usage of 150,000 input tokens (`PAGED`: a 100-page PDF as Anthropic bills it)
     interleaved         interleaved thinking (`INTERLEAVED`): thinking, a tool call, thinking again, then text
     leaky               asked for thinking, thinks about PII (`LEAKY_THOUGHTS`: an e-mail and a card number,
                         each split over two thinking deltas when streamed)
@@ -48,6 +49,8 @@ WEATHER: Any = {
     },
 }
 
+# model `paged`: a PDF of 100 pages, ~1.5K tokens each, as Anthropic bills it (its bytes count for little)
+PAGED = {"input_tokens": 150_000, "output_tokens": 9}
 USAGE = {"input_tokens": 21, "cache_creation_input_tokens": 1000, "cache_read_input_tokens": 3000, "output_tokens": 9}
 TEXT = ("hello", " world")
 STOP_SEQUENCE = " world"  # a request whose `stop_sequences` hold it stops there: `stop_sequence`, with it named
@@ -154,7 +157,8 @@ def message(body: dict[str, Any]) -> dict[str, Any]:
     blocks, stop = _blocks(body)
     sequence = STOP_SEQUENCE if stop == "stop_sequence" else None
     return {"id": "msg_01", "type": "message", "role": "assistant", "model": body["model"], "content": blocks,
-            "stop_reason": stop, "stop_sequence": sequence, "usage": USAGE}  # fmt: skip
+            "stop_reason": stop, "stop_sequence": sequence,
+            "usage": PAGED if body["model"] == "paged" else USAGE}  # fmt: skip
 
 
 def _block_events(index: int, block: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -19,6 +19,7 @@ from margin.protocol import Endpoint
 from margin.types import Call
 
 USE = {"type": "tool_use", "id": "t1", "name": "ls", "input": {}}
+CALL = {"id": "t1", "type": "function", "function": {"name": "ls", "arguments": "{}"}}
 
 
 def _call(text: str | None) -> Call:
@@ -49,3 +50,23 @@ def test_an_openai_backend_is_sent_the_text_alone() -> None:
         config = OpenAIBackendConfig(base_url="http://x/v1", thinking_blocks=takes_blocks)
         sent = orjson.loads(OpenAIBackend("up", config)._body(_call("exit 1"), stream=False))
         assert sent["messages"][2] == {"role": "tool", "tool_call_id": "t1", "content": "Error: exit 1"}
+
+
+def test_a_chat_client_s_flagged_text_is_sent_as_it_came() -> None:
+    """A chat client's own `is_error` tool message (no Messages request made it): an anthropic backend is sent the
+    flag and the text as it came, a leading `Error: ` included, and "Error" as "Error". Before, the prefix margin
+    adds to a Messages `tool_result` was taken off any flagged text, the client's own words with it."""
+    for text in ("Error: exit 1", "Error", "exit 1"):
+        data = {
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "list"},
+                {"role": "assistant", "content": None, "tool_calls": [CALL]},
+                {"role": "tool", "tool_call_id": "t1", "content": text, "is_error": True},
+            ],
+        }
+        call = Call(Endpoint.CHAT, parse_request(Endpoint.CHAT, data), data, "m", "up", "r1")
+        _, sent = AnthropicBackend("claude", AnthropicBackendConfig())._request(call, stream=False)
+        assert orjson.loads(sent)["messages"][2]["content"] == [
+            {"type": "tool_result", "tool_use_id": "t1", "content": text, "is_error": True}
+        ]

@@ -6,10 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
 from margin.config import ModelConfig
+from margin.errors import PermissionDenied
 from margin.parsing import parse_request
-from margin.pipeline.ceiling import NON_TEXT_PART_CEILING, held, input_bound, prediction_bound
+from margin.pipeline.ceiling import NON_TEXT_PART_CEILING, UNKNOWN_CONTEXT, held, input_bound, prediction_bound
 from margin.pipeline.values import Record, Request, RouteDecision
 from margin.protocol import Endpoint
 from margin.specs import BudgetSpec
@@ -36,7 +38,7 @@ def request(
         candidates,
         raw["model"],
         prompt_tokens=prompt,
-        prompt_bound=input_bound(asked, prompt, candidates),
+        prompt_bound=input_bound(asked, prompt, candidates, hard=budgets),
         output_tokens=output,
         budgets=(BUDGET,) * budgets,
     )
@@ -124,3 +126,23 @@ def test_a_predictions_rejected_tokens_are_believed_up_to_its_bound() -> None:
     parts = {**CHAT, "n": 2, "prediction": {"type": "content", "content": [{"type": "text", "text": code}] * 2}}
     assert prediction_bound(request(parts, 13, 32)) == 2 * len(orjson.dumps(parts["prediction"]))  # each answer
     assert prediction_bound(ask._replace(raw=CHAT, body=parse_request(Endpoint.CHAT, CHAT))) == 0
+
+
+def test_a_file_part_is_bounded_by_the_context_or_refused_without_one() -> None:
+    """A PDF is billed by the page (~1.5-3K tokens each): 100 pages sharing one content stream, ~10 KB, are billed
+    ~150K tokens. Before, its request was bounded by its bytes plus 8,192 tokens a part, so a row reporting 150K
+    was held at ~18K (the ledger under what was billed, a hard budget overspent). Now its candidates' context is
+    the bound; a candidate with no `context_length` refuses it under a hard budget, and bounds it at
+    `UNKNOWN_CONTEXT` (2M tokens) under soft ones (which never refuse)."""
+    pdf = {"type": "file", "file": {"filename": "r.pdf", "file_data": "data:application/pdf;base64," + "A" * 10_000}}
+    chat = {**CHAT, "messages": [{"role": "user", "content": [{"type": "text", "text": "sum up"}, pdf]}]}
+    window = Target("m", ModelConfig(backend="b", context_length=200_000), "b", None, "eu")  # type: ignore[arg-type]
+    ask = request(chat, prompt=2000, output=16, target=window)
+    assert held(Usage(150_000, 16), ask, window) == Usage(150_000, 16)
+    with pytest.raises(PermissionDenied) as refused:
+        request(chat, prompt=2000, output=16)
+    assert refused.value.code == "context_length_unknown"
+    soft = request(chat, prompt=2000, output=16, budgets=False).decision  # as under soft budgets alone
+    assert soft is not None and soft.prompt_bound == UNKNOWN_CONTEXT
+    image = {**CHAT, "messages": [{"role": "user", "content": [IMAGE]}]}  # an image: its 8,192 tokens, as before
+    assert request(image, prompt=2000, output=16).decision is not None

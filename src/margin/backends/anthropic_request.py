@@ -27,7 +27,7 @@ import orjson
 from margin import interleaving, jsonload
 from margin.errors import InvalidRequest
 from margin.protocol import ChatCompletionRequest, ChatMessage, ThinkingBlock
-from margin.thinking import ERROR_PREFIX, IS_ERROR
+from margin.thinking import ERROR_PREFIX, ERROR_PREFIXED, IS_ERROR
 
 # `reasoning_effort` → thinking `budget_tokens` (Anthropic's minimum is 1,024; the budget must stay below
 # `max_tokens`, so it is lowered to `max_tokens - 1` and refused under 1,024). `none` sends no thinking.
@@ -364,9 +364,10 @@ def _tool_result(message: ChatMessage, call_id: Any, index: int) -> dict[str, An
     content = message.content
     result: Any = content if isinstance(content, str) else _content_blocks(message, index, images=False)
     block = {"type": "tool_result", "tool_use_id": call_id, "content": result}
-    if (message.model_extra or {}).get(IS_ERROR) is True:  # a Messages tool_result's flag: its text as it came
+    extra = message.model_extra or {}
+    if extra.get(IS_ERROR) is True:  # a Messages tool_result's flag, or a chat client's: the text as it came
         block["is_error"] = True
-        if isinstance(result, str):
+        if isinstance(result, str) and extra.get(ERROR_PREFIXED) is True:  # the prefix margin added, taken off
             block["content"] = "" if result == "Error" else result.removeprefix(ERROR_PREFIX)
     return block
 

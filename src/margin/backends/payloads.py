@@ -177,3 +177,16 @@ def non_text_parts(request: Any) -> int:
         for part in message.content
         if part.type != "text"
     )
+
+
+def file_parts(request: Any) -> int:
+    """File parts of a chat request (a PDF: billed by the page, each page's text and image, up to the context)."""
+    if not isinstance(request, ChatCompletionRequest):
+        return 0
+    return sum(
+        1
+        for message in request.messages
+        if isinstance(message.content, list)
+        for part in message.content
+        if part.type == "file"
+    )

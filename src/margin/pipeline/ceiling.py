@@ -10,6 +10,9 @@ in what it sent) beyond that is held at it, so no upstream, lying or broken, can
   (every token of text or token ids is at least one byte of it), not the prompt's estimate (the tokenizer's,
   or one token per 3 characters), which an honest count may pass (text of 1 token a character: emoji, CJK).
   A part given by reference may bill up to `NON_TEXT_PART_CEILING`, or up to a candidate's `context_length`.
+  A file part (a PDF: billed by the page, ~1.5-3K tokens each, a 10 KB file of 100 pages ~150K) may fill the
+  context: its request is bounded by the candidates' `context_length`; where one has none, refused under a
+  hard budget, and bounded at `UNKNOWN_CONTEXT` under soft ones (which never refuse).
   The guard redacts after the reservation; a placeholder longer than what it replaced can push an honest
   count past the bound, and that row is held too (logged).
 - A known cost: providers whose `max_tokens` leaves out reasoning tokens can honestly report more output; such
@@ -25,7 +28,8 @@ from collections.abc import Sequence
 
 import orjson
 
-from margin.backends.payloads import non_text_parts
+from margin.backends.payloads import file_parts, non_text_parts
+from margin.errors import PermissionDenied
 from margin.pipeline.values import Request
 from margin.protocol import ChatCompletionRequest, Endpoint
 from margin.types import Target, Usage
@@ -34,6 +38,7 @@ log = logging.getLogger("margin.call")
 
 NON_TEXT_PART_CEILING = 8192  # tokens an image or audio part may bill (providers' largest images: ~1-3k)
 UNHELD = ("cache", "clamped")
+UNKNOWN_CONTEXT = 2_000_000  # tokens: the largest context window sold (a file's bound on a model without one)
 
 
 def held(usage: Usage, request: Request, target: Target) -> Usage:
@@ -88,14 +93,27 @@ def prediction_bound(request: Request) -> int:
     return len(orjson.dumps(request.raw["prediction"])) * body.choices
 
 
-def input_bound(request: Request, estimate: int, candidates: Sequence[Target]) -> int:
+def input_bound(request: Request, estimate: int, candidates: Sequence[Target], hard: bool = True) -> int:
     """The most input tokens `request` can be billed for: its budgets reserve this and `held` holds a reported
     count at it. Every token of text or token ids is at least one byte of the request's JSON, whose framing of
     a message outweighs its template tokens; a part given by reference (an image URL) may bill up to
     `NON_TEXT_PART_CEILING`, or, when there is one, up to the largest context length the config gives a
-    candidate (a video on a long-context model)."""
+    candidate (a video on a long-context model). A file part (a PDF) has no bound of its own: with one, the
+    bound is a candidate's whole `context_length` as prompt (the most it can bill); where a candidate has none,
+    a request under a `hard` budget is refused (held at the bytes, its row would say less than the upstream
+    billed, and the budget overspend), one under soft budgets alone is bounded at `UNKNOWN_CONTEXT`."""
     parts = non_text_parts(request.body)
     bound = max(estimate, len(orjson.dumps(request.raw)) + NON_TEXT_PART_CEILING * parts)
     if parts:
         bound = max(bound, *(c.model.context_length or 0 for c in candidates))
+    unknown = [c.public for c in candidates if not c.model.context_length] if file_parts(request.body) else []
+    if unknown and not hard:
+        return max(bound, UNKNOWN_CONTEXT)
+    if unknown:
+        names = ", ".join(f"`{name}`" for name in dict.fromkeys(unknown))
+        raise PermissionDenied(
+            f"no `context_length` in the config for {names}, so a hard budget cannot bound what a file (billed by "
+            "the page) costs there: set the model's `context_length`, or send the file's text",
+            code="context_length_unknown",
+        )
     return bound

@@ -193,7 +193,7 @@ class Route:
         request, output = self._output_tokens(request, candidates[0], prompt, config)
         predicted = self._predicted(request, candidates)
         output += predicted
-        bound = input_bound(request, prompt, candidates)
+        bound = input_bound(request, prompt, candidates, hard=any(b.mode == "hard" for b in budgets))
         allowance = self._allowance(candidates, hard, bound + output, config)
         tier = service_tier(request.body)
         worst, unpriced = adm.worst_case_usd(self.meter, candidates, bound, output, config, allowance, tier)

@@ -115,6 +115,23 @@ def test_revenue_of_a_feature_without_traffic_in_the_window_is_a_row(
         assert not margins(engine, narrowed, settings(tmp_path).revenue, lines).rows  # not the operator's revenue
 
 
+def test_groups_total_counts_the_same_capped_or_not(engine: sa.Engine, tmp_path: Path, rollup: bool) -> None:
+    """`groups_total` is every row and every group under `others`, capped or not. Before, uncapped it was
+    `len(rows)` (the revenue rows without traffic too) and capped the groups with requests: the quiet day's
+    capped report said 0 of its 2 rows; and `others` counted the quiet rows as listed groups of its own
+    (a customer's CSV revenue without traffic: 1 group under `others` where 2 were)."""
+    quiet, november = Window(at(20), at(21), rollup=rollup), Window(at(1), at(16), rollup=rollup)
+    revenue = settings(tmp_path).revenue
+    lines = [RevenueLine("docs", None, Decimal("5.00")), RevenueLine(None, "zeta", Decimal("5.00"))]
+    for window, by in ((quiet, "feature"), (november, "feature"), (november, "customer")):
+        every = margins(engine, window, revenue, lines, by=by).to_json()
+        capped = margins(engine, window, revenue, lines, by=by, limit=1).to_json()
+        assert every["others"] is None and every["groups_total"] == len(every["groups"]), (window, by)
+        left_out = capped["others"]["groups"] if capped["others"] else 0
+        assert capped["groups_total"] == every["groups_total"] == len(capped["groups"]) + left_out, (window, by)
+    assert left_out == 2 and [g["key"] for g in capped["groups"]] == ["acme", "zeta"]  # globex and initech
+
+
 def _read(engine: sa.Engine, window: Window, revenue: Any, limit: int | None) -> tuple[int, Any]:
     """The SQL statements a margin report by customer runs, and the report."""
     seen: list[str] = []

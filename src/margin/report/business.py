@@ -128,7 +128,7 @@ class MarginReport:
 
     team: str | None = None  # a team's view
     partial: bool = False  # a team's or a key's view: per-seat revenue left out
-    groups_total: int | None = None  # groups with requests in the window (None: every one is in `rows`)
+    groups_total: int | None = None  # `rows` and the groups in `others` (None: every one is in `rows`)
     others: dict[str, Any] | None = None  # the groups past `limit`, added up (`margins`); None: none left out
 
     def to_json(self) -> dict[str, Any]:
@@ -170,6 +170,7 @@ def margins(
         wanted = None if limit is None else (set(found) if by == "feature" else ())
         customers, active = read.attach(connection, window, wanted) if with_attach else ({}, 0)
         seconds = window_seconds(connection, window, now or datetime.now().astimezone())
+    listed = len(found)  # groups with requests listed; the rest of `count` is under `others`
     quiet: set[str] = set()  # earning revenue with no traffic in the window: a row of their own, in the whole
     if not window.partial:  # the operator's view (not a team's, key's, org's)
         quiet = {*rules, *(name for name in imported if name is not None)} - set(found)
@@ -179,8 +180,9 @@ def margins(
     ]
     out = [row for row in out if row.key not in quiet or row.revenue_usd]
     out.sort(key=lambda r: (-r.cost_usd, -r.requests, str(r.key)))
-    others = None if rest is None else _others(count - len(found), rest)
-    return MarginReport(by, active, seconds, out, window.team, window.partial, count if limit else None, others)
+    others = None if rest is None else _others(count - listed, rest)
+    total = count + sum(1 for row in out if row.key in quiet)  # capped or not: every row, and those in `others`
+    return MarginReport(by, active, seconds, out, window.team, window.partial, total, others)
 
 
 def _listed(

@@ -82,6 +82,24 @@ async def test_the_look_for_jobs_to_settle_reads_only_those(engine: AsyncEngine)
         assert sorted(counted.scalars()) == ["batch_old3", "batch_old4", "batch_run"]
 
 
+async def test_a_job_deleted_after_the_look_is_skipped(engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job that expiry deletes between the look for jobs to settle and its own transaction is skipped; the
+    others on the page are settled. Before, `.one()` raised NoResultFound and the whole page was lost."""
+    async with engine.begin() as connection:
+        await connection.execute(batches.insert(), [_job("batch_old1", "completed"), _job("batch_old2", "expired")])
+    look = progress.unsettled
+
+    def with_a_vanished_job(limit: int) -> Any:  # the look found it; it is gone by its transaction
+        found = look(limit).subquery()
+        return sa.union_all(sa.select(sa.literal("batch_gone").label("id")), sa.select(found.c.id))
+
+    monkeypatch.setattr(progress, "unsettled", with_a_vanished_job)
+    assert await progress.settle_finished(engine) == 3
+    async with engine.connect() as connection:
+        left = await connection.execute(sa.select(batches.c.id).where(batches.c.line_counts.is_(None)))
+        assert list(left.scalars()) == []  # both settled
+
+
 def _rows_read(node: dict[str, Any]) -> int:
     """Rows the scans of `batches` in a PostgreSQL plan returned or removed by their filters."""
     own = 0

@@ -115,6 +115,61 @@ def test_revenue_of_a_feature_without_traffic_in_the_window_is_a_row(
         assert not margins(engine, narrowed, settings(tmp_path).revenue, lines).rows  # not the operator's revenue
 
 
+def test_groups_total_counts_the_same_capped_or_not(engine: sa.Engine, tmp_path: Path, rollup: bool) -> None:
+    """`groups_total` is every row and every group under `others`, capped or not. Before, uncapped it was
+    `len(rows)` (the revenue rows without traffic too) and capped the groups with requests: the quiet day's
+    capped report said 0 of its 2 rows; and `others` counted the quiet rows as listed groups of its own
+    (a customer's CSV revenue without traffic: 1 group under `others` where 2 were)."""
+    quiet, november = Window(at(20), at(21), rollup=rollup), Window(at(1), at(16), rollup=rollup)
+    revenue = settings(tmp_path).revenue
+    lines = [RevenueLine("docs", None, Decimal("5.00")), RevenueLine(None, "zeta", Decimal("5.00"))]
+    for window, by in ((quiet, "feature"), (november, "feature"), (november, "customer")):
+        every = margins(engine, window, revenue, lines, by=by).to_json()
+        capped = margins(engine, window, revenue, lines, by=by, limit=1).to_json()
+        assert every["others"] is None and every["groups_total"] == len(every["groups"]), (window, by)
+        left_out = capped["others"]["groups"] if capped["others"] else 0
+        assert capped["groups_total"] == every["groups_total"] == len(capped["groups"]) + left_out, (window, by)
+    assert left_out == 2 and [g["key"] for g in capped["groups"]] == ["acme", "zeta"]  # globex and initech
+
+
+def _read(engine: sa.Engine, window: Window, revenue: Any, limit: int | None) -> tuple[int, Any]:
+    """The SQL statements a margin report by customer runs, and the report."""
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        seen.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        report = margins(engine, window, revenue, by="customer", limit=limit)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    return len(seen), report
+
+
+def test_a_capped_margin_report_reads_its_revenue_rules_together(
+    engine: sa.Engine, tmp_path: Path, rollup: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The groups that earn revenue past the cap are read by one grouped query (`IN` their names, a chunk at a
+    time), not one query per rule: with 300 `revenue:` rules the overview card (`limit=1`) ran ~300 reads per
+    load, one before. The report is the same."""
+    november = Window(at(1), at(16), rollup=rollup)
+
+    def revenue(rules: int) -> Any:
+        names = [f"c{n:03d}" for n in range(rules)] + ["globex", "initech"]  # c… sort first, none has traffic
+        customers = {name: {"price_per_call": "0.5"} for name in names}
+        return fake_settings(tmp_path / "unused.db", revenue={"customers": customers}).revenue
+
+    few, many = _read(engine, november, revenue(2), 1), _read(engine, november, revenue(300), 1)
+    assert few[0] == many[0]  # before: 12 and 608 (two for each of the 298 more rules)
+    every = margins(engine, november, revenue(300), by="customer")
+    assert [row.key for row in many[1].rows] == ["acme", "globex", "initech"]  # acme by cost, the rest by revenue
+    assert many[1].rows == [row for row in every.rows if row.key in ("acme", "globex", "initech")]
+    assert many[1].rows[1].revenue_usd  # they earn: read, not left out
+    monkeypatch.setattr("margin.report.business.EARNING_CHUNK", 7)  # many chunks: the same report
+    assert _read(engine, november, revenue(300), 1)[1] == many[1]
+
+
 def test_revenue_csv(tmp_path: Path) -> None:
     path = tmp_path / "rev.csv"
     path.write_text("feature,customer,usd\nsearch,,1.50\n,acme,2\n")

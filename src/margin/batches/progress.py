@@ -403,7 +403,9 @@ async def settle_finished(engine: AsyncEngine, limit: int = SETTLE_PAGE) -> int:
         ids = list((await connection.execute(unsettled(limit))).scalars())
     for batch_id in ids:
         async with engine.begin() as connection:
-            job = (await connection.execute(sa.select(batches).where(batches.c.id == batch_id))).one()
+            job = (await connection.execute(sa.select(batches).where(batches.c.id == batch_id))).first()
+            if job is None:  # expired and deleted since the look: nothing to settle (the rest of the page still is)
+                continue
             if job.status not in FINAL or job.line_counts is not None:  # another worker settled it meanwhile
                 continue
             counts = await outputs.free(connection, batch_id)  # an ended job's lines change no more

@@ -18,7 +18,7 @@ from margin.ledger.read.plan import Part, grain_for, plan, plan_days_then_hours
 from margin.ledger.read.window import Window, as_utc
 
 Sums = dict[str, int]
-Match = tuple[str, str]  # (dimension, value): only rows where it holds (budget scopes)
+Match = tuple[str, str | tuple[str, ...]]  # (dimension, value or values): only rows where it holds (budget scopes)
 BUCKETS = ("hour", "day")
 
 
@@ -47,6 +47,11 @@ def total(parts: Iterable[Sums]) -> Sums:
 def minus(whole: Sums, part: Sums) -> Sums:
     """What is left of `whole` without `part` (the groups not listed: the totals less the listed groups)."""
     return {name: whole[name] - part[name] for name in m.MEASURES}
+
+
+def _is(column: sa.ColumnElement[Any], value: str | tuple[str, ...]) -> sa.ColumnElement[bool]:
+    """A match's clause: the value, or any of the values (a tuple: `IN`, e.g. the margin page's revenue rules)."""
+    return column.in_(value) if isinstance(value, tuple) else column == value
 
 
 def _text(connection: sa.Connection, by: str) -> str:
@@ -92,7 +97,7 @@ def _from_rows(
     sums: list[Any] = [sa.literal_column(f"SUM({m.measure(n, dialect, 'ledger')})").label(n) for n in m.MEASURES]
     clauses = window.where(kinds=kinds)
     if match is not None:
-        clauses.append(row_group(connection, match[0]) == match[1])
+        clauses.append(_is(row_group(connection, match[0]), match[1]))
     query = sa.select(key.label("key"), *sums).select_from(ledger).where(*clauses)
     return query.group_by(key) if by else query
 
@@ -114,7 +119,7 @@ def _from_hourly(window: Window, part: Part, by: str | None, kinds: tuple[str, .
     if window.team is not None:
         clauses.append(ledger_hourly.c.team == window.team)
     if match is not None:
-        clauses.append(ledger_hourly.c[match[0]] == match[1])
+        clauses.append(_is(ledger_hourly.c[match[0]], match[1]))
     sums = [sa.func.sum(ledger_hourly.c[n]).label(n) for n in m.MEASURES]
     query = sa.select(key.label("key"), *sums).where(*clauses)
     return query.group_by(key) if by else query
@@ -146,7 +151,7 @@ def _from_daily(window: Window, part: Part, by: str | None, kinds: tuple[str, ..
     elif dim not in (*m.DAILY_CORE, *m.DAILY_DIMS):  # a tag key: kept per team and across them (EVERY_TEAM)
         clauses.append(t.c.team != m.EVERY_TEAM if by == "team" else t.c.team == m.EVERY_TEAM)
     if match is not None:
-        clauses.append((t.c.team if match[0] == "team" else t.c.value) == match[1])
+        clauses.append(_is(t.c.team if match[0] == "team" else t.c.value, match[1]))
     sums = [sa.func.sum(t.c[n]).label(n) for n in m.MEASURES]
     query = sa.select(key.label("key"), *sums).where(*clauses)
     return query.group_by(key) if by else query

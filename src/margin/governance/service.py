@@ -19,7 +19,7 @@ from margin.errors import MarginError, Overloaded
 from margin.governance.admission import Admission, BudgetHold, counter_name, hold_for, window
 from margin.governance.catchup import CatchUp, delays_for
 from margin.governance.rules import SHARED, Part, Rules, Subject, build_rules, load_rules, matches
-from margin.governance.slots import STREAMS, LocalSlots, SharedSlots, Slots, SlotStore
+from margin.governance.slots import STREAMS, WAITING_STREAMS, LocalSlots, SharedSlots, Slots, SlotStore
 from margin.governance.store import RELOADS, RESERVATION_PAGE, LocalStore, Store
 from margin.ledger.db import UNREACHABLE
 from margin.ledger.read import budget_spent, recorded
@@ -91,6 +91,8 @@ class Governance:
         self._pools: list[SharedSlots] = []  # started and closed with this service
         cap = settings.admission.max_streams_per_key  # where the budget counters are: this process, or Redis
         self.streams: Slots = self.shared_slots(STREAMS, cap, "stream") or LocalSlots(cap)
+        # as many more per key for streams that only wait for an identical request's answer (a coalesced miss)
+        self.stream_waiters: Slots = self.shared_slots(WAITING_STREAMS, cap, "waiting stream") or LocalSlots(cap)
         self.rules: Rules = build_rules(settings, [])
         # when the budgets in force last changed (or this process started), and when a flush of the outbox that
         # `_seed` waited for was asked: rows older than the budgets may wait in the outbox until one comes after

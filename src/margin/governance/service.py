@@ -113,6 +113,10 @@ class Governance:
         # moves this process's ledger outbox into the database (services): done before a counter the store lost
         # is counted again from the ledger, which else misses the rows still waiting there (a second of them)
         self.flush_ledger: Callable[[], Awaitable[bool]] | None = None
+        # the same, always waiting for one whole ingest pass (Outbox.flush_ok): the restart path's, which must not
+        # take a failed last pass for the database still being away (`flush_ledger` may: a new counter's request
+        # is refused at once then); None: `flush_ledger`
+        self.flush_outbox: Callable[[], Awaitable[bool]] | None = None
         self.flush_timeout_s = FLUSH_TIMEOUT_S
         self.restart_page = RESERVATION_PAGE  # reservations handled at a time by the pass after a store restart
         # rebuilt counters raised to the ledger's spend again once the other processes' outboxes are in it
@@ -210,8 +214,9 @@ class Governance:
         current = await self.store.server_id()
         if current == self._server:
             return
-        if self.flush_ledger is not None:  # what this process settled before the restart: in the ledger read
-            await self.flush_ledger()
+        flush = self.flush_outbox or self.flush_ledger
+        if flush is not None:  # what this process settled before the restart: in the ledger read
+            await flush()
         now = datetime.now(UTC)
         known: dict[str, BudgetHold] = {}
         for name, item in list(self._known.items()):

@@ -127,10 +127,12 @@ def queue_full(backend: str, in_flight: int, max_queue: int) -> Overloaded:
     )
 
 
-def too_many_streams(cap: int | None) -> RateLimited:
-    """429: the key holds `admission.max_streams_per_key` streams open already."""
+def too_many_streams(cap: int | None, waiting: bool = False) -> RateLimited:
+    """429: the key holds `admission.max_streams_per_key` streams open already (`waiting`: as many streams
+    waiting for an identical request's upstream answer, a coalesced cache miss)."""
+    held = f"{cap} streams waiting for an identical request's answer" if waiting else f"{cap} streams open"
     return RateLimited(
-        f"this key already has {cap} streams open (admission.max_streams_per_key); finish or close one, then retry",
+        f"this key already has {held} (admission.max_streams_per_key); finish or close one, then retry",
         code="too_many_streams",
         headers={"retry-after": "1"},
     )

@@ -132,6 +132,7 @@ class Services:
         self.governance = Governance(settings, self.engine)
         self.governance.reloaded_elsewhere = functools.partial(self.reload, announce=False)
         self.governance.flush_ledger = self.outbox.caught_up
+        self.governance.flush_outbox = self.outbox.flush_ok  # the store's restart: waits for a pass
         # a key revoked or rotated elsewhere is forgotten here at once (Redis) or at the next governance pass
         self.keywatch = KeyWatch(self.keys, self.governance.store, self.engine)
         self.governance.follow_keys = self.keywatch.follow

@@ -341,7 +341,11 @@ class AdmissionConfig(Spec):
         "budget_counters_full (fail closed: a hard budget is never under-counted by evicting one).",
     )
     max_streams_per_key: int | None = Field(
-        64, ge=1, description="Streams one API key may hold open at once (per gateway process); more get 429."
+        64,
+        ge=1,
+        description="Streams one API key may hold open at once calling upstream (across the processes sharing a "
+        "Redis, else per gateway process); more get 429. As many more may wait for an identical request's answer "
+        "(a coalesced cache miss): past those, 429 too.",
     )
 
 

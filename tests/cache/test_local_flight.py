@@ -270,33 +270,67 @@ async def test_a_waiter_holds_no_stream_place_and_takes_one_back_only_to_go_upst
     or is refused (429) when the key's places are taken meanwhile: the key's upstream calls never pass its cap."""
     cache = Cache(DEFAULTS, MemoryCache(1 << 20))
     assert isinstance(cache.flights, LocalFlights)
-    pool = LocalSlots(1)
+    pool, waiting = LocalSlots(1), LocalSlots(1)
     for stored in (True, False):
-        slot = StreamSlot(pool, "k", f"waiter-{stored}")
+        slot = StreamSlot(pool, waiting, "k", f"waiter-{stored}")
         assert await slot.retake() and pool.held("k") == 1
         leader = await cache.flights.claim(f"key-{stored}", None)
         lease = await cache.flights.claim(f"key-{stored}", None)
         assert leader is not None and lease is not None and lease.token is None
-        waiting = asyncio.ensure_future(cache._wait(cast(Request, SimpleNamespace(slot=slot)), lease))
+        task = asyncio.ensure_future(cache._wait(cast(Request, SimpleNamespace(slot=slot)), lease))
         await asyncio.sleep(0.05)
-        assert pool.held("k") == 0  # lent back while it waits
-        other = StreamSlot(pool, "k", f"other-{stored}")  # another stream of the key takes the place meanwhile
+        assert pool.held("k") == 0 and waiting.held("k") == 1  # traded for a waiting place while it waits
+        other = StreamSlot(pool, waiting, "k", f"other-{stored}")  # another stream of the key takes the place meanwhile
         assert await other.retake()
         await cache.flights.land(leader, ENTRY if stored else None, 60)
         if stored:  # answered from the entry: no place needed
-            assert await asyncio.wait_for(waiting, 5) == ENTRY and not slot.held
+            assert await asyncio.wait_for(task, 5) == ENTRY and not slot.held and slot.waits
         else:  # upstream itself: the key's one place is the other stream's
             with pytest.raises(RateLimited):
-                await asyncio.wait_for(waiting, 5)
+                await asyncio.wait_for(task, 5)
         other.lend()
-        assert pool.held("k") == 0
-    slot = StreamSlot(pool, "k", "alone")
+        slot.lend()  # the stream's end (admit)
+        assert pool.held("k") == 0 and waiting.held("k") == 0
+    slot = StreamSlot(pool, waiting, "k", "alone")
     assert await slot.retake()
     leader = await cache.flights.claim("key-alone", None)
     lease = await cache.flights.claim("key-alone", None)
     assert leader is not None and lease is not None
-    waiting = asyncio.ensure_future(cache._wait(cast(Request, SimpleNamespace(slot=slot)), lease))
+    task = asyncio.ensure_future(cache._wait(cast(Request, SimpleNamespace(slot=slot)), lease))
     await asyncio.sleep(0.05)
     await cache.flights.land(leader, None, 60)
-    assert await asyncio.wait_for(waiting, 5) is None and slot.held and pool.held("k") == 1  # its place again
+    assert await asyncio.wait_for(task, 5) is None and slot.held and pool.held("k") == 1  # its place again
+    assert waiting.held("k") == 0  # and no waiting place: it calls upstream now
     slot.lend()
+
+
+async def test_a_keys_waiting_streams_are_bounded_by_its_stream_cap() -> None:
+    """The waiting places are as many as `admission.max_streams_per_key`: with a cap of 1, one stream calls
+    upstream and one waits for its answer; a third identical one is refused (429 `too_many_streams`) instead of
+    waiting without a place (before, every waiter gave its place back, so a key could hold its cap times
+    `cache.coalesce_max_waiters` streams open). Refused, it is no waiter of the flight any more."""
+    cache = Cache(DEFAULTS, MemoryCache(1 << 20))
+    assert isinstance(cache.flights, LocalFlights)
+    pool, waiting = LocalSlots(1), LocalSlots(1)
+    leader = await cache.flights.claim("key", None)
+    assert leader is not None and leader.token is not None
+    slots = [StreamSlot(pool, waiting, "k", f"waiter-{n}") for n in range(2)]
+    tasks = []
+    for slot in slots:
+        assert await slot.retake()  # admit: the one stream place is free again once the one before waits
+        lease = await cache.flights.claim("key", None)
+        assert lease is not None and lease.token is None
+        tasks.append(asyncio.ensure_future(cache._wait(cast(Request, SimpleNamespace(slot=slot)), lease)))
+        await asyncio.sleep(0.05)
+    assert pool.held("k") == 1 and waiting.held("k") == 1  # the second refused, still in its stream place
+    with pytest.raises(RateLimited) as refused:
+        await asyncio.wait_for(tasks[1], 5)
+    assert refused.value.code == "too_many_streams" and refused.value.headers == {"retry-after": "1"}
+    assert slots[1].held and not slots[1].waits  # it kept its stream place, given back at its end (admit)
+    slots[1].lend()
+    flight = cache.flights._flights["key"]
+    assert flight.waiters == 1  # the refused one counts as a waiter no more
+    await cache.flights.land(leader, ENTRY, 60)
+    assert await asyncio.wait_for(tasks[0], 5) == ENTRY
+    slots[0].lend()
+    assert pool.held("k") == 0 and waiting.held("k") == 0

@@ -113,6 +113,41 @@ async def test_shared_stream_slots_count_every_process_and_expire(redis_url: str
         await store.close()
 
 
+async def test_waiting_streams_have_a_shared_bound_of_their_own(tmp_path: Path, redis_url: str) -> None:
+    """With Redis, the places of a key's streams that only wait for an identical request's answer (a coalesced
+    cache miss) are counted across processes too, as many as `admission.max_streams_per_key`: with a cap of 1,
+    a waiter on one process lets the other take the key's stream place, and the other's own waiter is refused.
+    Before, a waiter held no place at all: a key could hold its cap times `cache.coalesce_max_waiters`."""
+    from margin.governance.redis_store import RedisStore
+    from margin.pipeline.values import StreamSlot
+
+    settings = fake_settings(tmp_path / "l.db", admission={"max_streams_per_key": 1})
+    stores = [RedisStore(redis_url), RedisStore(redis_url)]
+    one, two = (Governance(settings, None, store) for store in stores)  # two processes: no ledger read here
+    assert isinstance(one.stream_waiters, SharedSlots) and one.stream_waiters.cap == 1
+    key = f"k-{uuid.uuid4().hex[:8]}"
+    first = StreamSlot(one.streams, one.stream_waiters, key, "r1")
+    second = StreamSlot(two.streams, two.stream_waiters, key, "r2")
+    try:
+        assert await first.retake() and not await second.retake()  # the cap: one stream place
+        assert await first.wait()  # waits: its stream place traded for the waiting one
+        await one.streams.close()  # the release has reached Redis
+        assert await second.retake() and not await second.wait()  # the waiting place is taken: refused
+        assert second.held and not second.waits
+        assert not await first.retake()  # upstream itself: the stream place is the other's
+        second.lend()
+        await two.streams.close()
+        assert await first.retake() and not first.waits  # its waiting place given back once it holds one
+    finally:
+        first.lend()
+        second.lend()
+        for governance in (one, two):
+            for pool in (governance.streams, governance.stream_waiters):
+                await pool.close()
+        for store in stores:
+            await store.close()
+
+
 async def test_stream_slots_a_redis_restart_lost_are_added_back_while_their_streams_are_open(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

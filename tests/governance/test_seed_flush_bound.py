@@ -79,3 +79,68 @@ async def test_a_new_counter_while_the_ingest_fails_is_refused_at_once(
                 break
             await asyncio.sleep(0.05)
         assert (await gw.http.post(CHAT, json=chat("priced"))).status_code == 200  # then the counter is made
+
+
+async def test_the_store_restart_path_waits_for_a_pass_after_a_failed_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A counter store seen restarted (Redis' run id changed) has its counters raised to the ledger's spend,
+    read once this process's outbox is in the ledger: that path waits for one ingest pass, whatever the last one
+    did. Before, it used the new counter's fast refusal (Outbox.caught_up): with the last pass failed and none
+    since (the database just back), it waited for none and read the ledger without the outbox's rows. Here the
+    ingester's loop is held between a failed pass and the next, the ledger back meanwhile, when the restart is
+    seen; the rows still in the outbox when the restart path reads the ledger are counted."""
+    async with gateway(fake_settings(tmp_path / "l.db", budgets=[BUDGET])) as gw:
+        governance, outbox = gw.services.governance, gw.services.outbox
+        ingester = outbox._ingester
+        down, paused, resume, entered = [True], threading.Event(), threading.Event(), threading.Event()
+        real_pass, real_follow, real_request = ingester._pass, ingester._follow_own, ingester.request_pass
+        real_replay = governance._replay_finished
+        asked: list[int] = []
+        outboxed: list[int] = []  # the outbox's rows when the restart path reads the ledger
+
+        def failing() -> int:
+            if down[0]:
+                raise OSError("the ledger is locked")
+            return real_pass()
+
+        def held() -> None:
+            if paused.is_set():
+                entered.set()
+                resume.wait()
+            real_follow()
+
+        def request() -> Any:
+            asked.append(1)
+            return real_request()
+
+        async def replay(usd: dict[str, bool]) -> int:
+            outboxed.append(outbox.depth.rows)
+            return await real_replay(usd)
+
+        monkeypatch.setattr(ingester, "_pass", failing)
+        monkeypatch.setattr(ingester, "_follow_own", held)
+        try:
+            assert (await gw.http.post(CHAT, json=chat("fake-chat"))).status_code == 200  # its row waits
+            for _ in range(600):
+                if outbox.stats()["last_error"] is not None:
+                    break
+                await asyncio.sleep(0.05)
+            paused.set()
+            assert await asyncio.to_thread(entered.wait, 30)  # the loop held before its next pass
+            down[0] = False  # the ledger is back; the last pass's error is still the ingester's last word
+            assert outbox.stats()["last_error"] == "the ledger is locked" and outbox.depth.rows == 1
+            monkeypatch.setattr(ingester, "request_pass", request)
+            monkeypatch.setattr(governance, "_replay_finished", replay)
+            governance._server = "the store before its restart"
+            restart = asyncio.ensure_future(governance._follow_restart())
+            for _ in range(600):  # the restart path asks for a pass (now), or goes on without one (before)
+                if restart.done() or asked:
+                    break
+                await asyncio.sleep(0.05)
+            resume.set()
+            await asyncio.wait_for(restart, 30)
+        finally:
+            resume.set()
+            monkeypatch.undo()
+        assert outboxed == [0]  # the row was in the ledger when it was read

@@ -68,6 +68,10 @@ class Flight(Protocol):
 
     async def wait(self, lease: Lease) -> Entry | None: ...
 
+    def leave(self, lease: Lease) -> None:
+        """Another's lease this request will not wait on after all (refused first): counted as a waiter no more."""
+        ...
+
     async def land(self, lease: Lease, entry: Entry | None, ttl_s: float) -> None: ...
 
 
@@ -128,6 +132,9 @@ class Flights:
             if left_ms < 0:
                 return None
             pause = min(pause * 1.5, MAX_PAUSE_S)
+
+    def leave(self, lease: Lease) -> None:
+        return None  # waiters are not counted in Redis
 
     async def land(self, lease: Lease, entry: Entry | None, ttl_s: float) -> None:
         """The owner's end: `entry` stored (when there is one to store) and the lease released, one round trip."""
@@ -199,6 +206,11 @@ class LocalFlights:
         except TimeoutError:
             return None
         finally:
+            flight.waiters -= 1
+
+    def leave(self, lease: Lease) -> None:
+        flight = self._flights.get(lease.key)
+        if flight is not None:
             flight.waiters -= 1
 
     async def land(self, lease: Lease, entry: Entry | None, ttl_s: float) -> None:

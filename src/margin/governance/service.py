@@ -19,7 +19,7 @@ from margin.errors import MarginError, Overloaded
 from margin.governance.admission import Admission, BudgetHold, counter_name, hold_for, window
 from margin.governance.catchup import CatchUp, delays_for
 from margin.governance.rules import SHARED, Part, Rules, Subject, build_rules, load_rules, matches
-from margin.governance.slots import STREAMS, LocalSlots, SharedSlots, Slots, SlotStore
+from margin.governance.slots import STREAMS, WAITING_STREAMS, LocalSlots, SharedSlots, Slots, SlotStore
 from margin.governance.store import RELOADS, RESERVATION_PAGE, LocalStore, Store
 from margin.ledger.db import UNREACHABLE
 from margin.ledger.read import budget_spent, recorded
@@ -91,6 +91,8 @@ class Governance:
         self._pools: list[SharedSlots] = []  # started and closed with this service
         cap = settings.admission.max_streams_per_key  # where the budget counters are: this process, or Redis
         self.streams: Slots = self.shared_slots(STREAMS, cap, "stream") or LocalSlots(cap)
+        # as many more per key for streams that only wait for an identical request's answer (a coalesced miss)
+        self.stream_waiters: Slots = self.shared_slots(WAITING_STREAMS, cap, "waiting stream") or LocalSlots(cap)
         self.rules: Rules = build_rules(settings, [])
         # when the budgets in force last changed (or this process started), and when a flush of the outbox that
         # `_seed` waited for was asked: rows older than the budgets may wait in the outbox until one comes after
@@ -111,6 +113,10 @@ class Governance:
         # moves this process's ledger outbox into the database (services): done before a counter the store lost
         # is counted again from the ledger, which else misses the rows still waiting there (a second of them)
         self.flush_ledger: Callable[[], Awaitable[bool]] | None = None
+        # the same, always waiting for one whole ingest pass (Outbox.flush_ok): the restart path's, which must not
+        # take a failed last pass for the database still being away (`flush_ledger` may: a new counter's request
+        # is refused at once then); None: `flush_ledger`
+        self.flush_outbox: Callable[[], Awaitable[bool]] | None = None
         self.flush_timeout_s = FLUSH_TIMEOUT_S
         self.restart_page = RESERVATION_PAGE  # reservations handled at a time by the pass after a store restart
         # rebuilt counters raised to the ledger's spend again once the other processes' outboxes are in it
@@ -208,8 +214,9 @@ class Governance:
         current = await self.store.server_id()
         if current == self._server:
             return
-        if self.flush_ledger is not None:  # what this process settled before the restart: in the ledger read
-            await self.flush_ledger()
+        flush = self.flush_outbox or self.flush_ledger
+        if flush is not None:  # what this process settled before the restart: in the ledger read
+            await flush()
         now = datetime.now(UTC)
         known: dict[str, BudgetHold] = {}
         for name, item in list(self._known.items()):

@@ -1,6 +1,7 @@
 """Per-key caps on things in flight, held from when one starts until it ends, however it ends: the streams
 of a key (`admission.max_streams_per_key`, margin.pipeline.steps.admit) and the running places of its file
-uploads and downloads (margin.gates.KeyedGate, `Services.uploads`/`downloads`). Each kind is a `pool`: its
+uploads and downloads (margin.gates.KeyedGate, `Services.uploads`/`downloads`), and as many places again for
+its streams that only wait for an identical request's answer. Each kind is a `pool`: its
 own count per key, under its own Redis key.
 
 One process with in-process counters: `LocalSlots` (the stream cap; the file gates count in process
@@ -28,6 +29,7 @@ RENEW_S = 10.0
 
 # the pools: each its own count per key (the Redis key `mgn:{pool}:{api key}`)
 STREAMS = "st"
+WAITING_STREAMS = "sw"  # a key's streams that only wait for an identical request's answer (margin.pipeline.steps.cache)
 UPLOADS = "up"
 DOWNLOADS = "dl"
 

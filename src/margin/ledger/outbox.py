@@ -339,7 +339,8 @@ class Outbox:
         none waits (once the ingester has looked for dead processes' files: before, a start after `kill -9` would
         count none of the killed process' rows), False at once when the ingester's last pass failed and none has
         succeeded since (the database away, locked or refusing: a request waited for another pass, up to 10 s, to
-        be refused all the same), else `flush_ok`."""
+        be refused all the same), else `flush_ok`. Only for a counter's first request: a failed last pass may be
+        stale (the database just back), so the counter store's restart path waits for a pass (`flush_ok`)."""
         if not self._started or self._closed:
             return False
         if self._ingester.stats.scans and self._pending()[0] <= 0:

@@ -120,7 +120,7 @@ class Request(NamedTuple):
     # the cache step's, on a miss that owns a lease: awaited once, when a stream's first generated event shows
     # more than text (tool calls, reasoning, a refusal: never stored), so the requests waiting on it go now
     unstorable: Callable[[], Awaitable[None]] | None = None
-    slot: StreamSlot | None = None  # a stream's place among its key's (admit): lent back while it only waits
+    slot: StreamSlot | None = None  # a stream's place among its key's (admit): traded for a waiting one while it waits
 
     @property
     def is_stream(self) -> bool:
@@ -139,15 +139,19 @@ class Request(NamedTuple):
 class StreamSlot:
     """A stream's place among its key's open streams (`admission.max_streams_per_key`), taken by admit and given
     back when the stream ends. A request that only waits for another's upstream call (an identical cache miss
-    coalesced onto it, margin.pipeline.steps.cache) lends its place back meanwhile, and takes one again only if
-    it ends up calling upstream itself: a burst of identical streams holds one place, not one each. Each take is
-    a lease of its own (`<request id>:<n>`): a shared pool frees a place in a task of its own, which must not
-    free the one taken after it."""
+    coalesced onto it, margin.pipeline.steps.cache) trades it for one of the key's waiting places (`waiting`, as
+    many as the cap) and holds that until it ends; it takes a stream place again only to call upstream itself. So
+    a burst of identical streams holds one stream place, not one each, and a key holds at most its cap of streams
+    calling upstream plus its cap waiting (or replaying what they waited for). Each take is a lease of its own
+    (`<request id>:<n>`): a shared pool frees a place in a task of its own, which must not free the one taken
+    after it."""
 
     pool: Slots
+    waiting: Slots  # the key's places for streams that only wait for an identical request's answer
     key: str
     request_id: str
-    held: str | None = None  # the lease held now
+    held: str | None = None  # the stream lease held now
+    waits: str | None = None  # the waiting lease held now
     takes: int = 0
 
     @property
@@ -155,19 +159,40 @@ class StreamSlot:
         return self.pool.cap
 
     async def retake(self) -> bool:
-        """Hold a place (True), or none was free (False); a store that cannot answer raises (503)."""
+        """Hold a stream place (True; a waiting place held is given back), or none was free (False); a store
+        that cannot answer raises (503)."""
         if self.held is None:
             lease = self.request_id if not self.takes else f"{self.request_id}:{self.takes}"
             self.takes += 1
             if await self.pool.acquire(self.key, lease):
                 self.held = lease
+        if self.held is not None and self.waits is not None:
+            lease, self.waits = self.waits, None
+            self.waiting.release(self.key, lease)
         return self.held is not None
 
-    def lend(self) -> None:
-        """Give the place back, if held (never raises, never waits)."""
+    async def wait(self) -> bool:
+        """Trade the stream place for a waiting one (True), or keep it when the key's waiting places are all
+        taken (False: the caller refuses the request, 429)."""
+        if self.waits is None:
+            lease = f"{self.request_id}:w{self.takes}"
+            self.takes += 1
+            if not await self.waiting.acquire(self.key, lease):
+                return False
+            self.waits = lease
         if self.held is not None:
             lease, self.held = self.held, None
             self.pool.release(self.key, lease)
+        return True
+
+    def lend(self) -> None:
+        """Give back every place held (never raises, never waits): at the stream's end."""
+        if self.held is not None:
+            lease, self.held = self.held, None
+            self.pool.release(self.key, lease)
+        if self.waits is not None:
+            lease, self.waits = self.waits, None
+            self.waiting.release(self.key, lease)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,8 @@
 """admit: back-pressure (the ledger's outbox is full → 503), the per-key cap on concurrent streams (held
-until the stream ends, however it ends; lent back while the request only waits for an identical request's
-upstream call, margin.pipeline.steps.cache), rate limits (RPM/TPM, GCRA) and the budget reservation of the
-worst case the route step priced, in one atomic step of the counter store. The reservation is settled by
-the outermost step whatever happens to the request afterwards."""
+until the stream ends, however it ends; traded for one of the key's as many waiting places while the request
+only waits for an identical request's upstream call, margin.pipeline.steps.cache), rate limits (RPM/TPM,
+GCRA) and the budget reservation of the worst case the route step priced, in one atomic step of the counter
+store. The reservation is settled by the outermost step whatever happens to the request afterwards."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class Admit:
         if key is None or not request.is_stream:
             await self._admit(request)
             return await next(request)
-        slot = StreamSlot(self.gov.streams, key, request.id)
+        slot = StreamSlot(self.gov.streams, self.gov.stream_waiters, key, request.id)
         if not await slot.retake():
             raise too_many_streams(slot.cap)
         try:

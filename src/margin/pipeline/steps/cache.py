@@ -206,15 +206,24 @@ class Cache:
         return reply
 
     async def _wait(self, request: Request, lease: Lease) -> Entry | None:
-        """The entry another request's upstream call stores, waited for without a place among the key's streams
-        (`admission.max_streams_per_key`): the waiters of a burst of identical streams call nothing upstream, and
-        held one each, they refused the key's other streams. Answered from the entry, the request takes none
-        again (a replay, as a hit's); going upstream itself (no entry came), it takes one back, or is refused
-        (429) as any stream past the cap: the key's upstream calls never pass it."""
+        """The entry another request's upstream call stores, waited for in one of the key's waiting places, not
+        among its streams (`admission.max_streams_per_key`): the waiters of a burst of identical streams call
+        nothing upstream, and held one each, they refused the key's other streams. The waiting places are as many
+        as the cap: past them the request is refused (429), so a key holds at most its cap of streams calling
+        upstream plus its cap waiting. Answered from the entry, the request replays it in its waiting place;
+        going upstream itself (no entry came), it takes a stream place back, or is refused (429) as any stream
+        past the cap: the key's upstream calls never pass it."""
         assert self.flights is not None
         slot = request.slot
         if slot is not None:
-            slot.lend()
+            try:
+                waiting = await slot.wait()
+            except BaseException:
+                self.flights.leave(lease)
+                raise
+            if not waiting:
+                self.flights.leave(lease)
+                raise too_many_streams(slot.cap, waiting=True)
         entry = await self.flights.wait(lease)
         if entry is None and slot is not None and not await slot.retake():
             raise too_many_streams(slot.cap)

@@ -106,10 +106,12 @@ def _keep_lines(db: Path, kept: bool) -> None:
 
 
 def test_a_restart_deletes_the_line_rows_an_ended_job_left(tmp_path: Path) -> None:
-    """Job `cut` ended with its counts on its row but its line rows left (a crash before their deletion);
-    job `old` ended as an older release ends a job (line rows kept, no counts on its row, its lines counted).
-    The gateway started again deletes both's line rows: `cut` keeps its counts, `old` gets them from its rows;
-    both report the same counts before and after, and store their row alone."""
+    """Job `old` ended as an older release ends a job (line rows kept, no counts on its row, its lines counted):
+    the gateway started again deletes its line rows, and it gets its counts from them. Job `cut` ended with its
+    counts on its row but its line rows left, a state only the test's trigger makes (its counts are written in
+    the transaction that deletes its lines): the settle no longer looks for it (it reads only the ended jobs
+    without counts, through an index), so its rows stay, unread. Both report the same counts before and after,
+    and store their row alone."""
     db, config = tmp_path / "ledger.db", _config(tmp_path)
     content = jsonl(line("a"), line("b"), b"{", line("d"))  # line 3 refused at validation
     with margin_serve(db, tmp_path / "first.log", config=config, ready_s=60) as (url, process):
@@ -137,7 +139,9 @@ def test_a_restart_deletes_the_line_rows_an_ended_job_left(tmp_path: Path) -> No
     )
     with margin_serve(db, tmp_path / "second.log", config=config, ready_s=60) as (url, _):
         client = openai.OpenAI(api_key="unused", base_url=f"{url}/v1", max_retries=0)
-        wait_for(lambda: read_db(db, "SELECT count(*) FROM batch_lines") == [(0,)], "the line rows deleted", 30)
+        left = "SELECT count(*) FROM batch_lines WHERE batch_id = ?"
+        wait_for(lambda: read_db(db, left, old) == [(0,)], "the old job's line rows deleted", 30)
+        assert read_db(db, left, cut) == [(3,)]
         for batch_id in (cut, old):
             again = client.batches.retrieve(batch_id)
             assert again.request_counts == jobs["cut"].request_counts and _lines_of(again) == {"done": 3}

@@ -146,3 +146,24 @@ def test_a_file_part_is_bounded_by_the_context_or_refused_without_one() -> None:
     assert soft is not None and soft.prompt_bound == UNKNOWN_CONTEXT
     image = {**CHAT, "messages": [{"role": "user", "content": [IMAGE]}]}  # an image: its 8,192 tokens, as before
     assert request(image, prompt=2000, output=16).decision is not None
+
+
+def test_a_compactions_file_part_is_bounded_the_same() -> None:
+    """The same PDF in a compaction's item (`/v1/responses/compact`: open items, an `input_file` part in an item's
+    content or a tool output's `output`): refused under a hard budget without `context_length`, bounded by the
+    context with one (second review: before, it was bounded by its bytes, ~10K tokens)."""
+    pdf = {"type": "input_file", "filename": "r.pdf", "file_data": "data:application/pdf;base64," + "A" * 10_000}
+    items: list[Any] = [
+        [{"role": "user", "content": [{"type": "input_text", "text": "sum up"}, pdf]}],
+        [{"type": "function_call_output", "call_id": "c", "output": [pdf]}],
+    ]
+    window = Target("m", ModelConfig(backend="b", context_length=200_000), "b", None, "eu")  # type: ignore[arg-type]
+    for held_in in items:
+        raw = {"model": "m", "input": held_in}
+        with pytest.raises(PermissionDenied) as refused:
+            request(raw, prompt=2000, output=16, endpoint=Endpoint.COMPACT)
+        assert refused.value.code == "context_length_unknown"
+        ask = request(raw, prompt=2000, output=16, endpoint=Endpoint.COMPACT, target=window)
+        assert held(Usage(150_000, 16), ask, window) == Usage(150_000, 16)
+    text = {"model": "m", "input": [{"role": "user", "content": "sum up"}]}  # no part: as before
+    assert request(text, prompt=2000, output=16, endpoint=Endpoint.COMPACT).decision is not None

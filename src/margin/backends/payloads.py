@@ -6,12 +6,13 @@ import base64
 import struct
 import time
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import orjson
 
 from margin.errors import InvalidRequest
-from margin.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Endpoint
+from margin.protocol import ChatCompletionRequest, CompactRequest, CompletionRequest, EmbeddingRequest, Endpoint
 from margin.types import Call, Usage
 
 
@@ -167,7 +168,10 @@ def echoed_prompts(request: Any) -> tuple[str, int]:
 
 
 def non_text_parts(request: Any) -> int:
-    """Image, audio or file parts of a chat request (priced by the upstream, not counted as text)."""
+    """Image, audio or file parts of a chat request, or of a compaction's items (priced by the upstream, not
+    counted as text)."""
+    if isinstance(request, CompactRequest):
+        return _compact_parts(request, COMPACT_MEDIA)
     if not isinstance(request, ChatCompletionRequest):
         return 0
     return sum(
@@ -180,7 +184,10 @@ def non_text_parts(request: Any) -> int:
 
 
 def file_parts(request: Any) -> int:
-    """File parts of a chat request (a PDF: billed by the page, each page's text and image, up to the context)."""
+    """File parts of a chat request, or of a compaction's items (a PDF: billed by the page, each page's text and
+    image, up to the context)."""
+    if isinstance(request, CompactRequest):
+        return _compact_parts(request, {"input_file"})
     if not isinstance(request, ChatCompletionRequest):
         return 0
     return sum(
@@ -190,3 +197,20 @@ def file_parts(request: Any) -> int:
         for part in message.content
         if part.type == "file"
     )
+
+
+COMPACT_MEDIA = frozenset({"input_image", "input_file", "input_audio"})
+
+
+def _compact_parts(request: CompactRequest, kinds: AbstractSet[str]) -> int:
+    """The parts of these kinds in a compaction's items: an item's `content` or a tool output's `output` list
+    (its items are open: what the Responses API takes there); bounded by the items' count and the body's size."""
+    if not isinstance(request.input, list):
+        return 0
+    found = 0
+    for item in request.input:
+        for field in ("content", "output"):
+            parts = (item.model_extra or {}).get(field)
+            if isinstance(parts, list):
+                found += sum(1 for part in parts if isinstance(part, dict) and part.get("type") in kinds)
+    return found

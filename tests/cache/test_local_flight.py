@@ -334,3 +334,21 @@ async def test_a_keys_waiting_streams_are_bounded_by_its_stream_cap() -> None:
     assert await asyncio.wait_for(tasks[0], 5) == ENTRY
     slots[0].lend()
     assert pool.held("k") == 0 and waiting.held("k") == 0
+
+
+async def test_a_waiter_leaves_only_the_flight_it_was_counted_in() -> None:
+    """A waiter counted in one flight, which lands while the waiter awaits its waiting place (a Redis round trip
+    with a shared counter store) and whose key another request then claims: leaving (refused its place) or
+    waiting touches the new flight's count not at all (second review: it went to -1, and `max_waiters` let two
+    more waiters in), and the waiter reads the store, as when the key has no flight."""
+    flights = LocalFlights(MemoryCache(1 << 20), 5.0, 10, 1)  # one waiter at most
+    owner = await flights.claim("k", None)
+    waiter = await flights.claim("k", None)
+    assert owner is not None and waiter is not None and waiter.token is None
+    await flights.land(owner, None, 60)
+    second = await flights.claim("k", None)
+    assert second is not None and second.token is not None
+    flights.leave(waiter)
+    assert await flights.wait(waiter) is None  # the first flight's store: nothing stored
+    assert await flights.claim("k", None) is not None  # one waiter of the second flight: its bound
+    assert await flights.claim("k", None) is None

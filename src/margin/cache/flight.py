@@ -59,6 +59,7 @@ class Lease:
     key: str
     token: str | None = None
     wait_s: float = 0.0
+    waits_on: str | None = None  # in this process: the token of the flight a waiter was counted in
 
 
 class Flight(Protocol):
@@ -185,7 +186,7 @@ class LocalFlights:
             if flight.waiters >= self.max_waiters:
                 return None
             flight.waiters += 1  # counted at once: the wait that follows is this lease's
-            return Lease(key, wait_s=min(flight.ends - now, self.wait_cap_s))
+            return Lease(key, wait_s=min(flight.ends - now, self.wait_cap_s), waits_on=flight.token)
         if flight is None and len(self._flights) >= self.max_flights:
             return None
         if flight is not None and not flight.answer.done():  # its lease ran out: its waiters' time is up too
@@ -197,7 +198,7 @@ class LocalFlights:
     async def wait(self, lease: Lease) -> Entry | None:
         """The entry the owner's call produced, or None once it ended without one or the wait is up. A waiter
         cancelled (its client gone) leaves the owner's call and the other waiters as they were."""
-        flight = self._flights.get(lease.key)
+        flight = self._counted(lease)
         if flight is None:  # landed between the claim and this wait: the entry, if any, is in the store
             return await self.store.get(lease.key)
         try:
@@ -209,9 +210,16 @@ class LocalFlights:
             flight.waiters -= 1
 
     def leave(self, lease: Lease) -> None:
-        flight = self._flights.get(lease.key)
+        flight = self._counted(lease)
         if flight is not None:
             flight.waiters -= 1
+
+    def _counted(self, lease: Lease) -> _Flight | None:
+        """The flight a waiter's lease was counted in, while it flies: not a later flight of the same key (the
+        first landed and another request claimed the key while this one awaited its waiting place), whose
+        waiters it never joined (second review: leaving that one took a waiter off its count)."""
+        flight = self._flights.get(lease.key)
+        return flight if flight is not None and flight.token == lease.waits_on else None
 
     async def land(self, lease: Lease, entry: Entry | None, ttl_s: float) -> None:
         """The owner's end: `entry` stored (when there is one), the lease released (only while it is still this

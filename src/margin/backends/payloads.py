@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -170,24 +170,18 @@ def echoed_prompts(request: Any) -> tuple[str, int]:
 def non_text_parts(request: Any) -> int:
     """Image, audio or file parts of a chat request, or of a compaction's items (priced by the upstream, not
     counted as text)."""
-    if isinstance(request, CompactRequest):
-        return _compact_parts(request, COMPACT_MEDIA)
-    if not isinstance(request, ChatCompletionRequest):
-        return 0
-    return sum(
-        1
-        for message in request.messages
-        if isinstance(message.content, list)
-        for part in message.content
-        if part.type != "text"
-    )
+    return _parts(request, lambda kind: kind != "text", COMPACT_MEDIA)
 
 
 def file_parts(request: Any) -> int:
     """File parts of a chat request, or of a compaction's items (a PDF: billed by the page, each page's text and
     image, up to the context)."""
+    return _parts(request, lambda kind: kind == "file", {"input_file"})
+
+
+def _parts(request: Any, chat: Callable[[str], bool], compact: AbstractSet[str]) -> int:
     if isinstance(request, CompactRequest):
-        return _compact_parts(request, {"input_file"})
+        return _compact_parts(request, compact)
     if not isinstance(request, ChatCompletionRequest):
         return 0
     return sum(
@@ -195,7 +189,7 @@ def file_parts(request: Any) -> int:
         for message in request.messages
         if isinstance(message.content, list)
         for part in message.content
-        if part.type == "file"
+        if chat(part.type)
     )
 
 

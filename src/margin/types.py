@@ -196,10 +196,6 @@ def choices_of(payload: Any) -> list[Any]:
     return choices if isinstance(choices, list) else []
 
 
-FINISH_LOOKBACK = 8  # events read, from the end, for a stream's finish reason (then a usage event, `[DONE]`)
-FINISH_EVENT_BYTES = 64 * 1024  # a longer one of them is not parsed for it (a finishing event is a few hundred)
-
-
 def finish_reason_of(payload: Any) -> str | None:
     """The finish reason an answer (or a stream event) names: its first choice's that is a short string (any other
     shape: none)."""

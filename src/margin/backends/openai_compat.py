@@ -25,15 +25,7 @@ from margin.errors import BackendError
 from margin.jsonload import MIN_DEEP_BYTES
 from margin.protocol import FORWARDED, Endpoint
 from margin.thinking import without_thinking
-from margin.types import (
-    Call,
-    Chunk,
-    Completion,
-    Prompt,
-    Usage,
-    choices_text,
-    finish_reason_of,
-)
+from margin.types import Call, Chunk, Completion, Prompt, Usage, choices_text, finish_reason_of
 
 log = logging.getLogger("margin.backends")
 

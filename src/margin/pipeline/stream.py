@@ -26,10 +26,12 @@ from margin.economics.money import ZERO_USD, usd_str
 from margin.errors import BackendError, MarginError
 from margin.pipeline import ceiling
 from margin.pipeline.values import ClientGone, Record, Request
-from margin.types import FINISH_EVENT_BYTES, FINISH_LOOKBACK, Chunk, Usage, finish_reason_of
+from margin.types import Chunk, Usage, finish_reason_of
 
 DONE = b"data: [DONE]\n\n"
 PARSE_INLINE_BYTES = 256 * 1024  # a stream that delivered more is parsed for its text in a worker thread
+FINISH_LOOKBACK = 8  # events read, from the end, for a stream's finish reason (then a usage event, `[DONE]`)
+FINISH_EVENT_BYTES = 64 * 1024  # a longer one of them is not parsed for it (a finishing event is a few hundred)
 
 
 def sse(data: bytes) -> bytes:

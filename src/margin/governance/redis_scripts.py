@@ -56,6 +56,11 @@ _NEG = (
     "end\n"
     # a hold taken off `reserved`, never below 0: holds that added past the cap were held at it (`incr`), so taking
     # each off in full went below 0 (margin.governance.store.unreserve, the same in this process)
+    # an amount taken back off `spent` (a reaper's charge undone): a spent held at the cap stays there (the charge
+    # was added to it as nothing; taking it off in full under-counted: margin.governance.store.unspend)
+    "local function unspend(key, amount)\n"
+    f"  if redis.call('HGET', key, 'spent') ~= '{SPENT_CAP}' then add(key, 'spent', neg(amount)) end\n"
+    "end\n"
     "local function unreserve(key, amount)\n"
     "  if redis.call('EXISTS', key) == 0 then return end\n"
     "  incr(key, 'reserved', neg(amount))\n"
@@ -135,6 +140,41 @@ end
 """
 )
 
+# a fallback's top-up of an open reservation (margin.governance.store.Store.extend): every hold or none
+EXTEND = (
+    _INCR
+    + """
+-- KEYS: reservation, n budget counters; ARGV: n, then (limit, amount, hard) per counter
+local n = tonumber(ARGV[1])
+local function snapshot(status)
+  local out = {status, '0'}
+  for i = 1, n do
+    local c = redis.call('HMGET', KEYS[1 + i], 'spent', 'reserved')
+    out[#out + 1] = c[1] or '0'
+    out[#out + 1] = c[2] or '0'
+  end
+  return out
+end
+if n > 0 and redis.call('EXISTS', KEYS[1]) == 0 then return snapshot(1) end  -- settled or reaped: fail closed
+for i = 1, n do
+  local b = 2 + (i - 1) * 3
+  if redis.call('EXISTS', KEYS[1 + i]) == 0 then return snapshot(i) end  -- a lost counter checks nothing
+  if ARGV[b + 2] == '1' then
+    local c = redis.call('HMGET', KEYS[1 + i], 'spent', 'reserved')
+    if (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0) + tonumber(ARGV[b + 1]) > tonumber(ARGV[b]) then
+      return snapshot(i)
+    end
+  end
+end
+for i = 1, n do
+  local amount = ARGV[3 + (i - 1) * 3]
+  incr(KEYS[1 + i], 'reserved', amount)
+  incr(KEYS[1], KEYS[1 + i], amount)  -- released, or charged by the reaper, with the rest of the reservation
+end
+return snapshot(0)
+"""
+)
+
 # a spend whose counter is gone is parked (l:{counter}) for the seed that makes it again: that seed reads the
 # ledger, which may not have the row yet (it waits in an outbox, maybe another replica's)
 SETTLE = (
@@ -145,7 +185,7 @@ SETTLE = (
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', 86400) == false then return 0 end
 release(KEYS[1])
 local charged = redis.call('HGETALL', KEYS[4])
-for j = 1, #charged, 2 do add(charged[j], 'spent', neg(charged[j + 1])) end
+for j = 1, #charged, 2 do unspend(charged[j], charged[j + 1]) end
 redis.call('DEL', KEYS[4])
 redis.call('ZREM', KEYS[3], ARGV[1])
 if #charged > 0 then redis.call('ZREM', KEYS[5], ARGV[1]) end
@@ -220,7 +260,7 @@ for i = 3 + n, #ARGV, n + 1 do
   if #held + #charged > 0 and redis.call('EXISTS', skey) == 0 and covers(held) and covers(charged) then
     local holds = {}
     for j = 1, #held, 2 do unreserve(held[j], held[j + 1]); holds[held[j]] = true end
-    for j = 1, #charged, 2 do add(charged[j], 'spent', neg(charged[j + 1])); holds[charged[j]] = true end
+    for j = 1, #charged, 2 do unspend(charged[j], charged[j + 1]); holds[charged[j]] = true end
     for c = 1, n do  -- the lost settle, replayed
       if holds[KEYS[2 + c]] then add(KEYS[2 + c], 'spent', ARGV[i + c]) end
     end

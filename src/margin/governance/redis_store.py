@@ -15,6 +15,7 @@ from margin.errors import ConfigError, Overloaded
 from margin.governance.redis_scripts import (
     ADMIT,
     CHANNEL,
+    EXTEND,
     RAISE,
     REAP,
     RECOUNT,
@@ -68,6 +69,7 @@ class RedisStore:
             for name, source in {
                 "admit": ADMIT,
                 "settle": SETTLE,
+                "extend": EXTEND,
                 "reap": REAP,
                 "seed": SEED,
                 "raise": RAISE,
@@ -129,6 +131,16 @@ class RedisStore:
         if status == UNSEEDED:
             return Admitted(counters=counters, unseeded=True)
         return Admitted(wait, status - 1 if status > 0 else None, counters)
+
+    async def extend(self, request_id: str, holds: Sequence[Hold]) -> Admitted:
+        keys = [f"{P}r:{request_id}", *(f"{P}c:{hold.counter}" for hold in holds)]
+        args: list[Any] = [len(holds)]
+        for hold in holds:
+            args += [hold.limit, hold.amount, "1" if hold.hard else "0"]
+        result = await self._run("extend", keys, args)
+        status, flat = int(result[0]), [int(v) for v in result[2:]]
+        counters = tuple((flat[i], flat[i + 1]) for i in range(0, len(flat), 2))
+        return Admitted(0.0, status - 1 if status > 0 else None, counters)
 
     async def settle(
         self, request_id: str, actual: Mapping[str, int], charges: Sequence[tuple[str, float]] = ()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -381,6 +382,25 @@ class Governance:
             return False
         log.warning("budget %s: raised to the ledger's spend by a follow-up after it was rebuilt", name)
         return True
+
+    async def top_up(self, admission: Admission, usd_nano: int) -> tuple[BudgetHold, tuple[int, int]] | None:
+        """Add `usd_nano` to the request's reservation on every USD budget it holds, all or nothing: what the
+        attempts that failed were billed, before a fallback is tried (the reservation covers one attempt's worst
+        case; the row and the budgets are charged every attempt's cost). None when added (the holds now say the
+        larger amounts, as the store's reservation does: the reaper charges them); else the hard budget that has
+        no room, with its counter (spent, reserved), and nothing added. Tokens budgets are charged the answering
+        attempt's tokens only (the row's): nothing to add."""
+        found = [(at, item) for at, item in enumerate(admission.holds) if item.budget.usd is not None]
+        if not found or usd_nano <= 0:
+            return None
+        holds = [dataclasses.replace(item.hold, amount=usd_nano) for _, item in found]
+        result = await self.store.extend(admission.request_id, holds)
+        if result.failed is not None:
+            return found[result.failed][1], result.counters[result.failed]
+        for at, item in found:
+            grown = dataclasses.replace(item.hold, amount=item.hold.amount + usd_nano)
+            admission.holds[at] = dataclasses.replace(item, hold=grown)
+        return None
 
     async def settle(
         self,

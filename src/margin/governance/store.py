@@ -96,6 +96,12 @@ class Store(Protocol):
         answer's tokens are charged by `settle`)."""
         ...
 
+    async def extend(self, request_id: str, holds: Sequence[Hold]) -> Admitted:
+        """Add `holds` to an open reservation (a fallback's top-up after a billed attempt), atomically: all of them
+        when every hard one fits, else none (`failed`: the first that did not). A reservation no longer open
+        (settled, reaped) is extended by nothing and reads as failing at its first hold (fail closed)."""
+        ...
+
     async def settle(
         self, request_id: str, actual: Mapping[str, int], charges: Sequence[tuple[str, float]] = ()
     ) -> bool:
@@ -166,6 +172,15 @@ class _Counter:
     expires: float | None = None  # time.time() past which `reap` drops it (its window plus a day); None: never
 
 
+def unspend(counter: _Counter, amount: int) -> None:
+    """An amount taken back off `counter.spent` (a reaper's charge undone by the late settle): a spent held at
+    SPENT_CAP stays there. The charge was added to a saturated spent as nothing, so taking it off in full left
+    the counter below what was spent (a soft budget at SPENT_CAP, a reservation of 2^62 reaped then settled at 0:
+    spent 2^62 - 1, under-counted). Never below what the cap said, never wrapped."""
+    if counter.spent < SPENT_CAP:
+        counter.spent = saturated(counter.spent - amount)
+
+
 def unreserve(counter: _Counter, amount: int) -> None:
     """A hold taken off `counter.reserved`, never below 0: reservations that added past SPENT_CAP were held at it
     (`saturated`), so taking each off in full went below 0 (three of 2^62 each, released: -2^62 - 1), and a
@@ -229,6 +244,21 @@ class LocalStore:
         counters = tuple((self._counter(h.counter).spent, self._counter(h.counter).reserved) for h in holds)
         return Admitted(max(wait, 0.0), failed, counters)
 
+    async def extend(self, request_id: str, holds: Sequence[Hold]) -> Admitted:
+        reservation = self._reservations.get(request_id)
+        failed = 0 if reservation is None and holds else None
+        if reservation is not None:
+            failed = next(
+                (i for i, h in enumerate(holds) if h.hard and self._total(h.counter) + h.amount > h.limit), None
+            )
+            if failed is None:
+                for hold in holds:
+                    counter = self._counter(hold.counter, hold.expire_s)
+                    counter.reserved = saturated(counter.reserved + hold.amount)
+                reservation.holds = (*reservation.holds, *holds)  # released, or reaped, with the rest
+        counters = tuple((self._counter(h.counter).spent, self._counter(h.counter).reserved) for h in holds)
+        return Admitted(0.0, failed, counters)
+
     def _total(self, name: str) -> int:
         counter = self._counter(name)
         return counter.spent + counter.reserved
@@ -246,7 +276,7 @@ class LocalStore:
             return False
         self._release(request_id)
         for hold in self._charged.pop(request_id, ()):  # reaped earlier: its charge gives way to the actual cost
-            self._counter(hold.counter).spent -= hold.amount
+            unspend(self._counter(hold.counter), hold.amount)
         for name, amount in actual.items():  # a counter dropped since (a past window) is kept a day again
             counter = self._counter(name, SWEEP_GRACE_S)
             counter.spent = saturated(counter.spent + amount)

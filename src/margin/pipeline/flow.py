@@ -84,7 +84,7 @@ def compose(
         backends = settings.backends.items()
         time_limits = {name: b.timeout_s for name, b in backends if isinstance(b, HttpBackendConfig)}
         steps.append(Cache(settings.cache, cache, semantic, time_limits))
-    return Flow(steps, BackendCall(parts.meter, parts.breakers, settings.admission))
+    return Flow(steps, BackendCall(parts.meter, parts.breakers, settings.admission, parts.governance))
 
 
 def chain(steps: Sequence[Step], terminal: Next) -> Next:

@@ -30,10 +30,12 @@ from margin.errors import (
     UpstreamRateLimited,
 )
 from margin.governance.admission import worst_case_usd
+from margin.governance.service import Governance
 from margin.pipeline.allowance import TimeAllowance, held_busy, priced_energy_cap
 from margin.pipeline.ceiling import held
 from margin.pipeline.steps.cache import cache_scope
 from margin.pipeline.stream import Delivery, close, first_chunk
+from margin.pipeline.topup import top_up
 from margin.pipeline.values import Record, Reply, Request, RouteDecision
 from margin.protocol import Endpoint, service_tier
 from margin.routing.breaker import Breakers
@@ -124,10 +126,13 @@ def accounted(output: Completion | Delivery | None, metered: Usage | None, endpo
 
 
 class BackendCall:
-    def __init__(self, meter: Meter, breakers: Breakers, admission: AdmissionConfig) -> None:
+    def __init__(
+        self, meter: Meter, breakers: Breakers, admission: AdmissionConfig, governance: Governance | None = None
+    ) -> None:
         self.meter = meter  # shares busy time among concurrent requests, prices the answer
         self.breakers = breakers
         self.admission = admission
+        self.governance = governance  # tops up a fallback's reservation by what failed attempts were billed
 
     async def __call__(self, request: Request) -> Reply:
         decision = request.routed()
@@ -144,8 +149,10 @@ class BackendCall:
             last = Overloaded(f"circuit open on {decision.candidates[0].backend_name}", code="backend_unavailable")
         notices = request.record.notices
         before = dict(notices)  # what the answer says before a backend adds its own (`x-margin-dropped-params`)
+        covered = 0  # nano-USD of the failed attempts' charges the reservation was topped up by (`top_up`)
         for index, target in enumerate(candidates):
             name = target.backend_name
+            covered = await self._cover(request, covered)  # BudgetExceeded: no room for another attempt
             if not self.breakers.acquire(name):  # opened (or probed by another request) since the check above
                 last = Overloaded(f"circuit open on {name}", code="backend_unavailable")
                 continue
@@ -176,6 +183,13 @@ class BackendCall:
         if decision.residency_filtered or last.code == "backend_unavailable":
             raise unavailable(decision, f"last error: {last.message}") from last
         raise last
+
+    async def _cover(self, request: Request, covered: int) -> int:
+        """After a billed failure, the reservation topped up by what it was billed (`margin.pipeline.topup`);
+        nothing to do (no store round trip) before the first attempt or after failures that were not billed."""
+        if request.record.earlier_charge is None or self.governance is None:
+            return covered
+        return await top_up(self.governance, request, covered)
 
     def _failed(self, backend: str, error: MarginError) -> None:
         """Tell the breaker: a fault of the backend counts; anything else only shows in /admin/backends."""

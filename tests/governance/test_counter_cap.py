@@ -108,20 +108,3 @@ async def test_a_reaper_charge_undone_leaves_a_spent_at_the_cap_there(store: Sto
     assert await store.counters([COUNTER]) == {COUNTER: (SPENT_CAP, 0)}
     assert await store.settle("r1", {COUNTER: 0}) is True
     assert await store.counters([COUNTER]) == {COUNTER: (SPENT_CAP, 0)}  # before: SPENT_CAP - 2**62
-
-
-async def test_a_top_up_extends_the_open_reservation_all_or_nothing(store: Store) -> None:
-    """`extend` (a fallback's top-up): added to reserved and to the reservation (released with it), refused
-    whole when a hard hold has no room, and refused for a reservation no longer open (fail closed)."""
-    hard = "hard@1"
-    await store.seed(COUNTER, 0, 3600)
-    await store.seed(hard, 0, 3600)
-    assert (await store.admit("r1", [soft(30), Hold(hard, 100, 60, True, 3600)], 60)).ok
-    grown = await store.extend("r1", [soft(40), Hold(hard, 100, 40, True, 3600)])
-    assert grown.failed is None and grown.counters == ((0, 70), (0, 100))
-    refused = await store.extend("r1", [soft(5), Hold(hard, 100, 1, True, 3600)])
-    assert refused.failed == 1 and await store.counters([COUNTER, hard]) == {COUNTER: (0, 70), hard: (0, 100)}
-    assert await store.settle("r1", {COUNTER: 70, hard: 100}) is True
-    assert await store.counters([COUNTER, hard]) == {COUNTER: (70, 0), hard: (100, 0)}
-    assert (await store.extend("r1", [soft(1)])).failed == 0  # settled: nothing added
-    assert await store.counters([COUNTER]) == {COUNTER: (70, 0)}

@@ -19,7 +19,7 @@ from decimal import Decimal
 from margin.backend_config import BackendConfig, HttpBackendConfig
 from margin.economics import tiers
 from margin.economics.meter import Meter
-from margin.economics.money import capped_nanousd
+from margin.economics.money import capped_nanousd, from_nanousd, usd_str
 from margin.governance.rules import SHARED, Part, Subject, partition
 from margin.governance.store import Gcra, Hold
 from margin.specs import AdmissionConfig, BudgetSpec, LimitSpec
@@ -246,3 +246,13 @@ def reset_text(resets_at: datetime | None) -> str:
     return (
         "it does not reset (lifetime budget)" if resets_at is None else f"it resets at {resets_at:%Y-%m-%dT%H:%M:%SZ}"
     )
+
+
+def budget_text(budget: BudgetSpec) -> str:
+    """A budget's limit in a refusal: `$5` or `1000 tokens`."""
+    return f"${budget.usd}" if budget.usd is not None else f"{budget.tokens} tokens"
+
+
+def amount_text(budget: BudgetSpec, amount: int) -> str:
+    """An amount of a budget's counter in a refusal (nano-USD or tokens)."""
+    return f"${usd_str(from_nanousd(amount))}" if budget.usd is not None else f"{amount} tokens"

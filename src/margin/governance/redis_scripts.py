@@ -140,9 +140,10 @@ end
 """
 )
 
-# a fallback's top-up of an open reservation (margin.governance.store.Store.extend): every hold or none
+# an open reservation's holds changed (margin.governance.store.Store.extend): every hold or none; an amount may be
+# negative (a hold given back)
 EXTEND = (
-    _INCR
+    _NEG
     + """
 -- KEYS: reservation, n budget counters; ARGV: n, then (limit, amount, hard) per counter
 local n = tonumber(ARGV[1])
@@ -159,7 +160,8 @@ if n > 0 and redis.call('EXISTS', KEYS[1]) == 0 then return snapshot(1) end  -- 
 for i = 1, n do
   local b = 2 + (i - 1) * 3
   if redis.call('EXISTS', KEYS[1 + i]) == 0 then return snapshot(i) end  -- a lost counter checks nothing
-  if ARGV[b + 2] == '1' then
+  local grows = ARGV[b + 1]:sub(1, 1) ~= '-' and ARGV[b + 1] ~= '0'
+  if ARGV[b + 2] == '1' and grows then
     local c = redis.call('HMGET', KEYS[1 + i], 'spent', 'reserved')
     if (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0) + tonumber(ARGV[b + 1]) > tonumber(ARGV[b]) then
       return snapshot(i)
@@ -168,8 +170,10 @@ for i = 1, n do
 end
 for i = 1, n do
   local amount = ARGV[3 + (i - 1) * 3]
-  incr(KEYS[1 + i], 'reserved', amount)
+  if amount:sub(1, 1) == '-' then unreserve(KEYS[1 + i], neg(amount)) else incr(KEYS[1 + i], 'reserved', amount) end
   incr(KEYS[1], KEYS[1 + i], amount)  -- released, or charged by the reaper, with the rest of the reservation
+  local left = redis.call('HGET', KEYS[1], KEYS[1 + i])
+  if left and left:sub(1, 1) == '-' then redis.call('HSET', KEYS[1], KEYS[1 + i], '0') end
 end
 return snapshot(0)
 """

@@ -383,23 +383,26 @@ class Governance:
         log.warning("budget %s: raised to the ledger's spend by a follow-up after it was rebuilt", name)
         return True
 
-    async def top_up(self, admission: Admission, usd_nano: int) -> tuple[BudgetHold, tuple[int, int]] | None:
-        """Add `usd_nano` to the request's reservation on every USD budget it holds, all or nothing: what the
-        attempts that failed were billed, before a fallback is tried (the reservation covers one attempt's worst
-        case; the row and the budgets are charged every attempt's cost). None when added (the holds now say the
-        larger amounts, as the store's reservation does: the reaper charges them); else the hard budget that has
-        no room, with its counter (spent, reserved), and nothing added. Tokens budgets are charged the answering
-        attempt's tokens only (the row's): nothing to add."""
-        found = [(at, item) for at, item in enumerate(admission.holds) if item.budget.usd is not None]
-        if not found or usd_nano <= 0:
+    async def resize(self, admission: Admission, deltas: Sequence[int]) -> tuple[BudgetHold, tuple[int, int]] | None:
+        """Change each of the request's holds by its delta (`deltas`, in the order of `admission.holds`), all or
+        nothing: a fallback's top-up by what the attempts that failed were billed (`margin.pipeline.topup`), a
+        coalesced waiter's reservation given back while it waits for another request's answer and taken again
+        when it must call upstream itself. None when done (the holds now say the new amounts, as the store's
+        reservation does: the reaper charges those); else the hard budget with no room for its increase, with its
+        counter (spent, reserved), and nothing changed."""
+        found = [
+            (at, item, delta) for at, (item, delta) in enumerate(zip(admission.holds, deltas, strict=True)) if delta
+        ]
+        if not found:
             return None
-        holds = [dataclasses.replace(item.hold, amount=usd_nano) for _, item in found]
+        holds = [dataclasses.replace(item.hold, amount=delta) for _, item, delta in found]
         result = await self.store.extend(admission.request_id, holds)
         if result.failed is not None:
             return found[result.failed][1], result.counters[result.failed]
-        for at, item in found:
-            grown = dataclasses.replace(item.hold, amount=item.hold.amount + usd_nano)
-            admission.holds[at] = dataclasses.replace(item, hold=grown)
+        for at, item, delta in found:
+            admission.holds[at] = dataclasses.replace(
+                item, hold=dataclasses.replace(item.hold, amount=item.hold.amount + delta)
+            )
         return None
 
     async def settle(

@@ -15,6 +15,7 @@ spent is reconciled from the ledger when it is first used.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -97,9 +98,10 @@ class Store(Protocol):
         ...
 
     async def extend(self, request_id: str, holds: Sequence[Hold]) -> Admitted:
-        """Add `holds` to an open reservation (a fallback's top-up after a billed attempt), atomically: all of them
-        when every hard one fits, else none (`failed`: the first that did not). A reservation no longer open
-        (settled, reaped) is extended by nothing and reads as failing at its first hold (fail closed)."""
+        """Add each hold's amount to an open reservation's hold on its counter, atomically: all of them when every
+        hard one that grows fits, else none (`failed`: the first that did not). An amount may be negative (a hold
+        given back: `reserved` never goes below 0). A reservation no longer open (settled, reaped) is changed by
+        nothing and reads as failing at its first hold (fail closed)."""
         ...
 
     async def settle(
@@ -249,15 +251,32 @@ class LocalStore:
         failed = 0 if reservation is None and holds else None
         if reservation is not None:
             failed = next(
-                (i for i, h in enumerate(holds) if h.hard and self._total(h.counter) + h.amount > h.limit), None
+                (
+                    i
+                    for i, h in enumerate(holds)
+                    if h.hard and h.amount > 0 and self._total(h.counter) + h.amount > h.limit
+                ),
+                None,
             )
             if failed is None:
-                for hold in holds:
-                    counter = self._counter(hold.counter, hold.expire_s)
-                    counter.reserved = saturated(counter.reserved + hold.amount)
-                reservation.holds = (*reservation.holds, *holds)  # released, or reaped, with the rest
+                self._resize(reservation, holds)
         counters = tuple((self._counter(h.counter).spent, self._counter(h.counter).reserved) for h in holds)
         return Admitted(0.0, failed, counters)
+
+    def _resize(self, reservation: _Reservation, holds: Sequence[Hold]) -> None:
+        """`holds` added to the counters and to the reservation's holds, one a counter (released, or reaped, with
+        the rest: a hold given back and taken again nets out)."""
+        merged = {hold.counter: hold for hold in reservation.holds}
+        for hold in holds:
+            counter = self._counter(hold.counter, hold.expire_s)
+            if hold.amount < 0:
+                unreserve(counter, -hold.amount)
+            else:
+                counter.reserved = saturated(counter.reserved + hold.amount)
+            held = merged.get(hold.counter)
+            amount = hold.amount + (held.amount if held is not None else 0)
+            merged[hold.counter] = dataclasses.replace(held or hold, amount=max(0, amount))
+        reservation.holds = tuple(merged.values())
 
     def _total(self, name: str) -> int:
         counter = self._counter(name)

@@ -83,7 +83,7 @@ def compose(
     if settings.cache.enabled:
         backends = settings.backends.items()
         time_limits = {name: b.timeout_s for name, b in backends if isinstance(b, HttpBackendConfig)}
-        steps.append(Cache(settings.cache, cache, semantic, time_limits))
+        steps.append(Cache(settings.cache, cache, semantic, time_limits, parts.governance))
     return Flow(steps, BackendCall(parts.meter, parts.breakers, settings.admission, parts.governance))
 
 

@@ -22,7 +22,9 @@ from margin.cache.layer import SemanticLayer, Where
 from margin.cache_config import CacheConfig
 from margin.economics.money import to_nanousd
 from margin.errors import InvalidRequest, too_many_streams
+from margin.governance.service import Governance
 from margin.pipeline.stream import Delivery
+from margin.pipeline.topup import give_back, take_back
 from margin.pipeline.values import CacheHit, Next, Record, Reply, Request
 from margin.protocol import ApiRequest, Endpoint
 from margin.types import Call, Chunk, Completion, Target
@@ -135,9 +137,12 @@ class Cache:
         store: CacheStore,
         semantic: SemanticLayer | None = None,
         limits: Mapping[str, float] | None = None,
+        governance: Governance | None = None,
     ) -> None:
-        """`limits`: each backend's time limit for one call (`timeout_s`), the longest a lease on its misses lasts."""
+        """`limits`: each backend's time limit for one call (`timeout_s`), the longest a lease on its misses lasts.
+        `governance`: where a waiter gives its budget reservation back while it waits (`give_back`)."""
         self.config = config
+        self.governance = governance
         self.store = store
         self.semantic = semantic
         self.limits = limits or {}
@@ -185,9 +190,12 @@ class Cache:
         if self.flights is not None:
             lease = await self.flights.claim(key, self.limits.get(target.backend_name))
             if lease is not None and lease.token is None:  # another is calling upstream for this very request
+                given = await give_back(self.governance, request) if self.governance is not None else ()
                 entry = await self._wait(request, lease)
-                if entry is not None:
+                if entry is not None:  # a hit: charged nothing, so it held nothing while it waited
                     return await self._serve(request, target, entry, "exact")
+                if given and self.governance is not None:  # upstream itself: reserved again first, or refused
+                    await take_back(self.governance, request, given)
             elif lease is not None:  # ours: released early by a stream that shows it will not be stored
                 owner = Owner(self.flights, lease, self.config.ttl_s)
                 request = request._replace(unstorable=owner.release)

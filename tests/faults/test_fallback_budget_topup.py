@@ -12,6 +12,7 @@ row that says what the failed attempt was billed; the budget holds exactly that.
 from __future__ import annotations
 
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,10 @@ def budgets(gw: Served) -> dict[str, dict[str, str]]:
         return {item["name"]: dict(item) for item in admin.get("/admin/budgets").json()["data"]}
 
 
+def settled(gw: Served, name: str) -> bool:
+    return budgets(gw)[name]["reserved"] == "0.000000000"
+
+
 def nano(usd: str) -> int:
     return int(Decimal(usd) * 10**9)
 
@@ -92,7 +97,7 @@ def check(gw: Served, fault_upstream: FaultUpstream, tag: str) -> None:
             response = client.post(CHAT, json=body(stream))
         row = row_of(gw, response)
         name = f"{tag}-{team}"
-        wait_for(lambda name=name: budgets(gw)[name]["reserved"] == "0.000000000", "the reservation settled")
+        wait_for(partial(settled, gw, name), "the reservation settled")
         found = budgets(gw)[name]
         spent, limit = nano(found["spent"]), worst(stream) + ROOM
         assert spent <= limit, f"{name}: spent {spent} nano-USD past its limit of {limit} (row {row.cost_nanousd})"

@@ -36,6 +36,9 @@ _ASCII_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01
 _DIRECTION_MARKS = "\u200e\u200f"  # the package writes a right-to-left character between LRMs
 # folded before TR39 was: Greek letters whose TR39 prototype is not ASCII (ε → ꞓ, τ → ᴛ, κ → ĸ)
 _BEYOND_TR39 = {ord("ε"): "e", ord("τ"): "t", ord("κ"): "k"}
+# combining marks, dropped after NFKD: an accent or a dot above a Latin letter hides it from the rules (`ignöre`,
+# `i` + U+0307), and a lone mark is drawn on the letter before it. Spacing marks (Mc, Indic vowels) are kept
+_MARKS = frozenset(("Mn", "Me"))
 
 
 @functools.cache
@@ -77,15 +80,23 @@ class Normalized:
         return self.offsets[start], self.offsets[last] + 1
 
 
+def _strip_marks(text: str) -> str:
+    """NFKD, every combining mark (Mn, Me) dropped, NFC: `ö`, `í`, `i` + U+0307 read as `o`, `i`, `i`; what
+    NFKD splits without a mark (Hangul syllables) is put back together."""
+    kept = "".join(c for c in unicodedata.normalize("NFKD", text) if unicodedata.category(c) not in _MARKS)
+    return unicodedata.normalize("NFC", kept)
+
+
 def _fold(ch: str) -> str:
     if _INVISIBLE.match(ch) is not None or unicodedata.category(ch) == "Cf":
         return ""
-    return unicodedata.normalize("NFKC", ch).translate(homoglyphs()).lower()
+    folded = _strip_marks(unicodedata.normalize("NFKC", ch)).translate(homoglyphs()).lower()
+    return _strip_marks(folded)  # lowercasing `İ` adds a mark again
 
 
 def normalize(text: str, budget: ScanBudget | None = None) -> Normalized:
-    """NFKC per character, invisible characters dropped (tag characters too: margin.guard.injection reads them
-    apart), TR39 confusables folded to ASCII, lowercased. What the text
+    """NFKC per character, combining marks dropped after NFKD, invisible characters dropped (tag characters too:
+    margin.guard.injection reads them apart), TR39 confusables folded to ASCII, lowercased. What the text
     grows by is taken from `budget` first (`ScanLimitExceeded` past it); no budget: unbounded."""
     if text.isascii():
         return Normalized(text.lower())

@@ -37,9 +37,11 @@ def test_empty() -> None:
 
 
 def _unmarked(text: str) -> str:
-    """NFKD without its combining marks (Mn, Me), recomposed."""
+    """NFKD without its combining diacritical marks, recomposed."""
+    diacritics = ((0x300, 0x36F), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0, 0x20FF), (0xFE20, 0xFE2F))
     decomposed = unicodedata.normalize("NFKD", text)
-    return unicodedata.normalize("NFC", "".join(c for c in decomposed if unicodedata.category(c) not in ("Mn", "Me")))
+    kept = (c for c in decomposed if not any(lo <= ord(c) <= hi for lo, hi in diacritics))
+    return unicodedata.normalize("NFC", "".join(kept))
 
 
 def _per_character(text: str) -> tuple[str, list[int]]:

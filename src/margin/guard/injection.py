@@ -18,6 +18,7 @@ import binascii
 import codecs
 import functools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from types import MappingProxyType
@@ -129,23 +130,46 @@ _ENGLISH: tuple[tuple[str, float, str], ...] = (
         r"comply|carry\s+out|act\s+on|do\s+what)",
     ),
 )
-_Rule = tuple[str, float, re.Pattern[str], tuple[str, ...]]
-"""(name, score, pattern over normalized text, literal words one of which must occur first; none: always run)."""
+_Rule = tuple[str, float, re.Pattern[str], tuple[str, ...], tuple[tuple[str, str], ...]]
+"""(name, score, pattern over normalized text, literal strings one of which must occur first, the words every
+match starts with: each as this reading spells it and as the skeleton does). A rule with words runs only when
+the text has one of them as a word, and is tried only where one starts (`_anchored`)."""
+_WORD_RE = re.compile(r"\w+")
+_WORD_CHAR_RE = re.compile(r"\w")
+_SIGNS = "@$|"
+"""Signs that the look-alike skeleton reads as letters (`margin.guard.lookalike`)."""
 
 
 @functools.cache
-def compiled_rules() -> tuple[tuple[_Rule, ...], tuple[_Rule, ...]]:
-    """The rules over the normalized text (English, then `injection_i18n`'s other languages), and the same rules
-    over its look-alike skeleton (`margin.guard.lookalike`: `prornpt`, `1gn0re`, `lgnore`). Built once, with the
-    first detector (folding the other languages' patterns needs the look-alike table), not on import."""
-    rules = tuple(
-        (name, score, re.compile(pattern, re.MULTILINE), _TRIGGERS[name]) for name, score, pattern in _ENGLISH
-    ) + tuple((name, score, re.compile(pattern, re.MULTILINE), ()) for name, score, pattern in i18n_rules())
-    skeletons = tuple(
-        (name, score, re.compile(skeleton_pattern(rx.pattern), re.MULTILINE), tuple(map(skeleton_literal, words)))
-        for name, score, rx, words in rules
+def compiled_rules() -> tuple[tuple[_Rule, ...], tuple[_Rule, ...], tuple[_Rule, ...]]:
+    """The rules over the normalized text (English, then `injection_i18n`'s other languages), the same rules over
+    its look-alike skeleton (`margin.guard.lookalike`: `prornpt`, `1gn0re`, `lgnore`), and the English ones alone
+    (for the rot13 reading: other languages are not looked for in rot13). Built once, with the first detector
+    (folding the other languages' patterns needs the look-alike table), not on import."""
+    english: tuple[_Rule, ...] = tuple(
+        (name, score, re.compile(pattern, re.MULTILINE), _TRIGGERS[name], ()) for name, score, pattern in _ENGLISH
     )
-    return rules, skeletons
+    rules = english + tuple(
+        (
+            r.name,
+            r.score,
+            re.compile(r.pattern, re.MULTILINE),
+            r.substrings,
+            tuple((w, skeleton_literal(w)) for w in r.first),
+        )
+        for r in i18n_rules()
+    )
+    skeletons = tuple(
+        (
+            name,
+            score,
+            re.compile(skeleton_pattern(rx.pattern), re.MULTILINE),
+            tuple(map(skeleton_literal, substrings)),
+            tuple((folded, folded) for _, folded in firsts),
+        )
+        for name, score, rx, substrings, firsts in rules
+    )
+    return rules, skeletons, english
 
 
 _BASE64_RE = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
@@ -192,18 +216,55 @@ def combined_score(findings: list[Finding] | tuple[Finding, ...]) -> float:
     return round(1.0 - miss, 4)
 
 
+_PLAIN, _SKELETON, _ENGLISH_ONLY = 0, 1, 2
+"""Which of `compiled_rules()` a reading uses."""
+
+
 def _rule_hits(
-    normalized: str, skeleton_rules: bool = False, skip: frozenset[str] = frozenset()
+    normalized: str,
+    reading: int = _PLAIN,
+    skip: frozenset[str] = frozenset(),
+    skeleton_words: frozenset[str] | None = None,
 ) -> list[tuple[str, float, int, int]]:
     """The first `MAX_HITS_PER_RULE` hits of each rule pattern (rules named in `skip` not read): a pattern's score
     is fixed, so more hits of it change neither the text's score nor its rules, only the work (a text of 140,000
-    `[INST]` built as many findings)."""
+    `[INST]` built as many findings). `skeleton_words`: the words of the text's skeleton, found already, to look
+    the rules' first words up in (by their skeleton spelling); by default the text's own, found on first need."""
     hits: list[tuple[str, float, int, int]] = []
-    for name, score, rx, words in compiled_rules()[skeleton_rules]:
-        if name not in skip and (not words or any(word in normalized for word in words)):
+    own: frozenset[str] | None = None
+    for name, score, rx, substrings, firsts in compiled_rules()[reading]:
+        if name in skip:
+            continue
+        if firsts:
+            if skeleton_words is not None:
+                starts = [word for word, folded in firsts if folded in skeleton_words]
+            else:
+                own = frozenset(_WORD_RE.findall(normalized)) if own is None else own
+                starts = [word for word, _ in firsts if word in own]
+            if not starts:
+                continue
+            found = islice(_anchored(normalized, rx, starts), MAX_HITS_PER_RULE)
+        elif any(literal in normalized for literal in substrings):
             found = islice(rx.finditer(normalized), MAX_HITS_PER_RULE)
-            hits.extend((name, score, m.start(), m.end()) for m in found)
+        else:
+            continue
+        hits.extend((name, score, m.start(), m.end()) for m in found)
     return hits
+
+
+def _anchored(text: str, rx: re.Pattern[str], starts: list[str]) -> Iterator[re.Match[str]]:
+    """Matches of `rx` tried only where a word starts with one of `starts` (every match starts so; a word that
+    another one begins is not searched again): one `str.find` pass per word, and a match attempt at each word
+    start found, instead of an attempt at every character (the other languages' long alternations cost 100-170 µs
+    per KB that way)."""
+    for word in starts:
+        if any(other != word and word.startswith(other) for other in starts):
+            continue
+        at = text.find(word)
+        while at >= 0:
+            if (at == 0 or not _WORD_CHAR_RE.match(text, at - 1)) and (m := rx.match(text, at)) is not None:
+                yield m
+            at = text.find(word, at + 1)
 
 
 def _blob_candidates(text: str) -> list[tuple[str, re.Pattern[str], int, int]]:
@@ -261,10 +322,15 @@ class InjectionDetector:
         request's; by default a fresh one): `ScanLimitExceeded` past it."""
         budget = budget or ScanBudget(ScanLimits())
         norm = normalize(text, budget)
-        findings = [Finding(name, score, *norm.original_span(s, e)) for name, score, s, e in _rule_hits(norm.text)]
-        look = skeleton(norm)  # only for the rules the text itself did not trip: one finding per rule, not two
-        found = frozenset(f.rule for f in findings)
-        for name, score, s, e in _rule_hits(look.text, True, found):
+        look = skeleton(norm)
+        words = frozenset(_WORD_RE.findall(look.text))
+        # the skeleton's words are the text's words folded, unless a sign it folds to a letter joined two: then the
+        # text's own words are found apart (one word set per text, not two)
+        shared = None if any(sign in norm.text for sign in _SIGNS) else words
+        plain = _rule_hits(norm.text, _PLAIN, skeleton_words=shared)
+        findings = [Finding(name, score, *norm.original_span(s, e)) for name, score, s, e in plain]
+        # the skeleton only for the rules the text itself did not trip: one finding per rule, not two
+        for name, score, s, e in _rule_hits(look.text, _SKELETON, frozenset(h[0] for h in plain), words):
             findings.append(Finding(name, score, *look.original_span(s, e)))
         for kind, start, end, decoded in _decoded_blobs(text):
             inner = [score for _, score, _, _ in _rule_hits(normalize(decoded, budget).text)]
@@ -272,7 +338,7 @@ class InjectionDetector:
                 findings.append(Finding(f"encoded_{kind}", max(inner), start, end))
         if _LETTERS_RE.search(norm.text):
             rotated = codecs.encode(norm.text, "rot13")
-            for _, score, s, e in _rule_hits(rotated):
+            for _, score, s, e in _rule_hits(rotated, _ENGLISH_ONLY):
                 if score >= _PAYLOAD_MIN_SCORE:
                     findings.append(Finding("encoded_rot13", score, *norm.original_span(s, e)))
         return sorted(findings, key=lambda f: (f.start, f.rule))

@@ -22,6 +22,8 @@ imperative of both persons, plural and singular nouns), not copied from one list
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from margin.guard.normalize import normalize
 
 _GAP = r"(?:\s+[\w'-]+){0,3}?"
@@ -83,49 +85,54 @@ _LATIN: tuple[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...], tupl
 )  # fmt: skip
 """(language, verbs, qualifiers before the noun, nouns, qualifiers after it) of the override rule."""
 
-_EXFIL_LATIN = (
+_EXFIL_LATIN: tuple[tuple[str, tuple[str, ...], str], ...] = (
     (
         "es",
-        r"\b(?:muestra(?:me)?|revela(?:me)?|imprime|repite|dime|escribe|enséñame|comparte|divulga)\b{gap}\s+"
-        r"(?:tu|tus|el|su|sus)\s+(?:prompt|mensaje|instrucciones)\s+(?:del?\s+sistema|inicial(?:es)?|"
+        ("muestra", "muestrame", "revela", "revelame", "imprime", "repite", "dime", "escribe", "enséñame",
+         "comparte", "divulga"),
+        r"{gap}\s+(?:tu|tus|el|su|sus)\s+(?:prompt|mensaje|instrucciones)\s+(?:del?\s+sistema|inicial(?:es)?|"
         r"original(?:es)?|ocult[oa]s?|secret[oa]s?)\b",
     ),
     (
         "fr",
-        r"\b(?:montre|montrez|révèle|révélez|affiche|affichez|imprime|répète|répétez|donne|donnez|dis|"
-        r"écris|divulgue)\b(?:-moi)?{gap}\s+(?:ton|votre|tes|vos)\s+(?:prompt\s+(?:système|du\s+système|"
-        r"initial)|message\s+(?:système|du\s+système)|instructions\s+(?:initiales|originales|cachées|secrètes)|"
+        ("montre", "montrez", "révèle", "révélez", "affiche", "affichez", "imprime", "répète", "répétez", "donne",
+         "donnez", "dis", "écris", "divulgue"),
+        r"(?:-moi)?{gap}\s+(?:ton|votre|tes|vos)\s+(?:prompt\s+(?:système|du\s+système|initial)|"
+        r"message\s+(?:système|du\s+système)|instructions\s+(?:initiales|originales|cachées|secrètes)|"
         r"system\s+prompt)\b",
     ),
     (
         "de",
-        r"\b(?:zeig|zeige|gib|nenne|verrate|wiederhole|schreib|schreibe|drucke|gib\s+aus)\b{gap}\s+"
-        r"(?:deinen|deine|ihren|ihre|dein|ihr)\s+(?:system-?prompt|systemnachricht|systemanweisungen|"
+        ("zeig", "zeige", "gib", "nenne", "verrate", "wiederhole", "schreib", "schreibe", "drucke"),
+        r"{gap}\s+(?:deinen|deine|ihren|ihre|dein|ihr)\s+(?:system-?prompt|systemnachricht|systemanweisungen|"
         r"(?:ursprünglichen|anfänglichen|versteckten|geheimen|ersten)\s+(?:anweisungen|instruktionen|prompt))\b",
     ),
     (
         "pt",
-        r"\b(?:mostre|mostra|revele|revela|imprima|repita|diga|escreva|compartilhe|divulgue)\b(?:-me)?{gap}\s+"
-        r"(?:o\s+)?(?:seu|teu|suas|tuas)\s+(?:prompt|mensagem|instruções)\s+(?:do\s+sistema|de\s+sistema|"
-        r"iniciais|inicial|originais|original|ocultas|secretas)\b",
+        ("mostre", "mostra", "revele", "revela", "imprima", "repita", "diga", "escreva", "compartilhe", "divulgue"),
+        r"(?:-me)?{gap}\s+(?:o\s+)?(?:seu|teu|suas|tuas)\s+(?:prompt|mensagem|instruções)\s+(?:do\s+sistema|"
+        r"de\s+sistema|iniciais|inicial|originais|original|ocultas|secretas)\b",
     ),
     (
         "it",
-        r"\b(?:mostra(?:mi)?|rivela(?:mi)?|stampa|ripeti|dimmi|scrivi|condividi)\b{gap}\s+(?:il\s+)?"
-        r"(?:tuo|tue|suo|sue|le\s+tue)\s+(?:prompt|messaggio|istruzioni)\s+(?:di\s+sistema|del\s+sistema|"
-        r"iniziali|originali|nascoste|segrete)\b",
+        ("mostra", "mostrami", "rivela", "rivelami", "stampa", "ripeti", "dimmi", "scrivi", "condividi"),
+        r"{gap}\s+(?:il\s+)?(?:tuo|tue|suo|sue|le\s+tue)\s+(?:prompt|messaggio|istruzioni)\s+(?:di\s+sistema|"
+        r"del\s+sistema|iniziali|originali|nascoste|segrete)\b",
     ),
     (
         "ru",
-        r"\b(?:покажи|покажите|выведи|выведите|раскрой|раскройте|напиши|повтори|повторите|скажи|назови)\b"
-        r"{gap}\s+(?:(?:свой|твой|ваш|свои|твои|ваши)\s+)?(?:системн\w*\s+(?:промпт\w*|сообщени\w*|инструкци\w*)|"
-        r"(?:исходн|начальн|скрыт|секретн)\w*\s+(?:инструкци|промпт)\w*)",
+        ("покажи", "покажите", "выведи", "выведите", "раскрой", "раскройте", "напиши", "повтори", "повторите",
+         "скажи", "назови"),
+        r"{gap}\s+(?:(?:свой|твой|ваш|свои|твои|ваши)\s+)?(?:системн\w*\s+(?:промпт\w*|сообщени\w*|"
+        r"инструкци\w*)|(?:исходн|начальн|скрыт|секретн)\w*\s+(?:инструкци|промпт)\w*)",
     ),
-)
-_CJK = (
+)  # fmt: skip
+"""(language, verbs, what follows them) of the exfiltration rule."""
+_CJK: tuple[tuple[str, float, tuple[str, ...], str], ...] = (
     (
         "instruction_override",
         0.9,
+        ("忽", "无视", "無視", "不要理", "忘", "抛开", "拋開", "跳过", "跳過", "别管", "別管", "遵守"),
         r"(?:忽略|忽视|忽視|无视|無視|不要理会|不要理會|忘记|忘記|忘掉|抛开|拋開|跳过|跳過|别管|別管|不要遵守|不再遵守)"
         r"{gap}(?:之前|以前|先前|上面|上述|前面|此前|原来|原來|原有|所有|全部|一切|你的|您的|系统|系統)"
         r"{gap}(?:指令|指示|说明|說明|规则|規則|提示词|提示詞|命令|设定|設定|限制)",
@@ -133,18 +140,21 @@ _CJK = (
     (
         "instruction_override",
         0.9,
+        ("無視", "忘れ", "従わな", "破棄"),
         r"(?:以前|前|これまで|今まで|上記|先ほど|最初|すべて|全て|あなたの|システム)の?{gap}"
         r"(?:指示|命令|指令|ルール|規則|プロンプト|制約|設定)(?:は|を)?{gap}(?:無視|忘れ|従わな|破棄)",
     ),
     (
         "prompt_exfiltration",
         0.85,
+        ("提示", "指令", "消息", "信息"),
         r"(?:显示|顯示|输出|輸出|打印|泄露|洩露|透露|重复|重複|告诉我|告訴我|给我看|給我看|展示|复述|複述|说出|說出)"
         r"{gap}(?:你的|您的|初始|原始|隐藏|隱藏)的?(?:系统|系統)?(?:提示词|提示詞|提示|指令|消息|信息)",
     ),
     (
         "prompt_exfiltration",
         0.85,
+        ("プロンプト", "指示", "命令"),
         r"(?:あなたの|君の|最初の|初期の|元の|隠された|秘密の)(?:システム)?(?:プロンプト|指示|命令)(?:を|は)?"
         r"{gap}(?:教えて|見せて|表示して|出力して|繰り返して|開示して|書き出して)",
     ),
@@ -179,17 +189,43 @@ _GERMAN = (
 """German override: (verbs, qualifiers, nouns)."""
 
 
-def _german_override() -> str:
-    """German puts the verb first (imperative) or last (infinitive: "alle vorherigen Anweisungen ignorieren")."""
+def _german_override() -> tuple[str, str]:
+    """German puts the verb first (imperative) or last (infinitive: "alle vorherigen Anweisungen ignorieren"): two
+    patterns, the first starting at the verb, the second at the qualifier."""
     verb, quals, noun = map(_alt, _GERMAN)
-    return rf"\b{verb}\b{_GAP}\s+{quals}\b{_GAP}\s+{noun}\b|\b{quals}\s+(?:[\w'-]+\s+){{0,2}}?{noun}\s+{verb}\b"
+    return rf"\b{verb}\b{_GAP}\s+{quals}\b{_GAP}\s+{noun}\b", rf"\b{quals}\s+(?:[\w'-]+\s+){{0,2}}?{noun}\s+{verb}\b"
 
 
-def i18n_rules() -> tuple[tuple[str, float, str], ...]:
-    """(rule, score, pattern over normalized text) for every language: override rules score as the English one
-    (0.9), exfiltration ones 0.85."""
-    rules = [("instruction_override", 0.9, _override(v, b, n, a)) for _, v, b, n, a in _LATIN]
-    rules.append(("instruction_override", 0.9, _german_override()))
-    rules += [("prompt_exfiltration", 0.85, pattern.replace("{gap}", _GAP)) for _, pattern in _EXFIL_LATIN]
-    rules += [(name, score, pattern.replace("{gap}", _CJK_GAP)) for name, score, pattern in _CJK]
-    return tuple((name, score, _folded(pattern)) for name, score, pattern in rules)
+class I18nRule(NamedTuple):
+    """A rule over the normalized text. Latin and Cyrillic: every match starts with one of `first` (the first word
+    of a verb, or of a qualifier), so the rule runs only when the text has one of them as a word, and is tried
+    only where one starts. Chinese and Japanese (no spaces between words): run over the whole text when it holds
+    one of `substrings`."""
+
+    name: str
+    score: float
+    pattern: str
+    first: tuple[str, ...] = ()
+    substrings: tuple[str, ...] = ()
+
+
+def _anchored(name: str, score: float, pattern: str, starts: tuple[str, ...]) -> I18nRule:
+    first = tuple(sorted({_folded(start.split()[0]) for start in starts}))
+    return I18nRule(name, score, _folded(pattern), first)
+
+
+def i18n_rules() -> tuple[I18nRule, ...]:
+    """Every language's rules: override rules score as the English one (0.9), exfiltration ones 0.85."""
+    rules = [_anchored("instruction_override", 0.9, _override(v, b, n, a), v) for _, v, b, n, a in _LATIN]
+    verb_first, verb_last = _german_override()
+    rules.append(_anchored("instruction_override", 0.9, verb_first, _GERMAN[0]))
+    rules.append(_anchored("instruction_override", 0.9, verb_last, _GERMAN[1]))
+    rules += [
+        _anchored("prompt_exfiltration", 0.85, rf"\b{_alt(verbs)}\b" + rest.replace("{gap}", _GAP), verbs)
+        for _, verbs, rest in _EXFIL_LATIN
+    ]
+    rules += [
+        I18nRule(name, score, _folded(pattern.replace("{gap}", _CJK_GAP)), substrings=tuple(map(_folded, gate)))
+        for name, score, gate, pattern in _CJK
+    ]
+    return tuple(rules)

@@ -11,17 +11,16 @@ letters (`skeleton_pattern`): `prornpt`, `systern`, `1gn0re` and `lgnore` read a
 looks like. The detector reads the skeleton only for rules that found nothing in the text itself, so it
 never adds a second finding for the same rule.
 
-Linear: one `str.replace` per pair, one `str.translate`, and the offset map (an array of ints, composed with
-the normalized text's) built only when some pair was replaced, at C speed.
+Linear: one `str.replace` per pair, one `str.translate`, one `str.find` step per folded pair; a span is mapped
+back by bisection over the folded pairs' places, then through the normalized text's offsets.
 """
 
 from __future__ import annotations
 
 import re
 from array import array
+from bisect import bisect_left
 from dataclasses import dataclass
-from itertools import compress, repeat
-from operator import add, eq, ne
 
 from margin.guard.normalize import Normalized
 
@@ -56,28 +55,42 @@ def skeleton_pattern(pattern: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Skeleton:
-    """The skeleton of a normalized text: for each of its characters the first (`starts`) and last (`lasts`) index
-    in the normalized text it was read from (None: the same text, no pair was folded)."""
+    """The skeleton of a normalized text, and where in it each folded pair's letter stands (`pairs`, increasing):
+    a character at skeleton index `j` comes from normalized index `j + (pairs before j)`, and a pair's letter from
+    that index and the next."""
 
     text: str
     norm: Normalized
-    starts: array[int] | None = None
-    lasts: array[int] | None = None
+    pairs: array[int] | None = None
+
+    def _normalized(self, index: int) -> tuple[int, int]:
+        """(first, last) index in the normalized text of skeleton character `index`."""
+        if self.pairs is None:
+            return index, index
+        before = bisect_left(self.pairs, index)
+        first = index + before
+        is_pair = before < len(self.pairs) and self.pairs[before] == index
+        return first, first + is_pair
 
     def original_span(self, start: int, end: int) -> tuple[int, int]:
         """Map a [start, end) range of the skeleton onto the original text (a folded pair: both its characters)."""
-        if self.starts is None or self.lasts is None or not self.text:
+        if not self.text:
             return self.norm.original_span(start, end)
-        return self.norm.original_span(self.starts[start], self.lasts[max(start, end - 1)] + 1)
+        first, _ = self._normalized(start)
+        _, last = self._normalized(max(start, end - 1))
+        return self.norm.original_span(first, last + 1)
 
 
 def skeleton(norm: Normalized) -> Skeleton:
     """The normalized text with `rn`/`vv` read as one letter and digits, signs and `i` folded (`_SINGLES`); its
-    spans still map onto the original text."""
+    spans still map onto the original text. Each folded pair is found by `str.find` once (a loop step per pair,
+    not per character)."""
     marked = _fold_pairs(norm.text)
-    if _GONE not in marked:
+    at = marked.find(_GONE)
+    if at < 0:
         return Skeleton(norm.text.translate(_SINGLES), norm)
-    starts = array("I", compress(range(len(marked)), map(ne, marked, repeat(_GONE))))
-    paired = compress(map(eq, marked[1:] + " ", repeat(_GONE)), map(ne, marked, repeat(_GONE)))
-    lasts = array("I", map(add, starts, paired))
-    return Skeleton(marked.replace(_GONE, "").translate(_SINGLES), norm, starts, lasts)
+    pairs = array("I")
+    while at >= 0:
+        pairs.append(at - 1 - len(pairs))  # the pair's letter, in the skeleton (the marks before it gone)
+        at = marked.find(_GONE, at + 1)
+    return Skeleton(marked.replace(_GONE, "").translate(_SINGLES), norm, pairs)

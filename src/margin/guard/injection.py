@@ -2,10 +2,12 @@
 
 These are regular-expression heuristics, not a classifier: they catch the common, literal attack phrasings
 (instruction override, persona jailbreaks, system-prompt exfiltration, fake role turns and chat-template
-tokens) and the same phrasings hidden in base64, hex, rot13, Unicode tag characters, zero-width characters or
-look-alike letters.
-Paraphrases outside the vocabulary, other languages, and multi-turn attacks are missed; benign text that
-quotes an attack verbatim (a security tutorial) is flagged. Use the score as one signal, not as proof.
+tokens) and the same phrasings hidden in base64, hex, rot13, Unicode tag characters, zero-width characters,
+accents and combining marks, look-alike letters of other scripts, and ASCII look-alikes (`rn`, `vv`, digits:
+`margin.guard.lookalike`); instruction override and exfiltration also in es, fr, de, pt, it, ru, zh, ja
+(`margin.guard.injection_i18n`). Paraphrases outside the vocabulary, other languages and rules, and multi-turn
+attacks are missed; benign text that quotes an attack verbatim (a security tutorial) is flagged. Use the score as
+one signal, not as proof.
 
 Each rule has a fixed score; a text's score combines its findings as a noisy-or, 1 - prod(1 - s), and the
 text is flagged when that reaches the threshold (0.5 by default).

@@ -2,10 +2,12 @@
 
 These are regular-expression heuristics, not a classifier: they catch the common, literal attack phrasings
 (instruction override, persona jailbreaks, system-prompt exfiltration, fake role turns and chat-template
-tokens) and the same phrasings hidden in base64, hex, rot13, Unicode tag characters, zero-width characters or
-look-alike letters.
-Paraphrases outside the vocabulary, other languages, and multi-turn attacks are missed; benign text that
-quotes an attack verbatim (a security tutorial) is flagged. Use the score as one signal, not as proof.
+tokens) and the same phrasings hidden in base64, hex, rot13, Unicode tag characters, zero-width characters,
+accents and combining marks, look-alike letters of other scripts, and ASCII look-alikes (`rn`, `vv`, digits:
+`margin.guard.lookalike`); instruction override and exfiltration also in es, fr, de, pt, it, ru, zh, ja
+(`margin.guard.injection_i18n`). Paraphrases outside the vocabulary, other languages and rules, and multi-turn
+attacks are missed; benign text that quotes an attack verbatim (a security tutorial) is flagged. Use the score as
+one signal, not as proof.
 
 Each rule has a fixed score; a text's score combines its findings as a noisy-or, 1 - prod(1 - s), and the
 text is flagged when that reaches the threshold (0.5 by default).
@@ -16,14 +18,18 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import functools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from types import MappingProxyType
 
 import regex
 
+from margin.guard.injection_i18n import i18n_rules
 from margin.guard.limits import ScanBudget, ScanLimits
+from margin.guard.lookalike import skeleton, skeleton_literal, skeleton_pattern
 from margin.guard.normalize import homoglyphs, normalize
 from margin.guard.text import long_chunks
 
@@ -52,83 +58,122 @@ _TRIGGERS: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
 )  # fmt: skip
 """Literal words one of which must occur (in the normalized text) before a rule's regex is run at all."""
 
-_RULES: tuple[tuple[str, float, re.Pattern[str]], ...] = tuple(
-    (name, score, re.compile(pattern, re.MULTILINE))
-    for name, score, pattern in (
-        (
-            "instruction_override",
-            0.9,
-            rf"\b(?:ignore|disregard|forget|skip|override|bypass|abandon|neglect|discard|drop|set\s+aside|"
-            rf"stop\s+(?:following|obeying)|pay\s+no\s+attention\s+to|do\s+not\s+follow)\b{_FILL}\s+"
-            rf"(?:previous|prior|above|earlier|preceding|former|original|initial|system|all|any|your|these|those)"
-            rf"\b(?:\s+[\w'-]+){{0,3}}?\s+{_OBJECTS}\b",
-        ),
-        (
-            "forget_everything",
-            0.8,
-            r"\b(?:forget|ignore|disregard|set\s+aside|never\s+mind)\s+(?:everything|all\s+(?:of\s+)?that|what)\s+"
-            r"(?:you(?:'ve|\s+have|\s+were)?\s+(?:been\s+)?(?:told|taught|instructed|given)|above|before|previously|"
-            r"so\s+far|the\s+(?:developer|system|admin|operator)\s+(?:said|told|wrote|instructed))",
-        ),
-        (
-            "new_instructions",
-            0.45,
-            r"(?:^|[.!:]\s)\W{0,8}(?:new|updated|revised|real|actual|true|override|admin|important)\s+"
-            r"(?:system\s+)?(?:instructions?|prompt|rules|directives?|orders)\s*:",
-        ),
-        ("from_now_on", 0.35, r"\bfrom\s+now\s+on,?\s+(?:you|your)\s+(?:will|must|are|shall|should|only|respond)"),
-        (
-            "persona_jailbreak",
-            0.9,
-            r"\byou\s+are\s+(?:now\s+)?(?:dan\b|(?:an?\s+)?(?:[\w-]+\s+)?(?:jailbroken|unfiltered|unrestricted|"
-            r"uncensored|unchained)\b|in\s+(?:developer|god|jailbreak|dan)\s+mode\b)|\b(?:do\s+anything\s+now|(?:developer|dan|jailbreak|god)\s+"
-            r"mode\s+(?:is\s+)?(?:enabled|on|activated|unlocked))\b",
-        ),
-        (
-            "no_restrictions",
-            0.8,
-            r"\b(?:pretend|act|behave|imagine|roleplay)\b(?:\s+[\w'-]+){0,6}?\s+(?:you\s+(?:have|had|are)\s+)?"
-            r"(?:no|without(?:\s+any)?|free\s+(?:of|from))\s+(?:restrictions|rules|filters|limits|limitations|"
-            r"guidelines|content\s+polic(?:y|ies)|safety|censorship|ethical)",
-        ),
-        (
-            "prompt_exfiltration",
-            0.85,
-            r"\b(?:repeat|reveal|print|output|leak|dump|disclose|recite|spell\s+out|echo|regurgitate)\b"
-            r"(?:\s+[\w'-]+){0,4}?\s+(?:your|the|its|all)\s+(?:\w+\s+)?(?:system\s+(?:prompt|message)|"
-            r"(?:initial|original|hidden|secret|first|developer)\s+(?:instructions|prompt|message)|pre-?prompt|"
-            r"instructions\s+(?:above|you\s+were\s+given)|(?:text|words|lines)\s+above)|"
-            r"\b(?:repeat|reveal|print|output|dump|recite|echo)\s+everything\s+(?:above|before\s+this)",
-        ),
-        (
-            "prompt_exfiltration",
-            0.75,
-            r"\b(?:show|tell|give|share|display|write|list|copy|paste|translate|summari[sz]e)\b(?:\s+[\w'-]+){0,3}?\s+"
-            r"your\s+(?:\w+\s+)?(?:system\s+(?:prompt|message)|(?:initial|original|hidden|secret)\s+instructions|"
-            r"instructions(?!\s+(?:for|on|to|about|how))|pre-?prompt)|\bwhat\s+(?:is|are|was|were)\s+your\s+(?:system\s+prompt|"
-            r"(?:initial|original|hidden)\s+instructions)\b",
-        ),
-        (
-            "chat_template_token",
-            0.9,
-            r"<\|(?:im_start|im_end|system|user|assistant|endoftext|begin_of_text|start_header_id|end_header_id|"
-            r"eot_id)\|>|\[/?inst\]|<</?sys>>",
-        ),
-        (
-            "fake_role_turn",
-            0.75,
-            r"^\W{0,4}(?:system|developer|admin)\s*:\s*(?:you\s|from\s+now|new\s|ignore|always|never|the\s+user|"
-            r"override|important|disregard)",
-        ),
-        ("role_label", 0.35, r"^\W{0,4}(?:system|assistant|developer)\s*:"),
-        (
-            "decode_and_follow",
-            0.55,
-            r"\b(?:decode|base64|rot-?13|hex)\b(?:\s+[\w'-]+){0,6}?\s+(?:and\s+|then\s+)?(?:follow|execute|obey|"
-            r"comply|carry\s+out|act\s+on|do\s+what)",
-        ),
-    )
+_ENGLISH: tuple[tuple[str, float, str], ...] = (
+    (
+        "instruction_override",
+        0.9,
+        rf"\b(?:ignore|disregard|forget|skip|override|bypass|abandon|neglect|discard|drop|set\s+aside|"
+        rf"stop\s+(?:following|obeying)|pay\s+no\s+attention\s+to|do\s+not\s+follow)\b{_FILL}\s+"
+        rf"(?:previous|prior|above|earlier|preceding|former|original|initial|system|all|any|your|these|those)"
+        rf"\b(?:\s+[\w'-]+){{0,3}}?\s+{_OBJECTS}\b",
+    ),
+    (
+        "forget_everything",
+        0.8,
+        r"\b(?:forget|ignore|disregard|set\s+aside|never\s+mind)\s+(?:everything|all\s+(?:of\s+)?that|what)\s+"
+        r"(?:you(?:'ve|\s+have|\s+were)?\s+(?:been\s+)?(?:told|taught|instructed|given)|above|before|previously|"
+        r"so\s+far|the\s+(?:developer|system|admin|operator)\s+(?:said|told|wrote|instructed))",
+    ),
+    (
+        "new_instructions",
+        0.45,
+        r"(?:^|[.!:]\s)\W{0,8}(?:new|updated|revised|real|actual|true|override|admin|important)\s+"
+        r"(?:system\s+)?(?:instructions?|prompt|rules|directives?|orders)\s*:",
+    ),
+    ("from_now_on", 0.35, r"\bfrom\s+now\s+on,?\s+(?:you|your)\s+(?:will|must|are|shall|should|only|respond)"),
+    (
+        "persona_jailbreak",
+        0.9,
+        r"\byou\s+are\s+(?:now\s+)?(?:dan\b|(?:an?\s+)?(?:[\w-]+\s+)?(?:jailbroken|unfiltered|unrestricted|"
+        r"uncensored|unchained)\b|in\s+(?:developer|god|jailbreak|dan)\s+mode\b)|\b(?:do\s+anything\s+now|(?:developer|dan|jailbreak|god)\s+"
+        r"mode\s+(?:is\s+)?(?:enabled|on|activated|unlocked))\b",
+    ),
+    (
+        "no_restrictions",
+        0.8,
+        r"\b(?:pretend|act|behave|imagine|roleplay)\b(?:\s+[\w'-]+){0,6}?\s+(?:you\s+(?:have|had|are)\s+)?"
+        r"(?:no|without(?:\s+any)?|free\s+(?:of|from))\s+(?:restrictions|rules|filters|limits|limitations|"
+        r"guidelines|content\s+polic(?:y|ies)|safety|censorship|ethical)",
+    ),
+    (
+        "prompt_exfiltration",
+        0.85,
+        r"\b(?:repeat|reveal|print|output|leak|dump|disclose|recite|spell\s+out|echo|regurgitate)\b"
+        r"(?:\s+[\w'-]+){0,4}?\s+(?:your|the|its|all)\s+(?:\w+\s+)?(?:system\s+(?:prompt|message)|"
+        r"(?:initial|original|hidden|secret|first|developer)\s+(?:instructions|prompt|message)|pre-?prompt|"
+        r"instructions\s+(?:above|you\s+were\s+given)|(?:text|words|lines)\s+above)|"
+        r"\b(?:repeat|reveal|print|output|dump|recite|echo)\s+everything\s+(?:above|before\s+this)",
+    ),
+    (
+        "prompt_exfiltration",
+        0.75,
+        r"\b(?:show|tell|give|share|display|write|list|copy|paste|translate|summari[sz]e)\b(?:\s+[\w'-]+){0,3}?\s+"
+        r"your\s+(?:\w+\s+)?(?:system\s+(?:prompt|message)|(?:initial|original|hidden|secret)\s+instructions|"
+        r"instructions(?!\s+(?:for|on|to|about|how))|pre-?prompt)|\bwhat\s+(?:is|are|was|were)\s+your\s+(?:system\s+prompt|"
+        r"(?:initial|original|hidden)\s+instructions)\b",
+    ),
+    (
+        "chat_template_token",
+        0.9,
+        r"<\|(?:im_start|im_end|system|user|assistant|endoftext|begin_of_text|start_header_id|end_header_id|"
+        r"eot_id)\|>|\[/?inst\]|<</?sys>>",
+    ),
+    (
+        "fake_role_turn",
+        0.75,
+        r"^\W{0,4}(?:system|developer|admin)\s*:\s*(?:you\s|from\s+now|new\s|ignore|always|never|the\s+user|"
+        r"override|important|disregard)",
+    ),
+    ("role_label", 0.35, r"^\W{0,4}(?:system|assistant|developer)\s*:"),
+    (
+        "decode_and_follow",
+        0.55,
+        r"\b(?:decode|base64|rot-?13|hex)\b(?:\s+[\w'-]+){0,6}?\s+(?:and\s+|then\s+)?(?:follow|execute|obey|"
+        r"comply|carry\s+out|act\s+on|do\s+what)",
+    ),
 )
+_Rule = tuple[str, float, re.Pattern[str], tuple[str, ...], tuple[tuple[str, str], ...]]
+"""(name, score, pattern over normalized text, literal strings one of which must occur first, the words every
+match starts with: each as this reading spells it and as the skeleton does). A rule with words runs only when
+the text has one of them as a word, and is tried only where one starts (`_anchored`)."""
+_WORD_RE = re.compile(r"\w+")
+_WORD_CHAR_RE = re.compile(r"\w")
+_SIGNS = "@$|"
+"""Signs that the look-alike skeleton reads as letters (`margin.guard.lookalike`)."""
+
+
+@functools.cache
+def compiled_rules() -> tuple[tuple[_Rule, ...], tuple[_Rule, ...], tuple[_Rule, ...]]:
+    """The rules over the normalized text (English, then `injection_i18n`'s other languages), the same rules over
+    its look-alike skeleton (`margin.guard.lookalike`: `prornpt`, `1gn0re`, `lgnore`), and the English ones alone
+    (for the rot13 reading: other languages are not looked for in rot13). Built once, with the first detector
+    (folding the other languages' patterns needs the look-alike table), not on import."""
+    english: tuple[_Rule, ...] = tuple(
+        (name, score, re.compile(pattern, re.MULTILINE), _TRIGGERS[name], ()) for name, score, pattern in _ENGLISH
+    )
+    rules = english + tuple(
+        (
+            r.name,
+            r.score,
+            re.compile(r.pattern, re.MULTILINE),
+            r.substrings,
+            tuple((w, skeleton_literal(w)) for w in r.first),
+        )
+        for r in i18n_rules()
+    )
+    skeletons = tuple(
+        (
+            name,
+            score,
+            re.compile(skeleton_pattern(rx.pattern), re.MULTILINE),
+            tuple(map(skeleton_literal, substrings)),
+            tuple((folded, folded) for _, folded in firsts),
+        )
+        for name, score, rx, substrings, firsts in rules
+    )
+    return rules, skeletons, english
+
+
 _BASE64_RE = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
 _HEX_RE = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}:?){12,}(?![0-9A-Fa-f])")
 _BLOB_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (("base64", _BASE64_RE), ("hex", _HEX_RE))
@@ -173,16 +218,55 @@ def combined_score(findings: list[Finding] | tuple[Finding, ...]) -> float:
     return round(1.0 - miss, 4)
 
 
-def _rule_hits(normalized: str) -> list[tuple[str, float, int, int]]:
-    """The first `MAX_HITS_PER_RULE` hits of each rule pattern: a pattern's score is fixed, so more hits of it
-    change neither the text's score nor its rules, only the work (a text of 140,000 `[INST]` built as many
-    findings)."""
+_PLAIN, _SKELETON, _ENGLISH_ONLY = 0, 1, 2
+"""Which of `compiled_rules()` a reading uses."""
+
+
+def _rule_hits(
+    normalized: str,
+    reading: int = _PLAIN,
+    skip: frozenset[str] = frozenset(),
+    skeleton_words: frozenset[str] | None = None,
+) -> list[tuple[str, float, int, int]]:
+    """The first `MAX_HITS_PER_RULE` hits of each rule pattern (rules named in `skip` not read): a pattern's score
+    is fixed, so more hits of it change neither the text's score nor its rules, only the work (a text of 140,000
+    `[INST]` built as many findings). `skeleton_words`: the words of the text's skeleton, found already, to look
+    the rules' first words up in (by their skeleton spelling); by default the text's own, found on first need."""
     hits: list[tuple[str, float, int, int]] = []
-    for name, score, rx in _RULES:
-        if any(word in normalized for word in _TRIGGERS[name]):
+    own: frozenset[str] | None = None
+    for name, score, rx, substrings, firsts in compiled_rules()[reading]:
+        if name in skip:
+            continue
+        if firsts:
+            if skeleton_words is not None:
+                starts = [word for word, folded in firsts if folded in skeleton_words]
+            else:
+                own = frozenset(_WORD_RE.findall(normalized)) if own is None else own
+                starts = [word for word, _ in firsts if word in own]
+            if not starts:
+                continue
+            found = islice(_anchored(normalized, rx, starts), MAX_HITS_PER_RULE)
+        elif any(literal in normalized for literal in substrings):
             found = islice(rx.finditer(normalized), MAX_HITS_PER_RULE)
-            hits.extend((name, score, m.start(), m.end()) for m in found)
+        else:
+            continue
+        hits.extend((name, score, m.start(), m.end()) for m in found)
     return hits
+
+
+def _anchored(text: str, rx: re.Pattern[str], starts: list[str]) -> Iterator[re.Match[str]]:
+    """Matches of `rx` tried only where a word starts with one of `starts` (every match starts so; a word that
+    another one begins is not searched again): one `str.find` pass per word, and a match attempt at each word
+    start found, instead of an attempt at every character (the other languages' long alternations cost 100-170 µs
+    per KB that way)."""
+    for word in starts:
+        if any(other != word and word.startswith(other) for other in starts):
+            continue
+        at = text.find(word)
+        while at >= 0:
+            if (at == 0 or not _WORD_CHAR_RE.match(text, at - 1)) and (m := rx.match(text, at)) is not None:
+                yield m
+            at = text.find(word, at + 1)
 
 
 def _blob_candidates(text: str) -> list[tuple[str, re.Pattern[str], int, int]]:
@@ -232,6 +316,7 @@ class InjectionDetector:
     def __init__(self, threshold: float = 0.5) -> None:
         self.threshold = threshold
         homoglyphs()  # the look-alike table (0.1-0.2 s of JSON) is built with the detector at startup, not on a request
+        compiled_rules()  # and the rules, some of them folded with it
 
     def check(self, text: str, budget: ScanBudget | None = None) -> list[Finding]:
         """Rule hits in `text` (the first `MAX_HITS_PER_RULE` of each pattern), including ones inside decoded
@@ -239,14 +324,23 @@ class InjectionDetector:
         request's; by default a fresh one): `ScanLimitExceeded` past it."""
         budget = budget or ScanBudget(ScanLimits())
         norm = normalize(text, budget)
-        findings = [Finding(name, score, *norm.original_span(s, e)) for name, score, s, e in _rule_hits(norm.text)]
+        look = skeleton(norm)
+        words = frozenset(_WORD_RE.findall(look.text))
+        # the skeleton's words are the text's words folded, unless a sign it folds to a letter joined two: then the
+        # text's own words are found apart (one word set per text, not two)
+        shared = None if any(sign in norm.text for sign in _SIGNS) else words
+        plain = _rule_hits(norm.text, _PLAIN, skeleton_words=shared)
+        findings = [Finding(name, score, *norm.original_span(s, e)) for name, score, s, e in plain]
+        # the skeleton only for the rules the text itself did not trip: one finding per rule, not two
+        for name, score, s, e in _rule_hits(look.text, _SKELETON, frozenset(h[0] for h in plain), words):
+            findings.append(Finding(name, score, *look.original_span(s, e)))
         for kind, start, end, decoded in _decoded_blobs(text):
             inner = [score for _, score, _, _ in _rule_hits(normalize(decoded, budget).text)]
             if inner and max(inner) >= _PAYLOAD_MIN_SCORE:
                 findings.append(Finding(f"encoded_{kind}", max(inner), start, end))
         if _LETTERS_RE.search(norm.text):
             rotated = codecs.encode(norm.text, "rot13")
-            for _, score, s, e in _rule_hits(rotated):
+            for _, score, s, e in _rule_hits(rotated, _ENGLISH_ONLY):
                 if score >= _PAYLOAD_MIN_SCORE:
                     findings.append(Finding("encoded_rot13", score, *norm.original_span(s, e)))
         return sorted(findings, key=lambda f: (f.start, f.rule))

@@ -36,6 +36,11 @@ _ASCII_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01
 _DIRECTION_MARKS = "\u200e\u200f"  # the package writes a right-to-left character between LRMs
 # folded before TR39 was: Greek letters whose TR39 prototype is not ASCII (ε → ꞓ, τ → ᴛ, κ → ĸ)
 _BEYOND_TR39 = {ord("ε"): "e", ord("τ"): "t", ord("κ"): "k"}
+# combining diacritical marks (the blocks U+0300-036F, 1AB0-1AFF, 1DC0-1DFF, 20D0-20FF, FE20-FE2F), dropped after
+# NFKD: an accent or a dot above a letter hides it from the rules (`ignöre`, `i` + U+0307, stacked "zalgo" marks),
+# and a lone one is drawn on the letter before it. The marks of other scripts (Indic and Arabic vowel signs, kana
+# voicing marks) are their letters' own and are kept, so their text keeps its length
+_DIACRITICS = regex.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+")
 
 
 @functools.cache
@@ -77,16 +82,23 @@ class Normalized:
         return self.offsets[start], self.offsets[last] + 1
 
 
+def _strip_marks(text: str) -> str:
+    """NFKD, combining diacritical marks dropped (`_DIACRITICS`), NFC: `ö`, `í`, `i` + U+0307 read as `o`, `i`, `i`;
+    what NFKD splits otherwise (Hangul syllables, kana with a voicing mark) is put back together."""
+    return unicodedata.normalize("NFC", _DIACRITICS.sub("", unicodedata.normalize("NFKD", text)))
+
+
 def _fold(ch: str) -> str:
     if _INVISIBLE.match(ch) is not None or unicodedata.category(ch) == "Cf":
         return ""
-    return unicodedata.normalize("NFKC", ch).translate(homoglyphs()).lower()
+    folded = _strip_marks(unicodedata.normalize("NFKC", ch)).translate(homoglyphs()).lower()
+    return _strip_marks(folded)  # lowercasing `İ` adds a mark again
 
 
 def normalize(text: str, budget: ScanBudget | None = None) -> Normalized:
-    """NFKC per character, invisible characters dropped (tag characters too: margin.guard.injection reads them
-    apart), TR39 confusables folded to ASCII, lowercased. What the text
-    grows by is taken from `budget` first (`ScanLimitExceeded` past it); no budget: unbounded."""
+    """NFKC per character, combining diacritical marks dropped after NFKD, invisible characters dropped (tag
+    characters too: margin.guard.injection reads them apart), TR39 confusables folded to ASCII, lowercased. What
+    the text grows by is taken from `budget` first (`ScanLimitExceeded` past it); no budget: unbounded."""
     if text.isascii():
         return Normalized(text.lower())
     table: dict[int, str] = {}

@@ -62,6 +62,9 @@ def _answer(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         reply_json(handler, 200, {**_head(body), "object": "chat.completion", "choices": [] if word == "empty" else "x",
                                   "usage": USAGE})  # fmt: skip
         return
+    if word == "think":
+        _think(handler, body)
+        return
     calls = [(0, PARIS)] if word == "object" else [(0, PARIS), (1, ROME)]
     if not body.get("stream"):
         wire = [{"id": f"call_{i}", "type": "function", "function": {"name": "weather", "arguments":
@@ -77,6 +80,37 @@ def _answer(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         deltas = [{"tool_calls": [_call(i, "weather", "")]} for i, _ in halves]
         for part in (slice(0, 5), slice(5, None)):
             deltas += [{"tool_calls": [_call(i, None, text[part])]} for i, text in halves]
+    events = [_chunk(body, {"role": "assistant", "content": ""})] + [_chunk(body, d) for d in deltas]
+    events += [_chunk(body, {}, "tool_calls"), {**_head(body), "choices": [], "usage": USAGE}]
+    reply_events(handler, events)
+
+
+# OpenRouter's structured reasoning (a thinking model's: its text signed, and an encrypted entry), and the pieces a
+# stream gives it in (one entry's pieces share its `index`; the signature comes last)
+DETAILS: Any = [
+    {"type": "reasoning.text", "text": "I think", "signature": "c2ln==", "format": "anthropic-claude-v1", "index": 0},
+    {"type": "reasoning.encrypted", "data": "ZW5j", "format": "anthropic-claude-v1", "index": 1},
+]
+PIECES: Any = [
+    [{"type": "reasoning.text", "text": "I ", "format": "anthropic-claude-v1", "index": 0}],
+    [{"type": "reasoning.text", "text": "think", "format": "anthropic-claude-v1", "index": 0}],
+    [{"type": "reasoning.text", "text": "", "signature": "c2ln==", "format": "anthropic-claude-v1", "index": 0}],
+    [DETAILS[1]],
+]
+
+
+def _think(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+    """A thinking model's tool call with OpenRouter's `reasoning` and `reasoning_details`."""
+    wire = {"id": "call_0", "type": "function", "function": {"name": "weather", "arguments": json.dumps(PARIS)}}
+    if not body.get("stream"):
+        message = {"role": "assistant", "content": None, "reasoning": "I think", "reasoning_details": DETAILS,
+                   "tool_calls": [wire]}  # fmt: skip
+        choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
+        reply_json(handler, 200, {**_head(body), "object": "chat.completion", "choices": [choice], "usage": USAGE})
+        return
+    texts = ["I ", "think", "", ""]
+    deltas = [{"reasoning": text, "reasoning_details": piece} for text, piece in zip(texts, PIECES, strict=True)]
+    deltas.append({"tool_calls": [{**wire, "index": 0}]})
     events = [_chunk(body, {"role": "assistant", "content": ""})] + [_chunk(body, d) for d in deltas]
     events += [_chunk(body, {}, "tool_calls"), {**_head(body), "choices": [], "usage": USAGE}]
     reply_events(handler, events)
@@ -225,3 +259,27 @@ def test_a_tool_results_media_open_the_user_message_for_an_openai_upstream(gatew
         {"type": "file", "file": {"filename": "r.pdf", "file_data": "data:application/pdf;base64,JVBERi0x"}},
         {"type": "text", "text": "object"},
     ]}  # fmt: skip
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openrouters_reasoning_details_go_back_to_it_through_responses(gateway: Gateway, stream: bool) -> None:
+    """OpenRouter's `reasoning_details` (which a thinking model needs back to continue its reasoning in a tool
+    loop, as chat clients send them) ride in the reasoning item's `encrypted_content` and reach the upstream again
+    on the next turn, as the assistant message's `reasoning_details` (a stream's pieces merged into whole entries).
+    Before, the reasoning item had no `encrypted_content` and the next turn sent none."""
+    tools: Any = [TOOL]
+    user: Any = {"role": "user", "content": "think"}
+    first: Any
+    if stream:
+        with gateway.openai.responses.stream(model="m", input=[user], tools=tools) as events:
+            first = events.get_final_response()
+    else:
+        first = gateway.openai.responses.create(model="m", input=[user], tools=tools)
+    assert [item.type for item in first.output] == ["reasoning", "function_call"]
+    assert first.output[0].content and first.output[0].content[0].text == "I think"
+    back: Any = [item.model_dump(exclude_none=True) for item in first.output]
+    output: Any = {"type": "function_call_output", "call_id": "call_0", "output": "sunny"}
+    gateway.openai.responses.create(model="m", input=[user, *back, output], tools=tools)
+    sent = gateway.bodies[-1]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+    assert sent[1]["reasoning_details"] == DETAILS

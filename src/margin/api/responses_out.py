@@ -14,7 +14,7 @@ from margin import interleaving
 from margin.responses import ResponsesRequest
 from margin.responses_reasoning import ReasoningEvents, block_item, output_items
 from margin.responses_reasoning import copy_item as _copy
-from margin.thinking import arguments_text, reasoning_of
+from margin.thinking import REASONING_DETAILS, arguments_text, reasoning_of
 from margin.types import Usage, choices_of
 
 # a chat's finish_reason that ends a response early: OpenAI's `incomplete_details.reason`
@@ -219,6 +219,8 @@ class StreamEvents(ReasoningEvents):
         self.closing: bytes | None = None  # the events that closed the open items, once `close` ran
         self.reasoning: dict[str, Any] | None = None  # the open reasoning item (`ReasoningEvents`)
         self.reasoning_texts: list[str] = []
+        self.details: list[dict[str, Any]] = []  # `ReasoningEvents`: OpenRouter's `reasoning_details`, merged
+        self.details_dropped = False
         self.delta_fields = b""  # the open message's item_id, output_index, content_index as JSON (`_text_delta`)
 
     def event(self, kind: str, **fields: Any) -> bytes:
@@ -267,6 +269,8 @@ class StreamEvents(ReasoningEvents):
             out = self._reasoning_delta(thought)
         if isinstance(blocks := delta.get("thinking_blocks"), list):
             out += b"".join(self._thinking_block(block) for block in blocks)
+        if isinstance(details := delta.get(REASONING_DETAILS), list) and not self.details_dropped:
+            self._details(details)
         if isinstance(content := delta.get("content"), str) and content:
             out += self._text_delta(content, _logprobs(choice) if choice.get("logprobs") is not None else [])
         if isinstance(refusal := delta.get("refusal"), str):
@@ -395,6 +399,7 @@ class StreamEvents(ReasoningEvents):
         if self.failed or self.closing is not None:
             return
         self.closing = self._close_reasoning() + self._close_text() + self._close_call() + self._refusal()
+        self._last_details()
         _ended(self.response, self.finish, self.chat)
         self.response["output"] = [_copy(item) for item in self.items]
 

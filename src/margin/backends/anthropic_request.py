@@ -1,13 +1,14 @@
 """A chat completion request as an Anthropic Messages request (`POST /v1/messages`), for `kind: anthropic`.
 
-What maps: `system`/`developer` messages → the top-level `system` (their text, in order, wherever they stood); user
-and assistant turns with text and image parts (a data URL → a base64 image, an http(s) URL → a url image; a `file`
-part's PDF → a base64 document; a part marked `margin.thinking.DOCUMENT`, a translated Messages document, → a document
-block with its title and context, a plain text one too); a tool message's `RESULT_MEDIA` count → that many of the
-next user message's first parts, back inside its `tool_result`; an assistant's `thinking_blocks` (an earlier answer's, signatures as they came) →
-its first blocks, and its `tool_calls` → `tool_use` blocks after its text, or all of them in its `block_order` (an
-interleaved answer's order, `margin.interleaving`) where that accounts for them; `tool` messages → `tool_result`
-blocks in a user turn (consecutive turns of one role are merged into one, as Anthropic wants roles to alternate);
+What maps: `system`/`developer` messages → the top-level `system` (their text, in order, wherever they stood); user and
+assistant turns with text and image parts (a data URL → a base64 image, an http(s) URL → a url image; a `file` part's
+PDF → a base64 document; a part marked `margin.thinking.DOCUMENT`, a translated Messages document, → a document block
+with its title and context, a plain text one too); a tool message's `RESULT_MEDIA` count → that many of the next user
+message's first parts, back inside its `tool_result`; an assistant's `thinking_blocks` (an earlier answer's, signatures
+as they came) → its first blocks, and its `tool_calls` → `tool_use` blocks after its text, or all of them in its
+`block_order` (an interleaved answer's order, `margin.interleaving`) where that accounts for them; `tool` messages →
+`tool_result` blocks in a user turn (consecutive turns of one role are merged into one, as Anthropic wants roles to
+alternate);
 `tools` (functions) → Anthropic tools; `tool_choice` auto/none/required/named → auto/none/any/tool, and
 `parallel_tool_calls: false` → `disable_parallel_tool_use`; `max_tokens`/`max_completion_tokens` (the lower, as
 budgets capped it) → `max_tokens`, else the backend's `default_max_tokens`; temperature (0..1), top_p, top_k, stop →

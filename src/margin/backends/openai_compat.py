@@ -24,7 +24,7 @@ from margin.backends.upstream_errors import log_upstream, upstream_message
 from margin.errors import BackendError
 from margin.jsonload import MIN_DEEP_BYTES
 from margin.protocol import FORWARDED, Endpoint
-from margin.thinking import object_arguments, text_arguments, without_thinking
+from margin.thinking import OBJECT_ARGUMENTS, object_arguments, text_arguments, without_thinking
 from margin.types import Call, Chunk, Completion, Prompt, Usage, choices_text, finish_reason_of
 
 log = logging.getLogger("margin.backends")
@@ -198,7 +198,12 @@ class OpenAIBackend(HttpBackend):
             for event in events:
                 if event == b"[DONE]":
                     return True
-                if first or _parsed_here(event):
+                if (
+                    first
+                    or _names_usage_or_error(event)
+                    or (len(event) >= MIN_DEEP_BYTES and jsonload.may_nest(event))  # `len` first: most are short
+                    or (b'"arguments"' in event and OBJECT_ARGUMENTS.search(event) is not None)
+                ):  # as `_parsed_here`, inline: this runs for each event
                     if run:
                         batch.append(Chunk(events=run) if len(run) > 1 else Chunk(raw=run[0]))
                         run = []

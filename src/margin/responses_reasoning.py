@@ -93,17 +93,9 @@ _DETAILS: TypeAdapter[list[ReasoningDetail]] = TypeAdapter(
 PIECE_KEYS = ("text", "summary", "data")  # a streamed entry's pieces, joined; its other keys: the last one's
 
 
-def merged(entries: list[Any]) -> list[dict[str, Any]]:
-    """A stream's `reasoning_details` pieces as whole entries: the pieces of one entry (consecutive, of one type
-    and `index`) joined."""
-    out: list[dict[str, Any]] = []
-    for entry in entries:
-        merge(out, entry)
-    return out
-
-
 def merge(out: list[dict[str, Any]], entry: Any) -> None:
-    """One streamed `reasoning_details` piece into the entries so far (`merged`)."""
+    """One streamed `reasoning_details` piece into the entries so far: the pieces of one entry (consecutive, of one
+    type and `index`) joined."""
     if type(entry) is not dict:
         return
     last = out[-1] if out else None
@@ -123,7 +115,11 @@ def encode_details(details: Any) -> str | None:
     would be longer than an `encrypted_content` margin accepts back."""
     if type(details) is not list or not details or not all(type(entry) is dict for entry in details):
         return None
-    encoded = DETAILS_ENCODING + base64.urlsafe_b64encode(orjson.dumps(details)).decode()
+    try:
+        data = orjson.dumps(details)
+    except orjson.JSONEncodeError:  # an upstream's entry nested past what orjson writes (255 levels)
+        return None
+    encoded = DETAILS_ENCODING + base64.urlsafe_b64encode(data).decode()
     return encoded if len(encoded) <= MAX_ENCRYPTED_CHARS else None
 
 

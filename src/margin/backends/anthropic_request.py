@@ -333,9 +333,8 @@ def _content_blocks(message: ChatMessage, index: int, *, images: bool) -> list[d
     blocks: list[dict[str, Any]] = []
     for number, part in enumerate(content):
         where = f"messages[{index}].content[{number}]"
-        if part.type in ("text", "refusal") and not (
-            images and _marked(part) is not None
-        ):  # a refusal sent back: its text
+        document = images and _marked(part) is not None  # a Messages document's text: a document block again
+        if part.type in ("text", "refusal") and not document:  # an assistant's refusal, sent back, is its text
             text = part.text if part.type == "text" else (part.model_extra or {}).get("refusal")
             if not isinstance(text, str):
                 raise InvalidRequest(f"{where}: a {part.type} part needs its text", param=where)

@@ -31,7 +31,7 @@ from margin.messages import (
 )
 from margin.parsing import parse_request
 from margin.protocol import DEFAULT_FILENAME, MAX_BLOCK_ORDER, ChatCompletionRequest, Endpoint
-from margin.thinking import ERROR_PREFIX, ERROR_PREFIXED, IS_ERROR
+from margin.thinking import DOCUMENT, ERROR_PREFIX, ERROR_PREFIXED, IS_ERROR, RESULT_MEDIA
 
 # thinking budgets → OpenAI's reasoning effort: up to 4K tokens low, up to 16K medium, more high
 EFFORT_BUDGETS = ((4_096, "low"), (16_384, "medium"))
@@ -50,12 +50,14 @@ def _image(image: Image) -> dict[str, Any]:
 
 def _document(document: Document) -> dict[str, Any]:
     """A PDF as a chat's `file` part (OpenAI's, with its data URL; `title`, or `DEFAULT_FILENAME`, its file name), a
-    plain text document as its text."""
+    plain text document as its text; either marked `DOCUMENT` with its `title` and `context`, for an anthropic
+    backend (no other is sent the mark)."""
     source = document.source
+    shown = {name: value for name in ("title", "context") if (value := getattr(document, name)) is not None}
     if not isinstance(source, PdfSource):
-        return {"type": "text", "text": source.data}
+        return {"type": "text", "text": source.data, DOCUMENT: shown}
     url = f"data:application/pdf;base64,{source.data}"
-    return {"type": "file", "file": {"filename": document.title or DEFAULT_FILENAME, "file_data": url}}
+    return {"type": "file", "file": {"filename": document.title or DEFAULT_FILENAME, "file_data": url}, DOCUMENT: shown}
 
 
 def _media(block: Image | Document) -> dict[str, Any]:
@@ -65,7 +67,8 @@ def _media(block: Image | Document) -> dict[str, Any]:
 def _user(message: UserMessage, out: list[dict[str, Any]]) -> None:
     """Tool results first (tool messages, in order), then the rest of the user's content. A chat's tool message
     holds text only: a result's images and documents open the user message that follows (before the user's own
-    content)."""
+    content), where an OpenAI-compatible upstream gets them; their count (`RESULT_MEDIA`) lets an anthropic
+    backend put them back inside the tool_result."""
     if isinstance(message.content, str):
         out.append({"role": "user", "content": message.content})
         return
@@ -74,12 +77,12 @@ def _user(message: UserMessage, out: list[dict[str, Any]]) -> None:
     for block in message.content:
         if isinstance(block, ToolResult):
             content = block.content if block.content is not None else ""
-            if isinstance(content, str):
-                text = content
-            else:
-                text = "\n\n".join(item.text for item in content if isinstance(item, Text))
-                carried.extend(_media(item) for item in content if isinstance(item, Image | Document))
+            media = [] if isinstance(content, str) else [_media(i) for i in content if isinstance(i, Image | Document)]
+            text = content if isinstance(content, str) else "\n\n".join(i.text for i in content if isinstance(i, Text))
+            carried.extend(media)
             tool: dict[str, Any] = {"role": "tool", "tool_call_id": block.tool_use_id, "content": text}
+            if media:
+                tool[RESULT_MEDIA] = len(media)
             if block.is_error:  # the text says so to any backend; the flag, to an anthropic backend alone
                 prefixed = f"{ERROR_PREFIX}{text}" if text else ERROR_PREFIX.rstrip(": ")
                 tool |= {"content": prefixed, IS_ERROR: True, ERROR_PREFIXED: True}

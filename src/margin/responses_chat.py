@@ -26,6 +26,7 @@ from margin.responses import (
     refuse,
 )
 from margin.responses_reasoning import ReasoningItem
+from margin.thinking import REASONING_DETAILS
 
 
 def _part(part: InputText | OutputText | Refusal | InputImage | InputFile) -> dict[str, Any]:
@@ -84,20 +85,22 @@ def messages(body: ResponsesRequest) -> list[dict[str, Any]]:
     function calls are one assistant message's tool calls (joined to an assistant message just before them;
     an assistant message just after them is that message's content, as a chat carries no order between text and
     calls: never an assistant message between the calls and their `tool` messages), a call's output a `tool`
-    message. Reasoning items in margin's encoding are the `thinking_blocks` of the
-    assistant message the next assistant item (message or function call) is part of (others are left out, as
-    are blocks no assistant item follows); where such a block follows a call or text of its message (interleaved
-    thinking: reasoning, function_call, reasoning, message), the items' order is its `block_order`."""
+    message. Reasoning items in margin's encoding are the `thinking_blocks` (or, an OpenRouter answer's, the
+    `reasoning_details`) of the assistant message the next assistant item (message or function call) is part of (others
+    are left out, as are blocks no assistant item follows); where such a block follows a call or text of its message
+    (interleaved thinking: reasoning, function_call, reasoning, message), the items' order is its `block_order`."""
     out: list[dict[str, Any]] = []
     if body.instructions is not None:
         out.append({"role": "system", "content": body.instructions})
     items = [Message(role="user", content=body.input)] if isinstance(body.input, str) else body.input
     thoughts: list[dict[str, Any]] = []
+    details: list[dict[str, Any]] = []  # OpenRouter's `reasoning_details`, for the next assistant message
     kinds: dict[int, list[tuple[str, int]]] = {}  # an assistant message's (its index in `out`) items, in order
     for index, item in enumerate(items):
         if isinstance(item, ReasoningItem):
             if (block := item.block()) is not None:
                 thoughts.append(block)
+            details.extend(item.details() or ())
             continue
         if isinstance(item, Message):
             _add_message(out, _message(item, index))
@@ -109,8 +112,10 @@ def messages(body: ResponsesRequest) -> list[dict[str, Any]]:
         if out[-1]["role"] == "assistant":
             if thoughts:
                 out[-1].setdefault("thinking_blocks", []).extend(thoughts)
+            if details:
+                out[-1].setdefault(REASONING_DETAILS, []).extend(details)
             kinds.setdefault(len(out) - 1, []).extend([(interleaving.THINKING, 0)] * len(thoughts) + _kinds(item))
-        thoughts = []
+        thoughts, details = [], []
     for at, held in kinds.items():
         order = interleaving.block_order(held)
         if order is not None and len(order) <= MAX_BLOCK_ORDER:  # longer: sent back in the plain order, as before

@@ -7,8 +7,12 @@ margin's own encoding (`ENCODING` then the block's JSON in URL-safe base64), not
 block is the backend's signed output; a client learns nothing from it that `content` does not show, and cannot
 change it unnoticed: Anthropic checks its signature). It is always included, as OpenAI's API populates it by
 default: a client that sends the output back (`store: false`) needs it, whether or not it asked for it with
-`include: ["reasoning.encrypted_content"]`. A reasoning item whose `encrypted_content` is not margin's encoding
-(another provider's, or none) is left out of the chat request: there is nothing a backend could check it against."""
+`include: ["reasoning.encrypted_content"]`. An answer with OpenRouter's `reasoning_details` and no
+thinking blocks (an `openai` backend's) has them in its reasoning item's `encrypted_content` in margin's other
+encoding (`DETAILS_ENCODING`, a stream's pieces merged): sent back, they are the next assistant message's
+`reasoning_details`, which the upstream needs to continue its reasoning (a tool loop with a thinking model). A
+reasoning item whose `encrypted_content` is neither (another provider's, or none) is left out of the chat
+request: there is nothing a backend could check it against."""
 
 from __future__ import annotations
 
@@ -19,8 +23,16 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from margin.protocol import MAX_MESSAGES, MAX_SIGNATURE_CHARS, MAX_THINKING_CHARS, RedactedThinkingBlock, ThinkingBlock
-from margin.thinking import reasoning_of
+from margin.protocol import (
+    MAX_MESSAGES,
+    MAX_REASONING_DETAILS,
+    MAX_SIGNATURE_CHARS,
+    MAX_THINKING_CHARS,
+    ReasoningDetail,
+    RedactedThinkingBlock,
+    ThinkingBlock,
+)
+from margin.thinking import REASONING_DETAILS, reasoning_of
 
 ENCODING = "margin.thinking.v1:"
 # the longest encoding a block margin accepts may have: its text and signature at 4 bytes a character, base64
@@ -60,6 +72,10 @@ class ReasoningItem(_Strict):
         entry), or None: another provider's item, or none at all."""
         return decode(self.encrypted_content) if self.encrypted_content is not None else None
 
+    def details(self) -> list[dict[str, Any]] | None:
+        """The OpenRouter `reasoning_details` it holds in margin's encoding (`DETAILS_ENCODING`), or None."""
+        return decode_details(self.encrypted_content) if self.encrypted_content is not None else None
+
 
 def encode(block: dict[str, Any]) -> str | None:
     """A thinking block as margin's `encrypted_content` (only the block's own keys), or None if it is not one."""
@@ -68,6 +84,55 @@ def encode(block: dict[str, Any]) -> str | None:
         return None
     own = {key: block[key] for key in keys}
     return ENCODING + base64.urlsafe_b64encode(orjson.dumps(own)).decode()
+
+
+DETAILS_ENCODING = "margin.details.v1:"
+_DETAILS: TypeAdapter[list[ReasoningDetail]] = TypeAdapter(
+    Annotated[list[ReasoningDetail], Field(min_length=1, max_length=MAX_REASONING_DETAILS)]
+)
+PIECE_KEYS = ("text", "summary", "data")  # a streamed entry's pieces, joined; its other keys: the last one's
+
+
+def merge(out: list[dict[str, Any]], entry: Any) -> None:
+    """One streamed `reasoning_details` piece into the entries so far: the pieces of one entry (consecutive, of one
+    type and `index`) joined."""
+    if type(entry) is not dict:
+        return
+    last = out[-1] if out else None
+    if last is None or (last.get("type"), last.get("index")) != (entry.get("type"), entry.get("index")):
+        out.append(dict(entry))
+        return
+    for key, value in entry.items():
+        if key in PIECE_KEYS and isinstance(value, str) and isinstance(last.get(key), str):
+            last[key] += value
+        elif value is not None:
+            last[key] = value
+
+
+def encode_details(details: Any) -> str | None:
+    """OpenRouter's `reasoning_details` of an answer as margin's `encrypted_content` (`DETAILS_ENCODING` then their
+    JSON in URL-safe base64), for a client to send back with the reasoning item; None without any, or where they
+    would be longer than an `encrypted_content` margin accepts back."""
+    if type(details) is not list or not details or not all(type(entry) is dict for entry in details):
+        return None
+    try:
+        data = orjson.dumps(details)
+    except orjson.JSONEncodeError:  # an upstream's entry nested past what orjson writes (255 levels)
+        return None
+    encoded = DETAILS_ENCODING + base64.urlsafe_b64encode(data).decode()
+    return encoded if len(encoded) <= MAX_ENCRYPTED_CHARS else None
+
+
+def decode_details(encrypted: str) -> list[dict[str, Any]] | None:
+    """The `reasoning_details` an `encrypted_content` in `DETAILS_ENCODING` holds (validated and bounded as a chat
+    message's), or None."""
+    if not encrypted.startswith(DETAILS_ENCODING):
+        return None
+    try:
+        details = _DETAILS.validate_json(base64.urlsafe_b64decode(encrypted[len(DETAILS_ENCODING) :].encode()))
+    except (ValueError, binascii.Error, ValidationError):
+        return None
+    return [entry.model_dump(exclude_unset=True) for entry in details]
 
 
 def decode(encrypted: str) -> dict[str, Any] | None:
@@ -113,8 +178,11 @@ def output_items(message: dict[str, Any], ids: str, status: str, summarize: bool
     for block in blocks if isinstance(blocks, list) else []:
         if (item := block_item(block, f"rs_{ids}_{len(items)}", status, summarize)) is not None:
             items.append(item)
-    if not items and (text := reasoning_of(message)):
-        items.append(reasoning_item(f"rs_{ids}_0", text, None, status, summarize))
+    if items:
+        return items
+    text, details = reasoning_of(message), encode_details(message.get(REASONING_DETAILS))
+    if text or details:  # `reasoning_details` (OpenRouter's), for the client to send back: `encrypted_content`
+        items.append(reasoning_item(f"rs_{ids}_0", text, details, status, summarize))
     return items
 
 
@@ -131,6 +199,8 @@ class ReasoningEvents:
     items: list[dict[str, Any]]
     reasoning: dict[str, Any] | None  # the open reasoning item
     reasoning_texts: list[str]
+    details: list[dict[str, Any]]  # the stream's `reasoning_details` so far, merged (OpenRouter's)
+    details_dropped: bool  # more entries than a message may send back: none kept
 
     def event(self, kind: str, **fields: Any) -> bytes:
         raise NotImplementedError
@@ -212,6 +282,8 @@ class ReasoningEvents:
         index, text = self.items.index(item), "".join(self.reasoning_texts)
         part = {"type": "reasoning_text", "text": text}
         item["content"], item["status"] = [part], self._item_status()
+        if item["encrypted_content"] is None:  # no thinking block: the `reasoning_details` so far, if any
+            item["encrypted_content"] = encode_details(self.details)
         if self.summarize:
             item["summary"] = [{"type": "summary_text", "text": text}]
         fields: dict[str, Any] = {"item_id": item["id"], "output_index": index, "content_index": 0}
@@ -221,6 +293,27 @@ class ReasoningEvents:
             + self.event("response.content_part.done", **fields, part=part)
             + self.event("response.output_item.done", output_index=index, item=copy_item(item))
         )
+
+    def _details(self, entries: list[Any]) -> None:
+        """A delta's `reasoning_details` pieces, merged into the stream's (at most `MAX_REASONING_DETAILS` entries:
+        past that, none is kept, as a client could not send them back)."""
+        for entry in entries:
+            merge(self.details, entry)
+        if len(self.details) > MAX_REASONING_DETAILS:
+            self.details[:] = []
+            self.details_dropped = True
+
+    def _last_details(self) -> None:
+        """At the stream's end: the last reasoning item that holds no thinking block takes the whole
+        `reasoning_details` (pieces, a signature, may come after its text closed it)."""
+        found = [item for item in self.items if item["type"] == "reasoning" and not _block_encoded(item)]
+        if found and self.details and not self.details_dropped:
+            found[-1]["encrypted_content"] = encode_details(self.details)
+
+
+def _block_encoded(item: dict[str, Any]) -> bool:
+    encrypted = item.get("encrypted_content")
+    return isinstance(encrypted, str) and encrypted.startswith(ENCODING)
 
 
 def copy_item(item: dict[str, Any]) -> dict[str, Any]:

@@ -1,10 +1,14 @@
 """What a chat message holds besides its content and is not OpenAI's: the reasoning text upstreams return in
-one of two fields, OpenRouter's structured `reasoning_details`, and the thinking blocks (with their order among
-the text and tool calls) that only an anthropic backend takes back."""
+one of two fields, OpenRouter's structured `reasoning_details`, the thinking blocks (with their order among
+the text and tool calls) that only an anthropic backend takes back, and tool call arguments sent as a JSON object
+rather than its text."""
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, TypeGuard
+
+import orjson
 
 REASONING_KEYS = ("reasoning_content", "reasoning")
 """Where a chat message or delta holds its reasoning text: `reasoning_content` (vLLM, DeepSeek, an `anthropic`
@@ -48,6 +52,30 @@ def repeats_reasoning(holder: dict[str, Any], texts: list[str]) -> bool:
     return any(holder.get(key) == joined for key in REASONING_KEYS)
 
 
+START_USAGE = "message_start_usage"
+"""An `anthropic` backend's first stream chunk's field: the usage its upstream's `message_start` reported (Anthropic's
+counts: the input less its cache reads and writes, each apart), which the Messages translation's own `message_start`
+passes on (`margin.api.messages_out`). The chat's usage comes at the stream's end, as OpenAI's."""
+ANTHROPIC_USAGE_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
+MAX_COUNT = 2**31 - 1
+
+
+def start_usage(counts: Any) -> dict[str, int] | None:
+    """Anthropic's usage counts as `START_USAGE` holds them (each a whole number, 0 where it is not one), or None
+    where `counts` is not a dict that counts the input."""
+    if type(counts) is not dict or not _count(counts.get("input_tokens")):
+        return None
+    return {key: _whole(counts.get(key)) for key in ANTHROPIC_USAGE_KEYS}
+
+
+def _whole(value: Any) -> int:
+    return value if _count(value) else 0
+
+
+def _count(value: Any) -> TypeGuard[int]:
+    return type(value) is int and 0 <= value <= MAX_COUNT
+
+
 ANTHROPIC_ONLY = ("thinking_blocks", "block_order")  # `block_order`: margin.interleaving, sent back with the blocks
 IS_ERROR = "is_error"
 """A tool message's flag that its result is an error (a Messages `tool_result`'s `is_error`, whose text also opens
@@ -60,17 +88,80 @@ ERROR_PREFIXED = "error_prefixed"
 text is sent as it came, a leading `Error: ` included. No upstream is sent the mark."""
 
 
+RESULT_MEDIA = "result_media"
+"""A tool message's count of the images and documents of its result (a Messages `tool_result`'s) that open the user
+message after it: a chat's tool message holds text only, so that is where an OpenAI-compatible upstream gets them.
+An anthropic backend puts them back inside the `tool_result` (`margin.backends.anthropic_request`); no upstream is
+sent the count."""
+DOCUMENT = "document"
+"""A content part's mark that it was a Messages `document` block (a PDF's `file` part, or a plain text document's
+text), with the block's `title` and `context` where it had them: an anthropic backend sends a document block again;
+no upstream is sent the mark."""
+MARKS = (IS_ERROR, ERROR_PREFIXED, RESULT_MEDIA)
+
+
 def without_thinking(messages: Any, keep_thinking: bool = False) -> Any:
     """A chat's messages as sent, less their `thinking_blocks` (an anthropic backend's, which no other backend
-    takes) and `block_order` (their order among the text and tool calls), unless `keep_thinking`, and less a tool
-    message's `is_error` (`IS_ERROR`) and its `ERROR_PREFIXED` mark: the same list when none holds any."""
-    drop = (IS_ERROR, ERROR_PREFIXED) if keep_thinking else (*ANTHROPIC_ONLY, IS_ERROR, ERROR_PREFIXED)
+    takes) and `block_order` (their order among the text and tool calls), unless `keep_thinking`, and less the
+    marks only an anthropic backend reads: a tool message's `is_error` (`IS_ERROR`), `ERROR_PREFIXED` and
+    `RESULT_MEDIA`, a content part's `DOCUMENT`. The same list when none holds any."""
+    drop = MARKS if keep_thinking else (*ANTHROPIC_ONLY, *MARKS)
     if type(messages) is not list or not any(type(m) is dict and _holds(m, drop) for m in messages):
         return messages
-    return [
-        {k: v for k, v in m.items() if k not in drop} if type(m) is dict and _holds(m, drop) else m for m in messages
-    ]
+    return [_without(m, drop) if type(m) is dict and _holds(m, drop) else m for m in messages]
 
 
 def _holds(message: dict[str, Any], keys: tuple[str, ...]) -> bool:
-    return any(key in message for key in keys)
+    return any(key in message for key in keys) or _documents(message)
+
+
+def _documents(message: dict[str, Any]) -> bool:
+    content = message.get("content")
+    return type(content) is list and any(type(part) is dict and DOCUMENT in part for part in content)
+
+
+def _without(message: dict[str, Any], drop: tuple[str, ...]) -> dict[str, Any]:
+    out = {k: v for k, v in message.items() if k not in drop}
+    if _documents(message):
+        out["content"] = [
+            {k: v for k, v in part.items() if k != DOCUMENT} if type(part) is dict else part
+            for part in message["content"]
+        ]
+    return out
+
+
+OBJECT_ARGUMENTS = re.compile(rb'"arguments"\s*:\s*[\[{]')
+"""An answer's or stream event's bytes whose tool call `arguments` are a JSON object or array, not its text (Ollama's
+way, and some OpenAI-compatible servers'): `text_arguments` writes them as the text OpenAI documents."""
+
+
+def object_arguments(data: bytes) -> bool:
+    """Whether an answer's or stream event's bytes may hold tool call arguments that are not text."""
+    return b'"arguments"' in data and OBJECT_ARGUMENTS.search(data) is not None
+
+
+def arguments_text(arguments: Any) -> str:
+    """A tool call's arguments as the JSON text the Chat, Responses and Messages APIs document: a string as it
+    came, a JSON value written as its JSON, none as ""."""
+    if arguments is None or isinstance(arguments, str):
+        return arguments or ""
+    try:
+        return orjson.dumps(arguments).decode()
+    except orjson.JSONEncodeError:  # it parsed (orjson reads 1,024 levels) but nests past what orjson writes (255)
+        return ""
+
+
+def text_arguments(payload: Any) -> bool:
+    """Each tool call of an answer's or stream event's choices (`message`, `delta`) whose `arguments` are a JSON
+    value but not text, rewritten in place as its text (`arguments_text`); whether any was."""
+    choices = payload.get("choices") if type(payload) is dict else None
+    changed = False
+    for choice in choices if type(choices) is list else ():
+        for key in ("message", "delta"):
+            holder = choice.get(key) if type(choice) is dict else None
+            calls = holder.get("tool_calls") if type(holder) is dict else None
+            for call in calls if type(calls) is list else ():
+                function = call.get("function") if type(call) is dict else None
+                if type(function) is dict and not isinstance(value := function.get("arguments"), str | None):
+                    function["arguments"], changed = arguments_text(value), True
+    return changed

@@ -207,7 +207,76 @@ def test_a_pdf_document_reaches_anthropic_as_a_document_block(chain: Chain) -> N
     ]
     chain.client.messages.create(model=MODEL, max_tokens=64, messages=turns, tools=[TOOL])
     assert chain.upstream.last["messages"][2]["content"] == [
-        {"type": "tool_result", "tool_use_id": "toolu_1", "content": ""},
-        {"type": "document", "source": pdf["source"]},
+        {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "document", "source": pdf["source"]}]},
         {"type": "document", "source": pdf["source"]},
     ]
+
+
+PNG: Any = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
+PDF: Any = {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}
+
+
+def test_a_tool_results_images_and_documents_stay_inside_it(chain: Chain) -> None:
+    """Anthropic's Messages API takes images and documents inside a tool_result: they reach an anthropic backend
+    there, each result's own, in order, and the user's own content after them. Before, they were moved out to
+    the user content after the results (what an OpenAI-compatible upstream still gets: its tool messages hold
+    text only)."""
+    uses = [{"type": "tool_use", "id": f"toolu_{n}", "name": "get_weather", "input": {}} for n in (1, 2)]
+    first: Any = [{"type": "text", "text": "a chart"}, {"type": "image", "source": PNG},
+                  {"type": "document", "source": PDF, "title": "report.pdf"}]  # fmt: skip
+    turns: Any = [
+        {"role": "user", "content": "look"},
+        {"role": "assistant", "content": uses},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": first, "is_error": True},
+            {"type": "tool_result", "tool_use_id": "toolu_2", "content": [{"type": "image", "source": PNG}]},
+            {"type": "text", "text": "what do they show?"},
+        ]},
+    ]  # fmt: skip
+    chain.client.messages.create(model=MODEL, max_tokens=64, messages=turns, tools=[TOOL])
+    sent = chain.upstream.last["messages"]
+    assert len(sent) == 3 and sent[2]["content"] == [
+        {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": True, "content": [
+            {"type": "text", "text": "a chart"}, {"type": "image", "source": PNG},
+            {"type": "document", "source": PDF, "title": "report.pdf"},
+        ]},
+        {"type": "tool_result", "tool_use_id": "toolu_2", "content": [{"type": "image", "source": PNG}]},
+        {"type": "text", "text": "what do they show?"},
+    ]  # fmt: skip
+    only: Any = [*turns[:2], {"role": "user", "content": turns[2]["content"][1:2]}]  # a result with only an image
+    chain.client.messages.create(model=MODEL, max_tokens=64, messages=only, tools=[TOOL])
+    assert chain.upstream.last["messages"][2]["content"] == [sent[2]["content"][1]]
+
+
+def test_a_documents_title_and_context_reach_anthropic(chain: Chain) -> None:
+    """A document block's `title` and `context` are passed on, a PDF's and a plain text one's (a document block
+    again, not its text). Before, both were lost (and a text document arrived as a text block)."""
+    notes = {"type": "text", "media_type": "text/plain", "data": "Q3 was flat."}
+    content: Any = [
+        {"type": "document", "source": PDF, "title": "Q3 report", "context": "from finance"},
+        {"type": "document", "source": notes, "title": "notes", "context": "mine"},
+        {"type": "document", "source": notes},
+        {"type": "text", "text": "compare them"},
+    ]
+    chain.client.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": content}])
+    assert chain.upstream.last["messages"] == [{"role": "user", "content": [
+        {"type": "document", "source": PDF, "title": "Q3 report", "context": "from finance"},
+        {"type": "document", "source": notes, "title": "notes", "context": "mine"},
+        {"type": "document", "source": notes},
+        {"type": "text", "text": "compare them"},
+    ]}]  # fmt: skip
+
+
+def test_message_start_tells_the_upstreams_input_count(chain: Chain) -> None:
+    """A stream's `message_start` has the usage Anthropic's own message_start gave (the input, cache reads and
+    writes); before, zeros until `message_delta`."""
+    with chain.client.messages.stream(
+        model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
+        start = next(event for event in stream if event.type == "message_start")
+        final = stream.get_final_message()
+    usage = start.message.usage
+    assert (usage.input_tokens, usage.cache_read_input_tokens, usage.cache_creation_input_tokens) == (
+        USAGE["input_tokens"], USAGE["cache_read_input_tokens"], USAGE["cache_creation_input_tokens"]
+    )  # fmt: skip
+    _check_usage(final.usage)

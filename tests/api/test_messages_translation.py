@@ -96,9 +96,9 @@ def test_a_tool_result_s_images_open_the_user_message_that_follows() -> None:
         {"type": "text", "text": "and?"},
     ]}  # fmt: skip
     url = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
-    assert _chat(messages=[turn])["messages"] == [
-        {"role": "tool", "tool_call_id": "t1", "content": "x"},
-        {"role": "tool", "tool_call_id": "t2", "content": ""},
+    assert _chat(messages=[turn])["messages"] == [  # each result's count, for an anthropic backend (no other)
+        {"role": "tool", "tool_call_id": "t1", "content": "x", "result_media": 1},
+        {"role": "tool", "tool_call_id": "t2", "content": "", "result_media": 1},
         {"role": "user", "content": [url, url, {"type": "text", "text": "and?"}]},
     ]
 
@@ -353,17 +353,21 @@ def test_a_stream_of_text_then_tool_calls() -> None:
     got = _events(data)
     assert [kind for kind, _ in got] == [
         "message_start", "content_block_start", "content_block_delta", "content_block_delta", "content_block_stop",
-        "content_block_start", "content_block_delta", "content_block_stop", "content_block_start",
-        "content_block_delta", "content_block_delta", "content_block_stop", "message_delta", "message_stop",
+        "content_block_start", "content_block_delta", "content_block_delta", "content_block_stop",
+        "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop",
     ]  # fmt: skip
     start = got[0][1]["message"]
     assert (start["id"], start["model"], start["content"], start["usage"]["input_tokens"]) == ("msg_r", "served", [], 0)
     assert got[2][1] == {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "he"}}
     assert got[5][1]["content_block"] == {"type": "tool_use", "id": "c1", "name": "f", "input": {}}
     assert got[6][1]["delta"] == {"type": "input_json_delta", "partial_json": '{"a":'}
-    assert got[8][1] == {"type": "content_block_start", "index": 2,
+    # the second call started while the first's block was open: held until it closed (its last delta came after)
+    assert got[7][1] == {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta",
+                                                                              "partial_json": "1}"}}  # fmt: skip
+    assert got[9][1] == {"type": "content_block_start", "index": 2,
                          "content_block": {"type": "tool_use", "id": "c2", "name": "g", "input": {}}}  # fmt: skip
-    assert got[10][1]["index"] == 1  # a late delta of the first call goes to its own block
+    assert got[10][1] == {"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta",
+                                                                               "partial_json": "{}"}}  # fmt: skip
     assert got[12][1] == {
         "type": "message_delta",
         "delta": {"stop_reason": "tool_use", "stop_sequence": None},
@@ -502,10 +506,12 @@ def test_documents_become_file_parts_or_text_and_a_tool_result_s_open_the_user_m
         plain,
     ]}  # fmt: skip
 
-    def file(name: str) -> dict[str, Any]:
-        return {"type": "file", "file": {"filename": name, "file_data": "data:application/pdf;base64,JVBERi0x"}}
+    def file(name: str, **shown: str) -> dict[str, Any]:
+        url = "data:application/pdf;base64,JVBERi0x"
+        return {"type": "file", "file": {"filename": name, "file_data": url}, "document": shown}
 
+    text = {"type": "text", "text": "words", "document": {}}  # the marks: for an anthropic backend (no other)
     assert _chat(messages=[turn])["messages"] == [
-        {"role": "tool", "tool_call_id": "t1", "content": "x"},
-        {"role": "user", "content": [file("document.pdf"), file("r.pdf"), {"type": "text", "text": "words"}]},
+        {"role": "tool", "tool_call_id": "t1", "content": "x", "result_media": 1},
+        {"role": "user", "content": [file("document.pdf"), file("r.pdf", title="r.pdf", context="a report"), text]},
     ]

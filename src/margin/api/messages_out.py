@@ -22,7 +22,7 @@ import orjson
 from margin import interleaving, jsonload
 from margin.api.responses_out import usage_of as responses_usage
 from margin.messages import MessagesRequest
-from margin.thinking import reasoning_of
+from margin.thinking import START_USAGE, arguments_text, reasoning_of, start_usage
 from margin.types import Usage, choices_of
 
 # a chat's finish_reason → Anthropic's stop_reason (anything else, or none: `end_turn`)
@@ -63,8 +63,13 @@ def stop_of(finish: Any, matched: Any, body: MessagesRequest) -> tuple[str, str 
 
 def tool_input(arguments: Any) -> dict[str, Any]:
     """A tool call's arguments as a tool_use block's `input` (an object; arguments that are not a JSON object
-    are kept whole under `arguments`)."""
-    if not isinstance(arguments, str) or not arguments.strip():
+    are kept whole under `arguments`, as their JSON text). An upstream that sends them as a JSON object rather
+    than its text (Ollama's way) is read as if it had sent the text."""
+    if isinstance(arguments, dict):
+        return arguments
+    if not isinstance(arguments, str):
+        return {"arguments": text} if (text := arguments_text(arguments)) else {}
+    if not arguments.strip():
         return {}
     try:
         parsed = jsonload.loads(arguments)  # past jsonload.MAX_DEPTH: kept whole (orjson could not write it)
@@ -168,6 +173,10 @@ def _content(message: dict[str, Any], request_id: str) -> list[dict[str, Any]]:
     return content
 
 
+def _json_delta(arguments: str) -> dict[str, str]:
+    return {"type": "input_json_delta", "partial_json": arguments}
+
+
 def event(kind: str, data: dict[str, Any]) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
 
@@ -183,6 +192,10 @@ class MessageEvents:
         self.blocks = 0  # content blocks opened so far; the open one is the last
         self.open: str | int | None = None  # "text", "thinking", a chat tool call's index, or None
         self.calls: dict[int, int] = {}  # a chat tool call's index → its block's index
+        # calls that started while another call's block was open (an upstream may interleave their deltas, index 0,
+        # 1, 0, 1, where Anthropic's blocks stream one at a time): each its block and arguments so far, sent whole
+        # once the open block closes
+        self.held: dict[int, tuple[dict[str, Any], list[str]]] = {}
         self.text_index = b""  # the open text block's index, as bytes (its deltas are laid out without a dict)
         self.usage: Any = None
         self.finish: Any = None
@@ -191,18 +204,24 @@ class MessageEvents:
     def start(self) -> bytes:
         return b""  # `message_start` waits for the first chunk's model
 
-    def _open(self, model: Any = None) -> bytes:
+    def _open(self, first: dict[str, Any] | None = None) -> bytes:
+        """`message_start`: the model the first chunk names, and the usage an anthropic backend's upstream told at
+        its own message_start (`START_USAGE`). An OpenAI-compatible upstream tells none before the stream's end:
+        zeros there, as the counts come in `message_delta`."""
         if self.opened:
             return b""
         self.opened = True
+        model = first.get("model") if first is not None else None
         message = skeleton(f"msg_{self.request_id}", model if isinstance(model, str) else self.body.model)
+        if first is not None and (counts := start_usage(first.get(START_USAGE))) is not None:
+            message["usage"] = counts
         return event("message_start", {"message": message})
 
     def chunk(self, payload: Any) -> bytes:
         """The events of one chat chunk (the usual one, a text delta, with as few look-ups as it takes)."""
         if type(payload) is not dict:
             return b""
-        out = b"" if self.opened else self._open(payload.get("model"))
+        out = b"" if self.opened else self._open(payload)
         if (usage := payload.get("usage")) is not None:
             self.usage = usage
         choices = payload.get("choices")
@@ -228,7 +247,16 @@ class MessageEvents:
         if self.open is None:
             return b""
         self.open = None
-        return event("content_block_stop", {"index": self.blocks - 1})
+        out = event("content_block_stop", {"index": self.blocks - 1})
+        held, self.held = self.held, {}
+        for number, (block, pieces) in held.items():  # the calls held back, each whole, in the order they started
+            index = self.calls[number] = self.blocks
+            self.blocks += 1
+            out += event("content_block_start", {"index": index, "content_block": block})
+            if arguments := "".join(pieces):
+                out += event("content_block_delta", {"index": index, "delta": _json_delta(arguments)})
+            out += event("content_block_stop", {"index": index})
+        return out
 
     def _text(self, text: str) -> bytes:
         if self.open == "text":  # the usual event: its bytes laid out as `event` lays them, without the dict
@@ -268,24 +296,28 @@ class MessageEvents:
         return out + self._close()
 
     def _call(self, call: dict[str, Any]) -> bytes:
-        number = call.get("index") if isinstance(call.get("index"), int) else len(self.calls)
+        number = call.get("index") if isinstance(call.get("index"), int) else len(self.calls) + len(self.held)
         assert isinstance(number, int)
+        function = call.get("function")
+        arguments = arguments_text(function.get("arguments")) if isinstance(function, dict) else ""
+        if (held := self.held.get(number)) is not None:
+            held[1].append(arguments)
+            return b""
         out = b""
         index = self.calls.get(number)
         if index is None:
-            out = self._close()
-            self.open, self.blocks = number, self.blocks + 1
-            index = self.calls[number] = self.blocks - 1
-            function = call.get("function")
             named = {**function, "arguments": ""} if isinstance(function, dict) else {}
             block = _tool_use({**call, "function": named}, "")
             block["id"] = block["id"] or f"toolu_{self.request_id}_{number}"
+            if isinstance(self.open, int):  # another call's block is open: this one waits for it to close
+                self.held[number] = (block, [arguments])
+                return b""
+            out = self._close()
+            self.open, self.blocks = number, self.blocks + 1
+            index = self.calls[number] = self.blocks - 1
             out += event("content_block_start", {"index": index, "content_block": block})
-        function = call.get("function")
-        arguments = function.get("arguments") if isinstance(function, dict) else None
-        if isinstance(arguments, str) and arguments:
-            delta = {"type": "input_json_delta", "partial_json": arguments}
-            out += event("content_block_delta", {"index": index, "delta": delta})
+        if arguments:
+            out += event("content_block_delta", {"index": index, "delta": _json_delta(arguments)})
         return out
 
     def end(self) -> bytes:

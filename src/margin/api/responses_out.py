@@ -14,7 +14,7 @@ from margin import interleaving
 from margin.responses import ResponsesRequest
 from margin.responses_reasoning import ReasoningEvents, block_item, output_items
 from margin.responses_reasoning import copy_item as _copy
-from margin.thinking import reasoning_of
+from margin.thinking import REASONING_DETAILS, arguments_text, reasoning_of
 from margin.types import Usage, choices_of
 
 # a chat's finish_reason that ends a response early: OpenAI's `incomplete_details.reason`
@@ -121,14 +121,14 @@ def message_item(item_id: str, text: str, logprobs: list[Any], refusal: str | No
 def call_item(item_id: str, call: dict[str, Any], status: str = "completed") -> dict[str, Any]:
     function = call.get("function") if isinstance(call.get("function"), dict) else {}
     assert isinstance(function, dict)
-    name, arguments = function.get("name"), function.get("arguments")
+    name = function.get("name")
     return {
         "id": item_id,
         "type": "function_call",
         "status": status,
         "call_id": call.get("id") if isinstance(call.get("id"), str) else item_id,
         "name": name if isinstance(name, str) else "",
-        "arguments": arguments if isinstance(arguments, str) else "",
+        "arguments": arguments_text(function.get("arguments")),
     }
 
 
@@ -211,7 +211,7 @@ class StreamEvents(ReasoningEvents):
         self.logprobs: list[Any] = []
         self.refusal: str | None = None
         self.calls: dict[int, dict[str, Any]] = {}  # a chat tool call's index → its item
-        self.open_call: dict[str, Any] | None = None
+        self.open_calls: list[dict[str, Any]] = []  # open together: an upstream may interleave their deltas
         self.finish: Any = None
         self.chat: dict[str, Any] = {}
         self.failed = False
@@ -219,6 +219,8 @@ class StreamEvents(ReasoningEvents):
         self.closing: bytes | None = None  # the events that closed the open items, once `close` ran
         self.reasoning: dict[str, Any] | None = None  # the open reasoning item (`ReasoningEvents`)
         self.reasoning_texts: list[str] = []
+        self.details: list[dict[str, Any]] = []  # `ReasoningEvents`: OpenRouter's `reasoning_details`, merged
+        self.details_dropped = False
         self.delta_fields = b""  # the open message's item_id, output_index, content_index as JSON (`_text_delta`)
 
     def event(self, kind: str, **fields: Any) -> bytes:
@@ -267,6 +269,8 @@ class StreamEvents(ReasoningEvents):
             out = self._reasoning_delta(thought)
         if isinstance(blocks := delta.get("thinking_blocks"), list):
             out += b"".join(self._thinking_block(block) for block in blocks)
+        if isinstance(details := delta.get(REASONING_DETAILS), list) and not self.details_dropped:
+            self._details(details)
         if isinstance(content := delta.get("content"), str) and content:
             out += self._text_delta(content, _logprobs(choice) if choice.get("logprobs") is not None else [])
         if isinstance(refusal := delta.get("refusal"), str):
@@ -316,15 +320,15 @@ class StreamEvents(ReasoningEvents):
         assert isinstance(function, dict)
         out = b""
         item = self.calls.get(number)
-        if item is None:
-            out = self._close_reasoning() + self._close_text() + self._close_call()
+        if item is None:  # the calls before it stay open: their deltas may come after its (index 0, 1, 0, 1)
+            out = self._close_reasoning() + self._close_text()
             item = call_item(f"fc_{self.ids}_{number}", call, "in_progress")
             item["arguments"] = ""
-            self.calls[number] = self.open_call = item
+            self.calls[number] = item
+            self.open_calls.append(item)
             self.items.append(item)
             out += self.event("response.output_item.added", output_index=len(self.items) - 1, item=_copy(item))
-        arguments = function.get("arguments")
-        if isinstance(arguments, str) and arguments:
+        if arguments := arguments_text(function.get("arguments")):
             item["arguments"] += arguments
             out += self.event(
                 "response.function_call_arguments.delta",
@@ -358,19 +362,21 @@ class StreamEvents(ReasoningEvents):
         )
 
     def _close_call(self) -> bytes:
-        item = self.open_call
-        if item is None:
-            return b""
-        self.open_call = None
-        index = self.items.index(item)
-        item["status"] = self._item_status()
-        return self.event(
-            "response.function_call_arguments.done",
-            item_id=item["id"],
-            output_index=index,
-            name=item["name"],
-            arguments=item["arguments"],
-        ) + self.event("response.output_item.done", output_index=index, item=_copy(item))
+        """The open calls' ends, in their order, once their arguments are whole (another kind of output starts,
+        or the stream ends)."""
+        out = b""
+        for item in self.open_calls:
+            index = self.items.index(item)
+            item["status"] = self._item_status()
+            out += self.event(
+                "response.function_call_arguments.done",
+                item_id=item["id"],
+                output_index=index,
+                name=item["name"],
+                arguments=item["arguments"],
+            ) + self.event("response.output_item.done", output_index=index, item=_copy(item))
+        self.open_calls = []
+        return out
 
     def _close_others(self) -> bytes:
         return self._close_text() + self._close_call()
@@ -393,6 +399,7 @@ class StreamEvents(ReasoningEvents):
         if self.failed or self.closing is not None:
             return
         self.closing = self._close_reasoning() + self._close_text() + self._close_call() + self._refusal()
+        self._last_details()
         _ended(self.response, self.finish, self.chat)
         self.response["output"] = [_copy(item) for item in self.items]
 

@@ -1,11 +1,14 @@
 """A chat completion request as an Anthropic Messages request (`POST /v1/messages`), for `kind: anthropic`.
 
-What maps: `system`/`developer` messages → the top-level `system` (their text, in order, wherever they stood); user
-and assistant turns with text and image parts (a data URL → a base64 image, an http(s) URL → a url image; a `file`
-part's PDF → a base64 document); an assistant's `thinking_blocks` (an earlier answer's, signatures as they came) →
-its first blocks, and its `tool_calls` → `tool_use` blocks after its text, or all of them in its `block_order` (an
-interleaved answer's order, `margin.interleaving`) where that accounts for them; `tool` messages → `tool_result`
-blocks in a user turn (consecutive turns of one role are merged into one, as Anthropic wants roles to alternate);
+What maps: `system`/`developer` messages → the top-level `system` (their text, in order, wherever they stood); user and
+assistant turns with text and image parts (a data URL → a base64 image, an http(s) URL → a url image; a `file` part's
+PDF → a base64 document; a part marked `margin.thinking.DOCUMENT`, a translated Messages document, → a document block
+with its title and context, a plain text one too); a tool message's `RESULT_MEDIA` count → that many of the next user
+message's first parts, back inside its `tool_result`; an assistant's `thinking_blocks` (an earlier answer's, signatures
+as they came) → its first blocks, and its `tool_calls` → `tool_use` blocks after its text, or all of them in its
+`block_order` (an interleaved answer's order, `margin.interleaving`) where that accounts for them; `tool` messages →
+`tool_result` blocks in a user turn (consecutive turns of one role are merged into one, as Anthropic wants roles to
+alternate);
 `tools` (functions) → Anthropic tools; `tool_choice` auto/none/required/named → auto/none/any/tool, and
 `parallel_tool_calls: false` → `disable_parallel_tool_use`; `max_tokens`/`max_completion_tokens` (the lower, as
 budgets capped it) → `max_tokens`, else the backend's `default_max_tokens`; temperature (0..1), top_p, top_k, stop →
@@ -26,8 +29,8 @@ import orjson
 
 from margin import interleaving, jsonload
 from margin.errors import InvalidRequest
-from margin.protocol import ChatCompletionRequest, ChatMessage, ThinkingBlock
-from margin.thinking import ERROR_PREFIX, ERROR_PREFIXED, IS_ERROR
+from margin.protocol import MAX_CONTENT_PARTS, ChatCompletionRequest, ChatMessage, ContentPart, ThinkingBlock
+from margin.thinking import DOCUMENT, ERROR_PREFIX, ERROR_PREFIXED, IS_ERROR, RESULT_MEDIA
 
 # `reasoning_effort` → thinking `budget_tokens` (Anthropic's minimum is 1,024; the budget must stay below
 # `max_tokens`, so it is lowered to `max_tokens - 1` and refused under 1,024). `none` sends no thinking.
@@ -218,13 +221,23 @@ def _turns(messages: list[ChatMessage], *, names: bool) -> tuple[list[dict[str, 
     participant name is refused unless `names` (dropped: Anthropic's messages have none)."""
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
+    results: list[tuple[dict[str, Any], int]] = []  # tool results whose media open the next user message
     for index, message in enumerate(messages):
         if message.name is not None and message.role != "tool" and not names:
             raise unsupported(f"messages[{index}].name", "a participant name")
         if message.role in ("system", "developer"):
             system.extend(_content_blocks(message, index, images=False))
             continue
-        role, blocks = _turn(message, index)
+        rest: ChatMessage | None = message
+        if message.role == "user" and results:
+            rest, results = _media_back(results, message, index), []
+        if rest is None:  # it held only the tool results' media, put back inside them
+            continue
+        role, blocks = _turn(rest, index)
+        if message.role != "tool":
+            results = []
+        elif count := _media_count(message):
+            results.append((blocks[0], count))
         if turns and turns[-1]["role"] == role:
             turns[-1]["content"].extend(blocks)
         else:
@@ -232,6 +245,33 @@ def _turns(messages: list[ChatMessage], *, names: bool) -> tuple[list[dict[str, 
     if not turns:
         raise InvalidRequest("messages: anthropic backends need a user message besides system ones", param="messages")
     return system, turns
+
+
+def _media_count(message: ChatMessage) -> int:
+    """A tool message's `RESULT_MEDIA`: how many of the next user message's first parts are its result's images and
+    documents (a Messages `tool_result`'s, moved there for upstreams whose tool messages hold text only)."""
+    count = (message.model_extra or {}).get(RESULT_MEDIA) if message.role == "tool" else None
+    return count if type(count) is int and 0 < count <= MAX_CONTENT_PARTS else 0
+
+
+def _media_back(results: list[tuple[dict[str, Any], int]], message: ChatMessage, index: int) -> ChatMessage | None:
+    """The user message after tool results whose images and documents open it, less them (None: nothing is left):
+    each result's put back at the end of its `tool_result`'s content (Anthropic's Messages API takes them there).
+    Counts that do not match the message (no such parts there) leave it as it is."""
+    parts = message.content if isinstance(message.content, list) else []
+    total = sum(count for _block, count in results)
+    if total > len(parts) or not all(
+        part.type in ("image_url", "file") or _marked(part) is not None for part in parts[:total]
+    ):
+        return message
+    at = 0
+    for block, count in results:
+        media = [_user_part(part, f"messages[{index}].content[{at + n}]") for n, part in enumerate(parts[at:][:count])]
+        at += count
+        held = block["content"]
+        text = ([{"type": "text", "text": held}] if held else []) if isinstance(held, str) else held
+        block["content"] = [*text, *media]
+    return message.model_copy(update={"content": parts[total:]}) if total < len(parts) else None
 
 
 def _turn(message: ChatMessage, index: int) -> tuple[str, list[dict[str, Any]]]:
@@ -293,19 +333,41 @@ def _content_blocks(message: ChatMessage, index: int, *, images: bool) -> list[d
     blocks: list[dict[str, Any]] = []
     for number, part in enumerate(content):
         where = f"messages[{index}].content[{number}]"
-        if part.type in ("text", "refusal"):  # an assistant's refusal, sent back, is its text
+        document = images and _marked(part) is not None  # a Messages document's text: a document block again
+        if part.type in ("text", "refusal") and not document:  # an assistant's refusal, sent back, is its text
             text = part.text if part.type == "text" else (part.model_extra or {}).get("refusal")
             if not isinstance(text, str):
                 raise InvalidRequest(f"{where}: a {part.type} part needs its text", param=where)
             if text:
                 blocks.append({"type": "text", "text": text})
-        elif part.type == "image_url" and images:
-            blocks.append(_image((part.model_extra or {}).get("image_url"), where))
-        elif part.type == "file" and images:
-            blocks.append(_document((part.model_extra or {}).get("file"), where))
+        elif part.type in ("image_url", "file", "text") and images:
+            blocks.append(_user_part(part, where))
         else:
             raise unsupported(where, f"a {part.type[:40]!r} part in a {message.role} message")
     return blocks
+
+
+def _marked(part: ContentPart) -> dict[str, Any] | None:
+    """A part's `DOCUMENT` mark (a Messages document block's title and context), None without one."""
+    mark = (part.model_extra or {}).get(DOCUMENT)
+    return mark if type(mark) is dict else None
+
+
+def _user_part(part: ContentPart, where: str) -> dict[str, Any]:
+    """A user's image, PDF or plain text document part as its block; a document with its `title` and `context`."""
+    extra = part.model_extra or {}
+    if part.type == "image_url":
+        return _image(extra.get("image_url"), where)
+    if part.type == "file":
+        block = _document(extra.get("file"), where)
+    elif isinstance(part.text, str):
+        block = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": part.text}}
+    else:
+        raise InvalidRequest(f"{where}: a text part needs its text", param=where)
+    for name, value in (_marked(part) or {}).items():
+        if name in ("title", "context") and isinstance(value, str):
+            block[name] = value
+    return block
 
 
 def _image(image_url: Any, where: str) -> dict[str, Any]:

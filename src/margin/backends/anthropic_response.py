@@ -22,6 +22,7 @@ from margin import interleaving
 from margin.backends import payloads
 from margin.backends.upstream_errors import log_upstream
 from margin.errors import BackendError, UpstreamOverloaded
+from margin.thinking import START_USAGE, start_usage
 from margin.types import Call, Chunk, Usage
 
 FINISH = {
@@ -181,7 +182,10 @@ class Translator:
         usage = message.get("usage") if isinstance(message, dict) else None
         if isinstance(usage, dict):
             self.counts.update(usage)
-        return [self._chunk({"role": "assistant", "content": ""})]
+        first = self._chunk({"role": "assistant", "content": ""})
+        if (counts := start_usage(self.counts)) is not None:  # the counts so far, for a Messages client's message_start
+            first.payload[START_USAGE] = counts
+        return [first]
 
     def _block_start(self, event: dict[str, Any]) -> list[Chunk]:
         block, index = event.get("content_block"), event.get("index")

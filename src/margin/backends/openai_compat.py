@@ -24,7 +24,7 @@ from margin.backends.upstream_errors import log_upstream, upstream_message
 from margin.errors import BackendError
 from margin.jsonload import MIN_DEEP_BYTES
 from margin.protocol import FORWARDED, Endpoint
-from margin.thinking import without_thinking
+from margin.thinking import OBJECT_ARGUMENTS, object_arguments, text_arguments, without_thinking
 from margin.types import Call, Chunk, Completion, Prompt, Usage, choices_text, finish_reason_of
 
 log = logging.getLogger("margin.backends")
@@ -112,7 +112,8 @@ class OpenAIBackend(HttpBackend):
             call.stats.closed_usage = usage
             raise BackendError("the upstream failed (an error under HTTP 200)")
         call.stats.finish_reason = finish_reason_of(payload)  # a cache hit replays it (`length`: a cut answer)
-        return Completion(payload=payload, raw=content, text=message_text(payload), usage=usage)
+        rewritten = object_arguments(content) and text_arguments(payload)  # arguments as an object: as their text
+        return Completion(payload=payload, raw=None if rewritten else content, text=message_text(payload), usage=usage)
 
     async def complete(self, call: Call) -> Completion:
         return await self._post(call)
@@ -197,8 +198,12 @@ class OpenAIBackend(HttpBackend):
             for event in events:
                 if event == b"[DONE]":
                     return True
-                # `len` first: a stream's events are mostly too short to nest that deep, and this runs for each
-                if first or _names_usage_or_error(event) or (len(event) >= MIN_DEEP_BYTES and jsonload.may_nest(event)):
+                if (
+                    first
+                    or _names_usage_or_error(event)
+                    or (len(event) >= MIN_DEEP_BYTES and jsonload.may_nest(event))  # `len` first: most are short
+                    or (b'"arguments"' in event and OBJECT_ARGUMENTS.search(event) is not None)
+                ):  # as `_parsed_here`, inline: this runs for each event
                     if run:
                         batch.append(Chunk(events=run) if len(run) > 1 else Chunk(raw=run[0]))
                         run = []
@@ -219,14 +224,15 @@ class OpenAIBackend(HttpBackend):
         return BackendError(f"upstream {self.name} sent an invalid stream event", code="upstream_bad_response")
 
     def _chunk(self, data: bytes) -> Chunk:
-        """One event, parsed here only when its bytes name usage or an error, or hold enough brackets to nest
-        past `jsonload.MAX_DEPTH` (the rest is parsed on first use: the text of the first token, or when a guard
+        """One event, parsed here only when its bytes name usage or an error, hold enough brackets to nest past
+        `jsonload.MAX_DEPTH`, or may hold tool call arguments as an object (forwarded as their text: `_parsed_here`;
+        the rest is parsed on first use: the text of the first token, or when a guard
         or the cache reads it). An event that is not even shaped like a JSON object (cut, garbled) or nests too
         deep fails here, before it is forwarded; one that is shaped like one but does not parse fails where it
         is first parsed. An event with an `error` is a failure even beside `choices` (OpenRouter's mid-stream error,
         whose choice finishes with `error`): the OpenAI SDK raises on it, and its text is the upstream's (the log's,
         never the client's)."""
-        if not _names_usage_or_error(data) and not (len(data) >= MIN_DEEP_BYTES and jsonload.may_nest(data)):
+        if not _parsed_here(data):
             if not (data.startswith(b"{") and data.endswith(b"}")):
                 raise self._invalid_event()
             return Chunk(raw=data)
@@ -239,12 +245,13 @@ class OpenAIBackend(HttpBackend):
         if _is_error(payload):  # beside `choices` too: OpenRouter's mid-stream error
             log_upstream(self.name, "failed mid-stream", upstream_message(data)[0])
             raise BackendError("the upstream failed mid-stream")
+        rewritten = object_arguments(data) and text_arguments(payload)  # arguments as an object: as their text
         reported = payload.get("usage")
         usage = Usage.from_openai(reported) if reported else None
         if reported and usage is None:  # usage that counts no prompt: metered as none came, so not forwarded either
             payload = {key: value for key, value in payload.items() if key != "usage"}
             return Chunk(payload=payload, text=delta_text(payload))
-        return Chunk(payload=payload, raw=data, text=delta_text(payload), usage=usage)
+        return Chunk(payload=payload, raw=None if rewritten else data, text=delta_text(payload), usage=usage)
 
 
 def _finished(events: list[bytes]) -> bool:
@@ -286,6 +293,17 @@ def _is_error(payload: dict[str, Any]) -> bool:
     whatever its choice held, while the same in a stream was the upstream's failure."""
     error = payload.get("error")
     return error is not None and (bool(error) or ("choices" not in payload and "data" not in payload))
+
+
+def _parsed_here(event: bytes) -> bool:
+    """Whether an event is parsed as it arrives: it names usage or an error, may nest past `jsonload.MAX_DEPTH`
+    (`len` first: a stream's events are mostly too short to nest that deep, and this runs for each), or may hold
+    tool call arguments that are not text (`margin.thinking.object_arguments`, rewritten as their text)."""
+    return (
+        _names_usage_or_error(event)
+        or (len(event) >= MIN_DEEP_BYTES and jsonload.may_nest(event))
+        or object_arguments(event)
+    )
 
 
 def _names_usage_or_error(event: bytes) -> bool:

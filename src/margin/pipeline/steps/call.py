@@ -40,10 +40,11 @@ from margin.pipeline.values import Record, Reply, Request, RouteDecision
 from margin.protocol import Endpoint, service_tier
 from margin.routing.breaker import Breakers
 from margin.specs import AdmissionConfig
-from margin.types import Call, CallStats, Chunk, Completion, Target, Usage, generated_text
+from margin.types import Call, CallStats, Chunk, Completion, Target, Usage, choices_of, generated_text
 
 log = logging.getLogger("margin.call")
 OPENAI_USAGE = (Endpoint.CHAT, Endpoint.COMPLETIONS)  # whole answers whose usage is OpenAI's chat usage
+TRANSLATED = (Endpoint.RESPONSES, Endpoint.MESSAGES)  # rows of chats whose answer becomes another API's
 
 
 def translate(backend: str, exc: Exception) -> MarginError:
@@ -232,6 +233,7 @@ class BackendCall:
                     unreplayed=delivery.unreplayed,
                 )
             completion = await self._waited(record, target, call, allowance)
+            _translatable(record, completion, call, target.backend_name)
             usage, output = completion.usage, completion
             return Reply(completion=completion)
         except MarginError as exc:
@@ -372,6 +374,19 @@ async def _output_text(output: Completion | Delivery | None) -> str:
     if isinstance(output, Completion):
         return generated_text(output.payload, "message")
     return await output.generated() if output is not None else ""
+
+
+def _translatable(record: Record, completion: Completion, call: Call, backend: str) -> None:
+    """A whole answer to a Responses or Messages request must hold a choice to translate: one whose `choices` is
+    not a list of an object (a chat client gets such an answer as it came) would be an empty Response or Message
+    said to be complete. It is the upstream's bad response instead (a 502, the row an upstream error), billed at
+    the usage it reported."""
+    choices = choices_of(completion.payload)
+    if record.endpoint not in TRANSLATED or (choices and isinstance(choices[0], dict)):
+        return
+    call.stats.closed_usage = completion.usage
+    why = f"upstream {backend} sent an answer with no choice to translate"
+    raise BackendError(why, code="upstream_bad_response")
 
 
 def _served_tier(request: Request, output: Completion | Delivery | None) -> str | None:

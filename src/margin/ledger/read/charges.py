@@ -98,7 +98,7 @@ def _rows_query(
     binary = "C" if connection.dialect.name == "postgresql" else "BINARY"  # code point order, as Python's str
     # `charges` sorts by str(key): NULL as 'None'; keys equal as text (NULL and 'None') stay as grouped, NULL first
     texts = [sa.collate(sa.func.coalesce(k, "None"), binary) for k in (day, *keys)]
-    order = [*texts, *(k.is_not(None) for k in keys)]
+    order: list[sa.ColumnElement[Any]] = [*texts, *(k.is_not(None) for k in keys)]
     return query.group_by(day, *keys).order_by(*order)
 
 

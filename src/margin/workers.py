@@ -29,6 +29,7 @@ from uvicorn.supervisors import Multiprocess
 
 from margin.config import Settings
 from margin.errors import ConfigError
+from margin.governance.redis_store import EMBEDDED_DIR
 
 log = logging.getLogger("margin.workers")
 PR_SET_PDEATHSIG = 1
@@ -139,7 +140,7 @@ def embedded_redis(
 ) -> Iterator[str]:
     """A private redis-server on a unix socket; yields its URL. `max_bytes`: a cache's, evicting the least
     recently used keys past it. `revivals`: its `revive` is added there (for the supervisor's passes)."""
-    with tempfile.TemporaryDirectory(prefix="margin-redis-") as workdir:
+    with tempfile.TemporaryDirectory(prefix=EMBEDDED_DIR) as workdir:
         os.chmod(workdir, 0o700)
         socket = Path(workdir) / "redis.sock"
         command = [str(redis_binary()), "--port", "0", "--unixsocket", str(socket), "--unixsocketperm", "700"]

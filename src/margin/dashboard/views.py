@@ -17,6 +17,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from margin import keys
+from margin.api.edge import known_query
 from margin.api.errors import NOSNIFF, error_response, json_response, status_of
 from margin.dashboard import auth, charts, pages
 from margin.dashboard.auth import Viewer
@@ -33,6 +34,13 @@ DEFAULT_SINCE = "7d"
 HTML_ROWS = 200
 """Groups an HTML table shows (those that cost the most; the JSON lists GROUP_LIMIT): feature and customer tags are
 the caller's, and rendering 10,000 rows held the event loop 0.7 s for a page no one reads."""
+WINDOW_QUERY = frozenset({"since", "format"})
+PAGE_QUERY: dict[str, frozenset[str]] = {
+    name: WINDOW_QUERY | ({"by", "limit"} if name in ("breakdown", "margin") else set()) for name in PAGES
+}
+"""The query parameters each page reads (its builder's and `page`'s own): any other, or one given twice, is a
+400 (`known_query`, as `/admin`'s reads), not a window or a table other than the one asked for."""
+LOGIN_QUERY = frozenset({"next"})
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
     "frame-ancestors 'none'",
@@ -174,6 +182,7 @@ class Dashboard:
             who: Viewer | None = None
             try:
                 who = await auth.viewer(request)
+                known_query(request.query_params, PAGE_QUERY[name])
                 async with request.app.state.services.key_reads.slot(None if who.full else who.principal.key_id):
                     scope = await _read(request, pages.scope_for, _engine(request), who, since)
                     data = await BUILDERS[name](request, who, scope)
@@ -251,15 +260,31 @@ class Dashboard:
     def routes(self) -> list[Route]:
         paths = {"overview": "/dashboard"} | {name: f"/dashboard/{name}" for name in PAGES if name != "overview"}
         out = [
-            Route("/dashboard/login", self.login_form, methods=["GET"]),
-            Route("/dashboard/login", self.login, methods=["POST"]),
-            Route("/dashboard/logout", self.logout, methods=["POST"]),
-            Route("/dashboard/static/dashboard.css", self.stylesheet, methods=["GET"]),
+            Route("/dashboard/login", strict(self.login_form, LOGIN_QUERY), methods=["GET"]),
+            Route("/dashboard/login", strict(self.login, LOGIN_QUERY), methods=["POST"]),
+            Route("/dashboard/logout", strict(self.logout, frozenset()), methods=["POST"]),
+            Route("/dashboard/static/dashboard.css", strict(self.stylesheet, frozenset()), methods=["GET"]),
         ]
         for name, path in paths.items():
             out.append(Route(path, self.page(name), methods=["GET"]))
             out.append(Route(f"/dashboard/api/{name}", self.page(name, api=True), methods=["GET"]))
         return out
+
+
+def strict(
+    handler: Callable[[Request], Awaitable[Response]], allowed: frozenset[str]
+) -> Callable[[Request], Awaitable[Response]]:
+    """`handler` behind `known_query` (a page checks its own, after its viewer, to answer in its format): an
+    unknown or repeated parameter is a 400 in the error JSON, before the handler reads anything."""
+
+    async def run(request: Request) -> Response:
+        try:
+            known_query(request.query_params, allowed)
+        except InvalidRequest as exc:
+            return error_response(exc)
+        return await handler(request)
+
+    return run
 
 
 def routes() -> list[Route]:

@@ -45,6 +45,12 @@ def unavailable(operation: str, exc: Exception) -> Overloaded:
 
 
 START_WAIT_S = 30.0  # how long a start waits for Redis to answer (RedisStore.ping)
+EMBEDDED_DIR = "margin-redis-"  # the folder of the redis-server margin starts itself (margin.workers)
+SAFE_POLICY = "noeviction"
+"""The one `maxmemory-policy` that never drops a budget counter, a reservation or a rate-limit key: `allkeys-*`
+drop any key and `volatile-*` any with a TTL (counters and reservations have one), and a dropped counter
+reads as nothing spent, so the budget would be spent again. Under noeviction a full Redis refuses writes: the
+admission fails and the request is refused (`governance_unavailable`), which is failing closed."""
 
 
 class RedisStore:
@@ -63,6 +69,7 @@ class RedisStore:
         except ValueError as exc:
             raise ConfigError(f"storage.redis is not a redis:// URL: {exc}") from exc
         self._pool: Any = pool
+        self._url = url
         self._redis: Any = aioredis.Redis(connection_pool=pool)
         self._scripts = {
             name: self._redis.register_script(source)
@@ -109,6 +116,35 @@ class RedisStore:
                     log.warning("Redis does not answer yet (%s); waiting up to %g s", printable(str(exc)), wait_s)
                 await asyncio.sleep(min(pause, left))
                 pause = min(pause * 2, 2.0)
+
+    async def check_memory(self) -> None:
+        """At start, after `ping`: the server's `maxmemory-policy` must be noeviction (`SAFE_POLICY`; else
+        `ConfigError`), and a `maxmemory` of 0 (no bound: it grows until the host runs out) is warned about. A
+        server that does not let margin run CONFIG GET (renamed or disabled, as managed services do, or an ACL
+        user without it) is logged as unchecked, and the start goes on. margin's own embedded server (several
+        workers, no storage.redis) is not checked: margin starts it without a bound and noeviction."""
+        from redis.exceptions import RedisError, ResponseError
+
+        if EMBEDDED_DIR in self._url:
+            return
+        try:
+            found = await asyncio.wait_for(self._redis.config_get("maxmemory*"), START_WAIT_S)
+        except ResponseError as exc:  # an unknown command, or NOPERM (a subclass)
+            log.warning("storage.redis: CONFIG GET is not allowed (%s): maxmemory and its policy are not checked; they"
+                     " must be a bound and noeviction (README, Replicas)", printable(str(exc)))  # fmt: skip
+            return
+        except (RedisError, TimeoutError) as exc:
+            raise ConfigError(f"storage.redis: cannot read its CONFIG: {exc}") from exc
+        policy, limit = str(found.get("maxmemory-policy", SAFE_POLICY)), str(found.get("maxmemory", "0"))
+        if policy != SAFE_POLICY:
+            raise ConfigError(
+                f"storage.redis: maxmemory-policy is {printable(policy)!r}, which can evict budget counters and "
+                f"rate-limit keys (then spent again); set it to {SAFE_POLICY} (CONFIG SET maxmemory-policy "
+                f"{SAFE_POLICY}), and give the cache a Redis of its own (cache.redis) if it needs eviction"
+            )
+        if limit in ("0", ""):
+            log.warning("storage.redis has no maxmemory: it grows until the host runs out of memory; set one (a"
+                        " full Redis under noeviction refuses new requests rather than losing budgets)")  # fmt: skip
 
     async def admit(
         self,

@@ -139,6 +139,9 @@ class Governance:
         ping = getattr(self.store, "ping", None)
         if ping is not None:
             await ping()
+        check_memory = getattr(self.store, "check_memory", None)
+        if check_memory is not None:  # a Redis that can evict budget counters refuses the start
+            await check_memory()
         await self.refresh()
         self._generation = await self.store.generation(RELOADS)
         self._server = await self.store.server_id()

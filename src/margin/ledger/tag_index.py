@@ -10,9 +10,15 @@ per batch): each row with the tag adds one entry to the index's B-tree (~2.5 µs
 benchmarks/README.md), which is why the keys are a list of their own and not every rolled-up key.
 
 The tag keys are config, so no migration can name them: migration 0027 indexes the default (`customer`), and
-`margin db index-tags` (`sync`) makes the indexes those of the config. The index's expression and the budget
-read's are the same text (`expression`), which is how either database matches a query to an expression
+`margin db index-tags` (`sync_steps`) makes the indexes those of the config. The index's expression and the
+budget read's are the same text (`expression`), which is how either database matches a query to an expression
 index.
+
+`sync_steps` commits each drop and each build on its own: the ledger's writers (the gateways' ingest) wait for one
+index's build at a time, not for every key's in one transaction (~1-3 s per million rows each on SQLite), and on
+PostgreSQL not at all (CREATE INDEX CONCURRENTLY). An index is built whole or not at all, so a run cut between
+steps leaves the steps before it done and the next run does the rest (IF NOT EXISTS: none twice); a concurrent
+build cut halfway leaves an INVALID index, which `existing` does not count and the next run drops and rebuilds.
 """
 
 from __future__ import annotations
@@ -53,18 +59,47 @@ def name_of(tag: str) -> str | None:
     return name(key) if indexable(key) else None
 
 
-def create_sql(dialect: str, key: str) -> str:
-    value = expression(dialect, key, "")
-    return f'CREATE INDEX IF NOT EXISTS "{name(key)}" ON ledger ({value}, created_at) WHERE {value} IS NOT NULL'
+def create_sql(dialect: str, key: str, concurrently: bool = False) -> str:
+    value, how = expression(dialect, key, ""), " CONCURRENTLY" if concurrently else ""
+    return f'CREATE INDEX{how} IF NOT EXISTS "{name(key)}" ON ledger ({value}, created_at) WHERE {value} IS NOT NULL'
 
 
-def existing(connection: sa.Connection) -> set[str]:
-    """The tag-value indexes the ledger has."""
+def existing(connection: sa.Connection, valid: bool = True) -> set[str]:
+    """The tag-value indexes the ledger has (`valid`: PostgreSQL's usable ones only; False: its INVALID ones,
+    left by a concurrent build that was cut, which no query uses; none on SQLite)."""
     if connection.dialect.name == "sqlite":
+        if not valid:
+            return set()
         query = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ledger'"
     else:
-        query = "SELECT indexname FROM pg_indexes WHERE tablename = 'ledger' AND schemaname = current_schema()"
+        query = (
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t"
+            " ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace"
+            " WHERE t.relname = 'ledger' AND n.nspname = current_schema()"
+            f" AND i.indisvalid = {'true' if valid else 'false'}"
+        )
     return {row[0] for row in connection.exec_driver_sql(query) if row[0].startswith(PREFIX)}
+
+
+def sync_steps(engine: sa.Engine, keys: Iterable[str]) -> list[str]:
+    """`sync`, each drop and each build committed on its own (PostgreSQL: CONCURRENTLY, writes go on), so a run
+    cut between steps is finished by the next one; an INVALID index (a concurrent build cut halfway) is rebuilt.
+    Returns the steps taken, as SQL."""
+    wanted = {name(key): key for key in keys}
+    with engine.connect() as connection:
+        have, broken = existing(connection), existing(connection, valid=False)
+    postgres, done = engine.dialect.name == "postgresql", list[str]()
+    how = " CONCURRENTLY" if postgres else ""
+    steps = [f'DROP INDEX{how} IF EXISTS "{index}"' for index in sorted((have - wanted.keys()) | broken)]
+    steps += [
+        create_sql(engine.dialect.name, key, postgres) for index, key in sorted(wanted.items()) if index not in have
+    ]
+    for sql in steps:  # CONCURRENTLY cannot run in a transaction: autocommit, the statement its own
+        options = {"isolation_level": "AUTOCOMMIT"} if postgres else {}
+        with engine.connect().execution_options(**options) as connection, connection.begin():
+            connection.exec_driver_sql(sql)
+        done.append(sql)
+    return done
 
 
 def sync(connection: sa.Connection, keys: Iterable[str]) -> None:

@@ -38,10 +38,11 @@ turns an unknown price into 0): they are left out and counted in the result.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ from margin.economics.money import from_nanousd
 from margin.errors import InvalidRequest
 from margin.ledger.measures import MICRO, NANO
 from margin.ledger.read import Window
-from margin.ledger.read.charges import CHARGE_GRAIN, charges, unpriced
+from margin.ledger.read.charges import CHARGE_GRAIN, charges, stream_charges, unpriced
 from margin.report.cells import spreadsheet_text
 
 GATEWAY = "margin"  # ProviderName and InvoiceIssuerName of what margin served itself (no backend called)
@@ -74,6 +75,9 @@ COLUMNS = MANDATORY + CONDITIONAL + EXTENSIONS
 COST_COLUMNS = ("BilledCost", "ContractedCost", "EffectiveCost", "ListCost")
 DATE_COLUMNS = ("BillingPeriodStart", "BillingPeriodEnd", "ChargePeriodStart", "ChargePeriodEnd")
 TAG_KEYS = ("feature", "customer")  # `--tags` a charge may also be split by (then read from rows)
+ROW_GROUP = 50_000
+"""Charges per Parquet row group, and so the most the Parquet writer holds: it built every row as a dict and
+then every column as a list at once (a 1M-charge `--tags` month: see benchmarks/README.md, focus_memory.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +89,11 @@ class FocusExport:
     settings: Settings
     account: str
     tags: tuple[str, ...] = ()
+    written: int | None = None  # `export`: the charges streamed to the file (then `charges` is empty)
 
     @property
     def count(self) -> int:
-        return len(self.charges)
+        return len(self.charges) if self.written is None else self.written
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -182,6 +187,16 @@ def focus_rows(
     """The month's charges: day × key × team × model × backend × region × service tier (from ledger_charges),
     split further by the tag keys in `tags` (feature, customer: then read from the ledger rows, about one
     charge per request when tags vary per request)."""
+    head = _head(settings, period, account, tags)
+    window = Window(head.period_start, head.period_end, rollup=rollup)
+    with engine.connect() as connection:
+        found = charges(connection, window, (*CHARGE_GRAIN, *head.tags))
+        left_out = unpriced(connection, window)
+    return replace(head, charges=found, unpriced_requests=left_out)
+
+
+def _head(settings: Settings, period: str, account: str, tags: Sequence[str]) -> FocusExport:
+    """An export's validated parameters, no charges yet."""
     if not account.strip():  # FOCUS: BillingAccountId and BillingAccountName MUST NOT be null (an empty CSV cell is)
         raise InvalidRequest("--account must name the billing account: FOCUS's BillingAccountId cannot be empty")
     tags = tuple(dict.fromkeys(tags))  # a key named twice splits once (it was a duplicate column: a traceback)
@@ -189,11 +204,7 @@ def focus_rows(
     if unknown:
         raise InvalidRequest(f"--tags: {', '.join(sorted(unknown))} unknown; choose among {', '.join(TAG_KEYS)}")
     start, end = parse_period(period)
-    window = Window(start, end, rollup=rollup)
-    with engine.connect() as connection:
-        found = charges(connection, window, (*CHARGE_GRAIN, *tags))
-        left_out = unpriced(connection, window)
-    return FocusExport(found, left_out, start, end, settings, account, tags)
+    return FocusExport((), 0, start, end, settings, account, tags)
 
 
 def _listed(r: Any) -> int:
@@ -214,7 +225,7 @@ def _cell(text: str) -> str:
     return str(spreadsheet_text(text))
 
 
-def _csv_lines(export: FocusExport) -> Iterator[tuple[Any, ...]]:
+def _csv_lines(export: FocusExport, found: Iterable[Any]) -> Iterator[tuple[Any, ...]]:
     """Rows in COLUMNS order, already as CSV text (one pass: a month of a million charges in seconds)."""
     settings, account = export.settings, spreadsheet_text(export.account)  # a script may fill it from a name
     period = (_iso(export.period_end), _iso(export.period_start))
@@ -222,7 +233,7 @@ def _csv_lines(export: FocusExport) -> Iterator[tuple[Any, ...]]:
     publishers: dict[Any, str] = {}
     days: dict[str, tuple[str, str]] = {}
     texts: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # team, region, model, key as cells (spreadsheet_text)
-    for r in export.charges:
+    for r in found:
         day = days.get(r.day)
         if day is None:
             start = datetime.fromisoformat(str(r.day)).replace(tzinfo=UTC)
@@ -246,46 +257,78 @@ def _csv_lines(export: FocusExport) -> Iterator[tuple[Any, ...]]:
         )  # fmt: skip
 
 
-def write_csv(export: FocusExport, path: Path) -> None:
+def write_csv(export: FocusExport, path: Path, found: Iterable[Any] | None = None) -> int:
+    """`found` (default: the export's charges) as CSV lines, streamed; returns how many."""
+    count = 0
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(COLUMNS)
-        writer.writerows(_csv_lines(export))
+        for line in _csv_lines(export, export.charges if found is None else found):
+            writer.writerow(line)
+            count += 1
+    return count
 
 
-def write_parquet(export: FocusExport, path: Path) -> None:
+def _schema() -> Any:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     money, stamp = pa.decimal128(38, 9), pa.timestamp("s", tz="UTC")
     types: dict[str, Any] = dict.fromkeys(COST_COLUMNS, money) | dict.fromkeys(DATE_COLUMNS, stamp)
     types |= {"PricingQuantity": pa.decimal128(38, 0), "ConsumedQuantity": pa.decimal128(38, 0)}
     types |= {"x_Requests": pa.int64(), "x_InputTokens": pa.int64(), "x_OutputTokens": pa.int64()}
     types |= {"x_EnergyJ": pa.float64(), "x_CO2eG": pa.float64()}
-    arrays = {}
-    rows = export.rows
-    for column in COLUMNS:
-        values = [row[column] for row in rows]
-        if column == "Tags":
+    return pa.schema([(column, types.get(column, pa.string())) for column in COLUMNS])
+
+
+def _table(export: FocusExport, schema: Any, group: Sequence[Any]) -> Any:
+    """One row group's charges as a table of `schema`."""
+    import pyarrow as pa
+
+    period = (export.period_start, export.period_end)
+    rows = [_row(export.settings, r, period, export.account, export.tags) for r in group]
+    arrays = []
+    for field in schema:
+        values = [row[field.name] for row in rows]
+        if field.name == "Tags":
             values = [orjson.dumps(v, option=orjson.OPT_SORT_KEYS).decode() for v in values]
-        if column in COST_COLUMNS:
+        if field.name in COST_COLUMNS:
             values = [v.quantize(Decimal("1e-9")) for v in values]
-        arrays[column] = pa.array(values, type=types.get(column, pa.string()))
-    pq.write_table(pa.table(arrays), path)
+        arrays.append(pa.array(values, type=field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def write_parquet(export: FocusExport, path: Path, found: Iterable[Any] | None = None) -> int:
+    """`found` (default: the export's charges) in row groups of ROW_GROUP, streamed; returns how many."""
+    import pyarrow.parquet as pq
+
+    schema, count = _schema(), 0
+    charges_ = iter(export.charges if found is None else found)
+    with pq.ParquetWriter(path, schema) as writer:
+        while group := list(islice(charges_, ROW_GROUP)):
+            writer.write_table(_table(export, schema, group))
+            count += len(group)
+        if count == 0:  # an empty month: a file with the columns and no rows, as before
+            writer.write_table(_table(export, schema, []))
+    return count
 
 
 def export(
     engine: sa.Engine, settings: Settings, period: str, out: Path, account: str = "margin", tags: Sequence[str] = ()
 ) -> FocusExport:
-    """Write `out` (.csv or .parquet); returns what was written."""
+    """Write `out` (.csv or .parquet), the charges streamed from the ledger to the file (never all held where
+    they are read from rows: `stream_charges`); returns what was written."""
     if out.suffix not in (".csv", ".parquet"):
         raise InvalidRequest(f"--out must end in .csv or .parquet, not {out.name!r}")
-    result = focus_rows(engine, settings, period, account, tags)
-    try:
-        (write_csv if out.suffix == ".csv" else write_parquet)(result, out)
-    except OSError as exc:
-        raise InvalidRequest(f"cannot write {out}: {exc.strerror}") from exc
-    return result
+    head = _head(settings, period, account, tags)
+    window = Window(head.period_start, head.period_end)
+    write = write_csv if out.suffix == ".csv" else write_parquet
+    with engine.connect() as connection:
+        left_out = unpriced(connection, window)
+        try:
+            written = write(head, out, stream_charges(connection, window, (*CHARGE_GRAIN, *head.tags)))
+        except OSError as exc:
+            raise InvalidRequest(f"cannot write {out}: {exc.strerror}") from exc
+    return replace(head, unpriced_requests=left_out, written=written)
 
 
 __all__ = ["COLUMNS", "MANDATORY", "FocusExport", "export", "focus_rows", "parse_period"]

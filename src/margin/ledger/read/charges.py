@@ -8,7 +8,7 @@ helps there, it is one pass over the rows."""
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -43,6 +43,24 @@ def charges(connection: sa.Connection, window: Window, dims: Sequence[str] = CHA
     return [record(*key, *sums) for key, sums in sorted(found.items(), key=lambda kv: tuple(map(str, kv[0])))]
 
 
+def stream_charges(
+    connection: sa.Connection, window: Window, dims: Sequence[str] = CHARGE_GRAIN, batch: int = 10_000
+) -> Iterator[Any]:
+    """`charges`, the same records in the same order, without holding them all where they are read from rows
+    alone (`--tags`, or no rollup: about a charge per request when tags vary per request): the grouped query
+    sorted by the database as `charges` sorts (each key as its text, NULL as 'None', by code point) and fetched
+    `batch` at a time. A window with a rollup part is `charges` itself (its size is the rollup's, not the rows')."""
+    rolled = tuple(dims) == CHARGE_GRAIN and window.team is None and grain_for(window, [], ()) is not None
+    parts = plan(window, "day" if rolled else None)
+    if len(parts) != 1 or parts[0].source != "rows":
+        yield from charges(connection, window, dims)
+        return
+    record = namedtuple("Charge", ["day", *dims, *SUMS])  # type: ignore[misc]
+    result = connection.execution_options(yield_per=batch).execute(_rows_query(connection, window, parts[0], dims))
+    for row in result:
+        yield record(*row)
+
+
 def _plus(a: Any, b: Any) -> Any:
     return b if a is None else a if b is None else a + b
 
@@ -62,6 +80,13 @@ def _rows(
 ) -> list[Any]:
     """The charges of a part of the window from the ledger rows; `discounts`: only its batch lines' discounts
     (every other sum NULL), found through the ledger's batch_id index, for a part the rollup answered."""
+    return list(connection.execute(_rows_query(connection, window, part, dims, discounts)))
+
+
+def _rows_query(
+    connection: sa.Connection, window: Window, part: Part, dims: Sequence[str], discounts: bool = False
+) -> sa.Select[Any]:
+    """`_rows`' query, ordered as `charges` sorts its records (for `stream_charges`)."""
     day: sa.ColumnElement[Any] = sa.literal_column(m.day(connection.dialect.name, "ledger")).label("day")
     keys = [row_group(connection, name).label(name) for name in dims]
     measures = (ledger.c.input_tokens, ledger.c.output_tokens, ledger.c.cost_nanousd, ledger.c.energy_uj)
@@ -70,7 +95,11 @@ def _rows(
     if discounts:
         sums, clauses = [sa.null()] * len(sums), [*clauses, ledger.c.batch_id.is_not(None)]
     query = sa.select(day, *keys, *sums, sa.func.sum(ledger.c.discount_nanousd)).where(*clauses)
-    return list(connection.execute(query.group_by(day, *keys)))
+    binary = "C" if connection.dialect.name == "postgresql" else "BINARY"  # code point order, as Python's str
+    # `charges` sorts by str(key): NULL as 'None'; keys equal as text (NULL and 'None') stay as grouped, NULL first
+    texts = [sa.collate(sa.func.coalesce(k, "None"), binary) for k in (day, *keys)]
+    order: list[sa.ColumnElement[Any]] = [*texts, *(k.is_not(None) for k in keys)]
+    return query.group_by(day, *keys).order_by(*order)
 
 
 def unpriced(connection: sa.Connection, window: Window) -> int:

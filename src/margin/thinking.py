@@ -52,17 +52,16 @@ def repeats_reasoning(holder: dict[str, Any], texts: list[str]) -> bool:
     return any(holder.get(key) == joined for key in REASONING_KEYS)
 
 
-START_USAGE = "message_start_usage"
-"""An `anthropic` backend's first stream chunk's field: the usage its upstream's `message_start` reported (Anthropic's
-counts: the input less its cache reads and writes, each apart), which the Messages translation's own `message_start`
-passes on (`margin.api.messages_out`). The chat's usage comes at the stream's end, as OpenAI's."""
 ANTHROPIC_USAGE_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
 MAX_COUNT = 2**31 - 1
 
 
 def start_usage(counts: Any) -> dict[str, int] | None:
-    """Anthropic's usage counts as `START_USAGE` holds them (each a whole number, 0 where it is not one), or None
-    where `counts` is not a dict that counts the input."""
+    """The usage an `anthropic` backend's upstream reported at its `message_start` (Anthropic's counts: the input
+    less its cache reads and writes, each apart), as `margin.types.Chunk.start_usage` carries it beside the stream's
+    first chunk (never in its JSON) for the Messages translation's own `message_start` (`margin.api.messages_out`):
+    each a whole number, 0 where it is not one; None where `counts` is not a dict that counts the input. The chat's
+    usage comes at the stream's end, as OpenAI's."""
     if type(counts) is not dict or not _count(counts.get("input_tokens")):
         return None
     return {key: _whole(counts.get(key)) for key in ANTHROPIC_USAGE_KEYS}

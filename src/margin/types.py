@@ -292,9 +292,13 @@ class Chunk:
 
     `events`: a run of events that arrived together and name neither usage nor an error, handed over as one
     chunk (their raw JSON, in order): forwarded as they came, parsed only if their text is asked for. A run
-    has no single payload."""
+    has no single payload.
 
-    __slots__ = ("_payload", "_text", "events", "more", "raw", "usage")
+    `start_usage`: what an `anthropic` backend's upstream told at its own `message_start` (its first chunk's,
+    `margin.thinking.start_usage`), carried beside the event and never in its JSON: a Messages client's
+    `message_start` tells it (`Record.start_usage`); no chat client sees it, and no upstream's event can set it."""
+
+    __slots__ = ("_payload", "_text", "events", "more", "raw", "start_usage", "usage")
 
     def __init__(
         self,
@@ -313,6 +317,7 @@ class Chunk:
         self.usage = usage
         self.more = more
         self.events = events
+        self.start_usage: dict[str, int] | None = None
 
     @property
     def payload(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import pytest
 import yaml
 
@@ -280,3 +281,16 @@ def test_message_start_tells_the_upstreams_input_count(chain: Chain) -> None:
         USAGE["input_tokens"], USAGE["cache_read_input_tokens"], USAGE["cache_creation_input_tokens"]
     )  # fmt: skip
     _check_usage(final.usage)
+
+
+def test_a_chat_client_of_an_anthropic_backend_never_sees_the_start_usage(chain: Chain) -> None:
+    """The usage Anthropic's `message_start` told is carried beside the stream's chunks (for a Messages client's
+    `message_start`, above), never in the chat JSON: a chat client's stream holds no `message_start_usage`. Before,
+    its first chunk did."""
+    body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"authorization": f"Bearer {chain.client.api_key}"}
+    with httpx.stream("POST", chain.url + "/v1/chat/completions", json=body, headers=headers, timeout=30) as answer:
+        assert answer.status_code == 200
+        raw = answer.read()
+    assert b'"role":"assistant"' in raw and b"[DONE]" in raw  # the stream, first chunk and end included
+    assert b"message_start_usage" not in raw

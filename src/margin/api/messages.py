@@ -56,7 +56,8 @@ class MessagesClient(TranslatingClient):
         return from_chat(chat, self.body, self.request_id, self.record.usage)  # the row's usage, if the chat has none
 
     def new_events(self) -> MessageEvents:
-        return MessageEvents(self.body, self.request_id)
+        # made at the stream's first write, after the call step noted its first chunk's `start_usage`
+        return MessageEvents(self.body, self.request_id, self.record.start_usage)
 
 
 async def messages(request: HttpRequest) -> Response | ASGIApp:

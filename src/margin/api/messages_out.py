@@ -22,7 +22,7 @@ import orjson
 from margin import interleaving, jsonload
 from margin.api.responses_out import usage_of as responses_usage
 from margin.messages import MessagesRequest
-from margin.thinking import START_USAGE, arguments_text, reasoning_of, start_usage
+from margin.thinking import arguments_text, reasoning_of
 from margin.types import Usage, choices_of
 
 # a chat's finish_reason → Anthropic's stop_reason (anything else, or none: `end_turn`)
@@ -186,8 +186,9 @@ class MessageEvents:
     with the first chunk (it names the model the chunk does); a content block opens with its first delta and
     closes when the next block opens or the stream ends."""
 
-    def __init__(self, body: MessagesRequest, request_id: str) -> None:
+    def __init__(self, body: MessagesRequest, request_id: str, start_usage: dict[str, int] | None = None) -> None:
         self.body, self.request_id = body, request_id
+        self.start_usage = start_usage  # an anthropic backend's upstream's, beside its chunks (`Record.start_usage`)
         self.opened = self.failed = False
         self.blocks = 0  # content blocks opened so far; the open one is the last
         self.open: str | int | None = None  # "text", "thinking", a chat tool call's index, or None
@@ -206,15 +207,16 @@ class MessageEvents:
 
     def _open(self, first: dict[str, Any] | None = None) -> bytes:
         """`message_start`: the model the first chunk names, and the usage an anthropic backend's upstream told at
-        its own message_start (`START_USAGE`). An OpenAI-compatible upstream tells none before the stream's end:
-        zeros there, as the counts come in `message_delta`."""
+        its own message_start (`start_usage`, carried beside the chunks, never read from one: an upstream's event
+        cannot set it). An OpenAI-compatible upstream tells none before the stream's end: zeros there, as the counts
+        come in `message_delta`."""
         if self.opened:
             return b""
         self.opened = True
         model = first.get("model") if first is not None else None
         message = skeleton(f"msg_{self.request_id}", model if isinstance(model, str) else self.body.model)
-        if first is not None and (counts := start_usage(first.get(START_USAGE))) is not None:
-            message["usage"] = counts
+        if self.start_usage is not None:
+            message["usage"] = dict(self.start_usage)
         return event("message_start", {"message": message})
 
     def chunk(self, payload: Any) -> bytes:

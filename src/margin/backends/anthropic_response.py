@@ -22,7 +22,7 @@ from margin import interleaving
 from margin.backends import payloads
 from margin.backends.upstream_errors import log_upstream
 from margin.errors import BackendError, UpstreamOverloaded
-from margin.thinking import START_USAGE, start_usage
+from margin.thinking import start_usage
 from margin.types import Call, Chunk, Usage
 
 FINISH = {
@@ -184,7 +184,7 @@ class Translator:
             self.counts.update(usage)
         first = self._chunk({"role": "assistant", "content": ""})
         if (counts := start_usage(self.counts)) is not None:  # the counts so far, for a Messages client's message_start
-            first.payload[START_USAGE] = counts
+            first.start_usage = counts  # beside the event, never in its JSON (`Chunk.start_usage`)
         return [first]
 
     def _block_start(self, event: dict[str, Any]) -> list[Chunk]:

@@ -248,6 +248,9 @@ class Record:
     service_tier: str | None = None  # the processing tier it was charged at (metered calls only, not cache hits)
     finish_reason: str | None = None
     stop_sequence: str | None = None  # the stop sequence that ended the answer, where the backend names it
+    # the usage an anthropic backend's upstream told at its stream's start (`Chunk.start_usage`, the attempt's first
+    # chunk's): a Messages client's `message_start` (margin.api.messages_out); None from any other backend
+    start_usage: dict[str, int] | None = None
     ttft_s: float | None = None
     backend_wait_s: float = 0.0
     client_wait_s: float = 0.0

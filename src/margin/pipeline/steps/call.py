@@ -296,6 +296,7 @@ class BackendCall:
             first = await first_chunk(chunks, request.record)
             if first is not None:
                 _parse_first(name, first)  # a garbled first event is still a fallback, not a broken stream
+                request.record.start_usage = first.start_usage  # beside the chunks (a Messages `message_start`'s)
                 delivery.tier = tiers.answered(first.payload)  # OpenAI names the tier in every event
         except Exception as exc:
             await close(chunks)

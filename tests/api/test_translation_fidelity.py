@@ -11,9 +11,11 @@ serve` in front of a recording stub upstream; the official `openai` and `anthrop
   said `""` or half its arguments;
 - a 200 whose `choices` is empty or not a list: a chat client gets it as it came (tests/faults), a Responses or
   Messages client a 502, and the row an upstream error billed at the usage the upstream reported; before, an empty
-  Response or Message said complete, its row `ok`;
+  Response or Message said complete, its row `ok`; a stream none of whose events holds a choice: an error event in
+  the API's own shape after what was delivered, and the same row (before: `response.completed` / `end_turn` with
+  nothing in it, the row `ok`);
 - Messages' `message_start` from such an upstream: its usage is zeros (the upstream tells none before the end),
-  the counts come in `message_delta`."""
+  the counts come in `message_delta`, even where its first event holds a `message_start_usage` of its own."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -55,9 +58,13 @@ def _chunk(body: dict[str, Any], delta: dict[str, Any], finish: str | None = Non
 
 def _answer(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
     """The behaviour the last message's text names: `object` (arguments as an object), `interleaved` (two calls'
-    deltas interleaved), `empty` / `odd` (`choices` empty / a string)."""
+    deltas interleaved), `empty` / `odd` (`choices` empty / a string), streamed: `nochoice` (no event with a
+    usable choice), `hostile` (a text answer whose first event names margin's old internal `message_start_usage`)."""
     last = body["messages"][-1]["content"]
     word = last if isinstance(last, str) else next((p["text"] for p in last if p["type"] == "text"), "")
+    if word in STREAMED:
+        reply_events(handler, STREAMED[word](body))
+        return
     if word in ("empty", "odd"):
         reply_json(handler, 200, {**_head(body), "object": "chat.completion", "choices": [] if word == "empty" else "x",
                                   "usage": USAGE})  # fmt: skip
@@ -97,6 +104,27 @@ PIECES: Any = [
     [{"type": "reasoning.text", "text": "", "signature": "c2ln==", "format": "anthropic-claude-v1", "index": 0}],
     [DETAILS[1]],
 ]
+
+
+def _no_choice(body: dict[str, Any]) -> list[Any]:
+    """A stream none of whose events holds a choice to translate: `choices` empty, not a list, its first not an
+    object; then the usual usage-only event."""
+    odd: list[Any] = [[], "x", [1], {"0": {"delta": {"content": "hi"}}}]
+    return [{**_head(body), "choices": choices} for choices in odd] + [{**_head(body), "choices": [], "usage": USAGE}]
+
+
+FORGED = {"input_tokens": 999, "cache_creation_input_tokens": 5, "cache_read_input_tokens": 7, "output_tokens": 3}
+
+
+def _forged_start(body: dict[str, Any]) -> list[Any]:
+    """A text answer whose first event carries `message_start_usage` (margin's internal field before; an upstream's
+    own here)."""
+    first = {**_chunk(body, {"role": "assistant", "content": ""}), "message_start_usage": FORGED}
+    events = [first, _chunk(body, {"content": "hi"}), _chunk(body, {}, "stop")]
+    return [*events, {**_head(body), "choices": [], "usage": USAGE}]
+
+
+STREAMED = {"nochoice": _no_choice, "hostile": _forged_start}
 
 
 def _think(handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
@@ -283,3 +311,49 @@ def test_openrouters_reasoning_details_go_back_to_it_through_responses(gateway: 
     sent = gateway.bodies[-1]["messages"]
     assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
     assert sent[1]["reasoning_details"] == DETAILS
+
+
+def _stream(gw: Gateway, path: str, body: dict[str, Any]) -> tuple[str, list[Any]]:
+    """A stream over plain HTTP: its request id and each event's JSON (`[DONE]` and comments left out)."""
+    with httpx.stream("POST", gw.url + path, json={**body, "stream": True}, timeout=30) as answer:
+        assert answer.status_code == 200
+        raw = answer.read().decode()
+        request_id = answer.headers["x-margin-request-id"]
+    datas = [line[len("data: ") :] for line in raw.splitlines() if line.startswith("data: ")]
+    return request_id, [json.loads(data) for data in datas if data != "[DONE]"]
+
+
+def test_a_stream_with_no_choice_ends_in_an_error_on_translated_apis(gateway: Gateway) -> None:
+    """As the whole answer's 502: an error event in the API's own shape (after what was delivered), no completed
+    Response or finished Message, and the row an upstream error billed at the usage the upstream reported. Before,
+    `response.completed` with no output, or `end_turn` with no content, and the row `ok`."""
+    said = {"role": "user", "content": "nochoice"}
+    responses = _stream(gateway, "/v1/responses", {"model": "m", "input": "nochoice"})
+    messages = _stream(gateway, "/v1/messages", {"model": "m", "max_tokens": 16, "messages": [said]})
+    kinds = [event["type"] for event in responses[1]]
+    assert kinds[0] == "response.created" and kinds[-2:] == ["error", "response.failed"], kinds
+    assert "response.completed" not in kinds
+    assert responses[1][-2]["code"] == "upstream_bad_response"
+    kinds = [event["type"] for event in messages[1]]
+    assert kinds == ["message_start", "error"], kinds
+    assert messages[1][-1]["error"]["type"] == "api_error"
+    for request_id in (responses[0], messages[0]):
+        row = wait_ledger_row(gateway.db, gateway.url, request_id)
+        assert (row.status, row.http_status) == ("upstream_error", 502)
+        assert (row.input_tokens, row.output_tokens) == (USAGE["prompt_tokens"], USAGE["completion_tokens"])
+    request_id, events = _stream(gateway, "/v1/chat/completions", {"model": "m", "messages": [said]})
+    assert not any("error" in event for event in events)  # chat's pass-through, as tests/faults asserts it
+    assert wait_ledger_row(gateway.db, gateway.url, request_id).status == "ok"
+
+
+def test_an_upstreams_message_start_usage_is_not_taken_for_margins(gateway: Gateway) -> None:
+    """An OpenAI-compatible upstream's own `message_start_usage` (the name of margin's internal field before) does
+    not set a Messages client's `message_start` usage: zeros, the counts coming in `message_delta`. Before, its 999
+    input tokens were shown."""
+    said = {"role": "user", "content": "hostile"}
+    _, events = _stream(gateway, "/v1/messages", {"model": "m", "max_tokens": 16, "messages": [said]})
+    start = next(event for event in events if event["type"] == "message_start")
+    assert start["message"]["usage"]["input_tokens"] == 0
+    assert start["message"]["usage"]["cache_read_input_tokens"] == 0
+    delta = next(event for event in events if event["type"] == "message_delta")
+    assert delta["usage"]["input_tokens"] == USAGE["prompt_tokens"]

@@ -26,7 +26,7 @@ from margin.economics.money import ZERO_USD, usd_str
 from margin.errors import BackendError, MarginError
 from margin.pipeline import ceiling
 from margin.pipeline.values import ClientGone, Record, Request
-from margin.types import Chunk, Usage, finish_reason_of
+from margin.types import Chunk, Usage, choices_of, finish_reason_of
 
 DONE = b"data: [DONE]\n\n"
 PARSE_INLINE_BYTES = 256 * 1024  # a stream that delivered more is parsed for its text in a worker thread
@@ -138,6 +138,25 @@ class Delivery:
             return any(map(_unreplayed, itertools.chain(self._first, self._rest)))
 
         return held() if self.written <= PARSE_INLINE_BYTES else await asyncio.to_thread(held)
+
+    async def translatable(self) -> bool:
+        """Whether an event delivered held a choice to translate (`choices` a list whose first is an object): a
+        Responses or Messages stream without one would end as an empty answer said to be complete. Only the
+        events up to the first token are read where one of them holds it (the stream's first, parsed already, as a
+        rule); a stream without one is read whole (each event parsed once, in a worker thread when it was long).
+        Nothing is read on the chat path."""
+        if any(map(_has_choice, self._first)):
+            return True
+
+        def held() -> bool:
+            return any(map(_has_choice, self._rest))
+
+        return held() if self.written <= PARSE_INLINE_BYTES else await asyncio.to_thread(held)
+
+    async def fail(self, error: MarginError) -> None:
+        """The stream's failure noticed once it was delivered: the client's error event after it (`failed`)."""
+        self.failed = error
+        await self._write([sse(self.request.client.error_event(error))])
 
     def finish_reason(self) -> str | None:
         """The finish reason the stream's last events name (a cache hit replays it). Only the last
@@ -258,6 +277,21 @@ class Delivery:
 def _each(events: list[bytes]) -> Iterator[Chunk]:
     """A run's events, last first, each a chunk of its own (parsed on use)."""
     return (Chunk(raw=raw) for raw in reversed(events))
+
+
+def _has_choice(chunk: Chunk) -> bool:
+    """Whether an event (or one of a run's) holds a choice to translate; one that does not parse holds none."""
+    try:
+        if chunk.events is not None:
+            return any(_first_choice(orjson.loads(raw)) for raw in chunk.events)
+        return _first_choice(chunk.payload)
+    except ValueError:
+        return False
+
+
+def _first_choice(payload: object) -> bool:
+    choices = choices_of(payload)
+    return bool(choices) and isinstance(choices[0], dict)
 
 
 def _text(chunk: Chunk) -> str:

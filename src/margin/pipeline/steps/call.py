@@ -302,6 +302,11 @@ class BackendCall:
             await close(chunks)
             raise translate(name, exc) from exc
         await delivery.run(chunks, first, lambda exc: translate(name, exc))
+        if delivery.failed is None and request.record.endpoint in TRANSLATED and not await delivery.translatable():
+            # as a whole answer's (`_translatable`): the upstream's bad response, billed at the usage it reported
+            why = f"upstream {name} sent a stream with no choice to translate"
+            await delivery.fail(BackendError(why, code="upstream_bad_response"))
+            return
         if request.wants_usage and not delivery.usage_sent:
             # what the client is told is what it is charged (margin.pipeline.ceiling)
             usage = held(delivery.usage or counted_usage(target, call, await delivery.generated()), request, target)

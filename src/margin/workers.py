@@ -29,7 +29,7 @@ from uvicorn.supervisors import Multiprocess
 
 from margin.config import Settings
 from margin.errors import ConfigError
-from margin.governance.redis_store import EMBEDDED_DIR
+from margin.governance.redis_store import EMBEDDED_DIR, EMBEDDED_ENV
 
 log = logging.getLogger("margin.workers")
 PR_SET_PDEATHSIG = 1
@@ -174,6 +174,8 @@ def shared_state(settings: Settings, revivals: Revivals | None = None) -> Iterat
         return
     with contextlib.ExitStack() as stack:  # budgets and limits; the exact cache's entries apart, bounded
         storage = settings.storage.model_copy(update={"redis": stack.enter_context(embedded_redis(revivals=revivals))})
+        os.environ[EMBEDDED_ENV] = storage.redis or ""  # the workers inherit it: their store skips check_memory
+        stack.callback(os.environ.pop, EMBEDDED_ENV, None)
         cache = settings.cache
         if cache.redis is None:
             entries = embedded_redis(max_bytes=cache.max_bytes, revivals=revivals)

@@ -5,6 +5,7 @@ start goes on. Real redis-servers of this module's own (the session's is shared:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,8 @@ import pytest
 import redis
 
 from margin.errors import ConfigError
-from margin.governance.redis_store import RedisStore
+from margin.governance.redis_store import EMBEDDED_ENV, RedisStore
+from margin.governance.service import make_store
 from tests.helpers import fake_settings, free_port, gateway
 from tests.servers import redis_server
 
@@ -85,3 +87,24 @@ async def test_a_server_without_config_is_logged_and_the_start_goes_on(
                 assert (await gw.http.get("/healthz")).status_code == 200
         said = [r for r in caplog.records if "CONFIG GET is not allowed" in r.getMessage()]
         assert len(said) == 2 and all(r.levelno == logging.WARNING for r in said)
+
+
+async def test_a_url_that_looks_like_the_embedded_one_is_checked(
+    tmp_path: Path, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only margin's own redis-server, named by the supervisor that started it, skips the check: a configured
+    URL holding its folder's prefix (Helm's `margin-redis-master`; here, a password) was taken for it and never
+    checked."""
+    with redis_server(free_port(), tmp_path, password="margin-redis-master") as url:
+        configure(url, maxmemory="64mb", maxmemory_policy="allkeys-lru")
+        with pytest.raises(ConfigError, match="allkeys-lru"):
+            await check(url)
+        for named, checked in ((url, False), ("unix:///elsewhere/redis.sock", True)):
+            monkeypatch.setenv(EMBEDDED_ENV, named)  # as the supervisor sets it for its workers
+            store = make_store(fake_settings(db_path, storage={"redis": url}))
+            assert isinstance(store, RedisStore)
+            try:
+                with pytest.raises(ConfigError, match="allkeys-lru") if checked else contextlib.nullcontext():
+                    await store.check_memory()
+            finally:
+                await store.close()

@@ -25,7 +25,8 @@ from __future__ import annotations
 from margin.ledger.read.budget import SPENT_CAP
 
 P = "mgn:"
-UNSEEDED = -2  # the admit script's status when a budget counter is gone
+UNSEEDED = -2  # the admit and extend scripts' status when a budget counter is gone
+GONE = -3  # the extend script's status when the reservation is no longer open (settled, reaped)
 CHANNEL = f"{P}announced"
 
 _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
@@ -69,23 +70,33 @@ _NEG = (
     "end\n"
 )
 
-ADMIT = (
-    _NOW
-    + _INCR
-    + """
--- KEYS: reservation, settled marker, deadlines, n budget counters, m GCRA keys
--- ARGV: request id, ttl, n, then (limit, amount, hard, expire) per counter, then (increment, tau, lenient) per key
-local rid, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local g0, a0 = 3 + n, 3 + 4 * n
-local function snapshot(status, wait)
+# ADMIT's and EXTEND's reply: {status, wait, then (spent, reserved) of the n counters from KEYS[first + 1]}; and
+# their check of a hard hold: no room when spent + reserved + what it adds passes the limit
+_COUNTERS = """
+local function snapshot(status, wait, first, n)
   local out = {status, tostring(wait)}
   for i = 1, n do
-    local c = redis.call('HMGET', KEYS[3 + i], 'spent', 'reserved')
+    local c = redis.call('HMGET', KEYS[first + i], 'spent', 'reserved')
     out[#out + 1] = c[1] or '0'  -- as the strings they are: a Lua number is a double (2^63 - 1 came back -2^63)
     out[#out + 1] = c[2] or '0'
   end
   return out
 end
+local function no_room(key, limit, adds)
+  local c = redis.call('HMGET', key, 'spent', 'reserved')
+  return (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0) + adds > tonumber(limit)
+end
+"""
+
+ADMIT = (
+    _NOW
+    + _INCR
+    + _COUNTERS
+    + """
+-- KEYS: reservation, settled marker, deadlines, n budget counters, m GCRA keys
+-- ARGV: request id, ttl, n, then (limit, amount, hard, expire) per counter, then (increment, tau, lenient) per key
+local rid, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local g0, a0 = 3 + n, 3 + 4 * n
 local wait = 0
 for i = 1, #KEYS - g0 do
   local inc, tau, lenient = tonumber(ARGV[a0 + i * 3 - 2]), tonumber(ARGV[a0 + i * 3 - 1]), ARGV[a0 + i * 3]
@@ -94,19 +105,16 @@ for i = 1, #KEYS - g0 do
   if lenient == '1' then over = (tat - now) - tau else over = (tat + inc - now) - tau end
   if over > wait then wait = over end
 end
-if wait > 0 then return snapshot(-1, wait) end
+if wait > 0 then return snapshot(-1, wait, 3, n) end
 for i = 1, n do  -- every counter was seeded before: one that is gone was lost (nothing is checked without it)
-  if redis.call('EXISTS', KEYS[3 + i]) == 0 then return snapshot(-2, 0) end
+  if redis.call('EXISTS', KEYS[3 + i]) == 0 then return snapshot(-2, 0, 3, n) end
 end
 local fresh = n > 0 and redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0
 if fresh then
   for i = 1, n do
     local b = 4 + (i - 1) * 4
-    if ARGV[b + 2] == '1' then
-      local c = redis.call('HMGET', KEYS[3 + i], 'spent', 'reserved')
-      if (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0) + tonumber(ARGV[b + 1]) > tonumber(ARGV[b]) then
-        return snapshot(i, 0)
-      end
+    if ARGV[b + 2] == '1' and no_room(KEYS[3 + i], ARGV[b], tonumber(ARGV[b + 1])) then
+      return snapshot(i, 0, 3, n)
     end
   end
   redis.call('ZADD', KEYS[3], now + ttl, rid)  -- first: whatever follows is reaped if the script stops
@@ -124,7 +132,7 @@ for i = 1, #KEYS - g0 do
   local tat = math.max(tonumber(redis.call('GET', KEYS[g0 + i]) or now), now) + inc
   redis.call('SET', KEYS[g0 + i], tostring(tat), 'EX', math.ceil(tat - now + tau) + 1)
 end
-return snapshot(0, 0)
+return snapshot(0, 0, 3, n)
 """
 )
 
@@ -140,42 +148,37 @@ end
 """
 )
 
-# an open reservation's holds changed (margin.governance.store.Store.extend): every hold or none; an amount may be
-# negative (a hold given back)
+# an open reservation's holds set (margin.governance.store.Store.extend): every hold or none. Each amount is what the
+# reservation is to hold on that counter, not a change: a call run again (its reply lost, the caller unsure whether
+# it ran) changes nothing more. A hard hold that grows is checked; one whose counter is gone checks nothing and
+# returns UNSEEDED (the caller seeds it again, as for ADMIT); a soft one is set without a check (soft budgets may
+# settle past their reservation), a gone counter left gone (the next seed reads the ledger)
 EXTEND = (
     _NEG
-    + """
+    + _COUNTERS
+    + f"""
 -- KEYS: reservation, n budget counters; ARGV: n, then (limit, amount, hard) per counter
 local n = tonumber(ARGV[1])
-local function snapshot(status)
-  local out = {status, '0'}
-  for i = 1, n do
-    local c = redis.call('HMGET', KEYS[1 + i], 'spent', 'reserved')
-    out[#out + 1] = c[1] or '0'
-    out[#out + 1] = c[2] or '0'
-  end
-  return out
-end
-if n > 0 and redis.call('EXISTS', KEYS[1]) == 0 then return snapshot(1) end  -- settled or reaped: fail closed
+if n > 0 and redis.call('EXISTS', KEYS[1]) == 0 then return snapshot({GONE}, 0, 1, n) end  -- settled or reaped
 for i = 1, n do
   local b = 2 + (i - 1) * 3
-  if redis.call('EXISTS', KEYS[1 + i]) == 0 then return snapshot(i) end  -- a lost counter checks nothing
-  local grows = ARGV[b + 1]:sub(1, 1) ~= '-' and ARGV[b + 1] ~= '0'
-  if ARGV[b + 2] == '1' and grows then
-    local c = redis.call('HMGET', KEYS[1 + i], 'spent', 'reserved')
-    if (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0) + tonumber(ARGV[b + 1]) > tonumber(ARGV[b]) then
-      return snapshot(i)
-    end
+  local held = tonumber(redis.call('HGET', KEYS[1], KEYS[1 + i]) or '0')
+  local adds = tonumber(ARGV[b + 1]) - held
+  if ARGV[b + 2] == '1' and adds > 0 then
+    if redis.call('EXISTS', KEYS[1 + i]) == 0 then return snapshot({UNSEEDED}, 0, 1, n) end
+    if no_room(KEYS[1 + i], ARGV[b], adds) then return snapshot(i, 0, 1, n) end
   end
 end
 for i = 1, n do
-  local amount = ARGV[3 + (i - 1) * 3]
-  if amount:sub(1, 1) == '-' then unreserve(KEYS[1 + i], neg(amount)) else incr(KEYS[1 + i], 'reserved', amount) end
-  incr(KEYS[1], KEYS[1 + i], amount)  -- released, or charged by the reaper, with the rest of the reservation
-  local left = redis.call('HGET', KEYS[1], KEYS[1 + i])
-  if left and left:sub(1, 1) == '-' then redis.call('HSET', KEYS[1], KEYS[1 + i], '0') end
+  local key, amount = KEYS[1 + i], ARGV[3 + (i - 1) * 3]
+  local held = redis.call('HGET', KEYS[1], key) or '0'
+  if held ~= amount then  -- the old hold off `reserved`, the new one on (exact: HINCRBY of the integer strings)
+    unreserve(key, held)
+    if amount ~= '0' then add(key, 'reserved', amount) end
+    redis.call('HSET', KEYS[1], key, amount)  -- released, or charged by the reaper, with the rest of the reservation
+  end
 end
-return snapshot(0)
+return snapshot(0, 0, 1, n)
 """
 )
 

@@ -16,6 +16,7 @@ from margin.governance.redis_scripts import (
     ADMIT,
     CHANNEL,
     EXTEND,
+    GONE,
     RAISE,
     REAP,
     RECOUNT,
@@ -46,6 +47,7 @@ def unavailable(operation: str, exc: Exception) -> Overloaded:
 
 START_WAIT_S = 30.0  # how long a start waits for Redis to answer (RedisStore.ping)
 EMBEDDED_DIR = "margin-redis-"  # the folder of the redis-server margin starts itself (margin.workers)
+EMBEDDED_ENV = "MARGIN_EMBEDDED_REDIS"  # its URL, set by the supervisor for its workers (margin.workers)
 SAFE_POLICY = "noeviction"
 """The one `maxmemory-policy` that never drops a budget counter, a reservation or a rate-limit key: `allkeys-*`
 drop any key and `volatile-*` any with a TTL (counters and reservations have one), and a dropped counter
@@ -58,7 +60,7 @@ class RedisStore:
 
     inline = False  # every call is a round trip
 
-    def __init__(self, url: str, max_connections: int = 64) -> None:
+    def __init__(self, url: str, max_connections: int = 64, embedded: bool = False) -> None:
         from redis import asyncio as aioredis
 
         try:
@@ -69,7 +71,7 @@ class RedisStore:
         except ValueError as exc:
             raise ConfigError(f"storage.redis is not a redis:// URL: {exc}") from exc
         self._pool: Any = pool
-        self._url = url
+        self._embedded = embedded  # margin's own redis-server (margin.workers.embedded_redis): not checked
         self._redis: Any = aioredis.Redis(connection_pool=pool)
         self._scripts = {
             name: self._redis.register_script(source)
@@ -125,7 +127,7 @@ class RedisStore:
         workers, no storage.redis) is not checked: margin starts it without a bound and noeviction."""
         from redis.exceptions import RedisError, ResponseError
 
-        if EMBEDDED_DIR in self._url:
+        if self._embedded:
             return
         try:
             found = await asyncio.wait_for(self._redis.config_get("maxmemory*"), START_WAIT_S)
@@ -176,6 +178,8 @@ class RedisStore:
         result = await self._run("extend", keys, args)
         status, flat = int(result[0]), [int(v) for v in result[2:]]
         counters = tuple((flat[i], flat[i + 1]) for i in range(0, len(flat), 2))
+        if status in (UNSEEDED, GONE):
+            return Admitted(counters=counters, unseeded=status == UNSEEDED, gone=status == GONE)
         return Admitted(0.0, status - 1 if status > 0 else None, counters)
 
     async def settle(

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,9 +34,12 @@ log = logging.getLogger("margin.governance")
 
 def make_store(settings: Settings) -> Store:
     if settings.storage.redis:
-        from margin.governance.redis_store import RedisStore
+        from margin.governance.redis_store import EMBEDDED_ENV, RedisStore
 
-        return RedisStore(settings.storage.redis)
+        # margin's own redis-server is named by the supervisor that started it (the exact URL), never guessed
+        # from the URL's text (a configured `redis://margin-redis-master:6379` is checked like any other)
+        embedded = os.environ.get(EMBEDDED_ENV) == settings.storage.redis
+        return RedisStore(settings.storage.redis, embedded=embedded)
     return LocalStore()
 
 
@@ -386,26 +390,39 @@ class Governance:
         log.warning("budget %s: raised to the ledger's spend by a follow-up after it was rebuilt", name)
         return True
 
-    async def resize(self, admission: Admission, deltas: Sequence[int]) -> tuple[BudgetHold, tuple[int, int]] | None:
-        """Change each of the request's holds by its delta (`deltas`, in the order of `admission.holds`), all or
-        nothing: a fallback's top-up by what the attempts that failed were billed (`margin.pipeline.topup`), a
-        coalesced waiter's reservation given back while it waits for another request's answer and taken again
-        when it must call upstream itself. None when done (the holds now say the new amounts, as the store's
-        reservation does: the reaper charges those); else the hard budget with no room for its increase, with its
-        counter (spent, reserved), and nothing changed."""
-        found = [
-            (at, item, delta) for at, (item, delta) in enumerate(zip(admission.holds, deltas, strict=True)) if delta
+    async def resize(
+        self, admission: Admission, amounts: Sequence[int], now: datetime
+    ) -> tuple[BudgetHold, tuple[int, int]] | None:
+        """Set each of the request's holds to its amount (`amounts`, in the order of `admission.holds`; what it is to
+        hold, so a call made again after a lost reply changes nothing more), all or nothing: a fallback's top-up
+        by what the attempts that failed were billed (`margin.pipeline.topup`), a coalesced waiter's reservation
+        given back while it waits for another request's answer and taken again when it must call upstream
+        itself. None when done (the holds now say the new amounts, as the store's reservation does: the reaper
+        charges those); else the hard budget with no room for its increase, with its counter (spent, reserved),
+        and nothing changed. A counter the store lost is seeded again from the ledger (`now`: the request's
+        start, its holds' windows) and the change tried once more, as admission does; still lost, or the
+        reservation gone (settled, reaped), raises `Overloaded` (503): nothing was changed."""
+        holds = [
+            dataclasses.replace(item.hold, amount=amount) for item, amount in zip(admission.holds, amounts, strict=True)
         ]
-        if not found:
+        if not holds:
             return None
-        holds = [dataclasses.replace(item.hold, amount=delta) for _, item, delta in found]
         result = await self.store.extend(admission.request_id, holds)
-        if result.failed is not None:
-            return found[result.failed][1], result.counters[result.failed]
-        for at, item, delta in found:
-            admission.holds[at] = dataclasses.replace(
-                item, hold=dataclasses.replace(item.hold, amount=item.hold.amount + delta)
+        if result.unseeded:
+            await self.reseed(admission.holds, now)
+            result = await self.store.extend(admission.request_id, holds)
+        if result.unseeded or result.gone:
+            raise Overloaded(
+                "the budget reservation could not be changed: "
+                + ("a budget counter was lost and could not be restored" if result.unseeded else "it is no longer open")
+                + "; retry",
+                code="governance_unavailable",
             )
+        if result.failed is not None:
+            return admission.holds[result.failed], result.counters[result.failed]
+        admission.holds[:] = [
+            dataclasses.replace(item, hold=hold) for item, hold in zip(admission.holds, holds, strict=True)
+        ]
         return None
 
     async def settle(

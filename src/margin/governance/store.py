@@ -55,10 +55,11 @@ class Admitted:
     failed: int | None = None
     counters: tuple[tuple[int, int], ...] = ()
     unseeded: bool = False
+    gone: bool = False  # `extend`: the reservation is no longer open (settled, reaped); nothing was changed
 
     @property
     def ok(self) -> bool:
-        return self.wait <= 0 and self.failed is None and not self.unseeded
+        return self.wait <= 0 and self.failed is None and not self.unseeded and not self.gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +99,12 @@ class Store(Protocol):
         ...
 
     async def extend(self, request_id: str, holds: Sequence[Hold]) -> Admitted:
-        """Add each hold's amount to an open reservation's hold on its counter, atomically: all of them when every
-        hard one that grows fits, else none (`failed`: the first that did not). An amount may be negative (a hold
-        given back: `reserved` never goes below 0). A reservation no longer open (settled, reaped) is changed by
-        nothing and reads as failing at its first hold (fail closed)."""
+        """Set an open reservation's hold on each hold's counter to its amount (what it is to hold, not a change:
+        called again after a lost reply, it changes nothing more), atomically: all of them when every hard one
+        that grows fits, else none (`failed`: the first that did not). A soft hold is not checked (a soft budget
+        may settle past its reservation). A hard hold that grows on a counter the store lost reads `unseeded`
+        (seed it again, then extend again, as for `admit`); a reservation no longer open (settled, reaped) reads
+        `gone`; either way nothing is changed."""
         ...
 
     async def settle(
@@ -248,34 +251,31 @@ class LocalStore:
 
     async def extend(self, request_id: str, holds: Sequence[Hold]) -> Admitted:
         reservation = self._reservations.get(request_id)
-        failed = 0 if reservation is None and holds else None
-        if reservation is not None:
-            failed = next(
-                (
-                    i
-                    for i, h in enumerate(holds)
-                    if h.hard and h.amount > 0 and self._total(h.counter) + h.amount > h.limit
-                ),
-                None,
-            )
-            if failed is None:
-                self._resize(reservation, holds)
+        counters = tuple((self._counter(h.counter).spent, self._counter(h.counter).reserved) for h in holds)
+        if reservation is None:
+            return Admitted(counters=counters, gone=bool(holds))
+        held = {hold.counter: hold.amount for hold in reservation.holds}
+        adds = [hold.amount - held.get(hold.counter, 0) for hold in holds]
+        failed = next(
+            (i for i, h in enumerate(holds) if h.hard and adds[i] > 0 and self._total(h.counter) + adds[i] > h.limit),
+            None,
+        )
+        if failed is None:
+            self._resize(reservation, holds, held)
         counters = tuple((self._counter(h.counter).spent, self._counter(h.counter).reserved) for h in holds)
         return Admitted(0.0, failed, counters)
 
-    def _resize(self, reservation: _Reservation, holds: Sequence[Hold]) -> None:
-        """`holds` added to the counters and to the reservation's holds, one a counter (released, or reaped, with
-        the rest: a hold given back and taken again nets out)."""
+    def _resize(self, reservation: _Reservation, holds: Sequence[Hold], held: Mapping[str, int]) -> None:
+        """The reservation's hold on each of `holds`' counters set to its amount (released, or reaped, with the
+        rest), the old one taken off the counter's `reserved` (never below 0) and the new one added."""
         merged = {hold.counter: hold for hold in reservation.holds}
         for hold in holds:
+            if hold.amount == held.get(hold.counter, 0):
+                continue
             counter = self._counter(hold.counter, hold.expire_s)
-            if hold.amount < 0:
-                unreserve(counter, -hold.amount)
-            else:
-                counter.reserved = saturated(counter.reserved + hold.amount)
-            held = merged.get(hold.counter)
-            amount = hold.amount + (held.amount if held is not None else 0)
-            merged[hold.counter] = dataclasses.replace(held or hold, amount=max(0, amount))
+            unreserve(counter, held.get(hold.counter, 0))
+            counter.reserved = saturated(counter.reserved + hold.amount)
+            merged[hold.counter] = dataclasses.replace(merged.get(hold.counter, hold), amount=hold.amount)
         reservation.holds = tuple(merged.values())
 
     def _total(self, name: str) -> int:

@@ -72,16 +72,17 @@ def _db_flag(path: Path, ledger: str | None) -> list[str]:
     return [] if ledger else ["--db", str(path)]
 
 
-def create_key(config: Path, db: Path, name: str, *flags: str, ledger: str | None = None) -> str:
-    command = [sys.executable, "-m", "margin", "keys", "create", "--name", name, *flags, "--json"]
-    result = subprocess.run(
-        [*command, "--config", str(config), *_db_flag(db, ledger)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return str(json.loads(result.stdout)["key"])
+def create_keys(config: Path, db: Path, keys: dict[str, list[str]], ledger: str | None = None) -> dict[str, str]:
+    """`margin keys create --name <name> <flags> --json` for each key (name → flags), as an operator runs it, in
+    one subprocess (tests/security/make_keys.py); name → key."""
+    if not keys:
+        return {}
+    command = [sys.executable, "-m", "tests.security.make_keys", "--config", str(config), *_db_flag(db, ledger)]
+    for name, flags in keys.items():
+        command += ["--", name, *flags]
+    result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
+    made: dict[str, str] = json.loads(result.stdout)
+    return made
 
 
 ServeFactory = Callable[..., AbstractContextManager[Served]]
@@ -102,9 +103,7 @@ def serving_in(tmp_path: Path) -> ServeFactory:
         if ledger:
             config["storage"] = {**config.get("storage", {}), "ledger": ledger}
         config_path.write_text(yaml.safe_dump(config))
-        created = {
-            name: create_key(config_path, db_file, name, *flags, ledger=ledger) for name, flags in (keys or {}).items()
-        }
+        created = create_keys(config_path, db_file, keys or {}, ledger)
         serving = margin_serve(
             None if ledger else db_file, tmp_path / "serve.log", config=config_path, extra=extra, ready_s=180
         )

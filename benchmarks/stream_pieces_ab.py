@@ -1,6 +1,6 @@
 """A Responses stream's pieces joined once against concatenated piece by piece: the CPU time
-`StreamEvents.chunk` spends on `n` deltas of 10 characters of OpenRouter `reasoning_details` (and of a call's arguments),
-old tree against new, in separate processes, in turn.
+`StreamEvents.chunk` spends on `n` deltas of 10 characters of OpenRouter `reasoning_details` (and of a call's
+arguments), old tree against new, in separate processes, in turn.
 
     python benchmarks/stream_pieces_ab.py --before OLD_SRC [--after NEW_SRC] [--rounds 3] [--sizes 20000,80000]
         [--out stream_pieces_ab.json]

@@ -88,7 +88,9 @@ def plan(dialect: str, have: set[str], broken: set[str], keys: Iterable[str], co
     wanted = {name(key): key for key in keys}
     how = " CONCURRENTLY" if concurrently else ""
     steps = [f'DROP INDEX{how} IF EXISTS "{index}"' for index in sorted((have - wanted.keys()) | broken)]
-    return steps + [create_sql(dialect, key, concurrently) for index, key in sorted(wanted.items()) if index not in have]
+    return steps + [
+        create_sql(dialect, key, concurrently) for index, key in sorted(wanted.items()) if index not in have
+    ]
 
 
 def sync_steps(engine: sa.Engine, keys: Iterable[str]) -> list[str]:

@@ -93,20 +93,52 @@ _DETAILS: TypeAdapter[list[ReasoningDetail]] = TypeAdapter(
 PIECE_KEYS = ("text", "summary", "data")  # a streamed entry's pieces, joined; its other keys: the last one's
 
 
-def merge(out: list[dict[str, Any]], entry: Any) -> None:
-    """One streamed `reasoning_details` piece into the entries so far: the pieces of one entry (consecutive, of one
-    type and `index`) joined."""
-    if type(entry) is not dict:
-        return
-    last = out[-1] if out else None
-    if last is None or (last.get("type"), last.get("index")) != (entry.get("type"), entry.get("index")):
-        out.append(dict(entry))
-        return
-    for key, value in entry.items():
-        if key in PIECE_KEYS and isinstance(value, str) and isinstance(last.get(key), str):
-            last[key] += value
-        elif value is not None:
-            last[key] = value
+class DetailsMerge:
+    """A stream's OpenRouter `reasoning_details` pieces merged into entries: the pieces of one entry (consecutive,
+    of one type and `index`) joined; its other keys: the last piece's. A piece's text is kept in a list and joined
+    when read (`entries`), so n pieces cost their length, not n times it. Past `MAX_REASONING_DETAILS` entries, or
+    past `MAX_ENCRYPTED_CHARS` characters of text (their encoding would be longer still: `encode_details` gives
+    None), none is kept (`dropped`): a client could not send them back."""
+
+    __slots__ = ("dropped", "merged", "pieces", "size")
+
+    def __init__(self) -> None:
+        self.merged: list[dict[str, Any]] = []
+        self.pieces: list[dict[str, list[str]]] = []  # each entry's texts (`PIECE_KEYS`) so far, not yet joined
+        self.size = 0  # the characters of text so far
+        self.dropped = False
+
+    def add(self, entry: Any) -> None:
+        """One streamed piece (anything but an object ignored)."""
+        if self.dropped or type(entry) is not dict:
+            return
+        last = self.merged[-1] if self.merged else None
+        if last is None or (last.get("type"), last.get("index")) != (entry.get("type"), entry.get("index")):
+            self.merged.append(dict(entry))
+            self.pieces.append({})
+            self._count(sum(len(value) for key, value in entry.items() if key in PIECE_KEYS and isinstance(value, str)))
+            return
+        pieces = self.pieces[-1]
+        for key, value in entry.items():
+            if key in PIECE_KEYS and isinstance(value, str) and (key in pieces or isinstance(last.get(key), str)):
+                pieces.setdefault(key, [last[key]]).append(value)
+                self._count(len(value))
+            elif value is not None:
+                last[key] = value
+                pieces.pop(key, None)
+
+    def _count(self, chars: int) -> None:
+        self.size += chars
+        if self.size > MAX_ENCRYPTED_CHARS or len(self.merged) > MAX_REASONING_DETAILS:
+            self.merged, self.pieces, self.dropped = [], [], True
+
+    def entries(self) -> list[dict[str, Any]]:
+        """The entries so far, their texts joined (each text once: joined, it is one piece)."""
+        for entry, pieces in zip(self.merged, self.pieces, strict=True):
+            for key, texts in pieces.items():
+                entry[key] = texts[0] if len(texts) == 1 else "".join(texts)
+                texts[:] = [entry[key]]
+        return self.merged
 
 
 def encode_details(details: Any) -> str | None:
@@ -199,8 +231,7 @@ class ReasoningEvents:
     items: list[dict[str, Any]]
     reasoning: dict[str, Any] | None  # the open reasoning item
     reasoning_texts: list[str]
-    details: list[dict[str, Any]]  # the stream's `reasoning_details` so far, merged (OpenRouter's)
-    details_dropped: bool  # more entries than a message may send back: none kept
+    details: DetailsMerge  # the stream's `reasoning_details` so far, merged (OpenRouter's)
 
     def event(self, kind: str, **fields: Any) -> bytes:
         raise NotImplementedError
@@ -283,7 +314,7 @@ class ReasoningEvents:
         part = {"type": "reasoning_text", "text": text}
         item["content"], item["status"] = [part], self._item_status()
         if item["encrypted_content"] is None:  # no thinking block: the `reasoning_details` so far, if any
-            item["encrypted_content"] = encode_details(self.details)
+            item["encrypted_content"] = encode_details(self.details.entries())
         if self.summarize:
             item["summary"] = [{"type": "summary_text", "text": text}]
         fields: dict[str, Any] = {"item_id": item["id"], "output_index": index, "content_index": 0}
@@ -295,20 +326,17 @@ class ReasoningEvents:
         )
 
     def _details(self, entries: list[Any]) -> None:
-        """A delta's `reasoning_details` pieces, merged into the stream's (at most `MAX_REASONING_DETAILS` entries:
-        past that, none is kept, as a client could not send them back)."""
+        """A delta's `reasoning_details` pieces, merged into the stream's (`DetailsMerge`: past its bounds, none is
+        kept, as a client could not send them back)."""
         for entry in entries:
-            merge(self.details, entry)
-        if len(self.details) > MAX_REASONING_DETAILS:
-            self.details[:] = []
-            self.details_dropped = True
+            self.details.add(entry)
 
     def _last_details(self) -> None:
         """At the stream's end: the last reasoning item that holds no thinking block takes the whole
         `reasoning_details` (pieces, a signature, may come after its text closed it)."""
         found = [item for item in self.items if item["type"] == "reasoning" and not _block_encoded(item)]
-        if found and self.details and not self.details_dropped:
-            found[-1]["encrypted_content"] = encode_details(self.details)
+        if found and (details := self.details.entries()):
+            found[-1]["encrypted_content"] = encode_details(details)
 
 
 def _block_encoded(item: dict[str, Any]) -> bool:

@@ -145,3 +145,37 @@ def test_postgres_builds_concurrently_and_rebuilds_an_invalid_index(fresh_postgr
         assert tag_index.sync_steps(engine, ["customer", "tenant"]) == []
     finally:
         engine.dispose()
+
+
+@pytest.mark.integration
+def test_postgres_sync_in_a_migration_rebuilds_an_invalid_index_with_a_wanted_name(fresh_postgres: str) -> None:
+    """`sync` (migration 0027's) drops and rebuilds an INVALID index it wants: CREATE ... IF NOT EXISTS alone is a
+    no-op on it, and the index would stay one no query uses."""
+    db.upgrade(fresh_postgres)
+    engine = db.make_sync_engine(fresh_postgres)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "UPDATE pg_index SET indisvalid = false WHERE indexrelid = '\"ix_ledger_tag_customer\"'::regclass"
+            )
+        with engine.begin() as connection:
+            tag_index.sync(connection, ["customer"])
+        with engine.connect() as connection:
+            assert tag_index.existing(connection) == {"ix_ledger_tag_customer"}
+            assert tag_index.existing(connection, valid=False) == set()
+    finally:
+        engine.dispose()
+
+
+def test_sync_and_sync_steps_plan_the_same_steps() -> None:
+    """One planner: an INVALID index is dropped (then rebuilt if wanted), an unwanted one dropped, a missing one
+    built; CONCURRENTLY only where asked (`sync_steps` on PostgreSQL)."""
+    have, broken = {"ix_ledger_tag_project"}, {"ix_ledger_tag_customer"}
+    steps = tag_index.plan("postgresql", have, broken, ["customer", "tenant"], concurrently=False)
+    assert steps == [
+        'DROP INDEX IF EXISTS "ix_ledger_tag_customer"', 'DROP INDEX IF EXISTS "ix_ledger_tag_project"',
+        tag_index.create_sql("postgresql", "customer"), tag_index.create_sql("postgresql", "tenant"),
+    ]  # fmt: skip
+    concurrent = tag_index.plan("postgresql", have, broken, ["customer", "tenant"], concurrently=True)
+    assert all("CONCURRENTLY" in step for step in concurrent) and len(concurrent) == 4
+    assert tag_index.plan("sqlite", {"ix_ledger_tag_customer"}, set(), ["customer"], concurrently=False) == []

@@ -12,7 +12,7 @@ import orjson
 
 from margin import interleaving
 from margin.responses import ResponsesRequest
-from margin.responses_reasoning import ReasoningEvents, block_item, output_items
+from margin.responses_reasoning import DetailsMerge, ReasoningEvents, block_item, output_items
 from margin.responses_reasoning import copy_item as _copy
 from margin.thinking import REASONING_DETAILS, arguments_text, reasoning_of
 from margin.types import Usage, choices_of
@@ -209,7 +209,8 @@ class StreamEvents(ReasoningEvents):
         self.text: dict[str, Any] | None = None  # the open message item
         self.texts: list[str] = []
         self.logprobs: list[Any] = []
-        self.refusal: str | None = None
+        self.refusal: list[str] | None = None  # its pieces, joined when its item is written
+        self.arguments: dict[int, list[str]] = {}  # a call's index → its arguments' pieces not yet joined (`calls`)
         self.calls: dict[int, dict[str, Any]] = {}  # a chat tool call's index → its item
         self.open_calls: list[dict[str, Any]] = []  # open together: an upstream may interleave their deltas
         self.finish: Any = None
@@ -219,8 +220,7 @@ class StreamEvents(ReasoningEvents):
         self.closing: bytes | None = None  # the events that closed the open items, once `close` ran
         self.reasoning: dict[str, Any] | None = None  # the open reasoning item (`ReasoningEvents`)
         self.reasoning_texts: list[str] = []
-        self.details: list[dict[str, Any]] = []  # `ReasoningEvents`: OpenRouter's `reasoning_details`, merged
-        self.details_dropped = False
+        self.details = DetailsMerge()  # `ReasoningEvents`: OpenRouter's `reasoning_details`, merged
         self.delta_fields = b""  # the open message's item_id, output_index, content_index as JSON (`_text_delta`)
 
     def event(self, kind: str, **fields: Any) -> bytes:
@@ -269,12 +269,13 @@ class StreamEvents(ReasoningEvents):
             out = self._reasoning_delta(thought)
         if isinstance(blocks := delta.get("thinking_blocks"), list):
             out += b"".join(self._thinking_block(block) for block in blocks)
-        if isinstance(details := delta.get(REASONING_DETAILS), list) and not self.details_dropped:
+        if isinstance(details := delta.get(REASONING_DETAILS), list) and not self.details.dropped:
             self._details(details)
         if isinstance(content := delta.get("content"), str) and content:
             out += self._text_delta(content, _logprobs(choice) if choice.get("logprobs") is not None else [])
         if isinstance(refusal := delta.get("refusal"), str):
-            self.refusal = (self.refusal or "") + refusal
+            self.refusal = self.refusal if self.refusal is not None else []
+            self.refusal.append(refusal)
         if isinstance(calls := delta.get("tool_calls"), list):
             out += b"".join(self._call_delta(call) for call in calls if isinstance(call, dict))
         return out
@@ -329,7 +330,7 @@ class StreamEvents(ReasoningEvents):
             self.items.append(item)
             out += self.event("response.output_item.added", output_index=len(self.items) - 1, item=_copy(item))
         if arguments := arguments_text(function.get("arguments")):
-            item["arguments"] += arguments
+            self.arguments.setdefault(number, []).append(arguments)
             out += self.event(
                 "response.function_call_arguments.delta",
                 item_id=item["id"],
@@ -365,6 +366,7 @@ class StreamEvents(ReasoningEvents):
         """The open calls' ends, in their order, once their arguments are whole (another kind of output starts,
         or the stream ends)."""
         out = b""
+        self._join_arguments()
         for item in self.open_calls:
             index = self.items.index(item)
             item["status"] = self._item_status()
@@ -378,6 +380,13 @@ class StreamEvents(ReasoningEvents):
         self.open_calls = []
         return out
 
+    def _join_arguments(self) -> None:
+        """The calls' arguments, the pieces since the last join joined to them (each piece copied once)."""
+        for number, pieces in self.arguments.items():
+            item = self.calls[number]
+            item["arguments"] = "".join([item["arguments"], *pieces])
+        self.arguments.clear()
+
     def _close_others(self) -> bytes:
         return self._close_text() + self._close_call()
 
@@ -387,7 +396,7 @@ class StreamEvents(ReasoningEvents):
     def _refusal(self) -> bytes:
         if self.refusal is None:
             return b""
-        item = message_item(f"msg_{self.ids}_refusal", "", [], self.refusal, self._item_status())
+        item = message_item(f"msg_{self.ids}_refusal", "", [], "".join(self.refusal), self._item_status())
         self.items.append(item)
         index = len(self.items) - 1
         return self.event("response.output_item.added", output_index=index, item=_copy(item)) + self.event(
@@ -427,6 +436,7 @@ class StreamEvents(ReasoningEvents):
         message = message if isinstance(message, str) else "the request failed"
         out = self.event("error", code=code, message=message, param=error.get("param"))
         response = self.response
+        self._join_arguments()
         response["status"], response["output"] = "failed", [_copy(item) for item in self.items]
         response["error"] = {"code": code if isinstance(code, str) else "server_error", "message": message}
         return out

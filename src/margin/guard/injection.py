@@ -132,9 +132,10 @@ _ENGLISH: tuple[tuple[str, float, str], ...] = (
         r"comply|carry\s+out|act\s+on|do\s+what)",
     ),
 )
-_Rule = tuple[str, float, re.Pattern[str], tuple[str, ...], tuple[tuple[str, str], ...]]
+_Rule = tuple[str, float, re.Pattern[str], tuple[str, ...], tuple[tuple[str, str], ...], int]
 """(name, score, pattern over normalized text, literal strings one of which must occur first, the words every
-match starts with: each as this reading spells it and as the skeleton does). A rule with words runs only when
+match starts with: each as this reading spells it and as the skeleton does, how near an occurrence of the literal
+strings every match lies: 0, anywhere). A rule with words runs only when
 the text has one of them as a word, and is tried only where one starts (`_anchored`)."""
 _WORD_RE = re.compile(r"\w+")
 _WORD_CHAR_RE = re.compile(r"\w")
@@ -149,7 +150,7 @@ def compiled_rules() -> tuple[tuple[_Rule, ...], tuple[_Rule, ...], tuple[_Rule,
     (for the rot13 reading: other languages are not looked for in rot13). Built once, with the first detector
     (folding the other languages' patterns needs the look-alike table), not on import."""
     english: tuple[_Rule, ...] = tuple(
-        (name, score, re.compile(pattern, re.MULTILINE), _TRIGGERS[name], ()) for name, score, pattern in _ENGLISH
+        (name, score, re.compile(pattern, re.MULTILINE), _TRIGGERS[name], (), 0) for name, score, pattern in _ENGLISH
     )
     rules = english + tuple(
         (
@@ -158,6 +159,7 @@ def compiled_rules() -> tuple[tuple[_Rule, ...], tuple[_Rule, ...], tuple[_Rule,
             re.compile(r.pattern, re.MULTILINE),
             r.substrings,
             tuple((w, skeleton_literal(w)) for w in r.first),
+            r.reach,
         )
         for r in i18n_rules()
     )
@@ -168,8 +170,9 @@ def compiled_rules() -> tuple[tuple[_Rule, ...], tuple[_Rule, ...], tuple[_Rule,
             re.compile(skeleton_pattern(rx.pattern), re.MULTILINE),
             tuple(map(skeleton_literal, substrings)),
             tuple((folded, folded) for _, folded in firsts),
+            reach,
         )
-        for name, score, rx, substrings, firsts in rules
+        for name, score, rx, substrings, firsts, reach in rules
     )
     return rules, skeletons, english
 
@@ -227,15 +230,21 @@ def _rule_hits(
     reading: int = _PLAIN,
     skip: frozenset[str] = frozenset(),
     skeleton_words: frozenset[str] | None = None,
+    budget: ScanBudget | None = None,
 ) -> list[tuple[str, float, int, int]]:
     """The first `MAX_HITS_PER_RULE` hits of each rule pattern (rules named in `skip` not read): a pattern's score
     is fixed, so more hits of it change neither the text's score nor its rules, only the work (a text of 140,000
-    `[INST]` built as many findings). `skeleton_words`: the words of the text's skeleton, found already, to look
-    the rules' first words up in (by their skeleton spelling); by default the text's own, found on first need."""
+    `[INST]` built as many findings); for the same reason a rule's other patterns (another language's) are not
+    run once one of it scoring as much has hit. `skeleton_words`: the words of the text's skeleton, found already,
+    to look the rules' first words up in (by their skeleton spelling); by default the text's own, found on first
+    need.
+    `budget`: each anchored attempt taken from it (`ScanLimitExceeded` past its cap); none: a fresh one."""
+    budget = budget or ScanBudget(ScanLimits())
     hits: list[tuple[str, float, int, int]] = []
     own: frozenset[str] | None = None
-    for name, score, rx, substrings, firsts in compiled_rules()[reading]:
-        if name in skip:
+    best: dict[str, float] = {}  # a rule's best score so far: another pattern of it scoring no more adds nothing
+    for name, score, rx, substrings, firsts, reach in compiled_rules()[reading]:
+        if name in skip or best.get(name, -1.0) >= score:
             continue
         if firsts:
             if skeleton_words is not None:
@@ -245,28 +254,53 @@ def _rule_hits(
                 starts = [word for word, _ in firsts if word in own]
             if not starts:
                 continue
-            found = islice(_anchored(normalized, rx, starts), MAX_HITS_PER_RULE)
+            found = islice(_anchored(normalized, rx, starts, budget), MAX_HITS_PER_RULE)
         elif any(literal in normalized for literal in substrings):
-            found = islice(rx.finditer(normalized), MAX_HITS_PER_RULE)
+            stretches = _near(normalized, substrings, reach) if reach else [(0, len(normalized))]
+            found = islice((m for lo, hi in stretches for m in rx.finditer(normalized, lo, hi)), MAX_HITS_PER_RULE)
         else:
             continue
+        before = len(hits)
         hits.extend((name, score, m.start(), m.end()) for m in found)
+        if len(hits) > before:
+            best[name] = max(best.get(name, 0.0), score)
     return hits
 
 
-def _anchored(text: str, rx: re.Pattern[str], starts: list[str]) -> Iterator[re.Match[str]]:
+def _anchored(text: str, rx: re.Pattern[str], starts: list[str], budget: ScanBudget) -> Iterator[re.Match[str]]:
     """Matches of `rx` tried only where a word starts with one of `starts` (every match starts so; a word that
     another one begins is not searched again): one `str.find` pass per word, and a match attempt at each word
     start found, instead of an attempt at every character (the other languages' long alternations cost 100-170 µs
-    per KB that way)."""
+    per KB that way). Each attempt is taken from `budget`: a text dense with first words fails closed at its cap
+    rather than costing each rule an attempt per word."""
     for word in starts:
         if any(other != word and word.startswith(other) for other in starts):
             continue
         at = text.find(word)
         while at >= 0:
-            if (at == 0 or not _WORD_CHAR_RE.match(text, at - 1)) and (m := rx.match(text, at)) is not None:
-                yield m
+            if at == 0 or not _WORD_CHAR_RE.match(text, at - 1):
+                budget.take_rule_attempt()
+                if (m := rx.match(text, at)) is not None:
+                    yield m
             at = text.find(word, at + 1)
+
+
+def _near(text: str, literals: tuple[str, ...], reach: int) -> list[tuple[int, int]]:
+    """The stretches of `text` within `reach` characters of an occurrence of one of `literals`, merged where they
+    overlap (each character in one at most): where a rule whose matches hold one of them may match."""
+    spans: list[tuple[int, int]] = []
+    for literal in literals:
+        at = text.find(literal)
+        while at >= 0:
+            spans.append((max(at - reach, 0), min(at + len(literal) + reach, len(text))))
+            at = text.find(literal, at + 1)
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
 
 
 def _blob_candidates(text: str) -> list[tuple[str, re.Pattern[str], int, int]]:
@@ -329,13 +363,13 @@ class InjectionDetector:
         # the skeleton's words are the text's words folded, unless a sign it folds to a letter joined two: then the
         # text's own words are found apart (one word set per text, not two)
         shared = None if any(sign in norm.text for sign in _SIGNS) else words
-        plain = _rule_hits(norm.text, _PLAIN, skeleton_words=shared)
+        plain = _rule_hits(norm.text, _PLAIN, skeleton_words=shared, budget=budget)
         findings = [Finding(name, score, *norm.original_span(s, e)) for name, score, s, e in plain]
         # the skeleton only for the rules the text itself did not trip: one finding per rule, not two
-        for name, score, s, e in _rule_hits(look.text, _SKELETON, frozenset(h[0] for h in plain), words):
+        for name, score, s, e in _rule_hits(look.text, _SKELETON, frozenset(h[0] for h in plain), words, budget):
             findings.append(Finding(name, score, *look.original_span(s, e)))
         for kind, start, end, decoded in _decoded_blobs(text):
-            inner = [score for _, score, _, _ in _rule_hits(normalize(decoded, budget).text)]
+            inner = [score for _, score, _, _ in _rule_hits(normalize(decoded, budget).text, budget=budget)]
             if inner and max(inner) >= _PAYLOAD_MIN_SCORE:
                 findings.append(Finding(f"encoded_{kind}", max(inner), start, end))
         if _LETTERS_RE.search(norm.text):

@@ -28,6 +28,8 @@ from margin.guard.normalize import normalize
 
 _GAP = r"(?:\s+[\w'-]+){0,3}?"
 _CJK_GAP = r"[^。！？!?\n，,；;：:]{0,10}?"
+CJK_REACH = 64
+"""Longer than any match of a Chinese or Japanese rule (at most ~40 characters: two gaps of ten and the words)."""
 """Up to ten characters of one clause (Chinese and Japanese: no spaces between words)."""
 
 _LATIN: tuple[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...] = (
@@ -207,6 +209,9 @@ class I18nRule(NamedTuple):
     pattern: str
     first: tuple[str, ...] = ()
     substrings: tuple[str, ...] = ()
+    reach: int = 0
+    """Chinese and Japanese: every match lies within this many characters of an occurrence of one of
+    `substrings` (each holds one), so only those stretches of the text are searched."""
 
 
 def _anchored(name: str, score: float, pattern: str, starts: tuple[str, ...]) -> I18nRule:
@@ -224,8 +229,32 @@ def i18n_rules() -> tuple[I18nRule, ...]:
         _anchored("prompt_exfiltration", 0.85, rf"\b{_alt(verbs)}\b" + rest.replace("{gap}", _GAP), verbs)
         for _, verbs, rest in _EXFIL_LATIN
     ]
+    rules = _merged(rules)
     rules += [
-        I18nRule(name, score, _folded(pattern.replace("{gap}", _CJK_GAP)), substrings=tuple(map(_folded, gate)))
+        I18nRule(
+            name,
+            score,
+            _folded(pattern.replace("{gap}", _CJK_GAP)),
+            substrings=tuple(map(_folded, gate)),
+            reach=CJK_REACH,
+        )
         for name, score, gate, pattern in _CJK
     ]
     return tuple(rules)
+
+
+def _merged(rules: list[I18nRule]) -> list[I18nRule]:
+    """The anchored rules of one name and score as one pattern, each language's an alternative: tried once where
+    any of their first words starts, not once per language ("ignore" starts the es, fr and pt override rules)."""
+    groups: dict[tuple[str, float], list[I18nRule]] = {}
+    for rule in rules:
+        groups.setdefault((rule.name, rule.score), []).append(rule)
+    return [
+        I18nRule(
+            name,
+            score,
+            "|".join(f"(?:{rule.pattern})" for rule in group),
+            tuple(sorted({word for rule in group for word in rule.first})),
+        )
+        for (name, score), group in groups.items()
+    ]

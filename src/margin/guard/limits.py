@@ -43,6 +43,13 @@ the credential value, the vendor key and the random token; a URL password also r
 IPv4-mapped IPv6 address also read as IPv4); the lines of a PEM key's body are not reported apart from it."""
 
 
+CHARS_PER_RULE_ATTEMPT = 32
+"""Characters of `max_chars` per attempt of an anchored injection rule (`margin.guard.injection._anchored`: a match
+tried where a rule's first word starts) a request may make: 32,768 for the default 1 MiB. Prose holds such a word
+every few hundred characters; a text made of them ("ignore ignore ...", each tried in two readings) stops there
+instead of costing up to ~10 µs an attempt for the whole megabyte."""
+
+
 class ScanBudget:
     """The guard's work meter for one request (one for its input, one for its answer). Not thread-safe: a
     request is scanned by one thread at a time."""
@@ -53,6 +60,7 @@ class ScanBudget:
         self.spans = 0
         self.phone_checks = 0
         self.candidates = 0
+        self.rule_attempts = 0
 
     def take_chars(self, n: int) -> None:
         self.chars += n
@@ -91,6 +99,16 @@ class ScanBudget:
             raise ScanLimitExceeded(
                 f"the request's text makes the guard read more than {CANDIDATES_PER_SPAN * self.limits.max_spans}"
                 f" overlapping candidate values ({CANDIDATES_PER_SPAN} per value of guard.max_spans)"
+            )
+
+    def take_rule_attempt(self) -> None:
+        """One match attempt of an anchored injection rule (`CHARS_PER_RULE_ATTEMPT`)."""
+        self.rule_attempts += 1
+        if self.rule_attempts > self.limits.max_chars // CHARS_PER_RULE_ATTEMPT:
+            raise ScanLimitExceeded(
+                f"the request's text makes the injection rules try more than"
+                f" {self.limits.max_chars // CHARS_PER_RULE_ATTEMPT} matches where their first words start"
+                f" (one per {CHARS_PER_RULE_ATTEMPT} characters of guard.max_scan_chars)"
             )
 
     def window(self, reread: int) -> ScanBudget:

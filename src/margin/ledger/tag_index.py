@@ -81,21 +81,27 @@ def existing(connection: sa.Connection, valid: bool = True) -> set[str]:
     return {row[0] for row in connection.exec_driver_sql(query) if row[0].startswith(PREFIX)}
 
 
+def plan(dialect: str, have: set[str], broken: set[str], keys: Iterable[str], concurrently: bool) -> list[str]:
+    """The steps (SQL) that index exactly these tag keys, given the valid tag-value indexes (`have`) and the
+    INVALID ones (`broken`, PostgreSQL: a concurrent build cut halfway, which no query uses and which would make
+    CREATE ... IF NOT EXISTS a no-op): drop the others and the broken ones, then create the missing ones."""
+    wanted = {name(key): key for key in keys}
+    how = " CONCURRENTLY" if concurrently else ""
+    steps = [f'DROP INDEX{how} IF EXISTS "{index}"' for index in sorted((have - wanted.keys()) | broken)]
+    return steps + [
+        create_sql(dialect, key, concurrently) for index, key in sorted(wanted.items()) if index not in have
+    ]
+
+
 def sync_steps(engine: sa.Engine, keys: Iterable[str]) -> list[str]:
     """`sync`, each drop and each build committed on its own (PostgreSQL: CONCURRENTLY, writes go on), so a run
     cut between steps is finished by the next one; an INVALID index (a concurrent build cut halfway) is rebuilt.
     Returns the steps taken, as SQL."""
-    wanted = {name(key): key for key in keys}
     with engine.connect() as connection:
         have, broken = existing(connection), existing(connection, valid=False)
     postgres, done = engine.dialect.name == "postgresql", list[str]()
-    how = " CONCURRENTLY" if postgres else ""
-    steps = [f'DROP INDEX{how} IF EXISTS "{index}"' for index in sorted((have - wanted.keys()) | broken)]
-    steps += [
-        create_sql(engine.dialect.name, key, postgres) for index, key in sorted(wanted.items()) if index not in have
-    ]
-    for sql in steps:  # CONCURRENTLY cannot run in a transaction: autocommit, the statement its own
-        options = {"isolation_level": "AUTOCOMMIT"} if postgres else {}
+    for sql in plan(engine.dialect.name, have, broken, keys, concurrently=postgres):
+        options = {"isolation_level": "AUTOCOMMIT"} if postgres else {}  # CONCURRENTLY: no transaction around it
         with engine.connect().execution_options(**options) as connection, connection.begin():
             connection.exec_driver_sql(sql)
         done.append(sql)
@@ -103,12 +109,8 @@ def sync_steps(engine: sa.Engine, keys: Iterable[str]) -> list[str]:
 
 
 def sync(connection: sa.Connection, keys: Iterable[str]) -> None:
-    """Index exactly these tag keys: drop the other tag-value indexes, create the missing ones (on a large ledger
-    this reads every row once per new key, in the caller's transaction)."""
-    wanted = {name(key): key for key in keys}
-    have = existing(connection)
-    for index in sorted(have - wanted.keys()):
-        connection.exec_driver_sql(f'DROP INDEX IF EXISTS "{index}"')
-    for index, key in sorted(wanted.items()):
-        if index not in have:
-            connection.exec_driver_sql(create_sql(connection.dialect.name, key))
+    """Index exactly these tag keys, in the caller's transaction (migration 0027): `plan`'s steps, an INVALID
+    index with a wanted name dropped and rebuilt too (on a large ledger this reads every row once per new key)."""
+    have, broken = existing(connection), existing(connection, valid=False)
+    for sql in plan(connection.dialect.name, have, broken, keys, concurrently=False):
+        connection.exec_driver_sql(sql)

@@ -21,6 +21,7 @@ import yaml
 from margin.ledger import db as ledger_db
 from tests.helpers import margin_serve
 
+ROOT = Path(__file__).resolve().parents[2]  # the repository: make_keys runs as `tests.security.make_keys`
 FAKE_CONFIG: dict[str, Any] = {
     "storage": {"flush_interval_ms": 10},
     "regions": {"eu": {"jurisdiction": "EU", "grid_zone": "FRA", "pue": 1.2, "usd_per_kwh": "0.20"}},
@@ -80,7 +81,7 @@ def create_keys(config: Path, db: Path, keys: dict[str, list[str]], ledger: str 
     command = [sys.executable, "-m", "tests.security.make_keys", "--config", str(config), *_db_flag(db, ledger)]
     for name, flags in keys.items():
         command += ["--", name, *flags]
-    result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
+    result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120, cwd=ROOT)
     made: dict[str, str] = json.loads(result.stdout)
     return made
 

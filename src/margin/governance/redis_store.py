@@ -39,9 +39,13 @@ def unavailable(operation: str, exc: Exception) -> Overloaded:
     """A Redis failure as the client sees it: a fixed text (Redis' own names hosts, ports and internals; it
     goes to the log, escaped)."""
     log.warning("redis %s failed: %s", operation, printable(str(exc)))
+    done = (  # a fallback's top-up or a coalesced waiter's reservation: admitted, its answer not yet called for
+        "the request's budget reservation could not be changed, and no further upstream call was made"
+        if operation == "extend"
+        else "the request was not admitted"
+    )
     return Overloaded(
-        "the budget and rate-limit store is unavailable; the request was not admitted, retry later",
-        code="governance_unavailable",
+        f"the budget and rate-limit store is unavailable; {done}, retry later", code="governance_unavailable"
     )
 
 

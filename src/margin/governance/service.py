@@ -22,7 +22,7 @@ from margin.governance.admission import Admission, BudgetHold, counter_name, hol
 from margin.governance.catchup import CatchUp, delays_for
 from margin.governance.rules import SHARED, Part, Rules, Subject, build_rules, load_rules, matches
 from margin.governance.slots import STREAMS, WAITING_STREAMS, LocalSlots, SharedSlots, Slots, SlotStore
-from margin.governance.store import RELOADS, RESERVATION_PAGE, LocalStore, Store
+from margin.governance.store import RELOADS, RESERVATION_PAGE, Hold, LocalStore, Store
 from margin.ledger.db import UNREACHABLE
 from margin.ledger.read import budget_spent, recorded
 from margin.logs import failure, printable
@@ -410,6 +410,12 @@ class Governance:
         result = await self.store.extend(admission.request_id, holds)
         if result.unseeded:
             await self.reseed(admission.holds, now)
+            if not _rebuilt_counts_nothing_held(admission, holds):
+                raise Overloaded(
+                    "the budget reservation could not be changed: a budget counter was lost and rebuilt from the "
+                    "ledger, which does not count this request's reservation; retry",
+                    code="governance_unavailable",
+                )
             result = await self.store.extend(admission.request_id, holds)
         if result.unseeded or result.gone:
             raise Overloaded(
@@ -472,3 +478,15 @@ class Governance:
         for pool in self._pools:
             await pool.close()
         await self.store.close()
+
+
+def _rebuilt_counts_nothing_held(admission: Admission, holds: Sequence[Hold]) -> bool:
+    """Whether a change may be tried again on counters rebuilt from the ledger: no hard hold grows from an amount
+    this request already held. A rebuilt counter counts only the ledger's spend, not the reservations in flight,
+    so the store would check such a hold's increase alone (the hold it had is on no counter any more) and could
+    let the budget be overspent by it; growing from nothing (a coalesced waiter taking its reservation back) is
+    checked in full."""
+    return not any(
+        new.hard and item.hold.amount > 0 and new.amount > item.hold.amount
+        for item, new in zip(admission.holds, holds, strict=True)
+    )

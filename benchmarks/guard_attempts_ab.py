@@ -16,15 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+import ab_trees
+
 UNITS = {
     "ignore": "ignore ",
     "ignore_dash": "ignore -",
@@ -56,14 +53,6 @@ def child(size: int) -> dict[str, Any]:
     return result
 
 
-def run_child(src: str, size: int) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": src}
-    command = [sys.executable, __file__, "--child", "--size", str(size)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True, timeout=600)
-    result: dict[str, Any] = json.loads(done.stdout)
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", help="the old tree's src folder")
@@ -77,36 +66,16 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.size)))
         return
-    path = RESULTS / args.out
-    if path.exists():
-        raise SystemExit(f"{path} exists: name a new file with --out")
-    load_before = os.getloadavg()
+    path, load_before = ab_trees.result_path(args.out), os.getloadavg()
     trees = {"before": args.before, "after": args.after, **({"main": args.main} if args.main else {})}
-    rounds: dict[str, list[dict[str, Any]]] = {tree: [] for tree in trees}
-    for _ in range(args.rounds):
-        for tree, src in trees.items():
-            rounds[tree].append(run_child(src, args.size))
-    medians = {
-        tree: {k: statistics.median(r[k] for r in runs) for k in runs[0] if k.endswith("_s")}
-        for tree, runs in rounds.items()
-    }
-    result: dict[str, Any] = {
-        "benchmark": "guard_attempts_ab",
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "size": args.size,
-        "load_average_before": [round(x, 2) for x in load_before],
-        "medians": medians,
-        "refused": {
-            tree: {k: runs[-1][k] for k in runs[-1] if k.endswith("_refused")} for tree, runs in rounds.items()
-        },
-        "rounds": rounds,
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
-    }
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    rounds = ab_trees.alternate(
+        trees, args.rounds, lambda src: ab_trees.run_child(__file__, src, ["--size", str(args.size)])
+    )
+    medians = ab_trees.medians(rounds, lambda key: key.endswith("_s"))
+    refused = {tree: {k: runs[-1][k] for k in runs[-1] if k.endswith("_refused")} for tree, runs in rounds.items()}
+    fields = {"size": args.size, "medians": medians, "refused": refused}
+    ab_trees.write(path, "guard_attempts_ab", load_before, fields, rounds)
     print(json.dumps(medians, indent=1))
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -17,15 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+import ab_trees
+
 _UNITS = {
     "clean_prose": "The quarterly report shows steady growth in every region we serve. ",
     "non_ascii": "Über die Grüße: ｆｕｌｌｗｉｄｔｈ text и кириллица. ",
@@ -61,14 +59,6 @@ def child(sizes: list[int], repeat: int) -> dict[str, float]:
     return {key: round(value, 6) for key, value in timings.items()}
 
 
-def run_child(src: str, sizes: list[int], repeat: int) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": src}
-    command = [sys.executable, __file__, "--child", "--sizes", ",".join(map(str, sizes)), "--repeat", str(repeat)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True, timeout=600)
-    result: dict[str, float] = json.loads(done.stdout)
-    return result
-
-
 def summary(runs: list[dict[str, float]], sizes: list[int]) -> dict[str, Any]:
     medians = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
     out: dict[str, Any] = {"startup_cpu_s": round(medians["startup_cpu_s"], 3)}
@@ -97,30 +87,19 @@ def main() -> None:
         return
     if not args.before:
         parser.error("--before is required")
-    path = RESULTS / args.out
-    if path.exists():
-        raise SystemExit(f"{path} exists: name a new file with --out")
-    load_before = os.getloadavg()
-    rounds: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
-    for _ in range(args.rounds):
-        for tree, src in (("before", args.before), ("after", args.after)):
-            rounds[tree].append(run_child(src, sizes, args.repeat))
-    result: dict[str, Any] = {
-        "benchmark": "guard_evasion_ab",
+    path, load_before = ab_trees.result_path(args.out), os.getloadavg()
+    options = ["--sizes", ",".join(map(str, sizes)), "--repeat", str(args.repeat)]
+    trees = {"before": args.before, "after": args.after}
+    rounds = ab_trees.alternate(trees, args.rounds, lambda src: ab_trees.run_child(__file__, src, options))
+    summaries = {tree: summary(runs, sizes) for tree, runs in rounds.items()}
+    fields = {
         "clock": "time.process_time (CPU time of the child process)",
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
         "sizes": sizes,
         "repeat": args.repeat,
-        "load_average_before": [round(x, 2) for x in load_before],
-        "summary": {tree: summary(runs, sizes) for tree, runs in rounds.items()},
-        "rounds": rounds,
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "summary": summaries,
     }
-    path.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
-    print(json.dumps(result["summary"], indent=1, ensure_ascii=False))
-    print(f"wrote {path}")
+    ab_trees.write(path, "guard_evasion_ab", load_before, fields, rounds)
+    print(json.dumps(summaries, indent=1, ensure_ascii=False))
 
 
 if __name__ == "__main__":

@@ -15,15 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+import ab_trees
+
 INPUTS = ("non_ascii", "look_alikes", "clean_prose")
 
 
@@ -49,14 +45,6 @@ def child(size: int, repeat: int) -> dict[str, float]:
     return {key: round(value, 5) for key, value in timings.items()}
 
 
-def run_child(src: str, size: int, repeat: int) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, str(Path(__file__).resolve().parent)])}
-    command = [sys.executable, __file__, "--child", "--size", str(size), "--repeat", str(repeat)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True, timeout=600)
-    result: dict[str, float] = json.loads(done.stdout)
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", help="the old tree's src folder")
@@ -70,30 +58,15 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.size, args.repeat)))
         return
-    path = RESULTS / args.out
-    if path.exists():
-        raise SystemExit(f"{path} exists: name a new file with --out")
-    load_before = os.getloadavg()
-    rounds: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
-    for _ in range(args.rounds):
-        for tree, src in (("before", args.before), ("after", args.after)):
-            rounds[tree].append(run_child(src, args.size, args.repeat))
-    medians = {tree: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for tree, runs in rounds.items()}
-    result: dict[str, Any] = {
-        "benchmark": "guard_fold_ab",
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "size": args.size,
-        "repeat": args.repeat,
-        "load_average_before": [round(x, 2) for x in load_before],
-        "medians": medians,
-        "rounds": rounds,
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
-    }
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    path, load_before = ab_trees.result_path(args.out), os.getloadavg()
+    here = [str(Path(__file__).resolve().parent)]  # the child imports guard_scaling's inputs
+    options = ["--size", str(args.size), "--repeat", str(args.repeat)]
+    trees = {"before": args.before, "after": args.after}
+    rounds = ab_trees.alternate(trees, args.rounds, lambda src: ab_trees.run_child(__file__, src, options, here))
+    medians = ab_trees.medians(rounds)
+    fields = {"size": args.size, "repeat": args.repeat, "medians": medians}
+    ab_trees.write(path, "guard_fold_ab", load_before, fields, rounds)
     print(json.dumps(medians, indent=1))
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

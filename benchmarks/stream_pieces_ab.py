@@ -15,15 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+import ab_trees
 
 
 def child(size: int) -> dict[str, float]:
@@ -48,14 +44,6 @@ def child(size: int) -> dict[str, float]:
     return timings
 
 
-def run_child(src: str, size: int) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": src}
-    command = [sys.executable, __file__, "--child", "--sizes", str(size)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True, timeout=600)
-    result: dict[str, float] = json.loads(done.stdout)
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", help="the old tree's src folder")
@@ -69,32 +57,19 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(sizes[0])))
         return
-    path = RESULTS / args.out
-    if path.exists():
-        raise SystemExit(f"{path} exists: name a new file with --out")
-    load_before = os.getloadavg()
-    rounds: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
-    for _ in range(args.rounds):
-        for tree, src in (("before", args.before), ("after", args.after)):
-            run: dict[str, float] = {}
-            for size in sizes:
-                run.update({f"{size}.{key}": value for key, value in run_child(src, size).items()})
-            rounds[tree].append(run)
-    medians = {tree: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for tree, runs in rounds.items()}
-    result: dict[str, Any] = {
-        "benchmark": "stream_pieces_ab",
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "sizes": sizes,
-        "load_average_before": [round(x, 2) for x in load_before],
-        "medians": medians,
-        "rounds": rounds,
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
-    }
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    path, load_before = ab_trees.result_path(args.out), os.getloadavg()
+
+    def run(src: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for size in sizes:
+            measured = ab_trees.run_child(__file__, src, ["--sizes", str(size)])
+            out.update({f"{size}.{key}": value for key, value in measured.items()})
+        return out
+
+    rounds = ab_trees.alternate({"before": args.before, "after": args.after}, args.rounds, run)
+    medians = ab_trees.medians(rounds)
+    ab_trees.write(path, "stream_pieces_ab", load_before, {"sizes": sizes, "medians": medians}, rounds)
     print(json.dumps(medians, indent=1))
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

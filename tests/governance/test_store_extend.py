@@ -74,13 +74,14 @@ async def test_a_hold_given_back_and_taken_again_nets_out(store: Store) -> None:
     assert await store.counters([HARD]) == {HARD: (60, 0)}  # the reservation's 60, once
 
 
+@pytest.mark.parametrize("store", ["redis"], indirect=True)  # the store in this process never loses a counter
 async def test_a_lost_counter_fails_only_a_hard_hold_that_grows(store: Store) -> None:
     """A counter the store lost (a Redis restarted without persistence, flushed, evicted): a soft hold on it is
     set as on any other (it was refused as a budget with no room: "spent $0, reserved $0", a 429 where admission
     would have seeded it again), and is left gone for the next seed to read the ledger; a hard one that grows
-    reads `unseeded` (seed, then extend again) and changes nothing. The store in this process never loses one."""
-    if not isinstance(store, RedisStore):
-        pytest.skip("the store in this process never loses a counter")
+    reads `unseeded` (seed, then extend again) and changes nothing. Redis only: the store in this process never
+    loses one."""
+    assert isinstance(store, RedisStore)
     await store.seed(COUNTER, 0, 3600)
     await store.seed(HARD, 0, 3600)
     assert (await store.admit("r1", [soft(30), hard(60)], 60)).ok

@@ -19,6 +19,17 @@ from margin.ledger import db
 from tests.helpers import margin_serve
 
 
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[Any]:
+    """An async engine on a migrated SQLite ledger at `l.db` in the test's folder (the file a test's gateway or
+    `fake_settings(tmp_path / "l.db")` names)."""
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    db.upgrade(url)
+    made = db.make_async_engine(url)
+    yield made
+    await made.dispose()
+
+
 @pytest.fixture(params=["local", "redis"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     """The counter store in this process, then over the session's real Redis (emptied first)."""

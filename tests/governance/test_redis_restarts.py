@@ -19,7 +19,6 @@ from margin.errors import ConfigError
 from margin.governance import admission as adm
 from margin.governance.redis_store import RedisStore
 from margin.governance.service import Governance, ledger_recorded, ledger_spent
-from margin.ledger import db
 from margin.ledger.outbox import Outbox
 from tests.helpers import fake_settings, free_port
 from tests.ledger.rows import row, write_rows
@@ -27,16 +26,6 @@ from tests.servers import redis_server
 
 BUDGET = {"name": "all", "scope": {"kind": "global"}, "tokens": 1000, "period": "day"}
 HARD = {"name": "all", "scope": {"kind": "global"}, "tokens": 20, "period": "day"}  # 5 reserved, 3 spent each
-
-
-@pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[Any]:
-    """The ledger every process of a test shares (`l.db`, as `_gateway` names it), migrated."""
-    url = f"sqlite:///{tmp_path / 'l.db'}"
-    db.upgrade(url)
-    made = db.make_async_engine(url)
-    yield made
-    await made.dispose()
 
 
 @pytest.fixture

@@ -18,20 +18,10 @@ from margin.governance import admission as adm
 from margin.governance.redis_scripts import P
 from margin.governance.redis_store import RedisStore
 from margin.governance.service import Governance
-from margin.ledger import db
 from tests.helpers import fake_settings
 from tests.ledger.rows import row, write_rows
 
 HARD = {"name": "all", "scope": {"kind": "global"}, "tokens": 20, "period": "day"}  # rows: 3 tokens each
-
-
-@pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[Any]:
-    url = f"sqlite:///{tmp_path / 'l.db'}"
-    db.upgrade(url)
-    made = db.make_async_engine(url)
-    yield made
-    await made.dispose()
 
 
 @pytest.fixture

@@ -26,6 +26,15 @@ def chat(model: str) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
 
 
+async def _a_row_waits_on_a_failed_pass(gw: Any, outbox: Any) -> None:
+    """A request answered (its row waits in the outbox), then the ingester's pass seen failing (up to 30 s)."""
+    assert (await gw.http.post(CHAT, json=chat("fake-chat"))).status_code == 200
+    for _ in range(600):
+        if outbox.stats()["last_error"] is not None:
+            break
+        await asyncio.sleep(0.05)
+
+
 async def test_a_new_counter_with_no_row_waiting_is_made_without_waiting_for_a_pass(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -61,11 +70,7 @@ async def test_a_new_counter_while_the_ingest_fails_is_refused_at_once(
 
         monkeypatch.setattr(outbox._ingester, "_pass", failing_then_hung)
         try:
-            assert (await gw.http.post(CHAT, json=chat("fake-chat"))).status_code == 200  # its row waits
-            for _ in range(600):
-                if outbox.stats()["last_error"] is not None:
-                    break
-                await asyncio.sleep(0.05)
+            await _a_row_waits_on_a_failed_pass(gw, outbox)
             assert outbox.stats()["last_error"] == "the ledger is locked" and outbox.depth.rows == 1
             answer = await asyncio.wait_for(gw.http.post(CHAT, json=chat("priced")), 30)
             assert answer.status_code == 503, answer.text
@@ -121,11 +126,7 @@ async def test_the_store_restart_path_waits_for_a_pass_after_a_failed_one(
         monkeypatch.setattr(ingester, "_pass", failing)
         monkeypatch.setattr(ingester, "_follow_own", held)
         try:
-            assert (await gw.http.post(CHAT, json=chat("fake-chat"))).status_code == 200  # its row waits
-            for _ in range(600):
-                if outbox.stats()["last_error"] is not None:
-                    break
-                await asyncio.sleep(0.05)
+            await _a_row_waits_on_a_failed_pass(gw, outbox)
             paused.set()
             assert await asyncio.to_thread(entered.wait, 30)  # the loop held before its next pass
             down[0] = False  # the ledger is back; the last pass's error is still the ingester's last word
